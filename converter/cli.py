@@ -1,0 +1,232 @@
+"""`edge-convert`: turn a trained model into a signed bundle tuned for a device profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+
+log = logging.getLogger("converter")
+
+EXIT_CODES_HELP = """exit codes:
+  0 ok   1 other error   2 usage   13 signing key unusable   20 bad device profile
+  21 model cannot be imported   22 calibration/eval data does not fit the model
+  30 accuracy gate failed (nothing written; --force writes anyway)   31 bundle over the profile's size limit
+"""
+
+CONVERT_EPILOG = """examples:
+  edge-convert convert model.onnx --profile raspberry-pi-4 \\
+      --calibration calib.npz --eval eval.npz --key keys/signing.key --out model.edgebundle
+  edge-convert convert my_model.py:build --input-shape 1x3x224x224 --profile jetson-orin-nano \\
+      --eval eval.npz --key keys/signing.key --out model.edgebundle
+
+data files: an .npz whose arrays are named after the model's inputs, first axis = sample
+(eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
+named by class index or label name), preprocessed with --color/--scale/--mean/--std.
+""" + EXIT_CODES_HELP
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(x) for x in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1x3x224x224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must have positive dimensions")
+    return dims
+
+
+def cmd_profiles_list(args: argparse.Namespace) -> tuple[Any, str]:
+    from device_profiles import list_profiles, load_profile
+
+    profiles = [load_profile(n) for n in list_profiles()]
+    rows = [{"name": p.name, "arch": p.hardware.arch, "accelerator": p.hardware.accelerator,
+             "recipe": p.precision.recipe, "formats": list(p.runtime.formats), "description": p.description} for p in profiles]
+    width = max(len(r["name"]) for r in rows)
+    text = "\n".join(f"{r['name']:<{width}}  {r['arch']:<8} {r['accelerator']:<5} {r['recipe']:<12} {r['description']}" for r in rows)
+    return rows, text
+
+
+def cmd_profiles_show(args: argparse.Namespace) -> tuple[Any, str]:
+    from device_profiles import load_profile
+
+    p = load_profile(args.profile)
+    d = p.to_dict()
+    return d, json.dumps(d, indent=2)
+
+
+def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
+    from edge_agent.bundle import generate_keypair, key_id, load_public_key
+
+    priv, pub = generate_keypair(args.out, overwrite=args.force)
+    kid = key_id(load_public_key(pub))
+    return ({"private_key": str(priv), "public_key": str(pub), "key_id": kid},
+            f"wrote {priv} (keep it secret) and {pub} (copy it to devices); key id {kid}")
+
+
+def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
+    from .options import ConvertOptions
+    from .pipeline import convert
+
+    labels = None
+    if args.labels:
+        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    options = ConvertOptions(
+        source=args.model, profile=args.profile, out=args.out, key=args.key, input_shape=args.input_shape,
+        calibration=args.calibration, evaluation=args.eval, name=args.name, version=args.model_version,
+        precision=args.precision, calibration_method=args.calibration_method,
+        calibration_samples=args.calibration_samples, max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement, force=args.force, bench_runs=args.bench_runs,
+        reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
+        scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
+    )
+    bar = None
+    if not (args.json or args.quiet) and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=7, desc="convert", unit="pass", file=sys.stderr, leave=False)
+
+    def on_pass(name: str, i: int, total: int) -> None:
+        log.info("running pass %s", name)
+        if bar:
+            bar.set_description(name)
+            bar.n = i
+            bar.refresh()
+
+    try:
+        result = convert(options, fmt=args.format, on_pass=on_pass)
+    finally:
+        if bar:
+            bar.close()
+    report = result.to_dict()
+    report_path = args.report or Path(str(args.out) + ".report.json")
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report, summary_text(report, report_path)
+
+
+def summary_text(report: dict[str, Any], report_path: Path) -> str:
+    m = report["measurements"]
+    lines = [f"wrote {report['bundle']} ({report['format']}, {report['precision']})"]
+    acc = m.get("accuracy", {})
+    if acc.get("checked"):
+        parts = []
+        if "float_top1_accuracy" in acc:
+            parts.append(f"top-1 float {acc['float_top1_accuracy']:.2%} vs converted {acc['converted_top1_accuracy']:.2%}")
+        if "top1_agreement" in acc:
+            parts.append(f"agreement {acc['top1_agreement']:.2%}")
+        parts.append(f"cosine {acc['mean_cosine']:.4f}")
+        lines.append("accuracy: " + ", ".join(parts) + f" on {acc['samples']} {acc['data']} samples"
+                     + ("" if acc.get("passed") else "  [GATE FAILED, written with --force]"))
+    sizes = m.get("sizes", {})
+    if sizes:
+        lines.append(f"size: {sizes['float_model_bytes'] / 1e6:.3f} MB float -> {sizes['model_bytes'] / 1e6:.3f} MB ({sizes['size_ratio']:.2f}x)")
+    lat = m.get("host_latency")
+    if lat:
+        lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "
+                     f"converted p50 {lat['converted']['p50_ms']:.3f} ms ({lat['speedup_vs_float']}x)")
+    lines.append(f"report: {report_path}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-convert",
+        description="Convert trained models into signed, quantized bundles tuned for a device profile.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-convert {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("profiles", help="list or show device profiles")
+    psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    q = psub.add_parser("list", help="list the built-in profiles")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_profiles_list)
+    q = psub.add_parser("show", help="show one profile (name or file path), validated")
+    q.add_argument("profile")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_profiles_show)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (signing.key, signing.pub)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("convert", help="convert a model into a signed bundle for a profile",
+                       description="Import -> ONNX export -> clean-up -> quantize per profile -> accuracy gate -> "
+                       "host benchmark -> self-test -> package and sign.",
+                       epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model.onnx | file.py:factory | TorchScript .pt | exported program .pt2")
+    p.add_argument("--profile", required=True, help="device profile name (see `profiles list`) or profile file")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
+    p.add_argument("--format", default="auto", choices=["auto", "onnx", "tflite"], help="bundle format (default: profile's preference)")
+    p.add_argument("--input-shape", type=_shape, help="input shape for PyTorch sources, e.g. 1x3x224x224")
+    p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
+    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], help="override the profile's method")
+    p.add_argument("--calibration-samples", type=int, default=256, help="max calibration samples used (default 256)")
+    p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
+    p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
+    p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
+    p.add_argument("--name", help="model name in the manifest (default: source file name)")
+    p.add_argument("--model-version", type=int, default=1, help="monotonically increasing model version (default 1)")
+    p.add_argument("--labels", type=Path, help="text file, one class name per line")
+    p.add_argument("--color", default="RGB", choices=["RGB", "BGR", "GRAY"], help="colour order the model expects")
+    p.add_argument("--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default 1/255)")
+    p.add_argument("--mean", type=_floats, default=[0.0], help="per-channel mean, comma-separated (after scale)")
+    p.add_argument("--std", type=_floats, default=[1.0], help="per-channel std, comma-separated (after scale)")
+    p.add_argument("--resize", default="bilinear", choices=["bilinear", "nearest", "letterbox"])
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: guessed from the shape)")
+    p.add_argument("--top-k", type=int, default=5, help="classes the agent reports (default 5)")
+    p.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 20)")
+    p.add_argument("--bench-runs", type=int, default=50, help="host benchmark runs per model (0 to skip)")
+    p.add_argument("--reproducible", action="store_true",
+                   help="leave wall-clock latency out of the manifest so identical inputs give a byte-identical bundle")
+    p.add_argument("--report", type=Path, help="conversion report JSON (default: OUT.report.json)")
+    p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result, text = args.func(args)
+    except KeyboardInterrupt:
+        print("edge-convert: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from device_profiles import ProfileError
+
+        code = 20 if isinstance(exc, ProfileError) else getattr(exc, "exit_code", None)
+        if code is None:
+            log.debug("unexpected error", exc_info=True)
+            code = 1
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": exc.__class__.__name__, "message": message, "exit_code": code}))
+        print(f"edge-convert: error: {message}", file=sys.stderr)
+        return code
+    print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Typed conversion errors with exit codes for `edge-convert`."""
+
+from __future__ import annotations
+
+
+class ConversionError(Exception):
+    """The conversion cannot continue; the message says what to change."""
+
+    exit_code = 1
+
+
+class ImportFailed(ConversionError):
+    """The source model cannot be loaded (wrong path, factory, format or input shape)."""
+
+    exit_code = 21
+
+
+class DataError(ConversionError):
+    """Calibration or eval data does not match the model."""
+
+    exit_code = 22
+
+
+class GateFailed(ConversionError):
+    """The converted model lost more accuracy than the budget allows (use --force to write anyway)."""
+
+    exit_code = 30
+
+
+class BundleTooLarge(ConversionError):
+    exit_code = 31

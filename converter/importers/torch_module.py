@@ -1,0 +1,89 @@
+"""PyTorch importer: `file.py:factory`, TorchScript (.pt) or exported program (.pt2) -> ONNX.
+
+Export uses `torch.onnx.export(..., dynamo=True)` and inlines the weights (external_data=False)
+so the bundle holds one self-contained model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import ImportFailed
+from .base import ImportedModel
+
+log = logging.getLogger(__name__)
+DEFAULT_OPSET = 20
+
+
+def _load_factory(spec: str):
+    import torch
+
+    file_part, func = spec.rsplit(":", 1)
+    path = Path(file_part)
+    if not path.is_file():
+        raise ImportFailed(f"model file {path} does not exist")
+    mod_name = f"_edgekit_user_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ImportFailed(f"importing {path} failed: {exc.__class__.__name__}: {exc}") from exc
+    factory = getattr(module, func, None)
+    if factory is None or not callable(factory):
+        raise ImportFailed(f"{path} has no callable {func!r}")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ImportFailed(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] | None, opset: int | None) -> ImportedModel:
+    import torch
+
+    if kind == "torch-factory":
+        model = _load_factory(source)
+        digest = hashlib.sha256(Path(source.rsplit(":", 1)[0]).read_bytes()).hexdigest()
+    elif kind == "torchscript":
+        try:
+            model = torch.jit.load(source, map_location="cpu")
+        except Exception as exc:
+            raise ImportFailed(f"{source} is not a loadable TorchScript file: {exc}") from exc
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    else:
+        try:
+            model = torch.export.load(source).module()
+        except Exception as exc:
+            raise ImportFailed(f"{source} is not a loadable exported program (.pt2): {exc}") from exc
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    if not input_shape:
+        raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")
+    if hasattr(model, "eval"):
+        model.eval()
+    example = torch.zeros(*input_shape, dtype=torch.float32)
+    out = workdir / "float.onnx"
+    log.info("exporting %s to ONNX (dynamo, opset %s)", source, opset or DEFAULT_OPSET)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out),
+                dynamo=True,
+                external_data=False,
+                opset_version=opset or DEFAULT_OPSET,
+                input_names=["input"],
+                output_names=["output"],
+                verbose=False,
+            )
+    except Exception as exc:
+        raise ImportFailed(f"torch.onnx.export failed for {source}: {str(exc).splitlines()[0]}") from exc
+    return ImportedModel(
+        onnx_path=out, source_format=kind, source_sha256=digest, opset=opset or DEFAULT_OPSET,
+        details={"torch": torch.__version__, "input_shape": list(input_shape)},
+    )

@@ -1,0 +1,40 @@
+"""Conversion options: what the user asked for on the command line (or through the API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ConvertOptions:
+    source: str
+    profile: str
+    out: Path
+    key: Path
+    input_shape: list[int] | None = None
+    calibration: Path | None = None
+    evaluation: Path | None = None
+    name: str | None = None
+    version: int = 1
+    precision: str | None = None  # override the profile's recipe
+    calibration_method: str | None = None  # override the profile's method
+    calibration_samples: int = 256
+    max_accuracy_drop: float | None = None  # percentage points; default: profile
+    min_agreement: float | None = None  # default: profile
+    min_cosine: float = 0.99  # gate for outputs that are not class scores
+    force: bool = False
+    bench_runs: int = 50
+    bench_warmup: int = 5
+    reproducible: bool = False  # leave wall-clock figures out of the manifest
+    labels: list[str] | None = None
+    color: str = "RGB"
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    scale: float = 1.0 / 255.0
+    resize: str = "bilinear"
+    layout: str | None = None
+    postprocess: str = "classification"
+    top_k: int = 5
+    opset: int | None = None
+    selftest_samples: int = 4

@@ -1,0 +1,21 @@
+"""Converter passes: each a small unit with a run() that updates the context and a report entry."""
+
+from .accuracy_gate import AccuracyGatePass
+from .base import ConversionContext, Pass
+from .cleanup import CleanupPass
+from .host_benchmark import HostBenchmarkPass
+from .import_model import ImportPass
+from .package import PackagePass, SelfTestPass
+from .quantize_onnx import QuantizePass
+
+__all__ = [
+    "AccuracyGatePass",
+    "CleanupPass",
+    "ConversionContext",
+    "HostBenchmarkPass",
+    "ImportPass",
+    "Pass",
+    "PackagePass",
+    "QuantizePass",
+    "SelfTestPass",
+]

@@ -1,0 +1,96 @@
+"""Accuracy gate: the converted model against the float model on the eval set.
+
+Classification outputs: top-1 agreement with float, and top-1 accuracy of both when labels are
+given. Other outputs: max-abs difference and mean cosine similarity. A conversion that loses
+more than the budget (profile, or --max-accuracy-drop / --min-agreement) is refused unless
+--force; the numbers are reported either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..data import Dataset
+from ..errors import GateFailed
+from ..onnx_utils import run_dataset
+from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, classification: bool) -> dict[str, Any]:
+    """The gate's metrics for one output tensor (first axis = sample)."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+    dot = (ref * cand).sum(1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
+    m: dict[str, Any] = {
+        "samples": int(len(ref)),
+        "max_abs_diff": round(float(np.abs(ref - cand).max()), 6),
+        "mean_cosine": round(float(cosine.mean()), 6),
+    }
+    if classification:
+        ref_top, cand_top = ref.argmax(1), cand.argmax(1)
+        m["top1_agreement"] = round(float((ref_top == cand_top).mean()), 6)
+        if labels is not None:
+            m["float_top1_accuracy"] = round(float((ref_top == labels).mean()), 6)
+            m["converted_top1_accuracy"] = round(float((cand_top == labels).mean()), 6)
+            m["top1_drop_points"] = round(100.0 * (m["float_top1_accuracy"] - m["converted_top1_accuracy"]), 4)
+    return m
+
+
+def is_classification(ctx: ConversionContext) -> bool:
+    out = ctx.outputs[0]
+    return bool(ctx.postprocess and ctx.postprocess.kind == "classification" and len(out.shape) == 2)
+
+
+def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_cosine: float) -> list[str]:
+    """Human-readable reasons the metrics break the budget (empty when they hold)."""
+    reasons = []
+    if "top1_drop_points" in m and m["top1_drop_points"] > max_drop:
+        reasons.append(f"top-1 accuracy dropped {m['top1_drop_points']:.2f} points (budget {max_drop:.2f})")
+    if "top1_agreement" in m and m["top1_agreement"] < min_agreement:
+        reasons.append(f"top-1 agreement with float is {m['top1_agreement']:.2%} (budget >= {min_agreement:.2%})")
+    if "top1_agreement" not in m and m["mean_cosine"] < min_cosine:
+        reasons.append(f"mean cosine similarity with float is {m['mean_cosine']:.4f} (budget >= {min_cosine})")
+    return reasons
+
+
+class AccuracyGatePass(Pass):
+    name = "accuracy-gate"
+
+    def gate_data(self, ctx: ConversionContext) -> tuple[Dataset | None, str]:
+        if ctx.evaluation is not None:
+            return ctx.evaluation, "eval"
+        if ctx.calibration is not None:
+            return ctx.calibration.head(256), "calibration"
+        return None, "none"
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        data, origin = self.gate_data(ctx)
+        if data is None:
+            log.warning("accuracy not checked: pass --eval data to gate the conversion")
+            ctx.measurements["accuracy"] = {"checked": False}
+            return {"checked": False, "reason": "no eval or calibration data"}
+        reference = run_dataset(ctx.float_model, data)
+        candidate = run_dataset(ctx.model, data)
+        metrics = compare_outputs(reference[0], candidate[0], data.labels, is_classification(ctx))
+        metrics["data"] = origin
+        max_drop = o.max_accuracy_drop if o.max_accuracy_drop is not None else ctx.profile.accuracy.max_top1_drop
+        min_agree = o.min_agreement if o.min_agreement is not None else ctx.profile.accuracy.min_agreement
+        reasons = gate_failures(metrics, max_drop, min_agree, o.min_cosine)
+        metrics.update(budget={"max_top1_drop": max_drop, "min_agreement": min_agree, "min_cosine": o.min_cosine},
+                       passed=not reasons, forced=bool(reasons and o.force))
+        ctx.measurements["accuracy"] = {"checked": True, "precision": ctx.precision, **metrics}
+        ctx.measurements["_reference_outputs"] = reference  # reused by the self-test pass, not serialised
+        if reasons:
+            message = f"{ctx.precision} model fails the accuracy gate: " + "; ".join(reasons)
+            if not o.force:
+                raise GateFailed(message + " (fix the calibration data, relax the budget, or pass --force)")
+            log.warning("%s; writing it anyway because of --force", message)
+        return metrics

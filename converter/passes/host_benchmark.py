@@ -1,0 +1,50 @@
+"""Host benchmark: float vs converted model latency on this machine, same runtime and threads."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bench import time_runs
+from edge_agent.telemetry.latency import summarize_ms
+
+from ..onnx_utils import ort_session
+from .base import ConversionContext, Pass
+
+
+def host_threads(ctx: ConversionContext) -> int:
+    return max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
+
+
+def _feeds(ctx: ConversionContext) -> dict[str, np.ndarray]:
+    data = ctx.evaluation or ctx.calibration
+    if data is not None:
+        return data.sample(0)
+    rng = np.random.default_rng(0)
+    return {t.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in t.shape]).astype(np.float32)
+            for t in ctx.inputs}
+
+
+class HostBenchmarkPass(Pass):
+    name = "host-benchmark"
+
+    def applies(self, ctx: ConversionContext) -> bool:
+        return ctx.options.bench_runs > 0
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        threads = host_threads(ctx)
+        feeds = _feeds(ctx)
+        result: dict[str, Any] = {"threads": threads, "runs": o.bench_runs, "warmup": o.bench_warmup}
+        models = {"float": ctx.float_model, "converted": ctx.model}
+        for label, path in models.items():
+            sess = ort_session(path, threads)
+            names = [x.name for x in sess.get_outputs()]
+            _, samples = time_runs(lambda: sess.run(names, feeds), o.bench_runs, o.bench_warmup)
+            result[label] = summarize_ms(samples)
+        f, c = result["float"]["mean_ms"], result["converted"]["mean_ms"]
+        result["speedup_vs_float"] = round(f / c, 3) if c else None
+        ctx.measurements["host_latency"] = result
+        return result

@@ -1,0 +1,56 @@
+"""Import pass: load the source, describe its inputs/outputs, load calibration/eval data."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edge_agent.bundle import Postprocess, Preprocess
+
+from ..data import load_dataset
+from ..errors import DataError
+from ..importers import import_model
+from ..onnx_utils import tensor_specs
+from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
+
+
+class ImportPass(Pass):
+    name = "import"
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        ctx.imported = import_model(o.source, ctx.workdir, o.input_shape, o.opset)
+        ctx.float_model = ctx.model = ctx.imported.onnx_path
+        ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, o.layout)
+        first = ctx.inputs[0]
+        if len(first.shape) == 4 and first.layout in ("NCHW", "NHWC"):
+            h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
+            channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
+            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+                color = "GRAY" if channels == 1 else o.color
+                ctx.preprocess = Preprocess(
+                    kind="image", color=color, size=[h, w], resize=o.resize, scale=o.scale, mean=list(o.mean), std=list(o.std)
+                )
+        if ctx.preprocess is None:
+            ctx.preprocess = Preprocess(kind="none")
+        ctx.postprocess = Postprocess(kind=o.postprocess, softmax=True, top_k=o.top_k)
+        if o.calibration:
+            ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels)
+        if o.evaluation:
+            ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels)
+        if ctx.evaluation is None and ctx.calibration is not None:
+            log.warning("no --eval data: the accuracy gate compares float vs converted outputs on the calibration data")
+        if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
+            if int(ctx.evaluation.labels.max()) >= len(o.labels):
+                raise DataError(f"eval labels go up to {int(ctx.evaluation.labels.max())} but only {len(o.labels)} label names were given")
+        return {
+            "source": o.source,
+            "source_format": ctx.imported.source_format,
+            "opset": ctx.imported.opset,
+            "inputs": [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.inputs],
+            "outputs": [f"{t.name} {t.dtype}{t.shape}" for t in ctx.outputs],
+            "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
+            "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
+        }

@@ -1,0 +1,125 @@
+"""Quantize/convert the float ONNX model per the profile's precision recipe (ONNX Runtime tools).
+
+int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile
+int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
+fp16          float16 weights and activations, float32 I/O (GPU profiles)
+fp32          unchanged
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import onnx
+
+from ..data import Dataset
+from ..errors import ConversionError
+from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
+MIN_CALIBRATION_SAMPLES = 16
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over a Dataset, one sample per batch."""
+
+    def __init__(self, data: Dataset, limit: int) -> None:
+        self._data = data
+        self._n = min(len(data), limit)
+        self._it: Iterator[int] = iter(range(self._n))
+
+    def get_next(self):
+        i = next(self._it, None)
+        return None if i is None else self._data.sample(i)
+
+    def rewind(self) -> None:
+        self._it = iter(range(self._n))
+
+
+def calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def preprocess_for_quantization(ctx: ConversionContext):
+    """ORT's quant_pre_process (symbolic shape inference + optimisation); fall back when it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = ctx.workdir / "float.prep.onnx"
+    try:
+        quant_pre_process(str(ctx.float_model), str(out), skip_symbolic_shape=False)
+        return out, "quant_pre_process"
+    except Exception as exc:
+        log.warning("quant_pre_process failed (%s); quantizing the cleaned graph as is. "
+                    "Pinning input shapes with --input-shape usually fixes this.", str(exc).splitlines()[0][:200])
+        return ctx.float_model, "skipped"
+
+
+def quantize_static_int8(ctx: ConversionContext, src, dst, method: str, per_channel: bool,
+                         activation_type: str, weight_type: str, nodes_to_exclude: list[str] | None = None) -> None:
+    """ONNX Runtime static QDQ quantization with the user's calibration data."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    extra: dict[str, Any] = {}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.99
+    quantize_static(
+        str(src), str(dst), _Reader(ctx.calibration, ctx.options.calibration_samples),
+        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        activation_type=quant_type(activation_type), weight_type=quant_type(weight_type),
+        calibrate_method=calibration_method(method), nodes_to_exclude=nodes_to_exclude or [], extra_options=extra,
+    )
+
+
+class QuantizePass(Pass):
+    name = "quantize"
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o, prec = ctx.options, ctx.profile.precision
+        recipe = o.precision or prec.recipe
+        ctx.precision = recipe
+        if recipe == "fp32":
+            return {"recipe": "fp32", "note": "model kept in float32"}
+        if recipe == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(onnx.load(str(ctx.float_model)), keep_io_types=True)
+            out = ctx.workdir / "model.fp16.onnx"
+            onnx.save_model(model, str(out), save_as_external_data=False)
+            ctx.model = out
+            return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
+        if recipe == "int8-dynamic":
+            from onnxruntime.quantization import quantize_dynamic
+
+            out = ctx.workdir / "model.int8dyn.onnx"
+            quantize_dynamic(str(ctx.float_model), str(out), per_channel=prec.per_channel, weight_type=quant_type("int8"))
+            ctx.model = out
+            return {"recipe": "int8-dynamic", "weight_type": "int8", "per_channel": prec.per_channel}
+        # int8-static
+        if ctx.calibration is None:
+            raise ConversionError(
+                f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
+                "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
+            )
+        n = min(len(ctx.calibration), o.calibration_samples)
+        if n < MIN_CALIBRATION_SAMPLES:
+            log.warning("only %d calibration samples; int8 ranges need at least %d representative inputs", n, MIN_CALIBRATION_SAMPLES)
+        method = o.calibration_method or prec.calibration_method
+        src, prep = preprocess_for_quantization(ctx)
+        out = ctx.workdir / "model.int8.onnx"
+        quantize_static_int8(ctx, src, out, method, prec.per_channel, prec.activation_type, prec.weight_type)
+        ctx.model = out
+        return {
+            "recipe": "int8-static", "format": "QDQ", "calibration_method": method, "calibration_samples": n,
+            "per_channel": prec.per_channel, "activation_type": prec.activation_type,
+            "weight_type": prec.weight_type, "pre_process": prep,
+        }

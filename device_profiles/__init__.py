@@ -1,0 +1,229 @@
+"""Device profiles: one TOML file per target, plus this small loader and validator.
+
+A profile says what a device is (architecture, cores, memory, accelerator), which bundle
+formats, runtimes and execution providers it prefers (best first), the precision recipe the
+converter should apply, the accuracy budget of that recipe, and the device's limits.
+
+Built-in profiles live beside this file; users pass their own file by path. A profile with a
+missing or wrong field is refused with a :class:`ProfileError` that names the field.
+This module imports nothing else of the project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Profile",
+    "ProfileError",
+    "builtin_profile_dir",
+    "list_profiles",
+    "load_profile",
+    "profile_from_dict",
+]
+
+RECIPES = ("int8-static", "int8-dynamic", "fp16", "fp32")
+FORMATS = ("onnx", "tflite")
+RUNTIMES = ("onnxruntime", "litert")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_TYPES = ("int8", "uint8")
+ARCHES = ("aarch64", "armv7l", "x86_64")
+ACCELERATORS = ("none", "cuda", "npu", "tpu")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, unreadable or has a missing/wrong field."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    arch: str
+    cores: int
+    memory_mb: int
+    accelerator: str
+
+
+@dataclass(frozen=True)
+class RuntimePrefs:
+    formats: tuple[str, ...]
+    runtimes: tuple[str, ...]
+    execution_providers: tuple[str, ...]
+    threads: int
+
+
+@dataclass(frozen=True)
+class Precision:
+    recipe: str
+    per_channel: bool
+    activation_type: str
+    weight_type: str
+    calibration_method: str
+    fallback: str
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    max_top1_drop: float
+    min_agreement: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bundle_mb: float
+    memory_budget_mb: float
+    latency_budget_ms: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated device profile."""
+
+    name: str
+    description: str
+    hardware: Hardware
+    runtime: RuntimePrefs
+    precision: Precision
+    accuracy: AccuracyBudget
+    limits: Limits
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+def builtin_profile_dir() -> Path:
+    """The folder holding the built-in profile files."""
+    return Path(__file__).resolve().parent
+
+
+def list_profiles() -> list[str]:
+    """Names of the built-in profiles, sorted."""
+    return sorted(p.stem for p in builtin_profile_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load a built-in profile by name, or a user's profile file by path (.toml or .json)."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix in (".toml", ".json") or path.exists()):
+        path = builtin_profile_dir() / f"{text}.toml"
+        if not path.exists():
+            raise ProfileError(
+                f"unknown profile {text!r}: built-in profiles are {', '.join(list_profiles())}; "
+                "or pass the path of your own profile file"
+            )
+    if not path.is_file():
+        raise ProfileError(f"profile file {path} does not exist")
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".json":
+            import json
+
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:  # tomllib/json errors subclass ValueError
+        raise ProfileError(f"profile file {path} cannot be parsed: {exc}") from exc
+    return profile_from_dict(data, source=str(path))
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _field(data: dict[str, Any], section: str, key: str) -> Any:
+    where = f"{section}.{key}" if section else key
+    container = data.get(section) if section else data
+    if section and not isinstance(container, dict):
+        raise ProfileError(f"profile field [{section}] is missing or not a table")
+    if key not in container:
+        raise ProfileError(f"profile field '{where}' is missing")
+    return container[key]
+
+
+def _str(data, section, key, choices=None) -> str:
+    value = _field(data, section, key)
+    where = f"{section}.{key}" if section else key
+    if not isinstance(value, str) or not value:
+        raise ProfileError(f"profile field '{where}' must be a non-empty string, got {value!r}")
+    if choices and value not in choices:
+        raise ProfileError(f"profile field '{where}' is {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _num(data, section, key, kind=float, minimum=0.0, maximum=None) -> Any:
+    value = _field(data, section, key)
+    where = f"{section}.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ProfileError(f"profile field '{where}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ProfileError(f"profile field '{where}' must be {bound}, got {value!r}")
+    return kind(value)
+
+
+def _list(data, section, key, choices=None) -> tuple[str, ...]:
+    value = _field(data, section, key)
+    where = f"{section}.{key}"
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ProfileError(f"profile field '{where}' must be a non-empty list of strings, got {value!r}")
+    if choices:
+        bad = [v for v in value if v not in choices]
+        if bad:
+            raise ProfileError(f"profile field '{where}' has {bad!r}; allowed: {', '.join(choices)}")
+    return tuple(value)
+
+
+def _bool(data, section, key) -> bool:
+    value = _field(data, section, key)
+    if not isinstance(value, bool):
+        raise ProfileError(f"profile field '{section}.{key}' must be true or false, got {value!r}")
+    return value
+
+
+def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
+    """Validate a parsed profile; raise ProfileError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ProfileError("a profile must be a table of fields")
+    providers = _list(data, "runtime", "execution_providers")
+    if "CPUExecutionProvider" not in providers:
+        raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")
+    return Profile(
+        name=_str(data, "", "name"),
+        description=str(data.get("description", "")),
+        hardware=Hardware(
+            arch=_str(data, "hardware", "arch", ARCHES),
+            cores=_num(data, "hardware", "cores", int, 1),
+            memory_mb=_num(data, "hardware", "memory_mb", int, 16),
+            accelerator=_str(data, "hardware", "accelerator", ACCELERATORS),
+        ),
+        runtime=RuntimePrefs(
+            formats=_list(data, "runtime", "formats", FORMATS),
+            runtimes=_list(data, "runtime", "runtimes", RUNTIMES),
+            execution_providers=providers,
+            threads=_num(data, "runtime", "threads", int, 1, 256),
+        ),
+        precision=Precision(
+            recipe=_str(data, "precision", "recipe", RECIPES),
+            per_channel=_bool(data, "precision", "per_channel"),
+            activation_type=_str(data, "precision", "activation_type", QUANT_TYPES),
+            weight_type=_str(data, "precision", "weight_type", QUANT_TYPES),
+            calibration_method=_str(data, "precision", "calibration_method", CALIBRATION_METHODS),
+            fallback=_str(data, "precision", "fallback", RECIPES),
+        ),
+        accuracy=AccuracyBudget(
+            max_top1_drop=_num(data, "accuracy", "max_top1_drop", float, 0.0, 100.0),
+            min_agreement=_num(data, "accuracy", "min_agreement", float, 0.0, 1.0),
+        ),
+        limits=Limits(
+            max_bundle_mb=_num(data, "limits", "max_bundle_mb", float, 0.001),
+            memory_budget_mb=_num(data, "limits", "memory_budget_mb", float, 1.0),
+            latency_budget_ms=_num(data, "limits", "latency_budget_ms", float, 0.001),
+        ),
+        source=source,
+    )

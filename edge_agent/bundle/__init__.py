@@ -1,0 +1,67 @@
+"""THE bundle format: manifest schema, archive read/write, signing and typed errors.
+
+The converter writes bundles with `write_bundle`, the agent and the fleet read them with
+`verify_bundle`. Nothing else in the project re-implements any of this.
+"""
+
+from .archive import (
+    BUNDLE_SUFFIX,
+    VerifiedBundle,
+    read_manifest_unverified,
+    sha256_file,
+    verify_bundle,
+    write_bundle,
+)
+from .errors import (
+    BundleError,
+    CorruptBundle,
+    HashMismatch,
+    InsufficientSpace,
+    ManifestError,
+    ProfileMismatch,
+    SignatureError,
+    UnsafeMember,
+    UnsupportedSchema,
+)
+from .manifest import (
+    SCHEMA_VERSION,
+    FileEntry,
+    Manifest,
+    Postprocess,
+    Preprocess,
+    Quantization,
+    SelfTest,
+    TensorSpec,
+)
+from .signing import TrustStore, generate_keypair, key_id, load_private_key, load_public_key
+
+__all__ = [
+    "BUNDLE_SUFFIX",
+    "SCHEMA_VERSION",
+    "BundleError",
+    "CorruptBundle",
+    "FileEntry",
+    "HashMismatch",
+    "InsufficientSpace",
+    "Manifest",
+    "ManifestError",
+    "Postprocess",
+    "Preprocess",
+    "ProfileMismatch",
+    "Quantization",
+    "SelfTest",
+    "SignatureError",
+    "TensorSpec",
+    "TrustStore",
+    "UnsafeMember",
+    "UnsupportedSchema",
+    "VerifiedBundle",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "read_manifest_unverified",
+    "sha256_file",
+    "verify_bundle",
+    "write_bundle",
+]

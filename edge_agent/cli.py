@@ -1,0 +1,247 @@
+"""`edge-agent`: verify, inspect, run and benchmark edgekit bundles on a device.
+
+Thin layer: parse arguments, call the library, print a table or JSON. Every failure prints
+one line `edge-agent: error: ...` to stderr and exits with the error's own code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .bundle import BundleError, read_manifest_unverified, verify_bundle
+from .home import AgentHome, default_home, require_trust, unpacked_bundle
+
+log = logging.getLogger("edge_agent")
+
+EXIT_CODES_HELP = """exit codes:
+  0 ok            1 other error      2 usage          3 bad input file
+  11 corrupt/truncated archive       12 unsafe member (traversal, link, device, oversize)
+  13 signature missing/invalid/untrusted               14 file hash or size mismatch
+  15 invalid manifest  16 unsupported schema  17 built for another profile
+  18 not enough disk space           20 bad device profile  40 runtime could not load/run
+"""
+
+# ---- command implementations ------------------------------------------------------------
+
+
+def _profile_name(home: AgentHome, args: argparse.Namespace) -> str | None:
+    chosen = home.device_profile(getattr(args, "profile", None))
+    if chosen is None:
+        return None
+    from device_profiles import load_profile
+
+    return load_profile(chosen).name
+
+
+def cmd_verify(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    trust = require_trust(home.trust_store(args.trust))
+    vb = verify_bundle(args.bundle, trust, profile=_profile_name(home, args), allow_profile_mismatch=args.allow_profile_mismatch)
+    m = vb.manifest
+    result = {
+        "ok": True,
+        "bundle": str(args.bundle),
+        "name": m.name,
+        "version": m.version,
+        "profile": m.profile,
+        "format": m.format,
+        "precision": m.precision,
+        "signed_by": vb.key_id,
+        "files": len(m.files),
+        "size_bytes": m.total_size,
+    }
+    text = f"OK {m.name} v{m.version} ({m.format}, {m.precision}, profile {m.profile}) signed by {vb.key_id}, {len(m.files)} files verified"
+    return result, text
+
+
+def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    m = read_manifest_unverified(args.bundle)
+    d = m.to_dict()
+    lines = [
+        f"{m.name} v{m.version}  profile={m.profile} format={m.format} runtime={m.runtime} precision={m.precision}",
+        "inputs:  " + ", ".join(f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in m.inputs),
+        "outputs: " + ", ".join(f"{t.name} {t.dtype}{t.shape}" for t in m.outputs),
+        "files:   " + ", ".join(f"{f.path} ({f.size} B)" for f in m.files),
+        "(not verified: use `edge-agent verify` to check the signature)",
+    ]
+    return d, "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
+    from .pipeline.inputs import load_feed
+    from .pipeline.postprocess import classify
+    from .runtimes import load_session
+
+    trust = home.trust_store(args.trust)
+    with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
+        session = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
+        results = []
+        for item in args.inputs:
+            outputs = session.run(load_feed(item, vb.manifest))
+            top = classify(outputs, vb.manifest, args.top_k)[0]
+            results.append({"input": str(item), **top})
+    lines = []
+    for r in results:
+        tops = ", ".join(f"{t['name']}={t['score']:.4f}" for t in r["top_k"])
+        lines.append(f"{r['input']}: {r['name']} ({r['score']:.4f})  top-{len(r['top_k'])}: {tops}")
+    return (results if len(results) != 1 else results[0]), "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    from .bench import bench_bundle, format_report
+
+    trust = home.trust_store(args.trust)
+    with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
+        bar = _progress(args.runs, "bench", disable=args.json or args.quiet)
+        report = bench_bundle(
+            vb.unpacked_to, vb.manifest, runs=args.runs, warmup=args.warmup, threads=args.threads,
+            progress=(lambda i: bar.update(1)) if bar else None,
+        )
+        if bar:
+            bar.close()
+    return report.to_dict(), format_report(report)
+
+
+def cmd_trust_add(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    kid = home.add_trusted_key(args.key)
+    return {"key_id": kid, "trusted_dir": str(home.trusted_dir)}, f"trusted key {kid} (stored in {home.trusted_dir})"
+
+
+def cmd_trust_list(args: argparse.Namespace, home: AgentHome) -> tuple[list[str], str]:
+    ids = sorted(home.trust_store().keys)
+    return ids, "\n".join(ids) if ids else f"no trusted keys in {home.trusted_dir}"
+
+
+def _progress(total: int, desc: str, disable: bool):
+    if disable or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", leave=False, file=sys.stderr)
+
+
+# ---- argument parsing ---------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, trust: bool = True, profile: bool = True) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    if trust:
+        p.add_argument("--trust", action="append", type=Path, metavar="PUB",
+                       help="trusted public key file or folder of *.pub (repeatable); default: keys added with `trust add`")
+    if profile:
+        p.add_argument("--profile", help="this device's profile name or file (default: EDGE_AGENT_PROFILE or the home's profile)")
+        p.add_argument("--allow-profile-mismatch", action="store_true",
+                       help="accept a bundle built for another profile (at your own risk)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Verify, run and benchmark edgekit model bundles on this device.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--home", type=Path, default=None, help="agent home folder (default: EDGE_AGENT_HOME or ~/.edgekit/agent)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("verify", help="check a bundle's signature, hashes, schema and profile",
+                       description="Check a bundle end to end without installing it: archive, signature against trusted keys, "
+                       "schema version, every file's size and SHA-256, and the target profile.")
+    p.add_argument("bundle", type=Path)
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("info", help="show a bundle's manifest (unverified)")
+    p.add_argument("bundle", type=Path)
+    _common(p, trust=False, profile=False)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run a bundle on image files or .npy arrays",
+                       description="Verify the bundle, then classify each input: images get the manifest's preprocessing; "
+                       ".npy arrays are given in the source model's layout. JSON output names the top-1 class as `label`.")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("inputs", type=Path, nargs="+", help="image files (.png, .jpg, ...) or .npy arrays")
+    p.add_argument("--top-k", type=int, default=None, help="how many classes to show (default: manifest's top_k)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="measure latency percentiles, init time, throughput and memory",
+                       description="Benchmark a bundle under its runtime on this device, like TFLite's benchmark_model: "
+                       "warm-up, init time, min/mean/std/p50/p90/p99/max latency, throughput, peak RSS, model size.")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    _common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("trust", help="manage the public keys this device accepts bundles from")
+    tsub = p.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("add", help="trust a public key (copied into the agent home)")
+    t.add_argument("key", type=Path)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_trust_add)
+    t = tsub.add_parser("list", help="list trusted key ids")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_trust_list)
+
+    for extend in _EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# Later parts (OTA, camera pipeline) register their subcommands here.
+_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    home = AgentHome(args.home or default_home())
+    try:
+        result, text = args.func(args, home)
+    except KeyboardInterrupt:
+        print("edge-agent: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure: one line, its own exit code
+        return _fail(exc, args)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(text)
+    return 0
+
+
+def _fail(exc: Exception, args: argparse.Namespace) -> int:
+    from device_profiles import ProfileError
+
+    code = getattr(exc, "exit_code", None)
+    if isinstance(exc, ProfileError):
+        code = 20
+    if code is None:
+        log.debug("unexpected error", exc_info=True)
+        code = 1
+    kind = getattr(exc, "kind", exc.__class__.__name__)
+    message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": kind, "message": message, "exit_code": code}))
+    print(f"edge-agent: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The agent's home folder: trusted keys, the device's profile, and (for OTA) slots and state.
+
+Default `~/.edgekit/agent`, overridden by `--home` or the EDGE_AGENT_HOME variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .bundle import TrustStore, VerifiedBundle, key_id, load_public_key, verify_bundle
+from .bundle.errors import SignatureError
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("EDGE_AGENT_HOME") or Path.home() / ".edgekit" / "agent")
+
+
+@dataclass(frozen=True)
+class AgentHome:
+    root: Path
+
+    @property
+    def trusted_dir(self) -> Path:
+        return self.root / "trusted"
+
+    @property
+    def profile_file(self) -> Path:
+        return self.root / "profile"
+
+    def trust_store(self, extra: list[Path] | None = None) -> TrustStore:
+        """Keys given on the command line, else the keys trusted in this home."""
+        if extra:
+            return TrustStore.from_paths(extra)
+        if self.trusted_dir.is_dir():
+            return TrustStore.from_paths([self.trusted_dir])
+        return TrustStore({})
+
+    def add_trusted_key(self, pub: Path) -> str:
+        """Copy a public key into the trusted folder, named by its key id."""
+        key = load_public_key(pub)
+        kid = key_id(key)
+        self.trusted_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pub, self.trusted_dir / f"{kid}.pub")
+        return kid
+
+    def device_profile(self, explicit: str | None = None) -> str | None:
+        """The device's profile name or path: --profile, else EDGE_AGENT_PROFILE, else home's file."""
+        if explicit:
+            return explicit
+        if os.environ.get("EDGE_AGENT_PROFILE"):
+            return os.environ["EDGE_AGENT_PROFILE"]
+        if self.profile_file.is_file():
+            return self.profile_file.read_text().strip() or None
+        return None
+
+
+def require_trust(trust: TrustStore) -> TrustStore:
+    if not trust:
+        raise SignatureError(
+            "no trusted keys: pass --trust PATH/TO/signing.pub, or run `edge-agent trust add signing.pub` once"
+        )
+    return trust
+
+
+@contextmanager
+def unpacked_bundle(
+    bundle: Path, trust: TrustStore, profile: str | None, allow_profile_mismatch: bool = False
+) -> Iterator[VerifiedBundle]:
+    """Verify a bundle and unpack it into a private temporary folder for the duration."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
+        yield verify_bundle(
+            bundle,
+            require_trust(trust),
+            profile=profile,
+            allow_profile_mismatch=allow_profile_mismatch,
+            unpack_to=Path(tmp) / "bundle",
+        )

@@ -1,0 +1,1 @@
+"""Sources -> preprocess -> infer -> postprocess -> sinks, as small stages."""

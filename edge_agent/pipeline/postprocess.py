@@ -1,0 +1,40 @@
+"""Output postprocessing: classification (softmax + top-k with labels)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Manifest
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _looks_like_probabilities(row: np.ndarray) -> bool:
+    return bool(np.all(row >= 0) and abs(float(row.sum()) - 1.0) < 1e-3)
+
+
+def classify(outputs: list[np.ndarray], manifest: Manifest, top_k: int | None = None) -> list[dict[str, Any]]:
+    """Top-k classes per batch item: [{label, name, score, top_k: [{label, name, score}]}]."""
+    post = manifest.postprocess
+    logits = np.asarray(outputs[0], dtype=np.float32).reshape(outputs[0].shape[0], -1)
+    k = min(top_k or (post.top_k if post else 5), logits.shape[1])
+    results = []
+    for row in logits:
+        probs = softmax(row) if (post is None or post.softmax) and not _looks_like_probabilities(row) else row
+        order = np.argsort(-probs, kind="stable")[:k]
+        top = [
+            {"label": int(i), "name": _name(manifest, int(i)), "score": round(float(probs[i]), 6)} for i in order
+        ]
+        results.append({"label": top[0]["label"], "name": top[0]["name"], "score": top[0]["score"], "top_k": top})
+    return results
+
+
+def _name(manifest: Manifest, index: int) -> str:
+    labels = manifest.labels or []
+    return labels[index] if 0 <= index < len(labels) else str(index)

@@ -1,0 +1,97 @@
+"""Image preprocessing as the manifest describes it: colour, resize/letterbox, scale, mean/std, layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..bundle import Manifest, Preprocess, TensorSpec
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a letterboxed frame maps back to the original: orig = (model - pad) / scale."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+
+def to_layout(chw_or_hwc: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Transpose a batched 4-D array between NCHW and NHWC (no-op when equal or not 4-D)."""
+    if src == dst or chw_or_hwc.ndim != 4 or {src, dst} != {"NCHW", "NHWC"}:
+        return chw_or_hwc
+    axes = (0, 2, 3, 1) if src == "NCHW" else (0, 3, 1, 2)
+    return np.ascontiguousarray(chw_or_hwc.transpose(axes))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple[np.ndarray, Letterbox]:
+    """Resize an HxWxC uint8 image to (height, width) with Pillow."""
+    from PIL import Image
+
+    h, w = size
+    squeeze = image.shape[2] == 1
+    pil = Image.fromarray(image[:, :, 0] if squeeze else image)
+    method = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
+    if mode == "letterbox":
+        scale = min(w / pil.width, h / pil.height)
+        nw, nh = max(1, round(pil.width * scale)), max(1, round(pil.height * scale))
+        canvas = Image.new(pil.mode, (w, h), color=(114,) * len(pil.getbands()) if len(pil.getbands()) > 1 else 114)
+        px, py = (w - nw) // 2, (h - nh) // 2
+        canvas.paste(pil.resize((nw, nh), Image.Resampling.BILINEAR), (px, py))
+        out, box = canvas, Letterbox(scale, px, py)
+    else:
+        out = pil.resize((w, h), method) if (pil.width, pil.height) != (w, h) else pil
+        box = Letterbox(1.0, 0.0, 0.0)
+    arr = np.asarray(out)
+    return (arr[:, :, None] if arr.ndim == 2 else arr), box
+
+
+def convert_color(image: np.ndarray, source_order: str, target_order: str) -> np.ndarray:
+    """HxWxC uint8 image from `source_order` (RGB/BGR/GRAY) into `target_order`."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if source_order == target_order:
+        return image
+    if target_order == "GRAY":
+        rgb = image[:, :, ::-1] if source_order == "BGR" else image
+        if rgb.shape[2] == 1:
+            return rgb
+        gray = rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114
+        return np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, ::-1]  # RGB <-> BGR
+
+
+def preprocess_image(
+    image: np.ndarray, spec: Preprocess, tensor: TensorSpec, color_order: str = "RGB"
+) -> tuple[np.ndarray, Letterbox]:
+    """An HxWxC uint8 image -> a batched float32 tensor in the model input's layout."""
+    image = convert_color(image, color_order, spec.color)
+    resized, box = _resize(image, (spec.size[0], spec.size[1]), spec.resize)
+    x = resized.astype(np.float32) * np.float32(spec.scale)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    x = (x - mean) / std
+    batched = x[None]  # NHWC
+    return to_layout(batched, "NHWC", tensor.layout if tensor.layout in ("NCHW", "NHWC") else "NCHW"), box
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as an HxWxC uint8 RGB (or HxWx1 gray) array."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB")
+        arr = np.asarray(im)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def input_for_manifest(manifest: Manifest) -> TensorSpec:
+    return manifest.inputs[0]

@@ -1,0 +1,67 @@
+"""ONNX Runtime backend: session options from the bundle and profile, providers with fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..bundle import Manifest
+from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeSession(ModelSession):
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, info: RuntimeInfo) -> None:
+        self._session = session
+        self.manifest = manifest
+        self.info = info
+        self._output_names = [o.name for o in manifest.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(self._output_names, feeds)
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def load(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> ModelSession:
+        wanted = list(providers or manifest.execution_providers or ["CPUExecutionProvider"])
+        available = set(ort.get_available_providers())
+        usable = [p for p in wanted if p in available]
+        skipped = [p for p in wanted if p not in available]
+        if skipped:
+            log.info("execution providers not available here, falling back: %s", ", ".join(skipped))
+        if "CPUExecutionProvider" not in usable:
+            usable.append("CPUExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        model_path = Path(bundle_dir) / manifest.model_file
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=usable)
+        except Exception as exc:  # ORT raises its own exception types; keep one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise RuntimeLoadError(f"ONNX Runtime could not load {manifest.model_file}: {first}") from exc
+        ran = session.get_providers()[0]
+        log.info("ONNX Runtime %s runs %s on %s", ort.__version__, manifest.model_file, ran)
+        info = RuntimeInfo(
+            runtime="onnxruntime",
+            version=ort.__version__,
+            provider=ran,
+            threads=int(threads or 0),
+            details={"requested_providers": wanted, "session_providers": session.get_providers()},
+        )
+        return OnnxRuntimeSession(session, manifest, info)

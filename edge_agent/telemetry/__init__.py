@@ -1,0 +1,1 @@
+"""Latency statistics and (later) exporters/reporters."""
