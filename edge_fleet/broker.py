@@ -301,6 +301,7 @@ class _Mosquitto:
             "log_type information",
             "connection_messages true",
             "log_timestamp true",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
         if os.name == "posix" and os.geteuid() == 0:
             # As root mosquitto drops to user "mosquitto", which cannot write our data_dir.
@@ -341,6 +342,7 @@ class _Mosquitto:
         if self.running:
             return
         log.debug("starting %s -c %s", self.binary, self.conf_file)
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.stderr_file, "ab") as err:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf_file)],
@@ -351,8 +353,10 @@ class _Mosquitto:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if _port_open(self.host, self.port):
-                if self.proc.poll() is None:  # the listener is ours, not a port squatter
+            # Mosquitto logs "... running" only after all listeners are bound, so a
+            # foreign process squatting on the port is not mistaken for our broker.
+            if self._logged_running(log_offset) and _port_open(self.host, self.port):
+                if self.proc.poll() is None:
                     return
                 break
             time.sleep(0.02)
@@ -364,6 +368,14 @@ class _Mosquitto:
             f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}\n"
             f"--- {self.stderr_file} (tail) ---\n{_tail(self.stderr_file)}"
         )
+
+    def _logged_running(self, offset: int) -> bool:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return b" running" in f.read()
+        except OSError:
+            return False
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -418,7 +430,17 @@ class _Amqtt:
             await broker.retain_message(None, item["topic"], base64.b64decode(item["data"]), item["qos"])
         return broker
 
+    async def _settle(self) -> None:
+        """Best effort: amqtt PUBACKs before routing a message, so let queued ones finish."""
+        for _ in range(40):
+            sessions = [sess for sess, _h in self.broker.sessions.values()]
+            if all(sess.delivered_message_queue.empty() for sess in sessions):
+                break
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(0.05)
+
     async def _stop(self) -> None:
+        await self._settle()
         retained = [
             {"topic": m.topic, "data": base64.b64encode(bytes(m.data)).decode(), "qos": m.qos or 0}
             for m in self.broker.retained_messages.values()
