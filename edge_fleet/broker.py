@@ -10,8 +10,10 @@ Notes on the amqtt fallback (amqtt==0.12.1):
   * only retained messages survive ``restart()`` (we snapshot them to a JSON file
     in ``data_dir``); persistent sessions / queued QoS>0 messages do not;
   * ACL files and ``max_message_mb`` are not supported/enforced;
-  * it has been seen delivering retained messages to non-matching subscriptions,
-    so clients must check ``msg.topic`` themselves.
+  * it PUBACKs a QoS1 publish before routing it (stop() waits briefly for queued
+    messages to settle);
+  * it was reported delivering retained messages to non-matching subscriptions,
+    so clients should check ``msg.topic`` themselves.
 """
 
 from __future__ import annotations
