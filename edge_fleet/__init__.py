@@ -1,0 +1,1 @@
+"""edgekit fleet-server components."""
