@@ -7,11 +7,13 @@ one line `edge-agent: error: ...` to stderr and exits with the error's own code.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .bundle import BundleError, read_manifest_unverified, verify_bundle
@@ -194,13 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_trust_list)
 
-    for extend in _EXTENSIONS:
-        extend(sub)
+    for module_name in _EXTENSIONS:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(sub)
     return parser
 
 
-# Later parts (OTA, camera pipeline) register their subcommands here.
-_EXTENSIONS: list[Callable[[Any], None]] = []
+# Modules that add subcommands: each has `register(subparsers)`; their commands' functions
+# take (args, home) and return (json_result, text) like the ones above.
+_EXTENSIONS = ("edge_agent.ota.cli", "edge_agent.pipeline.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Over-the-air updates: protocol (shared with the fleet), transfer, A/B slots, install state machine."""

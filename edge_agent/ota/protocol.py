@@ -1,0 +1,388 @@
+"""The OTA protocol over MQTT: topics and message schemas, shared by the agent and the fleet.
+
+One subtree per device under a configurable prefix (default `edgekit`):
+
+    {prefix}/devices/{id}/desired        fleet -> device, retained   DesiredState (JSON)
+    {prefix}/devices/{id}/reported       device -> fleet, retained   ReportedState (JSON)
+    {prefix}/devices/{id}/presence       device -> fleet, retained   Presence (JSON; last will = offline)
+    {prefix}/devices/{id}/telemetry      device -> fleet             Telemetry (JSON)
+    {prefix}/devices/{id}/blocks/get     device -> fleet             BlockRequest (JSON)
+    {prefix}/devices/{id}/blocks/data    fleet -> device             block frames (binary, see encode_block)
+
+Modelled on AWS IoT device shadows (desired/reported) and MQTT file streams (the device asks
+for the blocks it still needs; each block carries its index and SHA-256), with Sparkplug/Homie
+style presence through a retained last-will message. A device writes only below its own
+subtree, so a broker ACL with `pattern write {prefix}/devices/%u/#` confines it.
+
+Every parser here raises ProtocolError with a one-line reason on malformed input; receivers
+log and ignore such messages. Receivers also check that a message's topic is inside the
+subtree they subscribed to (some brokers deliver retained messages to non-matching filters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DEFAULT_PREFIX = "edgekit"
+MAX_JSON_BYTES = 256 * 1024  # larger control messages are refused (oversized input)
+DEFAULT_BLOCK_SIZE = 128 * 1024
+MAX_BLOCKS_PER_REQUEST = 64
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+PHASES = (
+    "idle",  # running the current model, nothing to do
+    "downloading",  # fetching blocks into staging
+    "verifying",  # hash, signature, profile, schema, free space
+    "installing",  # unpacking into the inactive slot
+    "health_check",  # loading + self-test + latency budget in the inactive slot
+    "switching",  # atomic switch of the active slot
+    "succeeded",  # the desired version is active
+    "failed",  # the update was abandoned; the previous model is still active
+    "rolled_back",  # the new model was active and has been replaced by the previous one
+)
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the protocol (one line, says what was wrong)."""
+
+
+# --- topics -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one prefix. `device(id)` gives one device's topics."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def device_root(self, device_id: str) -> str:
+        check_device_id(device_id)
+        return f"{self.prefix}/devices/{device_id}"
+
+    def desired(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/desired"
+
+    def reported(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/reported"
+
+    def presence(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/presence"
+
+    def telemetry(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/telemetry"
+
+    def block_request(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/blocks/get"
+
+    def block_data(self, device_id: str) -> str:
+        return f"{self.device_root(device_id)}/blocks/data"
+
+    # wildcard subscriptions used by the fleet
+    def all_reported(self) -> str:
+        return f"{self.prefix}/devices/+/reported"
+
+    def all_presence(self) -> str:
+        return f"{self.prefix}/devices/+/presence"
+
+    def all_telemetry(self) -> str:
+        return f"{self.prefix}/devices/+/telemetry"
+
+    def all_block_requests(self) -> str:
+        return f"{self.prefix}/devices/+/blocks/get"
+
+    def parse(self, topic: str) -> tuple[str, str]:
+        """(device_id, kind) for a topic inside this prefix's device tree; ProtocolError otherwise.
+
+        kind is one of desired, reported, presence, telemetry, blocks/get, blocks/data.
+        """
+        head = f"{self.prefix}/devices/"
+        if not topic.startswith(head):
+            raise ProtocolError(f"topic {topic!r} is outside {head}#")
+        rest = topic[len(head) :]
+        device_id, _, kind = rest.partition("/")
+        check_device_id(device_id)
+        if kind not in ("desired", "reported", "presence", "telemetry", "blocks/get", "blocks/data"):
+            raise ProtocolError(f"topic {topic!r} has an unknown message kind {kind!r}")
+        return device_id, kind
+
+
+def check_device_id(device_id: str) -> str:
+    if not isinstance(device_id, str) or not _ID_RE.match(device_id):
+        raise ProtocolError(f"device id {device_id!r} must be 1-64 of [A-Za-z0-9._-] and not start with a symbol")
+    return device_id
+
+
+# --- JSON messages ------------------------------------------------------------------------
+
+
+def _load(payload: bytes, what: str) -> dict[str, Any]:
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError(f"{what} message is {len(payload)} bytes, over the {MAX_JSON_BYTES}-byte limit")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{what} message is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} message must be a JSON object")
+    return obj
+
+
+def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = False) -> Any:
+    if key not in obj or obj[key] is None:
+        if optional:
+            return None
+        raise ProtocolError(f"{what} message has no '{key}'")
+    value = obj[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ProtocolError(f"{what} field '{key}' has the wrong type")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what} field '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def dumps(message: Any) -> bytes:
+    """Serialise a protocol dataclass as compact JSON."""
+    return json.dumps(asdict(message), separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+@dataclass
+class BundleRef:
+    """Which bundle: name, version and the SHA-256 of the whole .edgebundle file."""
+
+    name: str
+    version: int
+    sha256: str
+
+    @classmethod
+    def from_obj(cls, obj: Any, what: str) -> "BundleRef":
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{what} must be an object")
+        sha = _get(obj, "sha256", str, what)
+        if not _SHA_RE.match(sha):
+            raise ProtocolError(f"{what}.sha256 is not a lowercase hex SHA-256")
+        version = _get(obj, "version", int, what)
+        if version < 1:
+            raise ProtocolError(f"{what}.version must be >= 1")
+        return cls(name=_get(obj, "name", str, what), version=version, sha256=sha)
+
+
+@dataclass
+class DesiredState:
+    """What the fleet wants a device to run (retained on .../desired).
+
+    `source` is {"type": "mqtt"} (blocks over this broker) or {"type": "http", "url": ...}.
+    `signature` is the bundle's signature.json content (algorithm, key_id, signature), so a
+    device can refuse an untrusted signer before downloading. `allow_downgrade` is set only
+    when the fleet explicitly rolls a device back to a lower version.
+    """
+
+    deployment_id: str
+    bundle: BundleRef
+    size: int
+    profile: str
+    signature: dict[str, Any]
+    source: dict[str, Any] = field(default_factory=lambda: {"type": "mqtt"})
+    block_size: int = DEFAULT_BLOCK_SIZE
+    allow_downgrade: bool = False
+    issued_at: float = field(default_factory=time.time)
+
+    @property
+    def block_count(self) -> int:
+        return max(1, -(-self.size // self.block_size))
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "DesiredState":
+        w = "desired"
+        o = _load(payload, w)
+        size = _get(o, "size", int, w)
+        block_size = _get(o, "block_size", int, w)
+        if size <= 0 or not (1024 <= block_size <= 16 * 1024 * 1024):
+            raise ProtocolError("desired message has an invalid size or block_size")
+        source = _get(o, "source", dict, w)
+        if source.get("type") not in ("mqtt", "http"):
+            raise ProtocolError("desired.source.type must be 'mqtt' or 'http'")
+        if source["type"] == "http" and not str(source.get("url", "")).startswith(("http://", "https://")):
+            raise ProtocolError("desired.source.url must be an http(s) URL")
+        return cls(
+            deployment_id=_get(o, "deployment_id", str, w),
+            bundle=BundleRef.from_obj(o.get("bundle"), "desired.bundle"),
+            size=size,
+            profile=_get(o, "profile", str, w),
+            signature=_get(o, "signature", dict, w),
+            source=source,
+            block_size=block_size,
+            allow_downgrade=bool(o.get("allow_downgrade", False)),
+            issued_at=float(_get(o, "issued_at", (int, float), w)),
+        )
+
+
+@dataclass
+class ReportedState:
+    """What a device says about itself (retained on .../reported)."""
+
+    device_id: str
+    phase: str
+    profile: str
+    agent_version: str
+    current: BundleRef | None = None
+    previous: BundleRef | None = None
+    deployment_id: str | None = None
+    target: BundleRef | None = None  # the bundle being installed, during an update
+    progress: float = 0.0  # 0..1 of the download
+    last_error: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "ReportedState":
+        w = "reported"
+        o = _load(payload, w)
+        phase = _get(o, "phase", str, w)
+        if phase not in PHASES:
+            raise ProtocolError(f"reported.phase {phase!r} is not one of {', '.join(PHASES)}")
+
+        def ref(key: str) -> BundleRef | None:
+            return BundleRef.from_obj(o[key], f"reported.{key}") if o.get(key) is not None else None
+
+        return cls(
+            device_id=check_device_id(_get(o, "device_id", str, w)),
+            phase=phase,
+            profile=_get(o, "profile", str, w),
+            agent_version=_get(o, "agent_version", str, w),
+            current=ref("current"),
+            previous=ref("previous"),
+            deployment_id=_get(o, "deployment_id", str, w, optional=True),
+            target=ref("target"),
+            progress=float(_get(o, "progress", (int, float), w, optional=True) or 0.0),
+            last_error=_get(o, "last_error", str, w, optional=True),
+            updated_at=float(_get(o, "updated_at", (int, float), w)),
+        )
+
+
+@dataclass
+class Presence:
+    """online/offline (retained on .../presence; the offline form is the MQTT last will)."""
+
+    state: str  # online | offline
+    at: float = field(default_factory=time.time)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "Presence":
+        o = _load(payload, "presence")
+        state = _get(o, "state", str, "presence")
+        if state not in ("online", "offline"):
+            raise ProtocolError("presence.state must be 'online' or 'offline'")
+        return cls(state=state, at=float(_get(o, "at", (int, float), "presence", optional=True) or 0.0))
+
+
+@dataclass
+class Telemetry:
+    """Periodic figures from a device: latency percentiles (ms), counts, model."""
+
+    model: BundleRef | None
+    inferences: int
+    errors: int
+    latency: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "Telemetry":
+        w = "telemetry"
+        o = _load(payload, w)
+        return cls(
+            model=BundleRef.from_obj(o["model"], "telemetry.model") if o.get("model") else None,
+            inferences=_get(o, "inferences", int, w),
+            errors=_get(o, "errors", int, w),
+            latency=_get(o, "latency", dict, w, optional=True) or {},
+            extra=_get(o, "extra", dict, w, optional=True) or {},
+            at=float(_get(o, "at", (int, float), w, optional=True) or 0.0),
+        )
+
+
+@dataclass
+class BlockRequest:
+    """A device asks for some blocks of one bundle (by the bundle file's SHA-256)."""
+
+    sha256: str
+    blocks: list[int]
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "BlockRequest":
+        w = "block request"
+        o = _load(payload, w)
+        sha = _get(o, "sha256", str, w)
+        if not _SHA_RE.match(sha):
+            raise ProtocolError("block request sha256 is not a lowercase hex SHA-256")
+        blocks = _get(o, "blocks", list, w)
+        if not blocks or len(blocks) > MAX_BLOCKS_PER_REQUEST:
+            raise ProtocolError(f"block request must ask for 1-{MAX_BLOCKS_PER_REQUEST} blocks")
+        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
+            raise ProtocolError("block request indices must be non-negative integers")
+        block_size = _get(o, "block_size", int, w)
+        if not (1024 <= block_size <= 16 * 1024 * 1024):
+            raise ProtocolError("block request block_size is out of range")
+        return cls(sha256=sha, blocks=blocks, block_size=block_size)
+
+
+# --- binary block frames ------------------------------------------------------------------
+
+_FRAME_MAGIC = b"EKB1"
+
+
+@dataclass
+class Block:
+    """One block of a bundle file: bytes [index*block_size, ...) with their own SHA-256."""
+
+    sha256: str  # of the whole bundle file
+    index: int
+    total: int  # number of blocks in the file
+    data: bytes
+
+
+def encode_block(block: Block) -> bytes:
+    """Frame: b'EKB1' | u32 header length | JSON header {sha256,index,total,size,block_sha256} | data."""
+    header = json.dumps(
+        {
+            "sha256": block.sha256,
+            "index": block.index,
+            "total": block.total,
+            "size": len(block.data),
+            "block_sha256": hashlib.sha256(block.data).hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _FRAME_MAGIC + struct.pack(">I", len(header)) + header + block.data
+
+
+def decode_block(payload: bytes) -> Block:
+    """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad."""
+    if len(payload) < 8 or payload[:4] != _FRAME_MAGIC:
+        raise ProtocolError("block frame does not start with the EKB1 magic")
+    (hlen,) = struct.unpack(">I", payload[4:8])
+    if hlen > 4096 or 8 + hlen > len(payload):
+        raise ProtocolError("block frame header length is invalid")
+    try:
+        header = json.loads(payload[8 : 8 + hlen])
+        sha, index, total, size, bsha = (
+            header["sha256"], header["index"], header["total"], header["size"], header["block_sha256"],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"block frame header is malformed: {exc}") from exc
+    if not (isinstance(index, int) and isinstance(total, int) and isinstance(size, int)) or not 0 <= index < total:
+        raise ProtocolError("block frame index/total are invalid")
+    if not (isinstance(sha, str) and _SHA_RE.match(sha)):
+        raise ProtocolError("block frame sha256 is invalid")
+    data = payload[8 + hlen :]
+    if len(data) != size:
+        raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
+    if hashlib.sha256(data).hexdigest() != bsha:
+        raise ProtocolError(f"block {index} is corrupt (SHA-256 mismatch)")
+    return Block(sha256=sha, index=index, total=total, data=data)

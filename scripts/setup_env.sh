@@ -1,0 +1,19 @@
+# Sourced by demo.sh and test.sh: make .venv with edgekit[dev] installed, and Mosquitto present.
+# Idempotent and quiet when everything is already there.
+: "${EDGEKIT_VENV:=.venv}"
+if [ ! -x "$EDGEKIT_VENV/bin/python" ]; then
+  echo "setup: creating virtual environment $EDGEKIT_VENV" >&2
+  python3 -m venv "$EDGEKIT_VENV"
+fi
+PY="$EDGEKIT_VENV/bin/python"
+stamp="$EDGEKIT_VENV/.edgekit-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing edgekit[dev] into $EDGEKIT_VENV (first run takes a minute)" >&2
+  "$PY" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # torch==2.13.0 is pinned in pyproject: that spec takes the CPU wheel (no CUDA download).
+  "$PY" -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$PY" -c "import edge_agent, converter, torch, onnxruntime, paho.mqtt" || { echo "setup: install failed" >&2; exit 1; }
+  touch "$stamp"
+fi
+bash scripts/ensure_mosquitto.sh
+export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"
