@@ -50,6 +50,9 @@ def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 def train(x: np.ndarray, y: np.ndarray, epochs: int = 20, seed: int = 0) -> nn.Module:
     """Train DigitsCNN on CPU (a few seconds); returns the model in eval mode."""
     torch.manual_seed(seed)
+    # One thread: the net is tiny, and OpenMP spin-waiting on a busy 2-core box slows it by 10-100x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = DigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -63,6 +66,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int = 20, seed: int = 0) -> nn.M
             loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
             loss.backward()
             opt.step()
+    torch.set_num_threads(threads)
     return model.eval()
 
 

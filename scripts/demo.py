@@ -64,9 +64,9 @@ def main() -> int:
     print("\n== 2. convert for", args.profile, "==")
     sh("edge-convert", "keygen", "--out", out / "keys", "--force")
     bundle = out / "digits.edgebundle"
-    report = sh("edge-convert", "convert", onnx_path, "--profile", args.profile, "--calibration", out / "calib.npz",
-                "--eval", out / "eval.npz", "--labels", out / "labels.txt", "--key", out / "keys/signing.key",
-                "--out", bundle, "--json", capture_json=True)
+    sh("edge-convert", "convert", onnx_path, "--profile", args.profile, "--calibration", out / "calib.npz",
+       "--eval", out / "eval.npz", "--labels", out / "labels.txt", "--key", out / "keys/signing.key", "--out", bundle)
+    report = json.loads(Path(str(bundle) + ".report.json").read_text())
 
     print("\n== 3. on the device: verify, run, bench ==")
     home = out / "agent-home"

@@ -158,3 +158,41 @@ def test_eval_data_that_does_not_fit_the_model(digits, tmp_path, capsys):
     args[args.index("--eval") + 1] = str(bad)
     assert convert_main(args) == 22
     assert "expected (N, 1, 8, 8)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods_are_selectable(digits, tmp_path, method):
+    out = tmp_path / f"{method}.edgebundle"
+    assert convert_main(convert_args(digits, out, "raspberry-pi-4", "--calibration-method", method)) == 0
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    quant = next(p for p in report["passes"] if p["pass"] == "quantize")
+    assert quant["calibration_method"] == method and quant["recipe"] == "int8-static"
+    assert read_manifest_unverified(out).measurements["accuracy"]["top1_agreement"] >= 0.97
+
+
+def test_dynamic_int8_option(digits, tmp_path):
+    import onnx
+
+    out = tmp_path / "dyn.edgebundle"
+    assert convert_main(convert_args(digits, out, "raspberry-pi-4", "--precision", "int8-dynamic")) == 0
+    m = read_manifest_unverified(out)
+    assert m.precision == "int8-dynamic"
+    vb = verify_bundle(out, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / "u")
+    ops = {n.op_type for n in onnx.load(str(vb.unpacked_to / m.model_file)).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
+
+
+def test_image_folders_as_calibration_and_eval_data(digits, tmp_path):
+    calib = tmp_path / "calib"
+    evaluation = tmp_path / "eval"
+    digits_cnn.save_pngs(calib, digits.x_test[:64])
+    digits_cnn.save_pngs(evaluation, digits.x_test[64:264], digits.y_test[64:264])  # class sub-folders
+    out = tmp_path / "folders.edgebundle"
+    rc = convert_main(["--quiet", "convert", str(digits.onnx), "--profile", "raspberry-pi-4", "--calibration", str(calib),
+                       "--eval", str(evaluation), "--key", str(digits.key), "--out", str(out), "--bench-runs", "0"])
+    assert rc == 0
+    acc = read_manifest_unverified(out).measurements["accuracy"]
+    assert acc["samples"] == 200 and acc["data"] == "eval"
+    expected = float((digits.float_predictions[64:264] == digits.y_test[64:264]).mean())
+    assert abs(acc["float_top1_accuracy"] - expected) <= 0.02  # PNG rounding may flip a borderline digit
+    assert acc["top1_agreement"] >= 0.97
