@@ -8,6 +8,7 @@ Method specs: minmax | entropy | distribution | percentile (99.99) | percentile:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -77,6 +78,7 @@ def select_method(methods: list[str], quantize: Callable[[str], M], evaluate: Ca
     best: Selection[M] | None = None
     table: list[dict[str, Any]] = []
     for method in methods:
+        t0 = time.perf_counter()
         try:
             model = quantize(method)
             s = evaluate(model)
@@ -84,7 +86,7 @@ def select_method(methods: list[str], quantize: Callable[[str], M], evaluate: Ca
             log.warning("calibration method %s failed: %s", method, str(exc).splitlines()[0][:200])
             table.append({"method": method, "error_message": str(exc).splitlines()[0][:200]})
             continue
-        table.append({"method": method, **s})
+        table.append({"method": method, **s, "seconds": round(time.perf_counter() - t0, 2)})
         log.info("calibration %s: agreement %.4f error %.3g", method, s["agreement"], s["error"])
         if best is None or better(s, best.score):
             best = Selection(method, model, s, table)

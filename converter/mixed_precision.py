@@ -75,8 +75,8 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
     steps = [Step(None, s, latency(model) if latency else None, failures(s))]
     best = FallbackResult([], model, not steps[0].failures, list(steps))
     kept: list[str] = []
-    for layer in ranking[:max(0, max_float_layers)]:
-        if not steps[-1].failures:
+    for layer in ranking:
+        if not steps[-1].failures or len(kept) >= max_float_layers:
             break
         kept.append(layer)
         model = build(list(kept))

@@ -73,3 +73,18 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | list
                 else:
                     new.dim_param = d.dim_param or "?"
     return model
+
+
+def name_negative_dims(model: onnx.ModelProto) -> int:
+    """Turn -1/0 input dims (exporters' "dynamic") into named dims, as the manifest and ORT expect."""
+    inits = {i.name for i in model.graph.initializer}
+    changed = 0
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = "N" if axis == 0 else f"{vi.name}_dim{axis}"
+                changed += 1
+    return changed

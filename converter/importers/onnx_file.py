@@ -28,7 +28,7 @@ def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None)
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ImportFailed(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
-    from ..shapes import dynamic_inputs, pin_input_shapes
+    from ..shapes import dynamic_inputs, name_negative_dims, pin_input_shapes
 
     details = {}
     if input_shape:
@@ -39,6 +39,7 @@ def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None)
         log.warning("%s has dynamic input dims %s; pin them with --input-shape for calibration, image data "
                     "and full graph optimisation", path.name,
                     "; ".join(f"{k}{v}" for k, v in dynamic_inputs(model).items()))
+        name_negative_dims(model)
     out = workdir / "float.onnx"
     if model.ByteSize() > 1_900_000_000:
         raise ImportFailed(f"{path} is over 2 GB; edgekit bundles hold models below the protobuf limit")

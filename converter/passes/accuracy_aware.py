@@ -138,7 +138,9 @@ class MixedPrecisionPass(Pass):
                     "; ".join(reasons), o.max_float_layers)
         threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
         latency = _latency(threads, data.sample(0), max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
-        order = [r["layer"] for r in ranking if r["error_reduction"] > 0 or r["agreement_gain"] > 0]
+        # Most sensitive first; layers that only matter together (a tensor shared by two quantized
+        # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
+        order = [r["layer"] for r in ranking]
         result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), o.max_float_layers,
                                  latency, start=(ctx.model, base))
         steps = result.report()
