@@ -14,7 +14,7 @@ from edge_agent import __version__
 log = logging.getLogger("converter")
 
 EXIT_CODES_HELP = """exit codes:
-  0 ok   1 other error   2 usage   13 signing key unusable   20 bad device profile
+  0 ok   1 other error   2 usage (bad option values)   13 signing key unusable   20 bad device profile
   21 model cannot be imported   22 calibration/eval data does not fit the model
   30 accuracy gate failed (nothing written; --force writes anyway)   31 bundle over the profile's size limit
 """
@@ -77,6 +77,18 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     from .options import ConvertOptions
     from .pipeline import convert
 
+    from .accuracy_budget import parse_budget
+    from .calibration import candidates
+    from .errors import UsageError
+
+    budget: dict[str, float] = {}
+    try:
+        if args.accuracy_budget:
+            budget = parse_budget(args.accuracy_budget)
+        if args.calibration_method:
+            candidates(args.calibration_method)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     labels = None
     if args.labels:
         labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
@@ -84,8 +96,11 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         source=args.model, profile=args.profile, out=args.out, key=args.key, input_shape=args.input_shape,
         calibration=args.calibration, evaluation=args.eval, name=args.name, version=args.model_version,
         precision=args.precision, calibration_method=args.calibration_method,
-        calibration_samples=args.calibration_samples, max_accuracy_drop=args.max_accuracy_drop,
-        min_agreement=args.min_agreement, force=args.force, bench_runs=args.bench_runs,
+        calibration_samples=args.calibration_samples,
+        max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
+        min_agreement=budget.get("min_agreement", args.min_agreement),
+        min_cosine=budget.get("min_cosine", 0.99), max_float_layers=args.max_float_layers,
+        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples, force=args.force, bench_runs=args.bench_runs,
         reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
         scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
     )
@@ -173,11 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
     p.add_argument("--format", default="auto", choices=["auto", "onnx", "tflite"], help="bundle format (default: profile's preference)")
-    p.add_argument("--input-shape", type=_shape, help="input shape for PyTorch sources, e.g. 1x3x224x224")
+    p.add_argument("--input-shape", type=_shape,
+                   help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
-    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], help="override the profile's method")
+    p.add_argument("--calibration-method", metavar="METHOD",
+                   help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
+                   "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)")
+    p.add_argument("--accuracy-budget", metavar="BUDGET",
+                   help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 (comma-separate several); "
+                   "agreement = top-1 for classifiers, IoU>=0.9 share for maps, per-timestep argmax for sequences")
+    p.add_argument("--max-float-layers", type=int, default=8,
+                   help="int8 that misses the budget keeps up to N most sensitive layers in float (default 8, 0 = never)")
+    p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
+                   help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
+    p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")
     p.add_argument("--calibration-samples", type=int, default=256, help="max calibration samples used (default 256)")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")

@@ -9,6 +9,12 @@ class ConversionError(Exception):
     exit_code = 1
 
 
+class UsageError(ConversionError):
+    """An option value is malformed (e.g. --accuracy-budget, --calibration-method)."""
+
+    exit_code = 2
+
+
 class ImportFailed(ConversionError):
     """The source model cannot be loaded (wrong path, factory, format or input shape)."""
 

@@ -9,6 +9,7 @@ from .passes import (
     AccuracyGatePass,
     CleanupPass,
     HostBenchmarkPass,
+    MixedPrecisionPass,
     ImportPass,
     PackagePass,
     Pass,
@@ -32,8 +33,8 @@ def choose_format(profile: Profile, requested: str) -> str:
 
 
 def onnx_recipe() -> list[Pass]:
-    """import -> clean-up -> quantize -> accuracy gate -> host benchmark -> self-test -> package."""
-    return [ImportPass(), CleanupPass(), QuantizePass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(), PackagePass()]
+    """import -> clean-up -> quantize -> mixed-precision fallback -> accuracy gate -> host benchmark -> self-test -> package."""
+    return [ImportPass(), CleanupPass(), QuantizePass(), MixedPrecisionPass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(), PackagePass()]
 
 
 def recipe_for(profile: Profile, fmt: str) -> list[Pass]:

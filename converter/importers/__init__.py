@@ -32,7 +32,7 @@ def import_model(source: str, workdir: Path, input_shape: list[int] | None, opse
     """Load `source` and return it as a float ONNX file in `workdir`."""
     kind = detect_format(source)
     if kind == "onnx":
-        return import_onnx(Path(source), workdir)
+        return import_onnx(Path(source), workdir, input_shape)
     return import_torch(source, kind, workdir, input_shape, opset)
 
 

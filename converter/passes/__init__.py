@@ -1,5 +1,6 @@
 """Converter passes: each a small unit with a run() that updates the context and a report entry."""
 
+from .accuracy_aware import MixedPrecisionPass
 from .accuracy_gate import AccuracyGatePass
 from .base import ConversionContext, Pass
 from .cleanup import CleanupPass
@@ -14,6 +15,7 @@ __all__ = [
     "ConversionContext",
     "HostBenchmarkPass",
     "ImportPass",
+    "MixedPrecisionPass",
     "Pass",
     "PackagePass",
     "QuantizePass",

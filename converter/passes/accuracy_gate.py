@@ -55,7 +55,9 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
         reasons.append(f"top-1 accuracy dropped {m['top1_drop_points']:.2f} points (budget {max_drop:.2f})")
     if "top1_agreement" in m and m["top1_agreement"] < min_agreement:
         reasons.append(f"top-1 agreement with float is {m['top1_agreement']:.2%} (budget >= {min_agreement:.2%})")
-    if "top1_agreement" not in m and m["mean_cosine"] < min_cosine:
+    if "top1_agreement" not in m and "agreement" in m and m["agreement"] < min_agreement:
+        reasons.append(f"{m['agreement_metric']} with float is {m['agreement']:.2%} (budget >= {min_agreement:.2%})")
+    elif "top1_agreement" not in m and m["mean_cosine"] < min_cosine:
         reasons.append(f"mean cosine similarity with float is {m['mean_cosine']:.4f} (budget >= {min_cosine})")
     return reasons
 
@@ -80,6 +82,13 @@ class AccuracyGatePass(Pass):
         reference = run_dataset(ctx.float_model, data)
         candidate = run_dataset(ctx.model, data)
         metrics = compare_outputs(reference[0], candidate[0], data.labels, is_classification(ctx))
+        from ..metrics import agreement  # maps (IoU) and sequences (per-timestep argmax): task agreement
+        from .accuracy_aware import task_of
+
+        task = task_of(ctx)
+        if task in ("map", "sequence"):
+            a = agreement(reference[0], candidate[0], task)
+            metrics.update(agreement=round(a.pop("agreement"), 6), agreement_metric=a.pop("metric"), **a)
         metrics["data"] = origin
         max_drop = o.max_accuracy_drop if o.max_accuracy_drop is not None else ctx.profile.accuracy.max_top1_drop
         min_agree = o.min_agreement if o.min_agreement is not None else ctx.profile.accuracy.min_agreement

@@ -49,6 +49,7 @@ class ImportPass(Pass):
             "source": o.source,
             "source_format": ctx.imported.source_format,
             "opset": ctx.imported.opset,
+            **({"details": ctx.imported.details} if ctx.imported.details else {}),
             "inputs": [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.inputs],
             "outputs": [f"{t.name} {t.dtype}{t.shape}" for t in ctx.outputs],
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,

@@ -1,6 +1,7 @@
 """Quantize/convert the float ONNX model per the profile's precision recipe (ONNX Runtime tools).
 
-int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile
+int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile/
+              distribution or auto (measured choice; see accuracy_aware.py)
 int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
 fp16          float16 weights and activations, float32 I/O (GPU profiles)
 fp32          unchanged
@@ -59,8 +60,10 @@ def preprocess_for_quantization(ctx: ConversionContext):
         quant_pre_process(str(ctx.float_model), str(out), skip_symbolic_shape=False)
         return out, "quant_pre_process"
     except Exception as exc:
-        log.warning("quant_pre_process failed (%s); quantizing the cleaned graph as is. "
-                    "Pinning input shapes with --input-shape usually fixes this.", str(exc).splitlines()[0][:200])
+        dynamic = any(not isinstance(d, int) or d <= 0 for t in ctx.inputs for d in t.shape)
+        hint = (" The model has dynamic input dims: pin them with --input-shape (e.g. 1x3x640x640)." if dynamic else "")
+        log.warning("quant_pre_process failed (%s: %s); quantizing the cleaned graph without it.%s", exc.__class__.__name__,
+                    (str(exc).splitlines() or [""])[0][:160], hint)
         return ctx.float_model, "skipped"
 
 
@@ -110,16 +113,16 @@ class QuantizePass(Pass):
                 f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
                 "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
             )
-        n = min(len(ctx.calibration), o.calibration_samples)
-        if n < MIN_CALIBRATION_SAMPLES:
-            log.warning("only %d calibration samples; int8 ranges need at least %d representative inputs", n, MIN_CALIBRATION_SAMPLES)
         method = o.calibration_method or prec.calibration_method
         src, prep = preprocess_for_quantization(ctx)
-        out = ctx.workdir / "model.int8.onnx"
-        quantize_static_int8(ctx, src, out, method, prec.per_channel, prec.activation_type, prec.weight_type)
-        ctx.model = out
+        # Accuracy-aware path (converter/passes/accuracy_aware.py): cached calibration, measured method choice.
+        from ..ort_quant import prepare_for_qdq
+        from .accuracy_aware import quantize_int8_measured
+
+        src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")
+        measured = quantize_int8_measured(ctx, src, method)
         return {
-            "recipe": "int8-static", "format": "QDQ", "calibration_method": method, "calibration_samples": n,
+            "recipe": "int8-static", "format": "QDQ", **measured,
             "per_channel": prec.per_channel, "activation_type": prec.activation_type,
-            "weight_type": prec.weight_type, "pre_process": prep,
+            "weight_type": prec.weight_type, "pre_process": prep, "graph_changes": notes,
         }

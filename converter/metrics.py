@@ -1,0 +1,89 @@
+"""Task-aware agreement between a float model's outputs and a quantized model's outputs.
+
+Framework-agnostic (numpy only) so the ONNX and TFLite paths share it. Tasks:
+classification  [N, C] scores           agreement = share of samples with the same top-1 class
+map             [N, 1, H, W] in [0, 1]   agreement = share of samples whose thresholded maps have IoU >= 0.9
+sequence        [N, T, C] scores        agreement = per-timestep argmax agreement (and exact sequence share)
+generic         anything else           agreement = share of samples with cosine >= 0.99
+`error` is a continuous noise-to-signal ratio used to rank layers and break ties.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MAP_THRESHOLD = 0.3  # PP-OCR / DB text detectors binarise their probability map at 0.3
+MAP_IOU = 0.9
+GENERIC_COSINE = 0.99
+
+
+def detect_task(output_shape: list[int | str], classification_head: bool) -> str:
+    """Guess the task from an output's shape (and whether the postprocess is classification)."""
+    rank = len(output_shape)
+    if rank == 2 and classification_head:
+        return "classification"
+    if rank == 4 and output_shape[1] == 1:
+        return "map"
+    if rank == 3:
+        return "sequence"
+    return "classification" if rank == 2 else "generic"
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1).astype(np.float64)
+
+
+def cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    r, c = _flat(ref), _flat(cand)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    return np.where(norms > 0, (r * c).sum(1) / np.maximum(norms, 1e-30), 1.0)
+
+
+def error(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Mean squared error over the reference's variance (0 = identical)."""
+    r, c = _flat(ref), _flat(cand)
+    return float(((r - c) ** 2).mean() / max(float(r.var()), 1e-12))
+
+
+def map_iou(ref: np.ndarray, cand: np.ndarray, threshold: float = MAP_THRESHOLD) -> np.ndarray:
+    """Per-sample IoU of the binarised maps (both empty counts as 1)."""
+    r, c = _flat(ref) > threshold, _flat(cand) > threshold
+    inter, union = (r & c).sum(1), (r | c).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
+    """{'agreement': share in [0, 1], 'metric': its name, ...details} for one output tensor."""
+    if task == "classification":
+        a = float((_flat(ref).argmax(1) == _flat(cand).argmax(1)).mean())
+        return {"agreement": a, "metric": "top1_agreement"}
+    if task == "map":
+        iou = map_iou(ref, cand)
+        return {"agreement": float((iou >= MAP_IOU).mean()), "metric": f"share_iou>={MAP_IOU}",
+                "mean_iou": round(float(iou.mean()), 6)}
+    if task == "sequence":
+        same = ref.argmax(-1) == cand.argmax(-1)
+        return {"agreement": float(same.mean()), "metric": "timestep_argmax_agreement",
+                "sequence_equal": round(float(same.reshape(len(same), -1).all(1).mean()), 6)}
+    cos = cosine(ref, cand)
+    return {"agreement": float((cos >= GENERIC_COSINE).mean()), "metric": f"share_cosine>={GENERIC_COSINE}"}
+
+
+def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Agreement plus continuous error and (classification with labels) accuracy drop."""
+    s = agreement(ref, cand, task)
+    s["agreement"] = round(s["agreement"], 6)
+    s["error"] = round(error(ref, cand), 8)
+    s["mean_cosine"] = round(float(cosine(ref, cand).mean()), 6)
+    if task == "classification" and labels is not None:
+        f = float((_flat(ref).argmax(1) == labels).mean())
+        q = float((_flat(cand).argmax(1) == labels).mean())
+        s["top1_drop_points"] = round(100.0 * (f - q), 4)
+    return s
+
+
+def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether score a beats score b: higher agreement, then lower error."""
+    return (a["agreement"], -a["error"]) > (b["agreement"], -b["error"])

@@ -1,0 +1,159 @@
+"""Accuracy-aware int8 for the ONNX path: measured calibration choice, per-layer sensitivity and a
+greedy mixed-precision fallback that keeps the most sensitive layers in float until the budget holds.
+
+The search logic is runtime-independent (converter.calibration, converter.mixed_precision,
+converter.metrics); this module binds it to ONNX Runtime (converter.ort_quant).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bench import time_runs
+
+from ..accuracy_budget import Budget
+from ..calibration import candidates, sample_warning, select_method
+from ..data import Dataset
+from ..metrics import detect_task, score
+from ..mixed_precision import greedy_fallback, rank_by_exclusion
+from ..onnx_utils import ort_session, run_dataset
+from ..ort_quant import OrtStaticQuantizer, quantizable_nodes
+from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
+STATE = "_int8_state"  # ctx.measurements key (not serialised): quantizer + chosen method
+
+
+def task_of(ctx: ConversionContext) -> str:
+    return detect_task(ctx.outputs[0].shape, bool(ctx.postprocess and ctx.postprocess.kind == "classification"))
+
+
+def gate_data(ctx: ConversionContext) -> Dataset | None:
+    if ctx.evaluation is not None:
+        return ctx.evaluation
+    return ctx.calibration.head(256) if ctx.calibration is not None else None
+
+
+def budget_of(ctx: ConversionContext) -> Budget:
+    o, acc = ctx.options, ctx.profile.accuracy
+    return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else acc.min_agreement,
+                  max_top1_drop=o.max_accuracy_drop if o.max_accuracy_drop is not None else acc.max_top1_drop,
+                  min_cosine=o.min_cosine)
+
+
+class _Evaluator:
+    """Scores candidate models against the float model's outputs on fixed data (computed once)."""
+
+    def __init__(self, float_model: Path, data: Dataset, task: str) -> None:
+        self.data, self.task = data, task
+        self.reference = run_dataset(float_model, data)[0]
+
+    def __call__(self, model: Path) -> dict[str, Any]:
+        return score(self.reference, run_dataset(model, self.data)[0], self.task, self.data.labels)
+
+
+def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) -> dict[str, Any]:
+    """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
+    o, prec = ctx.options, ctx.profile.precision
+    q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
+                           prec.activation_type, prec.weight_type)
+    methods = candidates(method_spec)
+    n = min(len(ctx.calibration), o.calibration_samples)
+    warning = sample_warning(methods, n)
+    if warning:
+        log.warning(warning)
+    data = gate_data(ctx)
+    entry: dict[str, Any] = {"calibration_samples": n}
+    if warning:
+        entry["calibration_warning"] = warning
+    if len(methods) > 1 and data is None:
+        log.warning("--calibration-method %s needs eval data to compare methods; using %s", method_spec, prec.calibration_method)
+        methods = [prec.calibration_method]
+    if len(methods) == 1:
+        ctx.model = q.quantize(methods[0], dst=ctx.workdir / "model.int8.onnx")
+        chosen, table = methods[0], None
+    else:
+        evaluate = _Evaluator(ctx.float_model, data, task_of(ctx))
+        ctx.measurements["_evaluator"] = evaluate
+        sel = select_method(methods, q.quantize, evaluate)
+        ctx.model, chosen, table = sel.model, sel.method, sel.table
+        ctx.measurements["calibration_search"] = {"chosen": chosen, "task": evaluate.task, "samples": len(data),
+                                                   "candidates": table}
+    ctx.measurements[STATE] = {"quantizer": q, "method": chosen}
+    entry.update(calibration_method=chosen, calibration_candidates=table)
+    return entry
+
+
+def _latency(threads: int, feeds: dict[str, np.ndarray], runs: int):
+    def measure(model: Path) -> float:
+        sess = ort_session(model, threads)
+        names = [x.name for x in sess.get_outputs()]
+        _, samples = time_runs(lambda: sess.run(names, feeds), runs, 3)
+        return round(float(np.median(samples)), 4)
+
+    return measure
+
+
+class MixedPrecisionPass(Pass):
+    """Sensitivity ranking and greedy float fallback for int8-static ONNX models that miss the budget."""
+
+    name = "mixed-precision"
+
+    def applies(self, ctx: ConversionContext) -> bool:
+        return ctx.precision == "int8-static" and STATE in ctx.measurements and gate_data(ctx) is not None
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        state = ctx.measurements[STATE]
+        q: OrtStaticQuantizer = state["quantizer"]
+        method = state["method"]
+        data = gate_data(ctx)
+        task = task_of(ctx)
+        evaluate = ctx.measurements.get("_evaluator") or _Evaluator(ctx.float_model, data, task)
+        budget = budget_of(ctx)
+        base = evaluate(ctx.model)
+        reasons = budget.failures(base, task)
+        entry: dict[str, Any] = {"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons}
+        mode = o.sensitivity
+        if mode == "off" or (mode == "auto" and not reasons):
+            entry["sensitivity"] = "skipped (int8 meets the budget)" if mode == "auto" else "off"
+            return entry
+        layers = quantizable_nodes(q.src)
+        sens_data = data.head(o.sensitivity_samples)
+        sens_eval = _Evaluator(ctx.float_model, sens_data, task) if len(sens_data) < len(data) else evaluate
+        sens_base = sens_eval(ctx.model) if sens_eval is not evaluate else base
+        build = lambda exclude: q.quantize(method, exclude)  # noqa: E731
+        ranking = rank_by_exclusion(layers, build, sens_eval, sens_base)
+        entry["sensitivity"] = {"signal": "output error with the layer alone kept in float",
+                                "samples": len(sens_data), "layers": len(layers), "top": ranking[:10]}
+        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking}
+        if not reasons:
+            return entry
+        log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d)",
+                    "; ".join(reasons), o.max_float_layers)
+        threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
+        latency = _latency(threads, data.sample(0), max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
+        # Most sensitive first; layers that only matter together (a tensor shared by two quantized
+        # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
+        order = [r["layer"] for r in ranking]
+        result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), o.max_float_layers,
+                                 latency, start=(ctx.model, base))
+        steps = result.report()
+        mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps,
+                 "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
+                        "one at a time until the accuracy budget held"}
+        if result.float_layers:
+            ctx.model = result.model
+            ctx.precision = "int8-mixed"
+            final = next(s for s in reversed(result.steps) if s.layer == result.float_layers[-1])
+            mixed["agreement_gained"] = round(final.score["agreement"] - base["agreement"], 6)
+            if final.latency_ms is not None and result.steps[0].latency_ms:
+                mixed["latency_paid_ms"] = round(final.latency_ms - result.steps[0].latency_ms, 4)
+        ctx.measurements["mixed_precision"] = mixed
+        entry["mixed_precision"] = mixed
+        return entry
