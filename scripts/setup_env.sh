@@ -12,6 +12,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$PY" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # torch==2.13.0 is pinned in pyproject: that spec takes the CPU wheel (no CUDA download).
   "$PY" -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # Model files only (see pyproject.toml's dev extra for why --no-deps).
+  "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" -c "import edge_agent, converter, torch, onnxruntime, paho.mqtt" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
