@@ -367,3 +367,22 @@ def test_http_source_with_range_resume(home, bundles, digits, broker, fleet):
         agent.stop()
         thread.join(20)
         server.shutdown()
+
+
+def test_update_with_username_password_and_acl(home, bundles, digits, tmp_path):
+    acl = Path(__file__).resolve().parents[1] / "examples" / "mosquitto" / "acl.conf"
+    dev = "dev-acl"
+    b = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, acl_file=acl,
+                     users={"fleet": "fleet-pw", dev: "dev-pw"})
+    fleet = FleetStub(b.host, b.port, username="fleet", password="fleet-pw")
+    agent, thread = _agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02,
+                                      username=dev, password="dev-pw")
+    try:
+        fleet.deploy(dev, bundles["v2"], "dep-acl", block_size=BLOCK)
+        r = fleet.wait_phase(dev, "dep-acl")
+        assert r.phase == "succeeded" and r.current.version == 2, r.last_error
+    finally:
+        agent.stop()
+        thread.join(20)
+        fleet.close()
+        b.stop()
