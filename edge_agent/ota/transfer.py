@@ -114,14 +114,17 @@ class BlockDownloader:
         return [False] * self.count
 
     def _save_bitmap(self) -> None:
+        """Persist the completed-block set; call WITHOUT holding the lock (fsync can be slow)."""
+        with self._cond:
+            done = list(self._done)
+            self._dirty = False
         os.fsync(self._fd)  # data first, then the record that says it is there
         bits = bytearray((self.count + 7) // 8)
-        for i, d in enumerate(self._done):
+        for i, d in enumerate(done):
             if d:
                 bits[i // 8] |= 1 << (i % 8)
         write_json_atomic(self.bitmap_path, {"sha256": self.sha256, "size": self.size,
                                              "block_size": self.block_size, "done": bits.hex()})
-        self._dirty = False
 
     @property
     def completed(self) -> set[int]:
@@ -228,17 +231,22 @@ class BlockDownloader:
                             finally:
                                 self._cond.acquire()
                     if self._dirty and now - last_save > 0.5:
-                        self._save_bitmap()
+                        self._cond.release()
+                        try:
+                            self._save_bitmap()
+                        finally:
+                            self._cond.acquire()
                         last_save = now
                     if self._progress and now - last_report > 1.0:
                         self._progress(sum(self._done) / self.count)
                         last_report = now
                     if pause_after is not None and sum(self._done) >= pause_after:
                         self._paused = True
+                        self._cond.release()
                         self._save_bitmap()
                         pause_point(f"blocks:{pause_after}", self._ota_dir, force=True)
                     self._cond.wait(0.1)
-                self._save_bitmap()
+            self._save_bitmap()
         finally:
             self._inflight.clear()
         if self._progress:
