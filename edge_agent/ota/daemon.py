@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import queue
-import shutil
 import signal
 import ssl
 import threading
@@ -30,15 +28,15 @@ from ..home import AgentHome
 from ..runtimes import ModelSession
 from .health import HealthCheckFailed, load_checked
 from .installer import (
-    ACTIVE_PHASES, InstallContext, UpdateJob, abandon, load_job, one_line, precheck_desired, run_update,
+    ACTIVE_PHASES, InstallContext, UpdateJob, abandon, load_job, one_line, run_update,
     save_job, staging_dir,
 )
 from .live import InferenceLoop, LiveModel
 from .protocol import (
-    BlockRequest, DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, check_device_id, dumps,
+    DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, check_device_id, dumps,
 )
 from .slots import SlotInfo, Slots
-from .transfer import BlockDownloader, TransferError, http_download
+from .transfer import BlockDownloader, http_download
 
 log = logging.getLogger(__name__)
 
