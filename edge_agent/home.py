@@ -33,6 +33,16 @@ class AgentHome:
     def profile_file(self) -> Path:
         return self.root / "profile"
 
+    @property
+    def slots_dir(self) -> Path:
+        """A/B slots of installed bundles (edge_agent.ota.slots)."""
+        return self.root / "slots"
+
+    @property
+    def ota_dir(self) -> Path:
+        """Update state machine file and download staging (edge_agent.ota.installer)."""
+        return self.root / "ota"
+
     def trust_store(self, extra: list[Path] | None = None) -> TrustStore:
         """Keys given on the command line, else the keys trusted in this home."""
         if extra:

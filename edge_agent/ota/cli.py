@@ -1,0 +1,194 @@
+"""OTA subcommands of `edge-agent`: serve, install, rollback, status.
+
+Each command takes (args, home) and returns (json_result, text), like the core commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..bundle import read_manifest_unverified, sha256_file
+from ..home import AgentHome, require_trust
+from .installer import (
+    ACTIVE_PHASES, InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, load_job, run_update, save_job,
+)
+from .protocol import DEFAULT_PREFIX, BundleRef, DesiredState
+from .slots import SlotError, Slots
+
+log = logging.getLogger(__name__)
+
+
+class UpdateFailed(RuntimeError):
+    """`edge-agent install` did not install; the previous model is still active."""
+
+    kind = "update-failed"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _profile(home: AgentHome, args: argparse.Namespace):
+    from device_profiles import load_profile
+
+    chosen = home.device_profile(getattr(args, "profile", None))
+    if chosen is None:
+        raise UpdateRefused("no device profile: pass --profile NAME, set EDGE_AGENT_PROFILE, or write it to the home's `profile` file")
+    return load_profile(chosen)
+
+
+def _budget(args: argparse.Namespace, profile) -> float | None:
+    value = getattr(args, "latency_budget_ms", None)
+    return value if value is not None else profile.limits.latency_budget_ms
+
+
+def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    from .daemon import install_lock
+
+    trust = require_trust(home.trust_store(args.trust))
+    profile = _profile(home, args)
+    bundle = Path(args.bundle).resolve()
+    manifest = read_manifest_unverified(bundle)  # identity only: the state machine verifies everything
+    size, sha = sha256_file(bundle)
+    desired = DesiredState(
+        deployment_id=f"local-{sha[:12]}", bundle=BundleRef(manifest.name, manifest.version, sha), size=size,
+        profile=profile.name, signature={}, source={"type": "file"}, allow_downgrade=args.allow_downgrade,
+    )
+    slots = Slots(home.slots_dir)
+    active = slots.active()
+    if active is not None and active.ref is not None and active.ref.sha256 == sha:
+        return ({"ok": True, "changed": False, **active.to_dict()},
+                f"{manifest.name} v{manifest.version} is already active in slot {active.name}")
+    job = UpdateJob.for_desired(desired, origin="file", side_loaded_from=str(bundle))
+    with install_lock(home, wait=False):
+        job = run_update(InstallContext(home=home, trust=trust, profile_name=profile.name,
+                                        latency_budget_ms=_budget(args, profile), job=job, fetch=copy_side_loaded,
+                                        threads=args.threads))
+    if job.phase != "succeeded":
+        raise UpdateFailed(f"install failed ({job.last_error}); the previous model is still active", job.exit_code or 1)
+    info = slots.info(job.target_slot or "")
+    return ({"ok": True, "changed": True, **info.to_dict()},
+            f"installed {manifest.name} v{manifest.version} into slot {info.name} and made it active")
+
+
+def cmd_rollback(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    from .daemon import install_lock
+
+    slots = Slots(home.slots_dir)
+    with install_lock(home, wait=False):
+        before = slots.active()
+        prev = slots.rollback()
+        job = load_job(home)
+        if job is not None:
+            job.phase, job.last_error, job.error_kind = "rolled_back", None, None
+            save_job(home, job)
+    text = (f"rolled back from slot {before.name if before else '-'} to slot {prev.name} "
+            f"({prev.ref.name if prev.ref else '?'} v{prev.ref.version if prev.ref else '?'})")
+    return {"ok": True, **prev.to_dict()}, text
+
+
+def status_dict(home: AgentHome) -> dict[str, Any]:
+    slots = Slots(home.slots_dir)
+    active, prev, job = slots.active(), slots.previous(), load_job(home)
+    return {
+        "active_slot": active.name if active else None,
+        "model": active.ref.name if active and active.ref else None,
+        "version": active.ref.version if active and active.ref else None,
+        "sha256": active.ref.sha256 if active and active.ref else None,
+        "previous": prev.to_dict() if prev else None,
+        "phase": job.phase if job else "idle",
+        "deployment_id": job.deployment_id if job else None,
+        "target": {"name": job.ref.name, "version": job.ref.version} if job else None,
+        "last_error": job.last_error if job else None,
+        "slots": {n: slots.info(n).to_dict() for n in ("a", "b")},
+    }
+
+
+def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    s = status_dict(home)
+    lines = [
+        f"active:  slot {s['active_slot'] or '-'}  {s['model'] or '(no model installed)'}"
+        + (f" v{s['version']}" if s["version"] else ""),
+        f"update:  {s['phase']}" + (f" ({s['target']['name']} v{s['target']['version']})" if s["target"] else "")
+        + (" - in progress or interrupted" if s["phase"] in ACTIVE_PHASES else ""),
+    ]
+    if s["last_error"]:
+        lines.append(f"error:   {s['last_error']}")
+    for n, info in s["slots"].items():
+        lines.append(f"slot {n}:  {info['status']:<10} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
+                     + (f"  ({info['reason']})" if info["reason"] else ""))
+    return s, "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    from .daemon import Agent, AgentConfig, install_signal_handlers
+
+    profile = _profile(home, args)
+    trust = home.trust_store(args.trust)
+    if not trust:
+        log.warning("no trusted keys: every update will be refused (see `edge-agent trust add`)")
+    password = args.password if args.password is not None else os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
+    config = AgentConfig(
+        broker=args.broker, device_id=args.device_id, profile_name=profile.name,
+        latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
+        password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
+    )
+    config.broker_address()  # fail fast on a bad URL
+    agent = Agent(home, config)
+    install_signal_handlers(agent)
+    agent.run()
+    return {"ok": True, "stopped": True}, "edge-agent serve stopped"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add serve / install / rollback / status to `edge-agent`."""
+
+    def common(p: argparse.ArgumentParser, trust: bool = True) -> None:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        if trust:
+            p.add_argument("--trust", action="append", type=Path, metavar="PUB",
+                           help="trusted public key file or folder (repeatable); default: keys added with `trust add`")
+            p.add_argument("--profile", help="this device's profile name or file (default: EDGE_AGENT_PROFILE or the home's profile)")
+            p.add_argument("--latency-budget-ms", type=float, default=None,
+                           help="override the profile's latency budget for the health check")
+            p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
+
+    p = subparsers.add_parser("serve", help="run the agent daemon: serve the model, report, apply OTA updates",
+                              description="Connect to the fleet's MQTT broker, keep running inference on the active "
+                              "model, publish presence/reported state/telemetry and apply desired updates safely.")
+    p.add_argument("--broker", required=True, help="mqtt://host:1883 or mqtts://host:8883")
+    p.add_argument("--device-id", required=True, help="this device's id (1-64 of [A-Za-z0-9._-])")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    p.add_argument("--username", help="MQTT user name (usually the device id, see examples/mosquitto/acl.conf)")
+    p.add_argument("--password", help="MQTT password (or EDGE_AGENT_MQTT_PASSWORD)")
+    p.add_argument("--tls-ca", help="CA certificate file: enables TLS")
+    p.add_argument("--tls-cert", help="client certificate file (TLS client authentication)")
+    p.add_argument("--tls-key", help="client private key file")
+    p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
+    p.add_argument("--infer-interval", type=float, default=0.05,
+                   help="seconds between inferences of the built-in loop on the self-test inputs (default 0.05)")
+    common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("install", help="install a side-loaded bundle with the same safe state machine",
+                              description="Verify, install into the inactive slot, health-check and switch to a bundle file.")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--allow-downgrade", action="store_true", help="allow a lower version than the installed one")
+    common(p)
+    p.set_defaults(func=cmd_install)
+
+    p = subparsers.add_parser("rollback", help="switch back to the previous slot")
+    common(p, trust=False)
+    p.set_defaults(func=cmd_rollback)
+
+    p = subparsers.add_parser("status", help="active slot, model, version, update phase and last error")
+    common(p, trust=False)
+    p.set_defaults(func=cmd_status)
+
+
+__all__ = ["SlotError", "UpdateFailed", "register", "status_dict"]

@@ -1,0 +1,332 @@
+"""Bundle download: MQTT block streams (resumable, sparse staging file + bitmap) and HTTP(S).
+
+MQTT: the agent asks for the blocks it still needs (BlockRequest on blocks/get, at most
+MAX_BLOCKS_PER_REQUEST in flight), each frame on blocks/data is checked (decode_block: magic,
+size, per-block SHA-256) and written at its offset in `<staging>/<sha>.part`; the set of
+completed blocks is kept in `<sha>.blocks.json` (bitmap, written atomically after the data
+is fsynced). After a disconnect, broker restart or agent restart only missing blocks are
+requested again. HTTP(S): `Range: bytes=N-` continues a partial `<sha>.http.part`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .protocol import MAX_BLOCKS_PER_REQUEST, BlockRequest, ProtocolError, decode_block
+from .statefile import read_json, write_json_atomic
+from .testhooks import pause_blocks, pause_point
+
+log = logging.getLogger(__name__)
+
+_FRAME_OVERHEAD = 8 + 4096
+
+
+class TransferError(RuntimeError):
+    """The bundle could not be downloaded (one line with the reason)."""
+
+    exit_code = 51
+    kind = "transfer"
+
+
+class TransferCancelled(TransferError):
+    """The download was abandoned because a newer desired state arrived or the agent stops."""
+
+
+@dataclass
+class TransferStats:
+    """Counters of one download, for tests, logs and the benchmark."""
+
+    received: int = 0  # distinct blocks stored in this run
+    duplicates: int = 0  # frames for blocks already stored
+    rejected: int = 0  # malformed, corrupt, foreign or out-of-range frames
+    requests: int = 0  # BlockRequest messages sent
+    requested_blocks: list[int] = field(default_factory=list)  # every index asked for, in order
+    resumed_with: int = 0  # blocks already complete when this run started
+    timeouts: int = 0
+
+
+class BlockDownloader:
+    """Fetch one bundle file over MQTT blocks into a resumable staging file."""
+
+    def __init__(
+        self,
+        staging_dir: Path,
+        sha256: str,
+        size: int,
+        block_size: int,
+        send_request: Callable[[BlockRequest], None],
+        is_connected: Callable[[], bool] = lambda: True,
+        cancel: threading.Event | None = None,
+        window: int = MAX_BLOCKS_PER_REQUEST,
+        retry_timeout_s: float = 3.0,
+        stall_timeout_s: float = 120.0,
+        progress: Callable[[float], None] | None = None,
+        ota_dir: Path | None = None,
+    ) -> None:
+        self.sha256, self.size, self.block_size = sha256, size, block_size
+        self.count = max(1, -(-size // block_size))
+        self.part_path = Path(staging_dir) / f"{sha256}.part"
+        self.bitmap_path = Path(staging_dir) / f"{sha256}.blocks.json"
+        self._send = send_request
+        self._is_connected = is_connected
+        self._cancel = cancel or threading.Event()
+        self.window = max(1, min(window, MAX_BLOCKS_PER_REQUEST))
+        self.retry_timeout_s = retry_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self._progress = progress
+        self._ota_dir = ota_dir or Path(staging_dir)
+        self._cond = threading.Condition()
+        self._inflight: dict[int, float] = {}
+        self._paused = False
+        self.stats = TransferStats()
+        Path(staging_dir).mkdir(parents=True, exist_ok=True)
+        self._done = self._load_bitmap()
+        self.stats.resumed_with = sum(self._done)
+        self._fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size != size:
+            os.ftruncate(self._fd, size)  # sparse: blocks land at their offsets in any order
+        self._dirty = False
+        self._last_progress = time.monotonic()
+
+    # --- bitmap --------------------------------------------------------------------------
+
+    def _load_bitmap(self) -> list[bool]:
+        saved = read_json(self.bitmap_path, None)
+        if (
+            isinstance(saved, dict)
+            and saved.get("size") == self.size
+            and saved.get("block_size") == self.block_size
+            and isinstance(saved.get("done"), str)
+            and self.part_path.is_file()
+        ):
+            bits = bytes.fromhex(saved["done"])
+            done = [bool(bits[i // 8] >> (i % 8) & 1) if i // 8 < len(bits) else False for i in range(self.count)]
+            log.info("resuming download of %s: %d/%d blocks already here", self.sha256[:12], sum(done), self.count)
+            return done
+        return [False] * self.count
+
+    def _save_bitmap(self) -> None:
+        """Persist the completed-block set; call WITHOUT holding the lock (fsync can be slow)."""
+        with self._cond:
+            done = list(self._done)
+            self._dirty = False
+        os.fsync(self._fd)  # data first, then the record that says it is there
+        bits = bytearray((self.count + 7) // 8)
+        for i, d in enumerate(done):
+            if d:
+                bits[i // 8] |= 1 << (i % 8)
+        write_json_atomic(self.bitmap_path, {"sha256": self.sha256, "size": self.size,
+                                             "block_size": self.block_size, "done": bits.hex()})
+
+    @property
+    def completed(self) -> set[int]:
+        with self._cond:
+            return {i for i, d in enumerate(self._done) if d}
+
+    @property
+    def complete(self) -> bool:
+        return all(self._done)
+
+    # --- incoming frames (network thread) ------------------------------------------------
+
+    def on_frame(self, payload: bytes) -> bool:
+        """Store one block frame if it is valid, wanted and new; log and ignore it otherwise."""
+        if len(payload) > self.block_size + _FRAME_OVERHEAD:
+            self.stats.rejected += 1
+            log.warning("ignoring oversized block frame (%d bytes)", len(payload))
+            return False
+        try:
+            block = decode_block(payload)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            log.warning("ignoring block frame: %s", exc)
+            return False
+        expected = min(self.block_size, self.size - block.index * self.block_size)
+        if block.sha256 != self.sha256 or block.total != self.count or len(block.data) != expected:
+            self.stats.rejected += 1
+            log.warning("ignoring block %d: not part of the bundle being downloaded", block.index)
+            return False
+        with self._cond:
+            if self._paused:
+                return False
+            self._inflight.pop(block.index, None)
+            if self._done[block.index]:
+                self.stats.duplicates += 1
+                log.debug("ignoring duplicate block %d", block.index)
+                return False
+            os.pwrite(self._fd, block.data, block.index * self.block_size)
+            self._done[block.index] = True
+            self._dirty = True
+            self.stats.received += 1
+            self._last_progress = time.monotonic()
+            self._cond.notify_all()
+        return True
+
+    def reconnected(self) -> None:
+        """The connection was re-established: ask again for everything still in flight."""
+        with self._cond:
+            self._inflight.clear()
+            self._cond.notify_all()
+
+    # --- the download loop (installer thread) --------------------------------------------
+
+    def _next_request(self, now: float) -> BlockRequest | None:
+        if len(self._inflight) > self.window // 2:
+            return None
+        batch: list[int] = []
+        room = self.window - len(self._inflight)
+        for i, d in enumerate(self._done):
+            if len(batch) >= room:
+                break
+            if not d and i not in self._inflight:
+                batch.append(i)
+        if not batch:
+            return None
+        for i in batch:
+            self._inflight[i] = now
+        self.stats.requests += 1
+        self.stats.requested_blocks.extend(batch)
+        return BlockRequest(sha256=self.sha256, blocks=batch, block_size=self.block_size)
+
+    def run(self) -> Path:
+        """Block until every block is stored; returns the staging file. TransferError on stall."""
+        pause_after = pause_blocks()
+        self._last_progress = time.monotonic()
+        last_save = last_report = 0.0
+        try:
+            with self._cond:
+                while not all(self._done):
+                    if self._cancel.is_set():
+                        raise TransferCancelled("download abandoned")
+                    now = time.monotonic()
+                    connected = self._is_connected()
+                    if not connected:
+                        self._inflight.clear()
+                        self._last_progress = now  # a broker outage is not a stall
+                    else:
+                        stale = [i for i, t in self._inflight.items() if now - t > self.retry_timeout_s]
+                        if stale and now - self._last_progress > self.retry_timeout_s:
+                            self.stats.timeouts += 1
+                            log.info("no block for %.1fs: asking again for %d blocks", self.retry_timeout_s, len(stale))
+                            for i in stale:
+                                del self._inflight[i]
+                        if now - self._last_progress > self.stall_timeout_s:
+                            raise TransferError(
+                                f"download stalled: no block received for {self.stall_timeout_s:.0f}s "
+                                f"({sum(self._done)}/{self.count} blocks)"
+                            )
+                        request = self._next_request(now)
+                        if request is not None:
+                            self._cond.release()  # never publish while holding the lock on_frame needs
+                            try:
+                                self._send(request)
+                            finally:
+                                self._cond.acquire()
+                    if self._dirty and now - last_save > 0.5:
+                        self._cond.release()
+                        try:
+                            self._save_bitmap()
+                        finally:
+                            self._cond.acquire()
+                        last_save = now
+                    if self._progress and now - last_report > 1.0:
+                        self._progress(sum(self._done) / self.count)
+                        last_report = now
+                    if pause_after is not None and sum(self._done) >= pause_after:
+                        self._paused = True
+                        self._cond.release()
+                        self._save_bitmap()
+                        pause_point(f"blocks:{pause_after}", self._ota_dir, force=True)
+                    self._cond.wait(0.1)
+            self._save_bitmap()
+        finally:
+            self._inflight.clear()
+        if self._progress:
+            self._progress(1.0)
+        return self.part_path
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+    def discard(self) -> None:
+        """Delete the staging file and its bitmap (after install, or when the file is bad)."""
+        self.close()
+        discard_staging(self.part_path.parent, self.sha256)
+
+
+def discard_staging(staging_dir: Path, sha256: str) -> None:
+    for suffix in (".part", ".blocks.json", ".http.part", ".file", ".file.partial"):
+        (Path(staging_dir) / f"{sha256}{suffix}").unlink(missing_ok=True)
+
+
+def http_download(
+    url: str,
+    staging_dir: Path,
+    sha256: str,
+    size: int,
+    cancel: threading.Event | None = None,
+    progress: Callable[[float], None] | None = None,
+    attempts: int = 5,
+    timeout_s: float = 30.0,
+    cafile: str | None = None,
+) -> Path:
+    """Download `url` into `<staging>/<sha>.http.part`, continuing a partial file with Range."""
+    import ssl
+
+    part = Path(staging_dir) / f"{sha256}.http.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https://") else None
+    cancel = cancel or threading.Event()
+    last_exc: Exception | None = None
+    for attempt in range(attempts):
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        if have == size:
+            return part
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s,
+                                        context=context) as resp:
+                if have and resp.status != 206:
+                    log.info("server ignored the Range request: starting over")
+                    have = 0
+                with open(part, "r+b" if part.exists() else "wb") as fh:
+                    fh.seek(have)
+                    fh.truncate()
+                    while chunk := resp.read(1 << 16):
+                        if cancel.is_set():
+                            raise TransferCancelled("download abandoned")
+                        fh.write(chunk)
+                        have += len(chunk)
+                        if have > size:
+                            raise TransferError(f"{url} sent more than the expected {size} bytes")
+                        if progress:
+                            progress(have / size)
+            if have == size:
+                return part
+            last_exc = TransferError(f"{url} ended after {have} of {size} bytes")
+        except TransferError:
+            raise
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last_exc = exc
+        log.info("HTTP download attempt %d failed (%s); resuming", attempt + 1, last_exc)
+        if cancel.wait(min(2.0**attempt * 0.2, 5.0)):
+            raise TransferCancelled("download abandoned")
+    raise TransferError(f"HTTP download of {url} failed: {last_exc}")
+
+
+__all__ = ["BlockDownloader", "TransferCancelled", "TransferError", "TransferStats", "discard_staging",
+           "http_download", "pause_point"]
