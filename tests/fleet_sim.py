@@ -201,7 +201,7 @@ def int8_v2_bundle(digits, tmp_path_factory):
     """The same digits model converted again as version 2 (a different, newer bundle)."""
     from converter.cli import main
 
-    from conftest import convert_args
+    from tests.conftest import convert_args
 
     out = tmp_path_factory.mktemp("bundles-v2") / "digits-int8-v2.edgebundle"
     assert main(convert_args(digits, out, "raspberry-pi-4", "--model-version", "2")) == 0
