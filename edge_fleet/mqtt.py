@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ class MqttSettings:
         user = self.username or (unquote(u.username) if u.username else None)
         password = self.password or (unquote(u.password) if u.password else None)
         return u.hostname, port, tls, user, password
+
+
+def set_nodelay(client: mqtt.Client) -> None:
+    """Disable Nagle on the client's socket (call from on_connect): block requests are tiny."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def connect(settings: MqttSettings, client: mqtt.Client | None = None, timeout: float = 10.0,

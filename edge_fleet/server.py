@@ -21,7 +21,7 @@ from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, Rep
 
 from .block_server import BlockLimits, BlockServer
 from .broker import Broker, start_broker
-from .mqtt import MqttSettings, connect
+from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
 from .rollout import RolloutDriver
 
@@ -134,6 +134,7 @@ class FleetServer:
         if rc.is_failure:
             log.error("broker refused the connection: %s", rc)
             return
+        set_nodelay(client)
         client.subscribe([(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
                           (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)])
 

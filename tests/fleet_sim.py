@@ -96,6 +96,9 @@ class SimDevice:
     # -- protocol ---------------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(self.topics.desired(self.id), 1), (self.topics.block_data(self.id), 1)])
         client.publish(self.topics.presence(self.id), dumps(Presence("online")), qos=1, retain=True)
         self.report()
@@ -177,8 +180,10 @@ class SimDevice:
                 return
             self.files[want.bundle.sha256] = data
             self._finish()
-        elif all(i in self._blocks for i in range(self._next)):
-            self._request_window()
+        elif self._next < want.block_count and all(
+            i in self._blocks for i in range(max(0, self._next - self.window // 2))
+        ):
+            self._request_window()  # keep one window in flight while the previous one finishes
 
     def _finish(self) -> None:
         want = self._want
