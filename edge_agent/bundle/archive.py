@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -314,6 +315,24 @@ def read_manifest_unverified(path: Path) -> Manifest:
         return Manifest.from_json(_read_small(tar, first, MAX_MANIFEST_BYTES))
 
 
+def read_signature_doc(path: Path) -> dict:
+    """The parsed signature.json (2nd member) of a bundle, unverified; CorruptBundle/SignatureError if absent."""
+    from .errors import SignatureError
+
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            tar.next()
+            second = tar.next()
+            if second is None or second.name != SIGNATURE_NAME:
+                raise SignatureError(f"{Path(path).name} is not signed (no signature.json)")
+            doc = json.loads(_read_small(tar, second, 64 << 10))
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        raise CorruptBundle(f"{Path(path).name}: cannot read signature.json ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise CorruptBundle(f"{Path(path).name}: signature.json is not a JSON object")
+    return doc
+
+
 __all__ = [
     "BUNDLE_SUFFIX",
     "MANIFEST_NAME",
@@ -322,6 +341,7 @@ __all__ = [
     "check_schema_version",
     "key_id",
     "read_manifest_unverified",
+    "read_signature_doc",
     "sha256_file",
     "verify_bundle",
     "write_bundle",

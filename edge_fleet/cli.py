@@ -1,0 +1,296 @@
+"""`edge-fleet`: run the fleet server, publish bundles, deploy them in stages, show status.
+
+How the commands talk to each other: the registry (SQLite) is the single meeting point.
+`publish`, `status`, `devices`, `bundles` and `rollouts` read and write the registry file
+directly; `deploy` stores a *pending* rollout there, and the running `edge-fleet serve`
+process (the only MQTT writer of desired states) picks it up within a fraction of a second
+and drives it. `deploy --wait` then follows the rollout in the registry until it ends.
+Every failure prints one line `edge-fleet: error: ...` and exits with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_agent.bundle import BundleError, TrustStore
+
+from .errors import FleetError, RolloutHalted
+from .registry import DEFAULT_HOME, Registry, iter_latency
+
+log = logging.getLogger("edge_fleet")
+
+EXIT_CODES_HELP = """exit codes:
+  0 ok   1 other error   2 usage   4 unknown bundle   5 no target device   6 device busy in another rollout
+  7 rollout halted (deploy --wait)  8 MQTT connection failed  9 version already published
+  11-18 bundle refused (11 corrupt, 12 unsafe member, 13 signature, 14 hash, 15 manifest, 16 schema, ...)
+"""
+
+Result = tuple[Any, str]
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    home = Path(args.home).expanduser()
+    db = Path(args.db).expanduser() if args.db else home / "fleet.db"
+    return Registry(db, store_dir=home / "bundles" if not args.db else None)
+
+
+def _ts(value: float | None) -> str:
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> Result:
+    from .mqtt import MqttSettings
+    from .server import FleetServer
+
+    reg = _registry(args)
+    settings = MqttSettings(url=args.broker or "", username=args.username,
+                            password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
+                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=args.client_id)
+    server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
+                         broker_dir=Path(args.home).expanduser() / "broker")
+    server.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.request_stop())
+    info = {"broker": server.url, "embedded": server.broker.kind if server.broker else None,
+            "db": str(reg.db_path), "prefix": args.prefix}
+    line = json.dumps(info) if args.json else (
+        f"edge-fleet: serving on {server.url}"
+        + (f" (embedded {server.broker.kind})" if server.broker else "") + f", registry {reg.db_path}")
+    print(line, flush=True)
+    try:
+        server.wait()
+    finally:
+        server.stop()
+        reg.close()
+    return {"stopped": True}, "edge-fleet: stopped"
+
+
+def _trust(args: argparse.Namespace) -> TrustStore:
+    paths = list(args.trust or [])
+    default = Path(args.home).expanduser() / "trusted"
+    if not paths and default.is_dir():
+        paths = [default]
+    if not paths:
+        raise FleetError(f"no trusted keys: pass --trust PUBKEY (or put *.pub files in {default})")
+    return TrustStore.from_paths(paths)
+
+
+def cmd_publish(args: argparse.Namespace) -> Result:
+    from .publish import publish_bundle
+
+    with _registry(args) as reg:
+        rec = publish_bundle(reg, Path(args.bundle), _trust(args))
+    return (rec.to_json(),
+            f"published {rec.name}:{rec.version} for {rec.profile} ({rec.size} B, signed by {rec.key_id}) "
+            f"sha256={rec.sha256}")
+
+
+def cmd_bundles(args: argparse.Namespace) -> Result:
+    with _registry(args) as reg:
+        rows = [b.to_json() for b in reg.bundles()]
+    lines = [f"{'NAME:VERSION':<24} {'PROFILE':<20} {'SIZE':>10}  SHA256"]
+    lines += [f"{b['name'] + ':' + str(b['version']):<24} {b['profile']:<20} {b['size']:>10}  {b['sha256'][:16]}"
+              for b in rows]
+    return rows, "\n".join(lines)
+
+
+def cmd_deploy(args: argparse.Namespace) -> Result:
+    from .rollout import DEFAULT_STAGES, parse_max_failures, parse_stages, plan_rollout
+
+    with _registry(args) as reg:
+        plan = plan_rollout(
+            reg, args.target,
+            devices=args.devices.split(",") if args.devices is not None else None,
+            group=args.group,
+            stages=parse_stages(args.stages) if args.stages else list(DEFAULT_STAGES),
+            max_failures=parse_max_failures(args.max_failures),
+            stage_timeout=args.stage_timeout,
+        )
+        result = reg.rollout(plan.id)
+        if args.wait:
+            deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
+            while result and result["status"] in ("pending", "running"):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FleetError(f"rollout {plan.id} still {result['status']} after {args.wait_timeout:.0f}s "
+                                     "(is `edge-fleet serve` running?)")
+                time.sleep(0.2)
+                result = reg.rollout(plan.id)
+    assert result is not None
+    text = _rollout_text(result)
+    if args.wait and result["status"] == "halted":
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(text)
+        raise RolloutHalted(f"rollout {plan.id} halted: {result['reason']}")
+    if not args.wait:
+        text += "\n(queued: a running `edge-fleet serve` drives it; follow with `edge-fleet rollouts " + plan.id + "`)"
+    return result, text
+
+
+def _rollout_text(r: dict[str, Any]) -> str:
+    lines = [f"rollout {r['id']}: {r['name']}:{r['version']} {r['status'].upper()}"
+             f" stage {max(r['stage'], 0) + 1}/{len(r['stages'])} (cumulative devices {r['stages']})"
+             + (f" - {r['reason']}" if r.get("reason") else "")]
+    for d in r["devices"]:
+        stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
+        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {d['reason'] or ''}")
+    return "\n".join(lines)
+
+
+def cmd_rollouts(args: argparse.Namespace) -> Result:
+    with _registry(args) as reg:
+        if args.id:
+            r = reg.rollout(args.id)
+            if r is None:
+                raise FleetError(f"no rollout {args.id!r}")
+            return r, _rollout_text(r)
+        rows = reg.rollouts()
+    lines = [f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {r.get('reason') or ''}" for r in rows]
+    return rows, "\n".join(lines) or "no rollouts"
+
+
+def _device_view(d: dict[str, Any]) -> dict[str, Any]:
+    p50, p99 = iter_latency(d["latency"], "p50", "p99")
+    cur = d["current"] or {}
+    return {"id": d["id"], "profile": d["profile"], "group": d["group"], "model": cur.get("name"),
+            "version": cur.get("version"), "sha256": cur.get("sha256"), "phase": d["phase"],
+            "deployment_id": d["deployment_id"], "last_error": d["last_error"], "last_seen": d["last_seen"],
+            "presence": d["presence"] or "unknown", "latency_p50_ms": p50, "latency_p99_ms": p99,
+            "inferences": d["inferences"], "errors": d["errors"], "agent_version": d["agent_version"],
+            "previous": d["previous"]}
+
+
+def cmd_status(args: argparse.Namespace) -> Result:
+    with _registry(args) as reg:
+        devices = [_device_view(d) for d in reg.devices(args.group)]
+        active = [r["id"] for r in reg.rollouts(("pending", "running"))]
+    fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}"
+    lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
+                        "P50 ms", "P99 ms")]
+    for d in devices:
+        lines.append(fmt.format(d["id"], d["profile"] or "-", d["group"] or "-", d["model"] or "-",
+                                d["version"] or "-", d["phase"] or "-", d["presence"], _ts(d["last_seen"]),
+                                f"{d['latency_p50_ms']:.2f}" if d["latency_p50_ms"] is not None else "-",
+                                f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-"))
+        if d["last_error"]:
+            lines.append(f"  last error: {d['last_error']}")
+    if active:
+        lines.append("active rollouts: " + ", ".join(active))
+    return {"devices": devices, "active_rollouts": active}, "\n".join(lines)
+
+
+def cmd_devices(args: argparse.Namespace) -> Result:
+    with _registry(args) as reg:
+        if args.devices_cmd == "group":
+            reg.set_group(args.id, None if args.clear else args.new_group)
+            d = _device_view(reg.device(args.id) or {})
+            return d, f"{args.id}: group {d['group'] or '(none)'}"
+        devices = [_device_view(d) for d in reg.devices(args.group)]
+    lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}" for d in devices]
+    return devices, "\n".join(lines) or "no devices"
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=str(DEFAULT_HOME),
+                        help="fleet folder: registry, bundle store, broker data (default %(default)s, env EDGE_FLEET_HOME)")
+    common.add_argument("--db", help="registry SQLite file (default HOME/fleet.db)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    p = argparse.ArgumentParser(prog="edge-fleet", description=__doc__.split("\n")[0],
+                                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", parents=[common], help="run the fleet server (long running)")
+    s.add_argument("--broker", help="mqtt://[user:pass@]host:port or mqtts://...; default: start an embedded broker")
+    s.add_argument("--embedded", choices=("mosquitto", "amqtt"), default="mosquitto",
+                   help="preferred embedded broker (falls back to the other when not installed)")
+    s.add_argument("--prefix", default="edgekit", help="topic prefix (default %(default)s)")
+    s.add_argument("--username", help="MQTT username")
+    s.add_argument("--password", help="MQTT password (or env EDGE_FLEET_MQTT_PASSWORD)")
+    s.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the broker; enables TLS")
+    s.add_argument("--cert", type=Path, help="client certificate (PEM) for TLS client authentication")
+    s.add_argument("--key", type=Path, help="client private key (PEM)")
+    s.add_argument("--client-id", default="edge-fleet", help="MQTT client id (default %(default)s)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("publish", parents=[common], help="verify a bundle and add it to the registry")
+    s.add_argument("bundle")
+    s.add_argument("--trust", action="append", help="trusted public key or folder of *.pub (default HOME/trusted)")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("bundles", parents=[common], help="list published bundles")
+    s.set_defaults(func=cmd_bundles)
+
+    s = sub.add_parser("deploy", parents=[common], help="staged rollout of NAME:VERSION")
+    s.add_argument("target", metavar="NAME:VERSION")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--devices", help="comma-separated device ids")
+    g.add_argument("--group", help="every device of this group")
+    s.add_argument("--stages", default="5,25,100", help="cumulative percentages (default %(default)s)")
+    s.add_argument("--max-failures", default="0",
+                   help="halt when failures exceed this count (2) or fraction (0.1, 10%%); default 0")
+    s.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per device (default %(default)s)")
+    s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
+    s.add_argument("--wait-timeout", type=float, default=0.0, help="give up waiting after S seconds (0 = never)")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("rollouts", parents=[common], help="list rollouts, or show one")
+    s.add_argument("id", nargs="?")
+    s.set_defaults(func=cmd_rollouts)
+
+    s = sub.add_parser("status", parents=[common], help="per-device model, phase, presence, latency")
+    s.add_argument("--group")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("devices", help="list devices or set a device's group")
+    dsub = s.add_subparsers(dest="devices_cmd", required=True)
+    lp = dsub.add_parser("list", parents=[common], help="list known devices")
+    lp.add_argument("--group", help="only this group")
+    gp = dsub.add_parser("group", parents=[common], help="set (or --clear) the group of a device")
+    gp.add_argument("id")
+    gp.add_argument("new_group", metavar="GROUP", nargs="?")
+    gp.add_argument("--clear", action="store_true", help="remove the device from its group")
+    s.set_defaults(func=cmd_devices)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.cmd == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.cmd == "devices" and args.devices_cmd == "group" and not args.clear and not args.new_group:
+        parser.error("devices group ID GROUP (or --clear)")
+    func: Callable[[argparse.Namespace], Result] = args.func
+    try:
+        result, text = func(args)
+    except (FleetError, BundleError) as exc:
+        print(f"edge-fleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"edge-fleet: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`edge-fleet publish`: verify a bundle against the fleet's trusted keys and store it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from edge_agent.bundle import TrustStore, sha256_file, verify_bundle
+from edge_agent.bundle.archive import read_signature_doc
+
+from .errors import FleetError
+from .registry import BundleRecord, Registry
+
+log = logging.getLogger(__name__)
+
+
+class VersionConflict(FleetError):
+    """NAME:VERSION for this profile is already published with different content."""
+
+    exit_code = 9
+
+
+def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleRecord:
+    """Verify `path` end to end (signature, hashes, manifest) and copy it into the fleet store.
+
+    Raises the bundle's own BundleError subclass (SignatureError, HashMismatch, ...) when it
+    does not verify; nothing is stored then. Publishing the same file again is a no-op.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FleetError(f"{path} does not exist or is not a file")
+    registry.store_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=registry.store_dir, suffix=".partial")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(path, tmp)  # verify the copy we keep, not a file that may still change
+        verified = verify_bundle(tmp, trust)  # raises a typed BundleError on any problem
+        size, sha = sha256_file(tmp)
+        signature = read_signature_doc(tmp)
+        m = verified.manifest
+        clash = [b for b in registry.bundles_named(m.name, m.version) if b.profile == m.profile and b.sha256 != sha]
+        if clash:
+            raise VersionConflict(
+                f"{m.name} v{m.version} for {m.profile} is already published with another file "
+                f"(sha256 {clash[0].sha256[:12]}...): versions are immutable, convert with a higher --model-version"
+            )
+        stored = registry.store_dir / f"{sha}.edgebundle"
+        os.replace(tmp, stored)
+    finally:
+        tmp.unlink(missing_ok=True)
+    rec = BundleRecord(sha256=sha, name=m.name, version=m.version, profile=m.profile, size=size,
+                       manifest=m.to_dict(), signature=signature, key_id=verified.key_id, path=stored,
+                       published_at=time.time())
+    registry.add_bundle(rec)
+    log.info("published %s v%d (%s) sha256=%s", m.name, m.version, m.profile, sha)
+    return rec

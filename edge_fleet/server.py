@@ -1,0 +1,177 @@
+"""The fleet server process: broker connection (or embedded broker), registry updates,
+block server and the rollout driver.
+
+Without a broker URL it starts the embedded broker itself (edge_fleet.broker.start_broker:
+a managed Mosquitto child when the binary is installed, else in-process amqtt) and stops it
+on exit. It subscribes to the reported/presence/telemetry topics of all devices and records
+them in the registry, answers block requests, and drives pending/running rollouts that the
+`edge-fleet deploy` command stored in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Literal
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
+
+from .block_server import BlockLimits, BlockServer
+from .broker import Broker, start_broker
+from .mqtt import MqttSettings, connect, set_nodelay
+from .registry import Registry
+from .rollout import RolloutDriver
+
+log = logging.getLogger(__name__)
+
+
+class FleetServer:
+    """Start with `start()`, stop with `stop()`; or use as a context manager. `url` is the broker used."""
+
+    def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
+                 broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
+                 settings: MqttSettings | None = None, limits: BlockLimits | None = None,
+                 tick: float = 0.2) -> None:
+        self.registry = registry
+        self.topics = Topics(prefix)
+        self.broker_url = broker_url
+        self.broker_dir = broker_dir or registry.db_path.parent / "broker"
+        self.embedded = embedded
+        self.settings = settings
+        self.limits = limits
+        self.tick = tick
+        self.broker: Broker | None = None
+        self.client: mqtt.Client | None = None
+        self.blocks: BlockServer | None = None
+        self.driver: RolloutDriver | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sizes: dict[str, tuple[Path, int] | None] = {}
+
+    @property
+    def url(self) -> str:
+        assert self.settings is not None, "server not started"
+        return self.settings.url
+
+    def start(self) -> "FleetServer":
+        """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
+        if self.broker_url is None:
+            self.broker = start_broker(self.broker_dir, prefer=self.embedded)
+            base = self.settings or MqttSettings(url="")
+            base.url = self.broker.url
+            self.settings = base
+        elif self.settings is None:
+            self.settings = MqttSettings(url=self.broker_url)
+        else:
+            self.settings.url = self.broker_url
+        try:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=True)
+            client.on_connect = self._on_connect
+            client.on_message = self._on_message
+            self.client = client
+            self.blocks = BlockServer(client, self.topics, self._lookup, self.limits)
+            self.blocks.start()
+            connect(self.settings, client)
+        except BaseException:
+            self.stop()
+            raise
+        self.driver = RolloutDriver(self.registry, self.topics, self._publish)
+        self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
+        self._thread.start()
+        log.info("fleet server running on %s (prefix %s)", self.settings.url, self.topics.prefix)
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop, disconnect, and stop the embedded broker if we started one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        if self.blocks is not None:
+            self.blocks.stop()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> "FleetServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def request_stop(self) -> None:
+        """Ask wait() to return (safe from a signal handler); then call stop()."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until request_stop() or stop() is called."""
+        while not self._stop.wait(1.0):
+            pass
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _lookup(self, sha256: str) -> tuple[Path, int] | None:
+        if sha256 not in self._sizes or self._sizes[sha256] is None:
+            rec = self.registry.bundle_by_sha(sha256)
+            self._sizes[sha256] = (rec.path, rec.size) if rec and rec.path.is_file() else None
+        return self._sizes[sha256]
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        assert self.client is not None
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("publish to %s queued while disconnected (rc=%s)", topic, info.rc)
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            return
+        set_nodelay(client)
+        client.subscribe([(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
+                          (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)])
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            device_id, kind = self.topics.parse(msg.topic)
+            if kind == "blocks/get":
+                assert self.blocks is not None
+                self.blocks.handle(msg)
+            elif kind == "reported":
+                if not msg.payload:
+                    return  # a cleared retained message
+                state = ReportedState.parse(msg.payload)
+                if state.device_id != device_id:
+                    raise ProtocolError(f"reported state of {state.device_id!r} on {device_id!r}'s topic")
+                self.registry.record_reported(state)
+            elif kind == "presence":
+                if msg.payload:
+                    self.registry.record_presence(device_id, Presence.parse(msg.payload).state)
+            elif kind == "telemetry":
+                self.registry.record_telemetry(device_id, Telemetry.parse(msg.payload))
+            else:
+                raise ProtocolError(f"unexpected {kind} message on {msg.topic}")
+        except ProtocolError as exc:
+            log.warning("ignored message on %s: %s", msg.topic, exc)
+        except Exception:  # noqa: BLE001 - never let one message kill the network thread
+            log.exception("failed to handle message on %s", msg.topic)
+
+    def _loop(self) -> None:
+        assert self.driver is not None
+        while not self._stop.wait(self.tick):
+            self.driver.step()
+
+
+def run_server(registry: Registry, broker_url: str | None, **kwargs: object) -> FleetServer:
+    """Convenience for scripts: a started FleetServer."""
+    return FleetServer(registry, broker_url, **kwargs).start()  # type: ignore[arg-type]
+
+
+__all__ = ["FleetServer", "run_server"]
