@@ -12,6 +12,7 @@ out mid-stream and raise `SourceLost` when the budget is spent; nothing here blo
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -105,6 +106,19 @@ class Source(ABC):
         self.close()
 
 
+def _cv2() -> Any:
+    """Import OpenCV, keeping FFmpeg's and OpenCV's own console chatter quiet unless debugging."""
+    if not logging.getLogger("edge_agent").isEnabledFor(logging.DEBUG):
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+    import cv2
+
+    if not logging.getLogger("edge_agent").isEnabledFor(logging.DEBUG):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2
+
+
 def _capture_params(cv2: Any, open_timeout_ms: int, read_timeout_ms: int) -> list[int]:
     params: list[int] = []
     for name, value in (("CAP_PROP_OPEN_TIMEOUT_MSEC", open_timeout_ms), ("CAP_PROP_READ_TIMEOUT_MSEC", read_timeout_ms)):
@@ -127,9 +141,7 @@ class CaptureSource(Source):
         read_timeout_ms: int = 10000,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        import cv2
-
-        self._cv2 = cv2
+        cv2 = self._cv2 = _cv2()
         self.target = target
         self.live = live
         self.description = description
@@ -207,9 +219,7 @@ class ImageFilesSource(Source):
     """A single image or a folder of images (sorted by name), each read once."""
 
     def __init__(self, files: list[Path], description: str) -> None:
-        import cv2
-
-        self._cv2 = cv2
+        self._cv2 = _cv2()
         self.files = files
         self.description = description
         self._count = 0
