@@ -74,7 +74,7 @@ class Pipeline:
         stats: PipelineStats | None = None,
         policy: str | None = None,
         max_frames: int | None = None,
-        queue_size: int = 4,
+        queue_size: int = 2,
         top_k: int | None = None,
         max_consecutive_errors: int = 10,
         infer_fn: Callable[[ModelSession, dict], list] = infer,
