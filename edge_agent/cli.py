@@ -27,6 +27,8 @@ EXIT_CODES_HELP = """exit codes:
   13 signature missing/invalid/untrusted               14 file hash or size mismatch
   15 invalid manifest  16 unsupported schema  17 built for another profile
   18 not enough disk space           20 bad device profile  40 runtime could not load/run
+  30 video source cannot be opened   31 live source lost (reconnects exhausted)
+  32 frames keep failing             33 output cannot be written  34 metrics port unavailable
 """
 
 # ---- command implementations ------------------------------------------------------------
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Verify the bundle, then classify each input: images get the manifest's preprocessing; "
                        ".npy arrays are given in the source model's layout. JSON output names the top-1 class as `label`.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("inputs", type=Path, nargs="+", help="image files (.png, .jpg, ...) or .npy arrays")
+    p.add_argument("inputs", type=Path, nargs="*", help="image files (.png, .jpg, ...) or .npy arrays (or use --source)")
     p.add_argument("--top-k", type=int, default=None, help="how many classes to show (default: manifest's top_k)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)

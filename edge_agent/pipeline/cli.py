@@ -1,0 +1,126 @@
+"""`edge-agent run BUNDLE --source SPEC`: the camera/video pipeline from the command line.
+
+Adds options to the existing `run` command (edge_agent/cli.py): without --source, `run` keeps
+classifying image/.npy files; with --source it streams frames through the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..bundle import sha256_file
+from ..home import AgentHome, unpacked_bundle
+from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    exit_code = 2
+    kind = "usage"
+
+
+def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames."""
+    from ..cli import _profile_name
+    from ..runtimes import load_session
+    from .runner import Pipeline
+    from .sinks import AnnotatedVideoSink, JsonLinesSink, MjpegPreviewSink, Sink, TelemetrySink
+    from .sources import ReconnectPolicy, open_source
+
+    if args.inputs:
+        raise UsageError("give either input files or --source, not both")
+    trust = home.trust_store(args.trust)
+    reconnect = ReconnectPolicy(max_attempts=args.reconnect_attempts, max_total=args.reconnect_max_seconds)
+    with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
+        m = vb.manifest
+        session = load_session(vb.unpacked_to, m, threads=args.threads)
+        source = open_source(args.source, reconnect=reconnect, open_timeout_ms=int(args.open_timeout * 1000),
+                             read_timeout_ms=int(args.open_timeout * 1000))
+        stats = PipelineStats(
+            model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),
+            source=source.description,
+        )
+        closers: list[Any] = [source]
+        sinks: list[Sink] = []
+        try:
+            output = args.output if args.output is not None else "-"
+            if output != "none":
+                sinks.append(JsonLinesSink(output))
+            if args.annotate:
+                sinks.append(AnnotatedVideoSink(args.annotate, fps=source.fps or 15.0))
+            if args.preview_port is not None:
+                sinks.append(MjpegPreviewSink(args.preview_host, args.preview_port))
+            if args.mqtt_telemetry:
+                from ..telemetry.mqtt_reporter import MqttTelemetryReporter
+
+                sinks.append(TelemetrySink(MqttTelemetryReporter(
+                    args.mqtt_telemetry, stats, device_id=args.device_id, interval=args.telemetry_interval,
+                    per_frame_results=args.mqtt_results)))
+            if args.metrics_port is not None:
+                from ..telemetry.prometheus import MetricsServer
+
+                closers.append(MetricsServer(stats, args.metrics_host, args.metrics_port))
+            pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
+                                max_frames=args.max_frames, top_k=args.top_k)
+            restore = _stop_on_sigterm(pipeline)
+            try:
+                summary = pipeline.run()
+            finally:
+                restore()
+        finally:
+            for c in reversed(closers):
+                c.close()
+    d = summary.to_dict()
+    e2e = d["stats"]["latency_ms"]["end_to_end"]
+    text = (f"{summary.frames} frames from {source.description} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
+            f"dropped {summary.dropped}, errors {summary.errors}, end-to-end p50 {e2e.get('p50_ms', 0):.1f} ms "
+            f"p99 {e2e.get('p99_ms', 0):.1f} ms")
+    return d, text
+
+
+def _stop_on_sigterm(pipeline: Any):
+    """SIGTERM (systemd stop) ends the run cleanly; returns a function restoring the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the --source options to `edge-agent run` and route --source runs here."""
+    p = subparsers.choices.get("run")
+    if p is None:  # pragma: no cover - the core CLI always defines `run`
+        return
+    plain_run = p.get_default("func")
+    g = p.add_argument_group("camera / video (with --source)")
+    g.add_argument("--source", help="/dev/videoN or camera index, rtsp:// or http:// URL, video file, image folder or image")
+    g.add_argument("--max-frames", type=int, default=None, help="stop after N frames (files: the first N)")
+    g.add_argument("--output", help="per-frame JSON lines: a file, '-' for stdout (default) or 'none'")
+    g.add_argument("--annotate", type=Path, help="write an annotated video (.mp4 or .avi)")
+    g.add_argument("--preview-port", type=int, help="serve an MJPEG preview on this port (0: any free port)")
+    g.add_argument("--preview-host", default="127.0.0.1", help="preview bind address (default 127.0.0.1)")
+    g.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
+    g.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
+    g.add_argument("--mqtt-telemetry", metavar="URL", help="publish telemetry to mqtt://[user:pass@]host[:port]")
+    g.add_argument("--device-id", help="device id in telemetry topics (default: host name)")
+    g.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
+    g.add_argument("--mqtt-results", action="store_true", help="include per-frame results in telemetry messages")
+    g.add_argument("--policy", choices=["latest", "all"], help="frame policy (default: latest for live sources, all for files)")
+    g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
+    g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
+    g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")
+
+    def run_dispatch(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
+        if args.source is not None:
+            return cmd_run_source(args, home)
+        if not args.inputs:
+            raise UsageError("give input files (images or .npy) or --source SPEC")
+        return plain_run(args, home)
+
+    p.set_defaults(func=run_dispatch)

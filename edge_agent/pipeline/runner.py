@@ -1,0 +1,276 @@
+"""The threaded camera/video pipeline: capture -> preprocess -> inference -> postprocess + sinks.
+
+Four threads hand frames over through channels, so decoding and preprocessing of the next frames
+overlap with inference of the current one:
+
+    capture --raw--> preprocess --prepared--> inference --results--> postprocess + sinks
+
+Policies:
+  * "all" (files, image folders): bounded FIFOs with back-pressure, every frame is processed.
+  * "latest" (live cameras and streams): `raw` and `prepared` are one-slot LatestSlots; a newer
+    frame replaces an unread one and the replaced frame counts as dropped. Inference always takes
+    the freshest prepared frame, so latency stays bounded when the model is slower than the camera.
+    The results hand-over stays a FIFO (what was inferred is always reported).
+
+Per-frame errors in preprocess/inference/postprocess/sinks are counted and logged; after
+`max_consecutive_errors` in a row the pipeline stops with PipelineError. Source errors
+(SourceLost) stop it at once and are re-raised from `run()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from ..bundle import Manifest
+from ..runtimes import ModelSession
+from ..telemetry.pipeline_stats import PipelineStats
+from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
+from .sinks import Sink
+from .sources import Source
+from .stages import Postprocessor, Prepared, Preprocessor, infer
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline stopped because frames kept failing (one line with the last cause)."""
+
+    exit_code = 32
+    kind = "pipeline"
+
+
+@dataclass
+class PipelineSummary:
+    frames: int
+    captured: int
+    dropped: int
+    errors: int
+    seconds: float
+    fps: float
+    policy: str
+    stats: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Pipeline:
+    """Run a bundle's session over a Source into Sinks. `run()` blocks; `stop()` ends it early."""
+
+    def __init__(
+        self,
+        source: Source,
+        session: ModelSession,
+        manifest: Manifest,
+        sinks: Iterable[Sink] = (),
+        stats: PipelineStats | None = None,
+        policy: str | None = None,
+        max_frames: int | None = None,
+        queue_size: int = 2,
+        top_k: int | None = None,
+        max_consecutive_errors: int = 10,
+        infer_fn: Callable[[ModelSession, dict], list] = infer,
+    ) -> None:
+        self.source = source
+        self.session = session
+        self.manifest = manifest
+        self.sinks = list(sinks)
+        self.stats = stats or PipelineStats(source=source.description)
+        self.policy = policy or ("latest" if source.live else "all")
+        if self.policy not in ("latest", "all"):
+            raise ValueError(f"policy must be 'latest' or 'all', not {self.policy!r}")
+        self.max_frames = max_frames
+        self.max_consecutive_errors = max_consecutive_errors
+        self.preprocess = Preprocessor(manifest)
+        self.postprocess = Postprocessor(manifest, top_k)
+        self._infer = infer_fn
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._fatal_lock = threading.Lock()
+        self._consecutive_errors = 0
+        drop = lambda _item: self.stats.count_dropped()  # noqa: E731
+        if self.policy == "latest":
+            self.raw: Channel = LatestSlot(on_drop=drop)
+            self.prepared: Channel = LatestSlot(on_drop=drop)
+        else:
+            self.raw = BoundedChannel(queue_size)
+            self.prepared = BoundedChannel(queue_size)
+        self.results: Channel = BoundedChannel(queue_size)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop capturing; threads exit promptly (queued frames are abandoned)."""
+        self._stop.set()
+        for ch in (self.raw, self.prepared, self.results):
+            ch.stop()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = exc
+        self.stop()
+
+    def _frame_error(self, stage: str, exc: Exception) -> None:
+        self.stats.count_error()
+        self._consecutive_errors += 1
+        log.warning("%s failed on a frame: %s", stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if self._consecutive_errors >= self.max_consecutive_errors:
+            self._fail(PipelineError(f"{self._consecutive_errors} frames in a row failed in {stage}: {exc}"))
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def _capture(self) -> None:
+        try:
+            n = 0
+            while not self._stop.is_set():
+                if self.policy == "all" and self.max_frames is not None and n >= self.max_frames:
+                    break
+                t0 = time.perf_counter()
+                frame = self.source.read()
+                if frame is None:
+                    break
+                self.stats.add_latency("decode", _ms(t0))
+                self.stats.count_captured()
+                n += 1
+                if not self.raw.put(frame):
+                    break
+        except BaseException as exc:  # SourceLost and friends end the run
+            self._fail(exc)
+        finally:
+            self.raw.close()
+
+    def _preprocess(self) -> None:
+        try:
+            while True:
+                frame = self.raw.get()
+                if frame is CLOSED:
+                    break
+                if frame is EMPTY:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    prepared = self.preprocess(frame)
+                except Exception as exc:
+                    self._frame_error("preprocess", exc)
+                    continue
+                prepared.timings["preprocess"] = _ms(t0)
+                if not self.prepared.put(prepared):
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self.prepared.close()
+
+    def _inference(self) -> None:
+        try:
+            done = 0
+            while True:
+                if self.policy == "latest" and self.max_frames is not None and done >= self.max_frames:
+                    self._stop.set()  # enough frames: stop capturing, drain what is inferred
+                    break
+                item = self.prepared.get()
+                if item is CLOSED:
+                    break
+                if item is EMPTY:
+                    continue
+                prepared: Prepared = item
+                prepared.stale_frames = max(0, self.source.frames_read - 1 - prepared.frame.index)
+                t0 = time.perf_counter()
+                try:
+                    prepared.outputs = self._infer(self.session, prepared.feeds)
+                except Exception as exc:
+                    self._frame_error("inference", exc)
+                    continue
+                prepared.timings["inference"] = _ms(t0)
+                done += 1
+                if not self.results.put(prepared):
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self.results.close()
+
+    def _finish(self) -> None:
+        try:
+            while True:
+                item = self.results.get()
+                if item is CLOSED:
+                    break
+                if item is EMPTY:
+                    continue
+                prepared: Prepared = item
+                t0 = time.perf_counter()
+                try:
+                    result = self.postprocess(prepared.outputs or [], prepared.geometry)
+                except Exception as exc:
+                    self._frame_error("postprocess", exc)
+                    continue
+                prepared.timings["postprocess"] = _ms(t0)
+                e2e = (time.monotonic() - prepared.frame.captured_at) * 1000.0
+                for stage in ("preprocess", "inference", "postprocess"):
+                    self.stats.add_latency(stage, prepared.timings[stage])
+                self.stats.add_latency("end_to_end", e2e)
+                record = {
+                    "frame": prepared.frame.index,
+                    **({"image": prepared.frame.name} if prepared.frame.name else {}),
+                    "time": round(time.time(), 3),
+                    "latency_ms": round(e2e, 3),
+                    "stale_frames": prepared.stale_frames,
+                    **result,
+                }
+                try:
+                    for sink in self.sinks:
+                        sink.write(record, prepared.frame)
+                except Exception as exc:
+                    self._frame_error("sink", exc)
+                    continue
+                self._consecutive_errors = 0
+                self.stats.frame_done(prepared.stale_frames)
+        except BaseException as exc:
+            self._fail(exc)
+
+    # --- run -------------------------------------------------------------------------------
+
+    def run(self) -> PipelineSummary:
+        """Process the source to its end (or max_frames, or stop()); re-raises a fatal error."""
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=fn, name=f"pipeline-{name}", daemon=True)
+            for name, fn in (("capture", self._capture), ("preprocess", self._preprocess),
+                             ("inference", self._inference), ("finish", self._finish))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping the pipeline")
+            self.stop()
+            for t in threads:
+                t.join(5)
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - closing must not hide the run's outcome
+                    log.warning("closing sink %s failed", type(sink).__name__, exc_info=True)
+        if self._fatal is not None:
+            raise self._fatal
+        seconds = time.monotonic() - started
+        snap = self.stats.snapshot()
+        return PipelineSummary(
+            frames=snap["processed"], captured=snap["captured"], dropped=snap["dropped"], errors=snap["errors"],
+            seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
+            policy=self.policy, stats=snap,
+        )

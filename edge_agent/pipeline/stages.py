@@ -1,0 +1,79 @@
+"""The per-frame work of each pipeline stage, behind small callables the runner threads call.
+
+    Preprocessor:  Frame (BGR) -> Prepared (model feeds + how to map boxes back)
+    Inferencer:    feeds -> outputs              (edge_agent.runtimes session.run)
+    Postprocessor: outputs + geometry -> result  (classification | detection | none)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Manifest
+from ..runtimes import ModelSession
+from .detection import DetectionOptions, FrameGeometry, detect
+from .inputs import InputError
+from .postprocess import classify
+from .preprocess import preprocess_image
+from .sources import Frame
+
+
+@dataclass
+class Prepared:
+    frame: Frame
+    feeds: dict[str, np.ndarray]
+    geometry: FrameGeometry
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage so far
+    stale_frames: int = 0  # frames the source produced after this one, when inference started
+    outputs: list[np.ndarray] | None = None
+
+
+class Preprocessor:
+    """BGR frames -> the bundle's first input, as its manifest's `preprocess` says."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        pre = manifest.preprocess
+        if pre is None or pre.kind != "image":
+            raise InputError("bundle has no image preprocessing (preprocess.kind must be 'image' for camera/video input)")
+        self.spec = pre
+        self.tensor = manifest.inputs[0]
+        self._dtype = np.float16 if self.tensor.dtype == "float16" else np.float32
+
+    def __call__(self, frame: Frame) -> Prepared:
+        # OpenCV gives BGR. For RGB models swap with cv2.cvtColor (a strided numpy reversal costs
+        # several ms per VGA frame on a Pi); BGR and GRAY models take the BGR frame as it is.
+        image, order = frame.image, "BGR"
+        if self.spec.color == "RGB":
+            import cv2
+
+            image, order = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), "RGB"
+        tensor, box = preprocess_image(image, self.spec, self.tensor, color_order=order)
+        h, w = frame.image.shape[:2]
+        geometry = FrameGeometry.from_preprocess((h, w), (self.spec.size[0], self.spec.size[1]), self.spec.resize, box)
+        return Prepared(frame, {self.tensor.name: tensor.astype(self._dtype, copy=False)}, geometry)
+
+
+class Postprocessor:
+    """Model outputs -> a JSON-able result dict, by the manifest's postprocess kind."""
+
+    def __init__(self, manifest: Manifest, top_k: int | None = None) -> None:
+        self.manifest = manifest
+        self.kind = manifest.postprocess.kind if manifest.postprocess else "classification"
+        self.top_k = top_k
+        self._det = DetectionOptions.from_manifest(manifest.postprocess.options) if self.kind == "detection" else None
+
+    def __call__(self, outputs: list[np.ndarray], geometry: FrameGeometry) -> dict[str, Any]:
+        if self.kind == "classification":
+            top = classify(outputs, self.manifest, self.top_k)[0]
+            return {"kind": "classification", **top}
+        if self.kind == "detection":
+            return {"kind": "detection", "detections": detect(outputs, self.manifest, geometry, self._det)}
+        return {"kind": "none", "outputs": [list(o.shape) for o in outputs]}
+
+
+def infer(session: ModelSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One inference with the bundle's runtime."""
+    return session.run(feeds)
