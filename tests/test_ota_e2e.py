@@ -1,0 +1,125 @@
+"""Fleet server + real `edge-agent serve` processes, end to end, on the embedded broker.
+
+Nothing simulated: the fleet server starts its own broker, the agents are subprocesses that
+download bundles through the block protocol, verify, install into their inactive slot,
+health-check and switch; the rollout is driven with the `edge-fleet` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.bundle import TrustStore
+from edge_agent.cli import main as agent_main
+from edge_fleet.cli import main as fleet_main
+from edge_fleet.publish import publish_bundle
+from edge_fleet.registry import Registry
+from edge_fleet.server import FleetServer
+from tests.fleet_sim import int8_v2_bundle  # noqa: F401 - fixture import
+from tests.ota_helpers import AgentProcess, wait_for
+
+
+def agent_status(home: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert agent_main(["--home", str(home), "status", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def start_fleet(tmp_path: Path, digits, bundles: list[Path], embedded: str) -> tuple[FleetServer, Registry]:
+    reg = Registry(tmp_path / "fleet.db")
+    trust = TrustStore.from_paths([digits.pub])
+    for b in bundles:
+        publish_bundle(reg, b, trust)
+    server = FleetServer(reg, None, embedded=embedded, tick=0.05).start()
+    return server, reg
+
+
+def start_agents(tmp_path: Path, server: FleetServer, digits, v1: Path, ids: list[str], capsys,
+                 extra: dict[str, list[str]] | None = None) -> dict[str, AgentProcess]:
+    agents = {}
+    for device_id in ids:
+        home = tmp_path / device_id
+        rc = agent_main(["--home", str(home), "install", str(v1), "--trust", str(digits.pub), "--profile", "raspberry-pi-4"])
+        assert rc == 0, capsys.readouterr().err
+        agents[device_id] = AgentProcess(home, server.url, device_id, digits.pub, extra=(extra or {}).get(device_id))
+    return agents
+
+
+def wait_known(reg: Registry, ids: list[str]) -> None:
+    def ready():
+        devs = [reg.device(i) or {} for i in ids]
+        return all(d.get("profile") and d.get("current") and d.get("presence") == "online" for d in devs)
+    wait_for(ready, what="agents to report to the fleet")
+
+
+@pytest.mark.parametrize("embedded", ["mosquitto", "amqtt"])
+def test_staged_rollout_updates_real_agents(tmp_path, digits, int8_bundle, int8_v2_bundle, capsys, embedded):
+    ids = ["pi-a", "pi-b", "pi-c"] if embedded == "mosquitto" else ["pi-a"]
+    server, reg = start_fleet(tmp_path, digits, [int8_bundle, int8_v2_bundle], embedded)
+    agents = start_agents(tmp_path, server, digits, int8_bundle, ids, capsys)
+    try:
+        assert server.broker.kind == embedded
+        wait_known(reg, ids)
+        capsys.readouterr()
+        rc = fleet_main(["deploy", "digits:2", "--devices", ",".join(ids), "--stages", "34,67,100", "--stage-timeout", "60",
+                         "--wait", "--wait-timeout", "120", "--db", str(reg.db_path), "--json"])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        rollout = json.loads(out)
+        assert rollout["status"] == "succeeded"
+        for device_id, agent in agents.items():
+            s = agent_status(agent.home, capsys)
+            assert s["version"] == 2 and s["phase"] == "succeeded", s
+            dev = reg.device(device_id)
+            assert dev["current"]["version"] == 2 and dev["phase"] == "succeeded"
+        # the agents kept serving inference through the update, without errors
+        wait_for(lambda: all((reg.device(i) or {}).get("inferences") for i in ids), what="telemetry")
+        assert all(reg.device(i)["errors"] == 0 for i in ids)
+        capsys.readouterr()
+        assert fleet_main(["status", "--db", str(reg.db_path), "--json"]) == 0
+        status = {d["id"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
+        assert all(status[i]["version"] == 2 for i in ids)
+    finally:
+        for a in agents.values():
+            a.stop()
+        server.stop()
+        reg.close()
+
+
+def test_failing_health_check_halts_rollout_and_rolls_back(tmp_path, digits, int8_bundle, int8_v2_bundle, capsys):
+    ids = ["pi-a", "pi-b", "pi-c"]
+    server, reg = start_fleet(tmp_path, digits, [int8_bundle, int8_v2_bundle], "mosquitto")
+    # pi-b's latency budget is impossible: any new model fails its health check there.
+    agents = start_agents(tmp_path, server, digits, int8_bundle, ids, capsys,
+                          extra={"pi-b": ["--latency-budget-ms", "0.000001"]})
+    try:
+        wait_known(reg, ids)
+        capsys.readouterr()
+        # stages of one device each: pi-a (healthy, switches), then pi-b (fails), then pi-c
+        rc = fleet_main(["deploy", "digits:2", "--devices", ",".join(ids), "--stages", "33,66,100", "--stage-timeout", "60",
+                         "--max-failures", "0", "--wait", "--wait-timeout", "120", "--db", str(reg.db_path), "--json"])
+        out = capsys.readouterr().out
+        assert rc == 7, out  # halted
+        rollout = json.loads(out)
+        outcome = {d["device_id"]: d for d in rollout["devices"]}
+        assert rollout["status"] == "halted" and rollout["stages"] == [1, 2, 3]
+        assert outcome["pi-a"]["status"] == "rolled_back"
+        assert outcome["pi-b"]["status"] == "failed" and "health_check" in outcome["pi-b"]["reason"]
+        assert outcome["pi-c"]["status"] == "not_started" and outcome["pi-c"]["sent_at"] is None
+        # pi-a had switched to v2 in stage 1; the fleet sent it back to v1 (an explicit, allowed downgrade)
+        wait_for(lambda: agent_status(agents["pi-a"].home, capsys)["version"] == 1, what="pi-a rolled back")
+        slots = agent_status(agents["pi-a"].home, capsys)["slots"]
+        assert {info["version"] for info in slots.values()} == {1, 2}  # v2 was really installed there
+        # pi-b never switched: its health check failed and it stayed on v1
+        assert agent_status(agents["pi-b"].home, capsys)["version"] == 1
+        # pi-c was in a later stage: never touched
+        c = agent_status(agents["pi-c"].home, capsys)
+        assert c["version"] == 1 and c["target"]["version"] == 1  # its last job is the side-loaded v1
+    finally:
+        for a in agents.values():
+            a.stop()
+        server.stop()
+        reg.close()
