@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""OTA agent benchmark: block-transfer throughput vs raw paho pub/sub, and swap pause.
+"""OTA benchmark, side by side in one run on one managed Mosquitto:
 
-    PYTHONPATH=. python scripts/bench_ota.py [--mb 32] [--block-kb 128] [--bundle B.edgebundle --trust PUB]
+1. transfer throughput: the same bundle bytes moved
+   (a) raw: a paho client publishes them in block-sized QoS 1 messages, a subscriber in
+       another process receives them;
+   (b) through the agent protocol: the real fleet server (block server) in this process, the
+       real agent downloader (edge_agent.ota.transfer.BlockDownloader, as `edge-agent serve`
+       wires it) in another process: requests, hash-checked frames, sparse staging file,
+       persisted block list, whole-file SHA-256 at the end;
+   printed as MB/s and the ratio (target >= 70 %). Sender and receiver are separate
+   processes in both cases, as they are in a fleet.
+2. swap pause: an inference loop runs back-to-back inferences while a new model is swapped
+   in; normal gap vs the largest gap at the swap, and errors.
+3. convergence: N simulated agents (tests/fleet_sim.py, one process) on v1; a rollout of v2
+   through the fleet server, in one stage and in 5/25/100 % stages.
 
-1. Transfer: the same bytes on the same Mosquitto, side by side in one run:
-   (a) raw: one paho client publishes the file in block-size QoS 1 messages, another receives;
-   (b) agent protocol: edge_agent.ota.transfer.BlockDownloader requests blocks (64 in flight),
-       a block server answers with encode_block frames, the downloader checks and stores them.
-2. Swap pause (with --bundle): an InferenceLoop runs back-to-back inferences; a second session of
-   the bundle is loaded and swapped in. Prints the normal inference gap and the max gap at the swap.
+    .venv/bin/python scripts/bench_ota.py [--mb 32] [--agents 50] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import logging
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -25,14 +35,17 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from edge_agent.ota.protocol import Block, BlockRequest, Topics, dumps, encode_block  # noqa: E402
-from edge_agent.ota.transfer import BlockDownloader  # noqa: E402
-from edge_fleet.broker import start_broker  # noqa: E402
+from edge_agent.bundle import Manifest, TensorSpec, TrustStore, generate_keypair, load_private_key, write_bundle  # noqa: E402
+from edge_agent.ota.protocol import DEFAULT_BLOCK_SIZE, BundleRef, Topics, dumps  # noqa: E402
+
+PROFILE = "raspberry-pi-4"
+RAW_TOPIC = "bench/raw"
 
 
-def client(host: str, port: int, name: str) -> mqtt.Client:
+def _client(host: str, port: int, name: str) -> mqtt.Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
     c.max_inflight_messages_set(64)
     c.max_queued_messages_set(0)
@@ -40,135 +53,227 @@ def client(host: str, port: int, name: str) -> mqtt.Client:
     c.on_connect = lambda *a: ready.set()
     c.connect(host, port)
     c.loop_start()
-    assert ready.wait(10)
+    if not ready.wait(10):
+        raise RuntimeError(f"{name} could not connect")
     return c
 
 
-def subscribe(c: mqtt.Client, topic: str) -> None:
+def _subscribe(c: mqtt.Client, topic: str) -> None:
     done = threading.Event()
     c.on_subscribe = lambda *a: done.set()
-    c.subscribe(topic, 1)
-    assert done.wait(10)
+    c.subscribe(topic, qos=1)
+    done.wait(10)
+
+
+# --- child processes --------------------------------------------------------------------------
+
+
+def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
+    """Receive `total` bytes on RAW_TOPIC; report seconds from `go` to the last byte."""
+    got = [0]
+    done = threading.Event()
+
+    def on_message(_c, _u, msg):
+        got[0] += len(msg.payload)
+        if got[0] >= total:
+            done.set()
+
+    c = _client(host, port, f"raw-sub-{os.getpid()}")
+    c.on_message = on_message
+    _subscribe(c, RAW_TOPIC)
+    ready.set()
+    go.wait()
+    t0 = time.perf_counter()
+    ok = done.wait(300)
+    result.put(time.perf_counter() - t0 if ok else None)
+    c.disconnect()
+    c.loop_stop()
+
+
+def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str, ready, go, result) -> None:
+    """The agent's downloader, wired as the daemon wires it; seconds from `go` to a verified file."""
+    from edge_agent.ota.transfer import BlockDownloader
+
+    topics = Topics()
+    c = _client(host, port, f"agent-{device}")
+    dl = BlockDownloader(Path(staging), sha, size, block,
+                         send_request=lambda r: c.publish(topics.block_request(device), dumps(r), qos=1))
+    data_topic = topics.block_data(device)
+    c.on_message = lambda _c, _u, msg: dl.on_frame(msg.payload) if msg.topic == data_topic else None
+    _subscribe(c, data_topic)
+    ready.set()
+    go.wait()
+    t0 = time.perf_counter()
+    path = dl.run()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    dt = time.perf_counter() - t0
+    dl.close()
+    result.put(dt if h.hexdigest() == sha else None)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _run_child(target, args, send=None) -> float:
+    ctx = mp.get_context("spawn")
+    ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, ready, go, result))
+    proc.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise RuntimeError("receiver did not start")
+    go.set()
+    if send:
+        send()
+    seconds = result.get(timeout=300)
+    proc.join(30)
+    if seconds is None:
+        raise RuntimeError("transfer did not complete or the file did not verify")
+    return seconds
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def make_bundle(folder: Path, key: Path, version: int, size: int) -> Path:
+    """A real signed bundle whose model file is `size` random bytes (nothing compresses)."""
+    payload = folder / f"payload-v{version}.bin"
+    payload.write_bytes(os.urandom(size))
+    m = Manifest(name="bench", version=version, profile=PROFILE, format="onnx", runtime="onnxruntime",
+                 precision="int8-static", model_file="model.onnx",
+                 inputs=[TensorSpec("x", "float32", [1, 1, 8, 8])], outputs=[TensorSpec("y", "float32", [1, 10])])
+    return write_bundle(folder / f"bench-v{version}.edgebundle", m, {"model.onnx": payload}, load_private_key(key))
 
 
 def raw_transfer(host: str, port: int, data: bytes, block: int) -> float:
-    n = -(-len(data) // block)
-    got = [0]
-    finished = threading.Event()
-    sub = client(host, port, "bench-raw-sub")
+    pub = _client(host, port, "raw-pub")
 
-    def on_message(_c, _u, msg):  # noqa: ANN001
-        got[0] += 1
-        if got[0] == n:
-            finished.set()
+    def send():
+        infos = [pub.publish(RAW_TOPIC, data[off : off + block], qos=1) for off in range(0, len(data), block)]
+        for info in infos:
+            info.wait_for_publish(60)
 
-    sub.on_message = on_message
-    subscribe(sub, "bench/raw")
-    pub = client(host, port, "bench-raw-pub")
-    t0 = time.perf_counter()
-    for i in range(n):
-        pub.publish("bench/raw", data[i * block:(i + 1) * block], qos=1)
-    assert finished.wait(300), "raw transfer did not finish"
-    dt = time.perf_counter() - t0
-    for c in (sub, pub):
-        c.disconnect()
-        c.loop_stop()
-    return len(data) / dt / 1e6
+    try:
+        return _run_child(raw_receiver, (host, port, len(data)), send)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
 
 
-def agent_transfer(host: str, port: int, path: Path, data: bytes, block: int, staging: Path) -> float:
-    topics = Topics("bench")
-    dev = "bench-dev"
-    sha = hashlib.sha256(data).hexdigest()
-    total = -(-len(data) // block)
-    server = client(host, port, "bench-block-server")
-
-    import queue
-
-    requests: queue.Queue = queue.Queue()
-
-    def serve() -> None:  # like a fleet server: answer requests off the network thread
-        while (req := requests.get()) is not None:
-            for i in req.blocks:
-                frame = encode_block(Block(sha, i, total, data[i * block:(i + 1) * block]))
-                server.publish(topics.block_data(dev), frame, qos=1)
-
-    worker = threading.Thread(target=serve, daemon=True)
-    worker.start()
-    server.on_message = lambda _c, _u, msg: requests.put(BlockRequest.parse(msg.payload))
-    subscribe(server, topics.block_request(dev))
-    dev_client = client(host, port, "bench-agent")
-    dl = BlockDownloader(staging, sha, len(data), block,
-                         send_request=lambda r: dev_client.publish(topics.block_request(dev), dumps(r), qos=1))
-    dev_client.on_message = lambda _c, _u, msg: dl.on_frame(msg.payload) if msg.topic == topics.block_data(dev) else None
-    subscribe(dev_client, topics.block_data(dev))
-    t0 = time.perf_counter()
-    out = dl.run()
-    dt = time.perf_counter() - t0
-    dl.close()
-    assert hashlib.sha256(out.read_bytes()).hexdigest() == sha
-    requests.put(None)
-    for c in (server, dev_client):
-        c.disconnect()
-        c.loop_stop()
-    return len(data) / dt / 1e6
+def protocol_transfer(server, rec, block: int, staging: Path, device: str) -> float:
+    return _run_child(agent_receiver, (server.broker.host, server.broker.port, rec.sha256, rec.size, block,
+                                       str(staging), device))
 
 
-def swap_pause(bundle: Path, trust: Path, seconds: float = 2.0) -> dict[str, float]:
-    from edge_agent.bundle import TrustStore, verify_bundle
-    from edge_agent.ota.health import load_checked
+def swap_pause(work: Path, seconds: float = 2.0) -> dict[str, float]:
+    """Back-to-back inferences on the digits-sized model while a second session is swapped in."""
+    from edge_agent.bundle import Manifest as M
     from edge_agent.ota.live import InferenceLoop, LiveModel
+    from edge_agent.runtimes import load_session
 
-    with tempfile.TemporaryDirectory() as tmp:
-        vb = verify_bundle(bundle, TrustStore.from_paths([trust]), unpack_to=Path(tmp) / "b")
-        d, m = vb.unpacked_to, vb.manifest
-        loop = InferenceLoop(interval_s=0.0)
-        s1, _ = load_checked(d, m, None, threads=1)
-        loop.swap(LiveModel.from_slot("a", None, m, s1, d))
-        loop.start()
-        time.sleep(seconds)
-        ends = np.array(list(loop.ends))
-        gaps = np.diff(ends) * 1000
-        s2, _ = load_checked(d, m, None, threads=1)  # loaded + health-checked before the swap
-        t_swap = time.perf_counter()
-        loop.swap(LiveModel.from_slot("b", None, m, s2, d))
-        time.sleep(0.5)
-        loop.stop()
-        around = [t for t in loop.ends if t_swap - 0.05 <= t <= t_swap + 0.5]
-        swap_gap = float(np.max(np.diff(around)) * 1000) if len(around) > 1 else float("nan")
-        return {"normal_p50_ms": float(np.median(gaps)), "normal_p99_ms": float(np.percentile(gaps, 99)),
-                "swap_max_gap_ms": swap_gap, "errors": loop.errors, "inferences": loop.inferences}
+    from examples import digits_cnn
+
+    onnx_path = digits_cnn.export_onnx(digits_cnn.build().eval(), work / "swap.onnx")
+    m = M(name="swap", version=1, profile=PROFILE, format="onnx", runtime="onnxruntime", precision="fp32",
+          model_file="swap.onnx", inputs=[TensorSpec("image", "float32", [1, 1, 8, 8])],
+          outputs=[TensorSpec("logits", "float32", [1, 10])])
+    x = {"image": np.zeros((1, 1, 8, 8), np.float32)}
+    loop = InferenceLoop(source=lambda model, i: x, interval_s=0.0)
+    loop.swap(LiveModel.from_slot("a", None, m, load_session(work, m, threads=1), work))
+    loop.start()
+    time.sleep(seconds)
+    gaps = np.diff(np.array(list(loop.ends))) * 1000
+    s2 = load_session(work, m, threads=1)  # loaded (and, in the agent, health-checked) before the swap
+    t_swap = time.perf_counter()
+    loop.swap(LiveModel.from_slot("b", None, m, s2, work))
+    time.sleep(0.5)
+    loop.stop()
+    around = [t for t in loop.ends if t_swap - 0.05 <= t <= t_swap + 0.5]
+    return {"normal_gap_p50_ms": round(float(np.median(gaps)), 4), "normal_gap_p99_ms": round(float(np.percentile(gaps, 99)), 4),
+            "swap_max_gap_ms": round(float(np.max(np.diff(around)) * 1000), 4) if len(around) > 1 else None,
+            "errors": loop.errors, "inferences": loop.inferences}
+
+
+def converge(server, reg, v1: BundleRef, target: str, n: int, stages: list[float], tag: str) -> tuple[float, int]:
+    """Seconds until `n` simulated agents on v1 all run `target` through a rollout; returns (s, succeeded)."""
+    from edge_fleet.rollout import plan_rollout
+    from tests.fleet_sim import SimDevice
+
+    b = server.broker
+    sims = [SimDevice(b.host, b.port, f"{tag}-{i:03d}", current=v1).start() for i in range(n)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((reg.device(s.id) or {}).get("profile") for s in sims):
+            if time.monotonic() > deadline:
+                raise RuntimeError("simulated agents did not report")
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        plan = plan_rollout(reg, target, devices=[s.id for s in sims], stages=stages, stage_timeout=300)
+        while (r := reg.rollout(plan.id)) and r["status"] in ("pending", "running"):
+            time.sleep(0.02)
+        dt = time.perf_counter() - t0
+        if r["status"] != "succeeded":
+            raise RuntimeError(f"rollout {plan.id} ended {r['status']}: {r['reason']}")
+        return dt, sum(d["status"] == "succeeded" for d in r["devices"])
+    finally:
+        for s in sims:
+            s.stop()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=32.0, help="payload size in MB (default 32)")
-    ap.add_argument("--block-kb", type=int, default=128, help="block size in KiB (default 128)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (best is reported)")
-    ap.add_argument("--bundle", type=Path, help="a bundle for the swap-pause measurement")
-    ap.add_argument("--trust", type=Path, help="its signing public key")
+    ap.add_argument("--mb", type=float, default=32.0, help="bundle size for the transfer test (default 32)")
+    ap.add_argument("--block-kb", type=int, default=DEFAULT_BLOCK_SIZE // 1024, help="block size in KiB (default 128)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of raw and protocol transfer")
+    ap.add_argument("--agents", type=int, default=50, help="simulated agents for the convergence test")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    from edge_fleet.publish import publish_bundle
+    from edge_fleet.registry import Registry
+    from edge_fleet.server import FleetServer
+
     block = args.block_kb * 1024
-    data = os.urandom(int(args.mb * 1e6))
-    with tempfile.TemporaryDirectory() as tmp:
-        b = start_broker(Path(tmp) / "mosq", prefer="mosquitto")
-        try:
-            raw, agent = [], []
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ota-") as tmp:
+        t = Path(tmp)
+        key, pub = generate_keypair(t / "keys")
+        trust = TrustStore.from_paths([pub])
+        big = make_bundle(t, key, 1, int(args.mb * 1e6))
+        reg = Registry(t / "fleet" / "fleet.db")
+        rec = publish_bundle(reg, big, trust)
+        for v in (2, 3):
+            publish_bundle(reg, make_bundle(t, key, v, 1_000_000), trust)
+        with FleetServer(reg, None, embedded="mosquitto", tick=0.05) as server:
+            b = server.broker
+            data = big.read_bytes()
+            raw, proto = [], []
             for r in range(args.rounds):
-                raw.append(raw_transfer(b.host, b.port, data, block))
-                staging = Path(tmp) / f"staging{r}"
-                agent.append(agent_transfer(b.host, b.port, Path(tmp) / "payload", data, block, staging))
-        finally:
-            b.stop()
-    print(f"transfer of {args.mb:.0f} MB in {args.block_kb} KiB blocks on {b.kind} (best of {args.rounds}):")
-    print(f"  raw paho pub/sub QoS1 : {max(raw):8.1f} MB/s   (all: {', '.join(f'{x:.1f}' for x in raw)})")
-    print(f"  agent block protocol  : {max(agent):8.1f} MB/s   (all: {', '.join(f'{x:.1f}' for x in agent)})")
-    print(f"  ratio agent/raw       : {max(agent) / max(raw) * 100:8.1f} %   (target >= 70 %)")
-    if args.bundle and args.trust:
-        s = swap_pause(args.bundle, args.trust)
-        print("swap pause (back-to-back inferences, 1 thread):")
-        print(f"  normal gap p50 / p99  : {s['normal_p50_ms']:.3f} / {s['normal_p99_ms']:.3f} ms")
-        print(f"  max gap at the swap   : {s['swap_max_gap_ms']:.3f} ms   errors {s['errors']} of {s['inferences']} inferences")
+                raw.append(len(data) / raw_transfer(b.host, b.port, data, block) / 1e6)
+                proto.append(len(data) / protocol_transfer(server, rec, block, t / f"staging{r}", f"bench-{r}") / 1e6)
+            out["transfer"] = {"broker": b.kind, "mb": round(len(data) / 1e6, 2), "block_kib": args.block_kb,
+                               "raw_mb_s": [round(x, 1) for x in raw], "protocol_mb_s": [round(x, 1) for x in proto],
+                               "ratio_median": round(float(np.median(np.array(proto) / np.array(raw))), 3)}
+            out["swap"] = swap_pause(t)
+            one, ok1 = converge(server, reg, rec.ref, "bench:2", args.agents, [100.0], "one")
+            staged, ok2 = converge(server, reg, rec.ref, "bench:3", args.agents, [5.0, 25.0, 100.0], "staged")
+            out["converge"] = {"agents": args.agents, "bundle_mb": 1.0, "one_stage_s": round(one, 2),
+                               "staged_5_25_100_s": round(staged, 2), "succeeded": [ok1, ok2]}
+        reg.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    tr, sw, cv = out["transfer"], out["swap"], out["converge"]
+    print(f"transfer of {tr['mb']} MB in {tr['block_kib']} KiB blocks on managed {tr['broker']} ({args.rounds} alternating rounds):")
+    print(f"  raw paho pub/sub (QoS 1)  : {', '.join(f'{x:.1f}' for x in tr['raw_mb_s'])} MB/s")
+    print(f"  agent block protocol      : {', '.join(f'{x:.1f}' for x in tr['protocol_mb_s'])} MB/s")
+    print(f"  protocol / raw (median)   : {tr['ratio_median'] * 100:.0f} %   (target >= 70 %)")
+    print(f"swap pause: normal gap p50 {sw['normal_gap_p50_ms']} ms, p99 {sw['normal_gap_p99_ms']} ms; "
+          f"largest gap at the swap {sw['swap_max_gap_ms']} ms; {sw['errors']} errors in {sw['inferences']} inferences")
+    print(f"convergence: {cv['agents']} agents to a new 1 MB version: {cv['one_stage_s']} s in one stage, "
+          f"{cv['staged_5_25_100_s']} s in 5/25/100 % stages (succeeded {cv['succeeded']})")
     return 0
 
 
