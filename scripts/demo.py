@@ -89,8 +89,90 @@ def main() -> int:
     return 0
 
 
-# Later parts of the story (OTA to a fleet, video) append steps here: step(out, bundle, home).
-EXTRA_STEPS: list = []
+def ota_step(out: Path, bundle: Path, home: Path) -> None:
+    """Fleet server with its embedded broker; one device agent; a staged update to v2."""
+    print("\n== 4. over the air: fleet server (embedded MQTT broker) updates the device to v2 ==")
+    fleet_home = out / "fleet"
+    if fleet_home.exists():
+        import shutil
+
+        shutil.rmtree(fleet_home)
+    bundle_v2 = out / "digits-v2.edgebundle"
+    sh("edge-convert", "convert", out / "digits.onnx", "--profile", "raspberry-pi-4", "--calibration", out / "calib.npz",
+       "--eval", out / "eval.npz", "--labels", out / "labels.txt", "--key", out / "keys/signing.key",
+       "--model-version", "2", "--out", bundle_v2)
+    trust = out / "keys/signing.pub"
+    for b in (bundle, bundle_v2):
+        sh("edge-fleet", "publish", b, "--trust", trust, "--home", fleet_home)
+    device_home = out / "device-pi-01"
+    if device_home.exists():
+        import shutil
+
+        shutil.rmtree(device_home)
+    sh("edge-agent", "--home", device_home, "install", bundle, "--trust", trust, "--profile", "raspberry-pi-4")
+    print("\n$ edge-fleet serve --home ...   (background)")
+    server = subprocess.Popen([str(BIN / "edge-fleet"), "serve", "--home", str(fleet_home), "--json"],
+                              stdout=subprocess.PIPE, text=True)
+    agent = None
+    try:
+        info = json.loads(server.stdout.readline())
+        print(f"fleet server on {info['broker']} (embedded {info['embedded']})")
+        print(f"$ edge-agent serve --broker {info['broker']} --device-id pi-01 ...   (background)")
+        agent_log = open(out / "device-pi-01.log", "w")
+        agent = subprocess.Popen([str(BIN / "edge-agent"), "--home", str(device_home), "serve", "--broker", info["broker"],
+                                  "--device-id", "pi-01", "--trust", str(trust), "--profile", "raspberry-pi-4",
+                                  "--telemetry-interval", "1"], stdout=agent_log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = subprocess.run([str(BIN / "edge-fleet"), "status", "--home", str(fleet_home), "--json"],
+                                    stdout=subprocess.PIPE, text=True)
+            devices = json.loads(status.stdout or "{}").get("devices", [])
+            if any(d["id"] == "pi-01" and d["version"] == 1 and d["presence"] == "online" for d in devices):
+                break
+            time.sleep(0.5)
+        sh("edge-fleet", "deploy", "digits:2", "--devices", "pi-01", "--home", fleet_home, "--wait", "--wait-timeout", "120")
+        time.sleep(1.5)  # one telemetry period, so status shows the new model's latency
+        sh("edge-fleet", "status", "--home", fleet_home)
+        sh("edge-agent", "--home", device_home, "status")
+    finally:
+        for proc in (agent, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def video_step(out: Path, bundle: Path, home: Path) -> None:
+    """A short video of real digits through the camera pipeline (decode, preprocess, infer in stages)."""
+    try:
+        import cv2
+    except ImportError:
+        print("\n(video step skipped: install edgekit[camera] for OpenCV)")
+        return
+    import numpy as np
+
+    from examples import digits_cnn
+
+    print("\n== 5. video: per-frame inference through the pipeline ==")
+    _, _, x_test, y_test = digits_cnn.load_split()
+    video = out / "digits.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (128, 128))
+    for img in x_test[:90]:
+        frame = cv2.resize(np.clip(img[0] * 255, 0, 255).astype(np.uint8), (128, 128), interpolation=cv2.INTER_NEAREST)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    results = out / "video-results.jsonl"
+    sh("edge-agent", "--home", home, "run", bundle, "--source", video, "--output", results)
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    frames = [r for r in records if "label" in r]
+    correct = sum(int(r["label"]) == int(y) for r, y in zip(frames, y_test[:90]))
+    print(f"video: {len(frames)} frames classified, {correct}/{len(frames)} match the true digit")
+
+
+# Later parts of the story append steps here: step(out, bundle, home).
+EXTRA_STEPS: list = [ota_step, video_step]
 
 if __name__ == "__main__":
     sys.exit(main())
