@@ -122,3 +122,15 @@ def _load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepr
         tensors.append(tensor[0])
     y = np.array([c for _, c in items], dtype=np.int64) if subdirs else None
     return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder))
+
+
+def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
+    """Log (and return) a warning for each input whose samples are all the same: such data
+    cannot calibrate int8 ranges or measure accuracy."""
+    warnings = []
+    for name, arr in data.inputs.items():
+        if len(arr) > 1 and float(np.ptp(arr, axis=0).max()) < 1e-6:
+            warnings.append(f"{what} data for input {name!r} is the same in all {len(arr)} samples: "
+                            "give representative inputs")
+            log.warning(warnings[-1])
+    return warnings

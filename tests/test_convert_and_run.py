@@ -105,6 +105,7 @@ def test_gate_refuses_broken_calibration(digits, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 30
     assert "fails the accuracy gate" in err and "--force" in err
+    assert "is the same in all 64 samples" in err  # the likely cause is named too
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
     # --force writes it anyway and records the failed gate
     assert convert_main([*args, "--force"]) == 0

@@ -134,17 +134,20 @@ class MixedPrecisionPass(Pass):
         ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking}
         if not reasons:
             return entry
-        log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d)",
-                    "; ".join(reasons), o.max_float_layers)
+        # A model with most of its layers in float is no longer an int8 model: cap the fallback at a
+        # quarter of the quantizable layers, so broken calibration data still fails the gate.
+        limit = min(o.max_float_layers, max(1, len(layers) // 4))
+        log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
+                    "; ".join(reasons), limit, len(layers))
         threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
         latency = _latency(threads, data.sample(0), max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
         # Most sensitive first; layers that only matter together (a tensor shared by two quantized
         # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
         order = [r["layer"] for r in ranking]
-        result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), o.max_float_layers,
+        result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), limit,
                                  latency, start=(ctx.model, base))
         steps = result.report()
-        mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps,
+        mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps, "max_float_layers": limit,
                  "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
                         "one at a time until the accuracy budget held"}
         if result.float_layers:

@@ -7,7 +7,7 @@ from typing import Any
 
 from edge_agent.bundle import Postprocess, Preprocess
 
-from ..data import load_dataset
+from ..data import load_dataset, warn_if_degenerate
 from ..errors import DataError
 from ..importers import import_model
 from ..onnx_utils import tensor_specs
@@ -38,6 +38,7 @@ class ImportPass(Pass):
         ctx.postprocess = Postprocess(kind=o.postprocess, softmax=True, top_k=o.top_k)
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels)
+            warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
             ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels)
         if ctx.evaluation is None and ctx.calibration is not None:
