@@ -24,6 +24,10 @@ CONVERT_EPILOG = """examples:
       --calibration calib.npz --eval eval.npz --key keys/signing.key --out model.edgebundle
   edge-convert convert my_model.py:build --input-shape 1x3x224x224 --profile jetson-orin-nano \\
       --eval eval.npz --key keys/signing.key --out model.edgebundle
+  edge-convert convert model.keras --profile raspberry-pi-4 --calibration calib.npz --eval eval.npz \\
+      --key keys/signing.key --out model.edgebundle          (TFLite full int8, float I/O)
+  edge-convert convert model.onnx --format auto --profile raspberry-pi-4 --calibration calib.npz \\
+      --eval eval.npz --key keys/signing.key --out model.edgebundle   (fastest of TFLite/ONNX that passes)
 
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
 (eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
@@ -83,7 +87,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, input_shape=args.input_shape,
         calibration=args.calibration, evaluation=args.eval, name=args.name, version=args.model_version,
-        precision=args.precision, calibration_method=args.calibration_method,
+        precision=args.precision, calibration_method=args.calibration_method, io_dtype=args.io_dtype,
         calibration_samples=args.calibration_samples, max_accuracy_drop=args.max_accuracy_drop,
         min_agreement=args.min_agreement, force=args.force, bench_runs=args.bench_runs,
         reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
@@ -168,11 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Import -> ONNX export -> clean-up -> quantize per profile -> accuracy gate -> "
                        "host benchmark -> self-test -> package and sign.",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model.onnx | file.py:factory | TorchScript .pt | exported program .pt2")
+    p.add_argument("model", help="model.onnx | file.py:factory | TorchScript .pt | exported program .pt2 | "
+                   "Keras .keras/.h5 | SavedModel folder | .tflite (re-packaged as is)")
     p.add_argument("--profile", required=True, help="device profile name (see `profiles list`) or profile file")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
-    p.add_argument("--format", default="auto", choices=["auto", "onnx", "tflite"], help="bundle format (default: profile's preference)")
+    p.add_argument("--format", default=None, choices=["auto", "onnx", "tflite"],
+                   help="bundle format; auto builds the profile's formats, measures them here and packs the fastest that "
+                   "passes the gate (default: onnx, or tflite for Keras/SavedModel/.tflite sources)")
+    p.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
+                   help="TFLite int8-static model input/output type (default float32; int8/uint8 record scale/zero point)")
     p.add_argument("--input-shape", type=_shape, help="input shape for PyTorch sources, e.g. 1x3x224x224")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
