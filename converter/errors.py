@@ -9,6 +9,12 @@ class ConversionError(Exception):
     exit_code = 1
 
 
+class FormatError(ConversionError):
+    """The requested bundle format cannot be built from this source (a usage error)."""
+
+    exit_code = 2
+
+
 class ImportFailed(ConversionError):
     """The source model cannot be loaded (wrong path, factory, format or input shape)."""
 

@@ -6,7 +6,7 @@ import importlib.util
 
 from device_profiles import Profile
 
-from .errors import ConversionError
+from .errors import ConversionError, FormatError
 from .importers import TENSORFLOW_FORMATS, detect_format
 from .passes import (
     AccuracyGatePass,
@@ -46,9 +46,9 @@ def choose_format(profile: Profile, requested: str | None, source: str | None = 
     if requested in (None, ""):
         return allowed[0]
     if requested not in FORMATS:
-        raise ConversionError(f"--format {requested} is not supported by this converter (supported: {', '.join(FORMATS)})")
+        raise FormatError(f"--format {requested} is not supported by this converter (supported: {', '.join(FORMATS)})")
     if requested not in allowed:
-        raise ConversionError(f"{source} is a {detect_format(source)} source: it converts to TFLite bundles only (--format tflite)")
+        raise FormatError(f"{source} is a {detect_format(source)} source: it converts to TFLite bundles only (--format tflite)")
     return requested
 
 

@@ -82,7 +82,14 @@ def tflite_specs(model_path: Path, source_inputs: Sequence[TensorSpec] | None = 
 def feeds_in_layout(sample: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> list[np.ndarray]:
     """A dataset sample (source layout, dict in model order) -> arrays in the TFLite model's layout."""
     arrays = list(sample.values())
-    return [to_layout(a, s.source_layout, s.layout) if s.source_layout else a for a, s in zip(arrays, specs)]
+    return [to_layout(a, s.source_layout, s.layout) if s.source_layout and not _fits(a, s) else a
+            for a, s in zip(arrays, specs)]
+
+
+def _fits(array: np.ndarray, spec: TensorSpec) -> bool:
+    """Already in the spec's shape (apart from the batch axis)?"""
+    return array.ndim == len(spec.shape) and all(
+        not isinstance(w, int) or w <= 0 or g == w for g, w in zip(array.shape[1:], spec.shape[1:]))
 
 
 def outputs_in_source_layout(outputs: list[np.ndarray], specs: Sequence[TensorSpec]) -> list[np.ndarray]:
