@@ -59,9 +59,9 @@ def digits(tmp_path_factory) -> DigitsFiles:
 
 
 def convert_args(d: DigitsFiles, out: Path, profile: str = "raspberry-pi-4", *extra: str) -> list[str]:
-    return ["convert", str(d.onnx), "--profile", profile, "--calibration", str(d.calibration), "--eval",
+    return ["--quiet", "convert", str(d.onnx), "--profile", profile, "--calibration", str(d.calibration), "--eval",
             str(d.evaluation), "--key", str(d.key), "--out", str(out), "--labels", str(d.labels_file),
-            "--bench-runs", "5", "--quiet", *extra]
+            "--bench-runs", "5", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -67,23 +67,29 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         model.eval()
     example = torch.zeros(*input_shape, dtype=torch.float32)
     out = workdir / "float.onnx"
-    log.info("exporting %s to ONNX (dynamo, opset %s)", source, opset or DEFAULT_OPSET)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (example,),
-                str(out),
-                dynamo=True,
-                external_data=False,
-                opset_version=opset or DEFAULT_OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                verbose=False,
-            )
-    except Exception as exc:
-        raise ImportFailed(f"torch.onnx.export failed for {source}: {str(exc).splitlines()[0]}") from exc
+    # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
+    # For the others, dynamo first; the TorchScript exporter is the fallback for graphs it rejects.
+    attempts = [False] if kind == "torchscript" else [True, False]
+    errors = []
+    for dynamo in attempts:
+        log.info("exporting %s to ONNX (%s exporter, opset %s)", source, "dynamo" if dynamo else "TorchScript", opset or DEFAULT_OPSET)
+        try:
+            with torch.no_grad():
+                kwargs = {"external_data": False} if dynamo else {}
+                torch.onnx.export(model, (example,), str(out), dynamo=dynamo, opset_version=opset or DEFAULT_OPSET,
+                                  input_names=["input"], output_names=["output"], verbose=False, **kwargs)
+            break
+        except Exception as exc:
+            errors.append(_first_line(exc))
+            log.warning("%s export failed: %s", "dynamo" if dynamo else "TorchScript", errors[-1])
+    else:
+        raise ImportFailed(f"torch.onnx.export failed for {source}: {' / '.join(errors)}")
     return ImportedModel(
         onnx_path=out, source_format=kind, source_sha256=digest, opset=opset or DEFAULT_OPSET,
         details={"torch": torch.__version__, "input_shape": list(input_shape)},
     )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else exc.__class__.__name__)[:300]

@@ -280,6 +280,11 @@ def _verify_stream(
         missing = sorted(set(expected) - seen)
         if missing:
             raise CorruptBundle(f"bundle is missing {', '.join(missing)} listed in its manifest (truncated?)")
+        last = max(tar.getmembers(), key=lambda m: m.offset_data)
+        data_end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        size = path.stat().st_size
+        if size < data_end + 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
+            raise CorruptBundle(f"{path.name} has no end-of-archive marker: the file is truncated, re-download it")
     return manifest, kid
 
 
