@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, convert_args
+from .conftest import REPO, convert_args
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
