@@ -137,6 +137,12 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     if lat:
         lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "
                      f"converted p50 {lat['converted']['p50_ms']:.3f} ms ({lat['speedup_vs_float']}x)")
+    sel = m.get("format_selection")
+    if sel:
+        alts = ", ".join(f"{c['format']} {c['precision']} "
+                         + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
+                         + ("" if c.get("passed") else " (failed gate)") for c in m.get("candidates", []))
+        lines.append(f"--format auto chose {sel['chosen']} ({sel['criterion']}): {alts}")
     lines.append(f"report: {report_path}")
     return "\n".join(lines)
 
