@@ -29,8 +29,8 @@ from .recipes import auto_candidates
 from .runners import runner
 
 log = logging.getLogger(__name__)
-ROUNDS = 5
-MIN_RUNS = 20
+ROUNDS = 10
+MIN_RUNS = 50
 
 
 def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:
@@ -55,6 +55,7 @@ def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs:
     per_round = max(1, runs // ROUNDS)
     for _ in range(ROUNDS):
         for key, (run, _) in calls.items():
+            run()  # settle: untimed, lets the previous runtime's worker threads go idle
             for _ in range(per_round):
                 t = time.perf_counter()
                 run()
@@ -103,7 +104,7 @@ def convert_auto(options: ConvertOptions, profile: Profile,
         threads = host_threads(base)
         if on_pass:
             on_pass("select-format", 0, 1)
-        timings = measure_side_by_side(pool, threads, max(options.bench_runs, MIN_RUNS))
+        timings = measure_side_by_side(pool, threads, max(options.bench_runs, MIN_RUNS))  # >= 5 per round
         for fmt, t in timings.items():
             records[fmt]["host_latency"] = t
         chosen = min(timings, key=lambda f: timings[f]["p50_ms"])

@@ -9,6 +9,9 @@ converted by edge-convert for raspberry-pi-4 into:
 Each bundle is verified and loaded by the agent, then all are timed interleaved in blocks with
 the same thread count, so machine noise hits them alike. Printed: latency, size ratios, the
 time each conversion took, and whether auto's pick is within 5 % of the fastest passing candidate.
+The auto bundle holds the same model file as one of the candidate bundles (checked by SHA-256);
+its latency is that bundle's, measured in the same interleaved run (a second session of the same
+ONNX model in one process would compete for the same cores and distort both).
 
     python scripts/bench_tflite.py [--runs 100] [--threads 2] [--json]
 """
@@ -96,11 +99,14 @@ def main() -> int:
         for name, fmt, precision in plan:
             print(f"converting {name} ...", file=sys.stderr)
             bundles[name], conv[name] = build(work, key, name, fmt, precision)
-        sessions, sizes = {}, {}
+        sessions, sizes, digests = {}, {}, {}
         for name, b in bundles.items():
             vb = verify_bundle(b, trust, unpack_to=work / f"u-{name}")
-            sessions[name] = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
             sizes[name] = (vb.unpacked_to / vb.manifest.model_file).stat().st_size
+            digests[name] = vb.manifest.file_entry(vb.manifest.model_file).sha256
+            if name != "auto":
+                sessions[name] = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
+        same_as = next((n for n in sessions if digests[n] == digests["auto"]), None)
         x = calibration_images(1, seed=7)
         runners = {name: (lambda s=s: s.run({s.manifest.inputs[0].name: x if s.manifest.inputs[0].layout == "NCHW"
                                               else np.ascontiguousarray(x.transpose(0, 2, 3, 1))}))
@@ -109,6 +115,10 @@ def main() -> int:
         stats = time_interleaved(runners, args.runs, args.warmup)
         infos = {n: s.info for n, s in sessions.items()}
 
+    if same_as is None:
+        print("auto's model matches none of the candidate bundles (conversion not deterministic?)", file=sys.stderr)
+        return 1
+    stats["auto"], infos["auto"] = stats[same_as], infos[same_as]
     base = stats["tflite-fp32"]["mean_ms"]
     rows = [{"bundle": n, "format": conv[n]["format"], "precision": conv[n]["precision"],
              "runtime": f"{infos[n].runtime} {infos[n].version} ({infos[n].details.get('interpreter', infos[n].provider)}"
@@ -127,7 +137,7 @@ def main() -> int:
         "tflite_int8_speedup_vs_fp32": round(base / stats["tflite-int8"]["mean_ms"], 3),
         "tflite_int8_size_ratio": round(sizes["tflite-int8"] / sizes["tflite-fp32"], 3),
         "onnx_int8_vs_tflite_int8": round(stats["onnx-int8"]["mean_ms"] / stats["tflite-int8"]["mean_ms"], 3),
-        "auto": {"chosen": conv["auto"]["format"], "candidates": cands, "p50_vs_fastest_passing": round(auto_ratio, 3),
+        "auto": {"chosen": conv["auto"]["format"], "same_model_as": same_as, "candidates": cands, "p50_vs_fastest_passing": round(auto_ratio, 3),
                  "within_5_percent": auto_ratio <= 1 + AUTO_TOLERANCE},
         "conversion_seconds": {n: conv[n]["seconds"] for n in bundles},
     }
