@@ -3,7 +3,7 @@
 The shared part (import, clean-up, data) runs once. Each candidate format then runs its own
 quantize/convert pass and the accuracy gate. Candidates that pass are timed side by side,
 interleaved in rounds with the same thread count, so a busy machine slows them alike; the
-fastest (median latency) is self-tested and packaged. Every candidate, with its gate result
+fastest (median latency; within 3 % the profile's preferred format) is self-tested and packaged. Every candidate, with its gate result
 and latency, is recorded in the manifest under measurements["candidates"].
 """
 
@@ -31,6 +31,7 @@ from .runners import runner
 log = logging.getLogger(__name__)
 ROUNDS = 10
 MIN_RUNS = 50
+TIE = 0.03  # relative p50 difference treated as a tie
 
 
 def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:
@@ -107,7 +108,9 @@ def convert_auto(options: ConvertOptions, profile: Profile,
         timings = measure_side_by_side(pool, threads, max(options.bench_runs, MIN_RUNS))  # >= 5 per round
         for fmt, t in timings.items():
             records[fmt]["host_latency"] = t
-        chosen = min(timings, key=lambda f: timings[f]["p50_ms"])
+        best = min(t["p50_ms"] for t in timings.values())
+        # within TIE of the fastest the measurement cannot tell them apart: follow the profile's order
+        chosen = next(f for f in formats if f in timings and timings[f]["p50_ms"] <= best * (1 + TIE))
         fastest = timings[chosen]["p50_ms"]
         for fmt, t in timings.items():
             records[fmt]["relative_to_chosen"] = round(t["p50_ms"] / fastest, 3) if fastest else None
@@ -117,7 +120,7 @@ def convert_auto(options: ConvertOptions, profile: Profile,
                 r.pop("host_latency", None), r.pop("build_seconds", None), r.pop("relative_to_chosen", None)
         ctx.measurements["candidates"] = [records[f] for f in formats]
         ctx.measurements["format_selection"] = {
-            "mode": "auto", "chosen": chosen, "criterion": f"median host latency, {threads} threads, interleaved",
+            "mode": "auto", "chosen": chosen, "criterion": f"median host latency, {threads} threads, interleaved; within {TIE:.0%} the profile's order wins",
             "considered": formats,
         }
         ctx.report.append({"pass": "select-format", "chosen": chosen, "candidates": [records[f] for f in formats]})
