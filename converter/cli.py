@@ -24,6 +24,10 @@ CONVERT_EPILOG = """examples:
       --calibration calib.npz --eval eval.npz --key keys/signing.key --out model.edgebundle
   edge-convert convert my_model.py:build --input-shape 1x3x224x224 --profile jetson-orin-nano \\
       --eval eval.npz --key keys/signing.key --out model.edgebundle
+  edge-convert convert model.keras --profile raspberry-pi-4 --calibration calib.npz --eval eval.npz \\
+      --key keys/signing.key --out model.edgebundle          (TFLite full int8, float I/O)
+  edge-convert convert model.onnx --format auto --profile raspberry-pi-4 --calibration calib.npz \\
+      --eval eval.npz --key keys/signing.key --out model.edgebundle   (fastest of TFLite/ONNX that passes)
 
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
 (eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
@@ -95,7 +99,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, input_shape=args.input_shape,
         calibration=args.calibration, evaluation=args.eval, name=args.name, version=args.model_version,
-        precision=args.precision, calibration_method=args.calibration_method,
+        precision=args.precision, calibration_method=args.calibration_method, io_dtype=args.io_dtype,
         calibration_samples=args.calibration_samples,
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
         min_agreement=budget.get("min_agreement", args.min_agreement),
@@ -148,6 +152,12 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     if lat:
         lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "
                      f"converted p50 {lat['converted']['p50_ms']:.3f} ms ({lat['speedup_vs_float']}x)")
+    sel = m.get("format_selection")
+    if sel:
+        alts = ", ".join(f"{c['format']} {c['precision']} "
+                         + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
+                         + ("" if c.get("passed") else " (failed gate)") for c in m.get("candidates", []))
+        lines.append(f"--format auto chose {sel['chosen']} ({sel['criterion']}): {alts}")
     lines.append(f"report: {report_path}")
     return "\n".join(lines)
 
@@ -183,11 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Import -> ONNX export -> clean-up -> quantize per profile -> accuracy gate -> "
                        "host benchmark -> self-test -> package and sign.",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model.onnx | file.py:factory | TorchScript .pt | exported program .pt2")
+    p.add_argument("model", help="model.onnx | file.py:factory | TorchScript .pt | exported program .pt2 | "
+                   "Keras .keras/.h5 | SavedModel folder | .tflite (re-packaged as is)")
     p.add_argument("--profile", required=True, help="device profile name (see `profiles list`) or profile file")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
-    p.add_argument("--format", default="auto", choices=["auto", "onnx", "tflite"], help="bundle format (default: profile's preference)")
+    p.add_argument("--format", default=None, choices=["auto", "onnx", "tflite"],
+                   help="bundle format; auto builds the profile's formats, measures them here and packs the fastest that "
+                   "passes the gate (default: onnx, or tflite for Keras/SavedModel/.tflite sources)")
+    p.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
+                   help="TFLite int8-static model input/output type (default float32; int8/uint8 record scale/zero point)")
     p.add_argument("--input-shape", type=_shape,
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")

@@ -15,6 +15,12 @@ class UsageError(ConversionError):
     exit_code = 2
 
 
+class FormatError(UsageError):
+    """The requested bundle format cannot be built from this source (a usage error)."""
+
+    exit_code = 2
+
+
 class ImportFailed(ConversionError):
     """The source model cannot be loaded (wrong path, factory, format or input shape)."""
 

@@ -19,6 +19,7 @@ class ConvertOptions:
     version: int = 1
     precision: str | None = None  # override the profile's recipe
     calibration_method: str | None = None  # override the profile's method
+    io_dtype: str | None = None  # TFLite int8-static model I/O: float32 (default) | int8 | uint8
     calibration_samples: int = 256
     max_accuracy_drop: float | None = None  # percentage points; default: profile
     min_agreement: float | None = None  # default: profile

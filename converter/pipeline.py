@@ -7,12 +7,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from device_profiles import load_profile
 
 from .options import ConvertOptions
-from .passes import ConversionContext
+from .passes import ConversionContext, Pass
 from .recipes import choose_format, recipe_for
 
 log = logging.getLogger(__name__)
@@ -36,30 +36,45 @@ class ConversionResult:
         }
 
 
+def run_passes(ctx: ConversionContext, passes: Sequence[Pass], on_pass: Callable[[str, int, int], None] | None = None,
+               prefix: str = "") -> None:
+    """Run each applicable pass on `ctx`, appending a timed report entry per pass."""
+    for i, p in enumerate(passes):
+        if not p.applies(ctx):
+            continue
+        if on_pass:
+            on_pass(prefix + p.name, i, len(passes))
+        t0 = time.perf_counter()
+        entry = p.run(ctx)
+        seconds = time.perf_counter() - t0
+        log.info("pass %s%s done in %.2fs", prefix, p.name, seconds)
+        ctx.report.append({"pass": prefix + p.name, "seconds": round(seconds, 3), **entry})
+
+
+def public_measurements(ctx: ConversionContext) -> dict[str, Any]:
+    return {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
+
+
 def convert(
     options: ConvertOptions,
-    fmt: str = "auto",
+    fmt: str | None = None,
     on_pass: Callable[[str, int, int], None] | None = None,
 ) -> ConversionResult:
     """Convert `options.source` into a signed bundle for `options.profile`.
 
+    fmt: "onnx" | "tflite" | "auto" (build the profile's formats, measure, pack the fastest that
+    passes the gate) | None (onnx; tflite for Keras/SavedModel/.tflite sources).
     `on_pass(name, index, total)` is called before each pass (for progress display).
     Raises ConversionError subclasses (GateFailed, ImportFailed, DataError, ...) on failure.
     """
     profile = load_profile(options.profile)
-    chosen = choose_format(profile, fmt)
+    if fmt == "auto":
+        from .auto_format import convert_auto
+
+        return convert_auto(options, profile, on_pass)
+    chosen = choose_format(profile, fmt, options.source)
     passes = recipe_for(profile, chosen)
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         ctx = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=chosen)
-        for i, p in enumerate(passes):
-            if not p.applies(ctx):
-                continue
-            if on_pass:
-                on_pass(p.name, i, len(passes))
-            t0 = time.perf_counter()
-            entry = p.run(ctx)
-            seconds = time.perf_counter() - t0
-            log.info("pass %s done in %.2fs", p.name, seconds)
-            ctx.report.append({"pass": p.name, "seconds": round(seconds, 3), **entry})
-        measurements = {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
-        return ConversionResult(ctx.bundle_path, chosen, ctx.precision, ctx.report, measurements)
+        run_passes(ctx, passes, on_pass)
+        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, public_measurements(ctx))

@@ -119,7 +119,8 @@ def format_report(r: BenchReport) -> str:
     lat = r.latency
     rows = [
         ("model", f"{r.model} v{r.version} ({r.precision})"),
-        ("runtime", f"{r.runtime} {r.runtime_version} on {r.provider}, threads={r.threads or 'default'}"),
+        ("runtime", f"{r.runtime} {r.runtime_version} on {r.provider}, threads={r.threads or 'default'}"
+                    + (f" (interpreter {r.details['interpreter']})" if r.details.get("interpreter") else "")),
         ("model size", f"{r.model_size_bytes / 1e6:.3f} MB"),
         ("init", f"{r.init_ms:.2f} ms"),
         ("first inference", f"{r.first_inference_ms:.3f} ms"),

@@ -1,4 +1,5 @@
-"""Importers: one per source format, each returning a float ONNX model file for the passes."""
+"""Importers: one per source format. PyTorch/ONNX give a float ONNX file; Keras, SavedModel and
+.tflite sources give a float32 TFLite reference (they convert to TFLite bundles only)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from .onnx_file import import_onnx
 from .torch_module import import_torch
 
 
+TENSORFLOW_FORMATS = ("keras", "savedmodel", "tflite")  # sources that only the TFLite path takes
+
+
 def detect_format(source: str) -> str:
-    """Which importer handles `source`: onnx | torch-factory | torchscript | exported-program."""
+    """Which importer handles `source`: onnx | torch-factory | torchscript | exported-program |
+    keras | savedmodel | tflite."""
     if ":" in source and source.split(":", 1)[0].endswith(".py"):
         return "torch-factory"
     suffix = Path(source).suffix.lower()
@@ -21,19 +26,34 @@ def detect_format(source: str) -> str:
         return "torchscript"
     if suffix == ".pt2":
         return "exported-program"
-    if suffix in (".tflite", ".keras", ".h5") or Path(source).is_dir():
-        raise ImportFailed(f"{source}: this input format needs the TFLite converter path (--format tflite)")
+    if suffix in (".keras", ".h5", ".hdf5"):
+        return "keras"
+    if suffix == ".tflite":
+        return "tflite"
+    if Path(source).is_dir():
+        if (Path(source) / "saved_model.pb").is_file() or (Path(source) / "saved_model.pbtxt").is_file():
+            return "savedmodel"
+        raise ImportFailed(f"{source} is a folder without saved_model.pb: give a TensorFlow SavedModel folder")
     raise ImportFailed(
-        f"cannot tell the format of {source!r}: give a .onnx file, file.py:factory, a TorchScript .pt or an exported .pt2"
+        f"cannot tell the format of {source!r}: give a .onnx file, file.py:factory, a TorchScript .pt, an exported "
+        ".pt2, a Keras .keras/.h5 file, a SavedModel folder or a .tflite file"
     )
 
 
 def import_model(source: str, workdir: Path, input_shape: list[int] | None, opset: int | None = None) -> ImportedModel:
-    """Load `source` and return it as a float ONNX file in `workdir`."""
+    """Load `source` into `workdir`: a float ONNX file, or a float32 TFLite reference for TF/TFLite sources."""
     kind = detect_format(source)
     if kind == "onnx":
         return import_onnx(Path(source), workdir, input_shape)
+    if kind in ("keras", "savedmodel"):
+        from .tensorflow_model import import_tensorflow_model
+
+        return import_tensorflow_model(Path(source), kind, workdir)
+    if kind == "tflite":
+        from .tflite_file import import_tflite
+
+        return import_tflite(Path(source), workdir)
     return import_torch(source, kind, workdir, input_shape, opset)
 
 
-__all__ = ["ImportedModel", "detect_format", "import_model"]
+__all__ = ["TENSORFLOW_FORMATS", "ImportedModel", "detect_format", "import_model"]

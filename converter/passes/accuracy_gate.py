@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import GateFailed
-from ..onnx_utils import run_dataset
+from ..runners import run_model
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ class AccuracyGatePass(Pass):
             log.warning("accuracy not checked: pass --eval data to gate the conversion")
             ctx.measurements["accuracy"] = {"checked": False}
             return {"checked": False, "reason": "no eval or calibration data"}
-        reference = run_dataset(ctx.float_model, data)
-        candidate = run_dataset(ctx.model, data)
+        reference = run_model(ctx.float_model, data, ctx.inputs, ctx.outputs)
+        candidate = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
         metrics = compare_outputs(reference[0], candidate[0], data.labels, is_classification(ctx))
         from ..metrics import agreement  # maps (IoU) and sequences (per-timestep argmax): task agreement
         from .accuracy_aware import task_of

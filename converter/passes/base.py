@@ -25,6 +25,7 @@ class ConversionContext:
     imported: ImportedModel | None = None
     float_model: Path | None = None  # cleaned float ONNX: the accuracy reference
     model: Path | None = None  # the candidate that will be packaged
+    reference_model: Path | None = None  # float model in the bundle's format (size/latency reference); default float_model
     format: str = "onnx"
     runtime: str = "onnxruntime"
     precision: str = "fp32"

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 class CleanupPass(Pass):
     name = "cleanup"
 
+    def applies(self, ctx: ConversionContext) -> bool:
+        return ctx.float_model is not None and ctx.float_model.suffix == ".onnx"
+
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         src = ctx.float_model
         model = onnx.load(str(src))

@@ -1,4 +1,6 @@
-"""Host benchmark: float vs converted model latency on this machine, same runtime and threads."""
+"""Host benchmark: float vs converted model latency on this machine, same runtime and threads.
+
+For TFLite bundles the float reference is the float32 TFLite model, run by LiteRT like the candidate."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 from edge_agent.bench import time_runs
 from edge_agent.telemetry.latency import summarize_ms
 
-from ..onnx_utils import ort_session
+from ..runners import runner
 from .base import ConversionContext, Pass
 
 
@@ -38,12 +40,12 @@ class HostBenchmarkPass(Pass):
         threads = host_threads(ctx)
         feeds = _feeds(ctx)
         result: dict[str, Any] = {"threads": threads, "runs": o.bench_runs, "warmup": o.bench_warmup}
-        models = {"float": ctx.float_model, "converted": ctx.model}
+        models = {"float": ctx.reference_model or ctx.float_model, "converted": ctx.model}
         for label, path in models.items():
-            sess = ort_session(path, threads)
-            names = [x.name for x in sess.get_outputs()]
-            _, samples = time_runs(lambda: sess.run(names, feeds), o.bench_runs, o.bench_warmup)
+            run, info = runner(path, feeds, threads, ctx.inputs, ctx.outputs)
+            _, samples = time_runs(run, o.bench_runs, o.bench_warmup)
             result[label] = summarize_ms(samples)
+            result.setdefault("runtime", info)
         f, c = result["float"]["mean_ms"], result["converted"]["mean_ms"]
         result["speedup_vs_float"] = round(f / c, 3) if c else None
         ctx.measurements["host_latency"] = result

@@ -22,8 +22,14 @@ class ImportPass(Pass):
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o = ctx.options
         ctx.imported = import_model(o.source, ctx.workdir, o.input_shape, o.opset)
-        ctx.float_model = ctx.model = ctx.imported.onnx_path
-        ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, o.layout)
+        if ctx.imported.onnx_path is not None:
+            ctx.float_model = ctx.model = ctx.imported.onnx_path
+            ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, o.layout)
+        else:  # Keras / SavedModel / .tflite: the float32 TFLite reference describes the model
+            from ..tflite_utils import tflite_specs
+
+            ctx.float_model = ctx.model = ctx.imported.tflite_path
+            ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)
         first = ctx.inputs[0]
         if len(first.shape) == 4 and first.layout in ("NCHW", "NHWC"):
             h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])

@@ -13,7 +13,7 @@ from edge_agent import __version__
 from edge_agent.bundle import Manifest, SelfTest, load_private_key, write_bundle
 
 from ..errors import BundleTooLarge
-from ..onnx_utils import run_dataset
+from ..runners import run_model
 from .base import ConversionContext, Pass
 
 SELFTEST_FILE = "selftest.npz"
@@ -40,8 +40,16 @@ class SelfTestPass(Pass):
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         data = (ctx.evaluation or ctx.calibration).head(ctx.options.selftest_samples)
-        outputs = run_dataset(ctx.model, data)
-        arrays = {f"input.{k}": v for k, v in data.inputs.items()}
+        outputs = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
+        if ctx.format == "tflite":  # recorded as the device feeds them: bundle names and layout
+            from ..tflite_utils import feeds_in_layout
+
+            feeds = feeds_in_layout(data.inputs, ctx.inputs)
+            arrays = {f"input.{t.name}": v for t, v in zip(ctx.inputs, feeds)}
+            outputs = [np.asarray(o) for o in outputs]
+            outputs = [o if not t.source_layout else _to_bundle_layout(o, t) for o, t in zip(outputs, ctx.outputs)]
+        else:
+            arrays = {f"input.{k}": v for k, v in data.inputs.items()}
         arrays.update({f"output.{i}": o for i, o in enumerate(outputs)})
         path = ctx.workdir / SELFTEST_FILE
         save_npz_deterministic(path, arrays)
@@ -61,7 +69,7 @@ class PackagePass(Pass):
         suffix = ".onnx" if ctx.format == "onnx" else ".tflite"
         model_file = f"model/model{suffix}"
         files = {model_file: ctx.model, **ctx.extra_files}
-        float_size = ctx.float_model.stat().st_size
+        float_size = (ctx.reference_model or ctx.float_model).stat().st_size
         conv_size = ctx.model.stat().st_size
         ctx.measurements["sizes"] = {
             "float_model_bytes": float_size,
@@ -99,6 +107,12 @@ class PackagePass(Pass):
         )
         ctx.bundle_path = write_bundle(o.out, manifest, files, key)
         return {"bundle": str(ctx.bundle_path), "bundle_bytes": ctx.bundle_path.stat().st_size, **ctx.measurements["sizes"]}
+
+
+def _to_bundle_layout(array: np.ndarray, spec) -> np.ndarray:
+    from edge_agent.pipeline.preprocess import to_layout
+
+    return to_layout(array, spec.source_layout, spec.layout)
 
 
 def _default_name(source: str) -> str:

@@ -1,0 +1,124 @@
+"""TFLite conversion pass: the float source -> a TFLite model at the requested precision.
+
+ONNX/PyTorch sources go through onnx2tf (tflite_onnx2tf), Keras and SavedModel sources through
+tf.lite.TFLiteConverter, and an existing .tflite is re-packaged as it is (its precision is
+read from the file, never re-quantized).
+
+Manifest precisions: fp32 | fp16 (float16 weights) | int8-dynamic (dynamic-range int8) |
+int8-static (full-integer int8 calibrated on the user's data; --io-dtype float32|int8|uint8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..tflite_utils import tflite_specs
+from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+
+
+def detect_tflite_precision(path: Path) -> str:
+    """Best guess of an existing .tflite file's precision from its tensor types and ops."""
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    it, _ = open_interpreter(path, threads=1, use_xnnpack=False)
+    io = [np.dtype(d["dtype"]) for d in it.get_input_details()]
+    tensors = it.get_tensor_details()
+    dtypes = {np.dtype(t["dtype"]).name for t in tensors}
+    ops = {o.get("op_name") for o in it._get_ops_details()} if hasattr(it, "_get_ops_details") else set()
+    if any(d in (np.int8, np.uint8) for d in io) or "QUANTIZE" in ops:
+        return "int8-static"
+    if "int8" in dtypes:
+        return "int8-dynamic"
+    if "float16" in dtypes:
+        return "fp16"
+    return "fp32"
+
+
+def _representative(ctx: ConversionContext):
+    """tf.lite representative_dataset over the user's calibration data (model layout, float32)."""
+    data, n = ctx.calibration, min(len(ctx.calibration), ctx.options.calibration_samples)
+
+    def gen():
+        for i in range(n):
+            yield [v.astype(np.float32) for v in data.sample(i).values()]
+
+    return gen
+
+
+def _source_outputs_for_onnx(ctx: ConversionContext):
+    """ONNX outputs with rank-4 tensors marked NCHW (what onnx2tf transposes)."""
+    return [dataclasses.replace(t, layout="NCHW") if len(t.shape) == 4 else t for t in ctx.outputs]
+
+
+class TFLiteConvertPass(Pass):
+    name = "tflite-convert"
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        kind = ctx.imported.source_format
+        precision = o.precision or ctx.profile.precision.recipe
+        io_dtype = o.io_dtype or "float32"
+        ctx.format, ctx.runtime = "tflite", "litert"
+        if kind == "tflite":
+            detected = detect_tflite_precision(ctx.imported.tflite_path)
+            if o.precision and o.precision != detected:
+                log.warning("--precision %s ignored: an existing .tflite is re-packaged as it is (%s)", o.precision, detected)
+            ctx.precision = detected
+            ctx.model = ctx.workdir / "model.tflite"
+            shutil.copyfile(ctx.imported.tflite_path, ctx.model)
+            ctx.reference_model = ctx.model
+            return {"tool": "none (re-packaged)", "precision": detected}
+        if precision not in TFLITE_PRECISIONS:
+            raise ConversionError(f"TFLite bundles support {', '.join(TFLITE_PRECISIONS)}, not {precision}")
+        if precision == "int8-static" and ctx.calibration is None:
+            raise ConversionError(
+                "full-integer int8 TFLite needs calibration data: pass --calibration FILE.npz|IMAGE_FOLDER, "
+                "or choose --precision fp32|fp16|int8-dynamic")
+        if precision != "int8-static" and io_dtype != "float32":
+            log.warning("--io-dtype %s applies to int8-static only; %s keeps float32 I/O", io_dtype, precision)
+            io_dtype = "float32"
+        ctx.precision = precision
+        entry: dict[str, Any] = {"precision": precision, "io_dtype": io_dtype}
+        if ctx.imported.onnx_path is not None:
+            from .tflite_onnx2tf import onnx2tf_version, onnx_to_tflite
+
+            src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
+            result = onnx_to_tflite(
+                ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration, o.calibration_samples,
+                io_dtype, ctx.profile.precision.per_channel)
+            ctx.model, ctx.reference_model = result.model, result.float32
+            ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
+            entry.update(tool=f"onnx2tf {onnx2tf_version()}", seconds_convert=result.seconds,
+                         per_channel=ctx.profile.precision.per_channel, variants_written=result.files)
+        else:
+            import time
+
+            from ..importers.tensorflow_model import convert_tf, import_tensorflow
+
+            tf = import_tensorflow()
+            t0 = time.perf_counter()
+            out = ctx.workdir / f"model.{precision}.tflite"
+            rep = _representative(ctx) if precision == "int8-static" else None
+            convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
+            ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
+            src_in, src_out = list(ctx.inputs), list(ctx.outputs)
+            ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
+            # dataset keys follow the float model's names; keep them addressable by position
+            entry.update(tool=f"tf.lite.TFLiteConverter (tensorflow {tf.__version__})",
+                         seconds_convert=round(time.perf_counter() - t0, 3))
+        if precision == "int8-static":
+            entry["calibration_samples"] = min(len(ctx.calibration), o.calibration_samples)
+        entry["inputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" + (f" (source {t.source_layout})" if t.source_layout else "")
+                           for t in ctx.inputs]
+        entry["outputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.outputs]
+        return entry

@@ -1,0 +1,54 @@
+"""Run any converted model file (ONNX or TFLite) over a dataset, or time it, by its suffix.
+
+The passes call these instead of a runtime directly, so the gate, the host benchmark and the
+self-test work the same on ONNX and TFLite candidates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_agent.bundle import TensorSpec
+
+from .data import Dataset
+
+
+def is_tflite(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".tflite"
+
+
+def run_model(path: Path, data: Dataset, inputs: Sequence[TensorSpec] = (), outputs: Sequence[TensorSpec] = (),
+              progress=None) -> list[np.ndarray]:
+    """Outputs of `path` on every sample, stacked, in the source model's layout.
+
+    `inputs`/`outputs` are the TFLite model's manifest specs (layouts, quantization); unused for ONNX.
+    """
+    if is_tflite(path):
+        from .tflite_utils import run_tflite_dataset
+
+        return run_tflite_dataset(path, data, inputs, outputs, progress=progress)
+    from .onnx_utils import run_dataset
+
+    return run_dataset(path, data, progress)
+
+
+def runner(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Sequence[TensorSpec] = (),
+           outputs: Sequence[TensorSpec] = ()) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """A zero-argument call that runs `path` once on `feeds` (source layout), and what runs it."""
+    if is_tflite(path):
+        from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+        from .tflite_utils import feeds_in_layout
+
+        model = TFLiteModel(path, threads, inputs, outputs)
+        arrays = feeds_in_layout(feeds, inputs)
+        return (lambda: model.run_list(arrays)), {"runtime": "litert", "interpreter": model.backend.name,
+                                                   "delegate": model.delegate}
+    from .onnx_utils import ort_session
+
+    sess = ort_session(path, threads)
+    names = [x.name for x in sess.get_outputs()]
+    return (lambda: sess.run(names, feeds)), {"runtime": "onnxruntime", "provider": "CPUExecutionProvider"}
