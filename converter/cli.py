@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 (comma-separate several); "
                    "agreement = top-1 for classifiers, IoU>=0.9 share for maps, per-timestep argmax for sequences")
-    p.add_argument("--max-float-layers", type=int, default=8,
-                   help="int8 that misses the budget keeps up to N most sensitive layers in float (default 8, 0 = never)")
+    p.add_argument("--max-float-layers", type=int, default=None,
+                   help="most layers the mixed-precision fallback may keep in float (default: a quarter of the "
+                   "quantizable layers, at most 8: beyond that the model is no longer int8)")
     p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
                    help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
     p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")

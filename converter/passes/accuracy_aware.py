@@ -134,9 +134,10 @@ class MixedPrecisionPass(Pass):
         ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking}
         if not reasons:
             return entry
-        # A model with most of its layers in float is no longer an int8 model: cap the fallback at a
-        # quarter of the quantizable layers, so broken calibration data still fails the gate.
-        limit = min(o.max_float_layers, max(1, len(layers) // 4))
+        # By default a quarter of the quantizable layers (at most 8): a model with most of its layers
+        # in float is no longer an int8 model, and broken calibration data must still fail the gate.
+        # An explicit --max-float-layers is the user's call.
+        limit = o.max_float_layers if o.max_float_layers is not None else min(8, max(1, len(layers) // 4))
         log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                     "; ".join(reasons), limit, len(layers))
         threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
