@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Broker", "BrokerUnavailable", "BrokerStartError", "find_mosquitto", "start_broker"]
+__all__ = ["Broker", "BrokerUnavailable", "BrokerStartError", "TlsListener", "find_mosquitto", "start_broker"]
 
 BrokerKind = Literal["mosquitto", "amqtt"]
 
@@ -126,6 +126,20 @@ def _die_with_parent() -> None:
         pass
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """TLS for the Mosquitto listener: server certificate, and the CA that signs client certificates.
+
+    With `require_certificate`, clients must present a certificate signed by `cafile`
+    (TLS client authentication), on top of any username/password.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+
+
 @dataclass(eq=False)
 class Broker:
     """Handle on a running broker. Use :func:`start_broker` to create one."""
@@ -135,12 +149,13 @@ class Broker:
     port: int
     data_dir: Path
     _impl: _Mosquitto | _Amqtt = field(repr=False)
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port`` URL of the listener."""
+        """``mqtt://host:port`` URL of the listener (``mqtts://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -200,6 +215,7 @@ def start_broker(
     acl_file: Path | None = None,
     fallback: bool = True,
     start_timeout: float = _START_TIMEOUT_S,
+    tls: TlsListener | None = None,
 ) -> Broker:
     """Start an MQTT broker listening on ``host:port`` and return its handle.
 
@@ -217,6 +233,7 @@ def start_broker(
             a broker that cannot enforce it is never substituted.
         fallback: if the preferred kind is not installed, use the other one.
         start_timeout: seconds to wait for the listener to accept connections.
+        tls: serve MQTT over TLS (mosquitto only), optionally requiring client certificates.
 
     Raises:
         BrokerUnavailable: no usable broker is installed.
@@ -236,16 +253,16 @@ def start_broker(
     order: list[BrokerKind] = ["mosquitto", "amqtt"] if prefer == "mosquitto" else ["amqtt", "mosquitto"]
     if not fallback:
         order = order[:1]
-    if acl_file is not None:
-        order = [k for k in order if k == "mosquitto"]  # never silently drop access control
+    if acl_file is not None or tls is not None:
+        order = [k for k in order if k == "mosquitto"]  # never silently drop access control or TLS
         if not order:
-            raise ValueError("acl_file is only supported by the mosquitto broker")
+            raise ValueError("acl_file and tls are only supported by the mosquitto broker")
 
     for kind in order:
         impl: _Mosquitto | _Amqtt
         if kind == "mosquitto" and mosquitto:
             impl = _Mosquitto(mosquitto, data_dir, host, port or _free_port(host), creds,
-                              max_message_mb, acl_file, start_timeout)
+                              max_message_mb, acl_file, start_timeout, tls)
         elif kind == "amqtt" and _amqtt_available():
             if max_message_mb is not None:
                 log.warning("amqtt broker does not enforce max_message_mb=%s", max_message_mb)
@@ -254,13 +271,13 @@ def start_broker(
             log.info("%s broker not installed", kind)
             continue
         impl.start()
-        broker = Broker(kind=kind, host=host, port=impl.port, data_dir=data_dir, _impl=impl)
+        broker = Broker(kind=kind, host=host, port=impl.port, data_dir=data_dir, _impl=impl, tls=tls is not None)
         _LIVE.add(broker)
         log.info("started %s broker at %s (data_dir=%s)", kind, broker.url, data_dir)
         return broker
 
-    if acl_file is not None:
-        raise BrokerUnavailable("acl_file requires mosquitto: install it (apt-get install mosquitto)")
+    if acl_file is not None or tls is not None:
+        raise BrokerUnavailable("ACLs and TLS need mosquitto: install it (apt-get install mosquitto)")
     raise BrokerUnavailable(_UNAVAILABLE_MSG)
 
 
@@ -277,6 +294,7 @@ class _Mosquitto:
         max_message_mb: float | None,
         acl_file: Path | None,
         start_timeout: float,
+        tls: TlsListener | None = None,
     ) -> None:
         if any(c.isspace() for c in str(data_dir)):
             raise ValueError(f"mosquitto config cannot use paths with whitespace: {data_dir}")
@@ -331,6 +349,13 @@ class _Mosquitto:
             lines.append(f"acl_file {acl}")
         if max_message_mb is not None:
             lines.append(f"max_packet_size {int(max_message_mb * 2**20) + _PACKET_OVERHEAD}")
+        if tls is not None:
+            for f in (tls.cafile, tls.certfile, tls.keyfile):
+                if not Path(f).is_file() or any(c.isspace() for c in str(Path(f).resolve())):
+                    raise ValueError(f"TLS file must exist and have no whitespace in its path: {f}")
+            lines += [f"cafile {Path(tls.cafile).resolve()}", f"certfile {Path(tls.certfile).resolve()}",
+                      f"keyfile {Path(tls.keyfile).resolve()}",
+                      f"require_certificate {'true' if tls.require_certificate else 'false'}"]
         self.conf_file.write_text("\n".join(lines) + "\n")
 
     @property
