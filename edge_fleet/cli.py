@@ -117,6 +117,7 @@ def cmd_deploy(args: argparse.Namespace) -> Result:
             stages=parse_stages(args.stages) if args.stages else list(DEFAULT_STAGES),
             max_failures=parse_max_failures(args.max_failures),
             stage_timeout=args.stage_timeout,
+            source_url=args.source_url,
         )
         result = reg.rollout(plan.id)
         if args.wait:
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-failures", default="0",
                    help="halt when failures exceed this count (2) or fraction (0.1, 10%%); default 0")
     s.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per device (default %(default)s)")
+    s.add_argument("--source-url", metavar="TEMPLATE",
+                   help="devices download over HTTP(S) instead of MQTT blocks, from this URL template "
+                   "({sha256}, {name}, {version}, {profile}), e.g. https://cdn.example.com/{sha256}.edgebundle")
     s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
     s.add_argument("--wait-timeout", type=float, default=0.0, help="give up waiting after S seconds (0 = never)")
     s.set_defaults(func=cmd_deploy)

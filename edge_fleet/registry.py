@@ -133,6 +133,13 @@ class Registry:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable on commit except at power loss; no fsync per report
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a registry file may have been created."""
+        cols = {r["name"] for r in self._db.execute("PRAGMA table_info(rollouts)")}
+        if "source_url" not in cols:
+            self._db.execute("ALTER TABLE rollouts ADD COLUMN source_url TEXT")
 
     def close(self) -> None:
         with self._lock:

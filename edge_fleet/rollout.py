@@ -102,7 +102,7 @@ class RolloutPlan:
 
 def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, group: str | None = None,
                  stages: list[float] | None = None, max_failures: float = 0,
-                 stage_timeout: float = DEFAULT_STAGE_TIMEOUT) -> RolloutPlan:
+                 stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None) -> RolloutPlan:
     """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`."""
     name, version = parse_target(target)
     bundles = {b.profile: b for b in reg.bundles_named(name, version)}
@@ -139,6 +139,8 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
         raise NoTargets("no selected device can take " + f"{name}:{version}: "
                         + "; ".join(f"{d}: {r}" for d, r in skipped))
 
+    for _, b in eligible:
+        source_for(b, source_url)  # refuse a bad template now, not mid-rollout
     counts = split_stages(len(eligible), stages or list(DEFAULT_STAGES))
     rid = f"r-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     now = time.time()
@@ -149,8 +151,8 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
         start = end
     with reg.transaction():
         reg.execute("INSERT INTO rollouts (id, name, version, status, stages, stage, max_failures, stage_timeout, "
-                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (rid, name, version, "pending", _json(counts), -1, max_failures, stage_timeout, now, now))
+                    "created_at, updated_at, source_url) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (rid, name, version, "pending", _json(counts), -1, max_failures, stage_timeout, now, now, source_url))
         for dev_id, stage, sha in targets:
             reg.execute("INSERT INTO rollout_devices (rollout_id, device_id, stage, bundle_sha, status) "
                         "VALUES (?,?,?,?,?)", (rid, dev_id, stage, sha, "waiting"))
@@ -168,10 +170,23 @@ def _json(obj: Any) -> str:
     return json.dumps(obj)
 
 
-def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False) -> DesiredState:
+def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]:
+    """Where devices fetch `bundle`: MQTT blocks from the fleet, or an HTTP(S) URL made from the
+    template's {sha256}, {name}, {version} and {profile} (e.g. a CDN or an nginx in front of the store)."""
+    if not url_template:
+        return {"type": "mqtt"}
+    url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version, profile=bundle.profile)
+    if not url.startswith(("http://", "https://")):
+        raise FleetError(f"--source-url must make an http(s) URL, got {url!r}")
+    return {"type": "http", "url": url}
+
+
+def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False,
+                url_template: str | None = None) -> DesiredState:
     """The DesiredState message that asks a device to run `bundle`."""
     return DesiredState(deployment_id=deployment_id, bundle=bundle.ref, size=bundle.size, profile=bundle.profile,
-                        signature=bundle.signature, allow_downgrade=allow_downgrade)
+                        signature=bundle.signature, allow_downgrade=allow_downgrade,
+                        source=source_for(bundle, url_template))
 
 
 class RolloutDriver:
@@ -242,7 +257,8 @@ class RolloutDriver:
                 self._set_device(rid, d["device_id"], "succeeded", "already running this bundle",
                                  previous_sha=current, sent_at=now, done_at=now)
                 continue
-            self.publish(self.topics.desired(d["device_id"]), dumps(desired_for(bundle, rid)), True)
+            desired = desired_for(bundle, rid, url_template=r.get("source_url"))
+            self.publish(self.topics.desired(d["device_id"]), dumps(desired), True)
             self._set_device(rid, d["device_id"], "sent", None, previous_sha=current, sent_at=now)
 
     def _check_device(self, r: dict[str, Any], d: dict[str, Any], now: float) -> None:

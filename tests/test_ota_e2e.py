@@ -123,3 +123,53 @@ def test_failing_health_check_halts_rollout_and_rolls_back(tmp_path, digits, int
             a.stop()
         server.stop()
         reg.close()
+
+
+def test_rollout_with_http_source(tmp_path, digits, int8_bundle, int8_v2_bundle, capsys):
+    """`deploy --source-url`: devices fetch the bundle over HTTP (e.g. a CDN) instead of MQTT blocks."""
+    import http.server
+    import threading
+
+    server, reg = start_fleet(tmp_path, digits, [int8_bundle, int8_v2_bundle], "mosquitto")
+    served: list[str] = []
+    store = reg.store_dir
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path = store / self.path.lstrip("/")
+            if not path.is_file() or "/" in self.path.lstrip("/"):
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    agents = start_agents(tmp_path, server, digits, int8_bundle, ["pi-http"], capsys)
+    try:
+        wait_known(reg, ["pi-http"])
+        capsys.readouterr()
+        template = f"http://127.0.0.1:{http_server.server_port}/{{sha256}}.edgebundle"
+        rc = fleet_main(["deploy", "digits:2", "--devices", "pi-http", "--source-url", template, "--wait",
+                         "--wait-timeout", "120", "--db", str(reg.db_path), "--json"])
+        assert rc == 0, capsys.readouterr().out
+        v2_sha = next(b for b in reg.bundles_named("digits", 2)).sha256
+        assert served == [f"/{v2_sha}.edgebundle"]  # fetched over HTTP, exactly once
+        assert agent_status(agents["pi-http"].home, capsys)["version"] == 2
+        # a template that does not make an http(s) URL is refused before anything is sent
+        rc = fleet_main(["deploy", "digits:1", "--devices", "pi-http", "--source-url", "ftp://x/{sha256}",
+                         "--db", str(reg.db_path)])
+        assert rc != 0 and "http(s) URL" in capsys.readouterr().err
+    finally:
+        for a in agents.values():
+            a.stop()
+        http_server.shutdown()
+        server.stop()
+        reg.close()
