@@ -68,6 +68,9 @@ def convert(
     Raises ConversionError subclasses (GateFailed, ImportFailed, DataError, ...) on failure.
     """
     profile = load_profile(options.profile)
+    from edge_agent.bundle import load_private_key
+
+    load_private_key(options.key)  # fail before the expensive passes, not after them
     if fmt == "auto":
         from .auto_format import convert_auto
 

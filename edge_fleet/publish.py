@@ -34,9 +34,9 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
     if not path.is_file():
         raise FleetError(f"{path} does not exist or is not a file")
     registry.store_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=registry.store_dir, suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # the copy keeps the file's own name, so verification errors name what the user gave us
+    tmp_dir = Path(tempfile.mkdtemp(dir=registry.store_dir, prefix=".publish-"))
+    tmp = tmp_dir / path.name
     try:
         shutil.copyfile(path, tmp)  # verify the copy we keep, not a file that may still change
         verified = verify_bundle(tmp, trust)  # raises a typed BundleError on any problem
@@ -52,7 +52,7 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
         stored = registry.store_dir / f"{sha}.edgebundle"
         os.replace(tmp, stored)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     rec = BundleRecord(sha256=sha, name=m.name, version=m.version, profile=m.profile, size=size,
                        manifest=m.to_dict(), signature=signature, key_id=verified.key_id, path=stored,
                        published_at=time.time())

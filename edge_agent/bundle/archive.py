@@ -307,12 +307,15 @@ def _check_free_space(folder: Path, needed: int) -> None:
 
 
 def read_manifest_unverified(path: Path) -> Manifest:
-    """The manifest of a bundle WITHOUT checking its signature (for `info`-style display only)."""
-    with tarfile.open(path, mode="r:") as tar:
-        first = tar.next()
-        if first is None or first.name != MANIFEST_NAME:
-            raise CorruptBundle(f"{Path(path).name} is not an edgekit bundle: manifest.json must be its first member")
-        return Manifest.from_json(_read_small(tar, first, MAX_MANIFEST_BYTES))
+    """The manifest of a bundle WITHOUT checking its signature (for display and early refusals only)."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST_NAME:
+                raise CorruptBundle(f"{Path(path).name} is not an edgekit bundle: manifest.json must be its first member")
+            return Manifest.from_json(_read_small(tar, first, MAX_MANIFEST_BYTES))
+    except (tarfile.TarError, OSError) as exc:
+        raise CorruptBundle(f"{Path(path).name} is not a readable bundle archive ({exc}): re-download or re-copy it") from exc
 
 
 def read_signature_doc(path: Path) -> dict:
