@@ -1,0 +1,50 @@
+"""A full disk never replaces a working model: the agent home lives on a small real tmpfs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from edge_agent.cli import main as agent_main
+from tests.fleet_sim import int8_v2_bundle  # noqa: F401 - fixture import
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_refuses_update_and_keeps_the_model(small_disk, digits, int8_bundle, int8_v2_bundle, capsys):
+    home = small_disk / "agent"
+    common = ["--trust", str(digits.pub), "--profile", "raspberry-pi-4"]
+    assert agent_main(["--home", str(home), "install", str(int8_bundle), *common]) == 0
+    # fill the disk, leaving far less than the update needs
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    with open(small_disk / "filler", "wb") as fh:
+        fh.truncate(0)
+        fh.write(b"\0" * (free - 2 * 1024 * 1024))
+    capsys.readouterr()
+    rc = agent_main(["--home", str(home), "install", str(int8_v2_bundle), *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 18, err
+    assert len(err) == 1 and "disk space" in err[0]
+    assert agent_main(["--home", str(home), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["version"] == 1 and status["slots"][status["active_slot"]]["status"] == "good"
+    # with space back, the same update goes through
+    (small_disk / "filler").unlink()
+    assert agent_main(["--home", str(home), "install", str(int8_v2_bundle), *common]) == 0
+    capsys.readouterr()
+    assert agent_main(["--home", str(home), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
