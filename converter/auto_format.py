@@ -44,6 +44,9 @@ def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext
     )
 
 
+SETTLE_S = 0.2  # long enough for ORT's spinning intra-op threads to park
+
+
 def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs: int) -> dict[str, dict[str, float]]:
     """Median and mean latency (ms) of each candidate, timed in interleaved rounds."""
     calls = {}
@@ -56,7 +59,10 @@ def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs:
     per_round = max(1, runs // ROUNDS)
     for _ in range(ROUNDS):
         for key, (run, _) in calls.items():
-            run()  # settle: untimed, lets the previous runtime's worker threads go idle
+            # The previous runtime's worker threads keep spinning for a while after their last run
+            # (ONNX Runtime's thread pool does by default) and would steal the cores from this one.
+            time.sleep(SETTLE_S)
+            run()  # untimed
             for _ in range(per_round):
                 t = time.perf_counter()
                 run()
