@@ -173,3 +173,47 @@ def test_rollout_with_http_source(tmp_path, digits, int8_bundle, int8_v2_bundle,
         http_server.shutdown()
         server.stop()
         reg.close()
+
+
+def test_serve_runs_the_camera_pipeline_across_an_update(tmp_path, digits, int8_bundle, int8_v2_bundle, capsys):
+    """`edge-agent serve --source VIDEO`: frames are classified by the current model, before and
+    after an OTA update, with no failed inference across the swap."""
+    import cv2
+    import numpy as np
+
+    video = tmp_path / "digits.avi"
+    n = 60
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 64))
+    for img in digits.x_test[:n]:
+        gray = cv2.resize(np.clip(img[0] * 255, 0, 255).astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST)
+        writer.write(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    results = tmp_path / "results.jsonl"
+    server, reg = start_fleet(tmp_path, digits, [int8_bundle, int8_v2_bundle], "mosquitto")
+    agents = start_agents(tmp_path, server, digits, int8_bundle, ["cam-1"], capsys,
+                          extra={"cam-1": ["--source", str(video), "--results", str(results)]})
+
+    def records():
+        return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+
+    try:
+        wait_known(reg, ["cam-1"])
+        wait_for(lambda: len(records()) >= n, what="first pass over the video")
+        capsys.readouterr()
+        rc = fleet_main(["deploy", "digits:2", "--devices", "cam-1", "--wait", "--wait-timeout", "120",
+                         "--db", str(reg.db_path), "--json"])
+        assert rc == 0, capsys.readouterr().out
+        wait_for(lambda: sum(r["version"] == 2 for r in records()) >= n, what="frames classified by v2")
+        rs = records()
+        assert {r["version"] for r in rs} == {1, 2} and all(r["kind"] == "classification" for r in rs)
+        # frames are the video's digits: labels agree with the truth (MJPG is lossy: allow a little)
+        correct = [r["label"] == int(digits.y_test[r["frame"] % n]) for r in rs]
+        assert sum(correct) / len(correct) >= 0.85
+        wait_for(lambda: ((reg.device("cam-1") or {}).get("inferences") or 0) > 0, what="telemetry")
+        dev = reg.device("cam-1")
+        assert dev["errors"] == 0, dev
+    finally:
+        for a in agents.values():
+            a.stop()
+        server.stop()
+        reg.close()

@@ -137,6 +137,7 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
         password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
+        source=args.source, results=args.results,
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
@@ -172,6 +173,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
     p.add_argument("--infer-interval", type=float, default=0.05,
                    help="seconds between inferences of the built-in loop on the self-test inputs (default 0.05)")
+    p.add_argument("--source", help="run the current model on a camera (/dev/video0 or an index), stream URL, video "
+                   "file (served in a loop) or image folder, latest frame first; needs edgekit[camera]. "
+                   "Default: the bundle's self-test inputs")
+    p.add_argument("--results", metavar="FILE", help="with --source: append per-frame results as JSON lines ('-' = stdout)")
     common(p)
     p.set_defaults(func=cmd_serve)
 

@@ -66,6 +66,8 @@ class AgentConfig:
     threads: int | None = None
     block_retry_s: float = 3.0
     keepalive_s: int = 30
+    source: str | None = None  # camera/stream/video/images to run the model on (default: self-test inputs)
+    results: str | None = None  # JSON-lines file for per-frame results with --source ("-" = stdout)
     extra: dict = field(default_factory=dict)
 
     def broker_address(self) -> tuple[str, int, bool]:
@@ -74,6 +76,23 @@ class AgentConfig:
             raise AgentConfigError(f"broker URL {self.broker!r} must look like mqtt://host:1883 or mqtts://host:8883")
         tls = u.scheme in ("mqtts", "ssl") or self.tls_ca is not None
         return u.hostname, u.port or (8883 if tls else 1883), tls
+
+
+def _results_sink(target: str | None):
+    """A callable writing one JSON line per result to `target` (a file, or "-" for stdout)."""
+    if not target:
+        return None
+    import json
+    import sys
+
+    fh = sys.stdout if target == "-" else open(target, "a", buffering=1)
+    lock = threading.Lock()
+
+    def write(record: dict) -> None:
+        with lock:
+            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    return write
 
 
 @contextmanager
@@ -103,6 +122,12 @@ class Agent:
         self.topics = Topics(config.prefix)
         self.t = {k: getattr(self.topics, k)(config.device_id) for k in
                   ("desired", "reported", "presence", "telemetry", "block_request", "block_data")}
+        self.feed = None
+        if loop is None and config.source:
+            from ..pipeline.live_feed import LiveFeed
+
+            self.feed = LiveFeed(config.source, sink=_results_sink(config.results))
+            loop = InferenceLoop(source=self.feed, interval_s=0.0, on_result=self.feed.on_result)
         self.loop = loop or InferenceLoop(interval_s=config.infer_interval_s)
         self.job: UpdateJob | None = load_job(home)
         self._stop = threading.Event()
@@ -226,7 +251,9 @@ class Agent:
         tel = Telemetry(model=live.ref if live else None, inferences=self.loop.inferences, errors=self.loop.errors,
                         latency=self.loop.latency.summary(),
                         extra={"slot": live.slot if live else None, "phase": self.job.phase if self.job else "idle",
-                               "ignored_messages": self.ignored_messages, "last_inference_error": self.loop.last_error})
+                               "ignored_messages": self.ignored_messages, "last_inference_error": self.loop.last_error,
+                               **({"source": self.config.source, "frames": self.feed.frames,
+                                   "dropped_frames": self.feed.dropped} if self.feed else {})})
         if self._connected.is_set():
             self._publish(self.t["telemetry"], dumps(tel))
 
@@ -404,6 +431,8 @@ class Agent:
         self.client.disconnect()
         self.client.loop_stop()
         self.loop.stop()
+        if self.feed is not None:
+            self.feed.close()
         self._worker.join(timeout=5)
 
 

@@ -59,8 +59,10 @@ def selftest_source(model: LiveModel, i: int) -> dict[str, np.ndarray]:
 class InferenceLoop:
     """Runs inference continuously on whatever model is current; counts, times, never stops."""
 
-    def __init__(self, source: FeedSource = selftest_source, interval_s: float = 0.05) -> None:
+    def __init__(self, source: FeedSource = selftest_source, interval_s: float = 0.05,
+                 on_result: Callable[["LiveModel", list[np.ndarray]], None] | None = None) -> None:
         self.source = source
+        self.on_result = on_result
         self.interval_s = interval_s
         self.current: LiveModel | None = None
         self.latency = RollingLatency()
@@ -90,8 +92,10 @@ class InferenceLoop:
             try:
                 feeds = self.source(model, i)
                 t0 = time.perf_counter()
-                model.session.run(feeds)
+                outputs = model.session.run(feeds)
                 t1 = time.perf_counter()
+                if self.on_result is not None:
+                    self.on_result(model, outputs)
                 self.latency.add((t1 - t0) * 1000.0)
                 self.inferences += 1
                 self.ends.append(t1)

@@ -1,0 +1,102 @@
+"""Camera/video frames for the OTA daemon's inference loop (`edge-agent serve --source ...`).
+
+The daemon's InferenceLoop runs whatever model is current and swaps models atomically during an
+update. This feed gives it the LATEST frame of the source (older frames are dropped and counted),
+preprocessed for the model that is current at that moment (so an update that changes the input
+size or colour order just works), and postprocesses the outputs with that same model's manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .channels import CLOSED, EMPTY, LatestSlot
+from .sources import Source, SourceError, open_source
+from .stages import Postprocessor, Prepared, Preprocessor
+
+log = logging.getLogger(__name__)
+Sink = Callable[[dict[str, Any]], None]
+
+
+class LiveFeed:
+    """A FeedSource (model, i) -> feeds for InferenceLoop, plus its `on_result` hook."""
+
+    def __init__(self, spec: str, sink: Sink | None = None, frame_timeout_s: float = 5.0,
+                 reopen_delay_s: float = 2.0) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.frame_timeout_s = frame_timeout_s
+        self.reopen_delay_s = reopen_delay_s
+        self.slot = LatestSlot()
+        self.frames = 0
+        self.source_errors = 0
+        self._source: Source | None = open_source(spec)  # fail fast: a bad --source is a startup error
+        self._stages: dict[int, tuple[Preprocessor, Postprocessor]] = {}
+        self._prepared = threading.local()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="source-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def dropped(self) -> int:
+        return self.slot.dropped
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._source is None:
+                try:
+                    self._source = open_source(self.spec)
+                except SourceError as exc:
+                    self.source_errors += 1
+                    log.warning("source %s: %s; retrying in %.0fs", self.spec, exc, self.reopen_delay_s)
+                    self._stop.wait(self.reopen_delay_s)
+                    continue
+            try:
+                frame = self._source.read()
+            except SourceError as exc:  # a live source that stayed down after its own reconnects
+                self.source_errors += 1
+                log.warning("source %s lost: %s", self.spec, exc)
+                frame = None
+            if frame is None:  # end of a file (served again from the start) or a lost stream
+                self._source.close()
+                self._source = None
+                continue
+            self.frames += 1
+            self.slot.put(frame)
+
+    def _for(self, model) -> tuple[Preprocessor, Postprocessor]:
+        stages = self._stages.get(model.generation)
+        if stages is None:
+            stages = (Preprocessor(model.manifest), Postprocessor(model.manifest))
+            self._stages = {model.generation: stages}  # older models are gone for good after a swap
+        return stages
+
+    def __call__(self, model, i: int) -> dict[str, np.ndarray]:
+        frame = self.slot.get(timeout=self.frame_timeout_s)
+        if frame is EMPTY or frame is CLOSED:
+            raise RuntimeError(f"no frame from {self.spec} for {self.frame_timeout_s:.0f}s")
+        prepared: Prepared = self._for(model)[0](frame)
+        self._prepared.value = (model.generation, prepared)
+        return prepared.feeds
+
+    def on_result(self, model, outputs: list[np.ndarray]) -> None:
+        generation, prepared = self._prepared.value
+        if self.sink is None or generation != model.generation:
+            return
+        result = self._for(model)[1](outputs, prepared.geometry)
+        ref = model.ref
+        self.sink({"frame": prepared.frame.index, "at": round(time.time(), 3),
+                   "model": ref.name if ref else model.manifest.name,
+                   "version": ref.version if ref else model.manifest.version, **result})
+
+    def close(self) -> None:
+        self._stop.set()
+        self.slot.stop()
+        self._reader.join(timeout=5)
+        if self._source is not None:
+            self._source.close()
