@@ -199,6 +199,8 @@ class BlockDownloader:
     def run(self) -> Path:
         """Block until every block is stored; returns the staging file. TransferError on stall."""
         pause_after = pause_blocks()
+        if pause_after is not None:  # test hook: never have the whole file in flight before pausing
+            self.window = max(1, min(self.window, pause_after))
         self._last_progress = time.monotonic()
         last_save = last_report = 0.0
         try:
