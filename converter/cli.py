@@ -100,7 +100,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
         min_agreement=budget.get("min_agreement", args.min_agreement),
         min_cosine=budget.get("min_cosine", 0.99), max_float_layers=args.max_float_layers,
-        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples, force=args.force, bench_runs=args.bench_runs,
+        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples,
+        sensitivity_candidates=args.sensitivity_candidates, force=args.force, bench_runs=args.bench_runs,
         reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
         scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
     )
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", "onnx", "tflite"], help="bundle format (default: profile's preference)")
     p.add_argument("--input-shape", type=_shape,
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
-    p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")
+    p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
     p.add_argument("--calibration-method", metavar="METHOD",
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
                    help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
     p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")
+    p.add_argument("--sensitivity-candidates", type=int, default=16,
+                   help="layers measured by exclusion; a model with more is pre-ranked cheaply by the activation error "
+                   "each layer adds and only the top N are measured (default 16)")
     p.add_argument("--calibration-samples", type=int, default=256, help="max calibration samples used (default 256)")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")

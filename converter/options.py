@@ -42,3 +42,4 @@ class ConvertOptions:
     max_float_layers: int = 8  # mixed-precision fallback: most layers kept in float
     sensitivity: str = "auto"  # auto (when int8 misses the budget) | always | off
     sensitivity_samples: int = 64  # eval samples used to rank layers
+    sensitivity_candidates: int = 16  # layers measured by exclusion (more layers: pre-ranked by activation error)

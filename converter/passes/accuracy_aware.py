@@ -22,10 +22,12 @@ from ..data import Dataset
 from ..metrics import detect_task, score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..onnx_utils import ort_session, run_dataset
+from ..ort_activation_error import local_errors
 from ..ort_quant import OrtStaticQuantizer, quantizable_nodes
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
+PRERANK_SAMPLES = 8  # samples for the cheap activation-error pre-ranking
 STATE = "_int8_state"  # ctx.measurements key (not serialised): quantizer + chosen method
 
 
@@ -128,10 +130,23 @@ class MixedPrecisionPass(Pass):
         sens_eval = _Evaluator(ctx.float_model, sens_data, task) if len(sens_data) < len(data) else evaluate
         sens_base = sens_eval(ctx.model) if sens_eval is not evaluate else base
         build = lambda exclude: q.quantize(method, exclude)  # noqa: E731
-        ranking = rank_by_exclusion(layers, build, sens_eval, sens_base)
+        k = max(1, o.sensitivity_candidates)
+        prerank: list[dict[str, Any]] = []
+        if len(layers) > k:
+            # Many layers: rank all cheaply by the error each adds (one run of float and int8), then
+            # measure only the top k by exclusion.
+            prerank = local_errors(q.src, ctx.model, sens_data.head(PRERANK_SAMPLES), layers, ctx.workdir)
+            log.info("pre-ranked %d layers by added activation error; measuring the top %d", len(layers), k)
+        measured = [r["layer"] for r in prerank[:k]] if prerank else layers
+        ranking = rank_by_exclusion(measured, build, sens_eval, sens_base)
         entry["sensitivity"] = {"signal": "output error with the layer alone kept in float",
-                                "samples": len(sens_data), "layers": len(layers), "top": ranking[:10]}
-        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking}
+                                "samples": len(sens_data), "layers": len(layers), "measured": len(measured),
+                                "top": ranking[:10]}
+        if prerank:
+            entry["sensitivity"]["prerank"] = {"signal": "activation error added by the layer in the int8 model",
+                                               "samples": min(len(sens_data), PRERANK_SAMPLES), "top": prerank[:10]}
+        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking,
+                                           "prerank": prerank}
         if not reasons:
             return entry
         log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d)",
@@ -140,7 +155,7 @@ class MixedPrecisionPass(Pass):
         latency = _latency(threads, data.sample(0), max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
         # Most sensitive first; layers that only matter together (a tensor shared by two quantized
         # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
-        order = [r["layer"] for r in ranking]
+        order = [r["layer"] for r in ranking] + [r["layer"] for r in prerank[k:]]
         result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), o.max_float_layers,
                                  latency, start=(ctx.model, base))
         steps = result.report()
