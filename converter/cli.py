@@ -101,7 +101,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         min_agreement=budget.get("min_agreement", args.min_agreement),
         min_cosine=budget.get("min_cosine", 0.99), max_float_layers=args.max_float_layers,
         sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples,
-        sensitivity_candidates=args.sensitivity_candidates, force=args.force, bench_runs=args.bench_runs,
+        sensitivity_candidates=args.sensitivity_candidates, quantize_ops=args.quantize_ops, force=args.force, bench_runs=args.bench_runs,
         reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
         scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
     )
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
                    help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
     p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")
+    p.add_argument("--quantize-ops", choices=["auto", "all", "weighted"], default="auto",
+                   help="int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm (weighted), "
+                   "or auto: measure both on the eval data, keep weighted if it agrees better and is not slower (default)")
     p.add_argument("--sensitivity-candidates", type=int, default=16,
                    help="layers measured by exclusion; a model with more is pre-ranked cheaply by the activation error "
                    "each layer adds and only the top N are measured (default 16)")

@@ -61,10 +61,13 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
     chosen = scores[search["chosen"]]
     assert chosen["agreement"] >= scores["minmax"]["agreement"]  # minmax = the profile's default method
     assert _pass(report, "quantize")["calibration_method"] == search["chosen"]
-    # sensitivity ranking: every Conv of the classifier measured, most sensitive first
-    ranking = m["sensitivity"]["ranking"]
+    # sensitivity: every Conv of the classifier pre-ranked by the activation error it adds, the top 16
+    # measured by exclusion, most sensitive first
+    ranking, prerank = m["sensitivity"]["ranking"], m["sensitivity"]["prerank"]
     model = onnx.load(str(ocr.model_path("cls")))
-    assert len(ranking) >= sum(n.op_type == "Conv" for n in model.graph.node)  # + the FC MatMul after clean-up
+    assert len(prerank) >= 0.9 * sum(n.op_type == "Conv" for n in model.graph.node)
+    assert [r["added_error"] for r in prerank] == sorted((r["added_error"] for r in prerank), reverse=True)
+    assert len(ranking) == 16 and {r["layer"] for r in ranking} == {r["layer"] for r in prerank[:16]}
     reductions = [r["error_reduction"] for r in ranking]
     assert reductions == sorted(reductions, reverse=True) and reductions[0] > 0
     assert _pass(report, "mixed-precision")["sensitivity"]["top"][0]["layer"] == ranking[0]["layer"]

@@ -19,7 +19,7 @@ from edge_agent.bench import time_runs
 from ..accuracy_budget import Budget
 from ..calibration import candidates, sample_warning, select_method
 from ..data import Dataset
-from ..metrics import detect_task, score
+from ..metrics import better, detect_task, score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..onnx_utils import ort_session, run_dataset
 from ..ort_activation_error import local_errors
@@ -27,6 +27,7 @@ from ..ort_quant import OrtStaticQuantizer, quantizable_nodes
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
+OP_SET_SLOWDOWN = 1.15  # `weighted` QDQ may be at most this much slower than QDQ on all ops
 PRERANK_SAMPLES = 8  # samples for the cheap activation-error pre-ranking
 STATE = "_int8_state"  # ctx.measurements key (not serialised): quantizer + chosen method
 
@@ -63,7 +64,8 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) 
     """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
-                           prec.activation_type, prec.weight_type)
+                           prec.activation_type, prec.weight_type,
+                           op_set=o.quantize_ops if o.quantize_ops != "auto" else "all")
     methods = candidates(method_spec)
     n = min(len(ctx.calibration), o.calibration_samples)
     warning = sample_warning(methods, n)
@@ -86,9 +88,37 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) 
         ctx.model, chosen, table = sel.model, sel.method, sel.table
         ctx.measurements["calibration_search"] = {"chosen": chosen, "task": evaluate.task, "samples": len(data),
                                                    "candidates": table}
+    if o.quantize_ops == "auto" and data is not None:
+        entry["op_set_search"] = _choose_op_set(ctx, q, chosen, data)
+    entry["quantize_ops"] = q.op_set
     ctx.measurements[STATE] = {"quantizer": q, "method": chosen}
     entry.update(calibration_method=chosen, calibration_candidates=table)
     return entry
+
+
+def _choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, data: Dataset) -> dict[str, Any]:
+    """Try QDQ on weight-carrying ops only vs on every op ORT can quantize; keep `weighted` when it agrees
+    better with float and is not more than OP_SET_SLOWDOWN slower (on small nets the extra Q/DQ
+    transitions can cost more than int8 saves)."""
+    evaluate = ctx.measurements.get("_evaluator") or _Evaluator(ctx.float_model, data, task_of(ctx))
+    ctx.measurements["_evaluator"] = evaluate
+    base_model = ctx.model
+    base = evaluate(base_model)
+    cand_model = q.quantize(method, op_set="weighted")
+    cand = evaluate(cand_model)
+    row: dict[str, Any] = {"all": base, "weighted": cand, "chosen": "all"}
+    if better(cand, base):
+        threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
+        measure = _latency(threads, data.sample(0), 10)
+        lat_all, lat_w = measure(base_model), measure(cand_model)
+        lat_all = min(lat_all, measure(base_model))  # measured again after, so a load spike does not decide
+        row.update(latency_ms={"all": lat_all, "weighted": lat_w})
+        if lat_w <= OP_SET_SLOWDOWN * lat_all:
+            row["chosen"] = "weighted"
+            q.op_set = "weighted"
+            ctx.model = cand_model
+    log.info("quantized ops: %s (agreement all %.4f, weighted %.4f)", row["chosen"], base["agreement"], cand["agreement"])
+    return row
 
 
 def _latency(threads: int, feeds: dict[str, np.ndarray], runs: int):
