@@ -26,6 +26,13 @@ class _Graph:
         self.model, self.g = model, model.graph
         self.inits = {i.name: i for i in self.g.initializer}
         self.outputs = {o.name for o in self.g.output}
+        # Work on a plain list of node copies: protobuf wrappers are not stable objects, so id()-based
+        # bookkeeping on graph.node itself could mix nodes up.
+        self.nodes: list[onnx.NodeProto] = []
+        for n in self.g.node:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            self.nodes.append(c)
         self.removed: set[int] = set()
         self._n = 0
         self.opset = 0
@@ -34,7 +41,7 @@ class _Graph:
     def refresh(self) -> None:
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.producer: dict[str, onnx.NodeProto] = {}
-        for n in self.g.node:
+        for n in self.nodes:
             if id(n) in self.removed:
                 continue
             for t in n.input:
@@ -67,7 +74,7 @@ class _Graph:
         return (b, ca) if ca is not None else (a, cb)
 
     def finish(self) -> None:
-        keep = [n for n in self.g.node if id(n) not in self.removed]
+        keep = [n for n in self.nodes if id(n) not in self.removed]
         del self.g.node[:]
         self.g.node.extend(keep)
         used = {t for n in keep for t in n.input} | self.outputs
@@ -89,7 +96,7 @@ def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
 def _fold_forward(gr: _Graph) -> int:
     """Conv -> Mul(c)/Add(c) chains into the conv."""
     count = 0
-    for conv in list(gr.g.node):
+    for conv in list(gr.nodes):
         if conv.op_type != "Conv" or id(conv) in gr.removed or len(conv.input) < 2:
             continue
         w = gr.const(conv.input[1])
@@ -134,7 +141,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 def _fold_backward(gr: _Graph) -> int:
     """Mul(scalar) -> Add(scalar) -> Conv without padding: fold into the conv."""
     count = 0
-    for conv in list(gr.g.node):
+    for conv in list(gr.nodes):
         if conv.op_type != "Conv" or id(conv) in gr.removed or len(conv.input) < 2:
             continue
         pads = _attr(conv, "pads", [0, 0, 0, 0])
@@ -174,7 +181,7 @@ def _fold_backward(gr: _Graph) -> int:
 def _fuse_hardswish(gr: _Graph) -> int:
     """x * Clip(x + 3, 0, 6) / 6 (either multiplication order) -> HardSwish(x)."""
     count = 0
-    for add in list(gr.g.node):
+    for add in list(gr.nodes):
         if id(add) in gr.removed:
             continue
         found = gr.affine_const(add)
@@ -196,13 +203,13 @@ def _fuse_hardswish(gr: _Graph) -> int:
                 or float(gr.const(div.input[1]).ravel()[0]) != 6.0:
             continue
         del dc
-        idx = list(gr.g.node).index(div)
+        idx = next(i for i, n in enumerate(gr.nodes) if n is div)
         if gr.opset >= 14:
-            gr.g.node.insert(idx, helper.make_node("HardSwish", [x], [div.output[0]], name=f"{add.name}_hardswish"))
+            gr.nodes.insert(idx, helper.make_node("HardSwish", [x], [div.output[0]], name=f"{add.name}_hardswish"))
         else:  # HardSwish(x) = x * HardSigmoid(x; 1/6, 0.5)
             gate = f"{add.name}_hardsigmoid_out"
-            gr.g.node.insert(idx, helper.make_node("Mul", [x, gate], [div.output[0]], name=f"{add.name}_hardswish_mul"))
-            gr.g.node.insert(idx, helper.make_node("HardSigmoid", [x], [gate], name=f"{add.name}_hardsigmoid",
+            gr.nodes.insert(idx, helper.make_node("Mul", [x, gate], [div.output[0]], name=f"{add.name}_hardswish_mul"))
+            gr.nodes.insert(idx, helper.make_node("HardSigmoid", [x], [gate], name=f"{add.name}_hardsigmoid",
                                                    alpha=1.0 / 6.0, beta=0.5))
         gr.removed.update({id(add), id(clip), id(mul), id(div)})
         gr.refresh()

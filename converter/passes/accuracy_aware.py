@@ -186,10 +186,12 @@ class MixedPrecisionPass(Pass):
         # Most sensitive first; layers that only matter together (a tensor shared by two quantized
         # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
         order = [r["layer"] for r in ranking] + [r["layer"] for r in prerank[k:]]
-        result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), o.max_float_layers,
+        # More than half the layers in float is no longer an int8 model (and hides broken calibration).
+        limit = min(o.max_float_layers, len(layers) // 2)
+        result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), limit,
                                  latency, start=(ctx.model, base))
         steps = result.report()
-        mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps,
+        mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps, "max_float_layers": limit,
                  "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
                         "one at a time until the accuracy budget held"}
         if result.float_layers:
