@@ -50,7 +50,13 @@ class _Graph:
                 self.producer[t] = n
 
     def const(self, name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(self.inits[name]).astype(np.float64) if name in self.inits else None
+        """The value of an initializer or a Constant node's output (exporters emit both), else None."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name]).astype(np.float64)
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
+        return None
 
     def add_init(self, base: str, value: np.ndarray) -> str:
         self._n += 1
@@ -75,9 +81,10 @@ class _Graph:
 
     def finish(self) -> None:
         keep = [n for n in self.nodes if id(n) not in self.removed]
+        used = {t for n in keep for t in n.input} | self.outputs
+        keep = [n for n in keep if n.op_type != "Constant" or any(t in used for t in n.output)]
         del self.g.node[:]
         self.g.node.extend(keep)
-        used = {t for n in keep for t in n.input} | self.outputs
         unused = [i for i in self.g.initializer if i.name not in used]
         for i in unused:
             self.g.initializer.remove(i)

@@ -168,3 +168,24 @@ def test_accuracy_budget_and_method_parsing():
             parse_budget(bad)
     assert main(["-q", "convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o",
                  "--accuracy-budget", "speed:3"]) == 2
+
+
+def test_fold_affine_is_exact_on_real_recogniser(tmp_path):
+    """The Conv/affine/HardSwish folds remove re-quantization points without changing float outputs."""
+    from converter.fold_affine import fold_for_quantization
+    from converter.onnx_utils import ort_session
+    from converter.shapes import pin_input_shapes
+
+    model = pin_input_shapes(onnx.load(str(ocr.model_path("rec"))), [1, 3, 48, 320])
+    before = len(model.graph.node)
+    onnx.save(model, str(tmp_path / "rec.onnx"))
+    folded, counts = fold_for_quantization(model)
+    onnx.checker.check_model(folded, full_check=True)
+    onnx.save(folded, str(tmp_path / "rec.folded.onnx"))
+    assert counts["affine_into_conv"] >= 20 and counts["hardswish"] >= 20 and counts["affine_into_next_conv"] >= 10
+    assert len(folded.graph.node) < before - 100
+    x, _ = ocr.line_crops(4, ocr.REC_SHAPE, seed=5, rotate_half=False)
+    a = ort_session(tmp_path / "rec.onnx").run(None, {"x": x[:1]})[0]
+    b = ort_session(tmp_path / "rec.folded.onnx").run(None, {"x": x[:1]})[0]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert (a.argmax(-1) == b.argmax(-1)).all()

@@ -194,6 +194,13 @@ class MixedPrecisionPass(Pass):
         mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps, "max_float_layers": limit,
                  "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
                         "one at a time until the accuracy budget held"}
+        if not result.passed:
+            last = result.steps[-1]
+            mixed["why_not_passed"] = (
+                f"budget still missed ({'; '.join(last.failures)}) with {len(result.steps) - 1} layer(s) tried in float; "
+                f"limit {limit} (--max-float-layers {o.max_float_layers}, at most half of the {len(layers)} quantizable "
+                "layers); the error is spread over many layers: raise the limit, add calibration data, or use QAT")
+            log.warning("mixed precision: %s", mixed["why_not_passed"])
         if result.float_layers:
             ctx.model = result.model
             ctx.precision = "int8-mixed"
