@@ -108,7 +108,11 @@ def ours(kind: str, src: Path, calib: Path, select: Path, work: Path, budget: st
             "--sensitivity-candidates", str(candidates)]
     if kind != "cls":
         args += ["--sensitivity-samples", "16"]
-    assert main(args) == 0, "conversion failed"
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # keep --json output clean
+        assert main(args) == 0, "conversion failed"
     with tarfile.open(out) as tar:
         tar.extract("model/model.onnx", work / "bundle", filter="data")
     report = json.loads(Path(str(out) + ".report.json").read_text())

@@ -189,3 +189,53 @@ def test_fold_affine_is_exact_on_real_recogniser(tmp_path):
     b = ort_session(tmp_path / "rec.folded.onnx").run(None, {"x": x[:1]})[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
+    """PP-OCRv4 recogniser through the whole converter (folds, op-set choice, int8) vs ORT's default
+    quantize_static on the same calibration data, scored on held-out real text-line crops."""
+    import tarfile
+
+    from converter.metrics import score
+    from converter.onnx_utils import ort_session
+    from converter.shapes import pin_input_shapes
+    from onnxruntime.quantization import quantize_static
+
+    xc, _ = ocr.line_crops(32, ocr.REC_SHAPE, seed=11, rotate_half=False)
+    xs, _ = ocr.line_crops(24, ocr.REC_SHAPE, seed=12, rotate_half=False)
+    xh, _ = ocr.line_crops(32, ocr.REC_SHAPE, seed=13, rotate_half=False)
+    np.savez(tmp_path / "calib.npz", x=xc)
+    np.savez(tmp_path / "select.npz", x=xs)
+    out = tmp_path / "rec.edgebundle"
+    assert main(["-q", "convert", str(ocr.model_path("rec")), "--input-shape", "1x3x48x320", "--profile", "raspberry-pi-4",
+                 "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "select.npz"), "--key", str(keys),
+                 "--out", str(out), "--calibration-method", "minmax", "--sensitivity", "off", "--force",
+                 "--bench-runs", "0"]) == 0
+    q = _pass(_report(out), "quantize")
+    assert any(c.startswith("folded") and "hardswish" in c for c in q["graph_changes"])
+    assert set(q["op_set_search"]) >= {"all", "weighted", "chosen"} and q["quantize_ops"] == q["op_set_search"]["chosen"]
+    with tarfile.open(out) as tar:
+        tar.extract("model/model.onnx", tmp_path / "bundle", filter="data")
+    float_model = tmp_path / "float.onnx"
+    onnx.save(pin_input_shapes(onnx.load(str(ocr.model_path("rec"))), [1, 3, 48, 320]), str(float_model))
+
+    class Reader:
+        def __init__(self):
+            self.it = iter(range(len(xc)))
+
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {"x": xc[i : i + 1]}
+
+    quantize_static(str(float_model), str(tmp_path / "default.onnx"), Reader())
+
+    def run(model):
+        sess = ort_session(model)
+        return np.concatenate([sess.run(None, {"x": xh[i : i + 1]})[0] for i in range(len(xh))])
+
+    ref = run(float_model)
+    ours = score(ref, run(tmp_path / "bundle" / "model" / "model.onnx"), "sequence")["agreement"]
+    default = score(ref, run(tmp_path / "default.onnx"), "sequence")["agreement"]
+    print(f"held-out timestep agreement: ours {ours:.4f}, ORT default {default:.4f}")
+    assert ours >= 0.90  # measured 0.944 here (0.93-0.96 on other crop sets)
+    assert ours >= default + 0.03  # ORT default measured 0.886 here (0.81 on the bench set)
