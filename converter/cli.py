@@ -139,6 +139,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
             parts.append(f"top-1 float {acc['float_top1_accuracy']:.2%} vs converted {acc['converted_top1_accuracy']:.2%}")
         if "top1_agreement" in acc:
             parts.append(f"agreement {acc['top1_agreement']:.2%}")
+        elif "agreement" in acc:
+            parts.append(f"{acc.get('agreement_metric', 'agreement')} {acc['agreement']:.2%}")
         parts.append(f"cosine {acc['mean_cosine']:.4f}")
         lines.append("accuracy: " + ", ".join(parts) + f" on {acc['samples']} {acc['data']} samples"
                      + ("" if acc.get("passed") else "  [GATE FAILED, written with --force]"))
