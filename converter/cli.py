@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape,
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
-    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
     p.add_argument("--calibration-method", metavar="METHOD",
                    help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "

@@ -205,11 +205,11 @@ def _fuse_hardswish(gr: _Graph) -> int:
         if mul is None or mul.op_type != "Mul" or set(mul.input) != {x, clip.output[0]}:
             continue
         div = gr.single_consumer(mul.output[0])
-        dc = gr.affine_const(div) if div is not None and div.op_type == "Div" else None
-        if div is None or div.op_type != "Div" or div.input[0] != mul.output[0] or gr.const(div.input[1]) is None \
-                or float(gr.const(div.input[1]).ravel()[0]) != 6.0:
+        if div is None or div.op_type != "Div" or div.input[0] != mul.output[0]:
             continue
-        del dc
+        six = gr.const(div.input[1])
+        if six is None or six.size != 1 or float(six.ravel()[0]) != 6.0:
+            continue
         idx = next(i for i, n in enumerate(gr.nodes) if n is div)
         if gr.opset >= 14:
             gr.nodes.insert(idx, helper.make_node("HardSwish", [x], [div.output[0]], name=f"{add.name}_hardswish"))
