@@ -104,7 +104,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
         min_agreement=budget.get("min_agreement", args.min_agreement),
         min_cosine=budget.get("min_cosine", 0.99), max_float_layers=args.max_float_layers,
-        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples, force=args.force, bench_runs=args.bench_runs,
+        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples,
+        sensitivity_candidates=args.sensitivity_candidates, quantize_ops=args.quantize_ops, force=args.force, bench_runs=args.bench_runs,
         reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
         scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
     )
@@ -142,6 +143,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
             parts.append(f"top-1 float {acc['float_top1_accuracy']:.2%} vs converted {acc['converted_top1_accuracy']:.2%}")
         if "top1_agreement" in acc:
             parts.append(f"agreement {acc['top1_agreement']:.2%}")
+        elif "agreement" in acc:
+            parts.append(f"{acc.get('agreement_metric', 'agreement')} {acc['agreement']:.2%}")
         parts.append(f"cosine {acc['mean_cosine']:.4f}")
         lines.append("accuracy: " + ", ".join(parts) + f" on {acc['samples']} {acc['data']} samples"
                      + ("" if acc.get("passed") else "  [GATE FAILED, written with --force]"))
@@ -205,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite int8-static model input/output type (default float32; int8/uint8 record scale/zero point)")
     p.add_argument("--input-shape", type=_shape,
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
-    p.add_argument("--calibration", type=Path, help="calibration data (.npz or image folder) for int8")
-    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, or class folders) for the accuracy gate")
+    p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
     p.add_argument("--calibration-method", metavar="METHOD",
                    help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
@@ -220,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
                    help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
     p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")
+    p.add_argument("--quantize-ops", choices=["auto", "all", "weighted"], default="auto",
+                   help="int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm (weighted), "
+                   "or auto: measure both on the eval data, keep weighted if it agrees better and is not slower (default)")
+    p.add_argument("--sensitivity-candidates", type=int, default=16,
+                   help="layers measured by exclusion; a model with more is pre-ranked cheaply by the activation error "
+                   "each layer adds and only the top N are measured (default 16)")
     p.add_argument("--calibration-samples", type=int, default=256, help="max calibration samples used (default 256)")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")

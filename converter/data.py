@@ -38,15 +38,20 @@ class Dataset:
 
 
 def load_dataset(
-    source: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None = None
+    source: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None = None,
+    max_frames: int = 256,
 ) -> Dataset:
-    """Load an .npz file or an image folder for a model with these inputs."""
+    """Load an .npz file, an image folder or a video file (max_frames sampled evenly) for these inputs."""
+    from .video import is_video, load_video
+
     source = Path(source)
     if source.is_dir():
         return _load_image_folder(source, inputs, preprocess, labels)
     if source.suffix.lower() == ".npz" and source.is_file():
         return _load_npz(source, inputs)
-    raise DataError(f"{source}: data must be an .npz file or a folder of images")
+    if is_video(source) and source.is_file():
+        return Dataset({inputs[0].name: load_video(source, inputs, preprocess, max_frames)}, None, origin=str(source))
+    raise DataError(f"{source}: data must be an .npz file, a folder of images or a video file")
 
 
 def _fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str) -> np.ndarray:

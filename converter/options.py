@@ -43,3 +43,5 @@ class ConvertOptions:
     max_float_layers: int | None = None  # mixed-precision fallback cap; None: a quarter of the layers, at most 8
     sensitivity: str = "auto"  # auto (when int8 misses the budget) | always | off
     sensitivity_samples: int = 64  # eval samples used to rank layers
+    quantize_ops: str = "auto"  # all | weighted (Conv/ConvTranspose/MatMul/Gemm only) | auto (measured)
+    sensitivity_candidates: int = 16  # layers measured by exclusion (more layers: pre-ranked by activation error)

@@ -18,6 +18,8 @@ from .data import Dataset
 
 log = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# `--quantize-ops weighted`: only weight-carrying ops get QDQ; Add/Mul/Resize/activations stay float between them.
+OP_SETS: dict[str, tuple[str, ...] | None] = {"all": None, "weighted": QUANTIZABLE_OPS}
 MIN_QDQ_OPSET = 13  # per-channel DequantizeLinear needs the `axis` attribute (opset 13)
 
 
@@ -86,6 +88,7 @@ class OrtStaticQuantizer:
     per_channel: bool = True
     activation_type: str = "uint8"
     weight_type: str = "int8"
+    op_set: str = "all"  # key of OP_SETS; calibration always covers all ops so every set reuses the cache
     _caches: dict[str, Path] = field(default_factory=dict)
     _count: int = 0
 
@@ -102,18 +105,23 @@ class OrtStaticQuantizer:
                                       "distribution": CalibrationMethod.Distribution}[name],
                     extra_options=extra)
 
-    def quantize(self, method: str, exclude: list[str] | None = None, dst: Path | None = None) -> Path:
+    def quantize(self, method: str, exclude: list[str] | None = None, dst: Path | None = None,
+                 op_set: str | None = None) -> Path:
         """Quantize with `method`, leaving `exclude` nodes in float; calibrates on first use of a method."""
         from onnxruntime.quantization import quantize_static
 
         self._count += 1
         dst = dst or self.workdir / f"q{self._count}.onnx"
         cache = self.workdir / f"calib.{method.replace(':', '_')}.json"
+        ops = OP_SETS[op_set or self.op_set]
+        if not cache.is_file() and ops is not None:  # calibrate every tensor once, so all op sets share the cache
+            self.quantize(method, dst=self.workdir / "calibrate.onnx", op_set="all")
         reader = None if cache.is_file() else DatasetReader(self.calibration, self.samples)
+        extra = {"op_types_to_quantize": list(ops)} if ops is not None else {}
         # ORT's histogram calibrators print progress to stdout and warn about pre-processing: keep --json clean.
         with contextlib.redirect_stdout(io.StringIO()), _quiet("root"):
             quantize_static(str(self.src), str(dst), reader, nodes_to_exclude=list(exclude or []),
-                            calibration_cache_path=str(cache), **self._common(method))
+                            calibration_cache_path=str(cache), **self._common(method), **extra)
         self._caches[method] = cache
         return dst
 

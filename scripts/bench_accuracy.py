@@ -14,8 +14,10 @@ import argparse
 import json
 import logging
 import sys
+import os
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converter.metrics import score  # noqa: E402
 from converter.onnx_utils import ort_session  # noqa: E402
-from edge_agent.bench import time_runs  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
 
+FAST_METHODS = "minmax,percentile:99.99,percentile:99.999"  # det/rec: histogram calibrators cost minutes there
 SETUPS = {  # kind: (input shape, task, calib n, select n, held-out n)
     "cls": ([1, 3, 48, 192], "classification", 128, 200, 200),
     "det": ([1, 3, 320, 320], "map", 48, 48, 48),
@@ -47,11 +49,22 @@ def run(model: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
-def latency(model: Path, x: np.ndarray, runs: int) -> float:
-    sess = ort_session(model, threads=2)
-    name = sess.get_inputs()[0].name
-    _, ms = time_runs(lambda: sess.run(None, {name: x[:1]}), runs, 5)
-    return float(np.median(ms))
+def latencies(models: dict[str, Path], x: np.ndarray, runs: int) -> dict[str, float]:
+    """Median ms per model, batch 1, 2 threads; runs interleaved (A B C A B C ...) so load spikes hit all alike."""
+    import time
+
+    sessions = {k: ort_session(m, threads=2) for k, m in models.items()}
+    feeds = {k: {s.get_inputs()[0].name: x[:1]} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(3):
+            s.run(None, feeds[k])
+    ms: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            ms[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in ms.items()}
 
 
 def default_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
@@ -80,7 +93,8 @@ def default_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
     return out
 
 
-def ours(kind: str, src: Path, calib: Path, select: Path, work: Path, budget: str, max_float: int) -> tuple[Path, Path, dict]:
+def ours(kind: str, src: Path, calib: Path, select: Path, work: Path, budget: str, max_float: int,
+         methods: str, candidates: int) -> tuple[dict, Path]:
     """The converter CLI's recipe; returns (float model, int8 model, report)."""
     from converter.cli import main
     from edge_agent.bundle import generate_keypair
@@ -89,24 +103,32 @@ def ours(kind: str, src: Path, calib: Path, select: Path, work: Path, budget: st
     out = work / f"{kind}.edgebundle"
     shape = "x".join(map(str, SETUPS[kind][0]))
     args = ["-q", "convert", str(src), "--input-shape", shape, "--profile", "raspberry-pi-4", "--calibration", str(calib),
-            "--eval", str(select), "--key", str(key), "--out", str(out), "--calibration-method", "auto",
-            "--accuracy-budget", budget, "--max-float-layers", str(max_float), "--bench-runs", "0", "--force"]
+            "--eval", str(select), "--key", str(key), "--out", str(out), "--calibration-method", methods,
+            "--accuracy-budget", budget, "--max-float-layers", str(max_float), "--bench-runs", "0", "--force",
+            "--sensitivity-candidates", str(candidates)]
     if kind != "cls":
         args += ["--sensitivity-samples", "16"]
-    assert main(args) == 0, "conversion failed"
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # keep --json output clean
+        assert main(args) == 0, "conversion failed"
     with tarfile.open(out) as tar:
         tar.extract("model/model.onnx", work / "bundle", filter="data")
     report = json.loads(Path(str(out) + ".report.json").read_text())
     return report, work / "bundle" / "model" / "model.onnx"
 
 
-def bench(kind: str, runs: int, budget: str, max_float: int) -> dict:
+def bench(kind: str, runs: int, budget: str, max_float: int, methods: str, candidates: int) -> dict:
     shape, task, n_cal, n_sel, n_eval = SETUPS[kind]
     work = Path(tempfile.mkdtemp(prefix=f"bench-acc-{kind}-"))
     calib, select, held = data(kind, n_cal, 1), data(kind, n_sel, 2), data(kind, n_eval, 3)
     np.savez(work / "calib.npz", x=calib)
     np.savez(work / "select.npz", x=select)
-    report, ours_model = ours(kind, ocr.model_path(kind), work / "calib.npz", work / "select.npz", work, budget, max_float)
+    t0 = time.perf_counter()
+    report, ours_model = ours(kind, ocr.model_path(kind), work / "calib.npz", work / "select.npz", work, budget, max_float,
+                              methods if kind == "cls" or methods != "auto" else FAST_METHODS, candidates)
+    convert_s = time.perf_counter() - t0
     # the float reference is the converter's pinned, cleaned float graph's source: re-pin it here
     import onnx
 
@@ -117,16 +139,19 @@ def bench(kind: str, runs: int, budget: str, max_float: int) -> dict:
     default_model = default_int8(float_model, calib, work / "default.int8.onnx")
     ref = run(float_model, held)
     rows = {}
-    for label, model in (("float", float_model), ("ort-default-int8", default_model), ("edgekit-int8", ours_model)):
+    models = {"float": float_model, "ort-default-int8": default_model, "edgekit-int8": ours_model}
+    lat = latencies(models, held, runs)
+    for label, model in models.items():
         s = score(ref, run(model, held), task)
         rows[label] = {"agreement": s["agreement"], "metric": s["metric"], "mean_cosine": s["mean_cosine"],
                        **{k: s[k] for k in ("mean_iou", "sequence_equal") if k in s},
-                       "latency_ms": round(latency(model, held, runs), 3), "size_mb": round(model.stat().st_size / 1e6, 3)}
+                       "latency_ms": round(lat[label], 3), "size_mb": round(model.stat().st_size / 1e6, 3)}
     for r in rows.values():
         r["speedup_vs_float"] = round(rows["float"]["latency_ms"] / r["latency_ms"], 2)
     m = report["measurements"]
     mixed = m.get("mixed_precision", {})
-    return {"model": kind, "held_out_samples": n_eval, "precision": report["precision"],
+    return {"model": kind, "held_out_samples": n_eval, "precision": report["precision"], "convert_seconds": round(convert_s, 1),
+            "load_avg": round(os.getloadavg()[0], 2),
             "calibration": m.get("calibration_search", {}).get("chosen"),
             "float_layers": mixed.get("float_layers", []), "mixed_steps": mixed.get("steps"), "results": rows}
 
@@ -137,16 +162,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget", default="agreement:0.95")
     ap.add_argument("--max-float-layers", type=int, default=8)
+    ap.add_argument("--methods", default="auto", help="--calibration-method for ours (auto: all for cls, "
+                    f"{FAST_METHODS} for det/rec)")
+    ap.add_argument("--candidates", type=int, default=16, help="--sensitivity-candidates (layers measured by exclusion)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = [bench(k, args.runs, args.budget, args.max_float_layers) for k in args.models.split(",")]
+    results = [bench(k, args.runs, args.budget, args.max_float_layers, args.methods, args.candidates) for k in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for r in results:
         print(f"\n{r['model']}: {r['held_out_samples']} held-out inputs, ours = {r['precision']} "
-              f"(calibration {r['calibration']}, float layers: {', '.join(r['float_layers']) or 'none'})")
+              f"(calibration {r['calibration']}, float layers: {', '.join(r['float_layers']) or 'none'}; "
+              f"converted in {r['convert_seconds']} s, load average {r['load_avg']})")
         print(f"  {'variant':<18} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'speedup':>8} {'MB':>7}")
         for label, x in r["results"].items():
             print(f"  {label:<18} {x['agreement']:>9.3f} {x['metric']:<26} {x['latency_ms']:>10.3f} "

@@ -61,10 +61,13 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
     chosen = scores[search["chosen"]]
     assert chosen["agreement"] >= scores["minmax"]["agreement"]  # minmax = the profile's default method
     assert _pass(report, "quantize")["calibration_method"] == search["chosen"]
-    # sensitivity ranking: every Conv of the classifier measured, most sensitive first
-    ranking = m["sensitivity"]["ranking"]
+    # sensitivity: every Conv of the classifier pre-ranked by the activation error it adds, the top 16
+    # measured by exclusion, most sensitive first
+    ranking, prerank = m["sensitivity"]["ranking"], m["sensitivity"]["prerank"]
     model = onnx.load(str(ocr.model_path("cls")))
-    assert len(ranking) >= sum(n.op_type == "Conv" for n in model.graph.node)  # + the FC MatMul after clean-up
+    assert len(prerank) >= 0.9 * sum(n.op_type == "Conv" for n in model.graph.node)
+    assert [r["added_error"] for r in prerank] == sorted((r["added_error"] for r in prerank), reverse=True)
+    assert len(ranking) == 16 and {r["layer"] for r in ranking} == {r["layer"] for r in prerank[:16]}
     reductions = [r["error_reduction"] for r in ranking]
     assert reductions == sorted(reductions, reverse=True) and reductions[0] > 0
     assert _pass(report, "mixed-precision")["sensitivity"]["top"][0]["layer"] == ranking[0]["layer"]
@@ -165,3 +168,74 @@ def test_accuracy_budget_and_method_parsing():
             parse_budget(bad)
     assert main(["-q", "convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o",
                  "--accuracy-budget", "speed:3"]) == 2
+
+
+def test_fold_affine_is_exact_on_real_recogniser(tmp_path):
+    """The Conv/affine/HardSwish folds remove re-quantization points without changing float outputs."""
+    from converter.fold_affine import fold_for_quantization
+    from converter.onnx_utils import ort_session
+    from converter.shapes import pin_input_shapes
+
+    model = pin_input_shapes(onnx.load(str(ocr.model_path("rec"))), [1, 3, 48, 320])
+    before = len(model.graph.node)
+    onnx.save(model, str(tmp_path / "rec.onnx"))
+    folded, counts = fold_for_quantization(model)
+    onnx.checker.check_model(folded, full_check=True)
+    onnx.save(folded, str(tmp_path / "rec.folded.onnx"))
+    assert counts["affine_into_conv"] >= 20 and counts["hardswish"] >= 20 and counts["affine_into_next_conv"] >= 10
+    assert len(folded.graph.node) < before - 100
+    x, _ = ocr.line_crops(4, ocr.REC_SHAPE, seed=5, rotate_half=False)
+    a = ort_session(tmp_path / "rec.onnx").run(None, {"x": x[:1]})[0]
+    b = ort_session(tmp_path / "rec.folded.onnx").run(None, {"x": x[:1]})[0]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
+    """PP-OCRv4 recogniser through the whole converter (folds, op-set choice, int8) vs ORT's default
+    quantize_static on the same calibration data, scored on held-out real text-line crops."""
+    import tarfile
+
+    from converter.metrics import score
+    from converter.onnx_utils import ort_session
+    from converter.shapes import pin_input_shapes
+    from onnxruntime.quantization import quantize_static
+
+    xc, _ = ocr.line_crops(32, ocr.REC_SHAPE, seed=11, rotate_half=False)
+    xs, _ = ocr.line_crops(24, ocr.REC_SHAPE, seed=12, rotate_half=False)
+    xh, _ = ocr.line_crops(32, ocr.REC_SHAPE, seed=13, rotate_half=False)
+    np.savez(tmp_path / "calib.npz", x=xc)
+    np.savez(tmp_path / "select.npz", x=xs)
+    out = tmp_path / "rec.edgebundle"
+    assert main(["-q", "convert", str(ocr.model_path("rec")), "--input-shape", "1x3x48x320", "--profile", "raspberry-pi-4",
+                 "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "select.npz"), "--key", str(keys),
+                 "--out", str(out), "--calibration-method", "minmax", "--sensitivity", "off", "--force",
+                 "--bench-runs", "0"]) == 0
+    q = _pass(_report(out), "quantize")
+    assert any(c.startswith("folded") and "hardswish" in c for c in q["graph_changes"])
+    assert set(q["op_set_search"]) >= {"all", "weighted", "chosen"} and q["quantize_ops"] == q["op_set_search"]["chosen"]
+    with tarfile.open(out) as tar:
+        tar.extract("model/model.onnx", tmp_path / "bundle", filter="data")
+    float_model = tmp_path / "float.onnx"
+    onnx.save(pin_input_shapes(onnx.load(str(ocr.model_path("rec"))), [1, 3, 48, 320]), str(float_model))
+
+    class Reader:
+        def __init__(self):
+            self.it = iter(range(len(xc)))
+
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {"x": xc[i : i + 1]}
+
+    quantize_static(str(float_model), str(tmp_path / "default.onnx"), Reader())
+
+    def run(model):
+        sess = ort_session(model)
+        return np.concatenate([sess.run(None, {"x": xh[i : i + 1]})[0] for i in range(len(xh))])
+
+    ref = run(float_model)
+    ours = score(ref, run(tmp_path / "bundle" / "model" / "model.onnx"), "sequence")["agreement"]
+    default = score(ref, run(tmp_path / "default.onnx"), "sequence")["agreement"]
+    print(f"held-out timestep agreement: ours {ours:.4f}, ORT default {default:.4f}")
+    assert ours >= 0.90  # measured 0.944 here (0.93-0.96 on other crop sets)
+    assert ours >= default + 0.03  # ORT default measured 0.886 here (0.81 on the bench set)

@@ -22,10 +22,13 @@ from ..data import Dataset
 from ..metrics import detect_task, score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..onnx_utils import ort_session, run_dataset
+from ..ort_activation_error import local_errors
 from ..ort_quant import OrtStaticQuantizer, quantizable_nodes
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
+OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny nets: 5x; big ones: about equal)
+PRERANK_SAMPLES = 8  # samples for the cheap activation-error pre-ranking
 STATE = "_int8_state"  # ctx.measurements key (not serialised): quantizer + chosen method
 
 
@@ -61,7 +64,8 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) 
     """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
-                           prec.activation_type, prec.weight_type)
+                           prec.activation_type, prec.weight_type,
+                           op_set=o.quantize_ops if o.quantize_ops != "auto" else "all")
     methods = candidates(method_spec)
     n = min(len(ctx.calibration), o.calibration_samples)
     warning = sample_warning(methods, n)
@@ -84,9 +88,39 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) 
         ctx.model, chosen, table = sel.model, sel.method, sel.table
         ctx.measurements["calibration_search"] = {"chosen": chosen, "task": evaluate.task, "samples": len(data),
                                                    "candidates": table}
+    if o.quantize_ops == "auto" and data is not None:
+        entry["op_set_search"] = _choose_op_set(ctx, q, chosen, data)
+    entry["quantize_ops"] = q.op_set
     ctx.measurements[STATE] = {"quantizer": q, "method": chosen}
     entry.update(calibration_method=chosen, calibration_candidates=table)
     return entry
+
+
+def _choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, data: Dataset) -> dict[str, Any]:
+    """Try QDQ on weight-carrying ops only vs on every op ORT can quantize; keep `weighted` when it agrees
+    better with float and is not more than OP_SET_SLOWDOWN slower (on small nets the extra Q/DQ
+    transitions can cost more than int8 saves)."""
+    evaluate = ctx.measurements.get("_evaluator") or _Evaluator(ctx.float_model, data, task_of(ctx))
+    ctx.measurements["_evaluator"] = evaluate
+    base_model = ctx.model
+    base = evaluate(base_model)
+    cand_model = q.quantize(method, op_set="weighted")
+    cand = evaluate(cand_model)
+    row: dict[str, Any] = {"all": base, "weighted": cand, "chosen": "all"}
+    # Strictly higher task agreement (not just lower error): ties keep `all` without timing anything,
+    # so conversions stay reproducible unless the choice really matters.
+    if cand["agreement"] > base["agreement"]:
+        threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
+        measure = _latency(threads, data.sample(0), 10)
+        lat_all, lat_w = measure(base_model), measure(cand_model)
+        lat_all = min(lat_all, measure(base_model))  # measured again after, so a load spike does not decide
+        row.update(latency_ms={"all": lat_all, "weighted": lat_w})
+        if lat_w <= OP_SET_SLOWDOWN * lat_all:
+            row["chosen"] = "weighted"
+            q.op_set = "weighted"
+            ctx.model = cand_model
+    log.info("quantized ops: %s (agreement all %.4f, weighted %.4f)", row["chosen"], base["agreement"], cand["agreement"])
+    return row
 
 
 def _latency(threads: int, feeds: dict[str, np.ndarray], runs: int):
@@ -128,10 +162,23 @@ class MixedPrecisionPass(Pass):
         sens_eval = _Evaluator(ctx.float_model, sens_data, task) if len(sens_data) < len(data) else evaluate
         sens_base = sens_eval(ctx.model) if sens_eval is not evaluate else base
         build = lambda exclude: q.quantize(method, exclude)  # noqa: E731
-        ranking = rank_by_exclusion(layers, build, sens_eval, sens_base)
+        k = max(1, o.sensitivity_candidates)
+        prerank: list[dict[str, Any]] = []
+        if len(layers) > k:
+            # Many layers: rank all cheaply by the error each adds (one run of float and int8), then
+            # measure only the top k by exclusion.
+            prerank = local_errors(q.src, ctx.model, sens_data.head(PRERANK_SAMPLES), layers, ctx.workdir)
+            log.info("pre-ranked %d layers by added activation error; measuring the top %d", len(layers), k)
+        measured = [r["layer"] for r in prerank[:k]] if prerank else layers
+        ranking = rank_by_exclusion(measured, build, sens_eval, sens_base)
         entry["sensitivity"] = {"signal": "output error with the layer alone kept in float",
-                                "samples": len(sens_data), "layers": len(layers), "top": ranking[:10]}
-        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking}
+                                "samples": len(sens_data), "layers": len(layers), "measured": len(measured),
+                                "top": ranking[:10]}
+        if prerank:
+            entry["sensitivity"]["prerank"] = {"signal": "activation error added by the layer in the int8 model",
+                                               "samples": min(len(sens_data), PRERANK_SAMPLES), "top": prerank[:10]}
+        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking,
+                                           "prerank": prerank}
         if not reasons:
             return entry
         # By default a quarter of the quantizable layers (at most 8): a model with most of its layers
@@ -144,13 +191,23 @@ class MixedPrecisionPass(Pass):
         latency = _latency(threads, data.sample(0), max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
         # Most sensitive first; layers that only matter together (a tensor shared by two quantized
         # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
-        order = [r["layer"] for r in ranking]
+        order = [r["layer"] for r in ranking] + [r["layer"] for r in prerank[k:]]
+        limit = min(limit, len(layers) - 1)  # every layer in float is never an int8 model
         result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), limit,
                                  latency, start=(ctx.model, base))
         steps = result.report()
         mixed = {"float_layers": result.float_layers, "passed": result.passed, "steps": steps, "max_float_layers": limit,
                  "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
                         "one at a time until the accuracy budget held"}
+        if not result.passed:
+            kept = [s for s in result.steps if s.layer in result.float_layers[-1:]] or result.steps[:1]
+            mixed["why_not_passed"] = (
+                f"budget still missed (best: {'; '.join(kept[-1].failures)}, keeping {len(result.float_layers)} layer(s) "
+                f"in float) after trying {len(result.steps) - 1} layer(s) one by one; "
+                f"limit {limit} (--max-float-layers {o.max_float_layers or 'default: a quarter of the layers, at most 8'}, "
+                f"never all {len(layers)} quantizable "
+                "layers); the error is spread over many layers: raise the limit, add calibration data, or use QAT")
+            log.warning("mixed precision: %s", mixed["why_not_passed"])
         if result.float_layers:
             ctx.model = result.model
             ctx.precision = "int8-mixed"

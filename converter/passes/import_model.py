@@ -43,10 +43,10 @@ class ImportPass(Pass):
             ctx.preprocess = Preprocess(kind="none")
         ctx.postprocess = Postprocess(kind=o.postprocess, softmax=True, top_k=o.top_k)
         if o.calibration:
-            ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels)
+            ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
-            ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels)
+            ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples)
         if ctx.evaluation is None and ctx.calibration is not None:
             log.warning("no --eval data: the accuracy gate compares float vs converted outputs on the calibration data")
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:

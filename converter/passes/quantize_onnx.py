@@ -83,6 +83,22 @@ def quantize_static_int8(ctx: ConversionContext, src, dst, method: str, per_chan
     )
 
 
+def fold_graph(src, out):
+    """Exact Conv/affine/HardSwish folds that remove re-quantization points (converter/fold_affine.py)."""
+    from ..fold_affine import fold_for_quantization
+
+    try:
+        model, counts = fold_for_quantization(onnx.load(str(src)))
+        if not any(counts.values()):
+            return src, []
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(out), save_as_external_data=False)
+    except Exception as exc:  # best effort: quantize the unfolded graph
+        log.warning("graph folding before quantization failed (%s); quantizing without it", str(exc).splitlines()[0][:160])
+        return src, []
+    return out, [f"folded {n} {what.replace('_', ' ')}" for what, n in counts.items() if n]
+
+
 class QuantizePass(Pass):
     name = "quantize"
 
@@ -119,7 +135,9 @@ class QuantizePass(Pass):
         from ..ort_quant import prepare_for_qdq
         from .accuracy_aware import quantize_int8_measured
 
+        src, folds = fold_graph(src, ctx.workdir / "float.folded.onnx")
         src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")
+        notes = folds + notes
         measured = quantize_int8_measured(ctx, src, method)
         return {
             "recipe": "int8-static", "format": "QDQ", **measured,
