@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .bundle import BundleError, read_manifest_unverified, verify_bundle
+from .bundle import read_manifest_unverified, verify_bundle
 from .home import AgentHome, default_home, require_trust, unpacked_bundle
 
 log = logging.getLogger("edge_agent")

@@ -175,7 +175,7 @@ def swap_pause(work: Path, seconds: float = 2.0) -> dict[str, float]:
 
     from examples import digits_cnn
 
-    onnx_path = digits_cnn.export_onnx(digits_cnn.build().eval(), work / "swap.onnx")
+    digits_cnn.export_onnx(digits_cnn.build().eval(), work / "swap.onnx")
     m = M(name="swap", version=1, profile=PROFILE, format="onnx", runtime="onnxruntime", precision="fp32",
           model_file="swap.onnx", inputs=[TensorSpec("image", "float32", [1, 1, 8, 8])],
           outputs=[TensorSpec("logits", "float32", [1, 10])])

@@ -82,3 +82,13 @@ def fp16_bundle(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "digits-fp16.edgebundle"
     assert main(convert_args(digits, out, "jetson-orin-nano")) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_v2_bundle(digits, tmp_path_factory) -> Path:
+    """The same digits model converted again as version 2 (a different, newer bundle)."""
+    from converter.cli import main
+
+    out = tmp_path_factory.mktemp("bundles-v2") / "digits-int8-v2.edgebundle"
+    assert main(convert_args(digits, out, "raspberry-pi-4", "--model-version", "2")) == 0
+    return out

@@ -196,21 +196,7 @@ class SimDevice:
         self._set_phase("succeeded")
 
 
-# --- shared pytest fixtures for the fleet tests (imported by tests/test_fleet_*.py) ----------
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def int8_v2_bundle(digits, tmp_path_factory):
-    """The same digits model converted again as version 2 (a different, newer bundle)."""
-    from converter.cli import main
-
-    from tests.conftest import convert_args
-
-    out = tmp_path_factory.mktemp("bundles-v2") / "digits-int8-v2.edgebundle"
-    assert main(convert_args(digits, out, "raspberry-pi-4", "--model-version", "2")) == 0
-    return out
+# --- helpers for the fleet tests ------------------------------------------------------------
 
 
 def ref_of(path) -> BundleRef:

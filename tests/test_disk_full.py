@@ -9,7 +9,6 @@ import subprocess
 import pytest
 
 from edge_agent.cli import main as agent_main
-from tests.fleet_sim import int8_v2_bundle  # noqa: F401 - fixture import
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle import TrustStore, generate_keypair, sha256_file
+from edge_agent.bundle import TrustStore, generate_keypair
 from edge_agent.cli import main as agent_main
 from edge_agent.home import AgentHome
 from edge_agent.ota.daemon import Agent, AgentConfig

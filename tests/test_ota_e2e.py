@@ -18,7 +18,6 @@ from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import Registry
 from edge_fleet.server import FleetServer
-from tests.fleet_sim import int8_v2_bundle  # noqa: F401 - fixture import
 from tests.ota_helpers import AgentProcess, wait_for
 
 

@@ -10,39 +10,15 @@ fp32          unchanged
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 
-from ..data import Dataset
 from ..errors import ConversionError
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
 MIN_CALIBRATION_SAMPLES = 16
-
-
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over a Dataset, one sample per batch."""
-
-    def __init__(self, data: Dataset, limit: int) -> None:
-        self._data = data
-        self._n = min(len(data), limit)
-        self._it: Iterator[int] = iter(range(self._n))
-
-    def get_next(self):
-        i = next(self._it, None)
-        return None if i is None else self._data.sample(i)
-
-    def rewind(self) -> None:
-        self._it = iter(range(self._n))
-
-
-def calibration_method(name: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[name]
 
 
 def quant_type(name: str):
@@ -65,22 +41,6 @@ def preprocess_for_quantization(ctx: ConversionContext):
         log.warning("quant_pre_process failed (%s: %s); quantizing the cleaned graph without it.%s", exc.__class__.__name__,
                     (str(exc).splitlines() or [""])[0][:160], hint)
         return ctx.float_model, "skipped"
-
-
-def quantize_static_int8(ctx: ConversionContext, src, dst, method: str, per_channel: bool,
-                         activation_type: str, weight_type: str, nodes_to_exclude: list[str] | None = None) -> None:
-    """ONNX Runtime static QDQ quantization with the user's calibration data."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
-
-    extra: dict[str, Any] = {}
-    if method == "percentile":
-        extra["CalibPercentile"] = 99.99
-    quantize_static(
-        str(src), str(dst), _Reader(ctx.calibration, ctx.options.calibration_samples),
-        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=quant_type(activation_type), weight_type=quant_type(weight_type),
-        calibrate_method=calibration_method(method), nodes_to_exclude=nodes_to_exclude or [], extra_options=extra,
-    )
 
 
 def fold_graph(src, out):
