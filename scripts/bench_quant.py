@@ -52,7 +52,7 @@ def bundle_for(work: Path, key: Path, precision: str | None) -> tuple[Path, dict
     return out, {"seconds": round(time.perf_counter() - t0, 2), "accuracy": result.measurements.get("accuracy", {})}
 
 
-def time_interleaved(runners: dict[str, callable], runs: int, warmup: int, block: int = 10) -> dict[str, dict]:
+def time_interleaved(runners: dict[str, callable], runs: int, warmup: int, block: int = 20) -> dict[str, dict]:
     """Time every runner in alternating blocks so machine noise hits all of them alike."""
     for fn in runners.values():
         for _ in range(warmup):
@@ -60,6 +60,8 @@ def time_interleaved(runners: dict[str, callable], runs: int, warmup: int, block
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(max(1, runs // block)):
         for name, fn in runners.items():
+            time.sleep(0.2)  # let the previous session's spinning ORT threads park (they would steal the cores)
+            fn()  # untimed
             for _ in range(block):
                 t = time.perf_counter()
                 fn()
