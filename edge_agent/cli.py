@@ -29,6 +29,9 @@ EXIT_CODES_HELP = """exit codes:
   18 not enough disk space           20 bad device profile  40 runtime could not load/run
   30 video source cannot be opened   31 live source lost (reconnects exhausted)
   32 frames keep failing             33 output cannot be written  34 metrics port unavailable
+  41 health check failed (self-test or latency budget): the previous model stays active
+  50 no usable slot (nothing to roll back to)   51 download failed or stalled
+  52 update refused (see message)                53 downgrade refused (fleet must mark a rollback)
 """
 
 # ---- command implementations ------------------------------------------------------------
