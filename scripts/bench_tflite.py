@@ -36,20 +36,11 @@ from converter.options import ConvertOptions  # noqa: E402
 from converter.pipeline import convert  # noqa: E402
 from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle  # noqa: E402
 from edge_agent.runtimes import load_session  # noqa: E402
-from edge_agent.telemetry.latency import summarize_ms  # noqa: E402
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant import MEAN, STD, calibration_images, time_interleaved  # noqa: E402  - one timing method for all benches
+
 TARGET_SPEEDUP, TARGET_SIZE, AUTO_TOLERANCE = 1.5, 0.3, 0.05
-
-
-def calibration_images(n: int, seed: int = 0) -> np.ndarray:
-    """Smooth random 'images' normalised like ImageNet inputs, NCHW (speed benchmark: content does not matter)."""
-    rng = np.random.default_rng(seed)
-    low = rng.uniform(0, 1, size=(n, 3, 14, 14)).astype(np.float32)
-    img = low.repeat(16, axis=2).repeat(16, axis=3)
-    img += rng.normal(0, 0.05, size=img.shape).astype(np.float32)
-    mean, std = np.array(MEAN, np.float32)[:, None, None], np.array(STD, np.float32)[:, None, None]
-    return ((np.clip(img, 0, 1) - mean) / std).astype(np.float32)
 
 
 def build(work: Path, key: Path, name: str, fmt: str, precision: str | None) -> tuple[Path, dict]:
@@ -63,20 +54,6 @@ def build(work: Path, key: Path, name: str, fmt: str, precision: str | None) -> 
     ), fmt=fmt)
     return out, {"seconds": round(time.perf_counter() - t0, 2), "format": result.format, "precision": result.precision,
                  "measurements": result.measurements}
-
-
-def time_interleaved(runners: dict, runs: int, warmup: int, block: int = 10) -> dict[str, dict]:
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(max(1, runs // block)):
-        for name, fn in runners.items():
-            for _ in range(block):
-                t = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t) * 1e3)
-    return {k: summarize_ms(v) for k, v in samples.items()}
 
 
 def main() -> int:
