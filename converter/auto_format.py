@@ -56,13 +56,14 @@ def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs:
             run()  # warm-up
         calls[key] = (run, info)
     samples: dict[str, list[float]] = {k: [] for k in ctxs}
-    per_round = max(1, runs // ROUNDS)
+    per_round = max(10, runs // ROUNDS)  # enough runs per block that the first, cold ones do not set the median
     for _ in range(ROUNDS):
         for key, (run, _) in calls.items():
             # The previous runtime's worker threads keep spinning for a while after their last run
             # (ONNX Runtime's thread pool does by default) and would steal the cores from this one.
             time.sleep(SETTLE_S)
-            run()  # untimed
+            for _ in range(3):
+                run()  # untimed: wake this runtime's thread pool
             for _ in range(per_round):
                 t = time.perf_counter()
                 run()
