@@ -130,12 +130,17 @@ def _fold_forward(gr: _Graph) -> int:
             changed = True
             count += 1
         if changed:
-            conv.input[1] = gr.add_init(conv.input[1], w)
-            if len(conv.input) > 2:
-                conv.input[2] = gr.add_init(conv.input[1] + "_b", b)
-            else:
-                conv.input.append(gr.add_init(conv.input[1] + "_b", b))
+            _store_conv_params(gr, conv, w, b)
     return count
+
+
+def _store_conv_params(gr: "_Graph", conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray) -> None:
+    """Point the conv at new weight and bias initializers (the old ones may be shared)."""
+    conv.input[1] = gr.add_init(conv.input[1], w)
+    if len(conv.input) > 2:
+        conv.input[2] = gr.add_init(conv.input[1] + "_b", b)
+    else:
+        conv.input.append(gr.add_init(conv.input[1] + "_b", b))
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -177,11 +182,7 @@ def _fold_backward(gr: _Graph) -> int:
             changed = True
             count += 1
         if changed:
-            conv.input[1] = gr.add_init(conv.input[1], w)
-            if len(conv.input) > 2:
-                conv.input[2] = gr.add_init(conv.input[1] + "_b", b)
-            else:
-                conv.input.append(gr.add_init(conv.input[1] + "_b", b))
+            _store_conv_params(gr, conv, w, b)
     return count
 
 
