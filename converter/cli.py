@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 20)")
     p.add_argument("--bench-runs", type=int, default=50, help="host benchmark runs per model (0 to skip)")
     p.add_argument("--reproducible", action="store_true",
-                   help="leave wall-clock latency out of the manifest so identical inputs give a byte-identical bundle")
+                   help="no wall-clock figure goes into or decides the bundle (host latency stays in the report; "
+                   "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")
     p.add_argument("--report", type=Path, help="conversion report JSON (default: OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(func=cmd_convert)

@@ -109,7 +109,12 @@ def _choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, d
     row: dict[str, Any] = {"all": base, "weighted": cand, "chosen": "all"}
     # Strictly higher task agreement (not just lower error): ties keep `all` without timing anything,
     # so conversions stay reproducible unless the choice really matters.
-    if cand["agreement"] > base["agreement"]:
+    if cand["agreement"] > base["agreement"] and ctx.options.reproducible:
+        # No wall-clock figure may decide what a --reproducible bundle contains: better agreement wins.
+        row.update(chosen="weighted", note="--reproducible: chosen by agreement alone, latency not measured")
+        q.op_set = "weighted"
+        ctx.model = cand_model
+    elif cand["agreement"] > base["agreement"]:
         threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
         measure = _latency(threads, data.sample(0), 10)
         lat_all, lat_w = measure(base_model), measure(cand_model)
