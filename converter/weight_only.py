@@ -153,9 +153,10 @@ def quantize_weight_only(src: Path, dst: Path, block_size: int = BLOCK_SIZE, sym
 
     Raises NothingToQuantize when no MatMul/Gemm weight qualifies (e.g. a Conv-only model).
     """
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     from onnxruntime.quantization.quant_utils import QuantFormat
 
+    nbits = _import_nbits_quantizer()
+    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
     model = onnx.load(str(src))
     total_before = weight_params(model)
     name_nodes(model)
@@ -180,6 +181,19 @@ def quantize_weight_only(src: Path, dst: Path, block_size: int = BLOCK_SIZE, sym
     log.info("int4-weight: %d MatMul weights (%d params) in 4 bits, %d Gemm rewritten", len(done), quantized, rewritten)
     return WeightOnlyResult(rewritten, done, quantized, max(0, total_before - quantized), block_size, symmetric,
                             accuracy_level)
+
+
+def _import_nbits_quantizer():
+    """Import ORT's matmul_nbits_quantizer, undoing the logging.basicConfig(level=INFO) it runs on import."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return matmul_nbits_quantizer
 
 
 @contextlib.contextmanager
