@@ -18,7 +18,7 @@ from torch import nn
 
 from converter.cli import main as convert_main
 from converter.errors import NothingToQuantize
-from edge_agent.bundle import TrustStore, verify_bundle
+from edge_agent.bundle import TrustStore, read_manifest_unverified, verify_bundle
 from edge_agent.cli import main as agent_main
 from edge_agent.runtimes import load_session
 from examples import digits_cnn
@@ -111,18 +111,12 @@ def test_int4_bundle_verifies_and_holds_matmulnbits(int4_bundle, mlp, digits, tm
 
 
 def test_int4_keeps_accuracy_through_the_gate(int4_bundle, mlp):
-    acc = verify_bundle_manifest(int4_bundle).measurements["accuracy"]
+    acc = read_manifest_unverified(int4_bundle).measurements["accuracy"]
     assert acc["checked"] and acc["passed"] and acc["precision"] == "int4-weight"
     assert acc["float_top1_accuracy"] == pytest.approx(mlp["float_acc"], abs=1e-6)
     assert acc["float_top1_accuracy"] > 0.9  # the MLP really learned the digits
     assert acc["top1_drop_points"] <= 2.0
     assert acc["top1_agreement"] >= 0.97
-
-
-def verify_bundle_manifest(bundle: Path):
-    from edge_agent.bundle import read_manifest_unverified
-
-    return read_manifest_unverified(bundle)
 
 
 def test_agent_runs_int4_bundle(int4_bundle, mlp, digits, tmp_path, capsys):
@@ -172,3 +166,30 @@ def test_int4_weight_is_refused_for_tflite(mlp, digits, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and not out.exists()
     assert "TFLite bundles support" in err and "not int4-weight" in err, err
+
+
+def test_gemm_rewrite_is_exact():
+    """Gemm(alpha, beta, transB) -> MatMul + Add gives the same numbers before any quantization."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converter.weight_only import gemm_to_matmul
+
+    rng = np.random.default_rng(0)
+    w, c = rng.standard_normal((48, 64)).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=0.5, beta=2.0, transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 48])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert gemm_to_matmul(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
+    np.testing.assert_allclose(run(model), before, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(before, 0.5 * x @ w.T + 2.0 * c, rtol=1e-5, atol=1e-5)
