@@ -79,6 +79,29 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Move `Constant` nodes holding a tensor (`value`) into initializers, in place; returns the count.
+
+    Exporters such as paddle2onnx store weights as Constant nodes; the quantizer only sees initializers.
+    (The converter's clean-up pass usually does this already; this keeps the function self-sufficient.)
+    """
+    keep, moved = [], 0
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        model.graph.ClearField("node")
+        model.graph.node.extend(keep)
+    return moved
+
+
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
     """Rewrite Gemm(A, W[, C]) with a constant 2-D W and transA=0 as MatMul(A, W') (+ Add C'), in place.
 
@@ -158,6 +181,7 @@ def quantize_weight_only(src: Path, dst: Path, block_size: int = BLOCK_SIZE, sym
     nbits = _import_nbits_quantizer()
     DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
     model = onnx.load(str(src))
+    constants_to_initializers(model)
     total_before = weight_params(model)
     name_nodes(model)
     rewritten = gemm_to_matmul(model)
