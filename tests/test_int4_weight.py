@@ -193,3 +193,29 @@ def test_gemm_rewrite_is_exact():
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
     np.testing.assert_allclose(run(model), before, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(before, 0.5 * x @ w.T + 2.0 * c, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_node_weights_are_quantized_and_small_k_is_left_alone(tmp_path):
+    """Weights held in Constant nodes (paddle2onnx style) are found; a K < 32 MatMul stays float."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converter.weight_only import quantize_weight_only
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((128, 16)).astype(np.float32), rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1")),
+         helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [numpy_helper.from_array(w2, "w2")])
+    src, dst = tmp_path / "c.onnx", tmp_path / "c.q4.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    result = quantize_weight_only(src, dst)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops == ["MatMulNBits", "MatMul"] and result.quantized_params == 128 * 16
+    assert result.float_params_left == 16 * 8
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    y = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = x @ w1 @ w2
+    assert float((y * ref).sum() / (np.linalg.norm(y) * np.linalg.norm(ref))) > 0.99
