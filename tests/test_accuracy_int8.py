@@ -132,7 +132,30 @@ def test_mixed_precision_fallback_makes_failing_int8_pass(outlier, keys):
     assert mixed["agreement_gained"] > 0
     assert mixed["steps"][0]["layer"] is None and not mixed["steps"][0]["passes"] and mixed["steps"][-1]["passes"]
     assert report["measurements"]["accuracy"]["top1_agreement"] >= 0.95
+    # 60 eval samples: layers were searched on 30, the number kept was checked on the other 30
+    assert "held-out" in mixed["selection"]
+    assert mixed["steps"][-1]["held_out_agreement"] > mixed["steps"][0]["held_out_agreement"]
     assert report["measurements"]["sensitivity"]["ranking"]
+
+
+def test_fallback_drops_layers_that_only_help_the_search_samples():
+    """The greedy search adds a layer per step on the search half; the held-out half decides how many stay."""
+    from converter.mixed_precision import greedy_fallback
+
+    search = {(): 0.80, ("a",): 0.90, ("a", "b"): 0.93, ("a", "b", "c"): 0.96}
+    held_out = {(): 0.80, ("a",): 0.90, ("a", "b"): 0.88, ("a", "b", "c"): 0.89}  # b and c fit the search set only
+    build = tuple  # a "model" is the tuple of layers kept in float
+    evaluate = lambda m: {"agreement": search[m], "error": 1 - search[m]}  # noqa: E731
+    check = lambda m: {"agreement": held_out[m], "error": 1 - held_out[m]}  # noqa: E731
+    fails = lambda s: [] if s["agreement"] >= 0.95 else ["agreement"]  # noqa: E731
+    result = greedy_fallback(["a", "b", "c"], build, evaluate, fails, 5, check=check)
+    assert result.float_layers == ["a"] and result.model == ("a",) and not result.passed
+    assert [r["held_out_agreement"] for r in result.report()] == [0.80, 0.90, 0.88, 0.89]
+    # without a held-out check the search stops at the first step that passes on its own samples
+    assert greedy_fallback(["a", "b", "c"], build, evaluate, fails, 5).float_layers == ["a", "b", "c"]
+    # equal held-out agreement: the search set breaks the tie, so a real gain is not thrown away
+    flat = lambda m: {"agreement": 0.9, "error": 0.1}  # noqa: E731
+    assert greedy_fallback(["a", "b", "c"], build, evaluate, fails, 5, check=flat).float_layers == ["a", "b", "c"]
 
 
 def test_dynamic_onnx_input_pinned_with_input_shape(outlier, keys, caplog):
