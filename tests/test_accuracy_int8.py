@@ -178,6 +178,22 @@ def test_dynamic_onnx_input_pinned_with_input_shape(outlier, keys, caplog):
                             "--precision", "fp32") in (21, 22)
 
 
+def test_real_paddle_export_with_minus_one_dims_converts_unpinned(tmp_path, keys):
+    """PP-OCR cls (a Paddle export) declares its batch as -1 on the input *and* the output: it converts without
+    --input-shape, the -1 becomes a named dim in the manifest, and the agent runs the bundle on any batch."""
+    from edge_agent.bundle import TrustStore, verify_bundle
+    from edge_agent.runtimes import load_session
+
+    out = tmp_path / "cls.edgebundle"
+    assert main(["-q", "convert", str(ocr.model_path("cls")), "--profile", "raspberry-pi-4", "--precision", "fp32",
+                 "--key", str(keys), "--out", str(out), "--bench-runs", "0"]) == 0
+    vb = verify_bundle(out, TrustStore.from_paths([keys.with_name("signing.pub")]), unpack_to=tmp_path / "unpacked")
+    assert vb.manifest.outputs[0].shape == ["N", 2] and vb.manifest.inputs[0].shape[0] == "N"
+    x, _ = ocr.line_crops(3, ocr.CLS_SHAPE, seed=5)
+    (probs,) = load_session(tmp_path / "unpacked", vb.manifest).run({vb.manifest.inputs[0].name: x})
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
 def test_accuracy_budget_and_method_parsing():
     from converter.accuracy_budget import parse_budget
     from converter.calibration import candidates, parse_method
