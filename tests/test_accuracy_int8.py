@@ -208,7 +208,9 @@ def test_accuracy_budget_and_method_parsing():
     assert main(["-q", "convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o",
                  "--accuracy-budget", "speed:3"]) == 2
     for flag, bad in (("--max-float-layers", "-1"), ("--sensitivity-samples", "0"), ("--bench-runs", "many")):
-        assert main(["-q", "convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o", flag, bad]) == 2
+        with pytest.raises(SystemExit) as exited:  # argparse: usage line + one error line, exit 2
+            main(["-q", "convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o", flag, bad])
+        assert exited.value.code == 2
 
 
 def test_fold_affine_is_exact_on_real_recogniser(tmp_path):
