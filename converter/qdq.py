@@ -1,0 +1,143 @@
+"""Already-quantized ONNX models (QAT exports, other tools' QDQ output): detect them, and build their float twin.
+
+The converter must not quantize such a model again (that would replace its trained scales with calibrated
+ones and stack a second rounding); it keeps the model's own QuantizeLinear/DequantizeLinear. Its float
+twin - the same graph with every Q/DQ pair removed and the int8 weights dequantized - is the reference the
+accuracy gate and the host benchmark compare the int8 model against.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# QOperator-format ops (an already-quantized model without QDQ): also never re-quantized.
+QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of the quantization ops in the graph (empty for a float model)."""
+    counts = Counter(n.op_type for n in model.graph.node)
+    return {op: counts[op] for op in (*QDQ_OPS, *QOPERATOR_OPS) if counts.get(op)}
+
+
+def is_prequantized(model: onnx.ModelProto) -> bool:
+    """Whether the model already carries quantization (QDQ pairs or QOperator ops)."""
+    return bool(quantized_ops(model))
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
+def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:
+    x = x.astype(np.float64)
+    zp = np.zeros_like(scale, dtype=np.float64) if zero_point is None else zero_point.astype(np.float64)
+    if scale.ndim == 1 and scale.size > 1:  # per-axis
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((x - zp) * scale).astype(np.float32)
+
+
+def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its QDQ removed: DequantizeLinear of constants -> float constants, Q->DQ pairs -> identity.
+
+    Raises ValueError for graphs it cannot undo (QOperator ops, a QuantizeLinear feeding anything but
+    DequantizeLinear, blocked quantization).
+    """
+    if any(n.op_type in QOPERATOR_OPS for n in model.graph.node):
+        raise ValueError("QOperator-format graph (QLinearConv/ConvInteger...): no float twin")
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    g = twin.graph
+    consts = _constants(twin)
+    rename: dict[str, str] = {}
+    new_inits: list[onnx.TensorProto] = []
+    drop: set[int] = set()
+    producers = {o: i for i, n in enumerate(g.node) for o in n.output}
+    for i, n in enumerate(g.node):
+        if n.op_type != "DequantizeLinear":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.get("block_size"):
+            raise ValueError(f"blocked DequantizeLinear {n.name!r} is not supported")
+        scale = consts.get(n.input[1])
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scale is None:
+            raise ValueError(f"DequantizeLinear {n.name!r} has a non-constant scale")
+        src = n.input[0]
+        if src in consts:  # weights / biases
+            new_inits.append(numpy_helper.from_array(_dequantize(consts[src], scale, zp, int(attrs.get("axis", 1))), n.output[0]))
+            drop.add(i)
+            continue
+        # activation: walk back through dtype-preserving Casts to the QuantizeLinear
+        j = producers.get(src)
+        chain = []
+        while j is not None and g.node[j].op_type == "Cast":
+            chain.append(j)
+            j = producers.get(g.node[j].input[0])
+        if j is None or g.node[j].op_type != "QuantizeLinear":
+            raise ValueError(f"DequantizeLinear {n.name!r} is not fed by a QuantizeLinear")
+        rename[n.output[0]] = g.node[j].input[0]
+        drop.update([i, j, *chain])
+    for i, n in enumerate(g.node):
+        if n.op_type == "QuantizeLinear" and i not in drop:
+            raise ValueError(f"QuantizeLinear {n.name!r} feeds something other than DequantizeLinear")
+
+    def resolve(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    kept = [n for i, n in enumerate(g.node) if i not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = resolve(name)
+    outputs = {o.name for o in g.output}
+    extra = [onnx.helper.make_node("Identity", [resolve(o)], [o], name=f"qdq_removed_{o}") for o in outputs if o in rename]
+    del g.node[:]
+    g.node.extend(kept + extra)
+    g.initializer.extend(new_inits)
+    return _prune(twin)
+
+
+def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove nodes and initializers nothing reaches the outputs through."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for n in reversed(list(g.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(x for x in n.input if x)
+    keep.reverse()
+    inits = [i for i in g.initializer if i.name in needed]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.value_info[:]
+    return model
+
+
+def describe(model: onnx.ModelProto) -> dict[str, Any]:
+    """Report entry for a pre-quantized model: op counts and the weight/activation types it uses."""
+    consts = _constants(model)
+    weight_types, act_types = Counter(), Counter()
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in consts:
+            weight_types[str(consts[n.input[0]].dtype)] += 1
+        elif n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in consts:
+            act_types[str(consts[n.input[2]].dtype)] += 1
+    return {"ops": quantized_ops(model), "constant_types": dict(weight_types), "activation_types": dict(act_types)}
