@@ -33,9 +33,18 @@ def is_prequantized(model: onnx.ModelProto) -> bool:
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    for n in model.graph.node:  # topological order: Constant, and Identity/Cast/ConstantOfShape of constants
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "Constant" and "value" in attrs:
+            values[n.output[0]] = numpy_helper.to_array(attrs["value"].t)
+        elif n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+        elif n.op_type == "Cast" and n.input[0] in values:
+            to = onnx.helper.tensor_dtype_to_np_dtype(attrs["to"].i)
+            values[n.output[0]] = values[n.input[0]].astype(to)
+        elif n.op_type == "ConstantOfShape" and n.input[0] in values:
+            fill = numpy_helper.to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+            values[n.output[0]] = np.full(tuple(int(d) for d in values[n.input[0]]), fill.reshape(-1)[0], dtype=fill.dtype)
     return values
 
 

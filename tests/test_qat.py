@@ -1,0 +1,140 @@
+"""QAT for PyTorch users: fake-quant fine-tuning (converter.qat) -> QDQ ONNX -> edge-convert keeps its scales.
+
+Real torch QAT on the session's digits CNN, real torch.onnx export, the real converter CLI and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from converter.cli import main as convert_main
+from converter.qdq import float_twin, is_prequantized
+from edge_agent.bundle import TrustStore, read_manifest_unverified, verify_bundle
+from examples.qat_digits import fine_tune
+
+
+@dataclass
+class Qat:
+    model: object
+    onnx: Path
+    qparams: dict
+    torch_logits: np.ndarray
+    accuracy: float
+
+
+@pytest.fixture(scope="module")
+def qat(digits, tmp_path_factory) -> Qat:
+    import torch
+
+    from converter.qat import export_qdq_onnx, prepare_qat, quantization_params
+    from examples.digits_cnn import load_split
+
+    x_train, y_train, _, _ = load_split()
+    example = torch.from_numpy(x_train[:1])
+    model = fine_tune(prepare_qat(digits.model, example), x_train, y_train, epochs=2)
+    path = export_qdq_onnx(model, example, tmp_path_factory.mktemp("qat") / "digits.qat.onnx")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(digits.x_test)).numpy()
+    return Qat(model, path, quantization_params(model), logits, float((logits.argmax(1) == digits.y_test).mean()))
+
+
+def convert(digits, qat: Qat, out: Path, *extra: str) -> int:
+    return convert_main(["--quiet", "convert", str(qat.onnx), "--profile", "raspberry-pi-4", "--eval",
+                         str(digits.evaluation), "--key", str(digits.key), "--out", str(out), "--bench-runs", "3", *extra])
+
+
+@pytest.fixture(scope="module")
+def qat_bundle(digits, qat, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qat-bundle") / "digits-qat.edgebundle"
+    assert convert(digits, qat, out) == 0  # profile recipe int8-static: must keep the model's own QDQ
+    return out
+
+
+def ort_run(path: Path, x: np.ndarray, optimized_to: Path | None = None) -> np.ndarray:
+    so = ort.SessionOptions()
+    if optimized_to is not None:
+        so.optimized_model_filepath = str(optimized_to)
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def test_qat_export_is_a_qdq_model_the_converter_detects(qat, digits):
+    model = onnx.load(str(qat.onnx))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 8, ops
+    assert "BatchNormalization" not in ops  # convert_fx folded BN into the convs
+    assert is_prequantized(model)
+    assert not is_prequantized(onnx.load(str(digits.onnx)))  # the float export is not
+
+
+def test_bundle_keeps_the_learned_scales(qat_bundle, qat, digits, tmp_path):
+    vb = verify_bundle(qat_bundle, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / "b")
+    assert vb.manifest.precision == "int8-qat"
+    model = onnx.load(str(tmp_path / "b" / vb.manifest.model_file))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # input quantizer: the first fake-quant module of the prepared model (observes the image)
+    q_in = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    assert np.allclose(inits[q_in.input[1]], qat.qparams["activation_post_process_0"]["scale"], rtol=1e-6)
+    # per-channel weight scales of the first conv (BN folded) = its weight fake-quant's scales
+    w_scales = [inits[n.input[1]] for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8]
+    first = qat.qparams["features.0.weight_fake_quant"]["scale"]
+    assert any(s.shape == first.shape and np.allclose(s, first, rtol=1e-6) for s in w_scales)
+    assert len(w_scales) == 4  # 3 convs + classifier carry int8 weights
+
+
+def test_bundle_runs_as_int8_in_onnx_runtime_and_keeps_accuracy(qat_bundle, qat, digits, tmp_path):
+    vb = verify_bundle(qat_bundle, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / "b")
+    optimized = tmp_path / "optimized.onnx"
+    logits = ort_run(tmp_path / "b" / vb.manifest.model_file, digits.x_test, optimized)
+    fused = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+    assert fused["QLinearConv"] == 3 and fused["Conv"] == 0, fused  # ORT runs the convs in int8
+    accuracy = float((logits.argmax(1) == digits.y_test).mean())
+    assert accuracy >= digits.float_accuracy - 0.02, (accuracy, digits.float_accuracy)
+    agreement = float((logits.argmax(1) == qat.torch_logits.argmax(1)).mean())
+    assert agreement >= 0.99, agreement  # the runtime computes what torch's fake-quant model trained
+    report = vb.manifest.measurements
+    assert report["quantization"]["ops"]["QuantizeLinear"] >= 4
+    assert report["accuracy"]["passed"] and report["accuracy"]["top1_drop_points"] <= 2.0
+
+
+def test_report_says_not_requantized(qat_bundle):
+    import json
+
+    report = json.loads(Path(str(qat_bundle) + ".report.json").read_text())
+    quantize = next(p for p in report["passes"] if p["pass"] == "quantize")
+    assert quantize["recipe"] == "int8-qat" and quantize["requested"] == "int8-static"
+    assert "not re-quantized" in quantize["note"] and quantize["reference"].startswith("float twin")
+    assert not any(p["pass"] == "mixed-precision" for p in report["passes"])
+
+
+def test_fp32_keeps_qdq_and_fp16_is_refused(digits, qat, tmp_path, capsys):
+    out = tmp_path / "fp32.edgebundle"
+    assert convert(digits, qat, out, "--precision", "fp32") == 0
+    assert read_manifest_unverified(out).precision == "int8-qat"
+    bad = tmp_path / "fp16.edgebundle"
+    capsys.readouterr()
+    assert convert(digits, qat, bad, "--precision", "fp16") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already quantized" in err[0], err
+    assert not bad.exists()
+
+
+def test_float_twin_removes_qdq_and_matches_the_int8_model(qat, digits, tmp_path):
+    twin = float_twin(onnx.load(str(qat.onnx)))
+    onnx.checker.check_model(twin)
+    assert not is_prequantized(twin)
+    path = tmp_path / "twin.onnx"
+    onnx.save(twin, str(path))
+    x = digits.x_test[:200]
+    agree = float((ort_run(path, x).argmax(1) == ort_run(qat.onnx, x).argmax(1)).mean())
+    assert agree >= 0.97, agree
