@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from converter.cli import main as convert_main
 from converter.qdq import float_twin, is_prequantized
 from edge_agent.bundle import TrustStore, read_manifest_unverified, verify_bundle
+from examples import digits_cnn
 from examples.qat_digits import fine_tune
 
 
@@ -138,3 +139,25 @@ def test_float_twin_removes_qdq_and_matches_the_int8_model(qat, digits, tmp_path
     x = digits.x_test[:200]
     agree = float((ort_run(path, x).argmax(1) == ort_run(qat.onnx, x).argmax(1)).mean())
     assert agree >= 0.97, agree
+
+
+def test_agent_runs_the_qat_bundle(qat_bundle, qat, digits, tmp_path, capsys):
+    import json
+
+    from edge_agent.cli import main as agent_main
+
+    n = 50
+    pngs = digits_cnn.save_pngs(tmp_path / "png", digits.x_test[:n])
+    capsys.readouterr()
+    assert agent_main(["run", str(qat_bundle), *map(str, pngs), "--trust", str(digits.pub), "--json"]) == 0
+    labels = np.array([r["label"] for r in json.loads(capsys.readouterr().out)])
+    assert float((labels == qat.torch_logits[:n].argmax(1)).mean()) >= 0.96  # PNGs round pixels to 1/255
+
+
+def test_tflite_format_is_refused_for_a_qdq_model(digits, qat, tmp_path, capsys):
+    out = tmp_path / "t.edgebundle"
+    capsys.readouterr()
+    assert convert(digits, qat, out, "--format", "tflite") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ONNX bundles only" in err[0], err
+    assert not out.exists()
