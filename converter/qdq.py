@@ -2,8 +2,8 @@
 
 The converter must not quantize such a model again (that would replace its trained scales with calibrated
 ones and stack a second rounding); it keeps the model's own QuantizeLinear/DequantizeLinear. Its float
-twin - the same graph with every Q/DQ pair removed and the int8 weights dequantized - is the reference the
-accuracy gate and the host benchmark compare the int8 model against.
+twin - the same graph with the int8 weights dequantized and every activation Q/DQ pair replaced by the Clip
+to its range (no rounding) - is the reference the accuracy gate and the host benchmark compare it against.
 """
 
 from __future__ import annotations
@@ -59,10 +59,12 @@ def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
 
 
 def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its QDQ removed: DequantizeLinear of constants -> float constants, Q->DQ pairs -> identity.
+    """The model without rounding: DequantizeLinear of constants -> float constants, Q->DQ pairs -> Clip.
 
+    Each activation pair becomes Clip(x, (qmin - zp) * scale, (qmax - zp) * scale): a Q's saturation is part
+    of a QDQ model's meaning (quantizers fold Relu/Relu6 into it), only its rounding is dropped.
     Raises ValueError for graphs it cannot undo (QOperator ops, a QuantizeLinear feeding anything but
-    DequantizeLinear, blocked quantization).
+    DequantizeLinear, non-constant scales, blocked quantization).
     """
     if any(n.op_type in QOPERATOR_OPS for n in model.graph.node):
         raise ValueError("QOperator-format graph (QLinearConv/ConvInteger...): no float twin")
@@ -70,9 +72,8 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     twin.CopyFrom(model)
     g = twin.graph
     consts = _constants(twin)
-    rename: dict[str, str] = {}
     new_inits: list[onnx.TensorProto] = []
-    drop: set[int] = set()
+    replace: dict[int, onnx.NodeProto | None] = {}  # node index -> replacement (None: drop)
     producers = {o: i for i, n in enumerate(g.node) for o in n.output}
     for i, n in enumerate(g.node):
         if n.op_type != "DequantizeLinear":
@@ -87,9 +88,9 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
         src = n.input[0]
         if src in consts:  # weights / biases
             new_inits.append(numpy_helper.from_array(_dequantize(consts[src], scale, zp, int(attrs.get("axis", 1))), n.output[0]))
-            drop.add(i)
+            replace[i] = None
             continue
-        # activation: walk back through dtype-preserving Casts to the QuantizeLinear
+        # activation: walk back through Casts to the QuantizeLinear
         j = producers.get(src)
         chain = []
         while j is not None and g.node[j].op_type == "Cast":
@@ -97,26 +98,23 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
             j = producers.get(g.node[j].input[0])
         if j is None or g.node[j].op_type != "QuantizeLinear":
             raise ValueError(f"DequantizeLinear {n.name!r} is not fed by a QuantizeLinear")
-        rename[n.output[0]] = g.node[j].input[0]
-        drop.update([i, j, *chain])
+        if scale.size != 1:
+            raise ValueError(f"per-axis activation quantization at {n.name!r} is not supported")
+        info = np.iinfo(zp.dtype if zp is not None else np.uint8)
+        z = float(zp.reshape(-1)[0]) if zp is not None else 0.0
+        sc = float(scale.reshape(-1)[0])
+        lo, hi = f"{n.output[0]}_twin_min", f"{n.output[0]}_twin_max"
+        new_inits += [numpy_helper.from_array(np.array((info.min - z) * sc, np.float32), lo),
+                      numpy_helper.from_array(np.array((info.max - z) * sc, np.float32), hi)]
+        replace[i] = onnx.helper.make_node("Clip", [g.node[j].input[0], lo, hi], [n.output[0]], name=f"{n.name}_twin_clip")
+        for k in (j, *chain):
+            replace.setdefault(k, None)
     for i, n in enumerate(g.node):
-        if n.op_type == "QuantizeLinear" and i not in drop:
+        if n.op_type == "QuantizeLinear" and i not in replace:
             raise ValueError(f"QuantizeLinear {n.name!r} feeds something other than DequantizeLinear")
-
-    def resolve(name: str) -> str:
-        while name in rename:
-            name = rename[name]
-        return name
-
-    kept = [n for i, n in enumerate(g.node) if i not in drop]
-    for n in kept:
-        for k, name in enumerate(n.input):
-            if name in rename:
-                n.input[k] = resolve(name)
-    outputs = {o.name for o in g.output}
-    extra = [onnx.helper.make_node("Identity", [resolve(o)], [o], name=f"qdq_removed_{o}") for o in outputs if o in rename]
+    nodes = [replace.get(i, n) for i, n in enumerate(g.node)]
     del g.node[:]
-    g.node.extend(kept + extra)
+    g.node.extend(n for n in nodes if n is not None)
     g.initializer.extend(new_inits)
     return _prune(twin)
 

@@ -161,3 +161,38 @@ def test_tflite_format_is_refused_for_a_qdq_model(digits, qat, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ONNX bundles only" in err[0], err
     assert not out.exists()
+
+
+def test_post_training_qdq_model_is_kept_as_is(int8_bundle, digits, tmp_path):
+    """The converter's own int8 output fed back: detected, kept (not quantized twice), its twin matches float."""
+    vb = verify_bundle(int8_bundle, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / "b")
+    int8 = tmp_path / "b" / vb.manifest.model_file
+    twin = tmp_path / "twin.onnx"
+    onnx.save(float_twin(onnx.load(str(int8))), str(twin))
+    x = digits.x_test[:200]
+    assert float((ort_run(twin, x).argmax(1) == digits.float_predictions[:200]).mean()) >= 0.98
+    out = tmp_path / "again.edgebundle"
+    rc = convert_main(["--quiet", "convert", str(int8), "--profile", "raspberry-pi-4", "--eval", str(digits.evaluation),
+                       "--key", str(digits.key), "--out", str(out), "--bench-runs", "3"])
+    assert rc == 0 and read_manifest_unverified(out).precision == "int8-qat"
+    vb2 = verify_bundle(out, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / "c")
+    again = onnx.load(str(tmp_path / "c" / vb2.manifest.model_file))
+    assert Counter(n.op_type for n in again.graph.node)["QuantizeLinear"] == \
+        Counter(n.op_type for n in onnx.load(str(int8)).graph.node)["QuantizeLinear"]
+
+
+def test_float_twin_keeps_the_clamp_a_quantizer_folded_relu_into():
+    """ORT's quantizer drops a Relu before a Q with zero point 0: the Q's saturation is the Relu."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    graph = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    twin = float_twin(model)
+    assert [n.op_type for n in twin.graph.node] == ["Clip"]
+    s = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = s.run(None, {"x": np.array([[-3.0, 0.04, 1.23, 99.0]], np.float32)})[0]
+    assert np.allclose(out, [[0.0, 0.04, 1.23, 25.5]])  # clamped to [0, 255 * 0.1], not rounded

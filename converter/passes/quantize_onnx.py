@@ -76,7 +76,7 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
             f"{ctx.options.source} is already quantized ({counts}); --precision {recipe} would not undo that: "
             "convert the float model for fp16/int8-dynamic, or drop --precision to keep the model's own int8")
     src = ctx.float_model
-    reference = "float twin (model with its Q/DQ removed, weights dequantized)"
+    reference = "float twin (weights dequantized, activation Q/DQ pairs -> Clip to their range: no rounding)"
     try:
         twin = ctx.workdir / "float.twin.onnx"
         tm = float_twin(model)
