@@ -93,6 +93,8 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
              recipe, "asked for" if explicit else f"of profile {ctx.profile.name}")
     note = (f"already quantized ({counts}): the model's own QDQ scales are kept and it is not re-quantized "
             f"({recipe} {'asked for' if explicit else 'is the profile recipe'})")
+    if ctx.calibration is not None:
+        note += "; --calibration data not used (the model's ranges are kept)"
     ctx.measurements["quantization"] = {"origin": "model (pre-quantized QDQ, e.g. QAT)", **info}
     return {"recipe": "int8-qat", "requested": recipe, "note": note, "reference": reference, **info}
 
