@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight"],
+                   help="override the profile's recipe (int4-weight: 4-bit MatMul/Gemm weights for MLP/transformer-style "
+                   "models, ONNX only; see docs/int4.md)")
     p.add_argument("--calibration-method", metavar="METHOD",
                    help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
                    "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)")

@@ -3,6 +3,7 @@
 int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile/
               distribution or auto (measured choice; see accuracy_aware.py)
 int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
+int4-weight   MatMul/Gemm weights in 4-bit blocks (MatMulNBits), activations and Conv float (weight_only.py)
 fp16          float16 weights and activations, float32 I/O (GPU profiles)
 fp32          unchanged
 int8-qat      (not a recipe) the model already carries QuantizeLinear/DequantizeLinear (QAT export, another
@@ -119,6 +120,13 @@ class QuantizePass(Pass):
             onnx.save_model(model, str(out), save_as_external_data=False)
             ctx.model = out
             return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
+        if recipe == "int4-weight":
+            from ..weight_only import quantize_weight_only
+
+            out = ctx.workdir / "model.int4w.onnx"
+            result = quantize_weight_only(ctx.float_model, out)
+            ctx.model = out
+            return {"recipe": "int4-weight", **result.to_dict()}
         if recipe == "int8-dynamic":
             from onnxruntime.quantization import quantize_dynamic
 
