@@ -219,3 +219,15 @@ def test_constant_node_weights_are_quantized_and_small_k_is_left_alone(tmp_path)
     y = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     ref = x @ w1 @ w2
     assert float((y * ref).sum() / (np.linalg.norm(y) * np.linalg.norm(ref))) > 0.99
+
+
+def test_format_auto_with_int4_packs_onnx_and_names_why_tflite_was_not_built(mlp, digits, tmp_path, capsys):
+    out = tmp_path / "auto.edgebundle"
+    capsys.readouterr()
+    assert _convert(mlp, digits, out, "--precision", "int4-weight", "--format", "auto") == 0
+    summary = capsys.readouterr().out
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["format"] == "onnx" and report["precision"] == "int4-weight"
+    tflite = next(c for c in report["measurements"]["candidates"] if c["format"] == "tflite")
+    assert tflite["built"] is False and "int4-weight" in tflite["reason"]
+    assert "(could not be built)" in summary and "(failed gate)" not in summary
