@@ -49,6 +49,7 @@ class Onnx2TfResult:
     float32: Path  # always produced: size/latency reference
     seconds: float
     files: list[str]
+    saved_model: Path | None = None  # onnx2tf's intermediate SavedModel (NHWC), kept for int8-static re-quantization
 
 
 def onnx2tf_version() -> str:
@@ -182,5 +183,12 @@ def onnx_to_tflite(
         float32 = out_dir / "model.fp32.tflite"
         shutil.copyfile(wanted, model)
         shutil.copyfile(work / "out" / f"model{VARIANT_SUFFIX['fp32']}", float32)
+        saved_model = None
+        if integer and (work / "out" / "saved_model.pb").is_file():
+            # onnx2tf writes the SavedModel it quantized from next to the .tflite files: the
+            # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite_quant).
+            saved_model = out_dir / "saved_model"
+            shutil.copytree(work / "out", saved_model, ignore=shutil.ignore_patterns("*.tflite"), dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
-    return Onnx2TfResult(model=model, float32=float32, seconds=round(time.perf_counter() - t0, 3), files=produced)
+    return Onnx2TfResult(model=model, float32=float32, seconds=round(time.perf_counter() - t0, 3), files=produced,
+                         saved_model=saved_model)

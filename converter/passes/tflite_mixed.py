@@ -1,0 +1,155 @@
+"""Accuracy-aware int8 for the TFLite path: per-layer sensitivity and a greedy float fallback.
+
+When a full-integer TFLite model misses the accuracy budget, the source it was quantized from
+(Keras file, SavedModel, or the SavedModel onnx2tf wrote for ONNX sources) is calibrated once with
+TensorFlow's QuantizationDebugger; its per-layer statistics (RMSE/scale) pre-rank the layers, the
+top candidates are measured by keeping each alone in float (converter.mixed_precision, the same
+search as the ONNX path), and layers are then kept in float greedily until the budget holds
+(precision `int8-mixed`, float32 I/O). The report entries match the ONNX path's
+(`measurements.sensitivity`, `measurements.mixed_precision`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bench import time_runs
+
+from ..data import Dataset
+from ..metrics import score
+from ..mixed_precision import greedy_fallback, rank_by_exclusion
+from ..runners import run_model, runner
+from ..tflite_utils import feeds_in_layout
+from .accuracy_aware import budget_of, gate_data, task_of
+from .base import ConversionContext, Pass
+from .tflite_convert import TF_SOURCE
+
+log = logging.getLogger(__name__)
+PRERANK_SAMPLES = 8  # debug samples for the QuantizationDebugger's per-layer statistics
+
+
+class _Evaluator:
+    """Scores candidate .tflite models against the float model's outputs on fixed data."""
+
+    def __init__(self, ctx: ConversionContext, data: Dataset, task: str) -> None:
+        self.ctx, self.data, self.task = ctx, data, task
+        self.reference = run_model(ctx.float_model, data, ctx.inputs, ctx.outputs)[0]
+
+    def __call__(self, model: Path) -> dict[str, Any]:
+        out = run_model(model, self.data, self.ctx.inputs, self.ctx.outputs)[0]
+        return score(self.reference, out, self.task, self.data.labels)
+
+
+def _feeds(ctx: ConversionContext, data: Dataset, n: int):
+    """tf.lite dataset generator: the first n samples in the TFLite model's layout (onnx2tf: NHWC), float32."""
+
+    def gen():
+        for i in range(min(n, len(data))):
+            yield [np.asarray(a, dtype=np.float32) for a in feeds_in_layout(data.sample(i), ctx.inputs)]
+
+    return gen
+
+
+def _latency(ctx: ConversionContext, data: Dataset, runs: int):
+    threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
+
+    def measure(model: Path) -> float:
+        call, _ = runner(model, data.sample(0), threads, ctx.inputs, ctx.outputs)
+        _, samples = time_runs(call, runs, 3)
+        return round(float(np.median(samples)), 4)
+
+    return measure
+
+
+class TFLiteMixedPrecisionPass(Pass):
+    """Sensitivity ranking and greedy float fallback for int8-static TFLite models that miss the budget."""
+
+    name = "tflite-mixed-precision"
+
+    def applies(self, ctx: ConversionContext) -> bool:
+        return (ctx.format == "tflite" and ctx.precision == "int8-static" and TF_SOURCE in ctx.measurements
+                and gate_data(ctx) is not None)
+
+    def run(self, ctx: ConversionContext) -> dict[str, Any]:
+        o = ctx.options
+        data = gate_data(ctx)
+        task = task_of(ctx)
+        evaluate = _Evaluator(ctx, data, task)
+        budget = budget_of(ctx)
+        base = evaluate(ctx.model)
+        reasons = budget.failures(base, task)
+        entry: dict[str, Any] = {"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons}
+        mode = o.sensitivity
+        if mode == "off" or (mode == "auto" and not reasons):
+            entry["sensitivity"] = "skipped (int8 meets the budget)" if mode == "auto" else "off"
+            return entry
+        if (o.io_dtype or "float32") != "float32":
+            entry["sensitivity"] = f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {o.io_dtype}"
+            log.warning("TFLite mixed precision needs float32 I/O; --io-dtype %s: not attempted", o.io_dtype)
+            return entry
+        from ..tflite_quant import TFLiteDenylistQuantizer, float_layers_in
+
+        kind, source = ctx.measurements[TF_SOURCE]
+        n_cal = min(len(ctx.calibration), o.calibration_samples)
+        sens_data = data.head(o.sensitivity_samples)
+        q = TFLiteDenylistQuantizer(kind, Path(source), _feeds(ctx, ctx.calibration, n_cal),
+                                    _feeds(ctx, sens_data, PRERANK_SAMPLES), ctx.workdir / "tflite-mixed",
+                                    ctx.profile.precision.per_channel)
+        layers = q.layers()
+        prerank = q.prerank()
+        sens_eval = _Evaluator(ctx, sens_data, task) if len(sens_data) < len(data) else evaluate
+        sens_base = sens_eval(ctx.model) if sens_eval is not evaluate else base
+        k = max(1, o.sensitivity_candidates)
+        measured = [r["layer"] for r in prerank[:k]]
+        log.info("TFLite int8: %d quantized layers; measuring the top %d by exclusion", len(layers), len(measured))
+        ranking = rank_by_exclusion(measured, q.build, sens_eval, sens_base)
+        ops = {r["layer"]: r["op"] for r in prerank}
+        for r in ranking:
+            r["op"] = ops.get(r["layer"])
+        entry["sensitivity"] = {"signal": "output error with the layer alone kept in float",
+                                "tool": "tf.lite.experimental.QuantizationDebugger (denylisted_nodes)",
+                                "samples": len(sens_data), "layers": len(layers), "measured": len(measured),
+                                "top": ranking[:10],
+                                "prerank": {"signal": "RMSE/scale of the layer's int8 output vs float (debugger layer statistics)",
+                                            "samples": min(len(sens_data), PRERANK_SAMPLES), "top": prerank[:10]}}
+        ctx.measurements["sensitivity"] = {"signal": "leave-one-float", "samples": len(sens_data), "ranking": ranking,
+                                           "prerank": prerank, "format": "tflite"}
+        if not reasons:
+            return entry
+        limit = o.max_float_layers if o.max_float_layers is not None else min(8, max(1, len(layers) // 4))
+        limit = min(limit, len(layers) - 1)  # every layer in float is never an int8 model
+        log.warning("TFLite int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
+                    "; ".join(reasons), limit, len(layers))
+        latency = _latency(ctx, data, max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
+        order = [r["layer"] for r in ranking] + [r["layer"] for r in prerank[k:]]
+        result = greedy_fallback(order, q.build, evaluate, lambda s: budget.failures(s, task), limit, latency,
+                                 start=(ctx.model, base))
+        mixed: dict[str, Any] = {
+            "float_layers": result.float_layers, "passed": result.passed, "steps": result.report(),
+            "max_float_layers": limit,
+            "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
+                   "one at a time until the accuracy budget held"}
+        if not result.passed:
+            kept = [s for s in result.steps if s.layer in result.float_layers[-1:]] or result.steps[:1]
+            mixed["why_not_passed"] = (
+                f"budget still missed (best: {'; '.join(kept[-1].failures)}, keeping {len(result.float_layers)} layer(s) "
+                f"in float) after trying {len(result.steps) - 1} layer(s) one by one; limit {limit} "
+                f"(--max-float-layers {o.max_float_layers or 'default: a quarter of the layers, at most 8'}, never all "
+                f"{len(layers)} quantized layers): raise the limit, add calibration data, or use QAT")
+            log.warning("TFLite mixed precision: %s", mixed["why_not_passed"])
+        if result.float_layers:
+            ctx.model = result.model
+            ctx.precision = "int8-mixed"
+            final = next(s for s in reversed(result.steps) if s.layer == result.float_layers[-1])
+            mixed["agreement_gained"] = round(final.score["agreement"] - base["agreement"], 6)
+            if final.latency_ms is not None and result.steps[0].latency_ms:
+                mixed["latency_paid_ms"] = round(final.latency_ms - result.steps[0].latency_ms, 4)
+            mixed["float_layer_dtypes"] = float_layers_in(result.model, result.float_layers)
+        ctx.measurements["mixed_precision"] = mixed
+        entry["mixed_precision"] = mixed
+        return entry
