@@ -13,7 +13,7 @@ Variants (ONNX -> onnx2tf for every TFLite one; calibration and eval data as scr
                    the sensitive layers kept float (QuantizationDebugger deny-list), or plain int8 if it passed
   tflite-int16x8   int16 activations / int8 weights from the same SavedModel (--int16: slow, few runs)
 Agreement with float ONNX on held-out inputs; latency median ms, batch 1, 2 threads, LiteRT with
-XNNPACK, runs interleaved (A B C A B C ...) so load spikes hit all alike.
+XNNPACK, timed in alternating blocks (scripts/bench_quant.time_interleaved) so load hits all alike.
 """
 
 from __future__ import annotations
@@ -91,19 +91,18 @@ def _outputs(model: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
 
 
-def _latencies(models: dict[str, Path], x: np.ndarray, runs: dict[str, int]) -> dict[str, float]:
-    calls = {k: _runner(m, 2) for k, m in models.items()}
-    for k, c in calls.items():
-        for _ in range(3):
-            c(x[:1])
-    ms: dict[str, list[float]] = {k: [] for k in calls}
-    for i in range(max(runs.values())):
-        for k, c in calls.items():
-            if i < runs[k]:
-                t0 = time.perf_counter()
-                c(x[:1])
-                ms[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in ms.items()}
+def _latencies(models: dict[str, Path], x: np.ndarray, runs: int, slow: tuple[str, ...] = ()) -> dict[str, float]:
+    """Median ms: scripts/bench_quant.time_interleaved (alternating blocks, a pause for ORT's spinning
+    threads to park); `slow` models (int16x8) are timed alone afterwards with a tenth of the runs."""
+    from scripts.bench_quant import time_interleaved
+
+    calls = {k: (lambda run=_runner(m, 2): run(x[:1])) for k, m in models.items() if k not in slow}
+    stats = time_interleaved(calls, runs, warmup=3, block=10)
+    out = {k: float(v["p50_ms"]) for k, v in stats.items()}
+    for k in slow:
+        stats = time_interleaved({k: (lambda run=_runner(models[k], 2): run(x[:1]))}, max(3, runs // 10), warmup=1, block=1)
+        out[k] = float(stats[k]["p50_ms"])
+    return out
 
 
 def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dict:
@@ -135,12 +134,14 @@ def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dic
                                      ["--calibration-method", "auto" if kind == "cls" else "minmax,percentile:99.999"])
     models = {"ort-float": float_model, "ort-int8": ort_model, "tflite-fp32": plain.float32,
               "tflite-int8": plain.model, "tflite-mixed": mixed_model}
-    run_counts = {k: runs for k in models}
+    int16_error = None
     if int16 and plain.saved_model is not None:
-        models["tflite-int16x8"] = _int16x8(plain.saved_model, nhwc(calib[:32]), work / "int16x8.tflite")
-        run_counts["tflite-int16x8"] = max(3, runs // 10)
+        try:
+            models["tflite-int16x8"] = _int16x8(plain.saved_model, nhwc(calib[:32]), work / "int16x8.tflite")
+        except Exception as exc:  # e.g. "Quantization to 16x8-bit not yet supported for op: 'HARD_SWISH'"
+            int16_error = str(exc).strip().splitlines()[-1][:200]
     ref = _outputs(float_model, held)
-    lat = _latencies(models, held, run_counts)
+    lat = _latencies(models, held, runs, slow=("tflite-int16x8",) if "tflite-int16x8" in models else ())
     rows = {}
     for label, model in models.items():
         s = score(ref, _outputs(model, held), task)
@@ -157,7 +158,7 @@ def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dic
             "mixed_passed": mixed.get("passed"), "mixed_steps": mixed.get("steps"),
             "sensitivity_top": (m.get("sensitivity") or {}).get("ranking", [])[:5],
             "seconds": {"tflite_convert_with_fallback": seconds_mixed, "onnx2tf_plain": seconds_plain},
-            "load_avg": round(os.getloadavg()[0], 2), "results": rows}
+            "int16x8_error": int16_error, "load_avg": round(os.getloadavg()[0], 2), "results": rows}
 
 
 def main() -> int:
@@ -178,6 +179,8 @@ def main() -> int:
         print(f"\n{r['model']}: {r['held_out_samples']} held-out inputs, budget {r['budget']}; TFLite = {r['tflite_precision']} "
               f"(float layers: {', '.join(r['float_layers']) or 'none'}), ONNX = {r['onnx_precision']}; "
               f"load average {r['load_avg']}")
+        if r["int16x8_error"]:
+            print(f"  int16x8: {r['int16x8_error']}")
         print(f"  {'variant':<15} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'vs ORT fp32':>11} {'vs TFL fp32':>11} {'MB':>7}")
         for label, x in r["results"].items():
             print(f"  {label:<15} {x['agreement']:>9.3f} {x['metric']:<26} {x['latency_ms']:>10.3f} "

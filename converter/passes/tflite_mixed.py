@@ -31,6 +31,7 @@ from .tflite_convert import TF_SOURCE
 
 log = logging.getLogger(__name__)
 PRERANK_SAMPLES = 8  # debug samples for the QuantizationDebugger's per-layer statistics
+MIN_GAIN_SAMPLES = 2  # a fallback that misses the budget is kept only if it fixes at least this many more samples
 
 
 class _Evaluator:
@@ -142,6 +143,17 @@ class TFLiteMixedPrecisionPass(Pass):
                 f"(--max-float-layers {o.max_float_layers or 'default: a quarter of the layers, at most 8'}, never all "
                 f"{len(layers)} quantized layers): raise the limit, add calibration data, or use QAT")
             log.warning("TFLite mixed precision: %s", mixed["why_not_passed"])
+        if result.float_layers and not result.passed:
+            final = next(s for s in reversed(result.steps) if s.layer == result.float_layers[-1])
+            gain = final.score["agreement"] - base["agreement"]
+            if gain * len(data) < MIN_GAIN_SAMPLES - 1e-9:
+                # On PP-OCR cls a 1-sample "gain" on the selection set was a loss on held-out data:
+                # a miss that is not a clear improvement keeps the plain int8 model.
+                mixed["not_kept"] = (f"best fallback changed agreement by {gain:+.4f} ({gain * len(data):+.1f} of "
+                                     f"{len(data)} samples): within noise, plain int8 kept")
+                log.warning("TFLite mixed precision: %s", mixed["not_kept"])
+                mixed["best_float_layers"], mixed["float_layers"] = result.float_layers, []
+                result.float_layers = []
         if result.float_layers:
             ctx.model = result.model
             ctx.precision = "int8-mixed"
