@@ -128,7 +128,11 @@ def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dic
 
     ins, _ = tensor_specs(float_model)
     t0 = time.perf_counter()
-    plain = onnx_to_tflite(float_model, work / "plain", "int8-static", ins, Dataset({ins[0].name: calib}), n_cal)
+    import onnxslim  # what the converter's clean-up pass does first (onnx2tf fails on raw PP-OCR rec)
+
+    slim = work / "float.slim.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(onnxslim.slim(onnx.load(str(float_model))), strict_mode=False), str(slim))
+    plain = onnx_to_tflite(slim, work / "plain", "int8-static", ins, Dataset({ins[0].name: calib}), n_cal)
     seconds_plain = round(time.perf_counter() - t0, 1)
     ort_report, ort_model = _convert(float_model, work, "onnx", work / "calib.npz", work / "select.npz", budget, max_float,
                                      ["--calibration-method", "auto" if kind == "cls" else "minmax,percentile:99.999"])

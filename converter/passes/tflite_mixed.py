@@ -31,7 +31,7 @@ from .tflite_convert import TF_SOURCE
 
 log = logging.getLogger(__name__)
 PRERANK_SAMPLES = 8  # debug samples for the QuantizationDebugger's per-layer statistics
-MIN_GAIN_SAMPLES = 2  # a fallback that misses the budget is kept only if it fixes at least this many more samples
+MIN_GAIN_SAMPLES = 2  # a fallback that misses the budget is kept only if it fixes at least this many more samples/timesteps
 
 
 class _Evaluator:
@@ -146,11 +146,14 @@ class TFLiteMixedPrecisionPass(Pass):
         if result.float_layers and not result.passed:
             final = next(s for s in reversed(result.steps) if s.layer == result.float_layers[-1])
             gain = final.score["agreement"] - base["agreement"]
-            if gain * len(data) < MIN_GAIN_SAMPLES - 1e-9:
+            # agreement is per sample, or per timestep for sequences ([N, T, C]): count in those units
+            units = int(np.prod(evaluate.reference.shape[:2])) if task == "sequence" else len(data)
+            if gain * units < MIN_GAIN_SAMPLES - 1e-9:
                 # On PP-OCR cls a 1-sample "gain" on the selection set was a loss on held-out data:
                 # a miss that is not a clear improvement keeps the plain int8 model.
-                mixed["not_kept"] = (f"best fallback changed agreement by {gain:+.4f} ({gain * len(data):+.1f} of "
-                                     f"{len(data)} samples): within noise, plain int8 kept")
+                mixed["not_kept"] = (f"best fallback changed agreement by {gain:+.4f} ({gain * units:+.1f} of "
+                                     f"{units} {'timesteps' if task == 'sequence' else 'samples'}): within noise, "
+                                     "plain int8 kept")
                 log.warning("TFLite mixed precision: %s", mixed["not_kept"])
                 mixed["best_float_layers"], mixed["float_layers"] = result.float_layers, []
                 result.float_layers = []
