@@ -152,6 +152,10 @@ def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dic
         rows[label] = {"agreement": s["agreement"], "metric": s["metric"], "mean_cosine": s["mean_cosine"],
                        **{k: s[k] for k in ("sequence_equal",) if k in s},
                        "latency_ms": round(lat[label], 3), "size_mb": round(model.stat().st_size / 1e6, 3)}
+        if model.suffix == ".tflite":
+            from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+            rows[label]["xnnpack_partitions"] = TFLiteModel(model, 2).delegate_nodes  # more = more hand-offs
     for r in rows.values():
         r["speedup_vs_ort_float"] = round(rows["ort-float"]["latency_ms"] / r["latency_ms"], 2)
         r["speedup_vs_tflite_fp32"] = round(rows["tflite-fp32"]["latency_ms"] / r["latency_ms"], 2)
@@ -185,10 +189,12 @@ def main() -> int:
               f"load average {r['load_avg']}")
         if r["int16x8_error"]:
             print(f"  int16x8: {r['int16x8_error']}")
-        print(f"  {'variant':<15} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'vs ORT fp32':>11} {'vs TFL fp32':>11} {'MB':>7}")
+        print(f"  {'variant':<15} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'vs ORT fp32':>11} {'vs TFL fp32':>11} "
+              f"{'MB':>7} {'XNNPACK parts':>13}")
         for label, x in r["results"].items():
             print(f"  {label:<15} {x['agreement']:>9.3f} {x['metric']:<26} {x['latency_ms']:>10.3f} "
-                  f"{x['speedup_vs_ort_float']:>10.2f}x {x['speedup_vs_tflite_fp32']:>10.2f}x {x['size_mb']:>7.3f}")
+                  f"{x['speedup_vs_ort_float']:>10.2f}x {x['speedup_vs_tflite_fp32']:>10.2f}x {x['size_mb']:>7.3f} "
+                  f"{x.get('xnnpack_partitions', '-'):>13}")
     return 0
 
 
