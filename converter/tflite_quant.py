@@ -51,6 +51,7 @@ class TFLiteDenylistQuantizer:
             raise ConversionError(f"TFLite quantization debugger failed on {source}: {first}") from exc
         self._stats: list[dict[str, Any]] | None = None
         self._cache: dict[tuple[str, ...], Path] = {}
+        self.denylisted_ops: list[str] = []  # op types kept float in every build (see xnnpack_op_denylist)
         self.layer_stats()  # before any deny-list changes the debugger's options
 
     def layer_stats(self) -> list[dict[str, Any]]:
@@ -81,11 +82,12 @@ class TFLiteDenylistQuantizer:
 
     def build(self, float_layers: list[str]) -> Path:
         """The int8 model with `float_layers` kept in float32 (cached per set of layers)."""
-        key = tuple(sorted(float_layers))
+        layers = tuple(sorted(float_layers))
+        key = (*layers, *(f"op:{op}" for op in sorted(self.denylisted_ops)))
         if key in self._cache:
             return self._cache[key]
         self.debugger.options = self.tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=list(key) or None)
+            denylisted_nodes=list(layers) or None, denylisted_ops=sorted(self.denylisted_ops) or None)
         with stdout_to_stderr():
             content = self.debugger.get_nondebug_quantized_model()
         tag = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12] if key else "int8"
@@ -102,3 +104,45 @@ def float_layers_in(model: Path, layers: list[str]) -> dict[str, str]:
     it, _ = open_interpreter(model, threads=1, use_xnnpack=False)
     by_name = {d["name"]: np.dtype(d["dtype"]).name for d in it.get_tensor_details()}
     return {name: by_name.get(name, "missing") for name in layers}
+
+
+def op_types(model: Path) -> list[str]:
+    """Builtin op types in a .tflite file (sorted, without QUANTIZE/DEQUANTIZE)."""
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    it, _ = open_interpreter(model, threads=1, use_xnnpack=False)
+    return sorted({o["op_name"] for o in it._get_ops_details()} - {"QUANTIZE", "DEQUANTIZE", "DELEGATE"})
+
+
+def xnnpack_partitions(model: Path) -> int:
+    """How many XNNPACK partitions LiteRT cuts the model into (each boundary is a hand-off to builtin kernels)."""
+    from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+    return TFLiteModel(model, 1).delegate_nodes
+
+
+def xnnpack_op_denylist(q: TFLiteDenylistQuantizer, int8_model: Path, float_partitions: int) -> dict[str, Any]:
+    """Op types whose int8 kernels XNNPACK does not take: keeping them float re-joins the partitions.
+
+    Each op type of the int8 model is deny-listed alone; those that lower the partition count are kept
+    (all together) in q.denylisted_ops. Deterministic (partition counts, no timing). On PP-OCR cls/rec
+    with LiteRT 2.3.0 this is HARD_SWISH: int8 cls 29 -> 11 partitions, 3.1 -> 0.57 ms (fp32 0.65 ms).
+    """
+    before = xnnpack_partitions(int8_model)
+    row: dict[str, Any] = {"partitions_int8": before, "partitions_float": float_partitions, "tried": {}}
+    if before <= float_partitions:
+        row["denylisted_ops"] = []
+        return row
+    saved, chosen = list(q.denylisted_ops), []
+    for op in op_types(int8_model):
+        q.denylisted_ops = [*saved, op]
+        n = xnnpack_partitions(q.build([]))
+        row["tried"][op] = n
+        if n < before:
+            chosen.append(op)
+    q.denylisted_ops = [*saved, *chosen]
+    row["denylisted_ops"] = chosen
+    if chosen:
+        row["partitions_after"] = xnnpack_partitions(q.build([]))
+    log.info("XNNPACK partitions: int8 %d, float %d; op types kept float: %s", before, float_partitions, chosen or "none")
+    return row

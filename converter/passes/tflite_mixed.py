@@ -73,12 +73,56 @@ class TFLiteMixedPrecisionPass(Pass):
     name = "tflite-mixed-precision"
 
     def applies(self, ctx: ConversionContext) -> bool:
-        return (ctx.format == "tflite" and ctx.precision == "int8-static" and TF_SOURCE in ctx.measurements
-                and gate_data(ctx) is not None)
+        return ctx.format == "tflite" and ctx.precision == "int8-static" and TF_SOURCE in ctx.measurements
+
+    def _quantizer(self, ctx: ConversionContext, debug: Dataset):
+        from ..tflite_quant import TFLiteDenylistQuantizer
+
+        if self._q is None:
+            kind, source = ctx.measurements[TF_SOURCE]
+            n_cal = min(len(ctx.calibration), ctx.options.calibration_samples)
+            self._q = TFLiteDenylistQuantizer(kind, Path(source), _feeds(ctx, ctx.calibration, n_cal),
+                                              _feeds(ctx, debug, PRERANK_SAMPLES), ctx.workdir / "tflite-mixed",
+                                              ctx.profile.precision.per_channel)
+        return self._q
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o = ctx.options
+        self._q = None
+        entry: dict[str, Any] = {}
         data = gate_data(ctx)
+        if (ctx.options.io_dtype or "float32") == "float32" and ctx.reference_model is not None:
+            entry["xnnpack"] = self._xnnpack_ops(ctx, data)
+        if data is None:
+            return entry
+        entry.update(self._accuracy(ctx, data))
+        return entry
+
+    def _xnnpack_ops(self, ctx: ConversionContext, data: Dataset | None) -> dict[str, Any]:
+        """Keep op types float whose int8 kernels XNNPACK does not take (more partitions than float)."""
+        from ..tflite_quant import xnnpack_op_denylist, xnnpack_partitions
+
+        float_parts, int8_parts = xnnpack_partitions(ctx.reference_model), xnnpack_partitions(ctx.model)
+        row: dict[str, Any] = {"partitions_int8": int8_parts, "partitions_float": float_parts, "denylisted_ops": []}
+        if int8_parts <= float_parts:
+            return row
+        q = self._quantizer(ctx, data if data is not None else ctx.calibration)
+        row = xnnpack_op_denylist(q, ctx.model, float_parts)
+        if row["denylisted_ops"]:
+            candidate = q.build([])
+            if data is not None:
+                evaluate = _Evaluator(ctx, data, task_of(ctx))
+                row["agreement_int8"], row["agreement_after"] = evaluate(ctx.model)["agreement"], evaluate(candidate)["agreement"]
+            row["why"] = ("LiteRT's XNNPACK delegate does not take these ops' int8 kernels, so the int8 graph was cut "
+                          "into more partitions than the float one; they run in float (QUANTIZE/DEQUANTIZE around them)")
+            ctx.model = candidate
+            ctx.precision = "int8-mixed"
+            log.info("TFLite int8: kept op types %s in float (XNNPACK partitions %d -> %d)", row["denylisted_ops"],
+                     row["partitions_int8"], row.get("partitions_after", -1))
+        ctx.measurements["xnnpack_op_denylist"] = row
+        return row
+
+    def _accuracy(self, ctx: ConversionContext, data: Dataset) -> dict[str, Any]:
+        o = ctx.options
         task = task_of(ctx)
         evaluate = _Evaluator(ctx, data, task)
         budget = budget_of(ctx)
@@ -93,14 +137,10 @@ class TFLiteMixedPrecisionPass(Pass):
             entry["sensitivity"] = f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {o.io_dtype}"
             log.warning("TFLite mixed precision needs float32 I/O; --io-dtype %s: not attempted", o.io_dtype)
             return entry
-        from ..tflite_quant import TFLiteDenylistQuantizer, float_layers_in
+        from ..tflite_quant import float_layers_in
 
-        kind, source = ctx.measurements[TF_SOURCE]
-        n_cal = min(len(ctx.calibration), o.calibration_samples)
         sens_data = data.head(o.sensitivity_samples)
-        q = TFLiteDenylistQuantizer(kind, Path(source), _feeds(ctx, ctx.calibration, n_cal),
-                                    _feeds(ctx, sens_data, PRERANK_SAMPLES), ctx.workdir / "tflite-mixed",
-                                    ctx.profile.precision.per_channel)
+        q = self._quantizer(ctx, sens_data)
         layers = q.layers()
         prerank = q.prerank()
         sens_eval = _Evaluator(ctx, sens_data, task) if len(sens_data) < len(data) else evaluate
@@ -160,6 +200,8 @@ class TFLiteMixedPrecisionPass(Pass):
         if result.float_layers:
             ctx.model = result.model
             ctx.precision = "int8-mixed"
+            if q.denylisted_ops:
+                mixed["denylisted_ops"] = list(q.denylisted_ops)
             final = next(s for s in reversed(result.steps) if s.layer == result.float_layers[-1])
             mixed["agreement_gained"] = round(final.score["agreement"] - base["agreement"], 6)
             if final.latency_ms is not None and result.steps[0].latency_ms:
