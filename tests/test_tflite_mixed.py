@@ -194,3 +194,31 @@ def test_onnx2tf_fallback_from_its_saved_model(onnx_model, digits, capsys, tmp_p
     float_layers = _check_mixed(report, model)
     assert len(float_layers) <= 2 and report["measurements"]["mixed_precision"]["max_float_layers"] == 2
     assert "onnx2tf" in next(p for p in report["passes"] if p["pass"] == "tflite-convert")["tool"]
+
+
+def test_onnx_names_tensorflow_refuses_are_renamed(onnx_model, digits, capsys, tmp_path):
+    """Paddle exports (PP-OCR cls) name nodes `Conv@0`: onnx2tf failed on them ("not a valid scope name")."""
+    import onnx
+
+    model = onnx.load(str(onnx_model["model"]))
+    out = model.graph.output[0].name
+    for node in model.graph.node:  # end in a Softmax: onnx2tf passes its node name to tf.nn.softmax as a scope
+        node.output[:] = [t + "_raw" if t == out else t for t in node.output]
+    model.graph.node.append(onnx.helper.make_node("Softmax", [out + "_raw"], [out], axis=-1))
+    io_names = {v.name for v in (*model.graph.input, *model.graph.output)}
+    renamed = {}
+    for i, node in enumerate(model.graph.node):
+        node.name = f"{node.op_type}@{i}"
+        for j, t in enumerate(node.output):
+            if t not in io_names:
+                renamed[t] = f"{t}@{j}"
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(t, t) for t in node.input]
+        node.output[:] = [renamed.get(t, t) for t in node.output]
+    src = tmp_path / "at-names.onnx"
+    onnx.save(model, str(src))
+    bundle = tmp_path / "at-names.edgebundle"
+    code, report = _convert({**onnx_model, "model": src}, digits, bundle, "--force", "--sensitivity", "off")
+    assert code == 0, capsys.readouterr().err[-1500:]
+    assert bundle.exists() and report["format"] == "tflite"
+    assert report["measurements"]["accuracy"]["checked"] is True
