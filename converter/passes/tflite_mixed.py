@@ -71,6 +71,7 @@ class TFLiteMixedPrecisionPass(Pass):
     """Sensitivity ranking and greedy float fallback for int8-static TFLite models that miss the budget."""
 
     name = "tflite-mixed-precision"
+    _q = None  # the TFLiteDenylistQuantizer of the current run (built lazily: it calibrates)
 
     def applies(self, ctx: ConversionContext) -> bool:
         return ctx.format == "tflite" and ctx.precision == "int8-static" and TF_SOURCE in ctx.measurements
@@ -107,6 +108,9 @@ class TFLiteMixedPrecisionPass(Pass):
             return row
         q = self._quantizer(ctx, data if data is not None else ctx.calibration)
         row = xnnpack_op_denylist(q, ctx.model, float_parts)
+        if row["denylisted_ops"] and row.get("partitions_after", int8_parts) >= int8_parts:
+            row["note"] = "the op types that helped alone did not help together: plain int8 kept"
+            q.denylisted_ops, row["denylisted_ops"] = [], []
         if row["denylisted_ops"]:
             candidate = q.build([])
             if data is not None:
