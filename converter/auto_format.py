@@ -92,7 +92,8 @@ def convert_auto(options: ConvertOptions, profile: Profile,
                 log.warning("candidate %s fails the gate: %s", fmt, exc)
                 continue
             except ConversionError as exc:
-                records[fmt] = {"format": fmt, "precision": ctx.precision, "passed": False, "reason": str(exc)}
+                records[fmt] = {"format": fmt, "precision": ctx.precision, "passed": False, "built": False,
+                                "reason": str(exc)}
                 log.warning("candidate %s could not be built: %s", fmt, exc)
                 continue
             acc = ctx.measurements.get("accuracy", {})

@@ -35,6 +35,19 @@ named by class index or label name), preprocessed with --color/--scale/--mean/--
 """ + EXIT_CODES_HELP
 
 
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum, with a one-line error otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -159,7 +172,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     if sel:
         alts = ", ".join(f"{c['format']} {c['precision']} "
                          + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
-                         + ("" if c.get("passed") else " (failed gate)") for c in m.get("candidates", []))
+                         + ("" if c.get("passed") else " (could not be built)" if c.get("built") is False else " (failed gate)")
+                         for c in m.get("candidates", []))
         lines.append(f"--format auto chose {sel['chosen']} ({sel['criterion']}): {alts}")
     lines.append(f"report: {report_path}")
     return "\n".join(lines)
@@ -210,26 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic"], help="override the profile's recipe")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight"],
+                   help="override the profile's recipe (int4-weight: 4-bit MatMul/Gemm weights for MLP/transformer-style "
+                   "models, ONNX only; see docs/int4.md)")
     p.add_argument("--calibration-method", metavar="METHOD",
                    help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
                    "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 (comma-separate several); "
                    "agreement = top-1 for classifiers, IoU>=0.9 share for maps, per-timestep argmax for sequences")
-    p.add_argument("--max-float-layers", type=int, default=None,
+    p.add_argument("--max-float-layers", type=_count(0), default=None,
                    help="most layers the mixed-precision fallback may keep in float (default: a quarter of the "
                    "quantizable layers, at most 8: beyond that the model is no longer int8)")
     p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
                    help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
-    p.add_argument("--sensitivity-samples", type=int, default=64, help="eval samples used to rank layers (default 64)")
+    p.add_argument("--sensitivity-samples", type=_count(1), default=64, help="eval samples used to rank layers (default 64)")
     p.add_argument("--quantize-ops", choices=["auto", "all", "weighted"], default="auto",
                    help="int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm (weighted), "
                    "or auto: measure both on the eval data, keep weighted if it agrees better and is not slower (default)")
-    p.add_argument("--sensitivity-candidates", type=int, default=16,
+    p.add_argument("--sensitivity-candidates", type=_count(1), default=16,
                    help="layers measured by exclusion; a model with more is pre-ranked cheaply by the activation error "
                    "each layer adds and only the top N are measured (default 16)")
-    p.add_argument("--calibration-samples", type=int, default=256, help="max calibration samples used (default 256)")
+    p.add_argument("--calibration-samples", type=_count(1), default=256, help="max calibration samples used (default 256)")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
     p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
@@ -244,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: guessed from the shape)")
     p.add_argument("--top-k", type=int, default=5, help="classes the agent reports (default 5)")
     p.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 20)")
-    p.add_argument("--bench-runs", type=int, default=50, help="host benchmark runs per model (0 to skip)")
+    p.add_argument("--bench-runs", type=_count(0), default=50, help="host benchmark runs per model (0 to skip)")
     p.add_argument("--reproducible", action="store_true",
                    help="no wall-clock figure goes into or decides the bundle (host latency stays in the report; "
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")

@@ -36,6 +36,15 @@ class Dataset:
     def head(self, n: int) -> "Dataset":
         return Dataset({k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.origin)
 
+    def take(self, index: np.ndarray | slice) -> "Dataset":
+        """The samples at `index` (an index array or slice along the sample axis)."""
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[index],
+                       self.origin)
+
+    def interleaved_halves(self) -> tuple["Dataset", "Dataset"]:
+        """Even- and odd-numbered samples: two halves that both span an ordered file (video, sorted folder)."""
+        return self.take(slice(0, None, 2)), self.take(slice(1, None, 2))
+
 
 def load_dataset(
     source: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None = None,

@@ -21,6 +21,12 @@ class FormatError(UsageError):
     exit_code = 2
 
 
+class NothingToQuantize(UsageError):
+    """--precision asks for something this model has nothing to apply to (int4-weight on a Conv-only net)."""
+
+    exit_code = 2
+
+
 class ImportFailed(ConversionError):
     """The source model cannot be loaded (wrong path, factory, format or input shape)."""
 

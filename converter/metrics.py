@@ -17,6 +17,7 @@ import numpy as np
 MAP_THRESHOLD = 0.3  # PP-OCR / DB text detectors binarise their probability map at 0.3
 MAP_IOU = 0.9
 GENERIC_COSINE = 0.99
+CLEAR_MARGIN = 0.2  # top-1 minus top-2 probability at which the float model's answer counts as clear
 
 
 def detect_task(output_shape: list[int | str], classification_head: bool) -> str:
@@ -54,11 +55,29 @@ def map_iou(ref: np.ndarray, cand: np.ndarray, threshold: float = MAP_THRESHOLD)
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows as probabilities: kept when they already are (softmax head), else softmax of the logits."""
+    if scores.min() >= 0 and np.allclose(scores.sum(1), 1.0, atol=1e-3):
+        return scores
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
     """{'agreement': share in [0, 1], 'metric': its name, ...details} for one output tensor."""
     if task == "classification":
-        a = float((_flat(ref).argmax(1) == _flat(cand).argmax(1)).mean())
-        return {"agreement": a, "metric": "top1_agreement"}
+        r, c = _flat(ref), _flat(cand)
+        same = r.argmax(1) == c.argmax(1)
+        out: dict[str, Any] = {"agreement": float(same.mean()), "metric": "top1_agreement"}
+        if r.shape[1] > 1:
+            # Where the float model itself barely prefers its answer, any perturbation flips it; report
+            # agreement where its answer is clear separately, so a user can tell the two kinds of loss apart.
+            top2 = np.sort(_probabilities(r), axis=1)[:, -2:]
+            clear = (top2[:, 1] - top2[:, 0]) >= CLEAR_MARGIN
+            out["clear_share"] = round(float(clear.mean()), 6)
+            if clear.any():
+                out["clear_agreement"] = round(float(same[clear].mean()), 6)
+        return out
     if task == "map":
         iou = map_iou(ref, cand)
         return {"agreement": float((iou >= MAP_IOU).mean()), "metric": f"share_iou>={MAP_IOU}",

@@ -24,6 +24,7 @@ class Step:
     score: dict[str, Any]
     latency_ms: float | None
     failures: list[str]
+    check_score: dict[str, Any] | None = None  # the same score on held-out samples (greedy_fallback's `check`)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class FallbackResult(Generic[M]):
         for prev, step in zip([None, *self.steps], self.steps):
             row: dict[str, Any] = {"layer": step.layer, "agreement": step.score["agreement"], "error": step.score["error"],
                                    "latency_ms": step.latency_ms, "passes": not step.failures}
+            if step.check_score is not None:
+                row["held_out_agreement"] = step.check_score["agreement"]
             if prev is not None:
                 row["agreement_gained"] = round(step.score["agreement"] - prev.score["agreement"], 6)
                 if step.latency_ms is not None and prev.latency_ms is not None:
@@ -63,17 +66,22 @@ def rank_by_exclusion(layers: list[str], build: Callable[[list[str]], M], evalua
 
 def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluate: Callable[[M], dict[str, Any]],
                     failures: Callable[[dict[str, Any]], list[str]], max_float_layers: int,
-                    latency: Callable[[M], float] | None = None, start: tuple[M, dict[str, Any]] | None = None) -> FallbackResult[M]:
+                    latency: Callable[[M], float] | None = None, start: tuple[M, dict[str, Any]] | None = None,
+                    check: Callable[[M], dict[str, Any]] | None = None) -> FallbackResult[M]:
     """Add layers from `ranking` to the float set one at a time until `failures` is empty.
 
-    Stops at max_float_layers; the result then has passed=False and the best model seen.
+    Stops at max_float_layers. Without `check`, the result is the first passing step, else the best one
+    (agreement, then error). With `check` (the same score on held-out samples the search never saw),
+    every step is also scored there and the result is the step with the best held-out agreement (ties:
+    better search agreement, then fewer float layers), so layers that only fit the search samples are
+    dropped again.
     """
     if start is None:
         model = build([])
         start = (model, evaluate(model))
     model, s = start
-    steps = [Step(None, s, latency(model) if latency else None, failures(s))]
-    best = FallbackResult([], model, not steps[0].failures, list(steps))
+    models = [model]
+    steps = [Step(None, s, latency(model) if latency else None, failures(s), check(model) if check else None)]
     kept: list[str] = []
     for layer in ranking:
         if not steps[-1].failures or len(kept) >= max_float_layers:
@@ -81,10 +89,14 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
         kept.append(layer)
         model = build(list(kept))
         s = evaluate(model)
-        steps.append(Step(layer, s, latency(model) if latency else None, failures(s)))
-        log.info("kept %d layer(s) in float (+%s): agreement %.4f", len(kept), layer, s["agreement"])
-        if not steps[-1].failures or (s["agreement"], -s["error"]) > (best.steps[-1].score["agreement"], -best.steps[-1].score["error"]):
-            best = FallbackResult(list(kept), model, not steps[-1].failures, [])
-            best.steps = [Step(x.layer, x.score, x.latency_ms, x.failures) for x in steps]
-    best.steps = steps
-    return best
+        models.append(model)
+        steps.append(Step(layer, s, latency(model) if latency else None, failures(s), check(model) if check else None))
+        log.info("kept %d layer(s) in float (+%s): agreement %.4f%s", len(kept), layer, s["agreement"],
+                 f", held-out {steps[-1].check_score['agreement']:.4f}" if check else "")
+    if check:
+        pick = max(range(len(steps)), key=lambda i: (steps[i].check_score["agreement"], steps[i].score["agreement"], -i))
+    elif not steps[-1].failures:
+        pick = len(steps) - 1
+    else:
+        pick = max(range(len(steps)), key=lambda i: (steps[i].score["agreement"], -steps[i].score["error"], -i))
+    return FallbackResult(kept[:pick], models[pick], not steps[pick].failures, steps)

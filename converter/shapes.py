@@ -76,10 +76,11 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | list
 
 
 def name_negative_dims(model: onnx.ModelProto) -> int:
-    """Turn -1/0 input dims (exporters' "dynamic") into named dims, as the manifest and ORT expect."""
+    """Turn -1/0 input and output dims (exporters' "dynamic", e.g. Paddle's -1 batch) into named dims,
+    as the manifest and ORT expect."""
     inits = {i.name for i in model.graph.initializer}
     changed = 0
-    for vi in model.graph.input:
+    for vi in [*model.graph.input, *model.graph.output]:
         if vi.name in inits:
             continue
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):

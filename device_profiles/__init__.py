@@ -26,7 +26,7 @@ __all__ = [
     "profile_from_dict",
 ]
 
-RECIPES = ("int8-static", "int8-dynamic", "fp16", "fp32")
+RECIPES = ("int8-static", "int8-dynamic", "fp16", "fp32", "int4-weight")  # int4-weight: ONNX Runtime only
 FORMATS = ("onnx", "tflite")
 RUNTIMES = ("onnxruntime", "litert")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

@@ -144,7 +144,7 @@ def bench(kind: str, runs: int, budget: str, max_float: int, methods: str, candi
     for label, model in models.items():
         s = score(ref, run(model, held), task)
         rows[label] = {"agreement": s["agreement"], "metric": s["metric"], "mean_cosine": s["mean_cosine"],
-                       **{k: s[k] for k in ("mean_iou", "sequence_equal") if k in s},
+                       **{k: s[k] for k in ("mean_iou", "sequence_equal", "clear_agreement", "clear_share") if k in s},
                        "latency_ms": round(lat[label], 3), "size_mb": round(model.stat().st_size / 1e6, 3)}
     for r in rows.values():
         r["speedup_vs_float"] = round(rows["float"]["latency_ms"] / r["latency_ms"], 2)
@@ -154,6 +154,14 @@ def bench(kind: str, runs: int, budget: str, max_float: int, methods: str, candi
             "load_avg": round(os.getloadavg()[0], 2),
             "calibration": m.get("calibration_search", {}).get("chosen"),
             "float_layers": mixed.get("float_layers", []), "mixed_steps": mixed.get("steps"), "results": rows}
+
+
+def _detail(row: dict) -> str:
+    if "clear_agreement" in row:
+        return f"{row['clear_agreement']:.3f} where float's answer is clear ({row['clear_share']:.0%} of inputs)"
+    if "mean_iou" in row:
+        return f"mean IoU {row['mean_iou']:.3f}"
+    return f"whole sequence equal {row['sequence_equal']:.3f}" if "sequence_equal" in row else ""
 
 
 def main() -> int:
@@ -176,10 +184,10 @@ def main() -> int:
         print(f"\n{r['model']}: {r['held_out_samples']} held-out inputs, ours = {r['precision']} "
               f"(calibration {r['calibration']}, float layers: {', '.join(r['float_layers']) or 'none'}; "
               f"converted in {r['convert_seconds']} s, load average {r['load_avg']})")
-        print(f"  {'variant':<18} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'speedup':>8} {'MB':>7}")
+        print(f"  {'variant':<18} {'agreement':>9} {'metric':<26} {'latency ms':>10} {'speedup':>8} {'MB':>7}  detail")
         for label, x in r["results"].items():
             print(f"  {label:<18} {x['agreement']:>9.3f} {x['metric']:<26} {x['latency_ms']:>10.3f} "
-                  f"{x['speedup_vs_float']:>7.2f}x {x['size_mb']:>7.3f}")
+                  f"{x['speedup_vs_float']:>7.2f}x {x['size_mb']:>7.3f}  {_detail(x)}")
     return 0
 
 

@@ -54,7 +54,9 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
     if "top1_drop_points" in m and m["top1_drop_points"] > max_drop:
         reasons.append(f"top-1 accuracy dropped {m['top1_drop_points']:.2f} points (budget {max_drop:.2f})")
     if "top1_agreement" in m and m["top1_agreement"] < min_agreement:
-        reasons.append(f"top-1 agreement with float is {m['top1_agreement']:.2%} (budget >= {min_agreement:.2%})")
+        clear = (f"; {m['clear_agreement']:.2%} on the {m['clear_share']:.0%} of inputs where float's answer is clear"
+                 if "clear_agreement" in m else "")
+        reasons.append(f"top-1 agreement with float is {m['top1_agreement']:.2%} (budget >= {min_agreement:.2%}{clear})")
     if "top1_agreement" not in m and "agreement" in m and m["agreement"] < min_agreement:
         reasons.append(f"{m['agreement_metric']} with float is {m['agreement']:.2%} (budget >= {min_agreement:.2%})")
     elif "top1_agreement" not in m and "agreement" not in m and m["mean_cosine"] < min_cosine:  # generic outputs only
@@ -89,6 +91,9 @@ class AccuracyGatePass(Pass):
         if task in ("map", "sequence"):
             a = agreement(reference[0], candidate[0], task)
             metrics.update(agreement=round(a.pop("agreement"), 6), agreement_metric=a.pop("metric"), **a)
+        elif "top1_agreement" in metrics:
+            a = agreement(reference[0], candidate[0], "classification")
+            metrics.update({k: a[k] for k in ("clear_share", "clear_agreement") if k in a})
         metrics["data"] = origin
         max_drop = o.max_accuracy_drop if o.max_accuracy_drop is not None else ctx.profile.accuracy.max_top1_drop
         min_agree = o.min_agreement if o.min_agreement is not None else ctx.profile.accuracy.min_agreement

@@ -7,9 +7,16 @@ from typing import Any
 
 import onnx
 
+from ..qdq import is_prequantized, quantized_ops
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
+
+
+def keeps_quantization(before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+    """An already-quantized model must keep every Q/DQ node through clean-up (folding one would drop its scales)."""
+    a, b = quantized_ops(before), quantized_ops(after)
+    return all(b.get(op, 0) >= n for op, n in a.items())
 
 
 class CleanupPass(Pass):
@@ -29,6 +36,8 @@ class CleanupPass(Pass):
 
             slim = onnxslim.slim(model)
             onnx.checker.check_model(slim)
+            if is_prequantized(model) and not keeps_quantization(model, slim):
+                raise ValueError("it changed the model's QuantizeLinear/DequantizeLinear nodes")
         except Exception as exc:  # onnxslim is best effort: keep the original graph
             log.warning("onnxslim could not simplify the graph (%s); keeping it as exported", str(exc).splitlines()[0])
             slim, tool = model, "none"

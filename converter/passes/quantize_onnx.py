@@ -3,8 +3,11 @@
 int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile/
               distribution or auto (measured choice; see accuracy_aware.py)
 int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
+int4-weight   MatMul/Gemm weights in 4-bit blocks (MatMulNBits), activations and Conv float (weight_only.py)
 fp16          float16 weights and activations, float32 I/O (GPU profiles)
 fp32          unchanged
+int8-qat      (not a recipe) the model already carries QuantizeLinear/DequantizeLinear (QAT export, another
+              tool): its own scales are kept, never re-quantized; see keep_prequantized
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import onnx
 
 from ..errors import ConversionError
+from ..qdq import describe, float_twin, is_prequantized
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,43 @@ def fold_graph(src, out):
     return out, [f"folded {n} {what.replace('_', ' ')}" for what, n in counts.items() if n]
 
 
+def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: str, explicit: bool) -> dict[str, Any]:
+    """Package an already-quantized model as it is (precision int8-qat); its float twin becomes the reference.
+
+    int8-static / fp32 (asked for, or the profile's recipe) and a profile's fp16/int8-dynamic keep the model's
+    own QDQ: re-quantizing would replace trained scales with calibrated ones and round twice. An explicit
+    --precision fp16 or int8-dynamic is refused: the user should convert the float model for that.
+    """
+    info = describe(model)
+    counts = ", ".join(f"{n} {op}" for op, n in info["ops"].items())
+    if explicit and recipe in ("fp16", "int8-dynamic"):
+        raise ConversionError(
+            f"{ctx.options.source} is already quantized ({counts}); --precision {recipe} would not undo that: "
+            "convert the float model for fp16/int8-dynamic, or drop --precision to keep the model's own int8")
+    src = ctx.float_model
+    reference = "float twin (weights dequantized, activation Q/DQ pairs -> Clip to their range: no rounding)"
+    try:
+        twin = ctx.workdir / "float.twin.onnx"
+        tm = float_twin(model)
+        onnx.checker.check_model(tm)
+        onnx.save_model(tm, str(twin), save_as_external_data=False)
+        ctx.float_model = twin
+    except Exception as exc:  # QOperator graphs etc.: gate/benchmark compare the model with itself
+        reference = f"the model itself (no float twin: {str(exc).splitlines()[0][:120]})"
+        log.warning("no float reference for the pre-quantized model (%s); the accuracy gate compares it with itself",
+                    str(exc).splitlines()[0][:120])
+    ctx.model = src
+    ctx.precision = "int8-qat"
+    log.info("model is already quantized (%s): keeping its own scales, not re-quantizing (recipe %s %s)", counts,
+             recipe, "asked for" if explicit else f"of profile {ctx.profile.name}")
+    note = (f"already quantized ({counts}): the model's own QDQ scales are kept and it is not re-quantized "
+            f"({recipe} {'asked for' if explicit else 'is the profile recipe'})")
+    if ctx.calibration is not None:
+        note += "; --calibration data not used (the model's ranges are kept)"
+    ctx.measurements["quantization"] = {"origin": "model (pre-quantized QDQ, e.g. QAT)", **info}
+    return {"recipe": "int8-qat", "requested": recipe, "note": note, "reference": reference, **info}
+
+
 class QuantizePass(Pass):
     name = "quantize"
 
@@ -66,6 +107,9 @@ class QuantizePass(Pass):
         o, prec = ctx.options, ctx.profile.precision
         recipe = o.precision or prec.recipe
         ctx.precision = recipe
+        model = onnx.load(str(ctx.float_model))
+        if is_prequantized(model):
+            return keep_prequantized(ctx, model, recipe, explicit=o.precision is not None)
         if recipe == "fp32":
             return {"recipe": "fp32", "note": "model kept in float32"}
         if recipe == "fp16":
@@ -76,6 +120,13 @@ class QuantizePass(Pass):
             onnx.save_model(model, str(out), save_as_external_data=False)
             ctx.model = out
             return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
+        if recipe == "int4-weight":
+            from ..weight_only import quantize_weight_only
+
+            out = ctx.workdir / "model.int4w.onnx"
+            result = quantize_weight_only(ctx.float_model, out)
+            ctx.model = out
+            return {"recipe": "int4-weight", **result.to_dict()}
         if recipe == "int8-dynamic":
             from onnxruntime.quantization import quantize_dynamic
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from ..errors import ConversionError
 from ..tflite_utils import tflite_specs
@@ -70,6 +71,12 @@ class TFLiteConvertPass(Pass):
         precision = o.precision or ctx.profile.precision.recipe
         io_dtype = o.io_dtype or "float32"
         ctx.format, ctx.runtime = "tflite", "litert"
+        if ctx.float_model is not None and ctx.float_model.suffix == ".onnx":
+            from ..qdq import is_prequantized
+
+            if is_prequantized(onnx.load(str(ctx.float_model), load_external_data=False)):
+                raise ConversionError(f"{o.source} is already quantized (QDQ ONNX): it converts to ONNX bundles only "
+                                      "(--format onnx), which keep its own scales")
         if kind == "tflite":
             detected = detect_tflite_precision(ctx.imported.tflite_path)
             if o.precision and o.precision != detected:

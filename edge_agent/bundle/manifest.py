@@ -18,7 +18,7 @@ SUPPORTED_MAJOR = 1
 
 FORMATS = ("onnx", "tflite")
 RUNTIMES = ("onnxruntime", "litert")
-PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-mixed")
+PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-mixed", "int8-qat", "int4-weight")
 LAYOUTS = ("NCHW", "NHWC", "NC", "ANY")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 COLOR_ORDERS = ("RGB", "BGR", "GRAY")

@@ -1,0 +1,118 @@
+"""Quantization-aware training hooks for PyTorch users (torch.ao FX QAT -> QDQ ONNX -> edge-convert).
+
+    from converter.qat import prepare_qat, export_qdq_onnx
+    qat = prepare_qat(model, example_input)      # fake-quant copy, train mode
+    ...fine-tune qat for a few epochs with your usual loop (small learning rate)...
+    export_qdq_onnx(qat, example_input, "model.qat.onnx")
+    # edge-convert convert model.qat.onnx --profile raspberry-pi-4 ...  (keeps the model's own scales)
+
+Tested with torch 2.13.0 (CPU). What works there and what does not (measured, see docs/accuracy-aware-int8.md):
+- `torch.ao.quantization.quantize_fx.prepare_qat_fx` + `convert_fx`, then the TorchScript exporter
+  (`torch.onnx.export(..., dynamo=False)`, opset >= 13) writes QuantizeLinear/DequantizeLinear with int8
+  weights, BatchNorm folded into the convs and int32 biases; ONNX Runtime fuses it into QLinearConv/QGemm.
+- Exporting the fake-quant model itself fails with torch's default QAT qconfig
+  (`aten::fused_moving_avg_obs_fake_quant` has no ONNX symbolic) and, with plain FakeQuantize modules whose
+  observers are still on, on `aten::copy`; with observers off it exports, but BatchNorm stays unfolded
+  (Conv -> Div -> Add -> BatchNormalization), so ORT cannot fuse the convs into QLinearConv. Hence convert_fx.
+- `torch.ao.quantization.quantize_pt2e` is not in torch 2.13 (moved to torchao).
+torch is imported inside the functions: the converter itself runs without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset >= 13
+
+
+def _as_tuple(example_input: Any) -> tuple:
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+
+
+def qat_qconfig_mapping():
+    """The QConfigMapping prepare_qat uses: per-channel symmetric int8 weights, uint8 per-tensor activations.
+
+    Why these: ONNX Runtime's CPU QDQ fusions (QLinearConv, QGemm, QLinearMatMul via MLAS) are fastest
+    with uint8 activations x int8 weights on both x86-64 and ARM64, per-channel weights need zero point 0
+    (symmetric) for its per-channel kernels, and this is the same pair the converter's post-training recipe
+    uses (profiles' activation_type=uint8, weight_type=int8), so QAT and PTQ bundles run the same kernels.
+    Full 8-bit ranges (no reduce_range): the Pi's NEON kernels do not saturate; on x86 CPUs without VNNI,
+    u8 x s8 products can saturate in AVX2 - measure (the converter's accuracy gate does).
+    Plain FakeQuantize (not torch's default FusedMovingAvgObsFakeQuantize): only plain fake-quant ops
+    have ONNX exports. Quant ranges are the ones ONNX allows: uint8 [0, 255] and int8 [-128, 127].
+    """
+    import torch
+    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
+                                       MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
+
+    activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                        dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+
+
+def prepare_qat(model, example_input: Any, qconfig_mapping=None):
+    """A fake-quantized copy of `model` (FX graph mode, Conv+BN+ReLU fused), in train mode, ready to fine-tune.
+
+    `model` is not modified. `example_input`: a tensor (or tuple of tensors) of the model's input shape.
+    Fine-tune the result with your usual loop (a few epochs, learning rate ~1/10 of training's); its
+    observers learn activation ranges and its weights adapt to int8 rounding.
+    """
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        prepared = prepare_qat_fx(copy.deepcopy(model).train(), qconfig_mapping or qat_qconfig_mapping(),
+                                  _as_tuple(example_input))
+    return prepared.train()
+
+
+def freeze_qat(prepared) -> None:
+    """Stop observers and BatchNorm statistics updating (call for the last epoch(s) or before evaluating)."""
+    import torch.ao.nn.intrinsic.qat as nniqat
+    from torch.ao.quantization import disable_observer
+
+    prepared.apply(disable_observer)
+    prepared.apply(nniqat.freeze_bn_stats)
+
+
+def quantization_params(prepared) -> dict[str, dict[str, Any]]:
+    """{module name: {"scale": ndarray, "zero_point": ndarray}} of every fake-quant module (observer state)."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    return {name: {"scale": m.scale.detach().cpu().numpy().copy(), "zero_point": m.zero_point.detach().cpu().numpy().copy()}
+            for name, m in prepared.named_modules() if isinstance(m, FakeQuantizeBase)}
+
+
+def export_qdq_onnx(prepared, example_input: Any, path: str | Path, input_names: Sequence[str] = ("image",),
+                    output_names: Sequence[str] = ("logits",), opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+    """Write the QAT model as an ONNX QDQ model (QuantizeLinear/DequantizeLinear carrying its scales).
+
+    `prepared` (from prepare_qat, fine-tuned) is not modified: a copy has its observers frozen, is converted
+    with torch.ao's convert_fx (BatchNorm folded, int8 weights, int32 biases) and exported with the
+    TorchScript exporter (dynamo=False; the dynamo exporter does not take quantized tensors).
+    The input shape is `example_input`'s (static, like the agent runs it); dynamic_batch=True names dim 0.
+    """
+    import torch
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    if opset < 13:
+        raise ValueError("QDQ export needs opset >= 13 (per-channel QuantizeLinear/DequantizeLinear)")
+    frozen = copy.deepcopy(prepared).eval()
+    freeze_qat(frozen)
+    path = Path(path)
+    axes = ({n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        quantized = convert_fx(frozen)
+        with torch.no_grad():
+            torch.onnx.export(quantized, _as_tuple(example_input), str(path), dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(output_names), dynamic_axes=axes)
+    log.info("wrote QDQ ONNX model %s (opset %d)", path, opset)
+    return path
