@@ -20,6 +20,7 @@ from .passes import (
     SelfTestPass,
 )
 from .passes.tflite_convert import TFLiteConvertPass
+from .passes.tflite_mixed import TFLiteMixedPrecisionPass
 
 FORMATS = ("onnx", "tflite")
 
@@ -70,8 +71,9 @@ def onnx_recipe() -> list[Pass]:
 
 
 def tflite_recipe() -> list[Pass]:
-    """import -> clean-up (ONNX sources) -> TFLite convert -> accuracy gate -> host benchmark -> self-test -> package."""
-    return [ImportPass(), CleanupPass(), TFLiteConvertPass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(),
+    """import -> clean-up (ONNX sources) -> TFLite convert -> mixed-precision fallback -> accuracy gate -> host benchmark
+    -> self-test -> package."""
+    return [ImportPass(), CleanupPass(), TFLiteConvertPass(), TFLiteMixedPrecisionPass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(),
             PackagePass()]
 
 

@@ -25,6 +25,7 @@ from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+TF_SOURCE = "_tf_source"  # ctx.measurements key (not serialised): (kind, path) the int8 model was quantized from
 
 
 def detect_tflite_precision(path: Path) -> str:
@@ -104,6 +105,8 @@ class TFLiteConvertPass(Pass):
                 ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration, o.calibration_samples,
                 io_dtype, ctx.profile.precision.per_channel)
             ctx.model, ctx.reference_model = result.model, result.float32
+            if result.saved_model is not None:
+                ctx.measurements[TF_SOURCE] = ("savedmodel", result.saved_model)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             entry.update(tool=f"onnx2tf {onnx2tf_version()}", seconds_convert=result.seconds,
                          per_channel=ctx.profile.precision.per_channel, variants_written=result.files)
@@ -118,6 +121,8 @@ class TFLiteConvertPass(Pass):
             rep = _representative(ctx) if precision == "int8-static" else None
             convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
             ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
+            if precision == "int8-static":
+                ctx.measurements[TF_SOURCE] = (kind, ctx.imported.tf_source)
             src_in, src_out = list(ctx.inputs), list(ctx.outputs)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             # dataset keys follow the float model's names; keep them addressable by position

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -49,6 +50,7 @@ class Onnx2TfResult:
     float32: Path  # always produced: size/latency reference
     seconds: float
     files: list[str]
+    saved_model: Path | None = None  # onnx2tf's intermediate SavedModel (NHWC), kept for int8-static re-quantization
 
 
 def onnx2tf_version() -> str:
@@ -114,6 +116,51 @@ def _no_sample_download(module, array: np.ndarray) -> Iterator[None]:
             module.download_test_image_data = saved
 
 
+_TF_NAME = re.compile(r"[^A-Za-z0-9_.\\/>-]")  # characters TensorFlow refuses in scope names
+
+
+def _copy_with_tf_names(src: Path, dst: Path) -> int:
+    """Copy an ONNX model, renaming nodes and internal tensors TensorFlow cannot use as scope names.
+
+    Paddle exports (PP-OCR cls) name nodes like `Conv@0`; onnx2tf turns node names into TF
+    scopes and fails on '@'. Graph inputs and outputs keep their names (they are the data contract).
+    Returns how many names were changed.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    taken = {n.name for n in g.node} | {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.initializer}
+    mapping: dict[str, str] = {}
+
+    def fix(name: str) -> str:
+        if not name or name in keep or not _TF_NAME.search(name):
+            return name
+        if name not in mapping:
+            new = _TF_NAME.sub("_", name)
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            mapping[name] = new
+        return mapping[name]
+
+    if not any(_TF_NAME.search(x) for x in taken if x not in keep):
+        shutil.copyfile(src, dst)
+        return 0
+    for node in g.node:  # (subgraphs of If/Loop are left as they are)
+        node.name = fix(node.name)
+        node.input[:] = [fix(x) for x in node.input]
+        node.output[:] = [fix(x) for x in node.output]
+    for init in g.initializer:
+        init.name = fix(init.name)
+    for vi in g.value_info:
+        vi.name = fix(vi.name)
+    onnx.save(model, str(dst))
+    log.info("renamed %d ONNX names TensorFlow cannot use as scope names (e.g. '@')", len(mapping))
+    return len(mapping)
+
+
 def onnx_to_tflite(
     onnx_path: Path,
     workdir: Path,
@@ -141,7 +188,7 @@ def onnx_to_tflite(
     out_dir = workdir / "tflite"
     out_dir.mkdir(parents=True, exist_ok=True)
     with _private_cwd(workdir) as work:
-        shutil.copyfile(onnx_path, work / "model.onnx")  # onnx2tf rewrites its input in place
+        _copy_with_tf_names(onnx_path, work / "model.onnx")  # onnx2tf rewrites its input in place
         custom = None
         if integer:
             custom = []
@@ -182,5 +229,12 @@ def onnx_to_tflite(
         float32 = out_dir / "model.fp32.tflite"
         shutil.copyfile(wanted, model)
         shutil.copyfile(work / "out" / f"model{VARIANT_SUFFIX['fp32']}", float32)
+        saved_model = None
+        if integer and (work / "out" / "saved_model.pb").is_file():
+            # onnx2tf writes the SavedModel it quantized from next to the .tflite files: the
+            # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite_quant).
+            saved_model = out_dir / "saved_model"
+            shutil.copytree(work / "out", saved_model, ignore=shutil.ignore_patterns("*.tflite"), dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
-    return Onnx2TfResult(model=model, float32=float32, seconds=round(time.perf_counter() - t0, 3), files=produced)
+    return Onnx2TfResult(model=model, float32=float32, seconds=round(time.perf_counter() - t0, 3), files=produced,
+                         saved_model=saved_model)
