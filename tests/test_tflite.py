@@ -315,3 +315,17 @@ def test_format_auto_records_candidates_and_packs_a_passing_one(digits, tmp_path
     assert cands[m.format]["host_latency"]["p50_ms"] <= min(passing.values()) * 1.03  # fastest, or tied with it
     assert all(c["precision"] == "int8-static" for c in cands.values())
     assert m.runtime == ("litert" if m.format == "tflite" else "onnxruntime")
+
+
+def test_onnx2tf_output_does_not_depend_on_earlier_conversions(digits, tmp_path):
+    """onnx2tf names TF ops from tf_keras' per-process counters; the converter resets them, so converting the
+    same ONNX model twice in one process gives byte-identical .tflite files (as --reproducible promises)."""
+    import hashlib
+
+    from converter.onnx_utils import tensor_specs
+    from converter.passes.tflite_onnx2tf import onnx_to_tflite
+
+    inputs, _ = tensor_specs(digits.onnx)
+    digests = {hashlib.sha256(onnx_to_tflite(digits.onnx, tmp_path / f"run{i}", "fp32", inputs).model.read_bytes()).hexdigest()
+               for i in range(2)}
+    assert len(digests) == 1

@@ -180,7 +180,9 @@ def test_sensitivity_off_skips_the_fallback(keras_model, digits, capsys, tmp_pat
     xnn = report["measurements"]["xnnpack_op_denylist"]
     assert (xnn["partitions_int8"], xnn["partitions_float"], xnn["denylisted_ops"], xnn["partitions_after"]) == (2, 1, ["RESHAPE"], 1)
     assert report["precision"] == "int8-mixed" and xnn["agreement_after"] == xnn["agreement_int8"]
-    assert _op_output_dtypes(_model_file(bundle, tmp_path / "y"))["functional_1/head_1/convolution1"] == "int8"
+    dtypes = _op_output_dtypes(_model_file(bundle, tmp_path / "y"))
+    # Keras numbers layer names per process (functional_1, head_1, ...): match the head conv by its parts
+    assert [d for name, d in dtypes.items() if "head" in name and name.endswith("convolution1")] == ["int8"]
     entry = next(p for p in report["passes"] if p["pass"] == "tflite-mixed-precision")
     assert entry["sensitivity"] == "off" and entry["int8_passes"] is False
     assert report["measurements"]["accuracy"]["passed"] is False and report["measurements"]["accuracy"]["forced"] is True

@@ -213,6 +213,9 @@ def onnx_to_tflite(
             non_verbose=True,
         )
         try:
+            # onnx2tf names its layers from tf_keras' per-process counters ("model_58/tf.nn.relu_20"): reset them
+            # so a conversion gives the same tensor names (and bytes) whatever ran before it in this process.
+            module.tf_keras.backend.clear_session()
             with _no_sample_download(module, sample), stdout_to_stderr():
                 module.convert(**kwargs)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on unsupported graphs
