@@ -107,7 +107,7 @@ def cmd_bundles(args: argparse.Namespace) -> Result:
 
 
 def cmd_deploy(args: argparse.Namespace) -> Result:
-    from .rollout import DEFAULT_STAGES, parse_max_failures, parse_stages, plan_rollout
+    from .rollout import ACTIVE, DEFAULT_STAGES, parse_max_failures, parse_stages, plan_rollout
 
     with _registry(args) as reg:
         plan = plan_rollout(
@@ -122,7 +122,7 @@ def cmd_deploy(args: argparse.Namespace) -> Result:
         result = reg.rollout(plan.id)
         if args.wait:
             deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
-            while result and result["status"] in ("pending", "running"):
+            while result and result["status"] in ACTIVE:
                 if deadline is not None and time.monotonic() > deadline:
                     raise FleetError(f"rollout {plan.id} still {result['status']} after {args.wait_timeout:.0f}s "
                                      "(is `edge-fleet serve` running?)")

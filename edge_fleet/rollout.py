@@ -15,7 +15,9 @@ each rollout forward from what devices reported:
 * when failures exceed the threshold the rollout HALTS: devices that had switched get their
   previous bundle as desired state with allow_downgrade=True, in-flight and failed devices
   get their previous bundle back as desired state too (so nothing switches later), and the
-  remaining stages are never started.
+  remaining stages are never started. The rollout stays `halting` until every switched device
+  reports its previous bundle again (`rolled_back`), reports that it could not
+  (`rollback_failed`), or stays silent for `stage_timeout` (`rollback_timeout`); then `halted`.
 
 All state lives in SQLite, so a restarted server continues a rollout where it was.
 """
@@ -38,8 +40,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STAGES = (5.0, 25.0, 100.0)
 DEFAULT_STAGE_TIMEOUT = 900.0
-ACTIVE = ("pending", "running")
-TERMINAL_DEVICE = ("succeeded", "failed", "timeout", "skipped", "rolled_back", "cancelled", "not_started")
+ACTIVE = ("pending", "running", "halting")  # halting: waiting for switched devices to confirm their roll-back
+TERMINAL_DEVICE = ("succeeded", "failed", "timeout", "skipped", "rolled_back", "rollback_failed", "rollback_timeout",
+                   "cancelled", "not_started")
 FAILED_DEVICE = ("failed", "timeout")
 
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
@@ -214,6 +217,9 @@ class RolloutDriver:
 
     def _step(self, r: dict[str, Any], now: float) -> None:
         rid = r["id"]
+        if r["status"] == "halting":
+            self._check_rollbacks(r, now)
+            return
         if r["status"] == "pending":
             self._set_rollout(rid, now, status="running")
             self._start_stage(r, 0, now)
@@ -278,6 +284,7 @@ class RolloutDriver:
     def _halt(self, r: dict[str, Any], reason: str, now: float) -> None:
         rid = r["id"]
         log.warning("rollout %s HALTED: %s; rolling back", rid, reason)
+        confirm = False
         for d in r["devices"]:
             if d["stage"] < 0:
                 continue
@@ -288,23 +295,55 @@ class RolloutDriver:
             switched = status == "succeeded" and d["previous_sha"] != d["bundle_sha"]
             if not (switched or status in ("sent", *FAILED_DEVICE)):
                 continue
-            note = self._revert(rid, d)
-            if switched:
+            note, sent = self._revert(rid, d)
+            if switched and sent and d["previous_sha"]:  # rolled_back once the device reports its previous bundle
+                self._set_device(rid, d["device_id"], "rolling_back", note)
+                confirm = True
+            elif switched and sent:  # it had no model before: there is no previous bundle to report
                 self._set_device(rid, d["device_id"], "rolled_back", note, done_at=now)
+            elif switched:
+                self._set_device(rid, d["device_id"], "rollback_failed", note, done_at=now)
             elif status == "sent":
                 self._set_device(rid, d["device_id"], "cancelled", note, done_at=now)
             else:
                 self._set_device(rid, d["device_id"], status, f"{d['reason']}; {note}")
-        self._set_rollout(rid, now, status="halted", reason=reason)
+        # While halting, the rollout row is not touched until every roll-back settled: updated_at = halt time.
+        self._set_rollout(rid, now, status="halting" if confirm else "halted", reason=reason)
 
-    def _revert(self, rid: str, d: dict[str, Any]) -> str:
-        """Publish the device's previous bundle as its desired state (allow_downgrade)."""
+    def _check_rollbacks(self, r: dict[str, Any], now: float) -> None:
+        """Halting rollout: a switched device is rolled_back when it reports its previous bundle as current,
+        rollback_failed when it reports the roll-back failed, rollback_timeout after stage_timeout."""
+        rid, pending = r["id"], 0
+        for d in r["devices"]:
+            if d["status"] != "rolling_back":
+                continue
+            dev = self.reg.device(d["device_id"]) or {}
+            current, phase = (dev.get("current") or {}).get("sha256"), dev.get("phase")
+            if current == d["previous_sha"] and phase in ("succeeded", "idle"):
+                self._set_device(rid, d["device_id"], "rolled_back", f"{d['reason']}; confirmed by the device",
+                                 done_at=now)
+            elif dev.get("deployment_id") == f"{rid}-rollback" and phase == "failed":
+                self._set_device(rid, d["device_id"], "rollback_failed",
+                                 f"device could not go back: {dev.get('last_error') or 'no reason given'}", done_at=now)
+            elif now - r["updated_at"] > r["stage_timeout"]:
+                self._set_device(rid, d["device_id"], "rollback_timeout",
+                                 f"{d['reason']}, but the device did not report it within {r['stage_timeout']:.0f}s "
+                                 f"(last phase: {phase or 'none'}, presence: {dev.get('presence') or 'unknown'})",
+                                 done_at=now)
+            else:
+                pending += 1
+        if not pending:
+            self._set_rollout(rid, now, status="halted")
+            log.warning("rollout %s halted; roll-backs settled", rid)
+
+    def _revert(self, rid: str, d: dict[str, Any]) -> tuple[str, bool]:
+        """Publish the device's previous bundle as its desired state (allow_downgrade); (note, whether sent)."""
         topic = self.topics.desired(d["device_id"])
         prev = self.reg.bundle_by_sha(d["previous_sha"]) if d["previous_sha"] else None
         if prev is not None:
             self.publish(topic, dumps(desired_for(prev, f"{rid}-rollback", allow_downgrade=True)), True)
-            return f"desired reset to previous {prev.name}:{prev.version}"
+            return f"desired reset to previous {prev.name}:{prev.version}", True
         if d["previous_sha"] is None:
             self.publish(topic, b"", True)  # no model before: clear the retained desired state
-            return "desired state cleared (device had no model before)"
-        return f"previous bundle {d['previous_sha'][:12]} is not in the registry: cannot roll back"
+            return "desired state cleared (device had no model before)", True
+        return f"previous bundle {d['previous_sha'][:12]} is not in the registry: cannot roll back", False

@@ -132,7 +132,9 @@ def test_rollout_halts_on_failures_and_rolls_back_switched_devices(fleet, int8_b
     assert rc == 7  # RolloutHalted
     assert r["status"] == "halted" and "1 device(s) failed" in r["reason"]
     by_id = {d["device_id"]: d for d in r["devices"]}
-    assert by_id["a-ok"]["status"] == "rolled_back"
+    # `--wait` returned only once the switched device reported its previous bundle again
+    assert by_id["a-ok"]["status"] == "rolled_back" and "confirmed by the device" in by_id["a-ok"]["reason"]
+    assert (reg.device("a-ok") or {})["current"]["sha256"] == v1
     assert by_id["b-bad"]["status"] == "failed" and "self-test outputs differ" in by_id["b-bad"]["reason"]
     assert all(by_id[s.id]["status"] == "not_started" for s in rest)
     assert all(s.history == [] for s in rest)  # later stages never received the bundle
@@ -141,6 +143,30 @@ def test_rollout_halts_on_failures_and_rolls_back_switched_devices(fleet, int8_b
     assert v2 in [sha for _phase, sha in ok.history]  # it really had switched to v2 first
     assert bad.current.sha256 == v1
     wait_until(lambda: (reg.device("a-ok") or {}).get("current", {}).get("sha256") == v1, what="rollback report")
+
+
+def test_halt_waits_for_roll_back_and_names_a_device_that_never_confirms(fleet, int8_bundle, int8_v2_bundle, capsys):
+    server, reg, sim = fleet
+    gone = sim("a-gone")  # switches to v2, then drops off the network before the halt
+    sim("b-quiet", silent=True)  # never answers: times out, which halts the rollout
+    wait_until(lambda: known(reg, "a-gone", "b-quiet"), what="devices to report")
+    assert fleet_main(["deploy", "digits:2", "--devices", "a-gone,b-quiet", "--stages", "50,100", "--stage-timeout", "3",
+                       "--max-failures", "0", "--db", str(reg.db_path), "--json"]) == 0
+    rid = json.loads(capsys.readouterr().out)["id"]
+
+    def device_status(dev: str) -> str:
+        return next(d["status"] for d in (reg.rollout(rid) or {"devices": []})["devices"] if d["device_id"] == dev)
+
+    wait_until(lambda: device_status("a-gone") == "succeeded", what="a-gone to switch")
+    gone.kill()
+    # halted by b-quiet's timeout; a-gone cannot confirm its roll-back: the rollout waits for it, then says so
+    wait_until(lambda: (reg.rollout(rid) or {}).get("status") == "halting", what="halting")
+    assert device_status("a-gone") == "rolling_back"
+    r = wait_until(lambda: (x := reg.rollout(rid)) and x["status"] == "halted" and x, what="halted")
+    a = next(d for d in r["devices"] if d["device_id"] == "a-gone")
+    assert a["status"] == "rollback_timeout" and "did not report it within 3s" in a["reason"]
+    assert "desired reset to previous digits:1" in a["reason"]
+    assert next(d for d in r["devices"] if d["device_id"] == "b-quiet")["status"] == "timeout"
 
 
 def test_failures_within_threshold_and_timeouts(fleet, int8_v2_bundle, capsys):
