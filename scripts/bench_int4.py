@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,7 +34,8 @@ from converter.pipeline import convert  # noqa: E402
 from converter.weight_only import quantize_weight_only  # noqa: E402
 from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle  # noqa: E402
 from edge_agent.runtimes import load_session  # noqa: E402
-from edge_agent.telemetry.latency import summarize_ms  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant import time_interleaved  # noqa: E402  - one timing method for all benches
 
 PRECISIONS = ("fp32", "int8-dynamic", "int4-weight")
 
@@ -87,23 +87,6 @@ def export(name: str, path: Path) -> tuple[int, ...]:
         torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, input_names=["x"],
                           output_names=["logits"], verbose=False)
     return tuple(example.shape)
-
-
-def time_interleaved(runners: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 20) -> dict[str, dict]:
-    """Time every runner in alternating blocks so machine noise hits all of them alike."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(max(1, runs // block)):
-        for name, fn in runners.items():
-            time.sleep(0.2)  # let the previous session's spinning ORT threads park (they would steal the cores)
-            fn()  # untimed
-            for _ in range(block):
-                t = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t) * 1e3)
-    return {k: summarize_ms(v) for k, v in samples.items()}
 
 
 def source(name: str, work: Path, samples: int) -> tuple[Path, list[int] | None, np.ndarray, str]:
