@@ -58,8 +58,6 @@ def normalize(img: np.ndarray) -> np.ndarray:
 
 def line_crops(n: int, shape: tuple[int, int, int], seed: int, rotate_half: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """n text-line-like crops resized to shape (C,H,W); half rotated 180 degrees (label 1)."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     sources = text_images()
     _, h, w = shape

@@ -53,6 +53,22 @@ def budget_of(ctx: ConversionContext) -> Budget:
                   min_cosine=o.min_cosine)
 
 
+def score_against_budget(ctx: ConversionContext, evaluate, task: str) -> tuple[Budget, dict[str, Any], list[str], dict[str, Any]]:
+    """(budget, score of ctx.model, budget failures, report entry) - the start of every mixed-precision pass."""
+    budget = budget_of(ctx)
+    base = evaluate(ctx.model)
+    reasons = budget.failures(base, task)
+    return budget, base, reasons, {"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons}
+
+
+def wants_sensitivity(mode: str, reasons: list[str], entry: dict[str, Any]) -> bool:
+    """--sensitivity auto|always|off: whether to rank layers (auto: only when int8 misses the budget)."""
+    if mode == "off" or (mode == "auto" and not reasons):
+        entry["sensitivity"] = "skipped (int8 meets the budget)" if mode == "auto" else "off"
+        return False
+    return True
+
+
 class _Evaluator:
     """Scores candidate models against the float model's outputs on fixed data (computed once)."""
 
@@ -158,13 +174,8 @@ class MixedPrecisionPass(Pass):
         data = gate_data(ctx)
         task = task_of(ctx)
         evaluate = ctx.measurements.get("_evaluator") or _Evaluator(ctx.float_model, data, task)
-        budget = budget_of(ctx)
-        base = evaluate(ctx.model)
-        reasons = budget.failures(base, task)
-        entry: dict[str, Any] = {"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons}
-        mode = o.sensitivity
-        if mode == "off" or (mode == "auto" and not reasons):
-            entry["sensitivity"] = "skipped (int8 meets the budget)" if mode == "auto" else "off"
+        budget, base, reasons, entry = score_against_budget(ctx, evaluate, task)
+        if not wants_sensitivity(o.sensitivity, reasons, entry):
             return entry
         layers = quantizable_nodes(q.src)
         split = len(data) >= 2 * HOLDOUT_MIN

@@ -25,7 +25,7 @@ from ..metrics import score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..runners import run_model, runner
 from ..tflite_utils import feeds_in_layout
-from .accuracy_aware import HOLDOUT_MIN, budget_of, gate_data, task_of
+from .accuracy_aware import HOLDOUT_MIN, gate_data, score_against_budget, task_of, wants_sensitivity
 from .base import ConversionContext, Pass
 from .tflite_convert import TF_SOURCE
 
@@ -129,13 +129,8 @@ class TFLiteMixedPrecisionPass(Pass):
         o = ctx.options
         task = task_of(ctx)
         evaluate = _Evaluator(ctx, data, task)
-        budget = budget_of(ctx)
-        base = evaluate(ctx.model)
-        reasons = budget.failures(base, task)
-        entry: dict[str, Any] = {"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons}
-        mode = o.sensitivity
-        if mode == "off" or (mode == "auto" and not reasons):
-            entry["sensitivity"] = "skipped (int8 meets the budget)" if mode == "auto" else "off"
+        budget, base, reasons, entry = score_against_budget(ctx, evaluate, task)
+        if not wants_sensitivity(o.sensitivity, reasons, entry):
             return entry
         if (o.io_dtype or "float32") != "float32":
             entry["sensitivity"] = f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {o.io_dtype}"
