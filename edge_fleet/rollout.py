@@ -9,7 +9,8 @@ each rollout forward from what devices reported:
 * a stage starts by publishing a retained DesiredState to each of its devices;
 * a device succeeds when it reports the target bundle as current (phase succeeded/idle),
   fails when it reports failed/rolled_back for this deployment, or times out after
-  `stage_timeout` seconds (a timeout counts as a failure);
+  `stage_timeout` seconds (a timeout counts as a failure); a device that succeeded and later
+  reports rolled_back for this deployment (the agent's probation) counts as failed then;
 * the next stage starts only when every device of the stage finished and the failures of the
   whole rollout are within the threshold;
 * when failures exceed the threshold the rollout HALTS: devices that had switched get their
@@ -229,6 +230,8 @@ class RolloutDriver:
         for d in targets:
             if d["stage"] == stage and d["status"] == "sent":
                 self._check_device(r, d, now)
+            elif d["status"] == "succeeded":
+                self._check_still_on_it(r, d, now)
         r = self.reg.rollout(rid) or r
         targets = [d for d in r["devices"] if d["stage"] >= 0]
         failures = sum(d["status"] in FAILED_DEVICE for d in targets)
@@ -281,6 +284,14 @@ class RolloutDriver:
                              f"no success within {r['stage_timeout']:.0f}s (last phase: {phase or 'none'})",
                              done_at=now)
 
+    def _check_still_on_it(self, r: dict[str, Any], d: dict[str, Any], now: float) -> None:
+        """A device that succeeded may undo the update later (agent probation: the model failed on live inputs)."""
+        dev = self.reg.device(d["device_id"]) or {}
+        if dev.get("deployment_id") == r["id"] and dev.get("phase") == "rolled_back":
+            self._set_device(r["id"], d["device_id"], "failed",
+                             f"device rolled back after the switch: {dev.get('last_error') or 'no reason given'}",
+                             done_at=now)
+
     def _halt(self, r: dict[str, Any], reason: str, now: float) -> None:
         rid = r["id"]
         log.warning("rollout %s HALTED: %s; rolling back", rid, reason)
@@ -319,7 +330,7 @@ class RolloutDriver:
                 continue
             dev = self.reg.device(d["device_id"]) or {}
             current, phase = (dev.get("current") or {}).get("sha256"), dev.get("phase")
-            if current == d["previous_sha"] and phase in ("succeeded", "idle"):
+            if current == d["previous_sha"] and phase in ("succeeded", "idle", "rolled_back"):
                 self._set_device(rid, d["device_id"], "rolled_back", f"{d['reason']}; confirmed by the device",
                                  done_at=now)
             elif dev.get("deployment_id") == f"{rid}-rollback" and phase == "failed":

@@ -38,11 +38,12 @@ log = logging.getLogger("fleet_sim")
 class SimDevice:
     def __init__(self, host: str, port: int, device_id: str, profile: str = "raspberry-pi-4",
                  current: BundleRef | None = None, prefix: str = "edgekit", fail: str | None = None,
-                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST) -> None:
+                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None) -> None:
         self.host, self.port, self.id, self.profile = host, port, device_id, profile
         self.topics = Topics(prefix)
         self.current, self.previous = current, None
         self.fail, self.silent, self.window = fail, silent, window
+        self.undo_after_s = undo_after_s  # like the agent's probation: switch back this long after succeeding
         self.phase = "idle"
         self.deployment_id: str | None = None
         self.last_error: str | None = None
@@ -194,6 +195,13 @@ class SimDevice:
         self._set_phase("verifying")
         self.previous, self.current = self.current, want.bundle
         self._set_phase("succeeded")
+        if self.undo_after_s is not None and not want.allow_downgrade:
+            threading.Timer(self.undo_after_s, self._undo).start()
+
+    def _undo(self) -> None:
+        with self.changed:
+            self.current, self.previous = self.previous, self.current
+            self._set_phase("rolled_back", "rolled back after the switch: 5 of 12 inferences on live inputs failed")
 
 
 # --- helpers for the fleet tests ------------------------------------------------------------

@@ -169,6 +169,21 @@ def test_halt_waits_for_roll_back_and_names_a_device_that_never_confirms(fleet, 
     assert next(d for d in r["devices"] if d["device_id"] == "b-quiet")["status"] == "timeout"
 
 
+def test_device_that_undoes_the_update_after_succeeding_fails_the_rollout(fleet, int8_bundle, int8_v2_bundle, capsys):
+    """The agent's probation can roll a model back after it reported success; the fleet counts that as a failure."""
+    server, reg, sim = fleet
+    sim("a-undo", undo_after_s=0.5)  # succeeds, then reports rolled_back for this deployment
+    sim("b-slow", silent=True)  # stage 2 is still running when a-undo undoes the update
+    wait_until(lambda: known(reg, "a-undo", "b-slow"), what="devices to report")
+    rc = fleet_main(["deploy", "digits:2", "--devices", "a-undo,b-slow", "--stages", "50,100", "--stage-timeout", "30",
+                     "--max-failures", "0", "--wait", "--wait-timeout", "60", "--db", str(reg.db_path), "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 7 and r["status"] == "halted" and "1 device(s) failed" in r["reason"]
+    a = next(d for d in r["devices"] if d["device_id"] == "a-undo")
+    assert a["status"] == "failed" and "device rolled back after the switch" in a["reason"]
+    assert "inferences on live inputs failed" in a["reason"]
+
+
 def test_failures_within_threshold_and_timeouts(fleet, int8_v2_bundle, capsys):
     server, reg, sim = fleet
     sim("d-0")

@@ -387,3 +387,79 @@ def test_update_with_username_password_and_acl(home, bundles, digits, tmp_path):
         thread.join(20)
         fleet.close()
         b.stop()
+
+
+# --- probation: an update that passes its self-test but fails on live inputs is undone ------------
+
+
+def _fragile_model(model_path: Path, selftest: Path, out: Path) -> tuple[Path, float]:
+    """The same network plus a lookup indexed by the input's mean brightness: exact on the bundle's self-test
+    inputs (dark background digits), out of bounds - an ONNX Runtime error - on bright inputs. Returns the
+    model and the mean brightness from which it fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    with np.load(selftest) as st:
+        x = next(st[k] for k in st.files if k.startswith("input"))
+    size = int(np.floor(x.reshape(len(x), -1).mean(1).max() * 10)) + 1  # every self-test input stays in range
+    model = onnx.load(str(model_path))
+    g = model.graph
+    final = g.output[0].name
+    producer = next(n for n in g.node if final in n.output)
+    producer.output[list(producer.output).index(final)] = "fragile_inner"
+    g.initializer.extend([numpy_helper.from_array(np.zeros(size, np.float32), "fragile_table"),
+                          numpy_helper.from_array(np.array(10.0, np.float32), "fragile_ten")])
+    g.node.extend([
+        helper.make_node("ReduceMean", [g.input[0].name], ["fragile_mean"], keepdims=0),
+        helper.make_node("Mul", ["fragile_mean", "fragile_ten"], ["fragile_scaled"]),
+        helper.make_node("Floor", ["fragile_scaled"], ["fragile_floor"]),
+        helper.make_node("Cast", ["fragile_floor"], ["fragile_idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["fragile_table", "fragile_idx"], ["fragile_zero"]),
+        helper.make_node("Add", ["fragile_inner", "fragile_zero"], [final]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out, size / 10.0
+
+
+def test_update_that_fails_on_live_inputs_is_rolled_back_during_probation(home, bundles, digits, broker, fleet, tmp_path):
+    from edge_agent.ota.live import InferenceLoop
+
+    def swap_model(files):
+        files["model/model.onnx"], _ = _fragile_model(files["model/model.onnx"], files["selftest.npz"], tmp_path / "f.onnx")
+
+    fragile = repack(bundles["v2"], tmp_path / "fragile-v3.edgebundle", digits.key, digits.pub,
+                     lambda m: setattr(m, "version", 3), swap_model)
+    bright = (1.0 - digits.x_test[:50]).astype(np.float32)  # white-background digits: a "camera" the self-test never saw
+
+    def live_source(model, i):
+        return {model.manifest.inputs[0].name: bright[i % len(bright)].reshape(model.manifest.inputs[0].shape)}
+
+    dev = "dev-probation"
+    cfg = AgentConfig(broker=broker.url, device_id=dev, profile_name=PROFILE, latency_budget_ms=500.0,
+                      trust=TrustStore.from_paths([digits.pub]), telemetry_interval_s=0.5, threads=1, probation_s=30.0)
+    agent = Agent(AgentHome(home), cfg, loop=InferenceLoop(source=live_source, interval_s=0.01))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.loop.inferences > 20, what="v1 serving bright inputs")
+        assert agent.loop.errors == 0
+        fleet.deploy(dev, fragile, "dep-fragile", block_size=BLOCK)
+        # it installs, passes its self-test and switches ("succeeded") ... then fails on the live inputs
+        r = fleet.wait_phase(dev, "dep-fragile", phases=("rolled_back",))
+        assert r.current.version == 1 and "inferences on live inputs failed" in r.last_error
+        assert "indices" in r.last_error or "out of" in r.last_error  # ONNX Runtime's own reason
+        assert agent.loop.current.ref.version == 1
+        ok_v1 = agent.loop.inferences
+        wait_for(lambda: agent.loop.inferences > ok_v1 + 20, what="v1 serving again")
+        slots = Slots(AgentHome(home).slots_dir)
+        bad = next(s for s in (slots.info("a"), slots.info("b")) if s.ref and s.ref.version == 3)
+        assert bad.status == "bad" and "rolled back after the switch" in bad.reason
+        # the retained desired state is re-delivered on reconnect: it must not re-install what was undone
+        agent.client.reconnect()
+        wait_for(lambda: agent._connected.is_set(), what="reconnected")
+        threading.Event().wait(1.0)
+        assert agent.loop.current.ref.version == 1 and fleet.last_reported(dev).phase == "rolled_back"
+    finally:
+        agent.stop()
+        thread.join(20)

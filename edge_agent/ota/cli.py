@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
         password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
-        source=args.source, results=args.results,
+        source=args.source, results=args.results, probation_s=args.probation,
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
@@ -177,6 +177,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "file (served in a loop) or image folder, latest frame first; needs edgekit[camera]. "
                    "Default: the bundle's self-test inputs")
     p.add_argument("--results", metavar="FILE", help="with --source: append per-frame results as JSON lines ('-' = stdout)")
+    p.add_argument("--probation", type=float, default=60.0, metavar="SECONDS",
+                   help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
+                   "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
     common(p)
     p.set_defaults(func=cmd_serve)
 

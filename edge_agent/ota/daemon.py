@@ -41,6 +41,24 @@ from .transfer import BlockDownloader, http_download
 log = logging.getLogger(__name__)
 
 
+# A model on probation is rolled back once at least PROBATION_MIN_ERRORS of its inferences failed and they are more
+# than PROBATION_MAX_ERROR_RATE of its inferences: a single bad frame does not undo an update, a model that
+# fails on real inputs (which its self-test did not cover) does.
+PROBATION_MIN_ERRORS = 3
+PROBATION_MAX_ERROR_RATE = 0.2
+
+
+@dataclass
+class Probation:
+    """The model an update just switched to, watched on live inputs until `until` (monotonic seconds)."""
+
+    generation: int
+    slot: str
+    previous_slot: str
+    started: float
+    until: float
+
+
 class AgentConfigError(ValueError):
     exit_code = 2
     kind = "config"
@@ -66,6 +84,9 @@ class AgentConfig:
     threads: int | None = None
     block_retry_s: float = 3.0
     keepalive_s: int = 30
+    # After an update switches models, watch the new one on live inputs for this long; if too many of its
+    # inferences fail (PROBATION_* below), switch back to the previous slot and report rolled_back. 0 = off.
+    probation_s: float = 60.0
     source: str | None = None  # camera/stream/video/images to run the model on (default: self-test inputs)
     results: str | None = None  # JSON-lines file for per-frame results with --source ("-" = stdout)
     extra: dict = field(default_factory=dict)
@@ -137,6 +158,7 @@ class Agent:
         self._ctx: InstallContext | None = None
         self._downloader: BlockDownloader | None = None
         self.ignored_messages = 0
+        self.probation: Probation | None = None
         self.last_downloader_stats = None
         self.client = self._make_client()
         self._worker = threading.Thread(target=self._work, name="update-worker", daemon=True)
@@ -207,7 +229,8 @@ class Agent:
             return
         job = self.job
         if job is not None and job.deployment_id == desired.deployment_id and job.ref.sha256 == desired.bundle.sha256:
-            if job.phase in ACTIVE_PHASES or job.phase in ("failed", "succeeded"):
+            # rolled_back too: a retained desired state re-sent on reconnect must not re-install what was undone
+            if job.phase in ACTIVE_PHASES or job.phase in ("failed", "succeeded", "rolled_back"):
                 log.info("desired state %s already handled (%s)", desired.deployment_id, job.phase)
                 return
         active = self.slots.active()
@@ -346,6 +369,55 @@ class Agent:
 
     def _on_switch(self, info: SlotInfo, session: ModelSession | None) -> None:
         self._serve(info, session)
+        live = self.loop.current
+        if self.config.probation_s > 0 and live is not None:
+            now = time.monotonic()
+            self.probation = Probation(live.generation, info.name, self.slots.other(info.name), now,
+                                       now + self.config.probation_s)
+
+    def _check_probation(self) -> None:
+        """Roll back an update whose model fails on live inputs during its probation window."""
+        p = self.probation
+        if p is None:
+            return
+        live = self.loop.current
+        if live is None or live.generation != p.generation:  # replaced since (a newer update, a CLI rollback)
+            self.probation = None
+            return
+        ok, errors = self.loop.counts(p.generation)
+        if errors >= PROBATION_MIN_ERRORS and errors > PROBATION_MAX_ERROR_RATE * (ok + errors):
+            if not self._busy.acquire(blocking=False):
+                return  # an update is running; it replaces this model anyway
+            try:
+                self._probation_rollback(p, ok, errors)
+            finally:
+                self._busy.release()
+        elif time.monotonic() >= p.until:
+            log.info("model in slot %s passed probation: %d inferences, %d errors", p.slot, ok, errors)
+            self.probation = None
+
+    def _probation_rollback(self, p: Probation, ok: int, errors: int) -> None:
+        self.probation = None
+        why = (f"rolled back after the switch: {errors} of {ok + errors} inferences on live inputs failed within "
+               f"{time.monotonic() - p.started:.0f}s (last: {self.loop.last_error})")
+        prev = self.slots.info(p.previous_slot)
+        if not prev.usable or prev.status == "bad":
+            log.error("%s; but the previous slot %s is not usable: keeping the new model", why, p.previous_slot)
+            return
+        try:
+            session, _ = load_checked(prev.bundle_dir, prev.manifest, None, self.config.threads)  # type: ignore[arg-type]
+        except HealthCheckFailed as exc:
+            log.error("%s; but the previous slot %s fails its health check (%s): keeping the new model", why,
+                      p.previous_slot, exc)
+            return
+        self.slots.switch(prev.name)
+        self.slots.mark(p.slot, "bad", reason=why)
+        self._serve(prev, session)
+        log.error("%s: serving slot %s again", why, prev.name)
+        if self.job is not None:
+            self.job.phase, self.job.last_error, self.job.error_kind = "rolled_back", why, "probation"
+            save_job(self.home, self.job)
+        self.publish_reported()
 
     def _report(self, job: UpdateJob) -> None:
         self.job = job
@@ -408,6 +480,7 @@ class Agent:
         try:
             while not self._stop.wait(0.2):
                 self._watch_slots()
+                self._check_probation()
                 if time.monotonic() >= next_tel:
                     self.publish_telemetry()
                     next_tel = time.monotonic() + self.config.telemetry_interval_s

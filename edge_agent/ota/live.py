@@ -69,6 +69,7 @@ class InferenceLoop:
         self.inferences = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.by_generation: dict[int, list[int]] = {}  # model generation -> [inferences, errors]
         self.ends: deque[float] = deque(maxlen=20000)  # completion times, for swap-pause figures
         self._seen_generation = 0
         self._stop = threading.Event()
@@ -98,15 +99,30 @@ class InferenceLoop:
                     self.on_result(model, outputs)
                 self.latency.add((t1 - t0) * 1000.0)
                 self.inferences += 1
+                self._count(model.generation, 0)
                 self.ends.append(t1)
             except Exception as exc:  # noqa: BLE001 - count it, keep serving
                 self.errors += 1
+                self._count(model.generation, 1)
                 self.last_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
                 log.warning("inference failed: %s", self.last_error)
             self._seen_generation = model.generation
             i += 1
             if self.interval_s > 0:
                 self._stop.wait(self.interval_s)
+
+    def _count(self, generation: int, which: int) -> None:
+        counts = self.by_generation.get(generation)
+        if counts is None:
+            for old in sorted(self.by_generation)[:-3]:  # keep the last few models' counts
+                del self.by_generation[old]
+            counts = self.by_generation[generation] = [0, 0]
+        counts[which] += 1
+
+    def counts(self, generation: int) -> tuple[int, int]:
+        """(successful inferences, errors) of the model with this generation."""
+        ok, err = self.by_generation.get(generation, (0, 0))
+        return ok, err
 
     def swap(self, new: LiveModel | None, wait_s: float = 10.0) -> LiveModel | None:
         """Make `new` current (one assignment); close the previous session once the loop left it."""
