@@ -118,6 +118,7 @@ def cmd_deploy(args: argparse.Namespace) -> Result:
             max_failures=parse_max_failures(args.max_failures),
             stage_timeout=args.stage_timeout,
             source_url=args.source_url,
+            stage_soak=args.stage_soak,
         )
         result = reg.rollout(plan.id)
         if args.wait:
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-failures", default="0",
                    help="halt when failures exceed this count (2) or fraction (0.1, 10%%); default 0")
     s.add_argument("--stage-timeout", type=float, default=900.0, help="seconds per device (default %(default)s)")
+    s.add_argument("--stage-soak", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds each device must stay on the new bundle before the next stage starts; match the "
+                   "agents' --probation (60) so a model that fails on live inputs halts the rollout (default 0)")
     s.add_argument("--source-url", metavar="TEMPLATE",
                    help="devices download over HTTP(S) instead of MQTT blocks, from this URL template "
                    "({sha256}, {name}, {version}, {profile}), e.g. https://cdn.example.com/{sha256}.edgebundle")

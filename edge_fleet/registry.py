@@ -140,6 +140,8 @@ class Registry:
         cols = {r["name"] for r in self._db.execute("PRAGMA table_info(rollouts)")}
         if "source_url" not in cols:
             self._db.execute("ALTER TABLE rollouts ADD COLUMN source_url TEXT")
+        if "stage_soak" not in cols:
+            self._db.execute("ALTER TABLE rollouts ADD COLUMN stage_soak REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:

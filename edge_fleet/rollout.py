@@ -11,8 +11,9 @@ each rollout forward from what devices reported:
   fails when it reports failed/rolled_back for this deployment, or times out after
   `stage_timeout` seconds (a timeout counts as a failure); a device that succeeded and later
   reports rolled_back for this deployment (the agent's probation) counts as failed then;
-* the next stage starts only when every device of the stage finished and the failures of the
-  whole rollout are within the threshold;
+* the next stage starts only when every device of the stage finished (and, with `stage_soak`,
+  has stayed on the new bundle that long) and the failures of the whole rollout are within
+  the threshold;
 * when failures exceed the threshold the rollout HALTS: devices that had switched get their
   previous bundle as desired state with allow_downgrade=True, in-flight and failed devices
   get their previous bundle back as desired state too (so nothing switches later), and the
@@ -106,8 +107,15 @@ class RolloutPlan:
 
 def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, group: str | None = None,
                  stages: list[float] | None = None, max_failures: float = 0,
-                 stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None) -> RolloutPlan:
-    """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`."""
+                 stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None,
+                 stage_soak: float = 0.0) -> RolloutPlan:
+    """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`.
+
+    stage_soak: seconds a stage's devices must stay on the new bundle before the next stage starts
+    (and before the rollout succeeds), so a device whose agent undoes the update (probation) still halts it.
+    """
+    if stage_soak < 0:
+        raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
     name, version = parse_target(target)
     bundles = {b.profile: b for b in reg.bundles_named(name, version)}
     if not bundles:
@@ -125,7 +133,7 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
 
     busy = {row["device_id"]: row["rollout_id"] for row in reg.query(
         "SELECT rd.device_id, rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
-        "WHERE r.status IN ('pending','running') AND rd.stage >= 0")}
+        f"WHERE r.status IN ({','.join('?' * len(ACTIVE))}) AND rd.stage >= 0", ACTIVE)}
     eligible: list[tuple[str, BundleRecord]] = []
     skipped: list[tuple[str, str]] = []
     for dev_id in wanted:
@@ -155,8 +163,9 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
         start = end
     with reg.transaction():
         reg.execute("INSERT INTO rollouts (id, name, version, status, stages, stage, max_failures, stage_timeout, "
-                    "created_at, updated_at, source_url) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (rid, name, version, "pending", _json(counts), -1, max_failures, stage_timeout, now, now, source_url))
+                    "created_at, updated_at, source_url, stage_soak) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (rid, name, version, "pending", _json(counts), -1, max_failures, stage_timeout, now, now, source_url,
+                     stage_soak))
         for dev_id, stage, sha in targets:
             reg.execute("INSERT INTO rollout_devices (rollout_id, device_id, stage, bundle_sha, status) "
                         "VALUES (?,?,?,?,?)", (rid, dev_id, stage, sha, "waiting"))
@@ -239,7 +248,9 @@ class RolloutDriver:
         if failures > threshold:
             self._halt(r, f"{failures} device(s) failed, more than the allowed {threshold}", now)
             return
-        if all(d["status"] in TERMINAL_DEVICE for d in targets if d["stage"] == stage):
+        soak = r.get("stage_soak") or 0.0
+        if all(d["status"] in TERMINAL_DEVICE and (d["status"] != "succeeded" or now - (d["done_at"] or now) >= soak)
+               for d in targets if d["stage"] == stage):
             if stage + 1 < len(r["stages"]):
                 self._start_stage(r, stage + 1, now)
             else:

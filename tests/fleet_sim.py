@@ -72,6 +72,7 @@ class SimDevice:
         return self
 
     def stop(self) -> None:
+        self._connected.clear()
         self.client.publish(self.topics.presence(self.id), dumps(Presence("offline")), qos=1, retain=True)
         self.client.disconnect()
         self.client.loop_stop()
@@ -196,9 +197,13 @@ class SimDevice:
         self.previous, self.current = self.current, want.bundle
         self._set_phase("succeeded")
         if self.undo_after_s is not None and not want.allow_downgrade:
-            threading.Timer(self.undo_after_s, self._undo).start()
+            timer = threading.Timer(self.undo_after_s, self._undo)
+            timer.daemon = True  # never keeps the test process alive
+            timer.start()
 
     def _undo(self) -> None:
+        if not self._connected.is_set():
+            return
         with self.changed:
             self.current, self.previous = self.previous, self.current
             self._set_phase("rolled_back", "rolled back after the switch: 5 of 12 inferences on live inputs failed")

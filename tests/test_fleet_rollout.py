@@ -170,18 +170,27 @@ def test_halt_waits_for_roll_back_and_names_a_device_that_never_confirms(fleet, 
 
 
 def test_device_that_undoes_the_update_after_succeeding_fails_the_rollout(fleet, int8_bundle, int8_v2_bundle, capsys):
-    """The agent's probation can roll a model back after it reported success; the fleet counts that as a failure."""
+    """The agent's probation can roll a model back after it reported success. With --stage-soak the next stage
+    waits, so the late roll-back halts the rollout before the next stage gets the bundle."""
     server, reg, sim = fleet
-    sim("a-undo", undo_after_s=0.5)  # succeeds, then reports rolled_back for this deployment
-    sim("b-slow", silent=True)  # stage 2 is still running when a-undo undoes the update
-    wait_until(lambda: known(reg, "a-undo", "b-slow"), what="devices to report")
-    rc = fleet_main(["deploy", "digits:2", "--devices", "a-undo,b-slow", "--stages", "50,100", "--stage-timeout", "30",
+    sim("a-undo", undo_after_s=1.0)  # succeeds, then reports rolled_back for this deployment
+    later = sim("b-later")
+    wait_until(lambda: known(reg, "a-undo", "b-later"), what="devices to report")
+    rc = fleet_main(["deploy", "digits:2", "--devices", "a-undo,b-later", "--stages", "50,100", "--stage-soak", "5",
                      "--max-failures", "0", "--wait", "--wait-timeout", "60", "--db", str(reg.db_path), "--json"])
     r = json.loads(capsys.readouterr().out)
-    assert rc == 7 and r["status"] == "halted" and "1 device(s) failed" in r["reason"]
-    a = next(d for d in r["devices"] if d["device_id"] == "a-undo")
-    assert a["status"] == "failed" and "device rolled back after the switch" in a["reason"]
-    assert "inferences on live inputs failed" in a["reason"]
+    assert rc == 7 and r["status"] == "halted" and "1 device(s) failed" in r["reason"] and r["stage_soak"] == 5
+    by_id = {d["device_id"]: d for d in r["devices"]}
+    assert by_id["a-undo"]["status"] == "failed" and "device rolled back after the switch" in by_id["a-undo"]["reason"]
+    assert "inferences on live inputs failed" in by_id["a-undo"]["reason"]
+    assert by_id["b-later"]["status"] == "not_started" and later.history == []  # the soak kept stage 2 back
+    # without a soak the same rollout moves on as soon as stage 1 reports success
+    sim("c-undo", undo_after_s=30.0)
+    sim("d-ok")
+    wait_until(lambda: known(reg, "c-undo", "d-ok"), what="devices to report")
+    rc = fleet_main(["deploy", "digits:2", "--devices", "c-undo,d-ok", "--stages", "50,100", "--wait",
+                     "--wait-timeout", "60", "--db", str(reg.db_path), "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["status"] == "succeeded"
 
 
 def test_failures_within_threshold_and_timeouts(fleet, int8_v2_bundle, capsys):
