@@ -123,6 +123,12 @@ def test_mixed_precision_fallback_makes_failing_int8_pass(outlier, keys):
     # plain int8 with no float fallback fails the gate (exit 30) ...
     assert _convert_outlier(model, outlier, keys, outlier / "plain.edgebundle", "--max-float-layers", "0",
                             "--accuracy-budget", "agreement:0.95") == 30
+    # with --force it is written, and the report says why the fallback could not pass, in one line
+    forced = outlier / "forced.edgebundle"
+    assert _convert_outlier(model, outlier, keys, forced, "--max-float-layers", "0", "--accuracy-budget", "agreement:0.95",
+                            "--force") == 0
+    why = _report(forced)["measurements"]["mixed_precision"]["why_not_passed"]
+    assert "budget still missed" in why and "limit 0" in why and "never all 4 quantizable layers" in why and "\n" not in why
     # ... the fallback keeps the sensitive layer(s) in float and passes
     out = outlier / "mixed.edgebundle"
     assert _convert_outlier(model, outlier, keys, out, "--max-float-layers", "3", "--accuracy-budget", "agreement:0.95") == 0

@@ -69,6 +69,39 @@ def wants_sensitivity(mode: str, reasons: list[str], entry: dict[str, Any]) -> b
     return True
 
 
+def fallback_report(result, evaluate, budget: Budget, task: str, limit: int, n_layers: int, max_option: int | None,
+                    halves: tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The `mixed_precision` report of a greedy fallback (ONNX and TFLite alike); (report, final score, chosen step).
+
+    halves: (search, held-out) sample counts when the held-out check chose the result; the final score is
+    then measured on all eval samples with `evaluate`, else it is the chosen step's own score.
+    """
+    chosen = result.steps[len(result.float_layers)]  # step i keeps i layers in float
+    final_score = evaluate(result.model) if halves else chosen.score
+    failures = budget.failures(final_score, task)
+    tried = len(result.steps) - 1
+    mixed: dict[str, Any] = {
+        "float_layers": result.float_layers, "passed": not failures, "steps": result.report(),
+        "max_float_layers": limit, "agreement": final_score["agreement"],
+        "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
+               "one at a time until the accuracy budget held"}
+    if halves:
+        mixed["selection"] = (f"layers added on {halves[0]} search samples; how many to keep chosen by agreement on "
+                              f"{halves[1]} held-out samples the search never saw; passed = budget on all "
+                              f"{sum(halves)}")
+        if len(result.float_layers) < tried:
+            mixed["dropped_after_held_out_check"] = [st.layer for st in result.steps[len(result.float_layers) + 1:]]
+    if failures:
+        mixed["why_not_passed"] = (
+            f"budget still missed (best: {'; '.join(failures)}, keeping {len(result.float_layers)} layer(s) "
+            f"in float) after trying {tried} layer(s) one by one; limit {limit} "
+            f"(--max-float-layers {max_option or 'default: a quarter of the layers, at most 8'}, never all "
+            f"{n_layers} quantizable layers): the error is spread over many layers: raise the limit, add "
+            "calibration data, or use QAT")
+        log.warning("mixed precision: %s", mixed["why_not_passed"])
+    return mixed, final_score, chosen
+
+
 class _Evaluator:
     """Scores candidate models against the float model's outputs on fixed data (computed once)."""
 
@@ -222,29 +255,8 @@ class MixedPrecisionPass(Pass):
         else:
             result = greedy_fallback(order, build, evaluate, lambda s: budget.failures(s, task), limit,
                                      latency, start=(ctx.model, base))
-        chosen = result.steps[len(result.float_layers)]  # step i keeps i layers in float
-        final_score = evaluate(result.model) if split else chosen.score
-        final_failures = budget.failures(final_score, task)
-        steps = result.report()
-        mixed = {"float_layers": result.float_layers, "passed": not final_failures, "steps": steps, "max_float_layers": limit,
-                 "agreement": final_score["agreement"],
-                 "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
-                        "one at a time until the accuracy budget held"}
-        if split:
-            mixed["selection"] = (f"layers added on {len(search_data)} search samples; how many to keep chosen by agreement "
-                                  f"on {len(check_data)} held-out samples the search never saw; passed = budget on all "
-                                  f"{len(data)}")
-        tried = len(result.steps) - 1
-        if split and len(result.float_layers) < tried:
-            mixed["dropped_after_held_out_check"] = [s.layer for s in result.steps[len(result.float_layers) + 1:]]
-        if final_failures:
-            mixed["why_not_passed"] = (
-                f"budget still missed (best: {'; '.join(final_failures)}, keeping {len(result.float_layers)} layer(s) "
-                f"in float) after trying {tried} layer(s) one by one; "
-                f"limit {limit} (--max-float-layers {o.max_float_layers or 'default: a quarter of the layers, at most 8'}, "
-                f"never all {len(layers)} quantizable "
-                "layers); the error is spread over many layers: raise the limit, add calibration data, or use QAT")
-            log.warning("mixed precision: %s", mixed["why_not_passed"])
+        mixed, final_score, chosen = fallback_report(result, evaluate, budget, task, limit, len(layers), o.max_float_layers,
+                                                     (len(search_data), len(check_data)) if split else None)
         if result.float_layers:
             ctx.model = result.model
             ctx.precision = "int8-mixed"

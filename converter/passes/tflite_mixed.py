@@ -25,7 +25,8 @@ from ..metrics import score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..runners import run_model, runner
 from ..tflite_utils import feeds_in_layout
-from .accuracy_aware import HOLDOUT_MIN, gate_data, score_against_budget, task_of, wants_sensitivity
+from .accuracy_aware import (HOLDOUT_MIN, fallback_report, gate_data, score_against_budget, task_of,
+                             wants_sensitivity)
 from .base import ConversionContext, Pass
 from .tflite_convert import TF_SOURCE
 
@@ -175,29 +176,9 @@ class TFLiteMixedPrecisionPass(Pass):
         else:
             result = greedy_fallback(order, q.build, evaluate, lambda s: budget.failures(s, task), limit, latency,
                                      start=(ctx.model, base))
-        chosen = result.steps[len(result.float_layers)]  # step i keeps i layers in float
-        final_score = evaluate(result.model) if split else chosen.score
-        final_failures = budget.failures(final_score, task)
-        tried = len(result.steps) - 1
-        mixed: dict[str, Any] = {
-            "float_layers": result.float_layers, "passed": not final_failures, "steps": result.report(),
-            "max_float_layers": limit, "agreement": final_score["agreement"],
-            "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
-                   "one at a time until the accuracy budget held"}
-        if split:
-            mixed["selection"] = (f"layers added on {len(search_data)} search samples; how many to keep chosen by agreement "
-                                  f"on {len(check_data)} held-out samples the search never saw; passed = budget on all "
-                                  f"{len(data)}")
-            if len(result.float_layers) < tried:
-                mixed["dropped_after_held_out_check"] = [st.layer for st in result.steps[len(result.float_layers) + 1:]]
-        if final_failures:
-            mixed["why_not_passed"] = (
-                f"budget still missed (best: {'; '.join(final_failures)}, keeping {len(result.float_layers)} layer(s) "
-                f"in float) after trying {tried} layer(s) one by one; limit {limit} "
-                f"(--max-float-layers {o.max_float_layers or 'default: a quarter of the layers, at most 8'}, never all "
-                f"{len(layers)} quantized layers): the error is spread over many layers: raise the limit, add "
-                "calibration data, or use QAT")
-            log.warning("TFLite mixed precision: %s", mixed["why_not_passed"])
+        mixed, final_score, chosen = fallback_report(result, evaluate, budget, task, limit, len(layers), o.max_float_layers,
+                                                     (len(search_data), len(check_data)) if split else None)
+        final_failures = not mixed["passed"]
         gain = final_score["agreement"] - base["agreement"]
         # agreement is per sample, or per timestep for sequences ([N, T, C]): count in those units
         units = int(np.prod(evaluate.reference.shape[:2])) if task == "sequence" else len(data)
