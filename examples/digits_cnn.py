@@ -8,6 +8,7 @@ Used by the demo, the tests and as the `file.py:factory` example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,27 +48,36 @@ def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
-def train(x: np.ndarray, y: np.ndarray, epochs: int = 20, seed: int = 0) -> nn.Module:
-    """Train DigitsCNN on CPU (a few seconds); returns the model in eval mode."""
-    torch.manual_seed(seed)
-    # One thread: the net is tiny, and OpenMP spin-waiting on a busy 2-core box slows it by 10-100x.
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0,
+        before_epoch: Callable[[int], None] | None = None) -> nn.Module:
+    """Adam + cross-entropy in shuffled batches of 64 on CPU; returns the model in eval mode.
+
+    before_epoch(epoch) runs before each epoch (QAT freezes its observers before the last one).
+    """
+    # One thread: the nets are tiny, and OpenMP spin-waiting on a busy 2-core box slows them by 10-100x.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
         model.train()
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), 64):
             idx = perm[i : i + 64]
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            loss.backward()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     torch.set_num_threads(threads)
     return model.eval()
+
+
+def train(x: np.ndarray, y: np.ndarray, epochs: int = 20, seed: int = 0) -> nn.Module:
+    """Train DigitsCNN on CPU (a few seconds); returns the model in eval mode."""
+    torch.manual_seed(seed)
+    return fit(DigitsCNN(), x, y, epochs, lr=3e-3, seed=seed)
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:

@@ -24,23 +24,8 @@ from examples import digits_cnn  # noqa: E402
 def fine_tune(qat: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 3, lr: float = 3e-4, seed: int = 0) -> nn.Module:
     """A few epochs of ordinary training on the fake-quant model; observers and BN frozen for the last epoch."""
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny net: one thread is fastest on a busy box
-    opt = torch.optim.Adam(qat.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        if epoch == epochs - 1:
-            freeze_qat(qat)
-        qat.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(qat(xt[idx]), yt[idx]).backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    return qat.eval()
+    return digits_cnn.fit(qat, x, y, epochs, lr, seed,
+                          before_epoch=lambda epoch: freeze_qat(qat) if epoch == epochs - 1 else None)
 
 
 def qat_digits(out: Path, float_epochs: int = 20, qat_epochs: int = 3) -> dict:

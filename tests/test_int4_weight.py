@@ -38,22 +38,7 @@ class DigitsMLP(nn.Module):
 
 def _train_mlp(x: np.ndarray, y: np.ndarray, epochs: int = 12) -> nn.Module:
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny net on a shared 2-core box: one thread is faster
-    model = DigitsMLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    return model.eval()
+    return digits_cnn.fit(DigitsMLP(), x, y, epochs, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
