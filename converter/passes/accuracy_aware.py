@@ -69,6 +69,17 @@ def wants_sensitivity(mode: str, reasons: list[str], entry: dict[str, Any]) -> b
     return True
 
 
+def float_layer_limit(option: int | None, n_layers: int) -> int:
+    """How many layers the fallback may keep in float.
+
+    By default a quarter of the quantizable layers (at most 8): a model with most of its layers in float is
+    no longer an int8 model, and broken calibration data must still fail the gate. An explicit
+    --max-float-layers is the user's call, but never every layer (that is not an int8 model at all).
+    """
+    limit = option if option is not None else min(8, max(1, n_layers // 4))
+    return min(limit, n_layers - 1)
+
+
 def fallback_report(result, evaluate, budget: Budget, task: str, limit: int, n_layers: int, max_option: int | None,
                     halves: tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """The `mixed_precision` report of a greedy fallback (ONNX and TFLite alike); (report, final score, chosen step).
@@ -236,10 +247,7 @@ class MixedPrecisionPass(Pass):
                                            "prerank": prerank}
         if not reasons:
             return entry
-        # By default a quarter of the quantizable layers (at most 8): a model with most of its layers
-        # in float is no longer an int8 model, and broken calibration data must still fail the gate.
-        # An explicit --max-float-layers is the user's call.
-        limit = o.max_float_layers if o.max_float_layers is not None else min(8, max(1, len(layers) // 4))
+        limit = float_layer_limit(o.max_float_layers, len(layers))
         log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                     "; ".join(reasons), limit, len(layers))
         threads = max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
@@ -247,7 +255,6 @@ class MixedPrecisionPass(Pass):
         # Most sensitive first; layers that only matter together (a tensor shared by two quantized
         # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
         order = [r["layer"] for r in ranking] + [r["layer"] for r in prerank[k:]]
-        limit = min(limit, len(layers) - 1)  # every layer in float is never an int8 model
         if split:
             search_eval, check_eval = _Evaluator(ctx.float_model, search_data, task), _Evaluator(ctx.float_model, check_data, task)
             result = greedy_fallback(order, build, search_eval, lambda s: budget.failures(s, task), limit, latency,

@@ -25,8 +25,8 @@ from ..metrics import score
 from ..mixed_precision import greedy_fallback, rank_by_exclusion
 from ..runners import run_model, runner
 from ..tflite_utils import feeds_in_layout
-from .accuracy_aware import (HOLDOUT_MIN, fallback_report, gate_data, score_against_budget, task_of,
-                             wants_sensitivity)
+from .accuracy_aware import (HOLDOUT_MIN, fallback_report, float_layer_limit, gate_data, score_against_budget,
+                             task_of, wants_sensitivity)
 from .base import ConversionContext, Pass
 from .tflite_convert import TF_SOURCE
 
@@ -92,14 +92,16 @@ class TFLiteMixedPrecisionPass(Pass):
         self._q = None
         entry: dict[str, Any] = {}
         data = gate_data(ctx)
+        # the float model's outputs on the eval data, computed once for both steps
+        evaluate = _Evaluator(ctx, data, task_of(ctx)) if data is not None else None
         if (ctx.options.io_dtype or "float32") == "float32" and ctx.reference_model is not None:
-            entry["xnnpack"] = self._xnnpack_ops(ctx, data)
-        if data is None:
+            entry["xnnpack"] = self._xnnpack_ops(ctx, data, evaluate)
+        if data is None or evaluate is None:
             return entry
-        entry.update(self._accuracy(ctx, data))
+        entry.update(self._accuracy(ctx, data, evaluate))
         return entry
 
-    def _xnnpack_ops(self, ctx: ConversionContext, data: Dataset | None) -> dict[str, Any]:
+    def _xnnpack_ops(self, ctx: ConversionContext, data: Dataset | None, evaluate: "_Evaluator | None") -> dict[str, Any]:
         """Keep op types float whose int8 kernels XNNPACK does not take (more partitions than float)."""
         from ..tflite_quant import xnnpack_op_denylist, xnnpack_partitions
 
@@ -114,8 +116,7 @@ class TFLiteMixedPrecisionPass(Pass):
             q.denylisted_ops, row["denylisted_ops"] = [], []
         if row["denylisted_ops"]:
             candidate = q.build([])
-            if data is not None:
-                evaluate = _Evaluator(ctx, data, task_of(ctx))
+            if evaluate is not None:
                 row["agreement_int8"], row["agreement_after"] = evaluate(ctx.model)["agreement"], evaluate(candidate)["agreement"]
             row["why"] = ("LiteRT's XNNPACK delegate does not take these ops' int8 kernels, so the int8 graph was cut "
                           "into more partitions than the float one; they run in float (QUANTIZE/DEQUANTIZE around them)")
@@ -126,10 +127,9 @@ class TFLiteMixedPrecisionPass(Pass):
         ctx.measurements["xnnpack_op_denylist"] = row
         return row
 
-    def _accuracy(self, ctx: ConversionContext, data: Dataset) -> dict[str, Any]:
+    def _accuracy(self, ctx: ConversionContext, data: Dataset, evaluate: _Evaluator) -> dict[str, Any]:
         o = ctx.options
-        task = task_of(ctx)
-        evaluate = _Evaluator(ctx, data, task)
+        task = evaluate.task
         budget, base, reasons, entry = score_against_budget(ctx, evaluate, task)
         if not wants_sensitivity(o.sensitivity, reasons, entry):
             return entry
@@ -164,8 +164,7 @@ class TFLiteMixedPrecisionPass(Pass):
                                            "prerank": prerank, "format": "tflite"}
         if not reasons:
             return entry
-        limit = o.max_float_layers if o.max_float_layers is not None else min(8, max(1, len(layers) // 4))
-        limit = min(limit, len(layers) - 1)  # every layer in float is never an int8 model
+        limit = float_layer_limit(o.max_float_layers, len(layers))
         log.warning("TFLite int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                     "; ".join(reasons), limit, len(layers))
         latency = _latency(ctx, data, max(5, o.bench_runs // 2)) if o.bench_runs > 0 else None
