@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_utils import node_attr
+
 log = logging.getLogger(__name__)
 
 
@@ -143,12 +145,6 @@ def _store_conv_params(gr: "_Graph", conv: onnx.NodeProto, w: np.ndarray, b: np.
         conv.input.append(gr.add_init(conv.input[1] + "_b", b))
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
 
 def _fold_backward(gr: _Graph) -> int:
     """Mul(scalar) -> Add(scalar) -> Conv without padding: fold into the conv."""
@@ -156,8 +152,8 @@ def _fold_backward(gr: _Graph) -> int:
     for conv in list(gr.nodes):
         if conv.op_type != "Conv" or id(conv) in gr.removed or len(conv.input) < 2:
             continue
-        pads = _attr(conv, "pads", [0, 0, 0, 0])
-        if any(pads) or _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        pads = node_attr(conv, "pads", [0, 0, 0, 0])
+        if any(pads) or node_attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             continue
         w = gr.const(conv.input[1])
         if w is None:

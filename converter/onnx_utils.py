@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,3 +78,11 @@ def run_dataset(model_path: Path, data: Dataset, progress=None) -> list[np.ndarr
         if progress:
             progress(1)
     return [np.concatenate(c, axis=0) for c in collected]
+
+
+def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of a node's attribute, or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import NothingToQuantize
+from .onnx_utils import node_attr
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,6 @@ class WeightOnlyResult:
             "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         }
 
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -113,11 +108,11 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     rewritten = 0
     for node in graph.node:
         w = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
-        if w is None or _attr(node, "transA", 0) or len(w.dims) != 2 or w.data_type != onnx.TensorProto.FLOAT:
+        if w is None or node_attr(node, "transA", 0) or len(w.dims) != 2 or w.data_type != onnx.TensorProto.FLOAT:
             new_nodes.append(node)
             continue
         weight = numpy_helper.to_array(w)
-        weight = (weight.T if _attr(node, "transB", 0) else weight) * np.float32(_attr(node, "alpha", 1.0))
+        weight = (weight.T if node_attr(node, "transB", 0) else weight) * np.float32(node_attr(node, "alpha", 1.0))
         base = node.name or node.output[0]
         w_name = f"{base}.weight_kn"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight, dtype=np.float32), w_name))
@@ -126,7 +121,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{base}.matmul"))
         if has_bias:
             bias = node.input[2]
-            beta = float(_attr(node, "beta", 1.0))
+            beta = float(node_attr(node, "beta", 1.0))
             if beta != 1.0:
                 if bias not in inits:  # a dynamic bias scaled by beta: rare; keep the Gemm as it is
                     new_nodes[-1] = node
