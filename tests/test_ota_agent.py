@@ -463,3 +463,11 @@ def test_update_that_fails_on_live_inputs_is_rolled_back_during_probation(home, 
     finally:
         agent.stop()
         thread.join(20)
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "soon"])
+def test_serve_refuses_a_bad_probation_in_one_line(home, bad, capsys):
+    with pytest.raises(SystemExit) as exited:
+        agent_main(["--home", str(home), "serve", "--broker", "mqtt://127.0.0.1:1", "--device-id", "d", "--probation", bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and err[-1].startswith("edge-agent serve: error: argument --probation:")

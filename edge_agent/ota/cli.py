@@ -146,6 +146,17 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     return {"ok": True, "stopped": True}, "edge-agent serve stopped"
 
 
+
+def _seconds(text: str) -> float:
+    """argparse type: a duration >= 0 in seconds, with a one-line error otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0 = off), got {text}")
+    return value
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add serve / install / rollback / status to `edge-agent`."""
 
@@ -177,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "file (served in a loop) or image folder, latest frame first; needs edgekit[camera]. "
                    "Default: the bundle's self-test inputs")
     p.add_argument("--results", metavar="FILE", help="with --source: append per-frame results as JSON lines ('-' = stdout)")
-    p.add_argument("--probation", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--probation", type=_seconds, default=60.0, metavar="SECONDS",
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
     common(p)
