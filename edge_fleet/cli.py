@@ -17,14 +17,15 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edge_agent.bundle import BundleError, TrustStore
 
 from .errors import FleetError, RolloutHalted
-from .registry import DEFAULT_HOME, Registry, iter_latency
+from .registry import ACTIVE_ROLLOUT, DeviceRecord, Registry, RolloutRecord, RolloutStatus, open_registry
 
 log = logging.getLogger("edge_fleet")
 
@@ -34,13 +35,26 @@ EXIT_CODES_HELP = """exit codes:
   11-18 bundle refused (11 corrupt, 12 unsafe member, 13 signature, 14 hash, 15 manifest, 16 schema, ...)
 """
 
+DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" / "fleet"))
+
 Result = tuple[Any, str]
 
 
 def _registry(args: argparse.Namespace) -> Registry:
+    """HOME/fleet.db with its store in HOME/bundles, or --db: a file (store beside it) or an engine URL."""
     home = Path(args.home).expanduser()
-    db = Path(args.db).expanduser() if args.db else home / "fleet.db"
-    return Registry(db, store_dir=home / "bundles" if not args.db else None)
+    if not args.db:
+        return open_registry(home / "fleet.db", store_dir=home / "bundles")
+    if "://" in args.db:
+        return open_registry(args.db, store_dir=home / "bundles")
+    return open_registry(Path(args.db).expanduser())
+
+
+def _iter_latency(latency: dict[str, Any], *names: str) -> Iterator[float | None]:
+    """p50/p99 style values from a telemetry latency dict, accepting `p50` or `p50_ms` keys."""
+    for n in names:
+        v = latency.get(n, latency.get(f"{n}_ms"))
+        yield float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _ts(value: float | None) -> str:
@@ -64,10 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
     info = {"broker": server.url, "embedded": server.broker.kind if server.broker else None,
-            "db": str(reg.db_path), "prefix": args.prefix}
+            "db": reg.location, "prefix": args.prefix}
     line = json.dumps(info) if args.json else (
         f"edge-fleet: serving on {server.url}"
-        + (f" (embedded {server.broker.kind})" if server.broker else "") + f", registry {reg.db_path}")
+        + (f" (embedded {server.broker.kind})" if server.broker else "") + f", registry {reg.location}")
     print(line, flush=True)
     try:
         server.wait()
@@ -106,8 +120,21 @@ def cmd_bundles(args: argparse.Namespace) -> Result:
     return rows, "\n".join(lines)
 
 
+def _follow(reg: Registry, rollout_id: str, timeout: float) -> RolloutRecord:
+    """Poll the registry until the rollout is no longer active (the running server drives it)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while (r := reg.rollout(rollout_id)) is not None and r.status in ACTIVE_ROLLOUT:
+        if deadline is not None and time.monotonic() > deadline:
+            raise FleetError(f"rollout {rollout_id} still {r.status} after {timeout:.0f}s "
+                             "(is `edge-fleet serve` running?)")
+        time.sleep(0.2)
+    if r is None:
+        raise FleetError(f"rollout {rollout_id} disappeared from the registry")
+    return r
+
+
 def cmd_deploy(args: argparse.Namespace) -> Result:
-    from .rollout import ACTIVE, DEFAULT_STAGES, parse_max_failures, parse_stages, plan_rollout
+    from .rollout import DEFAULT_STAGES, parse_max_failures, parse_stages, plan_rollout
 
     with _registry(args) as reg:
         plan = plan_rollout(
@@ -120,35 +147,24 @@ def cmd_deploy(args: argparse.Namespace) -> Result:
             source_url=args.source_url,
             stage_soak=args.stage_soak,
         )
-        result = reg.rollout(plan.id)
-        if args.wait:
-            deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
-            while result and result["status"] in ACTIVE:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise FleetError(f"rollout {plan.id} still {result['status']} after {args.wait_timeout:.0f}s "
-                                     "(is `edge-fleet serve` running?)")
-                time.sleep(0.2)
-                result = reg.rollout(plan.id)
+        result = _follow(reg, plan.id, args.wait_timeout) if args.wait else reg.rollout(plan.id)
     assert result is not None
     text = _rollout_text(result)
-    if args.wait and result["status"] == "halted":
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(text)
-        raise RolloutHalted(f"rollout {plan.id} halted: {result['reason']}")
+    if args.wait and result.status == RolloutStatus.HALTED:
+        print(json.dumps(result.to_json(), indent=2) if args.json else text)
+        raise RolloutHalted(f"rollout {plan.id} halted: {result.reason}")
     if not args.wait:
         text += "\n(queued: a running `edge-fleet serve` drives it; follow with `edge-fleet rollouts " + plan.id + "`)"
-    return result, text
+    return result.to_json(), text
 
 
-def _rollout_text(r: dict[str, Any]) -> str:
-    lines = [f"rollout {r['id']}: {r['name']}:{r['version']} {r['status'].upper()}"
-             f" stage {max(r['stage'], 0) + 1}/{len(r['stages'])} (cumulative devices {r['stages']})"
-             + (f" - {r['reason']}" if r.get("reason") else "")]
-    for d in r["devices"]:
-        stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
-        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {d['reason'] or ''}")
+def _rollout_text(r: RolloutRecord) -> str:
+    lines = [f"rollout {r.id}: {r.name}:{r.version} {r.status.upper()}"
+             f" stage {max(r.stage, 0) + 1}/{len(r.stages)} (cumulative devices {list(r.stages)})"
+             + (f" - {r.reason}" if r.reason else "")]
+    for d in r.devices:
+        stage = "skip" if d.stage < 0 else f"s{d.stage + 1}"
+        lines.append(f"  {d.device_id:<24} {stage:<5} {d.status:<12} {d.reason or ''}")
     return "\n".join(lines)
 
 
@@ -158,27 +174,25 @@ def cmd_rollouts(args: argparse.Namespace) -> Result:
             r = reg.rollout(args.id)
             if r is None:
                 raise FleetError(f"no rollout {args.id!r}")
-            return r, _rollout_text(r)
+            return r.to_json(), _rollout_text(r)
         rows = reg.rollouts()
-    lines = [f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {r.get('reason') or ''}" for r in rows]
-    return rows, "\n".join(lines) or "no rollouts"
+    lines = [f"{r.id:<32} {r.name}:{r.version:<6} {r.status:<10} {r.reason or ''}" for r in rows]
+    return [r.to_json() for r in rows], "\n".join(lines) or "no rollouts"
 
 
-def _device_view(d: dict[str, Any]) -> dict[str, Any]:
-    p50, p99 = iter_latency(d["latency"], "p50", "p99")
-    cur = d["current"] or {}
-    return {"id": d["id"], "profile": d["profile"], "group": d["group"], "model": cur.get("name"),
-            "version": cur.get("version"), "sha256": cur.get("sha256"), "phase": d["phase"],
-            "deployment_id": d["deployment_id"], "last_error": d["last_error"], "last_seen": d["last_seen"],
-            "presence": d["presence"] or "unknown", "latency_p50_ms": p50, "latency_p99_ms": p99,
-            "inferences": d["inferences"], "errors": d["errors"], "agent_version": d["agent_version"],
-            "previous": d["previous"]}
+def _device_view(d: DeviceRecord) -> dict[str, Any]:
+    """The flat per-device view `status` and `devices` print."""
+    p50, p99 = _iter_latency(d.latency, "p50", "p99")
+    cur = d.current
+    return {"id": d.id, "profile": d.profile, "group": d.group, "model": cur.name if cur else None,
+            "version": cur.version if cur else None, "sha256": cur.sha256 if cur else None, "phase": d.phase,
+            "deployment_id": d.deployment_id, "last_error": d.last_error, "last_seen": d.last_seen,
+            "presence": d.presence or "unknown", "latency_p50_ms": p50, "latency_p99_ms": p99,
+            "inferences": d.inferences, "errors": d.errors, "agent_version": d.agent_version,
+            "previous": asdict(d.previous) if d.previous else None}
 
 
-def cmd_status(args: argparse.Namespace) -> Result:
-    with _registry(args) as reg:
-        devices = [_device_view(d) for d in reg.devices(args.group)]
-        active = [r["id"] for r in reg.rollouts(("pending", "running"))]
+def _status_text(devices: list[dict[str, Any]], active: list[str]) -> str:
     fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}"
     lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
                         "P50 ms", "P99 ms")]
@@ -191,14 +205,21 @@ def cmd_status(args: argparse.Namespace) -> Result:
             lines.append(f"  last error: {d['last_error']}")
     if active:
         lines.append("active rollouts: " + ", ".join(active))
-    return {"devices": devices, "active_rollouts": active}, "\n".join(lines)
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> Result:
+    with _registry(args) as reg:
+        devices = [_device_view(d) for d in reg.devices(args.group)]
+        active = [r.id for r in reg.rollouts((RolloutStatus.PENDING, RolloutStatus.RUNNING))]
+    return {"devices": devices, "active_rollouts": active}, _status_text(devices, active)
 
 
 def cmd_devices(args: argparse.Namespace) -> Result:
     with _registry(args) as reg:
         if args.devices_cmd == "group":
             reg.set_group(args.id, None if args.clear else args.new_group)
-            d = _device_view(reg.device(args.id) or {})
+            d = _device_view(reg.device(args.id) or DeviceRecord(id=args.id))
             return d, f"{args.id}: group {d['group'] or '(none)'}"
         devices = [_device_view(d) for d in reg.devices(args.group)]
     lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}" for d in devices]

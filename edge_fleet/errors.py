@@ -44,3 +44,9 @@ class ConnectionFailed(FleetError):
     """The MQTT broker could not be reached or refused the login."""
 
     exit_code = 8
+
+
+class RegistryUnusable(FleetError):
+    """The registry cannot be opened: its schema is newer than this code, or its URL is not supported."""
+
+    exit_code = 62

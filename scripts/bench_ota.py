@@ -205,18 +205,18 @@ def converge(server, reg, v1: BundleRef, target: str, n: int, stages: list[float
     sims = [SimDevice(b.host, b.port, f"{tag}-{i:03d}", current=v1).start() for i in range(n)]
     try:
         deadline = time.monotonic() + 60
-        while not all((reg.device(s.id) or {}).get("profile") for s in sims):
+        while not all((d := reg.device(s.id)) is not None and d.profile for s in sims):
             if time.monotonic() > deadline:
                 raise RuntimeError("simulated agents did not report")
             time.sleep(0.05)
         t0 = time.perf_counter()
         plan = plan_rollout(reg, target, devices=[s.id for s in sims], stages=stages, stage_timeout=300)
-        while (r := reg.rollout(plan.id)) and r["status"] in ("pending", "running"):
+        while (r := reg.rollout(plan.id)) and r.status in ("pending", "running"):
             time.sleep(0.02)
         dt = time.perf_counter() - t0
-        if r["status"] != "succeeded":
-            raise RuntimeError(f"rollout {plan.id} ended {r['status']}: {r['reason']}")
-        return dt, sum(d["status"] == "succeeded" for d in r["devices"])
+        if r is None or r.status != "succeeded":
+            raise RuntimeError(f"rollout {plan.id} ended {r and r.status}: {r and r.reason}")
+        return dt, sum(d.status == "succeeded" for d in r.devices)
     finally:
         for s in sims:
             s.stop()
@@ -232,7 +232,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     from edge_fleet.publish import publish_bundle
-    from edge_fleet.registry import Registry
+    from edge_fleet.registry import open_registry
     from edge_fleet.server import FleetServer
 
     block = args.block_kb * 1024
@@ -242,7 +242,7 @@ def main() -> int:
         key, pub = generate_keypair(t / "keys")
         trust = TrustStore.from_paths([pub])
         big = make_bundle(t, key, 1, int(args.mb * 1e6))
-        reg = Registry(t / "fleet" / "fleet.db")
+        reg = open_registry(t / "fleet" / "fleet.db")
         rec = publish_bundle(reg, big, trust)
         for v in (2, 3):
             publish_bundle(reg, make_bundle(t, key, v, 1_000_000), trust)

@@ -12,7 +12,7 @@ from edge_agent.bundle import TrustStore
 from edge_agent.ota.protocol import BlockRequest, Topics, decode_block, dumps
 from edge_fleet.broker import start_broker
 from edge_fleet.publish import publish_bundle
-from edge_fleet.registry import Registry
+from edge_fleet.registry import open_registry
 from edge_fleet.server import FleetServer
 
 WAIT = 10.0
@@ -45,7 +45,7 @@ class Device:
 @pytest.fixture
 def served(tmp_path, int8_bundle, digits):
     broker = start_broker(tmp_path / "broker", prefer="mosquitto", fallback=False)
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     rec = publish_bundle(reg, int8_bundle, TrustStore.from_paths([digits.pub]))
     server = FleetServer(reg, broker.url).start()
     yield broker, server, rec

@@ -13,7 +13,7 @@ from edge_agent.bundle import HashMismatch, SignatureError, TrustStore, generate
 from edge_agent.bundle.archive import read_signature_doc
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
-from edge_fleet.registry import Registry
+from edge_fleet.registry import open_registry
 
 
 def _signature_member(path: Path) -> dict:
@@ -30,7 +30,7 @@ def test_publish_valid_bundle_is_stored_and_listed(tmp_path, int8_bundle, digits
     out = json.loads(capsys.readouterr().out)
     size, sha = sha256_file(int8_bundle)
     assert out["sha256"] == sha and out["size"] == size and out["profile"] == "raspberry-pi-4"
-    with Registry(home / "fleet.db") as reg:
+    with open_registry(home / "fleet.db") as reg:
         rec = reg.bundle_by_sha(sha)
         assert rec is not None and rec.version == 1
         assert rec.path.read_bytes() == int8_bundle.read_bytes()  # copied into the fleet store
@@ -50,7 +50,7 @@ def test_tampered_bundle_is_refused_and_not_stored(tmp_path, int8_bundle, digits
     data = bytearray(int8_bundle.read_bytes())
     data[last.offset_data + last.size // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     with pytest.raises(HashMismatch):
         publish_bundle(reg, bad, TrustStore.from_paths([digits.pub]))
     assert reg.bundles() == []
@@ -66,7 +66,7 @@ def test_unsigned_and_untrusted_bundles_are_refused(tmp_path, int8_bundle, digit
         for m in src.getmembers():
             if m.name != "signature.json":
                 dst.addfile(m, io.BytesIO(src.extractfile(m).read()))
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     with pytest.raises(SignatureError, match="not signed"):
         publish_bundle(reg, unsigned, TrustStore.from_paths([digits.pub]))
     _, other_pub = generate_keypair(tmp_path / "other")

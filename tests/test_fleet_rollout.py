@@ -19,7 +19,7 @@ import pytest
 from edge_agent.bundle import TrustStore, sha256_file
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
-from edge_fleet.registry import Registry
+from edge_fleet.registry import Registry, open_registry
 from edge_fleet.server import FleetServer
 from tests.fleet_sim import SimDevice, ref_of
 
@@ -40,7 +40,7 @@ def wait_until(predicate, timeout: float = WAIT, what: str = "condition"):
 @pytest.fixture
 def fleet(tmp_path, int8_bundle, int8_v2_bundle, digits):
     """A fleet server with its EMBEDDED broker (managed Mosquitto), v1 and v2 published."""
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     trust = TrustStore.from_paths([digits.pub])
     publish_bundle(reg, int8_bundle, trust)
     publish_bundle(reg, int8_v2_bundle, trust)
@@ -64,7 +64,7 @@ def fleet(tmp_path, int8_bundle, int8_v2_bundle, digits):
 
 
 def known(reg: Registry, *ids: str) -> bool:
-    return all((reg.device(i) or {}).get("profile") for i in ids)
+    return all((d := reg.device(i)) is not None and d.profile for i in ids)
 
 
 def test_staged_rollout_updates_stage_by_stage_and_skips_other_profiles(fleet, int8_bundle, int8_v2_bundle, capsys):
@@ -101,7 +101,7 @@ def test_staged_rollout_updates_stage_by_stage_and_skips_other_profiles(fleet, i
     # status JSON reflects what the devices reported (and their telemetry)
     for n, s in enumerate(sims):
         s.send_telemetry(p50=1.5 + n, p99=4.0 + n)
-    wait_until(lambda: all((reg.device(i) or {}).get("latency") for i in ids), what="telemetry")
+    wait_until(lambda: all((d := reg.device(i)) is not None and d.latency for i in ids), what="telemetry")
     assert fleet_main(["status", "--json", "--db", db]) == 0
     status = {d["id"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
     for n, i in enumerate(ids):
@@ -113,7 +113,7 @@ def test_staged_rollout_updates_stage_by_stage_and_skips_other_profiles(fleet, i
 
     # presence: a device whose connection drops (no DISCONNECT) is marked offline by its last will
     sims[0].kill()
-    wait_until(lambda: (reg.device("pi-0") or {}).get("presence") == "offline", what="last will")
+    wait_until(lambda: (d := reg.device("pi-0")) is not None and d.presence == "offline", what="last will")
     assert fleet_main(["status", "--json", "--db", db]) == 0
     status = {d["id"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
     assert status["pi-0"]["presence"] == "offline" and status["pi-1"]["presence"] == "online"
@@ -134,7 +134,7 @@ def test_rollout_halts_on_failures_and_rolls_back_switched_devices(fleet, int8_b
     by_id = {d["device_id"]: d for d in r["devices"]}
     # `--wait` returned only once the switched device reported its previous bundle again
     assert by_id["a-ok"]["status"] == "rolled_back" and "confirmed by the device" in by_id["a-ok"]["reason"]
-    assert (reg.device("a-ok") or {})["current"]["sha256"] == v1
+    assert reg.device("a-ok").current.sha256 == v1
     assert by_id["b-bad"]["status"] == "failed" and "self-test outputs differ" in by_id["b-bad"]["reason"]
     assert all(by_id[s.id]["status"] == "not_started" for s in rest)
     assert all(s.history == [] for s in rest)  # later stages never received the bundle
@@ -142,7 +142,7 @@ def test_rollout_halts_on_failures_and_rolls_back_switched_devices(fleet, int8_b
     assert ok.wait_for(lambda s: s.current.sha256 == v1 and s.phase == "succeeded", timeout=WAIT)
     assert v2 in [sha for _phase, sha in ok.history]  # it really had switched to v2 first
     assert bad.current.sha256 == v1
-    wait_until(lambda: (reg.device("a-ok") or {}).get("current", {}).get("sha256") == v1, what="rollback report")
+    wait_until(lambda: reg.device("a-ok").current_sha == v1, what="rollback report")
 
 
 def test_halt_waits_for_roll_back_and_names_a_device_that_never_confirms(fleet, int8_bundle, int8_v2_bundle, capsys):
@@ -155,18 +155,18 @@ def test_halt_waits_for_roll_back_and_names_a_device_that_never_confirms(fleet, 
     rid = json.loads(capsys.readouterr().out)["id"]
 
     def device_status(dev: str) -> str:
-        return next(d["status"] for d in (reg.rollout(rid) or {"devices": []})["devices"] if d["device_id"] == dev)
+        return reg.rollout(rid).target(dev).status
 
     wait_until(lambda: device_status("a-gone") == "succeeded", what="a-gone to switch")
     gone.kill()
     # halted by b-quiet's timeout; a-gone cannot confirm its roll-back: the rollout waits for it, then says so
-    wait_until(lambda: (reg.rollout(rid) or {}).get("status") == "halting", what="halting")
+    wait_until(lambda: reg.rollout(rid).status == "halting", what="halting")
     assert device_status("a-gone") == "rolling_back"
-    r = wait_until(lambda: (x := reg.rollout(rid)) and x["status"] == "halted" and x, what="halted")
-    a = next(d for d in r["devices"] if d["device_id"] == "a-gone")
-    assert a["status"] == "rollback_timeout" and "did not report it within 3s" in a["reason"]
-    assert "desired reset to previous digits:1" in a["reason"]
-    assert next(d for d in r["devices"] if d["device_id"] == "b-quiet")["status"] == "timeout"
+    r = wait_until(lambda: (x := reg.rollout(rid)) and x.status == "halted" and x, what="halted")
+    a = r.target("a-gone")
+    assert a.status == "rollback_timeout" and "did not report it within 3s" in a.reason
+    assert "desired reset to previous digits:1" in a.reason
+    assert r.target("b-quiet").status == "timeout"
 
 
 def test_device_that_undoes_the_update_after_succeeding_fails_the_rollout(fleet, int8_bundle, int8_v2_bundle, capsys):
@@ -233,7 +233,7 @@ def test_serve_cli_with_embedded_amqtt_broker_happy_path(tmp_path, int8_bundle, 
         sims = [SimDevice("127.0.0.1", port, f"amq-{i}", current=ref_of(int8_bundle)).start() for i in range(3)]
         for s in sims:
             assert fleet_main(["devices", "group", s.id, "lab", "--home", str(home)]) == 0
-        with Registry(home / "fleet.db") as reg:
+        with open_registry(home / "fleet.db") as reg:
             wait_until(lambda: known(reg, *(s.id for s in sims)), what="devices to report")
         capsys.readouterr()
         rc = fleet_main(["deploy", "digits:2", "--group", "lab", "--wait", "--wait-timeout", "60", "--home", str(home),

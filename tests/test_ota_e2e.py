@@ -16,7 +16,7 @@ from edge_agent.bundle import TrustStore
 from edge_agent.cli import main as agent_main
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
-from edge_fleet.registry import Registry
+from edge_fleet.registry import Registry, open_registry
 from edge_fleet.server import FleetServer
 from tests.ota_helpers import AgentProcess, wait_for
 
@@ -28,7 +28,7 @@ def agent_status(home: Path, capsys) -> dict:
 
 
 def start_fleet(tmp_path: Path, digits, bundles: list[Path], embedded: str) -> tuple[FleetServer, Registry]:
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     trust = TrustStore.from_paths([digits.pub])
     for b in bundles:
         publish_bundle(reg, b, trust)
@@ -49,8 +49,8 @@ def start_agents(tmp_path: Path, server: FleetServer, digits, v1: Path, ids: lis
 
 def wait_known(reg: Registry, ids: list[str]) -> None:
     def ready():
-        devs = [reg.device(i) or {} for i in ids]
-        return all(d.get("profile") and d.get("current") and d.get("presence") == "online" for d in devs)
+        devs = [reg.device(i) for i in ids]
+        return all(d and d.profile and d.current and d.presence == "online" for d in devs)
     wait_for(ready, what="agents to report to the fleet")
 
 
@@ -73,10 +73,10 @@ def test_staged_rollout_updates_real_agents(tmp_path, digits, int8_bundle, int8_
             s = agent_status(agent.home, capsys)
             assert s["version"] == 2 and s["phase"] == "succeeded", s
             dev = reg.device(device_id)
-            assert dev["current"]["version"] == 2 and dev["phase"] == "succeeded"
+            assert dev.current.version == 2 and dev.phase == "succeeded"
         # the agents kept serving inference through the update, without errors
-        wait_for(lambda: all((reg.device(i) or {}).get("inferences") for i in ids), what="telemetry")
-        assert all(reg.device(i)["errors"] == 0 for i in ids)
+        wait_for(lambda: all(reg.device(i).inferences for i in ids), what="telemetry")
+        assert all(reg.device(i).errors == 0 for i in ids)
         capsys.readouterr()
         assert fleet_main(["status", "--db", str(reg.db_path), "--json"]) == 0
         status = {d["id"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
@@ -208,9 +208,9 @@ def test_serve_runs_the_camera_pipeline_across_an_update(tmp_path, digits, int8_
         # frames are the video's digits: labels agree with the truth (MJPG is lossy: allow a little)
         correct = [r["label"] == int(digits.y_test[r["frame"] % n]) for r in rs]
         assert sum(correct) / len(correct) >= 0.85
-        wait_for(lambda: ((reg.device("cam-1") or {}).get("inferences") or 0) > 0, what="telemetry")
+        wait_for(lambda: ((d := reg.device("cam-1")) is not None and d.inferences or 0) > 0, what="telemetry")
         dev = reg.device("cam-1")
-        assert dev["errors"] == 0, dev
+        assert dev.errors == 0, dev
     finally:
         for a in agents.values():
             a.stop()

@@ -23,7 +23,7 @@ from edge_fleet.broker import TlsListener, start_broker
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.mqtt import MqttSettings
 from edge_fleet.publish import publish_bundle
-from edge_fleet.registry import Registry
+from edge_fleet.registry import open_registry
 from edge_fleet.server import FleetServer
 from tests.ota_helpers import AgentProcess, wait_for
 
@@ -72,7 +72,7 @@ def test_update_over_tls_with_client_certificates(tmp_path, digits, int8_bundle,
     ca = pki["ca"][0]
     broker = start_broker(tmp_path / "broker", prefer="mosquitto", fallback=False,
                           tls=TlsListener(cafile=ca, certfile=pki["server"][0], keyfile=pki["server"][1]))
-    reg = Registry(tmp_path / "fleet.db")
+    reg = open_registry(tmp_path / "fleet.db")
     for b in (int8_bundle, int8_v2_bundle):
         publish_bundle(reg, b, TrustStore.from_paths([digits.pub]))
     server = agent = None
@@ -101,7 +101,7 @@ def test_update_over_tls_with_client_certificates(tmp_path, digits, int8_bundle,
                            "--profile", "raspberry-pi-4"]) == 0
         agent = AgentProcess(home, broker.url, "pi-tls", digits.pub,
                              extra=["--tls-ca", str(ca), "--tls-cert", str(pki["pi-tls"][0]), "--tls-key", str(pki["pi-tls"][1])])
-        wait_for(lambda: (reg.device("pi-tls") or {}).get("presence") == "online", what="agent online over TLS")
+        wait_for(lambda: (d := reg.device("pi-tls")) is not None and d.presence == "online", what="agent online over TLS")
         capsys.readouterr()
         rc = fleet_main(["deploy", "digits:2", "--devices", "pi-tls", "--wait", "--wait-timeout", "120",
                          "--db", str(reg.db_path), "--json"])

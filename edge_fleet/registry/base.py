@@ -1,0 +1,117 @@
+"""The registry interface: what the fleet asks of its database, engine-neutral.
+
+Every SQL statement of the fleet lives in an engine module behind this interface
+(`sqlite.py` today; a PostgreSQL engine is one more module with the same methods and its
+own migrations folder). Callers get typed records back (records.py) and never see SQL.
+Engines must be safe to call from several threads (the MQTT thread records reports while
+the rollout thread drives rollouts).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterable
+
+from edge_agent.ota.protocol import ReportedState, Telemetry
+
+from .records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus
+
+
+class Registry(ABC):
+    """Bundles, devices and rollouts of one fleet. Open one with `open_registry()`."""
+
+    #: where published bundle files are kept, named by SHA-256 (a folder, whatever the engine)
+    store_dir: Path
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the data lives, for messages (a file path or a URL without password)."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The highest migration applied."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bundles ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_bundle(self, rec: BundleRecord) -> None:
+        """Store a published bundle (the same SHA-256 again replaces the row)."""
+
+    @abstractmethod
+    def bundle_by_sha(self, sha256: str) -> BundleRecord | None: ...
+
+    @abstractmethod
+    def bundles_named(self, name: str, version: int) -> list[BundleRecord]:
+        """NAME:VERSION for every profile it was published for, ordered by profile."""
+
+    @abstractmethod
+    def bundles(self) -> list[BundleRecord]:
+        """All bundles, ordered by name, version, profile."""
+
+    # -- devices ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def record_reported(self, state: ReportedState, now: float | None = None) -> None:
+        """Store a device's reported state (creates the device on first contact)."""
+
+    @abstractmethod
+    def record_presence(self, device_id: str, state: str, now: float | None = None) -> None:
+        """online/offline; `online` also counts as seen."""
+
+    @abstractmethod
+    def record_telemetry(self, device_id: str, tel: Telemetry, now: float | None = None) -> None: ...
+
+    @abstractmethod
+    def set_group(self, device_id: str, group: str | None) -> None:
+        """Put a device in a group (None: in none); creates an unknown device."""
+
+    @abstractmethod
+    def device(self, device_id: str) -> DeviceRecord | None: ...
+
+    @abstractmethod
+    def devices(self, group: str | None = None) -> list[DeviceRecord]:
+        """All devices (or one group's), ordered by id."""
+
+    # -- rollouts ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_rollout(self, rollout: RolloutRecord) -> None:
+        """Store a new rollout with its targets in one transaction.
+
+        Raises RolloutConflict when a target (stage >= 0) is in another active rollout by then,
+        so two deploys racing for one device cannot both win.
+        """
+
+    @abstractmethod
+    def busy_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+        """{device id: rollout id} for those of `device_ids` that are targets of an active rollout."""
+
+    @abstractmethod
+    def rollout(self, rollout_id: str) -> RolloutRecord | None: ...
+
+    @abstractmethod
+    def rollouts(self, statuses: Iterable[RolloutStatus] | None = None) -> list[RolloutRecord]:
+        """Rollouts (all, or those in `statuses`), oldest first."""
+
+    @abstractmethod
+    def update_rollout(self, rollout_id: str, now: float, *, status: RolloutStatus | None = None,
+                       stage: int | None = None, stage_started_at: float | None = None,
+                       reason: str | None = None) -> None:
+        """Set the given fields (None leaves a field as it is) and updated_at = now."""
+
+    @abstractmethod
+    def update_target(self, rollout_id: str, device_id: str, status: TargetStatus, reason: str | None, *,
+                      previous_sha: str | None = None, sent_at: float | None = None,
+                      done_at: float | None = None) -> None:
+        """Set a target's status and reason; previous_sha/sent_at/done_at only when given."""

@@ -1,0 +1,149 @@
+"""What the registry stores and hands back: typed, immutable records and the status vocabularies.
+
+Callers never see rows or SQL; every engine (SQLite today, PostgreSQL later) returns these.
+The status enums are the values stored in the database; which status may follow which is
+rollout policy and lives in edge_fleet/rollout/states.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge_agent.ota.protocol import BundleRef
+
+
+class RolloutStatus(StrEnum):
+    """Where a rollout is. PENDING/RUNNING/HALTING are active: the fleet server drives them."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    HALTING = "halting"  # halted; waiting for switched devices to confirm their roll-back
+    HALTED = "halted"
+    SUCCEEDED = "succeeded"
+
+
+class TargetStatus(StrEnum):
+    """Where one device of a rollout is."""
+
+    WAITING = "waiting"  # its stage has not started
+    SENT = "sent"  # desired state published, no outcome yet
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"  # never a target: unknown device or no bundle for its profile (stage -1)
+    ROLLING_BACK = "rolling_back"  # halted after it switched: sent its previous bundle, awaiting the report
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    ROLLBACK_TIMEOUT = "rollback_timeout"
+    CANCELLED = "cancelled"  # halted while its update was in flight
+    NOT_STARTED = "not_started"  # halted before its stage
+
+
+ACTIVE_ROLLOUT = (RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.HALTING)
+
+
+@dataclass(frozen=True)
+class BundleRecord:
+    """A published bundle as the registry knows it."""
+
+    sha256: str
+    name: str
+    version: int
+    profile: str
+    size: int
+    manifest: dict[str, Any]
+    signature: dict[str, Any]
+    key_id: str
+    path: Path
+    published_at: float
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(name=self.name, version=self.version, sha256=self.sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "profile": self.profile, "sha256": self.sha256,
+                "size": self.size, "key_id": self.key_id, "path": str(self.path), "published_at": self.published_at}
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device as last heard of: its reported state, presence, telemetry and group."""
+
+    id: str
+    profile: str | None = None
+    group: str | None = None
+    current: BundleRef | None = None
+    previous: BundleRef | None = None
+    target: BundleRef | None = None
+    phase: str | None = None  # the agent's update phase as reported (idle, downloading, succeeded, failed, ...)
+    deployment_id: str | None = None
+    progress: float | None = None
+    last_error: str | None = None
+    agent_version: str | None = None
+    reported_at: float | None = None
+    last_seen: float | None = None
+    presence: str | None = None
+    presence_at: float | None = None
+    latency: dict[str, Any] = field(default_factory=dict)
+    inferences: int | None = None
+    errors: int | None = None
+    telemetry_at: float | None = None
+
+    @property
+    def current_sha(self) -> str | None:
+        return self.current.sha256 if self.current else None
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """One device of a rollout: its stage (-1 when skipped), bundle and outcome."""
+
+    rollout_id: str
+    device_id: str
+    stage: int
+    bundle_sha: str | None
+    previous_sha: str | None
+    status: TargetStatus
+    reason: str | None = None
+    sent_at: float | None = None
+    done_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A staged rollout of NAME:VERSION and its targets (ordered by stage, then device id)."""
+
+    id: str
+    name: str
+    version: int
+    status: RolloutStatus
+    stages: tuple[int, ...]  # cumulative device counts per stage
+    stage: int  # current stage, -1 before the first
+    stage_started_at: float | None
+    max_failures: float
+    stage_timeout: float
+    reason: str | None
+    created_at: float
+    updated_at: float
+    source_url: str | None
+    stage_soak: float
+    devices: tuple[RolloutTarget, ...] = ()
+
+    @property
+    def targets(self) -> tuple[RolloutTarget, ...]:
+        """The devices that take part (skipped ones excluded)."""
+        return tuple(d for d in self.devices if d.stage >= 0)
+
+    def target(self, device_id: str) -> RolloutTarget:
+        return next(d for d in self.devices if d.device_id == device_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape `edge-fleet deploy/rollouts --json` prints."""
+        out = asdict(self)
+        out["stages"] = list(self.stages)
+        out["devices"] = [asdict(d) for d in self.devices]
+        return out

@@ -1,0 +1,165 @@
+"""RolloutDriver: moves active rollouts forward from what devices reported.
+
+Called a few times per second by the fleet server. Each step reads the rollout, observes each
+target (observe.py), and applies the events through the transition tables (states.py):
+
+* a stage starts by publishing a retained DesiredState to each of its devices;
+* a device succeeds when it reports the target bundle as current (phase succeeded/idle),
+  fails when it reports failed/rolled_back for this deployment, or times out after
+  `stage_timeout` seconds (a timeout counts as a failure); a device that succeeded and later
+  reports rolled_back for this deployment (the agent's probation) counts as failed then;
+* the next stage starts only when every device of the stage finished (and, with `stage_soak`,
+  has stayed on the new bundle that long) and the failures of the whole rollout are within
+  the threshold;
+* when failures exceed the threshold the rollout HALTS: devices that had switched get their
+  previous bundle as desired state with allow_downgrade=True, in-flight and failed devices
+  get their previous bundle back as desired state too (so nothing switches later), and the
+  remaining stages are never started. The rollout stays `halting` until every switched device
+  reports its previous bundle again (`rolled_back`), reports that it could not
+  (`rollback_failed`), or stays silent for `stage_timeout` (`rollback_timeout`); then `halted`.
+
+All state lives in the registry, so a restarted server continues a rollout where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from edge_agent.ota.protocol import Topics, dumps
+
+from ..registry import Registry
+from ..registry.records import ACTIVE_ROLLOUT, DeviceRecord, RolloutRecord, RolloutTarget
+from ..registry.records import RolloutStatus as R
+from ..registry.records import TargetStatus as T
+from .desired import desired_for
+from .observe import (FINISHING_EVENTS, Observed, decide, halt_outcome, needs_revert, observe_rolling_back,
+                      observe_sent, observe_succeeded)
+from .states import RolloutEvent, TargetEvent, next_rollout_status, next_target_status
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
+
+
+class RolloutDriver:
+    """Moves pending/running/halting rollouts forward; `publish(topic, payload, retain)` sends MQTT."""
+
+    def __init__(self, reg: Registry, topics: Topics, publish: Publish) -> None:
+        self.reg, self.topics, self.publish = reg, topics, publish
+
+    def step(self, now: float | None = None) -> None:
+        """One pass over all active rollouts (cheap; call a few times per second)."""
+        for r in self.reg.rollouts(ACTIVE_ROLLOUT):
+            try:
+                self._step(r, time.time() if now is None else now)
+            except Exception:  # noqa: BLE001 - a broken rollout must not stop the others
+                log.exception("rollout %s: step failed", r.id)
+
+    # -- writing through the transition tables ----------------------------------------------
+
+    def _device(self, device_id: str) -> DeviceRecord:
+        return self.reg.device(device_id) or DeviceRecord(id=device_id)
+
+    def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
+               previous_sha: str | None = None, sent_at: float | None = None) -> None:
+        status = next_target_status(t.status, seen.event)
+        self.reg.update_target(r.id, t.device_id, status, seen.reason, previous_sha=previous_sha, sent_at=sent_at,
+                               done_at=now if seen.event in FINISHING_EVENTS else None)
+
+    def _advance(self, r: RolloutRecord, event: RolloutEvent, now: float, reason: str | None = None,
+                 stage: int | None = None) -> None:
+        status = next_rollout_status(r.status, event)
+        self.reg.update_rollout(r.id, now, status=status, reason=reason, stage=stage,
+                                stage_started_at=now if stage is not None else None)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _step(self, r: RolloutRecord, now: float) -> None:
+        if r.status == R.HALTING:
+            self._settle_rollbacks(r, now)
+            return
+        if r.status == R.PENDING:
+            self._start_stage(r, 0, RolloutEvent.STARTED, now)
+            r = self.reg.rollout(r.id) or r
+        for t in r.targets:
+            if t.stage == r.stage and t.status == T.SENT:
+                seen = observe_sent(r, t, self._device(t.device_id), now)
+            elif t.status == T.SUCCEEDED:
+                seen = observe_succeeded(r, self._device(t.device_id))
+            else:
+                continue
+            if seen is not None:
+                self._apply(r, t, seen, now)
+        r = self.reg.rollout(r.id) or r
+        decision = decide(r, now)
+        if decision is None:
+            return
+        if decision.event == RolloutEvent.HALTED:
+            self._halt(r, decision.reason or "halted", now)
+        elif decision.event == RolloutEvent.NEXT_STAGE:
+            self._start_stage(r, r.stage + 1, RolloutEvent.NEXT_STAGE, now)
+        else:
+            self._advance(r, decision.event, now, reason=decision.reason)
+            log.info("rollout %s succeeded", r.id)
+
+    def _start_stage(self, r: RolloutRecord, stage: int, event: RolloutEvent, now: float) -> None:
+        """Publish the desired state to each waiting device of `stage`."""
+        self._advance(r, event, now, stage=stage)
+        log.info("rollout %s: starting stage %d/%d", r.id, stage + 1, len(r.stages))
+        for t in r.devices:
+            if t.stage != stage or t.status != T.WAITING:
+                continue
+            current = self._device(t.device_id).current_sha
+            bundle = self.reg.bundle_by_sha(t.bundle_sha) if t.bundle_sha else None
+            if bundle is None:
+                self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, "bundle was removed from the registry"), now)
+            elif current == bundle.sha256:
+                self._apply(r, t, Observed(TargetEvent.ALREADY_CURRENT, "already running this bundle"), now,
+                            previous_sha=current, sent_at=now)
+            else:
+                desired = desired_for(bundle, r.id, url_template=r.source_url)
+                self.publish(self.topics.desired(t.device_id), dumps(desired), True)
+                self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
+
+    def _halt(self, r: RolloutRecord, reason: str, now: float) -> None:
+        log.warning("rollout %s HALTED: %s; rolling back", r.id, reason)
+        confirm = False
+        for t in r.targets:
+            if t.status == T.WAITING:
+                self._apply(r, t, Observed(TargetEvent.HALT_NOT_STARTED, "rollout halted before this stage"), now)
+            elif needs_revert(t):
+                note, sent = self._revert(r.id, t)
+                seen = halt_outcome(t, note, sent)
+                confirm |= seen.event == TargetEvent.HALT_REVERT_SENT
+                self._apply(r, t, seen, now)
+        event = RolloutEvent.HALTED_AWAIT_ROLLBACKS if confirm else RolloutEvent.HALTED
+        self._advance(r, event, now, reason=reason)
+
+    def _settle_rollbacks(self, r: RolloutRecord, now: float) -> None:
+        """Halting rollout: `halted` once every switched device confirmed, failed or timed out its roll-back."""
+        pending = 0
+        for t in r.devices:
+            if t.status != T.ROLLING_BACK:
+                continue
+            seen = observe_rolling_back(r, t, self._device(t.device_id), now)
+            if seen is None:
+                pending += 1
+            else:
+                self._apply(r, t, seen, now)
+        if not pending:
+            self._advance(r, RolloutEvent.ROLLBACKS_SETTLED, now)
+            log.warning("rollout %s halted; roll-backs settled", r.id)
+
+    def _revert(self, rid: str, t: RolloutTarget) -> tuple[str, bool]:
+        """Publish the device's previous bundle as its desired state (allow_downgrade); (note, whether sent)."""
+        topic = self.topics.desired(t.device_id)
+        prev = self.reg.bundle_by_sha(t.previous_sha) if t.previous_sha else None
+        if prev is not None:
+            self.publish(topic, dumps(desired_for(prev, f"{rid}-rollback", allow_downgrade=True)), True)
+            return f"desired reset to previous {prev.name}:{prev.version}", True
+        if t.previous_sha is None:
+            self.publish(topic, b"", True)  # no model before: clear the retained desired state
+            return "desired state cleared (device had no model before)", True
+        return f"previous bundle {t.previous_sha[:12]} is not in the registry: cannot roll back", False

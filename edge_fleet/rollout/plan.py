@@ -1,0 +1,104 @@
+"""`plan_rollout`: resolve NAME:VERSION and the target devices, split them into stages, store a
+pending rollout. The running fleet server's RolloutDriver picks it up from the registry."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ..errors import FleetError, NoTargets, RolloutConflict, UnknownBundle
+from ..registry import Registry
+from ..registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget, TargetStatus
+from .desired import source_for
+from .stages import DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, assign_stages, parse_target, split_stages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutPlan:
+    """What plan_rollout decided (also stored in the registry)."""
+
+    id: str
+    targets: list[tuple[str, int, str]]  # device, stage, bundle sha
+    skipped: list[tuple[str, str]]  # device, reason
+
+
+def select_targets(wanted: Sequence[str], known: Mapping[str, DeviceRecord], bundles: Mapping[str, BundleRecord],
+                   busy: Mapping[str, str]) -> tuple[list[tuple[str, BundleRecord]], list[tuple[str, str]]]:
+    """(eligible (device, bundle for its profile), skipped (device, reason)) in `wanted` order.
+
+    Unknown devices and devices whose profile has no bundle are skipped with a reason; a device
+    in another active rollout refuses the whole plan (RolloutConflict).
+    """
+    eligible: list[tuple[str, BundleRecord]] = []
+    skipped: list[tuple[str, str]] = []
+    for dev_id in wanted:
+        dev = known.get(dev_id)
+        if dev is None or not dev.profile:
+            skipped.append((dev_id, "unknown device: it has never reported its profile"))
+        elif dev.profile not in bundles:
+            skipped.append((dev_id, f"profile {dev.profile} does not match the bundle's profile "
+                                    f"({', '.join(sorted(bundles))})"))
+        elif dev_id in busy:
+            raise RolloutConflict(f"device {dev_id} is already in running rollout {busy[dev_id]}; wait for it first")
+        else:
+            eligible.append((dev_id, bundles[dev.profile]))
+    return eligible, skipped
+
+
+def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tuple[list[str], dict[str, DeviceRecord]]:
+    """The device ids asked for (in order, without duplicates) and what the registry knows of them."""
+    if (devices is None) == (group is None):
+        raise FleetError("choose the targets with exactly one of --devices or --group")
+    if devices is not None:
+        wanted = list(dict.fromkeys(d.strip() for d in devices if d.strip()))
+        known = {d.id: d for d in reg.devices()}
+    else:
+        known = {d.id: d for d in reg.devices(group)}
+        wanted = sorted(known)
+    if not wanted:
+        raise NoTargets(f"no devices selected (group {group!r} is empty)" if group else "no devices given")
+    return wanted, known
+
+
+def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, group: str | None = None,
+                 stages: list[float] | None = None, max_failures: float = 0,
+                 stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None,
+                 stage_soak: float = 0.0) -> RolloutPlan:
+    """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`.
+
+    Devices whose profile has no bundle of that name and version are skipped (with a reason); the
+    rest are split into cumulative stages (default 5 %, 25 %, 100 %; at least one device per stage).
+    stage_soak: seconds a stage's devices must stay on the new bundle before the next stage starts
+    (and before the rollout succeeds), so a device whose agent undoes the update (probation) still halts it.
+    """
+    if stage_soak < 0:
+        raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
+    name, version = parse_target(target)
+    bundles = {b.profile: b for b in reg.bundles_named(name, version)}
+    if not bundles:
+        raise UnknownBundle(f"{name}:{version} is not published: run `edge-fleet publish BUNDLE` first")
+    wanted, known = _wanted(reg, devices, group)
+    eligible, skipped = select_targets(wanted, known, bundles, reg.busy_devices(wanted))
+    if not eligible:
+        raise NoTargets("no selected device can take " + f"{name}:{version}: "
+                        + "; ".join(f"{d}: {r}" for d, r in skipped))
+    for _, b in eligible:
+        source_for(b, source_url)  # refuse a bad template now, not mid-rollout
+    counts = split_stages(len(eligible), stages or list(DEFAULT_STAGES))
+    rid = f"r-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    now = time.time()
+    targets = [(d, stage, b.sha256) for (d, b), stage in assign_stages(eligible, counts)]
+    rows = [RolloutTarget(rid, d, stage, sha, None, TargetStatus.WAITING) for d, stage, sha in targets]
+    rows += [RolloutTarget(rid, d, -1, None, None, TargetStatus.SKIPPED, reason) for d, reason in skipped]
+    reg.create_rollout(RolloutRecord(
+        id=rid, name=name, version=version, status=RolloutStatus.PENDING, stages=tuple(counts), stage=-1,
+        stage_started_at=None, max_failures=max_failures, stage_timeout=stage_timeout, reason=None, created_at=now,
+        updated_at=now, source_url=source_url, stage_soak=stage_soak, devices=tuple(rows)))
+    log.info("planned rollout %s of %s:%d to %d devices in stages %s (%d skipped)",
+             rid, name, version, len(targets), counts, len(skipped))
+    return RolloutPlan(rid, targets, skipped)
