@@ -42,7 +42,7 @@ def parse_max_failures(text: str) -> float:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError as exc:
         raise FleetError(f"--max-failures must be a count (2) or a fraction (0.1 or 10%), got {text!r}") from exc
-    if not value >= 0 or (value >= 1 and not value.is_integer()):
+    if not value >= 0 or (value >= 1 and not value.is_integer()):  # not >= : NaN too
         raise FleetError(f"--max-failures must be a whole count or a fraction below 1, got {text!r}")
     return value
 
