@@ -5,12 +5,14 @@ How the commands talk to each other: the registry (SQLite) is the single meeting
 directly; `deploy` stores a *pending* rollout there, and the running `edge-fleet serve`
 process (the only MQTT writer of desired states) picks it up within a fraction of a second
 and drives it. `deploy --wait` then follows the rollout in the registry until it ends.
-Every failure prints one line `edge-fleet: error: ...` and exits with a non-zero code.
+Every failure prints one line `edge-fleet: error: ...` and exits with the code that
+edge_fleet/errors.py registers for it (`edge-fleet --help` lists them, generated from there).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -24,18 +26,19 @@ from typing import Any, Callable, Iterator
 
 from edge_agent.bundle import BundleError, TrustStore
 
-from .errors import FleetError, RolloutHalted
+from .errors import FleetError, RolloutHalted, exit_codes_epilog, run_cli
 from .registry import ACTIVE_ROLLOUT, DeviceRecord, Registry, RolloutRecord, RolloutStatus, open_registry
 
 log = logging.getLogger("edge_fleet")
 
-EXIT_CODES_HELP = """exit codes:
-  0 ok   1 other error   2 usage   4 unknown bundle   5 no target device   6 device busy in another rollout
-  7 rollout halted (deploy --wait)  8 MQTT connection failed  9 version already published
-  11-18 bundle refused (11 corrupt, 12 unsafe member, 13 signature, 14 hash, 15 manifest, 16 schema, ...)
-"""
-
 DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" / "fleet"))
+
+
+def _bundle_codes() -> list[tuple[int, str]]:
+    """The bundle's own exit codes (edge_agent.bundle keeps them on its error classes)."""
+    return [(BundleError.exit_code, "bundle unusable"),
+            *((c.exit_code, f"bundle refused: {c.kind.replace('-', ' ')}") for c in BundleError.__subclasses__())]
+
 
 Result = tuple[Any, str]
 
@@ -64,6 +67,28 @@ def _ts(value: float | None) -> str:
 # ---- commands ------------------------------------------------------------------------------
 
 
+def _listen(text: str) -> tuple[str, int | None]:
+    """argparse type for --listen: HOST, HOST:PORT or [IPv6]:PORT (PORT 0 or none: a free port)."""
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or None)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    bad_port = port is not None and not (port.isdigit() and int(port) < 65536)
+    if not host or bad_port or (":" in host and not _is_ipv6(host)):
+        raise argparse.ArgumentTypeError(f"must be HOST, HOST:PORT or [IPv6]:PORT, got {text!r}")
+    return host, int(port) or None if port else None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> Result:
     from .mqtt import MqttSettings
     from .server import FleetServer
@@ -73,15 +98,20 @@ def cmd_serve(args: argparse.Namespace) -> Result:
                             password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
                             ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=args.client_id)
     server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
-                         broker_dir=Path(args.home).expanduser() / "broker")
-    server.start()
+                         broker_dir=Path(args.home).expanduser() / "broker", listen=args.listen)
+    try:
+        server.start()
+    except BaseException:
+        reg.close()
+        raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
-    info = {"broker": server.url, "embedded": server.broker.kind if server.broker else None,
-            "db": reg.location, "prefix": args.prefix}
+    assert server.broker is not None
+    embedded = server.broker.kind if server.broker.managed else None
+    info = {"broker": server.url, "embedded": embedded, "db": reg.location, "prefix": args.prefix}
     line = json.dumps(info) if args.json else (
-        f"edge-fleet: serving on {server.url}"
-        + (f" (embedded {server.broker.kind})" if server.broker else "") + f", registry {reg.location}")
+        f"edge-fleet: serving on {server.url}" + (f" (embedded {embedded})" if embedded else "")
+        + f", registry {reg.location}")
     print(line, flush=True)
     try:
         server.wait()
@@ -229,22 +259,23 @@ def cmd_devices(args: argparse.Namespace) -> Result:
 # ---- parser --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=str(DEFAULT_HOME),
                         help="fleet folder: registry, bundle store, broker data (default %(default)s, env EDGE_FLEET_HOME)")
     common.add_argument("--db", help="registry SQLite file (default HOME/fleet.db)")
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("-v", "--verbose", action="store_true")
+    return common
 
-    p = argparse.ArgumentParser(prog="edge-fleet", description=__doc__.split("\n")[0],
-                                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
 
+def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("serve", parents=[common], help="run the fleet server (long running)")
     s.add_argument("--broker", help="mqtt://[user:pass@]host:port or mqtts://...; default: start an embedded broker")
     s.add_argument("--embedded", choices=("mosquitto", "amqtt"), default="mosquitto",
                    help="preferred embedded broker (falls back to the other when not installed)")
+    s.add_argument("--listen", type=_listen, default=("127.0.0.1", None), metavar="HOST[:PORT]",
+                   help="where the embedded broker listens (default 127.0.0.1 on a free port)")
     s.add_argument("--prefix", default="edgekit", help="topic prefix (default %(default)s)")
     s.add_argument("--username", help="MQTT username")
     s.add_argument("--password", help="MQTT password (or env EDGE_FLEET_MQTT_PASSWORD)")
@@ -254,14 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--client-id", default="edge-fleet", help="MQTT client id (default %(default)s)")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("publish", parents=[common], help="verify a bundle and add it to the registry")
-    s.add_argument("bundle")
-    s.add_argument("--trust", action="append", help="trusted public key or folder of *.pub (default HOME/trusted)")
-    s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("bundles", parents=[common], help="list published bundles")
-    s.set_defaults(func=cmd_bundles)
-
+def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("deploy", parents=[common], help="staged rollout of NAME:VERSION")
     s.add_argument("target", metavar="NAME:VERSION")
     g = s.add_mutually_exclusive_group(required=True)
@@ -281,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait-timeout", type=float, default=0.0, help="give up waiting after S seconds (0 = never)")
     s.set_defaults(func=cmd_deploy)
 
+
+def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("publish", parents=[common], help="verify a bundle and add it to the registry")
+    s.add_argument("bundle")
+    s.add_argument("--trust", action="append", help="trusted public key or folder of *.pub (default HOME/trusted)")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("bundles", parents=[common], help="list published bundles")
+    s.set_defaults(func=cmd_bundles)
+
+
+def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("rollouts", parents=[common], help="list rollouts, or show one")
     s.add_argument("id", nargs="?")
     s.set_defaults(func=cmd_rollouts)
@@ -298,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("new_group", metavar="GROUP", nargs="?")
     gp.add_argument("--clear", action="store_true", help="remove the device from its group")
     s.set_defaults(func=cmd_devices)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-fleet", description=__doc__.split("\n")[0],
+                                epilog=exit_codes_epilog(_bundle_codes()),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = _common_options()
+    _add_serve(sub, common)
+    _add_publish(sub, common)
+    _add_deploy(sub, common)
+    _add_views(sub, common)
     return p
 
 
@@ -306,19 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.cmd == "serve" else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # the embedded amqtt broker and its state machine log every step at INFO
+        for noisy in ("amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.cmd == "devices" and args.devices_cmd == "group" and not args.clear and not args.new_group:
         parser.error("devices group ID GROUP (or --clear)")
     func: Callable[[argparse.Namespace], Result] = args.func
-    try:
+
+    def body() -> int:
         result, text = func(args)
-    except (FleetError, BundleError) as exc:
-        print(f"edge-fleet: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        print(f"edge-fleet: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, default=str) if args.json else text)
-    return 0
+        print(json.dumps(result, indent=2, default=str) if args.json else text)
+        return 0
+
+    return run_cli("edge-fleet", body, handled=(BundleError,), verbose=args.verbose)
 
 
 if __name__ == "__main__":

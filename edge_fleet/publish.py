@@ -12,16 +12,10 @@ from pathlib import Path
 from edge_agent.bundle import TrustStore, sha256_file, verify_bundle
 from edge_agent.bundle.archive import read_signature_doc
 
-from .errors import FleetError
+from .errors import FleetError, VersionConflict
 from .registry import BundleRecord, Registry
 
 log = logging.getLogger(__name__)
-
-
-class VersionConflict(FleetError):
-    """NAME:VERSION for this profile is already published with different content."""
-
-    exit_code = 9
 
 
 def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleRecord:

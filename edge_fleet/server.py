@@ -3,7 +3,7 @@ block server and the rollout driver.
 
 Without a broker URL it starts the embedded broker itself (edge_fleet.broker.start_broker:
 a managed Mosquitto child when the binary is installed, else in-process amqtt) and stops it
-on exit. It subscribes to the reported/presence/telemetry topics of all devices and records
+on exit; with one, `broker` is an ExternalBroker handle, so both cases look the same. It subscribes to the reported/presence/telemetry topics of all devices and records
 them in the registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
 """
@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
 from .block_server import BlockLimits, BlockServer
-from .broker import Broker, start_broker
+from .broker import Broker, ExternalBroker, start_broker
 from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
 from .rollout import RolloutDriver
@@ -34,12 +34,13 @@ class FleetServer:
     def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
-                 tick: float = 0.2) -> None:
+                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None)) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
         self.broker_url = broker_url
-        self.broker_dir = broker_dir or registry.db_path.parent / "broker"
+        self.broker_dir = broker_dir or registry.store_dir.parent / "broker"
         self.embedded = embedded
+        self.listen = listen  # where an embedded broker listens (port None: a free one)
         self.settings = settings
         self.limits = limits
         self.tick = tick
@@ -59,14 +60,12 @@ class FleetServer:
     def start(self) -> "FleetServer":
         """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
         if self.broker_url is None:
-            self.broker = start_broker(self.broker_dir, prefer=self.embedded)
-            base = self.settings or MqttSettings(url="")
-            base.url = self.broker.url
-            self.settings = base
-        elif self.settings is None:
-            self.settings = MqttSettings(url=self.broker_url)
+            host, port = self.listen
+            self.broker = start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded)
         else:
-            self.settings.url = self.broker_url
+            self.broker = ExternalBroker(self.broker_url).start()
+        self.settings = self.settings or MqttSettings(url="")
+        self.settings.url = self.broker.url
         try:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_fleet import broker as broker_mod
-from edge_fleet.broker import Broker, BrokerStartError, BrokerUnavailable, find_mosquitto, start_broker
+from edge_fleet.broker import (Broker, BrokerStartError, BrokerUnavailable, amqtt, amqtt_available, find_mosquitto,
+                               mosquitto, start_broker)
+from edge_fleet.errors import FleetError
 
 HOST = "127.0.0.1"
 WAIT = 5.0  # upper bound for any single network wait; never asserted as a duration
@@ -85,7 +86,7 @@ def mosquitto_required() -> None:
 
 @pytest.fixture
 def amqtt_required() -> None:
-    if not broker_mod._amqtt_available():
+    if not amqtt_available():
         pytest.fail("amqtt is not installed: pip install -r requirements-broker.txt")
 
 
@@ -180,8 +181,11 @@ def test_start_error_reports_log_tail(tmp_path: Path, mosquitto_required: None) 
         squatter.bind((HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        with pytest.raises(BrokerStartError, match=r"(?s)did not start.*Address already in use"):
+        with pytest.raises(BrokerStartError, match=r"did not start.*Address already in use") as caught:
             start_broker(tmp_path, host=HOST, port=port, fallback=False, start_timeout=WAIT)
+    # one line for the user; the log tails stay available as detail (printed by `edge-fleet -v`)
+    assert "\n" not in caught.value.message and "mosquitto.log (tail)" in (caught.value.detail or "")
+    assert isinstance(caught.value, FleetError) and caught.value.exit_code == 61
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
@@ -242,8 +246,8 @@ def test_acl_without_mosquitto_is_refused(tmp_path: Path) -> None:
 
 def test_unavailable_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulates a machine with neither broker installed (only the lookups are replaced).
-    monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)
-    monkeypatch.setattr(broker_mod, "_amqtt_available", lambda: False)
+    monkeypatch.setattr(mosquitto, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(amqtt, "amqtt_available", lambda: False)
     with pytest.raises(BrokerUnavailable, match=r"no MQTT broker available: install mosquitto "
                        r"\(apt-get install mosquitto\) or pip install amqtt"):
         start_broker(tmp_path)

@@ -91,7 +91,9 @@ class SqliteRegistry(Registry):
                     for statement in _statements(m.sql):
                         self._db.execute(statement)
                     self._db.execute("INSERT INTO schema_version VALUES (?, ?)", (m.version, time.time()))
-                    log.info("registry %s: applied migration %04d_%s", self.db_path, m.version, m.name)
+                    # a new file is not news; upgrading an existing one is
+                    log.log(logging.INFO if current else logging.DEBUG, "registry %s: applied migration %04d_%s",
+                            self.db_path, m.version, m.name)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
