@@ -1,0 +1,177 @@
+"""The rollout's transition tables and its pure decisions, without a broker.
+
+The tables are data, so their shape is checked here (every status reachable, final statuses
+final); the decisions (observe.py) are checked on hand-made records; and RolloutDriver runs
+against a real SQLite registry with a publish function that records what it would send.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
+from edge_fleet.registry import open_registry
+from edge_fleet.registry.records import (BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget,
+                                         TargetStatus)
+from edge_fleet.rollout import RolloutDriver, plan_rollout
+from edge_fleet.rollout.observe import decide, halt_outcome, observe_rolling_back, observe_sent, observe_succeeded
+from edge_fleet.rollout.states import (ROLLOUT_TRANSITIONS, TARGET_TRANSITIONS, IllegalTransition, RolloutEvent,
+                                       TargetEvent, next_target_status)
+
+T, R, E = TargetStatus, RolloutStatus, TargetEvent
+V1, V2 = "1" * 64, "2" * 64
+
+
+def reachable(start: set, table: dict) -> set:
+    seen, frontier = set(start), set(start)
+    while frontier:
+        frontier = {nxt for (src, _e), nxt in table.items() if src in frontier} - seen
+        seen |= frontier
+    return seen
+
+
+def test_every_target_status_is_reachable_and_final_ones_have_no_way_out():
+    assert reachable({T.WAITING, T.SKIPPED}, TARGET_TRANSITIONS) == set(TargetStatus)
+    final = {T.SKIPPED, T.NOT_STARTED, T.CANCELLED, T.ROLLED_BACK, T.ROLLBACK_FAILED, T.ROLLBACK_TIMEOUT}
+    assert not [k for k in TARGET_TRANSITIONS if k[0] in final]
+    # failed and timed-out devices only gain a note (on halt); they never turn into anything else
+    assert {v for (s, _e), v in TARGET_TRANSITIONS.items() if s in (T.FAILED, T.TIMEOUT)} <= {T.FAILED, T.TIMEOUT}
+    assert {e for _s, e in TARGET_TRANSITIONS} == set(TargetEvent)
+
+
+def test_every_rollout_status_is_reachable_and_ends_in_halted_or_succeeded():
+    assert reachable({R.PENDING}, ROLLOUT_TRANSITIONS) == set(RolloutStatus)
+    assert not [k for k in ROLLOUT_TRANSITIONS if k[0] in (R.HALTED, R.SUCCEEDED)]
+    assert {e for _s, e in ROLLOUT_TRANSITIONS} == set(RolloutEvent)
+
+
+def test_a_pair_missing_from_the_table_is_refused():
+    assert next_target_status(T.SENT, E.REPORTED_SUCCESS) == T.SUCCEEDED
+    with pytest.raises(IllegalTransition, match="no transition from rolled_back on sent"):
+        next_target_status(T.ROLLED_BACK, E.SENT)
+
+
+def rollout(*targets: RolloutTarget, stage: int = 0, stages: tuple[int, ...] = (1, 2), max_failures: float = 0,
+            soak: float = 0.0, status: RolloutStatus = R.RUNNING) -> RolloutRecord:
+    return RolloutRecord("r-1", "digits", 2, status, stages, stage, 0.0, max_failures, 30.0, None, 0.0, 100.0, None,
+                         soak, targets)
+
+
+def target(dev: str, status: TargetStatus, stage: int = 0, **kw) -> RolloutTarget:
+    return RolloutTarget("r-1", dev, stage, kw.pop("bundle_sha", V2), kw.pop("previous_sha", V1), status, **kw)
+
+
+def device(dev: str, sha: str | None, phase: str | None, deployment: str | None = "r-1", **kw) -> DeviceRecord:
+    return DeviceRecord(dev, profile="pi", current=BundleRef("digits", 1, sha) if sha else None, phase=phase,
+                        deployment_id=deployment, **kw)
+
+
+def test_observe_sent_success_failure_timeout_and_nothing_yet():
+    r, t = rollout(), target("a", T.SENT, sent_at=100.0)
+    assert observe_sent(r, t, device("a", V2, "succeeded"), 101).event == E.REPORTED_SUCCESS
+    seen = observe_sent(r, t, device("a", V1, "failed", last_error="self-test differs"), 101)
+    assert (seen.event, seen.reason) == (E.REPORTED_FAILURE, "self-test differs")
+    assert observe_sent(r, t, device("a", V1, "failed", deployment="r-0"), 101) is None  # an older deployment
+    seen = observe_sent(r, t, device("a", V1, "downloading"), 131)
+    assert seen.event == E.TIMED_OUT and seen.reason == "no success within 30s (last phase: downloading)"
+    assert observe_sent(r, t, DeviceRecord("a"), 129) is None
+
+
+def test_observe_succeeded_notices_an_undo_and_rolling_back_its_outcomes():
+    r = rollout()
+    assert observe_succeeded(r, device("a", V2, "succeeded")) is None
+    seen = observe_succeeded(r, device("a", V1, "rolled_back", last_error="inferences failed"))
+    assert seen.event == E.UNDONE and "inferences failed" in seen.reason
+    t = target("a", T.ROLLING_BACK, reason="desired reset to previous digits:1")
+    assert observe_rolling_back(r, t, device("a", V1, "rolled_back"), 101).event == E.ROLLBACK_CONFIRMED
+    assert observe_rolling_back(r, t, device("a", V2, "failed", "r-1-rollback"), 101).event == E.ROLLBACK_REPORTED_FAILURE
+    late = observe_rolling_back(r, t, device("a", V2, "idle", presence="offline"), 131)
+    assert late.event == E.TIMED_OUT and "presence: offline" in late.reason
+    assert observe_rolling_back(r, t, device("a", V2, "idle"), 129) is None
+
+
+@pytest.mark.parametrize(("status", "previous", "sent", "event"), [
+    (T.SUCCEEDED, V1, True, E.HALT_REVERT_SENT),
+    (T.SUCCEEDED, None, True, E.HALT_REVERT_DONE),
+    (T.SUCCEEDED, V1, False, E.HALT_REVERT_IMPOSSIBLE),
+    (T.SENT, V1, True, E.HALT_CANCELLED),
+    (T.FAILED, V1, True, E.HALT_NOTED),
+])
+def test_halt_outcome(status, previous, sent, event):
+    t = target("a", status, previous_sha=previous, reason="was")
+    seen = halt_outcome(t, "note", sent)
+    assert seen.event == event and next_target_status(status, seen.event)
+    assert seen.reason == ("was; note" if event == E.HALT_NOTED else "note")
+
+
+def test_decide_halts_waits_soaks_moves_on_and_completes():
+    ok = target("a", T.SUCCEEDED, done_at=100.0)
+    assert decide(rollout(ok, target("b", T.WAITING, stage=1)), 101) == decide(rollout(ok), 101)  # stage 0 done
+    assert decide(rollout(ok, target("b", T.WAITING, stage=1)), 101).event == RolloutEvent.NEXT_STAGE
+    assert decide(rollout(target("a", T.SENT)), 101) is None
+    assert decide(rollout(ok, soak=5.0), 104) is None and decide(rollout(ok, soak=5.0), 105).event
+    halted = decide(rollout(ok, target("b", T.FAILED)), 101)
+    assert halted.event == RolloutEvent.HALTED and halted.reason == "1 device(s) failed, more than the allowed 0"
+    done = decide(rollout(ok, target("b", T.TIMEOUT, stage=1), stage=1, max_failures=1), 101)
+    assert done.event == RolloutEvent.COMPLETED and done.reason == "1/2 devices on digits:2, 1 failed"
+
+
+@given(st.lists(st.sampled_from([T.SUCCEEDED, T.FAILED, T.TIMEOUT, T.SENT, T.CANCELLED]), min_size=1, max_size=12),
+       st.integers(0, 3))
+def test_decide_halts_exactly_when_failures_exceed_the_threshold(statuses, allowed):
+    r = rollout(*(target(f"d{i}", s, done_at=0.0) for i, s in enumerate(statuses)), stages=(len(statuses),),
+                max_failures=float(allowed))
+    failures = sum(s in (T.FAILED, T.TIMEOUT) for s in statuses)
+    d = decide(r, 1.0)
+    assert (d is not None and d.event == RolloutEvent.HALTED) == (failures > allowed)
+    if failures <= allowed:  # one stage: it completes exactly when nobody is still in flight
+        assert (d is not None and d.event == RolloutEvent.COMPLETED) == (T.SENT not in statuses)
+
+
+def _bundle(tmp: Path, sha: str, version: int) -> BundleRecord:
+    return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", tmp / f"{sha}.edgebundle", 0.0)
+
+
+def test_driver_on_a_real_registry_sends_stages_and_halts_back(tmp_path):
+    """Two devices in two stages; the first fails, so the second never gets the bundle and the first
+    gets v1 back. publish() records what would go to the broker."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        for dev in ("a", "b"):
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100])
+        driver = RolloutDriver(reg, Topics(), lambda topic, payload, _retain: sent.append(
+            (topic, json.loads(payload) if payload else None)))
+        driver.step(now=1000.0)
+        assert [(t, p["bundle"]["version"]) for t, p in sent] == [("edgekit/devices/a/desired", 2)]
+        reg.record_reported(ReportedState("a", "failed", "pi", "t", current=BundleRef("digits", 1, V1),
+                                          deployment_id=plan.id, last_error="health check failed"))
+        driver.step(now=1001.0)
+        r = reg.rollout(plan.id)
+        assert r.status == R.HALTED and r.reason == "1 device(s) failed, more than the allowed 0"
+        assert (r.target("a").status, r.target("b").status) == (T.FAILED, T.NOT_STARTED)
+        assert "health check failed; desired reset to previous digits:1" == r.target("a").reason
+        assert sent[-1][1]["bundle"]["version"] == 1 and sent[-1][1]["allow_downgrade"] is True
+        assert [t for t, _ in sent].count("edgekit/devices/b/desired") == 0
+
+
+def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(tmp_path):
+    with open_registry(tmp_path / "fleet.db") as reg:
+        reg.add_bundle(_bundle(tmp_path, V2, 2))
+        reg.record_reported(ReportedState("a", "idle", "pi", "t"))
+        reg.record_reported(ReportedState("b", "idle", "pi", "t", current=BundleRef("digits", 2, V2)))
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[100])
+    sent: list[str] = []
+    with open_registry(tmp_path / "fleet.db") as reg:  # another process (a restarted server) takes over
+        RolloutDriver(reg, Topics(), lambda topic, *_: sent.append(topic)).step(now=5.0)
+        r = reg.rollout(plan.id)
+        assert r.target("b").status == T.SUCCEEDED and r.target("b").reason == "already running this bundle"
+        assert r.target("a").status == T.SENT and r.status == R.RUNNING and sent == ["edgekit/devices/a/desired"]
+        assert r.target("a").previous_sha is None and r.target("a").sent_at == 5.0
