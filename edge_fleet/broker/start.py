@@ -66,16 +66,9 @@ def start_broker(
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     for kind in _candidates(prefer, fallback, needs_mosquitto=acl_file is not None or tls is not None):
-        broker: Broker
-        binary = mosquitto.find_mosquitto() if kind == "mosquitto" else None
-        if binary:
-            broker = mosquitto.MosquittoBroker(binary, data_dir, host, port or free_port(host), creds,
-                                               max_message_mb, acl_file, start_timeout, tls)
-        elif kind == "amqtt" and amqtt.amqtt_available():
-            if max_message_mb is not None:
-                log.warning("amqtt broker does not enforce max_message_mb=%s", max_message_mb)
-            broker = amqtt.AmqttBroker(data_dir, host, port or free_port(host), creds, start_timeout)
-        else:
+        broker = _installed(kind, data_dir, host, port or free_port(host), creds, max_message_mb, acl_file,
+                            start_timeout, tls)
+        if broker is None:
             log.info("%s broker not installed", kind)
             continue
         broker.start()
@@ -84,6 +77,23 @@ def start_broker(
     if acl_file is not None or tls is not None:
         raise BrokerUnavailable("ACLs and TLS need mosquitto: install it (apt-get install mosquitto)")
     raise BrokerUnavailable(UNAVAILABLE_MSG)
+
+
+def _installed(kind: BrokerKind, data_dir: Path, host: str, port: int, creds: dict[str, str],
+               max_message_mb: float | None, acl_file: Path | None, start_timeout: float,
+               tls: TlsListener | None) -> Broker | None:
+    """A (not yet started) broker of `kind`, or None when it is not installed."""
+    if kind == "mosquitto":
+        binary = mosquitto.find_mosquitto()
+        if binary is None:
+            return None
+        return mosquitto.MosquittoBroker(binary, data_dir, host, port, creds, max_message_mb, acl_file,
+                                         start_timeout, tls)
+    if not amqtt.amqtt_available():
+        return None
+    if max_message_mb is not None:
+        log.warning("amqtt broker does not enforce max_message_mb=%s", max_message_mb)
+    return amqtt.AmqttBroker(data_dir, host, port, creds, start_timeout)
 
 
 def _candidates(prefer: BrokerKind, fallback: bool, needs_mosquitto: bool) -> list[BrokerKind]:
