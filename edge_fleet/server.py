@@ -3,8 +3,9 @@ block server and the rollout driver.
 
 Without a broker URL it starts the embedded broker itself (edge_fleet.broker.start_broker:
 a managed Mosquitto child when the binary is installed, else in-process amqtt) and stops it
-on exit; with one, `broker` is an ExternalBroker handle, so both cases look the same. It subscribes to the reported/presence/telemetry topics of all devices and records
-them in the registry, answers block requests, and drives pending/running rollouts that the
+on exit; with one, `broker` is an ExternalBroker handle, so both cases look the same. It
+subscribes to the reported/presence/telemetry topics of all devices and records them in the
+registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
 """
 

@@ -267,11 +267,13 @@ class SqliteRegistry(Registry):
                 if ids:
                     for t in self._db.execute(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(ids)}) "
                                               "ORDER BY stage, device_id", ids):
-                        targets[t["rollout_id"]].append(RolloutTarget(**{**dict(t), "status": TargetStatus(t["status"])}))
+                        targets[t["rollout_id"]].append(
+                            RolloutTarget(**{**dict(t), "status": TargetStatus(t["status"])}))
             finally:
                 self._db.execute("COMMIT")
-        return [RolloutRecord(**{**dict(r), "status": RolloutStatus(r["status"]), "stages": tuple(json.loads(r["stages"])),
-                                 "devices": tuple(targets[r["id"]])}) for r in rows]
+        return [RolloutRecord(**{**dict(r), "status": RolloutStatus(r["status"]),
+                                 "stages": tuple(json.loads(r["stages"])), "devices": tuple(targets[r["id"]])})
+                for r in rows]
 
     def update_rollout(self, rollout_id: str, now: float, *, status: RolloutStatus | None = None,
                        stage: int | None = None, stage_started_at: float | None = None,
