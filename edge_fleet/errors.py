@@ -26,12 +26,16 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "ok", "ok"),
     ExitCode(1, "error", "other error"),
     ExitCode(2, "usage", "usage (bad command line)"),
+    ExitCode(3, "not_found", "unknown rollout, device or token"),
     ExitCode(4, "unknown_bundle", "unknown bundle (NAME:VERSION not published)"),
     ExitCode(5, "no_targets", "no target device can take the bundle"),
     ExitCode(6, "rollout_conflict", "device busy in another rollout"),
     ExitCode(7, "rollout_halted", "rollout halted (deploy --wait)"),
     ExitCode(8, "connection_failed", "MQTT connection failed (unreachable, refused, bad login)"),
     ExitCode(9, "version_conflict", "version already published with another file"),
+    ExitCode(20, "action_refused", "the rollout cannot do that now (e.g. resume one that is not paused)"),
+    ExitCode(21, "access_denied", "fleet API: token missing, wrong, revoked, or its role may not do this"),
+    ExitCode(22, "api_failed", "fleet API unreachable, or it refused the request (too large, malformed)"),
     ExitCode(60, "broker_unavailable", "no MQTT broker installed (apt-get install mosquitto, or amqtt)"),
     ExitCode(61, "broker_start_failed", "embedded broker did not start (port in use, bad config)"),
     ExitCode(62, "registry_unusable", "registry cannot be used (newer schema, unsupported --db)"),
@@ -89,6 +93,30 @@ class RolloutHalted(FleetError):
     """A rollout stopped because too many devices failed (raised by `deploy --wait`)."""
 
     code_name = "rollout_halted"
+
+
+class NotFound(FleetError):
+    """A rollout, device or token that the registry does not have."""
+
+    code_name = "not_found"
+
+
+class ActionRefused(FleetError):
+    """An operator's request that the rollout's status does not allow (states.ACTION_FROM)."""
+
+    code_name = "action_refused"
+
+
+class AccessDenied(FleetError):
+    """The API refused the token: missing, unknown, revoked, or its role is below the one needed."""
+
+    code_name = "access_denied"
+
+
+class ApiFailed(FleetError):
+    """The fleet API could not be reached, or refused the request for a reason without its own code."""
+
+    code_name = "api_failed"
 
 
 class ConnectionFailed(FleetError):

@@ -20,7 +20,7 @@ from edge_fleet.registry.records import (BundleRecord, DeviceRecord, RolloutReco
                                          TargetStatus)
 from edge_fleet.rollout import RolloutDriver, plan_rollout
 from edge_fleet.rollout.observe import decide, halt_outcome, observe_rolling_back, observe_sent, observe_succeeded
-from edge_fleet.rollout.states import (ROLLOUT_TRANSITIONS, TARGET_TRANSITIONS, IllegalTransition, RolloutEvent,
+from edge_fleet.rollout.states import (ACTION_FROM, ROLLOUT_TRANSITIONS, TARGET_TRANSITIONS, IllegalTransition, RolloutEvent,
                                        TargetEvent, next_target_status)
 
 T, R, E = TargetStatus, RolloutStatus, TargetEvent
@@ -46,8 +46,13 @@ def test_every_target_status_is_reachable_and_final_ones_have_no_way_out():
 
 def test_every_rollout_status_is_reachable_and_ends_in_halted_or_succeeded():
     assert reachable({R.PENDING}, ROLLOUT_TRANSITIONS) == set(RolloutStatus)
-    assert not [k for k in ROLLOUT_TRANSITIONS if k[0] in (R.HALTED, R.SUCCEEDED)]
+    assert not [k for k in ROLLOUT_TRANSITIONS if k[0] == R.HALTED]
+    # a succeeded rollout only leaves by an operator's roll-back, which halts it
+    assert {v for (s, _e), v in ROLLOUT_TRANSITIONS.items() if s == R.SUCCEEDED} == {R.HALTING, R.HALTED}
     assert {e for _s, e in ROLLOUT_TRANSITIONS} == set(RolloutEvent)
+    # every operator action is possible from somewhere, and only from statuses the table can leave
+    for action, sources in ACTION_FROM.items():
+        assert sources and all(s != R.HALTED for s in sources), action
 
 
 def test_a_pair_missing_from_the_table_is_refused():

@@ -15,7 +15,8 @@ from typing import Iterable
 
 from edge_agent.ota.protocol import ReportedState, Telemetry
 
-from .records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus
+from .records import (AuditEntry, BundleRecord, DeviceEvent, DeviceFilter, DeviceRecord, LatencySample, Page,
+                      RolloutRecord, RolloutStatus, TargetStatus, TokenRecord)
 
 
 class Registry(ABC):
@@ -59,6 +60,10 @@ class Registry(ABC):
     def bundles(self) -> list[BundleRecord]:
         """All bundles, ordered by name, version, profile."""
 
+    @abstractmethod
+    def bundles_page(self, limit: int, offset: int, name: str | None = None) -> Page[BundleRecord]:
+        """One page of bundles (newest version first), optionally of one name."""
+
     # -- devices ----------------------------------------------------------------------------
 
     @abstractmethod
@@ -83,6 +88,34 @@ class Registry(ABC):
     def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """All devices (or one group's), ordered by id."""
 
+    #: what devices_page() may sort by
+    DEVICE_SORTS = ("id", "profile", "group", "model", "version", "phase", "presence", "last_seen", "latency")
+
+    @abstractmethod
+    def devices_page(self, where: DeviceFilter, limit: int, offset: int, sort: str = "id",
+                     descending: bool = False) -> Page[DeviceRecord]:
+        """One page of the devices matching `where`, sorted by one of DEVICE_SORTS."""
+
+    @abstractmethod
+    def device_counts(self) -> dict[str, dict[str, int]]:
+        """{"phase": {phase: n}, "presence": {presence: n}, "total": {"devices": n}} for the overview."""
+
+    @abstractmethod
+    def groups_page(self, limit: int, offset: int) -> Page[tuple[str, int]]:
+        """(group, number of devices) ordered by group name."""
+
+    @abstractmethod
+    def device_events(self, device_id: str, limit: int, offset: int) -> Page[DeviceEvent]:
+        """A device's update history (changes of phase, bundle, deployment or error), newest first."""
+
+    @abstractmethod
+    def latency_samples(self, device_id: str, limit: int) -> list[LatencySample]:
+        """The device's latest `limit` latency samples, oldest first (for a plot)."""
+
+    @abstractmethod
+    def change_stamp(self) -> tuple[float, ...]:
+        """A cheap value that changes whenever devices, bundles or rollouts change (live console updates)."""
+
     # -- rollouts ---------------------------------------------------------------------------
 
     @abstractmethod
@@ -105,6 +138,23 @@ class Registry(ABC):
         """Rollouts (all, or those in `statuses`), oldest first."""
 
     @abstractmethod
+    def rollouts_page(self, limit: int, offset: int, statuses: Iterable[RolloutStatus] | None = None,
+                      device_id: str | None = None) -> Page[RolloutRecord]:
+        """One page of rollouts, newest first; only those in `statuses` / targeting `device_id` if given."""
+
+    @abstractmethod
+    def requested_rollouts(self) -> list[RolloutRecord]:
+        """Rollouts with an operator's request the server has not applied yet (any status)."""
+
+    @abstractmethod
+    def request_rollout(self, rollout_id: str, request: str, by: str) -> None:
+        """Store an operator's request (halt, resume, rollback); the fleet server applies it."""
+
+    @abstractmethod
+    def clear_request(self, rollout_id: str, request: str) -> None:
+        """Forget `request` (applied or refused) unless another request replaced it meanwhile."""
+
+    @abstractmethod
     def update_rollout(self, rollout_id: str, now: float, *, status: RolloutStatus | None = None,
                        stage: int | None = None, stage_started_at: float | None = None,
                        reason: str | None = None) -> None:
@@ -115,3 +165,33 @@ class Registry(ABC):
                       previous_sha: str | None = None, sent_at: float | None = None,
                       done_at: float | None = None) -> None:
         """Set a target's status and reason; previous_sha/sent_at/done_at only when given."""
+
+    # -- API tokens and the audit log -----------------------------------------------------------
+
+    @abstractmethod
+    def add_token(self, rec: TokenRecord) -> None:
+        """Store a new token (ValueError when the name exists)."""
+
+    @abstractmethod
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    def tokens(self) -> list[TokenRecord]:
+        """All tokens (revoked ones too), ordered by name."""
+
+    @abstractmethod
+    def revoke_token(self, name: str, now: float) -> bool:
+        """Revoke by name; False when there is no such live token."""
+
+    @abstractmethod
+    def touch_token(self, name: str, now: float) -> None:
+        """Remember when a token was last used."""
+
+    @abstractmethod
+    def add_audit(self, actor: str, role: str | None, action: str, target: str | None, detail: dict,
+                  outcome: str, now: float | None = None) -> None: ...
+
+    @abstractmethod
+    def audit_page(self, limit: int, offset: int, actor: str | None = None,
+                   action: str | None = None) -> Page[AuditEntry]:
+        """The audit log, newest first."""

@@ -10,16 +10,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from edge_agent.ota.protocol import BundleRef
 
+T = TypeVar("T")
+
 
 class RolloutStatus(StrEnum):
-    """Where a rollout is. PENDING/RUNNING/HALTING are active: the fleet server drives them."""
+    """Where a rollout is. PENDING/RUNNING/PAUSED/HALTING are active: the fleet server drives them."""
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # halted by an operator: no new stage starts until resumed; in-flight devices finish
     HALTING = "halting"  # halted; waiting for switched devices to confirm their roll-back
     HALTED = "halted"
     SUCCEEDED = "succeeded"
@@ -42,7 +45,7 @@ class TargetStatus(StrEnum):
     NOT_STARTED = "not_started"  # halted before its stage
 
 
-ACTIVE_ROLLOUT = (RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.HALTING)
+ACTIVE_ROLLOUT = (RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTING)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class RolloutRecord:
     source_url: str | None
     stage_soak: float
     devices: tuple[RolloutTarget, ...] = ()
+    created_by: str | None = None  # the API token's name, or local:USER for the CLI on the server
+    request: str | None = None  # an operator's pending request (halt/resume/rollback), applied by the server
+    request_by: str | None = None
 
     @property
     def targets(self) -> tuple[RolloutTarget, ...]:
@@ -147,3 +153,82 @@ class RolloutRecord:
         out["stages"] = list(self.stages)
         out["devices"] = [asdict(d) for d in self.devices]
         return out
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Which devices a listing shows; None means any. `latency_*` compare the latest p50 in ms."""
+
+    profile: str | None = None
+    group: str | None = None
+    model: str | None = None
+    version: int | None = None
+    phase: str | None = None
+    presence: str | None = None
+    latency_min: float | None = None
+    latency_max: float | None = None
+    search: str | None = None  # a substring of the device id
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing and the number of rows the whole listing has."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """One change of a device's update state as it reported it (its update history)."""
+
+    id: int
+    device_id: str
+    at: float
+    phase: str | None
+    current: BundleRef | None
+    deployment_id: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class LatencySample:
+    """A device's p50/p99 inference latency (ms) at one telemetry report."""
+
+    at: float
+    p50: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: its name, role and hash (the secret is shown once, never stored)."""
+
+    name: str
+    role: str
+    token_hash: str
+    created_at: float
+    created_by: str | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["token_hash"]
+        return out
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who did what to which object, when, and how it ended (ok, or the refusal)."""
+
+    id: int
+    at: float
+    actor: str
+    role: str | None
+    action: str
+    target: str | None
+    detail: dict[str, Any]
+    outcome: str

@@ -20,31 +20,34 @@ from edge_agent.ota.protocol import BundleRef, ReportedState, Telemetry
 from ..errors import RolloutConflict
 from .base import Registry
 from .migrations import Migration, load_migrations, pending
-from .records import (ACTIVE_ROLLOUT, BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget,
-                      TargetStatus)
+from .records import (ACTIVE_ROLLOUT, BundleRecord, DeviceRecord, Page, RolloutRecord, RolloutStatus,
+                      RolloutTarget, TargetStatus)
+from .sqlite_access import SqliteAccess
+from .sqlite_views import SqliteViews, _ref
 
 log = logging.getLogger(__name__)
 
 # Columns a registry file made before versioned migrations may have, and the migration that adds each.
 _LEGACY_COLUMNS = (("source_url", 2), ("stage_soak", 3))
+HISTORY_KEEP = 500  # update-history rows kept per device
+LATENCY_KEEP = 720  # latency samples kept per device (a plot's worth)
 
 
 def _ref_json(ref: BundleRef | None) -> str | None:
     return json.dumps({"name": ref.name, "version": ref.version, "sha256": ref.sha256}) if ref else None
 
 
-def _ref(text: str | None) -> BundleRef | None:
-    if not text:
-        return None
-    o = json.loads(text)
-    return BundleRef(name=o["name"], version=o["version"], sha256=o["sha256"])
+def _ms(latency: dict[str, Any], key: str) -> float | None:
+    """A latency percentile from telemetry, under `p50` or `p50_ms`."""
+    v = latency.get(key, latency.get(f"{key}_ms"))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _marks(items: tuple | list) -> str:
     return ",".join("?" * len(items))
 
 
-class SqliteRegistry(Registry):
+class SqliteRegistry(SqliteViews, SqliteAccess, Registry):
     """Thread-safe access to one SQLite registry file (one connection guarded by a lock)."""
 
     def __init__(self, db_path: Path, store_dir: Path | None = None) -> None:
@@ -161,14 +164,32 @@ class SqliteRegistry(Registry):
             self._db.execute(f"UPDATE devices SET {assignments} WHERE id=?", (*params, device_id))
 
     def record_reported(self, state: ReportedState, now: float | None = None) -> None:
+        """Store the reported state; a change of phase, bundle, deployment or error also becomes a
+        row of the device's update history (progress ticks do not)."""
         now = time.time() if now is None else now
-        self._update_device(
-            state.device_id,
-            "profile=?, current=?, previous=?, target=?, phase=?, deployment_id=?, progress=?, last_error=?, "
-            "agent_version=?, reported_at=?, last_seen=?",
-            (state.profile, _ref_json(state.current), _ref_json(state.previous), _ref_json(state.target),
-             state.phase, state.deployment_id, state.progress, state.last_error, state.agent_version, now, now),
-        )
+        current = _ref_json(state.current)
+        with self._lock:
+            before = self._db.execute("SELECT phase, current, deployment_id, last_error FROM devices WHERE id=?",
+                                      (state.device_id,)).fetchone()
+            self._update_device(
+                state.device_id,
+                "profile=?, current=?, previous=?, target=?, phase=?, deployment_id=?, progress=?, last_error=?, "
+                "agent_version=?, reported_at=?, last_seen=?",
+                (state.profile, current, _ref_json(state.previous), _ref_json(state.target),
+                 state.phase, state.deployment_id, state.progress, state.last_error, state.agent_version, now, now),
+            )
+            if before is None or tuple(before) != (state.phase, current, state.deployment_id, state.last_error):
+                self._db.execute("INSERT INTO device_events (device_id, at, phase, current, deployment_id, last_error) "
+                                 "VALUES (?,?,?,?,?,?)",
+                                 (state.device_id, now, state.phase, current, state.deployment_id, state.last_error))
+                self._prune("device_events", "id", state.device_id, HISTORY_KEEP)
+
+    def _prune(self, table: str, order: str, device_id: str, keep: int) -> None:
+        """Keep the newest `keep` rows of one device in `table` (checked every 50th row, so it stays cheap)."""
+        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last % 50 == 0:
+            self._db.execute(f"DELETE FROM {table} WHERE device_id=? AND rowid NOT IN (SELECT rowid FROM {table} "
+                             f"WHERE device_id=? ORDER BY {order} DESC LIMIT ?)", (device_id, device_id, keep))
 
     def record_presence(self, device_id: str, state: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -179,8 +200,13 @@ class SqliteRegistry(Registry):
 
     def record_telemetry(self, device_id: str, tel: Telemetry, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._update_device(device_id, "latency=?, inferences=?, errors=?, telemetry_at=?, last_seen=?",
-                            (json.dumps(tel.latency), tel.inferences, tel.errors, now, now))
+        p50, p99 = (_ms(tel.latency, k) for k in ("p50", "p99"))
+        with self._lock:
+            self._update_device(device_id, "latency=?, inferences=?, errors=?, telemetry_at=?, last_seen=?",
+                                (json.dumps(tel.latency), tel.inferences, tel.errors, now, now))
+            if p50 is not None or p99 is not None:
+                self._db.execute("INSERT INTO latency_samples VALUES (?,?,?,?)", (device_id, now, p50, p99))
+                self._prune("latency_samples", "at", device_id, LATENCY_KEEP)
 
     def set_group(self, device_id: str, group: str | None) -> None:
         self._update_device(device_id, "grp=?", (group,))
@@ -218,11 +244,11 @@ class SqliteRegistry(Registry):
                     raise RolloutConflict(f"device {dev} is already in running rollout {other}; wait for it first")
                 self._db.execute(
                     "INSERT INTO rollouts (id, name, version, status, stages, stage, stage_started_at, max_failures, "
-                    "stage_timeout, reason, created_at, updated_at, source_url, stage_soak) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "stage_timeout, reason, created_at, updated_at, source_url, stage_soak, created_by) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (r.id, r.name, r.version, r.status, json.dumps(list(r.stages)), r.stage, r.stage_started_at,
                      r.max_failures, r.stage_timeout, r.reason, r.created_at, r.updated_at, r.source_url,
-                     r.stage_soak))
+                     r.stage_soak, r.created_by))
                 self._db.executemany(
                     "INSERT INTO rollout_devices (rollout_id, device_id, stage, bundle_sha, previous_sha, status, "
                     "reason, sent_at, done_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -256,12 +282,40 @@ class SqliteRegistry(Registry):
             return self._rollouts(f"WHERE status IN ({_marks(wanted)})", wanted)
         return self._rollouts("", ())
 
-    def _rollouts(self, where: str, params: tuple) -> list[RolloutRecord]:
-        """Rollouts matching `where` with their targets, in one read transaction (a consistent view)."""
+    def rollouts_page(self, limit: int, offset: int, statuses: Iterable[RolloutStatus] | None = None,
+                      device_id: str | None = None) -> Page[RolloutRecord]:
+        wanted = tuple(statuses or ())
+        where, params = [], []
+        if wanted:
+            where.append(f"status IN ({_marks(wanted)})")
+            params += wanted
+        if device_id is not None:
+            where.append("id IN (SELECT rollout_id FROM rollout_devices WHERE device_id=?)")
+            params.append(device_id)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        total = self._query(f"SELECT COUNT(*) FROM rollouts {clause}", params)[0][0]
+        items = self._rollouts(f"{clause} ORDER BY created_at DESC LIMIT ? OFFSET ?", (*params, limit, offset),
+                               order=False)
+        return Page(items, total, limit, offset)
+
+    def requested_rollouts(self) -> list[RolloutRecord]:
+        return self._rollouts("WHERE request IS NOT NULL", ())
+
+    def request_rollout(self, rollout_id: str, request: str, by: str) -> None:
+        self._execute("UPDATE rollouts SET request=?, request_by=? WHERE id=?", (request, by, rollout_id))
+
+    def clear_request(self, rollout_id: str, request: str) -> None:
+        self._execute("UPDATE rollouts SET request=NULL, request_by=NULL WHERE id=? AND request=?",
+                      (rollout_id, request))
+
+    def _rollouts(self, where: str, params: tuple, order: bool = True) -> list[RolloutRecord]:
+        """Rollouts matching `where` (oldest first unless `where` orders them) with their targets,
+        in one read transaction (a consistent view)."""
+        sql = f"SELECT * FROM rollouts {where}" + (" ORDER BY created_at" if order else "")
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                rows = self._db.execute(f"SELECT * FROM rollouts {where} ORDER BY created_at", params).fetchall()
+                rows = self._db.execute(sql, params).fetchall()
                 ids = [r["id"] for r in rows]
                 targets: dict[str, list[RolloutTarget]] = {i: [] for i in ids}
                 if ids:

@@ -18,6 +18,11 @@ target (observe.py), and applies the events through the transition tables (state
   reports its previous bundle again (`rolled_back`), reports that it could not
   (`rollback_failed`), or stays silent for `stage_timeout` (`rollback_timeout`); then `halted`.
 
+Operators' requests (registry column `request`, written by the API or the CLI) are applied
+after the step: halt pauses a running rollout (PAUSED: devices in flight finish and are still
+watched, so too many failures still halt it, but no new stage starts), resume continues it,
+rollback halts it at once as above; a succeeded rollout can be rolled back too.
+
 All state lives in the registry, so a restarted server continues a rollout where it was.
 """
 
@@ -36,7 +41,7 @@ from ..registry.records import TargetStatus as T
 from .desired import desired_for
 from .observe import (FINISHING_EVENTS, Observed, decide, halt_outcome, needs_revert, observe_rolling_back,
                       observe_sent, observe_succeeded)
-from .states import RolloutEvent, TargetEvent, next_rollout_status, next_target_status
+from .states import ACTION_FROM, Action, RolloutEvent, TargetEvent, next_rollout_status, next_target_status
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,38 @@ class RolloutDriver:
         self.reg, self.topics, self.publish = reg, topics, publish
 
     def step(self, now: float | None = None) -> None:
-        """One pass over all active rollouts (cheap; call a few times per second)."""
-        for r in self.reg.rollouts(ACTIVE_ROLLOUT):
+        """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
+        active = self.reg.rollouts(ACTIVE_ROLLOUT)
+        requested = {r.id for r in self.reg.requested_rollouts()}
+        for r in active:
             try:
                 self._step(r, time.time() if now is None else now)
             except Exception:  # noqa: BLE001 - a broken rollout must not stop the others
                 log.exception("rollout %s: step failed", r.id)
+        for rid in requested:
+            try:
+                self._apply_request(rid, time.time() if now is None else now)
+            except Exception:  # noqa: BLE001
+                log.exception("rollout %s: applying the operator's request failed", rid)
+
+    def _apply_request(self, rollout_id: str, now: float) -> None:
+        """Halt (pause), resume or roll back, as an operator asked through the API or the CLI."""
+        r = self.reg.rollout(rollout_id)
+        if r is None or r.request is None:
+            return
+        request, by = r.request, r.request_by or "an operator"
+        self.reg.clear_request(r.id, request)
+        action = Action(request) if request in {a.value for a in Action} else None
+        if action is None or r.status not in ACTION_FROM[action] or r.status == R.PENDING:
+            log.warning("rollout %s: ignored %r request from %s while %s", r.id, request, by, r.status)
+        elif action == Action.HALT:
+            self._advance(r, RolloutEvent.OPERATOR_HALT, now, reason=f"halted by {by}")
+            log.warning("rollout %s halted by %s: no new stage starts until resumed", r.id, by)
+        elif action == Action.RESUME:
+            self._advance(r, RolloutEvent.OPERATOR_RESUME, now, reason=f"resumed by {by}")
+            log.info("rollout %s resumed by %s", r.id, by)
+        else:
+            self._halt(r, f"rolled back by {by}", now)
 
     # -- writing through the transition tables ----------------------------------------------
 
@@ -94,8 +125,8 @@ class RolloutDriver:
                 self._apply(r, t, seen, now)
         r = self.reg.rollout(r.id) or r
         decision = decide(r, now)
-        if decision is None:
-            return
+        if decision is None or (r.status == R.PAUSED and decision.event != RolloutEvent.HALTED):
+            return  # paused: only a halt for too many failures moves it; the rest waits for resume
         if decision.event == RolloutEvent.HALTED:
             self._halt(r, decision.reason or "halted", now)
         elif decision.event == RolloutEvent.NEXT_STAGE:

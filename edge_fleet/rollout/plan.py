@@ -68,7 +68,7 @@ def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tupl
 def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, group: str | None = None,
                  stages: list[float] | None = None, max_failures: float = 0,
                  stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None,
-                 stage_soak: float = 0.0) -> RolloutPlan:
+                 stage_soak: float = 0.0, created_by: str | None = None) -> RolloutPlan:
     """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`.
 
     Devices whose profile has no bundle of that name and version are skipped (with a reason); the
@@ -98,7 +98,7 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     reg.create_rollout(RolloutRecord(
         id=rid, name=name, version=version, status=RolloutStatus.PENDING, stages=tuple(counts), stage=-1,
         stage_started_at=None, max_failures=max_failures, stage_timeout=stage_timeout, reason=None, created_at=now,
-        updated_at=now, source_url=source_url, stage_soak=stage_soak, devices=tuple(rows)))
+        updated_at=now, source_url=source_url, stage_soak=stage_soak, devices=tuple(rows), created_by=created_by))
     log.info("planned rollout %s of %s:%d to %d devices in stages %s (%d skipped)",
              rid, name, version, len(targets), counts, len(skipped))
     return RolloutPlan(rid, targets, skipped)

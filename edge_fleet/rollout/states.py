@@ -43,6 +43,8 @@ class RolloutEvent(StrEnum):
     HALTED_AWAIT_ROLLBACKS = "halted_await_rollbacks"
     HALTED = "halted"
     ROLLBACKS_SETTLED = "rollbacks_settled"
+    OPERATOR_HALT = "operator_halt"  # an operator paused it: no new stage starts
+    OPERATOR_RESUME = "operator_resume"
 
 
 E = TargetEvent
@@ -74,6 +76,31 @@ ROLLOUT_TRANSITIONS: dict[tuple[R, RolloutEvent], R] = {
     (R.RUNNING, RE.HALTED_AWAIT_ROLLBACKS): R.HALTING,
     (R.RUNNING, RE.HALTED): R.HALTED,
     (R.HALTING, RE.ROLLBACKS_SETTLED): R.HALTED,
+    (R.RUNNING, RE.OPERATOR_HALT): R.PAUSED,
+    (R.PAUSED, RE.OPERATOR_RESUME): R.RUNNING,
+    # a paused rollout still watches its in-flight devices: too many failures halt it as usual
+    (R.PAUSED, RE.HALTED_AWAIT_ROLLBACKS): R.HALTING,
+    (R.PAUSED, RE.HALTED): R.HALTED,
+    # an operator's roll-back of a finished rollout: its switched devices go back to their previous bundle
+    (R.SUCCEEDED, RE.HALTED_AWAIT_ROLLBACKS): R.HALTING,
+    (R.SUCCEEDED, RE.HALTED): R.HALTED,
+}
+
+
+class Action(StrEnum):
+    """What an operator may ask of a rollout (API, console, `edge-fleet halt|resume|rollback`)."""
+
+    HALT = "halt"  # pause: no new stage starts; devices already sent the update finish
+    RESUME = "resume"
+    ROLLBACK = "rollback"  # halt now and send every switched device its previous bundle
+
+
+# The statuses from which each action may be requested. A pending rollout becomes running at the
+# server's next tick, before requests are applied, so it may be halted or rolled back too.
+ACTION_FROM: dict[Action, frozenset[R]] = {
+    Action.HALT: frozenset({R.PENDING, R.RUNNING}),
+    Action.RESUME: frozenset({R.PAUSED}),
+    Action.ROLLBACK: frozenset({R.PENDING, R.RUNNING, R.PAUSED, R.SUCCEEDED}),
 }
 
 # A stage is finished when each of its devices is in one of these (a SUCCEEDED one may still turn FAILED).
