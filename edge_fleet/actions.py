@@ -1,0 +1,147 @@
+"""What changes the fleet, once, for every front end: the local CLI, the management API and
+(through the API) the console and a remote CLI. Each action checks the actor's role, does the
+work through the registry and the rollout planner, and writes one audit row saying who did
+what to which object and how it ended ("ok" or the refusal).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from edge_agent.bundle import BundleError, TrustStore
+from edge_agent.ota.protocol import ProtocolError, check_device_id
+
+from .access import Actor, create_token, revoke_token
+from .errors import AccessDenied, ActionRefused, FleetError, NotFound
+from .registry import Registry
+from .registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus, TokenRecord
+from .rollout import DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, plan_rollout
+from .rollout.states import ACTION_FROM, Action
+
+V = TypeVar("V")
+
+
+def require(reg: Registry, actor: Actor, needed: str, action: str, target: str | None,
+            detail: dict[str, Any] | None = None) -> None:
+    """AccessDenied (audited) unless `actor` has the `needed` role."""
+    if not actor.may(needed):
+        reg.add_audit(actor.name, actor.role, action, target, detail or {}, f"denied: needs {needed}")
+        raise AccessDenied(f"{action} needs the {needed} role; token {actor.name!r} is {actor.role}")
+
+
+def audited(reg: Registry, actor: Actor, needed: str, action: str, target: str | None, detail: dict[str, Any],
+            work: Callable[[], V]) -> V:
+    """Run `work` if `actor` has the `needed` role, and audit the outcome either way."""
+    require(reg, actor, needed, action, target, detail)
+    try:
+        result = work()
+    except (FleetError, BundleError) as exc:
+        reg.add_audit(actor.name, actor.role, action, target, detail, f"refused: {exc}")
+        raise
+    reg.add_audit(actor.name, actor.role, action, target, detail, "ok")
+    return result
+
+
+def publish(reg: Registry, actor: Actor, path: Path, trust: TrustStore | None, shown_name: str | None = None) -> BundleRecord:
+    """Verify and store a bundle (edge_fleet.publish: the same checks whoever uploads it)."""
+    from .publish import publish_bundle
+
+    def work() -> BundleRecord:
+        if trust is None:
+            raise FleetError("the fleet has no trusted keys: put *.pub files in HOME/trusted or start serve --trust")
+        return publish_bundle(reg, path, trust)
+
+    detail = {"file": shown_name or path.name}
+    rec = audited(reg, actor, "admin", "publish", shown_name or path.name, detail, work)
+    return rec
+
+
+def deploy(reg: Registry, actor: Actor, target: str, devices: list[str] | None = None, group: str | None = None,
+           stages: list[float] | None = None, max_failures: float = 0.0,
+           stage_timeout: float = DEFAULT_STAGE_TIMEOUT, stage_soak: float = 0.0,
+           source_url: str | None = None) -> RolloutRecord:
+    """Plan a staged rollout (the running server drives it)."""
+    detail = {"devices": devices, "group": group, "stages": stages, "max_failures": max_failures}
+
+    def work() -> RolloutRecord:
+        plan = plan_rollout(reg, target, devices=devices, group=group, stages=stages or list(DEFAULT_STAGES),
+                            max_failures=max_failures, stage_timeout=stage_timeout, source_url=source_url,
+                            stage_soak=stage_soak, created_by=actor.name)
+        r = reg.rollout(plan.id)
+        assert r is not None
+        return r
+
+    return audited(reg, actor, "operator", "deploy", target, detail, work)
+
+
+def request_action(reg: Registry, actor: Actor, rollout_id: str, action: str, wait: float = 5.0) -> RolloutRecord:
+    """Ask the server to halt, resume or roll back a rollout; wait up to `wait` s until it applied it."""
+    def work() -> RolloutRecord:
+        try:
+            act = Action(action)
+        except ValueError:
+            raise FleetError(f"unknown action {action!r} (one of {', '.join(a.value for a in Action)})") from None
+        r = rollout_or_404(reg, rollout_id)
+        if r.status not in ACTION_FROM[act]:
+            raise ActionRefused(f"cannot {act.value} rollout {r.id}: it is {r.status} "
+                                f"(possible from {', '.join(sorted(ACTION_FROM[act]))})")
+        if act == Action.ROLLBACK and r.status == RolloutStatus.SUCCEEDED:
+            _check_still_current(reg, r)
+        reg.request_rollout(r.id, act.value, actor.name)
+        return r
+
+    audited(reg, actor, "operator", action, rollout_id, {}, work)
+    deadline = time.monotonic() + wait
+    while (r := reg.rollout(rollout_id)) is not None and r.request is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r is not None
+    return r
+
+
+def _check_still_current(reg: Registry, r: RolloutRecord) -> None:
+    """A finished rollout may be rolled back only while its devices still run what it installed."""
+    busy = reg.busy_devices(t.device_id for t in r.targets)
+    if busy:
+        dev, other = next(iter(busy.items()))
+        raise ActionRefused(f"cannot roll back {r.id}: device {dev} is in rollout {other} now")
+    for t in r.targets:
+        if t.status == TargetStatus.SUCCEEDED and t.previous_sha != t.bundle_sha:
+            dev = reg.device(t.device_id)
+            if dev is None or dev.current_sha != t.bundle_sha:
+                raise ActionRefused(f"cannot roll back {r.id}: device {t.device_id} no longer runs "
+                                    f"{r.name}:{r.version}")
+
+
+def set_group(reg: Registry, actor: Actor, device_id: str, group: str | None) -> DeviceRecord:
+    """Put a device in a group (or none); a device not seen yet is created, to be grouped before it reports."""
+    def work() -> DeviceRecord:
+        try:
+            check_device_id(device_id)
+        except ProtocolError as exc:
+            raise FleetError(str(exc)) from None
+        if group is not None and not (0 < len(group) <= 64):
+            raise FleetError("a group name must be 1-64 characters")
+        reg.set_group(device_id, group)
+        dev = reg.device(device_id)
+        assert dev is not None
+        return dev
+
+    return audited(reg, actor, "operator", "group", device_id, {"group": group}, work)
+
+
+def new_token(reg: Registry, actor: Actor, name: str, role: str) -> tuple[str, TokenRecord]:
+    return audited(reg, actor, "admin", "token-create", name, {"role": role},
+                   lambda: create_token(reg, actor, name, role))
+
+
+def drop_token(reg: Registry, actor: Actor, name: str) -> None:
+    audited(reg, actor, "admin", "token-revoke", name, {}, lambda: revoke_token(reg, name))
+
+
+def rollout_or_404(reg: Registry, rollout_id: str) -> RolloutRecord:
+    r = reg.rollout(rollout_id)
+    if r is None:
+        raise NotFound(f"no rollout {rollout_id!r}")
+    return r

@@ -1,0 +1,72 @@
+"""Errors as HTTP answers: one JSON shape for every refusal, carrying the CLI's exit code.
+
+    {"error": "unknown_bundle", "message": "digits:9 is not published: ...", "exit_code": 4}
+
+so a remote `edge-fleet --api ...` exits with the same code and line as a local one, and a CI
+pipeline can branch on `error` without parsing English.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edge_agent.bundle import BundleError
+
+from ..errors import (AccessDenied, ActionRefused, ApiFailed, FleetError, NoTargets, NotFound, RolloutConflict,
+                      UnknownBundle, VersionConflict, exit_code)
+
+# FleetError subclass -> HTTP status; anything else a FleetError is 400
+STATUS: dict[type[FleetError], int] = {
+    NotFound: 404, UnknownBundle: 404, AccessDenied: 403, RolloutConflict: 409, VersionConflict: 409,
+    ActionRefused: 409, NoTargets: 422,
+}
+
+
+class ApiError(Exception):
+    """A refusal that only HTTP has (401 no token, 413 too large): status, stable name, message."""
+
+    def __init__(self, status: int, error: str, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+        self.code = code if code is not None else exit_code("api_failed")
+
+
+def body(error: str, message: str, code: int, **extra: Any) -> dict[str, Any]:
+    return {"error": error, "message": message, "exit_code": code, **extra}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn our errors (and FastAPI's own) into the one JSON shape."""
+
+    @app.exception_handler(FleetError)
+    async def fleet_error(_r: Request, exc: FleetError) -> JSONResponse:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
+        return JSONResponse(body(exc.code_name, exc.message, exc.exit_code), status_code=status)
+
+    @app.exception_handler(BundleError)
+    async def bundle_error(_r: Request, exc: BundleError) -> JSONResponse:
+        # the same one line `edge-fleet publish` prints for this bundle, and its exit code
+        return JSONResponse(body(f"bundle_{exc.kind.replace('-', '_')}", str(exc), exc.exit_code), status_code=422)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(body(exc.error, exc.message, exc.code), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse(body("invalid_request", "; ".join(problems) or "invalid request", exit_code("usage"),
+                                 detail=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
+                                         for e in exc.errors()]), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = exit_code("not_found") if exc.status_code == 404 else ApiFailed.exit_code
+        return JSONResponse(body(name, str(exc.detail), code), status_code=exc.status_code)

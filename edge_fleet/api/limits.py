@@ -1,0 +1,3 @@
+"""Limits of the HTTP side that the CLI shows in --help (kept free of FastAPI imports)."""
+
+DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024  # bundles are tens of MB; a gigabyte upload is a mistake or an attack

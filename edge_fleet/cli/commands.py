@@ -1,0 +1,89 @@
+"""The commands other than serve: each asks a Fleet backend (local or remote) and renders the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import FleetError, RolloutHalted
+from ..registry import RolloutStatus
+from . import render
+from .backend import Fleet
+
+Result = tuple[Any, str]
+
+
+def cmd_publish(fleet: Fleet, args: argparse.Namespace) -> Result:
+    b = fleet.publish(Path(args.bundle), args.trust)
+    return (b, f"published {b['name']}:{b['version']} for {b['profile']} ({b['size']} B, signed by {b['key_id']}) "
+               f"sha256={b['sha256']}")
+
+
+def cmd_bundles(fleet: Fleet, _args: argparse.Namespace) -> Result:
+    rows = fleet.bundles()
+    return rows, render.bundles_text(rows)
+
+
+def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> Result:
+    body = {"bundle": args.target, "devices": args.devices.split(",") if args.devices is not None else None,
+            "group": args.group, "stages": args.stages or "5,25,100", "max_failures": args.max_failures,
+            "stage_timeout": args.stage_timeout, "stage_soak": args.stage_soak, "source_url": args.source_url}
+    r = fleet.deploy(body)
+    if args.wait:
+        r = fleet.follow(r["id"], args.wait_timeout)
+    text = render.rollout_text(r)
+    if args.wait and r["status"] == RolloutStatus.HALTED:
+        print(json.dumps(r, indent=2) if args.json else text)  # the outcome per device, then the one error line
+        raise RolloutHalted(f"rollout {r['id']} halted: {r['reason']}")
+    if not args.wait:
+        text += f"\n(queued: a running `edge-fleet serve` drives it; follow with `edge-fleet rollouts {r['id']}`)"
+    return r, text
+
+
+def cmd_rollouts(fleet: Fleet, args: argparse.Namespace) -> Result:
+    if args.id:
+        r = fleet.rollout(args.id)
+        return r, render.rollout_text(r)
+    rows = fleet.rollouts()
+    return rows, render.rollouts_text(rows)
+
+
+def cmd_action(fleet: Fleet, args: argparse.Namespace) -> Result:
+    r = fleet.act(args.id, args.cmd)
+    if r.get("request"):
+        return r, render.rollout_text(r) + f"\n({args.cmd} requested; is `edge-fleet serve` running?)"
+    return r, render.rollout_text(r)
+
+
+def cmd_status(fleet: Fleet, args: argparse.Namespace) -> Result:
+    out = fleet.status(args.group)
+    return out, render.status_text(out["devices"], out["active_rollouts"])
+
+
+def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:
+    if args.devices_cmd == "group":
+        d = fleet.set_group(args.id, None if args.clear else args.new_group)
+        return d, f"{args.id}: group {d['group'] or '(none)'}"
+    devices = fleet.devices(args.group)
+    lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}" for d in devices]
+    return devices, "\n".join(lines) or "no devices"
+
+
+def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:
+    if args.tokens_cmd == "create":
+        t = fleet.create_token(args.name, args.role)
+        return t, (f"token {t['name']} ({t['role']}): {t['token']}\n"
+                   "(shown once: only its hash is stored; revoke with `edge-fleet tokens revoke NAME`)")
+    if args.tokens_cmd == "revoke":
+        return fleet.revoke_token(args.name), f"revoked token {args.name}"
+    rows = fleet.tokens()
+    return rows, render.tokens_text(rows)
+
+
+def cmd_audit(fleet: Fleet, args: argparse.Namespace) -> Result:
+    if args.limit < 1:
+        raise FleetError("--limit must be at least 1")
+    rows = fleet.audit(args.limit)
+    return rows, render.audit_text(rows)

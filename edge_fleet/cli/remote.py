@@ -1,0 +1,130 @@
+"""RemoteFleet: the CLI through a fleet's management API (`edge-fleet --api URL --token T ...`).
+
+Standard library only (urllib), so the CLI needs nothing new to talk to a remote fleet. An API
+refusal comes back as {"error", "message", "exit_code"} and is raised as a FleetError with that
+message and exit code: the remote CLI fails exactly like a local one would.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..errors import ApiFailed, FleetError
+from .backend import Fleet, Json
+
+
+class RemoteError(FleetError):
+    """A refusal from the API, carrying the server's exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+class ApiClient:
+    """JSON over HTTP(S) with a bearer token; `ca` verifies a self-signed server certificate."""
+
+    def __init__(self, url: str, token: str | None, ca: Path | None = None, timeout: float = 60.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise FleetError(f"--api must be an http:// or https:// URL, got {url!r}")
+        self.base = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
+
+    def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+             data: bytes | None = None) -> Any:
+        url = self.base + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise _refusal(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiFailed(f"fleet API {self.base} unreachable: {reason}") from None
+
+    def pages(self, path: str, query: dict[str, Any] | None = None) -> list[Any]:
+        """Every item of a paginated list."""
+        items: list[Any] = []
+        while True:
+            got = self.call("GET", path, query={**(query or {}), "limit": 500, "offset": len(items)})
+            items += got["items"]
+            if not got["items"] or len(items) >= got["total"]:
+                return items
+
+
+def _refusal(exc: urllib.error.HTTPError) -> FleetError:
+    try:
+        err = json.loads(exc.read())
+        return RemoteError(str(err["message"]), int(err["exit_code"]))
+    except (ValueError, KeyError, TypeError):
+        return ApiFailed(f"fleet API answered HTTP {exc.code} {exc.reason}")
+
+
+class RemoteFleet(Fleet):
+    """Each command as one or a few API calls."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.api = client
+
+    def status(self, group: str | None) -> Json:
+        devices = self.devices(group)
+        active = self.api.pages("/api/v1/rollouts", {"status": ["pending", "running", "paused"]})
+        return {"devices": devices, "active_rollouts": [r["id"] for r in reversed(active)]}
+
+    def devices(self, group: str | None) -> list[Json]:
+        return self.api.pages("/api/v1/devices", {"group": group} if group else None)
+
+    def set_group(self, device_id: str, group: str | None) -> Json:
+        return self.api.call("PUT", f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/group",
+                             body={"group": group})
+
+    def bundles(self) -> list[Json]:
+        return self.api.pages("/api/v1/bundles")
+
+    def publish(self, path: Path, trust: list[str] | None) -> Json:
+        if trust:
+            raise FleetError("--trust is the server's: with --api the fleet verifies uploads with its own trusted keys")
+        if not path.is_file():
+            raise FleetError(f"{path} does not exist or is not a file")
+        return self.api.call("POST", "/api/v1/bundles", query={"filename": path.name}, data=path.read_bytes())
+
+    def deploy(self, body: Json) -> Json:
+        return self.api.call("POST", "/api/v1/rollouts", body={k: v for k, v in body.items() if v is not None})
+
+    def rollout(self, rollout_id: str) -> Json:
+        return self.api.call("GET", f"/api/v1/rollouts/{urllib.parse.quote(rollout_id, safe='')}")
+
+    def rollouts(self) -> list[Json]:
+        return list(reversed(self.api.pages("/api/v1/rollouts")))  # oldest first, like the local listing
+
+    def act(self, rollout_id: str, action: str) -> Json:
+        return self.api.call("POST", f"/api/v1/rollouts/{urllib.parse.quote(rollout_id, safe='')}/{action}")
+
+    def create_token(self, name: str, role: str) -> Json:
+        return self.api.call("POST", "/api/v1/tokens", body={"name": name, "role": role})
+
+    def tokens(self) -> list[Json]:
+        return self.api.pages("/api/v1/tokens")
+
+    def revoke_token(self, name: str) -> Json:
+        return self.api.call("DELETE", f"/api/v1/tokens/{urllib.parse.quote(name, safe='')}")
+
+    def audit(self, limit: int) -> list[Json]:
+        return self.api.call("GET", "/api/v1/audit", query={"limit": min(limit, 500)})["items"]

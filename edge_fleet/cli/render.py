@@ -1,0 +1,63 @@
+"""Text output of the CLI, from the JSON shapes both backends return (edge_fleet.views)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+Json = dict[str, Any]
+
+
+def ts(value: float | None) -> str:
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def status_text(devices: list[Json], active: list[str]) -> str:
+    fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}"
+    lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
+                        "P50 ms", "P99 ms")]
+    for d in devices:
+        lines.append(fmt.format(d["id"], d["profile"] or "-", d["group"] or "-", d["model"] or "-",
+                                d["version"] or "-", d["phase"] or "-", d["presence"], ts(d["last_seen"]),
+                                f"{d['latency_p50_ms']:.2f}" if d["latency_p50_ms"] is not None else "-",
+                                f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-"))
+        if d["last_error"]:
+            lines.append(f"  last error: {d['last_error']}")
+    if active:
+        lines.append("active rollouts: " + ", ".join(active))
+    return "\n".join(lines)
+
+
+def rollout_text(r: Json) -> str:
+    stages = r["stages"]
+    lines = [f"rollout {r['id']}: {r['name']}:{r['version']} {r['status'].upper()}"
+             f" stage {max(r['stage'], 0) + 1}/{len(stages)} (cumulative devices {list(stages)})"
+             + (f" - {r['reason']}" if r.get("reason") else "")]
+    for d in r.get("devices", []):
+        stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
+        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {d['reason'] or ''}")
+    return "\n".join(lines)
+
+
+def rollouts_text(rows: list[Json]) -> str:
+    return "\n".join(f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {r.get('reason') or ''}"
+                     for r in rows) or "no rollouts"
+
+
+def bundles_text(rows: list[Json]) -> str:
+    lines = [f"{'NAME:VERSION':<24} {'PROFILE':<20} {'SIZE':>10}  SHA256"]
+    lines += [f"{b['name'] + ':' + str(b['version']):<24} {b['profile']:<20} {b['size']:>10}  {b['sha256'][:16]}"
+              for b in rows]
+    return "\n".join(lines)
+
+
+def tokens_text(rows: list[Json]) -> str:
+    lines = [f"{'NAME':<24} {'ROLE':<9} {'CREATED':<19} {'LAST USED':<19} STATE"]
+    lines += [f"{t['name']:<24} {t['role']:<9} {ts(t['created_at']):<19} {ts(t['last_used_at']):<19} "
+              + ("revoked " + ts(t["revoked_at"]) if t["revoked_at"] else "live") for t in rows]
+    return "\n".join(lines)
+
+
+def audit_text(rows: list[Json]) -> str:
+    return "\n".join(f"{ts(e['at'])}  {e['actor']:<20} {e['action']:<14} {e['target'] or '-':<32} {e['outcome']}"
+                     for e in rows) or "no audit entries"
