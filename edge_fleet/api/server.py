@@ -37,6 +37,7 @@ class HttpServer:
                                 ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
                                 timeout_graceful_shutdown=3, access_log=False, server_header=False)
         self._server = uvicorn.Server(config)
+        self._state = st
         self._thread: threading.Thread | None = None
 
     @property
@@ -59,6 +60,7 @@ class HttpServer:
         return self
 
     def stop(self) -> None:
+        self._state.stopping[0] = True  # live streams end cleanly first, instead of being cut at shutdown
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
