@@ -71,9 +71,9 @@ def make_tokens(home: Path, *roles: str) -> dict[str, str]:
         return {role: create_token(reg, local_actor(), role, role)[0] for role in roles}
 
 
-def client(base: str, token: str | None = None, **kw: Any) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=60, **kw)
+def client(base: str, token: str | None = None, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Client:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base, headers={**auth, **(headers or {})}, **{"timeout": 60, **kw})
 
 
 def start_agent(tmp: Path, broker: str, device_id: str, bundle: Path, trust: Path, **kw: Any) -> AgentProcess:
