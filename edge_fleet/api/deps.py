@@ -67,7 +67,7 @@ class Paging:
 
 
 def paging(limit: int = Query(50, ge=1, le=500, description="rows per page"),
-           offset: int = Query(0, ge=0, description="rows to skip")) -> Paging:
+           offset: int = Query(0, ge=0, le=10**9, description="rows to skip")) -> Paging:
     return Paging(limit, offset)
 
 

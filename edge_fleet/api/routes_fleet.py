@@ -59,7 +59,7 @@ def list_devices(
 
 @router.get("/devices/{device_id}", summary="One device: state, update history, last error, latency over time")
 def get_device(device_id: str = DeviceId, _who: Actor = Depends(actor), reg: Registry = Depends(registry),
-               history_limit: int = Query(50, ge=1, le=500), history_offset: int = Query(0, ge=0),
+               history_limit: int = Query(50, ge=1, le=500), history_offset: int = Query(0, ge=0, le=10**9),
                samples: int = Query(300, ge=1, le=720)) -> dict[str, Any]:
     dev = reg.device(device_id)
     if dev is None:
