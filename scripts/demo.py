@@ -5,6 +5,8 @@
 3. edge-convert keygen; edge-convert convert ... --profile raspberry-pi-4 (static int8)
 4. edge-agent verify / run / bench
 5. a short summary: sizes, float vs int8 accuracy, latency percentiles
+6. over the air: the fleet server with its web console (URL printed, --no-console to skip), one
+   device agent, and a staged update to v2 deployed through the management API
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
+OPTIONS: dict = {}  # the command line, for the steps
 
 
 def sh(*args: str, capture_json: bool = False):
@@ -43,7 +46,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Run the edgekit story end to end (train, convert, verify, run, bench).")
     parser.add_argument("--out", type=Path, default=REPO / "demo-out", help="working folder (default demo-out/)")
     parser.add_argument("--profile", default="raspberry-pi-4")
+    parser.add_argument("--no-console", action="store_true", help="run the fleet without its web console and API")
+    parser.add_argument("--console-port", type=int, default=0, help="console/API port (default: a free one)")
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="after the demo, keep the fleet, its console and the device running until Ctrl-C")
     args = parser.parse_args()
+    OPTIONS.update(vars(args))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -90,8 +98,8 @@ def main() -> int:
 
 
 def ota_step(out: Path, bundle: Path, home: Path) -> None:
-    """Fleet server with its embedded broker; one device agent; a staged update to v2."""
-    print("\n== 4. over the air: fleet server (embedded MQTT broker) updates the device to v2 ==")
+    """Fleet server with its embedded broker and web console; one device agent; a staged update to v2."""
+    print("\n== 4. over the air: fleet server (embedded MQTT broker, web console) updates the device to v2 ==")
     fleet_home = out / "fleet"
     if fleet_home.exists():
         import shutil
@@ -110,30 +118,41 @@ def ota_step(out: Path, bundle: Path, home: Path) -> None:
 
         shutil.rmtree(device_home)
     sh("edge-agent", "--home", device_home, "install", bundle, "--trust", trust, "--profile", "raspberry-pi-4")
-    print("\n$ edge-fleet serve --home ...   (background)")
-    server = subprocess.Popen([str(BIN / "edge-fleet"), "serve", "--home", str(fleet_home), "--json"],
+    console = not OPTIONS.get("no_console")
+    token = None
+    if console:  # an admin token for the console and the API (the secret is printed once, stored hashed)
+        token = sh("edge-fleet", "tokens", "create", "demo-admin", "--role", "admin", "--home", fleet_home, "--json",
+                   capture_json=True)["token"]
+    http = ["--http", str(OPTIONS.get("console_port") or 0)] if console else []
+    print(f"\n$ edge-fleet serve --home ... {' '.join(http)}   (background)")
+    server = subprocess.Popen([str(BIN / "edge-fleet"), "serve", "--home", str(fleet_home), "--json", *http],
                               stdout=subprocess.PIPE, text=True)
     agent = None
     try:
         info = json.loads(server.stdout.readline())
         print(f"fleet server on {info['broker']} (embedded {info['embedded']})")
+        if console:
+            print(f"web console  {info['http']}/#token={token}")
+            print(f"API          {info['http']}/api/v1/ (OpenAPI: {info['http']}/api/v1/openapi.json)")
         print(f"$ edge-agent serve --broker {info['broker']} --device-id pi-01 ...   (background)")
         agent_log = open(out / "device-pi-01.log", "w")
         agent = subprocess.Popen([str(BIN / "edge-agent"), "--home", str(device_home), "serve", "--broker", info["broker"],
                                   "--device-id", "pi-01", "--trust", str(trust), "--profile", "raspberry-pi-4",
                                   "--telemetry-interval", "1"], stdout=agent_log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = subprocess.run([str(BIN / "edge-fleet"), "status", "--home", str(fleet_home), "--json"],
-                                    stdout=subprocess.PIPE, text=True)
-            devices = json.loads(status.stdout or "{}").get("devices", [])
-            if any(d["id"] == "pi-01" and d["version"] == 1 and d["presence"] == "online" for d in devices):
-                break
-            time.sleep(0.5)
-        sh("edge-fleet", "deploy", "digits:2", "--devices", "pi-01", "--home", fleet_home, "--wait", "--wait-timeout", "120")
+        _wait_for_device(fleet_home)
+        # with the console on, the deploy goes through the management API, as a CI pipeline's would
+        remote = ["--api", info["http"], "--token", token] if console else ["--home", fleet_home]
+        sh("edge-fleet", *remote, "deploy", "digits:2", "--devices", "pi-01", "--wait", "--wait-timeout", "120")
         time.sleep(1.5)  # one telemetry period, so status shows the new model's latency
-        sh("edge-fleet", "status", "--home", fleet_home)
+        sh("edge-fleet", *remote, "status")
         sh("edge-agent", "--home", device_home, "status")
+        if console and OPTIONS.get("keep_serving"):
+            print(f"\nconsole: {info['http']}/#token={token}   (Ctrl-C to stop)", flush=True)
+            server.wait()
+        elif console:
+            print(f"\n(the console closes with the demo; run `scripts/demo.sh --keep-serving` to keep it open)")
+    except KeyboardInterrupt:
+        pass
     finally:
         for proc in (agent, server):
             if proc is not None:
@@ -142,6 +161,18 @@ def ota_step(out: Path, bundle: Path, home: Path) -> None:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def _wait_for_device(fleet_home: Path) -> None:
+    """Until pi-01 reported v1 and is online (read from the registry by the local CLI)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = subprocess.run([str(BIN / "edge-fleet"), "status", "--home", str(fleet_home), "--json"],
+                                stdout=subprocess.PIPE, text=True)
+        devices = json.loads(status.stdout or "{}").get("devices", [])
+        if any(d["id"] == "pi-01" and d["version"] == 1 and d["presence"] == "online" for d in devices):
+            return
+        time.sleep(0.5)
 
 
 def video_step(out: Path, bundle: Path, home: Path) -> None:

@@ -4,5 +4,5 @@
 # Creates .venv and installs everything on first use; output goes to demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup_env.sh
+EDGEKIT_NO_CHROMIUM=1 . scripts/setup_env.sh  # chromium is for the browser tests only
 exec "$PY" scripts/demo.py "$@"

@@ -1,4 +1,4 @@
-# Sourced by demo.sh and test.sh: make .venv with edgekit[dev] installed, and Mosquitto present.
+# Sourced by demo.sh and test.sh: make .venv with edgekit[dev] installed, Mosquitto and chromium present.
 # Idempotent and quiet when everything is already there.
 : "${EDGEKIT_VENV:=.venv}"
 if [ ! -x "$EDGEKIT_VENV/bin/python" ]; then
@@ -18,4 +18,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
+if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"

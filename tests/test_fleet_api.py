@@ -331,3 +331,57 @@ def test_openapi_document_is_served(env):
         doc = api.get("/api/v1/openapi.json").json()
     assert {"/api/v1/devices", "/api/v1/bundles", "/api/v1/rollouts", "/api/v1/rollouts/{rollout_id}/{action}",
             "/api/v1/tokens", "/api/v1/audit", "/api/v1/events"} <= set(doc["paths"])
+
+
+def test_the_readme_ci_step_publishes_and_deploys_with_curl(env):
+    """scripts/ci_deploy.sh, the README's pipeline step, against the real fleet: curl and a token only."""
+    import os
+    import subprocess
+
+    env.idle()
+    with env.api("operator") as api:
+        api.put("/api/v1/devices/pi-a/group", json={"group": "ci"})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ci_deploy.sh"
+    run_env = {**os.environ, "EDGE_FLEET_API": env.url, "EDGE_FLEET_TOKEN": env.tokens["admin"],
+               "EDGE_FLEET_STAGES": "100", "EDGE_FLEET_POLL": "0.5"}
+    done = subprocess.run(["bash", str(script), str(env.v2), "digits:2", "ci"], env=run_env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rid = done.stdout.split()[1]
+    assert done.stdout.strip().endswith(f"rollout {rid} succeeded")
+    refused = subprocess.run(["bash", str(script), str(env.v2), "digits:9", "ci"], env=run_env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode != 0 and "digits:9 is not published" in refused.stdout + refused.stderr
+    with env.api("operator") as api:
+        api.post(f"/api/v1/rollouts/{rid}/rollback")
+        api.put("/api/v1/devices/pi-a/group", json={"group": None})
+    env.idle()
+
+
+def _readme_ci_step() -> str:
+    """The shell of the README's CI pipeline step (the `run: |` block of its YAML example)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("- name: Publish and deploy to the lobby cameras", 1)[1].split("```", 1)[0]
+    lines = block.split("run: |\n", 1)[1].splitlines()
+    return "\n".join(line[4:] for line in lines)
+
+
+def test_the_readme_ci_yaml_step_runs_as_written(env, tmp_path):
+    import os
+    import subprocess
+
+    env.idle()
+    with env.api("operator") as api:
+        api.put("/api/v1/devices/pi-b/group", json={"group": "lobby"})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "digits-v2.edgebundle").symlink_to(env.v2)
+    run_env = {**os.environ, "FLEET": env.url, "TOKEN": env.tokens["admin"]}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", _readme_ci_step().replace("sleep 5", "sleep 0.5")],
+                          cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with env.api("operator") as api:
+        r = api.get("/api/v1/rollouts", params={"limit": 1}).json()["items"][0]
+        assert (r["bundle"], r["status"], r["created_by"]) == ("digits:2", "succeeded", "admin")
+        api.post(f"/api/v1/rollouts/{r['id']}/rollback")
+        api.put("/api/v1/devices/pi-b/group", json={"group": None})
+    env.idle()
