@@ -180,3 +180,53 @@ def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(tmp_pa
         assert r.target("b").status == T.SUCCEEDED and r.target("b").reason == "already running this bundle"
         assert r.target("a").status == T.SENT and r.status == R.RUNNING and sent == ["edgekit/devices/a/desired"]
         assert r.target("a").previous_sha is None and r.target("a").sent_at == 5.0
+
+
+def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(tmp_path):
+    """halt -> paused (the finished stage does not lead to the next), resume -> the next stage starts,
+    rollback of the succeeded rollout -> each switched device gets its previous bundle back."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        for dev in ("a", "b"):
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100], created_by="op")
+        driver = RolloutDriver(reg, Topics(), lambda topic, payload, _r: sent.append(
+            (topic, json.loads(payload) if payload else None)))
+
+        def switched(dev: str) -> None:
+            reg.record_reported(ReportedState(dev, "succeeded", "pi", "t", current=BundleRef("digits", 2, V2),
+                                              previous=BundleRef("digits", 1, V1), deployment_id=plan.id))
+
+        driver.step(now=10.0)
+        reg.request_rollout(plan.id, "halt", "op")
+        driver.step(now=11.0)
+        assert reg.rollout(plan.id).status == R.PAUSED and reg.rollout(plan.id).request is None
+        switched("a")
+        driver.step(now=12.0)  # stage 1 finished, but paused: stage 2 waits
+        r = reg.rollout(plan.id)
+        assert (r.status, r.stage, r.target("a").status, r.target("b").status) == (R.PAUSED, 0, T.SUCCEEDED, T.WAITING)
+        assert [t for t, _ in sent] == ["edgekit/devices/a/desired"]
+        reg.request_rollout(plan.id, "resume", "op")
+        driver.step(now=13.0)
+        driver.step(now=14.0)
+        assert reg.rollout(plan.id).stage == 1 and sent[-1][0] == "edgekit/devices/b/desired"
+        switched("b")
+        driver.step(now=15.0)
+        assert reg.rollout(plan.id).status == R.SUCCEEDED
+        reg.request_rollout(plan.id, "rollback", "op")
+        driver.step(now=16.0)
+        r = reg.rollout(plan.id)
+        assert r.status == R.HALTING and r.reason == "rolled back by op"
+        assert {t: p["bundle"]["version"] for t, p in sent[-2:]} == {"edgekit/devices/a/desired": 1,
+                                                                    "edgekit/devices/b/desired": 1}
+        for dev in ("a", "b"):
+            reg.record_reported(ReportedState(dev, "succeeded", "pi", "t", current=BundleRef("digits", 1, V1),
+                                              deployment_id=f"{plan.id}-rollback"))
+        driver.step(now=17.0)
+        r = reg.rollout(plan.id)
+        assert r.status == R.HALTED and {t.status for t in r.targets} == {T.ROLLED_BACK}
+        reg.request_rollout(plan.id, "resume", "op")  # not allowed from halted: ignored and forgotten
+        driver.step(now=18.0)
+        assert reg.rollout(plan.id).status == R.HALTED and reg.rollout(plan.id).request is None
