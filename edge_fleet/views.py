@@ -10,20 +10,13 @@ from dataclasses import asdict
 from typing import Any, Iterator
 
 from .registry.records import (AuditEntry, BundleRecord, DeviceEvent, DeviceRecord, LatencySample, RolloutRecord,
-                               TargetStatus)
+                               TargetStatus, latency_ms)
 from .rollout.states import COUNTS_AS_FAILURE, STAGE_FINISHED
-
-
-def latency_ms(latency: dict[str, Any], *names: str) -> Iterator[float | None]:
-    """p50/p99 style values from a telemetry latency dict, accepting `p50` or `p50_ms` keys."""
-    for n in names:
-        v = latency.get(n, latency.get(f"{n}_ms"))
-        yield float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def device_view(d: DeviceRecord) -> dict[str, Any]:
     """The flat per-device row of `status`, `devices` and the API's device list."""
-    p50, p99 = latency_ms(d.latency, "p50", "p99")
+    p50, p99 = latency_ms(d.latency, "p50"), latency_ms(d.latency, "p99")
     cur = d.current
     return {"id": d.id, "profile": d.profile, "group": d.group, "model": cur.name if cur else None,
             "version": cur.version if cur else None, "sha256": cur.sha256 if cur else None, "phase": d.phase,

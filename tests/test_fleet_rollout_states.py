@@ -142,18 +142,28 @@ def _bundle(tmp: Path, sha: str, version: int) -> BundleRecord:
     return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", tmp / f"{sha}.edgebundle", 0.0)
 
 
+def _two_devices_on_v1(reg, tmp: Path) -> None:
+    """digits v1 and v2 published for profile pi; devices a and b report v1."""
+    for sha, v in ((V1, 1), (V2, 2)):
+        reg.add_bundle(_bundle(tmp, sha, v))
+    for dev in ("a", "b"):
+        reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+
+
+def _recording_driver(reg, sent: list) -> RolloutDriver:
+    """A driver whose publish() records (topic, decoded payload) instead of going to a broker."""
+    return RolloutDriver(reg, Topics(), lambda topic, payload, _retain: sent.append(
+        (topic, json.loads(payload) if payload else None)))
+
+
 def test_driver_on_a_real_registry_sends_stages_and_halts_back(tmp_path):
     """Two devices in two stages; the first fails, so the second never gets the bundle and the first
     gets v1 back. publish() records what would go to the broker."""
     sent: list[tuple[str, dict | None]] = []
     with open_registry(tmp_path / "fleet.db") as reg:
-        for sha, v in ((V1, 1), (V2, 2)):
-            reg.add_bundle(_bundle(tmp_path, sha, v))
-        for dev in ("a", "b"):
-            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        _two_devices_on_v1(reg, tmp_path)
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100])
-        driver = RolloutDriver(reg, Topics(), lambda topic, payload, _retain: sent.append(
-            (topic, json.loads(payload) if payload else None)))
+        driver = _recording_driver(reg, sent)
         driver.step(now=1000.0)
         assert [(t, p["bundle"]["version"]) for t, p in sent] == [("edgekit/devices/a/desired", 2)]
         reg.record_reported(ReportedState("a", "failed", "pi", "t", current=BundleRef("digits", 1, V1),
@@ -187,13 +197,9 @@ def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(tm
     rollback of the succeeded rollout -> each switched device gets its previous bundle back."""
     sent: list[tuple[str, dict | None]] = []
     with open_registry(tmp_path / "fleet.db") as reg:
-        for sha, v in ((V1, 1), (V2, 2)):
-            reg.add_bundle(_bundle(tmp_path, sha, v))
-        for dev in ("a", "b"):
-            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        _two_devices_on_v1(reg, tmp_path)
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100], created_by="op")
-        driver = RolloutDriver(reg, Topics(), lambda topic, payload, _r: sent.append(
-            (topic, json.loads(payload) if payload else None)))
+        driver = _recording_driver(reg, sent)
 
         def switched(dev: str) -> None:
             reg.record_reported(ReportedState(dev, "succeeded", "pi", "t", current=BundleRef("digits", 2, V2),

@@ -45,6 +45,12 @@ class TargetStatus(StrEnum):
     NOT_STARTED = "not_started"  # halted before its stage
 
 
+def latency_ms(latency: dict[str, Any], key: str) -> float | None:
+    """A latency percentile (ms) from a device's telemetry, sent as `p50` or `p50_ms`."""
+    v = latency.get(key, latency.get(f"{key}_ms"))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 ACTIVE_ROLLOUT = (RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTING)
 
 

@@ -21,7 +21,7 @@ from ..errors import RolloutConflict
 from .base import Registry
 from .migrations import Migration, load_migrations, pending
 from .records import (ACTIVE_ROLLOUT, BundleRecord, DeviceRecord, Page, RolloutRecord, RolloutStatus,
-                      RolloutTarget, TargetStatus)
+                      RolloutTarget, TargetStatus, latency_ms)
 from .sqlite_access import SqliteAccess
 from .sqlite_views import SqliteViews, _ref
 
@@ -35,12 +35,6 @@ LATENCY_KEEP = 720  # latency samples kept per device (a plot's worth)
 
 def _ref_json(ref: BundleRef | None) -> str | None:
     return json.dumps({"name": ref.name, "version": ref.version, "sha256": ref.sha256}) if ref else None
-
-
-def _ms(latency: dict[str, Any], key: str) -> float | None:
-    """A latency percentile from telemetry, under `p50` or `p50_ms`."""
-    v = latency.get(key, latency.get(f"{key}_ms"))
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _marks(items: tuple | list) -> str:
@@ -200,7 +194,7 @@ class SqliteRegistry(SqliteViews, SqliteAccess, Registry):
 
     def record_telemetry(self, device_id: str, tel: Telemetry, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        p50, p99 = (_ms(tel.latency, k) for k in ("p50", "p99"))
+        p50, p99 = (latency_ms(tel.latency, k) for k in ("p50", "p99"))
         with self._lock:
             self._update_device(device_id, "latency=?, inferences=?, errors=?, telemetry_at=?, last_seen=?",
                                 (json.dumps(tel.latency), tel.inferences, tel.errors, now, now))
