@@ -45,16 +45,21 @@ def audited(reg: Registry, actor: Actor, needed: str, action: str, target: str |
 
 
 def publish(reg: Registry, actor: Actor, path: Path, trust: TrustStore | None, shown_name: str | None = None) -> BundleRecord:
-    """Verify and store a bundle (edge_fleet.publish: the same checks whoever uploads it)."""
+    """Verify and store a bundle (edge_fleet.publish: the same checks whoever uploads it). The audit
+    row names the file when refused and NAME:VERSION (profile, SHA-256) when published."""
     from .publish import publish_bundle
 
-    def work() -> BundleRecord:
+    shown = shown_name or path.name
+    require(reg, actor, "admin", "publish", shown)
+    try:
         if trust is None:
             raise FleetError("the fleet has no trusted keys: put *.pub files in HOME/trusted or start serve --trust")
-        return publish_bundle(reg, path, trust)
-
-    detail = {"file": shown_name or path.name}
-    rec = audited(reg, actor, "admin", "publish", shown_name or path.name, detail, work)
+        rec = publish_bundle(reg, path, trust)
+    except (FleetError, BundleError) as exc:
+        reg.add_audit(actor.name, actor.role, "publish", shown, {"file": shown}, f"refused: {exc}")
+        raise
+    reg.add_audit(actor.name, actor.role, "publish", f"{rec.name}:{rec.version}",
+                  {"file": shown, "profile": rec.profile, "sha256": rec.sha256, "signer": rec.key_id}, "ok")
     return rec
 
 

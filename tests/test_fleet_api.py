@@ -159,6 +159,10 @@ def test_upload_is_publish_with_its_checks_and_limits(env, tmp_path, capsys):
         assert api.get("/api/v1/bundles/not-a-sha/download").status_code == 404
     assert snapshot(env) == before
     assert not [p for p in (env.home / "bundles").iterdir() if p.name.startswith(".")]  # no upload left behind
+    with env.api() as api:
+        audit = api.get("/api/v1/audit", params={"action": "publish", "limit": 500}).json()["items"]
+    assert ("admin", "digits:1", "ok") in {(e["actor"], e["target"], e["outcome"]) for e in audit}
+    assert any(e["target"] == bad.name and e["outcome"] == f"refused: {cli_line}" for e in audit)
 
 
 def test_bad_deploy_requests_are_refused_and_create_nothing(env):
