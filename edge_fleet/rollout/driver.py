@@ -70,28 +70,28 @@ class RolloutDriver:
                 log.exception("rollout %s: applying the operator's request failed", rid)
 
     def _apply_request(self, rollout_id: str, now: float) -> None:
-        """Halt (pause), resume or roll back, as an operator asked through the API or the CLI."""
+        """Halt (pause), resume or roll back, as an operator asked through the API or the CLI.
+        The request is cleared only after its effect is stored: whoever waits for it sees the result."""
         r = self.reg.rollout(rollout_id)
         if r is None or r.request is None:
             return
         request, by = r.request, r.request_by or "an operator"
-        self.reg.clear_request(r.id, request)
-        action = Action(request) if request in {a.value for a in Action} else None
-        if action is None or r.status not in ACTION_FROM[action] or r.status == R.PENDING:
-            log.warning("rollout %s: ignored %r request from %s while %s", r.id, request, by, r.status)
-        elif action == Action.HALT:
-            self._advance(r, RolloutEvent.OPERATOR_HALT, now, reason=f"halted by {by}")
-            log.warning("rollout %s halted by %s: no new stage starts until resumed", r.id, by)
-        elif action == Action.RESUME:
-            self._advance(r, RolloutEvent.OPERATOR_RESUME, now, reason=f"resumed by {by}")
-            log.info("rollout %s resumed by %s", r.id, by)
-        else:
-            self._halt(r, f"rolled back by {by}", now)
+        try:
+            action = Action(request) if request in {a.value for a in Action} else None
+            if action is None or r.status not in ACTION_FROM[action] or r.status == R.PENDING:
+                log.warning("rollout %s: ignored %r request from %s while %s", r.id, request, by, r.status)
+            elif action == Action.HALT:
+                self._advance(r, RolloutEvent.OPERATOR_HALT, now, reason=f"halted by {by}")
+                log.warning("rollout %s halted by %s: no new stage starts until resumed", r.id, by)
+            elif action == Action.RESUME:
+                self._advance(r, RolloutEvent.OPERATOR_RESUME, now, reason=f"resumed by {by}")
+                log.info("rollout %s resumed by %s", r.id, by)
+            else:
+                self._halt(r, f"rolled back by {by}", now)
+        finally:
+            self.reg.clear_request(r.id, request)
 
     # -- writing through the transition tables ----------------------------------------------
-
-    def _device(self, device_id: str) -> DeviceRecord:
-        return self.reg.device(device_id) or DeviceRecord(id=device_id)
 
     def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
