@@ -93,6 +93,9 @@ class RolloutDriver:
 
     # -- writing through the transition tables ----------------------------------------------
 
+    def _device(self, device_id: str) -> DeviceRecord:
+        return self.reg.device(device_id) or DeviceRecord(id=device_id)
+
     def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
