@@ -15,6 +15,7 @@ from edge_agent.ota.protocol import ProtocolError, check_device_id
 
 from .access import Actor, create_token, revoke_token
 from .errors import AccessDenied, ActionRefused, FleetError, NotFound
+from .publish import publish_bundle
 from .registry import Registry
 from .registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus, TokenRecord
 from .rollout import DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, plan_rollout
@@ -32,14 +33,17 @@ def require(reg: Registry, actor: Actor, needed: str, action: str, target: str |
 
 
 def audited(reg: Registry, actor: Actor, needed: str, action: str, target: str | None, detail: dict[str, Any],
-            work: Callable[[], V]) -> V:
-    """Run `work` if `actor` has the `needed` role, and audit the outcome either way."""
+            work: Callable[[], V], describe: Callable[[V], tuple[str, dict[str, Any]]] | None = None) -> V:
+    """Run `work` if `actor` has the `needed` role, and audit the outcome either way. `describe`
+    names what was done once it is known (e.g. the NAME:VERSION a published file turned out to be)."""
     require(reg, actor, needed, action, target, detail)
     try:
         result = work()
     except (FleetError, BundleError) as exc:
         reg.add_audit(actor.name, actor.role, action, target, detail, f"refused: {exc}")
         raise
+    if describe is not None:
+        target, detail = describe(result)
     reg.add_audit(actor.name, actor.role, action, target, detail, "ok")
     return result
 
@@ -47,20 +51,16 @@ def audited(reg: Registry, actor: Actor, needed: str, action: str, target: str |
 def publish(reg: Registry, actor: Actor, path: Path, trust: TrustStore | None, shown_name: str | None = None) -> BundleRecord:
     """Verify and store a bundle (edge_fleet.publish: the same checks whoever uploads it). The audit
     row names the file when refused and NAME:VERSION (profile, SHA-256) when published."""
-    from .publish import publish_bundle
-
     shown = shown_name or path.name
-    require(reg, actor, "admin", "publish", shown)
-    try:
+
+    def work() -> BundleRecord:
         if trust is None:
             raise FleetError("the fleet has no trusted keys: put *.pub files in HOME/trusted or start serve --trust")
-        rec = publish_bundle(reg, path, trust)
-    except (FleetError, BundleError) as exc:
-        reg.add_audit(actor.name, actor.role, "publish", shown, {"file": shown}, f"refused: {exc}")
-        raise
-    reg.add_audit(actor.name, actor.role, "publish", f"{rec.name}:{rec.version}",
-                  {"file": shown, "profile": rec.profile, "sha256": rec.sha256, "signer": rec.key_id}, "ok")
-    return rec
+        return publish_bundle(reg, path, trust)
+
+    return audited(reg, actor, "admin", "publish", shown, {"file": shown}, work,
+                   lambda rec: (f"{rec.name}:{rec.version}", {"file": shown, "profile": rec.profile,
+                                                              "sha256": rec.sha256, "signer": rec.key_id}))
 
 
 def deploy(reg: Registry, actor: Actor, target: str, devices: list[str] | None = None, group: str | None = None,
