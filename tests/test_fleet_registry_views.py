@@ -81,3 +81,16 @@ def test_tokens_unique_revocable_and_audit_filters(tmp_path):
         assert [e.id for e in reg.audit_page(10, 0).items] == [3, 2, 1]
         assert [e.target for e in reg.audit_page(10, 0, actor="ci", action="deploy").items] == ["digits:2"]
         assert reg.audit_page(1, 0).total == 3 and reg.audit_page(10, 0).items[2].detail == {"group": "lobby"}
+
+
+def test_history_and_latency_samples_are_bounded_per_device(tmp_path):
+    from edge_fleet.registry.sqlite import HISTORY_KEEP, LATENCY_KEEP
+
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for i in range(LATENCY_KEEP + 200):
+            reg.record_telemetry("a", Telemetry(None, i, 0, {"p50_ms": 1.0, "p99_ms": 2.0}), now=float(i))
+            reg.record_reported(report("a", "downloading" if i % 2 else "idle", V1, 1), now=float(i))
+        samples = reg.latency_samples("a", 10_000)
+        assert LATENCY_KEEP <= len(samples) < LATENCY_KEEP + 50 and samples[-1].at == LATENCY_KEEP + 199
+        history = reg.device_events("a", 10, 0)
+        assert HISTORY_KEEP <= history.total < HISTORY_KEEP + 50 and history.items[0].at == LATENCY_KEEP + 199
