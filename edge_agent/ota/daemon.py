@@ -26,7 +26,7 @@ from .. import __version__
 from ..bundle import TrustStore
 from ..home import AgentHome
 from ..runtimes import ModelSession
-from .health import HealthCheckFailed, load_checked
+from .model_check import HealthCheckFailed, load_checked
 from .installer import (
     ACTIVE_PHASES, InstallContext, UpdateJob, abandon, load_job, one_line, run_update,
     save_job, staging_dir,

@@ -22,11 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bundle import BundleError, InsufficientSpace, ProfileMismatch, SignatureError, TrustStore, sha256_file, verify_bundle
+from ..bundle import (
+    BundleError, InsufficientSpace, ProfileMismatch, SignatureError, TrustStore, check_free_space, sha256_file,
+    verify_bundle,
+)
 from ..bundle.errors import HashMismatch
 from ..home import AgentHome
 from ..runtimes import ModelSession
-from .health import HealthCheckFailed, load_checked
+from .model_check import HealthCheckFailed, load_checked
 from .protocol import BundleRef, DesiredState, ProtocolError
 from .slots import SlotInfo, Slots
 from .statefile import read_json, write_json_atomic
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE_PHASES = ("downloading", "verifying", "installing", "health_check", "switching")
 TERMINAL_PHASES = ("idle", "succeeded", "failed", "rolled_back")
-DISK_MARGIN_BYTES = 16 << 20
 
 
 class UpdateRefused(RuntimeError):
@@ -150,13 +152,6 @@ def check_not_downgrade(slots: Slots, name: str, version: int, sha256: str, allo
         )
     if version == active.ref.version and sha256 != active.ref.sha256 and not allow_downgrade:
         raise DowngradeRefused(f"{name} v{version} is already installed with different content: bump the version")
-
-
-def check_free_space(folder: Path, needed: int, what: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < needed + DISK_MARGIN_BYTES:
-        raise InsufficientSpace(f"not enough disk space to {what}: needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free")
 
 
 def precheck_desired(ctx: InstallContext, desired: DesiredState) -> None:
