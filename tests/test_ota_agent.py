@@ -17,6 +17,7 @@ from edge_agent.bundle import TrustStore, generate_keypair
 from edge_agent.cli import main as agent_main
 from edge_agent.home import AgentHome
 from edge_agent.ota.daemon import Agent, AgentConfig
+from edge_agent.ota.phases import MAX_STATE_STORES
 from edge_agent.ota.slots import Slots
 from edge_fleet.broker import start_broker
 from .ota_helpers import AgentProcess, FleetStub, repack, wait_for
@@ -471,3 +472,62 @@ def test_serve_refuses_a_bad_probation_in_one_line(home, bad, capsys):
         agent_main(["--home", str(home), "serve", "--broker", "mqtt://127.0.0.1:1", "--device-id", "d", "--probation", bad])
     err = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 2 and err[-1].startswith("edge-agent serve: error: argument --probation:")
+
+
+# --- a crash inside a phase cannot loop forever (Mender's state-store counter) ---------------------
+
+
+def test_crash_inside_the_health_check_ends_failed_at_the_state_loop_limit(home, bundles, digits, broker, fleet):
+    """The agent dies inside the health check on every start (the test hook stops it dead there and the test
+    kills it, as a model that takes the process down would). Each restart resumes into the same phase; past
+    the store limit the job ends `failed` ("state loop detected"), reported, and the agent keeps serving v1
+    and keeps taking deployments."""
+    dev, dep = "dev-crash-loop", "dep-crash-loop"
+    crash = {"EDGEKIT_TEST_PAUSE_PHASE": "health_check"}
+    job_file, marker = home / "ota" / "update.json", home / "ota" / "paused-at"
+
+    def crashed_or_failed():
+        r = fleet.last_reported(dev)
+        if r is not None and r.deployment_id == dep and r.phase == "failed":
+            return "failed"
+        return "crashed" if agent.paused_at() == "health_check" else None
+
+    agent = AgentProcess(home, broker.url, dev, digits.pub, env=crash)
+    fleet.deploy(dev, bundles["v2"], dep, block_size=BLOCK)
+    stores: list = []
+    for restart in range(8):
+        if wait_for(crashed_or_failed, what="a crash in health_check or the job failed") == "failed":
+            break
+        agent.kill9()
+        agent.stop()
+        marker.unlink()
+        job = json.loads(job_file.read_text())
+        stores.append(job.get("state_stores"))
+        if restart == 1:  # fast-forward the 20 crashes in between, as the counter would have recorded them
+            job["state_stores"] = MAX_STATE_STORES - 1
+            job_file.write_text(json.dumps(job))
+        agent = AgentProcess(home, broker.url, dev, digits.pub, env=crash)
+    else:
+        agent.stop()
+        pytest.fail(f"the agent crashed into health_check {restart + 1} times and would go on forever")
+    try:
+        assert stores[1] == stores[0] + 1  # one store per restart
+        r = fleet.wait_phase(dev, dep)
+        assert r.phase == "failed" and "health_check: state loop detected" in r.last_error, r.last_error
+        assert r.current.version == 1
+        job = json.loads(job_file.read_text())
+        assert job["error_kind"] == "state-loop" and job["phase"] == "failed"
+        target = Slots(AgentHome(home).slots_dir).info(job["target_slot"])
+        assert target.status == "bad"  # never booted as a fallback
+        seen = wait_for(lambda: fleet.last_telemetry(dev), what="telemetry").inferences
+        t = wait_for(lambda: (t := fleet.last_telemetry(dev)) and t.inferences > seen and t, what="inferences")
+        assert t.model.version == 1 and t.errors == 0
+    finally:
+        assert agent.stop() == 0
+    agent = AgentProcess(home, broker.url, dev, digits.pub)  # no more crashes: the next deployment goes through
+    try:
+        fleet.deploy(dev, bundles["v2"], "dep-after-loop", block_size=BLOCK)
+        r = fleet.wait_phase(dev, "dep-after-loop")
+        assert r.phase == "succeeded" and r.current.version == 2, r.last_error
+    finally:
+        assert agent.stop() == 0

@@ -7,7 +7,6 @@ main thread (telemetry, watching the slots for a CLI rollback/install, signals).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import queue
 import signal
@@ -15,10 +14,8 @@ import ssl
 import threading
 import time
 import urllib.parse
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import paho.mqtt.client as mqtt
 
@@ -28,9 +25,9 @@ from ..home import AgentHome
 from ..runtimes import ModelSession
 from .model_check import HealthCheckFailed, load_checked
 from .installer import (
-    ACTIVE_PHASES, InstallContext, UpdateJob, abandon, load_job, one_line, run_update,
-    save_job, staging_dir,
+    InstallContext, UpdateJob, abandon, install_lock, load_job, one_line, run_update, save_job, staging_dir,
 )
+from .phases import Event, Phase
 from .live import InferenceLoop, LiveModel
 from .protocol import (
     DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, check_device_id, dumps,
@@ -53,6 +50,7 @@ class Probation:
     """The model an update just switched to, watched on live inputs until `until` (monotonic seconds)."""
 
     generation: int
+    deployment_id: str | None
     slot: str
     previous_slot: str
     started: float
@@ -114,23 +112,6 @@ def _results_sink(target: str | None):
             fh.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     return write
-
-
-@contextmanager
-def install_lock(home: AgentHome, wait: bool = True) -> Iterator[None]:
-    """One update at a time per agent home (daemon worker or `edge-agent install`)."""
-    home.ota_dir.mkdir(parents=True, exist_ok=True)
-    with open(home.ota_dir / "install.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            from .installer import UpdateRefused
-
-            raise UpdateRefused("another update is running on this agent home") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Agent:
@@ -229,8 +210,9 @@ class Agent:
             return
         job = self.job
         if job is not None and job.deployment_id == desired.deployment_id and job.ref.sha256 == desired.bundle.sha256:
-            # rolled_back too: a retained desired state re-sent on reconnect must not re-install what was undone
-            if job.phase in ACTIVE_PHASES or job.phase in ("failed", "succeeded", "rolled_back"):
+            # any phase but idle (rolled_back too: a retained desired state re-sent on reconnect must not
+            # re-install what was undone)
+            if job.phase is not Phase.IDLE:
                 log.info("desired state %s already handled (%s)", desired.deployment_id, job.phase)
                 return
         active = self.slots.active()
@@ -238,7 +220,8 @@ class Agent:
             log.info("desired %s v%s is already active", desired.bundle.name, desired.bundle.version)
             if job is None or job.deployment_id != desired.deployment_id:
                 self.job = UpdateJob.for_desired(desired)
-                self.job.phase, self.job.target_slot = "succeeded", active.name
+                self.job.apply(Event.ALREADY_ACTIVE)
+                self.job.target_slot = active.name
                 save_job(self.home, self.job)
                 self.publish_reported()
             return
@@ -254,7 +237,7 @@ class Agent:
         active, prev, job = self.slots.active(), self.slots.previous(), self.job
         return ReportedState(
             device_id=self.config.device_id,
-            phase=job.phase if job else "idle",
+            phase=job.phase.value if job else Phase.IDLE.value,
             profile=self.config.profile_name,
             agent_version=__version__,
             current=active.ref if active else None,
@@ -273,7 +256,7 @@ class Agent:
         live = self.loop.current
         tel = Telemetry(model=live.ref if live else None, inferences=self.loop.inferences, errors=self.loop.errors,
                         latency=self.loop.latency.summary(),
-                        extra={"slot": live.slot if live else None, "phase": self.job.phase if self.job else "idle",
+                        extra={"slot": live.slot if live else None, "phase": (self.job.phase if self.job else Phase.IDLE).value,
                                "ignored_messages": self.ignored_messages, "last_inference_error": self.loop.last_error,
                                **({"source": self.config.source, "frames": self.feed.frames,
                                    "dropped_frames": self.feed.dropped} if self.feed else {})})
@@ -300,9 +283,11 @@ class Agent:
             if info.name != active.name:
                 self.slots.switch(info.name)
                 log.warning("active slot %s was broken: rolled back to slot %s", active.name, info.name)
-                if self.job is None or self.job.phase not in ACTIVE_PHASES:
-                    self.job = self.job or UpdateJob.for_desired(_placeholder_desired(info, self.config.profile_name))
-                    self.job.phase, self.job.last_error = "rolled_back", f"slot {active.name} failed to boot"
+                if self.job is None or not self.job.phase.is_unfinished:
+                    self.job = self.job or UpdateJob.for_desired(_placeholder_desired(info, self.config.profile_name),
+                                                                 phase=Phase.IDLE)
+                    self.job.apply(Event.BOOT_FALLBACK)
+                    self.job.last_error = f"slot {active.name} failed to boot"
                     save_job(self.home, self.job)
             self._serve(info, session)
             return
@@ -372,7 +357,7 @@ class Agent:
         live = self.loop.current
         if self.config.probation_s > 0 and live is not None:
             now = time.monotonic()
-            self.probation = Probation(live.generation, info.name, self.slots.other(info.name), now,
+            self.probation = Probation(live.generation, self.job.deployment_id if self.job else None, info.name, self.slots.other(info.name), now,
                                        now + self.config.probation_s)
 
     def _check_probation(self) -> None:
@@ -414,9 +399,11 @@ class Agent:
         self.slots.mark(p.slot, "bad", reason=why)
         self._serve(prev, session)
         log.error("%s: serving slot %s again", why, prev.name)
-        if self.job is not None:
-            self.job.phase, self.job.last_error, self.job.error_kind = "rolled_back", why, "probation"
-            save_job(self.home, self.job)
+        job = self.job
+        if job is not None and job.deployment_id == p.deployment_id and job.phase is Phase.SUCCEEDED:
+            job.apply(Event.LIVE_FAILURE)
+            job.last_error, job.error_kind = why, "probation"
+            save_job(self.home, job)
         self.publish_reported()
 
     def _report(self, job: UpdateJob) -> None:
@@ -436,29 +423,32 @@ class Agent:
             with self._busy, install_lock(self.home):
                 self._run_job(job)
 
-    def _run_job(self, job: UpdateJob) -> None:
-        self.job = job
-        ctx = InstallContext(
+    def _context(self, job: UpdateJob) -> InstallContext:
+        return InstallContext(
             home=self.home, trust=self.config.trust, profile_name=self.config.profile_name,
             latency_budget_ms=self.config.latency_budget_ms, job=job, fetch=self._fetch,
             on_switch=self._on_switch, report=self._report, threads=self.config.threads,
         )
-        self._ctx = ctx
+
+    def _run_job(self, job: UpdateJob) -> None:
+        self.job = job
+        ctx = self._ctx = self._context(job)
         try:
             run_update(ctx)
         finally:
             self._ctx = None
-        if self.job is job and job.phase == "failed":
+        if self.job is job and job.phase is Phase.FAILED:
             log.warning("update %s failed: %s", job.deployment_id, job.last_error)
 
     def resume(self) -> None:
         """Finish (or abandon) a job a previous run left in an active phase."""
         job = self.job
-        if job is None or job.phase not in ACTIVE_PHASES:
+        if job is None or not job.phase.is_unfinished:
             return
         log.warning("resuming update %s in phase %s after a restart", job.deployment_id, job.phase)
-        if job.origin == "file" and job.phase == "downloading":
-            abandon(self.home, job, "side-loaded install was interrupted while copying the file: run it again")
+        if job.origin == "file" and job.phase is Phase.DOWNLOADING:
+            with self._busy:
+                abandon(self._context(job), "side-loaded install was interrupted while copying the file: run it again")
             return
         self._jobs.put(job)
 
