@@ -40,7 +40,8 @@ def test_full_disk_refuses_update_and_keeps_the_model(small_disk, digits, int8_b
     assert len(err) == 1 and "disk space" in err[0]
     assert agent_main(["--home", str(home), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["version"] == 1 and status["slots"][status["active_slot"]]["status"] == "good"
+    active = status["slots"][status["active_slot"]]
+    assert status["version"] == 1 and (active["lifecycle"], active["health"]) == ("active", "good")
     # with space back, the same update goes through
     (small_disk / "filler").unlink()
     assert agent_main(["--home", str(home), "install", str(int8_v2_bundle), *common]) == 0

@@ -18,7 +18,7 @@ from edge_agent.cli import main as agent_main
 from edge_agent.home import AgentHome
 from edge_agent.ota.daemon import Agent, AgentConfig
 from edge_agent.ota.phases import MAX_STATE_STORES
-from edge_agent.ota.slots import Slots
+from edge_agent.ota.slots import Health, Lifecycle, Slots
 from edge_fleet.broker import start_broker
 from .ota_helpers import AgentProcess, FleetStub, repack, wait_for
 
@@ -121,7 +121,7 @@ def test_sideload_install_refusals_and_rollback(home, bundles, digits, capsys):
     s = status(home, capsys)
     assert s["version"] == 1 and s["active_slot"] == "a" and s["phase"] == "failed"
     assert "health_check" in s["last_error"] and "differs from the recorded output" in s["last_error"]
-    assert s["slots"]["b"]["status"] == "bad"
+    assert (s["slots"]["b"]["lifecycle"], s["slots"]["b"]["health"]) == ("installed", "bad")
 
     assert install(home, bundles["v2"], digits.pub, "--latency-budget-ms", "0.0001") == 41  # latency budget
     assert "over the profile's budget" in status(home, capsys)["last_error"]
@@ -148,6 +148,34 @@ def test_rollback_without_previous_fails_cleanly(tmp_path, bundles, digits, caps
     assert install(home, bundles["v1"], digits.pub) == 0
     assert cli(home, "rollback") == 50  # only one slot installed
     assert status(home, capsys)["version"] == 1
+
+
+def test_slot_json_from_before_the_lifecycle_health_split_is_read_and_rewritten(home, bundles, digits, capsys):
+    """A home written by an older agent (one `status` per slot) keeps working: read as lifecycle + health,
+    rewritten in the new schema on the next change."""
+    slot_a = home / "slots" / "a" / "slot.json"
+    meta = json.loads(slot_a.read_text())
+    for key in ("lifecycle", "health", "schema_version"):
+        meta.pop(key)
+    slot_a.write_text(json.dumps({**meta, "status": "good"}))
+    (home / "slots" / "b").mkdir()
+    (home / "slots" / "b" / "slot.json").write_text(json.dumps({"status": "bad", "reason": "old failure"}))
+
+    slots = Slots(AgentHome(home).slots_dir)
+    a, b = slots.info("a"), slots.info("b")
+    assert (a.lifecycle, a.health, a.usable) == (Lifecycle.ACTIVE, Health.GOOD, True)
+    assert (b.lifecycle, b.health, b.usable) == (Lifecycle.INSTALLING, Health.BAD, False)
+    s = status(home, capsys)
+    assert (s["slots"]["a"]["status"], s["slots"]["a"]["lifecycle"]) == ("good", "active")
+    assert s["slots"]["b"]["status"] == "bad"
+
+    assert install(home, bundles["v2"], digits.pub) == 0  # into b, over the old bad slot
+    b = slots.info("b")
+    assert (b.lifecycle, b.health) == (Lifecycle.ACTIVE, Health.GOOD)
+    slots.mark_health("a", Health.BAD, reason="test")
+    rewritten = json.loads(slot_a.read_text())
+    assert "status" not in rewritten and rewritten["schema_version"] == 2
+    assert (rewritten["lifecycle"], rewritten["health"]) == ("installed", "bad") and rewritten["manifest"]
 
 
 # --- over MQTT, real agent process -----------------------------------------------------------
@@ -455,7 +483,7 @@ def test_update_that_fails_on_live_inputs_is_rolled_back_during_probation(home, 
         wait_for(lambda: agent.loop.inferences > ok_v1 + 20, what="v1 serving again")
         slots = Slots(AgentHome(home).slots_dir)
         bad = next(s for s in (slots.info("a"), slots.info("b")) if s.ref and s.ref.version == 3)
-        assert bad.status == "bad" and "rolled back after the switch" in bad.reason
+        assert bad.health is Health.BAD and "rolled back after the switch" in bad.reason
         # the retained desired state is re-delivered on reconnect: it must not re-install what was undone
         agent.client.reconnect()
         wait_for(lambda: agent._connected.is_set(), what="reconnected")
@@ -518,7 +546,7 @@ def test_crash_inside_the_health_check_ends_failed_at_the_state_loop_limit(home,
         job = json.loads(job_file.read_text())
         assert job["error_kind"] == "state-loop" and job["phase"] == "failed"
         target = Slots(AgentHome(home).slots_dir).info(job["target_slot"])
-        assert target.status == "bad"  # never booted as a fallback
+        assert target.health is Health.BAD and not target.usable  # never booted as a fallback
         seen = wait_for(lambda: fleet.last_telemetry(dev), what="telemetry").inferences
         t = wait_for(lambda: (t := fleet.last_telemetry(dev)) and t.inferences > seen and t, what="inferences")
         assert t.model.version == 1 and t.errors == 0

@@ -117,7 +117,7 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
     if s["last_error"]:
         lines.append(f"error:   {s['last_error']}")
     for n, info in s["slots"].items():
-        lines.append(f"slot {n}:  {info['status']:<10} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
+        lines.append(f"slot {n}:  {info['lifecycle']:<10} {info['health']:<7} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
                      + (f"  ({info['reason']})" if info["reason"] else ""))
     return s, "\n".join(lines)
 

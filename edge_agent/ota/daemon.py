@@ -32,7 +32,7 @@ from .live import InferenceLoop, LiveModel
 from .protocol import (
     DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, check_device_id, dumps,
 )
-from .slots import SlotInfo, Slots
+from .slots import Health, SlotInfo, Slots
 from .transfer import BlockDownloader, http_download
 
 log = logging.getLogger(__name__)
@@ -272,13 +272,13 @@ class Agent:
             log.warning("no model installed yet: waiting for an update (or `edge-agent install`)")
             return
         for info in (active, self.slots.info(self.slots.other(active.name))):
-            if not info.usable or info.status == "bad":
+            if not info.usable:
                 continue
             try:
                 session, _ = load_checked(info.bundle_dir, info.manifest, None, self.config.threads)  # type: ignore[arg-type]
             except HealthCheckFailed as exc:
                 log.error("slot %s does not work: %s", info.name, exc)
-                self.slots.mark(info.name, "bad", reason=f"boot: {exc}")
+                self.slots.mark_health(info.name, Health.BAD, reason=f"boot: {exc}")
                 continue
             if info.name != active.name:
                 self.slots.switch(info.name)
@@ -386,7 +386,7 @@ class Agent:
         why = (f"rolled back after the switch: {errors} of {ok + errors} inferences on live inputs failed within "
                f"{time.monotonic() - p.started:.0f}s (last: {self.loop.last_error})")
         prev = self.slots.info(p.previous_slot)
-        if not prev.usable or prev.status == "bad":
+        if not prev.usable:
             log.error("%s; but the previous slot %s is not usable: keeping the new model", why, p.previous_slot)
             return
         try:
@@ -396,7 +396,7 @@ class Agent:
                       p.previous_slot, exc)
             return
         self.slots.switch(prev.name)
-        self.slots.mark(p.slot, "bad", reason=why)
+        self.slots.mark_health(p.slot, Health.BAD, reason=why)
         self._serve(prev, session)
         log.error("%s: serving slot %s again", why, prev.name)
         job = self.job

@@ -22,7 +22,7 @@ from .job import one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
 from .protocol import DesiredState
-from .slots import Slots
+from .slots import Health, Lifecycle, Slots
 from .transfer import TransferError, discard_staging
 
 if TYPE_CHECKING:
@@ -165,10 +165,10 @@ class HealthCheck(State):
         slots = ctx.slots
         target = _target(ctx)
         info = slots.info(target)
-        if info.manifest is None or info.status not in ("installed", "good"):
-            raise HealthCheckFailed(f"slot {target} holds no installed bundle (status {info.status})")
+        if info.manifest is None or info.lifecycle is not Lifecycle.INSTALLED or info.health is Health.BAD:
+            raise HealthCheckFailed(f"slot {target} holds no installed bundle ({info.lifecycle}, health {info.health})")
         ctx.session, report = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)
-        slots.mark(target, "good", reason=None)
+        slots.mark_health(target, Health.GOOD, reason=None)
         log.info("slot %s healthy: %s", target, report.to_dict())
         return Event.DONE
 
@@ -182,8 +182,8 @@ class Switching(State):
         slots = ctx.slots
         target = _target(ctx)
         info = slots.info(target)
-        if info.status != "good":
-            raise HealthCheckFailed(f"slot {target} is not marked good (status {info.status})")
+        if info.health is not Health.GOOD:
+            raise HealthCheckFailed(f"slot {target} is not marked good (health {info.health})")
         if ctx.session is None and ctx.on_switch is not None:  # resumed after a restart: load again
             ctx.session, _ = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)  # type: ignore[arg-type]
         slots.switch(target)
@@ -207,7 +207,7 @@ class RollingBack(State):
             log.error("slot %s is active and there is no previous slot to go back to: keeping it", target)
             return Event.FAILED
         slots.switch(prev.name)
-        slots.mark(target, "bad", reason=ctx.job.last_error)
+        slots.mark_health(target, Health.BAD, reason=ctx.job.last_error)
         if ctx.on_switch is not None:
             try:
                 ctx.on_switch(slots.info(prev.name), None)
@@ -223,8 +223,8 @@ class Aborting(State):
 
     def run(self, ctx: InstallContext) -> Event:
         slots, target = ctx.slots, ctx.job.target_slot
-        if target and slots.active_name() != target and slots.info(target).status != "empty":
-            slots.mark(target, "bad", reason=ctx.job.last_error)
+        if target and slots.active_name() != target and slots.info(target).lifecycle is not Lifecycle.EMPTY:
+            slots.mark_health(target, Health.BAD, reason=ctx.job.last_error)
         return Event.DONE
 
 
