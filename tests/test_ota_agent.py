@@ -309,13 +309,13 @@ def test_resume_after_broker_restart_refetches_no_completed_block(home, bundles,
     dev = "dev-restart"
     agent, thread = _agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02, block_retry_s=1.0)
     try:
-        wait_for(lambda: agent._connected.is_set(), what="agent connected")
+        wait_for(lambda: agent.link.connected.is_set(), what="agent connected")
         fleet.serve_limit = 10
         desired = fleet.deploy(dev, bundles["v2"], "dep-restart", block_size=BLOCK)
         assert desired.size > 0.02 * 2**20
-        wait_for(lambda: agent._downloader is not None and len(agent._downloader.completed) >= 10, what="10 blocks")
+        wait_for(lambda: agent.worker.downloader is not None and len(agent.worker.downloader.completed) >= 10, what="10 blocks")
         b.stop()
-        done_before = agent._downloader.completed
+        done_before = agent.worker.downloader.completed
         served_before = len(fleet.served)
         n_requests = len(fleet.requests)
         fleet.serve_limit = None
@@ -328,7 +328,7 @@ def test_resume_after_broker_restart_refetches_no_completed_block(home, bundles,
         assert len(done_before) == 10
         assert not asked_again & done_before and not set(served_after) & done_before
         assert set(served_after) | done_before == set(range(total))
-        assert agent.last_downloader_stats.received == total
+        assert agent.worker.last_downloader_stats.received == total
         assert agent.loop.errors == 0
     finally:
         agent.stop()
@@ -485,8 +485,8 @@ def test_update_that_fails_on_live_inputs_is_rolled_back_during_probation(home, 
         bad = next(s for s in (slots.info("a"), slots.info("b")) if s.ref and s.ref.version == 3)
         assert bad.health is Health.BAD and "rolled back after the switch" in bad.reason
         # the retained desired state is re-delivered on reconnect: it must not re-install what was undone
-        agent.client.reconnect()
-        wait_for(lambda: agent._connected.is_set(), what="reconnected")
+        agent.link.client.reconnect()
+        wait_for(lambda: agent.link.connected.is_set(), what="reconnected")
         threading.Event().wait(1.0)
         assert agent.loop.current.ref.version == 1 and fleet.last_reported(dev).phase == "rolled_back"
     finally:
