@@ -30,7 +30,7 @@ def _desired() -> DesiredState:
 def test_every_unfinished_phase_has_a_state_and_handles_failure_and_state_loops():
     assert set(STATES) == set(UNFINISHED)
     for phase in UNFINISHED:
-        for event in (Event.DONE, Event.FAILED, Event.STATE_LOOP):
+        for event in (Event.DONE, Event.FAILURE, Event.STATE_LOOP):
             assert (phase, event) in TRANSITIONS, (phase, event)
     for phase in UPDATE_STEPS:  # a newer deployment may supersede any update step
         assert TRANSITIONS[(phase, Event.CANCELLED)].is_failure_handling
@@ -61,9 +61,9 @@ def test_happy_path_failure_and_rollback_rows():
         phase = next_phase(phase, Event.DONE)
         path.append(phase.value)
     assert path == ["verifying", "installing", "health_check", "switching", "succeeded"]
-    assert next_phase(Phase.HEALTH_CHECK, Event.FAILED) is Phase.ABORTING
+    assert next_phase(Phase.HEALTH_CHECK, Event.FAILURE) is Phase.ABORTING
     assert next_phase(Phase.ABORTING, Event.DONE) is Phase.FAILED
-    assert next_phase(Phase.SWITCHING, Event.FAILED) is Phase.ROLLING_BACK
+    assert next_phase(Phase.SWITCHING, Event.FAILURE) is Phase.ROLLING_BACK
     assert next_phase(Phase.ROLLING_BACK, Event.DONE) is Phase.ROLLED_BACK
     assert next_phase(Phase.ROLLING_BACK, Event.NOTHING_TO_UNDO) is Phase.ABORTING
     assert next_phase(Phase.SUCCEEDED, Event.LIVE_FAILURE) is Phase.ROLLED_BACK
@@ -119,3 +119,18 @@ def test_a_record_this_agent_cannot_read_is_abandoned_with_one_log_line(tmp_path
     with caplog.at_level(logging.WARNING):
         assert load_job(home) is None
     assert len(caplog.records) == 1 and str(job_file(home)) in caplog.text
+
+
+def test_the_document_shows_the_table_as_it_is_in_the_code():
+    """docs/ota-state-machine.md embeds `python -m edge_agent.ota.phases` output: it stays honest."""
+    from pathlib import Path
+
+    from edge_agent.ota.phases import state_machine_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ota-state-machine.md").read_text()
+    generated = doc.split("<!-- generated: begin -->\n", 1)[1].split("<!-- generated: end -->", 1)[0]
+    assert generated == state_machine_markdown(), "run `python -m edge_agent.ota.phases` and paste its output"
+    for (phase, event), nxt in TRANSITIONS.items():
+        assert f"| `{phase}` | `{event}` | `{nxt}` |" in generated
+    for event in Event:  # every event is explained in the prose
+        assert f"| `{event}` |" in doc.split("<!-- generated: begin -->")[0]

@@ -109,7 +109,7 @@ def _step(ctx: InstallContext) -> Event:
         return STATES[phase].run(ctx)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an event of the table
         _failed(ctx, phase, exc)
-        return Event.CANCELLED if isinstance(exc, TransferCancelled) else Event.FAILED
+        return Event.CANCELLED if isinstance(exc, TransferCancelled) else Event.FAILURE
 
 
 def _failed(ctx: InstallContext, phase: Phase, exc: BaseException) -> None:

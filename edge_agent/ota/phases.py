@@ -58,7 +58,7 @@ class Event(str, Enum):
     """What a phase (or the agent around the runner) reports; the table decides where it leads."""
 
     DONE = "done"  # the phase did its work
-    FAILED = "failed"  # the phase raised; its typed error (message, kind, exit code) is recorded in the job
+    FAILURE = "failure"  # the phase raised; its typed error (message, kind, exit code) is recorded in the job
     CANCELLED = "cancelled"  # a newer deployment superseded the job
     STATE_LOOP = "state_loop"  # the job was stored more often than its phase allows (a crash inside a phase?)
     NOTHING_TO_UNDO = "nothing_to_undo"  # rolling back found that the new slot never became active
@@ -99,31 +99,31 @@ def store_limit(phase: Phase) -> int | None:
 TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (P.DOWNLOADING, E.DONE): P.VERIFYING,
     (P.DOWNLOADING, E.ALREADY_ACTIVE): P.SUCCEEDED,
-    (P.DOWNLOADING, E.FAILED): P.ABORTING,
+    (P.DOWNLOADING, E.FAILURE): P.ABORTING,
     (P.DOWNLOADING, E.CANCELLED): P.ABORTING,
     (P.DOWNLOADING, E.STATE_LOOP): P.ABORTING,
     (P.VERIFYING, E.DONE): P.INSTALLING,
-    (P.VERIFYING, E.FAILED): P.ABORTING,
+    (P.VERIFYING, E.FAILURE): P.ABORTING,
     (P.VERIFYING, E.CANCELLED): P.ABORTING,
     (P.VERIFYING, E.STATE_LOOP): P.ABORTING,
     (P.INSTALLING, E.DONE): P.HEALTH_CHECK,
-    (P.INSTALLING, E.FAILED): P.ABORTING,
+    (P.INSTALLING, E.FAILURE): P.ABORTING,
     (P.INSTALLING, E.CANCELLED): P.ABORTING,
     (P.INSTALLING, E.STATE_LOOP): P.ABORTING,
     (P.HEALTH_CHECK, E.DONE): P.SWITCHING,
-    (P.HEALTH_CHECK, E.FAILED): P.ABORTING,
+    (P.HEALTH_CHECK, E.FAILURE): P.ABORTING,
     (P.HEALTH_CHECK, E.CANCELLED): P.ABORTING,
     (P.HEALTH_CHECK, E.STATE_LOOP): P.ABORTING,
     (P.SWITCHING, E.DONE): P.SUCCEEDED,
-    (P.SWITCHING, E.FAILED): P.ROLLING_BACK,
+    (P.SWITCHING, E.FAILURE): P.ROLLING_BACK,
     (P.SWITCHING, E.CANCELLED): P.ROLLING_BACK,
     (P.SWITCHING, E.STATE_LOOP): P.ROLLING_BACK,
     (P.ROLLING_BACK, E.DONE): P.ROLLED_BACK,
     (P.ROLLING_BACK, E.NOTHING_TO_UNDO): P.ABORTING,
-    (P.ROLLING_BACK, E.FAILED): P.ABORTING,
+    (P.ROLLING_BACK, E.FAILURE): P.ABORTING,
     (P.ROLLING_BACK, E.STATE_LOOP): P.FAILED,
     (P.ABORTING, E.DONE): P.FAILED,
-    (P.ABORTING, E.FAILED): P.FAILED,
+    (P.ABORTING, E.FAILURE): P.FAILED,
     (P.ABORTING, E.STATE_LOOP): P.FAILED,
     (P.SUCCEEDED, E.LIVE_FAILURE): P.ROLLED_BACK,
     # the active slot does not boot: the other slot serves (an unfinished job is resumed instead)
@@ -146,7 +146,7 @@ def next_phase(phase: Phase, event: Event) -> Phase:
 
 
 def transition_table_markdown() -> str:
-    """The table as Markdown, one row per (phase, event), in phase order (docs/ota-state-machine.md)."""
+    """The table as Markdown, one row per (phase, event), in phase order."""
     order = {p: i for i, p in enumerate(Phase)}
     events = {e: i for i, e in enumerate(Event)}
     rows = sorted(TRANSITIONS.items(), key=lambda kv: (order[kv[0][0]], events[kv[0][1]]))
@@ -156,10 +156,33 @@ def transition_table_markdown() -> str:
 
 
 def phase_list_markdown() -> str:
-    """The phases with their kind (update step, failure handling, final), for the same document."""
+    """The phases with their kind (update step, failure handling, final) and store limit."""
     def kind(p: Phase) -> str:
         return "update step" if p.is_update_step else "failure handling" if p.is_failure_handling else "final"
 
     lines = ["| phase | kind | store limit |", "| --- | --- | --- |"]
     lines += [f"| `{p}` | {kind(p)} | {store_limit(p) or '-'} |" for p in Phase]
     return "\n".join(lines) + "\n"
+
+
+def runner_diagram_mermaid() -> str:
+    """A Mermaid state diagram of what the runner does: the rows leaving an unfinished phase, one arrow
+    per (phase, next phase) labelled with its events (`edge-agent rollback` rows left out)."""
+    edges: dict[tuple[Phase, Phase], list[str]] = {}
+    for (p, e), n in TRANSITIONS.items():
+        if p.is_unfinished and e is not Event.OPERATOR_ROLLBACK:
+            edges.setdefault((p, n), []).append(e.value)
+    lines = ["```mermaid", "stateDiagram-v2", f"    [*] --> {Phase.DOWNLOADING}"]
+    lines += [f"    {p} --> {n}: {', '.join(events)}" for (p, n), events in edges.items()]
+    lines += [f"    {p} --> [*]" for p in FINAL if p is not Phase.IDLE]
+    return "\n".join([*lines, "```"]) + "\n"
+
+
+def state_machine_markdown() -> str:
+    """The generated part of docs/ota-state-machine.md (a test keeps the document equal to it)."""
+    return "\n".join(["### Phases", "", phase_list_markdown(), "### What the runner does", "",
+                      runner_diagram_mermaid(), "### The transition table", "", transition_table_markdown()])
+
+
+if __name__ == "__main__":  # python -m edge_agent.ota.phases > the generated part of the document
+    print(state_machine_markdown(), end="")

@@ -1,7 +1,7 @@
 """One small `State` per phase of an update; `run` does the phase's work and returns an `Event`.
 
 Where an event leads is not decided here: the runner looks it up in `phases.TRANSITIONS`.
-A state that raises reports `Event.FAILED` (the runner records the typed error). Every state
+A state that raises reports `Event.FAILURE` (the runner records the typed error). Every state
 is safe to run again from its start after a power cut: the download resumes from its bitmap,
 verify re-reads the staged file, install re-unpacks the inactive slot, the health check
 re-loads it, the switch checks whether the active slot already is the target, and the
@@ -205,7 +205,7 @@ class RollingBack(State):
         prev = slots.previous()
         if prev is None:
             log.error("slot %s is active and there is no previous slot to go back to: keeping it", target)
-            return Event.FAILED
+            return Event.FAILURE
         slots.switch(prev.name)
         slots.mark_health(target, Health.BAD, reason=ctx.job.last_error)
         if ctx.on_switch is not None:
