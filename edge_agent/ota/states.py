@@ -22,7 +22,7 @@ from .job import one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
 from .protocol import DesiredState
-from .slots import Health, Lifecycle, Slots
+from .slots import Health, Lifecycle, SlotInfo, Slots
 from .transfer import TransferError, discard_staging
 
 if TYPE_CHECKING:
@@ -86,10 +86,11 @@ def copy_side_loaded(ctx: InstallContext) -> Path:
     return dest
 
 
-def _target(ctx: InstallContext) -> str:
+def _target_info(ctx: InstallContext) -> SlotInfo:
+    """The slot the job installs into (chosen in installing)."""
     if ctx.job.target_slot is None:
         raise HealthCheckFailed("update job has no target slot")
-    return ctx.job.target_slot
+    return ctx.slots.info(ctx.job.target_slot)
 
 
 # --- the states -----------------------------------------------------------------------------
@@ -162,14 +163,12 @@ class HealthCheck(State):
     phase = Phase.HEALTH_CHECK
 
     def run(self, ctx: InstallContext) -> Event:
-        slots = ctx.slots
-        target = _target(ctx)
-        info = slots.info(target)
+        info = _target_info(ctx)
         if info.manifest is None or info.lifecycle is not Lifecycle.INSTALLED or info.health is Health.BAD:
-            raise HealthCheckFailed(f"slot {target} holds no installed bundle ({info.lifecycle}, health {info.health})")
+            raise HealthCheckFailed(f"slot {info.name} holds no installed bundle ({info.lifecycle}, health {info.health})")
         ctx.session, report = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)
-        slots.mark_health(target, Health.GOOD, reason=None)
-        log.info("slot %s healthy: %s", target, report.to_dict())
+        ctx.slots.mark_health(info.name, Health.GOOD, reason=None)
+        log.info("slot %s healthy: %s", info.name, report.to_dict())
         return Event.DONE
 
 
@@ -179,16 +178,14 @@ class Switching(State):
     phase = Phase.SWITCHING
 
     def run(self, ctx: InstallContext) -> Event:
-        slots = ctx.slots
-        target = _target(ctx)
-        info = slots.info(target)
+        info = _target_info(ctx)
         if info.health is not Health.GOOD:
-            raise HealthCheckFailed(f"slot {target} is not marked good (health {info.health})")
+            raise HealthCheckFailed(f"slot {info.name} is not marked good (health {info.health})")
         if ctx.session is None and ctx.on_switch is not None:  # resumed after a restart: load again
             ctx.session, _ = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)  # type: ignore[arg-type]
-        slots.switch(target)
+        ctx.slots.switch(info.name)
         if ctx.on_switch is not None:
-            ctx.on_switch(slots.info(target), ctx.session)
+            ctx.on_switch(ctx.slots.info(info.name), ctx.session)
             ctx.session = None  # now owned by whoever runs inference
         return Event.DONE
 
