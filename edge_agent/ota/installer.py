@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from ..bundle import BundleError, InsufficientSpace, TrustStore
+from ..bundle import BundleError, InsufficientSpace
 from ..home import AgentHome
-from ..runtimes import ModelSession
 from .job import StateLoopDetected, UpdateJob, job_file, load_job, one_line, save_job
 from .phases import Event, Phase, store_limit
-from .slots import SlotInfo, Slots
-from .states import STATES, DowngradeRefused, UpdateRefused, copy_side_loaded, staging_dir
+from .states import STATES, DowngradeRefused, InstallContext, UpdateRefused, copy_side_loaded, staging_dir
 from .testhooks import pause_point
 from .transfer import TransferCancelled, discard_staging
 
@@ -53,27 +48,6 @@ def install_lock(home: AgentHome, wait: bool = True) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@dataclass
-class InstallContext:
-    """Everything the states need. `fetch` downloads; `on_switch` swaps the live model."""
-
-    home: AgentHome
-    trust: TrustStore
-    profile_name: str
-    latency_budget_ms: float | None
-    job: UpdateJob
-    fetch: Callable[["InstallContext"], Path]
-    on_switch: Callable[[SlotInfo, ModelSession | None], None] | None = None
-    report: Callable[[UpdateJob], None] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    threads: int | None = None
-    session: ModelSession | None = None  # loaded and health-checked in health_check
-
-    @property
-    def slots(self) -> Slots:
-        return Slots(self.home.slots_dir)
 
 
 def run_update(ctx: InstallContext) -> UpdateJob:

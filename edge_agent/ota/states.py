@@ -13,20 +13,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import Callable, ClassVar
 
-from ..bundle import ProfileMismatch, SignatureError, check_free_space, sha256_file, verify_bundle
+from ..bundle import ProfileMismatch, SignatureError, TrustStore, check_free_space, sha256_file, verify_bundle
 from ..bundle.errors import HashMismatch
-from .job import one_line, save_job
+from ..home import AgentHome
+from ..runtimes import ModelSession
+from .job import UpdateJob, one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
 from .protocol import DesiredState
 from .slots import Health, Lifecycle, SlotInfo, Slots
 from .transfer import TransferError, discard_staging
-
-if TYPE_CHECKING:
-    from .installer import InstallContext
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,29 @@ class DowngradeRefused(UpdateRefused):
     kind = "downgrade"
 
 
-def staging_dir(home) -> Path:  # noqa: ANN001 - an AgentHome
+def staging_dir(home: AgentHome) -> Path:
     return home.ota_dir / "staging"
+
+
+@dataclass
+class InstallContext:
+    """Everything the states need. `fetch` downloads; `on_switch` swaps the live model."""
+
+    home: AgentHome
+    trust: TrustStore
+    profile_name: str
+    latency_budget_ms: float | None
+    job: UpdateJob
+    fetch: Callable[["InstallContext"], Path]
+    on_switch: Callable[[SlotInfo, ModelSession | None], None] | None = None
+    report: Callable[[UpdateJob], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    threads: int | None = None
+    session: ModelSession | None = None  # loaded and health-checked in health_check
+
+    @property
+    def slots(self) -> Slots:
+        return Slots(self.home.slots_dir)
 
 
 # --- checks shared by states ---------------------------------------------------------------
