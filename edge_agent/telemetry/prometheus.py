@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import health
+from .liveness import pipeline_liveness
 from .pipeline_stats import STAGES, PipelineStats
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class MetricsServer:
                 if path == "/metrics":
                     body, ctype, code = generate_latest(server.registry), CONTENT_TYPE_LATEST, 200
                 elif path in ("/health", "/healthz"):
-                    h = health(server.stats, max_frame_age_s)
+                    h = pipeline_liveness(server.stats, max_frame_age_s)
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503
                 else:
                     body, ctype, code = b"see /metrics and /health\n", "text/plain", 404

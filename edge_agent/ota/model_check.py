@@ -1,4 +1,7 @@
-"""Health check of an installed slot: the model loads, its self-test passes, latency is in budget."""
+"""The install-time model health check of a slot: the model loads, its self-test passes, latency is in budget.
+
+Not the liveness of a running pipeline (`/health`): that is edge_agent.telemetry.liveness.
+"""
 
 from __future__ import annotations
 

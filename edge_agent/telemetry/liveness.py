@@ -1,4 +1,7 @@
-"""The agent's health answer: is the pipeline alive and producing results?"""
+"""Liveness of a running pipeline (the JSON behind `/health`): is it alive and producing results?
+
+Not the install-time model health check: that is edge_agent.ota.model_check.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 from .pipeline_stats import PipelineStats
 
 
-def health(stats: PipelineStats, max_frame_age_s: float = 10.0, startup_grace_s: float = 30.0) -> dict[str, Any]:
+def pipeline_liveness(stats: PipelineStats, max_frame_age_s: float = 10.0, startup_grace_s: float = 30.0) -> dict[str, Any]:
     """{ok, model, fps, last_frame_age_s, ...}: ok is False when no frame was done for `max_frame_age_s`
     (or none at all after `startup_grace_s`)."""
     snap = stats.snapshot()
