@@ -94,8 +94,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     from .options import ConvertOptions
     from .pipeline import convert
 
-    from .accuracy_budget import parse_budget
-    from .calibration import candidates
+    from .accuracy.budget import parse_budget
+    from .accuracy.calibration_choice import candidates
     from .errors import UsageError
 
     budget: dict[str, float] = {}

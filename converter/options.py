@@ -39,7 +39,7 @@ class ConvertOptions:
     top_k: int = 5
     opset: int | None = None
     selftest_samples: int = 4
-    # accuracy-aware int8 (converter/passes/accuracy_aware.py)
+    # accuracy-aware int8 (converter/passes/onnx_mixed_precision.py)
     max_float_layers: int | None = None  # mixed-precision fallback cap; None: a quarter of the layers, at most 8
     sensitivity: str = "auto"  # auto (when int8 misses the budget) | always | off
     sensitivity_samples: int = 64  # eval samples used to rank layers

@@ -20,7 +20,7 @@ from .passes import (
     SelfTestPass,
 )
 from .passes.tflite_convert import TFLiteConvertPass
-from .passes.tflite_mixed import TFLiteMixedPrecisionPass
+from .passes.tflite_mixed_precision import TFLiteMixedPrecisionPass
 
 FORMATS = ("onnx", "tflite")
 

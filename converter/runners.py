@@ -27,10 +27,10 @@ def run_model(path: Path, data: Dataset, inputs: Sequence[TensorSpec] = (), outp
     `inputs`/`outputs` are the TFLite model's manifest specs (layouts, quantization); unused for ONNX.
     """
     if is_tflite(path):
-        from .tflite_utils import run_tflite_dataset
+        from .tflite.model_io import run_tflite_dataset
 
         return run_tflite_dataset(path, data, inputs, outputs, progress=progress)
-    from .onnx_utils import run_dataset
+    from .onnx.model_io import run_dataset
 
     return run_dataset(path, data, progress)
 
@@ -41,13 +41,13 @@ def runner(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Seque
     if is_tflite(path):
         from edge_agent.runtimes.litert_runtime import TFLiteModel
 
-        from .tflite_utils import feeds_in_layout
+        from .tflite.model_io import feeds_in_layout
 
         model = TFLiteModel(path, threads, inputs, outputs)
         arrays = feeds_in_layout(feeds, inputs)
         return (lambda: model.run_list(arrays)), {"runtime": "litert", "interpreter": model.backend.name,
                                                    "delegate": model.delegate}
-    from .onnx_utils import ort_session
+    from .onnx.model_io import ort_session
 
     sess = ort_session(path, threads)
     names = [x.name for x in sess.get_outputs()]

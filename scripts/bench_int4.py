@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from converter.options import ConvertOptions  # noqa: E402
 from converter.pipeline import convert  # noqa: E402
-from converter.weight_only import quantize_weight_only  # noqa: E402
+from converter.onnx.weight_only_int4 import quantize_weight_only  # noqa: E402
 from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle  # noqa: E402
 from edge_agent.runtimes import load_session  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,7 +103,7 @@ def source(name: str, work: Path, samples: int) -> tuple[Path, list[int] | None,
 
 
 def bench_model(name: str, work: Path, key: Path, pub: Path, args) -> dict:
-    from converter.metrics import score
+    from converter.accuracy.metrics import score
 
     src, pin, x, task = source(name, work, args.samples)
     shape = pin or [1, *x.shape[1:]]

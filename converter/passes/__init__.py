@@ -1,12 +1,13 @@
 """Converter passes: each a small unit with a run() that updates the context and a report entry."""
 
-from .accuracy_aware import MixedPrecisionPass
+from .onnx_mixed_precision import MixedPrecisionPass
 from .accuracy_gate import AccuracyGatePass
 from .base import ConversionContext, Pass
 from .cleanup import CleanupPass
 from .host_benchmark import HostBenchmarkPass
 from .import_model import ImportPass
-from .package import PackagePass, SelfTestPass
+from .package import PackagePass
+from .selftest import SelfTestPass
 from .quantize_onnx import QuantizePass
 
 __all__ = [

@@ -84,8 +84,8 @@ class AccuracyGatePass(Pass):
         reference = run_model(ctx.float_model, data, ctx.inputs, ctx.outputs)
         candidate = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
         metrics = compare_outputs(reference[0], candidate[0], data.labels, is_classification(ctx))
-        from ..metrics import agreement  # maps (IoU) and sequences (per-timestep argmax): task agreement
-        from .accuracy_aware import task_of
+        from ..accuracy.metrics import agreement  # maps (IoU) and sequences (per-timestep argmax): task agreement
+        from .onnx_mixed_precision import task_of
 
         task = task_of(ctx)
         if task in ("map", "sequence"):

@@ -10,7 +10,7 @@ from edge_agent.bundle import Postprocess, Preprocess
 from ..data import load_dataset, warn_if_degenerate
 from ..errors import DataError
 from ..importers import import_model
-from ..onnx_utils import tensor_specs
+from ..onnx.model_io import tensor_specs
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class ImportPass(Pass):
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, o.layout)
         else:  # Keras / SavedModel / .tflite: the float32 TFLite reference describes the model
-            from ..tflite_utils import tflite_specs
+            from ..tflite.model_io import tflite_specs
 
             ctx.float_model = ctx.model = ctx.imported.tflite_path
             ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)

@@ -1,7 +1,7 @@
 """Quantize/convert the float ONNX model per the profile's precision recipe (ONNX Runtime tools).
 
 int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile/
-              distribution or auto (measured choice; see accuracy_aware.py)
+              distribution or auto (measured choice; see onnx_mixed_precision.py)
 int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
 int4-weight   MatMul/Gemm weights in 4-bit blocks (MatMulNBits), activations and Conv float (weight_only.py)
 fp16          float16 weights and activations, float32 I/O (GPU profiles)
@@ -18,7 +18,7 @@ from typing import Any
 import onnx
 
 from ..errors import ConversionError
-from ..qdq import describe, float_twin, is_prequantized
+from ..onnx.prequantized import describe, float_twin, is_prequantized
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def preprocess_for_quantization(ctx: ConversionContext):
 
 
 def fold_graph(src, out):
-    """Exact Conv/affine/HardSwish folds that remove re-quantization points (converter/fold_affine.py)."""
-    from ..fold_affine import fold_for_quantization
+    """Exact Conv/affine/HardSwish folds that remove re-quantization points (converter/onnx/fold_affine.py)."""
+    from ..onnx.fold_affine import fold_for_quantization
 
     try:
         model, counts = fold_for_quantization(onnx.load(str(src)))
@@ -121,7 +121,7 @@ class QuantizePass(Pass):
             ctx.model = out
             return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
         if recipe == "int4-weight":
-            from ..weight_only import quantize_weight_only
+            from ..onnx.weight_only_int4 import quantize_weight_only
 
             out = ctx.workdir / "model.int4w.onnx"
             result = quantize_weight_only(ctx.float_model, out)
@@ -142,9 +142,9 @@ class QuantizePass(Pass):
             )
         method = o.calibration_method or prec.calibration_method
         src, prep = preprocess_for_quantization(ctx)
-        # Accuracy-aware path (converter/passes/accuracy_aware.py): cached calibration, measured method choice.
-        from ..ort_quant import prepare_for_qdq
-        from .accuracy_aware import quantize_int8_measured
+        # Accuracy-aware path (converter/passes/onnx_mixed_precision.py): cached calibration, measured method choice.
+        from ..onnx.qdq_quantizer import prepare_for_qdq
+        from .onnx_mixed_precision import quantize_int8_measured
 
         src, folds = fold_graph(src, ctx.workdir / "float.folded.onnx")
         src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")

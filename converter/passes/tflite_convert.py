@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConversionError
-from ..tflite_utils import tflite_specs
+from ..tflite.model_io import tflite_specs
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class TFLiteConvertPass(Pass):
         io_dtype = o.io_dtype or "float32"
         ctx.format, ctx.runtime = "tflite", "litert"
         if ctx.float_model is not None and ctx.float_model.suffix == ".onnx":
-            from ..qdq import is_prequantized
+            from ..onnx.prequantized import is_prequantized
 
             if is_prequantized(onnx.load(str(ctx.float_model), load_external_data=False)):
                 raise ConversionError(f"{o.source} is already quantized (QDQ ONNX): it converts to ONNX bundles only "
@@ -98,7 +98,7 @@ class TFLiteConvertPass(Pass):
         ctx.precision = precision
         entry: dict[str, Any] = {"precision": precision, "io_dtype": io_dtype}
         if ctx.imported.onnx_path is not None:
-            from .tflite_onnx2tf import onnx2tf_version, onnx_to_tflite
+            from ..tflite.onnx2tf import onnx2tf_version, onnx_to_tflite
 
             src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
             result = onnx_to_tflite(

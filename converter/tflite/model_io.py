@@ -17,7 +17,7 @@ from edge_agent.bundle import Quantization, TensorSpec
 from edge_agent.pipeline.preprocess import to_layout
 from edge_agent.runtimes.litert_runtime import TFLiteModel, open_interpreter
 
-from .data import Dataset
+from ..data import Dataset
 
 _DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool"}
 

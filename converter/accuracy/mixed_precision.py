@@ -3,7 +3,7 @@
 Both take callbacks, so the ONNX path (nodes_to_exclude in ORT's quantize_static) and a TFLite
 path (a quantizer deny-list) share the search:
   build(float_layers) -> model          quantize everything except float_layers
-  evaluate(model)     -> score dict     converter.metrics.score against the float outputs
+  evaluate(model)     -> score dict     converter.accuracy.metrics.score against the float outputs
   failures(score)     -> list[str]      budget violations (empty = passes)
   latency(model)      -> ms             mean latency (optional)
 """

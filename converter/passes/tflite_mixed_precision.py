@@ -3,7 +3,7 @@
 When a full-integer TFLite model misses the accuracy budget, the source it was quantized from
 (Keras file, SavedModel, or the SavedModel onnx2tf wrote for ONNX sources) is calibrated once with
 TensorFlow's QuantizationDebugger; its per-layer statistics (RMSE/scale) pre-rank the layers, the
-top candidates are measured by keeping each alone in float (converter.mixed_precision, the same
+top candidates are measured by keeping each alone in float (converter.accuracy.mixed_precision, the same
 search as the ONNX path), and layers are then kept in float greedily until the budget holds
 (precision `int8-mixed`, float32 I/O). The report entries match the ONNX path's
 (`measurements.sensitivity`, `measurements.mixed_precision`).
@@ -21,11 +21,11 @@ import numpy as np
 from edge_agent.bench import time_runs
 
 from ..data import Dataset
-from ..metrics import score
-from ..mixed_precision import greedy_fallback, rank_by_exclusion
+from ..accuracy.metrics import score
+from ..accuracy.mixed_precision import greedy_fallback, rank_by_exclusion
 from ..runners import run_model, runner
-from ..tflite_utils import feeds_in_layout
-from .accuracy_aware import (HOLDOUT_MIN, fallback_report, float_layer_limit, gate_data, score_against_budget,
+from ..tflite.model_io import feeds_in_layout
+from .onnx_mixed_precision import (HOLDOUT_MIN, fallback_report, float_layer_limit, gate_data, score_against_budget,
                              task_of, wants_sensitivity)
 from .base import ConversionContext, Pass
 from .tflite_convert import TF_SOURCE
@@ -78,7 +78,7 @@ class TFLiteMixedPrecisionPass(Pass):
         return ctx.format == "tflite" and ctx.precision == "int8-static" and TF_SOURCE in ctx.measurements
 
     def _quantizer(self, ctx: ConversionContext, debug: Dataset):
-        from ..tflite_quant import TFLiteDenylistQuantizer
+        from ..tflite.denylist_quantizer import TFLiteDenylistQuantizer
 
         if self._q is None:
             kind, source = ctx.measurements[TF_SOURCE]
@@ -103,7 +103,7 @@ class TFLiteMixedPrecisionPass(Pass):
 
     def _xnnpack_ops(self, ctx: ConversionContext, data: Dataset | None, evaluate: "_Evaluator | None") -> dict[str, Any]:
         """Keep op types float whose int8 kernels XNNPACK does not take (more partitions than float)."""
-        from ..tflite_quant import xnnpack_op_denylist, xnnpack_partitions
+        from ..tflite.denylist_quantizer import xnnpack_op_denylist, xnnpack_partitions
 
         float_parts, int8_parts = xnnpack_partitions(ctx.reference_model), xnnpack_partitions(ctx.model)
         row: dict[str, Any] = {"partitions_int8": int8_parts, "partitions_float": float_parts, "denylisted_ops": []}
@@ -137,7 +137,7 @@ class TFLiteMixedPrecisionPass(Pass):
             entry["sensitivity"] = f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {o.io_dtype}"
             log.warning("TFLite mixed precision needs float32 I/O; --io-dtype %s: not attempted", o.io_dtype)
             return entry
-        from ..tflite_quant import float_layers_in
+        from ..tflite.denylist_quantizer import float_layers_in
 
         split = len(data) >= 2 * HOLDOUT_MIN
         search_data, check_data = data.interleaved_halves() if split else (data, None)

@@ -1,8 +1,8 @@
 """Accuracy-aware int8 for the ONNX path: measured calibration choice, per-layer sensitivity and a
 greedy mixed-precision fallback that keeps the most sensitive layers in float until the budget holds.
 
-The search logic is runtime-independent (converter.calibration, converter.mixed_precision,
-converter.metrics); this module binds it to ONNX Runtime (converter.ort_quant).
+The search logic is runtime-independent (converter.accuracy.calibration_choice, converter.accuracy.mixed_precision,
+converter.accuracy.metrics); this module binds it to ONNX Runtime (converter.onnx.qdq_quantizer).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 
 from edge_agent.bench import time_runs
 
-from ..accuracy_budget import Budget
-from ..calibration import candidates, sample_warning, select_method
+from ..accuracy.budget import Budget
+from ..accuracy.calibration_choice import candidates, sample_warning, select_method
 from ..data import Dataset
-from ..metrics import detect_task, score
-from ..mixed_precision import greedy_fallback, rank_by_exclusion
-from ..onnx_utils import ort_session, run_dataset
-from ..ort_activation_error import local_errors
-from ..ort_quant import OrtStaticQuantizer, quantizable_nodes
+from ..accuracy.metrics import detect_task, score
+from ..accuracy.mixed_precision import greedy_fallback, rank_by_exclusion
+from ..onnx.model_io import ort_session, run_dataset
+from ..onnx.activation_error import local_errors
+from ..onnx.qdq_quantizer import OrtStaticQuantizer, quantizable_nodes
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)

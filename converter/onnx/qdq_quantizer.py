@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import onnx
 
-from .calibration import parse_method
-from .data import Dataset
+from ..accuracy.calibration_choice import parse_method
+from ..data import Dataset
 
 log = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_utils import node_attr
+from .model_io import node_attr
 
 log = logging.getLogger(__name__)
 

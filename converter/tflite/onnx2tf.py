@@ -29,7 +29,7 @@ from edge_agent.bundle import TensorSpec
 
 from ..data import Dataset
 from ..errors import ConversionError
-from ..tflite_utils import stdout_to_stderr
+from .model_io import stdout_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def onnx_to_tflite(
         saved_model = None
         if integer and (work / "out" / "saved_model.pb").is_file():
             # onnx2tf writes the SavedModel it quantized from next to the .tflite files: the
-            # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite_quant).
+            # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite.denylist_quantizer).
             saved_model = out_dir / "saved_model"
             shutil.copytree(work / "out", saved_model, ignore=shutil.ignore_patterns("*.tflite"), dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
