@@ -22,9 +22,8 @@ from device_profiles import Profile
 from .errors import ConversionError, GateFailed
 from .options import ConvertOptions
 from .passes import AccuracyGatePass, CleanupPass, ConversionContext, ImportPass, PackagePass, QuantizePass, SelfTestPass
-from .passes.host_benchmark import _feeds, host_threads
 from .passes.tflite_convert import TFLiteConvertPass
-from .pipeline import ConversionResult, public_measurements, run_passes
+from .pipeline import ConversionResult, run_passes
 from .recipes import auto_candidates
 from .runners import runner
 
@@ -51,7 +50,7 @@ def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs:
     """Median and mean latency (ms) of each candidate, timed in interleaved rounds."""
     calls = {}
     for key, ctx in ctxs.items():
-        run, info = runner(ctx.model, _feeds(ctx), threads, ctx.inputs, ctx.outputs)
+        run, info = runner(ctx.model, ctx.timing_feeds(), threads, ctx.inputs, ctx.outputs)
         for _ in range(3):
             run()  # warm-up
         calls[key] = (run, info)
@@ -110,7 +109,7 @@ def convert_auto(options: ConvertOptions, profile: Profile,
         if not pool:
             reasons = "; ".join(f"{f}: {r['reason']}" for f, r in records.items())
             raise GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})")
-        threads = host_threads(base)
+        threads = base.host_threads()
         if on_pass:
             on_pass("select-format", 0, 1)
         timings = measure_side_by_side(pool, threads, max(options.bench_runs, MIN_RUNS))  # >= 5 per round
@@ -135,4 +134,4 @@ def convert_auto(options: ConvertOptions, profile: Profile,
         from .passes import HostBenchmarkPass
 
         run_passes(ctx, [HostBenchmarkPass(), SelfTestPass(), PackagePass()], on_pass)
-        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, public_measurements(ctx))
+        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, dict(ctx.measurements))

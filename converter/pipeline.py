@@ -51,10 +51,6 @@ def run_passes(ctx: ConversionContext, passes: Sequence[Pass], on_pass: Callable
         ctx.report.append({"pass": prefix + p.name, "seconds": round(seconds, 3), **entry})
 
 
-def public_measurements(ctx: ConversionContext) -> dict[str, Any]:
-    return {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
-
-
 def convert(
     options: ConvertOptions,
     fmt: str | None = None,
@@ -80,4 +76,4 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         ctx = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=chosen)
         run_passes(ctx, passes, on_pass)
-        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, public_measurements(ctx))
+        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, dict(ctx.measurements))

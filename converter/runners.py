@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edge_agent.bench import time_runs
 from edge_agent.bundle import TensorSpec
 
 from .data import Dataset
@@ -52,3 +53,11 @@ def runner(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Seque
     sess = ort_session(path, threads)
     names = [x.name for x in sess.get_outputs()]
     return (lambda: sess.run(names, feeds)), {"runtime": "onnxruntime", "provider": "CPUExecutionProvider"}
+
+
+def median_latency_ms(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Sequence[TensorSpec] = (),
+                      outputs: Sequence[TensorSpec] = (), runs: int = 10, warmup: int = 3) -> float:
+    """Median latency (ms) of `path` on `feeds` over `runs` timed runs after `warmup` untimed ones."""
+    call, _ = runner(path, feeds, threads, inputs, outputs)
+    _, samples = time_runs(call, runs, warmup)
+    return round(float(np.median(samples)), 4)

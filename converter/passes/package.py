@@ -34,10 +34,9 @@ class PackagePass(Pass):
                 f"model is {conv_size / 1e6:.1f} MB, over profile {ctx.profile.name}'s max_bundle_mb "
                 f"of {ctx.profile.limits.max_bundle_mb}"
             )
-        measurements = {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
+        measurements = dict(ctx.measurements)
         if o.reproducible:
             measurements.pop("host_latency", None)
-        selftest = ctx.measurements.get("_selftest")
         manifest = Manifest(
             name=o.name or _default_name(o.source),
             version=o.version,
@@ -52,7 +51,7 @@ class PackagePass(Pass):
             preprocess=ctx.preprocess,
             postprocess=ctx.postprocess,
             labels=list(o.labels) if o.labels else None,
-            selftest=selftest,
+            selftest=ctx.selftest,
             measurements=measurements,
             source={"format": ctx.imported.source_format, "sha256": ctx.imported.source_sha256, "opset": ctx.imported.opset},
             created_by=f"edgekit-converter {__version__}",

@@ -54,7 +54,7 @@ class SelfTestPass(Pass):
         ctx.extra_files[SELFTEST_FILE] = path
         scale = max(1.0, float(np.abs(outputs[0]).max()))
         atol = round(0.05 * scale, 6)  # room for int8 kernels that round differently on ARM vs x86
-        ctx.measurements["_selftest"] = SelfTest(file=SELFTEST_FILE, atol=atol, rtol=0.05)
+        ctx.selftest = SelfTest(file=SELFTEST_FILE, atol=atol, rtol=0.05)
         return {"samples": len(data), "atol": atol}
 
 

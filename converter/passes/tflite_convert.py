@@ -20,12 +20,12 @@ import numpy as np
 import onnx
 
 from ..errors import ConversionError
-from ..tflite.model_io import tflite_specs
+from ..tflite.model_io import representative_dataset, tflite_specs
 from .base import ConversionContext, Pass
+from .context import TFSource
 
 log = logging.getLogger(__name__)
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
-TF_SOURCE = "_tf_source"  # ctx.measurements key (not serialised): (kind, path) the int8 model was quantized from
 
 
 def detect_tflite_precision(path: Path) -> str:
@@ -44,17 +44,6 @@ def detect_tflite_precision(path: Path) -> str:
     if "float16" in dtypes:
         return "fp16"
     return "fp32"
-
-
-def _representative(ctx: ConversionContext):
-    """tf.lite representative_dataset over the user's calibration data (model layout, float32)."""
-    data, n = ctx.calibration, min(len(ctx.calibration), ctx.options.calibration_samples)
-
-    def gen():
-        for i in range(n):
-            yield [v.astype(np.float32) for v in data.sample(i).values()]
-
-    return gen
 
 
 def _source_outputs_for_onnx(ctx: ConversionContext):
@@ -106,7 +95,7 @@ class TFLiteConvertPass(Pass):
                 io_dtype, ctx.profile.precision.per_channel)
             ctx.model, ctx.reference_model = result.model, result.float32
             if result.saved_model is not None:
-                ctx.measurements[TF_SOURCE] = ("savedmodel", result.saved_model)
+                ctx.tf_source = TFSource("savedmodel", result.saved_model)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             entry.update(tool=f"onnx2tf {onnx2tf_version()}", seconds_convert=result.seconds,
                          per_channel=ctx.profile.precision.per_channel, variants_written=result.files)
@@ -118,11 +107,12 @@ class TFLiteConvertPass(Pass):
             tf = import_tensorflow()
             t0 = time.perf_counter()
             out = ctx.workdir / f"model.{precision}.tflite"
-            rep = _representative(ctx) if precision == "int8-static" else None
+            n_cal = min(len(ctx.calibration), o.calibration_samples) if ctx.calibration is not None else 0
+            rep = representative_dataset(ctx.calibration, n_cal, ctx.inputs) if precision == "int8-static" else None
             convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
             ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
             if precision == "int8-static":
-                ctx.measurements[TF_SOURCE] = (kind, ctx.imported.tf_source)
+                ctx.tf_source = TFSource(kind, ctx.imported.tf_source)
             src_in, src_out = list(ctx.inputs), list(ctx.outputs)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             # dataset keys follow the float model's names; keep them addressable by position
