@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from device_profiles import load_profile
 
 from .options import ConvertOptions
-from .passes import ConversionContext, Pass
+from .passes import ConversionContext, Pass, check_pass_options
 from .recipes import choose_format, recipe_for
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def convert(
     `on_pass(name, index, total)` is called before each pass (for progress display).
     Raises ConversionError subclasses (GateFailed, ImportFailed, DataError, ...) on failure.
     """
+    check_pass_options(options.pass_options)
     profile = load_profile(options.profile)
     from edge_agent.bundle import load_private_key
 

@@ -114,9 +114,8 @@ def bench_model(name: str, work: Path, key: Path, pub: Path, args) -> dict:
         out = work / f"{name}-{prec}.edgebundle"
         t0 = time.perf_counter()
         convert(ConvertOptions(source=str(src), profile="x86-64-cpu", out=out, key=key, evaluation=work / f"{name}.eval.npz",
-                               input_shape=pin,
                                precision=prec, max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0,
-                               bench_runs=0, calibration_samples=args.samples))
+                               bench_runs=0, calibration_samples=args.samples, pass_options={"input_shape": pin}))
         seconds = time.perf_counter() - t0
         vb = verify_bundle(out, trust, unpack_to=work / f"{name}-{prec}")
         model_file = vb.unpacked_to / vb.manifest.model_file

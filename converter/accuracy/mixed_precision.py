@@ -17,9 +17,10 @@ from typing import Any, Callable, Generic, TypeVar
 import numpy as np
 
 from ..data import Dataset
+from ..options import PassOption, whole_number
 from .budget import Budget
 from .evaluator import Evaluator
-from .sensitivity import LayerBinding, measure_sensitivity, wants_sensitivity
+from .sensitivity import SENSITIVITY_MODES, LayerBinding, measure_sensitivity, wants_sensitivity
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -144,14 +145,33 @@ def fallback_report(result: FallbackResult, evaluate: Evaluator, budget: Budget,
     return mixed, final_score, chosen
 
 
+# The search's knobs, declared once for both mixed-precision passes (their command-line flags come from here).
+SEARCH_OPTIONS: dict[str, PassOption] = {
+    "max_float_layers": PassOption(
+        whole_number(0), None, "most layers the mixed-precision fallback may keep in float (default: a quarter of the "
+        "quantizable layers, at most 8: beyond that the model is no longer int8)"),
+    "sensitivity": PassOption(str, "auto", "per-layer sensitivity analysis: auto = when int8 misses the budget (default)",
+                              choices=SENSITIVITY_MODES),
+    "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)"),
+    "sensitivity_candidates": PassOption(
+        whole_number(1), 16, "layers measured by exclusion; a model with more is pre-ranked cheaply by the activation "
+        "error each layer adds and only the top N are measured (default 16)"),
+}
+
+
 @dataclass
 class SearchSettings:
-    """The user's knobs for the search (the mixed-precision passes' options)."""
+    """The values of SEARCH_OPTIONS for one conversion."""
 
-    sensitivity: str = "auto"  # auto (when int8 misses the budget) | always | off
-    sensitivity_samples: int = 64
-    sensitivity_candidates: int = 16
-    max_float_layers: int | None = None
+    max_float_layers: int | None
+    sensitivity: str  # auto (when int8 misses the budget) | always | off
+    sensitivity_samples: int
+    sensitivity_candidates: int
+
+    @classmethod
+    def of(cls, config: Any) -> "SearchSettings":
+        """From a mixed-precision pass's config (any object with the SEARCH_OPTIONS attributes)."""
+        return cls(**{name: getattr(config, name) for name in SEARCH_OPTIONS})
 
 
 @dataclass

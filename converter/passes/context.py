@@ -19,7 +19,6 @@ from edge_agent.bundle import Postprocess, Preprocess, SelfTest, TensorSpec
 from ..accuracy.budget import Budget
 from ..accuracy.evaluator import Evaluator
 from ..accuracy.metrics import detect_task
-from ..accuracy.mixed_precision import SearchSettings
 from ..data import Dataset
 from ..importers import ImportedModel
 from ..options import ConvertOptions
@@ -45,6 +44,7 @@ class TFSource:
 
     kind: str  # keras | savedmodel
     path: Path
+    io_dtype: str = "float32"  # the int8 model's input/output type (--io-dtype)
 
 
 @dataclass
@@ -124,10 +124,6 @@ class ConversionContext:
         """Latency of each mixed-precision step (half the benchmark runs, at least 5); None with --bench-runs 0."""
         runs = self.options.bench_runs
         return self.latency_probe(max(5, runs // 2)) if runs > 0 else None
-
-    def search_settings(self) -> SearchSettings:
-        o = self.options
-        return SearchSettings(o.sensitivity, o.sensitivity_samples, o.sensitivity_candidates, o.max_float_layers)
 
     def timing_feeds(self) -> dict[str, np.ndarray]:
         """One input sample for timing: the first eval (else calibration) sample, else seeded noise."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..accuracy.mixed_precision import search_mixed_precision
+from ..accuracy.mixed_precision import SEARCH_OPTIONS, SearchSettings, search_mixed_precision
 from ..accuracy.sensitivity import PRERANK_SAMPLES, LayerBinding
 from ..data import Dataset
 from ..onnx.activation_error import local_errors
 from ..onnx.qdq_quantizer import quantizable_nodes
+from ..options import PassOption
 from .base import ConversionContext, Pass
 from .context import OrtInt8Hand
 
@@ -35,11 +36,15 @@ class MixedPrecisionPass(Pass):
 
     name = "mixed-precision"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return dict(SEARCH_OPTIONS)
+
     def applies(self, ctx: ConversionContext) -> bool:
         return ctx.precision == "int8-static" and ctx.ort_int8 is not None and ctx.gate_data()[0] is not None
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        settings = ctx.search_settings()
+        settings = SearchSettings.of(self.config(ctx))
         hand = ctx.ort_int8
         out = search_mixed_precision(
             ctx.model, ctx.evaluator(), ctx.budget(), settings,

@@ -9,14 +9,23 @@ from edge_agent import __version__
 from edge_agent.bundle import Manifest, load_private_key, write_bundle
 
 from ..errors import BundleTooLarge
+from ..options import PassOption
 from .base import ConversionContext, Pass
 
 
 class PackagePass(Pass):
+    """Write the manifest, the model and the extra files into a bundle signed with --key."""
+
     name = "package"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"name": PassOption(str, None, "model name in the manifest (default: source file name)"),
+                "version": PassOption(int, 1, "monotonically increasing model version (default 1)",
+                                      flag="--model-version")}
+
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o = ctx.options
+        o, cfg = ctx.options, self.config(ctx)
         key = load_private_key(o.key)
         suffix = ".onnx" if ctx.format == "onnx" else ".tflite"
         model_file = f"model/model{suffix}"
@@ -38,8 +47,8 @@ class PackagePass(Pass):
         if o.reproducible:
             measurements.pop("host_latency", None)
         manifest = Manifest(
-            name=o.name or _default_name(o.source),
-            version=o.version,
+            name=cfg.name or _default_name(o.source),
+            version=cfg.version,
             profile=ctx.profile.name,
             format=ctx.format,
             runtime=ctx.runtime,

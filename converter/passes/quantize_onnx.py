@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from ..accuracy.calibration_choice import candidates, sample_warning, select_method
+from ..options import PassOption
 from ..errors import ConversionError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
 from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq
@@ -105,12 +106,11 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
     return {"recipe": "int8-qat", "requested": recipe, "note": note, "reference": reference, **info}
 
 
-def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) -> dict[str, Any]:
+def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, quantize_ops: str) -> dict[str, Any]:
     """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
-                           prec.activation_type, prec.weight_type,
-                           op_set=o.quantize_ops if o.quantize_ops != "auto" else "all")
+                           prec.activation_type, prec.weight_type, op_set=quantize_ops if quantize_ops != "auto" else "all")
     methods = candidates(method_spec)
     n = min(len(ctx.calibration), o.calibration_samples)
     warning = sample_warning(methods, n)
@@ -132,7 +132,7 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str) 
         ctx.model, chosen, table = sel.model, sel.method, sel.table
         ctx.measurements["calibration_search"] = {"chosen": chosen, "task": evaluate.task, "samples": len(data),
                                                    "candidates": table}
-    if o.quantize_ops == "auto" and data is not None:
+    if quantize_ops == "auto" and data is not None:
         entry["op_set_search"] = choose_op_set(ctx, q, chosen)
     entry["quantize_ops"] = q.op_set
     ctx.ort_int8 = OrtInt8Hand(q, chosen)
@@ -171,10 +171,25 @@ def choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str) ->
 
 
 class QuantizePass(Pass):
+    """Quantize the float ONNX model per the profile's recipe (or --precision) with ONNX Runtime's tools."""
+
     name = "quantize"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {
+            "calibration_method": PassOption(
+                str, None, "auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
+                "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)",
+                metavar="METHOD", check=candidates),
+            "quantize_ops": PassOption(
+                str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
+                "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "
+                "slower (default)", choices=("auto", "all", "weighted")),
+        }
+
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o, prec = ctx.options, ctx.profile.precision
+        o, prec, cfg = ctx.options, ctx.profile.precision, self.config(ctx)
         recipe = o.precision or prec.recipe
         ctx.precision = recipe
         model = onnx.load(str(ctx.float_model))
@@ -210,13 +225,13 @@ class QuantizePass(Pass):
                 f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
                 "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
             )
-        method = o.calibration_method or prec.calibration_method
+        method = cfg.calibration_method or prec.calibration_method
         src, prep = preprocess_for_quantization(ctx)
         # Accuracy-aware path: cached calibration, measured method choice (mixed precision follows in its own pass).
         src, folds = fold_graph(src, ctx.workdir / "float.folded.onnx")
         src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")
         notes = folds + notes
-        measured = quantize_int8_measured(ctx, src, method)
+        measured = quantize_int8_measured(ctx, src, method, cfg.quantize_ops)
         return {
             "recipe": "int8-static", "format": "QDQ", **measured,
             "per_channel": prec.per_channel, "activation_type": prec.activation_type,

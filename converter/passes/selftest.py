@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_agent.bundle import SelfTest
 
+from ..options import PassOption
 from ..runners import run_model
 from .base import ConversionContext, Pass
 
@@ -33,11 +34,15 @@ class SelfTestPass(Pass):
 
     name = "selftest"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"selftest_samples": PassOption(int, 4, "inputs recorded for the device's self-test (0: none)", flag="")}
+
     def applies(self, ctx: ConversionContext) -> bool:
-        return (ctx.evaluation or ctx.calibration) is not None and ctx.options.selftest_samples > 0
+        return (ctx.evaluation or ctx.calibration) is not None and self.config(ctx).selftest_samples > 0
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        data = (ctx.evaluation or ctx.calibration).head(ctx.options.selftest_samples)
+        data = (ctx.evaluation or ctx.calibration).head(self.config(ctx).selftest_samples)
         outputs = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
         if ctx.format == "tflite":  # recorded as the device feeds them: bundle names and layout
             from ..tflite.model_io import feeds_in_layout

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConversionError
+from ..options import PassOption
 from ..tflite.model_io import representative_dataset, tflite_specs
 from .base import ConversionContext, Pass
 from .context import TFSource
@@ -52,13 +53,20 @@ def _source_outputs_for_onnx(ctx: ConversionContext):
 
 
 class TFLiteConvertPass(Pass):
+    """The float source -> a TFLite model at the requested precision (onnx2tf or tf.lite.TFLiteConverter)."""
+
     name = "tflite-convert"
+
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
+                                       "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8"))}
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o = ctx.options
         kind = ctx.imported.source_format
         precision = o.precision or ctx.profile.precision.recipe
-        io_dtype = o.io_dtype or "float32"
+        io_dtype = self.config(ctx).io_dtype or "float32"
         ctx.format, ctx.runtime = "tflite", "litert"
         if ctx.float_model is not None and ctx.float_model.suffix == ".onnx":
             from ..onnx.prequantized import is_prequantized
@@ -95,7 +103,7 @@ class TFLiteConvertPass(Pass):
                 io_dtype, ctx.profile.precision.per_channel)
             ctx.model, ctx.reference_model = result.model, result.float32
             if result.saved_model is not None:
-                ctx.tf_source = TFSource("savedmodel", result.saved_model)
+                ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             entry.update(tool=f"onnx2tf {onnx2tf_version()}", seconds_convert=result.seconds,
                          per_channel=ctx.profile.precision.per_channel, variants_written=result.files)
@@ -112,7 +120,7 @@ class TFLiteConvertPass(Pass):
             convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
             ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
             if precision == "int8-static":
-                ctx.tf_source = TFSource(kind, ctx.imported.tf_source)
+                ctx.tf_source = TFSource(kind, ctx.imported.tf_source, io_dtype)
             src_in, src_out = list(ctx.inputs), list(ctx.outputs)
             ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
             # dataset keys follow the float model's names; keep them addressable by position

@@ -16,9 +16,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..accuracy.evaluator import Evaluator
-from ..accuracy.mixed_precision import search_mixed_precision
+from ..accuracy.mixed_precision import SEARCH_OPTIONS, SearchSettings, search_mixed_precision
 from ..accuracy.sensitivity import PRERANK_SAMPLES, LayerBinding
 from ..data import Dataset
+from ..options import PassOption
 from ..tflite.model_io import representative_dataset
 from .base import ConversionContext, Pass
 
@@ -89,6 +90,10 @@ class TFLiteMixedPrecisionPass(Pass):
 
     name = "tflite-mixed-precision"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return dict(SEARCH_OPTIONS)
+
     def applies(self, ctx: ConversionContext) -> bool:
         return ctx.format == "tflite" and ctx.precision == "int8-static" and ctx.tf_source is not None
 
@@ -99,14 +104,14 @@ class TFLiteMixedPrecisionPass(Pass):
         quantizer = lazy_quantizer(ctx)
         data, _ = ctx.gate_data()
         evaluate = ctx.evaluator()  # the float model's outputs on the eval data, computed once for both steps
-        io_dtype = ctx.options.io_dtype or "float32"
+        io_dtype = ctx.tf_source.io_dtype
         if io_dtype == "float32" and ctx.reference_model is not None:
             entry["xnnpack"] = xnnpack_op_denylist_step(ctx, quantizer, data, evaluate)
         if evaluate is None:
             return entry
         unavailable = (None if io_dtype == "float32" else
                        f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {io_dtype}")
-        out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), ctx.search_settings(),
+        out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
                                      ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES)
         entry.update(out.entry)
