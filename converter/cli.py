@@ -11,15 +11,10 @@ from typing import Any
 
 from edge_agent import __version__
 
+from .errors import CODES, exit_codes_help
 from .options import whole_number
 
 log = logging.getLogger("converter")
-
-EXIT_CODES_HELP = """exit codes:
-  0 ok   1 other error   2 usage (bad option values)   13 signing key unusable   20 bad device profile
-  21 model cannot be imported   22 calibration/eval data does not fit the model
-  30 accuracy gate failed (nothing written; --force writes anyway)   31 bundle over the profile's size limit
-"""
 
 CONVERT_EPILOG = """examples:
   edge-convert convert model.onnx --profile raspberry-pi-4 \\
@@ -34,7 +29,7 @@ CONVERT_EPILOG = """examples:
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
 (eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
 named by class index or label name), preprocessed with --color/--scale/--mean/--std.
-""" + EXIT_CODES_HELP
+""" + exit_codes_help()
 
 
 
@@ -151,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-convert",
         description="Convert trained models into signed, quantized bundles tuned for a device profile.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-convert {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -244,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         result, text = args.func(args)
     except KeyboardInterrupt:
         print("edge-convert: interrupted", file=sys.stderr)
-        return 130
+        return CODES["interrupted"]
     except Exception as exc:
         from device_profiles import ProfileError
 
-        code = 20 if isinstance(exc, ProfileError) else getattr(exc, "exit_code", None)
+        code = CODES["profile"] if isinstance(exc, ProfileError) else getattr(exc, "exit_code", None)
         if code is None:
             log.debug("unexpected error", exc_info=True)
-            code = 1
+            code = CODES["error"]
         message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": exc.__class__.__name__, "message": message, "exit_code": code}))
