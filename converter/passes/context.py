@@ -19,6 +19,7 @@ from edge_agent.bundle import Postprocess, Preprocess, SelfTest, TensorSpec
 from ..accuracy.budget import Budget
 from ..accuracy.evaluator import Evaluator
 from ..accuracy.metrics import detect_task
+from ..accuracy.mixed_precision import MixedPrecisionOutcome
 from ..data import Dataset
 from ..importers import ImportedModel
 from ..options import ConvertOptions
@@ -110,6 +111,15 @@ class ConversionContext:
             ev = Evaluator(self.run_first_output, self.float_model, data, self.task(), specs=(list(self.inputs), list(self.outputs)))
             self._evaluator = ev
         return ev
+
+    def take_mixed_precision(self, out: MixedPrecisionOutcome, **sensitivity_extra: Any) -> None:
+        """Record a mixed-precision search in the measurements; adopt its model when it kept layers in float."""
+        if out.sensitivity is not None:
+            self.measurements["sensitivity"] = {**out.sensitivity, **sensitivity_extra}
+        if out.model is not None:
+            self.model, self.precision = out.model, "int8-mixed"
+        if out.mixed is not None:
+            self.measurements["mixed_precision"] = out.mixed
 
     def host_threads(self) -> int:
         """Threads for timing on this host: the profile's, at most the cores there are."""

@@ -50,10 +50,5 @@ class MixedPrecisionPass(Pass):
             ctx.model, ctx.evaluator(), ctx.budget(), settings,
             lambda data: ort_layer_binding(ctx, hand, data, max(1, settings.sensitivity_candidates)),
             ctx.search_latency_probe())
-        if out.sensitivity is not None:
-            ctx.measurements["sensitivity"] = out.sensitivity
-        if out.model is not None:
-            ctx.model, ctx.precision = out.model, "int8-mixed"
-        if out.mixed is not None:
-            ctx.measurements["mixed_precision"] = out.mixed
+        ctx.take_mixed_precision(out)
         return out.entry

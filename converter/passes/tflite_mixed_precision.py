@@ -114,15 +114,11 @@ class TFLiteMixedPrecisionPass(Pass):
         out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
                                      ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES)
-        entry.update(out.entry)
-        if out.sensitivity is not None:
-            ctx.measurements["sensitivity"] = {**out.sensitivity, "format": "tflite"}
-        if out.model is not None:
-            ctx.model, ctx.precision = out.model, "int8-mixed"
+        if out.model is not None:  # what the file really keeps float: deny-listed op types, layer output dtypes
             q = quantizer(data)
             if q.denylisted_ops:
                 out.mixed["denylisted_ops"] = list(q.denylisted_ops)
             out.mixed["float_layer_dtypes"] = float_layers_in(out.model, out.result.float_layers)
-        if out.mixed is not None:
-            ctx.measurements["mixed_precision"] = out.mixed
+        ctx.take_mixed_precision(out, format="tflite")
+        entry.update(out.entry)
         return entry
