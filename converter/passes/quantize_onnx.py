@@ -22,19 +22,13 @@ from ..accuracy.calibration_choice import candidates, sample_warning, select_met
 from ..options import PassOption
 from ..errors import ConversionError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
-from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq
+from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq, quant_type
 from .base import ConversionContext, Pass
 from .context import OrtInt8Hand
 
 log = logging.getLogger(__name__)
 OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny nets: 5x; big ones: about equal)
 OP_SET_TIMING_RUNS = 10
-
-
-def quant_type(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
