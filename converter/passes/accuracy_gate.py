@@ -64,6 +64,8 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
 
 
 class AccuracyGatePass(Pass):
+    """The converted model against the float model on the gate data; refuses what breaks the budget."""
+
     name = "accuracy-gate"
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
@@ -84,11 +86,10 @@ class AccuracyGatePass(Pass):
             a = agreement(reference, candidate, "classification")
             metrics.update({k: a[k] for k in ("clear_share", "clear_agreement") if k in a})
         metrics["data"] = origin
-        max_drop = o.max_accuracy_drop if o.max_accuracy_drop is not None else ctx.profile.accuracy.max_top1_drop
-        min_agree = o.min_agreement if o.min_agreement is not None else ctx.profile.accuracy.min_agreement
-        reasons = gate_failures(metrics, max_drop, min_agree, o.min_cosine)
-        metrics.update(budget={"max_top1_drop": max_drop, "min_agreement": min_agree, "min_cosine": o.min_cosine},
-                       passed=not reasons, forced=bool(reasons and o.force))
+        budget = ctx.budget()
+        reasons = gate_failures(metrics, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)
+        metrics.update(budget={"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement,
+                               "min_cosine": budget.min_cosine}, passed=not reasons, forced=bool(reasons and o.force))
         ctx.measurements["accuracy"] = {"checked": True, "precision": ctx.precision, **metrics}
         if reasons:
             message = f"{ctx.precision} model fails the accuracy gate: " + "; ".join(reasons)
