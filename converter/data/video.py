@@ -15,7 +15,7 @@ import numpy as np
 from edge_agent.bundle import Preprocess, TensorSpec
 from edge_agent.pipeline.preprocess import preprocess_image
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_utils import node_attr
+from .model_io import node_attr
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,17 @@ def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
     return None
 
 
-def _fold_forward(gr: _Graph) -> int:
-    """Conv -> Mul(c)/Add(c) chains into the conv."""
+def _fold_into_convs(gr: _Graph, fold_one: Callable[..., tuple[np.ndarray, np.ndarray] | None],
+                     unpadded_only: bool = False) -> int:
+    """For each conv with constant weights, apply `fold_one(gr, conv, w, b) -> (w, b)` until it returns None."""
     count = 0
     for conv in list(gr.nodes):
         if conv.op_type != "Conv" or id(conv) in gr.removed or len(conv.input) < 2:
             continue
+        if unpadded_only:
+            pads = node_attr(conv, "pads", [0, 0, 0, 0])
+            if any(pads) or node_attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+                continue
         w = gr.const(conv.input[1])
         if w is None:
             continue
@@ -115,25 +121,56 @@ def _fold_forward(gr: _Graph) -> int:
         if b is None:
             continue
         changed = False
-        while True:
-            nxt = gr.single_consumer(conv.output[0])
-            found = gr.affine_const(nxt) if nxt is not None else None
-            vec = _per_channel(found[1], w.shape[0]) if found else None
-            if vec is None:
-                break
-            if nxt.op_type == "Mul":
-                w = w * vec.reshape(-1, *([1] * (w.ndim - 1)))
-                b = b * vec
-            else:
-                b = b + vec
-            conv.output[0] = nxt.output[0]
-            gr.removed.add(id(nxt))
+        while (folded := fold_one(gr, conv, w, b)) is not None:
+            w, b = folded
             gr.refresh()
             changed = True
             count += 1
         if changed:
             _store_conv_params(gr, conv, w, b)
     return count
+
+
+def _fold_next(gr: _Graph, conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Conv -> Mul(c)/Add(c) (per-tensor or per-channel c): the op after the conv folded into its weights and bias."""
+    nxt = gr.single_consumer(conv.output[0])
+    found = gr.affine_const(nxt) if nxt is not None else None
+    vec = _per_channel(found[1], w.shape[0]) if found else None
+    if vec is None:
+        return None
+    if nxt.op_type == "Mul":
+        w, b = w * vec.reshape(-1, *([1] * (w.ndim - 1))), b * vec
+    else:
+        b = b + vec
+    conv.output[0] = nxt.output[0]
+    gr.removed.add(id(nxt))
+    return w, b
+
+
+def _fold_previous(gr: _Graph, conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mul(scalar)/Add(scalar) -> Conv without padding: the op before the conv folded into it."""
+    prev = gr.producer.get(conv.input[0])
+    found = gr.affine_const(prev) if prev is not None else None
+    if not found or found[1].size != 1 or gr.single_consumer(conv.input[0]) is not conv:
+        return None
+    c = float(found[1].ravel()[0])
+    if prev.op_type == "Mul":
+        w = w * c
+    else:  # conv(x + c) = conv(x) + c * sum of each output channel's weights (no padding)
+        b = b + c * w.reshape(w.shape[0], -1).sum(1)
+    conv.input[0] = found[0]
+    gr.removed.add(id(prev))
+    return w, b
+
+
+def _fold_forward(gr: _Graph) -> int:
+    """Conv -> Mul(c)/Add(c) chains into the conv."""
+    return _fold_into_convs(gr, _fold_next)
+
+
+def _fold_backward(gr: _Graph) -> int:
+    """Mul(scalar) -> Add(scalar) -> Conv without padding: fold into the conv."""
+    return _fold_into_convs(gr, _fold_previous, unpadded_only=True)
 
 
 def _store_conv_params(gr: "_Graph", conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray) -> None:
@@ -143,43 +180,6 @@ def _store_conv_params(gr: "_Graph", conv: onnx.NodeProto, w: np.ndarray, b: np.
         conv.input[2] = gr.add_init(conv.input[1] + "_b", b)
     else:
         conv.input.append(gr.add_init(conv.input[1] + "_b", b))
-
-
-
-def _fold_backward(gr: _Graph) -> int:
-    """Mul(scalar) -> Add(scalar) -> Conv without padding: fold into the conv."""
-    count = 0
-    for conv in list(gr.nodes):
-        if conv.op_type != "Conv" or id(conv) in gr.removed or len(conv.input) < 2:
-            continue
-        pads = node_attr(conv, "pads", [0, 0, 0, 0])
-        if any(pads) or node_attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            continue
-        w = gr.const(conv.input[1])
-        if w is None:
-            continue
-        b = gr.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
-        if b is None:
-            continue
-        changed = False
-        while True:
-            prev = gr.producer.get(conv.input[0])
-            found = gr.affine_const(prev) if prev is not None else None
-            if not found or found[1].size != 1 or gr.single_consumer(conv.input[0]) is not conv:
-                break
-            c = float(found[1].ravel()[0])
-            if prev.op_type == "Mul":
-                w = w * c
-            else:  # conv(x + c) = conv(x) + c * sum of each output channel's weights (no padding)
-                b = b + c * w.reshape(w.shape[0], -1).sum(1)
-            conv.input[0] = found[0]
-            gr.removed.add(id(prev))
-            gr.refresh()
-            changed = True
-            count += 1
-        if changed:
-            _store_conv_params(gr, conv, w, b)
-    return count
 
 
 def _fuse_hardswish(gr: _Graph) -> int:

@@ -1,7 +1,7 @@
 """Calibration-method selection: try each candidate, keep the one that scores best on eval data.
 
 Runtime-independent: the caller passes `quantize(method) -> model` and `evaluate(model) -> score`
-(converter.metrics.score), so the TFLite path can reuse it with its own calibrators.
+(converter.accuracy.metrics.score), so the TFLite path can reuse it with its own calibrators.
 Method specs: minmax | entropy | distribution | percentile (99.99) | percentile:99.999
 """
 

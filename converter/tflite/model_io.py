@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from edge_agent.bundle import Quantization, TensorSpec
 from edge_agent.pipeline.preprocess import to_layout
 from edge_agent.runtimes.litert_runtime import TFLiteModel, open_interpreter
 
-from .data import Dataset
+from ..data import Dataset
 
 _DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool"}
 
@@ -110,3 +110,13 @@ def run_tflite_dataset(model_path: Path, data: Dataset, inputs: Sequence[TensorS
         if progress:
             progress(1)
     return [np.concatenate(c, axis=0) for c in collected]
+
+
+def representative_dataset(data: Dataset, n: int, specs: Sequence[TensorSpec]) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """tf.lite's representative_dataset: the first n samples in the TFLite model's layout (onnx2tf: NHWC), float32."""
+
+    def gen() -> Iterator[list[np.ndarray]]:
+        for i in range(min(n, len(data))):
+            yield [np.asarray(a, dtype=np.float32) for a in feeds_in_layout(data.sample(i), specs)]
+
+    return gen

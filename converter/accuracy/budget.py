@@ -22,7 +22,7 @@ class Budget:
     min_cosine: float
 
     def failures(self, s: dict[str, Any], task: str) -> list[str]:
-        """Reasons score s (from converter.metrics.score) breaks the budget; empty when it holds."""
+        """Reasons score s (from converter.accuracy.metrics.score) breaks the budget; empty when it holds."""
         reasons = []
         if s["agreement"] < self.min_agreement and (task != "generic"):
             reasons.append(f"{s['metric']} {s['agreement']:.2%} < {self.min_agreement:.2%}")

@@ -4,7 +4,7 @@ with every quantizable node's input and output exposed, and measure how much err
 
 One pass over a few samples instead of one re-quantization + evaluation per layer, so models with
 60+ convolutions (text detectors, recognisers) get a ranking in seconds; only the top few are then
-measured by exclusion (converter.mixed_precision.rank_by_exclusion).
+measured by exclusion (converter.accuracy.mixed_precision.rank_by_exclusion).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .data import Dataset
-from .onnx_utils import ort_session
+from ..data import Dataset
+from .model_io import ort_session
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import onnx
 
-from .calibration import parse_method
-from .data import Dataset
+from ..accuracy.calibration_choice import parse_method
+from ..data import Dataset
 
 log = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -44,6 +44,13 @@ class DatasetReader:
     def __iter__(self):
         self.rewind()
         return iter(self.get_next, None)
+
+
+def quant_type(name: str):
+    """ONNX Runtime's QuantType for "int8" / "uint8"."""
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
 def prepare_for_qdq(model_path: Path, out: Path) -> tuple[Path, list[str]]:
@@ -93,13 +100,12 @@ class OrtStaticQuantizer:
     _count: int = 0
 
     def _common(self, method: str) -> dict[str, Any]:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat
 
         name, pct = parse_method(method)
-        qt = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         extra: dict[str, Any] = {"CalibPercentile": pct} if pct is not None else {}
         return dict(quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
-                    activation_type=qt[self.activation_type], weight_type=qt[self.weight_type],
+                    activation_type=quant_type(self.activation_type), weight_type=quant_type(self.weight_type),
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile,
                                       "distribution": CalibrationMethod.Distribution}[name],

@@ -12,7 +12,7 @@ import logging
 
 import onnx
 
-from .errors import ImportFailed
+from ..errors import ImportFailed
 
 log = logging.getLogger(__name__)
 

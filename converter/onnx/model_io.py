@@ -10,7 +10,7 @@ import onnx
 
 from edge_agent.bundle import TensorSpec
 
-from .data import Dataset
+from ..data import Dataset
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",

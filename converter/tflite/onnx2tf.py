@@ -29,7 +29,7 @@ from edge_agent.bundle import TensorSpec
 
 from ..data import Dataset
 from ..errors import ConversionError
-from ..tflite_utils import stdout_to_stderr
+from .model_io import stdout_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,7 @@ def onnx_to_tflite(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _private_cwd(workdir) as work:
         _copy_with_tf_names(onnx_path, work / "model.onnx")  # onnx2tf rewrites its input in place
-        custom = None
-        if integer:
-            custom = []
-            n = min(len(calibration), calibration_samples)
-            for spec, (name, array) in zip(inputs, calibration.inputs.items()):
-                path = work / f"calib_{len(custom)}.npy"
-                np.save(path, nhwc(array[:n].astype(np.float32)) if spec.layout == "NCHW" else array[:n].astype(np.float32))
-                custom.append([name, str(path), 0.0, 1.0])  # onnx2tf feeds (x - mean) / std
+        custom = _calibration_files(work, inputs, calibration, calibration_samples) if integer else None
         sample = sample_images(calibration, inputs[0])
         np.save(work / SAMPLE_FILE, sample)
         kwargs = dict(
@@ -223,21 +216,38 @@ def onnx_to_tflite(
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ConversionError(f"onnx2tf could not convert {onnx_path.name}: {first}") from exc
-        produced = sorted(p.name for p in (work / "out").glob("*.tflite"))
         key = "int8-static-intio" if integer and io_dtype in ("int8", "uint8") else precision
-        wanted = work / "out" / f"model{VARIANT_SUFFIX[key]}"
-        if not wanted.is_file():
-            raise ConversionError(f"onnx2tf did not write {wanted.name} (wrote {', '.join(produced) or 'nothing'})")
-        model = out_dir / f"model.{key}.tflite"
-        float32 = out_dir / "model.fp32.tflite"
-        shutil.copyfile(wanted, model)
-        shutil.copyfile(work / "out" / f"model{VARIANT_SUFFIX['fp32']}", float32)
-        saved_model = None
-        if integer and (work / "out" / "saved_model.pb").is_file():
-            # onnx2tf writes the SavedModel it quantized from next to the .tflite files: the
-            # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite_quant).
-            saved_model = out_dir / "saved_model"
-            shutil.copytree(work / "out", saved_model, ignore=shutil.ignore_patterns("*.tflite"), dirs_exist_ok=True)
+        result = _keep_outputs(work / "out", out_dir, key, keep_saved_model=integer)
     shutil.rmtree(work, ignore_errors=True)
-    return Onnx2TfResult(model=model, float32=float32, seconds=round(time.perf_counter() - t0, 3), files=produced,
-                         saved_model=saved_model)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _calibration_files(work: Path, inputs: Sequence[TensorSpec], calibration: Dataset, samples: int) -> list[list]:
+    """onnx2tf's custom_input_op_name_np_data_path: the user's calibration data as .npy files in its layout."""
+    custom: list[list] = []
+    n = min(len(calibration), samples)
+    for spec, (name, array) in zip(inputs, calibration.inputs.items()):
+        path = work / f"calib_{len(custom)}.npy"
+        np.save(path, nhwc(array[:n].astype(np.float32)) if spec.layout == "NCHW" else array[:n].astype(np.float32))
+        custom.append([name, str(path), 0.0, 1.0])  # onnx2tf feeds (x - mean) / std
+    return custom
+
+
+def _keep_outputs(produced_dir: Path, out_dir: Path, key: str, keep_saved_model: bool) -> Onnx2TfResult:
+    """Copy the wanted variant and the float32 reference (and for int8 the SavedModel) out of onnx2tf's folder."""
+    produced = sorted(p.name for p in produced_dir.glob("*.tflite"))
+    wanted = produced_dir / f"model{VARIANT_SUFFIX[key]}"
+    if not wanted.is_file():
+        raise ConversionError(f"onnx2tf did not write {wanted.name} (wrote {', '.join(produced) or 'nothing'})")
+    model = out_dir / f"model.{key}.tflite"
+    float32 = out_dir / "model.fp32.tflite"
+    shutil.copyfile(wanted, model)
+    shutil.copyfile(produced_dir / f"model{VARIANT_SUFFIX['fp32']}", float32)
+    saved_model = None
+    if keep_saved_model and (produced_dir / "saved_model.pb").is_file():
+        # onnx2tf writes the SavedModel it quantized from next to the .tflite files: the
+        # mixed-precision fallback re-quantizes it with a deny-list (converter.tflite.denylist_quantizer).
+        saved_model = out_dir / "saved_model"
+        shutil.copytree(produced_dir, saved_model, ignore=shutil.ignore_patterns("*.tflite"), dirs_exist_ok=True)
+    return Onnx2TfResult(model=model, float32=float32, seconds=0.0, files=produced, saved_model=saved_model)

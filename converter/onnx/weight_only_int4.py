@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import NothingToQuantize
-from .onnx_utils import node_attr
+from ..errors import NothingToQuantize
+from .model_io import node_attr
 
 log = logging.getLogger(__name__)
 

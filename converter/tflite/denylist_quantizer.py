@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import ConversionError
-from .importers.tensorflow_model import import_tensorflow, tflite_converter
-from .tflite_utils import stdout_to_stderr
+from ..errors import ConversionError
+from ..importers.tensorflow_model import import_tensorflow, tflite_converter
+from .model_io import stdout_to_stderr
 
 log = logging.getLogger(__name__)
 Feeds = Callable[[], Iterable[list[np.ndarray]]]
