@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device_profiles import FORMATS
 from edge_agent import __version__
+from edge_agent.errors import run_main
 
-from .errors import CODES, exit_codes_help
+from .errors import exit_codes_help
 from .options import whole_number
 
 log = logging.getLogger("converter")
@@ -186,7 +188,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", required=True, help="device profile name (see `profiles list`) or profile file")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
-    p.add_argument("--format", default=None, choices=["auto", "onnx", "tflite"],
+    p.add_argument("--format", default=None, choices=["auto", *FORMATS],
                    help="bundle format; auto builds the profile's formats, measures them here and packs the fastest that "
                    "passes the gate (default: onnx, or tflite for Keras/SavedModel/.tflite sources)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight"],
@@ -235,26 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> int:
         result, text = args.func(args)
-    except KeyboardInterrupt:
-        print("edge-convert: interrupted", file=sys.stderr)
-        return CODES["interrupted"]
-    except Exception as exc:
-        from device_profiles import ProfileError
+        print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
+        return 0
 
-        code = CODES["profile"] if isinstance(exc, ProfileError) else getattr(exc, "exit_code", None)
-        if code is None:
-            log.debug("unexpected error", exc_info=True)
-            code = CODES["error"]
-        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": exc.__class__.__name__, "message": message, "exit_code": code}))
-        print(f"edge-convert: error: {message}", file=sys.stderr)
-        return code
-    print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
-    return 0
-
+    return run_main("edge-convert", body, json_mode=getattr(args, "json", False), verbose=bool(args.verbose))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from device_profiles import Profile, load_profile
+from device_profiles import RUNTIME_FOR_FORMAT, Profile, load_profile
 
 from .errors import ConversionError, GateFailed
 from .format_selection import candidate_record, select_fastest
@@ -92,7 +92,7 @@ def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext
     """A candidate's context: shares the loaded data, owns its lists, files and measurements."""
     workdir.mkdir(parents=True, exist_ok=True)
     return dataclasses.replace(
-        base, workdir=workdir, format=fmt, runtime="onnxruntime" if fmt == "onnx" else "litert",
+        base, workdir=workdir, format=fmt, runtime=RUNTIME_FOR_FORMAT[fmt],
         inputs=list(base.inputs), outputs=list(base.outputs), measurements=dict(base.measurements),
         extra_files=dict(base.extra_files), report=list(base.report),
     )

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from device_profiles import Profile
+from device_profiles import FORMATS, Profile
 
 from .errors import ConversionError, FormatError
 from .importers import TENSORFLOW_FORMATS, detect_format
 
-FORMATS = ("onnx", "tflite")
 GATE = "accuracy-gate"  # the pass every candidate of --format auto runs last before the candidates are timed
 # Which passes a conversion runs, in order, per bundle format (pass names: converter.passes).
 RECIPES: dict[str, tuple[str, ...]] = {

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edge_agent.bundle import BundleError, TrustStore
+from edge_agent.bundle import TrustStore
 
 from .errors import FleetError, RolloutHalted, exit_codes_epilog, run_cli
 from .registry import ACTIVE_ROLLOUT, DeviceRecord, Registry, RolloutRecord, RolloutStatus, open_registry
@@ -33,11 +33,6 @@ log = logging.getLogger("edge_fleet")
 
 DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" / "fleet"))
 
-
-def _bundle_codes() -> list[tuple[int, str]]:
-    """The bundle's own exit codes (edge_agent.bundle keeps them on its error classes)."""
-    return [(BundleError.exit_code, "bundle unusable"),
-            *((c.exit_code, f"bundle refused: {c.kind.replace('-', ' ')}") for c in BundleError.__subclasses__())]
 
 
 Result = tuple[Any, str]
@@ -339,7 +334,7 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-fleet", description=__doc__.split("\n")[0],
-                                epilog=exit_codes_epilog(_bundle_codes()),
+                                epilog=exit_codes_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = _common_options()
@@ -367,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str) if args.json else text)
         return 0
 
-    return run_cli("edge-fleet", body, handled=(BundleError,), verbose=args.verbose)
+    return run_cli("edge-fleet", body, verbose=args.verbose, json_mode=args.json)
 
 
 if __name__ == "__main__":

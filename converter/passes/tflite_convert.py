@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from device_profiles import RUNTIME_FOR_FORMAT
+
 from ..errors import ConversionError
 from ..options import PassOption
 from ..tflite.model_io import representative_dataset, tflite_specs
@@ -67,7 +69,7 @@ class TFLiteConvertPass(Pass):
         o = ctx.options
         precision = o.precision or ctx.profile.precision.recipe
         io_dtype = self.config(ctx).io_dtype or "float32"
-        ctx.format, ctx.runtime = "tflite", "litert"
+        ctx.format, ctx.runtime = "tflite", RUNTIME_FOR_FORMAT["tflite"]
         if ctx.float_model is not None and ctx.float_model.suffix == ".onnx":
             from ..onnx.prequantized import is_prequantized
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import read_manifest_unverified, sha256_file
+from ..errors import AgentError
 from ..home import AgentHome, require_trust
 from .installer import (
     InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
@@ -23,8 +24,10 @@ from .slots import SlotError, Slots
 log = logging.getLogger(__name__)
 
 
-class UpdateFailed(RuntimeError):
-    """`edge-agent install` did not install; the previous model is still active."""
+class UpdateFailed(AgentError, RuntimeError):
+    """`edge-agent install` did not install; the previous model is still active.
+
+    Carries the exit code of the failure that ended the job (a bundle error, a health check...)."""
 
     kind = "update-failed"
 

@@ -19,16 +19,17 @@ from ..home import AgentHome
 from .phases import Event, Phase, next_phase
 from .protocol import BundleRef, DesiredState, ProtocolError
 from .statefile import read_json, write_json_atomic
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 JOB_SCHEMA_VERSION = 1
 
 
-class StateLoopDetected(RuntimeError):
+class StateLoopDetected(AgentError, RuntimeError):
     """The job was stored more often than its phase allows: a crash inside the phase, again and again."""
 
-    exit_code = 1
+    code_name = "error"
     kind = "state-loop"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..runtimes import ModelSession, load_session
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,10 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "ui
               "int32": np.int32, "int64": np.int64, "bool": np.bool_}
 
 
-class HealthCheckFailed(RuntimeError):
+class HealthCheckFailed(AgentError, RuntimeError):
     """The new model did not pass its health check (one line: which check and by how much)."""
 
-    exit_code = 41
+    code_name = "health-check"
     kind = "health-check"
 
 

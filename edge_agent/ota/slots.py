@@ -28,6 +28,7 @@ from typing import Any
 from ..bundle import Manifest, TrustStore, VerifiedBundle, verify_bundle
 from .protocol import BundleRef
 from .statefile import read_json, write_json_atomic
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ def migrate_slot_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "lifecycle": lifecycle.value, "health": health.value}
 
 
-class SlotError(RuntimeError):
+class SlotError(AgentError, RuntimeError):
     """A slot operation is impossible (e.g. rollback with no good previous slot)."""
 
-    exit_code = 50
+    code_name = "slot"
     kind = "slot"
 
 

@@ -28,19 +28,20 @@ from .phases import Event, Phase
 from .protocol import DesiredState
 from .slots import Health, Lifecycle, SlotInfo, Slots
 from .transfer import TransferError, discard_staging
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 
-class UpdateRefused(RuntimeError):
+class UpdateRefused(AgentError, RuntimeError):
     """The update is not allowed (downgrade, wrong profile, untrusted signer, no space...)."""
 
-    exit_code = 52
+    code_name = "refused"
     kind = "refused"
 
 
 class DowngradeRefused(UpdateRefused):
-    exit_code = 53
+    code_name = "downgrade"
     kind = "downgrade"
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from ..bundle import Manifest
 from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
 
-# runtime name (as in manifests and profiles) -> "module:class"; imported lazily so a device
-# needs only the runtime its bundles use.
+# runtime name (device_profiles.RUNTIMES: as in manifests and profiles) -> "module:class"; imported
+# lazily so a device needs only the runtime its bundles use; tests/test_profiles.py checks that
+# every runtime name has a backend here.
 _BACKENDS = {
     "onnxruntime": "edge_agent.runtimes.onnxruntime_runtime:OnnxRuntime",
     "litert": "edge_agent.runtimes.litert_runtime:LiteRTRuntime",

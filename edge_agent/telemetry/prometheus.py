@@ -30,16 +30,17 @@ from prometheus_client.registry import Collector
 
 from .liveness import pipeline_liveness
 from .pipeline_stats import STAGES, PipelineStats
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 QUANTILES = {"p50_ms": "0.5", "p90_ms": "0.9", "p95_ms": "0.95", "p99_ms": "0.99"}
 
 
-class MetricsServerError(RuntimeError):
+class MetricsServerError(AgentError, RuntimeError):
     """The metrics port cannot be bound."""
 
-    exit_code = 34
+    code_name = "port"
     kind = "metrics"
 
 

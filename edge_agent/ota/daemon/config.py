@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass, field
 
 from ...bundle import TrustStore
+from ...errors import AgentError
+from ..broker_url import parse_broker_url
 
 
-class AgentConfigError(ValueError):
-    exit_code = 2
+class AgentConfigError(AgentError, ValueError):
+    code_name = "usage"
     kind = "config"
 
 
@@ -41,8 +42,8 @@ class AgentConfig:
     extra: dict = field(default_factory=dict)
 
     def broker_address(self) -> tuple[str, int, bool]:
-        u = urllib.parse.urlparse(self.broker)
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-            raise AgentConfigError(f"broker URL {self.broker!r} must look like mqtt://host:1883 or mqtts://host:8883")
-        tls = u.scheme in ("mqtts", "ssl") or self.tls_ca is not None
-        return u.hostname, u.port or (8883 if tls else 1883), tls
+        try:
+            a = parse_broker_url(self.broker, force_tls=self.tls_ca is not None)
+        except ValueError as exc:
+            raise AgentConfigError(str(exc)) from None
+        return a.host, a.port, a.tls
