@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str) if args.json else text)
         return 0
 
-    return run_cli("edge-fleet", body, verbose=args.verbose, json_mode=args.json)
+    # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result
+    return run_cli("edge-fleet", body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""docs/extending-pass.md's worked example, kept honest: a pass defined here registers itself by name, its
+"""docs/extending.md's worked example, kept honest: a pass defined here registers itself by name, its
 option becomes an `edge-convert convert` flag, and a recipe that names it runs it in a real conversion."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ModelSizePass(Pass):
 
 @pytest.fixture
 def recipe_with_model_size(monkeypatch):
-    """The ONNX recipe with the new pass after the accuracy gate (the one line docs/extending-pass.md adds)."""
+    """The ONNX recipe with the new pass after the accuracy gate (the one line docs/extending.md adds)."""
     from converter.recipes import RECIPES
 
     onnx = RECIPES["onnx"]
@@ -51,7 +51,7 @@ def recipe_with_model_size(monkeypatch):
 
 
 def test_the_documented_pass_is_this_one():
-    doc = (REPO / "docs" / "extending-pass.md").read_text()
+    doc = (REPO / "docs" / "extending.md").read_text()
     block = re.search(r"```python\n(class ModelSizePass.*?)```", doc, re.S).group(1)
     assert block.strip() == inspect.getsource(ModelSizePass).strip()
 

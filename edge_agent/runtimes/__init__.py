@@ -17,6 +17,14 @@ _BACKENDS = {
 }
 
 
+def register_runtime(name: str, target: str) -> None:
+    """Add a backend under `name` ("package.module:Class", imported when first used): how a plug-in or
+    a test adds a runtime without editing this file (docs/extending.md)."""
+    if name in _BACKENDS and _BACKENDS[name] != target:
+        raise ValueError(f"runtime {name!r} is already registered as {_BACKENDS[name]}")
+    _BACKENDS[name] = target
+
+
 def get_runtime(name: str) -> Runtime:
     """The backend registered under `name`; RuntimeLoadError when unknown or not installed."""
     target = _BACKENDS.get(name)
@@ -37,4 +45,4 @@ def load_session(
     return get_runtime(manifest.runtime).load(Path(bundle_dir), manifest, threads=threads, providers=providers)
 
 
-__all__ = ["ModelSession", "Runtime", "RuntimeInfo", "RuntimeLoadError", "get_runtime", "load_session"]
+__all__ = ["ModelSession", "Runtime", "RuntimeInfo", "RuntimeLoadError", "get_runtime", "load_session", "register_runtime"]
