@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device_profiles import FORMATS
 from edge_agent import __version__
+from edge_agent.errors import run_main
+
+from .errors import exit_codes_help
+from .options import whole_number
 
 log = logging.getLogger("converter")
-
-EXIT_CODES_HELP = """exit codes:
-  0 ok   1 other error   2 usage (bad option values)   13 signing key unusable   20 bad device profile
-  21 model cannot be imported   22 calibration/eval data does not fit the model
-  30 accuracy gate failed (nothing written; --force writes anyway)   31 bundle over the profile's size limit
-"""
 
 CONVERT_EPILOG = """examples:
   edge-convert convert model.onnx --profile raspberry-pi-4 \\
@@ -32,34 +31,8 @@ CONVERT_EPILOG = """examples:
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
 (eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
 named by class index or label name), preprocessed with --color/--scale/--mean/--std.
-""" + EXIT_CODES_HELP
+""" + exit_codes_help()
 
-
-
-def _count(minimum: int):
-    """argparse type: an integer >= minimum, with a one-line error otherwise."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _shape(text: str) -> list[int]:
-    try:
-        dims = [int(x) for x in text.lower().replace(",", "x").split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1x3x224x224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"input shape {text!r} must have positive dimensions")
-    return dims
 
 
 def cmd_profiles_list(args: argparse.Namespace) -> tuple[Any, str]:
@@ -91,36 +64,28 @@ def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
-    from .options import ConvertOptions
-    from .pipeline import convert
-
-    from .accuracy_budget import parse_budget
-    from .calibration import candidates
+    from .accuracy.budget import parse_budget
     from .errors import UsageError
+    from .options import ConvertOptions
+    from .passes import declared_options
+    from .pipeline import convert
 
     budget: dict[str, float] = {}
     try:
         if args.accuracy_budget:
             budget = parse_budget(args.accuracy_budget)
-        if args.calibration_method:
-            candidates(args.calibration_method)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     labels = None
     if args.labels:
         labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     options = ConvertOptions(
-        source=args.model, profile=args.profile, out=args.out, key=args.key, input_shape=args.input_shape,
-        calibration=args.calibration, evaluation=args.eval, name=args.name, version=args.model_version,
-        precision=args.precision, calibration_method=args.calibration_method, io_dtype=args.io_dtype,
-        calibration_samples=args.calibration_samples,
+        source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
+        evaluation=args.eval, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
-        min_agreement=budget.get("min_agreement", args.min_agreement),
-        min_cosine=budget.get("min_cosine", 0.99), max_float_layers=args.max_float_layers,
-        sensitivity=args.sensitivity, sensitivity_samples=args.sensitivity_samples,
-        sensitivity_candidates=args.sensitivity_candidates, quantize_ops=args.quantize_ops, force=args.force, bench_runs=args.bench_runs,
-        reproducible=args.reproducible, labels=labels, color=args.color, mean=args.mean, std=args.std,
-        scale=args.scale, resize=args.resize, layout=args.layout, top_k=args.top_k, opset=args.opset,
+        min_agreement=budget.get("min_agreement", args.min_agreement), min_cosine=budget.get("min_cosine", 0.99),
+        force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible,
+        pass_options={name: getattr(args, name) for name in declared_options() if hasattr(args, name)},
     )
     bar = None
     if not (args.json or args.quiet) and sys.stderr.isatty():
@@ -183,13 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-convert",
         description="Convert trained models into signed, quantized bundles tuned for a device profile.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-convert {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_profiles_and_keygen(sub)
+    _add_convert(sub)
+    return parser
 
+
+def _add_profiles_and_keygen(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profiles", help="list or show device profiles")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
     q = psub.add_parser("list", help="list the built-in profiles")
@@ -206,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keygen)
 
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    """The convert command: the global options here, each pass's own options generated from its declarations."""
     p = sub.add_parser("convert", help="convert a model into a signed bundle for a profile",
                        description="Import -> ONNX export -> clean-up -> quantize per profile -> accuracy gate -> "
                        "host benchmark -> self-test -> package and sign.",
@@ -215,59 +188,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True, help="device profile name (see `profiles list`) or profile file")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (from `edge-convert keygen`)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write (.edgebundle)")
-    p.add_argument("--format", default=None, choices=["auto", "onnx", "tflite"],
+    p.add_argument("--format", default=None, choices=["auto", *FORMATS],
                    help="bundle format; auto builds the profile's formats, measures them here and packs the fastest that "
                    "passes the gate (default: onnx, or tflite for Keras/SavedModel/.tflite sources)")
-    p.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
-                   help="TFLite int8-static model input/output type (default float32; int8/uint8 record scale/zero point)")
-    p.add_argument("--input-shape", type=_shape,
-                   help="input shape, e.g. 1x3x224x224: required for PyTorch sources; pins dynamic ONNX input dims")
-    p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
-    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight"],
                    help="override the profile's recipe (int4-weight: 4-bit MatMul/Gemm weights for MLP/transformer-style "
                    "models, ONNX only; see docs/int4.md)")
-    p.add_argument("--calibration-method", metavar="METHOD",
-                   help="auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
-                   "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)")
+    p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
+    p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used (default 256)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 (comma-separate several); "
                    "agreement = top-1 for classifiers, IoU>=0.9 share for maps, per-timestep argmax for sequences")
-    p.add_argument("--max-float-layers", type=_count(0), default=None,
-                   help="most layers the mixed-precision fallback may keep in float (default: a quarter of the "
-                   "quantizable layers, at most 8: beyond that the model is no longer int8)")
-    p.add_argument("--sensitivity", choices=["auto", "always", "off"], default="auto",
-                   help="per-layer sensitivity analysis: auto = when int8 misses the budget (default)")
-    p.add_argument("--sensitivity-samples", type=_count(1), default=64, help="eval samples used to rank layers (default 64)")
-    p.add_argument("--quantize-ops", choices=["auto", "all", "weighted"], default="auto",
-                   help="int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm (weighted), "
-                   "or auto: measure both on the eval data, keep weighted if it agrees better and is not slower (default)")
-    p.add_argument("--sensitivity-candidates", type=_count(1), default=16,
-                   help="layers measured by exclusion; a model with more is pre-ranked cheaply by the activation error "
-                   "each layer adds and only the top N are measured (default 16)")
-    p.add_argument("--calibration-samples", type=_count(1), default=256, help="max calibration samples used (default 256)")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
     p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
-    p.add_argument("--name", help="model name in the manifest (default: source file name)")
-    p.add_argument("--model-version", type=int, default=1, help="monotonically increasing model version (default 1)")
     p.add_argument("--labels", type=Path, help="text file, one class name per line")
-    p.add_argument("--color", default="RGB", choices=["RGB", "BGR", "GRAY"], help="colour order the model expects")
-    p.add_argument("--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default 1/255)")
-    p.add_argument("--mean", type=_floats, default=[0.0], help="per-channel mean, comma-separated (after scale)")
-    p.add_argument("--std", type=_floats, default=[1.0], help="per-channel std, comma-separated (after scale)")
-    p.add_argument("--resize", default="bilinear", choices=["bilinear", "nearest", "letterbox"])
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: guessed from the shape)")
-    p.add_argument("--top-k", type=int, default=5, help="classes the agent reports (default 5)")
-    p.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 20)")
-    p.add_argument("--bench-runs", type=_count(0), default=50, help="host benchmark runs per model (0 to skip)")
+    p.add_argument("--bench-runs", type=whole_number(0), default=50, help="host benchmark runs per model (0 to skip)")
     p.add_argument("--reproducible", action="store_true",
                    help="no wall-clock figure goes into or decides the bundle (host latency stays in the report; "
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")
     p.add_argument("--report", type=Path, help="conversion report JSON (default: OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(func=cmd_convert)
-    return parser
+    add_pass_options(p)
+
+
+def add_pass_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option the passes declare (converter.passes), grouped by the passes that read it."""
+    from .passes import PASSES, declared_options
+
+    groups: dict[tuple[str, ...], argparse._ArgumentGroup] = {}
+    for name, (option, readers) in declared_options().items():
+        flag = option.cli_flag(name)
+        if flag is None:
+            continue  # API-only option
+        key = tuple(readers)
+        if key not in groups:
+            doc = (PASSES[readers[0]].__doc__ or "").strip().splitlines()[:1] if len(key) == 1 else [
+                f"read by the {' and '.join(key)} passes alike"]
+            groups[key] = parser.add_argument_group(" / ".join(key) + " pass options", doc[0] if doc else None)
+        groups[key].add_argument(flag, dest=name, type=option.type_, choices=option.choices, metavar=option.metavar,
+                                 default=argparse.SUPPRESS, help=option.description)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,26 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> int:
         result, text = args.func(args)
-    except KeyboardInterrupt:
-        print("edge-convert: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        from device_profiles import ProfileError
+        print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
+        return 0
 
-        code = 20 if isinstance(exc, ProfileError) else getattr(exc, "exit_code", None)
-        if code is None:
-            log.debug("unexpected error", exc_info=True)
-            code = 1
-        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": exc.__class__.__name__, "message": message, "exit_code": code}))
-        print(f"edge-convert: error: {message}", file=sys.stderr)
-        return code
-    print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
-    return 0
-
+    return run_main("edge-convert", body, json_mode=getattr(args, "json", False), verbose=bool(args.verbose))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,47 +1,86 @@
-"""Conversion options: what the user asked for on the command line (or through the API)."""
+"""Conversion options: the few every pass may read, and the type a pass declares its own options with.
+
+Options that belong to one step (the import's preprocessing, the quantizer's op set, the sensitivity
+search ...) are declared by that pass (`default_config()`, converter.passes.base) and given in
+`ConvertOptions.pass_options`; the command line generates their flags from those declarations.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 
 @dataclass
 class ConvertOptions:
+    """What the user asked for that concerns the whole conversion (the command line's global options)."""
+
     source: str
     profile: str
     out: Path
     key: Path
-    input_shape: list[int] | None = None
     calibration: Path | None = None
     evaluation: Path | None = None
-    name: str | None = None
-    version: int = 1
+    calibration_samples: int = 256  # calibration samples used (also: eval samples loaded, video frames sampled)
     precision: str | None = None  # override the profile's recipe
-    calibration_method: str | None = None  # override the profile's method
-    io_dtype: str | None = None  # TFLite int8-static model I/O: float32 (default) | int8 | uint8
-    calibration_samples: int = 256
+    labels: list[str] | None = None
     max_accuracy_drop: float | None = None  # percentage points; default: profile
     min_agreement: float | None = None  # default: profile
     min_cosine: float = 0.99  # gate for outputs that are not class scores
     force: bool = False
-    bench_runs: int = 50
-    bench_warmup: int = 5
+    bench_runs: int = 50  # host benchmark runs (0: no timing at all)
     reproducible: bool = False  # leave wall-clock figures out of the manifest
-    labels: list[str] | None = None
-    color: str = "RGB"
-    mean: list[float] = field(default_factory=lambda: [0.0])
-    std: list[float] = field(default_factory=lambda: [1.0])
-    scale: float = 1.0 / 255.0
-    resize: str = "bilinear"
-    layout: str | None = None
-    postprocess: str = "classification"
-    top_k: int = 5
-    opset: int | None = None
-    selftest_samples: int = 4
-    # accuracy-aware int8 (converter/passes/accuracy_aware.py)
-    max_float_layers: int | None = None  # mixed-precision fallback cap; None: a quarter of the layers, at most 8
-    sensitivity: str = "auto"  # auto (when int8 misses the budget) | always | off
-    sensitivity_samples: int = 64  # eval samples used to rank layers
-    quantize_ops: str = "auto"  # all | weighted (Conv/ConvTranspose/MatMul/Gemm only) | auto (measured)
-    sensitivity_candidates: int = 16  # layers measured by exclusion (more layers: pre-ranked by activation error)
+    pass_options: dict[str, Any] = field(default_factory=dict)  # by option name, as the passes declare them
+
+
+@dataclass(frozen=True)
+class PassOption:
+    """One typed, documented option a pass declares (like Olive's PassConfigParam).
+
+    type_ parses the command-line text; flag None means `--name-with-dashes`, "" means no flag (API only);
+    check raises ValueError for a value that parses but makes no sense (reported as a usage error, exit 2).
+    """
+
+    type_: Callable[[str], Any]
+    default: Any
+    description: str
+    choices: tuple[Any, ...] | None = None
+    flag: str | None = None
+    metavar: str | None = None
+    check: Callable[[Any], Any] | None = None
+
+    def cli_flag(self, name: str) -> str | None:
+        return None if self.flag == "" else (self.flag or "--" + name.replace("_", "-"))
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum, with a one-line error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: comma-separated numbers."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def input_shape(text: str) -> list[int]:
+    """argparse type: 1x3x224x224 (or 1,3,224,224)."""
+    try:
+        dims = [int(x) for x in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1x3x224x224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must have positive dimensions")
+    return dims

@@ -1,7 +1,15 @@
-"""Run a recipe's passes over a conversion context, with progress and a report."""
+"""Run a recipe's passes over a conversion context, with progress and a report.
+
+An explicit --format runs its recipe (converter.recipes) from start to end. --format auto runs the
+recipes' shared prefix (import, clean-up) once; each candidate format then runs its own recipe up to
+and including the accuracy gate, mixed-precision passes included; the candidates that pass are timed
+side by side (converter.format_selection) and the fastest runs the rest of its recipe (benchmark,
+self-test, package).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -9,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from device_profiles import load_profile
+from device_profiles import RUNTIME_FOR_FORMAT, Profile, load_profile
 
+from .errors import ConversionError, GateFailed
+from .format_selection import candidate_record, select_fastest
 from .options import ConvertOptions
-from .passes import ConversionContext, Pass
-from .recipes import choose_format, recipe_for
+from .passes import ConversionContext, check_pass_options, create_pass
+from .recipes import auto_candidates, choose_format, recipe_for, shared_prefix, split_for_candidates
 
 log = logging.getLogger(__name__)
+OnPass = Callable[[str, int, int], None]  # (pass name, index, total): called before each pass
 
 
 @dataclass
@@ -25,6 +36,10 @@ class ConversionResult:
     precision: str
     report: list[dict[str, Any]] = field(default_factory=list)
     measurements: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ctx: ConversionContext) -> "ConversionResult":
+        return cls(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, dict(ctx.measurements))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,9 +51,9 @@ class ConversionResult:
         }
 
 
-def run_passes(ctx: ConversionContext, passes: Sequence[Pass], on_pass: Callable[[str, int, int], None] | None = None,
-               prefix: str = "") -> None:
-    """Run each applicable pass on `ctx`, appending a timed report entry per pass."""
+def run_passes(ctx: ConversionContext, names: Sequence[str], on_pass: OnPass | None = None, prefix: str = "") -> None:
+    """Run each applicable pass (by registered name) on `ctx`, appending a timed report entry per pass."""
+    passes = [create_pass(n) for n in names]
     for i, p in enumerate(passes):
         if not p.applies(ctx):
             continue
@@ -51,15 +66,7 @@ def run_passes(ctx: ConversionContext, passes: Sequence[Pass], on_pass: Callable
         ctx.report.append({"pass": prefix + p.name, "seconds": round(seconds, 3), **entry})
 
 
-def public_measurements(ctx: ConversionContext) -> dict[str, Any]:
-    return {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
-
-
-def convert(
-    options: ConvertOptions,
-    fmt: str | None = None,
-    on_pass: Callable[[str, int, int], None] | None = None,
-) -> ConversionResult:
+def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | None = None) -> ConversionResult:
     """Convert `options.source` into a signed bundle for `options.profile`.
 
     fmt: "onnx" | "tflite" | "auto" (build the profile's formats, measure, pack the fastest that
@@ -67,17 +74,64 @@ def convert(
     `on_pass(name, index, total)` is called before each pass (for progress display).
     Raises ConversionError subclasses (GateFailed, ImportFailed, DataError, ...) on failure.
     """
+    check_pass_options(options.pass_options)
     profile = load_profile(options.profile)
     from edge_agent.bundle import load_private_key
 
     load_private_key(options.key)  # fail before the expensive passes, not after them
     if fmt == "auto":
-        from .auto_format import convert_auto
-
         return convert_auto(options, profile, on_pass)
     chosen = choose_format(profile, fmt, options.source)
-    passes = recipe_for(profile, chosen)
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         ctx = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=chosen)
-        run_passes(ctx, passes, on_pass)
-        return ConversionResult(ctx.bundle_path, ctx.format, ctx.precision, ctx.report, public_measurements(ctx))
+        run_passes(ctx, recipe_for(chosen), on_pass)
+        return ConversionResult.of(ctx)
+
+
+def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:
+    """A candidate's context: shares the loaded data, owns its lists, files and measurements."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(
+        base, workdir=workdir, format=fmt, runtime=RUNTIME_FOR_FORMAT[fmt],
+        inputs=list(base.inputs), outputs=list(base.outputs), measurements=dict(base.measurements),
+        extra_files=dict(base.extra_files), report=list(base.report),
+    )
+
+
+def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | None = None) -> ConversionResult:
+    """Build every candidate format with its recipe up to the gate, keep those that pass, package the fastest."""
+    formats = auto_candidates(profile, options.source)
+    prefix = shared_prefix()
+    with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
+        base = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=formats[0])
+        run_passes(base, prefix, on_pass)
+        built: dict[str, ConversionContext] = {}
+        records: dict[str, dict[str, Any]] = {}
+        for fmt in formats:
+            ctx = _fork(base, fmt, Path(tmp) / fmt)
+            t0 = time.perf_counter()
+            try:
+                run_passes(ctx, split_for_candidates(fmt, prefix)[0], on_pass, prefix=f"{fmt}:")
+            except ConversionError as exc:
+                built_it = isinstance(exc, GateFailed)  # a gate failure was built; anything else was not
+                records[fmt] = {"format": fmt, "precision": ctx.precision, "passed": False,
+                                **({} if built_it else {"built": False}), "reason": str(exc)}
+                log.warning("candidate %s %s: %s", fmt, "fails the gate" if built_it else "could not be built", exc)
+                continue
+            records[fmt] = candidate_record(ctx, time.perf_counter() - t0)
+            built[fmt] = ctx
+        passing = {f: c for f, c in built.items() if records[f]["passed"]}
+        pool = passing or (built if options.force else {})
+        if not pool:
+            reasons = "; ".join(f"{f}: {r['reason']}" for f, r in records.items())
+            raise GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})")
+        if on_pass:
+            on_pass("select-format", 0, 1)
+        chosen, selection = select_fastest(pool, formats, records, base.host_threads(), options.bench_runs,
+                                           options.reproducible)
+        ctx = built[chosen]
+        ctx.measurements["candidates"] = [records[f] for f in formats]
+        ctx.measurements["format_selection"] = selection
+        ctx.report.append({"pass": "select-format", "chosen": chosen, "candidates": [records[f] for f in formats]})
+        run_passes(ctx, split_for_candidates(chosen, prefix)[1], on_pass)
+        return ConversionResult.of(ctx)

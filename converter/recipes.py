@@ -1,28 +1,26 @@
-"""Recipes: which passes a conversion runs, in what order, for a profile and output format."""
+"""Recipes: which passes a conversion runs, in what order, per bundle format: defined once, as data.
+
+An explicit --format runs its recipe; --format auto runs the recipes' shared prefix once, each candidate's
+recipe up to and including the accuracy gate, and the rest of the recipe for the format it picks
+(converter.pipeline).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 
-from device_profiles import Profile
+from device_profiles import FORMATS, Profile
 
 from .errors import ConversionError, FormatError
 from .importers import TENSORFLOW_FORMATS, detect_format
-from .passes import (
-    AccuracyGatePass,
-    CleanupPass,
-    HostBenchmarkPass,
-    MixedPrecisionPass,
-    ImportPass,
-    PackagePass,
-    Pass,
-    QuantizePass,
-    SelfTestPass,
-)
-from .passes.tflite_convert import TFLiteConvertPass
-from .passes.tflite_mixed import TFLiteMixedPrecisionPass
 
-FORMATS = ("onnx", "tflite")
+GATE = "accuracy-gate"  # the pass every candidate of --format auto runs last before the candidates are timed
+# Which passes a conversion runs, in order, per bundle format (pass names: converter.passes).
+RECIPES: dict[str, tuple[str, ...]] = {
+    "onnx": ("import", "cleanup", "quantize", "mixed-precision", GATE, "host-benchmark", "selftest", "package"),
+    "tflite": ("import", "cleanup", "tflite-convert", "tflite-mixed-precision", GATE, "host-benchmark", "selftest",
+               "package"),
+}
 
 
 def formats_for_source(source: str) -> tuple[str, ...]:
@@ -42,7 +40,7 @@ def tflite_available(source: str) -> bool:
 def choose_format(profile: Profile, requested: str | None, source: str | None = None) -> str:
     """The output format for one explicit choice. None: onnx, or tflite for TensorFlow/TFLite sources.
 
-    (`auto` is not resolved here: the converter builds and measures every candidate, see auto_format.)
+    (`auto` is not resolved here: the converter builds and measures every candidate, see converter.pipeline.)
     """
     allowed = formats_for_source(source) if source else FORMATS
     if requested in (None, ""):
@@ -65,21 +63,24 @@ def auto_candidates(profile: Profile, source: str) -> list[str]:
     return out
 
 
-def onnx_recipe() -> list[Pass]:
-    """import -> clean-up -> quantize -> mixed-precision fallback -> accuracy gate -> host benchmark -> self-test -> package."""
-    return [ImportPass(), CleanupPass(), QuantizePass(), MixedPrecisionPass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(), PackagePass()]
+def recipe_for(fmt: str) -> tuple[str, ...]:
+    """The pass names a conversion to `fmt` runs."""
+    if fmt not in RECIPES:
+        raise ConversionError(f"no recipe for format {fmt}")
+    return RECIPES[fmt]
 
 
-def tflite_recipe() -> list[Pass]:
-    """import -> clean-up (ONNX sources) -> TFLite convert -> mixed-precision fallback -> accuracy gate -> host benchmark
-    -> self-test -> package."""
-    return [ImportPass(), CleanupPass(), TFLiteConvertPass(), TFLiteMixedPrecisionPass(), AccuracyGatePass(), HostBenchmarkPass(), SelfTestPass(),
-            PackagePass()]
+def shared_prefix() -> tuple[str, ...]:
+    """The leading passes every recipe runs alike, before any format-specific one (--format auto runs them once)."""
+    recipes = list(RECIPES.values())
+    n = 0
+    while all(len(r) > n and r[n] == recipes[0][n] and r[n] != GATE for r in recipes):
+        n += 1
+    return recipes[0][:n]
 
 
-def recipe_for(profile: Profile, fmt: str) -> list[Pass]:
-    if fmt == "onnx":
-        return onnx_recipe()
-    if fmt == "tflite":
-        return tflite_recipe()
-    raise ConversionError(f"no recipe for format {fmt}")
+def split_for_candidates(fmt: str, prefix: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A recipe after `prefix`, cut after the gate: (what each --format auto candidate builds, what the winner finishes)."""
+    rest = recipe_for(fmt)[len(prefix):]
+    cut = rest.index(GATE) + 1
+    return rest[:cut], rest[cut:]

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edge_agent.bench import time_runs
 from edge_agent.bundle import TensorSpec
 
 from .data import Dataset
@@ -27,10 +28,10 @@ def run_model(path: Path, data: Dataset, inputs: Sequence[TensorSpec] = (), outp
     `inputs`/`outputs` are the TFLite model's manifest specs (layouts, quantization); unused for ONNX.
     """
     if is_tflite(path):
-        from .tflite_utils import run_tflite_dataset
+        from .tflite.model_io import run_tflite_dataset
 
         return run_tflite_dataset(path, data, inputs, outputs, progress=progress)
-    from .onnx_utils import run_dataset
+    from .onnx.model_io import run_dataset
 
     return run_dataset(path, data, progress)
 
@@ -41,14 +42,22 @@ def runner(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Seque
     if is_tflite(path):
         from edge_agent.runtimes.litert_runtime import TFLiteModel
 
-        from .tflite_utils import feeds_in_layout
+        from .tflite.model_io import feeds_in_layout
 
         model = TFLiteModel(path, threads, inputs, outputs)
         arrays = feeds_in_layout(feeds, inputs)
         return (lambda: model.run_list(arrays)), {"runtime": "litert", "interpreter": model.backend.name,
                                                    "delegate": model.delegate}
-    from .onnx_utils import ort_session
+    from .onnx.model_io import ort_session
 
     sess = ort_session(path, threads)
     names = [x.name for x in sess.get_outputs()]
     return (lambda: sess.run(names, feeds)), {"runtime": "onnxruntime", "provider": "CPUExecutionProvider"}
+
+
+def median_latency_ms(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Sequence[TensorSpec] = (),
+                      outputs: Sequence[TensorSpec] = (), runs: int = 10, warmup: int = 3) -> float:
+    """Median latency (ms) of `path` on `feeds` over `runs` timed runs after `warmup` untimed ones."""
+    call, _ = runner(path, feeds, threads, inputs, outputs)
+    _, samples = time_runs(call, runs, warmup)
+    return round(float(np.median(samples)), 4)

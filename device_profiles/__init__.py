@@ -27,8 +27,11 @@ __all__ = [
 ]
 
 RECIPES = ("int8-static", "int8-dynamic", "fp16", "fp32", "int4-weight")  # int4-weight: ONNX Runtime only
-FORMATS = ("onnx", "tflite")
-RUNTIMES = ("onnxruntime", "litert")
+# Bundle formats and the runtime that runs each: the ONE list of these names. The manifest, the
+# converter and the agent's runtime registry all import it from here (this package imports nothing of ours).
+RUNTIME_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
+FORMATS = tuple(RUNTIME_FOR_FORMAT)
+RUNTIMES = tuple(RUNTIME_FOR_FORMAT.values())
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("int8", "uint8")
 ARCHES = ("aarch64", "armv7l", "x86_64")
@@ -49,8 +52,12 @@ class Hardware:
 
 @dataclass(frozen=True)
 class RuntimePrefs:
+    """Bundle formats best first (each runs on RUNTIME_FOR_FORMAT[format]), providers, threads.
+
+    Older profile files also had `runtimes` (always the formats' runtimes) and `precision.fallback`
+    (never applied); both are ignored when present."""
+
     formats: tuple[str, ...]
-    runtimes: tuple[str, ...]
     execution_providers: tuple[str, ...]
     threads: int
 
@@ -62,7 +69,6 @@ class Precision:
     activation_type: str
     weight_type: str
     calibration_method: str
-    fallback: str
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,6 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         ),
         runtime=RuntimePrefs(
             formats=_list(data, "runtime", "formats", FORMATS),
-            runtimes=_list(data, "runtime", "runtimes", RUNTIMES),
             execution_providers=providers,
             threads=_num(data, "runtime", "threads", int, 1, 256),
         ),
@@ -214,7 +219,6 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
             activation_type=_str(data, "precision", "activation_type", QUANT_TYPES),
             weight_type=_str(data, "precision", "weight_type", QUANT_TYPES),
             calibration_method=_str(data, "precision", "calibration_method", CALIBRATION_METHODS),
-            fallback=_str(data, "precision", "fallback", RECIPES),
         ),
         accuracy=AccuracyBudget(
             max_top1_drop=_num(data, "accuracy", "max_top1_drop", float, 0.0, 100.0),

@@ -17,22 +17,11 @@ from typing import Any
 
 from . import __version__
 from .bundle import read_manifest_unverified, verify_bundle
+from .errors import AGENT, exit_codes_epilog, run_main
 from .home import AgentHome, default_home, require_trust, unpacked_bundle
 
 log = logging.getLogger("edge_agent")
 
-EXIT_CODES_HELP = """exit codes:
-  0 ok            1 other error      2 usage          3 bad input file
-  11 corrupt/truncated archive       12 unsafe member (traversal, link, device, oversize)
-  13 signature missing/invalid/untrusted               14 file hash or size mismatch
-  15 invalid manifest  16 unsupported schema  17 built for another profile
-  18 not enough disk space           20 bad device profile  40 runtime could not load/run
-  30 video source cannot be opened   31 live source lost (reconnects exhausted)
-  32 frames keep failing             33 output cannot be written  34 metrics port unavailable
-  41 health check failed (self-test or latency budget): the previous model stays active
-  50 no usable slot (nothing to roll back to)   51 download failed or stalled
-  52 update refused (see message)                53 downgrade refused (fleet must mark a rollback)
-"""
 
 # ---- command implementations ------------------------------------------------------------
 
@@ -150,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Verify, run and benchmark edgekit model bundles on this device.",
-        epilog=EXIT_CODES_HELP,
+        epilog=exit_codes_epilog(AGENT),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -221,36 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     home = AgentHome(args.home or default_home())
-    try:
+    json_mode = bool(getattr(args, "json", False))
+
+    def body() -> int:
         result, text = args.func(args, home)
-    except KeyboardInterrupt:
-        print("edge-agent: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # every failure: one line, its own exit code
-        return _fail(exc, args)
-    if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(text)
-    return 0
+        print(json.dumps(result, indent=2, default=str) if json_mode else text)
+        return 0
 
-
-def _fail(exc: Exception, args: argparse.Namespace) -> int:
-    from device_profiles import ProfileError
-
-    code = getattr(exc, "exit_code", None)
-    if isinstance(exc, ProfileError):
-        code = 20
-    if code is None:
-        log.debug("unexpected error", exc_info=True)
-        code = 1
-    kind = getattr(exc, "kind", exc.__class__.__name__)
-    message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": kind, "message": message, "exit_code": code}))
-    print(f"edge-agent: error: {message}", file=sys.stderr)
-    return code
-
+    return run_main("edge-agent", body, json_mode=json_mode, verbose=args.verbose > 0)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,9 +8,9 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
+from edge_agent.ota.broker_url import parse_broker_url
 
 from .errors import ConnectionFailed
 
@@ -32,16 +32,11 @@ class MqttSettings:
 
     def parsed(self) -> tuple[str, int, bool, str | None, str | None]:
         """(host, port, tls, username, password) from the URL and the explicit fields."""
-        u = urlparse(self.url)
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConnectionFailed(f"broker URL {self.url!r} must start with mqtt:// or mqtts://")
-        tls = u.scheme in ("mqtts", "ssl") or self.ca_file is not None or self.cert_file is not None
-        if not u.hostname:
-            raise ConnectionFailed(f"broker URL {self.url!r} has no host")
-        port = u.port or (8883 if tls else 1883)
-        user = self.username or (unquote(u.username) if u.username else None)
-        password = self.password or (unquote(u.password) if u.password else None)
-        return u.hostname, port, tls, user, password
+        try:
+            a = parse_broker_url(self.url, force_tls=self.ca_file is not None or self.cert_file is not None)
+        except ValueError as exc:
+            raise ConnectionFailed(str(exc)) from None
+        return a.host, a.port, a.tls, self.username or a.username, self.password or a.password
 
 
 def set_nodelay(client: mqtt.Client) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from converter.metrics import score  # noqa: E402
-from converter.onnx_utils import ort_session  # noqa: E402
+from converter.accuracy.metrics import score  # noqa: E402
+from converter.onnx.model_io import ort_session  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
 
 FAST_METHODS = "minmax,percentile:99.99,percentile:99.999"  # det/rec: histogram calibrators cost minutes there
@@ -72,7 +72,7 @@ def default_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from converter.ort_quant import prepare_for_qdq
+    from converter.onnx.qdq_quantizer import prepare_for_qdq
 
     prep = out.with_suffix(".prep.onnx")
     try:
@@ -132,7 +132,7 @@ def bench(kind: str, runs: int, budget: str, max_float: int, methods: str, candi
     # the float reference is the converter's pinned, cleaned float graph's source: re-pin it here
     import onnx
 
-    from converter.shapes import pin_input_shapes
+    from converter.onnx.input_shapes import pin_input_shapes
 
     float_model = work / "float.onnx"
     onnx.save(pin_input_shapes(onnx.load(str(ocr.model_path(kind))), shape), str(float_model))

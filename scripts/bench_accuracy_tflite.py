@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from converter.metrics import score  # noqa: E402
-from converter.onnx_utils import ort_session  # noqa: E402
+from converter.accuracy.metrics import score  # noqa: E402
+from converter.onnx.model_io import ort_session  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
 from scripts.bench_accuracy import SETUPS, data  # noqa: E402
 
@@ -108,9 +108,9 @@ def _latencies(models: dict[str, Path], x: np.ndarray, runs: int, slow: tuple[st
 def bench(kind: str, runs: int, budget: str, max_float: int, int16: bool) -> dict:
     import onnx
 
-    from converter.onnx_utils import tensor_specs
-    from converter.passes.tflite_onnx2tf import nhwc, onnx_to_tflite
-    from converter.shapes import pin_input_shapes
+    from converter.onnx.model_io import tensor_specs
+    from converter.tflite.onnx2tf import nhwc, onnx_to_tflite
+    from converter.onnx.input_shapes import pin_input_shapes
 
     shape, task, n_cal, n_sel, n_eval = SETUPS[kind]
     work = Path(tempfile.mkdtemp(prefix=f"bench-tfl-{kind}-"))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from converter.options import ConvertOptions  # noqa: E402
 from converter.pipeline import convert  # noqa: E402
-from converter.weight_only import quantize_weight_only  # noqa: E402
+from converter.onnx.weight_only_int4 import quantize_weight_only  # noqa: E402
 from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle  # noqa: E402
 from edge_agent.runtimes import load_session  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,7 +103,7 @@ def source(name: str, work: Path, samples: int) -> tuple[Path, list[int] | None,
 
 
 def bench_model(name: str, work: Path, key: Path, pub: Path, args) -> dict:
-    from converter.metrics import score
+    from converter.accuracy.metrics import score
 
     src, pin, x, task = source(name, work, args.samples)
     shape = pin or [1, *x.shape[1:]]
@@ -114,9 +114,8 @@ def bench_model(name: str, work: Path, key: Path, pub: Path, args) -> dict:
         out = work / f"{name}-{prec}.edgebundle"
         t0 = time.perf_counter()
         convert(ConvertOptions(source=str(src), profile="x86-64-cpu", out=out, key=key, evaluation=work / f"{name}.eval.npz",
-                               input_shape=pin,
                                precision=prec, max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0,
-                               bench_runs=0, calibration_samples=args.samples))
+                               bench_runs=0, calibration_samples=args.samples, pass_options={"input_shape": pin}))
         seconds = time.perf_counter() - t0
         vb = verify_bundle(out, trust, unpack_to=work / f"{name}-{prec}")
         model_file = vb.unpacked_to / vb.manifest.model_file

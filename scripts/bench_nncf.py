@@ -3,11 +3,11 @@
 
 Same data as scripts/bench_accuracy.py: calibration seed 1, selection seed 2 (given to edgekit's converter
 and to nncf's accuracy control as its validation set), held-out seed 3; same shapes and sizes. Every
-variant quantizes the pinned float model (optionally after converter.fold_affine's exact folds).
+variant quantizes the pinned float model (optionally after converter.onnx.fold_affine's exact folds).
 
   PYTHONPATH=. python scripts/bench_nncf.py [--models det,cls,rec] [--variants ...] [--no-ours] [--json]
 
-Agreement is on the held-out set (converter.metrics.score); latency = median of interleaved runs
+Agreement is on the held-out set (converter.accuracy.metrics.score); latency = median of interleaved runs
 (all variants alternating in one process, batch 1, 2 threads). nncf's int8 activations are rewritten
 to the equivalent uint8 ones (ORT's fast x86 kernels) unless --keep-s8. Needs `pip install nncf==3.4.0`
 (dev extra); the results are in docs/accuracy-aware-int8.md ("NNCF as a peer").
@@ -33,8 +33,8 @@ os.environ.setdefault("NNCF_CI", "1")  # nncf: no telemetry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter.metrics import agreement, score  # noqa: E402
-from converter.shapes import pin_input_shapes  # noqa: E402
+from converter.accuracy.metrics import agreement, score  # noqa: E402
+from converter.onnx.input_shapes import pin_input_shapes  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "scripts" / "bench_accuracy.py")
@@ -56,7 +56,7 @@ def ort_run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
 
 
 def folded(model: onnx.ModelProto) -> onnx.ModelProto:
-    from converter.fold_affine import fold_for_quantization
+    from converter.onnx.fold_affine import fold_for_quantization
 
     out, counts = fold_for_quantization(model)
     log.info("folds: %s", counts)

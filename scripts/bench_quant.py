@@ -45,9 +45,10 @@ def bundle_for(work: Path, key: Path, precision: str | None) -> tuple[Path, dict
     out = work / f"mnv2-{precision or 'profile'}.edgebundle"
     t0 = time.perf_counter()
     result = convert(ConvertOptions(
-        source=f"{REPO / 'examples/mobilenet_v2.py'}:build", input_shape=[1, 3, 224, 224], profile="raspberry-pi-4",
+        source=f"{REPO / 'examples/mobilenet_v2.py'}:build", profile="raspberry-pi-4",
         out=out, key=key, calibration=work / "calib.npz", evaluation=work / "eval.npz", precision=precision,
-        max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0, bench_runs=0, mean=MEAN, std=STD,
+        max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0, bench_runs=0,
+        pass_options={"input_shape": [1, 3, 224, 224], "mean": MEAN, "std": STD},
     ))
     return out, {"seconds": round(time.perf_counter() - t0, 2), "accuracy": result.measurements.get("accuracy", {})}
 

@@ -47,10 +47,10 @@ def build(work: Path, key: Path, name: str, fmt: str, precision: str | None) -> 
     out = work / f"mnv2-{name}.edgebundle"
     t0 = time.perf_counter()
     result = convert(ConvertOptions(
-        source=f"{REPO / 'examples/mobilenet_v2.py'}:build", input_shape=[1, 3, 224, 224], profile="raspberry-pi-4",
+        source=f"{REPO / 'examples/mobilenet_v2.py'}:build", profile="raspberry-pi-4",
         out=out, key=key, calibration=work / "calib.npz", evaluation=work / "eval.npz", precision=precision,
-        max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0, bench_runs=20, mean=MEAN, std=STD,
-        calibration_samples=64,
+        max_accuracy_drop=100.0, min_agreement=0.0, min_cosine=-1.0, bench_runs=20, calibration_samples=64,
+        pass_options={"input_shape": [1, 3, 224, 224], "mean": MEAN, "std": STD},
     ), fmt=fmt)
     return out, {"seconds": round(time.perf_counter() - t0, 2), "format": result.format, "precision": result.precision,
                  "measurements": result.measurements}

@@ -22,7 +22,7 @@ import httpx
 from edge_agent.cli import main as agent_main
 from edge_fleet.access import create_token, local_actor
 from edge_fleet.registry import open_registry
-from tests.ota_helpers import REPO, AgentProcess, wait_for
+from .ota_helpers import REPO, AgentProcess, wait_for
 
 
 class FleetProcess:

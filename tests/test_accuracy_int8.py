@@ -148,7 +148,7 @@ def test_mixed_precision_fallback_makes_failing_int8_pass(outlier, keys):
 
 def test_fallback_drops_layers_that_only_help_the_search_samples():
     """The greedy search adds a layer per step on the search half; the held-out half decides how many stay."""
-    from converter.mixed_precision import greedy_fallback
+    from converter.accuracy.mixed_precision import greedy_fallback
 
     search = {(): 0.80, ("a",): 0.90, ("a", "b"): 0.93, ("a", "b", "c"): 0.96}
     held_out = {(): 0.80, ("a",): 0.90, ("a", "b"): 0.88, ("a", "b", "c"): 0.89}  # b and c fit the search set only
@@ -203,7 +203,7 @@ def test_real_paddle_export_with_minus_one_dims_converts_unpinned(tmp_path, keys
 
 
 def test_classification_agreement_separates_clear_answers_from_coin_flips():
-    from converter.metrics import score
+    from converter.accuracy.metrics import score
 
     probs = np.array([[0.55, 0.45], [0.9, 0.1], [0.2, 0.8], [0.48, 0.52]])
     flipped_near_half = np.array([[0.45, 0.55], [0.8, 0.2], [0.3, 0.7], [0.52, 0.48]])
@@ -215,8 +215,8 @@ def test_classification_agreement_separates_clear_answers_from_coin_flips():
 
 
 def test_accuracy_budget_and_method_parsing():
-    from converter.accuracy_budget import parse_budget
-    from converter.calibration import candidates, parse_method
+    from converter.accuracy.budget import parse_budget
+    from converter.accuracy.calibration_choice import candidates, parse_method
 
     assert parse_budget("agreement:0.95,top1-drop:1") == {"min_agreement": 0.95, "max_top1_drop": 1.0}
     assert parse_budget("agreement:95%") == {"min_agreement": 0.95}
@@ -235,9 +235,9 @@ def test_accuracy_budget_and_method_parsing():
 
 def test_fold_affine_is_exact_on_real_recogniser(tmp_path):
     """The Conv/affine/HardSwish folds remove re-quantization points without changing float outputs."""
-    from converter.fold_affine import fold_for_quantization
-    from converter.onnx_utils import ort_session
-    from converter.shapes import pin_input_shapes
+    from converter.onnx.fold_affine import fold_for_quantization
+    from converter.onnx.model_io import ort_session
+    from converter.onnx.input_shapes import pin_input_shapes
 
     model = pin_input_shapes(onnx.load(str(ocr.model_path("rec"))), [1, 3, 48, 320])
     before = len(model.graph.node)
@@ -259,9 +259,9 @@ def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
     quantize_static on the same calibration data, scored on held-out real text-line crops."""
     import tarfile
 
-    from converter.metrics import score
-    from converter.onnx_utils import ort_session
-    from converter.shapes import pin_input_shapes
+    from converter.accuracy.metrics import score
+    from converter.onnx.model_io import ort_session
+    from converter.onnx.input_shapes import pin_input_shapes
     from onnxruntime.quantization import quantize_static
 
     xc, _ = ocr.line_crops(32, ocr.REC_SHAPE, seed=11, rotate_half=False)

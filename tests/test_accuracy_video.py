@@ -11,7 +11,7 @@ import pytest
 
 from converter.cli import main
 from converter.data import load_dataset
-from converter.video import frame_indices
+from converter.data.video import frame_indices
 from edge_agent.bundle import Preprocess, TensorSpec
 from edge_agent.pipeline.preprocess import preprocess_image
 from examples import ocr_samples as ocr

@@ -160,13 +160,13 @@ def test_sources_that_cannot_be_opened_raise_typed_errors(tmp_path):
     for spec in cases:
         with pytest.raises(SourceOpenError) as info:
             open_source(spec, open_timeout_ms=2000)
-        assert info.value.exit_code == 30
+        assert info.value.exit_code == 70
         assert "\n" not in str(info.value) and str(info.value)
 
 
 def test_bad_video_path_exits_non_zero_with_one_line(int8_bundle, digits, tmp_path, capsys):
     code, out, err = run_cli(["run", str(int8_bundle), "--source", str(tmp_path / "nope.mp4"), "--trust", str(digits.pub)], capsys)
-    assert code == 30
+    assert code == 70
     assert err.strip().splitlines() == [f"edge-agent: error: video source {tmp_path / 'nope.mp4'} does not exist"]
     assert out == ""
 
@@ -212,7 +212,7 @@ def test_live_stream_reconnects_after_a_drop_then_gives_up(tmp_path):
         with pytest.raises(SourceLost) as info:
             for _ in range(1000):
                 source.read()
-        assert info.value.exit_code == 31 and "after 3 attempts" in str(info.value)
+        assert info.value.exit_code == 71 and "after 3 attempts" in str(info.value)
         source.close()
     finally:
         stop.set()

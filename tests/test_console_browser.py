@@ -18,9 +18,9 @@ import pytest
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics, dumps
 from edge_fleet.registry import BundleRecord, open_registry
-from tests.fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices,
+from .fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices,
                                       wait_rollout)
-from tests.ota_helpers import wait_for
+from .ota_helpers import wait_for
 
 pytestmark = pytest.mark.browser
 

@@ -40,10 +40,21 @@ def test_full_disk_refuses_update_and_keeps_the_model(small_disk, digits, int8_b
     assert len(err) == 1 and "disk space" in err[0]
     assert agent_main(["--home", str(home), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["version"] == 1 and status["slots"][status["active_slot"]]["status"] == "good"
+    active = status["slots"][status["active_slot"]]
+    assert status["version"] == 1 and (active["lifecycle"], active["health"]) == ("active", "good")
     # with space back, the same update goes through
     (small_disk / "filler").unlink()
     assert agent_main(["--home", str(home), "install", str(int8_v2_bundle), *common]) == 0
     capsys.readouterr()
     assert agent_main(["--home", str(home), "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 2
+
+
+def test_one_free_space_check_with_one_margin(small_disk):
+    """Staging, unpacking and slots all ask `check_free_space`: it keeps DISK_MARGIN_BYTES free."""
+    from edge_agent.bundle import DISK_MARGIN_BYTES, InsufficientSpace, check_free_space
+
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    check_free_space(small_disk / "staging", free - DISK_MARGIN_BYTES - 4096, "download the bundle")
+    with pytest.raises(InsufficientSpace, match="not enough disk space to download the bundle"):
+        check_free_space(small_disk / "staging", free - DISK_MARGIN_BYTES + 4096, "download the bundle")

@@ -14,9 +14,9 @@ import pytest
 
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import exit_code
-from tests.fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices,
+from .fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices,
                                       wait_rollout)
-from tests.ota_helpers import wait_for
+from .ota_helpers import wait_for
 
 IDS = ["pi-a", "pi-b", "pi-c"]
 MAX_UPLOAD = 3_000_000
@@ -108,7 +108,7 @@ def test_no_anonymous_access_roles_enforced_and_nothing_changes(env):
             with env.api(role) as api:
                 r = _send(api, method, path, body)
                 assert r.status_code == 403, (role, method, path, r.text)
-                assert r.json()["exit_code"] == exit_code("access_denied")
+                assert r.json()["exit_code"] == exit_code("access-denied")
     for path in ("/api/v1/devices", "/api/v1/overview", "/api/v1/audit", "/api/v1/events", "/api/v1/bundles"):
         with env.api(None) as api:
             assert api.get(path).status_code == 401, path
@@ -147,12 +147,12 @@ def test_upload_is_publish_with_its_checks_and_limits(env, tmp_path, capsys):
         rc = fleet_main(["publish", str(bad), "--trust", str(env.pub), "--db", str(tmp_path / "cli.db")])
         cli_line = capsys.readouterr().err.strip().removeprefix("edge-fleet: error: ")
         assert r.status_code == 422 and r.json()["message"] == cli_line and r.json()["exit_code"] == rc == 14
-        assert api.post("/api/v1/bundles", content=b"garbage" * 100).json()["error"] == "bundle_corrupt"
+        assert api.post("/api/v1/bundles", content=b"garbage" * 100).json()["error"] == "corrupt"
         # too large: by its declared length and by counting a body sent without one
         huge = b"\0" * (MAX_UPLOAD + 1)
         assert api.post("/api/v1/bundles", content=huge).status_code == 413
         r = api.post("/api/v1/bundles", content=iter([huge[:1_000_000]] * 4))
-        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert r.status_code == 413 and r.json()["error"] == "too-large"
         assert api.post("/api/v1/bundles", content=b"").status_code == 422
         assert api.post("/api/v1/bundles", params={"filename": "../../etc/x"}, content=b"x").status_code == 422
         assert api.get("/api/v1/bundles/" + "0" * 64).status_code == 404
@@ -173,15 +173,15 @@ def test_bad_deploy_requests_are_refused_and_create_nothing(env):
             assert r.status_code == status and r.json()["error"] == error, r.text
             return r.json()
         refused({"content": b'{"bundle": "digits:2", "devices": ["pi-a"]', "headers": {"content-type": "application/json"}},
-                422, "invalid_request")
-        refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "stagez": "1"}}, 422, "invalid_request")
-        refused({"json": {"bundle": "digits:2", "devices": "pi-a"}}, 422, "invalid_request")
-        assert refused({"json": {"bundle": "digits:9", "devices": ["pi-a"]}}, 404, "unknown_bundle")["exit_code"] == 4
-        assert refused({"json": {"bundle": "digits:2", "devices": ["nobody"]}}, 422, "no_targets")["exit_code"] == 5
+                422, "invalid-request")
+        refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "stagez": "1"}}, 422, "invalid-request")
+        refused({"json": {"bundle": "digits:2", "devices": "pi-a"}}, 422, "invalid-request")
+        assert refused({"json": {"bundle": "digits:9", "devices": ["pi-a"]}}, 404, "unknown-bundle")["exit_code"] == 4
+        assert refused({"json": {"bundle": "digits:2", "devices": ["nobody"]}}, 422, "no-targets")["exit_code"] == 5
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "group": "g"}}, 400, "error")
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "stages": "5,200"}}, 400, "error")
         refused({"json": {"bundle": "digits", "devices": ["pi-a"]}}, 400, "error")
-        assert api.post("/api/v1/rollouts/r-none/halt").json()["error"] == "not_found"
+        assert api.post("/api/v1/rollouts/r-none/halt").json()["error"] == "not-found"
         assert api.get("/api/v1/devices/nobody").status_code == 404
         assert api.put("/api/v1/devices/bad%20id/group", json={"group": "x"}).status_code == 400
     assert snapshot(env) == before
@@ -252,7 +252,7 @@ def test_halt_pauses_resume_continues_rollback_undoes(env):
         halted = api.post(f"/api/v1/rollouts/{rid}/halt")
         assert halted.status_code == 200 and halted.json()["status"] == "paused"
         again = api.post(f"/api/v1/rollouts/{rid}/halt")
-        assert again.status_code == 409 and again.json()["exit_code"] == exit_code("action_refused")
+        assert again.status_code == 409 and again.json()["exit_code"] == exit_code("action-refused")
         assert api.post(f"/api/v1/rollouts/{rid}/resume").json()["status"] == "running"
         assert api.post(f"/api/v1/rollouts/{rid}/rollback").status_code == 200
         r = wait_rollout(api, rid, ("halted",))
@@ -279,9 +279,9 @@ def test_cli_works_on_the_remote_fleet(env, tmp_path, capsys):
     env.idle()
     # refusals come back with the local CLI's exit codes and one line
     viewer = ["--api", env.url, "--token", env.tokens["viewer"]]
-    assert fleet_main([*viewer, "deploy", "digits:2", "--devices", "pi-a"]) == exit_code("access_denied")
-    assert fleet_main([*remote, "deploy", "digits:9", "--devices", "pi-a"]) == exit_code("unknown_bundle")
-    assert fleet_main([*remote, "halt", "r-nope"]) == exit_code("not_found")
+    assert fleet_main([*viewer, "deploy", "digits:2", "--devices", "pi-a"]) == exit_code("access-denied")
+    assert fleet_main([*remote, "deploy", "digits:9", "--devices", "pi-a"]) == exit_code("unknown-bundle")
+    assert fleet_main([*remote, "halt", "r-nope"]) == exit_code("not-found")
     assert capsys.readouterr().err.count("\n") == 3
     admin = ["--api", env.url, "--token", env.tokens["admin"]]
     bad = tampered(env.v1, tmp_path / "digits-int8.edgebundle")
@@ -289,8 +289,8 @@ def test_cli_works_on_the_remote_fleet(env, tmp_path, capsys):
     assert "differs from the signed manifest" in capsys.readouterr().err
     assert fleet_main([*admin, "publish", str(env.v2), "--json"]) == 0  # already there: idempotent
     assert json.loads(capsys.readouterr().out)["version"] == 2
-    assert fleet_main(["--api", env.url, "--token", "efk_wrong", "bundles"]) == exit_code("access_denied")
-    assert fleet_main(["--api", "http://127.0.0.1:9", "--token", "x", "bundles"]) == exit_code("api_failed")
+    assert fleet_main(["--api", env.url, "--token", "efk_wrong", "bundles"]) == exit_code("access-denied")
+    assert fleet_main(["--api", "http://127.0.0.1:9", "--token", "x", "bundles"]) == exit_code("api-failed")
 
 
 def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):

@@ -10,8 +10,8 @@ import pytest
 
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import exit_code
-from tests.fleet_http_helpers import FleetProcess, fleet_home, make_tokens
-from tests.test_ota_tls import make_pki
+from .fleet_http_helpers import FleetProcess, fleet_home, make_tokens
+from .test_ota_tls import make_pki
 
 
 def test_https_with_a_configured_certificate(tmp_path, digits, capsys):
@@ -32,7 +32,7 @@ def test_https_with_a_configured_certificate(tmp_path, digits, capsys):
             httpx.get(fleet.http.replace("https://", "http://") + "/api/v1/whoami", headers=auth, timeout=5)
         capsys.readouterr()
         assert fleet_main(["--api", fleet.http, "--token", token, "--api-ca", str(ca), "status", "--json"]) == 0
-        assert fleet_main(["--api", fleet.http, "--token", token, "status"]) == exit_code("api_failed")
+        assert fleet_main(["--api", fleet.http, "--token", token, "status"]) == exit_code("api-failed")
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
     finally:
         fleet.stop()

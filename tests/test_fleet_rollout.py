@@ -21,7 +21,7 @@ from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import Registry, open_registry
 from edge_fleet.server import FleetServer
-from tests.fleet_sim import SimDevice, ref_of
+from .fleet_sim import SimDevice, ref_of
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 30.0

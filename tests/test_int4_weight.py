@@ -158,7 +158,7 @@ def test_gemm_rewrite_is_exact():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from converter.weight_only import gemm_to_matmul
+    from converter.onnx.weight_only_int4 import gemm_to_matmul
 
     rng = np.random.default_rng(0)
     w, c = rng.standard_normal((48, 64)).astype(np.float32), rng.standard_normal(48).astype(np.float32)
@@ -185,7 +185,7 @@ def test_constant_node_weights_are_quantized_and_small_k_is_left_alone(tmp_path)
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from converter.weight_only import quantize_weight_only
+    from converter.onnx.weight_only_int4 import quantize_weight_only
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((128, 16)).astype(np.float32), rng.standard_normal((16, 8)).astype(np.float32)

@@ -1,110 +1,25 @@
 """OTA agent tests: real Mosquitto, real `edge-agent` processes, real bundles and ONNX Runtime.
 
-The fleet side is played by tests/ota_helpers.FleetStub (a real MQTT peer).
+The fleet side is played by tests/ota_helpers.FleetStub (a real MQTT peer). What happens when
+things go wrong after an install (probation, crash loops, old state files) is in test_ota_recovery.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge_agent.bundle import TrustStore, generate_keypair
 from edge_agent.cli import main as agent_main
 from edge_agent.home import AgentHome
-from edge_agent.ota.daemon import Agent, AgentConfig
 from edge_agent.ota.slots import Slots
 from edge_fleet.broker import start_broker
-from .ota_helpers import AgentProcess, FleetStub, repack, wait_for
 
-PROFILE = "raspberry-pi-4"
-BLOCK = 2048  # small blocks: the ~50 KB bundle travels as ~25 blocks
+from .ota_fixtures import BLOCK, agent_in_process, bundles, broker, cli, fleet, home, install, status, v1_home  # noqa: F401 - pytest fixtures, used by name
+from .ota_helpers import AgentProcess, FleetStub, wait_for
 
-
-# --- bundles ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bundles(digits, int8_bundle, tmp_path_factory):
-    """v1 (int8 fixture), v2 and broken/foreign v3 variants, re-signed from v1.
-
-    v2 is v1's payload re-signed as version 2 (what `edge-convert --model-version 2` would
-    produce for the same weights) - a second conversion would double this module's set-up time.
-    """
-    out = tmp_path_factory.mktemp("ota-bundles")
-
-    def bump(v: int, **fields):
-        def edit(m):
-            m.version = v
-            for k, val in fields.items():
-                setattr(m, k, val)
-        return edit
-
-    def alter_selftest(files):
-        path = files["selftest.npz"]
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        arrays["output.0"] = arrays["output.0"] + 25.0  # recorded answers no longer match the model
-        altered = path.with_name("altered.npz")
-        np.savez(altered, **arrays)
-        files["selftest.npz"] = altered
-
-    other_key, _ = generate_keypair(out / "other-keys")
-    v2 = repack(int8_bundle, out / "digits-v2.edgebundle", digits.key, digits.pub, bump(2))
-    return {
-        "v1": int8_bundle,
-        "v2": v2,
-        "bad_selftest": repack(v2, out / "bad-selftest-v3.edgebundle", digits.key, digits.pub, bump(3), alter_selftest),
-        "untrusted": repack(v2, out / "untrusted-v3.edgebundle", other_key, digits.pub, bump(3)),
-        "pi5": repack(v2, out / "pi5-v3.edgebundle", digits.key, digits.pub, bump(3, profile="raspberry-pi-5")),
-    }
-
-
-def cli(home: Path, *args: str) -> int:
-    return agent_main(["--home", str(home), *args])
-
-
-def install(home: Path, bundle: Path, pub: Path, *extra: str) -> int:
-    return cli(home, "install", str(bundle), "--trust", str(pub), "--profile", PROFILE, "--threads", "1", *extra)
-
-
-def status(home: Path, capsys) -> dict:
-    capsys.readouterr()
-    assert cli(home, "status", "--json") == 0
-    return json.loads(capsys.readouterr().out)
-
-
-@pytest.fixture(scope="module")
-def v1_home(bundles, digits, tmp_path_factory) -> Path:
-    """An agent home with v1 side-loaded into slot a (copied per test)."""
-    home = tmp_path_factory.mktemp("template") / "home"
-    assert install(home, bundles["v1"], digits.pub) == 0
-    return home
-
-
-@pytest.fixture
-def home(v1_home, tmp_path) -> Path:
-    target = tmp_path / "home"
-    shutil.copytree(v1_home, target)
-    return target
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = start_broker(tmp_path_factory.mktemp("mosq"), prefer="mosquitto", fallback=False)
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def fleet(broker):
-    f = FleetStub(broker.host, broker.port)
-    yield f
-    f.close()
 
 
 # --- side-loaded install, refusals, rollback ----------------------------------------------
@@ -120,7 +35,7 @@ def test_sideload_install_refusals_and_rollback(home, bundles, digits, capsys):
     s = status(home, capsys)
     assert s["version"] == 1 and s["active_slot"] == "a" and s["phase"] == "failed"
     assert "health_check" in s["last_error"] and "differs from the recorded output" in s["last_error"]
-    assert s["slots"]["b"]["status"] == "bad"
+    assert (s["slots"]["b"]["lifecycle"], s["slots"]["b"]["health"]) == ("installed", "bad")
 
     assert install(home, bundles["v2"], digits.pub, "--latency-budget-ms", "0.0001") == 41  # latency budget
     assert "over the profile's budget" in status(home, capsys)["last_error"]
@@ -264,29 +179,20 @@ def test_kill9_in_each_phase_then_restart_finishes_on_a_working_model(point, hom
 # --- in-process agent: broker restart resume, swap under load, HTTP source --------------------
 
 
-def _agent_in_process(home: Path, url: str, dev: str, pub: Path, **kw) -> tuple[Agent, threading.Thread]:
-    cfg = AgentConfig(broker=url, device_id=dev, profile_name=PROFILE, latency_budget_ms=500.0,
-                      trust=TrustStore.from_paths([pub]), telemetry_interval_s=0.5, threads=1, **kw)
-    agent = Agent(AgentHome(home), cfg)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    return agent, thread
-
-
 def test_resume_after_broker_restart_refetches_no_completed_block(home, bundles, digits, tmp_path):
     # a broker whose message limit (20 KiB) is below the bundle size: only blocks can carry it
     b = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, max_message_mb=0.02)
     fleet = FleetStub(b.host, b.port)
     dev = "dev-restart"
-    agent, thread = _agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02, block_retry_s=1.0)
+    agent, thread = agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02, block_retry_s=1.0)
     try:
-        wait_for(lambda: agent._connected.is_set(), what="agent connected")
+        wait_for(lambda: agent.link.connected.is_set(), what="agent connected")
         fleet.serve_limit = 10
         desired = fleet.deploy(dev, bundles["v2"], "dep-restart", block_size=BLOCK)
         assert desired.size > 0.02 * 2**20
-        wait_for(lambda: agent._downloader is not None and len(agent._downloader.completed) >= 10, what="10 blocks")
+        wait_for(lambda: agent.worker.downloader is not None and len(agent.worker.downloader.completed) >= 10, what="10 blocks")
         b.stop()
-        done_before = agent._downloader.completed
+        done_before = agent.worker.downloader.completed
         served_before = len(fleet.served)
         n_requests = len(fleet.requests)
         fleet.serve_limit = None
@@ -299,7 +205,7 @@ def test_resume_after_broker_restart_refetches_no_completed_block(home, bundles,
         assert len(done_before) == 10
         assert not asked_again & done_before and not set(served_after) & done_before
         assert set(served_after) | done_before == set(range(total))
-        assert agent.last_downloader_stats.received == total
+        assert agent.worker.last_downloader_stats.received == total
         assert agent.loop.errors == 0
     finally:
         agent.stop()
@@ -310,7 +216,7 @@ def test_resume_after_broker_restart_refetches_no_completed_block(home, bundles,
 
 def test_swap_under_continuous_load_drops_no_inference(home, bundles, digits, broker, fleet):
     dev = "dev-load"
-    agent, thread = _agent_in_process(home, broker.url, dev, digits.pub, infer_interval_s=0.0)
+    agent, thread = agent_in_process(home, broker.url, dev, digits.pub, infer_interval_s=0.0)
     try:
         wait_for(lambda: agent.loop.inferences > 50, what="inferences on v1")
         v1_model = agent.loop.current
@@ -356,7 +262,7 @@ def test_http_source_with_range_resume(home, bundles, digits, broker, fleet):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dev = "dev-http"
-    agent, thread = _agent_in_process(home, broker.url, dev, digits.pub, infer_interval_s=0.02)
+    agent, thread = agent_in_process(home, broker.url, dev, digits.pub, infer_interval_s=0.02)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/digits-v2.edgebundle"
         fleet.deploy(dev, bundles["v2"], "dep-http", source={"type": "http", "url": url})
@@ -376,7 +282,7 @@ def test_update_with_username_password_and_acl(home, bundles, digits, tmp_path):
     b = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, acl_file=acl,
                      users={"fleet": "fleet-pw", dev: "dev-pw"})
     fleet = FleetStub(b.host, b.port, username="fleet", password="fleet-pw")
-    agent, thread = _agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02,
+    agent, thread = agent_in_process(home, b.url, dev, digits.pub, infer_interval_s=0.02,
                                       username=dev, password="dev-pw")
     try:
         fleet.deploy(dev, bundles["v2"], "dep-acl", block_size=BLOCK)
@@ -387,82 +293,6 @@ def test_update_with_username_password_and_acl(home, bundles, digits, tmp_path):
         thread.join(20)
         fleet.close()
         b.stop()
-
-
-# --- probation: an update that passes its self-test but fails on live inputs is undone ------------
-
-
-def _fragile_model(model_path: Path, selftest: Path, out: Path) -> tuple[Path, float]:
-    """The same network plus a lookup indexed by the input's mean brightness: exact on the bundle's self-test
-    inputs (dark background digits), out of bounds - an ONNX Runtime error - on bright inputs. Returns the
-    model and the mean brightness from which it fails."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    with np.load(selftest) as st:
-        x = next(st[k] for k in st.files if k.startswith("input"))
-    size = int(np.floor(x.reshape(len(x), -1).mean(1).max() * 10)) + 1  # every self-test input stays in range
-    model = onnx.load(str(model_path))
-    g = model.graph
-    final = g.output[0].name
-    producer = next(n for n in g.node if final in n.output)
-    producer.output[list(producer.output).index(final)] = "fragile_inner"
-    g.initializer.extend([numpy_helper.from_array(np.zeros(size, np.float32), "fragile_table"),
-                          numpy_helper.from_array(np.array(10.0, np.float32), "fragile_ten")])
-    g.node.extend([
-        helper.make_node("ReduceMean", [g.input[0].name], ["fragile_mean"], keepdims=0),
-        helper.make_node("Mul", ["fragile_mean", "fragile_ten"], ["fragile_scaled"]),
-        helper.make_node("Floor", ["fragile_scaled"], ["fragile_floor"]),
-        helper.make_node("Cast", ["fragile_floor"], ["fragile_idx"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["fragile_table", "fragile_idx"], ["fragile_zero"]),
-        helper.make_node("Add", ["fragile_inner", "fragile_zero"], [final]),
-    ])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
-    return out, size / 10.0
-
-
-def test_update_that_fails_on_live_inputs_is_rolled_back_during_probation(home, bundles, digits, broker, fleet, tmp_path):
-    from edge_agent.ota.live import InferenceLoop
-
-    def swap_model(files):
-        files["model/model.onnx"], _ = _fragile_model(files["model/model.onnx"], files["selftest.npz"], tmp_path / "f.onnx")
-
-    fragile = repack(bundles["v2"], tmp_path / "fragile-v3.edgebundle", digits.key, digits.pub,
-                     lambda m: setattr(m, "version", 3), swap_model)
-    bright = (1.0 - digits.x_test[:50]).astype(np.float32)  # white-background digits: a "camera" the self-test never saw
-
-    def live_source(model, i):
-        return {model.manifest.inputs[0].name: bright[i % len(bright)].reshape(model.manifest.inputs[0].shape)}
-
-    dev = "dev-probation"
-    cfg = AgentConfig(broker=broker.url, device_id=dev, profile_name=PROFILE, latency_budget_ms=500.0,
-                      trust=TrustStore.from_paths([digits.pub]), telemetry_interval_s=0.5, threads=1, probation_s=30.0)
-    agent = Agent(AgentHome(home), cfg, loop=InferenceLoop(source=live_source, interval_s=0.01))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: agent.loop.inferences > 20, what="v1 serving bright inputs")
-        assert agent.loop.errors == 0
-        fleet.deploy(dev, fragile, "dep-fragile", block_size=BLOCK)
-        # it installs, passes its self-test and switches ("succeeded") ... then fails on the live inputs
-        r = fleet.wait_phase(dev, "dep-fragile", phases=("rolled_back",))
-        assert r.current.version == 1 and "inferences on live inputs failed" in r.last_error
-        assert "indices" in r.last_error or "out of" in r.last_error  # ONNX Runtime's own reason
-        assert agent.loop.current.ref.version == 1
-        ok_v1 = agent.loop.inferences
-        wait_for(lambda: agent.loop.inferences > ok_v1 + 20, what="v1 serving again")
-        slots = Slots(AgentHome(home).slots_dir)
-        bad = next(s for s in (slots.info("a"), slots.info("b")) if s.ref and s.ref.version == 3)
-        assert bad.status == "bad" and "rolled back after the switch" in bad.reason
-        # the retained desired state is re-delivered on reconnect: it must not re-install what was undone
-        agent.client.reconnect()
-        wait_for(lambda: agent._connected.is_set(), what="reconnected")
-        threading.Event().wait(1.0)
-        assert agent.loop.current.ref.version == 1 and fleet.last_reported(dev).phase == "rolled_back"
-    finally:
-        agent.stop()
-        thread.join(20)
 
 
 @pytest.mark.parametrize("bad", ["-1", "nan", "soon"])

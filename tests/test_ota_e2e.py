@@ -18,7 +18,7 @@ from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import Registry, open_registry
 from edge_fleet.server import FleetServer
-from tests.ota_helpers import AgentProcess, wait_for
+from .ota_helpers import AgentProcess, wait_for
 
 
 def agent_status(home: Path, capsys) -> dict:

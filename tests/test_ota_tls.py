@@ -25,7 +25,7 @@ from edge_fleet.mqtt import MqttSettings
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import open_registry
 from edge_fleet.server import FleetServer
-from tests.ota_helpers import AgentProcess, wait_for
+from .ota_helpers import AgentProcess, wait_for
 
 
 def _name(cn: str) -> x509.Name:

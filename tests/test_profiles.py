@@ -88,3 +88,24 @@ def test_profiles_cli_lists_and_shows(capsys):
     assert EXPECTED <= names
     assert convert_main(["profiles", "show", "jetson-nano", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["precision"]["recipe"] == "fp16"
+
+
+def test_older_profile_files_with_runtimes_and_fallback_still_load(tmp_path):
+    """`runtime.runtimes` (always the formats' runtimes) and `precision.fallback` (never applied) were dropped;
+    a user's profile written before that still loads."""
+    def old_style(d):
+        d["runtime"]["runtimes"] = ["litert", "onnxruntime"]
+        d["precision"]["fallback"] = "fp32"
+
+    p = load_profile(_user_profile(tmp_path, old_style))
+    assert p.runtime.formats == ("tflite", "onnx") and not hasattr(p.runtime, "runtimes")
+
+
+def test_format_and_runtime_names_come_from_one_place():
+    import converter.recipes
+    import edge_agent.bundle.manifest as manifest
+    from device_profiles import FORMATS, RUNTIME_FOR_FORMAT, RUNTIMES
+    from edge_agent.runtimes import _BACKENDS
+
+    assert manifest.FORMATS is FORMATS and manifest.RUNTIMES is RUNTIMES and converter.recipes.FORMATS is FORMATS
+    assert set(_BACKENDS) == set(RUNTIMES) == set(RUNTIME_FOR_FORMAT.values())

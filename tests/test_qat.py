@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from converter.cli import main as convert_main
-from converter.qdq import float_twin, is_prequantized
+from converter.onnx.prequantized import float_twin, is_prequantized
 from edge_agent.bundle import TrustStore, read_manifest_unverified, verify_bundle
 from examples import digits_cnn
 from examples.qat_digits import fine_tune

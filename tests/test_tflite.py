@@ -322,8 +322,8 @@ def test_onnx2tf_output_does_not_depend_on_earlier_conversions(digits, tmp_path)
     same ONNX model twice in one process gives byte-identical .tflite files (as --reproducible promises)."""
     import hashlib
 
-    from converter.onnx_utils import tensor_specs
-    from converter.passes.tflite_onnx2tf import onnx_to_tflite
+    from converter.onnx.model_io import tensor_specs
+    from converter.tflite.onnx2tf import onnx_to_tflite
 
     inputs, _ = tensor_specs(digits.onnx)
     digests = {hashlib.sha256(onnx_to_tflite(digits.onnx, tmp_path / f"run{i}", "fp32", inputs).model.read_bytes()).hexdigest()

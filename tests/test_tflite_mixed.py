@@ -226,3 +226,22 @@ def test_onnx_names_tensorflow_refuses_are_renamed(onnx_model, digits, capsys, t
     assert code == 0, capsys.readouterr().err[-1500:]
     assert bundle.exists() and report["format"] == "tflite"
     assert report["measurements"]["accuracy"]["checked"] is True
+
+
+def test_format_auto_candidates_run_the_mixed_precision_passes(keras_model, digits, capsys, tmp_path):
+    """`--format auto` builds each candidate with its whole recipe, mixed-precision passes included.
+
+    Before recipes were shared, auto's candidates ran only convert + gate: the plain int8 model missed
+    the budget, the XNNPACK op deny-list never ran, and the conversion failed where `--format tflite` passed.
+    """
+    bundle = tmp_path / "auto-mixed.edgebundle"
+    code, report = _convert(keras_model, digits, bundle, "--accuracy-budget", BUDGET, "--format", "auto")
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert report["format"] == "tflite" and report["precision"] == "int8-mixed"
+    passes = [p["pass"] for p in report["passes"]]
+    assert "tflite:tflite-mixed-precision" in passes and passes.index("tflite:tflite-mixed-precision") < passes.index(
+        "tflite:accuracy-gate")
+    m = report["measurements"]
+    assert m["xnnpack_op_denylist"]["denylisted_ops"] == ["RESHAPE"]  # as with an explicit --format tflite
+    assert m["mixed_precision"]["passed"] is True and m["accuracy"]["passed"] is True
+    assert [c["precision"] for c in m["candidates"]] == ["int8-mixed"] and m["format_selection"]["chosen"] == "tflite"

@@ -18,7 +18,7 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None) -> ImportedModel:
-    """Load and check an ONNX file; `input_shape` pins its symbolic input dims (converter.shapes)."""
+    """Load and check an ONNX file; `input_shape` pins its symbolic input dims (converter.onnx.input_shapes)."""
     from edge_agent.bundle import sha256_file
 
     if not path.is_file():
@@ -28,7 +28,7 @@ def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None)
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ImportFailed(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
-    from ..shapes import dynamic_inputs, name_negative_dims, pin_input_shapes
+    from ..onnx.input_shapes import dynamic_inputs, name_negative_dims, pin_input_shapes
 
     details = {}
     if input_shape:

@@ -89,7 +89,7 @@ def convert_tf(kind: str, source: Path, out: Path, precision: str = "fp32",
         io = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io_dtype]
         conv.inference_input_type = io
         conv.inference_output_type = io
-    from ..tflite_utils import stdout_to_stderr
+    from ..tflite.model_io import stdout_to_stderr
 
     try:
         with stdout_to_stderr():

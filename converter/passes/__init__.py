@@ -1,23 +1,23 @@
-"""Converter passes: each a small unit with a run() that updates the context and a report entry."""
+"""Converter passes: one module per step, each registered by name when defined (converter.passes.base).
 
-from .accuracy_aware import MixedPrecisionPass
-from .accuracy_gate import AccuracyGatePass
-from .base import ConversionContext, Pass
-from .cleanup import CleanupPass
-from .host_benchmark import HostBenchmarkPass
+Imported here in the order a conversion runs them, which is also the order of their options in --help.
+"""
+
+from .base import PASSES, Pass, check_pass_options, create_pass, declared_options
+from .context import ConversionContext
 from .import_model import ImportPass
-from .package import PackagePass, SelfTestPass
+from .cleanup import CleanupPass
 from .quantize_onnx import QuantizePass
+from .onnx_mixed_precision import MixedPrecisionPass
+from .tflite_convert import TFLiteConvertPass
+from .tflite_mixed_precision import TFLiteMixedPrecisionPass
+from .accuracy_gate import AccuracyGatePass
+from .host_benchmark import HostBenchmarkPass
+from .selftest import SelfTestPass
+from .package import PackagePass
 
 __all__ = [
-    "AccuracyGatePass",
-    "CleanupPass",
-    "ConversionContext",
-    "HostBenchmarkPass",
-    "ImportPass",
-    "MixedPrecisionPass",
-    "Pass",
-    "PackagePass",
-    "QuantizePass",
-    "SelfTestPass",
+    "PASSES", "AccuracyGatePass", "CleanupPass", "ConversionContext", "HostBenchmarkPass", "ImportPass",
+    "MixedPrecisionPass", "PackagePass", "Pass", "QuantizePass", "SelfTestPass", "TFLiteConvertPass",
+    "TFLiteMixedPrecisionPass", "check_pass_options", "create_pass", "declared_options",
 ]

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Dataset
+from ..accuracy.metrics import agreement
 from ..errors import GateFailed
-from ..runners import run_model
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -65,43 +64,33 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
 
 
 class AccuracyGatePass(Pass):
-    name = "accuracy-gate"
+    """The converted model against the float model on the gate data; refuses what breaks the budget."""
 
-    def gate_data(self, ctx: ConversionContext) -> tuple[Dataset | None, str]:
-        if ctx.evaluation is not None:
-            return ctx.evaluation, "eval"
-        if ctx.calibration is not None:
-            return ctx.calibration.head(256), "calibration"
-        return None, "none"
+    name = "accuracy-gate"
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o = ctx.options
-        data, origin = self.gate_data(ctx)
+        data, origin = ctx.gate_data()
         if data is None:
             log.warning("accuracy not checked: pass --eval data to gate the conversion")
             ctx.measurements["accuracy"] = {"checked": False}
             return {"checked": False, "reason": "no eval or calibration data"}
-        reference = run_model(ctx.float_model, data, ctx.inputs, ctx.outputs)
-        candidate = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
-        metrics = compare_outputs(reference[0], candidate[0], data.labels, is_classification(ctx))
-        from ..metrics import agreement  # maps (IoU) and sequences (per-timestep argmax): task agreement
-        from .accuracy_aware import task_of
-
-        task = task_of(ctx)
-        if task in ("map", "sequence"):
-            a = agreement(reference[0], candidate[0], task)
+        reference = ctx.evaluator().reference  # the float outputs, computed once with the mixed-precision passes
+        candidate = ctx.run_first_output(ctx.model, data)
+        metrics = compare_outputs(reference, candidate, data.labels, is_classification(ctx))
+        task = ctx.task()
+        if task in ("map", "sequence"):  # maps (IoU) and sequences (per-timestep argmax): task agreement
+            a = agreement(reference, candidate, task)
             metrics.update(agreement=round(a.pop("agreement"), 6), agreement_metric=a.pop("metric"), **a)
         elif "top1_agreement" in metrics:
-            a = agreement(reference[0], candidate[0], "classification")
+            a = agreement(reference, candidate, "classification")
             metrics.update({k: a[k] for k in ("clear_share", "clear_agreement") if k in a})
         metrics["data"] = origin
-        max_drop = o.max_accuracy_drop if o.max_accuracy_drop is not None else ctx.profile.accuracy.max_top1_drop
-        min_agree = o.min_agreement if o.min_agreement is not None else ctx.profile.accuracy.min_agreement
-        reasons = gate_failures(metrics, max_drop, min_agree, o.min_cosine)
-        metrics.update(budget={"max_top1_drop": max_drop, "min_agreement": min_agree, "min_cosine": o.min_cosine},
-                       passed=not reasons, forced=bool(reasons and o.force))
+        budget = ctx.budget()
+        reasons = gate_failures(metrics, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)
+        metrics.update(budget={"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement,
+                               "min_cosine": budget.min_cosine}, passed=not reasons, forced=bool(reasons and o.force))
         ctx.measurements["accuracy"] = {"checked": True, "precision": ctx.precision, **metrics}
-        ctx.measurements["_reference_outputs"] = reference  # reused by the self-test pass, not serialised
         if reasons:
             message = f"{ctx.precision} model fails the accuracy gate: " + "; ".join(reasons)
             if not o.force:

@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-from ..qdq import is_prequantized, quantized_ops
+from ..onnx.prequantized import is_prequantized, quantized_ops
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)

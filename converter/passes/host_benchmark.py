@@ -4,46 +4,37 @@ For TFLite bundles the float reference is the float32 TFLite model, run by LiteR
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-import numpy as np
 
 from edge_agent.bench import time_runs
 from edge_agent.telemetry.latency import summarize_ms
 
+from ..options import PassOption
 from ..runners import runner
 from .base import ConversionContext, Pass
 
 
-def host_threads(ctx: ConversionContext) -> int:
-    return max(1, min(ctx.profile.runtime.threads, os.cpu_count() or 1))
-
-
-def _feeds(ctx: ConversionContext) -> dict[str, np.ndarray]:
-    data = ctx.evaluation or ctx.calibration
-    if data is not None:
-        return data.sample(0)
-    rng = np.random.default_rng(0)
-    return {t.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in t.shape]).astype(np.float32)
-            for t in ctx.inputs}
-
-
 class HostBenchmarkPass(Pass):
+    """Float vs converted latency on this host, same runtime and threads (skipped with --bench-runs 0)."""
+
     name = "host-benchmark"
+
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"bench_warmup": PassOption(int, 5, "untimed runs before timing each model", flag="")}
 
     def applies(self, ctx: ConversionContext) -> bool:
         return ctx.options.bench_runs > 0
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o = ctx.options
-        threads = host_threads(ctx)
-        feeds = _feeds(ctx)
-        result: dict[str, Any] = {"threads": threads, "runs": o.bench_runs, "warmup": o.bench_warmup}
+        o, warmup = ctx.options, self.config(ctx).bench_warmup
+        threads = ctx.host_threads()
+        feeds = ctx.timing_feeds()
+        result: dict[str, Any] = {"threads": threads, "runs": o.bench_runs, "warmup": warmup}
         models = {"float": ctx.reference_model or ctx.float_model, "converted": ctx.model}
         for label, path in models.items():
             run, info = runner(path, feeds, threads, ctx.inputs, ctx.outputs)
-            _, samples = time_runs(run, o.bench_runs, o.bench_warmup)
+            _, samples = time_runs(run, o.bench_runs, warmup)
             result[label] = summarize_ms(samples)
             result.setdefault("runtime", info)
         f, c = result["float"]["mean_ms"], result["converted"]["mean_ms"]

@@ -1,70 +1,31 @@
-"""Self-test and packaging: record reference I/O for device health checks, then write and sign."""
+"""Package pass: write the manifest, the model and the extra files into a signed bundle."""
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_agent import __version__
-from edge_agent.bundle import Manifest, SelfTest, load_private_key, write_bundle
+from edge_agent.bundle import Manifest, load_private_key, write_bundle
 
 from ..errors import BundleTooLarge
-from ..runners import run_model
+from ..options import PassOption
 from .base import ConversionContext, Pass
-
-SELFTEST_FILE = "selftest.npz"
-
-
-def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez without timestamps, so the same arrays always give the same bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-
-
-class SelfTestPass(Pass):
-    """Keep a few inputs and the converted model's outputs: the device re-runs them after install."""
-
-    name = "selftest"
-
-    def applies(self, ctx: ConversionContext) -> bool:
-        return (ctx.evaluation or ctx.calibration) is not None and ctx.options.selftest_samples > 0
-
-    def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        data = (ctx.evaluation or ctx.calibration).head(ctx.options.selftest_samples)
-        outputs = run_model(ctx.model, data, ctx.inputs, ctx.outputs)
-        if ctx.format == "tflite":  # recorded as the device feeds them: bundle names and layout
-            from ..tflite_utils import feeds_in_layout
-
-            feeds = feeds_in_layout(data.inputs, ctx.inputs)
-            arrays = {f"input.{t.name}": v for t, v in zip(ctx.inputs, feeds)}
-            outputs = [np.asarray(o) for o in outputs]
-            outputs = [o if not t.source_layout else _to_bundle_layout(o, t) for o, t in zip(outputs, ctx.outputs)]
-        else:
-            arrays = {f"input.{k}": v for k, v in data.inputs.items()}
-        arrays.update({f"output.{i}": o for i, o in enumerate(outputs)})
-        path = ctx.workdir / SELFTEST_FILE
-        save_npz_deterministic(path, arrays)
-        ctx.extra_files[SELFTEST_FILE] = path
-        scale = max(1.0, float(np.abs(outputs[0]).max()))
-        atol = round(0.05 * scale, 6)  # room for int8 kernels that round differently on ARM vs x86
-        ctx.measurements["_selftest"] = SelfTest(file=SELFTEST_FILE, atol=atol, rtol=0.05)
-        return {"samples": len(data), "atol": atol}
 
 
 class PackagePass(Pass):
+    """Write the manifest, the model and the extra files into a bundle signed with --key."""
+
     name = "package"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"name": PassOption(str, None, "model name in the manifest (default: source file name)"),
+                "version": PassOption(int, 1, "monotonically increasing model version (default 1)",
+                                      flag="--model-version")}
+
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o = ctx.options
+        o, cfg = ctx.options, self.config(ctx)
         key = load_private_key(o.key)
         suffix = ".onnx" if ctx.format == "onnx" else ".tflite"
         model_file = f"model/model{suffix}"
@@ -82,13 +43,12 @@ class PackagePass(Pass):
                 f"model is {conv_size / 1e6:.1f} MB, over profile {ctx.profile.name}'s max_bundle_mb "
                 f"of {ctx.profile.limits.max_bundle_mb}"
             )
-        measurements = {k: v for k, v in ctx.measurements.items() if not k.startswith("_")}
+        measurements = dict(ctx.measurements)
         if o.reproducible:
             measurements.pop("host_latency", None)
-        selftest = ctx.measurements.get("_selftest")
         manifest = Manifest(
-            name=o.name or _default_name(o.source),
-            version=o.version,
+            name=cfg.name or _default_name(o.source),
+            version=cfg.version,
             profile=ctx.profile.name,
             format=ctx.format,
             runtime=ctx.runtime,
@@ -100,7 +60,7 @@ class PackagePass(Pass):
             preprocess=ctx.preprocess,
             postprocess=ctx.postprocess,
             labels=list(o.labels) if o.labels else None,
-            selftest=selftest,
+            selftest=ctx.selftest,
             measurements=measurements,
             source={"format": ctx.imported.source_format, "sha256": ctx.imported.source_sha256, "opset": ctx.imported.opset},
             created_by=f"edgekit-converter {__version__}",
@@ -108,11 +68,6 @@ class PackagePass(Pass):
         ctx.bundle_path = write_bundle(o.out, manifest, files, key)
         return {"bundle": str(ctx.bundle_path), "bundle_bytes": ctx.bundle_path.stat().st_size, **ctx.measurements["sizes"]}
 
-
-def _to_bundle_layout(array: np.ndarray, spec) -> np.ndarray:
-    from edge_agent.pipeline.preprocess import to_layout
-
-    return to_layout(array, spec.source_layout, spec.layout)
 
 
 def _default_name(source: str) -> str:

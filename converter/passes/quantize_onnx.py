@@ -1,7 +1,7 @@
 """Quantize/convert the float ONNX model per the profile's precision recipe (ONNX Runtime tools).
 
 int8-static   QDQ, calibration data from the user, per-channel weights, method minmax/entropy/percentile/
-              distribution or auto (measured choice; see accuracy_aware.py)
+              distribution or auto (measured choice; quantize_int8_measured)
 int8-dynamic  weights int8, activations quantized at run time (quantize_dynamic)
 int4-weight   MatMul/Gemm weights in 4-bit blocks (MatMulNBits), activations and Conv float (weight_only.py)
 fp16          float16 weights and activations, float32 I/O (GPU profiles)
@@ -13,22 +13,22 @@ int8-qat      (not a recipe) the model already carries QuantizeLinear/Dequantize
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import onnx
 
+from ..accuracy.calibration_choice import candidates, sample_warning, select_method
+from ..options import PassOption
 from ..errors import ConversionError
-from ..qdq import describe, float_twin, is_prequantized
+from ..onnx.prequantized import describe, float_twin, is_prequantized
+from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq, quant_type
 from .base import ConversionContext, Pass
+from .context import OrtInt8Hand
 
 log = logging.getLogger(__name__)
-MIN_CALIBRATION_SAMPLES = 16
-
-
-def quant_type(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny nets: 5x; big ones: about equal)
+OP_SET_TIMING_RUNS = 10
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
@@ -48,8 +48,8 @@ def preprocess_for_quantization(ctx: ConversionContext):
 
 
 def fold_graph(src, out):
-    """Exact Conv/affine/HardSwish folds that remove re-quantization points (converter/fold_affine.py)."""
-    from ..fold_affine import fold_for_quantization
+    """Exact Conv/affine/HardSwish folds that remove re-quantization points (converter/onnx/fold_affine.py)."""
+    from ..onnx.fold_affine import fold_for_quantization
 
     try:
         model, counts = fold_for_quantization(onnx.load(str(src)))
@@ -100,11 +100,90 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
     return {"recipe": "int8-qat", "requested": recipe, "note": note, "reference": reference, **info}
 
 
+def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, quantize_ops: str) -> dict[str, Any]:
+    """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
+    o, prec = ctx.options, ctx.profile.precision
+    q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
+                           prec.activation_type, prec.weight_type, op_set=quantize_ops if quantize_ops != "auto" else "all")
+    methods = candidates(method_spec)
+    n = min(len(ctx.calibration), o.calibration_samples)
+    warning = sample_warning(methods, n)
+    if warning:
+        log.warning(warning)
+    data, _ = ctx.gate_data()
+    entry: dict[str, Any] = {"calibration_samples": n}
+    if warning:
+        entry["calibration_warning"] = warning
+    if len(methods) > 1 and data is None:
+        log.warning("--calibration-method %s needs eval data to compare methods; using %s", method_spec, prec.calibration_method)
+        methods = [prec.calibration_method]
+    if len(methods) == 1:
+        ctx.model = q.quantize(methods[0], dst=ctx.workdir / "model.int8.onnx")
+        chosen, table = methods[0], None
+    else:
+        evaluate = ctx.evaluator()
+        sel = select_method(methods, q.quantize, evaluate)
+        ctx.model, chosen, table = sel.model, sel.method, sel.table
+        ctx.measurements["calibration_search"] = {"chosen": chosen, "task": evaluate.task, "samples": len(data),
+                                                   "candidates": table}
+    if quantize_ops == "auto" and data is not None:
+        entry["op_set_search"] = choose_op_set(ctx, q, chosen)
+    entry["quantize_ops"] = q.op_set
+    ctx.ort_int8 = OrtInt8Hand(q, chosen)
+    entry.update(calibration_method=chosen, calibration_candidates=table)
+    return entry
+
+
+def choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str) -> dict[str, Any]:
+    """Try QDQ on weight-carrying ops only vs on every op ORT can quantize; keep `weighted` when it agrees
+    better with float and is not more than OP_SET_SLOWDOWN slower (on small nets the extra Q/DQ
+    transitions can cost more than int8 saves)."""
+    evaluate = ctx.evaluator()
+    base_model = ctx.model
+    base = evaluate(base_model)
+    cand_model = q.quantize(method, op_set="weighted")
+    cand = evaluate(cand_model)
+    row: dict[str, Any] = {"all": base, "weighted": cand, "chosen": "all"}
+    # Strictly higher task agreement (not just lower error): ties keep `all` without timing anything,
+    # so conversions stay reproducible unless the choice really matters.
+    if cand["agreement"] > base["agreement"] and ctx.options.reproducible:
+        # No wall-clock figure may decide what a --reproducible bundle contains: better agreement wins.
+        row.update(chosen="weighted", note="--reproducible: chosen by agreement alone, latency not measured")
+        q.op_set = "weighted"
+        ctx.model = cand_model
+    elif cand["agreement"] > base["agreement"]:
+        measure = ctx.latency_probe(OP_SET_TIMING_RUNS)
+        lat_all, lat_w = measure(base_model), measure(cand_model)
+        lat_all = min(lat_all, measure(base_model))  # measured again after, so a load spike does not decide
+        row.update(latency_ms={"all": lat_all, "weighted": lat_w})
+        if lat_w <= OP_SET_SLOWDOWN * lat_all:
+            row["chosen"] = "weighted"
+            q.op_set = "weighted"
+            ctx.model = cand_model
+    log.info("quantized ops: %s (agreement all %.4f, weighted %.4f)", row["chosen"], base["agreement"], cand["agreement"])
+    return row
+
+
 class QuantizePass(Pass):
+    """Quantize the float ONNX model per the profile's recipe (or --precision) with ONNX Runtime's tools."""
+
     name = "quantize"
 
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {
+            "calibration_method": PassOption(
+                str, None, "auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
+                "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)",
+                metavar="METHOD", check=candidates),
+            "quantize_ops": PassOption(
+                str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
+                "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "
+                "slower (default)", choices=("auto", "all", "weighted")),
+        }
+
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        o, prec = ctx.options, ctx.profile.precision
+        o, prec, cfg = ctx.options, ctx.profile.precision, self.config(ctx)
         recipe = o.precision or prec.recipe
         ctx.precision = recipe
         model = onnx.load(str(ctx.float_model))
@@ -121,7 +200,7 @@ class QuantizePass(Pass):
             ctx.model = out
             return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
         if recipe == "int4-weight":
-            from ..weight_only import quantize_weight_only
+            from ..onnx.weight_only_int4 import quantize_weight_only
 
             out = ctx.workdir / "model.int4w.onnx"
             result = quantize_weight_only(ctx.float_model, out)
@@ -140,16 +219,13 @@ class QuantizePass(Pass):
                 f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
                 "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
             )
-        method = o.calibration_method or prec.calibration_method
+        method = cfg.calibration_method or prec.calibration_method
         src, prep = preprocess_for_quantization(ctx)
-        # Accuracy-aware path (converter/passes/accuracy_aware.py): cached calibration, measured method choice.
-        from ..ort_quant import prepare_for_qdq
-        from .accuracy_aware import quantize_int8_measured
-
+        # Accuracy-aware path: cached calibration, measured method choice (mixed precision follows in its own pass).
         src, folds = fold_graph(src, ctx.workdir / "float.folded.onnx")
         src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")
         notes = folds + notes
-        measured = quantize_int8_measured(ctx, src, method)
+        measured = quantize_int8_measured(ctx, src, method, cfg.quantize_ops)
         return {
             "recipe": "int8-static", "format": "QDQ", **measured,
             "per_channel": prec.per_channel, "activation_type": prec.activation_type,

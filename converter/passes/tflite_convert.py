@@ -13,19 +13,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from device_profiles import RUNTIME_FOR_FORMAT
+
 from ..errors import ConversionError
-from ..tflite_utils import tflite_specs
+from ..options import PassOption
+from ..tflite.model_io import representative_dataset, tflite_specs
 from .base import ConversionContext, Pass
+from .context import TFSource
 
 log = logging.getLogger(__name__)
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
-TF_SOURCE = "_tf_source"  # ctx.measurements key (not serialised): (kind, path) the int8 model was quantized from
 
 
 def detect_tflite_precision(path: Path) -> str:
@@ -46,46 +50,34 @@ def detect_tflite_precision(path: Path) -> str:
     return "fp32"
 
 
-def _representative(ctx: ConversionContext):
-    """tf.lite representative_dataset over the user's calibration data (model layout, float32)."""
-    data, n = ctx.calibration, min(len(ctx.calibration), ctx.options.calibration_samples)
-
-    def gen():
-        for i in range(n):
-            yield [v.astype(np.float32) for v in data.sample(i).values()]
-
-    return gen
-
-
 def _source_outputs_for_onnx(ctx: ConversionContext):
     """ONNX outputs with rank-4 tensors marked NCHW (what onnx2tf transposes)."""
     return [dataclasses.replace(t, layout="NCHW") if len(t.shape) == 4 else t for t in ctx.outputs]
 
 
 class TFLiteConvertPass(Pass):
+    """The float source -> a TFLite model at the requested precision (onnx2tf or tf.lite.TFLiteConverter)."""
+
     name = "tflite-convert"
+
+    @classmethod
+    def default_config(cls) -> dict[str, PassOption]:
+        return {"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
+                                       "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8"))}
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o = ctx.options
-        kind = ctx.imported.source_format
         precision = o.precision or ctx.profile.precision.recipe
-        io_dtype = o.io_dtype or "float32"
-        ctx.format, ctx.runtime = "tflite", "litert"
+        io_dtype = self.config(ctx).io_dtype or "float32"
+        ctx.format, ctx.runtime = "tflite", RUNTIME_FOR_FORMAT["tflite"]
         if ctx.float_model is not None and ctx.float_model.suffix == ".onnx":
-            from ..qdq import is_prequantized
+            from ..onnx.prequantized import is_prequantized
 
             if is_prequantized(onnx.load(str(ctx.float_model), load_external_data=False)):
                 raise ConversionError(f"{o.source} is already quantized (QDQ ONNX): it converts to ONNX bundles only "
                                       "(--format onnx), which keep its own scales")
-        if kind == "tflite":
-            detected = detect_tflite_precision(ctx.imported.tflite_path)
-            if o.precision and o.precision != detected:
-                log.warning("--precision %s ignored: an existing .tflite is re-packaged as it is (%s)", o.precision, detected)
-            ctx.precision = detected
-            ctx.model = ctx.workdir / "model.tflite"
-            shutil.copyfile(ctx.imported.tflite_path, ctx.model)
-            ctx.reference_model = ctx.model
-            return {"tool": "none (re-packaged)", "precision": detected}
+        if ctx.imported.source_format == "tflite":
+            return _repackage(ctx)
         if precision not in TFLITE_PRECISIONS:
             raise ConversionError(f"TFLite bundles support {', '.join(TFLITE_PRECISIONS)}, not {precision}")
         if precision == "int8-static" and ctx.calibration is None:
@@ -97,40 +89,59 @@ class TFLiteConvertPass(Pass):
             io_dtype = "float32"
         ctx.precision = precision
         entry: dict[str, Any] = {"precision": precision, "io_dtype": io_dtype}
-        if ctx.imported.onnx_path is not None:
-            from .tflite_onnx2tf import onnx2tf_version, onnx_to_tflite
-
-            src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
-            result = onnx_to_tflite(
-                ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration, o.calibration_samples,
-                io_dtype, ctx.profile.precision.per_channel)
-            ctx.model, ctx.reference_model = result.model, result.float32
-            if result.saved_model is not None:
-                ctx.measurements[TF_SOURCE] = ("savedmodel", result.saved_model)
-            ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
-            entry.update(tool=f"onnx2tf {onnx2tf_version()}", seconds_convert=result.seconds,
-                         per_channel=ctx.profile.precision.per_channel, variants_written=result.files)
-        else:
-            import time
-
-            from ..importers.tensorflow_model import convert_tf, import_tensorflow
-
-            tf = import_tensorflow()
-            t0 = time.perf_counter()
-            out = ctx.workdir / f"model.{precision}.tflite"
-            rep = _representative(ctx) if precision == "int8-static" else None
-            convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
-            ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
-            if precision == "int8-static":
-                ctx.measurements[TF_SOURCE] = (kind, ctx.imported.tf_source)
-            src_in, src_out = list(ctx.inputs), list(ctx.outputs)
-            ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
-            # dataset keys follow the float model's names; keep them addressable by position
-            entry.update(tool=f"tf.lite.TFLiteConverter (tensorflow {tf.__version__})",
-                         seconds_convert=round(time.perf_counter() - t0, 3))
+        convert = _from_onnx if ctx.imported.onnx_path is not None else _from_tensorflow
+        entry.update(convert(ctx, precision, io_dtype))
         if precision == "int8-static":
             entry["calibration_samples"] = min(len(ctx.calibration), o.calibration_samples)
         entry["inputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" + (f" (source {t.source_layout})" if t.source_layout else "")
                            for t in ctx.inputs]
         entry["outputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.outputs]
         return entry
+
+
+def _repackage(ctx: ConversionContext) -> dict[str, Any]:
+    """An existing .tflite is packaged as it is; its precision is read from the file."""
+    detected = detect_tflite_precision(ctx.imported.tflite_path)
+    asked = ctx.options.precision
+    if asked and asked != detected:
+        log.warning("--precision %s ignored: an existing .tflite is re-packaged as it is (%s)", asked, detected)
+    ctx.precision = detected
+    ctx.model = ctx.workdir / "model.tflite"
+    shutil.copyfile(ctx.imported.tflite_path, ctx.model)
+    ctx.reference_model = ctx.model
+    return {"tool": "none (re-packaged)", "precision": detected}
+
+
+def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[str, Any]:
+    """ONNX/PyTorch sources through onnx2tf (its SavedModel is kept for the mixed-precision pass)."""
+    from ..tflite.onnx2tf import onnx2tf_version, onnx_to_tflite
+
+    src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
+    per_channel = ctx.profile.precision.per_channel
+    result = onnx_to_tflite(ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration,
+                            ctx.options.calibration_samples, io_dtype, per_channel)
+    ctx.model, ctx.reference_model = result.model, result.float32
+    if result.saved_model is not None:
+        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
+    ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
+    return {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
+            "variants_written": result.files}
+
+
+def _from_tensorflow(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[str, Any]:
+    """Keras and SavedModel sources through tf.lite.TFLiteConverter."""
+    from ..importers.tensorflow_model import convert_tf, import_tensorflow
+
+    kind = ctx.imported.source_format
+    tf = import_tensorflow()
+    t0 = time.perf_counter()
+    out = ctx.workdir / f"model.{precision}.tflite"
+    n_cal = min(len(ctx.calibration), ctx.options.calibration_samples) if ctx.calibration is not None else 0
+    rep = representative_dataset(ctx.calibration, n_cal, ctx.inputs) if precision == "int8-static" else None
+    convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
+    ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
+    if precision == "int8-static":
+        ctx.tf_source = TFSource(kind, ctx.imported.tf_source, io_dtype)
+    ctx.inputs, ctx.outputs = tflite_specs(ctx.model, list(ctx.inputs), list(ctx.outputs))
+    return {"tool": f"tf.lite.TFLiteConverter (tensorflow {tf.__version__})",
+            "seconds_convert": round(time.perf_counter() - t0, 3)}

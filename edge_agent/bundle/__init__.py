@@ -12,6 +12,7 @@ from .archive import (
     verify_bundle,
     write_bundle,
 )
+from .diskspace import DISK_MARGIN_BYTES, check_free_space
 from .errors import (
     BundleError,
     CorruptBundle,
@@ -38,6 +39,7 @@ from .signing import TrustStore, generate_keypair, key_id, load_private_key, loa
 __all__ = [
     "BUNDLE_SUFFIX",
     "SCHEMA_VERSION",
+    "DISK_MARGIN_BYTES",
     "BundleError",
     "CorruptBundle",
     "FileEntry",
@@ -56,6 +58,7 @@ __all__ = [
     "UnsafeMember",
     "UnsupportedSchema",
     "VerifiedBundle",
+    "check_free_space",
     "generate_keypair",
     "key_id",
     "load_private_key",

@@ -27,6 +27,7 @@ from typing import BinaryIO, Iterable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .diskspace import check_free_space
 from .errors import BundleError, CorruptBundle, HashMismatch, InsufficientSpace, ProfileMismatch, UnsafeMember
 from .manifest import FileEntry, Manifest, check_schema_version
 from .signing import TrustStore, key_id, sign_manifest, verify_manifest_signature
@@ -250,7 +251,7 @@ def _verify_stream(
                 "convert for this profile, or override with --allow-profile-mismatch"
             )
         if staging is not None:
-            _check_free_space(staging, manifest.total_size)
+            check_free_space(staging, manifest.total_size, "unpack the bundle")
         expected = {f.path: f for f in manifest.files}
         seen: set[str] = set()
         for info in [*pending, *members]:
@@ -294,16 +295,6 @@ def _safe_target(root: Path, name: str) -> Path:
     if not target.is_relative_to(root.resolve()):
         raise UnsafeMember(f"bundle member {name!r} would be written outside the target folder")
     return target
-
-
-def _check_free_space(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
-    margin = 16 << 20
-    if free < needed + margin:
-        raise InsufficientSpace(
-            f"not enough disk space to unpack the bundle: needs {needed / 1e6:.1f} MB, "
-            f"{free / 1e6:.1f} MB free on {folder.parent}"
-        )
 
 
 def read_manifest_unverified(path: Path) -> Manifest:

@@ -11,13 +11,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from device_profiles import FORMATS, RUNTIMES
+
 from .errors import ManifestError, UnsupportedSchema
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
 
-FORMATS = ("onnx", "tflite")
-RUNTIMES = ("onnxruntime", "litert")
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-mixed", "int8-qat", "int4-weight")
 LAYOUTS = ("NCHW", "NHWC", "NC", "ANY")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")

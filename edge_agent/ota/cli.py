@@ -12,18 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import read_manifest_unverified, sha256_file
+from ..errors import AgentError
 from ..home import AgentHome, require_trust
 from .installer import (
-    ACTIVE_PHASES, InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, load_job, run_update, save_job,
+    InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
 )
+from .phases import Event, Phase
 from .protocol import DEFAULT_PREFIX, BundleRef, DesiredState
 from .slots import SlotError, Slots
 
 log = logging.getLogger(__name__)
 
 
-class UpdateFailed(RuntimeError):
-    """`edge-agent install` did not install; the previous model is still active."""
+class UpdateFailed(AgentError, RuntimeError):
+    """`edge-agent install` did not install; the previous model is still active.
+
+    Carries the exit code of the failure that ended the job (a bundle error, a health check...)."""
 
     kind = "update-failed"
 
@@ -47,8 +51,6 @@ def _budget(args: argparse.Namespace, profile) -> float | None:
 
 
 def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
-    from .daemon import install_lock
-
     trust = require_trust(home.trust_store(args.trust))
     profile = _profile(home, args)
     bundle = Path(args.bundle).resolve()
@@ -68,7 +70,7 @@ def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
         job = run_update(InstallContext(home=home, trust=trust, profile_name=profile.name,
                                         latency_budget_ms=_budget(args, profile), job=job, fetch=copy_side_loaded,
                                         threads=args.threads))
-    if job.phase != "succeeded":
+    if job.phase is not Phase.SUCCEEDED:
         raise UpdateFailed(f"install failed ({job.last_error}); the previous model is still active", job.exit_code or 1)
     info = slots.info(job.target_slot or "")
     return ({"ok": True, "changed": True, **info.to_dict()},
@@ -76,15 +78,14 @@ def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
 
 
 def cmd_rollback(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
-    from .daemon import install_lock
-
     slots = Slots(home.slots_dir)
     with install_lock(home, wait=False):
         before = slots.active()
         prev = slots.rollback()
         job = load_job(home)
         if job is not None:
-            job.phase, job.last_error, job.error_kind = "rolled_back", None, None
+            job.apply(Event.OPERATOR_ROLLBACK)
+            job.clear_failure()
             save_job(home, job)
     text = (f"rolled back from slot {before.name if before else '-'} to slot {prev.name} "
             f"({prev.ref.name if prev.ref else '?'} v{prev.ref.version if prev.ref else '?'})")
@@ -100,7 +101,7 @@ def status_dict(home: AgentHome) -> dict[str, Any]:
         "version": active.ref.version if active and active.ref else None,
         "sha256": active.ref.sha256 if active and active.ref else None,
         "previous": prev.to_dict() if prev else None,
-        "phase": job.phase if job else "idle",
+        "phase": (job.phase if job else Phase.IDLE).value,
         "deployment_id": job.deployment_id if job else None,
         "target": {"name": job.ref.name, "version": job.ref.version} if job else None,
         "last_error": job.last_error if job else None,
@@ -114,12 +115,12 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
         f"active:  slot {s['active_slot'] or '-'}  {s['model'] or '(no model installed)'}"
         + (f" v{s['version']}" if s["version"] else ""),
         f"update:  {s['phase']}" + (f" ({s['target']['name']} v{s['target']['version']})" if s["target"] else "")
-        + (" - in progress or interrupted" if s["phase"] in ACTIVE_PHASES else ""),
+        + (" - in progress or interrupted" if Phase(s["phase"]).is_unfinished else ""),
     ]
     if s["last_error"]:
         lines.append(f"error:   {s['last_error']}")
     for n, info in s["slots"].items():
-        lines.append(f"slot {n}:  {info['status']:<10} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
+        lines.append(f"slot {n}:  {info['lifecycle']:<10} {info['health']:<7} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
                      + (f"  ({info['reason']})" if info["reason"] else ""))
     return s, "\n".join(lines)
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..bundle import Manifest
 from ..runtimes import ModelSession
 from ..telemetry.latency import RollingLatency
-from .health import SelfTestData, load_selftest
+from .model_check import SelfTestData, load_selftest
 from .protocol import BundleRef
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .phases import Phase
+
 DEFAULT_PREFIX = "edgekit"
 MAX_JSON_BYTES = 256 * 1024  # larger control messages are refused (oversized input)
 DEFAULT_BLOCK_SIZE = 128 * 1024
@@ -36,17 +38,8 @@ MAX_BLOCKS_PER_REQUEST = 64
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
-PHASES = (
-    "idle",  # running the current model, nothing to do
-    "downloading",  # fetching blocks into staging
-    "verifying",  # hash, signature, profile, schema, free space
-    "installing",  # unpacking into the inactive slot
-    "health_check",  # loading + self-test + latency budget in the inactive slot
-    "switching",  # atomic switch of the active slot
-    "succeeded",  # the desired version is active
-    "failed",  # the update was abandoned; the previous model is still active
-    "rolled_back",  # the new model was active and has been replaced by the previous one
-)
+# The phase names a device reports: one enum (edge_agent.ota.phases), the whole update state machine.
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
 class ProtocolError(ValueError):

@@ -1,14 +1,18 @@
-"""A/B slots in the agent home, with RAUC-style good/bad marks and one atomic switch.
+"""A/B slots in the agent home, RAUC-style: a slot's lifecycle and its health are two enums.
 
 Layout under `<home>/slots/`:
 
     state.json          {"active": "a"|"b"|null, "previous": ...}  <- the ONE switch (os.replace)
-    a/slot.json         status (installing|installed|good|bad), bundle ref, manifest, reason
+    a/slot.json         lifecycle (empty|installing|installed), health (unknown|good|bad), bundle ref,
+                        manifest, reason, schema_version
     a/bundle/           the unpacked, verified bundle payload
     b/...
 
-A slot is written only while it is inactive; `switch()` flips `state.json` atomically, so
-after a power cut the agent boots either the old or the new slot, never a mix.
+`Lifecycle.ACTIVE` is never written into slot.json: a slot is active because state.json
+names it (one source of truth). A slot is written only while it is inactive; `switch()`
+flips `state.json` atomically, so after a power cut the agent boots either the old or the
+new slot, never a mix. slot.json files from before the split (one `status` of
+empty|installing|installed|good|bad) are read as the two enums and rewritten on the next change.
 """
 
 from __future__ import annotations
@@ -17,23 +21,69 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ..bundle import Manifest, TrustStore, VerifiedBundle, verify_bundle
 from .protocol import BundleRef
 from .statefile import read_json, write_json_atomic
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 SLOT_NAMES = ("a", "b")
-STATUSES = ("empty", "installing", "installed", "good", "bad")
+SLOT_SCHEMA_VERSION = 2  # 1 = the single `status` field
 
 
-class SlotError(RuntimeError):
+class Lifecycle(str, Enum):
+    """What a slot holds and whether it is the one being served."""
+
+    EMPTY = "empty"
+    INSTALLING = "installing"  # being unpacked (or the unpack was interrupted)
+    INSTALLED = "installed"  # a complete, verified bundle, not active
+    ACTIVE = "active"  # installed and named by state.json (derived, never stored)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Health(str, Enum):
+    """What the agent knows about the slot's model: checked good, proven bad, or not checked yet."""
+
+    UNKNOWN = "unknown"
+    GOOD = "good"  # passed its health check on this device
+    BAD = "bad"  # failed a health check, a boot or its probation: never booted again
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# slot.json schema 1 kept one `status`; how each value reads as (lifecycle, health)
+_OLD_STATUS = {
+    "empty": (Lifecycle.EMPTY, Health.UNKNOWN),
+    "installing": (Lifecycle.INSTALLING, Health.UNKNOWN),
+    "installed": (Lifecycle.INSTALLED, Health.UNKNOWN),
+    "good": (Lifecycle.INSTALLED, Health.GOOD),
+    "bad": (Lifecycle.INSTALLED, Health.BAD),
+}
+
+
+def migrate_slot_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """slot.json content in the current schema (a schema-1 `status` becomes lifecycle + health)."""
+    if "status" not in meta or "lifecycle" in meta:
+        return meta
+    meta = dict(meta)
+    lifecycle, health = _OLD_STATUS.get(meta.pop("status"), (Lifecycle.EMPTY, Health.UNKNOWN))
+    if lifecycle is Lifecycle.INSTALLED and not meta.get("manifest"):  # marked bad half-way through an install
+        lifecycle = Lifecycle.INSTALLING
+    return {**meta, "lifecycle": lifecycle.value, "health": health.value}
+
+
+class SlotError(AgentError, RuntimeError):
     """A slot operation is impossible (e.g. rollback with no good previous slot)."""
 
-    exit_code = 50
+    code_name = "slot"
     kind = "slot"
 
 
@@ -42,7 +92,8 @@ class SlotInfo:
     """What one slot holds."""
 
     name: str
-    status: str
+    lifecycle: Lifecycle
+    health: Health
     bundle_dir: Path
     ref: BundleRef | None = None
     manifest: Manifest | None = None
@@ -51,13 +102,24 @@ class SlotInfo:
 
     @property
     def usable(self) -> bool:
-        """Installed and not marked bad (a health-checked `good` slot, or `installed`)."""
-        return self.status in ("installed", "good") and self.manifest is not None and self.bundle_dir.is_dir()
+        """A complete bundle not proven bad (health good, or not checked yet)."""
+        return (self.lifecycle in (Lifecycle.INSTALLED, Lifecycle.ACTIVE) and self.health is not Health.BAD
+                and self.manifest is not None and self.bundle_dir.is_dir())
+
+    @property
+    def status(self) -> str:
+        """One word for people (and the `status` key of `edge-agent status --json`): the health once
+        known, the lifecycle before that."""
+        if self.health is not Health.UNKNOWN:
+            return self.health.value
+        return Lifecycle.INSTALLED.value if self.lifecycle is Lifecycle.ACTIVE else self.lifecycle.value
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "slot": self.name,
             "status": self.status,
+            "lifecycle": self.lifecycle.value,
+            "health": self.health.value,
             "name": self.ref.name if self.ref else None,
             "version": self.ref.version if self.ref else None,
             "sha256": self.ref.sha256 if self.ref else None,
@@ -98,17 +160,21 @@ class Slots:
 
     def info(self, name: str) -> SlotInfo:
         folder = self.root / name
-        meta = read_json(folder / "slot.json", {}) or {}
-        status = meta.get("status", "empty") if meta.get("status") in STATUSES else "empty"
-        ref = manifest = None
+        meta = migrate_slot_meta(read_json(folder / "slot.json", {}) or {})
         try:
-            if meta.get("ref"):
-                ref = BundleRef(**meta["ref"])
-            if meta.get("manifest"):
-                manifest = Manifest.from_dict(meta["manifest"])
+            lifecycle = Lifecycle(meta.get("lifecycle", "empty"))
+            health = Health(meta.get("health", "unknown"))
+            if lifecycle is Lifecycle.ACTIVE:
+                raise ValueError("lifecycle `active` is never stored (state.json says which slot is active)")
+            ref = BundleRef(**meta["ref"]) if meta.get("ref") else None
+            manifest = Manifest.from_dict(meta["manifest"]) if meta.get("manifest") else None
         except Exception as exc:  # noqa: BLE001 - a damaged slot is reported as bad, never crashes
-            return SlotInfo(name, "bad", folder / "bundle", reason=f"slot metadata unreadable: {exc}")
-        return SlotInfo(name, status, folder / "bundle", ref, manifest, meta.get("reason"), meta.get("key_id"))
+            return SlotInfo(name, Lifecycle.INSTALLING, Health.BAD, folder / "bundle",
+                            reason=f"slot metadata unreadable: {exc}")
+        if lifecycle is Lifecycle.INSTALLED and name == self.active_name():
+            lifecycle = Lifecycle.ACTIVE
+        return SlotInfo(name, lifecycle, health, folder / "bundle", ref, manifest, meta.get("reason"),
+                        meta.get("key_id"))
 
     def active(self) -> SlotInfo | None:
         name = self.active_name()
@@ -126,8 +192,8 @@ class Slots:
 
     def _write_meta(self, name: str, **fields: Any) -> None:
         folder = self.root / name
-        meta = read_json(folder / "slot.json", {}) or {}
-        meta.update(fields, updated_at=time.time())
+        meta = migrate_slot_meta(read_json(folder / "slot.json", {}) or {})
+        meta.update(fields, schema_version=SLOT_SCHEMA_VERSION, updated_at=time.time())
         write_json_atomic(folder / "slot.json", meta)
 
     def clear(self, name: str) -> None:
@@ -141,26 +207,27 @@ class Slots:
     def install(
         self, name: str, bundle: Path, trust: TrustStore, profile: str | None, ref: BundleRef
     ) -> VerifiedBundle:
-        """Verify `bundle` and unpack it into the (inactive) slot `name`; status `installed`."""
+        """Verify `bundle` and unpack it into the (inactive) slot `name`: lifecycle `installed`, health `unknown`."""
         self.clear(name)
-        self._write_meta(name, status="installing", ref=ref.__dict__, manifest=None, reason=None)
+        self._write_meta(name, lifecycle=Lifecycle.INSTALLING.value, health=Health.UNKNOWN.value, ref=ref.__dict__,
+                         manifest=None, reason=None)
         vb = verify_bundle(bundle, trust, profile=profile, unpack_to=self.root / name / "bundle")
-        self._write_meta(name, status="installed", manifest=vb.manifest.to_dict(), key_id=vb.key_id,
+        self._write_meta(name, lifecycle=Lifecycle.INSTALLED.value, manifest=vb.manifest.to_dict(), key_id=vb.key_id,
                          installed_at=time.time())
         return vb
 
-    def mark(self, name: str, status: str, reason: str | None = None) -> None:
+    def mark_health(self, name: str, health: Health, reason: str | None = None) -> None:
         """Mark a slot good (health check passed) or bad (failed; never booted again)."""
-        if status not in ("good", "bad"):
-            raise ValueError(f"slot mark must be good or bad, not {status!r}")
-        self._write_meta(name, status=status, reason=reason)
-        log.info("slot %s marked %s%s", name, status, f" ({reason})" if reason else "")
+        if health is Health.UNKNOWN:
+            raise ValueError("a slot is marked good or bad; `unknown` comes only from a fresh install")
+        self._write_meta(name, health=Health(health).value, reason=reason)
+        log.info("slot %s marked %s%s", name, health, f" ({reason})" if reason else "")
 
     def switch(self, name: str) -> None:
         """Make `name` the active slot: one atomic replace of state.json."""
         info = self.info(name)
         if not info.usable:
-            raise SlotError(f"slot {name} holds no usable bundle (status {info.status})")
+            raise SlotError(f"slot {name} holds no usable bundle ({info.lifecycle}, health {info.health})")
         current = self.active_name()
         if current == name:
             return

@@ -23,16 +23,17 @@ from typing import Callable
 from .protocol import MAX_BLOCKS_PER_REQUEST, BlockRequest, ProtocolError, decode_block
 from .statefile import read_json, write_json_atomic
 from .testhooks import pause_blocks, pause_point
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 _FRAME_OVERHEAD = 8 + 4096
 
 
-class TransferError(RuntimeError):
+class TransferError(AgentError, RuntimeError):
     """The bundle could not be downloaded (one line with the reason)."""
 
-    exit_code = 51
+    code_name = "download"
     kind = "transfer"
 
 

@@ -18,12 +18,13 @@ from typing import Any
 from ..bundle import sha256_file
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 
-class UsageError(ValueError):
-    exit_code = 2
+class UsageError(AgentError, ValueError):
+    code_name = "usage"
     kind = "usage"
 
 

@@ -27,12 +27,13 @@ import numpy as np
 
 from ..bundle import Manifest
 from .preprocess import Letterbox
+from ..errors import AgentError
 
 
-class DetectionConfigError(ValueError):
+class DetectionConfigError(AgentError, ValueError):
     """The manifest's detection options do not fit the model's outputs."""
 
-    exit_code = 15
+    code_name = "detection-config"
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,18 @@ import numpy as np
 
 from ..bundle import Manifest
 from .preprocess import preprocess_image, read_image, to_layout
+from ..errors import AgentError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# Image files, by suffix: what PIL reads (`edge-agent run`, the converter's image folders), and the
+# subset OpenCV's imread decodes (camera-pipeline image sources): imread cannot read GIF.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+OPENCV_IMAGE_SUFFIXES = IMAGE_SUFFIXES - {".gif"}
 
 
-class InputError(ValueError):
+class InputError(AgentError, ValueError):
     """An input file cannot be used with this bundle (one line, says why)."""
 
-    exit_code = 3
+    code_name = "bad-input"
 
 
 def array_to_feed(array: np.ndarray, manifest: Manifest) -> np.ndarray:

@@ -32,14 +32,15 @@ from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
 from .sinks import Sink
 from .sources import Source
 from .stages import Postprocessor, Prepared, Preprocessor, infer
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(AgentError, RuntimeError):
     """The pipeline stopped because frames kept failing (one line with the last cause)."""
 
-    exit_code = 32
+    code_name = "frames-failing"
     kind = "pipeline"
 
 

@@ -18,14 +18,15 @@ from typing import IO, Any
 import numpy as np
 
 from .sources import Frame
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 
-class SinkError(RuntimeError):
+class SinkError(AgentError, RuntimeError):
     """An output cannot be opened or written (one line)."""
 
-    exit_code = 33
+    code_name = "output"
     kind = "sink"
 
 

@@ -22,31 +22,33 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import AgentError
+from .inputs import OPENCV_IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 _DEVICE_RE = re.compile(r"^/dev/video(\d+)$")
 
 
-class SourceError(RuntimeError):
+class SourceError(AgentError, RuntimeError):
     """A frame source cannot be used (one line, says which source and why)."""
 
-    exit_code = 30
+    code_name = "source-open"
     kind = "source"
 
 
 class SourceOpenError(SourceError):
     """The camera, stream, file or folder could not be opened."""
 
-    exit_code = 30
+    code_name = "source-open"
     kind = "source-open"
 
 
 class SourceLost(SourceError):
     """A live source dropped out and did not come back within the reconnect budget."""
 
-    exit_code = 31
+    code_name = "source-lost"
     kind = "source-lost"
 
 
@@ -260,15 +262,15 @@ def open_source(
         return CaptureSource(text, live=True, description=_redact(text), **kwargs)
     path = Path(text)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in OPENCV_IMAGE_SUFFIXES)
         if not files:
-            raise SourceOpenError(f"image folder {path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise SourceOpenError(f"image folder {path} has no image files ({', '.join(sorted(OPENCV_IMAGE_SUFFIXES))})")
         return ImageFilesSource(files, f"image folder {path} ({len(files)} images)")
     if not path.exists():
         raise SourceOpenError(f"video source {path} does not exist")
     if not path.is_file():
         raise SourceOpenError(f"video source {path} is not a regular file or folder")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in OPENCV_IMAGE_SUFFIXES:
         return ImageFilesSource([path], f"image {path}")
     try:
         return CaptureSource(str(path), live=False, description=f"video file {path}", **kwargs)

@@ -8,12 +8,21 @@ from pathlib import Path
 from ..bundle import Manifest
 from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
 
-# runtime name (as in manifests and profiles) -> "module:class"; imported lazily so a device
-# needs only the runtime its bundles use.
+# runtime name (device_profiles.RUNTIMES: as in manifests and profiles) -> "module:class"; imported
+# lazily so a device needs only the runtime its bundles use; tests/test_profiles.py checks that
+# every runtime name has a backend here.
 _BACKENDS = {
     "onnxruntime": "edge_agent.runtimes.onnxruntime_runtime:OnnxRuntime",
     "litert": "edge_agent.runtimes.litert_runtime:LiteRTRuntime",
 }
+
+
+def register_runtime(name: str, target: str) -> None:
+    """Add a backend under `name` ("package.module:Class", imported when first used): how a plug-in or
+    a test adds a runtime without editing this file (docs/extending.md)."""
+    if name in _BACKENDS and _BACKENDS[name] != target:
+        raise ValueError(f"runtime {name!r} is already registered as {_BACKENDS[name]}")
+    _BACKENDS[name] = target
 
 
 def get_runtime(name: str) -> Runtime:
@@ -36,4 +45,4 @@ def load_session(
     return get_runtime(manifest.runtime).load(Path(bundle_dir), manifest, threads=threads, providers=providers)
 
 
-__all__ = ["ModelSession", "Runtime", "RuntimeInfo", "RuntimeLoadError", "get_runtime", "load_session"]
+__all__ = ["ModelSession", "Runtime", "RuntimeInfo", "RuntimeLoadError", "get_runtime", "load_session", "register_runtime"]

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Manifest
+from ..errors import AgentError
 
 
-class RuntimeLoadError(RuntimeError):
+class RuntimeLoadError(AgentError, RuntimeError):
     """The model could not be loaded or run by the runtime (one line, with the cause)."""
 
-    exit_code = 40
+    code_name = "runtime"
 
 
 @dataclass

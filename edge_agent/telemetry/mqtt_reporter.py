@@ -14,18 +14,19 @@ import threading
 import time
 from collections import deque
 from typing import Any
-from urllib.parse import urlparse
 
+from ..errors import AgentError
+from ..ota.broker_url import parse_broker_url
 from ..ota.protocol import DEFAULT_PREFIX, BundleRef, Telemetry, Topics, check_device_id, dumps
 from .pipeline_stats import PipelineStats
 
 log = logging.getLogger(__name__)
 
 
-class TelemetryConfigError(ValueError):
+class TelemetryConfigError(AgentError, ValueError):
     """The MQTT telemetry URL or device id is not usable."""
 
-    exit_code = 2
+    code_name = "usage"
 
 
 def default_device_id() -> str:
@@ -48,9 +49,10 @@ class MqttTelemetryReporter:
     ) -> None:
         import paho.mqtt.client as mqtt
 
-        u = urlparse(url)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise TelemetryConfigError(f"--mqtt-telemetry must look like mqtt://host[:port], got {url!r}")
+        try:
+            broker = parse_broker_url(url)
+        except ValueError as exc:
+            raise TelemetryConfigError(f"--mqtt-telemetry: {exc}") from None
         self.device_id = check_device_id(device_id or default_device_id())
         self.topic = Topics(prefix).telemetry(self.device_id)
         self.stats = stats
@@ -61,13 +63,13 @@ class MqttTelemetryReporter:
         self._lock = threading.Lock()
         self.sent = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.device_id}-pipeline")
-        if u.username:
-            self._client.username_pw_set(u.username, u.password)
-        if u.scheme == "mqtts":
+        if broker.username:
+            self._client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
             self._client.tls_set()
         self._client.reconnect_delay_set(1, 30)
         # connect_async + loop_start: never blocks the pipeline; paho reconnects on its own.
-        self._client.connect_async(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=30)
+        self._client.connect_async(broker.host, broker.port, keepalive=30)
         self._client.loop_start()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._periodic, name="mqtt-telemetry", daemon=True)

@@ -28,18 +28,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import health
+from .liveness import pipeline_liveness
 from .pipeline_stats import STAGES, PipelineStats
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 
 QUANTILES = {"p50_ms": "0.5", "p90_ms": "0.9", "p95_ms": "0.95", "p99_ms": "0.99"}
 
 
-class MetricsServerError(RuntimeError):
+class MetricsServerError(AgentError, RuntimeError):
     """The metrics port cannot be bound."""
 
-    exit_code = 34
+    code_name = "port"
     kind = "metrics"
 
 
@@ -106,7 +107,7 @@ class MetricsServer:
                 if path == "/metrics":
                     body, ctype, code = generate_latest(server.registry), CONTENT_TYPE_LATEST, 200
                 elif path in ("/health", "/healthz"):
-                    h = health(server.stats, max_frame_age_s)
+                    h = pipeline_liveness(server.stats, max_frame_age_s)
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503
                 else:
                     body, ctype, code = b"see /metrics and /health\n", "text/plain", 404

@@ -46,17 +46,17 @@ def actor(request: Request) -> Actor:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "unauthenticated", "missing token: send Authorization: Bearer <token>",
-                       exit_code("access_denied"))
+                       exit_code("access-denied"))
     who = authenticate(registry(request), secret.strip())
     if who is None:
-        raise ApiError(401, "unauthenticated", "unknown or revoked token", exit_code("access_denied"))
+        raise ApiError(401, "unauthenticated", "unknown or revoked token", exit_code("access-denied"))
     return who
 
 
 def admin(who: Actor = Depends(actor)) -> Actor:
     if not who.may("admin"):
-        raise ApiError(403, "access_denied", f"needs the admin role; token {who.name!r} is {who.role}",
-                       exit_code("access_denied"))
+        raise ApiError(403, "access-denied", f"needs the admin role; token {who.name!r} is {who.role}",
+                       exit_code("access-denied"))
     return who
 
 

@@ -1,9 +1,10 @@
 """Errors as HTTP answers: one JSON shape for every refusal, carrying the CLI's exit code.
 
-    {"error": "unknown_bundle", "message": "digits:9 is not published: ...", "exit_code": 4}
+    {"error": "unknown-bundle", "message": "digits:9 is not published: ...", "exit_code": 4}
 
-so a remote `edge-fleet --api ...` exits with the same code and line as a local one, and a CI
-pipeline can branch on `error` without parsing English.
+the same fields `edge-fleet --json` prints for a failure (edge_agent.errors: `error` is the code's
+stable name), so a remote `edge-fleet --api ...` exits with the same code and line as a local
+one, and a CI pipeline can branch on `error` without parsing English.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_agent.bundle import BundleError
+from edge_agent.errors import EdgekitError, one_line
 
-from ..errors import (AccessDenied, ActionRefused, ApiFailed, FleetError, NoTargets, NotFound, RolloutConflict,
-                      UnknownBundle, VersionConflict, exit_code)
+from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFound, RolloutConflict, UnknownBundle,
+                      VersionConflict, exit_code)
 
-# FleetError subclass -> HTTP status; anything else a FleetError is 400
-STATUS: dict[type[FleetError], int] = {
+# error class -> HTTP status; any other EdgekitError (a FleetError, ...) is 400
+STATUS: dict[type[EdgekitError], int] = {
     NotFound: 404, UnknownBundle: 404, AccessDenied: 403, RolloutConflict: 409, VersionConflict: 409,
-    ActionRefused: 409, NoTargets: 422,
+    ActionRefused: 409, NoTargets: 422, BundleError: 422,
 }
 
 
@@ -33,7 +35,7 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
-        self.code = code if code is not None else exit_code("api_failed")
+        self.code = code if code is not None else exit_code("api-failed")
 
 
 def body(error: str, message: str, code: int, **extra: Any) -> dict[str, Any]:
@@ -43,15 +45,11 @@ def body(error: str, message: str, code: int, **extra: Any) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """Register the handlers that turn our errors (and FastAPI's own) into the one JSON shape."""
 
-    @app.exception_handler(FleetError)
-    async def fleet_error(_r: Request, exc: FleetError) -> JSONResponse:
+    @app.exception_handler(EdgekitError)
+    async def edgekit_error(_r: Request, exc: EdgekitError) -> JSONResponse:
+        # the one line `edge-fleet` prints for this error (a tampered bundle: publish's own line) and its code
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse(body(exc.code_name, exc.message, exc.exit_code), status_code=status)
-
-    @app.exception_handler(BundleError)
-    async def bundle_error(_r: Request, exc: BundleError) -> JSONResponse:
-        # the same one line `edge-fleet publish` prints for this bundle, and its exit code
-        return JSONResponse(body(f"bundle_{exc.kind.replace('-', '_')}", str(exc), exc.exit_code), status_code=422)
+        return JSONResponse(body(exc.kind, one_line(exc), exc.exit_code), status_code=status)
 
     @app.exception_handler(ApiError)
     async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
@@ -61,12 +59,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return JSONResponse(body("invalid_request", "; ".join(problems) or "invalid request", exit_code("usage"),
+        return JSONResponse(body("invalid-request", "; ".join(problems) or "invalid request", exit_code("usage"),
                                  detail=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
                                          for e in exc.errors()]), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        code = exit_code("not_found") if exc.status_code == 404 else ApiFailed.exit_code
+        name = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        code = exit_code("not-found") if exc.status_code == 404 else ApiFailed.exit_code
         return JSONResponse(body(name, str(exc.detail), code), status_code=exc.status_code)

@@ -66,7 +66,7 @@ async def upload_bundle(request: Request, who: Actor = Depends(actor), st: ApiSt
     actions.require(st.registry, who, "admin", "publish", filename)  # before reading a byte of the body
     name = Path(filename).name
     if not _FILENAME.match(name):
-        raise ApiError(422, "invalid_request", f"filename must be 1-128 of [A-Za-z0-9._-], got {filename!r}", 2)
+        raise ApiError(422, "invalid-request", f"filename must be 1-128 of [A-Za-z0-9._-], got {filename!r}", 2)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > st.max_upload:
         raise _too_large(st.max_upload)
@@ -91,8 +91,8 @@ async def _receive(request: Request, path: Path, limit: int) -> None:
                 raise _too_large(limit)
             fh.write(chunk)
     if size == 0:
-        raise ApiError(422, "invalid_request", "empty body: send the bundle file as the request body", 2)
+        raise ApiError(422, "invalid-request", "empty body: send the bundle file as the request body", 2)
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "too_large", f"upload larger than the server's limit of {limit} bytes (serve --max-upload)")
+    return ApiError(413, "too-large", f"upload larger than the server's limit of {limit} bytes (serve --max-upload)")

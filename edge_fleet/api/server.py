@@ -15,7 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
-from ..errors import FleetError
+from ..errors import FleetError, PortUnavailable
 from .app import create_app
 from .deps import ApiState
 
@@ -51,7 +51,7 @@ class HttpServer:
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise FleetError(f"the HTTP server did not start on {self.host}:{self.port} (port in use?)")
+                raise PortUnavailable(f"the HTTP server did not start on {self.host}:{self.port} (port in use?)")
             time.sleep(0.02)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         if not self.tls and not _loopback(self.host):

@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_agent.bundle import BundleError
-
 from ..errors import FleetError, run_cli
 from ..registry import Registry, open_registry
 from . import commands
@@ -87,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str) if args.json else text)
         return 0
 
-    return run_cli("edge-fleet", body, handled=(BundleError,), verbose=args.verbose)
+    # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result
+    return run_cli("edge-fleet", body, verbose=args.verbose)
 
 
 __all__ = ["DEFAULT_HOME", "build_parser", "main", "open_local_registry"]

@@ -7,19 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import BundleError
-
 from ..api.limits import DEFAULT_MAX_UPLOAD
 from ..errors import exit_codes_epilog
 from .serve import http_address, listen_address
 
 DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" / "fleet"))
-
-
-def _bundle_codes() -> list[tuple[int, str]]:
-    """The bundle's own exit codes (edge_agent.bundle keeps them on its error classes)."""
-    return [(BundleError.exit_code, "bundle unusable"),
-            *((c.exit_code, f"bundle refused: {c.kind.replace('-', ' ')}") for c in BundleError.__subclasses__())]
 
 
 def _remote_options(p: argparse.ArgumentParser, default: Any) -> None:
@@ -133,7 +125,7 @@ def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-fleet", description="Run the fleet server, publish bundles, deploy them "
                                 "in stages, show status; locally or through a fleet's API (--api).",
-                                epilog=exit_codes_epilog(_bundle_codes()),
+                                epilog=exit_codes_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _remote_options(p, lambda v: v)
     sub = p.add_subparsers(dest="cmd", required=True)

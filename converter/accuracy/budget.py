@@ -1,0 +1,52 @@
+"""`--accuracy-budget`: what "accurate enough" means for a quantized model.
+
+Forms (comma-separate several):  agreement:0.95   top1-drop:1.0   cosine:0.99
+agreement  task agreement with float (top-1 for classifiers, IoU>=0.9 share for maps,
+           per-timestep argmax for sequences), 0-1
+top1-drop  max drop of top-1 accuracy in percentage points (needs eval labels)
+cosine     min mean cosine similarity of the outputs (generic outputs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KEYS = {"agreement": "min_agreement", "top1-drop": "max_top1_drop", "cosine": "min_cosine"}
+
+
+@dataclass
+class Budget:
+    min_agreement: float
+    max_top1_drop: float
+    min_cosine: float
+
+    def failures(self, s: dict[str, Any], task: str) -> list[str]:
+        """Reasons score s (from converter.accuracy.metrics.score) breaks the budget; empty when it holds."""
+        reasons = []
+        if s["agreement"] < self.min_agreement and (task != "generic"):
+            reasons.append(f"{s['metric']} {s['agreement']:.2%} < {self.min_agreement:.2%}")
+        if "top1_drop_points" in s and s["top1_drop_points"] > self.max_top1_drop:
+            reasons.append(f"top-1 drop {s['top1_drop_points']:.2f} points > {self.max_top1_drop:.2f}")
+        if task == "generic" and s["mean_cosine"] < self.min_cosine:
+            reasons.append(f"mean cosine {s['mean_cosine']:.4f} < {self.min_cosine}")
+        return reasons
+
+
+def parse_budget(text: str) -> dict[str, float]:
+    """'agreement:0.95,top1-drop:1' -> {'min_agreement': 0.95, 'max_top1_drop': 1.0}; ValueError if malformed."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition(":")
+        if key not in KEYS or not value:
+            raise ValueError(f"accuracy budget {part!r} must be one of {', '.join(k + ':NUMBER' for k in KEYS)}")
+        try:
+            number = float(value.rstrip("%")) / (100.0 if value.endswith("%") else 1.0)
+        except ValueError:
+            raise ValueError(f"accuracy budget {part!r}: {value!r} is not a number") from None
+        if key in ("agreement", "cosine") and not 0.0 <= number <= 1.0:
+            raise ValueError(f"accuracy budget {part!r}: {key} must be between 0 and 1 (or a percentage)")
+        out[KEYS[key]] = number
+    if not out:
+        raise ValueError("empty accuracy budget")
+    return out

@@ -1,0 +1,96 @@
+"""Calibration-method selection: try each candidate, keep the one that scores best on eval data.
+
+Runtime-independent: the caller passes `quantize(method) -> model` and `evaluate(model) -> score`
+(converter.accuracy.metrics.score), so the TFLite path can reuse it with its own calibrators.
+Method specs: minmax | entropy | distribution | percentile (99.99) | percentile:99.999
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from .metrics import better
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+
+METHODS = ("minmax", "entropy", "percentile", "distribution")
+DEFAULT_PERCENTILE = 99.99
+# `--calibration-method auto` tries these; entropy/distribution cost 3-6x minmax's calibration time.
+AUTO_CANDIDATES = ("minmax", "percentile:99.9", "percentile:99.99", "percentile:99.999", "entropy", "distribution")
+# Samples below which int8 ranges are unreliable (warned about, not refused).
+MIN_SAMPLES = {"minmax": 16, "percentile": 64, "entropy": 32, "distribution": 32}
+
+
+def parse_method(spec: str) -> tuple[str, float | None]:
+    """'percentile:99.9' -> ('percentile', 99.9); 'minmax' -> ('minmax', None). ValueError if unknown."""
+    name, _, arg = spec.strip().lower().partition(":")
+    if name not in METHODS:
+        raise ValueError(f"unknown calibration method {spec!r} (use auto or one of {', '.join(METHODS)}[:PERCENTILE])")
+    if name != "percentile":
+        if arg:
+            raise ValueError(f"calibration method {name} takes no argument ({spec!r})")
+        return name, None
+    try:
+        pct = float(arg) if arg else DEFAULT_PERCENTILE
+    except ValueError:
+        raise ValueError(f"percentile in {spec!r} must be a number like 99.99") from None
+    if not 50.0 < pct < 100.0:
+        raise ValueError(f"percentile in {spec!r} must be between 50 and 100 (exclusive)")
+    return name, pct
+
+
+def candidates(spec: str) -> list[str]:
+    """The methods to try for a --calibration-method value (auto, one method, or a comma list)."""
+    if spec.strip().lower() == "auto":
+        return list(AUTO_CANDIDATES)
+    methods = [m.strip().lower() for m in spec.split(",") if m.strip()]
+    for m in methods:
+        parse_method(m)
+    return methods
+
+
+def sample_warning(methods: list[str], n: int) -> str | None:
+    """A warning when n calibration samples are fewer than the methods need."""
+    need = max(MIN_SAMPLES[parse_method(m)[0]] for m in methods)
+    if n < need:
+        return (f"only {n} calibration samples; {', '.join(methods)} calibration needs at least {need} "
+                "representative inputs for reliable int8 ranges")
+    return None
+
+
+@dataclass
+class Selection(Generic[M]):
+    method: str
+    model: M
+    score: dict[str, Any]
+    table: list[dict[str, Any]]
+
+
+def select_method(methods: list[str], quantize: Callable[[str], M], evaluate: Callable[[M], dict[str, Any]]) -> Selection[M]:
+    """Quantize with each method, score it, keep the best (higher agreement, then lower error).
+
+    A method that fails (e.g. out of memory for histograms) is recorded and skipped.
+    """
+    best: Selection[M] | None = None
+    table: list[dict[str, Any]] = []
+    for method in methods:
+        t0 = time.perf_counter()
+        try:
+            model = quantize(method)
+            s = evaluate(model)
+        except Exception as exc:  # one calibrator failing must not sink the conversion
+            log.warning("calibration method %s failed: %s", method, str(exc).splitlines()[0][:200])
+            table.append({"method": method, "error_message": str(exc).splitlines()[0][:200]})
+            continue
+        table.append({"method": method, **s, "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("calibration %s: agreement %.4f error %.3g", method, s["agreement"], s["error"])
+        if best is None or better(s, best.score):
+            best = Selection(method, model, s, table)
+    if best is None:
+        raise RuntimeError("every calibration method failed: " + "; ".join(r.get("error_message", "") for r in table))
+    best.table = table
+    return best

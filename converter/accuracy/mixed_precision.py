@@ -1,0 +1,259 @@
+"""Runtime-independent mixed precision: keep the most sensitive layers in float until the budget holds.
+
+The ONNX path (nodes_to_exclude in ORT's quantize_static) and the TFLite path (a quantizer deny-list)
+share the whole search (`search_mixed_precision`); a runtime comes in as callbacks:
+  build(float_layers) -> model          quantize everything except float_layers
+  evaluate(model)     -> score dict     converter.accuracy.metrics.score against the float outputs
+  failures(score)     -> list[str]      budget violations (empty = passes)
+  latency(model)      -> ms             mean latency (optional)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+import numpy as np
+
+from ..data import Dataset
+from ..options import PassOption, whole_number
+from .budget import Budget
+from .evaluator import Evaluator
+from .sensitivity import SENSITIVITY_MODES, LayerBinding, measure_sensitivity, wants_sensitivity
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+# With at least 2x this many eval samples, the fallback searches on one half and picks how many float
+# layers to keep on the other: the greedy search otherwise fits its own samples (PP-OCR cls: +3 points on
+# the search set, -1.5 on held-out images).
+HOLDOUT_MIN = 25
+
+
+@dataclass
+class Step:
+    layer: str | None  # the layer kept in float at this step (None = plain int8)
+    score: dict[str, Any]
+    latency_ms: float | None
+    failures: list[str]
+    check_score: dict[str, Any] | None = None  # the same score on held-out samples (greedy_fallback's `check`)
+
+
+@dataclass
+class FallbackResult(Generic[M]):
+    float_layers: list[str]
+    model: M
+    passed: bool
+    steps: list[Step] = field(default_factory=list)
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per step: the layer added, agreement/error after it, and the gain/latency cost vs the step before."""
+        rows = []
+        for prev, step in zip([None, *self.steps], self.steps):
+            row: dict[str, Any] = {"layer": step.layer, "agreement": step.score["agreement"], "error": step.score["error"],
+                                   "latency_ms": step.latency_ms, "passes": not step.failures}
+            if step.check_score is not None:
+                row["held_out_agreement"] = step.check_score["agreement"]
+            if prev is not None:
+                row["agreement_gained"] = round(step.score["agreement"] - prev.score["agreement"], 6)
+                if step.latency_ms is not None and prev.latency_ms is not None:
+                    row["latency_paid_ms"] = round(step.latency_ms - prev.latency_ms, 4)
+            rows.append(row)
+        return rows
+
+
+def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluate: Callable[[M], dict[str, Any]],
+                    failures: Callable[[dict[str, Any]], list[str]], max_float_layers: int,
+                    latency: Callable[[M], float] | None = None, start: tuple[M, dict[str, Any]] | None = None,
+                    check: Callable[[M], dict[str, Any]] | None = None) -> FallbackResult[M]:
+    """Add layers from `ranking` to the float set one at a time until `failures` is empty.
+
+    Stops at max_float_layers. Without `check`, the result is the first passing step, else the best one
+    (agreement, then error). With `check` (the same score on held-out samples the search never saw),
+    every step is also scored there and the result is the step with the best held-out agreement (ties:
+    better search agreement, then fewer float layers), so layers that only fit the search samples are
+    dropped again.
+    """
+    if start is None:
+        model = build([])
+        start = (model, evaluate(model))
+    model, s = start
+    models = [model]
+    steps = [Step(None, s, latency(model) if latency else None, failures(s), check(model) if check else None)]
+    kept: list[str] = []
+    for layer in ranking:
+        if not steps[-1].failures or len(kept) >= max_float_layers:
+            break
+        kept.append(layer)
+        model = build(list(kept))
+        s = evaluate(model)
+        models.append(model)
+        steps.append(Step(layer, s, latency(model) if latency else None, failures(s), check(model) if check else None))
+        log.info("kept %d layer(s) in float (+%s): agreement %.4f%s", len(kept), layer, s["agreement"],
+                 f", held-out {steps[-1].check_score['agreement']:.4f}" if check else "")
+    if check:
+        pick = max(range(len(steps)), key=lambda i: (steps[i].check_score["agreement"], steps[i].score["agreement"], -i))
+    elif not steps[-1].failures:
+        pick = len(steps) - 1
+    else:
+        pick = max(range(len(steps)), key=lambda i: (steps[i].score["agreement"], -steps[i].score["error"], -i))
+    return FallbackResult(kept[:pick], models[pick], not steps[pick].failures, steps)
+
+
+def float_layer_limit(option: int | None, n_layers: int) -> int:
+    """How many layers the fallback may keep in float.
+
+    By default a quarter of the quantizable layers (at most 8): a model with most of its layers in float is
+    no longer an int8 model, and broken calibration data must still fail the gate. An explicit
+    --max-float-layers is the user's call, but never every layer (that is not an int8 model at all).
+    """
+    limit = option if option is not None else min(8, max(1, n_layers // 4))
+    return min(limit, n_layers - 1)
+
+
+def fallback_report(result: FallbackResult, evaluate: Evaluator, budget: Budget, limit: int, n_layers: int,
+                    max_option: int | None, halves: tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Any], Step]:
+    """The `mixed_precision` report of a greedy fallback; (report, final score, chosen step).
+
+    halves: (search, held-out) sample counts when the held-out check chose the result; the final score is
+    then measured on all eval samples with `evaluate`, else it is the chosen step's own score.
+    """
+    task = evaluate.task
+    chosen = result.steps[len(result.float_layers)]  # step i keeps i layers in float
+    final_score = evaluate(result.model) if halves else chosen.score
+    failures = budget.failures(final_score, task)
+    tried = len(result.steps) - 1
+    mixed: dict[str, Any] = {
+        "float_layers": result.float_layers, "passed": not failures, "steps": result.report(),
+        "max_float_layers": limit, "agreement": final_score["agreement"],
+        "why": "these layers moved the outputs most when quantized (sensitivity ranking); kept in float "
+               "one at a time until the accuracy budget held"}
+    if halves:
+        mixed["selection"] = (f"layers added on {halves[0]} search samples; how many to keep chosen by agreement on "
+                              f"{halves[1]} held-out samples the search never saw; passed = budget on all "
+                              f"{sum(halves)}")
+        if len(result.float_layers) < tried:
+            mixed["dropped_after_held_out_check"] = [st.layer for st in result.steps[len(result.float_layers) + 1:]]
+    if failures:
+        mixed["why_not_passed"] = (
+            f"budget still missed (best: {'; '.join(failures)}, keeping {len(result.float_layers)} layer(s) "
+            f"in float) after trying {tried} layer(s) one by one; limit {limit} "
+            f"(--max-float-layers {max_option or 'default: a quarter of the layers, at most 8'}, never all "
+            f"{n_layers} quantizable layers): the error is spread over many layers: raise the limit, add "
+            "calibration data, or use QAT")
+        log.warning("mixed precision: %s", mixed["why_not_passed"])
+    return mixed, final_score, chosen
+
+
+# The search's knobs, declared once for both mixed-precision passes (their command-line flags come from here).
+SEARCH_OPTIONS: dict[str, PassOption] = {
+    "max_float_layers": PassOption(
+        whole_number(0), None, "most layers the mixed-precision fallback may keep in float (default: a quarter of the "
+        "quantizable layers, at most 8: beyond that the model is no longer int8)"),
+    "sensitivity": PassOption(str, "auto", "per-layer sensitivity analysis: auto = when int8 misses the budget (default)",
+                              choices=SENSITIVITY_MODES),
+    "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)"),
+    "sensitivity_candidates": PassOption(
+        whole_number(1), 16, "layers measured by exclusion; a model with more is pre-ranked cheaply by the activation "
+        "error each layer adds and only the top N are measured (default 16)"),
+}
+
+
+@dataclass
+class SearchSettings:
+    """The values of SEARCH_OPTIONS for one conversion."""
+
+    max_float_layers: int | None
+    sensitivity: str  # auto (when int8 misses the budget) | always | off
+    sensitivity_samples: int
+    sensitivity_candidates: int
+
+    @classmethod
+    def of(cls, config: Any) -> "SearchSettings":
+        """From a mixed-precision pass's config (any object with the SEARCH_OPTIONS attributes)."""
+        return cls(**{name: getattr(config, name) for name in SEARCH_OPTIONS})
+
+
+@dataclass
+class MixedPrecisionOutcome:
+    """What the search leaves: the pass's report entry, the measurements, the model when layers went float."""
+
+    entry: dict[str, Any]
+    sensitivity: dict[str, Any] | None = None  # measurements["sensitivity"]
+    mixed: dict[str, Any] | None = None  # measurements["mixed_precision"]
+    model: Any = None  # the mixed model, when the fallback kept layers in float
+    result: FallbackResult | None = None
+
+
+def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, settings: SearchSettings,
+                           bind: Callable[[Dataset], LayerBinding], latency: Callable[[Any], float] | None,
+                           unavailable: str | None = None, min_gain_samples: int | None = None) -> MixedPrecisionOutcome:
+    """Score the int8 `model`; when it misses the budget (or --sensitivity always), rank layers and keep the
+    most sensitive in float one at a time until the budget holds.
+
+    bind(sensitivity data) -> the runtime's LayerBinding. unavailable: why the fallback cannot run here
+    (reported instead of searching). min_gain_samples: a fallback that still misses the budget without a
+    held-out check is kept only if it fixes at least this many more samples (timesteps for sequences).
+    """
+    task, data = evaluate.task, evaluate.data
+    base = evaluate(model)
+    reasons = budget.failures(base, task)
+    out = MixedPrecisionOutcome({"task": task, "int8": base, "budget": vars(budget), "int8_passes": not reasons})
+    if not wants_sensitivity(settings.sensitivity, reasons, out.entry):
+        return out
+    if unavailable:
+        out.entry["sensitivity"] = unavailable
+        log.warning("mixed precision not attempted: %s", unavailable)
+        return out
+    split = len(data) >= 2 * HOLDOUT_MIN
+    search_data, check_data = data.interleaved_halves() if split else (data, None)
+    sens_data = search_data.head(settings.sensitivity_samples)
+    binding = bind(sens_data)
+    sens_eval = evaluate.on(sens_data) if len(sens_data) < len(data) else evaluate
+    sens_base = sens_eval(model) if sens_eval is not evaluate else base
+    k = max(1, settings.sensitivity_candidates)
+    ranking, out.entry["sensitivity"], out.sensitivity = measure_sensitivity(binding, sens_eval, sens_base, sens_data, k)
+    if not reasons:
+        return out
+    layers = binding.layers
+    limit = float_layer_limit(settings.max_float_layers, len(layers))
+    log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
+                "; ".join(reasons), limit, len(layers))
+    # Most sensitive first; layers that only matter together (a tensor shared by two quantized
+    # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
+    order = [r["layer"] for r in ranking] + [r["layer"] for r in binding.prerank[k:]]
+    fails = lambda s: budget.failures(s, task)  # noqa: E731
+    if split:
+        result = greedy_fallback(order, binding.build, evaluate.on(search_data), fails, limit, latency,
+                                 check=evaluate.on(check_data))
+    else:
+        result = greedy_fallback(order, binding.build, evaluate, fails, limit, latency, start=(model, base))
+    mixed, final_score, chosen = fallback_report(result, evaluate, budget, limit, len(layers), settings.max_float_layers,
+                                                 (len(search_data), len(check_data)) if split else None)
+    gain = final_score["agreement"] - base["agreement"]
+    if min_gain_samples and result.float_layers and not mixed["passed"] and not split:
+        _drop_unclear_gain(result, mixed, evaluate, gain, min_gain_samples)
+    if result.float_layers:
+        out.model = result.model
+        mixed["agreement_gained"] = round(gain, 6)
+        if chosen.latency_ms is not None and result.steps[0].latency_ms:
+            mixed["latency_paid_ms"] = round(chosen.latency_ms - result.steps[0].latency_ms, 4)
+    out.mixed, out.result, out.entry["mixed_precision"] = mixed, result, mixed
+    return out
+
+
+def _drop_unclear_gain(result: FallbackResult, mixed: dict[str, Any], evaluate: Evaluator, gain: float,
+                       min_gain_samples: int) -> None:
+    """Without a held-out check, keep plain int8 when a fallback that still misses the budget fixes fewer than
+    `min_gain_samples` more samples: within noise (on PP-OCR cls a +1-sample "gain" on the search set was
+    -2.5 points held-out)."""
+    task = evaluate.task
+    # agreement is per sample, or per timestep for sequences ([N, T, C]): count in those units
+    units = int(np.prod(evaluate.reference.shape[:2])) if task == "sequence" else len(evaluate.data)
+    if gain * units >= min_gain_samples - 1e-9:
+        return
+    mixed["not_kept"] = (f"best fallback changed agreement by {gain:+.4f} ({gain * units:+.1f} of {units} "
+                         f"{'timesteps' if task == 'sequence' else 'samples'}): within noise, plain int8 kept")
+    log.warning("mixed precision: %s", mixed["not_kept"])
+    mixed["best_float_layers"], mixed["float_layers"] = result.float_layers, []
+    result.float_layers = []

@@ -1,0 +1,50 @@
+"""The in-memory calibration/eval data every pass reads: inputs by name (first axis = sample), optional labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    """Samples for every model input (first axis = sample), optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def sample(self, i: int) -> dict[str, np.ndarray]:
+        """Feeds for sample i, each with a batch axis of 1."""
+        return {k: v[i : i + 1] for k, v in self.inputs.items()}
+
+    def head(self, n: int) -> "Dataset":
+        return Dataset({k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.origin)
+
+    def take(self, index: np.ndarray | slice) -> "Dataset":
+        """The samples at `index` (an index array or slice along the sample axis)."""
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[index],
+                       self.origin)
+
+    def interleaved_halves(self) -> tuple["Dataset", "Dataset"]:
+        """Even- and odd-numbered samples: two halves that both span an ordered file (video, sorted folder)."""
+        return self.take(slice(0, None, 2)), self.take(slice(1, None, 2))
+
+
+def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
+    """Log (and return) a warning for each input whose samples are all the same: such data
+    cannot calibrate int8 ranges or measure accuracy."""
+    warnings = []
+    for name, arr in data.inputs.items():
+        if len(arr) > 1 and float(np.ptp(arr, axis=0).max()) < 1e-6:
+            warnings.append(f"{what} data for input {name!r} is the same in all {len(arr)} samples: "
+                            "give representative inputs")
+            log.warning(warnings[-1])
+    return warnings

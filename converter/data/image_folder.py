@@ -1,0 +1,46 @@
+"""Calibration/eval data from a folder of images (eval: one sub-folder per class), preprocessed exactly as
+the bundle will preprocess them on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.bundle import Preprocess, TensorSpec
+from edge_agent.pipeline.inputs import IMAGE_SUFFIXES
+from edge_agent.pipeline.preprocess import preprocess_image, read_image
+
+from ..errors import DataError
+from .dataset import Dataset
+
+
+def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None) -> Dataset:
+    if preprocess is None or preprocess.kind != "image":
+        raise DataError(f"{folder}: image folders need image preprocessing options (--mean/--std/--color ...)")
+    if len(inputs) != 1:
+        raise DataError(f"{folder}: image folders only work for single-input models")
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    items: list[tuple[Path, int | None]] = []
+    if subdirs:  # class folders: named by label name or class index
+        for d in subdirs:
+            if labels and d.name in labels:
+                cls = labels.index(d.name)
+            elif d.name.isdigit():
+                cls = int(d.name)
+            else:
+                raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index")
+            items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        items = [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not items:
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    tensors = []
+    for f, _ in items:
+        try:
+            tensor, _ = preprocess_image(read_image(str(f)), preprocess, inputs[0])
+        except Exception as exc:
+            raise DataError(f"{f}: cannot read or preprocess image: {exc}") from exc
+        tensors.append(tensor[0])
+    y = np.array([c for _, c in items], dtype=np.int64) if subdirs else None
+    return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder))

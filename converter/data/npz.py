@@ -1,0 +1,59 @@
+"""Calibration/eval data from an .npz file: one array per model input (named after it), optional `labels`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.bundle import TensorSpec
+
+from ..errors import DataError
+from .dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str) -> np.ndarray:
+    """Arrays are (N, *input shape without batch); accept (N, *shape) with a leading batch of 1 too."""
+    want = spec.shape[1:]
+    if array.ndim == len(spec.shape) + 1 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != len(spec.shape):
+        raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
+    for got, w in zip(array.shape[1:], want):
+        if isinstance(w, int) and w > 0 and got != w:
+            raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
+    return np.ascontiguousarray(array.astype(np.float32))
+
+
+def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
+    labels = arrays.pop("labels", None)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        if spec.name in arrays:
+            feeds[spec.name] = arrays[spec.name]
+        elif len(inputs) == 1 and len(arrays) == 1:
+            only = next(iter(arrays))
+            log.warning("%s: using array %r for model input %r", path.name, only, spec.name)
+            feeds[spec.name] = arrays[only]
+        else:
+            raise DataError(
+                f"{path} has no array named {spec.name!r} (model inputs: {', '.join(s.name for s in inputs)}; "
+                f"arrays: {', '.join(arrays) or 'none'})"
+            )
+        feeds[spec.name] = fit_sample_shape(spec.name, feeds[spec.name], spec, path.name)
+    counts = {len(v) for v in feeds.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise DataError(f"{path}: inputs must hold the same, non-zero number of samples")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if len(labels) != counts.pop():
+            raise DataError(f"{path}: 'labels' has {len(labels)} entries but the inputs have {len(next(iter(feeds.values())))}")
+    return Dataset(feeds, labels, origin=str(path))

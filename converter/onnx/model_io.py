@@ -1,0 +1,88 @@
+"""Small ONNX helpers shared by the passes: tensor specs, running a model over a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge_agent.bundle import TensorSpec
+
+from ..data import Dataset
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def guess_layout(shape: list[int | str]) -> str:
+    if len(shape) == 4:
+        if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+            return "NCHW"
+        if shape[3] in (1, 3, 4):
+            return "NHWC"
+        return "NCHW"
+    if len(shape) == 2:
+        return "NC"
+    return "ANY"
+
+
+def tensor_specs(model_path: Path, layout: str | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an ONNX model as manifest TensorSpecs (initializers excluded)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(vi, is_input: bool) -> TensorSpec:
+        t = vi.type.tensor_type
+        shape: list[int | str] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+        ]
+        lay = (layout or guess_layout(shape)) if is_input else ("NC" if len(shape) == 2 else "ANY")
+        return TensorSpec(name=vi.name, dtype=_ONNX_DTYPES.get(t.elem_type, "float32"), shape=shape, layout=lay)
+
+    ins = [spec(i, True) for i in model.graph.input if i.name not in inits]
+    outs = [spec(o, False) for o in model.graph.output]
+    return ins, outs
+
+
+def ort_session(model_path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_dataset(model_path: Path, data: Dataset, progress=None) -> list[np.ndarray]:
+    """Run the model on every sample (batch 1); returns each output stacked over samples."""
+    sess = ort_session(model_path)
+    names = [o.name for o in sess.get_outputs()]
+    input_types = {i.name: i.type for i in sess.get_inputs()}
+    collected: list[list[np.ndarray]] = [[] for _ in names]
+    for i in range(len(data)):
+        feeds = {
+            k: (v.astype(np.float16) if input_types.get(k) == "tensor(float16)" else v) for k, v in data.sample(i).items()
+        }
+        for j, out in enumerate(sess.run(names, feeds)):
+            collected[j].append(np.asarray(out, dtype=np.float32))
+        if progress:
+            progress(1)
+    return [np.concatenate(c, axis=0) for c in collected]
+
+
+def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of a node's attribute, or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default

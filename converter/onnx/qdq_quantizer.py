@@ -1,0 +1,143 @@
+"""ONNX Runtime static int8 (QDQ) with calibration computed once per method and cached, so the
+calibration search, the sensitivity analysis and the mixed-precision fallback re-quantize with
+different nodes_to_exclude in well under a second each instead of re-calibrating."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnx
+
+from ..accuracy.calibration_choice import parse_method
+from ..data import Dataset
+
+log = logging.getLogger(__name__)
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# `--quantize-ops weighted`: only weight-carrying ops get QDQ; Add/Mul/Resize/activations stay float between them.
+OP_SETS: dict[str, tuple[str, ...] | None] = {"all": None, "weighted": QUANTIZABLE_OPS}
+MIN_QDQ_OPSET = 13  # per-channel DequantizeLinear needs the `axis` attribute (opset 13)
+
+
+class DatasetReader:
+    """ONNX Runtime CalibrationDataReader over a Dataset, one sample per batch (also iterable)."""
+
+    def __init__(self, data: Dataset, limit: int) -> None:
+        self._data = data
+        self._n = min(len(data), limit)
+        self._it: Iterator[int] = iter(range(self._n))
+
+    def get_next(self):
+        i = next(self._it, None)
+        return None if i is None else self._data.sample(i)
+
+    def rewind(self) -> None:
+        self._it = iter(range(self._n))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        self.rewind()
+        return iter(self.get_next, None)
+
+
+def quant_type(name: str):
+    """ONNX Runtime's QuantType for "int8" / "uint8"."""
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def prepare_for_qdq(model_path: Path, out: Path) -> tuple[Path, list[str]]:
+    """Upgrade opset < 13 and name unnamed nodes (nodes_to_exclude needs names). Returns path, notes."""
+    model = onnx.load(str(model_path))
+    notes = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_QDQ_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, MIN_QDQ_OPSET)
+        notes.append(f"opset {opset} -> {MIN_QDQ_OPSET} (per-channel QDQ needs it)")
+    seen: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+            renamed += 1
+        seen.add(node.name)
+    if renamed:
+        notes.append(f"named {renamed} unnamed nodes")
+    if not notes:
+        return model_path, notes
+    onnx.save_model(model, str(out), save_as_external_data=False)
+    return out, notes
+
+
+def quantizable_nodes(model_path: Path, op_types: tuple[str, ...] = QUANTIZABLE_OPS) -> list[str]:
+    """Names of the weight-carrying nodes the sensitivity analysis and fallback work on, in graph order."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+@dataclass
+class OrtStaticQuantizer:
+    """Static QDQ quantization of one float model with per-method cached calibration ranges."""
+
+    src: Path
+    workdir: Path
+    calibration: Dataset
+    samples: int
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    op_set: str = "all"  # key of OP_SETS; calibration always covers all ops so every set reuses the cache
+    _caches: dict[str, Path] = field(default_factory=dict)
+    _count: int = 0
+
+    def _common(self, method: str) -> dict[str, Any]:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat
+
+        name, pct = parse_method(method)
+        extra: dict[str, Any] = {"CalibPercentile": pct} if pct is not None else {}
+        return dict(quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                    activation_type=quant_type(self.activation_type), weight_type=quant_type(self.weight_type),
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile,
+                                      "distribution": CalibrationMethod.Distribution}[name],
+                    extra_options=extra)
+
+    def quantize(self, method: str, exclude: list[str] | None = None, dst: Path | None = None,
+                 op_set: str | None = None) -> Path:
+        """Quantize with `method`, leaving `exclude` nodes in float; calibrates on first use of a method."""
+        from onnxruntime.quantization import quantize_static
+
+        self._count += 1
+        dst = dst or self.workdir / f"q{self._count}.onnx"
+        cache = self.workdir / f"calib.{method.replace(':', '_')}.json"
+        ops = OP_SETS[op_set or self.op_set]
+        if not cache.is_file() and ops is not None:  # calibrate every tensor once, so all op sets share the cache
+            self.quantize(method, dst=self.workdir / "calibrate.onnx", op_set="all")
+        reader = None if cache.is_file() else DatasetReader(self.calibration, self.samples)
+        extra = {"op_types_to_quantize": list(ops)} if ops is not None else {}
+        # ORT's histogram calibrators print progress to stdout and warn about pre-processing: keep --json clean.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet("root"):
+            quantize_static(str(self.src), str(dst), reader, nodes_to_exclude=list(exclude or []),
+                            calibration_cache_path=str(cache), **self._common(method), **extra)
+        self._caches[method] = cache
+        return dst
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

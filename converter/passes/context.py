@@ -1,0 +1,145 @@
+"""The context a conversion carries from pass to pass, and the typed hand-over between passes.
+
+Everything a pass leaves for a later one is a typed field here (never a hidden dict key), so a reader
+sees who produces what: `measurements` holds only what goes into the report and the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from device_profiles import Profile
+from edge_agent.bundle import Postprocess, Preprocess, SelfTest, TensorSpec
+
+from ..accuracy.budget import Budget
+from ..accuracy.evaluator import Evaluator
+from ..accuracy.metrics import detect_task
+from ..accuracy.mixed_precision import MixedPrecisionOutcome
+from ..data import Dataset
+from ..importers import ImportedModel
+from ..options import ConvertOptions
+from ..runners import median_latency_ms, run_model
+
+if TYPE_CHECKING:
+    from ..onnx.qdq_quantizer import OrtStaticQuantizer
+
+GATE_CALIBRATION_SAMPLES = 256  # without eval data, the gate compares outputs on this many calibration samples
+
+
+@dataclass
+class OrtInt8Hand:
+    """quantize -> mixed-precision (ONNX): the quantizer with its cached calibration, and the method chosen."""
+
+    quantizer: OrtStaticQuantizer
+    method: str
+
+
+@dataclass
+class TFSource:
+    """tflite-convert -> tflite-mixed-precision: the TensorFlow source the int8 model was quantized from."""
+
+    kind: str  # keras | savedmodel
+    path: Path
+    io_dtype: str = "float32"  # the int8 model's input/output type (--io-dtype)
+
+
+@dataclass
+class ConversionContext:
+    """Everything the passes share. Each pass reads what earlier passes left and adds its part."""
+
+    options: ConvertOptions
+    profile: Profile
+    workdir: Path
+    imported: ImportedModel | None = None
+    float_model: Path | None = None  # cleaned float ONNX: the accuracy reference
+    model: Path | None = None  # the candidate that will be packaged
+    reference_model: Path | None = None  # float model in the bundle's format (size/latency reference); default float_model
+    format: str = "onnx"
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    preprocess: Preprocess | None = None
+    postprocess: Postprocess | None = None
+    calibration: Dataset | None = None
+    evaluation: Dataset | None = None
+    measurements: dict[str, Any] = field(default_factory=dict)  # report + manifest: public figures only
+    extra_files: dict[str, Path] = field(default_factory=dict)  # archive path -> local file
+    report: list[dict[str, Any]] = field(default_factory=list)
+    bundle_path: Path | None = None
+    # hand-over between passes (not serialised)
+    ort_int8: OrtInt8Hand | None = None  # set by quantize (int8-static), read by mixed-precision
+    tf_source: TFSource | None = None  # set by tflite-convert (int8-static), read by tflite-mixed-precision
+    selftest: SelfTest | None = None  # set by selftest, read by package
+    _evaluator: Evaluator | None = field(default=None, repr=False)  # cache of evaluator()
+
+    def gate_data(self) -> tuple[Dataset | None, str]:
+        """The data accuracy is measured on, and where it comes from: eval data, else calibration data."""
+        if self.evaluation is not None:
+            return self.evaluation, "eval"
+        if self.calibration is not None:
+            return self.calibration.head(GATE_CALIBRATION_SAMPLES), "calibration"
+        return None, "none"
+
+    def task(self) -> str:
+        """What the first output is (classification, map, sequence, generic): decides the agreement metric."""
+        return detect_task(self.outputs[0].shape, bool(self.postprocess and self.postprocess.kind == "classification"))
+
+    def budget(self) -> Budget:
+        """The accuracy budget: the user's options where given, else the profile's."""
+        o, acc = self.options, self.profile.accuracy
+        return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else acc.min_agreement,
+                      max_top1_drop=o.max_accuracy_drop if o.max_accuracy_drop is not None else acc.max_top1_drop,
+                      min_cosine=o.min_cosine)
+
+    def run_first_output(self, model: Path, data: Dataset) -> np.ndarray:
+        """The first output of `model` (ONNX or TFLite) over `data`, in the source model's layout."""
+        return run_model(model, data, self.inputs, self.outputs)[0]
+
+    def evaluator(self) -> Evaluator | None:
+        """Scores models against the float model on the gate data; the float outputs are computed once."""
+        data, _ = self.gate_data()
+        if data is None:
+            return None
+        ev = self._evaluator
+        if ev is None or ev.float_model != self.float_model or ev.specs != (self.inputs, self.outputs):
+            ev = Evaluator(self.run_first_output, self.float_model, data, self.task(), specs=(list(self.inputs), list(self.outputs)))
+            self._evaluator = ev
+        return ev
+
+    def take_mixed_precision(self, out: MixedPrecisionOutcome, **sensitivity_extra: Any) -> None:
+        """Record a mixed-precision search in the measurements; adopt its model when it kept layers in float."""
+        if out.sensitivity is not None:
+            self.measurements["sensitivity"] = {**out.sensitivity, **sensitivity_extra}
+        if out.model is not None:
+            self.model, self.precision = out.model, "int8-mixed"
+        if out.mixed is not None:
+            self.measurements["mixed_precision"] = out.mixed
+
+    def host_threads(self) -> int:
+        """Threads for timing on this host: the profile's, at most the cores there are."""
+        return max(1, min(self.profile.runtime.threads, os.cpu_count() or 1))
+
+    def latency_probe(self, runs: int) -> Callable[[Path], float]:
+        """`probe(model) -> median ms` over `runs` timed runs on this host (ONNX and TFLite files alike)."""
+        feeds, threads = self.timing_feeds(), self.host_threads()
+        return lambda model: median_latency_ms(model, feeds, threads, self.inputs, self.outputs, runs)
+
+    def search_latency_probe(self) -> Callable[[Path], float] | None:
+        """Latency of each mixed-precision step (half the benchmark runs, at least 5); None with --bench-runs 0."""
+        runs = self.options.bench_runs
+        return self.latency_probe(max(5, runs // 2)) if runs > 0 else None
+
+    def timing_feeds(self) -> dict[str, np.ndarray]:
+        """One input sample for timing: the first eval (else calibration) sample, else seeded noise."""
+        data = self.evaluation or self.calibration
+        if data is not None:
+            return data.sample(0)
+        rng = np.random.default_rng(0)
+        return {t.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in t.shape]).astype(np.float32)
+                for t in self.inputs}

@@ -1,0 +1,122 @@
+"""Small TFLite helpers shared by the passes: tensor specs, running a model over a dataset.
+
+Models run through the agent's own LiteRT code (edge_agent.runtimes.litert_runtime), so the
+gate and the host benchmark measure exactly what the device will run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from edge_agent.bundle import Quantization, TensorSpec
+from edge_agent.pipeline.preprocess import to_layout
+from edge_agent.runtimes.litert_runtime import TFLiteModel, open_interpreter
+
+from ..data import Dataset
+
+_DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool"}
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """TensorFlow/onnx2tf print progress to stdout; keep stdout clean for `--json` output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _dtype_name(dtype) -> str:
+    name = np.dtype(dtype).name
+    return name if name in _DTYPES else "float32"
+
+
+def _layouts(shape: list[int], source: TensorSpec | None) -> tuple[str, str | None]:
+    """(layout, source_layout) of a TFLite tensor given the source model's tensor, if any."""
+    if len(shape) == 4:
+        if source is not None and source.layout == "NCHW":
+            if list(source.shape[1:]) == list(shape[1:]):
+                return "NCHW", None  # kept NCHW
+            return "NHWC", "NCHW"  # onnx2tf transposed it
+        return "NHWC", None
+    if len(shape) == 2:
+        return "NC", None
+    return "ANY", None
+
+
+def tflite_specs(model_path: Path, source_inputs: Sequence[TensorSpec] | None = None,
+                 source_outputs: Sequence[TensorSpec] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of a .tflite file as manifest TensorSpecs, in the interpreter's order.
+
+    `source_*` are the source model's specs (same order): a 4-D tensor whose shape is the
+    source's NCHW shape transposed is recorded as layout NHWC with source_layout NCHW.
+    Integer tensors carry their quantization parameters.
+    """
+    interpreter, _ = open_interpreter(model_path, threads=1, use_xnnpack=False)
+
+    def spec(detail, source: TensorSpec | None, is_input: bool) -> TensorSpec:
+        shape = [int(d) for d in detail["shape"]]
+        sig = detail.get("shape_signature")
+        if sig is not None and len(sig) == len(shape) and int(sig[0]) == -1 and source is not None and isinstance(source.shape[0], str):
+            shape[0] = source.shape[0]  # keep a symbolic batch the source declared
+        layout, source_layout = _layouts(shape, source)
+        dtype = _dtype_name(detail["dtype"])
+        quant = None
+        if dtype in ("int8", "uint8"):
+            scale, zp = detail.get("quantization", (0.0, 0))
+            if scale:
+                quant = Quantization(scale=float(scale), zero_point=int(zp))
+        return TensorSpec(name=detail["name"], dtype=dtype, shape=shape, layout=layout, source_layout=source_layout,
+                          quantization=quant)
+
+    src_in = list(source_inputs or [])
+    src_out = list(source_outputs or [])
+    ins = [spec(d, src_in[i] if i < len(src_in) else None, True) for i, d in enumerate(interpreter.get_input_details())]
+    outs = [spec(d, src_out[i] if i < len(src_out) else None, False) for i, d in enumerate(interpreter.get_output_details())]
+    return ins, outs
+
+
+def feeds_in_layout(sample: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """A dataset sample (source layout, dict in model order) -> arrays in the TFLite model's layout."""
+    arrays = list(sample.values())
+    return [to_layout(a, s.source_layout, s.layout) if s.source_layout and not _fits(a, s) else a
+            for a, s in zip(arrays, specs)]
+
+
+def _fits(array: np.ndarray, spec: TensorSpec) -> bool:
+    """Already in the spec's shape (apart from the batch axis)?"""
+    return array.ndim == len(spec.shape) and all(
+        not isinstance(w, int) or w <= 0 or g == w for g, w in zip(array.shape[1:], spec.shape[1:]))
+
+
+def outputs_in_source_layout(outputs: list[np.ndarray], specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    return [to_layout(o, s.layout, s.source_layout) if s.source_layout else o for o, s in zip(outputs, specs)]
+
+
+def run_tflite_dataset(model_path: Path, data: Dataset, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                       threads: int | None = None, progress=None) -> list[np.ndarray]:
+    """Run a .tflite model on every sample (batch 1); outputs in the source model's layout, float32."""
+    model = TFLiteModel(model_path, threads, inputs, outputs)
+    collected: list[list[np.ndarray]] = []
+    for i in range(len(data)):
+        outs = outputs_in_source_layout(model.run_list(feeds_in_layout(data.sample(i), inputs)), outputs)
+        if not collected:
+            collected = [[] for _ in outs]
+        for j, out in enumerate(outs):
+            collected[j].append(np.asarray(out, dtype=np.float32))
+        if progress:
+            progress(1)
+    return [np.concatenate(c, axis=0) for c in collected]
+
+
+def representative_dataset(data: Dataset, n: int, specs: Sequence[TensorSpec]) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """tf.lite's representative_dataset: the first n samples in the TFLite model's layout (onnx2tf: NHWC), float32."""
+
+    def gen() -> Iterator[list[np.ndarray]]:
+        for i in range(min(n, len(data))):
+            yield [np.asarray(a, dtype=np.float32) for a in feeds_in_layout(data.sample(i), specs)]
+
+    return gen

@@ -1,0 +1,213 @@
+"""Every exit code of every edgekit CLI, defined once, and the error root they hang from.
+
+One table (EXIT_CODES): a code means the same thing in `edge-agent`, `edge-convert`,
+`edge-fleet` and `edge-device`, so a CI script or a systemd unit can act on it without knowing
+which tool failed. Each code is tagged with the kind of failure (as Greengrass tags its
+deployment errors: user, device, data, network, internal) so the fleet can group failures, and
+with the CLIs that can return it, from which each `--help` epilog is generated.
+
+Error classes name their code by `code_name`; an unknown name fails at import time. The
+shared `run_main` turns any error into ONE line `PROG: error: ...` and its code, never a
+traceback (the traceback goes to the debug log).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class ErrorType(str, enum.Enum):
+    """Who can fix it: what a fleet groups failures by."""
+
+    USER = "user"  # a wrong option, file or command: the person at the keyboard fixes it
+    DATA = "data"  # a bundle, model or data set is broken or does not fit
+    DEVICE = "device"  # the machine: disk, camera, runtime, a port in use
+    NETWORK = "network"  # a broker, server or host cannot be reached
+    INTERNAL = "internal"  # a bug or an unexpected state: report it
+
+
+AGENT, CONVERT, FLEET, DEVICE_CLI = "edge-agent", "edge-convert", "edge-fleet", "edge-device"
+ALL = (AGENT, CONVERT, FLEET, DEVICE_CLI)
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One exit code: the number, a stable name, what it means, who fixes it, which CLIs return it."""
+
+    code: int
+    name: str
+    meaning: str
+    type: ErrorType
+    clis: tuple[str, ...] = ALL
+
+
+_U, _D, _V, _N, _I = ErrorType.USER, ErrorType.DATA, ErrorType.DEVICE, ErrorType.NETWORK, ErrorType.INTERNAL
+
+# Ranges: 1-9 general and fleet operations, 10-19 bundles, 20-29 inputs (profile, model, data),
+# 30-39 conversion results, 40-49 runtime and health, 50-59 OTA, 60-69 fleet infrastructure,
+# 70-79 camera pipeline, 80-89 provisioning over SSH.
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(0, "ok", "ok", _U),
+    ExitCode(1, "error", "other error", _I),
+    ExitCode(2, "usage", "usage (bad command line or option value)", _U),
+    ExitCode(3, "bad-input", "bad input file", _U, (AGENT,)),
+    ExitCode(4, "unknown-bundle", "unknown bundle (NAME:VERSION not published)", _U, (FLEET,)),
+    ExitCode(5, "no-targets", "no target device can take the bundle", _U, (FLEET,)),
+    ExitCode(6, "rollout-conflict", "device busy in another rollout", _U, (FLEET,)),
+    ExitCode(7, "rollout-halted", "rollout halted (deploy --wait)", _D, (FLEET,)),
+    ExitCode(8, "connection-failed", "connection failed (unreachable, refused, bad login)", _N, (FLEET, DEVICE_CLI)),
+    ExitCode(9, "version-conflict", "version already published with another file", _U, (FLEET,)),
+    ExitCode(10, "bundle", "bundle unusable", _D),
+    ExitCode(11, "corrupt", "corrupt or truncated bundle archive", _D),
+    ExitCode(12, "unsafe-member", "unsafe bundle member (traversal, link, device, duplicate, oversize)", _D),
+    ExitCode(13, "signature", "signature or signing key missing, invalid or untrusted", _D),
+    ExitCode(14, "hash-mismatch", "bundle file hash or size mismatch", _D),
+    ExitCode(15, "manifest", "invalid bundle manifest", _D),
+    ExitCode(16, "schema", "unsupported bundle schema (newer than this tool)", _D),
+    ExitCode(17, "profile-mismatch", "bundle built for another device profile", _U),
+    ExitCode(18, "disk-space", "not enough disk space", _V),
+    ExitCode(20, "profile", "bad device profile", _U),
+    ExitCode(21, "import", "model cannot be imported", _U, (CONVERT,)),
+    ExitCode(22, "data", "calibration/eval data does not fit the model", _U, (CONVERT,)),
+    ExitCode(30, "gate", "accuracy gate failed (nothing written; --force writes anyway)", _D, (CONVERT,)),
+    ExitCode(31, "too-large", "bundle over the profile's size limit", _D, (CONVERT,)),
+    ExitCode(40, "runtime", "runtime could not load or run the model", _V, (AGENT, DEVICE_CLI)),
+    ExitCode(41, "health-check", "health check failed (self-test or latency budget): the previous model stays active",
+             _D, (AGENT, DEVICE_CLI)),
+    ExitCode(50, "slot", "no usable slot (nothing to roll back to)", _V, (AGENT, DEVICE_CLI)),
+    ExitCode(51, "download", "download failed or stalled", _N, (AGENT,)),
+    ExitCode(52, "refused", "update refused (see message)", _U, (AGENT, DEVICE_CLI)),
+    ExitCode(53, "downgrade", "downgrade refused (the fleet must mark a rollback)", _U, (AGENT, DEVICE_CLI)),
+    ExitCode(60, "broker-unavailable", "no MQTT broker installed (apt-get install mosquitto, or amqtt)", _V, (FLEET,)),
+    ExitCode(61, "broker-start-failed", "embedded broker did not start (port in use, bad config)", _V, (FLEET,)),
+    ExitCode(62, "registry-unusable", "registry cannot be used (newer schema, unsupported --db)", _V, (FLEET,)),
+    ExitCode(63, "not-found", "unknown rollout, device or API token", _U, (FLEET,)),
+    ExitCode(64, "action-refused", "the rollout cannot do that now (e.g. resume one that is not paused)", _U, (FLEET,)),
+    ExitCode(65, "access-denied", "fleet API: token missing, wrong or revoked, or its role may not do this", _U,
+             (FLEET,)),
+    ExitCode(66, "api-failed", "fleet API unreachable, or it refused the request (too large, malformed)", _N,
+             (FLEET,)),
+    ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
+    ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
+    ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),
+    ExitCode(73, "output", "output cannot be written", _V, (AGENT,)),
+    ExitCode(74, "port", "port unavailable (metrics or HTTP server)", _V, (AGENT, FLEET)),
+    ExitCode(75, "detection-config", "detection settings invalid (--detect or the manifest's postprocess)", _U,
+             (AGENT,)),
+    ExitCode(130, "interrupted", "interrupted (Ctrl-C)", _U),
+)
+
+_BY_NAME = {e.name: e for e in EXIT_CODES}
+
+
+def exit_code(name: str) -> int:
+    """The code registered under `name` (KeyError for a name that is not in EXIT_CODES)."""
+    return _BY_NAME[name].code
+
+
+def entry(name: str) -> ExitCode:
+    return _BY_NAME[name]
+
+
+def exit_codes_epilog(cli: str) -> str:
+    """The `exit codes:` section of `cli`'s --help, generated from EXIT_CODES."""
+    rows = [e for e in EXIT_CODES if cli in e.clis]
+    return "exit codes:\n" + "\n".join(f"  {e.code:>3}  {e.meaning}" for e in rows) + "\n"
+
+
+def markdown_table() -> str:
+    """docs/exit-codes.md's table (a test keeps the page equal to this)."""
+    head = "| code | name | meaning | who fixes it | returned by |\n|---|---|---|---|---|\n"
+    return head + "".join(f"| {e.code} | `{e.name}` | {e.meaning} | {e.type.value} | {', '.join(e.clis)} |\n"
+                          for e in EXIT_CODES)
+
+
+class EdgekitError(Exception):
+    """Root of every failure a user can act on: a one-line message, an exit code, a kind.
+
+    Subclasses set `code_name` (a name in EXIT_CODES); `exit_code`, `kind` and `error_type`
+    follow from it. `detail` holds what does not fit on one line (a log tail); CLIs print it with -v.
+    """
+
+    code_name = "error"
+    exit_code = 1
+    kind = "error"
+    error_type = ErrorType.INTERNAL
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        e = _BY_NAME[cls.code_name]  # KeyError at import for a code that is not registered
+        cls.exit_code, cls.error_type = e.code, e.type
+        if "kind" not in cls.__dict__:
+            cls.kind = e.name
+
+    def __init__(self, message: str = "", detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message or self.__class__.__name__
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The first line of an error's message (or its class name): what a CLI prints."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return exc.__class__.__name__ if isinstance(exc, BaseException) else ""
+
+
+def code_of(exc: BaseException) -> int:
+    """The exit code an exception maps to: its own `exit_code`, 20 for a profile error, else 1."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    from device_profiles import ProfileError  # device_profiles imports nothing of ours
+
+    return exit_code("profile") if isinstance(exc, ProfileError) else exit_code("error")
+
+
+def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbose: bool = False) -> int:
+    """Run one CLI command: any failure becomes ONE line `PROG: error: ...` on stderr (and a JSON
+    error object on stdout with --json) and its exit code. Tracebacks only go to the debug log."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return exit_code("interrupted")
+    except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
+        return report_failure(prog, exc, json_mode, verbose)
+
+
+def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:
+    """Print `exc` the edgekit way and return its exit code."""
+    code = code_of(exc)
+    if code == exit_code("error") and not isinstance(exc, (EdgekitError, OSError)):
+        log.debug("unexpected error", exc_info=exc)
+    message = one_line(exc)
+    if json_mode:
+        record: dict[str, Any] = {"ok": False, "error": getattr(exc, "kind", exc.__class__.__name__),
+                                  "message": message, "exit_code": code}
+        print(json.dumps(record))
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    detail = getattr(exc, "detail", None)
+    if detail and verbose:
+        print(detail, file=sys.stderr)
+    return code
+
+
+class AgentError(EdgekitError):
+    """Root of `edge-agent`'s errors (the bundle's own errors hang from EdgekitError directly:
+    the converter and the fleet raise them too)."""
+
+
+if __name__ == "__main__":  # python -m edge_agent.errors > table for docs/exit-codes.md
+    print(markdown_table(), end="")

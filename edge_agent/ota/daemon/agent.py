@@ -1,0 +1,142 @@
+"""`edge-agent serve`: the agent daemon. Serves its current model, reports over MQTT, applies updates.
+
+`Agent` only wires the parts, each with one job:
+
+    mqtt_link      the MQTT connection, presence, routing of messages by topic
+    desired        desired state -> at most one update job (repeats dropped)
+    update_worker  the thread running the install state machine (edge_agent.ota.installer)
+    boot           which slot is served: boot with fallback, after a switch, after a CLI switch
+    probation      a new model failing on live inputs is switched back
+    reporter       reported state and telemetry
+    current_job    the job all of them report, stored on every change
+
+Threads: paho's network thread (callbacks only parse, check and hand over), the inference
+loop (edge_agent.ota.live), the update worker, and the main thread (telemetry, probation,
+watching the slots for a CLI rollback/install, signals).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from ...home import AgentHome
+from ...runtimes import ModelSession
+from ..live import InferenceLoop
+from ..protocol import Topics, check_device_id
+from ..slots import SlotInfo, Slots
+from .boot import SlotServing
+from .config import AgentConfig
+from .current_job import CurrentJob
+from .desired import DesiredStateHandler
+from .mqtt_link import DeviceTopics, MqttLink
+from .probation import ProbationWatch
+from .reporter import Reporter
+from .update_worker import UpdateWorker
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """The daemon. `run()` blocks until `stop()` (or SIGTERM/SIGINT)."""
+
+    def __init__(self, home: AgentHome, config: AgentConfig, loop: InferenceLoop | None = None) -> None:
+        check_device_id(config.device_id)
+        self.home, self.config = home, config
+        self.slots = Slots(home.slots_dir)
+        self.topics = DeviceTopics.for_device(Topics(config.prefix), config.device_id)
+        self.feed, self.loop = _inference_loop(config, loop)
+        self._stop = threading.Event()
+        self._busy = busy = threading.Lock()  # held while an update runs or the served model changes outside one
+        self.link = MqttLink(config, self.topics)
+        self.jobs = CurrentJob(home, on_change=lambda: self.reporter.publish_reported())
+        self.serving = SlotServing(self.slots, self.loop, config.threads)
+        self.probation = ProbationWatch(config.probation_s, self.loop, self.slots, self.serving, self.jobs, busy)
+        self.worker = UpdateWorker(home, config, self.jobs, self.link, self._on_switch, busy)
+        self.desired = DesiredStateHandler(self.slots, self.jobs, self.worker)
+        self.reporter = Reporter(config, self.link, self.slots, self.jobs, self.loop, self.feed)
+        self.link.route(self.topics.desired, self.desired.on_payload)
+        self.link.route(self.topics.block_data, self.worker.on_block_frame)
+        self.link.on_connected(self.reporter.publish_reported)
+        self.link.on_connected(self.worker.reconnected)
+
+    def _on_switch(self, info: SlotInfo, session: ModelSession | None) -> None:
+        """The update switched slots: serve the new model and put it on probation."""
+        self.serving.serve(info, session)
+        self.probation.start(info)
+
+    def _follow_outside_switch(self) -> None:
+        if self._busy.acquire(blocking=False):
+            try:
+                self.serving.follow_outside_switch(self.jobs)
+            finally:
+                self._busy.release()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.serving.boot(self.jobs, self.config.profile_name)
+        self.loop.start()
+        self.worker.start()
+        self.worker.resume()
+        self.link.start()
+
+    def run(self) -> None:
+        """Serve until stopped: telemetry every interval; probation and the slot watch several times a second."""
+        self.start()
+        next_tel = time.monotonic() + min(1.0, self.config.telemetry_interval_s)
+        try:
+            while not self._stop.wait(0.2):
+                self._follow_outside_switch()
+                self.probation.check()
+                if time.monotonic() >= next_tel:
+                    self.reporter.publish_telemetry()
+                    next_tel = time.monotonic() + self.config.telemetry_interval_s
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.worker.stop()
+        self.link.stop()
+        self.loop.stop()
+        if self.feed is not None:
+            self.feed.close()
+        self.worker.join(timeout=5)
+
+
+def _inference_loop(config: AgentConfig, loop: InferenceLoop | None):  # noqa: ANN202
+    """(feed, loop): the given loop, or one over `--source` frames, or one over the self-test inputs."""
+    if loop is not None or not config.source:
+        return None, loop or InferenceLoop(interval_s=config.infer_interval_s)
+    from ...pipeline.live_feed import LiveFeed
+
+    feed = LiveFeed(config.source, sink=_results_sink(config.results))
+    return feed, InferenceLoop(source=feed, interval_s=0.0, on_result=feed.on_result)
+
+
+def _results_sink(target: str | None) -> Callable[[dict[str, Any]], None] | None:
+    """A callable writing one JSON line per result to `target` (a file, or "-" for stdout)."""
+    if not target:
+        return None
+    fh = sys.stdout if target == "-" else open(target, "a", buffering=1)
+    lock = threading.Lock()
+
+    def write(record: dict) -> None:
+        with lock:
+            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    return write
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())

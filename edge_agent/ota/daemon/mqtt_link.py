@@ -1,0 +1,135 @@
+"""The agent's one MQTT connection: connect and reconnect, presence with a last will, routing by topic.
+
+paho's network thread runs the callbacks here; a handler only parses, checks and hands over.
+A handler drops a message by raising MessageIgnored (logged and counted) or by returning
+False (counted; whoever refused it logged why). No message ever takes the agent down.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paho.mqtt.client as mqtt
+
+from ..job import one_line
+from ..protocol import Presence, Topics, dumps
+from .config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], Optional[bool]]
+
+
+class MessageIgnored(Exception):
+    """A message the agent drops; the text says why (one line)."""
+
+
+@dataclass(frozen=True)
+class DeviceTopics:
+    """This device's topics (see edge_agent.ota.protocol)."""
+
+    desired: str
+    reported: str
+    presence: str
+    telemetry: str
+    block_request: str
+    block_data: str
+
+    @classmethod
+    def for_device(cls, topics: Topics, device_id: str) -> "DeviceTopics":
+        return cls(topics.desired(device_id), topics.reported(device_id), topics.presence(device_id),
+                   topics.telemetry(device_id), topics.block_request(device_id), topics.block_data(device_id))
+
+
+class MqttLink:
+    """Connects to the broker, subscribes the routed topics, publishes; `connected` is set while up."""
+
+    def __init__(self, config: AgentConfig, topics: DeviceTopics) -> None:
+        self.config, self.topics = config, topics
+        self.connected = threading.Event()
+        self.ignored_messages = 0
+        self._routes: dict[str, Handler] = {}
+        self._on_connected: list[Callable[[], None]] = []
+        self._stopping = False
+        self.client = self._make_client()
+
+    def route(self, topic: str, handler: Handler) -> None:
+        """Subscribe `topic` (QoS 1) on every connect and hand its messages to `handler`."""
+        self._routes[topic] = handler
+
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Run `callback` after every (re)connect, once subscribed and announced online."""
+        self._on_connected.append(callback)
+
+    def _make_client(self) -> mqtt.Client:
+        c = self.config
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        if c.username is not None:
+            client.username_pw_set(c.username, c.password)
+        _, _, tls = c.broker_address()
+        if tls:
+            client.tls_set(ca_certs=c.tls_ca, certfile=c.tls_cert, keyfile=c.tls_key, cert_reqs=ssl.CERT_REQUIRED)
+        client.will_set(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
+        client.reconnect_delay_set(0.2, 5)
+        client.max_inflight_messages_set(64)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        host, port, _ = self.config.broker_address()
+        self.client.connect_async(host, port, keepalive=self.config.keepalive_s)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        client.subscribe([(topic, 1) for topic in self._routes])
+        client.publish(self.topics.presence, dumps(Presence("online")), qos=1, retain=True)
+        self.connected.set()
+        for callback in self._on_connected:
+            callback()
+        log.info("connected to %s as %s", self.config.broker, self.config.device_id)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+        handler = self._routes.get(msg.topic)
+        try:
+            if handler is None:  # some brokers deliver retained messages to non-matching subscriptions
+                raise MessageIgnored(f"message on foreign topic {msg.topic!r}")
+            if handler(msg.payload) is False:
+                self.ignored_messages += 1
+        except MessageIgnored as why:
+            self.ignore(str(why))
+        except Exception as exc:  # noqa: BLE001 - a message never takes the agent down
+            self.ignore(f"message on {msg.topic!r} could not be handled: {one_line(exc)}")
+
+    def ignore(self, why: str) -> None:
+        self.ignored_messages += 1
+        log.warning("ignored %s", why)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain)
+
+    def stop(self) -> None:
+        """Say offline (retained, as the last will would), then disconnect."""
+        self._stopping = True
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
