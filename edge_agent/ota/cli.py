@@ -128,6 +128,7 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
 def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from .daemon import Agent, AgentConfig, install_signal_handlers
 
+    home.keep_caches_inside()
     profile = _profile(home, args)
     trust = home.trust_store(args.trust)
     if not trust:
