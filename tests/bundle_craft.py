@@ -29,14 +29,18 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
 def craft_bundle(out: Path, template: Manifest, key: Ed25519PrivateKey, members: dict[str, bytes], *,
                  listed: dict[str, bytes] | None = None,
                  signature_edit: Callable[[dict[str, Any]], None] | None = None,
-                 sparse: dict[str, int] | None = None) -> Path:
+                 sparse: dict[str, int] | None = None, manifest_edit: Callable[[Manifest], None] | None = None,
+                 raw: list[tuple[tarfile.TarInfo, bytes]] | None = None, signed: bool = True) -> Path:
     """A bundle whose manifest (from `template`) lists `listed` (default: `members`) and whose archive holds
     `members`; `signature_edit` changes signature.json after signing; `sparse` gives members whose header
-    says that many bytes of zeros, written as a hole (the file stays small on disk)."""
+    says that many bytes of zeros, written as a hole (the file stays small on disk); `raw` appends members
+    as given (links, devices, duplicates); `signed=False` leaves signature.json out."""
     listed = members if listed is None else listed
     manifest = Manifest.from_dict(template.to_dict())
     manifest.model_file, manifest.selftest = next(iter(listed), "model.onnx"), None
     manifest.files = [FileEntry(path=n, size=len(b), sha256=hashlib.sha256(b).hexdigest()) for n, b in listed.items()]
+    if manifest_edit is not None:
+        manifest_edit(manifest)
     manifest_bytes = manifest.to_json()
     sig_doc = json.loads(sign_manifest(manifest_bytes, key))
     if signature_edit is not None:
@@ -45,9 +49,12 @@ def craft_bundle(out: Path, template: Manifest, key: Ed25519PrivateKey, members:
     with open(out, "wb") as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             tar.addfile(_info("manifest.json", len(manifest_bytes)), io.BytesIO(manifest_bytes))
-            tar.addfile(_info("signature.json", len(signature)), io.BytesIO(signature))
+            if signed:
+                tar.addfile(_info("signature.json", len(signature)), io.BytesIO(signature))
             for name, data in members.items():
                 tar.addfile(_info(name, len(data)), io.BytesIO(data))
+            for info, data in raw or []:
+                tar.addfile(info, io.BytesIO(data) if data else None)
             for name, size in (sparse or {}).items():
                 fh.write(_info(name, size).tobuf(format=tarfile.USTAR_FORMAT))
                 fh.seek(-(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, io.SEEK_CUR)  # a hole of zeros
