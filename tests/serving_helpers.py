@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,3 @@ def dynamic_batch_model(folder: Path):
                         postprocess=Postprocess(kind="classification"), labels=["a", "b", "c"])
     return manifest, folder
 
-
-def wait_until(pred, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -21,7 +21,8 @@ from edge_agent.home import unpacked_bundle
 from edge_agent.runtimes import load_session
 from edge_agent.serving import BatchPolicy, HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
 
-from .serving_helpers import dynamic_batch_model, wait_until
+from .ota_helpers import wait_for
+from .serving_helpers import dynamic_batch_model
 from .test_serving import tflite_bundle  # noqa: F401 - pytest fixture, used by name
 
 PREDICT = "/v1/models/digits:predict"
@@ -112,7 +113,7 @@ def test_full_queue_answers_503_and_a_swap_lets_in_flight_requests_finish(int8_b
             running = pool.submit(client.post, PREDICT, json={"instances": [x]})
             assert gated.entered.acquire(timeout=10)  # the worker is inside the old model
             queued = pool.submit(client.post, PREDICT, json={"instances": [x]})
-            wait_until(lambda: server.service.batcher.depth() == 1, what="one queued request")
+            wait_for(lambda: server.service.batcher.depth() == 1, what="one queued request")
             refused = client.post(PREDICT, json={"instances": [x]})
             assert refused.status_code == 503 and "busy" in refused.json()["error"]
             # an update swaps the model: swap() returns only once the in-flight request has finished on the old one

@@ -44,7 +44,7 @@ def tensor_to_feed(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
                 f"array has shape {tuple(array.shape)}; the model input '{spec.name}' expects {spec.shape} "
                 f"(layout {spec.source_layout or spec.layout})"
             )
-    return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype))
+    return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype, copy=False))
 
 
 def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:

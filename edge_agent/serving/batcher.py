@@ -1,10 +1,12 @@
 """A dynamic batcher: a bounded queue in front of a few worker threads that run the served model.
 
 Requests wait at most `max_delay_ms` for company when the model takes a dynamic batch axis; their
-inputs are stacked, run once, and the outputs split back. A model with a fixed batch runs each
-request alone. A full queue refuses at once (503) instead of growing: the device's memory and the
-camera pipeline come first. Each batch takes the served model once (`ModelHolder.use`), so a batch
-runs entirely on one model even when an update swaps it meanwhile.
+inputs are stacked, run once, and the outputs split back. A model with a fixed batch (or max_batch 1)
+has nothing to gain from a hand-over to a worker thread, which costs two thread switches per request
+(milliseconds on a loaded CPU): its requests run on their own thread once one of `workers` slots is
+free, under the same bound. Either way at most `queue_size` requests wait; one more is refused at once
+(503) instead of growing: the device's memory and the camera pipeline come first. Each run takes the
+served model once (`ModelHolder.use`), so it runs entirely on one model even when an update swaps it.
 """
 
 from __future__ import annotations
@@ -60,15 +62,22 @@ class DynamicBatcher:
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.holder, self.policy, self.on_batch = holder, policy, on_batch
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, policy.queue_size))
+        self._slots = threading.BoundedSemaphore(max(1, policy.workers))  # model runs on request threads
+        self._waiting = 0  # request threads waiting for a slot
+        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"serving-{i}", daemon=True)
                          for i in range(max(1, policy.workers))]
         for t in self._threads:
             t.start()
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for the model (queued for a batch or for a slot)."""
+        return self._queue.qsize() + self._waiting
 
     def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float = 60.0) -> tuple[list[np.ndarray], Served]:
+        model = self.holder.current
+        if model is None or self.policy.max_batch <= 1 or not batchable(model.manifest):
+            return self._run_here(feeds, batch, timeout_s)
         job = Job(feeds, batch)
         try:
             self._queue.put_nowait(job)
@@ -89,6 +98,31 @@ class DynamicBatcher:
                 break
         for t in self._threads:
             t.join(timeout=5)
+
+    def _run_here(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float) -> tuple[list[np.ndarray], Served]:
+        """Run on the caller's thread once a slot is free (a model that cannot batch)."""
+        with self._lock:
+            if self._waiting >= self.policy.queue_size:
+                raise Unavailable(f"server busy: {self.policy.queue_size} requests already waiting, retry later")
+            self._waiting += 1
+        try:
+            if not self._slots.acquire(timeout=timeout_s):
+                raise Unavailable(f"no answer within {timeout_s:.0f} s")
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        try:
+            job = Job(feeds, batch)
+            with self.holder.use() as model:
+                if model is None:
+                    raise Unavailable("no model is being served yet")
+                self._run(model, [job])
+            if job.error is not None:
+                raise job.error
+            assert job.outputs is not None
+            return job.outputs, model
+        finally:
+            self._slots.release()
 
     # --- worker side -------------------------------------------------------------------------
 
