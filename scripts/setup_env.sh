@@ -18,6 +18,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# the PostgreSQL registry's tests start a throw-away server (tests/pg_cluster.py): initdb, pg_ctl
+bash scripts/ensure_apt.sh postgresql initdb /usr/lib/postgresql/15/bin/initdb
 # the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
 if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"
