@@ -7,12 +7,23 @@ on exit; with one, `broker` is an ExternalBroker handle, so both cases look the 
 subscribes to the reported/presence/telemetry topics of all devices and records them in the
 registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
+
+Several servers on one registry (PostgreSQL) and one broker act as one fleet (docs/fleet.md):
+with `share_group` each subscribes through MQTT shared subscriptions (`$share/GROUP/...`), so
+the broker hands each device message to one of them; a plain subscription to the retained
+reported states for the first seconds catches up on what happened while no server ran (a
+report recorded twice changes nothing). Only the holder of the registry's "rollouts" lease
+drives rollouts; it renews the lease every tick, and when it dies another server takes the
+lease over once it runs out (`lease_ttl`) and continues from the registry.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +39,10 @@ from .rollout import RolloutDriver
 
 log = logging.getLogger(__name__)
 
+LEASE = "rollouts"  # the registry lease whose holder drives rollouts
+LEASE_TTL = 10.0  # seconds: a dead driver's rollouts wait at most this long for another server
+CATCH_UP_S = 3.0  # how long a server in a share group also reads retained reported states
+
 
 class FleetServer:
     """Start with `start()`, stop with `stop()`; or use as a context manager. `url` is the broker used."""
@@ -35,7 +50,8 @@ class FleetServer:
     def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
-                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None)) -> None:
+                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None),
+                 share_group: str | None = None, lease_ttl: float = LEASE_TTL) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
         self.broker_url = broker_url
@@ -45,6 +61,10 @@ class FleetServer:
         self.settings = settings
         self.limits = limits
         self.tick = tick
+        self.share_group = share_group
+        self.lease_ttl = lease_ttl
+        self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.leading = False  # holds the rollouts lease now
         self.broker: Broker | None = None
         self.client: mqtt.Client | None = None
         self.blocks: BlockServer | None = None
@@ -91,6 +111,13 @@ class FleetServer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self.leading:
+            try:
+                self.registry.release_lease(LEASE, self.server_id)  # the next server takes over at once
+            except Exception:  # noqa: BLE001 - the lease runs out by itself
+                log.warning("could not release the rollouts lease; another server takes over in %.0f s",
+                            self.lease_ttl)
+            self.leading = False
         if self.blocks is not None:
             self.blocks.stop()
         if self.client is not None:
@@ -135,8 +162,17 @@ class FleetServer:
             log.error("broker refused the connection: %s", rc)
             return
         set_nodelay(client)
-        client.subscribe([(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
-                          (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)])
+        topics = [(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
+                  (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)]
+        if self.share_group is None:
+            client.subscribe(topics)
+            return
+        client.subscribe([(f"$share/{self.share_group}/{topic}", qos) for topic, qos in topics])
+        # brokers send no retained messages to shared subscriptions: read them once, plainly
+        client.subscribe(self.topics.all_reported(), 1)
+        timer = threading.Timer(CATCH_UP_S, lambda: client.unsubscribe(self.topics.all_reported()))
+        timer.daemon = True
+        timer.start()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -166,7 +202,19 @@ class FleetServer:
     def _loop(self) -> None:
         assert self.driver is not None
         while not self._stop.wait(self.tick):
-            self.driver.step()
+            try:
+                leading = self.registry.acquire_lease(LEASE, self.server_id, self.lease_ttl)
+            except Exception as exc:  # noqa: BLE001 - registry away: rollouts wait, devices keep their models
+                if self.leading:
+                    log.warning("registry unavailable (%s): rollouts wait until it is back", exc)
+                self.leading = False
+                continue
+            if leading != self.leading:
+                log.info("server %s %s", self.server_id, "now drives the rollouts" if leading
+                         else "no longer drives the rollouts (another server holds the lease)")
+                self.leading = leading
+            if leading:
+                self.driver.step()
 
 
 def run_server(registry: Registry, broker_url: str | None, **kwargs: object) -> FleetServer:

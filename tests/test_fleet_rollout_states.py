@@ -236,3 +236,34 @@ def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(re
         reg.request_rollout(plan.id, "resume", "op")  # not allowed from halted: ignored and forgotten
         driver.step(now=18.0)
         assert reg.rollout(plan.id).status == R.HALTED and reg.rollout(plan.id).request is None
+
+
+def test_a_driver_killed_halfway_through_a_stage_start_is_finished_by_the_next_without_repeats(registry_location,
+                                                                                              tmp_path):
+    """The driving server dies after publishing to the first device of a stage (kill -9 between two
+    publishes). Another server's driver sends the rest, and only the rest: each device's desired
+    state is published once. (Before the fix the stage stayed half-started until it timed out.)"""
+    class Killed(BaseException):
+        pass
+
+    with open_registry(registry_location) as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        devices = ["a", "b", "c"]
+        for dev in devices:
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        plan = plan_rollout(reg, "digits:2", devices=devices, stages=[100])
+        sent: list[str] = []
+
+        def dies_after_one(topic: str, _payload: bytes, _retain: bool) -> None:
+            if sent:
+                raise Killed()
+            sent.append(topic)
+
+        with pytest.raises(Killed):
+            RolloutDriver(reg, Topics(), dies_after_one).step(now=10.0)
+    with open_registry(registry_location) as reg:  # the server that takes the lease over
+        RolloutDriver(reg, Topics(), lambda topic, *_: sent.append(topic)).step(now=11.0)
+        r = reg.rollout(plan.id)
+        assert sorted(sent) == [f"edgekit/devices/{d}/desired" for d in devices]
+        assert [t.status for t in r.targets] == [T.SENT] * 3 and r.status == R.RUNNING

@@ -56,11 +56,15 @@ def cmd_serve(args: argparse.Namespace) -> Result:
 
     reg = open_local_registry(args)
     home = Path(args.home).expanduser()
+    client_id = args.client_id
+    if args.share_group and client_id == "edge-fleet":  # servers sharing a broker need their own ids
+        client_id = f"edge-fleet-{os.getpid()}-{os.urandom(3).hex()}"
     settings = MqttSettings(url=args.broker or "", username=args.username,
                             password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
-                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=args.client_id)
+                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=client_id)
     server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
-                         broker_dir=home / "broker", listen=args.listen)
+                         broker_dir=home / "broker", listen=args.listen, share_group=args.share_group,
+                         lease_ttl=args.lease_ttl)
     http = None
     try:
         server.start()
@@ -75,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     assert server.broker is not None
     embedded = server.broker.kind if server.broker.managed else None
     info = {"broker": server.url, "embedded": embedded, "db": reg.location, "prefix": args.prefix,
+            "server_id": server.server_id, "share_group": args.share_group,
             "http": http.url if http else None, "tokens": len(reg.tokens())}
     print(json.dumps(info) if args.json else _banner(info), flush=True)
     try:

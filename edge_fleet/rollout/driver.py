@@ -117,6 +117,10 @@ class RolloutDriver:
         if r.status == R.PENDING:
             self._start_stage(r, 0, RolloutEvent.STARTED, now)
             r = self.reg.rollout(r.id) or r
+        elif any(t.stage == r.stage and t.status == T.WAITING for t in r.devices):
+            log.warning("rollout %s: finishing the start of stage %d (its driver stopped halfway)", r.id, r.stage + 1)
+            self._send_stage(r, r.stage, now)
+            r = self.reg.rollout(r.id) or r
         for t in r.targets:
             if t.stage == r.stage and t.status == T.SENT:
                 seen = observe_sent(r, t, self._device(t.device_id), now)
@@ -142,6 +146,11 @@ class RolloutDriver:
         """Publish the desired state to each waiting device of `stage`."""
         self._advance(r, event, now, stage=stage)
         log.info("rollout %s: starting stage %d/%d", r.id, stage + 1, len(r.stages))
+        self._send_stage(r, stage, now)
+
+    def _send_stage(self, r: RolloutRecord, stage: int, now: float) -> None:
+        """Send each still-waiting device of `stage` its desired state. A driver that died halfway
+        (kill -9) left some waiting: the next driver sends those, and only those."""
         for t in r.devices:
             if t.stage != stage or t.status != T.WAITING:
                 continue
