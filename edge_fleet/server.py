@@ -70,6 +70,7 @@ class FleetServer:
         self.blocks: BlockServer | None = None
         self.driver: RolloutDriver | None = None
         self._stop = threading.Event()
+        self._missed = threading.Event()  # a message could not be stored (registry away)
         self._thread: threading.Thread | None = None
         self._sizes: dict[str, tuple[Path, int] | None] = {}
 
@@ -168,11 +169,19 @@ class FleetServer:
             client.subscribe(topics)
             return
         client.subscribe([(f"$share/{self.share_group}/{topic}", qos) for topic, qos in topics])
-        # brokers send no retained messages to shared subscriptions: read them once, plainly
-        client.subscribe(self.topics.all_reported(), 1)
-        timer = threading.Timer(CATCH_UP_S, lambda: client.unsubscribe(self.topics.all_reported()))
-        timer.daemon = True
-        timer.start()
+        self._catch_up()  # brokers send no retained messages to shared subscriptions
+
+    def _catch_up(self) -> None:
+        """Read every device's retained reported state again (at start in a share group, and after
+        the registry was away: reports that arrived meanwhile could not be stored)."""
+        client = self.client
+        if client is None:
+            return
+        client.subscribe(self.topics.all_reported(), 1)  # (re)subscribing makes the broker resend retained ones
+        if self.share_group is not None:
+            timer = threading.Timer(CATCH_UP_S, lambda: client.unsubscribe(self.topics.all_reported()))
+            timer.daemon = True
+            timer.start()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -196,8 +205,11 @@ class FleetServer:
                 raise ProtocolError(f"unexpected {kind} message on {msg.topic}")
         except ProtocolError as exc:
             log.warning("ignored message on %s: %s", msg.topic, exc)
-        except Exception:  # noqa: BLE001 - never let one message kill the network thread
-            log.exception("failed to handle message on %s", msg.topic)
+        except Exception as exc:  # noqa: BLE001 - never let one message kill the network thread
+            if self._missed.is_set():
+                return  # the registry is away: said once
+            self._missed.set()  # read the retained reports again once the registry answers
+            log.warning("failed to handle message on %s: %s", msg.topic, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _loop(self) -> None:
         assert self.driver is not None
@@ -209,6 +221,10 @@ class FleetServer:
                     log.warning("registry unavailable (%s): rollouts wait until it is back", exc)
                 self.leading = False
                 continue
+            if self._missed.is_set():
+                log.info("registry answers again: reading the devices' retained reports")
+                self._missed.clear()
+                self._catch_up()
             if leading != self.leading:
                 log.info("server %s %s", self.server_id, "now drives the rollouts" if leading
                          else "no longer drives the rollouts (another server holds the lease)")

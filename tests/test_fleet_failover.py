@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import RolloutStatus, TargetStatus
 
 from .fleet_sim import SimDevice, ref_of
+from .pg_cluster import PgCluster
 
 pytestmark = pytest.mark.failover
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +106,48 @@ def test_kill_9_of_the_driving_server_another_finishes_the_rollout_once(pg_clust
                         proc.wait(10)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+
+
+def test_database_lost_mid_rollout_the_rollout_waits_and_finishes_when_it_is_back(tmp_path, int8_bundle,
+                                                                                  int8_v2_bundle, digits):
+    """PostgreSQL stops (like a crash) between two stages and comes back seconds later: the server
+    keeps running, the rollout continues where it was, and a device that appeared meanwhile (its
+    report could not be stored then) is in the registry afterwards (retained reports read again)."""
+    with PgCluster(Path(tempfile.mkdtemp(prefix="edgekit-pg-lost-"))) as pg:
+        url = pg.create_database()
+        home = tmp_path / "fleet"
+        for bundle in (int8_bundle, int8_v2_bundle):
+            assert fleet_main(["publish", str(bundle), "--trust", str(digits.pub), "--db", url,
+                               "--home", str(home)]) == 0
+        sims: list[SimDevice] = []
+        with start_broker(tmp_path / "broker", prefer="mosquitto", fallback=False) as broker:
+            proc, _ = _serve(url, home, broker.url, tmp_path / "serve.log")
+            try:
+                devices = ["pi-0", "pi-1", "pi-2"]
+                sims = [SimDevice(broker.host, broker.port, d, current=ref_of(int8_bundle)).start() for d in devices]
+                with open_registry(url) as reg:
+                    _wait(lambda: len(reg.devices()) == len(devices), 20, "every device known to the fleet")
+                assert fleet_main(["deploy", "digits:2", "--devices", ",".join(devices), "--stages", "1,100",
+                                   "--stage-soak", "2", "--db", url, "--home", str(home)]) == 0
+                with open_registry(url) as reg:
+                    rid = reg.rollouts()[0].id
+                    _wait(lambda: any(t.status == TargetStatus.SUCCEEDED for t in reg.rollout(rid).targets), 60,
+                          "the first stage to succeed")
+                pg.stop()  # -m immediate: the server's connection breaks mid-soak
+                late = SimDevice(broker.host, broker.port, "pi-late", current=ref_of(int8_bundle)).start()
+                sims.append(late)
+                time.sleep(4)
+                assert proc.poll() is None  # the server waits, it does not die
+                assert sims[2].current == ref_of(int8_bundle)  # stage 2 did not start meanwhile
+                pg.restart()
+                with open_registry(url) as reg:
+                    _wait(lambda: reg.rollout(rid).status == RolloutStatus.SUCCEEDED, 90, "the rollout to finish")
+                    _wait(lambda: reg.device("pi-late") is not None, 20, "the late device's retained report")
+                assert all(s.current == ref_of(int8_v2_bundle) for s in sims[:3])
+                log = (tmp_path / "serve.log").read_text()
+                assert "reading the devices' retained reports" in log
+            finally:
+                for sim in sims:
+                    sim.stop()
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
