@@ -38,12 +38,14 @@ log = logging.getLogger("fleet_sim")
 class SimDevice:
     def __init__(self, host: str, port: int, device_id: str, profile: str = "raspberry-pi-4",
                  current: BundleRef | None = None, prefix: str = "edgekit", fail: str | None = None,
-                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None) -> None:
+                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None,
+                 keep_files: bool = True) -> None:
         self.host, self.port, self.id, self.profile = host, port, device_id, profile
         self.topics = Topics(prefix)
         self.current, self.previous = current, None
         self.fail, self.silent, self.window = fail, silent, window
         self.undo_after_s = undo_after_s  # like the agent's probation: switch back this long after succeeding
+        self.keep_files = keep_files  # False: a benchmark's 1,000 devices do not each keep the bundle in memory
         self.phase = "idle"
         self.deployment_id: str | None = None
         self.last_error: str | None = None
@@ -180,7 +182,10 @@ class SimDevice:
             if hashlib.sha256(data).hexdigest() != want.bundle.sha256 or len(data) != want.size:
                 self._set_phase("failed", "reassembled bundle does not match its SHA-256")
                 return
-            self.files[want.bundle.sha256] = data
+            if self.keep_files:
+                self.files[want.bundle.sha256] = data
+            else:
+                self._blocks = {}
             self._finish()
         elif self._next < want.block_count and all(
             i in self._blocks for i in range(max(0, self._next - self.window // 2))
