@@ -36,6 +36,7 @@ from .broker import Broker, ExternalBroker, start_broker
 from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
 from .rollout import RolloutDriver
+from .rollout.signed_urls import UrlSigner
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class FleetServer:
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
                  tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None),
-                 share_group: str | None = None, lease_ttl: float = LEASE_TTL) -> None:
+                 share_group: str | None = None, lease_ttl: float = LEASE_TTL,
+                 signer: UrlSigner | None = None) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
         self.broker_url = broker_url
@@ -62,6 +64,7 @@ class FleetServer:
         self.limits = limits
         self.tick = tick
         self.share_group = share_group
+        self.signer = signer
         self.lease_ttl = lease_ttl
         self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.leading = False  # holds the rollouts lease now
@@ -100,7 +103,7 @@ class FleetServer:
         except BaseException:
             self.stop()
             raise
-        self.driver = RolloutDriver(self.registry, self.topics, self._publish)
+        self.driver = RolloutDriver(self.registry, self.topics, self._publish, self.signer)
         self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
         self._thread.start()
         log.info("fleet server running on %s (prefix %s)", self.settings.url, self.topics.prefix)

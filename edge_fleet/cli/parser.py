@@ -53,6 +53,9 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--key", type=Path, help="client private key (PEM)")
     s.add_argument("--client-id", default="edge-fleet",
                    help="MQTT client id (default %(default)s; with --share-group a unique one per server)")
+    s.add_argument("--url-secret-file", type=Path, metavar="FILE",
+                   help="sign --source-url downloads per device for nginx's secure_link with this secret "
+                        "(docs/fleet.md); s3:// templates are pre-signed with boto3's credentials")
     m = s.add_argument_group("several servers (one PostgreSQL registry, one broker or cluster)")
     m.add_argument("--share-group", metavar="NAME", default=os.environ.get("EDGE_FLEET_SHARE_GROUP"),
                    help="the same NAME on every server of the fleet: device messages reach one of them "

@@ -51,6 +51,7 @@ def _is_ipv6(text: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> Result:
     from ..mqtt import MqttSettings
+    from ..rollout.signed_urls import UrlSigner
     from ..server import FleetServer
     from . import open_local_registry
 
@@ -64,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> Result:
                             ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=client_id)
     server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
                          broker_dir=home / "broker", listen=args.listen, share_group=args.share_group,
-                         lease_ttl=args.lease_ttl)
+                         lease_ttl=args.lease_ttl, signer=UrlSigner.from_secret_file(args.url_secret_file))
     http = None
     try:
         server.start()

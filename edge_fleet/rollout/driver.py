@@ -39,6 +39,7 @@ from ..registry.records import ACTIVE_ROLLOUT, DeviceRecord, RolloutRecord, Roll
 from ..registry.records import RolloutStatus as R
 from ..registry.records import TargetStatus as T
 from .desired import desired_for
+from .signed_urls import UrlSigner
 from .observe import (FINISHING_EVENTS, Observed, decide, halt_outcome, needs_revert, observe_rolling_back,
                       observe_sent, observe_succeeded)
 from .states import ACTION_FROM, Action, RolloutEvent, TargetEvent, next_rollout_status, next_target_status
@@ -51,8 +52,9 @@ Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 class RolloutDriver:
     """Moves pending/running/halting rollouts forward; `publish(topic, payload, retain)` sends MQTT."""
 
-    def __init__(self, reg: Registry, topics: Topics, publish: Publish) -> None:
+    def __init__(self, reg: Registry, topics: Topics, publish: Publish, signer: UrlSigner | None = None) -> None:
         self.reg, self.topics, self.publish = reg, topics, publish
+        self.signer = signer  # signs HTTP download URLs per device (signed_urls.py)
 
     def step(self, now: float | None = None) -> None:
         """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
@@ -162,7 +164,8 @@ class RolloutDriver:
                 self._apply(r, t, Observed(TargetEvent.ALREADY_CURRENT, "already running this bundle"), now,
                             previous_sha=current, sent_at=now)
             else:
-                desired = desired_for(bundle, r.id, url_template=r.source_url)
+                desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id,
+                                      signer=self.signer, now=now, lifetime=r.stage_timeout)
                 self.publish(self.topics.desired(t.device_id), dumps(desired), True)
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
 
