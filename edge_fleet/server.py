@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import uuid
@@ -74,6 +75,8 @@ class FleetServer:
         self.driver: RolloutDriver | None = None
         self._stop = threading.Event()
         self._missed = threading.Event()  # a message could not be stored (registry away)
+        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()  # device messages to store
+        self._writer: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._sizes: dict[str, tuple[Path, int] | None] = {}
 
@@ -95,6 +98,8 @@ class FleetServer:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)
             client.on_connect = self._on_connect
+            self._writer = threading.Thread(target=self._write_loop, name="registry-writer", daemon=True)
+            self._writer.start()
             client.on_message = self._on_message
             self.client = client
             self.blocks = BlockServer(client, self.topics, self._lookup, self.limits)
@@ -128,6 +133,10 @@ class FleetServer:
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
+        if self._writer is not None:
+            self._inbox.put(None)  # after what is queued: nothing received is lost on a clean stop
+            self._writer.join(30)
+            self._writer = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
@@ -187,32 +196,47 @@ class FleetServer:
             timer.start()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            device_id, kind = self.topics.parse(msg.topic)
-            if kind == "blocks/get":
+        """Block requests go to the block server; reports to the registry writer's inbox, so a slow
+        database never slows the MQTT loop (a broker drops QoS 1 messages for a client that lags:
+        Mosquitto's max_queued_messages, 1000 by default, is reached when 1,000 devices connect)."""
+        if msg.topic.endswith("/blocks/get"):
+            try:
                 assert self.blocks is not None
                 self.blocks.handle(msg)
-            elif kind == "reported":
-                if not msg.payload:
+            except Exception:  # noqa: BLE001 - never let one message kill the network thread
+                log.exception("failed to handle message on %s", msg.topic)
+        else:
+            self._inbox.put((msg.topic, msg.payload))
+
+    def _write_loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            self._record(*item)
+
+    def _record(self, topic: str, payload: bytes) -> None:
+        """Store one device message in the registry."""
+        try:
+            device_id, kind = self.topics.parse(topic)
+            if kind == "reported":
+                if not payload:
                     return  # a cleared retained message
-                state = ReportedState.parse(msg.payload)
+                state = ReportedState.parse(payload)
                 if state.device_id != device_id:
                     raise ProtocolError(f"reported state of {state.device_id!r} on {device_id!r}'s topic")
                 self.registry.record_reported(state)
             elif kind == "presence":
-                if msg.payload:
-                    self.registry.record_presence(device_id, Presence.parse(msg.payload).state)
+                if payload:
+                    self.registry.record_presence(device_id, Presence.parse(payload).state)
             elif kind == "telemetry":
-                self.registry.record_telemetry(device_id, Telemetry.parse(msg.payload))
+                self.registry.record_telemetry(device_id, Telemetry.parse(payload))
             else:
-                raise ProtocolError(f"unexpected {kind} message on {msg.topic}")
+                raise ProtocolError(f"unexpected {kind} message on {topic}")
         except ProtocolError as exc:
-            log.warning("ignored message on %s: %s", msg.topic, exc)
-        except Exception as exc:  # noqa: BLE001 - never let one message kill the network thread
+            log.warning("ignored message on %s: %s", topic, exc)
+        except Exception as exc:  # noqa: BLE001 - never let one message stop the writer
             if self._missed.is_set():
                 return  # the registry is away: said once
             self._missed.set()  # read the retained reports again once the registry answers
-            log.warning("failed to handle message on %s: %s", msg.topic, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.warning("failed to handle message on %s: %s", topic, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _loop(self) -> None:
         assert self.driver is not None

@@ -100,52 +100,61 @@ def run_engine(engine: str, location: str, work: Path, broker, bundles: list[Pat
     stop = ctx.Event()
     result = ctx.Queue()
     ready = ctx.Event()
-    server = ctx.Process(target=server_process, args=(location, str(store), broker.url, ready, stop, result))
-    server.start()
-    if not ready.wait(60):
-        raise RuntimeError("fleet server did not start")
-    ids = [f"{engine[:2]}-{i:04d}" for i in range(n)]
-    sim_stop, sim_result, groups = ctx.Event(), ctx.Queue(), []
-    for k in range(procs):
-        started = ctx.Event()
-        p = ctx.Process(target=devices_process, args=(broker.host, broker.port, ids[k::procs],
-                                                      (v1.name, v1.version, v1.sha256), started, sim_stop, sim_result))
-        p.start()
-        groups.append((p, started))
-    for p, started in groups:
-        if not started.wait(300):
-            raise RuntimeError("simulated devices did not connect")
-    deadline = time.monotonic() + 300
-    wanted = set(ids)
-    while sum(1 for d in reg.devices() if d.profile and d.id in wanted) < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError("simulated devices did not report")
-        time.sleep(0.5)
-    log.info("%s: %d devices online; deploying", engine, n)
-    broker_cpu0 = _cpu_seconds(broker.pid)
-    t0 = time.perf_counter()
-    plan = plan_rollout(reg, "bench:2", devices=ids, stages=stages, stage_timeout=900)
-    stage_ends: list[float] = []
-    last_stage = -1
-    while (r := reg.rollout(plan.id)) and r.status in ("pending", "running"):
-        if r.stage != last_stage and r.stage > 0:
-            stage_ends.append(round(time.perf_counter() - t0, 2))
-        last_stage = r.stage
-        time.sleep(0.2)
-    converge = time.perf_counter() - t0
-    broker_cpu = _cpu_seconds(broker.pid) - broker_cpu0
-    if r is None or r.status != "succeeded":
-        raise RuntimeError(f"rollout ended {r and r.status}: {r and r.reason}")
-    sent = [t.sent_at for t in r.targets]
-    done = [t.done_at for t in r.targets]
-    download_s = max(done) - min(sent)
-    sim_stop.set()
-    switched = sum(sim_result.get(timeout=120) for _ in groups)
-    for p, _ in groups:
-        p.join(60)
-    stop.set()
-    stats = result.get(timeout=60)
-    server.join(30)
+    children: list = []
+    try:
+        server = ctx.Process(target=server_process, args=(location, str(store), broker.url, ready, stop, result))
+        server.start()
+        children.append(server)
+        if not ready.wait(60):
+            raise RuntimeError("fleet server did not start")
+        ids = [f"{engine[:2]}-{i:04d}" for i in range(n)]
+        sim_stop, sim_result, groups = ctx.Event(), ctx.Queue(), []
+        for k in range(procs):
+            started = ctx.Event()
+            p = ctx.Process(target=devices_process, args=(broker.host, broker.port, ids[k::procs],
+                                                          (v1.name, v1.version, v1.sha256), started, sim_stop, sim_result))
+            p.start()
+            children.append(p)
+            groups.append((p, started))
+        for p, started in groups:
+            if not started.wait(300):
+                raise RuntimeError("simulated devices did not connect")
+        deadline = time.monotonic() + 300
+        wanted = set(ids)
+        while sum(1 for d in reg.devices() if d.profile and d.id in wanted) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("simulated devices did not report")
+            time.sleep(0.5)
+        log.info("%s: %d devices online; deploying", engine, n)
+        broker_cpu0 = _cpu_seconds(broker.pid)
+        t0 = time.perf_counter()
+        plan = plan_rollout(reg, "bench:2", devices=ids, stages=stages, stage_timeout=900)
+        stage_ends: list[float] = []
+        last_stage = -1
+        while (r := reg.rollout(plan.id)) and r.status in ("pending", "running"):
+            if r.stage != last_stage and r.stage > 0:
+                stage_ends.append(round(time.perf_counter() - t0, 2))
+            last_stage = r.stage
+            time.sleep(0.2)
+        converge = time.perf_counter() - t0
+        broker_cpu = _cpu_seconds(broker.pid) - broker_cpu0
+        if r is None or r.status != "succeeded":
+            raise RuntimeError(f"rollout ended {r and r.status}: {r and r.reason}")
+        sent = [t.sent_at for t in r.targets]
+        done = [t.done_at for t in r.targets]
+        download_s = max(done) - min(sent)
+        sim_stop.set()
+        switched = sum(sim_result.get(timeout=120) for _ in groups)
+        for p, _ in groups:
+            p.join(60)
+        stop.set()
+        stats = result.get(timeout=60)
+        server.join(30)
+    finally:  # never leave simulated devices or a server behind
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+                child.join(10)
     rows = {t: reg._query(f"SELECT COUNT(*) FROM {t}")[0][0] for t in TABLES}  # noqa: SLF001 - a benchmark's look
     reg.close()
     moved_mb = n * v2.size / 1e6

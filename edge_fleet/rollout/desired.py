@@ -17,7 +17,7 @@ def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]
         return {"type": "mqtt"}
     url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version, profile=bundle.profile)
     if not url.startswith(("http://", "https://", "s3://")):
-        raise FleetError(f"--source-url must make an http(s) or s3:// URL, got {url!r}")
+        raise FleetError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
     return {"type": "http", "url": url}
 
 
