@@ -96,3 +96,12 @@ def test_postgresql_unreachable_at_start_is_one_line_and_its_exit_code(tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is unreachable" in err and "secret" not in err and "fleet:***@" in err
     assert fleet_main(["status", "--db", url, "--home", str(tmp_path)]) == 67
+
+
+def test_devices_by_id_reads_many_devices_in_few_queries(registry_location):
+    with open_registry(registry_location) as reg:
+        for i in range(1200):
+            reg.set_group(f"d{i:04d}", "g")
+        before = reg.queries
+        found = reg.devices_by_id([f"d{i:04d}" for i in range(1200)] + ["unknown"])
+        assert reg.queries - before == 3 and len(found) == 1200 and found["d0042"].group == "g"

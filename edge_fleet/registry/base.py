@@ -85,6 +85,10 @@ class Registry(ABC):
     def device(self, device_id: str) -> DeviceRecord | None: ...
 
     @abstractmethod
+    def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+        """The known ones of `device_ids`, in one query (the rollout driver watches 1,000 at a time)."""
+
+    @abstractmethod
     def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """All devices (or one group's), ordered by id."""
 

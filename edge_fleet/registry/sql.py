@@ -212,6 +212,15 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         rows = self._query("SELECT * FROM devices WHERE id=?", (device_id,))
         return self._device(rows[0]) if rows else None
 
+    def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+        ids = list(device_ids)
+        found: dict[str, DeviceRecord] = {}
+        for start in range(0, len(ids), 500):  # SQLite allows 999 parameters per statement
+            chunk = ids[start:start + 500]
+            for row in self._query(f"SELECT * FROM devices WHERE id IN ({_marks(chunk)})", chunk):
+                found[row["id"]] = self._device(row)
+        return found
+
     def devices(self, group: str | None = None) -> list[DeviceRecord]:
         if group is None:
             rows = self._query("SELECT * FROM devices ORDER BY id")

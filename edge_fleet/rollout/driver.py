@@ -95,9 +95,6 @@ class RolloutDriver:
 
     # -- writing through the transition tables ----------------------------------------------
 
-    def _device(self, device_id: str) -> DeviceRecord:
-        return self.reg.device(device_id) or DeviceRecord(id=device_id)
-
     def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
@@ -123,13 +120,14 @@ class RolloutDriver:
             log.warning("rollout %s: finishing the start of stage %d (its driver stopped halfway)", r.id, r.stage + 1)
             self._send_stage(r, r.stage, now)
             r = self.reg.rollout(r.id) or r
-        for t in r.targets:
-            if t.stage == r.stage and t.status == T.SENT:
-                seen = observe_sent(r, t, self._device(t.device_id), now)
-            elif t.status == T.SUCCEEDED:
-                seen = observe_succeeded(r, self._device(t.device_id))
+        watched = [t for t in r.targets if (t.stage == r.stage and t.status == T.SENT) or t.status == T.SUCCEEDED]
+        devices = self.reg.devices_by_id(t.device_id for t in watched)  # one query, not one per device
+        for t in watched:
+            device = devices.get(t.device_id) or DeviceRecord(id=t.device_id)
+            if t.status == T.SENT:
+                seen = observe_sent(r, t, device, now)
             else:
-                continue
+                seen = observe_succeeded(r, device)
             if seen is not None:
                 self._apply(r, t, seen, now)
         r = self.reg.rollout(r.id) or r
@@ -153,11 +151,12 @@ class RolloutDriver:
     def _send_stage(self, r: RolloutRecord, stage: int, now: float) -> None:
         """Send each still-waiting device of `stage` its desired state. A driver that died halfway
         (kill -9) left some waiting: the next driver sends those, and only those."""
-        for t in r.devices:
-            if t.stage != stage or t.status != T.WAITING:
-                continue
-            current = self._device(t.device_id).current_sha
-            bundle = self.reg.bundle_by_sha(t.bundle_sha) if t.bundle_sha else None
+        waiting = [t for t in r.devices if t.stage == stage and t.status == T.WAITING]
+        devices = self.reg.devices_by_id(t.device_id for t in waiting)
+        bundles = {sha: self.reg.bundle_by_sha(sha) for sha in {t.bundle_sha for t in waiting if t.bundle_sha}}
+        for t in waiting:
+            current = devices[t.device_id].current_sha if t.device_id in devices else None
+            bundle = bundles.get(t.bundle_sha) if t.bundle_sha else None
             if bundle is None:
                 self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, "bundle was removed from the registry"), now)
             elif current == bundle.sha256:
@@ -186,10 +185,10 @@ class RolloutDriver:
     def _settle_rollbacks(self, r: RolloutRecord, now: float) -> None:
         """Halting rollout: `halted` once every switched device confirmed, failed or timed out its roll-back."""
         pending = 0
-        for t in r.devices:
-            if t.status != T.ROLLING_BACK:
-                continue
-            seen = observe_rolling_back(r, t, self._device(t.device_id), now)
+        rolling = [t for t in r.devices if t.status == T.ROLLING_BACK]
+        devices = self.reg.devices_by_id(t.device_id for t in rolling)
+        for t in rolling:
+            seen = observe_rolling_back(r, t, devices.get(t.device_id) or DeviceRecord(id=t.device_id), now)
             if seen is None:
                 pending += 1
             else:
