@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 
@@ -163,7 +164,29 @@ class SimDevice:
             self._finish()
             return
         self._set_phase("downloading")
-        self._request_window()
+        if want.source.get("type") == "http":
+            threading.Thread(target=self._http_download, args=(want,), daemon=True).start()
+        else:
+            self._request_window()
+
+    def _http_download(self, want: DesiredState) -> None:
+        """The bundle from its (signed) HTTP URL, as the agent's http_download would fetch it."""
+        try:
+            with urllib.request.urlopen(want.source["url"], timeout=60) as resp:
+                data = resp.read()
+        except OSError as exc:
+            with self._lock:
+                self._set_phase("failed", f"download failed: {exc}")
+            return
+        with self._lock:
+            if self._want is not want:
+                return  # replaced meanwhile
+            if hashlib.sha256(data).hexdigest() != want.bundle.sha256:
+                self._set_phase("failed", "downloaded bundle does not match its SHA-256")
+                return
+            if self.keep_files:
+                self.files[want.bundle.sha256] = data
+            self._finish()
 
     def _request_window(self) -> None:
         assert self._want is not None

@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -22,35 +20,9 @@ from edge_fleet.registry.records import BundleRecord
 from edge_fleet.rollout import RolloutDriver, plan_rollout
 from edge_fleet.rollout.signed_urls import UrlSigner, s3_presigned
 
-from .pg_cluster import free_port
+from .nginx_server import NginxServer
 
 SECRET = "a-long-random-secret-for-tests-only"
-NGINX_CONF = """
-daemon off;
-master_process off;
-{user}
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location /bundles/ {{
-            secure_link $arg_md5,$arg_expires;
-            secure_link_md5 "$secure_link_expires$uri$arg_device {secret}";
-            if ($secure_link = "") {{ return 403; }}
-            if ($secure_link = "0") {{ return 410; }}
-            alias {store}/;
-        }}
-    }}
-}}
-"""
 
 
 @pytest.fixture
@@ -58,25 +30,8 @@ def nginx(tmp_path):
     """A real nginx serving tmp_path/store under /bundles/ only with a valid secure link; its base URL."""
     store = tmp_path / "store"
     store.mkdir()
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    user = "user root root;" if os.geteuid() == 0 else ""  # workers read the test's private folder
-    conf.write_text(NGINX_CONF.format(root=tmp_path, port=port, secret=SECRET, store=store, user=user))
-    proc = subprocess.Popen(["/usr/sbin/nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-        except urllib.error.HTTPError:
-            break  # it answers (404)
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode()[-500:]}")
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store
-    proc.terminate()
-    proc.wait(10)
+    with NginxServer(tmp_path / "nginx", store, SECRET) as server:
+        yield server.url, store
 
 
 def _status(url: str) -> int:
