@@ -102,6 +102,10 @@ class _Connection:
         """Several statements without parameters (a migration file)."""
         self._live().execute(sql)  # type: ignore[arg-type]
 
+    @property
+    def broken(self) -> bool:
+        return self._conn.broken
+
     def close(self) -> None:
         self._conn.close()
 
@@ -164,6 +168,6 @@ class PostgresRegistry(SqlRegistry):
                             self.location, m.version, m.name)
                 self._db.execute("COMMIT")
             except BaseException:
-                if not self._db._conn.broken:
+                if not self._db.broken:
                     self._db.execute("ROLLBACK")
                 raise
