@@ -18,6 +18,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+bash scripts/ensure_apt.sh curl curl  # the inference endpoint's tests call it as a client no one here wrote
 # the PostgreSQL registry's tests start a throw-away server (tests/pg_cluster.py): initdb, pg_ctl
 bash scripts/ensure_apt.sh postgresql initdb /usr/lib/postgresql/15/bin/initdb
 # per-device signed download URLs are checked by a real nginx (secure_link) in the tests
