@@ -18,6 +18,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# edge-device tests: a real OpenSSH server is the "device"; systemd-analyze verifies the generated unit
+bash scripts/ensure_apt.sh openssh-server sshd /usr/sbin/sshd
+bash scripts/ensure_apt.sh systemd systemd-analyze
 # the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
 if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"

@@ -166,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if trust:
             p.add_argument("--trust", action="append", type=Path, metavar="PUB",
                            help="trusted public key file or folder (repeatable); default: keys added with `trust add`")
-            p.add_argument("--profile", help="this device's profile name or file (default: EDGE_AGENT_PROFILE or the home's profile)")
+            p.add_argument("--profile", help="this device's profile name or file, or 'auto' to detect it (default: EDGE_AGENT_PROFILE or the home's profile)")
             p.add_argument("--latency-budget-ms", type=float, default=None,
                            help="override the profile's latency budget for the health check")
             p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
