@@ -31,7 +31,7 @@ COMMANDS = {
     "arch": "uname -m",
     "nproc": "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN",
     "video": "ls /dev/video* 2>/dev/null",
-    "cuda": "ls -d /usr/local/cuda /dev/nvhost-ctrl-gpu /dev/nvidia0 2>/dev/null",
+    "cuda": "ls -d /dev/nvhost-ctrl-gpu /dev/nvidia0 2>/dev/null",  # a GPU device node, not just a toolkit folder
     "libc": "ldd --version 2>&1 | head -n 1",
 }
 PYTHONS = ("python3.13", "python3.12", "python3.11", "python3.10", "python3")
@@ -78,7 +78,7 @@ def collect_local(disk_path: str | Path | None = None) -> dict[str, str]:
     out["arch"] = platform.machine()
     out["nproc"] = str(os.cpu_count() or 0)
     out["video"] = "\n".join(sorted(str(p) for p in Path("/dev").glob("video*")))
-    out["cuda"] = "\n".join(p for p in ("/usr/local/cuda", "/dev/nvhost-ctrl-gpu", "/dev/nvidia0") if os.path.exists(p))
+    out["cuda"] = "\n".join(p for p in ("/dev/nvhost-ctrl-gpu", "/dev/nvidia0") if os.path.exists(p))
     libc = platform.libc_ver()
     out["libc"] = f"ldd ({libc[0]}) {libc[1]}" if libc[0] else ""
     where = Path(disk_path or Path.home())
