@@ -170,7 +170,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50, help="bench runs on the device (default 50)")
     p = sub.add_parser("status", help="the service, the active model and the update phase")
     common(p)
+    p = sub.add_parser("wheelhouse", help="build the agent's wheelhouse for a device platform here (no SSH)")
+    p.add_argument("--python-version", required=True, help="the device's Python, e.g. 3.11")
+    p.add_argument("--arch", required=True, help="aarch64, x86_64, ...")
+    p.add_argument("--glibc", default="2.17", help="the device's glibc version (ldd --version), default 2.17")
+    p.add_argument("--out", type=Path, help="folder (default: the host cache)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("unit", help="print the systemd unit setup installs (no SSH)")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--remote-dir", default="/opt/edgekit")
+    p.add_argument("--service-user", default="edgekit")
+    p.add_argument("--profile", help="sets MemoryMax to the profile's memory budget")
+    p.add_argument("--cameras", action="store_true", help="the device has cameras (video group, no PrivateDevices)")
     return parser
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """`wheelhouse` and `unit`: what setup would send, made here (for Ansible and air-gapped copies)."""
+    if args.command == "wheelhouse":
+        from .wheelhouse import build_wheelhouse
+
+        wh = build_wheelhouse(args.python_version, args.arch, args.glibc, folder=args.out)
+        result = {"ok": True, "folder": str(wh.folder), "wheels": len(wh.files), "size_mb": round(wh.size_bytes / 1e6, 1)}
+        print(json.dumps(result) if args.json else f"{wh.folder}: {len(wh.files)} wheels, {wh.size_bytes / 1e6:.1f} MB")
+        return 0
+    from device_profiles import load_profile
+
+    from .layout import render_unit
+
+    budget = load_profile(args.profile).limits.memory_budget_mb if args.profile else None
+    print(render_unit(Layout(root=args.remote_dir), args.service_user, args.broker, args.device_id, budget, args.cameras),
+          end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("asyncssh").setLevel(logging.WARNING if args.verbose < 2 else logging.DEBUG)
-    return run_main("edge-device", lambda: run_command(args), json_mode=args.json, verbose=args.verbose > 0)
+    body = (lambda: run_local(args)) if args.command in ("wheelhouse", "unit") else (lambda: run_command(args))
+    return run_main("edge-device", body, json_mode=getattr(args, "json", False), verbose=args.verbose > 0)
 
 
 if __name__ == "__main__":
