@@ -9,7 +9,6 @@ Each failure becomes a typed error with its own exit code (edge_agent/errors.py,
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shlex
@@ -20,6 +19,7 @@ from typing import AsyncIterator, Callable
 
 import asyncssh
 
+from edge_agent.bundle import sha256_file
 from edge_agent.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,8 @@ class Device:
     async def push(self, local: Path, remote: str, progress: Callable[[int, int], None] | None = None) -> int:
         """Copy `local` to `remote` atomically: into `remote.part` (resumed from its size if it is a
         prefix of ours), checked by SHA-256, then renamed. Returns the bytes resumed from."""
-        size = local.stat().st_size
+        size, digest = sha256_file(local)
         part = remote + ".part"
-        digest = hashlib.sha256(local.read_bytes()).hexdigest()
         stop_after = int(os.environ.get(STOP_COPY_ENV, "0") or 0)
         await self.run(f"mkdir -p {shlex.quote(os.path.dirname(remote))}", check=True)
         async with self.conn.start_sftp_client() as sftp:

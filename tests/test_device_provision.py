@@ -4,6 +4,7 @@ benchmarked bundle, then every bad input with its own code and the working model
 from __future__ import annotations
 
 import fcntl
+import re
 import shutil
 import subprocess
 
@@ -40,6 +41,9 @@ def test_provision_from_nothing_to_a_flashed_benchmarked_agent(device, x86_bundl
         assert line in text
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
+    assert exposure < 3.0, security.stdout[-2000:]  # "OK" band; a unit without the hardening lines scores 9.6
 
     code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "20")
     row = out["devices"][0]
@@ -103,6 +107,14 @@ def test_no_python_on_the_device(device, digits, capsys):  # noqa: F811
                             "--broker", "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
                             "--unit-dir", str(device.unit_dir))
     assert code == exit_code("no-python") == 82 and "no Python >= 3.10" in out["devices"][0]["error"]
+    assert _status(capsys, device)["running"]
+
+
+def test_failed_install_leaves_the_running_agent(device, digits, tmp_path, capsys):  # noqa: F811
+    code, out = edge_device(capsys, "setup", *device.args(), "--index-url", (tmp_path / "no-index").as_uri(),
+                            "--broker", "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
+                            "--unit-dir", str(device.unit_dir))
+    assert code == exit_code("setup-failed") == 87 and "installing the agent failed" in out["devices"][0]["error"]
     assert _status(capsys, device)["running"]
 
 

@@ -47,7 +47,7 @@ class OnnxRuntime(Runtime):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         # Idle thread pools sleep instead of spinning: the agent waits between requests most of the time, and a
-        # spinning pool kept a core of a 4-core board busy (measured 42-72% of a core idle; off: 0.5%).
+        # spinning pool kept part of a core busy while idle (docs/provisioning.md, scripts/bench_idle.py).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:
