@@ -18,6 +18,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# edge-device tests: a real OpenSSH server is the "device"; systemd-analyze verifies the generated unit
+bash scripts/ensure_apt.sh openssh-server sshd /usr/sbin/sshd
+bash scripts/ensure_apt.sh systemd systemd-analyze
 bash scripts/ensure_apt.sh curl curl  # the inference endpoint's tests call it as a client no one here wrote
 # the PostgreSQL registry's tests start a throw-away server (tests/pg_cluster.py): initdb, pg_ctl
 bash scripts/ensure_apt.sh postgresql initdb /usr/lib/postgresql/15/bin/initdb
