@@ -55,7 +55,11 @@ def onnx_head_nodes(model_path: Path) -> list[str]:
             consumers.setdefault(t, []).append((n.name, list(n.output)))
     starts = [n for n in model.graph.node if n.op_type in FLATTENING_OPS and n.input
               and ranks.get(n.input[0]) == 4 and 0 < ranks.get(n.output[0], 0) <= 3]
-    head = {n.name for n in starts} | downstream([o for n in starts for o in n.output], consumers)
+    # The per-scale Concat of box and class maps feeding a flattening (YOLOv8: 64 DFL logits + C class logits)
+    # stays float too: each branch's last Conv then keeps its own int8 scale instead of sharing one.
+    producer = {o: n for n in model.graph.node for o in n.output}
+    merges = [producer[n.input[0]] for n in starts if n.input[0] in producer and producer[n.input[0]].op_type == "Concat"]
+    head = {n.name for n in [*starts, *merges]} | downstream([o for n in starts for o in n.output], consumers)
     return [n.name for n in model.graph.node if n.name in head]
 
 

@@ -105,3 +105,28 @@ def detection_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: 
             if extras:
                 options["row_extras"] = extras
     return Postprocess(kind="detection", softmax=False, top_k=1, options=options)
+
+
+def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:
+    """SSD/BlazeFace-style heads: raw regressors + logits, decoded against anchors recorded in the manifest."""
+    import numpy as np
+
+    from ..errors import DataError
+
+    try:
+        anchors = np.load(anchors_file).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--anchors {anchors_file}: not a readable .npy array ({exc})") from exc
+    if anchors.ndim != 2 or anchors.shape[1] not in (2, 4):
+        raise DataError(f"--anchors {anchors_file}: shape {anchors.shape}; expected (N, 2) centres or (N, 4) cx, cy, w, h")
+    if len(outputs) != 2:
+        raise ImportFailed(f"anchor-based heads need two outputs (regressors and scores); the model has {len(outputs)}")
+    last = [o.shape[-1] if isinstance(o.shape[-1], int) else 0 for o in outputs]
+    boxes, scores = (outputs[0], outputs[1]) if last[0] >= last[1] else (outputs[1], outputs[0])
+    counts = {o.name: o.shape[-2] for o in outputs if len(o.shape) >= 2}
+    if any(isinstance(n, int) and n != len(anchors) for n in counts.values()):
+        raise DataError(f"--anchors {anchors_file} holds {len(anchors)} anchors but the outputs have {counts}")
+    return Postprocess(kind="detection", softmax=False, top_k=1, options={
+        "format": "ssd-anchors", "boxes_output": boxes.name, "scores_output": scores.name,
+        "anchors": [[round(float(v), 6) for v in a] for a in anchors],
+        "score_threshold": 0.5, "iou_threshold": 0.3, "class_agnostic": True})

@@ -9,7 +9,7 @@ from typing import Any
 from edge_agent.bundle import Postprocess, Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
-from ..detection.task import BOX_TASKS, TASKS, detection_postprocess, model_task, read_metadata
+from ..detection.task import BOX_TASKS, TASKS, anchor_postprocess, detection_postprocess, model_task, read_metadata
 from ..errors import DataError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
@@ -43,6 +43,9 @@ class ImportPass(Pass):
                                choices=TASKS),
             "output_role": PassOption(str, None, "for models with several outputs: the output the agent serves "
                                       "(detections for box tasks)", metavar="OUTPUT_NAME"),
+            "anchors": PassOption(Path, None, "anchor-based detectors (SSD, BlazeFace): .npy of (N, 2) centres or "
+                                  "(N, 4) cx, cy, w, h normalised to the input; recorded in the manifest",
+                                  metavar="ANCHORS.npy"),
             "skip_unreadable": PassOption(bool, False, "skip image files that cannot be read (counted in the report) "
                                           "instead of stopping", flag="--skip-unreadable-images"),
         }
@@ -50,7 +53,7 @@ class ImportPass(Pass):
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o, cfg = ctx.options, self.config(ctx)
         meta = read_metadata(Path(o.source)) if o.source.endswith(".onnx") and Path(o.source).is_file() else {}
-        task = model_task(None, cfg.task, meta)
+        task = model_task(None, cfg.task or ("detect" if cfg.anchors else None), meta)
         shape = cfg.input_shape or _shape_from_metadata(o.source, task)
         ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset)
         if ctx.imported.onnx_path is not None:
@@ -74,7 +77,9 @@ class ImportPass(Pass):
             ctx.preprocess = Preprocess(kind="none")
         if task.names and not o.labels:
             o.labels = task.names
-        if task.task in BOX_TASKS:
+        if cfg.anchors is not None:
+            ctx.postprocess = anchor_postprocess(ctx.outputs, cfg.anchors)
+        elif task.task in BOX_TASKS:
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
         elif task.task == "classify":
             ctx.postprocess = Postprocess(kind="classification", softmax=True, top_k=cfg.top_k)

@@ -121,7 +121,7 @@ def ssd_anchors(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels
     cy = reg[:, 1] / sy * anchors[:, 3] + anchors[:, 1]
     w = reg[:, 2] / sw * anchors[:, 2]
     h = reg[:, 3] / sh * anchors[:, 3]
-    probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -100, 100))) if opts.sigmoid else logits
+    probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80))) if opts.sigmoid else logits
     classes = np.argmax(probs, axis=1)
     scores = np.take_along_axis(probs, classes[:, None], axis=1)[:, 0]
     return Candidates(np.stack([cx, cy, w, h], axis=1), scores, classes, "cxcywh", True)
