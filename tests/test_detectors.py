@@ -1,0 +1,111 @@
+"""Issue 14: real detectors end to end, each defect with a test that failed before.
+
+Fast tests here; conversions of the real YOLOv8n export are in test_detectors_slow.py (marker slow).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from converter.cli import main as convert_main
+from converter.data.image_folder import load_image_folder
+from edge_agent.bundle import Preprocess, TensorSpec
+from edge_agent.cli import main as agent_main
+
+from .camera_helpers import detector_bundle, write_video
+from .detector_data import blazeface_anchors, blazeface_tflite, photos
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from types import SimpleNamespace
+
+    from edge_agent.bundle import generate_keypair
+
+    key, pub = generate_keypair(tmp_path_factory.mktemp("keys"))
+    return SimpleNamespace(key=key, pub=pub)
+
+
+def test_blazeface_anchor_head_draws_the_astronauts_face(keys, tmp_path, capsys):
+    """Defect 5: anchor-based heads (raw regressors + anchors) were unsupported; now the anchors go into the
+    manifest and `edge-agent run BUNDLE photo.png` (which ignored detection manifests) gives the face box."""
+    pics = photos(tmp_path / "photos")
+    np.save(tmp_path / "anchors.npy", blazeface_anchors())
+    out = tmp_path / "face.edgebundle"
+    rc = convert_main(["convert", str(blazeface_tflite()), "--profile", "raspberry-pi-4", "--anchors",
+                       str(tmp_path / "anchors.npy"), "--mean", "0.5", "--std", "0.5", "--calibration", str(pics),
+                       "--key", str(keys.key), "--out", str(out), "--bench-runs", "0", "--json"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    rc = agent_main(["run", str(out), str(pics / "astronaut.png"), "--trust", str(keys.pub), "--json"])
+    assert rc == 0
+    dets = json.loads(capsys.readouterr().out)["detections"]
+    assert len(dets) == 1 and dets[0]["score"] > 0.8
+    x1, y1, x2, y2 = dets[0]["box"]  # the face in the 512x512 photo: about x 180-275, y 80-175
+    assert 160 < x1 < 200 and 60 < y1 < 100 and 250 < x2 < 300 and 150 < y2 < 200
+
+
+def _two_output_onnx(path):
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
+    a = helper.make_tensor_value_info("protos", TensorProto.FLOAT, [1, 3, 32, 32])
+    b = helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, 3, 32])
+    nodes = [helper.make_node("Identity", ["images"], ["protos"]),
+             helper.make_node("ReduceMean", ["images"], ["dets"], axes=[3], keepdims=0)]
+    model = helper.make_model(helper.make_graph(nodes, "two", [x], [a, b]), opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_multi_output_detector_must_name_its_output_and_the_failure_leaves_a_report(keys, tmp_path, capsys):
+    """Defect 5: output 0 was used silently; defect 6: a failed conversion wrote no report."""
+    src = _two_output_onnx(tmp_path / "two.onnx")
+    out = tmp_path / "two.edgebundle"
+    rc = convert_main(["convert", str(src), "--task", "detect", "--precision", "fp32", "--profile", "raspberry-pi-4",
+                       "--key", str(keys.key), "--out", str(out), "--bench-runs", "0"])
+    err = capsys.readouterr().err
+    assert rc == 21 and "--output-role" in err and "protos" in err and "dets" in err
+    report = json.loads((tmp_path / "two.edgebundle.report.json").read_text())
+    assert "--output-role" in report["error"]
+    rc = convert_main(["convert", str(src), "--task", "detect", "--output-role", "dets", "--precision", "fp32",
+                       "--profile", "raspberry-pi-4", "--key", str(keys.key), "--out", str(out), "--bench-runs", "0"])
+    assert rc == 0, capsys.readouterr().err
+    from edge_agent.bundle import TrustStore, verify_bundle
+
+    manifest = verify_bundle(out, TrustStore.from_paths([keys.pub]), unpack_to=tmp_path / "u").manifest
+    assert manifest.postprocess.kind == "detection" and manifest.postprocess.options["output"] == "dets"
+
+
+def test_bad_detection_settings_stop_the_pipeline_with_75_and_missing_annotate_folder_73(keys, tmp_path, capsys):
+    """Defect 5: a head the options do not fit logged an error per frame and exited 0;
+    defect 6: --annotate into a missing folder exited 0."""
+    rows = np.zeros((1, 6, 8), np.float32)
+    video = write_video(tmp_path / "v.avi", [np.zeros((48, 64, 3), np.uint8)] * 3)
+    bad = detector_bundle(tmp_path, keys.key, {"output0": rows}, {"format": "yolo", "output": "boxes"})
+    rc = agent_main(["run", str(bad), "--source", str(video), "--trust", str(keys.pub)])
+    assert rc == 75 and "'boxes' is not an output" in capsys.readouterr().err
+    good = detector_bundle(tmp_path, keys.key, {"output0": rows}, {"format": "yolo"})
+    rc = agent_main(["run", str(good), "--source", str(video), "--trust", str(keys.pub),
+                     "--annotate", str(tmp_path / "missing" / "out.avi")])
+    assert rc == 73 and "does not exist" in capsys.readouterr().err
+
+
+def test_grayscale_and_unreadable_images_in_a_colour_calibration_folder(tmp_path):
+    """Defect 6: a grayscale picture crashed the load (`all input arrays must have the same shape`), one
+    unreadable file aborted it; now gray becomes three channels and --skip-unreadable-images counts the bad."""
+    folder = photos(tmp_path / "cal")  # astronaut (RGB) + camera (grayscale)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    spec = TensorSpec("images", "float32", [1, 3, 64, 64], "NCHW")
+    pre = Preprocess(kind="image", color="RGB", size=[64, 64], resize="letterbox")
+    from converter.errors import DataError
+
+    with pytest.raises(DataError, match="--skip-unreadable-images"):
+        load_image_folder(folder, [spec], pre, None, flat=True)
+    data = load_image_folder(folder, [spec], pre, None, skip_unreadable=True, flat=True)
+    assert data.inputs["images"].shape == (2, 3, 64, 64) and len(data.skipped) == 1
+    gray = data.inputs["images"][1]
+    assert np.allclose(gray[0], gray[1]) and np.allclose(gray[1], gray[2])
