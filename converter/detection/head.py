@@ -5,7 +5,7 @@ rank 3), concatenates box coordinates in pixels (0-640) with class probabilities
 sigmoid/softmax and the box decode (DFL, anchors, strides). Quantizing that part with one scale per
 tensor rounds the probabilities to zero or caps them (issue 14: int8 scores stuck at 0.50, TFLite int8
 with no boxes at all). Everything downstream of the first rank-4 -> rank <= 3 reshape stays float;
-the convolutions before it stay int8, each output map with its own scale.
+the convolutions before it stay int8, except the last ones that give the logits.
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ def onnx_head_nodes(model_path: Path) -> list[str]:
     # stays float too: each branch's last Conv then keeps its own int8 scale instead of sharing one.
     producer = {o: n for n in model.graph.node for o in n.output}
     merges = [producer[n.input[0]] for n in starts if n.input[0] in producer and producer[n.input[0]].op_type == "Concat"]
-    head = {n.name for n in [*starts, *merges]} | downstream([o for n in starts for o in n.output], consumers)
+    # The convolutions that give the class logits (and box logits) stay float as well: calibration frames with
+    # no confident object give a logit range below 0, and int8 then clips every logit to at most 0, i.e. every
+    # score to at most sigmoid(0) = 0.50 (issue 14: a face at 0.83 came out 0.50). They are 1x1/3x3 convs of
+    # a few channels: cheap in float.
+    logits = [producer[i] for m in merges for i in m.input if i in producer and producer[i].op_type == "Conv"]
+    head = {n.name for n in [*starts, *merges, *logits]} | downstream([o for n in starts for o in n.output], consumers)
     return [n.name for n in model.graph.node if n.name in head]
 
 
@@ -77,6 +82,12 @@ def tflite_head_tensors(model_path: Path) -> list[str]:
     rank = lambda i: len(tensors[i]["shape"]) if i in tensors else 0  # noqa: E731
     starts = [op for op in ops if op["op_name"] in TFLITE_FLATTENING_OPS and len(op["inputs"])
               and rank(int(op["inputs"][0])) == 4 and 0 < rank(int(op["outputs"][0])) <= 3]
-    head = {op["index"] for op in starts} | downstream([int(o) for op in starts for o in op["outputs"]], consumers)
+    producer = {int(o): op for op in ops for o in op["outputs"]}
+    merges = [producer[int(op["inputs"][0])] for op in starts if int(op["inputs"][0]) in producer
+              and producer[int(op["inputs"][0])]["op_name"] == "CONCATENATION"]
+    logits = [producer[int(i)] for m in merges for i in m["inputs"] if int(i) in producer
+              and producer[int(i)]["op_name"] == "CONV_2D"]
+    head = ({op["index"] for op in [*starts, *merges, *logits]}
+            | downstream([int(o) for op in starts for o in op["outputs"]], consumers))
     return [tensors[int(o)]["name"] for op in ops if op["index"] in head for o in op["outputs"]
             if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
