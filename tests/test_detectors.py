@@ -109,3 +109,44 @@ def test_grayscale_and_unreadable_images_in_a_colour_calibration_folder(tmp_path
     assert data.inputs["images"].shape == (2, 3, 64, 64) and len(data.skipped) == 1
     gray = data.inputs["images"][1]
     assert np.allclose(gray[0], gray[1]) and np.allclose(gray[1], gray[2])
+
+
+def test_detection_gate_counts_lost_extra_and_borderline_boxes_and_reads_labels(tmp_path):
+    """Defect 2: the gate had no notion of boxes; now it matches them (IoU >= 0.5, same class) and scores mAP@0.5
+    against float and against labels (COCO JSON and YOLO txt give the same truth)."""
+    from converter.accuracy.detection import DetectionScorer
+    from converter.accuracy.ground_truth import ground_truth_for
+    from converter.data import Dataset
+
+    def out(rows):  # YOLOv8 (1, 4+C, N) with C=2, N=8 candidates, boxes in 64x64 input pixels
+        a = np.zeros((8, 6), np.float32)
+        a[: len(rows)] = rows
+        return a.T[None]
+
+    box_a, box_b = [16, 16, 16, 16], [48, 48, 16, 16]
+    ref = [np.concatenate([out([[*box_a, 0.9, 0], [*box_b, 0, 0.27]]), out([[*box_a, 0.9, 0]])])]
+    same = [np.concatenate([out([[*box_a, 0.8, 0], [*box_b, 0, 0.23]]), out([[*box_a, 0.9, 0]])])]  # 0.23: borderline
+    lost_extra = [np.concatenate([out([[*box_a, 0, 0.9]]), out([[*box_a, 0.9, 0], [*box_b, 0.6, 0]])])]
+    scorer = DetectionScorer({"format": "yolo"}, ["output0"], 2, (64, 64))
+    s = scorer(ref, same)
+    assert (s["float_boxes"], s["lost_boxes"], s["extra_boxes"], s["agreement"]) == (3, 0, 0, 1.0)
+    s = scorer(ref, lost_extra)  # sample 0: box a in the wrong class (lost + extra), box b missing; 1: an extra box
+    assert (s["lost_boxes"], s["extra_boxes"]) == (2, 2) and s["agreement"] == pytest.approx(1 / 5)
+    assert s["map50_vs_float"] < 0.6
+
+    data = Dataset({"images": np.zeros((2, 3, 64, 64), np.float32)}, files=["a.jpg", "b.jpg"],
+                   frames_hw=[(128, 128), (128, 128)])
+    (tmp_path / "yolo").mkdir()
+    (tmp_path / "yolo" / "a.txt").write_text("0 0.25 0.25 0.25 0.25\n1 0.75 0.75 0.25 0.25\n")
+    (tmp_path / "yolo" / "b.txt").write_text("0 0.25 0.25 0.25 0.25\n")
+    coco = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+            "categories": [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}],
+            "annotations": [{"image_id": 1, "category_id": 7, "bbox": [16, 16, 32, 32]},
+                            {"image_id": 1, "category_id": 9, "bbox": [80, 80, 32, 32]},
+                            {"image_id": 2, "category_id": 7, "bbox": [16, 16, 32, 32]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    for labels in (tmp_path / "yolo", tmp_path / "coco.json"):
+        truth = ground_truth_for(labels, data, (64, 64), "letterbox", ["cat", "dog"])
+        np.testing.assert_allclose(truth[0][0], [[8, 8, 24, 24], [40, 40, 56, 56]])
+        scored = DetectionScorer({"format": "yolo"}, ["output0"], 2, (64, 64), truth)(ref, lost_extra)
+        assert scored["float_map50"] == 1.0 and scored["map50_drop_points"] > 50
