@@ -76,3 +76,20 @@ def test_yolo_export_int8_onnx_keeps_its_scores(keys, tmp_path, capsys):
     assert quantize["float_head"]["nodes"] > 10
     assert report["measurements"]["accuracy"]["agreement"] >= 0.95
     assert face_score(keys, out, pics / "astronaut.png", capsys) > 0.7
+
+
+def test_yolo_export_int8_tflite_has_boxes(keys, tmp_path, capsys):
+    """Defect 3: TFLite full-int8 YOLOv8 gave zero detections (pixel boxes and 0-1 scores shared one int8 output
+    tensor) while the report said cosine 0.9966. Now the head stays float and the gate counts boxes."""
+    pics = photos(tmp_path / "photos")
+    out = tmp_path / "yolo-int8.tflite.edgebundle"
+    rc = convert(keys, out, "--format", "tflite", "--calibration", str(VTEST), "--calibration-samples", "16",
+                 "--eval", str(pics), "--sensitivity", "off")
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "tflite" and report["precision"].startswith("int8")
+    mixed = next(p for p in report["passes"] if p["pass"] == "tflite-mixed-precision")
+    assert mixed["float_head"]["layers"] > 5
+    acc = report["measurements"]["accuracy"]
+    assert acc["agreement"] >= 0.95 and acc["converted_boxes"] == acc["float_boxes"] > 0
+    assert face_score(keys, out, pics / "astronaut.png", capsys) > 0.6
