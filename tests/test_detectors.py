@@ -181,3 +181,14 @@ def test_sigterm_during_a_conversion_removes_its_temporary_folder(keys, tmp_path
             proc.kill()
     assert proc.returncode == 130, err
     assert not list(tmp.glob("edgekit-convert-*"))
+
+
+def test_an_input_shape_the_graph_cannot_take_is_one_line_and_exit_21(keys, tmp_path, capsys):
+    """Defect 6: shape problems surfaced as raw ONNX Runtime errors with exit 1."""
+    from .detector_data import yolo_onnx
+
+    rc = convert_main(["convert", str(yolo_onnx()), "--input-shape", "1x3x100x100", "--precision", "fp32",
+                       "--profile", "raspberry-pi-4", "--calibration", str(photos(tmp_path / "p")), "--key",
+                       str(keys.key), "--out", str(tmp_path / "y.edgebundle"), "--bench-runs", "0"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert rc == 21 and len(err) == 1 and "--input-shape" in err[0] and "Concat" in err[0]
