@@ -69,20 +69,30 @@ def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any],
 
 
 def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
-    from .pipeline.inputs import load_feed
+    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed
     from .pipeline.postprocess import classify
+    from .pipeline.stages import detect_in_image
     from .runtimes import load_session
 
     trust = home.trust_store(args.trust)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         session = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
         results = []
+        post = vb.manifest.postprocess
         for item in args.inputs:
+            if post is not None and post.kind == "detection" and Path(item).suffix.lower() in IMAGE_SUFFIXES:
+                results.append({"input": str(item), "detections": detect_in_image(str(item), vb.manifest, session)})
+                continue
             outputs = session.run(load_feed(item, vb.manifest))
             top = classify(outputs, vb.manifest, args.top_k)[0]
             results.append({"input": str(item), **top})
     lines = []
     for r in results:
+        if "detections" in r:
+            dets = "; ".join(f"{d['name']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]"
+                             for d in r["detections"])
+            lines.append(f"{r['input']}: {len(r['detections'])} detection(s){': ' + dets if dets else ''}")
+            continue
         tops = ", ".join(f"{t['name']}={t['score']:.4f}" for t in r["top_k"])
         lines.append(f"{r['input']}: {r['name']} ({r['score']:.4f})  top-{len(r['top_k'])}: {tops}")
     return (results if len(results) != 1 else results[0]), "\n".join(lines)
