@@ -122,7 +122,8 @@ def test_a_corrupt_persisted_file_never_costs_the_model_or_later_updates(relpath
     agent, thread = agent_in_process(home, broker.url, dev, digits.pub)
     try:
         wait_for(lambda: agent.loop.current is not None, what="a model to serve")
-        assert serves_a_good_model(home) in (1, 2)
+        # v3's interrupted download resumes at once and may already have switched (seen under load)
+        assert serves_a_good_model(home) in (1, 2, 3)
         wait_for(lambda: not agent.jobs.phase.is_unfinished, what="the interrupted job to end")
         takes_an_update(fleet, dev, v3, "dep-v3-after-" + kind.replace(" ", "-"))
         assert serves_a_good_model(home) == 3
