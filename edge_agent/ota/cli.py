@@ -138,7 +138,8 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
         password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
-        source=args.source, results=args.results, probation_s=args.probation,
+        source=args.source, results=args.results, probation_s=args.probation, drift_window=args.drift_window,
+        drift_threshold=args.drift_threshold, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
@@ -146,6 +147,13 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     agent.run()
     return {"ok": True, "stopped": True}, "edge-agent serve stopped"
 
+
+
+def _frames(text: str) -> int:
+    """argparse type: a whole number of frames >= 10."""
+    if not text.isdigit() or int(text) < 10:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames >= 10, got {text!r}")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -192,6 +200,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probation", type=_seconds, default=60.0, metavar="SECONDS",
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
+    p.add_argument("--drift-window", type=_frames, default=200, metavar="FRAMES",
+                   help="with --source: score drift (PSI against the bundle's reference statistics) over the last "
+                   "FRAMES live frames (default 200); see docs/monitoring.md")
+    p.add_argument("--drift-threshold", type=float, default=0.25, metavar="PSI",
+                   help="raise the `drift` state when a feature's PSI exceeds this (default 0.25: a significant shift)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics (drift series, process) on this port (0: any free port)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     common(p)
     p.set_defaults(func=cmd_serve)
 

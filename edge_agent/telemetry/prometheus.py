@@ -14,6 +14,12 @@ default. Series (all prefixed `edgekit_`):
     edgekit_model_info{name, version, runtime, precision}     gauge 1
     edgekit_cpu_temperature_celsius, edgekit_cpu_throttled    gauge (only where the board has them)
     process_resident_memory_bytes, process_cpu_seconds_total, ... (prometheus_client's ProcessCollector)
+
+`edge-agent serve --source ... --metrics-port N` serves the same endpoint with the drift series:
+
+    edgekit_drift_psi{feature}                 gauge  PSI of each reference feature over the window
+    edgekit_drift_detected                     gauge  1 while the state is `drift`, else 0
+    edgekit_drift_window_frames                gauge  frames in the window
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -84,10 +90,34 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("edgekit_cpu_throttled", "vcgencmd get_throttled bit field", value=system["throttled"])
 
 
-def build_registry(stats: PipelineStats) -> CollectorRegistry:
-    """A private registry with the pipeline collector and the process collector (RSS, CPU)."""
+class DriftCollector(Collector):
+    """Reads a drift snapshot (edge_agent.monitor.drift.DriftSnapshot or None) at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        scores = GaugeMetricFamily("edgekit_drift_psi", "PSI of a reference feature over the live window",
+                                   labels=["feature"])
+        for feature, value in sorted(snap.psi.items()):
+            scores.add_metric([feature], value)
+        yield scores
+        yield GaugeMetricFamily("edgekit_drift_detected", "1 while the drift state is raised",
+                                value=1.0 if snap.state == "drift" else 0.0)
+        yield GaugeMetricFamily("edgekit_drift_window_frames", "Live frames in the drift window", value=snap.frames)
+
+
+def build_registry(stats: PipelineStats | None, collectors: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A private registry with the pipeline collector (when there is a pipeline), `collectors`, and the
+    process collector (RSS, CPU)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(stats))
+    if stats is not None:
+        registry.register(PipelineCollector(stats))
+    for c in collectors:
+        registry.register(c)
     ProcessCollector(registry=registry)
     return registry
 
@@ -95,10 +125,10 @@ def build_registry(stats: PipelineStats) -> CollectorRegistry:
 class MetricsServer:
     """HTTP server: GET /metrics (Prometheus text format), GET /health (JSON; 503 when not ok)."""
 
-    def __init__(self, stats: PipelineStats, host: str = "127.0.0.1", port: int = 9100,
-                 max_frame_age_s: float = 10.0) -> None:
+    def __init__(self, stats: PipelineStats | None, host: str = "127.0.0.1", port: int = 9100,
+                 max_frame_age_s: float = 10.0, collectors: Iterable[Collector] = ()) -> None:
         self.stats = stats
-        self.registry = build_registry(stats)
+        self.registry = build_registry(stats, collectors)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -107,7 +137,7 @@ class MetricsServer:
                 if path == "/metrics":
                     body, ctype, code = generate_latest(server.registry), CONTENT_TYPE_LATEST, 200
                 elif path in ("/health", "/healthz"):
-                    h = pipeline_liveness(server.stats, max_frame_age_s)
+                    h = pipeline_liveness(server.stats, max_frame_age_s) if server.stats else {"ok": True}
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503
                 else:
                     body, ctype, code = b"see /metrics and /health\n", "text/plain", 404

@@ -100,7 +100,7 @@ class RolloutDriver:
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
         self.reg.update_target(r.id, t.device_id, status, seen.reason, previous_sha=previous_sha, sent_at=sent_at,
-                               done_at=now if seen.event in FINISHING_EVENTS else None)
+                               done_at=now if seen.event in FINISHING_EVENTS else None, shadow=seen.shadow)
 
     def _advance(self, r: RolloutRecord, event: RolloutEvent, now: float, reason: str | None = None,
                  stage: int | None = None) -> None:
@@ -153,7 +153,7 @@ class RolloutDriver:
                 self._apply(r, t, Observed(TargetEvent.ALREADY_CURRENT, "already running this bundle"), now,
                             previous_sha=current, sent_at=now)
             else:
-                desired = desired_for(bundle, r.id, url_template=r.source_url)
+                desired = desired_for(bundle, r.id, url_template=r.source_url, shadow=r.shadow)
                 self.publish(self.topics.desired(t.device_id), dumps(desired), True)
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
 

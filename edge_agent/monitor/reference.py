@@ -1,0 +1,172 @@
+"""Reference statistics: what a model's inputs and outputs looked like when it was converted.
+
+The converter computes them on the calibration/eval data and the float model's outputs (pass
+`reference-stats`) and packs them as the signed bundle member `reference_stats.json`; the agent
+computes the SAME features on live frames (monitor.drift) and compares. Both sides call the
+functions here, so a feature cannot mean one thing on the host and another on the device.
+
+Each drift feature is a histogram with fixed bins chosen from the reference data:
+
+    input.brightness   per-frame mean of the model input          (darkened/over-exposed scenes)
+    input.contrast     per-frame standard deviation of the input  (blur, fog, a covered lens)
+    input.intensity    all input values (a sparse, fixed subsample per frame)
+    output.class       top-1 class (categorical)                  (classifiers only)
+    output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
+
+plus summaries for people: per-channel mean/std and the mean brightness. Bins come from the
+reference's deciles (unique edges; the outer bins are open), so each holds about a tenth of the
+reference and PSI has no empty reference bins to divide by.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+SCHEMA = 1
+MAX_VALUES_PER_FRAME = 4096  # input.intensity looks at a fixed-stride subsample: cost independent of image size
+CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
+INPUT_FEATURES = ("brightness", "contrast", "intensity")
+OUTPUT_FEATURES = ("class", "confidence")
+
+
+def channel_axis(layout: str | None) -> int | None:
+    """Where the channels are in a batch tensor of this layout (None: treat as one channel)."""
+    return {"NCHW": 1, "NHWC": 3, "NC": None}.get(layout or "", None)
+
+
+def _stride(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(-1)
+    step = max(1, flat.size // MAX_VALUES_PER_FRAME)
+    return flat[::step]
+
+
+def input_values(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame feature values of a batch of model inputs (first axis = frame), all as float64."""
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    frames = x.reshape(n, -1)
+    if frames.shape[1] > MAX_VALUES_PER_FRAME:  # brightness/contrast on the subsample too: same cost per frame
+        frames = frames[:, :: frames.shape[1] // MAX_VALUES_PER_FRAME]
+    return {"brightness": frames.mean(axis=1, dtype=np.float64), "contrast": frames.std(axis=1, dtype=np.float64),
+            "intensity": np.concatenate([_stride(f) for f in x]).astype(np.float64) if n else np.zeros(0)}
+
+
+def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.ndarray]:
+    """Top-1 class and its probability per row of a classifier's first output."""
+    rows = np.asarray(logits, dtype=np.float64).reshape(np.asarray(logits).shape[0], -1)
+    probs = rows
+    if softmax and not (np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3)):
+        z = np.exp(rows - rows.max(axis=1, keepdims=True))
+        probs = z / z.sum(axis=1, keepdims=True)
+    top = probs.argmax(axis=1)
+    return {"class": top.astype(np.float64), "confidence": probs[np.arange(len(probs)), top]}
+
+
+@dataclass
+class Histogram:
+    """Fixed bins and the reference's share per bin. `edges` are inner edges (outer bins open);
+    `categories` > 0 makes it categorical (values are class indices; out-of-range ones go to the last bin)."""
+
+    p: list[float]
+    edges: list[float] | None = None
+    categories: int = 0
+
+    @property
+    def bins(self) -> int:
+        return len(self.p)
+
+    def bin_of(self, values: np.ndarray) -> np.ndarray:
+        if self.categories:
+            return np.clip(values.astype(np.int64), 0, self.categories - 1)
+        return np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="right")
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.bin_of(np.asarray(values)), minlength=self.bins)[: self.bins].astype(np.int64)
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0) -> "Histogram":
+        """Reference histogram of `values`; edges from their deciles unless given."""
+        values = np.asarray(values, dtype=np.float64)
+        if categories:
+            h = cls([0.0] * categories, None, categories)
+        else:
+            if edges is None:
+                q = np.quantile(values, np.linspace(0.1, 0.9, 9)) if values.size else np.zeros(0)
+                edges = np.unique(np.round(q, 6))
+            inner = [float(e) for e in edges]
+            h = cls([0.0] * (len(inner) + 1), inner)
+        counts = h.counts(values)
+        total = max(1, int(counts.sum()))
+        h.p = [round(float(c) / total, 6) for c in counts]
+        return h
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"p": self.p}
+        if self.categories:
+            d["categories"] = self.categories
+        else:
+            d["edges"] = self.edges
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Histogram":
+        p = [float(v) for v in d["p"]]
+        categories = int(d.get("categories", 0))
+        edges = None if categories else [float(e) for e in d["edges"]]
+        if (categories and len(p) != categories) or (not categories and len(p) != len(edges or []) + 1):
+            raise ValueError("histogram has the wrong number of bins")
+        return cls(p, edges, categories)
+
+
+@dataclass
+class ReferenceStats:
+    """The bundle's reference: drift features (histograms) and human-readable summaries."""
+
+    features: dict[str, Histogram]
+    summary: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        obj = {"schema": SCHEMA, "features": {k: h.to_dict() for k, h in sorted(self.features.items())},
+               "summary": self.summary}
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "ReferenceStats":
+        """Parse the bundle member (ValueError with one line if it is not one this agent reads)."""
+        try:
+            obj = json.loads(data)
+            if obj.get("schema") != SCHEMA:
+                raise ValueError(f"reference statistics schema {obj.get('schema')!r} is not {SCHEMA}")
+            return cls({k: Histogram.from_dict(v) for k, v in obj["features"].items()}, dict(obj.get("summary", {})))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"reference statistics are malformed: {exc}") from None
+
+
+def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray | None = None,
+                    softmax: bool = True, classes: int | None = None) -> ReferenceStats:
+    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and, for
+    classifiers, of the float model's first output on the eval data."""
+    x = np.asarray(inputs, dtype=np.float32)
+    values = input_values(x)
+    features = {f"input.{k}": Histogram.from_values(values[k]) for k in INPUT_FEATURES}
+    axis = channel_axis(layout)
+    reduce = tuple(i for i in range(x.ndim) if i != axis) if axis is not None and x.ndim > axis else None
+    summary: dict[str, Any] = {
+        "input_samples": int(x.shape[0]),
+        "channel_mean": np.round(np.atleast_1d(x.mean(axis=reduce)), 6).tolist(),
+        "channel_std": np.round(np.atleast_1d(x.std(axis=reduce)), 6).tolist(),
+        "brightness": round(float(values["brightness"].mean()), 6) if x.size else None,
+        "input_shape": [int(d) for d in x.shape[1:]],
+    }
+    if outputs is not None:
+        out = classification_values(outputs, softmax)
+        n_classes = classes or int(np.asarray(outputs).reshape(len(out["class"]), -1).shape[1])
+        features["output.class"] = Histogram.from_values(out["class"], categories=n_classes)
+        features["output.confidence"] = Histogram.from_values(out["confidence"], edges=CONFIDENCE_EDGES)
+        summary.update(output_samples=int(len(out["class"])),
+                       mean_confidence=round(float(out["confidence"].mean()), 6))
+    return ReferenceStats(features, summary)
