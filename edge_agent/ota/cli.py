@@ -150,9 +150,9 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
 
 
 def _frames(text: str) -> int:
-    """argparse type: a whole number of frames >= 10."""
-    if not text.isdigit() or int(text) < 10:
-        raise argparse.ArgumentTypeError(f"must be a whole number of frames >= 10, got {text!r}")
+    """argparse type: a whole number of frames >= 50 (PSI over 10 bins is biased by about 9/frames)."""
+    if not text.isdigit() or int(text) < 50:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames >= 50, got {text!r}")
     return int(text)
 
 

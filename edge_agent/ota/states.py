@@ -213,7 +213,7 @@ class Shadowing(State):
             return Event.DONE
         info = _target_info(ctx)
         if ctx.shadow is None:
-            report = skipped(gate, "no live inputs on this agent (side-loaded install)")
+            report = skipped(gate, "no live inputs on this agent (a side-loaded install, or `serve` without --source)")
         else:
             if ctx.session is None:  # resumed after a restart: load again
                 ctx.session, _ = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)  # type: ignore[arg-type]

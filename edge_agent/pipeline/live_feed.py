@@ -1,7 +1,7 @@
 """Camera/video frames for the OTA daemon's inference loop (`edge-agent serve --source ...`).
 
 The daemon's InferenceLoop runs whatever model is current and swaps models atomically during an
-update. This feed gives it the LATEST frame of the source (older frames are dropped and counted),
+update. This feed gives it the LATEST frame of the source (a video file plays at its frame rate, like a camera) (older frames are dropped and counted),
 preprocessed for the model that is current at that moment (so an update that changes the input
 size or colour order just works), and postprocesses the outputs with that same model's manifest.
 
@@ -59,6 +59,7 @@ class LiveFeed:
         self._stages: dict[int, tuple[Preprocessor, Postprocessor]] = {}
         self._prepared = threading.local()
         self._observers: tuple[Observer, ...] = ()
+        self._next_due = 0.0
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="source-reader", daemon=True)
         self._reader.start()
@@ -87,8 +88,21 @@ class LiveFeed:
                 self._source.close()
                 self._source = None
                 continue
+            self._pace()
             self.frames += 1
             self.slot.put(frame)
+
+    def _pace(self) -> None:
+        """A video file plays at its own frame rate, as a camera would (a live source paces itself)."""
+        src = self._source
+        fps = getattr(src, "fps", None)
+        if src is None or getattr(src, "live", True) or not fps:
+            return
+        now = time.monotonic()
+        due = max(self._next_due, now - 1.0)  # after a stall (reopen), do not rush to catch up
+        if due > now:
+            self._stop.wait(due - now)
+        self._next_due = due + 1.0 / fps
 
     def _for(self, model) -> tuple[Preprocessor, Postprocessor]:
         stages = self._stages.get(model.generation)
