@@ -14,7 +14,7 @@ it (hysteresis, so a score hovering at the threshold does not flap). A stream th
 therefore flagged at the latest `window + stride` frames after the shift; a strong shift (a
 darkened or inverted scene) much sooner, once enough of the window holds shifted frames.
 
-The work per frame is a few numpy reductions on at most 4096 input values and a bincount per
+The work per frame is a few numpy reductions on at most 1024 input values and a bincount per
 feature (scripts/bench_monitor.py measures it against the frame time).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .reference import Histogram, ReferenceStats, channel_axis, classification_values, input_values
+from .reference import Histogram, ReferenceStats, channel_axis, channel_means, classification_values, input_values
 
 PSI_FLOOR = 1e-4
 DEFAULT_WINDOW = 200
@@ -101,9 +101,7 @@ class DriftMonitor:
         if outputs is not None and "output.class" in self.features:
             values.update(classification_values(outputs[0], self.softmax))
         counts = {k: h.counts(values[k.split(".", 1)[1]]) for k, h in self.features.items()}
-        x = np.asarray(inputs, dtype=np.float32)
-        reduce = tuple(i for i in range(x.ndim) if i != self._axis) if self._axis is not None else None
-        channel_mean = np.atleast_1d(x.mean(axis=reduce, dtype=np.float64))
+        channel_mean = channel_means(inputs, self._axis)
         with self._lock:
             self._window.append((counts, channel_mean))
             for k, c in counts.items():

@@ -9,11 +9,12 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
 
     input.brightness   per-frame mean of the model input          (darkened/over-exposed scenes)
     input.contrast     per-frame standard deviation of the input  (blur, fog, a covered lens)
-    input.intensity    all input values (a sparse, fixed subsample per frame)
+    input.intensity    the input values themselves
     output.class       top-1 class (categorical)                  (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
 
-plus summaries for people: per-channel mean/std and the mean brightness. Bins come from the
+All three on a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
+summaries for people: per-channel mean/std and the mean brightness. Bins come from the
 reference's deciles (unique edges; the outer bins are open), so each holds about a tenth of the
 reference and PSI has no empty reference bins to divide by.
 """
@@ -27,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 SCHEMA = 1
-MAX_VALUES_PER_FRAME = 4096  # input.intensity looks at a fixed-stride subsample: cost independent of image size
+MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each frame: cost independent of image size
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
 INPUT_FEATURES = ("brightness", "contrast", "intensity")
 OUTPUT_FEATURES = ("class", "confidence")
@@ -38,21 +39,29 @@ def channel_axis(layout: str | None) -> int | None:
     return {"NCHW": 1, "NHWC": 3, "NC": None}.get(layout or "", None)
 
 
-def _stride(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1)
-    step = max(1, flat.size // MAX_VALUES_PER_FRAME)
-    return flat[::step]
+def subsample(x: np.ndarray) -> np.ndarray:
+    """(frames, values) view of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them."""
+    frames = x.reshape(x.shape[0], -1)
+    return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
 
 
 def input_values(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame feature values of a batch of model inputs (first axis = frame), all as float64."""
+    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample."""
+    sub = subsample(np.asarray(x, dtype=np.float32))
+    return {"brightness": sub.mean(axis=1, dtype=np.float64), "contrast": sub.std(axis=1, dtype=np.float64),
+            "intensity": sub.reshape(-1)}
+
+
+def channel_means(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """Mean of each channel over a batch, on every k-th row and column (at most ~1024 positions per frame)."""
     x = np.asarray(x, dtype=np.float32)
-    n = x.shape[0]
-    frames = x.reshape(n, -1)
-    if frames.shape[1] > MAX_VALUES_PER_FRAME:  # brightness/contrast on the subsample too: same cost per frame
-        frames = frames[:, :: frames.shape[1] // MAX_VALUES_PER_FRAME]
-    return {"brightness": frames.mean(axis=1, dtype=np.float64), "contrast": frames.std(axis=1, dtype=np.float64),
-            "intensity": np.concatenate([_stride(f) for f in x]).astype(np.float64) if n else np.zeros(0)}
+    if axis is None or x.ndim <= axis:
+        return np.atleast_1d(subsample(x).mean(dtype=np.float64))
+    spatial = [i for i in range(1, x.ndim) if i != axis]
+    positions = int(np.prod([x.shape[i] for i in spatial])) if spatial else 1
+    step = max(1, int(np.sqrt(positions / 1024.0))) if len(spatial) >= 2 else max(1, positions // 1024)
+    view = x[tuple(slice(None, None, step) if i in spatial else slice(None) for i in range(x.ndim))]
+    return view.mean(axis=tuple(i for i in range(x.ndim) if i != axis), dtype=np.float64)
 
 
 def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.ndarray]:
