@@ -68,8 +68,11 @@ class ShadowReport:
 
     def line(self) -> str:
         agree = "n/a" if self.agreement is None else f"{self.agreement:.3f}"
+        def ms(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f} ms"
+
         return (f"shadow {self.verdict}: agreement {agree} (minimum {self.min_agreement:g}) over {self.frames} "
-                f"live frames; p50 active {self.active_p50_ms} ms, new {self.candidate_p50_ms} ms; {self.reason}")
+                f"live frames; p50 active {ms(self.active_p50_ms)}, new {ms(self.candidate_p50_ms)}; {self.reason}")
 
 
 def skipped(gate: ShadowGate, reason: str) -> ShadowReport:
@@ -183,8 +186,9 @@ class ShadowRun:
         if self.cancel.is_set():
             return ShadowReport("skipped", self.frames, reason="cancelled: a newer deployment arrived", **figures)
         if self._hopeless():
-            return ShadowReport("failed", self.frames, reason=f"{self.errors} errors of the new model" if self.errors
-                                else "the new model answers differently on this device's inputs", **figures)
+            why = f"{self.errors} errors of the new model" if self.errors else "the new model answers differently"
+            early = f"stopped early: the minimum is out of reach over {g.frames} frames; " if self.frames < g.frames else ""
+            return ShadowReport("failed", self.frames, reason=f"{early}{why} on this device's inputs", **figures)
         if self.frames < min(g.frames, MIN_FRAMES_TO_DECIDE):
             why = ("no live inputs" if self.offered == 0 else f"only {self.frames} frames compared")
             return ShadowReport("skipped", self.frames, reason=f"{why} within {g.timeout_s:g}s", **figures)
