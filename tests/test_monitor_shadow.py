@@ -52,6 +52,11 @@ def test_a_model_that_disagrees_in_shadow_is_never_switched_to(home, digits, bro
         assert r.shadow["verdict"] == "passed" and r.shadow["agreement"] == 1.0 and r.shadow["frames"] == 60
         # drift of the live frames against v2's reference: held-out digits, no drift
         wait_for(lambda: (fleet.last_reported("cam-1").drift or {}).get("state") == "ok", what="drift state ok")
+        # telemetry carries every feature's PSI and the live channel means beside the reported state
+        tel = wait_for(lambda: (t := fleet.last_telemetry("cam-1")) and t.extra.get("drift", {}).get("state") == "ok"
+                       and t, what="drift in telemetry")
+        assert set(tel.extra["drift"]["psi"]) >= {"input.brightness", "input.contrast", "output.class"}
+        assert all(v < 0.25 for v in tel.extra["drift"]["psi"].values()) and tel.extra["drift"]["model"] == "digits:2"
     finally:
         agent.stop()
         thread.join(20)
