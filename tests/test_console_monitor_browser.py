@@ -44,10 +44,9 @@ def test_console_shows_drift_per_device_and_shadow_figures_per_stage(tmp_path, b
             page.click("nav a[data-page=rollouts]")
             form = page.locator("[data-test=deploy-form]")
             form.locator("select[name=bundle]").select_option("digits:3")
-            form.locator("input[name=devices]").fill("cam-a")
-            form.locator("input[name=stages]").fill("100")
-            form.locator("input[name=min_shadow_agreement]").fill("0.9")
-            form.locator("input[name=shadow_frames]").fill("60")
+            fields = {"devices": "cam-a", "stages": "100", "min_shadow_agreement": "0.9", "shadow_frames": "60"}
+            for name, value in fields.items():
+                form.locator(f"input[name={name}]").fill(value)
             form.locator("button[type=submit]").click()
             _wait_hash(page, "#/rollouts/r-")
             rid = page.url.rsplit("/", 1)[1]
