@@ -14,14 +14,14 @@ from edge_agent.ota.protocol import ShadowGate
 from edge_agent.ota.slots import Health, Slots
 
 from .monitor_fixtures import digits_video, white_digits_bundle  # noqa: F401 - fixtures
-from .ota_fixtures import agent_in_process, broker, bundles, fleet, home, v1_home  # noqa: F401 - fixtures
+from .ota_fixtures import agent_in_process, broker, bundles, fleet, home, status, v1_home  # noqa: F401 - fixtures
 from .ota_helpers import wait_for
 
 GATE = ShadowGate(min_agreement=0.9, frames=60, timeout_s=60.0)
 
 
 def test_a_model_that_disagrees_in_shadow_is_never_switched_to(home, digits, broker, fleet, white_digits_bundle,
-                                                               digits_video, bundles):
+                                                               digits_video, bundles, capsys):
     agent, thread = agent_in_process(home, broker.url, "cam-1", digits.pub, source=str(digits_video), probation_s=0,
                                      drift_window=100)
     try:
@@ -44,6 +44,8 @@ def test_a_model_that_disagrees_in_shadow_is_never_switched_to(home, digits, bro
         assert "shadowing" in {x.phase for x in seen} and "health_check" in {x.phase for x in seen}
         assert all(x.current is None or x.current.version == 1 for x in seen), "v3 was never active"
         assert agent.loop.current.ref.version == 1
+        s = status(home, capsys)  # `edge-agent status --json`: the job, its error and the shadow figures
+        assert (s["version"], s["phase"], s["shadow"]["verdict"]) == (1, "failed", "failed")
 
         # the same model as v1 (v2: its weights re-signed) agrees on every frame: switched to
         fleet.deploy("cam-1", bundles["v2"], "dep-v2", shadow=GATE)

@@ -105,6 +105,7 @@ def status_dict(home: AgentHome) -> dict[str, Any]:
         "deployment_id": job.deployment_id if job else None,
         "target": {"name": job.ref.name, "version": job.ref.version} if job else None,
         "last_error": job.last_error if job else None,
+        "shadow": job.shadow if job else None,
         "slots": {n: slots.info(n).to_dict() for n in ("a", "b")},
     }
 
@@ -119,6 +120,9 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
     ]
     if s["last_error"]:
         lines.append(f"error:   {s['last_error']}")
+    if s["shadow"] and s["shadow"]["verdict"] != "failed":  # a failed one is the error line already
+        sh = s["shadow"]
+        lines.append(f"shadow:  {sh['verdict']}, agreement {sh['agreement']} over {sh['frames']} frames ({sh['reason']})")
     for n, info in s["slots"].items():
         lines.append(f"slot {n}:  {info['lifecycle']:<10} {info['health']:<7} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
                      + (f"  ({info['reason']})" if info["reason"] else ""))
