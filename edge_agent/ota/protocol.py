@@ -182,11 +182,15 @@ class ShadowGate:
     def from_obj(cls, obj: Any, what: str = "desired.shadow") -> "ShadowGate":
         if not isinstance(obj, dict):
             raise ProtocolError(f"{what} must be an object")
+        def opt(key: str, kind: type | tuple, default: Any) -> Any:
+            value = _get(obj, key, kind, what, optional=True)
+            return default if value is None else value
+
         gate = cls(min_agreement=float(_get(obj, "min_agreement", (int, float), what)),
-                   frames=_get(obj, "frames", int, what, optional=True) or 300,
-                   timeout_s=float(_get(obj, "timeout_s", (int, float), what, optional=True) or 300.0),
-                   every=_get(obj, "every", int, what, optional=True) or 1)
-        if not 0.0 <= gate.min_agreement <= 1.0 or gate.frames < 1 or gate.timeout_s <= 0 or gate.every < 1:
+                   frames=opt("frames", int, 300), timeout_s=float(opt("timeout_s", (int, float), 300.0)),
+                   every=opt("every", int, 1))
+        if not (0.0 <= gate.min_agreement <= 1.0 and gate.frames >= 1 and 0 < gate.timeout_s < 1e9
+                and gate.every >= 1):  # written with `not`: NaN fails too
             raise ProtocolError(f"{what} needs 0 <= min_agreement <= 1, frames >= 1, timeout_s > 0, every >= 1")
         return gate
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edge_agent.ota.protocol import DesiredState, ShadowGate
@@ -25,7 +26,7 @@ def shadow_gate(min_agreement: float | None, frames: int = 300, timeout_s: float
     """The shadow gate a rollout stores and sends (None without --min-shadow-agreement); FleetError if invalid."""
     if min_agreement is None:
         return None
-    if not 0.0 <= min_agreement <= 1.0 or frames < 1 or timeout_s <= 0:
+    if not (0.0 <= min_agreement <= 1.0 and frames >= 1 and 0 < timeout_s < math.inf):  # `not`: NaN too
         raise FleetError("--min-shadow-agreement must be within 0..1, --shadow-frames >= 1, --shadow-timeout > 0")
     return {"min_agreement": min_agreement, "frames": frames, "timeout_s": timeout_s}
 
