@@ -9,10 +9,12 @@ import tarfile
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.bundle import REFERENCE_STATS_FILE, TrustStore, verify_bundle
 from edge_agent.monitor.drift import DriftConfig, DriftMonitor, psi
-from edge_agent.monitor.reference import ReferenceStats, reference_stats
+from edge_agent.monitor.reference import Histogram, ReferenceStats, reference_stats
 from examples import digits_cnn
 
 WINDOW, STRIDE = 100, 10
@@ -147,3 +149,16 @@ def test_converted_bundle_carries_signed_reference_statistics(int8_bundle, digit
     assert {"input.brightness", "input.contrast", "input.intensity", "output.class", "output.confidence"} <= set(ref.features)
     assert sum(ref.features["output.class"].p) == pytest.approx(1.0, abs=1e-4)
     assert ref.summary["input_samples"] == 256 + len(digits.x_test)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=300), st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=300))
+def test_histograms_count_every_value_and_psi_is_never_negative(reference, live):
+    h = Histogram.from_values(np.asarray(reference))
+    assert h.bins == len(h.edges) + 1 <= 10 and sum(h.p) == pytest.approx(1.0, abs=1e-4)
+    counts = h.counts(np.asarray(live))
+    assert counts.sum() == len(live) and (counts >= 0).all()
+    assert psi(h.p, counts) >= -1e-12
+    assert psi(h.p, h.p) == pytest.approx(0.0, abs=1e-9)
+    back = Histogram.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert (back.counts(np.asarray(live)) == counts).all()
