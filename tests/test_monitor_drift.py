@@ -17,6 +17,8 @@ from edge_agent.monitor.drift import DriftConfig, DriftMonitor, psi
 from edge_agent.monitor.reference import Histogram, ReferenceStats, reference_stats
 from examples import digits_cnn
 
+from .monitor_fixtures import digits_video, scene_change_video  # noqa: F401 - fixtures
+
 WINDOW, STRIDE = 100, 10
 
 
@@ -162,3 +164,19 @@ def test_histograms_count_every_value_and_psi_is_never_negative(reference, live)
     assert psi(h.p, h.p) == pytest.approx(0.0, abs=1e-9)
     back = Histogram.from_dict(json.loads(json.dumps(h.to_dict())))
     assert (back.counts(np.asarray(live)) == counts).all()
+
+
+def test_edge_agent_run_reports_drift_of_a_video_whose_scene_changes(int8_bundle, digits, digits_video,
+                                                                     scene_change_video, capsys):
+    """`edge-agent run --source` (the plain camera pipeline) scores drift too: in its JSON summary."""
+    from edge_agent.cli import main
+
+    summaries = {}
+    for name, video in (("same", digits_video), ("changed", scene_change_video)):
+        code = main(["run", str(int8_bundle), "--source", str(video), "--trust", str(digits.pub), "--output", "none",
+                     "--drift-window", "100", "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        summaries[name] = json.loads(out)["drift"]
+    assert summaries["same"]["state"] == "ok" and summaries["same"]["frames"] == 100
+    assert summaries["changed"]["state"] == "drift" and summaries["changed"]["psi"]["input.brightness"] > 1.0

@@ -9,6 +9,7 @@ inference API) are not observed yet: the serving layer's observer hook would fee
 
 from __future__ import annotations
 
+import argparse
 import logging
 import threading
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from ..bundle import REFERENCE_STATS_FILE, Manifest
 from ..ota.protocol import ShadowGate
 from ..runtimes import ModelSession
-from .drift import DriftConfig, DriftMonitor, DriftSnapshot
+from .drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, DriftConfig, DriftMonitor, DriftSnapshot
 from .reference import ReferenceStats
 from .shadow import ShadowReport, ShadowRun
 
@@ -63,6 +64,23 @@ class DriftWatch:
     def snapshot(self) -> DriftSnapshot | None:
         m = self.monitor
         return m.snapshot() if m is not None else None
+
+
+def add_drift_arguments(group: Any) -> None:
+    """--drift-window and --drift-threshold, for every command that watches live frames."""
+    group.add_argument("--drift-window", type=_frames, default=DEFAULT_WINDOW, metavar="FRAMES",
+                       help=f"score drift (PSI against the bundle's reference statistics) over the last FRAMES live "
+                       f"frames (default {DEFAULT_WINDOW}; docs/monitoring.md)")
+    group.add_argument("--drift-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="PSI",
+                       help=f"raise the `drift` state when a feature's PSI exceeds this (default {DEFAULT_THRESHOLD}: "
+                       "a significant shift)")
+
+
+def _frames(text: str) -> int:
+    """argparse type: a whole number of frames >= 50 (PSI over 10 bins is biased by about 9/frames)."""
+    if not text.isdigit() or int(text) < 50:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames >= 50, got {text!r}")
+    return int(text)
 
 
 class FeedShadow:

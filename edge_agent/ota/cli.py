@@ -14,6 +14,7 @@ from typing import Any
 from ..bundle import read_manifest_unverified, sha256_file
 from ..errors import AgentError
 from ..home import AgentHome, require_trust
+from ..monitor.watch import add_drift_arguments
 from .installer import (
     InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
 )
@@ -153,13 +154,6 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
 
 
 
-def _frames(text: str) -> int:
-    """argparse type: a whole number of frames >= 50 (PSI over 10 bins is biased by about 9/frames)."""
-    if not text.isdigit() or int(text) < 50:
-        raise argparse.ArgumentTypeError(f"must be a whole number of frames >= 50, got {text!r}")
-    return int(text)
-
-
 def _seconds(text: str) -> float:
     """argparse type: a duration >= 0 in seconds, with a one-line error otherwise."""
     try:
@@ -204,11 +198,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probation", type=_seconds, default=60.0, metavar="SECONDS",
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
-    p.add_argument("--drift-window", type=_frames, default=200, metavar="FRAMES",
-                   help="with --source: score drift (PSI against the bundle's reference statistics) over the last "
-                   "FRAMES live frames (default 200); see docs/monitoring.md")
-    p.add_argument("--drift-threshold", type=float, default=0.25, metavar="PSI",
-                   help="raise the `drift` state when a feature's PSI exceeds this (default 0.25: a significant shift)")
+    add_drift_arguments(p)
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus /metrics (drift series, process) on this port (0: any free port)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")

@@ -15,32 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .channels import CLOSED, EMPTY, LatestSlot
-from .sources import Frame, Source, SourceError, open_source
-from .stages import Postprocessor, Prepared, Preprocessor
+from .sources import Source, SourceError, open_source
+from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor
 
 log = logging.getLogger(__name__)
 Sink = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class LiveSample:
-    """One live frame the current model answered."""
-
-    frame: Frame
-    model: Any  # edge_agent.ota.live.LiveModel
-    feeds: dict[str, np.ndarray]
-    outputs: list[np.ndarray]
-    result: dict[str, Any]  # the Postprocessor's result
-    latency_ms: float  # the model's run, as the inference loop saw it
-
-
-Observer = Callable[[LiveSample], None]
+__all__ = ["LiveFeed", "LiveSample", "Observer"]
 
 
 class LiveFeed:
