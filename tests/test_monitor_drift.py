@@ -180,3 +180,14 @@ def test_edge_agent_run_reports_drift_of_a_video_whose_scene_changes(int8_bundle
         summaries[name] = json.loads(out)["drift"]
     assert summaries["same"]["state"] == "ok" and summaries["same"]["frames"] == 100
     assert summaries["changed"]["state"] == "drift" and summaries["changed"]["psi"]["input.brightness"] > 1.0
+
+
+def test_a_1000_class_model_keeps_ten_class_bins_so_a_small_window_is_not_drift_by_chance():
+    rng = np.random.default_rng(0)
+    reference = rng.zipf(1.5, 5000) % 1000  # a long tail, as a 1000-class model's answers on real scenes
+    h = Histogram.from_values(reference, categories=1000)
+    assert h.bins == 10 and len(h.keys) == 9 and h.keys == sorted(h.keys)
+    assert sum(h.p) == pytest.approx(1.0, abs=1e-4) and h.p[-1] > 0  # the `other` bin holds the tail
+    live = rng.zipf(1.5, 200) % 1000  # the same scene, 200 frames
+    assert psi(h.p, h.counts(live)) < 0.25
+    assert h.counts(np.asarray([999999]))[-1] == 1  # an index the reference never saw goes to `other`

@@ -10,7 +10,7 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
     input.brightness   per-frame mean of the model input          (darkened/over-exposed scenes)
     input.contrast     per-frame standard deviation of the input  (blur, fog, a covered lens)
     input.intensity    the input values themselves
-    output.class       top-1 class (categorical)                  (classifiers only)
+    output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
 
 All three on a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
@@ -29,6 +29,7 @@ import numpy as np
 
 SCHEMA = 1
 MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each frame: cost independent of image size
+MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
 INPUT_FEATURES = ("brightness", "contrast", "intensity")
 OUTPUT_FEATURES = ("class", "confidence")
@@ -77,20 +78,30 @@ def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.nda
 
 @dataclass
 class Histogram:
-    """Fixed bins and the reference's share per bin. `edges` are inner edges (outer bins open);
-    `categories` > 0 makes it categorical (values are class indices; out-of-range ones go to the last bin)."""
+    """Fixed bins and the reference's share per bin.
+
+    Numeric: `edges` are the inner edges (outer bins open). Categorical: `keys` are the class indices
+    with a bin of their own; a model with more than MAX_CLASS_BINS classes keeps its most frequent
+    MAX_CLASS_BINS - 1 classes and one last bin for all `other` classes (and for any index not in
+    `keys`), so a 1000-class model still has 10 bins: PSI over many sparse bins would flag drift on any
+    window of a few hundred frames.
+    """
 
     p: list[float]
     edges: list[float] | None = None
-    categories: int = 0
+    keys: list[int] | None = None
 
     @property
     def bins(self) -> int:
         return len(self.p)
 
     def bin_of(self, values: np.ndarray) -> np.ndarray:
-        if self.categories:
-            return np.clip(values.astype(np.int64), 0, self.categories - 1)
+        if self.keys is not None:
+            keys = np.asarray(self.keys, dtype=np.int64)
+            v = np.asarray(values).astype(np.int64)
+            pos = np.searchsorted(keys, v)
+            found = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == v)
+            return np.where(found, pos, self.bins - 1)  # unknown classes: the `other` (or last) bin
         return np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="right")
 
     def counts(self, values: np.ndarray) -> np.ndarray:
@@ -98,10 +109,16 @@ class Histogram:
 
     @classmethod
     def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0) -> "Histogram":
-        """Reference histogram of `values`; edges from their deciles unless given."""
+        """Reference histogram of `values`: numeric with edges from their deciles unless given, or
+        categorical over `categories` class indices."""
         values = np.asarray(values, dtype=np.float64)
         if categories:
-            h = cls([0.0] * categories, None, categories)
+            freq = np.bincount(np.clip(values.astype(np.int64), 0, categories - 1), minlength=categories)
+            if categories <= MAX_CLASS_BINS:
+                h = cls([0.0] * categories, keys=list(range(categories)))
+            else:
+                top = sorted(int(i) for i in np.argsort(-freq, kind="stable")[: MAX_CLASS_BINS - 1])
+                h = cls([0.0] * MAX_CLASS_BINS, keys=top)
         else:
             if edges is None:
                 q = np.quantile(values, np.linspace(0.1, 0.9, 9)) if values.size else np.zeros(0)
@@ -114,21 +131,20 @@ class Histogram:
         return h
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"p": self.p}
-        if self.categories:
-            d["categories"] = self.categories
-        else:
-            d["edges"] = self.edges
-        return d
+        return {"p": self.p, **({"keys": self.keys} if self.keys is not None else {"edges": self.edges})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Histogram":
         p = [float(v) for v in d["p"]]
-        categories = int(d.get("categories", 0))
-        edges = None if categories else [float(e) for e in d["edges"]]
-        if (categories and len(p) != categories) or (not categories and len(p) != len(edges or []) + 1):
+        if "keys" in d:
+            keys = [int(k) for k in d["keys"]]
+            if keys != sorted(set(keys)) or len(p) not in (len(keys), len(keys) + 1):
+                raise ValueError("class histogram keys must be sorted and unique, one bin each (+ other)")
+            return cls(p, keys=keys)
+        edges = [float(e) for e in d["edges"]]
+        if len(p) != len(edges) + 1:
             raise ValueError("histogram has the wrong number of bins")
-        return cls(p, edges, categories)
+        return cls(p, edges)
 
 
 @dataclass
