@@ -13,7 +13,7 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
     output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
 
-All three on a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
+The input features use a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
 summaries for people: per-channel mean/std and the mean brightness. Bins come from the
 reference's deciles (unique edges; the outer bins are open), so each holds about a tenth of the
 reference and PSI has no empty reference bins to divide by.
@@ -32,7 +32,6 @@ MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each
 MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
 INPUT_FEATURES = ("brightness", "contrast", "intensity")
-OUTPUT_FEATURES = ("class", "confidence")
 
 
 def channel_axis(layout: str | None) -> int | None:
