@@ -77,3 +77,12 @@ def test_a_desired_shadow_gate_with_nan_or_out_of_range_values_is_refused():
                 '{"min_agreement": 0.9, "frames": 0}', '{"min_agreement": 0.9, "every": true}', '[]'):
         with pytest.raises(ProtocolError):
             ShadowGate.from_obj(json.loads(bad))
+
+
+def test_deploy_refuses_a_shadow_timeout_not_shorter_than_the_stage_timeout(tmp_path, capsys):
+    from edge_fleet.cli import main as fleet_main
+
+    rc = fleet_main(["deploy", "digits:3", "--devices", "cam-a", "--min-shadow-agreement", "0.9", "--shadow-timeout",
+                     "900", "--db", str(tmp_path / "fleet.db")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--shadow-timeout (900s) must be shorter than --stage-timeout (900s)" in err, err

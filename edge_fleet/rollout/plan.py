@@ -81,6 +81,9 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     """
     if stage_soak < 0:
         raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
+    if shadow and not shadow["timeout_s"] < stage_timeout:
+        raise FleetError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
+                         f"({stage_timeout:g}s): a device waiting for live frames would time out first")
     name, version = parse_target(target)
     bundles = {b.profile: b for b in reg.bundles_named(name, version)}
     if not bundles:
