@@ -3,7 +3,10 @@ block server and the rollout driver.
 
 Without a broker URL it starts the embedded broker itself (edge_fleet.broker.start_broker:
 a managed Mosquitto child when the binary is installed, else in-process amqtt) and stops it
-on exit; with one, `broker` is an ExternalBroker handle, so both cases look the same. It
+on exit. The embedded broker requires logins (edge_fleet.broker.logins: generated on the first
+start, one per device with `add_device`/`edge-fleet devices login ID`) and, on Mosquitto, the
+fleet's ACL (devices read only their desired/blocks topics, client id = user name); a changed
+logins file is picked up while running. With a broker URL, `broker` is an ExternalBroker handle, so both cases look the same. It
 subscribes to the reported/presence/telemetry topics of all devices and records them in the
 registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
@@ -21,7 +24,9 @@ import paho.mqtt.client as mqtt
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
 from .block_server import BlockLimits, BlockServer
-from .broker import Broker, ExternalBroker, start_broker
+from .broker import Broker, ExternalBroker, find_mosquitto, start_broker
+from .broker.logins import FLEET_USER, BrokerLogins
+from .broker.mosquitto_config import render_acl
 from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
 from .rollout import RolloutDriver
@@ -35,7 +40,8 @@ class FleetServer:
     def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
-                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None)) -> None:
+                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None),
+                 anonymous: bool = False) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
         self.broker_url = broker_url
@@ -45,6 +51,10 @@ class FleetServer:
         self.settings = settings
         self.limits = limits
         self.tick = tick
+        self.anonymous = anonymous  # embedded broker without logins or ACL (local experiments only)
+        self.logins: BrokerLogins | None = None
+        self.logins_created = False  # this start generated the logins (shown to the operator)
+        self._logins_mtime = 0.0
         self.broker: Broker | None = None
         self.client: mqtt.Client | None = None
         self.blocks: BlockServer | None = None
@@ -60,12 +70,11 @@ class FleetServer:
 
     def start(self) -> "FleetServer":
         """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
+        self.settings = self.settings or MqttSettings(url="")
         if self.broker_url is None:
-            host, port = self.listen
-            self.broker = start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded)
+            self.broker = self._start_embedded()
         else:
             self.broker = ExternalBroker(self.broker_url).start()
-        self.settings = self.settings or MqttSettings(url="")
         self.settings.url = self.broker.url
         try:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
@@ -84,6 +93,49 @@ class FleetServer:
         self._thread.start()
         log.info("fleet server running on %s (prefix %s)", self.settings.url, self.topics.prefix)
         return self
+
+    def _start_embedded(self) -> Broker:
+        host, port = self.listen
+        if self.anonymous:
+            log.warning("embedded broker without logins: any local client may read and write every topic")
+            return start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded)
+        self.logins, self.logins_created = BrokerLogins.load_or_create(self.broker_dir)
+        self._logins_mtime = self.logins.path.stat().st_mtime
+        acl = None
+        if self.embedded == "mosquitto" and find_mosquitto() is not None:
+            acl = self.broker_dir / "acl.conf"
+            acl.write_text(render_acl(self.topics.prefix, FLEET_USER))
+        else:
+            log.info("the amqtt broker cannot enforce the fleet's ACL: devices log in but are not confined "
+                        "to their own topics (install mosquitto)")
+        assert self.settings is not None
+        if self.settings.username is None:
+            self.settings.username, self.settings.password = FLEET_USER, self.logins.fleet_password
+        return start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded,
+                            users=self.logins.users(), acl_file=acl)
+
+    def add_device(self, device_id: str) -> tuple[str, str]:
+        """(user name, password) a device logs in to the embedded broker with (registered on first use)."""
+        if self.logins is None:
+            raise RuntimeError("device logins exist only for an embedded broker started with logins")
+        password = self.logins.add_device(device_id)
+        self._reload_logins(force=True)
+        return device_id, password
+
+    def _reload_logins(self, force: bool = False) -> None:
+        """Give the running broker the logins file's content when it changed (`edge-fleet devices login`)."""
+        if self.logins is None or self.broker is None:
+            return
+        try:
+            mtime = self.logins.path.stat().st_mtime
+            if not force and mtime == self._logins_mtime:
+                return
+            self.logins, _ = BrokerLogins.load_or_create(self.logins.path.parent)
+            self._logins_mtime = mtime
+            self.broker.reload_users(self.logins.users())
+            log.info("broker logins reloaded (%d devices)", len(self.logins.devices))
+        except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+            log.warning("could not reload the broker logins: %s", exc)
 
     def stop(self) -> None:
         """Stop the loop, disconnect, and stop the embedded broker if we started one."""
@@ -166,6 +218,7 @@ class FleetServer:
     def _loop(self) -> None:
         assert self.driver is not None
         while not self._stop.wait(self.tick):
+            self._reload_logins()
             self.driver.step()
 
 

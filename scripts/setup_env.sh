@@ -18,6 +18,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+bash scripts/ensure_apt.sh curl curl  # the inference endpoint's tests call it as a client no one here wrote
 # the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
 if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"

@@ -38,7 +38,8 @@ log = logging.getLogger("fleet_sim")
 class SimDevice:
     def __init__(self, host: str, port: int, device_id: str, profile: str = "raspberry-pi-4",
                  current: BundleRef | None = None, prefix: str = "edgekit", fail: str | None = None,
-                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None) -> None:
+                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         self.host, self.port, self.id, self.profile = host, port, device_id, profile
         self.topics = Topics(prefix)
         self.current, self.previous = current, None
@@ -57,6 +58,8 @@ class SimDevice:
         self.changed = threading.Condition(self._lock)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{device_id}",
                                   protocol=mqtt.MQTTv311, clean_session=True)
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.will_set(self.topics.presence(device_id), dumps(Presence("offline")), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message

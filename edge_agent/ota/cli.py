@@ -133,6 +133,7 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
 def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from .daemon import Agent, AgentConfig, install_signal_handlers
 
+    home.keep_caches_inside()
     profile = _profile(home, args)
     trust = home.trust_store(args.trust)
     if not trust:
@@ -148,9 +149,31 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
+    endpoint = _start_endpoint(agent, args)
     install_signal_handlers(agent)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if endpoint is not None:
+            from ..serving import stop_serving
+
+            stop_serving(endpoint)
     return {"ok": True, "stopped": True}, "edge-agent serve stopped"
+
+
+def _start_endpoint(agent, args: argparse.Namespace):  # noqa: ANN001, ANN202 - Agent, ServingServer | None
+    """With --http: serve the agent's current model to local apps, following every slot switch."""
+    if args.http is None:
+        return None
+    from ..serving import ModelHolder, start_serving
+    from ..serving.cli import announce, http_options
+
+    policy, options = http_options(args)
+    holder = ModelHolder()
+    agent.loop.swap_listeners.append(holder.swap)  # the model is set when the agent boots its slot
+    server = start_serving(holder, policy, options)
+    announce(server, args.json)
+    return server
 
 
 
@@ -203,6 +226,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve Prometheus /metrics (drift series, process) on this port (0: any free port)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     common(p)
+    from ..serving.cli import add_http_options
+
+    add_http_options(p, required=False)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("install", help="install a side-loaded bundle with the same safe state machine",

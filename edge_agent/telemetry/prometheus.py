@@ -15,6 +15,14 @@ default. Series (all prefixed `edgekit_`):
     edgekit_cpu_temperature_celsius, edgekit_cpu_throttled    gauge (only where the board has them)
     process_resident_memory_bytes, process_cpu_seconds_total, ... (prometheus_client's ProcessCollector)
 
+and, when the local inference endpoint runs (edge_agent.serving):
+
+    edgekit_serving_requests_total{protocol, code}   counter   (protocol: kserve_v2 | tf_serving)
+    edgekit_serving_errors_total              counter   (answers >= 400)
+    edgekit_serving_latency_seconds{quantile} gauge     (rolling, successful requests, server side)
+    edgekit_serving_batch_size                histogram (rows per model run)
+    edgekit_serving_queue_depth               gauge     (requests waiting for the model)
+
 `edge-agent serve --source ... --metrics-port N` serves the same endpoint with the drift series:
 
     edgekit_drift_psi{feature}                 gauge  PSI of each reference feature over the window
@@ -31,11 +39,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .liveness import pipeline_liveness
 from .pipeline_stats import STAGES, PipelineStats
+from .serving_stats import ServingStats
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -110,32 +119,73 @@ class DriftCollector(Collector):
         yield GaugeMetricFamily("edgekit_drift_window_frames", "Live frames in the drift window", value=snap.frames)
 
 
-def build_registry(stats: PipelineStats | None, collectors: Iterable[Collector] = ()) -> CollectorRegistry:
-    """A private registry with the pipeline collector (when there is a pipeline), `collectors`, and the
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ServingCollector(Collector):
+    """Reads the serving endpoint's ServingStats at scrape time."""
+
+    def __init__(self, stats: ServingStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.stats.snapshot()
+        requests = CounterMetricFamily("edgekit_serving_requests", "Inference endpoint requests by protocol and HTTP status",
+                                       labels=["protocol", "code"])
+        for row in snap["requests"]:
+            requests.add_metric([row["protocol"], str(row["status"])], row["count"])
+        yield requests
+        yield CounterMetricFamily("edgekit_serving_errors", "Inference endpoint answers >= 400", value=snap["errors"])
+        lat = GaugeMetricFamily("edgekit_serving_latency_seconds", "Rolling server-side latency of successful requests",
+                                labels=["quantile"])
+        for key, q in QUANTILES.items():
+            if key in snap["latency_ms"]:
+                lat.add_metric([q], snap["latency_ms"][key] / 1000.0)
+        yield lat
+        sizes = {int(k): v for k, v in snap["batches"].items()}
+        buckets = [(str(b), sum(v for k, v in sizes.items() if k <= b)) for b in BATCH_BUCKETS]
+        buckets.append(("+Inf", sum(sizes.values())))
+        yield HistogramMetricFamily("edgekit_serving_batch_size", "Rows per model run of the endpoint's batcher",
+                                    buckets=buckets, sum_value=sum(k * v for k, v in sizes.items()))
+        yield GaugeMetricFamily("edgekit_serving_queue_depth", "Requests waiting for the model", value=snap["queue_depth"])
+
+
+def build_registry(stats: PipelineStats | None, serving: ServingStats | None = None,
+                   collectors: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A private registry with the pipeline and/or serving collectors, any other `collectors` (drift), and the
     process collector (RSS, CPU)."""
     registry = CollectorRegistry(auto_describe=False)
     if stats is not None:
         registry.register(PipelineCollector(stats))
+    if serving is not None:
+        registry.register(ServingCollector(serving))
     for c in collectors:
         registry.register(c)
     ProcessCollector(registry=registry)
     return registry
 
 
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """(body, content type) of a scrape: what every /metrics route answers."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
 class MetricsServer:
     """HTTP server: GET /metrics (Prometheus text format), GET /health (JSON; 503 when not ok)."""
 
     def __init__(self, stats: PipelineStats | None, host: str = "127.0.0.1", port: int = 9100,
-                 max_frame_age_s: float = 10.0, collectors: Iterable[Collector] = ()) -> None:
+                 max_frame_age_s: float = 10.0, serving: ServingStats | None = None,
+                 collectors: Iterable[Collector] = ()) -> None:
         self.stats = stats
-        self.registry = build_registry(stats, collectors)
+        self.registry = build_registry(stats, serving, collectors)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body, ctype, code = generate_latest(server.registry), CONTENT_TYPE_LATEST, 200
+                    body, ctype = exposition(server.registry)
+                    code = 200
                 elif path in ("/health", "/healthz"):
                     h = pipeline_liveness(server.stats, max_frame_age_s) if server.stats else {"ok": True}
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503

@@ -43,6 +43,9 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="preferred embedded broker (falls back to the other when not installed)")
     s.add_argument("--listen", type=listen_address, default=("127.0.0.1", None), metavar="HOST[:PORT]",
                    help="where the embedded broker listens (default 127.0.0.1 on a free port)")
+    s.add_argument("--anonymous", action="store_true",
+                   help="embedded broker without logins or ACL (by default it requires logins, generated on the "
+                   "first start in HOME/broker/logins.json; give each device one with `devices login ID`)")
     s.add_argument("--prefix", default="edgekit", help="topic prefix (default %(default)s)")
     s.add_argument("--username", help="MQTT username")
     s.add_argument("--password", help="MQTT password (or env EDGE_FLEET_MQTT_PASSWORD)")
@@ -115,6 +118,9 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
     gp.add_argument("id")
     gp.add_argument("new_group", metavar="GROUP", nargs="?")
     gp.add_argument("--clear", action="store_true", help="remove the device from its group")
+    lg = dsub.add_parser("login", parents=[common], help="the embedded broker login of a device (created on first "
+                         "use; a running `serve` picks it up): pass it to `edge-agent serve --username --password`")
+    lg.add_argument("id")
 
 
 def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> Result:
                             password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
                             ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=args.client_id)
     server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
-                         broker_dir=home / "broker", listen=args.listen)
+                         broker_dir=home / "broker", listen=args.listen, anonymous=args.anonymous)
     http = None
     try:
         server.start()
@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     assert server.broker is not None
     embedded = server.broker.kind if server.broker.managed else None
     info = {"broker": server.url, "embedded": embedded, "db": reg.location, "prefix": args.prefix,
-            "http": http.url if http else None, "tokens": len(reg.tokens())}
+            "http": http.url if http else None, "tokens": len(reg.tokens()),
+            "logins": str(server.logins.path) if server.logins else None, "logins_created": server.logins_created}
     print(json.dumps(info) if args.json else _banner(info), flush=True)
     try:
         server.wait()
@@ -100,6 +101,10 @@ def _start_http(args: argparse.Namespace, reg: Any, home: Path) -> Any:
 def _banner(info: dict[str, Any]) -> str:
     line = (f"edge-fleet: serving on {info['broker']}" + (f" (embedded {info['embedded']})" if info["embedded"] else "")
             + f", registry {info['db']}")
+    if info["logins"]:
+        made = "generated now" if info["logins_created"] else "kept"
+        line += (f"\nedge-fleet: the broker requires logins ({made} in {info['logins']}, readable by you only); "
+                 "give each device its own: `edge-fleet devices login ID`")
     if info["http"]:
         line += f"\nedge-fleet: console and API on {info['http']}/"
         if not info["tokens"]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from edge_agent.ota.protocol import DesiredState, ShadowGate
+from edge_agent.ota.protocol import (BLOCK_HASH_BYTES, DEFAULT_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_BYTES, DesiredState,
+                                     ShadowGate)
 
 from ..errors import FleetError
 from ..registry.records import BundleRecord
@@ -31,10 +36,33 @@ def shadow_gate(min_agreement: float | None, frames: int = 300, timeout_s: float
     return {"min_agreement": min_agreement, "frames": frames, "timeout_s": timeout_s}
 
 
+def block_size_for(size: int) -> int:
+    """The default block size, doubled until the block count and its hash list fit the protocol's limits."""
+    block_size = DEFAULT_BLOCK_SIZE
+    while (count := -(-size // block_size)) > MAX_BLOCKS or count * BLOCK_HASH_BYTES * 4 // 3 > MAX_JSON_BYTES // 2:
+        block_size *= 2
+    return block_size
+
+
+@lru_cache(maxsize=64)
+def block_hashes(path: Path, sha256: str, block_size: int) -> str:
+    """base64 of the SHA-256 of each block of the stored bundle file (cached per file and block size)."""
+    digests = []
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block_size):
+            digests.append(hashlib.sha256(chunk).digest())
+    return base64.b64encode(b"".join(digests) or hashlib.sha256(b"").digest()).decode("ascii")
+
+
 def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False,
                 url_template: str | None = None, shadow: dict[str, Any] | None = None) -> DesiredState:
-    """The DesiredState message that asks a device to run `bundle` (after a shadow run when `shadow` is set)."""
+    """The DesiredState message that asks a device to run `bundle`; MQTT downloads carry the block hashes,
+    so a device refuses a forged block before writing it. With `shadow`, the device runs the new model in
+    shadow before it switches."""
+    source = source_for(bundle, url_template)
+    block_size = block_size_for(bundle.size)
+    hashes = block_hashes(Path(bundle.path), bundle.sha256, block_size) if source["type"] == "mqtt" else None
     return DesiredState(deployment_id=deployment_id, bundle=bundle.ref, size=bundle.size, profile=bundle.profile,
-                        signature=bundle.signature, allow_downgrade=allow_downgrade,
-                        source=source_for(bundle, url_template),
+                        signature=bundle.signature, allow_downgrade=allow_downgrade, source=source,
+                        block_size=block_size, block_hashes=hashes,
                         shadow=ShadowGate.from_obj(shadow) if shadow else None)
