@@ -26,12 +26,13 @@ def test_a_model_disagreeing_in_shadow_halts_the_rollout_at_its_first_stage(tmp_
         wait_known(reg, ids)
         capsys.readouterr()
         rc = fleet_main(["deploy", "digits:3", "--devices", ",".join(ids), "--stages", "50,100", "--stage-timeout",
-                         "120", "--min-shadow-agreement", "0.9", "--shadow-frames", "60", "--wait", "--wait-timeout",
+                         "120", "--min-shadow-agreement", "0.9", "--shadow-frames", "60", "--shadow-timeout", "60", "--wait",
+                         "--wait-timeout",
                          "180", "--db", str(reg.db_path), "--json"])
         out = capsys.readouterr().out
         assert rc == 7, out  # halted
         rollout = json.loads(out)
-        assert rollout["shadow"] == {"min_agreement": 0.9, "frames": 60, "timeout_s": 300.0}
+        assert rollout["shadow"] == {"min_agreement": 0.9, "frames": 60, "timeout_s": 60.0}
         outcome = {d["device_id"]: d for d in rollout["devices"]}
         first, second = sorted(ids, key=lambda i: outcome[i]["stage"])
         assert outcome[first]["status"] == "failed" and "shadow failed" in outcome[first]["reason"]
