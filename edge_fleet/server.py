@@ -133,14 +133,15 @@ class FleetServer:
         if self.embedded == "mosquitto" and find_mosquitto() is not None:
             acl = self.broker_dir / "acl.conf"
             acl.write_text(render_acl(self.topics.prefix, FLEET_USER))
-        else:
-            log.info("the amqtt broker cannot enforce the fleet's ACL: devices log in but are not confined "
-                        "to their own topics (install mosquitto)")
         assert self.settings is not None
         if self.settings.username is None:
             self.settings.username, self.settings.password = FLEET_USER, self.logins.fleet_password
-        return start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded,
-                            users=self.logins.users(), acl_file=acl)
+        broker = start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded,
+                              users=self.logins.users(), acl_file=acl)
+        if acl is None:  # said once the broker runs, so a failed start stays one line
+            log.info("the amqtt broker cannot enforce the fleet's ACL: devices log in but are not confined "
+                     "to their own topics (install mosquitto)")
+        return broker
 
     def add_device(self, device_id: str) -> tuple[str, str]:
         """(user name, password) a device logs in to the embedded broker with (registered on first use)."""

@@ -70,6 +70,22 @@ def wait_login_works(url: str) -> str:
     return url
 
 
+def login_client(url: str, user: str | None, password: str | None, client_id: str) -> tuple[mqtt.Client, list, bool]:
+    """A connected raw MQTT client: (client, [(topic, payload) received], whether the broker accepted the login)."""
+    host, port = url.removeprefix("mqtt://").split(":")
+    got: list = []
+    acked: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if user:
+        c.username_pw_set(user, password)
+    c.on_message = lambda _c, _u, m: got.append((m.topic, m.payload))
+    c.on_connect = lambda _c, _u, _f, rc, _p: acked.append(not rc.is_failure)
+    c.connect(host, int(port))
+    c.loop_start()
+    wait_for(lambda: acked, what=f"{client_id} CONNACK")
+    return c, got, acked[0]
+
+
 def bundle_signature(path: Path) -> dict[str, Any]:
     with tarfile.open(path) as tar:
         fh = tar.extractfile("signature.json")

@@ -25,9 +25,9 @@ def test_console_shows_drift_per_device_and_shadow_figures_per_stage(tmp_path, b
         with client(fleet.http, tokens["admin"]) as api:
             for b in (int8_bundle, white_digits_bundle):
                 assert api.post("/api/v1/bundles", params={"filename": b.name}, content=b.read_bytes()).status_code == 201
-            agents.append(start_agent(tmp_path, fleet.broker, "cam-a", int8_bundle, digits.pub,
+            agents.append(start_agent(tmp_path, fleet.device_url("cam-a"), "cam-a", int8_bundle, digits.pub,
                                       extra=["--source", str(digits_video), *MONITOR]))
-            agents.append(start_agent(tmp_path, fleet.broker, "cam-b", int8_bundle, digits.pub,
+            agents.append(start_agent(tmp_path, fleet.device_url("cam-b"), "cam-b", int8_bundle, digits.pub,
                                       extra=["--source", str(scene_change_video), *MONITOR]))
             wait_devices(api, ["cam-a", "cam-b"])
             page.goto(f"{fleet.http}/#token={tokens['admin']}")

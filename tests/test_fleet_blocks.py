@@ -82,6 +82,41 @@ def test_blocks_reassemble_to_the_exact_file(served, int8_bundle):
         dev.close()
 
 
+def test_a_second_device_gets_the_same_blocks_from_the_frame_cache(served, int8_bundle):
+    """Frames depend on bundle, block size and index only: the second device's request is answered
+    from the cache (the file is not read or hashed again) with frames that still verify."""
+    broker, server, rec = served
+    first, second = Device(broker.port, "cam-a"), Device(broker.port, "cam-b")
+    try:
+        block_size = 4096
+        wanted = list(range(min(8, -(-rec.size // block_size))))
+        for dev in (first, second):
+            dev.request(dumps(BlockRequest(rec.sha256, wanted, block_size)))
+        frames = {dev.id: [dev.frames.get(timeout=WAIT).payload for _ in wanted] for dev in (first, second)}
+        assert frames["cam-a"] == frames["cam-b"]
+        data = int8_bundle.read_bytes()
+        assert all(decode_block(f).data == data[b.index * block_size:(b.index + 1) * block_size]
+                   for f in frames["cam-b"] for b in [decode_block(f)])
+        assert server.blocks.stats["cached"] == len(wanted)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_frame_cache_keeps_the_recent_frames_within_its_budget():
+    from edge_fleet.block_server import _FrameCache
+
+    cache = _FrameCache(budget=10)
+    for i in range(4):
+        cache.put(("s", 1, i), b"abc")  # 12 bytes: the oldest goes
+    assert cache.get(("s", 1, 0)) is None and cache.size == 9
+    cache.get(("s", 1, 1))  # used: now the newest
+    cache.put(("s", 1, 9), b"xyz")
+    assert cache.get(("s", 1, 1)) == b"abc" and cache.get(("s", 1, 2)) is None
+    cache.put(("big", 1, 0), b"x" * 11)  # larger than the budget: never cached
+    assert cache.get(("big", 1, 0)) is None and cache.size <= 10
+
+
 def test_bad_requests_are_ignored_and_the_server_keeps_serving(served):
     broker, server, rec = served
     dev = Device(broker.port, "cam-2")

@@ -139,7 +139,10 @@ def test_decide_halts_exactly_when_failures_exceed_the_threshold(statuses, allow
 
 
 def _bundle(tmp: Path, sha: str, version: int) -> BundleRecord:
-    return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", tmp / f"{sha}.edgebundle", 0.0)
+    """A registry record with a 10-byte stored file (the driver hashes its blocks for the desired state)."""
+    path = tmp / f"{sha}.edgebundle"
+    path.write_bytes(bytes(10))
+    return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", path, 0.0)
 
 
 def _two_devices_on_v1(reg, tmp: Path) -> None:
@@ -175,6 +178,23 @@ def test_driver_on_a_real_registry_sends_stages_and_halts_back(registry_location
         assert "health check failed; desired reset to previous digits:1" == r.target("a").reason
         assert sent[-1][1]["bundle"]["version"] == 1 and sent[-1][1]["allow_downgrade"] is True
         assert [t for t, _ in sent].count("edgekit/devices/b/desired") == 0
+
+
+def test_a_bundle_file_gone_from_the_store_fails_its_devices_once_not_every_tick(registry_location, tmp_path):
+    """The driver hashes the stored file's blocks for the desired state: a file deleted behind the
+    registry's back fails the device (bundle missing) and the rollout halts, instead of a step error per tick."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        (tmp_path / f"{V2}.edgebundle").unlink()
+        plan = plan_rollout(reg, "digits:2", devices=["a"], stages=[100])
+        driver = _recording_driver(reg, sent)
+        driver.step(now=1000.0)
+        driver.step(now=1001.0)
+        r = reg.rollout(plan.id)
+        assert sent == [] or all(p is None or p["bundle"]["version"] == 1 for _, p in sent)
+        assert r.target("a").status == T.FAILED and "bundle file unreadable" in r.target("a").reason
+        assert r.status in (R.HALTED, R.HALTING)
 
 
 def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(registry_location, tmp_path):

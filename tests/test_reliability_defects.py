@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.bundle import HashMismatch, TrustStore, UnsafeMember, load_private_key, read_manifest_unverified, verify_bundle
@@ -24,7 +23,7 @@ from edge_fleet.cli import main as fleet_main
 from .bundle_craft import craft_bundle
 from .fault_helpers import fill, needs_root, small_disk
 from .ota_fixtures import BLOCK, agent_in_process, bundles, broker, cli, fleet, home, install, status, v1_home  # noqa: F401
-from .ota_helpers import desired_for, wait_for
+from .ota_helpers import desired_for, login_client, wait_for
 
 STUCK = 30.0  # a job that does not end within this is stuck (the tests wait this long at most, never assert it)
 
@@ -207,21 +206,6 @@ def test_9_a_member_whose_header_size_differs_is_refused_before_it_is_read(bundl
 # 10 ------------------------------------------------------------------------------------------
 
 
-def _client(url: str, user: str | None, password: str | None, client_id: str) -> tuple[mqtt.Client, list, bool]:
-    host, port = url.removeprefix("mqtt://").split(":")
-    got: list = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    if user:
-        c.username_pw_set(user, password)
-    c.on_message = lambda _c, _u, m: got.append((m.topic, m.payload))
-    ok = []
-    c.on_connect = lambda _c, _u, _f, rc, _p: ok.append(not rc.is_failure)
-    c.connect(host, int(port))
-    c.loop_start()
-    wait_for(lambda: ok, what=f"{client_id} CONNACK")
-    return c, got, ok[0]
-
-
 def test_10_embedded_broker_requires_logins_and_confines_devices(tmp_path, bundles):
     from edge_fleet.registry import open_registry
     from edge_fleet.server import FleetServer
@@ -231,15 +215,15 @@ def test_10_embedded_broker_requires_logins_and_confines_devices(tmp_path, bundl
     clients = []
     try:
         assert server.logins_created and (server.logins.path.stat().st_mode & 0o777) == 0o600
-        anon, _, ok = _client(server.url, None, None, "anon")
+        anon, _, ok = login_client(server.url, None, None, "anon")
         clients.append(anon)
         assert not ok
         topics = Topics()
         (u1, p1), (u2, p2) = server.add_device("d1"), server.add_device("d2")
-        watcher, seen, ok = _client(server.url, "fleet", server.logins.fleet_password, "watcher")
+        watcher, seen, ok = login_client(server.url, "fleet", server.logins.fleet_password, "watcher")
         clients.append(watcher)
         watcher.subscribe("edgekit/#", qos=1)
-        d1, _, ok1 = _client(server.url, u1, p1, "edgekit-agent-d1")
+        d1, _, ok1 = login_client(server.url, u1, p1, "edgekit-agent-d1")
         clients.append(d1)
         assert ok1
         evil = dumps(replace(desired_for(bundles["v1"], "evil"), allow_downgrade=True))
@@ -249,7 +233,7 @@ def test_10_embedded_broker_requires_logins_and_confines_devices(tmp_path, bundl
         wait_for(lambda: (topics.telemetry("d1"), b"marker") in seen, what="the marker")
         assert [t for t, _ in seen if t != topics.telemetry("d1")] == []  # nothing forged got through
         # d2's login cannot take over d1's session (its client id is its user name)
-        d2, _, ok2 = _client(server.url, u2, p2, "edgekit-agent-d1")
+        d2, _, ok2 = login_client(server.url, u2, p2, "edgekit-agent-d1")
         clients.append(d2)
         assert ok2
         time.sleep(0.5)  # a takeover would disconnect d1 right away

@@ -214,3 +214,20 @@ def test_serve_model_refuses_a_taken_port_with_its_exit_code(int8_bundle, digits
     code = agent_main(["--home", str(tmp_path), "serve-model", str(int8_bundle), "--trust", str(digits.pub),
                        "--http", "0", "--queue-size", "0"])
     assert code == 2 and "--queue-size" in capsys.readouterr().err
+
+
+def test_serve_model_takes_its_token_from_a_file(int8_bundle, digits, tmp_path):
+    from .serving_helpers import ServeModelProcess
+
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    server = ServeModelProcess(int8_bundle, digits.pub, tmp_path / "home", "--http-token-file", str(token))
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/v2/health/live").status_code == 401
+            assert client.get("/metrics").status_code == 401
+            ok = client.get("/v2/health/live", headers={"Authorization": "Bearer t0ken"})
+            assert ok.status_code == 200 and ok.json() == {"live": True}
+    finally:
+        code, summary = server.stop()
+    assert code == 0 and summary["errors"] == 2

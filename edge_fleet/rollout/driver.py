@@ -163,8 +163,13 @@ class RolloutDriver:
                 self._apply(r, t, Observed(TargetEvent.ALREADY_CURRENT, "already running this bundle"), now,
                             previous_sha=current, sent_at=now)
             else:
-                desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id,
-                                      signer=self.signer, now=now, lifetime=r.stage_timeout, shadow=r.shadow)
+                try:
+                    desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id,
+                                          signer=self.signer, now=now, lifetime=r.stage_timeout,
+                                          shadow=r.shadow)
+                except OSError as exc:  # the stored file is gone: its block hashes cannot be computed
+                    self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, f"bundle file unreadable: {exc}"), now)
+                    continue
                 self.publish(self.topics.desired(t.device_id), dumps(desired), True)
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
 
