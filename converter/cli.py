@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from .errors import exit_codes_help
 from .options import whole_number
 
 log = logging.getLogger("converter")
+PLAIN_PROGRESS_AFTER_S = 5.0
 
 CONVERT_EPILOG = """examples:
   edge-convert convert model.onnx --profile raspberry-pi-4 \\
@@ -81,8 +84,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
-        evaluation=args.eval, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
-        max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop),
+        evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
+        max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop), max_map_drop=budget.get("max_map_drop"),
         min_agreement=budget.get("min_agreement", args.min_agreement), min_cosine=budget.get("min_cosine", 0.99),
         force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible,
         pass_options={name: getattr(args, name) for name in declared_options() if hasattr(args, name)},
@@ -93,20 +96,34 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
 
         bar = tqdm(total=7, desc="convert", unit="pass", file=sys.stderr, leave=False)
 
+    # CI logs (no TTY): one line per pass instead of a bar, once the conversion has run a few seconds
+    # (so a quick conversion or a quick refusal stays one line)
+    plain = not (args.json or args.quiet) and bar is None
+    started = time.monotonic()
+
     def on_pass(name: str, i: int, total: int) -> None:
         log.info("running pass %s", name)
+        if plain and time.monotonic() - started > PLAIN_PROGRESS_AFTER_S:
+            print(f"edge-convert: [{i + 1}/{total}] {name} ({time.monotonic() - started:.0f} s so far)",
+                  file=sys.stderr, flush=True)
         if bar:
             bar.set_description(name)
             bar.n = i
             bar.refresh()
 
+    report_path = args.report or Path(str(args.out) + ".report.json")
     try:
         result = convert(options, fmt=args.format, on_pass=on_pass)
+    except Exception as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None:  # a refused conversion still leaves its measurements to read
+            report_path.write_text(json.dumps({**partial.to_dict(), "error": str(exc)}, indent=2, default=str) + "\n")
+            log.warning("report of the failed conversion: %s", report_path)
+        raise
     finally:
         if bar:
             bar.close()
     report = result.to_dict()
-    report_path = args.report or Path(str(args.out) + ".report.json")
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report, summary_text(report, report_path)
 
@@ -196,10 +213,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    "models, ONNX only; see docs/int4.md)")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
+    p.add_argument("--eval-labels", type=Path, help="detectors: ground-truth boxes for the --eval images, a COCO-style "
+                   "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
     p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used (default 256)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
-                   help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 (comma-separate several); "
-                   "agreement = top-1 for classifiers, IoU>=0.9 share for maps, per-timestep argmax for sequences")
+                   help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 | map-drop:3 (comma-separate several); "
+                   "agreement = top-1 for classifiers, matched boxes (IoU>=0.5, same class) for detectors, "
+                   "IoU>=0.9 share for maps, per-timestep argmax for sequences; map-drop = mAP@0.5 points vs --eval-labels")
     p.add_argument("--max-accuracy-drop", type=float, help="max top-1 drop in points (default: profile)")
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
     p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
@@ -228,11 +248,38 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
             doc = (PASSES[readers[0]].__doc__ or "").strip().splitlines()[:1] if len(key) == 1 else [
                 f"read by the {' and '.join(key)} passes alike"]
             groups[key] = parser.add_argument_group(" / ".join(key) + " pass options", doc[0] if doc else None)
+        if option.type_ is bool:  # an on/off switch
+            groups[key].add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=option.description)
+            continue
         groups[key].add_argument(flag, dest=name, type=option.type_, choices=option.choices, metavar=option.metavar,
                                  default=argparse.SUPPRESS, help=option.description)
 
 
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+    """SIGTERM (CI timeouts, systemd) unwinds like Ctrl-C, so temporary folders are removed (exit 130)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _interrupt_on_sigterm():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),

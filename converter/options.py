@@ -23,11 +23,13 @@ class ConvertOptions:
     key: Path
     calibration: Path | None = None
     evaluation: Path | None = None
+    eval_labels: Path | None = None  # detectors: ground-truth boxes for the eval images (COCO JSON or YOLO txt folder)
     calibration_samples: int = 256  # calibration samples used (also: eval samples loaded, video frames sampled)
     precision: str | None = None  # override the profile's recipe
     labels: list[str] | None = None
     max_accuracy_drop: float | None = None  # percentage points; default: profile
     min_agreement: float | None = None  # default: profile
+    max_map_drop: float | None = None  # detectors with --eval-labels: mAP@0.5 points; default 3
     min_cosine: float = 0.99  # gate for outputs that are not class scores
     force: bool = False
     bench_runs: int = 50  # host benchmark runs (0: no timing at all)

@@ -84,7 +84,11 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
     chosen = choose_format(profile, fmt, options.source)
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         ctx = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=chosen)
-        run_passes(ctx, recipe_for(chosen), on_pass)
+        try:
+            run_passes(ctx, recipe_for(chosen), on_pass)
+        except ConversionError as exc:
+            exc.partial = ConversionResult.of(ctx)  # what was measured before the failure: the CLI writes the report
+            raise
         return ConversionResult.of(ctx)
 
 

@@ -12,10 +12,15 @@ This module imports nothing else of the project.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser from PyPI (pyproject marks it for 3.10 only)
+    import tomli as tomllib
 
 __all__ = [
     "Profile",

@@ -69,20 +69,30 @@ def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any],
 
 
 def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
-    from .pipeline.inputs import load_feed
+    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed
     from .pipeline.postprocess import classify
+    from .pipeline.stages import detect_in_image
     from .runtimes import load_session
 
     trust = home.trust_store(args.trust)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         session = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
         results = []
+        post = vb.manifest.postprocess
         for item in args.inputs:
+            if post is not None and post.kind == "detection" and Path(item).suffix.lower() in IMAGE_SUFFIXES:
+                results.append({"input": str(item), "detections": detect_in_image(str(item), vb.manifest, session)})
+                continue
             outputs = session.run(load_feed(item, vb.manifest))
             top = classify(outputs, vb.manifest, args.top_k)[0]
             results.append({"input": str(item), **top})
     lines = []
     for r in results:
+        if "detections" in r:
+            dets = "; ".join(f"{d['name']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]"
+                             for d in r["detections"])
+            lines.append(f"{r['input']}: {len(r['detections'])} detection(s){': ' + dets if dets else ''}")
+            continue
         tops = ", ".join(f"{t['name']}={t['score']:.4f}" for t in r["top_k"])
         lines.append(f"{r['input']}: {r['name']} ({r['score']:.4f})  top-{len(r['top_k'])}: {tops}")
     return (results if len(results) != 1 else results[0]), "\n".join(lines)
@@ -101,6 +111,26 @@ def cmd_bench(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         if bar:
             bar.close()
     return report.to_dict(), format_report(report)
+
+
+def cmd_doctor(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
+    """The same board detection `edge-device probe` runs over SSH, done here (device_profiles.facts)."""
+    from device_profiles.facts import collect_local, parse_facts
+    from device_profiles.matching import match_profile
+
+    facts = parse_facts(collect_local(home.root))
+    match = match_profile(facts)
+    if args.save and match.profile:
+        home.root.mkdir(parents=True, exist_ok=True)
+        home.profile_file.write_text(match.profile + "\n")
+    result = {"ok": match.profile is not None, "profile": match.profile, "reason": match.reason,
+              "facts": facts.to_dict(), "saved": bool(args.save and match.profile)}
+    text = "\n".join([
+        match.line(facts), f"why:     {match.reason}", f"board:   {facts.model or '-'}  ({facts.os or '-'})",
+        f"cpu:     {facts.cores} cores, {facts.memory_mb} MB RAM, {facts.disk_free_mb} MB free",
+        f"python:  {facts.python_version}  camera: {', '.join(facts.cameras) or 'none'}  cuda: {'yes' if facts.cuda else 'no'}",
+    ] + ([f"saved:   {home.profile_file}"] if result["saved"] else []))
+    return result, text
 
 
 def cmd_trust_add(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
@@ -130,7 +160,7 @@ def _common(p: argparse.ArgumentParser, trust: bool = True, profile: bool = True
         p.add_argument("--trust", action="append", type=Path, metavar="PUB",
                        help="trusted public key file or folder of *.pub (repeatable); default: keys added with `trust add`")
     if profile:
-        p.add_argument("--profile", help="this device's profile name or file (default: EDGE_AGENT_PROFILE or the home's profile)")
+        p.add_argument("--profile", help="this device's profile name or file, or 'auto' to detect it (default: EDGE_AGENT_PROFILE or the home's profile)")
         p.add_argument("--allow-profile-mismatch", action="store_true",
                        help="accept a bundle built for another profile (at your own risk)")
 
@@ -179,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", help="detect this board and the built-in profile that fits it",
+                       description="Read the board model, L4T release, CPU, memory, disk, cameras and Python, and name the "
+                       "built-in profile that fits (the same detection `edge-device probe` runs over SSH).")
+    p.add_argument("--save", action="store_true", help="write the detected profile to the home's `profile` file")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("trust", help="manage the public keys this device accepts bundles from")
     tsub = p.add_subparsers(dest="trust_command", required=True, metavar="ACTION")

@@ -105,6 +105,20 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(74, "port", "port unavailable (metrics or HTTP server)", _V, (AGENT, FLEET)),
     ExitCode(75, "detection-config", "detection settings invalid (--detect or the manifest's postprocess)", _U,
              (AGENT,)),
+    ExitCode(80, "host-key", "SSH host key unknown or changed: never accepted silently (check it, then known_hosts or "
+             "--accept-new)", _U, (DEVICE_CLI,)),
+    ExitCode(81, "ssh-auth", "SSH login refused (key not accepted for that user)", _U, (DEVICE_CLI,)),
+    ExitCode(82, "no-python", "no Python >= 3.10 on the device (install python3, or pass --python)", _V, (DEVICE_CLI,)),
+    ExitCode(83, "no-profile-fits", "no built-in profile fits the board (pass --profile NAME or a profile file)", _U,
+             (DEVICE_CLI,)),
+    ExitCode(84, "copy-interrupted", "copy to the device interrupted: nothing installed, run again to resume", _N,
+             (DEVICE_CLI,)),
+    ExitCode(85, "busy", "the agent is in the middle of an update: try again when it ends", _V, (AGENT, DEVICE_CLI)),
+    ExitCode(86, "not-set-up", "the agent is not installed on the device (run edge-device setup first)", _U,
+             (DEVICE_CLI,)),
+    ExitCode(87, "setup-failed", "installing the agent on the device failed (pip or venv; see the line)", _V,
+             (DEVICE_CLI,)),
+    ExitCode(88, "devices-failed", "devices failed with different codes (see the summary table)", _V, (DEVICE_CLI,)),
     ExitCode(130, "interrupted", "interrupted (Ctrl-C)", _U),
 )
 

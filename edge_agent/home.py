@@ -71,7 +71,23 @@ class AgentHome:
         return kid
 
     def device_profile(self, explicit: str | None = None) -> str | None:
-        """The device's profile name or path: --profile, else EDGE_AGENT_PROFILE, else home's file."""
+        """The device's profile name or path: --profile, else EDGE_AGENT_PROFILE, else home's file.
+
+        `auto` (in any of them) detects the board like `edge-agent doctor` does."""
+        chosen = self._chosen_profile(explicit)
+        if chosen == "auto":
+            from device_profiles.facts import collect_local, parse_facts
+            from device_profiles.matching import match_profile
+
+            match = match_profile(parse_facts(collect_local(self.root)))
+            if match.profile is None:
+                from device_profiles import ProfileError
+
+                raise ProfileError(f"--profile auto: {match.reason}")
+            return match.profile
+        return chosen
+
+    def _chosen_profile(self, explicit: str | None) -> str | None:
         if explicit:
             return explicit
         if os.environ.get("EDGE_AGENT_PROFILE"):

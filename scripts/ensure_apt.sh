@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ensure_apt.sh PACKAGE COMMAND [PATH...]: install a Debian package with apt-get when COMMAND is not
-# on PATH (nor at any of the PATHs). Runs `apt-get update` only when a first install attempt fails and
+# on PATH (nor any of the PATHs exists: a data-only package is checked by one of its files). Runs `apt-get update` only when a first install attempt fails and
 # waits for other apt users (DPkg::Lock::Timeout). Never fails the caller: without apt (or root) it
 # prints a warning and exits 0, and what needs the package then fails with a clear message.
 set -u
@@ -9,7 +9,7 @@ shift 2
 
 have() {
     command -v "$cmd" >/dev/null 2>&1 && return 0
-    for p in "$@"; do [ -x "$p" ] && return 0; done
+    for p in "$@"; do [ -e "$p" ] && return 0; done
     return 1
 }
 

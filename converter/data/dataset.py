@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,6 +17,9 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     origin: str = ""
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (--skip-unreadable-images)
+    files: list[str] | None = None  # image files, one per sample (ground-truth boxes are matched by file name)
+    frames_hw: list[tuple[int, int]] | None = None  # original image sizes, to map labelled boxes into the input
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -26,12 +29,13 @@ class Dataset:
         return {k: v[i : i + 1] for k, v in self.inputs.items()}
 
     def head(self, n: int) -> "Dataset":
-        return Dataset({k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.origin)
+        return self.take(slice(0, n))
 
     def take(self, index: np.ndarray | slice) -> "Dataset":
         """The samples at `index` (an index array or slice along the sample axis)."""
+        pick = (lambda xs: None if xs is None else [xs[i] for i in np.arange(len(xs))[index]])  # noqa: E731
         return Dataset({k: v[index] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[index],
-                       self.origin)
+                       self.origin, list(self.skipped), pick(self.files), pick(self.frames_hw))
 
     def interleaved_halves(self) -> tuple["Dataset", "Dataset"]:
         """Even- and odd-numbered samples: two halves that both span an ordered file (video, sorted folder)."""

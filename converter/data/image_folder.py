@@ -3,6 +3,7 @@ the bundle will preprocess them on the device."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,17 @@ from edge_agent.pipeline.preprocess import preprocess_image, read_image
 from ..errors import DataError
 from .dataset import Dataset
 
+log = logging.getLogger(__name__)
 
-def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None) -> Dataset:
+
+def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None,
+                      skip_unreadable: bool = False, flat: bool = False) -> Dataset:
+    """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read."""
     if preprocess is None or preprocess.kind != "image":
         raise DataError(f"{folder}: image folders need image preprocessing options (--mean/--std/--color ...)")
     if len(inputs) != 1:
         raise DataError(f"{folder}: image folders only work for single-input models")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir())
     items: list[tuple[Path, int | None]] = []
     if subdirs:  # class folders: named by label name or class index
         for d in subdirs:
@@ -32,15 +37,31 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
                 raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index")
             items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     else:
-        items = [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        found = folder.rglob("*") if flat else folder.iterdir()
+        items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    tensors = []
-    for f, _ in items:
+    tensors, kept, skipped, sizes = [], [], [], []
+    for f, c in items:
         try:
-            tensor, _ = preprocess_image(read_image(str(f)), preprocess, inputs[0])
+            image = read_image(str(f))
         except Exception as exc:
-            raise DataError(f"{f}: cannot read or preprocess image: {exc}") from exc
+            if not skip_unreadable:
+                raise DataError(f"{f}: cannot read image ({exc}); pass --skip-unreadable-images to leave such files "
+                                "out (they are counted in the report)") from exc
+            skipped.append(str(f))
+            continue
+        try:
+            tensor, _ = preprocess_image(image, preprocess, inputs[0])
+        except Exception as exc:
+            raise DataError(f"{f}: cannot preprocess image: {exc}") from exc
         tensors.append(tensor[0])
-    y = np.array([c for _, c in items], dtype=np.int64) if subdirs else None
-    return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder))
+        kept.append((f, c))
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s) of %d", folder, len(skipped), len(items))
+    if not tensors:
+        raise DataError(f"{folder}: none of its {len(items)} images could be read")
+    y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
+    return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder), skipped=skipped,
+                   files=[str(f) for f, _ in kept], frames_hw=sizes)

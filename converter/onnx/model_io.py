@@ -60,7 +60,17 @@ def ort_session(model_path: Path, threads: int | None = None):
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a shape that does not fit the graph shows up here: one line, exit 21
+        from ..errors import ImportFailed
+
+        if exc.__class__.__module__.split(".")[0] != "onnxruntime":
+            raise
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        detail = first.split("failed:", 1)[-1].strip()[:240]
+        raise ImportFailed(f"ONNX Runtime cannot load {model_path.name}: {detail} (check --input-shape: detectors "
+                           "usually need sizes divisible by their stride, e.g. 32)") from exc
 
 
 def run_dataset(model_path: Path, data: Dataset, progress=None) -> list[np.ndarray]:
@@ -73,11 +83,30 @@ def run_dataset(model_path: Path, data: Dataset, progress=None) -> list[np.ndarr
         feeds = {
             k: (v.astype(np.float16) if input_types.get(k) == "tensor(float16)" else v) for k, v in data.sample(i).items()
         }
-        for j, out in enumerate(sess.run(names, feeds)):
+        for j, out in enumerate(run_or_explain(sess, names, feeds, model_path)):
             collected[j].append(np.asarray(out, dtype=np.float32))
         if progress:
             progress(1)
     return [np.concatenate(c, axis=0) for c in collected]
+
+
+def run_or_explain(sess, names: list[str], feeds: dict[str, np.ndarray], model_path: Path) -> list:
+    """session.run, with ONNX Runtime's failures as one line and their exit code: inputs that do not fit the
+    model's declared inputs are data (22), a model that fails on inputs of its own declared shape is the
+    model or its --input-shape (21)."""
+    from ..errors import DataError, ImportFailed
+
+    try:
+        return sess.run(names, feeds)
+    except Exception as exc:
+        if exc.__class__.__module__.split(".")[0] != "onnxruntime":
+            raise
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:240]
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        if "invalid dimensions for input" in first or "Unexpected input data type" in first or "invalid rank" in first:
+            raise DataError(f"the data does not fit {model_path.name}'s inputs ({shapes}): {first}") from exc
+        raise ImportFailed(f"{model_path.name} fails on inputs {shapes}: {first} (check --input-shape: "
+                           "detectors usually need sizes divisible by their stride, e.g. 32)") from exc
 
 
 def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:

@@ -96,6 +96,7 @@ class OrtStaticQuantizer:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     op_set: str = "all"  # key of OP_SETS; calibration always covers all ops so every set reuses the cache
+    keep_float: list[str] = field(default_factory=list)  # nodes never quantized (a detector's decode head)
     _caches: dict[str, Path] = field(default_factory=dict)
     _count: int = 0
 
@@ -126,7 +127,7 @@ class OrtStaticQuantizer:
         extra = {"op_types_to_quantize": list(ops)} if ops is not None else {}
         # ORT's histogram calibrators print progress to stdout and warn about pre-processing: keep --json clean.
         with contextlib.redirect_stdout(io.StringIO()), _quiet("root"):
-            quantize_static(str(self.src), str(dst), reader, nodes_to_exclude=list(exclude or []),
+            quantize_static(str(self.src), str(dst), reader, nodes_to_exclude=[*self.keep_float, *(exclude or [])],
                             calibration_cache_path=str(cache), **self._common(method), **extra)
         self._caches[method] = cache
         return dst

@@ -75,6 +75,8 @@ class AccuracyGatePass(Pass):
             log.warning("accuracy not checked: pass --eval data to gate the conversion")
             ctx.measurements["accuracy"] = {"checked": False}
             return {"checked": False, "reason": "no eval or calibration data"}
+        if ctx.task() == "detection":
+            return self.gate_detector(ctx, origin)
         reference = ctx.evaluator().reference  # the float outputs, computed once with the mixed-precision passes
         candidate = ctx.run_first_output(ctx.model, data)
         metrics = compare_outputs(reference, candidate, data.labels, is_classification(ctx))
@@ -90,6 +92,23 @@ class AccuracyGatePass(Pass):
         reasons = gate_failures(metrics, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)
         metrics.update(budget={"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement,
                                "min_cosine": budget.min_cosine}, passed=not reasons, forced=bool(reasons and o.force))
+        return self.decide(ctx, metrics, reasons)
+
+    def gate_detector(self, ctx: ConversionContext, origin: str) -> dict[str, Any]:
+        """Detectors: the boxes the device would draw, converted vs float (and vs labels), not raw tensors."""
+        evaluate = ctx.evaluator()
+        metrics = evaluate(ctx.model)
+        metrics = {"samples": len(evaluate.data), **metrics, "data": origin,
+                   "agreement_metric": metrics.pop("metric")}
+        budget = ctx.budget()
+        reasons = budget.failures({**metrics, "metric": metrics["agreement_metric"]}, "detection")
+        metrics.update(budget={"min_agreement": budget.min_agreement, "max_map_drop": budget.max_map_drop},
+                       passed=not reasons, forced=bool(reasons and ctx.options.force))
+        return self.decide(ctx, metrics, reasons)
+
+    def decide(self, ctx: ConversionContext, metrics: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
+        """Record the figures (the report is written even when the gate refuses), then refuse or warn."""
+        o = ctx.options
         ctx.measurements["accuracy"] = {"checked": True, "precision": ctx.precision, **metrics}
         if reasons:
             message = f"{ctx.precision} model fails the accuracy gate: " + "; ".join(reasons)

@@ -16,7 +16,9 @@ import numpy as np
 from device_profiles import Profile
 from edge_agent.bundle import Postprocess, Preprocess, SelfTest, TensorSpec
 
-from ..accuracy.budget import Budget
+from ..accuracy.budget import DEFAULT_MAX_MAP_DROP, Budget
+from ..accuracy.detection import DEFAULT_MIN_MATCH, DetectionScorer
+from ..accuracy.ground_truth import ground_truth_for
 from ..accuracy.evaluator import Evaluator
 from ..accuracy.metrics import detect_task
 from ..accuracy.mixed_precision import MixedPrecisionOutcome
@@ -87,15 +89,19 @@ class ConversionContext:
         return None, "none"
 
     def task(self) -> str:
-        """What the first output is (classification, map, sequence, generic): decides the agreement metric."""
+        """What the model does for the gate (detection, classification, map, sequence, generic)."""
+        if self.postprocess is not None and self.postprocess.kind == "detection":
+            return "detection"
         return detect_task(self.outputs[0].shape, bool(self.postprocess and self.postprocess.kind == "classification"))
 
     def budget(self) -> Budget:
         """The accuracy budget: the user's options where given, else the profile's."""
         o, acc = self.options, self.profile.accuracy
-        return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else acc.min_agreement,
+        profile_agreement = DEFAULT_MIN_MATCH if self.task() == "detection" else acc.min_agreement
+        return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else profile_agreement,
                       max_top1_drop=o.max_accuracy_drop if o.max_accuracy_drop is not None else acc.max_top1_drop,
-                      min_cosine=o.min_cosine)
+                      min_cosine=o.min_cosine,
+                      max_map_drop=o.max_map_drop if o.max_map_drop is not None else DEFAULT_MAX_MAP_DROP)
 
     def run_first_output(self, model: Path, data: Dataset) -> np.ndarray:
         """The first output of `model` (ONNX or TFLite) over `data`, in the source model's layout."""
@@ -108,9 +114,27 @@ class ConversionContext:
             return None
         ev = self._evaluator
         if ev is None or ev.float_model != self.float_model or ev.specs != (self.inputs, self.outputs):
-            ev = Evaluator(self.run_first_output, self.float_model, data, self.task(), specs=(list(self.inputs), list(self.outputs)))
+            specs = (list(self.inputs), list(self.outputs))
+            if self.task() == "detection":
+                ev = Evaluator(self.run_all_outputs, self.float_model, data, "detection", specs, self.detection_scorer)
+            else:
+                ev = Evaluator(self.run_first_output, self.float_model, data, self.task(), specs=specs)
             self._evaluator = ev
         return ev
+
+    def run_all_outputs(self, model: Path, data: Dataset) -> list[np.ndarray]:
+        """Every output of `model` (ONNX or TFLite) over `data`, in the source model's layout and order."""
+        return run_model(model, data, self.inputs, self.outputs)
+
+    def detection_scorer(self, data: Dataset) -> DetectionScorer:
+        """The detection gate for these samples (with their ground-truth boxes when --eval-labels gave them)."""
+        pre = self.preprocess
+        hw = (pre.size[0], pre.size[1]) if pre is not None and pre.kind == "image" else (1, 1)
+        truth = None
+        if self.options.eval_labels is not None:
+            truth = ground_truth_for(Path(self.options.eval_labels), data, hw, pre.resize, self.options.labels)
+        return DetectionScorer(dict(self.postprocess.options), [t.name for t in self.outputs],
+                               len(self.options.labels) if self.options.labels else None, hw, truth)
 
     def take_mixed_precision(self, out: MixedPrecisionOutcome, **sensitivity_extra: Any) -> None:
         """Record a mixed-precision search in the measurements; adopt its model when it kept layers in float."""

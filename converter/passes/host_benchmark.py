@@ -4,6 +4,7 @@ For TFLite bundles the float reference is the float32 TFLite model, run by LiteR
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from edge_agent.bench import time_runs
@@ -12,6 +13,8 @@ from edge_agent.telemetry.latency import summarize_ms
 from ..options import PassOption
 from ..runners import runner
 from .base import ConversionContext, Pass
+
+log = logging.getLogger(__name__)
 
 
 class HostBenchmarkPass(Pass):
@@ -39,5 +42,14 @@ class HostBenchmarkPass(Pass):
             result.setdefault("runtime", info)
         f, c = result["float"]["mean_ms"], result["converted"]["mean_ms"]
         result["speedup_vs_float"] = round(f / c, 3) if c else None
+        if ctx.precision.startswith("int8") and c and c > f:
+            result["warning"] = slower_warning(ctx.precision, f, c)
+            log.warning(result["warning"])
         ctx.measurements["host_latency"] = result
         return result
+
+
+def slower_warning(precision: str, float_ms: float, converted_ms: float) -> str:
+    """An int8 bundle that runs slower than float on this host deserves a look before it ships (issue 14)."""
+    return (f"the {precision} model is slower than float on this host ({converted_ms:.3f} ms vs {float_ms:.3f} ms): "
+            "try --quantize-ops weighted, fewer --max-float-layers, or --precision fp32/fp16")

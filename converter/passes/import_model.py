@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle import Postprocess, Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
+from ..detection.task import BOX_TASKS, TASKS, anchor_postprocess, detection_postprocess, model_task, read_metadata
 from ..errors import DataError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
@@ -36,12 +38,24 @@ class ImportPass(Pass):
                                  choices=("bilinear", "nearest", "letterbox")),
             "layout": PassOption(str, None, "input layout (default: guessed from the shape)", choices=("NCHW", "NHWC")),
             "top_k": PassOption(int, 5, "classes the agent reports (default 5)"),
-            "postprocess": PassOption(str, "classification", "postprocessing the agent applies", flag=""),
+            "task": PassOption(str, None, "what the model does (default: the model's metadata, e.g. Ultralytics "
+                               "exports, else classify); detect/segment/pose give a detection bundle",
+                               choices=TASKS),
+            "output_role": PassOption(str, None, "for models with several outputs: the output the agent serves "
+                                      "(detections for box tasks)", metavar="OUTPUT_NAME"),
+            "anchors": PassOption(Path, None, "anchor-based detectors (SSD, BlazeFace): .npy of (N, 2) centres or "
+                                  "(N, 4) cx, cy, w, h normalised to the input; recorded in the manifest",
+                                  metavar="ANCHORS.npy"),
+            "skip_unreadable": PassOption(bool, False, "skip image files that cannot be read (counted in the report) "
+                                          "instead of stopping", flag="--skip-unreadable-images"),
         }
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o, cfg = ctx.options, self.config(ctx)
-        ctx.imported = import_model(o.source, ctx.workdir, cfg.input_shape, cfg.opset)
+        meta = read_metadata(Path(o.source)) if o.source.endswith(".onnx") and Path(o.source).is_file() else {}
+        task = model_task(None, cfg.task or ("detect" if cfg.anchors else None), meta)
+        shape = cfg.input_shape or _shape_from_metadata(o.source, task)
+        ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset)
         if ctx.imported.onnx_path is not None:
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, cfg.layout)
@@ -56,22 +70,38 @@ class ImportPass(Pass):
             channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
             if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
                 color = "GRAY" if channels == 1 else cfg.color
-                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=cfg.resize, scale=cfg.scale,
+                resize = "letterbox" if task.task in BOX_TASKS and not ctx.options.pass_options.get("resize") else cfg.resize
+                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=resize, scale=cfg.scale,
                                             mean=list(cfg.mean), std=list(cfg.std))
         if ctx.preprocess is None:
             ctx.preprocess = Preprocess(kind="none")
-        ctx.postprocess = Postprocess(kind=cfg.postprocess, softmax=True, top_k=cfg.top_k)
+        if task.names and not o.labels:
+            o.labels = task.names
+        if cfg.anchors is not None:
+            ctx.postprocess = anchor_postprocess(ctx.outputs, cfg.anchors)
+        elif task.task in BOX_TASKS:
+            ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
+        elif task.task == "classify":
+            ctx.postprocess = Postprocess(kind="classification", softmax=True, top_k=cfg.top_k)
+        else:
+            ctx.postprocess = Postprocess(kind="none")
         if o.calibration:
-            ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples)
+            ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
+                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
-            ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples)
+            ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
+                                          cfg.skip_unreadable, flat=task.task in BOX_TASKS)
         if ctx.evaluation is None and ctx.calibration is not None:
             log.warning("no --eval data: the accuracy gate compares float vs converted outputs on the calibration data")
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
             if int(ctx.evaluation.labels.max()) >= len(o.labels):
                 raise DataError(f"eval labels go up to {int(ctx.evaluation.labels.max())} but only {len(o.labels)} label names were given")
+        skipped = [*(ctx.calibration.skipped if ctx.calibration else []), *(ctx.evaluation.skipped if ctx.evaluation else [])]
         return {
+            "task": {"task": task.task, "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
+                     **({"postprocess": ctx.postprocess.options} if ctx.postprocess.kind == "detection" else {})},
+            **({"skipped_unreadable_images": len(skipped), "skipped_files": skipped[:20]} if skipped else {}),
             "source": o.source,
             "source_format": ctx.imported.source_format,
             "opset": ctx.imported.opset,
@@ -81,3 +111,18 @@ class ImportPass(Pass):
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
         }
+
+
+def _shape_from_metadata(source: str, task) -> list[int] | None:
+    """Ultralytics exports with dynamic axes record the size they were trained at (imgsz): pin to it."""
+    if task.imgsz is None or not source.endswith(".onnx"):
+        return None
+    import onnx
+
+    model = onnx.load(source, load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    if len(dims) != 4 or all(d.dim_value > 0 for d in dims):
+        return None
+    channels = dims[1].dim_value or 3
+    log.info("dynamic input pinned to the model's metadata imgsz %s", task.imgsz)
+    return [1, channels, *task.imgsz]

@@ -105,13 +105,19 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, 
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
                            prec.activation_type, prec.weight_type, op_set=quantize_ops if quantize_ops != "auto" else "all")
+    entry: dict[str, Any] = {"calibration_samples": min(len(ctx.calibration), o.calibration_samples)}
+    if ctx.task() == "detection":
+        from ..detection.head import onnx_head_nodes
+
+        q.keep_float = onnx_head_nodes(src)
+        entry["float_head"] = {"nodes": len(q.keep_float), "why": "box decode and class scores keep float precision "
+                               "(one int8 scale for pixels and probabilities rounds the scores away)"}
     methods = candidates(method_spec)
     n = min(len(ctx.calibration), o.calibration_samples)
     warning = sample_warning(methods, n)
     if warning:
         log.warning(warning)
     data, _ = ctx.gate_data()
-    entry: dict[str, Any] = {"calibration_samples": n}
     if warning:
         entry["calibration_warning"] = warning
     if len(methods) > 1 and data is None:

@@ -124,8 +124,23 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[st
     if result.saved_model is not None:
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
     ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
+    rename_output_roles(ctx, [t.name for t in src_out])
     return {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
             "variants_written": result.files}
+
+
+def rename_output_roles(ctx: ConversionContext, source_names: list[str]) -> None:
+    """The TFLite file may name its outputs otherwise (int8: `PartitionedCall:0`): roles follow by position."""
+    post = ctx.postprocess
+    new = [t.name for t in ctx.outputs]
+    if post is None or post.kind != "detection" or len(new) != len(source_names):
+        return
+    options = dict(post.options)  # a copy: --format auto candidates share the import's postprocess
+    for role in ("output", "boxes_output", "scores_output"):
+        name = options.get(role)
+        if isinstance(name, str) and name in source_names and name not in new:
+            options[role] = new[source_names.index(name)]
+    ctx.postprocess = dataclasses.replace(post, options=options)
 
 
 def _from_tensorflow(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[str, Any]:

@@ -77,6 +77,23 @@ def xnnpack_op_denylist_step(ctx: ConversionContext, quantizer: Quantizer, data:
     return row
 
 
+def float_head_step(ctx: ConversionContext, quantizer: Quantizer, data: Dataset | None) -> dict[str, Any]:
+    """Detectors: int8 body, float decode head (converter.detection.head): one int8 output tensor for pixel
+    coordinates and probabilities rounds every score to zero (issue 14: TFLite int8 YOLOv8 gave no boxes)."""
+    from ..detection.head import tflite_head_tensors
+
+    q = quantizer(data if data is not None else ctx.calibration)
+    layers = set(q.layers())
+    head = [t for t in tflite_head_tensors(q.build([])) if t in layers]
+    if not head:
+        return {"layers": 0, "note": "no flattening head found: the whole model stays int8"}
+    q.keep_float = head
+    ctx.model = q.build([])
+    log.info("TFLite int8 detector: %d head layers kept in float", len(head))
+    return {"layers": len(head), "tool": "QuantizationDebugger denylisted_nodes",
+            "why": "box decode and class scores keep float precision (int8 body, float head)"}
+
+
 def tflite_layer_binding(quantizer: Quantizer, data: Dataset) -> LayerBinding:
     """The debugger's quantizer as the search sees it: layers are output tensors, pre-ranked by RMSE/scale."""
     q = quantizer(data)
@@ -105,6 +122,8 @@ class TFLiteMixedPrecisionPass(Pass):
         data, _ = ctx.gate_data()
         evaluate = ctx.evaluator()  # the float model's outputs on the eval data, computed once for both steps
         io_dtype = ctx.tf_source.io_dtype
+        if ctx.task() == "detection" and io_dtype == "float32":
+            entry["float_head"] = float_head_step(ctx, quantizer, data)
         if io_dtype == "float32" and ctx.reference_model is not None:
             entry["xnnpack"] = xnnpack_op_denylist_step(ctx, quantizer, data, evaluate)
         if evaluate is None:

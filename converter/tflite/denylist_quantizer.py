@@ -52,6 +52,7 @@ class TFLiteDenylistQuantizer:
         self._stats: list[dict[str, Any]] | None = None
         self._cache: dict[tuple[str, ...], Path] = {}
         self.denylisted_ops: list[str] = []  # op types kept float in every build (see xnnpack_op_denylist)
+        self.keep_float: list[str] = []  # layers kept float in every build (a detector's decode head)
         self.layer_stats()  # before any deny-list changes the debugger's options
 
     def layer_stats(self) -> list[dict[str, Any]]:
@@ -82,7 +83,7 @@ class TFLiteDenylistQuantizer:
 
     def build(self, float_layers: list[str]) -> Path:
         """The int8 model with `float_layers` kept in float32 (cached per set of layers)."""
-        layers = tuple(sorted(float_layers))
+        layers = tuple(sorted({*float_layers, *self.keep_float}))
         key = (*layers, *(f"op:{op}" for op in sorted(self.denylisted_ops)))
         if key in self._cache:
             return self._cache[key]

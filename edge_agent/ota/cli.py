@@ -195,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if trust:
             p.add_argument("--trust", action="append", type=Path, metavar="PUB",
                            help="trusted public key file or folder (repeatable); default: keys added with `trust add`")
-            p.add_argument("--profile", help="this device's profile name or file (default: EDGE_AGENT_PROFILE or the home's profile)")
+            p.add_argument("--profile", help="this device's profile name or file, or 'auto' to detect it (default: EDGE_AGENT_PROFILE or the home's profile)")
             p.add_argument("--latency-budget-ms", type=float, default=None,
                            help="override the profile's latency budget for the health check")
             p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
@@ -212,8 +212,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", help="client certificate file (TLS client authentication)")
     p.add_argument("--tls-key", help="client private key file")
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
-    p.add_argument("--infer-interval", type=float, default=0.05,
-                   help="seconds between inferences of the built-in loop on the self-test inputs (default 0.05)")
+    p.add_argument("--infer-interval", type=float, default=30.0,
+                   help="without --source: seconds between health probes on the bundle's self-test inputs; the agent "
+                   "does no other model work while idle (default 30)")
     p.add_argument("--source", help="run the current model on a camera (/dev/video0 or an index), stream URL, video "
                    "file (served in a loop) or image folder, latest frame first; needs edgekit[camera]. "
                    "Default: the bundle's self-test inputs")

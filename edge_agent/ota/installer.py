@@ -23,14 +23,16 @@ from ..bundle import BundleError, InsufficientSpace
 from ..home import AgentHome
 from .job import StateLoopDetected, UpdateJob, job_file, load_job, one_line, save_job
 from .phases import Event, Phase, store_limit
-from .states import STATES, DowngradeRefused, InstallContext, UpdateRefused, copy_side_loaded, staging_dir
+from .states import (
+    STATES, DowngradeRefused, InstallContext, UpdateInProgress, UpdateRefused, copy_side_loaded, staging_dir,
+)
 from .testhooks import pause_point
 from .transfer import TransferCancelled, discard_staging
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DowngradeRefused", "InstallContext", "UpdateJob", "UpdateRefused", "abandon", "copy_side_loaded",
+    "DowngradeRefused", "InstallContext", "UpdateInProgress", "UpdateJob", "UpdateRefused", "abandon", "copy_side_loaded",
     "install_lock", "job_file", "load_job", "one_line", "run_update", "save_job", "staging_dir",
 ]
 
@@ -43,7 +45,7 @@ def install_lock(home: AgentHome, wait: bool = True) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise UpdateRefused("another update is running on this agent home") from None
+            raise UpdateInProgress("another update is running on this agent home: try again when it ends") from None
         try:
             yield
         finally:

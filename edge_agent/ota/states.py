@@ -45,6 +45,13 @@ class UpdateRefused(AgentError, RuntimeError):
     kind = "refused"
 
 
+class UpdateInProgress(UpdateRefused):
+    """Another update holds this agent home (the daemon's worker or another `edge-agent install`)."""
+
+    code_name = "busy"
+    kind = "busy"
+
+
 class DowngradeRefused(UpdateRefused):
     code_name = "downgrade"
     kind = "downgrade"

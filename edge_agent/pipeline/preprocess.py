@@ -54,6 +54,8 @@ def convert_color(image: np.ndarray, source_order: str, target_order: str) -> np
         image = image[:, :, None]
     if image.shape[2] == 4:
         image = image[:, :, :3]
+    if image.shape[2] == 1 and target_order in ("RGB", "BGR"):
+        return np.repeat(image, 3, axis=2)  # a grayscale picture among colour ones: same three channels
     if source_order == target_order:
         return image
     if target_order == "GRAY":

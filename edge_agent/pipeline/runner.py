@@ -29,7 +29,8 @@ from ..bundle import Manifest
 from ..runtimes import ModelSession
 from ..telemetry.pipeline_stats import PipelineStats
 from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
-from .sinks import Sink
+from .detection import DetectionConfigError
+from .sinks import Sink, SinkError
 from .sources import Source
 from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor, infer
 from ..errors import AgentError
@@ -214,6 +215,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 try:
                     result = self.postprocess(prepared.outputs or [], prepared.geometry)
+                except DetectionConfigError as exc:  # the bundle's settings, not the frame: no later frame can work
+                    self._fail(exc)
+                    break
                 except Exception as exc:
                     self._frame_error("postprocess", exc)
                     continue
@@ -233,6 +237,9 @@ class Pipeline:
                 try:
                     for sink in self.sinks:
                         sink.write(record, prepared.frame)
+                except SinkError as exc:  # the output cannot be written: stop with its code (73), not exit 0
+                    self._fail(exc)
+                    break
                 except Exception as exc:
                     self._frame_error("sink", exc)
                     continue

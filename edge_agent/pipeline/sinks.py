@@ -97,6 +97,8 @@ class AnnotatedVideoSink(Sink):
         self.path = Path(path)
         self.fps = fps
         self._writer = None
+        if not self.path.parent.is_dir():  # OpenCV would fail silently on every frame
+            raise SinkError(f"cannot write video {self.path}: folder {self.path.parent} does not exist")
 
     def write(self, record: dict[str, Any], frame: Frame) -> None:
         import cv2

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..runtimes import ModelSession
-from .detection import DetectionOptions, FrameGeometry, detect
+from .detection import DetectionConfigError, DetectionOptions, FrameGeometry, detect
 from .inputs import InputError
 from .postprocess import classify
 from .preprocess import preprocess_image
@@ -79,6 +79,8 @@ class Postprocessor:
         self.kind = manifest.postprocess.kind if manifest.postprocess else "classification"
         self.top_k = top_k
         self._det = DetectionOptions.from_manifest(manifest.postprocess.options) if self.kind == "detection" else None
+        if self._det is not None:
+            check_outputs(self._det, [t.name for t in manifest.outputs])
 
     def __call__(self, outputs: list[np.ndarray], geometry: FrameGeometry) -> dict[str, Any]:
         if self.kind == "classification":
@@ -87,6 +89,36 @@ class Postprocessor:
         if self.kind == "detection":
             return {"kind": "detection", "detections": detect(outputs, self.manifest, geometry, self._det)}
         return {"kind": "none", "outputs": [list(o.shape) for o in outputs]}
+
+
+def check_outputs(opts: DetectionOptions, names: list[str]) -> None:
+    """Refuse detection options that name outputs the model lacks, before the first frame (exit 75)."""
+    roles = [opts.output] if opts.format in ("yolo", "yolo-nms") else [opts.boxes_output, opts.scores_output]
+    if opts.format in ("yolo", "yolo-nms") and opts.output is None and len(names) > 1:
+        raise DetectionConfigError(f"the model has {len(names)} outputs ({', '.join(names)}): name the one holding "
+                                   "detections with postprocess option `output` (edge-convert --output-role)")
+    for r in roles:
+        if isinstance(r, str) and not r.isdigit() and r not in names:
+            raise DetectionConfigError(f"detection output {r!r} is not an output of the model ({', '.join(names)})")
+        if (isinstance(r, int) or (isinstance(r, str) and r.isdigit())) and int(r) >= len(names):
+            raise DetectionConfigError(f"detection output {r} does not exist: the model has {len(names)}")
+
+
+def detect_in_image(path: str, manifest: Manifest, session: ModelSession) -> list[dict[str, Any]]:
+    """`edge-agent run BUNDLE photo.jpg` on a detection bundle: boxes in the photo's pixels."""
+    from .preprocess import read_image
+
+    pre = manifest.preprocess
+    if pre is None or pre.kind != "image":
+        raise InputError("detection bundles need image preprocessing to run on an image file")
+    image = read_image(path)
+    tensor, box = preprocess_image(image, pre, manifest.inputs[0], color_order="RGB")
+    geometry = FrameGeometry.from_preprocess(image.shape[:2], (pre.size[0], pre.size[1]), pre.resize, box)
+    dtype = np.float16 if manifest.inputs[0].dtype == "float16" else np.float32
+    outputs = session.run({manifest.inputs[0].name: tensor.astype(dtype, copy=False)})
+    opts = DetectionOptions.from_manifest(manifest.postprocess.options)
+    check_outputs(opts, [t.name for t in manifest.outputs])
+    return detect(outputs, manifest, geometry, opts)
 
 
 def infer(session: ModelSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -46,6 +46,10 @@ class OnnxRuntime(Runtime):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle thread pools sleep instead of spinning: the agent waits between requests most of the time, and a
+        # spinning pool kept part of a core busy while idle (docs/provisioning.md, scripts/bench_idle.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1

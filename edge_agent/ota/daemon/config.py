@@ -30,7 +30,7 @@ class AgentConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     telemetry_interval_s: float = 10.0
-    infer_interval_s: float = 0.05
+    infer_interval_s: float = 30.0  # without --source: a health probe on the self-test inputs, nothing more
     threads: int | None = None
     block_retry_s: float = 3.0
     keepalive_s: int = 30

@@ -1,0 +1,93 @@
+"""The decode head of a detector: the nodes int8 must leave in float.
+
+A detector's last convolutions give per-scale maps (rank 4); the head then flattens them (Reshape to
+rank 3), concatenates box coordinates in pixels (0-640) with class probabilities (0-1), applies
+sigmoid/softmax and the box decode (DFL, anchors, strides). Quantizing that part with one scale per
+tensor rounds the probabilities to zero or caps them (issue 14: int8 scores stuck at 0.50, TFLite int8
+with no boxes at all). Everything downstream of the first rank-4 -> rank <= 3 reshape stays float;
+the convolutions before it stay int8, except the last ones that give the logits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+FLATTENING_OPS = {"Reshape", "Flatten", "Squeeze"}
+TFLITE_FLATTENING_OPS = {"RESHAPE", "SQUEEZE"}
+
+
+def _rank_of(model) -> dict[str, int]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks: dict[str, int] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            ranks[vi.name] = len(t.shape.dim)
+    for init in model.graph.initializer:
+        ranks[init.name] = len(init.dims)
+    return ranks
+
+
+def downstream(start: list[str], consumers: dict[str, list[tuple[str, list[str]]]]) -> set[str]:
+    """Names of the nodes reachable from the tensors in `start` (consumers: tensor -> [(node, outputs)])."""
+    seen: set[str] = set()
+    todo = deque(start)
+    while todo:
+        for node, outs in consumers.get(todo.popleft(), []):
+            if node not in seen:
+                seen.add(node)
+                todo.extend(outs)
+    return seen
+
+
+def onnx_head_nodes(model_path: Path) -> list[str]:
+    """Names of the ONNX nodes that form the decode head (graph order); empty when no flattening is found."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    ranks = _rank_of(model)
+    consumers: dict[str, list[tuple[str, list[str]]]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append((n.name, list(n.output)))
+    starts = [n for n in model.graph.node if n.op_type in FLATTENING_OPS and n.input
+              and ranks.get(n.input[0]) == 4 and 0 < ranks.get(n.output[0], 0) <= 3]
+    # The per-scale Concat of box and class maps feeding a flattening (YOLOv8: 64 DFL logits + C class logits)
+    # stays float too: each branch's last Conv then keeps its own int8 scale instead of sharing one.
+    producer = {o: n for n in model.graph.node for o in n.output}
+    merges = [producer[n.input[0]] for n in starts if n.input[0] in producer and producer[n.input[0]].op_type == "Concat"]
+    # The convolutions that give the class logits (and box logits) stay float as well: calibration frames with
+    # no confident object give a logit range below 0, and int8 then clips every logit to at most 0, i.e. every
+    # score to at most sigmoid(0) = 0.50 (issue 14: a face at 0.83 came out 0.50). They are 1x1/3x3 convs of
+    # a few channels: cheap in float.
+    logits = [producer[i] for m in merges for i in m.input if i in producer and producer[i].op_type == "Conv"]
+    head = {n.name for n in [*starts, *merges, *logits]} | downstream([o for n in starts for o in n.output], consumers)
+    return [n.name for n in model.graph.node if n.name in head]
+
+
+def tflite_head_tensors(model_path: Path) -> list[str]:
+    """Output tensor names of the TFLite ops that form the decode head (same rule as onnx_head_nodes)."""
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    it, _ = open_interpreter(model_path, threads=1, use_xnnpack=False)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    consumers: dict[int, list[tuple[int, list[int]]]] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            consumers.setdefault(int(t), []).append((op["index"], [int(o) for o in op["outputs"]]))
+    rank = lambda i: len(tensors[i]["shape"]) if i in tensors else 0  # noqa: E731
+    starts = [op for op in ops if op["op_name"] in TFLITE_FLATTENING_OPS and len(op["inputs"])
+              and rank(int(op["inputs"][0])) == 4 and 0 < rank(int(op["outputs"][0])) <= 3]
+    producer = {int(o): op for op in ops for o in op["outputs"]}
+    merges = [producer[int(op["inputs"][0])] for op in starts if int(op["inputs"][0]) in producer
+              and producer[int(op["inputs"][0])]["op_name"] == "CONCATENATION"]
+    logits = [producer[int(i)] for m in merges for i in m["inputs"] if int(i) in producer
+              and producer[int(i)]["op_name"] == "CONV_2D"]
+    head = ({op["index"] for op in [*starts, *merges, *logits]}
+            | downstream([int(o) for op in starts for o in op["outputs"]], consumers))
+    return [tensors[int(o)]["name"] for op in ops if op["index"] in head for o in op["outputs"]
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]

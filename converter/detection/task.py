@@ -1,0 +1,132 @@
+"""The task of a model and the postprocessing its bundle gets.
+
+Ultralytics writes `task`, `names`, `imgsz`, `stride` (and `end2end` for NMS-in-graph exports) into
+the ONNX metadata_props; when present they win over --task, so `edge-convert convert yolov8n.onnx`
+with no extra flag gives a detection bundle with class names and letterbox preprocessing.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle import Postprocess, TensorSpec
+
+from ..errors import ImportFailed
+
+log = logging.getLogger(__name__)
+TASKS = ("classify", "detect", "segment", "pose", "obb", "none")
+BOX_TASKS = ("detect", "segment", "pose", "obb")
+EXTRAS_PER_ROW = {"segment": 32, "pose": 51}  # mask coefficients / 17 keypoints x 3 after the class scores
+
+
+@dataclass
+class ModelTask:
+    task: str = "classify"
+    names: list[str] | None = None
+    imgsz: list[int] | None = None
+    stride: int | None = None
+    end2end: bool = False
+    origin: str = "default"  # metadata | option | default
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_metadata(onnx_path: Path | None) -> dict[str, str]:
+    """The ONNX model's metadata_props (empty for other formats or unreadable files)."""
+    if onnx_path is None or onnx_path.suffix != ".onnx":
+        return {}
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # the importer already vouched for the file
+        return {}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def model_task(onnx_path: Path | None, option: str | None, metadata: dict[str, str] | None = None) -> ModelTask:
+    """The task from the model's metadata (wins), else --task, else classify."""
+    meta = read_metadata(onnx_path) if metadata is None else metadata
+    out = ModelTask(metadata=meta)
+    if meta.get("task") in TASKS:
+        out.task, out.origin = meta["task"], "metadata"
+        if option and option != out.task:
+            log.warning("--task %s ignored: the model's metadata says %s", option, out.task)
+    elif option:
+        out.task, out.origin = option, "option"
+    names = _literal(meta.get("names", "")) if meta.get("names") else None
+    if isinstance(names, dict):
+        out.names = [str(names[k]) for k in sorted(names, key=int)]
+    elif isinstance(names, (list, tuple)):
+        out.names = [str(n) for n in names]
+    imgsz = _literal(meta.get("imgsz", "")) if meta.get("imgsz") else None
+    if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
+        out.imgsz = [int(imgsz[0]), int(imgsz[1])]
+    if meta.get("stride", "").isdigit():
+        out.stride = int(meta["stride"])
+    out.end2end = str(meta.get("end2end", "")).lower() == "true"
+    return out
+
+
+def detection_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: str | None,
+                          labels: list[str] | None) -> Postprocess:
+    """Postprocess for a box task: the head format from the output shapes, the output that holds the boxes."""
+    names = [o.name for o in outputs]
+    if output_role is not None and output_role not in names:
+        raise ImportFailed(f"--output-role {output_role!r} is not an output of the model ({', '.join(names)})")
+    if len(outputs) > 1 and output_role is None and t.origin != "metadata":
+        raise ImportFailed(f"the model has {len(outputs)} outputs ({', '.join(f'{o.name} {o.shape}' for o in outputs)}): "
+                           "name the one holding the detections with --output-role NAME")
+    served = output_role or names[0]
+    shape = next(o.shape for o in outputs if o.name == served)
+    options: dict[str, Any] = {"score_threshold": 0.25, "iou_threshold": 0.45, "output": served}
+    rows = shape[-1] if len(shape) == 3 else None
+    if t.end2end or (isinstance(rows, int) and rows in (6, 7) and (not labels or len(labels) + 4 not in shape)):
+        options["format"] = "yolo-nms"
+    else:
+        options["format"] = "yolo"
+        if labels and len(shape) == 3:
+            attrs = min(d for d in shape[1:] if isinstance(d, int)) if all(isinstance(d, int) for d in shape[1:]) else None
+            extras = EXTRAS_PER_ROW.get(t.task, 0)
+            if attrs is not None and attrs == 5 + len(labels) + extras:
+                options["objectness"] = True
+            elif attrs is not None and attrs == 4 + len(labels) + extras:
+                options["objectness"] = False
+            if extras:
+                options["row_extras"] = extras
+    return Postprocess(kind="detection", softmax=False, top_k=1, options=options)
+
+
+def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:
+    """SSD/BlazeFace-style heads: raw regressors + logits, decoded against anchors recorded in the manifest."""
+    import numpy as np
+
+    from ..errors import DataError
+
+    try:
+        anchors = np.load(anchors_file).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--anchors {anchors_file}: not a readable .npy array ({exc})") from exc
+    if anchors.ndim != 2 or anchors.shape[1] not in (2, 4):
+        raise DataError(f"--anchors {anchors_file}: shape {anchors.shape}; expected (N, 2) centres or (N, 4) cx, cy, w, h")
+    if len(outputs) != 2:
+        raise ImportFailed(f"anchor-based heads need two outputs (regressors and scores); the model has {len(outputs)}")
+    last = [o.shape[-1] if isinstance(o.shape[-1], int) else 0 for o in outputs]
+    boxes, scores = (outputs[0], outputs[1]) if last[0] >= last[1] else (outputs[1], outputs[0])
+    counts = {o.name: o.shape[-2] for o in outputs if len(o.shape) >= 2}
+    if any(isinstance(n, int) and n != len(anchors) for n in counts.values()):
+        raise DataError(f"--anchors {anchors_file} holds {len(anchors)} anchors but the outputs have {counts}")
+    return Postprocess(kind="detection", softmax=False, top_k=1, options={
+        "format": "ssd-anchors", "boxes_output": boxes.name, "scores_output": scores.name,
+        "anchors": [[round(float(v), 6) for v in a] for a in anchors],
+        "score_threshold": 0.5, "iou_threshold": 0.3, "class_agnostic": True})

@@ -1,0 +1,87 @@
+"""`edge-device flash`: push a bundle, verify it there, install it A/B, health-check, bench on the device.
+
+The copy is atomic and resumable (ssh.Device.push); the install is the device's own
+`edge-agent install`, i.e. the same state machine as an OTA update, so a bundle that fails its
+checks leaves the previous model active. A device in the middle of an update is left alone (85).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Callable
+
+from edge_agent.bundle import read_manifest_unverified, sha256_file
+from edge_agent.bundle.errors import InsufficientSpace
+from edge_agent.errors import EdgekitError
+from edge_agent.ota.phases import Phase
+
+from .layout import Layout
+from .remote import RemoteAgent
+from .ssh import Device
+
+Progress = Callable[[str], None]
+
+
+class DeviceBusy(EdgekitError):
+    code_name = "busy"
+
+
+def _host_figures(manifest_measurements: dict[str, Any]) -> dict[str, Any] | None:
+    converted = (manifest_measurements.get("host_latency") or {}).get("converted")
+    if not converted:
+        return None
+    return {"p50_ms": converted.get("p50_ms"), "p99_ms": converted.get("p99_ms")}
+
+
+async def _uid(device: Device) -> int:
+    return int((await device.run("id -u")).stdout.strip() or -1)
+
+
+async def flash(device: Device, layout: Layout, bundle, runs: int = 50, say: Progress = lambda s: None) -> dict[str, Any]:
+    name, q = device.target.name, shlex.quote
+    manifest = read_manifest_unverified(bundle)
+    size, sha = sha256_file(bundle)
+    ra = RemoteAgent(device, layout, await _uid(device))
+    cfg = await ra.config()
+    status = await ra.agent(cfg.user, "status")
+    if status.get("active_slot") and status.get("sha256") == sha:
+        say(f"{manifest.name} v{manifest.version} is already active")
+    if Phase(status["phase"]).is_unfinished:
+        raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
+                         f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
+    df = await device.run(f"df -Pk {q(layout.incoming)} | tail -n 1")
+    free_kb = int(df.stdout.split()[3]) if len(df.stdout.split()) > 3 and df.stdout.split()[3].isdigit() else 0
+    if free_kb and free_kb * 1024 < 3 * size + 1_000_000:  # the pushed file, staging and the unpacked slot
+        raise InsufficientSpace(f"{name}: {free_kb // 1024} MB free under {layout.incoming}, flashing a "
+                                f"{size / 1e6:.1f} MB bundle needs about {(3 * size + 1_000_000) / 1e6:.0f} MB: free some space")
+    remote = f"{layout.incoming}/{sha[:16]}.edgebundle"
+    say(f"pushing {bundle.name} ({size / 1e6:.2f} MB)")
+    resumed = await device.push(bundle, remote)
+    if resumed:
+        say(f"resumed an interrupted copy at {resumed} bytes")
+    try:
+        await device.run(ra.as_root(f"chown {q(cfg.user)} {q(remote)}"))
+        verified = await ra.agent(cfg.user, "verify", remote)
+        say(f"verified on the device: signed by {verified['signed_by']}")
+        installed = await ra.agent(cfg.user, "install", remote)
+        say(f"installed into slot {installed.get('name') or installed.get('slot', '?')}")
+        bench = await ra.agent(cfg.user, "bench", remote, "--runs", str(runs), "--warmup", "5", timeout=1800)
+    finally:
+        await device.run(f"rm -f {q(remote)}")
+    lat = bench.get("latency") or {}
+    device_fig = {"p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms")}
+    after = await ra.agent(cfg.user, "status")
+    return {"device": name, "ok": True, "bundle": manifest.name, "version": manifest.version, "sha256": sha,
+            "changed": installed.get("changed", True), "active_slot": after.get("active_slot"),
+            "device_latency": device_fig, "host_latency": _host_figures(manifest.measurements),
+            "provider": bench.get("provider"), "runtime": bench.get("runtime"),
+            "resumed_from": resumed, "service_running": await ra.running(cfg)}
+
+
+async def status(device: Device, layout: Layout) -> dict[str, Any]:
+    ra = RemoteAgent(device, layout, await _uid(device))
+    cfg = await ra.config()
+    st = await ra.agent(cfg.user, "status")
+    return {"device": device.target.name, "ok": True, "running": await ra.running(cfg), "systemd": cfg.systemd,
+            "profile": cfg.profile, "model": st.get("model"), "version": st.get("version"),
+            "active_slot": st.get("active_slot"), "phase": st.get("phase"), "last_error": st.get("last_error")}

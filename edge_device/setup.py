@@ -1,0 +1,175 @@
+"""`edge-device setup`: from a bare board to `edge-agent serve` running as a service.
+
+probe -> checks (Python, profile, disk) -> wheelhouse pushed (or the device's own index) -> venv
+-> trust keys (public keys only) -> profile -> service user -> systemd unit -> start -> running?
+Re-running it is safe: what is already there is kept (wheels of the same size are not re-sent).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_agent import __version__
+from edge_agent.bundle import load_public_key
+from edge_agent.bundle.errors import InsufficientSpace
+from edge_agent.errors import EdgekitError, exit_code
+
+from .layout import Layout, render_unit, serve_args
+from .probe import probe
+from .remote import RemoteAgent, ServiceConfig
+from .ssh import Device, RemoteCommandFailed
+from .wheelhouse import Wheelhouse, build_wheelhouse
+
+Progress = Callable[[str], None]
+VENV_MB = 450  # room a venv with onnxruntime + LiteRT + numpy takes, plus its wheelhouse
+
+
+class SetupFailed(EdgekitError):
+    code_name = "setup-failed"
+
+
+class NotAPublicKey(EdgekitError):
+    code_name = "usage"
+
+
+@dataclass
+class SetupOptions:
+    broker: str
+    trust: list[Path]
+    device_id: str | None = None
+    profile: str | None = None
+    python: str | None = None
+    index_url: str | None = None
+    service_user: str = "edgekit"
+    keep_system_onnxruntime: bool | None = None  # None: yes on a Jetson (JetPack's onnxruntime-gpu)
+    serve_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def check_public_keys(paths: list[Path]) -> None:
+    """Only public keys ever leave the host: a private key (or anything else) is refused here."""
+    for p in paths:
+        try:
+            load_public_key(p)
+        except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable public key
+            raise NotAPublicKey(f"--trust {p}: not an Ed25519 public key ({exc}); private keys are never pushed") from exc
+
+
+def _device_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name.split("@")[-1])[:64]
+
+
+def _agent_requirements(edgekit_wheel: Path, skip: tuple[str, ...]) -> list[str]:
+    """The agent extra's requirements from the wheel's METADATA, minus `skip` (kept from the system)."""
+    with zipfile.ZipFile(edgekit_wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode()
+    reqs = []
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req, _, marker = line.split(":", 1)[1].strip().partition(";")
+        if marker and "extra ==" in marker and '"agent"' not in marker:
+            continue
+        name = re.split(r"[<>=!~\[ ]", req.strip(), maxsplit=1)[0].lower()
+        if name not in skip and name != "edgekit":
+            cleaned = re.sub(r'(and )?extra == "agent"', "", marker).strip()
+            reqs.append(req.strip() + (f"; {cleaned}" if cleaned and cleaned != "and" else ""))
+    return reqs
+
+
+async def _push_wheelhouse(device: Device, wh: Wheelhouse, layout: Layout, say: Progress) -> None:
+    listing = await device.run(f"cd {shlex.quote(layout.wheelhouse)} 2>/dev/null && ls -l")
+    have = {parts[-1]: int(parts[4]) for parts in (ln.split() for ln in listing.stdout.splitlines()) if len(parts) >= 9}
+    todo = [f for f in wh.files if f.name.startswith("edgekit-") or have.get(f.name) != f.stat().st_size]
+    say(f"wheelhouse: {len(wh.files)} wheels, {wh.size_bytes / 1e6:.1f} MB; sending {len(todo)}")
+    for f in todo:
+        await device.push(f, f"{layout.wheelhouse}/{f.name}")
+
+
+async def _install_venv(ra: RemoteAgent, python: str, opts: SetupOptions, wh: Wheelhouse | None, keep_ort: bool,
+                        say: Progress) -> None:
+    lay, q = ra.layout, shlex.quote
+    site = " --system-site-packages" if keep_ort else ""
+    if wh is None:  # the device's own index
+        await ra.device.run(ra.as_root(f"[ -x {q(lay.python)} ] || {q(python)} -m venv{site} {q(lay.venv)}"), check=True)
+        pip = f"{q(lay.python)} -m pip install --quiet --index-url {q(opts.index_url or '')}"
+        spec = f"edgekit[agent]=={__version__}"
+    else:
+        bootstrap = f"{q(lay.wheelhouse)}/{wh.pip_wheel().name}/pip"
+        await ra.device.run(ra.as_root(
+            f"[ -x {q(lay.python)} ] || {q(python)} -m venv --without-pip{site} {q(lay.venv)}; "
+            f"[ -x {q(lay.venv)}/bin/pip ] || {q(lay.python)} {bootstrap} install --quiet --no-index "
+            f"--find-links {q(lay.wheelhouse)} pip"), check=True)
+        pip = f"{q(lay.python)} -m pip install --quiet --no-index --find-links {q(lay.wheelhouse)}"
+        spec = "edgekit[agent]"
+    if keep_ort:
+        say("keeping the system's onnxruntime (JetPack): installing the other agent dependencies")
+        wheel = next(f for f in wh.files if f.name.startswith("edgekit-")) if wh else None
+        reqs = _agent_requirements(wheel, ("onnxruntime", "onnxruntime-gpu", "numpy")) if wheel else []
+        cmd = f"{pip} --no-deps --force-reinstall {q(spec.split('[')[0] if wh else spec)} && {pip} " + " ".join(q(r) for r in reqs)
+    else:
+        cmd = f"{pip} --force-reinstall --no-deps {q(spec)} && {pip} {q(spec)}"
+    r = await ra.device.run(ra.as_root(cmd), timeout=1800)
+    if r.exit_status != 0:
+        last = (r.stderr.strip() or r.stdout.strip() or "pip failed").splitlines()[-1]
+        raise SetupFailed(f"{ra.name}: installing the agent failed: {last}", detail=r.stderr)
+
+
+async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progress = lambda s: None) -> dict[str, Any]:
+    check_public_keys(opts.trust)
+    name, q = device.target.name, shlex.quote
+    p = await probe(device, layout, opts.python)
+    python = p.require_python(name)
+    profile = p.require_profile(name, opts.profile or device.target.profile)
+    say(p.match.line(p.facts) if not opts.profile else f"profile {profile} (given)")
+    ra = RemoteAgent(device, layout, p.uid)
+    from device_profiles import load_profile
+
+    prof = load_profile(profile)
+    wh = None
+    if not opts.index_url:
+        say(f"building the wheelhouse for Python {p.facts.python_version} on {p.facts.arch}")
+        wh = build_wheelhouse(p.facts.python_version, p.facts.arch, p.facts.glibc)
+    need_mb = VENV_MB if wh is None else max(VENV_MB, 4 * wh.size_bytes // 1_000_000)
+    if p.facts.disk_free_mb and p.facts.disk_free_mb < need_mb:
+        raise InsufficientSpace(f"{name}: {p.facts.disk_free_mb} MB free under {layout.root}, the agent needs about "
+                                f"{need_mb} MB: free some space or pass --remote-dir on a larger disk")
+    user = opts.service_user
+    await device.run(ra.as_root(f"mkdir -p {q(layout.wheelhouse)} {q(layout.home)} {q(layout.incoming)}"), check=True)
+    if wh is not None:
+        await _push_wheelhouse(device, wh, layout, say)
+    keep_ort = opts.keep_system_onnxruntime if opts.keep_system_onnxruntime is not None else bool(p.facts.l4t)
+    say("installing the agent into " + layout.venv)
+    await _install_venv(ra, python, opts, wh, keep_ort, say)
+    if p.uid == 0 and user != "root" and (await device.run(f"id -u {q(user)}")).exit_status != 0:
+        await device.run(f"useradd --system --no-create-home --home-dir {q(layout.home)} --shell /usr/sbin/nologin "
+                         f"{q(user)}", check=True)
+    for pub in opts.trust:
+        await device.push(pub, f"{layout.incoming}/{pub.name}")
+    await device.run(ra.as_root(f"printf '%s\\n' {q(profile)} > {q(layout.home)}/profile; chown -R {q(user)} "
+                                f"{q(layout.home)} {q(layout.incoming)}"), check=True)
+    for pub in opts.trust:
+        await ra.agent(user, "trust", "add", f"{layout.incoming}/{pub.name}")
+    cfg = ServiceConfig(broker=opts.broker, device_id=opts.device_id or _device_id(name), profile=profile, user=user,
+                        systemd=await ra.has_systemd(), version=__version__)
+    unit = render_unit(layout, user, cfg.broker, cfg.device_id, prof.limits.memory_budget_mb, bool(p.facts.cameras),
+                       opts.serve_args)
+    await device.run(ra.as_root(f"mkdir -p {q(layout.unit_dir)} && cat > {q(layout.unit_file)}"), check=True, stdin=unit)
+    await ra.write_config(cfg)
+    say("starting the service" + ("" if cfg.systemd else " (no systemd running: started its ExecStart detached)"))
+    await ra.start(cfg, layout.agent_cmd(*serve_args(cfg.broker, cfg.device_id, opts.serve_args)))
+    running = await ra.running(cfg, settle_s=3.0)
+    if not running:
+        tail = await device.run(f"tail -n 5 {q(layout.log_file)} 2>/dev/null || journalctl -u edge-agent -n 5")
+        last = (tail.stdout.strip().splitlines() or ["no log"])[-1]
+        raise RemoteCommandFailed(f"{name}: the agent service did not stay up: {last}", exit_code("runtime"))
+    version = (await device.run(f"{q(layout.agent)} --version")).stdout.strip()
+    return {"device": name, "ok": True, "profile": profile, "reason": p.match.reason, "python": p.facts.python_version,
+            "agent": version, "unit": layout.unit_file, "systemd": cfg.systemd, "running": running,
+            "device_id": cfg.device_id, "wheelhouse_mb": round(wh.size_bytes / 1e6, 1) if wh else None,
+            "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort}

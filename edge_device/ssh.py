@@ -1,0 +1,206 @@
+"""One SSH connection to a device (asyncssh): run commands, push files atomically and resumably.
+
+Host keys are checked against a known_hosts file and a changed key is never accepted; an unknown
+host is refused too unless the caller asks for `accept_new` (like OpenSSH's
+StrictHostKeyChecking=accept-new: only a host with NO recorded key is learned and written down).
+Each failure becomes a typed error with its own exit code (edge_agent/errors.py, 8 and 80-84).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import asyncssh
+
+from edge_agent.bundle import sha256_file
+from edge_agent.errors import EdgekitError
+
+log = logging.getLogger(__name__)
+
+STOP_COPY_ENV = "EDGEKIT_TEST_STOP_COPY_AFTER"  # test hook: the link "drops" after N bytes of a push
+CHUNK = 256 * 1024
+
+
+class ConnectionFailed(EdgekitError):
+    code_name = "connection-failed"
+
+
+class HostKeyRefused(EdgekitError):
+    code_name = "host-key"
+
+
+class LoginRefused(EdgekitError):
+    code_name = "ssh-auth"
+
+
+class CopyInterrupted(EdgekitError):
+    code_name = "copy-interrupted"
+
+
+class RemoteCommandFailed(EdgekitError):
+    """A command on the device failed; carries the exit code the device's edge-agent chose."""
+
+    def __init__(self, message: str, exit_code: int = 1, detail: str | None = None) -> None:
+        super().__init__(message, detail)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a device is and how to log in; `name` labels it in tables (the inventory's name or the host)."""
+
+    host: str
+    user: str | None = None
+    port: int = 22
+    name: str = ""
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    accept_new: bool = False
+    profile: str | None = None
+    groups: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def parse(cls, spec: str, **kw: object) -> "Target":
+        """`[user@]host[:port]` plus options."""
+        user, _, hostport = spec.rpartition("@")
+        host, port = hostport, 22
+        if hostport.count(":") == 1:
+            host, p = hostport.split(":")
+            port = int(p)
+        t = cls(host=host, user=user or None, port=port, **kw)  # type: ignore[arg-type]
+        return t if t.name else replace(t, name=spec)
+
+    @property
+    def known_hosts_file(self) -> Path:
+        return Path(self.known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
+
+
+@dataclass
+class Result:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+def _known_hosts_line(target: Target, key: asyncssh.SSHKey) -> str:
+    host = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    kind, blob = key.export_public_key("openssh").decode().split()[:2]
+    return f"{host} {kind} {blob}\n"
+
+
+def _recorded(target: Target) -> bool:
+    """Does known_hosts hold any key for this host and port?"""
+    path = target.known_hosts_file
+    if not path.is_file():
+        return False
+    keys = asyncssh.import_known_hosts(path.read_text()).match(target.host, "", target.port)[0]
+    return bool(keys)
+
+
+class Device:
+    """An open SSH connection to one device."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, target: Target) -> None:
+        self.conn, self.target = conn, target
+
+    async def run(self, command: str, check: bool = False, stdin: str | None = None, timeout: float | None = None) -> Result:
+        r = await self.conn.run(command, check=False, input=stdin, timeout=timeout)
+        res = Result(int(r.exit_status if r.exit_status is not None else 255), str(r.stdout or ""), str(r.stderr or ""))
+        if check and res.exit_status != 0:
+            last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_status}").splitlines()[-1]
+            raise RemoteCommandFailed(f"{self.target.name}: `{command.split()[0]}` failed: {last}", 1, res.stderr)
+        return res
+
+    async def sha256(self, remote: str) -> str:
+        r = await self.run(f"sha256sum {shlex.quote(remote)} 2>/dev/null")
+        return r.stdout.split()[0] if r.exit_status == 0 and r.stdout else ""
+
+    async def push(self, local: Path, remote: str, progress: Callable[[int, int], None] | None = None) -> int:
+        """Copy `local` to `remote` atomically: into `remote.part` (resumed from its size if it is a
+        prefix of ours), checked by SHA-256, then renamed. Returns the bytes resumed from."""
+        size, digest = sha256_file(local)
+        part = remote + ".part"
+        stop_after = int(os.environ.get(STOP_COPY_ENV, "0") or 0)
+        await self.run(f"mkdir -p {shlex.quote(os.path.dirname(remote))}", check=True)
+        async with self.conn.start_sftp_client() as sftp:
+            try:
+                have = (await sftp.stat(part)).size or 0
+            except asyncssh.SFTPNoSuchFile:
+                have = 0
+            if have > size:
+                have = 0
+            resumed, sent = have, 0
+            try:
+                async with sftp.open(part, "ab" if have else "wb") as dst:
+                    with open(local, "rb") as src:
+                        src.seek(have)
+                        while chunk := src.read(CHUNK):
+                            if stop_after and sent + len(chunk) > stop_after:
+                                await dst.write(chunk[: stop_after - sent])
+                                raise ConnectionResetError("test hook: link dropped")
+                            await dst.write(chunk)
+                            sent += len(chunk)
+                            if progress:
+                                progress(have + sent, size)
+            except (OSError, asyncssh.Error) as exc:
+                raise CopyInterrupted(
+                    f"{self.target.name}: copy interrupted after {have + sent} of {size} bytes ({exc}); nothing was "
+                    f"installed, run the same command again to resume") from exc
+            if await self.sha256(part) != digest:
+                await sftp.remove(part)
+                raise CopyInterrupted(f"{self.target.name}: the copy on the device does not match (resumed from a "
+                                      f"different file?); it was removed, run again")
+            await sftp.posix_rename(part, remote)
+        return resumed
+
+
+def _connect_error(target: Target, exc: BaseException) -> EdgekitError:
+    where = f"{target.user + '@' if target.user else ''}{target.host}:{target.port}"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        if _recorded(target):
+            return HostKeyRefused(f"{where}: host key CHANGED (does not match {target.known_hosts_file}): refusing; "
+                                  f"if the device was re-imaged, remove its old line with ssh-keygen -R")
+        return HostKeyRefused(f"{where}: host key unknown (not in {target.known_hosts_file}): check its fingerprint, then "
+                              f"add it (ssh-keyscan) or pass --accept-new")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return LoginRefused(f"{where}: login refused for user {target.user or os.environ.get('USER', '?')}: "
+                            f"install your public key with ssh-copy-id, or pass --identity KEY")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ConnectionFailed(f"{where}: unreachable (no answer within the timeout): check the address and network")
+    return ConnectionFailed(f"{where}: cannot connect ({exc.__class__.__name__}: {exc}): is sshd running there?")
+
+
+@asynccontextmanager
+async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device]:
+    """An open connection to `target`, with the host key checked (see the module docstring)."""
+    path = target.known_hosts_file
+    known = asyncssh.import_known_hosts(path.read_text() if path.is_file() else "")
+    opts = dict(port=target.port, username=target.user, connect_timeout=timeout,
+                client_keys=[str(target.identity)] if target.identity else (), agent_path=None)
+    if not target.identity:
+        opts.pop("client_keys")
+        opts.pop("agent_path")
+    learn = target.accept_new and not _recorded(target)
+    try:
+        conn = await asyncssh.connect(target.host, known_hosts=None if learn else known, **opts)  # type: ignore[arg-type]
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        raise _connect_error(target, exc) from exc
+    try:
+        if learn:
+            key = conn.get_server_host_key()
+            if key is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as fh:
+                    fh.write(_known_hosts_line(target, key))
+                log.warning("%s: new host key recorded in %s", target.name, path)
+        yield Device(conn, target)
+    finally:
+        conn.close()
+        await conn.wait_closed()

@@ -1,0 +1,208 @@
+"""`edge-device` against a real OpenSSH server: from nothing to a running agent with a flashed,
+benchmarked bundle, then every bad input with its own code and the working model kept."""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from edge_agent.errors import exit_code
+
+from .device_fixtures import device, edge_device, sshd, x86_bundle  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _status(capsys, dev) -> dict:
+    code, out = edge_device(capsys, "status", *dev.args())
+    assert code == 0, out
+    return out["devices"][0]
+
+
+def test_provision_from_nothing_to_a_flashed_benchmarked_agent(device, x86_bundle, capsys):  # noqa: F811
+    setup = device.setup_result
+    assert setup["ok"] and setup["profile"] == "x86-64-cpu" and setup["running"]
+    assert setup["wheels"] >= 8 and (device.remote_dir / "venv" / "bin" / "edge-agent").exists()
+    assert (device.home / "profile").read_text().strip() == "x86-64-cpu"
+    assert len(list((device.home / "trusted").glob("*.pub"))) == 1 and not list(device.home.rglob("*.key"))
+
+    code, probe = edge_device(capsys, "probe", *device.args())
+    assert code == 0 and probe["devices"][0]["profile"] == "x86-64-cpu"
+    assert probe["devices"][0]["agent_version"] == "0.1.0"
+
+    unit = device.unit_dir / "edge-agent.service"
+    text = unit.read_text()
+    for line in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={device.home}",
+                 "StandardOutput=journal", "User=root"):
+        assert line in text
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
+    assert exposure < 3.0, security.stdout[-2000:]  # "OK" band; a unit without the hardening lines scores 9.6
+
+    code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "20")
+    row = out["devices"][0]
+    assert code == 0 and row["ok"], out
+    assert row["active_slot"] in ("a", "b") and row["bundle"] == "digits"
+    assert row["device_latency"]["p50_ms"] > 0 and row["host_latency"]["p50_ms"] > 0
+    assert row["service_running"]
+    st = _status(capsys, device)
+    assert st["running"] and st["model"] == "digits" and st["phase"] == "succeeded"
+    assert not list((device.remote_dir / "incoming").glob("*.edgebundle*"))  # nothing left half-copied
+
+    # text mode: the device's figures next to the host's
+    from edge_device.cli import main
+
+    assert main(["-q", "flash", str(x86_bundle), *device.args(), "--runs", "5"]) == 0
+    assert "latency p50/p99 ms: device" in capsys.readouterr().out
+
+
+def test_unreachable_host(device, capsys):  # noqa: F811
+    from .sshd_helpers import free_port
+
+    args = [f"root@127.0.0.1:{free_port()}", *device.server.cli_args(), "--timeout", "3"]
+    code, out = edge_device(capsys, "probe", *args)
+    assert code == exit_code("connection-failed") == 8
+    assert "cannot connect" in out["devices"][0]["error"]
+
+
+def test_refused_key(device, tmp_path, capsys):  # noqa: F811
+    from .sshd_helpers import keygen
+
+    other = keygen(tmp_path / "stranger")
+    code, out = edge_device(capsys, "probe", device.server.target, "--identity", str(other),
+                            "--known-hosts", str(device.server.known_hosts))
+    assert code == exit_code("ssh-auth") == 81 and "login refused" in out["devices"][0]["error"]
+
+
+def test_host_key_changed_or_unknown_is_never_accepted(device, tmp_path, capsys):  # noqa: F811
+    from .sshd_helpers import keygen
+
+    port = device.server.port
+    fake = keygen(tmp_path / "fake_host")
+    changed = tmp_path / "changed_known_hosts"
+    changed.write_text(f"[127.0.0.1]:{port} " + " ".join((tmp_path / "fake_host.pub").read_text().split()[:2]) + "\n")
+    base = [device.server.target, "--identity", str(device.server.identity)]
+    code, out = edge_device(capsys, "probe", *base, "--known-hosts", str(changed), "--accept-new")
+    assert code == exit_code("host-key") == 80 and "CHANGED" in out["devices"][0]["error"]
+    assert changed.read_text().count("\n") == 1  # --accept-new never replaces a recorded key
+
+    unknown = tmp_path / "empty_known_hosts"
+    code, out = edge_device(capsys, "probe", *base, "--known-hosts", str(unknown))
+    assert code == 80 and "unknown" in out["devices"][0]["error"] and not unknown.exists()
+    code, out = edge_device(capsys, "probe", *base, "--known-hosts", str(unknown), "--accept-new")
+    assert code == 0 and str(port) in unknown.read_text()
+    code, out = edge_device(capsys, "probe", *base, "--known-hosts", str(unknown))
+    assert code == 0  # learned once, checked from then on
+    assert fake.exists()
+
+
+def test_no_python_on_the_device(device, digits, capsys):  # noqa: F811
+    code, out = edge_device(capsys, "setup", *device.args(), "--python", "/nonexistent/python3.11",
+                            "--broker", "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
+                            "--unit-dir", str(device.unit_dir))
+    assert code == exit_code("no-python") == 82 and "no Python >= 3.10" in out["devices"][0]["error"]
+    assert _status(capsys, device)["running"]
+
+
+def test_failed_install_leaves_the_running_agent(device, digits, tmp_path, capsys):  # noqa: F811
+    code, out = edge_device(capsys, "setup", *device.args(), "--index-url", (tmp_path / "no-index").as_uri(),
+                            "--broker", "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
+                            "--unit-dir", str(device.unit_dir))
+    assert code == exit_code("setup-failed") == 87 and "installing the agent failed" in out["devices"][0]["error"]
+    assert _status(capsys, device)["running"]
+
+
+def test_private_key_is_never_pushed(device, digits, capsys):  # noqa: F811
+    code, out = edge_device(capsys, "setup", *device.args(), "--broker", "mqtt://x:1", "--trust", str(digits.key))
+    assert code == exit_code("usage") and "private keys are never pushed" in out["devices"][0]["error"]
+
+
+def test_bundle_for_another_profile_keeps_the_model(device, x86_bundle, int8_bundle, capsys):  # noqa: F811
+    before = _status(capsys, device)
+    code, out = edge_device(capsys, "flash", str(int8_bundle), *device.args())
+    assert code == exit_code("profile-mismatch") == 17 and "raspberry-pi-4" in out["devices"][0]["error"]
+    after = _status(capsys, device)
+    assert (after["model"], after["active_slot"]) == (before["model"], before["active_slot"])
+
+
+def test_interrupted_copy_installs_nothing_then_resumes(device, digits, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from converter.cli import main as convert
+    from .conftest import convert_args
+
+    v2 = tmp_path / "digits-x86-v2.edgebundle"
+    assert convert(convert_args(digits, v2, "x86-64-cpu", "--model-version", "7")) == 0
+    before = _status(capsys, device)
+    monkeypatch.setenv("EDGEKIT_TEST_STOP_COPY_AFTER", "20000")
+    code, out = edge_device(capsys, "flash", str(v2), *device.args())
+    assert code == exit_code("copy-interrupted") == 84 and "run the same command again" in out["devices"][0]["error"]
+    assert list((device.remote_dir / "incoming").glob("*.part"))
+    assert _status(capsys, device)["version"] == before["version"]
+    monkeypatch.delenv("EDGEKIT_TEST_STOP_COPY_AFTER")
+    code, out = edge_device(capsys, "flash", str(v2), *device.args(), "--runs", "5")
+    assert code == 0 and out["devices"][0]["resumed_from"] == 20000 and out["devices"][0]["version"] == 7
+
+
+def test_device_mid_update_is_left_alone(device, x86_bundle, capsys):  # noqa: F811
+    before = _status(capsys, device)
+    with open(device.home / "ota" / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as an update in progress holds it
+        code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5")
+    assert code == exit_code("busy") == 85 and "another update is running" in out["devices"][0]["error"]
+    assert _status(capsys, device)["version"] == before["version"]
+
+
+def test_no_space_left(device, x86_bundle, capsys):  # noqa: F811
+    incoming = device.remote_dir / "incoming"
+    shutil.rmtree(incoming)
+    incoming.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(incoming)]).returncode != 0:
+        pytest.fail("this test needs root to mount a small tmpfs")
+    try:
+        code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args())
+    finally:
+        subprocess.run(["umount", str(incoming)], check=True)
+    assert code == exit_code("disk-space") == 18 and "free some space" in out["devices"][0]["error"]
+
+
+def test_many_devices_one_table_one_failure_stops_nothing(device, x86_bundle, tmp_path, capsys):  # noqa: F811
+    from .sshd_helpers import free_port
+
+    inv = tmp_path / "lab.toml"
+    inv.write_text(f"""
+[defaults]
+user = "root"
+identity = "{device.server.identity}"
+known_hosts = "{device.server.known_hosts}"
+remote_dir = "{device.remote_dir}"
+
+[[device]]
+name = "good"
+host = "127.0.0.1"
+port = {device.server.port}
+groups = ["lab"]
+
+[[device]]
+name = "gone"
+host = "127.0.0.1"
+port = {free_port()}
+groups = ["lab"]
+
+[[device]]
+name = "not-set-up"
+host = "127.0.0.1"
+port = {device.server.port}
+remote_dir = "/nonexistent/edgekit"
+groups = ["lab"]
+""")
+    from edge_device.cli import main
+
+    code = main(["-q", "status", "--inventory", str(inv), "--group", "lab", "--timeout", "3"])
+    table = capsys.readouterr().out
+    assert code == exit_code("devices-failed") == 88
+    assert "1/3 devices ok" in table and "FAIL 8" in table and "FAIL 86" in table
