@@ -85,6 +85,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(51, "download", "download failed or stalled", _N, (AGENT,)),
     ExitCode(52, "refused", "update refused (see message)", _U, (AGENT, DEVICE_CLI)),
     ExitCode(53, "downgrade", "downgrade refused (the fleet must mark a rollback)", _U, (AGENT, DEVICE_CLI)),
+    ExitCode(57, "shadow-failed", "shadow run: the new model disagreed with the active one on live inputs "
+             "(agreement below the deployment's minimum): the previous model stays active", _D, (AGENT,)),
     ExitCode(60, "broker-unavailable", "no MQTT broker installed (apt-get install mosquitto, or amqtt)", _V, (FLEET,)),
     ExitCode(61, "broker-start-failed", "embedded broker did not start (port in use, bad config)", _V, (FLEET,)),
     ExitCode(62, "registry-unusable", "registry cannot be used (newer schema, unsupported --db)", _V, (FLEET,)),

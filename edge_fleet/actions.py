@@ -66,14 +66,14 @@ def publish(reg: Registry, actor: Actor, path: Path, trust: TrustStore | None, s
 def deploy(reg: Registry, actor: Actor, target: str, devices: list[str] | None = None, group: str | None = None,
            stages: list[float] | None = None, max_failures: float = 0.0,
            stage_timeout: float = DEFAULT_STAGE_TIMEOUT, stage_soak: float = 0.0,
-           source_url: str | None = None) -> RolloutRecord:
-    """Plan a staged rollout (the running server drives it)."""
-    detail = {"devices": devices, "group": group, "stages": stages, "max_failures": max_failures}
+           source_url: str | None = None, shadow: dict[str, Any] | None = None) -> RolloutRecord:
+    """Plan a staged rollout (the running server drives it); `shadow`: rollout.shadow_gate(...) or None."""
+    detail = {"devices": devices, "group": group, "stages": stages, "max_failures": max_failures, "shadow": shadow}
 
     def work() -> RolloutRecord:
         plan = plan_rollout(reg, target, devices=devices, group=group, stages=stages or list(DEFAULT_STAGES),
                             max_failures=max_failures, stage_timeout=stage_timeout, source_url=source_url,
-                            stage_soak=stage_soak, created_by=actor.name)
+                            stage_soak=stage_soak, created_by=actor.name, shadow=shadow)
         r = reg.rollout(plan.id)
         assert r is not None
         return r

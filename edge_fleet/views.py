@@ -23,7 +23,7 @@ def device_view(d: DeviceRecord) -> dict[str, Any]:
             "deployment_id": d.deployment_id, "last_error": d.last_error, "last_seen": d.last_seen,
             "presence": d.presence or "unknown", "latency_p50_ms": p50, "latency_p99_ms": p99,
             "inferences": d.inferences, "errors": d.errors, "agent_version": d.agent_version,
-            "previous": asdict(d.previous) if d.previous else None}
+            "previous": asdict(d.previous) if d.previous else None, "drift": d.drift, "shadow": d.shadow}
 
 
 def device_detail(d: DeviceRecord, history: list[DeviceEvent], history_total: int,
@@ -50,7 +50,7 @@ def event_view(e: DeviceEvent) -> dict[str, Any]:
 def _device_in_rollout(r: RolloutRecord, device_id: str) -> dict[str, Any]:
     t = r.target(device_id)
     return {"rollout_id": r.id, "bundle": f"{r.name}:{r.version}", "rollout_status": r.status, "stage": t.stage,
-            "status": t.status, "reason": t.reason, "sent_at": t.sent_at, "done_at": t.done_at}
+            "status": t.status, "reason": t.reason, "sent_at": t.sent_at, "done_at": t.done_at, "shadow": t.shadow}
 
 
 def stage_progress(r: RolloutRecord) -> list[dict[str, Any]]:
@@ -66,9 +66,29 @@ def stage_progress(r: RolloutRecord) -> list[dict[str, Any]]:
         out.append({"stage": i + 1, "devices": cumulative - start, "cumulative": cumulative, "state": state,
                     "succeeded": ok, "failed": failed, "finished": finished,
                     "percent": round(100.0 * ok / len(devs), 1) if devs else 0.0,
-                    "statuses": _count(t.status for t in devs)})
+                    "statuses": _count(t.status for t in devs), "shadow": stage_shadow(devs)})
         start = cumulative
     return out
+
+
+def stage_shadow(targets: list[Any]) -> dict[str, Any] | None:
+    """A stage's shadow figures: verdicts, the lowest and mean agreement, median latencies of both models
+    (None when no device of the stage reported a shadow run)."""
+    reports = [t.shadow for t in targets if t.shadow]
+    if not reports:
+        return None
+
+    def figures(key: str) -> list[float]:
+        return sorted(float(s[key]) for s in reports if isinstance(s.get(key), (int, float)))
+
+    agreement, active, new = figures("agreement"), figures("active_p50_ms"), figures("candidate_p50_ms")
+    return {"devices": len(reports), "verdicts": _count(str(s.get("verdict")) for s in reports),
+            "frames": sum(int(s.get("frames") or 0) for s in reports),
+            "min_agreement": reports[0].get("min_agreement"),
+            "agreement_min": agreement[0] if agreement else None,
+            "agreement_mean": round(sum(agreement) / len(agreement), 4) if agreement else None,
+            "active_p50_ms": active[len(active) // 2] if active else None,
+            "candidate_p50_ms": new[len(new) // 2] if new else None}
 
 
 def rollout_view(r: RolloutRecord) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def test_good_bundle_verifies_and_unpacks(int8_bundle, trust, target):
     vb = verify_bundle(int8_bundle, trust, profile="raspberry-pi-4", unpack_to=target)
     assert vb.manifest.precision == "int8-static"
     assert (target / vb.manifest.model_file).is_file()
-    assert sorted(p.name for p in target.rglob("*") if p.is_file()) == ["model.onnx", "selftest.npz"]
+    assert sorted(p.name for p in target.rglob("*") if p.is_file()) == ["model.onnx", "reference_stats.json", "selftest.npz"]
 
 
 def test_flipped_byte_in_model_file(int8_bundle, trust, target, tmp_path):

@@ -38,7 +38,7 @@ def test_recipes_name_registered_passes_and_share_import_and_cleanup():
         assert recipe[-1] == "package" and recipe.count(GATE) == 1
     assert shared_prefix() == ("import", "cleanup")
     build, finish = split_for_candidates("tflite", shared_prefix())
-    assert build == ("tflite-convert", "tflite-mixed-precision", GATE) and finish == ("host-benchmark", "selftest", "package")
+    assert build == ("tflite-convert", "tflite-mixed-precision", GATE) and finish == ("host-benchmark", "selftest", "reference-stats", "package")
 
 
 def test_every_declared_pass_option_has_one_flag_and_a_description():

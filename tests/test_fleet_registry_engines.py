@@ -11,6 +11,7 @@ import pytest
 from edge_agent.ota.protocol import BundleRef, ReportedState
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import RegistryUnreachable, RolloutConflict
+from edge_fleet.registry.migrations import load_migrations
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import RolloutRecord, RolloutStatus, RolloutTarget, TargetStatus
 
@@ -28,7 +29,7 @@ def _rollout(rid: str, devices: list[str]) -> RolloutRecord:
 
 def test_migrations_run_once_at_start_and_the_schema_matches(registry_location):
     with open_registry(registry_location) as a, open_registry(registry_location) as b:
-        assert a.schema_version() == b.schema_version() == 5
+        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 6
 
 
 def test_two_operators_deploying_to_one_device_at_once_one_wins(registry_location):

@@ -60,8 +60,9 @@ def test_happy_path_failure_and_rollback_rows():
     while not phase.is_final:
         phase = next_phase(phase, Event.DONE)
         path.append(phase.value)
-    assert path == ["verifying", "installing", "health_check", "switching", "succeeded"]
+    assert path == ["verifying", "installing", "health_check", "shadowing", "switching", "succeeded"]
     assert next_phase(Phase.HEALTH_CHECK, Event.FAILURE) is Phase.ABORTING
+    assert next_phase(Phase.SHADOWING, Event.FAILURE) is Phase.ABORTING  # shadow_failed: the old model stays
     assert next_phase(Phase.ABORTING, Event.DONE) is Phase.FAILED
     assert next_phase(Phase.SWITCHING, Event.FAILURE) is Phase.ROLLING_BACK
     assert next_phase(Phase.ROLLING_BACK, Event.DONE) is Phase.ROLLED_BACK

@@ -14,10 +14,11 @@ from .tflite_mixed_precision import TFLiteMixedPrecisionPass
 from .accuracy_gate import AccuracyGatePass
 from .host_benchmark import HostBenchmarkPass
 from .selftest import SelfTestPass
+from .reference_stats import ReferenceStatsPass
 from .package import PackagePass
 
 __all__ = [
     "PASSES", "AccuracyGatePass", "CleanupPass", "ConversionContext", "HostBenchmarkPass", "ImportPass",
-    "MixedPrecisionPass", "PackagePass", "Pass", "QuantizePass", "SelfTestPass", "TFLiteConvertPass",
+    "MixedPrecisionPass", "PackagePass", "Pass", "QuantizePass", "ReferenceStatsPass", "SelfTestPass", "TFLiteConvertPass",
     "TFLiteMixedPrecisionPass", "check_pass_options", "create_pass", "declared_options",
 ]

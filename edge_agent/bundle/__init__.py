@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedSchema,
 )
 from .manifest import (
+    REFERENCE_STATS_FILE,
     SCHEMA_VERSION,
     FileEntry,
     Manifest,
@@ -38,6 +39,7 @@ from .signing import TrustStore, generate_keypair, key_id, load_private_key, loa
 
 __all__ = [
     "BUNDLE_SUFFIX",
+    "REFERENCE_STATS_FILE",
     "SCHEMA_VERSION",
     "DISK_MARGIN_BYTES",
     "BundleError",

@@ -16,6 +16,9 @@ from device_profiles import FORMATS, RUNTIMES
 from .errors import ManifestError, UnsupportedSchema
 
 SCHEMA_VERSION = "1.0"
+# Optional payload member: the converter's reference statistics for drift monitoring (edge_agent.monitor.reference).
+# Like every member it is listed with its hash in `files`, so the manifest's signature covers it.
+REFERENCE_STATS_FILE = "reference_stats.json"
 SUPPORTED_MAJOR = 1
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-mixed", "int8-qat", "int4-weight")

@@ -14,6 +14,7 @@ from typing import Any
 from ..bundle import read_manifest_unverified, sha256_file
 from ..errors import AgentError
 from ..home import AgentHome, require_trust
+from ..monitor.watch import add_drift_arguments
 from .installer import (
     InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
 )
@@ -105,6 +106,7 @@ def status_dict(home: AgentHome) -> dict[str, Any]:
         "deployment_id": job.deployment_id if job else None,
         "target": {"name": job.ref.name, "version": job.ref.version} if job else None,
         "last_error": job.last_error if job else None,
+        "shadow": job.shadow if job else None,
         "slots": {n: slots.info(n).to_dict() for n in ("a", "b")},
     }
 
@@ -119,6 +121,9 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
     ]
     if s["last_error"]:
         lines.append(f"error:   {s['last_error']}")
+    if s["shadow"] and s["shadow"]["verdict"] != "failed":  # a failed one is the error line already
+        sh = s["shadow"]
+        lines.append(f"shadow:  {sh['verdict']}, agreement {sh['agreement']} over {sh['frames']} frames ({sh['reason']})")
     for n, info in s["slots"].items():
         lines.append(f"slot {n}:  {info['lifecycle']:<10} {info['health']:<7} {info['name'] or ''}" + (f" v{info['version']}" if info["version"] else "")
                      + (f"  ({info['reason']})" if info["reason"] else ""))
@@ -139,7 +144,8 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
         password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
-        source=args.source, results=args.results, probation_s=args.probation,
+        source=args.source, results=args.results, probation_s=args.probation, drift_window=args.drift_window,
+        drift_threshold=args.drift_threshold, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
@@ -216,6 +222,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probation", type=_seconds, default=60.0, metavar="SECONDS",
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
+    add_drift_arguments(p)
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics (drift series, process) on this port (0: any free port)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     common(p)
     from ..serving.cli import add_http_options
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..home import AgentHome
 from .phases import Event, Phase, next_phase
-from .protocol import BundleRef, DesiredState, ProtocolError
+from .protocol import BundleRef, DesiredState, ProtocolError, ShadowGate
 from .statefile import read_json, write_json_atomic
 from ..errors import AgentError
 
@@ -50,12 +50,15 @@ class UpdateJob:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     state_stores: int = 0  # how many times this job was stored (see phases.MAX_STATE_STORES)
+    shadow: dict[str, Any] | None = None  # the shadow run's report (phase shadowing), kept for reports after it
     progress: float = 0.0  # not persisted: the download resumes from its own bitmap
 
     @property
     def desired_state(self) -> DesiredState:
         d = dict(self.desired)
         d["bundle"] = BundleRef(**d["bundle"]) if isinstance(d["bundle"], dict) else d["bundle"]
+        if isinstance(d.get("shadow"), dict):
+            d["shadow"] = ShadowGate(**d["shadow"])
         return DesiredState(**d)
 
     @property

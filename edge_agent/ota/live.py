@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -42,11 +43,12 @@ class LiveModel:
     session: ModelSession
     selftest: SelfTestData | None
     generation: int = field(default_factory=lambda: next(_generation))
+    bundle_dir: Path | None = None  # where its files are (the drift monitor reads its reference statistics)
 
     @classmethod
     def from_slot(cls, slot: str, ref: BundleRef | None, manifest: Manifest, session: ModelSession,
                   bundle_dir) -> "LiveModel":
-        return cls(slot, ref, manifest, session, load_selftest(bundle_dir, manifest))
+        return cls(slot, ref, manifest, session, load_selftest(bundle_dir, manifest), bundle_dir=Path(bundle_dir))
 
 
 def selftest_source(model: LiveModel, i: int) -> dict[str, np.ndarray]:

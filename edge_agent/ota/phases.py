@@ -25,6 +25,7 @@ class Phase(str, Enum):
     VERIFYING = "verifying"  # hash, signature, profile, schema, free space
     INSTALLING = "installing"  # unpacking into the inactive slot
     HEALTH_CHECK = "health_check"  # loading + self-test + latency budget in the inactive slot
+    SHADOWING = "shadowing"  # the new model answers live frames beside the active one (deployments with a shadow gate)
     SWITCHING = "switching"  # atomic switch of the active slot, then the live model swap
     ROLLING_BACK = "rolling_back"  # failure handling: make the previous slot active again if the switch happened
     ABORTING = "aborting"  # failure handling: mark the new slot bad; the previous model stays active
@@ -73,7 +74,8 @@ class Event(str, Enum):
 
 P, E = Phase, Event
 
-UPDATE_STEPS: tuple[Phase, ...] = (P.DOWNLOADING, P.VERIFYING, P.INSTALLING, P.HEALTH_CHECK, P.SWITCHING)
+UPDATE_STEPS: tuple[Phase, ...] = (P.DOWNLOADING, P.VERIFYING, P.INSTALLING, P.HEALTH_CHECK, P.SHADOWING,
+                                   P.SWITCHING)
 FAILURE_HANDLING: tuple[Phase, ...] = (P.ROLLING_BACK, P.ABORTING)
 UNFINISHED: tuple[Phase, ...] = UPDATE_STEPS + FAILURE_HANDLING
 FINAL: tuple[Phase, ...] = (P.IDLE, P.SUCCEEDED, P.FAILED, P.ROLLED_BACK)
@@ -110,10 +112,15 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (P.INSTALLING, E.FAILURE): P.ABORTING,
     (P.INSTALLING, E.CANCELLED): P.ABORTING,
     (P.INSTALLING, E.STATE_LOOP): P.ABORTING,
-    (P.HEALTH_CHECK, E.DONE): P.SWITCHING,
+    (P.HEALTH_CHECK, E.DONE): P.SHADOWING,
     (P.HEALTH_CHECK, E.FAILURE): P.ABORTING,
     (P.HEALTH_CHECK, E.CANCELLED): P.ABORTING,
     (P.HEALTH_CHECK, E.STATE_LOOP): P.ABORTING,
+    # no shadow gate, or a passed/skipped shadow run: switch; a failed one (ShadowFailed) keeps the old model
+    (P.SHADOWING, E.DONE): P.SWITCHING,
+    (P.SHADOWING, E.FAILURE): P.ABORTING,
+    (P.SHADOWING, E.CANCELLED): P.ABORTING,
+    (P.SHADOWING, E.STATE_LOOP): P.ABORTING,
     (P.SWITCHING, E.DONE): P.SUCCEEDED,
     (P.SWITCHING, E.FAILURE): P.ROLLING_BACK,
     (P.SWITCHING, E.CANCELLED): P.ROLLING_BACK,

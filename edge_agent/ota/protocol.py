@@ -192,6 +192,35 @@ class BundleRef:
 
 
 @dataclass
+class ShadowGate:
+    """A deployment's shadow gate (edge-fleet deploy --min-shadow-agreement/--shadow-frames): before the
+    switch the new model answers `frames` live frames beside the active one and is switched to only if
+    it agrees on at least `min_agreement` of them (edge_agent.monitor.shadow). `every`: offer every
+    n-th live frame; `timeout_s`: how long to wait for live frames."""
+
+    min_agreement: float
+    frames: int = 300
+    timeout_s: float = 300.0
+    every: int = 1
+
+    @classmethod
+    def from_obj(cls, obj: Any, what: str = "desired.shadow") -> "ShadowGate":
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{what} must be an object")
+        def opt(key: str, kind: type | tuple, default: Any) -> Any:
+            value = _get(obj, key, kind, what, optional=True)
+            return default if value is None else value
+
+        gate = cls(min_agreement=float(_get(obj, "min_agreement", (int, float), what)),
+                   frames=opt("frames", int, 300), timeout_s=float(opt("timeout_s", (int, float), 300.0)),
+                   every=opt("every", int, 1))
+        if not (0.0 <= gate.min_agreement <= 1.0 and gate.frames >= 1 and 0 < gate.timeout_s < 1e9
+                and gate.every >= 1):  # written with `not`: NaN fails too
+            raise ProtocolError(f"{what} needs 0 <= min_agreement <= 1, frames >= 1, timeout_s > 0, every >= 1")
+        return gate
+
+
+@dataclass
 class DesiredState:
     """What the fleet wants a device to run (retained on .../desired).
 
@@ -214,6 +243,7 @@ class DesiredState:
     allow_downgrade: bool = False
     issued_at: float = field(default_factory=time.time)
     block_hashes: str | None = None
+    shadow: ShadowGate | None = None  # run the new model in shadow before the switch (None: switch after the health check)
 
     @property
     def block_count(self) -> int:
@@ -259,6 +289,7 @@ class DesiredState:
             allow_downgrade=_get(o, "allow_downgrade", bool, w, optional=True) or False,
             issued_at=issued_at,
             block_hashes=_get(o, "block_hashes", str, w, optional=True),
+            shadow=ShadowGate.from_obj(o["shadow"]) if o.get("shadow") is not None else None,
         )
         if desired.block_hashes is not None:
             try:
@@ -286,6 +317,8 @@ class ReportedState:
     progress: float = 0.0  # 0..1 of the download
     last_error: str | None = None
     updated_at: float = field(default_factory=time.time)
+    shadow: dict[str, Any] | None = None  # the last shadow run's figures (edge_agent.monitor.shadow.ShadowReport)
+    drift: dict[str, Any] | None = None  # the served model's drift state and PSI scores (edge_agent.monitor.drift)
 
     @classmethod
     def parse(cls, payload: bytes) -> "ReportedState":
@@ -310,6 +343,8 @@ class ReportedState:
             progress=_fraction(_get(o, "progress", (int, float), w, optional=True) or 0.0, "reported.progress"),
             last_error=_get(o, "last_error", str, w, optional=True),
             updated_at=float(_get(o, "updated_at", (int, float), w)),
+            shadow=_get(o, "shadow", dict, w, optional=True),
+            drift=_get(o, "drift", dict, w, optional=True),
         )
 
 

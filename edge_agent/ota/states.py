@@ -18,19 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from ..bundle import ProfileMismatch, SignatureError, TrustStore, check_free_space, sha256_file, verify_bundle
+from ..bundle import Manifest, ProfileMismatch, SignatureError, TrustStore, check_free_space, sha256_file, verify_bundle
 from ..bundle.errors import HashMismatch
 from ..home import AgentHome
+from ..monitor.shadow import ShadowFailed, ShadowReport, skipped
 from ..runtimes import ModelSession
 from .job import UpdateJob, one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
-from .protocol import MAX_BLOCKS_PER_REQUEST, DesiredState
+from .protocol import MAX_BLOCKS_PER_REQUEST, DesiredState, ShadowGate
 from .slots import Health, Lifecycle, SlotInfo, Slots
-from .transfer import TransferError, discard_staging
+from .transfer import TransferCancelled, TransferError, discard_staging
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
+
+# How an agent runs a shadow: (new model's session, its manifest, the gate, cancel) -> report. The daemon's
+# runs on its live frames (daemon.shadowing); without one (side-loaded installs) a gated update is skipped.
+ShadowRunner = Callable[[ModelSession, Manifest, ShadowGate, threading.Event], ShadowReport]
 
 
 class UpdateRefused(AgentError, RuntimeError):
@@ -71,6 +76,7 @@ class InstallContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     threads: int | None = None
     session: ModelSession | None = None  # loaded and health-checked in health_check
+    shadow: ShadowRunner | None = None  # runs the shadowing phase on live inputs (None: no live inputs here)
 
     @property
     def slots(self) -> Slots:
@@ -230,6 +236,33 @@ class HealthCheck(State):
         return Event.DONE
 
 
+class Shadowing(State):
+    """With a shadow gate: the new model answers live frames beside the active one; below the gate's
+    agreement it is never switched to (ShadowFailed -> aborting: slot marked bad, old model active)."""
+
+    phase = Phase.SHADOWING
+
+    def run(self, ctx: InstallContext) -> Event:
+        gate = ctx.job.desired_state.shadow
+        if gate is None:
+            return Event.DONE
+        info = _target_info(ctx)
+        if ctx.shadow is None:
+            report = skipped(gate, "no live inputs on this agent (a side-loaded install, or `serve` without --source)")
+        else:
+            if ctx.session is None:  # resumed after a restart: load again
+                ctx.session, _ = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)  # type: ignore[arg-type]
+            report = ctx.shadow(ctx.session, info.manifest, gate, ctx.cancel)  # type: ignore[arg-type]
+        report.deployment_id = ctx.job.deployment_id
+        ctx.job.shadow = report.to_dict()
+        log.info("update %s: %s", ctx.job.deployment_id, report.line())
+        if ctx.cancel.is_set():
+            raise TransferCancelled("update abandoned during the shadow run: a newer deployment arrived")
+        if report.verdict == "failed":
+            raise ShadowFailed(report.line())
+        return Event.DONE
+
+
 class Switching(State):
     """Atomically make the new slot active, then swap the live model reference."""
 
@@ -284,4 +317,4 @@ class Aborting(State):
 
 
 STATES: dict[Phase, State] = {s.phase: s for s in (
-    Downloading(), Verifying(), Installing(), HealthCheck(), Switching(), RollingBack(), Aborting())}
+    Downloading(), Verifying(), Installing(), HealthCheck(), Shadowing(), Switching(), RollingBack(), Aborting())}

@@ -18,6 +18,8 @@ from typing import Any
 from ..bundle import sha256_file
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
+from ..monitor.drift import DriftConfig
+from ..monitor.watch import add_drift_arguments, drift_monitor_for, load_reference
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,16 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                 sinks.append(TelemetrySink(MqttTelemetryReporter(
                     args.mqtt_telemetry, stats, device_id=args.device_id, interval=args.telemetry_interval,
                     per_frame_results=args.mqtt_results)))
+            drift = drift_monitor_for(m, load_reference(vb.unpacked_to),
+                                      DriftConfig(window=args.drift_window, threshold=args.drift_threshold))
             if args.metrics_port is not None:
-                from ..telemetry.prometheus import MetricsServer
+                from ..telemetry.prometheus import DriftCollector, MetricsServer
 
-                closers.append(MetricsServer(stats, args.metrics_host, args.metrics_port))
+                closers.append(MetricsServer(stats, args.metrics_host, args.metrics_port,
+                                             collectors=[DriftCollector(drift.snapshot)]))
             pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
-                                max_frames=args.max_frames, top_k=args.top_k)
+                                max_frames=args.max_frames, top_k=args.top_k,
+                                observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs)])
             restore = _stop_on_sigterm(pipeline)
             try:
                 summary = pipeline.run()
@@ -80,10 +86,13 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
             for c in reversed(closers):
                 c.close()
     d = summary.to_dict()
+    snap = drift.snapshot()
+    d["drift"] = snap.to_dict()
     e2e = d["stats"]["latency_ms"]["end_to_end"]
     text = (f"{summary.frames} frames from {source.description} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
             f"dropped {summary.dropped}, errors {summary.errors}, end-to-end p50 {e2e.get('p50_ms', 0):.1f} ms "
-            f"p99 {e2e.get('p99_ms', 0):.1f} ms")
+            f"p99 {e2e.get('p99_ms', 0):.1f} ms; drift {snap.state}"
+            + (f" ({snap.worst} PSI {snap.psi[snap.worst]})" if snap.worst else ""))
     return d, text
 
 
@@ -117,6 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--preview-host", default="127.0.0.1", help="preview bind address (default 127.0.0.1)")
     g.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
     g.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
+    add_drift_arguments(g)
     g.add_argument("--mqtt-telemetry", metavar="URL", help="publish telemetry to mqtt://[user:pass@]host[:port]")
     g.add_argument("--device-id", help="device id in telemetry topics (default: host name)")
     g.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")

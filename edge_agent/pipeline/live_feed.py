@@ -1,9 +1,13 @@
 """Camera/video frames for the OTA daemon's inference loop (`edge-agent serve --source ...`).
 
 The daemon's InferenceLoop runs whatever model is current and swaps models atomically during an
-update. This feed gives it the LATEST frame of the source (older frames are dropped and counted),
+update. This feed gives it the LATEST frame of the source (a video file plays at its frame rate, like a camera) (older frames are dropped and counted),
 preprocessed for the model that is current at that moment (so an update that changes the input
 size or colour order just works), and postprocesses the outputs with that same model's manifest.
+
+Observers (`add_observer`) see each answered frame as a `LiveSample` after the model answered:
+the drift monitor and a running shadow run (edge_agent.monitor). They run in the inference thread,
+so they must be cheap and never block (the shadow run hands frames to its own worker).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import numpy as np
 
 from .channels import CLOSED, EMPTY, LatestSlot
 from .sources import Source, SourceError, open_source
-from .stages import Postprocessor, Prepared, Preprocessor
+from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor
 
 log = logging.getLogger(__name__)
 Sink = Callable[[dict[str, Any]], None]
+__all__ = ["LiveFeed", "LiveSample", "Observer"]
 
 
 class LiveFeed:
@@ -38,6 +43,8 @@ class LiveFeed:
         self._source: Source | None = open_source(spec)  # fail fast: a bad --source is a startup error
         self._stages: dict[int, tuple[Preprocessor, Postprocessor]] = {}
         self._prepared = threading.local()
+        self._observers: tuple[Observer, ...] = ()
+        self._next_due = 0.0
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="source-reader", daemon=True)
         self._reader.start()
@@ -66,8 +73,21 @@ class LiveFeed:
                 self._source.close()
                 self._source = None
                 continue
+            self._pace()
             self.frames += 1
             self.slot.put(frame)
+
+    def _pace(self) -> None:
+        """A video file plays at its own frame rate, as a camera would (a live source paces itself)."""
+        src = self._source
+        fps = getattr(src, "fps", None)
+        if src is None or getattr(src, "live", True) or not fps:
+            return
+        now = time.monotonic()
+        due = max(self._next_due, now - 1.0)  # after a stall (reopen), do not rush to catch up
+        if due > now:
+            self._stop.wait(due - now)
+        self._next_due = due + 1.0 / fps
 
     def _for(self, model) -> tuple[Preprocessor, Postprocessor]:
         stages = self._stages.get(model.generation)
@@ -81,18 +101,34 @@ class LiveFeed:
         if frame is EMPTY or frame is CLOSED:
             raise RuntimeError(f"no frame from {self.spec} for {self.frame_timeout_s:.0f}s")
         prepared: Prepared = self._for(model)[0](frame)
-        self._prepared.value = (model.generation, prepared)
+        self._prepared.value = (model.generation, prepared, time.perf_counter())
         return prepared.feeds
 
+    def add_observer(self, observer: Observer) -> None:
+        self._observers = (*self._observers, observer)  # replaced, never mutated: the loop reads it lock-free
+
+    def remove_observer(self, observer: Observer) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
+
     def on_result(self, model, outputs: list[np.ndarray]) -> None:
-        generation, prepared = self._prepared.value
-        if self.sink is None or generation != model.generation:
+        generation, prepared, ready = self._prepared.value
+        latency_ms = (time.perf_counter() - ready) * 1000.0
+        observers = self._observers
+        if (self.sink is None and not observers) or generation != model.generation:
             return
         result = self._for(model)[1](outputs, prepared.geometry)
-        ref = model.ref
-        self.sink({"frame": prepared.frame.index, "at": round(time.time(), 3),
-                   "model": ref.name if ref else model.manifest.name,
-                   "version": ref.version if ref else model.manifest.version, **result})
+        if self.sink is not None:
+            ref = model.ref
+            self.sink({"frame": prepared.frame.index, "at": round(time.time(), 3),
+                       "model": ref.name if ref else model.manifest.name,
+                       "version": ref.version if ref else model.manifest.version, **result})
+        if observers:
+            sample = LiveSample(prepared.frame, model, prepared.feeds, outputs, result, latency_ms)
+            for observe in observers:
+                try:
+                    observe(sample)
+                except Exception:  # noqa: BLE001 - a monitor must never stop the served model
+                    log.exception("live frame observer failed")
 
     def close(self) -> None:
         self._stop.set()

@@ -32,7 +32,7 @@ from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
 from .detection import DetectionConfigError
 from .sinks import Sink, SinkError
 from .sources import Source
-from .stages import Postprocessor, Prepared, Preprocessor, infer
+from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor, infer
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,13 @@ class Pipeline:
         top_k: int | None = None,
         max_consecutive_errors: int = 10,
         infer_fn: Callable[[ModelSession, dict], list] = infer,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.source = source
         self.session = session
         self.manifest = manifest
         self.sinks = list(sinks)
+        self.observers = list(observers)  # e.g. the drift monitor: called per answered frame, after the sinks
         self.stats = stats or PipelineStats(source=source.description)
         self.policy = policy or ("latest" if source.live else "all")
         if self.policy not in ("latest", "all"):
@@ -243,8 +245,20 @@ class Pipeline:
                     continue
                 self._consecutive_errors = 0
                 self.stats.frame_done(prepared.stale_frames)
+                self._observe(prepared, result)
         except BaseException as exc:
             self._fail(exc)
+
+    def _observe(self, prepared: Prepared, result: dict[str, Any]) -> None:
+        if not self.observers:
+            return
+        sample = LiveSample(prepared.frame, None, prepared.feeds, prepared.outputs or [], result,
+                            prepared.timings.get("inference", 0.0))
+        for observe in self.observers:
+            try:
+                observe(sample)
+            except Exception:  # noqa: BLE001 - a monitor never stops the pipeline
+                log.exception("frame observer failed")
 
     # --- run -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +29,21 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage so far
     stale_frames: int = 0  # frames the source produced after this one, when inference started
     outputs: list[np.ndarray] | None = None
+
+
+@dataclass
+class LiveSample:
+    """One frame a model answered, as monitors see it (edge_agent.monitor: drift, shadow runs)."""
+
+    frame: Frame
+    model: Any  # edge_agent.ota.live.LiveModel under the OTA daemon; None in a plain pipeline
+    feeds: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    result: dict[str, Any]  # the Postprocessor's result
+    latency_ms: float  # the model's run
+
+
+Observer = Callable[[LiveSample], None]
 
 
 class Preprocessor:

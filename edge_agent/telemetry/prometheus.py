@@ -22,6 +22,12 @@ and, when the local inference endpoint runs (edge_agent.serving):
     edgekit_serving_latency_seconds{quantile} gauge     (rolling, successful requests, server side)
     edgekit_serving_batch_size                histogram (rows per model run)
     edgekit_serving_queue_depth               gauge     (requests waiting for the model)
+
+`edge-agent serve --source ... --metrics-port N` serves the same endpoint with the drift series:
+
+    edgekit_drift_psi{feature}                 gauge  PSI of each reference feature over the window
+    edgekit_drift_detected                     gauge  1 while the state is `drift`, else 0
+    edgekit_drift_window_frames                gauge  frames in the window
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -93,6 +99,26 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("edgekit_cpu_throttled", "vcgencmd get_throttled bit field", value=system["throttled"])
 
 
+class DriftCollector(Collector):
+    """Reads a drift snapshot (edge_agent.monitor.drift.DriftSnapshot or None) at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        scores = GaugeMetricFamily("edgekit_drift_psi", "PSI of a reference feature over the live window",
+                                   labels=["feature"])
+        for feature, value in sorted(snap.psi.items()):
+            scores.add_metric([feature], value)
+        yield scores
+        yield GaugeMetricFamily("edgekit_drift_detected", "1 while the drift state is raised",
+                                value=1.0 if snap.state == "drift" else 0.0)
+        yield GaugeMetricFamily("edgekit_drift_window_frames", "Live frames in the drift window", value=snap.frames)
+
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -124,13 +150,17 @@ class ServingCollector(Collector):
         yield GaugeMetricFamily("edgekit_serving_queue_depth", "Requests waiting for the model", value=snap["queue_depth"])
 
 
-def build_registry(stats: PipelineStats | None, serving: ServingStats | None = None) -> CollectorRegistry:
-    """A private registry with the pipeline and/or serving collectors and the process collector (RSS, CPU)."""
+def build_registry(stats: PipelineStats | None, serving: ServingStats | None = None,
+                   collectors: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A private registry with the pipeline and/or serving collectors, any other `collectors` (drift), and the
+    process collector (RSS, CPU)."""
     registry = CollectorRegistry(auto_describe=False)
     if stats is not None:
         registry.register(PipelineCollector(stats))
     if serving is not None:
         registry.register(ServingCollector(serving))
+    for c in collectors:
+        registry.register(c)
     ProcessCollector(registry=registry)
     return registry
 
@@ -143,10 +173,11 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
 class MetricsServer:
     """HTTP server: GET /metrics (Prometheus text format), GET /health (JSON; 503 when not ok)."""
 
-    def __init__(self, stats: PipelineStats, host: str = "127.0.0.1", port: int = 9100,
-                 max_frame_age_s: float = 10.0, serving: ServingStats | None = None) -> None:
+    def __init__(self, stats: PipelineStats | None, host: str = "127.0.0.1", port: int = 9100,
+                 max_frame_age_s: float = 10.0, serving: ServingStats | None = None,
+                 collectors: Iterable[Collector] = ()) -> None:
         self.stats = stats
-        self.registry = build_registry(stats, serving)
+        self.registry = build_registry(stats, serving, collectors)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -156,7 +187,7 @@ class MetricsServer:
                     body, ctype = exposition(server.registry)
                     code = 200
                 elif path in ("/health", "/healthz"):
-                    h = pipeline_liveness(server.stats, max_frame_age_s)
+                    h = pipeline_liveness(server.stats, max_frame_age_s) if server.stats else {"ok": True}
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503
                 else:
                     body, ctype, code = b"see /metrics and /health\n", "text/plain", 404

@@ -21,6 +21,10 @@ class DeployBody(BaseModel):
     stage_soak: float = Field(0.0, ge=0, le=7 * 86400, description="seconds on the new bundle before the next stage")
     source_url: str | None = Field(None, description="HTTP(S) download URL template ({sha256}, {name}, ...)",
                                    max_length=2000)
+    min_shadow_agreement: float | None = Field(None, ge=0, le=1, description="shadow gate: before switching, the "
+                                               "new model must agree with the active one on this share of live frames")
+    shadow_frames: int = Field(300, ge=1, le=100000, description="live frames the shadow run compares")
+    shadow_timeout: float = Field(300.0, gt=0, le=86400, description="seconds a device waits for live frames")
 
 
 class GroupBody(BaseModel):

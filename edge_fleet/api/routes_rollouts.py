@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from .. import actions
 from ..access import Actor
 from ..registry import Registry, RolloutStatus
-from ..rollout import parse_max_failures, parse_stages
+from ..rollout import parse_max_failures, parse_stages, shadow_gate
 from ..views import rollout_summary, rollout_view
 from .deps import Paging, actor, page, paging, registry
 from .models import DeployBody
@@ -30,7 +30,8 @@ def list_rollouts(_who: Actor = Depends(actor), reg: Registry = Depends(registry
 def create_rollout(body: DeployBody, who: Actor = Depends(actor), reg: Registry = Depends(registry)) -> dict[str, Any]:
     r = actions.deploy(reg, who, body.bundle, devices=body.devices, group=body.group,
                        stages=parse_stages(body.stages), max_failures=parse_max_failures(body.max_failures),
-                       stage_timeout=body.stage_timeout, stage_soak=body.stage_soak, source_url=body.source_url)
+                       stage_timeout=body.stage_timeout, stage_soak=body.stage_soak, source_url=body.source_url,
+                       shadow=shadow_gate(body.min_shadow_agreement, body.shadow_frames, body.shadow_timeout))
     return rollout_view(r)
 
 

@@ -20,7 +20,7 @@ from .. import actions
 from ..access import local_actor
 from ..errors import FleetError
 from ..registry import ACTIVE_ROLLOUT, Registry, RolloutStatus
-from ..rollout import parse_max_failures, parse_stages
+from ..rollout import parse_max_failures, parse_stages, shadow_gate
 from ..views import audit_view, bundle_detail, bundle_view, device_view, rollout_summary, rollout_view
 
 Json = dict[str, Any]
@@ -113,7 +113,9 @@ class LocalFleet(Fleet):
         r = actions.deploy(self.reg, self.actor, body["bundle"], devices=body.get("devices"), group=body.get("group"),
                            stages=parse_stages(body["stages"]), max_failures=parse_max_failures(body["max_failures"]),
                            stage_timeout=body["stage_timeout"], stage_soak=body["stage_soak"],
-                           source_url=body.get("source_url"))
+                           source_url=body.get("source_url"),
+                           shadow=shadow_gate(body.get("min_shadow_agreement"), body.get("shadow_frames", 300),
+                                              body.get("shadow_timeout", 300.0)))
         return rollout_view(r)
 
     def rollout(self, rollout_id: str) -> Json:

@@ -93,6 +93,15 @@ def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--source-url", metavar="TEMPLATE",
                    help="devices download over HTTP(S) instead of MQTT blocks, from this URL template "
                    "({sha256}, {name}, {version}, {profile}), e.g. https://cdn.example.com/{sha256}.edgebundle")
+    s.add_argument("--min-shadow-agreement", type=float, default=None, metavar="FRACTION",
+                   help="shadow gate: each device runs the new model beside the active one on live frames and "
+                   "switches only if they agree on at least this share (e.g. 0.9); otherwise it reports "
+                   "shadow_failed, keeps the old model, and counts as a failed device (default: no shadow run)")
+    s.add_argument("--shadow-frames", type=int, default=300, metavar="N",
+                   help="live frames the shadow run compares (default %(default)s)")
+    s.add_argument("--shadow-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a device waits for live frames; none by then: it switches and reports "
+                   "shadow skipped (default %(default)s)")
     s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
     s.add_argument("--wait-timeout", type=float, default=0.0, help="give up waiting after S seconds (0 = never)")
 

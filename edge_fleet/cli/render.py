@@ -13,19 +13,41 @@ def ts(value: float | None) -> str:
 
 
 def status_text(devices: list[Json], active: list[str]) -> str:
-    fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}"
+    fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}  {}"
     lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
-                        "P50 ms", "P99 ms")]
+                        "P50 ms", "P99 ms", "DRIFT")]
     for d in devices:
         lines.append(fmt.format(d["id"], d["profile"] or "-", d["group"] or "-", d["model"] or "-",
                                 d["version"] or "-", d["phase"] or "-", d["presence"], ts(d["last_seen"]),
                                 f"{d['latency_p50_ms']:.2f}" if d["latency_p50_ms"] is not None else "-",
-                                f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-"))
+                                f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-",
+                                drift_text(d.get("drift"))))
         if d["last_error"]:
             lines.append(f"  last error: {d['last_error']}")
     if active:
         lines.append("active rollouts: " + ", ".join(active))
     return "\n".join(lines)
+
+
+def drift_text(drift: Json | None) -> str:
+    """`ok`, `drift (input.brightness PSI 1.93)`, `warming_up 40/200`, or `-` (no live frames monitored)."""
+    if not drift:
+        return "-"
+    state = drift.get("state", "?")
+    if state == "warming_up":
+        return f"warming_up {drift.get('frames')}/{drift.get('window')}"
+    if state in ("ok", "drift") and drift.get("worst"):
+        return f"{state} ({drift['worst']} PSI {drift.get('psi')})"
+    return str(state)
+
+
+def shadow_text(s: Json) -> str:
+    """One stage's shadow figures (views.stage_shadow)."""
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(s["verdicts"].items()))
+    agree = (f"agreement min {s['agreement_min']:.3f} mean {s['agreement_mean']:.3f} (minimum {s['min_agreement']})"
+             if s.get("agreement_min") is not None else "no agreement measured")
+    return (f"shadow: {verdicts}; {agree} over {s['frames']} frames; p50 active {s['active_p50_ms']} ms, "
+            f"new {s['candidate_p50_ms']} ms")
 
 
 def rollout_text(r: Json) -> str:
@@ -36,6 +58,9 @@ def rollout_text(r: Json) -> str:
     for d in r.get("devices", []):
         stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
         lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {d['reason'] or ''}")
+    for s in r.get("stage_progress", []):
+        if s.get("shadow"):
+            lines.append(f"  stage {s['stage']} {shadow_text(s['shadow'])}")
     return "\n".join(lines)
 
 

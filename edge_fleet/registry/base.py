@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from edge_agent.ota.protocol import ReportedState, Telemetry
 
@@ -167,8 +167,8 @@ class Registry(ABC):
     @abstractmethod
     def update_target(self, rollout_id: str, device_id: str, status: TargetStatus, reason: str | None, *,
                       previous_sha: str | None = None, sent_at: float | None = None,
-                      done_at: float | None = None) -> None:
-        """Set a target's status and reason; previous_sha/sent_at/done_at only when given."""
+                      done_at: float | None = None, shadow: dict[str, Any] | None = None) -> None:
+        """Set a target's status and reason; previous_sha/sent_at/done_at/shadow only when given."""
 
     # -- API tokens and the audit log -----------------------------------------------------------
 

@@ -101,6 +101,8 @@ class DeviceRecord:
     inferences: int | None = None
     errors: int | None = None
     telemetry_at: float | None = None
+    shadow: dict[str, Any] | None = None  # its last shadow run's report (edge_agent.monitor.shadow.ShadowReport)
+    drift: dict[str, Any] | None = None  # its served model's drift state: state, worst feature, PSI, window
 
     @property
     def current_sha(self) -> str | None:
@@ -120,6 +122,7 @@ class RolloutTarget:
     reason: str | None = None
     sent_at: float | None = None
     done_at: float | None = None
+    shadow: dict[str, Any] | None = None  # the device's shadow report for this rollout, once it ran one
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class RolloutRecord:
     created_by: str | None = None  # the API token's name, or local:USER for the CLI on the server
     request: str | None = None  # an operator's pending request (halt/resume/rollback), applied by the server
     request_by: str | None = None
+    shadow: dict[str, Any] | None = None  # the shadow gate sent to devices (edge_agent.ota.protocol.ShadowGate)
 
     @property
     def targets(self) -> tuple[RolloutTarget, ...]:

@@ -37,6 +37,14 @@ def _ref_json(ref: BundleRef | None) -> str | None:
     return json.dumps({"name": ref.name, "version": ref.version, "sha256": ref.sha256}) if ref else None
 
 
+def _json(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True) if value is not None else None
+
+
+def _loads(text: str | None) -> dict[str, Any] | None:
+    return json.loads(text) if text else None
+
+
 def _marks(items: tuple | list) -> str:
     return ",".join("?" * len(items))
 
@@ -175,10 +183,10 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
             self._update_device(
                 state.device_id,
                 "profile=?, current=?, previous=?, target=?, phase=?, deployment_id=?, progress=?, last_error=?, "
-                "agent_version=?, reported_at=?, last_seen=?, reported_updated_at=?",
+                "agent_version=?, reported_at=?, last_seen=?, reported_updated_at=?, shadow=?, drift=?",
                 (state.profile, current, _ref_json(state.previous), _ref_json(state.target),
                  state.phase, state.deployment_id, state.progress, state.last_error, state.agent_version, now, now,
-                 state.updated_at),
+                 state.updated_at, _json(state.shadow), _json(state.drift)),
             )
             if tuple(before)[:4] != (state.phase, current, state.deployment_id, state.last_error):
                 last = self._insert_id("INSERT INTO device_events (device_id, at, phase, current, deployment_id, "
@@ -236,6 +244,7 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         for key in ("current", "previous", "target"):
             d[key] = _ref(d[key])
         d["latency"] = json.loads(d["latency"]) if d["latency"] else {}
+        d["shadow"], d["drift"] = _loads(d.get("shadow")), _loads(d.get("drift"))
         return DeviceRecord(**d)
 
     # -- rollouts ---------------------------------------------------------------------------
@@ -250,11 +259,11 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
                 raise RolloutConflict(f"device {dev} is already in running rollout {other}; wait for it first")
             self._execute(
                 "INSERT INTO rollouts (id, name, version, status, stages, stage, stage_started_at, max_failures, "
-                "stage_timeout, reason, created_at, updated_at, source_url, stage_soak, created_by) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "stage_timeout, reason, created_at, updated_at, source_url, stage_soak, created_by, shadow) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.id, r.name, r.version, r.status, json.dumps(list(r.stages)), r.stage, r.stage_started_at,
                  r.max_failures, r.stage_timeout, r.reason, r.created_at, r.updated_at, r.source_url,
-                 r.stage_soak, r.created_by))
+                 r.stage_soak, r.created_by, _json(r.shadow)))
             self._executemany(
                 "INSERT INTO rollout_devices (rollout_id, device_id, stage, bundle_sha, previous_sha, status, "
                 "reason, sent_at, done_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -323,12 +332,13 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
                 if ids:
                     for t in self._query(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(ids)}) "
                                          "ORDER BY stage, device_id", ids):
-                        targets[t["rollout_id"]].append(
-                            RolloutTarget(**{**dict(t), "status": TargetStatus(t["status"])}))
+                        targets[t["rollout_id"]].append(RolloutTarget(**{
+                            **dict(t), "status": TargetStatus(t["status"]), "shadow": _loads(t["shadow"])}))
             finally:
                 self._execute("COMMIT")
         return [RolloutRecord(**{**dict(r), "status": RolloutStatus(r["status"]),
-                                 "stages": tuple(json.loads(r["stages"])), "devices": tuple(targets[r["id"]])})
+                                 "stages": tuple(json.loads(r["stages"])), "devices": tuple(targets[r["id"]]),
+                                 "shadow": _loads(r["shadow"])})
                 for r in rows]
 
     def update_rollout(self, rollout_id: str, now: float, *, status: RolloutStatus | None = None,
@@ -341,9 +351,9 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
 
     def update_target(self, rollout_id: str, device_id: str, status: TargetStatus, reason: str | None, *,
                       previous_sha: str | None = None, sent_at: float | None = None,
-                      done_at: float | None = None) -> None:
-        extra = {k: v for k, v in (("previous_sha", previous_sha), ("sent_at", sent_at), ("done_at", done_at))
-                 if v is not None}
+                      done_at: float | None = None, shadow: dict[str, Any] | None = None) -> None:
+        extra = {k: v for k, v in (("previous_sha", previous_sha), ("sent_at", sent_at), ("done_at", done_at),
+                                   ("shadow", _json(shadow))) if v is not None}
         cols = ", ".join(f"{k}=?" for k in ("status", "reason", *extra))
         self._execute(f"UPDATE rollout_devices SET {cols} WHERE rollout_id=? AND device_id=?",
                       (status, reason, *extra.values(), rollout_id, device_id))

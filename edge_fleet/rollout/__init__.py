@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from .desired import desired_for, source_for
+from .desired import desired_for, shadow_gate, source_for
 from .driver import RolloutDriver
 from .plan import RolloutPlan, plan_rollout, select_targets
 from .stages import (DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, failure_threshold, parse_max_failures, parse_stages,
@@ -18,4 +18,4 @@ from .stages import (DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, failure_threshold, p
 
 __all__ = ["DEFAULT_STAGES", "DEFAULT_STAGE_TIMEOUT", "RolloutDriver", "RolloutPlan", "desired_for",
            "failure_threshold", "parse_max_failures", "parse_stages", "parse_target", "plan_rollout",
-           "select_targets", "source_for", "split_stages"]
+           "select_targets", "shadow_gate", "source_for", "split_stages"]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from edge_agent.ota.protocol import BLOCK_HASH_BYTES, DEFAULT_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_BYTES, DesiredState
+from edge_agent.ota.protocol import (BLOCK_HASH_BYTES, DEFAULT_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_BYTES, DesiredState,
+                                     ShadowGate)
 
 from ..errors import FleetError
 from ..registry.records import BundleRecord
@@ -24,6 +27,15 @@ def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]
     if not url.startswith(("http://", "https://", "s3://")):
         raise FleetError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
     return {"type": "http", "url": url}
+
+
+def shadow_gate(min_agreement: float | None, frames: int = 300, timeout_s: float = 300.0) -> dict[str, Any] | None:
+    """The shadow gate a rollout stores and sends (None without --min-shadow-agreement); FleetError if invalid."""
+    if min_agreement is None:
+        return None
+    if not (0.0 <= min_agreement <= 1.0 and frames >= 1 and 0 < timeout_s < math.inf):  # `not`: NaN too
+        raise FleetError("--min-shadow-agreement must be within 0..1, --shadow-frames >= 1, --shadow-timeout > 0")
+    return {"min_agreement": min_agreement, "frames": frames, "timeout_s": timeout_s}
 
 
 def block_size_for(size: int) -> int:
@@ -46,10 +58,11 @@ def block_hashes(path: Path, sha256: str, block_size: int) -> str:
 
 def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False,
                 url_template: str | None = None, *, device_id: str = "", signer: UrlSigner | None = None,
-                now: float = 0.0, lifetime: float = 0.0) -> DesiredState:
+                now: float = 0.0, lifetime: float = 0.0, shadow: dict[str, Any] | None = None) -> DesiredState:
     """The DesiredState message that asks `device_id` to run `bundle`. MQTT downloads carry the block
     hashes, so a device refuses a forged block before writing it; an HTTP source is signed for that
-    device, valid `lifetime` seconds from `now` (when the server has a URL secret, or for s3://)."""
+    device, valid `lifetime` seconds from `now` (when the server has a URL secret, or for s3://). With
+    `shadow`, the device runs the new model in shadow before it switches."""
     source = source_for(bundle, url_template)
     if source["type"] == "http" and (signer is not None or source["url"].startswith("s3://")):
         source = {"type": "http", "url": (signer or UrlSigner()).sign(source["url"], device_id, now, lifetime)}
@@ -57,4 +70,5 @@ def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool 
     hashes = block_hashes(Path(bundle.path), bundle.sha256, block_size) if source["type"] == "mqtt" else None
     return DesiredState(deployment_id=deployment_id, bundle=bundle.ref, size=bundle.size, profile=bundle.profile,
                         signature=bundle.signature, allow_downgrade=allow_downgrade, source=source,
-                        block_size=block_size, block_hashes=hashes)
+                        block_size=block_size, block_hashes=hashes,
+                        shadow=ShadowGate.from_obj(shadow) if shadow else None)

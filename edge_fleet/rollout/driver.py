@@ -99,7 +99,7 @@ class RolloutDriver:
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
         self.reg.update_target(r.id, t.device_id, status, seen.reason, previous_sha=previous_sha, sent_at=sent_at,
-                               done_at=now if seen.event in FINISHING_EVENTS else None)
+                               done_at=now if seen.event in FINISHING_EVENTS else None, shadow=seen.shadow)
 
     def _advance(self, r: RolloutRecord, event: RolloutEvent, now: float, reason: str | None = None,
                  stage: int | None = None) -> None:
@@ -165,7 +165,8 @@ class RolloutDriver:
             else:
                 try:
                     desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id,
-                                          signer=self.signer, now=now, lifetime=r.stage_timeout)
+                                          signer=self.signer, now=now, lifetime=r.stage_timeout,
+                                          shadow=r.shadow)
                 except OSError as exc:  # the stored file is gone: its block hashes cannot be computed
                     self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, f"bundle file unreadable: {exc}"), now)
                     continue

@@ -8,6 +8,7 @@ the time, and names the event with its reason; none writes or publishes. The dri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..registry.records import DeviceRecord, RolloutRecord, RolloutTarget
 from ..registry.records import TargetStatus as T
@@ -28,15 +29,24 @@ class Observed:
 
     event: TargetEvent
     reason: str | None = None
+    shadow: dict[str, Any] | None = None  # the device's shadow report for this rollout, kept with the target
+
+
+def shadow_of(r: RolloutRecord, dev: DeviceRecord) -> dict[str, Any] | None:
+    """The device's shadow report if it belongs to this rollout (a later deployment's is not ours)."""
+    s = dev.shadow
+    return s if isinstance(s, dict) and s.get("deployment_id") == r.id else None
 
 
 def observe_sent(r: RolloutRecord, t: RolloutTarget, dev: DeviceRecord, now: float) -> Observed | None:
     """A device whose update is in flight: success, failure, timeout, or nothing yet."""
     phase = dev.phase
+    shadow = shadow_of(r, dev)
     if dev.current_sha == t.bundle_sha and phase in ("succeeded", "idle"):
-        return Observed(E.REPORTED_SUCCESS)
+        return Observed(E.REPORTED_SUCCESS, shadow=shadow)
     if dev.deployment_id == r.id and phase in ("failed", "rolled_back"):
-        return Observed(E.REPORTED_FAILURE, dev.last_error or f"device reported {phase}")
+        # a shadow run that failed is a failed device: the rollout halts at this stage (max_failures)
+        return Observed(E.REPORTED_FAILURE, dev.last_error or f"device reported {phase}", shadow=shadow)
     if now - (t.sent_at or now) > r.stage_timeout:
         return Observed(E.TIMED_OUT, f"no success within {r.stage_timeout:.0f}s (last phase: {phase or 'none'})")
     return None

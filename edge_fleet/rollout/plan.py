@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import FleetError, NoTargets, RolloutConflict, UnknownBundle
 from ..registry import Registry
@@ -68,16 +68,22 @@ def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tupl
 def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, group: str | None = None,
                  stages: list[float] | None = None, max_failures: float = 0,
                  stage_timeout: float = DEFAULT_STAGE_TIMEOUT, source_url: str | None = None,
-                 stage_soak: float = 0.0, created_by: str | None = None) -> RolloutPlan:
+                 stage_soak: float = 0.0, created_by: str | None = None,
+                 shadow: dict[str, Any] | None = None) -> RolloutPlan:
     """Create a pending rollout of NAME:VERSION to `devices` or to every device of `group`.
 
     Devices whose profile has no bundle of that name and version are skipped (with a reason); the
     rest are split into cumulative stages (default 5 %, 25 %, 100 %; at least one device per stage).
     stage_soak: seconds a stage's devices must stay on the new bundle before the next stage starts
     (and before the rollout succeeds), so a device whose agent undoes the update (probation) still halts it.
+    shadow: the shadow gate (desired.shadow_gate) every device runs before it switches; a device whose new model
+    disagrees reports failed (shadow_failed), which counts against max_failures like any failure.
     """
     if stage_soak < 0:
         raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
+    if shadow and not shadow["timeout_s"] < stage_timeout:
+        raise FleetError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
+                         f"({stage_timeout:g}s): a device waiting for live frames would time out first")
     name, version = parse_target(target)
     bundles = {b.profile: b for b in reg.bundles_named(name, version)}
     if not bundles:
@@ -98,7 +104,8 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     reg.create_rollout(RolloutRecord(
         id=rid, name=name, version=version, status=RolloutStatus.PENDING, stages=tuple(counts), stage=-1,
         stage_started_at=None, max_failures=max_failures, stage_timeout=stage_timeout, reason=None, created_at=now,
-        updated_at=now, source_url=source_url, stage_soak=stage_soak, devices=tuple(rows), created_by=created_by))
+        updated_at=now, source_url=source_url, stage_soak=stage_soak, devices=tuple(rows), created_by=created_by,
+        shadow=shadow))
     log.info("planned rollout %s of %s:%d to %d devices in stages %s (%d skipped)",
              rid, name, version, len(targets), counts, len(skipped))
     return RolloutPlan(rid, targets, skipped)

@@ -7,6 +7,7 @@
     update_worker  the thread running the install state machine (edge_agent.ota.installer)
     boot           which slot is served: boot with fallback, after a switch, after a CLI switch
     probation      a new model failing on live inputs is switched back
+    monitor        (with --source) drift of live frames; the shadow run of a gated update
     reporter       reported state and telemetry
     current_job    the job all of them report, stored on every change
 
@@ -27,6 +28,8 @@ from typing import Any, Callable
 
 from ...home import AgentHome
 from ...runtimes import ModelSession
+from ...monitor.drift import DriftConfig
+from ...monitor.watch import DriftWatch, FeedShadow
 from ..live import InferenceLoop
 from ..protocol import Topics, check_device_id
 from ..slots import SlotInfo, Slots
@@ -57,9 +60,15 @@ class Agent:
         self.jobs = CurrentJob(home, on_change=lambda: self.reporter.publish_reported())
         self.serving = SlotServing(self.slots, self.loop, config.threads)
         self.probation = ProbationWatch(config.probation_s, self.loop, self.slots, self.serving, self.jobs, busy)
-        self.worker = UpdateWorker(home, config, self.jobs, self.link, self._on_switch, busy)
+        self.drift = DriftWatch(DriftConfig(window=config.drift_window, threshold=config.drift_threshold))
+        shadow = None
+        if self.feed is not None:
+            self.feed.add_observer(self.drift)
+            shadow = FeedShadow(self.feed, config.latency_budget_ms)
+        self.worker = UpdateWorker(home, config, self.jobs, self.link, self._on_switch, busy, shadow)
         self.desired = DesiredStateHandler(self.slots, self.jobs, self.worker)
-        self.reporter = Reporter(config, self.link, self.slots, self.jobs, self.loop, self.feed)
+        self.reporter = Reporter(config, self.link, self.slots, self.jobs, self.loop, self.feed, self.drift)
+        self.metrics = None
         self.link.route(self.topics.desired, self.desired.on_payload)
         self.link.route(self.topics.block_data, self.worker.on_block_frame)
         self.link.on_connected(self.reporter.publish_reported)
@@ -81,6 +90,11 @@ class Agent:
 
     def start(self) -> None:
         self.serving.boot(self.jobs, self.config.profile_name)
+        if self.config.metrics_port is not None:
+            from ...telemetry.prometheus import DriftCollector, MetricsServer
+
+            self.metrics = MetricsServer(None, self.config.metrics_host, self.config.metrics_port,
+                                         collectors=[DriftCollector(self.drift.snapshot)])
         self.loop.start()
         self.worker.start()
         self.worker.resume()
@@ -94,6 +108,7 @@ class Agent:
             while not self._stop.wait(0.2):
                 self._follow_outside_switch()
                 self.probation.check()
+                self.reporter.publish_if_drift_changed()
                 if time.monotonic() >= next_tel:
                     self.reporter.publish_telemetry()
                     next_tel = time.monotonic() + self.config.telemetry_interval_s
@@ -108,6 +123,8 @@ class Agent:
         self.worker.stop()
         self.link.stop()
         self.loop.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.feed is not None:
             self.feed.close()
         self.worker.join(timeout=5)

@@ -39,6 +39,11 @@ class AgentConfig:
     probation_s: float = 60.0
     source: str | None = None  # camera/stream/video/images to run the model on (default: self-test inputs)
     results: str | None = None  # JSON-lines file for per-frame results with --source ("-" = stdout)
+    # Drift of --source frames against the served bundle's reference statistics (edge_agent.monitor.drift).
+    drift_window: int = 200
+    drift_threshold: float = 0.25
+    metrics_port: int | None = None  # Prometheus /metrics (drift series) on metrics_host; None: off
+    metrics_host: str = "127.0.0.1"
     extra: dict = field(default_factory=dict)
 
     def login(self) -> tuple[str | None, str | None]:

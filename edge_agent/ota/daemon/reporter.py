@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ... import __version__
+from ...monitor.watch import DriftWatch
 from ..live import InferenceLoop
 from ..protocol import ReportedState, Telemetry, dumps
 from ..slots import Slots
@@ -15,8 +18,19 @@ class Reporter:
     """Builds ReportedState/Telemetry from the slots, the current job and the inference loop."""
 
     def __init__(self, config: AgentConfig, link: MqttLink, slots: Slots, jobs: CurrentJob, loop: InferenceLoop,
-                 feed=None) -> None:  # noqa: ANN001 - a pipeline.live_feed.LiveFeed (optional extra)
+                 feed=None, drift: DriftWatch | None = None) -> None:  # noqa: ANN001 - feed: a LiveFeed (optional)
         self.config, self.link, self.slots, self.jobs, self.loop, self.feed = config, link, slots, jobs, loop, feed
+        self.drift = drift
+        self._drift_state: str | None = None  # the drift state last published in the reported state
+
+    def drift_summary(self) -> dict[str, Any] | None:
+        """The drift state for the reported state: state, worst feature and its PSI, window (None: no frames)."""
+        snap = self.drift.snapshot() if self.drift is not None else None
+        if snap is None:
+            return None
+        worst = snap.psi.get(snap.worst) if snap.worst else None
+        return {"state": snap.state, "worst": snap.worst, "psi": worst, "frames": snap.frames, "window": snap.window,
+                "threshold": snap.threshold, "model": snap.model}
 
     def reported_state(self) -> ReportedState:
         active, prev, job = self.slots.active(), self.slots.previous(), self.jobs.job
@@ -31,11 +45,21 @@ class Reporter:
             target=job.ref if job else None,
             progress=round(job.progress, 4) if job else 0.0,
             last_error=job.last_error if job else None,
+            shadow=job.shadow if job else None,
+            drift=self.drift_summary(),
         )
 
     def publish_reported(self) -> None:
         if self.link.connected.is_set():
-            self.link.publish(self.link.topics.reported, dumps(self.reported_state()), retain=True)
+            state = self.reported_state()
+            self._drift_state = state.drift["state"] if state.drift else None
+            self.link.publish(self.link.topics.reported, dumps(state), retain=True)
+
+    def publish_if_drift_changed(self) -> None:
+        """A drift state change (warming_up, ok, drift) is part of the retained reported state: publish it."""
+        snap = self.drift.snapshot() if self.drift is not None else None
+        if snap is not None and snap.state != self._drift_state:
+            self.publish_reported()
 
     def telemetry(self) -> Telemetry:
         live, feed = self.loop.current, self.feed
@@ -43,6 +67,9 @@ class Reporter:
                  "ignored_messages": self.link.ignored_messages, "last_inference_error": self.loop.last_error}
         if feed is not None:
             extra.update(source=self.config.source, frames=feed.frames, dropped_frames=feed.dropped)
+        snap = self.drift.snapshot() if self.drift is not None else None
+        if snap is not None:
+            extra["drift"] = snap.to_dict()
         return Telemetry(model=live.ref if live else None, inferences=self.loop.inferences, errors=self.loop.errors,
                          latency=self.loop.latency.summary(), extra=extra)
 

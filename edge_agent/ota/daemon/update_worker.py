@@ -21,6 +21,7 @@ from ..phases import Phase
 from ..states import download_budget
 from ..protocol import dumps
 from ..slots import SlotInfo
+from ..states import ShadowRunner
 from ..transfer import BlockDownloader, TransferStats, clean_staging, http_download
 from .config import AgentConfig
 from .current_job import CurrentJob
@@ -33,8 +34,10 @@ class UpdateWorker:
     """Runs one update at a time (under `busy` and the home's install lock)."""
 
     def __init__(self, home: AgentHome, config: AgentConfig, jobs: CurrentJob, link: MqttLink,
-                 on_switch: Callable[[SlotInfo, ModelSession | None], None], busy: threading.Lock) -> None:
+                 on_switch: Callable[[SlotInfo, ModelSession | None], None], busy: threading.Lock,
+                 shadow: ShadowRunner | None = None) -> None:
         self.home, self.config, self.jobs, self.link, self.on_switch = home, config, jobs, link, on_switch
+        self.shadow = shadow  # runs a deployment's shadow gate on live frames (None: no --source)
         self.busy = busy  # held while a job runs
         self.downloader: BlockDownloader | None = None  # the MQTT download in progress
         self.last_downloader_stats: TransferStats | None = None
@@ -107,7 +110,7 @@ class UpdateWorker:
         return InstallContext(
             home=self.home, trust=self.config.trust, profile_name=self.config.profile_name,
             latency_budget_ms=self.config.latency_budget_ms, job=job, fetch=self._fetch,
-            on_switch=self.on_switch, report=self.jobs.show, threads=self.config.threads,
+            on_switch=self.on_switch, report=self.jobs.show, threads=self.config.threads, shadow=self.shadow,
         )
 
     def _run_job(self, job: UpdateJob) -> None:

@@ -9,11 +9,28 @@ const FILTERS = [
   ['latency_min', 'p50 ≥ ms'], ['latency_max', 'p50 ≤ ms'],
 ];
 const CHOICES = {
-  phase: ['', 'idle', 'downloading', 'verifying', 'installing', 'health_check', 'switching', 'succeeded', 'failed', 'rolled_back', 'unknown'],
+  phase: ['', 'idle', 'downloading', 'verifying', 'installing', 'health_check', 'shadowing', 'switching', 'succeeded', 'failed', 'rolled_back', 'unknown'],
   presence: ['', 'online', 'offline', 'unknown'],
 };
 const SETTLED = ['idle', 'succeeded', 'failed', 'rolled_back', null, undefined];
 const state = { filter: {}, sort: 'id', offset: 0, limit: 50 };
+
+// The served model's drift state (ok, drift, warming_up) with its worst feature's PSI as a tooltip.
+export function driftBadge(drift) {
+  if (!drift) return '-';
+  const b = badge(drift.state);
+  b.title = drift.worst ? `${drift.worst}: PSI ${drift.psi} (threshold ${drift.threshold}, window ${drift.frames}/${drift.window})` : '';
+  b.dataset.test = 'drift';
+  return b;
+}
+
+// A shadow run's report in one line: verdict, agreement against its minimum, frames, both latencies.
+export function shadowLine(s) {
+  if (!s) return null;
+  const agree = s.agreement == null ? 'n/a' : s.agreement.toFixed(3);
+  return `${s.verdict}: agreement ${agree} (min ${s.min_agreement}) over ${s.frames} frames; `
+    + `p50 active ${ms(s.active_p50_ms)}, new ${ms(s.candidate_p50_ms)}; ${s.reason}`;
+}
 
 function filterForm(onChange) {
   const inputs = FILTERS.map(([key, label]) => {
@@ -51,6 +68,7 @@ export async function renderList(view) {
         { title: 'Presence', sort: 'presence', cell: (d) => badge(d.presence) },
         { title: 'p50', sort: 'latency', cell: (d) => ms(d.latency_p50_ms) },
         { title: 'p99', cell: (d) => ms(d.latency_p99_ms) },
+        { title: 'Drift', cell: (d) => driftBadge(d.drift) },
         { title: 'Last seen', sort: 'last_seen', cell: (d) => ago(d.last_seen) },
         { title: 'Last error', cell: (d) => (d.last_error ? h('span', { class: 'error' }, d.last_error) : '') },
       ], page.items, {
@@ -93,6 +111,8 @@ export async function renderDetail(view, [id], ctx) {
       ['Update in flight', d.target && !SETTLED.includes(d.phase)
         ? `${d.target.name}:${d.target.version} (${d.phase}, ${Math.round((d.progress || 0) * 100)} %)` : null],
       ['Previous bundle', d.previous ? `${d.previous.name}:${d.previous.version}` : null],
+      ['Drift of live inputs', driftBadge(d.drift)],
+      ['Last shadow run', shadowLine(d.shadow)],
     ];
     clear(root).append(
       h('h1', {}, 'Device ', h('span', { class: 'mono', 'data-test': 'device-id' }, d.id)),

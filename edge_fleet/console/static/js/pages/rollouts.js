@@ -1,7 +1,8 @@
 // Rollouts: the list with a form to start one (operator), and one rollout's page with its
 // progress per stage and per device, and halt / resume / roll back.
 import { api } from '../api.js';
-import { ago, badge, clear, h, link, pager, route, table, time } from '../dom.js';
+import { ago, badge, clear, h, link, ms, pager, route, table, time } from '../dom.js';
+import { shadowLine } from './devices.js';
 import { rolloutCard } from './overview.js';
 
 const ACTIONS = [
@@ -25,6 +26,9 @@ async function deployForm(ctx) {
     field('Max failures', h('input', { name: 'max_failures', value: '0', size: 5 })),
     field('Stage timeout s', h('input', { name: 'stage_timeout', type: 'number', value: '900', min: 1 })),
     field('Stage soak s', h('input', { name: 'stage_soak', type: 'number', value: '0', min: 0 })),
+    field('Min shadow agreement', h('input', { name: 'min_shadow_agreement', type: 'number', step: 'any', min: 0, max: 1,
+      placeholder: 'none (e.g. 0.9)' })),
+    field('Shadow frames', h('input', { name: 'shadow_frames', type: 'number', value: '300', min: 1 })),
     h('button', { type: 'submit' }, 'Start rollout'));
   if (!names.length) form.append(h('p', { class: 'muted' }, 'No bundle published yet.'));
   form.addEventListener('submit', async (ev) => {
@@ -32,6 +36,10 @@ async function deployForm(ctx) {
     const f = Object.fromEntries(new FormData(form));
     const body = { bundle: f.bundle, stages: f.stages, max_failures: f.max_failures,
       stage_timeout: Number(f.stage_timeout), stage_soak: Number(f.stage_soak) };
+    if (f.min_shadow_agreement !== '') {
+      body.min_shadow_agreement = Number(f.min_shadow_agreement);
+      body.shadow_frames = Number(f.shadow_frames);
+    }
     if (f.devices.trim()) body.devices = f.devices.split(',').map((s) => s.trim()).filter(Boolean);
     else if (f.group) body.group = f.group;
     try {
@@ -95,11 +103,22 @@ export async function renderDetail(view, [id], ctx) {
         { title: 'Stage', cell: (t) => (t.stage < 0 ? 'skipped' : String(t.stage + 1)) },
         { title: 'Status', cell: (t) => badge(t.status) }, { title: 'Reason', cell: (t) => t.reason || '' },
         { title: 'Sent', cell: (t) => time(t.sent_at) }, { title: 'Done', cell: (t) => time(t.done_at) },
+        { title: 'Shadow run', cell: (t) => shadowLine(t.shadow) || '' },
       ], r.devices, { rowAttrs: (t) => ({ 'data-device': t.device_id }) })),
+      r.shadow ? h('section', { class: 'card', 'data-test': 'stage-shadow' }, h('h2', {}, 'Shadow runs per stage'), table([
+        { title: 'Stage', cell: (s) => String(s.stage) },
+        { title: 'Verdicts', cell: (s) => (s.shadow ? Object.entries(s.shadow.verdicts).map(([v, n]) => `${n} ${v}`).join(', ') : '-') },
+        { title: 'Agreement min / mean', cell: (s) => (s.shadow && s.shadow.agreement_min != null
+          ? `${s.shadow.agreement_min.toFixed(3)} / ${s.shadow.agreement_mean.toFixed(3)}` : '-') },
+        { title: 'Frames', cell: (s) => (s.shadow ? String(s.shadow.frames) : '-') },
+        { title: 'p50 active / new', cell: (s) => (s.shadow ? `${ms(s.shadow.active_p50_ms)} / ${ms(s.shadow.candidate_p50_ms)}` : '-') },
+      ], r.stage_progress, { rowAttrs: (s) => ({ 'data-stage': String(s.stage) }) })) : null,
       h('section', { class: 'card' }, h('h2', {}, 'Settings'), h('dl', { class: 'facts' },
         [['Stages (cumulative devices)', r.stages.join(', ')], ['Max failures', String(r.max_failures)],
           ['Stage timeout', `${r.stage_timeout} s`], ['Stage soak', `${r.stage_soak} s`],
-          ['Download', r.source_url || 'MQTT blocks']].map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))));
+          ['Download', r.source_url || 'MQTT blocks'],
+          ['Shadow gate', r.shadow ? `agreement ≥ ${r.shadow.min_agreement} over ${r.shadow.frames} live frames `
+            + `(wait ≤ ${r.shadow.timeout_s} s)` : 'none: switch after the health check']].map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))));
   }
   await refresh();
   return { refresh };

@@ -1,0 +1,135 @@
+"""Drift on the device: the reference features over a sliding window of live frames, scored by PSI.
+
+Why PSI (population stability index) and not a KS distance: the bundle carries binned
+histograms (a few kB, signed), not raw samples, and PSI is defined on bins; it also covers the
+categorical class distribution, where KS does not apply; and its usual reading is shared by
+model-monitoring practice: below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a
+significant one. PSI = sum over bins of (live - ref) * ln(live / ref), with shares floored at
+1e-4 so an empty bin does not make it infinite.
+
+The window: the last `window` frames (default 200). Scores are recomputed every `stride` frames
+(default 10) once the window is full; before that the state is `warming_up`. The state turns
+`drift` when any feature's PSI exceeds `threshold` (default 0.25) and back to `ok` below 80 % of
+it (hysteresis, so a score hovering at the threshold does not flap). A stream that shifts is
+therefore flagged at the latest `window + stride` frames after the shift; a strong shift (a
+darkened or inverted scene) much sooner, once enough of the window holds shifted frames.
+
+The work per frame is a few numpy reductions on at most 1024 input values and a bincount per
+feature (scripts/bench_monitor.py measures it against the frame time).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .reference import Histogram, ReferenceStats, channel_axis, channel_means, classification_values, input_values
+
+PSI_FLOOR = 1e-4
+DEFAULT_WINDOW = 200
+DEFAULT_STRIDE = 10
+DEFAULT_THRESHOLD = 0.25
+CLEAR_FRACTION = 0.8
+
+
+def psi(reference: np.ndarray | list[float], live: np.ndarray | list[float]) -> float:
+    """Population stability index of a live histogram (counts or shares) against a reference one."""
+    e = np.maximum(np.asarray(reference, dtype=np.float64), 0)
+    a = np.maximum(np.asarray(live, dtype=np.float64), 0)
+    e = np.maximum(e / max(e.sum(), 1e-12), PSI_FLOOR)
+    a = np.maximum(a / max(a.sum(), 1e-12), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+@dataclass
+class DriftConfig:
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
+    threshold: float = DEFAULT_THRESHOLD
+
+
+@dataclass
+class DriftSnapshot:
+    """What telemetry, /metrics and the reported state show."""
+
+    state: str  # no_reference | warming_up | ok | drift
+    frames: int  # frames in the window
+    window: int
+    threshold: float
+    psi: dict[str, float] = field(default_factory=dict)
+    worst: str | None = None
+    live: dict[str, Any] = field(default_factory=dict)  # live summaries beside the reference's
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "frames": self.frames, "window": self.window, "threshold": self.threshold,
+                "psi": self.psi, "worst": self.worst, "live": self.live, "model": self.model}
+
+
+class DriftMonitor:
+    """Keeps per-frame bin counts of the last `window` frames and scores them against the reference.
+
+    `observe(inputs, outputs)` is called once per live frame (in the inference thread, cheap);
+    `snapshot()` from any thread. A new model (new reference) restarts the window.
+    """
+
+    def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
+                 classifier: bool = True, config: DriftConfig | None = None, model: str | None = None) -> None:
+        self.config = config or DriftConfig()
+        self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
+        feats = reference.features if reference else {}
+        self.features: dict[str, Histogram] = {k: h for k, h in feats.items()
+                                                if classifier or not k.startswith("output.")}
+        self._axis = channel_axis(layout)
+        self._window: deque[tuple[dict[str, np.ndarray], np.ndarray]] = deque()
+        self._sums = {k: np.zeros(h.bins, np.int64) for k, h in self.features.items()}
+        self._channel_sum: np.ndarray | None = None
+        self._since = 0
+        self._lock = threading.Lock()
+        self._snap = DriftSnapshot("no_reference" if not self.features else "warming_up", 0, self.config.window,
+                                   self.config.threshold, model=model)
+
+    def observe(self, inputs: np.ndarray, outputs: list[np.ndarray] | None) -> None:
+        """One live frame: its model input (batch of 1) and the model's outputs."""
+        if not self.features:
+            return
+        values = input_values(inputs)
+        if outputs is not None and "output.class" in self.features:
+            values.update(classification_values(outputs[0], self.softmax))
+        counts = {k: h.counts(values[k.split(".", 1)[1]]) for k, h in self.features.items()}
+        channel_mean = channel_means(inputs, self._axis)
+        with self._lock:
+            self._window.append((counts, channel_mean))
+            for k, c in counts.items():
+                self._sums[k] += c
+            self._channel_sum = channel_mean if self._channel_sum is None else self._channel_sum + channel_mean
+            if len(self._window) > self.config.window:
+                old, old_mean = self._window.popleft()
+                for k, c in old.items():
+                    self._sums[k] -= c
+                self._channel_sum = self._channel_sum - old_mean
+            self._since += 1
+            if len(self._window) >= self.config.window and self._since >= self.config.stride:
+                self._since = 0
+                self._score()
+            else:
+                self._snap.frames = len(self._window)
+
+    def _score(self) -> None:
+        scores = {k: round(psi(h.p, self._sums[k]), 4) for k, h in self.features.items()}
+        worst = max(scores, key=scores.__getitem__)
+        prev, threshold = self._snap.state, self.config.threshold
+        high = scores[worst] > threshold
+        state = "drift" if high or (prev == "drift" and scores[worst] > CLEAR_FRACTION * threshold) else "ok"
+        n = len(self._window)
+        live = {"channel_mean": np.round(self._channel_sum / n, 4).tolist()} if self._channel_sum is not None else {}
+        self._snap = DriftSnapshot(state, n, self.config.window, threshold, scores, worst, live, self.model)
+
+    def snapshot(self) -> DriftSnapshot:
+        with self._lock:
+            s = self._snap
+            return DriftSnapshot(s.state, s.frames, s.window, s.threshold, dict(s.psi), s.worst, dict(s.live), s.model)

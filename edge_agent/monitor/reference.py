@@ -1,0 +1,196 @@
+"""Reference statistics: what a model's inputs and outputs looked like when it was converted.
+
+The converter computes them on the calibration/eval data and the float model's outputs (pass
+`reference-stats`) and packs them as the signed bundle member `reference_stats.json`; the agent
+computes the SAME features on live frames (monitor.drift) and compares. Both sides call the
+functions here, so a feature cannot mean one thing on the host and another on the device.
+
+Each drift feature is a histogram with fixed bins chosen from the reference data:
+
+    input.brightness   per-frame mean of the model input          (darkened/over-exposed scenes)
+    input.contrast     per-frame standard deviation of the input  (blur, fog, a covered lens)
+    input.intensity    the input values themselves
+    output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
+    output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
+
+The input features use a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
+summaries for people: per-channel mean/std and the mean brightness. Bins come from the
+reference's deciles (unique edges; the outer bins are open), so each holds about a tenth of the
+reference and PSI has no empty reference bins to divide by.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+SCHEMA = 1
+MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each frame: cost independent of image size
+MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
+CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
+INPUT_FEATURES = ("brightness", "contrast", "intensity")
+
+
+def channel_axis(layout: str | None) -> int | None:
+    """Where the channels are in a batch tensor of this layout (None: treat as one channel)."""
+    return {"NCHW": 1, "NHWC": 3, "NC": None}.get(layout or "", None)
+
+
+def subsample(x: np.ndarray) -> np.ndarray:
+    """(frames, values) view of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them."""
+    frames = x.reshape(x.shape[0], -1)
+    return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
+
+
+def input_values(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample."""
+    sub = subsample(np.asarray(x, dtype=np.float32))
+    return {"brightness": sub.mean(axis=1, dtype=np.float64), "contrast": sub.std(axis=1, dtype=np.float64),
+            "intensity": sub.reshape(-1)}
+
+
+def channel_means(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """Mean of each channel over a batch, on every k-th row and column (at most ~1024 positions per frame)."""
+    x = np.asarray(x, dtype=np.float32)
+    if axis is None or x.ndim <= axis:
+        return np.atleast_1d(subsample(x).mean(dtype=np.float64))
+    spatial = [i for i in range(1, x.ndim) if i != axis]
+    positions = int(np.prod([x.shape[i] for i in spatial])) if spatial else 1
+    step = max(1, int(np.sqrt(positions / 1024.0))) if len(spatial) >= 2 else max(1, positions // 1024)
+    view = x[tuple(slice(None, None, step) if i in spatial else slice(None) for i in range(x.ndim))]
+    return view.mean(axis=tuple(i for i in range(x.ndim) if i != axis), dtype=np.float64)
+
+
+def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.ndarray]:
+    """Top-1 class and its probability per row of a classifier's first output."""
+    rows = np.asarray(logits, dtype=np.float64).reshape(np.asarray(logits).shape[0], -1)
+    probs = rows
+    if softmax and not (np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3)):
+        z = np.exp(rows - rows.max(axis=1, keepdims=True))
+        probs = z / z.sum(axis=1, keepdims=True)
+    top = probs.argmax(axis=1)
+    return {"class": top.astype(np.float64), "confidence": probs[np.arange(len(probs)), top]}
+
+
+@dataclass
+class Histogram:
+    """Fixed bins and the reference's share per bin.
+
+    Numeric: `edges` are the inner edges (outer bins open). Categorical: `keys` are the class indices
+    with a bin of their own; a model with more than MAX_CLASS_BINS classes keeps its most frequent
+    MAX_CLASS_BINS - 1 classes and one last bin for all `other` classes (and for any index not in
+    `keys`), so a 1000-class model still has 10 bins: PSI over many sparse bins would flag drift on any
+    window of a few hundred frames.
+    """
+
+    p: list[float]
+    edges: list[float] | None = None
+    keys: list[int] | None = None
+
+    @property
+    def bins(self) -> int:
+        return len(self.p)
+
+    def bin_of(self, values: np.ndarray) -> np.ndarray:
+        if self.keys is not None:
+            keys = np.asarray(self.keys, dtype=np.int64)
+            v = np.asarray(values).astype(np.int64)
+            pos = np.searchsorted(keys, v)
+            found = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == v)
+            return np.where(found, pos, self.bins - 1)  # unknown classes: the `other` (or last) bin
+        return np.searchsorted(np.asarray(self.edges, dtype=np.float64), values, side="right")
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.bin_of(np.asarray(values)), minlength=self.bins)[: self.bins].astype(np.int64)
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0) -> "Histogram":
+        """Reference histogram of `values`: numeric with edges from their deciles unless given, or
+        categorical over `categories` class indices."""
+        values = np.asarray(values, dtype=np.float64)
+        if categories:
+            freq = np.bincount(np.clip(values.astype(np.int64), 0, categories - 1), minlength=categories)
+            if categories <= MAX_CLASS_BINS:
+                h = cls([0.0] * categories, keys=list(range(categories)))
+            else:
+                top = sorted(int(i) for i in np.argsort(-freq, kind="stable")[: MAX_CLASS_BINS - 1])
+                h = cls([0.0] * MAX_CLASS_BINS, keys=top)
+        else:
+            if edges is None:
+                q = np.quantile(values, np.linspace(0.1, 0.9, 9)) if values.size else np.zeros(0)
+                edges = np.unique(np.round(q, 6))
+            inner = [float(e) for e in edges]
+            h = cls([0.0] * (len(inner) + 1), inner)
+        counts = h.counts(values)
+        total = max(1, int(counts.sum()))
+        h.p = [round(float(c) / total, 6) for c in counts]
+        return h
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p": self.p, **({"keys": self.keys} if self.keys is not None else {"edges": self.edges})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Histogram":
+        p = [float(v) for v in d["p"]]
+        if "keys" in d:
+            keys = [int(k) for k in d["keys"]]
+            if keys != sorted(set(keys)) or len(p) not in (len(keys), len(keys) + 1):
+                raise ValueError("class histogram keys must be sorted and unique, one bin each (+ other)")
+            return cls(p, keys=keys)
+        edges = [float(e) for e in d["edges"]]
+        if len(p) != len(edges) + 1:
+            raise ValueError("histogram has the wrong number of bins")
+        return cls(p, edges)
+
+
+@dataclass
+class ReferenceStats:
+    """The bundle's reference: drift features (histograms) and human-readable summaries."""
+
+    features: dict[str, Histogram]
+    summary: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        obj = {"schema": SCHEMA, "features": {k: h.to_dict() for k, h in sorted(self.features.items())},
+               "summary": self.summary}
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "ReferenceStats":
+        """Parse the bundle member (ValueError with one line if it is not one this agent reads)."""
+        try:
+            obj = json.loads(data)
+            if obj.get("schema") != SCHEMA:
+                raise ValueError(f"reference statistics schema {obj.get('schema')!r} is not {SCHEMA}")
+            return cls({k: Histogram.from_dict(v) for k, v in obj["features"].items()}, dict(obj.get("summary", {})))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"reference statistics are malformed: {exc}") from None
+
+
+def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray | None = None,
+                    softmax: bool = True, classes: int | None = None) -> ReferenceStats:
+    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and, for
+    classifiers, of the float model's first output on the eval data."""
+    x = np.asarray(inputs, dtype=np.float32)
+    values = input_values(x)
+    features = {f"input.{k}": Histogram.from_values(values[k]) for k in INPUT_FEATURES}
+    axis = channel_axis(layout)
+    reduce = tuple(i for i in range(x.ndim) if i != axis) if axis is not None and x.ndim > axis else None
+    summary: dict[str, Any] = {
+        "input_samples": int(x.shape[0]),
+        "channel_mean": np.round(np.atleast_1d(x.mean(axis=reduce)), 6).tolist(),
+        "channel_std": np.round(np.atleast_1d(x.std(axis=reduce)), 6).tolist(),
+        "brightness": round(float(values["brightness"].mean()), 6) if x.size else None,
+        "input_shape": [int(d) for d in x.shape[1:]],
+    }
+    if outputs is not None:
+        out = classification_values(outputs, softmax)
+        n_classes = classes or int(np.asarray(outputs).reshape(len(out["class"]), -1).shape[1])
+        features["output.class"] = Histogram.from_values(out["class"], categories=n_classes)
+        features["output.confidence"] = Histogram.from_values(out["confidence"], edges=CONFIDENCE_EDGES)
+        summary.update(output_samples=int(len(out["class"])),
+                       mean_confidence=round(float(out["confidence"].mean()), 6))
+    return ReferenceStats(features, summary)

@@ -1,0 +1,198 @@
+"""Shadow run: the new model answers the same live frames as the active one before it may take over.
+
+The active model's inference loop is never made to wait: each live frame is offered to the shadow
+run after the active model answered (LiveFeed observers), every `every`-th frame is handed to a
+worker thread at low CPU priority (nice +10) through a one-frame slot, and a frame that arrives
+while the worker is still busy is skipped (counted as `skipped_busy`). The worker preprocesses
+the frame for the NEW model's manifest (its input size and colour order may differ), runs it,
+postprocesses, and scores agreement with the active model's result (monitor.agreement). When a
+latency budget is set and the active model's median latency during the run exceeds it, the
+sampling interval doubles (reported as `every`).
+
+Verdicts: `passed` (agreement >= min_agreement over `frames` frames), `failed` (below it; stops
+early once it cannot reach the minimum any more), `skipped` (no live inputs, or fewer than
+MIN_FRAMES_TO_DECIDE frames within `timeout_s`). Why a skipped shadow switches: see docs/monitoring.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..bundle import Manifest
+from ..errors import AgentError
+from ..ota.protocol import ShadowGate
+from ..pipeline.stages import Postprocessor, Preprocessor
+from ..runtimes import ModelSession
+from ..telemetry.latency import RollingLatency
+from .agreement import BoxMatcher, frame_agreement
+
+log = logging.getLogger(__name__)
+
+MIN_FRAMES_TO_DECIDE = 30  # fewer compared frames than this (or than asked for) within the timeout: skipped
+WORKER_NICE = 10
+
+
+class ShadowFailed(AgentError, RuntimeError):
+    """The new model disagreed with the active one on live inputs: it is not switched to."""
+
+    code_name = "shadow-failed"
+    kind = "shadow_failed"
+
+
+@dataclass
+class ShadowReport:
+    """The figures the agent reports (reported.shadow) and the fleet shows per rollout stage."""
+
+    verdict: str  # passed | failed | skipped
+    frames: int  # frames both models answered
+    wanted: int
+    min_agreement: float
+    agreement: float | None
+    active_p50_ms: float | None
+    candidate_p50_ms: float | None
+    every: int
+    offered: int  # live frames seen while the shadow ran
+    skipped_busy: int
+    seconds: float
+    reason: str
+    deployment_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        agree = "n/a" if self.agreement is None else f"{self.agreement:.3f}"
+        def ms(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f} ms"
+
+        return (f"shadow {self.verdict}: agreement {agree} (minimum {self.min_agreement:g}) over {self.frames} "
+                f"live frames; p50 active {ms(self.active_p50_ms)}, new {ms(self.candidate_p50_ms)}; {self.reason}")
+
+
+def skipped(gate: ShadowGate, reason: str) -> ShadowReport:
+    return ShadowReport("skipped", 0, gate.frames, gate.min_agreement, None, None, None, gate.every, 0, 0, 0.0, reason)
+
+
+class ShadowRun:
+    """One shadow run of `session` (the health-checked new model). Feed it with `observe`, then `run()`."""
+
+    def __init__(self, session: ModelSession, manifest: Manifest, gate: ShadowGate,
+                 latency_budget_ms: float | None = None, cancel: threading.Event | None = None,
+                 matcher: BoxMatcher | None = None) -> None:
+        self.session, self.gate, self.budget = session, gate, latency_budget_ms
+        self.cancel = cancel or threading.Event()
+        self.pre, self.post = Preprocessor(manifest), Postprocessor(manifest)
+        self.agree = frame_agreement(self.post.kind, matcher)
+        self.every = max(1, gate.every)
+        self.active_latency, self.candidate_latency = RollingLatency(), RollingLatency()
+        self.offered = self.skipped_busy = self.frames = 0
+        self.disagreement = 0.0
+        self.scored = 0
+        self.errors = 0
+        self._slot: tuple[Any, dict] | None = None
+        self._cv = threading.Condition()
+        self._done = threading.Event()
+
+    # -- the inference thread's side: cheap, never blocks ---------------------------------------
+
+    def observe(self, sample: Any) -> None:
+        """A live frame the active model answered (pipeline.live_feed.LiveSample)."""
+        if self._done.is_set():
+            return
+        self.offered += 1
+        self.active_latency.add(sample.latency_ms)
+        if self.budget and self.offered % 20 == 0:
+            p50 = self.active_latency.summary().get("p50_ms")
+            if p50 is not None and p50 > self.budget and self.every < 64:
+                self.every *= 2
+                log.info("shadow: active model at p50 %.2f ms over its %.2f ms budget: sampling every %d frames",
+                         p50, self.budget, self.every)
+        if self.offered % self.every:
+            return
+        with self._cv:
+            if self._slot is not None:
+                self.skipped_busy += 1
+                return
+            self._slot = (sample.frame, sample.result)
+            self._cv.notify()
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except (OSError, AttributeError):  # not Linux, or not allowed: still a separate thread
+            pass
+        while not self._done.is_set():
+            with self._cv:
+                while self._slot is None and not self._done.is_set():
+                    self._cv.wait(0.2)
+                item, self._slot = self._slot, None
+            if item is None:
+                continue
+            frame, active_result = item
+            try:
+                prepared = self.pre(frame)
+                t0 = time.perf_counter()
+                outputs = self.session.run(prepared.feeds)
+                self.candidate_latency.add((time.perf_counter() - t0) * 1000.0)
+                result = self.post(outputs, prepared.geometry)
+            except Exception as exc:  # noqa: BLE001 - a new model failing on live frames disagrees
+                self.errors += 1
+                log.warning("shadow: the new model failed on a live frame: %s", exc)
+                result = {"kind": "error"}
+            score = self.agree(active_result, result) if result.get("kind") != "error" else 0.0
+            self.frames += 1
+            if score is not None:
+                self.scored += 1
+                self.disagreement += 1.0 - score
+            if self.frames >= self.gate.frames or self._hopeless():
+                self._done.set()
+
+    def _hopeless(self) -> bool:
+        """Even if every remaining frame agreed, the minimum can no longer be reached."""
+        return self.disagreement > (1.0 - self.gate.min_agreement) * self.gate.frames + 1e-9
+
+    # -- the update worker's side -------------------------------------------------------------
+
+    def run(self) -> ShadowReport:
+        """Block until the gate's frames were compared, it cannot pass any more, the timeout, or cancel."""
+        t0 = time.monotonic()
+        worker = threading.Thread(target=self._work, name="shadow", daemon=True)
+        worker.start()
+        deadline = t0 + self.gate.timeout_s
+        while not self._done.wait(0.1):
+            if self.cancel.is_set() or time.monotonic() >= deadline:
+                break
+        self._done.set()
+        with self._cv:
+            self._cv.notify_all()
+        worker.join(timeout=30)
+        return self._report(time.monotonic() - t0)
+
+    def _report(self, seconds: float) -> ShadowReport:
+        g = self.gate
+        agreement = round(1.0 - self.disagreement / self.scored, 4) if self.scored else None
+        figures = dict(wanted=g.frames, min_agreement=g.min_agreement, agreement=agreement,
+                       active_p50_ms=self.active_latency.summary().get("p50_ms"),
+                       candidate_p50_ms=self.candidate_latency.summary().get("p50_ms"), every=self.every,
+                       offered=self.offered, skipped_busy=self.skipped_busy, seconds=round(seconds, 2))
+        if self.cancel.is_set():
+            return ShadowReport("skipped", self.frames, reason="cancelled: a newer deployment arrived", **figures)
+        if self._hopeless():
+            why = f"{self.errors} errors of the new model" if self.errors else "the new model answers differently"
+            early = f"stopped early: the minimum is out of reach over {g.frames} frames; " if self.frames < g.frames else ""
+            return ShadowReport("failed", self.frames, reason=f"{early}{why} on this device's inputs", **figures)
+        if self.frames < min(g.frames, MIN_FRAMES_TO_DECIDE):
+            why = ("no live inputs" if self.offered == 0 else f"only {self.frames} frames compared")
+            return ShadowReport("skipped", self.frames, reason=f"{why} within {g.timeout_s:g}s", **figures)
+        if agreement is not None and agreement < g.min_agreement:
+            return ShadowReport("failed", self.frames, reason="agreement below the minimum", **figures)
+        return ShadowReport("passed", self.frames, reason="agreement holds" if agreement is not None
+                            else "outputs have no comparable kind: latency only", **figures)

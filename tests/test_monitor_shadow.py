@@ -1,0 +1,184 @@
+"""Shadow runs on a real agent (in process), a real broker and real camera frames (a video of digits).
+
+A model that passes its self-test and health check but answers differently on this device's inputs is
+never switched to; one that agrees is; without live inputs the shadow is skipped and the update switches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_agent.home import AgentHome
+from edge_agent.monitor.agreement import GreedyIoUMatcher, frame_agreement
+from edge_agent.monitor.shadow import ShadowReport, ShadowRun
+from edge_agent.ota.protocol import ShadowGate
+from edge_agent.ota.slots import Health, Slots
+
+from .monitor_fixtures import digits_video, white_digits_bundle  # noqa: F401 - fixtures
+from .ota_fixtures import agent_in_process, broker, bundles, fleet, home, status, v1_home  # noqa: F401 - fixtures
+from .ota_helpers import wait_for
+
+GATE = ShadowGate(min_agreement=0.9, frames=60, timeout_s=60.0)
+
+
+def test_a_model_that_disagrees_in_shadow_is_never_switched_to(home, digits, broker, fleet, white_digits_bundle,
+                                                               digits_video, bundles, capsys):
+    agent, thread = agent_in_process(home, broker.url, "cam-1", digits.pub, source=str(digits_video), probation_s=0,
+                                     drift_window=100)
+    try:
+        wait_for(lambda: fleet.last_reported("cam-1"), what="the agent to report")
+        fleet.deploy("cam-1", white_digits_bundle, "dep-white", shadow=GATE)
+        r = fleet.wait_phase("cam-1", "dep-white")
+        assert r.phase == "failed", r
+        s = r.shadow
+        assert s["verdict"] == "failed" and s["deployment_id"] == "dep-white", s
+        assert s["agreement"] < 0.9 and 1 <= s["frames"] <= 60 and s["offered"] >= s["frames"]
+        assert s["active_p50_ms"] > 0 and s["candidate_p50_ms"] > 0
+        assert r.last_error.startswith("shadowing: shadow failed: agreement"), r.last_error
+        assert r.current.version == 1
+        # it passed its self-test and health check: the slot was marked good, then bad by the failed shadow
+        slots = Slots(AgentHome(home).slots_dir)
+        assert slots.active_name() == "a" and slots.info("b").health is Health.BAD
+        assert "shadow failed" in (slots.info("b").reason or "")
+        with fleet.lock:
+            seen = [x for x in fleet.reported["cam-1"]]
+        assert "shadowing" in {x.phase for x in seen} and "health_check" in {x.phase for x in seen}
+        assert all(x.current is None or x.current.version == 1 for x in seen), "v3 was never active"
+        assert agent.loop.current.ref.version == 1
+        s = status(home, capsys)  # `edge-agent status --json`: the job, its error and the shadow figures
+        assert (s["version"], s["phase"], s["shadow"]["verdict"]) == (1, "failed", "failed")
+
+        # the same model as v1 (v2: its weights re-signed) agrees on every frame: switched to
+        fleet.deploy("cam-1", bundles["v2"], "dep-v2", shadow=GATE)
+        r = fleet.wait_phase("cam-1", "dep-v2")
+        assert r.phase == "succeeded" and r.current.version == 2, r
+        assert r.shadow["verdict"] == "passed" and r.shadow["agreement"] == 1.0 and r.shadow["frames"] == 60
+        # drift of the live frames against v2's reference: held-out digits, no drift
+        wait_for(lambda: (fleet.last_reported("cam-1").drift or {}).get("state") == "ok", what="drift state ok")
+        # telemetry carries every feature's PSI and the live channel means beside the reported state
+        tel = wait_for(lambda: (t := fleet.last_telemetry("cam-1")) and t.extra.get("drift", {}).get("state") == "ok"
+                       and t, what="drift in telemetry")
+        assert set(tel.extra["drift"]["psi"]) >= {"input.brightness", "input.contrast", "output.class"}
+        assert all(v < 0.25 for v in tel.extra["drift"]["psi"].values()) and tel.extra["drift"]["model"] == "digits:2"
+    finally:
+        agent.stop()
+        thread.join(20)
+
+
+def test_without_live_inputs_the_shadow_is_skipped_and_the_update_switches(home, digits, broker, fleet, bundles):
+    """The documented choice: no live frames (no --source) -> switch, reported as shadow skipped."""
+    agent, thread = agent_in_process(home, broker.url, "nocam-1", digits.pub, probation_s=0)
+    try:
+        wait_for(lambda: fleet.last_reported("nocam-1"), what="the agent to report")
+        fleet.deploy("nocam-1", bundles["v2"], "dep-skip", shadow=GATE)
+        r = fleet.wait_phase("nocam-1", "dep-skip")
+        assert r.phase == "succeeded" and r.current.version == 2
+        assert r.shadow["verdict"] == "skipped" and "no live inputs" in r.shadow["reason"]
+    finally:
+        agent.stop()
+        thread.join(20)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([], [], 1.0),
+    ([{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}], [], 0.0),
+    ([{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}], [{"box": [1, 1, 10, 10], "label": 1, "score": 0.8}], 1.0),
+    ([{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}], [{"box": [1, 1, 10, 10], "label": 2, "score": 0.8}], 0.0),
+    ([{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}, {"box": [20, 20, 30, 30], "label": 1, "score": 0.5}],
+     [{"box": [20, 20, 30, 31], "label": 1, "score": 0.9}], 0.5),
+])
+def test_detector_agreement_is_matched_boxes_over_the_larger_set(a, b, expected):
+    agree = frame_agreement("detection", GreedyIoUMatcher(), iou=0.5)
+    assert agree({"detections": a}, {"detections": b}) == pytest.approx(expected)
+    assert frame_agreement("classification")({"label": 3}, {"label": 3}) == 1.0
+
+
+# --- the shadow run itself, on detectors: real ONNX Runtime sessions of constructed YOLO-style detectors ---
+
+def _yolo(rows: list[list[float]]) -> np.ndarray:
+    return np.asarray(rows + [[0, 0, 0, 0, 0, 0]] * 5, np.float32).T[None]  # (1, 4+2, N=8): attributes on the smaller axis
+
+
+# On a 200x100 frame: a person at [50, 25, 150, 75], a car on the same spot, a small person at [12.5, 12.5, 37.5, 37.5].
+ACTIVE_64 = [[32, 32, 32, 16, 0.9, 0.05], [32, 32, 32, 16, 0.1, 0.7], [8, 24, 8, 8, 0.6, 0.0]]  # letterbox 64x64
+SAME_96 = [[48, 48, 48, 24, 0.9, 0.05], [48, 48, 48, 24, 0.1, 0.7], [12, 36, 12, 12, 0.6, 0.0]]  # letterbox 96x96
+MOVED_96 = [[48, 48, 48, 24, 0.9, 0.05], [48, 48, 48, 24, 0.1, 0.7], [80, 60, 12, 12, 0.6, 0.0]]  # small person elsewhere
+
+
+def _live(bundle, pub, tmp):
+    from edge_agent.bundle import TrustStore, verify_bundle
+    from edge_agent.pipeline.stages import Postprocessor, Preprocessor
+    from edge_agent.runtimes import load_session
+
+    vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=tmp / f"u-{bundle.parent.name}")
+    return vb.manifest, load_session(vb.unpacked_to, vb.manifest, threads=1), Preprocessor(vb.manifest), \
+        Postprocessor(vb.manifest)
+
+
+def _shadow(run: ShadowRun, samples: list) -> ShadowReport:
+    """Offer the active model's answered frames, again and again, until the run decides."""
+    out: list[ShadowReport] = []
+    t = threading.Thread(target=lambda: out.append(run.run()))
+    t.start()
+    i = 0
+    while t.is_alive():
+        run.observe(samples[i % len(samples)])
+        i += 1
+        time.sleep(0.002)
+    return out[0]
+
+
+def test_detector_shadow_matches_boxes_in_frame_pixels_across_input_sizes(tmp_path):
+    from edge_agent.bundle import generate_keypair
+    from edge_agent.pipeline.live_feed import LiveSample
+    from edge_agent.pipeline.sources import Frame
+
+    from .camera_helpers import detector_bundle
+
+    key, pub = generate_keypair(tmp_path / "keys")
+    made = {}
+    for name, rows, size in (("active", ACTIVE_64, 64), ("same", SAME_96, 96), ("moved", MOVED_96, 96)):
+        (tmp_path / name).mkdir()
+        made[name] = _live(detector_bundle(tmp_path / name, key, {"output0": _yolo(rows)}, {"format": "yolo"},
+                                           size=size), pub, tmp_path)
+    rng = np.random.default_rng(0)
+    manifest, session, pre, post = made["active"]
+    samples = []
+    for i in range(4):
+        prepared = pre(Frame(i, rng.integers(0, 255, (100, 200, 3), dtype=np.uint8), time.monotonic()))
+        outputs = session.run(prepared.feeds)
+        samples.append(LiveSample(prepared.frame, None, prepared.feeds, outputs, post(outputs, prepared.geometry), 0.5))
+    assert len(samples[0].result["detections"]) == 3
+
+    gate = ShadowGate(min_agreement=0.9, frames=12, timeout_s=60.0)
+    same = _shadow(ShadowRun(made["same"][1], made["same"][0], gate), samples)
+    assert (same.verdict, same.agreement, same.frames) == ("passed", 1.0, 12), same
+    moved = _shadow(ShadowRun(made["moved"][1], made["moved"][0], gate), samples)
+    assert moved.verdict == "failed" and moved.agreement == pytest.approx(2 / 3, abs=1e-3), moved
+    assert moved.frames < 12 and "stopped early" in moved.reason  # 2 of 3 boxes per frame: out of reach at once
+
+
+def test_shadow_samples_less_often_while_the_active_model_is_over_its_latency_budget():
+    """The active model's latency (as the live feed measured it) over the budget doubles the sampling interval."""
+    from types import SimpleNamespace
+
+    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
+
+    manifest = Manifest(name="m", version=1, profile="raspberry-pi-4", format="onnx", runtime="onnxruntime",
+                        precision="fp32", model_file="model/model.onnx",
+                        inputs=[TensorSpec("image", "float32", [1, 1, 8, 8], "NCHW")], outputs=[],
+                        preprocess=Preprocess(kind="image", color="GRAY", size=[8, 8]),
+                        postprocess=Postprocess(kind="classification"))
+    run = ShadowRun(session=None, manifest=manifest, gate=ShadowGate(0.9, frames=300), latency_budget_ms=2.0)
+    slow = SimpleNamespace(latency_ms=5.0, frame=None, result={})
+    fast = SimpleNamespace(latency_ms=1.0, frame=None, result={})
+    for _ in range(20):
+        run.observe(fast)
+    assert run.every == 1
+    for _ in range(60):
+        run.observe(slow)
+    assert run.every >= 2
