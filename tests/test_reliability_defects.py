@@ -264,8 +264,20 @@ def test_the_daemon_keeps_runtime_caches_in_its_home(home, bundles, digits, brok
     env = {"HOME": str(fake_home), "XDG_CACHE_HOME": ""}
     agent = AgentProcess(home, broker.url, "cache-dev", digits.pub, env=env)
     try:
-        wait_for(lambda: (home / "cache").is_dir() and any((home / "cache").rglob("*")), what="ORT's cache in the home")
         wait_for(lambda: "serving" in agent.output(), what="the agent to serve")
+        # Whether ONNX Runtime writes its device id at all depends on the machine (it did here, not
+        # on CI), so the test checks where caches point, not that one was written.
+        assert (home / "cache").is_dir()
     finally:
         agent.stop()
     assert not list(fake_home.rglob("*")), list(fake_home.rglob("*"))
+
+
+def test_the_home_points_xdg_caches_inside_itself(tmp_path, monkeypatch):
+    from edge_agent.home import AgentHome
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "elsewhere"))
+    home = AgentHome(tmp_path / "agent")
+    home.keep_caches_inside()
+    assert os.environ["XDG_CACHE_HOME"] == str(tmp_path / "agent" / "cache")
+    assert (tmp_path / "agent" / "cache").is_dir()
