@@ -19,18 +19,9 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.ota.block_frames import BlockRequest, decode_block
 from edge_agent.ota.protocol import (
-    MAX_BLOCKS_PER_REQUEST,
-    BlockRequest,
-    BundleRef,
-    DesiredState,
-    Presence,
-    ProtocolError,
-    ReportedState,
-    Telemetry,
-    Topics,
-    decode_block,
-    dumps,
+    MAX_BLOCKS_PER_REQUEST, BundleRef, DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, dumps,
 )
 
 log = logging.getLogger("fleet_sim")

@@ -8,7 +8,7 @@ import random
 import struct
 from typing import Any, Callable, Iterator
 
-from edge_agent.ota.protocol import Block, encode_block
+from edge_agent.ota.block_frames import Block, encode_block
 
 # the kinds of value the probe put into each desired field
 ODD_VALUES: list[Any] = ["false", "true", 0, 1, -1, 2**63, 2**80, 1e308, -0.0, None, "", "x" * 300, [], {}, [1, 2],

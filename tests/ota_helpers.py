@@ -22,9 +22,8 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from edge_agent.bundle import Manifest, TrustStore, read_manifest_unverified, sha256_file, verify_bundle, write_bundle
-from edge_agent.ota.protocol import (
-    Block, BlockRequest, BundleRef, DesiredState, ProtocolError, ReportedState, Telemetry, Topics, dumps, encode_block,
-)
+from edge_agent.ota.protocol import BundleRef, DesiredState, ProtocolError, ReportedState, Telemetry, Topics, dumps
+from edge_agent.ota.block_frames import Block, BlockRequest, encode_block
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 60.0  # generous upper bound for a network/process wait; never asserted as a duration

@@ -9,7 +9,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.bundle import TrustStore
-from edge_agent.ota.protocol import BlockRequest, Topics, decode_block, dumps
+from edge_agent.ota.protocol import Topics, dumps
+from edge_agent.ota.block_frames import BlockRequest, decode_block
 from edge_fleet.broker import start_broker
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import open_registry

@@ -13,9 +13,9 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_agent.ota.block_frames import Block, BlockRequest, decode_block, encode_block
 from edge_agent.ota.protocol import (
-    MAX_BLOCKS, Block, BlockRequest, BundleRef, DesiredState, Presence, ProtocolError, ReportedState, Telemetry,
-    decode_block, dumps, encode_block,
+    MAX_BLOCKS, BundleRef, DesiredState, Presence, ProtocolError, ReportedState, Telemetry, dumps,
 )
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

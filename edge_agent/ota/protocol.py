@@ -7,7 +7,7 @@ One subtree per device under a configurable prefix (default `edgekit`):
     {prefix}/devices/{id}/presence       device -> fleet, retained   Presence (JSON; last will = offline)
     {prefix}/devices/{id}/telemetry      device -> fleet             Telemetry (JSON)
     {prefix}/devices/{id}/blocks/get     device -> fleet             BlockRequest (JSON)
-    {prefix}/devices/{id}/blocks/data    fleet -> device             block frames (binary, see encode_block)
+    {prefix}/devices/{id}/blocks/data    fleet -> device             block frames (binary, see block_frames.py)
 
 Modelled on AWS IoT device shadows (desired/reported) and MQTT file streams (the device asks
 for the blocks it still needs; each block carries its index and SHA-256), with Sparkplug/Homie
@@ -22,11 +22,9 @@ subtree they subscribed to (some brokers deliver retained messages to non-matchi
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import re
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -387,87 +385,3 @@ class Telemetry:
             extra=_get(o, "extra", dict, w, optional=True) or {},
             at=float(_get(o, "at", (int, float), w, optional=True) or 0.0),
         )
-
-
-@dataclass
-class BlockRequest:
-    """A device asks for some blocks of one bundle (by the bundle file's SHA-256)."""
-
-    sha256: str
-    blocks: list[int]
-    block_size: int = DEFAULT_BLOCK_SIZE
-
-    @classmethod
-    def parse(cls, payload: bytes) -> "BlockRequest":
-        w = "block request"
-        o = _load(payload, w)
-        sha = _get(o, "sha256", str, w)
-        if not _SHA_RE.match(sha):
-            raise ProtocolError("block request sha256 is not a lowercase hex SHA-256")
-        blocks = _get(o, "blocks", list, w)
-        if not blocks or len(blocks) > MAX_BLOCKS_PER_REQUEST:
-            raise ProtocolError(f"block request must ask for 1-{MAX_BLOCKS_PER_REQUEST} blocks")
-        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
-            raise ProtocolError("block request indices must be non-negative integers")
-        block_size = _get(o, "block_size", int, w)
-        if not (1024 <= block_size <= 16 * 1024 * 1024):
-            raise ProtocolError("block request block_size is out of range")
-        return cls(sha256=sha, blocks=blocks, block_size=block_size)
-
-
-# --- binary block frames ------------------------------------------------------------------
-
-_FRAME_MAGIC = b"EKB1"
-
-
-@dataclass
-class Block:
-    """One block of a bundle file: bytes [index*block_size, ...) with their own SHA-256."""
-
-    sha256: str  # of the whole bundle file
-    index: int
-    total: int  # number of blocks in the file
-    data: bytes
-
-
-def encode_block(block: Block) -> bytes:
-    """Frame: b'EKB1' | u32 header length | JSON header {sha256,index,total,size,block_sha256} | data."""
-    header = json.dumps(
-        {
-            "sha256": block.sha256,
-            "index": block.index,
-            "total": block.total,
-            "size": len(block.data),
-            "block_sha256": hashlib.sha256(block.data).hexdigest(),
-        },
-        separators=(",", ":"),
-    ).encode()
-    return _FRAME_MAGIC + struct.pack(">I", len(header)) + header + block.data
-
-
-def decode_block(payload: bytes) -> Block:
-    """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad."""
-    if len(payload) < 8 or payload[:4] != _FRAME_MAGIC:
-        raise ProtocolError("block frame does not start with the EKB1 magic")
-    (hlen,) = struct.unpack(">I", payload[4:8])
-    if hlen > 4096 or 8 + hlen > len(payload):
-        raise ProtocolError("block frame header length is invalid")
-    try:
-        header = json.loads(payload[8 : 8 + hlen])
-        if not isinstance(header, dict):
-            raise TypeError("header is not an object")
-        sha, index, total, size, bsha = (
-            header["sha256"], header["index"], header["total"], header["size"], header["block_sha256"],
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"block frame header is malformed: {exc}") from exc
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, total, size)) or not 0 <= index < total:
-        raise ProtocolError("block frame index/total are invalid")
-    if not (isinstance(sha, str) and _SHA_RE.match(sha)):
-        raise ProtocolError("block frame sha256 is invalid")
-    data = payload[8 + hlen :]
-    if len(data) != size:
-        raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
-    if not isinstance(bsha, str) or hashlib.sha256(data).hexdigest() != bsha:
-        raise ProtocolError(f"block {index} is corrupt (SHA-256 mismatch)")
-    return Block(sha256=sha, index=index, total=total, data=data)

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .protocol import MAX_BLOCKS, MAX_BLOCKS_PER_REQUEST, BlockRequest, ProtocolError, decode_block
+from .protocol import MAX_BLOCKS, MAX_BLOCKS_PER_REQUEST, ProtocolError
+from .block_frames import BlockRequest, decode_block
 from .statefile import read_json, write_json_atomic
 from .testhooks import pause_blocks, pause_point
 from ..errors import AgentError
