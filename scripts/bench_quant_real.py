@@ -131,7 +131,10 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure_apt.sh"), "opencv-doc", "__none__", str(nets.OPENCV_DATA)],
                    check=False)
-    results = [bench(m, args.runs, not args.no_nncf) for m in args.models.split(",")]
+    results = []
+    for m in args.models.split(","):
+        results.append(bench(m, args.runs, not args.no_nncf))
+        log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0

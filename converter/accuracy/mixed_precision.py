@@ -200,12 +200,14 @@ class MixedPrecisionOutcome:
 
 def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, settings: SearchSettings,
                            bind: Callable[[Dataset], LayerBinding], latency: Callable[[Any], float] | None,
-                           unavailable: str | None = None, min_gain_samples: int | None = None) -> MixedPrecisionOutcome:
+                           unavailable: str | None = None, min_gain_samples: int | None = None,
+                           fp32_model: Any = None) -> MixedPrecisionOutcome:
     """Score the int8 `model`; when it misses the budget (or --sensitivity always), rank layers and keep the
     most sensitive in float one at a time until the budget holds.
 
     bind(sensitivity data) -> the runtime's LayerBinding. unavailable: why the fallback cannot run here
-    (reported instead of searching). min_gain_samples: a fallback that still misses the budget without a
+    (reported instead of searching). fp32_model: the float model in the candidates' format, timed for the
+    speed floor (--min-speedup; default: the float model the evaluator compares with). min_gain_samples: a fallback that still misses the budget without a
     held-out check is kept only if it fixes at least this many more samples (timesteps for sequences).
     """
     task, data = evaluate.task, evaluate.data
@@ -229,10 +231,16 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     if not reasons:
         return out
     layers = binding.layers
-    floor_ms, fp32_ms = None, None
+    floor_ms, fp32_ms, floor_note = None, None, None
     if latency is not None and settings.min_speedup > 0:
-        fp32_ms = latency(evaluate.float_model)
+        fp32_ms = latency(fp32_model if fp32_model is not None else evaluate.float_model)
         floor_ms = fp32_ms / settings.min_speedup
+        int8_ms = latency(model)
+        if int8_ms > floor_ms:  # nothing to spend: speed is not what int8 buys this model on this host
+            floor_note = (f"plain int8 runs at {fp32_ms / int8_ms:.2f}x fp32 here, below --min-speedup "
+                          f"{settings.min_speedup}: no speed floor, the layer count limits the search")
+            log.warning("mixed precision: %s", floor_note)
+            floor_ms = None
     limit = float_layer_limit(settings.max_float_layers, len(layers), floor_ms is not None)
     log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                 "; ".join(reasons), limit, len(layers))
@@ -248,6 +256,8 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
                                  max_latency_ms=floor_ms)
     mixed, final_score, chosen = fallback_report(result, evaluate, budget, limit, len(layers), settings.max_float_layers,
                                                  (len(search_data), len(check_data)) if split else None)
+    if floor_note:
+        mixed["speed_floor"] = floor_note
     if fp32_ms:
         mixed["fp32_latency_ms"] = round(fp32_ms, 4)
         mixed["min_speedup"] = settings.min_speedup
@@ -255,7 +265,7 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
             if row.get("latency_ms"):
                 row["speedup_vs_fp32"] = round(fp32_ms / row["latency_ms"], 3)
         last = result.steps[-1]
-        if last.latency_ms and last.latency_ms > floor_ms:
+        if floor_ms and last.latency_ms and last.latency_ms > floor_ms:
             mixed["stopped_at_speed_floor"] = (f"keeping {len(result.steps) - 1} layers in float ran at "
                                                f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup "
                                                f"{settings.min_speedup}")
