@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add subcommands: each has `register(subparsers)`; their commands' functions
 # take (args, home) and return (json_result, text) like the ones above.
-_EXTENSIONS = ("edge_agent.ota.cli", "edge_agent.pipeline.cli")
+_EXTENSIONS = ("edge_agent.ota.cli", "edge_agent.pipeline.cli", "edge_agent.serving.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              (FLEET,)),
     ExitCode(66, "api-failed", "fleet API unreachable, or it refused the request (too large, malformed)", _N,
              (FLEET,)),
+    ExitCode(67, "registry-unreachable", "registry database unreachable or login refused (PostgreSQL --db URL)", _N,
+             (FLEET,)),
     ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
     ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
     ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),

@@ -39,6 +39,17 @@ class AgentHome:
         return self.root / "slots"
 
     @property
+    def cache_dir(self) -> Path:
+        """Caches libraries keep (ONNX Runtime's device id and database would otherwise go to ~/.cache)."""
+        return self.root / "cache"
+
+    def keep_caches_inside(self) -> None:
+        """Point this process's XDG cache at the home, before a runtime is imported: the daemon writes
+        nothing outside its home."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["XDG_CACHE_HOME"] = str(self.cache_dir)
+
+    @property
     def ota_dir(self) -> Path:
         """Update state machine file and download staging (edge_agent.ota.installer)."""
         return self.root / "ota"

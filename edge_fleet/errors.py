@@ -103,6 +103,12 @@ class RegistryUnusable(FleetError):
     code_name = "registry-unusable"
 
 
+class RegistryUnreachable(FleetError):
+    """The registry's database server cannot be reached, or refused the login."""
+
+    code_name = "registry-unreachable"
+
+
 def exit_codes_epilog() -> str:
     """`edge-fleet --help`'s exit codes, generated from the shared table."""
     return _epilog(FLEET)

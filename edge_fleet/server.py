@@ -3,16 +3,31 @@ block server and the rollout driver.
 
 Without a broker URL it starts the embedded broker itself (edge_fleet.broker.start_broker:
 a managed Mosquitto child when the binary is installed, else in-process amqtt) and stops it
-on exit; with one, `broker` is an ExternalBroker handle, so both cases look the same. It
+on exit. The embedded broker requires logins (edge_fleet.broker.logins: generated on the first
+start, one per device with `add_device`/`edge-fleet devices login ID`) and, on Mosquitto, the
+fleet's ACL (devices read only their desired/blocks topics, client id = user name); a changed
+logins file is picked up while running. With a broker URL, `broker` is an ExternalBroker handle, so both cases look the same. It
 subscribes to the reported/presence/telemetry topics of all devices and records them in the
 registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
+
+Several servers on one registry (PostgreSQL) and one broker act as one fleet (docs/fleet.md):
+with `share_group` each subscribes through MQTT shared subscriptions (`$share/GROUP/...`), so
+the broker hands each device message to one of them; a plain subscription to the retained
+reported states for the first seconds catches up on what happened while no server ran (a
+report recorded twice changes nothing). Only the holder of the registry's "rollouts" lease
+drives rollouts; it renews the lease every tick, and when it dies another server takes the
+lease over once it runs out (`lease_ttl`) and continues from the registry.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import socket
 import threading
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +36,19 @@ import paho.mqtt.client as mqtt
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
 from .block_server import BlockLimits, BlockServer
-from .broker import Broker, ExternalBroker, start_broker
+from .broker import Broker, ExternalBroker, find_mosquitto, start_broker
+from .broker.logins import FLEET_USER, BrokerLogins
+from .broker.mosquitto_config import render_acl
 from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
 from .rollout import RolloutDriver
+from .rollout.signed_urls import UrlSigner
 
 log = logging.getLogger(__name__)
+
+LEASE = "rollouts"  # the registry lease whose holder drives rollouts
+LEASE_TTL = 10.0  # seconds: a dead driver's rollouts wait at most this long for another server
+CATCH_UP_S = 3.0  # how long a server in a share group also reads retained reported states
 
 
 class FleetServer:
@@ -35,7 +57,9 @@ class FleetServer:
     def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
-                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None)) -> None:
+                 tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None),
+                 anonymous: bool = False, share_group: str | None = None, lease_ttl: float = LEASE_TTL,
+                 signer: UrlSigner | None = None) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
         self.broker_url = broker_url
@@ -45,11 +69,23 @@ class FleetServer:
         self.settings = settings
         self.limits = limits
         self.tick = tick
+        self.anonymous = anonymous  # embedded broker without logins or ACL (local experiments only)
+        self.logins: BrokerLogins | None = None
+        self.logins_created = False  # this start generated the logins (shown to the operator)
+        self._logins_mtime = 0.0
+        self.share_group = share_group
+        self.signer = signer
+        self.lease_ttl = lease_ttl
+        self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.leading = False  # holds the rollouts lease now
         self.broker: Broker | None = None
         self.client: mqtt.Client | None = None
         self.blocks: BlockServer | None = None
         self.driver: RolloutDriver | None = None
         self._stop = threading.Event()
+        self._missed = threading.Event()  # a message could not be stored (registry away)
+        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()  # device messages to store
+        self._writer: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._sizes: dict[str, tuple[Path, int] | None] = {}
 
@@ -60,17 +96,18 @@ class FleetServer:
 
     def start(self) -> "FleetServer":
         """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
+        self.settings = self.settings or MqttSettings(url="")
         if self.broker_url is None:
-            host, port = self.listen
-            self.broker = start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded)
+            self.broker = self._start_embedded()
         else:
             self.broker = ExternalBroker(self.broker_url).start()
-        self.settings = self.settings or MqttSettings(url="")
         self.settings.url = self.broker.url
         try:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)
             client.on_connect = self._on_connect
+            self._writer = threading.Thread(target=self._write_loop, name="registry-writer", daemon=True)
+            self._writer.start()
             client.on_message = self._on_message
             self.client = client
             self.blocks = BlockServer(client, self.topics, self._lookup, self.limits)
@@ -79,11 +116,54 @@ class FleetServer:
         except BaseException:
             self.stop()
             raise
-        self.driver = RolloutDriver(self.registry, self.topics, self._publish)
+        self.driver = RolloutDriver(self.registry, self.topics, self._publish, self.signer)
         self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
         self._thread.start()
         log.info("fleet server running on %s (prefix %s)", self.settings.url, self.topics.prefix)
         return self
+
+    def _start_embedded(self) -> Broker:
+        host, port = self.listen
+        if self.anonymous:
+            log.warning("embedded broker without logins: any local client may read and write every topic")
+            return start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded)
+        self.logins, self.logins_created = BrokerLogins.load_or_create(self.broker_dir)
+        self._logins_mtime = self.logins.path.stat().st_mtime
+        acl = None
+        if self.embedded == "mosquitto" and find_mosquitto() is not None:
+            acl = self.broker_dir / "acl.conf"
+            acl.write_text(render_acl(self.topics.prefix, FLEET_USER))
+        else:
+            log.info("the amqtt broker cannot enforce the fleet's ACL: devices log in but are not confined "
+                        "to their own topics (install mosquitto)")
+        assert self.settings is not None
+        if self.settings.username is None:
+            self.settings.username, self.settings.password = FLEET_USER, self.logins.fleet_password
+        return start_broker(self.broker_dir, host=host, port=port, prefer=self.embedded,
+                            users=self.logins.users(), acl_file=acl)
+
+    def add_device(self, device_id: str) -> tuple[str, str]:
+        """(user name, password) a device logs in to the embedded broker with (registered on first use)."""
+        if self.logins is None:
+            raise RuntimeError("device logins exist only for an embedded broker started with logins")
+        password = self.logins.add_device(device_id)
+        self._reload_logins(force=True)
+        return device_id, password
+
+    def _reload_logins(self, force: bool = False) -> None:
+        """Give the running broker the logins file's content when it changed (`edge-fleet devices login`)."""
+        if self.logins is None or self.broker is None:
+            return
+        try:
+            mtime = self.logins.path.stat().st_mtime
+            if not force and mtime == self._logins_mtime:
+                return
+            self.logins, _ = BrokerLogins.load_or_create(self.logins.path.parent)
+            self._logins_mtime = mtime
+            self.broker.reload_users(self.logins.users())
+            log.info("broker logins reloaded (%d devices)", len(self.logins.devices))
+        except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+            log.warning("could not reload the broker logins: %s", exc)
 
     def stop(self) -> None:
         """Stop the loop, disconnect, and stop the embedded broker if we started one."""
@@ -91,12 +171,23 @@ class FleetServer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self.leading:
+            try:
+                self.registry.release_lease(LEASE, self.server_id)  # the next server takes over at once
+            except Exception:  # noqa: BLE001 - the lease runs out by itself
+                log.warning("could not release the rollouts lease; another server takes over in %.0f s",
+                            self.lease_ttl)
+            self.leading = False
         if self.blocks is not None:
             self.blocks.stop()
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
+        if self._writer is not None:
+            self._inbox.put(None)  # after what is queued: nothing received is lost on a clean stop
+            self._writer.join(30)
+            self._writer = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
@@ -135,38 +226,90 @@ class FleetServer:
             log.error("broker refused the connection: %s", rc)
             return
         set_nodelay(client)
-        client.subscribe([(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
-                          (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)])
+        topics = [(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
+                  (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)]
+        if self.share_group is None:
+            client.subscribe(topics)
+            return
+        client.subscribe([(f"$share/{self.share_group}/{topic}", qos) for topic, qos in topics])
+        self._catch_up()  # brokers send no retained messages to shared subscriptions
+
+    def _catch_up(self) -> None:
+        """Read every device's retained reported state again (at start in a share group, and after
+        the registry was away: reports that arrived meanwhile could not be stored)."""
+        client = self.client
+        if client is None:
+            return
+        client.subscribe(self.topics.all_reported(), 1)  # (re)subscribing makes the broker resend retained ones
+        if self.share_group is not None:
+            timer = threading.Timer(CATCH_UP_S, lambda: client.unsubscribe(self.topics.all_reported()))
+            timer.daemon = True
+            timer.start()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            device_id, kind = self.topics.parse(msg.topic)
-            if kind == "blocks/get":
+        """Block requests go to the block server; reports to the registry writer's inbox, so a slow
+        database never slows the MQTT loop (a broker drops QoS 1 messages for a client that lags:
+        Mosquitto's max_queued_messages, 1000 by default, is reached when 1,000 devices connect)."""
+        if msg.topic.endswith("/blocks/get"):
+            try:
                 assert self.blocks is not None
                 self.blocks.handle(msg)
-            elif kind == "reported":
-                if not msg.payload:
+            except Exception:  # noqa: BLE001 - never let one message kill the network thread
+                log.exception("failed to handle message on %s", msg.topic)
+        else:
+            self._inbox.put((msg.topic, msg.payload))
+
+    def _write_loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            self._record(*item)
+
+    def _record(self, topic: str, payload: bytes) -> None:
+        """Store one device message in the registry."""
+        try:
+            device_id, kind = self.topics.parse(topic)
+            if kind == "reported":
+                if not payload:
                     return  # a cleared retained message
-                state = ReportedState.parse(msg.payload)
+                state = ReportedState.parse(payload)
                 if state.device_id != device_id:
                     raise ProtocolError(f"reported state of {state.device_id!r} on {device_id!r}'s topic")
                 self.registry.record_reported(state)
             elif kind == "presence":
-                if msg.payload:
-                    self.registry.record_presence(device_id, Presence.parse(msg.payload).state)
+                if payload:
+                    self.registry.record_presence(device_id, Presence.parse(payload).state)
             elif kind == "telemetry":
-                self.registry.record_telemetry(device_id, Telemetry.parse(msg.payload))
+                self.registry.record_telemetry(device_id, Telemetry.parse(payload))
             else:
-                raise ProtocolError(f"unexpected {kind} message on {msg.topic}")
+                raise ProtocolError(f"unexpected {kind} message on {topic}")
         except ProtocolError as exc:
-            log.warning("ignored message on %s: %s", msg.topic, exc)
-        except Exception:  # noqa: BLE001 - never let one message kill the network thread
-            log.exception("failed to handle message on %s", msg.topic)
+            log.warning("ignored message on %s: %s", topic, exc)
+        except Exception as exc:  # noqa: BLE001 - never let one message stop the writer
+            if self._missed.is_set():
+                return  # the registry is away: said once
+            self._missed.set()  # read the retained reports again once the registry answers
+            log.warning("failed to handle message on %s: %s", topic, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _loop(self) -> None:
         assert self.driver is not None
         while not self._stop.wait(self.tick):
-            self.driver.step()
+            self._reload_logins()
+            try:
+                leading = self.registry.acquire_lease(LEASE, self.server_id, self.lease_ttl)
+            except Exception as exc:  # noqa: BLE001 - registry away: rollouts wait, devices keep their models
+                if self.leading:
+                    log.warning("registry unavailable (%s): rollouts wait until it is back", exc)
+                self.leading = False
+                continue
+            if self._missed.is_set():
+                log.info("registry answers again: reading the devices' retained reports")
+                self._missed.clear()
+                self._catch_up()
+            if leading != self.leading:
+                log.info("server %s %s", self.server_id, "now drives the rollouts" if leading
+                         else "no longer drives the rollouts (another server holds the lease)")
+                self.leading = leading
+            if leading:
+                self.driver.step()
 
 
 def run_server(registry: Registry, broker_url: str | None, **kwargs: object) -> FleetServer:

@@ -246,7 +246,8 @@ def main() -> int:
         rec = publish_bundle(reg, big, trust)
         for v in (2, 3):
             publish_bundle(reg, make_bundle(t, key, v, 1_000_000), trust)
-        with FleetServer(reg, None, embedded="mosquitto", tick=0.05) as server:
+        # anonymous: the raw-transfer baseline publishes on a topic outside the fleet's ACL; this measures transport
+        with FleetServer(reg, None, embedded="mosquitto", tick=0.05, anonymous=True) as server:
             b = server.broker
             data = big.read_bytes()
             raw, proto = [], []

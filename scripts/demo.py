@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -124,6 +125,8 @@ def ota_step(out: Path, bundle: Path, home: Path) -> None:
         token = sh("edge-fleet", "tokens", "create", "demo-admin", "--role", "admin", "--home", fleet_home, "--json",
                    capture_json=True)["token"]
     http = ["--http", str(OPTIONS.get("console_port") or 0)] if console else []
+    # the embedded broker requires logins: the device gets its own (read-only desired/blocks topics)
+    login = sh("edge-fleet", "devices", "login", "pi-01", "--home", fleet_home, "--json", capture_json=True)
     print(f"\n$ edge-fleet serve --home ... {' '.join(http)}   (background)")
     server = subprocess.Popen([str(BIN / "edge-fleet"), "serve", "--home", str(fleet_home), "--json", *http],
                               stdout=subprocess.PIPE, text=True)
@@ -134,11 +137,13 @@ def ota_step(out: Path, bundle: Path, home: Path) -> None:
         if console:
             print(f"web console  {info['http']}/#token={token}")
             print(f"API          {info['http']}/api/v1/ (OpenAPI: {info['http']}/api/v1/openapi.json)")
-        print(f"$ edge-agent serve --broker {info['broker']} --device-id pi-01 ...   (background)")
+        print(f"$ edge-agent serve --broker {info['broker']} --device-id pi-01 --username pi-01 (password in EDGE_AGENT_MQTT_PASSWORD)   "
+              "(background)")
         agent_log = open(out / "device-pi-01.log", "w")
         agent = subprocess.Popen([str(BIN / "edge-agent"), "--home", str(device_home), "serve", "--broker", info["broker"],
-                                  "--device-id", "pi-01", "--trust", str(trust), "--profile", "raspberry-pi-4",
-                                  "--telemetry-interval", "1"], stdout=agent_log, stderr=subprocess.STDOUT)
+                                  "--device-id", "pi-01", "--username", login["username"], "--trust", str(trust), "--profile", "raspberry-pi-4",
+                                  "--telemetry-interval", "1"], stdout=agent_log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "EDGE_AGENT_MQTT_PASSWORD": login["password"]})
         _wait_for_device(fleet_home)
         # with the console on, the deploy goes through the management API, as a CI pipeline's would
         remote = ["--api", info["http"], "--token", token] if console else ["--home", fleet_home]

@@ -22,6 +22,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 bash scripts/ensure_mosquitto.sh
+bash scripts/ensure_apt.sh curl curl  # the inference endpoint's tests call it as a client no one here wrote
+# the PostgreSQL registry's tests start a throw-away server (tests/pg_cluster.py): initdb, pg_ctl
+bash scripts/ensure_apt.sh postgresql initdb /usr/lib/postgresql/15/bin/initdb
+# per-device signed download URLs are checked by a real nginx (secure_link) in the tests
+bash scripts/ensure_apt.sh nginx nginx /usr/sbin/nginx
+# the clustered-broker test runs two ejabberd nodes (mod_mqtt) on loopback
+bash scripts/ensure_apt.sh ejabberd ejabberdctl /usr/sbin/ejabberdctl
 # the console's browser tests (pytest -m browser) drive Debian's chromium; the demo does not need it
 if [ "${EDGEKIT_NO_CHROMIUM:-}" != "1" ]; then bash scripts/ensure_chromium.sh; fi
 export PATH="$PWD/$EDGEKIT_VENV/bin:$PATH"

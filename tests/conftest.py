@@ -92,3 +92,23 @@ def int8_v2_bundle(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles-v2") / "digits-int8-v2.edgebundle"
     assert main(convert_args(digits, out, "raspberry-pi-4", "--model-version", "2")) == 0
     return out
+
+
+# -- registry engines: the registry tests run on SQLite and on a real PostgreSQL ------------------
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL server for the session (tests/pg_cluster.py); each test takes its own database."""
+    from .pg_cluster import PgCluster
+
+    cluster = PgCluster().start()  # its own folder under /tmp: pytest's is closed to the postgres user
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(request, tmp_path) -> str:
+    """Where a test's registry lives: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.db")
+    return request.getfixturevalue("pg_cluster").create_database()

@@ -22,7 +22,8 @@ import httpx
 from edge_agent.cli import main as agent_main
 from edge_fleet.access import create_token, local_actor
 from edge_fleet.registry import open_registry
-from .ota_helpers import REPO, AgentProcess, wait_for
+from edge_fleet.broker.logins import BrokerLogins
+from .ota_helpers import REPO, AgentProcess, wait_for, wait_login_works, with_login
 
 
 class FleetProcess:
@@ -44,6 +45,12 @@ class FleetProcess:
         self.info: dict[str, Any] = json.loads(line)
         self.http: str = self.info["http"]
         self.broker: str = self.info["broker"]
+
+    def device_url(self, device_id: str) -> str:
+        """The broker URL with the device's own login (registered the way `edge-fleet devices login` does;
+        the running server picks it up)."""
+        logins, _ = BrokerLogins.load_or_create(self.home / "broker")
+        return wait_login_works(with_login(self.broker, device_id, logins.add_device(device_id)))
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 
@@ -38,12 +39,14 @@ log = logging.getLogger("fleet_sim")
 class SimDevice:
     def __init__(self, host: str, port: int, device_id: str, profile: str = "raspberry-pi-4",
                  current: BundleRef | None = None, prefix: str = "edgekit", fail: str | None = None,
-                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None) -> None:
+                 silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None,
+                 keep_files: bool = True, login: tuple[str, str] | None = None) -> None:
         self.host, self.port, self.id, self.profile = host, port, device_id, profile
         self.topics = Topics(prefix)
         self.current, self.previous = current, None
         self.fail, self.silent, self.window = fail, silent, window
         self.undo_after_s = undo_after_s  # like the agent's probation: switch back this long after succeeding
+        self.keep_files = keep_files  # False: a benchmark's 1,000 devices do not each keep the bundle in memory
         self.phase = "idle"
         self.deployment_id: str | None = None
         self.last_error: str | None = None
@@ -57,6 +60,8 @@ class SimDevice:
         self.changed = threading.Condition(self._lock)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{device_id}",
                                   protocol=mqtt.MQTTv311, clean_session=True)
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.will_set(self.topics.presence(device_id), dumps(Presence("offline")), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -159,7 +164,29 @@ class SimDevice:
             self._finish()
             return
         self._set_phase("downloading")
-        self._request_window()
+        if want.source.get("type") == "http":
+            threading.Thread(target=self._http_download, args=(want,), daemon=True).start()
+        else:
+            self._request_window()
+
+    def _http_download(self, want: DesiredState) -> None:
+        """The bundle from its (signed) HTTP URL, as the agent's http_download would fetch it."""
+        try:
+            with urllib.request.urlopen(want.source["url"], timeout=60) as resp:
+                data = resp.read()
+        except OSError as exc:
+            with self._lock:
+                self._set_phase("failed", f"download failed: {exc}")
+            return
+        with self._lock:
+            if self._want is not want:
+                return  # replaced meanwhile
+            if hashlib.sha256(data).hexdigest() != want.bundle.sha256:
+                self._set_phase("failed", "downloaded bundle does not match its SHA-256")
+                return
+            if self.keep_files:
+                self.files[want.bundle.sha256] = data
+            self._finish()
 
     def _request_window(self) -> None:
         assert self._want is not None
@@ -180,7 +207,10 @@ class SimDevice:
             if hashlib.sha256(data).hexdigest() != want.bundle.sha256 or len(data) != want.size:
                 self._set_phase("failed", "reassembled bundle does not match its SHA-256")
                 return
-            self.files[want.bundle.sha256] = data
+            if self.keep_files:
+                self.files[want.bundle.sha256] = data
+            else:
+                self._blocks = {}
             self._finish()
         elif self._next < want.block_count and all(
             i in self._blocks for i in range(max(0, self._next - self.window // 2))

@@ -40,6 +40,36 @@ def wait_for(pred: Callable[[], Any], timeout: float = WAIT, what: str = "condit
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def with_login(url: str, username: str, password: str) -> str:
+    """`url` with a user name and password in it (how tests hand an agent its broker login)."""
+    from urllib.parse import quote
+
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+def wait_login_works(url: str) -> str:
+    """`url` once the broker accepts its login (a fleet server picks new device logins up on its next tick)."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(url)
+
+    def accepted() -> bool:
+        ok = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"login-probe-{os.getpid()}")
+        c.username_pw_set(unquote(u.username or ""), unquote(u.password or ""))
+        c.on_connect = lambda _c, _u, _f, rc, _p: ok.set() if not rc.is_failure else None
+        try:
+            c.connect(u.hostname, u.port)
+            c.loop_start()
+            return ok.wait(2)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+    wait_for(accepted, what=f"the broker to accept {u.username}'s login", interval=0.2)
+    return url
+
+
 def bundle_signature(path: Path) -> dict[str, Any]:
     with tarfile.open(path) as tar:
         fh = tar.extractfile("signature.json")
@@ -47,13 +77,18 @@ def bundle_signature(path: Path) -> dict[str, Any]:
         return json.loads(fh.read())
 
 
-def desired_for(bundle: Path, deployment_id: str, block_size: int = 16 * 1024, **overrides: Any) -> DesiredState:
+def desired_for(bundle: Path, deployment_id: str, block_size: int = 16 * 1024, with_block_hashes: bool = False,
+                **overrides: Any) -> DesiredState:
     m = read_manifest_unverified(bundle)
     size, sha = sha256_file(bundle)
     fields: dict[str, Any] = dict(
         deployment_id=deployment_id, bundle=BundleRef(m.name, m.version, sha), size=size, profile=m.profile,
         signature=bundle_signature(bundle), block_size=block_size,
     )
+    if with_block_hashes:  # what the fleet's rollouts send (edge_fleet.rollout.desired)
+        from edge_fleet.rollout.desired import block_hashes
+
+        fields["block_hashes"] = block_hashes(bundle, sha, block_size)
     fields.update(overrides)
     return DesiredState(**fields)
 
@@ -89,6 +124,7 @@ class FleetStub:
         self.presence: dict[str, str] = {}
         self.serve_limit: int | None = None  # stop answering after this many blocks (then record only)
         self.corrupt_once: set[int] = set()
+        self.forge_once: set[int] = set()  # send other data with a matching block_sha256 first (a forged block)
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleet-stub-{os.getpid()}-{id(self)}")
@@ -143,7 +179,14 @@ class FleetStub:
                 if i >= total:
                     continue
                 fh.seek(i * req.block_size)
-                frame = encode_block(Block(req.sha256, i, total, fh.read(req.block_size)))
+                data = fh.read(req.block_size)
+                with self.lock:
+                    forge = i in self.forge_once
+                    self.forge_once.discard(i)
+                if forge:
+                    self.c.publish(self.topics.block_data(device),
+                                   encode_block(Block(req.sha256, i, total, bytes(len(data)))), qos=1)
+                frame = encode_block(Block(req.sha256, i, total, data))
                 if i in self.corrupt_once:
                     self.corrupt_once.discard(i)
                     frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -86,7 +87,7 @@ def test_console_sees_devices_live_drives_a_rollout_to_100_and_halts_another(
             assert "token=" not in page.url  # the token left the address bar
 
             # an agent starts: the overview shows it without a reload
-            agents.append(start_agent(tmp_path, fleet.broker, "pi-a", int8_bundle, digits.pub))
+            agents.append(start_agent(tmp_path, fleet.device_url("pi-a"), "pi-a", int8_bundle, digits.pub))
             page.locator("[data-test=recent-devices] a", has_text="pi-a").wait_for()
             page.locator("[data-test=device-total]", has_text=re.compile(r"^1$")).wait_for()
             _shot(page, tmp_path, "overview")
@@ -105,7 +106,7 @@ def test_console_sees_devices_live_drives_a_rollout_to_100_and_halts_another(
             _shot(page, tmp_path, "rollout-succeeded")
 
             # a second rollout that waits (stage soak): halt it from its page, resume, then roll it back
-            agents.append(start_agent(tmp_path, fleet.broker, "pi-b", int8_bundle, digits.pub))
+            agents.append(start_agent(tmp_path, fleet.device_url("pi-b"), "pi-b", int8_bundle, digits.pub))
             wait_devices(api, ["pi-b"])
             page.click("nav a[data-page=rollouts]")
             form = page.locator("[data-test=deploy-form]")
@@ -156,11 +157,12 @@ HTML_NAME = '<img src=x onerror="window.__xss=3">'
 HTML_ERROR = '<svg onload="window.__xss=4"></svg><b>bold?</b>'
 
 
-def _report_with_html_error(broker: str, device_id: str, sha: str) -> None:
-    """A device (a raw MQTT peer) whose reported error text is HTML."""
-    host, port = broker.removeprefix("mqtt://").split(":")
+def _report_with_html_error(fleet: FleetProcess, device_id: str, sha: str) -> None:
+    """A device (a raw MQTT peer with its own login) whose reported error text is HTML."""
+    url = urlparse(fleet.device_url(device_id))
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="html-device")
-    c.connect(host, int(port))
+    c.username_pw_set(unquote(url.username), unquote(url.password))
+    c.connect(url.hostname, url.port)
     c.loop_start()
     state = ReportedState(device_id=device_id, profile="raspberry-pi-4", current=BundleRef("digits", 1, sha),
                           phase="failed", last_error=HTML_ERROR, agent_version="x")
@@ -187,7 +189,7 @@ def test_console_shows_html_in_ids_names_and_errors_as_text_and_never_runs_it(tm
             reg.set_group(HTML_ID, HTML_GROUP)
             reg.add_bundle(BundleRecord(sha, HTML_NAME, 1, "raspberry-pi-4", 10, {"precision": HTML_NAME}, {},
                                         HTML_NAME, home / "bundles" / "missing", time.time()))
-        _report_with_html_error(fleet.broker, "cam-1", sha)
+        _report_with_html_error(fleet, "cam-1", sha)
         with client(fleet.http, tokens["admin"]) as api:
             wait_for(lambda: api.get("/api/v1/devices/cam-1").status_code == 200, what="cam-1 known")
             made = api.post("/api/v1/rollouts", json={"bundle": f"{HTML_NAME}:1", "devices": [HTML_ID, "cam-1"],

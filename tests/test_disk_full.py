@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
 from edge_agent.cli import main as agent_main
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+from . import fault_helpers
+
+pytestmark = fault_helpers.needs_root
 
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=True)
-    try:
+    with fault_helpers.small_disk(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_refuses_update_and_keeps_the_model(small_disk, digits, int8_bundle, int8_v2_bundle, capsys):

@@ -31,7 +31,7 @@ class Env:
         self.tokens = make_tokens(self.home, "viewer", "operator", "admin")
         self.fleet = FleetProcess(self.home, "--max-upload", str(MAX_UPLOAD))
         self.url = self.fleet.http
-        self.agents = [start_agent(tmp, self.fleet.broker, i, v1, digits.pub) for i in IDS]
+        self.agents = [start_agent(tmp, self.fleet.device_url(i), i, v1, digits.pub) for i in IDS]
 
     def api(self, role: str | None = "admin", **kw):
         return client(self.url, self.tokens[role] if role else None, **kw)

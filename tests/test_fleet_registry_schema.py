@@ -96,9 +96,9 @@ def test_a_file_newer_than_this_code_is_refused_with_one_line_and_its_code(tmp_p
 
 
 def test_an_engine_this_code_does_not_have_is_refused(tmp_path, capsys):
-    with pytest.raises(RegistryUnusable, match="postgresql:// is not supported"):
-        open_registry("postgresql://fleet@db.example/fleet")
-    assert fleet_main(["bundles", "--db", "postgresql://fleet@db.example/fleet", "--home", str(tmp_path)]) == 62
+    with pytest.raises(RegistryUnusable, match="mysql:// is not supported"):
+        open_registry("mysql://fleet@db.example/fleet")
+    assert fleet_main(["bundles", "--db", "mysql://fleet@db.example/fleet", "--home", str(tmp_path)]) == 62
     assert "not supported" in capsys.readouterr().err
 
 

@@ -15,8 +15,8 @@ def report(dev: str, phase: str, sha: str, version: int, progress: float | None 
                          current=BundleRef("digits", version, sha), progress=progress, **kw)
 
 
-def test_history_records_changes_not_progress_ticks(tmp_path):
-    with open_registry(tmp_path / "fleet.db") as reg:
+def test_history_records_changes_not_progress_ticks(registry_location, tmp_path):
+    with open_registry(registry_location) as reg:
         reg.record_reported(report("a", "idle", V1, 1), now=1)
         for i, p in enumerate((0.1, 0.5, 0.9)):
             reg.record_reported(report("a", "downloading", V1, 1, progress=p, deployment_id="r-1"), now=2 + i)
@@ -28,8 +28,8 @@ def test_history_records_changes_not_progress_ticks(tmp_path):
         assert [e.phase for e in reg.device_events("a", 1, 1).items] == ["downloading"]
 
 
-def test_latency_samples_filters_sorting_groups_and_pages(tmp_path):
-    with open_registry(tmp_path / "fleet.db") as reg:
+def test_latency_samples_filters_sorting_groups_and_pages(registry_location, tmp_path):
+    with open_registry(registry_location) as reg:
         for i, dev in enumerate(("c", "a", "b")):
             reg.record_reported(report(dev, "idle", V2 if dev == "b" else V1, 2 if dev == "b" else 1,
                                        profile="jetson-orin-nano" if dev == "c" else "raspberry-pi-4"))
@@ -52,8 +52,8 @@ def test_latency_samples_filters_sorting_groups_and_pages(tmp_path):
         assert reg.device_counts()["presence"] == {"online": 1, "unknown": 2}
 
 
-def test_change_stamp_moves_on_writes_from_this_and_other_connections(tmp_path):
-    with open_registry(tmp_path / "fleet.db") as reg, open_registry(tmp_path / "fleet.db") as other:
+def test_change_stamp_moves_on_writes_from_this_and_other_connections(registry_location, tmp_path):
+    with open_registry(registry_location) as reg, open_registry(registry_location) as other:
         first = reg.change_stamp()
         assert reg.change_stamp() == first
         other.set_group("x", "g")  # the CLI in another process
@@ -63,8 +63,8 @@ def test_change_stamp_moves_on_writes_from_this_and_other_connections(tmp_path):
         assert reg.change_stamp() != second
 
 
-def test_tokens_unique_revocable_and_audit_filters(tmp_path):
-    with open_registry(tmp_path / "fleet.db") as reg:
+def test_tokens_unique_revocable_and_audit_filters(registry_location, tmp_path):
+    with open_registry(registry_location) as reg:
         reg.add_token(TokenRecord("ci", "operator", "h1", 1.0, "local:root"))
         try:
             reg.add_token(TokenRecord("ci", "admin", "h2", 2.0))
@@ -83,10 +83,10 @@ def test_tokens_unique_revocable_and_audit_filters(tmp_path):
         assert reg.audit_page(1, 0).total == 3 and reg.audit_page(10, 0).items[2].detail == {"group": "lobby"}
 
 
-def test_history_and_latency_samples_are_bounded_per_device(tmp_path):
-    from edge_fleet.registry.sqlite import HISTORY_KEEP, LATENCY_KEEP
+def test_history_and_latency_samples_are_bounded_per_device(registry_location, tmp_path):
+    from edge_fleet.registry.sql import HISTORY_KEEP, LATENCY_KEEP
 
-    with open_registry(tmp_path / "fleet.db") as reg:
+    with open_registry(registry_location) as reg:
         for i in range(LATENCY_KEEP + 200):
             reg.record_telemetry("a", Telemetry(None, i, 0, {"p50_ms": 1.0, "p99_ms": 2.0}), now=float(i))
             reg.record_reported(report("a", "downloading" if i % 2 else "idle", V1, 1), now=float(i))

@@ -20,8 +20,10 @@ from edge_agent.bundle import TrustStore, sha256_file
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import Registry, open_registry
+from edge_fleet.broker.logins import BrokerLogins
 from edge_fleet.server import FleetServer
 from .fleet_sim import SimDevice, ref_of
+from .ota_helpers import wait_login_works, with_login
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 30.0
@@ -49,7 +51,7 @@ def fleet(tmp_path, int8_bundle, int8_v2_bundle, digits):
 
     def sim(device_id: str, **kw) -> SimDevice:
         kw.setdefault("current", ref_of(int8_bundle))
-        s = SimDevice(server.broker.host, server.broker.port, device_id, **kw).start()
+        s = SimDevice(server.broker.host, server.broker.port, device_id, login=server.add_device(device_id), **kw).start()
         sims.append(s)
         return s
 
@@ -230,7 +232,12 @@ def test_serve_cli_with_embedded_amqtt_broker_happy_path(tmp_path, int8_bundle, 
         port = int(info["broker"].rsplit(":", 1)[1])
         for path in (int8_bundle, int8_v2_bundle):
             assert fleet_main(["publish", str(path), "--trust", str(digits.pub), "--home", str(home)]) == 0
-        sims = [SimDevice("127.0.0.1", port, f"amq-{i}", current=ref_of(int8_bundle)).start() for i in range(3)]
+        logins, _ = BrokerLogins.load_or_create(home / "broker")  # as `edge-fleet devices login ID` does
+        ids = [f"amq-{i}" for i in range(3)]
+        for i in ids:
+            wait_login_works(with_login(info["broker"], i, logins.add_device(i)))
+        sims = [SimDevice("127.0.0.1", port, i, current=ref_of(int8_bundle), login=(i, logins.devices[i])).start()
+                for i in ids]
         for s in sims:
             assert fleet_main(["devices", "group", s.id, "lab", "--home", str(home)]) == 0
         with open_registry(home / "fleet.db") as reg:

@@ -156,11 +156,11 @@ def _recording_driver(reg, sent: list) -> RolloutDriver:
         (topic, json.loads(payload) if payload else None)))
 
 
-def test_driver_on_a_real_registry_sends_stages_and_halts_back(tmp_path):
+def test_driver_on_a_real_registry_sends_stages_and_halts_back(registry_location, tmp_path):
     """Two devices in two stages; the first fails, so the second never gets the bundle and the first
     gets v1 back. publish() records what would go to the broker."""
     sent: list[tuple[str, dict | None]] = []
-    with open_registry(tmp_path / "fleet.db") as reg:
+    with open_registry(registry_location) as reg:
         _two_devices_on_v1(reg, tmp_path)
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100])
         driver = _recording_driver(reg, sent)
@@ -177,14 +177,14 @@ def test_driver_on_a_real_registry_sends_stages_and_halts_back(tmp_path):
         assert [t for t, _ in sent].count("edgekit/devices/b/desired") == 0
 
 
-def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(tmp_path):
-    with open_registry(tmp_path / "fleet.db") as reg:
+def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(registry_location, tmp_path):
+    with open_registry(registry_location) as reg:
         reg.add_bundle(_bundle(tmp_path, V2, 2))
         reg.record_reported(ReportedState("a", "idle", "pi", "t"))
         reg.record_reported(ReportedState("b", "idle", "pi", "t", current=BundleRef("digits", 2, V2)))
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[100])
     sent: list[str] = []
-    with open_registry(tmp_path / "fleet.db") as reg:  # another process (a restarted server) takes over
+    with open_registry(registry_location) as reg:  # another process (a restarted server) takes over
         RolloutDriver(reg, Topics(), lambda topic, *_: sent.append(topic)).step(now=5.0)
         r = reg.rollout(plan.id)
         assert r.target("b").status == T.SUCCEEDED and r.target("b").reason == "already running this bundle"
@@ -192,11 +192,11 @@ def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(tmp_pa
         assert r.target("a").previous_sha is None and r.target("a").sent_at == 5.0
 
 
-def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(tmp_path):
+def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(registry_location, tmp_path):
     """halt -> paused (the finished stage does not lead to the next), resume -> the next stage starts,
     rollback of the succeeded rollout -> each switched device gets its previous bundle back."""
     sent: list[tuple[str, dict | None]] = []
-    with open_registry(tmp_path / "fleet.db") as reg:
+    with open_registry(registry_location) as reg:
         _two_devices_on_v1(reg, tmp_path)
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100], created_by="op")
         driver = _recording_driver(reg, sent)
@@ -236,3 +236,34 @@ def test_operator_requests_pause_resume_and_roll_back_even_a_finished_rollout(tm
         reg.request_rollout(plan.id, "resume", "op")  # not allowed from halted: ignored and forgotten
         driver.step(now=18.0)
         assert reg.rollout(plan.id).status == R.HALTED and reg.rollout(plan.id).request is None
+
+
+def test_a_driver_killed_halfway_through_a_stage_start_is_finished_by_the_next_without_repeats(registry_location,
+                                                                                              tmp_path):
+    """The driving server dies after publishing to the first device of a stage (kill -9 between two
+    publishes). Another server's driver sends the rest, and only the rest: each device's desired
+    state is published once. (Before the fix the stage stayed half-started until it timed out.)"""
+    class Killed(BaseException):
+        pass
+
+    with open_registry(registry_location) as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        devices = ["a", "b", "c"]
+        for dev in devices:
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        plan = plan_rollout(reg, "digits:2", devices=devices, stages=[100])
+        sent: list[str] = []
+
+        def dies_after_one(topic: str, _payload: bytes, _retain: bool) -> None:
+            if sent:
+                raise Killed()
+            sent.append(topic)
+
+        with pytest.raises(Killed):
+            RolloutDriver(reg, Topics(), dies_after_one).step(now=10.0)
+    with open_registry(registry_location) as reg:  # the server that takes the lease over
+        RolloutDriver(reg, Topics(), lambda topic, *_: sent.append(topic)).step(now=11.0)
+        r = reg.rollout(plan.id)
+        assert sorted(sent) == [f"edgekit/devices/{d}/desired" for d in devices]
+        assert [t.status for t in r.targets] == [T.SENT] * 3 and r.status == R.RUNNING

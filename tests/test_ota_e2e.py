@@ -18,7 +18,7 @@ from edge_fleet.cli import main as fleet_main
 from edge_fleet.publish import publish_bundle
 from edge_fleet.registry import Registry, open_registry
 from edge_fleet.server import FleetServer
-from .ota_helpers import AgentProcess, wait_for
+from .ota_helpers import AgentProcess, wait_for, with_login
 
 
 def agent_status(home: Path, capsys) -> dict:
@@ -43,7 +43,7 @@ def start_agents(tmp_path: Path, server: FleetServer, digits, v1: Path, ids: lis
         home = tmp_path / device_id
         rc = agent_main(["--home", str(home), "install", str(v1), "--trust", str(digits.pub), "--profile", "raspberry-pi-4"])
         assert rc == 0, capsys.readouterr().err
-        agents[device_id] = AgentProcess(home, server.url, device_id, digits.pub, extra=(extra or {}).get(device_id))
+        agents[device_id] = AgentProcess(home, with_login(server.url, *server.add_device(device_id)), device_id, digits.pub, extra=(extra or {}).get(device_id))
     return agents
 
 

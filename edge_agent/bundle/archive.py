@@ -80,6 +80,18 @@ def _check_member_name(name: str) -> str:
     return name
 
 
+def check_no_path_clash(paths: Iterable[str]) -> None:
+    """Refuse a payload where one path is a file and a folder at once (`model` and `model/x.onnx`):
+    it cannot be unpacked, so it must never pass verification."""
+    names = set(paths)
+    for name in sorted(names):
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in names:
+                raise UnsafeMember(f"bundle member {parent!r} is a file and also the folder of {name!r}")
+
+
 def _header(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -101,6 +113,7 @@ def write_bundle(out_path: Path, manifest: Manifest, files: dict[str, Path], key
     for name in sorted(files):
         size, digest = sha256_file(files[name])
         entries.append(FileEntry(path=_check_member_name(name), size=size, sha256=digest))
+    check_no_path_clash(e.path for e in entries)
     manifest.files = entries
     manifest = Manifest.from_dict(manifest.to_dict())  # validate exactly what the agent will read
     manifest_bytes = manifest.to_json()
@@ -253,6 +266,7 @@ def _verify_stream(
         if staging is not None:
             check_free_space(staging, manifest.total_size, "unpack the bundle")
         expected = {f.path: f for f in manifest.files}
+        check_no_path_clash(expected)
         seen: set[str] = set()
         for info in [*pending, *members]:
             _check_member(info, max_member_bytes)
@@ -261,6 +275,9 @@ def _verify_stream(
             entry = expected.get(info.name)
             if entry is None:
                 raise HashMismatch(f"bundle member {info.name!r} is not listed in the signed manifest")
+            if info.size != entry.size:  # before reading a byte of it (a sparse 2 GiB member costs nothing)
+                raise HashMismatch(f"{info.name}: the archive header says {info.size} bytes, the signed manifest "
+                                   f"{entry.size}: the file was altered or damaged")
             seen.add(info.name)
             src = tar.extractfile(info)
             if src is None:
@@ -332,6 +349,7 @@ __all__ = [
     "MANIFEST_NAME",
     "SIGNATURE_NAME",
     "VerifiedBundle",
+    "check_no_path_clash",
     "check_schema_version",
     "key_id",
     "read_manifest_unverified",

@@ -109,6 +109,8 @@ def verify_manifest_signature(manifest_bytes: bytes, signature_doc: bytes | None
         algorithm, kid, sig = doc["algorithm"], doc["key_id"], base64.b64decode(doc["signature"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise SignatureError(f"signature.json is malformed ({exc.__class__.__name__}): the bundle is damaged") from exc
+    if not isinstance(algorithm, str) or not isinstance(kid, str):
+        raise SignatureError("signature.json is malformed (algorithm and key_id must be strings): the bundle is damaged")
     if algorithm != ALGORITHM:
         raise SignatureError(f"signature algorithm {algorithm!r} is not supported (expected {ALGORITHM})")
     public = trust.keys.get(kid)

@@ -128,6 +128,7 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
 def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from .daemon import Agent, AgentConfig, install_signal_handlers
 
+    home.keep_caches_inside()
     profile = _profile(home, args)
     trust = home.trust_store(args.trust)
     if not trust:
@@ -142,9 +143,31 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     )
     config.broker_address()  # fail fast on a bad URL
     agent = Agent(home, config)
+    endpoint = _start_endpoint(agent, args)
     install_signal_handlers(agent)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if endpoint is not None:
+            from ..serving import stop_serving
+
+            stop_serving(endpoint)
     return {"ok": True, "stopped": True}, "edge-agent serve stopped"
+
+
+def _start_endpoint(agent, args: argparse.Namespace):  # noqa: ANN001, ANN202 - Agent, ServingServer | None
+    """With --http: serve the agent's current model to local apps, following every slot switch."""
+    if args.http is None:
+        return None
+    from ..serving import ModelHolder, start_serving
+    from ..serving.cli import announce, http_options
+
+    policy, options = http_options(args)
+    holder = ModelHolder()
+    agent.loop.swap_listeners.append(holder.swap)  # the model is set when the agent boots its slot
+    server = start_serving(holder, policy, options)
+    announce(server, args.json)
+    return server
 
 
 
@@ -193,6 +216,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
     common(p)
+    from ..serving.cli import add_http_options
+
+    add_http_options(p, required=False)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("install", help="install a side-loaded bundle with the same safe state machine",

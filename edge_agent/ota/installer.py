@@ -51,7 +51,7 @@ def install_lock(home: AgentHome, wait: bool = True) -> Iterator[None]:
 
 
 def run_update(ctx: InstallContext) -> UpdateJob:
-    """Run (or resume) ctx.job to a final phase; never raises for update failures."""
+    """Run (or resume) ctx.job to a final phase; never raises for update failures (a full disk too)."""
     job = ctx.job
     while job.phase.is_unfinished:
         job.apply(_step(ctx))
@@ -60,16 +60,29 @@ def run_update(ctx: InstallContext) -> UpdateJob:
         discard_staging(staging_dir(ctx.home), job.ref.sha256)
         log.info("update %s succeeded: %s v%s active in slot %s", job.deployment_id, job.ref.name,
                  job.ref.version, job.target_slot)
-    save_job(ctx.home, job)
+    _store(ctx)
     _report(ctx)
     return job
+
+
+def _store(ctx: InstallContext) -> bool:
+    """Store the job; False (logged) when the disk refuses: the job goes on in memory and is reported."""
+    try:
+        save_job(ctx.home, ctx.job)
+    except OSError as exc:
+        log.error("could not store update %s: %s", ctx.job.deployment_id, one_line(exc))
+        return False
+    return True
 
 
 def _step(ctx: InstallContext) -> Event:
     """Store the job, then run its phase's state once; the event it ended with."""
     job, phase = ctx.job, ctx.job.phase
-    save_job(ctx.home, job)
+    stored = _store(ctx)
     _report(ctx)
+    if not stored and phase.is_update_step:  # a step that cannot be resumed must not start
+        _failed(ctx, phase, InsufficientSpace("cannot store the update job (disk full?): free space and deploy again"))
+        return Event.FAILURE
     limit = store_limit(phase)
     if limit is not None and job.state_stores > limit:
         _failed(ctx, phase, StateLoopDetected(
@@ -96,8 +109,10 @@ def _failed(ctx: InstallContext, phase: Phase, exc: BaseException) -> None:
     if ctx.session is not None:
         ctx.session.close()
         ctx.session = None
-    if isinstance(exc, BundleError) and not isinstance(exc, InsufficientSpace):
-        discard_staging(staging_dir(ctx.home), job.ref.sha256)  # a bad file will not get better
+    bad_file = isinstance(exc, BundleError) and not isinstance(exc, InsufficientSpace)
+    if bad_file or isinstance(exc, TransferCancelled) or job.origin == "file":
+        # a bad file will not get better, an abandoned download is not resumed, a side-loaded copy is redone
+        discard_staging(staging_dir(ctx.home), job.ref.sha256)
 
 
 def _report(ctx: InstallContext) -> None:

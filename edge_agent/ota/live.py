@@ -72,6 +72,9 @@ class InferenceLoop:
         self.by_generation: dict[int, list[int]] = {}  # model generation -> [inferences, errors]
         self.ends: deque[float] = deque(maxlen=20000)  # completion times, for swap-pause figures
         self._seen_generation = 0
+        # Called with the new model before the old session is closed; each may block until its own users
+        # of the old model are done (edge_agent.serving's ModelHolder.swap lets in-flight requests finish).
+        self.swap_listeners: list[Callable[[LiveModel | None], object]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
 
@@ -127,6 +130,8 @@ class InferenceLoop:
     def swap(self, new: LiveModel | None, wait_s: float = 10.0) -> LiveModel | None:
         """Make `new` current (one assignment); close the previous session once the loop left it."""
         old, self.current = self.current, new
+        for listener in self.swap_listeners:
+            listener(new)
         if old is not None and old is not new:
             deadline = time.monotonic() + wait_s
             while (self._thread.is_alive() and new is not None and self._seen_generation < new.generation

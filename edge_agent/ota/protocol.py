@@ -21,8 +21,10 @@ subtree they subscribed to (some brokers deliver retained messages to non-matchi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import re
 import struct
 import time
@@ -35,6 +37,11 @@ DEFAULT_PREFIX = "edgekit"
 MAX_JSON_BYTES = 256 * 1024  # larger control messages are refused (oversized input)
 DEFAULT_BLOCK_SIZE = 128 * 1024
 MAX_BLOCKS_PER_REQUEST = 64
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1024, 16 * 1024 * 1024
+# Whatever a message announces, what a device allocates for one download stays bounded: at most this
+# many blocks (the bitmap and the block-hash list), each at most MAX_BLOCK_SIZE.
+MAX_BLOCKS = 1 << 16
+BLOCK_HASH_BYTES = 32  # a SHA-256 per block in DesiredState.block_hashes
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -106,6 +113,12 @@ class Topics:
         return device_id, kind
 
 
+def check_deployment_id(deployment_id: str) -> str:
+    if not 0 < len(deployment_id) <= 128 or not deployment_id.isprintable():
+        raise ProtocolError("deployment id must be 1-128 printable characters")
+    return deployment_id
+
+
 def check_device_id(device_id: str) -> str:
     if not isinstance(device_id, str) or not _ID_RE.match(device_id):
         raise ProtocolError(f"device id {device_id!r} must be 1-64 of [A-Za-z0-9._-] and not start with a symbol")
@@ -113,6 +126,18 @@ def check_device_id(device_id: str) -> str:
 
 
 # --- JSON messages ------------------------------------------------------------------------
+
+
+def _numbers(values: dict[str, Any], what: str) -> dict[str, float]:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+        raise ProtocolError(f"{what} values must be numbers")
+    return {k: float(v) for k, v in values.items()}
+
+
+def _fraction(value: float, what: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ProtocolError(f"{what} must be between 0 and 1")
+    return float(value)
 
 
 def _load(payload: bytes, what: str) -> dict[str, Any]:
@@ -133,8 +158,8 @@ def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = Fa
             return None
         raise ProtocolError(f"{what} message has no '{key}'")
     value = obj[key]
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ProtocolError(f"{what} field '{key}' has the wrong type")
+    if isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"{what} field '{key}' has the wrong type (bool)")
     if not isinstance(value, kind):
         raise ProtocolError(f"{what} field '{key}' has the wrong type ({type(value).__name__})")
     return value
@@ -173,7 +198,10 @@ class DesiredState:
     `source` is {"type": "mqtt"} (blocks over this broker) or {"type": "http", "url": ...}.
     `signature` is the bundle's signature.json content (algorithm, key_id, signature), so a
     device can refuse an untrusted signer before downloading. `allow_downgrade` is set only
-    when the fleet explicitly rolls a device back to a lower version.
+    when the fleet explicitly rolls a device back to a lower version. `block_hashes` (base64 of
+    one 32-byte SHA-256 per block, in order) lets a device check each block before writing it:
+    only the fleet may write `desired` (broker ACL), so a forged block frame is refused at once
+    instead of failing the whole file at verification. Every field is parsed strictly by type.
     """
 
     deployment_id: str
@@ -185,10 +213,18 @@ class DesiredState:
     block_size: int = DEFAULT_BLOCK_SIZE
     allow_downgrade: bool = False
     issued_at: float = field(default_factory=time.time)
+    block_hashes: str | None = None
 
     @property
     def block_count(self) -> int:
         return max(1, -(-self.size // self.block_size))
+
+    def block_digests(self) -> list[bytes] | None:
+        """The fleet's per-block SHA-256 digests (None when the deployment carries none)."""
+        if self.block_hashes is None:
+            return None
+        raw = base64.b64decode(self.block_hashes)
+        return [raw[i : i + BLOCK_HASH_BYTES] for i in range(0, len(raw), BLOCK_HASH_BYTES)]
 
     @classmethod
     def parse(cls, payload: bytes) -> "DesiredState":
@@ -196,24 +232,43 @@ class DesiredState:
         o = _load(payload, w)
         size = _get(o, "size", int, w)
         block_size = _get(o, "block_size", int, w)
-        if size <= 0 or not (1024 <= block_size <= 16 * 1024 * 1024):
+        if size <= 0 or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
             raise ProtocolError("desired message has an invalid size or block_size")
+        if -(-size // block_size) > MAX_BLOCKS:
+            raise ProtocolError(f"desired message announces {-(-size // block_size)} blocks, over the "
+                                f"{MAX_BLOCKS}-block limit (use a larger block_size)")
         source = _get(o, "source", dict, w)
         if source.get("type") not in ("mqtt", "http"):
             raise ProtocolError("desired.source.type must be 'mqtt' or 'http'")
-        if source["type"] == "http" and not str(source.get("url", "")).startswith(("http://", "https://")):
+        if source["type"] == "http" and not _get(source, "url", str, "desired.source").startswith(("http://", "https://")):
             raise ProtocolError("desired.source.url must be an http(s) URL")
-        return cls(
-            deployment_id=_get(o, "deployment_id", str, w),
+        signature = _get(o, "signature", dict, w)
+        for key in ("algorithm", "key_id", "signature"):
+            _get(signature, key, str, "desired.signature")
+        issued_at = float(_get(o, "issued_at", (int, float), w))
+        if not math.isfinite(issued_at):
+            raise ProtocolError("desired.issued_at must be a finite number")
+        desired = cls(
+            deployment_id=check_deployment_id(_get(o, "deployment_id", str, w)),
             bundle=BundleRef.from_obj(o.get("bundle"), "desired.bundle"),
             size=size,
             profile=_get(o, "profile", str, w),
-            signature=_get(o, "signature", dict, w),
+            signature=signature,
             source=source,
             block_size=block_size,
-            allow_downgrade=bool(o.get("allow_downgrade", False)),
-            issued_at=float(_get(o, "issued_at", (int, float), w)),
+            allow_downgrade=_get(o, "allow_downgrade", bool, w, optional=True) or False,
+            issued_at=issued_at,
+            block_hashes=_get(o, "block_hashes", str, w, optional=True),
         )
+        if desired.block_hashes is not None:
+            try:
+                raw = base64.b64decode(desired.block_hashes, validate=True)
+            except ValueError:
+                raise ProtocolError("desired.block_hashes is not base64") from None
+            if len(raw) != desired.block_count * BLOCK_HASH_BYTES:
+                raise ProtocolError(f"desired.block_hashes holds {len(raw) // BLOCK_HASH_BYTES} hashes for "
+                                    f"{desired.block_count} blocks")
+        return desired
 
 
 @dataclass
@@ -252,7 +307,7 @@ class ReportedState:
             previous=ref("previous"),
             deployment_id=_get(o, "deployment_id", str, w, optional=True),
             target=ref("target"),
-            progress=float(_get(o, "progress", (int, float), w, optional=True) or 0.0),
+            progress=_fraction(_get(o, "progress", (int, float), w, optional=True) or 0.0, "reported.progress"),
             last_error=_get(o, "last_error", str, w, optional=True),
             updated_at=float(_get(o, "updated_at", (int, float), w)),
         )
@@ -293,7 +348,7 @@ class Telemetry:
             model=BundleRef.from_obj(o["model"], "telemetry.model") if o.get("model") else None,
             inferences=_get(o, "inferences", int, w),
             errors=_get(o, "errors", int, w),
-            latency=_get(o, "latency", dict, w, optional=True) or {},
+            latency=_numbers(_get(o, "latency", dict, w, optional=True) or {}, "telemetry.latency"),
             extra=_get(o, "extra", dict, w, optional=True) or {},
             at=float(_get(o, "at", (int, float), w, optional=True) or 0.0),
         )
@@ -364,18 +419,20 @@ def decode_block(payload: bytes) -> Block:
         raise ProtocolError("block frame header length is invalid")
     try:
         header = json.loads(payload[8 : 8 + hlen])
+        if not isinstance(header, dict):
+            raise TypeError("header is not an object")
         sha, index, total, size, bsha = (
             header["sha256"], header["index"], header["total"], header["size"], header["block_sha256"],
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"block frame header is malformed: {exc}") from exc
-    if not (isinstance(index, int) and isinstance(total, int) and isinstance(size, int)) or not 0 <= index < total:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, total, size)) or not 0 <= index < total:
         raise ProtocolError("block frame index/total are invalid")
     if not (isinstance(sha, str) and _SHA_RE.match(sha)):
         raise ProtocolError("block frame sha256 is invalid")
     data = payload[8 + hlen :]
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
-    if hashlib.sha256(data).hexdigest() != bsha:
+    if not isinstance(bsha, str) or hashlib.sha256(data).hexdigest() != bsha:
         raise ProtocolError(f"block {index} is corrupt (SHA-256 mismatch)")
     return Block(sha256=sha, index=index, total=total, data=data)

@@ -9,7 +9,10 @@ Layout under `<home>/slots/`:
     b/...
 
 `Lifecycle.ACTIVE` is never written into slot.json: a slot is active because state.json
-names it (one source of truth). A slot is written only while it is inactive; `switch()`
+names it (one source of truth). When state.json is unreadable (or missing after a switch),
+it is rebuilt from the slots themselves, never guessed: the active slot is the good slot
+whose files match its own manifest and that was activated last (`activated_at`, written
+before every switch); the other one, if usable, is the previous slot. A slot is written only while it is inactive; `switch()`
 flips `state.json` atomically, so after a power cut the agent boots either the old or the
 new slot, never a mix. slot.json files from before the split (one `status` of
 empty|installing|installed|good|bad) are read as the two enums and rewritten on the next change.
@@ -127,6 +130,25 @@ class SlotInfo:
         }
 
 
+_UNREADABLE = object()
+
+
+def files_match_manifest(info: SlotInfo) -> bool:
+    """Every file the slot's manifest lists is in its bundle folder with that size and SHA-256."""
+    from ..bundle import sha256_file
+
+    if info.manifest is None:
+        return False
+    for entry in info.manifest.files:
+        path = info.bundle_dir / entry.path
+        try:
+            if path.stat().st_size != entry.size or sha256_file(path) != (entry.size, entry.sha256):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 class Slots:
     """The two slots of one agent home."""
 
@@ -140,8 +162,38 @@ class Slots:
         return self.root / "state.json"
 
     def _state(self) -> dict[str, Any]:
-        state = read_json(self.state_file, {}) or {}
-        return state if isinstance(state, dict) else {}
+        state = read_json(self.state_file, _UNREADABLE)
+        if state is _UNREADABLE:
+            missing = not self.state_file.exists()
+            if missing and not any(self._meta(n).get("activated_at") for n in SLOT_NAMES):
+                return {}  # nothing was ever switched: a fresh home
+            return self._rebuild_state("missing" if missing else "unreadable")
+        if not isinstance(state, dict) or any(state.get(k) not in (*SLOT_NAMES, None) for k in ("active", "previous")):
+            return self._rebuild_state("not a slot state")
+        return state
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        meta = read_json(self.root / name / "slot.json", {})
+        return migrate_slot_meta(meta) if isinstance(meta, dict) else {}
+
+    def _rebuild_state(self, why: str) -> dict[str, Any]:
+        """state.json again, from each slot's own manifest (files re-hashed) and health mark."""
+        usable = {}
+        for name in SLOT_NAMES:
+            info = self._read_info(name, active=None)
+            if info.usable and files_match_manifest(info):
+                usable[name] = float(self._meta(name).get("activated_at") or 0.0)
+        good = [n for n in usable if self._read_info(n, active=None).health is Health.GOOD]
+        active = max(good, key=lambda n: usable[n]) if good else None
+        previous = next((n for n in usable if n != active), None) if active else None
+        state = {"active": active, "previous": previous, "rebuilt_at": time.time()}
+        log.warning("slot state %s was %s: rebuilt from the slots (active %s, previous %s)", self.state_file, why,
+                    active, previous)
+        try:
+            write_json_atomic(self.state_file, state)
+        except OSError as exc:
+            log.error("could not store the rebuilt slot state: %s", exc)
+        return state
 
     def active_name(self) -> str | None:
         name = self._state().get("active")
@@ -159,8 +211,11 @@ class Slots:
         return "b" if name == "a" else "a"
 
     def info(self, name: str) -> SlotInfo:
+        return self._read_info(name, active=self.active_name())
+
+    def _read_info(self, name: str, active: str | None) -> SlotInfo:
         folder = self.root / name
-        meta = migrate_slot_meta(read_json(folder / "slot.json", {}) or {})
+        meta = self._meta(name)
         try:
             lifecycle = Lifecycle(meta.get("lifecycle", "empty"))
             health = Health(meta.get("health", "unknown"))
@@ -171,7 +226,7 @@ class Slots:
         except Exception as exc:  # noqa: BLE001 - a damaged slot is reported as bad, never crashes
             return SlotInfo(name, Lifecycle.INSTALLING, Health.BAD, folder / "bundle",
                             reason=f"slot metadata unreadable: {exc}")
-        if lifecycle is Lifecycle.INSTALLED and name == self.active_name():
+        if lifecycle is Lifecycle.INSTALLED and name == active:
             lifecycle = Lifecycle.ACTIVE
         return SlotInfo(name, lifecycle, health, folder / "bundle", ref, manifest, meta.get("reason"),
                         meta.get("key_id"))
@@ -192,7 +247,7 @@ class Slots:
 
     def _write_meta(self, name: str, **fields: Any) -> None:
         folder = self.root / name
-        meta = migrate_slot_meta(read_json(folder / "slot.json", {}) or {})
+        meta = self._meta(name)
         meta.update(fields, schema_version=SLOT_SCHEMA_VERSION, updated_at=time.time())
         write_json_atomic(folder / "slot.json", meta)
 
@@ -231,6 +286,7 @@ class Slots:
         current = self.active_name()
         if current == name:
             return
+        self._write_meta(name, activated_at=time.time())  # lets a lost state.json be rebuilt
         write_json_atomic(self.state_file, {"active": name, "previous": current, "switched_at": time.time()})
         log.info("active slot switched %s -> %s (%s v%s)", current, name, info.ref.name if info.ref else "?",
                  info.ref.version if info.ref else "?")

@@ -25,7 +25,7 @@ from ..runtimes import ModelSession
 from .job import UpdateJob, one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
-from .protocol import DesiredState
+from .protocol import MAX_BLOCKS_PER_REQUEST, DesiredState
 from .slots import Health, Lifecycle, SlotInfo, Slots
 from .transfer import TransferError, discard_staging
 from ..errors import AgentError
@@ -86,10 +86,38 @@ def check_not_downgrade(slots: Slots, name: str, version: int, sha256: str, allo
         raise DowngradeRefused(f"{name} v{version} is already installed with different content: bump the version")
 
 
+@dataclass(frozen=True)
+class DownloadBudget:
+    """What one download may cost this device, from its profile: the largest bundle, and the memory
+    blocks in flight may take (a message announcing more is refused, never allocated)."""
+
+    max_bundle_bytes: int
+    memory_bytes: int
+
+    def window(self, block_size: int) -> int:
+        """Blocks in flight at once: a quarter of the memory budget, 1..MAX_BLOCKS_PER_REQUEST."""
+        return max(1, min(MAX_BLOCKS_PER_REQUEST, self.memory_bytes // 4 // max(1, block_size)))
+
+
+def download_budget(profile_name: str) -> DownloadBudget | None:
+    """The profile's limits (None when the profile cannot be loaded: the protocol limits still hold)."""
+    from device_profiles import ProfileError, load_profile
+
+    try:
+        limits = load_profile(profile_name).limits
+    except (ProfileError, OSError, ValueError):
+        return None
+    return DownloadBudget(int(limits.max_bundle_mb * 2**20), int(limits.memory_budget_mb * 2**20))
+
+
 def precheck_desired(ctx: InstallContext, desired: DesiredState) -> None:
     """Refuse before downloading what can be refused from the desired state alone."""
     if desired.profile != ctx.profile_name:
         raise ProfileMismatch(f"deployment is for profile '{desired.profile}' but this device is '{ctx.profile_name}'")
+    budget = download_budget(ctx.profile_name)
+    if budget is not None and desired.size > budget.max_bundle_bytes:
+        raise UpdateRefused(f"the deployment announces a {desired.size}-byte bundle, over this profile's "
+                            f"max_bundle_mb ({budget.max_bundle_bytes // 2**20} MiB)")
     kid = desired.signature.get("key_id") if isinstance(desired.signature, dict) else None
     if ctx.job.origin != "file" and kid not in ctx.trust.keys:  # a side-loaded file is checked in verifying
         raise SignatureError(f"bundle is signed by key {kid!r}, which this device does not trust")

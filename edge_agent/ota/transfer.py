@@ -10,8 +10,10 @@ requested again. HTTP(S): `Range: bytes=N-` continues a partial `<sha>.http.part
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import urllib.error
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .protocol import MAX_BLOCKS_PER_REQUEST, BlockRequest, ProtocolError, decode_block
+from .protocol import MAX_BLOCKS, MAX_BLOCKS_PER_REQUEST, BlockRequest, ProtocolError, decode_block
 from .statefile import read_json, write_json_atomic
 from .testhooks import pause_blocks, pause_point
 from ..errors import AgentError
@@ -48,6 +50,7 @@ class TransferStats:
     received: int = 0  # distinct blocks stored in this run
     duplicates: int = 0  # frames for blocks already stored
     rejected: int = 0  # malformed, corrupt, foreign or out-of-range frames
+    forged: int = 0  # well-formed frames whose data is not the block the deployment lists
     requests: int = 0  # BlockRequest messages sent
     requested_blocks: list[int] = field(default_factory=list)  # every index asked for, in order
     resumed_with: int = 0  # blocks already complete when this run started
@@ -71,9 +74,15 @@ class BlockDownloader:
         stall_timeout_s: float = 120.0,
         progress: Callable[[float], None] | None = None,
         ota_dir: Path | None = None,
+        block_digests: list[bytes] | None = None,
     ) -> None:
         self.sha256, self.size, self.block_size = sha256, size, block_size
         self.count = max(1, -(-size // block_size))
+        if self.count > MAX_BLOCKS:
+            raise TransferError(f"{self.count} blocks is over the {MAX_BLOCKS}-block limit")
+        if block_digests is not None and len(block_digests) != self.count:
+            raise TransferError(f"{len(block_digests)} block hashes for {self.count} blocks")
+        self._digests = block_digests  # from the deployment: a block must match before it is written
         self.part_path = Path(staging_dir) / f"{sha256}.part"
         self.bitmap_path = Path(staging_dir) / f"{sha256}.blocks.json"
         self._send = send_request
@@ -154,6 +163,10 @@ class BlockDownloader:
         if block.sha256 != self.sha256 or block.total != self.count or len(block.data) != expected:
             self.stats.rejected += 1
             log.warning("ignoring block %d: not part of the bundle being downloaded", block.index)
+            return False
+        if self._digests is not None and hashlib.sha256(block.data).digest() != self._digests[block.index]:
+            self.stats.forged += 1
+            log.warning("ignoring block %d: its SHA-256 is not the one the deployment lists (forged?)", block.index)
             return False
         with self._cond:
             if self._paused:
@@ -268,9 +281,34 @@ class BlockDownloader:
         discard_staging(self.part_path.parent, self.sha256)
 
 
+_STAGING_SUFFIXES = (".part", ".blocks.json", ".http.part", ".file", ".file.partial")
+
+
 def discard_staging(staging_dir: Path, sha256: str) -> None:
-    for suffix in (".part", ".blocks.json", ".http.part", ".file", ".file.partial"):
+    for suffix in _STAGING_SUFFIXES:
         (Path(staging_dir) / f"{sha256}{suffix}").unlink(missing_ok=True)
+
+
+def clean_staging(staging_dir: Path, keep: str | None) -> list[str]:
+    """Delete every staging file but those of bundle `keep` (the job a restart resumes); the names removed.
+
+    Downloads abandoned by a crash, a cancel or an older agent would otherwise stay forever
+    (a sparse `.part` file can claim the size of the whole bundle)."""
+    removed = []
+    folder = Path(staging_dir)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        if keep is not None and path.name.startswith(keep):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    if removed:
+        log.info("removed %d abandoned staging file(s): %s", len(removed), ", ".join(sorted(removed)))
+    return removed
 
 
 def http_download(
@@ -331,5 +369,5 @@ def http_download(
     raise TransferError(f"HTTP download of {url} failed: {last_exc}")
 
 
-__all__ = ["BlockDownloader", "TransferCancelled", "TransferError", "TransferStats", "discard_staging",
+__all__ = ["BlockDownloader", "TransferCancelled", "TransferError", "TransferStats", "clean_staging", "discard_staging",
            "http_download", "pause_point"]

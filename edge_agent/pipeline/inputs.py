@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Manifest
+from ..bundle import Manifest, TensorSpec
 from .preprocess import preprocess_image, read_image, to_layout
 from ..errors import AgentError
 
@@ -23,8 +23,14 @@ class InputError(AgentError, ValueError):
 
 
 def array_to_feed(array: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """A .npy array in the SOURCE model's layout -> the bundle input's layout, dtype and batch."""
-    spec = manifest.inputs[0]
+    """A .npy array in the SOURCE model's layout -> the bundle's first input's layout, dtype and batch."""
+    return tensor_to_feed(array, manifest.inputs[0])
+
+
+def tensor_to_feed(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An array in the SOURCE model's layout (batch axis optional) -> the input `spec`'s layout and dtype.
+
+    Integer-quantized inputs stay float: the runtime quantizes with the manifest's parameters."""
     want_rank = len(spec.shape)
     if array.ndim == want_rank - 1:
         array = array[None]
@@ -38,7 +44,7 @@ def array_to_feed(array: np.ndarray, manifest: Manifest) -> np.ndarray:
                 f"array has shape {tuple(array.shape)}; the model input '{spec.name}' expects {spec.shape} "
                 f"(layout {spec.source_layout or spec.layout})"
             )
-    return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype))
+    return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype, copy=False))
 
 
 def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ the ones stored in the model file), so callers always pass and receive float32.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,8 +185,13 @@ class TFLiteModel:
 
 
 class LiteRTSession(ModelSession):
+    """A LiteRT interpreter behind a lock: an interpreter is not thread-safe (set_tensor/invoke/get_tensor
+    share its buffers, and a batch change resizes them), and the agent's inference loop, the camera
+    pipeline and the local serving endpoint (edge_agent.serving) may all call `run` at once."""
+
     def __init__(self, model: TFLiteModel, manifest: Manifest, info: RuntimeInfo) -> None:
         self._model = model
+        self._lock = threading.Lock()
         self.manifest = manifest
         self.info = info
 
@@ -197,10 +203,12 @@ class LiteRTSession(ModelSession):
             arrays = list(feeds.values())  # positional: TFLite names are not a stable contract
         else:
             raise RuntimeLoadError(f"model takes inputs {names}, got {sorted(feeds)}")
-        return self._model.run_list(arrays)
+        with self._lock:
+            return self._model.run_list(arrays)
 
     def close(self) -> None:
-        self._model = None  # type: ignore[assignment]
+        with self._lock:
+            self._model = None  # type: ignore[assignment]
 
 
 class LiteRTRuntime(Runtime):

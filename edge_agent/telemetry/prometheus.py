@@ -14,6 +14,14 @@ default. Series (all prefixed `edgekit_`):
     edgekit_model_info{name, version, runtime, precision}     gauge 1
     edgekit_cpu_temperature_celsius, edgekit_cpu_throttled    gauge (only where the board has them)
     process_resident_memory_bytes, process_cpu_seconds_total, ... (prometheus_client's ProcessCollector)
+
+and, when the local inference endpoint runs (edge_agent.serving):
+
+    edgekit_serving_requests_total{protocol, code}   counter   (protocol: kserve_v2 | tf_serving)
+    edgekit_serving_errors_total              counter   (answers >= 400)
+    edgekit_serving_latency_seconds{quantile} gauge     (rolling, successful requests, server side)
+    edgekit_serving_batch_size                histogram (rows per model run)
+    edgekit_serving_queue_depth               gauge     (requests waiting for the model)
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .liveness import pipeline_liveness
 from .pipeline_stats import STAGES, PipelineStats
+from .serving_stats import ServingStats
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -84,28 +93,68 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("edgekit_cpu_throttled", "vcgencmd get_throttled bit field", value=system["throttled"])
 
 
-def build_registry(stats: PipelineStats) -> CollectorRegistry:
-    """A private registry with the pipeline collector and the process collector (RSS, CPU)."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ServingCollector(Collector):
+    """Reads the serving endpoint's ServingStats at scrape time."""
+
+    def __init__(self, stats: ServingStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.stats.snapshot()
+        requests = CounterMetricFamily("edgekit_serving_requests", "Inference endpoint requests by protocol and HTTP status",
+                                       labels=["protocol", "code"])
+        for row in snap["requests"]:
+            requests.add_metric([row["protocol"], str(row["status"])], row["count"])
+        yield requests
+        yield CounterMetricFamily("edgekit_serving_errors", "Inference endpoint answers >= 400", value=snap["errors"])
+        lat = GaugeMetricFamily("edgekit_serving_latency_seconds", "Rolling server-side latency of successful requests",
+                                labels=["quantile"])
+        for key, q in QUANTILES.items():
+            if key in snap["latency_ms"]:
+                lat.add_metric([q], snap["latency_ms"][key] / 1000.0)
+        yield lat
+        sizes = {int(k): v for k, v in snap["batches"].items()}
+        buckets = [(str(b), sum(v for k, v in sizes.items() if k <= b)) for b in BATCH_BUCKETS]
+        buckets.append(("+Inf", sum(sizes.values())))
+        yield HistogramMetricFamily("edgekit_serving_batch_size", "Rows per model run of the endpoint's batcher",
+                                    buckets=buckets, sum_value=sum(k * v for k, v in sizes.items()))
+        yield GaugeMetricFamily("edgekit_serving_queue_depth", "Requests waiting for the model", value=snap["queue_depth"])
+
+
+def build_registry(stats: PipelineStats | None, serving: ServingStats | None = None) -> CollectorRegistry:
+    """A private registry with the pipeline and/or serving collectors and the process collector (RSS, CPU)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(stats))
+    if stats is not None:
+        registry.register(PipelineCollector(stats))
+    if serving is not None:
+        registry.register(ServingCollector(serving))
     ProcessCollector(registry=registry)
     return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """(body, content type) of a scrape: what every /metrics route answers."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class MetricsServer:
     """HTTP server: GET /metrics (Prometheus text format), GET /health (JSON; 503 when not ok)."""
 
     def __init__(self, stats: PipelineStats, host: str = "127.0.0.1", port: int = 9100,
-                 max_frame_age_s: float = 10.0) -> None:
+                 max_frame_age_s: float = 10.0, serving: ServingStats | None = None) -> None:
         self.stats = stats
-        self.registry = build_registry(stats)
+        self.registry = build_registry(stats, serving)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body, ctype, code = generate_latest(server.registry), CONTENT_TYPE_LATEST, 200
+                    body, ctype = exposition(server.registry)
+                    code = 200
                 elif path in ("/health", "/healthz"):
                     h = pipeline_liveness(server.stats, max_frame_age_s)
                     body, ctype, code = json.dumps(h).encode(), "application/json", 200 if h["ok"] else 503

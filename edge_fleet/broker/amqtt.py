@@ -49,7 +49,7 @@ class AmqttBroker(Broker):
     def __init__(self, data_dir: Path, host: str, port: int, users: dict[str, str],
                  start_timeout: float = START_TIMEOUT_S) -> None:
         super().__init__(host, port, data_dir)
-        self.users, self.start_timeout = users, start_timeout
+        self.users, self.start_timeout = dict(users), start_timeout
         self.retained_file = data_dir / "amqtt_retained.json"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -58,6 +58,13 @@ class AmqttBroker(Broker):
     @property
     def running(self) -> bool:
         return self.broker is not None
+
+    def reload_users(self, users: dict[str, str]) -> None:
+        """New logins for the running broker: its password plugin's user table is replaced."""
+        self.users = dict(users)
+        plugin = self.broker.plugins_manager.get_plugin("_AmqttPasswordAuth") if self.broker is not None else None
+        if plugin is not None:
+            plugin.config.users = dict(users)
 
     def _config(self) -> dict[str, Any]:
         auth: dict[str, Any] = (

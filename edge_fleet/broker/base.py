@@ -49,6 +49,10 @@ class Broker(ABC):
     def running(self) -> bool:
         """True while the broker is serving (as far as this handle knows)."""
 
+    def reload_users(self, users: dict[str, str]) -> None:
+        """Replace the logins of the running broker (managed kinds only)."""
+        raise NotImplementedError(f"{self.kind} broker logins are managed elsewhere")
+
     @abstractmethod
     def _start(self) -> None: ...
 

@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +112,18 @@ class MosquittoBroker(Broker):
             subprocess.run([passwd, "-b", str(pw_file), user, secret], check=True, capture_output=True, timeout=30)
         return pw_file
 
+    def reload_users(self, users: dict[str, str], timeout: float = 10.0) -> None:
+        """New logins without a restart: rewrite the password file and SIGHUP; returns once Mosquitto logged
+        the reload (it re-reads the password file and the ACL before it handles the next connection)."""
+        self._write_passwords(users)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._logged(offset, b"Reloading config"):
+            time.sleep(0.02)
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
@@ -149,10 +162,13 @@ class MosquittoBroker(Broker):
         )
 
     def _logged_running(self, offset: int) -> bool:
+        return self._logged(offset, b" running")
+
+    def _logged(self, offset: int, text: bytes) -> bool:
         try:
             with open(self.log_file, "rb") as f:
                 f.seek(offset)
-                return b" running" in f.read()
+                return text in f.read()
         except OSError:
             return False
 

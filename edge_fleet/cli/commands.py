@@ -63,12 +63,31 @@ def cmd_status(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 
 def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:
+    if args.devices_cmd == "login":
+        return device_login(fleet, args.id)
     if args.devices_cmd == "group":
         d = fleet.set_group(args.id, None if args.clear else args.new_group)
         return d, f"{args.id}: group {d['group'] or '(none)'}"
     devices = fleet.devices(args.group)
     lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}" for d in devices]
     return devices, "\n".join(lines) or "no devices"
+
+
+def device_login(fleet: Fleet, device_id: str) -> Result:
+    """A device's login to the embedded broker (kept in the fleet home, so local fleets only)."""
+    from ..broker.logins import BrokerLogins
+    from .backend import LocalFleet
+
+    if not isinstance(fleet, LocalFleet):
+        raise FleetError("device logins live in the fleet's home: run `edge-fleet devices login` on the fleet host")
+    logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
+    try:
+        password = logins.add_device(device_id)
+    except ValueError as exc:
+        raise FleetError(str(exc)) from None
+    out = {"device_id": device_id, "username": device_id, "password": password, "logins": str(logins.path)}
+    return out, (f"{device_id}: broker user {device_id}, password {password}\n"
+                 f"(edge-agent serve --device-id {device_id} --username {device_id} --password ...; kept in {logins.path})")
 
 
 def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api.limits import DEFAULT_MAX_UPLOAD
 from ..errors import exit_codes_epilog
+from ..server import LEASE_TTL
 from .serve import http_address, listen_address
 
 DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" / "fleet"))
@@ -29,7 +30,8 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=str(DEFAULT_HOME),
                         help="fleet folder: registry, bundle store, broker data (default %(default)s, env EDGE_FLEET_HOME)")
-    common.add_argument("--db", help="registry SQLite file (default HOME/fleet.db)")
+    common.add_argument("--db", help="registry: a SQLite file (default HOME/fleet.db) or postgresql://user:pass@host/db "
+                                     "(several fleet servers on one database)")
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("-v", "--verbose", action="store_true")
     _remote_options(common, lambda _v: argparse.SUPPRESS)
@@ -43,13 +45,27 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="preferred embedded broker (falls back to the other when not installed)")
     s.add_argument("--listen", type=listen_address, default=("127.0.0.1", None), metavar="HOST[:PORT]",
                    help="where the embedded broker listens (default 127.0.0.1 on a free port)")
+    s.add_argument("--anonymous", action="store_true",
+                   help="embedded broker without logins or ACL (by default it requires logins, generated on the "
+                   "first start in HOME/broker/logins.json; give each device one with `devices login ID`)")
     s.add_argument("--prefix", default="edgekit", help="topic prefix (default %(default)s)")
     s.add_argument("--username", help="MQTT username")
     s.add_argument("--password", help="MQTT password (or env EDGE_FLEET_MQTT_PASSWORD)")
     s.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the broker; enables TLS")
     s.add_argument("--cert", type=Path, help="client certificate (PEM) for TLS client authentication")
     s.add_argument("--key", type=Path, help="client private key (PEM)")
-    s.add_argument("--client-id", default="edge-fleet", help="MQTT client id (default %(default)s)")
+    s.add_argument("--client-id", default="edge-fleet",
+                   help="MQTT client id (default %(default)s; with --share-group a unique one per server)")
+    s.add_argument("--url-secret-file", type=Path, metavar="FILE",
+                   help="sign --source-url downloads per device for nginx's secure_link with this secret "
+                        "(docs/fleet.md); s3:// templates are pre-signed with boto3's credentials")
+    m = s.add_argument_group("several servers (one PostgreSQL registry, one broker or cluster)")
+    m.add_argument("--share-group", metavar="NAME", default=os.environ.get("EDGE_FLEET_SHARE_GROUP"),
+                   help="the same NAME on every server of the fleet: device messages reach one of them "
+                        "(MQTT $share/NAME/...); env EDGE_FLEET_SHARE_GROUP")
+    m.add_argument("--lease-ttl", type=float, default=LEASE_TTL, metavar="S",
+                   help="one server drives rollouts and renews its lease each tick; when it dies another "
+                        "takes over after at most S seconds (default %(default)s)")
     h = s.add_argument_group("management API and web console")
     h.add_argument("--http", type=http_address, metavar="[HOST:]PORT",
                    help="serve the API and console on this port (127.0.0.1 unless a host is given; 0: a free port)")
@@ -106,6 +122,9 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
     gp.add_argument("id")
     gp.add_argument("new_group", metavar="GROUP", nargs="?")
     gp.add_argument("--clear", action="store_true", help="remove the device from its group")
+    lg = dsub.add_parser("login", parents=[common], help="the embedded broker login of a device (created on first "
+                         "use; a running `serve` picks it up): pass it to `edge-agent serve --username --password`")
+    lg.add_argument("id")
 
 
 def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:

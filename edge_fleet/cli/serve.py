@@ -51,16 +51,22 @@ def _is_ipv6(text: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> Result:
     from ..mqtt import MqttSettings
+    from ..rollout.signed_urls import UrlSigner
     from ..server import FleetServer
     from . import open_local_registry
 
     reg = open_local_registry(args)
     home = Path(args.home).expanduser()
+    client_id = args.client_id
+    if args.share_group and client_id == "edge-fleet":  # servers sharing a broker need their own ids
+        client_id = f"edge-fleet-{os.getpid()}-{os.urandom(3).hex()}"
     settings = MqttSettings(url=args.broker or "", username=args.username,
                             password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
-                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=args.client_id)
+                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=client_id)
     server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
-                         broker_dir=home / "broker", listen=args.listen)
+                         broker_dir=home / "broker", listen=args.listen, anonymous=args.anonymous,
+                         share_group=args.share_group, lease_ttl=args.lease_ttl,
+                         signer=UrlSigner.from_secret_file(args.url_secret_file))
     http = None
     try:
         server.start()
@@ -75,7 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     assert server.broker is not None
     embedded = server.broker.kind if server.broker.managed else None
     info = {"broker": server.url, "embedded": embedded, "db": reg.location, "prefix": args.prefix,
-            "http": http.url if http else None, "tokens": len(reg.tokens())}
+            "server_id": server.server_id, "share_group": args.share_group,
+            "http": http.url if http else None, "tokens": len(reg.tokens()),
+            "logins": str(server.logins.path) if server.logins else None, "logins_created": server.logins_created}
     print(json.dumps(info) if args.json else _banner(info), flush=True)
     try:
         server.wait()
@@ -100,6 +108,10 @@ def _start_http(args: argparse.Namespace, reg: Any, home: Path) -> Any:
 def _banner(info: dict[str, Any]) -> str:
     line = (f"edge-fleet: serving on {info['broker']}" + (f" (embedded {info['embedded']})" if info["embedded"] else "")
             + f", registry {info['db']}")
+    if info["logins"]:
+        made = "generated now" if info["logins_created"] else "kept"
+        line += (f"\nedge-fleet: the broker requires logins ({made} in {info['logins']}, readable by you only); "
+                 "give each device its own: `edge-fleet devices login ID`")
     if info["http"]:
         line += f"\nedge-fleet: console and API on {info['http']}/"
         if not info["tokens"]:

@@ -85,6 +85,10 @@ class Registry(ABC):
     def device(self, device_id: str) -> DeviceRecord | None: ...
 
     @abstractmethod
+    def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+        """The known ones of `device_ids`, in one query (the rollout driver watches 1,000 at a time)."""
+
+    @abstractmethod
     def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """All devices (or one group's), ordered by id."""
 
@@ -195,3 +199,16 @@ class Registry(ABC):
     def audit_page(self, limit: int, offset: int, actor: str | None = None,
                    action: str | None = None) -> Page[AuditEntry]:
         """The audit log, newest first."""
+
+    # -- several fleet servers ------------------------------------------------------------------
+
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float | None = None) -> bool:
+        """Take or renew the lease `name` for `ttl` seconds; False while another holder's lease runs.
+
+        The fleet servers sharing a registry drive rollouts only while they hold the "rollouts"
+        lease, so exactly one does; when it dies its lease runs out and another takes over."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (a clean shutdown: another server takes over at once)."""

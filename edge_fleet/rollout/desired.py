@@ -2,26 +2,59 @@
 
 from __future__ import annotations
 
-from edge_agent.ota.protocol import DesiredState
+import base64
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from edge_agent.ota.protocol import BLOCK_HASH_BYTES, DEFAULT_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_BYTES, DesiredState
 
 from ..errors import FleetError
 from ..registry.records import BundleRecord
+from .signed_urls import UrlSigner
 
 
 def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]:
     """Where devices fetch `bundle`: MQTT blocks from the fleet, or an HTTP(S) URL made from the
-    template's {sha256}, {name}, {version} and {profile} (e.g. a CDN or an nginx in front of the store)."""
+    template's {sha256}, {name}, {version} and {profile} (e.g. a CDN or an nginx in front of the store;
+    s3://bucket/key becomes a pre-signed URL per device, signed_urls.py)."""
     if not url_template:
         return {"type": "mqtt"}
     url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version, profile=bundle.profile)
-    if not url.startswith(("http://", "https://")):
-        raise FleetError(f"--source-url must make an http(s) URL, got {url!r}")
+    if not url.startswith(("http://", "https://", "s3://")):
+        raise FleetError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
     return {"type": "http", "url": url}
 
 
+def block_size_for(size: int) -> int:
+    """The default block size, doubled until the block count and its hash list fit the protocol's limits."""
+    block_size = DEFAULT_BLOCK_SIZE
+    while (count := -(-size // block_size)) > MAX_BLOCKS or count * BLOCK_HASH_BYTES * 4 // 3 > MAX_JSON_BYTES // 2:
+        block_size *= 2
+    return block_size
+
+
+@lru_cache(maxsize=64)
+def block_hashes(path: Path, sha256: str, block_size: int) -> str:
+    """base64 of the SHA-256 of each block of the stored bundle file (cached per file and block size)."""
+    digests = []
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block_size):
+            digests.append(hashlib.sha256(chunk).digest())
+    return base64.b64encode(b"".join(digests) or hashlib.sha256(b"").digest()).decode("ascii")
+
+
 def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False,
-                url_template: str | None = None) -> DesiredState:
-    """The DesiredState message that asks a device to run `bundle`."""
+                url_template: str | None = None, *, device_id: str = "", signer: UrlSigner | None = None,
+                now: float = 0.0, lifetime: float = 0.0) -> DesiredState:
+    """The DesiredState message that asks `device_id` to run `bundle`. MQTT downloads carry the block
+    hashes, so a device refuses a forged block before writing it; an HTTP source is signed for that
+    device, valid `lifetime` seconds from `now` (when the server has a URL secret, or for s3://)."""
+    source = source_for(bundle, url_template)
+    if source["type"] == "http" and (signer is not None or source["url"].startswith("s3://")):
+        source = {"type": "http", "url": (signer or UrlSigner()).sign(source["url"], device_id, now, lifetime)}
+    block_size = block_size_for(bundle.size)
+    hashes = block_hashes(Path(bundle.path), bundle.sha256, block_size) if source["type"] == "mqtt" else None
     return DesiredState(deployment_id=deployment_id, bundle=bundle.ref, size=bundle.size, profile=bundle.profile,
-                        signature=bundle.signature, allow_downgrade=allow_downgrade,
-                        source=source_for(bundle, url_template))
+                        signature=bundle.signature, allow_downgrade=allow_downgrade, source=source,
+                        block_size=block_size, block_hashes=hashes)

@@ -39,6 +39,7 @@ from ..registry.records import ACTIVE_ROLLOUT, DeviceRecord, RolloutRecord, Roll
 from ..registry.records import RolloutStatus as R
 from ..registry.records import TargetStatus as T
 from .desired import desired_for
+from .signed_urls import UrlSigner
 from .observe import (FINISHING_EVENTS, Observed, decide, halt_outcome, needs_revert, observe_rolling_back,
                       observe_sent, observe_succeeded)
 from .states import ACTION_FROM, Action, RolloutEvent, TargetEvent, next_rollout_status, next_target_status
@@ -51,8 +52,9 @@ Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 class RolloutDriver:
     """Moves pending/running/halting rollouts forward; `publish(topic, payload, retain)` sends MQTT."""
 
-    def __init__(self, reg: Registry, topics: Topics, publish: Publish) -> None:
+    def __init__(self, reg: Registry, topics: Topics, publish: Publish, signer: UrlSigner | None = None) -> None:
         self.reg, self.topics, self.publish = reg, topics, publish
+        self.signer = signer  # signs HTTP download URLs per device (signed_urls.py)
 
     def step(self, now: float | None = None) -> None:
         """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
@@ -93,9 +95,6 @@ class RolloutDriver:
 
     # -- writing through the transition tables ----------------------------------------------
 
-    def _device(self, device_id: str) -> DeviceRecord:
-        return self.reg.device(device_id) or DeviceRecord(id=device_id)
-
     def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
@@ -117,13 +116,18 @@ class RolloutDriver:
         if r.status == R.PENDING:
             self._start_stage(r, 0, RolloutEvent.STARTED, now)
             r = self.reg.rollout(r.id) or r
-        for t in r.targets:
-            if t.stage == r.stage and t.status == T.SENT:
-                seen = observe_sent(r, t, self._device(t.device_id), now)
-            elif t.status == T.SUCCEEDED:
-                seen = observe_succeeded(r, self._device(t.device_id))
+        elif any(t.stage == r.stage and t.status == T.WAITING for t in r.devices):
+            log.warning("rollout %s: finishing the start of stage %d (its driver stopped halfway)", r.id, r.stage + 1)
+            self._send_stage(r, r.stage, now)
+            r = self.reg.rollout(r.id) or r
+        watched = [t for t in r.targets if (t.stage == r.stage and t.status == T.SENT) or t.status == T.SUCCEEDED]
+        devices = self.reg.devices_by_id(t.device_id for t in watched)  # one query, not one per device
+        for t in watched:
+            device = devices.get(t.device_id) or DeviceRecord(id=t.device_id)
+            if t.status == T.SENT:
+                seen = observe_sent(r, t, device, now)
             else:
-                continue
+                seen = observe_succeeded(r, device)
             if seen is not None:
                 self._apply(r, t, seen, now)
         r = self.reg.rollout(r.id) or r
@@ -142,18 +146,25 @@ class RolloutDriver:
         """Publish the desired state to each waiting device of `stage`."""
         self._advance(r, event, now, stage=stage)
         log.info("rollout %s: starting stage %d/%d", r.id, stage + 1, len(r.stages))
-        for t in r.devices:
-            if t.stage != stage or t.status != T.WAITING:
-                continue
-            current = self._device(t.device_id).current_sha
-            bundle = self.reg.bundle_by_sha(t.bundle_sha) if t.bundle_sha else None
+        self._send_stage(r, stage, now)
+
+    def _send_stage(self, r: RolloutRecord, stage: int, now: float) -> None:
+        """Send each still-waiting device of `stage` its desired state. A driver that died halfway
+        (kill -9) left some waiting: the next driver sends those, and only those."""
+        waiting = [t for t in r.devices if t.stage == stage and t.status == T.WAITING]
+        devices = self.reg.devices_by_id(t.device_id for t in waiting)
+        bundles = {sha: self.reg.bundle_by_sha(sha) for sha in {t.bundle_sha for t in waiting if t.bundle_sha}}
+        for t in waiting:
+            current = devices[t.device_id].current_sha if t.device_id in devices else None
+            bundle = bundles.get(t.bundle_sha) if t.bundle_sha else None
             if bundle is None:
                 self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, "bundle was removed from the registry"), now)
             elif current == bundle.sha256:
                 self._apply(r, t, Observed(TargetEvent.ALREADY_CURRENT, "already running this bundle"), now,
                             previous_sha=current, sent_at=now)
             else:
-                desired = desired_for(bundle, r.id, url_template=r.source_url)
+                desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id,
+                                      signer=self.signer, now=now, lifetime=r.stage_timeout)
                 self.publish(self.topics.desired(t.device_id), dumps(desired), True)
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
 
@@ -174,10 +185,10 @@ class RolloutDriver:
     def _settle_rollbacks(self, r: RolloutRecord, now: float) -> None:
         """Halting rollout: `halted` once every switched device confirmed, failed or timed out its roll-back."""
         pending = 0
-        for t in r.devices:
-            if t.status != T.ROLLING_BACK:
-                continue
-            seen = observe_rolling_back(r, t, self._device(t.device_id), now)
+        rolling = [t for t in r.devices if t.status == T.ROLLING_BACK]
+        devices = self.reg.devices_by_id(t.device_id for t in rolling)
+        for t in rolling:
+            seen = observe_rolling_back(r, t, devices.get(t.device_id) or DeviceRecord(id=t.device_id), now)
             if seen is None:
                 pending += 1
             else:

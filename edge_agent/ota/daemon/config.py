@@ -41,6 +41,16 @@ class AgentConfig:
     results: str | None = None  # JSON-lines file for per-frame results with --source ("-" = stdout)
     extra: dict = field(default_factory=dict)
 
+    def login(self) -> tuple[str | None, str | None]:
+        """(user name, password): the explicit ones, else those in the broker URL."""
+        if self.username is not None:
+            return self.username, self.password
+        try:
+            a = parse_broker_url(self.broker, force_tls=self.tls_ca is not None)
+        except ValueError as exc:
+            raise AgentConfigError(str(exc)) from None
+        return a.username, a.password
+
     def broker_address(self) -> tuple[str, int, bool]:
         try:
             a = parse_broker_url(self.broker, force_tls=self.tls_ca is not None)

@@ -30,7 +30,12 @@ class CurrentJob:
         return self.job.phase if self.job is not None else Phase.IDLE
 
     def show(self, job: UpdateJob) -> None:
-        """`job` is now the one reported (the runner stores it itself)."""
+        """The runner stored `job` (the worker made it current when it started it); a job someone else
+        replaced meanwhile (a desired bundle already active, arriving as the runner finished) is not
+        reported over its successor."""
+        if self.job is not None and self.job is not job:
+            log.debug("not reporting %s: %s is current", job.deployment_id, self.job.deployment_id)
+            return
         self.job = job
         self.report()
 

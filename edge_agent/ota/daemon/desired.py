@@ -2,7 +2,8 @@
 
 A retained desired state is delivered again on every reconnect; one already handled (in any
 phase: rolled_back too, so an update that was undone is not installed again) is dropped. A
-desired bundle that is already active becomes a `succeeded` job without an install.
+failed deployment is retried when the fleet publishes it again with a later `issued_at` (same
+deployment id). A desired bundle that is already active becomes a `succeeded` job without an install.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class DesiredStateHandler:
         if job is None or job.deployment_id != desired.deployment_id or job.ref.sha256 != desired.bundle.sha256:
             return False
         if job.phase is Phase.IDLE:
+            return False
+        if job.phase is Phase.FAILED and desired.issued_at > float(job.desired.get("issued_at") or 0.0):
+            log.info("deployment %s failed before (%s): the fleet sent it again, retrying", desired.deployment_id,
+                     job.last_error)
             return False
         log.info("desired state %s already handled (%s)", desired.deployment_id, job.phase)
         return True

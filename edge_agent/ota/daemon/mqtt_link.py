@@ -69,8 +69,9 @@ class MqttLink:
         c = self.config
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
                              protocol=mqtt.MQTTv311, clean_session=True)
-        if c.username is not None:
-            client.username_pw_set(c.username, c.password)
+        username, password = c.login()
+        if username is not None:
+            client.username_pw_set(username, password)
         _, _, tls = c.broker_address()
         if tls:
             client.tls_set(ca_certs=c.tls_ca, certfile=c.tls_cert, keyfile=c.tls_key, cert_reqs=ssl.CERT_REQUIRED)

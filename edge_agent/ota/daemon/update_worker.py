@@ -18,9 +18,10 @@ from ...runtimes import ModelSession
 from ..installer import InstallContext, abandon, install_lock, run_update, staging_dir
 from ..job import UpdateJob
 from ..phases import Phase
+from ..states import download_budget
 from ..protocol import dumps
 from ..slots import SlotInfo
-from ..transfer import BlockDownloader, TransferStats, http_download
+from ..transfer import BlockDownloader, TransferStats, clean_staging, http_download
 from .config import AgentConfig
 from .current_job import CurrentJob
 from .mqtt_link import MessageIgnored, MqttLink
@@ -60,8 +61,9 @@ class UpdateWorker:
         self._jobs.put(job)
 
     def resume(self) -> None:
-        """Finish (or abandon) a job a previous run left unfinished."""
+        """Finish (or abandon) a job a previous run left unfinished; drop staging files nobody resumes."""
         job = self.jobs.job
+        clean_staging(staging_dir(self.home), job.ref.sha256 if job is not None else None)
         if job is None or not job.phase.is_unfinished:
             return
         log.warning("resuming update %s in phase %s after a restart", job.deployment_id, job.phase)
@@ -89,8 +91,17 @@ class UpdateWorker:
                 job = self._jobs.get()
             if job is None:
                 return
-            with self.busy, install_lock(self.home):
-                self._run_job(job)
+            try:
+                with self.busy, install_lock(self.home):
+                    self._run_job(job)
+            except Exception:  # noqa: BLE001 - the worker outlives any one job (disk full, a bug): later deployments still run
+                log.exception("update %s ended with an unexpected error", job.deployment_id)
+                self._give_up(job)
+
+    def _give_up(self, job: UpdateJob) -> None:
+        """Report what went wrong with a job the runner could not finish (a restart resumes it)."""
+        job.last_error, job.error_kind, job.exit_code = "unexpected error: see the agent log", "error", 1
+        self.jobs.show(job)
 
     def _context(self, job: UpdateJob) -> InstallContext:
         return InstallContext(
@@ -115,11 +126,13 @@ class UpdateWorker:
         if desired.source.get("type") == "http":
             return http_download(desired.source["url"], staging_dir(self.home), desired.bundle.sha256, desired.size,
                                  cancel=ctx.cancel, progress=progress, cafile=self.config.tls_ca)
+        budget = download_budget(self.config.profile_name)
         dl = BlockDownloader(
             staging_dir(self.home), desired.bundle.sha256, desired.size, desired.block_size,
             send_request=lambda req: self.link.publish(self.link.topics.block_request, dumps(req)),
             is_connected=self.link.connected.is_set, cancel=ctx.cancel, retry_timeout_s=self.config.block_retry_s,
-            progress=progress, ota_dir=self.home.ota_dir,
+            progress=progress, ota_dir=self.home.ota_dir, block_digests=desired.block_digests(),
+            **({"window": budget.window(desired.block_size)} if budget is not None else {}),
         )
         self.downloader = dl
         try:

@@ -1,4 +1,4 @@
-"""The SQLite engine's API tokens and audit log (a mixin of SqliteRegistry, which owns the connection).
+"""The SQL engines' API tokens and audit log (a mixin of SqlRegistry, which owns the connection).
 
 Tokens are stored as the SHA-256 of the secret: a token is 32 random bytes, so a fast hash is
 enough (a slow password hash guards against guessing low-entropy passwords, which these are not).
@@ -7,25 +7,27 @@ enough (a slow password hash guards against guessing low-entropy passwords, whic
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
+import sqlite3
 from typing import Any, Callable
 
 from .records import AuditEntry, Page, TokenRecord
 
 
-class SqliteAccess:
-    """Tokens and audit rows; relies on SqliteRegistry's _query and _execute."""
+class SqlAccess:
+    """Tokens and audit rows; relies on SqlRegistry's _query and _execute."""
 
-    _query: Callable[..., list[sqlite3.Row]]
-    _execute: Callable[..., sqlite3.Cursor]
+    _query: Callable[..., list[Any]]
+    _execute: Callable[..., Any]
+    #: what the driver raises for a UNIQUE violation
+    _INTEGRITY_ERROR: type[Exception] = sqlite3.IntegrityError
 
     def add_token(self, rec: TokenRecord) -> None:
         try:
             self._execute("INSERT INTO api_tokens VALUES (?,?,?,?,?,?,?)",
                           (rec.name, rec.role, rec.token_hash, rec.created_at, rec.created_by, rec.last_used_at,
                            rec.revoked_at))
-        except sqlite3.IntegrityError as exc:
+        except self._INTEGRITY_ERROR as exc:
             raise ValueError(f"a token named {rec.name!r} already exists (revoke it or choose another name)") from exc
 
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:

@@ -1,42 +1,52 @@
-"""The SQLite engine's read-side queries for the API and console: paged, filtered, sorted listings,
+"""The SQL engines' read-side queries for the API and console: paged, filtered, sorted listings,
 counts for the overview, a device's update history and latency samples.
 
-A mixin of SqliteRegistry (sqlite.py owns the connection, the lock and the row -> record mapping);
+A mixin of SqlRegistry (sql.py owns the connection, the lock and the row -> record mapping);
 kept apart so that each module stays one screenful of concerns. Model, version and latency live
-in JSON columns and are reached with SQLite's built-in json_extract().
+in JSON text columns; each engine says how to reach a JSON field (`_JSON_TEXT`, `_JSON_NUM`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from functools import cache
 from typing import Any, Callable
 
 from edge_agent.ota.protocol import BundleRef
 
 from .records import BundleRecord, DeviceEvent, DeviceFilter, DeviceRecord, LatencySample, Page
 
-_P50 = "COALESCE(json_extract(latency, '$.p50'), json_extract(latency, '$.p50_ms'))"
-_SORT_SQL = {"id": "id", "profile": "profile", "group": "grp", "model": "json_extract(current, '$.name')",
-             "version": "json_extract(current, '$.version')", "phase": "phase", "presence": "presence",
-             "last_seen": "last_seen", "latency": _P50}
-# filter field -> SQL condition with one parameter
-_FILTER_SQL = {"profile": "profile = ?", "group": "grp = ?", "model": "json_extract(current, '$.name') = ?",
-               "version": "json_extract(current, '$.version') = ?", "phase": "COALESCE(phase, 'unknown') = ?",
-               "presence": "COALESCE(presence, 'unknown') = ?", "latency_min": f"{_P50} >= ?",
-               "latency_max": f"{_P50} <= ?", "search": "instr(id, ?) > 0"}
+
+@cache
+def _listing_sql(json_text: str, json_num: str, contains: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(sort key -> SQL expression, filter field -> SQL condition with one parameter) for a dialect."""
+    p50 = f"COALESCE({json_num.format(col='latency', key='p50')}, {json_num.format(col='latency', key='p50_ms')})"
+    model = json_text.format(col="current", key="name")
+    version = json_num.format(col="current", key="version")
+    sort = {"id": "id", "profile": "profile", "group": "grp", "model": model, "version": version, "phase": "phase",
+            "presence": "presence", "last_seen": "last_seen", "latency": p50}
+    where = {"profile": "profile = ?", "group": "grp = ?", "model": f"{model} = ?", "version": f"{version} = ?",
+             "phase": "COALESCE(phase, 'unknown') = ?", "presence": "COALESCE(presence, 'unknown') = ?",
+             "latency_min": f"{p50} >= ?", "latency_max": f"{p50} <= ?", "search": contains}
+    return sort, where
 
 
-class SqliteViews:
-    """Listing queries; relies on SqliteRegistry's _query, _lock, _db, _device and _bundle."""
+class SqlViews:
+    """Listing queries; relies on SqlRegistry's _query, _device and _bundle."""
 
-    _query: Callable[..., list[sqlite3.Row]]
-    _db: sqlite3.Connection
-    _device: Callable[[sqlite3.Row], DeviceRecord]
-    _bundle: Callable[[sqlite3.Row], BundleRecord]
+    #: a JSON field of a text column as text / as a number ({col}, {key} filled in)
+    _JSON_TEXT = "json_extract({col}, '$.{key}')"
+    _JSON_NUM = "json_extract({col}, '$.{key}')"
+    #: "the device id contains the parameter"
+    _CONTAINS = "instr(id, ?) > 0"
+
+    _query: Callable[..., list[Any]]
+    _device: Callable[[Any], DeviceRecord]
+    _bundle: Callable[[Any], BundleRecord]
 
     def devices_page(self, where: DeviceFilter, limit: int, offset: int, sort: str = "id",
                      descending: bool = False) -> Page[DeviceRecord]:
+        _SORT_SQL, _FILTER_SQL = _listing_sql(self._JSON_TEXT, self._JSON_NUM, self._CONTAINS)
         if sort not in _SORT_SQL:
             raise ValueError(f"cannot sort devices by {sort!r} (one of {', '.join(_SORT_SQL)})")
         conds, params = [], []
@@ -82,12 +92,6 @@ class SqliteViews:
         rows = self._query(f"SELECT * FROM bundles {clause} ORDER BY name, version DESC, profile LIMIT ? OFFSET ?",
                            (*params, limit, offset))
         return Page([self._bundle(r) for r in rows], total, limit, offset)
-
-    def change_stamp(self) -> tuple[float, ...]:
-        """PRAGMA data_version moves when another connection (the CLI) commits; total_changes when
-        this one (the server's MQTT and rollout threads) writes. Together: "the fleet changed"."""
-        rows: Any = self._query("PRAGMA data_version")
-        return (float(rows[0][0]), float(self._db.total_changes))
 
 
 def _ref(text: str | None) -> BundleRef | None:

@@ -1,0 +1,46 @@
+"""Encoded images in, the CLI's answers out: the bundle's own preprocessing and postprocessing.
+
+An app posts a JPEG/PNG and gets what `edge-agent run IMAGE --json` prints (classification top-k with
+labels, or detections in the image's pixels), so it does not re-implement the bundle's preprocessing.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Manifest
+from ..pipeline.detection import FrameGeometry
+from ..pipeline.preprocess import preprocess_image, read_image
+from ..pipeline.stages import Postprocessor
+from .errors import BadRequest
+
+# Magic numbers of the image formats Pillow reads here: what `looks_like_image` accepts in a BYTES tensor.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6")
+
+
+def looks_like_image(data: bytes) -> bool:
+    return data.startswith(_MAGIC)
+
+
+def image_feeds(data: bytes, manifest: Manifest) -> tuple[dict[str, np.ndarray], FrameGeometry]:
+    """Decode one encoded image and preprocess it exactly as `edge-agent run IMAGE` does."""
+    pre, spec = manifest.preprocess, manifest.inputs[0]
+    if pre is None or pre.kind != "image":
+        raise BadRequest(f"this model has no image preprocessing: send '{spec.name}' as a tensor")
+    try:
+        image = read_image(io.BytesIO(data))  # type: ignore[arg-type] - Pillow opens file objects too
+    except Exception as exc:  # noqa: BLE001 - Pillow raises several types for bad data
+        raise BadRequest(f"not a readable image: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+    tensor, box = preprocess_image(image, pre, spec)
+    h, w = image.shape[:2]
+    geometry = FrameGeometry.from_preprocess((h, w), (pre.size[0], pre.size[1]), pre.resize, box)
+    return {spec.name: tensor}, geometry
+
+
+def image_answer(outputs: list[np.ndarray], manifest: Manifest, geometry: FrameGeometry,
+                 top_k: int | None = None) -> dict[str, Any]:
+    """The CLI's record for one image: {kind, label, name, score, top_k} or {kind, detections}."""
+    return Postprocessor(manifest, top_k)(outputs, geometry)

@@ -1,0 +1,192 @@
+"""The HTTP side: one stdlib ThreadingHTTPServer (HTTP/1.1 keep-alive) in front of the protocol adapters.
+
+Why the standard library: the agent runs on a Pi with light dependencies, the telemetry `/metrics`
+server already uses `http.server`, and the work per request is small next to the model's; an ASGI
+stack (uvicorn + a framework) would add several packages for no measured gain (scripts/bench_serve.py).
+
+Safe by default: binds 127.0.0.1; an optional bearer token (constant-time compare); a body over the
+limits is refused with 413 before it is read; every malformed request gets a 4xx with one line in
+{"error": ...}, and nothing a request does can stop the server, the camera pipeline or an update.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ..errors import one_line
+from ..telemetry.serving_stats import ServingStats
+from .errors import BadRequest, HttpError, NotFound, ServingPortError, TooLarge, Unauthorized
+from .protocols import ADAPTERS
+from .protocols.base import ProtocolAdapter, Request, Response
+from .protocols.kserve_v2 import HEADER_LENGTH
+from .service import InferenceService
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Where and to whom the endpoint answers."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # when set, every request needs `Authorization: Bearer TOKEN`
+    max_json_bytes: int = 8 * MB  # a JSON body, or the JSON header of a binary KServe request
+    max_body_bytes: int = 64 * MB  # a whole body with binary tensors or an image
+    read_timeout_s: float = 30.0  # a client that stops sending mid-request is dropped
+
+
+class ServingServer:
+    """Serves the InferenceService over HTTP until `close()`; `url` tells where (port 0 = a free port)."""
+
+    def __init__(self, service: InferenceService, options: HttpOptions = HttpOptions()) -> None:
+        self.service, self.options = service, options
+        self.adapters: list[ProtocolAdapter] = [cls(service) for cls in ADAPTERS]
+        self._routes = [(method, pattern, handler, a) for a in self.adapters for method, pattern, handler in a.routes()]
+        self._registry: Any = None
+        handler = _handler_class(self)
+        try:
+            self._httpd = ThreadingHTTPServer((options.host, options.port), handler)
+        except OSError as exc:
+            raise ServingPortError(f"cannot serve inference on {options.host}:{options.port}: {exc.strerror or exc}") from exc
+        self._httpd.daemon_threads = True
+        self.host, self.port = self._httpd.server_address[:2]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="serving-http", daemon=True)
+        self._thread.start()
+        log.info("inference endpoint on %s (KServe v2 under /v2, TF Serving under /v1, metrics on /metrics)", self.url)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def stats(self) -> ServingStats:
+        return self.service.stats
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # --- request handling (called on the connection's thread) ----------------------------------
+
+    def dispatch(self, req: Request) -> tuple[Response, str]:
+        """(response, protocol label) for a parsed request; never raises."""
+        protocol = "other"
+        try:
+            self._authorize(req)
+            if req.path == "/metrics" and req.method == "GET":
+                return self._metrics(), protocol
+            for method, pattern, handler, adapter in self._routes:
+                m = pattern.fullmatch(req.path)
+                if m is not None and method == req.method:
+                    protocol = adapter.name
+                    return handler(req, m), protocol
+            raise NotFound(f"no route {req.method} {req.path} (KServe v2 under /v2, TF Serving under /v1/models)")
+        except HttpError as exc:
+            return Response.of_json({"error": str(exc)}, exc.status), protocol
+        except Exception as exc:  # noqa: BLE001 - a request never takes the server down
+            log.warning("request %s %s failed: %s", req.method, req.path, one_line(exc), exc_info=log.isEnabledFor(logging.DEBUG))
+            return Response.of_json({"error": f"internal error: {one_line(exc)}"}, 500), protocol
+
+    def _authorize(self, req: Request) -> None:
+        token = self.options.token
+        if not token:
+            return
+        given = req.headers.get("Authorization") or ""
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode())):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer TOKEN)")
+
+    def _metrics(self) -> Response:
+        from ..telemetry.prometheus import build_registry, exposition  # prometheus_client: imported when scraped
+
+        if self._registry is None:
+            self._registry = build_registry(None, self.stats)
+        body, ctype = exposition(self._registry)
+        return Response(200, body, ctype)
+
+    def body_limit(self, headers: Any) -> int:
+        """The largest body this request may have: JSON-only bodies are capped lower than binary ones."""
+        ctype = (headers.get("Content-Type") or "").lower()
+        if headers.get(HEADER_LENGTH) is not None or ctype.startswith(("image/", "application/octet-stream")):
+            return self.options.max_body_bytes
+        return self.options.max_json_bytes
+
+
+def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
+        disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
+        timeout = server.options.read_timeout_s
+        server_version = "edgekit-serving"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            self._serve(b"")
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self._read_body()
+            if body is not None:
+                self._serve(body)
+
+        def _read_body(self) -> bytes | None:
+            if (self.headers.get("Content-Encoding") or "identity").lower() != "identity":
+                self._refuse(BadRequest("compressed request bodies are not supported (send Content-Encoding: identity)"))
+                return None
+            length_text = self.headers.get("Content-Length")
+            if length_text is None:
+                self._refuse(HttpError("a POST needs Content-Length"), status=411)
+                return None
+            try:
+                length = int(length_text)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                self._refuse(BadRequest(f"bad Content-Length {length_text!r}"))
+                return None
+            limit = server.body_limit(self.headers)
+            if length > limit:
+                self._refuse(TooLarge(f"body of {length} bytes is over this endpoint's {limit}-byte limit"))
+                return None
+            header_len = self.headers.get(HEADER_LENGTH)
+            if header_len is not None and header_len.isdigit() and int(header_len) > server.options.max_json_bytes:
+                self._refuse(TooLarge(f"JSON header of {header_len} bytes is over the {server.options.max_json_bytes}-byte limit"))
+                return None
+            return self.rfile.read(length)
+
+        def _refuse(self, exc: HttpError, status: int | None = None) -> None:
+            """Answer without reading the body, then close the connection (its unread bytes are garbage)."""
+            self.close_connection = True
+            self._send(Response.of_json({"error": str(exc)}, status or exc.status))
+            server.stats.request("other", status or exc.status, None)
+
+        def _serve(self, body: bytes) -> None:
+            t0 = time.perf_counter()
+            path, _, query = self.path.partition("?")
+            req = Request(self.command, path, self.headers, body, dict(parse_qsl(query)))
+            response, protocol = server.dispatch(req)
+            self._send(response)
+            server.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
+
+        def _send(self, response: Response) -> None:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            for k, v in response.headers.items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(response.body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("serving: " + fmt, *args)
+
+    return Handler

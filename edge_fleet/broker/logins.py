@@ -1,0 +1,64 @@
+"""The embedded broker's logins: generated on its first start, kept in `<broker dir>/logins.json` (0600).
+
+An embedded broker never accepts anonymous clients. The fleet server logs in as `fleet`; each
+device logs in with its device id as user name and a password the fleet generates once
+(`edge-fleet devices add ID`), so the broker ACL (`mosquitto_config.render_acl`) can confine it
+to its own topics and bind its client id to its user name. The passwords are kept in clear
+because the broker's password file is regenerated from them on every start; the file is
+readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.ota.protocol import check_device_id
+
+FLEET_USER = "fleet"
+LOGINS_NAME = "logins.json"
+
+
+@dataclass
+class BrokerLogins:
+    """Who may log in to the embedded broker: the fleet server and each registered device."""
+
+    path: Path
+    fleet_password: str
+    devices: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load_or_create(cls, folder: Path) -> tuple["BrokerLogins", bool]:
+        """The logins kept in `folder` (created with a new fleet password the first time; True then)."""
+        path = Path(folder) / LOGINS_NAME
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return cls(path, str(data["fleet_password"]), {str(k): str(v) for k, v in data["devices"].items()}), False
+        logins = cls(path, secrets.token_urlsafe(24))
+        logins.save()
+        return logins, True
+
+    def users(self) -> dict[str, str]:
+        """{user name: password} for the broker's password file."""
+        return {FLEET_USER: self.fleet_password, **self.devices}
+
+    def add_device(self, device_id: str) -> str:
+        """The device's password (a new one the first time; stored)."""
+        check_device_id(device_id)
+        if device_id == FLEET_USER:
+            raise ValueError(f"device id {FLEET_USER!r} is the fleet server's own login")
+        if device_id not in self.devices:
+            self.devices[device_id] = secrets.token_urlsafe(18)
+            self.save()
+        return self.devices[device_id]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"fleet_password": self.fleet_password, "devices": self.devices}, fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)

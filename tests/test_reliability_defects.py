@@ -1,0 +1,287 @@
+"""The ten defects a fault and fuzz probe found (issue 12), one test each, on real parts: Mosquitto,
+in-process agents with their real update worker, a real tmpfs that fills up, real signed bundles.
+Each test failed before its fix."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_agent.bundle import HashMismatch, TrustStore, UnsafeMember, load_private_key, read_manifest_unverified, verify_bundle
+from edge_agent.bundle.errors import SignatureError
+from edge_agent.ota.protocol import DesiredState, ProtocolError, Topics, dumps
+from edge_agent.ota.transfer import BlockDownloader, TransferError
+from edge_fleet.cli import main as fleet_main
+
+from .bundle_craft import craft_bundle
+from .fault_helpers import fill, needs_root, small_disk
+from .ota_fixtures import BLOCK, agent_in_process, bundles, broker, cli, fleet, home, install, status, v1_home  # noqa: F401
+from .ota_helpers import desired_for, wait_for
+
+STUCK = 30.0  # a job that does not end within this is stuck (the tests wait this long at most, never assert it)
+
+
+def _stop(agent, thread) -> None:
+    agent.stop()
+    thread.join(20)
+
+
+# 1 -------------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_1_full_disk_fails_the_deployment_and_the_worker_takes_the_next_one(v1_home, bundles, digits, broker, fleet,
+                                                                               tmp_path):
+    with small_disk(tmp_path / "disk") as disk:
+        home = disk / "home"
+        shutil.copytree(v1_home, home)
+        filler = fill(disk)  # not one byte left: even storing the update job fails
+        agent, thread = agent_in_process(home, broker.url, "full-1", digits.pub, infer_interval_s=0.05)
+        try:
+            fleet.deploy("full-1", bundles["v2"], "dep-full", block_size=BLOCK)
+            r = fleet.wait_phase("full-1", "dep-full", timeout=STUCK)
+            assert r.phase == "failed" and "disk" in (r.last_error or ""), r
+            assert agent.worker._thread.is_alive()
+            filler.unlink()
+            fleet.deploy("full-1", bundles["v2"], "dep-after", block_size=BLOCK)
+            r = fleet.wait_phase("full-1", "dep-after", timeout=STUCK)
+            assert r.phase == "succeeded" and r.current.version == 2, r.last_error
+        finally:
+            _stop(agent, thread)
+
+
+# 2 -------------------------------------------------------------------------------------------
+
+
+def test_2_corrupt_slot_state_is_rebuilt_from_the_slots(home, bundles, digits, capsys):
+    assert install(home, bundles["v2"], digits.pub) == 0  # v1 in a (previous), v2 in b (active)
+    (home / "slots" / "state.json").write_text('{"active": "b", "prev')
+    s = status(home, capsys)
+    assert s["version"] == 2 and s["active_slot"] == "b", s
+    assert cli(home, "rollback") == 0
+    s = status(home, capsys)
+    assert s["version"] == 1 and s["active_slot"] == "a"
+    # a slot whose files no longer match its manifest is never made active by a rebuild
+    (home / "slots" / "state.json").write_text("garbage")
+    victim = next((home / "slots" / "a" / "bundle").rglob("*.onnx"))
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    s = status(home, capsys)
+    assert s["version"] == 2 and s["active_slot"] == "b", s
+
+
+# 3 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [("allow_downgrade", "false"), ("allow_downgrade", 1), ("size", "100"),
+                                         ("block_size", True), ("issued_at", "now"), ("deployment_id", 7)])
+def test_3_every_desired_field_is_parsed_strictly_by_type(bundles, field, value):
+    msg = json.loads(dumps(desired_for(bundles["v2"], "dep-types")))
+    assert DesiredState.parse(json.dumps(msg).encode()).allow_downgrade is False
+    msg[field] = value
+    with pytest.raises(ProtocolError, match=field):
+        DesiredState.parse(json.dumps(msg).encode())
+
+
+# 4 -------------------------------------------------------------------------------------------
+
+
+def test_4_what_a_message_announces_never_sizes_an_allocation(home, bundles, digits, broker, fleet):
+    huge = json.loads(dumps(desired_for(bundles["v2"], "dep-huge", block_size=1024)))
+    huge["size"] = 2**40  # the probe's message: a huge size in tiny blocks (a billion-entry bitmap)
+    with pytest.raises(ProtocolError, match="block limit"):
+        DesiredState.parse(json.dumps(huge).encode())
+    with pytest.raises(TransferError, match="block limit"):
+        BlockDownloader(home / "staging", "0" * 64, 2**40, 1024, send_request=lambda r: None)
+    # within the protocol's limits but over the profile's max_bundle_mb (raspberry-pi-4: 200 MiB)
+    agent, thread = agent_in_process(home, broker.url, "huge-4", digits.pub)
+    try:
+        big = desired_for(bundles["v2"], "dep-big", block_size=8 << 20, size=300 << 20)
+        fleet.publish_desired("huge-4", big)
+        r = fleet.wait_phase("huge-4", "dep-big", timeout=STUCK)
+        assert r.phase == "failed" and "max_bundle_mb" in r.last_error
+        assert not list((home / "ota" / "staging").glob("*.part"))
+    finally:
+        _stop(agent, thread)
+
+
+# 5 -------------------------------------------------------------------------------------------
+
+
+def test_5_abandoned_downloads_leave_no_staging_files(home, bundles, digits, broker, fleet):
+    staging = home / "ota" / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    for junk in ("a" * 64 + ".part", "a" * 64 + ".blocks.json", "b" * 64 + ".http.part"):
+        (staging / junk).write_bytes(b"x")
+    fleet.serve_limit = 3  # the first download stalls after three blocks
+    agent, thread = agent_in_process(home, broker.url, "stage-5", digits.pub)
+    try:
+        wait_for(lambda: not any(staging.iterdir()), what="start-up to clean staging")
+        v2 = fleet.deploy("stage-5", bundles["v2"], "dep-stalled", block_size=BLOCK)
+        wait_for(lambda: (staging / f"{v2.bundle.sha256}.part").exists(), what="the download to start")
+        fleet.serve_limit = None
+        fleet.deploy("stage-5", bundles["bad_selftest"], "dep-newer", block_size=BLOCK)  # supersedes it
+        fleet.wait_phase("stage-5", "dep-newer", timeout=STUCK)
+        assert not list(staging.glob(f"{v2.bundle.sha256}*"))
+    finally:
+        _stop(agent, thread)
+
+
+# 6 -------------------------------------------------------------------------------------------
+
+
+def test_6_forged_blocks_are_refused_before_writing_and_a_failed_deployment_can_be_retried(home, bundles, digits,
+                                                                                          broker, fleet):
+    agent, thread = agent_in_process(home, broker.url, "forge-6", digits.pub)
+    try:
+        # without block hashes a forged block (right bundle hash, its own block hash) fails the deployment
+        fleet.forge_once = {0, 3, 7}
+        first = fleet.deploy("forge-6", bundles["v2"], "dep-forge", block_size=BLOCK)
+        r = fleet.wait_phase("forge-6", "dep-forge", timeout=STUCK)
+        assert r.phase == "failed" and "SHA-256" in r.last_error
+        # the same deployment id, sent again (later issued_at) with the fleet's block hashes: each forged
+        # block is refused before it is written, the real one is taken, the deployment succeeds
+        fleet.forge_once = {0, 3, 7}
+        retry = desired_for(bundles["v2"], "dep-forge", block_size=BLOCK, with_block_hashes=True,
+                            issued_at=first.issued_at + 1)
+        fleet.publish_desired("forge-6", retry)
+        r = fleet.wait_phase("forge-6", "dep-forge", phases=("succeeded",), timeout=STUCK)
+        assert r.current.version == 2
+        assert agent.worker.last_downloader_stats.forged == 3
+    finally:
+        _stop(agent, thread)
+
+
+# 7 -------------------------------------------------------------------------------------------
+
+
+def test_7_a_non_string_key_id_is_a_signature_error_everywhere(bundles, digits, tmp_path, capsys):
+    template = read_manifest_unverified(bundles["v1"])
+    payload = {"model.onnx": b"x" * 100}
+    bad = craft_bundle(tmp_path / "bad-kid.edgebundle", template, load_private_key(digits.key), payload,
+                       signature_edit=lambda doc: doc.update(key_id=["not", "a", "string"]))
+    with pytest.raises(SignatureError):
+        verify_bundle(bad, TrustStore.from_paths([digits.pub]))
+    home = tmp_path / "home"
+    capsys.readouterr()
+    assert install(home, bad, digits.pub) == 13
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "key_id" in err[0], err
+    assert not any((home / "ota" / "staging").iterdir())
+    rc = fleet_main(["publish", str(bad), "--trust", str(digits.pub), "--home", str(tmp_path / "fleet")])
+    err = capsys.readouterr().err
+    assert rc == 13 and "Traceback" not in err, err
+
+
+# 8 -------------------------------------------------------------------------------------------
+
+
+def test_8_a_file_and_a_folder_of_the_same_name_are_refused_at_verify(bundles, digits, tmp_path):
+    template = read_manifest_unverified(bundles["v1"])
+    bad = craft_bundle(tmp_path / "clash.edgebundle", template, load_private_key(digits.key),
+                       {"model": b"a file", "model/model.onnx": b"b" * 10})
+    with pytest.raises(UnsafeMember, match="file and also the folder") as info:
+        verify_bundle(bad, TrustStore.from_paths([digits.pub]))
+    assert info.value.exit_code == 12
+
+
+# 9 -------------------------------------------------------------------------------------------
+
+
+def test_9_a_member_whose_header_size_differs_is_refused_before_it_is_read(bundles, digits, tmp_path):
+    template = read_manifest_unverified(bundles["v1"])
+    bad = craft_bundle(tmp_path / "sparse.edgebundle", template, load_private_key(digits.key), {},
+                       listed={"model.onnx": b"m" * 100}, sparse={"model.onnx": 2 << 30})
+    assert bad.stat().st_size > 2 << 30 and bad.stat().st_blocks * 512 < 1 << 20  # 2 GiB on paper, a hole on disk
+    with pytest.raises(HashMismatch, match="archive header says 2147483648 bytes"):
+        verify_bundle(bad, TrustStore.from_paths([digits.pub]))
+
+
+# 10 ------------------------------------------------------------------------------------------
+
+
+def _client(url: str, user: str | None, password: str | None, client_id: str) -> tuple[mqtt.Client, list, bool]:
+    host, port = url.removeprefix("mqtt://").split(":")
+    got: list = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if user:
+        c.username_pw_set(user, password)
+    c.on_message = lambda _c, _u, m: got.append((m.topic, m.payload))
+    ok = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: ok.append(not rc.is_failure)
+    c.connect(host, int(port))
+    c.loop_start()
+    wait_for(lambda: ok, what=f"{client_id} CONNACK")
+    return c, got, ok[0]
+
+
+def test_10_embedded_broker_requires_logins_and_confines_devices(tmp_path, bundles):
+    from edge_fleet.registry import open_registry
+    from edge_fleet.server import FleetServer
+
+    reg = open_registry(tmp_path / "fleet.db")
+    server = FleetServer(reg, None, embedded="mosquitto", tick=0.05).start()
+    clients = []
+    try:
+        assert server.logins_created and (server.logins.path.stat().st_mode & 0o777) == 0o600
+        anon, _, ok = _client(server.url, None, None, "anon")
+        clients.append(anon)
+        assert not ok
+        topics = Topics()
+        (u1, p1), (u2, p2) = server.add_device("d1"), server.add_device("d2")
+        watcher, seen, ok = _client(server.url, "fleet", server.logins.fleet_password, "watcher")
+        clients.append(watcher)
+        watcher.subscribe("edgekit/#", qos=1)
+        d1, _, ok1 = _client(server.url, u1, p1, "edgekit-agent-d1")
+        clients.append(d1)
+        assert ok1
+        evil = dumps(replace(desired_for(bundles["v1"], "evil"), allow_downgrade=True))
+        for topic in (topics.desired("d1"), topics.block_data("d1"), topics.reported("d2")):
+            d1.publish(topic, evil, qos=1).wait_for_publish(10)
+        d1.publish(topics.telemetry("d1"), b"marker", qos=1).wait_for_publish(10)
+        wait_for(lambda: (topics.telemetry("d1"), b"marker") in seen, what="the marker")
+        assert [t for t, _ in seen if t != topics.telemetry("d1")] == []  # nothing forged got through
+        # d2's login cannot take over d1's session (its client id is its user name)
+        d2, _, ok2 = _client(server.url, u2, p2, "edgekit-agent-d1")
+        clients.append(d2)
+        assert ok2
+        time.sleep(0.5)  # a takeover would disconnect d1 right away
+        assert d1.is_connected()
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        server.stop()
+        reg.close()
+
+
+def test_10_the_example_acl_is_the_one_the_fleet_generates():
+    from edge_fleet.broker.mosquitto_config import render_acl
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mosquitto" / "acl.conf"
+    assert example.read_text() == render_acl()
+
+
+# the agent's own files ------------------------------------------------------------------------
+
+
+def test_the_daemon_keeps_runtime_caches_in_its_home(home, bundles, digits, broker, tmp_path):
+    from .ota_helpers import AgentProcess
+
+    fake_home = tmp_path / "user-home"
+    fake_home.mkdir()
+    env = {"HOME": str(fake_home), "XDG_CACHE_HOME": ""}
+    agent = AgentProcess(home, broker.url, "cache-dev", digits.pub, env=env)
+    try:
+        wait_for(lambda: (home / "cache").is_dir() and any((home / "cache").rglob("*")), what="ORT's cache in the home")
+        wait_for(lambda: "serving" in agent.output(), what="the agent to serve")
+    finally:
+        agent.stop()
+    assert not list(fake_home.rglob("*")), list(fake_home.rglob("*"))
