@@ -114,3 +114,18 @@ def test_failed_gate_prints_the_commands_that_would_accept_or_go_fp16(digits, tm
     line = next(ln for ln in err.splitlines() if "accuracy gate" in ln)
     assert "To accept it: edge-convert --quiet convert" in line and "--accuracy-budget" in line
     assert "--precision fp16" in line
+
+
+def test_mean_quantile_ranges_are_tighter_and_keep_answers(digits, quantized):
+    """meanquantile: per input, each tensor's 0.01/99.99 % quantiles, averaged (one input in memory at a time)."""
+    import json
+
+    work, src, calib, _, _ = quantized
+    q = OrtStaticQuantizer(src, work, calib, 64)
+    model = q.quantize("meanquantile:99.99", dst=work / "mq.onnx")
+    mm = json.loads((work / "calib.minmax.json").read_text())["data"]
+    mq = json.loads((work / "calib.meanquantile_99.99.json").read_text())["data"]
+    assert set(mq) == set(mm)
+    width = lambda d, k: d[k]["highest"]["data"][0] - d[k]["lowest"]["data"][0]  # noqa: E731
+    assert all(width(mq, k) <= width(mm, k) + 1e-6 for k in mm) and any(width(mq, k) < 0.9 * width(mm, k) for k in mm)
+    assert (_run(model, digits.x_test).argmax(1) == digits.float_predictions).mean() >= 0.97
