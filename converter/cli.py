@@ -87,7 +87,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop), max_map_drop=budget.get("max_map_drop"),
         min_agreement=budget.get("min_agreement", args.min_agreement), min_cosine=budget.get("min_cosine", 0.99),
-        force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible,
+        force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible, command=tuple(args.argv),
         pass_options={name: getattr(args, name) for name in declared_options() if hasattr(args, name)},
     )
     bar = None
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the gate prints the command that would accept a miss
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 

@@ -35,6 +35,7 @@ class ConvertOptions:
     bench_runs: int = 50  # host benchmark runs (0: no timing at all)
     reproducible: bool = False  # leave wall-clock figures out of the manifest
     pass_options: dict[str, Any] = field(default_factory=dict)  # by option name, as the passes declare them
+    command: tuple[str, ...] = ()  # edge-convert's arguments, for the commands a failed gate suggests
 
 
 @dataclass(frozen=True)

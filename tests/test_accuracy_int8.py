@@ -48,7 +48,8 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
     rc = main(["-q", "convert", str(ocr.model_path("cls")), "--input-shape", "1x3x48x192", "--profile", "raspberry-pi-4",
                "--calibration", str(folder / "calib.npz"), "--eval", str(folder / "eval.npz"), "--key", str(key),
                "--out", str(out), "--calibration-method", "minmax,percentile:99.99", "--accuracy-budget", "agreement:0.85",
-               "--max-accuracy-drop", "10", "--sensitivity", "always", "--sensitivity-samples", "8", "--bench-runs", "3"])
+               "--max-accuracy-drop", "10", "--sensitivity", "always", "--sensitivity-samples", "8", "--bench-runs", "3",
+               "--compensation", "none"])  # compensation: tests/test_compensation.py (it costs minutes here)
     assert rc == 0
     report = _report(out)
     m = report["measurements"]
@@ -273,7 +274,7 @@ def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
     assert main(["-q", "convert", str(ocr.model_path("rec")), "--input-shape", "1x3x48x320", "--profile", "raspberry-pi-4",
                  "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "select.npz"), "--key", str(keys),
                  "--out", str(out), "--calibration-method", "minmax", "--sensitivity", "off", "--force",
-                 "--bench-runs", "0"]) == 0
+                 "--bench-runs", "0", "--compensation", "none"]) == 0
     q = _pass(_report(out), "quantize")
     assert any(c.startswith("folded") and "hardswish" in c for c in q["graph_changes"])
     assert set(q["op_set_search"]) >= {"all", "weighted", "chosen"} and q["quantize_ops"] == q["op_set_search"]["chosen"]

@@ -2,7 +2,9 @@
 
 Runtime-independent: the caller passes `quantize(method) -> model` and `evaluate(model) -> score`
 (converter.accuracy.metrics.score), so the TFLite path can reuse it with its own calibrators.
-Method specs: minmax | entropy | distribution | percentile (99.99) | percentile:99.999
+Method specs: minmax | entropy | distribution | percentile (99.99) | percentile:99.999 | meanquantile[:99.99]
+(per input, the 0.01 % / 99.99 % quantiles of each tensor, averaged over the inputs: NNCF's kind of range, and
+unlike ORT's percentile it holds one input's activations at a time, not all of them)
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from .metrics import better
 log = logging.getLogger(__name__)
 M = TypeVar("M")
 
-METHODS = ("minmax", "entropy", "percentile", "distribution")
+METHODS = ("minmax", "entropy", "percentile", "distribution", "meanquantile")
 DEFAULT_PERCENTILE = 99.99
 # `--calibration-method auto` tries these; entropy/distribution cost 3-6x minmax's calibration time.
-AUTO_CANDIDATES = ("minmax", "percentile:99.9", "percentile:99.99", "percentile:99.999", "entropy", "distribution")
+AUTO_CANDIDATES = ("minmax", "meanquantile:99.99", "percentile:99.9", "percentile:99.99", "percentile:99.999", "entropy",
+                   "distribution")
 # Samples below which int8 ranges are unreliable (warned about, not refused).
-MIN_SAMPLES = {"minmax": 16, "percentile": 64, "entropy": 32, "distribution": 32}
+MIN_SAMPLES = {"minmax": 16, "percentile": 64, "entropy": 32, "distribution": 32, "meanquantile": 16}
 
 
 def parse_method(spec: str) -> tuple[str, float | None]:
@@ -30,7 +33,7 @@ def parse_method(spec: str) -> tuple[str, float | None]:
     name, _, arg = spec.strip().lower().partition(":")
     if name not in METHODS:
         raise ValueError(f"unknown calibration method {spec!r} (use auto or one of {', '.join(METHODS)}[:PERCENTILE])")
-    if name != "percentile":
+    if name not in ("percentile", "meanquantile"):
         if arg:
             raise ValueError(f"calibration method {name} takes no argument ({spec!r})")
         return name, None

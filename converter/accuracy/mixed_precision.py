@@ -65,14 +65,16 @@ class FallbackResult(Generic[M]):
 def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluate: Callable[[M], dict[str, Any]],
                     failures: Callable[[dict[str, Any]], list[str]], max_float_layers: int,
                     latency: Callable[[M], float] | None = None, start: tuple[M, dict[str, Any]] | None = None,
-                    check: Callable[[M], dict[str, Any]] | None = None) -> FallbackResult[M]:
+                    check: Callable[[M], dict[str, Any]] | None = None,
+                    max_latency_ms: float | None = None) -> FallbackResult[M]:
     """Add layers from `ranking` to the float set one at a time until `failures` is empty.
 
     Stops at max_float_layers. Without `check`, the result is the first passing step, else the best one
     (agreement, then error). With `check` (the same score on held-out samples the search never saw),
     every step is also scored there and the result is the step with the best held-out agreement (ties:
     better search agreement, then fewer float layers), so layers that only fit the search samples are
-    dropped again.
+    dropped again. With max_latency_ms (the speed floor: fp32 latency / --min-speedup), the walk also stops
+    at the first step slower than that, and that step is never the result.
     """
     if start is None:
         model = build([])
@@ -81,33 +83,43 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
     models = [model]
     steps = [Step(None, s, latency(model) if latency else None, failures(s), check(model) if check else None)]
     kept: list[str] = []
+    slow = lambda st: max_latency_ms is not None and st.latency_ms is not None and st.latency_ms > max_latency_ms  # noqa: E731
     for layer in ranking:
-        if not steps[-1].failures or len(kept) >= max_float_layers:
+        if not steps[-1].failures or len(kept) >= max_float_layers or slow(steps[-1]):
             break
         kept.append(layer)
         model = build(list(kept))
         s = evaluate(model)
         models.append(model)
-        steps.append(Step(layer, s, latency(model) if latency else None, failures(s), check(model) if check else None))
+        ms = latency(model) if latency else None
+        if ms is not None and max_latency_ms is not None and ms > max_latency_ms:
+            ms = min(ms, latency(model))  # timed again before a load spike may end the search
+        steps.append(Step(layer, s, ms, failures(s), check(model) if check else None))
         log.info("kept %d layer(s) in float (+%s): agreement %.4f%s", len(kept), layer, s["agreement"],
                  f", held-out {steps[-1].check_score['agreement']:.4f}" if check else "")
+    eligible = [i for i in range(len(steps)) if i == 0 or not slow(steps[i])]
     if check:
-        pick = max(range(len(steps)), key=lambda i: (steps[i].check_score["agreement"], steps[i].score["agreement"], -i))
-    elif not steps[-1].failures:
-        pick = len(steps) - 1
+        pick = max(eligible, key=lambda i: (steps[i].check_score["agreement"], steps[i].score["agreement"], -i))
+    elif not steps[eligible[-1]].failures:
+        pick = eligible[-1]
     else:
-        pick = max(range(len(steps)), key=lambda i: (steps[i].score["agreement"], -steps[i].score["error"], -i))
+        pick = max(eligible, key=lambda i: (steps[i].score["agreement"], -steps[i].score["error"], -i))
     return FallbackResult(kept[:pick], models[pick], not steps[pick].failures, steps)
 
 
-def float_layer_limit(option: int | None, n_layers: int) -> int:
+def float_layer_limit(option: int | None, n_layers: int, speed_floor: bool = False) -> int:
     """How many layers the fallback may keep in float.
 
-    By default a quarter of the quantizable layers (at most 8): a model with most of its layers in float is
-    no longer an int8 model, and broken calibration data must still fail the gate. An explicit
-    --max-float-layers is the user's call, but never every layer (that is not an int8 model at all).
+    With a measured speed floor (--min-speedup) the search stops where int8 stops paying for itself, not
+    at a layer count: by default it may then keep up to half the layers in float. Without one (no timing:
+    --bench-runs 0, --reproducible), a quarter of the quantizable layers (at most 8): a model with most of
+    its layers in float is no longer an int8 model, and broken calibration data must still fail the gate.
+    An explicit --max-float-layers is the user's call, but never every layer.
     """
-    limit = option if option is not None else min(8, max(1, n_layers // 4))
+    if option is not None:
+        limit = option
+    else:
+        limit = max(1, n_layers // 2) if speed_floor else min(8, max(1, n_layers // 4))
     return min(limit, n_layers - 1)
 
 
@@ -138,9 +150,9 @@ def fallback_report(result: FallbackResult, evaluate: Evaluator, budget: Budget,
         mixed["why_not_passed"] = (
             f"budget still missed (best: {'; '.join(failures)}, keeping {len(result.float_layers)} layer(s) "
             f"in float) after trying {tried} layer(s) one by one; limit {limit} "
-            f"(--max-float-layers {max_option or 'default: a quarter of the layers, at most 8'}, never all "
-            f"{n_layers} quantizable layers): the error is spread over many layers: raise the limit, add "
-            "calibration data, or use QAT")
+            f"(--max-float-layers {max_option or 'default'}, never all {n_layers} quantizable layers) or the "
+            "speed floor (--min-speedup) reached: the error is spread over many layers: relax the budget, add "
+            "calibration data, or use fp16/QAT")
         log.warning("mixed precision: %s", mixed["why_not_passed"])
     return mixed, final_score, chosen
 
@@ -150,6 +162,9 @@ SEARCH_OPTIONS: dict[str, PassOption] = {
     "max_float_layers": PassOption(
         whole_number(0), None, "most layers the mixed-precision fallback may keep in float (default: a quarter of the "
         "quantizable layers, at most 8: beyond that the model is no longer int8)"),
+    "min_speedup": PassOption(
+        float, 1.3, "speed floor of the mixed-precision search: it keeps layers in float only while the model stays at "
+        "least this many times faster than fp32 on this host (default 1.3; 0 = no floor, count layers instead)"),
     "sensitivity": PassOption(str, "auto", "per-layer sensitivity analysis: auto = when int8 misses the budget (default)",
                               choices=SENSITIVITY_MODES),
     "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)"),
@@ -164,6 +179,7 @@ class SearchSettings:
     """The values of SEARCH_OPTIONS for one conversion."""
 
     max_float_layers: int | None
+    min_speedup: float
     sensitivity: str  # auto (when int8 misses the budget) | always | off
     sensitivity_samples: int
     sensitivity_candidates: int
@@ -187,12 +203,14 @@ class MixedPrecisionOutcome:
 
 def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, settings: SearchSettings,
                            bind: Callable[[Dataset], LayerBinding], latency: Callable[[Any], float] | None,
-                           unavailable: str | None = None, min_gain_samples: int | None = None) -> MixedPrecisionOutcome:
+                           unavailable: str | None = None, min_gain_samples: int | None = None,
+                           fp32_model: Any = None) -> MixedPrecisionOutcome:
     """Score the int8 `model`; when it misses the budget (or --sensitivity always), rank layers and keep the
     most sensitive in float one at a time until the budget holds.
 
     bind(sensitivity data) -> the runtime's LayerBinding. unavailable: why the fallback cannot run here
-    (reported instead of searching). min_gain_samples: a fallback that still misses the budget without a
+    (reported instead of searching). fp32_model: the float model in the candidates' format, timed for the
+    speed floor (--min-speedup; default: the float model the evaluator compares with). min_gain_samples: a fallback that still misses the budget without a
     held-out check is kept only if it fixes at least this many more samples (timesteps for sequences).
     """
     task, data = evaluate.task, evaluate.data
@@ -216,7 +234,17 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     if not reasons:
         return out
     layers = binding.layers
-    limit = float_layer_limit(settings.max_float_layers, len(layers))
+    floor_ms, fp32_ms, floor_note = None, None, None
+    if latency is not None and settings.min_speedup > 0:
+        fp32_ms = latency(fp32_model if fp32_model is not None else evaluate.float_model)
+        floor_ms = fp32_ms / settings.min_speedup
+        int8_ms = latency(model)
+        if int8_ms > floor_ms:  # nothing to spend: speed is not what int8 buys this model on this host
+            floor_note = (f"plain int8 runs at {fp32_ms / int8_ms:.2f}x fp32 here, below --min-speedup "
+                          f"{settings.min_speedup}: no speed floor, the layer count limits the search")
+            log.warning("mixed precision: %s", floor_note)
+            floor_ms = None
+    limit = float_layer_limit(settings.max_float_layers, len(layers), floor_ms is not None)
     log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                 "; ".join(reasons), limit, len(layers))
     # Most sensitive first; layers that only matter together (a tensor shared by two quantized
@@ -225,11 +253,25 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     fails = lambda s: budget.failures(s, task)  # noqa: E731
     if split:
         result = greedy_fallback(order, binding.build, evaluate.on(search_data), fails, limit, latency,
-                                 check=evaluate.on(check_data))
+                                 check=evaluate.on(check_data), max_latency_ms=floor_ms)
     else:
-        result = greedy_fallback(order, binding.build, evaluate, fails, limit, latency, start=(model, base))
+        result = greedy_fallback(order, binding.build, evaluate, fails, limit, latency, start=(model, base),
+                                 max_latency_ms=floor_ms)
     mixed, final_score, chosen = fallback_report(result, evaluate, budget, limit, len(layers), settings.max_float_layers,
                                                  (len(search_data), len(check_data)) if split else None)
+    if floor_note:
+        mixed["speed_floor"] = floor_note
+    if fp32_ms:
+        mixed["fp32_latency_ms"] = round(fp32_ms, 4)
+        mixed["min_speedup"] = settings.min_speedup
+        for row in mixed["steps"]:  # the trade-off curve: agreement vs speed, one row per layer kept in float
+            if row.get("latency_ms"):
+                row["speedup_vs_fp32"] = round(fp32_ms / row["latency_ms"], 3)
+        last = result.steps[-1]
+        if floor_ms and last.latency_ms and last.latency_ms > floor_ms:
+            mixed["stopped_at_speed_floor"] = (f"keeping {len(result.steps) - 1} layers in float ran at "
+                                               f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup "
+                                               f"{settings.min_speedup}")
     gain = final_score["agreement"] - base["agreement"]
     if min_gain_samples and result.float_layers and not mixed["passed"] and not split:
         _drop_unclear_gain(result, mixed, evaluate, gain, min_gain_samples)

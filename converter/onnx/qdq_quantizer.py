@@ -109,7 +109,8 @@ class OrtStaticQuantizer:
                     activation_type=quant_type(self.activation_type), weight_type=quant_type(self.weight_type),
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile,
-                                      "distribution": CalibrationMethod.Distribution}[name],
+                                      "distribution": CalibrationMethod.Distribution,
+                                      "meanquantile": CalibrationMethod.MinMax}[name],  # ranges: our cache
                     extra_options=extra)
 
     def quantize(self, method: str, exclude: list[str] | None = None, dst: Path | None = None,
@@ -121,6 +122,8 @@ class OrtStaticQuantizer:
         dst = dst or self.workdir / f"q{self._count}.onnx"
         cache = self.workdir / f"calib.{method.replace(':', '_')}.json"
         ops = OP_SETS[op_set or self.op_set]
+        if not cache.is_file() and parse_method(method)[0] == "meanquantile":
+            self._mean_quantile_cache(method, cache)
         if not cache.is_file() and ops is not None:  # calibrate every tensor once, so all op sets share the cache
             self.quantize(method, dst=self.workdir / "calibrate.onnx", op_set="all")
         reader = None if cache.is_file() else DatasetReader(self.calibration, self.samples)
@@ -131,6 +134,38 @@ class OrtStaticQuantizer:
                             calibration_cache_path=str(cache), **self._common(method), **extra)
         self._caches[method] = cache
         return dst
+
+
+    def _mean_quantile_cache(self, method: str, cache: Path) -> None:
+        """ORT's calibration cache, with each tensor's range = the mean over inputs of that input's
+        (100 - q) / q percentiles. The tensors are the ones ORT's own MinMax calibration records."""
+        import json
+
+        import numpy as np
+
+        from .activation_error import _expose
+        from .model_io import ort_session
+
+        self.quantize("minmax", dst=self.workdir / "calibrate.onnx", op_set="all")
+        ranges = json.loads((self.workdir / "calib.minmax.json").read_text())
+        graph_inputs = {i.name for i in onnx.load(str(self.src), load_external_data=False).graph.input}
+        names = [n for n in ranges["data"] if n not in graph_inputs]
+        sess = ort_session(_expose(self.src, names, self.workdir / "calibrate.exposed.onnx"))
+        q = (parse_method(method)[1] or 99.99) / 100.0
+        lo: dict[str, list[float]] = {n: [] for n in ranges["data"]}
+        hi: dict[str, list[float]] = {n: [] for n in ranges["data"]}
+        for feed in DatasetReader(self.calibration, self.samples):
+            values = dict(zip(names, sess.run(names, feed)))
+            values.update({k: v for k, v in feed.items() if k in lo})
+            for n, v in values.items():
+                v = np.asarray(v, dtype=np.float32).ravel()
+                lo[n].append(float(np.quantile(v, 1.0 - q)))
+                hi[n].append(float(np.quantile(v, q)))
+        for n, entry in ranges["data"].items():
+            if lo[n]:
+                entry["lowest"]["data"] = [float(np.mean(lo[n]))]
+                entry["highest"]["data"] = [float(np.mean(hi[n]))]
+        cache.write_text(json.dumps(ranges))
 
 
 @contextlib.contextmanager

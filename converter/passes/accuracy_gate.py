@@ -9,6 +9,8 @@ more than the budget (profile, or --max-accuracy-drop / --min-agreement) is refu
 from __future__ import annotations
 
 import logging
+import math
+import shlex
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,26 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
     return reasons
 
 
+def way_forward(ctx: ConversionContext, m: dict[str, Any]) -> str:
+    """What the user can do about a miss, as exact command lines: accept this candidate's figures, or go fp16."""
+    base = ["edge-convert", *ctx.options.command] if ctx.options.command else ["edge-convert", "convert", "..."]
+    budget, parts = ctx.budget(), []
+    if m.get("top1_drop_points", 0.0) > budget.max_top1_drop:
+        parts.append(f"top1-drop:{math.ceil(m['top1_drop_points'] * 10 + 1e-9) / 10:g}")
+    value = m.get("top1_agreement", m.get("agreement"))
+    if value is not None and value < budget.min_agreement:
+        parts.append(f"agreement:{math.floor(value * 100) / 100:g}")
+    if not parts:
+        parts.append(f"cosine:{math.floor(m['mean_cosine'] * 1000) / 1000:g}")
+    accept = ",".join(parts)
+    mixed = ctx.measurements.get("mixed_precision") or {}
+    speed = next((f", {r['speedup_vs_fp32']:.2f}x fp32 on this host" for r in mixed.get("steps", [])
+                  if r.get("layer") == (mixed.get("float_layers") or [None])[-1] and r.get("speedup_vs_fp32")), "")
+    return (f"Best candidate ({ctx.precision}{speed}) written nowhere. To accept it: {shlex.join(base + ['--accuracy-budget', accept])}"
+            f" ; to keep float's answers instead: {shlex.join(base + ['--precision', 'fp16'])} (or QAT: converter.qat)"
+            " ; --force writes it as is")
+
+
 class AccuracyGatePass(Pass):
     """The converted model against the float model on the gate data; refuses what breaks the budget."""
 
@@ -113,6 +135,6 @@ class AccuracyGatePass(Pass):
         if reasons:
             message = f"{ctx.precision} model fails the accuracy gate: " + "; ".join(reasons)
             if not o.force:
-                raise GateFailed(message + " (fix the calibration data, relax the budget, or pass --force)")
+                raise GateFailed(message + ". " + way_forward(ctx, metrics))
             log.warning("%s; writing it anyway because of --force", message)
         return metrics

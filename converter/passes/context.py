@@ -95,10 +95,18 @@ class ConversionContext:
         return detect_task(self.outputs[0].shape, bool(self.postprocess and self.postprocess.kind == "classification"))
 
     def budget(self) -> Budget:
-        """The accuracy budget: the user's options where given, else the profile's."""
+        """The accuracy budget: the user's options where given, else the profile's.
+
+        The profile states it in the metric users know: with labelled eval data, the top-1 drop in points
+        (agreement with float is then not required: a flip between two wrong answers costs nothing); without
+        labels, agreement with float."""
         o, acc = self.options, self.profile.accuracy
-        profile_agreement = DEFAULT_MIN_MATCH if self.task() == "detection" else acc.min_agreement
-        return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else profile_agreement,
+        labelled = self.evaluation is not None and self.evaluation.labels is not None
+        if self.task() == "detection":
+            default_agreement = DEFAULT_MIN_MATCH
+        else:
+            default_agreement = 0.0 if labelled else acc.min_agreement
+        return Budget(min_agreement=o.min_agreement if o.min_agreement is not None else default_agreement,
                       max_top1_drop=o.max_accuracy_drop if o.max_accuracy_drop is not None else acc.max_top1_drop,
                       min_cosine=o.min_cosine,
                       max_map_drop=o.max_map_drop if o.max_map_drop is not None else DEFAULT_MAX_MAP_DROP)

@@ -23,12 +23,15 @@ from ..options import PassOption
 from ..errors import ConversionError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
 from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq, quant_type
+from ..onnx.reconstruct import COMPENSATIONS, compensate
 from .base import ConversionContext, Pass
 from .context import OrtInt8Hand
 
 log = logging.getLogger(__name__)
 OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny nets: 5x; big ones: about equal)
 OP_SET_TIMING_RUNS = 10
+COMPENSATION_SAMPLES = 32  # calibration inputs the layer-wise compensation fits on (Gram matrices converge fast)
+COMPENSATION_CHOICES = ("auto", *COMPENSATIONS)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
@@ -100,7 +103,8 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
     return {"recipe": "int8-qat", "requested": recipe, "note": note, "reference": reference, **info}
 
 
-def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, quantize_ops: str) -> dict[str, Any]:
+def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, quantize_ops: str,
+                           compensation: str = "none") -> dict[str, Any]:
     """int8-static via OrtStaticQuantizer; with several candidate methods, keep the best-scoring one."""
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
@@ -135,9 +139,45 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, 
     if quantize_ops == "auto" and data is not None:
         entry["op_set_search"] = choose_op_set(ctx, q, chosen)
     entry["quantize_ops"] = q.op_set
+    q, entry["compensation"] = choose_compensation(ctx, q, chosen, compensation)
     ctx.ort_int8 = OrtInt8Hand(q, chosen)
     entry.update(calibration_method=chosen, calibration_candidates=table)
     return entry
+
+
+def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, spec: str
+                        ) -> tuple[OrtStaticQuantizer, dict[str, Any]]:
+    """Weight/bias compensation after rounding (converter/onnx/reconstruct.py), measured: `auto` tries
+    empirical bias correction against plain rounding on the eval data and keeps it only when it agrees
+    better with float. The kept float model becomes the quantizer's source, so the mixed-precision
+    search that follows builds on the compensated weights."""
+    data, _ = ctx.gate_data()
+    modes = ["bias"] if spec == "auto" else [spec]
+    if spec == "none" or (spec == "auto" and data is None):
+        return q, {"chosen": "none", "note": "not measured (no eval data)" if spec == "auto" else "off"}
+    samples = ctx.calibration.head(min(COMPENSATION_SAMPLES, len(ctx.calibration)))
+    evaluate = ctx.evaluator() if data is not None else None
+    rows: list[dict[str, Any]] = []
+    base_score = evaluate(ctx.model) if evaluate else None
+    if base_score is not None:
+        rows.append({"compensation": "none", "agreement": base_score["agreement"], "error": base_score["error"]})
+    best = ("none", base_score, q, ctx.model)
+    for mode in modes:
+        float_src, qdq, rep = compensate(q.src, ctx.model, samples, mode, ctx.workdir)
+        score = evaluate(qdq) if evaluate else None
+        row: dict[str, Any] = {"compensation": mode, **rep.to_dict()}
+        if score is not None:
+            row.update(agreement=score["agreement"], error=score["error"])
+        rows.append(row)
+        better = score is None or (score["agreement"], -score["error"]) > (best[1]["agreement"], -best[1]["error"])
+        if better and (spec != "auto" or score["agreement"] > best[1]["agreement"]):
+            q2 = OrtStaticQuantizer(float_src, q.workdir, q.calibration, q.samples, q.per_channel, q.activation_type,
+                                    q.weight_type, q.op_set)
+            best = (mode, score, q2, qdq)
+    chosen, _, q, ctx.model = best
+    log.info("compensation: %s (%s)", chosen, ", ".join(f"{r['compensation']} {r.get('agreement', float('nan')):.4f}"
+                                                         for r in rows))
+    return q, {"chosen": chosen, "samples": len(samples), "candidates": rows}
 
 
 def choose_op_set(ctx: ConversionContext, q: OrtStaticQuantizer, method: str) -> dict[str, Any]:
@@ -179,13 +219,19 @@ class QuantizePass(Pass):
     def default_config(cls) -> dict[str, PassOption]:
         return {
             "calibration_method": PassOption(
-                str, None, "auto (try minmax, percentile 99.9/99.99/99.999, entropy, distribution; keep the best on the "
-                "eval data) | minmax | entropy | distribution | percentile[:PCT] | a comma list (default: profile)",
+                str, None, "auto (try minmax, meanquantile, percentile 99.9/99.99/99.999, entropy, distribution; keep the best "
+                "on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] (per-input "
+                "PCT quantiles averaged: light on memory) | a comma list (default: profile)",
                 metavar="METHOD", check=candidates),
             "quantize_ops": PassOption(
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
                 "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "
                 "slower (default)", choices=("auto", "all", "weighted")),
+            "compensation": PassOption(
+                str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
+                "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
+                "reconstruction + bias correction, none; auto = measure bias against none on the eval data and keep "
+                "the better (default)", choices=COMPENSATION_CHOICES),
         }
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
@@ -231,7 +277,7 @@ class QuantizePass(Pass):
         src, folds = fold_graph(src, ctx.workdir / "float.folded.onnx")
         src, notes = prepare_for_qdq(src, ctx.workdir / "float.qdq-ready.onnx")
         notes = folds + notes
-        measured = quantize_int8_measured(ctx, src, method, cfg.quantize_ops)
+        measured = quantize_int8_measured(ctx, src, method, cfg.quantize_ops, cfg.compensation)
         return {
             "recipe": "int8-static", "format": "QDQ", **measured,
             "per_channel": prec.per_channel, "activation_type": prec.activation_type,

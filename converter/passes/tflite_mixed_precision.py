@@ -132,7 +132,8 @@ class TFLiteMixedPrecisionPass(Pass):
                        f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {io_dtype}")
         out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
-                                     ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES)
+                                     ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES,
+                                     fp32_model=ctx.reference_model)
         if out.model is not None:  # what the file really keeps float: deny-listed op types, layer output dtypes
             q = quantizer(data)
             if q.denylisted_ops:

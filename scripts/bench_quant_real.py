@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Int8 on real pretrained ImageNet CNNs and real photos: ORT defaults vs NNCF vs edgekit, side by side.
+
+  PYTHONPATH=. python scripts/bench_quant_real.py [--models mobilenet_v2,efficientnet_lite0] [--no-nncf] [--json]
+
+Models and photos come from packages (examples/imagenet_cnns.py: torchvision's MobileNetV2 weights and
+EfficientNet-Lite0, Debian's opencv-doc photos and videos, scikit-image photos). Photos are split by
+source file: one side calibrates (edgekit also selects its recipe on half of it), the other side is the
+held-out test set every figure below is measured on. Agreement = float's top-1 kept; "clear" = inputs
+where float's top-1 probability leads the runner-up by > 0.2. Latency: median ms, batch 1, 2 threads,
+interleaved runs in one process. PP-OCR stays in scripts/bench_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_accuracy as ba  # noqa: E402
+from converter.accuracy.metrics import score  # noqa: E402
+from examples import imagenet_cnns as nets  # noqa: E402
+
+log = logging.getLogger("bench_quant_real")
+
+
+def nncf_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
+    """NNCF 3.4 post-training int8 (performance preset, its fast bias correction), activations moved to
+    uint8 (same values) so ORT's CPU kernels run U8S8 as for the others (scripts/bench_nncf.py)."""
+    import nncf
+    import onnx
+
+    from bench_nncf import activations_to_uint8, opset13
+
+    m = opset13(onnx.load(str(float_model)))
+    name = m.graph.input[0].name
+    q = nncf.quantize(m, nncf.Dataset(list(calib), lambda a: {name: a[None]}), subset_size=len(calib))
+    q, _ = activations_to_uint8(q)
+    onnx.save(q, str(out))
+    return out
+
+
+def edgekit_int8(src: Path, calib: Path, select: Path, work: Path) -> tuple[dict, Path, float]:
+    """`edge-convert convert` with the profile's defaults (the budget, auto compensation, the speed floor).
+    MinMax and mean per-input quantiles: ORT's histogram calibrators (percentile, entropy) hold every activation of every sample,
+    GBs on a 224x224 CNN with a few hundred photos."""
+    from converter.cli import main
+    from edge_agent.bundle import generate_keypair
+
+    key, _ = generate_keypair(work / "keys", overwrite=True)
+    out = work / "model.edgebundle"
+    args = ["-q", "convert", str(src), "--profile", "raspberry-pi-4", "--calibration", str(calib), "--eval", str(select),
+            "--key", str(key), "--out", str(out), "--calibration-method", "minmax,meanquantile:99.99",
+            "--bench-runs", "10", "--force"]
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0, "conversion failed"
+    seconds = time.perf_counter() - t0
+    with tarfile.open(out) as tar:
+        tar.extract("model/model.onnx", work / "bundle", filter="data")
+    return json.loads(Path(str(out) + ".report.json").read_text()), work / "bundle" / "model" / "model.onnx", seconds
+
+
+def fused_int8_kernels(model: Path) -> int:
+    """Int8 kernels in ORT's optimized graph (QLinearConv, QGemm, ...): a QDQ model ORT could not fuse runs in float."""
+    import onnx
+    import onnxruntime as ort
+
+    opt = model.with_suffix(".optimized.onnx")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    return sum(n.op_type.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) for n in onnx.load(str(opt)).graph.node)
+
+
+def bench(name: str, runs: int, with_nncf: bool) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-real-{name}-"))
+    float_model = nets.export(name, work / "float.onnx")
+    calib_side, test = nets.photo_split(400, 400)
+    calib, select = calib_side[0::2], calib_side[1::2]
+    np.savez(work / "calib.npz", x=calib)
+    np.savez(work / "select.npz", x=select)
+    report, ours, convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz", work)
+    models = {"float": float_model, "ort-default-int8": ba.default_int8(float_model, calib, work / "default.onnx"),
+              "edgekit-int8": ours}
+    if with_nncf:
+        try:
+            models["nncf-int8"] = nncf_int8(float_model, calib, work / "nncf.onnx")
+        except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the table
+            log.warning("nncf failed: %s", exc)
+    ref = ba.run(float_model, test)
+    lat = ba.latencies(models, test, runs)
+    rows = {}
+    for label, model in models.items():
+        s = score(ref, ba.run(model, test), "classification")
+        rows[label] = {"agreement": s["agreement"], "clear_agreement": s.get("clear_agreement"),
+                       "clear_share": s.get("clear_share"), "latency_ms": round(lat[label], 3),
+                       "speedup_vs_float": round(lat["float"] / lat[label], 2),
+                       "int8_kernels": fused_int8_kernels(model) if label != "float" else 0}
+    m = report["measurements"]
+    mixed = m.get("mixed_precision", {})
+    quant = next(p for p in report["passes"] if p["pass"] == "quantize")
+    return {"model": name, "calibration_inputs": len(calib), "selection_inputs": len(select), "held_out_inputs": len(test),
+            "precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
+            "convert_seconds": round(convert_s, 1), "calibration": quant.get("calibration_method"),
+            "compensation": quant.get("compensation"), "float_layers": mixed.get("float_layers", []),
+            "tradeoff_curve": mixed.get("steps"), "results": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(nets.MODELS))
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    subprocess.run(["bash", str(ROOT / "scripts" / "ensure_apt.sh"), "opencv-doc", "__none__", str(nets.OPENCV_DATA)],
+                   check=False)
+    results = []
+    for m in args.models.split(","):
+        results.append(bench(m, args.runs, not args.no_nncf))
+        log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+        return 0
+    for r in results:
+        print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos; edgekit {r['precision']} "
+              f"(gate {'passed' if r['gate_passed'] else 'missed'}), calibration {r['calibration']}, compensation "
+              f"{(r['compensation'] or {}).get('chosen')}, {len(r['float_layers'])} layers float, {r['convert_seconds']} s")
+        for label, row in r["results"].items():
+            clear = f"{row['clear_agreement']:.3f} clear ({row['clear_share']:.0%})" if row["clear_agreement"] is not None else ""
+            print(f"  {label:18s} agreement {row['agreement']:.3f}  {clear:22s} {row['latency_ms']:8.3f} ms "
+                  f"{row['speedup_vs_float']:5.2f}x  int8 kernels {row['int8_kernels']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Weight/bias compensation after rounding (converter/onnx/reconstruct.py), the search's speed floor and
+the gate's way forward, on the digits CNN trained in the session (conftest) and small synthetic graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from converter.cli import main
+from converter.data import Dataset
+from converter.onnx.model_io import ort_session
+from converter.onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq
+from converter.onnx.reconstruct import compensate
+
+from .conftest import convert_args
+
+
+def _run(model: Path, x: np.ndarray) -> np.ndarray:
+    s = ort_session(model)
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _int8_kernels(model: Path, tmp: Path) -> dict[str, int]:
+    """Op counts of ORT's optimized graph: a QDQ model ORT fuses shows QLinearConv/QGemm, not Conv."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp / (model.stem + ".opt.onnx"))
+    ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    ops: dict[str, int] = {}
+    for n in onnx.load(so.optimized_model_filepath).graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
+
+
+@pytest.fixture(scope="module")
+def quantized(digits, tmp_path_factory):
+    """The digits CNN quantized per tensor (a coarser int8 than the profile's, so rounding moves the outputs)."""
+    work = tmp_path_factory.mktemp("compensation")
+    src, _ = prepare_for_qdq(digits.onnx, work / "ready.onnx")
+    calib = Dataset({"image": np.load(digits.calibration)["image"][:64]})
+    q = OrtStaticQuantizer(src, work, calib, 64, per_channel=False)
+    return work, src, calib, q, q.quantize("minmax", dst=work / "plain.onnx")
+
+
+def test_bias_correction_removes_the_mean_shift_and_stays_fused_qdq(digits, quantized):
+    work, src, calib, q, plain = quantized
+    float_out, qdq, report = compensate(src, plain, calib.head(32), "bias", work)
+    assert report.layers == 4 and not report.skipped  # three convolutions and the classifier
+    x = digits.x_test[:200]
+    ref = _run(src, x)
+    shift = lambda m: float(np.abs((_run(m, x) - ref).mean(0)).mean())  # noqa: E731  per-class mean shift, held out
+    assert shift(qdq) < 0.7 * shift(plain)
+    # the same plain QDQ model: ORT fuses it into the same int8 kernels, no float Conv/Gemm left
+    before, after = _int8_kernels(plain, work), _int8_kernels(qdq, work)
+    assert after.get("QLinearConv", 0) == before.get("QLinearConv", 0) == 3
+    assert after.get("Conv", 0) == 0 and after == before
+    # the compensated float model re-quantized with the same cached ranges gives the same int8 model,
+    # so the mixed-precision search can build on it
+    again = OrtStaticQuantizer(float_out, work, calib, 64, per_channel=False).quantize("minmax", dst=work / "again.onnx")
+    assert np.abs(_run(again, x) - _run(qdq, x)).max() < 1e-4
+
+
+def test_weight_reconstruction_keeps_answers(digits, quantized):
+    work, src, calib, q, plain = quantized
+    _, qdq, report = compensate(src, plain, calib.head(32), "weights", work)
+    assert report.layers == 4
+    x = digits.x_test
+    assert (_run(qdq, x).argmax(1) == digits.float_predictions).mean() >= 0.97
+
+
+def test_convert_measures_compensation_and_reports_it(digits, tmp_path):
+    out = tmp_path / "d.edgebundle"
+    assert main(convert_args(digits, out, "raspberry-pi-4", "--compensation", "auto")) == 0
+    import json
+
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    quant = next(p for p in report["passes"] if p["pass"] == "quantize")
+    comp = quant["compensation"]
+    assert comp["chosen"] in ("none", "bias")
+    assert [c["compensation"] for c in comp["candidates"]] == ["none", "bias"]
+    assert all(0 <= c["agreement"] <= 1 for c in comp["candidates"])
+
+
+def test_search_stops_at_the_speed_floor_not_a_layer_count():
+    from converter.accuracy.mixed_precision import greedy_fallback
+
+    agreement = {(): 0.80, ("a",): 0.90, ("a", "b"): 0.93, ("a", "b", "c"): 0.96}
+    latency = {(): 1.0, ("a",): 1.2, ("a", "b"): 1.6, ("a", "b", "c"): 2.0}
+    evaluate = lambda m: {"agreement": agreement[m], "error": 1 - agreement[m]}  # noqa: E731
+    fails = lambda s: [] if s["agreement"] >= 0.95 else ["agreement"]  # noqa: E731
+    # fp32 at 2.0 ms, --min-speedup 1.3: the floor is 1.54 ms; ("a", "b") is slower, so the walk stops there
+    result = greedy_fallback(["a", "b", "c"], tuple, evaluate, fails, 10, latency=latency.__getitem__,
+                             max_latency_ms=2.0 / 1.3)
+    assert len(result.steps) == 3 and result.float_layers == ["a"] and not result.passed
+    # a step that looks too slow is timed again first: one load spike does not end the search
+    timings = {("a",): [1.2], ("a", "b"): [9.0, 1.5], ("a", "b", "c"): [1.5]}
+    noisy = lambda m: timings[m].pop(0) if m in timings and timings[m] else 1.0  # noqa: E731
+    spiky = greedy_fallback(["a", "b", "c"], tuple, evaluate, fails, 10, latency=noisy, max_latency_ms=2.0 / 1.3)
+    assert spiky.passed and spiky.float_layers == ["a", "b", "c"]
+    # without the floor it goes on until the budget holds
+    assert greedy_fallback(["a", "b", "c"], tuple, evaluate, fails, 10, latency=latency.__getitem__).passed
+
+
+def test_failed_gate_prints_the_commands_that_would_accept_or_go_fp16(digits, tmp_path, capsys):
+    out = tmp_path / "strict.edgebundle"
+    rc = main(convert_args(digits, out, "raspberry-pi-4", "--min-agreement", "1.01", "--compensation", "none",
+                           "--sensitivity", "off"))
+    assert rc == 30 and not out.exists()
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "accuracy gate" in ln)
+    assert "To accept it: edge-convert --quiet convert" in line and "--accuracy-budget" in line
+    assert "--precision fp16" in line
+
+
+def test_mean_quantile_ranges_are_tighter_and_keep_answers(digits, quantized):
+    """meanquantile: per input, each tensor's 0.01/99.99 % quantiles, averaged (one input in memory at a time)."""
+    import json
+
+    work, src, calib, _, _ = quantized
+    q = OrtStaticQuantizer(src, work, calib, 64)
+    model = q.quantize("meanquantile:99.99", dst=work / "mq.onnx")
+    mm = json.loads((work / "calib.minmax.json").read_text())["data"]
+    mq = json.loads((work / "calib.meanquantile_99.99.json").read_text())["data"]
+    assert set(mq) == set(mm)
+    width = lambda d, k: d[k]["highest"]["data"][0] - d[k]["lowest"]["data"][0]  # noqa: E731
+    assert all(width(mq, k) <= width(mm, k) + 1e-6 for k in mm) and any(width(mq, k) < 0.9 * width(mm, k) for k in mm)
+    assert (_run(model, digits.x_test).argmax(1) == digits.float_predictions).mean() >= 0.97
