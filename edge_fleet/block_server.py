@@ -25,7 +25,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.ota.protocol import Block, BlockRequest, ProtocolError, Topics, encode_block
+from edge_agent.ota.protocol import ProtocolError, Topics
+from edge_agent.ota.block_frames import Block, BlockRequest, encode_block
 
 log = logging.getLogger(__name__)
 
