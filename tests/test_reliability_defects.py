@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.bundle import HashMismatch, TrustStore, UnsafeMember, load_private_key, read_manifest_unverified, verify_bundle
+from edge_agent.bundle import (HashMismatch, TrustStore, UnsafeMember, generate_keypair, load_private_key,
+                               read_manifest_unverified, verify_bundle)
 from edge_agent.bundle.errors import SignatureError
-from edge_agent.ota.protocol import DesiredState, ProtocolError, Topics, dumps
+from edge_agent.ota.protocol import BundleRef, DesiredState, ProtocolError, Topics, dumps
+from edge_agent.ota.slots import Health, Slots
 from edge_agent.ota.transfer import BlockDownloader, TransferError
 from edge_fleet.cli import main as fleet_main
 
 from .bundle_craft import craft_bundle
 from .fault_helpers import fill, needs_root, small_disk
+from .fuzz_cases import CORRUPTIONS
 from .ota_fixtures import BLOCK, agent_in_process, bundles, broker, cli, fleet, home, install, status, v1_home  # noqa: F401
 from .ota_helpers import desired_for, login_client, wait_for
 
@@ -74,6 +77,35 @@ def test_2_corrupt_slot_state_is_rebuilt_from_the_slots(home, bundles, digits, c
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
     s = status(home, capsys)
     assert s["version"] == 2 and s["active_slot"] == "b", s
+
+
+def test_2_a_damaged_slot_json_of_the_active_slot_is_rebuilt_from_its_signed_manifest(home, bundles, digits, tmp_path):
+    """Found by scripts/bench_reliability.py: a one-slot home whose slots/a/slot.json is damaged served no model
+    until the next update. The slot keeps its bundle's signed manifest and signature: slot.json comes back from
+    them, verified against the trust store with every file re-hashed, never guessed. Failed before the fix."""
+    trust, slot_json = TrustStore.from_paths([digits.pub]), home / "slots" / "a" / "slot.json"
+    before = json.loads(slot_json.read_text())
+    for how, damage in CORRUPTIONS.items():
+        slot_json.write_bytes(damage(slot_json.read_bytes()))
+        assert not Slots(home / "slots").active().usable, how  # without the trusted keys nothing is rebuilt
+        active = Slots(home / "slots", trust).active()
+        assert active.usable and active.health is Health.UNKNOWN, (how, active)  # the boot health check runs
+        assert active.ref == BundleRef(**before["ref"]), how  # the archive's SHA-256, recomputed exactly
+        assert json.loads(slot_json.read_text())["manifest"] == before["manifest"]
+    # never guessed: another signer's key, or a file that differs from the signed manifest, rebuilds nothing
+    slot_json.write_text("garbage")
+    other = TrustStore.from_paths([generate_keypair(tmp_path / "other")[1]])
+    assert not Slots(home / "slots", other).active().usable
+    victim = next((home / "slots" / "a" / "bundle").rglob("*.onnx"))
+    original = victim.read_bytes()
+    victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    assert not Slots(home / "slots", trust).active().usable
+    victim.write_bytes(original)
+    # two slots: the active one (b, v2) is rebuilt and stays active; a (v1) stays the previous one
+    assert install(home, bundles["v2"], digits.pub) == 0
+    (home / "slots" / "b" / "slot.json").write_text("[1, 2, 3]")
+    slots = Slots(home / "slots", trust)
+    assert (slots.active().name, slots.active().ref.version, slots.previous().ref.version) == ("b", 2, 1)
 
 
 # 3 -------------------------------------------------------------------------------------------

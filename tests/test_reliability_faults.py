@@ -132,6 +132,39 @@ def test_a_corrupt_persisted_file_never_costs_the_model_or_later_updates(relpath
         thread.join(20)
 
 
+def _serving(fleet, dev: str) -> int | None:
+    """The version the agent's inference loop runs, from its telemetry (None before one is served)."""
+    t = fleet.last_telemetry(dev)
+    return t.model.version if t is not None and t.model is not None and t.inferences > 0 else None
+
+
+def test_a_one_slot_home_whose_slot_json_is_damaged_serves_its_model_after_a_kill(home, bundles, digits, broker,
+                                                                                 fleet):
+    """Only slot a (v1). kill -9 the agent, damage slots/a/slot.json, restart: the agent rebuilds slot.json
+    from the slot's kept signed manifest (trusted key, files re-hashed) and serves v1 again at once, then
+    takes v2. Failed before: the slot read as empty and no model was served until the next update."""
+    dev, slot_json = "one-slot", home / "slots" / "a" / "slot.json"
+    agent = AgentProcess(home, broker.url, dev, digits.pub)
+    try:
+        wait_for(lambda: _serving(fleet, dev) == 1, what="v1 to be served")
+        agent.kill9()
+    finally:
+        agent.stop()
+    before = json.loads(slot_json.read_text())
+    slot_json.write_bytes(CORRUPTIONS["truncated"](slot_json.read_bytes()))
+    with fleet.lock:
+        fleet.telemetry.pop(dev, None)
+    agent = AgentProcess(home, broker.url, dev, digits.pub)
+    try:
+        wait_for(lambda: _serving(fleet, dev) == 1, what="v1 to be served again")
+        rebuilt = json.loads(slot_json.read_text())
+        assert (rebuilt["ref"], rebuilt["manifest"], rebuilt["health"]) == (before["ref"], before["manifest"], "unknown")
+        takes_an_update(fleet, dev, bundles["v2"], "dep-one-slot-v2")
+        assert serves_a_good_model(home) == 2
+    finally:
+        assert agent.stop() == 0
+
+
 # a full disk in every phase --------------------------------------------------------------------
 
 

@@ -48,6 +48,8 @@ class VerifiedBundle:
     key_id: str
     path: Path
     unpacked_to: Path | None = None
+    manifest_bytes: bytes = b""  # the exact signed bytes (a slot keeps them: edge_agent.bundle.unpacked)
+    signature_bytes: bytes = b""
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -123,18 +125,25 @@ def write_bundle(out_path: Path, manifest: Manifest, files: dict[str, Path], key
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".partial", dir=out_path.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            tar.addfile(_header(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
-            tar.addfile(_header(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
-            for entry in entries:
-                with open(files[entry.path], "rb") as fh:
-                    tar.addfile(_header(entry.path, entry.size), fh)
+        with os.fdopen(fd, "wb") as raw:
+            write_archive(raw, manifest_bytes, signature, entries, files)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out_path
+
+
+def write_archive(raw: BinaryIO, manifest_bytes: bytes, signature: bytes, entries: list[FileEntry],
+                  files: dict[str, Path]) -> None:
+    """The archive bytes (deterministic: same inputs, same bytes), written to `raw`."""
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(_header(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+        tar.addfile(_header(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
+        for entry in entries:
+            with open(files[entry.path], "rb") as fh:
+                tar.addfile(_header(entry.path, entry.size), fh)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -219,11 +228,12 @@ def verify_bundle(
         unpack_to.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=unpack_to.parent))
     try:
-        manifest, kid = _verify_stream(path, trust, profile, allow_profile_mismatch, staging, max_member_bytes)
+        manifest, kid, signed = _verify_stream(path, trust, profile, allow_profile_mismatch, staging, max_member_bytes)
         if staging is not None and unpack_to is not None:
             os.replace(staging, unpack_to)
             staging = None
-        return VerifiedBundle(manifest=manifest, key_id=kid, path=path, unpacked_to=unpack_to)
+        return VerifiedBundle(manifest=manifest, key_id=kid, path=path, unpacked_to=unpack_to,
+                              manifest_bytes=signed[0], signature_bytes=signed[1])
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -236,7 +246,7 @@ def _verify_stream(
     allow_profile_mismatch: bool,
     staging: Path | None,
     max_member_bytes: int,
-) -> tuple[Manifest, str]:
+) -> tuple[Manifest, str, tuple[bytes, bytes]]:
     try:
         tar = tarfile.open(path, mode="r:")
     except (tarfile.TarError, OSError) as exc:
@@ -304,7 +314,7 @@ def _verify_stream(
         size = path.stat().st_size
         if size < data_end + 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
             raise CorruptBundle(f"{path.name} has no end-of-archive marker: the file is truncated, re-download it")
-    return manifest, kid
+    return manifest, kid, (manifest_bytes, signature or b"")
 
 
 def _safe_target(root: Path, name: str) -> Path:

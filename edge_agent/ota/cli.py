@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..bundle import read_manifest_unverified, sha256_file
+from ..bundle import BundleError, read_manifest_unverified, sha256_file
 from ..errors import AgentError
 from ..home import AgentHome, require_trust
 from ..monitor.watch import add_drift_arguments
@@ -46,6 +46,15 @@ def _profile(home: AgentHome, args: argparse.Namespace):
     return load_profile(chosen)
 
 
+def _slots(home: AgentHome) -> Slots:
+    """The home's slots with its trusted keys (so a damaged slot.json of the active slot is rebuilt)."""
+    try:
+        trust = home.trust_store()
+    except BundleError:  # a broken key file must not hide the status
+        trust = None
+    return Slots(home.slots_dir, trust)
+
+
 def _budget(args: argparse.Namespace, profile) -> float | None:
     value = getattr(args, "latency_budget_ms", None)
     return value if value is not None else profile.limits.latency_budget_ms
@@ -61,7 +70,7 @@ def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
         deployment_id=f"local-{sha[:12]}", bundle=BundleRef(manifest.name, manifest.version, sha), size=size,
         profile=profile.name, signature={}, source={"type": "file"}, allow_downgrade=args.allow_downgrade,
     )
-    slots = Slots(home.slots_dir)
+    slots = Slots(home.slots_dir, trust)
     active = slots.active()
     if active is not None and active.ref is not None and active.ref.sha256 == sha:
         return ({"ok": True, "changed": False, **active.to_dict()},
@@ -79,7 +88,7 @@ def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
 
 
 def cmd_rollback(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
-    slots = Slots(home.slots_dir)
+    slots = _slots(home)
     with install_lock(home, wait=False):
         before = slots.active()
         prev = slots.rollback()
@@ -94,7 +103,7 @@ def cmd_rollback(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, A
 
 
 def status_dict(home: AgentHome) -> dict[str, Any]:
-    slots = Slots(home.slots_dir)
+    slots = _slots(home)
     active, prev, job = slots.active(), slots.previous(), load_job(home)
     return {
         "active_slot": active.name if active else None,

@@ -6,6 +6,7 @@ Layout under `<home>/slots/`:
     a/slot.json         lifecycle (empty|installing|installed), health (unknown|good|bad), bundle ref,
                         manifest, reason, schema_version
     a/bundle/           the unpacked, verified bundle payload
+    a/signed/           the bundle's manifest.json and signature.json, byte for byte
     b/...
 
 `Lifecycle.ACTIVE` is never written into slot.json: a slot is active because state.json
@@ -16,6 +17,9 @@ before every switch); the other one, if usable, is the previous slot. A slot is 
 flips `state.json` atomically, so after a power cut the agent boots either the old or the
 new slot, never a mix. slot.json files from before the split (one `status` of
 empty|installing|installed|good|bad) are read as the two enums and rewritten on the next change.
+When the ACTIVE slot's slot.json is missing or damaged, it is rebuilt from the slot itself (given the
+trusted keys): the kept signed manifest verified against them and every file re-hashed
+(edge_agent.bundle.unpacked); health becomes `unknown`, so the boot health check runs before serving.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Manifest, TrustStore, VerifiedBundle, verify_bundle
+from ..bundle import BundleError, Manifest, TrustStore, VerifiedBundle, verify_bundle
+from ..bundle.unpacked import keep_signed, verify_unpacked
 from .protocol import BundleRef
 from .statefile import read_json, write_json_atomic
 from ..errors import AgentError
@@ -150,10 +155,11 @@ def files_match_manifest(info: SlotInfo) -> bool:
 
 
 class Slots:
-    """The two slots of one agent home."""
+    """The two slots of one agent home. With `trust`, a damaged slot.json of the active slot is rebuilt."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, trust: TrustStore | None = None) -> None:
         self.root = Path(root)
+        self.trust = trust
 
     # --- reading -------------------------------------------------------------------------
 
@@ -175,6 +181,26 @@ class Slots:
     def _meta(self, name: str) -> dict[str, Any]:
         meta = read_json(self.root / name / "slot.json", {})
         return migrate_slot_meta(meta) if isinstance(meta, dict) else {}
+
+    def _rebuild_meta(self, name: str) -> bool:
+        """slot.json again from the slot's kept signed manifest and its files (False if they do not verify)."""
+        folder = self.root / name
+        try:
+            checked = verify_unpacked(folder / "signed", folder / "bundle", self.trust or TrustStore({}))
+        except BundleError as exc:
+            log.error("slot %s: slot.json is damaged and the slot cannot be rebuilt: %s", name, exc)
+            return False
+        m = checked.manifest
+        meta = {"lifecycle": Lifecycle.INSTALLED.value, "health": Health.UNKNOWN.value, "manifest": m.to_dict(),
+                "ref": BundleRef(m.name, m.version, checked.sha256).__dict__, "key_id": checked.key_id,
+                "reason": "slot.json rebuilt from the slot's signed manifest", "rebuilt_at": time.time()}
+        log.warning("slot %s: slot.json was damaged: rebuilt from its signed manifest (%s v%s, key %s)", name,
+                    m.name, m.version, checked.key_id)
+        try:
+            write_json_atomic(folder / "slot.json", {**meta, "schema_version": SLOT_SCHEMA_VERSION})
+        except OSError as exc:
+            log.error("could not store the rebuilt slot.json of slot %s: %s", name, exc)
+        return True
 
     def _rebuild_state(self, why: str) -> dict[str, Any]:
         """state.json again, from each slot's own manifest (files re-hashed) and health mark."""
@@ -211,7 +237,25 @@ class Slots:
         return "b" if name == "a" else "a"
 
     def info(self, name: str) -> SlotInfo:
-        return self._read_info(name, active=self.active_name())
+        active = self.active_name()
+        info = self._read_info(name, active=active)
+        if name == active and self.trust and not info.usable and self._damaged(name) and self._rebuild_meta(name):
+            info = self._read_info(name, active=active)
+        return info
+
+    def _damaged(self, name: str) -> bool:
+        """slot.json is missing, unreadable or not slot metadata (the active slot always has a valid one)."""
+        meta = read_json(self.root / name / "slot.json", None)
+        if not isinstance(meta, dict):
+            return True
+        meta = migrate_slot_meta(meta)
+        try:
+            lifecycle, _ = Lifecycle(meta.get("lifecycle")), Health(meta.get("health"))
+            Manifest.from_dict(meta["manifest"])
+            BundleRef(**meta["ref"])
+        except Exception:  # noqa: BLE001 - any missing or wrong field
+            return True
+        return lifecycle is not Lifecycle.INSTALLED
 
     def _read_info(self, name: str, active: str | None) -> SlotInfo:
         folder = self.root / name
@@ -267,6 +311,7 @@ class Slots:
         self._write_meta(name, lifecycle=Lifecycle.INSTALLING.value, health=Health.UNKNOWN.value, ref=ref.__dict__,
                          manifest=None, reason=None)
         vb = verify_bundle(bundle, trust, profile=profile, unpack_to=self.root / name / "bundle")
+        keep_signed(vb, self.root / name / "signed")  # lets a damaged slot.json be rebuilt
         self._write_meta(name, lifecycle=Lifecycle.INSTALLED.value, manifest=vb.manifest.to_dict(), key_id=vb.key_id,
                          installed_at=time.time())
         return vb

@@ -80,7 +80,7 @@ class InstallContext:
 
     @property
     def slots(self) -> Slots:
-        return Slots(self.home.slots_dir)
+        return Slots(self.home.slots_dir, self.trust)
 
 
 # --- checks shared by states ---------------------------------------------------------------

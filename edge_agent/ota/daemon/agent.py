@@ -51,7 +51,7 @@ class Agent:
     def __init__(self, home: AgentHome, config: AgentConfig, loop: InferenceLoop | None = None) -> None:
         check_device_id(config.device_id)
         self.home, self.config = home, config
-        self.slots = Slots(home.slots_dir)
+        self.slots = Slots(home.slots_dir, config.trust)  # the trust store lets a damaged slot.json be rebuilt
         self.topics = DeviceTopics.for_device(Topics(config.prefix), config.device_id)
         self.feed, self.loop = _inference_loop(config, loop)
         self._stop = threading.Event()
