@@ -12,13 +12,16 @@ signed with the real key, and (as root) a small tmpfs that really fills up.
                        survived = refused with its own exit code, v1 still served, nothing left behind
     kill -9 in PHASE   the agent is killed inside the phase, restarted, and must end on a working model
                        and then take the next update
-    corrupt FILE       one persisted file damaged (4 ways) after a kill -9 mid-download: same checks
+    corrupt FILE       one persisted file damaged (4 ways) after a kill -9 mid-download, on a one-slot home
+                       (v1 in a) and a two-slot one (v1 in a, v2 active in b): same checks
     disk full in PHASE as root: kill -9 in the phase, the disk fills, restart: a working model, and an
                        update once space is back
+    fleet: stored bundle file GONE  a published bundle's file deleted or unreadable in the fleet's store: its
+                       rollout must be refused (BUNDLE_MISSING, a clear reason) and the device sent nothing
     acl: ATTEMPT       what a device login tries against the fleet's embedded broker (must be denied)
 
 `lost` counts runs that ended without a working model, with a stuck update, or with a bundle accepted.
-Defaults repeat the probe's counts (4,378 publishes, 40 bundles x 4 runs, 25 kill/corrupt runs).
+Defaults repeat the probe's counts (4,378 publishes, 40 bundles x 4 runs) with 30 kill/corrupt runs (the probe: 25).
 """
 
 from __future__ import annotations
@@ -147,8 +150,9 @@ def malicious_bundles(rig: Rig, folder: Path) -> dict[str, callable]:
         info.type, info.linkname = kind, link
         return [(info, b"")]
 
-    def make(**kw):  # noqa: ANN003
-        return lambda out: craft_bundle(out, template, kw.pop("key", key), kw.pop("members", model), **kw)
+    def make(**kw):  # noqa: ANN003 - reusable: each try of a kind gets the same malicious bundle
+        rest = {k: v for k, v in kw.items() if k not in ("key", "members")}
+        return lambda out: craft_bundle(out, template, kw.get("key", key), kw.get("members", model), **rest)
 
     def cut(out: Path) -> Path:
         craft_bundle(out, template, key, model)
@@ -212,6 +216,40 @@ def bench_bundles(rig: Rig, count: int) -> list[Row]:
     return [(f"bundle: {k}", *v) for k, v in tally.items()]
 
 
+def bench_bundle_file_gone(rig: Rig) -> list[Row]:
+    """The fleet's rule for a published bundle whose stored file is gone or unreadable: its rollout is
+    refused (the device's target fails with BUNDLE_MISSING, "bundle file unreadable") and the device is
+    sent nothing; publishing it without block hashes would be a loss (devices could not check blocks)."""
+    from edge_agent.ota.protocol import BundleRef, ReportedState
+    from edge_fleet.registry import TargetStatus, open_registry
+    from edge_fleet.rollout import RolloutDriver, plan_rollout
+
+    def to_folder(path: Path) -> None:
+        path.unlink()
+        path.mkdir()
+
+    rows, trust = [], ["--trust", str(rig.pub)]
+    for how, damage in (("deleted", Path.unlink), ("replaced by a folder", to_folder)):
+        fleet_home, bundle = rig.work / f"fleet-gone-{len(rows)}", rig.next_bundle()
+        assert all(fleet_main(["publish", str(b), *trust, "--home", str(fleet_home)]) == 0 for b in (rig.v1, bundle))
+        sent: list[bytes] = []  # what the rollout publishes (a halt may send v1 back; never the damaged bundle)
+        with open_registry(fleet_home / "fleet.db", store_dir=fleet_home / "bundles") as reg:
+            v1 = read_manifest_unverified(rig.v1)
+            record = next(b for b in reg.bundles() if b.version == rig.version)
+            reg.record_reported(ReportedState("gone", "idle", PROFILE, "t", current=BundleRef(
+                v1.name, v1.version, next(b.sha256 for b in reg.bundles() if b.version == 1))))
+            damage(Path(record.path))
+            plan = plan_rollout(reg, f"{record.name}:{record.version}", devices=["gone"], stages=[100])
+            driver = RolloutDriver(reg, Topics(), lambda _topic, payload, _retain: sent.append(payload or b""))
+            driver.step(now=1000.0)
+            driver.step(now=1001.0)
+            target = reg.rollout(plan.id).target("gone")
+        ok = (target.status is TargetStatus.FAILED and "bundle file unreadable" in (target.reason or "")
+              and not any(record.sha256.encode() in payload for payload in sent))
+        rows.append((f"fleet: stored bundle file {how}", 1, int(ok), int(not ok)))
+    return rows
+
+
 def _killed_in(rig: Rig, home: Path, dev: str, point: str) -> str:
     """Deploy the next version, let the agent pause at `point`, kill -9 it; the deployment id."""
     env = {"EDGEKIT_TEST_PAUSE_AFTER_BLOCKS": point[7:]} if point.startswith("blocks:") else {"EDGEKIT_TEST_PAUSE_PHASE": point}
@@ -247,18 +285,24 @@ def bench_kills(rig: Rig) -> list[Row]:
         home, dev = rig.home(), f"kill-{point.replace(':', '-').replace('_', '-')}"
         ok = _recovers(rig, home, dev, _killed_in(rig, home, dev, point))
         rows.append((f"kill -9 in {point}", 1, int(ok), int(not ok)))
-    base = rig.home()
-    _killed_in(rig, base, "corrupt-base", "blocks:4")
-    for pattern in ["ota/update.json", "slots/state.json", "slots/a/slot.json", "slots/b/slot.json",
-                    "ota/staging/*.blocks.json"]:
-        tries = survived = 0
-        for how, damage in CORRUPTIONS.items():
-            home = rig.home(base)
-            for path in home.glob(pattern):
+    one = rig.home()  # v1 in slot a only, a download killed mid-way
+    _killed_in(rig, one, "corrupt-one", "blocks:4")
+    two = rig.home()  # v1 in slot a, v2 active in slot b, a download killed mid-way
+    assert agent_main(["--home", str(two), "install", str(rig.next_bundle()), "--trust", str(rig.pub),
+                       "--profile", PROFILE]) == 0
+    _killed_in(rig, two, "corrupt-two", "blocks:4")
+    for base, slots, patterns in ((one, "one slot", ["ota/update.json", "slots/state.json", "slots/a/slot.json",
+                                                      "ota/staging/*.blocks.json"]),
+                                  (two, "two slots", ["slots/a/slot.json", "slots/b/slot.json"])):
+        for pattern in patterns:
+            tries = survived = 0
+            for damage in CORRUPTIONS.values():
+                home = rig.home(base)
+                (path,) = home.glob(pattern)  # a try damages a file that is there
                 path.write_bytes(damage(path.read_bytes()))
-            tries += 1
-            survived += _recovers(rig, home, f"corrupt-{rig.homes}", None)
-        rows.append((f"corrupt {pattern}", tries, survived, tries - survived))
+                tries += 1
+                survived += _recovers(rig, home, f"corrupt-{rig.homes}", None)
+            rows.append((f"corrupt {pattern} ({slots})", tries, survived, tries - survived))
     return rows
 
 
@@ -339,7 +383,8 @@ def main() -> int:
         with contextlib.redirect_stdout(sys.stderr):  # what the CLIs print; stdout is the table
             rig = Rig(Path(tmp))
             try:
-                rows = bench_publishes(rig, args.publishes) + bench_bundles(rig, args.bundles) + bench_kills(rig)
+                rows = (bench_publishes(rig, args.publishes) + bench_bundles(rig, args.bundles)
+                        + bench_bundle_file_gone(rig) + bench_kills(rig))
                 if os.geteuid() == 0:
                     rows += bench_disk_full(rig)
                 rows += bench_acl(rig)
