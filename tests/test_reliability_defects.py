@@ -71,6 +71,11 @@ def test_2_corrupt_slot_state_is_rebuilt_from_the_slots(home, bundles, digits, c
     assert cli(home, "rollback") == 0
     s = status(home, capsys)
     assert s["version"] == 1 and s["active_slot"] == "a"
+    # the next update after a rebuild goes into the other slot, never into the active good one (a, v1)
+    (home / "slots" / "state.json").write_text("garbage")
+    assert install(home, bundles["v2"], digits.pub) == 0
+    s = status(home, capsys)
+    assert (s["active_slot"], s["version"], s["previous"]["version"]) == ("b", 2, 1), s
     # a slot whose files no longer match its manifest is never made active by a rebuild
     (home / "slots" / "state.json").write_text("garbage")
     victim = next((home / "slots" / "a" / "bundle").rglob("*.onnx"))
@@ -283,6 +288,41 @@ def test_10_the_example_acl_is_the_one_the_fleet_generates():
 
     example = Path(__file__).resolve().parents[1] / "examples" / "mosquitto" / "acl.conf"
     assert example.read_text() == render_acl()
+
+
+def _serve_banner(home: Path) -> str:
+    """The first lines `edge-fleet serve --embedded mosquitto` prints to its operator (then SIGTERM)."""
+    import select
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edge_fleet.cli", "serve", "--home", str(home), "--embedded",
+                             "mosquitto", "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        out = b""
+        while out.count(b"\n") < 2 and select.select([proc.stdout], [], [], 60)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+        return out.decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_10_serve_shows_the_operator_the_logins_it_generated(tmp_path):
+    first, again = _serve_banner(tmp_path / "fleet"), _serve_banner(tmp_path / "fleet")
+    logins = tmp_path / "fleet" / "broker"
+    assert "the broker requires logins (generated now in " in first and str(logins) in first, first
+    assert "the broker requires logins (kept in " in again, again
 
 
 # the agent's own files ------------------------------------------------------------------------
