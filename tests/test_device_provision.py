@@ -7,6 +7,7 @@ import fcntl
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,57 @@ groups = ["lab"]
     table = capsys.readouterr().out
     assert code == exit_code("devices-failed") == 88
     assert "1/3 devices ok" in table and "FAIL 8" in table and "FAIL 86" in table
+
+
+def test_setup_gives_the_agent_its_fleet_login_and_refuses_a_wrong_one(device, digits, tmp_path, capsys,
+                                                                         monkeypatch):  # noqa: F811
+    """`edge-fleet devices login` -> `edge-device setup --fleet-login`: the service logs in to a Mosquitto that
+    runs the fleet's logins and ACL; a wrong password (from stdin) is exit 89 and the working login stays."""
+    import io
+    import stat
+
+    from edge_fleet.broker import start_broker
+    from edge_fleet.broker.logins import FLEET_USER, BrokerLogins
+    from edge_fleet.broker.mosquitto_config import render_acl
+    from edge_fleet.cli import main as fleet
+
+    from .ota_helpers import login_client, wait_for
+
+    fleet_home = tmp_path / "fleet"
+    capsys.readouterr()
+    assert fleet(["devices", "login", "dev-ssh", "--home", str(fleet_home), "--json"]) == 0
+    login_json = tmp_path / "login.json"
+    login_json.write_text(capsys.readouterr().out)
+    logins, _ = BrokerLogins.load_or_create(fleet_home / "broker")
+    password = logins.devices["dev-ssh"]
+    (tmp_path / "acl.conf").write_text(render_acl("edgekit", FLEET_USER))
+    broker = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, users=logins.users(),
+                          acl_file=tmp_path / "acl.conf")
+    url = f"mqtt://{broker.host}:{broker.port}"
+    base = ["setup", *device.args(), "--unit-dir", str(device.unit_dir), "--broker", url, "--trust", str(digits.pub),
+            "--service-user", "root"]
+    creds = device.remote_dir / "credentials.env"
+    try:
+        watcher, got, _ = login_client(url, FLEET_USER, logins.fleet_password, "fleet-watch")
+        watcher.subscribe("edgekit/devices/dev-ssh/presence", 1)
+        code, out = edge_device(capsys, *base, "--fleet-login", str(login_json))
+        row = out["devices"][0]
+        assert code == 0 and row["device_id"] == "dev-ssh", out
+        assert row["broker"] == {"credentials": str(creds), "check": "accepted"}
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600 and f"PASSWORD={password}\n" in creds.read_text()
+        unit = (device.unit_dir / "edge-agent.service").read_text()
+        assert f"--credentials {creds}" in unit and password not in unit
+        wait_for(lambda: any(b'"online"' in p for _, p in got), what="the provisioned agent to log in")
+        pid = (device.remote_dir / "agent.pid").read_text().strip()
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # not in `ps`
+
+        monkeypatch.setattr("sys.stdin", io.StringIO("not-the-password\n"))
+        code, out = edge_device(capsys, *base, "--device-id", "dev-ssh", "--mqtt-password-file", "-")
+        error = out["devices"][0]["error"]
+        assert code == exit_code("broker-login") == 89 and "refused the login of user 'dev-ssh'" in error
+        assert f"PASSWORD={password}\n" in creds.read_text() and not creds.with_name("credentials.env.new").exists()
+        assert _status(capsys, device)["running"] and (device.remote_dir / "agent.pid").read_text().strip() == pid
+        watcher.disconnect()
+        watcher.loop_stop()
+    finally:
+        broker.stop()
