@@ -96,6 +96,26 @@ def test_check_connection_accepts_the_login_and_names_a_refused_one(fleet_broker
     assert code == exit_code("usage") and "missing.env" in out
 
 
+def test_check_connection_over_tls_names_a_wrong_ca(fleet_broker, tmp_path, capsys):
+    from edge_fleet.broker import TlsListener
+
+    from .test_ota_tls import make_pki
+
+    _, logins = fleet_broker
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other-pki")
+    broker = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, users=logins.users(),
+                          tls=TlsListener(pki["ca"][0], *pki["server"], require_certificate=False))
+    try:
+        url = f"mqtts://{broker.host}:{broker.port}"
+        right = _credentials(tmp_path / "right.env", BrokerCredentials(DEVICE, logins.devices[DEVICE], str(pki["ca"][0])))
+        assert _check(tmp_path / "home", url, right, capsys)[0] == 0
+        wrong = _credentials(tmp_path / "wrong.env", BrokerCredentials(DEVICE, logins.devices[DEVICE], str(other["ca"][0])))
+        code, out = _check(tmp_path / "home", url, wrong, capsys)
+        assert code == exit_code("connection-failed") and "TLS with the broker" in out and "certificate" in out
+    finally:
+        broker.stop()
+
+
 def test_agent_logs_in_from_its_credentials_file_never_from_its_command_line(fleet_broker, served_home, digits,
                                                                              tmp_path):
     broker, logins = fleet_broker
