@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-user", default="edgekit")
     p.add_argument("--profile", help="sets MemoryMax to the profile's memory budget")
     p.add_argument("--cameras", action="store_true", help="the device has cameras (video group, no PrivateDevices)")
+    p.add_argument("--credentials", action="store_true",
+                   help="the service reads its broker login from REMOTE_DIR/credentials.env")
     return parser
 
 
@@ -215,8 +217,9 @@ def run_local(args: argparse.Namespace) -> int:
     from .layout import render_unit
 
     budget = load_profile(args.profile).limits.memory_budget_mb if args.profile else None
-    print(render_unit(Layout(root=args.remote_dir), args.service_user, args.broker, args.device_id, budget, args.cameras),
-          end="")
+    layout = Layout(root=args.remote_dir)
+    extra = ("--credentials", layout.credentials) if args.credentials else ()
+    print(render_unit(layout, args.service_user, args.broker, args.device_id, budget, args.cameras, extra), end="")
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from device_profiles.facts import BoardFacts
 from edge_agent import __version__
 from edge_agent.bundle import load_public_key
 from edge_agent.bundle.errors import InsufficientSpace
@@ -59,6 +60,12 @@ def check_public_keys(paths: list[Path]) -> None:
             load_public_key(p)
         except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable public key
             raise NotAPublicKey(f"--trust {p}: not an Ed25519 public key ({exc}); private keys are never pushed") from exc
+
+
+def keeps_system_onnxruntime(facts: BoardFacts, forced: bool | None = None) -> bool:
+    """On a Jetson (an L4T release found) JetPack's onnxruntime-gpu stays: the wheelhouse's CPU-only
+    onnxruntime would replace TensorRT and CUDA. `forced` (--[no-]keep-system-onnxruntime) wins."""
+    return forced if forced is not None else bool(facts.l4t)
 
 
 def _device_id(name: str) -> str:
@@ -145,7 +152,7 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     await device.run(ra.as_root(f"mkdir -p {q(layout.wheelhouse)} {q(layout.home)} {q(layout.incoming)}"), check=True)
     if wh is not None:
         await _push_wheelhouse(device, wh, layout, say)
-    keep_ort = opts.keep_system_onnxruntime if opts.keep_system_onnxruntime is not None else bool(p.facts.l4t)
+    keep_ort = keeps_system_onnxruntime(p.facts, opts.keep_system_onnxruntime)
     say("installing the agent into " + layout.venv)
     await _install_venv(ra, python, opts, wh, keep_ort, say)
     if p.uid == 0 and user != "root" and (await device.run(f"id -u {q(user)}")).exit_status != 0:
