@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from device_profiles import RUNTIME_FOR_FORMAT, load_profile
+from edge_agent.errors import exit_code
 from device_profiles.facts import collect_local, parse_facts, probe_script, split_sections
 from device_profiles.matching import match_profile
 from edge_agent.runtimes.onnxruntime_runtime import choose_providers
+from edge_device.probe import BOARD_ROOT_ENV
 from edge_device.setup import keeps_system_onnxruntime
+
+from .device_fixtures import edge_device, sshd  # noqa: F401 - fixture
 
 
 def _cpuinfo(part: str, cores: int, model_name: str = "") -> str:
@@ -111,3 +115,24 @@ def test_the_onnxruntime_here_falls_back_to_cpu_for_a_jetson_bundle():
 
     wanted = list(load_profile("jetson-orin-nano").runtime.execution_providers)
     assert choose_providers(wanted, ort.get_available_providers()) == ["CPUExecutionProvider"]
+
+
+def test_edge_device_probe_reads_a_jetson_over_ssh(sshd, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The real path: the probe script over a real sshd, reading the fake Orin root (arch is this host's)."""
+    monkeypatch.setenv(BOARD_ROOT_ENV, str(_fake_root(tmp_path / "orin", "jetson-orin-nano")))
+    code, out = edge_device(capsys, "probe", sshd.target, *sshd.cli_args())
+    row = out["devices"][0]
+    assert code == 0 and row["profile"] == "jetson-orin-nano", out
+    assert (row["facts"]["l4t"], row["facts"]["jetpack"], row["facts"]["cuda"]) == ("R36.3.0", "6", True)
+
+
+def test_setup_on_a_board_no_profile_fits_stops_with_83(sshd, digits, tmp_path, capsys, monkeypatch):  # noqa: F811
+    root = _fake_root(tmp_path / "small", "jetson-orin-nano")
+    (root / "proc/meminfo").write_text("MemTotal:         3354624 kB\n")  # an Orin Nano 4 GB: below the 4096 MB budget
+    monkeypatch.setenv(BOARD_ROOT_ENV, str(root))
+    code, out = edge_device(capsys, "setup", sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "opt"),
+                            "--broker", "mqtt://127.0.0.1:1", "--trust", str(digits.pub))
+    error = out["devices"][0]["error"]
+    assert code == exit_code("no-profile-fits") == 83, out
+    assert "below jetson-orin-nano's budget of 4096 MB" in error and "--profile jetson-orin-nano" in error
+    assert not (tmp_path / "opt").exists()  # refused before anything was sent
