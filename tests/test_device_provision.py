@@ -274,3 +274,24 @@ def test_setup_gives_the_agent_its_fleet_login_and_refuses_a_wrong_one(device, d
         watcher.disconnect()
         watcher.loop_stop()
         broker.stop()
+
+
+def test_setup_from_the_devices_own_index(device, digits, tmp_path, capsys):  # noqa: F811
+    """`--index-url`: no wheelhouse is pushed; pip on the device installs from the device's own (PEP 503) index,
+    here a local folder laid out as one, made from the wheels the first setup pushed."""
+    index = tmp_path / "simple"
+    for wheel in (device.remote_dir / "wheelhouse").glob("*.whl"):
+        project = index / re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        project.mkdir(parents=True, exist_ok=True)
+        (project / wheel.name).symlink_to(wheel)
+    for project in index.iterdir():  # pip reads a file: index's pages as index.html
+        links = "".join(f'<a href="{w.name}">{w.name}</a>\n' for w in sorted(project.glob("*.whl")))
+        (project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+    before = {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")}
+    code, out = edge_device(capsys, "setup", *device.args(), "--index-url", index.as_uri(), "--broker",
+                            "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
+                            "--unit-dir", str(device.unit_dir))
+    row = out["devices"][0]
+    assert code == 0 and row["running"] and row["wheels"] is None, out
+    assert {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")} == before
+    assert _status(capsys, device)["running"]
