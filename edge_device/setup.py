@@ -153,11 +153,9 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     if wh is not None:
         await _push_wheelhouse(device, wh, layout, say)
     keep_ort = keeps_system_onnxruntime(p.facts, opts.keep_system_onnxruntime)
+    await _service_user(ra, user, python)
     say("installing the agent into " + layout.venv)
     await _install_venv(ra, python, opts, wh, keep_ort, say)
-    if p.uid == 0 and user != "root" and (await device.run(f"id -u {q(user)}")).exit_status != 0:
-        await device.run(f"useradd --system --no-create-home --home-dir {q(layout.home)} --shell /usr/sbin/nologin "
-                         f"{q(user)}", check=True)
     for pub in opts.trust:
         await device.push(pub, f"{layout.incoming}/{pub.name}")
     await device.run(ra.as_root(f"printf '%s\\n' {q(profile)} > {q(layout.home)}/profile; chown -R {q(user)} "
@@ -186,6 +184,20 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
             "agent": version, "unit": layout.unit_file, "systemd": cfg.systemd, "running": running,
             "device_id": cfg.device_id, "wheelhouse_mb": round(wh.size_bytes / 1e6, 1) if wh else None,
             "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort, "broker": broker}
+
+
+async def _service_user(ra: RemoteAgent, user: str, python: str) -> None:
+    """Create the service user (through sudo when the SSH login is not root) and check it can run `python`:
+    an interpreter under a private folder (pyenv in /root, say) would leave a venv the service cannot start."""
+    q = shlex.quote
+    if user != "root" and (await ra.device.run(f"id -u {q(user)}")).exit_status != 0:
+        await ra.device.run(ra.as_root(f"useradd --system --no-create-home --home-dir {q(ra.layout.home)} "
+                                       f"--shell /usr/sbin/nologin {q(user)}"), check=True)
+    r = await ra.device.run(ra.as_user(user, f"{q(python)} -c pass"))
+    if r.exit_status != 0:
+        last = (r.stderr.strip() or f"exit {r.exit_status}").splitlines()[-1]
+        raise SetupFailed(f"{ra.name}: the service user {user} cannot run {python} ({last}): pass --python with an "
+                          "interpreter it can read, e.g. /usr/bin/python3")
 
 
 def _chosen_device_id(opts: SetupOptions, name: str) -> str:
