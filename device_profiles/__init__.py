@@ -118,11 +118,20 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in builtin_profile_dir().glob("*.toml"))
 
 
+def _exists(path: Path) -> bool:
+    """Path.exists() that says False where it cannot look (a name looked up from an unreadable working
+    folder, as for a service user run from the SSH login's home) instead of raising."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load a built-in profile by name, or a user's profile file by path (.toml or .json)."""
     text = str(name_or_path)
     path = Path(text)
-    if not (path.suffix in (".toml", ".json") or path.exists()):
+    if not (path.suffix in (".toml", ".json") or _exists(path)):
         path = builtin_profile_dir() / f"{text}.toml"
         if not path.exists():
             raise ProfileError(

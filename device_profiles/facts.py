@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,12 +27,14 @@ FILES = {
     "cpuinfo": "/proc/cpuinfo",
     "meminfo": "/proc/meminfo",
 }
-# section -> shell command (probe only; collect_local computes the same in Python)
+GPU_NODES = ("/dev/nvhost-ctrl-gpu", "/dev/nvidia0")  # a GPU device node, not just a toolkit folder
+# section -> shell command (probe only; collect_local computes the same in Python); ROOT prefixes the
+# device files (empty on a device; a folder shaped like a board's root in tests)
 COMMANDS = {
     "arch": "uname -m",
     "nproc": "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN",
-    "video": "ls /dev/video* 2>/dev/null",
-    "cuda": "ls -d /dev/nvhost-ctrl-gpu /dev/nvidia0 2>/dev/null",  # a GPU device node, not just a toolkit folder
+    "video": 'ls "$ROOT"/dev/video* 2>/dev/null | sed "s|^$ROOT||"',
+    "cuda": "for n in " + " ".join(GPU_NODES) + '; do [ -e "$ROOT$n" ] && echo "$n"; done; true',
     "libc": "ldd --version 2>&1 | head -n 1",
 }
 PYTHONS = ("python3.13", "python3.12", "python3.11", "python3.10", "python3")
@@ -39,11 +42,11 @@ PY_VERSION_CODE = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
 MIN_PYTHON = (3, 10)
 
 
-def probe_script(python: str | None = None, disk_path: str = "$HOME") -> str:
-    """The POSIX shell script printing `==section` headers and each source's text."""
-    lines = ["export LC_ALL=C"]
+def probe_script(python: str | None = None, disk_path: str = "$HOME", root: str = "") -> str:
+    """The POSIX shell script printing `==section` headers and each source's text (board files under `root`)."""
+    lines = ["export LC_ALL=C", f"ROOT={shlex.quote(root.rstrip('/'))}"]
     for name, path in FILES.items():
-        lines.append(f"echo '=={name}'; cat {path} 2>/dev/null | tr -d '\\000'; echo")
+        lines.append(f"echo '=={name}'; cat \"$ROOT\"{path} 2>/dev/null | tr -d '\\000'; echo")
     for name, cmd in COMMANDS.items():
         lines.append(f"echo '=={name}'; {cmd}")
     lines.append(f"echo '==df'; d={disk_path}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1")
@@ -67,18 +70,19 @@ def split_sections(text: str) -> dict[str, str]:
     return out
 
 
-def collect_local(disk_path: str | Path | None = None) -> dict[str, str]:
-    """The same sections as the probe script, read from this machine by Python."""
+def collect_local(disk_path: str | Path | None = None, root: str | Path = "/") -> dict[str, str]:
+    """The same sections as the probe script, read from this machine by Python (board files under `root`)."""
     out: dict[str, str] = {}
+    base = Path(root)
     for name, path in FILES.items():
         try:
-            out[name] = Path(path).read_bytes().replace(b"\0", b"").decode("utf-8", "replace")
+            out[name] = (base / path.lstrip("/")).read_bytes().replace(b"\0", b"").decode("utf-8", "replace")
         except OSError:
             out[name] = ""
     out["arch"] = platform.machine()
     out["nproc"] = str(os.cpu_count() or 0)
-    out["video"] = "\n".join(sorted(str(p) for p in Path("/dev").glob("video*")))
-    out["cuda"] = "\n".join(p for p in ("/dev/nvhost-ctrl-gpu", "/dev/nvidia0") if os.path.exists(p))
+    out["video"] = "\n".join(sorted("/dev/" + p.name for p in (base / "dev").glob("video*")))
+    out["cuda"] = "\n".join(p for p in GPU_NODES if (base / p.lstrip("/")).exists())
     libc = platform.libc_ver()
     out["libc"] = f"ldd ({libc[0]}) {libc[1]}" if libc[0] else ""
     where = Path(disk_path or Path.home())

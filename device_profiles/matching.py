@@ -53,7 +53,8 @@ def match_profile(facts: BoardFacts) -> ProfileMatch:
             why = f"{attr} {getattr(facts, attr)!r} matches {needle!r}"
             budget = profile.limits.memory_budget_mb
             if facts.memory_mb and facts.memory_mb < budget:
-                return ProfileMatch(None, f"{why}, but {facts.memory_mb} MB RAM is below {name}'s budget of {budget:g} MB")
+                return ProfileMatch(None, f"{why}, but {facts.memory_mb} MB RAM is below {name}'s budget of {budget:g} MB "
+                                          f"(pass --profile {name} to use it anyway, or a profile file with a smaller budget)")
             return ProfileMatch(name, why)
     return ProfileMatch(None, f"no built-in profile for arch {facts.arch or '?'} cpu {facts.cpu or '?'} "
                               f"model {facts.model or '?'}: pass --profile NAME or a profile file")

@@ -62,7 +62,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(5, "no-targets", "no target device can take the bundle", _U, (FLEET,)),
     ExitCode(6, "rollout-conflict", "device busy in another rollout", _U, (FLEET,)),
     ExitCode(7, "rollout-halted", "rollout halted (deploy --wait)", _D, (FLEET,)),
-    ExitCode(8, "connection-failed", "connection failed (unreachable, refused, bad login)", _N, (FLEET, DEVICE_CLI)),
+    ExitCode(8, "connection-failed", "connection failed (unreachable, refused, bad login)", _N, (AGENT, FLEET, DEVICE_CLI)),
     ExitCode(9, "version-conflict", "version already published with another file", _U, (FLEET,)),
     ExitCode(10, "bundle", "bundle unusable", _D),
     ExitCode(11, "corrupt", "corrupt or truncated bundle archive", _D),
@@ -119,6 +119,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(87, "setup-failed", "installing the agent on the device failed (pip or venv; see the line)", _V,
              (DEVICE_CLI,)),
     ExitCode(88, "devices-failed", "devices failed with different codes (see the summary table)", _V, (DEVICE_CLI,)),
+    ExitCode(89, "broker-login", "the MQTT broker refused the device's login (user name, password or certificate): "
+             "give the device its login (edge-fleet devices login ID) again", _U, (AGENT, DEVICE_CLI)),
     ExitCode(130, "interrupted", "interrupted (Ctrl-C)", _U),
 )
 

@@ -20,6 +20,7 @@ from edge_agent.errors import DEVICE_CLI, exit_codes_epilog, run_main
 from .flash import flash, status
 from .inventory import Entry, InventoryError, Row, load_inventory, overall_code, run_all, summary_table, with_defaults
 from .layout import Layout
+from .login import LoginOptionError, read_login
 from .probe import probe
 from .setup import SetupOptions, setup
 from .ssh import Target, connect
@@ -57,7 +58,7 @@ async def _op(args: argparse.Namespace, e: Entry) -> dict[str, Any]:
         if args.command == "setup":
             opts = SetupOptions(broker=args.broker, trust=args.trust, device_id=args.device_id, profile=args.profile,
                                 python=args.python, index_url=args.index_url, service_user=args.service_user,
-                                keep_system_onnxruntime=args.keep_system_onnxruntime)
+                                keep_system_onnxruntime=args.keep_system_onnxruntime, login=args.login)
             return await setup(dev, layout, opts, say)
         if args.command == "flash":
             return await flash(dev, layout, args.bundle, runs=args.runs, say=say)
@@ -104,6 +105,10 @@ def _single_text(command: str, row: Row) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     entries = _entries(args)
+    if args.command == "setup":  # read once on the host (a password from stdin can only be read once)
+        args.login = read_login(args.mqtt_username, args.mqtt_password_file, args.mqtt_tls_ca, args.fleet_login)
+        if args.login and args.login.device_id and len(entries) > 1:
+            raise LoginOptionError("--fleet-login is one device's login: set up one device with it at a time")
     rows = asyncio.run(run_all(entries, lambda e: _op(args, e), args.parallel))
     code = overall_code(rows)
     if args.json:
@@ -152,12 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p = sub.add_parser("setup", help="install the agent (venv from a host-built wheelhouse) and run it as a service",
                        description="Probe, build a wheelhouse for the device's Python and CPU on this host, push it, "
-                       "install edgekit[agent] into a venv, push the trusted PUBLIC keys, write the profile, install "
-                       "and start a hardened systemd unit for `edge-agent serve`.")
+                       "install edgekit[agent] into a venv, push the trusted PUBLIC keys, write the profile and the "
+                       "broker login (checked by logging in as the service will: 89 if refused), install and start a "
+                       "hardened systemd unit for `edge-agent serve`.")
     common(p)
     p.add_argument("--broker", required=True, help="the fleet's MQTT broker, mqtt://host:1883 or mqtts://host:8883")
     p.add_argument("--trust", type=Path, action="append", required=True, metavar="PUB",
                    help="public key the device accepts bundles from (repeatable; private keys are refused)")
+    p.add_argument("--mqtt-username", metavar="USER", help="the agent's broker user name (default: the device id)")
+    p.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="file whose first line is the agent's broker password, '-' for stdin (never on the command "
+                   "line); written on the device as a 0600 credentials file the service reads")
+    p.add_argument("--mqtt-tls-ca", type=Path, metavar="PEM", help="CA certificate of the broker (mqtts://): pushed to "
+                   "the device")
+    p.add_argument("--fleet-login", type=Path, metavar="FILE",
+                   help="the output of `edge-fleet devices login ID --json` ('-' for stdin): user name, password and "
+                   "device id in one")
     p.add_argument("--profile", help="device profile (default: detected from the board)")
     p.add_argument("--device-id", help="the agent's device id (default: from the host name)")
     p.add_argument("--index-url", help="install from this package index instead of pushing a wheelhouse")
@@ -183,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-user", default="edgekit")
     p.add_argument("--profile", help="sets MemoryMax to the profile's memory budget")
     p.add_argument("--cameras", action="store_true", help="the device has cameras (video group, no PrivateDevices)")
+    p.add_argument("--credentials", action="store_true",
+                   help="the service reads its broker login from REMOTE_DIR/credentials.env")
     return parser
 
 
@@ -200,8 +217,9 @@ def run_local(args: argparse.Namespace) -> int:
     from .layout import render_unit
 
     budget = load_profile(args.profile).limits.memory_budget_mb if args.profile else None
-    print(render_unit(Layout(root=args.remote_dir), args.service_user, args.broker, args.device_id, budget, args.cameras),
-          end="")
+    layout = Layout(root=args.remote_dir)
+    extra = ("--credentials", layout.credentials) if args.credentials else ()
+    print(render_unit(layout, args.service_user, args.broker, args.device_id, budget, args.cameras, extra), end="")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 One root folder (default /opt/edgekit): venv/ (the agent), agent/ (its home: trusted keys,
 profile, A/B slots, OTA state; the only folder the service may write), incoming/ (bundles being
-pushed), wheelhouse/ (what setup installed from), service.json (how setup configured the service).
+pushed), wheelhouse/ (what setup installed from), service.json (how setup configured the service),
+credentials.env and broker-ca.pem (the broker login and CA, when setup was given them).
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ class Layout:
         return f"{self.root}/service.json"
 
     @property
+    def credentials(self) -> str:
+        """The agent's broker login (0600, the service user's; outside the home, so the agent cannot change it)."""
+        return f"{self.root}/credentials.env"
+
+    @property
+    def broker_ca(self) -> str:
+        return f"{self.root}/broker-ca.pem"
+
+    @property
     def unit_file(self) -> str:
         return f"{self.unit_dir}/{SERVICE}.service"
 
@@ -81,7 +91,11 @@ def render_unit(layout: Layout, user: str, broker: str, device_id: str, memory_b
         "Wants=network-online.target",
         "",
         "[Service]",
-        "Type=simple",
+        # READY=1 once the model is served, then WATCHDOG=1 while the agent's loops run (edge_agent sd_notify)
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=60",
+        "TimeoutStartSec=300",
         f"User={user}",
         f"Environment=EDGE_AGENT_HOME={layout.home}",
         "Environment=PYTHONUNBUFFERED=1",

@@ -6,6 +6,7 @@ with the same code `edge-agent doctor` uses on the device itself.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,11 @@ class Probe:
         return self.match.profile
 
 
+BOARD_ROOT_ENV = "EDGEKIT_TEST_BOARD_ROOT"  # test hook: read the board's files under this folder of the device
+
+
 async def probe(device: Device, layout: Layout, python: str | None = None) -> Probe:
-    r = await device.run(probe_script(python, layout.root), check=True)
+    r = await device.run(probe_script(python, layout.root, os.environ.get(BOARD_ROOT_ENV, "")), check=True)
     facts = parse_facts(split_sections(r.stdout))
     uid = await device.run("id -u")
     version = await device.run(f"{layout.agent} --version 2>/dev/null")

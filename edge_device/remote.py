@@ -53,6 +53,14 @@ class RemoteAgent:
             return f"sudo -n -u {shlex.quote(user)} sh -c {shlex.quote(cmd)}"
         return cmd
 
+    def exec_as_user(self, user: str, cmd: str) -> str:
+        """`cmd` run as `user` in place of this shell (exec), so the pid the shell had is the agent's own and
+        stopping it stops the agent (runuser forks and does not pass SIGTERM on; setpriv execs)."""
+        q = shlex.quote
+        if self.uid == 0 and user != "root":
+            return f"exec setpriv --reuid={q(user)} --regid=$(id -g {q(user)}) --init-groups -- sh -c {q(cmd)}"
+        return "exec " + self.as_user(user, cmd)  # sudo passes signals on to the command
+
     async def config(self) -> ServiceConfig:
         r = await self.device.run(f"cat {shlex.quote(self.layout.service_json)} 2>/dev/null")
         if r.exit_status != 0 or not r.stdout.strip():
@@ -93,7 +101,7 @@ class RemoteAgent:
         await self.stop_detached()
         lay = self.layout
         inner = f"EDGE_AGENT_HOME={shlex.quote(lay.home)} PYTHONUNBUFFERED=1 exec {exec_line}"
-        cmd = (f"setsid sh -c {shlex.quote(self.as_user(cfg.user, inner))} >>{shlex.quote(lay.log_file)} 2>&1 </dev/null & "
+        cmd = (f"setsid sh -c {shlex.quote(self.exec_as_user(cfg.user, inner))} >>{shlex.quote(lay.log_file)} 2>&1 </dev/null & "
                f"echo $! > {shlex.quote(lay.pid_file)}")
         await self.device.run(self.as_root(cmd), check=True)
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from device_profiles.facts import BoardFacts
 from edge_agent import __version__
 from edge_agent.bundle import load_public_key
 from edge_agent.bundle.errors import InsufficientSpace
 from edge_agent.errors import EdgekitError, exit_code
 
 from .layout import Layout, render_unit, serve_args
+from .login import DeviceLogin, LoginOptionError
 from .probe import probe
 from .remote import RemoteAgent, ServiceConfig
 from .ssh import Device, RemoteCommandFailed
@@ -48,6 +50,7 @@ class SetupOptions:
     service_user: str = "edgekit"
     keep_system_onnxruntime: bool | None = None  # None: yes on a Jetson (JetPack's onnxruntime-gpu)
     serve_args: tuple[str, ...] = field(default_factory=tuple)
+    login: DeviceLogin | None = None  # the broker login and CA (edge_device.login); None: keep what the device has
 
 
 def check_public_keys(paths: list[Path]) -> None:
@@ -57,6 +60,12 @@ def check_public_keys(paths: list[Path]) -> None:
             load_public_key(p)
         except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable public key
             raise NotAPublicKey(f"--trust {p}: not an Ed25519 public key ({exc}); private keys are never pushed") from exc
+
+
+def keeps_system_onnxruntime(facts: BoardFacts, forced: bool | None = None) -> bool:
+    """On a Jetson (an L4T release found) JetPack's onnxruntime-gpu stays: the wheelhouse's CPU-only
+    onnxruntime would replace TensorRT and CUDA. `forced` (--[no-]keep-system-onnxruntime) wins."""
+    return forced if forced is not None else bool(facts.l4t)
 
 
 def _device_id(name: str) -> str:
@@ -143,26 +152,28 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     await device.run(ra.as_root(f"mkdir -p {q(layout.wheelhouse)} {q(layout.home)} {q(layout.incoming)}"), check=True)
     if wh is not None:
         await _push_wheelhouse(device, wh, layout, say)
-    keep_ort = opts.keep_system_onnxruntime if opts.keep_system_onnxruntime is not None else bool(p.facts.l4t)
+    keep_ort = keeps_system_onnxruntime(p.facts, opts.keep_system_onnxruntime)
+    await _service_user(ra, user, python)
     say("installing the agent into " + layout.venv)
     await _install_venv(ra, python, opts, wh, keep_ort, say)
-    if p.uid == 0 and user != "root" and (await device.run(f"id -u {q(user)}")).exit_status != 0:
-        await device.run(f"useradd --system --no-create-home --home-dir {q(layout.home)} --shell /usr/sbin/nologin "
-                         f"{q(user)}", check=True)
     for pub in opts.trust:
         await device.push(pub, f"{layout.incoming}/{pub.name}")
     await device.run(ra.as_root(f"printf '%s\\n' {q(profile)} > {q(layout.home)}/profile; chown -R {q(user)} "
                                 f"{q(layout.home)} {q(layout.incoming)}"), check=True)
     for pub in opts.trust:
         await ra.agent(user, "trust", "add", f"{layout.incoming}/{pub.name}")
-    cfg = ServiceConfig(broker=opts.broker, device_id=opts.device_id or _device_id(name), profile=profile, user=user,
+    cfg = ServiceConfig(broker=opts.broker, device_id=_chosen_device_id(opts, name), profile=profile, user=user,
                         systemd=await ra.has_systemd(), version=__version__)
+    extra = opts.serve_args
+    broker = await _install_login(ra, cfg, opts.login, say)
+    if broker["credentials"]:
+        extra = (*extra, "--credentials", layout.credentials)
     unit = render_unit(layout, user, cfg.broker, cfg.device_id, prof.limits.memory_budget_mb, bool(p.facts.cameras),
-                       opts.serve_args)
+                       extra)
     await device.run(ra.as_root(f"mkdir -p {q(layout.unit_dir)} && cat > {q(layout.unit_file)}"), check=True, stdin=unit)
     await ra.write_config(cfg)
     say("starting the service" + ("" if cfg.systemd else " (no systemd running: started its ExecStart detached)"))
-    await ra.start(cfg, layout.agent_cmd(*serve_args(cfg.broker, cfg.device_id, opts.serve_args)))
+    await ra.start(cfg, layout.agent_cmd(*serve_args(cfg.broker, cfg.device_id, extra)))
     running = await ra.running(cfg, settle_s=3.0)
     if not running:
         tail = await device.run(f"tail -n 5 {q(layout.log_file)} 2>/dev/null || journalctl -u edge-agent -n 5")
@@ -172,4 +183,63 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     return {"device": name, "ok": True, "profile": profile, "reason": p.match.reason, "python": p.facts.python_version,
             "agent": version, "unit": layout.unit_file, "systemd": cfg.systemd, "running": running,
             "device_id": cfg.device_id, "wheelhouse_mb": round(wh.size_bytes / 1e6, 1) if wh else None,
-            "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort}
+            "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort, "broker": broker}
+
+
+async def _service_user(ra: RemoteAgent, user: str, python: str) -> None:
+    """Create the service user (through sudo when the SSH login is not root) and check it can run `python`:
+    an interpreter under a private folder (pyenv in /root, say) would leave a venv the service cannot start."""
+    q = shlex.quote
+    if user != "root" and (await ra.device.run(f"id -u {q(user)}")).exit_status != 0:
+        await ra.device.run(ra.as_root(f"useradd --system --no-create-home --home-dir {q(ra.layout.home)} "
+                                       f"--shell /usr/sbin/nologin {q(user)}"), check=True)
+    r = await ra.device.run(ra.as_user(user, f"{q(python)} -c pass"))
+    if r.exit_status != 0:
+        last = (r.stderr.strip() or f"exit {r.exit_status}").splitlines()[-1]
+        raise SetupFailed(f"{ra.name}: the service user {user} cannot run {python} ({last}): pass --python with an "
+                          "interpreter it can read, e.g. /usr/bin/python3")
+
+
+def _chosen_device_id(opts: SetupOptions, name: str) -> str:
+    login_for = opts.login.device_id if opts.login else None
+    if login_for and opts.device_id and login_for != opts.device_id:
+        raise LoginOptionError(f"the fleet login is for device {login_for!r}, not --device-id {opts.device_id!r}")
+    return opts.device_id or login_for or _device_id(name)
+
+
+async def _install_login(ra: RemoteAgent, cfg: ServiceConfig, login: DeviceLogin | None, say: Progress) -> dict[str, Any]:
+    """Write the broker login (0600, the service user's) and check it the way the service will log in.
+
+    The new file is checked under a temporary name and only then replaces the old one, so a refused
+    login (exit 89) leaves the running service and its working login as they were. An unreachable
+    broker is only a warning: devices are often set up away from the fleet's network."""
+    lay, q, user = ra.layout, shlex.quote, cfg.user
+    path: str | None = None
+    if login is None:
+        if (await ra.device.run(f"test -f {q(lay.credentials)}")).exit_status == 0:
+            path = lay.credentials  # set up before: keep the login the device has
+    else:
+        if login.tls_ca is not None:
+            await ra.device.push(login.tls_ca, lay.broker_ca)
+        creds = login.credentials(lay.broker_ca)
+        if creds.password is not None and creds.username is None:  # the fleet's convention: user name = device id
+            creds = type(creds)(cfg.device_id, creds.password, creds.tls_ca)
+        path = lay.credentials + ".new"
+        await ra.device.run(ra.as_root(f"umask 077 && cat > {q(path)} && chown {q(user)} {q(path)} && "
+                                       f"chmod 600 {q(path)}" + (f" && chown {q(user)} {q(lay.broker_ca)}"
+                                                                 if login.tls_ca else "")),
+                            check=True, stdin=creds.render())
+    try:
+        await ra.agent(user, "serve", "--broker", cfg.broker, "--device-id", cfg.device_id, "--profile", cfg.profile,
+                       *(("--credentials", path) if path else ()), "--check-connection", timeout=60)
+        check = "accepted"
+        say(f"broker {cfg.broker}: login accepted")
+    except RemoteCommandFailed as exc:
+        if exc.exit_code != exit_code("connection-failed") or "TLS" in str(exc):
+            await ra.device.run(ra.as_root(f"rm -f {q(lay.credentials)}.new"))
+            raise
+        check = "unreachable"
+        say(f"warning: {exc} (the service keeps trying)")
+    if path and path != lay.credentials:
+        await ra.device.run(ra.as_root(f"mv -f {q(path)} {q(lay.credentials)}"), check=True)
+    return {"credentials": lay.credentials if path else None, "check": check}

@@ -32,7 +32,7 @@ def test_ansible_role_provisions_and_flashes(x86_bundle, digits, tmp_path):  # n
     extra = {"edgekit_root": str(root), "edgekit_broker": "mqtt://127.0.0.1:1", "edgekit_trust_keys": [str(digits.pub)],
              "edgekit_service_user": "root", "edgekit_unit_dir": str(tmp_path / "units"),
              "edgekit_bundle": str(x86_bundle), "edgekit_bench_runs": 5,
-             "edgekit_device_cli": str(BIN / "edge-device")}
+             "edgekit_device_cli": str(BIN / "edge-device"), "edgekit_mqtt_password": "s3cret-login"}
     env = {**os.environ, "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist master left running after the test
            "EDGEKIT_CACHE": os.environ.get("EDGEKIT_CACHE", str(REPO / ".cache" / "edgekit")),
@@ -45,6 +45,9 @@ def test_ansible_role_provisions_and_flashes(x86_bundle, digits, tmp_path):  # n
         assert (root / "agent" / "profile").read_text().strip() == "x86-64-cpu"  # doctor on the device
         unit = (tmp_path / "units" / "edge-agent.service").read_text()
         assert "ProtectSystem=strict" in unit and f"--device-id cam-1" in unit
+        creds = root / "credentials.env"
+        assert f"--credentials {creds}" in unit and "s3cret-login" not in unit and "s3cret-login" not in r.stdout
+        assert creds.stat().st_mode & 0o777 == 0o600 and "EDGE_AGENT_MQTT_USERNAME=cam-1\n" in creds.read_text()
         bench = json.loads((root / "last-bench.json").read_text())
         assert bench["latency"]["p50_ms"] > 0
         status = subprocess.run([str(root / "venv" / "bin" / "edge-agent"), "--home", str(root / "agent"), "status",

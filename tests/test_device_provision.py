@@ -7,6 +7,7 @@ import fcntl
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,91 @@ groups = ["lab"]
     table = capsys.readouterr().out
     assert code == exit_code("devices-failed") == 88
     assert "1/3 devices ok" in table and "FAIL 8" in table and "FAIL 86" in table
+
+
+def test_setup_gives_the_agent_its_fleet_login_and_refuses_a_wrong_one(device, digits, tmp_path, capsys,
+                                                                         monkeypatch):  # noqa: F811
+    """`edge-fleet devices login` -> `edge-device setup --fleet-login --mqtt-tls-ca`: the service logs in over TLS to
+    a Mosquitto that runs the fleet's logins and ACL; a wrong password (from stdin) is exit 89, the login kept."""
+    import io
+    import ssl
+    import stat
+
+    import paho.mqtt.client as mqtt
+
+    from edge_fleet.broker import TlsListener, start_broker
+    from edge_fleet.broker.logins import FLEET_USER, BrokerLogins
+    from edge_fleet.broker.mosquitto_config import render_acl
+    from edge_fleet.cli import main as fleet
+
+    from .ota_helpers import wait_for
+    from .test_ota_tls import make_pki
+
+    fleet_home = tmp_path / "fleet"
+    capsys.readouterr()
+    assert fleet(["devices", "login", "dev-ssh", "--home", str(fleet_home), "--json"]) == 0
+    login_json = tmp_path / "login.json"
+    login_json.write_text(capsys.readouterr().out)
+    logins, _ = BrokerLogins.load_or_create(fleet_home / "broker")
+    password = logins.devices["dev-ssh"]
+    (tmp_path / "acl.conf").write_text(render_acl("edgekit", FLEET_USER))
+    pki = make_pki(tmp_path / "pki")
+    ca = pki["ca"][0]
+    broker = start_broker(tmp_path / "mosq", prefer="mosquitto", fallback=False, users=logins.users(),
+                          acl_file=tmp_path / "acl.conf", tls=TlsListener(ca, *pki["server"], require_certificate=False))
+    url = f"mqtts://{broker.host}:{broker.port}"
+    base = ["setup", *device.args(), "--unit-dir", str(device.unit_dir), "--broker", url, "--trust", str(digits.pub),
+            "--service-user", "root", "--mqtt-tls-ca", str(ca)]
+    creds = device.remote_dir / "credentials.env"
+    got: list[bytes] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-watch")
+    watcher.username_pw_set(FLEET_USER, logins.fleet_password)
+    watcher.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+    watcher.on_message = lambda _c, _u, m: got.append(m.payload)
+    watcher.on_connect = lambda c, _u, _f, rc, _p: c.subscribe("edgekit/devices/dev-ssh/presence", 1)
+    try:
+        watcher.connect(broker.host, broker.port)
+        watcher.loop_start()
+        code, out = edge_device(capsys, *base, "--fleet-login", str(login_json))
+        row = out["devices"][0]
+        assert code == 0 and row["device_id"] == "dev-ssh", out
+        assert row["broker"] == {"credentials": str(creds), "check": "accepted"}
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600 and f"PASSWORD={password}\n" in creds.read_text()
+        assert (device.remote_dir / "broker-ca.pem").read_bytes() == ca.read_bytes()
+        unit = (device.unit_dir / "edge-agent.service").read_text()
+        assert f"--credentials {creds}" in unit and password not in unit
+        wait_for(lambda: any(b'"online"' in p for p in got), what="the provisioned agent to log in")
+        pid = (device.remote_dir / "agent.pid").read_text().strip()
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # not in `ps`
+
+        monkeypatch.setattr("sys.stdin", io.StringIO("not-the-password\n"))
+        code, out = edge_device(capsys, *base, "--device-id", "dev-ssh", "--mqtt-password-file", "-")
+        error = out["devices"][0]["error"]
+        assert code == exit_code("broker-login") == 89 and "refused the login of user 'dev-ssh'" in error
+        assert f"PASSWORD={password}\n" in creds.read_text() and not creds.with_name("credentials.env.new").exists()
+        assert _status(capsys, device)["running"] and (device.remote_dir / "agent.pid").read_text().strip() == pid
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+        broker.stop()
+
+
+def test_setup_from_the_devices_own_index(device, digits, tmp_path, capsys):  # noqa: F811
+    """`--index-url`: no wheelhouse is pushed; pip on the device installs from the device's own (PEP 503) index,
+    here a local folder laid out as one, made from the wheels the first setup pushed."""
+    index = tmp_path / "simple"
+    for wheel in (device.remote_dir / "wheelhouse").glob("*.whl"):
+        project = index / re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        project.mkdir(parents=True, exist_ok=True)
+        (project / wheel.name).symlink_to(wheel)
+    for project in index.iterdir():  # pip reads a file: index's pages as index.html
+        links = "".join(f'<a href="{w.name}">{w.name}</a>\n' for w in sorted(project.glob("*.whl")))
+        (project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+    before = {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")}
+    code, out = edge_device(capsys, "setup", *device.args(), "--index-url", index.as_uri(), "--broker",
+                            "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--service-user", "root",
+                            "--unit-dir", str(device.unit_dir))
+    row = out["devices"][0]
+    assert code == 0 and row["running"] and row["wheels"] is None, out
+    assert {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")} == before
+    assert _status(capsys, device)["running"]

@@ -14,6 +14,7 @@ from typing import Any
 from ..bundle import BundleError, read_manifest_unverified, sha256_file
 from ..errors import AgentError
 from ..home import AgentHome, require_trust
+from .credentials import BrokerCredentials, resolve_credentials
 from ..monitor.watch import add_drift_arguments
 from .installer import (
     InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
@@ -147,16 +148,21 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     trust = home.trust_store(args.trust)
     if not trust:
         log.warning("no trusted keys: every update will be refused (see `edge-agent trust add`)")
-    password = args.password if args.password is not None else os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
+    login = resolve_credentials(BrokerCredentials(args.username, args.password, args.tls_ca), args.credentials)
     config = AgentConfig(
         broker=args.broker, device_id=args.device_id, profile_name=profile.name,
-        latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
-        password=password, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=login.username,
+        password=login.password, tls_ca=login.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
         source=args.source, results=args.results, probation_s=args.probation, drift_window=args.drift_window,
         drift_threshold=args.drift_threshold, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     config.broker_address()  # fail fast on a bad URL
+    if args.check_connection:
+        from .daemon.connection_check import check_connection
+
+        r = check_connection(config)
+        return r, f"the broker {r['broker']} accepted the login" + (f" of {r['username']}" if r["username"] else "")
     agent = Agent(home, config)
     endpoint = _start_endpoint(agent, args)
     install_signal_handlers(agent)
@@ -215,11 +221,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", required=True, help="mqtt://host:1883 or mqtts://host:8883")
     p.add_argument("--device-id", required=True, help="this device's id (1-64 of [A-Za-z0-9._-])")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
-    p.add_argument("--username", help="MQTT user name (usually the device id, see examples/mosquitto/acl.conf)")
-    p.add_argument("--password", help="MQTT password (or EDGE_AGENT_MQTT_PASSWORD)")
-    p.add_argument("--tls-ca", help="CA certificate file: enables TLS")
+    p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"), metavar="FILE",
+                   help="file with the MQTT login (EDGE_AGENT_MQTT_USERNAME=, EDGE_AGENT_MQTT_PASSWORD=, "
+                   "EDGE_AGENT_MQTT_TLS_CA= lines; written 0600 by `edge-device setup`); default EDGE_AGENT_CREDENTIALS")
+    p.add_argument("--username", help="MQTT user name (usually the device id; or EDGE_AGENT_MQTT_USERNAME)")
+    p.add_argument("--password", help="MQTT password (visible in `ps`: prefer --credentials or EDGE_AGENT_MQTT_PASSWORD)")
+    p.add_argument("--tls-ca", help="CA certificate file: enables TLS (or EDGE_AGENT_MQTT_TLS_CA)")
     p.add_argument("--tls-cert", help="client certificate file (TLS client authentication)")
     p.add_argument("--tls-key", help="client private key file")
+    p.add_argument("--check-connection", action="store_true",
+                   help="log in to the broker once as the service would, report and exit (89: login refused, "
+                   "8: unreachable or TLS failed)")
     p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
     p.add_argument("--infer-interval", type=float, default=30.0,
                    help="without --source: seconds between health probes on the bundle's self-test inputs; the agent "

@@ -83,6 +83,11 @@ class InferenceLoop:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The inference thread is running (the systemd watchdog is fed only while it is)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -14,6 +14,20 @@ from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
 log = logging.getLogger(__name__)
 
 
+def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
+    """The bundle's providers (best first) that this onnxruntime build has, CPU always last as the fallback.
+
+    A Jetson bundle asks for TensorRT, CUDA, CPU: JetPack's onnxruntime-gpu has all three, the plain
+    onnxruntime wheel only CPU."""
+    usable = [p for p in wanted if p in available]
+    skipped = [p for p in wanted if p not in available]
+    if skipped:
+        log.info("execution providers not available here, falling back: %s", ", ".join(skipped))
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")
+    return usable
+
+
 class OnnxRuntimeSession(ModelSession):
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, info: RuntimeInfo) -> None:
         self._session = session
@@ -36,13 +50,7 @@ class OnnxRuntime(Runtime):
         providers: list[str] | None = None,
     ) -> ModelSession:
         wanted = list(providers or manifest.execution_providers or ["CPUExecutionProvider"])
-        available = set(ort.get_available_providers())
-        usable = [p for p in wanted if p in available]
-        skipped = [p for p in wanted if p not in available]
-        if skipped:
-            log.info("execution providers not available here, falling back: %s", ", ".join(skipped))
-        if "CPUExecutionProvider" not in usable:
-            usable.append("CPUExecutionProvider")
+        usable = choose_providers(wanted, ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3

@@ -132,7 +132,8 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
     gp.add_argument("new_group", metavar="GROUP", nargs="?")
     gp.add_argument("--clear", action="store_true", help="remove the device from its group")
     lg = dsub.add_parser("login", parents=[common], help="the embedded broker login of a device (created on first "
-                         "use; a running `serve` picks it up): pass it to `edge-agent serve --username --password`")
+                         "use; a running `serve` picks it up): give it to the device with `edge-device setup --fleet-login FILE` "
+                         "(this command's --json output)")
     lg.add_argument("id")
 
 

@@ -40,6 +40,7 @@ from .desired import DesiredStateHandler
 from .mqtt_link import DeviceTopics, MqttLink
 from .probation import ProbationWatch
 from .reporter import Reporter
+from .sd_notify import Notifier
 from .update_worker import UpdateWorker
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Agent:
         self.desired = DesiredStateHandler(self.slots, self.jobs, self.worker)
         self.reporter = Reporter(config, self.link, self.slots, self.jobs, self.loop, self.feed, self.drift)
         self.metrics = None
+        self.notifier = Notifier()
         self.link.route(self.topics.desired, self.desired.on_payload)
         self.link.route(self.topics.block_data, self.worker.on_block_frame)
         self.link.on_connected(self.reporter.publish_reported)
@@ -103,9 +105,12 @@ class Agent:
     def run(self) -> None:
         """Serve until stopped: telemetry every interval; probation and the slot watch several times a second."""
         self.start()
+        self.notifier.ready(self._serving_status())
         next_tel = time.monotonic() + min(1.0, self.config.telemetry_interval_s)
         try:
             while not self._stop.wait(0.2):
+                if self.loop.alive:
+                    self.notifier.ping_watchdog()
                 self._follow_outside_switch()
                 self.probation.check()
                 self.reporter.publish_if_drift_changed()
@@ -118,8 +123,14 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def _serving_status(self) -> str:
+        active = self.slots.active()
+        model = f"{active.ref.name} v{active.ref.version}" if active and active.ref else "no model yet"
+        return f"serving {model} as {self.config.device_id}"
+
     def shutdown(self) -> None:
         self._stop.set()
+        self.notifier.stopping()
         self.worker.stop()
         self.link.stop()
         self.loop.stop()

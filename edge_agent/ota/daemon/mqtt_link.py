@@ -24,6 +24,27 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes], Optional[bool]]
 
 
+def make_client(c: AgentConfig) -> mqtt.Client:
+    """A paho client with the agent's client id, login and TLS settings (not connected)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    username, password = c.login()
+    if username is not None:
+        client.username_pw_set(username, password)
+    _, _, tls = c.broker_address()
+    if tls:
+        client.tls_set(ca_certs=c.tls_ca, certfile=c.tls_cert, keyfile=c.tls_key, cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
+def refusal_line(c: AgentConfig, reason_code: object) -> str:
+    """What to say when the broker refuses the agent: which login, and where a right one comes from."""
+    user = c.login()[0]
+    who = f"the login of user {user!r}" if user else "an anonymous login"
+    return (f"the broker {c.broker} refused {who} ({reason_code}): check the credentials file or give the device "
+            f"its login again (`edge-fleet devices login {c.device_id}`)")
+
+
 class MessageIgnored(Exception):
     """A message the agent drops; the text says why (one line)."""
 
@@ -66,15 +87,7 @@ class MqttLink:
         self._on_connected.append(callback)
 
     def _make_client(self) -> mqtt.Client:
-        c = self.config
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
-                             protocol=mqtt.MQTTv311, clean_session=True)
-        username, password = c.login()
-        if username is not None:
-            client.username_pw_set(username, password)
-        _, _, tls = c.broker_address()
-        if tls:
-            client.tls_set(ca_certs=c.tls_ca, certfile=c.tls_cert, keyfile=c.tls_key, cert_reqs=ssl.CERT_REQUIRED)
+        client = make_client(self.config)
         client.will_set(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
         client.reconnect_delay_set(0.2, 5)
         client.max_inflight_messages_set(64)
@@ -90,7 +103,7 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+            log.error("%s; retrying", refusal_line(self.config, reason_code))
             return
         client.subscribe([(topic, 1) for topic in self._routes])
         client.publish(self.topics.presence, dumps(Presence("online")), qos=1, retain=True)

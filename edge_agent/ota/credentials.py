@@ -1,0 +1,90 @@
+"""The agent's broker login kept in a file, so no password is ever on a command line (or in `ps`).
+
+`edge-device setup` writes it (mode 0600, owned by the service user) and the unit's
+`edge-agent serve --credentials FILE` reads it. One `KEY=VALUE` per line, the value taken literally
+to the end of the line (no quoting, so any password survives as is); `#` starts a comment line:
+
+    EDGE_AGENT_MQTT_USERNAME=pi-17
+    EDGE_AGENT_MQTT_PASSWORD=...
+    EDGE_AGENT_MQTT_TLS_CA=/opt/edgekit/broker-ca.pem
+
+The names are those of the environment variables the agent also reads, so the same file can serve
+as a systemd `EnvironmentFile=` for values without quotes or backslashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AgentError
+
+log = logging.getLogger(__name__)
+
+KEYS = {"EDGE_AGENT_MQTT_USERNAME": "username", "EDGE_AGENT_MQTT_PASSWORD": "password",
+        "EDGE_AGENT_MQTT_TLS_CA": "tls_ca"}
+
+
+class CredentialsError(AgentError, ValueError):
+    code_name = "usage"
+    kind = "config"
+
+
+@dataclass(frozen=True)
+class BrokerCredentials:
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+
+    def render(self) -> str:
+        """The file's text (refuses values a line cannot hold)."""
+        lines = ["# edgekit agent: MQTT broker login (keep this file 0600)"]
+        for key, attr in KEYS.items():
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            if "\n" in value or "\r" in value or "\0" in value:
+                raise CredentialsError(f"{attr} must fit on one line")
+            lines.append(f"{key}={value}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "BrokerCredentials":
+        env = os.environ if env is None else env
+        return cls(**{attr: env[key] for key, attr in KEYS.items() if env.get(key)})
+
+
+def parse_credentials(text: str, where: str = "credentials") -> BrokerCredentials:
+    values: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or key.strip() not in KEYS:
+            raise CredentialsError(f"{where} line {n}: expected one of {', '.join(KEYS)}=VALUE")
+        values[KEYS[key.strip()]] = value
+    return BrokerCredentials(**values)
+
+
+def read_credentials(path: str | Path) -> BrokerCredentials:
+    """The login in `path`; a one-line error when it is missing or malformed, a warning when others can read it."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text()
+    except OSError as exc:
+        raise CredentialsError(f"credentials file {p}: {exc.strerror or exc} (written by `edge-device setup`)") from None
+    if stat.S_IMODE(mode) & 0o077:
+        log.warning("credentials file %s can be read by other users: chmod 600 it", p)
+    return parse_credentials(text, str(p))
+
+
+def resolve_credentials(given: BrokerCredentials, path: str | Path | None,
+                        env: dict[str, str] | None = None) -> BrokerCredentials:
+    """Per field, the first set of: the command line, the credentials file, the environment."""
+    sources = [given, read_credentials(path) if path else BrokerCredentials(), BrokerCredentials.from_env(env)]
+    return BrokerCredentials(**{attr: next((getattr(s, attr) for s in sources if getattr(s, attr) is not None), None)
+                                for attr in KEYS.values()})
