@@ -9,7 +9,8 @@ from typing import Any
 from edge_agent.bundle import Postprocess, Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
-from ..detection.task import BOX_TASKS, TASKS, anchor_postprocess, detection_postprocess, model_task, read_metadata
+from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, classification_postprocess, detection_postprocess,
+                              model_task, read_metadata)
 from ..errors import DataError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
@@ -82,7 +83,7 @@ class ImportPass(Pass):
         elif task.task in BOX_TASKS:
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
         elif task.task == "classify":
-            ctx.postprocess = Postprocess(kind="classification", softmax=True, top_k=cfg.top_k)
+            ctx.postprocess = classification_postprocess(ctx.outputs, cfg.output_role, cfg.top_k)
         else:
             ctx.postprocess = Postprocess(kind="none")
         if o.calibration:
