@@ -78,6 +78,40 @@ def test_multi_output_detector_must_name_its_output_and_the_failure_leaves_a_rep
 
     manifest = verify_bundle(out, TrustStore.from_paths([keys.pub]), unpack_to=tmp_path / "u").manifest
     assert manifest.postprocess.kind == "detection" and manifest.postprocess.options["output"] == "dets"
+    # the resize is named exactly, so the device resizes as calibration did (OpenCV INTER_LINEAR, letterbox)
+    assert (manifest.preprocess.resize, manifest.preprocess.resampler) == ("letterbox", "opencv")
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "bilinear"])
+def test_the_agent_preprocesses_a_frame_exactly_as_the_converter_calibrated_on_it(tmp_path, resize):
+    """Issue 14: host calibration and device preprocessing must stay identical. The manifest names the resampler;
+    the converter's video reader and the camera pipeline's Preprocessor then give the same tensor, bit for bit
+    (Pillow's antialiased BILINEAR and OpenCV's INTER_LINEAR differ: naming the library is what makes it exact)."""
+    import cv2
+
+    from converter.data.video import load_video
+    from edge_agent.bundle import FileEntry, Manifest
+    from edge_agent.pipeline.sources import Frame
+    from edge_agent.pipeline.stages import Preprocessor
+
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8), (5, 5), 0)
+    video = write_video(tmp_path / "one.avi", [frame])
+    spec = TensorSpec("images", "float32", [1, 3, 48, 64], "NCHW")
+    tensors = {}
+    for resampler in ("opencv", "pillow"):
+        pre = Preprocess(kind="image", color="RGB", size=[48, 64], resize=resize, resampler=resampler)
+        host = load_video(video, [spec], pre, n=1)[0]
+        manifest = Manifest(name="m", version=1, profile="raspberry-pi-4", format="onnx", runtime="onnxruntime",
+                            precision="fp32", model_file="model/model.onnx", inputs=[spec],
+                            outputs=[TensorSpec("out", "float32", [1, 8])], preprocess=pre,
+                            files=[FileEntry("model/model.onnx", 1, "0" * 64)])
+        manifest = Manifest.from_json(manifest.to_json())  # through the signed JSON, as on the device
+        device = Preprocessor(manifest)(Frame(0, frame, 0.0)).feeds["images"][0]
+        assert manifest.preprocess.resampler == resampler
+        np.testing.assert_array_equal(host, device)
+        tensors[resampler] = device
+    assert np.abs(tensors["opencv"] - tensors["pillow"]).max() > 0.01  # the two libraries do differ
 
 
 def test_bad_detection_settings_stop_the_pipeline_with_75_and_missing_annotate_folder_73(keys, tmp_path, capsys):
