@@ -119,15 +119,40 @@ def convert_color(image: np.ndarray, source_order: str, target_order: str) -> np
 def preprocess_image(
     image: np.ndarray, spec: Preprocess, tensor: TensorSpec, color_order: str = "RGB"
 ) -> tuple[np.ndarray, Letterbox]:
-    """An HxWxC uint8 image -> a batched float32 tensor in the model input's layout."""
-    image = convert_color(image, color_order, spec.color)
+    """An HxWxC uint8 image -> a batched float32 tensor in the model input's layout.
+
+    Per frame on the camera path, so: an RGB<->BGR swap happens after the resize, on the small image (resizing
+    is per channel, so the result is the same), and scale/mean/std/layout are written in one pass into the
+    output tensor (the same float32 operations in the same order as `(pixel * scale - mean) / std`, bit for bit).
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    swap = image.shape[2] == 3 and {color_order, spec.color} == {"RGB", "BGR"}
+    if not swap:
+        image = convert_color(image, color_order, spec.color)
+    if not image.flags.c_contiguous:
+        image = np.ascontiguousarray(image)
     resized, box = _resize(image, (spec.size[0], spec.size[1]), spec.resize, spec.resampler)
-    x = resized.astype(np.float32) * np.float32(spec.scale)
+    layout = tensor.layout if tensor.layout in ("NCHW", "NHWC") else "NCHW"
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    x = (x - mean) / std
-    batched = x[None]  # NHWC
-    return to_layout(batched, "NHWC", tensor.layout if tensor.layout in ("NCHW", "NHWC") else "NCHW"), box
+    channels = resized.shape[2]
+    if mean.size not in (1, channels) or std.size not in (1, channels):  # broadcasting widens the image: as before
+        x = (resized.astype(np.float32) * np.float32(spec.scale) - mean) / std
+        return to_layout(x[None], "NHWC", layout), box
+    src = resized[:, :, ::-1] if swap else resized
+    if layout == "NCHW":
+        src = src.transpose(2, 0, 1)
+        mean, std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+    out = np.empty((1, *src.shape), dtype=np.float32)
+    np.multiply(src, np.float32(spec.scale), out=out[0])
+    if np.any(mean != 0):
+        np.subtract(out[0], mean, out=out[0])
+    if np.any(std != 1):
+        np.divide(out[0], std, out=out[0])
+    return out, box
 
 
 def read_image(path: str) -> np.ndarray:
