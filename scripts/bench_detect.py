@@ -111,7 +111,8 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path) -> dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--frames", type=int, default=120, help="video frames timed through the pipeline and the bare loop")
+    ap.add_argument("--eval-frames", type=int, default=100, help="held-out vtest frames (4 crops each) the box figures use")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=DEFAULT, help="comma list of family:format:precision")
     ap.add_argument("--json", action="store_true")
@@ -123,7 +124,7 @@ def main() -> int:
         for v in args.variants.split(","):
             family, fmt, precision = v.split(":")
             print(f"converting {v} ...", file=sys.stderr, flush=True)
-            row = {"variant": v, **convert(family, fmt, precision, work, key)}
+            row = {"variant": v, **convert(family, fmt, precision, work, key, args.eval_frames)}
             if row["rc"] == 0:
                 row.update(speed(row["bundle"], pub, args.frames, args.threads, work))
             row["bundle"] = row["bundle"].name
