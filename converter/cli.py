@@ -150,6 +150,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     if lat:
         lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "
                      f"converted p50 {lat['converted']['p50_ms']:.3f} ms ({lat['speedup_vs_float']}x)")
+        if lat.get("warning"):
+            lines.append(f"WARNING: {lat['warning']}")
     sel = m.get("format_selection")
     if sel:
         alts = ", ".join(f"{c['format']} {c['precision']} "

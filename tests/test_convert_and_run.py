@@ -107,6 +107,9 @@ def test_gate_refuses_broken_calibration(digits, tmp_path, capsys, caplog):
     assert "fails the accuracy gate" in err and "--force" in err
     assert "is the same in all 64 samples" in caplog.text  # the likely cause is logged too
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    # issue 14 defect 6: the refused conversion still leaves its report, with the figures that refused it
+    report = json.loads((tmp_path / "broken.edgebundle.report.json").read_text())
+    assert "fails the accuracy gate" in report["error"] and report["measurements"]["accuracy"]["passed"] is False
     # --force writes it anyway and records the failed gate
     assert convert_main([*args, "--force"]) == 0
     acc = read_manifest_unverified(out).measurements["accuracy"]

@@ -78,6 +78,40 @@ def test_multi_output_detector_must_name_its_output_and_the_failure_leaves_a_rep
 
     manifest = verify_bundle(out, TrustStore.from_paths([keys.pub]), unpack_to=tmp_path / "u").manifest
     assert manifest.postprocess.kind == "detection" and manifest.postprocess.options["output"] == "dets"
+    # the resize is named exactly, so the device resizes as calibration did (OpenCV INTER_LINEAR, letterbox)
+    assert (manifest.preprocess.resize, manifest.preprocess.resampler) == ("letterbox", "opencv")
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "bilinear"])
+def test_the_agent_preprocesses_a_frame_exactly_as_the_converter_calibrated_on_it(tmp_path, resize):
+    """Issue 14: host calibration and device preprocessing must stay identical. The manifest names the resampler;
+    the converter's video reader and the camera pipeline's Preprocessor then give the same tensor, bit for bit
+    (Pillow's antialiased BILINEAR and OpenCV's INTER_LINEAR differ: naming the library is what makes it exact)."""
+    import cv2
+
+    from converter.data.video import load_video
+    from edge_agent.bundle import FileEntry, Manifest
+    from edge_agent.pipeline.sources import Frame
+    from edge_agent.pipeline.stages import Preprocessor
+
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8), (5, 5), 0)
+    video = write_video(tmp_path / "one.avi", [frame])
+    spec = TensorSpec("images", "float32", [1, 3, 48, 64], "NCHW")
+    tensors = {}
+    for resampler in ("opencv", "pillow"):
+        pre = Preprocess(kind="image", color="RGB", size=[48, 64], resize=resize, resampler=resampler)
+        host = load_video(video, [spec], pre, n=1)[0]
+        manifest = Manifest(name="m", version=1, profile="raspberry-pi-4", format="onnx", runtime="onnxruntime",
+                            precision="fp32", model_file="model/model.onnx", inputs=[spec],
+                            outputs=[TensorSpec("out", "float32", [1, 8])], preprocess=pre,
+                            files=[FileEntry("model/model.onnx", 1, "0" * 64)])
+        manifest = Manifest.from_json(manifest.to_json())  # through the signed JSON, as on the device
+        device = Preprocessor(manifest)(Frame(0, frame, 0.0)).feeds["images"][0]
+        assert manifest.preprocess.resampler == resampler
+        np.testing.assert_array_equal(host, device)
+        tensors[resampler] = device
+    assert np.abs(tensors["opencv"] - tensors["pillow"]).max() > 0.01  # the two libraries do differ
 
 
 def test_bad_detection_settings_stop_the_pipeline_with_75_and_missing_annotate_folder_73(keys, tmp_path, capsys):
@@ -192,3 +226,50 @@ def test_an_input_shape_the_graph_cannot_take_is_one_line_and_exit_21(keys, tmp_
                        str(keys.key), "--out", str(tmp_path / "y.edgebundle"), "--bench-runs", "0"])
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 21 and len(err) == 1 and "--input-shape" in err[0] and "Concat" in err[0]
+
+
+def _box_and_class_onnx(path, rng):
+    """A classifier with a box-regression output first (like the face network of issue 14) and logits second."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])]
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "wb"),
+             onnx.numpy_helper.from_array(rng.normal(size=(16, 10)).astype(np.float32), "wl")]
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["boxes"]), helper.make_node("MatMul", ["x", "wl"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "cls", [x], outs, inits), opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_multi_output_classifier_serves_and_gates_the_declared_output(keys, tmp_path, capsys, caplog):
+    """Defect 5: a multi-output classifier was read at output 0 (its box regressor) by the agent and the gate.
+    Failed before: the manifest had no `output`, `run` gave argmax(boxes) and the gate's top-1 was boxes'."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    src = _box_and_class_onnx(tmp_path / "cls.onnx", rng)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    boxes, logits = (np.concatenate(o) for o in zip(*[sess.run(None, {"x": x[i:i + 1]}) for i in range(len(x))]))
+    labels = logits.argmax(1)
+    assert (boxes.argmax(1) != labels).mean() > 0.5  # reading output 0 would give other answers
+    np.savez(tmp_path / "eval.npz", x=x, labels=labels)
+    out = tmp_path / "cls.edgebundle"
+    rc = convert_main(["convert", str(src), "--output-role", "logits", "--precision", "fp32", "--profile",
+                       "raspberry-pi-4", "--eval", str(tmp_path / "eval.npz"), "--key", str(keys.key), "--out", str(out),
+                       "--bench-runs", "0", "--json"])
+    assert rc == 0, capsys.readouterr().err
+    acc = json.loads(capsys.readouterr().out)["measurements"]["accuracy"]
+    assert acc["float_top1_accuracy"] == 1.0  # the gate scored the logits (boxes would match the labels < 50 %)
+    np.save(tmp_path / "one.npy", x[3:4])
+    rc = agent_main(["run", str(out), str(tmp_path / "one.npy"), "--trust", str(keys.pub), "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["label"] == int(labels[3])
+    # Without --output-role the served output is still written down (output 0, with a warning), never implied.
+    rc = convert_main(["convert", str(src), "--precision", "fp32", "--profile", "raspberry-pi-4", "--key", str(keys.key),
+                       "--out", str(tmp_path / "first.edgebundle"), "--bench-runs", "0"])
+    assert rc == 0 and "--output-role" in caplog.text
+    from edge_agent.bundle import TrustStore, verify_bundle
+
+    manifest = verify_bundle(tmp_path / "first.edgebundle", TrustStore.from_paths([keys.pub]), unpack_to=tmp_path / "u").manifest
+    assert manifest.postprocess.options["output"] == "boxes"

@@ -107,6 +107,21 @@ def detection_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: 
     return Postprocess(kind="detection", softmax=False, top_k=1, options=options)
 
 
+def classification_postprocess(outputs: list[TensorSpec], output_role: str | None, top_k: int) -> Postprocess:
+    """A classifier's postprocess; with several outputs the served one is named in the manifest (option
+    `output`), so neither the agent nor the gate reads output 0 by accident (issue 14, defect 5)."""
+    names = [o.name for o in outputs]
+    if output_role is not None and output_role not in names:
+        raise ImportFailed(f"--output-role {output_role!r} is not an output of the model ({', '.join(names)})")
+    options: dict[str, Any] = {}
+    if output_role is not None or len(outputs) > 1:
+        options["output"] = output_role or names[0]
+        if output_role is None:
+            log.warning("the model has %d outputs (%s): serving %s as the class scores; name another with --output-role",
+                        len(names), ", ".join(names), names[0])
+    return Postprocess(kind="classification", softmax=True, top_k=top_k, options=options)
+
+
 def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:
     """SSD/BlazeFace-style heads: raw regressors + logits, decoded against anchors recorded in the manifest."""
     import numpy as np

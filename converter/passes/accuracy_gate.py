@@ -45,7 +45,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
 
 
 def is_classification(ctx: ConversionContext) -> bool:
-    out = ctx.outputs[0]
+    out = ctx.outputs[ctx.served_output()]
     return bool(ctx.postprocess and ctx.postprocess.kind == "classification" and len(out.shape) == 2)
 
 

@@ -92,7 +92,15 @@ class ConversionContext:
         """What the model does for the gate (detection, classification, map, sequence, generic)."""
         if self.postprocess is not None and self.postprocess.kind == "detection":
             return "detection"
-        return detect_task(self.outputs[0].shape, bool(self.postprocess and self.postprocess.kind == "classification"))
+        return detect_task(self.outputs[self.served_output()].shape,
+                           bool(self.postprocess and self.postprocess.kind == "classification"))
+
+    def served_output(self) -> int:
+        """Index of the output the bundle serves (the manifest's postprocess option `output`, else 0): the
+        gate scores that one, as the agent reads it (issue 14: a box regressor was scored as the classifier)."""
+        which = (self.postprocess.options or {}).get("output") if self.postprocess is not None else None
+        names = [t.name for t in self.outputs]
+        return names.index(which) if isinstance(which, str) and which in names else 0
 
     def budget(self) -> Budget:
         """The accuracy budget: the user's options where given, else the profile's.
@@ -112,8 +120,9 @@ class ConversionContext:
                       max_map_drop=o.max_map_drop if o.max_map_drop is not None else DEFAULT_MAX_MAP_DROP)
 
     def run_first_output(self, model: Path, data: Dataset) -> np.ndarray:
-        """The first output of `model` (ONNX or TFLite) over `data`, in the source model's layout."""
-        return run_model(model, data, self.inputs, self.outputs)[0]
+        """The served output of `model` (ONNX or TFLite) over `data`, in the source model's layout (the first
+        one unless the manifest names another)."""
+        return run_model(model, data, self.inputs, self.outputs)[self.served_output()]
 
     def evaluator(self) -> Evaluator | None:
         """Scores models against the float model on the gate data; the float outputs are computed once."""

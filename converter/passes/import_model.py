@@ -9,7 +9,8 @@ from typing import Any
 from edge_agent.bundle import Postprocess, Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
-from ..detection.task import BOX_TASKS, TASKS, anchor_postprocess, detection_postprocess, model_task, read_metadata
+from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, classification_postprocess, detection_postprocess,
+                              model_task, read_metadata)
 from ..errors import DataError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
@@ -17,6 +18,25 @@ from ..options import PassOption, float_list, input_shape
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
+
+
+def resampler_for(option: str, box_task: bool) -> str:
+    """`auto`: OpenCV for detectors (camera bundles: native resize, and the agent reads video with OpenCV
+    anyway) when it is installed here; Pillow otherwise (the agent's light install has no OpenCV)."""
+    if option != "auto":
+        if option == "opencv":
+            try:
+                import cv2  # noqa: F401
+            except ImportError:
+                raise DataError("--resampler opencv needs OpenCV: pip install opencv-python-headless") from None
+        return option
+    if not box_task:
+        return "pillow"
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return "pillow"
+    return "opencv"
 
 
 class ImportPass(Pass):
@@ -36,6 +56,10 @@ class ImportPass(Pass):
             "std": PassOption(float_list, (1.0,), "per-channel std, comma-separated (after scale)"),
             "resize": PassOption(str, "bilinear", "how images are resized to the input size (default bilinear)",
                                  choices=("bilinear", "nearest", "letterbox")),
+            "resampler": PassOption(str, "auto", "which library resizes, recorded in the manifest so the device "
+                                    "resizes exactly as calibration did: opencv (cv2.resize INTER_LINEAR, native, for "
+                                    "cameras), pillow (PIL BILINEAR), auto = opencv for detectors when OpenCV is "
+                                    "installed, else pillow", choices=("auto", "opencv", "pillow")),
             "layout": PassOption(str, None, "input layout (default: guessed from the shape)", choices=("NCHW", "NHWC")),
             "top_k": PassOption(int, 5, "classes the agent reports (default 5)"),
             "task": PassOption(str, None, "what the model does (default: the model's metadata, e.g. Ultralytics "
@@ -71,8 +95,9 @@ class ImportPass(Pass):
             if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
                 color = "GRAY" if channels == 1 else cfg.color
                 resize = "letterbox" if task.task in BOX_TASKS and not ctx.options.pass_options.get("resize") else cfg.resize
-                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=resize, scale=cfg.scale,
-                                            mean=list(cfg.mean), std=list(cfg.std))
+                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=resize,
+                                            resampler=resampler_for(cfg.resampler, task.task in BOX_TASKS),
+                                            scale=cfg.scale, mean=list(cfg.mean), std=list(cfg.std))
         if ctx.preprocess is None:
             ctx.preprocess = Preprocess(kind="none")
         if task.names and not o.labels:
@@ -82,7 +107,7 @@ class ImportPass(Pass):
         elif task.task in BOX_TASKS:
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
         elif task.task == "classify":
-            ctx.postprocess = Postprocess(kind="classification", softmax=True, top_k=cfg.top_k)
+            ctx.postprocess = classification_postprocess(ctx.outputs, cfg.output_role, cfg.top_k)
         else:
             ctx.postprocess = Postprocess(kind="none")
         if o.calibration:

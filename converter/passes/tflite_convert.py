@@ -133,7 +133,7 @@ def rename_output_roles(ctx: ConversionContext, source_names: list[str]) -> None
     """The TFLite file may name its outputs otherwise (int8: `PartitionedCall:0`): roles follow by position."""
     post = ctx.postprocess
     new = [t.name for t in ctx.outputs]
-    if post is None or post.kind != "detection" or len(new) != len(source_names):
+    if post is None or post.kind not in ("detection", "classification") or len(new) != len(source_names):
         return
     options = dict(post.options)  # a copy: --format auto candidates share the import's postprocess
     for role in ("output", "boxes_output", "scores_output"):

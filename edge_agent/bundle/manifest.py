@@ -26,6 +26,10 @@ LAYOUTS = ("NCHW", "NHWC", "NC", "ANY")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 RESIZE_MODES = ("bilinear", "nearest", "letterbox")
+# Which library resizes: "opencv" = cv2.resize INTER_LINEAR (INTER_NEAREST for `nearest`), letterbox padded
+# with 114; "pillow" = PIL BILINEAR (antialiased when shrinking) / NEAREST. Their pixels differ, so the
+# converter records the one its calibration/eval data went through and the agent uses the same.
+RESAMPLERS = ("pillow", "opencv")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -67,6 +71,7 @@ class Preprocess:
     color: str = "RGB"
     size: list[int] = field(default_factory=list)  # [height, width]
     resize: str = "bilinear"
+    resampler: str = "pillow"  # RESAMPLERS; absent in older manifests = pillow (what they were built with)
     scale: float = 1.0 / 255.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
@@ -298,6 +303,7 @@ def _preprocess(value: Any) -> Preprocess:
         color=v.str("color", choices=COLOR_ORDERS),
         size=list(size),
         resize=v.str("resize", choices=RESIZE_MODES),
+        resampler=v.str("resampler", choices=RESAMPLERS) if "resampler" in value else "pillow",
         scale=v.num("scale"),
         mean=mean,
         std=std,

@@ -1,4 +1,4 @@
-"""Output postprocessing: classification (softmax + top-k with labels)."""
+"""Output postprocessing: classification (softmax + top-k with labels) on the output the manifest serves."""
 
 from __future__ import annotations
 
@@ -19,10 +19,30 @@ def _looks_like_probabilities(row: np.ndarray) -> bool:
     return bool(np.all(row >= 0) and abs(float(row.sum()) - 1.0) < 1e-3)
 
 
+def served_output(manifest: Manifest) -> int:
+    """Index of the output a classifier serves: postprocess option `output` (a name or an index, written by
+    edge-convert --output-role), else 0. A model with several outputs is never read at output 0 silently:
+    the converter always records which one it serves."""
+    post = manifest.postprocess
+    which = (post.options or {}).get("output") if post is not None else None
+    names = [t.name for t in manifest.outputs]
+    if which is None:
+        return 0
+    if isinstance(which, str) and which in names:
+        return names.index(which)
+    if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+        if int(which) < max(len(names), 1):
+            return int(which)
+    from .detection import DetectionConfigError  # exit 75: the manifest's postprocess does not fit the model
+
+    raise DetectionConfigError(f"postprocess option output={which!r} is not an output of the model ({', '.join(names)})")
+
+
 def classify(outputs: list[np.ndarray], manifest: Manifest, top_k: int | None = None) -> list[dict[str, Any]]:
     """Top-k classes per batch item: [{label, name, score, top_k: [{label, name, score}]}]."""
     post = manifest.postprocess
-    logits = np.asarray(outputs[0], dtype=np.float32).reshape(outputs[0].shape[0], -1)
+    served = outputs[served_output(manifest)]
+    logits = np.asarray(served, dtype=np.float32).reshape(served.shape[0], -1)
     k = min(top_k or (post.top_k if post else 5), logits.shape[1])
     results = []
     for row in logits:

@@ -58,14 +58,9 @@ class Preprocessor:
         self._dtype = np.float16 if self.tensor.dtype == "float16" else np.float32
 
     def __call__(self, frame: Frame) -> Prepared:
-        # OpenCV gives BGR. For RGB models swap with cv2.cvtColor (a strided numpy reversal costs
-        # several ms per VGA frame on a Pi); BGR and GRAY models take the BGR frame as it is.
-        image, order = frame.image, "BGR"
-        if self.spec.color == "RGB":
-            import cv2
-
-            image, order = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), "RGB"
-        tensor, box = preprocess_image(image, self.spec, self.tensor, color_order=order)
+        # OpenCV gives BGR; preprocess_image swaps to RGB after the resize, on the small image (a full-frame
+        # cvtColor cost more than the resize itself).
+        tensor, box = preprocess_image(frame.image, self.spec, self.tensor, color_order="BGR")
         h, w = frame.image.shape[:2]
         geometry = FrameGeometry.from_preprocess((h, w), (self.spec.size[0], self.spec.size[1]), self.spec.resize, box)
         return Prepared(frame, {self.tensor.name: tensor.astype(self._dtype, copy=False)}, geometry)

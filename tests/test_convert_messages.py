@@ -1,0 +1,53 @@
+"""Issue 14, defect 6: what a long conversion tells a CI log, and the warning when int8 is slower than float.
+
+Both run the real converter on the digits CNN (tests/conftest.py). Timing is never asserted: the progress
+threshold is set to 0 s, and the slower-than-float case feeds the pass a measured-slower converted model by
+stretching its timed samples (the decision under test is the pass's, not the host's speed)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from converter import cli as convert_cli
+from converter.passes import host_benchmark
+
+from .conftest import convert_args
+
+
+def test_long_conversion_prints_one_progress_line_per_pass_without_a_tty(digits, tmp_path, capsys, monkeypatch):
+    """A 3-minute conversion printed nothing in a non-TTY log (CI); now each pass is one plain line on
+    stderr once the run is past PLAIN_PROGRESS_AFTER_S (0 here, as if the conversion were long)."""
+    monkeypatch.setattr(convert_cli, "PLAIN_PROGRESS_AFTER_S", 0.0)
+    args = [a for a in convert_args(digits, tmp_path / "d.edgebundle") if a != "--quiet"]
+    assert convert_cli.main(args) == 0
+    err = capsys.readouterr().err  # capsys: stderr is not a TTY, as in CI
+    lines = re.findall(r"^edge-convert: \[(\d+)/(\d+)\] ([\w-]+) \(\d+ s so far\)$", err, re.M)
+    names = [n for _, _, n in lines]
+    assert {"import", "quantize", "accuracy-gate", "package"} <= set(names), err
+    assert [int(i) for i, _, _ in lines] == list(range(1, len(lines) + 1))  # numbered in order, none repeated
+    assert "\r" not in err and "\x1b[" not in err  # no bar redraws in a log
+    # --json keeps stderr free of progress (a script reads stdout, a log stays clean)
+    assert convert_cli.main([*args, "--json", "--out", str(tmp_path / "e.edgebundle")]) == 0
+    assert "edge-convert: [" not in capsys.readouterr().err
+
+
+def test_int8_slower_than_float_is_written_with_a_warning(digits, tmp_path, capsys, caplog, monkeypatch):
+    """An int8 bundle slower than float was written silently; now the report, the log and the summary say so."""
+    real = host_benchmark.time_runs
+    calls: list[int] = []
+
+    def converted_three_times_slower(run, runs, warmup, progress=None):
+        first, samples = real(run, runs, warmup, progress)
+        calls.append(1)
+        return first, samples if len(calls) == 1 else [3.0 * s + 1.0 for s in samples]  # 1st: float, 2nd: int8
+
+    monkeypatch.setattr(host_benchmark, "time_runs", converted_three_times_slower)
+    out = tmp_path / "slow.edgebundle"
+    assert convert_cli.main([a for a in convert_args(digits, out) if a != "--quiet"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((tmp_path / "slow.edgebundle.report.json").read_text())
+    lat = report["measurements"]["host_latency"]
+    assert report["precision"].startswith("int8") and lat["speedup_vs_float"] < 1
+    assert "slower than float" in lat["warning"] and "--quantize-ops weighted" in lat["warning"]
+    assert "slower than float" in caplog.text and "slower than float" in text
