@@ -59,7 +59,7 @@ def _photos() -> list[np.ndarray]:
 
 
 def stream_scores(ref: ReferenceStats, frames: np.ndarray, outputs: np.ndarray | None = None) -> dict[str, float]:
-    mon = DriftMonitor(ref, "NCHW", classifier=outputs is not None, config=DriftConfig(WINDOW, STRIDE))
+    mon = DriftMonitor(ref, "NCHW", kind="classification" if outputs is not None else None, config=DriftConfig(WINDOW, STRIDE))
     for i in range(len(frames)):
         mon.observe(frames[i:i + 1], None if outputs is None else [outputs[i:i + 1]])
     snap = mon.snapshot()
@@ -122,7 +122,7 @@ def test_class_distribution_drifts_when_the_scene_shows_other_digits(digits, spl
 def test_a_drifting_stream_raises_drift_within_the_window_and_clears_after(digits_ref, split):
     """The documented bound: `drift` at the latest window + stride frames after the scene changed."""
     _, _, x_test, _ = split
-    mon = DriftMonitor(digits_ref, "NCHW", classifier=False, config=DriftConfig(WINDOW, STRIDE))
+    mon = DriftMonitor(digits_ref, "NCHW", kind=None, config=DriftConfig(WINDOW, STRIDE))
     states = []
     for i in range(WINDOW + 20):
         mon.observe(x_test[i:i + 1], None)

@@ -134,7 +134,8 @@ def _shadow(run: ShadowRun, samples: list) -> ShadowReport:
 
 def test_detector_shadow_matches_boxes_in_frame_pixels_across_input_sizes(tmp_path):
     from edge_agent.bundle import generate_keypair
-    from edge_agent.pipeline.live_feed import LiveSample
+    from edge_agent.pipeline.observe import LiveSample
+    from edge_agent.pipeline.stages import FrameInput
     from edge_agent.pipeline.sources import Frame
 
     from .camera_helpers import detector_bundle
@@ -151,7 +152,8 @@ def test_detector_shadow_matches_boxes_in_frame_pixels_across_input_sizes(tmp_pa
     for i in range(4):
         prepared = pre(Frame(i, rng.integers(0, 255, (100, 200, 3), dtype=np.uint8), time.monotonic()))
         outputs = session.run(prepared.feeds)
-        samples.append(LiveSample(prepared.frame, None, prepared.feeds, outputs, post(outputs, prepared.geometry), 0.5))
+        samples.append(LiveSample(FrameInput(prepared.frame), None, prepared.feeds, outputs, 0.5,
+                                  post(outputs, prepared.geometry)))
     assert len(samples[0].result["detections"]) == 3
 
     gate = ShadowGate(min_agreement=0.9, frames=12, timeout_s=60.0)

@@ -12,6 +12,12 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
     input.intensity    the input values themselves
     output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
+    output.boxes       boxes per frame, bins 0,1,2,3-4,5-8,9-16,17+ (detectors only)
+    output.box_score   the score of each box                      (detectors; a crowded or unfamiliar scene)
+    output.box_class   the class of each box (categorical, as output.class) (detectors; the class mix)
+
+Detector features count the boxes the device serves (at the manifest's score threshold); the
+per-box ones are only scored over windows holding at least MIN_BOXES boxes (drift.py).
 
 The input features use a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
 summaries for people: per-channel mean/std and the mean brightness. Bins come from the
@@ -32,6 +38,10 @@ MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each
 MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
 INPUT_FEATURES = ("brightness", "contrast", "intensity")
+CLASSIFIER_FEATURES = ("output.class", "output.confidence")
+DETECTOR_FEATURES = ("output.boxes", "output.box_score", "output.box_class")
+BOX_COUNT_EDGES = [1, 2, 3, 5, 9, 17]  # boxes per frame: 0, 1, 2, 3-4, 5-8, 9-16, 17+
+MIN_REFERENCE_BOXES = 20  # fewer reference boxes: score bins fixed (tenths) instead of the reference's deciles
 
 
 def channel_axis(layout: str | None) -> int | None:
@@ -73,6 +83,24 @@ def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.nda
         probs = z / z.sum(axis=1, keepdims=True)
     top = probs.argmax(axis=1)
     return {"class": top.astype(np.float64), "confidence": probs[np.arange(len(probs)), top]}
+
+
+def detection_values(frames: Iterable[tuple[Iterable[float], Iterable[int]]]) -> dict[str, np.ndarray]:
+    """Detector output values of frames given as (box scores, box classes): boxes per frame, and per box."""
+    counts, scores, classes = [], [], []
+    for s, c in frames:
+        s, c = list(s), list(c)
+        counts.append(len(s))
+        scores.extend(s)
+        classes.extend(c)
+    return {"boxes": np.asarray(counts, np.float64), "box_score": np.asarray(scores, np.float64),
+            "box_class": np.asarray(classes, np.float64)}
+
+
+def result_detection_values(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The same values of one frame from a pipeline Postprocessor result ({detections: [{score, label}]})."""
+    dets = result.get("detections") or []
+    return detection_values([([d["score"] for d in dets], [d["label"] for d in dets])])
 
 
 @dataclass
@@ -171,9 +199,11 @@ class ReferenceStats:
 
 
 def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray | None = None,
-                    softmax: bool = True, classes: int | None = None) -> ReferenceStats:
-    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and, for
-    classifiers, of the float model's first output on the eval data."""
+                    softmax: bool = True, classes: int | None = None,
+                    detections: list[tuple[np.ndarray, np.ndarray]] | None = None) -> ReferenceStats:
+    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and of the float
+    model's answers on the eval data: a classifier's first output, or a detector's boxes per sample
+    as (scores, classes) at the manifest's score threshold."""
     x = np.asarray(inputs, dtype=np.float32)
     values = input_values(x)
     features = {f"input.{k}": Histogram.from_values(values[k]) for k in INPUT_FEATURES}
@@ -193,4 +223,19 @@ def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray 
         features["output.confidence"] = Histogram.from_values(out["confidence"], edges=CONFIDENCE_EDGES)
         summary.update(output_samples=int(len(out["class"])),
                        mean_confidence=round(float(out["confidence"].mean()), 6))
+    if detections is not None:
+        features.update(_detector_features(detection_values(detections), classes))
+        summary.update(output_samples=len(detections),
+                       mean_boxes=round(float(np.mean([len(s) for s, _ in detections])), 6) if detections else None)
     return ReferenceStats(features, summary)
+
+
+def _detector_features(values: dict[str, np.ndarray], classes: int | None) -> dict[str, Histogram]:
+    features = {"output.boxes": Histogram.from_values(values["boxes"], edges=BOX_COUNT_EDGES)}
+    scores, labels = values["box_score"], values["box_class"]
+    if scores.size:  # a reference without a single box says nothing about scores or classes
+        few = scores.size < MIN_REFERENCE_BOXES
+        features["output.box_score"] = Histogram.from_values(scores, edges=CONFIDENCE_EDGES if few else None)
+        n = classes or int(labels.max()) + 1
+        features["output.box_class"] = Histogram.from_values(labels, categories=max(n, 1))
+    return features
