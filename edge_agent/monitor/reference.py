@@ -13,11 +13,13 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
     output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
     output.boxes       boxes per frame, bins 0,1,2,3-4,5-8,9-16,17+ (detectors only)
-    output.box_score   the score of each box                      (detectors; a crowded or unfamiliar scene)
+    output.box_score   the score of each box, quintile bins       (detectors; unfamiliar or degraded scenes)
     output.box_class   the class of each box (categorical, as output.class) (detectors; the class mix)
 
-Detector features count the boxes the device serves (at the manifest's score threshold); the
-per-box ones are only scored over windows holding at least MIN_BOXES boxes (drift.py).
+Detector features count the boxes the device serves (at the manifest's score threshold). A window
+holds fewer boxes than frames, so box scores get five bins (PSI's sampling noise grows with the
+bins: about (bins - 1) / boxes), and per-box features are only scored over windows holding at least
+MIN_BOXES boxes (drift.py).
 
 The input features use a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
 summaries for people: per-channel mean/std and the mean brightness. Bins come from the
@@ -41,7 +43,7 @@ INPUT_FEATURES = ("brightness", "contrast", "intensity")
 CLASSIFIER_FEATURES = ("output.class", "output.confidence")
 DETECTOR_FEATURES = ("output.boxes", "output.box_score", "output.box_class")
 BOX_COUNT_EDGES = [1, 2, 3, 5, 9, 17]  # boxes per frame: 0, 1, 2, 3-4, 5-8, 9-16, 17+
-MIN_REFERENCE_BOXES = 20  # fewer reference boxes: score bins fixed (tenths) instead of the reference's deciles
+MIN_REFERENCE_BOXES = 20  # fewer reference boxes: score bins fixed (tenths) instead of the reference's quintiles
 
 
 def channel_axis(layout: str | None) -> int | None:
@@ -135,9 +137,10 @@ class Histogram:
         return np.bincount(self.bin_of(np.asarray(values)), minlength=self.bins)[: self.bins].astype(np.int64)
 
     @classmethod
-    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0) -> "Histogram":
-        """Reference histogram of `values`: numeric with edges from their deciles unless given, or
-        categorical over `categories` class indices."""
+    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0,
+                    quantiles: int = 10) -> "Histogram":
+        """Reference histogram of `values`: numeric with edges from their `quantiles` (deciles) unless given,
+        or categorical over `categories` class indices."""
         values = np.asarray(values, dtype=np.float64)
         if categories:
             freq = np.bincount(np.clip(values.astype(np.int64), 0, categories - 1), minlength=categories)
@@ -148,7 +151,7 @@ class Histogram:
                 h = cls([0.0] * MAX_CLASS_BINS, keys=top)
         else:
             if edges is None:
-                q = np.quantile(values, np.linspace(0.1, 0.9, 9)) if values.size else np.zeros(0)
+                q = np.quantile(values, np.arange(1, quantiles) / quantiles) if values.size else np.zeros(0)
                 edges = np.unique(np.round(q, 6))
             inner = [float(e) for e in edges]
             h = cls([0.0] * (len(inner) + 1), inner)
@@ -235,7 +238,7 @@ def _detector_features(values: dict[str, np.ndarray], classes: int | None) -> di
     scores, labels = values["box_score"], values["box_class"]
     if scores.size:  # a reference without a single box says nothing about scores or classes
         few = scores.size < MIN_REFERENCE_BOXES
-        features["output.box_score"] = Histogram.from_values(scores, edges=CONFIDENCE_EDGES if few else None)
+        features["output.box_score"] = Histogram.from_values(scores, edges=CONFIDENCE_EDGES if few else None, quantiles=5)
         n = classes or int(labels.max()) + 1
         features["output.box_class"] = Histogram.from_values(labels, categories=max(n, 1))
     return features
