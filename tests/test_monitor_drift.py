@@ -191,3 +191,29 @@ def test_a_1000_class_model_keeps_ten_class_bins_so_a_small_window_is_not_drift_
     live = rng.zipf(1.5, 200) % 1000  # the same scene, 200 frames
     assert psi(h.p, h.counts(live)) < 0.25
     assert h.counts(np.asarray([999999]))[-1] == 1  # an index the reference never saw goes to `other`
+
+
+def test_the_cpu_budget_samples_fast_inputs_and_takes_every_slow_one():
+    """Drift on a tiny model's served requests must not cost 10 % of each request: the monitor observes a
+    uniform sample within 2 % of a core. Each observation here burns 1 ms of this thread's CPU."""
+    import time
+
+    from edge_agent.monitor.budget import CpuBudget
+
+    def burn() -> None:
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+
+    now = [0.0]
+    fast = CpuBudget(share=0.02, clock=lambda: now[0])
+    for _ in range(300):  # an input every 2 ms: 0.04 ms of budget each
+        now[0] += 0.002
+        fast.run(burn)
+    assert fast.run_count + fast.skipped == 300
+    assert fast.run_count <= 30 and fast.skipped >= 270  # ~(10 ms burst + 300 x 0.04 ms) / 1 ms
+    slow = CpuBudget(share=0.02, clock=lambda: now[0])
+    for _ in range(50):  # a camera at 10 fps: 2 ms of budget per frame, more than an observation costs
+        now[0] += 0.1
+        slow.run(burn)
+    assert (slow.run_count, slow.skipped) == (50, 0)

@@ -19,6 +19,7 @@ from ..bundle import REFERENCE_STATS_FILE, Manifest
 from ..ota.protocol import ShadowGate
 from ..pipeline.observe import LiveInputs, LiveSample
 from ..runtimes import ModelSession
+from .budget import CpuBudget
 from .drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, DriftConfig, DriftMonitor, DriftSnapshot
 from .reference import ReferenceStats
 from .shadow import ShadowReport, ShadowRun, skipped
@@ -50,8 +51,9 @@ def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, conf
 class DriftWatch:
     """Observer: drift of the live frames against the served model's reference (restarts on a swap)."""
 
-    def __init__(self, config: DriftConfig | None = None) -> None:
+    def __init__(self, config: DriftConfig | None = None, budget: CpuBudget | None = None) -> None:
         self.config = config or DriftConfig()
+        self.budget = budget or CpuBudget()  # at most 2 % of a core, however many requests come (monitor.budget)
         self._current: tuple[int, DriftMonitor] | None = None  # (model generation, its monitor), swapped as one
         self._lock = threading.Lock()  # camera and request threads observe at once
 
@@ -70,11 +72,16 @@ class DriftWatch:
                 if current is None or model.generation != current[0]:
                     monitor = drift_monitor_for(model.manifest, load_reference(model.bundle_dir), self.config)
                     self._current = current = (model.generation, monitor)
-        current[1].observe(next(iter(sample.feeds.values())), sample.outputs, sample.result)
+        monitor = current[1]
+        self.budget.run(lambda: monitor.observe(next(iter(sample.feeds.values())), sample.outputs, sample.result))
 
     def snapshot(self) -> DriftSnapshot | None:
         m = self.monitor
-        return m.snapshot() if m is not None else None
+        if m is None:
+            return None
+        snap = m.snapshot()
+        snap.live["not_sampled"] = self.budget.skipped  # live inputs left out to keep within the CPU budget
+        return snap
 
 
 def add_drift_arguments(group: Any) -> None:
