@@ -118,3 +118,55 @@ def test_served_requests_feed_the_shadow_gate_and_drift(tmp_path, digits, int8_b
         agent.stop()
         server.stop()
         reg.close()
+
+
+def test_served_images_and_tensors_are_prepared_for_the_new_model(digits, int8_bundle, white_digits_bundle, tmp_path):
+    """In process, the serving core's observers feed a ShadowRun directly: PNG requests are decoded and
+    preprocessed again for the new model, tensor requests converted from the client's tensors, and the
+    active model's raw outputs postprocessed by the shadow worker. The same model agrees on every
+    request (nothing lost in the replay); v3 (white-background digits) does not."""
+    import cv2
+
+    from edge_agent.bundle import TrustStore, verify_bundle
+    from edge_agent.monitor.shadow import ShadowRun
+    from edge_agent.ota.protocol import ShadowGate
+    from edge_agent.runtimes import load_session
+    from edge_agent.serving import HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
+
+    def load(bundle):  # noqa: ANN001, ANN202
+        vb = verify_bundle(bundle, TrustStore.from_paths([digits.pub]), unpack_to=tmp_path / bundle.stem)
+        return vb.manifest, load_session(vb.unpacked_to, vb.manifest, threads=1)
+
+    (m1, s1), (m3, s3) = load(int8_bundle), load(white_digits_bundle)
+    server = start_serving(ModelHolder(ServedModel(m1, s1)), options=HttpOptions(port=0))
+    xs = digits.x_test[:40].astype(np.float32)
+    pngs = [cv2.imencode(".png", np.clip(np.rint(x[0] * 255), 0, 255).astype(np.uint8))[1].tobytes() for x in xs]
+    try:
+        for candidate, manifest, verdict in ((s1, m1, "passed"), (s3, m3, "failed")):
+            run = ShadowRun(candidate, manifest, ShadowGate(min_agreement=0.9, frames=40, timeout_s=60.0))
+            server.service.add_observer(run.observe)
+            out: list = []
+            t = threading.Thread(target=lambda: out.append(run.run()))  # noqa: B023 - joined in this iteration
+            t.start()
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                i = 0
+                while t.is_alive() and i < 2000:
+                    if i % 2:
+                        r = client.post("/v1/models/digits:predict", content=pngs[i % 40],
+                                        headers={"Content-Type": "image/png"})
+                    else:
+                        r = client.post("/v1/models/digits:predict", json={"instances": [xs[i % 40].tolist()]})
+                    assert r.status_code == 200, r.text
+                    i += 1
+            t.join(30)
+            server.service.remove_observer(run.observe)
+            report = out[0]
+            assert report.verdict == verdict, report
+            if verdict == "passed":
+                assert report.agreement == 1.0 and report.frames == 40 and run.errors == 0
+            else:
+                assert report.agreement < 0.9 and run.errors == 0  # it answered every request, differently
+    finally:
+        stop_serving(server)
+        s1.close()
+        s3.close()
