@@ -13,7 +13,7 @@ DriftMonitor.observe; this thread's CPU time, so other processes on a shared mac
 it), and prints both with their ratio (target < 5 %). The reference statistics come from the first
 frames, as the converter would record them.
 
-Served requests (`--served`, on by default): the same frames sent by tritonclient (binary tensors) to
+Served requests (on by default; `--no-served` skips them): 3 x `--frames` of the same frames sent by tritonclient (binary tensors) to
 the serving endpoint (edge_agent.serving, in this process); per request, the client's wall time and
 the CPU time the drift observer takes on the request's thread (where it runs, before the answer goes
 back). Both go through the agent's CPU budget (edge_agent.monitor.budget: at most 2 % of a core), as
@@ -119,7 +119,7 @@ def measure(bundle: Path, pub: Path, video: Path, frames: int, threads: int, fol
     out = {**_shares(frame_ms, stats_ms, monitor), "observed": budget.run_count, "not_sampled": budget.skipped}
     if served:
         monitor = drift_monitor_for(m, monitor.reference, DriftConfig(window=100))
-        out["served"] = _served(m, session, sent, frames, monitor)
+        out["served"] = _served(m, session, sent, 3 * frames, monitor)  # long enough for the budget's steady state
     return out
 
 

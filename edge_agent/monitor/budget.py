@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 DEFAULT_SHARE = 0.02  # of one core: well below the 5 % with room for the rest of the agent
-BURST_S = 0.010  # CPU seconds the bucket holds after a quiet spell (about 50 observations)
+BURST_S = 0.002  # CPU seconds the bucket holds after a quiet spell (a handful of observations)
 
 
 class CpuBudget:

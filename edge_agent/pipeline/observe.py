@@ -49,7 +49,7 @@ Observer = Callable[[LiveSample], None]
 
 
 class LiveInputs(Protocol):
-    """A part that answers live inputs and tells observers (LiveFeed, Pipeline, InferenceService)."""
+    """A part that answers live inputs and tells observers (LiveFeed, serving.InferenceService)."""
 
     def add_observer(self, observer: Observer) -> None: ...
 
