@@ -105,6 +105,18 @@ def rollout_view(r: RolloutRecord) -> dict[str, Any]:
     return out
 
 
+def rollout_shadows(rollouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shadow figures per stage of rollouts (rollout_summary/view shapes) that have any, for `status`:
+    [{id, bundle, status, stages: [{stage, **stage_shadow}]}]."""
+    out, seen = [], set()
+    for r in rollouts:
+        stages = [{"stage": s["stage"], **s["shadow"]} for s in r.get("stage_progress", []) if s.get("shadow")]
+        if stages and r["id"] not in seen:
+            seen.add(r["id"])
+            out.append({"id": r["id"], "bundle": r["bundle"], "status": r["status"], "stages": stages})
+    return out
+
+
 def rollout_summary(r: RolloutRecord) -> dict[str, Any]:
     """A rollout without its per-device rows (lists, the overview)."""
     full = rollout_view(r)

@@ -86,3 +86,16 @@ def test_deploy_refuses_a_shadow_timeout_not_shorter_than_the_stage_timeout(tmp_
                      "900", "--db", str(tmp_path / "fleet.db")])
     err = capsys.readouterr().err
     assert rc == 1 and "--shadow-timeout (900s) must be shorter than --stage-timeout (900s)" in err, err
+
+
+def test_status_shows_the_shadow_figures_of_each_stage():
+    """`edge-fleet status` (not only `rollouts ID`): per stage of the active and newest rollouts."""
+    from edge_fleet.cli.render import status_text
+    from edge_fleet.views import rollout_shadows, rollout_summary
+
+    halted = rollout(target("a", T.FAILED, shadow=FAILED), target("b", T.NOT_STARTED, stage=1))
+    plain = rollout(target("a", T.SUCCEEDED))
+    shadows = rollout_shadows([rollout_summary(halted), rollout_summary(plain), rollout_summary(halted)])
+    assert [(r["id"], [s["stage"] for s in r["stages"]]) for r in shadows] == [(halted.id, [1])]
+    text = status_text([], [], shadows)
+    assert f"rollout {halted.id} digits:2" in text and "stage 1 shadow: 1 failed; agreement min 0.120" in text, text

@@ -59,7 +59,7 @@ def _photos() -> list[np.ndarray]:
 
 
 def stream_scores(ref: ReferenceStats, frames: np.ndarray, outputs: np.ndarray | None = None) -> dict[str, float]:
-    mon = DriftMonitor(ref, "NCHW", classifier=outputs is not None, config=DriftConfig(WINDOW, STRIDE))
+    mon = DriftMonitor(ref, "NCHW", kind="classification" if outputs is not None else None, config=DriftConfig(WINDOW, STRIDE))
     for i in range(len(frames)):
         mon.observe(frames[i:i + 1], None if outputs is None else [outputs[i:i + 1]])
     snap = mon.snapshot()
@@ -122,7 +122,7 @@ def test_class_distribution_drifts_when_the_scene_shows_other_digits(digits, spl
 def test_a_drifting_stream_raises_drift_within_the_window_and_clears_after(digits_ref, split):
     """The documented bound: `drift` at the latest window + stride frames after the scene changed."""
     _, _, x_test, _ = split
-    mon = DriftMonitor(digits_ref, "NCHW", classifier=False, config=DriftConfig(WINDOW, STRIDE))
+    mon = DriftMonitor(digits_ref, "NCHW", kind=None, config=DriftConfig(WINDOW, STRIDE))
     states = []
     for i in range(WINDOW + 20):
         mon.observe(x_test[i:i + 1], None)
@@ -191,3 +191,29 @@ def test_a_1000_class_model_keeps_ten_class_bins_so_a_small_window_is_not_drift_
     live = rng.zipf(1.5, 200) % 1000  # the same scene, 200 frames
     assert psi(h.p, h.counts(live)) < 0.25
     assert h.counts(np.asarray([999999]))[-1] == 1  # an index the reference never saw goes to `other`
+
+
+def test_the_cpu_budget_samples_fast_inputs_and_takes_every_slow_one():
+    """Drift on a tiny model's served requests must not cost 10 % of each request: the monitor observes a
+    uniform sample within 2 % of a core. Each observation here burns 1 ms of this thread's CPU."""
+    import time
+
+    from edge_agent.monitor.budget import CpuBudget
+
+    def burn() -> None:
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+
+    now = [0.0]
+    fast = CpuBudget(share=0.02, clock=lambda: now[0])
+    for _ in range(300):  # an input every 2 ms: 0.04 ms of budget each
+        now[0] += 0.002
+        fast.run(burn)
+    assert fast.run_count + fast.skipped == 300
+    assert fast.run_count <= 30 and fast.skipped >= 270  # ~(2 ms burst + 300 x 0.04 ms) / 1 ms
+    slow = CpuBudget(share=0.02, clock=lambda: now[0])
+    for _ in range(50):  # a camera at 10 fps: 2 ms of budget per frame, more than an observation costs
+        now[0] += 0.1
+        slow.run(burn)
+    assert (slow.run_count, slow.skipped) == (50, 0)

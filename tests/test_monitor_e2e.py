@@ -55,6 +55,9 @@ def test_a_model_disagreeing_in_shadow_halts_the_rollout_at_its_first_stage(tmp_
         assert fleet_main(["status", "--db", str(reg.db_path)]) == 0
         text = capsys.readouterr().out
         assert "DRIFT" in text.splitlines()[0] and all(re.search(rf"{i} .* ok \(\S+ PSI [\d.]+\)", text) for i in ids), text
+        # ...and the shadow figures of the halted rollout's stages
+        assert re.search(rf"rollout {rollout['id']} digits:3 halted stage 1 shadow: 1 failed; agreement min 0\.\d+",
+                         text, re.IGNORECASE), text
     finally:
         for a in agents.values():
             a.stop()

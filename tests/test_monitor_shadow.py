@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.home import AgentHome
 from edge_agent.monitor.agreement import GreedyIoUMatcher, frame_agreement
@@ -134,7 +136,8 @@ def _shadow(run: ShadowRun, samples: list) -> ShadowReport:
 
 def test_detector_shadow_matches_boxes_in_frame_pixels_across_input_sizes(tmp_path):
     from edge_agent.bundle import generate_keypair
-    from edge_agent.pipeline.live_feed import LiveSample
+    from edge_agent.pipeline.observe import LiveSample
+    from edge_agent.pipeline.stages import FrameInput
     from edge_agent.pipeline.sources import Frame
 
     from .camera_helpers import detector_bundle
@@ -151,7 +154,8 @@ def test_detector_shadow_matches_boxes_in_frame_pixels_across_input_sizes(tmp_pa
     for i in range(4):
         prepared = pre(Frame(i, rng.integers(0, 255, (100, 200, 3), dtype=np.uint8), time.monotonic()))
         outputs = session.run(prepared.feeds)
-        samples.append(LiveSample(prepared.frame, None, prepared.feeds, outputs, post(outputs, prepared.geometry), 0.5))
+        samples.append(LiveSample(FrameInput(prepared.frame), None, prepared.feeds, outputs, 0.5,
+                                  post(outputs, prepared.geometry)))
     assert len(samples[0].result["detections"]) == 3
 
     gate = ShadowGate(min_agreement=0.9, frames=12, timeout_s=60.0)
@@ -182,3 +186,22 @@ def test_shadow_samples_less_often_while_the_active_model_is_over_its_latency_bu
     for _ in range(60):
         run.observe(slow)
     assert run.every >= 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 8), st.integers(0, 8))
+def test_the_shadow_run_and_the_converters_gate_count_matched_boxes_alike(seed, n_a, n_b):
+    """One matcher (edge_agent.pipeline.detection.matched_boxes): a box pair the converter's gate counts as
+    agreeing is one the shadow run counts too, on overlapping boxes of a few classes."""
+    from converter.accuracy.detection import match
+
+    rng = np.random.default_rng(seed)
+
+    def boxes(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xy = rng.uniform(0, 40, (n, 2))
+        return np.hstack([xy, xy + rng.uniform(5, 30, (n, 2))]), rng.uniform(0, 1, n), rng.integers(0, 2, n)
+
+    a, b = boxes(n_a), boxes(n_b)
+    as_results = [[{"box": list(map(float, bx)), "score": float(s), "label": int(c)} for bx, s, c in zip(*d)] for d in (a, b)]
+    n = GreedyIoUMatcher().matches(as_results[0], as_results[1], 0.5)
+    assert n == match(b, a) <= min(n_a, n_b)  # the gate's match(ref, cand) walks the candidate's boxes by score

@@ -3,7 +3,8 @@
 Both models' outputs go through the agent's own decoder (edge_agent.pipeline.detection.decode, the
 manifest's options), so the gate scores exactly the boxes the device will draw:
 
-    matched boxes    pairs with IoU >= 0.5 and the same class (greedy, best score first), each box used once
+    matched boxes    pairs with IoU >= 0.5 and the same class (greedy, best score first), each box used once:
+                     edge_agent.pipeline.detection.matched_boxes, the matcher the agent's shadow run uses
     lost / extra     float boxes (score >= the manifest's threshold) the converted model does not give, and
                      converted boxes float does not give; a box counts as given down to BORDERLINE below the
                      threshold, so a score of 0.26 vs 0.24 around a 0.25 threshold is not a lost box
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.pipeline.detection import DetectionOptions, decode, iou_matrix
+from edge_agent.pipeline.detection import DetectionOptions, decode, iou_matrix, matched_boxes
 
 MATCH_IOU = 0.5
 MAP_SCORE_FLOOR = 0.001  # mAP ranks every box down to this score (COCO/Ultralytics convention)
@@ -34,19 +35,7 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes xyxy (K, 4), sco
 def match(ref: Detections, cand: Detections, iou: float = MATCH_IOU) -> int:
     """Matched pairs: IoU >= iou, same class, candidate boxes best score first, each box used once."""
     (rb, _, rc), (cb, cs, cc) = ref, cand
-    if not len(rb) or not len(cb):
-        return 0
-    ious = iou_matrix(cb, rb)
-    ious[cc[:, None] != rc[None, :]] = 0.0
-    used = np.zeros(len(rb), dtype=bool)
-    n = 0
-    for i in np.argsort(-cs, kind="stable"):
-        row = np.where(used, 0.0, ious[i])
-        j = int(row.argmax())
-        if row[j] >= iou:
-            used[j] = True
-            n += 1
-    return n
+    return matched_boxes(cb, cs, cc, rb, rc, iou)
 
 
 def average_precision(truth: list[tuple[np.ndarray, np.ndarray]], preds: list[Detections], iou: float = MATCH_IOU) -> float:

@@ -16,8 +16,9 @@ from .base import ConversionContext, Pass
 
 
 class ReferenceStatsPass(Pass):
-    """Record input statistics (calibration + eval data) and, for classifiers, the float model's class and
-    confidence distribution on the gate data; the agent scores live frames against them (PSI)."""
+    """Record input statistics (calibration + eval data) and the float model's answers on the gate data
+    (classifiers: class and confidence distribution; detectors: boxes per frame, box scores, class mix);
+    the agent scores live frames against them (PSI)."""
 
     name = "reference-stats"
 
@@ -35,14 +36,17 @@ class ReferenceStatsPass(Pass):
         if not parts:  # data keyed differently (single-input models fed by position)
             parts = [next(iter(d.inputs.values())) for d in (ctx.calibration, ctx.evaluation) if d is not None]
         inputs = np.concatenate(parts, axis=0)
-        outputs = None
+        outputs, detections = None, None
         post = ctx.postprocess
-        if ctx.task() == "classification":
-            ev = ctx.evaluator()
-            outputs = ev.reference if ev is not None else None  # the float model's first output, computed once
+        if ctx.task() in ("classification", "detection"):
+            ev = ctx.evaluator()  # the float model's outputs on the gate data, computed once
+            if ev is not None and ctx.task() == "classification":
+                outputs = ev.reference
+            elif ev is not None:  # the boxes the device would serve (the manifest's threshold), per sample
+                detections = [(d[1], d[2]) for d in ev.scorer.detections(ev.reference)]
         stats = reference_stats(inputs, spec.source_layout or spec.layout, outputs,
                                 softmax=post.softmax if post else True,
-                                classes=len(ctx.options.labels) if ctx.options.labels else None)
+                                classes=len(ctx.options.labels) if ctx.options.labels else None, detections=detections)
         path = ctx.workdir / REFERENCE_STATS_FILE
         path.write_bytes(stats.to_json())
         ctx.extra_files[REFERENCE_STATS_FILE] = path

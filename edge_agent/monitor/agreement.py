@@ -5,8 +5,9 @@
                     the same label and IoU >= `iou` (1.0 when both see nothing)
     none            nothing to compare: None (the shadow run then judges latency only)
 
-Box matching sits behind `BoxMatcher` so a better matcher (e.g. Hungarian assignment, or the
-converter's matched-box metric) can replace the greedy one without touching the shadow run.
+Box matching sits behind `BoxMatcher`; the default counts matches with
+edge_agent.pipeline.detection.matched_boxes, the same code as the converter's detection gate, so
+"the new model agrees" on the device means what "the converted model agrees" meant at conversion.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ..pipeline.detection import iou_one_to_many
+from ..pipeline.detection import matched_boxes
 
 Result = dict[str, Any]  # a Postprocessor result (edge_agent.pipeline.stages)
 DEFAULT_IOU = 0.5
@@ -32,18 +33,9 @@ class GreedyIoUMatcher:
     def matches(self, a: list[Result], b: list[Result], iou: float) -> int:
         if not a or not b:
             return 0
-        boxes_b = np.asarray([d["box"] for d in b], dtype=np.float64)
-        labels_b = np.asarray([d["label"] for d in b])
-        free = np.ones(len(b), dtype=bool)
-        found = 0
-        for d in sorted(a, key=lambda d: -d.get("score", 0.0)):
-            overlap = iou_one_to_many(np.asarray(d["box"], dtype=np.float64), boxes_b)
-            overlap[~free | (labels_b != d["label"])] = -1.0
-            j = int(np.argmax(overlap))
-            if overlap[j] >= iou:
-                free[j] = False
-                found += 1
-        return found
+        return matched_boxes(np.asarray([d["box"] for d in a], np.float64), [d.get("score", 0.0) for d in a],
+                             [d["label"] for d in a], np.asarray([d["box"] for d in b], np.float64),
+                             [d["label"] for d in b], iou)
 
 
 def frame_agreement(kind: str, matcher: BoxMatcher | None = None,

@@ -14,6 +14,9 @@ it (hysteresis, so a score hovering at the threshold does not flap). A stream th
 therefore flagged at the latest `window + stride` frames after the shift; a strong shift (a
 darkened or inverted scene) much sooner, once enough of the window holds shifted frames.
 
+A detector's output features come from the boxes it served (the pipeline's result); the per-box
+ones (score, class) are scored once the window holds at least MIN_BOXES boxes, and left out before.
+
 The work per frame is a few numpy reductions on at most 1024 input values and a bincount per
 feature (scripts/bench_monitor.py measures it against the frame time).
 """
@@ -27,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from .reference import Histogram, ReferenceStats, channel_axis, channel_means, classification_values, input_values
+from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, Histogram, ReferenceStats, channel_axis, channel_means,
+                        classification_values, input_values, result_detection_values)
 
 PSI_FLOOR = 1e-4
 DEFAULT_WINDOW = 200
 DEFAULT_STRIDE = 10
 DEFAULT_THRESHOLD = 0.25
 CLEAR_FRACTION = 0.8
+MIN_BOXES = 50  # per-box features are scored over at least this many boxes (PSI on fewer is noise)
+PER_BOX = ("output.box_score", "output.box_class")
 
 
 def psi(reference: np.ndarray | list[float], live: np.ndarray | list[float]) -> float:
@@ -73,19 +79,26 @@ class DriftSnapshot:
 class DriftMonitor:
     """Keeps per-frame bin counts of the last `window` frames and scores them against the reference.
 
-    `observe(inputs, outputs)` is called once per live frame (in the inference thread, cheap);
-    `snapshot()` from any thread. A new model (new reference) restarts the window.
+    `observe(inputs, outputs, result)` is called once per live input (on the producer's thread, cheap);
+    `snapshot()` from any thread. A new model (new reference) restarts the window. `kind` is the
+    model's postprocess kind: which output features it can watch (a classifier's from its raw
+    outputs, a detector's from the boxes it served: `result`), None for inputs only.
     """
 
     def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
-                 classifier: bool = True, config: DriftConfig | None = None, model: str | None = None) -> None:
+                 kind: str | None = "classification", config: DriftConfig | None = None,
+                 model: str | None = None) -> None:
         self.config = config or DriftConfig()
         self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
         feats = reference.features if reference else {}
+        outputs = {"classification": CLASSIFIER_FEATURES, "detection": DETECTOR_FEATURES}.get(kind or "", ())
+        self.kind = kind
         self.features: dict[str, Histogram] = {k: h for k, h in feats.items()
-                                                if classifier or not k.startswith("output.")}
+                                                if not k.startswith("output.") or k in outputs}
         self._axis = channel_axis(layout)
-        self._window: deque[tuple[dict[str, np.ndarray], np.ndarray]] = deque()
+        # per observed input: bin counts, channel-mean sum, rows (a served request may carry several frames)
+        self._window: deque[tuple[dict[str, np.ndarray], np.ndarray, int]] = deque()
+        self._rows = 0
         self._sums = {k: np.zeros(h.bins, np.int64) for k, h in self.features.items()}
         self._channel_sum: np.ndarray | None = None
         self._since = 0
@@ -93,39 +106,49 @@ class DriftMonitor:
         self._snap = DriftSnapshot("no_reference" if not self.features else "warming_up", 0, self.config.window,
                                    self.config.threshold, model=model)
 
-    def observe(self, inputs: np.ndarray, outputs: list[np.ndarray] | None) -> None:
-        """One live frame: its model input (batch of 1) and the model's outputs."""
+    def observe(self, inputs: np.ndarray, outputs: list[np.ndarray] | None,
+                result: dict[str, Any] | None = None) -> None:
+        """One live input: its model input (first axis = frames), the model's outputs, and (detectors) the
+        served result of frame 0. Output features missing for an input (a detector's served tensors,
+        which nobody decoded) are simply not counted for it."""
         if not self.features:
             return
         values = input_values(inputs)
-        if outputs is not None and "output.class" in self.features:
+        if outputs is not None and self.kind == "classification" and "output.class" in self.features:
             values.update(classification_values(outputs[0], self.softmax))
-        counts = {k: h.counts(values[k.split(".", 1)[1]]) for k, h in self.features.items()}
-        channel_mean = channel_means(inputs, self._axis)
+        elif result is not None and self.kind == "detection":
+            values.update(result_detection_values(result))
+        counts = {k: h.counts(values[name]) for k, h in self.features.items()
+                  if (name := k.split(".", 1)[1]) in values}
+        rows = int(np.shape(inputs)[0]) if np.ndim(inputs) else 1
+        channel_sum = channel_means(inputs, self._axis) * rows
         with self._lock:
-            self._window.append((counts, channel_mean))
+            self._window.append((counts, channel_sum, rows))
+            self._rows += rows
             for k, c in counts.items():
                 self._sums[k] += c
-            self._channel_sum = channel_mean if self._channel_sum is None else self._channel_sum + channel_mean
-            if len(self._window) > self.config.window:
-                old, old_mean = self._window.popleft()
+            self._channel_sum = channel_sum if self._channel_sum is None else self._channel_sum + channel_sum
+            while self._rows - self._window[0][2] >= self.config.window:  # keep the last `window` frames
+                old, old_sum, old_rows = self._window.popleft()
+                self._rows -= old_rows
                 for k, c in old.items():
                     self._sums[k] -= c
-                self._channel_sum = self._channel_sum - old_mean
-            self._since += 1
-            if len(self._window) >= self.config.window and self._since >= self.config.stride:
+                self._channel_sum = self._channel_sum - old_sum
+            self._since += rows
+            if self._rows >= self.config.window and self._since >= self.config.stride:
                 self._since = 0
                 self._score()
             else:
-                self._snap.frames = len(self._window)
+                self._snap.frames = self._rows
 
     def _score(self) -> None:
-        scores = {k: round(psi(h.p, self._sums[k]), 4) for k, h in self.features.items()}
+        scores = {k: round(psi(h.p, self._sums[k]), 4) for k, h in self.features.items()
+                  if self._sums[k].sum() >= (MIN_BOXES if k in PER_BOX else 1)}
         worst = max(scores, key=scores.__getitem__)
         prev, threshold = self._snap.state, self.config.threshold
         high = scores[worst] > threshold
         state = "drift" if high or (prev == "drift" and scores[worst] > CLEAR_FRACTION * threshold) else "ok"
-        n = len(self._window)
+        n = self._rows
         live = {"channel_mean": np.round(self._channel_sum / n, 4).tolist()} if self._channel_sum is not None else {}
         self._snap = DriftSnapshot(state, n, self.config.window, threshold, scores, worst, live, self.model)
 

@@ -12,6 +12,14 @@ Each drift feature is a histogram with fixed bins chosen from the reference data
     input.intensity    the input values themselves
     output.class       top-1 class (categorical; at most 10 bins) (classifiers only)
     output.confidence  top-1 probability, ten bins over [0, 1]    (classifiers only)
+    output.boxes       boxes per frame, bins 0,1,2,3-4,5-8,9-16,17+ (detectors only)
+    output.box_score   the score of each box, quintile bins       (detectors; unfamiliar or degraded scenes)
+    output.box_class   the class of each box (categorical, as output.class) (detectors; the class mix)
+
+Detector features count the boxes the device serves (at the manifest's score threshold). A window
+holds fewer boxes than frames, so box scores get five bins (PSI's sampling noise grows with the
+bins: about (bins - 1) / boxes), and per-box features are only scored over windows holding at least
+MIN_BOXES boxes (drift.py).
 
 The input features use a fixed-stride subsample of at most 1024 values per frame (the same on both sides), plus
 summaries for people: per-channel mean/std and the mean brightness. Bins come from the
@@ -32,6 +40,10 @@ MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each
 MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]
 INPUT_FEATURES = ("brightness", "contrast", "intensity")
+CLASSIFIER_FEATURES = ("output.class", "output.confidence")
+DETECTOR_FEATURES = ("output.boxes", "output.box_score", "output.box_class")
+BOX_COUNT_EDGES = [1, 2, 3, 5, 9, 17]  # boxes per frame: 0, 1, 2, 3-4, 5-8, 9-16, 17+
+MIN_REFERENCE_BOXES = 20  # fewer reference boxes: score bins fixed (tenths) instead of the reference's quintiles
 
 
 def channel_axis(layout: str | None) -> int | None:
@@ -75,6 +87,24 @@ def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.nda
     return {"class": top.astype(np.float64), "confidence": probs[np.arange(len(probs)), top]}
 
 
+def detection_values(frames: Iterable[tuple[Iterable[float], Iterable[int]]]) -> dict[str, np.ndarray]:
+    """Detector output values of frames given as (box scores, box classes): boxes per frame, and per box."""
+    counts, scores, classes = [], [], []
+    for s, c in frames:
+        s, c = list(s), list(c)
+        counts.append(len(s))
+        scores.extend(s)
+        classes.extend(c)
+    return {"boxes": np.asarray(counts, np.float64), "box_score": np.asarray(scores, np.float64),
+            "box_class": np.asarray(classes, np.float64)}
+
+
+def result_detection_values(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The same values of one frame from a pipeline Postprocessor result ({detections: [{score, label}]})."""
+    dets = result.get("detections") or []
+    return detection_values([([d["score"] for d in dets], [d["label"] for d in dets])])
+
+
 @dataclass
 class Histogram:
     """Fixed bins and the reference's share per bin.
@@ -107,9 +137,10 @@ class Histogram:
         return np.bincount(self.bin_of(np.asarray(values)), minlength=self.bins)[: self.bins].astype(np.int64)
 
     @classmethod
-    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0) -> "Histogram":
-        """Reference histogram of `values`: numeric with edges from their deciles unless given, or
-        categorical over `categories` class indices."""
+    def from_values(cls, values: np.ndarray, edges: Iterable[float] | None = None, categories: int = 0,
+                    quantiles: int = 10) -> "Histogram":
+        """Reference histogram of `values`: numeric with edges from their `quantiles` (deciles) unless given,
+        or categorical over `categories` class indices."""
         values = np.asarray(values, dtype=np.float64)
         if categories:
             freq = np.bincount(np.clip(values.astype(np.int64), 0, categories - 1), minlength=categories)
@@ -120,7 +151,7 @@ class Histogram:
                 h = cls([0.0] * MAX_CLASS_BINS, keys=top)
         else:
             if edges is None:
-                q = np.quantile(values, np.linspace(0.1, 0.9, 9)) if values.size else np.zeros(0)
+                q = np.quantile(values, np.arange(1, quantiles) / quantiles) if values.size else np.zeros(0)
                 edges = np.unique(np.round(q, 6))
             inner = [float(e) for e in edges]
             h = cls([0.0] * (len(inner) + 1), inner)
@@ -171,9 +202,11 @@ class ReferenceStats:
 
 
 def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray | None = None,
-                    softmax: bool = True, classes: int | None = None) -> ReferenceStats:
-    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and, for
-    classifiers, of the float model's first output on the eval data."""
+                    softmax: bool = True, classes: int | None = None,
+                    detections: list[tuple[np.ndarray, np.ndarray]] | None = None) -> ReferenceStats:
+    """Reference statistics of a batch of model inputs (first axis = sample) in `layout`, and of the float
+    model's answers on the eval data: a classifier's first output, or a detector's boxes per sample
+    as (scores, classes) at the manifest's score threshold."""
     x = np.asarray(inputs, dtype=np.float32)
     values = input_values(x)
     features = {f"input.{k}": Histogram.from_values(values[k]) for k in INPUT_FEATURES}
@@ -193,4 +226,19 @@ def reference_stats(inputs: np.ndarray, layout: str | None, outputs: np.ndarray 
         features["output.confidence"] = Histogram.from_values(out["confidence"], edges=CONFIDENCE_EDGES)
         summary.update(output_samples=int(len(out["class"])),
                        mean_confidence=round(float(out["confidence"].mean()), 6))
+    if detections is not None:
+        features.update(_detector_features(detection_values(detections), classes))
+        summary.update(output_samples=len(detections),
+                       mean_boxes=round(float(np.mean([len(s) for s, _ in detections])), 6) if detections else None)
     return ReferenceStats(features, summary)
+
+
+def _detector_features(values: dict[str, np.ndarray], classes: int | None) -> dict[str, Histogram]:
+    features = {"output.boxes": Histogram.from_values(values["boxes"], edges=BOX_COUNT_EDGES)}
+    scores, labels = values["box_score"], values["box_class"]
+    if scores.size:  # a reference without a single box says nothing about scores or classes
+        few = scores.size < MIN_REFERENCE_BOXES
+        features["output.box_score"] = Histogram.from_values(scores, edges=CONFIDENCE_EDGES if few else None, quantiles=5)
+        n = classes or int(labels.max()) + 1
+        features["output.box_class"] = Histogram.from_values(labels, categories=max(n, 1))
+    return features

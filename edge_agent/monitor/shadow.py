@@ -1,13 +1,15 @@
-"""Shadow run: the new model answers the same live frames as the active one before it may take over.
+"""Shadow run: the new model answers the same live inputs as the active one before it may take over.
 
-The active model's inference loop is never made to wait: each live frame is offered to the shadow
-run after the active model answered (LiveFeed observers), every `every`-th frame is handed to a
-worker thread at low CPU priority (nice +10) through a one-frame slot, and a frame that arrives
-while the worker is still busy is skipped (counted as `skipped_busy`). The worker preprocesses
-the frame for the NEW model's manifest (its input size and colour order may differ), runs it,
-postprocesses, and scores agreement with the active model's result (monitor.agreement). When a
-latency budget is set and the active model's median latency during the run exceeds it, the
-sampling interval doubles (reported as `every`).
+Live inputs are camera frames and served requests alike (pipeline.observe.LiveSample, from any
+LiveInputs). The active model is never made to wait: each input is offered to the shadow run after
+the active model answered, every `every`-th one is handed to a worker thread at low CPU priority
+(nice +10) through a one-sample slot, and one that arrives while the worker is still busy is
+skipped (counted as `skipped_busy`). The worker prepares the input as it came (the frame, the
+encoded image, the client tensors) for the NEW model's manifest (its input size, colour order or
+layout may differ), runs it, postprocesses, and scores agreement with the active model's result
+(monitor.agreement); an input the new model cannot take or run counts as a disagreement (after a
+switch, that request would fail). When a latency budget is set and the active model's median
+latency during the run exceeds it, the sampling interval doubles (reported as `every`).
 
 Verdicts: `passed` (agreement >= min_agreement over `frames` frames), `failed` (below it; stops
 early once it cannot reach the minimum any more), `skipped` (no live inputs, or fewer than
@@ -26,7 +28,8 @@ from typing import Any
 from ..bundle import Manifest
 from ..errors import AgentError
 from ..ota.protocol import ShadowGate
-from ..pipeline.stages import Postprocessor, Preprocessor
+from ..pipeline.observe import LiveSample
+from ..pipeline.stages import Postprocessor
 from ..runtimes import ModelSession
 from ..telemetry.latency import RollingLatency
 from .agreement import BoxMatcher, frame_agreement
@@ -85,9 +88,9 @@ class ShadowRun:
     def __init__(self, session: ModelSession, manifest: Manifest, gate: ShadowGate,
                  latency_budget_ms: float | None = None, cancel: threading.Event | None = None,
                  matcher: BoxMatcher | None = None) -> None:
-        self.session, self.gate, self.budget = session, gate, latency_budget_ms
+        self.session, self.manifest, self.gate, self.budget = session, manifest, gate, latency_budget_ms
         self.cancel = cancel or threading.Event()
-        self.pre, self.post = Preprocessor(manifest), Postprocessor(manifest)
+        self.post = Postprocessor(manifest)
         self.agree = frame_agreement(self.post.kind, matcher)
         self.every = max(1, gate.every)
         self.active_latency, self.candidate_latency = RollingLatency(), RollingLatency()
@@ -95,32 +98,36 @@ class ShadowRun:
         self.disagreement = 0.0
         self.scored = 0
         self.errors = 0
-        self._slot: tuple[Any, dict] | None = None
-        self._cv = threading.Condition()
+        self._slot: LiveSample | None = None
+        self._cv = threading.Condition()  # also guards the counters: camera and request threads observe at once
+        self._active_post: tuple[int, Postprocessor] | None = None
         self._done = threading.Event()
 
     # -- the inference thread's side: cheap, never blocks ---------------------------------------
 
-    def observe(self, sample: Any) -> None:
-        """A live frame the active model answered (pipeline.live_feed.LiveSample)."""
+    def observe(self, sample: LiveSample) -> None:
+        """A live input the active model answered (a pipeline.observe.Observer)."""
         if self._done.is_set():
             return
-        self.offered += 1
         self.active_latency.add(sample.latency_ms)
-        if self.budget and self.offered % 20 == 0:
-            p50 = self.active_latency.summary().get("p50_ms")
-            if p50 is not None and p50 > self.budget and self.every < 64:
-                self.every *= 2
-                log.info("shadow: active model at p50 %.2f ms over its %.2f ms budget: sampling every %d frames",
-                         p50, self.budget, self.every)
-        if self.offered % self.every:
-            return
         with self._cv:
+            self.offered += 1
+            if self.budget and self.offered % 20 == 0:
+                self._slow_down_if_over_budget()
+            if self.offered % self.every:
+                return
             if self._slot is not None:
                 self.skipped_busy += 1
                 return
-            self._slot = (sample.frame, sample.result)
+            self._slot = sample
             self._cv.notify()
+
+    def _slow_down_if_over_budget(self) -> None:
+        p50 = self.active_latency.summary().get("p50_ms")
+        if p50 is not None and self.budget is not None and p50 > self.budget and self.every < 64:
+            self.every *= 2
+            log.info("shadow: active model at p50 %.2f ms over its %.2f ms budget: sampling every %d inputs",
+                     p50, self.budget, self.every)
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -136,16 +143,20 @@ class ShadowRun:
                 item, self._slot = self._slot, None
             if item is None:
                 continue
-            frame, active_result = item
             try:
-                prepared = self.pre(frame)
+                active_result = self._active_result(item)
+            except Exception as exc:  # noqa: BLE001 - the active model's own answer cannot be read: not a frame
+                log.warning("shadow: cannot postprocess the active model's answer: %s", exc)
+                continue
+            try:
+                feeds, geometry = item.input.prepare(self.manifest)
                 t0 = time.perf_counter()
-                outputs = self.session.run(prepared.feeds)
+                outputs = self.session.run(feeds)
                 self.candidate_latency.add((time.perf_counter() - t0) * 1000.0)
-                result = self.post(outputs, prepared.geometry)
-            except Exception as exc:  # noqa: BLE001 - a new model failing on live frames disagrees
+                result = self.post(outputs, geometry)
+            except Exception as exc:  # noqa: BLE001 - a new model failing on live inputs disagrees
                 self.errors += 1
-                log.warning("shadow: the new model failed on a live frame: %s", exc)
+                log.warning("shadow: the new model failed on a live input: %s", exc)
                 result = {"kind": "error"}
             score = self.agree(active_result, result) if result.get("kind") != "error" else 0.0
             self.frames += 1
@@ -154,6 +165,15 @@ class ShadowRun:
                 self.disagreement += 1.0 - score
             if self.frames >= self.gate.frames or self._hopeless():
                 self._done.set()
+
+    def _active_result(self, sample: LiveSample) -> dict[str, Any]:
+        """The active model's postprocessed answer (row 0): its producer's, or made here (served tensors)."""
+        if sample.result is not None:
+            return sample.result
+        model = sample.model
+        if self._active_post is None or self._active_post[0] != model.generation:
+            self._active_post = (model.generation, Postprocessor(model.manifest))
+        return self._active_post[1](sample.outputs, sample.geometry)
 
     def _hopeless(self) -> bool:
         """Even if every remaining frame agreed, the minimum can no longer be reached."""

@@ -1,10 +1,11 @@
-"""The agent's live monitors on its camera/stream frames (`edge-agent serve --source`):
+"""The agent's live monitors on everything its model answers: camera/stream frames (`edge-agent serve
+--source`) and requests of local apps (`edge-agent serve --http`):
 
     DriftWatch     one DriftMonitor per served model, against that model's bundle reference
-    FeedShadow     a ShadowRunner (ota.states) that shadows the new model on the feed's frames
+    LiveShadow     a ShadowRunner (ota.states) that shadows the new model on every live input
 
-Both are observers of a pipeline.live_feed.LiveFeed. Inputs of served requests (a device's local
-inference API) are not observed yet: the serving layer's observer hook would feed the same two.
+Both observe pipeline.observe.LiveInputs (the LiveFeed, the serving InferenceService), which hand
+them the same LiveSample, so a served request counts as a live frame for drift and shadow alike.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 from ..bundle import REFERENCE_STATS_FILE, Manifest
 from ..ota.protocol import ShadowGate
+from ..pipeline.observe import LiveInputs, LiveSample
 from ..runtimes import ModelSession
+from .budget import CpuBudget
 from .drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, DriftConfig, DriftMonitor, DriftSnapshot
 from .reference import ReferenceStats
-from .shadow import ShadowReport, ShadowRun
+from .shadow import ShadowReport, ShadowRun, skipped
 
 log = logging.getLogger(__name__)
 
@@ -40,30 +43,45 @@ def load_reference(bundle_dir: Any) -> ReferenceStats | None:
 
 def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, config: DriftConfig) -> DriftMonitor:
     post = manifest.postprocess
-    classifier = post is None or post.kind == "classification"
     return DriftMonitor(reference, layout=manifest.inputs[0].layout, softmax=post.softmax if post else True,
-                        classifier=classifier, config=config, model=f"{manifest.name}:{manifest.version}")
+                        kind=post.kind if post else "classification", config=config,
+                        model=f"{manifest.name}:{manifest.version}")
 
 
 class DriftWatch:
     """Observer: drift of the live frames against the served model's reference (restarts on a swap)."""
 
-    def __init__(self, config: DriftConfig | None = None) -> None:
+    def __init__(self, config: DriftConfig | None = None, budget: CpuBudget | None = None) -> None:
         self.config = config or DriftConfig()
-        self._generation: int | None = None
-        self.monitor: DriftMonitor | None = None
+        self.budget = budget or CpuBudget()  # at most 2 % of a core, however many requests come (monitor.budget)
+        self._current: tuple[int, DriftMonitor] | None = None  # (model generation, its monitor), swapped as one
+        self._lock = threading.Lock()  # camera and request threads observe at once
 
-    def __call__(self, sample: Any) -> None:
-        model = sample.model
-        if model.generation != self._generation:
-            self.monitor = drift_monitor_for(model.manifest, load_reference(model.bundle_dir), self.config)
-            self._generation = model.generation
-        assert self.monitor is not None
-        self.monitor.observe(next(iter(sample.feeds.values())), sample.outputs)
+    @property
+    def monitor(self) -> DriftMonitor | None:
+        current = self._current
+        return current[1] if current else None
+
+    def __call__(self, sample: LiveSample) -> None:
+        model, current = sample.model, self._current
+        if current is None or model.generation != current[0]:
+            with self._lock:
+                current = self._current
+                if current is not None and model.generation < current[0]:
+                    return  # a request still finishing on the model swapped out: not the new model's window
+                if current is None or model.generation != current[0]:
+                    monitor = drift_monitor_for(model.manifest, load_reference(model.bundle_dir), self.config)
+                    self._current = current = (model.generation, monitor)
+        monitor = current[1]
+        self.budget.run(lambda: monitor.observe(next(iter(sample.feeds.values())), sample.outputs, sample.result))
 
     def snapshot(self) -> DriftSnapshot | None:
         m = self.monitor
-        return m.snapshot() if m is not None else None
+        if m is None:
+            return None
+        snap = m.snapshot()
+        snap.live["not_sampled"] = self.budget.skipped  # live inputs left out to keep within the CPU budget
+        return snap
 
 
 def add_drift_arguments(group: Any) -> None:
@@ -83,17 +101,26 @@ def _frames(text: str) -> int:
     return int(text)
 
 
-class FeedShadow:
-    """A ShadowRunner on a LiveFeed: attaches a ShadowRun as an observer for the run's duration."""
+class LiveShadow:
+    """A ShadowRunner on the agent's live inputs: a ShadowRun observes each of them for the run's duration.
 
-    def __init__(self, feed: Any, latency_budget_ms: float | None) -> None:
-        self.feed, self.budget = feed, latency_budget_ms
+    `inputs` is the agent's list, which grows when the endpoint starts after the agent; with none
+    (no --source, no --http) the verdict is `skipped` at once: there is nothing to compare on.
+    """
+
+    def __init__(self, inputs: list[LiveInputs], latency_budget_ms: float | None) -> None:
+        self.inputs, self.budget = inputs, latency_budget_ms
 
     def __call__(self, session: ModelSession, manifest: Manifest, gate: ShadowGate,
                  cancel: threading.Event) -> ShadowReport:
+        inputs = list(self.inputs)
+        if not inputs:
+            return skipped(gate, "no live inputs on this agent (`serve` without --source or --http)")
         run = ShadowRun(session, manifest, gate, self.budget, cancel)
-        self.feed.add_observer(run.observe)
+        for source in inputs:
+            source.add_observer(run.observe)
         try:
             return run.run()
         finally:
-            self.feed.remove_observer(run.observe)
+            for source in inputs:
+                source.remove_observer(run.observe)

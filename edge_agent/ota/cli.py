@@ -187,6 +187,7 @@ def _start_endpoint(agent, args: argparse.Namespace):  # noqa: ANN001, ANN202 - 
     holder = ModelHolder()
     agent.loop.swap_listeners.append(holder.swap)  # the model is set when the agent boots its slot
     server = start_serving(holder, policy, options)
+    agent.watch_inputs(server.service)  # served requests count as live frames for drift and shadow runs
     announce(server, args.json)
     return server
 

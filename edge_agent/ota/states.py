@@ -248,7 +248,7 @@ class Shadowing(State):
             return Event.DONE
         info = _target_info(ctx)
         if ctx.shadow is None:
-            report = skipped(gate, "no live inputs on this agent (a side-loaded install, or `serve` without --source)")
+            report = skipped(gate, "no live inputs on this agent (a side-loaded install)")
         else:
             if ctx.session is None:  # resumed after a restart: load again
                 ctx.session, _ = load_checked(info.bundle_dir, info.manifest, ctx.latency_budget_ms, ctx.threads)  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                                              collectors=[DriftCollector(drift.snapshot)]))
             pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
                                 max_frames=args.max_frames, top_k=args.top_k,
-                                observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs)])
+                                observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs, s.result)])
             restore = _stop_on_sigterm(pipeline)
             try:
                 summary = pipeline.run()

@@ -5,9 +5,10 @@ update. This feed gives it the LATEST frame of the source (a video file plays at
 preprocessed for the model that is current at that moment (so an update that changes the input
 size or colour order just works), and postprocesses the outputs with that same model's manifest.
 
-Observers (`add_observer`) see each answered frame as a `LiveSample` after the model answered:
-the drift monitor and a running shadow run (edge_agent.monitor). They run in the inference thread,
-so they must be cheap and never block (the shadow run hands frames to its own worker).
+Observers (`add_observer`, pipeline.observe: the interface the serving API shares) see each answered
+frame as a `LiveSample` after the model answered: the drift monitor and a running shadow run
+(edge_agent.monitor). They run in the inference thread, so they must be cheap and never block (the
+shadow run hands frames to its own worker).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from .channels import CLOSED, EMPTY, LatestSlot
 from .sources import Source, SourceError, open_source
-from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor
+from .observe import LiveSample, Observer, Observers
+from .stages import FrameInput, Postprocessor, Prepared, Preprocessor
 
 log = logging.getLogger(__name__)
 Sink = Callable[[dict[str, Any]], None]
@@ -43,7 +45,7 @@ class LiveFeed:
         self._source: Source | None = open_source(spec)  # fail fast: a bad --source is a startup error
         self._stages: dict[int, tuple[Preprocessor, Postprocessor]] = {}
         self._prepared = threading.local()
-        self._observers: tuple[Observer, ...] = ()
+        self._observers = Observers()
         self._next_due = 0.0
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="source-reader", daemon=True)
@@ -105,10 +107,10 @@ class LiveFeed:
         return prepared.feeds
 
     def add_observer(self, observer: Observer) -> None:
-        self._observers = (*self._observers, observer)  # replaced, never mutated: the loop reads it lock-free
+        self._observers.add_observer(observer)
 
     def remove_observer(self, observer: Observer) -> None:
-        self._observers = tuple(o for o in self._observers if o is not observer)
+        self._observers.remove_observer(observer)
 
     def on_result(self, model, outputs: list[np.ndarray]) -> None:
         generation, prepared, ready = self._prepared.value
@@ -123,12 +125,8 @@ class LiveFeed:
                        "model": ref.name if ref else model.manifest.name,
                        "version": ref.version if ref else model.manifest.version, **result})
         if observers:
-            sample = LiveSample(prepared.frame, model, prepared.feeds, outputs, result, latency_ms)
-            for observe in observers:
-                try:
-                    observe(sample)
-                except Exception:  # noqa: BLE001 - a monitor must never stop the served model
-                    log.exception("live frame observer failed")
+            observers.notify(LiveSample(FrameInput(prepared.frame), model, prepared.feeds, outputs, latency_ms,
+                                        result, prepared.geometry))
 
     def close(self) -> None:
         self._stop.set()

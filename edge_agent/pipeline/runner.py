@@ -32,7 +32,8 @@ from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
 from .detection import DetectionConfigError
 from .sinks import Sink, SinkError
 from .sources import Source
-from .stages import LiveSample, Observer, Postprocessor, Prepared, Preprocessor, infer
+from .observe import LiveSample, Observer, Observers
+from .stages import FrameInput, Postprocessor, Prepared, Preprocessor, infer
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class Pipeline:
         self.session = session
         self.manifest = manifest
         self.sinks = list(sinks)
-        self.observers = list(observers)  # e.g. the drift monitor: called per answered frame, after the sinks
+        self.observers = Observers()  # e.g. the drift monitor: called per answered frame, after the sinks
+        for o in observers:
+            self.observers.add_observer(o)
         self.stats = stats or PipelineStats(source=source.description)
         self.policy = policy or ("latest" if source.live else "all")
         if self.policy not in ("latest", "all"):
@@ -252,13 +255,8 @@ class Pipeline:
     def _observe(self, prepared: Prepared, result: dict[str, Any]) -> None:
         if not self.observers:
             return
-        sample = LiveSample(prepared.frame, None, prepared.feeds, prepared.outputs or [], result,
-                            prepared.timings.get("inference", 0.0))
-        for observe in self.observers:
-            try:
-                observe(sample)
-            except Exception:  # noqa: BLE001 - a monitor never stops the pipeline
-                log.exception("frame observer failed")
+        self.observers.notify(LiveSample(FrameInput(prepared.frame), None, prepared.feeds, prepared.outputs or [],
+                                         prepared.timings.get("inference", 0.0), result, prepared.geometry))
 
     # --- run -------------------------------------------------------------------------------
 

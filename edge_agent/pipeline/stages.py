@@ -31,21 +31,6 @@ class Prepared:
     outputs: list[np.ndarray] | None = None
 
 
-@dataclass
-class LiveSample:
-    """One frame a model answered, as monitors see it (edge_agent.monitor: drift, shadow runs)."""
-
-    frame: Frame
-    model: Any  # edge_agent.ota.live.LiveModel under the OTA daemon; None in a plain pipeline
-    feeds: dict[str, np.ndarray]
-    outputs: list[np.ndarray]
-    result: dict[str, Any]  # the Postprocessor's result
-    latency_ms: float  # the model's run
-
-
-Observer = Callable[[LiveSample], None]
-
-
 class Preprocessor:
     """BGR frames -> the bundle's first input, as its manifest's `preprocess` says."""
 
@@ -64,6 +49,17 @@ class Preprocessor:
         h, w = frame.image.shape[:2]
         geometry = FrameGeometry.from_preprocess((h, w), (self.spec.size[0], self.spec.size[1]), self.spec.resize, box)
         return Prepared(frame, {self.tensor.name: tensor.astype(self._dtype, copy=False)}, geometry)
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """A camera/video frame as a pipeline.observe.LiveInput: preprocessed again for another model."""
+
+    frame: Frame
+
+    def prepare(self, manifest: Manifest) -> tuple[dict[str, np.ndarray], FrameGeometry]:
+        prepared = Preprocessor(manifest)(self.frame)
+        return prepared.feeds, prepared.geometry
 
 
 class Postprocessor:

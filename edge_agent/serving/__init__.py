@@ -2,7 +2,7 @@
 
     holder.py       the served model, swapped atomically on an OTA switch (in-flight requests finish on the old one)
     batcher.py      dynamic batcher: max delay, bounded queue (503 when full), worker threads
-    service.py      checks + batcher + observers (hook for shadow runs) + statistics
+    service.py      checks + batcher + observers (drift, shadow runs: pipeline.observe) + statistics
     tensors.py      client tensors <-> runtime feeds, KServe datatypes and binary layout
     images.py       encoded images through the bundle's own pre/postprocessing
     protocols/      one adapter per protocol (kserve_v2, tf_serving) behind ProtocolAdapter
@@ -15,7 +15,7 @@ from __future__ import annotations
 from .batcher import BatchPolicy
 from .holder import ModelHolder, ServedModel
 from .server import HttpOptions, ServingServer
-from .service import InferenceEvent, InferenceService
+from .service import InferenceService
 
 
 def start_serving(holder: ModelHolder, policy: BatchPolicy = BatchPolicy(),
@@ -34,5 +34,5 @@ def stop_serving(server: ServingServer) -> None:
     server.service.close()
 
 
-__all__ = ["BatchPolicy", "HttpOptions", "InferenceEvent", "InferenceService", "ModelHolder", "ServedModel",
+__all__ = ["BatchPolicy", "HttpOptions", "InferenceService", "ModelHolder", "ServedModel",
            "ServingServer", "start_serving", "stop_serving"]

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -38,11 +38,20 @@ class Job:
     outputs: list[np.ndarray] | None = None
     model: Served | None = None
     error: Exception | None = None
+    run_ms: float = 0.0  # the model run that answered it (shared with the rest of its batch)
 
     def finish(self, model: Served | None, outputs: list[np.ndarray] | None = None,
-               error: Exception | None = None) -> None:
-        self.model, self.outputs, self.error = model, outputs, error
+               error: Exception | None = None, run_ms: float = 0.0) -> None:
+        self.model, self.outputs, self.error, self.run_ms = model, outputs, error, run_ms
         self.done.set()
+
+
+class Answer(NamedTuple):
+    """A request's outputs, the model that gave them, and how long its model run took."""
+
+    outputs: list[np.ndarray]
+    model: Served
+    run_ms: float
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class DynamicBatcher:
         """Requests waiting for the model (queued for a batch or for a slot)."""
         return self._queue.qsize() + self._waiting
 
-    def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float = 60.0) -> tuple[list[np.ndarray], Served]:
+    def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float = 60.0) -> Answer:
         model = self.holder.current
         if model is None or self.policy.max_batch <= 1 or not batchable(model.manifest):
             return self._run_here(feeds, batch, timeout_s)
@@ -88,7 +97,7 @@ class DynamicBatcher:
         if job.error is not None:
             raise job.error
         assert job.outputs is not None and job.model is not None
-        return job.outputs, job.model
+        return Answer(job.outputs, job.model, job.run_ms)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -99,7 +108,7 @@ class DynamicBatcher:
         for t in self._threads:
             t.join(timeout=5)
 
-    def _run_here(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float) -> tuple[list[np.ndarray], Served]:
+    def _run_here(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float) -> Answer:
         """Run on the caller's thread once a slot is free (a model that cannot batch)."""
         with self._lock:
             if self._waiting >= self.policy.queue_size:
@@ -120,7 +129,7 @@ class DynamicBatcher:
             if job.error is not None:
                 raise job.error
             assert job.outputs is not None
-            return job.outputs, model
+            return Answer(job.outputs, model, job.run_ms)
         finally:
             self._slots.release()
 
@@ -159,21 +168,25 @@ class DynamicBatcher:
         if len(jobs) > 1:
             try:
                 stacked = {k: np.concatenate([j.feeds[k] for j in jobs], axis=0) for k in jobs[0].feeds}
+                t0 = time.perf_counter()
                 outputs = model.session.run(stacked)
+                run_ms = (time.perf_counter() - t0) * 1000.0
                 if all(o.ndim and o.shape[0] == sum(j.batch for j in jobs) for o in outputs):
                     self._count(sum(j.batch for j in jobs))
                     start = 0
                     for j in jobs:
-                        j.finish(model, [o[start:start + j.batch] for o in outputs])
+                        j.finish(model, [o[start:start + j.batch] for o in outputs], run_ms=run_ms)
                         start += j.batch
                     return
             except Exception as exc:  # noqa: BLE001 - fall back to one run per request, which reports its own error
                 log.debug("batched run failed (%s): running the requests one by one", one_line(exc))
         for j in jobs:
             try:
+                t0 = time.perf_counter()
                 outputs = model.session.run(j.feeds)
+                run_ms = (time.perf_counter() - t0) * 1000.0
                 self._count(j.batch)
-                j.finish(model, outputs)
+                j.finish(model, outputs, run_ms=run_ms)
             except Exception as exc:  # noqa: BLE001 - one request's failure is its own answer
                 err = exc if isinstance(exc, HttpError) else InferenceFailed(f"inference failed: {one_line(exc)}")
                 j.finish(model, error=err)

@@ -7,6 +7,7 @@ labels, or detections in the image's pixels), so it does not re-implement the bu
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,16 @@ def image_feeds(data: bytes, manifest: Manifest) -> tuple[dict[str, np.ndarray],
     h, w = image.shape[:2]
     geometry = FrameGeometry.from_preprocess((h, w), (pre.size[0], pre.size[1]), pre.resize, box)
     return {spec.name: tensor}, geometry
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A request's encoded image as a pipeline.observe.LiveInput: decoded and preprocessed for another model."""
+
+    data: bytes
+
+    def prepare(self, manifest: Manifest) -> tuple[dict[str, np.ndarray], FrameGeometry]:
+        return image_feeds(self.data, manifest)
 
 
 def image_answer(outputs: list[np.ndarray], manifest: Manifest, geometry: FrameGeometry,

@@ -1,42 +1,31 @@
 """The serving core both protocols call: check a request against the served model, queue it through the
 batcher, tell observers. Protocol adapters only translate HTTP bodies to and from these calls.
 
-Observers (`add_observer`) see every successful inference: the model it ran on, the runtime feeds and
-the outputs. They run on the request's thread after the answer is computed, must be quick (hand the
-data to a queue) and cannot break a request: an observer that raises is logged and skipped. This is
-where a shadow run or a drift monitor samples live traffic without touching the server.
+Observers (`add_observer`) see every successful inference as a pipeline.observe.LiveSample, the
+interface the camera feed shares: the model it ran on, the runtime feeds, the outputs, the model
+run's time, and the request's input as it came (client tensors or an encoded image) so a shadow run
+can give the same input to the new model. So the drift monitor and a shadow run count served
+requests as live frames (edge_agent.monitor.watch). Observers run on the request's thread after the
+answer is computed, must be quick (a shadow run hands the sample to its own worker) and cannot break
+a request: one that raises is logged and skipped.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..errors import one_line
+from ..pipeline.observe import LiveSample, Observer, Observers
 from .batcher import BatchPolicy, DynamicBatcher
 from .errors import NotFound, Unavailable
 from .holder import ModelHolder, Served
-from .images import image_answer, image_feeds
-from .tensors import to_feeds
+from .images import ImageInput, image_answer, image_feeds
+from .tensors import TensorInput, input_geometry, to_feeds
 from ..telemetry.serving_stats import ServingStats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferenceEvent:
-    """One served inference, as observers see it."""
-
-    model: Served
-    feeds: dict[str, np.ndarray]  # runtime feeds (bundle layout and dtype)
-    outputs: list[np.ndarray]
-    kind: str  # "tensor" | "image"
-
-
-Observer = Callable[[InferenceEvent], None]
 
 
 class InferenceService:
@@ -48,13 +37,13 @@ class InferenceService:
         self.stats = stats or ServingStats()
         self.batcher = DynamicBatcher(holder, policy, on_batch=self.stats.batch)
         self.stats.queue_depth = self.batcher.depth
-        self._observers: list[Observer] = []
+        self._observers = Observers()
 
     def add_observer(self, fn: Observer) -> None:
-        self._observers.append(fn)
+        self._observers.add_observer(fn)
 
     def remove_observer(self, fn: Observer) -> None:
-        self._observers.remove(fn)
+        self._observers.remove_observer(fn)
 
     def model(self, name: str | None = None, version: str | None = None) -> Served:
         """The served model, checked against a route's name and version (404/503 otherwise)."""
@@ -72,24 +61,21 @@ class InferenceService:
                       version: str | None = None) -> tuple[list[np.ndarray], Served]:
         """Client tensors (source layout) -> outputs in manifest order, and the model they ran on."""
         feeds, batch = to_feeds(arrays, self.model(name, version).manifest)
-        outputs, model = self.batcher.submit(feeds, batch)
-        self._notify(InferenceEvent(model, feeds, outputs, "tensor"))
+        outputs, model, run_ms = self.batcher.submit(feeds, batch)
+        if self._observers:
+            self._observers.notify(LiveSample(TensorInput(arrays), model, feeds, outputs, run_ms,
+                                              geometry=input_geometry(model.manifest)))
         return outputs, model
 
     def infer_image(self, data: bytes, name: str | None = None, version: str | None = None,
                     top_k: int | None = None) -> tuple[dict[str, Any], Served]:
         """An encoded image -> the CLI's answer for it, and the model it ran on."""
         feeds, geometry = image_feeds(data, self.model(name, version).manifest)
-        outputs, model = self.batcher.submit(feeds, 1)
-        self._notify(InferenceEvent(model, feeds, outputs, "image"))
-        return image_answer(outputs, model.manifest, geometry, top_k), model
-
-    def _notify(self, event: InferenceEvent) -> None:
-        for fn in list(self._observers):
-            try:
-                fn(event)
-            except Exception as exc:  # noqa: BLE001 - an observer never breaks a request
-                log.warning("serving observer %r failed: %s", fn, one_line(exc))
+        outputs, model, run_ms = self.batcher.submit(feeds, 1)
+        answer = image_answer(outputs, model.manifest, geometry, top_k)
+        if self._observers:
+            self._observers.notify(LiveSample(ImageInput(data), model, feeds, outputs, run_ms, answer, geometry))
+        return answer, model
 
     def close(self) -> None:
         self.batcher.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bundle import Manifest, TensorSpec
+from ..pipeline.detection import FrameGeometry
 from ..pipeline.inputs import tensor_to_feed
 from .errors import BadRequest
 
@@ -105,6 +106,27 @@ def to_feeds(arrays: dict[str, np.ndarray], manifest: Manifest) -> tuple[dict[st
             raise BadRequest(f"inputs disagree on the batch size ({batch} vs {feed.shape[0]})")
         feeds[spec.name], batch = feed, feed.shape[0]
     return feeds, int(batch or 1)
+
+
+def input_geometry(manifest: Manifest) -> FrameGeometry:
+    """Client tensors have no frame behind them: boxes stay in the model input's pixels."""
+    spec = manifest.inputs[0]
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+    hw = (dims[2], dims[3]) if len(dims) == 4 and spec.layout == "NCHW" else \
+        (dims[1], dims[2]) if len(dims) == 4 else (1, 1)
+    return FrameGeometry.identity(hw)
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """A request's client tensors (source layout) as a pipeline.observe.LiveInput: another model's feeds
+    are made from them as the active model's were; row 0 only (a shadow run compares one row per request)."""
+
+    arrays: dict[str, np.ndarray]
+
+    def prepare(self, manifest: Manifest) -> tuple[dict[str, np.ndarray], FrameGeometry]:
+        feeds, _ = to_feeds(self.arrays, manifest)
+        return {k: v[:1] for k, v in feeds.items()}, input_geometry(manifest)
 
 
 def from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.ndarray:

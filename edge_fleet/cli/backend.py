@@ -21,7 +21,7 @@ from ..access import local_actor
 from ..errors import FleetError
 from ..registry import ACTIVE_ROLLOUT, Registry, RolloutStatus
 from ..rollout import parse_max_failures, parse_stages, shadow_gate
-from ..views import audit_view, bundle_detail, bundle_view, device_view, rollout_summary, rollout_view
+from ..views import audit_view, bundle_detail, bundle_view, device_view, rollout_shadows, rollout_summary, rollout_view
 
 Json = dict[str, Any]
 
@@ -94,8 +94,9 @@ class LocalFleet(Fleet):
 
     def status(self, group: str | None) -> Json:
         devices = [device_view(d) for d in self.reg.devices(group)]
-        active = [r.id for r in self.reg.rollouts((RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.PAUSED))]
-        return {"devices": devices, "active_rollouts": active}
+        active = self.reg.rollouts((RolloutStatus.PENDING, RolloutStatus.RUNNING, RolloutStatus.PAUSED))
+        shown = [rollout_summary(r) for r in [*active, *self.reg.rollouts_page(1, 0).items]]  # + the newest one
+        return {"devices": devices, "active_rollouts": [r.id for r in active], "rollout_shadows": rollout_shadows(shown)}
 
     def devices(self, group: str | None) -> list[Json]:
         return [device_view(d) for d in self.reg.devices(group)]

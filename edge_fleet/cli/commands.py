@@ -61,7 +61,7 @@ def cmd_action(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 def cmd_status(fleet: Fleet, args: argparse.Namespace) -> Result:
     out = fleet.status(args.group)
-    return out, render.status_text(out["devices"], out["active_rollouts"])
+    return out, render.status_text(out["devices"], out["active_rollouts"], out.get("rollout_shadows", []))
 
 
 def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:

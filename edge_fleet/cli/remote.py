@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApiFailed, FleetError
+from ..views import rollout_shadows
 from .backend import Fleet, Json
 
 
@@ -86,7 +87,9 @@ class RemoteFleet(Fleet):
     def status(self, group: str | None) -> Json:
         devices = self.devices(group)
         active = self.api.pages("/api/v1/rollouts", {"status": ["pending", "running", "paused"]})
-        return {"devices": devices, "active_rollouts": [r["id"] for r in reversed(active)]}
+        newest = self.api.call("GET", "/api/v1/rollouts", query={"limit": 1})["items"]
+        return {"devices": devices, "active_rollouts": [r["id"] for r in reversed(active)],
+                "rollout_shadows": rollout_shadows([*reversed(active), *newest])}
 
     def devices(self, group: str | None) -> list[Json]:
         return self.api.pages("/api/v1/devices", {"group": group} if group else None)

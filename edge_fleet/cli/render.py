@@ -12,7 +12,7 @@ def ts(value: float | None) -> str:
     return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def status_text(devices: list[Json], active: list[str]) -> str:
+def status_text(devices: list[Json], active: list[str], shadows: list[Json] | None = None) -> str:
     fmt = "{:<20} {:<18} {:<10} {:<14} {:>4} {:<12} {:<8} {:<19} {:>8} {:>8}  {}"
     lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
                         "P50 ms", "P99 ms", "DRIFT")]
@@ -26,6 +26,9 @@ def status_text(devices: list[Json], active: list[str]) -> str:
             lines.append(f"  last error: {d['last_error']}")
     if active:
         lines.append("active rollouts: " + ", ".join(active))
+    for r in shadows or []:  # views.rollout_shadows: active rollouts and the newest one
+        for s in r["stages"]:
+            lines.append(f"rollout {r['id']} {r['bundle']} {r['status']} stage {s['stage']} {shadow_text(s)}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@
     update_worker  the thread running the install state machine (edge_agent.ota.installer)
     boot           which slot is served: boot with fallback, after a switch, after a CLI switch
     probation      a new model failing on live inputs is switched back
-    monitor        (with --source) drift of live frames; the shadow run of a gated update
+    monitor        drift of live inputs (--source frames, --http requests); the shadow run of a gated update
     reporter       reported state and telemetry
     current_job    the job all of them report, stored on every change
 
@@ -29,7 +29,8 @@ from typing import Any, Callable
 from ...home import AgentHome
 from ...runtimes import ModelSession
 from ...monitor.drift import DriftConfig
-from ...monitor.watch import DriftWatch, FeedShadow
+from ...monitor.watch import DriftWatch, LiveShadow
+from ...pipeline.observe import LiveInputs
 from ..live import InferenceLoop
 from ..protocol import Topics, check_device_id
 from ..slots import SlotInfo, Slots
@@ -62,10 +63,10 @@ class Agent:
         self.serving = SlotServing(self.slots, self.loop, config.threads)
         self.probation = ProbationWatch(config.probation_s, self.loop, self.slots, self.serving, self.jobs, busy)
         self.drift = DriftWatch(DriftConfig(window=config.drift_window, threshold=config.drift_threshold))
-        shadow = None
+        self.live_inputs: list[LiveInputs] = []  # what drift and shadow runs watch (watch_inputs)
         if self.feed is not None:
-            self.feed.add_observer(self.drift)
-            shadow = FeedShadow(self.feed, config.latency_budget_ms)
+            self.watch_inputs(self.feed)
+        shadow = LiveShadow(self.live_inputs, config.latency_budget_ms)
         self.worker = UpdateWorker(home, config, self.jobs, self.link, self._on_switch, busy, shadow)
         self.desired = DesiredStateHandler(self.slots, self.jobs, self.worker)
         self.reporter = Reporter(config, self.link, self.slots, self.jobs, self.loop, self.feed, self.drift)
@@ -75,6 +76,11 @@ class Agent:
         self.link.route(self.topics.block_data, self.worker.on_block_frame)
         self.link.on_connected(self.reporter.publish_reported)
         self.link.on_connected(self.worker.reconnected)
+
+    def watch_inputs(self, source: LiveInputs) -> None:
+        """Live inputs the served model answers (the --source feed, the --http endpoint): drift and shadow runs see them."""
+        source.add_observer(self.drift)
+        self.live_inputs.append(source)
 
     def _on_switch(self, info: SlotInfo, session: ModelSession | None) -> None:
         """The update switched slots: serve the new model and put it on probation."""

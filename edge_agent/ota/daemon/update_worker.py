@@ -37,7 +37,7 @@ class UpdateWorker:
                  on_switch: Callable[[SlotInfo, ModelSession | None], None], busy: threading.Lock,
                  shadow: ShadowRunner | None = None) -> None:
         self.home, self.config, self.jobs, self.link, self.on_switch = home, config, jobs, link, on_switch
-        self.shadow = shadow  # runs a deployment's shadow gate on live frames (None: no --source)
+        self.shadow = shadow  # runs a deployment's shadow gate on live inputs (None: none to watch)
         self.busy = busy  # held while a job runs
         self.downloader: BlockDownloader | None = None  # the MQTT download in progress
         self.last_downloader_stats: TransferStats | None = None

@@ -41,7 +41,7 @@ class DetectionConfigError(AgentError, ValueError):
 
 
 from .decoders import DECODERS, Candidates  # noqa: E402  (they raise DetectionConfigError)
-from .nms import batched_nms, iou_matrix, iou_one_to_many, nms, to_xyxy  # noqa: E402
+from .nms import batched_nms, iou_matrix, iou_one_to_many, matched_boxes, nms, to_xyxy  # noqa: E402
 
 FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
     "yolo": {"box_format": "cxcywh", "normalized": False},
@@ -176,4 +176,4 @@ def detect(outputs: list[np.ndarray], manifest: Manifest, geometry: FrameGeometr
 
 
 __all__ = ["DetectionConfigError", "DetectionOptions", "FrameGeometry", "batched_nms", "decode", "detect",
-           "iou_matrix", "iou_one_to_many", "nms", "to_xyxy"]
+           "iou_matrix", "iou_one_to_many", "matched_boxes", "nms", "to_xyxy"]

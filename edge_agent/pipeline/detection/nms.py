@@ -72,3 +72,26 @@ def to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
         half = b[:, 2:4] / 2
         return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
     raise DetectionConfigError(f"postprocess option box_format={box_format!r}; expected cxcywh, xyxy or yxyx")
+
+
+def matched_boxes(a_boxes: np.ndarray, a_scores: np.ndarray, a_classes: np.ndarray,
+                  b_boxes: np.ndarray, b_classes: np.ndarray, iou: float = 0.5) -> int:
+    """How many boxes of `a` pair one-to-one with a box of `b`: same class and IoU >= iou.
+
+    Greedy, best-scoring box of `a` first, each taking the best still-free box of `b`. The one matcher
+    of the project: the converter's detection gate (float vs converted boxes) and the agent's shadow run
+    (active vs new model on live frames) both count matched boxes with it, so "agree" means the same.
+    """
+    if not len(a_boxes) or not len(b_boxes):
+        return 0
+    ious = iou_matrix(np.asarray(a_boxes, np.float64), np.asarray(b_boxes, np.float64))
+    ious[np.asarray(a_classes)[:, None] != np.asarray(b_classes)[None, :]] = -1.0
+    free = np.ones(len(b_boxes), dtype=bool)
+    found = 0
+    for i in np.argsort(-np.asarray(a_scores, np.float64), kind="stable"):
+        row = np.where(free, ious[i], -1.0)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            free[j] = False
+            found += 1
+    return found
