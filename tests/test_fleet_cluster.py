@@ -3,7 +3,7 @@ loopback): the fleet server on one node, devices on both; a staged rollout reach
 crossing between the nodes. The protocol keeps to standard MQTT 3.1.1, so a clustered broker serves.
 A real agent given both nodes (`--broker` twice) gets a deployment published while it was away
 (retained on the other node only: the fleet resends it when the agent comes online), then its node
-is stopped: it reconnects to the other node and still gets the next deployment."""
+is killed (kill -9): it reconnects to the other node and still gets the next deployment."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _agent(home, cluster: EjabberdCluster, pub) -> tuple[Agent, threading.Thread
     return agent, thread
 
 
-def test_an_agent_follows_the_cluster_when_its_node_stops(tmp_path, v1_home, int8_bundle,  # noqa: F811
+def test_an_agent_follows_the_cluster_when_its_node_is_killed(tmp_path, v1_home, int8_bundle,  # noqa: F811
                                                           int8_v2_bundle, digits):
     home = tmp_path / "home"
     shutil.copytree(v1_home, home)
@@ -108,7 +108,7 @@ def test_an_agent_follows_the_cluster_when_its_node_stops(tmp_path, v1_home, int
             _wait(lambda: reg.rollout(plan.id).status == RolloutStatus.SUCCEEDED, 90, "the rollout to finish")
             assert agent.link.broker_url.endswith(f":{cluster.ports[1]}")
 
-            cluster.stop_node(1)
+            cluster.kill_node(1)
             _wait(lambda: agent.link.connected.is_set() and agent.link.broker_url.endswith(f":{cluster.ports[0]}"),
                   60, "the agent on node 0")
             reg.request_rollout(plan.id, "rollback", "op")  # the next deployment: v1 back
