@@ -106,6 +106,9 @@ class FleetServer:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)
             client.on_connect = self._on_connect
+            # block frames to every device share this one connection: paho's default of 20 unacknowledged
+            # QoS 1 messages (2.5 MiB of 128 KiB blocks) per broker round trip capped a single download
+            client.max_inflight_messages_set(256)
             self._writer = threading.Thread(target=self._write_loop, name="registry-writer", daemon=True)
             self._writer.start()
             client.on_message = self._on_message
