@@ -254,6 +254,9 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=50, help="simulated agents for the convergence test")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.agents > 300:  # one process: paho's select() loop stops at file descriptor 1024 (~336 agents)
+        ap.error("--agents above 300 do not fit in one process: use scripts/bench_fleet.py --devices N, "
+                 "which spreads simulated devices over several processes")
     logging.basicConfig(level=logging.ERROR)
     from edge_fleet.publish import publish_bundle
     from edge_fleet.registry import open_registry
