@@ -77,3 +77,12 @@ def test_the_agent_moves_to_the_next_broker_when_one_dies_and_comes_back(tmp_pat
         link.stop()
         first.stop()
         second.stop()
+
+
+def test_serve_without_any_broker_is_a_usage_error_of_one_line(tmp_path, monkeypatch, capsys):
+    from edge_agent.cli import main as agent_main
+
+    monkeypatch.delenv("EDGE_AGENT_BROKER", raising=False)
+    code = agent_main(["--home", str(tmp_path / "home"), "serve", "--device-id", "pi-1", "--profile", "raspberry-pi-4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no broker" in err[0] and "EDGE_AGENT_BROKER" in err[0]
