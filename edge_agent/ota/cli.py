@@ -136,14 +136,14 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
 
     home.keep_caches_inside()
     profile = _profile(home, args)
+    broker = home.broker_urls(args.broker)
+    if broker is None:
+        raise AgentConfigError("no broker: pass --broker mqtt://host:1883, set EDGE_AGENT_BROKER, or write the URL to "
+                               "the home's `broker` file")
     trust = home.trust_store(args.trust)
     if not trust:
         log.warning("no trusted keys: every update will be refused (see `edge-agent trust add`)")
     password = args.password if args.password is not None else os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
-    broker = home.broker_urls(args.broker)
-    if broker is None:
-        raise AgentConfigError("no broker: pass --broker mqtt://host:1883, set EDGE_AGENT_BROKER, or write the URL to "
-                            "the home's `broker` file")
     config = AgentConfig(
         broker=broker, device_id=args.device_id, profile_name=profile.name,
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=args.username,
