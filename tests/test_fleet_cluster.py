@@ -40,17 +40,22 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _fleet_on_node_0(cluster: EjabberdCluster, tmp_path, digits, *bundles) -> tuple:
+    """(registry with `bundles` published, a started fleet server on node 0)."""
+    reg = open_registry(tmp_path / "fleet.db")
+    trust = TrustStore.from_paths([digits.pub])
+    for bundle in bundles:
+        publish_bundle(reg, bundle, trust)
+    settings = MqttSettings(url="", username=cluster.user, password=cluster.password)
+    return reg, FleetServer(reg, f"mqtt://127.0.0.1:{cluster.ports[0]}", settings=settings, tick=0.05).start()
+
+
 def test_a_rollout_reaches_devices_on_both_nodes_of_a_real_ejabberd_cluster(tmp_path, int8_bundle, int8_v2_bundle,
                                                                              digits):
     with EjabberdCluster() as cluster:
         assert len(cluster.nodes()) == 2
         login = (cluster.user, cluster.password)
-        reg = open_registry(tmp_path / "fleet.db")
-        trust = TrustStore.from_paths([digits.pub])
-        for bundle in (int8_bundle, int8_v2_bundle):
-            publish_bundle(reg, bundle, trust)
-        settings = MqttSettings(url="", username=cluster.user, password=cluster.password)
-        server = FleetServer(reg, f"mqtt://127.0.0.1:{cluster.ports[0]}", settings=settings, tick=0.05).start()
+        reg, server = _fleet_on_node_0(cluster, tmp_path, digits, int8_bundle, int8_v2_bundle)
         sims = []
         try:
             # devices alternate between the nodes: the server on node 0 serves those on node 1 too
@@ -87,12 +92,7 @@ def test_an_agent_follows_the_cluster_when_its_node_is_killed(tmp_path, v1_home,
     shutil.copytree(v1_home, home)
     v1, v2 = ref_of(int8_bundle), ref_of(int8_v2_bundle)
     with EjabberdCluster() as cluster:
-        reg = open_registry(tmp_path / "fleet.db")
-        trust = TrustStore.from_paths([digits.pub])
-        for bundle in (int8_bundle, int8_v2_bundle):
-            publish_bundle(reg, bundle, trust)
-        settings = MqttSettings(url="", username=cluster.user, password=cluster.password)
-        server = FleetServer(reg, f"mqtt://127.0.0.1:{cluster.ports[0]}", settings=settings, tick=0.05).start()
+        reg, server = _fleet_on_node_0(cluster, tmp_path, digits, int8_bundle, int8_v2_bundle)
         agent = None
         try:
             agent, thread = _agent(home, cluster, digits.pub)
