@@ -34,6 +34,24 @@ class AgentHome:
         return self.root / "profile"
 
     @property
+    def broker_file(self) -> Path:
+        """The fleet's broker URL(s), one a line or comma-separated, for `edge-agent serve` without --broker."""
+        return self.root / "broker"
+
+    def broker_urls(self, explicit: list[str] | None = None) -> str | None:
+        """The broker URLs as one comma list: --broker (repeatable, each may be a comma list), else
+        EDGE_AGENT_BROKER, else the home's `broker` file; None when none is set."""
+        if explicit:
+            chosen = ",".join(explicit)
+        elif os.environ.get("EDGE_AGENT_BROKER"):
+            chosen = os.environ["EDGE_AGENT_BROKER"]
+        elif self.broker_file.is_file():
+            chosen = ",".join(self.broker_file.read_text().split())
+        else:
+            return None
+        return ",".join(u.strip() for u in chosen.split(",") if u.strip()) or None
+
+    @property
     def slots_dir(self) -> Path:
         """A/B slots of installed bundles (edge_agent.ota.slots)."""
         return self.root / "slots"

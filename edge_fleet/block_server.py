@@ -28,6 +28,8 @@ import paho.mqtt.client as mqtt
 from edge_agent.ota.protocol import ProtocolError, Topics
 from edge_agent.ota.block_frames import Block, BlockRequest, encode_block
 
+from .rollout.desired import block_digests, block_size_for
+
 log = logging.getLogger(__name__)
 
 BundleLookup = Callable[[str], "tuple[Path, int] | None"]  # sha256 -> (file, size) or None
@@ -146,6 +148,15 @@ class BlockServer:
             except Exception:  # noqa: BLE001 - one bad request must not stop the server
                 log.exception("failed to serve block request from %s", item[0])
 
+    @staticmethod
+    def _digests(path: Path, req: BlockRequest, size: int) -> list[bytes] | None:
+        """The block hashes the deployment listed (computed once per bundle, when its desired state was
+        made), so a frame is not hashed again; None for another block size than deployments use (a
+        device asking odd sizes must not make the server hash whole files)."""
+        if req.block_size != block_size_for(size):
+            return None
+        return block_digests(path, req.sha256, req.block_size)
+
     def serve(self, device_id: str, req: BlockRequest) -> int:
         """Publish the requested blocks to the device; returns how many were sent."""
         self.stats["requests"] += 1
@@ -169,7 +180,8 @@ class BlockServer:
                     fh = fh or open(path, "rb")  # noqa: SIM115 - closed below; not opened when all are cached
                     fh.seek(index * req.block_size)
                     frame = encode_block(Block(sha256=req.sha256, index=index, total=total,
-                                               data=fh.read(req.block_size)))
+                                               data=fh.read(req.block_size)),
+                                         digests[index] if (digests := self._digests(path, req, size)) else None)
                     self._frames.put(key, frame)
                 else:
                     self.stats["cached"] += 1

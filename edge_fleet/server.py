@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import uuid
@@ -41,6 +40,7 @@ from .broker.logins import FLEET_USER, BrokerLogins
 from .broker.mosquitto_config import render_acl
 from .mqtt import MqttSettings, connect, set_nodelay
 from .registry import Registry
+from .report_inbox import ReportInbox
 from .rollout import RolloutDriver
 from .rollout.signed_urls import UrlSigner
 
@@ -84,7 +84,7 @@ class FleetServer:
         self.driver: RolloutDriver | None = None
         self._stop = threading.Event()
         self._missed = threading.Event()  # a message could not be stored (registry away)
-        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()  # device messages to store
+        self.inbox = ReportInbox(self.topics.parse)  # device messages to store (bounded: report_inbox.py)
         self._writer: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._sizes: dict[str, tuple[Path, int] | None] = {}
@@ -106,6 +106,9 @@ class FleetServer:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)
             client.on_connect = self._on_connect
+            # block frames to every device share this one connection: paho's default of 20 unacknowledged
+            # QoS 1 messages (2.5 MiB of 128 KiB blocks) per broker round trip capped a single download
+            client.max_inflight_messages_set(256)
             self._writer = threading.Thread(target=self._write_loop, name="registry-writer", daemon=True)
             self._writer.start()
             client.on_message = self._on_message
@@ -186,7 +189,7 @@ class FleetServer:
             self.client.loop_stop()
             self.client = None
         if self._writer is not None:
-            self._inbox.put(None)  # after what is queued: nothing received is lost on a clean stop
+            self.inbox.close()  # after what is queued: nothing received is lost on a clean stop
             self._writer.join(30)
             self._writer = None
         if self.broker is not None:
@@ -250,7 +253,8 @@ class FleetServer:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         """Block requests go to the block server; reports to the registry writer's inbox, so a slow
         database never slows the MQTT loop (a broker drops QoS 1 messages for a client that lags:
-        Mosquitto's max_queued_messages, 1000 by default, is reached when 1,000 devices connect)."""
+        see max_queued_messages in broker/mosquitto_config.py). The inbox is bounded: progress
+        reports and telemetry are merged or dropped when the writer lags, phase changes never."""
         if msg.topic.endswith("/blocks/get"):
             try:
                 assert self.blocks is not None
@@ -258,10 +262,10 @@ class FleetServer:
             except Exception:  # noqa: BLE001 - never let one message kill the network thread
                 log.exception("failed to handle message on %s", msg.topic)
         else:
-            self._inbox.put((msg.topic, msg.payload))
+            self.inbox.put(msg.topic, msg.payload)
 
     def _write_loop(self) -> None:
-        while (item := self._inbox.get()) is not None:
+        while (item := self.inbox.get()) is not None:
             self._record(*item)
 
     def _record(self, topic: str, payload: bytes) -> None:

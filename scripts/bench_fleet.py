@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from bench_ota import make_bundle, raw_transfer  # noqa: E402
+from single_transfer import run_single  # noqa: E402
 
 from edge_agent.bundle import TrustStore, generate_keypair  # noqa: E402
 from edge_agent.ota.protocol import DEFAULT_BLOCK_SIZE  # noqa: E402
@@ -181,13 +182,17 @@ def run_engine(engine: str, transport: str, location: str, work: Path, broker, b
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--devices", type=int, default=1000, help="simulated devices (0: only --single)")
     ap.add_argument("--mb", type=float, default=4.0, help="bundle size in MB (default 4)")
     ap.add_argument("--stages", default="1,10,100", help="cumulative percentages (default %(default)s)")
     ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--transports", default="mqtt,http",
                     help="mqtt: blocks through the broker; http: per-device signed links to a real nginx")
     ap.add_argument("--procs", type=int, default=0, help="device processes (default: one per 250 devices)")
+    ap.add_argument("--single", type=int, default=3, metavar="ROUNDS",
+                    help="first, one device downloading one bundle of --single-mb: agent vs raw MQTT and HTTP, "
+                    "ROUNDS alternating rounds (0: skip; default 3)")
+    ap.add_argument("--single-mb", type=float, default=32.0, help="bundle size for --single (default 32)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = ap.parse_args()
@@ -206,8 +211,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
         key, pub = generate_keypair(work / "keys")
+        if args.single:
+            big = make_bundle(work, key, 9, int(args.single_mb * 1e6))
+            out["single"] = run_single(work, big, pub, args.single, DEFAULT_BLOCK_SIZE)
+            log.info("single transfer: %s", out["single"])
         bundles = [make_bundle(work, key, v, int(args.mb * 1e6)) for v in (1, 2)]
-        for engine in args.engines.split(","):
+        for engine in args.engines.split(",") if args.devices else []:  # --devices 0: the single transfer only
             pg = PgCluster(Path(tempfile.mkdtemp(prefix="bench-pg-"))).start() if engine == "postgresql" else None
             try:
                 for transport in args.transports.split(","):
@@ -231,6 +240,12 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    if "single" in out:
+        s, m = out["single"], out["single"]["median_mb_s"]
+        print(f"one device, one {s['mb']} MB bundle ({s['rounds']} alternating rounds, medians; {s['block_kib']} KiB blocks):")
+        print(f"  MQTT: agent {m['mqtt_agent']} MB/s vs raw pub/sub {m['mqtt_raw']} MB/s = {s['mqtt_ratio']:.0%}")
+        print(f"  HTTP: agent {m['http_agent']} MB/s vs raw GET {m['http_raw']} MB/s = {s['http_ratio']:.0%}")
+        print(f"  then the whole-file SHA-256 (the agent's verifying phase): {s['verify_sha256_s']} s")
     print(f"{args.devices} simulated devices ({procs} processes), {args.mb} MB bundle, stages {args.stages} %")
     for r in out["runs"]:
         print(f"  {r['engine']:<10} {r['transport']:<4} converged in {r['converge_s']} s (stages end at {r['stage_ends_s']} s), "

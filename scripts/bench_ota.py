@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -68,6 +69,12 @@ def _subscribe(c: mqtt.Client, topic: str) -> None:
 # --- child processes --------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time so far (user + system, all threads)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
     """Receive `total` bytes on RAW_TOPIC; report seconds from `go` to the last byte."""
     got = [0]
@@ -83,35 +90,39 @@ def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
     _subscribe(c, RAW_TOPIC)
     ready.set()
     go.wait()
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), cpu_seconds()
     ok = done.wait(300)
-    result.put(time.perf_counter() - t0 if ok else None)
+    result.put((time.perf_counter() - t0, cpu_seconds() - cpu) if ok else None)
     c.disconnect()
     c.loop_stop()
 
 
-def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str, ready, go, result) -> None:
+def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str,
+                   digests: list[bytes] | None, window: int | None, ready, go, result) -> None:
     """The agent's downloader, wired as the daemon wires it; seconds from `go` to a verified file."""
     from edge_agent.ota.transfer import BlockDownloader
 
     topics = Topics()
     c = _client(host, port, f"agent-{device}")
     dl = BlockDownloader(Path(staging), sha, size, block,
-                         send_request=lambda r: c.publish(topics.block_request(device), dumps(r), qos=1))
+                         send_request=lambda r: c.publish(topics.block_request(device), dumps(r), qos=1),
+                         block_digests=digests,  # from the desired state, as the daemon passes them
+                         **({"window": window} if window else {}))
     data_topic = topics.block_data(device)
     c.on_message = lambda _c, _u, msg: dl.on_frame(msg.payload) if msg.topic == data_topic else None
     _subscribe(c, data_topic)
     ready.set()
     go.wait()
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), cpu_seconds()
     path = dl.run()
+    transfer, cpu = time.perf_counter() - t0, cpu_seconds() - cpu
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     dt = time.perf_counter() - t0
     dl.close()
-    result.put(dt if h.hexdigest() == sha else None)
+    result.put((transfer, dt, cpu) if h.hexdigest() == sha else None)
     c.disconnect()
     c.loop_stop()
 
@@ -147,7 +158,8 @@ def make_bundle(folder: Path, key: Path, version: int, size: int) -> Path:
     return write_bundle(folder / f"bench-v{version}.edgebundle", m, {"model.onnx": payload}, load_private_key(key))
 
 
-def raw_transfer(host: str, port: int, data: bytes, block: int) -> float:
+def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float] | None = None) -> float:
+    """Seconds the raw pub/sub of `data` takes; appends the receiver's CPU seconds to `cpu`."""
     pub = _client(host, port, "raw-pub")
 
     def send():
@@ -156,15 +168,27 @@ def raw_transfer(host: str, port: int, data: bytes, block: int) -> float:
             info.wait_for_publish(60)
 
     try:
-        return _run_child(raw_receiver, (host, port, len(data)), send)
+        seconds, used = _run_child(raw_receiver, (host, port, len(data)), send)
     finally:
         pub.disconnect()
         pub.loop_stop()
+    if cpu is not None:
+        cpu.append(used)
+    return seconds
 
 
-def protocol_transfer(server, rec, block: int, staging: Path, device: str) -> float:
-    return _run_child(agent_receiver, (server.broker.host, server.broker.port, rec.sha256, rec.size, block,
-                                       str(staging), device))
+def protocol_transfer(server, rec, block: int, staging: Path, device: str, window: int | None = None,
+                      verify: bool = True, cpu: list[float] | None = None) -> float:
+    """Seconds until the agent has the file, with (verify) or without its whole-file SHA-256; appends the
+    agent's CPU seconds for the transfer to `cpu`."""
+    from edge_fleet.rollout.desired import block_digests
+
+    digests = block_digests(Path(rec.path), rec.sha256, block)  # computed when the deployment is made
+    transfer, total, used = _run_child(agent_receiver, (server.broker.host, server.broker.port, rec.sha256,
+                                                        rec.size, block, str(staging), device, digests, window))
+    if cpu is not None:
+        cpu.append(used)
+    return total if verify else transfer
 
 
 def swap_pause(work: Path, seconds: float = 2.0) -> dict[str, float]:
@@ -230,6 +254,9 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=50, help="simulated agents for the convergence test")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.agents > 300:  # one process: paho's select() loop stops at file descriptor 1024 (~336 agents)
+        ap.error("--agents above 300 do not fit in one process: use scripts/bench_fleet.py --devices N, "
+                 "which spreads simulated devices over several processes")
     logging.basicConfig(level=logging.ERROR)
     from edge_fleet.publish import publish_bundle
     from edge_fleet.registry import open_registry

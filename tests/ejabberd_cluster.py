@@ -14,6 +14,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -92,6 +93,14 @@ class EjabberdCluster:
     def stop_node(self, i: int) -> None:
         self._ctl(i, "stop")
         self._ctl(i, "stopped", timeout=60)
+
+    def kill_node(self, i: int) -> None:
+        """kill -9 node i's Erlang VM (its pid file): no goodbye to its clients or to the other node."""
+        pid = int((self.root / f"n{i}" / "pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def remove(self) -> None:
         for i in range(len(self.names)):

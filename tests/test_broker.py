@@ -251,3 +251,31 @@ def test_unavailable_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(BrokerUnavailable, match=r"no MQTT broker available: install mosquitto "
                        r"\(apt-get install mosquitto\) or pip install amqtt"):
         start_broker(tmp_path)
+
+
+def test_mosquitto_keeps_a_burst_of_reports_for_a_subscriber_that_lags(mosq: Broker) -> None:
+    """The fleet server is one subscriber for every device's reports. While it does not acknowledge
+    (busy), Mosquitto queues QoS 1 messages for it; past max_queued_messages (1000 by default) it drops
+    them silently. Our config raises the limit: a burst of 3,000 reports all arrive."""
+    sub, pub = Client(mosq, "fleet-sub"), Client(mosq, "devices")
+    burst = 3000
+    try:
+        sub.connect()
+        pub.connect()
+        sub.subscribe("edgekit/devices/+/reported")
+        sub.c.loop_stop()  # the subscriber lags: no PUBACK, so the broker must queue
+        infos = [pub.c.publish(f"edgekit/devices/d{i}/reported", b"{}", qos=1) for i in range(burst)]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        sub.c.loop_start()
+        got = 0
+        try:
+            while got < burst:
+                sub.messages.get(timeout=WAIT)
+                got += 1
+        except queue.Empty:
+            pass
+        assert got == burst, f"{burst - got} of {burst} reports dropped by the broker"
+    finally:
+        sub.close()
+        pub.close()

@@ -26,6 +26,7 @@ def test_defaults_listen_on_one_address_persist_and_allow_anonymous():
     assert "persistence true" in out and "persistence_location /srv/fleet/broker/persistence/" in out
     assert "log_dest file /srv/fleet/broker/mosquitto.log" in out and "set_tcp_nodelay true" in out
     assert "allow_anonymous true" in out
+    assert "max_queued_messages 100000" in out  # the fleet's one subscription gets every device's reports
     assert not any(x.split()[0] in ("password_file", "acl_file", "max_packet_size", "cafile", "user") for x in out[1:])
     assert render_mosquitto_config(BASE) == render_mosquitto_config(BASE)  # deterministic
 

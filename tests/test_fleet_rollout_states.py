@@ -287,3 +287,29 @@ def test_a_driver_killed_halfway_through_a_stage_start_is_finished_by_the_next_w
         r = reg.rollout(plan.id)
         assert sorted(sent) == [f"edgekit/devices/{d}/desired" for d in devices]
         assert [t.status for t in r.targets] == [T.SENT] * 3 and r.status == R.RUNNING
+
+
+def test_a_device_that_comes_online_again_gets_its_desired_state_once_more(registry_location, tmp_path):
+    """Retained messages stay on one node of an ejabberd cluster: a device that reconnects elsewhere
+    would never see its desired state. Its presence after the send makes the driver resend it, once
+    per announcement, unchanged (same issued_at, so the agent drops it if it already has it)."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[100])
+        reg.record_presence("a", "online", now=900.0)  # online before the send: nothing to resend
+        driver = _recording_driver(reg, sent)
+        driver.step(now=1000.0)
+        assert sorted(t for t, _ in sent) == ["edgekit/devices/a/desired", "edgekit/devices/b/desired"]
+        first = dict(sent)["edgekit/devices/a/desired"]
+        driver.step(now=1001.0)
+        assert len(sent) == 2
+        reg.record_presence("a", "online", now=1002.0)  # reconnected (to another node)
+        driver.step(now=1003.0)
+        driver.step(now=1004.0)
+        assert [t for t, _ in sent[2:]] == ["edgekit/devices/a/desired"]
+        assert sent[2][1] == first and first["issued_at"] == 1000.0
+        reg.record_presence("b", "offline", now=1005.0)  # going away is no reason to resend
+        driver.step(now=1006.0)
+        assert len(sent) == 3
+        assert reg.rollout(plan.id).target("a").status == T.SENT

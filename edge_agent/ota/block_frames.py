@@ -53,17 +53,21 @@ class Block:
     index: int
     total: int  # number of blocks in the file
     data: bytes
+    digest: bytes = b""  # SHA-256 of `data`, as decode_block computed and checked it (hashed once per block)
 
 
-def encode_block(block: Block) -> bytes:
-    """Frame: b'EKB1' | u32 header length | JSON header {sha256,index,total,size,block_sha256} | data."""
+def encode_block(block: Block, digest: bytes | None = None) -> bytes:
+    """Frame: b'EKB1' | u32 header length | JSON header {sha256,index,total,size,block_sha256} | data.
+
+    `digest`: the block's SHA-256 when the caller already has it (the fleet computed every block's
+    hash for the deployment), so the block is not hashed again here."""
     header = json.dumps(
         {
             "sha256": block.sha256,
             "index": block.index,
             "total": block.total,
             "size": len(block.data),
-            "block_sha256": hashlib.sha256(block.data).hexdigest(),
+            "block_sha256": (digest or hashlib.sha256(block.data).digest()).hex(),
         },
         separators=(",", ":"),
     ).encode()
@@ -93,6 +97,7 @@ def decode_block(payload: bytes) -> Block:
     data = payload[8 + hlen :]
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
-    if not isinstance(bsha, str) or hashlib.sha256(data).hexdigest() != bsha:
+    digest = hashlib.sha256(data).digest()
+    if not isinstance(bsha, str) or digest.hex() != bsha:
         raise ProtocolError(f"block {index} is corrupt (SHA-256 mismatch)")
-    return Block(sha256=sha, index=index, total=total, data=data)
+    return Block(sha256=sha, index=index, total=total, data=data, digest=digest)

@@ -142,15 +142,20 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
 
 def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from .daemon import Agent, AgentConfig, install_signal_handlers
+    from .daemon.config import AgentConfigError
 
     home.keep_caches_inside()
     profile = _profile(home, args)
+    broker = home.broker_urls(args.broker)
+    if broker is None:
+        raise AgentConfigError("no broker: pass --broker mqtt://host:1883, set EDGE_AGENT_BROKER, or write the URL to "
+                               "the home's `broker` file")
     trust = home.trust_store(args.trust)
     if not trust:
         log.warning("no trusted keys: every update will be refused (see `edge-agent trust add`)")
     login = resolve_credentials(BrokerCredentials(args.username, args.password, args.tls_ca), args.credentials)
     config = AgentConfig(
-        broker=args.broker, device_id=args.device_id, profile_name=profile.name,
+        broker=broker, device_id=args.device_id, profile_name=profile.name,
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=login.username,
         password=login.password, tls_ca=login.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
@@ -219,7 +224,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the agent daemon: serve the model, report, apply OTA updates",
                               description="Connect to the fleet's MQTT broker, keep running inference on the active "
                               "model, publish presence/reported state/telemetry and apply desired updates safely.")
-    p.add_argument("--broker", required=True, help="mqtt://host:1883 or mqtts://host:8883")
+    p.add_argument("--broker", action="append", metavar="URL",
+                   help="mqtt://host:1883 or mqtts://host:8883; repeat it (or give a comma list) for the nodes of a "
+                   "clustered broker: the agent moves to the next one when its connection is lost. Default: "
+                   "EDGE_AGENT_BROKER, else the home's `broker` file")
     p.add_argument("--device-id", required=True, help="this device's id (1-64 of [A-Za-z0-9._-])")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"), metavar="FILE",

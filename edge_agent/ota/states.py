@@ -26,9 +26,9 @@ from ..runtimes import ModelSession
 from .job import UpdateJob, one_line, save_job
 from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
-from .protocol import MAX_BLOCKS_PER_REQUEST, DesiredState, ShadowGate
+from .protocol import DesiredState, ShadowGate
 from .slots import Health, Lifecycle, SlotInfo, Slots
-from .transfer import TransferCancelled, TransferError, discard_staging
+from .transfer import MAX_WINDOW, TransferCancelled, TransferError, discard_staging
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ class DownloadBudget:
     memory_bytes: int
 
     def window(self, block_size: int) -> int:
-        """Blocks in flight at once: a quarter of the memory budget, 1..MAX_BLOCKS_PER_REQUEST."""
-        return max(1, min(MAX_BLOCKS_PER_REQUEST, self.memory_bytes // 4 // max(1, block_size)))
+        """Blocks in flight at once: a quarter of the memory budget, 1..MAX_WINDOW."""
+        return max(1, min(MAX_WINDOW, self.memory_bytes // 4 // max(1, block_size)))
 
 
 def download_budget(profile_name: str) -> DownloadBudget | None:

@@ -10,7 +10,6 @@ requested again. HTTP(S): `Range: bytes=N-` continues a partial `<sha>.http.part
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -31,6 +30,10 @@ from ..errors import AgentError
 log = logging.getLogger(__name__)
 
 _FRAME_OVERHEAD = 8 + 4096
+# Blocks asked for and not yet received, at most: several requests of MAX_BLOCKS_PER_REQUEST each, so the
+# pipe stays full across the round trip (device -> broker -> fleet -> broker -> device) that a refill takes.
+# They wait in the broker's queue for this device, not in the agent's memory.
+MAX_WINDOW = 4 * MAX_BLOCKS_PER_REQUEST
 
 
 class TransferError(AgentError, RuntimeError):
@@ -70,7 +73,7 @@ class BlockDownloader:
         send_request: Callable[[BlockRequest], None],
         is_connected: Callable[[], bool] = lambda: True,
         cancel: threading.Event | None = None,
-        window: int = MAX_BLOCKS_PER_REQUEST,
+        window: int = MAX_WINDOW,
         retry_timeout_s: float = 3.0,
         stall_timeout_s: float = 120.0,
         progress: Callable[[float], None] | None = None,
@@ -89,7 +92,7 @@ class BlockDownloader:
         self._send = send_request
         self._is_connected = is_connected
         self._cancel = cancel or threading.Event()
-        self.window = max(1, min(window, MAX_BLOCKS_PER_REQUEST))
+        self.window = max(1, min(window, MAX_WINDOW))
         self.retry_timeout_s = retry_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self._progress = progress
@@ -165,7 +168,7 @@ class BlockDownloader:
             self.stats.rejected += 1
             log.warning("ignoring block %d: not part of the bundle being downloaded", block.index)
             return False
-        if self._digests is not None and hashlib.sha256(block.data).digest() != self._digests[block.index]:
+        if self._digests is not None and block.digest != self._digests[block.index]:  # hashed once, in decode
             self.stats.forged += 1
             log.warning("ignoring block %d: its SHA-256 is not the one the deployment lists (forged?)", block.index)
             return False
@@ -194,10 +197,10 @@ class BlockDownloader:
     # --- the download loop (installer thread) --------------------------------------------
 
     def _next_request(self, now: float) -> BlockRequest | None:
-        if len(self._inflight) > self.window // 2:
-            return None
+        if len(self._inflight) > self.window - min(self.window, MAX_BLOCKS_PER_REQUEST) // 2:
+            return None  # refill in requests of at least half a request's worth
         batch: list[int] = []
-        room = self.window - len(self._inflight)
+        room = min(self.window - len(self._inflight), MAX_BLOCKS_PER_REQUEST)
         for i, d in enumerate(self._done):
             if len(batch) >= room:
                 break
@@ -240,8 +243,7 @@ class BlockDownloader:
                                 f"download stalled: no block received for {self.stall_timeout_s:.0f}s "
                                 f"({sum(self._done)}/{self.count} blocks)"
                             )
-                        request = self._next_request(now)
-                        if request is not None:
+                        while (request := self._next_request(now)) is not None:
                             self._cond.release()  # never publish while holding the lock on_frame needs
                             try:
                                 self._send(request)

@@ -47,13 +47,20 @@ def block_size_for(size: int) -> int:
 
 
 @lru_cache(maxsize=64)
-def block_hashes(path: Path, sha256: str, block_size: int) -> str:
-    """base64 of the SHA-256 of each block of the stored bundle file (cached per file and block size)."""
+def block_digests(path: Path, sha256: str, block_size: int) -> list[bytes]:
+    """The SHA-256 of each block of the stored bundle file (cached per file and block size; the block
+    server frames blocks with them too)."""
     digests = []
     with open(path, "rb") as fh:
         while chunk := fh.read(block_size):
             digests.append(hashlib.sha256(chunk).digest())
-    return base64.b64encode(b"".join(digests) or hashlib.sha256(b"").digest()).decode("ascii")
+    return digests or [hashlib.sha256(b"").digest()]
+
+
+@lru_cache(maxsize=64)
+def block_hashes(path: Path, sha256: str, block_size: int) -> str:
+    """base64 of the SHA-256 of each block, as DesiredState.block_hashes carries them."""
+    return base64.b64encode(b"".join(block_digests(path, sha256, block_size))).decode("ascii")
 
 
 def desired_for(bundle: BundleRecord, deployment_id: str, allow_downgrade: bool = False,

@@ -23,6 +23,12 @@ after the step: halt pauses a running rollout (PAUSED: devices in flight finish 
 watched, so too many failures still halt it, but no new stage starts), resume continues it,
 rollback halts it at once as above; a succeeded rollout can be rolled back too.
 
+A device that comes online (again) while its update is in flight or its roll-back is awaited gets
+its desired state once more (`_resend_if_reconnected`): on a clustered broker whose retained
+messages stay on the node they were published to (ejabberd), a device that reconnects to another
+node would otherwise never see it. The resent message is the same one (same deployment id and
+issued_at), so an agent that already has it drops it.
+
 All state lives in the registry, so a restarted server continues a rollout where it was.
 """
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 from edge_agent.ota.protocol import Topics, dumps
@@ -55,6 +62,7 @@ class RolloutDriver:
     def __init__(self, reg: Registry, topics: Topics, publish: Publish, signer: UrlSigner | None = None) -> None:
         self.reg, self.topics, self.publish = reg, topics, publish
         self.signer = signer  # signs HTTP download URLs per device (signed_urls.py)
+        self._resent: dict[tuple[str, str], float] = {}  # (rollout, device) -> presence_at it was resent for
 
     def step(self, now: float | None = None) -> None:
         """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
@@ -126,6 +134,8 @@ class RolloutDriver:
             device = devices.get(t.device_id) or DeviceRecord(id=t.device_id)
             if t.status == T.SENT:
                 seen = observe_sent(r, t, device, now)
+                if seen is None and self._reconnected(r, t, device):
+                    self._resend(r, t, now)
             else:
                 seen = observe_succeeded(r, device)
             if seen is not None:
@@ -170,8 +180,33 @@ class RolloutDriver:
                 except OSError as exc:  # the stored file is gone: its block hashes cannot be computed
                     self._apply(r, t, Observed(TargetEvent.BUNDLE_MISSING, f"bundle file unreadable: {exc}"), now)
                     continue
+                desired = replace(desired, issued_at=now)  # a resend (_resend) repeats it exactly
                 self.publish(self.topics.desired(t.device_id), dumps(desired), True)
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
+
+    def _reconnected(self, r: RolloutRecord, t: RolloutTarget, device: DeviceRecord) -> bool:
+        """The device announced itself online after its desired state was sent, and it was not resent
+        for that announcement yet (a new driver after a failover resends once more: harmless)."""
+        at = device.presence_at
+        if device.presence != "online" or at is None or at <= (t.sent_at or 0.0):
+            return False
+        if self._resent.get((r.id, t.device_id)) == at:
+            return False
+        self._resent[(r.id, t.device_id)] = at
+        return True
+
+    def _resend(self, r: RolloutRecord, t: RolloutTarget, now: float) -> None:
+        """Publish a SENT device's desired state again, as first sent (issued_at = sent_at)."""
+        bundle = self.reg.bundle_by_sha(t.bundle_sha) if t.bundle_sha else None
+        if bundle is None:
+            return  # removed meanwhile: the device times out
+        try:
+            desired = desired_for(bundle, r.id, url_template=r.source_url, device_id=t.device_id, signer=self.signer,
+                                  now=now, lifetime=r.stage_timeout, shadow=r.shadow)
+        except OSError:
+            return
+        log.info("rollout %s: %s came online again; resending its desired state", r.id, t.device_id)
+        self.publish(self.topics.desired(t.device_id), dumps(replace(desired, issued_at=t.sent_at or now)), True)
 
     def _halt(self, r: RolloutRecord, reason: str, now: float) -> None:
         log.warning("rollout %s HALTED: %s; rolling back", r.id, reason)
@@ -193,9 +228,12 @@ class RolloutDriver:
         rolling = [t for t in r.devices if t.status == T.ROLLING_BACK]
         devices = self.reg.devices_by_id(t.device_id for t in rolling)
         for t in rolling:
-            seen = observe_rolling_back(r, t, devices.get(t.device_id) or DeviceRecord(id=t.device_id), now)
+            device = devices.get(t.device_id) or DeviceRecord(id=t.device_id)
+            seen = observe_rolling_back(r, t, device, now)
             if seen is None:
                 pending += 1
+                if self._reconnected(r, t, device):
+                    self._revert(r.id, t)
             else:
                 self._apply(r, t, seen, now)
         if not pending:

@@ -1,5 +1,12 @@
 """The agent's one MQTT connection: connect and reconnect, presence with a last will, routing by topic.
 
+With several broker URLs (the nodes of a clustered broker) a lost or refused connection moves on to
+the next URL, and after the last one back to the first: when a node dies the agent reconnects to
+another node, and comes back when that one dies in turn. Nothing else changes on a switch: the
+subscriptions and the presence are made again on every connect, and the fleet resends the desired
+state of a device whose update is in flight when it sees it come online (retained messages do not
+cross nodes on every cluster).
+
 paho's network thread runs the callbacks here; a handler only parses, checks and hands over.
 A handler drops a message by raising MessageIgnored (logged and counted) or by returning
 False (counted; whoever refused it logged why). No message ever takes the agent down.
@@ -76,6 +83,9 @@ class MqttLink:
         self._routes: dict[str, Handler] = {}
         self._on_connected: list[Callable[[], None]] = []
         self._stopping = False
+        self._addresses = config.broker_addresses()
+        self._index = 0  # the broker URL in use
+        self._switch = False  # the connection to it failed: the next attempt goes to the next URL
         self.client = self._make_client()
 
     def route(self, topic: str, handler: Handler) -> None:
@@ -88,17 +98,49 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         client = make_client(self.config)
+        self._set_login(client)  # the login for the broker this link is on (make_client took the first's)
         client.will_set(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
         client.reconnect_delay_set(0.2, 5)
         client.max_inflight_messages_set(64)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
+        client.on_pre_connect = self._on_pre_connect
         return client
 
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in use (or being tried), without its password."""
+        a = self._addresses[self._index]
+        return f"{'mqtts' if a.tls else 'mqtt'}://{a.host}:{a.port}"
+
+    def _set_login(self, client: mqtt.Client) -> None:
+        username, password = self.config.login_for(self._addresses[self._index])
+        if username is not None:
+            client.username_pw_set(username, password)
+
+    def _next_broker(self) -> None:
+        """Move on to the next broker URL at paho's next (re)connect attempt."""
+        if len(self._addresses) > 1 and not self._stopping:
+            self._switch = True
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+        """paho's reconnect loop is about to open a socket: point it at the next broker if one failed.
+        paho 2.2's `host`/`port` setters refuse while it is connecting, which is exactly now, so the
+        attributes its reconnect() reads are set (paho-mqtt is pinned in pyproject.toml)."""
+        if not self._switch:
+            return
+        self._switch = False
+        self._index = (self._index + 1) % len(self._addresses)
+        a = self._addresses[self._index]
+        client._host, client._port = a.host, a.port  # noqa: SLF001 - see the docstring
+        self._set_login(client)
+        log.warning("trying the next broker: %s", self.broker_url)
+
     def start(self) -> None:
-        host, port, _ = self.config.broker_address()
-        self.client.connect_async(host, port, keepalive=self.config.keepalive_s)
+        a = self._addresses[self._index]
+        self.client.connect_async(a.host, a.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
@@ -110,12 +152,17 @@ class MqttLink:
         self.connected.set()
         for callback in self._on_connected:
             callback()
-        log.info("connected to %s as %s", self.config.broker, self.config.device_id)
+        log.info("connected to %s as %s", self.broker_url, self.config.device_id)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self.connected.clear()
         if not self._stopping:
-            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+            log.warning("disconnected from %s (%s); reconnecting", self.broker_url, reason_code)
+            self._next_broker()
+
+    def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
+        log.info("could not connect to %s", self.broker_url)
+        self._next_broker()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
         handler = self._routes.get(msg.topic)

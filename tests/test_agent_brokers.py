@@ -1,0 +1,88 @@
+"""Several broker URLs for the agent (the nodes of a clustered broker): where they come from, how
+they are checked, and the move to the next one when a broker dies and back when that one dies too,
+on two real Mosquitto brokers. The cluster test (test_fleet_cluster.py) does it on ejabberd nodes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edge_agent.bundle import TrustStore
+from edge_agent.home import AgentHome
+from edge_agent.ota.daemon import AgentConfig
+from edge_agent.ota.daemon.config import AgentConfigError
+from edge_agent.ota.daemon.mqtt_link import DeviceTopics, MqttLink
+from edge_agent.ota.protocol import Topics
+from edge_fleet.broker import start_broker
+
+
+def _config(broker: str, **kw) -> AgentConfig:
+    return AgentConfig(broker=broker, device_id="pi-1", profile_name="raspberry-pi-4", latency_budget_ms=None,
+                       trust=TrustStore({}), **kw)
+
+
+def test_broker_urls_come_from_the_flag_then_the_environment_then_the_home(tmp_path, monkeypatch):
+    home = AgentHome(tmp_path)
+    monkeypatch.delenv("EDGE_AGENT_BROKER", raising=False)
+    assert home.broker_urls(None) is None
+    home.root.mkdir(exist_ok=True)
+    home.broker_file.write_text("mqtt://n1:1883\nmqtt://n2:1883\n")
+    assert home.broker_urls(None) == "mqtt://n1:1883,mqtt://n2:1883"
+    monkeypatch.setenv("EDGE_AGENT_BROKER", "mqtt://e1, mqtt://e2")
+    assert home.broker_urls(None) == "mqtt://e1,mqtt://e2"
+    assert home.broker_urls(["mqtt://a:1", "mqtt://b:2,mqtt://c:3"]) == "mqtt://a:1,mqtt://b:2,mqtt://c:3"
+
+
+def test_every_broker_url_is_checked_and_each_keeps_its_own_login():
+    cfg = _config("mqtt://u1:p1@n1:1884, mqtt://n2")
+    a, b = cfg.broker_addresses()
+    assert (a.host, a.port, b.host, b.port) == ("n1", 1884, "n2", 1883)
+    assert cfg.login_for(a) == ("u1", "p1") and cfg.login_for(b) == (None, None)
+    assert _config("mqtt://n1,mqtt://n2", username="dev", password="pw").login_for(b) == ("dev", "pw")
+    with pytest.raises(AgentConfigError, match="must look like"):
+        _config("mqtt://n1,http://n2").broker_addresses()
+    with pytest.raises(AgentConfigError, match="mix mqtt:// and mqtts://"):
+        _config("mqtt://n1,mqtts://n2").broker_addresses()
+    with pytest.raises(AgentConfigError, match="no broker URL"):
+        _config(" , ").broker_addresses()
+
+
+def _wait_on(link: MqttLink, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not (link.connected.is_set() and link.broker_url.endswith(f":{port}")):
+        assert time.monotonic() < deadline, f"not connected to port {port} (at {link.broker_url})"
+        time.sleep(0.05)
+
+
+def test_the_agent_moves_to_the_next_broker_when_one_dies_and_comes_back(tmp_path):
+    first = start_broker(tmp_path / "a", prefer="mosquitto", fallback=False)
+    second = start_broker(tmp_path / "b", prefer="mosquitto", fallback=False)
+    cfg = _config(f"{first.url},{second.url}", keepalive_s=2)
+    topics = DeviceTopics.for_device(Topics(), cfg.device_id)
+    link = MqttLink(cfg, topics)
+    link.route(topics.desired, lambda payload: None)
+    connects: list[str] = []
+    link.on_connected(lambda: connects.append(link.broker_url))
+    try:
+        link.start()
+        _wait_on(link, first.port)
+        first.stop()
+        _wait_on(link, second.port)
+        first.start()  # back on its port
+        second.stop()
+        _wait_on(link, first.port)
+        assert connects == [first.url, second.url, first.url]
+    finally:
+        link.stop()
+        first.stop()
+        second.stop()
+
+
+def test_serve_without_any_broker_is_a_usage_error_of_one_line(tmp_path, monkeypatch, capsys):
+    from edge_agent.cli import main as agent_main
+
+    monkeypatch.delenv("EDGE_AGENT_BROKER", raising=False)
+    code = agent_main(["--home", str(tmp_path / "home"), "serve", "--device-id", "pi-1", "--profile", "raspberry-pi-4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no broker" in err[0] and "EDGE_AGENT_BROKER" in err[0]
