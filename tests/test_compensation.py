@@ -83,6 +83,10 @@ def test_convert_measures_compensation_and_reports_it(digits, tmp_path):
     assert comp["chosen"] in ("none", "bias")
     assert [c["compensation"] for c in comp["candidates"]] == ["none", "bias"]
     assert all(0 <= c["agreement"] <= 1 for c in comp["candidates"])
+    # cross-layer equalization is measured the same way (the digits CNN has Conv -> ReLU -> Conv pairs)
+    eq = quant["equalization"]
+    assert eq["pairs"] >= 1 and eq["chosen"] in ("on", "off")
+    assert [c["equalization"] for c in eq["candidates"]] == ["off", "on"]
 
 
 def test_search_stops_at_the_speed_floor_not_a_layer_count():
