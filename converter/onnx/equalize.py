@@ -13,7 +13,8 @@ scales here come from the *activations* (calibration data): s_i = (m_i / (HEADRO
 1, where m_i is channel i's largest activation and T the tensor's. Weak channels are scaled up towards the
 tensor's range, strong ones stay. Because s_i <= 1 and m_i / s_i <= T <= hi, a channel that never reached
 the Clip's cap on the calibration data never reaches it after scaling (HEADROOM leaves 2x for unseen
-inputs): ReLU6 stays ReLU6 and the model stays float-exact. alpha = 1 when B is depthwise (per-channel
+inputs): ReLU6 stays ReLU6 and the model stays float-exact. No channel's negative side (cut by the
+activation, but quantized when ORT leaves a Conv's output unfused) may grow past the widest one's. alpha = 1 when B is depthwise (per-channel
 weights make its scaling free), 0.5 otherwise (B's input columns shrink by s_i: the SmoothQuant balance).
 """
 
@@ -105,22 +106,19 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     return pairs
 
 
-def between(p: Pair) -> str:
-    """The tensor B reads: the one whose per-tensor int8 range the scaling evens out."""
-    return (p.act or p.a).output[0]
-
-
 def channel_maxima(model_path: Path, pairs: list[Pair], data: Dataset, workdir: Path) -> dict[str, np.ndarray]:
-    """Per pair tensor, each channel's largest value over the data (float model, one ORT session)."""
+    """Per pair, conv A's output (before the activation) over the data: each channel's largest value and
+    largest negative magnitude, as a (2, channels) array keyed by A's output name (one ORT session)."""
     from .activation_error import _expose
     from .model_io import ort_session
 
-    names = sorted({between(p) for p in pairs})
+    names = sorted({p.a.output[0] for p in pairs})
     sess = ort_session(_expose(model_path, names, workdir / "equalize.exposed.onnx"))
     out: dict[str, np.ndarray] = {}
     for i in range(len(data)):
         for n, v in zip(names, sess.run(names, data.sample(i))):
-            m = np.asarray(v, dtype=np.float64).max(axis=tuple(a for a in range(v.ndim) if a != 1))
+            axes = tuple(a for a in range(v.ndim) if a != 1)
+            m = np.stack([np.asarray(v, np.float64).max(axis=axes), -np.asarray(v, np.float64).min(axis=axes)])
             out[n] = m if n not in out else np.maximum(out[n], m)
     return out
 
@@ -134,9 +132,11 @@ def _cap(p: Pair, inits: dict[str, onnx.TensorProto]) -> float:
     return float(node_attr(p.act, "max", np.inf))
 
 
-def scales_for(p: Pair, maxima: np.ndarray, cap: float) -> np.ndarray:
-    """s_i (<= 1) that lift channel i's range towards HEADROOM x the tensor's, keeping every channel below `cap`."""
-    m = np.maximum(maxima, 0.0)
+def scales_for(p: Pair, extremes: np.ndarray, cap: float) -> np.ndarray:
+    """s_i (<= 1) that lift channel i's range towards HEADROOM x the tensor's, keeping every channel below `cap`
+    and no channel's negative side (before the activation: what an unfused Conv output quantizes) wider than
+    the widest one's."""
+    m, neg = np.maximum(extremes[0], 0.0), np.maximum(extremes[1], 0.0)
     top = min(float(m.max()), cap)
     if top <= 0:
         return np.ones_like(m)
@@ -145,22 +145,25 @@ def scales_for(p: Pair, maxima: np.ndarray, cap: float) -> np.ndarray:
     s = np.ones_like(m)
     live = m > 0
     s[live] = np.clip((m[live] / (HEADROOM * top)) ** alpha, MIN_SCALE, 1.0)
+    if neg.max() > 0:
+        s = np.maximum(s, np.minimum(neg / neg.max(), 1.0))
     return s
 
 
 def equalize(model: onnx.ModelProto, maxima: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, EqualizationReport]:
-    """Rescale every pair of `find_pairs(model)` in place by its activation maxima (`channel_maxima`)."""
+    """Rescale every pair of `find_pairs(model)` in place by its activation extremes (`channel_maxima`)."""
     inits = {i.name: i for i in model.graph.initializer}
-    pairs = [p for p in find_pairs(model) if between(p) in maxima]
+    pairs = [p for p in find_pairs(model) if p.a.output[0] in maxima]
     report = EqualizationReport(pairs=len(pairs))
     spread_before, spread_after = [], []
     for p in pairs:
-        m = np.maximum(maxima[between(p)], 0.0)
+        extremes = maxima[p.a.output[0]]
+        m = np.maximum(extremes[0], 0.0)
         wa, wb = _const(inits, p.a.input[1]), _const(inits, p.b.input[1])
         groups = int(node_attr(p.b, "group", 1))
         if wa is None or wb is None or len(m) != len(wa) or len(m) != wb.shape[1] * groups:
             continue
-        s = scales_for(p, m, _cap(p, inits))
+        s = scales_for(p, extremes, _cap(p, inits))
         wa /= s.reshape(-1, *([1] * (wa.ndim - 1)))
         cpg, opg = wb.shape[1], wb.shape[0] // groups
         for i in np.flatnonzero(s != 1.0):
