@@ -150,8 +150,9 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, 
 def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, spec: str
                          ) -> tuple[OrtStaticQuantizer, dict[str, Any]]:
     """Cross-layer equalization of the float graph before calibration (converter/onnx/equalize.py). `auto`
-    quantizes the plain and the equalized graph with `method` and keeps the equalized one only when it agrees
-    strictly better with the float model (in dense convs the scaling moves rounding error into the weights)."""
+    quantizes the plain and the equalized graph with `method` and keeps the equalized one unless it agrees less
+    with the float model (in dense convs the scaling moves rounding error into the weights). On MobileNetV2 its
+    gain shows once bias correction follows (held-out 0.733 -> 0.779), so a tie keeps it."""
     data, _ = ctx.gate_data()
     if spec == "off" or (spec == "auto" and data is None):
         return q, {"chosen": "off", "note": "not measured (no eval data)" if spec == "auto" else "off"}
@@ -175,7 +176,7 @@ def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
     entry["candidates"] = [{"equalization": "off", "agreement": plain["agreement"], "error": plain["error"]},
                            {"equalization": "on", "agreement": equal["agreement"], "error": equal["error"]}]
     log.info("cross-layer equalization: agreement %.4f -> %.4f with %s", plain["agreement"], equal["agreement"], method)
-    if equal["agreement"] > plain["agreement"]:
+    if equal["agreement"] >= plain["agreement"]:  # float-exact: a tie keeps the evener ranges
         return q2, {**entry, "chosen": "on"}
     return q, entry
 
