@@ -14,8 +14,9 @@ scales here come from the *activations* (calibration data): s_i = (m_i / (HEADRO
 tensor's range, strong ones stay. Because s_i <= 1 and m_i / s_i <= T <= hi, a channel that never reached
 the Clip's cap on the calibration data never reaches it after scaling (HEADROOM leaves 2x for unseen
 inputs): ReLU6 stays ReLU6 and the model stays float-exact. No channel's negative side (cut by the
-activation, but quantized when ORT leaves a Conv's output unfused) may grow past the widest one's. alpha = 1 when B is depthwise (per-channel
-weights make its scaling free), 0.5 otherwise (B's input columns shrink by s_i: the SmoothQuant balance).
+activation, but quantized when ORT leaves a Conv's output unfused) may grow past the widest one's.
+alpha = 1 when B is depthwise (per-channel weights make its scaling free), 0.5 otherwise (B's input
+columns shrink by s_i: the SmoothQuant balance).
 """
 
 from __future__ import annotations

@@ -266,12 +266,12 @@ class QuantizePass(Pass):
             "compensation": PassOption(
                 str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
                 "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
-                "reconstruction + bias correction, none; auto = measure bias against none on the eval data and keep "
+                "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights) + bias correction, none; auto = measure bias against none on the eval data and keep "
                 "the better (default)", choices=COMPENSATION_CHOICES),
             "equalization": PassOption(
-                str, "auto", "cross-layer equalization before calibration (Conv -> ReLU/ReLU6 -> Conv pairs rescaled so "
-                "their channels share one range; ReLU6 becomes ReLU there): on, off, or auto = measure both on the "
-                "eval data against the original float model, keep the better (default)", choices=("auto", "on", "off")),
+                str, "auto", "cross-layer equalization before calibration (Conv -> ReLU/ReLU6 -> Conv pairs: weak channels "
+                "scaled up towards the tensor's range from calibration statistics, float-exact, ReLU6 kept): on, off, "
+                "or auto = measure both on the eval data, keep it unless it agrees less with float (default)", choices=("auto", "on", "off")),
         }
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
