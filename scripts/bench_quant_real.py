@@ -117,7 +117,7 @@ def bench(name: str, runs: int, with_nncf: bool) -> dict:
     return {"model": name, "calibration_inputs": len(calib), "selection_inputs": len(select), "held_out_inputs": len(test),
             "precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
             "convert_seconds": round(convert_s, 1), "calibration": quant.get("calibration_method"),
-            "compensation": quant.get("compensation"), "float_layers": mixed.get("float_layers", []),
+            "compensation": quant.get("compensation"), "equalization": quant.get("equalization"), "float_layers": mixed.get("float_layers", []),
             "tradeoff_curve": mixed.get("steps"), "results": rows}
 
 
@@ -141,7 +141,8 @@ def main() -> int:
     for r in results:
         print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos; edgekit {r['precision']} "
               f"(gate {'passed' if r['gate_passed'] else 'missed'}), calibration {r['calibration']}, compensation "
-              f"{(r['compensation'] or {}).get('chosen')}, {len(r['float_layers'])} layers float, {r['convert_seconds']} s")
+              f"{(r['compensation'] or {}).get('chosen')}, equalization {(r['equalization'] or {}).get('chosen')}, "
+              f"{len(r['float_layers'])} layers float, {r['convert_seconds']} s")
         for label, row in r["results"].items():
             clear = f"{row['clear_agreement']:.3f} clear ({row['clear_share']:.0%})" if row["clear_agreement"] is not None else ""
             print(f"  {label:18s} agreement {row['agreement']:.3f}  {clear:22s} {row['latency_ms']:8.3f} ms "

@@ -121,18 +121,24 @@ def _convert_outlier(model: Path, folder: Path, key: Path, out: Path, *extra: st
 
 def test_mixed_precision_fallback_makes_failing_int8_pass(outlier, keys):
     model = _outlier_model(outlier / "outlier.onnx")
-    # plain int8 with no float fallback fails the gate (exit 30) ...
+    # cross-layer equalization lifts the 7 weak channels next to the outlier: plain int8 passes ...
+    assert _convert_outlier(model, outlier, keys, outlier / "equalized.edgebundle", "--max-float-layers", "0",
+                            "--accuracy-budget", "agreement:0.95") == 0
+    eq = _pass(_report(outlier / "equalized.edgebundle"), "quantize")["equalization"]
+    assert eq["chosen"] == "on" and eq["candidates"][1]["agreement"] > eq["candidates"][0]["agreement"]
+    # ... without it, plain int8 with no float fallback fails the gate (exit 30); the fallback is tested from here
     assert _convert_outlier(model, outlier, keys, outlier / "plain.edgebundle", "--max-float-layers", "0",
-                            "--accuracy-budget", "agreement:0.95") == 30
+                            "--accuracy-budget", "agreement:0.95", "--equalization", "off") == 30
     # with --force it is written, and the report says why the fallback could not pass, in one line
     forced = outlier / "forced.edgebundle"
     assert _convert_outlier(model, outlier, keys, forced, "--max-float-layers", "0", "--accuracy-budget", "agreement:0.95",
-                            "--force") == 0
+                            "--force", "--equalization", "off") == 0
     why = _report(forced)["measurements"]["mixed_precision"]["why_not_passed"]
     assert "budget still missed" in why and "limit 0" in why and "never all 4 quantizable layers" in why and "\n" not in why
     # ... the fallback keeps the sensitive layer(s) in float and passes
     out = outlier / "mixed.edgebundle"
-    assert _convert_outlier(model, outlier, keys, out, "--max-float-layers", "3", "--accuracy-budget", "agreement:0.95") == 0
+    assert _convert_outlier(model, outlier, keys, out, "--max-float-layers", "3", "--accuracy-budget", "agreement:0.95",
+                            "--equalization", "off") == 0
     report = _report(out)
     assert report["precision"] == "int8-mixed"
     mixed = report["measurements"]["mixed_precision"]
@@ -274,7 +280,7 @@ def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
     assert main(["-q", "convert", str(ocr.model_path("rec")), "--input-shape", "1x3x48x320", "--profile", "raspberry-pi-4",
                  "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "select.npz"), "--key", str(keys),
                  "--out", str(out), "--calibration-method", "minmax", "--sensitivity", "off", "--force",
-                 "--bench-runs", "0", "--compensation", "none"]) == 0
+                 "--bench-runs", "0", "--compensation", "none", "--equalization", "off"]) == 0
     q = _pass(_report(out), "quantize")
     assert any(c.startswith("folded") and "hardswish" in c for c in q["graph_changes"])
     assert set(q["op_set_search"]) >= {"all", "weighted", "chosen"} and q["quantize_ops"] == q["op_set_search"]["chosen"]

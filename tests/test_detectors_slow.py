@@ -74,6 +74,9 @@ def test_yolo_export_int8_onnx_keeps_its_scores(keys, tmp_path, capsys):
     assert report["precision"] == "int8-static"
     quantize = next(p for p in report["passes"] if p["pass"] == "quantize")
     assert quantize["float_head"]["nodes"] > 10
+    # issue 15: compensation is measured by the detection gate's own score (matched boxes), like a classifier's
+    assert [c["compensation"] for c in quantize["compensation"]["candidates"]] == ["none", "bias"]
+    assert all(0 <= c["agreement"] <= 1 for c in quantize["compensation"]["candidates"])
     assert report["measurements"]["accuracy"]["agreement"] >= 0.95
     assert face_score(keys, out, pics / "astronaut.png", capsys) > 0.7
 
