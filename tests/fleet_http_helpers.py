@@ -83,6 +83,13 @@ def client(base: str, token: str | None = None, headers: dict[str, str] | None =
     return httpx.Client(base_url=base, headers={**auth, **(headers or {})}, **{"timeout": 60, **kw})
 
 
+def upload_bundles(api: httpx.Client, *bundles: Path) -> None:
+    """Upload each bundle through the API (POST /api/v1/bundles), as the console's drop zone does."""
+    for b in bundles:
+        r = api.post("/api/v1/bundles", params={"filename": b.name}, content=b.read_bytes())
+        assert r.status_code == 201, r.text
+
+
 def start_agent(tmp: Path, broker: str, device_id: str, bundle: Path, trust: Path, **kw: Any) -> AgentProcess:
     """An agent with `bundle` installed, serving against `broker`."""
     home = tmp / device_id

@@ -19,8 +19,8 @@ import pytest
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics, dumps
 from edge_fleet.registry import BundleRecord, open_registry
-from .fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices,
-                                      wait_rollout)
+from .fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, upload_bundles,
+                                      wait_devices, wait_rollout)
 from .ota_helpers import wait_for
 
 pytestmark = pytest.mark.browser
@@ -79,8 +79,7 @@ def test_console_sees_devices_live_drives_a_rollout_to_100_and_halts_another(
     agents = []
     try:
         with client(fleet.http, tokens["admin"]) as api:
-            for b in (int8_bundle, int8_v2_bundle):
-                assert api.post("/api/v1/bundles", params={"filename": b.name}, content=b.read_bytes()).status_code == 201
+            upload_bundles(api, *(int8_bundle, int8_v2_bundle))
             page.goto(f"{fleet.http}/#token={tokens['admin']}")
             page.wait_for_selector("#live[data-state=live]")
             assert page.text_content("[data-test=device-total]") == "0"

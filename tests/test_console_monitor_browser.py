@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from .fleet_http_helpers import FleetProcess, client, fleet_home, make_tokens, start_agent, wait_devices, wait_rollout
+from .fleet_http_helpers import (FleetProcess, client, fleet_home, make_tokens, start_agent, upload_bundles, wait_devices,
+                                 wait_rollout)
 from .monitor_fixtures import digits_video, scene_change_video, white_digits_bundle  # noqa: F401 - fixtures
 from .test_console_browser import _wait_hash, browser_page  # noqa: F401 - fixture
 
@@ -23,8 +24,7 @@ def test_console_shows_drift_per_device_and_shadow_figures_per_stage(tmp_path, b
     agents = []
     try:
         with client(fleet.http, tokens["admin"]) as api:
-            for b in (int8_bundle, white_digits_bundle):
-                assert api.post("/api/v1/bundles", params={"filename": b.name}, content=b.read_bytes()).status_code == 201
+            upload_bundles(api, *(int8_bundle, white_digits_bundle))
             agents.append(start_agent(tmp_path, fleet.device_url("cam-a"), "cam-a", int8_bundle, digits.pub,
                                       extra=["--source", str(digits_video), *MONITOR]))
             agents.append(start_agent(tmp_path, fleet.device_url("cam-b"), "cam-b", int8_bundle, digits.pub,
