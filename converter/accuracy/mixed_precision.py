@@ -259,19 +259,7 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
                                  max_latency_ms=floor_ms)
     mixed, final_score, chosen = fallback_report(result, evaluate, budget, limit, len(layers), settings.max_float_layers,
                                                  (len(search_data), len(check_data)) if split else None)
-    if floor_note:
-        mixed["speed_floor"] = floor_note
-    if fp32_ms:
-        mixed["fp32_latency_ms"] = round(fp32_ms, 4)
-        mixed["min_speedup"] = settings.min_speedup
-        for row in mixed["steps"]:  # the trade-off curve: agreement vs speed, one row per layer kept in float
-            if row.get("latency_ms"):
-                row["speedup_vs_fp32"] = round(fp32_ms / row["latency_ms"], 3)
-        last = result.steps[-1]
-        if floor_ms and last.latency_ms and last.latency_ms > floor_ms:
-            mixed["stopped_at_speed_floor"] = (f"keeping {len(result.steps) - 1} layers in float ran at "
-                                               f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup "
-                                               f"{settings.min_speedup}")
+    _report_speed(mixed, result, fp32_ms, floor_ms, floor_note, settings.min_speedup)
     gain = final_score["agreement"] - base["agreement"]
     if min_gain_samples and result.float_layers and not mixed["passed"] and not split:
         _drop_unclear_gain(result, mixed, evaluate, gain, min_gain_samples)
@@ -282,6 +270,24 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
             mixed["latency_paid_ms"] = round(chosen.latency_ms - result.steps[0].latency_ms, 4)
     out.mixed, out.result, out.entry["mixed_precision"] = mixed, result, mixed
     return out
+
+
+def _report_speed(mixed: dict[str, Any], result: FallbackResult, fp32_ms: float | None, floor_ms: float | None,
+                  floor_note: str | None, min_speedup: float) -> None:
+    """The trade-off curve in the report: speed-up vs fp32 per step, and whether the speed floor ended the search."""
+    if floor_note:
+        mixed["speed_floor"] = floor_note
+    if not fp32_ms:
+        return
+    mixed["fp32_latency_ms"] = round(fp32_ms, 4)
+    mixed["min_speedup"] = min_speedup
+    for row in mixed["steps"]:  # one row per layer kept in float: agreement vs speed
+        if row.get("latency_ms"):
+            row["speedup_vs_fp32"] = round(fp32_ms / row["latency_ms"], 3)
+    last = result.steps[-1]
+    if floor_ms and last.latency_ms and last.latency_ms > floor_ms:
+        mixed["stopped_at_speed_floor"] = (f"keeping {len(result.steps) - 1} layers in float ran at "
+                                           f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup {min_speedup}")
 
 
 def _drop_unclear_gain(result: FallbackResult, mixed: dict[str, Any], evaluate: Evaluator, gain: float,
