@@ -78,8 +78,10 @@ class DriftMonitor:
     """
 
     def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
-                 classifier: bool = True, config: DriftConfig | None = None, model: str | None = None) -> None:
+                 classifier: bool = True, config: DriftConfig | None = None, model: str | None = None,
+                 output_index: int = 0) -> None:
         self.config = config or DriftConfig()
+        self.output_index = output_index  # the served output (the converter's reference stats are of that one)
         self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
         feats = reference.features if reference else {}
         self.features: dict[str, Histogram] = {k: h for k, h in feats.items()
@@ -99,7 +101,7 @@ class DriftMonitor:
             return
         values = input_values(inputs)
         if outputs is not None and "output.class" in self.features:
-            values.update(classification_values(outputs[0], self.softmax))
+            values.update(classification_values(outputs[self.output_index], self.softmax))
         counts = {k: h.counts(values[k.split(".", 1)[1]]) for k, h in self.features.items()}
         channel_mean = channel_means(inputs, self._axis)
         with self._lock:

@@ -41,8 +41,11 @@ def load_reference(bundle_dir: Any) -> ReferenceStats | None:
 def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, config: DriftConfig) -> DriftMonitor:
     post = manifest.postprocess
     classifier = post is None or post.kind == "classification"
+    from ..pipeline.postprocess import served_output
+
     return DriftMonitor(reference, layout=manifest.inputs[0].layout, softmax=post.softmax if post else True,
-                        classifier=classifier, config=config, model=f"{manifest.name}:{manifest.version}")
+                        classifier=classifier, config=config, model=f"{manifest.name}:{manifest.version}",
+                        output_index=served_output(manifest) if classifier else 0)
 
 
 class DriftWatch:
