@@ -12,7 +12,7 @@ For each variant, side by side in one run:
   pipeline   frames/s of `edge-agent run --source vtest.avi` (decode, letterbox, infer, decode boxes, NMS)
   bare       frames/s of the runtime alone on one preprocessed frame, same threads: pipeline/bare ratio
 
-    PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--threads 2] [--variants yolo:onnx:fp16,...] [--json]
+    PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--eval-frames 100] [--threads 2] [--variants yolo:onnx:fp16,...] [--json]
 """
 
 from __future__ import annotations

@@ -87,8 +87,9 @@ class DriftMonitor:
 
     def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
                  kind: str | None = "classification", config: DriftConfig | None = None,
-                 model: str | None = None) -> None:
+                 model: str | None = None, output_index: int = 0) -> None:
         self.config = config or DriftConfig()
+        self.output_index = output_index  # the served output (the converter's reference stats are of that one)
         self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
         feats = reference.features if reference else {}
         outputs = {"classification": CLASSIFIER_FEATURES, "detection": DETECTOR_FEATURES}.get(kind or "", ())
@@ -115,7 +116,7 @@ class DriftMonitor:
             return
         values = input_values(inputs)
         if outputs is not None and self.kind == "classification" and "output.class" in self.features:
-            values.update(classification_values(outputs[0], self.softmax))
+            values.update(classification_values(outputs[self.output_index], self.softmax))
         elif result is not None and self.kind == "detection":
             values.update(result_detection_values(result))
         counts = {k: h.counts(values[name]) for k, h in self.features.items()

@@ -43,9 +43,12 @@ def load_reference(bundle_dir: Any) -> ReferenceStats | None:
 
 def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, config: DriftConfig) -> DriftMonitor:
     post = manifest.postprocess
+    from ..pipeline.postprocess import served_output
+
+    kind = post.kind if post else "classification"
     return DriftMonitor(reference, layout=manifest.inputs[0].layout, softmax=post.softmax if post else True,
-                        kind=post.kind if post else "classification", config=config,
-                        model=f"{manifest.name}:{manifest.version}")
+                        kind=kind, config=config, model=f"{manifest.name}:{manifest.version}",
+                        output_index=served_output(manifest) if kind == "classification" else 0)
 
 
 class DriftWatch:
