@@ -74,9 +74,11 @@ def test_yolo_export_int8_onnx_keeps_its_scores(keys, tmp_path, capsys):
     assert report["precision"] == "int8-static"
     quantize = next(p for p in report["passes"] if p["pass"] == "quantize")
     assert quantize["float_head"]["nodes"] > 10
-    # issue 15: compensation is measured by the detection gate's own score (matched boxes), like a classifier's
-    assert [c["compensation"] for c in quantize["compensation"]["candidates"]] == ["none", "bias"]
-    assert all(0 <= c["agreement"] <= 1 for c in quantize["compensation"]["candidates"])
+    # issue 15: compensation is decided on the detection gate's own score (matched boxes), like a classifier's;
+    # plain int8 matches every float box on these photos, so auto fits nothing (the fit alone took 150 s here)
+    assert [c["compensation"] for c in quantize["compensation"]["candidates"]] == ["none"]
+    assert quantize["compensation"]["candidates"][0]["agreement"] == 1.0
+    assert quantize["compensation"]["note"].startswith("not fitted")
     assert report["measurements"]["accuracy"]["agreement"] >= 0.95
     assert face_score(keys, out, pics / "astronaut.png", capsys) > 0.7
 
