@@ -59,7 +59,8 @@ class RemoteAgent:
         q = shlex.quote
         if self.uid == 0 and user != "root":
             return f"exec setpriv --reuid={q(user)} --regid=$(id -g {q(user)}) --init-groups -- sh -c {q(cmd)}"
-        return "exec " + self.as_user(user, cmd)  # sudo passes signals on to the command
+        wrapped = self.as_user(user, cmd)  # sudo passes signals on to the command
+        return "exec " + (wrapped if wrapped != cmd else f"sh -c {q(cmd)}")  # already that user: a shell, exec'd
 
     async def config(self) -> ServiceConfig:
         r = await self.device.run(f"cat {shlex.quote(self.layout.service_json)} 2>/dev/null")
