@@ -104,12 +104,16 @@ class MosquittoBroker(Broker):
             raise BrokerUnavailable("mosquitto_passwd not found (it ships with the mosquitto package)")
         assert self.data_dir is not None
         pw_file = self.data_dir / "passwd"
-        pw_file.unlink(missing_ok=True)
-        pw_file.touch(mode=0o600)
+        # Built aside and renamed into place: a reload still in progress (an earlier SIGHUP) must never read a
+        # half-written file, which dropped the fleet server's own login ("Not authorized") under load.
+        staging = self.data_dir / "passwd.new"
+        staging.unlink(missing_ok=True)
+        staging.touch(mode=0o600)
         for user, secret in users.items():
             if ":" in user:
                 raise ValueError(f"MQTT username may not contain ':': {user!r}")
-            subprocess.run([passwd, "-b", str(pw_file), user, secret], check=True, capture_output=True, timeout=30)
+            subprocess.run([passwd, "-b", str(staging), user, secret], check=True, capture_output=True, timeout=30)
+        os.replace(staging, pw_file)
         return pw_file
 
     def reload_users(self, users: dict[str, str], timeout: float = 10.0) -> None:
