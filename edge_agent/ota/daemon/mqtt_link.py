@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from ..job import one_line
 from ..protocol import Presence, Topics, dumps
+from ..broker_url import BrokerAddress
 from .config import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes], Optional[bool]]
 
 
-def make_client(c: AgentConfig) -> mqtt.Client:
-    """A paho client with the agent's client id, login and TLS settings (not connected)."""
+def make_client(c: AgentConfig, address: BrokerAddress | None = None) -> mqtt.Client:
+    """A paho client with the agent's client id, the login for `address` (default: the first broker) and
+    TLS settings (not connected; TLS is all or none across the brokers)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
                          protocol=mqtt.MQTTv311, clean_session=True)
-    username, password = c.login()
+    address = address or c.broker_addresses()[0]
+    username, password = c.login_for(address)
     if username is not None:
         client.username_pw_set(username, password)
-    _, _, tls = c.broker_address()
-    if tls:
+    if address.tls:
         client.tls_set(ca_certs=c.tls_ca, certfile=c.tls_cert, keyfile=c.tls_key, cert_reqs=ssl.CERT_REQUIRED)
     return client
 
@@ -97,8 +99,7 @@ class MqttLink:
         self._on_connected.append(callback)
 
     def _make_client(self) -> mqtt.Client:
-        client = make_client(self.config)
-        self._set_login(client)  # the login for the broker this link is on (make_client took the first's)
+        client = make_client(self.config, self._addresses[self._index])
         client.will_set(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
         client.reconnect_delay_set(0.2, 5)
         client.max_inflight_messages_set(64)
