@@ -15,6 +15,7 @@ from typing import Iterator
 
 from .bundle import TrustStore, VerifiedBundle, key_id, load_public_key, verify_bundle
 from .bundle.errors import SignatureError
+from .ota.broker_url import split_broker_urls
 
 
 def default_home() -> Path:
@@ -42,14 +43,14 @@ class AgentHome:
         """The broker URLs as one comma list: --broker (repeatable, each may be a comma list), else
         EDGE_AGENT_BROKER, else the home's `broker` file; None when none is set."""
         if explicit:
-            chosen = ",".join(explicit)
+            chosen = explicit
         elif os.environ.get("EDGE_AGENT_BROKER"):
-            chosen = os.environ["EDGE_AGENT_BROKER"]
+            chosen = [os.environ["EDGE_AGENT_BROKER"]]
         elif self.broker_file.is_file():
-            chosen = ",".join(self.broker_file.read_text().split())
+            chosen = self.broker_file.read_text().split()
         else:
             return None
-        return ",".join(u.strip() for u in chosen.split(",") if u.strip()) or None
+        return ",".join(split_broker_urls(chosen)) or None
 
     @property
     def slots_dir(self) -> Path:

@@ -86,3 +86,47 @@ def test_serve_without_any_broker_is_a_usage_error_of_one_line(tmp_path, monkeyp
     code = agent_main(["--home", str(tmp_path / "home"), "serve", "--device-id", "pi-1", "--profile", "raspberry-pi-4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no broker" in err[0] and "EDGE_AGENT_BROKER" in err[0]
+
+
+@pytest.fixture
+def dead_and_locked(tmp_path):
+    """(URL of a port nothing listens on, a real Mosquitto that takes only the login dev/right)."""
+    from .sshd_helpers import free_port
+
+    locked = start_broker(tmp_path / "locked", prefer="mosquitto", fallback=False, users={"dev": "right"})
+    yield f"mqtt://127.0.0.1:{free_port()}", locked
+    locked.stop()
+
+
+def test_a_refused_login_names_the_broker_tried_not_the_first_one(dead_and_locked, caplog):
+    """Fails before the fix: the line named the whole --broker list and the first broker's login."""
+    dead, locked = dead_and_locked
+    cfg = _config(f"{dead},mqtt://dev:wrong@127.0.0.1:{locked.port}", keepalive_s=2)
+    topics = DeviceTopics.for_device(Topics(), cfg.device_id)
+    link = MqttLink(cfg, topics)
+    try:
+        with caplog.at_level("ERROR", logger="edge_agent.ota.daemon.mqtt_link"):
+            link.start()
+            deadline = time.monotonic() + 30
+            while not any("refused" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "no refusal logged"
+                time.sleep(0.05)
+    finally:
+        link.stop()
+    line = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
+    assert line.startswith(f"the broker {locked.url} refused the login of user 'dev'") and dead not in line
+
+
+def test_check_connection_tries_each_broker_and_names_the_one_that_answered(dead_and_locked):
+    from edge_agent.ota.daemon.connection_check import BrokerLoginRefused, BrokerUnreachable, check_connection
+
+    dead, locked = dead_and_locked
+    ok = check_connection(_config(f"{dead},{locked.url}", username="dev", password="right"), timeout_s=5)
+    assert ok["broker"] == locked.url and ok["username"] == "dev"
+    assert len(ok["failed"]) == 1 and ok["failed"][0].startswith(f"cannot reach the broker {dead}")
+    with pytest.raises(BrokerLoginRefused) as refused:
+        check_connection(_config(f"{dead},{locked.url}", username="dev", password="wrong"), timeout_s=5)
+    assert f"the broker {locked.url} refused the login of user 'dev'" in str(refused.value)
+    assert f"cannot reach the broker {dead}" in str(refused.value)
+    with pytest.raises(BrokerUnreachable, match=f"cannot reach the broker {dead}"):
+        check_connection(_config(dead), timeout_s=5)

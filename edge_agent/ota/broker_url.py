@@ -2,12 +2,14 @@
 
 `mqtt://[user:pass@]host[:port]` (plain, default port 1883) or `mqtts://...` (TLS, 8883); `tcp://`
 and `ssl://` are accepted as the aliases paho and Mosquitto users know. User and password in the URL
-are percent-decoded.
+are percent-decoded. Several URLs (the nodes of a clustered broker) are given as a comma list, a
+repeated flag, or both (`split_broker_urls`); `parse_broker_urls` checks them all at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 from urllib.parse import unquote, urlparse
 
 PLAIN_SCHEMES = ("mqtt", "tcp")
@@ -21,6 +23,12 @@ class BrokerAddress:
     tls: bool
     username: str | None = None
     password: str | None = None
+
+    @property
+    def url(self) -> str:
+        """`mqtt://host:port` (or mqtts://), without the login: safe to print."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def parse_broker_url(url: str, force_tls: bool = False) -> BrokerAddress:
@@ -38,3 +46,24 @@ def parse_broker_url(url: str, force_tls: bool = False) -> BrokerAddress:
     tls = u.scheme in TLS_SCHEMES or force_tls
     return BrokerAddress(u.hostname, port or (8883 if tls else 1883), tls,
                          unquote(u.username) if u.username else None, unquote(u.password) if u.password else None)
+
+
+def split_broker_urls(values: str | Iterable[str] | None) -> list[str]:
+    """The broker URLs in the order given: one string or several (a repeated flag), each a comma list."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [u.strip() for value in values for u in value.split(",") if u.strip()]
+
+
+def parse_broker_urls(values: str | Iterable[str] | None, force_tls: bool = False) -> list[BrokerAddress]:
+    """Every URL of `values` parsed (split_broker_urls); ValueError with one line when there is none, one is
+    bad, or they mix TLS and plain (a client's TLS settings are made once, for all of them)."""
+    urls = split_broker_urls(values)
+    if not urls:
+        raise ValueError("no broker URL given")
+    addresses = [parse_broker_url(u, force_tls=force_tls) for u in urls]
+    if len({a.tls for a in addresses}) > 1:
+        raise ValueError("the broker URLs mix mqtt:// and mqtts://: use TLS for all of them or for none")
+    return addresses

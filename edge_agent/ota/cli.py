@@ -162,7 +162,7 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         source=args.source, results=args.results, probation_s=args.probation, drift_window=args.drift_window,
         drift_threshold=args.drift_threshold, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
-    config.broker_address()  # fail fast on a bad URL
+    config.broker_addresses()  # fail fast on a bad URL
     if args.check_connection:
         from .daemon.connection_check import check_connection
 

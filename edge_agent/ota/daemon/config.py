@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ...bundle import TrustStore
 from ...errors import AgentError
-from ..broker_url import BrokerAddress, parse_broker_url
+from ..broker_url import BrokerAddress, parse_broker_urls, split_broker_urls
 
 
 class AgentConfigError(AgentError, ValueError):
@@ -48,33 +48,20 @@ class AgentConfig:
 
     def broker_urls(self) -> list[str]:
         """The broker URLs in the order the agent tries them (`broker` split at commas)."""
-        return [u.strip() for u in self.broker.split(",") if u.strip()]
+        return split_broker_urls(self.broker)
 
     def broker_addresses(self) -> list[BrokerAddress]:
         """Every broker URL parsed; AgentConfigError (one line) if one is bad or they mix TLS and plain:
         the TLS settings are made once, for all of them."""
-        urls = self.broker_urls()
-        if not urls:
+        if not self.broker_urls():
             raise AgentConfigError("no broker URL: pass --broker mqtt://host:1883 (or set EDGE_AGENT_BROKER)")
         try:
-            addresses = [parse_broker_url(u, force_tls=self.tls_ca is not None) for u in urls]
+            return parse_broker_urls(self.broker, force_tls=self.tls_ca is not None)
         except ValueError as exc:
             raise AgentConfigError(str(exc)) from None
-        if len({a.tls for a in addresses}) > 1:
-            raise AgentConfigError("the broker URLs mix mqtt:// and mqtts://: use TLS for all of them or for none")
-        return addresses
 
     def login_for(self, address: BrokerAddress) -> tuple[str | None, str | None]:
         """(user name, password): the explicit ones, else those in that broker's URL."""
         if self.username is not None:
             return self.username, self.password
         return address.username, address.password
-
-    def login(self) -> tuple[str | None, str | None]:
-        """The login for the first broker."""
-        return self.login_for(self.broker_addresses()[0])
-
-    def broker_address(self) -> tuple[str, int, bool]:
-        """(host, port, tls) of the first broker; checks every URL."""
-        a = self.broker_addresses()[0]
-        return a.host, a.port, a.tls

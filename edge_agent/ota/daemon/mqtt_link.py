@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from ..job import one_line
 from ..protocol import Presence, Topics, dumps
+from ..broker_failover import BrokerRotation
 from ..broker_url import BrokerAddress
 from .config import AgentConfig
 
@@ -32,12 +33,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes], Optional[bool]]
 
 
-def make_client(c: AgentConfig, address: BrokerAddress | None = None) -> mqtt.Client:
-    """A paho client with the agent's client id, the login for `address` (default: the first broker) and
-    TLS settings (not connected; TLS is all or none across the brokers)."""
+def make_client(c: AgentConfig, address: BrokerAddress) -> mqtt.Client:
+    """A paho client with the agent's client id, the login for `address` and the TLS settings (not
+    connected; TLS is all or none across the brokers)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
                          protocol=mqtt.MQTTv311, clean_session=True)
-    address = address or c.broker_addresses()[0]
     username, password = c.login_for(address)
     if username is not None:
         client.username_pw_set(username, password)
@@ -46,11 +46,12 @@ def make_client(c: AgentConfig, address: BrokerAddress | None = None) -> mqtt.Cl
     return client
 
 
-def refusal_line(c: AgentConfig, reason_code: object) -> str:
-    """What to say when the broker refuses the agent: which login, and where a right one comes from."""
-    user = c.login()[0]
+def refusal_line(c: AgentConfig, reason_code: object, address: BrokerAddress) -> str:
+    """What to say when the broker at `address` (the one tried, of several maybe) refuses the agent: which
+    login, and where a right one comes from."""
+    user = c.login_for(address)[0]
     who = f"the login of user {user!r}" if user else "an anonymous login"
-    return (f"the broker {c.broker} refused {who} ({reason_code}): check the credentials file or give the device "
+    return (f"the broker {address.url} refused {who} ({reason_code}): check the credentials file or give the device "
             f"its login again (`edge-fleet devices login {c.device_id}`)")
 
 
@@ -85,9 +86,7 @@ class MqttLink:
         self._routes: dict[str, Handler] = {}
         self._on_connected: list[Callable[[], None]] = []
         self._stopping = False
-        self._addresses = config.broker_addresses()
-        self._index = 0  # the broker URL in use
-        self._switch = False  # the connection to it failed: the next attempt goes to the next URL
+        self.brokers = BrokerRotation(config.broker_addresses(), config.login_for)  # the broker in use, the next
         self.client = self._make_client()
 
     def route(self, topic: str, handler: Handler) -> None:
@@ -99,7 +98,7 @@ class MqttLink:
         self._on_connected.append(callback)
 
     def _make_client(self) -> mqtt.Client:
-        client = make_client(self.config, self._addresses[self._index])
+        client = make_client(self.config, self.brokers.current)
         client.will_set(self.topics.presence, dumps(Presence("offline")), qos=1, retain=True)
         client.reconnect_delay_set(0.2, 5)
         client.max_inflight_messages_set(64)
@@ -107,46 +106,27 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
-        client.on_pre_connect = self._on_pre_connect
+        client.on_pre_connect = self.brokers.on_pre_connect
         return client
 
     @property
     def broker_url(self) -> str:
         """The broker URL in use (or being tried), without its password."""
-        a = self._addresses[self._index]
-        return f"{'mqtts' if a.tls else 'mqtt'}://{a.host}:{a.port}"
-
-    def _set_login(self, client: mqtt.Client) -> None:
-        username, password = self.config.login_for(self._addresses[self._index])
-        if username is not None:
-            client.username_pw_set(username, password)
+        return self.brokers.url
 
     def _next_broker(self) -> None:
         """Move on to the next broker URL at paho's next (re)connect attempt."""
-        if len(self._addresses) > 1 and not self._stopping:
-            self._switch = True
-
-    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
-        """paho's reconnect loop is about to open a socket: point it at the next broker if one failed.
-        paho 2.2's `host`/`port` setters refuse while it is connecting, which is exactly now, so the
-        attributes its reconnect() reads are set (paho-mqtt is pinned in pyproject.toml)."""
-        if not self._switch:
-            return
-        self._switch = False
-        self._index = (self._index + 1) % len(self._addresses)
-        a = self._addresses[self._index]
-        client._host, client._port = a.host, a.port  # noqa: SLF001 - see the docstring
-        self._set_login(client)
-        log.warning("trying the next broker: %s", self.broker_url)
+        if not self._stopping:
+            self.brokers.failed()
 
     def start(self) -> None:
-        a = self._addresses[self._index]
+        a = self.brokers.current
         self.client.connect_async(a.host, a.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
-            log.error("%s; retrying", refusal_line(self.config, reason_code))
+            log.error("%s; retrying", refusal_line(self.config, reason_code, self.brokers.current))
             return
         client.subscribe([(topic, 1) for topic in self._routes])
         client.publish(self.topics.presence, dumps(Presence("online")), qos=1, retain=True)
