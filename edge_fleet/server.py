@@ -6,7 +6,10 @@ a managed Mosquitto child when the binary is installed, else in-process amqtt) a
 on exit. The embedded broker requires logins (edge_fleet.broker.logins: generated on the first
 start, one per device with `add_device`/`edge-fleet devices login ID`) and, on Mosquitto, the
 fleet's ACL (devices read only their desired/blocks topics, client id = user name); a changed
-logins file is picked up while running. With a broker URL, `broker` is an ExternalBroker handle, so both cases look the same. It
+logins file is picked up while running. With a broker URL, `broker` is an ExternalBroker handle, so both cases look the same.
+Several broker URLs (the nodes of a clustered broker) are tried in order; when the node in use dies the
+server reconnects to the next one (edge_fleet.mqtt.connect), subscribes again there and goes on driving
+its rollouts: they live in the registry, not in the connection. It
 subscribes to the reported/presence/telemetry topics of all devices and records them in the
 registry, answers block requests, and drives pending/running rollouts that the
 `edge-fleet deploy` command stored in the registry.
@@ -28,10 +31,12 @@ import socket
 import threading
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.ota.broker_failover import BrokerRotation
+from edge_agent.ota.broker_url import split_broker_urls
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
 from .block_server import BlockLimits, BlockServer
@@ -52,9 +57,12 @@ CATCH_UP_S = 3.0  # how long a server in a share group also reads retained repor
 
 
 class FleetServer:
-    """Start with `start()`, stop with `stop()`; or use as a context manager. `url` is the broker used."""
+    """Start with `start()`, stop with `stop()`; or use as a context manager. `url` is the broker URL(s) given
+    (or the embedded broker's), `broker_in_use` the one connected to now. `broker_url`: one URL, a comma
+    list or a sequence of them; None starts the embedded broker."""
 
-    def __init__(self, registry: Registry, broker_url: str | None = None, *, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, registry: Registry, broker_url: str | Sequence[str] | None = None, *,
+                 prefix: str = DEFAULT_PREFIX,
                  broker_dir: Path | None = None, embedded: Literal["mosquitto", "amqtt"] = "mosquitto",
                  settings: MqttSettings | None = None, limits: BlockLimits | None = None,
                  tick: float = 0.2, listen: tuple[str, int | None] = ("127.0.0.1", None),
@@ -62,7 +70,7 @@ class FleetServer:
                  signer: UrlSigner | None = None) -> None:
         self.registry = registry
         self.topics = Topics(prefix)
-        self.broker_url = broker_url
+        self.broker_url = ",".join(split_broker_urls(broker_url)) or None
         self.broker_dir = broker_dir or registry.store_dir.parent / "broker"
         self.embedded = embedded
         self.listen = listen  # where an embedded broker listens (port None: a free one)
@@ -80,6 +88,7 @@ class FleetServer:
         self.leading = False  # holds the rollouts lease now
         self.broker: Broker | None = None
         self.client: mqtt.Client | None = None
+        self.brokers: BrokerRotation | None = None  # which broker of the URLs is in use
         self.blocks: BlockServer | None = None
         self.driver: RolloutDriver | None = None
         self._stop = threading.Event()
@@ -93,6 +102,12 @@ class FleetServer:
     def url(self) -> str:
         assert self.settings is not None, "server not started"
         return self.settings.url
+
+    @property
+    def broker_in_use(self) -> str:
+        """The broker connected to (or being tried) now, without its login."""
+        assert self.brokers is not None, "server not started"
+        return self.brokers.url
 
     def start(self) -> "FleetServer":
         """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
@@ -115,14 +130,14 @@ class FleetServer:
             self.client = client
             self.blocks = BlockServer(client, self.topics, self._lookup, self.limits)
             self.blocks.start()
-            connect(self.settings, client)
+            self.brokers = connect(self.settings, client)
         except BaseException:
             self.stop()
             raise
         self.driver = RolloutDriver(self.registry, self.topics, self._publish, self.signer)
         self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
         self._thread.start()
-        log.info("fleet server running on %s (prefix %s)", self.settings.url, self.topics.prefix)
+        log.info("fleet server running on %s (prefix %s)", self.broker_in_use, self.topics.prefix)
         return self
 
     def _start_embedded(self) -> Broker:
@@ -230,6 +245,8 @@ class FleetServer:
             log.error("broker refused the connection: %s", rc)
             return
         set_nodelay(client)
+        if self.brokers is not None:  # None during the first connect: connect() says where
+            log.info("connected to %s: subscribing", self.brokers.url)
         topics = [(self.topics.all_reported(), 1), (self.topics.all_presence(), 1),
                   (self.topics.all_telemetry(), 0), (self.topics.all_block_requests(), 1)]
         if self.share_group is None:

@@ -11,14 +11,15 @@ from .base import Broker
 
 
 class ExternalBroker(Broker):
-    """A broker at `url` (mqtt://[user:pass@]host[:port] or mqtts://...) that edge-fleet does not manage."""
+    """A broker at `url` (mqtt://[user:pass@]host[:port] or mqtts://..., or a comma list of the nodes of a
+    cluster; host and port are the first node's) that edge-fleet does not manage."""
 
     kind = "external"
     managed = False
 
     def __init__(self, url: str) -> None:
-        host, port, tls, _user, _password = MqttSettings(url=url).parsed()
-        super().__init__(host, port, None, tls=tls)
+        first = MqttSettings(url=url).addresses()[0]
+        super().__init__(first.host, first.port, None, tls=first.tls)
         self._url = url
         self._serving = False
 

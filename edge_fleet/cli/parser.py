@@ -40,7 +40,10 @@ def _common_options() -> argparse.ArgumentParser:
 
 def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("serve", parents=[common], help="run the fleet server (long running)")
-    s.add_argument("--broker", help="mqtt://[user:pass@]host:port or mqtts://...; default: start an embedded broker")
+    s.add_argument("--broker", action="append", metavar="URL",
+                   help="mqtt://[user:pass@]host:port or mqtts://...; repeat it (or give a comma list) for the nodes "
+                        "of a clustered broker: the server moves to the next one when its node dies. "
+                        "Default: start an embedded broker")
     s.add_argument("--embedded", choices=("mosquitto", "amqtt"), default="mosquitto",
                    help="preferred embedded broker (falls back to the other when not installed)")
     s.add_argument("--listen", type=listen_address, default=("127.0.0.1", None), metavar="HOST[:PORT]",

@@ -50,6 +50,8 @@ def _is_ipv6(text: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> Result:
+    from edge_agent.ota.broker_url import split_broker_urls
+
     from ..mqtt import MqttSettings
     from ..rollout.signed_urls import UrlSigner
     from ..server import FleetServer
@@ -60,10 +62,11 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     client_id = args.client_id
     if args.share_group and client_id == "edge-fleet":  # servers sharing a broker need their own ids
         client_id = f"edge-fleet-{os.getpid()}-{os.urandom(3).hex()}"
-    settings = MqttSettings(url=args.broker or "", username=args.username,
+    brokers = ",".join(split_broker_urls(args.broker)) or None  # repeated --broker and comma lists alike
+    settings = MqttSettings(url=brokers or "", username=args.username,
                             password=args.password or os.environ.get("EDGE_FLEET_MQTT_PASSWORD"),
                             ca_file=args.ca, cert_file=args.cert, key_file=args.key, client_id=client_id)
-    server = FleetServer(reg, args.broker, prefix=args.prefix, embedded=args.embedded, settings=settings,
+    server = FleetServer(reg, brokers, prefix=args.prefix, embedded=args.embedded, settings=settings,
                          broker_dir=home / "broker", listen=args.listen, anonymous=args.anonymous,
                          share_group=args.share_group, lease_ttl=args.lease_ttl,
                          signer=UrlSigner.from_secret_file(args.url_secret_file))
@@ -80,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
         signal.signal(sig, lambda *_: server.request_stop())
     assert server.broker is not None
     embedded = server.broker.kind if server.broker.managed else None
-    info = {"broker": server.url, "embedded": embedded, "db": reg.location, "prefix": args.prefix,
+    info = {"broker": server.url, "connected_to": server.broker_in_use, "brokers": len(split_broker_urls(server.url)),
+            "embedded": embedded, "db": reg.location, "prefix": args.prefix,
             "server_id": server.server_id, "share_group": args.share_group,
             "http": http.url if http else None, "tokens": len(reg.tokens()),
             "logins": str(server.logins.path) if server.logins else None, "logins_created": server.logins_created}
@@ -106,7 +110,8 @@ def _start_http(args: argparse.Namespace, reg: Any, home: Path) -> Any:
 
 
 def _banner(info: dict[str, Any]) -> str:
-    line = (f"edge-fleet: serving on {info['broker']}" + (f" (embedded {info['embedded']})" if info["embedded"] else "")
+    line = (f"edge-fleet: serving on {info['connected_to']}" + (f" (embedded {info['embedded']})" if info["embedded"] else "")
+            + (f" (first of {info['brokers']} brokers that answered)" if info["brokers"] > 1 else "")
             + f", registry {info['db']}")
     if info["logins"]:
         made = "generated now" if info["logins_created"] else "kept"
