@@ -313,3 +313,56 @@ def test_a_device_that_comes_online_again_gets_its_desired_state_once_more(regis
         driver.step(now=1006.0)
         assert len(sent) == 3
         assert reg.rollout(plan.id).target("a").status == T.SENT
+
+
+def test_the_resend_record_is_dropped_when_a_device_leaves_flight_and_when_its_rollout_ends(registry_location,
+                                                                                           tmp_path):
+    """Devices that came online again after their desired state was sent get it once more; the driver's
+    record of that goes with the device once it finished and with the rollout once it ended. (Before the
+    fix every (rollout, device) ever resent stayed in the record for the life of the server.)"""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[100])
+        driver = _recording_driver(reg, sent)
+        driver.step(now=1000.0)
+        for dev in ("a", "b"):
+            reg.record_presence(dev, "online", now=1001.0)  # back online, maybe on another broker node
+        driver.step(now=1002.0)
+        driver.step(now=1003.0)
+        assert [t for t, _ in sent] == ["edgekit/devices/a/desired", "edgekit/devices/b/desired"] * 2
+        assert driver.resend_records == 2
+        reg.record_reported(ReportedState("a", "succeeded", "pi", "t", current=BundleRef("digits", 2, V2),
+                                          previous=BundleRef("digits", 1, V1), deployment_id=plan.id))
+        driver.step(now=1004.0)
+        assert reg.rollout(plan.id).target("a").status == T.SUCCEEDED and driver.resend_records == 1
+        reg.request_rollout(plan.id, "rollback", "op")  # a rolls back, b is cancelled
+        driver.step(now=1005.0)
+        driver.step(now=1006.0)
+        r = reg.rollout(plan.id)
+        assert (r.status, r.target("a").status, r.target("b").status) == (R.HALTING, T.ROLLING_BACK, T.CANCELLED)
+        assert [t for t, _ in sent[4:]] == ["edgekit/devices/a/desired", "edgekit/devices/b/desired"]  # once each
+        assert driver.resend_records == 1  # a, until its roll-back is confirmed
+        reg.record_reported(ReportedState("a", "succeeded", "pi", "t", current=BundleRef("digits", 1, V1),
+                                          deployment_id=f"{plan.id}-rollback"))
+        driver.step(now=1007.0)
+        assert reg.rollout(plan.id).status == R.HALTED and driver.resend_records == 0
+
+
+def test_the_resend_record_of_a_rollout_another_server_finished_is_dropped(registry_location, tmp_path):
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        plan = plan_rollout(reg, "digits:2", devices=["a"], stages=[100])
+        driver = _recording_driver(reg, sent)
+        driver.step(now=1000.0)
+        reg.record_presence("a", "online", now=1001.0)
+        driver.step(now=1002.0)
+        assert driver.resend_records == 1
+        RolloutDriver(reg, Topics(), lambda *_: None).step(now=1003.0)  # the lease moved: another driver ...
+        reg.record_reported(ReportedState("a", "succeeded", "pi", "t", current=BundleRef("digits", 2, V2),
+                                          deployment_id=plan.id))
+        RolloutDriver(reg, Topics(), lambda *_: None).step(now=1004.0)  # ... finishes the rollout
+        assert reg.rollout(plan.id).status == R.SUCCEEDED
+        driver.step(now=1005.0)  # this server drives again: the ended rollout is forgotten
+        assert driver.resend_records == 0

@@ -27,7 +27,9 @@ A device that comes online (again) while its update is in flight or its roll-bac
 its desired state once more (`_resend_if_reconnected`): on a clustered broker whose retained
 messages stay on the node they were published to (ejabberd), a device that reconnects to another
 node would otherwise never see it. The resent message is the same one (same deployment id and
-issued_at), so an agent that already has it drops it.
+issued_at), so an agent that already has it drops it. The driver remembers, per device in flight, up to
+when its announcements are covered by a publish; that record is dropped when the device leaves flight
+(succeeded, failed, rolled back, ...) and when its rollout ends, so it holds at most the devices in flight.
 
 All state lives in the registry, so a restarted server continues a rollout where it was.
 """
@@ -62,12 +64,20 @@ class RolloutDriver:
     def __init__(self, reg: Registry, topics: Topics, publish: Publish, signer: UrlSigner | None = None) -> None:
         self.reg, self.topics, self.publish = reg, topics, publish
         self.signer = signer  # signs HTTP download URLs per device (signed_urls.py)
-        self._resent: dict[tuple[str, str], float] = {}  # (rollout, device) -> presence_at it was resent for
+        # (rollout, device) in flight -> the time up to which its online announcements are covered by a publish
+        self._covered: dict[tuple[str, str], float] = {}
+
+    @property
+    def resend_records(self) -> int:
+        """How many devices the resend bookkeeping holds (at most those in flight in active rollouts)."""
+        return len(self._covered)
 
     def step(self, now: float | None = None) -> None:
         """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
         active = self.reg.rollouts(ACTIVE_ROLLOUT)
         requested = {r.id for r in self.reg.requested_rollouts()}
+        ids = {r.id for r in active}  # a rollout that ended (here or on the server that drove it before) is forgotten
+        self._covered = {key: at for key, at in self._covered.items() if key[0] in ids}
         for r in active:
             try:
                 self._step(r, time.time() if now is None else now)
@@ -106,6 +116,8 @@ class RolloutDriver:
     def _apply(self, r: RolloutRecord, t: RolloutTarget, seen: Observed, now: float, *,
                previous_sha: str | None = None, sent_at: float | None = None) -> None:
         status = next_target_status(t.status, seen.event)
+        if status not in (T.SENT, T.ROLLING_BACK):  # out of flight: no resend for it any more
+            self._covered.pop((r.id, t.device_id), None)
         self.reg.update_target(r.id, t.device_id, status, seen.reason, previous_sha=previous_sha, sent_at=sent_at,
                                done_at=now if seen.event in FINISHING_EVENTS else None, shadow=seen.shadow)
 
@@ -185,14 +197,14 @@ class RolloutDriver:
                 self._apply(r, t, Observed(TargetEvent.SENT), now, previous_sha=current, sent_at=now)
 
     def _reconnected(self, r: RolloutRecord, t: RolloutTarget, device: DeviceRecord) -> bool:
-        """The device announced itself online after its desired state was sent, and it was not resent
-        for that announcement yet (a new driver after a failover resends once more: harmless)."""
+        """The device announced itself online after its desired state was sent (or last resent, or its
+        roll-back sent), so it may have missed it on another node. A new driver after a failover does not
+        know the resends of the one before and resends once more: harmless."""
         at = device.presence_at
-        if device.presence != "online" or at is None or at <= (t.sent_at or 0.0):
+        covered = max(t.sent_at or 0.0, self._covered.get((r.id, t.device_id), 0.0))
+        if device.presence != "online" or at is None or at <= covered:
             return False
-        if self._resent.get((r.id, t.device_id)) == at:
-            return False
-        self._resent[(r.id, t.device_id)] = at
+        self._covered[(r.id, t.device_id)] = at
         return True
 
     def _resend(self, r: RolloutRecord, t: RolloutTarget, now: float) -> None:
@@ -216,6 +228,7 @@ class RolloutDriver:
                 self._apply(r, t, Observed(TargetEvent.HALT_NOT_STARTED, "rollout halted before this stage"), now)
             elif needs_revert(t):
                 note, sent = self._revert(r.id, t)
+                self._covered[(r.id, t.device_id)] = now  # announcements before this are answered by the revert
                 seen = halt_outcome(t, note, sent)
                 confirm |= seen.event == TargetEvent.HALT_REVERT_SENT
                 self._apply(r, t, seen, now)
