@@ -3,7 +3,12 @@ loopback): the fleet server on one node, devices on both; a staged rollout reach
 crossing between the nodes. The protocol keeps to standard MQTT 3.1.1, so a clustered broker serves.
 A real agent given both nodes (`--broker` twice) gets a deployment published while it was away
 (retained on the other node only: the fleet resends it when the agent comes online), then its node
-is killed (kill -9): it reconnects to the other node and still gets the next deployment."""
+is killed (kill -9): it reconnects to the other node and still gets the next deployment.
+The fleet server given both nodes moves to the other when its node is killed between two stages and
+finishes the rollout; and a node killed while two real agents are halfway through downloading a
+bundle's blocks (one agent and the server on it, one on the other node): the agent and the server move
+over, both downloads go on from the blocks they have (none asked for twice) and both agents end on the
+new bundle (test_fleet_cluster_downloads.py)."""
 
 from __future__ import annotations
 
@@ -40,14 +45,15 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _fleet_on_node_0(cluster: EjabberdCluster, tmp_path, digits, *bundles) -> tuple:
-    """(registry with `bundles` published, a started fleet server on node 0)."""
+def _fleet_on_node_0(cluster: EjabberdCluster, tmp_path, digits, *bundles, nodes: tuple[int, ...] = (0,)) -> tuple:
+    """(registry with `bundles` published, a started fleet server given `nodes`, on node 0)."""
     reg = open_registry(tmp_path / "fleet.db")
     trust = TrustStore.from_paths([digits.pub])
     for bundle in bundles:
         publish_bundle(reg, bundle, trust)
     settings = MqttSettings(url="", username=cluster.user, password=cluster.password)
-    return reg, FleetServer(reg, f"mqtt://127.0.0.1:{cluster.ports[0]}", settings=settings, tick=0.05).start()
+    urls = [f"mqtt://127.0.0.1:{cluster.ports[i]}" for i in nodes]
+    return reg, FleetServer(reg, urls, settings=settings, tick=0.05).start()
 
 
 def test_a_rollout_reaches_devices_on_both_nodes_of_a_real_ejabberd_cluster(tmp_path, int8_bundle, int8_v2_bundle,
@@ -74,10 +80,41 @@ def test_a_rollout_reaches_devices_on_both_nodes_of_a_real_ejabberd_cluster(tmp_
             reg.close()
 
 
-def _agent(home, cluster: EjabberdCluster, pub) -> tuple[Agent, threading.Thread]:
-    """A real agent that knows both nodes, node 1 first."""
-    urls = ",".join(f"mqtt://127.0.0.1:{p}" for p in (cluster.ports[1], cluster.ports[0]))
-    cfg = AgentConfig(broker=urls, device_id="pi-roam", profile_name=PROFILE, latency_budget_ms=500.0,
+def test_the_fleet_server_follows_the_cluster_when_its_node_is_killed_and_finishes_the_rollout(
+        tmp_path, int8_bundle, int8_v2_bundle, digits):
+    with EjabberdCluster() as cluster:
+        reg, server = _fleet_on_node_0(cluster, tmp_path, digits, int8_bundle, int8_v2_bundle, nodes=(0, 1))
+        node1 = f"mqtt://127.0.0.1:{cluster.ports[1]}"
+        sims = []
+        try:
+            assert server.broker_in_use.endswith(f":{cluster.ports[0]}")
+            sims = [SimDevice("127.0.0.1", cluster.ports[1], f"pi-{i}", current=ref_of(int8_bundle),
+                              login=(cluster.user, cluster.password)).start() for i in range(3)]
+            _wait(lambda: all(reg.device(s.id) is not None for s in sims), 20, "reports across the nodes")
+            # stage 1 (one device), then a 4 s soak during which the server's node dies; stage 2 follows
+            plan = plan_rollout(reg, "digits:2", devices=[s.id for s in sims], stages=[30, 100], stage_soak=4)
+            _wait(lambda: all(t.status == "succeeded" for t in reg.rollout(plan.id).targets if t.stage == 0), 60,
+                  "stage 1")
+            killed_at = time.time()
+            cluster.kill_node(0)
+            _wait(lambda: server.broker_in_use == node1 and server.client.is_connected(), 30, "the server on node 1")
+            _wait(lambda: reg.rollout(plan.id).status == RolloutStatus.SUCCEEDED, 90, "the rollout to finish")
+            r = reg.rollout(plan.id)
+            assert all(t.sent_at > killed_at for t in r.targets if t.stage == 1)  # published through node 1
+            v2 = ref_of(int8_v2_bundle)
+            assert all(s.current == v2 and reg.device(s.id).current == v2 for s in sims)
+        finally:
+            for s in sims:
+                s.stop()
+            server.stop()
+            reg.close()
+
+
+def _agent(home, cluster: EjabberdCluster, pub, device_id: str = "pi-roam",
+           nodes: tuple[int, ...] = (1, 0)) -> tuple[Agent, threading.Thread]:
+    """A real agent that knows the `nodes` in that order (default both, node 1 first)."""
+    urls = ",".join(f"mqtt://127.0.0.1:{cluster.ports[i]}" for i in nodes)
+    cfg = AgentConfig(broker=urls, device_id=device_id, profile_name=PROFILE, latency_budget_ms=500.0,
                       trust=TrustStore.from_paths([pub]), telemetry_interval_s=0.5, threads=1, probation_s=0,
                       username=cluster.user, password=cluster.password, keepalive_s=5)
     agent = Agent(AgentHome(home), cfg)
