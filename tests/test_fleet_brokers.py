@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from edge_agent.bundle import TrustStore
 from edge_fleet.broker import start_broker
@@ -19,16 +18,8 @@ from edge_fleet.rollout import plan_rollout
 
 from .fleet_http_helpers import FleetProcess
 from .fleet_sim import SimDevice, ref_of
+from .ota_helpers import wait_for
 from .sshd_helpers import free_port
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_serve_moves_to_the_next_broker_when_its_broker_is_killed_and_finishes_the_rollout(
@@ -47,13 +38,13 @@ def test_serve_moves_to_the_next_broker_when_its_broker_is_killed_and_finishes_t
         # one device on each broker (not a cluster: the server sees those of the broker it is on)
         sims = [SimDevice("127.0.0.1", b.port, f"pi-{i}", current=ref_of(int8_bundle)).start()
                 for i, b in enumerate((first, second))]
-        _wait(lambda: reg.device("pi-0") is not None, 20, "the report on the first broker")
+        wait_for(lambda: reg.device("pi-0") is not None, 20, "the report on the first broker")
         assert reg.device("pi-1") is None
         sims[0].kill()
         os.kill(first.pid, signal.SIGKILL)
-        _wait(lambda: reg.device("pi-1") is not None, 30, "the report on the second broker")
+        wait_for(lambda: reg.device("pi-1") is not None, 30, "the report on the second broker")
         plan = plan_rollout(reg, "digits:2", devices=["pi-1"], stages=[100], stage_timeout=60)
-        _wait(lambda: reg.rollout(plan.id).status == RolloutStatus.SUCCEEDED, 60, "the rollout on the next broker")
+        wait_for(lambda: reg.rollout(plan.id).status == RolloutStatus.SUCCEEDED, 60, "the rollout on the next broker")
         assert sims[1].current == ref_of(int8_v2_bundle) and reg.device("pi-1").current == ref_of(int8_v2_bundle)
         assert f"lost the connection to MQTT broker {first.url}" in fleet.log.read_text()
         assert f"trying the next broker: {second.url}" in fleet.log.read_text()
