@@ -56,3 +56,14 @@ def test_serve_moves_to_the_next_broker_when_its_broker_is_killed_and_finishes_t
         reg.close()
         first.stop()
         second.stop()
+
+
+def test_serve_with_no_broker_answering_names_each_one_and_exits_8(tmp_path, capsys):
+    from edge_fleet.cli import main as fleet_main
+
+    dead = [f"mqtt://127.0.0.1:{free_port()}" for _ in range(2)]
+    code = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--broker", ",".join(dead)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 8 and len(err) == 1 and all(f"cannot reach MQTT broker {url}" in err[0] for url in dead)
+    code = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--broker", dead[0], "--broker", "mqtts://n2"])
+    assert code == 8 and "mix mqtt:// and mqtts://" in capsys.readouterr().err
