@@ -279,3 +279,31 @@ def test_mosquitto_keeps_a_burst_of_reports_for_a_subscriber_that_lags(mosq: Bro
     finally:
         sub.close()
         pub.close()
+
+
+def test_logins_reloaded_from_two_threads_at_once_all_work(tmp_path):
+    """The fleet server reloads the broker's logins from its rollout loop (the logins file changed) while
+    `add_device` does from another thread. Before the fix both built the same `passwd.new`: one removed
+    it under the other's mosquitto_passwd (CalledProcessError, seen in test_fleet_rollout under load)."""
+    users = {f"dev-{i}": f"pw-{i}" for i in range(8)}
+    broker = start_broker(tmp_path / "b", prefer="mosquitto", fallback=False, users={"fleet": "f"})
+    errors: list[BaseException] = []
+
+    def reload(n: int) -> None:
+        try:
+            for _ in range(4):
+                broker.reload_users({"fleet": "f", **users, f"extra-{n}": "x"})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=reload, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        names = {line.split(":")[0] for line in (broker.data_dir / "passwd").read_text().splitlines()}
+        assert names >= {"fleet", *users} and len(names & {f"extra-{n}" for n in range(4)}) == 1
+    finally:
+        broker.stop()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class MosquittoBroker(Broker):
         self.stderr_file = data_dir / "mosquitto.stderr.log"
         self.conf_file = data_dir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._reloading = threading.Lock()  # one password file rebuild at a time (server loop and add_device)
         persist_dir = data_dir / "persistence"
         persist_dir.mkdir(exist_ok=True)
         if tls is not None:
@@ -118,15 +120,17 @@ class MosquittoBroker(Broker):
 
     def reload_users(self, users: dict[str, str], timeout: float = 10.0) -> None:
         """New logins without a restart: rewrite the password file and SIGHUP; returns once Mosquitto logged
-        the reload (it re-reads the password file and the ACL before it handles the next connection)."""
-        self._write_passwords(users)
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._logged(offset, b"Reloading config"):
-            time.sleep(0.02)
+        the reload (it re-reads the password file and the ACL before it handles the next connection).
+        Callers on several threads take turns: they would otherwise build the same staging file at once."""
+        with self._reloading:
+            self._write_passwords(users)
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            self.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not self._logged(offset, b"Reloading config"):
+                time.sleep(0.02)
 
     @property
     def pid(self) -> int | None:
