@@ -39,7 +39,7 @@ def _verify_seconds(path: Path) -> float:
 
 def http_receiver(url: str, size: int, staging: str, agent: bool, ready, go, result) -> None:
     """Raw: read `url` into nothing; agent: http_download into staging. Seconds from `go`."""
-    from edge_agent.ota.transfer import http_download
+    from edge_agent.ota.http_fetch import http_download
 
     ready.set()
     go.wait()
