@@ -100,8 +100,10 @@ def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
 def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str,
                    digests: list[bytes] | None, window: int | None, ready, go, result) -> None:
     """The agent's downloader, wired as the daemon wires it; seconds from `go` to a verified file."""
+    from edge_agent.ota.daemon import paho_decode
     from edge_agent.ota.transfer import BlockDownloader
 
+    paho_decode.install()  # as the agent's make_client does
     topics = Topics()
     c = _client(host, port, f"agent-{device}")
     dl = BlockDownloader(Path(staging), sha, size, block,

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from ..job import one_line
 from ..protocol import Presence, Topics, dumps
 from ..broker_url import BrokerAddress
+from . import paho_decode
 from .config import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ Handler = Callable[[bytes], Optional[bool]]
 def make_client(c: AgentConfig, address: BrokerAddress | None = None) -> mqtt.Client:
     """A paho client with the agent's client id, the login for `address` (default: the first broker) and
     TLS settings (not connected; TLS is all or none across the brokers)."""
+    paho_decode.install()  # block frames: one copy of each payload, not three
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
                          protocol=mqtt.MQTTv311, clean_session=True)
     address = address or c.broker_addresses()[0]
