@@ -54,7 +54,9 @@ def http_receiver(url: str, size: int, staging: str, agent: bool, ready, go, res
         path = Path(staging) / "raw.part"
         with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as fh:
             shutil.copyfileobj(resp, fh, 1 << 20)
-    result.put(time.perf_counter() - t0 if path.stat().st_size == size else None)
+    seconds = time.perf_counter() - t0 if path.stat().st_size == size else None
+    path.unlink()  # its dirty pages go with it, not into the next transfer's writeback
+    result.put(seconds)
 
 
 def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
@@ -72,6 +74,7 @@ def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
             runs["mqtt_agent"].append(mb / protocol_transfer(server, rec, block, staging, f"single-{r}",
                                                              verify=False, cpu=cpu["mqtt_agent"]))
             verify.append(_verify_seconds(staging / f"{rec.sha256}.part"))
+            shutil.rmtree(staging)
             runs["http_raw"].append(mb / _run_child(http_receiver, (url, rec.size, str(Path(tmp) / f"raw-{r}"),
                                                                     False)))
             runs["http_agent"].append(mb / _run_child(http_receiver, (url, rec.size, str(Path(tmp) / f"http-{r}"),
