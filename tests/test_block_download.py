@@ -81,6 +81,17 @@ def listed(bitmap: Path) -> set[int]:
     return {i for i in range(len(bits) * 8) if bits[i // 8] >> (i % 8) & 1}
 
 
+def download(dl: BlockDownloader, feeder: Feeder, sha: str) -> None:
+    """Run `dl` to the end with `feeder` answering; the staged file must be the bundle."""
+    feeder.start(dl)
+    try:
+        path = dl.run()
+    finally:
+        feeder.stop()
+        dl.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+
+
 def run_in_thread(dl: BlockDownloader) -> tuple[threading.Thread, dict]:
     out: dict = {}
 
@@ -99,13 +110,7 @@ def test_the_download_thread_is_woken_to_refill_not_for_every_block(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 240)
     feeder = Feeder(data, sha, gap_s=0.001)  # frames spaced like a network's: each one could wake the loop
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=64)
-    feeder.start(dl)
-    try:
-        path = dl.run()
-    finally:
-        feeder.stop()
-        dl.close()
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    download(dl, feeder, sha)
     assert dl.stats.received == 240 and sorted(feeder.asked) == list(range(240))  # each block asked for once
     # a refill every 32 blocks (half a request), plus a few 0.1 s timeouts: woken per block it would be >= 240
     assert dl.stats.wakeups < 60, dl.stats
@@ -140,14 +145,8 @@ def test_the_block_list_is_saved_every_n_blocks_and_a_restart_fetches_only_the_r
     again = Feeder(data, sha)
     dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests)
     assert dl2.stats.resumed_with == len(saved)
-    again.start(dl2)
-    try:
-        path = dl2.run()
-    finally:
-        again.stop()
-        dl2.close()
+    download(dl2, again, sha)
     assert not set(again.asked) & saved and set(again.asked) | saved == set(range(100))
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
 
 
 def test_a_corrupt_block_is_never_written_and_is_fetched_again(tmp_path):
@@ -155,15 +154,9 @@ def test_a_corrupt_block_is_never_written_and_is_fetched_again(tmp_path):
     feeder = Feeder(data, sha, corrupt=frozenset({3, 17}))
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
-    feeder.start(dl)
-    try:
-        path = dl.run()
-    finally:
-        feeder.stop()
-        dl.close()
+    download(dl, feeder, sha)
     assert dl.stats.forged == 2 and dl.stats.received == 40 and dl.stats.timeouts >= 1
     assert feeder.asked.count(3) == 2 and feeder.asked.count(17) == 2 and feeder.asked.count(4) == 1
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
 
 
 # The frame of (sha256 "ab" * 32, index 2, total 3, data b"edgekit"): pinned, so an agent and a fleet server of
