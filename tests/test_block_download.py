@@ -110,10 +110,13 @@ def test_the_download_thread_is_woken_to_refill_not_for_every_block(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 240)
     feeder = Feeder(data, sha, gap_s=0.001)  # frames spaced like a network's: each one could wake the loop
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=64)
+    t0 = time.monotonic()
     download(dl, feeder, sha)
+    elapsed = time.monotonic() - t0
     assert dl.stats.received == 240 and sorted(feeder.asked) == list(range(240))  # each block asked for once
-    # a refill every 32 blocks (half a request), plus a few 0.1 s timeouts: woken per block it would be >= 240
-    assert dl.stats.wakeups < 60, dl.stats
+    # a refill every 32 blocks (half a request), a save, and the loop's 0.1 s wait timing out on a slow machine:
+    # woken for every block it was 238 times for these 240 blocks
+    assert dl.stats.wakeups <= 20 + elapsed / 0.1, (dl.stats, elapsed)
 
 
 def test_the_block_list_is_saved_every_n_blocks_and_a_restart_fetches_only_the_rest(tmp_path):
