@@ -184,3 +184,13 @@ def test_decode_block_hands_out_a_view_of_the_frame_not_a_copy():
     assert isinstance(block.data, memoryview) and block.data.obj is frame
     with pytest.raises(TypeError):
         block.data[0] = 0  # read-only: nothing downstream can change a checked block
+
+
+def test_a_window_of_one_block_downloads_one_block_at_a_time(tmp_path):
+    """The smallest window (a tiny memory budget, or the kill test's hook): one request per block, no spinning."""
+    data, sha, digests = bundle_file(tmp_path, 12)
+    feeder = Feeder(data, sha)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=1)
+    download(dl, feeder, sha)
+    assert feeder.asked == list(range(12)) and dl.stats.requests == 12
+    assert dl.stats.wakeups <= 12 * 3, dl.stats  # a few per block, never a busy loop
