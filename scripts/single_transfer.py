@@ -5,7 +5,7 @@ Each round moves the same bytes four ways, alternating, receivers in their own p
 * MQTT raw: a paho client publishes the file in block-sized QoS 1 messages, a subscriber counts them;
 * MQTT agent: the fleet server's block server answers the real agent downloader (BlockDownloader, wired
   as the daemon wires it: block hashes from the deployment, sparse staging file, persisted block list);
-* HTTP raw: urllib reads the signed link from a real nginx and throws the bytes away;
+* HTTP raw: urllib copies the signed link from a real nginx into a file (shutil.copyfileobj);
 * HTTP agent: the agent's http_download (Range-resumable staging file) on the same link.
 
 "Transfer" ends when the file is in the staging folder (every MQTT block checked against its SHA-256);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,21 +39,24 @@ def _verify_seconds(path: Path) -> float:
 
 
 def http_receiver(url: str, size: int, staging: str, agent: bool, ready, go, result) -> None:
-    """Raw: read `url` into nothing; agent: http_download into staging. Seconds from `go`."""
-    from edge_agent.ota.transfer import http_download
+    """Raw: copy `url` into a file (shutil.copyfileobj, 1 MiB reads); agent: http_download into staging (with
+    a progress callback, as the daemon passes one). Both write the file: the raw figure is a downloader's
+    bound, not a socket's. Seconds from `go`."""
+    from edge_agent.ota.http_fetch import http_download
 
+    Path(staging).mkdir(parents=True, exist_ok=True)
     ready.set()
     go.wait()
     t0 = time.perf_counter()
     if agent:
-        path = http_download(url, Path(staging), "0" * 64, size)
-        got = path.stat().st_size
+        path = http_download(url, Path(staging), "0" * 64, size, progress=lambda fraction: None)
     else:
-        got = 0
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            while chunk := resp.read(1 << 16):
-                got += len(chunk)
-    result.put(time.perf_counter() - t0 if got == size else None)
+        path = Path(staging) / "raw.part"
+        with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as fh:
+            shutil.copyfileobj(resp, fh, 1 << 20)
+    seconds = time.perf_counter() - t0 if path.stat().st_size == size else None
+    path.unlink()  # its dirty pages go with it, not into the next transfer's writeback
+    result.put(seconds)
 
 
 def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
@@ -70,7 +74,9 @@ def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
             runs["mqtt_agent"].append(mb / protocol_transfer(server, rec, block, staging, f"single-{r}",
                                                              verify=False, cpu=cpu["mqtt_agent"]))
             verify.append(_verify_seconds(staging / f"{rec.sha256}.part"))
-            runs["http_raw"].append(mb / _run_child(http_receiver, (url, rec.size, "", False)))
+            shutil.rmtree(staging)
+            runs["http_raw"].append(mb / _run_child(http_receiver, (url, rec.size, str(Path(tmp) / f"raw-{r}"),
+                                                                    False)))
             runs["http_agent"].append(mb / _run_child(http_receiver, (url, rec.size, str(Path(tmp) / f"http-{r}"),
                                                                       True)))
     med = {k: round(statistics.median(v), 1) for k, v in runs.items()}

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
-from edge_agent.ota.transfer import http_download
+from edge_agent.ota.http_fetch import http_download
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import BundleRecord
 from edge_fleet.rollout import RolloutDriver, plan_rollout

@@ -52,7 +52,7 @@ class Block:
     sha256: str  # of the whole bundle file
     index: int
     total: int  # number of blocks in the file
-    data: bytes
+    data: bytes | memoryview  # decode_block: a view into the frame, not a copy (hashed and written as it is)
     digest: bytes = b""  # SHA-256 of `data`, as decode_block computed and checked it (hashed once per block)
 
 
@@ -75,7 +75,9 @@ def encode_block(block: Block, digest: bytes | None = None) -> bytes:
 
 
 def decode_block(payload: bytes) -> Block:
-    """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad."""
+    """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad.
+
+    The block's data is a read-only view into `payload` (keep `payload` unchanged while it is used)."""
     if len(payload) < 8 or payload[:4] != _FRAME_MAGIC:
         raise ProtocolError("block frame does not start with the EKB1 magic")
     (hlen,) = struct.unpack(">I", payload[4:8])
@@ -94,7 +96,7 @@ def decode_block(payload: bytes) -> Block:
         raise ProtocolError("block frame index/total are invalid")
     if not (isinstance(sha, str) and _SHA_RE.match(sha)):
         raise ProtocolError("block frame sha256 is invalid")
-    data = payload[8 + hlen :]
+    data = memoryview(payload)[8 + hlen :]  # no copy: 128 KiB per block, the receiver's largest cost after the hash
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
     digest = hashlib.sha256(data).digest()

@@ -26,6 +26,7 @@ from ..job import one_line
 from ..protocol import Presence, Topics, dumps
 from ..broker_failover import BrokerRotation
 from ..broker_url import BrokerAddress
+from . import paho_decode
 from .config import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ Handler = Callable[[bytes], Optional[bool]]
 def make_client(c: AgentConfig, address: BrokerAddress) -> mqtt.Client:
     """A paho client with the agent's client id, the login for `address` and the TLS settings (not
     connected; TLS is all or none across the brokers)."""
+    paho_decode.install()  # block frames: one copy of each payload, not three
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-agent-{c.device_id}",
                          protocol=mqtt.MQTTv311, clean_session=True)
     username, password = c.login_for(address)

@@ -22,7 +22,8 @@ from ..states import download_budget
 from ..protocol import dumps
 from ..slots import SlotInfo
 from ..states import ShadowRunner
-from ..transfer import BlockDownloader, TransferStats, clean_staging, http_download
+from ..http_fetch import http_download
+from ..transfer import BlockDownloader, TransferStats, clean_staging
 from .config import AgentConfig
 from .current_job import CurrentJob
 from .mqtt_link import MessageIgnored, MqttLink

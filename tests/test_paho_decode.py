@@ -1,0 +1,76 @@
+"""The agent's PUBLISH decoder (edge_agent/ota/daemon/paho_decode.py) answers exactly as paho's own:
+same packet for every well-formed PUBLISH, MalformedPacket for every malformed one; and it is in use in
+the agent's clients for the pinned paho, so a paho upgrade that changes its internals shows up here."""
+
+from __future__ import annotations
+
+import struct
+
+import paho.mqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt import _packet
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
+
+from edge_agent.bundle import TrustStore
+from edge_agent.ota.daemon import paho_decode
+from edge_agent.ota.daemon.config import AgentConfig
+from edge_agent.ota.daemon.mqtt_link import make_client
+
+V311 = MQTTProtocolVersion.MQTTv311
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def both(header: int, packet: bytes | bytearray, protocol: MQTTProtocolVersion = V311):
+    """(paho's result or its MalformedPacket, ours or ours)."""
+    out = []
+    for decode in (paho_decode._paho_decode_publish, paho_decode.decode_publish):  # noqa: SLF001
+        try:
+            out.append(decode(header, bytearray(packet), protocol))
+        except MalformedPacket:
+            out.append(MalformedPacket)
+    return out
+
+
+def publish(topic: bytes, qos: int, mid: int, payload: bytes) -> bytes:
+    return struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if qos else b"") + payload
+
+
+@FAST
+@given(st.integers(0, 15), st.binary(max_size=40), st.integers(0, 65535), st.binary(max_size=300))
+def test_well_formed_publish_packets_decode_as_paho_decodes_them(flags, topic, mid, payload):
+    qos = (flags >> 1) & 3
+    theirs, ours = both(0x30 | flags, publish(topic, qos, mid, payload))
+    assert theirs == ours
+    if ours is not MalformedPacket:
+        assert type(ours.payload) is bytes and type(ours.topic) is bytes
+
+
+@FAST
+@given(st.integers(0, 15), st.binary(max_size=60))
+def test_any_bytes_decode_or_fail_as_paho_does(flags, packet):
+    theirs, ours = both(0x30 | flags, packet)
+    assert theirs == ours
+
+
+def test_mqtt5_packets_are_left_to_paho():
+    packet = publish(b"a/b", 1, 7, b"") + b"\x00" + b"hello"  # empty properties, then the payload
+    theirs, ours = both(0x32, packet, MQTTProtocolVersion.MQTTv5)
+    assert theirs._replace(properties=None) == ours._replace(properties=None) and ours.payload == b"hello"
+    assert ours.properties is not None  # paho's Properties objects do not compare equal, so compared apart
+
+
+def test_the_agents_clients_use_it_with_the_pinned_paho(monkeypatch):
+    assert paho.mqtt.__version__ == paho_decode.PAHO_VERSION, "paho-mqtt changed: check paho_decode against it"
+    monkeypatch.setattr(_packet, "decode_publish", paho_decode._paho_decode_publish)  # noqa: SLF001 - as at start
+    config = AgentConfig(broker="mqtt://127.0.0.1:1883", device_id="dev-decode", profile_name="raspberry-pi-4",
+                         latency_budget_ms=None, trust=TrustStore({}))
+    make_client(config, config.broker_addresses()[0])
+    assert _packet.decode_publish is paho_decode.decode_publish
+
+
+@pytest.mark.parametrize("protocol", [MQTTProtocolVersion.MQTTv31, V311])
+def test_an_empty_topic_is_refused(protocol):
+    assert both(0x30, publish(b"", 0, 0, b"x"), protocol) == [MalformedPacket, MalformedPacket]
