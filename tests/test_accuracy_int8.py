@@ -309,3 +309,37 @@ def test_real_ocr_recogniser_beats_ort_default_int8(tmp_path, keys):
     print(f"held-out timestep agreement: ours {ours:.4f}, ORT default {default:.4f}")
     assert ours >= 0.90  # measured 0.944 here (0.93-0.96 on other crop sets)
     assert ours >= default + 0.03  # ORT default measured 0.886 here (0.81 on the bench set)
+
+
+def test_float_layer_group_takes_the_activation_along(tmp_path):
+    """Issue 14: keeping a Conv alone in float left its SiLU (Sigmoid + Mul) quantized, so the conv output was still
+    rounded on its way into the activation; a layer group is the weighted node with its activation chain."""
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    from converter.data import Dataset
+    from converter.onnx.layer_groups import layer_groups
+    from converter.onnx.qdq_quantizer import DatasetReader
+
+    rng = np.random.default_rng(0)
+    w = lambda *s: numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), f"w{len(s)}{s[0]}")  # noqa: E731
+    w1, w2 = w(8, 3, 3, 3), w(4, 8, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", w1.name], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+             helper.make_node("Mul", ["c1", "s1"], ["a1"], name="mul1"),
+             helper.make_node("Conv", ["a1", w2.name], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Clip", ["r2"], ["y"], name="clip2")]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, w2])
+    path = tmp_path / "silu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    groups = layer_groups(path, ["conv1", "conv2"])
+    assert groups == {"conv1": ["conv1", "sig1", "mul1"], "conv2": ["conv2", "relu2", "clip2"]}
+    data = Dataset({"x": rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)})
+    dst = tmp_path / "q.onnx"
+    quantize_static(str(path), str(dst), DatasetReader(data, 4), nodes_to_exclude=groups["conv1"],
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    q = onnx.load(str(dst))
+    rounded = {t for n in q.graph.node if n.op_type == "QuantizeLinear" for t in n.input}
+    assert "c1" not in rounded and "s1" not in rounded  # inside the float group: no rounding before the activation
+    assert "c2" in rounded or "a1" in rounded  # the int8 layer after it still is
