@@ -343,3 +343,40 @@ def test_float_layer_group_takes_the_activation_along(tmp_path):
     rounded = {t for n in q.graph.node if n.op_type == "QuantizeLinear" for t in n.input}
     assert "c1" not in rounded and "s1" not in rounded  # inside the float group: no rounding before the activation
     assert "c2" in rounded or "a1" in rounded  # the int8 layer after it still is
+
+
+def test_search_walks_input_first_when_layers_only_help_together():
+    """Issue 14: int8 YOLOv8n lost near-threshold boxes to rounding noise in its first layers, which no layer fixed
+    alone (each kept alone in float: no gain), so the sensitivity-ranked walk spent its layers elsewhere and missed
+    the budget. The search also walks the layers input-first and keeps the walk that does better held-out."""
+    from converter.accuracy.budget import Budget
+    from converter.accuracy.mixed_precision import SearchSettings, search_mixed_precision
+    from converter.accuracy.sensitivity import LayerBinding
+    from converter.data import Dataset
+
+    layers = [f"l{i}" for i in range(8)]
+
+    class Boxes:  # box agreement of a model = the set of layers it keeps in float
+        task = "detection"
+        float_model = None
+
+        def __init__(self, data: Dataset) -> None:
+            self.data = data
+
+        def on(self, data: Dataset) -> "Boxes":
+            return Boxes(data)
+
+        def __call__(self, model: tuple[str, ...]) -> dict:
+            a = 1.0 if {"l0", "l1", "l2"} <= set(model) else 0.85 + 0.01 * ("l7" in model) + 0.005 * ("l6" in model)
+            return {"agreement": a, "error": 1 - a, "metric": "boxes"}
+
+    settings = SearchSettings(max_float_layers=3, min_speedup=0, sensitivity="auto", sensitivity_samples=64,
+                              sensitivity_candidates=16)
+    bind = lambda data: LayerBinding(list(layers), lambda keep: tuple(keep))  # noqa: E731
+    out = search_mixed_precision((), Boxes(Dataset({"x": np.zeros((60, 1), np.float32)})), Budget(0.95, 100.0, 0.0),
+                                 settings, bind, None)
+    mixed = out.mixed
+    assert mixed["passed"] and mixed["order"] == "input-first" and mixed["float_layers"] == ["l0", "l1", "l2"]
+    assert out.model == ("l0", "l1", "l2") and "input-first" in mixed["why"]
+    # the sensitivity ranking alone would have kept l7, l6, ... and failed
+    assert [r["layer"] for r in out.sensitivity["ranking"]][:2] == ["l7", "l6"]
