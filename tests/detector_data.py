@@ -94,6 +94,8 @@ def split_frames(video: Path, folder: Path, selection: int, held_out: int, calib
 def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, workdir: Path) -> dict:
     """The detection gate's score of a bundle's model against the float model on frames the conversion never saw
     (the same decoder and matcher as the gate: converter.accuracy.detection)."""
+    from dataclasses import replace
+
     from converter.accuracy.detection import DetectionScorer
     from converter.data import load_dataset
     from converter.runners import run_model
@@ -101,8 +103,15 @@ def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, wor
 
     vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=workdir)
     m = vb.manifest
-    data = load_dataset(frames, m.inputs, m.preprocess)
-    reference = run_model(float_model, data)
+    spec = m.inputs[0]  # the frames in the source model's layout, as the gate feeds both models (TFLite: NHWC)
+    if spec.source_layout and spec.source_layout != spec.layout:
+        perm = [spec.layout.index(c) for c in spec.source_layout]
+        spec = replace(spec, layout=spec.source_layout, shape=[spec.shape[i] for i in perm], source_layout=None)
+    data = load_dataset(frames, [spec], m.preprocess)
+    import onnx
+
+    source_input = onnx.load(str(float_model), load_external_data=False).graph.input[0].name  # TFLite renames it
+    reference = run_model(float_model, type(data)({source_input: data.inputs[spec.name]}))
     candidate = run_model(vb.unpacked_to / m.model_file, data, m.inputs, m.outputs)
     scorer = DetectionScorer(dict(m.postprocess.options), [t.name for t in m.outputs], len(m.labels or []) or None,
                              (m.preprocess.size[0], m.preprocess.size[1]))

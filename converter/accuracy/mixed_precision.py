@@ -85,7 +85,9 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
     kept: list[str] = []
     slow = lambda st: max_latency_ms is not None and st.latency_ms is not None and st.latency_ms > max_latency_ms  # noqa: E731
     for layer in ranking:
-        if not steps[-1].failures or len(kept) >= max_float_layers or slow(steps[-1]):
+        # plain int8 timed below the floor is load noise or the model itself (the caller drops the floor when int8
+        # is slower than it): only a float layer's cost ends the walk
+        if not steps[-1].failures or len(kept) >= max_float_layers or (kept and slow(steps[-1])):
             break
         kept.append(layer)
         model = build(list(kept))
