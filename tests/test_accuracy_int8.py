@@ -171,6 +171,10 @@ def test_fallback_drops_layers_that_only_help_the_search_samples():
     # equal held-out agreement: the search set breaks the tie, so a real gain is not thrown away
     flat = lambda m: {"agreement": 0.9, "error": 0.1}  # noqa: E731
     assert greedy_fallback(["a", "b", "c"], build, evaluate, fails, 5, check=flat).float_layers == ["a", "b", "c"]
+    # plain int8 timed above the speed floor (a load spike) still lets the walk try layers; a slow float layer ends it
+    ms = {(): 12.0, ("a",): 9.0, ("a", "b"): 11.0, ("a", "b", "c"): 9.0}
+    walk = greedy_fallback(["a", "b", "c"], build, evaluate, fails, 5, latency=lambda m: ms[m], max_latency_ms=10.0)
+    assert [st.layer for st in walk.steps] == [None, "a", "b"] and walk.float_layers == ["a"]
 
 
 def test_dynamic_onnx_input_pinned_with_input_shape(outlier, keys, caplog):
