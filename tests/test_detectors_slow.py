@@ -11,7 +11,7 @@ import pytest
 from converter.cli import main as convert_main
 from edge_agent.cli import main as agent_main
 
-from .detector_data import VTEST, photos, yolo_onnx
+from .detector_data import MEGAMIND, VTEST, held_out_score, photos, split_frames, yolo_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +98,24 @@ def test_yolo_export_int8_tflite_has_boxes(keys, tmp_path, capsys):
     acc = report["measurements"]["accuracy"]
     assert acc["agreement"] >= 0.95 and acc["converted_boxes"] == acc["float_boxes"] > 0
     assert face_score(keys, out, pics / "astronaut.png", capsys) > 0.6
+
+
+@pytest.mark.timeout(1200)  # bias compensation and, when it is not enough, the float-layer search: minutes
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_yolo_int8_keeps_95_percent_of_float_boxes_on_held_out_frames(fmt, keys, tmp_path, capsys):
+    """Issue 14 "done when": int8 matches >= 95 % of float's boxes, judged on frames the conversion never saw
+    (not calibrated on, not selected on). Megamind.avi: a face in most frames, boxes of classes the model knows.
+    Plain int8 (float head only) kept 0.944 (ONNX) / 0.929 (TFLite) of them, int8 scoring lost boxes at about half
+    of float's score; ONNX now passes with bias compensation, TFLite with its first layers float (input-first walk)."""
+    selection, held_out = split_frames(MEGAMIND, tmp_path / "frames", 24, 40, calibration=16)
+    out = tmp_path / f"yolo-face-{fmt}.edgebundle"
+    # TFLite rebuilds the model for each candidate (a minute each here): measure 4 layers, walk at most 12
+    lean = ["--sensitivity-candidates", "4", "--max-float-layers", "12"] if fmt == "tflite" else []
+    rc = convert(keys, out, "--format", fmt, "--calibration", str(MEGAMIND), "--calibration-samples", "16",
+                 "--eval", str(selection), *lean)
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"].startswith("int8")
+    score = held_out_score(out, keys.pub, yolo_onnx(), held_out, tmp_path / "unpacked")
+    assert score["float_boxes"] >= 60, score
+    assert score["agreement"] >= 0.95, (score, report["measurements"].get("mixed_precision"))

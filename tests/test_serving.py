@@ -123,3 +123,49 @@ def test_clients_get_the_same_answers_as_edge_agent_run(fmt, digits, int8_bundle
     finally:
         code, summary = server.stop()
     assert code == 0 and summary["errors"] == 0 and summary["requests"] > 5 * N_DIGITS
+
+
+def test_tf_serving_gives_every_output_of_a_multi_output_classifier(tmp_path):
+    """A classifier with a box regressor first and logits second (--output-role logits): TF Serving's row and
+    columnar answers name both outputs, and an image's answer decodes the logits and carries both outputs too
+    (before: an image's prediction held only the record decoded from the served output)."""
+    import httpx
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    from converter.cli import main as convert_main
+    from edge_agent.bundle import generate_keypair
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
+    outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])]
+    inits = [numpy_helper.from_array(rng.normal(size=(192, 4)).astype(np.float32), "wb"),
+             numpy_helper.from_array(rng.normal(size=(192, 5)).astype(np.float32), "wl"),
+             numpy_helper.from_array(np.array([1, 192], np.int64), "flat")]
+    nodes = [helper.make_node("Reshape", ["images", "flat"], ["f"]), helper.make_node("MatMul", ["f", "wb"], ["boxes"]),
+             helper.make_node("MatMul", ["f", "wl"], ["logits"])]
+    src = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two", [x], outs, inits),
+                                opset_imports=[helper.make_opsetid("", 13)]), str(src))
+    key, pub = generate_keypair(tmp_path / "keys")
+    bundle = tmp_path / "two.edgebundle"
+    assert convert_main(["-q", "convert", str(src), "--output-role", "logits", "--precision", "fp32", "--profile",
+                         "raspberry-pi-4", "--key", str(key), "--out", str(bundle), "--bench-runs", "0"]) == 0
+    png = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(png)
+    server = ServeModelProcess(bundle, pub, tmp_path / "home")
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            tensor = rng.normal(size=(3, 8, 8)).tolist()
+            rows = http.post("/v1/models/two:predict", json={"instances": [tensor]}).json()["predictions"]
+            cols = http.post("/v1/models/two:predict", json={"inputs": {"images": [tensor]}}).json()["outputs"]
+            b64 = base64.b64encode(png.read_bytes()).decode()
+            image = http.post("/v1/models/two:predict", json={"instances": [{"b64": b64}]}).json()["predictions"][0]
+    finally:
+        server.stop()
+    assert set(rows[0]) == set(cols) == {"boxes", "logits"}
+    assert len(rows[0]["boxes"]) == 4 and len(rows[0]["logits"]) == 5 and np.array(cols["logits"]).shape == (1, 5)
+    assert set(image["outputs"]) == {"boxes", "logits"} and len(image["outputs"]["boxes"]) == 4
+    assert image["label"] == int(np.argmax(image["outputs"]["logits"]))  # the record decodes the logits, not boxes

@@ -85,7 +85,9 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
     kept: list[str] = []
     slow = lambda st: max_latency_ms is not None and st.latency_ms is not None and st.latency_ms > max_latency_ms  # noqa: E731
     for layer in ranking:
-        if not steps[-1].failures or len(kept) >= max_float_layers or slow(steps[-1]):
+        # plain int8 timed below the floor is load noise or the model itself (the caller drops the floor when int8
+        # is slower than it): only a float layer's cost ends the walk
+        if not steps[-1].failures or len(kept) >= max_float_layers or (kept and slow(steps[-1])):
             break
         kept.append(layer)
         model = build(list(kept))
@@ -251,14 +253,25 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     # nodes) show no gain alone, so the full ranking is walked, not just the layers that helped alone.
     order = [r["layer"] for r in ranking] + [r["layer"] for r in binding.prerank[k:]]
     fails = lambda s: budget.failures(s, task)  # noqa: E731
-    if split:
-        result = greedy_fallback(order, binding.build, evaluate.on(search_data), fails, limit, latency,
-                                 check=evaluate.on(check_data), max_latency_ms=floor_ms)
-    else:
-        result = greedy_fallback(order, binding.build, evaluate, fails, limit, latency, start=(model, base),
-                                 max_latency_ms=floor_ms)
+    walk = lambda ranking: (  # noqa: E731
+        greedy_fallback(ranking, binding.build, evaluate.on(search_data), fails, limit, latency,
+                        check=evaluate.on(check_data), max_latency_ms=floor_ms) if split else
+        greedy_fallback(ranking, binding.build, evaluate, fails, limit, latency, start=(model, base),
+                        max_latency_ms=floor_ms))
+    result, walked = walk(order), "sensitivity"
+    if not result.passed and layers[:limit] != order[:limit]:
+        # Errors that only matter together: rounding noise injected near the input is amplified by every layer
+        # after it, so no early layer helps alone (issue 14: int8 YOLOv8n lost near-threshold boxes until its
+        # first 13 conv layers were float together). Walk the layers input-first too; keep the better walk.
+        prefix = walk(list(layers))
+        if _outcome(prefix) > _outcome(result):
+            result, walked = prefix, "input-first"
     mixed, final_score, chosen = fallback_report(result, evaluate, budget, limit, len(layers), settings.max_float_layers,
                                                  (len(search_data), len(check_data)) if split else None)
+    mixed["order"] = walked
+    if walked == "input-first":
+        mixed["why"] = ("no layer helped enough alone (rounding noise near the input is amplified by every layer after "
+                        "it): the first layers, input-first, kept in float until the accuracy budget held")
     _report_speed(mixed, result, fp32_ms, floor_ms, floor_note, settings.min_speedup)
     gain = final_score["agreement"] - base["agreement"]
     if min_gain_samples and result.float_layers and not mixed["passed"] and not split:
@@ -270,6 +283,13 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
             mixed["latency_paid_ms"] = round(chosen.latency_ms - result.steps[0].latency_ms, 4)
     out.mixed, out.result, out.entry["mixed_precision"] = mixed, result, mixed
     return out
+
+
+def _outcome(result: FallbackResult) -> tuple[bool, float, float]:
+    """How good a walk's chosen step is: passes, then held-out (else search) agreement, then fewer float layers."""
+    step = result.steps[len(result.float_layers)]
+    score = step.check_score or step.score
+    return result.passed, score["agreement"], -len(result.float_layers)
 
 
 def _report_speed(mixed: dict[str, Any], result: FallbackResult, fp32_ms: float | None, floor_ms: float | None,

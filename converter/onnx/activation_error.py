@@ -47,8 +47,12 @@ def _nsr(ref: list[np.ndarray], cand: list[np.ndarray]) -> float:
     return float(((r - c) ** 2).mean() / max(float(r.var()), 1e-12))
 
 
-def local_errors(float_model: Path, qdq_model: Path, data: Dataset, layers: list[str], workdir: Path) -> list[dict]:
+def local_errors(float_model: Path, qdq_model: Path, data: Dataset, layers: list[str], workdir: Path,
+                 groups: dict[str, list[str]] | None = None) -> list[dict]:
     """Per layer (node name in the float graph): the output error it adds when quantized, largest first.
+
+    groups: layer -> its nodes (converter.onnx.layer_groups): the error is measured at the group's output
+    (after the activation), where keeping the group in float removes it.
 
     Tensor names of the float graph survive in ORT's QDQ graph (quantized tensors gain
     `_QuantizeLinear_Output` / `_DequantizeLinear_Output` copies), so the same names are compared.
@@ -77,7 +81,8 @@ def local_errors(float_model: Path, qdq_model: Path, data: Dataset, layers: list
         node = nodes.get(name)
         if node is None or not node.input or node.input[0] in inits:
             continue
-        tin, tout = visible(node.input[0]), visible(node.output[0])
+        last = nodes.get((groups or {}).get(name, [name])[-1], node)
+        tin, tout = visible(node.input[0]), visible(last.output[0])
         if tin and tout:
             io[name] = (tin, tout)
     graph_inputs = {i.name for i in model.graph.input}

@@ -1,7 +1,7 @@
 """Mixed precision for int8-static ONNX models that miss the accuracy budget.
 
 Binds the runtime-neutral search (converter.accuracy.mixed_precision) to ONNX Runtime: layers are the
-weight-carrying nodes, a candidate is the same cached calibration re-quantized with `nodes_to_exclude`
+weight-carrying nodes with the activation after them (converter.onnx.layer_groups), a candidate is the same cached calibration re-quantized with `nodes_to_exclude`
 (converter.onnx.qdq_quantizer), and a model with many layers is pre-ranked cheaply by the activation
 error each layer adds (converter.onnx.activation_error) before the top ones are measured.
 """
@@ -14,6 +14,7 @@ from ..accuracy.mixed_precision import SEARCH_OPTIONS, SearchSettings, search_mi
 from ..accuracy.sensitivity import PRERANK_SAMPLES, LayerBinding
 from ..data import Dataset
 from ..onnx.activation_error import local_errors
+from ..onnx.layer_groups import layer_groups
 from ..onnx.qdq_quantizer import quantizable_nodes
 from ..options import PassOption
 from .base import ConversionContext, Pass
@@ -23,12 +24,14 @@ from .context import OrtInt8Hand
 def ort_layer_binding(ctx: ConversionContext, hand: OrtInt8Hand, data: Dataset, candidates: int) -> LayerBinding:
     """The ORT quantizer as the search sees it; layers beyond `candidates` are pre-ranked by added error."""
     q, method = hand.quantizer, hand.method
-    layers = quantizable_nodes(q.src)
+    layers = [n for n in quantizable_nodes(q.src) if n not in q.keep_float]
+    groups = layer_groups(q.src, layers)
     prerank: list[dict[str, Any]] = []
     if len(layers) > candidates:
-        prerank = local_errors(q.src, ctx.model, data.head(PRERANK_SAMPLES), layers, ctx.workdir)
-    return LayerBinding(layers, lambda exclude: q.quantize(method, exclude), prerank,
-                        prerank_signal="activation error added by the layer in the int8 model")
+        prerank = local_errors(q.src, ctx.model, data.head(PRERANK_SAMPLES), layers, ctx.workdir, groups)
+    return LayerBinding(layers, lambda exclude: q.quantize(method, [n for layer in exclude for n in groups[layer]]),
+                        prerank, prerank_signal="activation error added by the layer (with its activation) in the "
+                        "int8 model")
 
 
 class MixedPrecisionPass(Pass):

@@ -94,11 +94,31 @@ def float_head_step(ctx: ConversionContext, quantizer: Quantizer, data: Dataset 
             "why": "box decode and class scores keep float precision (int8 body, float head)"}
 
 
+WEIGHTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
 def tflite_layer_binding(quantizer: Quantizer, data: Dataset) -> LayerBinding:
-    """The debugger's quantizer as the search sees it: layers are output tensors, pre-ranked by RMSE/scale."""
+    """The debugger's quantizer as the search sees it: layers are output tensors, pre-ranked by RMSE/scale; a
+    weighted layer carries its activation ops along (converter.onnx.layer_groups: a float conv whose SiLU stays
+    int8 still rounds its output)."""
+    from ..onnx.layer_groups import tflite_layer_groups
+
     q = quantizer(data)
-    return LayerBinding(q.layers(), q.build, q.prerank(),
-                        prerank_signal="RMSE/scale of the layer's int8 output vs float (debugger layer statistics)",
+    weighted = [r["layer"] for r in q.layer_stats() if r["op"] in WEIGHTED_OPS]
+    groups = tflite_layer_groups(q.build([]), weighted)
+    members = {m for g in groups.values() for m in g[1:]}
+    skip = members | set(q.keep_float)
+    worst = {r["layer"]: r for r in q.layer_stats()}
+    prerank = []
+    for r in q.prerank():
+        if r["layer"] not in skip:
+            grouped = [worst[m]["rmse/scale"] or 0.0 for m in groups.get(r["layer"], []) if m in worst]
+            prerank.append({**r, "rmse/scale": max([r["rmse/scale"] or 0.0, *grouped])})
+    prerank.sort(key=lambda r: r["rmse/scale"], reverse=True)
+    return LayerBinding([n for n in q.layers() if n not in skip],
+                        lambda keep: q.build([m for n in keep for m in groups.get(n, [n])]), prerank,
+                        prerank_signal="RMSE/scale of the layer's (or its activation's) int8 output vs float "
+                        "(debugger layer statistics)",
                         tool="tf.lite.experimental.QuantizationDebugger (denylisted_nodes)")
 
 

@@ -70,12 +70,18 @@ class InferenceService:
     def infer_image(self, data: bytes, name: str | None = None, version: str | None = None,
                     top_k: int | None = None) -> tuple[dict[str, Any], Served]:
         """An encoded image -> the CLI's answer for it, and the model it ran on."""
+        answer, _, model = self.infer_image_outputs(data, name, version, top_k)
+        return answer, model
+
+    def infer_image_outputs(self, data: bytes, name: str | None = None, version: str | None = None,
+                            top_k: int | None = None) -> tuple[dict[str, Any], list[np.ndarray], Served]:
+        """An encoded image -> the CLI's answer, every output of the model (manifest order), the model it ran on."""
         feeds, geometry = image_feeds(data, self.model(name, version).manifest)
         outputs, model, run_ms = self.batcher.submit(feeds, 1)
         answer = image_answer(outputs, model.manifest, geometry, top_k)
         if self._observers:
             self._observers.notify(LiveSample(ImageInput(data), model, feeds, outputs, run_ms, answer, geometry))
-        return answer, model
+        return answer, outputs, model
 
     def close(self) -> None:
         self.batcher.close()

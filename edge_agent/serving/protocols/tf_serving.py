@@ -1,7 +1,8 @@
 """TensorFlow Serving's REST API: model status, metadata (a `serving_default` signature) and `:predict`
 in both request formats, row (`instances`) and columnar (`inputs`), answered as TF Serving does
 (`predictions` / `outputs`). Images: `{"b64": "..."}` values (TF Serving's binary convention) or an
-`image/*` body are preprocessed as the bundle says; their predictions are the CLI's JSON records.
+`image/*` body are preprocessed as the bundle says; their predictions are the CLI's JSON records (with every
+named output under `outputs` when the model has several).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ class TFServing(ProtocolAdapter):
     def predict(self, req: Request, m: "re.Match[str]") -> Response:
         name, version = m["name"], m["version"]
         if is_image(req):
-            result, _ = self.service.infer_image(req.body, name, version)
-            return Response.of_json({"predictions": [result]})
+            return Response.of_json({"predictions": [self._image(req.body, name, version)]})
         body = req.json()
         if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
             raise BadRequest('predict needs a JSON object with exactly one of "instances" or "inputs"')
@@ -64,7 +64,7 @@ class TFServing(ProtocolAdapter):
         data = body["instances"] if row else body["inputs"]
         images = _images(data)
         if images is not None:
-            results = [self.service.infer_image(x, name, version)[0] for x in images]
+            results = [self._image(x, name, version) for x in images]
             return Response.of_json({"predictions" if row else "outputs": results})
         arrays = _rows(data) if row else _columns(data)
         outputs, model = self.service.infer_tensors(arrays, name, version)
@@ -77,6 +77,15 @@ class TFServing(ProtocolAdapter):
         if len(outputs) == 1:
             return Response.of_json({"outputs": outputs[0].tolist()})
         return Response.of_json({"outputs": {k: o.tolist() for k, o in zip(names, outputs)}})
+
+    def _image(self, data: bytes, name: str, version: str | None) -> dict[str, Any]:
+        """The CLI's record for one image; a model with several outputs also gives each named output under
+        `outputs` (as TF Serving names a multi-output signature's values), not just the one the record decodes."""
+        result, outputs, model = self.service.infer_image_outputs(data, name, version)
+        if len(outputs) > 1:
+            result = {**result, "outputs": {t.name: (o[0] if o.ndim else o).tolist()
+                                            for t, o in zip(model.manifest.outputs, outputs)}}
+        return result
 
 
 def _b64(value: Any) -> bytes | None:
