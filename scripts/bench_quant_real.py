@@ -7,7 +7,8 @@ Models and photos come from packages (examples/imagenet_cnns.py: torchvision's M
 EfficientNet-Lite0, Debian's opencv-doc photos and videos, scikit-image photos). Photos are split by
 source file: one side calibrates (edgekit also selects its recipe on half of it), the other side is the
 held-out test set every figure below is measured on. Agreement = float's top-1 kept; "clear" = inputs
-where float's top-1 probability leads the runner-up by > 0.2. Latency: median ms, batch 1, 2 threads,
+where float's top-1 probability leads the runner-up by > 0.2. Two reference rows bound what any int8 can keep on
+these photos: float itself under +-1 grey level of input noise, and int8 weights with float activations. Latency: median ms, batch 1, 2 threads,
 interleaved runs in one process. PP-OCR stays in scripts/bench_accuracy.py.
 """
 
@@ -75,6 +76,31 @@ def edgekit_int8(src: Path, calib: Path, select: Path, work: Path) -> tuple[dict
     return json.loads(Path(str(out) + ".report.json").read_text()), work / "bundle" / "model" / "model.onnx", seconds
 
 
+def weights_only_int8(float_model: Path, out: Path) -> Path:
+    """The float model with every Conv/Gemm weight rounded to ORT's per-channel int8 grid, activations float: the
+    ceiling of any int8 recipe that keeps ORT's weight grid (it does not run faster: no speed-up is claimed)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(float_model))
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            axes = tuple(range(1, w.ndim))  # per output channel (Gemm: rows, as exported with transB=1)
+            scale = np.maximum(np.abs(w).max(axis=axes, keepdims=True), 1e-12) / 127
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.clip(np.round(w / scale), -127, 127) * scale, n.input[1]))
+    onnx.save(m, str(out))
+    return out
+
+
+def input_noise_floor(float_model: Path, test: np.ndarray, std: np.ndarray, levels: float = 1.0) -> np.ndarray:
+    """Float's outputs on the held-out inputs with +-`levels` grey levels of uniform noise per pixel (invisible, below
+    JPEG's own error): how often float itself changes its answer without any quantization."""
+    noise = np.random.default_rng(1).uniform(-levels, levels, test.shape).astype(np.float32) / 255
+    return ba.run(float_model, (test + noise / std.reshape(1, -1, 1, 1)).astype(np.float32))
+
+
 def fused_int8_kernels(model: Path) -> int:
     """Int8 kernels in ORT's optimized graph (QLinearConv, QGemm, ...): a QDQ model ORT could not fuse runs in float."""
     import onnx
@@ -90,7 +116,7 @@ def fused_int8_kernels(model: Path) -> int:
 def bench(name: str, runs: int, with_nncf: bool) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-real-{name}-"))
     float_model = nets.export(name, work / "float.onnx")
-    calib_side, test = nets.photo_split(400, 400)
+    calib_side, test = nets.photo_split(400, 400, model=name)
     calib, select = calib_side[0::2], calib_side[1::2]
     np.savez(work / "calib.npz", x=calib)
     np.savez(work / "select.npz", x=select)
@@ -105,6 +131,13 @@ def bench(name: str, runs: int, with_nncf: bool) -> dict:
     ref = ba.run(float_model, test)
     lat = ba.latencies(models, test, runs)
     rows = {}
+    # reference rows, not int8 recipes: float itself under +-1 grey level of input noise, and weights-only int8
+    for label, out in (("float +-1/255 noise", input_noise_floor(float_model, test, nets.NORMALIZATION[name][1])),
+                       ("int8 weights only", ba.run(weights_only_int8(float_model, work / "wonly.onnx"), test))):
+        s = score(ref, out, "classification")
+        rows[label] = {"agreement": s["agreement"], "clear_agreement": s.get("clear_agreement"),
+                       "clear_share": s.get("clear_share"), "latency_ms": None, "speedup_vs_float": None,
+                       "int8_kernels": 0}
     for label, model in models.items():
         s = score(ref, ba.run(model, test), "classification")
         rows[label] = {"agreement": s["agreement"], "clear_agreement": s.get("clear_agreement"),
@@ -145,8 +178,9 @@ def main() -> int:
               f"{len(r['float_layers'])} layers float, {r['convert_seconds']} s")
         for label, row in r["results"].items():
             clear = f"{row['clear_agreement']:.3f} clear ({row['clear_share']:.0%})" if row["clear_agreement"] is not None else ""
-            print(f"  {label:18s} agreement {row['agreement']:.3f}  {clear:22s} {row['latency_ms']:8.3f} ms "
-                  f"{row['speedup_vs_float']:5.2f}x  int8 kernels {row['int8_kernels']}")
+            speed = (f"{row['latency_ms']:8.3f} ms {row['speedup_vs_float']:5.2f}x" if row["latency_ms"] is not None
+                     else f"{'(reference, not timed)':>20s}")
+            print(f"  {label:20s} agreement {row['agreement']:.3f}  {clear:22s} {speed}  int8 kernels {row['int8_kernels']}")
     return 0
 
 
