@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from edge_agent.ota.broker_failover import BrokerRotation
+from edge_agent.ota.broker_failover import BrokerRotation, first_that_answers
 from edge_agent.ota.broker_url import BrokerAddress, parse_broker_urls
 
 from .errors import ConnectionFailed
@@ -73,15 +73,10 @@ def connect(settings: MqttSettings, client: mqtt.Client, timeout: float = 10.0) 
                        keyfile=str(settings.key_file) if settings.key_file else None,
                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
-    failures = []
-    for index in range(len(brokers.addresses)):
-        try:
-            _connect_once(client, brokers.use(client, index), settings.keepalive, timeout)
-            break
-        except ConnectionFailed as exc:
-            failures.append(str(exc))
-    else:
-        raise ConnectionFailed("; ".join(failures))
+    _, _, failures = first_that_answers(
+        brokers.addresses, lambda index, _a: _connect_once(client, brokers.use(client, index), settings.keepalive,
+                                                           timeout),
+        (ConnectionFailed,), lambda errors: ConnectionFailed("; ".join(str(e) for e in errors)))
     for earlier in failures:
         log.warning("%s; connected to the next broker, %s", earlier, brokers.url)
     _follow_on_failure(client, brokers)

@@ -130,3 +130,26 @@ def test_check_connection_tries_each_broker_and_names_the_one_that_answered(dead
     assert f"cannot reach the broker {dead}" in str(refused.value)
     with pytest.raises(BrokerUnreachable, match=f"cannot reach the broker {dead}"):
         check_connection(_config(dead), timeout_s=5)
+
+
+def test_first_that_answers_tries_in_order_and_lets_the_caller_choose_the_error():
+    """The one try-in-order loop of the agent's --check-connection and the fleet's first connect."""
+    from edge_agent.ota.broker_failover import first_that_answers
+    from edge_agent.ota.broker_url import parse_broker_urls
+
+    addresses = parse_broker_urls("mqtt://n1,mqtt://n2,mqtt://n3")
+    tried = []
+
+    def attempt(index, address):
+        tried.append((index, address.host))
+        if address.host != "n3":
+            raise ConnectionError(f"{address.host} is down")
+        return "welcome"
+
+    result, address, failures = first_that_answers(addresses, attempt, (ConnectionError,), lambda e: RuntimeError())
+    assert (result, address.host, [str(f) for f in failures]) == ("welcome", "n3", ["n1 is down", "n2 is down"])
+    assert tried == [(0, "n1"), (1, "n2"), (2, "n3")]
+    with pytest.raises(LookupError, match="n1 is down; n2 is down"):
+        first_that_answers(addresses[:2], attempt, (ConnectionError,), lambda e: LookupError("; ".join(map(str, e))))
+    with pytest.raises(ZeroDivisionError):  # not a "try the next broker" error: it is not swallowed
+        first_that_answers(addresses, lambda i, a: 1 / 0, (ConnectionError,), lambda e: RuntimeError())

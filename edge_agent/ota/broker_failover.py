@@ -10,7 +10,7 @@ first, so a client also comes back when the node it moved to dies in turn.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import paho.mqtt.client as mqtt
 
@@ -19,6 +19,7 @@ from .broker_url import BrokerAddress
 log = logging.getLogger(__name__)
 
 LoginFor = Callable[[BrokerAddress], "tuple[str | None, str | None]"]
+T = TypeVar("T")
 
 
 class BrokerRotation:
@@ -62,3 +63,23 @@ class BrokerRotation:
         a = self.use(client, self.index + 1)
         client._host, client._port = a.host, a.port  # noqa: SLF001 - see the docstring
         log.warning("trying the next broker: %s", self.url)
+
+
+def first_that_answers(
+    addresses: Sequence[BrokerAddress],
+    attempt: Callable[[int, BrokerAddress], T],
+    retry_on: tuple[type[Exception], ...],
+    give_up: Callable[[list[Exception]], Exception],
+) -> tuple[T, BrokerAddress, list[Exception]]:
+    """Try `attempt(index, address)` on each broker in the order given until one succeeds: the fleet's first
+    connect (edge_fleet/mqtt.py) and the agent's `--check-connection` both start this way, each with its own
+    errors. An error of `retry_on` moves on to the next broker; any other one propagates. Returns what the
+    attempt returned, the broker that answered and the errors of those tried before it; when none answered,
+    raises `give_up(errors)` (the caller picks the error type, so its exit code stays its own)."""
+    failures: list[Exception] = []
+    for index, address in enumerate(addresses):
+        try:
+            return attempt(index, address), address, failures
+        except retry_on as exc:
+            failures.append(exc)
+    raise give_up(failures)

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from ...errors import AgentError
+from ..broker_failover import first_that_answers
 from ..broker_url import BrokerAddress
 from .config import AgentConfig
 from .mqtt_link import make_client, refusal_line
@@ -30,17 +31,17 @@ def check_connection(config: AgentConfig, timeout_s: float = 10.0) -> dict[str, 
     """Log in to each broker URL in turn, as the service would, until one accepts; disconnect. The result
     names the broker that accepted. Raises BrokerLoginRefused when none accepted and one refused the login
     (else BrokerUnreachable); the line names each broker tried and what it said."""
-    failures: list[AgentError] = []
-    for address in config.broker_addresses():
-        try:
-            login = _log_in_once(config, address, timeout_s)
-        except (BrokerLoginRefused, BrokerUnreachable) as exc:
-            failures.append(exc)
-            continue
-        return {"ok": True, "broker": address.url, "username": login, "tls": address.tls,
-                "failed": [str(f) for f in failures]}
+    login, address, failures = first_that_answers(
+        config.broker_addresses(), lambda _index, a: _log_in_once(config, a, timeout_s),
+        (BrokerLoginRefused, BrokerUnreachable), _gave_up)
+    return {"ok": True, "broker": address.url, "username": login, "tls": address.tls,
+            "failed": [str(f) for f in failures]}
+
+
+def _gave_up(failures: list[Exception]) -> AgentError:
+    """No broker accepted: a refused login decides the error (and exit code) if any broker refused one."""
     kind = BrokerLoginRefused if any(isinstance(f, BrokerLoginRefused) for f in failures) else BrokerUnreachable
-    raise kind("; ".join(str(f) for f in failures))
+    return kind("; ".join(str(f) for f in failures))
 
 
 def _log_in_once(config: AgentConfig, address: BrokerAddress, timeout_s: float) -> str | None:
