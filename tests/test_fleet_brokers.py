@@ -6,6 +6,7 @@ cluster: test_fleet_cluster.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -67,3 +68,23 @@ def test_serve_with_no_broker_answering_names_each_one_and_exits_8(tmp_path, cap
     assert code == 8 and len(err) == 1 and all(f"cannot reach MQTT broker {url}" in err[0] for url in dead)
     code = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--broker", dead[0], "--broker", "mqtts://n2"])
     assert code == 8 and "mix mqtt:// and mqtts://" in capsys.readouterr().err
+
+
+def test_serve_json_names_the_broker_as_given_without_its_password(tmp_path):
+    """Fails before the fix: `broker` echoed mqtt://fleet:s3cret-pw@... into the JSON (and so into logs)."""
+    from edge_agent.ota.broker_url import redact_broker_urls
+
+    broker = start_broker(tmp_path / "locked", prefer="mosquitto", fallback=False, users={"fleet": "s3cret-pw"})
+    dead = f"mqtt://other:pw2@127.0.0.1:{free_port()}"
+    fleet = None
+    try:
+        fleet = FleetProcess(tmp_path / "fleet", "--broker", f"{dead},mqtt://fleet:s3cret-pw@127.0.0.1:{broker.port}")
+        assert fleet.info["broker"] == f"{dead.replace(':pw2@', ':***@')},mqtt://fleet:***@127.0.0.1:{broker.port}"
+        assert fleet.info["connected_to"] == broker.url
+        assert "s3cret" not in json.dumps(fleet.info) and "pw2" not in json.dumps(fleet.info)
+    finally:
+        if fleet is not None:
+            assert fleet.stop() == 0
+        broker.stop()
+    assert redact_broker_urls(["mqtt://u:p%40ss@h:1", "mqtts://h2", "mqtt://u2@h3"]) == \
+        "mqtt://u:***@h:1,mqtts://h2,mqtt://u2@h3"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
 PLAIN_SCHEMES = ("mqtt", "tcp")
 TLS_SCHEMES = ("mqtts", "ssl")
@@ -67,3 +67,23 @@ def parse_broker_urls(values: str | Iterable[str] | None, force_tls: bool = Fals
     if len({a.tls for a in addresses}) > 1:
         raise ValueError("the broker URLs mix mqtt:// and mqtts://: use TLS for all of them or for none")
     return addresses
+
+
+def redact_broker_urls(values: str | Iterable[str] | None) -> str:
+    """The broker URLs as given (comma list), each password replaced by `***`: what a program may print or
+    put in its JSON output (a password in `mqtt://user:pass@host` must not reach a log or a terminal)."""
+    out = []
+    for url in split_broker_urls(values):
+        try:
+            u = urlsplit(url)
+            password = u.password
+        except ValueError:  # not parsable: it cannot be shown safely either way, so show no login at all
+            out.append(url.rpartition("@")[2])
+            continue
+        if password is None:
+            out.append(url)
+            continue
+        login, _, host = u.netloc.rpartition("@")
+        user = login.split(":", 1)[0]
+        out.append(u._replace(netloc=f"{user}:***@{host}").geturl())
+    return ",".join(out)

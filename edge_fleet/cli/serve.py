@@ -50,7 +50,7 @@ def _is_ipv6(text: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> Result:
-    from edge_agent.ota.broker_url import split_broker_urls
+    from edge_agent.ota.broker_url import redact_broker_urls, split_broker_urls
 
     from ..mqtt import MqttSettings
     from ..rollout.signed_urls import UrlSigner
@@ -83,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
         signal.signal(sig, lambda *_: server.request_stop())
     assert server.broker is not None
     embedded = server.broker.kind if server.broker.managed else None
-    info = {"broker": server.url, "connected_to": server.broker_in_use, "brokers": len(split_broker_urls(server.url)),
+    info = {"broker": redact_broker_urls(server.url),  # as given, but never its password
+            "connected_to": server.broker_in_use, "brokers": len(split_broker_urls(server.url)),
             "embedded": embedded, "db": reg.location, "prefix": args.prefix,
             "server_id": server.server_id, "share_group": args.share_group,
             "http": http.url if http else None, "tokens": len(reg.tokens()),
