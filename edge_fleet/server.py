@@ -36,6 +36,7 @@ from typing import Literal, Sequence
 import paho.mqtt.client as mqtt
 
 from edge_agent.ota.broker_failover import BrokerRotation
+from edge_agent.ota.heap import keep_freed_memory
 from edge_agent.ota.broker_url import split_broker_urls
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
@@ -117,6 +118,7 @@ class FleetServer:
         else:
             self.broker = ExternalBroker(self.broker_url).start()
         self.settings.url = self.broker.url
+        keep_freed_memory()  # every block frame sent is a buffer of its own: no fresh pages for each one
         try:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=True)

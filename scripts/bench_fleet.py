@@ -243,10 +243,12 @@ def main() -> int:
     if "single" in out:
         s, m = out["single"], out["single"]["median_mb_s"]
         print(f"one device, one {s['mb']} MB bundle ({s['rounds']} alternating rounds, medians; {s['block_kib']} KiB blocks):")
-        print(f"  MQTT: agent {m['mqtt_agent']} MB/s vs raw pub/sub {m['mqtt_raw']} MB/s = {s['mqtt_ratio']:.0%}")
+        print(f"  MQTT: agent {m['mqtt_agent']} MB/s vs raw pub/sub {m['mqtt_raw']} MB/s = {s['mqtt_ratio']:.0%} "
+              f"(raw with the agent's heap setting {m['mqtt_raw_same_heap']} MB/s: {s['mqtt_ratio_same_heap']:.0%})")
         print(f"  HTTP: agent {m['http_agent']} MB/s vs raw GET {m['http_raw']} MB/s = {s['http_ratio']:.0%}")
         c = s["receiver_cpu_ms_per_mb"]
-        print(f"  MQTT receiving process CPU: agent {c['mqtt_agent']} ms/MB vs raw {c['mqtt_raw']} ms/MB")
+        print(f"  MQTT receiving process CPU: agent {c['mqtt_agent']} ms/MB vs raw {c['mqtt_raw']} ms/MB "
+              f"(same heap: {c['mqtt_raw_same_heap']} ms/MB); load average {os.getloadavg()[0]:.1f}")
         print(f"  then the whole-file SHA-256 (the agent's verifying phase): {s['verify_sha256_s']} s")
     print(f"{args.devices} simulated devices ({procs} processes), {args.mb} MB bundle, stages {args.stages} %")
     for r in out["runs"]:

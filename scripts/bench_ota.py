@@ -76,12 +76,23 @@ def cpu_seconds() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
-    """Receive `total` bytes on RAW_TOPIC; report seconds from `go` to the last byte."""
+def raw_receiver(host: str, port: int, total: int, staging: str | None, keep_heap: bool, ready, go, result) -> None:
+    """Receive `total` bytes on RAW_TOPIC with stock paho; report seconds from `go` to the last byte and the CPU
+    seconds. staging: write each message at its offset into a file there, as any downloader must store what it
+    receives (the agent writes every block; the raw HTTP GET writes its file too); the file is deleted after.
+    keep_heap: the agent's malloc setting (edge_agent.ota.heap), to compare like with like."""
+    if keep_heap:
+        from edge_agent.ota.heap import keep_freed_memory
+
+        keep_freed_memory()
     got = [0]
     done = threading.Event()
+    path = Path(staging) / "raw.part" if staging else None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path else None
 
     def on_message(_c, _u, msg):
+        if fd is not None:
+            os.pwrite(fd, msg.payload, got[0])
         got[0] += len(msg.payload)
         if got[0] >= total:
             done.set()
@@ -96,15 +107,20 @@ def raw_receiver(host: str, port: int, total: int, ready, go, result) -> None:
     result.put((time.perf_counter() - t0, cpu_seconds() - cpu) if ok else None)
     c.disconnect()
     c.loop_stop()
+    if fd is not None:
+        os.close(fd)
+        path.unlink()  # its dirty pages go with it, not into the next transfer's writeback
 
 
 def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str,
                    digests: list[bytes] | None, window: int | None, ready, go, result) -> None:
     """The agent's downloader, wired as the daemon wires it; seconds from `go` to a verified file."""
     from edge_agent.ota.daemon import paho_decode
+    from edge_agent.ota.heap import keep_freed_memory
     from edge_agent.ota.transfer import BlockDownloader
 
     paho_decode.install()  # as the agent's make_client does
+    keep_freed_memory()  # as make_client does
     topics = Topics()
     c = _client(host, port, f"agent-{device}")
     dl = BlockDownloader(Path(staging), sha, size, block,
@@ -112,6 +128,7 @@ def agent_receiver(host: str, port: int, sha: str, size: int, block: int, stagin
                          block_digests=digests,  # from the desired state, as the daemon passes them
                          **({"window": window} if window else {}))
     data_topic = topics.block_data(device)
+    paho_decode.zero_copy(data_topic)  # as the agent's MqttLink.route does for its block data
     c.on_message = lambda _c, _u, msg: dl.on_frame(msg.payload) if msg.topic == data_topic else None
     _subscribe(c, data_topic)
     ready.set()
@@ -161,8 +178,10 @@ def make_bundle(folder: Path, key: Path, version: int, size: int) -> Path:
     return write_bundle(folder / f"bench-v{version}.edgebundle", m, {"model.onnx": payload}, load_private_key(key))
 
 
-def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float] | None = None) -> float:
-    """Seconds the raw pub/sub of `data` takes; appends the receiver's CPU seconds to `cpu`."""
+def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float] | None = None,
+                 staging: Path | None = None, keep_heap: bool = False) -> float:
+    """Seconds the raw pub/sub of `data` takes; appends the receiver's CPU seconds to `cpu`. staging: the
+    receiver writes the file there (raw_receiver); keep_heap: with the agent's malloc setting."""
     pub = _client(host, port, "raw-pub")
 
     def send():
@@ -171,7 +190,8 @@ def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float]
             info.wait_for_publish(60)
 
     try:
-        seconds, used = _run_child(raw_receiver, (host, port, len(data)), send)
+        seconds, used = _run_child(raw_receiver, (host, port, len(data), str(staging) if staging else None,
+                                                  keep_heap), send)
     finally:
         pub.disconnect()
         pub.loop_stop()

@@ -74,3 +74,56 @@ def test_the_agents_clients_use_it_with_the_pinned_paho(monkeypatch):
 @pytest.mark.parametrize("protocol", [MQTTProtocolVersion.MQTTv31, V311])
 def test_an_empty_topic_is_refused(protocol):
     assert both(0x30, publish(b"", 0, 0, b"x"), protocol) == [MalformedPacket, MalformedPacket]
+
+
+def test_a_zero_copy_topic_gets_a_read_only_view_of_the_packet_and_others_get_bytes():
+    packet = bytearray(publish(b"dev/blocks/data", 1, 9, b"frame bytes"))
+    paho_decode.zero_copy("dev/blocks/data")
+    try:
+        view = paho_decode.decode_publish(0x32, packet, V311).payload
+        other = paho_decode.decode_publish(0x32, bytearray(publish(b"dev/desired", 1, 9, b"{}")), V311).payload
+    finally:
+        paho_decode.zero_copy("dev/blocks/data", on=False)
+    assert isinstance(view, memoryview) and view.obj is packet and view.readonly and bytes(view) == b"frame bytes"
+    assert type(other) is bytes
+    assert type(paho_decode.decode_publish(0x32, packet, V311).payload) is bytes  # unregistered: a copy again
+
+
+def test_paho_reads_every_packet_into_a_buffer_of_its_own(tmp_path):
+    """What zero-copy payloads rely on: views of earlier packets kept while later ones arrive stay intact.
+    Fails if a paho upgrade reuses its read buffer (earlier views would change, or paho would fail to grow it)."""
+    import os
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from edge_fleet.broker import start_broker
+
+    frames = [os.urandom(200_000 + i) for i in range(12)]
+    got: list = []
+    done = threading.Event()
+    with start_broker(tmp_path / "broker", prefer="mosquitto", fallback=False) as broker:
+        paho_decode.install()
+        paho_decode.zero_copy("zc/blocks/data")
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="zc-sub")
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="zc-pub")
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.on_message = lambda c, u, msg: (got.append(msg.payload), len(got) == len(frames) and done.set())
+        try:
+            sub.connect(broker.host, broker.port)
+            sub.loop_start()
+            sub.subscribe("zc/blocks/data", qos=1)
+            assert subscribed.wait(10)
+            pub.connect(broker.host, broker.port)
+            pub.loop_start()
+            for frame in frames:
+                pub.publish("zc/blocks/data", frame, qos=1)
+            assert done.wait(30)
+        finally:
+            paho_decode.zero_copy("zc/blocks/data", on=False)
+            for c in (sub, pub):
+                c.disconnect()
+                c.loop_stop()
+    assert all(isinstance(p, memoryview) for p in got)
+    assert [bytes(p) for p in got] == frames

@@ -74,7 +74,7 @@ def encode_block(block: Block, digest: bytes | None = None) -> bytes:
     return _FRAME_MAGIC + struct.pack(">I", len(header)) + header + block.data
 
 
-def decode_block(payload: bytes) -> Block:
+def decode_block(payload: bytes | memoryview) -> Block:
     """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad.
 
     The block's data is a read-only view into `payload` (keep `payload` unchanged while it is used)."""
@@ -84,7 +84,7 @@ def decode_block(payload: bytes) -> Block:
     if hlen > 4096 or 8 + hlen > len(payload):
         raise ProtocolError("block frame header length is invalid")
     try:
-        header = json.loads(payload[8 : 8 + hlen])
+        header = json.loads(bytes(payload[8 : 8 + hlen]))  # bytes: the payload may be a memoryview
         if not isinstance(header, dict):
             raise TypeError("header is not an object")
         sha, index, total, size, bsha = (
@@ -96,7 +96,7 @@ def decode_block(payload: bytes) -> Block:
         raise ProtocolError("block frame index/total are invalid")
     if not (isinstance(sha, str) and _SHA_RE.match(sha)):
         raise ProtocolError("block frame sha256 is invalid")
-    data = memoryview(payload)[8 + hlen :]  # no copy: 128 KiB per block, the receiver's largest cost after the hash
+    data = memoryview(payload).toreadonly()[8 + hlen :]  # no copy: 128 KiB per block, the receiver's largest cost after the hash
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
     digest = hashlib.sha256(data).digest()

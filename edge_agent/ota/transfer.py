@@ -168,7 +168,7 @@ class BlockDownloader:
 
     # --- incoming frames (network thread) ------------------------------------------------
 
-    def on_frame(self, payload: bytes) -> bool:
+    def on_frame(self, payload: bytes | memoryview) -> bool:
         """Store one block frame if it is valid, wanted and new; log and ignore it otherwise."""
         if len(payload) > self.block_size + _FRAME_OVERHEAD:
             self.stats.rejected += 1

@@ -73,7 +73,7 @@ class Agent:
         self.metrics = None
         self.notifier = Notifier()
         self.link.route(self.topics.desired, self.desired.on_payload)
-        self.link.route(self.topics.block_data, self.worker.on_block_frame)
+        self.link.route(self.topics.block_data, self.worker.on_block_frame, zero_copy=True)
         self.link.on_connected(self.reporter.publish_reported)
         self.link.on_connected(self.worker.reconnected)
 

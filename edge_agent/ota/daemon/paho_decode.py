@@ -7,6 +7,10 @@ returns the same `PublishPacket` (tests/test_paho_decode.py compares the two on 
 malformed ones included) and copies the payload once. It replaces paho's function only for the pinned
 paho version (pyproject.toml); for any other version paho's own decoder stays, so an upgrade can cost
 speed but never correctness. MQTT 5 packets (properties) go to paho's own decoder.
+
+For the topics registered with `zero_copy(topic)` (the agent's block data) it copies nothing: the payload
+is a read-only memoryview of the packet buffer, which paho 2.2's reader allocates afresh for every packet
+and never touches again once the packet is handled. Every other topic gets bytes, as paho gives them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ log = logging.getLogger(__name__)
 
 PAHO_VERSION = "2.2.0"  # the version whose decode_publish this one matches (pinned in pyproject.toml)
 _paho_decode_publish = _packet.decode_publish
+_zero_copy_topics: set[bytes] = set()  # topics whose payload is a view of the packet, not a copy
+
+
+def zero_copy(topic: str, on: bool = True) -> None:
+    """Hand this topic's payloads to on_message as read-only memoryviews of the packet (no copy), once
+    `install()` has installed this decoder; its handler must accept a memoryview (len, slicing, hashing,
+    os.pwrite do; json.loads does not). on=False: bytes again."""
+    if on:
+        _zero_copy_topics.add(topic.encode())
+    else:
+        _zero_copy_topics.discard(topic.encode())
 
 
 def decode_publish(header: int, packet: bytes | bytearray, protocol: MQTTProtocolVersion) -> _packet.PublishPacket:
@@ -43,8 +58,11 @@ def decode_publish(header: int, packet: bytes | bytearray, protocol: MQTTProtoco
             raise MalformedPacket("PUBLISH packet has no message id")
         mid = packet[end] << 8 | packet[end + 1]
         end += 2
-    with memoryview(packet) as view:
-        payload = bytes(view[end:])
+    if topic in _zero_copy_topics and isinstance(packet, bytearray):
+        payload: bytes | memoryview = memoryview(packet)[end:].toreadonly()  # paho never reuses `packet`
+    else:
+        with memoryview(packet) as view:
+            payload = bytes(view[end:])
     return _packet.PublishPacket(dup=bool(header & 0x08), qos=qos, retain=bool(header & 0x01), topic=topic,
                                  mid=mid, properties=None, payload=payload)
 
@@ -60,4 +78,4 @@ def install() -> bool:
     return True
 
 
-__all__ = ["PAHO_VERSION", "decode_publish", "install"]
+__all__ = ["PAHO_VERSION", "decode_publish", "install", "zero_copy"]

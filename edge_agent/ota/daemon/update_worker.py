@@ -77,7 +77,7 @@ class UpdateWorker:
             return
         self._jobs.put(job)
 
-    def on_block_frame(self, payload: bytes) -> bool:
+    def on_block_frame(self, payload: bytes | memoryview) -> bool:
         """A blocks/data frame for the download in progress (False: the downloader refused it)."""
         dl = self.downloader
         if dl is None:
