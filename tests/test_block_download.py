@@ -29,8 +29,9 @@ class Feeder:
     `corrupt` indices are answered with a frame whose data does not match the deployment's hash."""
 
     def __init__(self, data: bytes, sha: str, serve: int | None = None, gap_s: float = 0.0,
-                 corrupt: frozenset[int] = frozenset()) -> None:
+                 corrupt: frozenset[int] = frozenset(), as_view: bool = False) -> None:
         self.data, self.sha, self.serve, self.gap_s, self.corrupt = data, sha, serve, gap_s, set(corrupt)
+        self.as_view = as_view  # frames as the agent's paho decoder hands them: read-only views of the packet
         self.total = -(-len(data) // BLOCK)
         self.requests: "queue.Queue[BlockRequest | None]" = queue.Queue()
         self.asked: list[int] = []
@@ -62,7 +63,8 @@ class Feeder:
                     piece = bytes(b ^ 0xFF for b in piece)
                 self.sent += 1
                 assert self.dl is not None
-                self.dl.on_frame(encode_block(Block(self.sha, i, self.total, piece)))
+                frame = encode_block(Block(self.sha, i, self.total, piece))
+                self.dl.on_frame(memoryview(bytearray(frame)).toreadonly() if self.as_view else frame)
                 if self.gap_s:
                     time.sleep(self.gap_s)
 
@@ -152,9 +154,10 @@ def test_the_block_list_is_saved_every_n_blocks_and_a_restart_fetches_only_the_r
     assert not set(again.asked) & saved and set(again.asked) | saved == set(range(100))
 
 
-def test_a_corrupt_block_is_never_written_and_is_fetched_again(tmp_path):
+@pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "packet-view"])
+def test_a_corrupt_block_is_never_written_and_is_fetched_again(tmp_path, as_view):
     data, sha, digests = bundle_file(tmp_path, 40)
-    feeder = Feeder(data, sha, corrupt=frozenset({3, 17}))
+    feeder = Feeder(data, sha, corrupt=frozenset({3, 17}), as_view=as_view)
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
     download(dl, feeder, sha)
@@ -194,3 +197,21 @@ def test_a_window_of_one_block_downloads_one_block_at_a_time(tmp_path):
     download(dl, feeder, sha)
     assert feeder.asked == list(range(12)) and dl.stats.requests == 12
     assert dl.stats.wakeups <= 12 * 3, dl.stats  # a few per block, never a busy loop
+
+
+@pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "packet-view"])
+def test_a_forged_block_is_refused_before_a_byte_of_it_is_written(tmp_path, as_view):
+    """A well-formed frame whose data hashes to its own header but not to the deployment's list: refused,
+    counted, and the staging file holds nothing of it (the sparse file still reads zeros there)."""
+    data, sha, digests = bundle_file(tmp_path, 8)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=lambda r: None, block_digests=digests)
+    try:
+        forged = encode_block(Block(sha, 5, 8, os.urandom(BLOCK)))  # its block_sha256 matches its own data
+        good = encode_block(Block(sha, 6, 8, data[6 * BLOCK:7 * BLOCK]))
+        wrap = (lambda f: memoryview(bytearray(f)).toreadonly()) if as_view else (lambda f: f)
+        assert dl.on_frame(wrap(forged)) is False and dl.stats.forged == 1
+        assert dl.on_frame(wrap(good)) is True and dl.completed == {6}
+        part = dl.part_path.read_bytes()
+        assert part[5 * BLOCK:6 * BLOCK] == bytes(BLOCK) and part[6 * BLOCK:7 * BLOCK] == data[6 * BLOCK:7 * BLOCK]
+    finally:
+        dl.close()

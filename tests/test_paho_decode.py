@@ -127,3 +127,19 @@ def test_paho_reads_every_packet_into_a_buffer_of_its_own(tmp_path):
                 c.loop_stop()
     assert all(isinstance(p, memoryview) for p in got)
     assert [bytes(p) for p in got] == frames
+
+
+def test_the_agent_takes_only_its_block_data_without_a_copy_and_gives_it_back_when_it_stops():
+    from edge_agent.ota.daemon.mqtt_link import DeviceTopics, MqttLink
+    from edge_agent.ota.protocol import Topics
+
+    config = AgentConfig(broker="mqtt://127.0.0.1:1", device_id="dev-zc", profile_name="raspberry-pi-4",
+                         latency_budget_ms=None, trust=TrustStore({}))
+    topics = DeviceTopics.for_device(Topics(), config.device_id)
+    link = MqttLink(config, topics)
+    link.route(topics.desired, lambda payload: None)
+    link.route(topics.block_data, lambda payload: None, zero_copy=True)
+    assert paho_decode._zero_copy_topics >= {topics.block_data.encode()}  # noqa: SLF001
+    assert topics.desired.encode() not in paho_decode._zero_copy_topics  # noqa: SLF001 - JSON handlers get bytes
+    link.stop()
+    assert topics.block_data.encode() not in paho_decode._zero_copy_topics  # noqa: SLF001
