@@ -7,8 +7,10 @@ depends on the order of allocations and frees, so it changes with timing. When i
 buffers are fresh pages: the kernel zeroes every 4 KiB page on its first touch. Measured on the block
 download (docs/fleet.md, "One device, one bundle"): those page faults were up to half of a receiving
 process's CPU, 0.9 against 3.0 ms per MB for plain paho, and the same code swung between the two from one
-run to the next. Fixed thresholds end the swing: freed memory up to `KEEP_FREE` stays in the process (the
-agent's resident size grows by at most that much) and buffers below `MMAP_ABOVE` come from the heap.
+run to the next. Fixed thresholds end the swing: freed memory up to `KEEP_FREE` at the top of the heap stays
+in the process for the next packet, and buffers below `MMAP_ABOVE` come from the heap (block frames up to
+2 MiB; larger ones, and large arrays, keep their own mappings, handed back when freed, so that a heap
+fragmented by long-lived objects cannot hold on to them).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt() parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
-KEEP_FREE = 32 << 20  # freed heap memory kept for reuse, at most
-MMAP_ABOVE = 32 << 20  # larger buffers get their own mapping (returned to the kernel when freed)
+KEEP_FREE = 16 << 20  # freed memory at the top of the heap kept for reuse, at most
+MMAP_ABOVE = 4 << 20  # larger buffers get their own mapping (returned to the kernel when freed)
 
 _done: bool | None = None
 
