@@ -147,6 +147,39 @@ def agent_receiver(host: str, port: int, sha: str, size: int, block: int, stagin
     c.loop_stop()
 
 
+def counting_receiver(host: str, port: int, sha: str, size: int, block: int, device: str, ready, go, result) -> None:
+    """Asks the fleet for every block as the agent does (requests of 64) and only counts the frames: what the
+    block protocol and the fleet's sending allow when receiving costs nothing. Seconds from `go`, CPU seconds."""
+    from edge_agent.ota.block_frames import BlockRequest
+    from edge_agent.ota.daemon import paho_decode
+    from edge_agent.ota.heap import keep_freed_memory
+    from edge_agent.ota.protocol import MAX_BLOCKS_PER_REQUEST
+
+    paho_decode.install()
+    keep_freed_memory()
+    topics, count, got, done = Topics(), -(-size // block), [0], threading.Event()
+    c = _client(host, port, f"agent-{device}")
+    paho_decode.zero_copy(topics.block_data(device))
+
+    def on_message(_c, _u, _msg):
+        got[0] += 1
+        if got[0] >= count:
+            done.set()
+
+    c.on_message = on_message
+    _subscribe(c, topics.block_data(device))
+    ready.set()
+    go.wait()
+    t0, cpu = time.perf_counter(), cpu_seconds()
+    for first in range(0, count, MAX_BLOCKS_PER_REQUEST):
+        blocks = list(range(first, min(count, first + MAX_BLOCKS_PER_REQUEST)))
+        c.publish(topics.block_request(device), dumps(BlockRequest(sha256=sha, blocks=blocks, block_size=block)), qos=1)
+    ok = done.wait(300)
+    result.put((time.perf_counter() - t0, cpu_seconds() - cpu) if ok else None)
+    c.disconnect()
+    c.loop_stop()
+
+
 def _run_child(target, args, send=None) -> float:
     ctx = mp.get_context("spawn")
     ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -212,6 +245,15 @@ def protocol_transfer(server, rec, block: int, staging: Path, device: str, windo
     if cpu is not None:
         cpu.append(used)
     return total if verify else transfer
+
+
+def protocol_only_transfer(server, rec, block: int, device: str, cpu: list[float] | None = None) -> float:
+    """Seconds the fleet takes to deliver every block to a receiver that only counts them (counting_receiver)."""
+    seconds, used = _run_child(counting_receiver, (server.broker.host, server.broker.port, rec.sha256, rec.size,
+                                                   block, device))
+    if cpu is not None:
+        cpu.append(used)
+    return seconds
 
 
 def swap_pause(work: Path, seconds: float = 2.0) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """One device, one bundle: the agent's download against the raw bound, side by side (scripts/bench_fleet.py --single).
 
-Each round moves the same bytes five ways, alternating, receivers in their own processes:
+Each round moves the same bytes six ways, alternating, receivers in their own processes:
 
 * MQTT raw: a paho client publishes the file in block-sized QoS 1 messages, a stock paho subscriber writes
   each one at its offset into a file (a downloader must store what it gets; until 2026-12-01 it only
@@ -8,6 +8,8 @@ Each round moves the same bytes five ways, alternating, receivers in their own p
 * MQTT raw, same heap: the same, with the agent's malloc setting (edge_agent.ota.heap), which alone takes
   stock paho's receiving CPU from about 3 to about 1 ms per MB: the bound for the agent's protocol on the
   agent's own process settings;
+* MQTT protocol only: a receiver asks the fleet server for every block as the agent does and only counts the
+  frames: the bound of the block protocol and the fleet's sending, without the agent's work per byte;
 * MQTT agent: the fleet server's block server answers the real agent downloader (BlockDownloader, wired
   as the daemon wires it: block hashes from the deployment, sparse staging file, persisted block list);
 * HTTP raw: urllib copies the signed link from a real nginx into a file (shutil.copyfileobj);
@@ -31,7 +33,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_ota import _run_child, protocol_transfer, raw_transfer
+from bench_ota import _run_child, protocol_only_transfer, protocol_transfer, raw_transfer
 
 
 def _verify_seconds(path: Path) -> float:
@@ -69,8 +71,8 @@ def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
     mb = rec.size / 1e6
     data = Path(rec.path).read_bytes()
     b = server.broker
-    runs: dict[str, list[float]] = {"mqtt_raw": [], "mqtt_raw_same_heap": [], "mqtt_agent": [], "http_raw": [],
-                                    "http_agent": []}
+    runs: dict[str, list[float]] = {"mqtt_raw": [], "mqtt_raw_same_heap": [], "mqtt_protocol_only": [],
+                                    "mqtt_agent": [], "http_raw": [], "http_agent": []}
     verify: list[float] = []
     cpu: dict[str, list[float]] = {"mqtt_raw": [], "mqtt_raw_same_heap": [], "mqtt_agent": []}
     with tempfile.TemporaryDirectory(prefix="bench-single-") as tmp:
@@ -78,6 +80,7 @@ def single_transfer(server, rec, url: str, rounds: int, block: int) -> dict:
             runs["mqtt_raw"].append(mb / raw_transfer(b.host, b.port, data, block, cpu["mqtt_raw"], Path(tmp)))
             runs["mqtt_raw_same_heap"].append(mb / raw_transfer(b.host, b.port, data, block, cpu["mqtt_raw_same_heap"],
                                                                 Path(tmp), keep_heap=True))
+            runs["mqtt_protocol_only"].append(mb / protocol_only_transfer(server, rec, block, f"count-{r}"))
             staging = Path(tmp) / f"mqtt-{r}"
             runs["mqtt_agent"].append(mb / protocol_transfer(server, rec, block, staging, f"single-{r}",
                                                              verify=False, cpu=cpu["mqtt_agent"]))
