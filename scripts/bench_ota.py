@@ -344,7 +344,7 @@ def main() -> int:
             data = big.read_bytes()
             raw, proto = [], []
             for r in range(args.rounds):
-                raw.append(len(data) / raw_transfer(b.host, b.port, data, block, staging=t) / 1e6)  # writes, as the agent
+                raw.append(len(data) / raw_transfer(b.host, b.port, data, block, staging=t) / 1e6)  # writes the file
                 proto.append(len(data) / protocol_transfer(server, rec, block, t / f"staging{r}", f"bench-{r}",
                                                                  verify=False) / 1e6)
             out["transfer"] = {"broker": b.kind, "mb": round(len(data) / 1e6, 2), "block_kib": args.block_kb,

@@ -96,7 +96,7 @@ def decode_block(payload: bytes | memoryview) -> Block:
         raise ProtocolError("block frame index/total are invalid")
     if not (isinstance(sha, str) and _SHA_RE.match(sha)):
         raise ProtocolError("block frame sha256 is invalid")
-    data = memoryview(payload).toreadonly()[8 + hlen :]  # no copy: 128 KiB per block, the receiver's largest cost after the hash
+    data = memoryview(payload).toreadonly()[8 + hlen :]  # no copy (read-only: a checked block cannot change)
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
     digest = hashlib.sha256(data).digest()
