@@ -34,7 +34,7 @@ def keep_freed_memory() -> bool:
     if _done is None:
         try:
             mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):  # not glibc (musl exports a stub; other systems nothing)
+        except (OSError, AttributeError, TypeError):  # not glibc: musl exports a stub, other systems nothing
             _done = False
         else:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
