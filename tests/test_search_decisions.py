@@ -115,7 +115,8 @@ def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_
     assert main(args) == 30 and not out.exists()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edge-convert: error:")]
     assert len(err) == 1 and "below --min-speedup 1.3 in both timings" in err[0]
-    assert err[0].index("--precision fp16") < err[0].index("--min-speedup 0") < err[0].index("--force")
+    fp16, no_floor, force = err[0].split(" ; ")  # the fp16 command first, then the search without a floor, then --force
+    assert fp16.endswith("--precision fp16") and no_floor.endswith("--min-speedup 0") and force.endswith("--force")
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["measurements"]["mixed_precision"]["speed_floor"]["int8_ms"] == [3.0, 3.0]
     assert len(timed) == 4  # fp32, int8, fp32, int8: no layer was tried

@@ -80,10 +80,10 @@ def below_floor_message(floor: SpeedFloor, int8_score: dict[str, Any], reasons: 
     return (f"{precision} misses the accuracy budget ({'; '.join(reasons)}) and runs at {floor.speedup:.2f}x fp32 on "
             f"this host, below --min-speedup {floor.min_speedup:g} in both timings (int8 {timings} ms, fp32 "
             f"{floor.fp32_ms:.2f} ms): a layer kept in float would only be slower, so no layer search and nothing "
-            f"written. Best candidate: plain {precision}, agreement {int8_score['agreement']:.4f}, "
+            f"written. Best candidate: {precision} without a layer search, agreement {int8_score['agreement']:.4f}, "
             f"{floor.speedup:.2f}x fp32. To keep float's answers: {shlex.join([*base, '--precision', 'fp16'])} ; "
             f"to search layers anyway, without the speed floor: {shlex.join([*base, '--min-speedup', '0'])} ; "
-            f"to write plain {precision} as is: {shlex.join([*base, '--force'])}")
+            f"to write {precision} as is: {shlex.join([*base, '--force'])}")
 
 
 def enforce_floor(entry: dict[str, Any], measurements: dict[str, Any], command: Sequence[str], force: bool,
