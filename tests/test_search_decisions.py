@@ -85,6 +85,7 @@ def test_one_slow_int8_timing_is_a_spike_and_the_walk_goes_on():
     out = _search([9.0, 1.0], bound)  # one load spike; the fastest of two is above the floor
     assert not out.below_floor and bound
     assert out.entry["speed_floor"]["spike"] and not out.entry["speed_floor"]["below"]
+    assert out.mixed["speed_floor"]["int8_ms"] == [9.0, 1.0]  # both timings in the report
     assert out.mixed["passed"] and out.mixed["float_layers"] == ["l0"] and out.model == ("l0",)
     assert out.mixed["min_speedup"] == 1.3 and out.mixed["fp32_latency_ms"] == 2.0  # the floor stands
     enforce_floor(out.entry, {}, (), False, "int8-static")  # nothing to refuse

@@ -19,8 +19,8 @@ import numpy as np
 from ..data import Dataset
 from ..options import PassOption, whole_number
 from .budget import Budget
-from .paired import compare
 from .evaluator import Evaluator
+from .paired import compare
 from .sensitivity import SENSITIVITY_MODES, LayerBinding, measure_sensitivity, wants_sensitivity
 from .speed_floor import SpeedFloor, measure_floor
 
@@ -279,6 +279,8 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
         mixed["why"] = ("no layer helped enough alone (rounding noise near the input is amplified by every layer after "
                         "it): the first layers, input-first, kept in float until the accuracy budget held")
     _report_speed(mixed, result, fp32_ms, floor_ms, settings.min_speedup)
+    if out.floor:
+        mixed["speed_floor"] = out.entry["speed_floor"]
     gain = final_score["agreement"] - base["agreement"]
     _keep_real_gain_only(result, mixed, evaluate, gain, split, min_gain_samples)
     if result.float_layers:
