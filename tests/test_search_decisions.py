@@ -105,7 +105,7 @@ def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_
     model = _outlier_model(tmp_path / "outlier.onnx")
     timed: list[Path] = []
 
-    def probe(self):
+    def probe(self, runs=None):
         return lambda path: (timed.append(path), 1.0 if path == timed[0] else 3.0)[1]  # the first timed is fp32
 
     monkeypatch.setattr(ConversionContext, "search_latency_probe", probe)

@@ -196,7 +196,7 @@ def test_tflite_int8_below_the_speed_floor_writes_nothing_and_offers_fp16(keras_
 
     timed: list[Path] = []
     monkeypatch.setattr(ConversionContext, "search_latency_probe",
-                        lambda self: lambda path: (timed.append(path), 1.0 if path == timed[0] else 3.0)[1])
+                        lambda self, runs=None: lambda path: (timed.append(path), 1.0 if path == timed[0] else 3.0)[1])
     bundle = tmp_path / "slow.edgebundle"
     code, report = _convert(keras_model, digits, bundle, "--accuracy-budget", BUDGET, "--min-speedup", "1.3")
     err = capsys.readouterr().err

@@ -214,13 +214,15 @@ class MixedPrecisionOutcome:
 def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, settings: SearchSettings,
                            bind: Callable[[Dataset], LayerBinding], latency: Callable[[Any], float] | None,
                            unavailable: str | None = None, min_gain_samples: int | None = None,
-                           fp32_model: Any = None) -> MixedPrecisionOutcome:
+                           fp32_model: Any = None, floor_latency: Callable[[Any], float] | None = None
+                           ) -> MixedPrecisionOutcome:
     """Score the int8 `model`; when it misses the budget (or --sensitivity always), rank layers and keep the
     most sensitive in float one at a time until the budget holds.
 
     bind(sensitivity data) -> the runtime's LayerBinding. unavailable: why the fallback cannot run here
     (reported instead of searching). fp32_model: the float model in the candidates' format, timed for the
-    speed floor (--min-speedup; default: the float model the evaluator compares with). A fallback that still misses
+    speed floor (--min-speedup; default: the float model the evaluator compares with) with floor_latency (default
+    `latency`; the passes give it more runs: a refusal rests on it). A fallback that still misses
     the budget is kept only when it beats plain int8 in a paired test on the inputs that chose it
     (converter/accuracy/paired.py); for scores without per-input hits and no held-out check, only if it fixes at
     least min_gain_samples more samples (timesteps for sequences).
@@ -236,8 +238,8 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
         log.warning("mixed precision not attempted: %s", unavailable)
         return out
     if reasons and latency is not None and settings.min_speedup > 0:
-        _time_floor(out, latency, fp32_model if fp32_model is not None else evaluate.float_model, model, reasons,
-                    settings.min_speedup)
+        _time_floor(out, floor_latency or latency, fp32_model if fp32_model is not None else evaluate.float_model,
+                    model, reasons, settings.min_speedup)
         if out.below_floor:  # nothing to spend: the caller refuses (or, with --force, keeps plain int8)
             return out
     fp32_ms, floor_ms = (out.floor.fp32_ms, out.floor.floor_ms) if out.floor else (None, None)
@@ -266,9 +268,8 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
                         max_latency_ms=floor_ms))
     result, walked = walk(order), "sensitivity"
     if not result.passed and layers[:limit] != order[:limit]:
-        # Errors that only matter together: rounding noise injected near the input is amplified by every layer
-        # after it, so no early layer helps alone (issue 14: int8 YOLOv8n lost near-threshold boxes until its
-        # first 13 conv layers were float together). Walk the layers input-first too; keep the better walk.
+        # Errors that only matter together: rounding noise near the input is amplified by every layer after it
+        # (issue 14: int8 YOLOv8n's first 13 convs had to be float together). Walk input-first too; keep the better.
         prefix = walk(list(layers))
         if _outcome(prefix) > _outcome(result):
             result, walked = prefix, "input-first"

@@ -53,7 +53,7 @@ class MixedPrecisionPass(Pass):
         out = search_mixed_precision(
             ctx.model, ctx.evaluator(), ctx.budget(), settings,
             lambda data: ort_layer_binding(ctx, hand, data, max(1, settings.sensitivity_candidates)),
-            ctx.search_latency_probe())
+            ctx.search_latency_probe(), floor_latency=ctx.search_latency_probe(ctx.options.bench_runs))
         enforce_floor(out.entry, ctx.measurements, ctx.options.command, ctx.options.force, ctx.precision)
         ctx.take_mixed_precision(out)
         return out.entry

@@ -154,7 +154,8 @@ class TFLiteMixedPrecisionPass(Pass):
         out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
                                      ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES,
-                                     fp32_model=ctx.reference_model)
+                                     fp32_model=ctx.reference_model,
+                                     floor_latency=ctx.search_latency_probe(ctx.options.bench_runs))
         enforce_floor(out.entry, ctx.measurements, ctx.options.command, ctx.options.force, ctx.precision)
         if out.model is not None:  # what the file really keeps float: deny-listed op types, layer output dtypes
             q = quantizer(data)
