@@ -61,7 +61,7 @@ def digits(tmp_path_factory) -> DigitsFiles:
 def convert_args(d: DigitsFiles, out: Path, profile: str = "raspberry-pi-4", *extra: str) -> list[str]:
     return ["--quiet", "convert", str(d.onnx), "--profile", profile, "--calibration", str(d.calibration), "--eval",
             str(d.evaluation), "--key", str(d.key), "--out", str(out), "--labels", str(d.labels_file),
-            "--bench-runs", "5", *extra]
+            "--bench-runs", "5", "--min-speedup", "0", *extra]  # tiny net: int8 is no faster than fp32 here
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ def test_real_ocr_classifier_int8_measured_calibration(cls_data):
                "--calibration", str(folder / "calib.npz"), "--eval", str(folder / "eval.npz"), "--key", str(key),
                "--out", str(out), "--calibration-method", "minmax,percentile:99.99", "--accuracy-budget", "agreement:0.85",
                "--max-accuracy-drop", "10", "--sensitivity", "always", "--sensitivity-samples", "8", "--bench-runs", "3",
-               "--compensation", "none"])  # compensation: tests/test_compensation.py (it costs minutes here)
+               "--compensation", "none", "--min-speedup", "0"])  # int8 of this small net is not faster than fp32 on every host  # compensation: tests/test_compensation.py (it costs minutes here)
     assert rc == 0
     report = _report(out)
     m = report["measurements"]
@@ -116,7 +116,8 @@ def outlier(tmp_path_factory):
 
 def _convert_outlier(model: Path, folder: Path, key: Path, out: Path, *extra: str) -> int:
     return main(["-q", "convert", str(model), "--profile", "raspberry-pi-4", "--calibration", str(folder / "calib.npz"),
-                 "--eval", str(folder / "eval.npz"), "--key", str(key), "--out", str(out), "--bench-runs", "3", *extra])
+                 "--eval", str(folder / "eval.npz"), "--key", str(key), "--out", str(out), "--bench-runs", "3",
+                 "--min-speedup", "0", *extra])  # a 4-layer net: int8 is no faster than fp32
 
 
 def test_mixed_precision_fallback_makes_failing_int8_pass(outlier, keys):

@@ -86,7 +86,7 @@ def test_real_ocr_model_quantized_from_video(clips, tmp_path):
                "--calibration", str(clips / "calib.mp4"), "--eval", str(clips / "eval.mp4"), *PREPROCESS,
                "--calibration-samples", "48", "--calibration-method", "percentile:99.99",
                "--accuracy-budget", "agreement:0.8", "--max-float-layers", "0", "--key", str(key), "--out", str(out),
-               "--bench-runs", "3"])
+               "--bench-runs", "3", "--min-speedup", "0"])
     assert rc == 0
     report = json.loads(Path(str(out) + ".report.json").read_text())
     q = next(p for p in report["passes"] if p["pass"] == "quantize")

@@ -191,7 +191,7 @@ def test_keras_savedmodel_and_tflite_sources(digits, capsys, tmp_path):
     np.savez(tmp_path / "calib.npz", image=x_train[:200].transpose(0, 2, 3, 1))
     np.savez(tmp_path / "eval.npz", image=x_nhwc, labels=y_test)
     common = ["--profile", "raspberry-pi-4", "--calibration", str(tmp_path / "calib.npz"), "--eval",
-              str(tmp_path / "eval.npz"), "--key", str(digits.key), "--bench-runs", "5"]
+              str(tmp_path / "eval.npz"), "--key", str(digits.key), "--bench-runs", "5", "--min-speedup", "0"]
 
     # Keras -> TFLite full int8 through TFLiteConverter (default format for Keras sources)
     bundle = tmp_path / "keras-int8.edgebundle"
@@ -268,7 +268,7 @@ def test_three_channel_conversion_with_network_blocked(digits, monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     bundle = tmp_path / "rgb.edgebundle"
     code = convert(["convert", str(onnx_path), "--profile", "raspberry-pi-4", "--format", "tflite", "--calibration",
-                    str(calib), "--key", str(digits.key), "--out", str(bundle), "--bench-runs", "3"])
+                    str(calib), "--key", str(digits.key), "--out", str(bundle), "--bench-runs", "3", "--min-speedup", "0"])
     assert code == 0, capsys.readouterr().err
     assert attempts == []  # nothing even tried to connect
     m = manifest(bundle)
@@ -295,7 +295,7 @@ def test_three_channel_conversion_in_network_namespace(digits, tmp_path):
     proc = subprocess.run(
         ["unshare", "-rn", sys.executable, "-m", "converter.cli", "--quiet", "convert", str(onnx_path), "--profile",
          "raspberry-pi-4", "--format", "tflite", "--calibration", str(calib), "--key", str(digits.key), "--out",
-         str(bundle), "--bench-runs", "3", "--json"],
+         str(bundle), "--bench-runs", "3", "--min-speedup", "0", "--json"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)  # stdout holds only the JSON report (TF's prints go to stderr)

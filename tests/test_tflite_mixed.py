@@ -85,7 +85,7 @@ def _convert(src: dict[str, Path], digits, out: Path, *extra: str) -> tuple[int,
 
     code = main(["--quiet", "convert", str(src["model"]), "--profile", "raspberry-pi-4", "--format", "tflite",
                  "--precision", "int8-static", "--calibration", str(src["calib"]), "--eval", str(src["eval"]),
-                 "--key", str(digits.key), "--out", str(out), "--bench-runs", "5", *extra])
+                 "--key", str(digits.key), "--out", str(out), "--bench-runs", "5", "--min-speedup", "0", *extra])
     report = Path(str(out) + ".report.json")
     return code, (json.loads(report.read_text()) if report.exists() else None)
 
@@ -186,6 +186,30 @@ def test_sensitivity_off_skips_the_fallback(keras_model, digits, capsys, tmp_pat
     entry = next(p for p in report["passes"] if p["pass"] == "tflite-mixed-precision")
     assert entry["sensitivity"] == "off" and entry["int8_passes"] is False
     assert report["measurements"]["accuracy"]["passed"] is False and report["measurements"]["accuracy"]["forced"] is True
+
+
+def test_tflite_int8_below_the_speed_floor_writes_nothing_and_offers_fp16(keras_model, digits, capsys, tmp_path,
+                                                                          monkeypatch):
+    """The TFLite search times its own fp32 .tflite against plain int8 (an injected probe: fp32 1 ms, int8 3 ms):
+    below --min-speedup in both timings -> exit 30, nothing written, fp16 first; --force writes plain int8."""
+    from converter.passes.context import ConversionContext
+
+    timed: list[Path] = []
+    monkeypatch.setattr(ConversionContext, "search_latency_probe",
+                        lambda self, runs=None: lambda path: (timed.append(path), 1.0 if path == timed[0] else 3.0)[1])
+    bundle = tmp_path / "slow.edgebundle"
+    code, report = _convert(keras_model, digits, bundle, "--accuracy-budget", BUDGET, "--min-speedup", "1.3")
+    err = capsys.readouterr().err
+    assert code == 30 and not bundle.exists() and len(timed) == 4
+    line = next(ln for ln in err.splitlines() if ln.startswith("edge-convert: error:"))
+    assert "below --min-speedup 1.3 in both timings" in line and "0.33x fp32" in line
+    fp16, no_floor, force = line.split(" ; ")  # the fp16 command first, then the search without a floor, then --force
+    assert fp16.endswith("--precision fp16") and no_floor.endswith("--min-speedup 0") and force.endswith("--force")
+    assert report["measurements"]["mixed_precision"]["speed_floor"]["int8_ms"] == [3.0, 3.0]
+    assert "sensitivity" not in report["measurements"]  # nothing ranked, nothing walked
+    code, report = _convert(keras_model, digits, bundle, "--accuracy-budget", BUDGET, "--min-speedup", "1.3", "--force")
+    assert code == 0 and report["measurements"]["accuracy"]["forced"] is True
+    assert report["measurements"]["mixed_precision"]["float_layers"] == []
 
 
 def test_onnx2tf_fallback_from_its_saved_model(onnx_model, digits, capsys, tmp_path):

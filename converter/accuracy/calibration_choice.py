@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from .metrics import better
+from .paired import keeps
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -76,9 +77,14 @@ class Selection(Generic[M]):
 def select_method(methods: list[str], quantize: Callable[[str], M], evaluate: Callable[[M], dict[str, Any]]) -> Selection[M]:
     """Quantize with each method, score it, keep the best (higher agreement, then lower error).
 
-    A method that fails (e.g. out of memory for histograms) is recorded and skipped.
+    Each row after the first also carries a paired test against the first method (`vs_<method>`: wins, losses,
+    p-value on the same eval inputs; converter/accuracy/paired.py), so the report says whether a method's lead is
+    more than a few coin flips. It informs, it does not decide: the methods cost the same at run time, so none is
+    the simpler recipe to fall back to (compensation, equalization and float layers, which do cost, are kept only
+    when they win the test). A method that fails (e.g. out of memory for histograms) is recorded and skipped.
     """
     best: Selection[M] | None = None
+    first: Selection[M] | None = None
     table: list[dict[str, Any]] = []
     for method in methods:
         t0 = time.perf_counter()
@@ -89,11 +95,16 @@ def select_method(methods: list[str], quantize: Callable[[str], M], evaluate: Ca
             log.warning("calibration method %s failed: %s", method, str(exc).splitlines()[0][:200])
             table.append({"method": method, "error_message": str(exc).splitlines()[0][:200]})
             continue
-        table.append({"method": method, **s, "seconds": round(time.perf_counter() - t0, 2)})
+        row = {"method": method, **s, "seconds": round(time.perf_counter() - t0, 2)}
+        table.append(row)
         log.info("calibration %s: agreement %.4f error %.3g", method, s["agreement"], s["error"])
-        if best is None or better(s, best.score):
+        if first is None:
+            first = best = Selection(method, model, s, table)
+            continue
+        row["vs_" + first.method] = keeps(first.score, s)[1]
+        if better(s, best.score):
             best = Selection(method, model, s, table)
-    if best is None:
+    if best is None or first is None:
         raise RuntimeError("every calibration method failed: " + "; ".join(r.get("error_message", "") for r in table))
     best.table = table
     return best

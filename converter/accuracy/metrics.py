@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .paired import Score
+
 MAP_THRESHOLD = 0.3  # PP-OCR / DB text detectors binarise their probability map at 0.3
 MAP_IOU = 0.9
 GENERIC_COSINE = 0.99
@@ -90,9 +92,22 @@ def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
     return {"agreement": float((cos >= GENERIC_COSINE).mean()), "metric": f"share_cosine>={GENERIC_COSINE}"}
 
 
-def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Agreement plus continuous error and (classification with labels) accuracy drop."""
-    s = agreement(ref, cand, task)
+def hits(ref: np.ndarray, cand: np.ndarray, task: str) -> np.ndarray:
+    """Per unit (sample; timestep for sequences), whether the candidate agrees: what `agreement` is the mean of,
+    and what converter.accuracy.paired compares between two candidates on the same inputs."""
+    if task == "classification":
+        return _flat(ref).argmax(1) == _flat(cand).argmax(1)
+    if task == "map":
+        return map_iou(ref, cand) >= MAP_IOU
+    if task == "sequence":
+        return (ref.argmax(-1) == cand.argmax(-1)).ravel()
+    return cosine(ref, cand) >= GENERIC_COSINE
+
+
+def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | None = None) -> Score:
+    """Agreement plus continuous error and (classification with labels) accuracy drop; `.hits` per unit."""
+    s = Score(agreement(ref, cand, task))
+    s.hits = hits(ref, cand, task)
     s["agreement"] = round(s["agreement"], 6)
     s["error"] = round(error(ref, cand), 8)
     s["mean_cosine"] = round(float(cosine(ref, cand).mean()), 6)

@@ -20,7 +20,9 @@ from ..data import Dataset
 from ..options import PassOption, whole_number
 from .budget import Budget
 from .evaluator import Evaluator
+from .paired import compare
 from .sensitivity import SENSITIVITY_MODES, LayerBinding, measure_sensitivity, wants_sensitivity
+from .speed_floor import SpeedFloor, measure_floor
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -85,8 +87,8 @@ def greedy_fallback(ranking: list[str], build: Callable[[list[str]], M], evaluat
     kept: list[str] = []
     slow = lambda st: max_latency_ms is not None and st.latency_ms is not None and st.latency_ms > max_latency_ms  # noqa: E731
     for layer in ranking:
-        # plain int8 timed below the floor is load noise or the model itself (the caller drops the floor when int8
-        # is slower than it): only a float layer's cost ends the walk
+        # the caller timed plain int8 above the floor (fastest of two, converter/accuracy/speed_floor.py): a slow
+        # timing of it here is load noise, only a float layer's cost ends the walk
         if not steps[-1].failures or len(kept) >= max_float_layers or (kept and slow(steps[-1])):
             break
         kept.append(layer)
@@ -201,19 +203,29 @@ class MixedPrecisionOutcome:
     mixed: dict[str, Any] | None = None  # measurements["mixed_precision"]
     model: Any = None  # the mixed model, when the fallback kept layers in float
     result: FallbackResult | None = None
+    floor: SpeedFloor | None = None  # fp32 and plain int8 timed against --min-speedup (when int8 missed the budget)
+
+    @property
+    def below_floor(self) -> bool:
+        """Plain int8 missed the budget and ran below the speed floor in both timings: no search was run."""
+        return self.floor is not None and self.floor.below
 
 
 def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, settings: SearchSettings,
                            bind: Callable[[Dataset], LayerBinding], latency: Callable[[Any], float] | None,
                            unavailable: str | None = None, min_gain_samples: int | None = None,
-                           fp32_model: Any = None) -> MixedPrecisionOutcome:
+                           fp32_model: Any = None, floor_latency: Callable[[Any], float] | None = None
+                           ) -> MixedPrecisionOutcome:
     """Score the int8 `model`; when it misses the budget (or --sensitivity always), rank layers and keep the
     most sensitive in float one at a time until the budget holds.
 
     bind(sensitivity data) -> the runtime's LayerBinding. unavailable: why the fallback cannot run here
     (reported instead of searching). fp32_model: the float model in the candidates' format, timed for the
-    speed floor (--min-speedup; default: the float model the evaluator compares with). min_gain_samples: a fallback that still misses the budget without a
-    held-out check is kept only if it fixes at least this many more samples (timesteps for sequences).
+    speed floor (--min-speedup; default: the float model the evaluator compares with) with floor_latency (default
+    `latency`; the passes give it more runs: a refusal rests on it). A fallback that still misses
+    the budget is kept only when it beats plain int8 in a paired test on the inputs that chose it
+    (converter/accuracy/paired.py); for scores without per-input hits and no held-out check, only if it fixes at
+    least min_gain_samples more samples (timesteps for sequences).
     """
     task, data = evaluate.task, evaluate.data
     base = evaluate(model)
@@ -225,6 +237,12 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
         out.entry["sensitivity"] = unavailable
         log.warning("mixed precision not attempted: %s", unavailable)
         return out
+    if reasons and latency is not None and settings.min_speedup > 0:
+        _time_floor(out, floor_latency or latency, fp32_model if fp32_model is not None else evaluate.float_model,
+                    model, reasons, settings.min_speedup)
+        if out.below_floor:  # nothing to spend: the caller refuses (or, with --force, keeps plain int8)
+            return out
+    fp32_ms, floor_ms = (out.floor.fp32_ms, out.floor.floor_ms) if out.floor else (None, None)
     split = len(data) >= 2 * HOLDOUT_MIN
     search_data, check_data = data.interleaved_halves() if split else (data, None)
     sens_data = search_data.head(settings.sensitivity_samples)
@@ -236,16 +254,6 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     if not reasons:
         return out
     layers = binding.layers
-    floor_ms, fp32_ms, floor_note = None, None, None
-    if latency is not None and settings.min_speedup > 0:
-        fp32_ms = latency(fp32_model if fp32_model is not None else evaluate.float_model)
-        floor_ms = fp32_ms / settings.min_speedup
-        int8_ms = latency(model)
-        if int8_ms > floor_ms:  # nothing to spend: speed is not what int8 buys this model on this host
-            floor_note = (f"plain int8 runs at {fp32_ms / int8_ms:.2f}x fp32 here, below --min-speedup "
-                          f"{settings.min_speedup}: no speed floor, the layer count limits the search")
-            log.warning("mixed precision: %s", floor_note)
-            floor_ms = None
     limit = float_layer_limit(settings.max_float_layers, len(layers), floor_ms is not None)
     log.warning("int8 misses the budget (%s); keeping sensitive layers in float (max %d of %d)",
                 "; ".join(reasons), limit, len(layers))
@@ -260,9 +268,8 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
                         max_latency_ms=floor_ms))
     result, walked = walk(order), "sensitivity"
     if not result.passed and layers[:limit] != order[:limit]:
-        # Errors that only matter together: rounding noise injected near the input is amplified by every layer
-        # after it, so no early layer helps alone (issue 14: int8 YOLOv8n lost near-threshold boxes until its
-        # first 13 conv layers were float together). Walk the layers input-first too; keep the better walk.
+        # Errors that only matter together: rounding noise near the input is amplified by every layer after it
+        # (issue 14: int8 YOLOv8n's first 13 convs had to be float together). Walk input-first too; keep the better.
         prefix = walk(list(layers))
         if _outcome(prefix) > _outcome(result):
             result, walked = prefix, "input-first"
@@ -272,10 +279,11 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
     if walked == "input-first":
         mixed["why"] = ("no layer helped enough alone (rounding noise near the input is amplified by every layer after "
                         "it): the first layers, input-first, kept in float until the accuracy budget held")
-    _report_speed(mixed, result, fp32_ms, floor_ms, floor_note, settings.min_speedup)
+    _report_speed(mixed, result, fp32_ms, floor_ms, settings.min_speedup)
+    if out.floor:
+        mixed["speed_floor"] = out.entry["speed_floor"]
     gain = final_score["agreement"] - base["agreement"]
-    if min_gain_samples and result.float_layers and not mixed["passed"] and not split:
-        _drop_unclear_gain(result, mixed, evaluate, gain, min_gain_samples)
+    _keep_real_gain_only(result, mixed, evaluate, gain, split, min_gain_samples)
     if result.float_layers:
         out.model = result.model
         mixed["agreement_gained"] = round(gain, 6)
@@ -293,10 +301,8 @@ def _outcome(result: FallbackResult) -> tuple[bool, float, float]:
 
 
 def _report_speed(mixed: dict[str, Any], result: FallbackResult, fp32_ms: float | None, floor_ms: float | None,
-                  floor_note: str | None, min_speedup: float) -> None:
+                  min_speedup: float) -> None:
     """The trade-off curve in the report: speed-up vs fp32 per step, and whether the speed floor ended the search."""
-    if floor_note:
-        mixed["speed_floor"] = floor_note
     if not fp32_ms:
         return
     mixed["fp32_latency_ms"] = round(fp32_ms, 4)
@@ -310,18 +316,65 @@ def _report_speed(mixed: dict[str, Any], result: FallbackResult, fp32_ms: float 
                                            f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup {min_speedup}")
 
 
+def _time_floor(out: MixedPrecisionOutcome, latency: Callable[[Any], float], fp32_model: Any, model: Any,
+                reasons: list[str], min_speedup: float) -> None:
+    """fp32 and plain int8 timed twice each against the floor (converter/accuracy/speed_floor.py), into `out`."""
+    out.floor = measure_floor(latency, fp32_model, model, min_speedup)
+    out.entry["speed_floor"] = {**out.floor.to_dict(), "int8_misses": reasons}
+    if out.floor.below:
+        log.warning("mixed precision not attempted: plain int8 runs at %.2fx fp32 here, below --min-speedup %g in "
+                    "both timings", out.floor.speedup, min_speedup)
+
+
+def _keep_real_gain_only(result: FallbackResult, mixed: dict[str, Any], evaluate: Evaluator, gain: float, split: bool,
+                         min_gain_samples: int | None) -> None:
+    """A fallback that meets the budget is kept; one that misses it must at least beat plain int8 in the paired
+    test (else plain int8 is kept); scores without per-input hits fall back to the min_gain_samples count."""
+    verdict = _paired_verdict(result, mixed, split)
+    if not result.float_layers or mixed["passed"]:
+        return
+    if verdict is False:
+        _drop(result, mixed, _not_significant(mixed["paired_test"], len(result.float_layers)))
+    elif verdict is None and min_gain_samples and not split:
+        _drop_unclear_gain(result, mixed, evaluate, gain, min_gain_samples)
+
+
+def _paired_verdict(result: FallbackResult, mixed: dict[str, Any], split: bool) -> bool | None:
+    """Float layers vs plain int8 in a paired test on the inputs that chose them (the held-out half with a split,
+    else the eval samples), recorded in the report; None when the scores carry no per-input hits."""
+    if not result.float_layers:
+        return None
+    first, chosen = result.steps[0], result.steps[len(result.float_layers)]
+    test = compare(first.check_score, chosen.check_score) if split else compare(first.score, chosen.score)
+    if test is None:
+        return None
+    mixed["paired_test"] = {**test, "inputs": "held-out half (chose how many layers)" if split else "eval samples"}
+    return test["better"]
+
+
+def _not_significant(test: dict[str, Any], n_layers: int) -> str:
+    return (f"keeping {n_layers} layer(s) in float won {test['wins']} and lost {test['losses']} of the inputs where it "
+            f"and plain int8 disagree (p = {test['p_value']:.3g} > {test['alpha']:g}): not significantly better, "
+            "plain int8 kept")
+
+
+def _drop(result: FallbackResult, mixed: dict[str, Any], why: str) -> None:
+    """Keep plain int8 instead of the fallback the search chose (the report keeps what it would have kept)."""
+    mixed["not_kept"] = why
+    log.warning("mixed precision: %s", why)
+    mixed["best_float_layers"], mixed["float_layers"] = result.float_layers, []
+    result.float_layers = []
+
+
 def _drop_unclear_gain(result: FallbackResult, mixed: dict[str, Any], evaluate: Evaluator, gain: float,
                        min_gain_samples: int) -> None:
-    """Without a held-out check, keep plain int8 when a fallback that still misses the budget fixes fewer than
-    `min_gain_samples` more samples: within noise (on PP-OCR cls a +1-sample "gain" on the search set was
-    -2.5 points held-out)."""
+    """Scores without per-input hits (no paired test), without a held-out check: keep plain int8 when a fallback
+    that still misses the budget fixes fewer than `min_gain_samples` more samples: within noise (on PP-OCR cls a
+    +1-sample "gain" on the search set was -2.5 points held-out)."""
     task = evaluate.task
     # agreement is per sample, or per timestep for sequences ([N, T, C]): count in those units
     units = int(np.prod(evaluate.reference.shape[:2])) if task == "sequence" else len(evaluate.data)
     if gain * units >= min_gain_samples - 1e-9:
         return
-    mixed["not_kept"] = (f"best fallback changed agreement by {gain:+.4f} ({gain * units:+.1f} of {units} "
+    _drop(result, mixed, f"best fallback changed agreement by {gain:+.4f} ({gain * units:+.1f} of {units} "
                          f"{'timesteps' if task == 'sequence' else 'samples'}): within noise, plain int8 kept")
-    log.warning("mixed precision: %s", mixed["not_kept"])
-    mixed["best_float_layers"], mixed["float_layers"] = result.float_layers, []
-    result.float_layers = []

@@ -171,10 +171,12 @@ class ConversionContext:
         feeds, threads = self.timing_feeds(), self.host_threads()
         return lambda model: median_latency_ms(model, feeds, threads, self.inputs, self.outputs, runs)
 
-    def search_latency_probe(self) -> Callable[[Path], float] | None:
-        """Latency of each mixed-precision step (half the benchmark runs, at least 5); None with --bench-runs 0."""
-        runs = self.options.bench_runs
-        return self.latency_probe(max(5, runs // 2)) if runs > 0 else None
+    def search_latency_probe(self, runs: int | None = None) -> Callable[[Path], float] | None:
+        """Latency of each mixed-precision step (half the benchmark runs, at least 5; `runs` for the speed floor's
+        fp32/int8 timings, which may refuse a conversion: the full --bench-runs); None with --bench-runs 0."""
+        if self.options.bench_runs <= 0:
+            return None
+        return self.latency_probe(runs or max(5, self.options.bench_runs // 2))
 
     def timing_feeds(self) -> dict[str, np.ndarray]:
         """One input sample for timing: the first eval (else calibration) sample, else seeded noise."""

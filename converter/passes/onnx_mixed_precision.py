@@ -12,6 +12,7 @@ from typing import Any
 
 from ..accuracy.mixed_precision import SEARCH_OPTIONS, SearchSettings, search_mixed_precision
 from ..accuracy.sensitivity import PRERANK_SAMPLES, LayerBinding
+from ..accuracy.speed_floor import enforce_floor
 from ..data import Dataset
 from ..onnx.activation_error import local_errors
 from ..onnx.layer_groups import layer_groups
@@ -52,6 +53,7 @@ class MixedPrecisionPass(Pass):
         out = search_mixed_precision(
             ctx.model, ctx.evaluator(), ctx.budget(), settings,
             lambda data: ort_layer_binding(ctx, hand, data, max(1, settings.sensitivity_candidates)),
-            ctx.search_latency_probe())
+            ctx.search_latency_probe(), floor_latency=ctx.search_latency_probe(ctx.options.bench_runs))
+        enforce_floor(out.entry, ctx.measurements, ctx.options.command, ctx.options.force, ctx.precision)
         ctx.take_mixed_precision(out)
         return out.entry

@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from ..accuracy.calibration_choice import candidates, sample_warning, select_method
+from ..accuracy.paired import keeps
 from ..options import PassOption
 from ..errors import ConversionError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
@@ -150,9 +151,9 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, 
 def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, spec: str
                          ) -> tuple[OrtStaticQuantizer, dict[str, Any]]:
     """Cross-layer equalization of the float graph before calibration (converter/onnx/equalize.py). `auto`
-    quantizes the plain and the equalized graph with `method` and keeps the equalized one unless it agrees less
-    with the float model (in dense convs the scaling moves rounding error into the weights). On MobileNetV2 its
-    gain shows once bias correction follows (held-out 0.733 -> 0.779), so a tie keeps it."""
+    quantizes the plain and the equalized graph with `method` and keeps the equalized one only when a paired test
+    on the same eval inputs says it agrees better with float (converter/accuracy/paired.py; in dense convs the
+    scaling moves rounding error into the weights, and a win by a sample or two did not hold on held-out data)."""
     data, _ = ctx.gate_data()
     if spec == "off" or (spec == "auto" and data is None):
         return q, {"chosen": "off", "note": "not measured (no eval data)" if spec == "auto" else "off"}
@@ -176,17 +177,16 @@ def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
     entry["candidates"] = [{"equalization": "off", "agreement": plain["agreement"], "error": plain["error"]},
                            {"equalization": "on", "agreement": equal["agreement"], "error": equal["error"]}]
     log.info("cross-layer equalization: agreement %.4f -> %.4f with %s", plain["agreement"], equal["agreement"], method)
-    if equal["agreement"] >= plain["agreement"]:  # float-exact: a tie keeps the evener ranges
-        return q2, {**entry, "chosen": "on"}
-    return q, entry
+    kept, entry["paired_test"] = keeps(plain, equal)  # on only when it wins on the same inputs, not by a sample or two
+    return (q2, {**entry, "chosen": "on"}) if kept else (q, entry)
 
 
 def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, spec: str
                         ) -> tuple[OrtStaticQuantizer, dict[str, Any]]:
     """Weight/bias compensation after rounding (converter/onnx/reconstruct.py), measured: `auto` tries
     empirical bias correction against plain rounding on the eval data and keeps it only when it agrees
-    better with float. The kept float model becomes the quantizer's source, so the mixed-precision
-    search that follows builds on the compensated weights."""
+    better with float in a paired test on the same inputs (converter/accuracy/paired.py). The kept float model
+    becomes the quantizer's source, so the mixed-precision search that follows builds on the compensated weights."""
     data, _ = ctx.gate_data()
     modes = ["bias"] if spec == "auto" else [spec]
     if spec == "none" or (spec == "auto" and data is None):
@@ -209,9 +209,12 @@ def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
         row: dict[str, Any] = {"compensation": mode, **rep.to_dict()}
         if score is not None:
             row.update(agreement=score["agreement"], error=score["error"])
+        if score is not None and spec == "auto":  # kept only when it wins a paired test on the same inputs
+            better, row["paired_test"] = keeps(best[1], score)
+        else:
+            better = score is None or (score["agreement"], -score["error"]) > (best[1]["agreement"], -best[1]["error"])
         rows.append(row)
-        better = score is None or (score["agreement"], -score["error"]) > (best[1]["agreement"], -best[1]["error"])
-        if better and (spec != "auto" or score["agreement"] > best[1]["agreement"]):
+        if better:
             q2 = OrtStaticQuantizer(float_src, q.workdir, q.calibration, q.samples, q.per_channel, q.activation_type,
                                     q.weight_type, q.op_set)
             best = (mode, score, q2, qdq)

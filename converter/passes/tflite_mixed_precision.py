@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..accuracy.evaluator import Evaluator
 from ..accuracy.mixed_precision import SEARCH_OPTIONS, SearchSettings, search_mixed_precision
 from ..accuracy.sensitivity import PRERANK_SAMPLES, LayerBinding
+from ..accuracy.speed_floor import enforce_floor
 from ..data import Dataset
 from ..options import PassOption
 from ..tflite.model_io import representative_dataset
@@ -99,9 +100,9 @@ WEIGHTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CO
 
 def tflite_layer_binding(quantizer: Quantizer, data: Dataset) -> LayerBinding:
     """The debugger's quantizer as the search sees it: layers are output tensors, pre-ranked by RMSE/scale; a
-    weighted layer carries its activation ops along (converter.onnx.layer_groups: a float conv whose SiLU stays
+    weighted layer carries its activation ops along (converter.accuracy.layer_groups: a float conv whose SiLU stays
     int8 still rounds its output)."""
-    from ..onnx.layer_groups import tflite_layer_groups
+    from ..tflite.layer_groups import tflite_layer_groups
 
     q = quantizer(data)
     weighted = [r["layer"] for r in q.layer_stats() if r["op"] in WEIGHTED_OPS]
@@ -153,7 +154,9 @@ class TFLiteMixedPrecisionPass(Pass):
         out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
                                      ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES,
-                                     fp32_model=ctx.reference_model)
+                                     fp32_model=ctx.reference_model,
+                                     floor_latency=ctx.search_latency_probe(ctx.options.bench_runs))
+        enforce_floor(out.entry, ctx.measurements, ctx.options.command, ctx.options.force, ctx.precision)
         if out.model is not None:  # what the file really keeps float: deny-listed op types, layer output dtypes
             q = quantizer(data)
             if q.denylisted_ops:
