@@ -22,10 +22,12 @@ def is_tflite(path: Path) -> bool:
 
 
 def run_model(path: Path, data: Dataset, inputs: Sequence[TensorSpec] = (), outputs: Sequence[TensorSpec] = (),
-              progress=None) -> list[np.ndarray]:
+              progress=None, exact_int8: bool = False) -> list[np.ndarray]:
     """Outputs of `path` on every sample, stacked, in the source model's layout.
 
     `inputs`/`outputs` are the TFLite model's manifest specs (layouts, quantization); unused for ONNX.
+    exact_int8 (ONNX): int8 arithmetic as the target computes it, not the host's saturating kernels
+    (converter.onnx.int8_arithmetic; XNNPACK's TFLite kernels widen before they add, nothing to do there).
     """
     if is_tflite(path):
         from .tflite.model_io import run_tflite_dataset
@@ -33,7 +35,7 @@ def run_model(path: Path, data: Dataset, inputs: Sequence[TensorSpec] = (), outp
         return run_tflite_dataset(path, data, inputs, outputs, progress=progress)
     from .onnx.model_io import run_dataset
 
-    return run_dataset(path, data, progress)
+    return run_dataset(path, data, progress, exact_int8)
 
 
 def runner(path: Path, feeds: dict[str, np.ndarray], threads: int, inputs: Sequence[TensorSpec] = (),

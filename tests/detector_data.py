@@ -98,6 +98,7 @@ def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, wor
 
     from converter.accuracy.detection import DetectionScorer
     from converter.data import load_dataset
+    from converter.onnx.int8_arithmetic import exact_int8_for
     from converter.runners import run_model
     from edge_agent.bundle import TrustStore, verify_bundle
 
@@ -112,7 +113,8 @@ def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, wor
 
     source_input = onnx.load(str(float_model), load_external_data=False).graph.input[0].name  # TFLite renames it
     reference = run_model(float_model, type(data)({source_input: data.inputs[spec.name]}))
-    candidate = run_model(vb.unpacked_to / m.model_file, data, m.inputs, m.outputs)
+    # the Pi's arithmetic, not this host's if its int8 kernels saturate (converter.onnx.int8_arithmetic)
+    candidate = run_model(vb.unpacked_to / m.model_file, data, m.inputs, m.outputs, exact_int8=exact_int8_for("aarch64"))
     scorer = DetectionScorer(dict(m.postprocess.options), [t.name for t in m.outputs], len(m.labels or []) or None,
                              (m.preprocess.size[0], m.preprocess.size[1]))
     return {"frames": len(data), **scorer(reference, candidate)}

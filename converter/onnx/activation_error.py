@@ -33,8 +33,8 @@ def _expose(model_path: Path, tensors: list[str], out: Path) -> Path:
     return out
 
 
-def _run(model: Path, data: Dataset, names: list[str]) -> dict[str, list[np.ndarray]]:
-    sess = ort_session(model)
+def _run(model: Path, data: Dataset, names: list[str], exact_int8: bool = False) -> dict[str, list[np.ndarray]]:
+    sess = ort_session(model, exact_int8=exact_int8)
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(len(data)):
         for n, v in zip(names, sess.run(names, data.sample(i))):
@@ -48,8 +48,9 @@ def _nsr(ref: list[np.ndarray], cand: list[np.ndarray]) -> float:
 
 
 def local_errors(float_model: Path, qdq_model: Path, data: Dataset, layers: list[str], workdir: Path,
-                 groups: dict[str, list[str]] | None = None) -> list[dict]:
+                 groups: dict[str, list[str]] | None = None, exact_int8: bool = False) -> list[dict]:
     """Per layer (node name in the float graph): the output error it adds when quantized, largest first.
+    exact_int8: run the QDQ model as written (converter.onnx.int8_arithmetic), not in saturating kernels.
 
     groups: layer -> its nodes (converter.onnx.layer_groups): the error is measured at the group's output
     (after the activation), where keeping the group in float removes it.
@@ -89,7 +90,7 @@ def local_errors(float_model: Path, qdq_model: Path, data: Dataset, layers: list
     tensors = sorted({t for pair in io.values() for t in pair if t not in graph_inputs})
     fexp = _expose(float_model, tensors, workdir / "float.expose.onnx")
     qexp = _expose(qdq_model, tensors, workdir / "int8.expose.onnx")
-    ref, cand = _run(fexp, data, tensors), _run(qexp, data, tensors)
+    ref, cand = _run(fexp, data, tensors), _run(qexp, data, tensors, exact_int8)
     rows = []
     for name, (tin, tout) in io.items():
         e_out = _nsr(ref[tout], cand[tout])

@@ -53,11 +53,15 @@ def tensor_specs(model_path: Path, layout: str | None = None) -> tuple[list[Tens
     return ins, outs
 
 
-def ort_session(model_path: Path, threads: int | None = None):
+def ort_session(model_path: Path, threads: int | None = None, exact_int8: bool = False):
+    """A CPU session; exact_int8: basic graph optimizations only, so QDQ int8 runs as written instead of in
+    fused kernels that saturate on x86 without VNNI (converter.onnx.int8_arithmetic)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if exact_int8:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         opts.intra_op_num_threads = threads
     try:
@@ -73,9 +77,9 @@ def ort_session(model_path: Path, threads: int | None = None):
                            "usually need sizes divisible by their stride, e.g. 32)") from exc
 
 
-def run_dataset(model_path: Path, data: Dataset, progress=None) -> list[np.ndarray]:
+def run_dataset(model_path: Path, data: Dataset, progress=None, exact_int8: bool = False) -> list[np.ndarray]:
     """Run the model on every sample (batch 1); returns each output stacked over samples."""
-    sess = ort_session(model_path)
+    sess = ort_session(model_path, exact_int8=exact_int8)
     names = [o.name for o in sess.get_outputs()]
     input_types = {i.name: i.type for i in sess.get_inputs()}
     collected: list[list[np.ndarray]] = [[] for _ in names]

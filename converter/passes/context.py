@@ -25,6 +25,7 @@ from ..accuracy.mixed_precision import MixedPrecisionOutcome
 from ..data import Dataset
 from ..importers import ImportedModel
 from ..options import ConvertOptions
+from ..onnx.int8_arithmetic import exact_int8_for
 from ..runners import median_latency_ms, run_model
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class ConversionContext:
     def run_first_output(self, model: Path, data: Dataset) -> np.ndarray:
         """The served output of `model` (ONNX or TFLite) over `data`, in the source model's layout (the first
         one unless the manifest names another)."""
-        return run_model(model, data, self.inputs, self.outputs)[self.served_output()]
+        return run_model(model, data, self.inputs, self.outputs, exact_int8=self.exact_int8())[self.served_output()]
 
     def evaluator(self) -> Evaluator | None:
         """Scores models against the float model on the gate data; the float outputs are computed once."""
@@ -141,7 +142,11 @@ class ConversionContext:
 
     def run_all_outputs(self, model: Path, data: Dataset) -> list[np.ndarray]:
         """Every output of `model` (ONNX or TFLite) over `data`, in the source model's layout and order."""
-        return run_model(model, data, self.inputs, self.outputs)
+        return run_model(model, data, self.inputs, self.outputs, exact_int8=self.exact_int8())
+
+    def exact_int8(self) -> bool:
+        """Score int8 with the target's exact arithmetic when this host's int8 kernels saturate and its do not."""
+        return exact_int8_for(self.profile.hardware.arch)
 
     def detection_scorer(self, data: Dataset) -> DetectionScorer:
         """The detection gate for these samples (with their ground-truth boxes when --eval-labels gave them)."""

@@ -29,7 +29,8 @@ def ort_layer_binding(ctx: ConversionContext, hand: OrtInt8Hand, data: Dataset, 
     groups = layer_groups(q.src, layers)
     prerank: list[dict[str, Any]] = []
     if len(layers) > candidates:
-        prerank = local_errors(q.src, ctx.model, data.head(PRERANK_SAMPLES), layers, ctx.workdir, groups)
+        prerank = local_errors(q.src, ctx.model, data.head(PRERANK_SAMPLES), layers, ctx.workdir, groups,
+                               ctx.exact_int8())
     return LayerBinding(layers, lambda exclude: q.quantize(method, [n for layer in exclude for n in groups[layer]]),
                         prerank, prerank_signal="activation error added by the layer (with its activation) in the "
                         "int8 model")
