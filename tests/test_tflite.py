@@ -313,7 +313,8 @@ def test_format_auto_records_candidates_and_packs_a_passing_one(digits, tmp_path
     assert sel["chosen"] == m.format and cands[m.format]["passed"] is True
     passing = {f: c["host_latency"]["p50_ms"] for f, c in cands.items() if c["passed"]}
     assert cands[m.format]["host_latency"]["p50_ms"] <= min(passing.values()) * 1.03  # fastest, or tied with it
-    assert all(c["precision"] == "int8-static" for c in cands.values())
+    # int8 either way: plain, or with a float layer where equalization/bias correction did not win the paired test
+    assert all(c["precision"] in ("int8-static", "int8-mixed") for c in cands.values())
     assert m.runtime == ("litert" if m.format == "tflite" else "onnxruntime")
 
 
