@@ -59,6 +59,7 @@ def run_passes(ctx: ConversionContext, names: Sequence[str], on_pass: OnPass | N
             continue
         if on_pass:
             on_pass(prefix + p.name, i, len(passes))
+            ctx.on_step = lambda text, name=prefix + p.name, i=i: on_pass(f"{name}: {text}", i, len(passes))
         t0 = time.perf_counter()
         entry = p.run(ctx)
         seconds = time.perf_counter() - t0

@@ -15,13 +15,16 @@ For each variant, side by side in one run:
   pipeline   frames/s of `edge-agent run --source vtest.avi` (decode, letterbox, infer, decode boxes, NMS)
   bare       frames/s of the runtime alone on one preprocessed frame, same threads: pipeline/bare ratio
 
-    PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--eval-frames 100] [--threads 2] [--variants yolo:onnx:fp16,...] [--json]
+    PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--eval-frames 100] [--threads 2] [--rounds 5]
+        [--variants yolo:onnx:fp16,...] [--work DIR [--speed-only]] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -81,23 +84,52 @@ def convert(family: str, fmt: str, precision: str, work: Path, key: Path, pub: P
     return {**row, **{k: acc.get(k) for k in ("agreement", "float_boxes", "lost_boxes", "extra_boxes", "map50_vs_float")}}
 
 
-def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST) -> dict:
-    vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=work / f"u-{bundle.stem}")
+def unpack(bundle: Path, pub: Path, to: Path):
+    """The verified bundle unpacked afresh into `to` (a --speed-only run re-uses the work folder)."""
+    shutil.rmtree(to, ignore_errors=True)
+    return verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=to)
+
+
+def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST, rounds: int = 5) -> dict:
+    """Pipeline vs bare loop, in alternating rounds (pipeline over `frames` video frames, then the bare runtime on
+    one preprocessed frame `frames` times, then decoding alone and decoding + preprocessing alone over the same
+    frames, one thread), so load changes on a shared host hit all of them: medians of the rounds. The decode rates
+    bound the pipeline whatever the model: it cannot hand out frames faster than one thread decodes them."""
+    vb = unpack(bundle, pub, work / f"u-{bundle.stem}")
     session = load_session(vb.unpacked_to, vb.manifest, threads=threads)
-    sink = CollectSink()
-    summary = Pipeline(open_source(str(video)), session, vb.manifest, [sink], max_frames=frames).run()
+    pre = Preprocessor(vb.manifest)
     src = open_source(str(video))
-    prepared = Preprocessor(vb.manifest)(src.read())
+    prepared = pre(src.read())
     src.close()
     for _ in range(5):
         session.run(prepared.feeds)
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        session.run(prepared.feeds)
-    bare = frames / (time.perf_counter() - t0)
-    boxes = sum(len(r.get("detections", [])) for r in sink.records)
-    return {"pipeline_fps": round(summary.fps, 1), "bare_fps": round(bare, 1),
-            "pipeline_over_bare": round(summary.fps / bare, 3), "boxes_drawn": boxes}
+    rates: dict[str, list[float]] = {"pipeline": [], "bare": [], "decode": [], "decode_pre": [], "ratio": [], "cpu_ratio": []}
+    boxes = 0
+    for _ in range(rounds):
+        sink = CollectSink()
+        c0 = time.process_time()
+        rates["pipeline"].append(Pipeline(open_source(str(video)), session, vb.manifest, [sink], max_frames=frames).run().fps)
+        c1 = time.process_time()
+        boxes = sum(len(r.get("detections", [])) for r in sink.records)
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            session.run(prepared.feeds)
+        rates["bare"].append(frames / (time.perf_counter() - t0))
+        rates["cpu_ratio"].append((time.process_time() - c1) / (c1 - c0))
+        rates["ratio"].append(rates["pipeline"][-1] / rates["bare"][-1])
+        for key, work_fn in (("decode", lambda f: f), ("decode_pre", pre)):
+            src = open_source(str(video))
+            t0, n = time.perf_counter(), 0
+            while n < frames and (frame := src.read()) is not None:
+                work_fn(frame)
+                n += 1
+            rates[key].append(n / (time.perf_counter() - t0))
+            src.close()
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    return {"pipeline_fps": round(med["pipeline"], 1), "bare_fps": round(med["bare"], 1),
+            "pipeline_over_bare": round(med["ratio"], 3), "bare_cpu_over_pipeline_cpu": round(med["cpu_ratio"], 3),
+            "decode_fps": round(med["decode"], 1),
+            "decode_pre_fps": round(med["decode_pre"], 1), "boxes_drawn": boxes, "speed_rounds": rounds}
 
 
 def side_by_side(model: Path, reference: Path, manifest, pub: Path, threads: int, rounds: int = 9, runs: int = 10) -> float:
@@ -129,7 +161,7 @@ def add_speedups(rows: list[dict], pub: Path, threads: int, work: Path) -> None:
     models = {}
     for r in rows:
         if r["rc"] == 0:
-            vb = verify_bundle(work / r["bundle"], TrustStore.from_paths([pub]), unpack_to=work / f"t-{r['bundle']}")
+            vb = unpack(work / r["bundle"], pub, work / f"t-{r['bundle']}")
             models[r["variant"]] = (vb.unpacked_to / vb.manifest.model_file, vb.manifest)
     for r in rows:
         family, fmt, precision, *_ = r["variant"].split(":")
@@ -139,36 +171,70 @@ def add_speedups(rows: list[dict], pub: Path, threads: int, work: Path) -> None:
             r["speedup_vs_fp32"] = side_by_side(model, ref[0], manifest, pub, threads)
 
 
+def run(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Convert and time each variant (or, with --speed-only, re-time the bundles a run left in `work`)."""
+    from edge_agent.bundle.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME
+
+    keys = work / "keys"
+    key, pub = (keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME) if (keys / PUBLIC_KEY_NAME).exists() else generate_keypair(keys)
+    log = work / "rows.jsonl"
+    done = {r["variant"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    rows = []
+    for v in args.variants.split(","):
+        family, fmt, precision, *mode = v.split(":")
+        video = MEGAMIND if family == "yolo-face" else VTEST
+        if args.speed_only:
+            if v not in done:
+                print(f"{v}: not converted in {work}, skipped", file=sys.stderr, flush=True)
+                continue
+            row = {k: val for k, val in done[v].items() if k not in ("pipeline_fps", "bare_fps", "pipeline_over_bare",
+                                                                        "decode_fps", "decode_pre_fps",
+                                                                        "bare_cpu_over_pipeline_cpu")}
+            row["bundle"] = work / row["bundle"]
+        else:
+            print(f"converting {v} ...", file=sys.stderr, flush=True)
+            row = {"variant": v, **convert(family, fmt, precision, work, key, pub, args.eval_frames, mode == ["plain"])}
+        if row["rc"] == 0:
+            row.update(speed(row["bundle"], pub, args.frames, args.threads, work, video, args.rounds))
+        row["bundle"] = row["bundle"].name
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if not args.speed_only:
+            with log.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    add_speedups(rows, pub, args.threads, work)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=120, help="video frames timed through the pipeline and the bare loop")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating pipeline/bare rounds per variant (medians)")
     ap.add_argument("--eval-frames", type=int, default=100, help="vtest frames (4 crops each) for selection and as many held out; Megamind: at most 80 each")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=DEFAULT, help="comma list of family:format:precision")
+    ap.add_argument("--work", type=Path, help="keep bundles and rows here (default: a temporary folder)")
+    ap.add_argument("--speed-only", action="store_true", help="re-time the bundles a run left in --work")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
-        work = Path(tmp)
-        key, pub = generate_keypair(work / "keys")
-        for v in args.variants.split(","):
-            family, fmt, precision, *mode = v.split(":")
-            print(f"converting {v} ...", file=sys.stderr, flush=True)
-            row = {"variant": v, **convert(family, fmt, precision, work, key, pub, args.eval_frames, mode == ["plain"])}
-            if row["rc"] == 0:
-                row.update(speed(row["bundle"], pub, args.frames, args.threads, work,
-                                 MEGAMIND if family == "yolo-face" else VTEST))
-            row["bundle"] = row["bundle"].name
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-        add_speedups(rows, pub, args.threads, work)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.speed_only and not args.work:
+        ap.error("--speed-only needs --work")
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        rows = run(args, args.work)
     else:
+        with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
+            rows = run(args, Path(tmp))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if args.json:
+        print(json.dumps({"load_average": load, "rows": rows}, indent=2))
+    else:
+        print(f"load average at the end: {load}")
         for r in rows:
             print(f"{r['variant']:<26} agreement {r.get('agreement')} lost {r.get('lost_boxes')} extra {r.get('extra_boxes')}"
                   f" mAP50/float {r.get('map50_vs_float')}  pipeline {r.get('pipeline_fps')} fps / bare {r.get('bare_fps')}"
-                  f" fps = {r.get('pipeline_over_bare')}  speed-up vs fp32 {r.get('speedup_vs_fp32')}")
+                  f" fps = {r.get('pipeline_over_bare')} (CPU {r.get('bare_cpu_over_pipeline_cpu')}; decode alone {r.get('decode_fps')}, decode+preprocess"
+                  f" {r.get('decode_pre_fps')} fps)  speed-up vs fp32 {r.get('speedup_vs_fp32')}")
     return 0
 
 

@@ -121,3 +121,28 @@ def test_nms_and_option_validation():
         DetectionOptions.from_manifest({"format": "retina"})
     with pytest.raises(DetectionConfigError):
         DetectionOptions.from_manifest({"scre_threshold": 0.3})
+
+
+@pytest.mark.parametrize("layout,objectness,extras", [("channels-first", False, 0), ("rows", False, 0),
+                                                      ("rows", True, 0), ("channels-first", False, 32)])
+def test_yolo_decode_reads_only_the_anchors_that_pass_and_keeps_every_box(layout, objectness, extras):
+    """The decoder drops anchors below the score floor before its per-anchor work (a few of thousands pass):
+    the boxes, scores and classes must be exactly those of decoding every anchor and thresholding after."""
+    from edge_agent.pipeline.detection import batched_nms, decode, to_xyxy
+
+    rng = np.random.default_rng(len(layout) + extras + objectness)
+    n, c = 2100, 7
+    rows = np.concatenate([rng.uniform(20, 300, (n, 2)), rng.uniform(5, 60, (n, 2)),
+                           *([rng.uniform(0, 1, (n, 1))] if objectness else []),
+                           rng.uniform(0, 1, (n, c)) ** 60, rng.normal(0, 1, (n, extras))], axis=1).astype(np.float32)
+    out = rows.T[None] if layout == "channels-first" else rows[None]
+    opts = DetectionOptions.from_manifest({"objectness": objectness, "row_extras": extras, "score_threshold": 0.3})
+    cls = rows[:, 5:5 + c] * rows[:, 4:5] if objectness else rows[:, 4:4 + c]
+    classes, scores = cls.argmax(axis=1), cls.max(axis=1)
+    keep = scores >= 0.3
+    assert 10 < keep.sum() < n // 4
+    boxes = to_xyxy(rows[keep, :4], "cxcywh")
+    order = batched_nms(boxes, scores[keep], classes[keep], 0.45, 100)
+    got_boxes, got_scores, got_classes = decode([out], opts, ["y"], c, (320, 320))
+    assert np.array_equal(got_boxes, boxes[order]) and np.array_equal(got_scores, scores[keep][order])
+    assert got_classes.tolist() == classes[keep][order].tolist()

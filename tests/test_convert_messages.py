@@ -32,6 +32,19 @@ def test_long_conversion_prints_one_progress_line_per_pass_without_a_tty(digits,
     assert "edge-convert: [" not in capsys.readouterr().err
 
 
+def test_the_long_compensation_step_prints_a_line_inside_the_quantize_pass(digits, tmp_path, capsys, monkeypatch):
+    """The quantize pass of a YOLOv8n int8 conversion ran 13 minutes after its one progress line (almost all of it
+    the layer-by-layer compensation fit); the fit now announces itself with a line of its own, numbered as its pass."""
+    monkeypatch.setattr(convert_cli, "PLAIN_PROGRESS_AFTER_S", 0.0)
+    args = [a for a in convert_args(digits, tmp_path / "d.edgebundle", "raspberry-pi-4", "--compensation", "bias")
+            if a != "--quiet"]
+    assert convert_cli.main(args) == 0
+    err = capsys.readouterr().err
+    quantize = re.findall(r"^edge-convert: \[(\d+)/\d+\] quantize \(", err, re.M)
+    step = re.findall(r"^edge-convert: \[(\d+)/\d+\] quantize: compensation bias: fitting .+ on \d+ samples", err, re.M)
+    assert quantize and step == quantize, err
+
+
 def test_int8_slower_than_float_is_written_with_a_warning(digits, tmp_path, capsys, caplog, monkeypatch):
     """An int8 bundle slower than float was written silently; now the report, the log and the summary say so."""
     real = host_benchmark.time_runs

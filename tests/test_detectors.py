@@ -273,3 +273,17 @@ def test_multi_output_classifier_serves_and_gates_the_declared_output(keys, tmp_
 
     manifest = verify_bundle(tmp_path / "first.edgebundle", TrustStore.from_paths([keys.pub]), unpack_to=tmp_path / "u").manifest
     assert manifest.postprocess.options["output"] == "boxes"
+
+
+def test_tflite_outputs_of_one_frame_survive_the_next_inference():
+    """The pipeline hands a frame's outputs to the postprocess thread while the interpreter already runs the next
+    frame: the arrays run_list returns must be the caller's own (not views of the interpreter's buffers)."""
+    from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+    model = TFLiteModel(blazeface_tflite(), threads=1)
+    shape = model.input_details[0]["shape"]
+    first = model.run_list([np.full(shape, -0.5, np.float32)])
+    kept = [o.copy() for o in first]
+    second = model.run_list([np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)])
+    assert all(np.array_equal(a, b) for a, b in zip(first, kept))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))

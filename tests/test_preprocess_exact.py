@@ -20,9 +20,13 @@ def reference(image, spec, tensor, color_order):
     return P.to_layout(x[None], "NHWC", tensor.layout if tensor.layout in ("NCHW", "NHWC") else "NCHW"), box
 
 
+@pytest.mark.parametrize("without_opencv", [False, True])
+@pytest.mark.parametrize("hw", [(97, 131), (40, 200)])  # letterbox bars left/right, then top/bottom
 @pytest.mark.parametrize("channels", [3, 1, 4])
-def test_one_pass_preprocessing_is_bit_identical_to_the_formula(channels):
-    image = np.random.default_rng(channels).integers(0, 256, (97, 131, channels), dtype=np.uint8)
+def test_one_pass_preprocessing_is_bit_identical_to_the_formula(channels, hw, without_opencv, monkeypatch):
+    if without_opencv:  # the channel swap and NCHW planes fall back to numpy
+        monkeypatch.setattr(P, "_cv2_or_none", lambda: None)
+    image = np.random.default_rng(channels).integers(0, 256, (*hw, channels), dtype=np.uint8)
     norms = [([0.0], [1.0]), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), ([0.5], [0.5])]
     for color, order, layout, resampler, resize, (mean, std) in itertools.product(
             ("RGB", "BGR", "GRAY"), ("RGB", "BGR"), ("NCHW", "NHWC", "ANY"), ("pillow", "opencv"),

@@ -80,6 +80,12 @@ class ConversionContext:
     tf_source: TFSource | None = None  # set by tflite-convert (int8-static), read by tflite-mixed-precision
     selftest: SelfTest | None = None  # set by selftest, read by package
     _evaluator: Evaluator | None = field(default=None, repr=False)  # cache of evaluator()
+    on_step: Callable[[str], None] | None = field(default=None, repr=False)  # set per pass by run_passes
+
+    def step(self, text: str) -> None:
+        """A long step inside a pass says it is starting (a CI log gets a line; minutes of silence looked hung)."""
+        if self.on_step is not None:
+            self.on_step(text)
 
     def gate_data(self) -> tuple[Dataset | None, str]:
         """The data accuracy is measured on, and where it comes from: eval data, else calibration data."""

@@ -204,6 +204,8 @@ def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
                        "candidates": rows}
     best = ("none", base_score, q, ctx.model)
     for mode in modes:
+        ctx.step(f"compensation {mode}: fitting each layer in turn on {len(samples)} samples (one int8 run per layer "
+                 "and sample: minutes on a detector)")
         float_src, qdq, rep = compensate(q.src, ctx.model, samples, mode, ctx.workdir)
         score = evaluate(qdq) if evaluate else None
         row: dict[str, Any] = {"compensation": mode, **rep.to_dict()}

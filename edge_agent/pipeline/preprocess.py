@@ -38,8 +38,9 @@ def _letterbox_geometry(width: int, height: int, size: tuple[int, int]) -> tuple
     return nw, nh, Letterbox(scale, (w - nw) // 2, (h - nh) // 2)
 
 
-def _resize_pillow(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple[np.ndarray, Letterbox]:
-    """Resize an HxWxC uint8 image to (height, width) with Pillow (BILINEAR, antialiased when shrinking)."""
+def _resize_pillow(image: np.ndarray, size: tuple[int, int], mode: str, pad: bool = True) -> tuple[np.ndarray, Letterbox]:
+    """Resize an HxWxC uint8 image to (height, width) with Pillow (BILINEAR, antialiased when shrinking).
+    pad=False: a letterbox is returned unpadded (the caller writes the border)."""
     from PIL import Image
 
     h, w = size
@@ -48,6 +49,9 @@ def _resize_pillow(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple
     method = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
     if mode == "letterbox":
         nw, nh, box = _letterbox_geometry(pil.width, pil.height, size)
+        if not pad:
+            arr = np.asarray(pil.resize((nw, nh), Image.Resampling.BILINEAR))
+            return (arr[:, :, None] if arr.ndim == 2 else arr), box
         canvas = Image.new(pil.mode, (w, h), color=(PAD,) * len(pil.getbands()) if len(pil.getbands()) > 1 else PAD)
         canvas.paste(pil.resize((nw, nh), Image.Resampling.BILINEAR), (int(box.pad_x), int(box.pad_y)))
         out = canvas
@@ -58,9 +62,9 @@ def _resize_pillow(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple
     return (arr[:, :, None] if arr.ndim == 2 else arr), box
 
 
-def _resize_opencv(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple[np.ndarray, Letterbox]:
-    """Resize with cv2.resize INTER_LINEAR (INTER_NEAREST for `nearest`); letterbox into a 114-filled canvas.
-    Native code, no copy through Pillow: a few hundred microseconds for a VGA frame."""
+def _resize_opencv(image: np.ndarray, size: tuple[int, int], mode: str, pad: bool = True) -> tuple[np.ndarray, Letterbox]:
+    """Resize with cv2.resize INTER_LINEAR (INTER_NEAREST for `nearest`); letterbox into a 114-filled canvas
+    (pad=False: unpadded). Native code, no copy through Pillow: a few hundred microseconds for a VGA frame."""
     import cv2
 
     h, w = size
@@ -68,8 +72,10 @@ def _resize_opencv(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple
     interp = cv2.INTER_NEAREST if mode == "nearest" else cv2.INTER_LINEAR
     if mode == "letterbox":
         nw, nh, box = _letterbox_geometry(image.shape[1], image.shape[0], size)
-        out = np.full((h, w, c), PAD, dtype=np.uint8)
         resized = cv2.resize(image, (nw, nh), interpolation=interp)
+        if not pad:
+            return resized.reshape(nh, nw, c), box
+        out = np.full((h, w, c), PAD, dtype=np.uint8)
         out[int(box.pad_y):int(box.pad_y) + nh, int(box.pad_x):int(box.pad_x) + nw] = resized.reshape(nh, nw, c)
         return out, box
     if image.shape[:2] == (h, w):
@@ -80,19 +86,20 @@ def _resize_opencv(image: np.ndarray, size: tuple[int, int], mode: str) -> tuple
 _warned_no_opencv = False
 
 
-def _resize(image: np.ndarray, size: tuple[int, int], mode: str, resampler: str = "pillow") -> tuple[np.ndarray, Letterbox]:
+def _resize(image: np.ndarray, size: tuple[int, int], mode: str, resampler: str = "pillow",
+            pad: bool = True) -> tuple[np.ndarray, Letterbox]:
     """Resize as the manifest says (mode and resampler); a bundle built with OpenCV on a device without it
     falls back to Pillow, once with a warning (pixels then differ slightly from the converter's)."""
     global _warned_no_opencv
     if resampler == "opencv":
         try:
-            return _resize_opencv(image, size, mode)
+            return _resize_opencv(image, size, mode, pad)
         except ImportError:
             if not _warned_no_opencv:
                 _warned_no_opencv = True
                 log.warning("the bundle was calibrated with OpenCV resizing but OpenCV is not installed here "
                             "(pip install 'edgekit[camera]'): resizing with Pillow, results may differ slightly")
-    return _resize_pillow(image, size, mode)
+    return _resize_pillow(image, size, mode, pad)
 
 
 def convert_color(image: np.ndarray, source_order: str, target_order: str) -> np.ndarray:
@@ -121,9 +128,11 @@ def preprocess_image(
 ) -> tuple[np.ndarray, Letterbox]:
     """An HxWxC uint8 image -> a batched float32 tensor in the model input's layout.
 
-    Per frame on the camera path, so: an RGB<->BGR swap happens after the resize, on the small image (resizing
-    is per channel, so the result is the same), and scale/mean/std/layout are written in one pass into the
-    output tensor (the same float32 operations in the same order as `(pixel * scale - mean) / std`, bit for bit).
+    Per frame on the camera path, so every step is native or contiguous: an RGB<->BGR swap happens after the
+    resize, on the small image (resizing is per channel, so the result is the same); a letterbox is resized
+    unpadded and its border written as constants; scale/mean/std go from contiguous uint8 planes into the output
+    tensor in one pass (a strided read, e.g. a reversed channel axis, cost 6x more). The same float32 operations
+    in the same order as `(pixel * scale - mean) / std`, bit for bit (tests/test_preprocess_exact.py).
     """
     if image.ndim == 2:
         image = image[:, :, None]
@@ -134,25 +143,76 @@ def preprocess_image(
         image = convert_color(image, color_order, spec.color)
     if not image.flags.c_contiguous:
         image = np.ascontiguousarray(image)
-    resized, box = _resize(image, (spec.size[0], spec.size[1]), spec.resize, spec.resampler)
+    size = (spec.size[0], spec.size[1])
     layout = tensor.layout if tensor.layout in ("NCHW", "NHWC") else "NCHW"
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    channels = resized.shape[2]
+    channels = image.shape[2]
     if mean.size not in (1, channels) or std.size not in (1, channels):  # broadcasting widens the image: as before
+        resized, box = _resize(image, size, spec.resize, spec.resampler)
         x = (resized.astype(np.float32) * np.float32(spec.scale) - mean) / std
         return to_layout(x[None], "NHWC", layout), box
-    src = resized[:, :, ::-1] if swap else resized
-    if layout == "NCHW":
-        src = src.transpose(2, 0, 1)
-        mean, std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
-    out = np.empty((1, *src.shape), dtype=np.float32)
-    np.multiply(src, np.float32(spec.scale), out=out[0])
-    if np.any(mean != 0):
-        np.subtract(out[0], mean, out=out[0])
-    if np.any(std != 1):
-        np.divide(out[0], std, out=out[0])
+    resized, box = _resize(image, size, spec.resize, spec.resampler, pad=False)
+    if swap:
+        resized = _swap_rb(resized)
+    normalise = _normaliser(np.float32(spec.scale), mean.reshape(-1), std.reshape(-1))
+    out = np.empty((1, size[0], size[1], channels) if layout == "NHWC" else (1, channels, size[0], size[1]), np.float32)
+    y, x = int(box.pad_y), int(box.pad_x)
+    rh, rw = resized.shape[:2]
+    if (rh, rw) != size:  # the letterbox border: the pad grey through the same arithmetic
+        border = normalise(np.full((1, 1, channels), PAD, np.uint8), np.empty((1, 1, channels), np.float32))[0, 0]
+        planes = out[0] if layout == "NCHW" else out[0].transpose(2, 0, 1)
+        for c in range(channels):
+            plane = planes[c]
+            plane[:y].fill(border[c]), plane[y + rh:].fill(border[c])
+            plane[y:y + rh, :x].fill(border[c]), plane[y:y + rh, x + rw:].fill(border[c])
+    if layout == "NHWC":
+        normalise(resized, out[0, y:y + rh, x:x + rw])
+    else:
+        for c, plane in enumerate(_planes(resized)):
+            normalise(plane, out[0, c, y:y + rh, x:x + rw], c)
     return out, box
+
+
+def _normaliser(scale: np.float32, mean: np.ndarray, std: np.ndarray):
+    """(pixels, out[, channel]) -> out = (pixels * scale - mean) / std in float32, skipping the no-op steps."""
+    sub, div = bool(np.any(mean != 0)), bool(np.any(std != 1))
+
+    def run(src: np.ndarray, out: np.ndarray, channel: int | None = None) -> np.ndarray:
+        m = mean if channel is None or mean.size == 1 else mean[channel:channel + 1]
+        s = std if channel is None or std.size == 1 else std[channel:channel + 1]
+        np.multiply(src, scale, out=out)
+        if sub:
+            np.subtract(out, m, out=out)
+        if div:
+            np.divide(out, s, out=out)
+        return out
+
+    return run
+
+
+def _cv2_or_none():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _swap_rb(image: np.ndarray) -> np.ndarray:
+    """RGB <-> BGR of a small HxWx3 uint8 image, contiguous (cv2.cvtColor: 40x faster than a numpy reversed copy)."""
+    cv2 = _cv2_or_none()
+    if cv2 is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def _planes(image: np.ndarray) -> list[np.ndarray]:
+    """The channels of an HxWxC uint8 image as contiguous HxW planes (for NCHW)."""
+    cv2 = _cv2_or_none()
+    if cv2 is not None and image.shape[2] > 1:
+        return list(cv2.split(image))
+    return [np.ascontiguousarray(image[:, :, c]) for c in range(image.shape[2])]
 
 
 def read_image(path: str) -> np.ndarray:

@@ -175,12 +175,12 @@ class TFLiteModel:
         self.interpreter.invoke()
         results = []
         for detail, spec in self._out:
-            y = self.interpreter.get_tensor(detail["index"])
+            y = self.interpreter.get_tensor(detail["index"])  # a copy already (tensor() would be the view)
             if np.issubdtype(y.dtype, np.integer):
                 scale, zp = _params(spec, detail)
                 if scale:
                     y = dequantize(y, scale, zp)
-            results.append(np.array(y, copy=True))
+            results.append(y)
         return results
 
 

@@ -40,7 +40,7 @@ class DetectionConfigError(AgentError, ValueError):
     code_name = "detection-config"
 
 
-from .decoders import DECODERS, Candidates  # noqa: E402  (they raise DetectionConfigError)
+from .decoders import DECODERS, PREFILTERING, Candidates  # noqa: E402  (they raise DetectionConfigError)
 from .nms import batched_nms, iou_matrix, iou_one_to_many, matched_boxes, nms, to_xyxy  # noqa: E402
 
 FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -148,8 +148,11 @@ def decode(outputs: list[np.ndarray], opts: DetectionOptions, output_names: list
                                    "holding detections with postprocess option `output` (edge-convert --output-role)")
     if opts.format == "ssd-anchors" and opts.anchor_scale is None:
         opts = DetectionOptions(**{**opts.__dict__, "anchor_scale": [input_hw[1], input_hw[0]] * 2})
-    c: Candidates = DECODERS[opts.format](outputs, output_names, opts, n_labels)
-    mask = c.scores >= (opts.score_threshold if score_floor is None else score_floor)
+    floor = opts.score_threshold if score_floor is None else score_floor
+    decoder = DECODERS[opts.format]
+    c: Candidates = (decoder(outputs, output_names, opts, n_labels, floor=floor) if decoder in PREFILTERING
+                     else decoder(outputs, output_names, opts, n_labels))
+    mask = c.scores >= floor
     raw, scores, classes = c.boxes[mask], c.scores[mask], c.classes[mask]
     boxes = to_xyxy(raw, c.box_format)
     if c.normalized:

@@ -55,11 +55,13 @@ def _rows(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def yolo(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels: int | None) -> Candidates:
+def yolo(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels: int | None,
+         floor: float | None = None) -> Candidates:
+    """YOLO rows; with `floor`, only anchors whose best class reaches it (the common case: a few of 2100-8400),
+    read in the output's own layout: (4+C, N) heads are never transposed whole, classes are argmax-ed only there."""
     a = _rows(pick(outputs, names, opts.output, "yolo"), "yolo")
-    if a.shape[0] < a.shape[1]:
-        a = a.T  # (4+C, N) -> (N, 4+C)
-    attrs = a.shape[1]
+    channels_first = a.shape[0] < a.shape[1]  # (4+C, N): YOLOv8/v11 exports
+    attrs = a.shape[0] if channels_first else a.shape[1]
     objectness = opts.objectness
     if objectness is None:
         objectness = bool(n_labels) and attrs == 5 + n_labels
@@ -71,12 +73,18 @@ def yolo(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels: int |
     if n_labels and end - first != n_labels:
         raise DetectionConfigError(f"yolo rows hold {end - first} class scores but the bundle names {n_labels} classes"
                                    " (set postprocess option objectness or row_extras, or fix the labels)")
-    cls = a[:, first:end]
+    t = a if channels_first else a.T  # (attrs, N) view
+    cls = t[first:end]
     if objectness:
-        cls = cls * a[:, 4:5]
-    classes = np.argmax(cls, axis=1)
-    scores = np.take_along_axis(cls, classes[:, None], axis=1)[:, 0]
-    return Candidates(a[:, :4], scores, classes, opts.box_format, opts.normalized)
+        cls = cls * t[4]
+    if floor is not None:
+        keep = np.flatnonzero(cls.max(axis=0) >= floor)
+        cls, boxes = cls[:, keep], t[:4, keep]
+    else:
+        boxes = t[:4]
+    classes = np.argmax(cls, axis=0)
+    scores = cls[classes, np.arange(cls.shape[1])]
+    return Candidates(np.ascontiguousarray(boxes.T), scores, classes, opts.box_format, opts.normalized)
 
 
 def yolo_nms(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels: int | None) -> Candidates:
@@ -130,3 +138,4 @@ def ssd_anchors(outputs: list[np.ndarray], names: list[str], opts: Any, n_labels
 DECODERS: dict[str, Callable[..., Candidates]] = {
     "yolo": yolo, "yolo-nms": yolo_nms, "ssd": ssd, "ssd-anchors": ssd_anchors,
 }
+PREFILTERING = (yolo,)  # decoders that take `floor=` and drop candidates below it before the per-anchor work
