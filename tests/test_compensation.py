@@ -213,3 +213,50 @@ def test_weight_only_gptq_beats_rounding_and_survives_requantization(digits, tmp
     assert checked == 4
     ops = _int8_kernels(qdq, tmp_path)
     assert ops.get("QLinearConv", 0) == 3 and ops.get("Conv", 0) == 0
+
+
+def test_tflite_int8_carries_the_compensated_weights(digits, tmp_path):
+    """TFLite: onnx2tf re-quantizes from the float weights it is given, so the converter hands it the GPTQ-rounded
+    on-grid float weights; the TFLite converter's own rounding must land on exactly those values (Conv2D and
+    FullyConnected int8 weights x their per-channel scales), not on nearest rounding's."""
+    pytest.importorskip("onnx2tf")
+    import json
+    import tarfile
+
+    from onnx import numpy_helper
+
+    from converter.onnx.weight_compensation import compensate_weights_only
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    out = tmp_path / "t.edgebundle"
+    assert main(convert_args(digits, out, "raspberry-pi-4", "--format", "tflite", "--precision", "int8-static",
+                             "--compensation", "gptq", "--sensitivity", "off")) == 0
+    entry = next(p for p in json.loads(Path(str(out) + ".report.json").read_text())["passes"]
+                 if p["pass"] == "tflite-convert")["compensation"]
+    assert entry["chosen"] == "gptq" and entry["layers_fitted"] == 4
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".tflite"))
+        tar.extract(member, tmp_path, filter="data")
+    it, _ = open_interpreter(tmp_path / member.name, threads=1, use_xnnpack=False)
+    tflite_weights = []
+    for t in it.get_tensor_details():
+        q = t["quantization_parameters"]
+        if np.dtype(t["dtype"]) == np.int8 and len(q["scales"]) > 1 and len(t["shape"]) in (2, 4):
+            w = it.get_tensor(t["index"]).astype(np.float64)
+            tflite_weights.append(w * q["scales"].reshape([-1] + [1] * (w.ndim - 1)))  # output channels first
+    calib = Dataset({"image": np.load(digits.calibration)["image"]})
+    comp, _ = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "comp.onnx")
+    nearest, _ = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "near.onnx", gptq=False)
+
+    def matched(model: Path) -> int:
+        found = 0
+        for init in onnx.load(str(model)).graph.initializer:
+            w = numpy_helper.to_array(init).astype(np.float64)
+            if w.ndim == 4:
+                w = w.transpose(0, 2, 3, 1)  # OIHW -> TFLite's OHWI
+            elif w.ndim != 2:
+                continue
+            found += any(t.shape == w.shape and np.abs(t - w).max() <= 1e-6 * np.abs(w).max() for t in tflite_weights)
+        return found
+
+    assert matched(comp) == 4 and matched(nearest) < 4
