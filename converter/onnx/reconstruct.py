@@ -12,9 +12,10 @@ plain QDQ model that ORT fuses into its int8 kernels exactly as before (no new o
            layer, ridge least squares W' = argmin ||W' x_q + b' - W x_f - b||^2 + lam ||W' - W||^2_D,
            fitted on the int8 model's own inputs x_q (so each layer undoes what the layers before it lost),
            then the bias correction above for the rounding of W'.
-  gptq     GPTQ rounding (gptq_round): each weight is rounded up or down so that the layer's outputs on the
-           int8 inputs move least, then the bias correction; needs per-channel weights and at least 2 d
-           sampled inputs per layer (else plain rounding + bias correction).
+  gptq     GPTQ rounding (gptq.py, act order): each weight is rounded up or down so that the layer's outputs
+           on the int8 inputs move least, then the bias correction; needs per-channel weights and at least 2 d
+           sampled inputs per layer (else plain rounding + bias correction). The same rounding with float
+           activations, for converters that re-quantize float weights (TFLite): weight_compensation.py.
 
 Layers are fitted one at a time in graph order on the int8 model as the layers before them already left
 it (see `compensate`); one ORT session per layer over a few samples. Task-neutral:
