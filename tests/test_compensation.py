@@ -80,14 +80,16 @@ def test_convert_measures_compensation_and_reports_it(digits, tmp_path):
     report = json.loads(Path(str(out) + ".report.json").read_text())
     quant = next(p for p in report["passes"] if p["pass"] == "quantize")
     comp = quant["compensation"]
-    assert comp["chosen"] in ("none", "bias")
+    assert comp["chosen"] in ("none", "bias", "gptq")
     assert all(0 <= c["agreement"] <= 1 for c in comp["candidates"])
+    expected = ["none", "gptq", "bias"]  # auto with per-channel weights measures GPTQ and bias correction
     if comp["candidates"][0]["agreement"] == 1.0:  # plain int8 agrees fully: auto can keep no fit, fits none
         assert [c["compensation"] for c in comp["candidates"]] == ["none"] and comp["note"].startswith("not fitted")
         assert main(convert_args(digits, tmp_path / "b.edgebundle", "raspberry-pi-4", "--compensation", "bias")) == 0
         comp = next(p for p in json.loads((tmp_path / "b.edgebundle.report.json").read_text())["passes"]
                     if p["pass"] == "quantize")["compensation"]
-    assert [c["compensation"] for c in comp["candidates"]] == ["none", "bias"]
+        expected = ["none", "bias"]
+    assert [c["compensation"] for c in comp["candidates"]] == expected
     # cross-layer equalization is measured the same way (the digits CNN has Conv -> ReLU -> Conv pairs)
     eq = quant["equalization"]
     assert eq["pairs"] >= 1 and eq["chosen"] in ("on", "off")
