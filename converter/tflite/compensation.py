@@ -30,6 +30,11 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
     data, _ = ctx.gate_data()
     if spec == "none" or (spec == "auto" and data is None):
         return {"chosen": "none", "note": "not measured (no eval data)" if spec == "auto" else "off"}
+    evaluate = ctx.evaluator()
+    base = evaluate(ctx.model) if evaluate is not None else None
+    if spec == "auto" and base is not None and base["agreement"] >= 1.0:  # nothing can agree strictly better
+        return {"chosen": "none", "note": "not fitted: plain int8 already agrees with float on every eval sample",
+                "candidates": [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]}]}
     samples = ctx.calibration.head(min(SAMPLES, len(ctx.calibration)))
     work = ctx.workdir / "tflite-compensation"
     try:
@@ -41,9 +46,8 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
     entry: dict[str, Any] = {"chosen": "gptq", "method": "GPTQ rounding onto the per-channel int8 grid + bias "
                              "correction, activations float (the TFLite converter rounds these weights to the same integers)",
                              **rep.to_dict()}
-    evaluate = ctx.evaluator()
-    if evaluate is not None:
-        base, cand = evaluate(ctx.model), evaluate(result.model)
+    if evaluate is not None and base is not None:
+        cand = evaluate(result.model)
         entry["candidates"] = [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]},
                                {"compensation": "gptq", "agreement": cand["agreement"], "error": cand["error"]}]
         log.info("TFLite compensation: agreement %.4f -> %.4f", base["agreement"], cand["agreement"])
