@@ -37,8 +37,8 @@ COMPENSATION_OPTION = PassOption(
     str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
     "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
     "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights, act order) + bias correction, none; "
-    "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: any mode "
-    "but none rounds the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto measures it", choices=COMPENSATION_CHOICES)
+    "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: gptq/bias/weights "
+    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto and none leave them", choices=COMPENSATION_CHOICES)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
