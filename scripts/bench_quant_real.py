@@ -7,8 +7,9 @@ Models and photos come from packages (examples/imagenet_cnns.py: torchvision's M
 EfficientNet-Lite0, Debian's opencv-doc photos and videos, scikit-image photos). Photos are split by
 source file: one side calibrates (edgekit also selects its recipe on half of it), the other side is the
 held-out test set every figure below is measured on. Agreement = float's top-1 kept; "clear" = inputs
-where float's top-1 probability leads the runner-up by > 0.2. Two reference rows bound what any int8 can keep on
-these photos: float itself under +-1 grey level of input noise, and int8 weights with float activations. Latency: median ms, batch 1, 2 threads,
+where float's top-1 probability leads the runner-up by > 0.2. Reference rows bound what any int8 can keep on
+these photos: float itself under +-1 grey level of input noise, and int8 weights with float activations (rounded to
+nearest, and GPTQ-rounded with bias correction), and int8 activations (minmax) with float weights. Latency: median ms, batch 1, 2 threads,
 interleaved runs in one process. PP-OCR stays in scripts/bench_accuracy.py.
 """
 
@@ -94,6 +95,63 @@ def weights_only_int8(float_model: Path, out: Path) -> Path:
     return out
 
 
+def plain_int8(float_model: Path, calib: np.ndarray, work: Path) -> Path:
+    """ORT static QDQ with the profile's grid (minmax ranges, per-channel int8 weights, uint8 activations), no
+    compensation, equalization or float layers: the activation ranges of the activations-only row."""
+    from converter.data import Dataset
+    from converter.onnx.qdq_quantizer import OrtStaticQuantizer
+
+    import onnx
+
+    name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
+    (work / "plain").mkdir(exist_ok=True)
+    q = OrtStaticQuantizer(float_model, work / "plain", Dataset({name: calib}), len(calib))
+    return q.quantize("minmax", dst=work / "plain" / "int8.onnx")
+
+
+def weights_only_gptq(float_model: Path, calib: np.ndarray, work: Path) -> Path:
+    """The same, with the weights GPTQ-rounded onto that grid and the biases corrected, fitted in order on 32
+    calibration inputs (converter/onnx/weight_compensation.py: what the TFLite path feeds onnx2tf)."""
+    from converter.data import Dataset
+    from converter.onnx.weight_compensation import compensate_weights_only
+
+    import onnx
+
+    name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
+    out, _ = compensate_weights_only(float_model, Dataset({name: calib[:32]}), work / "wcomp", work / "wonly.gptq.onnx")
+    return out
+
+
+def activations_only_int8(qdq_model: Path, float_model: Path, out: Path) -> Path:
+    """A QDQ model with every weight and bias DequantizeLinear replaced by the float model's own tensor: int8
+    activations (the same ranges), float weights. Bounds what any weight compensation can recover."""
+    import onnx
+    from onnx import numpy_helper
+
+    q, f = onnx.load(str(qdq_model)), onnx.load(str(float_model))
+    finit = {i.name: i for i in f.graph.initializer}
+    fnodes = {n.name: n for n in f.graph.node}
+    qinit = {i.name for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    drop = []
+    for n in q.graph.node:
+        fn = fnodes.get(n.name)
+        if n.op_type not in ("Conv", "Gemm") or fn is None:
+            continue
+        for k in (1, 2):
+            dq = producer.get(n.input[k]) if k < len(n.input) else None
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in qinit or fn.input[k] not in finit:
+                continue
+            name = f"{fn.input[k]}_float"
+            q.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(finit[fn.input[k]]), name))
+            n.input[k] = name
+            drop.append(dq)
+    for dq in drop:
+        q.graph.node.remove(dq)
+    onnx.save(q, str(out))
+    return out
+
+
 def input_noise_floor(float_model: Path, test: np.ndarray, std: np.ndarray, levels: float = 1.0) -> np.ndarray:
     """Float's outputs on the held-out inputs with +-`levels` grey levels of uniform noise per pixel (invisible, below
     JPEG's own error): how often float itself changes its answer without any quantization."""
@@ -132,8 +190,12 @@ def bench(name: str, runs: int, with_nncf: bool) -> dict:
     lat = ba.latencies(models, test, runs)
     rows = {}
     # reference rows, not int8 recipes: float itself under +-1 grey level of input noise, and weights-only int8
+    plain = plain_int8(float_model, calib, work)
     for label, out in (("float +-1/255 noise", input_noise_floor(float_model, test, nets.NORMALIZATION[name][1])),
-                       ("int8 weights only", ba.run(weights_only_int8(float_model, work / "wonly.onnx"), test))):
+                       ("int8 weights only", ba.run(weights_only_int8(float_model, work / "wonly.onnx"), test)),
+                       ("int8 weights only, GPTQ", ba.run(weights_only_gptq(float_model, calib, work), test)),
+                       ("int8 activations only", ba.run(activations_only_int8(plain, float_model, work / "aonly.onnx"),
+                                                        test))):
         s = score(ref, out, "classification")
         rows[label] = {"agreement": s["agreement"], "clear_agreement": s.get("clear_agreement"),
                        "clear_share": s.get("clear_share"), "latency_ms": None, "speedup_vs_float": None,

@@ -80,14 +80,16 @@ def test_convert_measures_compensation_and_reports_it(digits, tmp_path):
     report = json.loads(Path(str(out) + ".report.json").read_text())
     quant = next(p for p in report["passes"] if p["pass"] == "quantize")
     comp = quant["compensation"]
-    assert comp["chosen"] in ("none", "bias")
+    assert comp["chosen"] in ("none", "bias", "gptq")
     assert all(0 <= c["agreement"] <= 1 for c in comp["candidates"])
+    expected = ["none", "gptq", "bias"]  # auto with per-channel weights measures GPTQ and bias correction
     if comp["candidates"][0]["agreement"] == 1.0:  # plain int8 agrees fully: auto can keep no fit, fits none
         assert [c["compensation"] for c in comp["candidates"]] == ["none"] and comp["note"].startswith("not fitted")
         assert main(convert_args(digits, tmp_path / "b.edgebundle", "raspberry-pi-4", "--compensation", "bias")) == 0
         comp = next(p for p in json.loads((tmp_path / "b.edgebundle.report.json").read_text())["passes"]
                     if p["pass"] == "quantize")["compensation"]
-    assert [c["compensation"] for c in comp["candidates"]] == ["none", "bias"]
+        expected = ["none", "bias"]
+    assert [c["compensation"] for c in comp["candidates"]] == expected
     # cross-layer equalization is measured the same way (the digits CNN has Conv -> ReLU -> Conv pairs)
     eq = quant["equalization"]
     assert eq["pairs"] >= 1 and eq["chosen"] in ("on", "off")
@@ -140,9 +142,12 @@ def test_mean_quantile_ranges_are_tighter_and_keep_answers(digits, quantized):
     assert (_run(model, digits.x_test).argmax(1) == digits.float_predictions).mean() >= 0.97
 
 
-def test_gptq_rounding_moves_outputs_less_than_rounding_to_nearest(digits, quantized, tmp_path):
-    """GPTQ (per-channel weights): each weight rounded up or down so the layer's outputs move least; the
-    result keeps ORT's grid (re-quantizing gives the same model) and its fused int8 kernels."""
+def test_gptq_compensation_in_the_int8_model_keeps_the_grid_and_kernels(digits, quantized, tmp_path):
+    """GPTQ (per-channel weights) in the full int8 model: each weight rounded up or down so the layer's outputs on
+    the int8 inputs move least, then bias correction; the result keeps ORT's grid (re-quantizing gives the same
+    model) and its fused int8 kernels. On digits the int8 activations dominate the error (GPTQ 0.860 vs bias
+    correction alone 0.856 vs plain 0.878), so only 'better than plain' is asserted here; the weight rounding
+    itself is tested with float activations below."""
     _, src, calib, _, _ = quantized
     q = OrtStaticQuantizer(src, tmp_path, calib, 64)
     plain = q.quantize("minmax", dst=tmp_path / "plain.onnx")
@@ -152,7 +157,108 @@ def test_gptq_rounding_moves_outputs_less_than_rounding_to_nearest(digits, quant
     x = digits.x_test[:300]
     ref = _run(src, x)
     err = lambda m: float(np.mean((_run(m, x) - ref) ** 2))  # noqa: E731
-    assert err(gptq) < 0.95 * err(biased)  # measured 0.91 (the int8 activations weigh more on digits)
+    assert err(gptq) < 0.99 * err(plain) and err(gptq) < 1.05 * err(biased)
     assert _int8_kernels(gptq, tmp_path) == _int8_kernels(plain, tmp_path)
     again = OrtStaticQuantizer(float_out, tmp_path, calib, 64).quantize("minmax", dst=tmp_path / "again.onnx")
     assert np.abs(_run(again, x) - _run(gptq, x)).max() < 1e-4
+
+
+def test_gptq_round_keeps_the_grid_and_moves_outputs_less():
+    """gptq_round on correlated inputs: every weight on the per-channel int8 grid with each channel's largest at
+    +-127 (ORT and the TFLite converter derive the same scale again), and the outputs move less than nearest."""
+    from converter.onnx.gptq import gptq_round
+    from converter.onnx.reconstruct import round_weights
+
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(24, 24))
+    x = rng.normal(size=(4000, 24)) @ mix  # strongly correlated inputs, as neighbouring pixels/channels are
+    w = rng.normal(size=(1, 24, 16)) * 0.05
+    gram = (x.T @ x / len(x))[None]
+    q = gptq_round(w, gram)
+    scale = np.abs(w).max(axis=1, keepdims=True) / 127
+    ints = q / scale
+    assert np.allclose(ints, np.round(ints), atol=1e-6) and np.allclose(np.abs(ints).max(axis=1), 127)
+    err = lambda wq: float(np.mean((x @ (wq - w)[0]) ** 2))  # noqa: E731
+    assert err(q) < 0.5 * err(round_weights(w))
+
+
+def test_weight_only_gptq_beats_rounding_and_survives_requantization(digits, tmp_path):
+    """converter/onnx/weight_compensation.py (the TFLite path's compensation, the bench's reference row): float
+    weights GPTQ-rounded onto the per-channel int8 grid + bias correction, activations float. Held out, its
+    outputs are closer to float than nearest rounding's with the same bias correction; ORT re-quantizing it lands
+    on the same integers and fuses the same int8 kernels."""
+    from onnx import numpy_helper
+
+    from converter.onnx.weight_compensation import compensate_weights_only
+
+    calib = Dataset({"image": np.load(digits.calibration)["image"][:64]})
+    comp, report = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "comp.onnx")
+    assert report.layers == 4
+    nearest, _ = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "near.onnx", gptq=False)
+    x = digits.x_test[:300]
+    ref = _run(digits.onnx, x)
+    err = lambda m: float(np.mean((_run(m, x) - ref) ** 2))  # noqa: E731
+    assert err(comp) < 0.7 * err(nearest)  # measured 0.47: GPTQ vs nearest rounding, the same bias correction
+    # ORT's per-channel QDQ of the compensated float model: integers x scales reproduce its weights exactly
+    src, _ = prepare_for_qdq(comp, tmp_path / "ready.onnx")
+    qdq = OrtStaticQuantizer(src, tmp_path, calib, 64).quantize("minmax", dst=tmp_path / "q.onnx")
+    qm = onnx.load(str(qdq))
+    qinit = {i.name: numpy_helper.to_array(i) for i in qm.graph.initializer}
+    cinit = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(comp)).graph.initializer}
+    checked = 0
+    for dq in (n for n in qm.graph.node if n.op_type == "DequantizeLinear" and qinit.get(n.input[0]) is not None
+               and qinit[n.input[0]].dtype == np.int8):
+        w = cinit[dq.input[0].removesuffix("_quantized")]
+        scale = qinit[dq.input[1]].reshape([-1] + [1] * (w.ndim - 1))
+        assert np.abs(qinit[dq.input[0]] * scale - w).max() <= 1e-6 * np.abs(w).max()
+        checked += 1
+    assert checked == 4
+    ops = _int8_kernels(qdq, tmp_path)
+    assert ops.get("QLinearConv", 0) == 3 and ops.get("Conv", 0) == 0
+
+
+def test_tflite_int8_carries_the_compensated_weights(digits, tmp_path):
+    """TFLite: onnx2tf re-quantizes from the float weights it is given, so the converter hands it the GPTQ-rounded
+    on-grid float weights; the TFLite converter's own rounding must land on exactly those values (Conv2D and
+    FullyConnected int8 weights x their per-channel scales), not on nearest rounding's."""
+    pytest.importorskip("onnx2tf")
+    import json
+    import tarfile
+
+    from onnx import numpy_helper
+
+    from converter.onnx.weight_compensation import compensate_weights_only
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    out = tmp_path / "t.edgebundle"
+    assert main(convert_args(digits, out, "raspberry-pi-4", "--format", "tflite", "--precision", "int8-static",
+                             "--compensation", "gptq", "--sensitivity", "off")) == 0
+    entry = next(p for p in json.loads(Path(str(out) + ".report.json").read_text())["passes"]
+                 if p["pass"] == "tflite-convert")["compensation"]
+    assert entry["chosen"] == "gptq" and entry["layers_fitted"] == 4
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".tflite"))
+        tar.extract(member, tmp_path, filter="data")
+    it, _ = open_interpreter(tmp_path / member.name, threads=1, use_xnnpack=False)
+    tflite_weights = []
+    for t in it.get_tensor_details():
+        q = t["quantization_parameters"]
+        if np.dtype(t["dtype"]) == np.int8 and len(q["scales"]) > 1 and len(t["shape"]) in (2, 4):
+            w = it.get_tensor(t["index"]).astype(np.float64)
+            tflite_weights.append(w * q["scales"].reshape([-1] + [1] * (w.ndim - 1)))  # output channels first
+    calib = Dataset({"image": np.load(digits.calibration)["image"]})
+    comp, _ = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "comp.onnx")
+    nearest, _ = compensate_weights_only(digits.onnx, calib.head(32), tmp_path / "w", tmp_path / "near.onnx", gptq=False)
+
+    def matched(model: Path) -> int:
+        found = 0
+        for init in onnx.load(str(model)).graph.initializer:
+            w = numpy_helper.to_array(init).astype(np.float64)
+            if w.ndim == 4:
+                w = w.transpose(0, 2, 3, 1)  # OIHW -> TFLite's OHWI
+            elif w.ndim != 2:
+                continue
+            found += any(t.shape == w.shape and np.abs(t - w).max() <= 1e-6 * np.abs(w).max() for t in tflite_weights)
+        return found
+
+    assert matched(comp) == 4 and matched(nearest) < 4

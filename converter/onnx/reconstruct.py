@@ -12,9 +12,10 @@ plain QDQ model that ORT fuses into its int8 kernels exactly as before (no new o
            layer, ridge least squares W' = argmin ||W' x_q + b' - W x_f - b||^2 + lam ||W' - W||^2_D,
            fitted on the int8 model's own inputs x_q (so each layer undoes what the layers before it lost),
            then the bias correction above for the rounding of W'.
-  gptq     GPTQ rounding (gptq_round): each weight is rounded up or down so that the layer's outputs on the
-           int8 inputs move least, then the bias correction; needs per-channel weights and at least 2 d
-           sampled inputs per layer (else plain rounding + bias correction).
+  gptq     GPTQ rounding (gptq.py, act order): each weight is rounded up or down so that the layer's outputs
+           on the int8 inputs move least, then the bias correction; needs per-channel weights and at least 2 d
+           sampled inputs per layer (else plain rounding + bias correction). The same rounding with float
+           activations, for converters that re-quantize float weights (TFLite): weight_compensation.py.
 
 Layers are fitted one at a time in graph order on the int8 model as the layers before them already left
 it (see `compensate`); one ORT session per layer over a few samples. Task-neutral:
@@ -34,11 +35,11 @@ from onnx import numpy_helper
 
 from ..data import Dataset
 from .activation_error import _expose
+from .gptq import gptq_round
 from .model_io import node_attr, ort_session
 
 log = logging.getLogger(__name__)
 COMPENSATIONS = ("none", "bias", "weights", "gptq")
-GPTQ_DAMP = 0.01  # share of the mean Hessian diagonal added before inverting (GPTQ's default)
 POSITIONS_PER_SAMPLE = 128  # output positions sampled per layer and input (the Gram matrices converge fast)
 RIDGE = 0.05  # lam as a share of the mean input energy: keeps W' near W where the inputs say little
 INT8_MAX = 127.0  # ORT's symmetric int8 weights: scale = max|w| / 127 per output channel
@@ -149,32 +150,6 @@ def round_weights(wm: np.ndarray, per_channel: bool = True) -> np.ndarray:
     absmax = np.abs(wm).max(axis=1, keepdims=True) if per_channel else np.abs(wm).max(keepdims=True)
     scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0)
     return np.clip(np.round(wm / scale), -INT8_MAX, INT8_MAX) * scale
-
-
-def gptq_round(wm: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """GPTQ / OBQ rounding (Frantar et al. 2022) of (groups, d, out) weights onto ORT's per-channel int8 grid.
-
-    Input rows are rounded one at a time; each rounding error is pushed onto the rows not yet rounded through
-    the inverse Hessian H = E[x x^T] of the layer's (int8) inputs, so the layer's *outputs* move least: the
-    closed-form, gradient-free cousin of AdaRound. Each channel's largest weight stays at +-127 so the scale
-    (max |w| / 127) ORT derives from the result is the one rounded to."""
-    g, d, o = wm.shape
-    absmax = np.abs(wm).max(axis=1, keepdims=True)  # (g, 1, o)
-    scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0)
-    h = gram[:, :d, :d].copy()
-    diag = np.arange(d)
-    h[:, diag, diag] += GPTQ_DAMP * np.maximum(np.einsum("gii->g", h) / d, 1e-8)[:, None]
-    u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper Cholesky factor of H^-1
-    w = wm.copy()
-    q = np.zeros_like(w)
-    for j in range(d):
-        q[:, j] = np.clip(np.round(w[:, j] / scale[:, 0]), -INT8_MAX, INT8_MAX)
-        err = (w[:, j] - q[:, j] * scale[:, 0]) / u[:, j, j][:, None]  # (g, o)
-        w[:, j + 1:] -= u[:, j, j + 1:, None] * err[:, None, :]
-    top = np.abs(wm).argmax(axis=1)  # (g, o): pin each channel's largest weight to the edge of the grid
-    gi, oi = np.meshgrid(np.arange(g), np.arange(o), indexing="ij")
-    q[gi, top, oi] = np.sign(wm[gi, top, oi]) * INT8_MAX
-    return q * scale
 
 
 def _solve(stats: Stats, w0: np.ndarray, b0: np.ndarray, mode: str, per_channel: bool = True

@@ -34,6 +34,12 @@ OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny ne
 OP_SET_TIMING_RUNS = 10
 COMPENSATION_SAMPLES = 32  # calibration inputs the layer-wise compensation fits on (Gram matrices converge fast)
 COMPENSATION_CHOICES = ("auto", *COMPENSATIONS)
+COMPENSATION_OPTION = PassOption(
+    str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
+    "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
+    "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights, act order) + bias correction, none; "
+    "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: gptq/bias/weights "
+    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto and none leave them", choices=COMPENSATION_CHOICES)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
@@ -184,11 +190,12 @@ def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
 def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: str, spec: str
                         ) -> tuple[OrtStaticQuantizer, dict[str, Any]]:
     """Weight/bias compensation after rounding (converter/onnx/reconstruct.py), measured: `auto` tries
-    empirical bias correction against plain rounding on the eval data and keeps it only when it agrees
-    better with float in a paired test on the same inputs (converter/accuracy/paired.py). The kept float model
-    becomes the quantizer's source, so the mixed-precision search that follows builds on the compensated weights."""
+    GPTQ rounding + bias correction (per-channel weights) and bias correction alone against plain rounding on
+    the eval data and keeps the best only when it agrees better with float in a paired test on the same inputs
+    (converter/accuracy/paired.py). The kept float model becomes the quantizer's source, so the mixed-precision
+    search that follows builds on the compensated weights."""
     data, _ = ctx.gate_data()
-    modes = ["bias"] if spec == "auto" else [spec]
+    modes = (["gptq", "bias"] if q.per_channel else ["bias"]) if spec == "auto" else [spec]
     if spec == "none" or (spec == "auto" and data is None):
         return q, {"chosen": "none", "note": "not measured (no eval data)" if spec == "auto" else "off"}
     samples = ctx.calibration.head(min(COMPENSATION_SAMPLES, len(ctx.calibration)))
@@ -273,11 +280,7 @@ class QuantizePass(Pass):
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
                 "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "
                 "slower (default)", choices=("auto", "all", "weighted")),
-            "compensation": PassOption(
-                str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
-                "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
-                "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights) + bias correction, none; auto = measure bias against none on the eval data and keep "
-                "the better (default)", choices=COMPENSATION_CHOICES),
+            "compensation": COMPENSATION_OPTION,
             "equalization": PassOption(
                 str, "auto", "cross-layer equalization before calibration (Conv -> ReLU/ReLU6 -> Conv pairs: weak channels "
                 "scaled up towards the tensor's range from calibration statistics, float-exact, ReLU6 kept): on, off, "

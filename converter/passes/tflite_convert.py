@@ -62,8 +62,11 @@ class TFLiteConvertPass(Pass):
 
     @classmethod
     def default_config(cls) -> dict[str, PassOption]:
+        from .quantize_onnx import COMPENSATION_OPTION
+
         return {"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
-                                       "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8"))}
+                                       "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8")),
+                "compensation": COMPENSATION_OPTION}
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
         o = ctx.options
@@ -89,8 +92,10 @@ class TFLiteConvertPass(Pass):
             io_dtype = "float32"
         ctx.precision = precision
         entry: dict[str, Any] = {"precision": precision, "io_dtype": io_dtype}
-        convert = _from_onnx if ctx.imported.onnx_path is not None else _from_tensorflow
-        entry.update(convert(ctx, precision, io_dtype))
+        if ctx.imported.onnx_path is not None:
+            entry.update(_from_onnx(ctx, precision, io_dtype, self.config(ctx).compensation))
+        else:
+            entry.update(_from_tensorflow(ctx, precision, io_dtype))
         if precision == "int8-static":
             entry["calibration_samples"] = min(len(ctx.calibration), o.calibration_samples)
         entry["inputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" + (f" (source {t.source_layout})" if t.source_layout else "")
@@ -112,8 +117,9 @@ def _repackage(ctx: ConversionContext) -> dict[str, Any]:
     return {"tool": "none (re-packaged)", "precision": detected}
 
 
-def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[str, Any]:
-    """ONNX/PyTorch sources through onnx2tf (its SavedModel is kept for the mixed-precision pass)."""
+def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensation: str = "none") -> dict[str, Any]:
+    """ONNX/PyTorch sources through onnx2tf (its SavedModel is kept for the mixed-precision pass); int8 with
+    per-channel weights then gets the weight compensation (converter/tflite/compensation.py)."""
     from ..tflite.onnx2tf import onnx2tf_version, onnx_to_tflite
 
     src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
@@ -125,8 +131,17 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[st
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
     ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
     rename_output_roles(ctx, [t.name for t in src_out])
-    return {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
-            "variants_written": result.files}
+    entry = {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
+             "variants_written": result.files}
+    if precision == "int8-static" and per_channel:
+        from ..tflite.compensation import compensate_tflite
+
+        def convert(src: Path, work: Path):
+            return onnx_to_tflite(src, work, precision, src_in, ctx.calibration, ctx.options.calibration_samples,
+                                  io_dtype, per_channel)
+
+        entry["compensation"] = compensate_tflite(ctx, compensation, convert, io_dtype)
+    return entry
 
 
 def rename_output_roles(ctx: ConversionContext, source_names: list[str]) -> None:

@@ -1,0 +1,57 @@
+"""Weight compensation for TFLite int8: the TFLite converter (behind onnx2tf) rounds the float weights it is given.
+
+onnx2tf re-quantizes from the float ONNX model (per-channel scale = max |w| / 127, nearest rounding), so a
+compensation computed on ONNX Runtime's QDQ model never reaches the TFLite file. What does reach it: float
+weights that already sit on that grid. converter/onnx/weight_compensation.py GPTQ-rounds every Conv/Gemm onto the
+per-channel int8 grid (each channel's largest weight at +-127 x scale, so the converter derives the same scale) and
+corrects the biases, with float activations; onnx2tf then converts that model, and its nearest rounding lands on
+exactly those integers. The float32 reference stays the one converted from the user's model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ..passes.base import ConversionContext
+from ..passes.context import TFSource
+
+log = logging.getLogger(__name__)
+SAMPLES = 32  # calibration inputs the fit uses (as the ONNX path's compensation)
+
+
+def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path, Path], Any], io_dtype: str
+                      ) -> dict[str, Any]:
+    """`convert(float_onnx, workdir)` -> onnx2tf result. ctx.model is plain int8 on entry; with `spec` gptq (or
+    bias/weights: the same weight-only fit here) it becomes the compensated int8 model; with eval data both are
+    scored in the report."""
+    from ..onnx.weight_compensation import compensate_weights_only
+
+    if spec in ("none", "auto"):
+        # auto fits nothing here: it costs a second onnx2tf conversion and a fit, and on MobileNetV2 full int8 the
+        # int8 activations bound agreement (GPTQ in the ONNX int8 model: +0.5 points), so it is asked for by name
+        return {"chosen": "none", "note": "off" if spec == "none" else
+                "auto does not fit for TFLite (activations bound full int8); --compensation gptq applies it"}
+    evaluate = ctx.evaluator()
+    base = evaluate(ctx.model) if evaluate is not None else None
+    samples = ctx.calibration.head(min(SAMPLES, len(ctx.calibration)))
+    work = ctx.workdir / "tflite-compensation"
+    try:
+        src, rep = compensate_weights_only(ctx.float_model, samples, work, ctx.workdir / "float.gptq-weights.onnx")
+        result = convert(src, work)
+    except Exception as exc:  # noqa: BLE001 - best effort: the plain int8 model stands
+        log.warning("TFLite weight compensation failed (%s); keeping plain int8", str(exc).splitlines()[0][:160])
+        return {"chosen": "none", "note": f"failed: {str(exc).splitlines()[0][:160]}"}
+    entry: dict[str, Any] = {"chosen": "gptq", "method": "GPTQ rounding onto the per-channel int8 grid + bias "
+                             "correction, activations float (the TFLite converter rounds these weights to the same integers)",
+                             **rep.to_dict()}
+    if evaluate is not None and base is not None:
+        cand = evaluate(result.model)
+        entry["candidates"] = [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]},
+                               {"compensation": "gptq", "agreement": cand["agreement"], "error": cand["error"]}]
+        log.info("TFLite compensation: agreement %.4f -> %.4f", base["agreement"], cand["agreement"])
+    ctx.model = result.model
+    if result.saved_model is not None:  # the mixed-precision pass re-quantizes this SavedModel (compensated weights)
+        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
+    return entry
