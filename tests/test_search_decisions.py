@@ -232,6 +232,9 @@ def test_real_conversion_reports_every_choice_with_its_paired_test(int8_bundle):
         test = rows["bias"]["paired_test"]
         assert (quant["compensation"]["chosen"] == "bias") == test["better"]
         assert test["p_value"] == round(sign_test_p(test["wins"], test["losses"]), 4)
-    mixed = report["measurements"]["mixed_precision"]
+    mixed = report["measurements"].get("mixed_precision")
+    if mixed is None:  # plain int8 met the budget (exact int8 arithmetic): no layer search to report
+        assert report["precision"] == "int8-static" and report["measurements"]["accuracy"]["passed"]
+        return
     assert mixed["paired_test"]["inputs"].startswith("held-out") and mixed["paired_test"]["units"] == 225
     assert mixed["passed"] or (bool(mixed["float_layers"]) == mixed["paired_test"]["better"])
