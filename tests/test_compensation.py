@@ -265,3 +265,21 @@ def test_tflite_int8_carries_the_compensated_weights(digits, tmp_path):
         return found
 
     assert matched(comp) == 4 and matched(nearest) < 4
+
+
+def test_bias_correction_reads_only_the_means_it_accumulates():
+    """Bias mode accumulates sums of x_q and y only (no d x d Gram matrices): the bias it solves is the one the
+    full statistics give, and a Gram entry it never fills stays zero (fails if the full einsum comes back)."""
+    from converter.onnx.reconstruct import Stats, _accumulate, _solve
+
+    rng = np.random.default_rng(3)
+    g, d, o = 2, 5, 3
+    full = Stats(np.zeros((g, d + 1, d + 1)), np.zeros((g, d + 1, o)))
+    means = Stats(np.zeros((g, d + 1, d + 1)), np.zeros((g, d + 1, o)))
+    for _ in range(4):
+        patch, target = rng.normal(size=(16, g, d)), rng.normal(size=(16, g, o))
+        _accumulate(full, patch, target)
+        _accumulate(means, patch, target, means_only=True)
+    w0, b0 = rng.normal(size=(g, d, o)), rng.normal(size=(g, o))
+    assert np.allclose(_solve(full, w0, b0, "bias")[1], _solve(means, w0, b0, "bias")[1])
+    assert not means.gram[:, :d, :d].any() and means.count == full.count == 64

@@ -179,11 +179,18 @@ def _solve(stats: Stats, w0: np.ndarray, b0: np.ndarray, mode: str, per_channel:
     return w_new, b_new
 
 
-def _accumulate(stats: Stats, patch: np.ndarray, target: np.ndarray) -> None:
+def _accumulate(stats: Stats, patch: np.ndarray, target: np.ndarray, means_only: bool = False) -> None:
+    """Add one sample's positions. means_only (bias correction): only the rows of the constant 1, i.e. the sums
+    of x_q and of y; the full d x d Gram matrices were 197 s of a YOLOv8n fit that bias mode never reads."""
+    stats.count += len(patch)
+    if means_only:
+        stats.gram[:, -1, :-1] += patch.sum(axis=0)
+        stats.gram[:, -1, -1] += len(patch)
+        stats.cross[:, -1, :] += target.sum(axis=0)
+        return
     aug = np.concatenate([patch, np.ones(patch.shape[:2] + (1,), patch.dtype)], axis=2)  # (P, g, d+1)
     stats.gram += np.einsum("pgi,pgj->gij", aug, aug)
     stats.cross += np.einsum("pgi,pgo->gio", aug, target)
-    stats.count += len(patch)
 
 
 @dataclass
@@ -320,7 +327,7 @@ def compensate(float_path: Path, qdq_path: Path, data: Dataset, mode: str, workd
             if stats is None:
                 g, d, o = patch.shape[1], patch.shape[2], wm.shape[2]
                 stats = Stats(np.zeros((g, d + 1, d + 1)), np.zeros((g, d + 1, o)))
-            _accumulate(stats, patch, tgt[name][i].astype(np.float64))
+            _accumulate(stats, patch, tgt[name][i].astype(np.float64), means_only=mode == "bias")
         w_new, b_new = _solve(stats, wm, b.reshape(wm.shape[0], wm.shape[2]), mode, per_channel)
         w_full = _from_matrix(w_new, layer, w.shape).astype(np.float32)
         b_full = b_new.reshape(-1).astype(np.float32)
