@@ -258,15 +258,13 @@ def _float_targets(float_path: Path, layers: list[Layer], data: Dataset, workdir
     return pos, tgt, shapes
 
 
-def _probe_session(qmodel: onnx.ModelProto, tensors: list[str], params_of: dict[str, QdqParams], workdir: Path):
-    """One session over the QDQ model whose int8 weights/biases are graph inputs (fed per run, so each
-    fitted layer takes effect without rebuilding a session) and whose layer inputs are outputs. ORT runs
-    only the nodes a fetched tensor needs, in QDQ arithmetic (unfused: the same values up to rounding)."""
+def initializers_as_inputs(model: onnx.ModelProto, names: set[str], tensors: list[str], path: Path):
+    """A session over a copy of `model` whose `names` initializers are graph inputs (fed per run, so new values
+    take effect without rebuilding a session) and whose `tensors` are outputs; returns (session, their values).
+    ORT runs only the nodes a fetched tensor needs (QDQ unfused: the same values up to rounding)."""
     probe = onnx.ModelProto()
-    probe.CopyFrom(qmodel)
-    names = {t.name for p in params_of.values() for t in (p.w_q, p.w_scale, p.b_q, p.b_scale)}
-    feeds = {}
-    kept = []
+    probe.CopyFrom(model)
+    feeds, kept = {}, []
     for init in probe.graph.initializer:
         if init.name in names:
             feeds[init.name] = numpy_helper.to_array(init)
@@ -276,9 +274,14 @@ def _probe_session(qmodel: onnx.ModelProto, tensors: list[str], params_of: dict[
             kept.append(init)
     del probe.graph.initializer[:]
     probe.graph.initializer.extend(kept)
-    path = workdir / "reconstruct.probe.onnx"
     onnx.save_model(probe, str(path), save_as_external_data=False)
     return ort_session(_expose(path, tensors, path)), feeds
+
+
+def _probe_session(qmodel: onnx.ModelProto, tensors: list[str], params_of: dict[str, QdqParams], workdir: Path):
+    """The QDQ model with its int8 weights/biases as graph inputs and the layer inputs as outputs."""
+    names = {t.name for p in params_of.values() for t in (p.w_q, p.w_scale, p.b_q, p.b_scale)}
+    return initializers_as_inputs(qmodel, names, tensors, workdir / "reconstruct.probe.onnx")
 
 
 def compensate(float_path: Path, qdq_path: Path, data: Dataset, mode: str, workdir: Path, seed: int = 0

@@ -26,28 +26,9 @@ from .activation_error import _expose
 from .gptq import gptq_round
 from .model_io import ort_session
 from .reconstruct import (CompensationReport, Stats, _accumulate, _float_targets, _from_matrix, _inputs, _weight_matrix,
-                          _positions, _targets, fittable_layers, round_weights)
+                          _positions, _targets, fittable_layers, initializers_as_inputs, round_weights)
 
 log = logging.getLogger(__name__)
-
-
-def _probe(model: onnx.ModelProto, names: set[str], tensors: list[str], workdir: Path):
-    """The float model with `names` initializers as graph inputs (fed per run) and `tensors` exposed as outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    feeds, kept = {}, []
-    for init in probe.graph.initializer:
-        if init.name in names:
-            feeds[init.name] = numpy_helper.to_array(init)
-            probe.graph.input.append(onnx.helper.make_tensor_value_info(
-                init.name, onnx.helper.np_dtype_to_tensor_dtype(feeds[init.name].dtype), list(init.dims)))
-        else:
-            kept.append(init)
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(kept)
-    path = workdir / "wcomp.probe.onnx"
-    onnx.save_model(probe, str(path), save_as_external_data=False)
-    return ort_session(_expose(path, tensors, path)), feeds
 
 
 def _one_pass_stats(float_path: Path, layers: list, data: Dataset, workdir: Path, seed: int) -> dict[str, Stats]:
@@ -98,7 +79,8 @@ def compensate_weights_only(float_path: Path, data: Dataset, workdir: Path, out:
     stats = _one_pass_stats(float_path, layers, data, workdir, seed) if not sequential else None
     names = {ly.weight for ly in layers} | {ly.bias for ly in layers if ly.bias}
     pos, tgt, shapes = _float_targets(float_path, layers, data, workdir, seed) if sequential else ({}, {}, {})
-    sess, feeds = _probe(model, names, sorted({ly.node.input[0] for ly in layers}), workdir)
+    sess, feeds = initializers_as_inputs(model, names, sorted({ly.node.input[0] for ly in layers}),
+                                        workdir / "wcomp.probe.onnx")
     for k, layer in enumerate(layers):
         name = layer.node.name
         w = feeds[layer.weight].astype(np.float64)
