@@ -91,8 +91,9 @@ def test_one_slow_int8_timing_is_a_spike_and_the_walk_goes_on():
     enforce_floor(out.entry, {}, (), False, "int8-static")  # nothing to refuse
 
 
-def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_path, capsys, monkeypatch):
-    """End to end on a real int8 conversion: fp32 timed at 1 ms and int8 at 3 ms by an injected probe."""
+def _slow_int8_conversion(tmp_path, monkeypatch, profile: str, *extra: str) -> tuple[int, Path, list[Path]]:
+    """A real int8 conversion that misses its budget, fp32 timed at 1 ms and every int8 model at 3 ms by an
+    injected probe (no clock)."""
     from converter.cli import main
     from converter.passes.context import ConversionContext
     from edge_agent.bundle import generate_keypair
@@ -110,10 +111,23 @@ def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_
 
     monkeypatch.setattr(ConversionContext, "search_latency_probe", probe)
     out = tmp_path / "slow.edgebundle"
-    args = ["convert", str(model), "--profile", "raspberry-pi-4", "--calibration", str(tmp_path / "calib.npz"),
+    args = ["convert", str(model), "--profile", profile, "--calibration", str(tmp_path / "calib.npz"),
             "--eval", str(tmp_path / "eval.npz"), "--key", str(key), "--out", str(out), "--bench-runs", "3",
-            "--accuracy-budget", "agreement:0.95", "--equalization", "off", "--compensation", "none"]
-    assert main(args) == 30 and not out.exists()
+            "--accuracy-budget", "agreement:0.95", "--equalization", "off", "--compensation", "none", *extra]
+    return main(args), out, timed
+
+
+def _profiles() -> tuple[str, str]:
+    """(a profile of this host's architecture, one of another): the floor's default depends on which."""
+    from converter.accuracy.speed_floor import host_arch
+
+    return ("raspberry-pi-4", "x86-64-cpu") if host_arch() == "aarch64" else ("x86-64-cpu", "raspberry-pi-4")
+
+
+def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_path, capsys, monkeypatch):
+    """End to end on a real int8 conversion for a profile of this host's architecture (the floor's default)."""
+    code, out, timed = _slow_int8_conversion(tmp_path, monkeypatch, _profiles()[0])
+    assert code == 30 and not out.exists()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edge-convert: error:")]
     assert len(err) == 1 and "below --min-speedup 1.3 in both timings" in err[0]
     fp16, no_floor, force = err[0].split(" ; ")  # the fp16 command first, then the search without a floor, then --force
@@ -121,6 +135,27 @@ def test_convert_below_the_speed_floor_exits_30_with_the_fp16_command_first(tmp_
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["measurements"]["mixed_precision"]["speed_floor"]["int8_ms"] == [3.0, 3.0]
     assert len(timed) == 4  # fp32, int8, fp32, int8: no layer was tried
+
+
+def test_cross_architecture_conversion_is_not_refused_on_host_timings(tmp_path, capsys, monkeypatch):
+    """Converting for a Pi on an x86 host (or the reverse): the host's int8 timings do not stand for the device's
+    (MobileNetV2 int8 1.20x fp32 on an AVX2 EPYC, 1.6-2.2x with VNNI), so by default no floor refuses or ends the
+    search; the report says why. An explicit --min-speedup still enforces the host's timings."""
+    from converter.accuracy.speed_floor import resolve_min_speedup
+
+    assert resolve_min_speedup(None, "aarch64", "AMD64") == (0.0, resolve_min_speedup(None, "aarch64", "x86_64")[1])
+    assert resolve_min_speedup(None, "x86_64", "x86_64") == (1.3, None)
+    assert resolve_min_speedup(None, "aarch64", "arm64") == (1.3, None)
+    assert resolve_min_speedup(2.0, "aarch64", "x86_64") == (2.0, None)
+    cross = _profiles()[1]
+    code, out, timed = _slow_int8_conversion(tmp_path / "default", monkeypatch, cross, "--force")
+    assert code == 0 and out.exists(), capsys.readouterr().err
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    floor = report["measurements"]["mixed_precision"]["speed_floor"]
+    assert floor["min_speedup"] == 0 and floor["note"].startswith("not enforced") and "int8_ms" not in floor
+    assert timed and len(set(timed)) == len(timed)  # each step of the walk timed once; no floor's double timings
+    code, out, _ = _slow_int8_conversion(tmp_path / "explicit", monkeypatch, cross, "--min-speedup", "1.3")
+    assert code == 30 and not out.exists()
 
 
 # --- paired significance of recipe choices -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .budget import Budget
 from .evaluator import Evaluator
 from .paired import compare
 from .sensitivity import SENSITIVITY_MODES, LayerBinding, measure_sensitivity, wants_sensitivity
-from .speed_floor import SpeedFloor, measure_floor
+from .speed_floor import DEFAULT_MIN_SPEEDUP, SpeedFloor, host_arch, measure_floor, resolve_min_speedup
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -167,8 +167,10 @@ SEARCH_OPTIONS: dict[str, PassOption] = {
         whole_number(0), None, "most layers the mixed-precision fallback may keep in float (default: a quarter of the "
         "quantizable layers, at most 8: beyond that the model is no longer int8)"),
     "min_speedup": PassOption(
-        float, 1.3, "speed floor of the mixed-precision search: it keeps layers in float only while the model stays at "
-        "least this many times faster than fp32 on this host (default 1.3; 0 = no floor, count layers instead)"),
+        float, None, "speed floor of the mixed-precision search: it keeps layers in float only while the model stays at "
+        f"least this many times faster than fp32 on this host (default {DEFAULT_MIN_SPEEDUP:g} when this host has the "
+        "profile's architecture, else none: an x86 host's timings do not stand for a Pi's; 0 = no floor, count "
+        "layers instead)"),
     "sensitivity": PassOption(str, "auto", "per-layer sensitivity analysis: auto = when int8 misses the budget (default)",
                               choices=SENSITIVITY_MODES),
     "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)"),
@@ -187,11 +189,17 @@ class SearchSettings:
     sensitivity: str  # auto (when int8 misses the budget) | always | off
     sensitivity_samples: int
     sensitivity_candidates: int
+    floor_note: str | None = None  # why no speed floor is enforced by default (cross-architecture)
 
     @classmethod
-    def of(cls, config: Any) -> "SearchSettings":
-        """From a mixed-precision pass's config (any object with the SEARCH_OPTIONS attributes)."""
-        return cls(**{name: getattr(config, name) for name in SEARCH_OPTIONS})
+    def of(cls, config: Any, target_arch: str | None = None) -> "SearchSettings":
+        """From a mixed-precision pass's config (any object with the SEARCH_OPTIONS attributes); an unset
+        --min-speedup resolves against the profile's arch (converter/accuracy/speed_floor.py)."""
+        values = {name: getattr(config, name) for name in SEARCH_OPTIONS}
+        note = None
+        if values["min_speedup"] is None:
+            values["min_speedup"], note = resolve_min_speedup(None, target_arch or host_arch())
+        return cls(**values, floor_note=note)
 
 
 @dataclass
@@ -237,9 +245,9 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
         out.entry["sensitivity"] = unavailable
         log.warning("mixed precision not attempted: %s", unavailable)
         return out
-    if reasons and latency is not None and settings.min_speedup > 0:
-        _time_floor(out, floor_latency or latency, fp32_model if fp32_model is not None else evaluate.float_model,
-                    model, reasons, settings.min_speedup)
+    if reasons:
+        _decide_floor(out, settings, reasons, floor_latency or latency, model,
+                      fp32_model if fp32_model is not None else evaluate.float_model)
         if out.below_floor:  # nothing to spend: the caller refuses (or, with --force, keeps plain int8)
             return out
     fp32_ms, floor_ms = (out.floor.fp32_ms, out.floor.floor_ms) if out.floor else (None, None)
@@ -280,7 +288,7 @@ def search_mixed_precision(model: Any, evaluate: Evaluator, budget: Budget, sett
         mixed["why"] = ("no layer helped enough alone (rounding noise near the input is amplified by every layer after "
                         "it): the first layers, input-first, kept in float until the accuracy budget held")
     _report_speed(mixed, result, fp32_ms, floor_ms, settings.min_speedup)
-    if out.floor:
+    if out.floor or settings.floor_note:
         mixed["speed_floor"] = out.entry["speed_floor"]
     gain = final_score["agreement"] - base["agreement"]
     _keep_real_gain_only(result, mixed, evaluate, gain, split, min_gain_samples)
@@ -316,9 +324,16 @@ def _report_speed(mixed: dict[str, Any], result: FallbackResult, fp32_ms: float 
                                            f"{fp32_ms / last.latency_ms:.2f}x fp32, below --min-speedup {min_speedup}")
 
 
-def _time_floor(out: MixedPrecisionOutcome, latency: Callable[[Any], float], fp32_model: Any, model: Any,
-                reasons: list[str], min_speedup: float) -> None:
-    """fp32 and plain int8 timed twice each against the floor (converter/accuracy/speed_floor.py), into `out`."""
+def _decide_floor(out: MixedPrecisionOutcome, settings: SearchSettings, reasons: list[str],
+                  latency: Callable[[Any], float] | None, model: Any, fp32_model: Any) -> None:
+    """fp32 and plain int8 timed twice each against the floor (converter/accuracy/speed_floor.py), into `out`;
+    no timing without a latency probe or a floor, and the reason into the report when none is enforced."""
+    if settings.floor_note:
+        out.entry["speed_floor"] = {"min_speedup": 0, "note": settings.floor_note}
+        log.info("speed floor %s", settings.floor_note)
+    if latency is None or settings.min_speedup <= 0:
+        return
+    min_speedup = settings.min_speedup
     out.floor = measure_floor(latency, fp32_model, model, min_speedup)
     out.entry["speed_floor"] = {**out.floor.to_dict(), "int8_misses": reasons}
     if out.floor.below:

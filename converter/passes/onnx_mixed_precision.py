@@ -49,7 +49,7 @@ class MixedPrecisionPass(Pass):
         return ctx.precision == "int8-static" and ctx.ort_int8 is not None and ctx.gate_data()[0] is not None
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
-        settings = SearchSettings.of(self.config(ctx))
+        settings = SearchSettings.of(self.config(ctx), ctx.profile.hardware.arch)
         hand = ctx.ort_int8
         out = search_mixed_precision(
             ctx.model, ctx.evaluator(), ctx.budget(), settings,

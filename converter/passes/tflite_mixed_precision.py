@@ -151,7 +151,7 @@ class TFLiteMixedPrecisionPass(Pass):
             return entry
         unavailable = (None if io_dtype == "float32" else
                        f"skipped: the deny-list fallback keeps float32 I/O, not --io-dtype {io_dtype}")
-        out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx)),
+        out = search_mixed_precision(ctx.model, evaluate, ctx.budget(), SearchSettings.of(self.config(ctx), ctx.profile.hardware.arch),
                                      lambda sens_data: tflite_layer_binding(quantizer, sens_data),
                                      ctx.search_latency_probe(), unavailable, MIN_GAIN_SAMPLES,
                                      fp32_model=ctx.reference_model,
