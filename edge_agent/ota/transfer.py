@@ -7,18 +7,20 @@ completed blocks is kept in `<sha>.blocks.json` (bitmap, written atomically afte
 is fsynced, every PERSIST_BYTES or PERSIST_EVERY_S). After a disconnect, broker restart or agent
 restart only missing blocks are requested again. HTTP(S) is in http_fetch.py.
 
-Where a download's time goes (docs/fleet.md, "One device, one bundle"): on the network thread each
-block is hashed (SHA-256, the one cost that must stay) and written; nothing else there may cost per
-byte or per block. The download thread is woken only when it has work (refill the window, persist,
-finish), not per block, and it persists while blocks keep arriving so that the file's writeback
-overlaps the transfer instead of following it.
+Where a download's time goes (docs/fleet.md, "One device, one bundle"): paho's network thread only
+queues each frame (`offer`) and goes back to reading, so the broker gets its acknowledgement at once;
+a writer thread checks each block (SHA-256, the one cost per byte that must stay) and writes it, and a
+digest thread hashes the stored blocks in file order (file_digest.py), so verifying need not read the file
+again. hashlib and os.pwrite release the GIL: the hashing runs on other cores while paho reads on. The
+download thread is woken only when it has work (refill the window, persist, finish), not per block, and
+it persists while blocks keep arriving so that the file's writeback overlaps the transfer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from typing import Callable
 
 from .protocol import MAX_BLOCKS, MAX_BLOCKS_PER_REQUEST, ProtocolError
 from .block_frames import BlockRequest, decode_block
+from .file_digest import InOrderDigest
+from .staging import clean_staging, discard_staging
 from .statefile import read_json, write_json_atomic
 from .testhooks import pause_blocks, pause_point
 from ..errors import AgentError
@@ -91,6 +95,7 @@ class BlockDownloader:
         block_digests: list[bytes] | None = None,
         persist_bytes: int = PERSIST_BYTES,
         persist_every_s: float = PERSIST_EVERY_S,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.sha256, self.size, self.block_size = sha256, size, block_size
         self.count = max(1, -(-size // block_size))
@@ -126,6 +131,21 @@ class BlockDownloader:
         self._persist_blocks = max(1, persist_bytes // block_size)
         self._persist_every_s = persist_every_s
         self._last_progress = time.monotonic()
+        # frames offered by the network thread wait here for the writer thread (at most about a window of them)
+        self._inbox: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._on_refused = on_refused  # told of each offered frame the writer refuses (on_frame returned False)
+        self._digest = InOrderDigest(self.count, self._read_block, max_queued=self.window)
+
+    @property
+    def file_sha256(self) -> str | None:
+        """The staged file's SHA-256 as its blocks were stored, once run() has returned (None if not every
+        block was fed in this run, e.g. all were already there: then the file must be hashed)."""
+        return self._digest.hexdigest()
+
+    def _read_block(self, index: int) -> bytes:
+        offset = index * self.block_size
+        return os.pread(self._fd, min(self.block_size, self.size - offset), offset)
 
     # --- bitmap --------------------------------------------------------------------------
 
@@ -166,10 +186,30 @@ class BlockDownloader:
     def complete(self) -> bool:
         return self._remaining == 0
 
-    # --- incoming frames (network thread) ------------------------------------------------
+    # --- incoming frames (network thread -> writer thread) ---------------------------------
+
+    def offer(self, payload: bytes | memoryview) -> bool:
+        """From paho's network thread: hand the frame to the writer thread and return at once (True), so
+        paho acknowledges it and reads on while the block is hashed on the other core. The frame is
+        checked there exactly as on_frame checks it. With no writer running (before or after run()), or
+        a window's worth of frames already waiting, the frame is stored here: memory stays bounded and a
+        sender that outruns the writer is slowed down as before."""
+        if self._writer is None or self._inbox.qsize() >= self.window:
+            return self.on_frame(payload)
+        self._inbox.put(payload)
+        return True
+
+    def _write_loop(self) -> None:
+        get = self._inbox.get
+        while (payload := get()) is not None:
+            try:
+                if not self.on_frame(payload) and self._on_refused is not None:
+                    self._on_refused()
+            except Exception:  # noqa: BLE001 - one frame (a full disk, say) must not stop the writer; the
+                log.exception("storing a block frame failed")  # block stays missing and is asked for again
 
     def on_frame(self, payload: bytes | memoryview) -> bool:
-        """Store one block frame if it is valid, wanted and new; log and ignore it otherwise."""
+        """Store one block frame if it is valid, wanted and new; log and ignore it otherwise (any thread)."""
         if len(payload) > self.block_size + _FRAME_OVERHEAD:
             self.stats.rejected += 1
             log.warning("ignoring oversized block frame (%d bytes)", len(payload))
@@ -205,6 +245,7 @@ class BlockDownloader:
             self._last_progress = time.monotonic()
             if self._loop_has_work():
                 self._cond.notify()
+        self._digest.feed(block.index, block.data, self._done)
         return True
 
     def _loop_has_work(self) -> bool:
@@ -263,6 +304,9 @@ class BlockDownloader:
             self.window = max(1, min(self.window, pause_after))
         self._last_progress = last_save = time.monotonic()
         last_report = 0.0
+        self._digest.start()
+        self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
+        self._writer.start()
         try:
             with self._cond:
                 while self._remaining:
@@ -317,6 +361,10 @@ class BlockDownloader:
             os.fsync(self._fd)
         finally:
             self._inflight.clear()
+            writer, self._writer = self._writer, None  # frames offered from now on are stored by the caller
+            self._inbox.put(None)
+            writer.join()  # the frames queued before are stored
+            self._digest.finish()  # and every stored block is in the file's digest
         if self._progress:
             self._progress(1.0)
         return self.part_path
@@ -331,36 +379,6 @@ class BlockDownloader:
         """Delete the staging file and its bitmap (after install, or when the file is bad)."""
         self.close()
         discard_staging(self.part_path.parent, self.sha256)
-
-
-_STAGING_SUFFIXES = (".part", ".blocks.json", ".http.part", ".file", ".file.partial")
-
-
-def discard_staging(staging_dir: Path, sha256: str) -> None:
-    for suffix in _STAGING_SUFFIXES:
-        (Path(staging_dir) / f"{sha256}{suffix}").unlink(missing_ok=True)
-
-
-def clean_staging(staging_dir: Path, keep: str | None) -> list[str]:
-    """Delete every staging file but those of bundle `keep` (the job a restart resumes); the names removed.
-
-    Downloads abandoned by a crash, a cancel or an older agent would otherwise stay forever
-    (a sparse `.part` file can claim the size of the whole bundle)."""
-    removed = []
-    folder = Path(staging_dir)
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
-        if keep is not None and path.name.startswith(keep):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path.name)
-    if removed:
-        log.info("removed %d abandoned staging file(s): %s", len(removed), ", ".join(sorted(removed)))
-    return removed
 
 
 __all__ = ["BlockDownloader", "TransferCancelled", "TransferError", "TransferStats", "clean_staging", "discard_staging",
