@@ -133,7 +133,7 @@ def agent_receiver(host: str, port: int, sha: str, size: int, block: int, stagin
                          **({"window": window} if window else {}))
     data_topic = topics.block_data(device)
     paho_decode.zero_copy(data_topic)  # as the agent's MqttLink.route does for its block data
-    c.on_message = lambda _c, _u, msg: dl.offer(msg.payload) if msg.topic == data_topic else None  # as routed
+    c.on_message = lambda _c, _u, msg: dl.on_frame(msg.payload) if msg.topic == data_topic else None
     _subscribe(c, data_topic)
     ready.set()
     go.wait()

@@ -78,12 +78,11 @@ class UpdateWorker:
         self._jobs.put(job)
 
     def on_block_frame(self, payload: bytes | memoryview) -> bool:
-        """A blocks/data frame for the download in progress, from paho's network thread: queued for the
-        downloader's writer thread, which checks and stores it (False: refused at once)."""
+        """A blocks/data frame for the download in progress (False: the downloader refused it)."""
         dl = self.downloader
         if dl is None:
             raise MessageIgnored("block frame with no download in progress")
-        return dl.offer(payload)
+        return dl.on_frame(payload)
 
     def reconnected(self) -> None:
         if self.downloader is not None:
@@ -137,7 +136,6 @@ class UpdateWorker:
             send_request=lambda req: self.link.publish(self.link.topics.block_request, dumps(req)),
             is_connected=self.link.connected.is_set, cancel=ctx.cancel, retry_timeout_s=self.config.block_retry_s,
             progress=progress, ota_dir=self.home.ota_dir, block_digests=desired.block_digests(),
-            on_refused=self._block_refused,
             **({"window": budget.window(desired.block_size)} if budget is not None else {}),
         )
         self.downloader = dl
@@ -149,10 +147,6 @@ class UpdateWorker:
             self.downloader = None
             self.last_downloader_stats = dl.stats
             dl.close()
-
-    def _block_refused(self) -> None:
-        """An offered frame the writer refused counts as an ignored message, as one refused at once does."""
-        self.link.ignored_messages += 1
 
     def _progress_reporter(self, job: UpdateJob) -> Callable[[float], None]:
         def report(fraction: float) -> None:

@@ -1,23 +1,19 @@
-"""The downloader's writer thread and the whole-file SHA-256 it computes while storing blocks.
+"""The whole-file SHA-256 the downloader computes while storing blocks, and verifying's use of it.
 
-paho's network thread only queues a frame (`offer`); the writer thread checks, writes and hashes it. What
-must hold: the frames offered during a download are stored on the writer thread (not the caller's), a
-corrupt block is still refused and fetched again, the file's digest equals the SHA-256 of the file however
-the blocks arrived (out of order, after a restart), and verifying refuses the file when that digest is not
-the deployment's."""
+What must hold: a corrupt block is still refused and fetched again, the file's digest equals the SHA-256 of
+the file however the blocks arrived (in order, out of order, after a restart), and verifying refuses the
+file when that digest is not the deployment's (and reads the file itself when there is none)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
 from edge_agent.bundle import HashMismatch, TrustStore
 from edge_agent.home import AgentHome
-from edge_agent.ota.block_frames import Block, encode_block
 from edge_agent.ota.file_digest import InOrderDigest
 from edge_agent.ota.job import UpdateJob
 from edge_agent.ota.protocol import BundleRef, DesiredState
@@ -27,57 +23,18 @@ from edge_agent.ota.transfer import BlockDownloader
 from .test_block_download import BLOCK, WAIT, Feeder, bundle_file, download, listed, run_in_thread
 
 
-class OfferingFeeder(Feeder):
-    """Hands frames over as the agent's network thread does: `offer`, as read-only views of the packet."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, as_view=True, **kwargs)
-
-    def start(self, dl: BlockDownloader) -> "OfferingFeeder":
-        dl.on_frame = self._via_offer(dl)  # the Feeder calls on_frame: route it through offer()
-        return super().start(dl)  # type: ignore[return-value]
-
-    def _via_offer(self, dl: BlockDownloader):
-        store = BlockDownloader.on_frame.__get__(dl)
-        stored_on: set[str] = set()
-        self.stored_on = stored_on
-
-        offering = threading.local()
-
-        def on_frame(payload):
-            if threading.current_thread() is self._thread and not getattr(offering, "on", False):
-                offering.on = True  # offer() may store here itself (no writer, or a full queue)
-                try:
-                    return dl.offer(payload)
-                finally:
-                    offering.on = False
-            stored_on.add(threading.current_thread().name)
-            return store(payload)
-
-        return on_frame
-
-
-def test_offered_frames_are_stored_on_the_writer_thread_and_the_file_digest_is_the_files(tmp_path):
+def test_the_file_digest_is_the_files_and_is_computed_while_storing(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 60)
-    feeder = OfferingFeeder(data, sha, gap_s=0.0005)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=64)
-    hashed_on: set[str] = set()  # 60 blocks under a window of 64: the digest queue is never full
-    digest_stored = dl._digest.stored  # noqa: SLF001 - which thread hashes the file
-
-    def stored(*args):
-        hashed_on.add(threading.current_thread().name)
-        digest_stored(*args)
-
-    dl._digest.stored = stored  # noqa: SLF001
+    feeder = Feeder(data, sha, gap_s=0.0005, as_view=True)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=16)
     download(dl, feeder, sha)
-    assert feeder.stored_on == {"block-writer"}, feeder.stored_on  # never on the network thread
-    assert hashed_on == {"file-digest"}, hashed_on  # nor on the writer: its own core
     assert dl.stats.received == 60 and dl.file_sha256 == sha
+    assert dl._digest.read_back == 0  # noqa: SLF001 - in order: every block hashed from the frame, none re-read
 
 
-def test_a_corrupt_offered_block_is_refused_fetched_again_and_the_digest_still_matches(tmp_path):
+def test_a_corrupt_block_is_refused_fetched_again_and_the_digest_still_matches(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 40)
-    feeder = OfferingFeeder(data, sha, corrupt=frozenset({0, 17}))  # block 0 comes last: the rest is read back
+    feeder = Feeder(data, sha, corrupt=frozenset({0, 17}), as_view=True)  # block 0 comes last: the rest is read back
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
     download(dl, feeder, sha)
@@ -88,7 +45,7 @@ def test_a_corrupt_offered_block_is_refused_fetched_again_and_the_digest_still_m
 
 def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 50)
-    first = OfferingFeeder(data, sha, serve=20)  # then the pipe stalls, as when the agent is killed
+    first = Feeder(data, sha, serve=20)  # then the pipe stalls, as when the agent is killed
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=digests,
                          persist_bytes=4 * BLOCK, stall_timeout_s=WAIT)
     first.start(dl)
@@ -102,7 +59,7 @@ def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
         first.stop()
         dl.close()
     assert "error" in out
-    again = OfferingFeeder(data, sha)
+    again = Feeder(data, sha)
     dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests)
     assert dl2.stats.resumed_with >= 16
     download(dl2, again, sha)
@@ -155,15 +112,3 @@ def test_verifying_without_the_downloaders_digest_hashes_the_file(tmp_path):
         Verifying().run(ctx)
     assert not isinstance(caught.value, HashMismatch), caught.value
     assert "staged_sha256" not in ctx.job.to_record()  # never persisted
-
-
-def test_offer_before_the_download_runs_stores_on_the_callers_thread(tmp_path):
-    """No writer yet (or any more): the frame is checked where it is offered, and a forged one refused at once."""
-    data, sha, digests = bundle_file(tmp_path, 8)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=lambda r: None, block_digests=digests)
-    try:
-        forged = encode_block(Block(sha, 5, 8, os.urandom(BLOCK)))
-        assert dl.offer(forged) is False and dl.stats.forged == 1
-        assert dl.offer(encode_block(Block(sha, 6, 8, data[6 * BLOCK:7 * BLOCK]))) is True and dl.completed == {6}
-    finally:
-        dl.close()
