@@ -8,9 +8,9 @@ is filled, the blocks stored beyond it are read back from the staging file (as i
 stored, on a resumed download). The result is the SHA-256 of the bytes handed to the file, in order; the
 verifying phase compares it with the deployment's, as it compared the re-read file's.
 
-It runs on the downloader's writer thread, after the block's own check and write. A thread of its own for
-this hash was measured and not kept: on this 2-core host it cost 0.8 ms/MB more CPU under real-time
-scheduling (GIL hand-offs per block) for the same wall time, and nothing on a loaded machine (docs/fleet.md).
+It runs where the block is checked and written (BlockDownloader.on_frame, paho's network thread). Threads
+of their own for the two hashes were measured and not kept: on this 2-core host they cost 0.7-0.8 ms/MB more
+CPU each under real-time scheduling (GIL hand-offs per block) and gained no wall time (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class InOrderDigest:
 
         Call from one thread at a time, after `done[index]` is set."""
         if index == self.next:
-            self._hash.update(data)  # hashlib releases the GIL for buffers over 2 KiB: paho keeps reading
+            self._hash.update(data)  # the frame's view: no copy
             self.next += 1
         while self.next < self.count and done[self.next]:
             self._hash.update(self._read_block(self.next))
