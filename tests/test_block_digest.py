@@ -1,4 +1,4 @@
-"""The whole-file SHA-256 the downloader computes while storing blocks, and verifying's use of it.
+"""The whole-file SHA-256 the downloader computes while the download runs, and verifying's use of it.
 
 What must hold: a corrupt block is still refused and fetched again, the file's digest equals the SHA-256 of
 the file however the blocks arrived (in order, out of order, after a restart), and verifying refuses the
@@ -29,18 +29,17 @@ def test_the_file_digest_is_the_files_and_is_computed_while_storing(tmp_path):
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests, window=16)
     download(dl, feeder, sha)
     assert dl.stats.received == 60 and dl.file_sha256 == sha
-    assert dl._digest.read_back == 0  # noqa: SLF001 - in order: every block hashed from the frame, none re-read
 
 
 def test_a_corrupt_block_is_refused_fetched_again_and_the_digest_still_matches(tmp_path):
     data, sha, digests = bundle_file(tmp_path, 40)
-    feeder = Feeder(data, sha, corrupt=frozenset({0, 17}), as_view=True)  # block 0 comes last: the rest is read back
+    feeder = Feeder(data, sha, corrupt=frozenset({0, 17}), as_view=True)  # block 0 comes last: a gap at the start
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
     download(dl, feeder, sha)
     assert dl.stats.forged == 2 and dl.stats.received == 40
     assert feeder.asked.count(0) == 2 and feeder.asked.count(17) == 2
-    assert dl.file_sha256 == sha and dl._digest.read_back > 0  # noqa: SLF001 - blocks stored ahead of block 0
+    assert dl.file_sha256 == sha
 
 
 def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
@@ -63,24 +62,29 @@ def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
     dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests)
     assert dl2.stats.resumed_with >= 16
     download(dl2, again, sha)
-    assert dl2.file_sha256 == sha and dl2._digest.read_back >= 16  # noqa: SLF001 - the earlier run's blocks
+    assert dl2.file_sha256 == sha  # the earlier run's blocks are in it
 
 
-def test_the_in_order_digest_is_none_until_every_block_is_fed_and_wrong_data_gives_another_digest():
+def test_the_digest_hashes_in_file_order_up_to_the_first_gap_and_wrong_bytes_give_another_digest():
     blocks = [os.urandom(100) for _ in range(4)]
-    done = [False] * 4
-    digest = InOrderDigest(4, lambda i: blocks[i])
-    for i in (1, 3, 0):  # 1 and 3 arrive ahead: 1 is read back once 0 is stored
-        done[i] = True
-        digest.stored(i, blocks[i], done)
-    assert digest.hexdigest() is None and digest.next == 2 and digest.read_back == 1
+    file = b"".join(blocks)
+    reads: list[tuple[int, int]] = []
+
+    def read(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return file[offset:offset + length]
+
+    digest = InOrderDigest(4, 100, 400, read)
+    done = [True, True, False, True]  # block 2 not stored yet
+    assert digest.ready(done, 2) and not digest.ready(done, 3)
+    assert digest.catch_up(done, 10**9) == 200 and digest.next == 2 and digest.hexdigest() is None
+    assert reads == [(0, 200)]  # contiguous blocks in one read
     done[2] = True
-    digest.stored(2, blocks[2], done)
-    assert digest.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest() and digest.read_back == 2
-    other = InOrderDigest(2, lambda i: blocks[i])
-    other.stored(0, blocks[1], [True, False])  # not block 0's bytes
-    other.stored(1, blocks[1], [True, True])
-    assert other.hexdigest() != hashlib.sha256(b"".join(blocks[:2])).hexdigest()
+    assert digest.catch_up(done, 10**9) == 200 and digest.hexdigest() == hashlib.sha256(file).hexdigest()
+    assert not digest.ready(done, 1) and digest.catch_up(done, 10**9) == 0
+    other = InOrderDigest(4, 100, 400, lambda offset, length: bytes(length))  # not the file's bytes
+    other.catch_up([True] * 4, 10**9)
+    assert other.hexdigest() is not None and other.hexdigest() != hashlib.sha256(file).hexdigest()
 
 
 def _verify_context(tmp_path: Path, content: bytes, staged_sha256: str | None) -> InstallContext:

@@ -1,16 +1,18 @@
-"""The whole bundle file's SHA-256, computed while its blocks are stored instead of by reading the file again.
+"""The whole bundle file's SHA-256, computed while the download runs instead of by reading the file afterwards.
 
 The verifying phase checks the downloaded file against the deployment's SHA-256. Reading the finished file
 back and hashing it took a pass over every byte after the transfer (docs/fleet.md, "One device, one
-bundle"); here each block is fed to the hash as it is written, in file order, from the very buffer that was
-checked and written. A block that arrives ahead of the ones before it is not kept in memory: when the gap
-is filled, the blocks stored beyond it are read back from the staging file (as is the part an earlier run
-stored, on a resumed download). The result is the SHA-256 of the bytes handed to the file, in order; the
-verifying phase compares it with the deployment's, as it compared the re-read file's.
+bundle"). Here the downloader's own thread (the one that refills the window and persists the block list,
+idle most of the time) hashes the file from its start as far as the blocks are stored, in chunks of up to
+1 MiB read back from the staging file while it is still in the page cache, trailing the blocks as they
+arrive. paho's network thread, which checks each block, does no more than before; os.pread and hashlib
+release the GIL, so the hash runs on the other core. Blocks stored out of order, or by an earlier run of a
+resumed download, are simply read when the hash reaches them.
 
-It runs where the block is checked and written (BlockDownloader.on_frame, paho's network thread). Threads
-of their own for the two hashes were measured and not kept: on this 2-core host they cost 0.7-0.8 ms/MB more
-CPU each under real-time scheduling (GIL hand-offs per block) and gained no wall time (docs/fleet.md).
+Hashing each block from the frame on the network thread (no read-back copy) was measured first and not
+kept: the network thread is the transfer's slowest stage, and a second SHA-256 there slowed the transfer
+by what the verifying pass had cost. Handing frames to threads of their own per block cost 0.7-0.8 ms/MB
+in GIL hand-offs; here there is one hand-off per MiB.
 """
 
 from __future__ import annotations
@@ -18,32 +20,41 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
+CHUNK_BYTES = 1 << 20  # read and hashed at once (several blocks when they are small)
+
 
 class InOrderDigest:
-    """SHA-256 of blocks 0..count-1, fed as they are stored; `hexdigest()` once all have been fed."""
+    """SHA-256 of a file stored block by block in any order; `hexdigest()` once every block is hashed."""
 
-    def __init__(self, count: int, read_block: Callable[[int], bytes]) -> None:
-        self.count = count
+    def __init__(self, count: int, block_size: int, size: int, read: Callable[[int, int], bytes]) -> None:
+        self.count, self.block_size, self.size = count, block_size, size
         self.next = 0  # blocks below it have been hashed
         self._hash = hashlib.sha256()
-        self._read_block = read_block  # a stored block's bytes, from the staging file
-        self.read_back = 0  # blocks hashed from the file (stored out of order, or by an earlier run)
+        self._read = read  # read(offset, length): stored bytes of the file
+        self.chunk_blocks = max(1, CHUNK_BYTES // block_size)
 
-    def stored(self, index: int, data: bytes | memoryview, done: Sequence[bool]) -> None:
-        """Block `index` (its checked bytes `data`) is written and marked in `done`; hash what is now in order.
+    def ready(self, done: Sequence[bool], blocks: int) -> bool:
+        """Whether the next `blocks` blocks to hash (or all that are left) are stored."""
+        return self.next < self.count and all(done[self.next : min(self.count, self.next + blocks)])
 
-        Call from one thread at a time, after `done[index]` is set."""
-        if index == self.next:
-            self._hash.update(data)  # the frame's view: no copy
-            self.next += 1
-        while self.next < self.count and done[self.next]:
-            self._hash.update(self._read_block(self.next))
-            self.next += 1
-            self.read_back += 1
+    def catch_up(self, done: Sequence[bool], max_bytes: int) -> int:
+        """Hash the stored blocks from where the hash stands, in file order, up to a gap or about `max_bytes`;
+        the bytes hashed. One thread at a time; `done[i]` must be set only once block i is written."""
+        hashed = 0
+        while hashed < max_bytes and self.next < self.count and done[self.next]:
+            end = self.next + 1
+            while end < self.count and end - self.next < self.chunk_blocks and done[end]:
+                end += 1
+            offset = self.next * self.block_size
+            data = self._read(offset, min(self.size, end * self.block_size) - offset)
+            self._hash.update(data)
+            self.next = end
+            hashed += len(data)
+        return hashed
 
     def hexdigest(self) -> str | None:
-        """The file's SHA-256 once every block has been fed, else None."""
+        """The file's SHA-256 once every block has been hashed, else None."""
         return self._hash.hexdigest() if self.next == self.count else None
 
 
-__all__ = ["InOrderDigest"]
+__all__ = ["CHUNK_BYTES", "InOrderDigest"]

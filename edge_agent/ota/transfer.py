@@ -8,12 +8,12 @@ is fsynced, every PERSIST_BYTES or PERSIST_EVERY_S). After a disconnect, broker 
 restart only missing blocks are requested again. HTTP(S) is in http_fetch.py.
 
 Where a download's time goes (docs/fleet.md, "One device, one bundle"): on the network thread each
-block is hashed (SHA-256, the one cost that must stay), written, and fed to the whole file's SHA-256 in
-file order (file_digest.py), so verifying need not read the file again; nothing else there may cost per
-byte or per block. (A writer thread for the hashing was measured twice and not kept: the GIL hand-offs
-per block cost up to 0.7 ms/MB on two cores and gained no wall time.) The download thread is woken only
-when it has work (refill the window, persist, finish), not per block, and it persists while blocks keep
-arriving so that the file's writeback overlaps the transfer instead of following it.
+block is hashed (SHA-256, the one cost that must stay) and written; nothing else there may cost per
+byte or per block. (A writer thread for this was measured twice and not kept: the GIL hand-offs per
+block cost up to 0.7 ms/MB on two cores and gained no wall time.) The download thread is woken only
+when it has work (refill the window, persist, hash the next MiB of the file, finish), not per block: it
+persists while blocks keep arriving so that the file's writeback overlaps the transfer, and it hashes
+the whole file behind the arriving blocks (file_digest.py) so that verifying need not read it again.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ MAX_WINDOW = 4 * MAX_BLOCKS_PER_REQUEST
 # end of the download waits for the tail only, since the rest was written back while blocks kept arriving.
 PERSIST_BYTES = 8 << 20
 PERSIST_EVERY_S = 0.5
+DIGEST_PASS_BYTES = 4 << 20  # hashed per pass of the download loop at most, so refills wait 3 ms or so at most
 
 
 class TransferError(AgentError, RuntimeError):
@@ -129,7 +130,7 @@ class BlockDownloader:
         self._persist_blocks = max(1, persist_bytes // block_size)
         self._persist_every_s = persist_every_s
         self._last_progress = time.monotonic()
-        self._digest = InOrderDigest(self.count, self._read_block)  # fed by on_frame, on the network thread
+        self._digest = InOrderDigest(self.count, block_size, size, self._read_at)  # hashed by the download thread
 
     @property
     def file_sha256(self) -> str | None:
@@ -137,9 +138,8 @@ class BlockDownloader:
         block was fed in this run, e.g. all were already there: then the file must be hashed)."""
         return self._digest.hexdigest()
 
-    def _read_block(self, index: int) -> bytes:
-        offset = index * self.block_size
-        return os.pread(self._fd, min(self.block_size, self.size - offset), offset)
+    def _read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
 
     # --- bitmap --------------------------------------------------------------------------
 
@@ -219,14 +219,17 @@ class BlockDownloader:
             self._last_progress = time.monotonic()
             if self._loop_has_work():
                 self._cond.notify()
-        self._digest.stored(block.index, block.data, self._done)  # outside the lock: the download thread waits less
         return True
 
     def _loop_has_work(self) -> bool:
         """Whether the download thread must act now (call with the lock held). It is woken only then:
         waking it for every block cost the network thread as much CPU as hashing the block."""
         return (self._remaining == 0 or self._unsaved >= self._persist_blocks or self._pause_after is not None
-                or self._can_refill())
+                or self._can_refill() or self._digest_due())
+
+    def _digest_due(self) -> bool:
+        """The next MiB of the file (or all the rest) is stored: hash it (the download thread, behind the blocks)."""
+        return self._digest.ready(self._done, self._digest.chunk_blocks)
 
     def _can_refill(self) -> bool:
         """Room in the window and a block neither stored nor in flight (so at or past the cursor)."""
@@ -314,6 +317,12 @@ class BlockDownloader:
                         finally:
                             self._cond.acquire()
                         last_save = now
+                    if self._digest.ready(self._done, 1):
+                        self._cond.release()  # os.pread and hashlib release the GIL: the other core hashes
+                        try:
+                            self._digest.catch_up(self._done, DIGEST_PASS_BYTES)
+                        finally:
+                            self._cond.acquire()
                     if self._progress and now - last_report > 1.0:
                         self._progress(1.0 - self._remaining / self.count)
                         last_report = now
@@ -324,8 +333,9 @@ class BlockDownloader:
                         pause_point(f"blocks:{pause_after}", self._ota_dir, force=True)
                     # a wake-up sent while the lock was released (sending, saving) is not lost: check first
                     if not (self._remaining == 0 or self._unsaved >= self._persist_blocks
-                            or (connected and self._can_refill())):
+                            or (connected and self._can_refill()) or self._digest_due()):
                         self._cond.wait(0.1)
+            self._digest.catch_up(self._done, self.size)  # the tail: at most about a MiB unless blocks came late
             # The file is complete: make it durable (a power cut before verifying must not leave a torn file)
             # but leave the block list as last saved. Its atomic write costs two more journal commits (two
             # thirds of this fsync's time on ext4), and a restart before verifying re-fetches the tail at most.
