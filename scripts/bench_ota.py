@@ -114,9 +114,13 @@ def raw_receiver(host: str, port: int, total: int, staging: str | None, keep_hea
 
 def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str,
                    digests: list[bytes] | None, window: int | None, ready, go, result) -> None:
-    """The agent's downloader, wired as the daemon wires it; seconds from `go` to a verified file."""
+    """The agent's downloader, wired as the daemon wires it; seconds from `go` to the file in staging and to the
+    file checked as the verifying phase checks it (the SHA-256 the downloader computed while storing the blocks;
+    reading the file back where it has none), and CPU seconds of the transfer. The file is also hashed after the
+    clock stops: a file that is not the bundle fails the run."""
     from edge_agent.ota.daemon import paho_decode
     from edge_agent.ota.heap import keep_freed_memory
+    from edge_agent.ota.states import staged_digest
     from edge_agent.ota.transfer import BlockDownloader
 
     paho_decode.install()  # as the agent's make_client does
@@ -136,13 +140,14 @@ def agent_receiver(host: str, port: int, sha: str, size: int, block: int, stagin
     t0, cpu = time.perf_counter(), cpu_seconds()
     path = dl.run()
     transfer, cpu = time.perf_counter() - t0, cpu_seconds() - cpu
+    _, digest = staged_digest(path, dl.file_sha256)  # the verifying phase's whole-file check
+    dt = time.perf_counter() - t0
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-    dt = time.perf_counter() - t0
     dl.close()
-    result.put((transfer, dt, cpu) if h.hexdigest() == sha else None)
+    result.put((transfer, dt, cpu) if digest == h.hexdigest() == sha else None)
     c.disconnect()
     c.loop_stop()
 
@@ -234,9 +239,10 @@ def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float]
 
 
 def protocol_transfer(server, rec, block: int, staging: Path, device: str, window: int | None = None,
-                      verify: bool = True, cpu: list[float] | None = None) -> float:
-    """Seconds until the agent has the file, with (verify) or without its whole-file SHA-256; appends the
-    agent's CPU seconds for the transfer to `cpu`."""
+                      verify: bool = True, cpu: list[float] | None = None,
+                      transfer_s: list[float] | None = None) -> float:
+    """Seconds until the agent has the file, with (verify) or without its whole-file SHA-256 check; appends the
+    agent's CPU seconds for the transfer to `cpu` and the seconds without the check to `transfer_s`."""
     from edge_fleet.rollout.desired import block_digests
 
     digests = block_digests(Path(rec.path), rec.sha256, block)  # computed when the deployment is made
@@ -244,6 +250,8 @@ def protocol_transfer(server, rec, block: int, staging: Path, device: str, windo
                                                         rec.size, block, str(staging), device, digests, window))
     if cpu is not None:
         cpu.append(used)
+    if transfer_s is not None:
+        transfer_s.append(transfer)
     return total if verify else transfer
 
 

@@ -52,6 +52,9 @@ class UpdateJob:
     state_stores: int = 0  # how many times this job was stored (see phases.MAX_STATE_STORES)
     shadow: dict[str, Any] | None = None  # the shadow run's report (phase shadowing), kept for reports after it
     progress: float = 0.0  # not persisted: the download resumes from its own bitmap
+    # not persisted: the staged file's SHA-256 as the downloader stored its blocks (file_digest.py); after a
+    # restart verifying hashes the file itself
+    staged_sha256: str | None = None
 
     @property
     def desired_state(self) -> DesiredState:
@@ -90,6 +93,7 @@ class UpdateJob:
     def to_record(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("progress", None)
+        data.pop("staged_sha256", None)
         data["phase"] = self.phase.value
         data["schema_version"] = JOB_SCHEMA_VERSION
         return data
@@ -97,7 +101,8 @@ class UpdateJob:
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> "UpdateJob":
         """The job in a stored record (TypeError/KeyError/ValueError/ProtocolError if it is not one)."""
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "progress"}
+        fields = {k: v for k, v in data.items()
+                  if k in cls.__dataclass_fields__ and k not in ("progress", "staged_sha256")}
         fields["phase"] = Phase(fields.get("phase", Phase.DOWNLOADING))
         if not isinstance(fields.get("state_stores", 0), int):
             raise TypeError("state_stores is not an integer")

@@ -178,8 +178,17 @@ class Downloading(State):
         desired = ctx.job.desired_state
         precheck_desired(ctx, desired)
         check_free_space(staging_dir(ctx.home), desired.size, "download the bundle")
+        ctx.job.staged_sha256 = None  # a fetch that hashes as it stores sets it
         ctx.job.staged = str(ctx.fetch(ctx))
         return Event.DONE
+
+
+def staged_digest(staged: Path, stored_sha256: str | None) -> tuple[int, str]:
+    """(size, SHA-256) of the staged file: the digest the downloader computed as it stored the blocks, when it
+    has one, else by reading the file (a restart, HTTP, a side-loaded file)."""
+    if stored_sha256 is not None:
+        return staged.stat().st_size, stored_sha256
+    return sha256_file(staged)
 
 
 class Verifying(State):
@@ -192,7 +201,7 @@ class Verifying(State):
         staged = Path(ctx.job.staged or "")
         if not staged.is_file():
             raise HashMismatch("staged bundle file is missing: it will be downloaded again on the next attempt")
-        size, digest = sha256_file(staged)
+        size, digest = staged_digest(staged, ctx.job.staged_sha256)
         if size != desired.size or digest != desired.bundle.sha256:
             discard_staging(staging_dir(ctx.home), desired.bundle.sha256)
             raise HashMismatch(f"downloaded bundle has SHA-256 {digest[:12]}... ({size} B), "

@@ -140,7 +140,9 @@ class UpdateWorker:
         )
         self.downloader = dl
         try:
-            return dl.run()
+            path = dl.run()
+            ctx.job.staged_sha256 = dl.file_sha256  # hashed as the blocks were stored: verifying need not re-read
+            return path
         finally:
             self.downloader = None
             self.last_downloader_stats = dl.stats
