@@ -97,6 +97,8 @@ class OrtStaticQuantizer:
     weight_type: str = "int8"
     op_set: str = "all"  # key of OP_SETS; calibration always covers all ops so every set reuses the cache
     keep_float: list[str] = field(default_factory=list)  # nodes never quantized (a detector's decode head)
+    exact_grid: list[str] = field(default_factory=list)  # tensors of whole grey levels: scale 1, zero point 0, not calibrated
+    stem: tuple[str, list[float]] | None = None  # folded first conv (its pixel input, fill pixel): bias re-centred after rounding
     _caches: dict[str, Path] = field(default_factory=dict)
     _count: int = 0
 
@@ -105,6 +107,11 @@ class OrtStaticQuantizer:
 
         name, pct = parse_method(method)
         extra: dict[str, Any] = {"CalibPercentile": pct} if pct is not None else {}
+        if self.exact_grid:  # converter/onnx/fold_input.py: pixels 0..255 on the uint8 grid itself, nothing rounded
+            import numpy as np
+
+            zero = np.array(0 if self.activation_type == "uint8" else -128, np.uint8 if self.activation_type == "uint8" else np.int8)
+            extra["TensorQuantOverrides"] = {t: [{"scale": np.array(1.0, np.float32), "zero_point": zero}] for t in self.exact_grid}
         return dict(quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                     activation_type=quant_type(self.activation_type), weight_type=quant_type(self.weight_type),
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -133,6 +140,10 @@ class OrtStaticQuantizer:
             quantize_static(str(self.src), str(dst), reader, nodes_to_exclude=[*self.keep_float, *(exclude or [])],
                             calibration_cache_path=str(cache), **self._common(method), **extra)
         self._caches[method] = cache
+        if self.stem is not None:
+            from .fold_input import correct_rounded_stem
+
+            correct_rounded_stem(dst, self.src, *self.stem)
         return dst
 
 
