@@ -70,7 +70,7 @@ def edgekit_int8(src: Path, calib: Path, select: Path, work: Path, normalization
     out = work / f"model.{fold}.edgebundle"
     mean, std = normalization
     args = ["-q", "convert", str(src), "--profile", "raspberry-pi-4", "--calibration", str(calib), "--eval", str(select),
-            "--key", str(key), "--out", str(out), "--calibration-method", "minmax,meanquantile:99.99",
+            "--key", str(key), "--out", str(out), "--calibration-method", "minmax,meanquantile:99.99,linearquantile:99.9",
             "--bench-runs", "10", "--force", "--mean", ",".join(f"{v:.9g}" for v in mean),
             "--std", ",".join(f"{v:.9g}" for v in std), "--fold-input", fold]
     t0 = time.perf_counter()

@@ -274,9 +274,10 @@ class QuantizePass(Pass):
     def default_config(cls) -> dict[str, PassOption]:
         return {
             "calibration_method": PassOption(
-                str, None, "auto (try minmax, meanquantile, percentile 99.9/99.99/99.999, entropy, distribution; keep the best "
-                "on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] (per-input "
-                "PCT quantiles averaged: light on memory) | a comma list (default: profile)",
+                str, None, "auto (try minmax, meanquantile, linearquantile, percentile 99.9/99.99/99.999, entropy, distribution; "
+                "keep the best on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] "
+                "(per-input PCT quantiles averaged: light on memory) | linearquantile[:PCT] (meanquantile only where no "
+                "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile)",
                 metavar="METHOD", check=candidates),
             "quantize_ops": PassOption(
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
