@@ -149,3 +149,38 @@ def test_bundle_with_folded_input_gives_the_agent_the_original_top1(tmp_path, ca
     results = json.loads(capsys.readouterr().out)
     expected = _run(src, nets.normalize(views, name)).argmax(1)
     assert [r["label"] for r in results] == expected.tolist()
+
+
+@pytest.mark.slow
+def test_normalisation_inside_the_graph_folds_too(tmp_path):
+    """A model exported with (x - mean) / std as its first nodes, fed x = pixels / 255: the Sub and Div go into the
+    first conv with the preprocessing's scale, and the folded model still answers as the original on photos."""
+    import torch
+
+    mean, std = nets.NORMALIZATION["mobilenet_v2"]
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nets.mobilenet_v2()
+            self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1))
+
+        def forward(self, x):
+            return self.net((x - self.mean) / self.std)
+
+    raw = tmp_path / "normalised.raw.onnx"
+    torch.onnx.export(Normalised().eval(), torch.zeros(1, 3, 224, 224), str(raw), input_names=["x"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    import onnxslim
+
+    src = tmp_path / "normalised.onnx"
+    onnx.save(onnxslim.slim(onnx.load(str(raw))), str(src))
+    model, info = fold_input(onnx.load(str(src)), *pixel_affine(1 / 255, [0.0], [1.0], 3))
+    assert len(info.graph_nodes_folded) == 2  # the Sub and the Div
+    assert not {"Sub", "Div"} & {n.op_type for n in model.graph.node[:3]}
+    onnx.save(model, str(tmp_path / "folded.onnx"))
+    views = _views()
+    x = np.stack(views).transpose(0, 3, 1, 2).astype(np.float32) / 255
+    ref, got = _run(src, x), _run(tmp_path / "folded.onnx", to_pixels(x, info.scale, info.offset))
+    assert np.abs(ref - got).max() < 1e-4 * np.abs(ref).max()

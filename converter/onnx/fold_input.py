@@ -38,7 +38,7 @@ class InputFold:
 
     input: str
     conv: str  # the first conv's output tensor (node names may be empty before prepare_for_qdq)
-    scale: list[float]  # model input = scale * pixel + offset, per channel (before the fold)
+    scale: list[float]  # the data given = scale * pixel + offset, per channel (the preprocessing; to_pixels undoes it)
     offset: list[float]
     border: str  # none (no padding, or padding with 0 = black) | pad (one fill value) | pad+border (per channel)
     fill: list[float] = field(default_factory=list)  # the pixel that normalises to 0 per channel (the mean pixel)
@@ -127,6 +127,7 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != len(a):
         raise NotFoldable(f"input {x} is not NCHW with {len(a)} channels (shape {dims})")
+    data_a, data_b = a, b  # what the data went through (the preprocessing): to_pixels undoes this part
     tensor, a, b, chain = _graph_normalisation(model, x, a, b)
     users = _consumers(model, tensor)
     extra_pads = [0, 0, 0, 0]
@@ -202,7 +203,7 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
         g.node.insert(idx + k, n)
     _drop_unused_initializers(model)
     pixel_tensors = [x] + [n.output[0] for n in new_nodes]
-    return model, InputFold(x, conv_out, [float(v) for v in a], [float(v) for v in b], border,
+    return model, InputFold(x, conv_out, [float(v) for v in data_a], [float(v) for v in data_b], border,
                             [float(v) for v in fill], chain_names,
                             pixel_tensors, wname)
 

@@ -56,6 +56,9 @@ class FoldInputPass(Pass):
             return {"folded": False, "reason": f"input {first.name} is not NCHW"}
         channels = first.shape[1]
         a, b = pixel_affine(pre.scale, list(pre.mean), list(pre.std), channels)
+        if self.config(ctx).fold_input == "auto" and not np.any(b) and np.allclose(a, a[0]) and not _graph_normalises(model):
+            # pixels times one scale (e.g. / 255): zero stays zero and minmax over 0..255 is the grey-level grid already
+            return {"folded": False, "reason": "the input is pixels times one scale, no mean: nothing to fold"}
         try:
             folded, info = fold_input(model, a, b)
             data = {k: _pixels(d, first.name, info.scale, info.offset)
@@ -80,6 +83,12 @@ class FoldInputPass(Pass):
         log.info("input normalisation folded into %s: the model takes grey levels (border %s)", info.conv, info.border)
         return {"folded": True, **info.to_dict(), "max_abs_output_change": diff,
                 "preprocess": "the manifest's preprocessing is now raw pixels (scale 1, mean 0, std 1)"}
+
+
+def _graph_normalises(model: onnx.ModelProto) -> bool:
+    """Whether the graph input goes through Sub/Div/Mul/Add first (normalisation exported inside the model)."""
+    name = model.graph.input[0].name
+    return any(n.op_type in ("Sub", "Div", "Mul", "Add") and name in n.input for n in model.graph.node)
 
 
 def _pixels(data, name: str, scale: list[float], offset: list[float]):
