@@ -165,28 +165,7 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
     new_nodes: list[onnx.NodeProto] = []
     border = "none"
     if any(pads) and float(np.abs(fill).max()) > 1e-9:  # fill 0 (no mean): the conv's own zero padding is right
-        if not all(d > 0 for d in dims[2:]) and not np.allclose(fill, fill[0]):
-            raise NotFoldable("per-channel border fill needs a fixed input height and width")
-        top, left, bottom, right = pads
-        pad_spec = helper.make_tensor(f"{x}_fold_pads", onnx.TensorProto.INT64, [8], [0, 0, top, left, 0, 0, bottom, right])
-        g.initializer.append(pad_spec)
-        same = bool(np.allclose(fill, fill[0], rtol=0, atol=1e-6))
-        value = float(fill[0]) if same else 0.0
-        g.initializer.append(numpy_helper.from_array(np.array(value, np.float32), f"{x}_fold_fill"))
-        padded = f"{x}_fold_padded"
-        new_nodes.append(helper.make_node("Pad", [x, pad_spec.name, f"{x}_fold_fill"], [padded], name=f"{x}_fold_pad",
-                                          mode="constant"))
-        conv_input, border = padded, "pad"
-        if not same:
-            h, wd = dims[2] + top + bottom, dims[3] + left + right
-            img = np.zeros((1, len(a), h, wd), np.float32)
-            mask = np.ones((h, wd), bool)
-            mask[top:h - bottom, left:wd - right] = False
-            img[0][:, mask] = fill.astype(np.float32)[:, None]
-            g.initializer.append(numpy_helper.from_array(img, f"{x}_fold_border"))
-            new_nodes.append(helper.make_node("Add", [padded, f"{x}_fold_border"], [f"{x}_fold_bordered"],
-                                              name=f"{x}_fold_border_add"))
-            conv_input, border = f"{x}_fold_bordered", "pad+border"
+        conv_input, border, new_nodes = _explicit_border(g, x, dims, pads, fill)
         kept = [attr for attr in conv.attribute if attr.name not in ("pads", "auto_pad")]
         del conv.attribute[:]
         conv.attribute.extend(kept)  # no padding left in the conv: the Pad above holds it
@@ -206,6 +185,31 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
     return model, InputFold(x, conv_out, [float(v) for v in data_a], [float(v) for v in data_b], border,
                             [float(v) for v in fill], chain_names,
                             pixel_tensors, wname)
+
+
+def _explicit_border(g: onnx.GraphProto, x: str, dims: list[int], pads: list[int], fill: np.ndarray
+                     ) -> tuple[str, str, list[onnx.NodeProto]]:
+    """Pad the grey-level input with the mean pixel, as the normalised model's zero padding meant: Pad's constant
+    when one value serves every channel, else Pad 0 plus a constant border image. (conv input, kind, new nodes)"""
+    if not all(d > 0 for d in dims[2:]) and not np.allclose(fill, fill[0]):
+        raise NotFoldable("per-channel border fill needs a fixed input height and width")
+    top, left, bottom, right = pads
+    pad_spec = helper.make_tensor(f"{x}_fold_pads", onnx.TensorProto.INT64, [8], [0, 0, top, left, 0, 0, bottom, right])
+    g.initializer.append(pad_spec)
+    same = bool(np.allclose(fill, fill[0], rtol=0, atol=1e-6))
+    g.initializer.append(numpy_helper.from_array(np.array(float(fill[0]) if same else 0.0, np.float32), f"{x}_fold_fill"))
+    padded = f"{x}_fold_padded"
+    nodes = [helper.make_node("Pad", [x, pad_spec.name, f"{x}_fold_fill"], [padded], name=f"{x}_fold_pad", mode="constant")]
+    if same:
+        return padded, "pad", nodes
+    h, wd = dims[2] + top + bottom, dims[3] + left + right
+    img = np.zeros((1, len(fill), h, wd), np.float32)
+    mask = np.ones((h, wd), bool)
+    mask[top:h - bottom, left:wd - right] = False
+    img[0][:, mask] = fill.astype(np.float32)[:, None]
+    g.initializer.append(numpy_helper.from_array(img, f"{x}_fold_border"))
+    nodes.append(helper.make_node("Add", [padded, f"{x}_fold_border"], [f"{x}_fold_bordered"], name=f"{x}_fold_border_add"))
+    return f"{x}_fold_bordered", "pad+border", nodes
 
 
 def _zero_pad(model: onnx.ModelProto, pad: onnx.NodeProto) -> list[int]:
