@@ -17,9 +17,9 @@ from .importers import TENSORFLOW_FORMATS, detect_format
 GATE = "accuracy-gate"  # the pass every candidate of --format auto runs last before the candidates are timed
 # Which passes a conversion runs, in order, per bundle format (pass names: converter.passes).
 RECIPES: dict[str, tuple[str, ...]] = {
-    "onnx": ("import", "cleanup", "quantize", "mixed-precision", GATE, "host-benchmark", "selftest", "reference-stats",
+    "onnx": ("import", "cleanup", "fold-input", "quantize", "mixed-precision", GATE, "host-benchmark", "selftest", "reference-stats",
              "package"),
-    "tflite": ("import", "cleanup", "tflite-convert", "tflite-mixed-precision", GATE, "host-benchmark", "selftest",
+    "tflite": ("import", "cleanup", "fold-input", "tflite-convert", "tflite-mixed-precision", GATE, "host-benchmark", "selftest",
                "reference-stats", "package"),
 }
 

@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -56,25 +57,37 @@ def nncf_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
     return out
 
 
-def edgekit_int8(src: Path, calib: Path, select: Path, work: Path) -> tuple[dict, Path, float]:
-    """`edge-convert convert` with the profile's defaults (the budget, auto compensation, the speed floor).
-    MinMax and mean per-input quantiles: ORT's histogram calibrators (percentile, entropy) hold every activation of every sample,
-    GBs on a 224x224 CNN with a few hundred photos."""
+def edgekit_int8(src: Path, calib: Path, select: Path, work: Path, normalization: tuple[np.ndarray, np.ndarray],
+                 fold: str = "auto") -> tuple[dict, Path, float]:
+    """`edge-convert convert` with the profile's defaults (the budget, auto compensation, the speed floor), told the
+    model's preprocessing (--mean/--std on pixels / 255) as a user would, so it can fold it into the first conv
+    (--fold-input; the bundle then takes grey levels). MinMax and mean per-input quantiles: ORT's histogram calibrators
+    (percentile, entropy) hold every activation of every sample, GBs on a 224x224 CNN with a few hundred photos."""
     from converter.cli import main
     from edge_agent.bundle import generate_keypair
 
     key, _ = generate_keypair(work / "keys", overwrite=True)
-    out = work / "model.edgebundle"
+    out = work / f"model.{fold}.edgebundle"
+    mean, std = normalization
     args = ["-q", "convert", str(src), "--profile", "raspberry-pi-4", "--calibration", str(calib), "--eval", str(select),
-            "--key", str(key), "--out", str(out), "--calibration-method", "minmax,meanquantile:99.99",
-            "--bench-runs", "10", "--force"]
+            "--key", str(key), "--out", str(out), "--calibration-method", "minmax,meanquantile:99.99,linearquantile:99.9",
+            "--bench-runs", "10", "--force", "--mean", ",".join(f"{v:.9g}" for v in mean),
+            "--std", ",".join(f"{v:.9g}" for v in std), "--fold-input", fold]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0, "conversion failed"
     seconds = time.perf_counter() - t0
     with tarfile.open(out) as tar:
-        tar.extract("model/model.onnx", work / "bundle", filter="data")
-    return json.loads(Path(str(out) + ".report.json").read_text()), work / "bundle" / "model" / "model.onnx", seconds
+        tar.extract("model/model.onnx", work / f"bundle.{fold}", filter="data")
+    return json.loads(Path(str(out) + ".report.json").read_text()), work / f"bundle.{fold}" / "model" / "model.onnx", seconds
+
+
+def bundle_input(report: dict, x: np.ndarray) -> np.ndarray:
+    """The held-out inputs as the bundle takes them: grey levels when the converter folded the normalisation."""
+    from converter.onnx.fold_input import to_pixels
+
+    fold = next((p for p in report["passes"] if p["pass"] == "fold-input"), {})
+    return to_pixels(x, fold["scale"], fold["offset"]) if fold.get("folded") else x
 
 
 def weights_only_int8(float_model: Path, out: Path) -> Path:
@@ -171,16 +184,22 @@ def fused_int8_kernels(model: Path) -> int:
     return sum(n.op_type.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) for n in onnx.load(str(opt)).graph.node)
 
 
-def bench(name: str, runs: int, with_nncf: bool) -> dict:
+def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-real-{name}-"))
     float_model = nets.export(name, work / "float.onnx")
     calib_side, test = nets.photo_split(400, 400, model=name)
     calib, select = calib_side[0::2], calib_side[1::2]
     np.savez(work / "calib.npz", x=calib)
     np.savez(work / "select.npz", x=select)
-    report, ours, convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz", work)
+    report, ours, convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz", work,
+                                           nets.NORMALIZATION[name])
     models = {"float": float_model, "ort-default-int8": ba.default_int8(float_model, calib, work / "default.onnx"),
               "edgekit-int8": ours}
+    inputs = {"edgekit-int8": bundle_input(report, test)}
+    if fold_ablation:  # the same conversion with the normalisation left in float: what the fold itself is worth
+        off, models["edgekit-int8, input not folded"], _ = edgekit_int8(
+            float_model, work / "calib.npz", work / "select.npz", work, nets.NORMALIZATION[name], fold="off")
+        inputs["edgekit-int8, input not folded"] = bundle_input(off, test)
     if with_nncf:
         try:
             models["nncf-int8"] = nncf_int8(float_model, calib, work / "nncf.onnx")
@@ -201,7 +220,7 @@ def bench(name: str, runs: int, with_nncf: bool) -> dict:
                        "clear_share": s.get("clear_share"), "latency_ms": None, "speedup_vs_float": None,
                        "int8_kernels": 0}
     for label, model in models.items():
-        s = score(ref, ba.run(model, test), "classification")
+        s = score(ref, ba.run(model, inputs.get(label, test)), "classification")
         rows[label] = {"agreement": s["agreement"], "clear_agreement": s.get("clear_agreement"),
                        "clear_share": s.get("clear_share"), "latency_ms": round(lat[label], 3),
                        "speedup_vs_float": round(lat["float"] / lat[label], 2),
@@ -213,7 +232,8 @@ def bench(name: str, runs: int, with_nncf: bool) -> dict:
             "precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
             "convert_seconds": round(convert_s, 1), "calibration": quant.get("calibration_method"),
             "compensation": quant.get("compensation"), "equalization": quant.get("equalization"), "float_layers": mixed.get("float_layers", []),
-            "tradeoff_curve": mixed.get("steps"), "results": rows}
+            "input_folded": bool(next((p for p in report["passes"] if p["pass"] == "fold-input"), {}).get("folded")),
+            "tradeoff_curve": mixed.get("steps"), "load_average": [round(v, 2) for v in os.getloadavg()], "results": rows}
 
 
 def main() -> int:
@@ -222,13 +242,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--no-nncf", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fold-ablation", action="store_true", help="also convert with --fold-input off (a second conversion)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure_apt.sh"), "opencv-doc", "__none__", str(nets.OPENCV_DATA)],
                    check=False)
     results = []
     for m in args.models.split(","):
-        results.append(bench(m, args.runs, not args.no_nncf))
+        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation))
         log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
     if args.json:
         print(json.dumps(results, indent=2, default=str))
@@ -237,7 +258,8 @@ def main() -> int:
         print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos; edgekit {r['precision']} "
               f"(gate {'passed' if r['gate_passed'] else 'missed'}), calibration {r['calibration']}, compensation "
               f"{(r['compensation'] or {}).get('chosen')}, equalization {(r['equalization'] or {}).get('chosen')}, "
-              f"{len(r['float_layers'])} layers float, {r['convert_seconds']} s")
+              f"{len(r['float_layers'])} layers float, input {'folded' if r['input_folded'] else 'not folded'}, "
+              f"{r['convert_seconds']} s, load average {r['load_average']}")
         for label, row in r["results"].items():
             clear = f"{row['clear_agreement']:.3f} clear ({row['clear_share']:.0%})" if row["clear_agreement"] is not None else ""
             speed = (f"{row['latency_ms']:8.3f} ms {row['speedup_vs_float']:5.2f}x" if row["latency_ms"] is not None

@@ -32,11 +32,11 @@ def test_every_converter_error_uses_a_registered_code_listed_by_help(capsys):
             assert f"{e.code:>3}  {e.meaning}" in epilog
 
 
-def test_recipes_name_registered_passes_and_share_import_and_cleanup():
+def test_recipes_name_registered_passes_and_share_import_cleanup_and_fold_input():
     for fmt, recipe in RECIPES.items():
         assert all(name in PASSES for name in recipe), fmt
         assert recipe[-1] == "package" and recipe.count(GATE) == 1
-    assert shared_prefix() == ("import", "cleanup")
+    assert shared_prefix() == ("import", "cleanup", "fold-input")  # both formats quantize the same grey-level model
     build, finish = split_for_candidates("tflite", shared_prefix())
     assert build == ("tflite-convert", "tflite-mixed-precision", GATE) and finish == ("host-benchmark", "selftest", "reference-stats", "package")
 

@@ -7,6 +7,7 @@ from .base import PASSES, Pass, check_pass_options, create_pass, declared_option
 from .context import ConversionContext
 from .import_model import ImportPass
 from .cleanup import CleanupPass
+from .fold_input import FoldInputPass
 from .quantize_onnx import QuantizePass
 from .onnx_mixed_precision import MixedPrecisionPass
 from .tflite_convert import TFLiteConvertPass
@@ -18,7 +19,7 @@ from .reference_stats import ReferenceStatsPass
 from .package import PackagePass
 
 __all__ = [
-    "PASSES", "AccuracyGatePass", "CleanupPass", "ConversionContext", "HostBenchmarkPass", "ImportPass",
+    "PASSES", "AccuracyGatePass", "CleanupPass", "ConversionContext", "FoldInputPass", "HostBenchmarkPass", "ImportPass",
     "MixedPrecisionPass", "PackagePass", "Pass", "QuantizePass", "ReferenceStatsPass", "SelfTestPass", "TFLiteConvertPass",
     "TFLiteMixedPrecisionPass", "check_pass_options", "create_pass", "declared_options",
 ]

@@ -29,6 +29,7 @@ from ..onnx.int8_arithmetic import exact_int8_for
 from ..runners import median_latency_ms, run_model
 
 if TYPE_CHECKING:
+    from ..onnx.fold_input import InputFold
     from ..onnx.qdq_quantizer import OrtStaticQuantizer
 
 GATE_CALIBRATION_SAMPLES = 256  # without eval data, the gate compares outputs on this many calibration samples
@@ -76,6 +77,7 @@ class ConversionContext:
     report: list[dict[str, Any]] = field(default_factory=list)
     bundle_path: Path | None = None
     # hand-over between passes (not serialised)
+    pixel_input: InputFold | None = None  # set by fold-input when the model takes grey levels, read by quantize
     ort_int8: OrtInt8Hand | None = None  # set by quantize (int8-static), read by mixed-precision
     tf_source: TFSource | None = None  # set by tflite-convert (int8-static), read by tflite-mixed-precision
     selftest: SelfTest | None = None  # set by selftest, read by package

@@ -12,6 +12,7 @@ int8-qat      (not a recipe) the model already carries QuantizeLinear/Dequantize
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ def quantize_int8_measured(ctx: ConversionContext, src: Path, method_spec: str, 
     o, prec = ctx.options, ctx.profile.precision
     q = OrtStaticQuantizer(src, ctx.workdir, ctx.calibration, o.calibration_samples, prec.per_channel,
                            prec.activation_type, prec.weight_type, op_set=quantize_ops if quantize_ops != "auto" else "all")
+    if ctx.pixel_input is not None:  # grey levels on the uint8 grid itself (fold-input): scale 1, nothing calibrated
+        q.exact_grid = list(ctx.pixel_input.pixel_tensors)
+        q.stem = (ctx.pixel_input.pixel_tensors[-1], list(ctx.pixel_input.fill))
     entry: dict[str, Any] = {"calibration_samples": min(len(ctx.calibration), o.calibration_samples)}
     if ctx.task() == "detection":
         from ..detection.head import onnx_head_nodes
@@ -174,8 +178,7 @@ def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
     workdir.mkdir(exist_ok=True)
     src = workdir / "float.equalized.onnx"
     onnx.save_model(model, str(src), save_as_external_data=False)
-    q2 = OrtStaticQuantizer(src, workdir, q.calibration, q.samples, q.per_channel, q.activation_type, q.weight_type,
-                            q.op_set, list(q.keep_float))
+    q2 = dataclasses.replace(q, src=src, workdir=workdir, keep_float=list(q.keep_float), _caches={}, _count=0)
     if spec == "on":
         return q2, {**entry, "chosen": "on"}
     evaluate = ctx.evaluator()
@@ -224,8 +227,7 @@ def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
             better = score is None or (score["agreement"], -score["error"]) > (best[1]["agreement"], -best[1]["error"])
         rows.append(row)
         if better:
-            q2 = OrtStaticQuantizer(float_src, q.workdir, q.calibration, q.samples, q.per_channel, q.activation_type,
-                                    q.weight_type, q.op_set)
+            q2 = dataclasses.replace(q, src=float_src, keep_float=[], _caches={}, _count=0)
             best = (mode, score, q2, qdq)
     chosen, _, q, ctx.model = best
     log.info("compensation: %s (%s)", chosen, ", ".join(f"{r['compensation']} {r.get('agreement', float('nan')):.4f}"
@@ -272,9 +274,10 @@ class QuantizePass(Pass):
     def default_config(cls) -> dict[str, PassOption]:
         return {
             "calibration_method": PassOption(
-                str, None, "auto (try minmax, meanquantile, percentile 99.9/99.99/99.999, entropy, distribution; keep the best "
-                "on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] (per-input "
-                "PCT quantiles averaged: light on memory) | a comma list (default: profile)",
+                str, None, "auto (try minmax, meanquantile, linearquantile, percentile 99.9/99.99/99.999, entropy, distribution; "
+                "keep the best on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] "
+                "(per-input PCT quantiles averaged: light on memory) | linearquantile[:PCT] (meanquantile only where no "
+                "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile)",
                 metavar="METHOD", check=candidates),
             "quantize_ops": PassOption(
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
