@@ -65,6 +65,39 @@ def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
     assert dl2.file_sha256 == sha  # the earlier run's blocks are in it
 
 
+@pytest.mark.parametrize("listed_hashes", [True, False], ids=["deployment-list", "frame-claims"])
+def test_a_stored_block_spoilt_before_a_resume_is_found_and_fetched_again(tmp_path, listed_hashes):
+    """A block the bitmap lists but whose bytes on disk went bad between runs (a torn write, a bad sector):
+    the file's SHA-256 is wrong, the deployment's list finds that block alone; without a list the earlier run's
+    blocks have no claim in this run, so all of them are fetched again (never the whole file as before)."""
+    data, sha, digests = bundle_file(tmp_path, 30)
+    hashes = digests if listed_hashes else None
+    first = Feeder(data, sha, serve=12)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=hashes,
+                         persist_bytes=2 * BLOCK, stall_timeout_s=WAIT)
+    first.start(dl)
+    thread, out = run_in_thread(dl)
+    try:
+        while len(listed(dl.bitmap_path)) < 10 and thread.is_alive():
+            thread.join(0.01)
+    finally:
+        dl._cancel.set()  # noqa: SLF001 - the agent's cancel event
+        thread.join(WAIT)
+        first.stop()
+        dl.close()
+    saved = listed(dl.bitmap_path)
+    assert 5 in saved
+    with open(dl.part_path, "r+b") as fh:  # spoil block 5 on disk
+        fh.seek(5 * BLOCK)
+        fh.write(bytes(BLOCK))
+    again = Feeder(data, sha)
+    dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=hashes)
+    download(dl2, again, sha)
+    assert dl2.file_sha256 == sha and dl2.stats.repairs == 1
+    refetched = sorted(again.asked[30 - len(saved):])
+    assert refetched == ([5] if listed_hashes else sorted(saved))
+
+
 def test_the_digest_hashes_in_file_order_up_to_the_first_gap_and_wrong_bytes_give_another_digest():
     blocks = [os.urandom(100) for _ in range(4)]
     file = b"".join(blocks)

@@ -1,8 +1,8 @@
 """Block requests and binary block frames: how a bundle file travels over MQTT in pieces.
 
 A device asks for the blocks it still needs (BlockRequest, JSON); the fleet answers each with a
-binary frame carrying its index and SHA-256 (encode_block/decode_block), so a block is checked
-on its own before it is written. Split from protocol.py, which holds the JSON control messages.
+binary frame carrying its index and SHA-256 (encode_block/decode_block), so a block can be checked
+on its own (the agent does so only when the whole file's SHA-256 is wrong: transfer.py). Split from protocol.py, which holds the JSON control messages.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Block:
     index: int
     total: int  # number of blocks in the file
     data: bytes | memoryview  # decode_block: a view into the frame, not a copy (hashed and written as it is)
-    digest: bytes = b""  # SHA-256 of `data`, as decode_block computed and checked it (hashed once per block)
+    digest: bytes = b""  # SHA-256 of `data` as decode_block checked it, or the header's claim (check_digest=False)
 
 
 def encode_block(block: Block, digest: bytes | None = None) -> bytes:
