@@ -70,7 +70,7 @@ class TransferCancelled(TransferError):
 class TransferStats:
     """Counters of one download, for tests, logs and the benchmark."""
 
-    received: int = 0  # distinct blocks stored in this run
+    received: int = 0  # blocks stored in this run (a bad one fetched again counts again)
     duplicates: int = 0  # frames for blocks already stored
     rejected: int = 0  # malformed, foreign or out-of-range frames
     forged: int = 0  # stored blocks found not to be the block listed (deployment's list, else the frame's claim)
