@@ -139,6 +139,7 @@ class FleetStub:
         self.presence: dict[str, str] = {}
         self.serve_limit: int | None = None  # stop answering after this many blocks (then record only)
         self.corrupt_once: set[int] = set()
+        self.corrupt_always: set[int] = set()  # every copy of these blocks has a wrong data byte
         self.forge_once: set[int] = set()  # send other data with a matching block_sha256 first (a forged block)
         self.lock = threading.Lock()
         self.connected = threading.Event()
@@ -202,7 +203,7 @@ class FleetStub:
                     self.c.publish(self.topics.block_data(device),
                                    encode_block(Block(req.sha256, i, total, bytes(len(data)))), qos=1)
                 frame = encode_block(Block(req.sha256, i, total, data))
-                if i in self.corrupt_once:
+                if i in self.corrupt_once or i in self.corrupt_always:
                     self.corrupt_once.discard(i)
                     frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
                 self.c.publish(self.topics.block_data(device), frame, qos=1)

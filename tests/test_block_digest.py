@@ -1,6 +1,6 @@
 """The whole-file SHA-256 the downloader computes while the download runs, and verifying's use of it.
 
-What must hold: a corrupt block is still refused and fetched again, the file's digest equals the SHA-256 of
+What must hold: a corrupt block is still found and fetched again, the file's digest equals the SHA-256 of
 the file however the blocks arrived (in order, out of order, after a restart), and verifying refuses the
 file when that digest is not the deployment's (and reads the file itself when there is none)."""
 
@@ -37,7 +37,7 @@ def test_a_corrupt_block_is_refused_fetched_again_and_the_digest_still_matches(t
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
     download(dl, feeder, sha)
-    assert dl.stats.forged == 2 and dl.stats.received == 40
+    assert dl.stats.forged == 2 and dl.stats.received == 42  # stored, found by the file's hash, stored again
     assert feeder.asked.count(0) == 2 and feeder.asked.count(17) == 2
     assert dl.file_sha256 == sha
 
@@ -63,6 +63,39 @@ def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
     assert dl2.stats.resumed_with >= 16
     download(dl2, again, sha)
     assert dl2.file_sha256 == sha  # the earlier run's blocks are in it
+
+
+@pytest.mark.parametrize("listed_hashes", [True, False], ids=["deployment-list", "frame-claims"])
+def test_a_stored_block_spoilt_before_a_resume_is_found_and_fetched_again(tmp_path, listed_hashes):
+    """A block the bitmap lists but whose bytes on disk went bad between runs (a torn write, a bad sector):
+    the file's SHA-256 is wrong, the deployment's list finds that block alone; without a list the earlier run's
+    blocks have no claim in this run, so all of them are fetched again (never the whole file as before)."""
+    data, sha, digests = bundle_file(tmp_path, 30)
+    hashes = digests if listed_hashes else None
+    first = Feeder(data, sha, serve=12)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=hashes,
+                         persist_bytes=2 * BLOCK, stall_timeout_s=WAIT)
+    first.start(dl)
+    thread, out = run_in_thread(dl)
+    try:
+        while len(listed(dl.bitmap_path)) < 10 and thread.is_alive():
+            thread.join(0.01)
+    finally:
+        dl._cancel.set()  # noqa: SLF001 - the agent's cancel event
+        thread.join(WAIT)
+        first.stop()
+        dl.close()
+    saved = listed(dl.bitmap_path)
+    assert 5 in saved
+    with open(dl.part_path, "r+b") as fh:  # spoil block 5 on disk
+        fh.seek(5 * BLOCK)
+        fh.write(bytes(BLOCK))
+    again = Feeder(data, sha)
+    dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=hashes)
+    download(dl2, again, sha)
+    assert dl2.file_sha256 == sha and dl2.stats.repairs == 1
+    refetched = sorted(again.asked[30 - len(saved):])
+    assert refetched == ([5] if listed_hashes else sorted(saved))
 
 
 def test_the_digest_hashes_in_file_order_up_to_the_first_gap_and_wrong_bytes_give_another_digest():

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.ota.block_frames import Block, BlockRequest, decode_block, encode_block
-from edge_agent.ota.transfer import BlockDownloader
+from edge_agent.ota.protocol import ProtocolError
+from edge_agent.ota.transfer import MAX_REPAIRS, BlockDownloader
 
 BLOCK = 1024
 WAIT = 30.0
@@ -26,11 +27,15 @@ class Feeder:
     """Answers BlockRequests from `data` on its own thread, one frame at a time like a network thread.
 
     `serve` limits how many blocks are ever answered (the rest of the pipe stalls); `gap_s` spaces frames;
-    `corrupt` indices are answered with a frame whose data does not match the deployment's hash."""
+    `corrupt` indices are answered once with a well-formed frame whose data does not match the deployment's hash
+    (its header claims the wrong data's own hash: forged); `damaged` ones with a right frame whose data bytes
+    were then changed (the header's claim no longer matches); `always` makes either happen every time."""
 
     def __init__(self, data: bytes, sha: str, serve: int | None = None, gap_s: float = 0.0,
-                 corrupt: frozenset[int] = frozenset(), as_view: bool = False) -> None:
+                 corrupt: frozenset[int] = frozenset(), as_view: bool = False, damaged: frozenset[int] = frozenset(),
+                 always: bool = False) -> None:
         self.data, self.sha, self.serve, self.gap_s, self.corrupt = data, sha, serve, gap_s, set(corrupt)
+        self.damaged, self.always = set(damaged), always
         self.as_view = as_view  # frames as the agent's paho decoder hands them: read-only views of the packet
         self.total = -(-len(data) // BLOCK)
         self.requests: "queue.Queue[BlockRequest | None]" = queue.Queue()
@@ -59,11 +64,16 @@ class Feeder:
                     continue
                 piece = self.data[i * BLOCK:(i + 1) * BLOCK]
                 if i in self.corrupt:
-                    self.corrupt.discard(i)  # once: the re-request gets the right data
+                    if not self.always:
+                        self.corrupt.discard(i)  # once: the re-request gets the right data
                     piece = bytes(b ^ 0xFF for b in piece)
                 self.sent += 1
                 assert self.dl is not None
                 frame = encode_block(Block(self.sha, i, self.total, piece))
+                if i in self.damaged:
+                    if not self.always:
+                        self.damaged.discard(i)
+                    frame = frame[:-1] + bytes([frame[-1] ^ 0x01])  # header intact, last data byte wrong
                 self.dl.on_frame(memoryview(bytearray(frame)).toreadonly() if self.as_view else frame)
                 if self.gap_s:
                     time.sleep(self.gap_s)
@@ -155,14 +165,16 @@ def test_the_block_list_is_saved_every_n_blocks_and_a_restart_fetches_only_the_r
 
 
 @pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "packet-view"])
-def test_a_corrupt_block_is_never_written_and_is_fetched_again(tmp_path, as_view):
+def test_a_forged_block_is_caught_by_the_file_hash_and_only_it_is_fetched_again(tmp_path, as_view):
+    """Blocks are not hashed as they arrive (one SHA-256 pass: the whole file's): a block that is not the one the
+    deployment lists is found by the file's SHA-256, then by the list, and fetched again, it alone."""
     data, sha, digests = bundle_file(tmp_path, 40)
     feeder = Feeder(data, sha, corrupt=frozenset({3, 17}), as_view=as_view)
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
                          retry_timeout_s=0.3)
     download(dl, feeder, sha)
-    assert dl.stats.forged == 2 and dl.stats.received == 40 and dl.stats.timeouts >= 1
-    assert feeder.asked.count(3) == 2 and feeder.asked.count(17) == 2 and feeder.asked.count(4) == 1
+    assert dl.stats.forged == 2 and dl.stats.repairs == 1 and dl.stats.received == 42 and dl.file_sha256 == sha
+    assert feeder.asked.count(3) == 2 and feeder.asked.count(17) == 2 and len(feeder.asked) == 42
 
 
 # The frame of (sha256 "ab" * 32, index 2, total 3, data b"edgekit"): pinned, so an agent and a fleet server of
@@ -179,6 +191,10 @@ def test_the_block_frame_on_the_wire_is_unchanged():
     block = decode_block(GOLDEN_FRAME)
     assert (block.sha256, block.index, block.total, bytes(block.data)) == ("ab" * 32, 2, 3, b"edgekit")
     assert block.digest == hashlib.sha256(b"edgekit").digest()
+    claimed = decode_block(GOLDEN_FRAME, check_digest=False)  # the agent's download: the header's claim, not hashed
+    assert claimed.digest == block.digest and bytes(claimed.data) == b"edgekit"
+    with pytest.raises(ProtocolError):
+        decode_block(GOLDEN_FRAME.replace(b'"block_sha256":"f7', b'"block_sha256":"F7'), check_digest=False)
 
 
 def test_decode_block_hands_out_a_view_of_the_frame_not_a_copy():
@@ -199,19 +215,31 @@ def test_a_window_of_one_block_downloads_one_block_at_a_time(tmp_path):
     assert dl.stats.wakeups <= 12 * 3, dl.stats  # a few per block, never a busy loop
 
 
-@pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "packet-view"])
-def test_a_forged_block_is_refused_before_a_byte_of_it_is_written(tmp_path, as_view):
-    """A well-formed frame whose data hashes to its own header but not to the deployment's list: refused,
-    counted, and the staging file holds nothing of it (the sparse file still reads zeros there)."""
-    data, sha, digests = bundle_file(tmp_path, 8)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=lambda r: None, block_digests=digests)
+@pytest.mark.parametrize("listed", [True, False], ids=["deployment-list", "frame-claims"])
+def test_a_damaged_frame_is_caught_by_the_file_hash_and_only_its_block_is_fetched_again(tmp_path, listed):
+    """Valid header, wrong data bytes: stored (no hash on the network thread), found when the file's SHA-256 is
+    wrong by the deployment's list or, without one, by the hash its own header claimed; re-fetched alone."""
+    data, sha, digests = bundle_file(tmp_path, 30)
+    feeder = Feeder(data, sha, damaged=frozenset({0, 11, 29}), as_view=True)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send,
+                         block_digests=digests if listed else None)
+    download(dl, feeder, sha)
+    assert dl.stats.forged == 3 and dl.stats.repairs == 1 and dl.file_sha256 == sha
+    assert sorted(feeder.asked) == sorted([*range(30), 0, 11, 29])  # one re-request each, nothing else
+
+
+def test_a_block_corrupt_every_time_ends_in_a_file_verifying_refuses(tmp_path):
+    """MAX_REPAIRS rounds of re-fetching, then run() returns the file with its (wrong) SHA-256: verifying's
+    HashMismatch (exit 14) is the failure, as for any corrupt download."""
+    data, sha, digests = bundle_file(tmp_path, 20)
+    feeder = Feeder(data, sha, corrupt=frozenset({7}), always=True)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests)
+    feeder.start(dl)
     try:
-        forged = encode_block(Block(sha, 5, 8, os.urandom(BLOCK)))  # its block_sha256 matches its own data
-        good = encode_block(Block(sha, 6, 8, data[6 * BLOCK:7 * BLOCK]))
-        wrap = (lambda f: memoryview(bytearray(f)).toreadonly()) if as_view else (lambda f: f)
-        assert dl.on_frame(wrap(forged)) is False and dl.stats.forged == 1
-        assert dl.on_frame(wrap(good)) is True and dl.completed == {6}
-        part = dl.part_path.read_bytes()
-        assert part[5 * BLOCK:6 * BLOCK] == bytes(BLOCK) and part[6 * BLOCK:7 * BLOCK] == data[6 * BLOCK:7 * BLOCK]
+        dl.run()
     finally:
+        feeder.stop()
         dl.close()
+    assert dl.file_sha256 is not None and dl.file_sha256 != sha
+    assert feeder.asked.count(7) == MAX_REPAIRS + 1 and len(feeder.asked) == 20 + MAX_REPAIRS
+    assert dl.stats.repairs == MAX_REPAIRS and dl.stats.forged == MAX_REPAIRS

@@ -15,6 +15,7 @@ import pytest
 from edge_agent.cli import main as agent_main
 from edge_agent.home import AgentHome
 from edge_agent.ota.slots import Slots
+from edge_agent.ota.transfer import MAX_REPAIRS
 from edge_fleet.broker import start_broker
 
 from .ota_fixtures import BLOCK, agent_in_process, bundles, broker, cli, fleet, home, install, status, v1_home  # noqa: F401 - pytest fixtures, used by name
@@ -98,11 +99,37 @@ def test_update_over_mqtt_with_malformed_messages_and_corrupt_block(home, bundle
         after = wait_for(lambda: (t := fleet.last_telemetry(dev)) and t.model.version == 2 and t.inferences > first.inferences and t,
                          what="telemetry on v2")
         assert after.errors == 0
-        assert after.extra["ignored_messages"] >= len(junk) + 1  # junk + the corrupt block
+        # junk (the corrupt block is stored, not ignored: the file's SHA-256 finds it and it is fetched again)
+        assert after.extra["ignored_messages"] >= len(junk)
         assert agent.proc.poll() is None
     finally:
         assert agent.stop() == 0
     assert fleet.presence.get(dev) == "offline"
+
+
+def test_a_block_corrupt_every_time_fails_the_update_and_keeps_the_working_model(home, bundles, digits, broker, fleet):
+    """The block is fetched again MAX_REPAIRS times, then verifying refuses the file (HashMismatch): nothing of it
+    is installed, the device keeps serving v1, and the same bundle installs once the block comes through."""
+    dev = "dev-bad-block"
+    agent = AgentProcess(home, broker.url, dev, digits.pub)
+    try:
+        first = wait_for(lambda: fleet.last_telemetry(dev), what="telemetry")
+        assert first.model.version == 1
+        fleet.corrupt_always = {2}
+        fleet.deploy(dev, bundles["v2"], "dep-bad", block_size=BLOCK)
+        r = fleet.wait_phase(dev, "dep-bad")
+        assert r.phase == "failed" and "SHA-256" in (r.last_error or ""), r
+        assert fleet.served.count(2) == MAX_REPAIRS + 1
+        assert r.current.version == 1
+        after = wait_for(lambda: (t := fleet.last_telemetry(dev)) and t.inferences > first.inferences and t,
+                         what="telemetry after the failure")
+        assert after.model.version == 1 and after.errors == 0
+        fleet.corrupt_always = set()
+        fleet.deploy(dev, bundles["v2"], "dep-good", block_size=BLOCK)
+        r = fleet.wait_phase(dev, "dep-good")
+        assert r.phase == "succeeded" and r.current.version == 2, r.last_error
+    finally:
+        assert agent.stop() == 0
 
 
 def test_refusals_over_mqtt_keep_the_working_model(home, bundles, digits, broker, fleet):

@@ -173,7 +173,7 @@ def test_5_abandoned_downloads_leave_no_staging_files(home, bundles, digits, bro
 # 6 -------------------------------------------------------------------------------------------
 
 
-def test_6_forged_blocks_are_refused_before_writing_and_a_failed_deployment_can_be_retried(home, bundles, digits,
+def test_6_forged_blocks_are_found_and_fetched_again_and_a_failed_deployment_can_be_retried(home, bundles, digits,
                                                                                           broker, fleet):
     agent, thread = agent_in_process(home, broker.url, "forge-6", digits.pub)
     try:
@@ -183,7 +183,8 @@ def test_6_forged_blocks_are_refused_before_writing_and_a_failed_deployment_can_
         r = fleet.wait_phase("forge-6", "dep-forge", timeout=STUCK)
         assert r.phase == "failed" and "SHA-256" in r.last_error
         # the same deployment id, sent again (later issued_at) with the fleet's block hashes: each forged
-        # block is refused before it is written, the real one is taken, the deployment succeeds
+        # block is stored (blocks are not hashed as they arrive), the file's SHA-256 is wrong, the list finds
+        # the three, they alone are fetched again (the real ones), the deployment succeeds
         fleet.forge_once = {0, 3, 7}
         retry = desired_for(bundles["v2"], "dep-forge", block_size=BLOCK, with_block_hashes=True,
                             issued_at=first.issued_at + 1)

@@ -1,8 +1,8 @@
 """Block requests and binary block frames: how a bundle file travels over MQTT in pieces.
 
 A device asks for the blocks it still needs (BlockRequest, JSON); the fleet answers each with a
-binary frame carrying its index and SHA-256 (encode_block/decode_block), so a block is checked
-on its own before it is written. Split from protocol.py, which holds the JSON control messages.
+binary frame carrying its index and SHA-256 (encode_block/decode_block), so a block can be checked
+on its own (the agent does so only when the whole file's SHA-256 is wrong: transfer.py). Split from protocol.py, which holds the JSON control messages.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Block:
     index: int
     total: int  # number of blocks in the file
     data: bytes | memoryview  # decode_block: a view into the frame, not a copy (hashed and written as it is)
-    digest: bytes = b""  # SHA-256 of `data`, as decode_block computed and checked it (hashed once per block)
+    digest: bytes = b""  # SHA-256 of `data` as decode_block checked it, or the header's claim (check_digest=False)
 
 
 def encode_block(block: Block, digest: bytes | None = None) -> bytes:
@@ -74,10 +74,12 @@ def encode_block(block: Block, digest: bytes | None = None) -> bytes:
     return _FRAME_MAGIC + struct.pack(">I", len(header)) + header + block.data
 
 
-def decode_block(payload: bytes | memoryview) -> Block:
+def decode_block(payload: bytes | memoryview, check_digest: bool = True) -> Block:
     """Parse and check a block frame (magic, header, size, block hash); ProtocolError if bad.
 
-    The block's data is a read-only view into `payload` (keep `payload` unchanged while it is used)."""
+    The block's data is a read-only view into `payload` (keep `payload` unchanged while it is used).
+    `check_digest=False` (the agent's download): the data is not hashed here, `digest` is the header's claim;
+    the whole file's SHA-256 catches a bad block and the claim then finds it (transfer.py)."""
     if len(payload) < 8 or payload[:4] != _FRAME_MAGIC:
         raise ProtocolError("block frame does not start with the EKB1 magic")
     (hlen,) = struct.unpack(">I", payload[4:8])
@@ -99,6 +101,10 @@ def decode_block(payload: bytes | memoryview) -> Block:
     data = memoryview(payload).toreadonly()[8 + hlen :]  # no copy (read-only: a checked block cannot change)
     if len(data) != size:
         raise ProtocolError(f"block {index} carries {len(data)} bytes, header says {size}")
+    if not check_digest:
+        if not (isinstance(bsha, str) and _SHA_RE.match(bsha)):
+            raise ProtocolError(f"block {index} block_sha256 is not a lowercase hex SHA-256")
+        return Block(sha256=sha, index=index, total=total, data=data, digest=bytes.fromhex(bsha))
     digest = hashlib.sha256(data).digest()
     if not isinstance(bsha, str) or digest.hex() != bsha:
         raise ProtocolError(f"block {index} is corrupt (SHA-256 mismatch)")

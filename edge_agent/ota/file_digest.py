@@ -57,4 +57,16 @@ class InOrderDigest:
         return self._hash.hexdigest() if self.next == self.count else None
 
 
-__all__ = ["CHUNK_BYTES", "InOrderDigest"]
+def bad_blocks(read: Callable[[int, int], bytes], count: int, block_size: int, size: int,
+               listed: Sequence[bytes | None]) -> list[int]:
+    """Indices of the stored blocks whose SHA-256 is not the listed one (or that have none listed): run only when
+    the whole file's SHA-256 was wrong, so the happy path hashes each byte once."""
+    bad = []
+    for i in range(count):
+        want = listed[i] if i < len(listed) else None
+        if want is None or hashlib.sha256(read(i * block_size, min(block_size, size - i * block_size))).digest() != want:
+            bad.append(i)
+    return bad
+
+
+__all__ = ["CHUNK_BYTES", "InOrderDigest", "bad_blocks"]

@@ -226,9 +226,9 @@ class DesiredState:
     `signature` is the bundle's signature.json content (algorithm, key_id, signature), so a
     device can refuse an untrusted signer before downloading. `allow_downgrade` is set only
     when the fleet explicitly rolls a device back to a lower version. `block_hashes` (base64 of
-    one 32-byte SHA-256 per block, in order) lets a device check each block before writing it:
-    only the fleet may write `desired` (broker ACL), so a forged block frame is refused at once
-    instead of failing the whole file at verification. Every field is parsed strictly by type.
+    one 32-byte SHA-256 per block, in order) lets a device find which stored blocks spoilt the
+    file's SHA-256 and fetch only those again: only the fleet may write `desired` (broker ACL), so a
+    forged block frame costs one block, not the whole file (transfer.py). Every field is parsed strictly by type.
     """
 
     deployment_id: str
