@@ -58,6 +58,9 @@ class PipelineSummary:
     fps: float
     policy: str
     stats: dict[str, Any]
+    schedule: str = "threads"  # how the stages shared the cores (edge_agent.pipeline.scheduling)
+    helper_priority: str = "normal"
+    inference_threads: int = 0  # the runtime's threads (0: its own default)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -330,5 +333,6 @@ class Pipeline:
         return PipelineSummary(
             frames=snap["processed"], captured=snap["captured"], dropped=snap["dropped"], errors=snap["errors"],
             seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
-            policy=self.policy, stats=snap,
+            policy=self.policy, stats=snap, schedule=self.schedule, helper_priority=self.helper_priority,
+            inference_threads=self.session.info.threads,
         )
