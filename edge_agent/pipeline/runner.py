@@ -5,6 +5,9 @@ overlap with inference of the current one:
 
     capture --raw--> preprocess --prepared--> inference --results--> postprocess + sinks
 
+Schedule 'serial' (files only) runs the same four steps in turn on one thread instead, and the helper threads
+(capture, preprocess, postprocess + sinks) can run at a lower priority than inference: scheduling.py.
+
 Policies:
   * "all" (files, image folders): bounded FIFOs with back-pressure, every frame is processed.
   * "latest" (live cameras and streams): `raw` and `prepared` are one-slot LatestSlots; a newer
@@ -20,7 +23,6 @@ Per-frame errors in preprocess/inference/postprocess/sinks are counted and logge
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -102,8 +104,8 @@ class Pipeline:
         if self.policy not in ("latest", "all"):
             raise ValueError(f"policy must be 'latest' or 'all', not {self.policy!r}")
         self.max_frames = max_frames
-        self.schedule = resolve_schedule(schedule, self.policy, os.cpu_count(), session.info.threads)
-        self.helper_priority = resolve_priority(helper_priority, os.cpu_count(), session.info.threads)
+        self.schedule = resolve_schedule(schedule, self.policy)
+        self.helper_priority = resolve_priority(helper_priority)
         self.max_consecutive_errors = max_consecutive_errors
         self.preprocess = Preprocessor(manifest)
         self.postprocess = Postprocessor(manifest, top_k)

@@ -27,25 +27,23 @@ log = logging.getLogger(__name__)
 class ScheduleError(ValueError):
     """A schedule or priority this source cannot take (the CLI turns it into a usage error, exit 2)."""
 
+
 SCHEDULES = ("auto", "threads", "serial")
 PRIORITIES = ("auto", "normal", "low", "idle")
 LOW_NICE = 10  # "low": nice +10 over the process, i.e. ~1/10 of a nice-0 thread's CPU share when contended
 
 
-def resolve_schedule(schedule: str, policy: str, cores: int | None, inference_threads: int) -> str:
-    """'auto' -> 'threads' (the default: overlap measured best, see docs/detection.md) unless there is a single
-    core, where overlapping only adds thread hand-overs. 'serial' is refused for the 'latest' policy: a live
-    camera must be drained while the model runs, or its buffered frames go stale."""
+def resolve_schedule(schedule: str, policy: str) -> str:
+    """'auto' -> 'threads' (the default: see docs/detection.md, "Pipeline vs bare loop"). 'serial' is refused for
+    the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
     if schedule not in SCHEDULES:
         raise ScheduleError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if schedule == "serial" and policy == "latest":
         raise ScheduleError("schedule 'serial' needs policy 'all': a live source must be read while the model runs")
-    if schedule != "auto":
-        return schedule
-    return "serial" if policy == "all" and (cores or 1) <= 1 else "threads"
+    return "threads" if schedule == "auto" else schedule
 
 
-def resolve_priority(priority: str, cores: int | None, inference_threads: int) -> str:
+def resolve_priority(priority: str) -> str:
     """'auto' -> 'normal' (until measured otherwise: docs/detection.md)."""
     if priority not in PRIORITIES:
         raise ScheduleError(f"helper_priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
