@@ -1,18 +1,18 @@
 """How the pipeline shares the cores with the runtime's inference threads.
 
-On a host with as many cores as inference threads (a 2-core box running 2 XNNPACK / ONNX Runtime
-threads), a decode thread that runs at the same priority preempts one inference thread; every
-parallel op then waits at its barrier for the preempted one, so a millisecond of decoding can cost a
-millisecond of *both* cores. Two ways out, measured in docs/detection.md ("Pipeline vs bare loop"):
+Hypothesis behind the options: on a host with as many cores as inference threads (a 2-core box running 2
+XNNPACK / ONNX Runtime threads), a decode thread at the same priority preempts one inference thread; every parallel
+op then waits at its barrier for it, so a millisecond of decoding could cost a millisecond of *both* cores. Options:
 
-  * ``serial``: one thread decodes, preprocesses, infers and postprocesses each frame in turn (no
-    overlap, nothing preempts inference);
-  * ``threads`` with the helper threads (capture, preprocess, postprocess + sinks) at a lower
-    priority, so they run in the gaps the inference threads leave and yield when the model runs.
+  * schedule ``serial``: one thread decodes, preprocesses, infers and postprocesses each frame in turn (no
+    overlap, nothing preempts inference); files only;
+  * schedule ``threads`` (the default) with the helper threads (capture, preprocess, postprocess + sinks) at
+    ``normal`` priority (the default), ``low`` (nice +10) or ``idle`` (SCHED_IDLE: only on an otherwise idle core).
 
-Thread priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)` and
-`sched_setscheduler(tid)` act on one task); lowering them needs no privilege. Elsewhere they are
-a no-op that logs once.
+Measured on 2 cores (docs/detection.md, "Pipeline vs bare loop"): none beat the defaults beyond the noise of a shared
+host; they stay as options. Priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)` and
+`sched_setscheduler(tid)` act on one task); lowering them needs no privilege. Where that fails (not Linux, a sandbox)
+the thread keeps its priority and an info line says so.
 """
 
 from __future__ import annotations
