@@ -12,8 +12,10 @@ no mixed-precision search), e.g. yolo-face:onnx:int8-static:plain.
 For each variant, side by side in one run:
 
   boxes      matched-box agreement with float, lost/extra boxes, mAP@0.5 vs float (converter.accuracy.detection)
-  pipeline   frames/s of `edge-agent run --source vtest.avi` (decode, letterbox, infer, decode boxes, NMS)
-  bare       frames/s of the runtime alone on one preprocessed frame, same threads: pipeline/bare ratio
+  pipeline   frames/s of `edge-agent run --source vtest.avi` with its defaults (decode, letterbox, infer, decode
+             boxes, NMS, drift monitor), and of each --schedules configuration in the same rounds
+  bare       frames/s of the runtime alone on one preprocessed frame, same threads and session: pipeline/bare
+             ratio, and bare/pipeline CPU per frame
 
     PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--eval-frames 100] [--threads 2] [--rounds 5]
         [--variants yolo:onnx:fp16,...] [--work DIR [--speed-only]] [--json]
@@ -50,6 +52,8 @@ DEFAULT = ("yolo-face:onnx:fp32,yolo-face:onnx:int8-static:plain,yolo-face:onnx:
 
 
 CALIBRATION_FRAMES = 32
+SPEED_KEYS = ("pipeline_fps", "bare_fps", "pipeline_over_bare", "decode_fps", "decode_pre_fps",
+              "bare_cpu_over_pipeline_cpu", "boxes_drawn", "speed_rounds")
 
 
 def convert(family: str, fmt: str, precision: str, work: Path, key: Path, pub: Path, eval_frames: int = 100,
@@ -90,11 +94,30 @@ def unpack(bundle: Path, pub: Path, to: Path):
     return verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=to)
 
 
-def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST, rounds: int = 5) -> dict:
-    """Pipeline vs bare loop, in alternating rounds (pipeline over `frames` video frames, then the bare runtime on
-    one preprocessed frame `frames` times, then decoding alone and decoding + preprocessing alone over the same
-    frames, one thread), so load changes on a shared host hit all of them: medians of the rounds. The decode rates
-    bound the pipeline whatever the model: it cannot hand out frames faster than one thread decodes them."""
+def pipeline_run(video: Path, session, vb, frames: int, config: str) -> tuple[float, int]:
+    """One pipeline run as `edge-agent run --source` does it (drift monitor included); `config` is
+    SCHEDULE[:PRIORITY] ('default' = the CLI's defaults). Returns (frames/s, boxes drawn)."""
+    from edge_agent.monitor.drift import DriftConfig
+    from edge_agent.monitor.watch import drift_monitor_for, load_reference
+
+    schedule, _, priority = ("auto:auto" if config == "default" else config).partition(":")
+    drift = drift_monitor_for(vb.manifest, load_reference(vb.unpacked_to), DriftConfig())
+    sink = CollectSink()
+    fps = Pipeline(open_source(str(video)), session, vb.manifest, [sink], max_frames=frames, schedule=schedule,
+                   helper_priority=priority or "auto",
+                   observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs, s.result)]).run().fps
+    return fps, sum(len(r.get("detections", [])) for r in sink.records)
+
+
+def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST, rounds: int = 5,
+          configs: tuple[str, ...] = ()) -> dict:
+    """Pipeline vs bare loop, in alternating rounds (pipeline over `frames` video frames with the CLI's defaults and
+    each of `configs` (SCHEDULE[:PRIORITY], edge_agent.pipeline.scheduling), then the bare runtime on one
+    preprocessed frame `frames` times, then decoding alone and decoding + preprocessing alone over the same frames,
+    one thread), so load changes on a shared host hit all of them: medians of the per-round ratios. CPU per frame
+    (process time) is compared too: bare / pipeline is the ceiling of the wall ratio when the bare loop fills the
+    cores. The decode rates bound the pipeline whatever the model: it cannot hand out frames faster than one thread
+    decodes them."""
     vb = unpack(bundle, pub, work / f"u-{bundle.stem}")
     session = load_session(vb.unpacked_to, vb.manifest, threads=threads)
     pre = Preprocessor(vb.manifest)
@@ -103,33 +126,42 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
     src.close()
     for _ in range(5):
         session.run(prepared.feeds)
-    rates: dict[str, list[float]] = {"pipeline": [], "bare": [], "decode": [], "decode_pre": [], "ratio": [], "cpu_ratio": []}
+    names = ("default", *configs)
+    fps: dict[str, list[float]] = {k: [] for k in (*names, "bare", "decode", "decode_pre")}
+    cpu: dict[str, list[float]] = {k: [] for k in (*names, "bare")}
     boxes = 0
     for _ in range(rounds):
-        sink = CollectSink()
-        c0 = time.process_time()
-        rates["pipeline"].append(Pipeline(open_source(str(video)), session, vb.manifest, [sink], max_frames=frames).run().fps)
-        c1 = time.process_time()
-        boxes = sum(len(r.get("detections", [])) for r in sink.records)
-        t0 = time.perf_counter()
+        for name in names:
+            c0 = time.process_time()
+            rate, boxes = pipeline_run(video, session, vb, frames, name)
+            fps[name].append(rate)
+            cpu[name].append(time.process_time() - c0)
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(frames):
             session.run(prepared.feeds)
-        rates["bare"].append(frames / (time.perf_counter() - t0))
-        rates["cpu_ratio"].append((time.process_time() - c1) / (c1 - c0))
-        rates["ratio"].append(rates["pipeline"][-1] / rates["bare"][-1])
+        fps["bare"].append(frames / (time.perf_counter() - t0))
+        cpu["bare"].append(time.process_time() - c0)
         for key, work_fn in (("decode", lambda f: f), ("decode_pre", pre)):
             src = open_source(str(video))
             t0, n = time.perf_counter(), 0
             while n < frames and (frame := src.read()) is not None:
                 work_fn(frame)
                 n += 1
-            rates[key].append(n / (time.perf_counter() - t0))
+            fps[key].append(n / (time.perf_counter() - t0))
             src.close()
-    med = {k: float(np.median(v)) for k, v in rates.items()}
-    return {"pipeline_fps": round(med["pipeline"], 1), "bare_fps": round(med["bare"], 1),
-            "pipeline_over_bare": round(med["ratio"], 3), "bare_cpu_over_pipeline_cpu": round(med["cpu_ratio"], 3),
-            "decode_fps": round(med["decode"], 1),
-            "decode_pre_fps": round(med["decode_pre"], 1), "boxes_drawn": boxes, "speed_rounds": rounds}
+
+    def med(values) -> float:
+        return float(np.median(list(values)))
+
+    row = {"pipeline_fps": round(med(fps["default"]), 1), "bare_fps": round(med(fps["bare"]), 1),
+           "pipeline_over_bare": round(med(p / b for p, b in zip(fps["default"], fps["bare"])), 3),
+           "bare_cpu_over_pipeline_cpu": round(med(b / p for p, b in zip(cpu["default"], cpu["bare"])), 3),
+           "decode_fps": round(med(fps["decode"]), 1), "decode_pre_fps": round(med(fps["decode_pre"]), 1),
+           "boxes_drawn": boxes, "speed_rounds": rounds}
+    for name in configs:
+        row[f"over_bare[{name}]"] = round(med(p / b for p, b in zip(fps[name], fps["bare"])), 3)
+        row[f"cpu_ratio[{name}]"] = round(med(b / p for p, b in zip(cpu[name], cpu["bare"])), 3)
+    return row
 
 
 def side_by_side(model: Path, reference: Path, manifest, pub: Path, threads: int, rounds: int = 9, runs: int = 10) -> float:
@@ -187,15 +219,14 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
             if v not in done:
                 print(f"{v}: not converted in {work}, skipped", file=sys.stderr, flush=True)
                 continue
-            row = {k: val for k, val in done[v].items() if k not in ("pipeline_fps", "bare_fps", "pipeline_over_bare",
-                                                                        "decode_fps", "decode_pre_fps",
-                                                                        "bare_cpu_over_pipeline_cpu")}
+            row = {k: val for k, val in done[v].items() if k not in SPEED_KEYS and "[" not in k}
             row["bundle"] = work / row["bundle"]
         else:
             print(f"converting {v} ...", file=sys.stderr, flush=True)
             row = {"variant": v, **convert(family, fmt, precision, work, key, pub, args.eval_frames, mode == ["plain"])}
         if row["rc"] == 0:
-            row.update(speed(row["bundle"], pub, args.frames, args.threads, work, video, args.rounds))
+            row.update(speed(row["bundle"], pub, args.frames, args.threads, work, video, args.rounds,
+                             tuple(c for c in args.schedules.split(",") if c)))
         row["bundle"] = row["bundle"].name
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -211,7 +242,11 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=120, help="video frames timed through the pipeline and the bare loop")
     ap.add_argument("--rounds", type=int, default=5, help="alternating pipeline/bare rounds per variant (medians)")
     ap.add_argument("--eval-frames", type=int, default=100, help="vtest frames (4 crops each) for selection and as many held out; Megamind: at most 80 each")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                    help="inference threads of the pipeline and of the bare loop (default: all cores)")
+    ap.add_argument("--schedules", default="",
+                    help="pipeline configurations timed beside the CLI's defaults, comma list of SCHEDULE[:PRIORITY], "
+                         "e.g. threads:normal,serial,threads:low (edge-agent run --schedule/--helper-priority)")
     ap.add_argument("--variants", default=DEFAULT, help="comma list of family:format:precision")
     ap.add_argument("--work", type=Path, help="keep bundles and rows here (default: a temporary folder)")
     ap.add_argument("--speed-only", action="store_true", help="re-time the bundles a run left in --work")
@@ -234,7 +269,8 @@ def main() -> int:
             print(f"{r['variant']:<26} agreement {r.get('agreement')} lost {r.get('lost_boxes')} extra {r.get('extra_boxes')}"
                   f" mAP50/float {r.get('map50_vs_float')}  pipeline {r.get('pipeline_fps')} fps / bare {r.get('bare_fps')}"
                   f" fps = {r.get('pipeline_over_bare')} (CPU {r.get('bare_cpu_over_pipeline_cpu')}; decode alone {r.get('decode_fps')}, decode+preprocess"
-                  f" {r.get('decode_pre_fps')} fps)  speed-up vs fp32 {r.get('speedup_vs_fp32')}")
+                  f" {r.get('decode_pre_fps')} fps)  speed-up vs fp32 {r.get('speedup_vs_fp32')}"
+                  + "".join(f"  {k} {v}" for k, v in r.items() if "[" in k))
     return 0
 
 

@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--threads", type=int, default=None,
                     help="ONNX Runtime intra-op threads for both sides (default: the pipeline's own default, "
-                    "all cores but one; bare inference with all cores is timed too)")
+                    "all cores since det4, all cores but one before; bare inference with all cores is timed too)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved bare/pipeline rounds (default 3)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -146,3 +146,22 @@ def test_yolo_decode_reads_only_the_anchors_that_pass_and_keeps_every_box(layout
     got_boxes, got_scores, got_classes = decode([out], opts, ["y"], c, (320, 320))
     assert np.array_equal(got_boxes, boxes[order]) and np.array_equal(got_scores, scores[keep][order])
     assert got_classes.tolist() == classes[keep][order].tolist()
+
+
+def test_ssd_anchors_are_read_from_the_manifest_once_not_per_frame():
+    """BlazeFace's 896 anchor pairs were turned from the manifest's JSON list into an array on every frame (0.15 ms
+    of its 0.4 ms box decode): the options hold them as one float32 array, and decoding with it gives the boxes the
+    list gave."""
+    from edge_agent.pipeline.detection import decode
+
+    anchors = [[0.25, 0.25], [0.75, 0.5]]
+    opts = DetectionOptions.from_manifest({"format": "ssd-anchors", "anchors": anchors, "boxes_output": 0,
+                                           "scores_output": 1, "anchor_scale": [64, 64, 64, 64]})
+    assert isinstance(opts.anchors, np.ndarray) and opts.anchors.dtype == np.float32 and opts.anchors.shape == (2, 2)
+    reg = np.asarray([[[0, 0, 16, 16], [32, 0, 32, 16]]], np.float32)
+    logits = np.asarray([[[4.0], [3.0]]], np.float32)
+    boxes, scores, _ = decode([reg, logits], opts, ["r", "s"], 1, (64, 64))
+    np.testing.assert_allclose(boxes, [[8, 8, 24, 24], [64, 24, 96, 40]], atol=1e-4)  # anchors w = h = 1
+    assert scores[0] > scores[1] > 0.9
+    with pytest.raises(DetectionConfigError):
+        DetectionOptions.from_manifest({"format": "ssd-anchors", "anchors": [[0.1, 0.2], [0.3]]})

@@ -21,6 +21,7 @@ from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, drift_monitor_for, load_reference
 from ..errors import AgentError
+from .scheduling import PRIORITIES, SCHEDULES, ScheduleError
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,14 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
 
                 closers.append(MetricsServer(stats, args.metrics_host, args.metrics_port,
                                              collectors=[DriftCollector(drift.snapshot)]))
-            pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
-                                max_frames=args.max_frames, top_k=args.top_k,
-                                observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs, s.result)])
+            try:
+                pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
+                                    max_frames=args.max_frames, top_k=args.top_k, schedule=args.schedule,
+                                    helper_priority=args.helper_priority,
+                                    observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs,
+                                                                       s.result)])
+            except ScheduleError as exc:  # a schedule the source cannot take (serial on a live camera)
+                raise UsageError(str(exc)) from exc
             restore = _stop_on_sigterm(pipeline)
             try:
                 summary = pipeline.run()
@@ -105,10 +111,12 @@ def _stop_on_sigterm(pipeline: Any):
 
 
 def pipeline_threads() -> int:
-    """Inference threads for the camera pipeline when --threads is not given: all cores but one,
-    so decoding and preprocessing the next frame never wait for the model (measured on 2 cores:
-    1 inference thread gave 119 fps end to end, 2 threads 90 fps)."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    """Inference threads for the camera pipeline when --threads is not given: all cores. Measured on 2 cores
+    (docs/detection.md, "Pipeline vs bare loop"): one inference thread beside the decoding one gave a YOLOv8n
+    pipeline 0.72 of the bare loop on both cores (the model runs 1.5x slower on one core), while both threads with
+    decoding beside them gave 0.97. Only a model as cheap as decoding a frame (BlazeFace) can gain from
+    `--threads` = cores - 1."""
+    return os.cpu_count() or 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,6 +140,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
     g.add_argument("--mqtt-results", action="store_true", help="include per-frame results in telemetry messages")
     g.add_argument("--policy", choices=["latest", "all"], help="frame policy (default: latest for live sources, all for files)")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default="auto",
+                   help="threads: decode/preprocess/postprocess overlap inference on their own threads; serial: "
+                        "one thread does each frame in turn (files only); auto (default): see docs/detection.md")
+    g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
+                   help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
+                        "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")
     g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
     g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
     g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")

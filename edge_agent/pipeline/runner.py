@@ -5,6 +5,9 @@ overlap with inference of the current one:
 
     capture --raw--> preprocess --prepared--> inference --results--> postprocess + sinks
 
+Schedule 'serial' (files only) runs the same four steps in turn on one thread instead, and the helper threads
+(capture, preprocess, postprocess + sinks) can run at a lower priority than inference: scheduling.py.
+
 Policies:
   * "all" (files, image folders): bounded FIFOs with back-pressure, every frame is processed.
   * "latest" (live cameras and streams): `raw` and `prepared` are one-slot LatestSlots; a newer
@@ -33,6 +36,7 @@ from .detection import DetectionConfigError
 from .sinks import Sink, SinkError
 from .sources import Source
 from .observe import LiveSample, Observer, Observers
+from .scheduling import resolve_priority, resolve_schedule, set_thread_priority
 from .stages import FrameInput, Postprocessor, Prepared, Preprocessor, infer
 from ..errors import AgentError
 
@@ -56,6 +60,9 @@ class PipelineSummary:
     fps: float
     policy: str
     stats: dict[str, Any]
+    schedule: str = "threads"  # how the stages shared the cores (edge_agent.pipeline.scheduling)
+    helper_priority: str = "normal"
+    inference_threads: int = 0  # the runtime's threads (0: its own default)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,6 +89,8 @@ class Pipeline:
         max_consecutive_errors: int = 10,
         infer_fn: Callable[[ModelSession, dict], list] = infer,
         observers: Iterable[Observer] = (),
+        schedule: str = "auto",
+        helper_priority: str = "auto",
     ) -> None:
         self.source = source
         self.session = session
@@ -95,6 +104,8 @@ class Pipeline:
         if self.policy not in ("latest", "all"):
             raise ValueError(f"policy must be 'latest' or 'all', not {self.policy!r}")
         self.max_frames = max_frames
+        self.schedule = resolve_schedule(schedule, self.policy)
+        self.helper_priority = resolve_priority(helper_priority)
         self.max_consecutive_errors = max_consecutive_errors
         self.preprocess = Preprocessor(manifest)
         self.postprocess = Postprocessor(manifest, top_k)
@@ -135,18 +146,99 @@ class Pipeline:
 
     # --- stages ----------------------------------------------------------------------------
 
+    def _read(self) -> Any:
+        """The next frame from the source (None at its end), timed and counted."""
+        t0 = time.perf_counter()
+        frame = self.source.read()
+        if frame is not None:
+            self.stats.add_latency("decode", _ms(t0))
+            self.stats.count_captured()
+        return frame
+
+    def _prepare(self, frame: Any) -> Prepared | None:
+        t0 = time.perf_counter()
+        try:
+            prepared = self.preprocess(frame)
+        except Exception as exc:
+            self._frame_error("preprocess", exc)
+            return None
+        prepared.timings["preprocess"] = _ms(t0)
+        return prepared
+
+    def _infer_one(self, prepared: Prepared) -> bool:
+        prepared.stale_frames = max(0, self.source.frames_read - 1 - prepared.frame.index)
+        t0 = time.perf_counter()
+        try:
+            prepared.outputs = self._infer(self.session, prepared.feeds)
+        except Exception as exc:
+            self._frame_error("inference", exc)
+            return False
+        prepared.timings["inference"] = _ms(t0)
+        return True
+
+    def _finish_one(self, prepared: Prepared) -> bool:
+        """Postprocess one inferred frame and hand it to the sinks; False when the run must stop."""
+        t0 = time.perf_counter()
+        try:
+            result = self.postprocess(prepared.outputs or [], prepared.geometry)
+        except DetectionConfigError as exc:  # the bundle's settings, not the frame: no later frame can work
+            self._fail(exc)
+            return False
+        except Exception as exc:
+            self._frame_error("postprocess", exc)
+            return True
+        prepared.timings["postprocess"] = _ms(t0)
+        e2e = (time.monotonic() - prepared.frame.captured_at) * 1000.0
+        for stage in ("preprocess", "inference", "postprocess"):
+            self.stats.add_latency(stage, prepared.timings[stage])
+        self.stats.add_latency("end_to_end", e2e)
+        record = {
+            "frame": prepared.frame.index,
+            **({"image": prepared.frame.name} if prepared.frame.name else {}),
+            "time": round(time.time(), 3),
+            "latency_ms": round(e2e, 3),
+            "stale_frames": prepared.stale_frames,
+            **result,
+        }
+        try:
+            for sink in self.sinks:
+                sink.write(record, prepared.frame)
+        except SinkError as exc:  # the output cannot be written: stop with its code (73), not exit 0
+            self._fail(exc)
+            return False
+        except Exception as exc:
+            self._frame_error("sink", exc)
+            return True
+        self._consecutive_errors = 0
+        self.stats.frame_done(prepared.stale_frames)
+        self._observe(prepared, result)
+        return True
+
+    def _serial(self) -> None:
+        """schedule 'serial': each frame decoded, preprocessed, inferred and finished in turn, on one thread."""
+        try:
+            n = 0
+            while not self._stop.is_set() and (self.max_frames is None or n < self.max_frames):
+                frame = self._read()
+                if frame is None:
+                    break
+                n += 1
+                prepared = self._prepare(frame)
+                if prepared is not None and self._infer_one(prepared) and not self._finish_one(prepared):
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+
     def _capture(self) -> None:
         try:
+            set_thread_priority(self.helper_priority)
             n = 0
             while not self._stop.is_set():
                 if self.policy == "all" and self.max_frames is not None and n >= self.max_frames:
                     break
-                t0 = time.perf_counter()
-                frame = self.source.read()
+                frame = self._read()
                 if frame is None:
                     break
-                self.stats.add_latency("decode", _ms(t0))
-                self.stats.count_captured()
                 n += 1
                 if not self.raw.put(frame):
                     break
@@ -157,20 +249,15 @@ class Pipeline:
 
     def _preprocess(self) -> None:
         try:
+            set_thread_priority(self.helper_priority)
             while True:
                 frame = self.raw.get()
                 if frame is CLOSED:
                     break
                 if frame is EMPTY:
                     continue
-                t0 = time.perf_counter()
-                try:
-                    prepared = self.preprocess(frame)
-                except Exception as exc:
-                    self._frame_error("preprocess", exc)
-                    continue
-                prepared.timings["preprocess"] = _ms(t0)
-                if not self.prepared.put(prepared):
+                prepared = self._prepare(frame)
+                if prepared is not None and not self.prepared.put(prepared):
                     break
         except BaseException as exc:
             self._fail(exc)
@@ -187,19 +274,10 @@ class Pipeline:
                 item = self.prepared.get()
                 if item is CLOSED:
                     break
-                if item is EMPTY:
+                if item is EMPTY or not self._infer_one(item):
                     continue
-                prepared: Prepared = item
-                prepared.stale_frames = max(0, self.source.frames_read - 1 - prepared.frame.index)
-                t0 = time.perf_counter()
-                try:
-                    prepared.outputs = self._infer(self.session, prepared.feeds)
-                except Exception as exc:
-                    self._frame_error("inference", exc)
-                    continue
-                prepared.timings["inference"] = _ms(t0)
                 done += 1
-                if not self.results.put(prepared):
+                if not self.results.put(item):
                     break
         except BaseException as exc:
             self._fail(exc)
@@ -208,47 +286,13 @@ class Pipeline:
 
     def _finish(self) -> None:
         try:
+            set_thread_priority(self.helper_priority)
             while True:
                 item = self.results.get()
                 if item is CLOSED:
                     break
-                if item is EMPTY:
-                    continue
-                prepared: Prepared = item
-                t0 = time.perf_counter()
-                try:
-                    result = self.postprocess(prepared.outputs or [], prepared.geometry)
-                except DetectionConfigError as exc:  # the bundle's settings, not the frame: no later frame can work
-                    self._fail(exc)
+                if item is not EMPTY and not self._finish_one(item):
                     break
-                except Exception as exc:
-                    self._frame_error("postprocess", exc)
-                    continue
-                prepared.timings["postprocess"] = _ms(t0)
-                e2e = (time.monotonic() - prepared.frame.captured_at) * 1000.0
-                for stage in ("preprocess", "inference", "postprocess"):
-                    self.stats.add_latency(stage, prepared.timings[stage])
-                self.stats.add_latency("end_to_end", e2e)
-                record = {
-                    "frame": prepared.frame.index,
-                    **({"image": prepared.frame.name} if prepared.frame.name else {}),
-                    "time": round(time.time(), 3),
-                    "latency_ms": round(e2e, 3),
-                    "stale_frames": prepared.stale_frames,
-                    **result,
-                }
-                try:
-                    for sink in self.sinks:
-                        sink.write(record, prepared.frame)
-                except SinkError as exc:  # the output cannot be written: stop with its code (73), not exit 0
-                    self._fail(exc)
-                    break
-                except Exception as exc:
-                    self._frame_error("sink", exc)
-                    continue
-                self._consecutive_errors = 0
-                self.stats.frame_done(prepared.stale_frames)
-                self._observe(prepared, result)
         except BaseException as exc:
             self._fail(exc)
 
@@ -263,11 +307,10 @@ class Pipeline:
     def run(self) -> PipelineSummary:
         """Process the source to its end (or max_frames, or stop()); re-raises a fatal error."""
         started = time.monotonic()
-        threads = [
-            threading.Thread(target=fn, name=f"pipeline-{name}", daemon=True)
-            for name, fn in (("capture", self._capture), ("preprocess", self._preprocess),
-                             ("inference", self._inference), ("finish", self._finish))
-        ]
+        stages = ((("serial", self._serial),) if self.schedule == "serial" else
+                  (("capture", self._capture), ("preprocess", self._preprocess), ("inference", self._inference),
+                   ("finish", self._finish)))
+        threads = [threading.Thread(target=fn, name=f"pipeline-{name}", daemon=True) for name, fn in stages]
         for t in threads:
             t.start()
         try:
@@ -292,5 +335,6 @@ class Pipeline:
         return PipelineSummary(
             frames=snap["processed"], captured=snap["captured"], dropped=snap["dropped"], errors=snap["errors"],
             seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
-            policy=self.policy, stats=snap,
+            policy=self.policy, stats=snap, schedule=self.schedule, helper_priority=self.helper_priority,
+            inference_threads=self.session.info.threads,
         )

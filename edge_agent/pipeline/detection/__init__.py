@@ -100,7 +100,7 @@ class DetectionOptions:
     output: Any = None
     boxes_output: Any = 0
     scores_output: Any = 1
-    anchors: list = field(default_factory=list)
+    anchors: Any = field(default_factory=list)  # an (N, 2|4) float32 array once read from a manifest
     anchor_scale: list | None = None
     sigmoid: bool = True
 
@@ -129,7 +129,7 @@ class DetectionOptions:
                 output=m.get("output"),
                 boxes_output=m.get("boxes_output", 0),
                 scores_output=m.get("scores_output", 1),
-                anchors=list(m.get("anchors") or []),
+                anchors=np.asarray(m.get("anchors") or [], dtype=np.float32),  # once, not per frame (896 pairs: 0.15 ms)
                 anchor_scale=opt("anchor_scale", lambda v: [float(x) for x in v]),
                 sigmoid=bool(m.get("sigmoid", True)),
             )

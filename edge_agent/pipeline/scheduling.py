@@ -1,0 +1,69 @@
+"""How the pipeline shares the cores with the runtime's inference threads.
+
+Hypothesis behind the options: on a host with as many cores as inference threads (a 2-core box running 2
+XNNPACK / ONNX Runtime threads), a decode thread at the same priority preempts one inference thread; every parallel
+op then waits at its barrier for it, so a millisecond of decoding could cost a millisecond of *both* cores. Options:
+
+  * schedule ``serial``: one thread decodes, preprocesses, infers and postprocesses each frame in turn (no
+    overlap, nothing preempts inference); files only;
+  * schedule ``threads`` (the default) with the helper threads (capture, preprocess, postprocess + sinks) at
+    ``normal`` priority (the default), ``low`` (nice +10) or ``idle`` (SCHED_IDLE: only on an otherwise idle core).
+
+Measured on 2 cores (docs/detection.md, "Pipeline vs bare loop"): none beat the defaults beyond the noise of a shared
+host; they stay as options. Priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)` and
+`sched_setscheduler(tid)` act on one task); lowering them needs no privilege. Where that fails (not Linux, a sandbox)
+the thread keeps its priority and an info line says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class ScheduleError(ValueError):
+    """A schedule or priority this source cannot take (the CLI turns it into a usage error, exit 2)."""
+
+
+SCHEDULES = ("auto", "threads", "serial")
+PRIORITIES = ("auto", "normal", "low", "idle")
+LOW_NICE = 10  # "low": nice +10 over the process, i.e. ~1/10 of a nice-0 thread's CPU share when contended
+
+
+def resolve_schedule(schedule: str, policy: str) -> str:
+    """'auto' -> 'threads' (the default: see docs/detection.md, "Pipeline vs bare loop"). 'serial' is refused for
+    the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
+    if schedule not in SCHEDULES:
+        raise ScheduleError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if schedule == "serial" and policy == "latest":
+        raise ScheduleError("schedule 'serial' needs policy 'all': a live source must be read while the model runs")
+    return "threads" if schedule == "auto" else schedule
+
+
+def resolve_priority(priority: str) -> str:
+    """'auto' -> 'normal' (until measured otherwise: docs/detection.md)."""
+    if priority not in PRIORITIES:
+        raise ScheduleError(f"helper_priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    if priority != "auto":
+        return priority
+    return "normal"
+
+
+def set_thread_priority(priority: str) -> bool:
+    """Lower the calling thread's priority: 'normal' (leave it), 'low' (nice +LOW_NICE) or 'idle' (SCHED_IDLE:
+    runs only when a core has nothing else to do). True when applied."""
+    if priority in ("auto", "normal"):
+        return True
+    tid = threading.get_native_id()
+    try:
+        if priority == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + LOW_NICE))
+        return True
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it: run at normal priority
+        log.info("could not set %s priority on pipeline thread %d: %s", priority, tid, exc)
+        return False
