@@ -75,7 +75,7 @@ def mobilenet_v2_like(classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-def build_bundle(folder: Path) -> tuple[Path, Path]:
+def build_bundle(folder: Path, resampler: str = "pillow") -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = mobilenet_v2_like()
     onnx_path = folder / "mnv2.onnx"
@@ -89,7 +89,7 @@ def build_bundle(folder: Path) -> tuple[Path, Path]:
         inputs=[TensorSpec("image", "float32", [1, 3, 224, 224], "NCHW")],
         outputs=[TensorSpec("logits", "float32", [1, 1000], "NC")],
         preprocess=Preprocess(kind="image", color="RGB", size=[224, 224], resize="bilinear", scale=1 / 255,
-                              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+                              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], resampler=resampler),
         postprocess=Postprocess(kind="classification", top_k=5),
     )
     bundle = write_bundle(folder / "mnv2.edgebundle", manifest, {"model/model.onnx": onnx_path}, load_private_key(key))
@@ -115,12 +115,15 @@ def main() -> int:
                     help="ONNX Runtime intra-op threads for both sides (default: the pipeline's own default, "
                     "all cores since det4, all cores but one before; bare inference with all cores is timed too)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved bare/pipeline rounds (default 3)")
+    ap.add_argument("--resampler", choices=("pillow", "opencv"), default="pillow",
+                    help="the manifest's resize library (default pillow: what the converter records for classifiers, "
+                    "torchvision's; opencv: what it records for detectors)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp)
-        bundle, pub = build_bundle(folder)
+        bundle, pub = build_bundle(folder, args.resampler)
         video = write_video(folder / "clip.avi", args.frames)
         vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=folder / "unpacked")
         from edge_agent.pipeline.cli import pipeline_threads
@@ -166,7 +169,7 @@ def main() -> int:
     added = lat["end_to_end"]["p50_ms"] - lat["inference"]["p50_ms"]
     work = sum(lat[k]["p50_ms"] for k in ("decode", "preprocess", "postprocess"))
     report = {
-        "frames": summary.frames, "threads": args.threads,
+        "frames": summary.frames, "threads": args.threads, "resampler": args.resampler,
         "bare_inference_fps": round(bare_fps, 2), "pipeline_fps": round(summary.fps, 2), "ratio": round(ratio, 3),
         "bare_inference_p50_ms": bare["p50_ms"],
         "pipeline_stage_p50_ms": {k: v.get("p50_ms") for k, v in lat.items()},
