@@ -42,21 +42,29 @@ def test_a_corrupt_block_is_refused_fetched_again_and_the_digest_still_matches(t
     assert dl.file_sha256 == sha
 
 
-def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
-    data, sha, digests = bundle_file(tmp_path, 50)
-    first = Feeder(data, sha, serve=20)  # then the pipe stalls, as when the agent is killed
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=digests,
-                         persist_bytes=4 * BLOCK, stall_timeout_s=WAIT)
+def interrupted_download(tmp_path, data: bytes, sha: str, hashes, serve: int, persist_blocks: int,
+                         stored: int) -> tuple[BlockDownloader, dict]:
+    """A first run that stalls after `serve` blocks, cancelled (as when the agent is killed) once the bitmap lists
+    at least `stored` blocks: what a restart resumes from."""
+    first = Feeder(data, sha, serve=serve)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=hashes,
+                         persist_bytes=persist_blocks * BLOCK, stall_timeout_s=WAIT)
     first.start(dl)
     thread, out = run_in_thread(dl)
     try:
-        while len(listed(dl.bitmap_path)) < 16 and thread.is_alive():
+        while len(listed(dl.bitmap_path)) < stored and thread.is_alive():
             thread.join(0.01)
     finally:
         dl._cancel.set()  # noqa: SLF001 - the agent's cancel event
         thread.join(WAIT)
         first.stop()
         dl.close()
+    return dl, out
+
+
+def test_a_resumed_download_digests_the_blocks_an_earlier_run_stored(tmp_path):
+    data, sha, digests = bundle_file(tmp_path, 50)
+    _, out = interrupted_download(tmp_path, data, sha, digests, serve=20, persist_blocks=4, stored=16)
     assert "error" in out
     again = Feeder(data, sha)
     dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests)
@@ -72,19 +80,7 @@ def test_a_stored_block_spoilt_before_a_resume_is_found_and_fetched_again(tmp_pa
     blocks have no claim in this run, so all of them are fetched again (never the whole file as before)."""
     data, sha, digests = bundle_file(tmp_path, 30)
     hashes = digests if listed_hashes else None
-    first = Feeder(data, sha, serve=12)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=first.send, block_digests=hashes,
-                         persist_bytes=2 * BLOCK, stall_timeout_s=WAIT)
-    first.start(dl)
-    thread, out = run_in_thread(dl)
-    try:
-        while len(listed(dl.bitmap_path)) < 10 and thread.is_alive():
-            thread.join(0.01)
-    finally:
-        dl._cancel.set()  # noqa: SLF001 - the agent's cancel event
-        thread.join(WAIT)
-        first.stop()
-        dl.close()
+    dl, _ = interrupted_download(tmp_path, data, sha, hashes, serve=12, persist_blocks=2, stored=10)
     saved = listed(dl.bitmap_path)
     assert 5 in saved
     with open(dl.part_path, "r+b") as fh:  # spoil block 5 on disk
