@@ -283,3 +283,21 @@ def test_bias_correction_reads_only_the_means_it_accumulates():
     w0, b0 = rng.normal(size=(g, d, o)), rng.normal(size=(g, o))
     assert np.allclose(_solve(full, w0, b0, "bias")[1], _solve(means, w0, b0, "bias")[1])
     assert not means.gram[:, :d, :d].any() and means.count == full.count == 64
+
+
+def test_a_compensated_model_keeps_the_float_head_in_every_later_build(digits, quantized, tmp_path):
+    """The quantizer rebuilt on the compensated float model (choose_compensation) used to drop keep_float, so the
+    mixed-precision search quantized a detector's decode head again. Its node is left float in every build."""
+    work, src, calib, q, plain = quantized
+    head = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Gemm"][-1]  # stands for a decode head
+    q = q.on_source(src, tmp_path / "q")
+    (tmp_path / "q").mkdir()
+    q.keep_float = [head]
+    float_out, _, _ = compensate(src, q.quantize("minmax"), calib.head(16), "bias", tmp_path / "q")
+    for rebuilt in (q.on_source(float_out), q.on_source(float_out, tmp_path / "q2")):
+        rebuilt.workdir.mkdir(exist_ok=True)
+        built = onnx.load(str(rebuilt.quantize("minmax")))
+        node = next(n for n in built.graph.node if n.name == head)
+        producers = {o: n.op_type for n in built.graph.node for o in n.output}
+        assert node.op_type == "Gemm" and producers.get(node.input[0]) != "DequantizeLinear"
+        assert rebuilt.keep_float == [head] and rebuilt.src == float_out

@@ -102,6 +102,17 @@ class OrtStaticQuantizer:
     _caches: dict[str, Path] = field(default_factory=dict)
     _count: int = 0
 
+    def on_source(self, src: Path, workdir: Path | None = None) -> "OrtStaticQuantizer":
+        """The same quantizer (float head, grey-level inputs, stem, op set) on a rewritten float model (equalized,
+        compensated). A detector's head must stay float in every later build, e.g. the mixed-precision search's.
+        The same workdir reuses the calibration ranges on disk; a new one calibrates again."""
+        import dataclasses
+
+        same = workdir is None or workdir == self.workdir
+        return dataclasses.replace(self, src=src, workdir=self.workdir if same else workdir,
+                                   keep_float=list(self.keep_float), exact_grid=list(self.exact_grid), _caches={},
+                                   _count=self._count if same else 0)  # same folder: never overwrite q1.onnx...
+
     def _common(self, method: str) -> dict[str, Any]:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat
 

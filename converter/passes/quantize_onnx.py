@@ -12,7 +12,6 @@ int8-qat      (not a recipe) the model already carries QuantizeLinear/Dequantize
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -178,7 +177,7 @@ def choose_equalization(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
     workdir.mkdir(exist_ok=True)
     src = workdir / "float.equalized.onnx"
     onnx.save_model(model, str(src), save_as_external_data=False)
-    q2 = dataclasses.replace(q, src=src, workdir=workdir, keep_float=list(q.keep_float), _caches={}, _count=0)
+    q2 = q.on_source(src, workdir)
     if spec == "on":
         return q2, {**entry, "chosen": "on"}
     evaluate = ctx.evaluator()
@@ -227,7 +226,7 @@ def choose_compensation(ctx: ConversionContext, q: OrtStaticQuantizer, method: s
             better = score is None or (score["agreement"], -score["error"]) > (best[1]["agreement"], -best[1]["error"])
         rows.append(row)
         if better:
-            q2 = dataclasses.replace(q, src=float_src, keep_float=[], _caches={}, _count=0)
+            q2 = q.on_source(float_src)
             best = (mode, score, q2, qdq)
     chosen, _, q, ctx.model = best
     log.info("compensation: %s (%s)", chosen, ", ".join(f"{r['compensation']} {r.get('agreement', float('nan')):.4f}"
