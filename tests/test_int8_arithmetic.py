@@ -58,3 +58,16 @@ def test_hosts_whose_int8_kernels_saturate():
 
 def test_an_x86_target_is_scored_on_the_host_kernels():
     assert exact_int8_for("x86_64") is False  # an x86 device runs the same kernels as this x86 host (or better)
+
+
+def test_self_test_outputs_are_recorded_as_the_arm_target_computes_them(int8_bundle, tmp_path):
+    """The device re-runs the bundle's self-test inputs after install and compares: outputs recorded with this host's
+    saturating kernels would be the host's answers, not the Pi's (an install could fail on a correct model)."""
+    import tarfile
+
+    with tarfile.open(int8_bundle) as tar:
+        tar.extractall(tmp_path, filter="data")
+    recorded = np.load(tmp_path / "selftest.npz")
+    inputs = {k.removeprefix("input."): recorded[k] for k in recorded.files if k.startswith("input.")}
+    exact = run_model(tmp_path / "model" / "model.onnx", Dataset(inputs), exact_int8=True)[0]
+    assert np.array_equal(recorded["output.0"], exact)
