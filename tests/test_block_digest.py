@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import tarfile
 import threading
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_a_stored_block_spoilt_before_a_resume_is_found_by_a_recheck(tmp_path, l
 
 
 class Frames:
-    """Answers BlockRequests with frames encoded up front (so the fleet side's hashing is not counted), from a
+    """Answers BlockRequests with frames encoded up front (so the fleet side's hashing is not counted), from one
     thread as paho's network thread does; `damaged` blocks get a wrong last data byte (once, or `always`)."""
 
     def __init__(self, data: bytes, sha: str, damaged: set[int] = frozenset(), always: bool = False) -> None:
@@ -99,20 +100,22 @@ class Frames:
         self.frames = [encode_block(Block(sha, i, total, data[i * BLOCK:(i + 1) * BLOCK])) for i in range(total)]
         self.damaged, self.always, self.asked = set(damaged), always, []
         self.dl: BlockDownloader | None = None
+        self.requests: "queue.Queue[list[int]]" = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
 
     def send(self, req) -> None:
         self.asked.extend(req.blocks)
-        dl, blocks = self.dl, list(req.blocks)
+        self.requests.put(list(req.blocks))
 
-        def answer() -> None:
-            for i in blocks:
+    def _run(self) -> None:
+        while True:
+            for i in self.requests.get():
                 frame = self.frames[i]
                 if i in self.damaged:
                     if not self.always:
                         self.damaged.discard(i)
                     frame = frame[:-1] + bytes([frame[-1] ^ 0x01])
-                dl.on_frame(frame)
-        threading.Thread(target=answer, daemon=True).start()
+                self.dl.on_frame(frame)
 
 
 def make_bundle(folder: Path, version: int, payload: bytes) -> tuple[Path, Path]:
