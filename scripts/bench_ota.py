@@ -7,8 +7,8 @@
    (b) through the agent protocol: the real fleet server (block server) in this process, the
        real agent downloader (edge_agent.ota.transfer.BlockDownloader, as `edge-agent serve`
        wires it) in another process: requests, hash-checked frames, sparse staging file,
-       persisted block list, until the file is in staging (the whole-file SHA-256 of the next
-       phase, verifying, is not counted: scripts/bench_fleet.py --single times it apart);
+       persisted block list, until the file is in staging (nothing hashed: the device's one SHA-256
+       pass is installing's, which scripts/bench_fleet.py --single times as "receipt to installed");
    printed as MB/s and the ratio (target >= 90 %). Sender and receiver are separate
    processes in both cases, as they are in a fleet.
 2. swap pause: an inference loop runs back-to-back inferences while a new model is swapped
@@ -113,14 +113,13 @@ def raw_receiver(host: str, port: int, total: int, staging: str | None, keep_hea
 
 
 def agent_receiver(host: str, port: int, sha: str, size: int, block: int, staging: str, device: str,
-                   digests: list[bytes] | None, window: int | None, ready, go, result) -> None:
-    """The agent's downloader, wired as the daemon wires it; seconds from `go` to the file in staging and to the
-    file checked as the verifying phase checks it (the SHA-256 the downloader computed while storing the blocks;
-    reading the file back where it has none), and CPU seconds of the transfer. The file is also hashed after the
-    clock stops: a file that is not the bundle fails the run."""
+                   digests: list[bytes] | None, window: int | None, install: tuple | None, ready, go, result) -> None:
+    """The agent's downloader, wired as the daemon wires it; seconds from `go` to the file in staging and (with
+    `install`: public key, signature doc, name, version) to the bundle installed in a slot by the agent's real
+    verifying and installing phases (single_transfer.install_staged), CPU seconds of both. The file is also
+    hashed after the clock stops: a file that is not the bundle fails the run."""
     from edge_agent.ota.daemon import paho_decode
     from edge_agent.ota.heap import keep_freed_memory
-    from edge_agent.ota.states import staged_digest
     from edge_agent.ota.transfer import BlockDownloader
 
     paho_decode.install()  # as the agent's make_client does
@@ -139,15 +138,19 @@ def agent_receiver(host: str, port: int, sha: str, size: int, block: int, stagin
     go.wait()
     t0, cpu = time.perf_counter(), cpu_seconds()
     path = dl.run()
-    transfer, cpu = time.perf_counter() - t0, cpu_seconds() - cpu
-    _, digest = staged_digest(path, dl.file_sha256)  # the verifying phase's whole-file check
-    dt = time.perf_counter() - t0
+    transfer, cpu_transfer = time.perf_counter() - t0, cpu_seconds() - cpu
+    if install is not None:
+        from single_transfer import install_staged
+
+        installed = install_staged(path, Path(staging) / "home", sha, size, block, *install)
+    dt, cpu_total = time.perf_counter() - t0, cpu_seconds() - cpu
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     dl.close()
-    result.put((transfer, dt, cpu) if digest == h.hexdigest() == sha else None)
+    ok = h.hexdigest() == sha and (install is None or installed)
+    result.put((transfer, dt, cpu_transfer, cpu_total) if ok else None)
     c.disconnect()
     c.loop_stop()
 
@@ -239,20 +242,24 @@ def raw_transfer(host: str, port: int, data: bytes, block: int, cpu: list[float]
 
 
 def protocol_transfer(server, rec, block: int, staging: Path, device: str, window: int | None = None,
-                      verify: bool = True, cpu: list[float] | None = None,
-                      transfer_s: list[float] | None = None) -> float:
-    """Seconds until the agent has the file, with (verify) or without its whole-file SHA-256 check; appends the
-    agent's CPU seconds for the transfer to `cpu` and the seconds without the check to `transfer_s`."""
+                      install: tuple | None = None, cpu: list[float] | None = None,
+                      transfer_s: list[float] | None = None, cpu_installed: list[float] | None = None) -> float:
+    """Seconds until the agent has the file or, with `install` (agent_receiver), the bundle installed; appends
+    the agent's CPU seconds for the transfer to `cpu` (to the install to `cpu_installed`), the transfer's seconds
+    to `transfer_s`."""
     from edge_fleet.rollout.desired import block_digests
 
     digests = block_digests(Path(rec.path), rec.sha256, block)  # computed when the deployment is made
-    transfer, total, used = _run_child(agent_receiver, (server.broker.host, server.broker.port, rec.sha256,
-                                                        rec.size, block, str(staging), device, digests, window))
+    transfer, total, used, used_all = _run_child(agent_receiver, (server.broker.host, server.broker.port, rec.sha256,
+                                                                  rec.size, block, str(staging), device, digests,
+                                                                  window, install))
     if cpu is not None:
         cpu.append(used)
+    if cpu_installed is not None:
+        cpu_installed.append(used_all)
     if transfer_s is not None:
         transfer_s.append(transfer)
-    return total if verify else transfer
+    return total
 
 
 def protocol_only_transfer(server, rec, block: int, device: str, cpu: list[float] | None = None) -> float:
@@ -353,8 +360,7 @@ def main() -> int:
             raw, proto = [], []
             for r in range(args.rounds):
                 raw.append(len(data) / raw_transfer(b.host, b.port, data, block, staging=t) / 1e6)  # writes the file
-                proto.append(len(data) / protocol_transfer(server, rec, block, t / f"staging{r}", f"bench-{r}",
-                                                                 verify=False) / 1e6)
+                proto.append(len(data) / protocol_transfer(server, rec, block, t / f"staging{r}", f"bench-{r}") / 1e6)
             out["transfer"] = {"broker": b.kind, "mb": round(len(data) / 1e6, 2), "block_kib": args.block_kb,
                                "raw_mb_s": [round(x, 1) for x in raw], "protocol_mb_s": [round(x, 1) for x in proto],
                                "ratio_median": round(float(np.median(np.array(proto) / np.array(raw))), 3)}

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.ota.block_frames import Block, BlockRequest, decode_block, encode_block
 from edge_agent.ota.protocol import ProtocolError
-from edge_agent.ota.transfer import MAX_REPAIRS, BlockDownloader
+from edge_agent.ota.transfer import BlockDownloader
 
 BLOCK = 1024
 WAIT = 30.0
@@ -164,17 +164,32 @@ def test_the_block_list_is_saved_every_n_blocks_and_a_restart_fetches_only_the_r
     assert not set(again.asked) & saved and set(again.asked) | saved == set(range(100))
 
 
+def first_run(dl: BlockDownloader, feeder: Feeder) -> bytes:
+    """Run `dl` to the end with `feeder` answering; the staged file's bytes (not checked: nothing is hashed)."""
+    feeder.start(dl)
+    try:
+        path = dl.run()
+    finally:
+        feeder.stop()
+        dl.close()
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "packet-view"])
-def test_a_forged_block_is_caught_by_the_file_hash_and_only_it_is_fetched_again(tmp_path, as_view):
-    """Blocks are not hashed as they arrive (one SHA-256 pass: the whole file's): a block that is not the one the
-    deployment lists is found by the file's SHA-256, then by the list, and fetched again, it alone."""
+def test_a_forged_block_is_stored_unhashed_then_a_recheck_fetches_it_alone(tmp_path, as_view):
+    """Blocks are not hashed as they arrive nor after (the device's one SHA-256 pass is installing's check of the
+    members): a forged block is stored; when that check fails, the update comes back with `recheck`, the stored
+    blocks are hashed against the deployment's list and the forged ones fetched again, they alone."""
     data, sha, digests = bundle_file(tmp_path, 40)
     feeder = Feeder(data, sha, corrupt=frozenset({3, 17}), as_view=as_view)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests,
-                         retry_timeout_s=0.3)
-    download(dl, feeder, sha)
-    assert dl.stats.forged == 2 and dl.stats.repairs == 1 and dl.stats.received == 42 and dl.file_sha256 == sha
-    assert feeder.asked.count(3) == 2 and feeder.asked.count(17) == 2 and len(feeder.asked) == 42
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests)
+    assert first_run(dl, feeder) != data
+    assert dl.stats.received == 40 and dl.stats.rechecked == 0 and dl.stats.forged == 0
+    again = Feeder(data, sha, as_view=as_view)
+    dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests,
+                          recheck=True)
+    download(dl2, again, sha)
+    assert dl2.stats.rechecked == 40 and dl2.stats.forged == 2 and sorted(again.asked) == [3, 17]
 
 
 # The frame of (sha256 "ab" * 32, index 2, total 3, data b"edgekit"): pinned, so an agent and a fleet server of
@@ -216,30 +231,30 @@ def test_a_window_of_one_block_downloads_one_block_at_a_time(tmp_path):
 
 
 @pytest.mark.parametrize("listed", [True, False], ids=["deployment-list", "frame-claims"])
-def test_a_damaged_frame_is_caught_by_the_file_hash_and_only_its_block_is_fetched_again(tmp_path, listed):
-    """Valid header, wrong data bytes: stored (no hash on the network thread), found when the file's SHA-256 is
-    wrong by the deployment's list or, without one, by the hash its own header claimed; re-fetched alone."""
+def test_a_damaged_frame_is_found_by_a_recheck_and_only_its_block_is_fetched_again(tmp_path, listed):
+    """Valid header, wrong data bytes: stored (no hash on the network thread); a recheck finds it by the
+    deployment's list or, without one, by the hash its own header claimed (handed from the first run, as the
+    agent's update worker does); re-fetched alone."""
     data, sha, digests = bundle_file(tmp_path, 30)
     feeder = Feeder(data, sha, damaged=frozenset({0, 11, 29}), as_view=True)
     dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send,
                          block_digests=digests if listed else None)
-    download(dl, feeder, sha)
-    assert dl.stats.forged == 3 and dl.stats.repairs == 1 and dl.file_sha256 == sha
-    assert sorted(feeder.asked) == sorted([*range(30), 0, 11, 29])  # one re-request each, nothing else
+    assert first_run(dl, feeder) != data
+    again = Feeder(data, sha)
+    dl2 = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send,
+                          block_digests=digests if listed else None, claimed=dl.claimed, recheck=True)
+    download(dl2, again, sha)
+    assert dl2.stats.forged == 3 and sorted(again.asked) == [0, 11, 29]  # one re-request each, nothing else
 
 
-def test_a_block_corrupt_every_time_ends_in_a_file_verifying_refuses(tmp_path):
-    """MAX_REPAIRS rounds of re-fetching, then run() returns the file with its (wrong) SHA-256: verifying's
-    HashMismatch (exit 14) is the failure, as for any corrupt download."""
+def test_a_recheck_that_finds_every_block_as_listed_fetches_nothing(tmp_path):
+    """The file is what the fleet listed (a bundle bad at the source): nothing to fetch, stats.forged == 0, which
+    tells the update worker that another round cannot help (the check's own error then fails the update)."""
     data, sha, digests = bundle_file(tmp_path, 20)
-    feeder = Feeder(data, sha, corrupt=frozenset({7}), always=True)
-    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=feeder.send, block_digests=digests)
-    feeder.start(dl)
-    try:
-        dl.run()
-    finally:
-        feeder.stop()
-        dl.close()
-    assert dl.file_sha256 is not None and dl.file_sha256 != sha
-    assert feeder.asked.count(7) == MAX_REPAIRS + 1 and len(feeder.asked) == 20 + MAX_REPAIRS
-    assert dl.stats.repairs == MAX_REPAIRS and dl.stats.forged == MAX_REPAIRS
+    download(BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=(f := Feeder(data, sha)).send,
+                             block_digests=digests), f, sha)
+    again = Feeder(data, sha)
+    dl = BlockDownloader(tmp_path, sha, len(data), BLOCK, send_request=again.send, block_digests=digests,
+                         recheck=True)
+    download(dl, again, sha)
+    assert dl.stats.rechecked == 20 and dl.stats.forged == 0 and again.asked == []

@@ -99,7 +99,7 @@ def test_update_over_mqtt_with_malformed_messages_and_corrupt_block(home, bundle
         after = wait_for(lambda: (t := fleet.last_telemetry(dev)) and t.model.version == 2 and t.inferences > first.inferences and t,
                          what="telemetry on v2")
         assert after.errors == 0
-        # junk (the corrupt block is stored, not ignored: the file's SHA-256 finds it and it is fetched again)
+        # junk (the corrupt block is stored, not ignored: installing's signed check fails, a re-check finds it)
         assert after.extra["ignored_messages"] >= len(junk)
         assert agent.proc.poll() is None
     finally:
@@ -108,7 +108,7 @@ def test_update_over_mqtt_with_malformed_messages_and_corrupt_block(home, bundle
 
 
 def test_a_block_corrupt_every_time_fails_the_update_and_keeps_the_working_model(home, bundles, digits, broker, fleet):
-    """The block is fetched again MAX_REPAIRS times, then verifying refuses the file (HashMismatch): nothing of it
+    """The block is fetched again MAX_REPAIRS times, then the update fails (HashMismatch, exit 14): nothing of it
     is installed, the device keeps serving v1, and the same bundle installs once the block comes through."""
     dev = "dev-bad-block"
     agent = AgentProcess(home, broker.url, dev, digits.pub)

@@ -20,6 +20,7 @@ from edge_agent.ota.phases import (
 )
 from edge_agent.ota.protocol import PHASES, BundleRef, DesiredState, ReportedState, dumps
 from edge_agent.ota.states import STATES
+from edge_agent.ota.transfer import MAX_REPAIRS
 
 
 def _desired() -> DesiredState:
@@ -39,18 +40,22 @@ def test_every_unfinished_phase_has_a_state_and_handles_failure_and_state_loops(
 
 
 def test_every_path_through_the_table_ends_in_a_final_phase():
-    """No cycle among unfinished phases: the runner always terminates, the counter is the only guard
-    against a crash, never against the table itself."""
+    """No cycle among unfinished phases but `damaged` (a download that failed its signed check goes back to
+    have its blocks re-checked), which the job bounds: at most MAX_REPAIRS rounds, each a few stores, well
+    inside the store limit. The counter is the only guard against a crash, never against the table itself."""
     def ends(phase: Phase, seen: tuple[Phase, ...]) -> None:
         assert phase not in seen, f"cycle: {' -> '.join(map(str, (*seen, phase)))}"
         if phase.is_final:
             return
-        for (p, _), nxt in TRANSITIONS.items():
-            if p is phase:
+        for (p, event), nxt in TRANSITIONS.items():
+            if p is phase and event is not Event.DAMAGED:
                 ends(nxt, (*seen, phase))
 
     for phase in UNFINISHED:
         ends(phase, ())
+    assert {(p, n) for (p, e), n in TRANSITIONS.items() if e is Event.DAMAGED} == {
+        (Phase.VERIFYING, Phase.DOWNLOADING), (Phase.INSTALLING, Phase.DOWNLOADING)}
+    assert len(UPDATE_STEPS) + 3 * MAX_REPAIRS < MAX_STATE_STORES  # every repair round stores 3 phases
     # a state loop never goes back into an update step
     assert all(not TRANSITIONS[(p, Event.STATE_LOOP)].is_update_step for p in UNFINISHED)
 

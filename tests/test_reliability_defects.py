@@ -183,8 +183,8 @@ def test_6_forged_blocks_are_found_and_fetched_again_and_a_failed_deployment_can
         r = fleet.wait_phase("forge-6", "dep-forge", timeout=STUCK)
         assert r.phase == "failed" and "SHA-256" in r.last_error
         # the same deployment id, sent again (later issued_at) with the fleet's block hashes: each forged
-        # block is stored (blocks are not hashed as they arrive), the file's SHA-256 is wrong, the list finds
-        # the three, they alone are fetched again (the real ones), the deployment succeeds
+        # block is stored (blocks are not hashed as they arrive), the signed check in verifying or installing
+        # fails, the re-check against the list finds the three, they alone are fetched again, the deployment succeeds
         fleet.forge_once = {0, 3, 7}
         retry = desired_for(bundles["v2"], "dep-forge", block_size=BLOCK, with_block_hashes=True,
                             issued_at=first.issued_at + 1)

@@ -208,6 +208,7 @@ def verify_bundle(
     allow_profile_mismatch: bool = False,
     unpack_to: Path | None = None,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    read_members: bool = True,
 ) -> VerifiedBundle:
     """Verify a bundle end to end; optionally unpack it into `unpack_to` (created, must not exist).
 
@@ -215,12 +216,16 @@ def verify_bundle(
     trusted keys, schema version, manifest fields, target profile, then every member (type,
     path, size) and its size and SHA-256 against the manifest, and that every listed file is
     present. Raises a BundleError subclass with a one-line message on the first failure; on
-    failure nothing is left at `unpack_to`.
+    failure nothing is left at `unpack_to`. read_members=False stops after the profile: the signed
+    manifest without reading the payload (the agent's verifying phase, whose install pass hashes
+    every member anyway: one SHA-256 pass per device update, docs/fleet.md).
     """
     path = Path(path)
     if not path.is_file():
         raise CorruptBundle(f"{path} does not exist or is not a file")
     staging: Path | None = None
+    if unpack_to is not None and not read_members:
+        raise ValueError("unpacking reads every member: read_members=False cannot unpack")
     if unpack_to is not None:
         unpack_to = Path(unpack_to)
         if unpack_to.exists():
@@ -228,7 +233,8 @@ def verify_bundle(
         unpack_to.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=unpack_to.parent))
     try:
-        manifest, kid, signed = _verify_stream(path, trust, profile, allow_profile_mismatch, staging, max_member_bytes)
+        manifest, kid, signed = _verify_stream(path, trust, profile, allow_profile_mismatch, staging, max_member_bytes,
+                                               read_members)
         if staging is not None and unpack_to is not None:
             os.replace(staging, unpack_to)
             staging = None
@@ -246,6 +252,7 @@ def _verify_stream(
     allow_profile_mismatch: bool,
     staging: Path | None,
     max_member_bytes: int,
+    read_members: bool = True,
 ) -> tuple[Manifest, str, tuple[bytes, bytes]]:
     try:
         tar = tarfile.open(path, mode="r:")
@@ -273,6 +280,8 @@ def _verify_stream(
                 f"bundle was built for profile '{manifest.profile}' but this device is '{profile}': "
                 "convert for this profile, or override with --allow-profile-mismatch"
             )
+        if not read_members:
+            return manifest, kid, (manifest_bytes, signature or b"")
         if staging is not None:
             check_free_space(staging, manifest.total_size, "unpack the bundle")
         expected = {f.path: f for f in manifest.files}

@@ -52,9 +52,10 @@ class UpdateJob:
     state_stores: int = 0  # how many times this job was stored (see phases.MAX_STATE_STORES)
     shadow: dict[str, Any] | None = None  # the shadow run's report (phase shadowing), kept for reports after it
     progress: float = 0.0  # not persisted: the download resumes from its own bitmap
-    # not persisted: the staged file's SHA-256 as the downloader stored its blocks (file_digest.py); after a
-    # restart verifying hashes the file itself
-    staged_sha256: str | None = None
+    # verifying or installing found the downloaded file damaged (it failed its signed check): downloading
+    # hashes the stored blocks against the deployment's list and fetches the bad ones again (block_check.py)
+    check_blocks: bool = False
+    repairs: int = 0  # such rounds so far; at transfer.MAX_REPAIRS the check's own error fails the update
 
     @property
     def desired_state(self) -> DesiredState:
@@ -93,7 +94,6 @@ class UpdateJob:
     def to_record(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("progress", None)
-        data.pop("staged_sha256", None)
         data["phase"] = self.phase.value
         data["schema_version"] = JOB_SCHEMA_VERSION
         return data
@@ -102,7 +102,7 @@ class UpdateJob:
     def from_record(cls, data: dict[str, Any]) -> "UpdateJob":
         """The job in a stored record (TypeError/KeyError/ValueError/ProtocolError if it is not one)."""
         fields = {k: v for k, v in data.items()
-                  if k in cls.__dataclass_fields__ and k not in ("progress", "staged_sha256")}
+                  if k in cls.__dataclass_fields__ and k != "progress"}
         fields["phase"] = Phase(fields.get("phase", Phase.DOWNLOADING))
         if not isinstance(fields.get("state_stores", 0), int):
             raise TypeError("state_stores is not an integer")

@@ -64,6 +64,7 @@ class Event(str, Enum):
     STATE_LOOP = "state_loop"  # the job was stored more often than its phase allows (a crash inside a phase?)
     NOTHING_TO_UNDO = "nothing_to_undo"  # rolling back found that the new slot never became active
     ALREADY_ACTIVE = "already_active"  # the desired bundle is the one already running: nothing to install
+    DAMAGED = "damaged"  # the downloaded file failed its signed check: re-check its blocks, fetch the bad ones
     LIVE_FAILURE = "live_failure"  # probation: the new model failed on live inputs; the previous one serves again
     BOOT_FALLBACK = "boot_fallback"  # the active slot failed to boot; the other good slot serves
     OPERATOR_ROLLBACK = "operator_rollback"  # `edge-agent rollback` switched to the previous slot
@@ -105,10 +106,12 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (P.DOWNLOADING, E.CANCELLED): P.ABORTING,
     (P.DOWNLOADING, E.STATE_LOOP): P.ABORTING,
     (P.VERIFYING, E.DONE): P.INSTALLING,
+    (P.VERIFYING, E.DAMAGED): P.DOWNLOADING,
     (P.VERIFYING, E.FAILURE): P.ABORTING,
     (P.VERIFYING, E.CANCELLED): P.ABORTING,
     (P.VERIFYING, E.STATE_LOOP): P.ABORTING,
     (P.INSTALLING, E.DONE): P.HEALTH_CHECK,
+    (P.INSTALLING, E.DAMAGED): P.DOWNLOADING,
     (P.INSTALLING, E.FAILURE): P.ABORTING,
     (P.INSTALLING, E.CANCELLED): P.ABORTING,
     (P.INSTALLING, E.STATE_LOOP): P.ABORTING,

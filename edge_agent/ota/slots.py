@@ -25,6 +25,7 @@ trusted keys): the kept signed manifest verified against them and every file re-
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -306,11 +307,19 @@ class Slots:
     def install(
         self, name: str, bundle: Path, trust: TrustStore, profile: str | None, ref: BundleRef
     ) -> VerifiedBundle:
-        """Verify `bundle` and unpack it into the (inactive) slot `name`: lifecycle `installed`, health `unknown`."""
-        self.clear(name)
-        self._write_meta(name, lifecycle=Lifecycle.INSTALLING.value, health=Health.UNKNOWN.value, ref=ref.__dict__,
-                         manifest=None, reason=None)
-        vb = verify_bundle(bundle, trust, profile=profile, unpack_to=self.root / name / "bundle")
+        """Verify `bundle` and unpack it into the (inactive) slot `name`: lifecycle `installed`, health `unknown`.
+        It is unpacked beside the slot first, so a bundle that fails its check (a damaged download, found here
+        since this is the one pass that hashes it) leaves the slot's previous bundle as it was."""
+        incoming = self.root / f".incoming-{name}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        try:
+            vb = verify_bundle(bundle, trust, profile=profile, unpack_to=incoming)
+            self.clear(name)
+            self._write_meta(name, lifecycle=Lifecycle.INSTALLING.value, health=Health.UNKNOWN.value,
+                             ref=ref.__dict__, manifest=None, reason=None)
+            os.replace(incoming, self.root / name / "bundle")
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
         keep_signed(vb, self.root / name / "signed")  # lets a damaged slot.json be rebuilt
         self._write_meta(name, lifecycle=Lifecycle.INSTALLED.value, manifest=vb.manifest.to_dict(), key_id=vb.key_id,
                          installed_at=time.time())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from ..bundle import Manifest, ProfileMismatch, SignatureError, TrustStore, check_free_space, sha256_file, verify_bundle
+from ..bundle import Manifest, ProfileMismatch, SignatureError, TrustStore, check_free_space, verify_bundle
 from ..bundle.errors import HashMismatch
 from ..home import AgentHome
 from ..monitor.shadow import ShadowFailed, ShadowReport, skipped
@@ -28,6 +28,7 @@ from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
 from .protocol import DesiredState, ShadowGate
 from .slots import Health, Lifecycle, SlotInfo, Slots
+from .damage import DAMAGE, damaged, refusal, signature_doc
 from .transfer import MAX_WINDOW, TransferCancelled, TransferError, discard_staging
 from ..errors import AgentError
 
@@ -177,22 +178,19 @@ class Downloading(State):
     def run(self, ctx: InstallContext) -> Event:
         desired = ctx.job.desired_state
         precheck_desired(ctx, desired)
-        check_free_space(staging_dir(ctx.home), desired.size, "download the bundle")
-        ctx.job.staged_sha256 = None  # a fetch that hashes as it stores sets it
+        if not ctx.job.check_blocks:  # a re-check keeps the file it has
+            check_free_space(staging_dir(ctx.home), desired.size, "download the bundle")
         ctx.job.staged = str(ctx.fetch(ctx))
+        ctx.job.check_blocks = False
         return Event.DONE
 
 
-def staged_digest(staged: Path, stored_sha256: str | None) -> tuple[int, str]:
-    """(size, SHA-256) of the staged file: the digest the downloader computed as it stored the blocks, when it
-    has one, else by reading the file (a restart, HTTP, a side-loaded file)."""
-    if stored_sha256 is not None:
-        return staged.stat().st_size, stored_sha256
-    return sha256_file(staged)
-
-
 class Verifying(State):
-    """Whole-file hash and size, signature, schema, profile, identity, downgrade, disk space."""
+    """Size, signature, schema, profile, identity (the deployment's signed manifest), downgrade, disk space.
+
+    No payload is hashed here: installing hashes every member against the signed manifest as it unpacks,
+    and that one pass stands for the file's SHA-256 too (the signature.json must be the deployment's, so
+    the manifest, which lists every member's SHA-256, is the one the fleet announced)."""
 
     phase = Phase.VERIFYING
 
@@ -201,23 +199,33 @@ class Verifying(State):
         staged = Path(ctx.job.staged or "")
         if not staged.is_file():
             raise HashMismatch("staged bundle file is missing: it will be downloaded again on the next attempt")
-        size, digest = staged_digest(staged, ctx.job.staged_sha256)
-        if size != desired.size or digest != desired.bundle.sha256:
+        size = staged.stat().st_size
+        if size != desired.size:
             discard_staging(staging_dir(ctx.home), desired.bundle.sha256)
-            raise HashMismatch(f"downloaded bundle has SHA-256 {digest[:12]}... ({size} B), "
-                               f"desired {desired.bundle.sha256[:12]}... ({desired.size} B)")
-        vb = verify_bundle(staged, ctx.trust, profile=ctx.profile_name)
+            raise HashMismatch(f"downloaded bundle is {size} B, the deployment's {desired.size} B")
+        try:
+            vb = verify_bundle(staged, ctx.trust, profile=ctx.profile_name, read_members=False)
+            if desired.signature and signature_doc(vb.signature_bytes) != desired.signature:
+                raise HashMismatch("the downloaded bundle's signature.json is not the deployment's: "
+                                   "it is not the bundle the fleet announced")
+        except DAMAGE as exc:
+            if damaged(ctx.job, exc):
+                return Event.DAMAGED
+            if (err := refusal(ctx.job, exc)) is exc:
+                raise
+            raise err from exc
         m = vb.manifest
         if (m.name, m.version) != (desired.bundle.name, desired.bundle.version):
             raise UpdateRefused(f"bundle is {m.name} v{m.version} but the deployment announced "
                                 f"{desired.bundle.name} v{desired.bundle.version}")
-        check_not_downgrade(ctx.slots, m.name, m.version, digest, desired.allow_downgrade)
+        check_not_downgrade(ctx.slots, m.name, m.version, desired.bundle.sha256, desired.allow_downgrade)
         check_free_space(ctx.home.slots_dir, m.total_size, "install the bundle")
         return Event.DONE
 
 
 class Installing(State):
-    """Unpack the verified bundle into the inactive slot."""
+    """Unpack the bundle into the inactive slot, hashing every member against the signed manifest: the one
+    SHA-256 pass over the bundle on the device. A damaged download goes back to have its blocks re-checked."""
 
     phase = Phase.INSTALLING
 
@@ -226,7 +234,14 @@ class Installing(State):
         target = slots.inactive_name()
         ctx.job.target_slot = target
         save_job(ctx.home, ctx.job)
-        slots.install(target, Path(ctx.job.staged or ""), ctx.trust, ctx.profile_name, ctx.job.ref)
+        try:
+            slots.install(target, Path(ctx.job.staged or ""), ctx.trust, ctx.profile_name, ctx.job.ref)
+        except DAMAGE as exc:
+            if damaged(ctx.job, exc):
+                return Event.DAMAGED
+            if (err := refusal(ctx.job, exc)) is exc:
+                raise
+            raise err from exc
         return Event.DONE
 
 
@@ -320,7 +335,10 @@ class Aborting(State):
 
     def run(self, ctx: InstallContext) -> Event:
         slots, target = ctx.slots, ctx.job.target_slot
-        if target and slots.active_name() != target and slots.info(target).lifecycle is not Lifecycle.EMPTY:
+        info = slots.info(target) if target else None
+        # a bundle that failed installing's check never touched the slot: its previous bundle stays usable
+        untouched = info is not None and info.lifecycle is Lifecycle.INSTALLED and info.ref != ctx.job.ref
+        if info is not None and slots.active_name() != target and info.lifecycle is not Lifecycle.EMPTY and not untouched:
             slots.mark_health(target, Health.BAD, reason=ctx.job.last_error)
         return Event.DONE
 

@@ -7,18 +7,21 @@ completed blocks is kept in `<sha>.blocks.json` (bitmap, written atomically afte
 is fsynced, every PERSIST_BYTES or PERSIST_EVERY_S). After a disconnect, broker restart or agent
 restart only missing blocks are requested again. HTTP(S) is in http_fetch.py.
 
-One SHA-256 pass per byte on the happy path: the whole file is hashed behind the arriving blocks and
-compared with the deployment's. Only when it differs is each stored block hashed and compared with the
-deployment's per-block list (or, without one, the hash its frame claimed); the bad ones are fetched again,
-at most MAX_REPAIRS times, after which the mismatching digest goes to verifying (HashMismatch, exit 14).
-A per-block hash on the network thread was a second pass, 0.64 ms/MB with SHA-NI, ~10 ms/MB on a Pi 4.
+No SHA-256 here on the happy path: the device hashes each byte once, when installing unpacks the bundle
+and checks every member against the signed manifest (states.py; that check must run anyway and is
+stronger than the file's hash, since it is signed). Only when verifying or installing finds the file
+damaged does the update come back here with `recheck`: each stored block is hashed and compared with the
+deployment's per-block list (or, without one, the hash its frame claimed, handed over in `claimed`); the
+bad ones are fetched again, at most MAX_REPAIRS rounds per update (counted in the job). Hashing the whole
+file here as well was a second pass (0.64 ms/MB with SHA-NI, ~10 ms/MB on a Pi 4), and on two cores it
+cost about 20 % of the transfer's throughput (docs/fleet.md, "One device, one bundle").
 
 Where a download's time goes (docs/fleet.md, "One device, one bundle"): on the network thread each
-block is checked cheaply and written; nothing there may cost per byte or per block. (A writer thread for this was measured twice and not kept: the GIL hand-offs per
-block cost up to 0.7 ms/MB on two cores and gained no wall time.) The download thread is woken only
-when it has work (refill the window, persist, hash the next MiB of the file, finish), not per block: it
-persists while blocks keep arriving so that the file's writeback overlaps the transfer, and it hashes
-the whole file behind the arriving blocks (file_digest.py) so that verifying need not read it again.
+block is checked cheaply and written; nothing there may cost per byte or per block. (A writer thread for
+this was measured twice and not kept: the GIL hand-offs per block cost up to 0.7 ms/MB on two cores and
+gained no wall time.) The download thread is woken only when it has work (refill the window, persist,
+finish), not per block: it persists while blocks keep arriving so that the file's writeback overlaps
+the transfer. The block list on disk is block_bitmap.py.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from typing import Callable
 
 from .protocol import MAX_BLOCKS, MAX_BLOCKS_PER_REQUEST, ProtocolError
 from .block_frames import BlockRequest, decode_block
-from .file_digest import InOrderDigest, bad_blocks
+from .block_bitmap import load_bitmap, save_bitmap
+from .block_check import bad_blocks
 from .staging import clean_staging, discard_staging
-from .statefile import read_json, write_json_atomic
 from .testhooks import pause_blocks, pause_point
 from ..errors import AgentError
 
@@ -51,8 +54,7 @@ MAX_WINDOW = 4 * MAX_BLOCKS_PER_REQUEST
 # end of the download waits for the tail only, since the rest was written back while blocks kept arriving.
 PERSIST_BYTES = 8 << 20
 PERSIST_EVERY_S = 0.5
-MAX_REPAIRS = 3  # rounds of re-fetching the blocks that spoilt the file's SHA-256, then verifying refuses it
-DIGEST_PASS_BYTES = 4 << 20  # hashed per pass of the download loop at most, so refills wait 3 ms or so at most
+MAX_REPAIRS = 3  # rounds of re-checking blocks after the bundle failed its signed check, then the update fails
 
 
 class TransferError(AgentError, RuntimeError):
@@ -74,7 +76,7 @@ class TransferStats:
     duplicates: int = 0  # frames for blocks already stored
     rejected: int = 0  # malformed, foreign or out-of-range frames
     forged: int = 0  # stored blocks found not to be the block listed (deployment's list, else the frame's claim)
-    repairs: int = 0  # rounds of re-fetching such blocks after the file's SHA-256 did not match
+    rechecked: int = 0  # stored blocks hashed by a recheck (0 on the happy path: no hash in the download)
     requests: int = 0  # BlockRequest messages sent
     requested_blocks: list[int] = field(default_factory=list)  # every index asked for, in order
     resumed_with: int = 0  # blocks already complete when this run started
@@ -102,6 +104,8 @@ class BlockDownloader:
         block_digests: list[bytes] | None = None,
         persist_bytes: int = PERSIST_BYTES,
         persist_every_s: float = PERSIST_EVERY_S,
+        recheck: bool = False,
+        claimed: list[bytes | None] | None = None,
     ) -> None:
         self.sha256, self.size, self.block_size = sha256, size, block_size
         self.count = max(1, -(-size // block_size))
@@ -109,8 +113,12 @@ class BlockDownloader:
             raise TransferError(f"{self.count} blocks is over the {MAX_BLOCKS}-block limit")
         if block_digests is not None and len(block_digests) != self.count:
             raise TransferError(f"{len(block_digests)} block hashes for {self.count} blocks")
-        self._digests = block_digests  # from the deployment: checked only when the file's SHA-256 is wrong
-        self._claimed: list[bytes | None] | None = [None] * self.count if block_digests is None else None
+        self._digests = block_digests  # from the deployment: checked only by a recheck
+        # without a deployment list: the hash each frame claimed, from this run or (claimed) the run before
+        self.claimed: list[bytes | None] | None = None
+        if block_digests is None:
+            self.claimed = list(claimed) if claimed is not None and len(claimed) == self.count else [None] * self.count
+        self._recheck = recheck  # verifying or installing found the file damaged: hash the stored blocks first
         self.part_path = Path(staging_dir) / f"{sha256}.part"
         self.bitmap_path = Path(staging_dir) / f"{sha256}.blocks.json"
         self._send = send_request
@@ -127,7 +135,7 @@ class BlockDownloader:
         self._pause_after: int | None = None
         self.stats = TransferStats()
         Path(staging_dir).mkdir(parents=True, exist_ok=True)
-        self._done = self._load_bitmap()
+        self._done = load_bitmap(self.bitmap_path, self.part_path, sha256, size, block_size, self.count)
         self.stats.resumed_with = sum(self._done)
         self._remaining = self.count - self.stats.resumed_with  # blocks not stored yet
         self._cursor = 0  # every block below it is stored or in flight (see _next_request)
@@ -138,33 +146,11 @@ class BlockDownloader:
         self._persist_blocks = max(1, persist_bytes // block_size)
         self._persist_every_s = persist_every_s
         self._last_progress = time.monotonic()
-        self._digest = InOrderDigest(self.count, block_size, size, self._read_at)  # hashed by the download thread
-
-    @property
-    def file_sha256(self) -> str | None:
-        """The staged file's SHA-256 as its blocks were stored, once run() has returned (None if not every
-        block was fed in this run, e.g. all were already there: then the file must be hashed)."""
-        return self._digest.hexdigest()
 
     def _read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
     # --- bitmap --------------------------------------------------------------------------
-
-    def _load_bitmap(self) -> list[bool]:
-        saved = read_json(self.bitmap_path, None)
-        if (
-            isinstance(saved, dict)
-            and saved.get("size") == self.size
-            and saved.get("block_size") == self.block_size
-            and isinstance(saved.get("done"), str)
-            and self.part_path.is_file()
-        ):
-            bits = bytes.fromhex(saved["done"])
-            done = [bool(bits[i // 8] >> (i % 8) & 1) if i // 8 < len(bits) else False for i in range(self.count)]
-            log.info("resuming download of %s: %d/%d blocks already here", self.sha256[:12], sum(done), self.count)
-            return done
-        return [False] * self.count
 
     def _save_bitmap(self) -> None:
         """Persist the completed-block set; call WITHOUT holding the lock (fsync can be slow)."""
@@ -172,12 +158,7 @@ class BlockDownloader:
             done = list(self._done)
             self._unsaved = 0
         os.fsync(self._fd)  # data first, then the record that says it is there
-        bits = bytearray((self.count + 7) // 8)
-        for i, d in enumerate(done):
-            if d:
-                bits[i // 8] |= 1 << (i % 8)
-        write_json_atomic(self.bitmap_path, {"sha256": self.sha256, "size": self.size,
-                                             "block_size": self.block_size, "done": bits.hex()})
+        save_bitmap(self.bitmap_path, self.sha256, self.size, self.block_size, done)
 
     @property
     def completed(self) -> set[int]:
@@ -197,7 +178,7 @@ class BlockDownloader:
             log.warning("ignoring oversized block frame (%d bytes)", len(payload))
             return False
         try:
-            block = decode_block(payload, check_digest=False)  # hashed once, as part of the file
+            block = decode_block(payload, check_digest=False)  # not hashed: installing checks the members
         except ProtocolError as exc:
             self.stats.rejected += 1
             log.warning("ignoring block frame: %s", exc)
@@ -216,8 +197,8 @@ class BlockDownloader:
                 log.debug("ignoring duplicate block %d", block.index)
                 return False
             os.pwrite(self._fd, block.data, block.index * self.block_size)
-            if self._claimed is not None:
-                self._claimed[block.index] = block.digest
+            if self.claimed is not None:
+                self.claimed[block.index] = block.digest
             self._done[block.index] = True
             self._remaining -= 1
             self._unsaved += 1
@@ -231,11 +212,7 @@ class BlockDownloader:
         """Whether the download thread must act now (call with the lock held). It is woken only then:
         waking it for every block cost the network thread as much CPU as hashing the block."""
         return (self._remaining == 0 or self._unsaved >= self._persist_blocks or self._pause_after is not None
-                or self._can_refill() or self._digest_due())
-
-    def _digest_due(self) -> bool:
-        """The next MiB of the file (or all the rest) is stored: hash it (the download thread, behind the blocks)."""
-        return self._digest.ready(self._done, self._digest.chunk_blocks)
+                or self._can_refill())
 
     def _can_refill(self) -> bool:
         """Room in the window and a block neither stored nor in flight (so at or past the cursor)."""
@@ -281,17 +258,15 @@ class BlockDownloader:
         return BlockRequest(sha256=self.sha256, blocks=batch, block_size=self.block_size)
 
     def run(self) -> Path:
-        """Block until every block is stored and the file's SHA-256 is the deployment's (or MAX_REPAIRS rounds
-        of re-fetching bad blocks did not make it so: verifying then refuses it); the staging file.
-        TransferError on stall."""
+        """Block until every block is stored (after a recheck: every bad block fetched again); the staging file.
+        TransferError on stall. Nothing is hashed here unless `recheck` (see the module's docstring)."""
         pause_after = self._pause_after = pause_blocks()
         if pause_after is not None:  # test hook: never have the whole file in flight before pausing
             self.window = max(1, min(self.window, pause_after))
         try:
-            for round_ in range(MAX_REPAIRS + 1):
-                self._fetch_missing(pause_after if round_ == 0 else None)
-                if self._digest.hexdigest() == self.sha256 or round_ == MAX_REPAIRS or not self._repair():
-                    break
+            if self._recheck:
+                self._mark_bad_blocks()
+            self._fetch_missing(pause_after)
             # The file is complete: make it durable (a power cut before verifying must not leave a torn file)
             # but leave the block list as last saved. Its atomic write costs two more journal commits (two
             # thirds of this fsync's time on ext4), and a restart before verifying re-fetches the tail at most.
@@ -302,27 +277,25 @@ class BlockDownloader:
             self._progress(1.0)
         return self.part_path
 
-    def _repair(self) -> bool:
-        """The file's SHA-256 is not the deployment's: hash each stored block against its listed SHA-256 and
-        mark the bad ones missing (saved, so a restart does not trust them either); whether there were any."""
-        bad = bad_blocks(self._read_at, self.count, self.block_size, self.size, self._digests or self._claimed or [])
-        if not bad:
-            return False
-        log.warning("the file's SHA-256 is not the deployment's: fetching %d bad block(s) again (%s)", len(bad),
-                    ", ".join(map(str, bad[:8])))
+    def _mark_bad_blocks(self) -> None:
+        """The bundle failed its signed check: hash every block of the complete file against its listed SHA-256
+        (the block list on disk may miss the tail: run() does not save it at the end) and mark the bad ones
+        missing, saved so a restart does not trust them either. stats.forged: how many."""
+        listed = self._digests or self.claimed or []
+        bad = set(bad_blocks(self._read_at, self.count, self.block_size, self.size, listed))
+        self.stats.rechecked = self.count
+        if bad:
+            log.warning("the bundle failed its signed check: fetching %d bad block(s) again (%s)", len(bad),
+                        ", ".join(map(str, sorted(bad)[:8])))
         with self._cond:
-            for i in bad:
-                self._done[i] = False
-            self._remaining += len(bad)
+            self._done = [i not in bad for i in range(self.count)]
+            self._remaining = len(bad)
             self._cursor = 0
-            self.stats.forged += len(bad)
-            self.stats.repairs += 1
-            self._digest = InOrderDigest(self.count, self.block_size, self.size, self._read_at)
+            self.stats.forged = len(bad)
         self._save_bitmap()
-        return True
 
     def _fetch_missing(self, pause_after: int | None) -> None:
-        """Request and store every missing block, hashing the file behind them (the download thread)."""
+        """Request and store every missing block (the download thread)."""
         self._last_progress = last_save = time.monotonic()
         last_report = 0.0
         with self._cond:
@@ -360,12 +333,6 @@ class BlockDownloader:
                     finally:
                         self._cond.acquire()
                     last_save = now
-                if self._digest.ready(self._done, 1):
-                    self._cond.release()  # os.pread and hashlib release the GIL: the other core hashes
-                    try:
-                        self._digest.catch_up(self._done, DIGEST_PASS_BYTES)
-                    finally:
-                        self._cond.acquire()
                 if self._progress and now - last_report > 1.0:
                     self._progress(1.0 - self._remaining / self.count)
                     last_report = now
@@ -376,9 +343,8 @@ class BlockDownloader:
                     pause_point(f"blocks:{pause_after}", self._ota_dir, force=True)
                 # a wake-up sent while the lock was released (sending, saving) is not lost: check first
                 if not (self._remaining == 0 or self._unsaved >= self._persist_blocks
-                        or (connected and self._can_refill()) or self._digest_due()):
+                        or (connected and self._can_refill())):
                     self._cond.wait(0.1)
-        self._digest.catch_up(self._done, self.size)  # the tail: at most about a MiB unless blocks came late
 
     def close(self) -> None:
         try:

@@ -18,6 +18,7 @@ from ...runtimes import ModelSession
 from ..installer import InstallContext, abandon, install_lock, run_update, staging_dir
 from ..job import UpdateJob
 from ..phases import Phase
+from ..damage import fetch_blocks
 from ..states import download_budget
 from ..protocol import dumps
 from ..slots import SlotInfo
@@ -42,6 +43,7 @@ class UpdateWorker:
         self.busy = busy  # held while a job runs
         self.downloader: BlockDownloader | None = None  # the MQTT download in progress
         self.last_downloader_stats: TransferStats | None = None
+        self._claimed: dict[str, list[bytes | None]] = {}  # the last download's frame-claimed block hashes
         self._ctx: InstallContext | None = None
         self._jobs: queue.Queue[UpdateJob | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="update-worker", daemon=True)
@@ -136,12 +138,14 @@ class UpdateWorker:
             send_request=lambda req: self.link.publish(self.link.topics.block_request, dumps(req)),
             is_connected=self.link.connected.is_set, cancel=ctx.cancel, retry_timeout_s=self.config.block_retry_s,
             progress=progress, ota_dir=self.home.ota_dir, block_digests=desired.block_digests(),
+            recheck=ctx.job.check_blocks, claimed=self._claimed.get(desired.bundle.sha256),
             **({"window": budget.window(desired.block_size)} if budget is not None else {}),
         )
         self.downloader = dl
         try:
-            path = dl.run()
-            ctx.job.staged_sha256 = dl.file_sha256  # hashed as the blocks were stored: verifying need not re-read
+            path = fetch_blocks(dl, ctx.job)
+            # without the deployment's block list, the hashes the frames claimed, for a re-check (memory only)
+            self._claimed = {desired.bundle.sha256: dl.claimed} if dl.claimed is not None else {}
             return path
         finally:
             self.downloader = None
