@@ -38,7 +38,7 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     from ..runtimes import load_session
     from .runner import Pipeline
     from .sinks import AnnotatedVideoSink, JsonLinesSink, MjpegPreviewSink, Sink, TelemetrySink
-    from .sources import ReconnectPolicy, open_source
+    from .sources import ReconnectPolicy, auto_decode_threads, open_source
 
     if args.inputs:
         raise UsageError("give either input files or --source, not both")
@@ -46,9 +46,11 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     reconnect = ReconnectPolicy(max_attempts=args.reconnect_attempts, max_total=args.reconnect_max_seconds)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         m = vb.manifest
-        session = load_session(vb.unpacked_to, m, threads=args.threads or pipeline_threads())
+        threads = args.threads or pipeline_threads()
+        session = load_session(vb.unpacked_to, m, threads=threads)
         source = open_source(args.source, reconnect=reconnect, open_timeout_ms=int(args.open_timeout * 1000),
-                             read_timeout_ms=int(args.open_timeout * 1000))
+                             read_timeout_ms=int(args.open_timeout * 1000), decode_threads=args.decode_threads,
+                             file_decode_threads=auto_decode_threads(threads))
         stats = PipelineStats(
             model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),
             source=source.description,
@@ -163,6 +165,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
                    help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
                         "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")
+    g.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                   help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
+                        "FFmpeg's own choice otherwise; docs/detection.md)")
     g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
     g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
     g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")
