@@ -13,7 +13,9 @@ For each variant, side by side in one run:
 
   boxes      matched-box agreement with float, lost/extra boxes, mAP@0.5 vs float (converter.accuracy.detection)
   pipeline   frames/s of `edge-agent run --source vtest.avi` with its defaults (decode, letterbox, infer, decode
-             boxes, NMS, drift monitor), and of each --schedules configuration in the same rounds
+             boxes, NMS, drift monitor within its --drift-budget), and of each --schedules configuration in the
+             same rounds (`auto:auto:all:0`: the drift monitor on every frame and FFmpeg's own decoding threads,
+             as before the budget and --decode-threads)
   bare       frames/s of the runtime alone on one preprocessed frame, same threads and session: pipeline/bare
              ratio, and bare/pipeline CPU per frame
 
@@ -96,23 +98,30 @@ def unpack(bundle: Path, pub: Path, to: Path):
 
 def pipeline_run(video: Path, session, vb, frames: int, config: str) -> tuple[float, int]:
     """One pipeline run as `edge-agent run --source` does it (drift monitor included); `config` is
-    SCHEDULE[:PRIORITY] ('default' = the CLI's defaults). Returns (frames/s, boxes drawn)."""
+    SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]] ('default' = the CLI's defaults; DRIFT = --drift-budget, a percentage of
+    the inference time or `all`: every frame; DECODE = --decode-threads, 0: FFmpeg's own choice).
+    Returns (frames/s, boxes drawn)."""
+    from edge_agent.monitor.budget import INFERENCE_SHARE
     from edge_agent.monitor.drift import DriftConfig
-    from edge_agent.monitor.watch import drift_monitor_for, load_reference
+    from edge_agent.monitor.watch import pipeline_drift
+    from edge_agent.pipeline.sources import auto_decode_threads
 
-    schedule, _, priority = ("auto:auto" if config == "default" else config).partition(":")
-    drift = drift_monitor_for(vb.manifest, load_reference(vb.unpacked_to), DriftConfig())
+    schedule, priority, budget, decode = (("auto:auto" if config == "default" else config).split(":") + [""] * 3)[:4]
+    share = INFERENCE_SHARE if budget in ("", "default") else None if budget == "all" else float(budget) / 100
+    drift = pipeline_drift(vb.manifest, vb.unpacked_to, DriftConfig(), share)
     sink = CollectSink()
-    fps = Pipeline(open_source(str(video)), session, vb.manifest, [sink], max_frames=frames, schedule=schedule,
-                   helper_priority=priority or "auto",
-                   observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs, s.result)]).run().fps
+    explicit = int(decode) if decode else None  # as --decode-threads N (0: FFmpeg's choice), else the CLI's auto
+    source = open_source(str(video), decode_threads=explicit or None,
+                         file_decode_threads=auto_decode_threads(session.info.threads) if explicit is None else None)
+    fps = Pipeline(source, session, vb.manifest, [sink], max_frames=frames,
+                   schedule=schedule or "auto", helper_priority=priority or "auto", observers=[drift]).run().fps
     return fps, sum(len(r.get("detections", [])) for r in sink.records)
 
 
 def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST, rounds: int = 5,
           configs: tuple[str, ...] = ()) -> dict:
     """Pipeline vs bare loop, in alternating rounds (pipeline over `frames` video frames with the CLI's defaults and
-    each of `configs` (SCHEDULE[:PRIORITY], edge_agent.pipeline.scheduling), then the bare runtime on one
+    each of `configs` (SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]], pipeline_run), then the bare runtime on one
     preprocessed frame `frames` times, then decoding alone and decoding + preprocessing alone over the same frames,
     one thread), so load changes on a shared host hit all of them: medians of the per-round ratios. CPU per frame
     (process time) is compared too: bare / pipeline is the ceiling of the wall ratio when the bare loop fills the
@@ -245,8 +254,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                     help="inference threads of the pipeline and of the bare loop (default: all cores)")
     ap.add_argument("--schedules", default="",
-                    help="pipeline configurations timed beside the CLI's defaults, comma list of SCHEDULE[:PRIORITY], "
-                         "e.g. threads:normal,serial,threads:low (edge-agent run --schedule/--helper-priority)")
+                    help="pipeline configurations timed beside the CLI's defaults, comma list of "
+                         "SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]], e.g. threads:normal,serial,threads:low,auto:auto:all:0 "
+                         "(edge-agent run --schedule/--helper-priority/--drift-budget/--decode-threads; 0: FFmpeg's "
+                         "choice)")
     ap.add_argument("--variants", default=DEFAULT, help="comma list of family:format:precision")
     ap.add_argument("--work", type=Path, help="keep bundles and rows here (default: a temporary folder)")
     ap.add_argument("--speed-only", action="store_true", help="re-time the bundles a run left in --work")

@@ -52,14 +52,20 @@ def faces(tmp_path_factory):
                            no_faces=_folder(tmp / "no-faces", lfw[100:150]))
 
 
-def _drift(faces, source: Path, capsys) -> dict:
+def _run(faces, source: Path, capsys, budget: str | None = "all") -> dict:
+    """The JSON summary of `edge-agent run --source`; every frame by default (the folders hold one window of
+    frames), budget None: the CLI's default --drift-budget."""
     from edge_agent.cli import main
 
     code = main(["run", str(faces.bundle), "--source", str(source), "--trust", str(faces.pub), "--output", "none",
-                 "--drift-window", str(WINDOW), "--json"])
+                 "--drift-window", str(WINDOW), *(["--drift-budget", budget] if budget else []), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return json.loads(out)["drift"]
+    return json.loads(out)
+
+
+def _drift(faces, source: Path, capsys) -> dict:
+    return _run(faces, source, capsys)["drift"]
 
 
 def test_a_detectors_reference_holds_its_boxes_and_drift_scores_them(faces, capsys):
@@ -78,3 +84,20 @@ def test_a_detectors_reference_holds_its_boxes_and_drift_scores_them(faces, caps
     no_faces = _drift(faces, faces.no_faces, capsys)  # the camera now sees no faces: the detector's answers moved
     assert no_faces["state"] == "drift" and no_faces["psi"]["output.boxes"] > 1.0, no_faces
     assert "output.box_score" not in no_faces["psi"]  # fewer than MIN_BOXES boxes in the window: not scored
+
+
+def test_the_default_budget_samples_the_frames_and_still_sees_the_scene_change(faces, tmp_path, capsys):
+    """`edge-agent run --source` with its default --drift-budget (1 % of the inference time): BlazeFace answers in
+    under a millisecond and a drift observation costs a good part of that, so the monitor observes a uniform
+    sample of the frames (one in several), and still turns `drift` when the camera stops seeing faces."""
+    from .camera_helpers import write_video
+
+    def frames(folder: Path) -> list[np.ndarray]:
+        return [cv2.imread(str(p)) for p in sorted(folder.glob("*.png"))]
+
+    video = write_video(tmp_path / "faces-then-none.avi", frames(faces.held_out) * 3 + frames(faces.no_faces) * 30)
+    summary = _run(faces, video, capsys, budget=None)
+    drift = summary["drift"]
+    assert summary["frames"] == 3300
+    assert summary["frames"] / 2 <= drift["live"]["not_sampled"] < summary["frames"] - WINDOW, drift
+    assert drift["frames"] == WINDOW and drift["state"] == "drift" and drift["psi"]["output.boxes"] > 1.0, drift

@@ -168,17 +168,19 @@ def test_histograms_count_every_value_and_psi_is_never_negative(reference, live)
 
 def test_edge_agent_run_reports_drift_of_a_video_whose_scene_changes(int8_bundle, digits, digits_video,
                                                                      scene_change_video, capsys):
-    """`edge-agent run --source` (the plain camera pipeline) scores drift too: in its JSON summary."""
+    """`edge-agent run --source` (the plain camera pipeline) scores drift too: in its JSON summary. Every frame
+    (`--drift-budget all`): these videos are as long as a window or two (the default samples: test below)."""
     from edge_agent.cli import main
 
     summaries = {}
     for name, video in (("same", digits_video), ("changed", scene_change_video)):
         code = main(["run", str(int8_bundle), "--source", str(video), "--trust", str(digits.pub), "--output", "none",
-                     "--drift-window", "100", "--json"])
+                     "--drift-window", "100", "--drift-budget", "all", "--json"])
         out, err = capsys.readouterr()
         assert code == 0, err
         summaries[name] = json.loads(out)["drift"]
     assert summaries["same"]["state"] == "ok" and summaries["same"]["frames"] == 100
+    assert summaries["same"]["live"]["not_sampled"] == 0
     assert summaries["changed"]["state"] == "drift" and summaries["changed"]["psi"]["input.brightness"] > 1.0
 
 
@@ -217,3 +219,27 @@ def test_the_cpu_budget_samples_fast_inputs_and_takes_every_slow_one():
         now[0] += 0.1
         slow.run(burn)
     assert (slow.run_count, slow.skipped) == (50, 0)
+
+
+def test_the_plain_pipelines_budget_is_a_share_of_the_inference_time_not_of_the_clock(digits_ref, split):
+    """`edge-agent run --source` observes frames within 1 % of the model's inference time (LiveSample.latency_ms),
+    however much wall time passes: a model that costs nothing buys no statistics beyond the first burst, a slow
+    one gets every frame observed; `--drift-budget all` (share None) observes every frame whatever it costs."""
+    from edge_agent.monitor.watch import PipelineDrift
+    from edge_agent.pipeline.observe import LiveSample
+
+    _, _, x_test, _ = split
+
+    def fed(share: float | None, latency_ms: float, n: int = 300) -> PipelineDrift:
+        drift = PipelineDrift(DriftMonitor(digits_ref, "NCHW", kind=None, config=DriftConfig(WINDOW, STRIDE)), share)
+        for i in range(n):
+            drift(LiveSample(None, None, {"x": x_test[i:i + 1]}, [], latency_ms))
+        return drift
+
+    slow = fed(0.01, 1000.0)  # 10 ms of budget per frame: far more than an observation costs
+    assert slow.not_sampled == 0 and slow.snapshot().frames == WINDOW
+    free = fed(0.01, 0.0)  # no inference time at all: the burst (2 ms of CPU) is all there is
+    assert free.budget.run_count + free.not_sampled == 300 and free.not_sampled > 150
+    assert free.snapshot().live["not_sampled"] == free.not_sampled
+    every = fed(None, 0.0)
+    assert every.not_sampled == 0 and every.snapshot().state == "ok"

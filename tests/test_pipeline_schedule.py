@@ -142,20 +142,25 @@ def test_serial_is_refused_for_live_sources_and_bad_names(tmp_path, capsys):
 
 def test_the_cli_runs_inference_on_all_cores_and_reports_how_the_stages_shared_them(tmp_path, capsys):
     """`edge-agent run --source` without --threads used all cores but one: a YOLO pipeline on 2 cores then ran at
-    0.72 of the bare loop on both (docs/detection.md). The summary says what ran: threads, schedule, priority."""
+    0.72 of the bare loop on both (docs/detection.md). The summary says what ran: threads, schedule, priority, and
+    FFmpeg's decoding threads: one for a video file when inference takes every core (its own frame threads would
+    only preempt the runtime's), FFmpeg's choice otherwise, or --decode-threads."""
     import json
 
     key, pub = generate_keypair(tmp_path / "keys")
     bundle = detector_bundle(tmp_path, key, {"output0": np.zeros((1, 6, 8), np.float32)}, {"format": "yolo"})
     video = write_video(tmp_path / "v.avi", [np.zeros((48, 64, 3), np.uint8)] * 4)
     runs = {}
-    for extra in ([], ["--threads", "1", "--schedule", "serial", "--helper-priority", "idle"]):
+    for extra in ([], ["--threads", "1", "--schedule", "serial", "--helper-priority", "idle"], ["--decode-threads", "3"]):
         rc = agent_main(["run", str(bundle), "--source", str(video), "--trust", str(pub), "--output", "none",
                          "--json", *extra])
         assert rc == 0
         runs[len(extra)] = json.loads(capsys.readouterr().out)
-    default, chosen = runs[0], runs[6]
+    default, chosen, decode3 = runs[0], runs[6], runs[2]
     assert default["frames"] == chosen["frames"] == 4
+    assert default["decode_threads"] == 1 and decode3["decode_threads"] == 3
+    if (os.cpu_count() or 1) > 1:  # one inference thread leaves a core: FFmpeg decides (one thread per core)
+        assert chosen["decode_threads"] > 1
     assert default["inference_threads"] == (os.cpu_count() or 1)
     assert (default["schedule"], default["helper_priority"]) == ("threads", "normal")
     assert (chosen["inference_threads"], chosen["schedule"], chosen["helper_priority"]) == (1, "serial", "idle")

@@ -19,7 +19,7 @@ from ..bundle import REFERENCE_STATS_FILE, Manifest
 from ..ota.protocol import ShadowGate
 from ..pipeline.observe import LiveInputs, LiveSample
 from ..runtimes import ModelSession
-from .budget import CpuBudget
+from .budget import INFERENCE_SHARE, CpuBudget, InferenceClock
 from .drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, DriftConfig, DriftMonitor, DriftSnapshot
 from .reference import ReferenceStats
 from .shadow import ShadowReport, ShadowRun, skipped
@@ -85,6 +85,42 @@ class DriftWatch:
         snap = m.snapshot()
         snap.live["not_sampled"] = self.budget.skipped  # live inputs left out to keep within the CPU budget
         return snap
+
+
+class PipelineDrift:
+    """Observer of a plain pipeline (`edge-agent run --source`): one model's DriftMonitor, fed a uniform sample
+    of the frames within `share` of the model's inference time (monitor.budget.InferenceClock); share None:
+    every frame, whatever it costs. A window then holds the last `window` *observed* frames."""
+
+    def __init__(self, monitor: DriftMonitor, share: float | None = INFERENCE_SHARE) -> None:
+        self.monitor = monitor
+        self.clock = InferenceClock()
+        self.budget = CpuBudget(share, clock=self.clock) if share else None
+
+    def __call__(self, sample: LiveSample) -> None:
+        def observe() -> None:
+            self.monitor.observe(next(iter(sample.feeds.values())), sample.outputs, sample.result)
+
+        if self.budget is None:
+            observe()
+            return
+        self.clock.advance(sample.latency_ms)
+        self.budget.run(observe)
+
+    @property
+    def not_sampled(self) -> int:
+        return self.budget.skipped if self.budget else 0
+
+    def snapshot(self) -> DriftSnapshot:
+        snap = self.monitor.snapshot()
+        snap.live["not_sampled"] = self.not_sampled  # frames left out to keep within the budget
+        return snap
+
+
+def pipeline_drift(manifest: Manifest, bundle_dir: Any, config: DriftConfig,
+                   share: float | None = INFERENCE_SHARE) -> PipelineDrift:
+    """The plain pipeline's drift observer for this bundle (the CLI and scripts/bench_detect.py use this one)."""
+    return PipelineDrift(drift_monitor_for(manifest, load_reference(bundle_dir), config), share)
 
 
 def add_drift_arguments(group: Any) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 from ..bundle import sha256_file
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
+from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
-from ..monitor.watch import add_drift_arguments, drift_monitor_for, load_reference
+from ..monitor.watch import add_drift_arguments, pipeline_drift
 from ..errors import AgentError
 from .scheduling import PRIORITIES, SCHEDULES, ScheduleError
 
@@ -37,7 +38,7 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     from ..runtimes import load_session
     from .runner import Pipeline
     from .sinks import AnnotatedVideoSink, JsonLinesSink, MjpegPreviewSink, Sink, TelemetrySink
-    from .sources import ReconnectPolicy, open_source
+    from .sources import ReconnectPolicy, auto_decode_threads, open_source
 
     if args.inputs:
         raise UsageError("give either input files or --source, not both")
@@ -45,9 +46,11 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     reconnect = ReconnectPolicy(max_attempts=args.reconnect_attempts, max_total=args.reconnect_max_seconds)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         m = vb.manifest
-        session = load_session(vb.unpacked_to, m, threads=args.threads or pipeline_threads())
+        threads = args.threads or pipeline_threads()
+        session = load_session(vb.unpacked_to, m, threads=threads)
         source = open_source(args.source, reconnect=reconnect, open_timeout_ms=int(args.open_timeout * 1000),
-                             read_timeout_ms=int(args.open_timeout * 1000))
+                             read_timeout_ms=int(args.open_timeout * 1000), decode_threads=args.decode_threads,
+                             file_decode_threads=auto_decode_threads(threads))
         stats = PipelineStats(
             model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),
             source=source.description,
@@ -68,8 +71,8 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                 sinks.append(TelemetrySink(MqttTelemetryReporter(
                     args.mqtt_telemetry, stats, device_id=args.device_id, interval=args.telemetry_interval,
                     per_frame_results=args.mqtt_results)))
-            drift = drift_monitor_for(m, load_reference(vb.unpacked_to),
-                                      DriftConfig(window=args.drift_window, threshold=args.drift_threshold))
+            drift = pipeline_drift(m, vb.unpacked_to, DriftConfig(window=args.drift_window,
+                                                                  threshold=args.drift_threshold), args.drift_budget)
             if args.metrics_port is not None:
                 from ..telemetry.prometheus import DriftCollector, MetricsServer
 
@@ -79,8 +82,7 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                 pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
                                     max_frames=args.max_frames, top_k=args.top_k, schedule=args.schedule,
                                     helper_priority=args.helper_priority,
-                                    observers=[lambda s: drift.observe(next(iter(s.feeds.values())), s.outputs,
-                                                                       s.result)])
+                                    observers=[drift])
             except ScheduleError as exc:  # a schedule the source cannot take (serial on a live camera)
                 raise UsageError(str(exc)) from exc
             restore = _stop_on_sigterm(pipeline)
@@ -119,6 +121,19 @@ def pipeline_threads() -> int:
     return os.cpu_count() or 1
 
 
+def _drift_budget(text: str) -> float | None:
+    """argparse type: a percentage > 0 (returned as a share) or `all` (None: observe every frame)."""
+    if text == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100] or 'all', got {text!r}")
+    return value / 100.0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the --source options to `edge-agent run` and route --source runs here."""
     p = subparsers.choices.get("run")
@@ -135,6 +150,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
     g.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
     add_drift_arguments(g)
+    g.add_argument("--drift-budget", type=_drift_budget, default=INFERENCE_SHARE, metavar="PERCENT|all",
+                   help=f"CPU the drift statistics may take, in percent of the model's inference time (default "
+                        f"{INFERENCE_SHARE * 100:g}: a uniform sample of the frames); all: every frame, whatever it "
+                        "costs (docs/monitoring.md)")
     g.add_argument("--mqtt-telemetry", metavar="URL", help="publish telemetry to mqtt://[user:pass@]host[:port]")
     g.add_argument("--device-id", help="device id in telemetry topics (default: host name)")
     g.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
@@ -146,6 +165,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
                    help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
                         "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")
+    g.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                   help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
+                        "FFmpeg's own choice otherwise; docs/detection.md)")
     g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
     g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
     g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")

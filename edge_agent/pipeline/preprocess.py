@@ -161,11 +161,16 @@ def preprocess_image(
     rh, rw = resized.shape[:2]
     if (rh, rw) != size:  # the letterbox border: the pad grey through the same arithmetic
         border = normalise(np.full((1, 1, channels), PAD, np.uint8), np.empty((1, 1, channels), np.float32))[0, 0]
-        planes = out[0] if layout == "NCHW" else out[0].transpose(2, 0, 1)
-        for c in range(channels):
-            plane = planes[c]
-            plane[:y].fill(border[c]), plane[y + rh:].fill(border[c])
-            plane[y:y + rh, :x].fill(border[c]), plane[y:y + rh, x + rw:].fill(border[c])
+        if layout == "NHWC" and bool(np.all(border == border[0])):  # one value: four fills of whole bands, not 12
+            img = out[0]  # strided per-channel ones (35 us against 8 for a 320x320 letterbox)
+            img[:y].fill(border[0]), img[y + rh:].fill(border[0])
+            img[y:y + rh, :x].fill(border[0]), img[y:y + rh, x + rw:].fill(border[0])
+        else:
+            planes = out[0] if layout == "NCHW" else out[0].transpose(2, 0, 1)
+            for c in range(channels):
+                plane = planes[c]
+                plane[:y].fill(border[c]), plane[y + rh:].fill(border[c])
+                plane[y:y + rh, :x].fill(border[c]), plane[y:y + rh, x + rw:].fill(border[c])
     if layout == "NHWC":
         normalise(resized, out[0, y:y + rh, x:x + rw])
     else:

@@ -63,6 +63,7 @@ class PipelineSummary:
     schedule: str = "threads"  # how the stages shared the cores (edge_agent.pipeline.scheduling)
     helper_priority: str = "normal"
     inference_threads: int = 0  # the runtime's threads (0: its own default)
+    decode_threads: int | None = None  # FFmpeg's decoding threads (video sources; sources.auto_decode_threads)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -336,5 +337,5 @@ class Pipeline:
             frames=snap["processed"], captured=snap["captured"], dropped=snap["dropped"], errors=snap["errors"],
             seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
             policy=self.policy, stats=snap, schedule=self.schedule, helper_priority=self.helper_priority,
-            inference_threads=self.session.info.threads,
+            inference_threads=self.session.info.threads, decode_threads=self.source.decode_threads,
         )

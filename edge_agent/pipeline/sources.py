@@ -89,6 +89,7 @@ class Source(ABC):
     live: bool = False
     description: str = ""
     fps: float | None = None
+    decode_threads: int | None = None  # FFmpeg's decoding threads (capture sources), None where nothing decodes
 
     @abstractmethod
     def read(self) -> Frame | None:
@@ -121,9 +122,12 @@ def _cv2() -> Any:
     return cv2
 
 
-def _capture_params(cv2: Any, open_timeout_ms: int, read_timeout_ms: int) -> list[int]:
+def _capture_params(cv2: Any, open_timeout_ms: int, read_timeout_ms: int, decode_threads: int | None = None) -> list[int]:
     params: list[int] = []
-    for name, value in (("CAP_PROP_OPEN_TIMEOUT_MSEC", open_timeout_ms), ("CAP_PROP_READ_TIMEOUT_MSEC", read_timeout_ms)):
+    for name, value in (("CAP_PROP_OPEN_TIMEOUT_MSEC", open_timeout_ms), ("CAP_PROP_READ_TIMEOUT_MSEC", read_timeout_ms),
+                        ("CAP_PROP_N_THREADS", decode_threads)):
+        if value is None:
+            continue
         prop = getattr(cv2, name, None)
         if prop is not None:
             params += [int(prop), int(value)]
@@ -142,13 +146,14 @@ class CaptureSource(Source):
         open_timeout_ms: int = 10000,
         read_timeout_ms: int = 10000,
         sleep: Callable[[float], None] = time.sleep,
+        decode_threads: int | None = None,
     ) -> None:
         cv2 = self._cv2 = _cv2()
         self.target = target
         self.live = live
         self.description = description
         self.reconnect = reconnect or ReconnectPolicy()
-        self._params = _capture_params(cv2, open_timeout_ms, read_timeout_ms)
+        self._params = _capture_params(cv2, open_timeout_ms, read_timeout_ms, decode_threads)
         self._sleep = sleep
         self._count = 0
         self.reconnects = 0
@@ -157,6 +162,8 @@ class CaptureSource(Source):
             raise SourceOpenError(f"cannot open video source {description}")
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.0 < fps < 1000.0 else None
+        threads = int(self._cap.get(getattr(cv2, "CAP_PROP_N_THREADS", -1)) or 0)
+        self.decode_threads = threads if threads > 0 else None
 
     def _open(self) -> Any | None:
         cv2 = self._cv2
@@ -243,15 +250,20 @@ def open_source(
     reconnect: ReconnectPolicy | None = None,
     open_timeout_ms: int = 10000,
     read_timeout_ms: int = 10000,
+    decode_threads: int | None = None,
+    file_decode_threads: int | None = None,
 ) -> Source:
     """A Source for `spec`: /dev/videoN or an index, rtsp/http URL, video file, image folder or image.
 
+    decode_threads: FFmpeg's decoding threads for every capture source (None: its own choice, one per core);
+    file_decode_threads: the same for video files only, when decode_threads is None (auto_decode_threads).
     Raises SourceOpenError (exit code 30) with a one-line reason when it cannot be opened.
     """
     text = str(spec).strip()
     if not text:
         raise SourceOpenError("empty --source")
-    kwargs = dict(reconnect=reconnect, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms)
+    kwargs = dict(reconnect=reconnect, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms,
+                  decode_threads=decode_threads)
     m = _DEVICE_RE.match(text)
     if text.isdigit() or m:
         index = int(m.group(1) if m else text)
@@ -272,10 +284,20 @@ def open_source(
         raise SourceOpenError(f"video source {path} is not a regular file or folder")
     if path.suffix.lower() in OPENCV_IMAGE_SUFFIXES:
         return ImageFilesSource([path], f"image {path}")
+    if decode_threads is None:
+        kwargs["decode_threads"] = file_decode_threads
     try:
         return CaptureSource(str(path), live=False, description=f"video file {path}", **kwargs)
     except SourceOpenError:
         raise SourceOpenError(f"cannot decode video file {path} (not a video, or a codec OpenCV lacks)") from None
+
+
+def auto_decode_threads(inference_threads: int) -> int | None:
+    """FFmpeg threads for a video file beside a model on `inference_threads` threads: 1 when inference already
+    fills every core (FFmpeg's frame threads then only add threads that wake per frame and preempt the runtime's,
+    for more CPU per frame: docs/detection.md), else None (FFmpeg's choice). Live sources keep FFmpeg's choice:
+    a high-resolution stream may need more than one thread to keep pace with its camera."""
+    return 1 if inference_threads >= (os.cpu_count() or 1) else None
 
 
 def _redact(url: str) -> str:
