@@ -124,8 +124,9 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
 
     src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
     per_channel = ctx.profile.precision.per_channel
+    pixels = ctx.pixel_input is not None  # fold-input: grey levels quantized with scale 1 (tflite/pixel_grid.py)
     result = onnx_to_tflite(ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration,
-                            ctx.options.calibration_samples, io_dtype, per_channel)
+                            ctx.options.calibration_samples, io_dtype, per_channel, pixels)
     ctx.model, ctx.reference_model = result.model, result.float32
     if result.saved_model is not None:
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
@@ -133,12 +134,16 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
     rename_output_roles(ctx, [t.name for t in src_out])
     entry = {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
              "variants_written": result.files}
+    if pixels and precision == "int8-static":
+        from ..tflite.pixel_grid import input_grid
+
+        entry["pixel_input_quantization"] = input_grid(ctx.model)  # read back from the file: scale 1 expected
     if precision == "int8-static" and per_channel:
         from ..tflite.compensation import compensate_tflite
 
         def convert(src: Path, work: Path):
             return onnx_to_tflite(src, work, precision, src_in, ctx.calibration, ctx.options.calibration_samples,
-                                  io_dtype, per_channel)
+                                  io_dtype, per_channel, pixels)
 
         entry["compensation"] = compensate_tflite(ctx, compensation, convert, io_dtype)
     return entry

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConversionError
 from ..importers.tensorflow_model import import_tensorflow, tflite_converter
 from .model_io import stdout_to_stderr
+from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
 Feeds = Callable[[], Iterable[list[np.ndarray]]]
@@ -32,7 +33,7 @@ class TFLiteDenylistQuantizer:
     """Calibrate a TF source once; build int8 TFLite models with chosen layers kept in float."""
 
     def __init__(self, kind: str, source: Path, representative: Feeds, debug_data: Feeds, workdir: Path,
-                 per_channel: bool = True) -> None:
+                 per_channel: bool = True, pixel_input: bool = False) -> None:
         tf = import_tensorflow()
         self.tf, self.workdir = tf, workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ class TFLiteDenylistQuantizer:
         conv._experimental_disable_per_channel = not per_channel  # same switch the debugger reads
         options = tf.lite.experimental.QuantizationDebugOptions()
         try:
-            with stdout_to_stderr():
+            with stdout_to_stderr(), pixel_grid(pixel_input):  # the fold's grey levels on scale 1 (pixel_grid.py)
                 self.debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=conv, debug_dataset=debug_data, debug_options=options)
         except Exception as exc:

@@ -30,6 +30,7 @@ from edge_agent.bundle import TensorSpec
 from ..data import Dataset
 from ..errors import ConversionError
 from .model_io import stdout_to_stderr
+from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,13 @@ def onnx_to_tflite(
     calibration_samples: int = 256,
     io_dtype: str = "float32",
     per_channel: bool = True,
+    pixel_input: bool = False,
 ) -> Onnx2TfResult:
     """Convert a float ONNX model to TFLite with onnx2tf; returns the variant for `precision`.
 
     precision: fp32 | fp16 | int8-dynamic | int8-static (full integer, calibrated on the user's
-    data; io_dtype float32 keeps float I/O, int8/uint8 gives integer I/O).
+    data; io_dtype float32 keeps float I/O, int8/uint8 gives integer I/O). pixel_input: the model takes grey levels
+    (fold-input): int8 quantizes them with scale 1 whatever the calibration data reach (converter/tflite/pixel_grid.py).
     """
     import time
 
@@ -209,7 +212,7 @@ def onnx_to_tflite(
             # onnx2tf names its layers from tf_keras' per-process counters ("model_58/tf.nn.relu_20"): reset them
             # so a conversion gives the same tensor names (and bytes) whatever ran before it in this process.
             module.tf_keras.backend.clear_session()
-            with _no_sample_download(module, sample), stdout_to_stderr():
+            with _no_sample_download(module, sample), stdout_to_stderr(), pixel_grid(integer and pixel_input):
                 module.convert(**kwargs)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on unsupported graphs
             raise ConversionError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code}); run with -vv for its log") from exc
