@@ -124,9 +124,10 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
 
     src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
     per_channel = ctx.profile.precision.per_channel
-    pixels = ctx.pixel_input is not None  # fold-input: grey levels quantized with scale 1 (tflite/pixel_grid.py)
+    pixels = ctx.pixel_input is not None  # fold-input: grey levels on scale 1, stem re-centred (tflite/pixel_grid.py)
+    fill = list(ctx.pixel_input.fill) if pixels else None
     result = onnx_to_tflite(ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration,
-                            ctx.options.calibration_samples, io_dtype, per_channel, pixels)
+                            ctx.options.calibration_samples, io_dtype, per_channel, pixels, fill)
     ctx.model, ctx.reference_model = result.model, result.float32
     if result.saved_model is not None:
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
@@ -138,12 +139,13 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
         from ..tflite.pixel_grid import input_grid
 
         entry["pixel_input_quantization"] = input_grid(ctx.model)  # read back from the file: scale 1 expected
+        entry["stem_recentred"] = {k: result.pixel_grid[k] for k in ("stem", "stem_bias_shift") if k in result.pixel_grid}
     if precision == "int8-static" and per_channel:
         from ..tflite.compensation import compensate_tflite
 
         def convert(src: Path, work: Path):
             return onnx_to_tflite(src, work, precision, src_in, ctx.calibration, ctx.options.calibration_samples,
-                                  io_dtype, per_channel, pixels)
+                                  io_dtype, per_channel, pixels, fill)
 
         entry["compensation"] = compensate_tflite(ctx, compensation, convert, io_dtype)
     return entry

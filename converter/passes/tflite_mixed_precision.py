@@ -44,7 +44,8 @@ def lazy_quantizer(ctx: ConversionContext) -> Quantizer:
             built.append(TFLiteDenylistQuantizer(
                 ctx.tf_source.kind, ctx.tf_source.path, representative_dataset(ctx.calibration, n_cal, ctx.inputs),
                 representative_dataset(debug, PRERANK_SAMPLES, ctx.inputs), ctx.workdir / "tflite-mixed",
-                ctx.profile.precision.per_channel, pixel_input=ctx.pixel_input is not None))
+                ctx.profile.precision.per_channel, pixel_input=ctx.pixel_input is not None,
+                stem_fill=list(ctx.pixel_input.fill) if ctx.pixel_input is not None else None))
         return built[0]
 
     return get

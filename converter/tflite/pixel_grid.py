@@ -11,6 +11,13 @@ one input both its quantizers read: onnx2tf's TFLiteConverter call and the Quant
 gets min 0 / max 255 on the pixel tensors (the graph input and the PAD/ADD chain the fold put before the first conv),
 so the quantizer itself derives scale 1 and zero point -128 (int8) or 0 (uint8 I/O) and computes the first conv's
 bias scale from it. Nothing is patched after quantization.
+
+The same place re-centres the stem, as the ONNX path does after rounding (fold_input.correct_rounded_stem): grey
+levels are all positive (mean ~120), so the first conv's weight rounding error dW times the input has a constant part
+dW * mean pixel per output channel that the normalised model never had. The calibrated model's float bias gets
+b - sum(dW * fill), with dW from the grid the quantizer will use (per output channel max |w| / 127, nearest), so its
+int32 bias comes out re-centred. Weights that already sit on that grid (GPTQ-compensated) give dW = 0. A build that
+keeps the stem float must use the calibrated model without the shift (TFLiteDenylistQuantizer does).
 """
 
 from __future__ import annotations
@@ -59,27 +66,65 @@ def _is_constant(model, tensor) -> bool:
     return buf is not None and (buf.data is not None and len(buf.data) > 0 or getattr(buf, "size", 0) > 0)
 
 
-def set_pixel_range(calibrated: bytes) -> tuple[bytes, list[str]]:
-    """The calibrated model with min/max 0..255 on its pixel tensors; (model bytes, names of the tensors set)."""
+def _name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def _floats(model, tensor) -> np.ndarray | None:
+    """A constant float32 tensor's values (None if it is not one)."""
+    buf = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
+    if tensor.type != 0 or buf is None or buf.data is None or len(buf.data) == 0:  # TensorType.FLOAT32 = 0
+        return None
+    return np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.float32).reshape(tuple(tensor.shape)).copy()
+
+
+def recentre_stem(model, pixels: list[int], fill: list[float]) -> tuple[str, float] | None:
+    """Shift the float bias of the CONV_2D reading the last pixel tensor by -sum(dW * fill) (in place); returns (its
+    output tensor, the largest shift) or None when there is no such conv with constant float weights and bias."""
+    graph = model.subgraphs[0]
+    conv = next((op for op in graph.operators if len(op.inputs) > 2 and int(op.inputs[0]) == pixels[-1]
+                 and _op_name(model, op) == "CONV_2D"), None)
+    if conv is None or not fill or int(conv.inputs[2]) < 0:
+        return None
+    w_t, b_t = graph.tensors[int(conv.inputs[1])], graph.tensors[int(conv.inputs[2])]
+    w, b = _floats(model, w_t), _floats(model, b_t)
+    if w is None or b is None or w.ndim != 4 or w.shape[-1] != len(fill):
+        return None
+    w64 = w.astype(np.float64)  # OHWI
+    scale = np.maximum(np.abs(w64).max(axis=(1, 2, 3), keepdims=True), 1e-30) / 127
+    delta = ((np.clip(np.round(w64 / scale), -127, 127) * scale - w64) * np.asarray(fill, np.float64)).sum(axis=(1, 2, 3))
+    model.buffers[b_t.buffer].data = np.frombuffer((b - delta).astype(np.float32).tobytes(), np.uint8)
+    return _name(graph.tensors[int(conv.outputs[0])]), float(np.abs(delta).max())
+
+
+def set_pixel_range(calibrated: bytes, fill: list[float] | None = None) -> tuple[bytes, dict]:
+    """The calibrated model with min/max 0..255 on its pixel tensors and (given the fold's fill) the stem re-centred;
+    (model bytes, {"tensors": names set, "stem": conv output, "stem_bias_shift": largest shift,
+    "unshifted": the bytes without the stem shift})."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
-    names = []
-    for i in pixel_tensors(model):
+    pixels, names = pixel_tensors(model), []
+    for i in pixels:
         q = graph.tensors[i].quantization
         if q is None or q.min is None or len(q.min) != 1:  # no calibration statistics here: leave it as it is
             continue
         q.min, q.max = np.array([PIXEL_RANGE[0]], np.float32), np.array([PIXEL_RANGE[1]], np.float32)
-        name = graph.tensors[i].name
-        names.append(name.decode() if isinstance(name, bytes) else str(name))
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), names
+        names.append(_name(graph.tensors[i]))
+    info: dict = {"tensors": names}
+    if fill:
+        info["unshifted"] = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        stem = recentre_stem(model, pixels, fill)
+        if stem is not None:
+            info["stem"], info["stem_bias_shift"] = stem
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), info
 
 
 @contextlib.contextmanager
-def pixel_grid(enabled: bool = True, record: list[str] | None = None) -> Iterator[None]:
-    """While active, every TFLite calibration (onnx2tf's, the debugger's) gives the pixel tensors the range 0..255.
-    `record` collects the names of the tensors set (the report shows them)."""
+def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: dict | None = None) -> Iterator[None]:
+    """While active, every TFLite calibration (onnx2tf's, the debugger's) gives the pixel tensors the range 0..255
+    and, with the fold's `fill` (mean pixel), re-centres the stem. `record` gets set_pixel_range's info (last call)."""
     if not enabled:
         yield
         return
@@ -88,10 +133,12 @@ def pixel_grid(enabled: bool = True, record: list[str] | None = None) -> Iterato
     original = calibrator.Calibrator.calibrate
 
     def calibrate(self, dataset_gen):
-        content, names = set_pixel_range(original(self, dataset_gen))
-        log.info("TFLite calibration: grey-level tensors %s set to 0..255 (scale 1)", names)
+        content, info = set_pixel_range(original(self, dataset_gen), fill)
+        log.info("TFLite calibration: grey-level tensors %s set to 0..255 (scale 1); stem %s re-centred by up to %s",
+                 info["tensors"], info.get("stem"), info.get("stem_bias_shift"))
         if record is not None:
-            record.extend(n for n in names if n not in record)
+            record.clear()
+            record.update(info)
         return content
 
     calibrator.Calibrator.calibrate = calibrate
