@@ -40,7 +40,8 @@ COMPENSATION_OPTION = PassOption(
     "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
     "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights, act order) + bias correction, none; "
     "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: gptq/bias/weights "
-    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto and none leave them", choices=COMPENSATION_CHOICES)
+    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto measures that against none "
+    "on the eval data (a second onnx2tf conversion) and keeps the better in a paired test", choices=COMPENSATION_CHOICES)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):

@@ -56,6 +56,8 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
                 return {"chosen": "none", "note": "auto: gptq measured, not better in a paired test on the eval data",
                         "candidates": entry["candidates"], "paired_test": entry["paired_test"]}
     ctx.model = result.model
+    if getattr(result, "pixel_grid", None):  # GPTQ weights sit on the grid: the stem's re-centring shift is ~0 here
+        entry["stem_recentred"] = {k: result.pixel_grid[k] for k in ("stem", "stem_bias_shift") if k in result.pixel_grid}
     if result.saved_model is not None:  # the mixed-precision pass re-quantizes this SavedModel (compensated weights)
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
     return entry
