@@ -277,3 +277,8 @@ def test_tflite_int8_recentres_the_stem_and_a_float_stem_keeps_its_own_bias(tmp_
     float_stem = stem_bias(q.build([q.grid["stem"]]))
     assert float_stem.dtype == np.float32 and np.array_equal(float_stem, stem_bias(results["recentred"].float32))
     assert not np.array_equal(stem_bias(q.build([])), stem_bias(results["plain"].model))  # int8: shifted int32 bias
+    # the search never spends a float layer on the grey-level chain (exact on the grid; it used to rank the PAD first)
+    from converter.passes.tflite_mixed_precision import tflite_layer_binding
+
+    assert any("fold_pad" in t for t in q.grid["tensors"]) and set(q.grid["tensors"]) & set(q.layers())
+    assert not set(q.grid["tensors"]) & set(tflite_layer_binding(lambda data: q, Dataset({"x": pixels})).layers)

@@ -109,7 +109,8 @@ def tflite_layer_binding(quantizer: Quantizer, data: Dataset) -> LayerBinding:
     weighted = [r["layer"] for r in q.layer_stats() if r["op"] in WEIGHTED_OPS]
     groups = tflite_layer_groups(q.build([]), weighted)
     members = {m for g in groups.values() for m in g[1:]}
-    skip = members | set(q.keep_float)
+    # the fold's grey-level tensors (input PAD/ADD) are exact on the scale-1 grid: float there buys nothing
+    skip = members | set(q.keep_float) | set(getattr(q, "grid", {}).get("tensors", []))
     worst = {r["layer"]: r for r in q.layer_stats()}
     prerank = []
     for r in q.prerank():

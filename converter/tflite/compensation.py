@@ -30,10 +30,17 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
     path's auto): a second onnx2tf conversion and a fit, ~2 min on an ImageNet CNN."""
     from ..onnx.weight_compensation import compensate_weights_only
 
+    if spec == "auto" and ctx.task() == "detection":
+        # the float decode head is set later (tflite-mixed-precision): full int8 here scores no boxes to decide on
+        return {"chosen": "none", "note": "auto does not fit for detectors on TFLite (the float head comes after); "
+                "--compensation gptq applies it"}
     evaluate = ctx.evaluator()
     if spec == "none" or (spec == "auto" and evaluate is None):
         return {"chosen": "none", "note": "off" if spec == "none" else "not measured (no eval data)"}
     base = evaluate(ctx.model) if evaluate is not None else None
+    if spec == "auto" and base is not None and base["agreement"] >= 1.0:  # as on ONNX: nothing can agree better
+        return {"chosen": "none", "note": "not fitted: plain int8 already agrees with float on every eval sample",
+                "candidates": [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]}]}
     samples = ctx.calibration.head(min(SAMPLES, len(ctx.calibration)))
     work = ctx.workdir / "tflite-compensation"
     try:
