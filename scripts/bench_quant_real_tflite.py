@@ -40,6 +40,7 @@ def edgekit_tflite(src: Path, calib: Path, select: Path, work: Path, normalizati
     mean, std = normalization
     args = ["-q", "convert", str(src), "--profile", "raspberry-pi-4", "--format", "tflite", "--calibration", str(calib),
             "--eval", str(select), "--key", str(key), "--out", str(out), "--bench-runs", "10", "--force",
+            "--calibration-method", "linearquantile:99.9",  # as the ONNX row's candidates (TFLite takes one method)
             "--mean", ",".join(f"{v:.9g}" for v in mean), "--std", ",".join(f"{v:.9g}" for v in std), *extra]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -114,7 +115,8 @@ def tflite_rows(float_model: Path, calib: np.ndarray, test: np.ndarray, ref: np.
                        "int8_kernels": _int8_ops(model)["int8"], "float_kernels": _int8_ops(model)["float"]}
     convert = next((p for p in report["passes"] if p["pass"] == "tflite-convert"), {})
     mixed = report["measurements"].get("mixed_precision", {})
-    summary = {"precision": report["precision"], "gate_passed": report["measurements"].get("accuracy", {}).get("passed"),
+    summary = {"precision": report["precision"], "calibration": convert.get("calibration_method"),
+               "gate_passed": report["measurements"].get("accuracy", {}).get("passed"),
                "convert_seconds": round(seconds, 1), "default_int8_seconds": round(default_s, 1),
                "input_folded": bool(fold.get("folded")), "pixel_input_quantization": convert.get("pixel_input_quantization"),
                "compensation": (convert.get("compensation") or {}).get("chosen"),

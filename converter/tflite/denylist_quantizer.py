@@ -33,7 +33,8 @@ class TFLiteDenylistQuantizer:
     """Calibrate a TF source once; build int8 TFLite models with chosen layers kept in float."""
 
     def __init__(self, kind: str, source: Path, representative: Feeds, debug_data: Feeds, workdir: Path,
-                 per_channel: bool = True, pixel_input: bool = False, stem_fill: list[float] | None = None) -> None:
+                 per_channel: bool = True, pixel_input: bool = False, stem_fill: list[float] | None = None,
+                 quantile: float | None = None) -> None:
         tf = import_tensorflow()
         self.tf, self.workdir = tf, workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -44,9 +45,9 @@ class TFLiteDenylistQuantizer:
         conv._experimental_disable_per_channel = not per_channel  # same switch the debugger reads
         options = tf.lite.experimental.QuantizationDebugOptions()
         try:
-            # the fold's grey levels on scale 1, the stem re-centred (pixel_grid.py)
+            # the fold's grey levels on scale 1, the stem re-centred, linearquantile ranges (pixel_grid.py)
             self.grid: dict = {}
-            with stdout_to_stderr(), pixel_grid(pixel_input, stem_fill, self.grid):
+            with stdout_to_stderr(), pixel_grid(pixel_input, stem_fill, self.grid, quantile):
                 self.debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=conv, debug_dataset=debug_data, debug_options=options)
         except Exception as exc:

@@ -97,23 +97,30 @@ def recentre_stem(model, pixels: list[int], fill: list[float]) -> tuple[str, flo
     return _name(graph.tensors[int(conv.outputs[0])]), float(np.abs(delta).max())
 
 
-def set_pixel_range(calibrated: bytes, fill: list[float] | None = None) -> tuple[bytes, dict]:
-    """The calibrated model with min/max 0..255 on its pixel tensors and (given the fold's fill) the stem re-centred;
+def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_on: bool = True,
+                    quantile: tuple[float, list] | None = None) -> tuple[bytes, dict]:
+    """The calibrated model with min/max 0..255 on its pixel tensors (pixels_on), (given the fold's fill) the stem
+    re-centred and (given (P, the calibration samples)) linearquantile ranges (linear_quantile.py);
     (model bytes, {"tensors": names set, "stem": conv output, "stem_bias_shift": largest shift,
-    "unshifted": the bytes without the stem shift})."""
+    "unshifted": the bytes without the stem shift, "linearquantile": tensors given quantile ranges})."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
-    pixels, names = pixel_tensors(model), []
+    pixels, names = (pixel_tensors(model) if pixels_on else []), []
+    extra: dict = {}
+    if quantile is not None:
+        from .linear_quantile import set_linear_quantiles
+
+        extra["linearquantile"] = set_linear_quantiles(model, calibrated, quantile[1], quantile[0], skip=pixels)
     for i in pixels:
         q = graph.tensors[i].quantization
         if q is None or q.min is None or len(q.min) != 1:  # no calibration statistics here: leave it as it is
             continue
         q.min, q.max = np.array([PIXEL_RANGE[0]], np.float32), np.array([PIXEL_RANGE[1]], np.float32)
         names.append(_name(graph.tensors[i]))
-    info: dict = {"tensors": names}
-    if fill:
+    info: dict = {"tensors": names, **extra}
+    if fill and pixels:
         info["unshifted"] = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
         stem = recentre_stem(model, pixels, fill)
         if stem is not None:
@@ -122,10 +129,13 @@ def set_pixel_range(calibrated: bytes, fill: list[float] | None = None) -> tuple
 
 
 @contextlib.contextmanager
-def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: dict | None = None) -> Iterator[None]:
+def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: dict | None = None,
+               quantile: float | None = None) -> Iterator[None]:
     """While active, every TFLite calibration (onnx2tf's, the debugger's) gives the pixel tensors the range 0..255
-    and, with the fold's `fill` (mean pixel), re-centres the stem. `record` gets set_pixel_range's info (last call)."""
-    if not enabled:
+    (enabled) and, with the fold's `fill` (mean pixel), re-centres the stem; with `quantile` (P of linearquantile:P)
+    the unbounded tensors get the mean per-input quantiles of the calibration samples it saw.
+    `record` gets set_pixel_range's info (last call)."""
+    if not enabled and quantile is None:
         yield
         return
     from tensorflow.lite.python.optimize import calibrator
@@ -133,9 +143,19 @@ def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: di
     original = calibrator.Calibrator.calibrate
 
     def calibrate(self, dataset_gen):
-        content, info = set_pixel_range(original(self, dataset_gen), fill)
-        log.info("TFLite calibration: grey-level tensors %s set to 0..255 (scale 1); stem %s re-centred by up to %s",
-                 info["tensors"], info.get("stem"), info.get("stem_bias_shift"))
+        seen: list = []
+
+        def recorded():
+            for sample in dataset_gen():
+                if quantile is not None:
+                    seen.append(sample)
+                yield sample
+
+        content, info = set_pixel_range(original(self, recorded), fill, enabled,
+                                        (quantile, seen) if quantile is not None else None)
+        log.info("TFLite calibration: grey-level tensors %s set to 0..255 (scale 1); stem %s re-centred by up to %s; "
+                 "%d tensors on linearquantile ranges", info["tensors"], info.get("stem"), info.get("stem_bias_shift"),
+                 len(info.get("linearquantile", [])))
         if record is not None:
             record.clear()
             record.update(info)
