@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Int8 on real pretrained ImageNet CNNs and real photos: ORT defaults vs NNCF vs edgekit, side by side.
 
-  PYTHONPATH=. python scripts/bench_quant_real.py [--models mobilenet_v2,efficientnet_lite0] [--no-nncf] [--json]
+  PYTHONPATH=. python scripts/bench_quant_real.py [--models mobilenet_v2,efficientnet_lite0] [--formats onnx,tflite]
+      [--no-nncf] [--json]
 
 Models and photos come from packages (examples/imagenet_cnns.py: torchvision's MobileNetV2 weights and
 EfficientNet-Lite0, Debian's opencv-doc photos and videos, scikit-image photos). Photos are split by
@@ -10,7 +11,8 @@ held-out test set every figure below is measured on. Agreement = float's top-1 k
 where float's top-1 probability leads the runner-up by > 0.2. Reference rows bound what any int8 can keep on
 these photos: float itself under +-1 grey level of input noise, and int8 weights with float activations (rounded to
 nearest, and GPTQ-rounded with bias correction), and int8 activations (minmax) with float weights. Latency: median ms, batch 1, 2 threads,
-interleaved runs in one process. PP-OCR stays in scripts/bench_accuracy.py.
+interleaved runs in one process; the speed-up is against fp32 on the same runtime (ORT float for the ONNX rows, TFLite
+fp32 with XNNPACK for the TFLite rows: scripts/bench_quant_real_tflite.py). PP-OCR stays in scripts/bench_accuracy.py.
 """
 
 from __future__ import annotations
@@ -184,13 +186,32 @@ def fused_int8_kernels(model: Path) -> int:
     return sum(n.op_type.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) for n in onnx.load(str(opt)).graph.node)
 
 
-def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False) -> dict:
+def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False, formats: tuple[str, ...] = ("onnx",)
+          ) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-real-{name}-"))
     float_model = nets.export(name, work / "float.onnx")
     calib_side, test = nets.photo_split(400, 400, model=name)
     calib, select = calib_side[0::2], calib_side[1::2]
     np.savez(work / "calib.npz", x=calib)
     np.savez(work / "select.npz", x=select)
+    out = {"model": name, "calibration_inputs": len(calib), "selection_inputs": len(select), "held_out_inputs": len(test),
+           "results": {}}
+    if "onnx" in formats:
+        out.update(onnx_rows(name, float_model, calib, test, work, runs, with_nncf, fold_ablation))
+    if "tflite" in formats:
+        from bench_quant_real_tflite import tflite_rows
+
+        load = [round(v, 2) for v in os.getloadavg()]
+        rows, out["tflite"] = tflite_rows(float_model, calib, test, ba.run(float_model, test), work,
+                                          nets.NORMALIZATION[name], runs)
+        out["tflite"]["load_average"] = [load, [round(v, 2) for v in os.getloadavg()]]
+        out["results"].update(rows)
+    return out
+
+
+def onnx_rows(name: str, float_model: Path, calib: np.ndarray, test: np.ndarray, work: Path, runs: int, with_nncf: bool,
+              fold_ablation: bool) -> dict:
+    """The ONNX rows: ORT defaults, edgekit, NNCF and the reference rows, plus edgekit's conversion summary."""
     report, ours, convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz", work,
                                            nets.NORMALIZATION[name])
     models = {"float": float_model, "ort-default-int8": ba.default_int8(float_model, calib, work / "default.onnx"),
@@ -228,8 +249,7 @@ def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False) ->
     m = report["measurements"]
     mixed = m.get("mixed_precision", {})
     quant = next(p for p in report["passes"] if p["pass"] == "quantize")
-    return {"model": name, "calibration_inputs": len(calib), "selection_inputs": len(select), "held_out_inputs": len(test),
-            "precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
+    return {"precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
             "convert_seconds": round(convert_s, 1), "calibration": quant.get("calibration_method"),
             "compensation": quant.get("compensation"), "equalization": quant.get("equalization"), "float_layers": mixed.get("float_layers", []),
             "input_folded": bool(next((p for p in report["passes"] if p["pass"] == "fold-input"), {}).get("folded")),
@@ -242,6 +262,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--no-nncf", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--formats", default="onnx,tflite", help="onnx (ORT rows), tflite (LiteRT rows), or both")
     ap.add_argument("--fold-ablation", action="store_true", help="also convert with --fold-input off (a second conversion)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -249,17 +270,24 @@ def main() -> int:
                    check=False)
     results = []
     for m in args.models.split(","):
-        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation))
+        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation, tuple(args.formats.split(","))))
         log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
     for r in results:
-        print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos; edgekit {r['precision']} "
-              f"(gate {'passed' if r['gate_passed'] else 'missed'}), calibration {r['calibration']}, compensation "
-              f"{(r['compensation'] or {}).get('chosen')}, equalization {(r['equalization'] or {}).get('chosen')}, "
-              f"{len(r['float_layers'])} layers float, input {'folded' if r['input_folded'] else 'not folded'}, "
-              f"{r['convert_seconds']} s, load average {r['load_average']}")
+        print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos")
+        if "precision" in r:
+            print(f"  ONNX: edgekit {r['precision']} (gate {'passed' if r['gate_passed'] else 'missed'}), calibration "
+                  f"{r['calibration']}, compensation {(r['compensation'] or {}).get('chosen')}, equalization "
+                  f"{(r['equalization'] or {}).get('chosen')}, {len(r['float_layers'])} layers float, input "
+                  f"{'folded' if r['input_folded'] else 'not folded'}, {r['convert_seconds']} s, load average {r['load_average']}")
+        if "tflite" in r:
+            t = r["tflite"]
+            print(f"  TFLite: edgekit {t['precision']} (gate {'passed' if t['gate_passed'] else 'missed'}), compensation "
+                  f"{t['compensation']}, {len(t['float_layers'])} layers float, input "
+                  f"{'folded' if t['input_folded'] else 'not folded'} {[(q['scale'], q['zero_point']) for q in t['pixel_input_quantization'] or []]}, "
+                  f"{t['convert_seconds']} s, load average {t['load_average']}")
         for label, row in r["results"].items():
             clear = f"{row['clear_agreement']:.3f} clear ({row['clear_share']:.0%})" if row["clear_agreement"] is not None else ""
             speed = (f"{row['latency_ms']:8.3f} ms {row['speedup_vs_float']:5.2f}x" if row["latency_ms"] is not None

@@ -34,12 +34,20 @@ OP_SET_SLOWDOWN = 1.5  # `weighted` QDQ may be at most this much slower (tiny ne
 OP_SET_TIMING_RUNS = 10
 COMPENSATION_SAMPLES = 32  # calibration inputs the layer-wise compensation fits on (Gram matrices converge fast)
 COMPENSATION_CHOICES = ("auto", *COMPENSATIONS)
+CALIBRATION_METHOD_OPTION = PassOption(
+    str, None, "auto (try minmax, meanquantile, linearquantile, percentile 99.9/99.99/99.999, entropy, distribution; "
+    "keep the best on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] "
+    "(per-input PCT quantiles averaged: light on memory) | linearquantile[:PCT] (meanquantile only where no "
+    "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile). "
+    "TFLite int8 (TensorFlow's minmax by default) takes one: minmax or linearquantile[:PCT]",
+    metavar="METHOD", check=candidates)
 COMPENSATION_OPTION = PassOption(
     str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
     "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
     "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights, act order) + bias correction, none; "
     "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: gptq/bias/weights "
-    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto and none leave them", choices=COMPENSATION_CHOICES)
+    "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto measures that against none "
+    "on the eval data (a second onnx2tf conversion) and keeps the better in a paired test", choices=COMPENSATION_CHOICES)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
@@ -272,12 +280,7 @@ class QuantizePass(Pass):
     @classmethod
     def default_config(cls) -> dict[str, PassOption]:
         return {
-            "calibration_method": PassOption(
-                str, None, "auto (try minmax, meanquantile, linearquantile, percentile 99.9/99.99/99.999, entropy, distribution; "
-                "keep the best on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] "
-                "(per-input PCT quantiles averaged: light on memory) | linearquantile[:PCT] (meanquantile only where no "
-                "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile)",
-                metavar="METHOD", check=candidates),
+            "calibration_method": CALIBRATION_METHOD_OPTION,
             "quantize_ops": PassOption(
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
                 "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "

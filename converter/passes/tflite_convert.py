@@ -62,9 +62,9 @@ class TFLiteConvertPass(Pass):
 
     @classmethod
     def default_config(cls) -> dict[str, PassOption]:
-        from .quantize_onnx import COMPENSATION_OPTION
+        from .quantize_onnx import CALIBRATION_METHOD_OPTION, COMPENSATION_OPTION
 
-        return {"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
+        return {"calibration_method": CALIBRATION_METHOD_OPTION,"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
                                        "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8")),
                 "compensation": COMPENSATION_OPTION}
 
@@ -98,10 +98,27 @@ class TFLiteConvertPass(Pass):
             entry.update(_from_tensorflow(ctx, precision, io_dtype))
         if precision == "int8-static":
             entry["calibration_samples"] = min(len(ctx.calibration), o.calibration_samples)
+            q = tflite_quantile(ctx)
+            entry["calibration_method"] = f"linearquantile:{q:g}" if q is not None else "minmax (TensorFlow)"
         entry["inputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" + (f" (source {t.source_layout})" if t.source_layout else "")
                            for t in ctx.inputs]
         entry["outputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.outputs]
         return entry
+
+
+def tflite_quantile(ctx: ConversionContext) -> float | None:
+    """P of an explicit `--calibration-method linearquantile[:P]` (converter/tflite/linear_quantile.py), else None:
+    TensorFlow's minmax. TF's calibrator has no other method, and nothing here compares candidates: any other value
+    (auto, a list, percentile...) keeps minmax with a warning."""
+    from ..accuracy.calibration_choice import parse_method
+
+    spec = ctx.options.pass_options.get("calibration_method")
+    if not spec or spec.strip().lower() == "minmax":
+        return None
+    if "," not in spec and spec.strip().lower() != "auto" and parse_method(spec)[0] == "linearquantile":
+        return parse_method(spec)[1]
+    log.warning("--calibration-method %s: TFLite int8 takes minmax or linearquantile[:P]; TensorFlow's minmax used", spec)
+    return None
 
 
 def _repackage(ctx: ConversionContext) -> dict[str, Any]:
@@ -124,8 +141,11 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
 
     src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
     per_channel = ctx.profile.precision.per_channel
+    pixels = ctx.pixel_input is not None  # fold-input: grey levels on scale 1, stem re-centred (tflite/pixel_grid.py)
+    fill = list(ctx.pixel_input.fill) if pixels else None
+    quantile = tflite_quantile(ctx)
     result = onnx_to_tflite(ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration,
-                            ctx.options.calibration_samples, io_dtype, per_channel)
+                            ctx.options.calibration_samples, io_dtype, per_channel, pixels, fill, quantile)
     ctx.model, ctx.reference_model = result.model, result.float32
     if result.saved_model is not None:
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
@@ -133,12 +153,17 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
     rename_output_roles(ctx, [t.name for t in src_out])
     entry = {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
              "variants_written": result.files}
+    if pixels and precision == "int8-static":
+        from ..tflite.pixel_grid import input_grid
+
+        entry["pixel_input_quantization"] = input_grid(ctx.model)  # read back from the file: scale 1 expected
+        entry["stem_recentred"] = {k: result.pixel_grid[k] for k in ("stem", "stem_bias_shift") if k in result.pixel_grid}
     if precision == "int8-static" and per_channel:
         from ..tflite.compensation import compensate_tflite
 
         def convert(src: Path, work: Path):
             return onnx_to_tflite(src, work, precision, src_in, ctx.calibration, ctx.options.calibration_samples,
-                                  io_dtype, per_channel)
+                                  io_dtype, per_channel, pixels, fill, quantile)
 
         entry["compensation"] = compensate_tflite(ctx, compensation, convert, io_dtype)
     return entry
@@ -168,7 +193,11 @@ def _from_tensorflow(ctx: ConversionContext, precision: str, io_dtype: str) -> d
     out = ctx.workdir / f"model.{precision}.tflite"
     n_cal = min(len(ctx.calibration), ctx.options.calibration_samples) if ctx.calibration is not None else 0
     rep = representative_dataset(ctx.calibration, n_cal, ctx.inputs) if precision == "int8-static" else None
-    convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
+    from ..tflite.pixel_grid import pixel_grid
+
+    quantile = tflite_quantile(ctx) if precision == "int8-static" else None
+    with pixel_grid(False, quantile=quantile):  # linearquantile ranges, if asked (no fold on this path)
+        convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
     ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
     if precision == "int8-static":
         ctx.tf_source = TFSource(kind, ctx.imported.tf_source, io_dtype)

@@ -38,13 +38,16 @@ def lazy_quantizer(ctx: ConversionContext) -> Quantizer:
 
     def get(debug: Dataset) -> TFLiteDenylistQuantizer:
         from ..tflite.denylist_quantizer import TFLiteDenylistQuantizer
+        from .tflite_convert import tflite_quantile
 
         if not built:
             n_cal = min(len(ctx.calibration), ctx.options.calibration_samples)
             built.append(TFLiteDenylistQuantizer(
                 ctx.tf_source.kind, ctx.tf_source.path, representative_dataset(ctx.calibration, n_cal, ctx.inputs),
                 representative_dataset(debug, PRERANK_SAMPLES, ctx.inputs), ctx.workdir / "tflite-mixed",
-                ctx.profile.precision.per_channel))
+                ctx.profile.precision.per_channel, pixel_input=ctx.pixel_input is not None,
+                stem_fill=list(ctx.pixel_input.fill) if ctx.pixel_input is not None else None,
+                quantile=tflite_quantile(ctx)))
         return built[0]
 
     return get
@@ -108,7 +111,8 @@ def tflite_layer_binding(quantizer: Quantizer, data: Dataset) -> LayerBinding:
     weighted = [r["layer"] for r in q.layer_stats() if r["op"] in WEIGHTED_OPS]
     groups = tflite_layer_groups(q.build([]), weighted)
     members = {m for g in groups.values() for m in g[1:]}
-    skip = members | set(q.keep_float)
+    # the fold's grey-level tensors (input PAD/ADD) are exact on the scale-1 grid: float there buys nothing
+    skip = members | set(q.keep_float) | set(getattr(q, "grid", {}).get("tensors", []))
     worst = {r["layer"]: r for r in q.layer_stats()}
     prerank = []
     for r in q.prerank():

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from ..accuracy.paired import keeps
 from ..passes.base import ConversionContext
 from ..passes.context import TFSource
 
@@ -25,16 +26,21 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
                       ) -> dict[str, Any]:
     """`convert(float_onnx, workdir)` -> onnx2tf result. ctx.model is plain int8 on entry; with `spec` gptq (or
     bias/weights: the same weight-only fit here) it becomes the compensated int8 model; with eval data both are
-    scored in the report."""
+    scored in the report. auto (with eval data) fits gptq and keeps it only when it wins the paired test (as the ONNX
+    path's auto): a second onnx2tf conversion and a fit, ~2 min on an ImageNet CNN."""
     from ..onnx.weight_compensation import compensate_weights_only
 
-    if spec in ("none", "auto"):
-        # auto fits nothing here: it costs a second onnx2tf conversion and a fit, and on MobileNetV2 full int8 the
-        # int8 activations bound agreement (GPTQ in the ONNX int8 model: +0.5 points), so it is asked for by name
-        return {"chosen": "none", "note": "off" if spec == "none" else
-                "auto does not fit for TFLite (activations bound full int8); --compensation gptq applies it"}
+    if spec == "auto" and ctx.task() == "detection":
+        # the float decode head is set later (tflite-mixed-precision): full int8 here scores no boxes to decide on
+        return {"chosen": "none", "note": "auto does not fit for detectors on TFLite (the float head comes after); "
+                "--compensation gptq applies it"}
     evaluate = ctx.evaluator()
+    if spec == "none" or (spec == "auto" and evaluate is None):
+        return {"chosen": "none", "note": "off" if spec == "none" else "not measured (no eval data)"}
     base = evaluate(ctx.model) if evaluate is not None else None
+    if spec == "auto" and base is not None and base["agreement"] >= 1.0:  # as on ONNX: nothing can agree better
+        return {"chosen": "none", "note": "not fitted: plain int8 already agrees with float on every eval sample",
+                "candidates": [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]}]}
     samples = ctx.calibration.head(min(SAMPLES, len(ctx.calibration)))
     work = ctx.workdir / "tflite-compensation"
     try:
@@ -51,7 +57,14 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
         entry["candidates"] = [{"compensation": "none", "agreement": base["agreement"], "error": base["error"]},
                                {"compensation": "gptq", "agreement": cand["agreement"], "error": cand["error"]}]
         log.info("TFLite compensation: agreement %.4f -> %.4f", base["agreement"], cand["agreement"])
+        if spec == "auto":  # kept only when it wins a paired test on the same inputs, as on the ONNX path
+            better, entry["paired_test"] = keeps(base, cand)
+            if not better:
+                return {"chosen": "none", "note": "auto: gptq measured, not better in a paired test on the eval data",
+                        "candidates": entry["candidates"], "paired_test": entry["paired_test"]}
     ctx.model = result.model
+    if getattr(result, "pixel_grid", None):  # GPTQ weights sit on the grid: the stem's re-centring shift is ~0 here
+        entry["stem_recentred"] = {k: result.pixel_grid[k] for k in ("stem", "stem_bias_shift") if k in result.pixel_grid}
     if result.saved_model is not None:  # the mixed-precision pass re-quantizes this SavedModel (compensated weights)
         ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
     return entry

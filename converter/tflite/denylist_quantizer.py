@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConversionError
 from ..importers.tensorflow_model import import_tensorflow, tflite_converter
 from .model_io import stdout_to_stderr
+from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
 Feeds = Callable[[], Iterable[list[np.ndarray]]]
@@ -32,7 +33,8 @@ class TFLiteDenylistQuantizer:
     """Calibrate a TF source once; build int8 TFLite models with chosen layers kept in float."""
 
     def __init__(self, kind: str, source: Path, representative: Feeds, debug_data: Feeds, workdir: Path,
-                 per_channel: bool = True) -> None:
+                 per_channel: bool = True, pixel_input: bool = False, stem_fill: list[float] | None = None,
+                 quantile: float | None = None) -> None:
         tf = import_tensorflow()
         self.tf, self.workdir = tf, workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -43,13 +45,16 @@ class TFLiteDenylistQuantizer:
         conv._experimental_disable_per_channel = not per_channel  # same switch the debugger reads
         options = tf.lite.experimental.QuantizationDebugOptions()
         try:
-            with stdout_to_stderr():
+            # the fold's grey levels on scale 1, the stem re-centred, linearquantile ranges (pixel_grid.py)
+            self.grid: dict = {}
+            with stdout_to_stderr(), pixel_grid(pixel_input, stem_fill, self.grid, quantile):
                 self.debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=conv, debug_dataset=debug_data, debug_options=options)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ConversionError(f"TFLite quantization debugger failed on {source}: {first}") from exc
         self._stats: list[dict[str, Any]] | None = None
+        self._calibrated = {False: self.debugger.calibrated_model, True: self.grid.get("unshifted")}
         self._cache: dict[tuple[str, ...], Path] = {}
         self.denylisted_ops: list[str] = []  # op types kept float in every build (see xnnpack_op_denylist)
         self.keep_float: list[str] = []  # layers kept float in every build (a detector's decode head)
@@ -87,6 +92,8 @@ class TFLiteDenylistQuantizer:
         key = (*layers, *(f"op:{op}" for op in sorted(self.denylisted_ops)))
         if key in self._cache:
             return self._cache[key]
+        if self.grid.get("stem"):  # a float stem keeps its own bias: the re-centring is for its int8 weights only
+            self.debugger.calibrated_model = self._calibrated[self.grid["stem"] in layers]
         self.debugger.options = self.tf.lite.experimental.QuantizationDebugOptions(
             denylisted_nodes=list(layers) or None, denylisted_ops=sorted(self.denylisted_ops) or None)
         with stdout_to_stderr():

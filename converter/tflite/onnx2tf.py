@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +30,7 @@ from edge_agent.bundle import TensorSpec
 from ..data import Dataset
 from ..errors import ConversionError
 from .model_io import stdout_to_stderr
+from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Onnx2TfResult:
     seconds: float
     files: list[str]
     saved_model: Path | None = None  # onnx2tf's intermediate SavedModel (NHWC), kept for int8-static re-quantization
+    pixel_grid: dict = field(default_factory=dict)  # what pixel_grid set at calibration (tensors, stem, shift)
 
 
 def onnx2tf_version() -> str:
@@ -170,11 +172,17 @@ def onnx_to_tflite(
     calibration_samples: int = 256,
     io_dtype: str = "float32",
     per_channel: bool = True,
+    pixel_input: bool = False,
+    stem_fill: list[float] | None = None,
+    quantile: float | None = None,
 ) -> Onnx2TfResult:
     """Convert a float ONNX model to TFLite with onnx2tf; returns the variant for `precision`.
 
     precision: fp32 | fp16 | int8-dynamic | int8-static (full integer, calibrated on the user's
-    data; io_dtype float32 keeps float I/O, int8/uint8 gives integer I/O).
+    data; io_dtype float32 keeps float I/O, int8/uint8 gives integer I/O). pixel_input: the model takes grey levels
+    (fold-input): int8 quantizes them with scale 1 whatever the calibration data reach, and with `stem_fill` (the
+    fold's mean pixel) the first conv's bias is re-centred for its weights' rounding (converter/tflite/pixel_grid.py).
+    quantile: int8 calibration `linearquantile:quantile` (converter/tflite/linear_quantile.py) instead of TF's minmax.
     """
     import time
 
@@ -187,6 +195,7 @@ def onnx_to_tflite(
     t0 = time.perf_counter()
     out_dir = workdir / "tflite"
     out_dir.mkdir(parents=True, exist_ok=True)
+    grid: dict = {}
     with _private_cwd(workdir) as work:
         _copy_with_tf_names(onnx_path, work / "model.onnx")  # onnx2tf rewrites its input in place
         custom = _calibration_files(work, inputs, calibration, calibration_samples) if integer else None
@@ -209,7 +218,8 @@ def onnx_to_tflite(
             # onnx2tf names its layers from tf_keras' per-process counters ("model_58/tf.nn.relu_20"): reset them
             # so a conversion gives the same tensor names (and bytes) whatever ran before it in this process.
             module.tf_keras.backend.clear_session()
-            with _no_sample_download(module, sample), stdout_to_stderr():
+            with _no_sample_download(module, sample), stdout_to_stderr(), \
+                    pixel_grid(integer and pixel_input, stem_fill, grid, quantile if integer else None):
                 module.convert(**kwargs)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on unsupported graphs
             raise ConversionError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code}); run with -vv for its log") from exc
@@ -220,6 +230,7 @@ def onnx_to_tflite(
         result = _keep_outputs(work / "out", out_dir, key, keep_saved_model=integer)
     shutil.rmtree(work, ignore_errors=True)
     result.seconds = round(time.perf_counter() - t0, 3)
+    result.pixel_grid = {k: v for k, v in grid.items() if k != "unshifted"}
     return result
 
 
