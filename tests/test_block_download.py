@@ -95,13 +95,7 @@ def listed(bitmap: Path) -> set[int]:
 
 def download(dl: BlockDownloader, feeder: Feeder, sha: str) -> None:
     """Run `dl` to the end with `feeder` answering; the staged file must be the bundle."""
-    feeder.start(dl)
-    try:
-        path = dl.run()
-    finally:
-        feeder.stop()
-        dl.close()
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    assert hashlib.sha256(first_run(dl, feeder)).hexdigest() == sha
 
 
 def run_in_thread(dl: BlockDownloader) -> tuple[threading.Thread, dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..bundle.errors import BundleError, CorruptBundle, HashMismatch, SignatureError, UnsafeMember
 from .job import UpdateJob, one_line
+from .phases import Event
 from .transfer import MAX_REPAIRS, BlockDownloader
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,17 @@ def refusal(job: UpdateJob, exc: BundleError) -> BundleError:
                         f"{one_line(exc)}")
 
 
+def damage_event(job: UpdateJob, exc: BundleError) -> Event:
+    """What verifying or installing does with a damaged file: Event.DAMAGED (re-check its blocks) while rounds
+    remain, else raise the error that fails the update (`refusal`)."""
+    if damaged(job, exc):
+        return Event.DAMAGED
+    err = refusal(job, exc)
+    if err is exc:
+        raise exc
+    raise err from exc
+
+
 def fetch_blocks(dl: BlockDownloader, job: UpdateJob) -> Path:
     """Run an MQTT download for `job` (the daemon's fetch): after a re-check that found every block as listed, the
     file is what the fleet sent, another round cannot help, and the next failed check ends the update (refusal)."""
@@ -64,4 +76,4 @@ def signature_doc(raw: bytes) -> object:
         return None
 
 
-__all__ = ["DAMAGE", "damaged", "fetch_blocks", "refusal", "signature_doc"]
+__all__ = ["DAMAGE", "damage_event", "damaged", "fetch_blocks", "refusal", "signature_doc"]

@@ -28,7 +28,7 @@ from .model_check import HealthCheckFailed, load_checked
 from .phases import Event, Phase
 from .protocol import DesiredState, ShadowGate
 from .slots import Health, Lifecycle, SlotInfo, Slots
-from .damage import DAMAGE, damaged, refusal, signature_doc
+from .damage import DAMAGE, damage_event, signature_doc
 from .transfer import MAX_WINDOW, TransferCancelled, TransferError, discard_staging
 from ..errors import AgentError
 
@@ -209,11 +209,7 @@ class Verifying(State):
                 raise HashMismatch("the downloaded bundle's signature.json is not the deployment's: "
                                    "it is not the bundle the fleet announced")
         except DAMAGE as exc:
-            if damaged(ctx.job, exc):
-                return Event.DAMAGED
-            if (err := refusal(ctx.job, exc)) is exc:
-                raise
-            raise err from exc
+            return damage_event(ctx.job, exc)
         m = vb.manifest
         if (m.name, m.version) != (desired.bundle.name, desired.bundle.version):
             raise UpdateRefused(f"bundle is {m.name} v{m.version} but the deployment announced "
@@ -237,11 +233,7 @@ class Installing(State):
         try:
             slots.install(target, Path(ctx.job.staged or ""), ctx.trust, ctx.profile_name, ctx.job.ref)
         except DAMAGE as exc:
-            if damaged(ctx.job, exc):
-                return Event.DAMAGED
-            if (err := refusal(ctx.job, exc)) is exc:
-                raise
-            raise err from exc
+            return damage_event(ctx.job, exc)
         return Event.DONE
 
 
