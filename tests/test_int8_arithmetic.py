@@ -71,3 +71,22 @@ def test_self_test_outputs_are_recorded_as_the_arm_target_computes_them(int8_bun
     inputs = {k.removeprefix("input."): recorded[k] for k in recorded.files if k.startswith("input.")}
     exact = run_model(tmp_path / "model" / "model.onnx", Dataset(inputs), exact_int8=True)[0]
     assert np.array_equal(recorded["output.0"], exact)
+
+
+def test_the_agent_checks_a_pi_int8_bundle_in_the_arithmetic_it_was_recorded_in(int8_bundle, tmp_path):
+    """On a CPU whose fused int8 kernels saturate the agent's self-test runs the bundle as written (exact, as the
+    Pi does); the fused kernels here missed the recorded outputs by ~3 logits on the digits CNN and refused it."""
+    import json
+    import tarfile
+
+    from edge_agent.bundle import Manifest
+    from edge_agent.ota.model_check import load_checked
+    from edge_agent.runtimes.int8_host import host_saturates
+
+    with tarfile.open(int8_bundle) as tar:
+        tar.extractall(tmp_path, filter="data")
+    manifest = Manifest.from_dict(json.loads((tmp_path / "manifest.json").read_text()))
+    session, report = load_checked(tmp_path, manifest, latency_budget_ms=None)
+    session.close()
+    assert report.samples > 0 and report.max_abs_error < 1e-3
+    assert report.to_dict()["selftest_arithmetic"] == ("exact-int8" if host_saturates() else "served")

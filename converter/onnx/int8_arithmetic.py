@@ -14,35 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import platform
-from pathlib import Path
+
+from edge_agent.runtimes.int8_host import X86, host_saturates, saturating_int8
 
 log = logging.getLogger(__name__)
-
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of CPUs whose int8 dot products widen
-X86 = ("x86_64", "amd64", "i386", "i686")
-
-
-def saturating_int8(machine: str, cpuinfo: str) -> bool:
-    """True when ORT's u8s8 kernels on this CPU sum products in int16 (x86 without any VNNI flag)."""
-    if machine.lower() not in X86:
-        return False
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-    return not any(f in flags for f in VNNI_FLAGS)
-
-
-@functools.lru_cache(maxsize=1)
-def host_saturates() -> bool:
-    """saturating_int8 for this host (read once)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False  # not Linux: nothing to read, assume the kernels are exact
-    return saturating_int8(platform.machine(), cpuinfo)
-
 
 def exact_int8_for(target_arch: str) -> bool:
     """Evaluate int8 models with exact arithmetic for a target of this arch? (host saturates, target does not)."""

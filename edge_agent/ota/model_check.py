@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..runtimes import ModelSession, load_session
+from ..runtimes.int8_host import host_saturates
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ class HealthReport:
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "max_abs_error": self.max_abs_error, "latency_ms": self.latency_ms,
-                "budget_ms": self.budget_ms}
+                "budget_ms": self.budget_ms, **self.details}
 
 
 def check_session(session: ModelSession, bundle_dir: Path, manifest: Manifest,
-                  latency_budget_ms: float | None, latency_runs: int = 5) -> HealthReport:
-    """Run the self-test on a loaded session and time it; HealthCheckFailed on any miss."""
+                  latency_budget_ms: float | None, latency_runs: int = 5,
+                  reference: ModelSession | None = None) -> HealthReport:
+    """Run the self-test on a loaded session (its answers on `reference` when given) and time the session;
+    HealthCheckFailed on any miss."""
     report = HealthReport(budget_ms=latency_budget_ms)
     data = load_selftest(bundle_dir, manifest)
     if data is None:
@@ -82,7 +85,7 @@ def check_session(session: ModelSession, bundle_dir: Path, manifest: Manifest,
     assert st is not None
     for i in range(len(data)):
         try:
-            got = session.run(data.feeds(i, manifest))
+            got = (reference or session).run(data.feeds(i, manifest))
         except Exception as exc:  # noqa: BLE001 - any runtime failure is a failed health check
             raise HealthCheckFailed(f"self-test inference failed: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
         for j, (g, want) in enumerate(zip(got, data.outputs)):
@@ -112,6 +115,24 @@ def check_session(session: ModelSession, bundle_dir: Path, manifest: Manifest,
     return report
 
 
+def exact_int8_self_test(manifest: Manifest) -> bool:
+    """An int8 ONNX bundle on a CPU whose fused int8 kernels saturate (x86 without VNNI): its self-test outputs were
+    recorded in the target's exact arithmetic (converter/passes/selftest.py), so they are checked in it too."""
+    return manifest.runtime == "onnxruntime" and manifest.precision.startswith("int") and host_saturates()
+
+
+def exact_reference(bundle_dir: Path, manifest: Manifest, threads: int | None) -> ModelSession | None:
+    """The session whose answers the self-test checks, when it is not the serving one (exact_int8_self_test)."""
+    if not exact_int8_self_test(manifest):
+        return None
+    from ..runtimes.onnxruntime_runtime import OnnxRuntime
+
+    log.warning("this CPU's int8 kernels saturate (x86 without VNNI): the self-test checks %s in exact int8 "
+                "arithmetic, as a Pi computes it; answers served here may differ from the target's",
+                manifest.model_file)
+    return OnnxRuntime().load(Path(bundle_dir), manifest, threads=threads, exact_int8=True)
+
+
 def load_checked(bundle_dir: Path, manifest: Manifest, latency_budget_ms: float | None,
                  threads: int | None = None) -> tuple[ModelSession, HealthReport]:
     """Load a slot's model and health-check it; the session is closed if the check fails."""
@@ -119,11 +140,17 @@ def load_checked(bundle_dir: Path, manifest: Manifest, latency_budget_ms: float 
         session = load_session(bundle_dir, manifest, threads=threads)
     except Exception as exc:  # noqa: BLE001
         raise HealthCheckFailed(f"model does not load: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    reference = None
     try:
-        report = check_session(session, bundle_dir, manifest, latency_budget_ms)
+        reference = exact_reference(bundle_dir, manifest, threads)
+        report = check_session(session, bundle_dir, manifest, latency_budget_ms, reference=reference)
     except BaseException:
         session.close()
         raise
+    finally:
+        if reference is not None:
+            reference.close()
+    report.details["selftest_arithmetic"] = "exact-int8" if reference else "served"  # exact: exact_int8_self_test
     log.info("health check passed: %d samples, max error %.4g, latency %.3f ms", report.samples,
              report.max_abs_error, report.latency_ms)
     return session, report

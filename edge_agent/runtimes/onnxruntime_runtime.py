@@ -48,11 +48,15 @@ class OnnxRuntime(Runtime):
         manifest: Manifest,
         threads: int | None = None,
         providers: list[str] | None = None,
+        exact_int8: bool = False,
     ) -> ModelSession:
+        """exact_int8: basic graph optimizations only, so int8 QDQ runs as written (exact, as on a Pi) instead of
+        in fused kernels that saturate on x86 without VNNI (edge_agent/runtimes/int8_host.py)."""
         wanted = list(providers or manifest.execution_providers or ["CPUExecutionProvider"])
         usable = choose_providers(wanted, ort.get_available_providers())
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if exact_int8
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         opts.log_severity_level = 3
         # Idle thread pools sleep instead of spinning: the agent waits between requests most of the time, and a
         # spinning pool kept part of a core busy while idle (docs/provisioning.md, scripts/bench_idle.py).
