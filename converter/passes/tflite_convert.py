@@ -64,7 +64,8 @@ class TFLiteConvertPass(Pass):
     def default_config(cls) -> dict[str, PassOption]:
         from .quantize_onnx import CALIBRATION_METHOD_OPTION, COMPENSATION_OPTION
 
-        return {"calibration_method": CALIBRATION_METHOD_OPTION,"io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
+        return {"calibration_method": CALIBRATION_METHOD_OPTION,
+                "io_dtype": PassOption(str, None, "TFLite int8-static model input/output type (default float32; "
                                        "int8/uint8 record scale/zero point)", choices=("float32", "int8", "uint8")),
                 "compensation": COMPENSATION_OPTION}
 
@@ -115,8 +116,9 @@ def tflite_quantile(ctx: ConversionContext) -> float | None:
     spec = ctx.options.pass_options.get("calibration_method")
     if not spec or spec.strip().lower() == "minmax":
         return None
-    if "," not in spec and spec.strip().lower() != "auto" and parse_method(spec)[0] == "linearquantile":
-        return parse_method(spec)[1]
+    name, pct = parse_method(spec) if "," not in spec and spec.strip().lower() != "auto" else (None, None)
+    if name == "linearquantile":
+        return pct
     log.warning("--calibration-method %s: TFLite int8 takes minmax or linearquantile[:P]; TensorFlow's minmax used", spec)
     return None
 

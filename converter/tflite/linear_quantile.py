@@ -18,16 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .model_io import op_name, tensor_name
+
 log = logging.getLogger(__name__)
 LINEAR_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 RELU_OPS = {"RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1"}
 NO_ACTIVATION = 0  # tflite ActivationFunctionType.NONE
-
-
-def _op_name(model, op) -> str:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
 
 
 def _fused_activation(op) -> int:
@@ -41,11 +37,11 @@ def unbounded_tensors(model, skip: Sequence[int] = ()) -> list[int]:
     readers: dict[int, list[str]] = {}
     for op in graph.operators:
         for i in op.inputs:
-            readers.setdefault(int(i), []).append(_op_name(model, op))
+            readers.setdefault(int(i), []).append(op_name(model, op))
     excluded = {int(i) for i in graph.outputs} | {int(i) for i in skip}
     out = []
     for op in graph.operators:
-        name, t = _op_name(model, op), int(op.outputs[0])
+        name, t = op_name(model, op), int(op.outputs[0])
         if t in excluded or _fused_activation(op) != NO_ACTIVATION:
             continue
         if name == "ADD" or (name in LINEAR_OPS and not any(r in RELU_OPS for r in readers.get(t, []))):
@@ -98,6 +94,5 @@ def set_linear_quantiles(model, content: bytes, samples: list[Any], pct: float, 
     for t, (a, b) in ranges.items():
         qp = graph.tensors[t].quantization
         qp.min, qp.max = np.array([min(a, 0.0)], np.float32), np.array([max(b, 0.0)], np.float32)
-        name = graph.tensors[t].name
-        names.append(name.decode() if isinstance(name, bytes) else str(name))
+        names.append(tensor_name(graph.tensors[t]))
     return names

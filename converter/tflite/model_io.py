@@ -29,6 +29,18 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
 
 
+def op_name(model, op) -> str:
+    """The builtin name (CONV_2D, ADD...) of `op` in a flatbuffer object model (flatbuffer_utils)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+
+
+def tensor_name(tensor) -> str:
+    """A flatbuffer object model tensor's name as str (the object API keeps bytes)."""
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
 def _dtype_name(dtype) -> str:
     name = np.dtype(dtype).name
     return name if name in _DTYPES else "float32"

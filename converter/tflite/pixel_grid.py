@@ -28,15 +28,11 @@ from typing import Iterator
 
 import numpy as np
 
+from .model_io import op_name, tensor_name
+
 log = logging.getLogger(__name__)
 PIXEL_RANGE = (0.0, 255.0)
 CHAIN_OPS = {"PAD", "PADV2", "ADD"}  # what fold-input puts between the grey-level input and the first conv
-
-
-def _op_name(model, op) -> str:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
 
 
 def pixel_tensors(model) -> list[int]:
@@ -50,7 +46,7 @@ def pixel_tensors(model) -> list[int]:
         if len(users) != 1:
             return out
         op = users[0]
-        name = _op_name(model, op)
+        name = op_name(model, op)
         if name not in CHAIN_OPS:
             return out
         if name == "ADD":  # the fold's border image: the other operand is a constant (a tensor with data)
@@ -66,10 +62,6 @@ def _is_constant(model, tensor) -> bool:
     return buf is not None and (buf.data is not None and len(buf.data) > 0 or getattr(buf, "size", 0) > 0)
 
 
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-
-
 def _floats(model, tensor) -> np.ndarray | None:
     """A constant float32 tensor's values (None if it is not one)."""
     buf = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
@@ -83,7 +75,7 @@ def recentre_stem(model, pixels: list[int], fill: list[float]) -> tuple[str, flo
     output tensor, the largest shift) or None when there is no such conv with constant float weights and bias."""
     graph = model.subgraphs[0]
     conv = next((op for op in graph.operators if len(op.inputs) > 2 and int(op.inputs[0]) == pixels[-1]
-                 and _op_name(model, op) == "CONV_2D"), None)
+                 and op_name(model, op) == "CONV_2D"), None)
     if conv is None or not fill or int(conv.inputs[2]) < 0:
         return None
     w_t, b_t = graph.tensors[int(conv.inputs[1])], graph.tensors[int(conv.inputs[2])]
@@ -94,7 +86,7 @@ def recentre_stem(model, pixels: list[int], fill: list[float]) -> tuple[str, flo
     scale = np.maximum(np.abs(w64).max(axis=(1, 2, 3), keepdims=True), 1e-30) / 127
     delta = ((np.clip(np.round(w64 / scale), -127, 127) * scale - w64) * np.asarray(fill, np.float64)).sum(axis=(1, 2, 3))
     model.buffers[b_t.buffer].data = np.frombuffer((b - delta).astype(np.float32).tobytes(), np.uint8)
-    return _name(graph.tensors[int(conv.outputs[0])]), float(np.abs(delta).max())
+    return tensor_name(graph.tensors[int(conv.outputs[0])]), float(np.abs(delta).max())
 
 
 def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_on: bool = True,
@@ -118,7 +110,7 @@ def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_o
         if q is None or q.min is None or len(q.min) != 1:  # no calibration statistics here: leave it as it is
             continue
         q.min, q.max = np.array([PIXEL_RANGE[0]], np.float32), np.array([PIXEL_RANGE[1]], np.float32)
-        names.append(_name(graph.tensors[i]))
+        names.append(tensor_name(graph.tensors[i]))
     info: dict = {"tensors": names, **extra}
     if fill and pixels:
         info["unshifted"] = bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -2,7 +2,8 @@
 
 A device asks for the blocks it still needs (BlockRequest, JSON); the fleet answers each with a
 binary frame carrying its index and SHA-256 (encode_block/decode_block), so a block can be checked
-on its own (the agent does so only when the whole file's SHA-256 is wrong: transfer.py). Split from protocol.py, which holds the JSON control messages.
+on its own (the agent does so only when the bundle failed its signed check: transfer.py, block_check.py).
+Split from protocol.py, which holds the JSON control messages.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def decode_block(payload: bytes | memoryview, check_digest: bool = True) -> Bloc
 
     The block's data is a read-only view into `payload` (keep `payload` unchanged while it is used).
     `check_digest=False` (the agent's download): the data is not hashed here, `digest` is the header's claim;
-    the whole file's SHA-256 catches a bad block and the claim then finds it (transfer.py)."""
+    installing's signed member check catches a bad block and a recheck then finds it (transfer.py)."""
     if len(payload) < 8 or payload[:4] != _FRAME_MAGIC:
         raise ProtocolError("block frame does not start with the EKB1 magic")
     (hlen,) = struct.unpack(">I", payload[4:8])
