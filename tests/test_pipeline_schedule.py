@@ -138,6 +138,10 @@ def test_serial_is_refused_for_live_sources_and_bad_names(tmp_path, capsys):
     rc = agent_main(["run", str(bundle), "--source", str(video), "--trust", str(pub), "--output", "none",
                      "--schedule", "serial", "--policy", "latest"])
     assert rc == 2 and "policy 'all'" in capsys.readouterr().err
+    for bad in ("0", "-3"):  # FFmpeg would be handed them as they are
+        with pytest.raises(SystemExit) as exit_:
+            agent_main(["run", str(bundle), "--source", str(video), "--trust", str(pub), f"--decode-threads={bad}"])
+        assert exit_.value.code == 2 and "whole number of threads >= 1" in capsys.readouterr().err
 
 
 def test_the_cli_runs_inference_on_all_cores_and_reports_how_the_stages_shared_them(tmp_path, capsys):

@@ -134,6 +134,13 @@ def _drift_budget(text: str) -> float | None:
     return value / 100.0
 
 
+def _decode_threads(text: str) -> int:
+    """argparse type: a whole number of FFmpeg decoding threads >= 1 (OpenCV passes anything on to FFmpeg)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of threads >= 1, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the --source options to `edge-agent run` and route --source runs here."""
     p = subparsers.choices.get("run")
@@ -165,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
                    help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
                         "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")
-    g.add_argument("--decode-threads", type=int, default=None, metavar="N",
+    g.add_argument("--decode-threads", type=_decode_threads, default=None, metavar="N",
                    help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
                         "FFmpeg's own choice otherwise; docs/detection.md)")
     g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
