@@ -13,14 +13,19 @@ For each variant, side by side in one run:
 
   boxes      matched-box agreement with float, lost/extra boxes, mAP@0.5 vs float (converter.accuracy.detection)
   pipeline   frames/s of `edge-agent run --source vtest.avi` with its defaults (decode, letterbox, infer, decode
-             boxes, NMS, drift monitor within its --drift-budget), and of each --schedules configuration in the
-             same rounds (`auto:auto:all:0`: the drift monitor on every frame and FFmpeg's own decoding threads,
-             as before the budget and --decode-threads)
-  bare       frames/s of the runtime alone on one preprocessed frame, same threads and session: pipeline/bare
-             ratio, and bare/pipeline CPU per frame
+             boxes, NMS, drift monitor within its --drift-budget; a file: one single-threaded inference stream per
+             thread), with `--streams 1` (one session on all threads: the default before --streams) and with each
+             --schedules configuration in the same rounds (`auto:auto:all:0:1`: the drift monitor on every frame,
+             FFmpeg's own decoding threads and one stream, as before the budget, --decode-threads and --streams)
+  bare       frames/s of the runtime alone on one preprocessed frame, both ways: one session on all threads
+             (bare_fps_one_session) and one single-threaded session per thread in parallel threads
+             (bare_fps_streams); pipeline/bare ratios are over the faster of the two in each round (bare_fps),
+             `over_one_session_bare[...]` over the first (what rows before --streams compared against);
+             bare/pipeline CPU per frame
 
     PYTHONPATH=. python scripts/bench_detect.py [--frames 120] [--eval-frames 100] [--threads 2] [--rounds 5]
-        [--variants yolo:onnx:fp16,...] [--work DIR [--speed-only]] [--json]
+        [--variants yolo:onnx:fp16,...] [--schedules SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]],...]
+        [--work DIR [--speed-only]] [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +61,8 @@ DEFAULT = ("yolo-face:onnx:fp32,yolo-face:onnx:int8-static:plain,yolo-face:onnx:
 
 CALIBRATION_FRAMES = 32
 SPEED_KEYS = ("pipeline_fps", "bare_fps", "pipeline_over_bare", "decode_fps", "decode_pre_fps",
-              "bare_cpu_over_pipeline_cpu", "boxes_drawn", "speed_rounds")
+              "bare_cpu_over_pipeline_cpu", "boxes_drawn", "speed_rounds", "bare_fps_one_session", "bare_fps_streams")
+ONE_STREAM = "auto:auto:::1"  # the CLI's defaults with --streams 1 (its default before --streams)
 
 
 def convert(family: str, fmt: str, precision: str, work: Path, key: Path, pub: Path, eval_frames: int = 100,
@@ -96,60 +103,108 @@ def unpack(bundle: Path, pub: Path, to: Path):
     return verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=to)
 
 
-def pipeline_run(video: Path, session, vb, frames: int, config: str) -> tuple[float, int]:
+def parse_config(config: str) -> tuple[str, str, str, str, str]:
+    """SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]] ('default': the CLI's defaults) -> its five fields."""
+    fields = (("auto:auto" if config == "default" else config).split(":") + [""] * 4)[:5]
+    return fields[0] or "auto", fields[1] or "auto", fields[2], fields[3], fields[4] or "auto"
+
+
+class Sessions:
+    """The bundle's sessions, loaded once per (streams, threads each) and shared by every round."""
+
+    def __init__(self, vb, threads: int) -> None:
+        self.vb, self.threads, self._loaded = vb, threads, {}
+
+    def get(self, streams: int, each: int) -> list:
+        if (streams, each) not in self._loaded:
+            self._loaded[streams, each] = [load_session(self.vb.unpacked_to, self.vb.manifest, threads=each)
+                                           for _ in range(streams)]
+        return self._loaded[streams, each]
+
+
+def pipeline_run(video: Path, sessions: Sessions, frames: int, config: str) -> tuple[float, int]:
     """One pipeline run as `edge-agent run --source` does it (drift monitor included); `config` is
-    SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]] ('default' = the CLI's defaults; DRIFT = --drift-budget, a percentage of
-    the inference time or `all`: every frame; DECODE = --decode-threads, 0: FFmpeg's own choice).
-    Returns (frames/s, boxes drawn)."""
+    SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]] ('default' = the CLI's defaults; DRIFT = --drift-budget, a
+    percentage of the inference time or `all`: every frame; DECODE = --decode-threads, 0: FFmpeg's own choice;
+    STREAMS = --streams, auto or N). Returns (frames/s, boxes drawn)."""
     from edge_agent.monitor.budget import INFERENCE_SHARE
     from edge_agent.monitor.drift import DriftConfig
     from edge_agent.monitor.watch import pipeline_drift
+    from edge_agent.pipeline.scheduling import resolve_streams
     from edge_agent.pipeline.sources import auto_decode_threads
 
-    schedule, priority, budget, decode = (("auto:auto" if config == "default" else config).split(":") + [""] * 3)[:4]
+    vb = sessions.vb
+    schedule, priority, budget, decode, streams = parse_config(config)
     share = INFERENCE_SHARE if budget in ("", "default") else None if budget == "all" else float(budget) / 100
     drift = pipeline_drift(vb.manifest, vb.unpacked_to, DriftConfig(), share)
     sink = CollectSink()
     explicit = int(decode) if decode else None  # as --decode-threads N (0: FFmpeg's choice), else the CLI's auto
     source = open_source(str(video), decode_threads=explicit or None,
-                         file_decode_threads=auto_decode_threads(session.info.threads) if explicit is None else None)
-    fps = Pipeline(source, session, vb.manifest, [sink], max_frames=frames,
-                   schedule=schedule or "auto", helper_priority=priority or "auto", observers=[drift]).run().fps
+                         file_decode_threads=auto_decode_threads(sessions.threads) if explicit is None else None)
+    n, each = resolve_streams(streams if streams == "auto" else int(streams), "all", sessions.threads)
+    fps = Pipeline(source, sessions.get(n, each), vb.manifest, [sink], max_frames=frames,
+                   schedule=schedule, helper_priority=priority, observers=[drift]).run().fps
     return fps, sum(len(r.get("detections", [])) for r in sink.records)
+
+
+def bare_loop(sessions: list, feeds: dict, frames: int) -> tuple[float, float]:
+    """The runtime alone on one preprocessed frame, `frames` times: one session in this thread, or N sessions in
+    N threads of this process taking frames/N each (what the pipeline's streams do). (frames/s, CPU seconds)."""
+    def loop(session, n: int) -> None:
+        for _ in range(n):
+            session.run(feeds)
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    if len(sessions) == 1:
+        loop(sessions[0], frames)
+    else:
+        share = [frames // len(sessions) + (i < frames % len(sessions)) for i in range(len(sessions))]
+        workers = [threading.Thread(target=loop, args=(s, k)) for s, k in zip(sessions, share)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return frames / (time.perf_counter() - t0), time.process_time() - c0
 
 
 def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video: Path = VTEST, rounds: int = 5,
           configs: tuple[str, ...] = ()) -> dict:
-    """Pipeline vs bare loop, in alternating rounds (pipeline over `frames` video frames with the CLI's defaults and
-    each of `configs` (SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]], pipeline_run), then the bare runtime on one
-    preprocessed frame `frames` times, then decoding alone and decoding + preprocessing alone over the same frames,
-    one thread), so load changes on a shared host hit all of them: medians of the per-round ratios. CPU per frame
-    (process time) is compared too: bare / pipeline is the ceiling of the wall ratio when the bare loop fills the
-    cores. The decode rates bound the pipeline whatever the model: it cannot hand out frames faster than one thread
-    decodes them."""
+    """Pipeline vs the best bare loop, in alternating rounds (pipeline over `frames` video frames with the CLI's
+    defaults, with one stream (the CLI's default before --streams) and with each of `configs`
+    (SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]], pipeline_run); then the bare runtime on one preprocessed frame
+    `frames` times both ways: one session on all `threads`, and `threads` single-threaded sessions in parallel
+    threads; then decoding alone and decoding + preprocessing alone over the same frames, one thread), so load
+    changes on a shared host hit all of them: medians of the per-round ratios. The denominator of each round is the
+    faster of its two bare loops. CPU per frame (process time) is compared too: bare / pipeline is the ceiling of
+    the wall ratio when the bare loop fills the cores. The decode rates bound the pipeline whatever the model: it
+    cannot hand out frames faster than one thread decodes them."""
     vb = unpack(bundle, pub, work / f"u-{bundle.stem}")
-    session = load_session(vb.unpacked_to, vb.manifest, threads=threads)
+    sessions = Sessions(vb, threads)
+    bare = {"one_session": sessions.get(1, threads), "streams": sessions.get(threads, 1)}
     pre = Preprocessor(vb.manifest)
     src = open_source(str(video))
     prepared = pre(src.read())
     src.close()
-    for _ in range(5):
-        session.run(prepared.feeds)
-    names = ("default", *configs)
-    fps: dict[str, list[float]] = {k: [] for k in (*names, "bare", "decode", "decode_pre")}
+    for group in bare.values():
+        for session in group:
+            for _ in range(5):
+                session.run(prepared.feeds)
+    names = ("default", ONE_STREAM, *configs)
+    fps: dict[str, list[float]] = {k: [] for k in (*names, *bare, "bare", "decode", "decode_pre")}
     cpu: dict[str, list[float]] = {k: [] for k in (*names, "bare")}
     boxes = 0
     for _ in range(rounds):
         for name in names:
             c0 = time.process_time()
-            rate, boxes = pipeline_run(video, session, vb, frames, name)
+            rate, boxes = pipeline_run(video, sessions, frames, name)
             fps[name].append(rate)
             cpu[name].append(time.process_time() - c0)
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(frames):
-            session.run(prepared.feeds)
-        fps["bare"].append(frames / (time.perf_counter() - t0))
-        cpu["bare"].append(time.process_time() - c0)
+        loops = {kind: bare_loop(group, prepared.feeds, frames) for kind, group in bare.items()}
+        for kind, (rate, _) in loops.items():
+            fps[kind].append(rate)
+        rate, used = max(loops.values())  # the faster bare loop of this round is the denominator
+        fps["bare"].append(rate)
+        cpu["bare"].append(used)
         for key, work_fn in (("decode", lambda f: f), ("decode_pre", pre)):
             src = open_source(str(video))
             t0, n = time.perf_counter(), 0
@@ -166,8 +221,11 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
            "pipeline_over_bare": round(med(p / b for p, b in zip(fps["default"], fps["bare"])), 3),
            "bare_cpu_over_pipeline_cpu": round(med(b / p for p, b in zip(cpu["default"], cpu["bare"])), 3),
            "decode_fps": round(med(fps["decode"]), 1), "decode_pre_fps": round(med(fps["decode_pre"]), 1),
-           "boxes_drawn": boxes, "speed_rounds": rounds}
-    for name in configs:
+           "boxes_drawn": boxes, "speed_rounds": rounds,
+           **{f"bare_fps_{kind}": round(med(fps[kind]), 1) for kind in bare}}
+    for name in names[:2]:  # as the rows before --streams: over the one-session bare loop
+        row[f"over_one_session_bare[{name}]"] = round(med(p / b for p, b in zip(fps[name], fps["one_session"])), 3)
+    for name in names[1:]:
         row[f"over_bare[{name}]"] = round(med(p / b for p, b in zip(fps[name], fps["bare"])), 3)
         row[f"cpu_ratio[{name}]"] = round(med(b / p for p, b in zip(cpu[name], cpu["bare"])), 3)
     return row
@@ -254,10 +312,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                     help="inference threads of the pipeline and of the bare loop (default: all cores)")
     ap.add_argument("--schedules", default="",
-                    help="pipeline configurations timed beside the CLI's defaults, comma list of "
-                         "SCHEDULE[:PRIORITY[:DRIFT[:DECODE]]], e.g. threads:normal,serial,threads:low,auto:auto:all:0 "
-                         "(edge-agent run --schedule/--helper-priority/--drift-budget/--decode-threads; 0: FFmpeg's "
-                         "choice)")
+                    help="pipeline configurations timed beside the CLI's defaults and --streams 1, comma list of "
+                         "SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]], e.g. threads:normal,serial,threads:low,"
+                         "auto:auto:all:0:1 (edge-agent run --schedule/--helper-priority/--drift-budget/"
+                         "--decode-threads/--streams; 0: FFmpeg's choice)")
     ap.add_argument("--variants", default=DEFAULT, help="comma list of family:format:precision")
     ap.add_argument("--work", type=Path, help="keep bundles and rows here (default: a temporary folder)")
     ap.add_argument("--speed-only", action="store_true", help="re-time the bundles a run left in --work")
@@ -278,8 +336,9 @@ def main() -> int:
         print(f"load average at the end: {load}")
         for r in rows:
             print(f"{r['variant']:<26} agreement {r.get('agreement')} lost {r.get('lost_boxes')} extra {r.get('extra_boxes')}"
-                  f" mAP50/float {r.get('map50_vs_float')}  pipeline {r.get('pipeline_fps')} fps / bare {r.get('bare_fps')}"
-                  f" fps = {r.get('pipeline_over_bare')} (CPU {r.get('bare_cpu_over_pipeline_cpu')}; decode alone {r.get('decode_fps')}, decode+preprocess"
+                  f" mAP50/float {r.get('map50_vs_float')}  pipeline {r.get('pipeline_fps')} fps / best bare {r.get('bare_fps')}"
+                  f" fps (one session {r.get('bare_fps_one_session')}, streams {r.get('bare_fps_streams')})"
+                  f" = {r.get('pipeline_over_bare')} (CPU {r.get('bare_cpu_over_pipeline_cpu')}; decode alone {r.get('decode_fps')}, decode+preprocess"
                   f" {r.get('decode_pre_fps')} fps)  speed-up vs fp32 {r.get('speedup_vs_fp32')}"
                   + "".join(f"  {k} {v}" for k, v in r.items() if "[" in k))
     return 0

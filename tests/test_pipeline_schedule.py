@@ -77,6 +77,24 @@ def test_serial_schedule_draws_the_same_faces_as_the_threaded_one_on_one_thread(
     assert runs["serial"] == runs["threads"]
 
 
+def test_two_streams_draw_the_same_faces_as_one_session_on_both_threads(face):
+    """Inference streams (two single-threaded LiteRT sessions on consecutive frames, threaded and serial) give the
+    boxes of one session on two threads, bit for bit, frame by frame in order, on a real detector and video."""
+    runs = {}
+    for name, sessions, schedule in (("one", [load_session(face.unpacked_to, face.manifest, threads=2)], "threads"),
+                                     ("streams", [load_session(face.unpacked_to, face.manifest, threads=1)
+                                                  for _ in range(2)], "threads"),
+                                     ("serial streams", [load_session(face.unpacked_to, face.manifest, threads=1)
+                                                         for _ in range(2)], "serial")):
+        sink = CollectSink()
+        summary = Pipeline(open_source(str(MEGAMIND)), sessions, face.manifest, [sink], max_frames=60,
+                           schedule=schedule).run()
+        assert summary.frames == 60 and summary.streams == len(sessions)
+        runs[name] = [(r["frame"], r["detections"]) for r in sink.records]
+    assert [f for f, _ in runs["one"]] == list(range(60)) and sum(len(d) for _, d in runs["one"]) >= 30
+    assert runs["streams"] == runs["one"] and runs["serial streams"] == runs["one"]
+
+
 @pytest.mark.parametrize("priority,expected", [("low", (10, 0)), ("idle", (None, SCHED_IDLE))])
 def test_helper_threads_run_at_the_priority_asked_and_inference_at_the_process_one(priority, expected, tmp_path):
     """capture, preprocess and postprocess + sinks yield to the inference threads: nice +10 ('low') or SCHED_IDLE
@@ -146,7 +164,7 @@ def test_serial_is_refused_for_live_sources_and_bad_names(tmp_path, capsys):
 
 def test_the_cli_runs_inference_on_all_cores_and_reports_how_the_stages_shared_them(tmp_path, capsys):
     """`edge-agent run --source` without --threads used all cores but one: a YOLO pipeline on 2 cores then ran at
-    0.72 of the bare loop on both (docs/detection.md). The summary says what ran: threads, schedule, priority, and
+    0.72 of the bare loop on both (docs/detection.md). The summary says what ran: streams, threads, schedule, priority, and
     FFmpeg's decoding threads: one for a video file when inference takes every core (its own frame threads would
     only preempt the runtime's), FFmpeg's choice otherwise, or --decode-threads."""
     import json
@@ -165,6 +183,8 @@ def test_the_cli_runs_inference_on_all_cores_and_reports_how_the_stages_shared_t
     assert default["decode_threads"] == 1 and decode3["decode_threads"] == 3
     if (os.cpu_count() or 1) > 1:  # one inference thread leaves a core: FFmpeg decides (one thread per core)
         assert chosen["decode_threads"] > 1
-    assert default["inference_threads"] == (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1  # a file: one single-threaded inference stream per core (--streams auto)
+    assert (default["streams"], default["inference_threads"]) == (cores, 1)
+    assert chosen["streams"] == 1
     assert (default["schedule"], default["helper_priority"]) == ("threads", "normal")
     assert (chosen["inference_threads"], chosen["schedule"], chosen["helper_priority"]) == (1, "serial", "idle")

@@ -91,3 +91,43 @@ class LatestSlot(Channel):
             self._items.append(item)
             self._cond.notify_all()
             return True
+
+
+class ReorderChannel(Channel):
+    """Results of several inference streams, handed on in the order their frames were taken.
+
+    Each stream takes a frame with a ticket (0, 1, 2, ... in taking order) and puts its result back under that
+    ticket, `None` for a frame that failed; a result waits here until every earlier ticket is in, so sinks see
+    frames in order whichever stream finished first. At most `maxsize` released results wait for the reader; a
+    result that is out of order never waits (its stream would hold up the one everything waits for)."""
+
+    def __init__(self, maxsize: int = 4) -> None:
+        super().__init__()
+        self.maxsize = max(1, maxsize)
+        self._pending: dict[int, Any] = {}
+        self._next = 0
+
+    def put_at(self, ticket: int, item: Any) -> bool:
+        """Put the result of the frame taken with `ticket` (None: skip it); False when stopped."""
+        with self._cond:
+            while ticket == self._next and len(self._items) >= self.maxsize and not self._stopped:
+                self._cond.wait(0.1)
+            if self._stopped:
+                return False
+            self._pending[ticket] = item
+            self._release(self._next)
+            self._cond.notify_all()
+            return True
+
+    def _release(self, upto: float) -> None:
+        while self._pending and (self._next in self._pending or self._next < upto):
+            item = self._pending.pop(self._next, None)
+            self._next += 1
+            if item is not None:
+                self._items.append(item)
+
+    def close(self) -> None:
+        """No more results: what waits for a ticket that will never come is released in ticket order."""
+        with self._cond:
+            self._release(max(self._pending, default=-1) + 1)
+        super().close()

@@ -22,7 +22,7 @@ from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, pipeline_drift
 from ..errors import AgentError
-from .scheduling import PRIORITIES, SCHEDULES, ScheduleError
+from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, resolve_streams
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,16 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         m = vb.manifest
         threads = args.threads or pipeline_threads()
-        session = load_session(vb.unpacked_to, m, threads=threads)
         source = open_source(args.source, reconnect=reconnect, open_timeout_ms=int(args.open_timeout * 1000),
                              read_timeout_ms=int(args.open_timeout * 1000), decode_threads=args.decode_threads,
                              file_decode_threads=auto_decode_threads(threads))
+        try:
+            policy = args.policy or ("latest" if source.live else "all")
+            streams, per_stream = resolve_streams(args.streams, policy, threads)
+        except ScheduleError as exc:
+            source.close()
+            raise UsageError(str(exc)) from exc
+        sessions = [load_session(vb.unpacked_to, m, threads=per_stream) for _ in range(streams)]
         stats = PipelineStats(
             model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),
             source=source.description,
@@ -79,7 +85,7 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                 closers.append(MetricsServer(stats, args.metrics_host, args.metrics_port,
                                              collectors=[DriftCollector(drift.snapshot)]))
             try:
-                pipeline = Pipeline(source, session, m, sinks, stats=stats, policy=args.policy,
+                pipeline = Pipeline(source, sessions, m, sinks, stats=stats, policy=args.policy,
                                     max_frames=args.max_frames, top_k=args.top_k, schedule=args.schedule,
                                     helper_priority=args.helper_priority,
                                     observers=[drift])
@@ -141,6 +147,15 @@ def _decode_threads(text: str) -> int:
     return int(text)
 
 
+def _streams(text: str) -> str | int:
+    """argparse type: `auto` or a whole number of inference streams >= 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the --source options to `edge-agent run` and route --source runs here."""
     p = subparsers.choices.get("run")
@@ -172,6 +187,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
                    help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
                         "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")
+    g.add_argument("--streams", type=_streams, default="auto", metavar="auto|N",
+                   help="sessions of the model inferring consecutive frames side by side, --threads shared among "
+                        "them (default auto: one single-threaded session per thread for files and folders, one "
+                        "session for live sources, which would get up to a frame more latency; docs/detection.md)")
     g.add_argument("--decode-threads", type=_decode_threads, default=None, metavar="N",
                    help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
                         "FFmpeg's own choice otherwise; docs/detection.md)")

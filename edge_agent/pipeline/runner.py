@@ -5,6 +5,10 @@ overlap with inference of the current one:
 
     capture --raw--> preprocess --prepared--> inference --results--> postprocess + sinks
 
+Given several sessions of one model (inference *streams*, scheduling.resolve_streams), an inference thread per
+session takes the next frame with a ticket and the results go on in ticket order (channels.ReorderChannel): sinks
+see every frame in order, and no operator waits at a barrier for a thread a helper preempted.
+
 Schedule 'serial' (files only) runs the same four steps in turn on one thread instead, and the helper threads
 (capture, preprocess, postprocess + sinks) can run at a lower priority than inference: scheduling.py.
 
@@ -26,12 +30,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from ..bundle import Manifest
 from ..runtimes import ModelSession
 from ..telemetry.pipeline_stats import PipelineStats
-from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot
+from .channels import CLOSED, EMPTY, BoundedChannel, Channel, LatestSlot, ReorderChannel
 from .detection import DetectionConfigError
 from .sinks import Sink, SinkError
 from .sources import Source
@@ -62,7 +66,8 @@ class PipelineSummary:
     stats: dict[str, Any]
     schedule: str = "threads"  # how the stages shared the cores (edge_agent.pipeline.scheduling)
     helper_priority: str = "normal"
-    inference_threads: int = 0  # the runtime's threads (0: its own default)
+    inference_threads: int = 0  # the runtime's threads per stream (0: its own default)
+    streams: int = 1  # sessions inferring consecutive frames side by side
     decode_threads: int | None = None  # FFmpeg's decoding threads (video sources; sources.auto_decode_threads)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +84,7 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        session: ModelSession,
+        session: ModelSession | Sequence[ModelSession],
         manifest: Manifest,
         sinks: Iterable[Sink] = (),
         stats: PipelineStats | None = None,
@@ -94,7 +99,10 @@ class Pipeline:
         helper_priority: str = "auto",
     ) -> None:
         self.source = source
-        self.session = session
+        self.sessions = [session] if isinstance(session, ModelSession) else list(session)
+        if not self.sessions:
+            raise ValueError("the pipeline needs at least one session")
+        self.session = self.sessions[0]
         self.manifest = manifest
         self.sinks = list(sinks)
         self.observers = Observers()  # e.g. the drift monitor: called per answered frame, after the sinks
@@ -115,6 +123,11 @@ class Pipeline:
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
         self._consecutive_errors = 0
+        self._take = threading.Lock()  # a frame and its ticket are taken together (streams)
+        self._tickets = 0
+        self._failed = 0  # frames whose inference failed (they do not count towards max_frames)
+        self._streams_left = len(self.sessions)
+        self._delivering = threading.Lock()  # serial streams: one delivers at a time (_in_order)
         drop = lambda _item: self.stats.count_dropped()  # noqa: E731
         if self.policy == "latest":
             self.raw: Channel = LatestSlot(on_drop=drop)
@@ -122,7 +135,7 @@ class Pipeline:
         else:
             self.raw = BoundedChannel(queue_size)
             self.prepared = BoundedChannel(queue_size)
-        self.results: Channel = BoundedChannel(queue_size)
+        self.results = ReorderChannel(queue_size)
 
     # --- control ---------------------------------------------------------------------------
 
@@ -166,11 +179,11 @@ class Pipeline:
         prepared.timings["preprocess"] = _ms(t0)
         return prepared
 
-    def _infer_one(self, prepared: Prepared) -> bool:
+    def _infer_one(self, prepared: Prepared, session: ModelSession) -> bool:
         prepared.stale_frames = max(0, self.source.frames_read - 1 - prepared.frame.index)
         t0 = time.perf_counter()
         try:
-            prepared.outputs = self._infer(self.session, prepared.feeds)
+            prepared.outputs = self._infer(session, prepared.feeds)
         except Exception as exc:
             self._frame_error("inference", exc)
             return False
@@ -179,16 +192,25 @@ class Pipeline:
 
     def _finish_one(self, prepared: Prepared) -> bool:
         """Postprocess one inferred frame and hand it to the sinks; False when the run must stop."""
+        go, result = self._postprocess_one(prepared)
+        return go and (result is None or self._deliver(prepared, result))
+
+    def _postprocess_one(self, prepared: Prepared) -> tuple[bool, dict[str, Any] | None]:
+        """(False, None) when the run must stop; (True, None) when this frame failed; else (True, result)."""
         t0 = time.perf_counter()
         try:
             result = self.postprocess(prepared.outputs or [], prepared.geometry)
         except DetectionConfigError as exc:  # the bundle's settings, not the frame: no later frame can work
             self._fail(exc)
-            return False
+            return False, None
         except Exception as exc:
             self._frame_error("postprocess", exc)
-            return True
+            return True, None
         prepared.timings["postprocess"] = _ms(t0)
+        return True, result
+
+    def _deliver(self, prepared: Prepared, result: dict[str, Any]) -> bool:
+        """Hand a postprocessed frame to the sinks and observers; False when the run must stop."""
         e2e = (time.monotonic() - prepared.frame.captured_at) * 1000.0
         for stage in ("preprocess", "inference", "postprocess"):
             self.stats.add_latency(stage, prepared.timings[stage])
@@ -215,20 +237,40 @@ class Pipeline:
         self._observe(prepared, result)
         return True
 
-    def _serial(self) -> None:
-        """schedule 'serial': each frame decoded, preprocessed, inferred and finished in turn, on one thread."""
+    def _serial(self, session: ModelSession) -> None:
+        """schedule 'serial': each frame decoded, preprocessed, inferred and postprocessed in turn on one thread.
+        With N streams, N such threads, one per session, read frames in turn (a frame and its ticket together) and
+        the sinks get them in ticket order (_in_order): nothing runs beside inference but other streams."""
         try:
-            n = 0
-            while not self._stop.is_set() and (self.max_frames is None or n < self.max_frames):
-                frame = self._read()
-                if frame is None:
-                    break
-                n += 1
+            while not self._stop.is_set():
+                with self._take:
+                    if self.max_frames is not None and self._tickets >= self.max_frames:
+                        break
+                    frame = self._read()
+                    if frame is None:
+                        break
+                    ticket, self._tickets = self._tickets, self._tickets + 1
                 prepared = self._prepare(frame)
-                if prepared is not None and self._infer_one(prepared) and not self._finish_one(prepared):
+                done = None
+                if prepared is not None and self._infer_one(prepared, session):
+                    go, result = self._postprocess_one(prepared)
+                    if not go:
+                        break
+                    done = None if result is None else (prepared, result)
+                if not self._in_order(ticket, done):
                     break
         except BaseException as exc:
             self._fail(exc)
+
+    def _in_order(self, ticket: int, done: tuple[Prepared, dict[str, Any]] | None) -> bool:
+        """Deliver the frames of every ticket up to the first one still missing, in ticket order (None: a failed
+        frame, skipped); whichever stream completes the sequence delivers. False when the run must stop."""
+        with self._delivering:  # results are drained as they are released: put_at never waits here
+            self.results.put_at(ticket, done)
+            while (item := self.results.get(0)) is not EMPTY and item is not CLOSED:
+                if not self._deliver(*item):
+                    return False
+        return True
 
     def _capture(self) -> None:
         try:
@@ -265,25 +307,39 @@ class Pipeline:
         finally:
             self.prepared.close()
 
-    def _inference(self) -> None:
+    def _next_prepared(self) -> tuple[Any, int]:
+        """The next prepared frame and its ticket (CLOSED when there is none to come); EMPTY when none is ready."""
+        with self._take:
+            if (self.policy == "latest" and self.max_frames is not None
+                    and self._tickets - self._failed >= self.max_frames):
+                self._stop.set()  # enough frames: stop capturing, drain what is inferred
+                return CLOSED, -1
+            item = self.prepared.get()
+            if item is CLOSED or item is EMPTY:
+                return item, -1
+            self._tickets += 1
+            return item, self._tickets - 1
+
+    def _inference(self, session: ModelSession) -> None:
         try:
-            done = 0
             while True:
-                if self.policy == "latest" and self.max_frames is not None and done >= self.max_frames:
-                    self._stop.set()  # enough frames: stop capturing, drain what is inferred
-                    break
-                item = self.prepared.get()
+                item, ticket = self._next_prepared()
                 if item is CLOSED:
                     break
-                if item is EMPTY or not self._infer_one(item):
+                if item is EMPTY:
                     continue
-                done += 1
-                if not self.results.put(item):
+                ok = self._infer_one(item, session)
+                with self._take:
+                    self._failed += not ok
+                if not self.results.put_at(ticket, item if ok else None):
                     break
         except BaseException as exc:
             self._fail(exc)
         finally:
-            self.results.close()
+            with self._take:
+                self._streams_left -= 1
+                if self._streams_left == 0:  # the last stream out closes the results
+                    self.results.close()
 
     def _finish(self) -> None:
         try:
@@ -308,8 +364,10 @@ class Pipeline:
     def run(self) -> PipelineSummary:
         """Process the source to its end (or max_frames, or stop()); re-raises a fatal error."""
         started = time.monotonic()
-        stages = ((("serial", self._serial),) if self.schedule == "serial" else
-                  (("capture", self._capture), ("preprocess", self._preprocess), ("inference", self._inference),
+        stages = (tuple((f"serial{i or ''}", lambda s=s: self._serial(s)) for i, s in enumerate(self.sessions))
+                  if self.schedule == "serial" else
+                  (("capture", self._capture), ("preprocess", self._preprocess),
+                   *((f"inference{i or ''}", lambda s=s: self._inference(s)) for i, s in enumerate(self.sessions)),
                    ("finish", self._finish)))
         threads = [threading.Thread(target=fn, name=f"pipeline-{name}", daemon=True) for name, fn in stages]
         for t in threads:
@@ -338,4 +396,5 @@ class Pipeline:
             seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
             policy=self.policy, stats=snap, schedule=self.schedule, helper_priority=self.helper_priority,
             inference_threads=self.session.info.threads, decode_threads=self.source.decode_threads,
+            streams=len(self.sessions),
         )

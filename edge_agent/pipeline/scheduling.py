@@ -10,7 +10,8 @@ op then waits at its barrier for it, so a millisecond of decoding could cost a m
     ``normal`` priority (the default), ``low`` (nice +10) or ``idle`` (SCHED_IDLE: only on an otherwise idle core).
 
 Measured on 2 cores (docs/detection.md, "Pipeline vs bare loop"): none beat the defaults beyond the noise of a shared
-host; they stay as options. Priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)` and
+host; they stay as options. What did: inference *streams* (resolve_streams): N sessions of threads/N threads each
+work on consecutive frames, so no operator waits at a barrier for a thread that a helper preempted. Priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)` and
 `sched_setscheduler(tid)` act on one task); lowering them needs no privilege. Where that fails (not Linux, a sandbox)
 the thread keeps its priority and an info line says so.
 """
@@ -41,6 +42,25 @@ def resolve_schedule(schedule: str, policy: str) -> str:
     if schedule == "serial" and policy == "latest":
         raise ScheduleError("schedule 'serial' needs policy 'all': a live source must be read while the model runs")
     return "threads" if schedule == "auto" else schedule
+
+
+def resolve_streams(streams: str | int, policy: str, threads: int) -> tuple[int, int]:
+    """(streams, threads per stream) for `threads` inference threads in all. 'auto': files and folders (policy
+    'all', every frame processed: throughput is what counts) get one single-threaded session per thread, as
+    OpenVINO's THROUGHPUT hint and DeepStream do; live sources (policy 'latest') get one session on every thread,
+    because a frame on one thread takes N times as long: N streams would add up to a frame of latency for
+    throughput a camera rarely needs. A number N: N sessions, threads // N threads each (at least one)."""
+    threads = max(1, int(threads))
+    if streams == "auto":
+        n = threads if policy == "all" else 1
+    else:
+        try:
+            n = int(streams)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise ScheduleError(f"streams must be 'auto' or a whole number >= 1, not {streams!r}")
+    return n, max(1, threads // n)
 
 
 def resolve_priority(priority: str) -> str:
