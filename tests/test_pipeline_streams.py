@@ -107,6 +107,7 @@ def test_streams_auto_picks_by_source_kind_and_a_number_shares_the_threads():
     assert resolve_streams("auto", "latest", 4) == (1, 4)  # live: one session on every thread (latency)
     assert resolve_streams(2, "latest", 4) == (2, 2)
     assert resolve_streams(3, "all", 2) == (3, 1)
+    assert resolve_streams("auto", "all", 4, frames=1) == (1, 4)  # one image: one session, not one per core
     with pytest.raises(ScheduleError, match="streams"):
         resolve_streams(0, "all", 2)
 
@@ -127,6 +128,17 @@ def test_cli_streams_give_the_labels_of_one_session_on_a_real_model(int8_bundle,
         got[streams] = [(r["frame"], r["label"], r["score"]) for r in rows]
     assert [f for f, _, _ in got["1"]] == list(range(40))
     assert got["2"] == got["1"] and got[None] == got["1"]
+
+
+def test_cli_runs_one_image_on_one_session_with_every_thread(int8_bundle, digits, tmp_path, capsys):
+    import cv2
+
+    image = tmp_path / "one.png"
+    cv2.imwrite(str(image), digit_frames(digits.x_test[:1], 32)[0])
+    rc = agent_main(["run", str(int8_bundle), "--source", str(image), "--trust", str(digits.pub), "--threads", "2",
+                     "--output", "none", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (summary["frames"], summary["streams"], summary["inference_threads"]) == (1, 1, 2)
 
 
 def test_cli_refuses_a_bad_stream_count(int8_bundle, digits, tmp_path, capsys):

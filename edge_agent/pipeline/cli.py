@@ -50,12 +50,9 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
         source = open_source(args.source, reconnect=reconnect, open_timeout_ms=int(args.open_timeout * 1000),
                              read_timeout_ms=int(args.open_timeout * 1000), decode_threads=args.decode_threads,
                              file_decode_threads=auto_decode_threads(threads))
-        try:
-            policy = args.policy or ("latest" if source.live else "all")
-            streams, per_stream = resolve_streams(args.streams, policy, threads)
-        except ScheduleError as exc:
-            source.close()
-            raise UsageError(str(exc)) from exc
+        policy = args.policy or ("latest" if source.live else "all")
+        known = len(getattr(source, "files", ())) or None  # images: their count (one image: one session)
+        streams, per_stream = resolve_streams(args.streams, policy, threads, known)  # argparse checked --streams
         sessions = [load_session(vb.unpacked_to, m, threads=per_stream) for _ in range(streams)]
         stats = PipelineStats(
             model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),

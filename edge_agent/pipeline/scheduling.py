@@ -44,15 +44,16 @@ def resolve_schedule(schedule: str, policy: str) -> str:
     return "threads" if schedule == "auto" else schedule
 
 
-def resolve_streams(streams: str | int, policy: str, threads: int) -> tuple[int, int]:
+def resolve_streams(streams: str | int, policy: str, threads: int, frames: int | None = None) -> tuple[int, int]:
     """(streams, threads per stream) for `threads` inference threads in all. 'auto': files and folders (policy
     'all', every frame processed: throughput is what counts) get one single-threaded session per thread, as
     OpenVINO's THROUGHPUT hint and DeepStream do; live sources (policy 'latest') get one session on every thread,
     because a frame on one thread takes N times as long: N streams would add up to a frame of latency for
-    throughput a camera rarely needs. A number N: N sessions, threads // N threads each (at least one)."""
+    throughput a camera rarely needs; never more than `frames` when the source knows its count (one image: one
+    session, not a model loaded per core). A number N: N sessions, threads // N threads each (at least one)."""
     threads = max(1, int(threads))
     if streams == "auto":
-        n = threads if policy == "all" else 1
+        n = max(1, min(threads, frames or threads)) if policy == "all" else 1
     else:
         try:
             n = int(streams)
