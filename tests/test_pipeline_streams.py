@@ -16,7 +16,8 @@ from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle
 from edge_agent.cli import main as agent_main
 from edge_agent.pipeline.channels import CLOSED, EMPTY, ReorderChannel
 from edge_agent.pipeline.runner import Pipeline
-from edge_agent.pipeline.scheduling import ScheduleError, resolve_streams
+from edge_agent.pipeline.scheduling import STREAM_MEMORY_FACTOR, ScheduleError, memory_streams, resolve_streams
+from edge_agent.telemetry.system import available_memory_bytes
 from edge_agent.pipeline.sinks import CollectSink
 from edge_agent.pipeline.sources import open_source
 from edge_agent.runtimes import load_session
@@ -110,6 +111,35 @@ def test_streams_auto_picks_by_source_kind_and_a_number_shares_the_threads():
     assert resolve_streams("auto", "all", 4, frames=1) == (1, 4)  # one image: one session, not one per core
     with pytest.raises(ScheduleError, match="streams"):
         resolve_streams(0, "all", 2)
+
+
+def test_streams_auto_loads_no_more_sessions_than_half_the_available_memory_holds(tmp_path):
+    """A Pi Zero 2 W has 4 cores and 512 MB: auto must not load a large model once per core."""
+    mb = 1 << 20
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  524288 kB\nMemFree:  100000 kB\nMemAvailable:  358400 kB\n")
+    available = available_memory_bytes(str(meminfo))
+    assert available == 350 * mb
+    assert available_memory_bytes(str(tmp_path / "absent")) is None
+    assert memory_streams(12 * mb, available) == 4  # YOLOv8n-sized: one per core still fits
+    assert memory_streams(20 * mb, available) == 2  # 175 MB // (3 x 20 MB)
+    assert memory_streams(200 * mb, available) == 1  # never fewer than one
+    assert memory_streams(12 * mb, None) is None  # unknown memory: no cap
+    assert resolve_streams("auto", "all", 4, memory_cap=memory_streams(20 * mb, available)) == (2, 2)
+    assert resolve_streams(4, "all", 4, memory_cap=1) == (4, 1)  # a number the user gave is taken as given
+
+
+def test_cli_streams_auto_keeps_one_session_when_memory_is_short(int8_bundle, digits, tmp_path, capsys, monkeypatch):
+    """The CLI measures the bundle's model file against MemAvailable: with memory for one session, a file runs on
+    one session with every thread (1 KB available stands in for a board too small for two copies of the model)."""
+    import edge_agent.pipeline.cli as pipeline_cli
+
+    monkeypatch.setattr(pipeline_cli, "available_memory_bytes", lambda: 1 << 10)
+    video = write_video(tmp_path / "digits.avi", digit_frames(digits.x_test[:5], 32))
+    rc = agent_main(["run", str(int8_bundle), "--source", str(video), "--trust", str(digits.pub), "--threads", "2",
+                     "--output", "none", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (summary["frames"], summary["streams"], summary["inference_threads"]) == (5, 1, 2)
 
 
 def test_cli_streams_give_the_labels_of_one_session_on_a_real_model(int8_bundle, digits, tmp_path, capsys):

@@ -22,7 +22,8 @@ from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, pipeline_drift
 from ..errors import AgentError
-from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, resolve_streams
+from ..telemetry.system import available_memory_bytes
+from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, memory_streams, resolve_streams
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
                              file_decode_threads=auto_decode_threads(threads))
         policy = args.policy or ("latest" if source.live else "all")
         known = len(getattr(source, "files", ())) or None  # images: their count (one image: one session)
-        streams, per_stream = resolve_streams(args.streams, policy, threads, known)  # argparse checked --streams
+        cap = memory_streams((vb.unpacked_to / m.model_file).stat().st_size, available_memory_bytes())
+        streams, per_stream = resolve_streams(args.streams, policy, threads, known, cap)  # argparse checked it
+        if args.streams == "auto" and cap is not None and streams == cap < min(threads, known or threads):
+            log.info("inference streams: %d (one session per thread would not fit in half the available memory)", cap)
         sessions = [load_session(vb.unpacked_to, m, threads=per_stream) for _ in range(streams)]
         stats = PipelineStats(
             model=ModelInfo(m.name, m.version, m.runtime, m.precision, sha256_file(Path(args.bundle))[1]),

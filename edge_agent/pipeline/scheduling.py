@@ -44,16 +44,29 @@ def resolve_schedule(schedule: str, policy: str) -> str:
     return "threads" if schedule == "auto" else schedule
 
 
-def resolve_streams(streams: str | int, policy: str, threads: int, frames: int | None = None) -> tuple[int, int]:
+STREAM_MEMORY_FACTOR = 3  # a session's resident memory per byte of model file (weights, prepacked copies, arena)
+
+
+def memory_streams(model_bytes: int, available: int | None) -> int | None:
+    """How many sessions of a `model_bytes` model fit in half the available memory (None: unknown, no cap), so
+    `auto` never loads a model per core on a board that cannot hold them (a Pi Zero 2 W has 4 cores, 512 MB)."""
+    if available is None or model_bytes <= 0:
+        return None
+    return max(1, (available // 2) // (STREAM_MEMORY_FACTOR * model_bytes))
+
+
+def resolve_streams(streams: str | int, policy: str, threads: int, frames: int | None = None,
+                    memory_cap: int | None = None) -> tuple[int, int]:
     """(streams, threads per stream) for `threads` inference threads in all. 'auto': files and folders (policy
     'all', every frame processed: throughput is what counts) get one single-threaded session per thread, as
     OpenVINO's THROUGHPUT hint and DeepStream do; live sources (policy 'latest') get one session on every thread,
     because a frame on one thread takes N times as long: N streams would add up to a frame of latency for
     throughput a camera rarely needs; never more than `frames` when the source knows its count (one image: one
-    session, not a model loaded per core). A number N: N sessions, threads // N threads each (at least one)."""
+    session, not a model loaded per core) nor than `memory_cap` (memory_streams). A number N: N sessions,
+    threads // N threads each (at least one); the user's N is taken as given."""
     threads = max(1, int(threads))
     if streams == "auto":
-        n = max(1, min(threads, frames or threads)) if policy == "all" else 1
+        n = max(1, min(threads, frames or threads, memory_cap or threads)) if policy == "all" else 1
     else:
         try:
             n = int(streams)

@@ -59,5 +59,17 @@ def rss_bytes() -> int | None:
         return None
 
 
+def available_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """MemAvailable (what new allocations can take without swapping, Linux), or None where there is none."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def system_snapshot() -> dict[str, Any]:
     return {"cpu_temperature_c": cpu_temperature_c(), "throttled": throttled_flags(), "rss_bytes": rss_bytes()}
