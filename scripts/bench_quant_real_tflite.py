@@ -97,7 +97,8 @@ def tflite_rows(float_model: Path, calib: np.ndarray, test: np.ndarray, ref: np.
     onnx.save(onnxslim.slim(onnx.load(str(float_model))), str(slim))
     ins, _ = tensor_specs(slim)
     t0 = time.perf_counter()
-    plain = onnx_to_tflite(slim, work / "tflite-default", "int8-static", ins, Dataset({ins[0].name: calib}), len(calib))
+    plain = onnx_to_tflite(slim, work / "tflite-default", "int8-static", ins, Dataset({ins[0].name: calib}), len(calib),
+                           measured_ranges=False)  # TensorFlow's own calibration records, as TFLiteConverter gives them
     default_s = time.perf_counter() - t0
     fold = next((p for p in report["passes"] if p["pass"] == "fold-input"), {})
     ours_input = nhwc(to_pixels(test, fold["scale"], fold["offset"]) if fold.get("folded") else test)

@@ -51,7 +51,7 @@ def test_tflite_compares_calibration_methods_on_the_eval_data(digits, tmp_path):
     assert set(rows) == {"minmax", "linearquantile:99.9"} and all("agreement" in r for r in rows.values()), search
     best = max(rows.values(), key=lambda r: (r["agreement"], -r["error"]))
     assert search["chosen"] == best["method"]
-    assert convert["calibration_method"] == ("minmax (TensorFlow)" if best["method"] == "minmax" else best["method"])
+    assert convert["calibration_method"] == ("minmax (measured)" if best["method"] == "minmax" else best["method"])
     assert "vs_minmax" in rows["linearquantile:99.9"]  # the paired test against the first candidate is reported
     m = read_manifest_unverified(out)
     assert m.format == "tflite" and m.precision == "int8-static"

@@ -53,9 +53,9 @@ def quantile_of(method: str) -> float | None:
 
 
 def label(method: str) -> str:
-    """How the report names a method (minmax is TensorFlow's)."""
+    """How the report names a method (minmax: measured with every tensor kept, not TF's in-place records)."""
     q = quantile_of(method)
-    return f"linearquantile:{q:g}" if q is not None else "minmax (TensorFlow)"
+    return f"linearquantile:{q:g}" if q is not None else "minmax (measured)"
 
 
 def choose_method(methods: list[str], build: Callable[[str, Path], R], model_of: Callable[[R], Path],
