@@ -284,7 +284,8 @@ def main() -> int:
                   f"{'folded' if r['input_folded'] else 'not folded'}, {r['convert_seconds']} s, load average {r['load_average']}")
         if "tflite" in r:
             t = r["tflite"]
-            print(f"  TFLite: edgekit {t['precision']} (gate {'passed' if t['gate_passed'] else 'missed'}), compensation "
+            print(f"  TFLite: edgekit {t['precision']} (gate {'passed' if t['gate_passed'] else 'missed'}), calibration "
+                  f"{t['calibration']} {t.get('calibration_candidates')}, compensation "
                   f"{t['compensation']}, {len(t['float_layers'])} layers float, input "
                   f"{'folded' if t['input_folded'] else 'not folded'} {[(q['scale'], q['zero_point']) for q in t['pixel_input_quantization'] or []]}, "
                   f"{t['convert_seconds']} s, load average {t['load_average']}")

@@ -40,7 +40,7 @@ def edgekit_tflite(src: Path, calib: Path, select: Path, work: Path, normalizati
     mean, std = normalization
     args = ["-q", "convert", str(src), "--profile", "raspberry-pi-4", "--format", "tflite", "--calibration", str(calib),
             "--eval", str(select), "--key", str(key), "--out", str(out), "--bench-runs", "10", "--force",
-            "--calibration-method", "linearquantile:99.9",  # as the ONNX row's candidates (TFLite takes one method)
+            "--calibration-method", "auto",  # minmax vs linearquantile:99.9, chosen on the selection half
             "--mean", ",".join(f"{v:.9g}" for v in mean), "--std", ",".join(f"{v:.9g}" for v in std), *extra]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -97,7 +97,8 @@ def tflite_rows(float_model: Path, calib: np.ndarray, test: np.ndarray, ref: np.
     onnx.save(onnxslim.slim(onnx.load(str(float_model))), str(slim))
     ins, _ = tensor_specs(slim)
     t0 = time.perf_counter()
-    plain = onnx_to_tflite(slim, work / "tflite-default", "int8-static", ins, Dataset({ins[0].name: calib}), len(calib))
+    plain = onnx_to_tflite(slim, work / "tflite-default", "int8-static", ins, Dataset({ins[0].name: calib}), len(calib),
+                           measured_ranges=False)  # TensorFlow's own calibration records, as TFLiteConverter gives them
     default_s = time.perf_counter() - t0
     fold = next((p for p in report["passes"] if p["pass"] == "fold-input"), {})
     ours_input = nhwc(to_pixels(test, fold["scale"], fold["offset"]) if fold.get("folded") else test)
@@ -116,6 +117,8 @@ def tflite_rows(float_model: Path, calib: np.ndarray, test: np.ndarray, ref: np.
     convert = next((p for p in report["passes"] if p["pass"] == "tflite-convert"), {})
     mixed = report["measurements"].get("mixed_precision", {})
     summary = {"precision": report["precision"], "calibration": convert.get("calibration_method"),
+               "calibration_candidates": [{k: r.get(k) for k in ("method", "agreement", "error")}
+                                          for r in (convert.get("calibration_search") or {}).get("candidates", [])],
                "gate_passed": report["measurements"].get("accuracy", {}).get("passed"),
                "convert_seconds": round(seconds, 1), "default_int8_seconds": round(default_s, 1),
                "input_folded": bool(fold.get("folded")), "pixel_input_quantization": convert.get("pixel_input_quantization"),

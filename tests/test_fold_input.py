@@ -282,3 +282,43 @@ def test_tflite_int8_recentres_the_stem_and_a_float_stem_keeps_its_own_bias(tmp_
 
     assert any("fold_pad" in t for t in q.grid["tensors"]) and set(q.grid["tensors"]) & set(q.layers())
     assert not set(q.grid["tensors"]) & set(tflite_layer_binding(lambda data: q, Dataset({"x": pixels})).layers)
+
+
+def test_one_fill_value_can_take_the_zero_pad_and_border_form_that_tflite_keeps_int8(tmp_path):
+    """EfficientNet-Lite0's (pixel - 127) / 128 has one fill value: the fold pads with Pad(127), which TFLite writes
+    as PADV2, an int8 kernel XNNPACK does not take (the deny-list then ran it float: precision int8-mixed). With
+    border_image the fold pads with 0 plus a constant border image, exact in float, and the .tflite holds a PAD and
+    an ADD on the grey-level grid (scale 1), no PADV2."""
+    import torch
+
+    pytest.importorskip("onnx2tf")
+    from converter.data import Dataset
+    from converter.tflite.onnx2tf import onnx_to_tflite
+    from converter.tflite.pixel_grid import input_grid
+    from edge_agent.bundle import TensorSpec
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    src = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(src), input_names=["x"], output_names=["y"], dynamo=False)
+    a, b = pixel_affine(1 / 255, [127 / 255] * 3, [128 / 255] * 3, 3)
+    grey = np.random.default_rng(0).integers(0, 256, (24, 3, 32, 32)).astype(np.float32)
+    ref = _run(src, (grey * a.reshape(1, -1, 1, 1) + b.reshape(1, -1, 1, 1)).astype(np.float32))
+    ops = {}
+    for border_image in (False, True):
+        model, info = fold_input(onnx.load(str(src)), a, b, border_image=border_image)
+        assert info.border == ("pad+border" if border_image else "pad") and info.fill == [127.0] * 3
+        path = tmp_path / f"folded-{border_image}.onnx"
+        onnx.save(model, str(path))
+        assert np.abs(_run(path, grey) - ref).max() < 1e-4 * np.abs(ref).max()  # the border stays the mean pixel
+        result = onnx_to_tflite(path, tmp_path / f"tfl-{border_image}", "int8-static",
+                                [TensorSpec("x", "float32", [1, 3, 32, 32], "NCHW")], Dataset({"x": grey}), len(grey),
+                                pixel_input=True, stem_fill=info.fill)
+        it, _ = open_interpreter(result.model, threads=1, use_xnnpack=False)
+        ops[border_image] = [o["op_name"] for o in it._get_ops_details()]
+        if border_image:
+            assert all(r["scale"] == 1.0 and r["dtype"] == "int8" for r in input_grid(result.model))
+    assert "PADV2" in ops[False] and "PADV2" not in ops[True], ops
+    assert {"PAD", "ADD"} <= set(ops[True]), ops

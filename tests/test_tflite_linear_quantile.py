@@ -55,18 +55,3 @@ def test_linearquantile_narrows_unbounded_tensors_and_keeps_relu6_ranges(tmp_pat
     relu6 = [n for n in _relu6_outputs(results[99.9].model) if n in plain]
     assert len(relu6) > 20 and not set(relu6) & set(set_names)
     assert all(ours[n] == plain[n] for n in relu6), [(n, plain[n], ours[n]) for n in relu6 if ours[n] != plain[n]]
-
-
-def test_tflite_takes_linearquantile_alone_and_keeps_minmax_otherwise(caplog):
-    """TensorFlow's calibrator has no candidate comparison here: linearquantile[:P] is applied, minmax / nothing keep
-    TF's ranges, and auto or a list keep them with a warning (the ONNX pass compares those)."""
-    from types import SimpleNamespace
-
-    from converter.passes.tflite_convert import tflite_quantile
-
-    def q(spec):
-        return tflite_quantile(SimpleNamespace(options=SimpleNamespace(pass_options={"calibration_method": spec})))
-
-    assert (q("linearquantile"), q("linearquantile:99.99"), q("minmax"), q(None)) == (99.9, 99.99, None, None)
-    assert q("auto") is None and q("minmax,linearquantile") is None
-    assert "TensorFlow's minmax used" in caplog.text

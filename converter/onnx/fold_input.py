@@ -116,8 +116,12 @@ def _graph_normalisation(model: onnx.ModelProto, x: str, a: np.ndarray, b: np.nd
         tensor = node.output[0]
 
 
-def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[onnx.ModelProto, InputFold]:
-    """The model taking grey levels (pixel = (normalised - b) / a) instead of normalised values; raises NotFoldable."""
+def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray, border_image: bool = False
+               ) -> tuple[onnx.ModelProto, InputFold]:
+    """The model taking grey levels (pixel = (normalised - b) / a) instead of normalised values; raises NotFoldable.
+    border_image: pad with 0 plus a constant border image even when one fill value serves every channel (TFLite: a Pad
+    with a nonzero constant becomes PADV2, whose int8 kernel XNNPACK does not take, so it ran float; a zero PAD pads
+    int8 with the zero point, grey level 0, and the border ADD is int8 too: exact on scale 1)."""
     g = model.graph
     initializer_names = {i.name for i in g.initializer}
     inputs = [i for i in g.input if i.name not in initializer_names]
@@ -165,7 +169,7 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
     new_nodes: list[onnx.NodeProto] = []
     border = "none"
     if any(pads) and float(np.abs(fill).max()) > 1e-9:  # fill 0 (no mean): the conv's own zero padding is right
-        conv_input, border, new_nodes = _explicit_border(g, x, dims, pads, fill)
+        conv_input, border, new_nodes = _explicit_border(g, x, dims, pads, fill, border_image)
         kept = [attr for attr in conv.attribute if attr.name not in ("pads", "auto_pad")]
         del conv.attribute[:]
         conv.attribute.extend(kept)  # no padding left in the conv: the Pad above holds it
@@ -187,16 +191,18 @@ def fold_input(model: onnx.ModelProto, a: np.ndarray, b: np.ndarray) -> tuple[on
                             pixel_tensors, wname)
 
 
-def _explicit_border(g: onnx.GraphProto, x: str, dims: list[int], pads: list[int], fill: np.ndarray
-                     ) -> tuple[str, str, list[onnx.NodeProto]]:
+def _explicit_border(g: onnx.GraphProto, x: str, dims: list[int], pads: list[int], fill: np.ndarray,
+                     border_image: bool = False) -> tuple[str, str, list[onnx.NodeProto]]:
     """Pad the grey-level input with the mean pixel, as the normalised model's zero padding meant: Pad's constant
-    when one value serves every channel, else Pad 0 plus a constant border image. (conv input, kind, new nodes)"""
-    if not all(d > 0 for d in dims[2:]) and not np.allclose(fill, fill[0]):
+    when one value serves every channel (unless border_image and the size is fixed), else Pad 0 plus a constant
+    border image. (conv input, kind, new nodes)"""
+    fixed = all(d > 0 for d in dims[2:])
+    if not fixed and not np.allclose(fill, fill[0]):
         raise NotFoldable("per-channel border fill needs a fixed input height and width")
     top, left, bottom, right = pads
     pad_spec = helper.make_tensor(f"{x}_fold_pads", onnx.TensorProto.INT64, [8], [0, 0, top, left, 0, 0, bottom, right])
     g.initializer.append(pad_spec)
-    same = bool(np.allclose(fill, fill[0], rtol=0, atol=1e-6))
+    same = bool(np.allclose(fill, fill[0], rtol=0, atol=1e-6)) and not (border_image and fixed)
     g.initializer.append(numpy_helper.from_array(np.array(float(fill[0]) if same else 0.0, np.float32), f"{x}_fold_fill"))
     padded = f"{x}_fold_padded"
     nodes = [helper.make_node("Pad", [x, pad_spec.name, f"{x}_fold_fill"], [padded], name=f"{x}_fold_pad", mode="constant")]

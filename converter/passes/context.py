@@ -50,6 +50,7 @@ class TFSource:
     kind: str  # keras | savedmodel
     path: Path
     io_dtype: str = "float32"  # the int8 model's input/output type (--io-dtype)
+    quantile: float | None = None  # the calibration chosen: P of linearquantile:P, None for TensorFlow's minmax
 
 
 @dataclass

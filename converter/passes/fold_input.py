@@ -60,7 +60,7 @@ class FoldInputPass(Pass):
             # pixels times one scale (e.g. / 255): zero stays zero and minmax over 0..255 is the grey-level grid already
             return {"folded": False, "reason": "the input is pixels times one scale, no mean: nothing to fold"}
         try:
-            folded, info = fold_input(model, a, b)
+            folded, info = fold_input(model, a, b, border_image=ctx.format == "tflite")  # PADV2 would run float
             data = {k: _pixels(d, first.name, info.scale, info.offset)
                     for k, d in (("calibration", ctx.calibration), ("evaluation", ctx.evaluation)) if d is not None}
         except NotFoldable as exc:

@@ -39,7 +39,8 @@ CALIBRATION_METHOD_OPTION = PassOption(
     "keep the best on the eval data) | minmax | entropy | distribution | percentile[:PCT] | meanquantile[:PCT] "
     "(per-input PCT quantiles averaged: light on memory) | linearquantile[:PCT] (meanquantile only where no "
     "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile). "
-    "TFLite int8 (TensorFlow's minmax by default) takes one: minmax or linearquantile[:PCT]",
+    "TFLite int8 takes minmax (TensorFlow's), linearquantile[:PCT], a list of those or auto (minmax vs "
+    "linearquantile:99.9 compared on the eval data); other methods are a usage error there",
     metavar="METHOD", check=candidates)
 COMPENSATION_OPTION = PassOption(
     str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "

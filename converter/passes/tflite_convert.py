@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -92,35 +92,45 @@ class TFLiteConvertPass(Pass):
             log.warning("--io-dtype %s applies to int8-static only; %s keeps float32 I/O", io_dtype, precision)
             io_dtype = "float32"
         ctx.precision = precision
+        methods = tflite_methods(ctx) if precision == "int8-static" else []  # a method TFLite cannot do: exit 2 here
         entry: dict[str, Any] = {"precision": precision, "io_dtype": io_dtype}
         if ctx.imported.onnx_path is not None:
-            entry.update(_from_onnx(ctx, precision, io_dtype, self.config(ctx).compensation))
+            entry.update(_from_onnx(ctx, precision, io_dtype, self.config(ctx).compensation, methods))
         else:
-            entry.update(_from_tensorflow(ctx, precision, io_dtype))
+            entry.update(_from_tensorflow(ctx, precision, io_dtype, methods))
         if precision == "int8-static":
             entry["calibration_samples"] = min(len(ctx.calibration), o.calibration_samples)
-            q = tflite_quantile(ctx)
-            entry["calibration_method"] = f"linearquantile:{q:g}" if q is not None else "minmax (TensorFlow)"
         entry["inputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" + (f" (source {t.source_layout})" if t.source_layout else "")
                            for t in ctx.inputs]
         entry["outputs"] = [f"{t.name} {t.dtype}{t.shape} {t.layout}" for t in ctx.outputs]
         return entry
 
 
-def tflite_quantile(ctx: ConversionContext) -> float | None:
-    """P of an explicit `--calibration-method linearquantile[:P]` (converter/tflite/linear_quantile.py), else None:
-    TensorFlow's minmax. TF's calibrator has no other method, and nothing here compares candidates: any other value
-    (auto, a list, percentile...) keeps minmax with a warning."""
-    from ..accuracy.calibration_choice import parse_method
+def tflite_methods(ctx: ConversionContext) -> list[str]:
+    """The calibration methods this TFLite int8 conversion tries (converter/tflite/calibration.py): one, or the
+    candidates of auto / a list, compared on the eval data; UsageError (exit 2) for a method TFLite cannot do."""
+    from ..tflite.calibration import tflite_methods as methods
 
-    spec = ctx.options.pass_options.get("calibration_method")
-    if not spec or spec.strip().lower() == "minmax":
+    return methods(ctx.options.pass_options.get("calibration_method"), ctx.profile.precision.calibration_method)
+
+
+def _scorer(ctx: ConversionContext, src_in: list, src_out: list) -> Callable[[Path], dict[str, Any]] | None:
+    """Scores a candidate .tflite against float on the eval data (None without data): the specs become the
+    candidate's (its layout) before the evaluator runs it."""
+    if ctx.gate_data()[0] is None:
         return None
-    name, pct = parse_method(spec) if "," not in spec and spec.strip().lower() != "auto" else (None, None)
-    if name == "linearquantile":
-        return pct
-    log.warning("--calibration-method %s: TFLite int8 takes minmax or linearquantile[:P]; TensorFlow's minmax used", spec)
-    return None
+
+    def evaluate(model: Path) -> dict[str, Any]:
+        ctx.inputs, ctx.outputs = tflite_specs(model, src_in, src_out)
+        return ctx.evaluator()(model)
+
+    return evaluate
+
+
+def _calibration_entry(chosen: str, search: dict[str, Any] | None) -> dict[str, Any]:
+    from ..tflite.calibration import label
+
+    return {"calibration_method": label(chosen), **({"calibration_search": search} if search else {})}
 
 
 def _repackage(ctx: ConversionContext) -> dict[str, Any]:
@@ -136,25 +146,38 @@ def _repackage(ctx: ConversionContext) -> dict[str, Any]:
     return {"tool": "none (re-packaged)", "precision": detected}
 
 
-def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensation: str = "none") -> dict[str, Any]:
-    """ONNX/PyTorch sources through onnx2tf (its SavedModel is kept for the mixed-precision pass); int8 with
-    per-channel weights then gets the weight compensation (converter/tflite/compensation.py)."""
+def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensation: str = "none",
+               methods: list[str] | None = None) -> dict[str, Any]:
+    """ONNX/PyTorch sources through onnx2tf (its SavedModel is kept for the mixed-precision pass); int8 calibrated
+    with each of `methods` (the best on the eval data kept), then with per-channel weights the weight compensation
+    (converter/tflite/compensation.py) on the chosen method."""
+    from ..tflite.calibration import choose_method, quantile_of
     from ..tflite.onnx2tf import onnx2tf_version, onnx_to_tflite
 
     src_in, src_out = list(ctx.inputs), _source_outputs_for_onnx(ctx)
     per_channel = ctx.profile.precision.per_channel
     pixels = ctx.pixel_input is not None  # fold-input: grey levels on scale 1, stem re-centred (tflite/pixel_grid.py)
     fill = list(ctx.pixel_input.fill) if pixels else None
-    quantile = tflite_quantile(ctx)
-    result = onnx_to_tflite(ctx.float_model, ctx.workdir, precision, src_in, ctx.calibration,
-                            ctx.options.calibration_samples, io_dtype, per_channel, pixels, fill, quantile)
+
+    def build(method: str | None, work: Path, src: Path | None = None):
+        return onnx_to_tflite(src or ctx.float_model, work, precision, src_in, ctx.calibration,
+                              ctx.options.calibration_samples, io_dtype, per_channel, pixels, fill,
+                              quantile_of(method) if method else None)
+
+    chosen, search = None, None
+    if precision == "int8-static":
+        result, chosen, search = choose_method(methods or ["minmax"], build, lambda r: r.model,
+                                               _scorer(ctx, src_in, src_out), ctx.workdir)
+    else:
+        result = build(None, ctx.workdir)
+    quantile = quantile_of(chosen) if chosen else None
     ctx.model, ctx.reference_model = result.model, result.float32
     if result.saved_model is not None:
-        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
+        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype, quantile)
     ctx.inputs, ctx.outputs = tflite_specs(ctx.model, src_in, src_out)
     rename_output_roles(ctx, [t.name for t in src_out])
     entry = {"tool": f"onnx2tf {onnx2tf_version()}", "seconds_convert": result.seconds, "per_channel": per_channel,
-             "variants_written": result.files}
+             "variants_written": result.files, **(_calibration_entry(chosen, search) if chosen else {})}
     if pixels and precision == "int8-static":
         from ..tflite.pixel_grid import input_grid
 
@@ -163,11 +186,7 @@ def _from_onnx(ctx: ConversionContext, precision: str, io_dtype: str, compensati
     if precision == "int8-static" and per_channel:
         from ..tflite.compensation import compensate_tflite
 
-        def convert(src: Path, work: Path):
-            return onnx_to_tflite(src, work, precision, src_in, ctx.calibration, ctx.options.calibration_samples,
-                                  io_dtype, per_channel, pixels, fill, quantile)
-
-        entry["compensation"] = compensate_tflite(ctx, compensation, convert, io_dtype)
+        entry["compensation"] = compensate_tflite(ctx, compensation, lambda src, work: build(chosen, work, src), io_dtype)
     return entry
 
 
@@ -185,24 +204,34 @@ def rename_output_roles(ctx: ConversionContext, source_names: list[str]) -> None
     ctx.postprocess = dataclasses.replace(post, options=options)
 
 
-def _from_tensorflow(ctx: ConversionContext, precision: str, io_dtype: str) -> dict[str, Any]:
-    """Keras and SavedModel sources through tf.lite.TFLiteConverter."""
+def _from_tensorflow(ctx: ConversionContext, precision: str, io_dtype: str, methods: list[str] | None = None
+                     ) -> dict[str, Any]:
+    """Keras and SavedModel sources through tf.lite.TFLiteConverter (int8: each of `methods`, the best kept)."""
     from ..importers.tensorflow_model import convert_tf, import_tensorflow
+    from ..tflite.calibration import choose_method, quantile_of
+    from ..tflite.pixel_grid import pixel_grid
 
     kind = ctx.imported.source_format
     tf = import_tensorflow()
     t0 = time.perf_counter()
-    out = ctx.workdir / f"model.{precision}.tflite"
     n_cal = min(len(ctx.calibration), ctx.options.calibration_samples) if ctx.calibration is not None else 0
     rep = representative_dataset(ctx.calibration, n_cal, ctx.inputs) if precision == "int8-static" else None
-    from ..tflite.pixel_grid import pixel_grid
 
-    quantile = tflite_quantile(ctx) if precision == "int8-static" else None
-    with pixel_grid(False, quantile=quantile):  # linearquantile ranges, if asked (no fold on this path)
-        convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
-    ctx.model, ctx.reference_model = out, ctx.imported.tflite_path
+    def build(method: str | None, work: Path) -> Path:
+        work.mkdir(parents=True, exist_ok=True)
+        out = work / f"model.{precision}.tflite"
+        with pixel_grid(False, quantile=quantile_of(method) if method else None):  # linearquantile ranges (no fold here)
+            convert_tf(kind, ctx.imported.tf_source, out, precision, rep, io_dtype)
+        return out
+
+    chosen, search = None, None
     if precision == "int8-static":
-        ctx.tf_source = TFSource(kind, ctx.imported.tf_source, io_dtype)
+        ctx.model, chosen, search = choose_method(methods or ["minmax"], build, lambda p: p,
+                                                  _scorer(ctx, list(ctx.inputs), list(ctx.outputs)), ctx.workdir)
+        ctx.tf_source = TFSource(kind, ctx.imported.tf_source, io_dtype, quantile_of(chosen))
+    else:
+        ctx.model = build(None, ctx.workdir)
+    ctx.reference_model = ctx.imported.tflite_path
     ctx.inputs, ctx.outputs = tflite_specs(ctx.model, list(ctx.inputs), list(ctx.outputs))
     return {"tool": f"tf.lite.TFLiteConverter (tensorflow {tf.__version__})",
-            "seconds_convert": round(time.perf_counter() - t0, 3)}
+            "seconds_convert": round(time.perf_counter() - t0, 3), **(_calibration_entry(chosen, search) if chosen else {})}

@@ -38,7 +38,6 @@ def lazy_quantizer(ctx: ConversionContext) -> Quantizer:
 
     def get(debug: Dataset) -> TFLiteDenylistQuantizer:
         from ..tflite.denylist_quantizer import TFLiteDenylistQuantizer
-        from .tflite_convert import tflite_quantile
 
         if not built:
             n_cal = min(len(ctx.calibration), ctx.options.calibration_samples)
@@ -47,7 +46,7 @@ def lazy_quantizer(ctx: ConversionContext) -> Quantizer:
                 representative_dataset(debug, PRERANK_SAMPLES, ctx.inputs), ctx.workdir / "tflite-mixed",
                 ctx.profile.precision.per_channel, pixel_input=ctx.pixel_input is not None,
                 stem_fill=list(ctx.pixel_input.fill) if ctx.pixel_input is not None else None,
-                quantile=tflite_quantile(ctx)))
+                quantile=ctx.tf_source.quantile))  # the calibration tflite-convert chose
         return built[0]
 
     return get

@@ -66,5 +66,6 @@ def compensate_tflite(ctx: ConversionContext, spec: str, convert: Callable[[Path
     if getattr(result, "pixel_grid", None):  # GPTQ weights sit on the grid: the stem's re-centring shift is ~0 here
         entry["stem_recentred"] = {k: result.pixel_grid[k] for k in ("stem", "stem_bias_shift") if k in result.pixel_grid}
     if result.saved_model is not None:  # the mixed-precision pass re-quantizes this SavedModel (compensated weights)
-        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype)
+        ctx.tf_source = TFSource("savedmodel", result.saved_model, io_dtype,
+                                 ctx.tf_source.quantile if ctx.tf_source else None)
     return entry

@@ -175,6 +175,7 @@ def onnx_to_tflite(
     pixel_input: bool = False,
     stem_fill: list[float] | None = None,
     quantile: float | None = None,
+    measured_ranges: bool = True,
 ) -> Onnx2TfResult:
     """Convert a float ONNX model to TFLite with onnx2tf; returns the variant for `precision`.
 
@@ -182,7 +183,9 @@ def onnx_to_tflite(
     data; io_dtype float32 keeps float I/O, int8/uint8 gives integer I/O). pixel_input: the model takes grey levels
     (fold-input): int8 quantizes them with scale 1 whatever the calibration data reach, and with `stem_fill` (the
     fold's mean pixel) the first conv's bias is re-centred for its weights' rounding (converter/tflite/pixel_grid.py).
-    quantile: int8 calibration `linearquantile:quantile` (converter/tflite/linear_quantile.py) instead of TF's minmax.
+    quantile: int8 calibration `linearquantile:quantile` (converter/tflite/linear_quantile.py) instead of minmax.
+    measured_ranges: int8 ranges measured with every tensor kept (False: TensorFlow's own records, wrong after
+    in-place kernels; only for comparing with TFLiteConverter's defaults).
     """
     import time
 
@@ -219,7 +222,8 @@ def onnx_to_tflite(
             # so a conversion gives the same tensor names (and bytes) whatever ran before it in this process.
             module.tf_keras.backend.clear_session()
             with _no_sample_download(module, sample), stdout_to_stderr(), \
-                    pixel_grid(integer and pixel_input, stem_fill, grid, quantile if integer else None):
+                    pixel_grid(integer and pixel_input, stem_fill, grid, quantile if integer else None,
+                               measured_ranges):
                 module.convert(**kwargs)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on unsupported graphs
             raise ConversionError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code}); run with -vv for its log") from exc

@@ -90,11 +90,13 @@ def recentre_stem(model, pixels: list[int], fill: list[float]) -> tuple[str, flo
 
 
 def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_on: bool = True,
-                    quantile: tuple[float, list] | None = None) -> tuple[bytes, dict]:
+                    quantile: tuple[float | None, list] | None = None) -> tuple[bytes, dict]:
     """The calibrated model with min/max 0..255 on its pixel tensors (pixels_on), (given the fold's fill) the stem
-    re-centred and (given (P, the calibration samples)) linearquantile ranges (linear_quantile.py);
-    (model bytes, {"tensors": names set, "stem": conv output, "stem_bias_shift": largest shift,
-    "unshifted": the bytes without the stem shift, "linearquantile": tensors given quantile ranges})."""
+    re-centred and (given (P or None, the calibration samples)) every activation's range measured again: min/max, or
+    linearquantile:P on the unbounded ones (linear_quantile.set_measured_ranges: TF's records are wrong where a
+    kernel ran in place); (model bytes, {"tensors": names set, "stem": conv output, "stem_bias_shift": largest shift,
+    "unshifted": the bytes without the stem shift, "linearquantile": tensors given quantile ranges, "minmax_fixed":
+    tensors whose recorded min/max was not their own})."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
@@ -102,9 +104,12 @@ def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_o
     pixels, names = (pixel_tensors(model) if pixels_on else []), []
     extra: dict = {}
     if quantile is not None:
-        from .linear_quantile import set_linear_quantiles
+        from .linear_quantile import set_measured_ranges
 
-        extra["linearquantile"] = set_linear_quantiles(model, calibrated, quantile[1], quantile[0], skip=pixels)
+        changed = set_measured_ranges(model, calibrated, quantile[1], quantile[0], skip=pixels)
+        extra["minmax_fixed"] = changed["minmax"]
+        if quantile[0] is not None:
+            extra["linearquantile"] = changed["linearquantile"]
     for i in pixels:
         q = graph.tensors[i].quantization
         if q is None or q.min is None or len(q.min) != 1:  # no calibration statistics here: leave it as it is
@@ -122,12 +127,13 @@ def set_pixel_range(calibrated: bytes, fill: list[float] | None = None, pixels_o
 
 @contextlib.contextmanager
 def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: dict | None = None,
-               quantile: float | None = None) -> Iterator[None]:
+               quantile: float | None = None, measured: bool = True) -> Iterator[None]:
     """While active, every TFLite calibration (onnx2tf's, the debugger's) gives the pixel tensors the range 0..255
-    (enabled) and, with the fold's `fill` (mean pixel), re-centres the stem; with `quantile` (P of linearquantile:P)
-    the unbounded tensors get the mean per-input quantiles of the calibration samples it saw.
+    (enabled) and, with the fold's `fill` (mean pixel), re-centres the stem; with `measured` every activation's
+    range is measured again on the calibration samples it saw (TF's minmax records are wrong after in-place
+    kernels), with `quantile` (P of linearquantile:P) the unbounded ones as mean per-input quantiles.
     `record` gets set_pixel_range's info (last call)."""
-    if not enabled and quantile is None:
+    if not enabled and quantile is None and not measured:
         yield
         return
     from tensorflow.lite.python.optimize import calibrator
@@ -139,15 +145,16 @@ def pixel_grid(enabled: bool = True, fill: list[float] | None = None, record: di
 
         def recorded():
             for sample in dataset_gen():
-                if quantile is not None:
+                if quantile is not None or measured:
                     seen.append(sample)
                 yield sample
 
         content, info = set_pixel_range(original(self, recorded), fill, enabled,
-                                        (quantile, seen) if quantile is not None else None)
+                                        (quantile, seen) if quantile is not None or measured else None)
         log.info("TFLite calibration: grey-level tensors %s set to 0..255 (scale 1); stem %s re-centred by up to %s; "
-                 "%d tensors on linearquantile ranges", info["tensors"], info.get("stem"), info.get("stem_bias_shift"),
-                 len(info.get("linearquantile", [])))
+                 "%d tensors on linearquantile ranges, %d recorded min/max replaced by the measured ones",
+                 info["tensors"], info.get("stem"), info.get("stem_bias_shift"), len(info.get("linearquantile", [])),
+                 len(info.get("minmax_fixed", [])))
         if record is not None:
             record.clear()
             record.update(info)
