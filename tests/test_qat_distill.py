@@ -100,7 +100,7 @@ def test_relu6_and_residual_adds_run_in_fused_int8_kernels(distilled, tmp_path):
     assert ops["Clip"] == 0 and ops["QuantizeLinear"] <= 2 and ops["DequantizeLinear"] <= 2, ops
 
 
-def test_relu6_outputs_are_quantized_on_0_to_6(distilled):
+def test_relu6_outputs_are_quantized_within_0_to_6(distilled):
     model = onnx.load(str(distilled["after"]))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
@@ -108,8 +108,9 @@ def test_relu6_outputs_are_quantized_on_0_to_6(distilled):
     after_relu = [n for n in model.graph.node if n.op_type == "QuantizeLinear"
                   and any(p.op_type == "Relu" and p.output[0] == n.input[0] for p in model.graph.node)]
     assert len(after_relu) == RELU6, len(after_relu)
-    for q in after_relu:
-        assert np.isclose(float(values[q.input[1]]), 6 / 255, rtol=1e-6) and int(values[q.input[2]]) == 0
+    scales = [float(values[q.input[1]]) for q in after_relu]
+    assert all(0 < s <= 6 / 255 * (1 + 1e-6) for s in scales) and all(int(values[q.input[2]]) == 0 for q in after_relu)
+    assert min(scales) < 0.99 * 6 / 255, scales  # observed, not fixed at [0, 6] (measured here: max 5.2-5.9)
 
 
 def test_distillation_pulls_the_student_to_the_teacher(distilled):
