@@ -24,7 +24,7 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset >= 13
@@ -57,19 +57,94 @@ def qat_qconfig_mapping():
     return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
 
 
+def _relu6_as_relu(model) -> set[str]:
+    """Swap every nn.ReLU6 module of `model` (in place) for nn.ReLU; returns the names whose output must be pinned to
+    [0, 6]: each former ReLU6 and the conv it follows (FX fuses Conv+BN+ReLU under the conv's name).
+
+    Why: torch.ao fuses Conv+BN+ReLU but not ReLU6, which it quantizes on its own with the conv output's scale; the
+    export is then Conv -> Q -> DQ -> Clip -> Q (35 of MobileNetV2's 52 convs): ORT runs every Clip in float between
+    Q/DQ pairs, and the conv's output range spends its grid on negatives ReLU6 drops. ReLU fused into the conv, with
+    its output quantizer's range held within [0, 6] (uint8, zero point 0), computes ReLU6."""
+    import torch
+    from torch import fx, nn
+
+    names = {n for n, m in model.named_modules() if isinstance(m, nn.ReLU6)}
+    if not names:
+        return set()
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.ReLU(inplace=False))
+    pinned = set(names)
+    modules = dict(model.named_modules())
+    for node in fx.symbolic_trace(model).graph.nodes:
+        if node.op == "call_module" and node.target in names:
+            prev = node.args[0]
+            while isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1 and isinstance(
+                    modules.get(prev.target), (nn.BatchNorm2d, nn.Conv2d, nn.Conv1d, nn.BatchNorm1d, nn.Linear)):
+                pinned.add(prev.target)
+                if not isinstance(modules[prev.target], (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                    break
+                prev = prev.args[0]
+    return pinned
+
+
+def _relu6_observer():
+    """A moving-average min/max observer whose range stays within [0, 6]: ReLU + this quantizer = ReLU6 (values above
+    6 saturate), on the range the layer uses. Measured on MobileNetV2 (no training): many ReLU6 outputs peak at 1-3, and
+    observed ranges kept 0.728 of float's held-out answers (0.952 where clear) against 0.714 / 0.876 with [0, 6] fixed."""
+    from torch.ao.quantization import MovingAverageMinMaxObserver
+
+    class ReLU6Observer(MovingAverageMinMaxObserver):
+        def forward(self, x_orig):
+            out = super().forward(x_orig)
+            self.min_val.clamp_(min=0.0)
+            self.max_val.clamp_(max=6.0)
+            return out
+
+    return ReLU6Observer
+
+
+def _pin_relu6_outputs(prepared, pinned: set[str]) -> int:
+    """Give the output quantizer of each module in `pinned` a range clamped to [0, 6] (_relu6_observer), starting at
+    [0, 6] so an export before any observation is still ReLU6."""
+    import torch
+    from torch.ao.quantization import FakeQuantizeBase
+
+    observer = _relu6_observer()
+    count = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not node.args or getattr(node.args[0], "target", None) not in pinned:
+            continue
+        fq = prepared.get_submodule(node.target)
+        if not isinstance(fq, FakeQuantizeBase) or node.args[0].op != "call_module":
+            continue
+        obs = observer(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=255)
+        obs.min_val = torch.tensor(0.0)
+        obs.max_val = torch.tensor(6.0)
+        fq.activation_post_process = obs
+        fq.scale.fill_(6.0 / 255)
+        fq.zero_point.fill_(0)
+        count += 1
+    return count
+
+
 def prepare_qat(model, example_input: Any, qconfig_mapping=None):
     """A fake-quantized copy of `model` (FX graph mode, Conv+BN+ReLU fused), in train mode, ready to fine-tune.
 
     `model` is not modified. `example_input`: a tensor (or tuple of tensors) of the model's input shape.
     Fine-tune the result with your usual loop (a few epochs, learning rate ~1/10 of training's); its
-    observers learn activation ranges and its weights adapt to int8 rounding.
+    observers learn activation ranges and its weights adapt to int8 rounding. nn.ReLU6 modules become ReLU fused
+    into their conv with the output quantizer's range held within [0, 6] (_relu6_as_relu: same function, fused kernels).
     """
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
+    model = copy.deepcopy(model).train()
+    pinned = _relu6_as_relu(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        prepared = prepare_qat_fx(copy.deepcopy(model).train(), qconfig_mapping or qat_qconfig_mapping(),
-                                  _as_tuple(example_input))
+        prepared = prepare_qat_fx(model, qconfig_mapping or qat_qconfig_mapping(), _as_tuple(example_input))
+    if pinned:
+        log.info("ReLU6 as ReLU with output ranges within [0, 6]: %d quantizers", _pin_relu6_outputs(prepared, pinned))
     return prepared.train()
 
 
@@ -80,6 +155,49 @@ def freeze_qat(prepared) -> None:
 
     prepared.apply(disable_observer)
     prepared.apply(nniqat.freeze_bn_stats)
+
+
+def distill_qat(prepared, teacher, batches: Callable[[int], Iterable[Any]], epochs: int = 4, lr: float = 1e-5,
+                observe_epochs: int = 1, temperature: float = 1.0,
+                on_step: Callable[[int, int, float], None] | None = None):
+    """Fine-tune a prepare_qat model to reproduce `teacher`'s logits on unlabelled inputs (knowledge distillation).
+
+    Why: a user converting a pretrained model rarely has its labels, and what the int8 model must keep is the float
+    model's answers; KL(teacher || student) on the logits asks for exactly that, on any photos. `batches(epoch)` yields
+    input tensors (N, ...) - augmented views of calibration photos, so a few hundred photos give enough distinct views.
+    BatchNorm statistics are frozen from the start (the teacher's, learned on far more data than a calibration set);
+    the observers learn activation ranges for `observe_epochs` epochs and are then frozen, so the last epochs adapt
+    the weights to fixed scales (the ones exported). Adam, small `lr`: the weights move by rounding steps, no more.
+    Classifier Dropout is switched off (the student must match the teacher, not regularise). Returns `prepared`.
+    """
+    import torch
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.nn.functional as F
+    from torch.ao.quantization import disable_observer
+
+    teacher = teacher.eval()
+    prepared.train()
+    prepared.apply(nniqat.freeze_bn_stats)
+    for m in prepared.modules():
+        if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm2d)):
+            m.eval()  # BatchNorm left unfused (none after a conv in a CNN) keeps its running statistics too
+    opt = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=lr)
+    step = 0
+    for epoch in range(epochs):
+        if epoch == observe_epochs:
+            prepared.apply(disable_observer)
+        for x in batches(epoch):
+            with torch.no_grad():
+                target = F.log_softmax(teacher(x) / temperature, dim=1)
+            out = F.log_softmax(prepared(x) / temperature, dim=1)
+            loss = F.kl_div(out, target, reduction="batchmean", log_target=True) * temperature ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if on_step is not None:
+                on_step(epoch, step, float(loss.detach()))
+            step += 1
+    return prepared
 
 
 def quantization_params(prepared) -> dict[str, dict[str, Any]]:

@@ -159,6 +159,13 @@ def normalize(views: list[np.ndarray], model: str = "mobilenet_v2") -> np.ndarra
     return ((x - mean) / std).transpose(0, 3, 1, 2).copy()
 
 
+def source_sides() -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """(calibration side, held-out side): the RGB images of each source file, sources alternating between the sides.
+    photo_split draws its views from these; QAT (examples/qat_imagenet.py) augments the calibration side only."""
+    sources = [images for _, images in _sources()]
+    return sources[0::2], sources[1::2]
+
+
 def photo_split(n_calib: int, n_test: int, seed: int = 0, model: str = "mobilenet_v2") -> tuple[np.ndarray, np.ndarray]:
     """(calibration, held-out) inputs for `model`: sources alternate between the sides, so no photo or video is on both."""
     rng = np.random.default_rng(seed)

@@ -13,6 +13,8 @@ these photos: float itself under +-1 grey level of input noise, and int8 weights
 nearest, and GPTQ-rounded with bias correction), and int8 activations (minmax) with float weights. Latency: median ms, batch 1, 2 threads,
 interleaved runs in one process; the speed-up is against fp32 on the same runtime (ORT float for the ONNX rows, TFLite
 fp32 with XNNPACK for the TFLite rows: scripts/bench_quant_real_tflite.py). PP-OCR stays in scripts/bench_accuracy.py.
+--qat adds QAT int8: the float model distilled into its fake-quant copy on the calibration side's photos only
+(examples/qat_imagenet.py, no labels), exported as QDQ, converted by edge-convert (int8-qat), scored and timed as above.
 """
 
 from __future__ import annotations
@@ -82,6 +84,24 @@ def edgekit_int8(src: Path, calib: Path, select: Path, work: Path, normalization
     with tarfile.open(out) as tar:
         tar.extract("model/model.onnx", work / f"bundle.{fold}", filter="data")
     return json.loads(Path(str(out) + ".report.json").read_text()), work / f"bundle.{fold}" / "model" / "model.onnx", seconds
+
+
+def edgekit_qat(name: str, calib_side: np.ndarray, select: Path, work: Path, model: Path | None) -> tuple[dict, Path, dict]:
+    """QAT by distillation from the float model on the calibration-side photos only (examples/qat_imagenet.py; or the
+    QDQ export `model` of an earlier run), converted with `edge-convert convert` (keeps its scales: int8-qat)."""
+    from converter.cli import main
+    from edge_agent.bundle import generate_keypair
+    from examples.qat_imagenet import qat_imagenet
+
+    train = {"onnx": model, "trained": "earlier run"} if model else qat_imagenet(name, work / "qat", calib_side, log=log.warning)
+    key, _ = generate_keypair(work / "keys", overwrite=True)
+    out = work / "model.qat.edgebundle"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["-q", "convert", str(train["onnx"]), "--profile", "raspberry-pi-4", "--eval", str(select), "--key",
+                     str(key), "--out", str(out), "--bench-runs", "10", "--force"]) == 0, "QAT conversion failed"
+    with tarfile.open(out) as tar:
+        tar.extract("model/model.onnx", work / "bundle.qat", filter="data")
+    return json.loads(Path(str(out) + ".report.json").read_text()), work / "bundle.qat" / "model" / "model.onnx", train
 
 
 def bundle_input(report: dict, x: np.ndarray) -> np.ndarray:
@@ -186,8 +206,8 @@ def fused_int8_kernels(model: Path) -> int:
     return sum(n.op_type.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) for n in onnx.load(str(opt)).graph.node)
 
 
-def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False, formats: tuple[str, ...] = ("onnx",)
-          ) -> dict:
+def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False, formats: tuple[str, ...] = ("onnx",),
+          qat: str | None = None, ptq: bool = True) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-real-{name}-"))
     float_model = nets.export(name, work / "float.onnx")
     calib_side, test = nets.photo_split(400, 400, model=name)
@@ -197,7 +217,7 @@ def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False, fo
     out = {"model": name, "calibration_inputs": len(calib), "selection_inputs": len(select), "held_out_inputs": len(test),
            "results": {}}
     if "onnx" in formats:
-        out.update(onnx_rows(name, float_model, calib, test, work, runs, with_nncf, fold_ablation))
+        out.update(onnx_rows(name, float_model, calib, test, work, runs, with_nncf, fold_ablation, calib_side, qat, ptq))
     if "tflite" in formats:
         from bench_quant_real_tflite import tflite_rows
 
@@ -210,28 +230,38 @@ def bench(name: str, runs: int, with_nncf: bool, fold_ablation: bool = False, fo
 
 
 def onnx_rows(name: str, float_model: Path, calib: np.ndarray, test: np.ndarray, work: Path, runs: int, with_nncf: bool,
-              fold_ablation: bool) -> dict:
-    """The ONNX rows: ORT defaults, edgekit, NNCF and the reference rows, plus edgekit's conversion summary."""
-    report, ours, convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz", work,
-                                           nets.NORMALIZATION[name])
-    models = {"float": float_model, "ort-default-int8": ba.default_int8(float_model, calib, work / "default.onnx"),
-              "edgekit-int8": ours}
-    inputs = {"edgekit-int8": bundle_input(report, test)}
+              fold_ablation: bool, calib_side: np.ndarray | None = None, qat: str | None = None, ptq: bool = True) -> dict:
+    """The ONNX rows: ORT defaults, edgekit, NNCF and the reference rows, plus edgekit's conversion summary; with `qat`
+    ("train" or a QDQ export's path) the QAT row too; ptq=False: float, ORT defaults and QAT only (a quick speed run)."""
+    models = {"float": float_model, "ort-default-int8": ba.default_int8(float_model, calib, work / "default.onnx")}
+    inputs, report, convert_s, summary = {}, {"measurements": {}, "passes": [], "precision": None}, 0.0, {}
+    if ptq:
+        report, models["edgekit-int8"], convert_s = edgekit_int8(float_model, work / "calib.npz", work / "select.npz",
+                                                                 work, nets.NORMALIZATION[name])
+        inputs["edgekit-int8"] = bundle_input(report, test)
+    if qat:
+        t0 = time.perf_counter()
+        qreport, models["edgekit-qat-int8"], train = edgekit_qat(name, calib_side, work / "select.npz", work,
+                                                                 None if qat == "train" else Path(qat))
+        summary["qat"] = {"precision": qreport["precision"], "seconds": round(time.perf_counter() - t0, 1),
+                          "gate": qreport["measurements"].get("accuracy"), **{k: v for k, v in train.items() if k != "onnx"}}
     if fold_ablation:  # the same conversion with the normalisation left in float: what the fold itself is worth
         off, models["edgekit-int8, input not folded"], _ = edgekit_int8(
             float_model, work / "calib.npz", work / "select.npz", work, nets.NORMALIZATION[name], fold="off")
         inputs["edgekit-int8, input not folded"] = bundle_input(off, test)
-    if with_nncf:
+    if with_nncf and ptq:
         try:
             models["nncf-int8"] = nncf_int8(float_model, calib, work / "nncf.onnx")
         except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the table
             log.warning("nncf failed: %s", exc)
     ref = ba.run(float_model, test)
+    timing_load = [round(os.getloadavg()[0], 2)]
     lat = ba.latencies(models, test, runs)
+    timing_load.append(round(os.getloadavg()[0], 2))
     rows = {}
     # reference rows, not int8 recipes: float itself under +-1 grey level of input noise, and weights-only int8
-    plain = plain_int8(float_model, calib, work)
-    for label, out in (("float +-1/255 noise", input_noise_floor(float_model, test, nets.NORMALIZATION[name][1])),
+    plain = plain_int8(float_model, calib, work) if ptq else None
+    for label, out in () if not ptq else (("float +-1/255 noise", input_noise_floor(float_model, test, nets.NORMALIZATION[name][1])),
                        ("int8 weights only", ba.run(weights_only_int8(float_model, work / "wonly.onnx"), test)),
                        ("int8 weights only, GPTQ", ba.run(weights_only_gptq(float_model, calib, work), test)),
                        ("int8 activations only", ba.run(activations_only_int8(plain, float_model, work / "aonly.onnx"),
@@ -248,12 +278,13 @@ def onnx_rows(name: str, float_model: Path, calib: np.ndarray, test: np.ndarray,
                        "int8_kernels": fused_int8_kernels(model) if label != "float" else 0}
     m = report["measurements"]
     mixed = m.get("mixed_precision", {})
-    quant = next(p for p in report["passes"] if p["pass"] == "quantize")
-    return {"precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
+    quant = next((p for p in report["passes"] if p["pass"] == "quantize"), {})
+    return {**summary, "precision": report["precision"], "gate_passed": m.get("accuracy", {}).get("passed"),
             "convert_seconds": round(convert_s, 1), "calibration": quant.get("calibration_method"),
             "compensation": quant.get("compensation"), "equalization": quant.get("equalization"), "float_layers": mixed.get("float_layers", []),
             "input_folded": bool(next((p for p in report["passes"] if p["pass"] == "fold-input"), {}).get("folded")),
-            "tradeoff_curve": mixed.get("steps"), "load_average": [round(v, 2) for v in os.getloadavg()], "results": rows}
+            "tradeoff_curve": mixed.get("steps"), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "timing_load": timing_load, "results": rows}
 
 
 def main() -> int:
@@ -264,20 +295,28 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--formats", default="onnx,tflite", help="onnx (ORT rows), tflite (LiteRT rows), or both")
     ap.add_argument("--fold-ablation", action="store_true", help="also convert with --fold-input off (a second conversion)")
+    ap.add_argument("--qat", nargs="?", const="train", metavar="QDQ_ONNX",
+                    help="add the QAT row: distil on the calibration side (examples/qat_imagenet.py, ~15 min), or "
+                         "convert and score the given QDQ export of an earlier run")
+    ap.add_argument("--qat-only", action="store_true", help="with --qat: only float, ORT defaults and QAT (no "
+                    "post-training conversion, NNCF or reference rows: a short run for a quiet speed figure)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure_apt.sh"), "opencv-doc", "__none__", str(nets.OPENCV_DATA)],
                    check=False)
     results = []
     for m in args.models.split(","):
-        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation, tuple(args.formats.split(","))))
+        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation, tuple(args.formats.split(",")),
+                             args.qat, not args.qat_only))
         log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
     for r in results:
         print(f"\n{r['model']}: {r['held_out_inputs']} held-out photos")
-        if "precision" in r:
+        if "qat" in r:
+            print(f"  ONNX QAT: {json.dumps(r['qat'], default=str)}; timing load {r['timing_load']}")
+        if r.get("precision"):
             print(f"  ONNX: edgekit {r['precision']} (gate {'passed' if r['gate_passed'] else 'missed'}), calibration "
                   f"{r['calibration']}, compensation {(r['compensation'] or {}).get('chosen')}, equalization "
                   f"{(r['equalization'] or {}).get('chosen')}, {len(r['float_layers'])} layers float, input "
