@@ -22,6 +22,12 @@ from .deps import ApiState
 log = logging.getLogger(__name__)
 
 
+# Idle keep-alive connections are kept this long (uvicorn's default is 5 s, which equals httpx's own
+# pool expiry: a client re-using a connection at the moment the server drops it gets "connection reset"; seen in CI).
+# Longer than every common client's expiry, so the client always retires an idle connection first (nginx: 75 s).
+KEEP_ALIVE_S = 75
+
+
 class HttpServer:
     """`start()` returns once the socket listens; `url` then has the real port (port 0: a free one)."""
 
@@ -35,7 +41,8 @@ class HttpServer:
         self.host, self.port, self.tls = host, port, cert is not None
         config = uvicorn.Config(create_app(st, console=console), host=host, port=port, log_level="warning",
                                 ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
-                                timeout_graceful_shutdown=3, access_log=False, server_header=False)
+                                timeout_graceful_shutdown=3, access_log=False, server_header=False,
+                                timeout_keep_alive=KEEP_ALIVE_S)
         self._server = uvicorn.Server(config)
         self._state = st
         self._thread: threading.Thread | None = None
