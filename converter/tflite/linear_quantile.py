@@ -94,11 +94,6 @@ def measure(content: bytes, samples: list[Any], tensors: list[int], pct: float |
             for t in tensors if lo[t]}
 
 
-def mean_quantiles(content: bytes, samples: list[Any], tensors: list[int], pct: float) -> dict[int, tuple[float, float]]:
-    """{tensor: (mean lower, mean upper quantile)} over the calibration samples (measure with every tensor by quantile)."""
-    return measure(content, samples, tensors, pct, tensors)
-
-
 def calibrated_tensors(model) -> list[int]:
     """Indices (subgraph 0) of the float tensors TF's calibrator gave one min/max (the activations it will quantize)."""
     graph = model.subgraphs[0]
