@@ -17,7 +17,7 @@ For each variant, side by side in one run:
              thread), with `--streams 1` (one session on all threads: the default before --streams) and with each
              --schedules configuration in the same rounds (`auto:auto:all:0:1`: the drift monitor on every frame,
              FFmpeg's own decoding threads and one stream, as before the budget, --decode-threads and --streams)
-  bare       frames/s of the runtime alone on one preprocessed frame, both ways: one session on all threads
+  bare       frames/s of the runtime alone on the same frames, preprocessed beforehand, both ways: one session on all threads
              (bare_fps_one_session) and one single-threaded session per thread in parallel threads
              (bare_fps_streams); pipeline/bare ratios are over the faster of the two in each round (bare_fps),
              `over_one_session_bare[...]` over the first (what rows before --streams compared against);
@@ -31,6 +31,7 @@ For each variant, side by side in one run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -147,19 +148,19 @@ def pipeline_run(video: Path, sessions: Sessions, frames: int, config: str) -> t
     return fps, sum(len(r.get("detections", [])) for r in sink.records)
 
 
-def bare_loop(sessions: list, feeds: dict, frames: int) -> tuple[float, float]:
-    """The runtime alone on one preprocessed frame, `frames` times: one session in this thread, or N sessions in
-    N threads of this process taking frames/N each (what the pipeline's streams do). (frames/s, CPU seconds)."""
-    def loop(session, n: int) -> None:
-        for _ in range(n):
-            session.run(feeds)
+def bare_loop(sessions: list, feeds: list[dict], frames: int) -> tuple[float, float]:
+    """The runtime alone on the video's frames, preprocessed beforehand (`feeds`, cycled), `frames` inferences: one
+    session in this thread, or N sessions in N threads of this process, session i taking frames i, i+N, ... (what
+    the pipeline's streams do). (frames/s, CPU seconds)."""
+    def loop(session, first: int, step: int) -> None:
+        for k in range(first, frames, step):
+            session.run(feeds[k % len(feeds)])
 
     c0, t0 = time.process_time(), time.perf_counter()
     if len(sessions) == 1:
-        loop(sessions[0], frames)
+        loop(sessions[0], 0, 1)
     else:
-        share = [frames // len(sessions) + (i < frames % len(sessions)) for i in range(len(sessions))]
-        workers = [threading.Thread(target=loop, args=(s, k)) for s, k in zip(sessions, share)]
+        workers = [threading.Thread(target=loop, args=(s, i, len(sessions))) for i, s in enumerate(sessions)]
         for w in workers:
             w.start()
         for w in workers:
@@ -171,7 +172,7 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
           configs: tuple[str, ...] = ()) -> dict:
     """Pipeline vs the best bare loop, in alternating rounds (pipeline over `frames` video frames with the CLI's
     defaults, with one stream (the CLI's default before --streams) and with each of `configs`
-    (SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]], pipeline_run); then the bare runtime on one preprocessed frame
+    (SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]], pipeline_run); then the bare runtime on the same frames, preprocessed,
     `frames` times both ways: one session on all `threads`, and `threads` single-threaded sessions in parallel
     threads; then decoding alone and decoding + preprocessing alone over the same frames, one thread), so load
     changes on a shared host hit all of them: medians of the per-round ratios. The denominator of each round is the
@@ -183,12 +184,12 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
     bare = {"one_session": sessions.get(1, threads), "streams": sessions.get(threads, 1)}
     pre = Preprocessor(vb.manifest)
     src = open_source(str(video))
-    prepared = pre(src.read())
+    feeds = [pre(frame).feeds for frame in itertools.islice(iter(src.read, None), frames)]  # what the pipeline infers
     src.close()
     for group in bare.values():
         for session in group:
-            for _ in range(5):
-                session.run(prepared.feeds)
+            for k in range(5):
+                session.run(feeds[k])
     names = ("default", ONE_STREAM, *configs)
     for name in names:  # warm-up, as the bare loops had: first-run costs (threads, pools, caches) are not timed
         pipeline_run(video, sessions, min(frames, 30), name)
@@ -201,7 +202,7 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
             rate, boxes = pipeline_run(video, sessions, frames, name)
             fps[name].append(rate)
             cpu[name].append(time.process_time() - c0)
-        loops = {kind: bare_loop(group, prepared.feeds, frames) for kind, group in bare.items()}
+        loops = {kind: bare_loop(group, feeds, frames) for kind, group in bare.items()}
         for kind, (rate, _) in loops.items():
             fps[kind].append(rate)
         rate, used = max(loops.values())  # the faster bare loop of this round is the denominator

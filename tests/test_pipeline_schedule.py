@@ -142,6 +142,27 @@ def test_helper_threads_run_at_the_priority_asked_and_inference_at_the_process_o
     assert proc_sched(threading.get_native_id()) == base  # the caller's thread is left alone
 
 
+def test_auto_schedule_is_serial_for_files_with_several_streams_and_threads_otherwise(tmp_path):
+    """`--schedule auto`: several streams on a file run serial (the other streams keep the cores busy while one
+    decodes, and hand-overs cost CPU); one stream, or a live source, overlaps the stages on helper threads."""
+    from edge_agent.pipeline.scheduling import resolve_schedule
+
+    assert resolve_schedule("auto", "all", 2) == "serial" and resolve_schedule("auto", "all", 4) == "serial"
+    assert resolve_schedule("auto", "all", 1) == "threads" and resolve_schedule("auto", "latest", 2) == "threads"
+    assert resolve_schedule("threads", "all", 2) == "threads"  # asked for: taken as given
+    key, pub = generate_keypair(tmp_path / "keys")
+    bundle = detector_bundle(tmp_path, key, {"output0": np.zeros((1, 6, 8), np.float32)}, {"format": "yolo"})
+    vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=tmp_path / "u")
+    video = write_video(tmp_path / "v.avi", [np.full((48, 64, 3), i * 20, np.uint8) for i in range(6)])
+    sessions = [load_session(vb.unpacked_to, vb.manifest, threads=1) for _ in range(2)]
+    sink = CollectSink()
+    summary = Pipeline(open_source(str(video)), sessions, vb.manifest, [sink]).run()
+    assert (summary.schedule, summary.streams, summary.frames) == ("serial", 2, 6)
+    assert [r["frame"] for r in sink.records] == list(range(6))
+    live = SyntheticLiveSource([np.zeros((48, 64, 3), np.uint8)], fps=30.0, total=3)
+    assert Pipeline(live, sessions, vb.manifest, max_frames=2).run().schedule == "threads"
+
+
 def test_serial_is_refused_for_live_sources_and_bad_names(tmp_path, capsys):
     key, pub = generate_keypair(tmp_path / "keys")
     bundle = detector_bundle(tmp_path, key, {"output0": np.zeros((1, 6, 8), np.float32)}, {"format": "yolo"})
@@ -186,5 +207,6 @@ def test_the_cli_runs_inference_on_all_cores_and_reports_how_the_stages_shared_t
     cores = os.cpu_count() or 1  # a file: one single-threaded inference stream per core (--streams auto)
     assert (default["streams"], default["inference_threads"]) == (cores, 1)
     assert chosen["streams"] == 1
-    assert (default["schedule"], default["helper_priority"]) == ("threads", "normal")
+    # several streams on a file: serial (no hand-overs); one stream overlaps decoding on helper threads
+    assert (default["schedule"], default["helper_priority"]) == ("serial" if cores > 1 else "threads", "normal")
     assert (chosen["inference_threads"], chosen["schedule"], chosen["helper_priority"]) == (1, "serial", "idle")

@@ -184,7 +184,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--policy", choices=["latest", "all"], help="frame policy (default: latest for live sources, all for files)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default="auto",
                    help="threads: decode/preprocess/postprocess overlap inference on their own threads; serial: "
-                        "one thread does each frame in turn (files only); auto (default): see docs/detection.md")
+                        "one thread per stream does each frame in turn (files only); auto (default): serial for a file or "
+                        "folder inferred by several streams, threads otherwise (docs/detection.md)")
     g.add_argument("--helper-priority", choices=list(PRIORITIES), default="auto",
                    help="priority of the decode/preprocess/postprocess threads beside inference: normal, low "
                         "(nice +10), idle (SCHED_IDLE); auto (default): see docs/detection.md")

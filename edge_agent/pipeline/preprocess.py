@@ -153,7 +153,7 @@ def preprocess_image(
         x = (resized.astype(np.float32) * np.float32(spec.scale) - mean) / std
         return to_layout(x[None], "NHWC", layout), box
     resized, box = _resize(image, size, spec.resize, spec.resampler, pad=False)
-    if swap:
+    if swap and layout == "NHWC":  # NCHW: the planes are written in the other order instead (no pass over the image)
         resized = _swap_rb(resized)
     normalise = _normaliser(np.float32(spec.scale), mean.reshape(-1), std.reshape(-1))
     out = np.empty((1, size[0], size[1], channels) if layout == "NHWC" else (1, channels, size[0], size[1]), np.float32)
@@ -174,7 +174,8 @@ def preprocess_image(
     if layout == "NHWC":
         normalise(resized, out[0, y:y + rh, x:x + rw])
     else:
-        for c, plane in enumerate(_planes(resized)):
+        planes = _planes(resized)
+        for c, plane in enumerate(planes[::-1] if swap else planes):
             normalise(plane, out[0, c, y:y + rh, x:x + rw], c)
     return out, box
 

@@ -5,7 +5,7 @@ XNNPACK / ONNX Runtime threads), a decode thread at the same priority preempts o
 op then waits at its barrier for it, so a millisecond of decoding could cost a millisecond of *both* cores. Options:
 
   * schedule ``serial``: one thread decodes, preprocesses, infers and postprocesses each frame in turn (no
-    overlap, nothing preempts inference); files only;
+    overlap, nothing preempts inference); files only; with N streams, N such threads (the default for files);
   * schedule ``threads`` (the default) with the helper threads (capture, preprocess, postprocess + sinks) at
     ``normal`` priority (the default), ``low`` (nice +10) or ``idle`` (SCHED_IDLE: only on an otherwise idle core).
 
@@ -34,14 +34,19 @@ PRIORITIES = ("auto", "normal", "low", "idle")
 LOW_NICE = 10  # "low": nice +10 over the process, i.e. ~1/10 of a nice-0 thread's CPU share when contended
 
 
-def resolve_schedule(schedule: str, policy: str) -> str:
-    """'auto' -> 'threads' (the default: see docs/detection.md, "Pipeline vs bare loop"). 'serial' is refused for
-    the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
+def resolve_schedule(schedule: str, policy: str, streams: int = 1) -> str:
+    """'auto' -> 'serial' for files and folders inferred by several streams, else 'threads'. With N streams on N
+    cores the other streams keep the cores busy while one decodes, so overlapping the stages buys nothing and the
+    hand-overs cost CPU: 0.9 ms a frame of YOLOv8n's ~3.3 (context switches, cold caches; docs/detection.md,
+    "Serial streams"). One stream needs the helper threads to overlap decoding with inference. 'serial' is refused
+    for the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
     if schedule not in SCHEDULES:
         raise ScheduleError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if schedule == "serial" and policy == "latest":
         raise ScheduleError("schedule 'serial' needs policy 'all': a live source must be read while the model runs")
-    return "threads" if schedule == "auto" else schedule
+    if schedule == "auto":
+        return "serial" if policy == "all" and streams > 1 else "threads"
+    return schedule
 
 
 STREAM_MEMORY_FACTOR = 3  # a session's resident memory per byte of model file (weights, prepacked copies, arena)
