@@ -127,11 +127,12 @@ def pipeline_run(video: Path, sessions: Sessions, frames: int, config: str) -> t
     """One pipeline run as `edge-agent run --source` does it (drift monitor included); `config` is
     SCHEDULE[:PRIORITY[:DRIFT[:DECODE[:STREAMS]]]] ('default' = the CLI's defaults; DRIFT = --drift-budget, a
     percentage of the inference time or `all`: every frame; DECODE = --decode-threads, 0: FFmpeg's own choice;
-    STREAMS = --streams, auto or N). Returns (frames/s, boxes drawn)."""
+    STREAMS = --streams, auto or N, capped by memory as the CLI's auto is). Returns (frames/s, boxes drawn)."""
     from edge_agent.monitor.budget import INFERENCE_SHARE
     from edge_agent.monitor.drift import DriftConfig
     from edge_agent.monitor.watch import pipeline_drift
-    from edge_agent.pipeline.scheduling import resolve_streams
+    from edge_agent.pipeline.scheduling import memory_streams, resolve_streams
+    from edge_agent.telemetry.system import available_memory_bytes
     from edge_agent.pipeline.sources import auto_decode_threads
 
     vb = sessions.vb
@@ -142,7 +143,8 @@ def pipeline_run(video: Path, sessions: Sessions, frames: int, config: str) -> t
     explicit = int(decode) if decode else None  # as --decode-threads N (0: FFmpeg's choice), else the CLI's auto
     source = open_source(str(video), decode_threads=explicit or None,
                          file_decode_threads=auto_decode_threads(sessions.threads) if explicit is None else None)
-    n, each = resolve_streams(streams if streams == "auto" else int(streams), "all", sessions.threads)
+    cap = memory_streams((vb.unpacked_to / vb.manifest.model_file).stat().st_size, available_memory_bytes())
+    n, each = resolve_streams(streams if streams == "auto" else int(streams), "all", sessions.threads, None, cap)
     fps = Pipeline(source, sessions.get(n, each), vb.manifest, [sink], max_frames=frames,
                    schedule=schedule, helper_priority=priority, observers=[drift]).run().fps
     return fps, sum(len(r.get("detections", [])) for r in sink.records)
