@@ -150,6 +150,7 @@ def test_auto_schedule_is_serial_for_files_with_several_streams_and_threads_othe
     assert resolve_schedule("auto", "all", 2) == "serial" and resolve_schedule("auto", "all", 4) == "serial"
     assert resolve_schedule("auto", "all", 1) == "threads" and resolve_schedule("auto", "latest", 2) == "threads"
     assert resolve_schedule("threads", "all", 2) == "threads"  # asked for: taken as given
+    assert resolve_schedule("auto", "all", 2, "low") == "threads"  # a helper priority needs helper threads
     key, pub = generate_keypair(tmp_path / "keys")
     bundle = detector_bundle(tmp_path, key, {"output0": np.zeros((1, 6, 8), np.float32)}, {"format": "yolo"})
     vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=tmp_path / "u")

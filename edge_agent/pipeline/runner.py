@@ -113,7 +113,7 @@ class Pipeline:
         if self.policy not in ("latest", "all"):
             raise ValueError(f"policy must be 'latest' or 'all', not {self.policy!r}")
         self.max_frames = max_frames
-        self.schedule = resolve_schedule(schedule, self.policy, len(self.sessions))
+        self.schedule = resolve_schedule(schedule, self.policy, len(self.sessions), helper_priority)
         self.helper_priority = resolve_priority(helper_priority)
         self.max_consecutive_errors = max_consecutive_errors
         self.preprocess = Preprocessor(manifest)

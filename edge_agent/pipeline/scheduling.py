@@ -34,18 +34,20 @@ PRIORITIES = ("auto", "normal", "low", "idle")
 LOW_NICE = 10  # "low": nice +10 over the process, i.e. ~1/10 of a nice-0 thread's CPU share when contended
 
 
-def resolve_schedule(schedule: str, policy: str, streams: int = 1) -> str:
+def resolve_schedule(schedule: str, policy: str, streams: int = 1, helper_priority: str = "auto") -> str:
     """'auto' -> 'serial' for files and folders inferred by several streams, else 'threads'. With N streams on N
     cores the other streams keep the cores busy while one decodes, so overlapping the stages buys nothing and the
     hand-overs cost CPU: 0.9 ms a frame of YOLOv8n's ~3.3 (context switches, cold caches; docs/detection.md,
-    "Serial streams"). One stream needs the helper threads to overlap decoding with inference. 'serial' is refused
+    "Serial streams"). One stream needs the helper threads to overlap decoding with inference, and a helper priority
+    asked for (low, idle) needs helper threads to apply to. 'serial' is refused
     for the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
     if schedule not in SCHEDULES:
         raise ScheduleError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if schedule == "serial" and policy == "latest":
         raise ScheduleError("schedule 'serial' needs policy 'all': a live source must be read while the model runs")
     if schedule == "auto":
-        return "serial" if policy == "all" and streams > 1 else "threads"
+        serial = policy == "all" and streams > 1 and helper_priority in ("auto", "normal")
+        return "serial" if serial else "threads"
     return schedule
 
 
