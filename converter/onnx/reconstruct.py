@@ -189,9 +189,10 @@ def _accumulate(stats: Stats, patch: np.ndarray, target: np.ndarray, means_only:
         stats.gram[:, -1, -1] += len(patch)
         stats.cross[:, -1, :] += target.sum(axis=0)
         return
-    aug = np.concatenate([patch, np.ones(patch.shape[:2] + (1,), patch.dtype)], axis=2)  # (P, g, d+1)
-    stats.gram += np.einsum("pgi,pgj->gij", aug, aug)
-    stats.cross += np.einsum("pgi,pgo->gio", aug, target)
+    aug = np.concatenate([patch, np.ones(patch.shape[:2] + (1,), patch.dtype)], axis=2).transpose(1, 0, 2)  # (g, P, d+1)
+    # matmul (BLAS), not einsum: numpy's einsum loops in C without BLAS, 630 s of a YOLOv8n GPTQ fit (d up to 2305)
+    stats.gram += np.matmul(aug.transpose(0, 2, 1), aug)
+    stats.cross += np.matmul(aug.transpose(0, 2, 1), target.transpose(1, 0, 2))
 
 
 @dataclass
