@@ -5,8 +5,8 @@ layers 0..k-1 give it, so it needs layer k's input after layer k-1 changed. Fetc
 the whole model runs every node before it again: 57 layers x 32 samples of YOLOv8n were 1,824 prefix runs, most of
 a ten-minute int8 conversion. But a tensor computed only from nodes ahead of layer k in graph order never changes
 again once layers 0..k-1 are fitted. So stage k runs just the nodes layer k's input needs that no earlier stage ran,
-fed the tensors earlier stages kept, and keeps what later stages will read: every node runs once per sample, in
-ONNX Runtime's own kernels (the same per-node values, so the fitted model is the one the prefix runs gave).
+fed the tensors earlier stages kept, and keeps what later stages will read: every node runs once per sample, in the
+graph and kernels a whole-model session runs (the same values, so the fitted model is the one the prefix runs gave).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .activation_error import _expose
 from .model_io import ort_session
 
 
@@ -86,30 +87,34 @@ class StagedRunner:
     the feeds of the moment it runs, as a whole-model run at that moment would."""
 
     def __init__(self, model: onnx.ModelProto, targets: list[str], workdir: Path, name: str = "stage") -> None:
-        self.model, self.stages, self.workdir, self.name = model, plan(model, targets), workdir, name
-        self._types: dict[str, int] | None = None  # element type per tensor, inferred with the first stage built
+        # The stages are cut from the graph ORT optimizes for the whole model with every target an output (what a
+        # whole-model session runs) and run without optimizing again: cut from the source graph, a stage fused
+        # differently (DequantizeLinear -> Concat -> QuantizeLinear became a QLinearConcat in one and not the
+        # other) and a few YOLOv8n layer inputs moved by one int8 step.
+        whole = workdir / f"{name}.whole.onnx"
+        onnx.save_model(model, str(whole), save_as_external_data=False)
+        optimized = workdir / f"{name}.optimized.onnx"
+        ort_session(_expose(whole, targets, whole), save_optimized=optimized)
+        self.model = onnx.load(str(optimized))
+        self.stages, self.workdir, self.name = plan(self.model, targets), workdir, name
         self._sessions: dict[int, object] = {}
         self._kept: dict[int, dict[str, np.ndarray]] = {}
 
     def _session(self, k: int, values: dict[str, np.ndarray]):
         """Stage k as a model of its own (built once, on its first sample: input types from the values fed)."""
         if k not in self._sessions:
-            if self._types is None:
-                typed = onnx.shape_inference.infer_shapes(self.model)
-                self._types = {v.name: v.type.tensor_type.elem_type
-                               for v in (*typed.graph.value_info, *typed.graph.output, *typed.graph.input)}
             st = self.stages[k]
             used = {t for n in st.nodes for t in (*n.input, *_outer_names(n))}
             graph = helper.make_graph(
                 st.nodes, f"{self.name}{k}",
                 [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), values[t].shape)
                  for t in st.reads if t in used],
-                [helper.make_tensor_value_info(t, self._types.get(t, onnx.TensorProto.FLOAT), None) for t in st.keeps],
+                [onnx.ValueInfoProto(name=t) for t in st.keeps],  # untyped: ORT infers them (contrib ops too)
                 [i for i in self.model.graph.initializer if i.name in used])
             sub = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
             path = self.workdir / f"{self.name}{k}.onnx"
             onnx.save_model(sub, str(path), save_as_external_data=False)
-            self._sessions[k] = ort_session(path)
+            self._sessions[k] = ort_session(path, optimize=False)
         return self._sessions[k]
 
     def run(self, k: int, sample: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
