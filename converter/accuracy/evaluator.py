@@ -7,6 +7,8 @@ runtime-neutral (the passes pass one that runs ONNX or TFLite files alike).
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,10 +35,38 @@ class Evaluator:
         self.scorer_for = scorer_for
         self.scorer: Scorer = scorer_for(data) if scorer_for else (lambda r, c, y: score(r, c, task, y))
         self.reference = run(float_model, data)
+        self._scores: dict[str, dict[str, Any]] = {}  # model file digest -> its score (see __call__)
 
     def __call__(self, model: Path) -> dict[str, Any]:
-        return self.scorer(self.reference, self.run(model, self.data), self.data.labels)
+        """The score of `model`; a file with the same bytes as one already scored is not run again (a conversion
+        scores its int8 model in the op-set choice, the compensation choice, the mixed-precision search and the
+        gate: 20 s each on a detector with exact int8 arithmetic). A copy: callers edit the dict they get."""
+        key = _digest(Path(model)) if isinstance(model, (str, Path)) else None
+        if key is None or key not in self._scores:
+            result = self.scorer(self.reference, self.run(model, self.data), self.data.labels)
+            if key is None:
+                return result
+            self._scores[key] = result
+        return copy.deepcopy(self._scores[key])
 
     def on(self, data: Dataset) -> "Evaluator":
         """The same evaluator on other samples (a search or held-out half, a sensitivity subset)."""
         return Evaluator(self.run, self.float_model, data, self.task, self.specs, self.scorer_for)
+
+
+def _digest(model: Path) -> str | None:
+    """SHA-256 of a self-contained model file (an ONNX file whose weights live in other files has none: those
+    could change under the same bytes)."""
+    if not model.is_file():
+        return None
+    if model.suffix.lower() == ".onnx":
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+
+        if any(uses_external_data(t) for t in onnx.load(str(model), load_external_data=False).graph.initializer):
+            return None
+    h = hashlib.sha256()
+    with model.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

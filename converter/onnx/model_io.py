@@ -53,15 +53,21 @@ def tensor_specs(model_path: Path, layout: str | None = None) -> tuple[list[Tens
     return ins, outs
 
 
-def ort_session(model_path: Path, threads: int | None = None, exact_int8: bool = False):
+def ort_session(model_path: Path, threads: int | None = None, exact_int8: bool = False, optimize: bool = True,
+                save_optimized: Path | None = None):
     """A CPU session; exact_int8: basic graph optimizations only, so QDQ int8 runs as written instead of in
-    fused kernels that saturate on x86 without VNNI (converter.onnx.int8_arithmetic)."""
+    fused kernels that saturate on x86 without VNNI (converter.onnx.int8_arithmetic). optimize=False: the graph
+    runs as given (one ORT already optimized); save_optimized: write the graph ORT optimized to that file."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if exact_int8:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if save_optimized is not None:
+        opts.optimized_model_filepath = str(save_optimized)
     if threads:
         opts.intra_op_num_threads = threads
     try:

@@ -59,8 +59,8 @@ def compensate_weights_only(float_path: Path, data: Dataset, workdir: Path, out:
 
     sequential=False (default): every layer's statistics come from one float run per sample (inputs x_f), so each
     layer corrects its own rounding only (b' = b + (W - Wq) E[x_f]): linear in the layer count. sequential=True fits
-    layer l on what the compensated layers 0..l-1 feed it (one run per layer and sample: quadratic, 6 min on
-    MobileNetV2 under load)."""
+    layer l on what the compensated layers 0..l-1 feed it (staged_run.py: each node runs once per sample, not once per
+    layer and sample as in the whole-model runs that took 6 min on MobileNetV2 under load)."""
     workdir.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(float_path))
     seen: set[str] = set()
@@ -79,15 +79,14 @@ def compensate_weights_only(float_path: Path, data: Dataset, workdir: Path, out:
     stats = _one_pass_stats(float_path, layers, data, workdir, seed) if not sequential else None
     names = {ly.weight for ly in layers} | {ly.bias for ly in layers if ly.bias}
     pos, tgt, shapes = _float_targets(float_path, layers, data, workdir, seed) if sequential else ({}, {}, {})
-    sess, feeds = initializers_as_inputs(model, names, sorted({ly.node.input[0] for ly in layers}),
-                                        workdir / "wcomp.probe.onnx")
+    runner, feeds = initializers_as_inputs(model, names, [ly.node.input[0] for ly in layers], workdir, "wcomp.stage")
     for k, layer in enumerate(layers):
         name = layer.node.name
         w = feeds[layer.weight].astype(np.float64)
         wm = _weight_matrix(w, layer)
         st = stats[name] if stats is not None else None
         for i in range(len(data) if st is None else 0):
-            x = sess.run([layer.node.input[0]], {**data.sample(i), **feeds})[0].astype(np.float64)
+            x = runner.run(k, i, {**data.sample(i), **feeds}).astype(np.float64)
             patch = _inputs(layer, x, shapes[name], w.shape, pos[name][i])
             if st is None:
                 st = Stats(np.zeros((patch.shape[1], patch.shape[2] + 1, patch.shape[2] + 1)),
