@@ -191,7 +191,7 @@ def speed(bundle: Path, pub: Path, frames: int, threads: int, work: Path, video:
     for group in bare.values():
         for session in group:
             for k in range(5):
-                session.run(feeds[k])
+                session.run(feeds[k % len(feeds)])
     names = ("default", ONE_STREAM, *configs)
     for name in names:  # warm-up, as the bare loops had: first-run costs (threads, pools, caches) are not timed
         pipeline_run(video, sessions, min(frames, 30), name)

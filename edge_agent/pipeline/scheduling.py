@@ -37,7 +37,7 @@ LOW_NICE = 10  # "low": nice +10 over the process, i.e. ~1/10 of a nice-0 thread
 def resolve_schedule(schedule: str, policy: str, streams: int = 1, helper_priority: str = "auto") -> str:
     """'auto' -> 'serial' for files and folders inferred by several streams, else 'threads'. With N streams on N
     cores the other streams keep the cores busy while one decodes, so overlapping the stages buys nothing and the
-    hand-overs cost CPU: 0.9 ms a frame of YOLOv8n's ~3.3 (context switches, cold caches; docs/detection.md,
+    hand-overs cost CPU: 0.7 ms a frame of YOLOv8n's ~3.5 (context switches, cold caches; docs/detection.md,
     "Serial streams"). One stream needs the helper threads to overlap decoding with inference, and a helper priority
     asked for (low, idle) needs helper threads to apply to. 'serial' is refused
     for the 'latest' policy: a live camera must be drained while the model runs, or its buffered frames go stale."""
