@@ -114,15 +114,16 @@ def repack(src: Path, out: Path, key_path: Path, trust_pub: Path,
     """Re-sign a bundle after editing its manifest and/or payload files (for negative tests)."""
     from edge_agent.bundle import load_private_key
 
-    tmp = Path(tempfile.mkdtemp(prefix="repack-"))
-    vb = verify_bundle(src, TrustStore.from_paths([trust_pub]), unpack_to=tmp / "u")
-    manifest = vb.manifest
-    files = {f.path: tmp / "u" / f.path for f in manifest.files}
-    if manifest_edit:
-        manifest_edit(manifest)
-    if files_edit:
-        files_edit(files)
-    return write_bundle(out, manifest, files, load_private_key(key_path))
+    with tempfile.TemporaryDirectory(prefix="repack-") as folder:  # the unpacked copy is only needed to re-sign
+        tmp = Path(folder)
+        vb = verify_bundle(src, TrustStore.from_paths([trust_pub]), unpack_to=tmp / "u")
+        manifest = vb.manifest
+        files = {f.path: tmp / "u" / f.path for f in manifest.files}
+        if manifest_edit:
+            manifest_edit(manifest)
+        if files_edit:
+            files_edit(files)
+        return write_bundle(out, manifest, files, load_private_key(key_path))
 
 
 class FleetStub:
