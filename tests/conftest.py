@@ -6,7 +6,9 @@ the converter exports and quantizes it with ONNX Runtime, the agent verifies and
 
 from __future__ import annotations
 
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +114,52 @@ def registry_location(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "fleet.db")
     return request.getfixturevalue("pg_cluster").create_database()
+
+
+# -- parallel runs (scripts/test.sh: pytest-xdist, --dist loadfile) --------------------------------
+
+# Files whose tests share something on the machine, so they must not run at the same time on two workers: the
+# device tests build one wheelhouse in REPO/.cache/edgekit (tests/device_fixtures.py, the Ansible role's run), the
+# QEMU test fills REPO/.cache/arm; the ejabberd clusters' nodes share the machine's epmd and Erlang cookie (the two
+# cluster files on two workers at once: one rollout test failed, once, in a way no serial run showed; not root-caused).
+SHARED_UNITS = {
+    "device-cache": {"test_ansible_role.py", "test_arm_qemu.py", "test_device_provision.py",
+                     "test_device_service_user.py", "test_jetson_detection.py"},
+    "ejabberd": {"test_fleet_cluster.py", "test_fleet_cluster_downloads.py"},
+}
+
+
+def work_unit_of(nodeid: str) -> str:
+    """What one worker runs as a whole: a test file (its module fixtures, e.g. a real detector converted once,
+    are built once), or all the files of one shared unit."""
+    file = nodeid.split("::", 1)[0]
+    return next((unit for unit, files in SHARED_UNITS.items() if Path(file).name in files), file)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist must not call it unknown
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with each of SHARED_UNITS as one unit. (xdist_group markers do not work with pytest 9.2:
+    xdist 3.8 renames node ids through an attribute pytest no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileUnits(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit_of(nodeid)
+
+    return FileUnits(config, log)
+
+
+SLOW_SUITES = ("slow", "qemu", "ansible", "cluster", "failover", "faults", "browser")  # pyproject's markers
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    twice = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
+    if twice:  # xdist would run one of them and drop the rest without a word
+        raise pytest.UsageError(f"{len(twice)} test ids are collected more than once (give each a parameter id): "
+                                + ", ".join(twice[:5]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist hands out files in collection order: the long ones first,
+        # so the run does not end on one worker converting a detector while the other waits (one process: unchanged)
+        slow = {work_unit_of(i.nodeid) for i in items if any(i.get_closest_marker(m) for m in SLOW_SUITES)}
+        items.sort(key=lambda i: work_unit_of(i.nodeid) not in slow)
