@@ -272,7 +272,9 @@ class AgentProcess:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # leave in its log where each thread was (the agent's SIGUSR1)
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(5)
         self.logfh.close()

@@ -7,6 +7,7 @@ things go wrong after an install (probation, crash loops, old state files) is in
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_update_over_mqtt_with_malformed_messages_and_corrupt_block(home, bundle
         assert after.errors == 0
         # junk (the corrupt block is stored, not ignored: installing's signed check fails, a re-check finds it)
         assert after.extra["ignored_messages"] >= len(junk)
+        assert agent.proc.poll() is None
+        agent.proc.send_signal(signal.SIGUSR1)  # an operator asking where a stuck agent is: stacks, and it goes on
+        wait_for(lambda: "most recent call first" in agent.output() and "agent.py" in agent.output(), what="stacks")
         assert agent.proc.poll() is None
     finally:
         assert agent.stop() == 0

@@ -18,6 +18,7 @@ watching the slots for a CLI rollback/install, signals).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import signal
@@ -45,6 +46,7 @@ from .sd_notify import Notifier
 from .update_worker import UpdateWorker
 
 log = logging.getLogger(__name__)
+SLOW_STOP_S = 3.0  # a part taking longer than this to stop is named in the log
 
 
 class Agent:
@@ -135,16 +137,22 @@ class Agent:
         return f"serving {model} as {self.config.device_id}"
 
     def shutdown(self) -> None:
+        """Stop every part in turn; a part slow to stop is named in the log (a service manager's stop timeout then
+        says which one held it, and `kill -USR1` dumps where every thread is)."""
         self._stop.set()
         self.notifier.stopping()
-        self.worker.stop()
-        self.link.stop()
-        self.loop.stop()
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.feed is not None:
-            self.feed.close()
-        self.worker.join(timeout=5)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("update worker", self.worker.stop), ("MQTT link", self.link.stop), ("inference loop", self.loop.stop),
+            ("metrics endpoint", self.metrics.close if self.metrics is not None else lambda: None),
+            ("frame source", self.feed.close if self.feed is not None else lambda: None),
+            ("update job", lambda: self.worker.join(timeout=5)),
+        ]
+        for part, stop in steps:
+            started = time.monotonic()
+            stop()
+            took = time.monotonic() - started
+            if took > SLOW_STOP_S:
+                log.warning("stopping the %s took %.1f s", part, took)
 
 
 def _inference_loop(config: AgentConfig, loop: InferenceLoop | None):  # noqa: ANN202
@@ -174,3 +182,4 @@ def _results_sink(target: str | None) -> Callable[[dict[str, Any]], None] | None
 def install_signal_handlers(agent: Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
