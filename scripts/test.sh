@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
-# One process by default. EDGEKIT_TEST_WORKERS=2 runs pytest-xdist workers (24-26 min instead of 33-35 on 2 cores),
-# but two of three such runs had one failure each (an ejabberd cluster beside another, an agent slow to stop under
-# load): not the default until those are understood. Ignored when the caller chose (-n/--numprocesses/-p no:xdist),
-# only collects, or names a single test.
+# Two pytest-xdist workers on a machine with 2 or more cores (the suite mostly waits on brokers, servers and child
+# processes: 24-27 min on 2 cores instead of 33-35 in one process), a test file per worker at a time (tests/conftest.py
+# keeps files that share a machine resource on one worker). EDGEKIT_TEST_WORKERS=N chooses, 0 = one process. Ignored
+# when the caller chose (-n/--numprocesses/-p no:xdist), only collects, or names a single test.
+cores=$(nproc 2>/dev/null || echo 1)
+default_workers=$(( cores >= 2 ? 2 : 0 ))
 workers=()
-if [ "${EDGEKIT_TEST_WORKERS:-0}" != "0" ]; then
-  workers=(-n "${EDGEKIT_TEST_WORKERS}" --dist loadfile)
+if [ "${EDGEKIT_TEST_WORKERS:-$default_workers}" != "0" ]; then
+  workers=(-n "${EDGEKIT_TEST_WORKERS:-$default_workers}" --dist loadfile)
   for a in "$@"; do
     case "$a" in -n|-n*|--numprocesses*|no:xdist|--co|--collect-only|*::*) workers=() ;; esac
   done

@@ -271,7 +271,7 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(30)  # a loaded CI host; a part slow to stop is named in the log
             except subprocess.TimeoutExpired:  # leave in its log where each thread was (the agent's SIGUSR1)
                 self.proc.send_signal(signal.SIGUSR1)
                 time.sleep(1.0)
