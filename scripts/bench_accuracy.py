@@ -28,6 +28,7 @@ from converter.accuracy.metrics import score  # noqa: E402
 from converter.onnx.int8_arithmetic import exact_int8_for  # noqa: E402
 from converter.onnx.model_io import ort_session  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
+from bench_scratch import add_keep_work, run_folder  # noqa: E402
 
 FAST_METHODS = "minmax,percentile:99.99,percentile:99.999"  # det/rec: histogram calibrators cost minutes there
 SETUPS = {  # kind: (input shape, task, calib n, select n, held-out n)
@@ -177,9 +178,11 @@ def main() -> int:
                     f"{FAST_METHODS} for det/rec)")
     ap.add_argument("--candidates", type=int, default=16, help="--sensitivity-candidates (layers measured by exclusion)")
     ap.add_argument("--json", action="store_true")
+    add_keep_work(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = [bench(k, args.runs, args.budget, args.max_float_layers, args.methods, args.candidates) for k in args.models.split(",")]
+    with run_folder(args.keep_work):
+        results = [bench(k, args.runs, args.budget, args.max_float_layers, args.methods, args.candidates) for k in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

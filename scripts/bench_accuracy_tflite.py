@@ -40,6 +40,7 @@ from converter.accuracy.metrics import score  # noqa: E402
 from converter.onnx.model_io import ort_session  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
 from scripts.bench_accuracy import SETUPS, data  # noqa: E402
+from bench_scratch import add_keep_work, run_folder  # noqa: E402
 
 
 def _convert(src: Path, work: Path, fmt: str, calib: Path, select: Path, budget: str, max_float: int,
@@ -177,9 +178,11 @@ def main() -> int:
     ap.add_argument("--max-float-layers", type=int, default=8)
     ap.add_argument("--int16", action="store_true", help="also measure int16 activations (16x8), few runs")
     ap.add_argument("--json", action="store_true")
+    add_keep_work(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = [bench(k, args.runs, args.budget, args.max_float_layers, args.int16) for k in args.models.split(",")]
+    with run_folder(args.keep_work):
+        results = [bench(k, args.runs, args.budget, args.max_float_layers, args.int16) for k in args.models.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

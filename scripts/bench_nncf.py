@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from converter.accuracy.metrics import agreement, score  # noqa: E402
 from converter.onnx.input_shapes import pin_input_shapes  # noqa: E402
 from examples import ocr_samples as ocr  # noqa: E402
+from bench_scratch import add_keep_work, run_folder  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "scripts" / "bench_accuracy.py")
 ba = importlib.util.module_from_spec(_spec)
@@ -229,6 +230,7 @@ def main() -> int:
     ap.add_argument("--no-ours", action="store_true", help="skip edgekit's own conversion")
     ap.add_argument("--keep-s8", action="store_true", help="keep nncf's int8 activations (slow S8S8 kernels on x86 ORT)")
     ap.add_argument("--json", action="store_true")
+    add_keep_work(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("nncf", "converter", "onnxruntime"):
@@ -238,21 +240,26 @@ def main() -> int:
         return 2
     folds = {"both": [False, True], "yes": [True], "no": [False]}[args.fold]
     results = []
-    for k in args.models.split(","):
-        r = bench(k, args.variants.split(","), folds, args.runs, not args.no_ours, not args.keep_s8)
-        results.append(r)
-        if not args.json:
-            print(f"\n{k}: {r['held_out']} held-out inputs, load average {r['load_avg']}", flush=True)
-            print(f"  {'variant':<26} {'held-out':>8} {'select':>7} {'ms':>8} {'speedup':>8} {'MB':>6} {'quant s':>7}")
-            for label, x in r["results"].items():
-                if "error" in x:
-                    print(f"  {label:<26} failed: {x['error'][:90]}")
-                    continue
-                print(f"  {label:<26} {x['agreement']:>8.3f} {x.get('selection_agreement', float('nan')):>7.3f} "
-                      f"{x['latency_ms']:>8.2f} {x['speedup']:>7.2f}x {x['size_mb']:>6.2f} {x.get('seconds', 0):>7}", flush=True)
+    with run_folder(args.keep_work):
+        for k in args.models.split(","):
+            r = bench(k, args.variants.split(","), folds, args.runs, not args.no_ours, not args.keep_s8)
+            results.append(r)
+            if not args.json:
+                _print_rows(r)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def _print_rows(r: dict[str, Any]) -> None:
+    print(f"\n{r['model']}: {r['held_out']} held-out inputs, load average {r['load_avg']}", flush=True)
+    print(f"  {'variant':<26} {'held-out':>8} {'select':>7} {'ms':>8} {'speedup':>8} {'MB':>6} {'quant s':>7}")
+    for label, x in r["results"].items():
+        if "error" in x:
+            print(f"  {label:<26} failed: {x['error'][:90]}")
+            continue
+        print(f"  {label:<26} {x['agreement']:>8.3f} {x.get('selection_agreement', float('nan')):>7.3f} "
+              f"{x['latency_ms']:>8.2f} {x['speedup']:>7.2f}x {x['size_mb']:>6.2f} {x.get('seconds', 0):>7}", flush=True)
 
 
 if __name__ == "__main__":

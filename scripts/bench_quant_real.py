@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_accuracy as ba  # noqa: E402
 from converter.accuracy.metrics import score  # noqa: E402
 from examples import imagenet_cnns as nets  # noqa: E402
+from bench_scratch import add_keep_work, run_folder  # noqa: E402
 
 log = logging.getLogger("bench_quant_real")
 
@@ -300,15 +301,17 @@ def main() -> int:
                          "convert and score the given QDQ export of an earlier run")
     ap.add_argument("--qat-only", action="store_true", help="with --qat: only float, ORT defaults and QAT (no "
                     "post-training conversion, NNCF or reference rows: a short run for a quiet speed figure)")
+    add_keep_work(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure_apt.sh"), "opencv-doc", "__none__", str(nets.OPENCV_DATA)],
                    check=False)
     results = []
-    for m in args.models.split(","):
-        results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation, tuple(args.formats.split(",")),
-                             args.qat, not args.qat_only))
-        log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
+    with run_folder(args.keep_work):
+        for m in args.models.split(","):
+            results.append(bench(m, args.runs, not args.no_nncf, args.fold_ablation, tuple(args.formats.split(",")),
+                                 args.qat, not args.qat_only))
+            log.warning("%s done: %s", m, json.dumps(results[-1]["results"], default=str))
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
