@@ -25,7 +25,16 @@ def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str
     for got, w in zip(array.shape[1:], want):
         if isinstance(w, int) and w > 0 and got != w:
             raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
-    return np.ascontiguousarray(array.astype(np.float32))
+    return np.ascontiguousarray(array.astype(_feed_dtype(spec)))
+
+
+def _feed_dtype(spec: TensorSpec) -> np.dtype:
+    """The dtype the model takes: integer/bool inputs (token ids, masks) keep theirs, anything else float32."""
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        return np.dtype(np.float32)
+    return dtype if dtype.kind in "iub" else np.dtype(np.float32)
 
 
 def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
