@@ -70,7 +70,7 @@ def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any],
 
 def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
     from .pipeline.inputs import IMAGE_SUFFIXES, load_feed
-    from .pipeline.postprocess import classify
+    from .pipeline.postprocess import classify, describe_raw, raw_outputs
     from .pipeline.stages import detect_in_image
     from .runtimes import load_session
 
@@ -84,10 +84,16 @@ def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
                 results.append({"input": str(item), "detections": detect_in_image(str(item), vb.manifest, session)})
                 continue
             outputs = session.run(load_feed(item, vb.manifest))
+            if post is not None and post.kind == "none":
+                results.append({"input": str(item), "outputs": raw_outputs(outputs, vb.manifest)})
+                continue
             top = classify(outputs, vb.manifest, args.top_k)[0]
             results.append({"input": str(item), **top})
     lines = []
     for r in results:
+        if "outputs" in r:
+            lines.append(f"{r['input']}: {describe_raw(r['outputs'])}")
+            continue
         if "detections" in r:
             dets = "; ".join(f"{d['name']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]"
                              for d in r["detections"])

@@ -49,6 +49,13 @@ def token_classifier(path: Path) -> Path:
     return _save(graph, path)
 
 
+def _manifest(bundle: Path) -> dict:
+    """The bundle's manifest (unverified: the test only looks at what the converter wrote)."""
+    from edge_agent.bundle import read_manifest_unverified
+
+    return read_manifest_unverified(bundle).to_dict()
+
+
 def _convert(model: Path, out: Path, key: Path, *extra: str) -> int:
     return convert_main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(key),
                          "--out", str(out), "--bench-runs", "0", *extra])
@@ -117,3 +124,94 @@ def test_exif_rotated_and_16_bit_images_read_as_opencv_reads_them(keys, tmp_path
                        str(keys[1])]) == 0
     by_image = {r["image"]: r["label"] for r in map(json.loads, results.read_text().splitlines())}
     assert by_image == {"phone.jpg": 1, "scan16.png": 1}
+
+
+def map_model(path: Path, size: int = 32) -> Path:
+    """Segmentation-style: image [1, 3, size, size] -> 1x1 conv -> per-pixel scores [1, 4, size, size]."""
+    w = np.random.default_rng(2).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["map"])], "seg",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, size, size])],
+        [numpy_helper.from_array(w, "w")])
+    return _save(graph, path)
+
+
+@pytest.fixture(scope="module")
+def map_bundle(keys, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(float model, fp32 bundle, a 32x32 photo) of the segmentation-style model, converted with no --task."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("map")
+    model = map_model(folder / "seg.onnx")
+    out = folder / "seg.edgebundle"
+    assert _convert(model, out, keys[0], "--precision", "fp32") == 0
+    photo = folder / "photo.png"
+    Image.fromarray((np.random.default_rng(3).random((32, 32, 3)) * 255).astype(np.uint8)).save(photo)
+    return model, out, photo
+
+
+def _float_map(model: Path, photo: Path) -> np.ndarray:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(photo), dtype=np.float32) / 255
+    return ort.InferenceSession(str(model)).run(None, {"image": pixels.transpose(2, 0, 1)[None]})[0]
+
+
+def test_a_map_output_is_served_raw_not_as_a_top_k_over_its_pixels(map_bundle, keys, capsys):
+    """A segmentation-style model (output [1, 4, H, W]) became a 'classifier' of H*W*4 classes: `edge-agent run`
+    printed pixel indices as labels ('4033 (0.0003)'), and even `--task none` bundles were run through top-k.
+    Now such a model gets a raw-output bundle and run prints / returns the outputs themselves."""
+    model, out, photo = map_bundle
+    manifest = _manifest(out)
+    assert manifest["postprocess"]["kind"] == "none"
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(photo), "--trust", str(keys[1]), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert "label" not in got and [o["name"] for o in got["outputs"]] == ["map"]
+    np.testing.assert_allclose(np.asarray(got["outputs"][0]["data"]), _float_map(model, photo), atol=1e-5)
+    assert agent_main(["run", str(out), str(photo), "--trust", str(keys[1])]) == 0
+    assert "map float32[1, 4, 32, 32] min" in capsys.readouterr().out
+
+
+def test_serve_model_answers_an_image_with_the_raw_outputs(map_bundle, keys, tmp_path):
+    """An image posted to serve-model got `{"kind": "none", "outputs": [[1, 4, 32, 32]]}`: the shapes, no values."""
+    import urllib.request
+
+    from .serving_helpers import ServeModelProcess
+
+    model, out, photo = map_bundle
+    server = ServeModelProcess(out, keys[1], tmp_path / "home")
+    try:
+        req = urllib.request.Request(f"{server.url}/v2/models/seg/infer", data=photo.read_bytes(),
+                                     headers={"Content-Type": "image/png"})
+        body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+    finally:
+        server.stop()
+    answer = json.loads(body["outputs"][0]["data"][0])
+    np.testing.assert_allclose(np.asarray(answer["outputs"][0]["data"]), _float_map(model, photo), atol=1e-5)
+
+
+def test_json_piped_into_head_stops_quietly(map_bundle, keys):
+    """`edge-agent run ... --json | head`: the reader leaves early; the agent printed a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    _, out, photo = map_bundle
+    cmd = [sys.executable, "-m", "edge_agent.cli", "run", str(out), str(photo), "--trust", str(keys[1]), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.read(10)
+    proc.stdout.close()  # the output (~100 kB of JSON) is larger than the pipe's buffer: the agent's write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_an_explicit_task_classify_keeps_top_k_on_a_map(keys, tmp_path, capsys):
+    """`--task classify` is still obeyed for a spatial output: the default changed, the option did not."""
+    out = tmp_path / "seg.edgebundle"
+    assert _convert(map_model(tmp_path / "seg.onnx", 8), out, keys[0], "--precision", "fp32", "--task", "classify") == 0
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 8, 8), np.float32))
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    assert "label" in json.loads(capsys.readouterr().out)

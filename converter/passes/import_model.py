@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import Postprocess, Preprocess
+from edge_agent.bundle import Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
-from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, classification_postprocess, detection_postprocess,
+from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_postprocess, detection_postprocess,
                               model_task, read_metadata)
 from ..errors import DataError
 from ..importers import import_model
@@ -63,7 +63,8 @@ class ImportPass(Pass):
             "layout": PassOption(str, None, "input layout (default: guessed from the shape)", choices=("NCHW", "NHWC")),
             "top_k": PassOption(int, 5, "classes the agent reports (default 5)"),
             "task": PassOption(str, None, "what the model does (default: the model's metadata, e.g. Ultralytics "
-                               "exports, else classify); detect/segment/pose give a detection bundle",
+                               "exports, else classify for an [N, C] score output and none, raw outputs, for "
+                               "maps and sequences); detect/segment/pose give a detection bundle",
                                choices=TASKS),
             "output_role": PassOption(str, None, "for models with several outputs: the output the agent serves "
                                       "(detections for box tasks)", metavar="OUTPUT_NAME"),
@@ -106,10 +107,8 @@ class ImportPass(Pass):
             ctx.postprocess = anchor_postprocess(ctx.outputs, cfg.anchors)
         elif task.task in BOX_TASKS:
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
-        elif task.task == "classify":
-            ctx.postprocess = classification_postprocess(ctx.outputs, cfg.output_role, cfg.top_k)
         else:
-            ctx.postprocess = Postprocess(kind="none")
+            ctx.postprocess = default_postprocess(task, ctx.outputs, cfg.output_role, cfg.top_k)
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
                                            cfg.skip_unreadable, flat=task.task in BOX_TASKS)
