@@ -126,13 +126,15 @@ def test_exif_rotated_and_16_bit_images_read_as_opencv_reads_them(keys, tmp_path
     assert by_image == {"phone.jpg": 1, "scan16.png": 1}
 
 
-def map_model(path: Path, size: int = 32) -> Path:
-    """Segmentation-style: image [1, 3, size, size] -> 1x1 conv -> per-pixel scores [1, 4, size, size]."""
+def map_model(path: Path, size: int | str = 32) -> Path:
+    """Segmentation-style: image [1, 3, size, size] -> 1x1 conv -> per-pixel scores [1, 4, size, size]
+    (a str size: dynamic height and width, as PP-OCR's text detector)."""
     w = np.random.default_rng(2).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    hw = [size, size] if isinstance(size, int) else [f"{size}_h", f"{size}_w"]
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w"], ["map"])], "seg",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, size, size])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, *hw])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, *hw])],
         [numpy_helper.from_array(w, "w")])
     return _save(graph, path)
 
@@ -215,3 +217,24 @@ def test_an_explicit_task_classify_keeps_top_k_on_a_map(keys, tmp_path, capsys):
     capsys.readouterr()
     assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
     assert "label" in json.loads(capsys.readouterr().out)
+
+
+def test_image_data_for_a_model_that_cannot_take_images_says_what_to_do(keys, tmp_path, capsys):
+    """An image folder or video for a model with dynamic height/width (PP-OCR's detector) or a non-image input
+    was refused with 'image folders need image preprocessing options (--mean/--std/--color ...)': those options
+    cannot help. The line now names the input's shape and the fix (--input-shape, or an .npz)."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photos / "a.png")
+    dynamic = map_model(tmp_path / "dyn.onnx", "d")
+    assert _convert(dynamic, tmp_path / "o.edgebundle", keys[0], "--calibration", str(photos)) == 22
+    err = capsys.readouterr().err
+    assert "--input-shape, e.g. --input-shape 1x3x640x640" in err and "--mean" not in err, err
+    assert _convert(dynamic, tmp_path / "o.edgebundle", keys[0], "--calibration", str(photos), "--input-shape",
+                    "1x3x16x16", "--precision", "fp32") == 0
+    tokens = token_classifier(tmp_path / "tokens.onnx")
+    assert _convert(tokens, tmp_path / "t.edgebundle", keys[0], "--calibration", str(photos)) == 22
+    err = capsys.readouterr().err
+    assert "input 'ids' is int64[1, 12]: give an .npz" in err and "--mean" not in err, err

@@ -13,7 +13,7 @@ from edge_agent.pipeline.inputs import IMAGE_SUFFIXES
 from edge_agent.pipeline.preprocess import preprocess_image, read_image
 
 from ..errors import DataError
-from .dataset import Dataset
+from .dataset import Dataset, no_image_input
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
                       skip_unreadable: bool = False, flat: bool = False) -> Dataset:
     """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read."""
     if preprocess is None or preprocess.kind != "image":
-        raise DataError(f"{folder}: image folders need image preprocessing options (--mean/--std/--color ...)")
+        raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
         raise DataError(f"{folder}: image folders only work for single-input models")
     subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir())
