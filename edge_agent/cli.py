@@ -196,11 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, trust=False, profile=False)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("run", help="run a bundle on image files or .npy arrays",
-                       description="Verify the bundle, then classify each input: images get the manifest's preprocessing; "
-                       ".npy arrays are given in the source model's layout. JSON output names the top-1 class as `label`.")
+    p = sub.add_parser("run", help="run a bundle on image files or .npy/.npz arrays",
+                       description="Verify the bundle, then run each input: images get the manifest's preprocessing; "
+                       ".npy arrays are given in the source model's layout (models with several inputs: an .npz with "
+                       "one array per input, named after it). JSON output names the top-1 class as `label`; bundles "
+                       "whose output is not class scores (maps, sequences) give their raw outputs.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("inputs", type=Path, nargs="*", help="image files (.png, .jpg, ...) or .npy arrays (or use --source)")
+    p.add_argument("inputs", type=Path, nargs="*",
+                   help="image files (.png, .jpg, ...), .npy arrays or .npz files (or use --source)")
     p.add_argument("--top-k", type=int, default=None, help="how many classes to show (default: manifest's top_k)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)

@@ -238,3 +238,80 @@ def test_image_data_for_a_model_that_cannot_take_images_says_what_to_do(keys, tm
     assert _convert(tokens, tmp_path / "t.edgebundle", keys[0], "--calibration", str(photos)) == 22
     err = capsys.readouterr().err
     assert "input 'ids' is int64[1, 12]: give an .npz" in err and "--mean" not in err, err
+
+
+TORCH_MODELS = '''
+import torch
+
+
+class Tokens(torch.nn.Module):
+    """token ids (int64) -> per-sequence class logits"""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 5)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids).mean(1))
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = torch.nn.Linear(8, 16), torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x, y):
+        return self.head(torch.relu(self.a(x) + self.b(y)))
+
+
+def tokens():
+    torch.manual_seed(0)
+    return Tokens().eval()
+
+
+def two_inputs():
+    torch.manual_seed(0)
+    return TwoInputs().eval()
+'''
+
+
+def _torch_factories(folder: Path):
+    import importlib.util
+
+    path = folder / "models.py"
+    path.write_text(TORCH_MODELS)
+    spec = importlib.util.spec_from_file_location("user_models_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path, module
+
+
+def test_pytorch_factories_with_int64_or_two_inputs_export(keys, tmp_path, capsys):
+    """`file.py:factory` was exported with one float32 zeros tensor: an Embedding refused it ('Expected tensor for
+    argument #1 indices to have ... Long, Int') and a forward(x, y) failed ('missing 1 required positional argument:
+    y'), exit 21. The example now takes the .npz data's dtype, and each input of a forward(x, y) its named array;
+    `edge-agent run` takes such a model's sample as an .npz."""
+    import torch
+
+    path, module = _torch_factories(tmp_path)
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "ids.npz", ids=rng.integers(0, 20, (32, 6)))
+    assert _convert(Path(f"{path}:tokens"), tmp_path / "tokens.edgebundle", keys[0], "--input-shape", "1x6",
+                    "--precision", "fp32", "--eval", str(tmp_path / "ids.npz")) == 0
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(32, 8)).astype(np.float32),
+             y=rng.normal(size=(32, 4)).astype(np.float32))
+    out = tmp_path / "two.edgebundle"
+    assert _convert(Path(f"{path}:two_inputs"), out, keys[0], "--precision", "fp32", "--eval",
+                    str(tmp_path / "xy.npz")) == 0
+    x, y = rng.normal(size=(1, 8)).astype(np.float32), rng.normal(size=(1, 4)).astype(np.float32)
+    np.savez(tmp_path / "one.npz", x=x, y=y)
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
+    with torch.no_grad():
+        want = int(module.two_inputs()(torch.from_numpy(x), torch.from_numpy(y)).argmax())
+    assert json.loads(capsys.readouterr().out)["label"] == want
+    np.save(tmp_path / "x.npy", x)
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1])]) == 3
+    assert "the model has 2 inputs (x, y): give an .npz" in capsys.readouterr().err
+    assert _convert(Path(f"{path}:two_inputs"), tmp_path / "no.edgebundle", keys[0], "--precision", "fp32") == 21
+    assert "forward() takes 2 inputs (x, y): give --calibration or --eval as an .npz" in capsys.readouterr().err

@@ -80,7 +80,8 @@ class ImportPass(Pass):
         meta = read_metadata(Path(o.source)) if o.source.endswith(".onnx") and Path(o.source).is_file() else {}
         task = model_task(None, cfg.task or ("detect" if cfg.anchors else None), meta)
         shape = cfg.input_shape or _shape_from_metadata(o.source, task)
-        ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset)
+        data = [Path(p) for p in (o.calibration, o.evaluation) if p]
+        ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset, data)
         if ctx.imported.onnx_path is not None:
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, cfg.layout)

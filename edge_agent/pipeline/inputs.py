@@ -48,12 +48,17 @@ def tensor_to_feed(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Feeds for one input file: an image (preprocessed per manifest) or a .npy array."""
+    """Feeds for one input file: an image (preprocessed per manifest), a .npy array or an .npz (several inputs)."""
     path = Path(path)
     spec = manifest.inputs[0]
     if not path.is_file():
         raise InputError(f"input {path} does not exist")
+    if path.suffix.lower() == ".npz":
+        return _npz_feeds(path, manifest)
     if path.suffix.lower() == ".npy":
+        if len(manifest.inputs) > 1:
+            raise InputError(f"{path.name}: the model has {len(manifest.inputs)} inputs "
+                             f"({', '.join(t.name for t in manifest.inputs)}): give an .npz with one array per input")
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
@@ -68,4 +73,21 @@ def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
             raise InputError(f"{path} is not a readable image: {exc}") from exc
         tensor, _ = preprocess_image(image, manifest.preprocess, spec)
         return {spec.name: tensor}
-    raise InputError(f"{path.name}: unsupported input type (use an image file or a .npy array)")
+    raise InputError(f"{path.name}: unsupported input type (use an image file, a .npy array or an .npz of arrays)")
+
+
+def _npz_feeds(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """One sample for every model input from an .npz whose arrays are named after the inputs (as the converter's
+    data files; a single-input model also takes an .npz holding one array of any name)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
+    if len(manifest.inputs) == 1 and len(arrays) == 1:
+        arrays = {manifest.inputs[0].name: next(iter(arrays.values()))}
+    missing = [t.name for t in manifest.inputs if t.name not in arrays]
+    if missing:
+        raise InputError(f"{path.name} has no array named {', '.join(missing)} (model inputs: "
+                         f"{', '.join(t.name for t in manifest.inputs)}; arrays: {', '.join(arrays) or 'none'})")
+    return {t.name: tensor_to_feed(arrays[t.name], t) for t in manifest.inputs}
