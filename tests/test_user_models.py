@@ -315,3 +315,25 @@ def test_pytorch_factories_with_int64_or_two_inputs_export(keys, tmp_path, capsy
     assert "the model has 2 inputs (x, y): give an .npz" in capsys.readouterr().err
     assert _convert(Path(f"{path}:two_inputs"), tmp_path / "no.edgebundle", keys[0], "--precision", "fp32") == 21
     assert "forward() takes 2 inputs (x, y): give --calibration or --eval as an .npz" in capsys.readouterr().err
+
+
+def test_keras_inputs_are_found_by_the_names_the_author_gave_them(keys, tmp_path, capsys):
+    """A two-input Keras model's .npz named after its Input layers (feat, meta) was refused: "no array named
+    'serving_default_feat:0'", TFLite's name for the input. Arrays now match the Keras names, in convert and run."""
+    import tensorflow as tf
+
+    feat, meta = tf.keras.Input((8,), name="feat"), tf.keras.Input((4,), name="meta")
+    hidden = tf.keras.layers.Dense(16, activation="relu")(tf.keras.layers.Concatenate()([feat, meta]))
+    model = tf.keras.Model([feat, meta], tf.keras.layers.Dense(3)(hidden))
+    model.save(tmp_path / "two.keras")
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "data.npz", feat=rng.normal(size=(32, 8)).astype(np.float32),
+             meta=rng.normal(size=(32, 4)).astype(np.float32))
+    out = tmp_path / "two.edgebundle"
+    assert _convert(tmp_path / "two.keras", out, keys[0], "--precision", "fp32", "--eval", str(tmp_path / "data.npz")) == 0
+    one = {"feat": rng.normal(size=(1, 8)).astype(np.float32), "meta": rng.normal(size=(1, 4)).astype(np.float32)}
+    np.savez(tmp_path / "one.npz", **one)
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
+    want = model([one["feat"], one["meta"]]).numpy()
+    assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax())

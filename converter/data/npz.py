@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.bundle import TensorSpec
+from edge_agent.pipeline.inputs import array_for_input
 
 from ..errors import DataError
 from .dataset import Dataset
@@ -46,8 +47,9 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
     labels = arrays.pop("labels", None)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
-        if spec.name in arrays:
-            feeds[spec.name] = arrays[spec.name]
+        named = array_for_input(arrays, spec.name)  # Keras inputs: 'feat' for TFLite's 'serving_default_feat:0'
+        if named is not None:
+            feeds[spec.name] = named
         elif len(inputs) == 1 and len(arrays) == 1:
             only = next(iter(arrays))
             log.warning("%s: using array %r for model input %r", path.name, only, spec.name)

@@ -47,6 +47,20 @@ def tensor_to_feed(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype, copy=False))
 
 
+def short_input_name(name: str) -> str:
+    """A TFLite input's name as the Keras/SavedModel author wrote it: 'serving_default_feat:0' -> 'feat'."""
+    name = name.removeprefix("serving_default_")
+    head, sep, tail = name.rpartition(":")
+    return head if sep and tail.isdigit() else name
+
+
+def array_for_input(arrays: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    """The array an .npz holds for input `name`: by its exact name, else by its short (Keras) name."""
+    if name in arrays:
+        return arrays[name]
+    return arrays.get(short_input_name(name))
+
+
 def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     """Feeds for one input file: an image (preprocessed per manifest), a .npy array or an .npz (several inputs)."""
     path = Path(path)
@@ -86,8 +100,9 @@ def _npz_feeds(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
     if len(manifest.inputs) == 1 and len(arrays) == 1:
         arrays = {manifest.inputs[0].name: next(iter(arrays.values()))}
-    missing = [t.name for t in manifest.inputs if t.name not in arrays]
+    found = {t.name: array_for_input(arrays, t.name) for t in manifest.inputs}
+    missing = [name for name, a in found.items() if a is None]
     if missing:
         raise InputError(f"{path.name} has no array named {', '.join(missing)} (model inputs: "
                          f"{', '.join(t.name for t in manifest.inputs)}; arrays: {', '.join(arrays) or 'none'})")
-    return {t.name: tensor_to_feed(arrays[t.name], t) for t in manifest.inputs}
+    return {t.name: tensor_to_feed(found[t.name], t) for t in manifest.inputs}
