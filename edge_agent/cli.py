@@ -69,26 +69,13 @@ def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any],
 
 
 def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
-    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed
-    from .pipeline.postprocess import classify, describe_raw, raw_outputs
-    from .pipeline.stages import detect_in_image
+    from .pipeline.postprocess import describe_raw
     from .runtimes import load_session
 
     trust = home.trust_store(args.trust)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         session = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
-        results = []
-        post = vb.manifest.postprocess
-        for item in args.inputs:
-            if post is not None and post.kind == "detection" and Path(item).suffix.lower() in IMAGE_SUFFIXES:
-                results.append({"input": str(item), "detections": detect_in_image(str(item), vb.manifest, session)})
-                continue
-            outputs = session.run(load_feed(item, vb.manifest))
-            if post is not None and post.kind == "none":
-                results.append({"input": str(item), "outputs": raw_outputs(outputs, vb.manifest)})
-                continue
-            top = classify(outputs, vb.manifest, args.top_k)[0]
-            results.append({"input": str(item), **top})
+        results = [r for item in args.inputs for r in _run_one(Path(item), vb.manifest, session, args.top_k)]
     lines = []
     for r in results:
         if "outputs" in r:
@@ -102,6 +89,22 @@ def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
         tops = ", ".join(f"{t['name']}={t['score']:.4f}" for t in r["top_k"])
         lines.append(f"{r['input']}: {r['name']} ({r['score']:.4f})  top-{len(r['top_k'])}: {tops}")
     return (results if len(results) != 1 else results[0]), "\n".join(lines)
+
+
+def _run_one(item: Path, manifest: Any, session: Any, top_k: int | None) -> list[dict[str, Any]]:
+    """The results for one input file: one per sample (an .npy/.npz may hold several, `FILE[i]`)."""
+    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed, run_rows
+    from .pipeline.postprocess import classify, raw_outputs
+    from .pipeline.stages import detect_in_image
+
+    post = manifest.postprocess
+    if post is not None and post.kind == "detection" and item.suffix.lower() in IMAGE_SUFFIXES:
+        return [{"input": str(item), "detections": detect_in_image(str(item), manifest, session)}]
+    outputs = run_rows(session, load_feed(item, manifest), manifest)
+    if post is not None and post.kind == "none":
+        return [{"input": str(item), "outputs": raw_outputs(outputs, manifest)}]
+    tops = classify(outputs, manifest, top_k)
+    return [{"input": str(item) if len(tops) == 1 else f"{item}[{i}]", **top} for i, top in enumerate(tops)]
 
 
 def cmd_bench(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:

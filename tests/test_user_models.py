@@ -337,3 +337,29 @@ def test_keras_inputs_are_found_by_the_names_the_author_gave_them(keys, tmp_path
     assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
     want = model([one["feat"], one["meta"]]).numpy()
     assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax())
+
+
+def test_a_file_with_several_samples_gets_an_answer_per_sample(keys, tmp_path, capsys):
+    """The converter's data files hold samples on the first axis; `edge-agent run` given such a file died with
+    ONNX Runtime's 'Got invalid dimensions' (exit 1) on a batch-1 model, and on a dynamic-batch model printed the
+    first sample's answer only. Now each sample gets its line, FILE[i]."""
+    from .serving_helpers import dynamic_batch_model
+
+    tokens = token_classifier(tmp_path / "tokens.onnx")
+    fixed = tmp_path / "tokens.edgebundle"
+    assert _convert(tokens, fixed, keys[0], "--precision", "fp32") == 0
+    dyn_manifest, dyn_dir = dynamic_batch_model(tmp_path / "dyn")
+    dynamic = tmp_path / "dyn.edgebundle"
+    assert _convert(dyn_dir / "model.onnx", dynamic, keys[0], "--precision", "fp32") == 0
+    rng = np.random.default_rng(7)
+    cases = [(fixed, tokens, "ids", rng.integers(0, VOCAB, (3, STEPS)).astype(np.int64)),
+             (dynamic, dyn_dir / "model.onnx", "x", rng.normal(size=(3, 4)).astype(np.float32))]
+    for bundle, model, name, samples in cases:
+        np.save(tmp_path / "many.npy", samples)
+        capsys.readouterr()
+        assert agent_main(["run", str(bundle), str(tmp_path / "many.npy"), "--trust", str(keys[1]), "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        session = ort.InferenceSession(str(model))
+        want = [int(session.run(None, {name: samples[i:i + 1]})[0].argmax()) for i in range(3)]
+        assert [r["input"][-3:] for r in got] == ["[0]", "[1]", "[2]"]
+        assert [r["label"] for r in got] == want

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,3 +107,20 @@ def _npz_feeds(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
         raise InputError(f"{path.name} has no array named {', '.join(missing)} (model inputs: "
                          f"{', '.join(t.name for t in manifest.inputs)}; arrays: {', '.join(arrays) or 'none'})")
     return {t.name: tensor_to_feed(found[t.name], t) for t in manifest.inputs}
+
+
+def run_rows(session: Any, feeds: dict[str, np.ndarray], manifest: Manifest) -> list[np.ndarray]:
+    """Run a file's samples (first axis, the converter's .npz convention): in one batch when the model takes it,
+    else one run per sample with the outputs stacked (a batch of 3 on a batch-1 model was ONNX Runtime's
+    'Got invalid dimensions', exit 1)."""
+    counts = {len(v) for v in feeds.values()}
+    if len(counts) != 1:
+        raise InputError(f"the inputs hold different numbers of samples ({', '.join(map(str, sorted(counts)))})")
+    n = counts.pop()
+    fixed = {t.shape[0] for t in manifest.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
+    if not fixed or n in fixed:
+        return session.run(feeds)
+    if fixed != {1}:
+        raise InputError(f"the file holds {n} samples; the model takes a batch of {', '.join(map(str, fixed))}")
+    runs = [session.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    return [np.concatenate(parts) for parts in zip(*runs)]
