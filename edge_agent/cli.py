@@ -95,12 +95,16 @@ def _run_one(item: Path, manifest: Any, session: Any, top_k: int | None) -> list
     """The results for one input file: one per sample (an .npy/.npz may hold several, `FILE[i]`)."""
     from .pipeline.inputs import IMAGE_SUFFIXES, load_feed, run_rows
     from .pipeline.postprocess import classify, raw_outputs
-    from .pipeline.stages import detect_in_image
+    from .pipeline.stages import detect_in_image, detect_in_tensor
 
     post = manifest.postprocess
     if post is not None and post.kind == "detection" and item.suffix.lower() in IMAGE_SUFFIXES:
         return [{"input": str(item), "detections": detect_in_image(str(item), manifest, session)}]
     outputs = run_rows(session, load_feed(item, manifest), manifest)
+    rows = len(outputs[0]) if outputs else 1
+    if post is not None and post.kind == "detection":  # boxes in model-input pixels: a tensor has no photo
+        return [{"input": str(item) if rows == 1 else f"{item}[{i}]",
+                 "detections": detect_in_tensor([o[i:i + 1] for o in outputs], manifest)} for i in range(rows)]
     if post is not None and post.kind == "none":
         return [{"input": str(item), "outputs": raw_outputs(outputs, manifest)}]
     tops = classify(outputs, manifest, top_k)

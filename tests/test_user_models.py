@@ -363,3 +363,25 @@ def test_a_file_with_several_samples_gets_an_answer_per_sample(keys, tmp_path, c
         want = [int(session.run(None, {name: samples[i:i + 1]})[0].argmax()) for i in range(3)]
         assert [r["input"][-3:] for r in got] == ["[0]", "[1]", "[2]"]
         assert [r["label"] for r in got] == want
+
+
+def test_a_detection_bundle_given_a_tensor_returns_boxes_not_classes(keys, tmp_path, capsys):
+    """`edge-agent run yolo.edgebundle frame.npy` printed '6246 (319.4878)': the detector's raw output read as
+    class scores. A tensor now gets the same boxes as the same pixels given as an image (in model-input pixels)."""
+    from PIL import Image
+
+    from .detector_data import package_file, yolo_onnx
+
+    out = tmp_path / "yolo.edgebundle"
+    assert _convert(yolo_onnx(), out, keys[0], "--precision", "fp32") == 0
+    photo = np.asarray(Image.open(package_file("skimage", "data/astronaut.png")).convert("RGB").resize((320, 320)))
+    Image.fromarray(photo).save(tmp_path / "astronaut320.png")
+    np.save(tmp_path / "astronaut320.npy", (photo.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32))
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "astronaut320.png"), str(tmp_path / "astronaut320.npy"),
+                       "--trust", str(keys[1]), "--json"]) == 0
+    image, tensor = json.loads(capsys.readouterr().out)
+    assert "label" not in tensor and tensor["detections"], tensor
+    assert [d["name"] for d in tensor["detections"]] == [d["name"] for d in image["detections"]]
+    np.testing.assert_allclose([d["box"] for d in tensor["detections"]], [d["box"] for d in image["detections"]],
+                               atol=1.0)
