@@ -385,3 +385,38 @@ def test_a_detection_bundle_given_a_tensor_returns_boxes_not_classes(keys, tmp_p
     assert [d["name"] for d in tensor["detections"]] == [d["name"] for d in image["detections"]]
     np.testing.assert_allclose([d["box"] for d in tensor["detections"]], [d["box"] for d in image["detections"]],
                                atol=1.0)
+
+
+def uint8_pixels_model(path: Path) -> Path:
+    """TensorFlow-export style: raw uint8 pixels [1, 32, 32, 3] (NHWC) -> Cast -> per-channel means -> 4 scores."""
+    w = numpy_helper.from_array(np.array([[1, -1, 0, 0], [0, 1, -1, 0], [0, 0, 1, -1]], np.float32) / 50, "w")
+    nodes = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["scores"])]
+    graph = helper.make_graph(nodes, "u8", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 32, 32, 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])], [w])
+    return _save(graph, path)
+
+
+def test_a_model_taking_uint8_pixels_converts_from_images_and_runs_on_them(keys, tmp_path, capsys):
+    """A model whose input is uint8 pixels was refused with exit 22 ('Unexpected input data type. Actual:
+    (tensor(float)), expected: (tensor(uint8))'): images were always scaled to float. Its bundle now takes the grey
+    levels as they are, in calibration, the gate and `edge-agent run`."""
+    from PIL import Image
+
+    model = uint8_pixels_model(tmp_path / "u8.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(8)
+    for i in range(8):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "u8.edgebundle"
+    assert _convert(model, out, keys[0], "--calibration", str(photos)) == 0
+    assert _manifest(out)["preprocess"]["scale"] == 1.0
+    tinted = np.zeros((32, 32, 3), np.uint8)
+    tinted[..., 1] = 200  # green: score 1 (green minus blue) wins
+    Image.fromarray(tinted).save(tmp_path / "green.png")
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "green.png"), "--trust", str(keys[1]), "--json"]) == 0
+    want = ort.InferenceSession(str(model)).run(None, {"pixels": tinted[None]})[0]
+    assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax()) == 1

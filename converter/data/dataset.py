@@ -55,6 +55,15 @@ def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
 
 
 
+def feed_dtype(spec) -> np.dtype:
+    """The dtype the model takes: integer/bool inputs (token ids, masks, uint8 pixels) keep theirs, else float32."""
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        return np.dtype(np.float32)
+    return dtype if dtype.kind in "iub" else np.dtype(np.float32)
+
+
 def no_image_input(origin: str, what: str, inputs: list) -> str:
     """Why images cannot feed this model, and what to do: the input's shape decides (--mean/--std cannot help)."""
     first = inputs[0]

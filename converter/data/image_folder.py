@@ -13,7 +13,7 @@ from edge_agent.pipeline.inputs import IMAGE_SUFFIXES
 from edge_agent.pipeline.preprocess import preprocess_image, read_image
 
 from ..errors import DataError
-from .dataset import Dataset, no_image_input
+from .dataset import Dataset, feed_dtype, no_image_input
 
 log = logging.getLogger(__name__)
 
@@ -63,5 +63,5 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
     if not tensors:
         raise DataError(f"{folder}: none of its {len(items)} images could be read")
     y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
-    return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder), skipped=skipped,
+    return Dataset({inputs[0].name: np.stack(tensors).astype(feed_dtype(inputs[0]))}, y, origin=str(folder), skipped=skipped,
                    files=[str(f) for f, _ in kept], frames_hw=sizes)

@@ -11,7 +11,7 @@ from edge_agent.bundle import TensorSpec
 from edge_agent.pipeline.inputs import array_for_input
 
 from ..errors import DataError
-from .dataset import Dataset
+from .dataset import Dataset, feed_dtype
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,7 @@ def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str
     for got, w in zip(array.shape[1:], want):
         if isinstance(w, int) and w > 0 and got != w:
             raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
-    return np.ascontiguousarray(array.astype(_feed_dtype(spec)))
-
-
-def _feed_dtype(spec: TensorSpec) -> np.dtype:
-    """The dtype the model takes: integer/bool inputs (token ids, masks) keep theirs, anything else float32."""
-    try:
-        dtype = np.dtype(spec.dtype)
-    except TypeError:
-        return np.dtype(np.float32)
-    return dtype if dtype.kind in "iub" else np.dtype(np.float32)
+    return np.ascontiguousarray(array.astype(feed_dtype(spec)))
 
 
 def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:

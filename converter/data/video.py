@@ -16,7 +16,7 @@ from edge_agent.bundle import Preprocess, TensorSpec
 from edge_agent.pipeline.preprocess import preprocess_image
 
 from ..errors import DataError
-from .dataset import no_image_input
+from .dataset import feed_dtype, no_image_input
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
@@ -84,4 +84,4 @@ def load_video(path: Path, inputs: list[TensorSpec], preprocess: Preprocess | No
         raise DataError(f"{path}: video data only works for single-input models")
     frames = read_frames(path, n)
     log.info("%s: %d frames sampled evenly for calibration/eval", path.name, len(frames))
-    return np.stack([preprocess_image(f, preprocess, inputs[0])[0][0] for f in frames]).astype(np.float32)
+    return np.stack([preprocess_image(f, preprocess, inputs[0])[0][0] for f in frames]).astype(feed_dtype(inputs[0]))

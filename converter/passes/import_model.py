@@ -90,18 +90,8 @@ class ImportPass(Pass):
 
             ctx.float_model = ctx.model = ctx.imported.tflite_path
             ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)
-        first = ctx.inputs[0]
-        if len(first.shape) == 4 and first.layout in ("NCHW", "NHWC"):
-            h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
-            channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
-            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-                color = "GRAY" if channels == 1 else cfg.color
-                resize = "letterbox" if task.task in BOX_TASKS and not ctx.options.pass_options.get("resize") else cfg.resize
-                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=resize,
-                                            resampler=resampler_for(cfg.resampler, task.task in BOX_TASKS),
-                                            scale=cfg.scale, mean=list(cfg.mean), std=list(cfg.std))
-        if ctx.preprocess is None:
-            ctx.preprocess = Preprocess(kind="none")
+        ctx.preprocess = _image_preprocess(ctx.inputs[0], cfg, task.task in BOX_TASKS,
+                                           bool(ctx.options.pass_options.get("resize")))
         if task.names and not o.labels:
             o.labels = task.names
         if cfg.anchors is not None:
@@ -136,6 +126,26 @@ class ImportPass(Pass):
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
         }
+
+
+def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
+    """The image preprocessing for an NCHW/NHWC input of fixed size (else none). A uint8 input (TensorFlow
+    exports taking raw pixels) gets the grey levels as they are: scale/mean/std would make floats it cannot take."""
+    if len(first.shape) != 4 or first.layout not in ("NCHW", "NHWC"):
+        return Preprocess(kind="none")
+    h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
+    channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        return Preprocess(kind="none")
+    scale, mean, std = cfg.scale, list(cfg.mean), list(cfg.std)
+    if first.dtype == "uint8":
+        if (scale, mean, std) != (1 / 255, [0.0], [1.0]):
+            log.warning("input %s takes uint8 pixels: --scale/--mean/--std ignored (the model normalises itself)",
+                        first.name)
+        scale, mean, std = 1.0, [0.0], [1.0]
+    return Preprocess(kind="image", color="GRAY" if channels == 1 else cfg.color, size=[h, w],
+                      resize="letterbox" if boxes and not resize_given else cfg.resize,
+                      resampler=resampler_for(cfg.resampler, boxes), scale=scale, mean=mean, std=std)
 
 
 def _shape_from_metadata(source: str, task) -> list[int] | None:

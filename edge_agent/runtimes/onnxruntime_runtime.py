@@ -34,9 +34,30 @@ class OnnxRuntimeSession(ModelSession):
         self.manifest = manifest
         self.info = info
         self._output_names = [o.name for o in manifest.outputs]
+        # integer inputs (uint8 pixels, int64 token ids): preprocessed images arrive as float32 grey levels
+        self._integer = {t.name: np.dtype(t.dtype) for t in manifest.inputs if _integer_dtype(t.dtype)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._integer:
+            feeds = {k: _to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
         return self._session.run(self._output_names, feeds)
+
+
+def _integer_dtype(name: str) -> bool:
+    try:
+        return np.dtype(name).kind in "iu"
+    except TypeError:
+        return False
+
+
+def _to_integer(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values for an integer input, rounded and clipped to its range (grey levels 0..255 for uint8)."""
+    if array.dtype == dtype:
+        return array
+    if array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.rint(array), info.min, info.max)
+    return array.astype(dtype)
 
 
 class OnnxRuntime(Runtime):
