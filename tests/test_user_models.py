@@ -420,3 +420,33 @@ def test_a_model_taking_uint8_pixels_converts_from_images_and_runs_on_them(keys,
     assert agent_main(["run", str(out), str(tmp_path / "green.png"), "--trust", str(keys[1]), "--json"]) == 0
     want = ort.InferenceSession(str(model)).run(None, {"pixels": tinted[None]})[0]
     assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax()) == 1
+
+
+def test_integer_input_models_convert_without_data(keys, tmp_path):
+    """`--precision fp32` with no data times the model on seeded noise: float32 noise for a uint8 or int64 input
+    was ONNX Runtime's 'Unexpected input data type' (exit 1). The noise now has the input's type."""
+    for model in (uint8_pixels_model(tmp_path / "u8.onnx"), token_classifier(tmp_path / "tokens.onnx")):
+        out = tmp_path / f"{model.stem}.edgebundle"
+        assert convert_main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(keys[0]),
+                             "--out", str(out), "--precision", "fp32", "--bench-runs", "3"]) == 0
+        assert out.is_file()
+
+
+def test_output_paths_are_checked_before_the_conversion_runs(keys, tmp_path, capsys):
+    """A conversion failing with --out in a folder that did not exist yet reported '[Errno 2] No such file or
+    directory' (exit 1) instead of its own error: writing the failed conversion's report hid it. An unreadable
+    --labels file was exit 1 too. The folder is now created first; a --out that is a folder, or a folder that
+    cannot be created, and a missing labels file are usage errors (2) before anything runs."""
+    model = token_classifier(tmp_path / "tokens.onnx")
+    np.savez(tmp_path / "wrong.npz", a=np.zeros((4, 3)), b=np.zeros((4, 3)))
+    nested = tmp_path / "new" / "deeper" / "tokens.edgebundle"
+    assert _convert(model, nested, keys[0], "--calibration", str(tmp_path / "wrong.npz")) == 22
+    assert "has no array named 'ids'" in capsys.readouterr().err and Path(f"{nested}.report.json").is_file()
+    assert _convert(model, tmp_path, keys[0], "--precision", "fp32") == 2
+    assert "is a folder: give the file to write" in capsys.readouterr().err
+    (tmp_path / "plain").write_text("a file, not a folder")
+    assert _convert(model, tmp_path / "plain" / "x.edgebundle", keys[0], "--precision", "fp32") == 2
+    assert "cannot create the folder of" in capsys.readouterr().err
+    assert _convert(model, tmp_path / "l.edgebundle", keys[0], "--precision", "fp32", "--labels",
+                    str(tmp_path / "missing.txt")) == 2
+    assert "--labels" in capsys.readouterr().err
