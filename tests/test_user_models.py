@@ -450,3 +450,15 @@ def test_output_paths_are_checked_before_the_conversion_runs(keys, tmp_path, cap
     assert _convert(model, tmp_path / "l.edgebundle", keys[0], "--precision", "fp32", "--labels",
                     str(tmp_path / "missing.txt")) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_an_input_the_model_fails_on_is_one_line_and_exit_40(keys, tmp_path, capsys):
+    """A token id beyond the vocabulary made ONNX Runtime fail inside the model: exit 1 ('other error') after ORT's
+    own red log line. It is now the runtime's code (40) with one line naming the failing node."""
+    out = tmp_path / "tokens.edgebundle"
+    assert _convert(token_classifier(tmp_path / "tokens.onnx"), out, keys[0], "--precision", "fp32") == 0
+    np.save(tmp_path / "bad.npy", np.full((1, STEPS), VOCAB + 80, np.int64))
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "bad.npy"), "--trust", str(keys[1])]) == 40
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the model failed on this input" in err[0] and "Gather" in err[0], err

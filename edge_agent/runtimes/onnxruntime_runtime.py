@@ -28,6 +28,13 @@ def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
     return usable
 
 
+_ORT_ERRORS = tuple(e for e in (getattr(ort.capi.onnxruntime_pybind11_state, n, None) for n in
+                                 ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "EPFail"))
+                    if isinstance(e, type))
+_QUIET = ort.RunOptions()
+_QUIET.log_severity_level = 4  # a failing run is reported once, as our error line, not also as ORT's red log line
+
+
 class OnnxRuntimeSession(ModelSession):
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, info: RuntimeInfo) -> None:
         self._session = session
@@ -40,7 +47,10 @@ class OnnxRuntimeSession(ModelSession):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self._integer:
             feeds = {k: _to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
-        return self._session.run(self._output_names, feeds)
+        try:
+            return self._session.run(self._output_names, feeds, _QUIET)
+        except _ORT_ERRORS as exc:  # one line and exit 40 (runtime), not 1 (other error)
+            raise RuntimeLoadError(f"the model failed on this input: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def _integer_dtype(name: str) -> bool:
