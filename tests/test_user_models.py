@@ -319,7 +319,8 @@ def test_pytorch_factories_with_int64_or_two_inputs_export(keys, tmp_path, capsy
 
 def test_keras_inputs_are_found_by_the_names_the_author_gave_them(keys, tmp_path, capsys):
     """A two-input Keras model's .npz named after its Input layers (feat, meta) was refused: "no array named
-    'serving_default_feat:0'", TFLite's name for the input. Arrays now match the Keras names, in convert and run."""
+    'serving_default_feat:0'", TFLite's name for the input. Arrays now match the Keras names, in convert and run,
+    and serve-model takes tensors by those names (it answered 400 'model inputs are [serving_default_feat:0, ...]')."""
     import tensorflow as tf
 
     feat, meta = tf.keras.Input((8,), name="feat"), tf.keras.Input((4,), name="meta")
@@ -337,6 +338,21 @@ def test_keras_inputs_are_found_by_the_names_the_author_gave_them(keys, tmp_path
     assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
     want = model([one["feat"], one["meta"]]).numpy()
     assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax())
+    # serve-model: a KServe client names the inputs as the Keras model does too
+    import urllib.request
+
+    from .serving_helpers import ServeModelProcess
+
+    server = ServeModelProcess(out, keys[1], tmp_path / "home")
+    try:
+        body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()}
+                           for k, v in one.items()]}
+        req = urllib.request.Request(f"{server.url}/v2/models/two/infer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
+    finally:
+        server.stop()
+    np.testing.assert_allclose(answer["outputs"][0]["data"], want.ravel(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_file_with_several_samples_gets_an_answer_per_sample(keys, tmp_path, capsys):
