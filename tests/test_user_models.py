@@ -478,3 +478,11 @@ def test_an_input_the_model_fails_on_is_one_line_and_exit_40(keys, tmp_path, cap
     assert agent_main(["run", str(out), str(tmp_path / "bad.npy"), "--trust", str(keys[1])]) == 40
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the model failed on this input" in err[0] and "Gather" in err[0], err
+
+
+def test_a_labels_file_that_does_not_match_the_classes_is_warned_about(keys, tmp_path, caplog):
+    """Three names for a four-class model converted silently; the device then named class 3 '3'."""
+    (tmp_path / "labels.txt").write_text("left\nright\ntop\n")
+    assert _convert(halves_model(tmp_path / "halves.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32",
+                    "--labels", str(tmp_path / "labels.txt")) == 0
+    assert "--labels has 3 names but output scores has 4 classes" in caplog.text

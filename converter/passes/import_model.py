@@ -112,6 +112,7 @@ class ImportPass(Pass):
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
             if int(ctx.evaluation.labels.max()) >= len(o.labels):
                 raise DataError(f"eval labels go up to {int(ctx.evaluation.labels.max())} but only {len(o.labels)} label names were given")
+        _check_label_count(ctx.postprocess, ctx.outputs, o.labels)
         skipped = [*(ctx.calibration.skipped if ctx.calibration else []), *(ctx.evaluation.skipped if ctx.evaluation else [])]
         return {
             "task": {"task": task.task, "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
@@ -126,6 +127,18 @@ class ImportPass(Pass):
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
         }
+
+
+def _check_label_count(post, outputs: list, labels: list[str] | None) -> None:
+    """A --labels file with another number of names than the classifier has classes names the wrong classes
+    (or leaves some as bare numbers) on the device: say so while converting."""
+    if not labels or post is None or post.kind != "classification" or not outputs:
+        return
+    served = next((t for t in outputs if t.name == (post.options or {}).get("output")), outputs[0])
+    classes = served.shape[-1] if served.shape else None
+    if isinstance(classes, int) and classes > 0 and classes != len(labels):
+        log.warning("--labels has %d names but output %s has %d classes: check the file (the agent names "
+                    "classes by position)", len(labels), served.name, classes)
 
 
 def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
