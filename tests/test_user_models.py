@@ -486,3 +486,20 @@ def test_a_labels_file_that_does_not_match_the_classes_is_warned_about(keys, tmp
     assert _convert(halves_model(tmp_path / "halves.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32",
                     "--labels", str(tmp_path / "labels.txt")) == 0
     assert "--labels has 3 names but output scores has 4 classes" in caplog.text
+
+
+def test_a_keras_token_model_converts_to_full_int8(keys, tmp_path, capsys):
+    """A Keras text model (int32 token ids -> Embedding) died in TFLiteConverter's calibration with 'Got value of
+    type FLOAT32 but expected type INT32' (exit 21): the representative dataset cast every input to float32."""
+    import tensorflow as tf
+
+    tokens = tf.keras.Input((STEPS,), dtype="int32", name="tokens")
+    pooled = tf.keras.layers.GlobalAveragePooling1D()(tf.keras.layers.Embedding(VOCAB, 8)(tokens))
+    model = tf.keras.Model(tokens, tf.keras.layers.Dense(3)(pooled))
+    model.save(tmp_path / "text.keras")
+    rng = np.random.default_rng(9)
+    np.savez(tmp_path / "ids.npz", tokens=rng.integers(0, VOCAB, (32, STEPS)).astype(np.int32))
+    out = tmp_path / "text.edgebundle"
+    assert _convert(tmp_path / "text.keras", out, keys[0], "--calibration", str(tmp_path / "ids.npz"),
+                    "--eval", str(tmp_path / "ids.npz")) == 0
+    assert _manifest(out)["precision"].startswith("int8")
