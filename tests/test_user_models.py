@@ -503,3 +503,14 @@ def test_a_keras_token_model_converts_to_full_int8(keys, tmp_path, capsys):
     assert _convert(tmp_path / "text.keras", out, keys[0], "--calibration", str(tmp_path / "ids.npz"),
                     "--eval", str(tmp_path / "ids.npz")) == 0
     assert _manifest(out)["precision"].startswith("int8")
+
+
+def test_a_folder_or_video_given_as_an_input_file_points_to_source(map_bundle, keys, tmp_path, capsys):
+    """`edge-agent run BUNDLE photos/` said 'input photos does not exist' (it does: it is a folder), and a video
+    file was 'unsupported input type': both now name --source, which runs them."""
+    _, out, photo = map_bundle
+    assert agent_main(["run", str(out), str(photo.parent), "--trust", str(keys[1])]) == 3
+    assert f"is a folder: run every image in it with --source {photo.parent}" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    assert agent_main(["run", str(out), str(tmp_path / "clip.mp4"), "--trust", str(keys[1])]) == 3
+    assert "clip.mp4 is a video: run it with --source" in capsys.readouterr().err

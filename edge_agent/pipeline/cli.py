@@ -204,7 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if args.source is not None:
             return cmd_run_source(args, home)
         if not args.inputs:
-            raise UsageError("give input files (images or .npy) or --source SPEC")
+            raise UsageError("give input files (images, .npy or .npz) or --source SPEC (camera, video, folder)")
         return plain_run(args, home)
 
     p.set_defaults(func=run_dispatch)

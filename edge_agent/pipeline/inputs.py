@@ -15,6 +15,7 @@ from ..errors import AgentError
 # subset OpenCV's imread decodes (camera-pipeline image sources): imread cannot read GIF.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 OPENCV_IMAGE_SUFFIXES = IMAGE_SUFFIXES - {".gif"}
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".ts"})
 
 
 class InputError(AgentError, ValueError):
@@ -66,6 +67,8 @@ def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     """Feeds for one input file: an image (preprocessed per manifest), a .npy array or an .npz (several inputs)."""
     path = Path(path)
     spec = manifest.inputs[0]
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder: run every image in it with --source {path}")
     if not path.is_file():
         raise InputError(f"input {path} does not exist")
     if path.suffix.lower() == ".npz":
@@ -88,6 +91,8 @@ def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
             raise InputError(f"{path} is not a readable image: {exc}") from exc
         tensor, _ = preprocess_image(image, manifest.preprocess, spec)
         return {spec.name: tensor}
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        raise InputError(f"{path.name} is a video: run it with --source {path}")
     raise InputError(f"{path.name}: unsupported input type (use an image file, a .npy array or an .npz of arrays)")
 
 
