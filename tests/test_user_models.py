@@ -514,3 +514,15 @@ def test_a_folder_or_video_given_as_an_input_file_points_to_source(map_bundle, k
     (tmp_path / "clip.mp4").write_bytes(b"\x00")
     assert agent_main(["run", str(out), str(tmp_path / "clip.mp4"), "--trust", str(keys[1])]) == 3
     assert "clip.mp4 is a video: run it with --source" in capsys.readouterr().err
+
+
+def test_a_single_array_npy_is_calibration_and_eval_data(keys, tmp_path, capsys):
+    """`edge-agent run` takes .npy files, the converter refused them ('data must be an .npz file, ...'); a
+    single-input model's samples as one .npy now calibrate and gate it. A missing data file says so."""
+    rng = np.random.default_rng(10)
+    np.save(tmp_path / "ids.npy", rng.integers(0, VOCAB, (24, STEPS)))
+    model = token_classifier(tmp_path / "tokens.onnx")
+    assert _convert(model, tmp_path / "t.edgebundle", keys[0], "--calibration", str(tmp_path / "ids.npy"),
+                    "--eval", str(tmp_path / "ids.npy")) == 0
+    assert _convert(model, tmp_path / "m.edgebundle", keys[0], "--calibration", str(tmp_path / "missing.npz")) == 22
+    assert "missing.npz does not exist" in capsys.readouterr().err

@@ -17,7 +17,7 @@ def load_dataset(
 ) -> Dataset:
     """Load an .npz file, an image folder or a video file (max_frames sampled evenly) for these inputs."""
     from .image_folder import load_image_folder
-    from .npz import load_npz
+    from .npz import load_npy, load_npz
     from .video import is_video, load_video
 
     source = Path(source)
@@ -25,9 +25,14 @@ def load_dataset(
         return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat)
     if source.suffix.lower() == ".npz" and source.is_file():
         return load_npz(source, inputs)
+    if source.suffix.lower() == ".npy" and source.is_file():  # one array: a single-input model's samples
+        return load_npy(source, inputs)
     if is_video(source) and source.is_file():
         return Dataset({inputs[0].name: load_video(source, inputs, preprocess, max_frames)}, None, origin=str(source))
-    raise DataError(f"{source}: data must be an .npz file, a folder of images or a video file")
+    if not source.exists():
+        raise DataError(f"{source} does not exist")
+    raise DataError(f"{source}: data must be an .npz file (an .npy for a single-input model), a folder of images "
+                    "or a video file")
 
 
 __all__ = ["Dataset", "load_dataset", "warn_if_degenerate"]

@@ -59,3 +59,17 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
         if len(labels) != counts.pop():
             raise DataError(f"{path}: 'labels' has {len(labels)} entries but the inputs have {len(next(iter(feeds.values())))}")
     return Dataset(feeds, labels, origin=str(path))
+
+
+def load_npy(path: Path, inputs: list[TensorSpec]) -> Dataset:
+    """A single-input model's samples as one .npy array (first axis = sample; no labels: use an .npz for those)."""
+    if len(inputs) != 1:
+        raise DataError(f"{path}: the model has {len(inputs)} inputs ({', '.join(s.name for s in inputs)}): give an "
+                        ".npz with one array per input")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
+    if array.ndim == 0 or len(array) == 0:
+        raise DataError(f"{path}: no samples")
+    return Dataset({inputs[0].name: fit_sample_shape(path.stem, array, inputs[0], path.name)}, None, origin=str(path))

@@ -56,10 +56,15 @@ def _forward_inputs(model) -> list[str]:
 
 
 def _npz_arrays(data: list[Path] | None) -> dict:
-    """Arrays of the first .npz among the calibration/eval files (empty without one)."""
+    """Arrays of the first .npz (or .npy) among the calibration/eval files (empty without one)."""
     import numpy as np
 
     for path in data or []:
+        if path.suffix == ".npy" and path.is_file():  # a single-input model's samples
+            try:
+                return {"input": np.load(path, allow_pickle=False)[:1]}
+            except (OSError, ValueError, IndexError):
+                return {}
         if path.suffix == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as npz:
