@@ -32,8 +32,9 @@ CONVERT_EPILOG = """examples:
       --eval eval.npz --key keys/signing.key --out model.edgebundle   (fastest of TFLite/ONNX that passes)
 
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
-(eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
-named by class index or label name), preprocessed with --color/--scale/--mean/--std.
+(eval adds an integer `labels` array; a single-input model also takes one .npy), a folder of images (eval: one
+sub-folder per class, named by class index or label name) or a video, preprocessed with --color/--scale/--mean/--std.
+PyTorch factories export with --input-shape in the data's dtype; a forward(x, y) takes its example from the .npz.
 """ + exit_codes_help()
 
 
