@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .bundle import read_manifest_unverified, verify_bundle
+from .cli_types import whole_number
 from .errors import AGENT, exit_codes_epilog, run_main
 from .home import AgentHome, default_home, require_trust, unpacked_bundle
 
@@ -211,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("inputs", type=Path, nargs="*",
                    help="image files (.png, .jpg, ...), .npy arrays or .npz files (or use --source)")
-    p.add_argument("--top-k", type=int, default=None, help="how many classes to show (default: manifest's top_k)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--top-k", type=whole_number(1), default=None, help="how many classes to show (default: manifest's top_k)")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -220,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Benchmark a bundle under its runtime on this device, like TFLite's benchmark_model: "
                        "warm-up, init time, min/mean/std/p50/p90/p99/max latency, throughput, peak RSS, model size.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--runs", type=whole_number(1), default=100, help="timed runs (default 100)")
+    p.add_argument("--warmup", type=whole_number(0), default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)
     p.set_defaults(func=cmd_bench)
 

@@ -526,3 +526,14 @@ def test_a_single_array_npy_is_calibration_and_eval_data(keys, tmp_path, capsys)
                     "--eval", str(tmp_path / "ids.npy")) == 0
     assert _convert(model, tmp_path / "m.edgebundle", keys[0], "--calibration", str(tmp_path / "missing.npz")) == 22
     assert "missing.npz does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["bench", "B", "--runs", "0"], ["bench", "B", "--warmup", "-1"],
+                                  ["run", "B", "x.npy", "--top-k", "0"], ["run", "B", "--source", "v.mp4", "--max-frames",
+                                                                         "0"]])
+def test_counts_below_their_minimum_are_usage_errors(argv, capsys):
+    """`edge-agent bench --runs 0` ended with "error: 'min_ms'" (a KeyError, exit 1); `run --top-k 0` printed every
+    class and `--top-k -2` one. Counts are now checked by the parser: one line, exit 2."""
+    with pytest.raises(SystemExit) as stop:
+        agent_main(argv)
+    assert stop.value.code == 2 and "must be at least" in capsys.readouterr().err
