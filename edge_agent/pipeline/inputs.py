@@ -104,6 +104,8 @@ def _npz_feeds(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError) as exc:
         raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
+    if "labels" not in {t.name for t in manifest.inputs}:
+        arrays.pop("labels", None)  # the converter's eval files carry their labels: not a model input
     if len(manifest.inputs) == 1 and len(arrays) == 1:
         arrays = {manifest.inputs[0].name: next(iter(arrays.values()))}
     found = {t.name: array_for_input(arrays, t.name) for t in manifest.inputs}
