@@ -541,3 +541,16 @@ def test_counts_below_their_minimum_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         agent_main(argv)
     assert stop.value.code == 2 and "must be at least" in capsys.readouterr().err
+
+
+def test_tflite_int8_of_an_integer_input_onnx_model_is_refused_with_the_way_out(keys, tmp_path, capsys):
+    """onnx2tf's int8 calibration feeds floats: a uint8-pixel model died inside it ('Got value of type FLOAT32 but
+    expected type UINT8', exit 1). Refused up front now (exit 2), naming what works."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(photos / "a.png")
+    model = uint8_pixels_model(tmp_path / "u8.onnx")
+    assert _convert(model, tmp_path / "t.edgebundle", keys[0], "--format", "tflite", "--calibration", str(photos)) == 2
+    assert "needs float inputs; pixels is uint8: use --format onnx" in capsys.readouterr().err
