@@ -554,3 +554,28 @@ def test_tflite_int8_of_an_integer_input_onnx_model_is_refused_with_the_way_out(
     model = uint8_pixels_model(tmp_path / "u8.onnx")
     assert _convert(model, tmp_path / "t.edgebundle", keys[0], "--format", "tflite", "--calibration", str(photos)) == 2
     assert "needs float inputs; pixels is uint8: use --format onnx" in capsys.readouterr().err
+
+
+def test_a_keras_model_taking_uint8_pixels_runs_on_images(keys, tmp_path, capsys):
+    """A Keras model with a uint8 Input (its Rescaling layer inside) converted, then every image failed on the
+    device: 'input serving_default_pixels:0 is uint8 without quantization parameters'. Grey levels now go in as
+    they are, and the answer is the Keras model's."""
+    import tensorflow as tf
+    from PIL import Image
+
+    pixels = tf.keras.Input((32, 32, 3), dtype="uint8", name="pixels")
+    x = tf.keras.layers.Rescaling(1 / 255)(pixels)
+    x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(x))
+    model = tf.keras.Model(pixels, tf.keras.layers.Dense(3)(x))
+    model.save(tmp_path / "u8.keras")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(6):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "u8.edgebundle"
+    assert _convert(tmp_path / "u8.keras", out, keys[0], "--precision", "fp32") == 0
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(photos / "0.png"), "--trust", str(keys[1]), "--json"]) == 0
+    want = model(np.asarray(Image.open(photos / "0.png"))[None]).numpy()
+    assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax())
