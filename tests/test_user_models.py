@@ -579,3 +579,28 @@ def test_a_keras_model_taking_uint8_pixels_runs_on_images(keys, tmp_path, capsys
     assert agent_main(["run", str(out), str(photos / "0.png"), "--trust", str(keys[1]), "--json"]) == 0
     want = model(np.asarray(Image.open(photos / "0.png"))[None]).numpy()
     assert json.loads(capsys.readouterr().out)["label"] == int(want.argmax())
+
+
+def test_exported_programs_and_torchscript_with_two_inputs_convert(keys, tmp_path, capsys):
+    """Every exported program (.pt2) failed: 'Calling eval() is not supported yet.' (exit 1, torch 2.13); a
+    TorchScript forward(x, y) was asked for --input-shape (its signature cannot be read by inspect). Both convert
+    now, and answer as the PyTorch model."""
+    import torch
+
+    _, module = _torch_factories(tmp_path)
+    model = module.two_inputs()
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(1, 8)).astype(np.float32), rng.normal(size=(1, 4)).astype(np.float32)
+    torch.export.save(torch.export.export(model, (torch.from_numpy(x), torch.from_numpy(y))), tmp_path / "two.pt2")
+    torch.jit.script(model).save(tmp_path / "two.pt")
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(16, 8)).astype(np.float32),
+             y=rng.normal(size=(16, 4)).astype(np.float32))
+    np.savez(tmp_path / "one.npz", x=x, y=y)
+    with torch.no_grad():
+        want = int(model(torch.from_numpy(x), torch.from_numpy(y)).argmax())
+    for source in ("two.pt2", "two.pt"):
+        out = tmp_path / f"{source}.edgebundle"
+        assert _convert(tmp_path / source, out, keys[0], "--precision", "fp32", "--eval", str(tmp_path / "xy.npz")) == 0
+        capsys.readouterr()
+        assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["label"] == want, source

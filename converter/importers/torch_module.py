@@ -47,6 +47,10 @@ def _forward_inputs(model) -> list[str]:
     """The names of the positional tensors forward() takes (one unnamed input when they cannot be read)."""
     import inspect
 
+    schema = getattr(getattr(model, "forward", None), "schema", None)  # TorchScript: no Python signature
+    if schema is not None:
+        names = [a.name for a in schema.arguments[1:] if a.default_value is None]
+        return names or ["input"]
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError, AttributeError):
@@ -116,7 +120,10 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
             raise ImportFailed(f"{source} is not a loadable exported program (.pt2): {exc}") from exc
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     if hasattr(model, "eval"):
-        model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # an exported program's module (.pt2): traced as it was, eval() not supported
+            pass
     names, example = export_examples(model, source, input_shape, data)
     out = workdir / "float.onnx"
     # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
