@@ -604,3 +604,25 @@ def test_exported_programs_and_torchscript_with_two_inputs_convert(keys, tmp_pat
         capsys.readouterr()
         assert agent_main(["run", str(out), str(tmp_path / "one.npz"), "--trust", str(keys[1]), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["label"] == want, source
+
+
+def test_a_failing_factory_is_an_import_error_that_names_it(keys, tmp_path, capsys):
+    """A factory raising (a weights file missing) ended with its bare message and exit 1; a shape the model cannot
+    take printed torch's colour codes into the one line. Now exit 21 naming the factory, and plain text."""
+    (tmp_path / "broken.py").write_text("def build():\n    raise RuntimeError('weights file missing')\n")
+    assert _convert(Path(f"{tmp_path / 'broken.py'}:build"), tmp_path / "b.edgebundle", keys[0], "--input-shape", "1x3",
+                    "--precision", "fp32") == 21
+    assert "build() raised RuntimeError: weights file missing" in capsys.readouterr().err
+    path, _ = _torch_factories(tmp_path)
+    assert _convert(Path(f"{path}:two_inputs"), tmp_path / "c.edgebundle", keys[0], "--precision", "fp32",
+                    "--eval", str(_xy(tmp_path, 3))) == 21
+    err = capsys.readouterr().err
+    assert "torch.onnx.export failed" in err and "\x1b[" not in err, err
+
+
+def _xy(folder: Path, width: int) -> Path:
+    """An .npz for TwoInputs whose x has `width` features (8 fits the model)."""
+    rng = np.random.default_rng(13)
+    np.savez(folder / "xy.npz", x=rng.normal(size=(4, width)).astype(np.float32),
+             y=rng.normal(size=(4, 4)).astype(np.float32))
+    return folder / "xy.npz"

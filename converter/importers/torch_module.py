@@ -37,7 +37,10 @@ def _load_factory(spec: str):
     factory = getattr(module, func, None)
     if factory is None or not callable(factory):
         raise ImportFailed(f"{path} has no callable {func!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
+        raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ImportFailed(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -151,5 +154,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.export colours its messages
     return (text.splitlines()[0] if text else exc.__class__.__name__)[:300]
