@@ -626,3 +626,22 @@ def _xy(folder: Path, width: int) -> Path:
     np.savez(folder / "xy.npz", x=rng.normal(size=(4, width)).astype(np.float32),
              y=rng.normal(size=(4, 4)).astype(np.float32))
     return folder / "xy.npz"
+
+
+def test_a_keras_model_with_an_unknown_custom_layer_says_how_to_convert_it(keys, tmp_path, capsys):
+    """A .keras file with a custom layer (its code not imported here) gave one line of several thousand characters
+    (Keras prints the model's whole config) and no way out. The line is short and names the SavedModel route."""
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable("edgekit_test")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inp = tf.keras.Input((4,))
+    tf.keras.Model(inp, tf.keras.layers.Dense(2)(Twice()(inp))).save(tmp_path / "custom.keras")
+    keras.saving.get_custom_objects().pop("edgekit_test>Twice")  # as in a process without the layer's code
+    assert _convert(tmp_path / "custom.keras", tmp_path / "c.edgebundle", keys[0], "--precision", "fp32") == 21
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < 1000 and "model.export('saved_model_dir')" in err[0], err
