@@ -56,6 +56,17 @@ def _manifest(bundle: Path) -> dict:
     return read_manifest_unverified(bundle).to_dict()
 
 
+def _noise_photos(folder: Path, count: int, hw: tuple[int, int], seed: int) -> Path:
+    """A folder of `count` random RGB PNGs of size hw."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray((rng.random((*hw, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def _convert(model: Path, out: Path, key: Path, *extra: str) -> int:
     return convert_main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(key),
                          "--out", str(out), "--bench-runs", "0", *extra])
@@ -425,11 +436,7 @@ def test_a_model_taking_uint8_pixels_converts_from_images_and_runs_on_them(keys,
     from PIL import Image
 
     model = uint8_pixels_model(tmp_path / "u8.onnx")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(8)
-    for i in range(8):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    photos = _noise_photos(tmp_path / "photos", 8, (40, 48), seed=8)
     out = tmp_path / "u8.edgebundle"
     assert _convert(model, out, keys[0], "--calibration", str(photos)) == 0
     assert _manifest(out)["preprocess"]["scale"] == 1.0
@@ -568,11 +575,7 @@ def test_a_keras_model_taking_uint8_pixels_runs_on_images(keys, tmp_path, capsys
     x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(x))
     model = tf.keras.Model(pixels, tf.keras.layers.Dense(3)(x))
     model.save(tmp_path / "u8.keras")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(11)
-    for i in range(6):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    photos = _noise_photos(tmp_path / "photos", 6, (32, 32), seed=11)
     out = tmp_path / "u8.edgebundle"
     assert _convert(tmp_path / "u8.keras", out, keys[0], "--precision", "fp32") == 0
     capsys.readouterr()
