@@ -60,7 +60,7 @@ def _noise_photos(folder: Path, count: int, hw: tuple[int, int], seed: int) -> P
     """A folder of `count` random RGB PNGs of size hw."""
     from PIL import Image
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
         Image.fromarray((rng.random((*hw, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
@@ -648,3 +648,16 @@ def test_a_keras_model_with_an_unknown_custom_layer_says_how_to_convert_it(keys,
     assert _convert(tmp_path / "custom.keras", tmp_path / "c.edgebundle", keys[0], "--precision", "fp32") == 21
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and len(err[0]) < 1000 and "model.export('saved_model_dir')" in err[0], err
+
+
+def test_a_calibration_folder_sorted_into_named_class_folders_needs_no_labels(keys, tmp_path, capsys):
+    """A calibration folder laid out as a training set (cat/, dog/) without --labels was refused: 'class folder
+    'cat' is neither a label name nor a class index'. Calibration needs no labels: every image below it is read.
+    Eval data still needs the classes, and the line says how to give them."""
+    data = tmp_path / "train"
+    for name, seed in (("cat", 1), ("dog", 2)):
+        _noise_photos(data / name, 3, (16, 16), seed=seed)
+    model = halves_model(tmp_path / "halves.onnx")
+    assert _convert(model, tmp_path / "h.edgebundle", keys[0], "--calibration", str(data), "--force") == 0
+    assert _convert(model, tmp_path / "e.edgebundle", keys[0], "--calibration", str(data), "--eval", str(data)) == 22
+    assert "pass --labels FILE with the class names" in capsys.readouterr().err

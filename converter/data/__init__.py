@@ -13,7 +13,7 @@ from .dataset import Dataset, warn_if_degenerate
 
 def load_dataset(
     source: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None = None,
-    max_frames: int = 256, skip_unreadable: bool = False, flat: bool = False,
+    max_frames: int = 256, skip_unreadable: bool = False, flat: bool = False, classes: bool = True,
 ) -> Dataset:
     """Load an .npz file, an image folder or a video file (max_frames sampled evenly) for these inputs."""
     from .image_folder import load_image_folder
@@ -22,7 +22,7 @@ def load_dataset(
 
     source = Path(source)
     if source.is_dir():
-        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat)
+        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat, classes)
     if source.suffix.lower() == ".npz" and source.is_file():
         return load_npz(source, inputs)
     if source.suffix.lower() == ".npy" and source.is_file():  # one array: a single-input model's samples

@@ -102,7 +102,7 @@ class ImportPass(Pass):
             ctx.postprocess = default_postprocess(task, ctx.outputs, cfg.output_role, cfg.top_k)
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS)
+                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
             ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
