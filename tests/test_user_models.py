@@ -661,3 +661,14 @@ def test_a_calibration_folder_sorted_into_named_class_folders_needs_no_labels(ke
     assert _convert(model, tmp_path / "h.edgebundle", keys[0], "--calibration", str(data), "--force") == 0
     assert _convert(model, tmp_path / "e.edgebundle", keys[0], "--calibration", str(data), "--eval", str(data)) == 22
     assert "pass --labels FILE with the class names" in capsys.readouterr().err
+
+
+def test_mean_and_std_that_cannot_fit_the_input_are_usage_errors(keys, tmp_path, capsys):
+    """--mean with 2 values for a 3-channel input failed at the first image with numpy's 'operands could not be
+    broadcast' (exit 22), and --std 0 only at the end, as an invalid manifest (exit 15). Both are refused up front."""
+    photos = _noise_photos(tmp_path / "photos", 2, (16, 16), seed=3)
+    model = halves_model(tmp_path / "halves.onnx")
+    assert _convert(model, tmp_path / "a.edgebundle", keys[0], "--calibration", str(photos), "--mean", "0.5,0.5") == 2
+    assert "--mean has 2 values; input image has 3 channels" in capsys.readouterr().err
+    assert _convert(model, tmp_path / "b.edgebundle", keys[0], "--precision", "fp32", "--std", "0,1,1") == 2
+    assert "--std values divide the pixels" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from edge_agent.bundle import Preprocess
 from ..data import load_dataset, warn_if_degenerate
 from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_postprocess, detection_postprocess,
                               model_task, read_metadata)
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
 from ..options import PassOption, float_list, input_shape
@@ -151,6 +151,12 @@ def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         return Preprocess(kind="none")
     scale, mean, std = cfg.scale, list(cfg.mean), list(cfg.std)
+    for flag, values in (("--mean", mean), ("--std", std)):  # checked now, not at the first image or the manifest
+        if len(values) not in (1, channels):
+            raise UsageError(f"{flag} has {len(values)} values; input {first.name} has {channels} channels: give 1 "
+                             f"or {channels}")
+    if any(v == 0 for v in std):
+        raise UsageError("--std values divide the pixels: they must not be 0")
     if first.dtype == "uint8":
         if (scale, mean, std) != (1 / 255, [0.0], [1.0]):
             log.warning("input %s takes uint8 pixels: --scale/--mean/--std ignored (the model normalises itself)",
