@@ -178,6 +178,8 @@ def test_a_map_output_is_served_raw_not_as_a_top_k_over_its_pixels(map_bundle, k
     model, out, photo = map_bundle
     manifest = _manifest(out)
     assert manifest["postprocess"]["kind"] == "none"
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["passes"][0]["task"] == {"task": "none", "from": "default"}  # the report said 'classify'
     capsys.readouterr()
     assert agent_main(["run", str(out), str(photo), "--trust", str(keys[1]), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

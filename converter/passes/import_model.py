@@ -115,7 +115,8 @@ class ImportPass(Pass):
         _check_label_count(ctx.postprocess, ctx.outputs, o.labels)
         skipped = [*(ctx.calibration.skipped if ctx.calibration else []), *(ctx.evaluation.skipped if ctx.evaluation else [])]
         return {
-            "task": {"task": task.task, "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
+            "task": {"task": "none" if task.task == "classify" and ctx.postprocess.kind == "none" else task.task,
+                     "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
                      **({"postprocess": ctx.postprocess.options} if ctx.postprocess.kind == "detection" else {})},
             **({"skipped_unreadable_images": len(skipped), "skipped_files": skipped[:20]} if skipped else {}),
             "source": o.source,
