@@ -676,10 +676,10 @@ def test_mean_and_std_that_cannot_fit_the_input_are_usage_errors(keys, tmp_path,
     assert "--std values divide the pixels" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--name", "my model/v2"], ["--model-version", "0"]])
+@pytest.mark.parametrize("option", [["--name", "my model/v2"], ["--model-version", "0"], ["--top-k", "0"]])
 def test_a_name_or_version_the_manifest_refuses_is_a_usage_error_up_front(option, keys, tmp_path, capsys):
-    """--name 'my model/v2' or --model-version 0 ran the whole conversion and then failed writing the bundle with
-    exit 15, 'invalid bundle manifest' (a bundle's code). The parser refuses them now: exit 2, nothing run."""
+    """--name 'my model/v2', --model-version 0 or --top-k 0 ran the whole conversion and then failed writing the
+    bundle with exit 15, 'invalid bundle manifest' (a bundle's code). The parser refuses them now: exit 2."""
     with pytest.raises(SystemExit) as stop:
         _convert(halves_model(tmp_path / "h.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32", *option)
     assert stop.value.code == 2 and option[0] in capsys.readouterr().err

@@ -14,7 +14,7 @@ from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_post
 from ..errors import DataError, UsageError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
-from ..options import PassOption, float_list, input_shape
+from ..options import PassOption, float_list, input_shape, whole_number
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ImportPass(Pass):
                                     "cameras), pillow (PIL BILINEAR), auto = opencv for detectors when OpenCV is "
                                     "installed, else pillow", choices=("auto", "opencv", "pillow")),
             "layout": PassOption(str, None, "input layout (default: guessed from the shape)", choices=("NCHW", "NHWC")),
-            "top_k": PassOption(int, 5, "classes the agent reports (default 5)"),
+            "top_k": PassOption(whole_number(1), 5, "classes the agent reports (default 5)"),
             "task": PassOption(str, None, "what the model does (default: the model's metadata, e.g. Ultralytics "
                                "exports, else classify for an [N, C] score output and none, raw outputs, for "
                                "maps and sequences); detect/segment/pose give a detection bundle",
