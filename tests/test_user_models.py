@@ -684,3 +684,16 @@ def test_a_name_or_version_the_manifest_refuses_is_a_usage_error_up_front(option
         _convert(halves_model(tmp_path / "h.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32", *option)
     assert stop.value.code == 2 and option[0] in capsys.readouterr().err
     assert not (tmp_path / "h.edgebundle.report.json").exists()
+
+
+def test_a_conv_head_classifier_with_unit_axes_stays_a_classifier(keys, tmp_path, capsys):
+    """Output [1, C, 1, 1] (SqueezeNet-style conv head) is class scores with unit axes, not a map: its bundle keeps
+    top-k classes while [1, C, H, W] maps get raw outputs."""
+    w = np.random.default_rng(14).normal(size=(5, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["g"]), helper.make_node("Conv", ["g", "w"], ["scores"])],
+        "head", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5, 1, 1])], [numpy_helper.from_array(w, "w")])
+    out = tmp_path / "head.edgebundle"
+    assert _convert(_save(graph, tmp_path / "head.onnx"), out, keys[0], "--precision", "fp32") == 0
+    assert _manifest(out)["postprocess"]["kind"] == "classification"

@@ -129,11 +129,18 @@ def default_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: st
     if t.task != "classify":
         return Postprocess(kind="none")
     served = next((o for o in outputs if o.name == output_role), outputs[0] if outputs else None)
-    if t.origin == "default" and served is not None and len(served.shape) != 2 and output_role in (None, served.name):
+    if t.origin == "default" and served is not None and not _score_vector(served.shape) \
+            and output_role in (None, served.name):
         log.warning("output %s %s%s is not a vector of class scores: the bundle serves the raw outputs (pass "
                     "--task classify for top-k classes)", served.name, served.dtype, served.shape)
         return Postprocess(kind="none")
     return classification_postprocess(outputs, output_role, top_k)
+
+
+def _score_vector(shape: list) -> bool:
+    """[N, C], or C scores with unit axes around them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's)."""
+    spread = [d for d in shape[1:] if not (isinstance(d, int) and d == 1)]
+    return len(shape) >= 2 and len(spread) == 1
 
 
 def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:
