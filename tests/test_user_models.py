@@ -697,3 +697,21 @@ def test_a_conv_head_classifier_with_unit_axes_stays_a_classifier(keys, tmp_path
     out = tmp_path / "head.edgebundle"
     assert _convert(_save(graph, tmp_path / "head.onnx"), out, keys[0], "--precision", "fp32") == 0
     assert _manifest(out)["postprocess"]["kind"] == "classification"
+
+
+def test_one_damaged_image_does_not_end_a_folder_run(map_bundle, keys, tmp_path, capsys):
+    """`run --source FOLDER` stopped at the first truncated JPEG with exit 70 ('is not a readable image'), whatever
+    the folder held after it. The damaged file is skipped with a warning; a folder with no readable image is
+    still refused (70)."""
+    _, out, photo = map_bundle
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    (folder / "0001.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    for name in ("0002.png", "0003.png"):
+        (folder / name).write_bytes(photo.read_bytes())
+    results = tmp_path / "r.jsonl"
+    assert agent_main(["run", str(out), "--source", str(folder), "--output", str(results), "--trust",
+                       str(keys[1])]) == 0
+    assert [json.loads(line)["image"] for line in results.read_text().splitlines()] == ["0002.png", "0003.png"]
+    (folder / "0002.png").unlink(), (folder / "0003.png").unlink()
+    assert agent_main(["run", str(out), "--source", str(folder), "--trust", str(keys[1])]) == 70
