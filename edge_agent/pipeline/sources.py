@@ -264,7 +264,7 @@ def open_source(
 
     decode_threads: FFmpeg's decoding threads for every capture source (None: its own choice, one per core);
     file_decode_threads: the same for video files only, when decode_threads is None (auto_decode_threads).
-    Raises SourceOpenError (exit code 30) with a one-line reason when it cannot be opened.
+    Raises SourceOpenError (exit code 70) with a one-line reason when it cannot be opened.
     """
     text = str(spec).strip()
     if not text:
