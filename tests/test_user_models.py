@@ -715,3 +715,14 @@ def test_one_damaged_image_does_not_end_a_folder_run(map_bundle, keys, tmp_path,
     assert [json.loads(line)["image"] for line in results.read_text().splitlines()] == ["0002.png", "0003.png"]
     (folder / "0002.png").unlink(), (folder / "0003.png").unlink()
     assert agent_main(["run", str(out), "--source", str(folder), "--trust", str(keys[1])]) == 70
+
+
+def test_format_auto_says_why_a_candidate_could_not_be_built(keys, tmp_path, capsys):
+    """`--format auto` printed 'tflite int8-static (could not be built)' and nothing more; the reason was only in the
+    report. The summary line now carries it."""
+    model = token_classifier(tmp_path / "tokens.onnx")
+    np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(15).integers(0, VOCAB, (16, STEPS)))
+    assert convert_main(["convert", str(model), "--format", "auto", "--profile", "raspberry-pi-4", "--key",
+                         str(keys[0]), "--out", str(tmp_path / "a.edgebundle"), "--calibration",
+                         str(tmp_path / "ids.npz"), "--bench-runs", "3", "--force"]) == 0
+    assert "(could not be built: TFLite int8-static through onnx2tf needs float inputs" in capsys.readouterr().out
