@@ -86,3 +86,13 @@ def test_speedup_and_slower_warning_follow_the_medians_the_summary_prints(digits
     lat = json.loads((tmp_path / "fast.edgebundle.report.json").read_text())["measurements"]["host_latency"]
     assert lat["speedup_vs_float"] == 2.0 and "warning" not in lat
     assert "(2.0x)" in capsys.readouterr().out
+
+
+def test_the_slower_than_float_advice_names_options_that_act_on_the_build():
+    """A TFLite or int8-dynamic bundle slower than float was told to try --quantize-ops weighted and fewer
+    --max-float-layers, options of the ONNX int8-static path only (accepted and ignored elsewhere)."""
+    onnx_static = host_benchmark.slower_warning("int8-static", 1.0, 2.0, "onnx")
+    assert "--quantize-ops weighted" in onnx_static
+    for precision, fmt in (("int8-static", "tflite"), ("int8-mixed", "tflite"), ("int8-dynamic", "onnx")):
+        advice = host_benchmark.slower_warning(precision, 1.0, 2.0, fmt)
+        assert "--quantize-ops" not in advice and "--max-float-layers" not in advice and "--precision" in advice
