@@ -76,7 +76,10 @@ def _read_labels(path: Path) -> list[str]:
 
 def _prepare_folders(out: Path, report: Path | None) -> None:
     """The folders of --out and --report exist before the conversion runs (a missing one failed after every pass,
-    at the last write, with a bare 'No such file or directory')."""
+    at the last write, with a bare 'No such file or directory'). The bundle is renamed into place, so --out must
+    not be a device or a pipe (--out /dev/null replaced the device with a file); --report is written in place."""
+    if Path(out).exists() and not Path(out).is_file() and not Path(out).is_dir():
+        raise UsageError(f"{out} is not a regular file (a device or a pipe): give a file path to write")
     for path in (Path(out), Path(report) if report else None):
         if path is None:
             continue

@@ -726,3 +726,16 @@ def test_format_auto_says_why_a_candidate_could_not_be_built(keys, tmp_path, cap
                          str(keys[0]), "--out", str(tmp_path / "a.edgebundle"), "--calibration",
                          str(tmp_path / "ids.npz"), "--bench-runs", "3", "--force"]) == 0
     assert "(could not be built: TFLite int8-static through onnx2tf needs float inputs" in capsys.readouterr().out
+
+
+def test_an_out_path_that_is_a_device_or_pipe_is_refused(keys, tmp_path, capsys):
+    """`--out /dev/null` (a dry run, as root) replaced /dev/null with the bundle file: the atomic rename swaps
+    whatever is at the path. A path that exists and is not a regular file is now refused before anything runs
+    (a named pipe stands in for the device here)."""
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    assert _convert(halves_model(tmp_path / "h.onnx"), pipe, keys[0], "--precision", "fp32") == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert pipe.is_fifo()
