@@ -739,3 +739,13 @@ def test_an_out_path_that_is_a_device_or_pipe_is_refused(keys, tmp_path, capsys)
     assert _convert(halves_model(tmp_path / "h.onnx"), pipe, keys[0], "--precision", "fp32") == 2
     assert "is not a regular file" in capsys.readouterr().err
     assert pipe.is_fifo()
+
+
+def test_eval_labels_the_model_cannot_output_are_refused(keys, tmp_path, capsys):
+    """Eval labels 0..9 for a four-class model converted with 'top-1 float 5.00%': labels the model can never output
+    (1-based, or another model's) make the accuracy and the gate's top-1 drop meaningless. Exit 22, one line."""
+    rng = np.random.default_rng(16)
+    np.savez(tmp_path / "eval.npz", image=rng.random((12, 3, 8, 8)).astype(np.float32), labels=np.arange(1, 13) % 10)
+    assert _convert(halves_model(tmp_path / "h.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32",
+                    "--eval", str(tmp_path / "eval.npz")) == 22
+    assert "eval labels range 0..9 but output scores has 4 classes" in capsys.readouterr().err

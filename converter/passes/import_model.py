@@ -112,7 +112,8 @@ class ImportPass(Pass):
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
             if int(ctx.evaluation.labels.max()) >= len(o.labels):
                 raise DataError(f"eval labels go up to {int(ctx.evaluation.labels.max())} but only {len(o.labels)} label names were given")
-        _check_label_count(ctx.postprocess, ctx.outputs, o.labels)
+        _check_label_count(ctx.postprocess, ctx.outputs, o.labels,
+                           ctx.evaluation.labels if ctx.evaluation is not None else None)
         skipped = [*(ctx.calibration.skipped if ctx.calibration else []), *(ctx.evaluation.skipped if ctx.evaluation else [])]
         return {
             "task": {"task": "none" if task.task == "classify" and ctx.postprocess.kind == "none" else task.task,
@@ -130,16 +131,23 @@ class ImportPass(Pass):
         }
 
 
-def _check_label_count(post, outputs: list, labels: list[str] | None) -> None:
+def _check_label_count(post, outputs: list, labels: list[str] | None, eval_labels=None) -> None:
     """A --labels file with another number of names than the classifier has classes names the wrong classes
-    (or leaves some as bare numbers) on the device: say so while converting."""
-    if not labels or post is None or post.kind != "classification" or not outputs:
+    (or leaves some as bare numbers) on the device: say so while converting. Eval labels the model cannot output
+    (1-based, or another model's) would make its accuracy and the gate's top-1 drop meaningless: refused."""
+    if post is None or post.kind != "classification" or not outputs:
         return
     served = next((t for t in outputs if t.name == (post.options or {}).get("output")), outputs[0])
-    classes = served.shape[-1] if served.shape else None
-    if isinstance(classes, int) and classes > 0 and classes != len(labels):
+    spread = [d for d in served.shape[1:] if not (isinstance(d, int) and d == 1)]
+    classes = spread[0] if len(spread) == 1 else None
+    if not (isinstance(classes, int) and classes > 0):
+        return
+    if labels and classes != len(labels):
         log.warning("--labels has %d names but output %s has %d classes: check the file (the agent names "
                     "classes by position)", len(labels), served.name, classes)
+    if eval_labels is not None and len(eval_labels) and (int(eval_labels.max()) >= classes or int(eval_labels.min()) < 0):
+        raise DataError(f"eval labels range {int(eval_labels.min())}..{int(eval_labels.max())} but output {served.name} "
+                        f"has {classes} classes (0..{classes - 1}): are they 1-based, or for another model?")
 
 
 def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
