@@ -674,6 +674,9 @@ def test_mean_and_std_that_cannot_fit_the_input_are_usage_errors(keys, tmp_path,
     assert "--mean has 2 values; input image has 3 channels" in capsys.readouterr().err
     assert _convert(model, tmp_path / "b.edgebundle", keys[0], "--precision", "fp32", "--std", "0,1,1") == 2
     assert "--std values divide the pixels" in capsys.readouterr().err
+    # --color GRAY for a colour input: the converter died in ORT (exit 1), fp32 wrote a bundle failing every image
+    assert _convert(model, tmp_path / "c.edgebundle", keys[0], "--precision", "fp32", "--color", "GRAY") == 2
+    assert "--color GRAY gives one channel; input image has 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", [["--name", "my model/v2"], ["--model-version", "0"], ["--top-k", "0"]])

@@ -160,6 +160,8 @@ def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         return Preprocess(kind="none")
     scale, mean, std = cfg.scale, list(cfg.mean), list(cfg.std)
+    if cfg.color == "GRAY" and channels != 1:
+        raise UsageError(f"--color GRAY gives one channel; input {first.name} has {channels}: use RGB or BGR")
     for flag, values in (("--mean", mean), ("--std", std)):  # checked now, not at the first image or the manifest
         if len(values) not in (1, channels):
             raise UsageError(f"{flag} has {len(values)} values; input {first.name} has {channels} channels: give 1 "
