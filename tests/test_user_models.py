@@ -752,3 +752,14 @@ def test_eval_labels_the_model_cannot_output_are_refused(keys, tmp_path, capsys)
     assert _convert(halves_model(tmp_path / "h.onnx"), tmp_path / "h.edgebundle", keys[0], "--precision", "fp32",
                     "--eval", str(tmp_path / "eval.npz")) == 22
     assert "eval labels range 0..9 but output scores has 4 classes" in capsys.readouterr().err
+
+
+def test_a_layout_that_makes_no_image_is_named_with_the_fix(keys, tmp_path, capsys):
+    """--layout NHWC on an NCHW model made 'images' of 8 channels: the conversion died in ONNX Runtime ('Got invalid
+    dimensions'). An input with other than 1 or 3 channels gets no image preprocessing, and image data for it says
+    so, naming the layout."""
+    photos = _noise_photos(tmp_path / "photos", 2, (16, 16), seed=4)
+    assert _convert(halves_model(tmp_path / "h.onnx"), tmp_path / "h.edgebundle", keys[0], "--layout", "NHWC",
+                    "--calibration", str(photos)) == 22
+    assert "is float32[1, 3, 8, 8] (NHWC): give an .npz with one array per model input, or the right --layout" \
+        in capsys.readouterr().err

@@ -74,5 +74,6 @@ def no_image_input(origin: str, what: str, inputs: list) -> str:
             [1, known[1] or 640, known[2] or 640, known[3] or 3]
         return (f"{origin}: {what} need a fixed input size, and input {first.name!r} is {shape}: pin it with "
                 f"--input-shape, e.g. --input-shape {'x'.join(map(str, dims))}")
+    layout = f" ({first.layout})" if getattr(first, "layout", "ANY") in ("NCHW", "NHWC") else ""
     return (f"{origin}: {what} need an image input (NCHW or NHWC, 1 or 3 channels); input {first.name!r} is "
-            f"{first.dtype}{shape}: give an .npz with one array per model input")
+            f"{first.dtype}{shape}{layout}: give an .npz with one array per model input, or the right --layout")

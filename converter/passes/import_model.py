@@ -157,8 +157,8 @@ def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess
         return Preprocess(kind="none")
     h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
     channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        return Preprocess(kind="none")
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0) or channels not in (1, 3):
+        return Preprocess(kind="none")  # an image has 1 or 3 channels (a 5-band or mis-laid-out input is no image)
     scale, mean, std = cfg.scale, list(cfg.mean), list(cfg.std)
     if cfg.color == "GRAY" and channels != 1:
         raise UsageError(f"--color GRAY gives one channel; input {first.name} has {channels}: use RGB or BGR")
