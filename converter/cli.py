@@ -15,7 +15,7 @@ from device_profiles import FORMATS
 from edge_agent import __version__
 from edge_agent.errors import run_main
 
-from .errors import exit_codes_help
+from .errors import UsageError, exit_codes_help
 from .options import whole_number
 
 log = logging.getLogger("converter")
@@ -32,8 +32,9 @@ CONVERT_EPILOG = """examples:
       --eval eval.npz --key keys/signing.key --out model.edgebundle   (fastest of TFLite/ONNX that passes)
 
 data files: an .npz whose arrays are named after the model's inputs, first axis = sample
-(eval adds an integer `labels` array), or a folder of images (eval: one sub-folder per class,
-named by class index or label name), preprocessed with --color/--scale/--mean/--std.
+(eval adds an integer `labels` array; a single-input model also takes one .npy), a folder of images (eval: one
+sub-folder per class, named by class index or label name) or a video, preprocessed with --color/--scale/--mean/--std.
+PyTorch factories export with --input-shape in the data's dtype; a forward(x, y) takes its example from the .npz.
 """ + exit_codes_help()
 
 
@@ -66,9 +67,32 @@ def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
             f"wrote {priv} (keep it secret) and {pub} (copy it to devices); key id {kid}")
 
 
+def _read_labels(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--labels {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+
+
+def _prepare_folders(out: Path, report: Path | None) -> None:
+    """The folders of --out and --report exist before the conversion runs (a missing one failed after every pass,
+    at the last write, with a bare 'No such file or directory'). The bundle is renamed into place, so --out must
+    not be a device or a pipe (--out /dev/null replaced the device with a file); --report is written in place."""
+    if Path(out).exists() and not Path(out).is_file() and not Path(out).is_dir():
+        raise UsageError(f"{out} is not a regular file (a device or a pipe): give a file path to write")
+    for path in (Path(out), Path(report) if report else None):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: give the file to write, e.g. {path / 'model.edgebundle'}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
+
+
 def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     from .accuracy.budget import parse_budget
-    from .errors import UsageError
     from .options import ConvertOptions
     from .passes import declared_options
     from .pipeline import convert
@@ -79,9 +103,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
             budget = parse_budget(args.accuracy_budget)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    labels = _read_labels(args.labels) if args.labels else None
+    _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
         evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
@@ -156,7 +179,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     if sel:
         alts = ", ".join(f"{c['format']} {c['precision']} "
                          + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
-                         + ("" if c.get("passed") else " (could not be built)" if c.get("built") is False else " (failed gate)")
+                         + ("" if c.get("passed") else f" (could not be built: {str(c.get('reason', '?'))[:120]})"
+                            if c.get("built") is False else " (failed gate)")
                          for c in m.get("candidates", []))
         lines.append(f"--format auto chose {sel['chosen']} ({sel['criterion']}): {alts}")
     lines.append(f"report: {report_path}")

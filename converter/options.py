@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_agent.cli_types import whole_number  # noqa: F401 - re-exported: the converter's CLI and passes use it
+
 
 @dataclass
 class ConvertOptions:
@@ -56,21 +58,6 @@ class PassOption:
 
     def cli_flag(self, name: str) -> str | None:
         return None if self.flag == "" else (self.flag or "--" + name.replace("_", "-"))
-
-
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= minimum, with a one-line error otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def float_list(text: str) -> list[float]:

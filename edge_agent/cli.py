@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .bundle import read_manifest_unverified, verify_bundle
+from .cli_types import whole_number
 from .errors import AGENT, exit_codes_epilog, run_main
 from .home import AgentHome, default_home, require_trust, unpacked_bundle
 
@@ -69,25 +70,18 @@ def cmd_info(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any],
 
 
 def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
-    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed
-    from .pipeline.postprocess import classify
-    from .pipeline.stages import detect_in_image
+    from .pipeline.postprocess import describe_raw
     from .runtimes import load_session
 
     trust = home.trust_store(args.trust)
     with unpacked_bundle(args.bundle, trust, _profile_name(home, args), args.allow_profile_mismatch) as vb:
         session = load_session(vb.unpacked_to, vb.manifest, threads=args.threads)
-        results = []
-        post = vb.manifest.postprocess
-        for item in args.inputs:
-            if post is not None and post.kind == "detection" and Path(item).suffix.lower() in IMAGE_SUFFIXES:
-                results.append({"input": str(item), "detections": detect_in_image(str(item), vb.manifest, session)})
-                continue
-            outputs = session.run(load_feed(item, vb.manifest))
-            top = classify(outputs, vb.manifest, args.top_k)[0]
-            results.append({"input": str(item), **top})
+        results = [r for item in args.inputs for r in _run_one(Path(item), vb.manifest, session, args.top_k)]
     lines = []
     for r in results:
+        if "outputs" in r:
+            lines.append(f"{r['input']}: {describe_raw(r['outputs'])}")
+            continue
         if "detections" in r:
             dets = "; ".join(f"{d['name']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]"
                              for d in r["detections"])
@@ -96,6 +90,26 @@ def cmd_run(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
         tops = ", ".join(f"{t['name']}={t['score']:.4f}" for t in r["top_k"])
         lines.append(f"{r['input']}: {r['name']} ({r['score']:.4f})  top-{len(r['top_k'])}: {tops}")
     return (results if len(results) != 1 else results[0]), "\n".join(lines)
+
+
+def _run_one(item: Path, manifest: Any, session: Any, top_k: int | None) -> list[dict[str, Any]]:
+    """The results for one input file: one per sample (an .npy/.npz may hold several, `FILE[i]`)."""
+    from .pipeline.inputs import IMAGE_SUFFIXES, load_feed, run_rows
+    from .pipeline.postprocess import classify, raw_outputs
+    from .pipeline.stages import detect_in_image, detect_in_tensor
+
+    post = manifest.postprocess
+    if post is not None and post.kind == "detection" and item.suffix.lower() in IMAGE_SUFFIXES:
+        return [{"input": str(item), "detections": detect_in_image(str(item), manifest, session)}]
+    outputs = run_rows(session, load_feed(item, manifest), manifest)
+    rows = len(outputs[0]) if outputs else 1
+    if post is not None and post.kind == "detection":  # boxes in model-input pixels: a tensor has no photo
+        return [{"input": str(item) if rows == 1 else f"{item}[{i}]",
+                 "detections": detect_in_tensor([o[i:i + 1] for o in outputs], manifest)} for i in range(rows)]
+    if post is not None and post.kind == "none":
+        return [{"input": str(item), "outputs": raw_outputs(outputs, manifest)}]
+    tops = classify(outputs, manifest, top_k)
+    return [{"input": str(item) if len(tops) == 1 else f"{item}[{i}]", **top} for i, top in enumerate(tops)]
 
 
 def cmd_bench(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
@@ -190,13 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, trust=False, profile=False)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("run", help="run a bundle on image files or .npy arrays",
-                       description="Verify the bundle, then classify each input: images get the manifest's preprocessing; "
-                       ".npy arrays are given in the source model's layout. JSON output names the top-1 class as `label`.")
+    p = sub.add_parser("run", help="run a bundle on image files or .npy/.npz arrays",
+                       description="Verify the bundle, then run each input: images get the manifest's preprocessing; "
+                       ".npy arrays are given in the source model's layout (models with several inputs: an .npz with "
+                       "one array per input, named after it). JSON output names the top-1 class as `label`; bundles "
+                       "whose output is not class scores (maps, sequences) give their raw outputs.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("inputs", type=Path, nargs="*", help="image files (.png, .jpg, ...) or .npy arrays (or use --source)")
-    p.add_argument("--top-k", type=int, default=None, help="how many classes to show (default: manifest's top_k)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("inputs", type=Path, nargs="*",
+                   help="image files (.png, .jpg, ...), .npy arrays or .npz files (or use --source)")
+    p.add_argument("--top-k", type=whole_number(1), default=None, help="how many classes to show (default: manifest's top_k)")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -204,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Benchmark a bundle under its runtime on this device, like TFLite's benchmark_model: "
                        "warm-up, init time, min/mean/std/p50/p90/p99/max latency, throughput, peak RSS, model size.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--runs", type=whole_number(1), default=100, help="timed runs (default 100)")
+    p.add_argument("--warmup", type=whole_number(0), default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads (default: runtime's choice)")
     _common(p)
     p.set_defaults(func=cmd_bench)
 

@@ -203,8 +203,22 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
+    except BrokenPipeError:  # `edge-agent run ... --json | head`: the reader had enough, not a failure
+        _quiet_stdout()
+        return exit_code("ok")
     except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
         return report_failure(prog, exc, json_mode, verbose)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush to a closed pipe would print a traceback."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush to a pipe
+        pass
 
 
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:

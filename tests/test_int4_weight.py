@@ -215,4 +215,4 @@ def test_format_auto_with_int4_packs_onnx_and_names_why_tflite_was_not_built(mlp
     assert report["format"] == "onnx" and report["precision"] == "int4-weight"
     tflite = next(c for c in report["measurements"]["candidates"] if c["format"] == "tflite")
     assert tflite["built"] is False and "int4-weight" in tflite["reason"]
-    assert "(could not be built)" in summary and "(failed gate)" not in summary
+    assert "(could not be built: " in summary and "(failed gate)" not in summary

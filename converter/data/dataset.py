@@ -52,3 +52,28 @@ def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
                             "give representative inputs")
             log.warning(warnings[-1])
     return warnings
+
+
+
+def feed_dtype(spec) -> np.dtype:
+    """The dtype the model takes: integer/bool inputs (token ids, masks, uint8 pixels) keep theirs, else float32."""
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        return np.dtype(np.float32)
+    return dtype if dtype.kind in "iub" else np.dtype(np.float32)
+
+
+def no_image_input(origin: str, what: str, inputs: list) -> str:
+    """Why images cannot feed this model, and what to do: the input's shape decides (--mean/--std cannot help)."""
+    first = inputs[0]
+    shape = list(first.shape)
+    known = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    if len(shape) == 4 and None in known:
+        dims = [1, known[1], known[2] or 640, known[3] or 640] if known[1] in (1, 3) else \
+            [1, known[1] or 640, known[2] or 640, known[3] or 3]
+        return (f"{origin}: {what} need a fixed input size, and input {first.name!r} is {shape}: pin it with "
+                f"--input-shape, e.g. --input-shape {'x'.join(map(str, dims))}")
+    layout = f" ({first.layout})" if getattr(first, "layout", "ANY") in ("NCHW", "NHWC") else ""
+    return (f"{origin}: {what} need an image input (NCHW or NHWC, 1 or 3 channels); input {first.name!r} is "
+            f"{first.dtype}{shape}{layout}: give an .npz with one array per model input, or the right --layout")

@@ -13,28 +13,31 @@ from edge_agent.pipeline.inputs import IMAGE_SUFFIXES
 from edge_agent.pipeline.preprocess import preprocess_image, read_image
 
 from ..errors import DataError
-from .dataset import Dataset
+from .dataset import Dataset, feed_dtype, no_image_input
 
 log = logging.getLogger(__name__)
 
 
 def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None,
-                      skip_unreadable: bool = False, flat: bool = False) -> Dataset:
-    """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read."""
+                      skip_unreadable: bool = False, flat: bool = False, classes: bool = True) -> Dataset:
+    """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read.
+    `classes=False` (calibration, which needs no labels): sub-folders that do not name classes (a dataset's
+    cat/ dog/ without --labels) are read flat instead of refused."""
     if preprocess is None or preprocess.kind != "image":
-        raise DataError(f"{folder}: image folders need image preprocessing options (--mean/--std/--color ...)")
+        raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
         raise DataError(f"{folder}: image folders only work for single-input models")
     subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir())
+    if subdirs and not classes and any(_class_of(d.name, labels) is None for d in subdirs):
+        log.info("%s: its sub-folders do not name classes: every image below it is read", folder)
+        subdirs, flat = [], True
     items: list[tuple[Path, int | None]] = []
     if subdirs:  # class folders: named by label name or class index
         for d in subdirs:
-            if labels and d.name in labels:
-                cls = labels.index(d.name)
-            elif d.name.isdigit():
-                cls = int(d.name)
-            else:
-                raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index")
+            cls = _class_of(d.name, labels)
+            if cls is None:
+                raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index: pass "
+                                "--labels FILE with the class names in the model's output order")
             items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     else:
         found = folder.rglob("*") if flat else folder.iterdir()
@@ -63,5 +66,12 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
     if not tensors:
         raise DataError(f"{folder}: none of its {len(items)} images could be read")
     y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
-    return Dataset({inputs[0].name: np.stack(tensors).astype(np.float32)}, y, origin=str(folder), skipped=skipped,
+    return Dataset({inputs[0].name: np.stack(tensors).astype(feed_dtype(inputs[0]))}, y, origin=str(folder), skipped=skipped,
                    files=[str(f) for f, _ in kept], frames_hw=sizes)
+
+
+def _class_of(name: str, labels: list[str] | None) -> int | None:
+    """The class a sub-folder names: a label name, or a class index."""
+    if labels and name in labels:
+        return labels.index(name)
+    return int(name) if name.isdigit() else None

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.bundle import TensorSpec
+from edge_agent.pipeline.inputs import array_for_input
 
 from ..errors import DataError
-from .dataset import Dataset
+from .dataset import Dataset, feed_dtype
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str
     for got, w in zip(array.shape[1:], want):
         if isinstance(w, int) and w > 0 and got != w:
             raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
-    return np.ascontiguousarray(array.astype(np.float32))
+    return np.ascontiguousarray(array.astype(feed_dtype(spec)))
 
 
 def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
@@ -37,8 +38,9 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
     labels = arrays.pop("labels", None)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
-        if spec.name in arrays:
-            feeds[spec.name] = arrays[spec.name]
+        named = array_for_input(arrays, spec.name)  # Keras inputs: 'feat' for TFLite's 'serving_default_feat:0'
+        if named is not None:
+            feeds[spec.name] = named
         elif len(inputs) == 1 and len(arrays) == 1:
             only = next(iter(arrays))
             log.warning("%s: using array %r for model input %r", path.name, only, spec.name)
@@ -57,3 +59,17 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
         if len(labels) != counts.pop():
             raise DataError(f"{path}: 'labels' has {len(labels)} entries but the inputs have {len(next(iter(feeds.values())))}")
     return Dataset(feeds, labels, origin=str(path))
+
+
+def load_npy(path: Path, inputs: list[TensorSpec]) -> Dataset:
+    """A single-input model's samples as one .npy array (first axis = sample; no labels: use an .npz for those)."""
+    if len(inputs) != 1:
+        raise DataError(f"{path}: the model has {len(inputs)} inputs ({', '.join(s.name for s in inputs)}): give an "
+                        ".npz with one array per input")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
+    if array.ndim == 0 or len(array) == 0:
+        raise DataError(f"{path}: no samples")
+    return Dataset({inputs[0].name: fit_sample_shape(path.stem, array, inputs[0], path.name)}, None, origin=str(path))

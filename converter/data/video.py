@@ -16,6 +16,7 @@ from edge_agent.bundle import Preprocess, TensorSpec
 from edge_agent.pipeline.preprocess import preprocess_image
 
 from ..errors import DataError
+from .dataset import feed_dtype, no_image_input
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
@@ -78,9 +79,9 @@ def read_frames(path: Path, n: int = DEFAULT_FRAMES) -> list[np.ndarray]:
 def load_video(path: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, n: int = DEFAULT_FRAMES) -> np.ndarray:
     """(N, *input shape) float32 tensors from n evenly sampled frames, with the bundle's preprocessing."""
     if preprocess is None or preprocess.kind != "image":
-        raise DataError(f"{path}: video data needs image preprocessing options (--mean/--std/--color ...)")
+        raise DataError(no_image_input(str(path), "video frames", inputs))
     if len(inputs) != 1:
         raise DataError(f"{path}: video data only works for single-input models")
     frames = read_frames(path, n)
     log.info("%s: %d frames sampled evenly for calibration/eval", path.name, len(frames))
-    return np.stack([preprocess_image(f, preprocess, inputs[0])[0][0] for f in frames]).astype(np.float32)
+    return np.stack([preprocess_image(f, preprocess, inputs[0])[0][0] for f in frames]).astype(feed_dtype(inputs[0]))

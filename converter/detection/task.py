@@ -122,6 +122,27 @@ def classification_postprocess(outputs: list[TensorSpec], output_role: str | Non
     return Postprocess(kind="classification", softmax=True, top_k=top_k, options=options)
 
 
+def default_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: str | None, top_k: int) -> Postprocess:
+    """A model with no --task and no metadata is taken for a classifier only when its served output is a score
+    vector ([N, C]): top-k over a flattened map, sequence or embedding is a made-up answer, so those bundles serve
+    the raw outputs (`--task classify` still forces classes)."""
+    if t.task != "classify":
+        return Postprocess(kind="none")
+    served = next((o for o in outputs if o.name == output_role), outputs[0] if outputs else None)
+    if t.origin == "default" and served is not None and not _score_vector(served.shape) \
+            and output_role in (None, served.name):
+        log.warning("output %s %s%s is not a vector of class scores: the bundle serves the raw outputs (pass "
+                    "--task classify for top-k classes)", served.name, served.dtype, served.shape)
+        return Postprocess(kind="none")
+    return classification_postprocess(outputs, output_role, top_k)
+
+
+def _score_vector(shape: list) -> bool:
+    """[N, C], or C scores with unit axes around them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's)."""
+    spread = [d for d in shape[1:] if not (isinstance(d, int) and d == 1)]
+    return len(shape) >= 2 and len(spread) == 1
+
+
 def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:
     """SSD/BlazeFace-style heads: raw regressors + logits, decoded against anchors recorded in the manifest."""
     import numpy as np

@@ -40,8 +40,11 @@ def detect_format(source: str) -> str:
     )
 
 
-def import_model(source: str, workdir: Path, input_shape: list[int] | None, opset: int | None = None) -> ImportedModel:
-    """Load `source` into `workdir`: a float ONNX file, or a float32 TFLite reference for TF/TFLite sources."""
+def import_model(source: str, workdir: Path, input_shape: list[int] | None, opset: int | None = None,
+                 data: list[Path] | None = None) -> ImportedModel:
+    """Load `source` into `workdir`: a float ONNX file, or a float32 TFLite reference for TF/TFLite sources.
+    `data`: the calibration/eval files; a PyTorch model's export example takes its inputs' dtypes (and, for a
+    forward with several inputs, their shapes) from the first .npz among them."""
     kind = detect_format(source)
     if kind == "onnx":
         return import_onnx(Path(source), workdir, input_shape)
@@ -53,7 +56,7 @@ def import_model(source: str, workdir: Path, input_shape: list[int] | None, opse
         from .tflite_file import import_tflite
 
         return import_tflite(Path(source), workdir)
-    return import_torch(source, kind, workdir, input_shape, opset)
+    return import_torch(source, kind, workdir, input_shape, opset, data)
 
 
 __all__ = ["TENSORFLOW_FORMATS", "ImportedModel", "detect_format", "import_model"]

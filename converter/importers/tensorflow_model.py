@@ -48,14 +48,23 @@ def load_keras(path: Path):
 
         return keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        errors.append(f"keras: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}")
+        errors.append(f"keras: {_short(exc)}")
     try:
         import tf_keras
 
         return tf_keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        errors.append(f"tf_keras: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}")
-    raise ImportFailed(f"{path} is not a loadable Keras model ({'; '.join(errors)})")
+        errors.append(f"tf_keras: {_short(exc)}")
+    custom = any("deserializ" in e or "Unknown layer" in e for e in errors)
+    hint = ("; a model with custom layers or functions loads only where their code is: export it where it trains "
+            "with model.export('saved_model_dir') and convert that folder") if custom else ""
+    raise ImportFailed(f"{path} is not a loadable Keras model ({'; '.join(errors)}){hint}")
+
+
+def _short(exc: Exception, limit: int = 200) -> str:
+    """An error's first line, cut: Keras puts the model's whole config (thousands of characters) in its message."""
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text if len(text) <= limit else text[:limit].rstrip() + " ..."
 
 
 def tflite_converter(kind: str, source: Path):

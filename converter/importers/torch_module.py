@@ -37,13 +37,74 @@ def _load_factory(spec: str):
     factory = getattr(module, func, None)
     if factory is None or not callable(factory):
         raise ImportFailed(f"{path} has no callable {func!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
+        raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ImportFailed(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] | None, opset: int | None) -> ImportedModel:
+def _forward_inputs(model) -> list[str]:
+    """The names of the positional tensors forward() takes (one unnamed input when they cannot be read)."""
+    import inspect
+
+    schema = getattr(getattr(model, "forward", None), "schema", None)  # TorchScript: no Python signature
+    if schema is not None:
+        names = [a.name for a in schema.arguments[1:] if a.default_value is None]
+        return names or ["input"]
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return ["input"]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return names or ["input"]
+
+
+def _npz_arrays(data: list[Path] | None) -> dict:
+    """Arrays of the first .npz (or .npy) among the calibration/eval files (empty without one)."""
+    import numpy as np
+
+    for path in data or []:
+        if path.suffix == ".npy" and path.is_file():  # a single-input model's samples
+            try:
+                return {"input": np.load(path, allow_pickle=False)[:1]}
+            except (OSError, ValueError, IndexError):
+                return {}
+        if path.suffix == ".npz" and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    return {k: npz[k][:1] for k in npz.files if k != "labels"}
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def export_examples(model, source: str, input_shape: list[int] | None, data: list[Path] | None):
+    """(names, example tensors) for torch.onnx.export. One input: --input-shape, with the data's dtype when it is
+    integer (token ids: an Embedding refuses floats). Several inputs: each from the .npz array named after the
+    forward() argument, its first sample (there is one --input-shape)."""
+    import numpy as np
+    import torch
+
+    names, arrays = _forward_inputs(model), _npz_arrays(data)
+    if len(names) == 1:
+        if not input_shape:
+            raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")
+        array = arrays.get(names[0], next(iter(arrays.values())) if len(arrays) == 1 else None)
+        dtype = array.dtype if array is not None and array.dtype.kind in "iub" else np.dtype(np.float32)
+        return ["input"], (torch.zeros(*input_shape, dtype=torch.from_numpy(np.zeros(1, dtype)).dtype),)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ImportFailed(f"{source}: forward() takes {len(names)} inputs ({', '.join(names)}): give --calibration "
+                           f"or --eval as an .npz with one array per input, named {', '.join(names)} (missing: "
+                           f"{', '.join(missing)}); their first sample is the export example")
+    return names, tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names)
+
+
+def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] | None, opset: int | None,
+                 data: list[Path] | None = None) -> ImportedModel:
     import torch
 
     if kind == "torch-factory":
@@ -61,11 +122,12 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         except Exception as exc:
             raise ImportFailed(f"{source} is not a loadable exported program (.pt2): {exc}") from exc
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    if not input_shape:
-        raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")
     if hasattr(model, "eval"):
-        model.eval()
-    example = torch.zeros(*input_shape, dtype=torch.float32)
+        try:
+            model.eval()
+        except NotImplementedError:  # an exported program's module (.pt2): traced as it was, eval() not supported
+            pass
+    names, example = export_examples(model, source, input_shape, data)
     out = workdir / "float.onnx"
     # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
     # For the others, dynamo first; the TorchScript exporter is the fallback for graphs it rejects.
@@ -76,8 +138,8 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         try:
             with torch.no_grad():
                 kwargs = {"external_data": False} if dynamo else {}
-                torch.onnx.export(model, (example,), str(out), dynamo=dynamo, opset_version=opset or DEFAULT_OPSET,
-                                  input_names=["input"], output_names=["output"], verbose=False, **kwargs)
+                torch.onnx.export(model, example, str(out), dynamo=dynamo, opset_version=opset or DEFAULT_OPSET,
+                                  input_names=names, output_names=["output"], verbose=False, **kwargs)
             break
         except Exception as exc:
             errors.append(_first_line(exc))
@@ -86,10 +148,13 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         raise ImportFailed(f"torch.onnx.export failed for {source}: {' / '.join(errors)}")
     return ImportedModel(
         onnx_path=out, source_format=kind, source_sha256=digest, opset=opset or DEFAULT_OPSET,
-        details={"torch": torch.__version__, "input_shape": list(input_shape)},
+        details={"torch": torch.__version__, "input_shape": [list(t.shape) for t in example] if len(example) > 1
+                 else list(example[0].shape)},
     )
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.export colours its messages
     return (text.splitlines()[0] if text else exc.__class__.__name__)[:300]

@@ -198,5 +198,19 @@ class ConversionContext:
         if data is not None:
             return data.sample(0)
         rng = np.random.default_rng(0)
-        return {t.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in t.shape]).astype(np.float32)
+        return {t.name: _noise(rng, t.dtype, [d if isinstance(d, int) and d > 0 else 1 for d in t.shape])
                 for t in self.inputs}
+
+
+def _noise(rng: np.random.Generator, dtype: str, shape: list[int]) -> np.ndarray:
+    """Seeded input noise in the input's type: pixels for uint8, zeros for other integers (token ids: 0 is in every
+    vocabulary), normal floats otherwise (a float32 feed for a uint8 input was ORT's 'Unexpected input data type')."""
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        kind = np.dtype(np.float32)
+    if kind == np.uint8:
+        return rng.integers(0, 256, shape).astype(np.uint8)
+    if kind.kind in "iub":
+        return np.zeros(shape, kind)
+    return rng.standard_normal(shape).astype(np.float32)

@@ -6,15 +6,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import Postprocess, Preprocess
+from edge_agent.bundle import Preprocess
 
 from ..data import load_dataset, warn_if_degenerate
-from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, classification_postprocess, detection_postprocess,
+from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_postprocess, detection_postprocess,
                               model_task, read_metadata)
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..importers import import_model
 from ..onnx.model_io import tensor_specs
-from ..options import PassOption, float_list, input_shape
+from ..options import PassOption, float_list, input_shape, whole_number
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,10 @@ class ImportPass(Pass):
                                     "cameras), pillow (PIL BILINEAR), auto = opencv for detectors when OpenCV is "
                                     "installed, else pillow", choices=("auto", "opencv", "pillow")),
             "layout": PassOption(str, None, "input layout (default: guessed from the shape)", choices=("NCHW", "NHWC")),
-            "top_k": PassOption(int, 5, "classes the agent reports (default 5)"),
+            "top_k": PassOption(whole_number(1), 5, "classes the agent reports (default 5)"),
             "task": PassOption(str, None, "what the model does (default: the model's metadata, e.g. Ultralytics "
-                               "exports, else classify); detect/segment/pose give a detection bundle",
+                               "exports, else classify for an [N, C] score output and none, raw outputs, for "
+                               "maps and sequences); detect/segment/pose give a detection bundle",
                                choices=TASKS),
             "output_role": PassOption(str, None, "for models with several outputs: the output the agent serves "
                                       "(detections for box tasks)", metavar="OUTPUT_NAME"),
@@ -79,7 +80,8 @@ class ImportPass(Pass):
         meta = read_metadata(Path(o.source)) if o.source.endswith(".onnx") and Path(o.source).is_file() else {}
         task = model_task(None, cfg.task or ("detect" if cfg.anchors else None), meta)
         shape = cfg.input_shape or _shape_from_metadata(o.source, task)
-        ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset)
+        data = [Path(p) for p in (o.calibration, o.evaluation) if p]
+        ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset, data)
         if ctx.imported.onnx_path is not None:
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, cfg.layout)
@@ -88,31 +90,19 @@ class ImportPass(Pass):
 
             ctx.float_model = ctx.model = ctx.imported.tflite_path
             ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)
-        first = ctx.inputs[0]
-        if len(first.shape) == 4 and first.layout in ("NCHW", "NHWC"):
-            h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
-            channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
-            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-                color = "GRAY" if channels == 1 else cfg.color
-                resize = "letterbox" if task.task in BOX_TASKS and not ctx.options.pass_options.get("resize") else cfg.resize
-                ctx.preprocess = Preprocess(kind="image", color=color, size=[h, w], resize=resize,
-                                            resampler=resampler_for(cfg.resampler, task.task in BOX_TASKS),
-                                            scale=cfg.scale, mean=list(cfg.mean), std=list(cfg.std))
-        if ctx.preprocess is None:
-            ctx.preprocess = Preprocess(kind="none")
+        ctx.preprocess = _image_preprocess(ctx.inputs[0], cfg, task.task in BOX_TASKS,
+                                           bool(ctx.options.pass_options.get("resize")))
         if task.names and not o.labels:
             o.labels = task.names
         if cfg.anchors is not None:
             ctx.postprocess = anchor_postprocess(ctx.outputs, cfg.anchors)
         elif task.task in BOX_TASKS:
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
-        elif task.task == "classify":
-            ctx.postprocess = classification_postprocess(ctx.outputs, cfg.output_role, cfg.top_k)
         else:
-            ctx.postprocess = Postprocess(kind="none")
+            ctx.postprocess = default_postprocess(task, ctx.outputs, cfg.output_role, cfg.top_k)
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS)
+                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
             ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
@@ -122,9 +112,12 @@ class ImportPass(Pass):
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
             if int(ctx.evaluation.labels.max()) >= len(o.labels):
                 raise DataError(f"eval labels go up to {int(ctx.evaluation.labels.max())} but only {len(o.labels)} label names were given")
+        _check_label_count(ctx.postprocess, ctx.outputs, o.labels,
+                           ctx.evaluation.labels if ctx.evaluation is not None else None)
         skipped = [*(ctx.calibration.skipped if ctx.calibration else []), *(ctx.evaluation.skipped if ctx.evaluation else [])]
         return {
-            "task": {"task": task.task, "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
+            "task": {"task": "none" if task.task == "classify" and ctx.postprocess.kind == "none" else task.task,
+                     "from": task.origin, **({"classes": len(task.names)} if task.names else {}),
                      **({"postprocess": ctx.postprocess.options} if ctx.postprocess.kind == "detection" else {})},
             **({"skipped_unreadable_images": len(skipped), "skipped_files": skipped[:20]} if skipped else {}),
             "source": o.source,
@@ -136,6 +129,53 @@ class ImportPass(Pass):
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
         }
+
+
+def _check_label_count(post, outputs: list, labels: list[str] | None, eval_labels=None) -> None:
+    """A --labels file with another number of names than the classifier has classes names the wrong classes
+    (or leaves some as bare numbers) on the device: say so while converting. Eval labels the model cannot output
+    (1-based, or another model's) would make its accuracy and the gate's top-1 drop meaningless: refused."""
+    if post is None or post.kind != "classification" or not outputs:
+        return
+    served = next((t for t in outputs if t.name == (post.options or {}).get("output")), outputs[0])
+    spread = [d for d in served.shape[1:] if not (isinstance(d, int) and d == 1)]
+    classes = spread[0] if len(spread) == 1 else None
+    if not (isinstance(classes, int) and classes > 0):
+        return
+    if labels and classes != len(labels):
+        log.warning("--labels has %d names but output %s has %d classes: check the file (the agent names "
+                    "classes by position)", len(labels), served.name, classes)
+    if eval_labels is not None and len(eval_labels) and (int(eval_labels.max()) >= classes or int(eval_labels.min()) < 0):
+        raise DataError(f"eval labels range {int(eval_labels.min())}..{int(eval_labels.max())} but output {served.name} "
+                        f"has {classes} classes (0..{classes - 1}): are they 1-based, or for another model?")
+
+
+def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
+    """The image preprocessing for an NCHW/NHWC input of fixed size (else none). A uint8 input (TensorFlow
+    exports taking raw pixels) gets the grey levels as they are: scale/mean/std would make floats it cannot take."""
+    if len(first.shape) != 4 or first.layout not in ("NCHW", "NHWC"):
+        return Preprocess(kind="none")
+    h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
+    channels = first.shape[1] if first.layout == "NCHW" else first.shape[3]
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0) or channels not in (1, 3):
+        return Preprocess(kind="none")  # an image has 1 or 3 channels (a 5-band or mis-laid-out input is no image)
+    scale, mean, std = cfg.scale, list(cfg.mean), list(cfg.std)
+    if cfg.color == "GRAY" and channels != 1:
+        raise UsageError(f"--color GRAY gives one channel; input {first.name} has {channels}: use RGB or BGR")
+    for flag, values in (("--mean", mean), ("--std", std)):  # checked now, not at the first image or the manifest
+        if len(values) not in (1, channels):
+            raise UsageError(f"{flag} has {len(values)} values; input {first.name} has {channels} channels: give 1 "
+                             f"or {channels}")
+    if any(v == 0 for v in std):
+        raise UsageError("--std values divide the pixels: they must not be 0")
+    if first.dtype == "uint8":
+        if (scale, mean, std) != (1 / 255, [0.0], [1.0]):
+            log.warning("input %s takes uint8 pixels: --scale/--mean/--std ignored (the model normalises itself)",
+                        first.name)
+        scale, mean, std = 1.0, [0.0], [1.0]
+    return Preprocess(kind="image", color="GRAY" if channels == 1 else cfg.color, size=[h, w],
+                      resize="letterbox" if boxes and not resize_given else cfg.resize,
+                      resampler=resampler_for(cfg.resampler, boxes), scale=scale, mean=mean, std=std)
 
 
 def _shape_from_metadata(source: str, task) -> list[int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,18 @@ from edge_agent import __version__
 from edge_agent.bundle import Manifest, load_private_key, write_bundle
 
 from ..errors import BundleTooLarge
-from ..options import PassOption
+from ..options import PassOption, whole_number
 from .base import ConversionContext, Pass
+
+
+def model_name(text: str) -> str:
+    """argparse type: a name the manifest takes (checked before the conversion runs, not when it is written)."""
+    from edge_agent.bundle.manifest import _NAME_RE
+
+    if not _NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-', starting with a letter or "
+                                         "digit, at most 128")
+    return text
 
 
 class PackagePass(Pass):
@@ -20,8 +31,8 @@ class PackagePass(Pass):
 
     @classmethod
     def default_config(cls) -> dict[str, PassOption]:
-        return {"name": PassOption(str, None, "model name in the manifest (default: source file name)"),
-                "version": PassOption(int, 1, "monotonically increasing model version (default 1)",
+        return {"name": PassOption(model_name, None, "model name in the manifest (default: source file name)"),
+                "version": PassOption(whole_number(1), 1, "monotonically increasing model version (default 1)",
                                       flag="--model-version")}
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:

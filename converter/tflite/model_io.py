@@ -125,10 +125,12 @@ def run_tflite_dataset(model_path: Path, data: Dataset, inputs: Sequence[TensorS
 
 
 def representative_dataset(data: Dataset, n: int, specs: Sequence[TensorSpec]) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """tf.lite's representative_dataset: the first n samples in the TFLite model's layout (onnx2tf: NHWC), float32."""
+    """tf.lite's representative_dataset: the first n samples in the TFLite model's layout (onnx2tf: NHWC), float32
+    (integer inputs, e.g. token ids, keep their type: TFLite refuses a float for them)."""
 
     def gen() -> Iterator[list[np.ndarray]]:
         for i in range(min(n, len(data))):
-            yield [np.asarray(a, dtype=np.float32) for a in feeds_in_layout(data.sample(i), specs)]
+            yield [a if a.dtype.kind in "iub" else np.asarray(a, dtype=np.float32)
+                   for a in map(np.asarray, feeds_in_layout(data.sample(i), specs))]
 
     return gen

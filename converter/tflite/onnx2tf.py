@@ -194,6 +194,12 @@ def onnx_to_tflite(
     integer = precision == "int8-static"
     if integer and calibration is None:
         raise ConversionError("full-integer int8 TFLite needs calibration data: pass --calibration FILE.npz|IMAGE_FOLDER")
+    whole = [t for t in inputs if t.dtype in ("uint8", "int8", "int16", "int32", "int64", "bool")]
+    if integer and whole:  # onnx2tf feeds its int8 calibration as floats: 'Got FLOAT32 but expected UINT8', exit 1
+        from ..errors import UsageError
+
+        raise UsageError(f"TFLite int8-static through onnx2tf needs float inputs; {whole[0].name} is {whole[0].dtype}: "
+                         "use --format onnx, or --precision int8-dynamic|fp16|fp32 for TFLite")
     _, module = _import_onnx2tf()
     t0 = time.perf_counter()
     out_dir = workdir / "tflite"

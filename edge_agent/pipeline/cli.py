@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import sha256_file
+from ..cli_types import whole_number
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
@@ -165,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plain_run = p.get_default("func")
     g = p.add_argument_group("camera / video (with --source)")
     g.add_argument("--source", help="/dev/videoN or camera index, rtsp:// or http:// URL, video file, image folder or image")
-    g.add_argument("--max-frames", type=int, default=None, help="stop after N frames (files: the first N)")
+    g.add_argument("--max-frames", type=whole_number(1), default=None, help="stop after N frames (files: the first N)")
     g.add_argument("--output", help="per-frame JSON lines: a file, '-' for stdout (default) or 'none'")
     g.add_argument("--annotate", type=Path, help="write an annotated video (.mp4 or .avi)")
     g.add_argument("--preview-port", type=int, help="serve an MJPEG preview on this port (0: any free port)")
@@ -204,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if args.source is not None:
             return cmd_run_source(args, home)
         if not args.inputs:
-            raise UsageError("give input files (images or .npy) or --source SPEC")
+            raise UsageError("give input files (images, .npy or .npz) or --source SPEC (camera, video, folder)")
         return plain_run(args, home)
 
     p.set_defaults(func=run_dispatch)

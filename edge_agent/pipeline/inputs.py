@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from ..errors import AgentError
 # subset OpenCV's imread decodes (camera-pipeline image sources): imread cannot read GIF.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 OPENCV_IMAGE_SUFFIXES = IMAGE_SUFFIXES - {".gif"}
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".ts"})
 
 
 class InputError(AgentError, ValueError):
@@ -47,13 +49,34 @@ def tensor_to_feed(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32 if spec.dtype in ("int8", "uint8") else spec.dtype, copy=False))
 
 
+def short_input_name(name: str) -> str:
+    """A TFLite input's name as the Keras/SavedModel author wrote it: 'serving_default_feat:0' -> 'feat'."""
+    name = name.removeprefix("serving_default_")
+    head, sep, tail = name.rpartition(":")
+    return head if sep and tail.isdigit() else name
+
+
+def array_for_input(arrays: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    """The array an .npz holds for input `name`: by its exact name, else by its short (Keras) name."""
+    if name in arrays:
+        return arrays[name]
+    return arrays.get(short_input_name(name))
+
+
 def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Feeds for one input file: an image (preprocessed per manifest) or a .npy array."""
+    """Feeds for one input file: an image (preprocessed per manifest), a .npy array or an .npz (several inputs)."""
     path = Path(path)
     spec = manifest.inputs[0]
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder: run every image in it with --source {path}")
     if not path.is_file():
         raise InputError(f"input {path} does not exist")
+    if path.suffix.lower() == ".npz":
+        return _npz_feeds(path, manifest)
     if path.suffix.lower() == ".npy":
+        if len(manifest.inputs) > 1:
+            raise InputError(f"{path.name}: the model has {len(manifest.inputs)} inputs "
+                             f"({', '.join(t.name for t in manifest.inputs)}): give an .npz with one array per input")
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
@@ -68,4 +91,43 @@ def load_feed(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
             raise InputError(f"{path} is not a readable image: {exc}") from exc
         tensor, _ = preprocess_image(image, manifest.preprocess, spec)
         return {spec.name: tensor}
-    raise InputError(f"{path.name}: unsupported input type (use an image file or a .npy array)")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        raise InputError(f"{path.name} is a video: run it with --source {path}")
+    raise InputError(f"{path.name}: unsupported input type (use an image file, a .npy array or an .npz of arrays)")
+
+
+def _npz_feeds(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """One sample for every model input from an .npz whose arrays are named after the inputs (as the converter's
+    data files; a single-input model also takes an .npz holding one array of any name)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
+    if "labels" not in {t.name for t in manifest.inputs}:
+        arrays.pop("labels", None)  # the converter's eval files carry their labels: not a model input
+    if len(manifest.inputs) == 1 and len(arrays) == 1:
+        arrays = {manifest.inputs[0].name: next(iter(arrays.values()))}
+    found = {t.name: array_for_input(arrays, t.name) for t in manifest.inputs}
+    missing = [name for name, a in found.items() if a is None]
+    if missing:
+        raise InputError(f"{path.name} has no array named {', '.join(missing)} (model inputs: "
+                         f"{', '.join(t.name for t in manifest.inputs)}; arrays: {', '.join(arrays) or 'none'})")
+    return {t.name: tensor_to_feed(found[t.name], t) for t in manifest.inputs}
+
+
+def run_rows(session: Any, feeds: dict[str, np.ndarray], manifest: Manifest) -> list[np.ndarray]:
+    """Run a file's samples (first axis, the converter's .npz convention): in one batch when the model takes it,
+    else one run per sample with the outputs stacked (a batch of 3 on a batch-1 model was ONNX Runtime's
+    'Got invalid dimensions', exit 1)."""
+    counts = {len(v) for v in feeds.values()}
+    if len(counts) != 1:
+        raise InputError(f"the inputs hold different numbers of samples ({', '.join(map(str, sorted(counts)))})")
+    n = counts.pop()
+    fixed = {t.shape[0] for t in manifest.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
+    if not fixed or n in fixed:
+        return session.run(feeds)
+    if fixed != {1}:
+        raise InputError(f"the file holds {n} samples; the model takes a batch of {', '.join(map(str, fixed))}")
+    runs = [session.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    return [np.concatenate(parts) for parts in zip(*runs)]

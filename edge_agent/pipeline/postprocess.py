@@ -58,3 +58,21 @@ def classify(outputs: list[np.ndarray], manifest: Manifest, top_k: int | None = 
 def _name(manifest: Manifest, index: int) -> str:
     labels = manifest.labels or []
     return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+def raw_outputs(outputs: list[np.ndarray], manifest: Manifest) -> list[dict[str, Any]]:
+    """A bundle without a postprocess (maps, sequences, embeddings, regressions): every output as the model gave
+    it, named; a top-k over its flattened values would be a made-up answer."""
+    names = [t.name for t in manifest.outputs]
+    return [{"name": names[i] if i < len(names) else str(i), "shape": list(a.shape), "dtype": str(a.dtype),
+             "data": np.asarray(a).tolist()} for i, a in enumerate(outputs)]
+
+
+def describe_raw(outputs: list[dict[str, Any]]) -> str:
+    """One line's worth of raw outputs: name, type, shape and value range (the values are in --json)."""
+    parts = []
+    for o in outputs:
+        a = np.asarray(o["data"], dtype=np.float64)
+        stats = f" min {a.min():.4g} mean {a.mean():.4g} max {a.max():.4g}" if a.size else ""
+        parts.append(f"{o['name']} {o['dtype']}{o['shape']}{stats}")
+    return "; ".join(parts) + "  (values: --json)"

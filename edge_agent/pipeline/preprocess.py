@@ -222,14 +222,18 @@ def _planes(image: np.ndarray) -> list[np.ndarray]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """An image file as an HxWxC uint8 RGB (or HxWx1 gray) array."""
-    from PIL import Image
+    """An image file as an HxWxC uint8 RGB (or HxWx1 gray) array, as OpenCV's imread (the camera pipeline's image
+    sources) reads it: upright per the EXIF orientation (phone photos), 16-bit grey levels reduced to their top 8
+    bits (Pillow's convert("RGB") saturated them to white)."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im.load()
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB")
-        arr = np.asarray(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: a copy of a 12 MP photo costs ~24 ms
+        if im.mode.startswith("I;16") or im.mode == "I":
+            arr = (np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        else:
+            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

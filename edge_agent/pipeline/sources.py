@@ -232,16 +232,23 @@ class ImageFilesSource(Source):
         self.files = files
         self.description = description
         self._count = 0
+        self.skipped: list[str] = []
 
     def read(self) -> Frame | None:
         while self._count < len(self.files):
             path = self.files[self._count]
             image = self._cv2.imread(str(path), self._cv2.IMREAD_COLOR)
-            if image is None:
-                raise SourceOpenError(f"{path} is not a readable image")
+            if image is None:  # one damaged file (a truncated camera JPEG) does not end a folder's run
+                self._count += 1
+                self.skipped.append(path.name)
+                log.warning("%s is not a readable image: skipped", path)
+                continue
             frame = Frame(self._count, image, time.monotonic(), name=path.name)
             self._count += 1
             return frame
+        if self.skipped and len(self.skipped) == len(self.files):
+            raise SourceOpenError(f"{self.files[0]} is not a readable image" if len(self.files) == 1 else
+                                  f"none of the {len(self.files)} images of {self.description} is readable")
         return None
 
 
@@ -257,7 +264,7 @@ def open_source(
 
     decode_threads: FFmpeg's decoding threads for every capture source (None: its own choice, one per core);
     file_decode_threads: the same for video files only, when decode_threads is None (auto_decode_threads).
-    Raises SourceOpenError (exit code 30) with a one-line reason when it cannot be opened.
+    Raises SourceOpenError (exit code 70) with a one-line reason when it cannot be opened.
     """
     text = str(spec).strip()
     if not text:

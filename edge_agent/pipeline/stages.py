@@ -112,6 +112,19 @@ def detect_in_image(path: str, manifest: Manifest, session: ModelSession) -> lis
     return detect(outputs, manifest, geometry, opts)
 
 
+def detect_in_tensor(outputs: list[np.ndarray], manifest: Manifest) -> list[dict[str, Any]]:
+    """`edge-agent run BUNDLE input.npy` on a detection bundle: the boxes in model-input pixels (there is no
+    photo to map them into), as the converter's gate compares them."""
+    pre, spec = manifest.preprocess, manifest.inputs[0]
+    if pre is not None and pre.kind == "image":
+        hw = (pre.size[0], pre.size[1])
+    else:
+        hw = (spec.shape[2], spec.shape[3]) if spec.layout == "NCHW" else (spec.shape[1], spec.shape[2])
+    opts = DetectionOptions.from_manifest(manifest.postprocess.options)
+    check_outputs(opts, [t.name for t in manifest.outputs])
+    return detect(outputs, manifest, FrameGeometry.identity(hw), opts)
+
+
 def infer(session: ModelSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """One inference with the bundle's runtime."""
     return session.run(feeds)

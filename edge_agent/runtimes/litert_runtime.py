@@ -158,9 +158,11 @@ class TFLiteModel:
             x = np.asarray(x)
             if np.issubdtype(dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
                 scale, zp = _params(spec, detail)
-                if scale == 0:
-                    raise RuntimeLoadError(f"input {detail['name']} is {dtype} without quantization parameters")
-                x = quantize(x, scale, zp, dtype)
+                if scale == 0:  # a plain integer input (uint8 pixels, token ids): the values themselves, rounded
+                    info = np.iinfo(dtype)
+                    x = np.clip(np.rint(x), info.min, info.max).astype(dtype)
+                else:
+                    x = quantize(x, scale, zp, dtype)
             elif x.dtype != dtype:
                 x = x.astype(dtype)
             if tuple(x.shape) != tuple(detail["shape"]):

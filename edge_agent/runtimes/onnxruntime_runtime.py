@@ -28,15 +28,46 @@ def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
     return usable
 
 
+_ORT_ERRORS = tuple(e for e in (getattr(ort.capi.onnxruntime_pybind11_state, n, None) for n in
+                                 ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "EPFail"))
+                    if isinstance(e, type))
+_QUIET = ort.RunOptions()
+_QUIET.log_severity_level = 4  # a failing run is reported once, as our error line, not also as ORT's red log line
+
+
 class OnnxRuntimeSession(ModelSession):
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, info: RuntimeInfo) -> None:
         self._session = session
         self.manifest = manifest
         self.info = info
         self._output_names = [o.name for o in manifest.outputs]
+        # integer inputs (uint8 pixels, int64 token ids): preprocessed images arrive as float32 grey levels
+        self._integer = {t.name: np.dtype(t.dtype) for t in manifest.inputs if _integer_dtype(t.dtype)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(self._output_names, feeds)
+        if self._integer:
+            feeds = {k: _to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
+        try:
+            return self._session.run(self._output_names, feeds, _QUIET)
+        except _ORT_ERRORS as exc:  # one line and exit 40 (runtime), not 1 (other error)
+            raise RuntimeLoadError(f"the model failed on this input: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _integer_dtype(name: str) -> bool:
+    try:
+        return np.dtype(name).kind in "iu"
+    except TypeError:
+        return False
+
+
+def _to_integer(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values for an integer input, rounded and clipped to its range (grey levels 0..255 for uint8)."""
+    if array.dtype == dtype:
+        return array
+    if array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.rint(array), info.min, info.max)
+    return array.astype(dtype)
 
 
 class OnnxRuntime(Runtime):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..pipeline.detection import FrameGeometry
+from ..pipeline.postprocess import raw_outputs
 from ..pipeline.preprocess import preprocess_image, read_image
 from ..pipeline.stages import Postprocessor
 from .errors import BadRequest
@@ -53,5 +54,8 @@ class ImageInput:
 
 def image_answer(outputs: list[np.ndarray], manifest: Manifest, geometry: FrameGeometry,
                  top_k: int | None = None) -> dict[str, Any]:
-    """The CLI's record for one image: {kind, label, name, score, top_k} or {kind, detections}."""
+    """The CLI's record for one image: {kind, label, name, score, top_k}, {kind, detections}, or for a bundle
+    without a postprocess (maps, sequences) {kind: none, outputs: [{name, shape, dtype, data}]}."""
+    if manifest.postprocess is not None and manifest.postprocess.kind == "none":
+        return {"kind": "none", "outputs": raw_outputs(outputs, manifest)}
     return Postprocessor(manifest, top_k)(outputs, geometry)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bundle import Manifest, TensorSpec
 from ..pipeline.detection import FrameGeometry
-from ..pipeline.inputs import tensor_to_feed
+from ..pipeline.inputs import short_input_name, tensor_to_feed
 from .errors import BadRequest
 
 # KServe v2 / Open Inference Protocol datatype <-> numpy dtype (BYTES handled apart).
@@ -83,6 +83,8 @@ def to_feeds(arrays: dict[str, np.ndarray], manifest: Manifest) -> tuple[dict[st
     names = [t.name for t in manifest.inputs]
     if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
         arrays = {names[0]: next(iter(arrays.values()))}  # one input: accept any name (TF Serving's default)
+    short = {short_input_name(n): n for n in names}  # Keras inputs by their own names: 'feat' for 'serving_default_feat:0'
+    arrays = {k if k in names else short.get(k, k): v for k, v in arrays.items()}
     unknown = sorted(set(arrays) - set(names))
     missing = [n for n in names if n not in arrays]
     if unknown or missing:
