@@ -181,6 +181,11 @@ def test_bad_deploy_requests_are_refused_and_create_nothing(env):
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "group": "g"}}, 400, "error")
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "stages": "5,200"}}, 400, "error")
         refused({"json": {"bundle": "digits", "devices": ["pi-a"]}}, 400, "error")
+        for version in ("99999999999999999999999", "\u00b2"):  # past SQLite's integers; a digit int() refuses
+            refused({"json": {"bundle": f"digits:{version}", "devices": ["pi-a"]}}, 400, "error")
+        for template in ("http://cdn/{nope}", "http://cdn/{", "http://cdn/{0}"):  # were 500s
+            assert "{sha256}" in refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "source_url": template}},
+                                         400, "error")["message"]
         assert api.post("/api/v1/rollouts/r-none/halt").json()["error"] == "not-found"
         assert api.get("/api/v1/devices/nobody").status_code == 404
         assert api.put("/api/v1/devices/bad%20id/group", json={"group": "x"}).status_code == 400
