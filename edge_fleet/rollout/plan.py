@@ -4,6 +4,7 @@ pending rollout. The running fleet server's RolloutDriver picks it up from the r
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     shadow: the shadow gate (desired.shadow_gate) every device runs before it switches; a device whose new model
     disagrees reports failed (shadow_failed), which counts against max_failures like any failure.
     """
-    if stage_soak < 0:
-        raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
+    if not 0 <= stage_soak < math.inf:  # `not`: NaN too (SQLite stores it as NULL; inf never lets a stage end)
+        raise FleetError(f"--stage-soak must be a finite number of seconds >= 0, got {stage_soak}")
+    if not 0 < stage_timeout < math.inf:  # <= 0 times every device out at once; NaN/inf never time one out
+        raise FleetError(f"--stage-timeout must be a finite number of seconds > 0, got {stage_timeout}")
     if shadow and not shadow["timeout_s"] < stage_timeout:
         raise FleetError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
                          f"({stage_timeout:g}s): a device waiting for live frames would time out first")
