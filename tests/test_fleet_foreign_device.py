@@ -1,0 +1,77 @@
+"""A device that is not edgekit's agent (a plain paho client with its own login) sends the fleet odd numbers.
+
+Python's json.loads, like many devices' JSON writers, takes NaN, Infinity and integers with hundreds of digits;
+JSON has no NaN/Infinity and no registry column holds such an integer. The fleet must drop such a message as
+malformed (one warning) and keep everything else: not store NaN (which `edge-fleet status --json` then printed
+as invalid JSON), and not take an OverflowError for the registry being away (which re-read every device's
+retained report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from edge_fleet.cli import main as fleet_main
+from edge_fleet.registry import open_registry
+from edge_fleet.server import FleetServer
+from .ota_helpers import login_client, wait_for
+
+HUGE = "1" + "0" * 400  # json.loads makes it an int; float() overflows, SQLite's INTEGER cannot hold it
+
+
+def _strict(text: str) -> object:
+    """JSON as any other language's parser reads it: NaN/Infinity refused."""
+    def refuse(word: str) -> None:
+        raise ValueError(f"{word} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _reported(dev: str, updated_at: str = "1") -> bytes:
+    return (f'{{"device_id":"{dev}","phase":"idle","profile":"raspberry-pi-4","agent_version":"foreign",'
+            f'"updated_at":{updated_at}}}').encode()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    reg = open_registry(tmp_path / "fleet.db")
+    server = FleetServer(reg, None, embedded="mosquitto", tick=0.05).start()
+    yield server, tmp_path
+    server.stop()
+    reg.close()
+
+
+def test_odd_numbers_from_a_device_are_dropped_as_malformed_and_status_json_stays_json(fleet, caplog, capsys):
+    server, home = fleet
+    user, password = server.add_device("foreign-1")
+    client = wait_for(lambda: (c := login_client(server.url, user, password, user))[2] and c,
+                      what="the device's login to work", interval=0.2)[0]
+    topic = f"edgekit/devices/{user}"
+    caplog.set_level(logging.WARNING, logger="edge_fleet.server")
+    try:
+        for kind, payload in [
+            ("reported", _reported(user, HUGE)),  # retained, as an agent's reports are
+            ("telemetry", b'{"inferences":5,"errors":0,"latency":{"p50":NaN,"p99":Infinity}}'),
+            ("telemetry", f'{{"inferences":{HUGE},"errors":0}}'.encode()),
+            ("presence", f'{{"state":"online","at":{HUGE}}}'.encode()),
+            ("reported", _reported(user)),
+        ]:
+            client.publish(f"{topic}/{kind}", payload, qos=1, retain=kind == "reported").wait_for_publish(10)
+        with open_registry(home / "fleet.db") as reg:
+            wait_for(lambda: (d := reg.device(user)) is not None and d.agent_version == "foreign",
+                     what="the valid report stored")
+        client.publish(f"{topic}/telemetry", b'{"inferences":7,"errors":1,"latency":{"p50":2.5,"p99":4.0}}',
+                       qos=1).wait_for_publish(10)
+        with open_registry(home / "fleet.db") as reg:
+            wait_for(lambda: reg.device(user).inferences == 7, what="the valid telemetry stored")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert fleet_main(["status", "--json", "--home", str(home)]) == 0
+    row = next(d for d in _strict(capsys.readouterr().out)["devices"] if d["id"] == user)
+    assert (row["latency_p50_ms"], row["latency_p99_ms"], row["inferences"]) == (2.5, 4.0, 7)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("ignored message" in w for w in warnings) == 4, warnings  # the 4 odd messages, one line each
+    assert not [w for w in warnings if "failed to handle message" in w], warnings
