@@ -128,12 +128,8 @@ def check_device_id(device_id: str) -> str:
 
 
 def _finite(value: int | float, what: str) -> float:
-    """A JSON number as a finite float: json.loads takes NaN, Infinity and 400-digit integers (float() overflows),
-    JSON itself has no NaN/Infinity, and any of them would end up in a registry row or a `--json` output."""
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
+    """json.loads takes NaN, Infinity and 400-digit integers; none belongs in a registry row or `--json` output."""
+    number = float(value) if abs(value) < 1e308 else math.inf  # (NaN passes the test, then fails isfinite)
     if not math.isfinite(number):
         raise ProtocolError(f"{what} must be a finite number")
     return number
@@ -229,8 +225,7 @@ class ShadowGate:
             return default if value is None else value
 
         gate = cls(min_agreement=_finite(_get(obj, "min_agreement", (int, float), what), f"{what}.min_agreement"),
-                   frames=opt("frames", int, 300),
-                   timeout_s=_finite(opt("timeout_s", (int, float), 300.0), f"{what}.timeout_s"),
+                   frames=opt("frames", int, 300), timeout_s=_finite(opt("timeout_s", (int, float), 300.0), what),
                    every=opt("every", int, 1))
         if not (0.0 <= gate.min_agreement <= 1.0 and gate.frames >= 1 and 0 < gate.timeout_s < 1e9
                 and gate.every >= 1):  # written with `not`: NaN fails too
@@ -377,8 +372,7 @@ class Presence:
         state = _get(o, "state", str, "presence")
         if state not in ("online", "offline"):
             raise ProtocolError("presence.state must be 'online' or 'offline'")
-        return cls(state=state, at=_finite(_get(o, "at", (int, float), "presence", optional=True) or 0.0,
-                                                  "presence.at"))
+        return cls(state=state, at=_finite(_get(o, "at", (int, float), "presence", optional=True) or 0.0, "presence.at"))
 
 
 @dataclass
