@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
-from edge_fleet.errors import FleetError
+from edge_fleet.errors import FleetError, NoTargets
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import (BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget,
                                          TargetStatus)
@@ -219,6 +219,20 @@ def test_a_source_url_template_with_an_unknown_field_is_refused_with_the_fields_
         with pytest.raises(FleetError, match="use {sha256}, {name}, {version} and {profile}"):
             plan_rollout(reg, "digits:2", devices=["a"], source_url=template)
         assert reg.rollouts() == []
+
+
+def test_no_targets_names_a_few_devices_per_reason_not_thousands(registry_location, tmp_path):
+    """A group of thousands that never reported made one error line of every id (and echoed a 20 MB id whole)."""
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        reg.record_reported(ReportedState("jetson", "idle", "jetson-orin-nano", "t"))
+        ghosts = [f"ghost-{i}" for i in range(2000)] + ["x" * 100_000]
+        with pytest.raises(NoTargets) as refused:
+            plan_rollout(reg, "digits:2", devices=["jetson", *ghosts])
+        message = str(refused.value)
+        assert len(message) < 600, message
+        assert "ghost-0, ghost-1, ghost-2, ghost-3, ghost-4 and 1996 more: unknown device" in message
+        assert "jetson: profile jetson-orin-nano does not match the bundle's profile (pi)" in message
 
 
 def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(registry_location, tmp_path):

@@ -51,6 +51,16 @@ def select_targets(wanted: Sequence[str], known: Mapping[str, DeviceRecord], bun
     return eligible, skipped
 
 
+def skipped_summary(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
+    """The skipped devices by reason, a few names each: one line even for a group of thousands that never
+    reported (it listed every device, and echoed a 20 MB device id whole)."""
+    by_reason: dict[str, list[str]] = {}
+    for dev, reason in skipped:
+        by_reason.setdefault(reason, []).append(dev if len(dev) <= 64 else dev[:61] + "...")
+    return "; ".join(", ".join(devs[:shown]) + (f" and {len(devs) - shown} more" if len(devs) > shown else "")
+                     + f": {reason}" for reason, devs in by_reason.items())
+
+
 def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tuple[list[str], dict[str, DeviceRecord]]:
     """The device ids asked for (in order, without duplicates) and what the registry knows of them."""
     if (devices is None) == (group is None):
@@ -94,8 +104,7 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     wanted, known = _wanted(reg, devices, group)
     eligible, skipped = select_targets(wanted, known, bundles, reg.busy_devices(wanted))
     if not eligible:
-        raise NoTargets("no selected device can take " + f"{name}:{version}: "
-                        + "; ".join(f"{d}: {r}" for d, r in skipped))
+        raise NoTargets(f"no selected device can take {name}:{version}: {skipped_summary(skipped)}")
     for _, b in eligible:
         source_for(b, source_url)  # refuse a bad template now, not mid-rollout
     counts = split_stages(len(eligible), stages or list(DEFAULT_STAGES))
