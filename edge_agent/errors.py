@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
+import select
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -203,8 +205,23 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():  # a socket's broken pipe is a failure like any other
+            return report_failure(prog, exc, json_mode, verbose)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor an error when Python flushes at exit
+        return exit_code("ok")  # `edge-fleet status | head`: the reader took what it wanted
     except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
         return report_failure(prog, exc, json_mode, verbose)
+
+
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader has closed it (poll says POLLERR on the write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout replaced by a non-file
+        return False
 
 
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:

@@ -102,3 +102,21 @@ def test_a_profile_error_is_code_20_though_device_profiles_imports_nothing_of_ou
     from device_profiles import load_profile
 
     assert errors.run_main("edge-x", lambda: bool(load_profile("no-such-board"))) == 20
+
+
+def test_output_into_a_pipe_its_reader_closed_is_no_error(tmp_path):
+    """`edge-fleet status | head`: head exits after a line; the CLI printed `error: [Errno 32] Broken pipe` and
+    exited 1. A closed reader only means it has what it wanted."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command prints a byte
+    try:
+        run = subprocess.run([sys.executable, "-m", "edge_fleet.cli", "audit", "--home", str(tmp_path / "fleet")],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+    assert (run.returncode, run.stderr) == (0, "")
