@@ -3,7 +3,7 @@
 Python's json.loads, like many devices' JSON writers, takes NaN, Infinity and integers with hundreds of digits;
 JSON has no NaN/Infinity and no registry column holds such an integer. The fleet must drop such a message as
 malformed (one warning) and keep everything else: not store NaN (which `edge-fleet status --json` then printed
-as invalid JSON), and not take an OverflowError for the registry being away (which re-read every device's
+as invalid JSON; a report's free-form shadow/drift figures are kept and printed as null), and not take an OverflowError for the registry being away (which re-read every device's
 retained report).
 """
 
@@ -29,9 +29,9 @@ def _strict(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-def _reported(dev: str, updated_at: str = "1") -> bytes:
+def _reported(dev: str, updated_at: str = "1", extra: str = "") -> bytes:
     return (f'{{"device_id":"{dev}","phase":"idle","profile":"raspberry-pi-4","agent_version":"foreign",'
-            f'"updated_at":{updated_at}}}').encode()
+            f'"updated_at":{updated_at}{extra}}}').encode()
 
 
 @pytest.fixture
@@ -56,7 +56,9 @@ def test_odd_numbers_from_a_device_are_dropped_as_malformed_and_status_json_stay
             ("telemetry", b'{"inferences":5,"errors":0,"latency":{"p50":NaN,"p99":Infinity}}'),
             ("telemetry", f'{{"inferences":{HUGE},"errors":0}}'.encode()),
             ("presence", f'{{"state":"online","at":{HUGE}}}'.encode()),
-            ("reported", _reported(user)),
+            # the shadow and drift figures are free-form: kept, and printed as JSON can say them (null)
+            ("reported", _reported(user, extra=',"shadow":{"verdict":"failed","agreement":NaN},'
+                                             '"drift":{"state":"drifting","psi":{"x":Infinity}}')),
         ]:
             client.publish(f"{topic}/{kind}", payload, qos=1, retain=kind == "reported").wait_for_publish(10)
         with open_registry(home / "fleet.db") as reg:
@@ -72,6 +74,7 @@ def test_odd_numbers_from_a_device_are_dropped_as_malformed_and_status_json_stay
     assert fleet_main(["status", "--json", "--home", str(home)]) == 0
     row = next(d for d in _strict(capsys.readouterr().out)["devices"] if d["id"] == user)
     assert (row["latency_p50_ms"], row["latency_p99_ms"], row["inferences"]) == (2.5, 4.0, 7)
+    assert row["shadow"] == {"verdict": "failed", "agreement": None} and row["drift"]["psi"] == {"x": None}
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("ignored message" in w for w in warnings) == 4, warnings  # the 4 odd messages, one line each
     assert not [w for w in warnings if "failed to handle message" in w], warnings

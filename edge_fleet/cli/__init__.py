@@ -18,7 +18,6 @@ edge_fleet/errors.py registers for it (`edge-fleet --help` lists them, generated
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Callable
 from ..errors import FleetError, run_cli
 from ..registry import Registry, open_registry
 from . import commands
+from ..views import dumps
 from .backend import Fleet, LocalFleet
 from .parser import DEFAULT_HOME, build_parser
 from .serve import cmd_serve
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 result, text = COMMANDS[args.cmd](fleet, args)
             finally:
                 fleet.close()
-        print(json.dumps(result, indent=2, default=str) if args.json else text)
+        print(dumps(result) if args.json else text)
         return 0
 
     # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result
