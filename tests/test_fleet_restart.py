@@ -59,3 +59,29 @@ def test_a_fleet_whose_last_port_is_taken_starts_on_another(tmp_path):
             assert second.broker != url
         finally:
             assert second.stop() == 0
+
+
+def test_a_second_serve_on_the_same_home_is_refused_and_leaves_the_first_alone(tmp_path):
+    """It started a second embedded broker on the first one's config, persistence and logins (another port the
+    devices knew nothing of) and rewrote the files the running one uses."""
+    import os
+    import subprocess
+    import sys
+
+    from edge_fleet.errors import exit_code
+    from .ota_helpers import REPO
+
+    home = tmp_path / "fleet"
+    first = FleetProcess(home)
+    try:
+        conf = (home / "broker" / "mosquitto.conf").read_text()
+        second = subprocess.run([sys.executable, "-m", "edge_fleet.cli", "serve", "--home", str(home)],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert second.returncode == exit_code("broker-start-failed")
+        assert f"another edge-fleet serve (pid {first.proc.pid}) runs the embedded broker of {home}" in second.stderr
+        assert (home / "broker" / "mosquitto.conf").read_text() == conf
+        assert first.proc.poll() is None
+    finally:
+        assert first.stop() == 0
+    third = FleetProcess(home)  # the lock goes with the process that held it
+    assert third.stop() == 0
