@@ -296,6 +296,9 @@ def test_cli_works_on_the_remote_fleet(env, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["version"] == 2
     assert fleet_main(["--api", env.url, "--token", "efk_wrong", "bundles"]) == exit_code("access-denied")
     assert fleet_main(["--api", "http://127.0.0.1:9", "--token", "x", "bundles"]) == exit_code("api-failed")
+    # the API's base URL as the docs show it (.../api/v1) was 'Not Found', exit 63; a missing token was exit 1
+    assert fleet_main(["--api", env.url + "/api/v1/", "--token", env.tokens["viewer"], "bundles"]) == 0
+    assert fleet_main(["--api", env.url, "bundles"]) == exit_code("access-denied")
 
 
 def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):

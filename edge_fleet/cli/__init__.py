@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import FleetError, run_cli
+from ..errors import AccessDenied, run_cli
 from ..registry import Registry, open_registry
 from . import commands
 from ..views import dumps
@@ -55,7 +55,7 @@ def open_fleet(args: argparse.Namespace) -> Fleet:
         from .remote import ApiClient, RemoteFleet
 
         if not args.token:
-            raise FleetError("--api needs a token: --token T or env EDGE_FLEET_TOKEN")
+            raise AccessDenied("--api needs a token: --token T or env EDGE_FLEET_TOKEN")  # 65, as a missing one is
         return RemoteFleet(ApiClient(args.api, args.token, ca=args.api_ca))
     return LocalFleet(open_local_registry(args), Path(args.home).expanduser())
 
