@@ -78,3 +78,30 @@ def test_odd_numbers_from_a_device_are_dropped_as_malformed_and_status_json_stay
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("ignored message" in w for w in warnings) == 4, warnings  # the 4 odd messages, one line each
     assert not [w for w in warnings if "failed to handle message" in w], warnings
+
+
+def test_escape_sequences_from_a_device_never_reach_the_operators_terminal(fleet, capsys):
+    """A device's report is free text (its error, model name, profile): ESC/CR in it recoloured or overwrote
+    `edge-fleet status`, a line break in it made a line of its own; a group name could carry them too."""
+    server, home = fleet
+    user, password = server.add_device("foreign-2")
+    client = wait_for(lambda: (c := login_client(server.url, user, password, user))[2] and c,
+                      what="the device's login to work", interval=0.2)[0]
+    evil = "\\u001b[2J\\u001b[31mowned\\r\\nfake-device  succeeded"
+    report = (f'{{"device_id":"{user}","phase":"failed","profile":"pi\\u001b[8m","agent_version":"x",'
+              f'"updated_at":1,"last_error":"{evil}","current":{{"name":"m\\u001b]0;t\\u0007","version":1,'
+              f'"sha256":"{"a" * 64}"}}}}').encode()
+    try:
+        client.publish(f"edgekit/devices/{user}/reported", report, qos=1, retain=True).wait_for_publish(10)
+        with open_registry(home / "fleet.db") as reg:
+            wait_for(lambda: (d := reg.device(user)) is not None and d.phase == "failed", what="the report stored")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    capsys.readouterr()
+    assert fleet_main(["status", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert not [c for c in out if c != "\n" and (ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0)], repr(out)
+    assert out.count("\n") == 3 and "\\x1b[31mowned\\x0d\\nfake-device" in out  # header, device, its error
+    assert fleet_main(["devices", "group", user, "lobby\x1b[8m", "--home", str(home)]) == 1
+    assert "printable" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..errors import AccessDenied, run_cli
 from ..registry import Registry, open_registry
-from . import commands
+from . import commands, render
 from ..views import dumps
 from .backend import Fleet, LocalFleet
 from .parser import DEFAULT_HOME, build_parser
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 result, text = COMMANDS[args.cmd](fleet, args)
             finally:
                 fleet.close()
-        print(dumps(result) if args.json else text)
+        print(dumps(result) if args.json else render.terminal_safe(text))
         return 0
 
     # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result
