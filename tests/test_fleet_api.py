@@ -318,6 +318,13 @@ def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):
         assert api.delete("/api/v1/tokens/ci").status_code == 404
     with client(env.url, secret) as ci:
         assert ci.get("/api/v1/whoami").status_code == 401
+    with env.api() as api:  # rotation: the revoked name is free again; the old secret stays dead
+        again = api.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"})
+        assert again.status_code == 201, again.text
+    with client(env.url, again.json()["token"]) as ci:
+        assert ci.get("/api/v1/whoami").json() == {"name": "ci", "role": "viewer"}
+    with client(env.url, secret) as ci:
+        assert ci.get("/api/v1/whoami").status_code == 401
 
 
 def test_event_stream_sends_the_overview_and_each_change(env):
