@@ -127,6 +127,25 @@ def test_no_anonymous_access_roles_enforced_and_nothing_changes(env):
         assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
+def test_an_anonymous_oversized_json_body_is_refused_before_it_is_read(env):
+    """FastAPI parses a JSON body before it checks the token: an anonymous 300 MB POST made the server hold
+    1.2 GB before its 401. Bodies over the API's JSON limit are refused unread (413), with or without a
+    Content-Length; the bundle upload keeps its own --max-upload."""
+    from edge_fleet.api.limits import MAX_JSON_BODY
+
+    big = b'{"bundle": "' + b"a" * (MAX_JSON_BODY + 1) + b'"}'
+    with env.api(None) as api:
+        for content in (big, iter([big[:1000], big[1000:]])):  # the second is sent chunked, no Content-Length
+            r = api.post("/api/v1/rollouts", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"] == "too-large", r.text[:200]
+            assert "script-src 'self'" in r.headers["content-security-policy"]
+    with env.api("operator") as api:  # small bodies, sent either way, still reach the API
+        for content in (b'{"bundle": "digits:9", "devices": ["pi-a"]}', iter([b'{"bundle": "digits:9", ',
+                                                                              b'"devices": ["pi-a"]}'])):
+            r = api.post("/api/v1/rollouts", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 404 and r.json()["error"] == "unknown-bundle", r.text
+
+
 def test_upload_is_publish_with_its_checks_and_limits(env, tmp_path, capsys):
     with env.api() as api:
         bundles = {b["version"]: b for b in api.get("/api/v1/bundles").json()["items"]}
