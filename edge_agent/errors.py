@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
+import select
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -122,6 +124,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(89, "broker-login", "the MQTT broker refused the device's login (user name, password or certificate): "
              "give the device its login (edge-fleet devices login ID) again", _U, (AGENT, DEVICE_CLI)),
     ExitCode(130, "interrupted", "interrupted (Ctrl-C)", _U),
+    ExitCode(141, "stdout-closed", "the output's reader left early (piped into head): stopped quietly", _U),
 )
 
 _BY_NAME = {e.name: e for e in EXIT_CODES}
@@ -199,26 +202,31 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
     """Run one CLI command: any failure becomes ONE line `PROG: error: ...` on stderr (and a JSON
     error object on stdout with --json) and its exit code. Tracebacks only go to the debug log."""
     try:
-        return body()
+        code = body()
+        sys.stdout.flush()  # here, not at exit: a reader gone before a short output's only write is seen below
+        return code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
-    except BrokenPipeError:  # `edge-agent run ... --json | head`: the reader had enough, not a failure
-        _quiet_stdout()
-        return exit_code("ok")
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():  # a socket's or an SSH channel's broken pipe is a failure like any other
+            return report_failure(prog, exc, json_mode, verbose)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor an error when Python flushes at exit
+        # `edge-fleet status | head`: quiet, and not 0 (the command did not finish; a halted `deploy --wait` must not
+        # read as success): 141, what a shell reports for git or coreutils ended by SIGPIPE
+        return exit_code("stdout-closed")
     except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
         return report_failure(prog, exc, json_mode, verbose)
 
 
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null: the interpreter's last flush to a closed pipe would print a traceback."""
-    import os
-
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader has closed it (poll says POLLERR on the write end)."""
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush to a pipe
-        pass
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout replaced by a non-file
+        return False
 
 
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:

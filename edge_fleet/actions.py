@@ -126,8 +126,8 @@ def set_group(reg: Registry, actor: Actor, device_id: str, group: str | None) ->
             check_device_id(device_id)
         except ProtocolError as exc:
             raise FleetError(str(exc)) from None
-        if group is not None and not (0 < len(group) <= 64):
-            raise FleetError("a group name must be 1-64 characters")
+        if group is not None and not (0 < len(group) <= 64 and group.isprintable()):
+            raise FleetError(f"a group name must be 1-64 printable characters, got {group!r}")
         reg.set_group(device_id, group)
         dev = reg.device(device_id)
         assert dev is not None

@@ -25,6 +25,7 @@ lease over once it runs out (`lease_ttl`) and continues from the registry.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -41,7 +42,7 @@ from edge_agent.ota.broker_url import split_broker_urls
 from edge_agent.ota.protocol import DEFAULT_PREFIX, Presence, ProtocolError, ReportedState, Telemetry, Topics
 
 from .block_server import BlockLimits, BlockServer
-from .broker import Broker, ExternalBroker, find_mosquitto, start_broker
+from .broker import Broker, BrokerStartError, ExternalBroker, find_mosquitto, start_broker
 from .broker.logins import FLEET_USER, BrokerLogins
 from .broker.mosquitto_config import render_acl
 from .mqtt import MqttSettings, connect, set_nodelay
@@ -97,6 +98,7 @@ class FleetServer:
         self.inbox = ReportInbox(self.topics.parse)  # device messages to store (bounded: report_inbox.py)
         self._writer: threading.Thread | None = None
         self._thread: threading.Thread | None = None
+        self._dir_lock: int | None = None  # fd holding broker_dir's lock while our embedded broker runs
         self._sizes: dict[str, tuple[Path, int] | None] = {}
 
     @property
@@ -114,7 +116,11 @@ class FleetServer:
         """Start (or connect to) the broker, subscribe, and run the rollout loop in a thread."""
         self.settings = self.settings or MqttSettings(url="")
         if self.broker_url is None:
-            self.broker = self._start_embedded()
+            try:
+                self.broker = self._start_embedded()
+            except BaseException:
+                self.stop()  # releases the HOME's lock
+                raise
         else:
             self.broker = ExternalBroker(self.broker_url).start()
         self.settings.url = self.broker.url
@@ -142,7 +148,24 @@ class FleetServer:
         log.info("fleet server running on %s (prefix %s)", self.broker_in_use, self.topics.prefix)
         return self
 
+    def _lock_broker_dir(self) -> None:
+        """One embedded broker per HOME: a second `edge-fleet serve` on it started another broker on the same
+        config, persistence and logins (a second port devices knew nothing of) instead of saying so."""
+        self.broker_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.broker_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BrokerStartError(f"another edge-fleet serve (pid {holder}) runs the embedded broker of "
+                                   f"{self.broker_dir.parent}: stop it first, or give this one its own --home") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._dir_lock = fd
+
     def _start_embedded(self) -> Broker:
+        self._lock_broker_dir()
         host, port = self.listen
         if self.anonymous:
             log.warning("embedded broker without logins: any local client may read and write every topic")
@@ -212,6 +235,9 @@ class FleetServer:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        if self._dir_lock is not None:
+            os.close(self._dir_lock)  # closing the fd releases its lock
+            self._dir_lock = None
 
     def __enter__(self) -> "FleetServer":
         return self.start()

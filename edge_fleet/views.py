@@ -6,6 +6,8 @@ Pure functions of records; no registry access, no HTTP.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -158,3 +160,20 @@ def _count(values: Iterator[str]) -> dict[str, int]:
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1
     return out
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as null, as the API answers them: a device's free-form figures (its shadow
+    and drift reports, rows stored before NaN was refused) made `--json` print NaN, which JSON does not have."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """The CLI's `--json` text: strict JSON, indented."""
+    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)

@@ -96,6 +96,45 @@ def test_check_connection_accepts_the_login_and_names_a_refused_one(fleet_broker
     assert code == exit_code("usage") and "missing.env" in out
 
 
+def test_check_connection_takes_the_json_edge_fleet_devices_login_prints(fleet_broker, tmp_path, capsys):
+    """docs/fleet.md: `edge-fleet devices login ID --json` gives a device its login, `edge-agent serve --credentials
+    FILE` reads it; the agent refused that JSON (it read only KEY=VALUE lines)."""
+    from edge_fleet.cli import main as fleet_main
+
+    broker, logins = fleet_broker
+    capsys.readouterr()
+    assert fleet_main(["devices", "login", "some-device", "--json", "--home", str(tmp_path / "fleet")]) == 0
+    printed = json.loads(capsys.readouterr().out)  # the shape the fleet prints; this broker knows DEVICE's login
+    printed.update(device_id=DEVICE, username=DEVICE, password=logins.devices[DEVICE])
+    creds = _credentials(tmp_path / "login.json", BrokerCredentials())
+    creds.write_text(json.dumps(printed, indent=2))
+    code, out = _check(tmp_path / "home", f"mqtt://{broker.host}:{broker.port}", creds, capsys)
+    assert code == 0 and json.JSONDecoder().raw_decode(out)[0]["username"] == DEVICE
+    creds.write_text('{"user": "x"}')
+    code, out = _check(tmp_path / "home", f"mqtt://{broker.host}:{broker.port}", creds, capsys)
+    assert code == exit_code("usage") and "nor the JSON `edge-fleet devices login ID --json` prints" in out
+
+
+@pytest.mark.parametrize("device_id", ["d\u00e9v", "", "_x", "a" * 65, "a/b"])
+def test_a_device_id_the_fleet_would_refuse_is_a_usage_error_before_any_login(fleet_broker, tmp_path, capsys,
+                                                                             device_id):
+    """--check-connection used to log in with it (then suggest `edge-fleet devices login ID`, which refuses that
+    id) and `serve` failed later with code 1: the id is checked as the option is read."""
+    from edge_agent.cli import main
+
+    broker, logins = fleet_broker
+    good = _credentials(tmp_path / "good.env", BrokerCredentials(DEVICE, logins.devices[DEVICE]))
+    capsys.readouterr()
+    try:
+        code = main(["--home", str(tmp_path / "home"), "serve", "--broker", f"mqtt://{broker.host}:{broker.port}",
+                     "--device-id", device_id, "--profile", PROFILE, "--credentials", str(good), "--check-connection"])
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    assert code == exit_code("usage")
+    err = capsys.readouterr().err
+    assert "--device-id" in err and "must be 1-64 of [A-Za-z0-9._-]" in err
+
+
 def test_check_connection_over_tls_names_a_wrong_ca(fleet_broker, tmp_path, capsys):
     from edge_fleet.broker import TlsListener
 

@@ -102,3 +102,33 @@ def test_a_profile_error_is_code_20_though_device_profiles_imports_nothing_of_ou
     from device_profiles import load_profile
 
     assert errors.run_main("edge-x", lambda: bool(load_profile("no-such-board"))) == 20
+
+
+def test_output_into_a_pipe_its_reader_closed_stops_quietly_with_141(tmp_path):
+    """`edge-fleet status | head`: head exits after a line; the CLI printed `error: [Errno 32] Broken pipe` and
+    exited 1. Now it stops without a word, with 141 (what a shell reports for git ended by SIGPIPE): not 0, since the
+    command did not finish (a halted `deploy --wait` must not read as success). Buffered stdout, as in a terminal
+    session: the short output is only written at the end."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command prints a byte
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        run = subprocess.run([sys.executable, "-m", "edge_fleet.cli", "audit", "--home", str(tmp_path / "fleet")],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                             env={**env, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+    assert (run.returncode, run.stderr) == (errors.exit_code("stdout-closed"), "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_a_failure(capsys):
+    """An SSH channel or a socket closing under a command raises BrokenPipeError too: that one is reported."""
+    def body() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert errors.run_main("edge-x", body) == errors.exit_code("error")
+    assert "Broken pipe" in capsys.readouterr().err

@@ -127,6 +127,25 @@ def test_no_anonymous_access_roles_enforced_and_nothing_changes(env):
         assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
+def test_an_anonymous_oversized_json_body_is_refused_before_it_is_read(env):
+    """FastAPI parses a JSON body before it checks the token: an anonymous 300 MB POST made the server hold
+    1.2 GB before its 401. Bodies over the API's JSON limit are refused unread (413), with or without a
+    Content-Length; the bundle upload keeps its own --max-upload."""
+    from edge_fleet.api.limits import MAX_JSON_BODY
+
+    big = b'{"bundle": "' + b"a" * (MAX_JSON_BODY + 1) + b'"}'
+    with env.api(None) as api:
+        for content in (big, iter([big[:1000], big[1000:]])):  # the second is sent chunked, no Content-Length
+            r = api.post("/api/v1/rollouts", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"] == "too-large", r.text[:200]
+            assert "script-src 'self'" in r.headers["content-security-policy"]
+    with env.api("operator") as api:  # small bodies, sent either way, still reach the API
+        for content in (b'{"bundle": "digits:9", "devices": ["pi-a"]}', iter([b'{"bundle": "digits:9", ',
+                                                                              b'"devices": ["pi-a"]}'])):
+            r = api.post("/api/v1/rollouts", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 404 and r.json()["error"] == "unknown-bundle", r.text
+
+
 def test_upload_is_publish_with_its_checks_and_limits(env, tmp_path, capsys):
     with env.api() as api:
         bundles = {b["version"]: b for b in api.get("/api/v1/bundles").json()["items"]}
@@ -181,6 +200,11 @@ def test_bad_deploy_requests_are_refused_and_create_nothing(env):
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "group": "g"}}, 400, "error")
         refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "stages": "5,200"}}, 400, "error")
         refused({"json": {"bundle": "digits", "devices": ["pi-a"]}}, 400, "error")
+        for version in ("99999999999999999999999", "\u00b2"):  # past SQLite's integers; a digit int() refuses
+            refused({"json": {"bundle": f"digits:{version}", "devices": ["pi-a"]}}, 400, "error")
+        for template in ("http://cdn/{nope}", "http://cdn/{", "http://cdn/{0}"):  # were 500s
+            assert "{sha256}" in refused({"json": {"bundle": "digits:2", "devices": ["pi-a"], "source_url": template}},
+                                         400, "error")["message"]
         assert api.post("/api/v1/rollouts/r-none/halt").json()["error"] == "not-found"
         assert api.get("/api/v1/devices/nobody").status_code == 404
         assert api.put("/api/v1/devices/bad%20id/group", json={"group": "x"}).status_code == 400
@@ -291,6 +315,9 @@ def test_cli_works_on_the_remote_fleet(env, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["version"] == 2
     assert fleet_main(["--api", env.url, "--token", "efk_wrong", "bundles"]) == exit_code("access-denied")
     assert fleet_main(["--api", "http://127.0.0.1:9", "--token", "x", "bundles"]) == exit_code("api-failed")
+    # the API's base URL as the docs show it (.../api/v1) was 'Not Found', exit 63; a missing token was exit 1
+    assert fleet_main(["--api", env.url + "/api/v1/", "--token", env.tokens["viewer"], "bundles"]) == 0
+    assert fleet_main(["--api", env.url, "bundles"]) == exit_code("access-denied")
 
 
 def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):
@@ -308,6 +335,13 @@ def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):
     with env.api() as api:
         assert api.delete("/api/v1/tokens/ci").status_code == 200
         assert api.delete("/api/v1/tokens/ci").status_code == 404
+    with client(env.url, secret) as ci:
+        assert ci.get("/api/v1/whoami").status_code == 401
+    with env.api() as api:  # rotation: the revoked name is free again; the old secret stays dead
+        again = api.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"})
+        assert again.status_code == 201, again.text
+    with client(env.url, again.json()["token"]) as ci:
+        assert ci.get("/api/v1/whoami").json() == {"name": "ci", "role": "viewer"}
     with client(env.url, secret) as ci:
         assert ci.get("/api/v1/whoami").status_code == 401
 

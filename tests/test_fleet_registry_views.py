@@ -75,6 +75,10 @@ def test_tokens_unique_revocable_and_audit_filters(registry_location, tmp_path):
         assert reg.token_by_hash("h1").role == "operator" and reg.token_by_hash("nope") is None
         assert reg.revoke_token("ci", 3.0) and not reg.revoke_token("ci", 4.0)
         assert reg.tokens()[0].revoked_at == 3.0 and "token_hash" not in reg.tokens()[0].to_json()
+        # rotation: a revoked token's name is taken again (it said "already exists (revoke it ...)" once revoked)
+        reg.add_token(TokenRecord("ci", "viewer", "h3", 3.5, "local:root"))
+        assert reg.token_by_hash("h1") is None and reg.token_by_hash("h3").revoked_at is None
+        assert [(t.name, t.role) for t in reg.tokens()] == [("ci", "viewer")]
         reg.add_audit("ci", "operator", "deploy", "digits:2", {"group": "lobby"}, "ok", now=5)
         reg.add_audit("ci", "operator", "publish", "x", {}, "denied: needs admin", now=6)
         reg.add_audit("local:root", "admin", "deploy", "digits:3", {}, "ok", now=7)

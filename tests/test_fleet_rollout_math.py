@@ -24,7 +24,8 @@ def test_parse_target_examples(text, expected):
     assert parse_target(text) == expected
 
 
-@pytest.mark.parametrize("text", ["digits", "digits:", ":2", "digits:0", "digits:-1", "digits:x"])
+@pytest.mark.parametrize("text", ["digits", "digits:", ":2", "digits:0", "digits:-1", "digits:x",
+                                  "digits:99999999999999999999999", "digits:\u00b2", "digits: 2"])
 def test_parse_target_refuses(text):
     with pytest.raises(FleetError, match="NAME:VERSION"):
         parse_target(text)

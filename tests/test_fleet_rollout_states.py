@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
+from edge_fleet.errors import FleetError, NoTargets
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import (BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget,
                                          TargetStatus)
@@ -195,6 +196,43 @@ def test_a_bundle_file_gone_from_the_store_fails_its_devices_once_not_every_tick
         assert sent == [] or all(p is None or p["bundle"]["version"] == 1 for _, p in sent)
         assert r.target("a").status == T.FAILED and "bundle file unreadable" in r.target("a").reason
         assert r.status in (R.HALTED, R.HALTING)
+
+
+@pytest.mark.parametrize(("option", "value"), [("stage_timeout", float("nan")), ("stage_timeout", float("inf")),
+                                             ("stage_timeout", -5.0), ("stage_timeout", 0.0),
+                                             ("stage_soak", float("nan")), ("stage_soak", float("inf"))])
+def test_a_rollout_needs_finite_positive_timings(registry_location, tmp_path, option, value):
+    """`edge-fleet deploy --stage-timeout -5` timed every device out at once; inf never ended a stage (and printed
+    `Infinity`, not JSON); NaN reached the database as a NOT NULL error. Refused up front, nothing stored."""
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        with pytest.raises(FleetError, match=f"--{option.replace('_', '-')} must be a finite number"):
+            plan_rollout(reg, "digits:2", devices=["a"], **{option: value})
+        assert reg.rollouts() == []
+
+
+@pytest.mark.parametrize("template", ["http://cdn/{nope}", "http://cdn/{", "http://cdn/{0}", "http://cdn/{name.x}"])
+def test_a_source_url_template_with_an_unknown_field_is_refused_with_the_fields_it_may_use(registry_location,
+                                                                                         tmp_path, template):
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        with pytest.raises(FleetError, match="use {sha256}, {name}, {version} and {profile}"):
+            plan_rollout(reg, "digits:2", devices=["a"], source_url=template)
+        assert reg.rollouts() == []
+
+
+def test_no_targets_names_a_few_devices_per_reason_not_thousands(registry_location, tmp_path):
+    """A group of thousands that never reported made one error line of every id (and echoed a 20 MB id whole)."""
+    with open_registry(registry_location) as reg:
+        _two_devices_on_v1(reg, tmp_path)
+        reg.record_reported(ReportedState("jetson", "idle", "jetson-orin-nano", "t"))
+        ghosts = [f"ghost-{i}" for i in range(2000)] + ["x" * 100_000]
+        with pytest.raises(NoTargets) as refused:
+            plan_rollout(reg, "digits:2", devices=["jetson", *ghosts])
+        message = str(refused.value)
+        assert len(message) < 600, message
+        assert "ghost-0, ghost-1, ghost-2, ghost-3, ghost-4 and 1996 more: unknown device" in message
+        assert "jetson: profile jetson-orin-nano does not match the bundle's profile (pi)" in message
 
 
 def test_a_restarted_server_continues_a_pending_rollout_from_the_registry(registry_location, tmp_path):

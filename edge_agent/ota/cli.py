@@ -20,7 +20,7 @@ from .installer import (
     InstallContext, UpdateJob, UpdateRefused, copy_side_loaded, install_lock, load_job, run_update, save_job,
 )
 from .phases import Event, Phase
-from .protocol import DEFAULT_PREFIX, BundleRef, DesiredState
+from .protocol import DEFAULT_PREFIX, BundleRef, DesiredState, ProtocolError, check_device_id
 from .slots import SlotError, Slots
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,15 @@ def cmd_status(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
     return s, "\n".join(lines)
 
 
+def _device_id(text: str) -> str:
+    """argparse type: a bad id is a usage error (2) at once, also for --check-connection (which used to log in
+    with it and suggest `edge-fleet devices login ID`, which refuses that id)."""
+    try:
+        return check_device_id(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from .daemon import Agent, AgentConfig, install_signal_handlers
     from .daemon.config import AgentConfigError
@@ -228,7 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mqtt://host:1883 or mqtts://host:8883; repeat it (or give a comma list) for the nodes of a "
                    "clustered broker: the agent moves to the next one when its connection is lost. Default: "
                    "EDGE_AGENT_BROKER, else the home's `broker` file")
-    p.add_argument("--device-id", required=True, help="this device's id (1-64 of [A-Za-z0-9._-])")
+    p.add_argument("--device-id", required=True, type=_device_id, help="this device's id (1-64 of [A-Za-z0-9._-])")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"), metavar="FILE",
                    help="file with the MQTT login (EDGE_AGENT_MQTT_USERNAME=, EDGE_AGENT_MQTT_PASSWORD=, "

@@ -9,11 +9,13 @@ to the end of the line (no quoting, so any password survives as is); `#` starts 
     EDGE_AGENT_MQTT_TLS_CA=/opt/edgekit/broker-ca.pem
 
 The names are those of the environment variables the agent also reads, so the same file can serve
-as a systemd `EnvironmentFile=` for values without quotes or backslashes.
+as a systemd `EnvironmentFile=` for values without quotes or backslashes. The JSON that
+`edge-fleet devices login ID --json` prints is read too (its user name and password).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -58,6 +60,8 @@ class BrokerCredentials:
 
 
 def parse_credentials(text: str, where: str = "credentials") -> BrokerCredentials:
+    if text.lstrip().startswith("{"):
+        return _from_login_json(text, where)
     values: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -67,6 +71,19 @@ def parse_credentials(text: str, where: str = "credentials") -> BrokerCredential
             raise CredentialsError(f"{where} line {n}: expected one of {', '.join(KEYS)}=VALUE")
         values[KEYS[key.strip()]] = value
     return BrokerCredentials(**values)
+
+
+def _from_login_json(text: str, where: str) -> BrokerCredentials:
+    """What `edge-fleet devices login ID --json` printed, as the docs hand it to the device (user name, password)."""
+    try:
+        login = json.loads(text)
+        username, password = login["username"], login["password"]
+        if not (isinstance(username, str) and isinstance(password, str)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise CredentialsError(f"{where}: neither {', '.join(KEYS)}=VALUE lines nor the JSON `edge-fleet devices "
+                               "login ID --json` prints") from None
+    return BrokerCredentials(username, password)
 
 
 def read_credentials(path: str | Path) -> BrokerCredentials:

@@ -29,7 +29,9 @@ def _copy_body(resp, fh, have: int, size: int, url: str, cancel: threading.Event
     it used to be called for every 64 KiB, i.e. 500 retained reported-state messages for a 32 MB bundle."""
     view = memoryview(bytearray(CHUNK))
     last_report = time.monotonic()
-    while n := resp.readinto(view):
+    # readinto1: what has arrived (one socket read), not a full MiB: on a slow link readinto() waited for a whole
+    # MiB before writing a byte, so no progress, no cancel, and a crash or power cut lost all of it
+    while n := resp.readinto1(view):
         if cancel.is_set():
             raise TransferCancelled("download abandoned")
         if have + n > size:
@@ -75,7 +77,7 @@ def http_download(
                 if have and resp.status != 206:
                     log.info("server ignored the Range request: starting over")
                     have = 0
-                with open(part, "r+b" if part.exists() else "wb") as fh:
+                with open(part, "r+b" if part.exists() else "wb", buffering=0) as fh:  # on disk as it arrives
                     fh.seek(have)
                     fh.truncate()
                     have = _copy_body(resp, fh, have, size, url, cancel, progress)

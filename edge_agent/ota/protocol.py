@@ -40,6 +40,7 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1024, 16 * 1024 * 1024
 # many blocks (the bitmap and the block-hash list), each at most MAX_BLOCK_SIZE.
 MAX_BLOCKS = 1 << 16
 BLOCK_HASH_BYTES = 32  # a SHA-256 per block in DesiredState.block_hashes
+MAX_INT = 2**63 - 1  # versions and counters: what a registry column (SQLite, PostgreSQL BIGINT) holds
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -126,10 +127,24 @@ def check_device_id(device_id: str) -> str:
 # --- JSON messages ------------------------------------------------------------------------
 
 
+def _finite(value: int | float, what: str) -> float:
+    """json.loads takes NaN, Infinity and 400-digit integers; none belongs in a registry row or `--json` output."""
+    number = float(value) if abs(value) < 1e308 else math.inf  # (NaN passes the test, then fails isfinite)
+    if not math.isfinite(number):
+        raise ProtocolError(f"{what} must be a finite number")
+    return number
+
+
+def _count(value: int, what: str) -> int:
+    if not 0 <= value <= MAX_INT:
+        raise ProtocolError(f"{what} must be between 0 and {MAX_INT}")
+    return value
+
+
 def _numbers(values: dict[str, Any], what: str) -> dict[str, float]:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
         raise ProtocolError(f"{what} values must be numbers")
-    return {k: float(v) for k, v in values.items()}
+    return {k: _finite(v, f"{what}.{k}") for k, v in values.items()}
 
 
 def _fraction(value: float, what: str) -> float:
@@ -184,8 +199,8 @@ class BundleRef:
         if not _SHA_RE.match(sha):
             raise ProtocolError(f"{what}.sha256 is not a lowercase hex SHA-256")
         version = _get(obj, "version", int, what)
-        if version < 1:
-            raise ProtocolError(f"{what}.version must be >= 1")
+        if not 1 <= version <= MAX_INT:
+            raise ProtocolError(f"{what}.version must be between 1 and {MAX_INT}")
         return cls(name=_get(obj, "name", str, what), version=version, sha256=sha)
 
 
@@ -209,8 +224,8 @@ class ShadowGate:
             value = _get(obj, key, kind, what, optional=True)
             return default if value is None else value
 
-        gate = cls(min_agreement=float(_get(obj, "min_agreement", (int, float), what)),
-                   frames=opt("frames", int, 300), timeout_s=float(opt("timeout_s", (int, float), 300.0)),
+        gate = cls(min_agreement=_finite(_get(obj, "min_agreement", (int, float), what), f"{what}.min_agreement"),
+                   frames=opt("frames", int, 300), timeout_s=_finite(opt("timeout_s", (int, float), 300.0), what),
                    every=opt("every", int, 1))
         if not (0.0 <= gate.min_agreement <= 1.0 and gate.frames >= 1 and 0 < gate.timeout_s < 1e9
                 and gate.every >= 1):  # written with `not`: NaN fails too
@@ -273,9 +288,7 @@ class DesiredState:
         signature = _get(o, "signature", dict, w)
         for key in ("algorithm", "key_id", "signature"):
             _get(signature, key, str, "desired.signature")
-        issued_at = float(_get(o, "issued_at", (int, float), w))
-        if not math.isfinite(issued_at):
-            raise ProtocolError("desired.issued_at must be a finite number")
+        issued_at = _finite(_get(o, "issued_at", (int, float), w), "desired.issued_at")
         desired = cls(
             deployment_id=check_deployment_id(_get(o, "deployment_id", str, w)),
             bundle=BundleRef.from_obj(o.get("bundle"), "desired.bundle"),
@@ -340,7 +353,7 @@ class ReportedState:
             target=ref("target"),
             progress=_fraction(_get(o, "progress", (int, float), w, optional=True) or 0.0, "reported.progress"),
             last_error=_get(o, "last_error", str, w, optional=True),
-            updated_at=float(_get(o, "updated_at", (int, float), w)),
+            updated_at=_finite(_get(o, "updated_at", (int, float), w), "reported.updated_at"),
             shadow=_get(o, "shadow", dict, w, optional=True),
             drift=_get(o, "drift", dict, w, optional=True),
         )
@@ -359,7 +372,7 @@ class Presence:
         state = _get(o, "state", str, "presence")
         if state not in ("online", "offline"):
             raise ProtocolError("presence.state must be 'online' or 'offline'")
-        return cls(state=state, at=float(_get(o, "at", (int, float), "presence", optional=True) or 0.0))
+        return cls(state=state, at=_finite(_get(o, "at", (int, float), "presence", optional=True) or 0.0, "presence.at"))
 
 
 @dataclass
@@ -379,9 +392,9 @@ class Telemetry:
         o = _load(payload, w)
         return cls(
             model=BundleRef.from_obj(o["model"], "telemetry.model") if o.get("model") else None,
-            inferences=_get(o, "inferences", int, w),
-            errors=_get(o, "errors", int, w),
+            inferences=_count(_get(o, "inferences", int, w), "telemetry.inferences"),
+            errors=_count(_get(o, "errors", int, w), "telemetry.errors"),
             latency=_numbers(_get(o, "latency", dict, w, optional=True) or {}, "telemetry.latency"),
             extra=_get(o, "extra", dict, w, optional=True) or {},
-            at=float(_get(o, "at", (int, float), w, optional=True) or 0.0),
+            at=_finite(_get(o, "at", (int, float), w, optional=True) or 0.0, "telemetry.at"),
         )

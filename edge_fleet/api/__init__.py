@@ -2,6 +2,7 @@
 `edge-fleet serve --http PORT`.
 
     app.py             create_app(): routers, error handlers, security headers, the console's static files
+    body_limit.py      413 for a request body over MAX_JSON_BODY before FastAPI reads it (uploads excepted)
     deps.py            ApiState (registry, trusted keys, upload limit), token -> Actor, pagination
     errors.py          every refusal as {"error", "message", "exit_code"} with its HTTP status
     models.py          request bodies (deploy, group, token)

@@ -19,9 +19,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import errors
+from .body_limit import BodyLimit
 from .deps import ApiState
 from .events import ChangeFeed
 from .events import router as events_router
+from .limits import MAX_JSON_BODY
 from .routes_admin import router as admin_router
 from .routes_bundles import router as bundles_router
 from .routes_fleet import router as fleet_router
@@ -50,6 +52,8 @@ def create_app(st: ApiState, console: bool = True) -> FastAPI:
     errors.install(app)
     for router in (fleet_router, bundles_router, rollouts_router, admin_router, events_router):
         app.include_router(router)
+
+    app.add_middleware(BodyLimit, limit=MAX_JSON_BODY)  # before FastAPI reads a body; inside the headers below
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 BrokerKind = Literal["mosquitto", "amqtt"]
 
+LAST_PORT = "port"  # in data_dir: the port its broker had last, taken again when no port is given
 UNAVAILABLE_MSG = "no MQTT broker available: install mosquitto (apt-get install mosquitto) or pip install amqtt"
 
 
@@ -66,12 +68,13 @@ def start_broker(
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     for kind in _candidates(prefer, fallback, needs_mosquitto=acl_file is not None or tls is not None):
-        broker = _installed(kind, data_dir, host, port or free_port(host), creds, max_message_mb, acl_file,
-                            start_timeout, tls)
+        broker = _installed(kind, data_dir, host, port or _last_or_free_port(data_dir, host), creds, max_message_mb,
+                            acl_file, start_timeout, tls)
         if broker is None:
             log.info("%s broker not installed", kind)
             continue
         broker.start()
+        (data_dir / LAST_PORT).write_text(f"{broker.port}\n")
         log.info("started %s broker at %s (data_dir=%s)", kind, broker.url, data_dir)
         return broker
     if acl_file is not None or tls is not None:
@@ -106,3 +109,16 @@ def _candidates(prefer: BrokerKind, fallback: bool, needs_mosquitto: bool) -> li
         if not order:
             raise ValueError("acl_file and tls are only supported by the mosquitto broker")
     return order
+
+
+def _last_or_free_port(data_dir: Path, host: str) -> int:
+    """The port this data_dir's broker had last time if it is free again, else any free one: devices were given
+    the broker's URL, and a restarted `edge-fleet serve` without --listen moved it and lost every device."""
+    try:
+        last = int((data_dir / LAST_PORT).read_text())
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the brokers bind their listener
+            s.bind((host, last))
+        return last
+    except (OSError, ValueError, OverflowError):
+        return free_port(host)

@@ -18,15 +18,15 @@ edge_fleet/errors.py registers for it (`edge-fleet --help` lists them, generated
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import FleetError, run_cli
+from ..errors import AccessDenied, run_cli
 from ..registry import Registry, open_registry
-from . import commands
+from . import commands, render
+from ..views import dumps
 from .backend import Fleet, LocalFleet
 from .parser import DEFAULT_HOME, build_parser
 from .serve import cmd_serve
@@ -55,7 +55,7 @@ def open_fleet(args: argparse.Namespace) -> Fleet:
         from .remote import ApiClient, RemoteFleet
 
         if not args.token:
-            raise FleetError("--api needs a token: --token T or env EDGE_FLEET_TOKEN")
+            raise AccessDenied("--api needs a token: --token T or env EDGE_FLEET_TOKEN")  # 65, as a missing one is
         return RemoteFleet(ApiClient(args.api, args.token, ca=args.api_ca))
     return LocalFleet(open_local_registry(args), Path(args.home).expanduser())
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 result, text = COMMANDS[args.cmd](fleet, args)
             finally:
                 fleet.close()
-        print(json.dumps(result, indent=2, default=str) if args.json else text)
+        print(dumps(result) if args.json else render.terminal_safe(text))
         return 0
 
     # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import FleetError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
+from ..views import dumps
 from .backend import Fleet
 
 Result = tuple[Any, str]
@@ -37,7 +37,7 @@ def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> Result:
         r = fleet.follow(r["id"], args.wait_timeout)
     text = render.rollout_text(r)
     if args.wait and r["status"] == RolloutStatus.HALTED:
-        print(json.dumps(r, indent=2) if args.json else text)  # the outcome per device, then the one error line
+        print(dumps(r) if args.json else render.terminal_safe(text))  # the outcome per device, then the one error line
         raise RolloutHalted(f"rollout {r['id']} halted: {r['reason']}")
     if not args.wait:
         text += f"\n(queued: a running `edge-fleet serve` drives it; follow with `edge-fleet rollouts {r['id']}`)"

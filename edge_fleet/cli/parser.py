@@ -47,7 +47,8 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--embedded", choices=("mosquitto", "amqtt"), default="mosquitto",
                    help="preferred embedded broker (falls back to the other when not installed)")
     s.add_argument("--listen", type=listen_address, default=("127.0.0.1", None), metavar="HOST[:PORT]",
-                   help="where the embedded broker listens (default 127.0.0.1 on a free port)")
+                   help="where the embedded broker listens (default 127.0.0.1 on the port it had at its last "
+                        "start in this HOME when free, so devices reconnect after a restart; else a free port)")
     s.add_argument("--anonymous", action="store_true",
                    help="embedded broker without logins or ACL (by default it requires logins, generated on the "
                    "first start in HOME/broker/logins.json; give each device one with `devices login ID`)")

@@ -34,7 +34,7 @@ class ApiClient:
     def __init__(self, url: str, token: str | None, ca: Path | None = None, timeout: float = 60.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise FleetError(f"--api must be an http:// or https:// URL, got {url!r}")
-        self.base = url.rstrip("/")
+        self.base = url.rstrip("/").removesuffix("/api/v1")  # the API's own base URL, as the docs print it, works too
         self.token = token
         self.timeout = timeout
         self.context = ssl.create_default_context(cafile=str(ca)) if ca else None

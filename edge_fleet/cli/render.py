@@ -7,6 +7,20 @@ from typing import Any
 
 Json = dict[str, Any]
 
+# every control character but the line break (ESC, CR, BEL, C1...) shown escaped, not sent to the terminal
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)] if c != 0x0a}
+
+
+def terminal_safe(text: str) -> str:
+    """Text for the operator's terminal: a device's report (its error, profile, model name, drift figures) or a
+    group name carried escape sequences and carriage returns that recoloured or overwrote the table."""
+    return text.translate(_CONTROLS)
+
+
+def one_line(value: Any) -> str:
+    """A field from a device or an operator shown on its own line: a line break in it is shown as \\n."""
+    return str(value).replace("\n", "\\n")
+
 
 def ts(value: float | None) -> str:
     return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
@@ -17,13 +31,14 @@ def status_text(devices: list[Json], active: list[str], shadows: list[Json] | No
     lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
                         "P50 ms", "P99 ms", "DRIFT")]
     for d in devices:
-        lines.append(fmt.format(d["id"], d["profile"] or "-", d["group"] or "-", d["model"] or "-",
+        lines.append(fmt.format(d["id"], one_line(d["profile"] or "-"), one_line(d["group"] or "-"),
+                                one_line(d["model"] or "-"),
                                 d["version"] or "-", d["phase"] or "-", d["presence"], ts(d["last_seen"]),
                                 f"{d['latency_p50_ms']:.2f}" if d["latency_p50_ms"] is not None else "-",
                                 f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-",
                                 drift_text(d.get("drift"))))
         if d["last_error"]:
-            lines.append(f"  last error: {d['last_error']}")
+            lines.append(f"  last error: {one_line(d['last_error'])}")
     if active:
         lines.append("active rollouts: " + ", ".join(active))
     for r in shadows or []:  # views.rollout_shadows: active rollouts and the newest one
@@ -57,10 +72,10 @@ def rollout_text(r: Json) -> str:
     stages = r["stages"]
     lines = [f"rollout {r['id']}: {r['name']}:{r['version']} {r['status'].upper()}"
              f" stage {max(r['stage'], 0) + 1}/{len(stages)} (cumulative devices {list(stages)})"
-             + (f" - {r['reason']}" if r.get("reason") else "")]
+             + (f" - {one_line(r['reason'])}" if r.get("reason") else "")]
     for d in r.get("devices", []):
         stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
-        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {d['reason'] or ''}")
+        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {one_line(d['reason'] or '')}")
     for s in r.get("stage_progress", []):
         if s.get("shadow"):
             lines.append(f"  stage {s['stage']} {shadow_text(s['shadow'])}")
@@ -68,7 +83,7 @@ def rollout_text(r: Json) -> str:
 
 
 def rollouts_text(rows: list[Json]) -> str:
-    return "\n".join(f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {r.get('reason') or ''}"
+    return "\n".join(f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {one_line(r.get('reason') or '')}"
                      for r in rows) or "no rollouts"
 
 

@@ -23,12 +23,21 @@ class SqlAccess:
     _INTEGRITY_ERROR: type[Exception] = sqlite3.IntegrityError
 
     def add_token(self, rec: TokenRecord) -> None:
+        """Store a new token; a revoked token's name is taken again (rotation: revoke ci, create ci), a live one's
+        is refused. The audit log keeps both tokens' entries under the name, in order."""
+        reused = self._execute("UPDATE api_tokens SET role=?, token_hash=?, created_at=?, created_by=?, "
+                               "last_used_at=?, revoked_at=? WHERE name=? AND revoked_at IS NOT NULL",
+                               (rec.role, rec.token_hash, rec.created_at, rec.created_by, rec.last_used_at,
+                                rec.revoked_at, rec.name))
+        if reused.rowcount:
+            return
         try:
             self._execute("INSERT INTO api_tokens VALUES (?,?,?,?,?,?,?)",
                           (rec.name, rec.role, rec.token_hash, rec.created_at, rec.created_by, rec.last_used_at,
                            rec.revoked_at))
         except self._INTEGRITY_ERROR as exc:
-            raise ValueError(f"a token named {rec.name!r} already exists (revoke it or choose another name)") from exc
+            raise ValueError(f"a live token named {rec.name!r} already exists (revoke it first, or choose another "
+                             "name)") from exc
 
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         rows = self._query("SELECT * FROM api_tokens WHERE token_hash=?", (token_hash,))

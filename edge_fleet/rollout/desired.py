@@ -23,7 +23,12 @@ def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]
     s3://bucket/key becomes a pre-signed URL per device, signed_urls.py)."""
     if not url_template:
         return {"type": "mqtt"}
-    url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version, profile=bundle.profile)
+    try:
+        url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version,
+                                  profile=bundle.profile)
+    except (KeyError, IndexError, AttributeError, ValueError) as exc:  # {nope}, {0}, {name.x}, a lone {
+        raise FleetError(f"--source-url {url_template!r} is not a usable template ({type(exc).__name__}: {exc}): "
+                         "use {sha256}, {name}, {version} and {profile}; double a literal brace ({{ }})") from None
     if not url.startswith(("http://", "https://", "s3://")):
         raise FleetError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
     return {"type": "http", "url": url}

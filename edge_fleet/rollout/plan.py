@@ -4,6 +4,7 @@ pending rollout. The running fleet server's RolloutDriver picks it up from the r
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +51,16 @@ def select_targets(wanted: Sequence[str], known: Mapping[str, DeviceRecord], bun
     return eligible, skipped
 
 
+def skipped_summary(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
+    """The skipped devices by reason, a few names each: one line even for a group of thousands that never
+    reported (it listed every device, and echoed a 20 MB device id whole)."""
+    by_reason: dict[str, list[str]] = {}
+    for dev, reason in skipped:
+        by_reason.setdefault(reason, []).append(dev if len(dev) <= 64 else dev[:61] + "...")
+    return "; ".join(", ".join(devs[:shown]) + (f" and {len(devs) - shown} more" if len(devs) > shown else "")
+                     + f": {reason}" for reason, devs in by_reason.items())
+
+
 def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tuple[list[str], dict[str, DeviceRecord]]:
     """The device ids asked for (in order, without duplicates) and what the registry knows of them."""
     if (devices is None) == (group is None):
@@ -79,8 +90,10 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     shadow: the shadow gate (desired.shadow_gate) every device runs before it switches; a device whose new model
     disagrees reports failed (shadow_failed), which counts against max_failures like any failure.
     """
-    if stage_soak < 0:
-        raise FleetError(f"--stage-soak must be >= 0 seconds, got {stage_soak}")
+    if not 0 <= stage_soak < math.inf:  # `not`: NaN too (SQLite stores it as NULL; inf never lets a stage end)
+        raise FleetError(f"--stage-soak must be a finite number of seconds >= 0, got {stage_soak}")
+    if not 0 < stage_timeout < math.inf:  # <= 0 times every device out at once; NaN/inf never time one out
+        raise FleetError(f"--stage-timeout must be a finite number of seconds > 0, got {stage_timeout}")
     if shadow and not shadow["timeout_s"] < stage_timeout:
         raise FleetError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
                          f"({stage_timeout:g}s): a device waiting for live frames would time out first")
@@ -91,8 +104,7 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     wanted, known = _wanted(reg, devices, group)
     eligible, skipped = select_targets(wanted, known, bundles, reg.busy_devices(wanted))
     if not eligible:
-        raise NoTargets("no selected device can take " + f"{name}:{version}: "
-                        + "; ".join(f"{d}: {r}" for d, r in skipped))
+        raise NoTargets(f"no selected device can take {name}:{version}: {skipped_summary(skipped)}")
     for _, b in eligible:
         source_for(b, source_url)  # refuse a bad template now, not mid-rollout
     counts = split_stages(len(eligible), stages or list(DEFAULT_STAGES))

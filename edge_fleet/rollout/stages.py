@@ -7,6 +7,7 @@ checked by Hypothesis in tests/test_rollout_math.py.
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence, TypeVar
 
 from ..errors import FleetError
@@ -20,7 +21,8 @@ DEFAULT_STAGE_TIMEOUT = 900.0
 def parse_target(text: str) -> tuple[str, int]:
     """'digits:2' -> ('digits', 2)."""
     name, sep, version = text.rpartition(":")
-    if not sep or not name or not version.isdigit() or int(version) < 1:
+    # ASCII digits only ('²'.isdigit() is true, int('²') fails) and within the registry's 64-bit integers
+    if not sep or not name or not re.fullmatch(r"[0-9]{1,18}", version) or int(version) < 1:
         raise FleetError(f"bundle must be given as NAME:VERSION (e.g. digits:2), got {text!r}")
     return name, int(version)
 
