@@ -102,3 +102,58 @@ def test_a_quantized_uint8_tflite_keeps_the_users_normalisation(keys, tmp_path, 
     want = [int(_direct_litert(model, np.asarray(Image.open(p).convert("RGB")), mean, std).argmax()) for p in photos]
     assert len(set(want)) > 1, "the test model must tell the tints apart"
     assert got == want
+
+
+TORCH_IMAGE_MODELS = '''
+import torch
+
+
+class Conv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 3)
+
+    def forward(self, x, mask=None):
+        y = self.head(self.conv(x).mean((2, 3)))
+        return y if mask is None else y * mask
+
+
+def conv():
+    torch.manual_seed(0)
+    return Conv().eval()
+'''
+
+
+def test_a_pytorch_image_model_with_uint8_npz_data_converts(keys, tmp_path, capsys):
+    """A Conv2d factory whose .npz data is uint8 pixels died in the export (exit 21, 'Input type (unsigned char) and
+    bias type (float) should be the same'): the export example took the data's integer dtype. Its
+    forward(x, mask=None) takes one input, not two."""
+    path = tmp_path / "image_models.py"
+    path.write_text(TORCH_IMAGE_MODELS)
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "pixels.npz", x=rng.integers(0, 256, (16, 3, 12, 12)).astype(np.uint8),
+             labels=rng.integers(0, 3, 16))
+    out = tmp_path / "conv.edgebundle"
+    assert _convert(f"{path}:conv", out, keys[0], "--input-shape", "1x3x12x12", "--precision", "fp32",
+                    "--eval", str(tmp_path / "pixels.npz")) == 0
+    from edge_agent.bundle import read_manifest_unverified
+
+    inputs = read_manifest_unverified(out).inputs
+    assert [(t.dtype, t.shape) for t in inputs] == [("float32", [1, 3, 12, 12])]
+
+
+def test_forward_with_a_defaulted_argument_takes_one_input(tmp_path):
+    """TorchScript's schema gives `mask=None` a default of None: `default_value is None` counted it as an input."""
+    import importlib.util
+
+    import torch
+
+    from converter.importers.torch_module import _forward_inputs
+
+    (tmp_path / "regression_conv_models.py").write_text(TORCH_IMAGE_MODELS)
+    spec = importlib.util.spec_from_file_location("regression_conv_models", tmp_path / "regression_conv_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.conv()
+    assert _forward_inputs(model) == ["x"]
+    assert _forward_inputs(torch.jit.script(model)) == ["x"]
