@@ -203,11 +203,32 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
-    except BrokenPipeError:  # `edge-agent run ... --json | head`: the reader had enough, not a failure
+    except BrokenPipeError as exc:  # `edge-agent run ... --json | head`: the reader had enough, not a failure
+        if not _stdout_broken():  # another pipe (an SSH channel closing under edge-device setup): a failure
+            return report_failure(prog, exc, json_mode, verbose)
         _quiet_stdout()
         return exit_code("ok")
     except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
         return report_failure(prog, exc, json_mode, verbose)
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout is the pipe whose reader left: its flush fails, or poll reports an error on it."""
+    import select
+
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured): not a pipe
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll() (Windows): stdout flushed fine, so it is not broken
+        return False
 
 
 def _quiet_stdout() -> None:

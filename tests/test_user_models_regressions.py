@@ -157,3 +157,37 @@ def test_forward_with_a_defaulted_argument_takes_one_input(tmp_path):
     model = module.conv()
     assert _forward_inputs(model) == ["x"]
     assert _forward_inputs(torch.jit.script(model)) == ["x"]
+
+
+def test_a_broken_pipe_other_than_stdout_is_a_failure(capsys):
+    """Every CLI took any BrokenPipeError for `| head` closing stdout, so an SSH channel closing under
+    `edge-device setup` (asyncssh raises BrokenPipeError) exited 0 silently."""
+    from edge_agent.errors import run_main
+
+    def body() -> int:
+        raise BrokenPipeError("channel closed")
+
+    assert run_main("edge-device", body) != 0
+    assert "edge-device: error:" in capsys.readouterr().err
+
+
+def test_stdout_closed_by_its_reader_is_still_success(tmp_path):
+    """`edge-agent run ... --json | head`: the reader closing stdout is no failure, and no traceback; a
+    BrokenPipeError from elsewhere while stdout is a live pipe still is."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    head = "import sys\nfrom edge_agent.errors import run_main\ndef body():\n"
+    flood = head + "    while True:\n        print('x' * 1000)\nsys.exit(run_main('edge-agent', body))\n"
+    proc = subprocess.Popen([sys.executable, "-c", flood], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "error" not in err
+    other = head + "    print('started')\n    raise BrokenPipeError('ssh channel closed')\n" \
+        "sys.exit(run_main('edge-device', body))\n"
+    done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode != 0 and "edge-device: error:" in done.stderr and done.stdout == "started\n"
