@@ -191,3 +191,41 @@ def test_stdout_closed_by_its_reader_is_still_success(tmp_path):
         "sys.exit(run_main('edge-device', body))\n"
     done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode != 0 and "edge-device: error:" in done.stderr and done.stdout == "started\n"
+
+
+def _exif(entries: list[tuple[int, int, int, bytes | int]], data: bytes = b"") -> bytes:
+    """A big-endian EXIF block: IFD0 `entries` (tag, type, count, 4 inline bytes or an offset into `data`)."""
+    import struct
+
+    base = 8 + 2 + 12 * len(entries) + 4
+    out = b"MM\x00*" + struct.pack(">IH", 8, len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack(">HHI", tag, kind, count) + (struct.pack(">I", base + value) if isinstance(value, int) else value)
+    return b"Exif\x00\x00" + out + b"\x00\x00\x00\x00" + data
+
+
+def test_read_image_matches_opencv_for_rotated_malformed_and_16_bit_images(tmp_path):
+    """ImageOps.exif_transpose raised struct.error ('argument out of range') on a photo whose EXIF has a signed
+    rational over 0 besides its orientation; OpenCV reads it upright. read_image is the camera pipeline's imread."""
+    import struct
+
+    import cv2
+    from PIL import Image
+
+    from edge_agent.pipeline.preprocess import read_image
+
+    rng = np.random.default_rng(6)
+    pixels = (rng.random((24, 40, 3)) * 255).astype(np.uint8)
+    rotated = _exif([(0x0112, 3, 1, b"\x00\x06\x00\x00")])
+    malformed = _exif([(0x0112, 3, 1, b"\x00\x06\x00\x00"), (0x9201, 10, 1, 0)], struct.pack(">ii", -5, 0))
+    for name, exif, subsampling in (("rotated.jpg", rotated, 2), ("malformed.jpg", malformed, 0)):
+        Image.fromarray(pixels).save(tmp_path / name, quality=90, subsampling=subsampling, exif=exif)
+        got, want = read_image(str(tmp_path / name)), cv2.imread(str(tmp_path / name))[..., ::-1]
+        assert got.shape == want.shape == (40, 24, 3), name
+        assert np.array_equal(got, want), name
+    grey16 = (rng.random((10, 12)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
+    got = read_image(str(tmp_path / "grey16.png"))
+    assert got.shape == (10, 12, 1)
+    assert np.array_equal(got[..., 0], cv2.imread(str(tmp_path / "grey16.png"), cv2.IMREAD_GRAYSCALE))
+    assert np.array_equal(got[..., 0], (grey16 >> 8).astype(np.uint8))
