@@ -229,3 +229,37 @@ def test_read_image_matches_opencv_for_rotated_malformed_and_16_bit_images(tmp_p
     assert got.shape == (10, 12, 1)
     assert np.array_equal(got[..., 0], cv2.imread(str(tmp_path / "grey16.png"), cv2.IMREAD_GRAYSCALE))
     assert np.array_equal(got[..., 0], (grey16 >> 8).astype(np.uint8))
+
+
+def _vector_model(path: Path, out_shape: list) -> Path:
+    """x [1, 4] -> MatMul -> Reshape to `out_shape` ([]: a scalar, the rank an unknown-shape output reads as)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    size = int(np.prod(out_shape))
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, size)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(out_shape, dtype=np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["flat"]), helper.make_node("Reshape", ["flat", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "vector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("shape, kind", [([3], "classification"), ([1, 1], "classification"),
+                                         ([], "classification"), ([1, 3], "classification"),
+                                         ([1, 3, 8], "none")])
+def test_score_outputs_of_any_rank_stay_classifiers(keys, tmp_path, shape, kind):
+    """Outputs [C], [N, 1] and outputs of empty shape were classification bundles, then became postprocess `none`:
+    only an output with 2 or more non-unit axes past the batch (a map, a sequence) serves raw outputs."""
+    from edge_agent.bundle import read_manifest_unverified
+
+    model = _vector_model(tmp_path / "vector.onnx", shape)
+    out = tmp_path / "vector.edgebundle"
+    assert _convert(model, out, keys[0], "--precision", "fp32") == 0
+    manifest = read_manifest_unverified(out)
+    assert manifest.postprocess.kind == kind, manifest.outputs
