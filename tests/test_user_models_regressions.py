@@ -263,3 +263,28 @@ def test_score_outputs_of_any_rank_stay_classifiers(keys, tmp_path, shape, kind)
     assert _convert(model, out, keys[0], "--precision", "fp32") == 0
     manifest = read_manifest_unverified(out)
     assert manifest.postprocess.kind == kind, manifest.outputs
+
+
+def test_calibration_from_a_video_the_agent_plays_too(keys, tmp_path):
+    """The converter kept its own, shorter list of video suffixes: an MPEG-TS clip (.ts) the agent plays with
+    --source was 'data must be an .npz file ..., a folder of images or a video file' (22) as --calibration."""
+    import cv2
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "conv.onnx")
+    writer = cv2.VideoWriter(str(tmp_path / "clip.ts"), cv2.VideoWriter_fourcc(*"MPEG"), 10, (32, 24))
+    assert writer.isOpened()
+    for i in range(12):
+        writer.write((rng.random((24, 32, 3)) * 255).astype(np.uint8))
+    writer.release()
+    assert _convert(tmp_path / "conv.onnx", tmp_path / "conv.edgebundle", keys[0], "--calibration",
+                    str(tmp_path / "clip.ts")) == 0
