@@ -209,9 +209,9 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
     except BrokenPipeError as exc:
-        if not _stdout_reader_gone():  # a socket's or an SSH channel's broken pipe is a failure like any other
+        if not _stdout_broken():  # another pipe (an SSH channel closing under edge-device setup): a failure
             return report_failure(prog, exc, json_mode, verbose)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor an error when Python flushes at exit
+        _quiet_stdout()
         # `edge-fleet status | head`: quiet, and not 0 (the command did not finish; a halted `deploy --wait` must not
         # read as success): 141, what a shell reports for git or coreutils ended by SIGPIPE
         return exit_code("stdout-closed")
@@ -219,14 +219,29 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
         return report_failure(prog, exc, json_mode, verbose)
 
 
-def _stdout_reader_gone() -> bool:
-    """stdout is a pipe whose reader has closed it (poll says POLLERR on the write end)."""
+def _stdout_broken() -> bool:
+    """Whether stdout is the pipe whose reader left: its flush fails, or poll reports an error on it."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured): not a pipe
+        return False
     try:
         poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _fd, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout replaced by a non-file
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll() (Windows): stdout flushed fine, so it is not broken
         return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush to a closed pipe would print a traceback."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush to a pipe
+        pass
 
 
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:

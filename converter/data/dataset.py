@@ -56,10 +56,13 @@ def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
 
 
 def feed_dtype(spec) -> np.dtype:
-    """The dtype the model takes: integer/bool inputs (token ids, masks, uint8 pixels) keep theirs, else float32."""
+    """The dtype the model takes: integer/bool inputs (token ids, masks, uint8 pixels) keep theirs, else float32.
+    A quantized integer input (full-int8 .tflite) takes floats: the runtime quantizes them with its parameters."""
     try:
         dtype = np.dtype(spec.dtype)
     except TypeError:
+        return np.dtype(np.float32)
+    if getattr(spec, "quantization", None) is not None:
         return np.dtype(np.float32)
     return dtype if dtype.kind in "iub" else np.dtype(np.float32)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.bundle import Preprocess, TensorSpec
+from edge_agent.pipeline.inputs import VIDEO_SUFFIXES  # one list: what the agent plays with --source calibrates
 from edge_agent.pipeline.preprocess import preprocess_image
 
 from ..errors import DataError
 from .dataset import feed_dtype, no_image_input
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
 DEFAULT_FRAMES = 256
 
 

@@ -137,10 +137,11 @@ def default_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: st
     return classification_postprocess(outputs, output_role, top_k)
 
 
-def _score_vector(shape: list) -> bool:
-    """[N, C], or C scores with unit axes around them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's)."""
-    spread = [d for d in shape[1:] if not (isinstance(d, int) and d == 1)]
-    return len(shape) >= 2 and len(spread) == 1
+def _score_vector(shape: list | None) -> bool:
+    """Not a map or a sequence: fewer than 2 non-unit axes past the batch. [N, C], C scores with unit axes around
+    them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's), [C], [N, 1] and unknown shapes stay classifiers."""
+    spread = [d for d in (shape or [])[1:] if not (isinstance(d, int) and d == 1)]
+    return len(spread) < 2
 
 
 def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:

@@ -52,7 +52,7 @@ def _forward_inputs(model) -> list[str]:
 
     schema = getattr(getattr(model, "forward", None), "schema", None)  # TorchScript: no Python signature
     if schema is not None:
-        names = [a.name for a in schema.arguments[1:] if a.default_value is None]
+        names = [a.name for a in schema.arguments[1:] if not a.has_default_value()]  # `mask=None`: default None
         return names or ["input"]
     try:
         params = inspect.signature(model.forward).parameters.values()
@@ -60,6 +60,19 @@ def _forward_inputs(model) -> list[str]:
         return ["input"]
     names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     return names or ["input"]
+
+
+def _takes(model, example) -> bool:
+    """Whether the model runs on `example`: float32 first (uint8 pixels feed a Conv2d as floats), the data's integer
+    dtype only when floats fail (token ids: an Embedding refuses them)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:  # the user's model: any failure means 'not this dtype'
+        return False
+    return True
 
 
 def _npz_arrays(data: list[Path] | None) -> dict:
@@ -82,8 +95,8 @@ def _npz_arrays(data: list[Path] | None) -> dict:
 
 
 def export_examples(model, source: str, input_shape: list[int] | None, data: list[Path] | None):
-    """(names, example tensors) for torch.onnx.export. One input: --input-shape, with the data's dtype when it is
-    integer (token ids: an Embedding refuses floats). Several inputs: each from the .npz array named after the
+    """(names, example tensors) for torch.onnx.export. One input: --input-shape, float32 unless the data is integer
+    and the model refuses floats (token ids: an Embedding). Several inputs: each from the .npz array named after the
     forward() argument, its first sample (there is one --input-shape)."""
     import numpy as np
     import torch
@@ -93,8 +106,10 @@ def export_examples(model, source: str, input_shape: list[int] | None, data: lis
         if not input_shape:
             raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")
         array = arrays.get(names[0], next(iter(arrays.values())) if len(arrays) == 1 else None)
-        dtype = array.dtype if array is not None and array.dtype.kind in "iub" else np.dtype(np.float32)
-        return ["input"], (torch.zeros(*input_shape, dtype=torch.from_numpy(np.zeros(1, dtype)).dtype),)
+        example = torch.zeros(*input_shape)
+        if array is not None and array.dtype.kind in "iub" and not _takes(model, example):
+            example = example.to(torch.from_numpy(np.zeros(1, array.dtype)).dtype)  # token ids: an Embedding
+        return ["input"], (example,)
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ImportFailed(f"{source}: forward() takes {len(names)} inputs ({', '.join(names)}): give --calibration "

@@ -151,8 +151,9 @@ def _check_label_count(post, outputs: list, labels: list[str] | None, eval_label
 
 
 def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
-    """The image preprocessing for an NCHW/NHWC input of fixed size (else none). A uint8 input (TensorFlow
-    exports taking raw pixels) gets the grey levels as they are: scale/mean/std would make floats it cannot take."""
+    """The image preprocessing for an NCHW/NHWC input of fixed size (else none). A plain uint8 input (TensorFlow
+    exports taking raw pixels) gets the grey levels as they are: scale/mean/std would make floats it cannot take.
+    A quantized uint8 input (full-int8 *_quant.tflite) takes the normalised floats, quantized with its own scale."""
     if len(first.shape) != 4 or first.layout not in ("NCHW", "NHWC"):
         return Preprocess(kind="none")
     h, w = (first.shape[2], first.shape[3]) if first.layout == "NCHW" else (first.shape[1], first.shape[2])
@@ -168,7 +169,7 @@ def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess
                              f"or {channels}")
     if any(v == 0 for v in std):
         raise UsageError("--std values divide the pixels: they must not be 0")
-    if first.dtype == "uint8":
+    if first.dtype == "uint8" and first.quantization is None:
         if (scale, mean, std) != (1 / 255, [0.0], [1.0]):
             log.warning("input %s takes uint8 pixels: --scale/--mean/--std ignored (the model normalises itself)",
                         first.name)

@@ -221,15 +221,31 @@ def _planes(image: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(image[:, :, c]) for c in range(image.shape[2])]
 
 
+def _upright(im):
+    """`im` turned per its EXIF orientation, as OpenCV's imread does. Not ImageOps.exif_transpose: it also rewrites
+    the EXIF block, and raises on malformed tags elsewhere in it (a signed rational over 0: struct.error) that
+    OpenCV ignores; an unreadable orientation leaves the image as it is."""
+    from PIL import Image
+
+    methods = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+    try:
+        method = methods.get(im.getexif().get(0x0112, 1))  # 0x0112: Orientation
+    except Exception:  # noqa: BLE001 - any malformed EXIF (Pillow's parser): no orientation
+        return im
+    return im if method is None else im.transpose(method)
+
+
 def read_image(path: str) -> np.ndarray:
     """An image file as an HxWxC uint8 RGB (or HxWx1 gray) array, as OpenCV's imread (the camera pipeline's image
     sources) reads it: upright per the EXIF orientation (phone photos), 16-bit grey levels reduced to their top 8
     bits (Pillow's convert("RGB") saturated them to white)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        ImageOps.exif_transpose(im, in_place=True)  # in place: a copy of a 12 MP photo costs ~24 ms
+        im = _upright(im)  # a transposed copy, or the file's image (closed when the `with` ends)
         if im.mode.startswith("I;16") or im.mode == "I":
             arr = (np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
         else:

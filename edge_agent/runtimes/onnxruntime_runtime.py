@@ -31,6 +31,8 @@ def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
 _ORT_ERRORS = tuple(e for e in (getattr(ort.capi.onnxruntime_pybind11_state, n, None) for n in
                                  ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "EPFail"))
                     if isinstance(e, type))
+_BAD_INPUT = tuple(e for e in (getattr(ort.capi.onnxruntime_pybind11_state, "InvalidArgument", None),)
+                   if isinstance(e, type))
 _QUIET = ort.RunOptions()
 _QUIET.log_severity_level = 4  # a failing run is reported once, as our error line, not also as ORT's red log line
 
@@ -49,8 +51,13 @@ class OnnxRuntimeSession(ModelSession):
             feeds = {k: _to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
         try:
             return self._session.run(self._output_names, feeds, _QUIET)
-        except _ORT_ERRORS as exc:  # one line and exit 40 (runtime), not 1 (other error)
-            raise RuntimeLoadError(f"the model failed on this input: {str(exc).strip().splitlines()[0]}") from exc
+        except _ORT_ERRORS as exc:  # one line and its code, not 1 (other error)
+            line = f"the model failed on this input: {str(exc).strip().splitlines()[0]}"
+            if isinstance(exc, _BAD_INPUT):  # a token id beyond the vocabulary: the input's fault (3), not the runtime's
+                from ..pipeline.inputs import InputError
+
+                raise InputError(line) from exc
+            raise RuntimeLoadError(line) from exc  # Fail, EPFail, NotImplemented: the runtime's (40)
 
 
 def _integer_dtype(name: str) -> bool:
