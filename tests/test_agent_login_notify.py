@@ -110,6 +110,9 @@ def test_check_connection_takes_the_json_edge_fleet_devices_login_prints(fleet_b
     creds.write_text(json.dumps(printed, indent=2))
     code, out = _check(tmp_path / "home", f"mqtt://{broker.host}:{broker.port}", creds, capsys)
     assert code == 0 and json.JSONDecoder().raw_decode(out)[0]["username"] == DEVICE
+    creds.write_text(json.dumps({**printed, "device_id": "other-device"}))  # another device's login: refused
+    code, out = _check(tmp_path / "home", f"mqtt://{broker.host}:{broker.port}", creds, capsys)
+    assert code == exit_code("usage") and "login of device 'other-device'" in out
     creds.write_text('{"user": "x"}')
     code, out = _check(tmp_path / "home", f"mqtt://{broker.host}:{broker.port}", creds, capsys)
     assert code == exit_code("usage") and "nor the JSON `edge-fleet devices login ID --json` prints" in out

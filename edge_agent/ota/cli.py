@@ -162,7 +162,8 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
     trust = home.trust_store(args.trust)
     if not trust:
         log.warning("no trusted keys: every update will be refused (see `edge-agent trust add`)")
-    login = resolve_credentials(BrokerCredentials(args.username, args.password, args.tls_ca), args.credentials)
+    login = resolve_credentials(BrokerCredentials(args.username, args.password, args.tls_ca), args.credentials,
+                                device_id=args.device_id)
     config = AgentConfig(
         broker=broker, device_id=args.device_id, profile_name=profile.name,
         latency_budget_ms=_budget(args, profile), trust=trust, prefix=args.prefix, username=login.username,

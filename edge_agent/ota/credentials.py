@@ -40,6 +40,7 @@ class BrokerCredentials:
     username: str | None = None
     password: str | None = None
     tls_ca: str | None = None
+    device_id: str | None = None  # whose login it is, when the file says (the login JSON); never rendered
 
     def render(self) -> str:
         """The file's text (refuses values a line cannot hold)."""
@@ -78,12 +79,13 @@ def _from_login_json(text: str, where: str) -> BrokerCredentials:
     try:
         login = json.loads(text)
         username, password = login["username"], login["password"]
-        if not (isinstance(username, str) and isinstance(password, str)):
+        device_id = login.get("device_id")
+        if not (isinstance(username, str) and isinstance(password, str) and isinstance(device_id, (str, type(None)))):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CredentialsError(f"{where}: neither {', '.join(KEYS)}=VALUE lines nor the JSON `edge-fleet devices "
                                "login ID --json` prints") from None
-    return BrokerCredentials(username, password)
+    return BrokerCredentials(username, password, device_id=device_id)
 
 
 def read_credentials(path: str | Path) -> BrokerCredentials:
@@ -100,8 +102,13 @@ def read_credentials(path: str | Path) -> BrokerCredentials:
 
 
 def resolve_credentials(given: BrokerCredentials, path: str | Path | None,
-                        env: dict[str, str] | None = None) -> BrokerCredentials:
-    """Per field, the first set of: the command line, the credentials file, the environment."""
-    sources = [given, read_credentials(path) if path else BrokerCredentials(), BrokerCredentials.from_env(env)]
+                        env: dict[str, str] | None = None, device_id: str | None = None) -> BrokerCredentials:
+    """Per field, the first set of: the command line, the credentials file, the environment. A file naming another
+    device (the login JSON) is refused: two devices on one login knock each other off the broker."""
+    from_file = read_credentials(path) if path else BrokerCredentials()
+    if device_id and from_file.device_id and from_file.device_id != device_id:
+        raise CredentialsError(f"{path} is the login of device {from_file.device_id!r}, not of {device_id!r}: give "
+                               f"this device its own (edge-fleet devices login {device_id} --json)")
+    sources = [given, from_file, BrokerCredentials.from_env(env)]
     return BrokerCredentials(**{attr: next((getattr(s, attr) for s in sources if getattr(s, attr) is not None), None)
                                 for attr in KEYS.values()})

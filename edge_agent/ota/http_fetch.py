@@ -36,7 +36,9 @@ def _copy_body(resp, fh, have: int, size: int, url: str, cancel: threading.Event
             raise TransferCancelled("download abandoned")
         if have + n > size:
             raise TransferError(f"{url} sent more than the expected {size} bytes")
-        fh.write(view[:n])
+        written = 0
+        while written < n:  # an unbuffered file may take part of a chunk per call
+            written += fh.write(view[written:n])
         have += n
         if progress and (now := time.monotonic()) - last_report >= PROGRESS_EVERY_S:
             progress(have / size)
