@@ -85,3 +85,12 @@ def test_a_second_serve_on_the_same_home_is_refused_and_leaves_the_first_alone(t
         assert first.stop() == 0
     third = FleetProcess(home)  # the lock goes with the process that held it
     assert third.stop() == 0
+
+
+def test_a_damaged_port_file_gives_a_free_port_not_port_0(tmp_path):
+    """Port 0 read back from a damaged file would bind "any port", i.e. a new one at every start."""
+    from edge_fleet.broker.start import LAST_PORT, _last_or_free_port
+
+    for text in ("0\n", "70000\n", "-1\n", "x\n"):
+        (tmp_path / LAST_PORT).write_text(text)
+        assert 1024 <= _last_or_free_port(tmp_path, "127.0.0.1") <= 65535, text

@@ -74,7 +74,10 @@ def start_broker(
             log.info("%s broker not installed", kind)
             continue
         broker.start()
-        (data_dir / LAST_PORT).write_text(f"{broker.port}\n")
+        try:  # the running broker matters more than remembering its port (a full disk must not orphan it)
+            (data_dir / LAST_PORT).write_text(f"{broker.port}\n")
+        except OSError as exc:
+            log.warning("could not record the broker's port in %s: %s", data_dir, exc)
         log.info("started %s broker at %s (data_dir=%s)", kind, broker.url, data_dir)
         return broker
     if acl_file is not None or tls is not None:
@@ -116,6 +119,8 @@ def _last_or_free_port(data_dir: Path, host: str) -> int:
     the broker's URL, and a restarted `edge-fleet serve` without --listen moved it and lost every device."""
     try:
         last = int((data_dir / LAST_PORT).read_text())
+        if not 1 <= last <= 65535:  # a damaged file: port 0 would be any port, i.e. a new one each start
+            return free_port(host)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the brokers bind their listener
             s.bind((host, last))
