@@ -3,8 +3,9 @@
 Python's json.loads, like many devices' JSON writers, takes NaN, Infinity and integers with hundreds of digits;
 JSON has no NaN/Infinity and no registry column holds such an integer. The fleet must drop such a message as
 malformed (one warning) and keep everything else: not store NaN (which `edge-fleet status --json` then printed
-as invalid JSON; a report's free-form shadow/drift figures are kept and printed as null), and not take an OverflowError for the registry being away (which re-read every device's
-retained report; on PostgreSQL a NUL in a report, which its text columns refuse, did the same).
+as invalid JSON; a report's free-form shadow/drift figures are kept and printed as null), and not take an
+OverflowError for the registry being away (which re-read every device's retained report; on PostgreSQL a NUL
+in a report, which its text columns refuse, did the same).
 """
 
 from __future__ import annotations
