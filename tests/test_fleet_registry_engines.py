@@ -106,3 +106,19 @@ def test_devices_by_id_reads_many_devices_in_few_queries(registry_location):
         before = reg.queries
         found = reg.devices_by_id([f"d{i:04d}" for i in range(1200)] + ["unknown"])
         assert reg.queries - before == 3 and len(found) == 1200 and found["d0042"].group == "g"
+
+
+def test_a_nul_in_a_value_is_refused_in_one_line_never_a_driver_error(registry_location):
+    """A NUL in an API path or query (`/api/v1/devices?q=%00`, `/api/v1/rollouts/%00`) reached psycopg, whose
+    DataError was a 500 on a PostgreSQL fleet. SQLite answers such a lookup; PostgreSQL refuses it as a FleetError."""
+    from edge_fleet.errors import FleetError
+    from edge_fleet.registry.records import DeviceFilter
+
+    with open_registry(registry_location) as reg:
+        for lookup in (lambda: reg.device("a\x00"), lambda: reg.rollout("r-\x00"),
+                       lambda: reg.devices_page(DeviceFilter(search="\x00"), 10, 0),
+                       lambda: reg.bundles_named("digits\x00", 2), lambda: reg.audit_page(10, 0, actor="\x00")):
+            try:
+                lookup()
+            except FleetError as exc:
+                assert "NUL" in str(exc) and not registry_location.endswith(".db")
