@@ -5,6 +5,7 @@ reordered device reports; and a PostgreSQL that cannot be reached is one line an
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -29,7 +30,7 @@ def _rollout(rid: str, devices: list[str]) -> RolloutRecord:
 
 def test_migrations_run_once_at_start_and_the_schema_matches(registry_location):
     with open_registry(registry_location) as a, open_registry(registry_location) as b:
-        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 6
+        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 7
 
 
 def test_two_operators_deploying_to_one_device_at_once_one_wins(registry_location):
@@ -122,3 +123,17 @@ def test_a_nul_in_a_value_is_refused_in_one_line_never_a_driver_error(registry_l
                 lookup()
             except FleetError as exc:
                 assert "NUL" in str(exc) and not registry_location.endswith(".db")
+
+
+def test_a_date_and_time_model_version_is_stored_by_both_engines(registry_location, tmp_path):
+    """`edge-convert --model-version 202612021534` (a CI numbering models by date and time) published on SQLite
+    and failed on PostgreSQL, whose version columns were 32-bit: both hold a 64-bit version now."""
+    from edge_fleet.registry.records import BundleRecord
+
+    version = 202612021534
+    (tmp_path / "b.edgebundle").write_bytes(b"x")
+    with open_registry(registry_location) as reg:
+        reg.add_bundle(BundleRecord(V1, "digits", version, "pi", 1, {}, {}, "k", tmp_path / "b.edgebundle", 0.0))
+        assert [b.version for b in reg.bundles_named("digits", version)] == [version]
+        reg.create_rollout(replace(_rollout("r-big", ["dev-1"]), version=version))
+        assert reg.rollout("r-big").version == version
