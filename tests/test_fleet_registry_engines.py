@@ -5,6 +5,7 @@ reordered device reports; and a PostgreSQL that cannot be reached is one line an
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -29,7 +30,7 @@ def _rollout(rid: str, devices: list[str]) -> RolloutRecord:
 
 def test_migrations_run_once_at_start_and_the_schema_matches(registry_location):
     with open_registry(registry_location) as a, open_registry(registry_location) as b:
-        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 6
+        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 7
 
 
 def test_two_operators_deploying_to_one_device_at_once_one_wins(registry_location):
@@ -106,3 +107,33 @@ def test_devices_by_id_reads_many_devices_in_few_queries(registry_location):
         before = reg.queries
         found = reg.devices_by_id([f"d{i:04d}" for i in range(1200)] + ["unknown"])
         assert reg.queries - before == 3 and len(found) == 1200 and found["d0042"].group == "g"
+
+
+def test_a_nul_in_a_value_is_refused_in_one_line_never_a_driver_error(registry_location):
+    """A NUL in an API path or query (`/api/v1/devices?q=%00`, `/api/v1/rollouts/%00`) reached psycopg, whose
+    DataError was a 500 on a PostgreSQL fleet. SQLite answers such a lookup; PostgreSQL refuses it as a FleetError."""
+    from edge_fleet.errors import FleetError
+    from edge_fleet.registry.records import DeviceFilter
+
+    with open_registry(registry_location) as reg:
+        for lookup in (lambda: reg.device("a\x00"), lambda: reg.rollout("r-\x00"),
+                       lambda: reg.devices_page(DeviceFilter(search="\x00"), 10, 0),
+                       lambda: reg.bundles_named("digits\x00", 2), lambda: reg.audit_page(10, 0, actor="\x00")):
+            try:
+                lookup()
+            except FleetError as exc:
+                assert "NUL" in str(exc) and not registry_location.endswith(".db")
+
+
+def test_a_date_and_time_model_version_is_stored_by_both_engines(registry_location, tmp_path):
+    """`edge-convert --model-version 202612021534` (a CI numbering models by date and time) published on SQLite
+    and failed on PostgreSQL, whose version columns were 32-bit: both hold a 64-bit version now."""
+    from edge_fleet.registry.records import BundleRecord
+
+    version = 202612021534
+    (tmp_path / "b.edgebundle").write_bytes(b"x")
+    with open_registry(registry_location) as reg:
+        reg.add_bundle(BundleRecord(V1, "digits", version, "pi", 1, {}, {}, "k", tmp_path / "b.edgebundle", 0.0))
+        assert [b.version for b in reg.bundles_named("digits", version)] == [version]
+        reg.create_rollout(replace(_rollout("r-big", ["dev-1"]), version=version))
+        assert reg.rollout("r-big").version == version

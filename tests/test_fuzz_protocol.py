@@ -27,16 +27,19 @@ json_values = st.recursive(
     max_leaves=12,
 )
 sha = st.text("0123456789abcdef", min_size=64, max_size=64)
+words = st.characters(blacklist_characters="\x00")  # a NUL is refused: no PostgreSQL text column holds one
 
 
 def valid_desired() -> st.SearchStrategy[DesiredState]:
     return st.builds(
         DesiredState,
         deployment_id=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
-        bundle=st.builds(BundleRef, name=st.text(min_size=1, max_size=10), version=st.integers(1, 2**31), sha256=sha),
-        size=st.integers(1, 2**30), profile=st.text(max_size=10),
-        signature=st.fixed_dictionaries({"algorithm": st.text(max_size=8), "key_id": st.text(max_size=16),
-                                         "signature": st.text(max_size=8)}),
+        bundle=st.builds(BundleRef, name=st.text(words, min_size=1, max_size=10), version=st.integers(1, 2**31),
+                         sha256=sha),
+        size=st.integers(1, 2**30), profile=st.text(words, max_size=10),
+        signature=st.fixed_dictionaries({"algorithm": st.text(words, max_size=8),
+                                         "key_id": st.text(words, max_size=16),
+                                         "signature": st.text(words, max_size=8)}),
         block_size=st.integers(2**14, 2**24), allow_downgrade=st.booleans(),
         issued_at=st.floats(0, 2e9, allow_nan=False),
     )

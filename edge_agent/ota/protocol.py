@@ -129,15 +129,14 @@ def check_device_id(device_id: str) -> str:
 
 def _finite(value: int | float, what: str) -> float:
     """json.loads takes NaN, Infinity and 400-digit integers; none belongs in a registry row or `--json` output."""
-    number = float(value) if abs(value) < 1e308 else math.inf  # (NaN passes the test, then fails isfinite)
-    if not math.isfinite(number):
+    if not math.isfinite(number := float(value) if abs(value) < 1e308 else math.inf):  # NaN: float, not finite
         raise ProtocolError(f"{what} must be a finite number")
     return number
 
 
-def _count(value: int, what: str) -> int:
-    if not 0 <= value <= MAX_INT:
-        raise ProtocolError(f"{what} must be between 0 and {MAX_INT}")
+def _count(o: dict, key: str) -> int:
+    if not 0 <= (value := _get(o, key, int, "telemetry")) <= MAX_INT:
+        raise ProtocolError(f"telemetry.{key} must be between 0 and {MAX_INT}")
     return value
 
 
@@ -175,6 +174,8 @@ def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = Fa
         raise ProtocolError(f"{what} field '{key}' has the wrong type (bool)")
     if not isinstance(value, kind):
         raise ProtocolError(f"{what} field '{key}' has the wrong type ({type(value).__name__})")
+    if isinstance(value, str) and "\x00" in value:  # a PostgreSQL text column refuses it: a DataError per report
+        raise ProtocolError(f"{what} field '{key}' holds a NUL character")
     return value
 
 
@@ -392,8 +393,7 @@ class Telemetry:
         o = _load(payload, w)
         return cls(
             model=BundleRef.from_obj(o["model"], "telemetry.model") if o.get("model") else None,
-            inferences=_count(_get(o, "inferences", int, w), "telemetry.inferences"),
-            errors=_count(_get(o, "errors", int, w), "telemetry.errors"),
+            inferences=_count(o, "inferences"), errors=_count(o, "errors"),
             latency=_numbers(_get(o, "latency", dict, w, optional=True) or {}, "telemetry.latency"),
             extra=_get(o, "extra", dict, w, optional=True) or {},
             at=_finite(_get(o, "at", (int, float), w, optional=True) or 0.0, "telemetry.at"),

@@ -44,7 +44,7 @@ def whoami(who: Actor = Depends(actor)) -> dict[str, str]:
 def list_devices(
     _who: Actor = Depends(actor), reg: Registry = Depends(registry), p: Paging = Depends(paging),
     profile: str | None = Query(None, max_length=200), group: str | None = Query(None, max_length=200),
-    model: str | None = Query(None, max_length=200), version: int | None = Query(None, ge=0, le=2**31),
+    model: str | None = Query(None, max_length=200), version: int | None = Query(None, ge=0, le=2**63 - 1),
     phase: str | None = Query(None, max_length=50), presence: str | None = Query(None, max_length=50),
     latency_min: float | None = Query(None, ge=0, le=1e9, description="p50 >= this many ms"),
     latency_max: float | None = Query(None, ge=0, le=1e9, description="p50 <= this many ms"),

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from ..errors import RegistryUnreachable
+from ..errors import FleetError, RegistryUnreachable
 from .migrations import load_migrations, pending
 from .sql import SqlRegistry
 
@@ -91,6 +91,9 @@ class _Connection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         if params:
+            if any(isinstance(p, str) and "\x00" in p for p in params):  # psycopg's DataError was an API 500
+                raise FleetError("a value holds a NUL character, which a PostgreSQL registry can neither hold "
+                                 "nor match")
             return self._live().execute(_placeholders(sql), tuple(params))
         return self._live().execute(sql)
 
