@@ -174,8 +174,8 @@ def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = Fa
         raise ProtocolError(f"{what} field '{key}' has the wrong type (bool)")
     if not isinstance(value, kind):
         raise ProtocolError(f"{what} field '{key}' has the wrong type ({type(value).__name__})")
-    if isinstance(value, str) and "\x00" in value:  # a PostgreSQL text column refuses it: a DataError per report
-        raise ProtocolError(f"{what} field '{key}' holds a NUL character")
+    if isinstance(value, str) and "\x00" in value:  # a PostgreSQL text column refuses it (a DataError per report);
+        value = value.replace("\x00", "\ufffd")  # a failed device's report is kept; ids are checked by pattern
     return value
 
 
