@@ -17,7 +17,7 @@ def terminal_safe(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-def one_line(value: Any) -> str:
+def escape_newlines(value: Any) -> str:
     """A field from a device or an operator shown on its own line: a line break in it is shown as \\n."""
     return str(value).replace("\n", "\\n")
 
@@ -31,14 +31,14 @@ def status_text(devices: list[Json], active: list[str], shadows: list[Json] | No
     lines = [fmt.format("DEVICE", "PROFILE", "GROUP", "MODEL", "VER", "PHASE", "PRESENCE", "LAST SEEN",
                         "P50 ms", "P99 ms", "DRIFT")]
     for d in devices:
-        lines.append(fmt.format(d["id"], one_line(d["profile"] or "-"), one_line(d["group"] or "-"),
-                                one_line(d["model"] or "-"),
+        lines.append(fmt.format(d["id"], escape_newlines(d["profile"] or "-"), escape_newlines(d["group"] or "-"),
+                                escape_newlines(d["model"] or "-"),
                                 d["version"] or "-", d["phase"] or "-", d["presence"], ts(d["last_seen"]),
                                 f"{d['latency_p50_ms']:.2f}" if d["latency_p50_ms"] is not None else "-",
                                 f"{d['latency_p99_ms']:.2f}" if d["latency_p99_ms"] is not None else "-",
                                 drift_text(d.get("drift"))))
         if d["last_error"]:
-            lines.append(f"  last error: {one_line(d['last_error'])}")
+            lines.append(f"  last error: {escape_newlines(d['last_error'])}")
     if active:
         lines.append("active rollouts: " + ", ".join(active))
     for r in shadows or []:  # views.rollout_shadows: active rollouts and the newest one
@@ -51,12 +51,12 @@ def drift_text(drift: Json | None) -> str:
     """`ok`, `drift (input.brightness PSI 1.93)`, `warming_up 40/200`, or `-` (no live frames monitored)."""
     if not drift:
         return "-"
-    state = drift.get("state", "?")
+    state = escape_newlines(drift.get("state", "?"))  # a device's own text, as its error is
     if state == "warming_up":
         return f"warming_up {drift.get('frames')}/{drift.get('window')}"
     if state in ("ok", "drift") and drift.get("worst"):
-        return f"{state} ({drift['worst']} PSI {drift.get('psi')})"
-    return str(state)
+        return f"{state} ({escape_newlines(drift['worst'])} PSI {drift.get('psi')})"
+    return state
 
 
 def shadow_text(s: Json) -> str:
@@ -72,10 +72,10 @@ def rollout_text(r: Json) -> str:
     stages = r["stages"]
     lines = [f"rollout {r['id']}: {r['name']}:{r['version']} {r['status'].upper()}"
              f" stage {max(r['stage'], 0) + 1}/{len(stages)} (cumulative devices {list(stages)})"
-             + (f" - {one_line(r['reason'])}" if r.get("reason") else "")]
+             + (f" - {escape_newlines(r['reason'])}" if r.get("reason") else "")]
     for d in r.get("devices", []):
         stage = "skip" if d["stage"] < 0 else f"s{d['stage'] + 1}"
-        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {one_line(d['reason'] or '')}")
+        lines.append(f"  {d['device_id']:<24} {stage:<5} {d['status']:<12} {escape_newlines(d['reason'] or '')}")
     for s in r.get("stage_progress", []):
         if s.get("shadow"):
             lines.append(f"  stage {s['stage']} {shadow_text(s['shadow'])}")
@@ -83,7 +83,7 @@ def rollout_text(r: Json) -> str:
 
 
 def rollouts_text(rows: list[Json]) -> str:
-    return "\n".join(f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {one_line(r.get('reason') or '')}"
+    return "\n".join(f"{r['id']:<32} {r['name']}:{r['version']:<6} {r['status']:<10} {escape_newlines(r.get('reason') or '')}"
                      for r in rows) or "no rollouts"
 
 
