@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
 # Two pytest-xdist workers on a machine with 2 or more cores (the suite mostly waits on brokers, servers and child
-# processes: 24-27 min on 2 cores instead of 33-35 in one process), a test file per worker at a time (tests/conftest.py
+# processes: 13 min on a quiet 2-core machine, 33-35 in one process), a test file per worker at a time (tests/conftest.py
 # keeps files that share a machine resource on one worker). EDGEKIT_TEST_WORKERS=N chooses, 0 = one process. Ignored
 # when the caller chose (-n/--numprocesses/-p no:xdist), only collects, or names a single test.
 cores=$(nproc 2>/dev/null || echo 1)
