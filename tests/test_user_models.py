@@ -482,9 +482,9 @@ def test_output_paths_are_checked_before_the_conversion_runs(keys, tmp_path, cap
     assert "--labels" in capsys.readouterr().err
 
 
-def test_an_input_the_model_fails_on_is_one_line_and_exit_40(keys, tmp_path, capsys):
+def test_an_input_the_model_fails_on_is_one_line_exit_3_and_http_400(keys, tmp_path, capsys):
     """A token id beyond the vocabulary made ONNX Runtime fail inside the model: exit 1 ('other error') after ORT's
-    own red log line. It is now the runtime's code (40) with one line naming the failing node."""
+    own red log line. It is now a bad input (3) with one line naming the failing node; serve-model answered 500."""
     out = tmp_path / "tokens.edgebundle"
     assert _convert(token_classifier(tmp_path / "tokens.onnx"), out, keys[0], "--precision", "fp32") == 0
     np.save(tmp_path / "bad.npy", np.full((1, STEPS), VOCAB + 80, np.int64))
@@ -492,6 +492,19 @@ def test_an_input_the_model_fails_on_is_one_line_and_exit_40(keys, tmp_path, cap
     assert agent_main(["run", str(out), str(tmp_path / "bad.npy"), "--trust", str(keys[1])]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the model failed on this input" in err[0] and "Gather" in err[0], err
+    import httpx
+
+    from .serving_helpers import ServeModelProcess
+
+    server = ServeModelProcess(out, keys[1], tmp_path / "home")  # a client sending it is told so: 400, not 500
+    try:
+        predict = f"{server.url}/v1/models/tokens:predict"
+        answer = httpx.post(predict, json={"instances": [[VOCAB + 80] * STEPS]})
+        good = httpx.post(predict, json={"instances": [[1] * STEPS]})
+    finally:
+        server.stop()
+    assert answer.status_code == 400 and "the model failed on this input" in answer.json()["error"], answer.text
+    assert good.status_code == 200, good.text
 
 
 def test_a_labels_file_that_does_not_match_the_classes_is_warned_about(keys, tmp_path, caplog):

@@ -21,7 +21,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..errors import one_line
-from .errors import HttpError, InferenceFailed, Unavailable
+from ..pipeline.inputs import InputError
+from .errors import BadRequest, HttpError, InferenceFailed, Unavailable
 from .holder import ModelHolder, Served
 from .tensors import batchable
 
@@ -188,7 +189,9 @@ class DynamicBatcher:
                 self._count(j.batch)
                 j.finish(model, outputs, run_ms=run_ms)
             except Exception as exc:  # noqa: BLE001 - one request's failure is its own answer
-                err = exc if isinstance(exc, HttpError) else InferenceFailed(f"inference failed: {one_line(exc)}")
+                err = exc if isinstance(exc, HttpError) else \
+                    BadRequest(one_line(exc)) if isinstance(exc, InputError) else \
+                    InferenceFailed(f"inference failed: {one_line(exc)}")  # the runtime's own fault: 500
                 j.finish(model, error=err)
 
     def _count(self, rows: int) -> None:
