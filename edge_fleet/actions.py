@@ -14,7 +14,7 @@ from edge_agent.bundle import BundleError, TrustStore
 from edge_agent.ota.protocol import ProtocolError, check_device_id
 
 from .access import Actor, create_token, revoke_token
-from .errors import AccessDenied, ActionRefused, FleetError, NotFound
+from .errors import AccessDenied, ActionRefused, FleetError, FleetUsageError, NotFound
 from .publish import publish_bundle
 from .registry import Registry
 from .registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus, TokenRecord
@@ -125,9 +125,9 @@ def set_group(reg: Registry, actor: Actor, device_id: str, group: str | None) ->
         try:
             check_device_id(device_id)
         except ProtocolError as exc:
-            raise FleetError(str(exc)) from None
+            raise FleetUsageError(str(exc)) from None
         if group is not None and not (0 < len(group) <= 64 and group.isprintable()):
-            raise FleetError(f"a group name must be 1-64 printable characters, got {group!r}")
+            raise FleetUsageError(f"a group name must be 1-64 printable characters, got {group!r}")
         reg.set_group(device_id, group)
         dev = reg.device(device_id)
         assert dev is not None

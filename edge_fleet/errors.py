@@ -19,6 +19,13 @@ class FleetError(EdgekitError):
     """
 
 
+class FleetUsageError(FleetError):
+    """A bad option value (stages, failure budget, a device id, no trusted key): exit 2 like argparse's own."""
+
+    code_name = "usage"
+    kind = "error"  # the API's error field stays what it was for these
+
+
 class UnknownBundle(FleetError):
     """NAME:VERSION (or a SHA-256) is not published in the registry."""
 

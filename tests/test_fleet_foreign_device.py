@@ -116,5 +116,5 @@ def test_escape_sequences_from_a_device_never_reach_the_operators_terminal(fleet
     out = capsys.readouterr().out
     assert not [c for c in out if c != "\n" and (ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0)], repr(out)
     assert out.count("\n") == 3 and "\\x1b[31mowned\\x0d\\nfake-device" in out  # header, device, its error
-    assert fleet_main(["devices", "group", user, "lobby\x1b[8m", *where]) == 1
+    assert fleet_main(["devices", "group", user, "lobby\x1b[8m", *where]) == 2  # a bad option value: usage
     assert "printable" in capsys.readouterr().err

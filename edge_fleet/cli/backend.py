@@ -18,7 +18,7 @@ from edge_agent.bundle import TrustStore
 
 from .. import actions
 from ..access import local_actor
-from ..errors import FleetError
+from ..errors import FleetError, FleetUsageError
 from ..registry import ACTIVE_ROLLOUT, Registry, RolloutStatus
 from ..rollout import parse_max_failures, parse_stages, shadow_gate
 from ..views import audit_view, bundle_detail, bundle_view, device_view, rollout_shadows, rollout_summary, rollout_view
@@ -151,6 +151,6 @@ def trust_store(home: Path, paths: list[str] | None, required: bool) -> TrustSto
         chosen = [str(default)]
     if not chosen:
         if required:
-            raise FleetError(f"no trusted keys: pass --trust PUBKEY (or put *.pub files in {default})")
+            raise FleetUsageError(f"no trusted keys: pass --trust PUBKEY (or put *.pub files in {default})")
         return None
     return TrustStore.from_paths(chosen)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import FleetError, RolloutHalted
+from ..errors import FleetError, FleetUsageError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
 from ..views import dumps
@@ -85,8 +85,8 @@ def device_login(fleet: Fleet, device_id: str) -> Result:
     logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
     try:
         password = logins.add_device(device_id)
-    except ValueError as exc:
-        raise FleetError(str(exc)) from None
+    except ValueError as exc:  # the device id's pattern
+        raise FleetUsageError(str(exc)) from None
     out = {"device_id": device_id, "username": device_id, "password": password, "logins": str(logins.path)}
     return out, (f"{device_id}: broker user {device_id}, password {password}\n"
                  f"(edge-agent serve --device-id {device_id} --username {device_id} --password ...; kept in {logins.path})")

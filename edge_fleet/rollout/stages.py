@@ -10,7 +10,7 @@ import math
 import re
 from typing import Sequence, TypeVar
 
-from ..errors import FleetError
+from ..errors import FleetUsageError
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def parse_target(text: str) -> tuple[str, int]:
     name, sep, version = text.rpartition(":")
     # ASCII digits only ('²'.isdigit() is true, int('²') fails) and within the registry's 64-bit integers
     if not sep or not name or not re.fullmatch(r"[0-9]{1,18}", version) or int(version) < 1:
-        raise FleetError(f"bundle must be given as NAME:VERSION (e.g. digits:2), got {text!r}")
+        raise FleetUsageError(f"bundle must be given as NAME:VERSION (e.g. digits:2), got {text!r}")
     return name, int(version)
 
 
@@ -32,9 +32,9 @@ def parse_stages(text: str) -> list[float]:
     try:
         stages = [float(s.strip().rstrip("%")) for s in text.split(",") if s.strip()]
     except ValueError as exc:
-        raise FleetError(f"--stages must be comma-separated percentages like 5,25,100, got {text!r}") from exc
+        raise FleetUsageError(f"--stages must be comma-separated percentages like 5,25,100, got {text!r}") from exc
     if not stages or any(not 0 < s <= 100 for s in stages) or stages != sorted(stages) or stages[-1] != 100:
-        raise FleetError(f"--stages must increase and end at 100 (e.g. 5,25,100), got {text!r}")
+        raise FleetUsageError(f"--stages must increase and end at 100 (e.g. 5,25,100), got {text!r}")
     return stages
 
 
@@ -43,9 +43,9 @@ def parse_max_failures(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError as exc:
-        raise FleetError(f"--max-failures must be a count (2) or a fraction (0.1 or 10%), got {text!r}") from exc
+        raise FleetUsageError(f"--max-failures must be a count (2) or a fraction (0.1 or 10%), got {text!r}") from exc
     if not value >= 0 or (value >= 1 and not value.is_integer()):  # not >= : NaN too
-        raise FleetError(f"--max-failures must be a whole count or a fraction below 1, got {text!r}")
+        raise FleetUsageError(f"--max-failures must be a whole count or a fraction below 1, got {text!r}")
     return value
 
 
