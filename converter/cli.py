@@ -61,7 +61,10 @@ def cmd_profiles_show(args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
     from edge_agent.bundle import generate_keypair, key_id, load_public_key
 
-    priv, pub = generate_keypair(args.out, overwrite=args.force)
+    try:
+        priv, pub = generate_keypair(args.out, overwrite=args.force)
+    except FileExistsError as exc:  # a key pair is never replaced by accident: the user decides (--force)
+        raise UsageError(str(exc)) from None
     kid = key_id(load_public_key(pub))
     return ({"private_key": str(priv), "public_key": str(pub), "key_id": kid},
             f"wrote {priv} (keep it secret) and {pub} (copy it to devices); key id {kid}")

@@ -96,3 +96,13 @@ def test_the_slower_than_float_advice_names_options_that_act_on_the_build():
     for precision, fmt in (("int8-static", "tflite"), ("int8-mixed", "tflite"), ("int8-dynamic", "onnx")):
         advice = host_benchmark.slower_warning(precision, 1.0, 2.0, fmt)
         assert "--quantize-ops" not in advice and "--max-float-layers" not in advice and "--precision" in advice
+
+
+def test_keygen_over_an_existing_key_pair_is_a_usage_error_and_keeps_it(tmp_path, capsys):
+    """It exited 1 ('other error'); the key pair is kept, and --force replaces it."""
+    assert convert_cli.main(["keygen", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "signing.key").read_bytes()
+    assert convert_cli.main(["keygen", "--out", str(tmp_path)]) == 2
+    assert "--force" in capsys.readouterr().err and (tmp_path / "signing.key").read_bytes() == before
+    assert convert_cli.main(["keygen", "--out", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "signing.key").read_bytes() != before
