@@ -288,3 +288,28 @@ def test_calibration_from_a_video_the_agent_plays_too(keys, tmp_path):
     writer.release()
     assert _convert(tmp_path / "conv.onnx", tmp_path / "conv.edgebundle", keys[0], "--calibration",
                     str(tmp_path / "clip.ts")) == 0
+
+
+def test_a_state_input_without_a_batch_axis_runs_from_an_npz(keys, tmp_path, capsys):
+    """A GRU-style model: x [1, 4] beside a state h [2, 1, 3] (layers, batch, hidden). `edge-agent run` read the
+    state's 2 layers as 2 samples and refused the file ('different numbers of samples')."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_agent.cli import main as agent_main
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "h"], ["y"])], "gru_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "g.onnx"))
+    out = tmp_path / "g.edgebundle"
+    assert _convert(tmp_path / "g.onnx", out, keys[0], "--precision", "fp32", "--task", "none") == 0
+    x, h = np.ones((1, 4), np.float32), np.zeros((2, 1, 3), np.float32)
+    np.savez(tmp_path / "in.npz", x=x, h=h)
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "in.npz"), "--trust", str(keys[1]), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert np.allclose(np.array(record["outputs"][0]["data"]), (x @ np.arange(12).reshape(4, 3)) + h), record

@@ -120,14 +120,15 @@ def run_rows(session: Any, feeds: dict[str, np.ndarray], manifest: Manifest) -> 
     """Run a file's samples (first axis, the converter's .npz convention): in one batch when the model takes it,
     else one run per sample with the outputs stacked (a batch of 3 on a batch-1 model was ONNX Runtime's
     'Got invalid dimensions', exit 1)."""
+    firsts = {t.shape[0] if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0 else None
+              for t in manifest.inputs}
+    if firsts != {1} or any(np.ndim(v) == 0 for v in feeds.values()):
+        return session.run(feeds)  # a dynamic batch, or inputs whose first axis is not a batch (a state [2, 1, 64])
     counts = {len(v) for v in feeds.values()}
     if len(counts) != 1:
         raise InputError(f"the inputs hold different numbers of samples ({', '.join(map(str, sorted(counts)))})")
     n = counts.pop()
-    fixed = {t.shape[0] for t in manifest.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
-    if not fixed or n in fixed:
+    if n == 1:
         return session.run(feeds)
-    if fixed != {1}:
-        raise InputError(f"the file holds {n} samples; the model takes a batch of {', '.join(map(str, fixed))}")
     runs = [session.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
     return [np.concatenate(parts) for parts in zip(*runs)]
