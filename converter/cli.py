@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -314,6 +315,8 @@ def _main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the gate prints the command that would accept a miss
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.verbose < 2:  # TensorFlow's C++ log (oneDNN notes, "failed call to cuInit" on a CPU host): -vv shows it
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     def body() -> int:
         result, text = args.func(args)

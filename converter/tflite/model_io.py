@@ -7,6 +7,8 @@ gate and the host benchmark measure exactly what the device will run.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,14 +21,25 @@ from edge_agent.runtimes.litert_runtime import TFLiteModel, open_interpreter
 
 from ..data import Dataset
 
+log = logging.getLogger(__name__)
+
 _DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool"}
 
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """TensorFlow/onnx2tf print progress to stdout; keep stdout clean for `--json` output."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    """TensorFlow/onnx2tf print to stdout ("Saved artifact at ...", endpoint listings): kept out of `--json` output
+    and of the user's terminal. The debug log (-vv) has it; when the step fails it goes to stderr (it may say why)."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    except BaseException:
+        sys.stderr.write(printed.getvalue()[-8000:])
+        raise
+    finally:
+        if printed.getvalue():
+            log.debug("%s", printed.getvalue().rstrip())
 
 
 def op_name(model, op) -> str:
