@@ -90,6 +90,22 @@ def annotate(image: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     return out
 
 
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The annotated frame letterboxed into the video's size (w, h): OpenCV's writer silently drops a frame of
+    another size, so an image folder's differently sized images were missing from the video."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == size:
+        return image
+    scale = min(size[0] / w, size[1] / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = np.zeros((size[1], size[0], 3), np.uint8)
+    x, y = (size[0] - nw) // 2, (size[1] - nh) // 2
+    out[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
+
+
 class AnnotatedVideoSink(Sink):
     """Writes annotated frames to a video file (codec from the suffix: .mp4 mp4v, .avi MJPG)."""
 
@@ -97,6 +113,7 @@ class AnnotatedVideoSink(Sink):
         self.path = Path(path)
         self.fps = fps
         self._writer = None
+        self._size = (0, 0)
         if not self.path.parent.is_dir():  # OpenCV would fail silently on every frame
             raise SinkError(f"cannot write video {self.path}: folder {self.path.parent} does not exist")
 
@@ -109,7 +126,8 @@ class AnnotatedVideoSink(Sink):
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
                 raise SinkError(f"cannot write video {self.path}")
-        self._writer.write(annotate(frame.image, record))
+            self._size = (w, h)
+        self._writer.write(_fit(annotate(frame.image, record), self._size))
 
     def close(self) -> None:
         if self._writer is not None:

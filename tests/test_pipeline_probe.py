@@ -1,0 +1,58 @@
+"""Defects a new user of `edge-agent run BUNDLE --source` hit with inputs the other tests had not seen (a real
+YOLOv8n bundle, real image files)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from PIL import Image
+
+from edge_agent.cli import main as agent_main
+from converter.cli import main as convert_main
+
+from .detector_data import photos, yolo_onnx
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory):
+    """nudenet's YOLOv8n converted at fp32, with its signing key."""
+    from types import SimpleNamespace
+
+    from edge_agent.bundle import generate_keypair
+
+    tmp = tmp_path_factory.mktemp("yolo")
+    key, pub = generate_keypair(tmp)
+    bundle = tmp / "y.edgebundle"
+    assert convert_main(["convert", str(yolo_onnx()), "--precision", "fp32", "--profile", "raspberry-pi-4",
+                         "--calibration", str(photos(tmp / "photos")), "--key", str(key), "--out", str(bundle),
+                         "--bench-runs", "0"]) == 0
+    return SimpleNamespace(bundle=bundle, pub=pub, photos=tmp / "photos")
+
+
+def _run(yolo, *args: str) -> int:
+    return agent_main(["run", str(yolo.bundle), "--trust", str(yolo.pub), *args])
+
+
+def test_annotated_video_of_a_folder_with_images_of_several_sizes_has_every_frame(yolo, tmp_path, capsys):
+    """OpenCV's writer silently dropped every frame whose size differed from the first one's: 3 results, 2 frames."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    im = Image.open(yolo.photos / "astronaut.png").convert("RGB")
+    im.save(folder / "a.png")
+    im.resize((320, 200)).save(folder / "b.png")
+    im.save(folder / "c.png")
+    video = tmp_path / "out.avi"
+    capsys.readouterr()
+    assert _run(yolo, "--source", str(folder), "--annotate", str(video)) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(image)
+    assert len(records) == 3 and len(frames) == 3
+    assert frames[1].shape == frames[0].shape == (512, 512, 3)
