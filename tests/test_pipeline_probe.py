@@ -56,3 +56,12 @@ def test_annotated_video_of_a_folder_with_images_of_several_sizes_has_every_fram
         frames.append(image)
     assert len(records) == 3 and len(frames) == 3
     assert frames[1].shape == frames[0].shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize("option", ["--metrics-port", "--preview-port"])
+def test_a_port_out_of_range_is_a_usage_error(yolo, tmp_path, option, capsys):
+    """A port above 65535 reached bind() after the bundle was verified: `bind(): port must be 0-65535.`, exit 1."""
+    with pytest.raises(SystemExit) as exc:
+        _run(yolo, "--source", str(yolo.photos), "--output", "none", option, "99999")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{option}: port must be 0-65535, got 99999" in err

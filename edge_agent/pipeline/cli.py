@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import sha256_file
-from ..cli_types import whole_number
+from ..cli_types import port_number, whole_number
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
@@ -169,9 +169,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-frames", type=whole_number(1), default=None, help="stop after N frames (files: the first N)")
     g.add_argument("--output", help="per-frame JSON lines: a file, '-' for stdout (default) or 'none'")
     g.add_argument("--annotate", type=Path, help="write an annotated video (.mp4 or .avi)")
-    g.add_argument("--preview-port", type=int, help="serve an MJPEG preview on this port (0: any free port)")
+    g.add_argument("--preview-port", type=port_number, help="serve an MJPEG preview on this port (0: any free port)")
     g.add_argument("--preview-host", default="127.0.0.1", help="preview bind address (default 127.0.0.1)")
-    g.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
+    g.add_argument("--metrics-port", type=port_number, help="serve Prometheus /metrics and /health on this port")
     g.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
     add_drift_arguments(g)
     g.add_argument("--drift-budget", type=_drift_budget, default=INFERENCE_SHARE, metavar="PERCENT|all",
