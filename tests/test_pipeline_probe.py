@@ -65,3 +65,13 @@ def test_a_port_out_of_range_is_a_usage_error(yolo, tmp_path, option, capsys):
         _run(yolo, "--source", str(yolo.photos), "--output", "none", option, "99999")
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"{option}: port must be 0-65535, got 99999" in err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_an_open_timeout_that_never_fires_is_a_usage_error(yolo, seconds, capsys):
+    """--open-timeout 0 or below reached OpenCV as "no timeout": a stream that accepted the connection and sent
+    nothing hung the run for ever (measured: still waiting after 40 s), against the docs' "a dead camera never
+    hangs"."""
+    with pytest.raises(SystemExit) as exc:
+        _run(yolo, "--source", str(yolo.photos), "--output", "none", "--open-timeout", seconds)
+    assert exc.value.code == 2 and "--open-timeout: must be a number of seconds > 0" in capsys.readouterr().err

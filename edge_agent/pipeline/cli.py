@@ -149,6 +149,18 @@ def _decode_threads(text: str) -> int:
     return int(text)
 
 
+def _timeout(text: str) -> float:
+    """argparse type: seconds > 0. OpenCV's FFmpeg backend takes 0 as "no timeout" (and a negative one likewise
+    never fires), so a stream that accepts the connection but sends nothing hung the run for ever."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _streams(text: str) -> str | int:
     """argparse type: `auto` or a whole number of inference streams >= 1."""
     if text == "auto":
@@ -197,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--decode-threads", type=_decode_threads, default=None, metavar="N",
                    help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
                         "FFmpeg's own choice otherwise; docs/detection.md)")
-    g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
+    g.add_argument("--open-timeout", type=_timeout, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
     g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
     g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")
 
