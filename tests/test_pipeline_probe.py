@@ -75,3 +75,13 @@ def test_an_open_timeout_that_never_fires_is_a_usage_error(yolo, seconds, capsys
     with pytest.raises(SystemExit) as exc:
         _run(yolo, "--source", str(yolo.photos), "--output", "none", "--open-timeout", seconds)
     assert exc.value.code == 2 and "--open-timeout: must be a number of seconds > 0" in capsys.readouterr().err
+
+
+def test_annotate_into_a_folder_or_an_unknown_suffix_says_why(yolo, tmp_path, capsys):
+    """`--annotate DIR` and `--annotate out.txt` ended with `cannot write video DIR` and no reason."""
+    folder = tmp_path / "annotated"
+    folder.mkdir()
+    assert _run(yolo, "--source", str(yolo.photos), "--output", "none", "--annotate", str(folder)) == 73
+    assert "it is a folder (give a file: out.mp4 or out.avi)" in capsys.readouterr().err
+    assert _run(yolo, "--source", str(yolo.photos), "--output", "none", "--annotate", str(tmp_path / "o.txt")) == 73
+    assert "OpenCV has no writer for .txt: use .mp4 or .avi" in capsys.readouterr().err

@@ -116,6 +116,8 @@ class AnnotatedVideoSink(Sink):
         self._size = (0, 0)
         if not self.path.parent.is_dir():  # OpenCV would fail silently on every frame
             raise SinkError(f"cannot write video {self.path}: folder {self.path.parent} does not exist")
+        if self.path.is_dir():  # OpenCV only answers "not opened", after the first frame's inference
+            raise SinkError(f"cannot write video {self.path}: it is a folder (give a file: out.mp4 or out.avi)")
 
     def write(self, record: dict[str, Any], frame: Frame) -> None:
         import cv2
@@ -125,7 +127,8 @@ class AnnotatedVideoSink(Sink):
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
-                raise SinkError(f"cannot write video {self.path}")
+                kind = self.path.suffix or "a name without a suffix"
+                raise SinkError(f"cannot write video {self.path} (OpenCV has no writer for {kind}: use .mp4 or .avi)")
             self._size = (w, h)
         self._writer.write(_fit(annotate(frame.image, record), self._size))
 
