@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -85,3 +86,13 @@ def test_annotate_into_a_folder_or_an_unknown_suffix_says_why(yolo, tmp_path, ca
     assert "it is a folder (give a file: out.mp4 or out.avi)" in capsys.readouterr().err
     assert _run(yolo, "--source", str(yolo.photos), "--output", "none", "--annotate", str(tmp_path / "o.txt")) == 73
     assert "OpenCV has no writer for .txt: use .mp4 or .avi" in capsys.readouterr().err
+
+
+def test_an_mp4_writer_that_refuses_the_frame_size_does_not_blame_the_suffix(yolo, tmp_path, capsys):
+    """A 1x1 first image: mp4v cannot open, and the message said `OpenCV has no writer for .mp4: use .mp4`."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((1, 1, 3), 128, np.uint8))
+    assert _run(yolo, "--source", str(folder), "--output", "none", "--annotate", str(tmp_path / "t.mp4")) == 73
+    err = capsys.readouterr().err
+    assert "OpenCV cannot encode 1x1 frames as .mp4 (try .avi)" in err and "no writer" not in err

@@ -127,6 +127,9 @@ class AnnotatedVideoSink(Sink):
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
+                if self.path.suffix.lower() in (".mp4", ".avi"):  # e.g. mp4v refuses a 1x1 first image
+                    raise SinkError(f"cannot write video {self.path}: OpenCV cannot encode {w}x{h} frames as "
+                                    f"{self.path.suffix} (try .avi)")
                 kind = self.path.suffix or "a name without a suffix"
                 raise SinkError(f"cannot write video {self.path} (OpenCV has no writer for {kind}: use .mp4 or .avi)")
             self._size = (w, h)
