@@ -96,3 +96,18 @@ def test_an_mp4_writer_that_refuses_the_frame_size_does_not_blame_the_suffix(yol
     assert _run(yolo, "--source", str(folder), "--output", "none", "--annotate", str(tmp_path / "t.mp4")) == 73
     err = capsys.readouterr().err
     assert "OpenCV cannot encode 1x1 frames as .mp4 (try .avi)" in err and "no writer" not in err
+
+
+def test_port_0_says_which_port_it_took(yolo, tmp_path):
+    """`--metrics-port 0` / `--preview-port 0` (the help's "0: any free port") served on a port named only at -v."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", str(yolo.bundle), "--trust", str(yolo.pub),
+                           "--source", str(yolo.photos), "--output", "none", "--metrics-port", "0",
+                           "--preview-port", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    metrics = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", proc.stderr)
+    preview = re.search(r"MJPEG preview on http://127\.0\.0\.1:(\d+)/", proc.stderr)
+    assert metrics and preview and int(metrics.group(1)) > 0 and int(preview.group(1)) > 0, proc.stderr

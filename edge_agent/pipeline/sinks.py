@@ -182,7 +182,8 @@ class MjpegPreviewSink(Sink):
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, name="mjpeg-preview", daemon=True)
         self._thread.start()
-        log.info("MJPEG preview on http://%s:%d/", self.host, self.port)
+        # port 0 (any free port) is only usable when the user is told which one: not just with -v
+        log.log(logging.WARNING if port == 0 else logging.INFO, "MJPEG preview on http://%s:%d/", self.host, self.port)
 
     @property
     def url(self) -> str:
