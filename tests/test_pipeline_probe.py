@@ -111,3 +111,11 @@ def test_port_0_says_which_port_it_took(yolo, tmp_path):
     metrics = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", proc.stderr)
     preview = re.search(r"MJPEG preview on http://127\.0\.0\.1:(\d+)/", proc.stderr)
     assert metrics and preview and int(metrics.group(1)) > 0 and int(preview.group(1)) > 0, proc.stderr
+
+
+@pytest.mark.parametrize("psi", ["nan", "-1"])
+def test_a_drift_threshold_no_psi_can_be_compared_with_is_a_usage_error(yolo, psi, capsys):
+    """--drift-threshold nan gave `drift ok` on Megamind.avi at PSI 8.57 (BlazeFace); -1 gave `drift` always."""
+    with pytest.raises(SystemExit) as exc:
+        _run(yolo, "--source", str(yolo.photos), "--output", "none", "--drift-threshold", psi)
+    assert exc.value.code == 2 and "--drift-threshold: must be a PSI >= 0" in capsys.readouterr().err
