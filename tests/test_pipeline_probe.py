@@ -119,3 +119,36 @@ def test_a_drift_threshold_no_psi_can_be_compared_with_is_a_usage_error(yolo, ps
     with pytest.raises(SystemExit) as exc:
         _run(yolo, "--source", str(yolo.photos), "--output", "none", "--drift-threshold", psi)
     assert exc.value.code == 2 and "--drift-threshold: must be a PSI >= 0" in capsys.readouterr().err
+
+
+def test_sigterm_while_a_stream_opens_removes_the_unpacked_bundle(yolo, tmp_path):
+    """SIGTERM before the pipeline ran (here: a stream that accepts and sends nothing) killed the process (-15),
+    leaving the unpacked bundle (12 MB) in TMPDIR/edgekit-run-*; it now unwinds like Ctrl-C: exit 130, folder gone."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg"
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(yolo.bundle), "--trust",
+                                 str(yolo.pub), "--source", url, "--open-timeout", "4", "--output", "none"],
+                                env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp.glob("edgekit-run-*/bundle/*")) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    assert not list(tmp.glob("edgekit-run-*"))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 
 import argparse
+import contextlib
 import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..bundle import sha256_file
 from ..cli_types import port_number, whole_number
@@ -36,6 +37,30 @@ class UsageError(AgentError, ValueError):
 
 def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames."""
+    with _unwind_on_sigterm():
+        return _run_source(args, home)
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """SIGTERM before the pipeline runs (verifying, opening a slow stream, loading sessions) unwinds like Ctrl-C
+    (exit 130): it killed the process, leaving the unpacked bundle in /tmp/edgekit-run-* at every systemd stop.
+    During the run, _stop_on_sigterm's handler takes over (a clean stop)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from ..cli import _profile_name
     from ..runtimes import load_session
     from .runner import Pipeline
