@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 
 import argparse
-import contextlib
 import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..bundle import sha256_file
 from ..cli_types import port_number, whole_number
@@ -23,7 +22,7 @@ from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, pipeline_drift
-from ..errors import AgentError
+from ..errors import AgentError, unwind_on_sigterm
 from ..telemetry.system import available_memory_bytes
 from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, memory_streams, resolve_streams
 
@@ -36,28 +35,11 @@ class UsageError(AgentError, ValueError):
 
 
 def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
-    """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames."""
-    with _unwind_on_sigterm():
+    """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames. SIGTERM before the
+    pipeline runs (verifying, opening a slow stream, loading sessions) unwinds like Ctrl-C (exit 130): it killed the
+    process, leaving the unpacked bundle in /tmp/edgekit-run-*; during the run _stop_on_sigterm stops it cleanly."""
+    with unwind_on_sigterm():
         return _run_source(args, home)
-
-
-@contextlib.contextmanager
-def _unwind_on_sigterm() -> Iterator[None]:
-    """SIGTERM before the pipeline runs (verifying, opening a slow stream, loading sessions) unwinds like Ctrl-C
-    (exit 130): it killed the process, leaving the unpacked bundle in /tmp/edgekit-run-* at every systemd stop.
-    During the run, _stop_on_sigterm's handler takes over (a clean stop)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
