@@ -13,6 +13,7 @@ from PIL import Image
 from edge_agent.cli import main as agent_main
 from converter.cli import main as convert_main
 
+from .camera_helpers import read_video
 from .detector_data import photos, yolo_onnx
 
 
@@ -48,13 +49,7 @@ def test_annotated_video_of_a_folder_with_images_of_several_sizes_has_every_fram
     capsys.readouterr()
     assert _run(yolo, "--source", str(folder), "--annotate", str(video)) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
+    frames = read_video(video)
     assert len(records) == 3 and len(frames) == 3
     assert frames[1].shape == frames[0].shape == (512, 512, 3)
 
@@ -125,11 +120,9 @@ def test_sigterm_while_a_stream_opens_removes_the_unpacked_bundle(yolo, tmp_path
     """SIGTERM before the pipeline ran (here: a stream that accepts and sends nothing) killed the process (-15),
     leaving the unpacked bundle (12 MB) in TMPDIR/edgekit-run-*; it now unwinds like Ctrl-C: exit 130, folder gone."""
     import os
-    import signal
     import socket
-    import subprocess
-    import sys
-    import time
+
+    from .fault_helpers import sigterm_once
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -137,18 +130,8 @@ def test_sigterm_while_a_stream_opens_removes_the_unpacked_bundle(yolo, tmp_path
         server.bind(("127.0.0.1", 0))
         server.listen(4)
         url = f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg"
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(yolo.bundle), "--trust",
-                                 str(yolo.pub), "--source", url, "--open-timeout", "4", "--output", "none"],
-                                env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not list(tmp.glob("edgekit-run-*/bundle/*")) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert proc.poll() is None, "the run ended before it could be stopped"
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == 130, err
+        returncode, err = sigterm_once(["-m", "edge_agent.cli", "run", str(yolo.bundle), "--trust", str(yolo.pub),
+                                        "--source", url, "--open-timeout", "4", "--output", "none"],
+                                       {**os.environ, "TMPDIR": str(tmp)}, "edgekit-run-*/bundle/*", tmp, timeout=60)
+    assert returncode == 130, err
     assert not list(tmp.glob("edgekit-run-*"))
