@@ -135,3 +135,17 @@ def test_sigterm_while_a_stream_opens_removes_the_unpacked_bundle(yolo, tmp_path
                                        {**os.environ, "TMPDIR": str(tmp)}, "edgekit-run-*/bundle/*", tmp, timeout=60)
     assert returncode == 130, err
     assert not list(tmp.glob("edgekit-run-*"))
+
+
+@pytest.mark.parametrize("option", ["--output", "--annotate"])
+def test_writing_over_the_source_video_is_refused(yolo, tmp_path, option, capsys):
+    """`--output clip.avi` (or --annotate) on `--source clip.avi` truncated the video: 2 of 68 frames, exit 0."""
+    import shutil
+
+    video = tmp_path / "clip.avi"
+    shutil.copy("/usr/share/doc/opencv-doc/examples/data/tree.avi", video)
+    size = video.stat().st_size
+    extra = ["--output", "none"] if option == "--annotate" else []
+    assert _run(yolo, "--source", str(video), *extra, option, str(video)) == 2
+    assert "is a file of the source: it would be overwritten" in capsys.readouterr().err
+    assert video.stat().st_size == size

@@ -74,6 +74,8 @@ def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
         sinks: list[Sink] = []
         try:
             output = args.output if args.output is not None else "-"
+            _refuse_overwriting_the_source(source, {"--output": None if output in ("-", "none") else output,
+                                                    "--annotate": args.annotate})
             if output != "none":
                 sinks.append(JsonLinesSink(output))
             if args.annotate:
@@ -117,6 +119,18 @@ def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
             f"p99 {e2e.get('p99_ms', 0):.1f} ms; drift {snap.state}"
             + (f" ({snap.worst} PSI {snap.psi[snap.worst]})" if snap.worst else ""))
     return d, text
+
+
+def _refuse_overwriting_the_source(source: Any, targets: dict[str, Any]) -> None:
+    """--output or --annotate naming the source's video (or one of its images) truncated it before it was read: the
+    run ended after 2 of tree.avi's 68 frames with exit 0 and the video was gone."""
+    files = [Path(f) for f in getattr(source, "files", ())]
+    target = getattr(source, "target", None)
+    if isinstance(target, str) and Path(target).is_file():
+        files.append(Path(target))
+    for option, path in targets.items():
+        if path is not None and Path(path).is_file() and any(os.path.samefile(path, f) for f in files):
+            raise UsageError(f"{option} {path} is a file of the source: it would be overwritten (give another file)")
 
 
 def _stop_on_sigterm(pipeline: Any):
