@@ -149,3 +149,12 @@ def test_writing_over_the_source_video_is_refused(yolo, tmp_path, option, capsys
     assert _run(yolo, "--source", str(video), *extra, option, str(video)) == 2
     assert "is a file of the source: it would be overwritten" in capsys.readouterr().err
     assert video.stat().st_size == size
+
+
+def test_camera_options_without_source_are_refused_not_ignored(yolo, tmp_path, capsys):
+    """`run BUNDLE photo.png --annotate out.avi` classified the photo, exit 0, and wrote no video."""
+    plain = ["run", str(yolo.bundle), str(yolo.photos / "astronaut.png"), "--trust", str(yolo.pub)]
+    assert agent_main([*plain, "--annotate", str(tmp_path / "out.avi")]) == 2
+    assert "--annotate only works with --source (e.g. --source" in capsys.readouterr().err
+    assert not (tmp_path / "out.avi").exists()
+    assert agent_main([*plain, "--json"]) == 0  # plain runs as before

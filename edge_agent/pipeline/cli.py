@@ -191,6 +191,12 @@ def _streams(text: str) -> str | int:
     return int(text)
 
 
+# camera/video options without a default: given without --source they would be ignored
+_SOURCE_ONLY = (("--max-frames", "max_frames"), ("--output", "output"), ("--annotate", "annotate"),
+                ("--preview-port", "preview_port"), ("--metrics-port", "metrics_port"),
+                ("--mqtt-telemetry", "mqtt_telemetry"), ("--policy", "policy"), ("--decode-threads", "decode_threads"))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the --source options to `edge-agent run` and route --source runs here."""
     p = subparsers.choices.get("run")
@@ -239,6 +245,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             return cmd_run_source(args, home)
         if not args.inputs:
             raise UsageError("give input files (images, .npy or .npz) or --source SPEC (camera, video, folder)")
+        given = [flag for flag, dest in _SOURCE_ONLY if getattr(args, dest, None) is not None]
+        if given:  # they were ignored: `run BUNDLE photo.png --annotate out.avi` wrote nothing, exit 0
+            raise UsageError(f"{', '.join(given)} only work{'s' if len(given) == 1 else ''} with --source (e.g. "
+                             f"--source {args.inputs[0]})")
         return plain_run(args, home)
 
     p.set_defaults(func=run_dispatch)
