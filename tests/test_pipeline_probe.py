@@ -158,3 +158,15 @@ def test_camera_options_without_source_are_refused_not_ignored(yolo, tmp_path, c
     assert "--annotate only works with --source (e.g. --source" in capsys.readouterr().err
     assert not (tmp_path / "out.avi").exists()
     assert agent_main([*plain, "--json"]) == 0  # plain runs as before
+
+
+def test_input_files_after_an_option_are_inputs(yolo, capsys):
+    """`run BUNDLE --trust PUB photo.png` ended with `unrecognized arguments: photo.png` (exit 2)."""
+    photo = yolo.photos / "astronaut.png"
+    capsys.readouterr()
+    assert agent_main(["run", str(yolo.bundle), "--trust", str(yolo.pub), str(photo), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detections"][0]["name"] == "FACE_FEMALE"
+    with pytest.raises(SystemExit) as exc:  # an unknown option is still refused
+        agent_main(["run", str(yolo.bundle), "--trust", str(yolo.pub), str(photo), "--no-such-option"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unrecognized arguments:" in err and "--no-such-option" in err
