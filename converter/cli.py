@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from typing import Any
 
 from device_profiles import FORMATS
 from edge_agent import __version__
-from edge_agent.errors import run_main
+from edge_agent.errors import run_main, unwind_on_sigterm
 
 from .errors import UsageError, exit_codes_help
 from .options import whole_number
@@ -285,27 +284,8 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
                                  default=argparse.SUPPRESS, help=option.description)
 
 
-@contextlib.contextmanager
-def _interrupt_on_sigterm():
-    """SIGTERM (CI timeouts, systemd) unwinds like Ctrl-C, so temporary folders are removed (exit 130)."""
-    import signal
-    import threading
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
-    with _interrupt_on_sigterm():
+    with unwind_on_sigterm():
         return _main(argv)
 
 

@@ -257,7 +257,13 @@ _EXTENSIONS = ("edge_agent.ota.cli", "edge_agent.pipeline.cli", "edge_agent.serv
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "inputs", None) is not None and not any(e.startswith("-") for e in extra):
+        # `run BUNDLE --trust PUB photo.png`: argparse fills `inputs` before the option and called photo.png
+        # "unrecognized"; files after an option are inputs like the ones before it
+        args.inputs = [*args.inputs, *map(Path, extra)]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",

@@ -20,3 +20,15 @@ def whole_number(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port 0-65535 (0: any free port); a port out of range otherwise reached bind() and
+    ended the run with exit 1 and socket's own text."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value

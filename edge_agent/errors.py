@@ -13,14 +13,17 @@ traceback (the traceback goes to the debug log).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
 import os
 import select
+import signal
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +199,24 @@ def code_of(exc: BaseException) -> int:
     from device_profiles import ProfileError  # device_profiles imports nothing of ours
 
     return exit_code("profile") if isinstance(exc, ProfileError) else exit_code("error")
+
+
+@contextlib.contextmanager
+def unwind_on_sigterm() -> Iterator[None]:
+    """SIGTERM (CI timeouts, systemd stop) unwinds like Ctrl-C, so temporary folders are removed (exit 130)
+    instead of the process dying where it stands."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbose: bool = False) -> int:

@@ -33,6 +33,19 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0, fourcc:
     return path
 
 
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame OpenCV decodes from `path`, in order (BGR)."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(image)
+    cap.release()
+    return frames
+
+
 class SyntheticLiveSource(Source):
     """A camera stand-in that produces frames at a fixed rate, like a real one (read blocks until the
     next frame time). Frames are BGR images cycling through `frames`."""

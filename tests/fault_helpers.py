@@ -44,3 +44,23 @@ def fill(disk: Path, leave: int = 0) -> Path:
             except OSError:
                 break
     return filler
+
+
+def sigterm_once(cmd: list[str], env: dict[str, str], ready: str, folder: Path, timeout: float = 120) -> tuple[int, str]:
+    """Run `cmd`, send SIGTERM as soon as `folder` holds a path matching the glob `ready`; (exit code, stderr)."""
+    import signal
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, *cmd], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not list(folder.glob(ready)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"{cmd[:3]} ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err

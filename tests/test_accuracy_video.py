@@ -62,13 +62,9 @@ def test_frames_sampled_evenly_and_preprocessed_like_the_bundle(clips):
     x = data.inputs["x"]
     assert x.shape == (4, 3, 48, 192) and x.dtype == np.float32 and data.labels is None
     # the same frames decoded independently (sequential read), through the agent's preprocessing
-    cap = cv2.VideoCapture(str(clips / "calib.mp4"))
-    decoded = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        decoded.append(f)
+    from .camera_helpers import read_video
+
+    decoded = read_video(clips / "calib.mp4")
     assert len(decoded) == 90
     for row, i in zip(x, [0, 30, 59, 89]):
         want = preprocess_image(np.ascontiguousarray(decoded[i][:, :, ::-1]), pre, spec)[0][0]

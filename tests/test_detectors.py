@@ -189,31 +189,18 @@ def test_detection_gate_counts_lost_extra_and_borderline_boxes_and_reads_labels(
 def test_sigterm_during_a_conversion_removes_its_temporary_folder(keys, tmp_path):
     """Defect 6: SIGTERM left a 73 MB temporary folder behind; now it unwinds like Ctrl-C (exit 130)."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from .detector_data import yolo_onnx
+    from .fault_helpers import sigterm_once
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
-    cmd = [sys.executable, "-m", "converter.cli", "convert", str(yolo_onnx()), "--precision", "fp32", "--profile",
+    cmd = ["-m", "converter.cli", "convert", str(yolo_onnx()), "--precision", "fp32", "--profile",
            "raspberry-pi-4", "--calibration", str(photos(tmp_path / "photos")), "--key", str(keys.key),
            "--out", str(tmp_path / "y.edgebundle"), "--bench-runs", "0"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp.glob("edgekit-convert-*/*")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the conversion ended before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    returncode, err = sigterm_once(cmd, env, "edgekit-convert-*/*", tmp)
+    assert returncode == 130, err
     assert not list(tmp.glob("edgekit-convert-*"))
 
 

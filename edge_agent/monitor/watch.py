@@ -128,9 +128,21 @@ def add_drift_arguments(group: Any) -> None:
     group.add_argument("--drift-window", type=_frames, default=DEFAULT_WINDOW, metavar="FRAMES",
                        help=f"score drift (PSI against the bundle's reference statistics) over the last FRAMES live "
                        f"frames (default {DEFAULT_WINDOW}; docs/monitoring.md)")
-    group.add_argument("--drift-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="PSI",
+    group.add_argument("--drift-threshold", type=_psi, default=DEFAULT_THRESHOLD, metavar="PSI",
                        help=f"raise the `drift` state when a feature's PSI exceeds this (default {DEFAULT_THRESHOLD}: "
                        "a significant shift)")
+
+
+def _psi(text: str) -> float:
+    """argparse type: a PSI >= 0 (inf: never raise drift). `nan` reported `drift ok` at any PSI (no comparison
+    with nan holds) and a negative threshold `drift` on every window."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a PSI >= 0 (0.25: a significant shift), got {text!r}")
+    return value
 
 
 def _frames(text: str) -> int:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import sha256_file
-from ..cli_types import whole_number
+from ..cli_types import port_number, whole_number
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, pipeline_drift
-from ..errors import AgentError
+from ..errors import AgentError, unwind_on_sigterm
 from ..telemetry.system import available_memory_bytes
 from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, memory_streams, resolve_streams
 
@@ -35,7 +35,14 @@ class UsageError(AgentError, ValueError):
 
 
 def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
-    """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames."""
+    """Verify the bundle, open the source, run the pipeline until the source ends or --max-frames. SIGTERM before the
+    pipeline runs (verifying, opening a slow stream, loading sessions) unwinds like Ctrl-C (exit 130): it killed the
+    process, leaving the unpacked bundle in /tmp/edgekit-run-*; during the run _stop_on_sigterm stops it cleanly."""
+    with unwind_on_sigterm():
+        return _run_source(args, home)
+
+
+def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
     from ..cli import _profile_name
     from ..runtimes import load_session
     from .runner import Pipeline
@@ -67,6 +74,8 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
         sinks: list[Sink] = []
         try:
             output = args.output if args.output is not None else "-"
+            _refuse_overwriting_the_source(source, {"--output": None if output in ("-", "none") else output,
+                                                    "--annotate": args.annotate})
             if output != "none":
                 sinks.append(JsonLinesSink(output))
             if args.annotate:
@@ -112,6 +121,18 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     return d, text
 
 
+def _refuse_overwriting_the_source(source: Any, targets: dict[str, Any]) -> None:
+    """--output or --annotate naming the source's video (or one of its images) truncated it before it was read: the
+    run ended after 2 of tree.avi's 68 frames with exit 0 and the video was gone."""
+    files = [Path(f) for f in getattr(source, "files", ())]
+    target = getattr(source, "target", None)
+    if isinstance(target, str) and Path(target).is_file():
+        files.append(Path(target))
+    for option, path in targets.items():
+        if path is not None and Path(path).is_file() and any(os.path.samefile(path, f) for f in files):
+            raise UsageError(f"{option} {path} is a file of the source: it would be overwritten (give another file)")
+
+
 def _stop_on_sigterm(pipeline: Any):
     """SIGTERM (systemd stop) ends the run cleanly; returns a function restoring the old handler."""
     if threading.current_thread() is not threading.main_thread():
@@ -149,6 +170,18 @@ def _decode_threads(text: str) -> int:
     return int(text)
 
 
+def _timeout(text: str) -> float:
+    """argparse type: seconds > 0. OpenCV's FFmpeg backend takes 0 as "no timeout" (and a negative one likewise
+    never fires), so a stream that accepts the connection but sends nothing hung the run for ever."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _streams(text: str) -> str | int:
     """argparse type: `auto` or a whole number of inference streams >= 1."""
     if text == "auto":
@@ -156,6 +189,12 @@ def _streams(text: str) -> str | int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {text!r}")
     return int(text)
+
+
+# camera/video options without a default: given without --source they would be ignored
+_SOURCE_ONLY = (("--max-frames", "max_frames"), ("--output", "output"), ("--annotate", "annotate"),
+                ("--preview-port", "preview_port"), ("--metrics-port", "metrics_port"),
+                ("--mqtt-telemetry", "mqtt_telemetry"), ("--policy", "policy"), ("--decode-threads", "decode_threads"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -169,9 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-frames", type=whole_number(1), default=None, help="stop after N frames (files: the first N)")
     g.add_argument("--output", help="per-frame JSON lines: a file, '-' for stdout (default) or 'none'")
     g.add_argument("--annotate", type=Path, help="write an annotated video (.mp4 or .avi)")
-    g.add_argument("--preview-port", type=int, help="serve an MJPEG preview on this port (0: any free port)")
+    g.add_argument("--preview-port", type=port_number, help="serve an MJPEG preview on this port (0: any free port)")
     g.add_argument("--preview-host", default="127.0.0.1", help="preview bind address (default 127.0.0.1)")
-    g.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
+    g.add_argument("--metrics-port", type=port_number, help="serve Prometheus /metrics and /health on this port")
     g.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
     add_drift_arguments(g)
     g.add_argument("--drift-budget", type=_drift_budget, default=INFERENCE_SHARE, metavar="PERCENT|all",
@@ -197,7 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--decode-threads", type=_decode_threads, default=None, metavar="N",
                    help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
                         "FFmpeg's own choice otherwise; docs/detection.md)")
-    g.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
+    g.add_argument("--open-timeout", type=_timeout, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
     g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
     g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")
 
@@ -206,6 +245,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             return cmd_run_source(args, home)
         if not args.inputs:
             raise UsageError("give input files (images, .npy or .npz) or --source SPEC (camera, video, folder)")
+        given = [flag for flag, dest in _SOURCE_ONLY if getattr(args, dest, None) is not None]
+        if given:  # they were ignored: `run BUNDLE photo.png --annotate out.avi` wrote nothing, exit 0
+            raise UsageError(f"{', '.join(given)} only work{'s' if len(given) == 1 else ''} with --source (e.g. "
+                             f"--source {args.inputs[0]})")
         return plain_run(args, home)
 
     p.set_defaults(func=run_dispatch)

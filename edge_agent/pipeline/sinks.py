@@ -90,6 +90,22 @@ def annotate(image: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     return out
 
 
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The annotated frame letterboxed into the video's size (w, h): OpenCV's writer silently drops a frame of
+    another size, so an image folder's differently sized images were missing from the video."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == size:
+        return image
+    scale = min(size[0] / w, size[1] / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = np.zeros((size[1], size[0], 3), np.uint8)
+    x, y = (size[0] - nw) // 2, (size[1] - nh) // 2
+    out[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
+
+
 class AnnotatedVideoSink(Sink):
     """Writes annotated frames to a video file (codec from the suffix: .mp4 mp4v, .avi MJPG)."""
 
@@ -97,8 +113,11 @@ class AnnotatedVideoSink(Sink):
         self.path = Path(path)
         self.fps = fps
         self._writer = None
+        self._size = (0, 0)
         if not self.path.parent.is_dir():  # OpenCV would fail silently on every frame
             raise SinkError(f"cannot write video {self.path}: folder {self.path.parent} does not exist")
+        if self.path.is_dir():  # OpenCV only answers "not opened", after the first frame's inference
+            raise SinkError(f"cannot write video {self.path}: it is a folder (give a file: out.mp4 or out.avi)")
 
     def write(self, record: dict[str, Any], frame: Frame) -> None:
         import cv2
@@ -108,8 +127,13 @@ class AnnotatedVideoSink(Sink):
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
-                raise SinkError(f"cannot write video {self.path}")
-        self._writer.write(annotate(frame.image, record))
+                if self.path.suffix.lower() in (".mp4", ".avi"):  # e.g. mp4v refuses a 1x1 first image
+                    raise SinkError(f"cannot write video {self.path}: OpenCV cannot encode {w}x{h} frames as "
+                                    f"{self.path.suffix} (try .avi)")
+                kind = self.path.suffix or "a name without a suffix"
+                raise SinkError(f"cannot write video {self.path} (OpenCV has no writer for {kind}: use .mp4 or .avi)")
+            self._size = (w, h)
+        self._writer.write(_fit(annotate(frame.image, record), self._size))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -158,7 +182,8 @@ class MjpegPreviewSink(Sink):
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, name="mjpeg-preview", daemon=True)
         self._thread.start()
-        log.info("MJPEG preview on http://%s:%d/", self.host, self.port)
+        # port 0 (any free port) is only usable when the user is told which one: not just with -v
+        log.log(logging.WARNING if port == 0 else logging.INFO, "MJPEG preview on http://%s:%d/", self.host, self.port)
 
     @property
     def url(self) -> str:

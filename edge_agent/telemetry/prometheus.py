@@ -208,7 +208,9 @@ class MetricsServer:
         self.host, self.port = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
-        log.info("metrics on http://%s:%d/metrics, health on /health", self.host, self.port)
+        # port 0 (any free port) is only usable when the user is told which one: not just with -v
+        log.log(logging.WARNING if port == 0 else logging.INFO, "metrics on http://%s:%d/metrics, health on /health",
+                self.host, self.port)
 
     @property
     def url(self) -> str:
