@@ -58,3 +58,14 @@ class Runtime(ABC):
         providers: list[str] | None = None,
     ) -> ModelSession:
         """Load the bundle's model file from `bundle_dir`."""
+
+
+def to_integer(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values for a plain integer input (no quantization parameters), rounded and clipped to its range:
+    grey levels 0..255 for uint8 pixels, token ids; both runtimes feed such inputs this way."""
+    if array.dtype == dtype:
+        return array
+    if array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.rint(array), info.min, info.max)
+    return array.astype(dtype)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..bundle import Manifest, TensorSpec
-from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
+from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError, to_integer
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,7 @@ class TFLiteModel:
             if np.issubdtype(dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
                 scale, zp = _params(spec, detail)
                 if scale == 0:  # a plain integer input (uint8 pixels, token ids): the values themselves, rounded
-                    info = np.iinfo(dtype)
-                    x = np.clip(np.rint(x), info.min, info.max).astype(dtype)
+                    x = to_integer(x, np.dtype(dtype))
                 else:
                     x = quantize(x, scale, zp, dtype)
             elif x.dtype != dtype:

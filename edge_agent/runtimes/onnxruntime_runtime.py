@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Manifest
-from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError
+from .base import ModelSession, Runtime, RuntimeInfo, RuntimeLoadError, to_integer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class OnnxRuntimeSession(ModelSession):
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self._integer:
-            feeds = {k: _to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
+            feeds = {k: to_integer(v, self._integer[k]) if k in self._integer else v for k, v in feeds.items()}
         try:
             return self._session.run(self._output_names, feeds, _QUIET)
         except _ORT_ERRORS as exc:  # one line and its code, not 1 (other error)
@@ -65,16 +65,6 @@ def _integer_dtype(name: str) -> bool:
         return np.dtype(name).kind in "iu"
     except TypeError:
         return False
-
-
-def _to_integer(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float values for an integer input, rounded and clipped to its range (grey levels 0..255 for uint8)."""
-    if array.dtype == dtype:
-        return array
-    if array.dtype.kind == "f":
-        info = np.iinfo(dtype)
-        array = np.clip(np.rint(array), info.min, info.max)
-    return array.astype(dtype)
 
 
 class OnnxRuntime(Runtime):
