@@ -61,3 +61,30 @@ def dynamic_batch_model(folder: Path):
                         postprocess=Postprocess(kind="classification"), labels=["a", "b", "c"])
     return manifest, folder
 
+
+
+def channel_sum_model(folder: Path, layout: str, version: int):
+    """(manifest, bundle dir) of y[b, c] = sum of channel c of x, x [batch, 3, 2, 2] in NCHW; with layout NHWC the
+    model takes x as [batch, 2, 2, 3] and the manifest says the source was NCHW (as onnx2tf's TFLite bundles do)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_agent.bundle import Manifest, Postprocess, TensorSpec
+
+    nchw = layout == "NCHW"
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3] if nchw else [1, 2])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "channel_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 2, 2] if nchw else ["batch", 2, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    spec = TensorSpec("x", "float32", ["batch", 3, 2, 2] if nchw else ["batch", 2, 2, 3], layout,
+                      source_layout=None if nchw else "NCHW")
+    manifest = Manifest(name="sums", version=version, profile="x86-64-cpu", format="onnx", runtime="onnxruntime",
+                        precision="fp32", model_file="model.onnx", inputs=[spec],
+                        outputs=[TensorSpec("y", "float32", ["batch", 3], "NC")],
+                        postprocess=Postprocess(kind="classification"), labels=["r", "g", "b"])
+    return manifest, folder

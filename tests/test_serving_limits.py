@@ -22,7 +22,7 @@ from edge_agent.runtimes import load_session
 from edge_agent.serving import BatchPolicy, HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
 
 from .ota_helpers import wait_for
-from .serving_helpers import dynamic_batch_model
+from .serving_helpers import channel_sum_model, dynamic_batch_model
 from .test_serving import tflite_bundle  # noqa: F401 - pytest fixture, used by name
 
 PREDICT = "/v1/models/digits:predict"
@@ -162,6 +162,43 @@ def test_litert_session_shared_by_concurrent_requests_stays_correct(tflite_bundl
         for i, (a, b) in enumerate(zip(served, own)):
             np.testing.assert_allclose(a, expected[i % len(xs)], atol=1e-6)
             np.testing.assert_allclose(b, expected[i % len(xs)], atol=1e-6)
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])  # a request run on its own thread, or queued for a worker
+def test_a_request_checked_against_the_old_model_runs_with_feeds_made_for_the_new_one(max_batch, tmp_path):
+    """An update swaps an NCHW model for an NHWC one (an ONNX bundle for a TFLite one) while a request made
+    for the old model waits for its turn: it runs on the new model with the client tensor transposed for it
+    (the old model's feeds fed to the new one fail: [1, 3, 2, 2] where [1, 2, 2, 3] is expected)."""
+    from edge_agent.serving.service import InferenceService
+
+    sessions = []
+    for layout, version in (("NCHW", 1), ("NHWC", 2)):
+        manifest, folder = channel_sum_model(tmp_path / layout, layout, version)
+        sessions.append(ServedModel(manifest, load_session(folder, manifest, threads=1)))
+    v1, v2 = sessions
+    gated = GatedSession(v1.session)
+    holder = ModelHolder(ServedModel(v1.manifest, gated))
+    service = InferenceService(holder, BatchPolicy(max_batch=max_batch, max_delay_ms=0, workers=1))
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 2, 2)  # the client's tensor, in the source (NCHW) layout
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(service.infer_tensors, {"x": x})
+            assert gated.entered.acquire(timeout=10)  # the only worker slot runs the old model
+            waiting = pool.submit(service.infer_tensors, {"x": x})  # checked and made for v1, waits for the slot
+            wait_for(lambda: service.batcher.depth() == 1, what="a request waiting for the model")
+            swapped = pool.submit(holder.swap, v2)
+            wait_for(lambda: holder.current is v2, what="the swap")
+            gated.gate.set()
+            swapped.result(timeout=10)
+            (out1,), m1 = first.result(timeout=10)
+            (out2,), m2 = waiting.result(timeout=10)
+    finally:
+        service.close()
+        for m in sessions:
+            m.session.close()
+    assert m1.manifest.version == 1 and m2.manifest.version == 2
+    np.testing.assert_allclose(out1, [[6, 22, 38]])
+    np.testing.assert_allclose(out2, out1)  # the same answer from the NHWC model: the feeds were made for it
 
 
 def test_dynamic_batcher_stacks_concurrent_requests_and_metrics_show_it(tmp_path):

@@ -72,12 +72,15 @@ def test_ota_switch_under_continuous_requests_fails_none(v2_format, home, bundle
             with httpx.Client(base_url=url, timeout=30) as client:
                 i = 0
                 while not stop.is_set():
-                    r = client.post("/v1/models/digits:predict", json={"instances": [xs[i % len(xs)].tolist()]})
-                    if r.status_code != 200:
-                        failures.append(f"tf: {r.status_code} {r.text}")
-                    else:
-                        version = client.get("/v1/models/digits").json()["model_version_status"][0]["version"]
-                        results.append(("tf", version, i % len(xs), int(np.argmax(r.json()["predictions"][0]))))
+                    try:
+                        r = client.post("/v1/models/digits:predict", json={"instances": [xs[i % len(xs)].tolist()]})
+                        if r.status_code != 200:
+                            failures.append(f"tf: {r.status_code} {r.text}")
+                        else:
+                            version = client.get("/v1/models/digits").json()["model_version_status"][0]["version"]
+                            results.append(("tf", version, i % len(xs), int(np.argmax(r.json()["predictions"][0]))))
+                    except Exception as exc:  # noqa: BLE001 - every failure is counted (a dead thread would hide it)
+                        failures.append(f"tf: {exc!r}")
                     i += 1
 
         threads = [threading.Thread(target=f, daemon=True) for f in (triton_client, tf_client)]
@@ -88,7 +91,13 @@ def test_ota_switch_under_continuous_requests_fails_none(v2_format, home, bundle
         r = fleet.wait_phase(dev, "dep-serve")
         assert r.phase == "succeeded", r.last_error
         switched_at = len(results)
-        wait_for(lambda: sum(1 for _, v, _, _ in results[switched_at:] if v == "2") > 40, what="requests on v2")
+        try:
+            wait_for(lambda: sum(1 for _, v, _, _ in results[switched_at:] if v == "2") > 40, what="requests on v2")
+        except AssertionError as exc:  # say why: clients stuck or dead, requests failing, or still answered by v1
+            raise AssertionError(
+                f"{exc}: {len(results) - switched_at} answers since the switch, last {results[-4:]}; clients alive "
+                f"{[t.is_alive() for t in threads]}; {len(failures)} failures {failures[-3:]}; agent: "
+                f"{agent.output()[-3000:]}") from None
     finally:
         stop.set()
         time.sleep(0.2)

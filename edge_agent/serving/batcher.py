@@ -6,7 +6,9 @@ has nothing to gain from a hand-over to a worker thread, which costs two thread 
 (milliseconds on a loaded CPU): its requests run on their own thread once one of `workers` slots is
 free, under the same bound. Either way at most `queue_size` requests wait; one more is refused at once
 (503) instead of growing: the device's memory and the camera pipeline come first. Each run takes the
-served model once (`ModelHolder.use`), so it runs entirely on one model even when an update swaps it.
+served model once (`ModelHolder.use`), so it runs entirely on one model even when an update swaps it;
+a request whose feeds were made for the model an update just replaced (an ONNX NCHW model swapped for
+a TFLite NHWC one between the request's check and its run) has them made again for the model it runs on.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from ..bundle import Manifest
 from ..errors import one_line
 from ..pipeline.inputs import InputError
 from .errors import BadRequest, HttpError, InferenceFailed, Unavailable
@@ -29,12 +32,24 @@ from .tensors import batchable
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Job:
-    """One request's feeds, waiting for its outputs."""
+class Prepared(NamedTuple):
+    """A request's runtime feeds for one model, its batch size, and what the answer needs (an image's geometry)."""
 
     feeds: dict[str, np.ndarray]
     batch: int
+    context: Any = None
+
+
+Prepare = Callable[[Manifest], Prepared]  # the client's input -> feeds for a model (raises BadRequest)
+
+
+@dataclass
+class Job:
+    """One request's feeds (made for the model `generation`), waiting for its outputs."""
+
+    prepared: Prepared
+    generation: int
+    prepare: Prepare
     done: threading.Event = field(default_factory=threading.Event)
     outputs: list[np.ndarray] | None = None
     model: Served | None = None
@@ -47,12 +62,29 @@ class Job:
         self.done.set()
 
 
+    @property
+    def batch(self) -> int:
+        return self.prepared.batch
+
+    def prepare_for(self, model: Served) -> bool:
+        """Make the feeds again if they were made for another model; False (and finished) if that fails."""
+        if self.generation == model.generation:
+            return True
+        try:
+            self.prepared, self.generation = self.prepare(model.manifest), model.generation
+            return True
+        except Exception as exc:  # noqa: BLE001 - the new model refuses this input: the request's own answer
+            self.finish(model, error=exc if isinstance(exc, HttpError) else BadRequest(one_line(exc)))
+            return False
+
+
 class Answer(NamedTuple):
-    """A request's outputs, the model that gave them, and how long its model run took."""
+    """A request's outputs, the model that gave them, how long its model run took, and the feeds it ran."""
 
     outputs: list[np.ndarray]
     model: Served
     run_ms: float
+    prepared: Prepared
 
 
 @dataclass(frozen=True)
@@ -66,7 +98,7 @@ class BatchPolicy:
 
 
 class DynamicBatcher:
-    """`submit(feeds, batch)` blocks until the outputs are ready; raises HttpError on failure."""
+    """`submit(prepare)` blocks until the outputs are ready; raises HttpError on failure."""
 
     def __init__(self, holder: ModelHolder, policy: BatchPolicy = BatchPolicy(),
                  on_batch: Callable[[int], None] | None = None) -> None:
@@ -84,11 +116,14 @@ class DynamicBatcher:
         """Requests waiting for the model (queued for a batch or for a slot)."""
         return self._queue.qsize() + self._waiting
 
-    def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float = 60.0) -> Answer:
+    def submit(self, prepare: Prepare, timeout_s: float = 60.0) -> Answer:
+        """Run one request: `prepare` makes its feeds for the served model (again, if an update swaps it)."""
         model = self.holder.current
-        if model is None or self.policy.max_batch <= 1 or not batchable(model.manifest):
-            return self._run_here(feeds, batch, timeout_s)
-        job = Job(feeds, batch)
+        if model is None:
+            raise Unavailable("no model is being served yet")
+        job = Job(prepare(model.manifest), model.generation, prepare)  # a bad request fails here, before queueing
+        if self.policy.max_batch <= 1 or not batchable(model.manifest):
+            return self._run_here(job, timeout_s)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -98,7 +133,7 @@ class DynamicBatcher:
         if job.error is not None:
             raise job.error
         assert job.outputs is not None and job.model is not None
-        return Answer(job.outputs, job.model, job.run_ms)
+        return Answer(job.outputs, job.model, job.run_ms, job.prepared)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -109,7 +144,7 @@ class DynamicBatcher:
         for t in self._threads:
             t.join(timeout=5)
 
-    def _run_here(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float) -> Answer:
+    def _run_here(self, job: Job, timeout_s: float) -> Answer:
         """Run on the caller's thread once a slot is free (a model that cannot batch)."""
         with self._lock:
             if self._waiting >= self.policy.queue_size:
@@ -122,7 +157,6 @@ class DynamicBatcher:
             with self._lock:
                 self._waiting -= 1
         try:
-            job = Job(feeds, batch)
             with self.holder.use() as model:
                 if model is None:
                     raise Unavailable("no model is being served yet")
@@ -130,7 +164,7 @@ class DynamicBatcher:
             if job.error is not None:
                 raise job.error
             assert job.outputs is not None
-            return Answer(job.outputs, model, job.run_ms)
+            return Answer(job.outputs, model, job.run_ms, job.prepared)
         finally:
             self._slots.release()
 
@@ -166,9 +200,10 @@ class DynamicBatcher:
         return jobs
 
     def _run(self, model: Served, jobs: list[Job]) -> None:
+        jobs = [j for j in jobs if j.prepare_for(model)]
         if len(jobs) > 1:
             try:
-                stacked = {k: np.concatenate([j.feeds[k] for j in jobs], axis=0) for k in jobs[0].feeds}
+                stacked = {k: np.concatenate([j.prepared.feeds[k] for j in jobs], axis=0) for k in jobs[0].prepared.feeds}
                 t0 = time.perf_counter()
                 outputs = model.session.run(stacked)
                 run_ms = (time.perf_counter() - t0) * 1000.0
@@ -184,7 +219,7 @@ class DynamicBatcher:
         for j in jobs:
             try:
                 t0 = time.perf_counter()
-                outputs = model.session.run(j.feeds)
+                outputs = model.session.run(j.prepared.feeds)
                 run_ms = (time.perf_counter() - t0) * 1000.0
                 self._count(j.batch)
                 j.finish(model, outputs, run_ms=run_ms)

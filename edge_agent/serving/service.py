@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.observe import LiveSample, Observer, Observers
-from .batcher import BatchPolicy, DynamicBatcher
+from .batcher import BatchPolicy, DynamicBatcher, Prepared
 from .errors import NotFound, Unavailable
 from .holder import ModelHolder, Served
 from .images import ImageInput, image_answer, image_feeds
@@ -60,10 +60,10 @@ class InferenceService:
     def infer_tensors(self, arrays: dict[str, np.ndarray], name: str | None = None,
                       version: str | None = None) -> tuple[list[np.ndarray], Served]:
         """Client tensors (source layout) -> outputs in manifest order, and the model they ran on."""
-        feeds, batch = to_feeds(arrays, self.model(name, version).manifest)
-        outputs, model, run_ms = self.batcher.submit(feeds, batch)
+        self.model(name, version)
+        outputs, model, run_ms, prepared = self.batcher.submit(lambda m: Prepared(*to_feeds(arrays, m)))
         if self._observers:
-            self._observers.notify(LiveSample(TensorInput(arrays), model, feeds, outputs, run_ms,
+            self._observers.notify(LiveSample(TensorInput(arrays), model, prepared.feeds, outputs, run_ms,
                                               geometry=input_geometry(model.manifest)))
         return outputs, model
 
@@ -76,12 +76,20 @@ class InferenceService:
     def infer_image_outputs(self, data: bytes, name: str | None = None, version: str | None = None,
                             top_k: int | None = None) -> tuple[dict[str, Any], list[np.ndarray], Served]:
         """An encoded image -> the CLI's answer, every output of the model (manifest order), the model it ran on."""
-        feeds, geometry = image_feeds(data, self.model(name, version).manifest)
-        outputs, model, run_ms = self.batcher.submit(feeds, 1)
+        self.model(name, version)
+        outputs, model, run_ms, prepared = self.batcher.submit(lambda m: Prepared(*_image_prepared(data, m)))
+        geometry = prepared.context
         answer = image_answer(outputs, model.manifest, geometry, top_k)
         if self._observers:
-            self._observers.notify(LiveSample(ImageInput(data), model, feeds, outputs, run_ms, answer, geometry))
+            self._observers.notify(LiveSample(ImageInput(data), model, prepared.feeds, outputs, run_ms, answer,
+                                              geometry))
         return answer, outputs, model
 
     def close(self) -> None:
         self.batcher.close()
+
+
+def _image_prepared(data: bytes, manifest) -> tuple[dict[str, np.ndarray], int, object]:  # noqa: ANN001 - Manifest
+    """An image request's feeds for `manifest`, batch 1, and its geometry (the answer maps boxes through it)."""
+    feeds, geometry = image_feeds(data, manifest)
+    return feeds, 1, geometry
