@@ -164,6 +164,21 @@ def test_litert_session_shared_by_concurrent_requests_stays_correct(tflite_bundl
             np.testing.assert_allclose(b, expected[i % len(xs)], atol=1e-6)
 
 
+def test_a_shape_the_litert_model_cannot_take_leaves_its_interpreter_working(tflite_bundle, digits):  # noqa: F811
+    """A feed in the wrong layout ([1, 1, 8, 8] for the NHWC [1, 8, 8, 1]) is the input's error, and the next good
+    feed still runs: the failed resize used to leave the interpreter at the bad shape, so every later run of the
+    model (the agent's own loop, every request) failed with 'Cannot set tensor: Dimension mismatch'."""
+    from edge_agent.pipeline.inputs import InputError, tensor_to_feed
+
+    with loaded(tflite_bundle, digits.pub) as model:
+        spec = model.manifest.inputs[0]
+        good = {spec.name: tensor_to_feed(digits.x_test[0], spec)}
+        before = model.session.run(good)[0]
+        with pytest.raises(InputError, match=r"expects shape \[1, 8, 8, 1\], got \[1, 1, 8, 8\]"):
+            model.session.run({spec.name: digits.x_test[:1].astype(np.float32)})
+        np.testing.assert_array_equal(model.session.run(good)[0], before)
+
+
 @pytest.mark.parametrize("max_batch", [1, 4])  # a request run on its own thread, or queued for a worker
 def test_a_request_checked_against_the_old_model_runs_with_feeds_made_for_the_new_one(max_batch, tmp_path):
     """An update swaps an NCHW model for an NHWC one (an ONNX bundle for a TFLite one) while a request made

@@ -144,6 +144,22 @@ class TFLiteModel:
         self._out = [(d, specs_out[i] if i < len(specs_out) else None) for i, d in enumerate(self.output_details)]
         self.delegate_nodes = delegated_nodes(self.interpreter)
         self.threads = int(threads or 0)
+        self._shapes = {int(d["index"]): tuple(int(n) for n in d["shape"]) for d in self.input_details}  # as allocated
+
+    def _resize(self, detail: dict[str, Any], shape: tuple[int, ...]) -> None:
+        """Resize an input (another batch size); a shape the model cannot take leaves the interpreter as it was."""
+        index = int(detail["index"])
+        try:
+            self.interpreter.resize_tensor_input(index, list(shape))
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            self.interpreter.resize_tensor_input(index, list(self._shapes[index]))  # the next good input still runs
+            self.interpreter.allocate_tensors()
+            from ..pipeline.inputs import InputError
+
+            raise InputError(f"input {detail['name']} expects shape {list(self._shapes[index])}, got {list(shape)}") from exc
+        self._shapes[index] = shape
+        self.input_details = self.interpreter.get_input_details()
 
     @property
     def delegate(self) -> str:
@@ -164,14 +180,8 @@ class TFLiteModel:
                     x = quantize(x, scale, zp, dtype)
             elif x.dtype != dtype:
                 x = x.astype(dtype)
-            if tuple(x.shape) != tuple(detail["shape"]):
-                try:
-                    self.interpreter.resize_tensor_input(detail["index"], list(x.shape))
-                    self.interpreter.allocate_tensors()
-                except Exception as exc:
-                    raise RuntimeLoadError(
-                        f"input {detail['name']} expects shape {list(detail['shape'])}, got {list(x.shape)}") from exc
-                self.input_details = self.interpreter.get_input_details()
+            if tuple(x.shape) != self._shapes[detail["index"]]:
+                self._resize(detail, tuple(x.shape))
             self.interpreter.set_tensor(detail["index"], np.ascontiguousarray(x))
         self.interpreter.invoke()
         results = []
