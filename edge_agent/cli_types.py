@@ -32,3 +32,20 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
     return value
+
+
+def seconds(positive: bool = False, unit: str = "seconds") -> Callable[[str], float]:
+    """argparse type: a finite duration in seconds, >= 0 (0 = off) or, with positive, > 0; nan, inf and negative
+    values used to pass argparse's float and meant a loop that never waits, never ends, or never times out."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'more than 0' if positive else '>= 0 (0 = off)'} {unit}, "
+                                             f"got {text}")
+        return value
+
+    return parse

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge_agent import __version__
+from edge_agent.cli_types import seconds, whole_number
 from edge_agent.errors import DEVICE_CLI, exit_codes_epilog, run_main
 
 from .flash import flash, status
@@ -142,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("targets", nargs="*", metavar="USER@HOST[:PORT]", help="devices (or --inventory)")
         p.add_argument("--inventory", type=Path, help="TOML inventory of devices (hosts, users, profiles, groups)")
         p.add_argument("--group", help="only the inventory's devices in this group")
-        p.add_argument("--parallel", type=int, default=8, help="devices worked on at once (default 8)")
+        p.add_argument("--parallel", type=whole_number(1), default=8, help="devices worked on at once (default 8)")
         p.add_argument("--identity", type=Path, help="SSH private key to log in with (default: ssh agent, ~/.ssh/id_*)")
         p.add_argument("--known-hosts", type=Path, help="known_hosts file (default ~/.ssh/known_hosts)")
         p.add_argument("--accept-new", action="store_true",
                        help="record the host key of a device not yet in known_hosts (a CHANGED key is always refused)")
-        p.add_argument("--timeout", type=float, default=10.0, help="SSH connect timeout in seconds (default 10)")
+        p.add_argument("--timeout", type=seconds(positive=True), default=10.0, help="SSH connect timeout in seconds (default 10)")
         p.add_argument("--remote-dir", default="/opt/edgekit", help="edgekit's folder on the device (default /opt/edgekit)")
         p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
         p.add_argument("--python", help="the device's Python to use (default: the newest python3.X found)")
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flash", help="push a bundle, verify, install A/B, health-check and bench it on the device")
     p.add_argument("bundle", type=Path)
     common(p)
-    p.add_argument("--runs", type=int, default=50, help="bench runs on the device (default 50)")
+    p.add_argument("--runs", type=whole_number(1), default=50, help="bench runs on the device (default 50)")
     p = sub.add_parser("status", help="the service, the active model and the update phase")
     common(p)
     p = sub.add_parser("wheelhouse", help="build the agent's wheelhouse for a device platform here (no SSH)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import BundleError, read_manifest_unverified, sha256_file
+from ..cli_types import port_number, seconds, whole_number
 from ..errors import AgentError
 from ..home import AgentHome, require_trust
 from .credentials import BrokerCredentials, resolve_credentials
@@ -208,16 +209,6 @@ def _start_endpoint(agent, args: argparse.Namespace):  # noqa: ANN001, ANN202 - 
 
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a duration >= 0 in seconds, with a one-line error otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0 = off), got {text}")
-    return value
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add serve / install / rollback / status to `edge-agent`."""
 
@@ -227,9 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--trust", action="append", type=Path, metavar="PUB",
                            help="trusted public key file or folder (repeatable); default: keys added with `trust add`")
             p.add_argument("--profile", help="this device's profile name or file, or 'auto' to detect it (default: EDGE_AGENT_PROFILE or the home's profile)")
-            p.add_argument("--latency-budget-ms", type=float, default=None,
+            p.add_argument("--latency-budget-ms", type=seconds(positive=True, unit="ms"), default=None,
                            help="override the profile's latency budget for the health check")
-            p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
+            p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads for the model (0: the runtime's choice)")
 
     p = subparsers.add_parser("serve", help="run the agent daemon: serve the model, report, apply OTA updates",
                               description="Connect to the fleet's MQTT broker, keep running inference on the active "
@@ -251,19 +242,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--check-connection", action="store_true",
                    help="log in to the broker once as the service would, report and exit (89: login refused, "
                    "8: unreachable or TLS failed)")
-    p.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
-    p.add_argument("--infer-interval", type=float, default=30.0,
+    p.add_argument("--telemetry-interval", type=seconds(positive=True), default=10.0, help="seconds between telemetry messages (default 10)")
+    p.add_argument("--infer-interval", type=seconds(), default=30.0,
                    help="without --source: seconds between health probes on the bundle's self-test inputs; the agent "
                    "does no other model work while idle (default 30)")
     p.add_argument("--source", help="run the current model on a camera (/dev/video0 or an index), stream URL, video "
                    "file (served in a loop) or image folder, latest frame first; needs edgekit[camera]. "
                    "Default: the bundle's self-test inputs")
     p.add_argument("--results", metavar="FILE", help="with --source: append per-frame results as JSON lines ('-' = stdout)")
-    p.add_argument("--probation", type=_seconds, default=60.0, metavar="SECONDS",
+    p.add_argument("--probation", type=seconds(), default=60.0, metavar="SECONDS",
                    help="after an update, watch the new model this long; if >= 3 and > 20%% of its inferences fail "
                    "on live inputs, switch back to the previous model and report rolled_back (0 = off; default 60)")
     add_drift_arguments(p)
-    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+    p.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
                    help="serve Prometheus /metrics (drift series, process) on this port (0: any free port)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     common(p)

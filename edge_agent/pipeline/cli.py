@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import sha256_file
-from ..cli_types import port_number, whole_number
+from ..cli_types import port_number, seconds, whole_number
 from ..home import AgentHome, unpacked_bundle
 from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
@@ -219,7 +219,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "costs (docs/monitoring.md)")
     g.add_argument("--mqtt-telemetry", metavar="URL", help="publish telemetry to mqtt://[user:pass@]host[:port]")
     g.add_argument("--device-id", help="device id in telemetry topics (default: host name)")
-    g.add_argument("--telemetry-interval", type=float, default=10.0, help="seconds between telemetry messages (default 10)")
+    g.add_argument("--telemetry-interval", type=seconds(positive=True), default=10.0, help="seconds between telemetry messages (default 10)")
     g.add_argument("--mqtt-results", action="store_true", help="include per-frame results in telemetry messages")
     g.add_argument("--policy", choices=["latest", "all"], help="frame policy (default: latest for live sources, all for files)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default="auto",
@@ -237,8 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="FFmpeg decoding threads (default: 1 for a video file when inference uses every core, "
                         "FFmpeg's own choice otherwise; docs/detection.md)")
     g.add_argument("--open-timeout", type=_timeout, default=10.0, help="seconds to wait when opening/reading a stream (default 10)")
-    g.add_argument("--reconnect-attempts", type=int, default=6, help="reconnect attempts for a dropped live source (default 6)")
-    g.add_argument("--reconnect-max-seconds", type=float, default=60.0, help="give up reconnecting after this long (default 60)")
+    g.add_argument("--reconnect-attempts", type=whole_number(0), default=6, help="reconnect attempts for a dropped live source (default 6)")
+    g.add_argument("--reconnect-max-seconds", type=seconds(), default=60.0, help="give up reconnecting after this long (default 60)")
 
     def run_dispatch(args: argparse.Namespace, home: AgentHome) -> tuple[Any, str]:
         if args.source is not None:

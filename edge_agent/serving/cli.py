@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import whole_number
 from ..errors import AgentError
 from ..home import AgentHome, unpacked_bundle
 from .batcher import BatchPolicy
@@ -112,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(an image/* body, a BYTES input or {\"b64\": ...}) get the bundle's preprocessing and the CLI's answer. "
         "Prints `serving on URL` (with --json a JSON line) once listening. Under a fleet use `edge-agent serve --http PORT`.")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="intra-op threads (default: runtime's choice)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (ready line, final summary)")
     p.add_argument("--trust", action="append", type=Path, metavar="PUB",
                    help="trusted public key file or folder of *.pub (repeatable); default: keys added with `trust add`")

@@ -15,6 +15,21 @@ from .backend import Fleet
 Result = tuple[Any, str]
 
 
+def check_deploy_body(body: dict[str, Any]) -> None:
+    """The API's own rules for a rollout (api.models.DeployBody), applied before either backend sees it: the local
+    one used to take --stage-timeout nan (devices never time out) or -5 (every device times out at once)."""
+    from pydantic import ValidationError
+
+    from ..api.models import DeployBody
+
+    try:
+        DeployBody.model_validate(body)
+    except ValidationError as exc:
+        problems = [f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')} {body.get(str(e['loc'][0]))!r}: "
+                    f"{e['msg'].lower()}" if e["loc"] else e["msg"] for e in exc.errors()]
+        raise FleetUsageError("; ".join(problems)) from None
+
+
 def cmd_publish(fleet: Fleet, args: argparse.Namespace) -> Result:
     b = fleet.publish(Path(args.bundle), args.trust)
     return (b, f"published {b['name']}:{b['version']} for {b['profile']} ({b['size']} B, signed by {b['key_id']}) "
@@ -32,6 +47,7 @@ def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> Result:
             "stage_timeout": args.stage_timeout, "stage_soak": args.stage_soak, "source_url": args.source_url,
             "min_shadow_agreement": args.min_shadow_agreement, "shadow_frames": args.shadow_frames,
             "shadow_timeout": args.shadow_timeout}
+    check_deploy_body(body)
     r = fleet.deploy(body)
     if args.wait:
         r = fleet.follow(r["id"], args.wait_timeout)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cli_types import seconds
+
 from ..api.limits import DEFAULT_MAX_UPLOAD
 from ..errors import exit_codes_epilog
 from ..server import LEASE_TTL
@@ -67,7 +69,7 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     m.add_argument("--share-group", metavar="NAME", default=os.environ.get("EDGE_FLEET_SHARE_GROUP"),
                    help="the same NAME on every server of the fleet: device messages reach one of them "
                         "(MQTT $share/NAME/...); env EDGE_FLEET_SHARE_GROUP")
-    m.add_argument("--lease-ttl", type=float, default=LEASE_TTL, metavar="S",
+    m.add_argument("--lease-ttl", type=seconds(positive=True), default=LEASE_TTL, metavar="S",
                    help="one server drives rollouts and renews its lease each tick; when it dies another "
                         "takes over after at most S seconds (default %(default)s)")
     h = s.add_argument_group("management API and web console")
@@ -107,7 +109,7 @@ def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long a device waits for live frames; none by then: it switches and reports "
                    "shadow skipped (default %(default)s)")
     s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
-    s.add_argument("--wait-timeout", type=float, default=0.0, help="give up waiting after S seconds (0 = never)")
+    s.add_argument("--wait-timeout", type=seconds(), default=0.0, help="give up waiting after S seconds (0 = never)")
 
 
 def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
