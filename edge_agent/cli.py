@@ -274,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         result, text = args.func(args, home)
-        print(json.dumps(result, indent=2, default=str) if json_mode else text)
+        if getattr(args, "results_on_stdout", False):  # run --source: stdout carries the results as JSON lines
+            if json_mode:
+                print(json.dumps(result, default=str))  # the summary is one more line: `| jq` still reads them all
+            else:
+                print(text, file=sys.stderr)  # a text line among them broke every JSON-lines reader
+        else:
+            print(json.dumps(result, indent=2, default=str) if json_mode else text)
         return 0
 
     return run_main("edge-agent", body, json_mode=json_mode, verbose=args.verbose > 0)

@@ -92,12 +92,19 @@ def test_image_folder_and_single_image_give_the_same_labels(int8_bundle, digits,
     from_folder = [json.loads(line) for line in (tmp_path / "folder.jsonl").read_text().splitlines()]
     assert [r["label"] for r in from_folder] == [r["label"] for r in from_video]
     assert [r["image"] for r in from_folder] == [f"{i:04d}.png" for i in range(N_FRAMES)]
-    # a single image on stdout (JSON lines), then the text summary line
+    # a single image on stdout (JSON lines only: the text summary goes to stderr, so `| jq` reads every line)
     code, out, err = run_cli(["run", str(int8_bundle), "--source", str(folder / "0007.png"), "--trust", str(digits.pub)], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert json.loads(lines[0])["label"] == from_video[7]["label"]
-    assert lines[-1].startswith("1 frames from image")
+    assert len(lines) == 1 and json.loads(lines[0])["label"] == from_video[7]["label"]
+    assert err.strip().splitlines()[-1].startswith("1 frames from image")
+    # with --json the summary is one more JSON line after the results
+    code, out, err = run_cli(["run", str(int8_bundle), "--source", str(folder), "--trust", str(digits.pub), "--json"],
+                             capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["label"] for r in records[:-1]] == [r["label"] for r in from_video]
+    assert records[-1]["frames"] == N_FRAMES and "stats" in records[-1]
 
 
 def test_plain_run_on_images_still_works(int8_bundle, digits, frames, tmp_path, capsys):

@@ -110,6 +110,7 @@ def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
         finally:
             for c in reversed(closers):
                 c.close()
+    args.results_on_stdout = output == "-"  # the summary goes to stderr (text) or on one line (--json)
     d = summary.to_dict()
     snap = drift.snapshot()
     d["drift"] = snap.to_dict()
