@@ -22,7 +22,7 @@ from device_profiles import RUNTIME_FOR_FORMAT, Profile, load_profile
 from .errors import ConversionError, GateFailed
 from .format_selection import candidate_record, select_fastest
 from .options import ConvertOptions
-from .passes import ConversionContext, check_pass_options, create_pass
+from .passes import ConversionContext, check_pass_options, create_pass, declared_options
 from .recipes import auto_candidates, choose_format, recipe_for, shared_prefix, split_for_candidates
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,14 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
     """
     check_pass_options(options.pass_options)
     profile = load_profile(options.profile)
+    formats = auto_candidates(profile, options.source) if fmt == "auto" else [choose_format(profile, fmt, options.source)]
+    warn_unread_options(options.pass_options, formats)
     from edge_agent.bundle import load_private_key
 
     load_private_key(options.key)  # fail before the expensive passes, not after them
     if fmt == "auto":
         return convert_auto(options, profile, on_pass)
-    chosen = choose_format(profile, fmt, options.source)
+    chosen = formats[0]
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         ctx = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=chosen)
         try:
@@ -91,6 +93,18 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
             exc.partial = ConversionResult.of(ctx)  # what was measured before the failure: the CLI writes the report
             raise
         return ConversionResult.of(ctx)
+
+
+def warn_unread_options(given: dict[str, Any], formats: list[str]) -> list[str]:
+    """Warn about options the user gave that no pass of these formats' recipes reads (--equalization on a TFLite
+    conversion was silently ignored); returns their flags."""
+    known = declared_options()
+    running = {name for fmt in formats for name in recipe_for(fmt)}
+    unread = [n for n in given if n in known and not running & set(known[n][1])]
+    for n in unread:
+        log.warning("%s does nothing in a %s conversion (read by the %s pass, which it does not run)",
+                    known[n][0].cli_flag(n) or n, " or ".join(formats), " / ".join(known[n][1]))
+    return [known[n][0].cli_flag(n) or n for n in unread]
 
 
 def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:

@@ -60,3 +60,18 @@ def test_unknown_or_invalid_pass_options_are_usage_errors(digits, tmp_path):
     with pytest.raises(errors.UsageError, match="unknown calibration method"):
         convert(ConvertOptions(**base, pass_options={"calibration_method": "median"}))
     assert not (tmp_path / "x.edgebundle").exists()
+
+
+@pytest.mark.parametrize("fmt, warned", [("tflite", ["--equalization", "--quantize-ops"]), ("onnx", [])])
+def test_options_the_chosen_recipe_does_not_read_are_named_before_any_work(fmt, warned, digits, tmp_path, capsys,
+                                                                           caplog):
+    """--equalization and --quantize-ops act on the ONNX quantizer only: a TFLite conversion took them and said
+    nothing. The warning comes before the key is even read (here: a missing key ends the run right after it)."""
+    code = main(["convert", str(digits.onnx), "--profile", "raspberry-pi-4", "--format", fmt, "--key",
+                 str(tmp_path / "missing.pem"), "--out", str(tmp_path / "x.edgebundle"),
+                 "--equalization", "on", "--quantize-ops", "all", "--calibration-method", "minmax"])
+    err = capsys.readouterr().err
+    assert code != 0 and "missing.pem" in err
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "does nothing in a" in r.getMessage()]
+    assert sorted(m.split()[0] for m in said) == warned, said
+    assert all(f"does nothing in a {fmt} conversion (read by the quantize pass" in m for m in said)
