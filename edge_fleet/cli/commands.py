@@ -117,7 +117,10 @@ def _with_logins(fleet: Fleet, devices: list[Json]) -> list[Json]:
     """Each device row with `broker_login` (active, revoked or none) when the fleet's home has broker logins."""
     if not isinstance(fleet, LocalFleet) or not (fleet.home / "broker" / LOGINS_NAME).is_file():
         return devices
-    logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
+    try:
+        logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
+    except (OSError, ValueError, KeyError):  # another user's 0600 file, or a damaged one: the list still prints
+        return devices
     return [{**d, "broker_login": "active" if d["id"] in logins.devices
              else "revoked" if d["id"] in logins.revoked else "none"} for d in devices]
 
