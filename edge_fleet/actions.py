@@ -14,6 +14,7 @@ from edge_agent.bundle import BundleError, TrustStore
 from edge_agent.ota.protocol import ProtocolError, check_device_id
 
 from .access import Actor, create_token, revoke_token
+from .broker.logins import LOGINS_NAME, BrokerLogins
 from .errors import AccessDenied, ActionRefused, FleetError, FleetUsageError, NotFound
 from .publish import publish_bundle
 from .registry import Registry
@@ -143,6 +144,42 @@ def new_token(reg: Registry, actor: Actor, name: str, role: str) -> tuple[str, T
 
 def drop_token(reg: Registry, actor: Actor, name: str) -> None:
     audited(reg, actor, "admin", "token-revoke", name, {}, lambda: revoke_token(reg, name))
+
+
+def rotate_login(reg: Registry, actor: Actor, broker_dir: Path, device_id: str) -> tuple[BrokerLogins, str]:
+    """A new broker password for a device that has a login (a leaked one): (the logins, the new password)."""
+    def work() -> tuple[BrokerLogins, str]:
+        logins = _device_logins(broker_dir, device_id)
+        return logins, logins.rotate(device_id)
+
+    return audited(reg, actor, "admin", "login-rotate", device_id, {}, work)
+
+
+def revoke_login(reg: Registry, actor: Actor, broker_dir: Path, device_id: str) -> BrokerLogins:
+    """Take a device's broker login away (a stolen or retired device); its registry row and history stay."""
+    def work() -> BrokerLogins:
+        logins = _device_logins(broker_dir, device_id)
+        logins.revoke(device_id)
+        return logins
+
+    return audited(reg, actor, "admin", "login-revoke", device_id, {}, work)
+
+
+def _device_logins(broker_dir: Path, device_id: str) -> BrokerLogins:
+    """The broker logins, which hold one for `device_id` (NotFound otherwise, saying if it was revoked)."""
+    try:
+        check_device_id(device_id)
+    except ProtocolError as exc:
+        raise FleetUsageError(str(exc)) from None
+    if not (broker_dir / LOGINS_NAME).is_file():  # a refused change must not create the fleet's logins
+        raise NotFound(f"device {device_id!r} has no broker login (no logins in {broker_dir})")
+    logins, _ = BrokerLogins.load_or_create(broker_dir)
+    if device_id not in logins.devices:
+        when = logins.revoked.get(device_id)
+        said = f" (revoked {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} UTC)" if when else ""
+        raise NotFound(f"device {device_id!r} has no broker login{said}: create one with `edge-fleet devices login "
+                       f"{device_id}`")
+    return logins
 
 
 def rollout_or_404(reg: Registry, rollout_id: str) -> RolloutRecord:

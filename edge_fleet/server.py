@@ -190,12 +190,15 @@ class FleetServer:
         """(user name, password) a device logs in to the embedded broker with (registered on first use)."""
         if self.logins is None:
             raise RuntimeError("device logins exist only for an embedded broker started with logins")
+        # the file, not our copy: `edge-fleet devices revoke` may have changed it since the last tick
+        self.logins, _ = BrokerLogins.load_or_create(self.logins.path.parent)
         password = self.logins.add_device(device_id)
         self._reload_logins(force=True)
         return device_id, password
 
     def _reload_logins(self, force: bool = False) -> None:
-        """Give the running broker the logins file's content when it changed (`edge-fleet devices login`)."""
+        """Give the running broker the logins file's content when it changed (`edge-fleet devices login`,
+        `login --rotate`, `revoke`). On Mosquitto this also ends a revoked device's connection: see reload_users."""
         if self.logins is None or self.broker is None:
             return
         try:

@@ -121,7 +121,11 @@ class MosquittoBroker(Broker):
     def reload_users(self, users: dict[str, str], timeout: float = 10.0) -> None:
         """New logins without a restart: rewrite the password file and SIGHUP; returns once Mosquitto logged
         the reload (it re-reads the password file and the ACL before it handles the next connection).
-        Callers on several threads take turns: they would otherwise build the same staging file at once."""
+        Callers on several threads take turns: they would otherwise build the same staging file at once.
+
+        Revoking works through this alone: on a reload Mosquitto (2.0.11 here) checks every connected client
+        against the new password file and disconnects those whose user is gone or whose password changed
+        (tests/test_fleet_device_logins.py), so no broker restart or $CONTROL API is needed to drop them."""
         with self._reloading:
             self._write_passwords(users)
             if self.proc is None or self.proc.poll() is not None:

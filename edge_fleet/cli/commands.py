@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import actions
+from ..broker.logins import LOGINS_NAME, BrokerLogins
 from ..errors import FleetError, FleetUsageError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
 from ..views import dumps
-from .backend import Fleet
+from .backend import Fleet, Json, LocalFleet
 
 Result = tuple[Any, str]
 
@@ -82,30 +84,61 @@ def cmd_status(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:
     if args.devices_cmd == "login":
-        return device_login(fleet, args.id)
+        return device_login(fleet, args.id, rotate=args.rotate)
+    if args.devices_cmd == "revoke":
+        return device_revoke(fleet, args.id)
     if args.devices_cmd == "group":
         d = fleet.set_group(args.id, None if args.clear else args.new_group)
         return d, f"{args.id}: group {d['group'] or '(none)'}"
-    devices = fleet.devices(args.group)
-    lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}" for d in devices]
+    devices = _with_logins(fleet, fleet.devices(args.group))
+    lines = [f"{d['id']:<24} {d['profile'] or '-':<20} {d['group'] or '-'}"
+             + ("  (broker login revoked)" if d.get("broker_login") == "revoked" else "") for d in devices]
     return devices, "\n".join(lines) or "no devices"
 
 
-def device_login(fleet: Fleet, device_id: str) -> Result:
-    """A device's login to the embedded broker (kept in the fleet home, so local fleets only)."""
-    from ..broker.logins import BrokerLogins
-    from .backend import LocalFleet
-
+def _local_home(fleet: Fleet, command: str) -> LocalFleet:
+    """Device logins are kept in the fleet's home (HOME/broker/logins.json), out of the API's reach."""
     if not isinstance(fleet, LocalFleet):
-        raise FleetError("device logins live in the fleet's home: run `edge-fleet devices login` on the fleet host")
-    logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
-    try:
-        password = logins.add_device(device_id)
-    except ValueError as exc:  # the device id's pattern
-        raise FleetUsageError(str(exc)) from None
+        raise FleetError(f"device logins live in the fleet's home: run `edge-fleet devices {command}` on the fleet host")
+    return fleet
+
+
+def device_login(fleet: Fleet, device_id: str, rotate: bool = False) -> Result:
+    """A device's login to the embedded broker (kept in the fleet home, so local fleets only);
+    `rotate`: a new password replaces the one it had (audited, as a leaked password is why)."""
+    local = _local_home(fleet, "login")
+    if rotate:
+        logins, password = actions.rotate_login(local.reg, local.actor, local.home / "broker", device_id)
+    else:
+        logins, _ = BrokerLogins.load_or_create(local.home / "broker")
+        try:
+            password = logins.add_device(device_id)
+        except ValueError as exc:  # the device id's pattern
+            raise FleetUsageError(str(exc)) from None
     out = {"device_id": device_id, "username": device_id, "password": password, "logins": str(logins.path)}
-    return out, (f"{device_id}: broker user {device_id}, password {password}\n"
+    return out, (f"{device_id}: broker user {device_id}, {'new ' if rotate else ''}password {password}\n"
                  f"(edge-agent serve --device-id {device_id} --username {device_id} --password ...; kept in {logins.path})")
+
+
+def device_revoke(fleet: Fleet, device_id: str) -> Result:
+    """Take a device's broker login away; a running `serve` reloads the broker, which drops the device."""
+    local = _local_home(fleet, "revoke")
+    logins = actions.revoke_login(local.reg, local.actor, local.home / "broker", device_id)
+    out = {"device_id": device_id, "broker_login": "revoked", "logins": str(logins.path)}
+    return out, (f"{device_id}: broker login revoked (a running `edge-fleet serve` disconnects the device and refuses "
+                 f"it from its next tick; its history stays; `devices login {device_id}` gives it a new login)")
+
+
+def _with_logins(fleet: Fleet, devices: list[Json]) -> list[Json]:
+    """Each device row with `broker_login` (active, revoked or none) when the fleet's home has broker logins."""
+    if not isinstance(fleet, LocalFleet) or not (fleet.home / "broker" / LOGINS_NAME).is_file():
+        return devices
+    try:
+        logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
+    except (OSError, ValueError, KeyError):  # another user's 0600 file, or a damaged one: the list still prints
+        return devices
+    return [{**d, "broker_login": "active" if d["id"] in logins.devices
+             else "revoked" if d["id"] in logins.revoked else "none"} for d in devices]
 
 
 def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:

@@ -141,6 +141,11 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
                          "use; a running `serve` picks it up): give it to the device with `edge-device setup --fleet-login FILE` "
                          "(this command's --json output)")
     lg.add_argument("id")
+    lg.add_argument("--rotate", action="store_true", help="replace the device's password with a new one (printed "
+                    "once): a running `serve` refuses the old one from then on")
+    rv = dsub.add_parser("revoke", parents=[common], help="take a device's broker login away (a stolen or retired "
+                         "device): a running `serve` disconnects it and refuses it; its history stays")
+    rv.add_argument("id")
 
 
 def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:
