@@ -12,6 +12,7 @@ This module imports nothing else of the project.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,8 @@ def _num(data, section, key, kind=float, minimum=0.0, maximum=None) -> Any:
     where = f"{section}.{key}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ProfileError(f"profile field '{where}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):  # TOML's nan/inf: every budget comparison with nan is False, so a gate would never fire
+        raise ProfileError(f"profile field '{where}' must be a finite number, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ProfileError(f"profile field '{where}' must be {bound}, got {value!r}")

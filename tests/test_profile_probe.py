@@ -1,0 +1,44 @@
+"""A user's own device profile, written by copying a shipped one and editing it: what each mistake gets.
+
+Each case ran the real CLIs (`edge-convert profiles show`, `edge-convert convert`, `edge-agent verify/install`)
+and found a traceback-free but wrong answer: a value accepted that disables a check, a field silently
+ignored, a message that does not say which file or which field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converter.cli import main as convert_main
+from device_profiles import builtin_profile_dir
+
+
+def _board(tmp_path: Path, *edits: tuple[str, str], name: str = "rk3588.toml") -> Path:
+    """The Raspberry Pi 4 profile copied and edited line by line, as a user adapts it to their board."""
+    text = (builtin_profile_dir() / "raspberry-pi-4.toml").read_text().replace('"raspberry-pi-4"', '"rk3588"')
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _show(capsys, profile: str | Path) -> tuple[int, list[str]]:
+    rc = convert_main(["profiles", "show", str(profile)])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (("min_agreement = 0.95", "min_agreement = nan"), "accuracy.min_agreement"),
+    (("max_top1_drop = 1.0", "max_top1_drop = nan"), "accuracy.max_top1_drop"),
+    (("latency_budget_ms = 500", "latency_budget_ms = nan"), "limits.latency_budget_ms"),
+    (("max_bundle_mb = 200", "max_bundle_mb = inf"), "limits.max_bundle_mb"),
+])
+def test_nan_and_inf_budgets_are_refused(tmp_path, capsys, edit, field):
+    """TOML's nan passed every range check and then every budget comparison was False: a profile with
+    `max_top1_drop = nan` converted and shipped a model the accuracy gate never judged."""
+    rc, err = _show(capsys, _board(tmp_path, edit))
+    assert rc == 20 and len(err) == 1 and field in err[0] and "finite" in err[0]
