@@ -209,10 +209,33 @@ def _bool(data, section, key) -> bool:
     return value
 
 
+# Fields each table may hold (from the dataclasses above); `runtime.runtimes` and `precision.fallback` are
+# older fields still read (and ignored) so a profile written before they were dropped loads.
+_SECTIONS = {"hardware": Hardware, "runtime": RuntimePrefs, "precision": Precision, "accuracy": AccuracyBudget,
+             "limits": Limits}
+_LEGACY = {"runtime": {"runtimes"}, "precision": {"fallback"}}
+
+
+def _refuse_unknown_fields(data: dict[str, Any]) -> None:
+    """A misspelt or invented field (`per_chanel`, `extends`, `[runtime] npu = ...`) would otherwise be read
+    as nothing at all: the user believes it applies while the built-in default or another field does."""
+    known = {"name", "description", *_SECTIONS}
+    for key in data:
+        if key not in known:
+            hint = " (profiles do not inherit: copy a built-in file and edit it)" if key in ("extends", "inherits", "base") else ""
+            raise ProfileError(f"profile field '{key}' is unknown{hint}; a profile has {', '.join(sorted(known))}")
+    for section, cls in _SECTIONS.items():
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for key in data.get(section, {}) if isinstance(data.get(section), dict) else ():
+            if key not in fields and key not in _LEGACY.get(section, ()):
+                raise ProfileError(f"profile field '{section}.{key}' is unknown; [{section}] has {', '.join(fields)}")
+
+
 def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
     """Validate a parsed profile; raise ProfileError naming the first bad field."""
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a table of fields")
+    _refuse_unknown_fields(data)
     providers = _list(data, "runtime", "execution_providers")
     if "CPUExecutionProvider" not in providers:
         raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")

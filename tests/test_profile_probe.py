@@ -42,3 +42,15 @@ def test_nan_and_inf_budgets_are_refused(tmp_path, capsys, edit, field):
     `max_top1_drop = nan` converted and shipped a model the accuracy gate never judged."""
     rc, err = _show(capsys, _board(tmp_path, edit))
     assert rc == 20 and len(err) == 1 and field in err[0] and "finite" in err[0]
+
+
+@pytest.mark.parametrize("edit, field", [
+    (("per_channel = true", "per_chanel = false\nper_channel = true"), "precision.per_chanel"),
+    (("threads = 4", "threads = 4\nintra_op_threads = 2"), "runtime.intra_op_threads"),
+    (('name = "rk3588"', 'extends = "raspberry-pi-4"\nname = "rk3588"'), "extends"),
+])
+def test_unknown_fields_are_refused_not_ignored(tmp_path, capsys, edit, field):
+    """A misspelt field (`per_chanel = false`) or an invented one (`extends`) loaded without a word, so the
+    user believed per-channel was off, or that their profile inherited from another, and it was not."""
+    rc, err = _show(capsys, _board(tmp_path, edit))
+    assert rc == 20 and len(err) == 1 and f"'{field}' is unknown" in err[0]
