@@ -151,7 +151,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
             data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as exc:  # tomllib/json errors subclass ValueError
         raise ProfileError(f"profile file {path} cannot be parsed: {exc}") from exc
-    return profile_from_dict(data, source=str(path))
+    try:
+        return profile_from_dict(data, source=str(path))
+    except ProfileError as exc:  # the field alone does not say which file: the home's, a --profile, the env's
+        raise ProfileError(f"profile file {path}: {exc}") from None
 
 
 # --- validation -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main as convert_main
+from edge_agent.cli import main as agent_main
 from device_profiles import builtin_profile_dir
 
 
@@ -54,3 +55,16 @@ def test_unknown_fields_are_refused_not_ignored(tmp_path, capsys, edit, field):
     user believed per-channel was off, or that their profile inherited from another, and it was not."""
     rc, err = _show(capsys, _board(tmp_path, edit))
     assert rc == 20 and len(err) == 1 and f"'{field}' is unknown" in err[0]
+
+
+def test_a_bad_field_names_the_file_it_came_from(tmp_path, capsys, digits, int8_bundle, monkeypatch):
+    """The agent reads its profile from --profile, EDGE_AGENT_PROFILE or the home's `profile` file; a bad field
+    said only "profile field 'limits.latency_budget_ms' is missing", not which of those files to open."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    board = _board(tmp_path, ("latency_budget_ms = 500", "latency_budget = 500"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profile").write_text(f"{board}\n")
+    rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 20 and len(err) == 1 and str(board) in err[0] and "limits.latency_budget" in err[0]
