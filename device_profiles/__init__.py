@@ -128,17 +128,25 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _profile_path(text: str) -> Path:
+    """Where NAME_OR_PATH points. A bare built-in name is the built-in even when the working folder holds a
+    file or folder of that name (`raspberry-pi-4/` of outputs must not shadow it: write ./NAME for a file)."""
+    if text in list_profiles():
+        return builtin_profile_dir() / f"{text}.toml"
+    path = Path(text)
+    if path.suffix in (".toml", ".json") or _exists(path):
+        return path
+    raise ProfileError(
+        f"unknown profile {text!r}: built-in profiles are {', '.join(list_profiles())}; "
+        "or pass the path of your own profile file"
+    )
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load a built-in profile by name, or a user's profile file by path (.toml or .json)."""
-    text = str(name_or_path)
-    path = Path(text)
-    if not (path.suffix in (".toml", ".json") or _exists(path)):
-        path = builtin_profile_dir() / f"{text}.toml"
-        if not path.exists():
-            raise ProfileError(
-                f"unknown profile {text!r}: built-in profiles are {', '.join(list_profiles())}; "
-                "or pass the path of your own profile file"
-            )
+    path = _profile_path(str(name_or_path))
+    if path.is_dir():
+        raise ProfileError(f"profile {path} is a folder: pass a profile file (.toml or .json) or a built-in name")
     if not path.is_file():
         raise ProfileError(f"profile file {path} does not exist")
     try:

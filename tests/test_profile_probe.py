@@ -68,3 +68,21 @@ def test_a_bad_field_names_the_file_it_came_from(tmp_path, capsys, digits, int8_
     rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 20 and len(err) == 1 and str(board) in err[0] and "limits.latency_budget" in err[0]
+
+
+def test_a_folder_named_like_a_builtin_does_not_shadow_it(tmp_path, capsys, monkeypatch):
+    """`--profile raspberry-pi-4` run where the user keeps a raspberry-pi-4/ folder of outputs said
+    'profile file raspberry-pi-4 does not exist'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raspberry-pi-4").mkdir()
+    assert convert_main(["profiles", "show", "raspberry-pi-4", "--json"]) == 0
+    assert '"name": "raspberry-pi-4"' in capsys.readouterr().out
+
+
+def test_a_folder_given_as_the_profile_is_called_a_folder(tmp_path, capsys):
+    """A folder passed as --profile was reported as 'does not exist' (it does: it is a folder)."""
+    folder = tmp_path / "boards.toml"
+    folder.mkdir()
+    rc, err = _show(capsys, folder)
+    assert rc == 20 and len(err) == 1 and "is a folder" in err[0] and "does not exist" not in err[0]
+
