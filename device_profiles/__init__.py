@@ -130,10 +130,11 @@ def _exists(path: Path) -> bool:
 
 def _profile_path(text: str) -> Path:
     """Where NAME_OR_PATH points. A bare built-in name is the built-in even when the working folder holds a
-    file or folder of that name (`raspberry-pi-4/` of outputs must not shadow it: write ./NAME for a file)."""
+    file or folder of that name (`raspberry-pi-4/` of outputs must not shadow it: write ./NAME for a file);
+    `~` is expanded because `--profile=~/board.toml` and the home's `profile` file reach us unexpanded."""
     if text in list_profiles():
         return builtin_profile_dir() / f"{text}.toml"
-    path = Path(text)
+    path = Path(text).expanduser()
     if path.suffix in (".toml", ".json") or _exists(path):
         return path
     raise ProfileError(

@@ -86,3 +86,17 @@ def test_a_folder_given_as_the_profile_is_called_a_folder(tmp_path, capsys):
     rc, err = _show(capsys, folder)
     assert rc == 20 and len(err) == 1 and "is a folder" in err[0] and "does not exist" not in err[0]
 
+
+def test_tilde_in_the_homes_profile_file_is_expanded(tmp_path, capsys, digits, int8_bundle, monkeypatch):
+    """`~/boards/rk3588.toml` written to the home's `profile` file (or `--profile=~/...`, which the shell does not
+    expand) was looked up literally: 'profile file ~/boards/rk3588.toml does not exist'."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "boards").mkdir()
+    _board(tmp_path / "boards")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profile").write_text("~/boards/rk3588.toml\n")
+    rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 17 and len(err) == 1 and "built for profile 'raspberry-pi-4' but this device is 'rk3588'" in err[0]
