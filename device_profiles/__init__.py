@@ -211,6 +211,9 @@ def _list(data, section, key, choices=None) -> tuple[str, ...]:
         bad = [v for v in value if v not in choices]
         if bad:
             raise ProfileError(f"profile field '{where}' has {bad!r}; allowed: {', '.join(choices)}")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:  # a list best first: a repeat is a slip (`--format auto` built and measured the same format twice)
+        raise ProfileError(f"profile field '{where}' lists {', '.join(twice)} more than once")
     return tuple(value)
 
 
@@ -249,7 +252,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         raise ProfileError("a profile must be a table of fields")
     _refuse_unknown_fields(data)
     providers = _list(data, "runtime", "execution_providers")
-    if "CPUExecutionProvider" not in providers:
+    if providers[-1] != "CPUExecutionProvider":  # ORT gives each node to the first provider that takes it: after CPU, none
         raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")
     return Profile(
         name=_str(data, "", "name"),

@@ -100,3 +100,16 @@ def test_tilde_in_the_homes_profile_file_is_expanded(tmp_path, capsys, digits, i
     rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 17 and len(err) == 1 and "built for profile 'raspberry-pi-4' but this device is 'rk3588'" in err[0]
+
+
+@pytest.mark.parametrize("edit, field, words", [
+    (('execution_providers = ["CPUExecutionProvider"]', 'execution_providers = ["CPUExecutionProvider", "CUDAExecutionProvider"]'),
+     "runtime.execution_providers", "must end with CPUExecutionProvider"),
+    (('formats = ["tflite", "onnx"]', 'formats = ["onnx", "onnx"]'), "runtime.formats", "onnx more than once"),
+])
+def test_list_fields_mean_what_they_say(tmp_path, capsys, edit, field, words):
+    """CPU listed before CUDA loaded although the message for a missing CPU fallback says it 'must end with'
+    it (ORT hands every node to CPU first, so CUDA never ran); a format listed twice was built twice by
+    `--format auto`."""
+    rc, err = _show(capsys, _board(tmp_path, edit))
+    assert rc == 20 and len(err) == 1 and field in err[0] and words in err[0]
