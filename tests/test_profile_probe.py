@@ -113,3 +113,15 @@ def test_list_fields_mean_what_they_say(tmp_path, capsys, edit, field, words):
     `--format auto`."""
     rc, err = _show(capsys, _board(tmp_path, edit))
     assert rc == 20 and len(err) == 1 and field in err[0] and words in err[0]
+
+
+def test_install_keeps_a_user_profiles_bundle_size_limit(tmp_path, capsys, digits, int8_bundle, monkeypatch):
+    """The install's early size check looked the profile up again by the name inside the file: a user's
+    profile file named `raspberry-pi-4` with max_bundle_mb = 0.01 installed a 50 KB bundle (the built-in's
+    200 MB applied; a file named `rk3588` had no limit at all)."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    board = _board(tmp_path, ("max_bundle_mb = 200", "max_bundle_mb = 0.01"), ('"rk3588"', '"raspberry-pi-4"'))
+    rc = agent_main(["--home", str(tmp_path / "home"), "install", str(int8_bundle), "--trust", str(digits.pub),
+                     "--profile", str(board)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 52 and "over this profile's max_bundle_mb (0.01 MiB)" in err[-1], err

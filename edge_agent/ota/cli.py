@@ -81,7 +81,7 @@ def cmd_install(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
     with install_lock(home, wait=False):
         job = run_update(InstallContext(home=home, trust=trust, profile_name=profile.name,
                                         latency_budget_ms=_budget(args, profile), job=job, fetch=copy_side_loaded,
-                                        threads=args.threads))
+                                        threads=args.threads, profile_limits=profile.limits))
     if job.phase is not Phase.SUCCEEDED:
         raise UpdateFailed(f"install failed ({job.last_error}); the previous model is still active", job.exit_code or 1)
     info = slots.info(job.target_slot or "")
@@ -172,6 +172,7 @@ def cmd_serve(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any]
         telemetry_interval_s=args.telemetry_interval, infer_interval_s=args.infer_interval, threads=args.threads,
         source=args.source, results=args.results, probation_s=args.probation, drift_window=args.drift_window,
         drift_threshold=args.drift_threshold, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        profile_limits=profile.limits,
     )
     config.broker_addresses()  # fail fast on a bad URL
     if args.check_connection:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from device_profiles import Limits
+
 from ..bundle import Manifest, ProfileMismatch, SignatureError, TrustStore, check_free_space, verify_bundle
 from ..bundle.errors import HashMismatch
 from ..home import AgentHome
@@ -78,6 +80,7 @@ class InstallContext:
     threads: int | None = None
     session: ModelSession | None = None  # loaded and health-checked in health_check
     shadow: ShadowRunner | None = None  # runs the shadowing phase on live inputs (None: no live inputs here)
+    profile_limits: Limits | None = None  # the device's loaded profile's limits (None: the built-in profile_name's)
 
     @property
     def slots(self) -> Slots:
@@ -113,14 +116,18 @@ class DownloadBudget:
         return max(1, min(MAX_WINDOW, self.memory_bytes // 4 // max(1, block_size)))
 
 
-def download_budget(profile_name: str) -> DownloadBudget | None:
-    """The profile's limits (None when the profile cannot be loaded: the protocol limits still hold)."""
+def download_budget(profile_name: str, limits: Limits | None = None) -> DownloadBudget | None:
+    """The profile's limits (None when the profile cannot be loaded: the protocol limits still hold).
+
+    `limits` are those of the profile the agent loaded: a user's profile FILE is known here only by the
+    name inside it, which loads no file (or the built-in of that name, with the built-in's limits)."""
     from device_profiles import ProfileError, load_profile
 
-    try:
-        limits = load_profile(profile_name).limits
-    except (ProfileError, OSError, ValueError):
-        return None
+    if limits is None:
+        try:
+            limits = load_profile(profile_name).limits
+        except (ProfileError, OSError, ValueError):
+            return None
     return DownloadBudget(int(limits.max_bundle_mb * 2**20), int(limits.memory_budget_mb * 2**20))
 
 
@@ -128,10 +135,10 @@ def precheck_desired(ctx: InstallContext, desired: DesiredState) -> None:
     """Refuse before downloading what can be refused from the desired state alone."""
     if desired.profile != ctx.profile_name:
         raise ProfileMismatch(f"deployment is for profile '{desired.profile}' but this device is '{ctx.profile_name}'")
-    budget = download_budget(ctx.profile_name)
+    budget = download_budget(ctx.profile_name, ctx.profile_limits)
     if budget is not None and desired.size > budget.max_bundle_bytes:
         raise UpdateRefused(f"the deployment announces a {desired.size}-byte bundle, over this profile's "
-                            f"max_bundle_mb ({budget.max_bundle_bytes // 2**20} MiB)")
+                            f"max_bundle_mb ({budget.max_bundle_bytes / 2**20:.3g} MiB)")
     kid = desired.signature.get("key_id") if isinstance(desired.signature, dict) else None
     if ctx.job.origin != "file" and kid not in ctx.trust.keys:  # a side-loaded file is checked in verifying
         raise SignatureError(f"bundle is signed by key {kid!r}, which this device does not trust")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from device_profiles import Limits
+
 from ...bundle import TrustStore
 from ...errors import AgentError
 from ..broker_url import BrokerAddress, parse_broker_urls, split_broker_urls
@@ -45,6 +47,7 @@ class AgentConfig:
     metrics_port: int | None = None  # Prometheus /metrics (drift series) on metrics_host; None: off
     metrics_host: str = "127.0.0.1"
     extra: dict = field(default_factory=dict)
+    profile_limits: Limits | None = None  # the loaded profile's limits: a user's file is not found by its name
 
     def broker_urls(self) -> list[str]:
         """The broker URLs in the order the agent tries them (`broker` split at commas)."""

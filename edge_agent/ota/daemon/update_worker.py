@@ -114,6 +114,7 @@ class UpdateWorker:
             home=self.home, trust=self.config.trust, profile_name=self.config.profile_name,
             latency_budget_ms=self.config.latency_budget_ms, job=job, fetch=self._fetch,
             on_switch=self.on_switch, report=self.jobs.show, threads=self.config.threads, shadow=self.shadow,
+            profile_limits=self.config.profile_limits,
         )
 
     def _run_job(self, job: UpdateJob) -> None:
@@ -132,7 +133,7 @@ class UpdateWorker:
         if desired.source.get("type") == "http":
             return http_download(desired.source["url"], staging_dir(self.home), desired.bundle.sha256, desired.size,
                                  cancel=ctx.cancel, progress=progress, cafile=self.config.tls_ca)
-        budget = download_budget(self.config.profile_name)
+        budget = download_budget(self.config.profile_name, self.config.profile_limits)
         dl = BlockDownloader(
             staging_dir(self.home), desired.bundle.sha256, desired.size, desired.block_size,
             send_request=lambda req: self.link.publish(self.link.topics.block_request, dumps(req)),
