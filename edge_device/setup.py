@@ -129,9 +129,23 @@ async def _install_venv(ra: RemoteAgent, python: str, opts: SetupOptions, wh: Wh
         raise SetupFailed(f"{ra.name}: installing the agent failed: {last}", detail=r.stderr)
 
 
+def _builtin_profile_only(name: str, given: str | None) -> None:
+    """Setup writes a profile NAME on the device; a user's profile file is not copied there, so the agent would
+    not find it (its name matches no built-in) or would take the built-in of that name, with its limits."""
+    from device_profiles import ProfileError, list_profiles, load_profile
+
+    if given and given not in list_profiles():
+        prof = load_profile(given)  # an unknown name or a bad file is refused as it is
+        raise ProfileError(f"{name}: setup installs built-in profiles only ({', '.join(list_profiles())}) and does not "
+                           f"copy the profile file {given} (profile {prof.name!r}) to the device: set up with the "
+                           "closest built-in, then copy your file to the device and write its path to the agent "
+                           "home's `profile` file")
+
+
 async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progress = lambda s: None) -> dict[str, Any]:
     check_public_keys(opts.trust)
     name, q = device.target.name, shlex.quote
+    _builtin_profile_only(name, opts.profile or device.target.profile)
     p = await probe(device, layout, opts.python)
     python = p.require_python(name)
     profile = p.require_profile(name, opts.profile or device.target.profile)

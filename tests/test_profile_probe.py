@@ -15,6 +15,8 @@ from converter.cli import main as convert_main
 from edge_agent.cli import main as agent_main
 from device_profiles import builtin_profile_dir
 
+from .device_fixtures import Device, edge_device, sshd  # noqa: F401 - fixtures
+
 
 def _board(tmp_path: Path, *edits: tuple[str, str], name: str = "rk3588.toml") -> Path:
     """The Raspberry Pi 4 profile copied and edited line by line, as a user adapts it to their board."""
@@ -125,3 +127,16 @@ def test_install_keeps_a_user_profiles_bundle_size_limit(tmp_path, capsys, digit
                      "--profile", str(board)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 52 and "over this profile's max_bundle_mb (0.01 MiB)" in err[-1], err
+
+
+def test_device_setup_says_it_does_not_copy_a_profile_file(sshd, digits, tmp_path, capsys):  # noqa: F811
+    """`edge-device setup --profile ./rk3588.toml` (over real SSH) said "unknown profile 'rk3588': built-in profiles
+    are ...; or pass the path of your own profile file" although the user had passed exactly that: setup writes
+    only a profile's name on the device. Now it says so, before anything is installed."""
+    board = _board(tmp_path)
+    dev = Device(sshd, tmp_path / "opt-edgekit", tmp_path / "systemd", {})
+    code, out = edge_device(capsys, "setup", *dev.args(), "--unit-dir", str(dev.unit_dir), "--broker",
+                            "mqtt://127.0.0.1:1", "--trust", str(digits.pub), "--profile", str(board))
+    error = out["devices"][0]["error"]
+    assert code == 20 and "built-in profiles only" in error and str(board) in error
+    assert not (tmp_path / "opt-edgekit" / "agent").exists()
