@@ -246,6 +246,22 @@ def _refuse_unknown_fields(data: dict[str, Any]) -> None:
                 raise ProfileError(f"profile field '{section}.{key}' is unknown; [{section}] has {', '.join(fields)}")
 
 
+def _precision(data: dict[str, Any]) -> Precision:
+    """The [precision] table. int8 activations with uint8 weights is the one pair ONNX Runtime's quantizer
+    refuses: accepted here it failed the conversion after export and calibration, exit 1."""
+    precision = Precision(
+        recipe=_str(data, "precision", "recipe", RECIPES),
+        per_channel=_bool(data, "precision", "per_channel"),
+        activation_type=_str(data, "precision", "activation_type", QUANT_TYPES),
+        weight_type=_str(data, "precision", "weight_type", QUANT_TYPES),
+        calibration_method=_str(data, "precision", "calibration_method", CALIBRATION_METHODS),
+    )
+    if (precision.activation_type, precision.weight_type) == ("int8", "uint8"):
+        raise ProfileError("profile fields 'precision.activation_type' int8 with 'precision.weight_type' uint8 are not a "
+                           "pair ONNX Runtime quantizes: use uint8/int8 (fast on ARM), int8/int8 or uint8/uint8")
+    return precision
+
+
 def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
     """Validate a parsed profile; raise ProfileError naming the first bad field."""
     if not isinstance(data, dict):
@@ -268,13 +284,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
             execution_providers=providers,
             threads=_num(data, "runtime", "threads", int, 1, 256),
         ),
-        precision=Precision(
-            recipe=_str(data, "precision", "recipe", RECIPES),
-            per_channel=_bool(data, "precision", "per_channel"),
-            activation_type=_str(data, "precision", "activation_type", QUANT_TYPES),
-            weight_type=_str(data, "precision", "weight_type", QUANT_TYPES),
-            calibration_method=_str(data, "precision", "calibration_method", CALIBRATION_METHODS),
-        ),
+        precision=_precision(data),
         accuracy=AccuracyBudget(
             max_top1_drop=_num(data, "accuracy", "max_top1_drop", float, 0.0, 100.0),
             min_agreement=_num(data, "accuracy", "min_agreement", float, 0.0, 1.0),

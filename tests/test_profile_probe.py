@@ -15,6 +15,7 @@ from converter.cli import main as convert_main
 from edge_agent.cli import main as agent_main
 from device_profiles import builtin_profile_dir
 
+from .conftest import convert_args
 from .device_fixtures import Device, edge_device, sshd  # noqa: F401 - fixtures
 
 
@@ -140,3 +141,14 @@ def test_device_setup_says_it_does_not_copy_a_profile_file(sshd, digits, tmp_pat
     error = out["devices"][0]["error"]
     assert code == 20 and "built-in profiles only" in error and str(board) in error
     assert not (tmp_path / "opt-edgekit" / "agent").exists()
+
+
+def test_an_activation_weight_pair_ort_cannot_quantize_is_a_profile_error(tmp_path, capsys, digits):
+    """int8 activations with uint8 weights loaded, then the conversion exported, calibrated and failed inside
+    ONNX Runtime's quantizer ("doesn't support data format: activation_type=QuantType.QInt8, ..."), exit 1."""
+    board = _board(tmp_path, ('activation_type = "uint8"', 'activation_type = "int8"'),
+                   ('weight_type = "int8"', 'weight_type = "uint8"'))
+    rc = convert_main(convert_args(digits, tmp_path / "x.edgebundle", str(board)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 20 and len(err) == 1 and "precision.weight_type" in err[0] and str(board) in err[0], err
+    assert not (tmp_path / "x.edgebundle").exists()
