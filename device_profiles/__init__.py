@@ -270,7 +270,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
     providers = _list(data, "runtime", "execution_providers")
     if providers[-1] != "CPUExecutionProvider":  # ORT gives each node to the first provider that takes it: after CPU, none
         raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")
-    return Profile(
+    profile = Profile(
         name=_str(data, "", "name"),
         description=str(data.get("description", "")),
         hardware=Hardware(
@@ -296,3 +296,9 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         ),
         source=source,
     )
+    if profile.precision.recipe == "int4-weight" and "onnx" not in profile.runtime.formats:
+        # int4-weight is ONNX Runtime's MatMulNBits: a TFLite-only device cannot run it (`--format auto` said
+        # "no candidate passed the accuracy gate", exit 30)
+        raise ProfileError("profile field 'precision.recipe' int4-weight needs \"onnx\" in 'runtime.formats' "
+                           f"(it has {', '.join(profile.runtime.formats)}): int4-weight bundles are ONNX only")
+    return profile

@@ -152,3 +152,13 @@ def test_an_activation_weight_pair_ort_cannot_quantize_is_a_profile_error(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 20 and len(err) == 1 and "precision.weight_type" in err[0] and str(board) in err[0], err
     assert not (tmp_path / "x.edgebundle").exists()
+
+
+def test_int4_weight_on_a_tflite_only_profile_is_a_profile_error(tmp_path, capsys, digits):
+    """recipe int4-weight with formats = ["tflite"] loaded; `--format auto` then said "no --format auto candidate
+    passed the accuracy gate" with the accuracy gate's exit code 30, though nothing had been measured."""
+    board = _board(tmp_path, ('recipe = "int8-static"', 'recipe = "int4-weight"'),
+                   ('formats = ["tflite", "onnx"]', 'formats = ["tflite"]'))
+    rc = convert_main(convert_args(digits, tmp_path / "x.edgebundle", str(board), "--format", "auto"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 20 and len(err) == 1 and "int4-weight" in err[0] and "runtime.formats" in err[0], err
