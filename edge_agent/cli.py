@@ -134,16 +134,22 @@ def cmd_doctor(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
 
     facts = parse_facts(collect_local(home.root))
     match = match_profile(facts)
+    # What the agent uses now (a user's profile file, say): doctor only said what it detected, and --save
+    # replaced the home's own profile file's choice without a word.
+    configured = home.profile_file.read_text().strip() if home.profile_file.is_file() else ""
     if args.save and match.profile:
         home.root.mkdir(parents=True, exist_ok=True)
         home.profile_file.write_text(match.profile + "\n")
+    replaced = configured if args.save and match.profile and configured and configured != match.profile else None
     result = {"ok": match.profile is not None, "profile": match.profile, "reason": match.reason,
-              "facts": facts.to_dict(), "saved": bool(args.save and match.profile)}
+              "facts": facts.to_dict(), "saved": bool(args.save and match.profile), "configured": configured or None,
+              "replaced": replaced}
     text = "\n".join([
         match.line(facts), f"why:     {match.reason}", f"board:   {facts.model or '-'}  ({facts.os or '-'})",
         f"cpu:     {facts.cores} cores, {facts.memory_mb} MB RAM, {facts.disk_free_mb} MB free",
         f"python:  {facts.python_version}  camera: {', '.join(facts.cameras) or 'none'}  cuda: {'yes' if facts.cuda else 'no'}",
-    ] + ([f"saved:   {home.profile_file}"] if result["saved"] else []))
+    ] + ([f"home:    {home.profile_file} says {configured}"] if configured and not result["saved"] else [])
+      + ([f"saved:   {home.profile_file}" + (f" (replaced {replaced})" if replaced else "")] if result["saved"] else []))
     return result, text
 
 

@@ -162,3 +162,19 @@ def test_int4_weight_on_a_tflite_only_profile_is_a_profile_error(tmp_path, capsy
     rc = convert_main(convert_args(digits, tmp_path / "x.edgebundle", str(board), "--format", "auto"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 20 and len(err) == 1 and "int4-weight" in err[0] and "runtime.formats" in err[0], err
+
+
+def test_doctor_says_what_the_home_uses_and_what_save_replaced(tmp_path, capsys, monkeypatch):
+    """With the home set to the user's own profile file, `edge-agent doctor` named only the detected built-in,
+    and `doctor --save` replaced the user's file in the home's `profile` without a word."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    board = _board(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profile").write_text(f"{board}\n")
+    assert agent_main(["--home", str(home), "doctor"]) == 0
+    assert f"home:    {home / 'profile'} says {board}" in capsys.readouterr().out
+    assert agent_main(["--home", str(home), "doctor", "--save"]) == 0
+    out = capsys.readouterr().out
+    saved = (home / "profile").read_text().strip()
+    assert saved != str(board) and f"saved:   {home / 'profile'} (replaced {board})" in out
