@@ -132,6 +132,9 @@ def _profile_path(text: str) -> Path:
     """Where NAME_OR_PATH points. A bare built-in name is the built-in even when the working folder holds a
     file or folder of that name (`raspberry-pi-4/` of outputs must not shadow it: write ./NAME for a file);
     `~` is expanded because `--profile=~/board.toml` and the home's `profile` file reach us unexpanded."""
+    if not text.strip():  # `--profile "$BOARD"` with BOARD unset: Path("") is the working folder
+        raise ProfileError(f"no profile given (empty name): built-in profiles are {', '.join(list_profiles())}; "
+                           "or pass the path of your own profile file")
     if text in list_profiles():
         return builtin_profile_dir() / f"{text}.toml"
     path = Path(text).expanduser()

@@ -178,3 +178,10 @@ def test_doctor_says_what_the_home_uses_and_what_save_replaced(tmp_path, capsys,
     out = capsys.readouterr().out
     saved = (home / "profile").read_text().strip()
     assert saved != str(board) and f"saved:   {home / 'profile'} (replaced {board})" in out
+
+
+def test_an_empty_profile_name_says_so(tmp_path, capsys, digits):
+    """`--profile "$BOARD"` with BOARD unset said "profile file . does not exist" (Path("") is the working folder)."""
+    rc = convert_main(convert_args(digits, tmp_path / "x.edgebundle", ""))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 20 and len(err) == 1 and "no profile given" in err[0] and "raspberry-pi-4" in err[0], err
