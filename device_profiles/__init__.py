@@ -269,13 +269,17 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
     """Validate a parsed profile; raise ProfileError naming the first bad field."""
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a table of fields")
+    if not data:  # an empty file said "[runtime] is missing", as if only that table were
+        raise ProfileError("the profile is empty: copy a built-in profile (device_profiles/*.toml) and edit it")
     _refuse_unknown_fields(data)
+    name = _str(data, "", "name")
+    description = str(data.get("description", ""))
     providers = _list(data, "runtime", "execution_providers")
     if providers[-1] != "CPUExecutionProvider":  # ORT gives each node to the first provider that takes it: after CPU, none
         raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")
     profile = Profile(
-        name=_str(data, "", "name"),
-        description=str(data.get("description", "")),
+        name=name,
+        description=description,
         hardware=Hardware(
             arch=_str(data, "hardware", "arch", ARCHES),
             cores=_num(data, "hardware", "cores", int, 1),

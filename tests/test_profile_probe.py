@@ -185,3 +185,16 @@ def test_an_empty_profile_name_says_so(tmp_path, capsys, digits):
     rc = convert_main(convert_args(digits, tmp_path / "x.edgebundle", ""))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 20 and len(err) == 1 and "no profile given" in err[0] and "raspberry-pi-4" in err[0], err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "the profile is empty"),
+    ("# my board, to do\n", "the profile is empty"),
+])
+def test_an_empty_profile_file_says_it_is_empty(tmp_path, capsys, text, words):
+    """An empty (or comments-only) file said "profile field [runtime] is missing or not a table"."""
+    path = tmp_path / "rk3588.toml"
+    path.write_text(text)
+    rc, err = _show(capsys, path)
+    assert rc == 20 and len(err) == 1 and words in err[0] and str(path) in err[0]
+
