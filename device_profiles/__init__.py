@@ -273,7 +273,9 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         raise ProfileError("the profile is empty: copy a built-in profile (device_profiles/*.toml) and edit it")
     _refuse_unknown_fields(data)
     name = _str(data, "", "name")
-    description = str(data.get("description", ""))
+    description = data.get("description", "")
+    if not isinstance(description, str):  # `description = 5` was shown as "5"
+        raise ProfileError(f"profile field 'description' must be a string, got {description!r}")
     providers = _list(data, "runtime", "execution_providers")
     if providers[-1] != "CPUExecutionProvider":  # ORT gives each node to the first provider that takes it: after CPU, none
         raise ProfileError("profile field 'runtime.execution_providers' must end with CPUExecutionProvider as the fallback")

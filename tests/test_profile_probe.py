@@ -198,3 +198,9 @@ def test_an_empty_profile_file_says_it_is_empty(tmp_path, capsys, text, words):
     rc, err = _show(capsys, path)
     assert rc == 20 and len(err) == 1 and words in err[0] and str(path) in err[0]
 
+
+def test_a_description_that_is_not_text_is_refused(tmp_path, capsys):
+    """`description = 5` (or a list) loaded and was shown as "5"."""
+    rc, err = _show(capsys, _board(tmp_path, ('description = "Raspberry Pi 4 Model B, 4x Cortex-A72, 2-8 GB RAM, CPU only"',
+                                                   "description = 5")))
+    assert rc == 20 and len(err) == 1 and "'description' must be a string" in err[0]
