@@ -112,8 +112,16 @@ class AgentHome:
         if os.environ.get("EDGE_AGENT_PROFILE"):
             return os.environ["EDGE_AGENT_PROFILE"]
         if self.profile_file.is_file():
-            return self.profile_file.read_text().strip() or None
+            return self._from_home(self.profile_file.read_text().strip()) or None
         return None
+
+    def _from_home(self, chosen: str) -> str:
+        """A relative profile FILE in the home's `profile` file is the home's: the service runs from / (systemd's
+        default), so `rk3588.toml` there was looked up in whatever folder the agent was started from."""
+        path = Path(chosen).expanduser()
+        if chosen and not path.is_absolute() and (path.suffix in (".toml", ".json") or "/" in chosen):
+            return str(self.root / path)
+        return chosen
 
 
 def require_trust(trust: TrustStore) -> TrustStore:

@@ -204,3 +204,18 @@ def test_a_description_that_is_not_text_is_refused(tmp_path, capsys):
     rc, err = _show(capsys, _board(tmp_path, ('description = "Raspberry Pi 4 Model B, 4x Cortex-A72, 2-8 GB RAM, CPU only"',
                                                    "description = 5")))
     assert rc == 20 and len(err) == 1 and "'description' must be a string" in err[0]
+
+
+def test_a_relative_profile_file_in_the_home_is_the_homes(tmp_path, capsys, digits, int8_bundle, monkeypatch):
+    """`rk3588.toml` in the home's `profile` file (the board file copied beside it) was looked up in the folder
+    the agent ran from: the service, started from / by systemd, said 'profile file rk3588.toml does not exist'."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    _board(home)
+    (home / "profile").write_text("rk3588.toml\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 17 and len(err) == 1 and "this device is 'rk3588'" in err[0], err
