@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("int8", "uint8")
 ARCHES = ("aarch64", "armv7l", "x86_64")
 ACCELERATORS = ("none", "cuda", "npu", "tpu")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as a bundle's model name (edge_agent manifest)
 
 
 class ProfileError(ValueError):
@@ -273,6 +275,9 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         raise ProfileError("the profile is empty: copy a built-in profile (device_profiles/*.toml) and edit it")
     _refuse_unknown_fields(data)
     name = _str(data, "", "name")
+    if not _NAME_RE.match(name):  # it is a bundle's `profile`, a fleet's filter and the {profile} of --source-url
+        raise ProfileError(f"profile field 'name' is {name!r}: use letters, digits, '.', '_' and '-' "
+                           "(starting with a letter or digit, at most 128), e.g. \"rk3588-evb\"")
     description = data.get("description", "")
     if not isinstance(description, str):  # `description = 5` was shown as "5"
         raise ProfileError(f"profile field 'description' must be a string, got {description!r}")

@@ -219,3 +219,11 @@ def test_a_relative_profile_file_in_the_home_is_the_homes(tmp_path, capsys, digi
     rc = agent_main(["--home", str(home), "verify", str(int8_bundle), "--trust", str(digits.pub)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 17 and len(err) == 1 and "this device is 'rk3588'" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["Rockchip RK3588", "rk3588/evb", "../rk3588"])
+def test_a_profile_name_that_cannot_be_a_path_segment_is_refused(tmp_path, capsys, name):
+    """Any string loaded as the name and went into the bundle's manifest: the fleet's `--source-url
+    https://cdn/{profile}/{name}.edgebundle` then made a URL with a space, an extra folder or a `..` in it."""
+    rc, err = _show(capsys, _board(tmp_path, ('name = "rk3588"', f'name = "{name}"')))
+    assert rc == 20 and len(err) == 1 and "profile field 'name'" in err[0] and "letters, digits" in err[0]
