@@ -227,3 +227,14 @@ def test_a_profile_name_that_cannot_be_a_path_segment_is_refused(tmp_path, capsy
     https://cdn/{profile}/{name}.edgebundle` then made a URL with a space, an extra folder or a `..` in it."""
     rc, err = _show(capsys, _board(tmp_path, ('name = "rk3588"', f'name = "{name}"')))
     assert rc == 20 and len(err) == 1 and "profile field 'name'" in err[0] and "letters, digits" in err[0]
+
+
+def test_install_does_not_offer_an_override_it_lacks(tmp_path, capsys, digits, int8_bundle, monkeypatch):
+    """A bundle for another profile made `edge-agent install` (and `edge-device flash`, which runs it) say
+    "override with --allow-profile-mismatch", an option install refuses as unrecognized."""
+    monkeypatch.delenv("EDGE_AGENT_PROFILE", raising=False)
+    rc = agent_main(["--home", str(tmp_path / "home"), "install", str(int8_bundle), "--trust", str(digits.pub),
+                     "--profile", str(_board(tmp_path))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 17 and "built for profile 'raspberry-pi-4' but this device is 'rk3588'" in err[-1]
+    assert "install and updates have no override" in err[-1]

@@ -278,7 +278,8 @@ def _verify_stream(
         if profile is not None and manifest.profile != profile and not allow_profile_mismatch:
             raise ProfileMismatch(
                 f"bundle was built for profile '{manifest.profile}' but this device is '{profile}': "
-                "convert for this profile, or override with --allow-profile-mismatch"
+                "convert for this profile, or override with --allow-profile-mismatch (verify, run, bench, serve-model; "
+                "install and updates have no override)"
             )
         if not read_members:
             return manifest, kid, (manifest_bytes, signature or b"")
