@@ -125,7 +125,7 @@ def _read_inputs(specs: list[Any], binary: memoryview) -> dict[str, np.ndarray]:
                 or not isinstance(t.get("datatype"), str):
             raise BadRequest("each input needs name, shape and datatype")
         shape = t["shape"]
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise BadRequest(f"input '{t['name']}': shape must be non-negative integers, got {shape}")
         size = (t.get("parameters") or {}).get("binary_data_size")
         if size is not None:

@@ -1,0 +1,72 @@
+"""The inference endpoint probed as its users' clients use it: curl-style JSON, tritonclient, TF Serving REST
+clients, raw HTTP/1.1 (chunked bodies, Expect: 100-continue, HEAD, clients that vanish). Each test names what a
+client saw before its fix; all run a real `edge-agent serve-model` process on the digits bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from .serving_helpers import ServeModelProcess
+
+INFER = "/v2/models/digits/infer"
+PREDICT = "/v1/models/digits:predict"
+
+
+@pytest.fixture(scope="module")
+def server(int8_bundle, digits, tmp_path_factory):
+    """One serve-model process for the module's tests (each test leaves it serving)."""
+    proc = ServeModelProcess(int8_bundle, digits.pub, tmp_path_factory.mktemp("probe-home"))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def tensor(datatype: str, shape: list, data: object) -> dict:
+    return {"inputs": [{"name": "image", "shape": shape, "datatype": datatype, "data": data}]}
+
+
+def assert_one_line_400(r: httpx.Response, words: str) -> None:
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"] and "\n" not in r.json()["error"], r.text
+
+
+def still_serves(http: httpx.Client, digits) -> None:
+    r = http.post(PREDICT, json={"instances": [digits.x_test[0].tolist()]})
+    assert r.status_code == 200 and int(np.argmax(r.json()["predictions"][0])) == int(digits.float_predictions[0])
+
+
+def test_kserve_values_the_datatype_cannot_hold_are_the_clients_400(server, http, digits):
+    """Before: UINT8 300, INT8 200, a shape of [2**62, 4] with no data (numpy's product wrapped to 0), a shape of
+    [true], and BYTES data holding null or a number (bytes(10**15): MemoryError) all answered 500 'internal error'."""
+    cases = [
+        (tensor("UINT8", [1, 1, 8, 8], [300] * 64), "data is not UINT8"),
+        (tensor("INT8", [1, 1, 8, 8], [200] * 64), "data is not INT8"),
+        (tensor("FP32", [2 ** 62, 4], []), f"needs {2 ** 64}"),
+        ({"inputs": [{"name": "image", "shape": [2 ** 62, 4], "datatype": "FP32",
+                      "parameters": {"binary_data_size": 0}}]}, "binary tensor has 0 bytes"),
+        (tensor("FP32", [True], [1.0]), "shape must be non-negative integers"),
+        (tensor("BYTES", [1], [None]), "BYTES data must be strings"),
+        (tensor("BYTES", [1], [10 ** 15]), "BYTES data must be strings"),
+    ]
+    for body, words in cases:
+        if "binary_data_size" in json.dumps(body):
+            head = json.dumps(body).encode()
+            r = http.post(INFER, content=head, headers={"Inference-Header-Content-Length": str(len(head))})
+        else:
+            r = http.post(INFER, json=body)
+        assert_one_line_400(r, words)
+    still_serves(http, digits)
