@@ -70,3 +70,27 @@ def test_kserve_values_the_datatype_cannot_hold_are_the_clients_400(server, http
             r = http.post(INFER, json=body)
         assert_one_line_400(r, words)
     still_serves(http, digits)
+
+
+def test_kserve_parameters_and_outputs_of_the_wrong_json_type_are_400(server, http, digits):
+    """Before: `parameters` as a list or a string (on the request, an input or an output), a classification count
+    that is not a number, answered 500 "'list' object has no attribute 'get'"; `outputs: ["logits"]` (names, not
+    objects) said "unknown output None"; an input given twice under one name was silently taken once."""
+    x = digits.x_test[0].reshape(-1).tolist()
+    good = tensor("FP32", [1, 1, 8, 8], x)
+    image = good["inputs"][0]
+    cases = [
+        ({**good, "parameters": [1]}, '"parameters" must be a JSON object'),
+        ({**good, "parameters": "binary"}, '"parameters" must be a JSON object'),
+        ({"inputs": [{**image, "parameters": ["x"]}]}, "input 'image' parameters must be a JSON object"),
+        ({**good, "outputs": [{"name": "logits", "parameters": "zz"}]}, "output 'logits' parameters must be a JSON"),
+        ({**good, "outputs": [{"name": "logits", "parameters": {"classification": "x"}}]}, "positive integer"),
+        ({**good, "outputs": ["logits"]}, 'list of distinct {"name": ...} objects'),
+        ({"inputs": [image, image]}, "input 'image' is given twice"),
+    ]
+    for body, words in cases:
+        assert_one_line_400(http.post(INFER, json=body), words)
+    r = http.post(INFER, json={**good, "id": "q-7", "parameters": {"custom": 1},
+                               "outputs": [{"name": "logits", "parameters": {"classification": 2}}]})
+    assert r.status_code == 200 and r.json()["id"] == "q-7"
+    assert r.json()["outputs"][0]["data"][0].split(":")[1] == str(digits.float_predictions[0])

@@ -99,6 +99,15 @@ class KServeV2(ProtocolAdapter):
         return _respond(body, model, {"result": np.array([json.dumps(r).encode() for r in results], dtype=object)})
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """A `parameters` field: an object, or absent (a list or string there was a 500 'has no attribute get')."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _int(text: str | None) -> int | None:
     try:
         return int(text) if text else None
@@ -127,7 +136,9 @@ def _read_inputs(specs: list[Any], binary: memoryview) -> dict[str, np.ndarray]:
         shape = t["shape"]
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise BadRequest(f"input '{t['name']}': shape must be non-negative integers, got {shape}")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        if t["name"] in arrays:
+            raise BadRequest(f"input '{t['name']}' is given twice")
+        size = _object(t.get("parameters"), f"input '{t['name']}' parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input '{t['name']}': binary_data_size {size} runs past the body")
@@ -144,21 +155,26 @@ def _read_inputs(specs: list[Any], binary: memoryview) -> dict[str, np.ndarray]:
 
 def _respond(body: dict[str, Any], model: Served, produced: dict[str, np.ndarray]) -> Response:
     """The infer response: requested outputs (all by default), JSON or binary, classification when asked."""
-    params = body.get("parameters") or {}
-    all_binary = bool(params.get("binary_data_output", False))
-    requested = body.get("outputs") or [{"name": n} for n in produced]
-    if not isinstance(requested, list) or len({w.get("name") if isinstance(w, dict) else None for w in requested}) != len(requested):
+    all_binary = bool(_object(body.get("parameters"), '"parameters"').get("binary_data_output", False))
+    requested = body.get("outputs")
+    if requested is None or requested == []:
+        requested = [{"name": n} for n in produced]
+    if not isinstance(requested, list) or not all(isinstance(w, dict) and isinstance(w.get("name"), str) for w in requested) \
+            or len({w["name"] for w in requested}) != len(requested):
         raise BadRequest('"outputs" must be a list of distinct {"name": ...} objects')
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for want in requested:
-        name = want.get("name") if isinstance(want, dict) else None
+        name = want["name"]
         if name not in produced:
             raise BadRequest(f"unknown output {name!r}; outputs are {list(produced)}")
-        p = want.get("parameters") or {}
+        p = _object(want.get("parameters"), f"output '{name}' parameters")
         array = produced[name]
-        if p.get("classification"):
-            array = _classification(array, int(p["classification"]), model.manifest.labels or [])
+        k = p.get("classification")
+        if k:
+            if not isinstance(k, int) or k < 0:
+                raise BadRequest(f"output '{name}': classification must be a positive integer, got {k!r}")
+            array = _classification(array, k, model.manifest.labels or [])
         binary = bool(p.get("binary_data", all_binary))
         out: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
         if binary:
