@@ -94,3 +94,18 @@ def test_kserve_parameters_and_outputs_of_the_wrong_json_type_are_400(server, ht
                                "outputs": [{"name": "logits", "parameters": {"classification": 2}}]})
     assert r.status_code == 200 and r.json()["id"] == "q-7"
     assert r.json()["outputs"][0]["data"][0].split(":")[1] == str(digits.float_predictions[0])
+
+
+def test_tf_serving_unknown_signature_and_classify_regress_are_clear_400s(server, http, digits):
+    """Before: a `signature_name` the model does not have was ignored (the client got serving_default's answer as
+    if it were the signature it asked for), and :classify / :regress got 404 'no route', as if the model were not
+    there. TF Serving answers both with 400 (INVALID_ARGUMENT)."""
+    x = digits.x_test[0].tolist()
+    r = http.post(PREDICT, json={"signature_name": "classify_v2", "instances": [x]})
+    assert_one_line_400(r, 'signature name "classify_v2" not found')
+    for method in ("classify", "regress"):
+        r = http.post(f"/v1/models/digits:{method}", json={"examples": [{"x": 1.0}]})
+        assert_one_line_400(r, f":{method} is not supported")
+    assert http.post("/v1/models/other:classify", json={"examples": []}).status_code == 404
+    r = http.post(PREDICT, json={"signature_name": "serving_default", "instances": [x]})
+    assert r.status_code == 200 and int(np.argmax(r.json()["predictions"][0])) == int(digits.float_predictions[0])
