@@ -109,3 +109,43 @@ def test_tf_serving_unknown_signature_and_classify_regress_are_clear_400s(server
     assert http.post("/v1/models/other:classify", json={"examples": []}).status_code == 404
     r = http.post(PREDICT, json={"signature_name": "serving_default", "instances": [x]})
     assert r.status_code == 200 and int(np.argmax(r.json()["predictions"][0])) == int(digits.float_predictions[0])
+
+
+def raw_exchange(server, request: bytes, read_s: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; every byte the server sends back until it closes (or read_s passes)."""
+    host, port = server.host_port.split(":")
+    with socket.create_connection((host, int(port)), timeout=read_s) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+    return data
+
+
+def test_chunked_request_bodies_are_read_and_ambiguous_framing_is_refused(server, http, digits):
+    """Before: a chunked body (httpx/requests with a generator, curl -H 'Transfer-Encoding: chunked') got 411; a
+    request with both Transfer-Encoding and Content-Length was read by Content-Length and the rest of its bytes
+    parsed as a second request (request smuggling); a body cut short by a client that left was still served."""
+    x = digits.x_test[0].tolist()
+    payload = json.dumps({"instances": [x]}).encode()
+    r = http.post(PREDICT, content=iter([payload[:100], payload[100:]]))  # httpx sends an iterator chunked
+    assert r.request.headers["Transfer-Encoding"] == "chunked"
+    assert r.status_code == 200, r.text
+    assert int(np.argmax(r.json()["predictions"][0])) == int(digits.float_predictions[0])
+    r = http.post(PREDICT, content=iter([b"x" * (9 * 1024 * 1024)]))  # over --max-json-mb 8, chunked
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    answer = raw_exchange(server, b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n"
+                          b"\r\n%s" % (PREDICT.encode(), chunked))
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"ambiguous" in answer, answer
+    assert answer.count(b"HTTP/1.1") == 1, answer  # the body is not parsed as a request of its own
+
+    cut = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (PREDICT.encode(), len(payload) + 50, payload)
+    assert raw_exchange(server, cut) == b""  # no answer to a request that never arrived whole
+    still_serves(http, digits)

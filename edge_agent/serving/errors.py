@@ -26,8 +26,18 @@ class NotFound(HttpError):
     status = 404
 
 
+class LengthRequired(HttpError):
+    status = 411
+
+
 class TooLarge(HttpError):
     status = 413
+
+
+class NotSupported(HttpError):
+    """A transfer coding the server does not implement (RFC 9112 §6.1: 501)."""
+
+    status = 501
 
 
 class Unavailable(HttpError):

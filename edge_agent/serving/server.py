@@ -22,7 +22,8 @@ from urllib.parse import parse_qsl
 
 from ..errors import one_line
 from ..telemetry.serving_stats import ServingStats
-from .errors import BadRequest, HttpError, NotFound, ServingPortError, TooLarge, Unauthorized
+from .errors import HttpError, NotFound, ServingPortError, Unauthorized
+from .http_body import ClientGone, read_body, refusal
 from .protocols import ADAPTERS
 from .protocols.base import ProtocolAdapter, Request, Response
 from .protocols.kserve_v2 import HEADER_LENGTH
@@ -121,72 +122,64 @@ class ServingServer:
         return self.options.max_json_bytes
 
 
-def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
-        disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
-        timeout = server.options.read_timeout_s
-        server_version = "edgekit-serving"
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests; `serving` is the ServingServer (set by _handler_class)."""
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            self._serve(b"")
+    serving: ServingServer
+    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
+    disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
+    server_version = "edgekit-serving"
 
-        def do_POST(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        self._serve(b"")
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
             body = self._read_body()
-            if body is not None:
-                self._serve(body)
-
-        def _read_body(self) -> bytes | None:
-            if (self.headers.get("Content-Encoding") or "identity").lower() != "identity":
-                self._refuse(BadRequest("compressed request bodies are not supported (send Content-Encoding: identity)"))
-                return None
-            length_text = self.headers.get("Content-Length")
-            if length_text is None:
-                self._refuse(HttpError("a POST needs Content-Length"), status=411)
-                return None
-            try:
-                length = int(length_text)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._refuse(BadRequest(f"bad Content-Length {length_text!r}"))
-                return None
-            limit = server.body_limit(self.headers)
-            if length > limit:
-                self._refuse(TooLarge(f"body of {length} bytes is over this endpoint's {limit}-byte limit"))
-                return None
-            header_len = self.headers.get(HEADER_LENGTH)
-            if header_len is not None and header_len.isdigit() and int(header_len) > server.options.max_json_bytes:
-                self._refuse(TooLarge(f"JSON header of {header_len} bytes is over the {server.options.max_json_bytes}-byte limit"))
-                return None
-            return self.rfile.read(length)
-
-        def _refuse(self, exc: HttpError, status: int | None = None) -> None:
-            """Answer without reading the body, then close the connection (its unread bytes are garbage)."""
+        except ClientGone as exc:  # nobody to answer; the connection's bytes are no longer a request stream
+            log.debug("serving: client left mid-body (%s)", exc)
             self.close_connection = True
-            self._send(Response.of_json({"error": str(exc)}, status or exc.status))
-            server.stats.request("other", status or exc.status, None)
+            return
+        except HttpError as exc:
+            self._refuse(exc)
+            return
+        self._serve(body)
 
-        def _serve(self, body: bytes) -> None:
-            t0 = time.perf_counter()
-            path, _, query = self.path.partition("?")
-            req = Request(self.command, path, self.headers, body, dict(parse_qsl(query)))
-            response, protocol = server.dispatch(req)
-            self._send(response)
-            server.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
+    def _read_body(self) -> bytes:
+        limit = self.serving.body_limit(self.headers)
+        refused = refusal(self.headers, limit, self.serving.options.max_json_bytes)
+        if refused is not None:
+            raise refused
+        return read_body(self.rfile, self.headers, limit)
 
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            for k, v in response.headers.items():
-                self.send_header(k, v)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(response.body)
+    def _refuse(self, exc: HttpError) -> None:
+        """Answer without reading (the rest of) the body, then close the connection: its unread bytes are garbage."""
+        self.close_connection = True
+        self._send(Response.of_json({"error": str(exc)}, exc.status))
+        self.serving.stats.request("other", exc.status, None)
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("serving: " + fmt, *args)
+    def _serve(self, body: bytes) -> None:
+        t0 = time.perf_counter()
+        path, _, query = self.path.partition("?")
+        req = Request(self.command, path, self.headers, body, dict(parse_qsl(query)))
+        response, protocol = self.serving.dispatch(req)
+        self._send(response)
+        self.serving.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
 
-    return Handler
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for k, v in response.headers.items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("serving: " + fmt, *args)
+
+
+def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (_Handler,), {"serving": server, "timeout": server.options.read_timeout_s})
