@@ -126,6 +126,19 @@ def raw_exchange(server, request: bytes, read_s: float = 5.0) -> bytes:
     return data
 
 
+def read_response(s: socket.socket) -> bytes:
+    """One response off a connection: its head and its Content-Length worth of body (a 100 Continue is a head alone)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536) or b"<EOF>"
+        assert not data.endswith(b"<EOF>"), data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_chunked_request_bodies_are_read_and_ambiguous_framing_is_refused(server, http, digits):
     """Before: a chunked body (httpx/requests with a generator, curl -H 'Transfer-Encoding: chunked') got 411; a
     request with both Transfer-Encoding and Content-Length was read by Content-Length and the rest of its bytes
@@ -149,3 +162,21 @@ def test_chunked_request_bodies_are_read_and_ambiguous_framing_is_refused(server
     cut = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (PREDICT.encode(), len(payload) + 50, payload)
     assert raw_exchange(server, cut) == b""  # no answer to a request that never arrived whole
     still_serves(http, digits)
+
+
+def test_expect_100_continue_gets_the_refusal_before_the_body_is_sent(server, digits):
+    """curl sends `Expect: 100-continue` for bodies over 1 KB. Before: the server answered 100 Continue to a body it
+    was going to refuse (over --max-json-mb, no length), so the client uploaded it all before its 413."""
+    host, port = server.host_port.split(":")
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" % PREDICT.encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + b"Content-Length: %d\r\n\r\n" % (9 * 1024 * 1024))  # the body is never sent
+        answer = read_response(s)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"limit" in answer, answer
+    payload = json.dumps({"instances": [digits.x_test[0].tolist()]}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(payload))
+        assert read_response(s).startswith(b"HTTP/1.1 100 Continue\r\n")
+        s.sendall(payload)
+        answer = read_response(s)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"predictions" in answer, answer
