@@ -180,3 +180,28 @@ def test_expect_100_continue_gets_the_refusal_before_the_body_is_sent(server, di
         s.sendall(payload)
         answer = read_response(s)
     assert answer.startswith(b"HTTP/1.1 200 ") and b"predictions" in answer, answer
+
+
+def test_head_options_and_wrong_methods_get_http_answers_in_json(server, http):
+    """Before: HEAD (uptime monitors, some load balancers' health checks) and OPTIONS got 501 HTML pages; GET on
+    .../infer or DELETE on a model got 404 'no route' as if it did not exist; too many headers or an unknown
+    method got http.server's HTML error page instead of one line of JSON."""
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits/ready", "/v1/models/digits", "/metrics"):
+        got, head = http.get(path), http.head(path)
+        assert head.status_code == 200 and head.content == b"", (path, head.status_code)
+        if path != "/metrics":  # the scrape's text changes between two requests; its length may too
+            assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.content))
+    assert http.get("/v2/health/live").json() == {"live": True}  # the connection stays usable after a HEAD
+    r = http.options("/v2/models/digits/infer")
+    assert r.status_code == 200 and r.headers["Allow"] == "OPTIONS, POST"
+    r = http.get("/v2/models/digits/infer")
+    assert r.status_code == 405 and r.headers["Allow"] == "OPTIONS, POST" and "GET is not allowed" in r.json()["error"]
+    r = http.delete("/v2/models/digits")
+    assert r.status_code == 405 and "GET" in r.headers["Allow"]
+    assert http.get("/v2/nowhere").status_code == 404 and http.options("/v2/nowhere").status_code == 404
+    many = b"".join(b"X-%d: y\r\n" % i for i in range(200))
+    for request, status in ((b"GET /v2 HTTP/1.1\r\n%s\r\n" % many, b"431"), (b"BREW /v2 HTTP/1.1\r\nHost: x\r\n\r\n", b"501")):
+        answer = raw_exchange(server, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head, answer
+        assert "error" in json.loads(body), answer

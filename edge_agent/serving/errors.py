@@ -26,6 +26,16 @@ class NotFound(HttpError):
     status = 404
 
 
+class MethodNotAllowed(HttpError):
+    """The path exists but not for this method: the answer's Allow header lists the ones it takes."""
+
+    status = 405
+
+    def __init__(self, message: str, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class LengthRequired(HttpError):
     status = 411
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import one_line
 from ..telemetry.serving_stats import ServingStats
-from .errors import HttpError, NotFound, ServingPortError, Unauthorized
+from .errors import HttpError, MethodNotAllowed, NotFound, ServingPortError, Unauthorized
 from .http_body import ClientGone, read_body, refusal
 from .protocols import ADAPTERS
 from .protocols.base import ProtocolAdapter, Request, Response
@@ -91,12 +91,28 @@ class ServingServer:
                 if m is not None and method == req.method:
                     protocol = adapter.name
                     return handler(req, m), protocol
-            raise NotFound(f"no route {req.method} {req.path} (KServe v2 under /v2, TF Serving under /v1/models)")
+            return self._other_method(req), protocol
         except HttpError as exc:
-            return Response.of_json({"error": str(exc)}, exc.status), protocol
+            response = Response.of_json({"error": str(exc)}, exc.status)
+            if isinstance(exc, MethodNotAllowed):
+                response.headers["Allow"] = ", ".join(exc.allow)
+            return response, protocol
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             log.warning("request %s %s failed: %s", req.method, req.path, one_line(exc), exc_info=log.isEnabledFor(logging.DEBUG))
             return Response.of_json({"error": f"internal error: {one_line(exc)}"}, 500), protocol
+
+    def _other_method(self, req: Request) -> Response:
+        """OPTIONS: the methods a path takes; another method on a known path: 405 with them (it was 404 'no route',
+        as if the model or path did not exist); an unknown path: 404."""
+        methods = {method for method, pattern, _, _ in self._routes if pattern.fullmatch(req.path)}
+        if req.path == "/metrics":
+            methods.add("GET")
+        if not methods:
+            raise NotFound(f"no route {req.method} {req.path} (KServe v2 under /v2, TF Serving under /v1/models)")
+        allow = sorted(methods | {"OPTIONS"} | ({"HEAD"} if "GET" in methods else set()))
+        if req.method == "OPTIONS":
+            return Response(200, b"", headers={"Allow": ", ".join(allow)})
+        raise MethodNotAllowed(f"{req.method} is not allowed on {req.path}; it takes {', '.join(allow)}", allow)
 
     def _authorize(self, req: Request) -> None:
         token = self.options.token
@@ -132,6 +148,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         self._serve(b"")
+
+    def do_HEAD(self) -> None:  # noqa: N802 - health checks and monitors may HEAD: GET's head, no body (was 501)
+        self._serve(b"", head=True)
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._serve(b"")
+
+    def _not_allowed(self) -> None:
+        """PUT/PATCH/DELETE: 405 (or 404) without reading a body, so the connection closes."""
+        self.close_connection = True
+        self._serve(b"")
+
+    do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
         try:
@@ -169,15 +198,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(Response.of_json({"error": str(exc)}, exc.status))
         self.serving.stats.request("other", exc.status, None)
 
-    def _serve(self, body: bytes) -> None:
+    def _serve(self, body: bytes, head: bool = False) -> None:
         t0 = time.perf_counter()
         path, _, query = self.path.partition("?")
-        req = Request(self.command, path, self.headers, body, dict(parse_qsl(query)))
+        req = Request("GET" if head else self.command, path, self.headers, body, dict(parse_qsl(query)))
         response, protocol = self.serving.dispatch(req)
-        self._send(response)
+        self._send(response, with_body=not head)
         self.serving.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
 
-    def _send(self, response: Response) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, 431 for too many headers, 501 for an unknown method) as
+        one line of JSON like every other error (they were HTML pages)."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self.log_error("code %d, message %s", code, text)
+        self._send(Response.of_json({"error": text}, code), with_body=self.command != "HEAD")
+
+    def _send(self, response: Response, with_body: bool = True) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
@@ -186,7 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(response.body)
+        if with_body:
+            self.wfile.write(response.body)
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("serving: " + fmt, *args)
