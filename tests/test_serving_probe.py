@@ -205,3 +205,29 @@ def test_head_options_and_wrong_methods_get_http_answers_in_json(server, http):
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head, answer
         assert "error" in json.loads(body), answer
+
+
+def test_clients_that_hang_up_mid_response_leave_no_tracebacks(int8_bundle, digits, tmp_path):
+    """Before: every client that reset its connection before reading the answer (a timeout in an app, a killed
+    process) printed a 20-line socketserver traceback (ConnectionResetError) to the agent's stderr and journal."""
+    import signal
+    import struct
+
+    proc = ServeModelProcess(int8_bundle, digits.pub, tmp_path / "home")
+    host, port = proc.host_port.split(":")
+    payload = json.dumps({"instances": [digits.x_test[0].tolist()]}).encode()
+    requests = [b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (PREDICT.encode(), len(payload), payload),
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"]
+    try:
+        for i in range(40):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(requests[i % 2])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+            s.close()
+        with httpx.Client(base_url=proc.url) as http:
+            still_serves(http, digits)
+    finally:
+        proc.proc.send_signal(signal.SIGTERM)
+        _, err = proc.proc.communicate(timeout=20)
+    assert proc.proc.returncode == 0
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err[-2000:]

@@ -146,6 +146,15 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
     server_version = "edgekit-serving"
 
+    def handle(self) -> None:
+        """A client that hangs up mid-request or mid-response ends its connection quietly: each one used to print a
+        socketserver traceback (ConnectionResetError, BrokenPipeError) to the agent's stderr and journal."""
+        try:
+            super().handle()
+        except ConnectionError as exc:
+            log.debug("serving: client %s went away: %s", self.client_address[0], one_line(exc))
+            self.close_connection = True
+
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         self._serve(b"")
 
