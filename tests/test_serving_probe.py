@@ -231,3 +231,12 @@ def test_clients_that_hang_up_mid_response_leave_no_tracebacks(int8_bundle, digi
         _, err = proc.proc.communicate(timeout=20)
     assert proc.proc.returncode == 0
     assert "Traceback" not in err and "ConnectionResetError" not in err, err[-2000:]
+
+
+def test_json_nested_too_deeply_is_400(server, http, digits):
+    """Before: a body of 100000 nested arrays (a few hundred KB, well under --max-json-mb) hit the JSON decoder's
+    recursion limit and answered 500 'internal error: maximum recursion depth exceeded'."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for path, body in ((PREDICT, '{"instances": %s}' % deep), (INFER, '{"inputs": %s}' % deep)):
+        assert_one_line_400(http.post(path, content=body.encode()), "nested too deeply")
+    still_serves(http, digits)
