@@ -44,6 +44,21 @@ def assert_one_line_400(r: httpx.Response, words: str) -> None:
     assert words in r.json()["error"] and "\n" not in r.json()["error"], r.text
 
 
+def blank_png(width: int, height: int) -> bytes:
+    """A grey PNG of any size in a few hundred KB (all-zero rows deflate ~1000:1): what a decompression bomb is."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
 def still_serves(http: httpx.Client, digits) -> None:
     r = http.post(PREDICT, json={"instances": [digits.x_test[0].tolist()]})
     assert r.status_code == 200 and int(np.argmax(r.json()["predictions"][0])) == int(digits.float_predictions[0])
@@ -240,3 +255,26 @@ def test_json_nested_too_deeply_is_400(server, http, digits):
     for path, body in ((PREDICT, '{"instances": %s}' % deep), (INFER, '{"inputs": %s}' % deep)):
         assert_one_line_400(http.post(path, content=body.encode()), "nested too deeply")
     still_serves(http, digits)
+
+
+def test_an_image_too_many_pixels_to_decode_safely_is_413_before_decoding(server, http, digits):
+    """Before: Pillow's bomb guard only refuses 179 MP, so a ~100 KB grey PNG of 5800x5800 was decoded whole (a
+    12000x12000 RGB one of 420 KB peaked the process at 3.9 GB: an OOM kill on a Pi). Now 413 from the header."""
+    import base64
+
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    bomb = blank_png(5800, 5800)
+    assert len(bomb) < 200_000
+    r = http.post(PREDICT, content=bomb, headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "5800x5800 pixels is over" in r.json()["error"], r.text
+    r = http.post(PREDICT, json={"instances": [{"b64": base64.b64encode(bomb).decode()}]})
+    assert r.status_code == 413, r.text
+    client = triton.InferenceServerClient(server.host_port)
+    inp = triton.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([bomb], dtype=object), binary_data=True)
+    with pytest.raises(InferenceServerException, match="pixel limit"):
+        client.infer("digits", [inp])
+    r = http.post(PREDICT, content=blank_png(64, 48), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["kind"] == "classification"

@@ -17,7 +17,11 @@ from ..pipeline.detection import FrameGeometry
 from ..pipeline.postprocess import raw_outputs
 from ..pipeline.preprocess import preprocess_image, read_image
 from ..pipeline.stages import Postprocessor
-from .errors import BadRequest
+from .errors import BadRequest, TooLarge
+
+# The largest image a request may hold: 8K UHD (7680x4320) fits. Pillow's own bomb guard only refuses 179 MP,
+# and a 420 KB PNG of 12000x12000 made the process peak at 3.9 GB on its way to an 8x8 model: an OOM kill on a Pi.
+MAX_IMAGE_PIXELS = 32 * 1024 * 1024
 
 # Magic numbers of the image formats Pillow reads here: what `looks_like_image` accepts in a BYTES tensor.
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6")
@@ -32,6 +36,7 @@ def image_feeds(data: bytes, manifest: Manifest) -> tuple[dict[str, np.ndarray],
     pre, spec = manifest.preprocess, manifest.inputs[0]
     if pre is None or pre.kind != "image":
         raise BadRequest(f"this model has no image preprocessing: send '{spec.name}' as a tensor")
+    _check_pixels(data)
     try:
         image = read_image(io.BytesIO(data))  # type: ignore[arg-type] - Pillow opens file objects too
     except Exception as exc:  # noqa: BLE001 - Pillow raises several types for bad data
@@ -40,6 +45,20 @@ def image_feeds(data: bytes, manifest: Manifest) -> tuple[dict[str, np.ndarray],
     h, w = image.shape[:2]
     geometry = FrameGeometry.from_preprocess((h, w), (pre.size[0], pre.size[1]), pre.resize, box)
     return {spec.name: tensor}, geometry
+
+
+def _check_pixels(data: bytes) -> None:
+    """413 for an image over MAX_IMAGE_PIXELS, from its header alone (nothing is decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - not an image Pillow can open: read_image says why
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise TooLarge(f"image of {width}x{height} pixels is over this endpoint's {MAX_IMAGE_PIXELS}-pixel limit: "
+                       "send it resized")
 
 
 @dataclass(frozen=True)
