@@ -278,3 +278,13 @@ def test_an_image_too_many_pixels_to_decode_safely_is_413_before_decoding(server
         client.infer("digits", [inp])
     r = http.post(PREDICT, content=blank_png(64, 48), headers={"Content-Type": "image/png"})
     assert r.status_code == 200 and r.json()["predictions"][0]["kind"] == "classification"
+
+
+def test_an_unreadable_image_is_named_without_a_python_object_address(server, http):
+    """Before: 'not a readable image: cannot identify image file <_io.BytesIO object at 0x7f33aa21b600>': the
+    server's own buffer, by memory address, in the client's error."""
+    png = blank_png(8, 8)
+    for body in (png[: len(png) // 2], b"\x89PNG not an image"):
+        r = http.post(PREDICT, content=body, headers={"Content-Type": "image/png"})
+        assert_one_line_400(r, "not a readable image: ")
+        assert "BytesIO" not in r.text and " at 0x" not in r.text, r.text

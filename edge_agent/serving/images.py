@@ -7,6 +7,7 @@ labels, or detections in the image's pixels), so it does not re-implement the bu
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,9 @@ def image_feeds(data: bytes, manifest: Manifest) -> tuple[dict[str, np.ndarray],
     try:
         image = read_image(io.BytesIO(data))  # type: ignore[arg-type] - Pillow opens file objects too
     except Exception as exc:  # noqa: BLE001 - Pillow raises several types for bad data
-        raise BadRequest(f"not a readable image: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+        text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        text = re.sub(r" <[\w.]+ object at 0x[0-9a-f]+>", "", text)  # Pillow names our BytesIO: '<_io.BytesIO object at 0x7f..>'
+        raise BadRequest(f"not a readable image: {text}") from None
     tensor, box = preprocess_image(image, pre, spec)
     h, w = image.shape[:2]
     geometry = FrameGeometry.from_preprocess((h, w), (pre.size[0], pre.size[1]), pre.resize, box)
