@@ -288,3 +288,17 @@ def test_an_unreadable_image_is_named_without_a_python_object_address(server, ht
         r = http.post(PREDICT, content=body, headers={"Content-Type": "image/png"})
         assert_one_line_400(r, "not a readable image: ")
         assert "BytesIO" not in r.text and " at 0x" not in r.text, r.text
+
+
+def test_a_get_with_a_body_leaves_the_connection_in_step(server, digits):
+    """Some clients send a body with GET. Before: the server left it in the stream, parsed it as the next request's
+    line, and the client's next request on that keep-alive connection got 400 'Bad request syntax'."""
+    host, port = server.host_port.split(":")
+    body = b'{"verbose": true}'
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        first = read_response(s)
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = read_response(s)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b'{"ready":true}'), first
+    assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b'{"live":true}'), second

@@ -156,13 +156,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
-        self._serve(b"")
+        if self._drop_body():
+            self._serve(b"")
 
     def do_HEAD(self) -> None:  # noqa: N802 - health checks and monitors may HEAD: GET's head, no body (was 501)
-        self._serve(b"", head=True)
+        if self._drop_body():
+            self._serve(b"", head=True)
 
     def do_OPTIONS(self) -> None:  # noqa: N802
-        self._serve(b"")
+        if self._drop_body():
+            self._serve(b"")
+
+    def _drop_body(self) -> bool:
+        """A body some clients send with GET is read (within the limits) and dropped; False when the request was
+        answered already. Left in the stream, it was parsed as the next request, which got a 400 'bad syntax'."""
+        if self.headers.get("Content-Length") in (None, "0") and self.headers.get("Transfer-Encoding") is None:
+            return True
+        return self._body() is not None
 
     def _not_allowed(self) -> None:
         """PUT/PATCH/DELETE: 405 (or 404) without reading a body, so the connection closes."""
@@ -172,16 +182,20 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        if body is not None:
+            self._serve(body)
+
+    def _body(self) -> bytes | None:
+        """The request's body, or None when it was refused (answered) or the client left."""
         try:
-            body = self._read_body()
+            return self._read_body()
         except ClientGone as exc:  # nobody to answer; the connection's bytes are no longer a request stream
             log.debug("serving: client left mid-body (%s)", exc)
             self.close_connection = True
-            return
         except HttpError as exc:
             self._refuse(exc)
-            return
-        self._serve(body)
+        return None
 
     def handle_expect_100(self) -> bool:
         """A body that would be refused is refused now, instead of 100 Continue inviting it (RFC 9110 §10.1.1):
