@@ -131,9 +131,11 @@ class ServingServer:
         return Response(200, body, ctype)
 
     def body_limit(self, headers: Any) -> int:
-        """The largest body this request may have: JSON-only bodies are capped lower than binary ones."""
+        """The largest body this request may have: JSON-only bodies are capped lower than binary ones. Only binary
+        tensors (with their header's length) and image/* bodies are binary: an application/octet-stream body without
+        that header is parsed as JSON whole, and got the 64 MB limit (~1.3 GB of Python floats)."""
         ctype = (headers.get("Content-Type") or "").lower()
-        if headers.get(HEADER_LENGTH) is not None or ctype.startswith(("image/", "application/octet-stream")):
+        if headers.get(HEADER_LENGTH) is not None or ctype.startswith("image/"):
             return self.options.max_body_bytes
         return self.options.max_json_bytes
 
