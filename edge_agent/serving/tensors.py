@@ -143,6 +143,8 @@ def from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.n
             (n,) = struct.unpack_from("<I", buf, pos)
             items.append(buf[pos + 4: pos + 4 + n])
             pos += 4 + n
+            if len(items) > count:  # stop at once: the rest of a huge body is not parsed for nothing
+                raise BadRequest(f"BYTES tensor holds more than {count} elements; shape {shape} needs {count}")
         if len(items) != count or pos != len(buf):
             raise BadRequest(f"BYTES tensor holds {len(items)} elements; shape {shape} needs {count}")
         return np.array(items, dtype=object).reshape(shape)
