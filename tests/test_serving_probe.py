@@ -338,3 +338,14 @@ def test_bytes_inputs_are_bounded_before_they_are_parsed(server, http, digits):
     assert r.status_code == 413 and "at most 64 images" in r.json()["error"], r.text
     assert_one_line_400(post([1], 2_000_000), "BYTES tensor holds more than 1 elements; shape [1] needs 1")
     still_serves(http, digits)
+
+
+def test_an_image_top_k_below_one_is_400(server, http):
+    """Before: ?top_k=-1 on an image answered 9 of the 10 classes (a Python slice [:-1]) and ?top_k=0 the manifest's
+    default 5, both 200; `edge-agent run --top-k` refuses anything below 1."""
+    png = blank_png(8, 8)
+    for k in ("-1", "0"):
+        r = http.post(f"{INFER}?top_k={k}", content=png, headers={"Content-Type": "image/png"})
+        assert_one_line_400(r, f"top_k must be 1 or more, got '{k}'")
+    r = http.post(f"{INFER}?top_k=2", content=png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and len(json.loads(r.json()["outputs"][0]["data"][0])["top_k"]) == 2

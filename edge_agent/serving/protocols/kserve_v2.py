@@ -76,7 +76,7 @@ class KServeV2(ProtocolAdapter):
 
     def infer(self, req: Request, m: "re.Match[str]") -> Response:
         if is_image(req):
-            result, model = self.service.infer_image(req.body, m["name"], m["version"], _int(req.query.get("top_k")))
+            result, model = self.service.infer_image(req.body, m["name"], m["version"], _top_k(req.query.get("top_k")))
             return Response.of_json({"model_name": model.manifest.name, "model_version": str(model.manifest.version),
                                      "outputs": [{"name": "result", "datatype": "BYTES", "shape": [1],
                                                   "data": [json.dumps(result)]}]})
@@ -116,6 +116,14 @@ def _int(text: str | None) -> int | None:
         return int(text) if text else None
     except ValueError:
         raise BadRequest(f"not an integer: {text!r}") from None
+
+
+def _top_k(text: str | None) -> int | None:
+    """`?top_k=K` as `edge-agent run --top-k` takes it: 1 or more (-1 sliced [:-1] and answered 9 of 10 classes)."""
+    k = _int(text)
+    if text and (k is None or k < 1):
+        raise BadRequest(f"top_k must be 1 or more, got {text!r}")
+    return k
 
 
 def _split(req: Request) -> tuple[bytes, memoryview]:
