@@ -26,8 +26,28 @@ class NotFound(HttpError):
     status = 404
 
 
+class MethodNotAllowed(HttpError):
+    """The path exists but not for this method: the answer's Allow header lists the ones it takes."""
+
+    status = 405
+
+    def __init__(self, message: str, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class LengthRequired(HttpError):
+    status = 411
+
+
 class TooLarge(HttpError):
     status = 413
+
+
+class NotSupported(HttpError):
+    """A transfer coding the server does not implement (RFC 9112 §6.1: 501)."""
+
+    status = 501
 
 
 class Unavailable(HttpError):

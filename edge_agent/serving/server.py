@@ -22,7 +22,8 @@ from urllib.parse import parse_qsl
 
 from ..errors import one_line
 from ..telemetry.serving_stats import ServingStats
-from .errors import BadRequest, HttpError, NotFound, ServingPortError, TooLarge, Unauthorized
+from .errors import HttpError, MethodNotAllowed, NotFound, ServingPortError, Unauthorized
+from .http_body import ClientGone, read_body, refusal
 from .protocols import ADAPTERS
 from .protocols.base import ProtocolAdapter, Request, Response
 from .protocols.kserve_v2 import HEADER_LENGTH
@@ -90,12 +91,28 @@ class ServingServer:
                 if m is not None and method == req.method:
                     protocol = adapter.name
                     return handler(req, m), protocol
-            raise NotFound(f"no route {req.method} {req.path} (KServe v2 under /v2, TF Serving under /v1/models)")
+            return self._other_method(req), protocol
         except HttpError as exc:
-            return Response.of_json({"error": str(exc)}, exc.status), protocol
+            response = Response.of_json({"error": str(exc)}, exc.status)
+            if isinstance(exc, MethodNotAllowed):
+                response.headers["Allow"] = ", ".join(exc.allow)
+            return response, protocol
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             log.warning("request %s %s failed: %s", req.method, req.path, one_line(exc), exc_info=log.isEnabledFor(logging.DEBUG))
             return Response.of_json({"error": f"internal error: {one_line(exc)}"}, 500), protocol
+
+    def _other_method(self, req: Request) -> Response:
+        """OPTIONS: the methods a path takes; another method on a known path: 405 with them (it was 404 'no route',
+        as if the model or path did not exist); an unknown path: 404."""
+        methods = {method for method, pattern, _, _ in self._routes if pattern.fullmatch(req.path)}
+        if req.path == "/metrics":
+            methods.add("GET")
+        if not methods:
+            raise NotFound(f"no route {req.method} {req.path} (KServe v2 under /v2, TF Serving under /v1/models)")
+        allow = sorted(methods | {"OPTIONS"} | ({"HEAD"} if "GET" in methods else set()))
+        if req.method == "OPTIONS":
+            return Response(200, b"", headers={"Allow": ", ".join(allow)})
+        raise MethodNotAllowed(f"{req.method} is not allowed on {req.path}; it takes {', '.join(allow)}", allow)
 
     def _authorize(self, req: Request) -> None:
         token = self.options.token
@@ -114,79 +131,129 @@ class ServingServer:
         return Response(200, body, ctype)
 
     def body_limit(self, headers: Any) -> int:
-        """The largest body this request may have: JSON-only bodies are capped lower than binary ones."""
+        """The largest body this request may have: JSON-only bodies are capped lower than binary ones. Only binary
+        tensors (with their header's length) and image/* bodies are binary: an application/octet-stream body without
+        that header is parsed as JSON whole, and got the 64 MB limit (~1.3 GB of Python floats)."""
         ctype = (headers.get("Content-Type") or "").lower()
-        if headers.get(HEADER_LENGTH) is not None or ctype.startswith(("image/", "application/octet-stream")):
+        if headers.get(HEADER_LENGTH) is not None or ctype.startswith("image/"):
             return self.options.max_body_bytes
         return self.options.max_json_bytes
 
 
-def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
-        disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
-        timeout = server.options.read_timeout_s
-        server_version = "edgekit-serving"
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests; `serving` is the ServingServer (set by _handler_class)."""
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+    serving: ServingServer
+    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
+    disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
+    server_version = "edgekit-serving"
+
+    def handle(self) -> None:
+        """A client that hangs up mid-request or mid-response ends its connection quietly: each one used to print a
+        socketserver traceback (ConnectionResetError, BrokenPipeError) to the agent's stderr and journal."""
+        try:
+            super().handle()
+        except ConnectionError as exc:
+            log.debug("serving: client %s went away: %s", self.client_address[0], one_line(exc))
+            self.close_connection = True
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        if self._drop_body():
             self._serve(b"")
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = self._read_body()
-            if body is not None:
-                self._serve(body)
+    def do_HEAD(self) -> None:  # noqa: N802 - health checks and monitors may HEAD: GET's head, no body (was 501)
+        if self._drop_body():
+            self._serve(b"", head=True)
 
-        def _read_body(self) -> bytes | None:
-            if (self.headers.get("Content-Encoding") or "identity").lower() != "identity":
-                self._refuse(BadRequest("compressed request bodies are not supported (send Content-Encoding: identity)"))
-                return None
-            length_text = self.headers.get("Content-Length")
-            if length_text is None:
-                self._refuse(HttpError("a POST needs Content-Length"), status=411)
-                return None
-            try:
-                length = int(length_text)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._refuse(BadRequest(f"bad Content-Length {length_text!r}"))
-                return None
-            limit = server.body_limit(self.headers)
-            if length > limit:
-                self._refuse(TooLarge(f"body of {length} bytes is over this endpoint's {limit}-byte limit"))
-                return None
-            header_len = self.headers.get(HEADER_LENGTH)
-            if header_len is not None and header_len.isdigit() and int(header_len) > server.options.max_json_bytes:
-                self._refuse(TooLarge(f"JSON header of {header_len} bytes is over the {server.options.max_json_bytes}-byte limit"))
-                return None
-            return self.rfile.read(length)
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        if self._drop_body():
+            self._serve(b"")
 
-        def _refuse(self, exc: HttpError, status: int | None = None) -> None:
-            """Answer without reading the body, then close the connection (its unread bytes are garbage)."""
+    def _drop_body(self) -> bool:
+        """A body some clients send with GET is read (within the limits) and dropped; False when the request was
+        answered already. Left in the stream, it was parsed as the next request, which got a 400 'bad syntax'."""
+        if self.headers.get("Content-Length") in (None, "0") and self.headers.get("Transfer-Encoding") is None:
+            return True
+        return self._body() is not None
+
+    def _not_allowed(self) -> None:
+        """PUT/PATCH/DELETE: 405 (or 404) without reading a body, so the connection closes."""
+        self.close_connection = True
+        self._serve(b"")
+
+    do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        if body is not None:
+            self._serve(body)
+
+    def _body(self) -> bytes | None:
+        """The request's body, or None when it was refused (answered) or the client left."""
+        try:
+            return self._read_body()
+        except ClientGone as exc:  # nobody to answer; the connection's bytes are no longer a request stream
+            log.debug("serving: client left mid-body (%s)", exc)
             self.close_connection = True
-            self._send(Response.of_json({"error": str(exc)}, status or exc.status))
-            server.stats.request("other", status or exc.status, None)
+        except HttpError as exc:
+            self._refuse(exc)
+        return None
 
-        def _serve(self, body: bytes) -> None:
-            t0 = time.perf_counter()
-            path, _, query = self.path.partition("?")
-            req = Request(self.command, path, self.headers, body, dict(parse_qsl(query)))
-            response, protocol = server.dispatch(req)
-            self._send(response)
-            server.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
+    def handle_expect_100(self) -> bool:
+        """A body that would be refused is refused now, instead of 100 Continue inviting it (RFC 9110 §10.1.1):
+        curl sends `Expect: 100-continue` for bodies over 1 KB and used to upload all of an oversize one for its 413."""
+        refused = self._refusal() if self.command == "POST" else None
+        if refused is not None:
+            self._refuse(refused)
+            return False
+        return super().handle_expect_100()
 
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            for k, v in response.headers.items():
-                self.send_header(k, v)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
+    def _refusal(self) -> HttpError | None:
+        return refusal(self.headers, self.serving.body_limit(self.headers), self.serving.options.max_json_bytes)
+
+    def _read_body(self) -> bytes:
+        refused = self._refusal()
+        if refused is not None:
+            raise refused
+        return read_body(self.rfile, self.headers, self.serving.body_limit(self.headers))
+
+    def _refuse(self, exc: HttpError) -> None:
+        """Answer without reading (the rest of) the body, then close the connection: its unread bytes are garbage."""
+        self.close_connection = True
+        self._send(Response.of_json({"error": str(exc)}, exc.status))
+        self.serving.stats.request("other", exc.status, None)
+
+    def _serve(self, body: bytes, head: bool = False) -> None:
+        t0 = time.perf_counter()
+        path, _, query = self.path.partition("?")
+        req = Request("GET" if head else self.command, path, self.headers, body, dict(parse_qsl(query)))
+        response, protocol = self.serving.dispatch(req)
+        self._send(response, with_body=not head)
+        self.serving.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, 431 for too many headers, 501 for an unknown method) as
+        one line of JSON like every other error (they were HTML pages)."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self.log_error("code %d, message %s", code, text)
+        self._send(Response.of_json({"error": text}, code), with_body=self.command != "HEAD")
+
+    def _send(self, response: Response, with_body: bool = True) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for k, v in response.headers.items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if with_body:
             self.wfile.write(response.body)
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("serving: " + fmt, *args)
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("serving: " + fmt, *args)
 
-    return Handler
+
+def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (_Handler,), {"serving": server, "timeout": server.options.read_timeout_s})

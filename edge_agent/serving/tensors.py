@@ -8,6 +8,7 @@ Integer-quantized inputs and outputs are float to clients: the runtime (de)quant
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ class TensorInput:
 
 def from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.ndarray:
     """A tensor from the binary tensor data extension (row-major, little-endian; BYTES length-prefixed)."""
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
     if datatype == "BYTES":
         items, pos, buf = [], 0, bytes(raw)
         while pos < len(buf):
@@ -142,6 +143,8 @@ def from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.n
             (n,) = struct.unpack_from("<I", buf, pos)
             items.append(buf[pos + 4: pos + 4 + n])
             pos += 4 + n
+            if len(items) > count:  # stop at once: the rest of a huge body is not parsed for nothing
+                raise BadRequest(f"BYTES tensor holds more than {count} elements; shape {shape} needs {count}")
         if len(items) != count or pos != len(buf):
             raise BadRequest(f"BYTES tensor holds {len(items)} elements; shape {shape} needs {count}")
         return np.array(items, dtype=object).reshape(shape)
@@ -164,21 +167,28 @@ def to_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def element_count(shape: list[int]) -> int:
+    """How many elements a shape holds, in Python ints: numpy's int64 product wraps around for huge dims, so a
+    shape of [2**62, 4] 'needed' 0 values and the reshape failed with a 500."""
+    return math.prod(shape)
+
+
 def from_json_data(data: object, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """A tensor from a KServe JSON `data` field (flat or nested, row-major)."""
     if datatype == "BYTES":
         flat = np.array(data, dtype=object).reshape(-1)
-        items = [x.encode() if isinstance(x, str) else x for x in flat]
-        array = np.array(items, dtype=object)
+        if not all(isinstance(x, str) for x in flat):  # JSON BYTES are strings; bytes(10**15) was a MemoryError
+            raise BadRequest(f"input '{name}': BYTES data must be strings")
+        array = np.array([x.encode() for x in flat], dtype=object)
     else:
         dtype = DATATYPES.get(datatype)
         if dtype is None:
             raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
         try:
             array = np.asarray(data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: 300 for UINT8
             raise BadRequest(f"input '{name}': data is not {datatype}: {exc}") from None
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
     if array.size != count:
         raise BadRequest(f"input '{name}' has {array.size} values; shape {shape} needs {count}")
     return array.reshape(shape)

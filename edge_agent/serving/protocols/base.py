@@ -34,6 +34,8 @@ class Request:
             return json.loads(self.body if data is None else data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # '[' * 100000: the decoder's recursion limit, a 500 'internal error' before
+            raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 @dataclass

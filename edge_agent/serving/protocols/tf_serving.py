@@ -31,7 +31,15 @@ class TFServing(ProtocolAdapter):
             ("GET", route(_MODEL + r"/?"), self.status),
             ("GET", route(_MODEL + r"/metadata"), self.metadata),
             ("POST", route(_MODEL + r":predict"), self.predict),
+            ("POST", route(_MODEL + r":(?P<method>classify|regress)"), self.unsupported),
         ]
+
+    def unsupported(self, req: Request, m: "re.Match[str]") -> Response:
+        """TF Serving's Classify/Regress APIs need tf.Example signatures; this model only has a predict one
+        (a client calling them used to get 404 'no route', as if the model were missing)."""
+        self.service.model(m["name"], m["version"])
+        raise BadRequest(f":{m['method']} is not supported: the serving_default signature's method is "
+                         "tensorflow/serving/predict (use :predict)")
 
     def status(self, req: Request, m: "re.Match[str]") -> Response:
         model = self.service.model(m["name"], m["version"])
@@ -60,6 +68,9 @@ class TFServing(ProtocolAdapter):
         body = req.json()
         if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
             raise BadRequest('predict needs a JSON object with exactly one of "instances" or "inputs"')
+        signature = body.get("signature_name")
+        if signature not in (None, "", "serving_default"):  # was ignored: the client got another signature's answer
+            raise BadRequest(f'serving signature name "{signature}" not found; this model has "serving_default"')
         row = "instances" in body
         data = body["instances"] if row else body["inputs"]
         images = _images(data)
