@@ -187,6 +187,8 @@ async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device
     if not target.identity:
         opts.pop("client_keys")
         opts.pop("agent_path")
+    if target.user is None:  # asyncssh's own default (the local user, or ~/.ssh/config's); None is a TypeError
+        opts.pop("username")
     learn = target.accept_new and not _recorded(target)
     try:
         conn = await asyncssh.connect(target.host, known_hosts=None if learn else known, **opts)  # type: ignore[arg-type]
