@@ -40,6 +40,10 @@ class LoginRefused(EdgekitError):
     code_name = "ssh-auth"
 
 
+class BadTarget(EdgekitError):
+    code_name = "usage"
+
+
 class CopyInterrupted(EdgekitError):
     code_name = "copy-interrupted"
 
@@ -68,14 +72,28 @@ class Target:
 
     @classmethod
     def parse(cls, spec: str, **kw: object) -> "Target":
-        """`[user@]host[:port]` plus options."""
+        """`[user@]host[:port]`, `[user@][v6addr]:port` or a bare IPv6 address, plus options; a bad port or
+        an empty host is a usage error (exit 2) naming the target, not a Python message."""
         user, _, hostport = spec.rpartition("@")
-        host, port = hostport, 22
-        if hostport.count(":") == 1:
+        host, p = hostport, ""
+        if hostport.startswith("["):
+            host, sep, rest = hostport[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise BadTarget(f"device {spec!r}: expected [ADDRESS]:PORT, e.g. pi@[fe80::1]:22")
+            p = rest[1:]
+        elif hostport.count(":") == 1:
             host, p = hostport.split(":")
-            port = int(p)
-        t = cls(host=host, user=user or None, port=port, **kw)  # type: ignore[arg-type]
+        if not host or (p and not p.isdigit()) or not 0 < int(p or 22) < 65536:
+            raise BadTarget(f"device {spec!r}: expected [USER@]HOST[:PORT] with a port 1-65535 "
+                            f"(IPv6: USER@[ADDRESS]:PORT)")
+        t = cls(host=host, user=user or None, port=int(p or 22), **kw)  # type: ignore[arg-type]
         return t if t.name else replace(t, name=spec)
+
+    @property
+    def where(self) -> str:
+        """`user@host:port` as the operator would type it (IPv6 bracketed) for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user + '@' if self.user else ''}{host}:{self.port}"
 
     @property
     def known_hosts_file(self) -> Path:
@@ -162,7 +180,7 @@ class Device:
 
 
 def _connect_error(target: Target, exc: BaseException) -> EdgekitError:
-    where = f"{target.user + '@' if target.user else ''}{target.host}:{target.port}"
+    where = target.where
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         if _recorded(target):
             return HostKeyRefused(f"{where}: host key CHANGED (does not match {target.known_hosts_file}): refusing; "

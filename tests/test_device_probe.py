@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.errors import exit_code
+from edge_device.ssh import Target
 
 from .device_fixtures import edge_device, sshd  # noqa: F401 - fixtures
 
@@ -15,6 +16,25 @@ NOT_SET_UP = exit_code("not-set-up")
 
 def _status(capsys, server, target: str, tmp_path) -> tuple[int, dict]:
     return edge_device(capsys, "status", target, *server.cli_args(), "--remote-dir", str(tmp_path / "none"))
+
+
+def test_bracketed_addresses_and_ipv6_parse_to_host_and_port(sshd, capsys, tmp_path):  # noqa: F811
+    t = Target.parse("pi@[::1]:2222")
+    assert (t.user, t.host, t.port, t.where) == ("pi", "::1", 2222, "pi@[::1]:2222")
+    assert (Target.parse("[fe80::1]").host, Target.parse("[fe80::1]").port) == ("fe80::1", 22)
+    # the bracketed form reaches the device (not set up there: 86), not a DNS lookup of "[127.0.0.1]:PORT"
+    code, out = _status(capsys, sshd, f"root@[127.0.0.1]:{sshd.port}", tmp_path)
+    assert code == NOT_SET_UP, out
+
+
+@pytest.mark.parametrize("spec", ["root@127.0.0.1:abc", "host:0", "host:70000", "pi@", "pi@[::1", "pi@[::1]x"])
+def test_a_bad_target_is_a_usage_error_naming_it(spec, capsys):
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", spec])
+    err = capsys.readouterr().err
+    assert code == exit_code("usage") and spec in err and "Traceback" not in err and "int()" not in err, err
 
 
 def test_a_target_without_a_user_logs_in_as_the_local_user(sshd, capsys, tmp_path):  # noqa: F811
