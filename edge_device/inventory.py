@@ -35,27 +35,53 @@ class Entry:
     remote_dir: str | None = None
 
 
+def _check_types(where: str, merged: dict[str, Any]) -> None:
+    """Each field's type, so a `port = "22a"` or `groups = "lab"` is one line naming the device, not a Python
+    message (or, for groups, a string split into one-letter groups)."""
+    for key in ("name", "host", "user", "identity", "known_hosts", "profile", "remote_dir"):
+        if key in merged and not (isinstance(merged[key], str) and merged[key]):
+            raise InventoryError(f"{where}: {key} must be a non-empty string, not {merged[key]!r}")
+    port = merged.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise InventoryError(f"{where}: port must be a number 1-65535, not {port!r}")
+    groups = merged.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise InventoryError(f'{where}: groups must be a list of names, e.g. groups = ["lab"], not {groups!r}')
+
+
+def _tables(path: Path, data: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """`[defaults]` and the `[[device]]` list, refusing a misspelt section (`[[devices]]` read as no devices)."""
+    unknown = set(data) - {"defaults", "device"}
+    if unknown:
+        raise InventoryError(f"inventory {path}: unknown sections {sorted(unknown)} (expected [defaults] and "
+                             f"[[device]] tables)")
+    defaults, devices = data.get("defaults", {}), data.get("device", [])
+    if not isinstance(defaults, dict) or not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise InventoryError(f"inventory {path}: [defaults] must be a table and each device a [[device]] table")
+    return defaults, devices
+
+
 def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InventoryError(f"inventory {path}: {one_line(exc)}") from exc
-    defaults = data.get("defaults", {})
+    defaults, devices = _tables(path, data)
     base = Path(path).resolve().parent
     out: list[Entry] = []
-    for i, dev in enumerate(data.get("device", [])):
+    for i, dev in enumerate(devices):
         merged = {**defaults, **dev}
         unknown = set(merged) - _KEYS
         if unknown or "host" not in merged:
             what = f"unknown keys {sorted(unknown)}" if unknown else "no host"
             raise InventoryError(f"inventory {path}: device #{i + 1}: {what} (keys: {', '.join(sorted(_KEYS))})")
+        _check_types(f"inventory {path}: device #{i + 1}", merged)
         groups = tuple(merged.get("groups", ()))
-        if group and group not in groups:
-            continue
         paths = {k: (base / Path(merged[k]).expanduser()) for k in ("identity", "known_hosts") if merged.get(k)}
         t = Target(host=merged["host"], user=merged.get("user"), port=int(merged.get("port", 22)),
                    name=merged.get("name") or merged["host"], profile=merged.get("profile"), groups=groups, **paths)
         out.append(Entry(t, merged.get("remote_dir")))
+    out = [e for e in out if not group or group in e.target.groups]
     if not out:
         raise InventoryError(f"inventory {path}: no devices" + (f" in group {group!r}" if group else ""))
     return out

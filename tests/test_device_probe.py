@@ -40,3 +40,29 @@ def test_a_bad_target_is_a_usage_error_naming_it(spec, capsys):
 def test_a_target_without_a_user_logs_in_as_the_local_user(sshd, capsys, tmp_path):  # noqa: F811
     code, out = _status(capsys, sshd, f"127.0.0.1:{sshd.port}", tmp_path)  # the tests run as root, sshd's user
     assert code == NOT_SET_UP, out
+
+
+BAD_INVENTORIES = {
+    "device-not-a-table": ('device = "cam-1"\n', "[[device]] table"),
+    "defaults-not-a-table": ('defaults = 3\n[[device]]\nhost = "h"\n', "[[device]] table"),
+    "misspelt-section": ('[[devices]]\nhost = "h"\n', "unknown sections ['devices']"),
+    "port-not-a-number": ('[[device]]\nhost = "h"\nport = "22a"\n', "port must be a number"),
+    "host-not-a-string": ('[[device]]\nhost = 5\n', "host must be a non-empty string"),
+    "groups-a-string": ('[[device]]\nhost = "h"\ngroups = "lab"\n', "groups must be a list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
+def test_a_bad_inventory_is_one_usage_line_naming_the_file(case, tmp_path, capsys):
+    from edge_device.cli import main
+
+    text, expected = BAD_INVENTORIES[case]
+    inv = tmp_path / "lab.toml"
+    inv.write_text(text)
+    capsys.readouterr()
+    code = main(["status", "--inventory", str(inv), "--group", "lab"] if "groups" in case else
+                ["status", "--inventory", str(inv)])
+    err = capsys.readouterr().err.strip()
+    assert code == exit_code("usage"), err
+    assert err.startswith(f"edge-device: error: inventory {inv}") and expected in err and len(err.splitlines()) == 1
+
