@@ -19,7 +19,8 @@ from edge_agent.cli_types import seconds, whole_number
 from edge_agent.errors import DEVICE_CLI, exit_codes_epilog, run_main
 
 from .flash import flash, status
-from .inventory import Entry, InventoryError, Row, load_inventory, overall_code, run_all, summary_table, with_defaults
+from .inventory import (Entry, InventoryError, Row, load_inventory, overall_code, refuse_duplicates, run_all, summary_table,
+                        with_defaults)
 from .layout import Layout
 from .login import LoginOptionError, read_login
 from .probe import probe
@@ -34,6 +35,7 @@ def _entries(args: argparse.Namespace) -> list[Entry]:
         entries = load_inventory(args.inventory, args.group)
     elif args.targets:
         entries = [Entry(Target.parse(t)) for t in args.targets]
+        refuse_duplicates("command line", entries)
     else:
         raise InventoryError("name a device (user@host[:port]) or pass --inventory FILE")
     return [Entry(with_defaults(e.target, identity=args.identity, known_hosts=args.known_hosts,

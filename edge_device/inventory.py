@@ -61,6 +61,22 @@ def _tables(path: Path, data: dict[str, Any]) -> tuple[dict[str, Any], list[Any]
     return defaults, devices
 
 
+def refuse_duplicates(source: str, entries: list[Entry]) -> None:
+    """Two rows for one device would run two flashes on it at once (and two rows of one name cannot be told apart)."""
+    seen_names: set[str] = set()
+    seen_places: dict[tuple[str, int, str | None], str] = {}
+    for e in entries:
+        t = e.target
+        if t.name in seen_names:
+            raise InventoryError(f"{source}: device {t.name!r} appears twice")
+        seen_names.add(t.name)
+        place = (t.host.lower(), t.port, e.remote_dir)
+        if place in seen_places:
+            raise InventoryError(f"{source}: devices {seen_places[place]!r} and {t.name!r} are the same "
+                                 f"device ({t.where}): it would be worked on twice at once")
+        seen_places[place] = t.name
+
+
 def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -81,6 +97,7 @@ def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
         t = Target(host=merged["host"], user=merged.get("user"), port=int(merged.get("port", 22)),
                    name=merged.get("name") or merged["host"], profile=merged.get("profile"), groups=groups, **paths)
         out.append(Entry(t, merged.get("remote_dir")))
+    refuse_duplicates(f"inventory {path}", out)
     out = [e for e in out if not group or group in e.target.groups]
     if not out:
         raise InventoryError(f"inventory {path}: no devices" + (f" in group {group!r}" if group else ""))

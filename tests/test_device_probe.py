@@ -49,6 +49,9 @@ BAD_INVENTORIES = {
     "port-not-a-number": ('[[device]]\nhost = "h"\nport = "22a"\n', "port must be a number"),
     "host-not-a-string": ('[[device]]\nhost = 5\n', "host must be a non-empty string"),
     "groups-a-string": ('[[device]]\nhost = "h"\ngroups = "lab"\n', "groups must be a list"),
+    "same-name-twice": ('[[device]]\nname = "a"\nhost = "h1"\n[[device]]\nname = "a"\nhost = "h2"\n', "'a' appears twice"),
+    "same-device-twice": ('[[device]]\nname = "a"\nhost = "h"\n[[device]]\nname = "b"\nhost = "h"\nport = 22\n',
+                          "the same device"),
 }
 
 
@@ -66,3 +69,14 @@ def test_a_bad_inventory_is_one_usage_line_naming_the_file(case, tmp_path, capsy
     assert code == exit_code("usage"), err
     assert err.startswith(f"edge-device: error: inventory {inv}") and expected in err and len(err.splitlines()) == 1
 
+
+def test_one_device_named_twice_on_the_command_line_is_refused(sshd, capsys, tmp_path):  # noqa: F811
+    """Two flashes at once on one device would race on its incoming copy and its A/B slots."""
+    code, out = _status(capsys, sshd, f"root@127.0.0.1:{sshd.port}", tmp_path)
+    assert code == NOT_SET_UP
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", f"root@127.0.0.1:{sshd.port}", f"root@127.0.0.1:{sshd.port}", *sshd.cli_args()])
+    err = capsys.readouterr().err
+    assert code == exit_code("usage") and ("same device" in err or "appears twice" in err), err
