@@ -44,6 +44,10 @@ class BadTarget(EdgekitError):
     code_name = "usage"
 
 
+class BadIdentity(EdgekitError):
+    code_name = "usage"
+
+
 class CopyInterrupted(EdgekitError):
     code_name = "copy-interrupted"
 
@@ -195,6 +199,24 @@ def _connect_error(target: Target, exc: BaseException) -> EdgekitError:
     return ConnectionFailed(f"{where}: cannot connect ({exc.__class__.__name__}: {exc}): is sshd running there?")
 
 
+def _check_identity(target: Target) -> None:
+    """A missing, public or passphrase-protected --identity is the operator's file, not the device: one line naming it
+    (it was "is sshd running there?" with exit 8, or asyncssh's bare "Invalid private key" with exit 1)."""
+    if not target.identity:
+        return
+    key = target.identity
+    try:
+        asyncssh.read_private_key(key)
+    except OSError as exc:
+        raise BadIdentity(f"{target.where}: --identity {key}: {exc.strerror or exc}") from exc
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            raise BadIdentity(f"{target.where}: --identity {key} is protected by a passphrase: add it to ssh-agent "
+                              f"(ssh-add {key}) and leave out --identity") from exc
+        raise BadIdentity(f"{target.where}: --identity {key} is not an SSH private key ({exc}; the public "
+                          f"key is the .pub file, give the file without .pub)") from exc
+
+
 @asynccontextmanager
 async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device]:
     """An open connection to `target`, with the host key checked (see the module docstring)."""
@@ -207,6 +229,7 @@ async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device
         opts.pop("agent_path")
     if target.user is None:  # asyncssh's own default (the local user, or ~/.ssh/config's); None is a TypeError
         opts.pop("username")
+    _check_identity(target)
     learn = target.accept_new and not _recorded(target)
     try:
         conn = await asyncssh.connect(target.host, known_hosts=None if learn else known, **opts)  # type: ignore[arg-type]

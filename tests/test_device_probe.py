@@ -80,3 +80,21 @@ def test_one_device_named_twice_on_the_command_line_is_refused(sshd, capsys, tmp
     code = main(["status", f"root@127.0.0.1:{sshd.port}", f"root@127.0.0.1:{sshd.port}", *sshd.cli_args()])
     err = capsys.readouterr().err
     assert code == exit_code("usage") and ("same device" in err or "appears twice" in err), err
+
+
+@pytest.mark.parametrize("case", ["missing", "public", "passphrase"])
+def test_a_bad_identity_file_is_named_not_blamed_on_the_device(case, sshd, capsys, tmp_path):  # noqa: F811
+    """The key file is the operator's mistake: one line naming it and what to do, usage exit, nothing tried there."""
+    import subprocess
+
+    key = {"missing": tmp_path / "nokey", "public": sshd.identity.with_suffix(".pub"), "passphrase": tmp_path / "enc"}[case]
+    if case == "passphrase":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret-pass", "-f", str(key)], check=True)
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", f"root@127.0.0.1:{sshd.port}", "--identity", str(key), "--known-hosts", str(sshd.known_hosts)])
+    err = capsys.readouterr().err.strip()
+    assert code == exit_code("usage"), err
+    assert f"127.0.0.1:{sshd.port}" in err and str(key) in err and "sshd running" not in err and len(err.splitlines()) == 1
+    assert "s3cret-pass" not in err
