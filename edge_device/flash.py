@@ -8,7 +8,9 @@ checks leaves the previous model active. A device in the middle of an update is 
 from __future__ import annotations
 
 import shlex
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
 
 from edge_agent.bundle import read_manifest_unverified, sha256_file
 from edge_agent.bundle.errors import InsufficientSpace
@@ -17,9 +19,10 @@ from edge_agent.ota.phases import Phase
 
 from .layout import Layout
 from .remote import RemoteAgent
-from .ssh import Device
+from .ssh import Device, RemoteCommandFailed
 
 Progress = Callable[[str], None]
+LOCK_BUSY = 75  # flock -E: another flash holds the device's lock
 
 
 class DeviceBusy(EdgekitError):
@@ -37,7 +40,40 @@ async def _uid(device: Device) -> int:
     return int((await device.run("id -u")).stdout.strip() or -1)
 
 
-async def flash(device: Device, layout: Layout, bundle, runs: int = 50, say: Progress = lambda s: None) -> dict[str, Any]:
+@asynccontextmanager
+async def flash_lock(device: Device, layout: Layout) -> AsyncIterator[None]:
+    """One flash at a time per device: two (two operators, or two inventories naming one board) shared the
+    incoming copy and one removed the other's file mid-install ("error: No such file"). The lock is a
+    `flock` held by a process on the device that lives as long as this SSH session, so a host killed or
+    a link dropped releases it; a device without flock(1) is flashed unlocked, as before."""
+    lock = f"{layout.incoming}/.flash.lock"
+    q = shlex.quote
+    proc = await device.conn.create_process(
+        f"command -v flock >/dev/null 2>&1 || {{ echo nolock; exec cat >/dev/null; }}; mkdir -p {q(layout.incoming)} "
+        f"&& exec flock -n -E {LOCK_BUSY} {q(lock)} sh -c 'echo locked; exec cat >/dev/null'")
+    try:
+        line = str(await proc.stdout.readline()).strip()
+        if not line:
+            res = await proc.wait()
+            if res.exit_status == LOCK_BUSY:
+                raise DeviceBusy(f"{device.target.name}: another edge-device flash is running on this device "
+                                 f"(lock {lock}): try again when it ends")
+            raise RemoteCommandFailed(f"{device.target.name}: cannot lock {lock}: "
+                                      f"{str(res.stderr or '').strip() or f'exit {res.exit_status}'}")
+        yield
+    finally:
+        proc.stdin.write_eof()
+        proc.close()
+
+
+async def flash(device: Device, layout: Layout, bundle: Path, runs: int = 50,
+                say: Progress = lambda s: None) -> dict[str, Any]:
+    """Flash `bundle` holding the device's flash lock (see flash_lock)."""
+    async with flash_lock(device, layout):
+        return await _flash(device, layout, bundle, runs, say)
+
+
+async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: Progress) -> dict[str, Any]:
     name, q = device.target.name, shlex.quote
     manifest = read_manifest_unverified(bundle)
     size, sha = sha256_file(bundle)

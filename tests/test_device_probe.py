@@ -98,3 +98,35 @@ def test_a_bad_identity_file_is_named_not_blamed_on_the_device(case, sshd, capsy
     assert code == exit_code("usage"), err
     assert f"127.0.0.1:{sshd.port}" in err and str(key) in err and "sshd running" not in err and len(err.splitlines()) == 1
     assert "s3cret-pass" not in err
+
+
+def test_a_second_flash_on_a_device_being_flashed_is_refused_as_busy(sshd, capsys, tmp_path):  # noqa: F811
+    """Two flashes at once on one board (two operators, two inventories) shared its incoming copy: one removed
+    the other's file mid-install ("error: No such file"). A flash holds a flock on the device; the holder
+    here is a real flock process on the same file, as a running flash's is."""
+    import os
+    import signal
+    import subprocess
+
+    from edge_device.cli import main
+
+    remote = tmp_path / "opt"
+    (remote / "incoming").mkdir(parents=True)
+    bundle = tmp_path / "m.edgebundle"
+    bundle.write_bytes(b"not opened while the device is busy")
+    argv = ["flash", str(bundle), sshd.target, *sshd.cli_args(), "--remote-dir", str(remote)]
+    holder = subprocess.Popen(["flock", str(remote / "incoming" / ".flash.lock"), "sleep", "120"], start_new_session=True)
+    try:
+        for _ in range(100):  # flock has taken the lock once the file exists
+            if (remote / "incoming" / ".flash.lock").exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == exit_code("busy") and "another edge-device flash is running" in err and sshd.target in err, err
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which holds the lock too
+        holder.wait()
+    capsys.readouterr()
+    assert main(argv) != exit_code("busy")  # released with its holder: the next flash goes on (to the bundle check)
