@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from edge_agent import __version__
 from edge_agent.cli_types import seconds, whole_number
-from edge_agent.errors import DEVICE_CLI, exit_codes_epilog, run_main
+from edge_agent.errors import DEVICE_CLI, EdgekitError, exit_codes_epilog, run_main
 
 from .flash import flash, status
 from .inventory import (Entry, InventoryError, Row, load_inventory, overall_code, refuse_duplicates, run_all, summary_table,
@@ -28,6 +28,12 @@ from .setup import SetupOptions, setup
 from .ssh import Target, connect
 
 log = logging.getLogger("edge_device")
+
+
+class NoBundleFile(EdgekitError):
+    """A mistyped bundle path is the operator's, checked once on the host (it was 11 "corrupt ... re-download" per device)."""
+
+    code_name = "usage"
 
 
 def _entries(args: argparse.Namespace) -> list[Entry]:
@@ -107,6 +113,8 @@ def _single_text(command: str, row: Row) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.command == "flash" and not args.bundle.is_file():
+        raise NoBundleFile(f"{args.bundle}: no such bundle file" + (" (a folder)" if args.bundle.is_dir() else ""))
     entries = _entries(args)
     if args.command == "setup":  # read once on the host (a password from stdin can only be read once)
         args.login = read_login(args.mqtt_username, args.mqtt_password_file, args.mqtt_tls_ca, args.fleet_login)

@@ -130,3 +130,13 @@ def test_a_second_flash_on_a_device_being_flashed_is_refused_as_busy(sshd, capsy
         holder.wait()
     capsys.readouterr()
     assert main(argv) != exit_code("busy")  # released with its holder: the next flash goes on (to the bundle check)
+
+
+def test_flashing_a_missing_bundle_file_is_a_usage_error_not_a_corrupt_bundle(sshd, capsys, tmp_path):  # noqa: F811
+    from edge_device.cli import main
+
+    for path in (tmp_path / "mdoel.edgebundle", tmp_path):  # a typo, a folder
+        capsys.readouterr()
+        code = main(["flash", str(path), sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "opt")])
+        err = capsys.readouterr().err
+        assert code == exit_code("usage") and f"{path}: no such bundle file" in err and "re-download" not in err, err
