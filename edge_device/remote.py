@@ -12,10 +12,12 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edge_agent.errors import EdgekitError
+from edge_agent.errors import AGENT, DEVICE_CLI, EXIT_CODES, EdgekitError
 
 from .layout import SERVICE, Layout
-from .ssh import Device, RemoteCommandFailed
+from .ssh import Device, RemoteCommandFailed, sudo_problem
+
+OUR_CODES = frozenset(e.code for e in EXIT_CODES if DEVICE_CLI in e.clis or AGENT in e.clis)  # the device agent's own
 
 
 class NotSetUp(EdgekitError):
@@ -79,10 +81,12 @@ class RemoteAgent:
         r = await self.device.run(self.as_user(user, f"EDGE_AGENT_HOME={shlex.quote(self.layout.home)} {cmd}"),
                                   timeout=timeout)
         if r.exit_status != 0:
+            if hint := sudo_problem(self.device.target, r.stderr):
+                raise RemoteCommandFailed(hint, 1, r.stderr)
             line = next((ln for ln in reversed(r.stderr.strip().splitlines()) if "error:" in ln), "")
             message = line.split("error:", 1)[1].strip() if line else (r.stderr.strip() or f"exit {r.exit_status}")
-            raise RemoteCommandFailed(f"{self.name}: edge-agent {args[0]}: {message.splitlines()[-1]}",
-                                      r.exit_status, r.stderr)
+            code = r.exit_status if r.exit_status in OUR_CODES else 1  # a shell's 127 or ssh's 255 is not one of ours
+            raise RemoteCommandFailed(f"{self.name}: edge-agent {args[0]}: {message.splitlines()[-1]}", code, r.stderr)
         if not json_out:
             return r.stdout
         return json.loads(r.stdout)

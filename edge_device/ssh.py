@@ -104,6 +104,21 @@ class Target:
         return Path(self.known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
 
 
+def sudo_problem(target: Target, stderr: str) -> str | None:
+    """What to do when a non-root login has no usable sudo, else None: the shell's "sudo: not found" or
+    sudo's "a password is required" said neither that root was needed nor how to give it."""
+    who = target.user or "this user"
+    text = stderr.lower()
+    if "sudo: not found" in text or "sudo: command not found" in text:
+        return f"{target.name}: {who} is not root and sudo is not installed: log in as root, or install sudo " \
+               f"and give {who} passwordless sudo"
+    if "password is required" in text or "terminal is required" in text or "not in the sudoers" in text \
+            or "may not run sudo" in text or "not allowed to execute" in text:
+        return f"{target.name}: {who} is not root and cannot sudo without a password (edge-device never types one): " \
+               f"give {who} passwordless sudo (NOPASSWD in /etc/sudoers.d), or log in as root"
+    return None
+
+
 @dataclass
 class Result:
     exit_status: int
@@ -136,6 +151,8 @@ class Device:
         r = await self.conn.run(command, check=False, input=stdin, timeout=timeout)
         res = Result(int(r.exit_status if r.exit_status is not None else 255), str(r.stdout or ""), str(r.stderr or ""))
         if check and res.exit_status != 0:
+            if hint := sudo_problem(self.target, res.stderr):
+                raise RemoteCommandFailed(hint, 1, res.stderr)
             last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_status}").splitlines()[-1]
             raise RemoteCommandFailed(f"{self.target.name}: `{command.split()[0]}` failed: {last}", 1, res.stderr)
         return res

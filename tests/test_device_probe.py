@@ -140,3 +140,44 @@ def test_flashing_a_missing_bundle_file_is_a_usage_error_not_a_corrupt_bundle(ss
         code = main(["flash", str(path), sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "opt")])
         err = capsys.readouterr().err
         assert code == exit_code("usage") and f"{path}: no such bundle file" in err and "re-download" not in err, err
+
+
+@pytest.fixture
+def plain_user():
+    """A non-root login with no sudo rights (sudo absent here, or present without a sudoers entry)."""
+    import secrets
+    import subprocess
+
+    user = f"probe{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", user], check=True)
+    subprocess.run(["usermod", "-p", "*", user], check=True)  # unlocked (no password) so sshd lets the key in
+    yield user
+    subprocess.run(["userdel", user], check=False, capture_output=True)
+
+
+def test_a_login_without_sudo_is_told_to_log_in_as_root_or_get_passwordless_sudo(plain_user, capsys):
+    """`sh: 1: sudo: not found` came back with the shell's 127 as edge-device's exit code (not one of its codes).
+    Its own sshd in a world-readable folder: sshd reads authorized_keys as the user logging in."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from edge_device.cli import main
+
+    from .sshd_helpers import start_sshd
+
+    remote = Path(tempfile.mkdtemp(prefix="edgekit-probe-"))
+    remote.chmod(0o755)
+    sshd = start_sshd(remote / "sshd")
+    try:
+        (remote / "service.json").write_text(json.dumps({"broker": "mqtt://127.0.0.1:1", "device_id": "d",
+                                                          "profile": "x86-64-cpu", "user": "root", "systemd": False}))
+        capsys.readouterr()
+        code = main(["status", f"{plain_user}@127.0.0.1:{sshd.port}", *sshd.cli_args(), "--remote-dir", str(remote)])
+        err = capsys.readouterr().err.strip()
+    finally:
+        sshd.stop()
+        shutil.rmtree(remote)
+    assert code == exit_code("error"), err
+    assert f"{plain_user} is not root" in err and "passwordless sudo" in err and len(err.splitlines()) == 1, err
