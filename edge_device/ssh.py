@@ -261,6 +261,10 @@ async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device
                     fh.write(_known_hosts_line(target, key))
                 log.warning("%s: new host key recorded in %s", target.name, path)
         yield Device(conn, target)
+    except (asyncssh.DisconnectError, asyncssh.ChannelOpenError, ConnectionError) as exc:
+        # the link dropped or sshd went away mid-command: was a bare "error: SSH connection closed", exit 1
+        raise ConnectionFailed(f"{target.where}: connection lost ({exc.__class__.__name__}: {exc}): check the device "
+                               f"(edge-device status), then run the same command again") from exc
     finally:
         conn.close()
         await conn.wait_closed()

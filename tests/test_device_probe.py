@@ -181,3 +181,36 @@ def test_a_login_without_sudo_is_told_to_log_in_as_root_or_get_passwordless_sudo
         shutil.rmtree(remote)
     assert code == exit_code("error"), err
     assert f"{plain_user} is not root" in err and "passwordless sudo" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_connection_dropped_mid_run_is_a_connection_failure_naming_the_host(tmp_path):
+    """sshd's session for us killed between two commands (a link drop): was a bare "SSH connection closed", exit 1."""
+    import asyncio
+    import subprocess
+
+    from edge_agent.errors import code_of
+    from edge_device.ssh import connect
+
+    from .sshd_helpers import start_sshd
+
+    server = start_sshd(tmp_path / "sshd")
+    target = Target.parse(server.target, identity=server.identity, known_hosts=server.known_hosts)
+
+    async def drop_and_run() -> BaseException:
+        try:
+            async with connect(target) as dev:
+                await dev.run("true", check=True)
+                children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
+                for pid in children.stdout.split():  # our session's sshd (the only one: this server is ours)
+                    subprocess.run(["kill", "-9", pid], check=False)
+                await dev.run("true", check=True)
+        except Exception as exc:  # noqa: BLE001 - the error is what is checked
+            return exc
+        raise AssertionError("the second command ran over a killed session")
+
+    try:
+        exc = asyncio.run(drop_and_run())
+    finally:
+        server.stop()
+    assert code_of(exc) == exit_code("connection-failed"), repr(exc)
+    assert str(exc).startswith(f"{server.target}: connection lost"), exc
