@@ -145,7 +145,8 @@ def summary_table(rows: list[Row], columns: list[tuple[str, Callable[[Row], str]
              f"{r.seconds:.1f}s"] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(heads, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [heads, *body]]
-    lines += [f"{r.device}: {r.error}" for r in rows if not r.ok]
+    # the device's name once: most messages already start with it ("cam-1: cam-1: ..." before)
+    lines += [r.error if r.error.startswith(f"{r.device}: ") else f"{r.device}: {r.error}" for r in rows if not r.ok]
     n_ok = sum(r.ok for r in rows)
     lines.append(f"{n_ok}/{len(rows)} devices ok")
     return "\n".join(lines)

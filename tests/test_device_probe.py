@@ -214,3 +214,24 @@ def test_a_connection_dropped_mid_run_is_a_connection_failure_naming_the_host(tm
         server.stop()
     assert code_of(exc) == exit_code("connection-failed"), repr(exc)
     assert str(exc).startswith(f"{server.target}: connection lost"), exc
+
+
+def test_the_summary_names_each_failed_device_once_and_the_others_finish(sshd, tmp_path, capsys):  # noqa: F811
+    """A device down in the middle of a --parallel run: the others finish, the table says which failed and why,
+    each on one line with the device's name once (it was "cam-2: cam-2: edgekit is not set up ...")."""
+    from edge_device.cli import main
+
+    from .sshd_helpers import free_port
+
+    rows = "".join(f'[[device]]\nname = "cam-{i}"\nhost = "127.0.0.1"\nport = {sshd.port}\nremote_dir = "{tmp_path}/d{i}"\n'
+                   for i in range(3))
+    inv = tmp_path / "lab.toml"
+    inv.write_text(f'[defaults]\nuser = "root"\nidentity = "{sshd.identity}"\nknown_hosts = "{sshd.known_hosts}"\n'
+                   f'{rows}[[device]]\nname = "gone"\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    capsys.readouterr()
+    code = main(["-q", "status", "--inventory", str(inv), "--parallel", "8", "--timeout", "5"])
+    table = capsys.readouterr().out
+    assert code == exit_code("devices-failed"), table
+    assert "0/4 devices ok" in table and table.count("FAIL 86") == 3 and "FAIL 8 " in table
+    for name in ("cam-0", "cam-1", "cam-2", "gone"):
+        assert f"{name}: {name}" not in table and f"\n{name}: " in table, table
