@@ -69,7 +69,12 @@ class RemoteAgent:
         if r.exit_status != 0 or not r.stdout.strip():
             raise NotSetUp(f"{self.name}: edgekit is not set up under {self.layout.root} (run `edge-device setup` first, "
                            f"or pass the --remote-dir setup used)")
-        return ServiceConfig(**json.loads(r.stdout))
+        try:  # a newer edge-device's extra fields are ignored; a damaged file is named, not a Python message
+            data = json.loads(r.stdout)
+            return ServiceConfig(**{k: v for k, v in data.items() if k in ServiceConfig.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise NotSetUp(f"{self.name}: {self.layout.service_json} is damaged ({exc.__class__.__name__}: {exc}): run "
+                           f"`edge-device setup` again to rewrite it") from None
 
     async def write_config(self, cfg: ServiceConfig) -> None:
         await self.device.run(self.as_root(f"cat > {shlex.quote(self.layout.service_json)}"), check=True,

@@ -235,3 +235,27 @@ def test_the_summary_names_each_failed_device_once_and_the_others_finish(sshd, t
     assert "0/4 devices ok" in table and table.count("FAIL 86") == 3 and "FAIL 8 " in table
     for name in ("cam-0", "cam-1", "cam-2", "gone"):
         assert f"{name}: {name}" not in table and f"\n{name}: " in table, table
+
+
+def test_a_damaged_service_json_on_the_device_is_named_with_the_fix(sshd, tmp_path, capsys):  # noqa: F811
+    """A truncated service.json was "error: Expecting property name ...", and one from a newer edge-device (an extra
+    field) "ServiceConfig.__init__() got an unexpected keyword argument", both exit 1 with no host named."""
+    import json
+
+    from edge_device.cli import main
+
+    remote = tmp_path / "opt"
+    remote.mkdir()
+    (remote / "service.json").write_text('{"broker": "mqtt://127.0.0.1:1", "dev')
+    code, out = _status(capsys, sshd, sshd.target, tmp_path)  # the helper's remote dir is not set up: 86
+    assert code == NOT_SET_UP
+    capsys.readouterr()
+    code = main(["status", sshd.target, *sshd.cli_args(), "--remote-dir", str(remote)])
+    err = capsys.readouterr().err
+    assert code == NOT_SET_UP and f"{sshd.target}: {remote}/service.json is damaged" in err and "setup" in err, err
+    (remote / "service.json").write_text(json.dumps({"broker": "mqtt://127.0.0.1:1", "device_id": "d", "user": "root",
+                                                     "profile": "x86-64-cpu", "systemd": False, "added_later": 1}))
+    capsys.readouterr()
+    code = main(["status", sshd.target, *sshd.cli_args(), "--remote-dir", str(remote)])
+    err = capsys.readouterr().err
+    assert "unexpected keyword" not in err and "edge-agent status" in err, err  # read; on to the agent (none here)
