@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shlex
+import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,6 +212,9 @@ def _connect_error(target: Target, exc: BaseException) -> EdgekitError:
     if isinstance(exc, asyncssh.PermissionDenied):
         return LoginRefused(f"{where}: login refused for user {target.user or os.environ.get('USER', '?')}: "
                             f"install your public key with ssh-copy-id, or pass --identity KEY")
+    if isinstance(exc, socket.gaierror):  # was "... : is sshd running there?" for a name that does not resolve
+        return ConnectionFailed(f"{where}: unknown host name {target.host!r} ({exc.strerror or exc}): check the name, "
+                                f"or give the device's address")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectionFailed(f"{where}: unreachable (no answer within the timeout): check the address and network")
     return ConnectionFailed(f"{where}: cannot connect ({exc.__class__.__name__}: {exc}): is sshd running there?")

@@ -259,3 +259,13 @@ def test_a_damaged_service_json_on_the_device_is_named_with_the_fix(sshd, tmp_pa
     code = main(["status", sshd.target, *sshd.cli_args(), "--remote-dir", str(remote)])
     err = capsys.readouterr().err
     assert "unexpected keyword" not in err and "edge-agent status" in err, err  # read; on to the agent (none here)
+
+
+def test_an_unknown_host_name_is_not_blamed_on_sshd(capsys, tmp_path):
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", "pi@cam-1.invalid:2222", "--known-hosts", str(tmp_path / "known_hosts"), "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == exit_code("connection-failed"), err
+    assert "pi@cam-1.invalid:2222: unknown host name 'cam-1.invalid'" in err and "sshd running" not in err, err
