@@ -52,7 +52,9 @@ async def flash_lock(device: Device, layout: Layout) -> AsyncIterator[None]:
         f"command -v flock >/dev/null 2>&1 || {{ echo nolock; exec cat >/dev/null; }}; mkdir -p {q(layout.incoming)} "
         f"&& exec flock -n -E {LOCK_BUSY} {q(lock)} sh -c 'echo locked; exec cat >/dev/null'")
     try:
-        line = str(await proc.stdout.readline()).strip()
+        line = "-"
+        while line and line not in ("locked", "nolock"):  # past what a chatty shell rc file printed first
+            line = str(await proc.stdout.readline()).strip() if not proc.stdout.at_eof() else ""
         if not line:
             res = await proc.wait()
             if res.exit_status == LOCK_BUSY:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 STOP_COPY_ENV = "EDGEKIT_TEST_STOP_COPY_AFTER"  # test hook: the link "drops" after N bytes of a push
 CHUNK = 256 * 1024
+OUTPUT_MARK = "--edgekit-output--"  # printed before each command: the device's shell start-up text stays above it
 
 
 class ConnectionFailed(EdgekitError):
@@ -149,8 +150,11 @@ class Device:
         self.conn, self.target = conn, target
 
     async def run(self, command: str, check: bool = False, stdin: str | None = None, timeout: float | None = None) -> Result:
-        r = await self.conn.run(command, check=False, input=stdin, timeout=timeout)
-        res = Result(int(r.exit_status if r.exit_status is not None else 255), str(r.stdout or ""), str(r.stderr or ""))
+        # a login shell's rc file that prints ("Welcome to the board") came before our output: `id -u` read as
+        # "invalid literal for int()", JSON and checksums unreadable. Only what follows the mark is the command's.
+        r = await self.conn.run(f"printf '%s\\n' {OUTPUT_MARK}; {command}", check=False, input=stdin, timeout=timeout)
+        noise, mark, out = str(r.stdout or "").partition(OUTPUT_MARK + "\n")
+        res = Result(int(r.exit_status if r.exit_status is not None else 255), out if mark else noise, str(r.stderr or ""))
         if check and res.exit_status != 0:
             if hint := sudo_problem(self.target, res.stderr):
                 raise RemoteCommandFailed(hint, 1, res.stderr)

@@ -269,3 +269,39 @@ def test_an_unknown_host_name_is_not_blamed_on_sshd(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == exit_code("connection-failed"), err
     assert "pi@cam-1.invalid:2222: unknown host name 'cam-1.invalid'" in err and "sshd running" not in err, err
+
+
+def test_a_shell_rc_that_prints_does_not_garble_what_the_device_answers(capsys):
+    """Some boards' ~/.bashrc prints a banner for every SSH command: `id -u` was read as "Welcome ...\\n1001",
+    "invalid literal for int()", exit 1, on every command."""
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from edge_device.cli import main
+
+    from .sshd_helpers import start_sshd
+
+    user = f"probe{secrets.token_hex(3)}"
+    folder = Path(tempfile.mkdtemp(prefix="edgekit-probe-"))
+    folder.chmod(0o755)  # sshd reads authorized_keys as the user logging in
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True)
+    subprocess.run(["usermod", "-p", "*", user], check=True)
+    sshd = start_sshd(folder / "sshd")
+    try:
+        home = Path(f"/home/{user}")
+        (home / ".bashrc").write_text('echo "Welcome to the board"\n')  # bash reads it for sshd's commands
+        capsys.readouterr()
+        code = main(["probe", f"{user}@127.0.0.1:{sshd.port}", *sshd.cli_args(), "--json"])
+        out, err = capsys.readouterr()
+    finally:
+        sshd.stop()
+        subprocess.run(["userdel", "-r", user], check=False, capture_output=True)
+        shutil.rmtree(folder)
+    assert code == 0, err
+    import json
+
+    row = json.loads(out)["devices"][0]
+    assert row["root"] is False and row["facts"]["arch"] and row["python_ok"], row
