@@ -37,6 +37,11 @@ class NoBundleFile(EdgekitError):
 
 
 def _entries(args: argparse.Namespace) -> list[Entry]:
+    if args.inventory and args.targets:  # the targets were ignored: every inventory device was worked on instead
+        raise InventoryError(f"name devices on the command line ({' '.join(args.targets)}) or pass --inventory "
+                             f"{args.inventory}, not both (--group picks devices of an inventory)")
+    if args.group and not args.inventory:  # was ignored: the named targets were worked on whatever their group
+        raise InventoryError("--group picks devices of an --inventory FILE: pass one, or leave out --group")
     if args.inventory:
         entries = load_inventory(args.inventory, args.group)
     elif args.targets:

@@ -305,3 +305,18 @@ def test_a_shell_rc_that_prints_does_not_garble_what_the_device_answers(capsys):
 
     row = json.loads(out)["devices"][0]
     assert row["root"] is False and row["facts"]["arch"] and row["python_ok"], row
+
+
+def test_targets_and_an_inventory_together_are_refused_not_the_targets_ignored(sshd, tmp_path, capsys):  # noqa: F811
+    """`flash b.edgebundle cam-9 --inventory lab.toml` worked on every device of lab.toml, cam-9 ignored."""
+    from edge_device.cli import main
+
+    inv = tmp_path / "lab.toml"
+    inv.write_text(f'[[device]]\nname = "cam-1"\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "root"\n'
+                   f'identity = "{sshd.identity}"\nknown_hosts = "{sshd.known_hosts}"\ngroups = ["lab"]\n')
+    for argv in (["status", sshd.target, "--inventory", str(inv)], ["status", sshd.target, "--group", "lab"]):
+        capsys.readouterr()
+        code = main([*argv, *sshd.cli_args(), "--remote-dir", str(tmp_path / "none")])
+        out, err = capsys.readouterr()
+        assert code == exit_code("usage") and not out and "cam-1" not in err, (out, err)
+        assert "--inventory" in err and len(err.strip().splitlines()) == 1, err
