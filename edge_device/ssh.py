@@ -50,6 +50,10 @@ class BadIdentity(EdgekitError):
     code_name = "usage"
 
 
+class BadKnownHosts(EdgekitError):
+    code_name = "usage"
+
+
 class CopyInterrupted(EdgekitError):
     code_name = "copy-interrupted"
 
@@ -264,9 +268,13 @@ async def connect(target: Target, timeout: float = 10.0) -> AsyncIterator[Device
         if learn:
             key = conn.get_server_host_key()
             if key is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a") as fh:
-                    fh.write(_known_hosts_line(target, key))
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "a") as fh:
+                        fh.write(_known_hosts_line(target, key))
+                except OSError as exc:  # was a bare "[Errno 17] File exists: ..." naming no host, exit 1
+                    raise BadKnownHosts(f"{target.where}: cannot record its host key in --known-hosts {path} "
+                                        f"({exc.strerror or exc}): give a file in a writable folder") from None
                 log.warning("%s: new host key recorded in %s", target.name, path)
         yield Device(conn, target)
     except (asyncssh.DisconnectError, asyncssh.ChannelOpenError, ConnectionError) as exc:

@@ -320,3 +320,17 @@ def test_targets_and_an_inventory_together_are_refused_not_the_targets_ignored(s
         out, err = capsys.readouterr()
         assert code == exit_code("usage") and not out and "cam-1" not in err, (out, err)
         assert "--inventory" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_accept_new_into_a_known_hosts_path_that_cannot_be_written_names_it(sshd, tmp_path, capsys):  # noqa: F811
+    from edge_device.cli import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    known = blocker / "known_hosts"  # its "folder" is a file
+    capsys.readouterr()
+    code = main(["status", sshd.target, "--identity", str(sshd.identity), "--known-hosts", str(known), "--accept-new",
+                 "--remote-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip()
+    assert code == exit_code("usage"), err
+    assert f"{sshd.target}: cannot record its host key in --known-hosts {known}" in err and "Errno" not in err, err
