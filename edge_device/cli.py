@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,29 @@ from .setup import SetupOptions, setup
 from .ssh import Target, connect
 
 log = logging.getLogger("edge_device")
+
+
+class BadBroker(EdgekitError):
+    code_name = "usage"
+
+
+def _hide_login(text: str) -> str:
+    return re.sub(r"//[^/@\s']*@", "//***@", text)
+
+
+def _check_broker(url: str) -> None:
+    """Setup's --broker checked on the host before anything is done on the device (a typo was found only by the
+    service, after the install), and never with a password in it: the URL goes into the unit file, the process
+    list and the progress lines; the password has its own way in (--mqtt-password-file, --fleet-login)."""
+    from edge_agent.ota.broker_url import parse_broker_urls
+
+    try:
+        addresses = parse_broker_urls(url)
+    except ValueError as exc:
+        raise BadBroker(f"--broker {_hide_login(url)}: {_hide_login(str(exc))}") from None
+    if any(a.password is not None for a in addresses):
+        raise BadBroker(f"--broker {_hide_login(url)}: a password in the URL would be in the unit file and the process "
+                        f"list: give it with --mqtt-password-file FILE (or -) and --mqtt-username")
 
 
 class NoBundleFile(EdgekitError):
@@ -121,6 +145,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "flash" and not args.bundle.is_file():
         raise NoBundleFile(f"{args.bundle}: no such bundle file" + (" (a folder)" if args.bundle.is_dir() else ""))
     entries = _entries(args)
+    if args.command == "setup":
+        _check_broker(args.broker)
     if args.command == "setup":  # read once on the host (a password from stdin can only be read once)
         args.login = read_login(args.mqtt_username, args.mqtt_password_file, args.mqtt_tls_ca, args.fleet_login)
         if args.login and args.login.device_id and len(entries) > 1:

@@ -334,3 +334,20 @@ def test_accept_new_into_a_known_hosts_path_that_cannot_be_written_names_it(sshd
     err = capsys.readouterr().err.strip()
     assert code == exit_code("usage"), err
     assert f"{sshd.target}: cannot record its host key in --known-hosts {known}" in err and "Errno" not in err, err
+
+
+@pytest.mark.parametrize("broker", ["fleet:1883", "mqtt://cam-1:s3cret-pw@fleet:1883"])
+def test_setup_checks_the_broker_url_first_and_refuses_a_password_in_it(broker, sshd, tmp_path, capsys):  # noqa: F811
+    """A typo went on into the install (found later by the service, or as 87 here); a password in the URL would be
+    written into the unit file, the process list and the progress lines."""
+    from edge_device.cli import main
+
+    from edge_agent.bundle import generate_keypair
+
+    _, pub = generate_keypair(tmp_path / "keys")
+    capsys.readouterr()
+    code = main(["setup", sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "opt"), "--unit-dir",
+                 str(tmp_path / "units"), "--broker", broker, "--trust", str(pub)])
+    out, err = capsys.readouterr()
+    assert code == exit_code("usage") and err.startswith("edge-device: error: --broker "), err
+    assert "s3cret-pw" not in out + err and not (tmp_path / "opt").exists()  # nothing done on the device
