@@ -51,8 +51,13 @@ class Probe:
             f"  agent:   {self.agent_version or 'not installed'}",
         ])
 
-    def require_python(self, name: str) -> str:
+    def require_python(self, name: str, asked: str | None = None) -> str:
+        """The device's Python; `asked` (--python) is named when it is not there (it said "none found: ... or pass
+        --python PATH" to an operator who had passed one)."""
         if not self.facts.python_ok:
+            if asked and not self.facts.python:
+                raise NoPython(f"{name}: --python {asked}: not found or not runnable on the device: check the path, "
+                               f"or leave out --python to use the newest python3.X found")
             found = f"{self.facts.python} is {self.facts.python_version}" if self.facts.python else "none found"
             raise NoPython(f"{name}: no Python >= {'.'.join(map(str, MIN_PYTHON))} on the device ({found}): install "
                            f"python3 (apt-get install python3) or pass --python PATH")

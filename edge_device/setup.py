@@ -147,7 +147,7 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     name, q = device.target.name, shlex.quote
     _builtin_profile_only(name, opts.profile or device.target.profile)
     p = await probe(device, layout, opts.python)
-    python = p.require_python(name)
+    python = p.require_python(name, opts.python)
     profile = p.require_profile(name, opts.profile or device.target.profile)
     say(p.match.line(p.facts) if not opts.profile else f"profile {profile} (given)")
     ra = RemoteAgent(device, layout, p.uid)

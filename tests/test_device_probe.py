@@ -351,3 +351,18 @@ def test_setup_checks_the_broker_url_first_and_refuses_a_password_in_it(broker, 
     out, err = capsys.readouterr()
     assert code == exit_code("usage") and err.startswith("edge-device: error: --broker "), err
     assert "s3cret-pw" not in out + err and not (tmp_path / "opt").exists()  # nothing done on the device
+
+
+def test_setup_names_a_python_path_that_is_not_on_the_device(sshd, tmp_path, capsys):  # noqa: F811
+    """It said "no Python >= 3.10 on the device (none found): ... or pass --python PATH" to one who had passed it."""
+    from edge_agent.bundle import generate_keypair
+    from edge_device.cli import main
+
+    _, pub = generate_keypair(tmp_path / "keys")
+    capsys.readouterr()
+    code = main(["setup", sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "opt"), "--unit-dir",
+                 str(tmp_path / "units"), "--broker", "mqtt://127.0.0.1:1", "--trust", str(pub),
+                 "--python", "/opt/nowhere/python3.12"])
+    err = capsys.readouterr().err
+    assert code == exit_code("no-python"), err
+    assert f"{sshd.target}: --python /opt/nowhere/python3.12: not found" in err and "none found" not in err, err
