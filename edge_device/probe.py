@@ -56,8 +56,9 @@ class Probe:
         --python PATH" to an operator who had passed one)."""
         if not self.facts.python_ok:
             if asked and not self.facts.python:
-                raise NoPython(f"{name}: --python {asked}: not found or not runnable on the device: check the path, "
-                               f"or leave out --python to use the newest python3.X found")
+                raise NoPython(f"{name}: --python {asked}: not found or not runnable on the device, so no Python >= "
+                               f"{'.'.join(map(str, MIN_PYTHON))} to use: check the path, or leave out --python to use "
+                               f"the newest python3.X found")
             found = f"{self.facts.python} is {self.facts.python_version}" if self.facts.python else "none found"
             raise NoPython(f"{name}: no Python >= {'.'.join(map(str, MIN_PYTHON))} on the device ({found}): install "
                            f"python3 (apt-get install python3) or pass --python PATH")
