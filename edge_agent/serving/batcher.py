@@ -61,7 +61,6 @@ class Job:
         self.model, self.outputs, self.error, self.run_ms = model, outputs, error, run_ms
         self.done.set()
 
-
     @property
     def batch(self) -> int:
         return self.prepared.batch

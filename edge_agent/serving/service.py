@@ -77,7 +77,7 @@ class InferenceService:
                             top_k: int | None = None) -> tuple[dict[str, Any], list[np.ndarray], Served]:
         """An encoded image -> the CLI's answer, every output of the model (manifest order), the model it ran on."""
         self.model(name, version)
-        outputs, model, run_ms, prepared = self.batcher.submit(lambda m: Prepared(*_image_prepared(data, m)))
+        outputs, model, run_ms, prepared = self.batcher.submit(lambda m: _image_prepared(data, m))
         geometry = prepared.context
         answer = image_answer(outputs, model.manifest, geometry, top_k)
         if self._observers:
@@ -89,7 +89,7 @@ class InferenceService:
         self.batcher.close()
 
 
-def _image_prepared(data: bytes, manifest) -> tuple[dict[str, np.ndarray], int, object]:  # noqa: ANN001 - Manifest
+def _image_prepared(data: bytes, manifest) -> Prepared:  # noqa: ANN001 - Manifest
     """An image request's feeds for `manifest`, batch 1, and its geometry (the answer maps boxes through it)."""
     feeds, geometry = image_feeds(data, manifest)
-    return feeds, 1, geometry
+    return Prepared(feeds, 1, geometry)
