@@ -32,10 +32,25 @@ class SqliteRegistry(SqlRegistry):
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._use_wal(deadline=time.monotonic() + 30)
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable on commit except at power loss; no fsync per report
         self._migrate(load_migrations("sqlite"))
+
+    def _use_wal(self, deadline: float) -> None:
+        """Switch the file to WAL. SQLite does not call the busy handler for this pragma: while
+        another process creates the same new file it fails at once with "database is locked"
+        (seen in CI when the server and the CLI start together), so wait here instead."""
+        pause = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     @property
     def location(self) -> str:
