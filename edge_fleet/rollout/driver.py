@@ -258,7 +258,12 @@ class RolloutDriver:
         topic = self.topics.desired(t.device_id)
         prev = self.reg.bundle_by_sha(t.previous_sha) if t.previous_sha else None
         if prev is not None:
-            self.publish(topic, dumps(desired_for(prev, f"{rid}-rollback", allow_downgrade=True)), True)
+            try:  # the block hashes come from the stored file: one deleted from the store made every halt fail
+                desired = desired_for(prev, f"{rid}-rollback", allow_downgrade=True)
+            except OSError as exc:
+                return (f"previous bundle {prev.name}:{prev.version} file unreadable ({exc.strerror or exc}): "
+                        "cannot roll back", False)
+            self.publish(topic, dumps(desired), True)
             return f"desired reset to previous {prev.name}:{prev.version}", True
         if t.previous_sha is None:
             self.publish(topic, b"", True)  # no model before: clear the retained desired state

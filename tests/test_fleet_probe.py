@@ -1,0 +1,59 @@
+"""Defects found by probing the fleet as an operator pushing updates to many devices would.
+
+Each test names what the operator saw before the fix. The rollout tests drive RolloutDriver on a real
+SQLite registry with a publish() that records what would go to the broker (as test_fleet_rollout_states.py);
+the CLI tests run `edge-fleet` in-process and read its exit code and its one error line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
+from edge_fleet.registry import open_registry
+from edge_fleet.registry.records import BundleRecord, RolloutStatus, TargetStatus
+from edge_fleet.rollout import RolloutDriver, plan_rollout
+
+T, R = TargetStatus, RolloutStatus
+V1, V2 = "1" * 64, "2" * 64
+
+
+def _bundle(tmp: Path, sha: str, version: int) -> BundleRecord:
+    """A registry record with a 10-byte stored file (the driver hashes its blocks for the desired state)."""
+    path = tmp / f"{sha}.edgebundle"
+    path.write_bytes(bytes(10))
+    return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", path, 0.0)
+
+
+def _recording_driver(reg, sent: list) -> RolloutDriver:
+    return RolloutDriver(reg, Topics(), lambda topic, payload, _retain: sent.append(
+        (topic, json.loads(payload) if payload else None)))
+
+
+def test_a_halt_whose_previous_bundle_file_is_gone_halts_instead_of_failing_every_tick(tmp_path):
+    """The previous bundle's file deleted from the store (disk clean-up): the halt raised in _revert on each tick,
+    so the rollout stayed RUNNING forever (`deploy --wait` never returned) and the log got a traceback 5 times a
+    second. Now the switched device is `rollback_failed` naming the file, and the rollout halts."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        for dev in ("a", "b"):
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        (tmp_path / f"{V1}.edgebundle").unlink()
+        plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100])
+        driver = _recording_driver(reg, sent)
+        driver.step(now=1000.0)
+        reg.record_reported(ReportedState("a", "succeeded", "pi", "t", current=BundleRef("digits", 2, V2),
+                                          previous=BundleRef("digits", 1, V1), deployment_id=plan.id))
+        driver.step(now=1001.0)  # a switched: stage 2 starts
+        reg.record_reported(ReportedState("b", "failed", "pi", "t", current=BundleRef("digits", 1, V1),
+                                          deployment_id=plan.id, last_error="self-test failed"))
+        driver.step(now=1002.0)
+        r = reg.rollout(plan.id)
+        assert r.status == R.HALTED, r
+        assert r.target("a").status == T.ROLLBACK_FAILED
+        assert "digits:1 file unreadable" in r.target("a").reason and "cannot roll back" in r.target("a").reason
+        assert r.target("b").status == T.FAILED and r.target("b").reason.startswith("self-test failed; ")
+        assert [topic for topic, _ in sent] == ["edgekit/devices/a/desired", "edgekit/devices/b/desired"]
