@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
+from edge_fleet.cli import main as fleet_main
+from edge_fleet.errors import exit_code
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import BundleRecord, RolloutStatus, TargetStatus
 from edge_fleet.rollout import RolloutDriver, plan_rollout
@@ -57,3 +59,19 @@ def test_a_halt_whose_previous_bundle_file_is_gone_halts_instead_of_failing_ever
         assert "digits:1 file unreadable" in r.target("a").reason and "cannot roll back" in r.target("a").reason
         assert r.target("b").status == T.FAILED and r.target("b").reason.startswith("self-test failed; ")
         assert [topic for topic, _ in sent] == ["edgekit/devices/a/desired", "edgekit/devices/b/desired"]
+
+
+def test_serve_with_tls_files_that_are_not_a_certificate_and_key_is_one_usage_line(tmp_path, capsys):
+    """`serve --http 0 --tls-cert X --tls-key Y` with files that are not PEM: uvicorn's thread printed a traceback,
+    then `the HTTP server did not start ... (port in use?)` and exit 74 blamed the port. Now checked before the
+    broker starts: one line naming both files, the usage code."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    rc = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--anonymous", "--http", "0",
+                     "--tls-cert", str(junk), "--tls-key", str(junk)])
+    out = capsys.readouterr()
+    assert rc == exit_code("usage"), out.err
+    assert "Traceback" not in out.err and "port in use" not in out.err
+    last = out.err.strip().splitlines()[-1]
+    assert last.startswith("edge-fleet: error: --tls-cert ") and str(junk) in last and "not a PEM certificate" in last
+    assert not (tmp_path / "fleet" / "broker").exists()  # refused before the embedded broker started
