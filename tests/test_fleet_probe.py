@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import exit_code
@@ -75,3 +77,19 @@ def test_serve_with_tls_files_that_are_not_a_certificate_and_key_is_one_usage_li
     last = out.err.strip().splitlines()[-1]
     assert last.startswith("edge-fleet: error: --tls-cert ") and str(junk) in last and "not a PEM certificate" in last
     assert not (tmp_path / "fleet" / "broker").exists()  # refused before the embedded broker started
+
+
+@pytest.mark.parametrize("what", ["text file", "folder", "garbage with a SQLite header"])
+def test_a_db_that_is_not_a_registry_is_one_line_naming_it_and_the_registry_code(tmp_path, capsys, what):
+    """`--db notes.txt` (or a folder, or a damaged file) printed `edge-fleet: error: file is not a database`: no
+    file named, and exit 1, the code for a bug. Now the path and exit 62 (registry unusable)."""
+    db = {"text file": tmp_path / "notes.txt", "folder": tmp_path,
+          "garbage with a SQLite header": tmp_path / "broken.db"}[what]
+    if what == "text file":
+        db.write_text("not a database\n" * 100)
+    elif what != "folder":
+        db.write_bytes(b"SQLite format 3\x00" + b"garbage" * 1000)
+    rc = fleet_main(["status", "--home", str(tmp_path / "home"), "--db", str(db)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("registry-unusable") == 62, err
+    assert len(err) == 1 and err[0].startswith(f"edge-fleet: error: registry {db} cannot be used: "), err
