@@ -7,8 +7,11 @@ the CLI tests run `edge-fleet` in-process and read its exit code and its one err
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -93,3 +96,54 @@ def test_a_db_that_is_not_a_registry_is_one_line_naming_it_and_the_registry_code
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == exit_code("registry-unusable") == 62, err
     assert len(err) == 1 and err[0].startswith(f"edge-fleet: error: registry {db} cannot be used: "), err
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """A server at --api that is not the fleet: a proxy's login page (200, HTML) or another service's JSON."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = b'{"status": "ok"}' if "/bundles" in self.path else b"<html><body>Sign in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_the_api() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", [["status"], ["bundles"], ["rollouts", "r-1"]])
+def test_an_api_address_that_is_not_the_fleet_api_is_one_line_and_the_api_code(not_the_api, capsys, command):
+    """`--api` at a proxy's HTML page said `Expecting value: line 1 column 1 (char 0)`, at another service's JSON
+    `'items'`, both exit 1. Now the address that answered and exit 66 (API failed)."""
+    rc = fleet_main(["--api", not_the_api, "--token", "t", *command])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("api-failed"), err
+    assert len(err) == 1 and "did not answer as the fleet API does" in err[0] and not_the_api in err[0], err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--api-ca", "missing.pem"), ("--api-ca", "notes.txt"),
+                                               ("--api", "http://[fleet"), ("--api", "https://")])
+def test_a_bad_api_address_or_ca_file_is_a_usage_line_naming_it(tmp_path, capsys, option, value):
+    """`--api-ca missing.pem` printed `[Errno 2] No such file or directory`, `--api http://[fleet` printed
+    `Invalid IPv6 URL`: neither named the option, both exit 1 (a bug's code). Now usage (2), naming the option."""
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    if option == "--api-ca":
+        value = str(tmp_path / value)
+    args = {"--api": "http://127.0.0.1:9", "--api-ca": None, option: value}
+    rc = fleet_main([*(a for k, v in args.items() if v is not None for a in (k, v)), "--token", "t", "status"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("usage"), err
+    assert len(err) == 1 and err[0].startswith(f"edge-fleet: error: {option} ") and value in err[0], err
