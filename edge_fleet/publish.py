@@ -12,7 +12,7 @@ from pathlib import Path
 from edge_agent.bundle import TrustStore, sha256_file, verify_bundle
 from edge_agent.bundle.archive import read_signature_doc
 
-from .errors import FleetError, VersionConflict
+from .errors import FleetUsageError, VersionConflict
 from .registry import BundleRecord, Registry
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
     """
     path = Path(path)
     if not path.is_file():
-        raise FleetError(f"{path} does not exist or is not a file")
+        raise FleetUsageError(f"{path} does not exist or is not a file")
     registry.store_dir.mkdir(parents=True, exist_ok=True)
     # the copy keeps the file's own name, so verification errors name what the user gave us
     tmp_dir = Path(tempfile.mkdtemp(dir=registry.store_dir, prefix=".publish-"))

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from edge_agent.bundle import generate_keypair
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import exit_code
@@ -147,3 +148,21 @@ def test_a_bad_api_address_or_ca_file_is_a_usage_line_naming_it(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == exit_code("usage"), err
     assert len(err) == 1 and err[0].startswith(f"edge-fleet: error: {option} ") and value in err[0], err
+
+
+@pytest.mark.parametrize("command", [
+    ["tokens", "create", "ci pipeline", "--role", "viewer"],  # a space in the token name
+    ["audit", "--limit", "0"],
+    ["publish", "no-such.edgebundle", "--trust", "key.pub"],
+    ["deploy", "digits:2", "--devices", "a", "--min-shadow-agreement", "0.9", "--shadow-timeout", "900"],
+])
+def test_an_operators_wrong_value_is_the_usage_code_not_the_code_for_a_bug(tmp_path, capsys, command):
+    """These printed a clear line but exited 1, which docs/exit-codes.md gives to `internal` failures (a bug: please
+    report it): a CI job could not tell a typo from a crash. Now 2, like argparse's own refusals."""
+    if "key.pub" in command:
+        _, pub = generate_keypair(tmp_path / "keys")
+        command = [str(pub) if a == "key.pub" else a for a in command]
+    rc = fleet_main([*command, "--home", str(tmp_path / "fleet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("usage"), err
+    assert len(err) == 1 and err[0].startswith("edge-fleet: error: "), err

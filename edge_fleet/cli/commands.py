@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import actions
 from ..broker.logins import LOGINS_NAME, BrokerLogins
-from ..errors import FleetError, FleetUsageError, RolloutHalted
+from ..errors import FleetUsageError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
 from ..views import dumps
@@ -99,7 +99,7 @@ def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:
 def _local_home(fleet: Fleet, command: str) -> LocalFleet:
     """Device logins are kept in the fleet's home (HOME/broker/logins.json), out of the API's reach."""
     if not isinstance(fleet, LocalFleet):
-        raise FleetError(f"device logins live in the fleet's home: run `edge-fleet devices {command}` on the fleet host")
+        raise FleetUsageError(f"device logins live in the fleet's home: run `edge-fleet devices {command}` on the fleet host")
     return fleet
 
 
@@ -154,6 +154,6 @@ def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 def cmd_audit(fleet: Fleet, args: argparse.Namespace) -> Result:
     if args.limit < 1:
-        raise FleetError("--limit must be at least 1")
+        raise FleetUsageError("--limit must be at least 1")
     rows = fleet.audit(args.limit)
     return rows, render.audit_text(rows)
