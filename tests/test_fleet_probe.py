@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -166,3 +167,31 @@ def test_an_operators_wrong_value_is_the_usage_code_not_the_code_for_a_bug(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == exit_code("usage"), err
     assert len(err) == 1 and err[0].startswith("edge-fleet: error: "), err
+
+
+def test_a_deploy_to_a_thousand_devices_works_where_sqlite_allows_999_parameters(tmp_path):
+    """SQLite before 3.32 (Ubuntu 20.04, JetPack 5) allows 999 parameters per statement: the busy-device check put
+    every target in one `IN (...)`, so deploying to a group of 1,000 devices failed with `too many SQL variables`
+    (exit 1), and listing 1,000 rollouts did too. Both go in slices now."""
+    with open_registry(tmp_path / "fleet.db") as reg:
+        reg._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # what those SQLite builds allow
+        reg.add_bundle(_bundle(tmp_path, V2, 2))
+        ids = [f"cam-{i:04d}" for i in range(1200)]
+        for dev in ids:
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+            reg.set_group(dev, "lobby")
+        plan = plan_rollout(reg, "digits:2", group="lobby")
+        assert len(plan.targets) == 1200
+        r = reg.rollout(plan.id)
+        assert [t.device_id for t in r.devices if t.stage == 0] == ids[:60]  # 5 %, in device order
+        assert reg.busy_devices(ids) == {dev: plan.id for dev in ids}
+    with open_registry(tmp_path / "history.db") as reg:  # a thousand finished rollouts, then `edge-fleet rollouts`
+        reg._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        reg.add_bundle(_bundle(tmp_path, V2, 2))
+        reg.record_reported(ReportedState("a", "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        done = []
+        for i in range(1000):
+            done.append(plan_rollout(reg, "digits:2", devices=["a"], stages=[100]).id)
+            reg.update_rollout(done[-1], float(i), status=R.SUCCEEDED)
+        listed = reg.rollouts()
+        assert len(listed) == 1000 and all(len(x.devices) == 1 for x in listed)

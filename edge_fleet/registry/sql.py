@@ -45,6 +45,13 @@ def _loads(text: str | None) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """`items` in slices small enough for one statement's parameters: SQLite before 3.32 (Ubuntu 20.04, JetPack 5)
+    allows 999, later builds 32766, PostgreSQL 65535; a deploy to a group of 1,000 devices hit the first."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def _marks(items: tuple | list) -> str:
     return ",".join("?" * len(items))
 
@@ -221,10 +228,8 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         return self._device(rows[0]) if rows else None
 
     def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
-        ids = list(device_ids)
         found: dict[str, DeviceRecord] = {}
-        for start in range(0, len(ids), 500):  # SQLite allows 999 parameters per statement
-            chunk = ids[start:start + 500]
+        for chunk in _chunks(list(device_ids)):
             for row in self._query(f"SELECT * FROM devices WHERE id IN ({_marks(chunk)})", chunk):
                 found[row["id"]] = self._device(row)
         return found
@@ -275,13 +280,14 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
             return self._busy(list(device_ids))
 
     def _busy(self, device_ids: list[str]) -> dict[str, str]:
-        if not device_ids:
-            return {}
-        rows = self._query(
-            "SELECT rd.device_id, rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
-            f"WHERE r.status IN ({_marks(ACTIVE_ROLLOUT)}) AND rd.stage >= 0 AND rd.device_id IN ({_marks(device_ids)})",
-            (*ACTIVE_ROLLOUT, *device_ids))
-        return {row["device_id"]: row["rollout_id"] for row in rows}
+        busy: dict[str, str] = {}
+        for chunk in _chunks(device_ids):
+            rows = self._query(
+                "SELECT rd.device_id, rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
+                f"WHERE r.status IN ({_marks(ACTIVE_ROLLOUT)}) AND rd.stage >= 0 AND rd.device_id IN ({_marks(chunk)})",
+                (*ACTIVE_ROLLOUT, *chunk))
+            busy.update((row["device_id"], row["rollout_id"]) for row in rows)
+        return busy
 
     def rollout(self, rollout_id: str) -> RolloutRecord | None:
         found = self._rollouts("WHERE id=?", (rollout_id,))
@@ -329,9 +335,9 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
                 rows = self._query(sql, params)
                 ids = [r["id"] for r in rows]
                 targets: dict[str, list[RolloutTarget]] = {i: [] for i in ids}
-                if ids:
-                    for t in self._query(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(ids)}) "
-                                         "ORDER BY stage, device_id", ids):
+                for chunk in _chunks(ids):
+                    for t in self._query(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(chunk)}) "
+                                         "ORDER BY stage, device_id", chunk):
                         targets[t["rollout_id"]].append(RolloutTarget(**{
                             **dict(t), "status": TargetStatus(t["status"]), "shadow": _loads(t["shadow"])}))
             finally:
