@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 
 from edge_agent.bundle import generate_keypair
@@ -195,3 +196,35 @@ def test_a_deploy_to_a_thousand_devices_works_where_sqlite_allows_999_parameters
             reg.update_rollout(done[-1], float(i), status=R.SUCCEEDED)
         listed = reg.rollouts()
         assert len(listed) == 1000 and all(len(x.devices) == 1 for x in listed)
+
+
+@pytest.fixture
+def api(tmp_path) -> Iterator[tuple[str, str, Path]]:
+    """The real API app under uvicorn on a free port (no broker: these requests never reach one):
+    (URL, an admin token, the signing key folder whose public key the fleet trusts)."""
+    from edge_fleet.access import create_token, local_actor
+    from edge_fleet.api.deps import ApiState
+    from edge_fleet.api.server import HttpServer
+    from edge_agent.bundle import TrustStore
+
+    key, pub = generate_keypair(tmp_path / "keys")
+    with open_registry(tmp_path / "fleet.db") as reg:
+        secret, _ = create_token(reg, local_actor(), "admin", "admin")
+        server = HttpServer(ApiState(reg, trust=lambda: TrustStore.from_paths([str(pub)])), port=0).start()
+        try:
+            yield server.url, secret, tmp_path / "keys"
+        finally:
+            server.stop()
+
+
+def test_a_bundle_uploaded_as_a_form_is_refused_as_a_form_not_as_a_corrupt_bundle(api, tmp_path):
+    """`curl -F file=@digits.edgebundle` (the usual way to upload a file) was answered `not a readable bundle
+    archive: re-download or re-copy it` (422, exit 11): the operator re-downloaded a good bundle. Now 415 saying how
+    to send it."""
+    url, token, _ = api
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        r = client.post("/api/v1/bundles", params={"filename": "digits.edgebundle"},
+                        files={"file": ("digits.edgebundle", b"\x00" * 2048, "application/octet-stream")})
+        assert r.status_code == 415, r.text
+        assert r.json()["error"] == "unsupported-media-type" and "--data-binary @FILE" in r.json()["message"]
+        assert client.get("/api/v1/bundles").json()["total"] == 0
