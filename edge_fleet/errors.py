@@ -91,6 +91,11 @@ class VersionConflict(FleetError):
 
     code_name = "version-conflict"
 
+    @classmethod
+    def immutable(cls, name: str, version: int, profile: str, stored_sha: str) -> "VersionConflict":
+        return cls(f"{name} v{version} for {profile} is already published with another file "
+                   f"(sha256 {stored_sha[:12]}...): versions are immutable, convert with a higher --model-version")
+
 
 class BrokerUnavailable(FleetError):
     """No usable broker implementation is installed."""

@@ -39,10 +39,7 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
         m = verified.manifest
         clash = [b for b in registry.bundles_named(m.name, m.version) if b.profile == m.profile and b.sha256 != sha]
         if clash:
-            raise VersionConflict(
-                f"{m.name} v{m.version} for {m.profile} is already published with another file "
-                f"(sha256 {clash[0].sha256[:12]}...): versions are immutable, convert with a higher --model-version"
-            )
+            raise VersionConflict.immutable(m.name, m.version, m.profile, clash[0].sha256)
         stored = registry.store_dir / f"{sha}.edgebundle"
         os.replace(tmp, stored)
     finally:
@@ -50,6 +47,10 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
     rec = BundleRecord(sha256=sha, name=m.name, version=m.version, profile=m.profile, size=size,
                        manifest=m.to_dict(), signature=signature, key_id=verified.key_id, path=stored,
                        published_at=time.time())
-    registry.add_bundle(rec)
+    try:
+        registry.add_bundle(rec)
+    except VersionConflict:  # another file won the race for NAME:VERSION since the check above
+        stored.unlink(missing_ok=True)
+        raise
     log.info("published %s v%d (%s) sha256=%s", m.name, m.version, m.profile, sha)
     return rec

@@ -20,7 +20,7 @@ import pytest
 from edge_agent.bundle import generate_keypair
 from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
 from edge_fleet.cli import main as fleet_main
-from edge_fleet.errors import exit_code
+from edge_fleet.errors import VersionConflict, exit_code
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import BundleRecord, RolloutStatus, TargetStatus
 from edge_fleet.rollout import RolloutDriver, plan_rollout
@@ -228,3 +228,17 @@ def test_a_bundle_uploaded_as_a_form_is_refused_as_a_form_not_as_a_corrupt_bundl
         assert r.status_code == 415, r.text
         assert r.json()["error"] == "unsupported-media-type" and "--data-binary @FILE" in r.json()["message"]
         assert client.get("/api/v1/bundles").json()["total"] == 0
+
+
+def test_a_second_file_under_a_published_version_never_replaces_the_first(registry_location, tmp_path):
+    """Two publishes of different files as digits:2 racing (two CI jobs): both passed publish's check, and SQLite's
+    INSERT OR REPLACE then deleted the first one's row though it had been told `published`. The registry refuses
+    the second itself now (exit 9, as the check does), and the same file again still just updates its row."""
+    with open_registry(registry_location) as reg:
+        first = _bundle(tmp_path, V2, 2)
+        reg.add_bundle(first)
+        with pytest.raises(VersionConflict, match="digits v2 for pi is already published with another file"):
+            reg.add_bundle(_bundle(tmp_path, "3" * 64, 2))
+        assert [b.sha256 for b in reg.bundles_named("digits", 2)] == [V2]
+        reg.add_bundle(first)
+        assert [b.sha256 for b in reg.bundles_named("digits", 2)] == [V2]

@@ -145,11 +145,6 @@ class PostgresRegistry(SqlRegistry):
     def _insert_id(self, sql: str, params: tuple) -> int:
         return int(self._query(sql + " RETURNING id", params)[0][0])
 
-    def _upsert_bundle(self, params: tuple) -> None:
-        cols = ("name", "version", "profile", "size", "manifest", "signature", "key_id", "path", "published_at")
-        self._execute("INSERT INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sha256) DO UPDATE SET "
-                      + ", ".join(f"{c}=EXCLUDED.{c}" for c in cols), params)
-
     def _serialize(self, key: str) -> None:
         self._execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))
 

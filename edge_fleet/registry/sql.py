@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Telemetry
 
-from ..errors import RolloutConflict
+from ..errors import RolloutConflict, VersionConflict
 from .base import Registry
 from .records import (ACTIVE_ROLLOUT, BundleRecord, DeviceRecord, Page, RolloutRecord, RolloutStatus,
                       RolloutTarget, TargetStatus, latency_ms)
@@ -88,9 +88,6 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         """Run an INSERT and return the new row's id (rowid)."""
         return int(self._execute(sql, params).lastrowid)
 
-    def _upsert_bundle(self, params: tuple) -> None:
-        self._execute("INSERT OR REPLACE INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?)", params)
-
     # -- low level --------------------------------------------------------------------------
 
     def _execute(self, sql: str, params: tuple | list = ()) -> Any:
@@ -111,10 +108,18 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
     # -- bundles ----------------------------------------------------------------------------
 
     def add_bundle(self, rec: BundleRecord) -> None:
-        self._upsert_bundle(
-            (rec.sha256, rec.name, rec.version, rec.profile, rec.size, json.dumps(rec.manifest),
-             json.dumps(rec.signature), rec.key_id, str(rec.path), rec.published_at),
-        )
+        """The same file again updates its row. Another file under a stored NAME:VERSION for the profile is
+        refused here too, not only by publish's check before it: SQLite's INSERT OR REPLACE deleted the row of the
+        first of two publishes racing with different files, which had been told it was published."""
+        cols = ("name", "version", "profile", "size", "manifest", "signature", "key_id", "path", "published_at")
+        try:
+            self._execute("INSERT INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sha256) DO UPDATE SET "
+                          + ", ".join(f"{c}=EXCLUDED.{c}" for c in cols),
+                          (rec.sha256, rec.name, rec.version, rec.profile, rec.size, json.dumps(rec.manifest),
+                           json.dumps(rec.signature), rec.key_id, str(rec.path), rec.published_at))
+        except self._INTEGRITY_ERROR:  # UNIQUE (name, version, profile)
+            stored = next((b.sha256 for b in self.bundles_named(rec.name, rec.version) if b.profile == rec.profile), "")
+            raise VersionConflict.immutable(rec.name, rec.version, rec.profile, stored) from None
 
     @staticmethod
     def _bundle(row: Any) -> BundleRecord:
