@@ -242,3 +242,21 @@ def test_a_second_file_under_a_published_version_never_replaces_the_first(regist
         assert [b.sha256 for b in reg.bundles_named("digits", 2)] == [V2]
         reg.add_bundle(first)
         assert [b.sha256 for b in reg.bundles_named("digits", 2)] == [V2]
+
+
+@pytest.mark.parametrize("content", ['{"fleet_password": "x", "devices": {', '{"devices": {}}', "[]"])
+def test_damaged_broker_logins_are_one_line_naming_the_file(tmp_path, capsys, content):
+    """HOME/broker/logins.json edited by hand or truncated: `devices login` and `serve` printed
+    `Expecting property name ...`, `'fleet_password'` or `list indices must be integers`, exit 1. Now the file,
+    what to do, and the embedded broker's code (61); `devices list` still lists the devices."""
+    logins = tmp_path / "fleet" / "broker" / "logins.json"
+    logins.parent.mkdir(parents=True)
+    logins.write_text(content)
+    for command in (["devices", "login", "cam-1"], ["serve"]):
+        rc = fleet_main([*command, "--home", str(tmp_path / "fleet")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == exit_code("broker-start-failed"), (command, err)
+        assert err[-1].startswith(f"edge-fleet: error: broker logins {logins} are damaged ("), err
+        assert "Traceback" not in "\n".join(err)
+    assert fleet_main(["devices", "list", "--home", str(tmp_path / "fleet")]) == 0
+    assert logins.read_text() == content  # left for the operator to restore

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import actions
 from ..broker.logins import LOGINS_NAME, BrokerLogins
-from ..errors import FleetUsageError, RolloutHalted
+from ..errors import BrokerStartError, FleetUsageError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
 from ..views import dumps
@@ -135,7 +135,7 @@ def _with_logins(fleet: Fleet, devices: list[Json]) -> list[Json]:
         return devices
     try:
         logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
-    except (OSError, ValueError, KeyError):  # another user's 0600 file, or a damaged one: the list still prints
+    except (OSError, BrokerStartError):  # another user's 0600 file, or a damaged one: the list still prints
         return devices
     return [{**d, "broker_login": "active" if d["id"] in logins.devices
              else "revoked" if d["id"] in logins.revoked else "none"} for d in devices]
