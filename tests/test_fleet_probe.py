@@ -154,7 +154,6 @@ def test_a_bad_api_address_or_ca_file_is_a_usage_line_naming_it(tmp_path, capsys
 
 @pytest.mark.parametrize("command", [
     ["tokens", "create", "ci pipeline", "--role", "viewer"],  # a space in the token name
-    ["audit", "--limit", "0"],
     ["publish", "no-such.edgebundle", "--trust", "key.pub"],
     ["deploy", "digits:2", "--devices", "a", "--min-shadow-agreement", "0.9", "--shadow-timeout", "900"],
 ])
@@ -260,3 +259,13 @@ def test_damaged_broker_logins_are_one_line_naming_the_file(tmp_path, capsys, co
         assert "Traceback" not in "\n".join(err)
     assert fleet_main(["devices", "list", "--home", str(tmp_path / "fleet")]) == 0
     assert logins.read_text() == content  # left for the operator to restore
+
+
+@pytest.mark.parametrize("command", [["serve", "--http", "0", "--max-upload", "-5"], ["audit", "--limit", "0"]])
+def test_counts_below_one_are_refused_by_the_command_line(tmp_path, capsys, command):
+    """`serve --max-upload -5` started, then refused every upload as `larger than the server's limit of -5 bytes`;
+    `audit --limit 0` was refused by the command with exit 1. Both are argparse's usage error now."""
+    with pytest.raises(SystemExit) as caught:
+        fleet_main([*command, "--home", str(tmp_path / "fleet")])
+    assert caught.value.code == exit_code("usage")
+    assert f"argument {command[-2]}: must be at least 1, got {command[-1]}" in capsys.readouterr().err

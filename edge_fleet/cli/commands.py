@@ -153,7 +153,5 @@ def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 
 def cmd_audit(fleet: Fleet, args: argparse.Namespace) -> Result:
-    if args.limit < 1:
-        raise FleetUsageError("--limit must be at least 1")
     rows = fleet.audit(args.limit)
     return rows, render.audit_text(rows)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cli_types import seconds
+from edge_agent.cli_types import seconds, whole_number
 
 from ..api.limits import DEFAULT_MAX_UPLOAD
 from ..errors import exit_codes_epilog
@@ -79,7 +79,7 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     h.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     h.add_argument("--trust", action="append",
                    help="trusted public key or folder for bundle uploads (default HOME/trusted)")
-    h.add_argument("--max-upload", type=int, default=DEFAULT_MAX_UPLOAD, metavar="BYTES",
+    h.add_argument("--max-upload", type=whole_number(1), default=DEFAULT_MAX_UPLOAD, metavar="BYTES",
                    help="largest bundle upload accepted (default %(default)s; larger: HTTP 413)")
 
 
@@ -159,7 +159,7 @@ def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:
     r = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     r.add_argument("name")
     a = sub.add_parser("audit", parents=[common], help="who published, deployed, halted or rolled back what, when")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", type=whole_number(1), default=50, help="newest entries to show (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
