@@ -269,3 +269,15 @@ def test_counts_below_one_are_refused_by_the_command_line(tmp_path, capsys, comm
         fleet_main([*command, "--home", str(tmp_path / "fleet")])
     assert caught.value.code == exit_code("usage")
     assert f"argument {command[-2]}: must be at least 1, got {command[-1]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["deploy", "digits:9", "--devices", "a"], ["rollouts", "r-nope"],
+                                     ["halt", "r-nope"], ["tokens", "revoke", "nobody"]])
+def test_a_json_command_that_fails_prints_one_json_error_object(tmp_path, capsys, command):
+    """`edge-fleet ... --json` printed nothing on stdout when it failed, so `| jq .id` read no document (and
+    exited 0 in a pipeline); edge-agent and edge-convert print an error object. Now edge-fleet does too."""
+    rc = fleet_main([*command, "--json", "--home", str(tmp_path / "fleet")])
+    out = capsys.readouterr().out
+    record = json.loads(out)
+    assert record == {"ok": False, "error": record["error"], "message": record["message"], "exit_code": rc}
+    assert rc in (exit_code("unknown-bundle"), exit_code("not-found"))
