@@ -281,3 +281,20 @@ def test_a_json_command_that_fails_prints_one_json_error_object(tmp_path, capsys
     record = json.loads(out)
     assert record == {"ok": False, "error": record["error"], "message": record["message"], "exit_code": rc}
     assert rc in (exit_code("unknown-bundle"), exit_code("not-found"))
+
+
+def test_a_block_request_for_a_bundle_file_deleted_mid_rollout_is_one_warning(tmp_path, caplog):
+    """The store's file removed while devices download it: each block request (50 per second per device) raised
+    FileNotFoundError into the worker's `log.exception`, a traceback per request. Now one warning line each."""
+    from edge_agent.ota.block_frames import BlockRequest
+    from edge_fleet.block_server import BlockServer
+
+    path = tmp_path / f"{V2}.edgebundle"
+    sent: list[str] = []
+    client = type("Client", (), {"publish": lambda _self, topic, *_a, **_k: sent.append(topic)})()
+    server = BlockServer(client, Topics(), lambda _sha: (path, 300_000))  # known when the rollout started
+    with caplog.at_level("WARNING", logger="edge_fleet.block_server"):
+        assert server.serve("cam-1", BlockRequest(sha256=V2, blocks=[0, 1], block_size=131072)) == 0
+    assert sent == [] and server.stats["ignored"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"block request from cam-1: bundle {V2[:12]} file unreadable (No such file or directory)"]
