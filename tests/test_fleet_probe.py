@@ -298,3 +298,31 @@ def test_a_block_request_for_a_bundle_file_deleted_mid_rollout_is_one_warning(tm
     assert sent == [] and server.stats["ignored"] == 1
     assert [r.getMessage() for r in caplog.records] == [
         f"block request from cam-1: bundle {V2[:12]} file unreadable (No such file or directory)"]
+
+
+def test_the_api_answers_503_json_when_postgresql_drops_the_connection(pg_cluster):
+    """PostgreSQL restarted or failed over under a running `serve --http`: the next request was a plain-text
+    `Internal Server Error` (500) with a traceback in the log, and with the database down the following ones were
+    400 `bad request`. Now 503 `registry-unreachable` (exit code 67) in JSON, and the request after reconnects."""
+    import psycopg
+
+    from edge_fleet.access import create_token, local_actor
+    from edge_fleet.api.deps import ApiState
+    from edge_fleet.api.server import HttpServer
+
+    url = pg_cluster.create_database()
+    with open_registry(url) as reg:
+        secret, _ = create_token(reg, local_actor(), "admin", "admin")
+        server = HttpServer(ApiState(reg), port=0).start()
+        try:
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}) as client:
+                assert client.get("/api/v1/devices").status_code == 200
+                with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:  # what a restart does to it
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                                  "AND application_name = 'edge-fleet'", (url.rsplit("/", 1)[1],))
+                r = client.get("/api/v1/devices")
+                assert r.status_code == 503, r.text
+                assert r.json()["error"] == "registry-unreachable" and r.json()["exit_code"] == 67
+                assert client.get("/api/v1/devices").status_code == 200
+        finally:
+            server.stop()
