@@ -326,3 +326,25 @@ def test_the_api_answers_503_json_when_postgresql_drops_the_connection(pg_cluste
                 assert client.get("/api/v1/devices").status_code == 200
         finally:
             server.stop()
+
+
+def test_an_unexpected_error_in_a_request_is_a_json_500(api, monkeypatch, capsys):
+    """Anything without an error class of its own (SQLite still locked after its 30 s busy timeout, a bug) was
+    answered `Internal Server Error` in plain text, which the console cannot show and `--api` reported as a bare
+    HTTP status. Now JSON with the exception's line, and the remote CLI prints that line."""
+    from edge_fleet.registry.sql import SqlRegistry
+
+    url, token, _ = api
+
+    def locked(*_a: object, **_k: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SqlRegistry, "devices_page", locked)  # the fault: the registry call fails
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        r = client.get("/api/v1/devices")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+    assert r.json() == {"error": "internal", "message": "internal error (OperationalError: database is locked): "
+                        "see the server's log", "exit_code": 1}
+    capsys.readouterr()
+    assert fleet_main(["--api", url, "--token", token, "devices", "list"]) == 1
+    assert "database is locked" in capsys.readouterr().err

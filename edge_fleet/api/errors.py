@@ -64,6 +64,13 @@ def install(app: FastAPI) -> None:
                                  detail=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
                                          for e in exc.errors()]), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        # a bug or a registry error without a class of its own (SQLite still locked after its busy timeout) was a
+        # plain-text "Internal Server Error": JSON like every other answer, so `--api` and the console show it
+        return JSONResponse(body("internal", f"internal error ({type(exc).__name__}: {one_line(exc)}): see the "
+                                 "server's log", exit_code("error")), status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
