@@ -348,3 +348,36 @@ def test_an_unexpected_error_in_a_request_is_a_json_500(api, monkeypatch, capsys
     capsys.readouterr()
     assert fleet_main(["--api", url, "--token", token, "devices", "list"]) == 1
     assert "database is locked" in capsys.readouterr().err
+
+
+def test_a_halt_or_rollback_of_a_pending_rollout_sends_nothing(tmp_path):
+    """docs/fleet.md: `halt` pauses a pending rollout (no new stage starts). The driver started the pending rollout
+    before applying requests, so its first stage got the update anyway; a roll-back of a rollout deployed by mistake
+    sent the new bundle and then the old one. Now: halted, paused before stage 1 (resume starts it); rolled back,
+    halted with every device not_started and nothing published."""
+    sent: list[tuple[str, dict | None]] = []
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        for dev in ("a", "b"):
+            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        driver = _recording_driver(reg, sent)
+        paused = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100]).id
+        reg.request_rollout(paused, "halt", "op")
+        driver.step(now=10.0)
+        r = reg.rollout(paused)
+        assert (r.status, r.stage, sent) == (R.PAUSED, -1, [])
+        assert {t.status for t in r.targets} == {T.WAITING}
+        reg.request_rollout(paused, "resume", "op")
+        driver.step(now=11.0)
+        driver.step(now=12.0)
+        r = reg.rollout(paused)
+        assert (r.status, r.stage) == (R.RUNNING, 0) and [t for t, _ in sent] == ["edgekit/devices/a/desired"]
+        reg.update_rollout(paused, 13.0, status=R.SUCCEEDED)  # done with it: a and b are free again
+        sent.clear()
+        undone = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100]).id
+        reg.request_rollout(undone, "rollback", "op")
+        driver.step(now=20.0)
+        r = reg.rollout(undone)
+        assert (r.status, sent) == (R.HALTED, []) and r.reason == "rolled back by op"
+        assert {t.status for t in r.targets} == {T.NOT_STARTED}
