@@ -381,3 +381,20 @@ def test_a_halt_or_rollback_of_a_pending_rollout_sends_nothing(tmp_path):
         r = reg.rollout(undone)
         assert (r.status, sent) == (R.HALTED, []) and r.reason == "rolled back by op"
         assert {t.status for t in r.targets} == {T.NOT_STARTED}
+
+
+def test_serve_ignores_edge_fleet_api_from_the_environment(tmp_path, capsys, monkeypatch):
+    """EDGE_FLEET_API exported on the fleet host (for the other commands) made `edge-fleet serve` refuse to start:
+    `serve runs a fleet here; --api is for the other commands`, though no --api was given. Only the option is
+    refused now; the variable still points the other commands at the API."""
+    monkeypatch.setenv("EDGE_FLEET_API", "http://127.0.0.1:9")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("x")
+    rc = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--http", "0", "--tls-cert", str(junk),
+                     "--tls-key", str(junk)])  # gets past the --api check, then stops at the TLS files (no broker)
+    assert rc == exit_code("usage") and "--tls-cert" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fleet_main(["serve", "--api", "http://127.0.0.1:9", "--home", str(tmp_path / "fleet")])
+    assert "serve runs a fleet here" in capsys.readouterr().err
+    assert fleet_main(["status", "--token", "t", "--home", str(tmp_path / "fleet")]) == exit_code("api-failed")
+    assert "fleet API http://127.0.0.1:9 unreachable" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("devices group ID GROUP (or --clear)")
     if args.cmd == "serve" and args.api:
         parser.error("serve runs a fleet here; --api is for the other commands")
+    if args.cmd != "serve" and not args.api:  # not for serve: EDGE_FLEET_API in the fleet host's profile refused it
+        args.api = os.environ.get("EDGE_FLEET_API") or None
 
     def body() -> int:
         try:

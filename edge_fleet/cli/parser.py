@@ -20,7 +20,7 @@ DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" /
 def _remote_options(p: argparse.ArgumentParser, default: Any) -> None:
     """--api/--token/--api-ca: on the main parser with real defaults, on each subcommand with SUPPRESS
     so that `edge-fleet --api URL status` and `edge-fleet status --api URL` both work."""
-    p.add_argument("--api", metavar="URL", default=default(os.environ.get("EDGE_FLEET_API")),
+    p.add_argument("--api", metavar="URL", default=default(None),  # EDGE_FLEET_API: main(), for commands but serve
                    help="work on a remote fleet through its management API (env EDGE_FLEET_API)")
     p.add_argument("--token", default=default(os.environ.get("EDGE_FLEET_TOKEN")),
                    help="API token for --api (env EDGE_FLEET_TOKEN)")
