@@ -21,23 +21,11 @@ from edge_agent.ota.protocol import BundleRef, ReportedState, Topics
 from edge_fleet.cli import main as fleet_main
 from edge_fleet.errors import VersionConflict
 from edge_fleet.registry import open_registry
-from edge_fleet.registry.records import BundleRecord, RolloutStatus, TargetStatus
-from edge_fleet.rollout import RolloutDriver, plan_rollout
+from edge_fleet.registry.records import RolloutStatus, TargetStatus
+from edge_fleet.rollout import plan_rollout
+from .test_fleet_rollout_states import V1, V2, _bundle, _recording_driver, _two_devices_on_v1
 
 T, R = TargetStatus, RolloutStatus
-V1, V2 = "1" * 64, "2" * 64
-
-
-def _bundle(tmp: Path, sha: str, version: int) -> BundleRecord:
-    """A registry record with a 10-byte stored file (the driver hashes its blocks for the desired state)."""
-    path = tmp / f"{sha}.edgebundle"
-    path.write_bytes(bytes(10))
-    return BundleRecord(sha, "digits", version, "pi", 10, {}, {"key_id": "k"}, "k", path, 0.0)
-
-
-def _recording_driver(reg, sent: list) -> RolloutDriver:
-    return RolloutDriver(reg, Topics(), lambda topic, payload, _retain: sent.append(
-        (topic, json.loads(payload) if payload else None)))
 
 
 def test_a_halt_whose_previous_bundle_file_is_gone_halts_instead_of_failing_every_tick(tmp_path):
@@ -46,10 +34,7 @@ def test_a_halt_whose_previous_bundle_file_is_gone_halts_instead_of_failing_ever
     second. Now the switched device is `rollback_failed` naming the file, and the rollout halts."""
     sent: list[tuple[str, dict | None]] = []
     with open_registry(tmp_path / "fleet.db") as reg:
-        for sha, v in ((V1, 1), (V2, 2)):
-            reg.add_bundle(_bundle(tmp_path, sha, v))
-        for dev in ("a", "b"):
-            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        _two_devices_on_v1(reg, tmp_path)
         (tmp_path / f"{V1}.edgebundle").unlink()
         plan = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100])
         driver = _recording_driver(reg, sent)
@@ -216,10 +201,7 @@ def test_a_halt_or_rollback_of_a_pending_rollout_sends_nothing(tmp_path):
     halted with every device not_started and nothing published."""
     sent: list[tuple[str, dict | None]] = []
     with open_registry(tmp_path / "fleet.db") as reg:
-        for sha, v in ((V1, 1), (V2, 2)):
-            reg.add_bundle(_bundle(tmp_path, sha, v))
-        for dev in ("a", "b"):
-            reg.record_reported(ReportedState(dev, "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+        _two_devices_on_v1(reg, tmp_path)
         driver = _recording_driver(reg, sent)
         paused = plan_rollout(reg, "digits:2", devices=["a", "b"], stages=[50, 100]).id
         reg.request_rollout(paused, "halt", "op")
