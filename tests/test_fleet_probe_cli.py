@@ -172,3 +172,12 @@ def test_serve_ignores_edge_fleet_api_from_the_environment(tmp_path, capsys, mon
     assert "serve runs a fleet here" in capsys.readouterr().err
     assert fleet_main(["status", "--token", "t", "--home", str(tmp_path / "fleet")]) == exit_code("api-failed")
     assert "fleet API http://127.0.0.1:9 unreachable" in capsys.readouterr().err
+
+
+def test_deploy_refuses_empty_stages_as_the_api_does(tmp_path, capsys):
+    """`deploy --stages "$STAGES"` with the variable unset deployed with the default 5,25,100 without a word (the
+    API refuses an empty list). Now the same usage error as `--stages 0`."""
+    rc = fleet_main(["deploy", "digits:2", "--devices", "a", "--stages", "", "--home", str(tmp_path / "fleet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("usage") and err == ["edge-fleet: error: --stages must increase and end at 100 "
+                                                "(e.g. 5,25,100), got ''"], err

@@ -45,7 +45,7 @@ def cmd_bundles(fleet: Fleet, _args: argparse.Namespace) -> Result:
 
 def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> Result:
     body = {"bundle": args.target, "devices": args.devices.split(",") if args.devices is not None else None,
-            "group": args.group, "stages": args.stages or "5,25,100", "max_failures": args.max_failures,
+            "group": args.group, "stages": args.stages, "max_failures": args.max_failures,
             "stage_timeout": args.stage_timeout, "stage_soak": args.stage_soak, "source_url": args.source_url,
             "min_shadow_agreement": args.min_shadow_agreement, "shadow_frames": args.shadow_frames,
             "shadow_timeout": args.shadow_timeout}
