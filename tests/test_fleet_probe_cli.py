@@ -181,3 +181,15 @@ def test_deploy_refuses_empty_stages_as_the_api_does(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == exit_code("usage") and err == ["edge-fleet: error: --stages must increase and end at 100 "
                                                 "(e.g. 5,25,100), got ''"], err
+
+
+def test_local_options_work_before_the_command_as_api_and_token_do(tmp_path, capsys):
+    """`edge-fleet --home H status` said `argument cmd: invalid choice: 'H'` and `edge-fleet --json status`
+    `unrecognized arguments: --json`, though `edge-fleet --api URL status` works: now all of them go either side."""
+    home = str(tmp_path / "fleet")
+    assert fleet_main(["--home", home, "--json", "rollouts", "r-nope"]) == exit_code("not-found")
+    assert json.loads(capsys.readouterr().out)["error"] == "not-found"
+    assert fleet_main(["--db", str(tmp_path / "other.db"), "-v", "bundles", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [] and (tmp_path / "other.db").is_file()
+    assert fleet_main(["--home", str(tmp_path / "not-this"), "status", "--home", home]) == 0  # the later one wins
+    assert (tmp_path / "fleet" / "fleet.db").is_file() and not (tmp_path / "not-this").exists()

@@ -28,14 +28,21 @@ def _remote_options(p: argparse.ArgumentParser, default: Any) -> None:
                    help="CA certificate that signed the API's TLS certificate (self-signed servers)")
 
 
+def _local_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """--home/--db/--json/-v, placed like --api: `edge-fleet --home H status` was refused with `argument cmd:
+    invalid choice: 'H'`, and `edge-fleet --json status` with `unrecognized arguments: --json`."""
+    p.add_argument("--home", default=default(str(DEFAULT_HOME)),
+                   help=f"fleet folder: registry, bundle store, broker data (default {DEFAULT_HOME}, env EDGE_FLEET_HOME)")
+    p.add_argument("--db", default=default(None),
+                   help="registry: a SQLite file (default HOME/fleet.db) or postgresql://user:pass@host/db "
+                        "(several fleet servers on one database)")
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+    p.add_argument("-v", "--verbose", action="store_true", default=default(False))
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=str(DEFAULT_HOME),
-                        help="fleet folder: registry, bundle store, broker data (default %(default)s, env EDGE_FLEET_HOME)")
-    common.add_argument("--db", help="registry: a SQLite file (default HOME/fleet.db) or postgresql://user:pass@host/db "
-                                     "(several fleet servers on one database)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("-v", "--verbose", action="store_true")
+    _local_options(common, lambda _v: argparse.SUPPRESS)
     _remote_options(common, lambda _v: argparse.SUPPRESS)
     return common
 
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "in stages, show status; locally or through a fleet's API (--api).",
                                 epilog=exit_codes_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _local_options(p, lambda v: v)
     _remote_options(p, lambda v: v)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = _common_options()
