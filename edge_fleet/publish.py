@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from edge_agent.bundle import TrustStore, sha256_file, verify_bundle
+from edge_agent.bundle import InsufficientSpace, TrustStore, sha256_file, verify_bundle
 from edge_agent.bundle.archive import read_signature_doc
 
 from .errors import FleetUsageError, VersionConflict
 from .registry import BundleRecord, Registry
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def store_space(store: Path, name: str) -> Iterator[None]:
+    """A full bundle store was `[Errno 28] No space left on device`, exit 1 (an API 500): the disk-space error now."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise InsufficientSpace(f"no space left in the bundle store {store} for {name}: free space there "
+                                "(or give the fleet a larger disk) and publish again") from None
 
 
 def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleRecord:
@@ -32,7 +47,8 @@ def publish_bundle(registry: Registry, path: Path, trust: TrustStore) -> BundleR
     tmp_dir = Path(tempfile.mkdtemp(dir=registry.store_dir, prefix=".publish-"))
     tmp = tmp_dir / path.name
     try:
-        shutil.copyfile(path, tmp)  # verify the copy we keep, not a file that may still change
+        with store_space(registry.store_dir, path.name):
+            shutil.copyfile(path, tmp)  # verify the copy we keep, not a file that may still change
         verified = verify_bundle(tmp, trust)  # raises a typed BundleError on any problem
         size, sha = sha256_file(tmp)
         signature = read_signature_doc(tmp)

@@ -23,6 +23,7 @@ from edge_fleet.errors import VersionConflict
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import RolloutStatus, TargetStatus
 from edge_fleet.rollout import plan_rollout
+from . import fault_helpers
 from .test_fleet_rollout_states import V1, V2, _bundle, _recording_driver, _two_devices_on_v1
 
 T, R = TargetStatus, RolloutStatus
@@ -222,3 +223,35 @@ def test_a_halt_or_rollback_of_a_pending_rollout_sends_nothing(tmp_path):
         r = reg.rollout(undone)
         assert (r.status, sent) == (R.HALTED, []) and r.reason == "rolled back by op"
         assert {t.status for t in r.targets} == {T.NOT_STARTED}
+
+
+@fault_helpers.needs_root
+def test_publishing_into_a_full_bundle_store_is_the_disk_space_error(tmp_path, capsys):
+    """The fleet's disk full (years of bundles in HOME/bundles): `publish` said `[Errno 28] No space left on device`
+    with exit 1, and an API upload was a 500. Now the disk-space error (18) naming the store; the API answers 507."""
+    from edge_fleet.access import create_token, local_actor
+    from edge_fleet.api.deps import ApiState
+    from edge_fleet.api.server import HttpServer
+    from edge_agent.bundle import TrustStore
+
+    bundle = tmp_path / "big.edgebundle"
+    bundle.write_bytes(b"\x01" * 300_000)  # refused for space before anyone reads it as a bundle
+    _, pub = generate_keypair(tmp_path / "keys")
+    with fault_helpers.small_disk(tmp_path / "disk", size="1m") as disk:
+        home = disk / "fleet"
+        with open_registry(home / "fleet.db", store_dir=home / "bundles") as reg:
+            secret, _ = create_token(reg, local_actor(), "admin", "admin")
+            fault_helpers.fill(disk, leave=64 * 1024)
+            rc = fleet_main(["publish", str(bundle), "--trust", str(pub), "--home", str(home)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 18 and err == [f"edge-fleet: error: no space left in the bundle store {home / 'bundles'} "
+                                        "for big.edgebundle: free space there (or give the fleet a larger disk) "
+                                        "and publish again"], err
+            server = HttpServer(ApiState(reg, trust=lambda: TrustStore.from_paths([str(pub)])), port=0).start()
+            try:
+                r = httpx.post(f"{server.url}/api/v1/bundles", params={"filename": "big.edgebundle"},
+                               content=bundle.read_bytes(), headers={"Authorization": f"Bearer {secret}"})
+            finally:
+                server.stop()
+            assert r.status_code == 507 and r.json()["error"] == "disk-space" and r.json()["exit_code"] == 18, r.text
+            assert not list((home / "bundles").iterdir())  # nothing half-written left behind

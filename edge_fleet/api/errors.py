@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge_agent.bundle import BundleError
+from edge_agent.bundle import BundleError, InsufficientSpace
 from edge_agent.errors import EdgekitError, one_line
 
 from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFound, RegistryUnreachable,
@@ -25,7 +25,7 @@ from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFoun
 # error class -> HTTP status; any other EdgekitError (a FleetError, ...) is 400
 STATUS: dict[type[EdgekitError], int] = {
     NotFound: 404, UnknownBundle: 404, AccessDenied: 403, RolloutConflict: 409, VersionConflict: 409,
-    ActionRefused: 409, NoTargets: 422, BundleError: 422,
+    ActionRefused: 409, NoTargets: 422, InsufficientSpace: 507, BundleError: 422,  # first match wins
     RegistryUnreachable: 503,  # the fleet's database is away, not the request wrong (was 400)
 }
 

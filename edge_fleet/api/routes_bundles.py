@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import actions
 from ..access import Actor
 from ..errors import NotFound
+from ..publish import store_space
 from ..registry import BundleRecord, Registry
 from ..views import bundle_detail, bundle_view
 from .deps import ApiState, Paging, actor, page, paging, registry, state
@@ -80,7 +81,8 @@ async def upload_bundle(request: Request, who: Actor = Depends(actor), st: ApiSt
     folder = Path(tempfile.mkdtemp(dir=st.registry.store_dir, prefix=".upload-"))
     try:
         path = folder / name
-        await _receive(request, path, st.max_upload)
+        with store_space(st.registry.store_dir, name):
+            await _receive(request, path, st.max_upload)
         rec = await run_in_threadpool(actions.publish, st.registry, who, path, st.trust(), name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
