@@ -103,6 +103,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              (FLEET,)),
     ExitCode(67, "registry-unreachable", "registry database unreachable or login refused (PostgreSQL --db URL)", _N,
              (FLEET,)),
+    ExitCode(68, "wait-timeout", "deploy --wait gave up (--wait-timeout): the rollout goes on; is `edge-fleet serve` "
+             "running?", _N, (FLEET,)),
     ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
     ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
     ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),

@@ -50,6 +50,12 @@ class RolloutHalted(FleetError):
     code_name = "rollout-halted"
 
 
+class WaitTimeout(FleetError):
+    """`deploy --wait --wait-timeout S` ran out while the rollout was still active (it goes on)."""
+
+    code_name = "wait-timeout"
+
+
 class NotFound(FleetError):
     """A rollout, device or token that the registry does not have."""
 

@@ -193,3 +193,19 @@ def test_local_options_work_before_the_command_as_api_and_token_do(tmp_path, cap
     assert json.loads(capsys.readouterr().out) == [] and (tmp_path / "other.db").is_file()
     assert fleet_main(["--home", str(tmp_path / "not-this"), "status", "--home", home]) == 0  # the later one wins
     assert (tmp_path / "fleet" / "fleet.db").is_file() and not (tmp_path / "not-this").exists()
+
+
+def test_deploy_wait_that_runs_out_is_its_own_code_not_the_code_for_a_bug(tmp_path, capsys):
+    """`deploy --wait --wait-timeout S` with no server driving the rollout exited 1, the code docs/exit-codes.md gives
+    to a bug: a CI job could not tell "still running" from a crash. Now 68 (wait-timeout), saying it goes on."""
+    from edge_fleet.registry import open_registry
+
+    from .test_fleet_rollout_states import _two_devices_on_v1
+
+    home = tmp_path / "fleet"
+    with open_registry(home / "fleet.db", store_dir=home / "bundles") as reg:
+        _two_devices_on_v1(reg, tmp_path)
+    rc = fleet_main(["deploy", "digits:2", "--devices", "a", "--wait", "--wait-timeout", "0.3", "--home", str(home)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == exit_code("wait-timeout") == 68, err
+    assert len(err) == 1 and "still pending after 0s (is `edge-fleet serve` running?); it goes on" in err[0], err

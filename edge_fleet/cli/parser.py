@@ -116,7 +116,8 @@ def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long a device waits for live frames; none by then: it switches and reports "
                    "shadow skipped (default %(default)s)")
     s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
-    s.add_argument("--wait-timeout", type=seconds(), default=0.0, help="give up waiting after S seconds (0 = never)")
+    s.add_argument("--wait-timeout", type=seconds(), default=0.0,
+                   help="give up waiting after S seconds (0 = never): exit 68, the rollout goes on")
 
 
 def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
