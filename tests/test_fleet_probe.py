@@ -255,3 +255,25 @@ def test_publishing_into_a_full_bundle_store_is_the_disk_space_error(tmp_path, c
                 server.stop()
             assert r.status_code == 507 and r.json()["error"] == "disk-space" and r.json()["exit_code"] == 18, r.text
             assert not list((home / "bundles").iterdir())  # nothing half-written left behind
+
+
+def test_the_live_console_stream_stays_json_when_a_device_reports_nan_figures(api, tmp_path):
+    """A device's shadow report is free-form: `"agreement": NaN` (json.loads takes it) reached the overview's stage
+    figures, and the event stream sent it as `NaN`, which the console's JSON.parse refuses: live updates stopped
+    for every viewer while that rollout was shown. The stream sends null, as the API's answers do."""
+    url, token, _ = api
+    with open_registry(tmp_path / "fleet.db") as reg:  # the API's registry, written as the server's writer does
+        _two_devices_on_v1(reg, tmp_path)
+        plan = plan_rollout(reg, "digits:2", devices=["a"], stages=[100])
+        driver = _recording_driver(reg, [])
+        driver.step(now=1000.0)
+        reg.record_reported(ReportedState("a", "failed", "pi", "t", current=BundleRef("digits", 1, V1),
+                                          deployment_id=plan.id, last_error="shadow run disagreed",
+                                          shadow={"deployment_id": plan.id, "verdict": "failed",
+                                                  "agreement": float("nan"), "frames": 10}))
+        driver.step(now=1001.0)
+    with httpx.stream("GET", f"{url}/api/v1/events", headers={"Authorization": f"Bearer {token}"}) as stream:
+        data = next(line for line in stream.iter_lines() if line.startswith("data: "))
+    overview = json.loads(data[len("data: "):], parse_constant=lambda word: pytest.fail(f"{word} is not JSON"))
+    shadow = overview["overview"]["recent_rollouts"][0]["stage_progress"][0]["shadow"]
+    assert shadow["verdicts"] == {"failed": 1} and shadow["agreement_min"] is None
