@@ -277,3 +277,16 @@ def test_the_live_console_stream_stays_json_when_a_device_reports_nan_figures(ap
     overview = json.loads(data[len("data: "):], parse_constant=lambda word: pytest.fail(f"{word} is not JSON"))
     shadow = overview["overview"]["recent_rollouts"][0]["stage_progress"][0]["shadow"]
     assert shadow["verdicts"] == {"failed": 1} and shadow["agreement_min"] is None
+
+
+def test_a_remote_publish_of_a_file_whose_name_has_a_space_reaches_the_fleet(api, tmp_path, capsys):
+    """`edge-fleet --api URL publish "digits v2.edgebundle"` was refused before the upload was looked at (`filename
+    must be 1-128 of [A-Za-z0-9._-]`, exit 2): the API's label rule applied to the operator's own file name. The
+    remote CLI sends a safe label now, so the fleet verifies the file (this one is no bundle, and is refused as such)."""
+    url, token, _ = api
+    upload = tmp_path / "digits v2 (final).edgebundle"
+    upload.write_bytes(b"\x00" * 4096)
+    rc = fleet_main(["--api", url, "--token", token, "publish", str(upload)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 11 and len(err) == 1, err
+    assert err[0].startswith("edge-fleet: error: digits_v2__final_.edgebundle is not an edgekit bundle"), err

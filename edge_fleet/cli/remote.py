@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -131,7 +132,9 @@ class RemoteFleet(Fleet):
             raise FleetUsageError("--trust is the server's: with --api the fleet verifies uploads with its own trusted keys")
         if not path.is_file():
             raise FleetUsageError(f"{path} does not exist or is not a file")
-        return self.api.call("POST", "/api/v1/bundles", query={"filename": path.name}, data=path.read_bytes())
+        # the API takes [A-Za-z0-9._-] names (they only label its messages): "digits v2.edgebundle" was refused
+        shown = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "upload.edgebundle"
+        return self.api.call("POST", "/api/v1/bundles", query={"filename": shown}, data=path.read_bytes())
 
     def deploy(self, body: Json) -> Json:
         return self.api.call("POST", "/api/v1/rollouts", body={k: v for k, v in body.items() if v is not None})
