@@ -103,6 +103,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              (FLEET,)),
     ExitCode(67, "registry-unreachable", "registry database unreachable or login refused (PostgreSQL --db URL)", _N,
              (FLEET,)),
+    ExitCode(68, "wait-timeout", "deploy --wait gave up (--wait-timeout): the rollout goes on; is `edge-fleet serve` "
+             "running?", _N, (FLEET,)),
     ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
     ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
     ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),
@@ -265,6 +267,12 @@ def _quiet_stdout() -> None:
         pass
 
 
+def failure_record(exc: BaseException) -> dict[str, Any]:
+    """What `--json` prints on stdout for a failure: {"ok": false, "error": KIND, "message": ..., "exit_code": N}."""
+    return {"ok": False, "error": getattr(exc, "kind", exc.__class__.__name__), "message": one_line(exc),
+            "exit_code": code_of(exc)}
+
+
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:
     """Print `exc` the edgekit way and return its exit code."""
     code = code_of(exc)
@@ -272,9 +280,7 @@ def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbo
         log.debug("unexpected error", exc_info=exc)
     message = one_line(exc)
     if json_mode:
-        record: dict[str, Any] = {"ok": False, "error": getattr(exc, "kind", exc.__class__.__name__),
-                                  "message": message, "exit_code": code}
-        print(json.dumps(record))
+        print(json.dumps(failure_record(exc)))
     print(f"{prog}: error: {message}", file=sys.stderr)
     detail = getattr(exc, "detail", None)
     if detail and verbose:

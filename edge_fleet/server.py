@@ -209,7 +209,7 @@ class FleetServer:
             self._logins_mtime = mtime
             self.broker.reload_users(self.logins.users())
             log.info("broker logins reloaded (%d devices)", len(self.logins.devices))
-        except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+        except (OSError, ValueError, KeyError, NotImplementedError, BrokerStartError) as exc:  # damaged: keep the old
             log.warning("could not reload the broker logins: %s", exc)
 
     def stop(self) -> None:
