@@ -1,0 +1,111 @@
+"""Defects noticed in a review session, each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle import generate_keypair, load_private_key, write_bundle
+
+from .serving_helpers import dynamic_batch_model
+
+INF, NAN = float("inf"), float("nan")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """Parse as JavaScript's JSON.parse would: bare NaN / Infinity are not JSON."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _rows() -> np.ndarray:
+    """Three samples for y = x @ W + b: an infinite one (outputs ±inf), a NaN one (outputs NaN), a finite one."""
+    return np.array([[INF, 0, 0, 0], [NAN, 0, 0, 0], [1, 2, 3, 4]], dtype=np.float32)
+
+
+# ---- 1. NaN / Infinity in JSON answers -------------------------------------------------------------------------
+
+
+def test_serving_answers_non_finite_outputs_as_null_with_a_count(tmp_path):
+    """A model answering NaN or inf made the serving API write bare NaN/Infinity: JSON.parse refused the whole 200
+    answer. Now they are null (strict JSON), the answer is still 200, and Edgekit-Non-Finite counts them; KServe's
+    binary outputs keep the exact values."""
+    import httpx
+
+    from edge_agent.runtimes import load_session
+    from edge_agent.serving import BatchPolicy, HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
+
+    manifest, folder = dynamic_batch_model(tmp_path / "linear")
+    session = load_session(folder, manifest, threads=1)
+    rows = _rows()
+    want = session.run({"x": rows})[0]
+    non_finite = int((~np.isfinite(want)).sum())
+    assert non_finite == 6 and np.isfinite(want[2]).all()
+    server = start_serving(ModelHolder(ServedModel(manifest, session)), BatchPolicy(), HttpOptions(port=0))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            tensor = {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": rows.ravel().tolist()}
+            r = client.post("/v2/models/linear/infer", content=json.dumps({"inputs": [tensor]}))
+            assert r.status_code == 200 and r.headers["Edgekit-Non-Finite"] == str(non_finite)
+            data = strict_json(r.content)["outputs"][0]["data"]
+            assert data == [None if not np.isfinite(v) else pytest.approx(float(v), rel=1e-5) for v in want.ravel()]
+
+            r = client.post("/v1/models/linear:predict", content=json.dumps({"instances": rows.tolist()}))
+            assert r.status_code == 200 and r.headers["Edgekit-Non-Finite"] == str(non_finite)
+            predictions = strict_json(r.content)["predictions"]
+            assert [v is None for row in predictions for v in row] == list(~np.isfinite(want.ravel()))
+
+            binary = {"inputs": [tensor], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+            r = client.post("/v2/models/linear/infer", content=json.dumps(binary))
+            head = int(r.headers["Inference-Header-Content-Length"])
+            strict_json(r.content[:head])
+            assert "Edgekit-Non-Finite" not in r.headers
+            np.testing.assert_array_equal(np.frombuffer(r.content[head:], np.float32).reshape(3, 3), want)
+
+            r = client.post("/v1/models/linear:predict", content=json.dumps({"instances": rows[2:].tolist()}))
+            assert r.status_code == 200 and "Edgekit-Non-Finite" not in r.headers
+    finally:
+        stop_serving(server)
+        session.close()
+
+
+def test_agent_json_results_are_strict_json_when_the_model_answers_nan(tmp_path, capsys):
+    """`edge-agent run --json` printed "score": NaN for a sample whose scores were NaN: `jq` and JSON.parse refused
+    the whole result. Now the score is null and the other samples are as before; the OTA protocol's messages
+    (telemetry carrying per-frame results) are strict JSON too."""
+    from edge_agent.cli import main as agent_main
+    from edge_agent.ota.protocol import Telemetry, dumps
+
+    manifest, folder = dynamic_batch_model(tmp_path / "linear")
+    key, pub = generate_keypair(tmp_path / "keys")
+    bundle = write_bundle(tmp_path / "linear.edgebundle", manifest, {"model.onnx": folder / "model.onnx"},
+                          load_private_key(key))
+    np.save(tmp_path / "rows.npy", _rows())
+    capsys.readouterr()
+    assert agent_main(["run", str(bundle), str(tmp_path / "rows.npy"), "--trust", str(pub), "--json"]) == 0
+    results = strict_json(capsys.readouterr().out)
+    assert [r["score"] is None for r in results] == [True, True, False]
+    assert all(isinstance(t["score"], float) for t in results[2]["top_k"])
+
+    odd = {"score": NAN, "top_k": [{"score": -INF}]}
+    message = Telemetry(model=None, inferences=3, errors=0, extra={"results": results + [odd]})
+    assert strict_json(dumps(message))["extra"]["results"][-1] == {"score": None, "top_k": [{"score": None}]}
+
+
+def test_json_lines_sink_writes_null_for_nan(tmp_path):
+    """`run --source ... --output FILE` (and stdout) wrote bare NaN in a frame's record: a JSON-lines reader stopped
+    at that line."""
+    from edge_agent.pipeline.sinks import JsonLinesSink
+
+    sink = JsonLinesSink(tmp_path / "out.jsonl")
+    sink.write({"frame": 0, "score": NAN, "top_k": [{"score": INF}, {"score": 0.5}]}, None)  # type: ignore[arg-type]
+    sink.close()
+    line = (tmp_path / "out.jsonl").read_text().splitlines()[0]
+    assert strict_json(line) == {"frame": 0, "score": None, "top_k": [{"score": None}, {"score": 0.5}]}
