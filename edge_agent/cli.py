@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(text, file=sys.stderr)  # a text line among them broke every JSON-lines reader
         else:
             print(dumps(result, indent=2, default=str) if json_mode else text)  # NaN scores: null
-        return 0
+        return getattr(args, "exit_code", 0)  # a command that printed its result and still failed (Ctrl-C: 130)
 
     return run_main("edge-agent", body, json_mode=json_mode, verbose=args.verbose > 0)
 

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.bundle import generate_keypair, load_private_key, write_bundle
 
-from .serving_helpers import dynamic_batch_model
+from .serving_helpers import constant_image_classifier, dynamic_batch_model
 
 INF, NAN = float("inf"), float("nan")
 
@@ -109,3 +109,60 @@ def test_json_lines_sink_writes_null_for_nan(tmp_path):
     sink.close()
     line = (tmp_path / "out.jsonl").read_text().splitlines()[0]
     assert strict_json(line) == {"frame": 0, "score": None, "top_k": [{"score": None}, {"score": 0.5}]}
+
+
+# ---- 2. Ctrl-C in `edge-agent run --source` --------------------------------------------------------------------
+
+
+def _classifier_bundle(tmp: Path) -> tuple[Path, Path]:
+    """(bundle, public key): a signed image classifier with constant scores (no model to train)."""
+    manifest, folder = constant_image_classifier(tmp / "classifier")
+    key, pub = generate_keypair(tmp / "keys")
+    bundle = write_bundle(tmp / "constant.edgebundle", manifest, {"model.onnx": folder / "model.onnx"},
+                          load_private_key(key))
+    return bundle, pub
+
+
+def test_ctrl_c_in_run_source_prints_the_summary_and_exits_130(tmp_path):
+    """Ctrl-C (a real SIGINT) during `edge-agent run --source STREAM` stopped the pipeline and printed the summary, but
+    exited 0, as if the run had ended by itself: docs/exit-codes.md says 130 for Ctrl-C. Now the summary still comes
+    (flagged `interrupted`) and the exit code is 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from edge_agent.pipeline.sinks import MjpegPreviewSink
+
+    from .serving_helpers import REPO
+
+    bundle, pub = _classifier_bundle(tmp_path)
+    stream = MjpegPreviewSink()  # a live MJPEG stream that never ends, as an IP camera's
+    done = threading.Event()
+
+    def feed() -> None:
+        frame = np.zeros((32, 32, 3), np.uint8)
+        while not done.wait(0.02):
+            stream.publish(frame)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    cmd = [sys.executable, "-m", "edge_agent.cli", "run", str(bundle), "--trust", str(pub), "--allow-profile-mismatch",
+           "--source", stream.url, "--json"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline())  # a frame went through the pipeline: it is running
+        assert first["name"] == "c"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        done.set()
+        if proc.poll() is None:
+            proc.kill()
+        stream.close()
+    summary = json.loads(out.splitlines()[-1])
+    assert proc.returncode == 130, err
+    assert summary["interrupted"] is True and summary["frames"] >= 1
+
