@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -166,3 +166,71 @@ def test_ctrl_c_in_run_source_prints_the_summary_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert summary["interrupted"] is True and summary["frames"] >= 1
 
+
+# ---- 3. one name rule for bundles, profiles and uploads ---------------------------------------------------------
+
+GOOD_NAMES = ["a", "digits", "digits-v1.edgebundle", "Mobile_Net.2", "x" * 128]
+BAD_NAMES = ["", ".hidden", "-dash", "_under", "a b", "x" * 129, "caf\u00e9", "digits\n", "a:b"]
+
+
+def _accepts(check: Callable[[str], Any], refusal: type[Exception], name: str) -> bool:
+    try:
+        check(name)
+    except refusal:
+        return False
+    return True
+
+
+def _local_checks() -> list[tuple[Callable[[str], Any], type[Exception]]]:
+    """(check, its refusal) of the bundle manifest, edge-convert's --name and a device profile's name."""
+    import argparse
+    import tomllib
+
+    from converter.passes.package import model_name
+    from device_profiles import ProfileError, builtin_profile_dir, profile_from_dict
+    from edge_agent.bundle import FileEntry, Manifest, ManifestError, TensorSpec
+
+    m = Manifest(name="ok", version=1, profile="x86-64-cpu", format="onnx", runtime="onnxruntime", precision="fp32",
+                 model_file="model.onnx", inputs=[TensorSpec("x", "float32", [1, 4])],
+                 outputs=[TensorSpec("y", "float32", [1, 2])], files=[FileEntry("model.onnx", 1, "0" * 64)])
+    profile = tomllib.loads((builtin_profile_dir() / "x86-64-cpu.toml").read_text())
+    return [(lambda n: Manifest.from_dict({**m.to_dict(), "name": n}), ManifestError),
+            (model_name, argparse.ArgumentTypeError),
+            (lambda n: profile_from_dict({**profile, "name": n}), ProfileError)]
+
+
+def _fleet_upload_accepts(client: Any, token: str, name: str) -> bool:
+    r = client.post("/api/v1/bundles", params={"filename": name}, content=b"not a bundle",
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+    assert r.status_code in (400, 422), r.text  # the name refused (422), or the body as not a bundle
+    return r.status_code != 422
+
+
+def test_bundle_profile_and_upload_names_follow_one_rule(tmp_path):
+    """The name pattern was written out three times (bundle manifest, device profiles, the fleet's upload route), so
+    they could drift apart; and `$` let a name end in a newline ("digits\\n" was a valid bundle name). Now they (and
+    edge-convert's --name, which imported the manifest's private copy) use device_profiles.NAME_RE, re-exported as
+    edge_agent.bundle.NAME_RE, and agree on every name."""
+    from starlette.testclient import TestClient
+
+    import device_profiles
+    from edge_agent import bundle
+    from edge_fleet.access import create_token, local_actor
+    from edge_fleet.api import routes_bundles
+    from edge_fleet.api.app import create_app
+    from edge_fleet.api.deps import ApiState
+    from edge_fleet.registry import open_registry
+
+    assert bundle.NAME_RE is device_profiles.NAME_RE
+    rule = bundle.NAME_RE
+    copies = [v for mod in (bundle.manifest, device_profiles, routes_bundles) for v in vars(mod).values()
+              if isinstance(v, type(rule)) and v.pattern == rule.pattern and v is not rule]
+    assert not copies
+    reg = open_registry(tmp_path / "fleet.db", store_dir=tmp_path / "bundles")
+    token = create_token(reg, local_actor(), "admin", "admin")[0]
+    with TestClient(create_app(ApiState(reg, max_upload=1_000_000), console=False)) as client:
+        for name in GOOD_NAMES + BAD_NAMES:
+            answers = [_accepts(check, refusal, name) for check, refusal in _local_checks()]
+            answers.append(_fleet_upload_accepts(client, token, name))
+            assert answers == [name in GOOD_NAMES] * 4, name
+    reg.close()
