@@ -234,3 +234,31 @@ def test_bundle_profile_and_upload_names_follow_one_rule(tmp_path):
             answers.append(_fleet_upload_accepts(client, token, name))
             assert answers == [name in GOOD_NAMES] * 4, name
     reg.close()
+
+
+# ---- 4. broker passwords in printed output ----------------------------------------------------------------------
+
+
+def test_edge_device_unit_never_prints_a_broker_password(capsys):
+    """`edge-device unit --broker mqtt://user:PASS@host` printed the password in ExecStart, into a unit file Ansible
+    installs world-readable (and the process list). `unit` now refuses it as setup does (exit 2, the URL shown with
+    ***), pointing at --credentials; without a password it renders the unit as before."""
+    from edge_device.cli import main as device_main
+
+    assert device_main(["unit", "--broker", "mqtt://dev:s3cret@fleet:1883", "--device-id", "pi-1"]) == 2
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err and "mqtt://dev:***@fleet:1883" in err and "--credentials" in err
+    assert device_main(["unit", "--broker", "mqtt://dev@fleet:1883", "--device-id", "pi-1", "--credentials"]) == 0
+    out = capsys.readouterr().out
+    assert "serve --broker mqtt://dev@fleet:1883 --device-id pi-1 --credentials /opt/edgekit/credentials.env" in out
+
+
+@pytest.mark.parametrize("url", ["mqtt://dev:s3cret@fleet:notaport", "http://dev:s3cret@fleet:1883"])
+def test_a_malformed_broker_url_is_named_without_its_password(url):
+    """A malformed broker URL was quoted whole in its one-line error, password included: `edge-agent serve`,
+    `run --mqtt-telemetry` and `edge-fleet serve` printed it on the terminal and in the journal."""
+    from edge_agent.ota.broker_url import parse_broker_url
+
+    with pytest.raises(ValueError) as exc:
+        parse_broker_url(url)
+    assert "s3cret" not in str(exc.value) and "dev:***@fleet" in str(exc.value)
