@@ -262,3 +262,67 @@ def test_a_malformed_broker_url_is_named_without_its_password(url):
     with pytest.raises(ValueError) as exc:
         parse_broker_url(url)
     assert "s3cret" not in str(exc.value) and "dev:***@fleet" in str(exc.value)
+
+
+# ---- 5. edge-device flash verifies on the host first -------------------------------------------------------------
+
+
+def _loopback_device(tmp: Path, trusted_pub: Path) -> tuple[Any, Path]:
+    """(sshd, remote dir): an sshd "device" whose REMOTE_DIR holds what setup leaves (service.json, the agent home
+    trusting `trusted_pub`, venv/bin/edge-agent: this checkout's agent) without setup's pip install."""
+    import os
+    import sys
+
+    from edge_agent.bundle import key_id, load_public_key
+
+    from .serving_helpers import REPO
+    from .sshd_helpers import start_sshd
+
+    remote = tmp / "opt-edgekit"
+    (remote / "agent" / "trusted").mkdir(parents=True)
+    (remote / "venv" / "bin").mkdir(parents=True)
+    kid = key_id(load_public_key(trusted_pub))
+    (remote / "agent" / "trusted" / f"{kid}.pub").write_bytes(trusted_pub.read_bytes())
+    agent = remote / "venv" / "bin" / "edge-agent"
+    agent.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m edge_agent.cli \"$@\"\n")
+    os.chmod(agent, 0o755)
+    (remote / "service.json").write_text(json.dumps({"broker": "mqtt://127.0.0.1:1", "device_id": "loop",
+                                                     "profile": "x86-64-cpu", "user": "root", "systemd": False}))
+    return start_sshd(tmp / "sshd"), remote
+
+
+def test_flash_verifies_the_bundle_on_the_host_before_pushing_it(tmp_path, capsys, monkeypatch):
+    """`edge-device flash` copied the bundle to the device, then let the device's `edge-agent verify` refuse it: an
+    altered or untrusted bundle left the host. Now it is verified here first, against the keys the device trusts:
+    one line, the bundle's own code (13 untrusted, 14 altered), nothing pushed. The copy hook stops any push after
+    one byte, so a push would show as 84 and a .part file on the device; a good bundle still gets pushed."""
+    from edge_agent.errors import exit_code
+    from edge_device.cli import main as device_main
+
+    from .test_bundle_tamper import members, repack
+
+    manifest, folder = dynamic_batch_model(tmp_path / "linear")
+    key, pub = generate_keypair(tmp_path / "keys")
+    other_key, _ = generate_keypair(tmp_path / "other")
+    good = write_bundle(tmp_path / "good.edgebundle", manifest, {"model.onnx": folder / "model.onnx"},
+                        load_private_key(key))
+    untrusted = write_bundle(tmp_path / "untrusted.edgebundle", manifest, {"model.onnx": folder / "model.onnx"},
+                             load_private_key(other_key))
+    altered = repack(tmp_path / "altered.edgebundle",
+                     [(i, d[:-1] + bytes([d[-1] ^ 1]) if i.name == "model.onnx" else d) for i, d in members(good)])
+    server, remote = _loopback_device(tmp_path, pub)
+    monkeypatch.setenv("EDGEKIT_TEST_STOP_COPY_AFTER", "1")
+    try:
+        for bundle, code in ((untrusted, exit_code("signature")), (altered, exit_code("hash-mismatch")),
+                             (good, exit_code("copy-interrupted"))):
+            capsys.readouterr()
+            got = device_main(["flash", str(bundle), server.target, *server.cli_args(), "--remote-dir", str(remote)])
+            err = capsys.readouterr().err
+            assert got == code, err
+            pushed = [p.name for p in (remote / "incoming").glob("*edgebundle*")]
+            if bundle is not good:
+                assert err.count("\n") == 1 and "not pushed" in err and not pushed, err
+            else:
+                assert pushed  # the interrupted copy's .part: a good bundle goes on to the device
+    finally:
+        server.stop()
