@@ -373,3 +373,43 @@ def test_tf_serving_b64_images_are_capped_per_request_like_kserve(tmp_path):
     finally:
         stop_serving(server)
         session.close()
+
+
+# ---- 7. the fleet server's "registry away" state -----------------------------------------------------------------
+
+
+def test_fleet_server_takes_only_database_outages_for_registry_away(tmp_path, caplog):
+    """FleetServer._record took any exception for "the registry is away": a bug (or data the registry refuses) was
+    logged without its traceback, once, and set the catch-up flag, so the same message was refused again at every
+    catch-up. Now a real outage (here the file locked by another writer past the busy timeout) still sets it, and
+    anything else is logged with its traceback and leaves the server's state alone."""
+    import logging
+    import sqlite3
+
+    from edge_agent.ota.protocol import Telemetry, dumps
+    from edge_fleet.registry import open_registry
+    from edge_fleet.server import FleetServer
+
+    reg = open_registry(tmp_path / "fleet.db", store_dir=tmp_path / "bundles")
+    server = FleetServer(reg, "mqtt://127.0.0.1:1")  # not started: _record is the registry writer's step
+    topic, payload = server.topics.telemetry("pi-1"), dumps(Telemetry(model=None, inferences=3, errors=0))
+    server._record(topic, payload)
+    assert not server._missed.is_set()
+
+    reg._db.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined] - not 30 s for the lock below
+    other = sqlite3.connect(tmp_path / "fleet.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process writing for longer than the busy timeout
+    try:
+        server._record(topic, payload)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert server._missed.is_set()
+    server._missed.clear()
+
+    reg.close()  # a bug: the registry used after it was closed (sqlite3.ProgrammingError)
+    with caplog.at_level(logging.WARNING, logger="edge_fleet.server"):
+        server._record(topic, payload)
+    assert not server._missed.is_set()
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.levelno == logging.ERROR and isinstance(record.exc_info[1], sqlite3.ProgrammingError)
