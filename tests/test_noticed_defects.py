@@ -328,53 +328,6 @@ def test_flash_verifies_the_bundle_on_the_host_before_pushing_it(tmp_path, capsy
         server.stop()
 
 
-# ---- 6. TF Serving b64 images: the same per-request image cap as KServe ------------------------------------------
-
-
-def test_tf_serving_b64_images_are_capped_per_request_like_kserve(tmp_path):
-    """KServe BYTES inputs were capped at 64 images a request (413), but TF Serving's {"b64": ...} values were not:
-    a body under the JSON limit holding thousands of tiny PNGs was decoded and run image by image, holding a worker
-    for all of them. Both now share the one cap (images.MAX_IMAGES); the 32 MP per-image cap already held for b64."""
-    import base64
-    import io
-
-    import httpx
-    from PIL import Image
-
-    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
-    from edge_agent.runtimes import load_session
-    from edge_agent.serving import BatchPolicy, HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
-
-    MAX_IMAGES = 64  # docs/serving.md: "at most 64 images a request"
-
-    from .camera_helpers import constant_detector_onnx
-
-    (tmp_path / "m").mkdir()
-    constant_detector_onnx(tmp_path / "m" / "model.onnx", {"logits": np.array([[1.0, 2.0, 3.0]])}, (1, 3, 16, 16))
-    manifest = Manifest(name="constant", version=1, profile="x86-64-cpu", format="onnx", runtime="onnxruntime",
-                        precision="fp32", model_file="model.onnx",
-                        inputs=[TensorSpec("image", "float32", [1, 3, 16, 16], "NCHW")],
-                        outputs=[TensorSpec("logits", "float32", [1, 3])],
-                        preprocess=Preprocess(kind="image", color="RGB", size=[16, 16], scale=1 / 255),
-                        postprocess=Postprocess(kind="classification"), labels=["a", "b", "c"])
-    session = load_session(tmp_path / "m", manifest, threads=1)
-    buf = io.BytesIO()
-    Image.new("RGB", (2, 2)).save(buf, format="PNG")
-    png = {"b64": base64.b64encode(buf.getvalue()).decode()}
-    server = start_serving(ModelHolder(ServedModel(manifest, session)), BatchPolicy(), HttpOptions(port=0))
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            for body in ({"instances": [png] * (MAX_IMAGES + 1)}, {"inputs": [png] * (MAX_IMAGES + 1)},
-                         {"instances": [{"image": png}] * (MAX_IMAGES + 1)}):
-                r = client.post("/v1/models/constant:predict", json=body)
-                assert r.status_code == 413 and f"at most {MAX_IMAGES} images a request" in r.json()["error"], r.text[:300]
-            r = client.post("/v1/models/constant:predict", json={"instances": [png] * MAX_IMAGES})
-            assert r.status_code == 200 and len(r.json()["predictions"]) == MAX_IMAGES
-    finally:
-        stop_serving(server)
-        session.close()
-
-
 # ---- 7. the fleet server's "registry away" state -----------------------------------------------------------------
 
 
@@ -413,3 +366,4 @@ def test_fleet_server_takes_only_database_outages_for_registry_away(tmp_path, ca
     assert not server._missed.is_set()
     [record] = [r for r in caplog.records if r.exc_info]
     assert record.levelno == logging.ERROR and isinstance(record.exc_info[1], sqlite3.ProgrammingError)
+
