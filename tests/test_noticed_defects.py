@@ -111,6 +111,34 @@ def test_json_lines_sink_writes_null_for_nan(tmp_path):
     assert strict_json(line) == {"frame": 0, "score": None, "top_k": [{"score": None}, {"score": 0.5}]}
 
 
+
+def test_conversion_report_of_a_model_answering_nan_is_strict_json(tmp_path, capsys):
+    """A model answering NaN on the eval data (here log of negative inputs) made `edge-convert convert --json` and the
+    .report.json write "max_abs_diff": NaN: the report could not be read by anything but Python. Now those are null."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converter.cli import main as convert_main
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["l"]), helper.make_node("MatMul", ["l", "W"], ["y"])],
+                              "log", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "log.onnx")
+    key, _ = generate_keypair(tmp_path / "keys")
+    x = -np.abs(np.random.default_rng(0).normal(size=(8, 4))).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x, labels=np.zeros(8, np.int64))
+    out = tmp_path / "log.edgebundle"
+    capsys.readouterr()
+    assert convert_main(["--quiet", "convert", str(tmp_path / "log.onnx"), "--profile", "x86-64-cpu", "--key", str(key),
+                         "--out", str(out), "--bench-runs", "0", "--precision", "fp32", "--eval",
+                         str(tmp_path / "eval.npz"), "--json"]) == 0
+    printed = strict_json(capsys.readouterr().out)
+    report = strict_json(Path(str(out) + ".report.json").read_text())
+    assert printed == report and report["measurements"]["accuracy"]["max_abs_diff"] is None
+
 # ---- 2. Ctrl-C in `edge-agent run --source` --------------------------------------------------------------------
 
 
