@@ -17,6 +17,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from edge_agent.bundle import NAME_RE
+
 from .. import actions
 from ..access import Actor
 from ..errors import NotFound
@@ -27,7 +29,6 @@ from .deps import ApiState, Paging, actor, page, paging, registry, state
 from .errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["bundles"])
-_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _bundle(reg: Registry, sha256: str) -> BundleRecord:
@@ -66,7 +67,7 @@ async def upload_bundle(request: Request, who: Actor = Depends(actor), st: ApiSt
                                               description="the file's name, used in error messages")) -> dict[str, Any]:
     actions.require(st.registry, who, "admin", "publish", filename)  # before reading a byte of the body
     name = Path(filename).name
-    if not _FILENAME.match(name):
+    if not NAME_RE.match(name):  # the bundle format's name rule: a file name safe in the store
         raise ApiError(422, "invalid-request", f"filename must be 1-128 of [A-Za-z0-9._-], got {filename!r}", 2)
     form = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # `curl -F file=@x.edgebundle`: the form's envelope was refused as a corrupt bundle ("re-download it"); plain

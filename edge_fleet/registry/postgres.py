@@ -142,6 +142,7 @@ class PostgresRegistry(SqlRegistry):
     _JSON_NUM = "({col}::jsonb ->> '{key}')::float8"
     _CONTAINS = "strpos(id, ?) > 0"
     _INTEGRITY_ERROR = psycopg.errors.UniqueViolation
+    UNAVAILABLE = (*SqlRegistry.UNAVAILABLE, psycopg.OperationalError, psycopg.InterfaceError)  # server gone, link cut
 
     def __init__(self, url: str, store_dir: Path | None = None) -> None:
         self.url = url

@@ -26,6 +26,8 @@ _LEGACY_COLUMNS = (("source_url", 2), ("stage_soak", 3))
 class SqliteRegistry(SqlRegistry):
     """Thread-safe access to one SQLite registry file (one connection guarded by a lock)."""
 
+    UNAVAILABLE = (*SqlRegistry.UNAVAILABLE, sqlite3.OperationalError)  # locked past the busy timeout, I/O error
+
     def __init__(self, db_path: Path, store_dir: Path | None = None) -> None:
         self.db_path = Path(db_path).expanduser()
         self.store_dir = Path(store_dir) if store_dir else self.db_path.parent / "bundles"
