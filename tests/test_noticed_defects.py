@@ -134,10 +134,12 @@ def test_conversion_report_of_a_model_answering_nan_is_strict_json(tmp_path, cap
     capsys.readouterr()
     assert convert_main(["--quiet", "convert", str(tmp_path / "log.onnx"), "--profile", "x86-64-cpu", "--key", str(key),
                          "--out", str(out), "--bench-runs", "0", "--precision", "fp32", "--eval",
-                         str(tmp_path / "eval.npz"), "--json"]) == 0
+                         str(tmp_path / "eval.npz"), "--json", "--force"]) == 0  # the gate refuses NaN answers
     printed = strict_json(capsys.readouterr().out)
     report = strict_json(Path(str(out) + ".report.json").read_text())
-    assert printed == report and report["measurements"]["accuracy"]["max_abs_diff"] is None
+    accuracy = report["measurements"]["accuracy"]
+    assert printed == report and accuracy["max_abs_diff"] is None and accuracy["float_non_finite_samples"] == 8
+    assert accuracy["passed"] is False and accuracy["forced"] is True
 
 # ---- 2. Ctrl-C in `edge-agent run --source` --------------------------------------------------------------------
 

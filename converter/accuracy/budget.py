@@ -26,7 +26,7 @@ class Budget:
 
     def failures(self, s: dict[str, Any], task: str) -> list[str]:
         """Reasons score s (from converter.accuracy.metrics.score) breaks the budget; empty when it holds."""
-        reasons = []
+        reasons = non_finite_reasons(s)
         if s["agreement"] < self.min_agreement and (task != "generic"):
             reasons.append(f"{s['metric']} {s['agreement']:.2%} < {self.min_agreement:.2%}")
         if "top1_drop_points" in s and s["top1_drop_points"] > self.max_top1_drop:
@@ -36,6 +36,19 @@ class Budget:
         if task == "generic" and s["mean_cosine"] < self.min_cosine:
             reasons.append(f"mean cosine {s['mean_cosine']:.4f} < {self.min_cosine}")
         return reasons
+
+
+def non_finite_reasons(s: dict[str, Any]) -> list[str]:
+    """NaN/inf answers fail any budget: the figures beside them say nothing about those samples."""
+    reasons, n = [], s.get("samples")
+    of = f" of {n}" if n else ""
+    if s.get("non_finite_samples"):
+        reasons.append(f"the converted model answers NaN or inf on {s['non_finite_samples']}{of} samples where float "
+                       "does not (an fp16 overflow? keep the layers that overflow float, or use int8)")
+    if s.get("float_non_finite_samples"):
+        reasons.append(f"the float model itself answers NaN or inf on {s['float_non_finite_samples']}{of} samples: "
+                       "they cannot be compared (check the data's range and preprocessing)")
+    return reasons
 
 
 def parse_budget(text: str) -> dict[str, float]:

@@ -10,6 +10,7 @@ generic         anything else           agreement = share of samples with cosine
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,15 +39,38 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).astype(np.float64)
 
 
+def finite_rows(a: np.ndarray) -> np.ndarray:
+    """Per sample, whether every value of it is a number (an fp16 overflow gives inf, then NaN)."""
+    return np.isfinite(_flat(a)).all(1)
+
+
+def non_finite_counts(ref: np.ndarray, cand: np.ndarray) -> dict[str, int]:
+    """Samples the candidate answers NaN/inf where float does not, and samples float itself answers so."""
+    r_ok, c_ok = finite_rows(ref), finite_rows(cand)
+    counts = {"non_finite_samples": int((r_ok & ~c_ok).sum()), "float_non_finite_samples": int((~r_ok).sum())}
+    return {k: v for k, v in counts.items() if v}
+
+
 def cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per sample; 0 where either side is not a number (NaN norms used to fall through to 1.0: a model
+    answering NaN everywhere scored a perfect cosine and passed the gate)."""
     r, c = _flat(ref), _flat(cand)
+    ok = np.isfinite(r).all(1) & np.isfinite(c).all(1)
+    r, c = np.where(ok[:, None], r, 0.0), np.where(ok[:, None], c, 0.0)
     norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-    return np.where(norms > 0, (r * c).sum(1) / np.maximum(norms, 1e-30), 1.0)
+    return np.where(ok, np.where(norms > 0, (r * c).sum(1) / np.maximum(norms, 1e-30), 1.0), 0.0)
 
 
 def error(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Mean squared error over the reference's variance (0 = identical)."""
+    """Mean squared error over the reference's variance (0 = identical), on the samples float answers with
+    numbers; infinite when the candidate answers NaN/inf on any of them (it ranks last)."""
     r, c = _flat(ref), _flat(cand)
+    keep = np.isfinite(r).all(1)
+    r, c = r[keep], c[keep]
+    if not np.isfinite(c).all():
+        return math.inf
+    if not len(r):
+        return 0.0
     return float(((r - c) ** 2).mean() / max(float(r.var()), 1e-12))
 
 
@@ -69,7 +93,7 @@ def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
     """{'agreement': share in [0, 1], 'metric': its name, ...details} for one output tensor."""
     if task == "classification":
         r, c = _flat(ref), _flat(cand)
-        same = r.argmax(1) == c.argmax(1)
+        same = hits(ref, cand, task)
         out: dict[str, Any] = {"agreement": float(same.mean()), "metric": "top1_agreement"}
         if r.shape[1] > 1:
             # Where the float model itself barely prefers its answer, any perturbation flips it; report
@@ -81,26 +105,31 @@ def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
                 out["clear_agreement"] = round(float(same[clear].mean()), 6)
         return out
     if task == "map":
-        iou = map_iou(ref, cand)
+        iou = np.where(_both_finite(ref, cand), map_iou(ref, cand), 0.0)
         return {"agreement": float((iou >= MAP_IOU).mean()), "metric": f"share_iou>={MAP_IOU}",
                 "mean_iou": round(float(iou.mean()), 6)}
     if task == "sequence":
-        same = ref.argmax(-1) == cand.argmax(-1)
+        same = hits(ref, cand, task).reshape(len(ref), -1)
         return {"agreement": float(same.mean()), "metric": "timestep_argmax_agreement",
-                "sequence_equal": round(float(same.reshape(len(same), -1).all(1).mean()), 6)}
-    cos = cosine(ref, cand)
-    return {"agreement": float((cos >= GENERIC_COSINE).mean()), "metric": f"share_cosine>={GENERIC_COSINE}"}
+                "sequence_equal": round(float(same.all(1).mean()), 6)}
+    return {"agreement": float(hits(ref, cand, task).mean()), "metric": f"share_cosine>={GENERIC_COSINE}"}
+
+
+def _both_finite(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    return finite_rows(ref) & finite_rows(cand)
 
 
 def hits(ref: np.ndarray, cand: np.ndarray, task: str) -> np.ndarray:
     """Per unit (sample; timestep for sequences), whether the candidate agrees: what `agreement` is the mean of,
     and what converter.accuracy.paired compares between two candidates on the same inputs."""
+    ok = _both_finite(ref, cand)  # a sample answered with NaN/inf never agrees (argmax picks the first NaN)
     if task == "classification":
-        return _flat(ref).argmax(1) == _flat(cand).argmax(1)
+        return (_flat(ref).argmax(1) == _flat(cand).argmax(1)) & ok
     if task == "map":
-        return map_iou(ref, cand) >= MAP_IOU
+        return (map_iou(ref, cand) >= MAP_IOU) & ok
     if task == "sequence":
-        return (ref.argmax(-1) == cand.argmax(-1)).ravel()
+        same = ref.argmax(-1) == cand.argmax(-1)
+        return (same.reshape(len(ref), -1) & ok[:, None]).ravel()
     return cosine(ref, cand) >= GENERIC_COSINE
 
 
@@ -111,6 +140,7 @@ def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | Non
     s["agreement"] = round(s["agreement"], 6)
     s["error"] = round(error(ref, cand), 8)
     s["mean_cosine"] = round(float(cosine(ref, cand).mean()), 6)
+    s.update(non_finite_counts(ref, cand))
     if task == "classification" and labels is not None:
         f = float((_flat(ref).argmax(1) == labels).mean())
         q = float((_flat(cand).argmax(1) == labels).mean())

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..accuracy.metrics import agreement
+from ..accuracy.budget import non_finite_reasons
+from ..accuracy.metrics import agreement, cosine, hits, non_finite_counts
 from ..errors import GateFailed
 from .base import ConversionContext, Pass
 
@@ -26,17 +27,16 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
     """The gate's metrics for one output tensor (first axis = sample)."""
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
-    dot = (ref * cand).sum(1)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
+    diff = np.abs(ref - cand)
     m: dict[str, Any] = {
         "samples": int(len(ref)),
-        "max_abs_diff": round(float(np.abs(ref - cand).max()), 6),
-        "mean_cosine": round(float(cosine.mean()), 6),
+        "max_abs_diff": round(float(diff.max()), 6) if np.isfinite(diff).all() else None,  # null: NaN/inf answers
+        "mean_cosine": round(float(cosine(ref, cand).mean()), 6),
+        **non_finite_counts(ref, cand),
     }
     if classification:
         ref_top, cand_top = ref.argmax(1), cand.argmax(1)
-        m["top1_agreement"] = round(float((ref_top == cand_top).mean()), 6)
+        m["top1_agreement"] = round(float(hits(ref, cand, "classification").mean()), 6)
         if labels is not None:
             m["float_top1_accuracy"] = round(float((ref_top == labels).mean()), 6)
             m["converted_top1_accuracy"] = round(float((cand_top == labels).mean()), 6)
@@ -51,7 +51,7 @@ def is_classification(ctx: ConversionContext) -> bool:
 
 def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_cosine: float) -> list[str]:
     """Human-readable reasons the metrics break the budget (empty when they hold)."""
-    reasons = []
+    reasons = non_finite_reasons(m)
     if "top1_drop_points" in m and m["top1_drop_points"] > max_drop:
         reasons.append(f"top-1 accuracy dropped {m['top1_drop_points']:.2f} points (budget {max_drop:.2f})")
     if "top1_agreement" in m and m["top1_agreement"] < min_agreement:
@@ -67,6 +67,8 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
 
 def way_forward(ctx: ConversionContext, m: dict[str, Any]) -> str:
     """What the user can do about a miss, as exact command lines: accept this candidate's figures, or go fp16."""
+    if non_finite_reasons(m):  # no budget accepts NaN answers, and fp16 is where overflows come from
+        return "Nothing to accept: fix the data or the model's overflow first; --force writes it as is"
     base = ["edge-convert", *ctx.options.command] if ctx.options.command else ["edge-convert", "convert", "..."]
     budget, parts = ctx.budget(), []
     if m.get("top1_drop_points", 0.0) > budget.max_top1_drop:
