@@ -17,8 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str) -> np.ndarray:
-    """Arrays are (N, *input shape without batch); accept (N, *shape) with a leading batch of 1 too."""
+    """Arrays are (N, *input shape without batch); accept (N, *shape) with a leading batch of 1 too. Values must be
+    finite numbers: strings failed with a bare 'could not convert string to float' (exit 1), complex numbers lost
+    their imaginary part silently, and one NaN made calibration fail with ORT's 'scale issue' (exit 1)."""
     want = spec.shape[1:]
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{origin}: array {name!r} holds {array.dtype} values; model input {spec.name!r} takes "
+                        f"numbers ({spec.dtype}): save numeric arrays")
     if array.ndim == len(spec.shape) + 1 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != len(spec.shape):
@@ -26,7 +31,12 @@ def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str
     for got, w in zip(array.shape[1:], want):
         if isinstance(w, int) and w > 0 and got != w:
             raise DataError(f"{origin}: array {name!r} has shape {array.shape}; expected (N, {', '.join(map(str, want))})")
-    return np.ascontiguousarray(array.astype(feed_dtype(spec)))
+    fed = np.ascontiguousarray(array.astype(feed_dtype(spec)))
+    if fed.dtype.kind == "f" and not np.isfinite(fed).all():
+        bad = int(np.flatnonzero(~np.isfinite(fed).reshape(len(fed), -1).all(axis=1))[0])
+        raise DataError(f"{origin}: array {name!r} holds NaN or infinity (first in sample {bad}): calibration and "
+                        "eval data must be finite (fill or drop those samples)")
+    return fed
 
 
 def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:

@@ -1,0 +1,110 @@
+"""`edge-convert convert` probed as a new ML engineer uses it: data files with odd values, token models with masks.
+
+Each test runs the real CLI on a tiny ONNX graph built here (a conversion takes a second or two) and checks the
+one line and the documented exit code (docs/exit-codes.md) a user gets instead of a traceback or exit 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.cli import main
+from edge_agent.errors import exit_code
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory) -> Path:
+    from edge_agent.bundle import generate_keypair
+
+    return generate_keypair(tmp_path_factory.mktemp("keys"))[0]
+
+
+def linear_model(path: Path, features: int = 4, classes: int = 3) -> Path:
+    """x [N, features] float -> MatMul -> scores [N, classes]: the smallest classifier a gate can score."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((features, classes)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["scores"])], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def token_model(path: Path, vocab: int = 20, width: int = 6, classes: int = 3) -> Path:
+    """ids [N, L] int64 and a bool padding mask [N, L] -> mean of masked embeddings -> scores: a text classifier."""
+    rng = np.random.default_rng(1)
+    table = numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.standard_normal((width, classes)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "axes"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["kept"]),
+             helper.make_node("ReduceMean", ["kept"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["scores"])]
+    graph = helper.make_graph(nodes, "tokens",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8]),
+                               helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+                              [table, w, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def convert(model: Path, key: Path, out: Path, *extra: str) -> int:
+    return main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(key), "--out", str(out),
+                 "--bench-runs", "0", *extra])
+
+
+def samples(n: int = 16, features: int = 4) -> np.ndarray:
+    return np.random.default_rng(2).standard_normal((n, features)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_calibration_with_nan_or_infinity_is_a_data_error_naming_the_sample(bad, key, tmp_path, capsys):
+    """One NaN in a calibration .npz ended in ORT's bare 'edge-convert: error: scale issue' (exit 1, a 'bug');
+    one infinity gave a gate failure about agreement. Both now name the array and the sample: exit 22."""
+    x = samples()
+    x[3, 1] = float(bad)
+    np.savez(tmp_path / "calib.npz", x=x)
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration",
+                 str(tmp_path / "calib.npz"), "--json")
+    out, err = capsys.readouterr()
+    assert rc == exit_code("data"), err
+    assert err.count("\n") == 1 and "array 'x' holds NaN or infinity (first in sample 3)" in err, err
+    assert json.loads(out.strip().splitlines()[-1])["exit_code"] == exit_code("data")
+
+
+@pytest.mark.parametrize("values", [np.full((8, 4), "a"), np.ones((8, 4), np.complex64)], ids=["strings", "complex"])
+def test_non_numeric_calibration_arrays_are_a_data_error(values, key, tmp_path, capsys):
+    """Strings failed with 'could not convert string to float' (exit 1); complex arrays were cast to float with their
+    imaginary part dropped and converted without a word. Both are refused with the dtype named (exit 22)."""
+    np.savez(tmp_path / "calib.npz", x=values)
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration",
+                 str(tmp_path / "calib.npz"))
+    err = capsys.readouterr().err
+    assert rc == exit_code("data"), err
+    assert f"array 'x' holds {values.dtype} values" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.edgebundle").exists()
+
+
+def test_a_token_model_with_a_bool_padding_mask_calibrates(key, tmp_path, capsys):
+    """A text classifier taking int64 ids and a bool mask failed right after loading its calibration .npz with numpy's
+    'boolean subtract ... is not supported' (exit 1: the same-data check subtracted bools). It now converts to int8,
+    and an all-true mask (no padding) draws no 'same in all samples' warning."""
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", ids=rng.integers(0, 20, (16, 8)), mask=np.ones((16, 8), bool))
+    out = tmp_path / "t.edgebundle"
+    assert convert(token_model(tmp_path / "t.onnx"), key, out, "--calibration", str(tmp_path / "calib.npz")) == 0
+    err = capsys.readouterr().err
+    assert "same in all" not in err, err
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["precision"].startswith("int8")
