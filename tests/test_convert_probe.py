@@ -108,3 +108,19 @@ def test_a_token_model_with_a_bool_padding_mask_calibrates(key, tmp_path, capsys
     assert "same in all" not in err, err
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["precision"].startswith("int8")
+
+
+@pytest.mark.parametrize("labels, says", [
+    (np.array(["cat", "dog"] * 8), "'labels' holds <U3 values: give integer class indices"),
+    (np.eye(3, dtype=np.float32)[np.arange(16) % 3], "'labels' has shape (16, 3), a row per sample (one-hot?)"),
+    (np.arange(16) % 3 + 0.5, "'labels' holds 0.5, not a class index"),
+], ids=["strings", "one-hot", "fractional"])
+def test_eval_labels_that_are_not_class_indices_are_a_data_error(labels, says, key, tmp_path, capsys):
+    """String labels failed with 'invalid literal for int()' (exit 1); one-hot labels said "'labels' has 48 entries
+    but the inputs have 16"; fractional labels were truncated to classes silently and gated on. Exit 22 with the fix."""
+    np.savez(tmp_path / "eval.npz", x=samples(), labels=labels)
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp32",
+                 "--eval", str(tmp_path / "eval.npz"))
+    err = capsys.readouterr().err
+    assert rc == exit_code("data"), err
+    assert says in err and err.count("\n") == 1, err

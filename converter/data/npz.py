@@ -65,10 +65,27 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
     if len(counts) != 1 or 0 in counts:
         raise DataError(f"{path}: inputs must hold the same, non-zero number of samples")
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        if len(labels) != counts.pop():
-            raise DataError(f"{path}: 'labels' has {len(labels)} entries but the inputs have {len(next(iter(feeds.values())))}")
+        labels = class_indices(labels, counts.pop(), path)
     return Dataset(feeds, labels, origin=str(path))
+
+
+def class_indices(labels: np.ndarray, count: int, path: Path) -> np.ndarray:
+    """An .npz's `labels` as int64 class indices, one per sample. String labels failed with 'invalid literal for
+    int()' (exit 1), fractional ones were truncated without a word, one-hot rows were counted as 'N*C entries'."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise DataError(f"{path}: 'labels' holds {labels.dtype} values: give integer class indices (0 = the first "
+                        "line of --labels)")
+    if labels.ndim == 2 and labels.shape == (count, labels.shape[1]) and labels.shape[1] > 1:
+        raise DataError(f"{path}: 'labels' has shape {labels.shape}, a row per sample (one-hot?): give one class index "
+                        "per sample, e.g. labels.argmax(1)")
+    labels = labels.reshape(-1)
+    if len(labels) != count:
+        raise DataError(f"{path}: 'labels' has {len(labels)} entries but the inputs have {count}")
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))][0]
+        raise DataError(f"{path}: 'labels' holds {bad}, not a class index: give whole numbers 0..C-1")
+    return labels.astype(np.int64)
 
 
 def load_npy(path: Path, inputs: list[TensorSpec]) -> Dataset:
