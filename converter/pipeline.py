@@ -126,6 +126,7 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
         run_passes(base, prefix, on_pass)
         built: dict[str, ConversionContext] = {}
         records: dict[str, dict[str, Any]] = {}
+        unbuilt: dict[str, ConversionError] = {}
         for fmt in formats:
             ctx = _fork(base, fmt, Path(tmp) / fmt)
             t0 = time.perf_counter()
@@ -136,6 +137,8 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
                 records[fmt] = {"format": fmt, "precision": ctx.precision, "passed": False,
                                 **({} if built_it else {"built": False}), "reason": str(exc)}
                 log.warning("candidate %s %s: %s", fmt, "fails the gate" if built_it else "could not be built", exc)
+                if not built_it:
+                    unbuilt[fmt] = exc
                 continue
             records[fmt] = candidate_record(ctx, time.perf_counter() - t0)
             built[fmt] = ctx
@@ -143,6 +146,8 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
         pool = passing or (built if options.force else {})
         if not pool:
             reasons = "; ".join(f"{f}: {r['reason']}" for f, r in records.items())
+            if len(unbuilt) == len(formats):  # no gate ran: the first candidate's own error and code (no --calibration: 2)
+                raise type(unbuilt[formats[0]])(f"no --format auto candidate could be built ({reasons})")
             raise GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})")
         if on_pass:
             on_pass("select-format", 0, 1)

@@ -124,3 +124,15 @@ def test_eval_labels_that_are_not_class_indices_are_a_data_error(labels, says, k
     err = capsys.readouterr().err
     assert rc == exit_code("data"), err
     assert says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "auto"])
+def test_int8_without_calibration_data_is_a_usage_error(fmt, key, tmp_path, capsys):
+    """A profile asking for int8-static without --calibration said so, but with exit 1 ('other error', a bug to
+    report); with --format auto it even said 'no candidate passed the accuracy gate' (exit 30) though nothing had been
+    built. A missing option is a usage error (exit 2), under --format auto too."""
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--format", fmt, "--json")
+    out, err = capsys.readouterr()
+    assert rc == exit_code("usage"), err
+    assert "needs calibration data: pass --calibration" in err and "accuracy gate" not in err, err
+    assert json.loads(out.strip().splitlines()[-1])["error"] == "usage"

@@ -21,7 +21,7 @@ import onnx
 from ..accuracy.calibration_choice import candidates, sample_warning, select_method
 from ..accuracy.paired import keeps
 from ..options import PassOption
-from ..errors import ConversionError
+from ..errors import UsageError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
 from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq, quant_type
 from ..onnx.equalize import channel_maxima, equalize, find_pairs
@@ -93,7 +93,7 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
     info = describe(model)
     counts = ", ".join(f"{n} {op}" for op, n in info["ops"].items())
     if explicit and recipe in ("fp16", "int8-dynamic"):
-        raise ConversionError(
+        raise UsageError(
             f"{ctx.options.source} is already quantized ({counts}); --precision {recipe} would not undo that: "
             "convert the float model for fp16/int8-dynamic, or drop --precision to keep the model's own int8")
     src = ctx.float_model
@@ -326,7 +326,7 @@ class QuantizePass(Pass):
             return {"recipe": "int8-dynamic", "weight_type": "int8", "per_channel": prec.per_channel}
         # int8-static
         if ctx.calibration is None:
-            raise ConversionError(
+            raise UsageError(
                 f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
                 "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
             )
