@@ -95,7 +95,7 @@ def _prepare_folders(out: Path, report: Path | None) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
-    from .accuracy.budget import parse_budget
+    from .accuracy.budget import out_of_range, parse_budget
     from .options import ConvertOptions
     from .passes import declared_options
     from .pipeline import convert
@@ -106,6 +106,10 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
             budget = parse_budget(args.accuracy_budget)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    for flag, key, value in (("--min-agreement", "agreement", args.min_agreement),
+                             ("--max-accuracy-drop", "top1-drop", args.max_accuracy_drop)):
+        if value is not None and out_of_range(key, value):
+            raise UsageError(f"{flag} {value:g}: {out_of_range(key, value)}")
     labels = _read_labels(args.labels) if args.labels else None
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(

@@ -136,3 +136,19 @@ def test_int8_without_calibration_data_is_a_usage_error(fmt, key, tmp_path, caps
     assert rc == exit_code("usage"), err
     assert "needs calibration data: pass --calibration" in err and "accuracy gate" not in err, err
     assert json.loads(out.strip().splitlines()[-1])["error"] == "usage"
+
+
+@pytest.mark.parametrize("option, says", [
+    (["--min-agreement", "95"], "--min-agreement 95: agreement must be between 0 and 1 (0.95 = 95 %)"),
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop -1: top1-drop must be 0 to 100 points"),
+    (["--accuracy-budget", "top1-drop:-1"], "accuracy budget 'top1-drop:-1': top1-drop must be 0 to 100 points"),
+], ids=["agreement-95", "negative-drop", "negative-budget"])
+def test_gate_thresholds_that_cannot_hold_are_usage_errors_up_front(option, says, key, tmp_path, capsys):
+    """--min-agreement 95 (meant as 95 %) ran the whole int8 conversion, then failed its gate against 'budget >=
+    9500.00%' (exit 30) and suggested the command again; a negative drop budget did the same. Exit 2 before the import."""
+    np.savez(tmp_path / "calib.npz", x=samples())
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration",
+                 str(tmp_path / "calib.npz"), *option)
+    err = capsys.readouterr().err
+    assert rc == exit_code("usage") and err == f"edge-convert: error: {says}\n", err
+    assert not Path(str(tmp_path / "m.edgebundle") + ".report.json").exists()
