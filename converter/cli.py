@@ -13,7 +13,7 @@ from typing import Any
 
 from device_profiles import FORMATS
 from edge_agent import __version__
-from edge_agent.errors import run_main, unwind_on_sigterm
+from edge_agent.errors import report_failure, run_main, unwind_on_sigterm
 
 from .errors import UsageError, exit_codes_help
 from .options import whole_number
@@ -194,8 +194,20 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
+    """argparse with edgekit's failure shape: one line `edge-convert: error: ...` naming the --help to read (the convert
+    command printed its 35-line usage block above the error), and with --json the JSON error object on stdout (a
+    script reading stdout got nothing). Still exit 2 through SystemExit, as argparse does."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # type: ignore[override]
+            self.exit(report_failure("edge-convert", UsageError(f"{message} (see {self.prog} --help)"), json_errors))
+
+    return Parser
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    parser = _parser_class(json_errors)(
         prog="edge-convert",
         description="Convert trained models into signed, quantized bundles tuned for a device profile.",
         epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -294,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the gate prints the command that would accept a miss
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(json_errors="--json" in argv).parse_args(argv)
+    args.argv = argv  # the gate prints the command that would accept a miss
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:  # TensorFlow's C++ log (oneDNN notes, "failed call to cuInit" on a CPU host): -vv shows it

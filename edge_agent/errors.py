@@ -226,7 +226,9 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
         code = body()
         sys.stdout.flush()  # here, not at exit: a reader gone before a short output's only write is seen below
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # --json: the error object too (a script reading stdout got nothing on Ctrl-C/SIGTERM)
+        if json_mode:
+            print(json_failure("interrupted", "interrupted", exit_code("interrupted")), flush=True)
         print(f"{prog}: interrupted", file=sys.stderr)
         return exit_code("interrupted")
     except BrokenPipeError as exc:
@@ -272,14 +274,17 @@ def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbo
         log.debug("unexpected error", exc_info=exc)
     message = one_line(exc)
     if json_mode:
-        record: dict[str, Any] = {"ok": False, "error": getattr(exc, "kind", exc.__class__.__name__),
-                                  "message": message, "exit_code": code}
-        print(json.dumps(record))
+        print(json_failure(getattr(exc, "kind", exc.__class__.__name__), message, code))
     print(f"{prog}: error: {message}", file=sys.stderr)
     detail = getattr(exc, "detail", None)
     if detail and verbose:
         print(detail, file=sys.stderr)
     return code
+
+
+def json_failure(kind: str, message: str, code: int) -> str:
+    """The `--json` error object of docs/exit-codes.md, one line."""
+    return json.dumps({"ok": False, "error": kind, "message": message, "exit_code": code})
 
 
 class AgentError(EdgekitError):

@@ -152,3 +152,35 @@ def test_gate_thresholds_that_cannot_hold_are_usage_errors_up_front(option, says
     err = capsys.readouterr().err
     assert rc == exit_code("usage") and err == f"edge-convert: error: {says}\n", err
     assert not Path(str(tmp_path / "m.edgebundle") + ".report.json").exists()
+
+
+def test_a_usage_error_is_one_line_and_with_json_a_json_object(key, tmp_path, capsys):
+    """`edge-convert convert ... --top-k 0` printed the convert command's 35-line usage block above its error, and
+    with --json nothing on stdout (docs/exit-codes.md: --json prints the error object on every failure). Now one line
+    naming the --help to read, the JSON object on stdout with --json; still exit 2."""
+    argv = ["convert", str(linear_model(tmp_path / "m.onnx")), "--profile", "raspberry-pi-4", "--key", str(key),
+            "--out", str(tmp_path / "m.edgebundle"), "--top-k", "0"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == exit_code("usage")
+    assert err == "edge-convert: error: argument --top-k: must be at least 1, got 0 (see edge-convert convert --help)\n"
+    assert json.loads(out) == {"ok": False, "error": "usage", "exit_code": 2, "message": err[len("edge-convert: error: "):-1]}
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+
+
+def test_an_interrupted_conversion_prints_its_json_error_object(key, tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM (a CI timeout) during `convert --json` exited 130 with nothing on stdout, so a script
+    reading the JSON failed on empty input; the error object now says 'interrupted' with its code."""
+    import converter.pipeline
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter.pipeline, "convert", interrupted)
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--json") == 130
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "interrupted", "message": "interrupted", "exit_code": 130}
+    assert err == "edge-convert: interrupted\n"
