@@ -77,6 +77,17 @@ def _read_labels(path: Path) -> list[str]:
         raise UsageError(f"--labels {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
 
 
+def _check_eval_labels(eval_labels: Path | None, evaluation: Path | None) -> None:
+    """--eval-labels without --eval, or naming nothing, was ignored without a word (the gate then had no mAP)."""
+    if eval_labels is None:
+        return
+    if evaluation is None:
+        raise UsageError(f"--eval-labels {eval_labels} labels the --eval images: give --eval IMAGE_FOLDER too")
+    if not Path(eval_labels).exists():
+        raise UsageError(f"--eval-labels {eval_labels} does not exist: give a COCO-style JSON file or a folder of "
+                         "YOLO .txt files")
+
+
 def _prepare_folders(out: Path, report: Path | None) -> None:
     """The folders of --out and --report exist before the conversion runs (a missing one failed after every pass,
     at the last write, with a bare 'No such file or directory'). The bundle is renamed into place, so --out must
@@ -111,6 +122,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
         if value is not None and out_of_range(key, value):
             raise UsageError(f"{flag} {value:g}: {out_of_range(key, value)}")
     labels = _read_labels(args.labels) if args.labels else None
+    _check_eval_labels(args.eval_labels, args.eval)
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,

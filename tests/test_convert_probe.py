@@ -184,3 +184,20 @@ def test_an_interrupted_conversion_prints_its_json_error_object(key, tmp_path, c
     out, err = capsys.readouterr()
     assert json.loads(out) == {"ok": False, "error": "interrupted", "message": "interrupted", "exit_code": 130}
     assert err == "edge-convert: interrupted\n"
+
+
+def test_eval_labels_that_cannot_be_used_are_not_ignored_silently(key, tmp_path, capsys, caplog):
+    """--eval-labels without --eval, naming no file, or given for a classifier converted without a word, and the
+    report had no mAP the user asked for. The first two are usage errors before the import; a classifier warns."""
+    model = linear_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "eval.npz", x=samples(), labels=np.arange(16) % 3)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('{"images": [], "annotations": [], "categories": []}')
+    common = ("--precision", "fp32", "--eval-labels")
+    assert convert(model, key, tmp_path / "a.edgebundle", *common, str(boxes)) == exit_code("usage")
+    assert "labels the --eval images: give --eval IMAGE_FOLDER too" in capsys.readouterr().err
+    assert convert(model, key, tmp_path / "b.edgebundle", *common, str(tmp_path / "nope.json"), "--eval",
+                   str(tmp_path / "eval.npz")) == exit_code("usage")
+    assert "nope.json does not exist" in capsys.readouterr().err
+    assert convert(model, key, tmp_path / "c.edgebundle", *common, str(boxes), "--eval", str(tmp_path / "eval.npz")) == 0
+    assert "--eval-labels does nothing here: the model is not a detector" in caplog.text

@@ -100,6 +100,9 @@ class ImportPass(Pass):
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
         else:
             ctx.postprocess = default_postprocess(task, ctx.outputs, cfg.output_role, cfg.top_k)
+        if o.eval_labels is not None and ctx.postprocess.kind != "detection":
+            log.warning("--eval-labels does nothing here: the model is not a detector (ground-truth boxes score "
+                        "detections only); give --task detect if it is one")
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
                                            cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
