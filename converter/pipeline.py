@@ -78,7 +78,7 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
     check_pass_options(options.pass_options)
     profile = load_profile(options.profile)
     formats = auto_candidates(profile, options.source) if fmt == "auto" else [choose_format(profile, fmt, options.source)]
-    warn_unread_options(options.pass_options, formats)
+    warn_unread_options(options.pass_options, formats, options.precision or profile.precision.recipe)
     from edge_agent.bundle import load_private_key
 
     load_private_key(options.key)  # fail before the expensive passes, not after them
@@ -95,16 +95,22 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
         return ConversionResult.of(ctx)
 
 
-def warn_unread_options(given: dict[str, Any], formats: list[str]) -> list[str]:
+def warn_unread_options(given: dict[str, Any], formats: list[str], precision: str | None = None) -> list[str]:
     """Warn about options the user gave that no pass of these formats' recipes reads (--equalization on a TFLite
-    conversion was silently ignored); returns their flags."""
+    conversion was silently ignored), or that act on other precisions than this one (--calibration-method or
+    --compensation on an fp16 conversion); returns their flags."""
     known = declared_options()
     running = {name for fmt in formats for name in recipe_for(fmt)}
     unread = [n for n in given if n in known and not running & set(known[n][1])]
     for n in unread:
         log.warning("%s does nothing in a %s conversion (read by the %s pass, which it does not run)",
                     known[n][0].cli_flag(n) or n, " or ".join(formats), " / ".join(known[n][1]))
-    return [known[n][0].cli_flag(n) or n for n in unread]
+    other = [n for n in given if n in known and n not in unread and precision is not None
+             and known[n][0].precisions is not None and precision not in known[n][0].precisions]
+    for n in other:
+        log.warning("%s does nothing at %s (it acts on %s only)", known[n][0].cli_flag(n) or n, precision,
+                    " / ".join(known[n][0].precisions))
+    return [known[n][0].cli_flag(n) or n for n in [*unread, *other]]
 
 
 def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:

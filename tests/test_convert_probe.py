@@ -201,3 +201,15 @@ def test_eval_labels_that_cannot_be_used_are_not_ignored_silently(key, tmp_path,
     assert "nope.json does not exist" in capsys.readouterr().err
     assert convert(model, key, tmp_path / "c.edgebundle", *common, str(boxes), "--eval", str(tmp_path / "eval.npz")) == 0
     assert "--eval-labels does nothing here: the model is not a detector" in caplog.text
+
+
+def test_int8_options_at_another_precision_are_named_as_doing_nothing(key, tmp_path, caplog):
+    """`--precision fp16 --calibration-method entropy --compensation gptq --sensitivity always` converted without a
+    word about the three options it never used: only options of passes outside the recipe were warned about."""
+    np.savez(tmp_path / "calib.npz", x=samples())
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp16",
+                   "--calibration", str(tmp_path / "calib.npz"), "--calibration-method", "entropy",
+                   "--compensation", "gptq", "--sensitivity", "always", "--top-k", "2") == 0
+    said = sorted(r.getMessage() for r in caplog.records if "does nothing at" in r.getMessage())
+    assert said == [f"--{flag} does nothing at fp16 (it acts on int8-static only)"
+                    for flag in ("calibration-method", "compensation", "sensitivity")], said
