@@ -213,3 +213,30 @@ def test_int8_options_at_another_precision_are_named_as_doing_nothing(key, tmp_p
     said = sorted(r.getMessage() for r in caplog.records if "does nothing at" in r.getMessage())
     assert said == [f"--{flag} does nothing at fp16 (it acts on int8-static only)"
                     for flag in ("calibration-method", "compensation", "sensitivity")], said
+
+
+@pytest.mark.parametrize("saved", ["state_dict", "module"])
+def test_a_torch_save_checkpoint_says_it_is_not_torchscript(saved, key, tmp_path, capsys):
+    """model.pth from torch.save() (the usual PyTorch artifact) said '... failed locating file constants.pkl ... your
+    checkpoint file is corrupted': the file was fine, just not TorchScript. The line now says what it is and the two
+    ways to convert it."""
+    import torch
+
+    module = torch.nn.Linear(4, 3)
+    torch.save(module.state_dict() if saved == "state_dict" else module, tmp_path / "model.pth")
+    rc = convert(tmp_path / "model.pth", key, tmp_path / "m.edgebundle", "--precision", "fp32", "--input-shape", "1x4")
+    err = capsys.readouterr().err
+    assert rc == exit_code("import") and err.count("\n") == 1, err
+    assert "is a torch.save() checkpoint (a state_dict or a pickled module), not TorchScript" in err
+    assert "file.py:factory" in err and "corrupted" not in err
+
+
+def test_a_saved_model_folder_tensorflow_cannot_load_is_an_import_error(key, tmp_path, capsys):
+    """A SavedModel folder with an empty saved_model.pb (a failed export) ended in TensorFlow's 'MetaGraphDef
+    associated with tags ...' with exit 1 ('a bug'); it is an import error (21) naming the folder."""
+    pytest.importorskip("tensorflow")
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "saved_model.pb").write_bytes(b"")
+    rc = convert(tmp_path / "exported", key, tmp_path / "m.edgebundle", "--precision", "fp32")
+    err = capsys.readouterr().err
+    assert rc == exit_code("import") and f"{tmp_path / 'exported'} is not a loadable SavedModel" in err, err

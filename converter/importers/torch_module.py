@@ -126,6 +126,10 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         model = _load_factory(source)
         digest = hashlib.sha256(Path(source.rsplit(":", 1)[0]).read_bytes()).hexdigest()
     elif kind == "torchscript":
+        if _is_torch_save_checkpoint(Path(source)):
+            raise ImportFailed(f"{source} is a torch.save() checkpoint (a state_dict or a pickled module), not "
+                               "TorchScript: give file.py:factory, a function that builds the model and loads these "
+                               "weights, or save the model with torch.jit.script(model).save(PATH)")
         try:
             model = torch.jit.load(source, map_location="cpu")
         except Exception as exc:
@@ -166,6 +170,19 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         details={"torch": torch.__version__, "input_shape": [list(t.shape) for t in example] if len(example) > 1
                  else list(example[0].shape)},
     )
+
+
+def _is_torch_save_checkpoint(path: Path) -> bool:
+    """A torch.save() zip (the usual .pt/.pth: weights or a pickled module): data.pkl without TorchScript's
+    constants.pkl. torch.jit.load called it 'corrupted' ('failed locating file constants.pkl')."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n.rsplit("/", 1)[-1] for n in archive.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "data.pkl" in names and "constants.pkl" not in names
 
 
 def _first_line(exc: Exception) -> str:
