@@ -88,6 +88,18 @@ def _check_eval_labels(eval_labels: Path | None, evaluation: Path | None) -> Non
                          "YOLO .txt files")
 
 
+def _refuse_overwriting_inputs(args: argparse.Namespace, report: Path) -> None:
+    """--out naming the source model (or data, key) replaced it with the bundle, and --report naming --out replaced
+    the bundle with its report, both with exit 0: refused before anything is read."""
+    model = args.model.rsplit(":", 1)[0] if ".py:" in args.model else args.model
+    inputs = {"the model": model, "--calibration": args.calibration, "--eval": args.eval, "--key": args.key,
+              "--labels": args.labels, "--eval-labels": args.eval_labels, "--out": args.out}
+    for flag, target in (("--out", Path(args.out)), ("--report", Path(report))):
+        for what, path in inputs.items():
+            if path is not None and what != flag and Path(path).resolve() == target.resolve():
+                raise UsageError(f"{flag} {target} is {what}: writing there would replace it; give another path")
+
+
 def _prepare_folders(out: Path, report: Path | None) -> None:
     """The folders of --out and --report exist before the conversion runs (a missing one failed after every pass,
     at the last write, with a bare 'No such file or directory'). The bundle is renamed into place, so --out must
@@ -123,6 +135,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
             raise UsageError(f"{flag} {value:g}: {out_of_range(key, value)}")
     labels = _read_labels(args.labels) if args.labels else None
     _check_eval_labels(args.eval_labels, args.eval)
+    report_path = args.report or Path(str(args.out) + ".report.json")
+    _refuse_overwriting_inputs(args, report_path)
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
@@ -153,7 +167,6 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
             bar.n = i
             bar.refresh()
 
-    report_path = args.report or Path(str(args.out) + ".report.json")
     try:
         result = convert(options, fmt=args.format, on_pass=on_pass)
     except Exception as exc:

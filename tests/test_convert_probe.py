@@ -240,3 +240,20 @@ def test_a_saved_model_folder_tensorflow_cannot_load_is_an_import_error(key, tmp
     rc = convert(tmp_path / "exported", key, tmp_path / "m.edgebundle", "--precision", "fp32")
     err = capsys.readouterr().err
     assert rc == exit_code("import") and f"{tmp_path / 'exported'} is not a loadable SavedModel" in err, err
+
+
+@pytest.mark.parametrize("target", ["model", "calibration", "report"])
+def test_out_or_report_naming_an_input_or_each_other_is_refused(target, key, tmp_path, capsys):
+    """`--out model.onnx` (the source) replaced the user's model with the bundle, `--out calib.npz` the data, and
+    `--report` naming --out replaced the bundle with its JSON report, all with exit 0 and 'wrote ...'. Refused (2)
+    before anything is read; the files stay as they were."""
+    model = linear_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=samples())
+    before = {p: p.read_bytes() for p in (model, tmp_path / "calib.npz")}
+    out = {"model": model, "calibration": tmp_path / "calib.npz", "report": tmp_path / "m.edgebundle"}[target]
+    rc = main(["--quiet", "convert", str(model), "--profile", "raspberry-pi-4", "--key", str(key), "--out", str(out),
+               "--calibration", str(tmp_path / "calib.npz"), "--bench-runs", "0",
+               *(["--report", str(tmp_path / "m.edgebundle")] if target == "report" else [])])
+    err = capsys.readouterr().err
+    assert rc == exit_code("usage") and "writing there would replace it; give another path" in err, err
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "m.edgebundle").exists()
