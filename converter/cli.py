@@ -300,6 +300,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")
     p.add_argument("--report", type=Path, help="conversion report JSON (default: OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
+    # also after the command (`convert ... -v` was 'unrecognized arguments'); absent here, the global value stands
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     p.set_defaults(func=cmd_convert)
     add_pass_options(p)
 

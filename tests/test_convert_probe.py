@@ -257,3 +257,15 @@ def test_out_or_report_naming_an_input_or_each_other_is_refused(target, key, tmp
     err = capsys.readouterr().err
     assert rc == exit_code("usage") and "writing there would replace it; give another path" in err, err
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "m.edgebundle").exists()
+
+
+def test_verbose_and_quiet_work_after_the_command_too():
+    """`edge-convert convert model.onnx ... -v` (where people add it when a conversion fails) was refused with
+    'unrecognized arguments: -v': the flags were accepted only before `convert`. Both places work now."""
+    from converter.cli import build_parser
+
+    base = ["convert", "m.onnx", "--profile", "raspberry-pi-4", "--key", "k", "--out", "o"]
+    after = build_parser().parse_args([*base, "-vv", "-q"])
+    assert (after.verbose, after.quiet) == (2, True)
+    before = build_parser().parse_args(["-v", *base])
+    assert (before.verbose, before.quiet) == (1, False)
