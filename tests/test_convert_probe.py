@@ -269,3 +269,22 @@ def test_verbose_and_quiet_work_after_the_command_too():
     assert (after.verbose, after.quiet) == (2, True)
     before = build_parser().parse_args(["-v", *base])
     assert (before.verbose, before.quiet) == (1, False)
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("calib.npz", b"", "calib.npz is empty"),
+    ("calib.npy", b"", "calib.npy is empty"),
+    ("calib.npz", b"x,y\n1,2\n", "calib.npz is not an .npz file (numpy.savez writes one)"),
+    ("calib.npz", "cut", "calib.npz is not a readable .npz file: File is not a zip file"),
+], ids=["empty-npz", "empty-npy", "csv-named-npz", "cut-off-npz"])
+def test_data_files_numpy_cannot_read_are_one_line_exit_22(name, content, says, key, tmp_path, capsys):
+    """An empty .npz or .npy ended in 'error: No data left in file' and a cut-off .npz in 'File is not a zip file',
+    both exit 1; a CSV named .npz was 'pickled (object) data' with numpy's advice to load it with allow_pickle."""
+    path = tmp_path / name
+    if content == "cut":
+        np.savez(path, x=samples())
+        content = path.read_bytes()[:120]
+    path.write_bytes(content)
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration", str(path))
+    err = capsys.readouterr().err
+    assert rc == exit_code("data") and says in err and "allow_pickle" not in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from ..errors import DataError
 from .dataset import Dataset, feed_dtype
 
 log = logging.getLogger(__name__)
+# what np.load raises for a file that is no array file: an empty one (EOFError) or a cut-off zip (BadZipFile) too
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str) -> np.ndarray:
@@ -39,12 +42,26 @@ def fit_sample_shape(name: str, array: np.ndarray, spec: TensorSpec, origin: str
     return fed
 
 
+def _unreadable(path: Path, exc: Exception, kind: str) -> DataError:
+    """Why numpy could not read `path`, in words that fit: it called any file that is not an array file 'pickled
+    (object) data' and advised allow_pickle=True (running code from a data file) for a CSV or a text file."""
+    if isinstance(exc, EOFError):
+        return DataError(f"{path} is empty")
+    if "pickle" in str(exc):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:2] != b"PK" and magic != b"\x93NUMPY":
+            return DataError(f"{path} is not an {kind} file (numpy.save{'z' if kind == '.npz' else ''} writes one)")
+        return DataError(f"{path} holds Python objects (pickled), which are never loaded: save numeric arrays")
+    return DataError(f"{path} is not a readable {kind} file: {exc}")
+
+
 def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
+    except READ_ERRORS as exc:
+        raise _unreadable(path, exc, ".npz") from exc
     labels = arrays.pop("labels", None)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
@@ -95,8 +112,8 @@ def load_npy(path: Path, inputs: list[TensorSpec]) -> Dataset:
                         ".npz with one array per input")
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
+    except READ_ERRORS as exc:
+        raise _unreadable(path, exc, ".npy") from exc
     if array.ndim == 0 or len(array) == 0:
         raise DataError(f"{path}: no samples")
     return Dataset({inputs[0].name: fit_sample_shape(path.stem, array, inputs[0], path.name)}, None, origin=str(path))

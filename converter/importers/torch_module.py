@@ -79,17 +79,19 @@ def _npz_arrays(data: list[Path] | None) -> dict:
     """Arrays of the first .npz (or .npy) among the calibration/eval files (empty without one)."""
     import numpy as np
 
+    from ..data.npz import READ_ERRORS
+
     for path in data or []:
         if path.suffix == ".npy" and path.is_file():  # a single-input model's samples
             try:
                 return {"input": np.load(path, allow_pickle=False)[:1]}
-            except (OSError, ValueError, IndexError):
+            except (*READ_ERRORS, IndexError):
                 return {}
         if path.suffix == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     return {k: npz[k][:1] for k in npz.files if k != "labels"}
-            except (OSError, ValueError):
+            except READ_ERRORS:  # the data loader says what is wrong with the file
                 return {}
     return {}
 
