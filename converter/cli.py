@@ -71,8 +71,10 @@ def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _read_labels(path: Path) -> list[str]:
+    """One class name per line, UTF-8; a byte-order mark (Windows Notepad) is not part of the first name (it was:
+    '\ufeffcat' in the manifest, and a class folder named cat/ no longer matched it)."""
     try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--labels {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
 

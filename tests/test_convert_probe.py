@@ -288,3 +288,15 @@ def test_data_files_numpy_cannot_read_are_one_line_exit_22(name, content, says, 
     rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration", str(path))
     err = capsys.readouterr().err
     assert rc == exit_code("data") and says in err and "allow_pickle" not in err, err
+
+
+def test_a_labels_file_saved_with_a_byte_order_mark_names_the_first_class_plainly(key, tmp_path):
+    """A --labels file saved by Windows Notepad (UTF-8 with BOM, CRLF) put '\\ufeffcat' into the manifest as the first
+    class: the device printed an invisible character, and a calibration folder named cat/ did not match it."""
+    from edge_agent.bundle import read_manifest_unverified
+
+    (tmp_path / "labels.txt").write_bytes("cat\r\ndog\r\n\r\nbird\r\n".encode("utf-8-sig"))
+    out = tmp_path / "m.edgebundle"
+    assert convert(linear_model(tmp_path / "m.onnx"), key, out, "--precision", "fp32", "--labels",
+                   str(tmp_path / "labels.txt")) == 0
+    assert read_manifest_unverified(out).labels == ["cat", "dog", "bird"]
