@@ -61,10 +61,14 @@ def cmd_profiles_show(args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
     from edge_agent.bundle import generate_keypair, key_id, load_public_key
 
+    if args.out.exists() and not args.out.is_dir():  # was "[Errno 17] File exists: 'signing.key'"
+        raise UsageError(f"--out {args.out} is a file: give the folder to write signing.key and signing.pub into")
     try:
         priv, pub = generate_keypair(args.out, overwrite=args.force)
     except FileExistsError as exc:  # a key pair is never replaced by accident: the user decides (--force)
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # a folder that cannot be made or written: was a bare errno line with exit 1
+        raise UsageError(f"--out {args.out}: cannot write the key pair there ({exc.strerror or exc})") from None
     kid = key_id(load_public_key(pub))
     return ({"private_key": str(priv), "public_key": str(pub), "key_id": kid},
             f"wrote {priv} (keep it secret) and {pub} (copy it to devices); key id {kid}")

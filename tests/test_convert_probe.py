@@ -300,3 +300,14 @@ def test_a_labels_file_saved_with_a_byte_order_mark_names_the_first_class_plainl
     assert convert(linear_model(tmp_path / "m.onnx"), key, out, "--precision", "fp32", "--labels",
                    str(tmp_path / "labels.txt")) == 0
     assert read_manifest_unverified(out).labels == ["cat", "dog", "bird"]
+
+
+def test_keygen_into_a_file_or_an_impossible_folder_is_one_usage_line(tmp_path, capsys):
+    """`keygen --out signing.key` (a file, not the folder) said "[Errno 17] File exists: 'signing.key'", and a folder
+    that cannot be made (under a file) was a bare errno line with exit 1. Both say what --out must be (exit 2)."""
+    (tmp_path / "signing.key").write_text("mine")
+    assert main(["keygen", "--out", str(tmp_path / "signing.key")]) == exit_code("usage")
+    assert "is a file: give the folder to write signing.key and signing.pub into" in capsys.readouterr().err
+    assert main(["keygen", "--out", str(tmp_path / "signing.key" / "keys")]) == exit_code("usage")
+    assert "cannot write the key pair there (Not a directory)" in capsys.readouterr().err
+    assert (tmp_path / "signing.key").read_text() == "mine"
