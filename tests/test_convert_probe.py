@@ -311,3 +311,26 @@ def test_keygen_into_a_file_or_an_impossible_folder_is_one_usage_line(tmp_path, 
     assert main(["keygen", "--out", str(tmp_path / "signing.key" / "keys")]) == exit_code("usage")
     assert "cannot write the key pair there (Not a directory)" in capsys.readouterr().err
     assert (tmp_path / "signing.key").read_text() == "mine"
+
+
+def test_a_pytorch_model_returning_a_dict_keeps_its_output_names(key, tmp_path, capsys):
+    """A factory whose forward returns {"logits": ..., "features": ...} (as Hugging Face models do) exported with outputs
+    named 'output' and 'mul', so `--output-role features` named nothing the model had. The dict's keys are the names."""
+    from edge_agent.bundle import read_manifest_unverified
+
+    (tmp_path / "net.py").write_text(
+        "import torch\n\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.head = torch.nn.Linear(4, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        return {'logits': self.head(x), 'features': x * 2}\n\n"
+        "def build():\n"
+        "    return Net()\n")
+    out = tmp_path / "net.edgebundle"
+    assert convert(f"{tmp_path / 'net.py'}:build", key, out, "--precision", "fp32", "--input-shape", "1x4",
+                   "--output-role", "features") == 0, capsys.readouterr().err
+    manifest = read_manifest_unverified(out)
+    assert [t.name for t in manifest.outputs] == ["logits", "features"]
+    assert manifest.postprocess.options["output"] == "features"

@@ -149,6 +149,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         except NotImplementedError:  # an exported program's module (.pt2): traced as it was, eval() not supported
             pass
     names, example = export_examples(model, source, input_shape, data)
+    output_names = _output_names(model, example)
     out = workdir / "float.onnx"
     # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
     # For the others, dynamo first; the TorchScript exporter is the fallback for graphs it rejects.
@@ -160,7 +161,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
             with torch.no_grad():
                 kwargs = {"external_data": False} if dynamo else {}
                 torch.onnx.export(model, example, str(out), dynamo=dynamo, opset_version=opset or DEFAULT_OPSET,
-                                  input_names=names, output_names=["output"], verbose=False, **kwargs)
+                                  input_names=names, output_names=output_names, verbose=False, **kwargs)
             break
         except Exception as exc:
             errors.append(_first_line(exc))
@@ -172,6 +173,25 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         details={"torch": torch.__version__, "input_shape": [list(t.shape) for t in example] if len(example) > 1
                  else list(example[0].shape)},
     )
+
+
+def _output_names(model, example: tuple) -> list[str]:
+    """ONNX output names: a dict's keys (Hugging Face's ModelOutput too), else output, output_1, ... The exporter got
+    ["output"] alone, so a model returning {"logits", "features"} had outputs 'output' and 'mul', and --output-role
+    could not name the one the user knows."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            result = model(*example)
+    except Exception:  # the export reports the model's own failure, with both exporters' reasons
+        return ["output"]
+    if isinstance(result, dict) and all(isinstance(k, str) for k in result) and len(result) > 1 and \
+            all(isinstance(v, torch.Tensor) for v in result.values()):
+        return list(result)
+    if isinstance(result, (tuple, list)) and len(result) > 1 and all(isinstance(v, torch.Tensor) for v in result):
+        return ["output", *(f"output_{i}" for i in range(1, len(result)))]
+    return ["output"]
 
 
 def _is_torch_save_checkpoint(path: Path) -> bool:
