@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from device_profiles import FORMATS
 from edge_agent import __version__
@@ -334,6 +337,22 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
                                  default=argparse.SUPPRESS, help=option.description)
 
 
+@contextlib.contextmanager
+def _disk_full_is_disk_space() -> Iterator[None]:
+    """A full disk (the bundle, the report or the work files) was '[Errno 28] No space left on device' with exit 1,
+    'a bug to report'; it is exit 18 (docs/exit-codes.md: not enough disk space) saying where to make room."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        from edge_agent.bundle.errors import InsufficientSpace
+
+        where = f"writing {exc.filename}" if exc.filename else "converting"
+        raise InsufficientSpace(f"disk full while {where}: free space there or in {tempfile.gettempdir()} (the work "
+                                "folder; TMPDIR moves it) and run again") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     with unwind_on_sigterm():
         return _main(argv)
@@ -349,7 +368,8 @@ def _main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     def body() -> int:
-        result, text = args.func(args)
+        with _disk_full_is_disk_space():
+            result, text = args.func(args)
         print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
         return 0
 

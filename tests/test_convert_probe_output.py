@@ -1,0 +1,36 @@
+"""`edge-convert` probed where it writes: a disk that fills while the bundle is written.
+
+Uses the tiny graphs of tests/test_convert_probe.py; the full disk is simulated where the archive is written (the
+one place the OS error comes from), so the test needs no small filesystem."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from edge_agent.errors import exit_code
+
+from .test_convert_probe import convert, key, linear_model, samples  # noqa: F401 - key is a fixture
+
+
+def test_a_full_disk_while_writing_the_bundle_is_exit_18_and_leaves_nothing(key, tmp_path, capsys, monkeypatch):
+    """A disk filling up while the bundle was written ended in '[Errno 28] No space left on device' with exit 1,
+    which docs/exit-codes.md calls a bug to report; it is 18 ('not enough disk space'), saying where to make room,
+    and no partial file is left beside --out."""
+    from edge_agent.bundle import archive
+
+    def disk_full(raw, *args: object) -> None:
+        raw.write(b"half a bundle")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive, "write_archive", disk_full)
+    np.savez(tmp_path / "calib.npz", x=samples())
+    out = tmp_path / "out" / "m.edgebundle"
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, out, "--precision", "fp32", "--calibration",
+                 str(tmp_path / "calib.npz"), "--json")
+    captured = capsys.readouterr()
+    assert rc == exit_code("disk-space") == 18, captured.err
+    assert "edge-convert: error: disk full while converting: free space there or in " in captured.err
+    assert '"error": "disk-space"' in captured.out
+    assert list(out.parent.iterdir()) == []
