@@ -338,12 +338,15 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _disk_full_is_disk_space() -> Iterator[None]:
+def _write_failures_named() -> Iterator[None]:
     """A full disk (the bundle, the report or the work files) was '[Errno 28] No space left on device' with exit 1,
-    'a bug to report'; it is exit 18 (docs/exit-codes.md: not enough disk space) saying where to make room."""
+    'a bug to report'; it is exit 18 (docs/exit-codes.md: not enough disk space) saying where to make room. A folder
+    the user may not write to (or a read-only one) is a usage error naming the file."""
     try:
         yield
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+            raise UsageError(f"cannot write {exc.filename}: {exc.strerror}: give a path you may write to") from exc
         if exc.errno != errno.ENOSPC:
             raise
         from edge_agent.bundle.errors import InsufficientSpace
@@ -368,7 +371,7 @@ def _main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     def body() -> int:
-        with _disk_full_is_disk_space():
+        with _write_failures_named():
             result, text = args.func(args)
         print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
         return 0

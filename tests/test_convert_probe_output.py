@@ -34,3 +34,18 @@ def test_a_full_disk_while_writing_the_bundle_is_exit_18_and_leaves_nothing(key,
     assert "edge-convert: error: disk full while converting: free space there or in " in captured.err
     assert '"error": "disk-space"' in captured.out
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_folder_the_user_may_not_write_to_is_a_usage_error_naming_the_file(key, tmp_path, capsys, monkeypatch):
+    """--out in a folder the user may not write to (or a read-only mount) ended in "[Errno 13] Permission denied:
+    '...partial'" with exit 1; it names the file and is a usage error (2). (Simulated: the tests may run as root.)"""
+    from edge_agent.bundle import archive
+
+    def denied(raw, *args: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "m.edgebundle.partial"))
+
+    monkeypatch.setattr(archive, "write_archive", denied)
+    rc = convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "ro" / "m.edgebundle", "--precision", "fp32")
+    err = capsys.readouterr().err
+    assert rc == exit_code("usage") and err == (f"edge-convert: error: cannot write {tmp_path}/ro/m.edgebundle.partial: "
+                                                "Permission denied: give a path you may write to\n"), err
