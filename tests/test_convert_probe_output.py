@@ -49,3 +49,38 @@ def test_a_folder_the_user_may_not_write_to_is_a_usage_error_naming_the_file(key
     err = capsys.readouterr().err
     assert rc == exit_code("usage") and err == (f"edge-convert: error: cannot write {tmp_path}/ro/m.edgebundle.partial: "
                                                 "Permission denied: give a path you may write to\n"), err
+
+
+def image_model(path):  # noqa: ANN001, ANN201 - a Path in, the same Path out
+    """image [1, 3, 8, 8] -> Conv -> global average -> scores [1, 4]: the smallest model image folders can feed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(4).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["scores"])]
+    graph = helper.make_graph(nodes, "image", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_large_calibration_folder_reads_only_calibration_samples_images(key, tmp_path):
+    """--calibration on a folder of N images decoded and kept all N as float tensors (ImageNet's 50,000 validation
+    photos: gigabytes) although --calibration-samples (default 256) are used. It now reads that many, spread evenly
+    over the sorted files like a video's frames."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((10, 10, 3), i * 20, np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "m.edgebundle"
+    assert convert(image_model(tmp_path / "m.onnx"), key, out, "--calibration", str(folder),
+                   "--calibration-samples", "4") == 0
+    report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
+    assert report["passes"][0]["calibration_samples"] == 4

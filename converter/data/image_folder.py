@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None,
-                      skip_unreadable: bool = False, flat: bool = False, classes: bool = True) -> Dataset:
+                      skip_unreadable: bool = False, flat: bool = False, classes: bool = True,
+                      max_images: int | None = None) -> Dataset:
     """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read.
     `classes=False` (calibration, which needs no labels): sub-folders that do not name classes (a dataset's
-    cat/ dog/ without --labels) are read flat instead of refused."""
+    cat/ dog/ without --labels) are read flat instead of refused. `max_images` (--calibration-samples): that many,
+    spread evenly over the sorted files (a 50,000-image folder was decoded whole, gigabytes of floats, to use 256)."""
     if preprocess is None or preprocess.kind != "image":
         raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
@@ -44,6 +46,11 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
         items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if max_images is not None and len(items) > max_images:
+        from .video import frame_indices
+
+        log.info("%s: %d of its %d images read, spread evenly (--calibration-samples)", folder, max_images, len(items))
+        items = [items[i] for i in frame_indices(len(items), max_images)]
     tensors, kept, skipped, sizes = [], [], [], []
     for f, c in items:
         try:
