@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 
 import numpy as np
+import pytest
 
 from edge_agent.errors import exit_code
 
@@ -84,3 +85,22 @@ def test_a_large_calibration_folder_reads_only_calibration_samples_images(key, t
                    "--calibration-samples", "4") == 0
     report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
     assert report["passes"][0]["calibration_samples"] == 4
+
+
+@pytest.mark.parametrize("kind", ["factory", "torchscript"])
+def test_a_wrong_input_shape_for_a_pytorch_model_says_so_in_one_line(kind, key, tmp_path, capsys):
+    """--input-shape 1x9 for a Linear(8, ...) printed torch.export's log line 'E... always_classified is unsupported'
+    and 'torch.onnx.export failed for ...: Failed to export the model with torch.export. This is step 1/3 of exporting
+    the model to ONNX. Next steps: / mat1 and mat2 ...'; TorchScript's reason was its interpreter's header. The model
+    now runs on the example first: the line names the shape given and the model's own reason."""
+    import torch
+
+    (tmp_path / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(8, 3)\n")
+    torch.jit.script(torch.nn.Linear(8, 3)).save(str(tmp_path / "net.pt"))
+    source = f"{tmp_path / 'net.py'}:build" if kind == "factory" else str(tmp_path / "net.pt")
+    rc = convert(source, key, tmp_path / "m.edgebundle", "--precision", "fp32", "--input-shape", "1x9")
+    err = capsys.readouterr().err
+    assert rc == exit_code("import") and "Next steps" not in err and "TorchScript interpreter" not in err, err
+    line = next(ln for ln in err.splitlines() if ln.startswith("edge-convert: error:"))
+    assert f"{source}: forward() fails on the export example (1x9 float32): " in line and "check --input-shape" in line
+    assert "mat1 and mat2 shapes cannot be multiplied" in line

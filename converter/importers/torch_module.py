@@ -149,7 +149,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         except NotImplementedError:  # an exported program's module (.pt2): traced as it was, eval() not supported
             pass
     names, example = export_examples(model, source, input_shape, data)
-    output_names = _output_names(model, example)
+    output_names = _output_names(_run_example(model, source, example))
     out = workdir / "float.onnx"
     # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
     # For the others, dynamo first; the TorchScript exporter is the fallback for graphs it rejects.
@@ -175,17 +175,28 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
     )
 
 
-def _output_names(model, example: tuple) -> list[str]:
+def _run_example(model, source: str, example: tuple):
+    """forward() on the export example, before exporting: a wrong --input-shape failed both exporters, and the line
+    began with torch.export's 'Failed to export the model with torch.export. This is step 1/3 ... Next steps:'."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(*example)
+    except Exception as exc:  # the user's model: its own failure, named with the shapes it was given
+        given = ", ".join(f"{'x'.join(map(str, t.shape))} {str(t.dtype).replace('torch.', '')}" for t in example)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if "TorchScript interpreter" in _first_line(exc) and lines else _first_line(exc)
+        raise ImportFailed(f"{source}: forward() fails on the export example ({given}): {reason[:300]}; check "
+                           "--input-shape (or the shapes of the .npz arrays)") from exc
+
+
+def _output_names(result) -> list[str]:
     """ONNX output names: a dict's keys (Hugging Face's ModelOutput too), else output, output_1, ... The exporter got
     ["output"] alone, so a model returning {"logits", "features"} had outputs 'output' and 'mul', and --output-role
     could not name the one the user knows."""
     import torch
 
-    try:
-        with torch.no_grad():
-            result = model(*example)
-    except Exception:  # the export reports the model's own failure, with both exporters' reasons
-        return ["output"]
     if isinstance(result, dict) and all(isinstance(k, str) for k in result) and len(result) > 1 and \
             all(isinstance(v, torch.Tensor) for v in result.values()):
         return list(result)
