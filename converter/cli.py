@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -369,6 +370,11 @@ def _main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:  # TensorFlow's C++ log (oneDNN notes, "failed call to cuInit" on a CPU host): -vv shows it
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # torch's exporter log: 'W... torchvision is not installed. Skipping torchvision::nms' (four lines) on every
+        # PyTorch export (read when torch is imported; '-onnx' = errors only)
+        os.environ.setdefault("TORCH_LOGS", "-onnx")
+        if not sys.warnoptions:  # library deprecation notes ('isinstance(treespec, LeafSpec) is deprecated'): not the user's
+            warnings.simplefilter("ignore", FutureWarning)
 
     def body() -> int:
         with _write_failures_named():

@@ -104,3 +104,24 @@ def test_a_wrong_input_shape_for_a_pytorch_model_says_so_in_one_line(kind, key, 
     line = next(ln for ln in err.splitlines() if ln.startswith("edge-convert: error:"))
     assert f"{source}: forward() fails on the export example (1x9 float32): " in line and "check --input-shape" in line
     assert "mat1 and mat2 shapes cannot be multiplied" in line
+
+
+def test_a_pytorch_conversion_prints_no_torch_internal_log_lines(key, tmp_path):
+    """Every PyTorch conversion printed four 'W... torchvision is not installed. Skipping torchvision::nms' lines from
+    torch's exporter log and a FutureWarning about torch's own pytree API: noise that sent users installing
+    torchvision. Without -vv they are left out (a fresh process: torch reads its log settings when imported)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(8, 3)\n")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "converter.cli", "-q", "convert", f"{tmp_path / 'net.py'}:build", "--input-shape",
+           "1x8", "--profile", "raspberry-pi-4", "--key", str(key), "--out", str(tmp_path / "n.edgebundle"),
+           "--precision", "fp32", "--bench-runs", "0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_LOGS", "PYTHONWARNINGS")}
+    done = subprocess.run(cmd, cwd=repo, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
