@@ -334,3 +334,12 @@ def test_a_pytorch_model_returning_a_dict_keeps_its_output_names(key, tmp_path, 
     manifest = read_manifest_unverified(out)
     assert [t.name for t in manifest.outputs] == ["logits", "features"]
     assert manifest.postprocess.options["output"] == "features"
+
+
+def test_image_options_for_an_input_that_takes_no_images_are_named_as_doing_nothing(key, tmp_path, caplog):
+    """--mean/--std for a model whose input is a vector (or an image of dynamic size) were dropped without a word and
+    the bundle had no preprocessing; the user expected the device to normalise images. One warning names them."""
+    np.savez(tmp_path / "calib.npz", x=samples())
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration",
+                   str(tmp_path / "calib.npz"), "--mean", "0.5", "--std", "0.25") == 0
+    assert "--mean, --std do nothing: input 'x' is float32['N', 4], not an image of fixed size" in caplog.text

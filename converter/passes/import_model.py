@@ -92,6 +92,7 @@ class ImportPass(Pass):
             ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)
         ctx.preprocess = _image_preprocess(ctx.inputs[0], cfg, task.task in BOX_TASKS,
                                            bool(ctx.options.pass_options.get("resize")))
+        _warn_unused_image_options(ctx.preprocess, ctx.inputs[0], o.pass_options)
         if task.names and not o.labels:
             o.labels = task.names
         if cfg.anchors is not None:
@@ -151,6 +152,21 @@ def _check_label_count(post, outputs: list, labels: list[str] | None, eval_label
     if eval_labels is not None and len(eval_labels) and (int(eval_labels.max()) >= classes or int(eval_labels.min()) < 0):
         raise DataError(f"eval labels range {int(eval_labels.min())}..{int(eval_labels.max())} but output {served.name} "
                         f"has {classes} classes (0..{classes - 1}): are they 1-based, or for another model?")
+
+
+IMAGE_OPTIONS = ("color", "scale", "mean", "std", "resize", "resampler")
+
+
+def _warn_unused_image_options(pre: Preprocess, first, given: dict[str, Any]) -> None:
+    """--mean/--std (and the other image options) given for an input that takes no images (a vector, or an image
+    of dynamic size) were dropped without a word: the bundle then had no preprocessing at all."""
+    unused = [f"--{n}" for n in IMAGE_OPTIONS if n in given]
+    if pre.kind == "image" or not unused:
+        return
+    dynamic = len(first.shape) == 4 and not all(isinstance(d, int) and d > 0 for d in first.shape[1:])
+    log.warning("%s %s nothing: input %r is %s%s, not an image of fixed size, so the bundle has no image "
+                "preprocessing%s", ", ".join(unused), "does" if len(unused) == 1 else "do", first.name, first.dtype,
+                list(first.shape), ": pin its size with --input-shape" if dynamic else "")
 
 
 def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:
