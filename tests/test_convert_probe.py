@@ -343,3 +343,11 @@ def test_image_options_for_an_input_that_takes_no_images_are_named_as_doing_noth
     assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration",
                    str(tmp_path / "calib.npz"), "--mean", "0.5", "--std", "0.25") == 0
     assert "--mean, --std do nothing: input 'x' is float32['N', 4], not an image of fixed size" in caplog.text
+
+
+def test_opset_for_an_onnx_source_is_named_as_doing_nothing(key, tmp_path, caplog):
+    """--opset 13 on an .onnx source (the user hoping to down-convert it for an older runtime) was dropped without a
+    word; so was --input-shape for a .tflite or Keras source. Each now gets one warning line."""
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp32",
+                   "--opset", "13") == 0
+    assert "--opset 13 does nothing for an ONNX source: it sets the opset of the PyTorch export" in caplog.text
