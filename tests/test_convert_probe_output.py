@@ -125,3 +125,42 @@ def test_a_pytorch_conversion_prints_no_torch_internal_log_lines(key, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "torchvision" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
+
+
+def test_a_model_onnx_runtime_cannot_load_is_refused_at_import(key, tmp_path, capsys):
+    """An ONNX model with a custom operator was packaged and signed with exit 0 when nothing ran it (fp32, no data,
+    --bench-runs 0): the device could not load it. With data the line ended in the detector hint 'check --input-shape:
+    detectors usually need sizes divisible by their stride'. Now exit 21 at import, saying it is a custom operator."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Denoise", ["x"], ["y"], domain="acme.ops")], "custom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme.ops", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    out = tmp_path / "c.edgebundle"
+    rc = convert(tmp_path / "custom.onnx", key, out, "--precision", "fp32")
+    err = capsys.readouterr().err
+    assert rc == exit_code("import") and not out.exists(), err
+    assert "acme.ops:Denoise(-1) is not a registered function/op: a custom operator" in err and "stride" not in err
+
+
+def test_a_model_stamped_with_an_opset_newer_than_onnx_runtime_says_which_it_supports(key, tmp_path, capsys):
+    """A model stamped with an opset ONNX Runtime does not support ended int8 calibration with ORT's whole validation
+    paragraph ('ONNX Runtime only *guarantees* support ...') and exit 1. Exit 21 with the newest opset it takes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "new",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "new.onnx"))
+    np.savez(tmp_path / "calib.npz", x=samples())
+    rc = convert(tmp_path / "new.onnx", key, tmp_path / "n.edgebundle", "--calibration", str(tmp_path / "calib.npz"))
+    err = capsys.readouterr().err
+    assert rc == exit_code("import") and "its opset is newer than this ONNX Runtime supports (up to " in err, err
+    assert err.count("\n") == 1 and "guarantees" not in err

@@ -13,7 +13,7 @@ from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_post
                               model_task, read_metadata)
 from ..errors import DataError, UsageError
 from ..importers import import_model
-from ..onnx.model_io import tensor_specs
+from ..onnx.model_io import ort_session, tensor_specs
 from ..options import PassOption, float_list, input_shape, whole_number
 from .base import ConversionContext, Pass
 
@@ -85,6 +85,9 @@ class ImportPass(Pass):
         if ctx.imported.onnx_path is not None:
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, cfg.layout)
+            # a model ORT cannot load (a custom op, a newer opset) failed late in ORT's words, or with no data and
+            # no benchmark was packaged (exit 0) for a device that cannot load it either
+            ort_session(ctx.float_model, optimize=False)
         else:  # Keras / SavedModel / .tflite: the float32 TFLite reference describes the model
             from ..tflite.model_io import tflite_specs
 
