@@ -164,3 +164,15 @@ def test_a_model_stamped_with_an_opset_newer_than_onnx_runtime_says_which_it_sup
     err = capsys.readouterr().err
     assert rc == exit_code("import") and "its opset is newer than this ONNX Runtime supports (up to " in err, err
     assert err.count("\n") == 1 and "guarantees" not in err
+
+
+def test_a_folder_of_npy_samples_says_how_to_make_the_one_file_it_takes(key, tmp_path, capsys):
+    """A folder of per-sample .npy files (a common way to dump calibration tensors) said only 'holds no images (.bmp,
+    .gif, ...)'. The line now says the arrays are not read one per sample and how to stack them into one .npz."""
+    folder = tmp_path / "tensors"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"{i}.npy", np.zeros((1, 3, 8, 8), np.float32))
+    rc = convert(image_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration", str(folder))
+    err = capsys.readouterr().err
+    assert rc == exit_code("data") and "its .npy/.npz files are not read one per sample: stack them" in err, err

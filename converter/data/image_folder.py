@@ -45,7 +45,10 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
         found = folder.rglob("*") if flat else folder.iterdir()
         items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
-        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        arrays = any(f.suffix.lower() in (".npy", ".npz") for f in folder.rglob("*"))
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})" + (
+            "; its .npy/.npz files are not read one per sample: stack them into one .npz named after the model's "
+            "input, e.g. numpy.savez('data.npz', input=numpy.stack(arrays))" if arrays else ""))
     if max_images is not None and len(items) > max_images:
         from .video import frame_indices
 
