@@ -176,3 +176,17 @@ def test_a_folder_of_npy_samples_says_how_to_make_the_one_file_it_takes(key, tmp
     rc = convert(image_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--calibration", str(folder))
     err = capsys.readouterr().err
     assert rc == exit_code("data") and "its .npy/.npz files are not read one per sample: stack them" in err, err
+
+
+def test_a_model_file_importing_its_sibling_module_converts(key, tmp_path, capsys):
+    """model.py:build where model.py does `from probe_blocks import Block` (the layers beside it, as in most training
+    repositories) failed with "No module named 'probe_blocks'", though `python model.py` imports it: the factory's
+    folder is now on the import path while it loads."""
+    import sys
+
+    (tmp_path / "probe_blocks.py").write_text("import torch\n\nclass Block(torch.nn.Linear):\n    pass\n")
+    (tmp_path / "model.py").write_text("from probe_blocks import Block\n\ndef build():\n    return Block(8, 3)\n")
+    rc = convert(f"{tmp_path / 'model.py'}:build", key, tmp_path / "m.edgebundle", "--precision", "fp32",
+                 "--input-shape", "1x8")
+    assert rc == 0, capsys.readouterr().err
+    assert str(tmp_path) not in sys.path  # put back as it was

@@ -30,17 +30,22 @@ def _load_factory(spec: str):
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
+    folder = str(path.resolve().parent)  # its sibling modules import as under `python model.py` (`from layers import`
+    sys.path.insert(0, folder)  # failed with "No module named 'layers'")
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ImportFailed(f"importing {path} failed: {exc.__class__.__name__}: {exc}") from exc
-    factory = getattr(module, func, None)
-    if factory is None or not callable(factory):
-        raise ImportFailed(f"{path} has no callable {func!r}")
-    try:
-        model = factory()
-    except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
-        raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ImportFailed(f"importing {path} failed: {exc.__class__.__name__}: {exc}") from exc
+        factory = getattr(module, func, None)
+        if factory is None or not callable(factory):
+            raise ImportFailed(f"{path} has no callable {func!r}")
+        try:
+            model = factory()
+        except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
+            raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(folder)
     if not isinstance(model, torch.nn.Module):
         raise ImportFailed(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
