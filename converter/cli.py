@@ -174,7 +174,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
                   file=sys.stderr, flush=True)
         if bar:
             bar.set_description(name)
-            bar.n = i
+            bar.total, bar.n = total, i  # the recipe's own length: a fixed 7 drew 'import 9/7' on a 10-pass recipe
             bar.refresh()
 
     try:

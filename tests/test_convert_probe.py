@@ -351,3 +351,19 @@ def test_opset_for_an_onnx_source_is_named_as_doing_nothing(key, tmp_path, caplo
     assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp32",
                    "--opset", "13") == 0
     assert "--opset 13 does nothing for an ONNX source: it sets the opset of the PyTorch export" in caplog.text
+
+
+def test_the_progress_bar_counts_the_recipes_passes(key, tmp_path, capsys, monkeypatch):
+    """On a terminal the bar was made for 7 passes whatever the recipe had: an ONNX conversion (10 passes) stood at
+    100 % on its selftest with three passes to go, then lost its total ('package: 9pass'). Its total is the recipe's."""
+    import re
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    np.savez(tmp_path / "calib.npz", x=samples())
+    assert main(["convert", str(linear_model(tmp_path / "m.onnx")), "--profile", "raspberry-pi-4", "--key", str(key),
+                 "--out", str(tmp_path / "m.edgebundle"), "--calibration", str(tmp_path / "calib.npz"),
+                 "--bench-runs", "0"]) == 0
+    err = capsys.readouterr().err
+    counts = [(int(n), int(total)) for n, total in re.findall(r"(\d+)/(\d+) \[", err)]
+    assert counts[-1] == (9, 10) and not re.search(r": \d+pass \[", err), err  # tqdm drops the total once past it
