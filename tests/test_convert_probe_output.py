@@ -1,7 +1,8 @@
-"""`edge-convert` probed where it writes: a disk that fills while the bundle is written.
+"""`edge-convert` probed further: where it writes (a full disk, a folder it may not write), large calibration
+folders, and PyTorch/ONNX models it cannot run (a wrong --input-shape, custom operators, newer opsets, sibling modules).
 
-Uses the tiny graphs of tests/test_convert_probe.py; the full disk is simulated where the archive is written (the
-one place the OS error comes from), so the test needs no small filesystem."""
+Uses the tiny graphs of tests/test_convert_probe.py; the full disk and the denied folder are simulated where the
+archive is written (the one place the OS error comes from), so the tests need no small filesystem and no non-root user."""
 
 from __future__ import annotations
 
