@@ -191,3 +191,23 @@ def test_a_model_file_importing_its_sibling_module_converts(key, tmp_path, capsy
                  "--input-shape", "1x8")
     assert rc == 0, capsys.readouterr().err
     assert str(tmp_path) not in sys.path  # put back as it was
+
+
+def test_hidden_folders_and_files_in_an_image_folder_are_left_out(key, tmp_path, capsys):
+    """An eval folder with Jupyter's .ipynb_checkpoints/ beside its class folders was refused ('class folder
+    .ipynb_checkpoints is neither a label name nor a class index'), and macOS's ._0.png companions (resource forks
+    copied from a Mac) stopped the run as unreadable images. Hidden entries are not data: they are skipped."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "eval"
+    for cls in ("0", "1", ".ipynb_checkpoints"):
+        (folder / cls).mkdir(parents=True)
+        Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(folder / cls / "a.png")
+    (folder / "1" / "._a.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    rc = convert(image_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp32", "--eval",
+                 str(folder))
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
+    assert report["passes"][0]["eval_samples"] == 2

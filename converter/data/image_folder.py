@@ -29,7 +29,7 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
         raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
         raise DataError(f"{folder}: image folders only work for single-input models")
-    subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p, folder))
     if subdirs and not classes and any(_class_of(d.name, labels) is None for d in subdirs):
         log.info("%s: its sub-folders do not name classes: every image below it is read", folder)
         subdirs, flat = [], True
@@ -40,10 +40,12 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
             if cls is None:
                 raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index: pass "
                                 "--labels FILE with the class names in the model's output order")
-            items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+            items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+                      and not _hidden(f, folder)]
     else:
         found = folder.rglob("*") if flat else folder.iterdir()
-        items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                 and not _hidden(f, folder)]
     if not items:
         arrays = any(f.suffix.lower() in (".npy", ".npz") for f in folder.rglob("*"))
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})" + (
@@ -78,6 +80,13 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
     y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
     return Dataset({inputs[0].name: np.stack(tensors).astype(feed_dtype(inputs[0]))}, y, origin=str(folder), skipped=skipped,
                    files=[str(f) for f, _ in kept], frames_hw=sizes)
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Under a hidden folder or hidden itself: Jupyter's .ipynb_checkpoints/ beside the class folders was refused as
+    'class folder .ipynb_checkpoints is neither a label name nor a class index' (its copies calibrated twice), and
+    macOS's ._photo.jpg companions (resource forks, not images) stopped the run as unreadable images."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def _class_of(name: str, labels: list[str] | None) -> int | None:
