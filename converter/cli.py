@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from device_profiles import FORMATS
 from edge_agent import __version__
 from edge_agent.errors import report_failure, run_main, unwind_on_sigterm
+from edge_agent.finite_json import dumps
 
 from .errors import UsageError, exit_codes_help
 from .options import whole_number
@@ -182,14 +183,14 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     except Exception as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # a refused conversion still leaves its measurements to read
-            report_path.write_text(json.dumps({**partial.to_dict(), "error": str(exc)}, indent=2, default=str) + "\n")
+            report_path.write_text(dumps({**partial.to_dict(), "error": str(exc)}, indent=2, default=str) + "\n")
             log.warning("report of the failed conversion: %s", report_path)
         raise
     finally:
         if bar:
             bar.close()
     report = result.to_dict()
-    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report_path.write_text(dumps(report, indent=2, default=str) + "\n")  # a model answering NaN: its figures null
     return report, summary_text(report, report_path)
 
 
@@ -379,7 +380,7 @@ def _main(argv: list[str] | None = None) -> int:
     def body() -> int:
         with _write_failures_named():
             result, text = args.func(args)
-        print(json.dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
+        print(dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
         return 0
 
     return run_main("edge-convert", body, json_mode=getattr(args, "json", False), verbose=bool(args.verbose))

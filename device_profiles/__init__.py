@@ -43,7 +43,11 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("int8", "uint8")
 ARCHES = ("aarch64", "armv7l", "x86_64")
 ACCELERATORS = ("none", "cuda", "npu", "tpu")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as a bundle's model name (edge_agent manifest)
+# The one rule for a name that becomes a file name, a URL segment and an MQTT topic level: a bundle's model name,
+# a profile name (a bundle's `profile`) and a published bundle's file name. Defined in this, the bottom layer (it
+# imports nothing of ours), and re-exported by the bundle format (edge_agent.bundle.NAME_RE), the fleet's source.
+# \Z, not $: `$` also matched before a trailing newline, so "digits\n" was a valid name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class ProfileError(ValueError):
@@ -275,7 +279,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<dict>") -> Profile:
         raise ProfileError("the profile is empty: copy a built-in profile (device_profiles/*.toml) and edit it")
     _refuse_unknown_fields(data)
     name = _str(data, "", "name")
-    if not _NAME_RE.match(name):  # it is a bundle's `profile`, a fleet's filter and the {profile} of --source-url
+    if not NAME_RE.match(name):  # it is a bundle's `profile`, a fleet's filter and the {profile} of --source-url
         raise ProfileError(f"profile field 'name' is {name!r}: use letters, digits, '.', '_' and '-' "
                            "(starting with a letter or digit, at most 128), e.g. \"rk3588-evb\"")
     description = data.get("description", "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from . import __version__
 from .bundle import read_manifest_unverified, verify_bundle
 from .cli_types import whole_number
 from .errors import AGENT, exit_codes_epilog, run_main
+from .finite_json import dumps
 from .home import AgentHome, default_home, require_trust, unpacked_bundle
 
 log = logging.getLogger("edge_agent")
@@ -282,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         result, text = args.func(args, home)
         if getattr(args, "results_on_stdout", False):  # run --source: stdout carries the results as JSON lines
             if json_mode:
-                print(json.dumps(result, default=str))  # the summary is one more line: `| jq` still reads them all
+                print(dumps(result, default=str))  # the summary is one more line: `| jq` still reads them all
             else:
                 print(text, file=sys.stderr)  # a text line among them broke every JSON-lines reader
         else:
-            print(json.dumps(result, indent=2, default=str) if json_mode else text)
-        return 0
+            print(dumps(result, indent=2, default=str) if json_mode else text)  # NaN scores: null
+        return getattr(args, "exit_code", 0)  # a command that printed its result and still failed (Ctrl-C: 130)
 
     return run_main("edge-agent", body, json_mode=json_mode, verbose=args.verbose > 0)
 

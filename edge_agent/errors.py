@@ -103,6 +103,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              (FLEET,)),
     ExitCode(67, "registry-unreachable", "registry database unreachable or login refused (PostgreSQL --db URL)", _N,
              (FLEET,)),
+    ExitCode(68, "wait-timeout", "deploy --wait gave up (--wait-timeout): the rollout goes on; is `edge-fleet serve` "
+             "running?", _N, (FLEET,)),
     ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
     ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
     ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),
@@ -257,7 +259,7 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
 def _interrupted(prog: str, json_mode: bool) -> int:
     """Ctrl-C or SIGTERM: one line, and with --json the error object too (a script reading stdout got nothing)."""
     if json_mode:
-        print(json_failure("interrupted", "interrupted", exit_code("interrupted")), flush=True)
+        print(json.dumps(failure_record(Interrupted("interrupted"))), flush=True)
     print(f"{prog}: interrupted", file=sys.stderr)
     return exit_code("interrupted")
 
@@ -287,6 +289,12 @@ def _quiet_stdout() -> None:
         pass
 
 
+def failure_record(exc: BaseException) -> dict[str, Any]:
+    """What `--json` prints on stdout for a failure: {"ok": false, "error": KIND, "message": ..., "exit_code": N}."""
+    return {"ok": False, "error": getattr(exc, "kind", exc.__class__.__name__), "message": one_line(exc),
+            "exit_code": code_of(exc)}
+
+
 def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbose: bool = False) -> int:
     """Print `exc` the edgekit way and return its exit code."""
     code = code_of(exc)
@@ -294,7 +302,7 @@ def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbo
         log.debug("unexpected error", exc_info=exc)
     message = one_line(exc)
     if json_mode:
-        print(json_failure(getattr(exc, "kind", exc.__class__.__name__), message, code))
+        print(json.dumps(failure_record(exc)))
     print(f"{prog}: error: {message}", file=sys.stderr)
     detail = getattr(exc, "detail", None)
     if detail and verbose:
@@ -302,9 +310,10 @@ def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbo
     return code
 
 
-def json_failure(kind: str, message: str, code: int) -> str:
-    """The `--json` error object of docs/exit-codes.md, one line."""
-    return json.dumps({"ok": False, "error": kind, "message": message, "exit_code": code})
+class Interrupted(EdgekitError):
+    """Ctrl-C or SIGTERM, as the --json error object reports it."""
+
+    code_name = "interrupted"
 
 
 class AgentError(EdgekitError):

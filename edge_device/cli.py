@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -35,23 +34,19 @@ class BadBroker(EdgekitError):
     code_name = "usage"
 
 
-def _hide_login(text: str) -> str:
-    return re.sub(r"//[^/@\s']*@", "//***@", text)
-
-
-def _check_broker(url: str) -> None:
-    """Setup's --broker checked on the host before anything is done on the device (a typo was found only by the
-    service, after the install), and never with a password in it: the URL goes into the unit file, the process
-    list and the progress lines; the password has its own way in (--mqtt-password-file, --fleet-login)."""
-    from edge_agent.ota.broker_url import parse_broker_urls
+def _check_broker(url: str, instead: str = "--mqtt-password-file FILE (or -) and --mqtt-username") -> None:
+    """Setup's (and `unit`'s) --broker checked on the host before anything is done on the device (a typo was found
+    only by the service, after the install), and never with a password in it: the URL goes into the unit file (0644),
+    the process list and the progress lines; the password has its own way in (`instead`: a 0600 credentials file)."""
+    from edge_agent.ota.broker_url import parse_broker_urls, redact_broker_urls
 
     try:
         addresses = parse_broker_urls(url)
-    except ValueError as exc:
-        raise BadBroker(f"--broker {_hide_login(url)}: {_hide_login(str(exc))}") from None
+    except ValueError as exc:  # its message shows the URL without the password
+        raise BadBroker(f"--broker {redact_broker_urls(url)}: {exc}") from None
     if any(a.password is not None for a in addresses):
-        raise BadBroker(f"--broker {_hide_login(url)}: a password in the URL would be in the unit file and the process "
-                        f"list: give it with --mqtt-password-file FILE (or -) and --mqtt-username")
+        raise BadBroker(f"--broker {redact_broker_urls(url)}: a password in the URL would be in the unit file and the "
+                        f"process list: give it with {instead}")
 
 
 class NoBundleFile(EdgekitError):
@@ -261,6 +256,8 @@ def run_local(args: argparse.Namespace) -> int:
     budget = load_profile(args.profile).limits.memory_budget_mb if args.profile else None
     layout = Layout(root=args.remote_dir)
     extra = ("--credentials", layout.credentials) if args.credentials else ()
+    # as setup does: a password in the URL was printed, into a world-readable unit file
+    _check_broker(args.broker, "--credentials (the service reads its login from REMOTE_DIR/credentials.env, 0600)")
     print(render_unit(layout, args.service_user, args.broker, args.device_id, budget, args.cameras, extra), end="")
     return 0
 

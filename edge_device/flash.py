@@ -1,4 +1,5 @@
-"""`edge-device flash`: push a bundle, verify it there, install it A/B, health-check, bench on the device.
+"""`edge-device flash`: verify a bundle here against the device's keys, push it, verify it there, install it
+A/B, health-check, bench on the device.
 
 The copy is atomic and resumable (ssh.Device.push); the install is the device's own
 `edge-agent install`, i.e. the same state machine as an OTA update, so a bundle that fails its
@@ -7,13 +8,14 @@ checks leaves the previous model active. A device in the middle of an update is 
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from edge_agent.bundle import read_manifest_unverified, sha256_file
-from edge_agent.bundle.errors import InsufficientSpace
+from edge_agent.bundle import TrustStore, read_manifest_unverified, sha256_file, verify_bundle
+from edge_agent.bundle.errors import BundleError, InsufficientSpace, SignatureError
 from edge_agent.errors import EdgekitError
 from edge_agent.ota.phases import Phase
 
@@ -87,6 +89,7 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
     if Phase(status["phase"]).is_unfinished:
         raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
                          f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
+    await _verify_here(ra, cfg.user, bundle)
     df = await device.run(f"df -Pk {q(layout.incoming)} | tail -n 1")
     free_kb = int(df.stdout.split()[3]) if len(df.stdout.split()) > 3 and df.stdout.split()[3].isdigit() else 0
     if free_kb and free_kb * 1024 < 3 * size + 1_000_000:  # the pushed file, staging and the unpacked slot
@@ -114,6 +117,23 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
             "device_latency": device_fig, "host_latency": _host_figures(manifest.measurements),
             "provider": bench.get("provider"), "runtime": bench.get("runtime"),
             "resumed_from": resumed, "service_running": await ra.running(cfg)}
+
+
+async def _verify_here(ra: RemoteAgent, user: str, bundle: Path) -> None:
+    """Verify the bundle on the host against the keys the device trusts, before a byte is pushed: a corrupt, altered
+    or untrusted bundle was copied to the device first and refused there by its own `edge-agent verify`. The device
+    still verifies what it gets (it decides); this only keeps a bad bundle on the host. Same typed errors, codes
+    10-16, one line (the profile is still the device's to check: 17)."""
+    trusted = f"{ra.layout.home}/trusted"
+    r = await ra.device.run(ra.as_user(user, f"cat {shlex.quote(trusted)}/*.pub 2>/dev/null"))
+    try:
+        trust = TrustStore.from_pem_text(r.stdout, f"{ra.name}:{trusted}")
+        if not trust:
+            raise SignatureError(f"the device trusts no signing key ({trusted} is empty): run `edge-device setup "
+                                 "--trust signing.pub` again")
+        await asyncio.to_thread(verify_bundle, bundle, trust)
+    except BundleError as exc:
+        raise type(exc)(f"{ra.name}: {bundle.name}: {exc} (not pushed)") from None
 
 
 async def status(device: Device, layout: Layout) -> dict[str, Any]:

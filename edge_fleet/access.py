@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .errors import FleetError, NotFound
+from .errors import FleetUsageError, NotFound
 from .registry import Registry
 from .registry.records import TokenRecord
 
@@ -65,16 +65,16 @@ def authenticate(reg: Registry, secret: str | None, now: float | None = None) ->
 def create_token(reg: Registry, actor: Actor, name: str, role: str) -> tuple[str, TokenRecord]:
     """A new token: (the secret, shown once, and the stored record without it)."""
     if not _NAME_RE.match(name or ""):
-        raise FleetError(f"token name must be 1-64 of [A-Za-z0-9._@-], got {name!r}")
+        raise FleetUsageError(f"token name must be 1-64 of [A-Za-z0-9._@-], got {name!r}")
     if role not in ROLES:
-        raise FleetError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise FleetUsageError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     rec = TokenRecord(name=name, role=role, token_hash=hash_token(secret), created_at=time.time(),
                       created_by=actor.name)
     try:
         reg.add_token(rec)
     except ValueError as exc:
-        raise FleetError(str(exc)) from exc
+        raise FleetUsageError(str(exc)) from exc
     return secret, rec
 
 

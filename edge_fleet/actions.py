@@ -56,7 +56,7 @@ def publish(reg: Registry, actor: Actor, path: Path, trust: TrustStore | None, s
 
     def work() -> BundleRecord:
         if trust is None:
-            raise FleetError("the fleet has no trusted keys: put *.pub files in HOME/trusted or start serve --trust")
+            raise FleetUsageError("the fleet has no trusted keys: put *.pub files in HOME/trusted or start serve --trust")
         return publish_bundle(reg, path, trust)
 
     return audited(reg, actor, "admin", "publish", shown, {"file": shown}, work,
@@ -88,7 +88,7 @@ def request_action(reg: Registry, actor: Actor, rollout_id: str, action: str, wa
         try:
             act = Action(action)
         except ValueError:
-            raise FleetError(f"unknown action {action!r} (one of {', '.join(a.value for a in Action)})") from None
+            raise FleetUsageError(f"unknown action {action!r} (one of {', '.join(a.value for a in Action)})") from None
         r = rollout_or_404(reg, rollout_id)
         if r.status not in ACTION_FROM[act]:
             raise ActionRefused(f"cannot {act.value} rollout {r.id}: it is {r.status} "

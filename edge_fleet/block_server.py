@@ -189,6 +189,9 @@ class BlockServer:
                 sent += 1
                 self.stats["blocks"] += 1
                 self.stats["bytes"] += min(req.block_size, size - index * req.block_size)
+        except OSError as exc:  # deleted from the store mid-rollout: one line, not a traceback per request per device
+            self._ignore("block request from %s: bundle %s file unreadable (%s)", device_id, req.sha256[:12],
+                         exc.strerror or exc)
         finally:
             if fh is not None:
                 fh.close()

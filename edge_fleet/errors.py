@@ -50,6 +50,12 @@ class RolloutHalted(FleetError):
     code_name = "rollout-halted"
 
 
+class WaitTimeout(FleetError):
+    """`deploy --wait --wait-timeout S` ran out while the rollout was still active (it goes on)."""
+
+    code_name = "wait-timeout"
+
+
 class NotFound(FleetError):
     """A rollout, device or token that the registry does not have."""
 
@@ -90,6 +96,11 @@ class VersionConflict(FleetError):
     """NAME:VERSION for this profile is already published with different content."""
 
     code_name = "version-conflict"
+
+    @classmethod
+    def immutable(cls, name: str, version: int, profile: str, stored_sha: str) -> "VersionConflict":
+        return cls(f"{name} v{version} for {profile} is already published with another file "
+                   f"(sha256 {stored_sha[:12]}...): versions are immutable, convert with a higher --model-version")
 
 
 class BrokerUnavailable(FleetError):

@@ -209,7 +209,7 @@ class FleetServer:
             self._logins_mtime = mtime
             self.broker.reload_users(self.logins.users())
             log.info("broker logins reloaded (%d devices)", len(self.logins.devices))
-        except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+        except (OSError, ValueError, KeyError, NotImplementedError, BrokerStartError) as exc:  # damaged: keep the old
             log.warning("could not reload the broker logins: %s", exc)
 
     def stop(self) -> None:
@@ -336,11 +336,15 @@ class FleetServer:
                 raise ProtocolError(f"unexpected {kind} message on {topic}")
         except ProtocolError as exc:
             log.warning("ignored message on %s: %s", topic, exc)
-        except Exception as exc:  # noqa: BLE001 - never let one message stop the writer
+        except self.registry.UNAVAILABLE as exc:
             if self._missed.is_set():
                 return  # the registry is away: said once
             self._missed.set()  # read the retained reports again once the registry answers
             log.warning("failed to handle message on %s: %s", topic, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        except Exception:  # noqa: BLE001 - never let one message stop the writer
+            # a bug or data the registry refuses: it was taken for "registry away" (its traceback hidden, and the
+            # same message refused again at every catch-up); the registry is fine, so only this message is lost
+            log.exception("failed to store the message on %s (dropped)", topic)
 
     def _loop(self) -> None:
         assert self.driver is not None

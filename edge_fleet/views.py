@@ -6,10 +6,10 @@ Pure functions of records; no registry access, no HTTP.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict
 from typing import Any, Iterator
+
+from edge_agent.finite_json import dumps as finite_dumps
 
 from .registry.records import (AuditEntry, BundleRecord, DeviceEvent, DeviceRecord, LatencySample, RolloutRecord,
                                TargetStatus, latency_ms)
@@ -162,18 +162,7 @@ def _count(values: Iterator[str]) -> dict[str, int]:
     return out
 
 
-def finite(value: Any) -> Any:
-    """`value` with NaN and infinities as null, as the API answers them: a device's free-form figures (its shadow
-    and drift reports, rows stored before NaN was refused) made `--json` print NaN, which JSON does not have."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def dumps(value: Any) -> str:
-    """The CLI's `--json` text: strict JSON, indented."""
-    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
+    """The CLI's `--json` text: strict JSON, indented (a device's free-form figures, its shadow and drift reports or
+    rows stored before NaN was refused, may hold NaN: null, as the API answers them)."""
+    return finite_dumps(value, indent=2, default=str)

@@ -88,3 +88,21 @@ def channel_sum_model(folder: Path, layout: str, version: int):
                         outputs=[TensorSpec("y", "float32", ["batch", 3], "NC")],
                         postprocess=Postprocess(kind="classification"), labels=["r", "g", "b"])
     return manifest, folder
+
+
+def constant_image_classifier(folder: Path):
+    """(manifest, bundle dir) of an image classifier (16x16 RGB in) whose scores are constant, class "c" first: a
+    model with the bundle's image preprocessing and nothing to train."""
+    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
+
+    from .camera_helpers import constant_detector_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    constant_detector_onnx(folder / "model.onnx", {"logits": np.array([[1.0, 2.0, 3.0]])}, (1, 3, 16, 16))
+    manifest = Manifest(name="constant", version=1, profile="x86-64-cpu", format="onnx", runtime="onnxruntime",
+                        precision="fp32", model_file="model.onnx",
+                        inputs=[TensorSpec("image", "float32", [1, 3, 16, 16], "NCHW")],
+                        outputs=[TensorSpec("logits", "float32", [1, 3])],
+                        preprocess=Preprocess(kind="image", color="RGB", size=[16, 16], scale=1 / 255),
+                        postprocess=Postprocess(kind="classification"), labels=["a", "b", "c"])
+    return manifest, folder

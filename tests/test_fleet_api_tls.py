@@ -42,4 +42,4 @@ def test_a_certificate_without_its_key_is_refused_in_one_line(tmp_path, capsys):
     pki = make_pki(tmp_path / "pki")
     rc = fleet_main(["serve", "--home", str(tmp_path / "fleet"), "--http", "0", "--tls-cert", str(pki["server"][0])])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1] == "edge-fleet: error: --tls-cert and --tls-key go together"
+    assert rc == exit_code("usage") and err[-1] == "edge-fleet: error: --tls-cert and --tls-key go together"

@@ -85,7 +85,7 @@ def test_deploy_refuses_a_shadow_timeout_not_shorter_than_the_stage_timeout(tmp_
     rc = fleet_main(["deploy", "digits:3", "--devices", "cam-a", "--min-shadow-agreement", "0.9", "--shadow-timeout",
                      "900", "--db", str(tmp_path / "fleet.db")])
     err = capsys.readouterr().err
-    assert rc == 1 and "--shadow-timeout (900s) must be shorter than --stage-timeout (900s)" in err, err
+    assert rc == 2 and "--shadow-timeout (900s) must be shorter than --stage-timeout (900s)" in err, err
 
 
 def test_status_shows_the_shadow_figures_of_each_stage():

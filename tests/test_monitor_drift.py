@@ -221,6 +221,37 @@ def test_the_cpu_budget_samples_fast_inputs_and_takes_every_slow_one():
     assert (slow.run_count, slow.skipped) == (50, 0)
 
 
+def test_one_observation_dearer_than_the_bucket_does_not_stop_the_monitor_for_good():
+    """One observation that cost more than the bucket holds (a GC pause inside it; every one of them on a
+    slow board) used to lock the monitor out: it waited for tokens the capped bucket never holds, so the
+    drift state stayed `warming_up` for the rest of the process. Now it pays the debt back at its share."""
+    import time
+
+    from edge_agent.monitor.budget import BURST_S, CpuBudget
+
+    def burn(seconds: float):
+        def fn() -> None:
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+        return fn
+
+    now = [0.0]
+    budget = CpuBudget(share=0.02, clock=lambda: now[0])
+    assert budget.run(burn(5 * BURST_S))  # 10 ms of CPU: the estimate is now 5x the bucket
+    ran = 0
+    for _ in range(40):  # 40 s at 10 fps, 1 ms observations: the 10 ms debt is paid back in about 0.5 s
+        for _ in range(10):
+            now[0] += 0.1
+            ran += budget.run(burn(0.001))
+    assert ran >= 200  # ~0.02 x 40 s / 1 ms = 800 at most; before: 0
+    slow = CpuBudget(share=0.02, clock=lambda: now[0])  # a board where every observation costs 4 ms
+    for _ in range(100):  # 100 s at 1 fps: 20 ms of budget a second
+        now[0] += 1.0
+        slow.run(burn(0.004))
+    assert slow.run_count == 100 and slow.skipped == 0
+
+
 def test_the_plain_pipelines_budget_is_a_share_of_the_inference_time_not_of_the_clock(digits_ref, split):
     """`edge-agent run --source` observes frames within 1 % of the model's inference time (LiveSample.latency_ms),
     however much wall time passes: a model that costs nothing buys no statistics beyond the first burst, a slow

@@ -60,7 +60,18 @@ def test_a_model_that_disagrees_in_shadow_is_never_switched_to(home, digits, bro
         assert r.phase == "succeeded" and r.current.version == 2, r
         assert r.shadow["verdict"] == "passed" and r.shadow["agreement"] == 1.0 and r.shadow["frames"] == 60
         # drift of the live frames against v2's reference: held-out digits, no drift
-        wait_for(lambda: (fleet.last_reported("cam-1").drift or {}).get("state") == "ok", what="drift state ok")
+        drift_seen: list = []
+
+        def drift_ok() -> bool:
+            drift_seen.append(fleet.last_reported("cam-1").drift)
+            return (drift_seen[-1] or {}).get("state") == "ok"
+
+        try:
+            wait_for(drift_ok, what="drift state ok")
+        except AssertionError as exc:
+            tel = fleet.last_telemetry("cam-1")
+            raise AssertionError(f"{exc}; last reported drift {drift_seen[-1]}; telemetry drift "
+                                 f"{tel.extra.get('drift') if tel else None}") from None
         # telemetry carries every feature's PSI and the live channel means beside the reported state
         tel = wait_for(lambda: (t := fleet.last_telemetry("cam-1")) and t.extra.get("drift", {}).get("state") == "ok"
                        and t, what="drift in telemetry")

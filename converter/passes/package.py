@@ -16,9 +16,9 @@ from .base import ConversionContext, Pass
 
 def model_name(text: str) -> str:
     """argparse type: a name the manifest takes (checked before the conversion runs, not when it is written)."""
-    from edge_agent.bundle.manifest import _NAME_RE
+    from edge_agent.bundle import NAME_RE
 
-    if not _NAME_RE.match(text):
+    if not NAME_RE.match(text):
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-', starting with a letter or "
                                          "digit, at most 128")
     return text

@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedSchema,
 )
 from .manifest import (
+    NAME_RE,
     REFERENCE_STATS_FILE,
     SCHEMA_VERSION,
     FileEntry,
@@ -42,6 +43,7 @@ __all__ = [
     "REFERENCE_STATS_FILE",
     "SCHEMA_VERSION",
     "DISK_MARGIN_BYTES",
+    "NAME_RE",
     "BundleError",
     "CorruptBundle",
     "FileEntry",

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from device_profiles import FORMATS, RUNTIMES
+from device_profiles import FORMATS, NAME_RE, RUNTIMES
 
 from .errors import ManifestError, UnsupportedSchema
 
@@ -30,7 +30,6 @@ RESIZE_MODES = ("bilinear", "nearest", "letterbox")
 # with 114; "pillow" = PIL BILINEAR (antialiased when shrinking) / NEAREST. Their pixels differ, so the
 # converter records the one its calibration/eval data went through and the agent uses the same.
 RESAMPLERS = ("pillow", "opencv")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -146,7 +145,7 @@ class Manifest:
         v = _Validator(obj)
         manifest = cls(
             schema_version=v.str("schema_version"),
-            name=v.str("name", pattern=_NAME_RE),
+            name=v.str("name", pattern=NAME_RE),
             version=v.int("version", minimum=1),
             profile=v.str("profile"),
             format=v.str("format", choices=FORMATS),

@@ -59,11 +59,20 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read a PEM Ed25519 public key."""
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
         raise SignatureError(f"cannot read trusted key {path}: {exc}") from exc
+    return public_key_from_pem(pem, str(path))
+
+
+def public_key_from_pem(pem: bytes, source: str) -> Ed25519PublicKey:
+    """A PEM Ed25519 public key; SignatureError naming `source` when it is not one."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise SignatureError(f"cannot read trusted key {source}: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"trusted key {path} is not an Ed25519 public key")
+        raise SignatureError(f"trusted key {source} is not an Ed25519 public key")
     return key
 
 
@@ -83,6 +92,14 @@ class TrustStore:
                 k = load_public_key(f)
                 keys[key_id(k)] = k
         return cls(keys)
+
+    @classmethod
+    def from_pem_text(cls, text: str, source: str) -> "TrustStore":
+        """Keys from concatenated PEM public keys (a device's trusted/*.pub read over SSH, `source` naming it)."""
+        end = "-----END PUBLIC KEY-----"
+        blocks = [b + end for b in text.split(end) if b.strip()]
+        keys = [public_key_from_pem(b.strip().encode(), source) for b in blocks]
+        return cls({key_id(k): k for k in keys})
 
     def __bool__(self) -> bool:
         return bool(self.keys)

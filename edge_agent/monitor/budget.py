@@ -4,8 +4,8 @@ On a camera the statistics cost 1-2 % of a frame (scripts/bench_monitor.py), but
 to local apps answers a request in under 2 ms, where the same statistics (about 0.2 ms of numpy calls
 on a small input) would cost 10 %. So the monitor observes a uniform sample of the live inputs: a
 token bucket fills with `share` x elapsed wall time and each observation spends its own measured CPU
-time; an input arriving with the bucket short of the last observation's cost is not observed
-(counted). At camera rates every frame fits; at hundreds of requests a second, one in a few does.
+time; an input arriving with the bucket short of the last observation's cost (or, when one costs
+more than the bucket holds, short of a full bucket) is not observed (counted). At camera rates every frame fits; at hundreds of requests a second, one in a few does.
 Sampling keeps the window's distribution unbiased, it only stretches the time the window covers.
 
 The plain pipeline (`edge-agent run --source`) budgets against the model's own work instead of wall time
@@ -40,7 +40,10 @@ class CpuBudget:
             now = self.clock()
             self._tokens = min(self.burst_s, self._tokens + (now - self._last) * self.share)
             self._last = now
-            if self._tokens < self._cost:
+            # An observation may cost more than the bucket holds (a GC pause inside one, a slow board):
+            # waiting for `_cost` tokens would then wait for ever, and only a run lowers `_cost`. A full
+            # bucket always buys one run; the debt it leaves is paid back at `share` before the next.
+            if self._tokens < min(self._cost, self.burst_s):
                 self.skipped += 1
                 return False
             self._tokens -= self._cost  # reserved now: threads arriving meanwhile see the bucket as it will be

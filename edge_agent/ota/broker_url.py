@@ -40,9 +40,9 @@ def parse_broker_url(url: str, force_tls: bool = False) -> BrokerAddress:
         u = urlparse(url)
         port = u.port
     except ValueError as exc:  # a port that is not a number, or out of range
-        raise ValueError(f"broker URL {url!r} is malformed: {exc}") from None
-    if u.scheme not in PLAIN_SCHEMES + TLS_SCHEMES or not u.hostname:
-        raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        raise ValueError(f"broker URL {redact_broker_urls(url)!r} is malformed: {exc}") from None
+    if u.scheme not in PLAIN_SCHEMES + TLS_SCHEMES or not u.hostname:  # the message is printed: never the password
+        raise ValueError(f"broker URL {redact_broker_urls(url)!r} must look like mqtt://host:1883 or mqtts://host:8883")
     tls = u.scheme in TLS_SCHEMES or force_tls
     return BrokerAddress(u.hostname, port or (8883 if tls else 1883), tls,
                          unquote(u.username) if u.username else None, unquote(u.password) if u.password else None)

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..finite_json import dumps as finite_dumps
 from .phases import Phase
 
 DEFAULT_PREFIX = "edgekit"
@@ -36,9 +37,7 @@ MAX_JSON_BYTES = 256 * 1024  # larger control messages are refused (oversized in
 DEFAULT_BLOCK_SIZE = 128 * 1024
 MAX_BLOCKS_PER_REQUEST = 64
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1024, 16 * 1024 * 1024
-# Whatever a message announces, what a device allocates for one download stays bounded: at most this
-# many blocks (the bitmap and the block-hash list), each at most MAX_BLOCK_SIZE.
-MAX_BLOCKS = 1 << 16
+MAX_BLOCKS = 1 << 16  # blocks of one download whatever a message announces: its bitmap and hash list stay bounded
 BLOCK_HASH_BYTES = 32  # a SHA-256 per block in DesiredState.block_hashes
 MAX_INT = 2**63 - 1  # versions and counters: what a registry column (SQLite, PostgreSQL BIGINT) holds
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -180,8 +179,8 @@ def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = Fa
 
 
 def dumps(message: Any) -> bytes:
-    """Serialise a protocol dataclass as compact JSON."""
-    return json.dumps(asdict(message), separators=(",", ":"), sort_keys=True).encode("utf-8")
+    """Serialise a protocol dataclass as compact, strict JSON (finite_json: a NaN in per-frame results is null)."""
+    return finite_dumps(asdict(message), separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..telemetry.pipeline_stats import ModelInfo, PipelineStats
 from ..monitor.budget import INFERENCE_SHARE
 from ..monitor.drift import DriftConfig
 from ..monitor.watch import add_drift_arguments, pipeline_drift
-from ..errors import AgentError, unwind_on_sigterm
+from ..errors import AgentError, exit_code, unwind_on_sigterm
 from ..telemetry.system import available_memory_bytes
 from .scheduling import PRIORITIES, SCHEDULES, ScheduleError, memory_streams, resolve_streams
 
@@ -39,7 +39,10 @@ def cmd_run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str,
     pipeline runs (verifying, opening a slow stream, loading sessions) unwinds like Ctrl-C (exit 130): it killed the
     process, leaving the unpacked bundle in /tmp/edgekit-run-*; during the run _stop_on_sigterm stops it cleanly."""
     with unwind_on_sigterm():
-        return _run_source(args, home)
+        result, text = _run_source(args, home)
+    if result["interrupted"]:  # Ctrl-C: the summary of what ran, then 130 as every edgekit CLI (it exited 0)
+        args.exit_code = exit_code("interrupted")
+    return result, text
 
 
 def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any], str]:
@@ -115,7 +118,8 @@ def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
     snap = drift.snapshot()
     d["drift"] = snap.to_dict()
     e2e = d["stats"]["latency_ms"]["end_to_end"]
-    text = (f"{summary.frames} frames from {source.description} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
+    text = (("interrupted (Ctrl-C): " if summary.interrupted else "")
+            + f"{summary.frames} frames from {source.description} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
             f"dropped {summary.dropped}, errors {summary.errors}, end-to-end p50 {e2e.get('p50_ms', 0):.1f} ms "
             f"p99 {e2e.get('p99_ms', 0):.1f} ms; drift {snap.state}"
             + (f" ({snap.worst} PSI {snap.psi[snap.worst]})" if snap.worst else ""))

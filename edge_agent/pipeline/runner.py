@@ -69,6 +69,7 @@ class PipelineSummary:
     inference_threads: int = 0  # the runtime's threads per stream (0: its own default)
     streams: int = 1  # sessions inferring consecutive frames side by side
     decode_threads: int | None = None  # FFmpeg's decoding threads (video sources; sources.auto_decode_threads)
+    interrupted: bool = False  # Ctrl-C ended the run: the CLI prints this summary, then exits 130
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -363,7 +364,7 @@ class Pipeline:
 
     def run(self) -> PipelineSummary:
         """Process the source to its end (or max_frames, or stop()); re-raises a fatal error."""
-        started = time.monotonic()
+        started, interrupted = time.monotonic(), False
         stages = (tuple((f"serial{i or ''}", lambda s=s: self._serial(s)) for i, s in enumerate(self.sessions))
                   if self.schedule == "serial" else
                   (("capture", self._capture), ("preprocess", self._preprocess),
@@ -378,6 +379,7 @@ class Pipeline:
                     t.join(0.2)
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the pipeline")
+            interrupted = True
             self.stop()
             for t in threads:
                 t.join(5)
@@ -389,12 +391,10 @@ class Pipeline:
                     log.warning("closing sink %s failed", type(sink).__name__, exc_info=True)
         if self._fatal is not None:
             raise self._fatal
-        seconds = time.monotonic() - started
-        snap = self.stats.snapshot()
+        seconds, snap = time.monotonic() - started, self.stats.snapshot()
         return PipelineSummary(
             frames=snap["processed"], captured=snap["captured"], dropped=snap["dropped"], errors=snap["errors"],
             seconds=round(seconds, 3), fps=round(snap["processed"] / seconds, 3) if seconds > 0 else 0.0,
             policy=self.policy, stats=snap, schedule=self.schedule, helper_priority=self.helper_priority,
             inference_threads=self.session.info.threads, decode_threads=self.source.decode_threads,
-            streams=len(self.sessions),
-        )
+            streams=len(self.sessions), interrupted=interrupted)

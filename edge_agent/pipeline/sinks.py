@@ -6,7 +6,6 @@ frame: the original BGR frame) and `close()` at the end.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import IO, Any
 import numpy as np
 
 from .sources import Frame
+from ..finite_json import dumps
 from ..errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class JsonLinesSink(Sink):
             self._own = True
 
     def write(self, record: dict[str, Any], frame: Frame) -> None:
-        self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._f.write(dumps(record, separators=(",", ":")) + "\n")  # a NaN score: null, not bare NaN
         self._f.flush()
 
     def close(self) -> None:

@@ -43,11 +43,13 @@ def add_http_options(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--workers", type=int, default=1, help="threads running the model (default 1)")
     g.add_argument("--max-json-mb", type=float, default=8.0, help="largest JSON body in MB (default 8)")
     g.add_argument("--max-body-mb", type=float, default=64.0, help="largest body with binary tensors or an image in MB (default 64)")
+    g.add_argument("--max-connections", type=int, default=HttpOptions.max_connections,
+                   help=f"open connections (a thread each); one more gets 503 (default {HttpOptions.max_connections})")
 
 
 def http_options(args: argparse.Namespace) -> tuple[BatchPolicy, HttpOptions]:
     """The batcher policy and HTTP options the command line asks for (one-line error when invalid)."""
-    for name in ("max_batch", "queue_size", "workers"):
+    for name in ("max_batch", "queue_size", "workers", "max_connections"):
         if getattr(args, name) < 1:
             raise ServeOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.max_delay_ms >= 0 or not args.max_json_mb > 0 or not args.max_body_mb > 0:
@@ -61,7 +63,8 @@ def http_options(args: argparse.Namespace) -> tuple[BatchPolicy, HttpOptions]:
         if not token:
             raise ServeOptionError(f"--http-token-file {args.http_token_file} is empty")
     policy = BatchPolicy(args.max_batch, args.max_delay_ms, args.queue_size, args.workers)
-    options = HttpOptions(args.http_host, args.http, token, int(args.max_json_mb * MB), int(args.max_body_mb * MB))
+    options = HttpOptions(args.http_host, args.http, token, int(args.max_json_mb * MB), int(args.max_body_mb * MB),
+                          max_connections=args.max_connections)
     return policy, options
 
 

@@ -12,7 +12,9 @@ limits is refused with 413 before it is read; every malformed request gets a 4xx
 from __future__ import annotations
 
 import hmac
+import io
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -43,7 +45,8 @@ class HttpOptions:
     token: str | None = None  # when set, every request needs `Authorization: Bearer TOKEN`
     max_json_bytes: int = 8 * MB  # a JSON body, or the JSON header of a binary KServe request
     max_body_bytes: int = 64 * MB  # a whole body with binary tensors or an image
-    read_timeout_s: float = 30.0  # a client that stops sending mid-request is dropped
+    read_timeout_s: float = 30.0  # a client that stops sending mid-body, or whose request head takes longer, is dropped
+    max_connections: int = 64  # open connections (a thread each); one more gets 503 at once
 
 
 class ServingServer:
@@ -56,7 +59,7 @@ class ServingServer:
         self._registry: Any = None
         handler = _handler_class(self)
         try:
-            self._httpd = ThreadingHTTPServer((options.host, options.port), handler)
+            self._httpd = _BoundedHTTPServer((options.host, options.port), handler, options.max_connections)
         except OSError as exc:
             raise ServingPortError(f"cannot serve inference on {options.host}:{options.port}: {exc.strerror or exc}") from exc
         self._httpd.daemon_threads = True
@@ -147,6 +150,23 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: tritonclient and requests reuse connections
     disable_nagle_algorithm = True  # headers and body go out without a 40 ms delayed-ACK stall
     server_version = "edgekit-serving"
+
+    head_deadline: float | None = None  # when the request line and headers being read are due (monotonic)
+
+    def setup(self) -> None:
+        super().setup()
+        plain, self.rfile = self.rfile, io.BufferedReader(_HeadDeadlineReader(self.connection, self))
+        plain.close()
+
+    def handle_one_request(self) -> None:
+        """Each request's head (including a keep-alive connection's wait for it) is due within read_timeout_s."""
+        self.head_deadline = time.monotonic() + self.serving.options.read_timeout_s
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.head_deadline = None  # the head is in: the body gets read_timeout_s per read, as before
+        return ok
 
     def handle(self) -> None:
         """A client that hangs up mid-request or mid-response ends its connection quietly: each one used to print a
@@ -253,6 +273,62 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("serving: " + fmt, *args)
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """At most `limit` connections at once: each holds a thread, and idle or slow clients opening more (slowloris)
+    grew threads without bound. One connection over the limit gets 503 and is closed on the accepting thread."""
+
+    _BUSY_BODY = b'{"error":"too many connections: try again later"}'
+    BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)  # never stall the accepting thread on a client that does not read
+                request.sendall(self.BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _HeadDeadlineReader(io.RawIOBase):
+    """The connection's bytes, with the request head (request line and headers) due within one deadline: the socket's
+    timeout applies to each read, so a client sending a header byte every 29 s held its thread for ever."""
+
+    def __init__(self, sock: socket.socket, handler: "_Handler") -> None:
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        deadline = self.handler.head_deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request's head took too long")
+            self.sock.settimeout(min(left, self.handler.timeout))
+        else:
+            self.sock.settimeout(self.handler.timeout)
+        return self.sock.recv_into(buffer)
 
 
 def _handler_class(server: ServingServer) -> type[BaseHTTPRequestHandler]:

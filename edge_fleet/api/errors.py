@@ -16,16 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge_agent.bundle import BundleError
+from edge_agent.bundle import BundleError, InsufficientSpace
 from edge_agent.errors import EdgekitError, one_line
 
-from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFound, RolloutConflict, UnknownBundle,
-                      VersionConflict, exit_code)
+from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFound, RegistryUnreachable,
+                      RolloutConflict, UnknownBundle, VersionConflict, exit_code)
 
 # error class -> HTTP status; any other EdgekitError (a FleetError, ...) is 400
 STATUS: dict[type[EdgekitError], int] = {
     NotFound: 404, UnknownBundle: 404, AccessDenied: 403, RolloutConflict: 409, VersionConflict: 409,
-    ActionRefused: 409, NoTargets: 422, BundleError: 422,
+    ActionRefused: 409, NoTargets: 422, InsufficientSpace: 507, BundleError: 422,  # first match wins
+    RegistryUnreachable: 503,  # the fleet's database is away, not the request wrong (was 400)
 }
 
 
@@ -62,6 +63,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body("invalid-request", "; ".join(problems) or "invalid request", exit_code("usage"),
                                  detail=[{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
                                          for e in exc.errors()]), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        # a bug or a registry error without a class of its own (SQLite still locked after its busy timeout) was a
+        # plain-text "Internal Server Error": JSON like every other answer, so `--api` and the console show it
+        return JSONResponse(body("internal", f"internal error ({type(exc).__name__}: {one_line(exc)}): see the "
+                                 "server's log", exit_code("error")), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:

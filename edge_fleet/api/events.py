@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..access import Actor
 from ..registry import Registry
+from ..views import finite
 from .deps import ApiState, actor, state
 from .routes_fleet import overview
 
@@ -58,7 +59,9 @@ async def _stream(request: Request, st: ApiState, feed: ChangeFeed) -> AsyncIter
         seq, payload = await run_in_threadpool(feed.poll)
         if seq != sent:
             sent, quiet_since = seq, time.monotonic()
-            yield f"event: change\nid: {seq}\ndata: {json.dumps(payload, default=str)}\n\n"
+            # finite(): a device's free-form shadow figures (agreement NaN) reached the overview as `NaN`, which
+            # the console's JSON.parse refuses: live updates stopped for every viewer while that rollout was shown
+            yield f"event: change\nid: {seq}\ndata: {json.dumps(finite(payload), default=str, allow_nan=False)}\n\n"
         elif time.monotonic() - quiet_since > KEEPALIVE:
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"

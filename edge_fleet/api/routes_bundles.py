@@ -17,16 +17,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from edge_agent.bundle import NAME_RE
+
 from .. import actions
 from ..access import Actor
 from ..errors import NotFound
+from ..publish import store_space
 from ..registry import BundleRecord, Registry
 from ..views import bundle_detail, bundle_view
 from .deps import ApiState, Paging, actor, page, paging, registry, state
 from .errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["bundles"])
-_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _bundle(reg: Registry, sha256: str) -> BundleRecord:
@@ -65,8 +67,14 @@ async def upload_bundle(request: Request, who: Actor = Depends(actor), st: ApiSt
                                               description="the file's name, used in error messages")) -> dict[str, Any]:
     actions.require(st.registry, who, "admin", "publish", filename)  # before reading a byte of the body
     name = Path(filename).name
-    if not _FILENAME.match(name):
+    if not NAME_RE.match(name):  # the bundle format's name rule: a file name safe in the store
         raise ApiError(422, "invalid-request", f"filename must be 1-128 of [A-Za-z0-9._-], got {filename!r}", 2)
+    form = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # `curl -F file=@x.edgebundle`: the form's envelope was refused as a corrupt bundle ("re-download it"); plain
+    # `curl --data-binary @x` says application/x-www-form-urlencoded but sends the file as it is, so that one passes
+    if form == "multipart/form-data":
+        raise ApiError(415, "unsupported-media-type", f"the bundle was sent as a form ({form}): send the file itself "
+                       "as the request body (curl --data-binary @FILE, Content-Type application/octet-stream)", 2)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > st.max_upload:
         raise _too_large(st.max_upload)
@@ -74,7 +82,8 @@ async def upload_bundle(request: Request, who: Actor = Depends(actor), st: ApiSt
     folder = Path(tempfile.mkdtemp(dir=st.registry.store_dir, prefix=".upload-"))
     try:
         path = folder / name
-        await _receive(request, path, st.max_upload)
+        with store_space(st.registry.store_dir, name):
+            await _receive(request, path, st.max_upload)
         rec = await run_in_threadpool(actions.publish, st.registry, who, path, st.trust(), name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

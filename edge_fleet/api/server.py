@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 import threading
 import time
 from pathlib import Path
 
 import uvicorn
 
-from ..errors import FleetError, PortUnavailable
+from ..errors import FleetUsageError, PortUnavailable
 from .app import create_app
 from .deps import ApiState
 
@@ -34,10 +35,9 @@ class HttpServer:
     def __init__(self, st: ApiState, host: str = "127.0.0.1", port: int = 8080, cert: Path | None = None,
                  key: Path | None = None, console: bool = True) -> None:
         if (cert is None) != (key is None):
-            raise FleetError("--tls-cert and --tls-key go together")
-        for f in (cert, key):
-            if f is not None and not Path(f).is_file():
-                raise FleetError(f"{f} does not exist")
+            raise FleetUsageError("--tls-cert and --tls-key go together")
+        if cert is not None and key is not None:
+            check_tls_pair(Path(cert), Path(key))
         self.host, self.port, self.tls = host, port, cert is not None
         config = uvicorn.Config(create_app(st, console=console), host=host, port=port, log_level="warning",
                                 ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
@@ -72,6 +72,21 @@ class HttpServer:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+
+
+def check_tls_pair(cert: Path, key: Path) -> None:
+    """Load the pair as uvicorn will: a file that is not a PEM certificate (or not its key) raised in uvicorn's
+    thread, which printed a traceback and then "did not start ... (port in use?)" with the port's exit code."""
+    for option, f in (("--tls-cert", cert), ("--tls-key", key)):
+        if not f.is_file():
+            raise FleetUsageError(f"{option} {f} does not exist or is not a file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key), password=lambda: "")  # never a prompt
+    except ssl.SSLError as exc:
+        raise FleetUsageError(f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate (chain) and its "
+                              f"private key: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise FleetUsageError(f"cannot read --tls-cert {cert} or --tls-key {key}: {exc.strerror or exc}") from None
 
 
 def _loopback(host: str) -> bool:

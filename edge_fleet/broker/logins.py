@@ -23,6 +23,8 @@ from pathlib import Path
 
 from edge_agent.ota.protocol import check_device_id
 
+from ..errors import BrokerStartError
+
 FLEET_USER = "fleet"
 LOGINS_NAME = "logins.json"
 
@@ -41,9 +43,16 @@ class BrokerLogins:
         """The logins kept in `folder` (created with a new fleet password the first time; True then)."""
         path = Path(folder) / LOGINS_NAME
         if path.is_file():
-            data = json.loads(path.read_text())
-            return cls(path, str(data["fleet_password"]), {str(k): str(v) for k, v in data["devices"].items()},
-                       {str(k): float(v) for k, v in data.get("revoked", {}).items()}), False
+            try:
+                data = json.loads(path.read_text())
+                return cls(path, str(data["fleet_password"]), {str(k): str(v) for k, v in data["devices"].items()},
+                           {str(k): float(v) for k, v in data.get("revoked", {}).items()}), False
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # an edit by hand, a truncated copy
+                # was `'fleet_password'` or `Expecting property name ...`, exit 1, for serve and devices login alike
+                what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+                raise BrokerStartError(f"broker logins {path} are damaged ({what}): restore the file, or move it "
+                                       "away to generate new ones (each device then needs `edge-fleet devices "
+                                       "login ID` again)") from None
         logins = cls(path, secrets.token_urlsafe(24))
         logins.save()
         return logins, True

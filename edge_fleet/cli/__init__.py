@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import AccessDenied, run_cli
+from edge_agent.errors import failure_record
+
+from ..errors import AccessDenied, RolloutHalted, run_cli
 from ..registry import Registry, open_registry
 from . import commands, render
 from ..views import dumps
@@ -72,20 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("devices group ID GROUP (or --clear)")
     if args.cmd == "serve" and args.api:
         parser.error("serve runs a fleet here; --api is for the other commands")
+    if args.cmd != "serve" and not args.api:  # not for serve: EDGE_FLEET_API in the fleet host's profile refused it
+        args.api = os.environ.get("EDGE_FLEET_API") or None
 
     def body() -> int:
-        if args.cmd == "serve":
-            result, text = cmd_serve(args)
-        else:
-            fleet = open_fleet(args)
-            try:
-                result, text = COMMANDS[args.cmd](fleet, args)
-            finally:
-                fleet.close()
+        try:
+            if args.cmd == "serve":
+                result, text = cmd_serve(args)
+            else:
+                fleet = open_fleet(args)
+                try:
+                    result, text = COMMANDS[args.cmd](fleet, args)
+                finally:
+                    fleet.close()
+        except Exception as exc:
+            # stdout was empty on failure, which no JSON reader takes; `deploy --wait --json` printed the halted
+            # rollout already (its result): one JSON document either way
+            if args.json and not isinstance(exc, RolloutHalted):
+                print(dumps(failure_record(exc)))
+            raise
         print(dumps(result) if args.json else render.terminal_safe(text))
         return 0
 
-    # no JSON error object: `deploy --wait --json` has already printed the halted rollout as its JSON result
     return run_cli("edge-fleet", body, verbose=args.verbose)
 
 

@@ -18,7 +18,7 @@ from edge_agent.bundle import TrustStore
 
 from .. import actions
 from ..access import local_actor
-from ..errors import FleetError, FleetUsageError
+from ..errors import FleetUsageError, WaitTimeout
 from ..registry import ACTIVE_ROLLOUT, Registry, RolloutStatus
 from ..rollout import parse_max_failures, parse_stages, shadow_gate
 from ..views import audit_view, bundle_detail, bundle_view, device_view, rollout_shadows, rollout_summary, rollout_view
@@ -77,8 +77,9 @@ class Fleet(ABC):
         deadline = time.monotonic() + timeout if timeout else None
         while (r := self.rollout(rollout_id))["status"] in ACTIVE_ROLLOUT:
             if deadline is not None and time.monotonic() > deadline:
-                raise FleetError(f"rollout {rollout_id} still {r['status']} after {timeout:.0f}s "
-                                 "(is `edge-fleet serve` running?)")
+                raise WaitTimeout(f"rollout {rollout_id} still {r['status']} after {timeout:.0f}s "
+                                  "(is `edge-fleet serve` running?); it goes on: `edge-fleet rollouts "
+                                  f"{rollout_id}` follows it")
             time.sleep(0.2)
         return r
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import actions
 from ..broker.logins import LOGINS_NAME, BrokerLogins
-from ..errors import FleetError, FleetUsageError, RolloutHalted
+from ..errors import BrokerStartError, FleetUsageError, RolloutHalted
 from ..registry import RolloutStatus
 from . import render
 from ..views import dumps
@@ -45,7 +45,7 @@ def cmd_bundles(fleet: Fleet, _args: argparse.Namespace) -> Result:
 
 def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> Result:
     body = {"bundle": args.target, "devices": args.devices.split(",") if args.devices is not None else None,
-            "group": args.group, "stages": args.stages or "5,25,100", "max_failures": args.max_failures,
+            "group": args.group, "stages": args.stages, "max_failures": args.max_failures,
             "stage_timeout": args.stage_timeout, "stage_soak": args.stage_soak, "source_url": args.source_url,
             "min_shadow_agreement": args.min_shadow_agreement, "shadow_frames": args.shadow_frames,
             "shadow_timeout": args.shadow_timeout}
@@ -99,7 +99,7 @@ def cmd_devices(fleet: Fleet, args: argparse.Namespace) -> Result:
 def _local_home(fleet: Fleet, command: str) -> LocalFleet:
     """Device logins are kept in the fleet's home (HOME/broker/logins.json), out of the API's reach."""
     if not isinstance(fleet, LocalFleet):
-        raise FleetError(f"device logins live in the fleet's home: run `edge-fleet devices {command}` on the fleet host")
+        raise FleetUsageError(f"device logins live in the fleet's home: run `edge-fleet devices {command}` on the fleet host")
     return fleet
 
 
@@ -135,7 +135,7 @@ def _with_logins(fleet: Fleet, devices: list[Json]) -> list[Json]:
         return devices
     try:
         logins, _ = BrokerLogins.load_or_create(fleet.home / "broker")
-    except (OSError, ValueError, KeyError):  # another user's 0600 file, or a damaged one: the list still prints
+    except (OSError, BrokerStartError):  # another user's 0600 file, or a damaged one: the list still prints
         return devices
     return [{**d, "broker_login": "active" if d["id"] in logins.devices
              else "revoked" if d["id"] in logins.revoked else "none"} for d in devices]
@@ -153,7 +153,5 @@ def cmd_tokens(fleet: Fleet, args: argparse.Namespace) -> Result:
 
 
 def cmd_audit(fleet: Fleet, args: argparse.Namespace) -> Result:
-    if args.limit < 1:
-        raise FleetError("--limit must be at least 1")
     rows = fleet.audit(args.limit)
     return rows, render.audit_text(rows)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cli_types import seconds
+from edge_agent.cli_types import seconds, whole_number
 
 from ..api.limits import DEFAULT_MAX_UPLOAD
 from ..errors import exit_codes_epilog
@@ -20,7 +20,7 @@ DEFAULT_HOME = Path(os.environ.get("EDGE_FLEET_HOME", Path.home() / ".edgekit" /
 def _remote_options(p: argparse.ArgumentParser, default: Any) -> None:
     """--api/--token/--api-ca: on the main parser with real defaults, on each subcommand with SUPPRESS
     so that `edge-fleet --api URL status` and `edge-fleet status --api URL` both work."""
-    p.add_argument("--api", metavar="URL", default=default(os.environ.get("EDGE_FLEET_API")),
+    p.add_argument("--api", metavar="URL", default=default(None),  # EDGE_FLEET_API: main(), for commands but serve
                    help="work on a remote fleet through its management API (env EDGE_FLEET_API)")
     p.add_argument("--token", default=default(os.environ.get("EDGE_FLEET_TOKEN")),
                    help="API token for --api (env EDGE_FLEET_TOKEN)")
@@ -28,14 +28,21 @@ def _remote_options(p: argparse.ArgumentParser, default: Any) -> None:
                    help="CA certificate that signed the API's TLS certificate (self-signed servers)")
 
 
+def _local_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """--home/--db/--json/-v, placed like --api: `edge-fleet --home H status` was refused with `argument cmd:
+    invalid choice: 'H'`, and `edge-fleet --json status` with `unrecognized arguments: --json`."""
+    p.add_argument("--home", default=default(str(DEFAULT_HOME)),
+                   help=f"fleet folder: registry, bundle store, broker data (default {DEFAULT_HOME}, env EDGE_FLEET_HOME)")
+    p.add_argument("--db", default=default(None),
+                   help="registry: a SQLite file (default HOME/fleet.db) or postgresql://user:pass@host/db "
+                        "(several fleet servers on one database)")
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+    p.add_argument("-v", "--verbose", action="store_true", default=default(False))
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=str(DEFAULT_HOME),
-                        help="fleet folder: registry, bundle store, broker data (default %(default)s, env EDGE_FLEET_HOME)")
-    common.add_argument("--db", help="registry: a SQLite file (default HOME/fleet.db) or postgresql://user:pass@host/db "
-                                     "(several fleet servers on one database)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("-v", "--verbose", action="store_true")
+    _local_options(common, lambda _v: argparse.SUPPRESS)
     _remote_options(common, lambda _v: argparse.SUPPRESS)
     return common
 
@@ -79,7 +86,7 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     h.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     h.add_argument("--trust", action="append",
                    help="trusted public key or folder for bundle uploads (default HOME/trusted)")
-    h.add_argument("--max-upload", type=int, default=DEFAULT_MAX_UPLOAD, metavar="BYTES",
+    h.add_argument("--max-upload", type=whole_number(1), default=DEFAULT_MAX_UPLOAD, metavar="BYTES",
                    help="largest bundle upload accepted (default %(default)s; larger: HTTP 413)")
 
 
@@ -109,7 +116,8 @@ def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long a device waits for live frames; none by then: it switches and reports "
                    "shadow skipped (default %(default)s)")
     s.add_argument("--wait", action="store_true", help="follow the rollout until it ends; exit 7 if halted")
-    s.add_argument("--wait-timeout", type=seconds(), default=0.0, help="give up waiting after S seconds (0 = never)")
+    s.add_argument("--wait-timeout", type=seconds(), default=0.0,
+                   help="give up waiting after S seconds (0 = never): exit 68, the rollout goes on")
 
 
 def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -159,7 +167,7 @@ def _add_access(sub: Any, common: argparse.ArgumentParser) -> None:
     r = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     r.add_argument("name")
     a = sub.add_parser("audit", parents=[common], help="who published, deployed, halted or rolled back what, when")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", type=whole_number(1), default=50, help="newest entries to show (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "in stages, show status; locally or through a fleet's API (--api).",
                                 epilog=exit_codes_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _local_options(p, lambda v: v)
     _remote_options(p, lambda v: v)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = _common_options()

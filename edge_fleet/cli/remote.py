@@ -7,7 +7,9 @@ message and exit code: the remote CLI fails exactly like a local one would.
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -15,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiFailed, FleetError
+from ..errors import ApiFailed, FleetError, FleetUsageError
 from ..views import rollout_shadows
 from .backend import Fleet, Json
 
@@ -32,12 +34,20 @@ class ApiClient:
     """JSON over HTTP(S) with a bearer token; `ca` verifies a self-signed server certificate."""
 
     def __init__(self, url: str, token: str | None, ca: Path | None = None, timeout: float = 60.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise FleetError(f"--api must be an http:// or https:// URL, got {url!r}")
+        try:
+            host = urllib.parse.urlsplit(url).hostname if url.startswith(("http://", "https://")) else None
+        except ValueError:  # http://[bad
+            host = None
+        if not host:
+            raise FleetUsageError(f"--api must be an http:// or https:// URL with a host, got {url!r}")
         self.base = url.rstrip("/").removesuffix("/api/v1")  # the API's own base URL, as the docs print it, works too
         self.token = token
         self.timeout = timeout
-        self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        try:
+            self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        except (OSError, ssl.SSLError) as exc:  # a bare "[Errno 2] No such file or directory", exit 1
+            raise FleetUsageError(f"--api-ca {ca} is not a readable PEM CA certificate: "
+                                  f"{getattr(exc, 'reason', None) or exc.strerror or exc}") from None
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
              data: bytes | None = None) -> Any:
@@ -53,21 +63,37 @@ class ApiClient:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise _refusal(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiFailed(f"fleet API {self.base} unreachable: {reason}") from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:  # a proxy's or another server's page: "Expecting value: line 1 column 1", exit 1
+            raise _not_the_api(self.base, path) from None
+
+    def page(self, path: str, query: dict[str, Any]) -> Json:
+        """One page of a list: {"items": [...], "total": N, ...}."""
+        got = self.call("GET", path, query=query)
+        if not (isinstance(got, dict) and isinstance(got.get("items"), list) and isinstance(got.get("total"), int)):
+            raise _not_the_api(self.base, path)  # was KeyError: 'items', exit 1
+        return got
 
     def pages(self, path: str, query: dict[str, Any] | None = None) -> list[Any]:
         """Every item of a paginated list."""
         items: list[Any] = []
         while True:
-            got = self.call("GET", path, query={**(query or {}), "limit": 500, "offset": len(items)})
+            got = self.page(path, {**(query or {}), "limit": 500, "offset": len(items)})
             items += got["items"]
             if not got["items"] or len(items) >= got["total"]:
                 return items
+
+
+def _not_the_api(base: str, path: str) -> ApiFailed:
+    return ApiFailed(f"{base}{path} did not answer as the fleet API does (JSON): is --api the address "
+                     "`edge-fleet serve --http` printed?")
 
 
 def _refusal(exc: urllib.error.HTTPError) -> FleetError:
@@ -87,7 +113,7 @@ class RemoteFleet(Fleet):
     def status(self, group: str | None) -> Json:
         devices = self.devices(group)
         active = self.api.pages("/api/v1/rollouts", {"status": ["pending", "running", "paused"]})
-        newest = self.api.call("GET", "/api/v1/rollouts", query={"limit": 1})["items"]
+        newest = self.api.page("/api/v1/rollouts", {"limit": 1})["items"]
         return {"devices": devices, "active_rollouts": [r["id"] for r in reversed(active)],
                 "rollout_shadows": rollout_shadows([*reversed(active), *newest])}
 
@@ -103,10 +129,12 @@ class RemoteFleet(Fleet):
 
     def publish(self, path: Path, trust: list[str] | None) -> Json:
         if trust:
-            raise FleetError("--trust is the server's: with --api the fleet verifies uploads with its own trusted keys")
+            raise FleetUsageError("--trust is the server's: with --api the fleet verifies uploads with its own trusted keys")
         if not path.is_file():
-            raise FleetError(f"{path} does not exist or is not a file")
-        return self.api.call("POST", "/api/v1/bundles", query={"filename": path.name}, data=path.read_bytes())
+            raise FleetUsageError(f"{path} does not exist or is not a file")
+        # the API takes [A-Za-z0-9._-] names (they only label its messages): "digits v2.edgebundle" was refused
+        shown = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "upload.edgebundle"
+        return self.api.call("POST", "/api/v1/bundles", query={"filename": shown}, data=path.read_bytes())
 
     def deploy(self, body: Json) -> Json:
         return self.api.call("POST", "/api/v1/rollouts", body={k: v for k, v in body.items() if v is not None})
@@ -130,4 +158,4 @@ class RemoteFleet(Fleet):
         return self.api.call("DELETE", f"/api/v1/tokens/{urllib.parse.quote(name, safe='')}")
 
     def audit(self, limit: int) -> list[Json]:
-        return self.api.call("GET", "/api/v1/audit", query={"limit": min(limit, 500)})["items"]
+        return self.api.page("/api/v1/audit", {"limit": min(limit, 500)})["items"]

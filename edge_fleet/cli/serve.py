@@ -72,9 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> Result:
                          signer=UrlSigner.from_secret_file(args.url_secret_file))
     http = None
     try:
+        http = _http_server(args, reg, home) if args.http is not None else None  # bad TLS files: before the broker
         server.start()
-        if args.http is not None:
-            http = _start_http(args, reg, home)
+        if http is not None:
+            http.start()
     except BaseException:
         server.stop()
         reg.close()
@@ -100,14 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     return {"stopped": True}, "edge-fleet: stopped"
 
 
-def _start_http(args: argparse.Namespace, reg: Any, home: Path) -> Any:
+def _http_server(args: argparse.Namespace, reg: Any, home: Path) -> Any:
     from ..api.deps import ApiState
     from ..api.server import HttpServer
 
     paths = list(args.trust or [])
     state = ApiState(reg, trust=lambda: trust_store(home, paths, required=False), max_upload=args.max_upload)
     host, port = args.http
-    return HttpServer(state, host, port, cert=args.tls_cert, key=args.tls_key).start()
+    return HttpServer(state, host, port, cert=args.tls_cert, key=args.tls_key)
 
 
 def _banner(info: dict[str, Any]) -> str:

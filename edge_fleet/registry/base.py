@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 from edge_agent.ota.protocol import ReportedState, Telemetry
 
+from ..errors import RegistryUnreachable
+
 from .records import (AuditEntry, BundleRecord, DeviceEvent, DeviceFilter, DeviceRecord, LatencySample, Page,
                       RolloutRecord, RolloutStatus, TargetStatus, TokenRecord)
 
@@ -24,6 +26,9 @@ class Registry(ABC):
 
     #: where published bundle files are kept, named by SHA-256 (a folder, whatever the engine)
     store_dir: Path
+    #: the errors that mean the database is away (down, unreachable, locked too long, its disk failing), as opposed to
+    #: a bug or data it refuses: the fleet server waits for it and reads the devices' retained reports again
+    UNAVAILABLE: tuple[type[Exception], ...] = (RegistryUnreachable, OSError)
 
     @property
     @abstractmethod

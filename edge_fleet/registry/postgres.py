@@ -15,9 +15,10 @@ import logging
 import re
 import threading
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 
@@ -94,16 +95,33 @@ class _Connection:
             if any(isinstance(p, str) and "\x00" in p for p in params):  # psycopg's DataError was an API 500
                 raise FleetError("a value holds a NUL character, which a PostgreSQL registry can neither hold "
                                  "nor match")
-            return self._live().execute(_placeholders(sql), tuple(params))
-        return self._live().execute(sql)
+            with self._lost_as_unreachable():
+                return self._live().execute(_placeholders(sql), tuple(params))
+        with self._lost_as_unreachable():
+            return self._live().execute(sql)
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
-        with self._live().cursor() as cur:
+        with self._lost_as_unreachable(), self._live().cursor() as cur:
             cur.executemany(_placeholders(sql), rows)
 
     def script(self, sql: str) -> None:
         """Several statements without parameters (a migration file)."""
-        self._live().execute(sql)  # type: ignore[arg-type]
+        with self._lost_as_unreachable():
+            self._live().execute(sql)  # type: ignore[arg-type]
+
+    @contextmanager
+    def _lost_as_unreachable(self) -> Iterator[None]:
+        """A connection that died under a statement (PostgreSQL restarted, failed over, or stopped) raised psycopg's
+        own error: an API 500 in plain text and exit 1. Now RegistryUnreachable (API 503, exit 67); the next
+        statement connects again. Errors on a live connection (a deadlock, a constraint) pass unchanged."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not (self._conn.closed or self._conn.broken):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RegistryUnreachable(f"registry {redact(self.url)} lost its connection ({first}): try again "
+                                      "(the next request connects again)") from exc
 
     @property
     def broken(self) -> bool:
@@ -124,6 +142,7 @@ class PostgresRegistry(SqlRegistry):
     _JSON_NUM = "({col}::jsonb ->> '{key}')::float8"
     _CONTAINS = "strpos(id, ?) > 0"
     _INTEGRITY_ERROR = psycopg.errors.UniqueViolation
+    UNAVAILABLE = (*SqlRegistry.UNAVAILABLE, psycopg.OperationalError, psycopg.InterfaceError)  # server gone, link cut
 
     def __init__(self, url: str, store_dir: Path | None = None) -> None:
         self.url = url
@@ -144,11 +163,6 @@ class PostgresRegistry(SqlRegistry):
 
     def _insert_id(self, sql: str, params: tuple) -> int:
         return int(self._query(sql + " RETURNING id", params)[0][0])
-
-    def _upsert_bundle(self, params: tuple) -> None:
-        cols = ("name", "version", "profile", "size", "manifest", "signature", "key_id", "path", "published_at")
-        self._execute("INSERT INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sha256) DO UPDATE SET "
-                      + ", ".join(f"{c}=EXCLUDED.{c}" for c in cols), params)
 
     def _serialize(self, key: str) -> None:
         self._execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))

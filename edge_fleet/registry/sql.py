@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Telemetry
 
-from ..errors import RolloutConflict
+from ..errors import RolloutConflict, VersionConflict
 from .base import Registry
 from .records import (ACTIVE_ROLLOUT, BundleRecord, DeviceRecord, Page, RolloutRecord, RolloutStatus,
                       RolloutTarget, TargetStatus, latency_ms)
@@ -43,6 +43,13 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 def _loads(text: str | None) -> dict[str, Any] | None:
     return json.loads(text) if text else None
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """`items` in slices small enough for one statement's parameters: SQLite before 3.32 (Ubuntu 20.04, JetPack 5)
+    allows 999, later builds 32766, PostgreSQL 65535; a deploy to a group of 1,000 devices hit the first."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _marks(items: tuple | list) -> str:
@@ -81,9 +88,6 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         """Run an INSERT and return the new row's id (rowid)."""
         return int(self._execute(sql, params).lastrowid)
 
-    def _upsert_bundle(self, params: tuple) -> None:
-        self._execute("INSERT OR REPLACE INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?)", params)
-
     # -- low level --------------------------------------------------------------------------
 
     def _execute(self, sql: str, params: tuple | list = ()) -> Any:
@@ -104,10 +108,18 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
     # -- bundles ----------------------------------------------------------------------------
 
     def add_bundle(self, rec: BundleRecord) -> None:
-        self._upsert_bundle(
-            (rec.sha256, rec.name, rec.version, rec.profile, rec.size, json.dumps(rec.manifest),
-             json.dumps(rec.signature), rec.key_id, str(rec.path), rec.published_at),
-        )
+        """The same file again updates its row. Another file under a stored NAME:VERSION for the profile is
+        refused here too, not only by publish's check before it: SQLite's INSERT OR REPLACE deleted the row of the
+        first of two publishes racing with different files, which had been told it was published."""
+        cols = ("name", "version", "profile", "size", "manifest", "signature", "key_id", "path", "published_at")
+        try:
+            self._execute("INSERT INTO bundles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sha256) DO UPDATE SET "
+                          + ", ".join(f"{c}=EXCLUDED.{c}" for c in cols),
+                          (rec.sha256, rec.name, rec.version, rec.profile, rec.size, json.dumps(rec.manifest),
+                           json.dumps(rec.signature), rec.key_id, str(rec.path), rec.published_at))
+        except self._INTEGRITY_ERROR:  # UNIQUE (name, version, profile)
+            stored = next((b.sha256 for b in self.bundles_named(rec.name, rec.version) if b.profile == rec.profile), "")
+            raise VersionConflict.immutable(rec.name, rec.version, rec.profile, stored) from None
 
     @staticmethod
     def _bundle(row: Any) -> BundleRecord:
@@ -221,10 +233,8 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         return self._device(rows[0]) if rows else None
 
     def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
-        ids = list(device_ids)
         found: dict[str, DeviceRecord] = {}
-        for start in range(0, len(ids), 500):  # SQLite allows 999 parameters per statement
-            chunk = ids[start:start + 500]
+        for chunk in _chunks(list(device_ids)):
             for row in self._query(f"SELECT * FROM devices WHERE id IN ({_marks(chunk)})", chunk):
                 found[row["id"]] = self._device(row)
         return found
@@ -275,13 +285,14 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
             return self._busy(list(device_ids))
 
     def _busy(self, device_ids: list[str]) -> dict[str, str]:
-        if not device_ids:
-            return {}
-        rows = self._query(
-            "SELECT rd.device_id, rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
-            f"WHERE r.status IN ({_marks(ACTIVE_ROLLOUT)}) AND rd.stage >= 0 AND rd.device_id IN ({_marks(device_ids)})",
-            (*ACTIVE_ROLLOUT, *device_ids))
-        return {row["device_id"]: row["rollout_id"] for row in rows}
+        busy: dict[str, str] = {}
+        for chunk in _chunks(device_ids):
+            rows = self._query(
+                "SELECT rd.device_id, rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
+                f"WHERE r.status IN ({_marks(ACTIVE_ROLLOUT)}) AND rd.stage >= 0 AND rd.device_id IN ({_marks(chunk)})",
+                (*ACTIVE_ROLLOUT, *chunk))
+            busy.update((row["device_id"], row["rollout_id"]) for row in rows)
+        return busy
 
     def rollout(self, rollout_id: str) -> RolloutRecord | None:
         found = self._rollouts("WHERE id=?", (rollout_id,))
@@ -329,9 +340,9 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
                 rows = self._query(sql, params)
                 ids = [r["id"] for r in rows]
                 targets: dict[str, list[RolloutTarget]] = {i: [] for i in ids}
-                if ids:
-                    for t in self._query(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(ids)}) "
-                                         "ORDER BY stage, device_id", ids):
+                for chunk in _chunks(ids):
+                    for t in self._query(f"SELECT * FROM rollout_devices WHERE rollout_id IN ({_marks(chunk)}) "
+                                         "ORDER BY stage, device_id", chunk):
                         targets[t["rollout_id"]].append(RolloutTarget(**{
                             **dict(t), "status": TargetStatus(t["status"]), "shadow": _loads(t["shadow"])}))
             finally:

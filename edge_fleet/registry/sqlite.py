@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import RegistryUnusable
 from .migrations import Migration, load_migrations, pending
 from .sql import SqlRegistry
 
@@ -25,17 +26,26 @@ _LEGACY_COLUMNS = (("source_url", 2), ("stage_soak", 3))
 class SqliteRegistry(SqlRegistry):
     """Thread-safe access to one SQLite registry file (one connection guarded by a lock)."""
 
+    UNAVAILABLE = (*SqlRegistry.UNAVAILABLE, sqlite3.OperationalError)  # locked past the busy timeout, I/O error
+
     def __init__(self, db_path: Path, store_dir: Path | None = None) -> None:
         self.db_path = Path(db_path).expanduser()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store_dir = Path(store_dir) if store_dir else self.db_path.parent / "bundles"
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._use_wal(deadline=time.monotonic() + 30)
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable on commit except at power loss; no fsync per report
-        self._migrate(load_migrations("sqlite"))
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unusable(self.db_path, exc) from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._use_wal(deadline=time.monotonic() + 30)
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable on commit except at power loss; no fsync per report
+            self._migrate(load_migrations("sqlite"))
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _unusable(self.db_path, exc) from None
 
     def _use_wal(self, deadline: float) -> None:
         """Switch the file to WAL. SQLite does not call the busy handler for this pragma: while
@@ -103,6 +113,14 @@ class SqliteRegistry(SqlRegistry):
         for v in range(1, version + 1):
             self._db.execute("INSERT INTO schema_version VALUES (?, ?)", (v, time.time()))
         log.info("registry %s: adopted a pre-migration file at schema version %d", self.db_path, version)
+
+
+def _unusable(path: Path, exc: Exception) -> RegistryUnusable:
+    """--db (or HOME/fleet.db) that is not a SQLite file, a folder, or out of reach: the bare sqlite3 message
+    ("file is not a database") named no file and exited 1, the code for a bug."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return RegistryUnusable(f"registry {path} cannot be used: {reason} (give --db a fleet registry file, "
+                            "or a path where one can be created)")
 
 
 def _statements(script: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 from edge_agent.ota.protocol import (BLOCK_HASH_BYTES, DEFAULT_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_BYTES, DesiredState,
                                      ShadowGate)
 
-from ..errors import FleetError
+from ..errors import FleetUsageError
 from ..registry.records import BundleRecord
 from .signed_urls import UrlSigner
 
@@ -27,19 +27,19 @@ def source_for(bundle: BundleRecord, url_template: str | None) -> dict[str, str]
         url = url_template.format(sha256=bundle.sha256, name=bundle.name, version=bundle.version,
                                   profile=bundle.profile)
     except (KeyError, IndexError, AttributeError, ValueError) as exc:  # {nope}, {0}, {name.x}, a lone {
-        raise FleetError(f"--source-url {url_template!r} is not a usable template ({type(exc).__name__}: {exc}): "
+        raise FleetUsageError(f"--source-url {url_template!r} is not a usable template ({type(exc).__name__}: {exc}): "
                          "use {sha256}, {name}, {version} and {profile}; double a literal brace ({{ }})") from None
     if not url.startswith(("http://", "https://", "s3://")):
-        raise FleetError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
+        raise FleetUsageError(f"--source-url must make an http(s) URL or s3://BUCKET/KEY, got {url!r}")
     return {"type": "http", "url": url}
 
 
 def shadow_gate(min_agreement: float | None, frames: int = 300, timeout_s: float = 300.0) -> dict[str, Any] | None:
-    """The shadow gate a rollout stores and sends (None without --min-shadow-agreement); FleetError if invalid."""
+    """The shadow gate a rollout stores and sends (None without --min-shadow-agreement); FleetUsageError if invalid."""
     if min_agreement is None:
         return None
     if not (0.0 <= min_agreement <= 1.0 and frames >= 1 and 0 < timeout_s < math.inf):  # `not`: NaN too
-        raise FleetError("--min-shadow-agreement must be within 0..1, --shadow-frames >= 1, --shadow-timeout > 0")
+        raise FleetUsageError("--min-shadow-agreement must be within 0..1, --shadow-frames >= 1, --shadow-timeout > 0")
     return {"min_agreement": min_agreement, "frames": frames, "timeout_s": timeout_s}
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Iterable
 
 from edge_agent.ota.protocol import Topics, dumps
 
@@ -74,8 +74,13 @@ class RolloutDriver:
 
     def step(self, now: float | None = None) -> None:
         """One pass over all active rollouts, then the operators' requests (cheap; call a few times per second)."""
-        active = self.reg.rollouts(ACTIVE_ROLLOUT)
         requested = {r.id for r in self.reg.requested_rollouts()}
+        active = self.reg.rollouts(ACTIVE_ROLLOUT)
+        # a halt or roll-back of a rollout that has not started is applied before it starts: the first stage used
+        # to be sent first, so `halt` on a rollout deployed by mistake still updated its first devices
+        if not_started := [r.id for r in active if r.status == R.PENDING and r.id in requested]:
+            self._apply_requests(not_started, now)
+            active = self.reg.rollouts(ACTIVE_ROLLOUT)
         ids = {r.id for r in active}  # a rollout that ended (here or on the server that drove it before) is forgotten
         self._covered = {key: at for key, at in self._covered.items() if key[0] in ids}
         for r in active:
@@ -83,7 +88,10 @@ class RolloutDriver:
                 self._step(r, time.time() if now is None else now)
             except Exception:  # noqa: BLE001 - a broken rollout must not stop the others
                 log.exception("rollout %s: step failed", r.id)
-        for rid in requested:
+        self._apply_requests(requested, now)
+
+    def _apply_requests(self, rollout_ids: Iterable[str], now: float | None) -> None:
+        for rid in rollout_ids:
             try:
                 self._apply_request(rid, time.time() if now is None else now)
             except Exception:  # noqa: BLE001
@@ -98,7 +106,7 @@ class RolloutDriver:
         request, by = r.request, r.request_by or "an operator"
         try:
             action = Action(request) if request in {a.value for a in Action} else None
-            if action is None or r.status not in ACTION_FROM[action] or r.status == R.PENDING:
+            if action is None or r.status not in ACTION_FROM[action]:
                 log.warning("rollout %s: ignored %r request from %s while %s", r.id, request, by, r.status)
             elif action == Action.HALT:
                 self._advance(r, RolloutEvent.OPERATOR_HALT, now, reason=f"halted by {by}")
@@ -258,7 +266,12 @@ class RolloutDriver:
         topic = self.topics.desired(t.device_id)
         prev = self.reg.bundle_by_sha(t.previous_sha) if t.previous_sha else None
         if prev is not None:
-            self.publish(topic, dumps(desired_for(prev, f"{rid}-rollback", allow_downgrade=True)), True)
+            try:  # the block hashes come from the stored file: one deleted from the store made every halt fail
+                desired = desired_for(prev, f"{rid}-rollback", allow_downgrade=True)
+            except OSError as exc:
+                return (f"previous bundle {prev.name}:{prev.version} file unreadable ({exc.strerror or exc}): "
+                        "cannot roll back", False)
+            self.publish(topic, dumps(desired), True)
             return f"desired reset to previous {prev.name}:{prev.version}", True
         if t.previous_sha is None:
             self.publish(topic, b"", True)  # no model before: clear the retained desired state

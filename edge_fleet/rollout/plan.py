@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import FleetError, NoTargets, RolloutConflict, UnknownBundle
+from ..errors import FleetUsageError, NoTargets, RolloutConflict, UnknownBundle
 from ..registry import Registry
 from ..registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, RolloutTarget, TargetStatus
 from .desired import source_for
@@ -64,7 +64,7 @@ def skipped_summary(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
 def _wanted(reg: Registry, devices: list[str] | None, group: str | None) -> tuple[list[str], dict[str, DeviceRecord]]:
     """The device ids asked for (in order, without duplicates) and what the registry knows of them."""
     if (devices is None) == (group is None):
-        raise FleetError("choose the targets with exactly one of --devices or --group")
+        raise FleetUsageError("choose the targets with exactly one of --devices or --group")
     if devices is not None:
         wanted = list(dict.fromkeys(d.strip() for d in devices if d.strip()))
         known = {d.id: d for d in reg.devices()}
@@ -91,11 +91,11 @@ def plan_rollout(reg: Registry, target: str, devices: list[str] | None = None, g
     disagrees reports failed (shadow_failed), which counts against max_failures like any failure.
     """
     if not 0 <= stage_soak < math.inf:  # `not`: NaN too (SQLite stores it as NULL; inf never lets a stage end)
-        raise FleetError(f"--stage-soak must be a finite number of seconds >= 0, got {stage_soak}")
+        raise FleetUsageError(f"--stage-soak must be a finite number of seconds >= 0, got {stage_soak}")
     if not 0 < stage_timeout < math.inf:  # <= 0 times every device out at once; NaN/inf never time one out
-        raise FleetError(f"--stage-timeout must be a finite number of seconds > 0, got {stage_timeout}")
+        raise FleetUsageError(f"--stage-timeout must be a finite number of seconds > 0, got {stage_timeout}")
     if shadow and not shadow["timeout_s"] < stage_timeout:
-        raise FleetError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
+        raise FleetUsageError(f"--shadow-timeout ({shadow['timeout_s']:g}s) must be shorter than --stage-timeout "
                          f"({stage_timeout:g}s): a device waiting for live frames would time out first")
     name, version = parse_target(target)
     bundles = {b.profile: b for b in reg.bundles_named(name, version)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import FleetError
+from ..errors import FleetError, FleetUsageError
 
 MARGIN_S = 300  # clock skew between the fleet and the web server / S3
 S3_MAX_S = 7 * 24 * 3600  # SigV4 pre-signed URLs live at most 7 days
@@ -41,7 +41,7 @@ def s3_presigned(url: str, expires_in: int, client: Any = None) -> str:
     """A pre-signed HTTPS GET URL for `s3://bucket/key`."""
     parts = urlsplit(url)
     if not parts.netloc or not parts.path.strip("/"):
-        raise FleetError(f"--source-url s3://BUCKET/KEY needed, got {url!r}")
+        raise FleetUsageError(f"--source-url s3://BUCKET/KEY needed, got {url!r}")
     if client is None:
         try:
             import boto3
@@ -67,9 +67,9 @@ class UrlSigner:
         try:
             secret = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise FleetError(f"cannot read the URL secret {path}: {exc.strerror}") from exc
+            raise FleetUsageError(f"cannot read the URL secret {path}: {exc.strerror}") from exc
         if len(secret) < 16:
-            raise FleetError(f"the URL secret in {path} is shorter than 16 characters: use a long random one")
+            raise FleetUsageError(f"the URL secret in {path} is shorter than 16 characters: use a long random one")
         return cls(secret)
 
     def sign(self, url: str, device_id: str, now: float, lifetime: float) -> str:

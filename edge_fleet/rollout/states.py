@@ -78,6 +78,9 @@ ROLLOUT_TRANSITIONS: dict[tuple[R, RolloutEvent], R] = {
     (R.HALTING, RE.ROLLBACKS_SETTLED): R.HALTED,
     (R.RUNNING, RE.OPERATOR_HALT): R.PAUSED,
     (R.PAUSED, RE.OPERATOR_RESUME): R.RUNNING,
+    # halted or rolled back before its first stage was sent: paused before stage 1, or halted with nothing sent
+    (R.PENDING, RE.OPERATOR_HALT): R.PAUSED,
+    (R.PENDING, RE.HALTED): R.HALTED,
     # a paused rollout still watches its in-flight devices: too many failures halt it as usual
     (R.PAUSED, RE.HALTED_AWAIT_ROLLBACKS): R.HALTING,
     (R.PAUSED, RE.HALTED): R.HALTED,
@@ -95,8 +98,8 @@ class Action(StrEnum):
     ROLLBACK = "rollback"  # halt now and send every switched device its previous bundle
 
 
-# The statuses from which each action may be requested. A pending rollout becomes running at the
-# server's next tick, before requests are applied, so it may be halted or rolled back too.
+# The statuses from which each action may be requested. A request on a pending rollout is applied before
+# its first stage starts: halted, it waits paused before stage 1; rolled back, it ends with nothing sent.
 ACTION_FROM: dict[Action, frozenset[R]] = {
     Action.HALT: frozenset({R.PENDING, R.RUNNING}),
     Action.RESUME: frozenset({R.PAUSED}),

@@ -19,7 +19,6 @@ watching the slots for a CLI rollback/install, signals).
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import signal
 import sys
@@ -27,6 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ...finite_json import dumps as finite_dumps
 from ...home import AgentHome
 from ...runtimes import ModelSession
 from ...monitor.drift import DriftConfig
@@ -174,7 +174,7 @@ def _results_sink(target: str | None) -> Callable[[dict[str, Any]], None] | None
 
     def write(record: dict) -> None:
         with lock:
-            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            fh.write(finite_dumps(record, separators=(",", ":")) + "\n")
 
     return write
 

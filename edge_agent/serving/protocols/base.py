@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ...finite_json import finite_counted
 from ..errors import BadRequest
 from ..service import InferenceService
 
@@ -47,7 +48,22 @@ class Response:
 
     @classmethod
     def of_json(cls, obj: Any, status: int = 200) -> "Response":
-        return cls(status, json.dumps(obj, separators=(",", ":")).encode())
+        body, headers = json_body(obj)
+        return cls(status, body, headers=headers)
+
+
+NON_FINITE = "Edgekit-Non-Finite"
+
+
+def json_body(obj: Any) -> tuple[bytes, dict[str, str]]:
+    """`obj` as strict JSON, and the headers saying how many NaN/inf values it carries as null.
+
+    Bare NaN/Infinity (what json.dumps writes) made a model's non-finite output an unparsable answer for
+    JavaScript's JSON.parse and every strict parser; null keeps the answer readable, and the header tells a
+    client that looks which nulls were not numbers (docs/serving.md, "Non-finite outputs")."""
+    clean, count = finite_counted(obj)
+    body = json.dumps(clean, separators=(",", ":"), allow_nan=False).encode()
+    return body, ({NON_FINITE: str(count)} if count else {})
 
 
 Handler = Callable[[Request, "re.Match[str]"], Response]

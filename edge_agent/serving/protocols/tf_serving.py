@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadRequest
+from ..images import check_image_count
 from ..tensors import metadata
 from .base import ProtocolAdapter, Request, Response, is_image, route
 
@@ -99,8 +100,12 @@ class TFServing(ProtocolAdapter):
         return result
 
 
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)
+
+
 def _b64(value: Any) -> bytes | None:
-    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+    if _is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
@@ -112,6 +117,8 @@ def _images(data: Any) -> list[bytes] | None:
     """The encoded images of a request whose values are all {"b64": ...} (None when it holds tensors)."""
     values = data if isinstance(data, list) else [data]
     values = [next(iter(v.values())) if isinstance(v, dict) and len(v) == 1 and "b64" not in v else v for v in values]
+    if len(values) > 1 and _is_b64(values[0]):  # KServe's cap on images a request, before any is decoded
+        check_image_count(len(values), "b64 images")
     found = [_b64(v) for v in values]
     if not found or any(x is None for x in found):
         return None

@@ -1,0 +1,106 @@
+"""The inference endpoint's bounds on what one client can make it hold: images a request (in both protocols), and
+connections (each holds a thread: neither a request head trickling in nor a crowd of idle ones may hold threads
+without bound)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .serving_helpers import constant_image_classifier, dynamic_batch_model
+
+
+@contextmanager
+def _serving(model: tuple[Any, Path], **options: Any) -> Iterator[Any]:
+    """A (manifest, bundle dir) served in process with these HttpOptions; yields the ServingServer."""
+    from edge_agent.runtimes import load_session
+    from edge_agent.serving import BatchPolicy, HttpOptions, ModelHolder, ServedModel, start_serving, stop_serving
+
+    manifest, folder = model
+    session = load_session(folder, manifest, threads=1)
+    server = start_serving(ModelHolder(ServedModel(manifest, session)), BatchPolicy(), HttpOptions(port=0, **options))
+    try:
+        yield server
+    finally:
+        stop_serving(server)
+        session.close()
+
+
+def test_serving_drops_a_request_head_that_trickles_in(tmp_path):
+    """The read timeout was per read: a client sending a header byte now and then (slowloris) held its connection's
+    thread for ever. Now a request's head (request line and headers) is due within read_timeout_s as a whole."""
+    import socket
+
+    with _serving(dynamic_batch_model(tmp_path / "linear"), read_timeout_s=1.0) as server:
+        with socket.create_connection((server.host, server.port)) as slow:  # a byte every 0.3 s: each read in time
+            slow.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+            closed = False
+            for _ in range(40):  # 12 s of trickling: ten times the 1 s the whole head may take
+                try:
+                    slow.sendall(b"a")
+                    slow.settimeout(0.3)
+                    closed = slow.recv(1024) == b""
+                except socket.timeout:
+                    continue
+                except OSError:  # reset: closed too
+                    closed = True
+                if closed:
+                    break
+            assert closed, "the server still reads a request head trickling in after ten times read_timeout_s"
+
+
+def test_serving_answers_503_past_its_connection_limit(tmp_path):
+    """Each connection holds a thread, and idle connections grew threads without bound. Past max_connections a new
+    connection now gets 503 at once, and a slot frees up when a connection ends."""
+    import socket
+
+    import httpx
+
+    from .ota_helpers import wait_for
+
+    with _serving(dynamic_batch_model(tmp_path / "linear"), max_connections=2) as server:
+        idle = [socket.create_connection((server.host, server.port)) for _ in range(2)]
+        try:
+            with socket.create_connection((server.host, server.port)) as third:
+                third.settimeout(10)
+                answer = third.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"too many connections" in answer, answer
+        finally:
+            for s in idle:
+                s.close()
+        with httpx.Client(base_url=server.url, timeout=10) as client:  # their threads end, their slots free up
+            wait_for(lambda: _live(client), what="a connection slot to free up")
+
+
+def _live(client: Any) -> bool:
+    import httpx
+
+    try:
+        return client.get("/v2/health/live").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_tf_serving_b64_images_are_capped_per_request_like_kserve(tmp_path):
+    """KServe BYTES inputs were capped at 64 images a request (413), but TF Serving's {"b64": ...} values were not:
+    a body under the JSON limit holding thousands of tiny PNGs was decoded and run image by image, holding a worker
+    for all of them. Both now share the one cap (images.MAX_IMAGES); the 32 MP per-image cap already held for b64."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+
+    limit = 64  # docs/serving.md: "at most 64 images a request"
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buf, format="PNG")
+    png = {"b64": base64.b64encode(buf.getvalue()).decode()}
+    with _serving(constant_image_classifier(tmp_path / "constant")) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        for body in ({"instances": [png] * (limit + 1)}, {"inputs": [png] * (limit + 1)},
+                     {"instances": [{"image": png}] * (limit + 1)}):
+            r = client.post("/v1/models/constant:predict", json=body)
+            assert r.status_code == 413 and f"at most {limit} images a request" in r.json()["error"], r.text[:300]
+        r = client.post("/v1/models/constant:predict", json={"instances": [png] * limit})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == limit
