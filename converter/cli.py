@@ -296,7 +296,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
     p.add_argument("--eval-labels", type=Path, help="detectors: ground-truth boxes for the --eval images, a COCO-style "
                    "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
-    p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used (default 256)")
+    p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used: images read from a calibration folder and frames from a video are "
+                   "spread evenly over it (default 256)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 | map-drop:3 (comma-separate several); "
                    "agreement = top-1 for classifiers, matched boxes (IoU>=0.5, same class) for detectors, "
