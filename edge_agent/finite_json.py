@@ -36,6 +36,16 @@ def finite(value: Any) -> Any:
     return finite_counted(value)[0]
 
 
+def dumps_counted(value: Any, **kwargs: Any) -> tuple[str, int]:
+    """`json.dumps` of `value` with NaN and infinities as null, and how many were. The encoder's own check
+    (C speed) goes first: walking a detector's 176,400 output floats in Python cost 1.6x the encoding."""
+    try:
+        return json.dumps(value, allow_nan=False, **kwargs), 0
+    except ValueError:  # "Out of range float values are not JSON compliant" (a circular one raises again below)
+        clean, count = finite_counted(value)
+        return json.dumps(clean, allow_nan=False, **kwargs), count
+
+
 def dumps(value: Any, **kwargs: Any) -> str:
     """`json.dumps` of `value` with NaN and infinities as null: strict JSON whatever the model answered."""
-    return json.dumps(finite(value), allow_nan=False, **kwargs)
+    return dumps_counted(value, **kwargs)[0]

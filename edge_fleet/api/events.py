@@ -9,7 +9,6 @@ the ordinary API. A `: keep-alive` comment every 15 s keeps proxies from closing
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from typing import Any, AsyncIterator
@@ -18,9 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from edge_agent.finite_json import dumps as finite_dumps
+
 from ..access import Actor
 from ..registry import Registry
-from ..views import finite
 from .deps import ApiState, actor, state
 from .routes_fleet import overview
 
@@ -59,9 +59,9 @@ async def _stream(request: Request, st: ApiState, feed: ChangeFeed) -> AsyncIter
         seq, payload = await run_in_threadpool(feed.poll)
         if seq != sent:
             sent, quiet_since = seq, time.monotonic()
-            # finite(): a device's free-form shadow figures (agreement NaN) reached the overview as `NaN`, which
+            # finite_dumps: a device's free-form shadow figures (agreement NaN) reached the overview as `NaN`, which
             # the console's JSON.parse refuses: live updates stopped for every viewer while that rollout was shown
-            yield f"event: change\nid: {seq}\ndata: {json.dumps(finite(payload), default=str, allow_nan=False)}\n\n"
+            yield f"event: change\nid: {seq}\ndata: {finite_dumps(payload, default=str)}\n\n"
         elif time.monotonic() - quiet_since > KEEPALIVE:
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"

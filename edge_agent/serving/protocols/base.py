@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ...finite_json import finite_counted
+from ...finite_json import dumps_counted
 from ..errors import BadRequest
 from ..service import InferenceService
 
@@ -61,9 +61,8 @@ def json_body(obj: Any) -> tuple[bytes, dict[str, str]]:
     Bare NaN/Infinity (what json.dumps writes) made a model's non-finite output an unparsable answer for
     JavaScript's JSON.parse and every strict parser; null keeps the answer readable, and the header tells a
     client that looks which nulls were not numbers (docs/serving.md, "Non-finite outputs")."""
-    clean, count = finite_counted(obj)
-    body = json.dumps(clean, separators=(",", ":"), allow_nan=False).encode()
-    return body, ({NON_FINITE: str(count)} if count else {})
+    text, count = dumps_counted(obj, separators=(",", ":"))
+    return text.encode(), ({NON_FINITE: str(count)} if count else {})
 
 
 Handler = Callable[[Request, "re.Match[str]"], Response]
