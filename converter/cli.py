@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from device_profiles import FORMATS
 from edge_agent import __version__
-from edge_agent.errors import run_main, unwind_on_sigterm
+from edge_agent.errors import report_failure, run_main, unwind_on_sigterm
 from edge_agent.finite_json import dumps
 
 from .errors import UsageError, exit_codes_help
@@ -62,20 +66,49 @@ def cmd_profiles_show(args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_keygen(args: argparse.Namespace) -> tuple[Any, str]:
     from edge_agent.bundle import generate_keypair, key_id, load_public_key
 
+    if args.out.exists() and not args.out.is_dir():  # was "[Errno 17] File exists: 'signing.key'"
+        raise UsageError(f"--out {args.out} is a file: give the folder to write signing.key and signing.pub into")
     try:
         priv, pub = generate_keypair(args.out, overwrite=args.force)
     except FileExistsError as exc:  # a key pair is never replaced by accident: the user decides (--force)
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # a folder that cannot be made or written: was a bare errno line with exit 1
+        raise UsageError(f"--out {args.out}: cannot write the key pair there ({exc.strerror or exc})") from None
     kid = key_id(load_public_key(pub))
     return ({"private_key": str(priv), "public_key": str(pub), "key_id": kid},
             f"wrote {priv} (keep it secret) and {pub} (copy it to devices); key id {kid}")
 
 
 def _read_labels(path: Path) -> list[str]:
+    """One class name per line, UTF-8; a byte-order mark (Windows Notepad) is not part of the first name (it was:
+    '\ufeffcat' in the manifest, and a class folder named cat/ no longer matched it)."""
     try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--labels {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+
+
+def _check_eval_labels(eval_labels: Path | None, evaluation: Path | None) -> None:
+    """--eval-labels without --eval, or naming nothing, was ignored without a word (the gate then had no mAP)."""
+    if eval_labels is None:
+        return
+    if evaluation is None:
+        raise UsageError(f"--eval-labels {eval_labels} labels the --eval images: give --eval IMAGE_FOLDER too")
+    if not Path(eval_labels).exists():
+        raise UsageError(f"--eval-labels {eval_labels} does not exist: give a COCO-style JSON file or a folder of "
+                         "YOLO .txt files")
+
+
+def _refuse_overwriting_inputs(args: argparse.Namespace, report: Path) -> None:
+    """--out naming the source model (or data, key) replaced it with the bundle, and --report naming --out replaced
+    the bundle with its report, both with exit 0: refused before anything is read."""
+    model = args.model.rsplit(":", 1)[0] if ".py:" in args.model else args.model
+    inputs = {"the model": model, "--calibration": args.calibration, "--eval": args.eval, "--key": args.key,
+              "--labels": args.labels, "--eval-labels": args.eval_labels, "--out": args.out}
+    for flag, target in (("--out", Path(args.out)), ("--report", Path(report))):
+        for what, path in inputs.items():
+            if path is not None and what != flag and Path(path).resolve() == target.resolve():
+                raise UsageError(f"{flag} {target} is {what}: writing there would replace it; give another path")
 
 
 def _prepare_folders(out: Path, report: Path | None) -> None:
@@ -96,7 +129,7 @@ def _prepare_folders(out: Path, report: Path | None) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
-    from .accuracy.budget import parse_budget
+    from .accuracy.budget import out_of_range, parse_budget
     from .options import ConvertOptions
     from .passes import declared_options
     from .pipeline import convert
@@ -107,7 +140,14 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
             budget = parse_budget(args.accuracy_budget)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    for flag, key, value in (("--min-agreement", "agreement", args.min_agreement),
+                             ("--max-accuracy-drop", "top1-drop", args.max_accuracy_drop)):
+        if value is not None and out_of_range(key, value):
+            raise UsageError(f"{flag} {value:g}: {out_of_range(key, value)}")
     labels = _read_labels(args.labels) if args.labels else None
+    _check_eval_labels(args.eval_labels, args.eval)
+    report_path = args.report or Path(str(args.out) + ".report.json")
+    _refuse_overwriting_inputs(args, report_path)
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
@@ -135,10 +175,9 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
                   file=sys.stderr, flush=True)
         if bar:
             bar.set_description(name)
-            bar.n = i
+            bar.total, bar.n = total, i  # the recipe's own length: a fixed 7 drew 'import 9/7' on a 10-pass recipe
             bar.refresh()
 
-    report_path = args.report or Path(str(args.out) + ".report.json")
     try:
         result = convert(options, fmt=args.format, on_pass=on_pass)
     except Exception as exc:
@@ -191,8 +230,20 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
+    """argparse with edgekit's failure shape: one line `edge-convert: error: ...` naming the --help to read (the convert
+    command printed its 35-line usage block above the error), and with --json the JSON error object on stdout (a
+    script reading stdout got nothing). Still exit 2 through SystemExit, as argparse does."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # type: ignore[override]
+            self.exit(report_failure("edge-convert", UsageError(f"{message} (see {self.prog} --help)"), json_errors))
+
+    return Parser
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    parser = _parser_class(json_errors)(
         prog="edge-convert",
         description="Convert trained models into signed, quantized bundles tuned for a device profile.",
         epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -245,7 +296,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
     p.add_argument("--eval-labels", type=Path, help="detectors: ground-truth boxes for the --eval images, a COCO-style "
                    "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
-    p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used (default 256)")
+    p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used: images read from a calibration folder and frames from a video are "
+                   "spread evenly over it (default 256)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 | map-drop:3 (comma-separate several); "
                    "agreement = top-1 for classifiers, matched boxes (IoU>=0.5, same class) for detectors, "
@@ -260,6 +312,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")
     p.add_argument("--report", type=Path, help="conversion report JSON (default: OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
+    # also after the command (`convert ... -v` was 'unrecognized arguments'); absent here, the global value stands
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     p.set_defaults(func=cmd_convert)
     add_pass_options(p)
 
@@ -285,22 +340,47 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
                                  default=argparse.SUPPRESS, help=option.description)
 
 
+@contextlib.contextmanager
+def _write_failures_named() -> Iterator[None]:
+    """A full disk (the bundle, the report or the work files) was '[Errno 28] No space left on device' with exit 1,
+    'a bug to report'; it is exit 18 (docs/exit-codes.md: not enough disk space) saying where to make room. A folder
+    the user may not write to (or a read-only one) is a usage error naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+            raise UsageError(f"cannot write {exc.filename}: {exc.strerror}: give a path you may write to") from exc
+        if exc.errno != errno.ENOSPC:
+            raise
+        from edge_agent.bundle.errors import InsufficientSpace
+
+        where = f"writing {exc.filename}" if exc.filename else "converting"
+        raise InsufficientSpace(f"disk full while {where}: free space there or in {tempfile.gettempdir()} (the work "
+                                "folder; TMPDIR moves it) and run again") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     with unwind_on_sigterm():
         return _main(argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the gate prints the command that would accept a miss
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(json_errors="--json" in argv).parse_args(argv)
+    args.argv = argv  # the gate prints the command that would accept a miss
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:  # TensorFlow's C++ log (oneDNN notes, "failed call to cuInit" on a CPU host): -vv shows it
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # torch's exporter log: 'W... torchvision is not installed. Skipping torchvision::nms' (four lines) on every
+        # PyTorch export (read when torch is imported; '-onnx' = errors only)
+        os.environ.setdefault("TORCH_LOGS", "-onnx")
+        if not sys.warnoptions:  # library deprecation notes ('isinstance(treespec, LeafSpec) is deprecated'): not the user's
+            warnings.simplefilter("ignore", FutureWarning)
 
     def body() -> int:
-        result, text = args.func(args)
+        with _write_failures_named():
+            result, text = args.func(args)
         print(dumps(result, indent=2, default=str) if getattr(args, "json", False) else text)
         return 0
 

@@ -45,7 +45,8 @@ class PassOption:
     """One typed, documented option a pass declares (like Olive's PassConfigParam).
 
     type_ parses the command-line text; flag None means `--name-with-dashes`, "" means no flag (API only);
-    check raises ValueError for a value that parses but makes no sense (reported as a usage error, exit 2).
+    check raises ValueError for a value that parses but makes no sense (reported as a usage error, exit 2);
+    precisions: the recipes the option acts on (None: any); given at another it is warned about, not ignored silently.
     """
 
     type_: Callable[[str], Any]
@@ -55,9 +56,13 @@ class PassOption:
     flag: str | None = None
     metavar: str | None = None
     check: Callable[[Any], Any] | None = None
+    precisions: tuple[str, ...] | None = None
 
     def cli_flag(self, name: str) -> str | None:
         return None if self.flag == "" else (self.flag or "--" + name.replace("_", "-"))
+
+
+INT8_STATIC = ("int8-static",)  # PassOption.precisions of the calibration, compensation and mixed-precision options
 
 
 def float_list(text: str) -> list[float]:

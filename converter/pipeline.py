@@ -78,7 +78,7 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
     check_pass_options(options.pass_options)
     profile = load_profile(options.profile)
     formats = auto_candidates(profile, options.source) if fmt == "auto" else [choose_format(profile, fmt, options.source)]
-    warn_unread_options(options.pass_options, formats)
+    warn_unread_options(options.pass_options, formats, options.precision or profile.precision.recipe)
     from edge_agent.bundle import load_private_key
 
     load_private_key(options.key)  # fail before the expensive passes, not after them
@@ -95,16 +95,22 @@ def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | N
         return ConversionResult.of(ctx)
 
 
-def warn_unread_options(given: dict[str, Any], formats: list[str]) -> list[str]:
+def warn_unread_options(given: dict[str, Any], formats: list[str], precision: str | None = None) -> list[str]:
     """Warn about options the user gave that no pass of these formats' recipes reads (--equalization on a TFLite
-    conversion was silently ignored); returns their flags."""
+    conversion was silently ignored), or that act on other precisions than this one (--calibration-method or
+    --compensation on an fp16 conversion); returns their flags."""
     known = declared_options()
     running = {name for fmt in formats for name in recipe_for(fmt)}
     unread = [n for n in given if n in known and not running & set(known[n][1])]
     for n in unread:
         log.warning("%s does nothing in a %s conversion (read by the %s pass, which it does not run)",
                     known[n][0].cli_flag(n) or n, " or ".join(formats), " / ".join(known[n][1]))
-    return [known[n][0].cli_flag(n) or n for n in unread]
+    other = [n for n in given if n in known and n not in unread and precision is not None
+             and known[n][0].precisions is not None and precision not in known[n][0].precisions]
+    for n in other:
+        log.warning("%s does nothing at %s (it acts on %s only)", known[n][0].cli_flag(n) or n, precision,
+                    " / ".join(known[n][0].precisions))
+    return [known[n][0].cli_flag(n) or n for n in [*unread, *other]]
 
 
 def _fork(base: ConversionContext, fmt: str, workdir: Path) -> ConversionContext:
@@ -126,6 +132,7 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
         run_passes(base, prefix, on_pass)
         built: dict[str, ConversionContext] = {}
         records: dict[str, dict[str, Any]] = {}
+        unbuilt: dict[str, ConversionError] = {}
         for fmt in formats:
             ctx = _fork(base, fmt, Path(tmp) / fmt)
             t0 = time.perf_counter()
@@ -136,6 +143,8 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
                 records[fmt] = {"format": fmt, "precision": ctx.precision, "passed": False,
                                 **({} if built_it else {"built": False}), "reason": str(exc)}
                 log.warning("candidate %s %s: %s", fmt, "fails the gate" if built_it else "could not be built", exc)
+                if not built_it:
+                    unbuilt[fmt] = exc
                 continue
             records[fmt] = candidate_record(ctx, time.perf_counter() - t0)
             built[fmt] = ctx
@@ -143,6 +152,8 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
         pool = passing or (built if options.force else {})
         if not pool:
             reasons = "; ".join(f"{f}: {r['reason']}" for f, r in records.items())
+            if len(unbuilt) == len(formats):  # no gate ran: the first candidate's own error and code (no --calibration: 2)
+                raise type(unbuilt[formats[0]])(f"no --format auto candidate could be built ({reasons})")
             raise GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})")
         if on_pass:
             on_pass("select-format", 0, 1)

@@ -203,22 +203,34 @@ def code_of(exc: BaseException) -> int:
     return exit_code("profile") if isinstance(exc, ProfileError) else exit_code("error")
 
 
+_SIGNALLED = threading.Event()  # set by unwind_on_sigterm's handler: run_main then reports any failure as interrupted
+
+
 @contextlib.contextmanager
 def unwind_on_sigterm() -> Iterator[None]:
     """SIGTERM (CI timeouts, systemd stop) unwinds like Ctrl-C, so temporary folders are removed (exit 130)
-    instead of the process dying where it stands."""
+    instead of the process dying where it stands. Both signals are remembered: a library may turn the
+    KeyboardInterrupt into its own error (ONNX Runtime creating a session: 'initialization failed', exit 1)."""
 
     def handler(signum: int, frame: Any) -> None:
+        _SIGNALLED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _SIGNALLED.clear()
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        _SIGNALLED.clear()  # a later run_main in this process (tests, an embedding program) starts afresh
 
 
 def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbose: bool = False) -> int:
@@ -229,8 +241,7 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
         sys.stdout.flush()  # here, not at exit: a reader gone before a short output's only write is seen below
         return code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return exit_code("interrupted")
+        return _interrupted(prog, json_mode)
     except BrokenPipeError as exc:
         if not _stdout_broken():  # another pipe (an SSH channel closing under edge-device setup): a failure
             return report_failure(prog, exc, json_mode, verbose)
@@ -239,7 +250,18 @@ def run_main(prog: str, body: Callable[[], int], json_mode: bool = False, verbos
         # read as success): 141, what a shell reports for git or coreutils ended by SIGPIPE
         return exit_code("stdout-closed")
     except Exception as exc:  # noqa: BLE001 - the one place every CLI failure is turned into a line
+        if _SIGNALLED.is_set():  # the interrupt came out as a library's own error
+            log.debug("failure after an interrupt", exc_info=exc)
+            return _interrupted(prog, json_mode)
         return report_failure(prog, exc, json_mode, verbose)
+
+
+def _interrupted(prog: str, json_mode: bool) -> int:
+    """Ctrl-C or SIGTERM: one line, and with --json the error object too (a script reading stdout got nothing)."""
+    if json_mode:
+        print(json.dumps(failure_record(Interrupted("interrupted"))), flush=True)
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return exit_code("interrupted")
 
 
 def _stdout_broken() -> bool:
@@ -286,6 +308,12 @@ def report_failure(prog: str, exc: BaseException, json_mode: bool = False, verbo
     if detail and verbose:
         print(detail, file=sys.stderr)
     return code
+
+
+class Interrupted(EdgekitError):
+    """Ctrl-C or SIGTERM, as the --json error object reports it."""
+
+    code_name = "interrupted"
 
 
 class AgentError(EdgekitError):

@@ -51,6 +51,18 @@ def non_finite_reasons(s: dict[str, Any]) -> list[str]:
     return reasons
 
 
+RANGES = {"agreement": (0.0, 1.0), "cosine": (0.0, 1.0), "top1-drop": (0.0, 100.0), "map-drop": (0.0, 100.0)}
+
+
+def out_of_range(key: str, number: float) -> str | None:
+    """Why `number` cannot be budget `key` (None when it can): shares are 0-1, drops 0-100 points. --min-agreement 5
+    (meant as 5 %) used to run the whole conversion and fail its gate against 'budget >= 500.00%'."""
+    low, high = RANGES[key]
+    if low <= number <= high:
+        return None
+    return f"{key} must be between 0 and 1 (0.95 = 95 %)" if high == 1.0 else f"{key} must be 0 to 100 points"
+
+
 def parse_budget(text: str) -> dict[str, float]:
     """'agreement:0.95,top1-drop:1' -> {'min_agreement': 0.95, 'max_top1_drop': 1.0}; ValueError if malformed."""
     out: dict[str, float] = {}
@@ -62,8 +74,9 @@ def parse_budget(text: str) -> dict[str, float]:
             number = float(value.rstrip("%")) / (100.0 if value.endswith("%") else 1.0)
         except ValueError:
             raise ValueError(f"accuracy budget {part!r}: {value!r} is not a number") from None
-        if key in ("agreement", "cosine") and not 0.0 <= number <= 1.0:
-            raise ValueError(f"accuracy budget {part!r}: {key} must be between 0 and 1 (or a percentage)")
+        problem = out_of_range(key, number)
+        if problem:
+            raise ValueError(f"accuracy budget {part!r}: {problem}")
         out[KEYS[key]] = number
     if not out:
         raise ValueError("empty accuracy budget")

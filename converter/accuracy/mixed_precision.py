@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, TypeVar
 import numpy as np
 
 from ..data import Dataset
-from ..options import PassOption, whole_number
+from ..options import INT8_STATIC, PassOption, whole_number
 from .budget import Budget
 from .evaluator import Evaluator
 from .paired import compare
@@ -165,18 +165,19 @@ def fallback_report(result: FallbackResult, evaluate: Evaluator, budget: Budget,
 SEARCH_OPTIONS: dict[str, PassOption] = {
     "max_float_layers": PassOption(
         whole_number(0), None, "most layers the mixed-precision fallback may keep in float (default: a quarter of the "
-        "quantizable layers, at most 8: beyond that the model is no longer int8)"),
+        "quantizable layers, at most 8: beyond that the model is no longer int8)", precisions=INT8_STATIC),
     "min_speedup": PassOption(
         float, None, "speed floor of the mixed-precision search: it keeps layers in float only while the model stays at "
         f"least this many times faster than fp32 on this host (default {DEFAULT_MIN_SPEEDUP:g} when this host has the "
         "profile's architecture, else none: an x86 host's timings do not stand for a Pi's; 0 = no floor, count "
-        "layers instead)"),
+        "layers instead)", precisions=INT8_STATIC),
     "sensitivity": PassOption(str, "auto", "per-layer sensitivity analysis: auto = when int8 misses the budget (default)",
-                              choices=SENSITIVITY_MODES),
-    "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)"),
+                              choices=SENSITIVITY_MODES, precisions=INT8_STATIC),
+    "sensitivity_samples": PassOption(whole_number(1), 64, "eval samples used to rank layers (default 64)",
+                                      precisions=INT8_STATIC),
     "sensitivity_candidates": PassOption(
         whole_number(1), 16, "layers measured by exclusion; a model with more is pre-ranked cheaply by the activation "
-        "error each layer adds and only the top N are measured (default 16)"),
+        "error each layer adds and only the top N are measured (default 16)", precisions=INT8_STATIC),
 }
 
 

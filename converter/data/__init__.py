@@ -22,7 +22,9 @@ def load_dataset(
 
     source = Path(source)
     if source.is_dir():
-        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat, classes)
+        # calibration (classes=False) reads max_frames images spread over the folder, as a video's frames; eval all
+        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat, classes,
+                                 max_images=None if classes else max_frames)
     if source.suffix.lower() == ".npz" and source.is_file():
         return load_npz(source, inputs)
     if source.suffix.lower() == ".npy" and source.is_file():  # one array: a single-input model's samples

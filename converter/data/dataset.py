@@ -47,6 +47,8 @@ def warn_if_degenerate(data: Dataset, what: str) -> list[str]:
     cannot calibrate int8 ranges or measure accuracy."""
     warnings = []
     for name, arr in data.inputs.items():
+        if arr.dtype == bool:  # a mask: all-true is normal (no padding), never quantized; np.ptp cannot subtract bools
+            continue
         if len(arr) > 1 and float(np.ptp(arr, axis=0).max()) < 1e-6:
             warnings.append(f"{what} data for input {name!r} is the same in all {len(arr)} samples: "
                             "give representative inputs")

@@ -19,15 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None,
-                      skip_unreadable: bool = False, flat: bool = False, classes: bool = True) -> Dataset:
+                      skip_unreadable: bool = False, flat: bool = False, classes: bool = True,
+                      max_images: int | None = None) -> Dataset:
     """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read.
     `classes=False` (calibration, which needs no labels): sub-folders that do not name classes (a dataset's
-    cat/ dog/ without --labels) are read flat instead of refused."""
+    cat/ dog/ without --labels) are read flat instead of refused. `max_images` (--calibration-samples): that many,
+    spread evenly over the sorted files (a 50,000-image folder was decoded whole, gigabytes of floats, to use 256)."""
     if preprocess is None or preprocess.kind != "image":
         raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
         raise DataError(f"{folder}: image folders only work for single-input models")
-    subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = [] if flat else sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p, folder))
     if subdirs and not classes and any(_class_of(d.name, labels) is None for d in subdirs):
         log.info("%s: its sub-folders do not name classes: every image below it is read", folder)
         subdirs, flat = [], True
@@ -38,12 +40,22 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
             if cls is None:
                 raise DataError(f"{folder}: class folder {d.name!r} is neither a label name nor a class index: pass "
                                 "--labels FILE with the class names in the model's output order")
-            items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+            items += [(f, cls) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+                      and not _hidden(f, folder)]
     else:
         found = folder.rglob("*") if flat else folder.iterdir()
-        items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        items = [(f, None) for f in sorted(found) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                 and not _hidden(f, folder)]
     if not items:
-        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        arrays = any(f.suffix.lower() in (".npy", ".npz") for f in folder.rglob("*"))
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})" + (
+            "; its .npy/.npz files are not read one per sample: stack them into one .npz named after the model's "
+            "input, e.g. numpy.savez('data.npz', input=numpy.stack(arrays))" if arrays else ""))
+    if max_images is not None and len(items) > max_images:
+        from .video import frame_indices
+
+        log.info("%s: %d of its %d images read, spread evenly (--calibration-samples)", folder, max_images, len(items))
+        items = [items[i] for i in frame_indices(len(items), max_images)]
     tensors, kept, skipped, sizes = [], [], [], []
     for f, c in items:
         try:
@@ -68,6 +80,13 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
     y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
     return Dataset({inputs[0].name: np.stack(tensors).astype(feed_dtype(inputs[0]))}, y, origin=str(folder), skipped=skipped,
                    files=[str(f) for f, _ in kept], frames_hw=sizes)
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Under a hidden folder or hidden itself: Jupyter's .ipynb_checkpoints/ beside the class folders was refused as
+    'class folder .ipynb_checkpoints is neither a label name nor a class index' (its copies calibrated twice), and
+    macOS's ._photo.jpg companions (resource forks, not images) stopped the run as unreadable images."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def _class_of(name: str, labels: list[str] | None) -> int | None:

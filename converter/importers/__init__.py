@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import ImportFailed
@@ -11,6 +12,7 @@ from .onnx_file import import_onnx
 from .torch_module import import_torch
 
 
+log = logging.getLogger(__name__)
 TENSORFLOW_FORMATS = ("keras", "savedmodel", "tflite")  # sources that only the TFLite path takes
 
 
@@ -46,6 +48,7 @@ def import_model(source: str, workdir: Path, input_shape: list[int] | None, opse
     `data`: the calibration/eval files; a PyTorch model's export example takes its inputs' dtypes (and, for a
     forward with several inputs, their shapes) from the first .npz among them."""
     kind = detect_format(source)
+    _warn_unread(kind, input_shape, opset)
     if kind == "onnx":
         return import_onnx(Path(source), workdir, input_shape)
     if kind in ("keras", "savedmodel"):
@@ -57,6 +60,17 @@ def import_model(source: str, workdir: Path, input_shape: list[int] | None, opse
 
         return import_tflite(Path(source), workdir)
     return import_torch(source, kind, workdir, input_shape, opset, data)
+
+
+def _warn_unread(kind: str, input_shape: list[int] | None, opset: int | None) -> None:
+    """--opset for a source that is not exported here, or --input-shape for a TensorFlow/TFLite one, did nothing
+    without a word (a .tflite taking 1x16x16x3 converted with --input-shape 1x3x8x8 as if it had been read)."""
+    source = {"onnx": "an ONNX", "keras": "a Keras", "savedmodel": "a SavedModel", "tflite": "a .tflite"}
+    if opset is not None and kind in source:
+        log.warning("--opset %s does nothing for %s source: it sets the opset of the PyTorch export; the model keeps "
+                    "its own", opset, source[kind])
+    if input_shape and kind in TENSORFLOW_FORMATS:
+        log.warning("--input-shape does nothing for %s source: its inputs keep the shapes the model has", source[kind])
 
 
 __all__ = ["TENSORFLOW_FORMATS", "ImportedModel", "detect_format", "import_model"]

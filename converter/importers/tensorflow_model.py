@@ -71,7 +71,10 @@ def tflite_converter(kind: str, source: Path):
     """A tf.lite.TFLiteConverter for a Keras file or a SavedModel folder."""
     tf = import_tensorflow()
     if kind == "savedmodel":
-        return tf.lite.TFLiteConverter.from_saved_model(str(source))
+        try:
+            return tf.lite.TFLiteConverter.from_saved_model(str(source))
+        except Exception as exc:  # a damaged or tag-less folder was TensorFlow's own message with exit 1
+            raise ImportFailed(f"{source} is not a loadable SavedModel: {_short(exc)}") from exc
     return tf.lite.TFLiteConverter.from_keras_model(load_keras(source))
 
 

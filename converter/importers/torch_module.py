@@ -30,17 +30,22 @@ def _load_factory(spec: str):
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
+    folder = str(path.resolve().parent)  # its sibling modules import as under `python model.py` (`from layers import`
+    sys.path.insert(0, folder)  # failed with "No module named 'layers'")
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ImportFailed(f"importing {path} failed: {exc.__class__.__name__}: {exc}") from exc
-    factory = getattr(module, func, None)
-    if factory is None or not callable(factory):
-        raise ImportFailed(f"{path} has no callable {func!r}")
-    try:
-        model = factory()
-    except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
-        raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ImportFailed(f"importing {path} failed: {exc.__class__.__name__}: {exc}") from exc
+        factory = getattr(module, func, None)
+        if factory is None or not callable(factory):
+            raise ImportFailed(f"{path} has no callable {func!r}")
+        try:
+            model = factory()
+        except Exception as exc:  # the user's code: its failure is an import failure (21), named, not exit 1
+            raise ImportFailed(f"{spec}: {func}() raised {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(folder)
     if not isinstance(model, torch.nn.Module):
         raise ImportFailed(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -79,17 +84,19 @@ def _npz_arrays(data: list[Path] | None) -> dict:
     """Arrays of the first .npz (or .npy) among the calibration/eval files (empty without one)."""
     import numpy as np
 
+    from ..data.npz import READ_ERRORS
+
     for path in data or []:
         if path.suffix == ".npy" and path.is_file():  # a single-input model's samples
             try:
                 return {"input": np.load(path, allow_pickle=False)[:1]}
-            except (OSError, ValueError, IndexError):
+            except (*READ_ERRORS, IndexError):
                 return {}
         if path.suffix == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     return {k: npz[k][:1] for k in npz.files if k != "labels"}
-            except (OSError, ValueError):
+            except READ_ERRORS:  # the data loader says what is wrong with the file
                 return {}
     return {}
 
@@ -126,6 +133,10 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         model = _load_factory(source)
         digest = hashlib.sha256(Path(source.rsplit(":", 1)[0]).read_bytes()).hexdigest()
     elif kind == "torchscript":
+        if _is_torch_save_checkpoint(Path(source)):
+            raise ImportFailed(f"{source} is a torch.save() checkpoint (a state_dict or a pickled module), not "
+                               "TorchScript: give file.py:factory, a function that builds the model and loads these "
+                               "weights, or save the model with torch.jit.script(model).save(PATH)")
         try:
             model = torch.jit.load(source, map_location="cpu")
         except Exception as exc:
@@ -143,6 +154,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         except NotImplementedError:  # an exported program's module (.pt2): traced as it was, eval() not supported
             pass
     names, example = export_examples(model, source, input_shape, data)
+    output_names = _output_names(_run_example(model, source, example))
     out = workdir / "float.onnx"
     # TorchScript modules cannot go through torch.export: they use the TorchScript exporter.
     # For the others, dynamo first; the TorchScript exporter is the fallback for graphs it rejects.
@@ -154,7 +166,7 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
             with torch.no_grad():
                 kwargs = {"external_data": False} if dynamo else {}
                 torch.onnx.export(model, example, str(out), dynamo=dynamo, opset_version=opset or DEFAULT_OPSET,
-                                  input_names=names, output_names=["output"], verbose=False, **kwargs)
+                                  input_names=names, output_names=output_names, verbose=False, **kwargs)
             break
         except Exception as exc:
             errors.append(_first_line(exc))
@@ -166,6 +178,49 @@ def import_torch(source: str, kind: str, workdir: Path, input_shape: list[int] |
         details={"torch": torch.__version__, "input_shape": [list(t.shape) for t in example] if len(example) > 1
                  else list(example[0].shape)},
     )
+
+
+def _run_example(model, source: str, example: tuple):
+    """forward() on the export example, before exporting: a wrong --input-shape failed both exporters, and the line
+    began with torch.export's 'Failed to export the model with torch.export. This is step 1/3 ... Next steps:'."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(*example)
+    except Exception as exc:  # the user's model: its own failure, named with the shapes it was given
+        given = ", ".join(f"{'x'.join(map(str, t.shape))} {str(t.dtype).replace('torch.', '')}" for t in example)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if "TorchScript interpreter" in _first_line(exc) and lines else _first_line(exc)
+        raise ImportFailed(f"{source}: forward() fails on the export example ({given}): {reason[:300]}; check "
+                           "--input-shape (or the shapes of the .npz arrays)") from exc
+
+
+def _output_names(result) -> list[str]:
+    """ONNX output names: a dict's keys (Hugging Face's ModelOutput too), else output, output_1, ... The exporter got
+    ["output"] alone, so a model returning {"logits", "features"} had outputs 'output' and 'mul', and --output-role
+    could not name the one the user knows."""
+    import torch
+
+    if isinstance(result, dict) and all(isinstance(k, str) for k in result) and len(result) > 1 and \
+            all(isinstance(v, torch.Tensor) for v in result.values()):
+        return list(result)
+    if isinstance(result, (tuple, list)) and len(result) > 1 and all(isinstance(v, torch.Tensor) for v in result):
+        return ["output", *(f"output_{i}" for i in range(1, len(result)))]
+    return ["output"]
+
+
+def _is_torch_save_checkpoint(path: Path) -> bool:
+    """A torch.save() zip (the usual .pt/.pth: weights or a pickled module): data.pkl without TorchScript's
+    constants.pkl. torch.jit.load called it 'corrupted' ('failed locating file constants.pkl')."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n.rsplit("/", 1)[-1] for n in archive.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "data.pkl" in names and "constants.pkl" not in names
 
 
 def _first_line(exc: Exception) -> str:

@@ -77,10 +77,23 @@ def ort_session(model_path: Path, threads: int | None = None, exact_int8: bool =
 
         if exc.__class__.__module__.split(".")[0] != "onnxruntime":
             raise
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        detail = first.split("failed:", 1)[-1].strip()[:240]
-        raise ImportFailed(f"ONNX Runtime cannot load {model_path.name}: {detail} (check --input-shape: detectors "
-                           "usually need sizes divisible by their stride, e.g. 32)") from exc
+        raise ImportFailed(f"ONNX Runtime cannot load {model_path.name}: {_load_failure(str(exc))}") from exc
+
+
+def _load_failure(text: str) -> str:
+    """What ORT's load error means for the user: every failure got the detector hint about --input-shape, and a
+    model stamped with an opset newer than ORT knows was the whole paragraph of ORT's validation message."""
+    import re
+
+    newest = re.search(r"support for domain ai\.onnx is till opset (\d+)", text)
+    if newest:
+        return (f"its opset is newer than this ONNX Runtime supports (up to {newest.group(1)}): export the model with "
+                f"opset {newest.group(1)} or older")
+    first = (text.strip().splitlines() or ["unknown error"])[0]
+    detail = first.split("failed:", 1)[-1].strip()[:240]
+    if "is not a registered function/op" in detail:
+        return f"{detail}: a custom operator; the device's runtime cannot run it either (replace it with standard ops)"
+    return f"{detail} (check --input-shape: detectors usually need sizes divisible by their stride, e.g. 32)"
 
 
 def run_dataset(model_path: Path, data: Dataset, progress=None, exact_int8: bool = False) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_post
                               model_task, read_metadata)
 from ..errors import DataError, UsageError
 from ..importers import import_model
-from ..onnx.model_io import tensor_specs
+from ..onnx.model_io import ort_session, tensor_specs
 from ..options import PassOption, float_list, input_shape, whole_number
 from .base import ConversionContext, Pass
 
@@ -85,6 +85,9 @@ class ImportPass(Pass):
         if ctx.imported.onnx_path is not None:
             ctx.float_model = ctx.model = ctx.imported.onnx_path
             ctx.inputs, ctx.outputs = tensor_specs(ctx.float_model, cfg.layout)
+            # a model ORT cannot load (a custom op, a newer opset) failed late in ORT's words, or with no data and
+            # no benchmark was packaged (exit 0) for a device that cannot load it either
+            ort_session(ctx.float_model, optimize=False)
         else:  # Keras / SavedModel / .tflite: the float32 TFLite reference describes the model
             from ..tflite.model_io import tflite_specs
 
@@ -92,6 +95,7 @@ class ImportPass(Pass):
             ctx.inputs, ctx.outputs = tflite_specs(ctx.float_model)
         ctx.preprocess = _image_preprocess(ctx.inputs[0], cfg, task.task in BOX_TASKS,
                                            bool(ctx.options.pass_options.get("resize")))
+        _warn_unused_image_options(ctx.preprocess, ctx.inputs[0], o.pass_options)
         if task.names and not o.labels:
             o.labels = task.names
         if cfg.anchors is not None:
@@ -100,6 +104,9 @@ class ImportPass(Pass):
             ctx.postprocess = detection_postprocess(task, ctx.outputs, cfg.output_role, o.labels)
         else:
             ctx.postprocess = default_postprocess(task, ctx.outputs, cfg.output_role, cfg.top_k)
+        if o.eval_labels is not None and ctx.postprocess.kind != "detection":
+            log.warning("--eval-labels does nothing here: the model is not a detector (ground-truth boxes score "
+                        "detections only); give --task detect if it is one")
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
                                            cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
@@ -148,6 +155,21 @@ def _check_label_count(post, outputs: list, labels: list[str] | None, eval_label
     if eval_labels is not None and len(eval_labels) and (int(eval_labels.max()) >= classes or int(eval_labels.min()) < 0):
         raise DataError(f"eval labels range {int(eval_labels.min())}..{int(eval_labels.max())} but output {served.name} "
                         f"has {classes} classes (0..{classes - 1}): are they 1-based, or for another model?")
+
+
+IMAGE_OPTIONS = ("color", "scale", "mean", "std", "resize", "resampler")
+
+
+def _warn_unused_image_options(pre: Preprocess, first, given: dict[str, Any]) -> None:
+    """--mean/--std (and the other image options) given for an input that takes no images (a vector, or an image
+    of dynamic size) were dropped without a word: the bundle then had no preprocessing at all."""
+    unused = [f"--{n}" for n in IMAGE_OPTIONS if n in given]
+    if pre.kind == "image" or not unused:
+        return
+    dynamic = len(first.shape) == 4 and not all(isinstance(d, int) and d > 0 for d in first.shape[1:])
+    log.warning("%s %s nothing: input %r is %s%s, not an image of fixed size, so the bundle has no image "
+                "preprocessing%s", ", ".join(unused), "does" if len(unused) == 1 else "do", first.name, first.dtype,
+                list(first.shape), ": pin its size with --input-shape" if dynamic else "")
 
 
 def _image_preprocess(first, cfg, boxes: bool, resize_given: bool) -> Preprocess:

@@ -20,8 +20,8 @@ import onnx
 
 from ..accuracy.calibration_choice import candidates, sample_warning, select_method
 from ..accuracy.paired import keeps
-from ..options import PassOption
-from ..errors import ConversionError
+from ..options import INT8_STATIC, PassOption
+from ..errors import UsageError
 from ..onnx.prequantized import describe, float_twin, is_prequantized
 from ..onnx.qdq_quantizer import OrtStaticQuantizer, prepare_for_qdq, quant_type
 from ..onnx.equalize import channel_maxima, equalize, find_pairs
@@ -41,14 +41,15 @@ CALIBRATION_METHOD_OPTION = PassOption(
     "ReLU/Clip bounds the range: linear bottlenecks, residual Adds; default 99.9) | a comma list (default: profile). "
     "TFLite int8 takes minmax (TensorFlow's), linearquantile[:PCT], a list of those or auto (minmax vs "
     "linearquantile:99.9 compared on the eval data); other methods are a usage error there",
-    metavar="METHOD", check=candidates)
+    metavar="METHOD", check=candidates, precisions=INT8_STATIC)
 COMPENSATION_OPTION = PassOption(
     str, "auto", "weight/bias compensation after rounding, fitted layer by layer on the int8 model's own "
     "inputs (calibration data): bias = empirical bias correction, weights = closed-form least-squares "
     "reconstruction + bias correction, gptq = GPTQ rounding (per-channel weights, act order) + bias correction, none; "
     "auto = measure gptq and bias against none on the eval data and keep the best (default). TFLite: gptq/bias/weights "
     "round the float weights onnx2tf gets by GPTQ + bias correction (activations float); auto measures that against none "
-    "on the eval data (a second onnx2tf conversion) and keeps the better in a paired test", choices=COMPENSATION_CHOICES)
+    "on the eval data (a second onnx2tf conversion) and keeps the better in a paired test", choices=COMPENSATION_CHOICES,
+    precisions=INT8_STATIC)
 
 
 def preprocess_for_quantization(ctx: ConversionContext):
@@ -93,7 +94,7 @@ def keep_prequantized(ctx: ConversionContext, model: onnx.ModelProto, recipe: st
     info = describe(model)
     counts = ", ".join(f"{n} {op}" for op, n in info["ops"].items())
     if explicit and recipe in ("fp16", "int8-dynamic"):
-        raise ConversionError(
+        raise UsageError(
             f"{ctx.options.source} is already quantized ({counts}); --precision {recipe} would not undo that: "
             "convert the float model for fp16/int8-dynamic, or drop --precision to keep the model's own int8")
     src = ctx.float_model
@@ -285,12 +286,13 @@ class QuantizePass(Pass):
             "quantize_ops": PassOption(
                 str, "auto", "int8 QDQ on every op ORT can quantize (all), only on Conv/ConvTranspose/MatMul/Gemm "
                 "(weighted), or auto: measure both on the eval data, keep weighted if it agrees better and is not "
-                "slower (default)", choices=("auto", "all", "weighted")),
+                "slower (default)", choices=("auto", "all", "weighted"), precisions=INT8_STATIC),
             "compensation": COMPENSATION_OPTION,
             "equalization": PassOption(
                 str, "auto", "cross-layer equalization before calibration (Conv -> ReLU/ReLU6 -> Conv pairs: weak channels "
                 "scaled up towards the tensor's range from calibration statistics, float-exact, ReLU6 kept): on, off, "
-                "or auto = measure both on the eval data, keep it unless it agrees less with float (default)", choices=("auto", "on", "off")),
+                "or auto = measure both on the eval data, keep it unless it agrees less with float (default)",
+                choices=("auto", "on", "off"), precisions=INT8_STATIC),
         }
 
     def run(self, ctx: ConversionContext) -> dict[str, Any]:
@@ -326,7 +328,7 @@ class QuantizePass(Pass):
             return {"recipe": "int8-dynamic", "weight_type": "int8", "per_channel": prec.per_channel}
         # int8-static
         if ctx.calibration is None:
-            raise ConversionError(
+            raise UsageError(
                 f"profile {ctx.profile.name} asks for int8-static, which needs calibration data: pass --calibration "
                 "FILE.npz|IMAGE_FOLDER, or choose --precision fp32|fp16|int8-dynamic"
             )

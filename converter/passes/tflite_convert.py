@@ -22,7 +22,7 @@ import onnx
 
 from device_profiles import RUNTIME_FOR_FORMAT
 
-from ..errors import ConversionError
+from ..errors import FormatError, UsageError
 from ..options import PassOption
 from ..tflite.model_io import representative_dataset, tflite_specs
 from .base import ConversionContext, Pass
@@ -78,14 +78,14 @@ class TFLiteConvertPass(Pass):
             from ..onnx.prequantized import is_prequantized
 
             if is_prequantized(onnx.load(str(ctx.float_model), load_external_data=False)):
-                raise ConversionError(f"{o.source} is already quantized (QDQ ONNX): it converts to ONNX bundles only "
+                raise FormatError(f"{o.source} is already quantized (QDQ ONNX): it converts to ONNX bundles only "
                                       "(--format onnx), which keep its own scales")
         if ctx.imported.source_format == "tflite":
             return _repackage(ctx)
         if precision not in TFLITE_PRECISIONS:
-            raise ConversionError(f"TFLite bundles support {', '.join(TFLITE_PRECISIONS)}, not {precision}")
+            raise FormatError(f"TFLite bundles support {', '.join(TFLITE_PRECISIONS)}, not {precision}")
         if precision == "int8-static" and ctx.calibration is None:
-            raise ConversionError(
+            raise UsageError(
                 "full-integer int8 TFLite needs calibration data: pass --calibration FILE.npz|IMAGE_FOLDER, "
                 "or choose --precision fp32|fp16|int8-dynamic")
         if precision != "int8-static" and io_dtype != "float32":
