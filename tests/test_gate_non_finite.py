@@ -7,6 +7,8 @@ the gate with `max_abs_diff: NaN` in its report. fp16 overflow is the usual way 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -76,3 +78,31 @@ def test_a_model_whose_float_answers_are_nan_on_the_eval_data_is_refused(tmp_pat
     assert "the float model itself answers NaN or inf on" in err and "Nothing to accept" in err
     assert not (tmp_path / "signed.npz.edgebundle").exists()
     assert convert("positive.npz") == 0
+
+
+def test_fp16_keeps_float32_the_nodes_whose_constants_fp16_cannot_hold(tmp_path):
+    """y = (x * 1e5) * 1e-5: ORT's float16 tool clamped 1e5 to 65504, so every answer came out x 0.655, which
+    argmax and cosine both pass. The Mul reading 1e5 now stays float32 and the answers are float's."""
+    import json
+
+    from converter.cli import main as convert_main
+    from edge_agent.bundle import generate_keypair
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    consts = [numpy_helper.from_array(np.full((1, 4), v, np.float32), n) for n, v in (("a", 1e5), ("b", 1e-5))]
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "a"], ["t"], name="scale_up"),
+                               helper.make_node("Mul", ["t", "b"], ["y"], name="scale_down")], "g", [x], [y], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scale.onnx")
+    key, _ = generate_keypair(tmp_path)
+    np.savez(tmp_path / "eval.npz", x=RNG.standard_normal((32, 4)).astype(np.float32))
+    out = tmp_path / "scale.edgebundle"
+    assert convert_main(["convert", str(tmp_path / "scale.onnx"), "--precision", "fp16", "--profile", "x86-64-cpu",
+                         "--eval", str(tmp_path / "eval.npz"), "--key", str(key), "--bench-runs", "0",
+                         "--out", str(out)]) == 0
+    passes = {p["pass"]: p for p in json.loads(Path(f"{out}.report.json").read_text())["passes"]}
+    assert passes["quantize"]["float32_nodes"]["nodes"] == ["scale_up"]
+    assert passes["accuracy-gate"]["max_abs_diff"] < 0.02  # clamped: 0.345 x |x|, about 1

@@ -305,13 +305,16 @@ class QuantizePass(Pass):
         if recipe == "fp32":
             return {"recipe": "fp32", "note": "model kept in float32"}
         if recipe == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from ..onnx.fp16 import to_fp16
 
-            model = convert_float_to_float16(onnx.load(str(ctx.float_model)), keep_io_types=True)
+            model, info = to_fp16(onnx.load(str(ctx.float_model)))
             out = ctx.workdir / "model.fp16.onnx"
             onnx.save_model(model, str(out), save_as_external_data=False)
             ctx.model = out
-            return {"recipe": "fp16", "io": "float32", "tool": "onnxruntime.transformers.float16"}
+            if "float32_nodes" in info:
+                log.warning("fp16: %d node(s) kept float32: %s", len(info["float32_nodes"]["nodes"]),
+                            info["float32_nodes"]["why"])
+            return info
         if recipe == "int4-weight":
             from ..onnx.weight_only_int4 import quantize_weight_only
 
