@@ -80,10 +80,10 @@ def test_a_model_whose_float_answers_are_nan_on_the_eval_data_is_refused(tmp_pat
     assert convert("positive.npz") == 0
 
 
-def test_fp16_keeps_float32_the_nodes_whose_constants_fp16_cannot_hold(tmp_path):
-    """y = (x * 1e5) * 1e-5: ORT's float16 tool clamped 1e5 to 65504, so every answer came out x 0.655, which
-    argmax and cosine both pass. The Mul reading 1e5 now stays float32 and the answers are float's."""
+def _fp16_of(tmp_path: Path, nodes: list, consts: dict[str, float], data: np.ndarray) -> tuple[dict, Path]:
+    """Convert a [1, 4] -> [1, 4] graph at fp16; (the quantize pass's report, the converted model file)."""
     import json
+    import tarfile
 
     from converter.cli import main as convert_main
     from edge_agent.bundle import generate_keypair
@@ -91,18 +91,53 @@ def test_fp16_keeps_float32_the_nodes_whose_constants_fp16_cannot_hold(tmp_path)
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    consts = [numpy_helper.from_array(np.full((1, 4), v, np.float32), n) for n, v in (("a", 1e5), ("b", 1e-5))]
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "a"], ["t"], name="scale_up"),
-                               helper.make_node("Mul", ["t", "b"], ["y"], name="scale_down")], "g", [x], [y], consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inits = [numpy_helper.from_array(np.full((1, 4), v, np.float32), n) for n, v in consts.items()]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, tmp_path / "scale.onnx")
+    onnx.save(model, tmp_path / "m.onnx")
     key, _ = generate_keypair(tmp_path)
-    np.savez(tmp_path / "eval.npz", x=RNG.standard_normal((32, 4)).astype(np.float32))
-    out = tmp_path / "scale.edgebundle"
-    assert convert_main(["convert", str(tmp_path / "scale.onnx"), "--precision", "fp16", "--profile", "x86-64-cpu",
+    np.savez(tmp_path / "eval.npz", x=data)
+    out = tmp_path / "m.edgebundle"
+    assert convert_main(["convert", str(tmp_path / "m.onnx"), "--precision", "fp16", "--profile", "x86-64-cpu",
                          "--eval", str(tmp_path / "eval.npz"), "--key", str(key), "--bench-runs", "0",
                          "--out", str(out)]) == 0
+    with tarfile.open(out) as tar:
+        tar.extract("model/model.onnx", tmp_path / "unpacked", filter="data")
     passes = {p["pass"]: p for p in json.loads(Path(f"{out}.report.json").read_text())["passes"]}
-    assert passes["quantize"]["float32_nodes"]["nodes"] == ["scale_up"]
+    return passes, tmp_path / "unpacked" / "model" / "model.onnx"
+
+
+def _as_fp16_device(model: Path, x: np.ndarray) -> np.ndarray:
+    """Run as a device whose kernels compute in fp16: ORT's CPU optimizer drops fp32->fp16->fp32 Cast pairs,
+    which hides an overflow on this host, so run the graph exactly as written."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def test_fp16_keeps_float32_the_nodes_whose_constants_fp16_cannot_hold(tmp_path):
+    """y = (x * 1e5) * 1e-5: ORT's float16 tool clamped 1e5 to 65504, so every answer came out x 0.655, which
+    argmax and cosine both pass. The Mul reading 1e5 stays float32 (and the one reading its output) now."""
+    data = RNG.standard_normal((32, 4)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "a"], ["t"], name="scale_up"),
+             helper.make_node("Mul", ["t", "b"], ["y"], name="scale_down")]
+    passes, model = _fp16_of(tmp_path, nodes, {"a": 1e5, "b": 1e-5}, data)
+    assert passes["quantize"]["float32_nodes"]["constants"] == ["scale_up"]
     assert passes["accuracy-gate"]["max_abs_diff"] < 0.02  # clamped: 0.345 x |x|, about 1
+    assert np.allclose(_as_fp16_device(model, data), data, rtol=1e-3, atol=1e-3)
+
+
+def test_fp16_keeps_float32_the_nodes_around_an_activation_that_would_overflow(tmp_path):
+    """y = (x * 300)^2 * 1e-5: no constant is out of range, but the square reaches ~8e5 on these inputs; computed
+    in fp16 it is inf. The nodes making and reading it stay float32, and the answers stay float's."""
+    data = RNG.standard_normal((32, 4)).astype(np.float32) * 3
+    nodes = [helper.make_node("Mul", ["x", "a"], ["t"], name="scale"),
+             helper.make_node("Mul", ["t", "t"], ["u"], name="square"),
+             helper.make_node("Mul", ["u", "b"], ["y"], name="shrink")]
+    passes, model = _fp16_of(tmp_path, nodes, {"a": 300.0, "b": 1e-5}, data)
+    kept = passes["quantize"]["float32_nodes"]
+    assert kept["constants"] == [] and kept["activations"] == ["square", "shrink"]
+    assert np.allclose(_as_fp16_device(model, data), (data * 300) ** 2 * 1e-5, rtol=1e-2)

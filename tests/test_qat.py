@@ -130,7 +130,7 @@ def test_fp32_keeps_qdq_and_fp16_is_refused(digits, qat, tmp_path, capsys):
     assert read_manifest_unverified(out).precision == "int8-qat"
     bad = tmp_path / "fp16.edgebundle"
     capsys.readouterr()
-    assert convert(digits, qat, bad, "--precision", "fp16") == 1
+    assert convert(digits, qat, bad, "--precision", "fp16") == 2  # a usage error (it was 1, the code for a bug)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already quantized" in err[0], err
     assert not bad.exists()
@@ -163,7 +163,7 @@ def test_agent_runs_the_qat_bundle(qat_bundle, qat, digits, tmp_path, capsys):
 def test_tflite_format_is_refused_for_a_qdq_model(digits, qat, tmp_path, capsys):
     out = tmp_path / "t.edgebundle"
     capsys.readouterr()
-    assert convert(digits, qat, out, "--format", "tflite") == 1
+    assert convert(digits, qat, out, "--format", "tflite") == 2  # a usage error (it was 1, the code for a bug)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ONNX bundles only" in err[0], err
     assert not out.exists()
