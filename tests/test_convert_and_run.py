@@ -156,7 +156,7 @@ def test_missing_calibration_for_int8_is_a_clear_error(digits, tmp_path, capsys)
     rc = convert_main(["convert", str(digits.onnx), "--profile", "raspberry-pi-4", "--key", str(digits.key),
                        "--out", str(tmp_path / "x.edgebundle")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and "needs calibration data" in err[0]
+    assert rc == 2 and len(err) == 1 and "needs calibration data" in err[0]
 
 
 def test_eval_data_that_does_not_fit_the_model(digits, tmp_path, capsys):

@@ -180,13 +180,18 @@ def test_ctrl_c_in_run_source_prints_the_summary_and_exits_130(tmp_path):
     feeder.start()
     cmd = [sys.executable, "-m", "edge_agent.cli", "run", str(bundle), "--trust", str(pub), "--allow-profile-mismatch",
            "--source", stream.url, "--json"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([cmd[0], "-X", "faulthandler", *cmd[1:]], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(proc.stdout.readline())  # a frame went through the pipeline: it is running
         assert first["name"] == "c"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"still running 60 s after Ctrl-C; its threads:\n{err[-6000:]}") from None
     finally:
         done.set()
         if proc.poll() is None:

@@ -381,8 +381,9 @@ class Pipeline:
             log.warning("interrupted: stopping the pipeline")
             interrupted = True
             self.stop()
+            deadline = time.monotonic() + 5.0  # for all of them: a stage stuck in a read must not hold Ctrl-C up
             for t in threads:
-                t.join(5)
+                t.join(max(0.0, deadline - time.monotonic()))
         finally:
             for sink in self.sinks:
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ class CaptureSource(Source):
         self.reconnect = reconnect or ReconnectPolicy()
         self._params = _capture_params(cv2, open_timeout_ms, read_timeout_ms, decode_threads)
         self._sleep = sleep
+        self._reading = threading.Lock()
         self._count = 0
         self.reconnects = 0
         self._cap = self._open()
@@ -182,6 +184,10 @@ class CaptureSource(Source):
         return cap
 
     def read(self) -> Frame | None:
+        with self._reading:  # close() from another thread waits for the read in flight (VideoCapture is not thread-safe)
+            return self._read()
+
+    def _read(self) -> Frame | None:
         if self._cap is None:
             return None
         ok, image = self._cap.read()
@@ -219,9 +225,17 @@ class CaptureSource(Source):
         )
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        """Release the capture; a read still in flight after its timeout (a stalled stream at Ctrl-C) keeps it and
+        the process's exit frees it: releasing under a read crashed or hung in FFmpeg."""
+        if not self._reading.acquire(timeout=2.0):
+            log.debug("source %s: a read is still in flight; leaving the capture to the process exit", self.description)
+            return
+        try:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+        finally:
+            self._reading.release()
 
 
 class ImageFilesSource(Source):
