@@ -293,7 +293,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="override the profile's recipe (int4-weight: 4-bit MatMul/Gemm weights for MLP/transformer-style "
                    "models, ONNX only; see docs/int4.md)")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
-    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate; an .npz "
+                   "array `labels` holds class indices unless a model input is named `labels` (then it feeds it)")
     p.add_argument("--eval-labels", type=Path, help="detectors: ground-truth boxes for the --eval images, a COCO-style "
                    "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
     p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used: images read from a calibration folder and frames from a video are "

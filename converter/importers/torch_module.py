@@ -95,7 +95,7 @@ def _npz_arrays(data: list[Path] | None) -> dict:
         if path.suffix == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as npz:
-                    return {k: npz[k][:1] for k in npz.files if k != "labels"}
+                    return {k: npz[k][:1] for k in npz.files}
             except READ_ERRORS:  # the data loader says what is wrong with the file
                 return {}
     return {}
@@ -109,6 +109,8 @@ def export_examples(model, source: str, input_shape: list[int] | None, data: lis
     import torch
 
     names, arrays = _forward_inputs(model), _npz_arrays(data)
+    if "labels" not in names:  # class labels, not an input (an argument named `labels` is fed: data/npz.py)
+        arrays.pop("labels", None)
     if len(names) == 1:
         if not input_shape:
             raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")
