@@ -151,7 +151,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
-        evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
+        evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples,
+        eval_samples=args.eval_samples, precision=args.precision, labels=labels,
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop), max_map_drop=budget.get("max_map_drop"),
         min_agreement=budget.get("min_agreement", args.min_agreement), min_cosine=budget.get("min_cosine", 0.99),
         force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible, command=tuple(args.argv),
@@ -299,6 +300,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
     p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used: images read from a calibration folder and frames from a video are "
                    "spread evenly over it (default 256)")
+    p.add_argument("--eval-samples", type=whole_number(1), default=1000, help="max images read from an --eval folder, "
+                   "spread evenly over it so each class keeps its share (default 1000; the report says how many)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 | map-drop:3 (comma-separate several); "
                    "agreement = top-1 for classifiers, matched boxes (IoU>=0.5, same class) for detectors, "

@@ -26,7 +26,8 @@ class ConvertOptions:
     calibration: Path | None = None
     evaluation: Path | None = None
     eval_labels: Path | None = None  # detectors: ground-truth boxes for the eval images (COCO JSON or YOLO txt folder)
-    calibration_samples: int = 256  # calibration samples used (also: eval samples loaded, video frames sampled)
+    calibration_samples: int = 256  # calibration samples used (also: video frames sampled)
+    eval_samples: int = 1000  # images read from an eval folder, spread evenly over its classes
     precision: str | None = None  # override the profile's recipe
     labels: list[str] | None = None
     max_accuracy_drop: float | None = None  # percentage points; default: profile

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .test_convert_probe import convert, key  # noqa: F401 - key is a fixture
+from .test_convert_probe_output import image_model
 
 
 def labels_input_model(path: Path, vocab: int = 10, classes: int = 3) -> Path:
@@ -39,3 +40,36 @@ def test_an_input_named_labels_is_fed_not_taken_as_class_labels(key, tmp_path, c
     assert "feeds model input 'labels'" in caplog.text
     accuracy = json.loads(out)["measurements"]["accuracy"]
     assert accuracy["samples"] == 16 and "top1_drop_points" not in accuracy
+
+
+def class_folders(root: Path, classes: int = 3, per_class: int = 6) -> Path:
+    """root/<class index>/NN.png: an eval folder a classifier's gate scores with labels."""
+    from PIL import Image
+
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((10, 10, 3), c * 60 + i * 5, np.uint8)).save(root / str(c) / f"{i:02d}.png")
+    return root
+
+
+def test_a_large_eval_folder_reads_eval_samples_images_keeping_each_class_share(key, tmp_path):
+    """An eval folder was decoded whole (ImageNet val's 50,000 photos as float tensors ran out of memory), unlike a
+    calibration folder. It now reads --eval-samples images spread evenly over the class-sorted files; the report
+    says how many of how many."""
+    folder = class_folders(tmp_path / "eval")
+    out = tmp_path / "m.edgebundle"
+    assert convert(image_model(tmp_path / "m.onnx"), key, out, "--precision", "fp32", "--eval", str(folder),
+                   "--eval-samples", "6") == 0
+    report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
+    assert (report["passes"][0]["eval_samples"], report["passes"][0]["eval_samples_available"]) == (6, 18)
+
+
+def test_sampled_eval_folders_keep_the_class_balance(tmp_path):
+    """Every class gets its share of --eval-samples, so the gate's top-1 is not one class's accuracy."""
+    from converter.data import load_dataset
+    from edge_agent.bundle import Preprocess, TensorSpec
+
+    spec = TensorSpec("image", "float32", [1, 3, 8, 8], "NCHW")
+    data = load_dataset(class_folders(tmp_path / "eval"), [spec], Preprocess(size=[8, 8]), max_images=6)
+    assert np.bincount(data.labels).tolist() == [2, 2, 2] and data.available == 18

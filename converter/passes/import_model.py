@@ -109,11 +109,12 @@ class ImportPass(Pass):
                         "detections only); give --task detect if it is one")
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
+                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False,
+                                           max_images=o.calibration_samples)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
             ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                          cfg.skip_unreadable, flat=task.task in BOX_TASKS)
+                                          cfg.skip_unreadable, flat=task.task in BOX_TASKS, max_images=o.eval_samples)
         if ctx.evaluation is None and ctx.calibration is not None:
             log.warning("no --eval data: the accuracy gate compares float vs converted outputs on the calibration data")
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
@@ -135,6 +136,7 @@ class ImportPass(Pass):
             "outputs": [f"{t.name} {t.dtype}{t.shape}" for t in ctx.outputs],
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
+            **({"eval_samples_available": ctx.evaluation.available} if ctx.evaluation and ctx.evaluation.available else {}),
         }
 
 
