@@ -132,7 +132,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     from .accuracy.budget import out_of_range, parse_budget
     from .options import ConvertOptions
     from .passes import declared_options
-    from .pipeline import convert
+    from .pipeline import convert, failure_report
 
     budget: dict[str, float] = {}
     try:
@@ -182,9 +182,9 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     try:
         result = convert(options, fmt=args.format, on_pass=on_pass)
     except Exception as exc:
-        partial = getattr(exc, "partial", None)
-        if partial is not None:  # a refused conversion still leaves its measurements to read
-            report_path.write_text(dumps({**partial.to_dict(), "error": str(exc)}, indent=2, default=str) + "\n")
+        failed = failure_report(exc)
+        if failed is not None:  # a refused conversion still leaves its measurements and what failed to read
+            report_path.write_text(dumps(failed, indent=2, default=str) + "\n")
             log.warning("report of the failed conversion: %s", report_path)
         raise
     finally:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from edge_agent.errors import exit_code
 
 from .test_convert_probe import convert, key  # noqa: F401 - key is a fixture
 from .test_convert_probe_output import image_model
@@ -73,3 +76,15 @@ def test_sampled_eval_folders_keep_the_class_balance(tmp_path):
     spec = TensorSpec("image", "float32", [1, 3, 8, 8], "NCHW")
     data = load_dataset(class_folders(tmp_path / "eval"), [spec], Preprocess(size=[8, 8]), max_images=6)
     assert np.bincount(data.labels).tolist() == [2, 2, 2] and data.available == 18
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "auto"])
+def test_a_failed_import_writes_a_report_saying_which_pass_failed_and_why(fmt, key, tmp_path, capsys):
+    """A mistyped model path wrote OUT.report.json of nulls and empty lists beside the error text (--format auto: no
+    report at all, though README promises one for a refused conversion). It now names the failed pass, the error
+    kind and exit code, as --json's error object does."""
+    rc = convert(tmp_path / "modle.onnx", key, tmp_path / "m.edgebundle", "--format", fmt)
+    assert rc == exit_code("import") and "modle.onnx does not exist" in capsys.readouterr().err
+    report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
+    assert (report["failed_pass"], report["error_kind"], report["exit_code"]) == ("import", "import", 21)
+    assert "modle.onnx does not exist" in report["error"] and report["bundle"] is None
