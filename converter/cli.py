@@ -310,7 +310,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
     p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
     p.add_argument("--labels", type=Path, help="text file, one class name per line")
-    p.add_argument("--bench-runs", type=whole_number(0), default=50, help="host benchmark runs per model (0 to skip)")
+    p.add_argument("--bench-runs", type=whole_number(0), default=50, help="host benchmark runs per model (0 to skip; "
+                   "--format auto then packs the first passing format in the profile's order)")
     p.add_argument("--reproducible", action="store_true",
                    help="no wall-clock figure goes into or decides the bundle (host latency stays in the report; "
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")

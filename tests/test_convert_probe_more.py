@@ -88,3 +88,18 @@ def test_a_failed_import_writes_a_report_saying_which_pass_failed_and_why(fmt, k
     report = json.loads((tmp_path / "m.edgebundle.report.json").read_text())
     assert (report["failed_pass"], report["error_kind"], report["exit_code"]) == ("import", "import", 21)
     assert "modle.onnx does not exist" in report["error"] and report["bundle"] is None
+
+
+def test_format_auto_with_bench_runs_0_times_no_candidate(monkeypatch):
+    """--help says --bench-runs 0 skips timing, yet --format auto timed its candidates (at least 5 rounds each).
+    Now nothing is timed and the first passing format in the profile's order is packed, as the report says."""
+    from converter import format_selection
+
+    def timed(*args: object) -> None:
+        raise AssertionError("timed with --bench-runs 0")
+
+    monkeypatch.setattr(format_selection, "measure_side_by_side", timed)
+    records: dict = {"tflite": {}, "onnx": {}}
+    chosen, selection = format_selection.select_fastest({"onnx": None, "tflite": None}, ["tflite", "onnx"], records,
+                                                        2, 0, False)
+    assert chosen == "tflite" and "--bench-runs 0" in selection["criterion"] and records == {"tflite": {}, "onnx": {}}
