@@ -342,7 +342,8 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
             groups[key].add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=option.description)
             continue
         groups[key].add_argument(flag, dest=name, type=option.type_, choices=option.choices, metavar=option.metavar,
-                                 default=argparse.SUPPRESS, help=option.description)
+                                 default=argparse.SUPPRESS, help=option.description,
+                                 **({"action": "append"} if option.repeat else {}))
 
 
 @contextlib.contextmanager

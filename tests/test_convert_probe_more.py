@@ -103,3 +103,21 @@ def test_format_auto_with_bench_runs_0_times_no_candidate(monkeypatch):
     chosen, selection = format_selection.select_fastest({"onnx": None, "tflite": None}, ["tflite", "onnx"], records,
                                                         2, 0, False)
     assert chosen == "tflite" and "--bench-runs 0" in selection["criterion"] and records == {"tflite": {}, "onnx": {}}
+
+
+def test_input_shape_repeats_once_per_input_of_a_model_with_several_dynamic_inputs(key, tmp_path, capsys):
+    """A model with two dynamic inputs could not be pinned: '--input-shape gives one shape but the model has 2
+    inputs'. --input-shape NAME=SHAPE now repeats, one per input; a bare shape says how to name them."""
+    from .test_convert_probe import token_model
+
+    model = token_model(tmp_path / "tok.onnx")
+    out = tmp_path / "tok.edgebundle"
+    assert convert(model, key, out, "--precision", "fp32", "--input-shape", "ids=1x8", "--input-shape", "mask=1,8") == 0
+    report = json.loads((tmp_path / "tok.edgebundle.report.json").read_text())
+    assert report["passes"][0]["details"]["pinned_input_shape"] == {"ids": [1, 8], "mask": [1, 8]}
+    assert [i.rsplit(" ", 1)[0] for i in report["passes"][0]["inputs"]] == ["ids int64[1, 8]", "mask bool[1, 8]"]
+    capsys.readouterr()
+    assert convert(model, key, out, "--precision", "fp32", "--input-shape", "1x8") == exit_code("import")
+    assert "give one per input, --input-shape ids=SHAPE repeated" in capsys.readouterr().err
+    assert convert(model, key, out, "--input-shape", "ids=1x8", "--input-shape", "1x8") == exit_code("usage")
+    assert "name each input's" in capsys.readouterr().err

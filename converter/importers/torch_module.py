@@ -108,6 +108,11 @@ def export_examples(model, source: str, input_shape: list[int] | None, data: lis
     import numpy as np
     import torch
 
+    if isinstance(input_shape, dict):  # NAME=SHAPE: the one shape of a forward(NAME)
+        if len(input_shape) != 1:
+            raise ImportFailed(f"{source}: a PyTorch source takes one --input-shape; a forward() with several inputs "
+                               "takes its examples from the .npz")
+        input_shape = next(iter(input_shape.values()))
     names, arrays = _forward_inputs(model), _npz_arrays(data)
     if "labels" not in names:  # class labels, not an input (an argument named `labels` is fed: data/npz.py)
         arrays.pop("labels", None)
