@@ -19,6 +19,7 @@ from device_profiles import FORMATS
 from edge_agent import __version__
 from edge_agent.errors import report_failure, run_main, unwind_on_sigterm
 from edge_agent.finite_json import dumps
+from edge_agent.sizes import human_size
 
 from .errors import UsageError, exit_codes_help
 from .options import whole_number
@@ -212,7 +213,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
                      + ("" if acc.get("passed") else "  [GATE FAILED, written with --force]"))
     sizes = m.get("sizes", {})
     if sizes:
-        lines.append(f"size: {sizes['float_model_bytes'] / 1e6:.3f} MB float -> {sizes['model_bytes'] / 1e6:.3f} MB ({sizes['size_ratio']:.2f}x)")
+        lines.append(f"size: {human_size(sizes['float_model_bytes'])} float -> {human_size(sizes['model_bytes'])} "
+                     f"({sizes['size_ratio']:.2f}x)")
     lat = m.get("host_latency")
     if lat:
         lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "

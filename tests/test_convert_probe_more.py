@@ -121,3 +121,12 @@ def test_input_shape_repeats_once_per_input_of_a_model_with_several_dynamic_inpu
     assert "give one per input, --input-shape ids=SHAPE repeated" in capsys.readouterr().err
     assert convert(model, key, out, "--input-shape", "ids=1x8", "--input-shape", "1x8") == exit_code("usage")
     assert "name each input's" in capsys.readouterr().err
+
+
+def test_a_tiny_models_size_line_reads_in_bytes_not_zero_megabytes(key, tmp_path, capsys):
+    """The summary's size line read 'size: 0.000 MB float -> 0.000 MB' for a model of a few hundred bytes."""
+    from .test_convert_probe import linear_model
+
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--precision", "fp32") == 0
+    size = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("size:"))
+    assert size.startswith("size: ") and " bytes float -> " in size and "0.000 MB" not in size, size
