@@ -223,8 +223,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
             lines.append(f"WARNING: {lat['warning']}")
     sel = m.get("format_selection")
     if sel:
-        alts = ", ".join(f"{c['format']} {c['precision']} "
-                         + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
+        alts = ", ".join(f"{c['format']} {c['precision']}"
+                         + (f" p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
                          + ("" if c.get("passed") else f" (could not be built: {str(c.get('reason', '?'))[:120]})"
                             if c.get("built") is False else " (failed gate)")
                          for c in m.get("candidates", []))

@@ -90,19 +90,18 @@ def test_a_failed_import_writes_a_report_saying_which_pass_failed_and_why(fmt, k
     assert "modle.onnx does not exist" in report["error"] and report["bundle"] is None
 
 
-def test_format_auto_with_bench_runs_0_times_no_candidate(monkeypatch):
+def test_format_auto_with_bench_runs_0_times_no_candidate(key, tmp_path, capsys):
     """--help says --bench-runs 0 skips timing, yet --format auto timed its candidates (at least 5 rounds each).
-    Now nothing is timed and the first passing format in the profile's order is packed, as the report says."""
-    from converter import format_selection
+    Now nothing is timed and the first passing format in the profile's order is packed, as the summary says."""
+    from .test_convert_probe import linear_model, samples
 
-    def timed(*args: object) -> None:
-        raise AssertionError("timed with --bench-runs 0")
-
-    monkeypatch.setattr(format_selection, "measure_side_by_side", timed)
-    records: dict = {"tflite": {}, "onnx": {}}
-    chosen, selection = format_selection.select_fastest({"onnx": None, "tflite": None}, ["tflite", "onnx"], records,
-                                                        2, 0, False)
-    assert chosen == "tflite" and "--bench-runs 0" in selection["criterion"] and records == {"tflite": {}, "onnx": {}}
+    np.savez(tmp_path / "eval.npz", x=samples())
+    assert convert(linear_model(tmp_path / "m.onnx"), key, tmp_path / "m.edgebundle", "--format", "auto",
+                   "--precision", "fp32", "--eval", str(tmp_path / "eval.npz")) == 0
+    m = json.loads((tmp_path / "m.edgebundle.report.json").read_text())["measurements"]
+    assert [c for c in m["candidates"] if "host_latency" in c] == []
+    assert m["format_selection"]["chosen"] == m["format_selection"]["considered"][0]
+    assert "not timed (--bench-runs 0)" in capsys.readouterr().out
 
 
 def test_input_shape_repeats_once_per_input_of_a_model_with_several_dynamic_inputs(key, tmp_path, capsys):
