@@ -19,6 +19,7 @@ from device_profiles import FORMATS
 from edge_agent import __version__
 from edge_agent.errors import report_failure, run_main, unwind_on_sigterm
 from edge_agent.finite_json import dumps
+from edge_agent.sizes import human_size
 
 from .errors import UsageError, exit_codes_help
 from .options import whole_number
@@ -132,7 +133,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     from .accuracy.budget import out_of_range, parse_budget
     from .options import ConvertOptions
     from .passes import declared_options
-    from .pipeline import convert
+    from .pipeline import convert, failure_report
 
     budget: dict[str, float] = {}
     try:
@@ -151,7 +152,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     _prepare_folders(args.out, args.report)
     options = ConvertOptions(
         source=args.model, profile=args.profile, out=args.out, key=args.key, calibration=args.calibration,
-        evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples, precision=args.precision, labels=labels,
+        evaluation=args.eval, eval_labels=args.eval_labels, calibration_samples=args.calibration_samples,
+        eval_samples=args.eval_samples, precision=args.precision, labels=labels,
         max_accuracy_drop=budget.get("max_top1_drop", args.max_accuracy_drop), max_map_drop=budget.get("max_map_drop"),
         min_agreement=budget.get("min_agreement", args.min_agreement), min_cosine=budget.get("min_cosine", 0.99),
         force=args.force, bench_runs=args.bench_runs, reproducible=args.reproducible, command=tuple(args.argv),
@@ -181,9 +183,9 @@ def cmd_convert(args: argparse.Namespace) -> tuple[Any, str]:
     try:
         result = convert(options, fmt=args.format, on_pass=on_pass)
     except Exception as exc:
-        partial = getattr(exc, "partial", None)
-        if partial is not None:  # a refused conversion still leaves its measurements to read
-            report_path.write_text(dumps({**partial.to_dict(), "error": str(exc)}, indent=2, default=str) + "\n")
+        failed = failure_report(exc)
+        if failed is not None:  # a refused conversion still leaves its measurements and what failed to read
+            report_path.write_text(dumps(failed, indent=2, default=str) + "\n")
             log.warning("report of the failed conversion: %s", report_path)
         raise
     finally:
@@ -211,7 +213,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
                      + ("" if acc.get("passed") else "  [GATE FAILED, written with --force]"))
     sizes = m.get("sizes", {})
     if sizes:
-        lines.append(f"size: {sizes['float_model_bytes'] / 1e6:.3f} MB float -> {sizes['model_bytes'] / 1e6:.3f} MB ({sizes['size_ratio']:.2f}x)")
+        lines.append(f"size: {human_size(sizes['float_model_bytes'])} float -> {human_size(sizes['model_bytes'])} "
+                     f"({sizes['size_ratio']:.2f}x)")
     lat = m.get("host_latency")
     if lat:
         lines.append(f"host latency ({lat['threads']} threads): float p50 {lat['float']['p50_ms']:.3f} ms, "
@@ -220,8 +223,8 @@ def summary_text(report: dict[str, Any], report_path: Path) -> str:
             lines.append(f"WARNING: {lat['warning']}")
     sel = m.get("format_selection")
     if sel:
-        alts = ", ".join(f"{c['format']} {c['precision']} "
-                         + (f"p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
+        alts = ", ".join(f"{c['format']} {c['precision']}"
+                         + (f" p50 {c['host_latency']['p50_ms']:.3f} ms" if c.get("host_latency") else "")
                          + ("" if c.get("passed") else f" (could not be built: {str(c.get('reason', '?'))[:120]})"
                             if c.get("built") is False else " (failed gate)")
                          for c in m.get("candidates", []))
@@ -293,11 +296,14 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="override the profile's recipe (int4-weight: 4-bit MatMul/Gemm weights for MLP/transformer-style "
                    "models, ONNX only; see docs/int4.md)")
     p.add_argument("--calibration", type=Path, help="calibration data (.npz, image folder or video file: frames sampled evenly) for int8")
-    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate")
+    p.add_argument("--eval", type=Path, help="eval data (.npz with labels, class folders, or a video file) for the accuracy gate; an .npz "
+                   "array `labels` holds class indices unless a model input is named `labels` (then it feeds it)")
     p.add_argument("--eval-labels", type=Path, help="detectors: ground-truth boxes for the --eval images, a COCO-style "
                    "JSON or a folder of YOLO .txt files; the gate then also reports mAP@0.5 of float and converted")
     p.add_argument("--calibration-samples", type=whole_number(1), default=256, help="max calibration samples used: images read from a calibration folder and frames from a video are "
                    "spread evenly over it (default 256)")
+    p.add_argument("--eval-samples", type=whole_number(1), default=1000, help="max images read from an --eval folder, "
+                   "spread evenly over it so each class keeps its share (default 1000; the report says how many)")
     p.add_argument("--accuracy-budget", metavar="BUDGET",
                    help="e.g. agreement:0.95 | top1-drop:1.0 | cosine:0.99 | map-drop:3 (comma-separate several); "
                    "agreement = top-1 for classifiers, matched boxes (IoU>=0.5, same class) for detectors, "
@@ -306,7 +312,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, help="min top-1 agreement with float, 0-1 (default: profile)")
     p.add_argument("--force", action="store_true", help="write the bundle even when the accuracy gate fails")
     p.add_argument("--labels", type=Path, help="text file, one class name per line")
-    p.add_argument("--bench-runs", type=whole_number(0), default=50, help="host benchmark runs per model (0 to skip)")
+    p.add_argument("--bench-runs", type=whole_number(0), default=50, help="host benchmark runs per model (0 to skip; "
+                   "--format auto then packs the first passing format in the profile's order)")
     p.add_argument("--reproducible", action="store_true",
                    help="no wall-clock figure goes into or decides the bundle (host latency stays in the report; "
                    "the measured op-set choice goes by agreement alone), so identical inputs give a byte-identical bundle")
@@ -337,7 +344,8 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
             groups[key].add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=option.description)
             continue
         groups[key].add_argument(flag, dest=name, type=option.type_, choices=option.choices, metavar=option.metavar,
-                                 default=argparse.SUPPRESS, help=option.description)
+                                 default=argparse.SUPPRESS, help=option.description,
+                                 **({"action": "append"} if option.repeat else {}))
 
 
 @contextlib.contextmanager

@@ -60,7 +60,12 @@ def measure_side_by_side(ctxs: dict[str, ConversionContext], threads: int, runs:
 
 def select_fastest(pool: dict[str, ConversionContext], formats: list[str], records: dict[str, dict[str, Any]],
                    threads: int, runs: int, reproducible: bool) -> tuple[str, dict[str, Any]]:
-    """Time the pool, record latencies in `records`; (chosen format, the format_selection measurement)."""
+    """Time the pool, record latencies in `records`; (chosen format, the format_selection measurement).
+    runs=0 (--bench-runs 0, 'skip timing') times nothing: it ran MIN_RUNS rounds anyway; the profile's order decides."""
+    if runs == 0:
+        chosen = next(f for f in formats if f in pool)
+        return chosen, {"mode": "auto", "chosen": chosen, "considered": formats,
+                        "criterion": "not timed (--bench-runs 0): the first passing format in the profile's order"}
     timings = measure_side_by_side(pool, threads, max(runs, MIN_RUNS))  # >= 5 per round
     for fmt, t in timings.items():
         records[fmt]["host_latency"] = t

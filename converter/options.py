@@ -26,7 +26,8 @@ class ConvertOptions:
     calibration: Path | None = None
     evaluation: Path | None = None
     eval_labels: Path | None = None  # detectors: ground-truth boxes for the eval images (COCO JSON or YOLO txt folder)
-    calibration_samples: int = 256  # calibration samples used (also: eval samples loaded, video frames sampled)
+    calibration_samples: int = 256  # calibration samples used (also: video frames sampled)
+    eval_samples: int = 1000  # images read from an eval folder, spread evenly over its classes
     precision: str | None = None  # override the profile's recipe
     labels: list[str] | None = None
     max_accuracy_drop: float | None = None  # percentage points; default: profile
@@ -57,6 +58,7 @@ class PassOption:
     metavar: str | None = None
     check: Callable[[Any], Any] | None = None
     precisions: tuple[str, ...] | None = None
+    repeat: bool = False  # the flag may be given several times; the value is then the list of them
 
     def cli_flag(self, name: str) -> str | None:
         return None if self.flag == "" else (self.flag or "--" + name.replace("_", "-"))
@@ -70,12 +72,36 @@ def float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def input_shape(text: str) -> list[int]:
-    """argparse type: 1x3x224x224 (or 1,3,224,224)."""
+def input_shape(text: str) -> list[int] | dict[str, list[int]]:
+    """argparse type: 1x3x224x224 (or 1,3,224,224), or NAME=1x3x224x224 for one input of several."""
+    name, named, dims_text = text.rpartition("=")
     try:
-        dims = [int(x) for x in text.lower().replace(",", "x").split("x")]
+        dims = [int(x) for x in dims_text.lower().replace(",", "x").split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1x3x224x224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"input shape {text!r} must have positive dimensions")
-    return dims
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1x3x224x224 or NAME=1x3x224x224") from None
+    if not dims or any(d <= 0 for d in dims) or (named and not name):
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must have positive dimensions (and a name before '=')")
+    return {name: dims} if named else dims
+
+
+def input_shapes(value: Any) -> list[int] | dict[str, list[int]] | None:
+    """The --input-shape values as one: a bare shape (a single-input model's) or shapes by input name. A model with
+    several dynamic inputs could not be pinned ('gives one shape but the model has 2 inputs'); the flag now repeats
+    as NAME=SHAPE. A bare shape among several is refused: which input would it be?"""
+    if value is None or isinstance(value, dict):
+        return value
+    items = list(value)
+    if all(isinstance(x, int) for x in items):  # the API's one shape
+        return items or None
+    if len(items) == 1:
+        return items[0]
+    if not all(isinstance(x, dict) for x in items):
+        raise ValueError("--input-shape given several times: name each input's, e.g. --input-shape ids=1x128 "
+                         "--input-shape mask=1x128")
+    merged: dict[str, list[int]] = {}
+    for shapes in items:
+        twice = set(shapes) & set(merged)
+        if twice:
+            raise ValueError(f"--input-shape gives input {twice.pop()!r} twice")
+        merged.update(shapes)
+    return merged

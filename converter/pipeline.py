@@ -61,10 +61,28 @@ def run_passes(ctx: ConversionContext, names: Sequence[str], on_pass: OnPass | N
             on_pass(prefix + p.name, i, len(passes))
             ctx.on_step = lambda text, name=prefix + p.name, i=i: on_pass(f"{name}: {text}", i, len(passes))
         t0 = time.perf_counter()
-        entry = p.run(ctx)
+        try:
+            entry = p.run(ctx)
+        except ConversionError as exc:
+            exc.failed_pass = getattr(exc, "failed_pass", None) or prefix + p.name  # the report names it
+            raise
         seconds = time.perf_counter() - t0
         log.info("pass %s%s done in %.2fs", prefix, p.name, seconds)
         ctx.report.append({"pass": prefix + p.name, "seconds": round(seconds, 3), **entry})
+
+
+def failure_report(exc: BaseException) -> dict[str, Any] | None:
+    """A failed conversion's report: what was measured, which pass failed, why, and the exit code (as --json's error
+    object). A failed import wrote only nulls, empty lists and the error text; --format auto wrote none at all.
+    None when the conversion never started (a usage error)."""
+    from edge_agent.errors import failure_record
+
+    partial = getattr(exc, "partial", None)
+    if partial is None:
+        return None
+    record = failure_record(exc)
+    return {**partial.to_dict(), "failed_pass": getattr(exc, "failed_pass", None), "error": record["message"],
+            "error_kind": record["error"], "exit_code": record["exit_code"]}
 
 
 def convert(options: ConvertOptions, fmt: str | None = None, on_pass: OnPass | None = None) -> ConversionResult:
@@ -129,7 +147,11 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
     prefix = shared_prefix()
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         base = ConversionContext(options=options, profile=profile, workdir=Path(tmp), format=formats[0])
-        run_passes(base, prefix, on_pass)
+        try:
+            run_passes(base, prefix, on_pass)
+        except ConversionError as exc:
+            exc.partial = ConversionResult.of(base)
+            raise
         built: dict[str, ConversionContext] = {}
         records: dict[str, dict[str, Any]] = {}
         unbuilt: dict[str, ConversionError] = {}
@@ -152,9 +174,12 @@ def convert_auto(options: ConvertOptions, profile: Profile, on_pass: OnPass | No
         pool = passing or (built if options.force else {})
         if not pool:
             reasons = "; ".join(f"{f}: {r['reason']}" for f, r in records.items())
-            if len(unbuilt) == len(formats):  # no gate ran: the first candidate's own error and code (no --calibration: 2)
-                raise type(unbuilt[formats[0]])(f"no --format auto candidate could be built ({reasons})")
-            raise GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})")
+            refusal = (type(unbuilt[formats[0]])(f"no --format auto candidate could be built ({reasons})")
+                       if len(unbuilt) == len(formats)  # no gate ran: the first candidate's own error and code
+                       else GateFailed(f"no --format auto candidate passed the accuracy gate ({reasons})"))
+            base.measurements["candidates"] = [records[f] for f in formats]
+            refusal.partial, refusal.failed_pass = ConversionResult.of(base), "select-format"
+            raise refusal
         if on_pass:
             on_pass("select-format", 0, 1)
         chosen, selection = select_fastest(pool, formats, records, base.host_threads(), options.bench_runs,

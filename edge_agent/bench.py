@@ -12,6 +12,7 @@ import numpy as np
 
 from .bundle import Manifest
 from .runtimes import ModelSession, load_session
+from .sizes import human_size
 from .telemetry.latency import summarize_ms
 
 
@@ -121,7 +122,7 @@ def format_report(r: BenchReport) -> str:
         ("model", f"{r.model} v{r.version} ({r.precision})"),
         ("runtime", f"{r.runtime} {r.runtime_version} on {r.provider}, threads={r.threads or 'default'}"
                     + (f" (interpreter {r.details['interpreter']})" if r.details.get("interpreter") else "")),
-        ("model size", f"{r.model_size_bytes / 1e6:.3f} MB"),
+        ("model size", human_size(r.model_size_bytes)),
         ("init", f"{r.init_ms:.2f} ms"),
         ("first inference", f"{r.first_inference_ms:.3f} ms"),
         ("warm-up / runs", f"{r.warmup_runs} / {r.runs}"),

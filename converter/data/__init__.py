@@ -14,17 +14,17 @@ from .dataset import Dataset, warn_if_degenerate
 def load_dataset(
     source: Path, inputs: list[TensorSpec], preprocess: Preprocess | None, labels: list[str] | None = None,
     max_frames: int = 256, skip_unreadable: bool = False, flat: bool = False, classes: bool = True,
+    max_images: int | None = None,
 ) -> Dataset:
-    """Load an .npz file, an image folder or a video file (max_frames sampled evenly) for these inputs."""
+    """Load an .npz file, an image folder (max_images spread evenly: --calibration-samples, --eval-samples) or a
+    video file (max_frames sampled evenly) for these inputs."""
     from .image_folder import load_image_folder
     from .npz import load_npy, load_npz
     from .video import is_video, load_video
 
     source = Path(source)
     if source.is_dir():
-        # calibration (classes=False) reads max_frames images spread over the folder, as a video's frames; eval all
-        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat, classes,
-                                 max_images=None if classes else max_frames)
+        return load_image_folder(source, inputs, preprocess, labels, skip_unreadable, flat, classes, max_images)
     if source.suffix.lower() == ".npz" and source.is_file():
         return load_npz(source, inputs)
     if source.suffix.lower() == ".npy" and source.is_file():  # one array: a single-input model's samples

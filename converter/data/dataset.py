@@ -20,6 +20,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (--skip-unreadable-images)
     files: list[str] | None = None  # image files, one per sample (ground-truth boxes are matched by file name)
     frames_hw: list[tuple[int, int]] | None = None  # original image sizes, to map labelled boxes into the input
+    available: int | None = None  # images the folder held when fewer were read (--eval/--calibration-samples)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))

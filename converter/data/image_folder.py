@@ -23,8 +23,9 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
                       max_images: int | None = None) -> Dataset:
     """Images preprocessed for the model; `flat` (detectors): sub-folders are not classes, all images are read.
     `classes=False` (calibration, which needs no labels): sub-folders that do not name classes (a dataset's
-    cat/ dog/ without --labels) are read flat instead of refused. `max_images` (--calibration-samples): that many,
-    spread evenly over the sorted files (a 50,000-image folder was decoded whole, gigabytes of floats, to use 256)."""
+    cat/ dog/ without --labels) are read flat instead of refused. `max_images` (--calibration-samples,
+    --eval-samples): that many, spread evenly over the files sorted by class, so each class keeps its share (a
+    50,000-image folder was decoded whole, gigabytes of floats: ImageNet val ran out of memory as eval data)."""
     if preprocess is None or preprocess.kind != "image":
         raise DataError(no_image_input(str(folder), "image folders", inputs))
     if len(inputs) != 1:
@@ -51,10 +52,12 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})" + (
             "; its .npy/.npz files are not read one per sample: stack them into one .npz named after the model's "
             "input, e.g. numpy.savez('data.npz', input=numpy.stack(arrays))" if arrays else ""))
-    if max_images is not None and len(items) > max_images:
+    available = len(items) if max_images is not None and len(items) > max_images else None
+    if available:
         from .video import frame_indices
 
-        log.info("%s: %d of its %d images read, spread evenly (--calibration-samples)", folder, max_images, len(items))
+        log.info("%s: %d of its %d images read, spread evenly (%s)", folder, max_images, available,
+                 "--eval-samples" if classes else "--calibration-samples")
         items = [items[i] for i in frame_indices(len(items), max_images)]
     tensors, kept, skipped, sizes = [], [], [], []
     for f, c in items:
@@ -79,7 +82,7 @@ def load_image_folder(folder: Path, inputs: list[TensorSpec], preprocess: Prepro
         raise DataError(f"{folder}: none of its {len(items)} images could be read")
     y = np.array([c for _, c in kept], dtype=np.int64) if subdirs else None
     return Dataset({inputs[0].name: np.stack(tensors).astype(feed_dtype(inputs[0]))}, y, origin=str(folder), skipped=skipped,
-                   files=[str(f) for f, _ in kept], frames_hw=sizes)
+                   files=[str(f) for f, _ in kept], frames_hw=sizes, available=available)
 
 
 def _hidden(path: Path, folder: Path) -> bool:

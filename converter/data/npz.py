@@ -62,7 +62,7 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
             arrays = {k: npz[k] for k in npz.files}
     except READ_ERRORS as exc:
         raise _unreadable(path, exc, ".npz") from exc
-    labels = arrays.pop("labels", None)
+    labels = pop_labels(arrays, inputs, path)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
         named = array_for_input(arrays, spec.name)  # Keras inputs: 'feat' for TFLite's 'serving_default_feat:0'
@@ -84,6 +84,19 @@ def load_npz(path: Path, inputs: list[TensorSpec]) -> Dataset:
     if labels is not None:
         labels = class_indices(labels, counts.pop(), path)
     return Dataset(feeds, labels, origin=str(path))
+
+
+def pop_labels(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], path: Path) -> np.ndarray | None:
+    """The .npz's `labels` array, taken out of `arrays`, unless a model input has that name: a token model's input
+    `labels` was taken as class indices, so the model missed an input and the gate scored against its token ids.
+    One rule (README, `--eval` help): an input named `labels` is fed; the gate then has no labels."""
+    if "labels" not in arrays:
+        return None
+    if any(array_for_input({"labels": arrays["labels"]}, spec.name) is not None for spec in inputs):
+        log.warning("%s: array 'labels' feeds model input 'labels' (not class labels): the gate compares with the "
+                    "float model's answers", path.name)
+        return None
+    return arrays.pop("labels")
 
 
 def class_indices(labels: np.ndarray, count: int, path: Path) -> np.ndarray:

@@ -17,7 +17,7 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None) -> ImportedModel:
+def import_onnx(path: Path, workdir: Path, input_shape: list[int] | dict[str, list[int]] | None = None) -> ImportedModel:
     """Load and check an ONNX file; `input_shape` pins its symbolic input dims (converter.onnx.input_shapes)."""
     from edge_agent.bundle import sha256_file
 
@@ -33,8 +33,8 @@ def import_onnx(path: Path, workdir: Path, input_shape: list[int] | None = None)
     details = {}
     if input_shape:
         details["dynamic_inputs"] = {k: [str(d) for d in v] for k, v in dynamic_inputs(model).items()}
-        model = pin_input_shapes(model, list(input_shape))
-        details["pinned_input_shape"] = list(input_shape)
+        model = pin_input_shapes(model, input_shape)
+        details["pinned_input_shape"] = input_shape
     elif dynamic_inputs(model):
         log.warning("%s has dynamic input dims %s; pin them with --input-shape for calibration, image data "
                     "and full graph optimisation", path.name,

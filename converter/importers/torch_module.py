@@ -95,7 +95,7 @@ def _npz_arrays(data: list[Path] | None) -> dict:
         if path.suffix == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as npz:
-                    return {k: npz[k][:1] for k in npz.files if k != "labels"}
+                    return {k: npz[k][:1] for k in npz.files}
             except READ_ERRORS:  # the data loader says what is wrong with the file
                 return {}
     return {}
@@ -108,7 +108,14 @@ def export_examples(model, source: str, input_shape: list[int] | None, data: lis
     import numpy as np
     import torch
 
+    if isinstance(input_shape, dict):  # NAME=SHAPE: the one shape of a forward(NAME)
+        if len(input_shape) != 1:
+            raise ImportFailed(f"{source}: a PyTorch source takes one --input-shape; a forward() with several inputs "
+                               "takes its examples from the .npz")
+        input_shape = next(iter(input_shape.values()))
     names, arrays = _forward_inputs(model), _npz_arrays(data)
+    if "labels" not in names:  # class labels, not an input (an argument named `labels` is fed: data/npz.py)
+        arrays.pop("labels", None)
     if len(names) == 1:
         if not input_shape:
             raise ImportFailed("PyTorch sources need --input-shape, e.g. --input-shape 1x3x224x224")

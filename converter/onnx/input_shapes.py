@@ -39,7 +39,9 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | list
     inputs = [vi for vi in model.graph.input if vi.name not in inits]
     if isinstance(shapes, list):
         if len(inputs) != 1:
-            raise ImportFailed(f"--input-shape gives one shape but the model has {len(inputs)} inputs")
+            names = [vi.name for vi in inputs]
+            raise ImportFailed(f"--input-shape gives one shape but the model has {len(inputs)} inputs "
+                               f"({', '.join(names)}): give one per input, --input-shape {names[0]}=SHAPE repeated")
         shapes = {inputs[0].name: shapes}
     by_name = {vi.name: vi for vi in inputs}
     for name, shape in shapes.items():

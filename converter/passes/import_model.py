@@ -14,7 +14,7 @@ from ..detection.task import (BOX_TASKS, TASKS, anchor_postprocess, default_post
 from ..errors import DataError, UsageError
 from ..importers import import_model
 from ..onnx.model_io import ort_session, tensor_specs
-from ..options import PassOption, float_list, input_shape, whole_number
+from ..options import PassOption, float_list, input_shape, input_shapes, whole_number
 from .base import ConversionContext, Pass
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class ImportPass(Pass):
     def default_config(cls) -> dict[str, PassOption]:
         return {
             "input_shape": PassOption(input_shape, None, "input shape, e.g. 1x3x224x224: required for PyTorch sources; "
-                                      "pins dynamic ONNX input dims"),
+                                      "pins dynamic ONNX input dims; a model with several inputs takes one per input, "
+                                      "repeated: --input-shape ids=1x128 --input-shape mask=1x128",
+                                      check=input_shapes, repeat=True),
             "opset": PassOption(int, None, "ONNX opset for PyTorch export (default 20)"),
             "color": PassOption(str, "RGB", "colour order the model expects", choices=("RGB", "BGR", "GRAY")),
             "scale": PassOption(float, 1.0 / 255.0, "pixel scale before mean/std (default 1/255)"),
@@ -79,7 +81,7 @@ class ImportPass(Pass):
         o, cfg = ctx.options, self.config(ctx)
         meta = read_metadata(Path(o.source)) if o.source.endswith(".onnx") and Path(o.source).is_file() else {}
         task = model_task(None, cfg.task or ("detect" if cfg.anchors else None), meta)
-        shape = cfg.input_shape or _shape_from_metadata(o.source, task)
+        shape = input_shapes(cfg.input_shape) or _shape_from_metadata(o.source, task)
         data = [Path(p) for p in (o.calibration, o.evaluation) if p]
         ctx.imported = import_model(o.source, ctx.workdir, shape, cfg.opset, data)
         if ctx.imported.onnx_path is not None:
@@ -109,11 +111,12 @@ class ImportPass(Pass):
                         "detections only); give --task detect if it is one")
         if o.calibration:
             ctx.calibration = load_dataset(o.calibration, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False)
+                                           cfg.skip_unreadable, flat=task.task in BOX_TASKS, classes=False,
+                                           max_images=o.calibration_samples)
             warn_if_degenerate(ctx.calibration, "calibration")
         if o.evaluation:
             ctx.evaluation = load_dataset(o.evaluation, ctx.inputs, ctx.preprocess, o.labels, o.calibration_samples,
-                                          cfg.skip_unreadable, flat=task.task in BOX_TASKS)
+                                          cfg.skip_unreadable, flat=task.task in BOX_TASKS, max_images=o.eval_samples)
         if ctx.evaluation is None and ctx.calibration is not None:
             log.warning("no --eval data: the accuracy gate compares float vs converted outputs on the calibration data")
         if o.labels and ctx.evaluation is not None and ctx.evaluation.labels is not None:
@@ -135,6 +138,7 @@ class ImportPass(Pass):
             "outputs": [f"{t.name} {t.dtype}{t.shape}" for t in ctx.outputs],
             "calibration_samples": len(ctx.calibration) if ctx.calibration else 0,
             "eval_samples": len(ctx.evaluation) if ctx.evaluation else 0,
+            **({"eval_samples_available": ctx.evaluation.available} if ctx.evaluation and ctx.evaluation.available else {}),
         }
 
 
