@@ -50,7 +50,8 @@ def install(app: FastAPI) -> None:
     async def edgekit_error(_r: Request, exc: EdgekitError) -> JSONResponse:
         # the one line `edge-fleet` prints for this error (a tampered bundle: publish's own line) and its code
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse(body(exc.kind, one_line(exc), exc.exit_code), status_code=status)
+        extra = getattr(exc, "fields", {})  # e.g. a refused action: the rollout's status
+        return JSONResponse(body(exc.kind, one_line(exc), exc.exit_code, **extra), status_code=status)
 
     @app.exception_handler(ApiError)
     async def api_error(_r: Request, exc: ApiError) -> JSONResponse:

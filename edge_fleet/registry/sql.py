@@ -326,11 +326,12 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         return self._rollouts("WHERE request IS NOT NULL", ())
 
     def request_rollout(self, rollout_id: str, request: str, by: str) -> None:
-        self._execute("UPDATE rollouts SET request=?, request_by=? WHERE id=?", (request, by, rollout_id))
+        self._execute("UPDATE rollouts SET request=?, request_by=?, request_refused=NULL WHERE id=?",
+                      (request, by, rollout_id))
 
-    def clear_request(self, rollout_id: str, request: str) -> None:
-        self._execute("UPDATE rollouts SET request=NULL, request_by=NULL WHERE id=? AND request=?",
-                      (rollout_id, request))
+    def clear_request(self, rollout_id: str, request: str, refused: str | None = None) -> None:
+        self._execute("UPDATE rollouts SET request=NULL, request_by=NULL, request_refused=? WHERE id=? AND request=?",
+                      (refused, rollout_id, request))
 
     def _rollouts(self, where: str, params: tuple, order: bool = True) -> list[RolloutRecord]:
         """Rollouts matching `where` (oldest first unless `where` orders them) with their targets,
