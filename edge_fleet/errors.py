@@ -97,6 +97,12 @@ class ConnectionFailed(FleetError):
     code_name = "connection-failed"
 
 
+class TokenExists(FleetError):
+    """A live API token already has the name asked for (HTTP 409: the request is fine, the name is taken)."""
+
+    code_name = "token-exists"
+
+
 class VersionConflict(FleetError):
     """NAME:VERSION for this profile is already published with different content."""
 

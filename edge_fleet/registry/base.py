@@ -180,7 +180,7 @@ class Registry(ABC):
 
     @abstractmethod
     def add_token(self, rec: TokenRecord) -> None:
-        """Store a new token (ValueError when the name exists)."""
+        """Store a new token (TokenExists when a live token has the name)."""
 
     @abstractmethod
     def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
