@@ -1,4 +1,5 @@
-"""An operator's halt/resume/rollback that the server could not apply is answered as refused, not as done.
+"""An operator's halt/resume/rollback that the server could not apply is answered as refused, not as done;
+and waiting for the server to apply one holds no API worker thread.
 
 The server applies requests after its pass over the rollouts; a rollout that changed meanwhile (a paused one
 halted by its in-flight devices' failures) made the request illegal, and the server only logged a warning:
@@ -21,7 +22,7 @@ from edge_fleet.registry.records import RolloutStatus as R
 from edge_fleet.rollout import plan_rollout
 from .ota_helpers import wait_for
 from .test_fleet_probe import api  # noqa: F401 - the real API app under uvicorn, used by name
-from .test_fleet_rollout_states import V1, _recording_driver, _two_devices_on_v1
+from .test_fleet_rollout_states import V1, V2, _bundle, _recording_driver, _two_devices_on_v1
 
 
 def _paused_with_a_device_in_flight(reg, tmp_path) -> tuple[str, object]:
@@ -77,3 +78,32 @@ def test_the_cli_says_the_overtaken_resume_was_not_applied_with_exit_64(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert codes == [exit_code("action-refused")] == [64]
     assert len(err) == 1 and f"resume not applied: rollout {rid} became halted" in err[0], err
+
+
+def test_requests_waiting_for_the_server_hold_no_api_thread(api, tmp_path):
+    """`POST .../halt?wait=30` slept in a worker thread of the pool every plain endpoint runs in (40 threads):
+    40 scripts halting rollouts while no server applied them stalled the whole API until their waits ran out.
+    The wait is on the event loop now: with more waiting requests than the pool has threads, every one is
+    stored and another request is answered while they all still wait; applying them answers each."""
+    url, token, _ = api
+    headers = {"Authorization": f"Bearer {token}"}
+    with open_registry(tmp_path / "fleet.db") as reg:
+        for sha, v in ((V1, 1), (V2, 2)):
+            reg.add_bundle(_bundle(tmp_path, sha, v))
+        ids = []
+        for i in range(45):  # more than the pool's 40 threads
+            reg.record_reported(ReportedState(f"d{i}", "idle", "pi", "t", current=BundleRef("digits", 1, V1)))
+            ids.append(plan_rollout(reg, "digits:2", devices=[f"d{i}"], stages=[100]).id)
+        answers: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda rid=rid: answers.append(httpx.post(
+            f"{url}/api/v1/rollouts/{rid}/halt", params={"wait": 30}, headers=headers, timeout=90))) for rid in ids]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(reg.requested_rollouts()) == len(ids), what="every halt request stored")
+        meanwhile = httpx.get(f"{url}/api/v1/rollouts/{ids[0]}", headers=headers, timeout=90)
+        assert meanwhile.status_code == 200 and meanwhile.json()["request"] == "halt"
+        assert answers == []  # all 45 still waiting: none was held back until another's wait ran out
+        _recording_driver(reg, []).step(now=10.0)  # the server applies them: each waiter answers at once
+        for t in threads:
+            t.join(90)
+    assert sorted((a.status_code, a.json()["status"]) for a in answers) == [(200, "paused")] * len(ids)
