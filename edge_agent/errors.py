@@ -105,6 +105,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              (FLEET,)),
     ExitCode(68, "wait-timeout", "deploy --wait gave up (--wait-timeout): the rollout goes on; is `edge-fleet serve` "
              "running?", _N, (FLEET,)),
+    ExitCode(69, "token-exists", "a live API token already has that name (revoke it first, or choose another)", _U,
+             (FLEET,)),
     ExitCode(70, "source-open", "video source cannot be opened", _V, (AGENT,)),
     ExitCode(71, "source-lost", "live source lost (reconnects exhausted)", _V, (AGENT,)),
     ExitCode(72, "frames-failing", "frames keep failing in the pipeline", _D, (AGENT,)),

@@ -71,10 +71,7 @@ def create_token(reg: Registry, actor: Actor, name: str, role: str) -> tuple[str
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     rec = TokenRecord(name=name, role=role, token_hash=hash_token(secret), created_at=time.time(),
                       created_by=actor.name)
-    try:
-        reg.add_token(rec)
-    except ValueError as exc:
-        raise FleetUsageError(str(exc)) from exc
+    reg.add_token(rec)  # TokenExists (409, exit 69) when a live token has the name
     return secret, rec
 
 

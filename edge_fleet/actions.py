@@ -20,7 +20,7 @@ from .publish import publish_bundle
 from .registry import Registry
 from .registry.records import BundleRecord, DeviceRecord, RolloutRecord, RolloutStatus, TargetStatus, TokenRecord
 from .rollout import DEFAULT_STAGE_TIMEOUT, DEFAULT_STAGES, plan_rollout
-from .rollout.states import ACTION_FROM, Action
+from .rollout.states import ACTION_FROM, Action, allowed_from
 
 V = TypeVar("V")
 
@@ -82,8 +82,23 @@ def deploy(reg: Registry, actor: Actor, target: str, devices: list[str] | None =
     return audited(reg, actor, "operator", "deploy", target, detail, work)
 
 
+ACTION_POLL_S = 0.05  # how often a caller waiting for the server to apply its request looks
+
+
 def request_action(reg: Registry, actor: Actor, rollout_id: str, action: str, wait: float = 5.0) -> RolloutRecord:
-    """Ask the server to halt, resume or roll back a rollout; wait up to `wait` s until it applied it."""
+    """Ask the server to halt, resume or roll back a rollout; wait up to `wait` s until it applied it.
+    ActionRefused (409, exit 64) when the rollout's status does not allow it now, or when it changed before the
+    server applied the request (a resumed rollout that halted itself meanwhile): the operator must not read
+    the rollout's new status as the effect of the request. (The API waits without a thread: routes_rollouts.)"""
+    submit_action(reg, actor, rollout_id, action)
+    deadline = time.monotonic() + wait
+    while not (outcome := action_outcome(reg, actor, rollout_id, action))[0] and time.monotonic() < deadline:
+        time.sleep(ACTION_POLL_S)
+    return outcome[1]
+
+
+def submit_action(reg: Registry, actor: Actor, rollout_id: str, action: str) -> None:
+    """Store an operator's request on the rollout (audited), or refuse it at once (ActionRefused, NotFound)."""
     def work() -> RolloutRecord:
         try:
             act = Action(action)
@@ -91,19 +106,25 @@ def request_action(reg: Registry, actor: Actor, rollout_id: str, action: str, wa
             raise FleetUsageError(f"unknown action {action!r} (one of {', '.join(a.value for a in Action)})") from None
         r = rollout_or_404(reg, rollout_id)
         if r.status not in ACTION_FROM[act]:
-            raise ActionRefused(f"cannot {act.value} rollout {r.id}: it is {r.status} "
-                                f"(possible from {', '.join(sorted(ACTION_FROM[act]))})")
+            raise ActionRefused(f"cannot {act.value} rollout {r.id}: it is {r.status} (possible from {allowed_from(act)})",
+                                status=r.status)
         if act == Action.ROLLBACK and r.status == RolloutStatus.SUCCEEDED:
             _check_still_current(reg, r)
         reg.request_rollout(r.id, act.value, actor.name)
         return r
 
     audited(reg, actor, "operator", action, rollout_id, {}, work)
-    deadline = time.monotonic() + wait
-    while (r := reg.rollout(rollout_id)) is not None and r.request is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert r is not None
-    return r
+
+
+def action_outcome(reg: Registry, actor: Actor, rollout_id: str, action: str) -> tuple[bool, RolloutRecord]:
+    """(whether the server has taken the request up, the rollout now); ActionRefused when it did not apply it."""
+    r = rollout_or_404(reg, rollout_id)
+    if r.request is not None:
+        return False, r
+    if r.request_refused is not None:
+        reg.add_audit(actor.name, actor.role, action, rollout_id, {}, f"not applied: {r.request_refused}")
+        raise ActionRefused(f"{action} not applied: {r.request_refused}", status=r.status)
+    return True, r
 
 
 def _check_still_current(reg: Registry, r: RolloutRecord) -> None:

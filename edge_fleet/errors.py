@@ -63,9 +63,14 @@ class NotFound(FleetError):
 
 
 class ActionRefused(FleetError):
-    """An operator's request that the rollout's status does not allow (states.ACTION_FROM)."""
+    """An operator's request that the rollout's status does not allow (states.ACTION_FROM), when asked or
+    when the server came to apply it (the rollout changed meanwhile). `status`: the rollout's status then."""
 
     code_name = "action-refused"
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.fields = {"status": status} if status is not None else {}  # added to the API's JSON error
 
 
 class AccessDenied(FleetError):
@@ -90,6 +95,12 @@ class ConnectionFailed(FleetError):
     """The MQTT broker could not be reached or refused the login."""
 
     code_name = "connection-failed"
+
+
+class TokenExists(FleetError):
+    """A live API token already has the name asked for (HTTP 409: the request is fine, the name is taken)."""
+
+    code_name = "token-exists"
 
 
 class VersionConflict(FleetError):

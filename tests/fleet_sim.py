@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -23,6 +24,7 @@ from edge_agent.ota.block_frames import BlockRequest, decode_block
 from edge_agent.ota.protocol import (
     MAX_BLOCKS_PER_REQUEST, BundleRef, DesiredState, Presence, ProtocolError, ReportedState, Telemetry, Topics, dumps,
 )
+from edge_agent.ota.report_order import ReportSequence
 
 log = logging.getLogger("fleet_sim")
 
@@ -31,13 +33,16 @@ class SimDevice:
     def __init__(self, host: str, port: int, device_id: str, profile: str = "raspberry-pi-4",
                  current: BundleRef | None = None, prefix: str = "edgekit", fail: str | None = None,
                  silent: bool = False, window: int = MAX_BLOCKS_PER_REQUEST, undo_after_s: float | None = None,
-                 keep_files: bool = True, login: tuple[str, str] | None = None) -> None:
+                 keep_files: bool = True, login: tuple[str, str] | None = None, numbered: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.host, self.port, self.id, self.profile = host, port, device_id, profile
         self.topics = Topics(prefix)
         self.current, self.previous = current, None
         self.fail, self.silent, self.window = fail, silent, window
         self.undo_after_s = undo_after_s  # like the agent's probation: switch back this long after succeeding
         self.keep_files = keep_files  # False: a benchmark's 1,000 devices do not each keep the bundle in memory
+        self.sequence = ReportSequence() if numbered else None  # None: an agent from before (boot_id, seq)
+        self.clock = clock  # the device's wall clock (updated_at); a test may step it back
         self.phase = "idle"
         self.deployment_id: str | None = None
         self.last_error: str | None = None
@@ -103,12 +108,15 @@ class SimDevice:
         self._connected.set()
 
     def report(self) -> None:
-        target = self._want.bundle if self._want is not None else None
-        state = ReportedState(device_id=self.id, phase=self.phase, profile=self.profile, agent_version="sim-1",
-                              current=self.current, previous=self.previous, deployment_id=self.deployment_id,
-                              target=target, last_error=self.last_error,
-                              progress=len(self._blocks) / self._want.block_count if self._want else 0.0)
-        self.client.publish(self.topics.reported(self.id), dumps(state), qos=1, retain=True)
+        with self._lock:  # numbered and published in one order, as the agent's Reporter does
+            target = self._want.bundle if self._want is not None else None
+            seq = self.sequence
+            state = ReportedState(device_id=self.id, phase=self.phase, profile=self.profile, agent_version="sim-1",
+                                  current=self.current, previous=self.previous, deployment_id=self.deployment_id,
+                                  target=target, last_error=self.last_error, updated_at=self.clock(),
+                                  progress=len(self._blocks) / self._want.block_count if self._want else 0.0,
+                                  boot_id=seq.boot_id if seq else None, seq=seq.next() if seq else None)
+            self.client.publish(self.topics.reported(self.id), dumps(state), qos=1, retain=True)
 
     def send_telemetry(self, p50: float, p99: float, inferences: int = 100, errors: int = 0) -> None:
         tel = Telemetry(model=self.current, inferences=inferences, errors=errors, latency={"p50": p50, "p99": p99})

@@ -325,7 +325,7 @@ def test_tokens_are_stored_hashed_and_revocation_is_immediate(env):
         made = api.post("/api/v1/tokens", json={"name": "ci", "role": "operator"})
         assert made.status_code == 201
         secret = made.json()["token"]
-        assert api.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"}).status_code == 400
+        assert api.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"}).status_code == 409
         assert api.post("/api/v1/tokens", json={"name": "x", "role": "root"}).status_code == 422
     with client(env.url, secret) as ci:
         assert ci.get("/api/v1/whoami").json() == {"name": "ci", "role": "operator"}

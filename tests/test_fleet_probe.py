@@ -290,3 +290,19 @@ def test_a_remote_publish_of_a_file_whose_name_has_a_space_reaches_the_fleet(api
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 11 and len(err) == 1, err
     assert err[0].startswith("edge-fleet: error: digits_v2__final_.edgebundle is not an edgekit bundle"), err
+
+
+def test_a_token_name_already_live_is_a_conflict_not_a_bad_request(api, tmp_path, capsys):
+    """Creating an API token under a live token's name answered 400 (exit 2, `usage`), as if the request were
+    malformed: a script could not tell "fix your request" from "that name is taken". Now 409 and exit 69
+    (`token-exists`), from the API and the CLI alike; a revoked token's name may still be taken again."""
+    url, token, _ = api
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{url}/api/v1/tokens", json={"name": "ci", "role": "viewer"}, headers=headers).status_code == 201
+    again = httpx.post(f"{url}/api/v1/tokens", json={"name": "ci", "role": "operator"}, headers=headers)
+    assert again.status_code == 409, again.text
+    assert (again.json()["error"], again.json()["exit_code"]) == ("token-exists", 69)
+    assert fleet_main(["--api", url, "--token", token, "tokens", "create", "ci", "--role", "viewer"]) == 69
+    assert fleet_main(["tokens", "create", "ci", "--role", "viewer", "--db", str(tmp_path / "fleet.db")]) == 69
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("a live token named 'ci' already exists" in line for line in err), err

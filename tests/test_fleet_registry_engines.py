@@ -30,7 +30,7 @@ def _rollout(rid: str, devices: list[str]) -> RolloutRecord:
 
 def test_migrations_run_once_at_start_and_the_schema_matches(registry_location):
     with open_registry(registry_location) as a, open_registry(registry_location) as b:
-        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 7
+        assert a.schema_version() == b.schema_version() == len(load_migrations("sqlite")) == 9
 
 
 def test_two_operators_deploying_to_one_device_at_once_one_wins(registry_location):

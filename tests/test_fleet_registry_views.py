@@ -3,7 +3,10 @@ on changes, latency samples, filters over the JSON columns, pagination, change s
 
 from __future__ import annotations
 
+import pytest
+
 from edge_agent.ota.protocol import BundleRef, ReportedState, Telemetry
+from edge_fleet.errors import TokenExists
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import DeviceFilter, TokenRecord
 
@@ -66,12 +69,8 @@ def test_change_stamp_moves_on_writes_from_this_and_other_connections(registry_l
 def test_tokens_unique_revocable_and_audit_filters(registry_location, tmp_path):
     with open_registry(registry_location) as reg:
         reg.add_token(TokenRecord("ci", "operator", "h1", 1.0, "local:root"))
-        try:
+        with pytest.raises(TokenExists, match="already exists"):
             reg.add_token(TokenRecord("ci", "admin", "h2", 2.0))
-        except ValueError as exc:
-            assert "already exists" in str(exc)
-        else:
-            raise AssertionError("a second token named ci was accepted")
         assert reg.token_by_hash("h1").role == "operator" and reg.token_by_hash("nope") is None
         assert reg.revoke_token("ci", 3.0) and not reg.revoke_token("ci", 4.0)
         assert reg.tokens()[0].revoked_at == 3.0 and "token_hash" not in reg.tokens()[0].to_json()

@@ -22,33 +22,24 @@ subtree they subscribed to (some brokers deliver retained messages to non-matchi
 from __future__ import annotations
 
 import base64
-import json
-import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..finite_json import dumps as finite_dumps
 from .phases import Phase
+from .protocol_fields import (_ID_RE, _SHA_RE, MAX_INT, MAX_JSON_BYTES, ProtocolError, _count, _counter,  # noqa: F401
+                              _finite, _fraction, _get, _load, _numbers, _series_id)
 
 DEFAULT_PREFIX = "edgekit"
-MAX_JSON_BYTES = 256 * 1024  # larger control messages are refused (oversized input)
 DEFAULT_BLOCK_SIZE = 128 * 1024
 MAX_BLOCKS_PER_REQUEST = 64
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1024, 16 * 1024 * 1024
 MAX_BLOCKS = 1 << 16  # blocks of one download whatever a message announces: its bitmap and hash list stay bounded
 BLOCK_HASH_BYTES = 32  # a SHA-256 per block in DesiredState.block_hashes
-MAX_INT = 2**63 - 1  # versions and counters: what a registry column (SQLite, PostgreSQL BIGINT) holds
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # The phase names a device reports: one enum (edge_agent.ota.phases), the whole update state machine.
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
-
-
-class ProtocolError(ValueError):
-    """A message does not follow the protocol (one line, says what was wrong)."""
 
 
 # --- topics -------------------------------------------------------------------------------
@@ -124,58 +115,6 @@ def check_device_id(device_id: str) -> str:
 
 
 # --- JSON messages ------------------------------------------------------------------------
-
-
-def _finite(value: int | float, what: str) -> float:
-    """json.loads takes NaN, Infinity and 400-digit integers; none belongs in a registry row or `--json` output."""
-    if not math.isfinite(number := float(value) if abs(value) < 1e308 else math.inf):  # NaN: float, not finite
-        raise ProtocolError(f"{what} must be a finite number")
-    return number
-
-
-def _count(o: dict, key: str) -> int:
-    if not 0 <= (value := _get(o, key, int, "telemetry")) <= MAX_INT:
-        raise ProtocolError(f"telemetry.{key} must be between 0 and {MAX_INT}")
-    return value
-
-
-def _numbers(values: dict[str, Any], what: str) -> dict[str, float]:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
-        raise ProtocolError(f"{what} values must be numbers")
-    return {k: _finite(v, f"{what}.{k}") for k, v in values.items()}
-
-
-def _fraction(value: float, what: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ProtocolError(f"{what} must be between 0 and 1")
-    return float(value)
-
-
-def _load(payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > MAX_JSON_BYTES:
-        raise ProtocolError(f"{what} message is {len(payload)} bytes, over the {MAX_JSON_BYTES}-byte limit")
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{what} message is not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what} message must be a JSON object")
-    return obj
-
-
-def _get(obj: dict, key: str, kind: type | tuple, what: str, optional: bool = False) -> Any:
-    if key not in obj or obj[key] is None:
-        if optional:
-            return None
-        raise ProtocolError(f"{what} message has no '{key}'")
-    value = obj[key]
-    if isinstance(value, bool) and kind is not bool:
-        raise ProtocolError(f"{what} field '{key}' has the wrong type (bool)")
-    if not isinstance(value, kind):
-        raise ProtocolError(f"{what} field '{key}' has the wrong type ({type(value).__name__})")
-    if isinstance(value, str) and "\x00" in value:  # a PostgreSQL text column refuses it (a DataError per report);
-        value = value.replace("\x00", "\ufffd")  # a failed device's report is kept; ids are checked by pattern
-    return value
 
 
 def dumps(message: Any) -> bytes:
@@ -330,6 +269,8 @@ class ReportedState:
     updated_at: float = field(default_factory=time.time)
     shadow: dict[str, Any] | None = None  # the last shadow run's figures (edge_agent.monitor.shadow.ShadowReport)
     drift: dict[str, Any] | None = None  # the served model's drift state and PSI scores (edge_agent.monitor.drift)
+    boot_id: str | None = None  # with seq: the order of this device's reports (report_order.py; older agents omit them)
+    seq: int | None = None
 
     @classmethod
     def parse(cls, payload: bytes) -> "ReportedState":
@@ -356,6 +297,8 @@ class ReportedState:
             updated_at=_finite(_get(o, "updated_at", (int, float), w), "reported.updated_at"),
             shadow=_get(o, "shadow", dict, w, optional=True),
             drift=_get(o, "drift", dict, w, optional=True),
+            boot_id=_series_id(_get(o, "boot_id", str, w, optional=True)),
+            seq=_counter(_get(o, "seq", int, w, optional=True), "reported.seq"),
         )
 
 

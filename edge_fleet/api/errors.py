@@ -20,12 +20,12 @@ from edge_agent.bundle import BundleError, InsufficientSpace
 from edge_agent.errors import EdgekitError, one_line
 
 from ..errors import (AccessDenied, ActionRefused, ApiFailed, NoTargets, NotFound, RegistryUnreachable,
-                      RolloutConflict, UnknownBundle, VersionConflict, exit_code)
+                      RolloutConflict, TokenExists, UnknownBundle, VersionConflict, exit_code)
 
 # error class -> HTTP status; any other EdgekitError (a FleetError, ...) is 400
 STATUS: dict[type[EdgekitError], int] = {
     NotFound: 404, UnknownBundle: 404, AccessDenied: 403, RolloutConflict: 409, VersionConflict: 409,
-    ActionRefused: 409, NoTargets: 422, InsufficientSpace: 507, BundleError: 422,  # first match wins
+    ActionRefused: 409, TokenExists: 409, NoTargets: 422, InsufficientSpace: 507, BundleError: 422,  # first match wins
     RegistryUnreachable: 503,  # the fleet's database is away, not the request wrong (was 400)
 }
 
@@ -50,7 +50,8 @@ def install(app: FastAPI) -> None:
     async def edgekit_error(_r: Request, exc: EdgekitError) -> JSONResponse:
         # the one line `edge-fleet` prints for this error (a tampered bundle: publish's own line) and its code
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse(body(exc.kind, one_line(exc), exc.exit_code), status_code=status)
+        extra = getattr(exc, "fields", {})  # e.g. a refused action: the rollout's status
+        return JSONResponse(body(exc.kind, one_line(exc), exc.exit_code, **extra), status_code=status)
 
     @app.exception_handler(ApiError)
     async def api_error(_r: Request, exc: ApiError) -> JSONResponse:

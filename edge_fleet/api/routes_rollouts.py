@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
 
 from .. import actions
 from ..access import Actor
@@ -41,8 +44,15 @@ def get_rollout(rollout_id: str, _who: Actor = Depends(actor), reg: Registry = D
 
 
 @router.post("/rollouts/{rollout_id}/{action}", summary="Halt (pause), resume or roll back a rollout (operator)")
-def act_on_rollout(rollout_id: str, action: Literal["halt", "resume", "rollback"], who: Actor = Depends(actor),
-                   reg: Registry = Depends(registry),
-                   wait: float = Query(5.0, ge=0, le=30, description="seconds to wait for the server to apply it")
-                   ) -> dict[str, Any]:
-    return rollout_view(actions.request_action(reg, who, rollout_id, action, wait=wait))
+async def act_on_rollout(rollout_id: str, action: Literal["halt", "resume", "rollback"], who: Actor = Depends(actor),
+                         reg: Registry = Depends(registry),
+                         wait: float = Query(5.0, ge=0, le=30, description="seconds to wait for the server to apply it")
+                         ) -> dict[str, Any]:
+    """The wait sleeps on the event loop, not in a worker thread: 40 operators' (or scripts') `?wait=30` held
+    every thread of the pool the other endpoints run in, and the whole API stalled until they ended."""
+    await run_in_threadpool(actions.submit_action, reg, who, rollout_id, action)
+    deadline = time.monotonic() + wait
+    while not (outcome := await run_in_threadpool(actions.action_outcome, reg, who, rollout_id, action))[0] \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(actions.ACTION_POLL_S)
+    return rollout_view(outcome[1])

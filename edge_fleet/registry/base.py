@@ -160,8 +160,9 @@ class Registry(ABC):
         """Store an operator's request (halt, resume, rollback); the fleet server applies it."""
 
     @abstractmethod
-    def clear_request(self, rollout_id: str, request: str) -> None:
-        """Forget `request` (applied or refused) unless another request replaced it meanwhile."""
+    def clear_request(self, rollout_id: str, request: str, refused: str | None = None) -> None:
+        """Forget `request` unless another request replaced it meanwhile; `refused`: why it was not applied
+        (kept as the rollout's `request_refused`, for whoever waits for the request)."""
 
     @abstractmethod
     def update_rollout(self, rollout_id: str, now: float, *, status: RolloutStatus | None = None,
@@ -179,7 +180,7 @@ class Registry(ABC):
 
     @abstractmethod
     def add_token(self, rec: TokenRecord) -> None:
-        """Store a new token (ValueError when the name exists)."""
+        """Store a new token (TokenExists when a live token has the name)."""
 
     @abstractmethod
     def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...

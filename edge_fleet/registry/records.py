@@ -147,6 +147,7 @@ class RolloutRecord:
     created_by: str | None = None  # the API token's name, or local:USER for the CLI on the server
     request: str | None = None  # an operator's pending request (halt/resume/rollback), applied by the server
     request_by: str | None = None
+    request_refused: str | None = None  # why the server did not apply the last request (None: applied or pending)
     shadow: dict[str, Any] | None = None  # the shadow gate sent to devices (edge_agent.ota.protocol.ShadowGate)
 
     @property

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from edge_agent.ota.protocol import BundleRef, ReportedState, Telemetry
+from edge_agent.ota.report_order import ReportStamp, supersedes
 
 from ..errors import RolloutConflict, VersionConflict
 from .base import Registry
@@ -28,9 +29,6 @@ from .sql_views import SqlViews, _ref
 
 HISTORY_KEEP = 500  # update-history rows kept per device
 LATENCY_KEEP = 720  # latency samples kept per device (a plot's worth)
-# A report older than the stored one by less than this many seconds arrived out of order and is
-# ignored; older by more means the device's clock was reset (a Pi without RTC), so it is taken.
-REORDER_WINDOW = 300.0
 
 
 def _ref_json(ref: BundleRef | None) -> str | None:
@@ -179,26 +177,29 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         """Store the reported state; a change of phase, bundle, deployment or error also becomes a
         row of the device's update history (progress ticks do not).
 
-        Duplicates change nothing; a report older than the stored one (by the device's own
-        `updated_at`, within REORDER_WINDOW) arrived out of order and is ignored, so a late
-        "downloading" never hides a "succeeded". Several servers may record reports of one device
-        at once: the row is locked for the read-compare-write."""
+        Duplicates change nothing; a report older than the stored one (by its boot id and sequence
+        number, or the device's clock from agents that send none: report_order.supersedes) arrived
+        out of order and is ignored, so a late "downloading" never hides a "succeeded". Several
+        servers may record reports of one device at once: the row is locked for the read-compare-write."""
         now = time.time() if now is None else now
         current = _ref_json(state.current)
         with self._transaction():
             self._execute("INSERT INTO devices (id) VALUES (?) ON CONFLICT DO NOTHING", (state.device_id,))
-            before = self._query("SELECT phase, current, deployment_id, last_error, reported_updated_at FROM devices "
-                                 f"WHERE id=?{self._FOR_UPDATE}", (state.device_id,))[0]
-            stored = before["reported_updated_at"]
-            if stored is not None and stored - REORDER_WINDOW < state.updated_at < stored:
+            before = self._query("SELECT phase, current, deployment_id, last_error, reported_updated_at, "
+                                 f"reported_boot_id, reported_seq FROM devices WHERE id=?{self._FOR_UPDATE}",
+                                 (state.device_id,))[0]
+            stored = None if before["reported_updated_at"] is None else ReportStamp(
+                before["reported_updated_at"], before["reported_boot_id"], before["reported_seq"])
+            if not supersedes(ReportStamp(state.updated_at, state.boot_id, state.seq), stored):
                 return  # out of order: a newer report is already stored
             self._update_device(
                 state.device_id,
                 "profile=?, current=?, previous=?, target=?, phase=?, deployment_id=?, progress=?, last_error=?, "
-                "agent_version=?, reported_at=?, last_seen=?, reported_updated_at=?, shadow=?, drift=?",
+                "agent_version=?, reported_at=?, last_seen=?, reported_updated_at=?, reported_boot_id=?, "
+                "reported_seq=?, shadow=?, drift=?",
                 (state.profile, current, _ref_json(state.previous), _ref_json(state.target),
                  state.phase, state.deployment_id, state.progress, state.last_error, state.agent_version, now, now,
-                 state.updated_at, _json(state.shadow), _json(state.drift)),
+                 state.updated_at, state.boot_id, state.seq, _json(state.shadow), _json(state.drift)),
             )
             if tuple(before)[:4] != (state.phase, current, state.deployment_id, state.last_error):
                 last = self._insert_id("INSERT INTO device_events (device_id, at, phase, current, deployment_id, "
@@ -250,7 +251,8 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
     def _device(row: Any) -> DeviceRecord:
         d: dict[str, Any] = dict(row)
         d["group"] = d.pop("grp")
-        d.pop("reported_updated_at", None)  # the device's clock: only for ordering reports
+        for key in ("reported_updated_at", "reported_boot_id", "reported_seq"):  # only for ordering reports
+            d.pop(key, None)
         for key in ("current", "previous", "target"):
             d[key] = _ref(d[key])
         d["latency"] = json.loads(d["latency"]) if d["latency"] else {}
@@ -324,11 +326,12 @@ class SqlRegistry(SqlViews, SqlAccess, Registry):
         return self._rollouts("WHERE request IS NOT NULL", ())
 
     def request_rollout(self, rollout_id: str, request: str, by: str) -> None:
-        self._execute("UPDATE rollouts SET request=?, request_by=? WHERE id=?", (request, by, rollout_id))
+        self._execute("UPDATE rollouts SET request=?, request_by=?, request_refused=NULL WHERE id=?",
+                      (request, by, rollout_id))
 
-    def clear_request(self, rollout_id: str, request: str) -> None:
-        self._execute("UPDATE rollouts SET request=NULL, request_by=NULL WHERE id=? AND request=?",
-                      (rollout_id, request))
+    def clear_request(self, rollout_id: str, request: str, refused: str | None = None) -> None:
+        self._execute("UPDATE rollouts SET request=NULL, request_by=NULL, request_refused=? WHERE id=? AND request=?",
+                      (refused, rollout_id, request))
 
     def _rollouts(self, where: str, params: tuple, order: bool = True) -> list[RolloutRecord]:
         """Rollouts matching `where` (oldest first unless `where` orders them) with their targets,

@@ -11,6 +11,7 @@ import time
 import sqlite3
 from typing import Any, Callable
 
+from ..errors import TokenExists
 from .records import AuditEntry, Page, TokenRecord
 
 
@@ -36,8 +37,8 @@ class SqlAccess:
                           (rec.name, rec.role, rec.token_hash, rec.created_at, rec.created_by, rec.last_used_at,
                            rec.revoked_at))
         except self._INTEGRITY_ERROR as exc:
-            raise ValueError(f"a live token named {rec.name!r} already exists (revoke it first, or choose another "
-                             "name)") from exc
+            raise TokenExists(f"a live token named {rec.name!r} already exists (revoke it first, or choose another "
+                              "name)") from exc
 
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         rows = self._query("SELECT * FROM api_tokens WHERE token_hash=?", (token_hash,))

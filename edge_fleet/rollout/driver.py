@@ -51,7 +51,8 @@ from .desired import desired_for
 from .signed_urls import UrlSigner
 from .observe import (FINISHING_EVENTS, Observed, decide, halt_outcome, needs_revert, observe_rolling_back,
                       observe_sent, observe_succeeded)
-from .states import ACTION_FROM, Action, RolloutEvent, TargetEvent, next_rollout_status, next_target_status
+from .states import (ACTION_FROM, Action, RolloutEvent, TargetEvent, allowed_from, next_rollout_status,
+                     next_target_status)
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,13 @@ class RolloutDriver:
         if r is None or r.request is None:
             return
         request, by = r.request, r.request_by or "an operator"
+        action = Action(request) if request in {a.value for a in Action} else None
+        refused = (f"unknown request {request!r}" if action is None else None if r.status in ACTION_FROM[action]
+                   else f"rollout {r.id} became {r.status} before the server applied it ({action} is possible "
+                        f"from {allowed_from(action)})")
         try:
-            action = Action(request) if request in {a.value for a in Action} else None
-            if action is None or r.status not in ACTION_FROM[action]:
-                log.warning("rollout %s: ignored %r request from %s while %s", r.id, request, by, r.status)
+            if refused is not None:  # kept with the rollout: the waiting API call or CLI answers 409 / exit 64
+                log.warning("rollout %s: %s request from %s not applied: %s", r.id, request, by, refused)
             elif action == Action.HALT:
                 self._advance(r, RolloutEvent.OPERATOR_HALT, now, reason=f"halted by {by}")
                 log.warning("rollout %s halted by %s: no new stage starts until resumed", r.id, by)
@@ -116,8 +120,11 @@ class RolloutDriver:
                 log.info("rollout %s resumed by %s", r.id, by)
             else:
                 self._halt(r, f"rolled back by {by}", now)
+        except Exception as exc:
+            refused = f"the server failed applying it ({type(exc).__name__}; see its log)"
+            raise
         finally:
-            self.reg.clear_request(r.id, request)
+            self.reg.clear_request(r.id, request, refused)
 
     # -- writing through the transition tables ----------------------------------------------
 

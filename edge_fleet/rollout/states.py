@@ -98,13 +98,26 @@ class Action(StrEnum):
     ROLLBACK = "rollback"  # halt now and send every switched device its previous bundle
 
 
-# The statuses from which each action may be requested. A request on a pending rollout is applied before
-# its first stage starts: halted, it waits paused before stage 1; rolled back, it ends with nothing sent.
-ACTION_FROM: dict[Action, frozenset[R]] = {
-    Action.HALT: frozenset({R.PENDING, R.RUNNING}),
-    Action.RESUME: frozenset({R.PAUSED}),
-    Action.ROLLBACK: frozenset({R.PENDING, R.RUNNING, R.PAUSED, R.SUCCEEDED}),
+# The rollout event each action is, in ROLLOUT_TRANSITIONS (a rollback always may end HALTED; with switched
+# devices it passes through HALTING first). The table is the one source of what an action may do.
+ACTION_EVENT: dict[Action, RolloutEvent] = {
+    Action.HALT: RE.OPERATOR_HALT,
+    Action.RESUME: RE.OPERATOR_RESUME,
+    Action.ROLLBACK: RE.HALTED,
 }
+# The statuses from which each action may be requested, read off the table. A request on a pending rollout is
+# applied before its first stage starts: halted, it waits paused before stage 1; rolled back, it ends with nothing sent.
+ACTION_FROM: dict[Action, frozenset[R]] = {
+    action: frozenset(status for status, ev in ROLLOUT_TRANSITIONS if ev == event)
+    for action, event in ACTION_EVENT.items()
+}
+
+
+
+def allowed_from(action: Action) -> str:
+    """The statuses `action` may be requested from, for a refusal's one line."""
+    return ", ".join(sorted(ACTION_FROM[action]))
+
 
 # A stage is finished when each of its devices is in one of these (a SUCCEEDED one may still turn FAILED).
 STAGE_FINISHED = frozenset({T.SUCCEEDED, T.FAILED, T.TIMEOUT, T.SKIPPED, T.ROLLED_BACK, T.ROLLBACK_FAILED,

@@ -8,6 +8,7 @@ from ... import __version__
 from ...monitor.watch import DriftWatch
 from ..live import InferenceLoop
 from ..protocol import ReportedState, Telemetry, dumps
+from ..report_order import ReportSequence
 from ..slots import Slots
 from .config import AgentConfig
 from .current_job import CurrentJob
@@ -22,6 +23,7 @@ class Reporter:
         self.config, self.link, self.slots, self.jobs, self.loop, self.feed = config, link, slots, jobs, loop, feed
         self.drift = drift
         self._drift_state: str | None = None  # the drift state last published in the reported state
+        self.sequence = ReportSequence()  # numbers the reported states: the fleet orders them by it, not by our clock
 
     def drift_summary(self) -> dict[str, Any] | None:
         """The drift state for the reported state: state, worst feature and its PSI, window (None: no frames)."""
@@ -33,6 +35,7 @@ class Reporter:
                 "threshold": snap.threshold, "model": snap.model}
 
     def reported_state(self) -> ReportedState:
+        """The state now, numbered next in this agent start's series."""
         active, prev, job = self.slots.active(), self.slots.previous(), self.jobs.job
         return ReportedState(
             device_id=self.config.device_id,
@@ -47,13 +50,16 @@ class Reporter:
             last_error=job.last_error if job else None,
             shadow=job.shadow if job else None,
             drift=self.drift_summary(),
+            boot_id=self.sequence.boot_id,
+            seq=self.sequence.next(),
         )
 
     def publish_reported(self) -> None:
         if self.link.connected.is_set():
-            state = self.reported_state()
-            self._drift_state = state.drift["state"] if state.drift else None
-            self.link.publish(self.link.topics.reported, dumps(state), retain=True)
+            with self.sequence.lock:  # two threads reporting at once publish in the order they numbered
+                state = self.reported_state()
+                self._drift_state = state.drift["state"] if state.drift else None
+                self.link.publish(self.link.topics.reported, dumps(state), retain=True)
 
     def publish_if_drift_changed(self) -> None:
         """A drift state change (warming_up, ok, drift) is part of the retained reported state: publish it."""
