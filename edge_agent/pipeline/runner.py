@@ -14,10 +14,9 @@ Schedule 'serial' (files only) runs the same four steps in turn on one thread in
 
 Policies:
   * "all" (files, image folders): bounded FIFOs with back-pressure, every frame is processed.
-  * "latest" (live cameras and streams): `raw` and `prepared` are one-slot LatestSlots; a newer
-    frame replaces an unread one and the replaced frame counts as dropped. Inference always takes
-    the freshest prepared frame, so latency stays bounded when the model is slower than the camera.
-    The results hand-over stays a FIFO (what was inferred is always reported).
+  * "latest" (live cameras and streams): `raw` and `prepared` are one-slot LatestSlots; a newer frame replaces an
+    unread one (counted as dropped). Inference always takes the freshest prepared frame, so latency stays bounded
+    when the model is slower than the camera. The results hand-over stays a FIFO (all inferred is reported).
 
 Per-frame errors in preprocess/inference/postprocess/sinks are counted and logged; after
 `max_consecutive_errors` in a row the pipeline stops with PipelineError. Source errors
