@@ -180,8 +180,14 @@ def test_ctrl_c_in_run_source_prints_the_summary_and_exits_130(tmp_path):
     feeder.start()
     cmd = [sys.executable, "-m", "edge_agent.cli", "run", str(bundle), "--trust", str(pub), "--allow-profile-mismatch",
            "--source", stream.url, "--json"]
+    def as_from_a_shell() -> None:
+        """Ctrl-C as a terminal delivers it: a test worker may run with SIGINT ignored or blocked (both inherited
+        across exec), which a user's shell never leaves the command it starts with."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     proc = subprocess.Popen([cmd[0], "-X", "faulthandler", *cmd[1:]], env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     try:
         first = json.loads(proc.stdout.readline())  # a frame went through the pipeline: it is running
         assert first["name"] == "c"
@@ -189,9 +195,10 @@ def test_ctrl_c_in_run_source_prints_the_summary_and_exits_130(tmp_path):
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+            status = [ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ln.startswith("Sig")]
             proc.send_signal(signal.SIGABRT)
             _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"still running 60 s after Ctrl-C; its threads:\n{err[-6000:]}") from None
+            raise AssertionError(f"still running 60 s after Ctrl-C ({status}); its threads:\n{err[-6000:]}") from None
     finally:
         done.set()
         if proc.poll() is None:
