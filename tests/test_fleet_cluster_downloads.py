@@ -95,7 +95,15 @@ def test_devices_halfway_through_a_download_finish_it_on_the_other_node_when_the
                     downloads[i] = dl
                 return True
 
-            _wait(halfway, 60, "both downloads halfway")
+            try:
+                _wait(halfway, 60, "both downloads halfway")
+            except AssertionError as exc:  # say where each device stood (it timed out once in a full run)
+                where = {i: (a.jobs.phase.value, a.jobs.job.last_error if a.jobs.job else None,
+                             None if a.worker.downloader is None else len(a.worker.downloader.completed),
+                             a.link.connected.is_set()) for i, (a, _) in agents.items()}
+                rollout = reg.rollout(plan.id) if hasattr(plan, "id") else None
+                raise AssertionError(f"{exc}: (phase, last error, blocks, connected) {where}; rollout "
+                                     f"{rollout.status if rollout else plan}; gate {vars(gate)}") from None
             total = downloads["pi-a"].count
             before = {i: (dl.completed, len(dl.stats.requested_blocks)) for i, dl in downloads.items()}
             assert all(len(done) == BEFORE_KILL < total for done, _ in before.values())
