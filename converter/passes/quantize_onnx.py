@@ -305,10 +305,10 @@ class QuantizePass(Pass):
         if recipe == "fp32":
             return {"recipe": "fp32", "note": "model kept in float32"}
         if recipe == "fp16":
-            from ..onnx.fp16 import to_fp16
+            from ..onnx.fp16 import PEAK_SAMPLES, to_fp16
 
             data, _ = ctx.gate_data()
-            samples = [data.sample(i) for i in range(min(len(data), 4))] if data is not None else []
+            samples = [data.sample(i) for i in range(min(len(data), PEAK_SAMPLES))] if data is not None else []
             model, info = to_fp16(onnx.load(str(ctx.float_model)), samples)
             out = ctx.workdir / "model.fp16.onnx"
             onnx.save_model(model, str(out), save_as_external_data=False)
