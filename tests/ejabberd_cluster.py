@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .pg_cluster import free_port
+from .ports import free_port
 
 CONFIG = """hosts: ["localhost"]
 loglevel: warning
@@ -70,8 +70,7 @@ class EjabberdCluster:
             for path in [self.root, *self.root.rglob("*")]:
                 os.chown(path, user.pw_uid, user.pw_gid)
         for i in range(len(self.names)):
-            self._ctl(i, "start")
-            self._wait_started(i)
+            self._start_node(i)
         for i in range(1, len(self.names)):
             joined = self._ctl(i, "join_cluster", self.names[0])
             if joined.returncode:
@@ -79,13 +78,32 @@ class EjabberdCluster:
         self._ctl(0, "register", self.user.split("@")[0], DOMAIN, self.password)
         return self
 
-    def _wait_started(self, i: int) -> None:
+    def _start_node(self, i: int, tries: int = 3) -> None:
+        """Start node i; a port taken since it was picked (eaddrinuse in its log) gets a new port, not a failure."""
+        d = self.root / f"n{i}"
+        for attempt in range(tries):
+            self._ctl(i, "start")
+            log = self._wait_started(i)
+            if log is None:
+                return
+            if "eaddrinuse" not in log or attempt == tries - 1:
+                raise RuntimeError(f"ejabberd node {i} did not start: {log[-1500:]}")
+            self._ctl(i, "stop")
+            self._ctl(i, "stopped", timeout=60)
+            self.ports[i] = free_port()
+            (d / "ejabberd.yml").write_text(CONFIG.format(port=self.ports[i]))
+            (d / "logs" / "error.log").unlink(missing_ok=True)
+
+    def _wait_started(self, i: int) -> str | None:
+        """None once node i answers `status`; its error log's text if it does not within 60 s or its listener failed."""
+        log = self.root / f"n{i}" / "logs" / "error.log"
         deadline = time.monotonic() + 60
         while self._ctl(i, "status", timeout=30).returncode:
-            if time.monotonic() > deadline:
-                log = self.root / f"n{i}" / "logs" / "error.log"
-                raise RuntimeError(f"ejabberd node {i} did not start: {log.read_text()[-1500:] if log.exists() else ''}")
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if time.monotonic() > deadline or "Failed to start ejabberd application" in text:
+                return text
             time.sleep(0.5)
+        return None
 
     def nodes(self) -> list[str]:
         return self._ctl(0, "list_cluster").stdout.split()

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .pg_cluster import free_port
+from .ports import free_port
 
 NGINX = "/usr/sbin/nginx"
 CONF = """

@@ -11,11 +11,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from .ports import free_port
 
 USER = "edgekit"  # the database superuser initdb creates
 
@@ -28,11 +29,6 @@ def pg_bin(name: str) -> str:
         raise RuntimeError(f"PostgreSQL's {name} is missing: apt-get install postgresql (scripts/setup_env.sh does)")
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgCluster:

@@ -91,7 +91,7 @@ def test_serve_without_any_broker_is_a_usage_error_of_one_line(tmp_path, monkeyp
 @pytest.fixture
 def dead_and_locked(tmp_path):
     """(URL of a port nothing listens on, a real Mosquitto that takes only the login dev/right)."""
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     locked = start_broker(tmp_path / "locked", prefer="mosquitto", fallback=False, users={"dev": "right"})
     yield f"mqtt://127.0.0.1:{free_port()}", locked

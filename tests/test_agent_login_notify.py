@@ -88,7 +88,7 @@ def test_check_connection_accepts_the_login_and_names_a_refused_one(fleet_broker
     code, out = _check(tmp_path / "home", url, None, capsys)  # the fleet's broker never takes anonymous clients
     assert code == 89 and "anonymous" in out
 
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     code, out = _check(tmp_path / "home", f"mqtt://127.0.0.1:{free_port()}", good, capsys)
     assert code == exit_code("connection-failed") == 8 and "cannot reach the broker" in out
@@ -198,7 +198,7 @@ def test_sd_notify_ready_then_watchdog_over_a_real_datagram_socket(served_home, 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(60)
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     agent = AgentProcess(served_home, f"mqtt://127.0.0.1:{free_port()}", DEVICE, digits.pub,
                          env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})

@@ -221,7 +221,7 @@ def test_the_summary_names_each_failed_device_once_and_the_others_finish(sshd, t
     each on one line with the device's name once (it was "cam-2: cam-2: edgekit is not set up ...")."""
     from edge_device.cli import main
 
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     rows = "".join(f'[[device]]\nname = "cam-{i}"\nhost = "127.0.0.1"\nport = {sshd.port}\nremote_dir = "{tmp_path}/d{i}"\n'
                    for i in range(3))

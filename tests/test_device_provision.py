@@ -64,7 +64,7 @@ def test_provision_from_nothing_to_a_flashed_benchmarked_agent(device, x86_bundl
 
 
 def test_unreachable_host(device, capsys):  # noqa: F811
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     args = [f"root@127.0.0.1:{free_port()}", *device.server.cli_args(), "--timeout", "3"]
     code, out = edge_device(capsys, "probe", *args)
@@ -172,7 +172,7 @@ def test_no_space_left(device, x86_bundle, capsys):  # noqa: F811
 
 
 def test_many_devices_one_table_one_failure_stops_nothing(device, x86_bundle, tmp_path, capsys):  # noqa: F811
-    from .sshd_helpers import free_port
+    from .ports import free_port
 
     inv = tmp_path / "lab.toml"
     inv.write_text(f"""

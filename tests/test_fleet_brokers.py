@@ -20,7 +20,7 @@ from edge_fleet.rollout import plan_rollout
 from .fleet_http_helpers import FleetProcess
 from .fleet_sim import SimDevice, ref_of
 from .ota_helpers import wait_for
-from .sshd_helpers import free_port
+from .ports import free_port
 
 
 def test_serve_moves_to_the_next_broker_when_its_broker_is_killed_and_finishes_the_rollout(

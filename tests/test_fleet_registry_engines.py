@@ -16,7 +16,7 @@ from edge_fleet.registry.migrations import load_migrations
 from edge_fleet.registry import open_registry
 from edge_fleet.registry.records import RolloutRecord, RolloutStatus, RolloutTarget, TargetStatus
 
-from .pg_cluster import free_port
+from .ports import free_port
 
 V1 = "1" * 64
 

@@ -295,13 +295,12 @@ def _serve_banner(home: Path) -> str:
     """The first lines `edge-fleet serve --embedded mosquitto` prints to its operator (then SIGTERM)."""
     import select
     import signal
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .ports import free_port
+
+    port = free_port()
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "edge_fleet.cli", "serve", "--home", str(home), "--embedded",
                              "mosquitto", "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
