@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .metrics import scale_reason
+
 KEYS = {"agreement": "min_agreement", "top1-drop": "max_top1_drop", "cosine": "min_cosine", "map-drop": "max_map_drop"}
 DEFAULT_MAX_MAP_DROP = 3.0
 
@@ -35,6 +37,8 @@ class Budget:
             reasons.append(f"mAP@0.5 vs labels dropped {s['map50_drop_points']:.2f} points > {self.max_map_drop:.2f}")
         if task == "generic" and s["mean_cosine"] < self.min_cosine:
             reasons.append(f"mean cosine {s['mean_cosine']:.4f} < {self.min_cosine}")
+        if task == "generic" and (why := scale_reason(s.get("norm_ratio"))):
+            reasons.append(why)
         return reasons
 
 

@@ -4,7 +4,8 @@ Framework-agnostic (numpy only) so the ONNX and TFLite paths share it. Tasks:
 classification  [N, C] scores           agreement = share of samples with the same top-1 class
 map             [N, 1, H, W] in [0, 1]   agreement = share of samples whose thresholded maps have IoU >= 0.9
 sequence        [N, T, C] scores        agreement = per-timestep argmax agreement (and exact sequence share)
-generic         anything else           agreement = share of samples with cosine >= 0.99
+generic         anything else           agreement = share of samples with cosine >= 0.99 and a magnitude within
+                                        10 % of float's (cosine alone is blind to scale: 2x float's answers score 1.0)
 `error` is a continuous noise-to-signal ratio used to rank layers and break ties.
 """
 
@@ -20,6 +21,7 @@ from .paired import Score
 MAP_THRESHOLD = 0.3  # PP-OCR / DB text detectors binarise their probability map at 0.3
 MAP_IOU = 0.9
 GENERIC_COSINE = 0.99
+GENERIC_SCALE = 0.10  # max relative change of an output's L2 norm (a bad dequant scale keeps the cosine at 1)
 CLEAR_MARGIN = 0.2  # top-1 minus top-2 probability at which the float model's answer counts as clear
 
 
@@ -59,6 +61,40 @@ def cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     r, c = np.where(ok[:, None], r, 0.0), np.where(ok[:, None], c, 0.0)
     norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
     return np.where(ok, np.where(norms > 0, (r * c).sum(1) / np.maximum(norms, 1e-30), 1.0), 0.0)
+
+
+def norms(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample L2 norms of float's and the candidate's outputs (NaN where either is not a number)."""
+    r, c = _flat(ref), _flat(cand)
+    ok = np.isfinite(r).all(1) & np.isfinite(c).all(1)
+    nr = np.where(ok, np.linalg.norm(np.where(ok[:, None], r, 0.0), axis=1), np.nan)
+    nc = np.where(ok, np.linalg.norm(np.where(ok[:, None], c, 0.0), axis=1), np.nan)
+    return nr, nc
+
+
+def same_scale(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per sample, whether the candidate's magnitude is within GENERIC_SCALE of float's (near-zero answers, under
+    a thousandth of float's typical norm, count as the same)."""
+    nr, nc = norms(ref, cand)
+    finite = nr[np.isfinite(nr)]
+    floor = 1e-3 * float(np.median(finite)) if len(finite) else 0.0
+    with np.errstate(invalid="ignore"):
+        return np.abs(nc - nr) <= GENERIC_SCALE * nr + floor
+
+
+def norm_ratio(ref: np.ndarray, cand: np.ndarray) -> float | None:
+    """Median over samples of |candidate| / |float| (None when float answers only zeros or no numbers)."""
+    nr, nc = norms(ref, cand)
+    keep = np.isfinite(nr) & (nr > 0)
+    return round(float(np.median(nc[keep] / nr[keep])), 6) if keep.any() else None
+
+
+def scale_reason(ratio: float | None) -> str | None:
+    """Why a generic output's magnitude fails the gate, or None: cosine cannot see a scaled answer."""
+    if ratio is None or abs(ratio - 1.0) <= GENERIC_SCALE:
+        return None
+    return (f"the outputs are {ratio:.2f}x float's magnitude (median; within {GENERIC_SCALE:.0%} asked): a scale or "
+            "normalisation differs, which cosine similarity cannot see")
 
 
 def error(ref: np.ndarray, cand: np.ndarray) -> float:
@@ -112,7 +148,8 @@ def agreement(ref: np.ndarray, cand: np.ndarray, task: str) -> dict[str, Any]:
         same = hits(ref, cand, task).reshape(len(ref), -1)
         return {"agreement": float(same.mean()), "metric": "timestep_argmax_agreement",
                 "sequence_equal": round(float(same.all(1).mean()), 6)}
-    return {"agreement": float(hits(ref, cand, task).mean()), "metric": f"share_cosine>={GENERIC_COSINE}"}
+    return {"agreement": float(hits(ref, cand, task).mean()),
+            "metric": f"share_cosine>={GENERIC_COSINE}_scale_within_{GENERIC_SCALE:g}"}
 
 
 def _both_finite(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -130,7 +167,7 @@ def hits(ref: np.ndarray, cand: np.ndarray, task: str) -> np.ndarray:
     if task == "sequence":
         same = ref.argmax(-1) == cand.argmax(-1)
         return (same.reshape(len(ref), -1) & ok[:, None]).ravel()
-    return cosine(ref, cand) >= GENERIC_COSINE
+    return (cosine(ref, cand) >= GENERIC_COSINE) & same_scale(ref, cand)
 
 
 def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | None = None) -> Score:
@@ -140,6 +177,8 @@ def score(ref: np.ndarray, cand: np.ndarray, task: str, labels: np.ndarray | Non
     s["agreement"] = round(s["agreement"], 6)
     s["error"] = round(error(ref, cand), 8)
     s["mean_cosine"] = round(float(cosine(ref, cand).mean()), 6)
+    if task == "generic":
+        s["norm_ratio"] = norm_ratio(ref, cand)
     s.update(non_finite_counts(ref, cand))
     if task == "classification" and labels is not None:
         f = float((_flat(ref).argmax(1) == labels).mean())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..accuracy.budget import non_finite_reasons
-from ..accuracy.metrics import agreement, cosine, hits, non_finite_counts
+from ..accuracy.metrics import agreement, cosine, hits, non_finite_counts, norm_ratio, scale_reason
 from ..errors import GateFailed
 from .base import ConversionContext, Pass
 
@@ -37,6 +37,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
     if classification:
         ref_top, cand_top = ref.argmax(1), cand.argmax(1)
         m["top1_agreement"] = round(float(hits(ref, cand, "classification").mean()), 6)
+    else:
+        m["norm_ratio"] = norm_ratio(ref, cand)
         if labels is not None:
             m["float_top1_accuracy"] = round(float((ref_top == labels).mean()), 6)
             m["converted_top1_accuracy"] = round(float((cand_top == labels).mean()), 6)
@@ -62,6 +64,8 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
         reasons.append(f"{m['agreement_metric']} with float is {m['agreement']:.2%} (budget >= {min_agreement:.2%})")
     elif "top1_agreement" not in m and "agreement" not in m and m["mean_cosine"] < min_cosine:  # generic outputs only
         reasons.append(f"mean cosine similarity with float is {m['mean_cosine']:.4f} (budget >= {min_cosine})")
+    if "top1_agreement" not in m and "agreement" not in m and (why := scale_reason(m.get("norm_ratio"))):
+        reasons.append(why)
     return reasons
 
 
@@ -69,6 +73,8 @@ def way_forward(ctx: ConversionContext, m: dict[str, Any]) -> str:
     """What the user can do about a miss, as exact command lines: accept this candidate's figures, or go fp16."""
     if non_finite_reasons(m):  # no budget accepts NaN answers, and fp16 is where overflows come from
         return "Nothing to accept: fix the data or the model's overflow first; --force writes it as is"
+    if "top1_agreement" not in m and "agreement" not in m and scale_reason(m.get("norm_ratio")):
+        return "Nothing to accept: no budget takes answers at another scale; --force writes it as is"
     base = ["edge-convert", *ctx.options.command] if ctx.options.command else ["edge-convert", "convert", "..."]
     budget, parts = ctx.budget(), []
     if m.get("top1_drop_points", 0.0) > budget.max_top1_drop:
