@@ -37,12 +37,12 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
     if classification:
         ref_top, cand_top = ref.argmax(1), cand.argmax(1)
         m["top1_agreement"] = round(float(hits(ref, cand, "classification").mean()), 6)
-    else:
-        m["norm_ratio"] = norm_ratio(ref, cand)
         if labels is not None:
             m["float_top1_accuracy"] = round(float((ref_top == labels).mean()), 6)
             m["converted_top1_accuracy"] = round(float((cand_top == labels).mean()), 6)
             m["top1_drop_points"] = round(100.0 * (m["float_top1_accuracy"] - m["converted_top1_accuracy"]), 4)
+    else:
+        m["norm_ratio"] = norm_ratio(ref, cand)
     return m
 
 
