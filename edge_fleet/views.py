@@ -6,6 +6,7 @@ Pure functions of records; no registry access, no HTTP.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -81,16 +82,25 @@ def stage_shadow(targets: list[Any]) -> dict[str, Any] | None:
         return None
 
     def figures(key: str) -> list[float]:
-        return sorted(float(s[key]) for s in reports if isinstance(s.get(key), (int, float)))
+        return sorted(v for s in reports if (v := _finite(s.get(key))) is not None)
 
     agreement, active, new = figures("agreement"), figures("active_p50_ms"), figures("candidate_p50_ms")
     return {"devices": len(reports), "verdicts": _count(str(s.get("verdict")) for s in reports),
-            "frames": sum(int(s.get("frames") or 0) for s in reports),
+            "frames": sum(int(_finite(s.get("frames")) or 0) for s in reports),
             "min_agreement": reports[0].get("min_agreement"),
             "agreement_min": agreement[0] if agreement else None,
             "agreement_mean": round(sum(agreement) / len(agreement), 4) if agreement else None,
             "active_p50_ms": active[len(active) // 2] if active else None,
             "candidate_p50_ms": new[len(new) // 2] if new else None}
+
+
+def _finite(value: Any) -> float | None:
+    """A device's free-form figure as a number, or None: its report is any JSON object, so a NaN (json.loads
+    takes it) unsorted the agreements (the stage's minimum came out as another device's higher one), and a
+    NaN or text frame count raised in int() for every view of the rollout (status, rollouts, the console)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:  # also 400-digit ints
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def rollout_view(r: RolloutRecord) -> dict[str, Any]:
