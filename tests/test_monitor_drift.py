@@ -141,6 +141,19 @@ def test_a_drifting_stream_raises_drift_within_the_window_and_clears_after(digit
     assert mon.snapshot().state == "ok"
 
 
+def test_one_nan_input_leaves_the_live_channel_means_once_it_left_the_window(digits_ref, split):
+    """Served tensors may hold NaN (the endpoint takes any float): the window's channel means were a running
+    sum, which stayed NaN for the rest of the process after one such request (NaN - NaN is NaN)."""
+    _, _, x_test, _ = split
+    mon = DriftMonitor(digits_ref, "NCHW", kind=None, config=DriftConfig(WINDOW, STRIDE))
+    for frame in [*x_test[:WINDOW], np.full_like(x_test[0], np.nan), *x_test[WINDOW:3 * WINDOW]]:
+        mon.observe(frame[None], None)
+    snap = mon.snapshot()
+    want = float(x_test[2 * WINDOW:3 * WINDOW].mean())  # about the last WINDOW frames (scored every STRIDE)
+    assert snap.state == "ok" and np.isfinite(snap.live["channel_mean"]).all(), snap
+    assert snap.live["channel_mean"][0] == pytest.approx(want, abs=0.02)
+
+
 def test_converted_bundle_carries_signed_reference_statistics(int8_bundle, digits, tmp_path):
     vb = verify_bundle(int8_bundle, TrustStore.from_paths([digits.pub]))
     entry = vb.manifest.file_entry(REFERENCE_STATS_FILE)  # listed with its hash: covered by the signature

@@ -101,7 +101,6 @@ class DriftMonitor:
         self._window: deque[tuple[dict[str, np.ndarray], np.ndarray, int]] = deque()
         self._rows = 0
         self._sums = {k: np.zeros(h.bins, np.int64) for k, h in self.features.items()}
-        self._channel_sum: np.ndarray | None = None
         self._since = 0
         self._lock = threading.Lock()
         self._snap = DriftSnapshot("no_reference" if not self.features else "warming_up", 0, self.config.window,
@@ -128,13 +127,11 @@ class DriftMonitor:
             self._rows += rows
             for k, c in counts.items():
                 self._sums[k] += c
-            self._channel_sum = channel_sum if self._channel_sum is None else self._channel_sum + channel_sum
             while self._rows - self._window[0][2] >= self.config.window:  # keep the last `window` frames
-                old, old_sum, old_rows = self._window.popleft()
+                old, _, old_rows = self._window.popleft()
                 self._rows -= old_rows
                 for k, c in old.items():
                     self._sums[k] -= c
-                self._channel_sum = self._channel_sum - old_sum
             self._since += rows
             if self._rows >= self.config.window and self._since >= self.config.stride:
                 self._since = 0
@@ -150,7 +147,10 @@ class DriftMonitor:
         high = scores[worst] > threshold
         state = "drift" if high or (prev == "drift" and scores[worst] > CLEAR_FRACTION * threshold) else "ok"
         n = self._rows
-        live = {"channel_mean": np.round(self._channel_sum / n, 4).tolist()} if self._channel_sum is not None else {}
+        # summed over the window's inputs here, not kept as a running sum: one NaN/inf input (an app's request)
+        # made a running sum NaN for the rest of the process (NaN - NaN is NaN once the input left the window)
+        channel_sum = np.sum([c for _, c, _ in self._window], axis=0)
+        live = {"channel_mean": np.round(channel_sum / n, 4).tolist()}
         self._snap = DriftSnapshot(state, n, self.config.window, threshold, scores, worst, live, self.model)
 
     def snapshot(self) -> DriftSnapshot:
