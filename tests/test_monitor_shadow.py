@@ -216,3 +216,56 @@ def test_the_shadow_run_and_the_converters_gate_count_matched_boxes_alike(seed, 
     as_results = [[{"box": list(map(float, bx)), "score": float(s), "label": int(c)} for bx, s, c in zip(*d)] for d in (a, b)]
     n = GreedyIoUMatcher().matches(as_results[0], as_results[1], 0.5)
     assert n == match(b, a) <= min(n_a, n_b)  # the gate's match(ref, cand) walks the candidate's boxes by score
+
+
+def _doubler(folder, shape: list) -> tuple:
+    """A real ONNX Runtime session of y = 2x (postprocess none: nothing to compare but errors) and its manifest."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
+    from edge_agent.runtimes import load_session
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (folder / "model").mkdir(parents=True)
+    onnx.save(model, str(folder / "model" / "model.onnx"))
+    dims = [d if isinstance(d, int) else -1 for d in shape]
+    manifest = Manifest(name="double", version=1, profile="raspberry-pi-4", format="onnx", runtime="onnxruntime",
+                        precision="fp32", model_file="model/model.onnx", inputs=[TensorSpec("x", "float32", dims)],
+                        outputs=[TensorSpec("y", "float32", dims)], preprocess=Preprocess(kind="none"),
+                        postprocess=Postprocess(kind="none"))
+    return manifest, load_session(folder, manifest, threads=1)
+
+
+def test_a_model_without_comparable_outputs_is_judged_on_its_share_of_errors(tmp_path):
+    """Postprocess `none` (maps, embeddings): only the new model's errors disagree. Its one failed request in 60
+    (an app's 5-value tensor, which the new model's fixed input refuses) made agreement 0.0 and failed the update:
+    the agreement counted the errors alone."""
+    from types import SimpleNamespace
+
+    from edge_agent.pipeline.observe import LiveSample
+    from edge_agent.pipeline.stages import Postprocessor
+    from edge_agent.serving.tensors import TensorInput
+
+    active_manifest, active = _doubler(tmp_path / "active", [1, "n"])
+    new_manifest, new = _doubler(tmp_path / "new", [1, 4])
+    served = SimpleNamespace(manifest=active_manifest, generation=1, bundle_dir=None)
+    post = Postprocessor(active_manifest)
+    run = ShadowRun(new, new_manifest, ShadowGate(min_agreement=0.9, frames=60, timeout_s=120.0))
+    out: list[ShadowReport] = []
+    t = threading.Thread(target=lambda: out.append(run.run()))
+    t.start()
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        x = rng.random((1, 5 if i == 10 else 4), dtype=np.float32)
+        outputs = active.run({"x": x})
+        wait_for(lambda: run.frames == i or not t.is_alive(), 60, "the shadow worker to take the last input")
+        run.observe(LiveSample(TensorInput({"x": x}), served, {"x": x}, outputs, 0.1, post(outputs, None)))
+    t.join(120)
+    report = out[0]
+    assert (report.verdict, report.frames, run.errors) == ("passed", 60, 1), report
+    assert report.agreement == pytest.approx(59 / 60, abs=1e-4) and "errors (1)" in report.reason

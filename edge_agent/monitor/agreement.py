@@ -3,7 +3,7 @@
     classification  1.0 when the top-1 labels are equal, else 0.0
     detection       matched boxes / max(boxes of either model): a match is one box of each model with
                     the same label and IoU >= `iou` (1.0 when both see nothing)
-    none            nothing to compare: None (the shadow run then judges latency only)
+    none            nothing to compare: None (the shadow run then judges the new model's errors only)
 
 Box matching sits behind `BoxMatcher`; the default counts matches with
 edge_agent.pipeline.detection.matched_boxes, the same code as the converter's detection gate, so
