@@ -92,6 +92,7 @@ class ShadowRun:
         self.cancel = cancel or threading.Event()
         self.post = Postprocessor(manifest)
         self.agree = frame_agreement(self.post.kind, matcher)
+        self.agree_by_name = frame_agreement(self.post.kind, matcher, by_name=True)  # both models have labels
         self.every = max(1, gate.every)
         self.active_latency, self.candidate_latency = RollingLatency(), RollingLatency()
         self.offered = self.skipped_busy = self.frames = 0
@@ -159,7 +160,9 @@ class ShadowRun:
                 self.errors += 1
                 log.warning("shadow: the new model failed on a live input: %s", exc)
                 result = {"kind": "error"}
-            score = self.agree(active_result, result) if result.get("kind") != "error" else 0.0
+            active_labels = getattr(getattr(item.model, "manifest", None), "labels", None)
+            agree = self.agree_by_name if active_labels and self.manifest.labels else self.agree
+            score = agree(active_result, result) if result.get("kind") != "error" else 0.0
             self.frames += 1
             if score is not None:
                 self.scored += 1
