@@ -154,6 +154,31 @@ def test_one_nan_input_leaves_the_live_channel_means_once_it_left_the_window(dig
     assert snap.live["channel_mean"][0] == pytest.approx(want, abs=0.02)
 
 
+def test_a_damaged_reference_is_refused_and_unknown_features_are_not_scored(digits_ref, split, tmp_path):
+    """A NaN share made its feature's PSI NaN, which max() took for the worst: `drift ok` on inverted digits with
+    input.intensity at PSI 1.2; unsorted edges binned garbage; a reference of features this agent does not
+    compute (or per-box ones only) raised in max() on every frame once the window was full."""
+    from edge_agent.bundle import REFERENCE_STATS_FILE
+    from edge_agent.monitor.watch import load_reference
+
+    _, _, x_test, _ = split
+    good = json.loads(digits_ref.to_json())
+    nan_share = json.loads(json.dumps(good))
+    nan_share["features"]["input.brightness"]["p"][0] = float("nan")
+    unsorted = json.loads(json.dumps(good))
+    unsorted["features"]["input.contrast"]["edges"].reverse()
+    for damaged in (nan_share, unsorted):
+        (tmp_path / REFERENCE_STATS_FILE).write_text(json.dumps(damaged))
+        assert load_reference(tmp_path) is None  # logged: drift is not monitored for this model
+    others = ReferenceStats.from_json(json.dumps({"schema": 1, "features": {
+        "input.saturation": {"p": [0.5, 0.5], "edges": [0.1]}, "output.box_score": {"p": [0.5, 0.5], "edges": [0.5]}}}))
+    for kind, state in ((None, "no_reference"), ("detection", "warming_up")):
+        mon = DriftMonitor(others, "NCHW", kind=kind, config=DriftConfig(WINDOW, STRIDE))
+        for i in range(WINDOW + STRIDE):
+            mon.observe(1.0 - x_test[i:i + 1], None, {"detections": []})
+        assert mon.snapshot().state == state
+
+
 def test_converted_bundle_carries_signed_reference_statistics(int8_bundle, digits, tmp_path):
     vb = verify_bundle(int8_bundle, TrustStore.from_paths([digits.pub]))
     entry = vb.manifest.file_entry(REFERENCE_STATS_FILE)  # listed with its hash: covered by the signature

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, Histogram, ReferenceStats, channel_axis, channel_means,
-                        classification_values, input_values, result_detection_values)
+from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, INPUT_FEATURES, Histogram, ReferenceStats, channel_axis,
+                        channel_means, classification_values, input_values, result_detection_values)
 
 PSI_FLOOR = 1e-4
 DEFAULT_WINDOW = 200
@@ -94,8 +94,8 @@ class DriftMonitor:
         feats = reference.features if reference else {}
         outputs = {"classification": CLASSIFIER_FEATURES, "detection": DETECTOR_FEATURES}.get(kind or "", ())
         self.kind = kind
-        self.features: dict[str, Histogram] = {k: h for k, h in feats.items()
-                                                if not k.startswith("output.") or k in outputs}
+        known = (*(f"input.{k}" for k in INPUT_FEATURES), *outputs)  # a newer converter's others: not scored here
+        self.features: dict[str, Histogram] = {k: h for k, h in feats.items() if k in known}
         self._axis = channel_axis(layout)
         # per observed input: bin counts, channel-mean sum, rows (a served request may carry several frames)
         self._window: deque[tuple[dict[str, np.ndarray], np.ndarray, int]] = deque()
@@ -142,6 +142,9 @@ class DriftMonitor:
     def _score(self) -> None:
         scores = {k: round(psi(h.p, self._sums[k]), 4) for k, h in self.features.items()
                   if self._sums[k].sum() >= (MIN_BOXES if k in PER_BOX else 1)}
+        if not scores:  # only per-box features, and too few boxes yet
+            self._snap.frames = self._rows
+            return
         worst = max(scores, key=scores.__getitem__)
         prev, threshold = self._snap.state, self.config.threshold
         high = scores[worst] > threshold

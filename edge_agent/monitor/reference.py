@@ -30,6 +30,7 @@ reference and PSI has no empty reference bins to divide by.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -166,6 +167,9 @@ class Histogram:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Histogram":
         p = [float(v) for v in d["p"]]
+        if not all(math.isfinite(v) and v >= 0 for v in p):
+            # a NaN share made that feature's PSI NaN, which max() then took for the worst: `drift ok` at any shift
+            raise ValueError("histogram shares must be finite and >= 0")
         if "keys" in d:
             keys = [int(k) for k in d["keys"]]
             if keys != sorted(set(keys)) or len(p) not in (len(keys), len(keys) + 1):
@@ -174,6 +178,8 @@ class Histogram:
         edges = [float(e) for e in d["edges"]]
         if len(p) != len(edges) + 1:
             raise ValueError("histogram has the wrong number of bins")
+        if not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError("histogram edges must be finite and increasing")  # searchsorted binned garbage
         return cls(p, edges)
 
 
