@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 
 import cv2
@@ -220,6 +221,19 @@ def test_edge_agent_run_reports_drift_of_a_video_whose_scene_changes(int8_bundle
     assert summaries["same"]["state"] == "ok" and summaries["same"]["frames"] == 100
     assert summaries["same"]["live"]["not_sampled"] == 0
     assert summaries["changed"]["state"] == "drift" and summaries["changed"]["psi"]["input.brightness"] > 1.0
+
+
+def test_edge_agent_run_says_why_a_file_left_the_drift_window_warming_up(int8_bundle, digits, digits_video, capsys):
+    """The default budget observes a tiny model's frames one in many: the summary said `drift warming_up` after
+    120 frames of a 100-frame window, and not that most were left out nor how to observe them all."""
+    from edge_agent.cli import main
+
+    assert main(["run", str(int8_bundle), "--source", str(digits_video), "--trust", str(digits.pub), "--output",
+                 "none", "--drift-window", "100"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    found = re.search(r"drift warming_up \((\d+) of --drift-window 100 frames observed; (\d+) not sampled within "
+                      r"--drift-budget, `all` observes every frame\)", summary)
+    assert found and int(found[1]) + int(found[2]) == 120, summary
 
 
 def test_a_1000_class_model_keeps_ten_class_bins_so_a_small_window_is_not_drift_by_chance():
