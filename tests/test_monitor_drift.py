@@ -105,6 +105,28 @@ def test_real_photos_darkened_or_blurred_drift(split):
     assert stream_scores(ref, blurred)["input.contrast"] > 0.25
 
 
+def test_a_bundle_that_transposed_its_input_is_scored_on_the_values_the_reference_was_made_of():
+    """A TFLite bundle of an ONNX image model takes NHWC (source NCHW); the converter records the reference on the
+    NCHW data. Every k-th value of an NHWC frame (k a multiple of 3 at 32x32, 64x64, 224x224...) is one channel:
+    held-out crops of the same photos were `drift` (input.brightness PSI 1.34 at 32x32) on every device."""
+    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
+    from edge_agent.monitor.watch import drift_monitor_for
+
+    reference = reference_stats(photo_crops(300, 0, 32), "NCHW")
+    live = photo_crops(WINDOW, 1, 32)
+    manifest = Manifest(name="m", version=1, profile="raspberry-pi-4", format="tflite", runtime="tflite",
+                        precision="int8-static", model_file="model/model.tflite",
+                        inputs=[TensorSpec("image", "float32", [1, 32, 32, 3], "NHWC", source_layout="NCHW")],
+                        outputs=[], preprocess=Preprocess(kind="image", color="RGB", size=[32, 32]),
+                        postprocess=Postprocess(kind="none"))
+    mon = drift_monitor_for(manifest, reference, DriftConfig(WINDOW, STRIDE))
+    for frame in live.transpose(0, 2, 3, 1):  # the feeds of the NHWC bundle
+        mon.observe(np.ascontiguousarray(frame[None]), None)
+    snap = mon.snapshot()
+    assert snap.state == "ok" and snap.psi == stream_scores(reference, live), snap
+    assert snap.live["channel_mean"] == pytest.approx(live.mean(axis=(0, 2, 3)), abs=0.02)
+
+
 def test_class_distribution_drifts_when_the_scene_shows_other_digits(digits, split):
     """Output drift: the float model's answers on the eval data against a stream of only 0s and 1s."""
     import torch

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, INPUT_FEATURES, Histogram, ReferenceStats, channel_axis,
-                        channel_means, classification_values, input_values, result_detection_values)
+                        channel_means, classification_values, input_values, result_detection_values, source_order)
 
 PSI_FLOOR = 1e-4
 DEFAULT_WINDOW = 200
@@ -87,7 +87,7 @@ class DriftMonitor:
 
     def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
                  kind: str | None = "classification", config: DriftConfig | None = None,
-                 model: str | None = None, output_index: int = 0) -> None:
+                 model: str | None = None, output_index: int = 0, source_layout: str | None = None) -> None:
         self.config = config or DriftConfig()
         self.output_index = output_index  # the served output (the converter's reference stats are of that one)
         self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
@@ -97,6 +97,7 @@ class DriftMonitor:
         known = (*(f"input.{k}" for k in INPUT_FEATURES), *outputs)  # a newer converter's others: not scored here
         self.features: dict[str, Histogram] = {k: h for k, h in feats.items() if k in known}
         self._axis = channel_axis(layout)
+        self._order = source_order(layout, source_layout)  # the reference was recorded in the source layout
         # per observed input: bin counts, channel-mean sum, rows (a served request may carry several frames)
         self._window: deque[tuple[dict[str, np.ndarray], np.ndarray, int]] = deque()
         self._rows = 0
@@ -113,7 +114,7 @@ class DriftMonitor:
         which nobody decoded) are simply not counted for it."""
         if not self.features:
             return
-        values = input_values(inputs)
+        values = input_values(inputs, self._order)
         if outputs is not None and self.kind == "classification" and "output.class" in self.features:
             values.update(classification_values(outputs[self.output_index], self.softmax))
         elif result is not None and self.kind == "detection":

@@ -52,15 +52,32 @@ def channel_axis(layout: str | None) -> int | None:
     return {"NCHW": 1, "NHWC": 3, "NC": None}.get(layout or "", None)
 
 
-def subsample(x: np.ndarray) -> np.ndarray:
-    """(frames, values) view of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them."""
-    frames = x.reshape(x.shape[0], -1)
-    return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
+def source_order(layout: str | None, source_layout: str | None) -> tuple[int, ...] | None:
+    """The axes of a batch in the bundle's `layout` in its source model's order (NHWC from NCHW: 0, 3, 1, 2), or
+    None when the bundle kept the source's layout. The converter records the reference on data in the source
+    layout, so the device subsamples its feeds in that order: NHWC's every k-th value (k a multiple of 3 at
+    any size whose H x W is a multiple of 1024) is one channel only, flagged as drift on unchanged scenes."""
+    if not layout or not source_layout or layout == source_layout or sorted(layout) != sorted(source_layout):
+        return None
+    return tuple(layout.index(axis) for axis in source_layout)
 
 
-def input_values(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample."""
-    sub = subsample(np.asarray(x, dtype=np.float32))
+def subsample(x: np.ndarray, order: tuple[int, ...] | None = None) -> np.ndarray:
+    """(frames, values) of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them, in the
+    frame's own order or, with `order` (source_order), in the source layout's (the same values as on the host)."""
+    if order is None or x.ndim != len(order):
+        frames = x.reshape(x.shape[0], -1)
+        return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
+    view = x.transpose(order)  # no copy: only the sampled values are gathered
+    size = int(np.prod(view.shape[1:]))
+    picked = np.unravel_index(np.arange(0, size, max(1, size // MAX_VALUES_PER_FRAME)), view.shape[1:])
+    return view[(slice(None), *picked)]
+
+
+def input_values(x: np.ndarray, order: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample
+    (`order`: the batch's axes in the source layout's order, source_order)."""
+    sub = subsample(np.asarray(x, dtype=np.float32), order)
     return {"brightness": sub.mean(axis=1, dtype=np.float64), "contrast": sub.std(axis=1, dtype=np.float64),
             "intensity": sub.reshape(-1)}
 
