@@ -105,26 +105,37 @@ def test_real_photos_darkened_or_blurred_drift(split):
     assert stream_scores(ref, blurred)["input.contrast"] > 0.25
 
 
-def test_a_bundle_that_transposed_its_input_is_scored_on_the_values_the_reference_was_made_of():
-    """A TFLite bundle of an ONNX image model takes NHWC (source NCHW); the converter records the reference on the
-    NCHW data. Every k-th value of an NHWC frame (k a multiple of 3 at 32x32, 64x64, 224x224...) is one channel:
-    held-out crops of the same photos were `drift` (input.brightness PSI 1.34 at 32x32) on every device."""
-    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
-    from edge_agent.monitor.watch import drift_monitor_for
+def test_a_tflite_bundle_of_an_nchw_model_does_not_drift_on_the_scenes_it_was_converted_on(digits, tmp_path, capsys):
+    """edge-convert --format tflite transposes an ONNX image model's input to NHWC (source NCHW) and records the
+    reference on the NCHW data. Every k-th value of an NHWC frame (k a multiple of 3 at 32x32, 64x64, 224x224...)
+    is one channel: a video of held-out crops of the calibration photos was `drift` (input.brightness PSI 1.87)."""
+    import torch
 
-    reference = reference_stats(photo_crops(300, 0, 32), "NCHW")
-    live = photo_crops(WINDOW, 1, 32)
-    manifest = Manifest(name="m", version=1, profile="raspberry-pi-4", format="tflite", runtime="tflite",
-                        precision="int8-static", model_file="model/model.tflite",
-                        inputs=[TensorSpec("image", "float32", [1, 32, 32, 3], "NHWC", source_layout="NCHW")],
-                        outputs=[], preprocess=Preprocess(kind="image", color="RGB", size=[32, 32]),
-                        postprocess=Postprocess(kind="none"))
-    mon = drift_monitor_for(manifest, reference, DriftConfig(WINDOW, STRIDE))
-    for frame in live.transpose(0, 2, 3, 1):  # the feeds of the NHWC bundle
-        mon.observe(np.ascontiguousarray(frame[None]), None)
-    snap = mon.snapshot()
-    assert snap.state == "ok" and snap.psi == stream_scores(reference, live), snap
-    assert snap.live["channel_mean"] == pytest.approx(live.mean(axis=(0, 2, 3)), abs=0.02)
+    from converter.cli import main as convert
+    from edge_agent.cli import main
+
+    from .camera_helpers import write_video
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    torch.onnx.export(net, torch.zeros(1, 3, 32, 32), str(tmp_path / "rgb.onnx"), input_names=["image"],
+                      output_names=["logits"], dynamo=False)
+    np.savez(tmp_path / "calib.npz", image=photo_crops(200, 0, 32))
+    out = tmp_path / "rgb.edgebundle"
+    assert convert(["--quiet", "convert", str(tmp_path / "rgb.onnx"), "--profile", "raspberry-pi-4", "--format",
+                    "tflite", "--precision", "fp32", "--calibration", str(tmp_path / "calib.npz"), "--scale",
+                    str(1 / 255), "--key", str(digits.key), "--out", str(out), "--bench-runs", "0"]) == 0
+    spec = verify_bundle(out, TrustStore.from_paths([digits.pub])).manifest.inputs[0]
+    assert (spec.layout, spec.source_layout) == ("NHWC", "NCHW")
+    frames = [cv2.cvtColor(np.rint(f.transpose(1, 2, 0) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+              for f in photo_crops(150, 1, 32)]
+    video = write_video(tmp_path / "held-out.avi", frames)
+    capsys.readouterr()
+    assert main(["run", str(out), "--source", str(video), "--trust", str(digits.pub), "--output", "none",
+                 "--drift-window", str(WINDOW), "--drift-budget", "all", "--json"]) == 0
+    drift = json.loads(capsys.readouterr().out)["drift"]
+    assert drift["state"] == "ok" and drift["psi"]["input.brightness"] < 0.25, drift
 
 
 def test_class_distribution_drifts_when_the_scene_shows_other_digits(digits, split):
