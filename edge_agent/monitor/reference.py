@@ -36,6 +36,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..pipeline.postprocess import are_probabilities
+
 SCHEMA = 1
 MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each frame: cost independent of image size
 MAX_CLASS_BINS = 10  # output.class: the most frequent classes get a bin each, the rest share one
@@ -98,7 +100,7 @@ def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.nda
     """Top-1 class and its probability per row of a classifier's first output."""
     rows = np.asarray(logits, dtype=np.float64).reshape(np.asarray(logits).shape[0], -1)
     probs = rows
-    if softmax and not (np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3)):
+    if softmax and not are_probabilities(rows):
         z = np.exp(rows - rows.max(axis=1, keepdims=True))
         probs = z / z.sum(axis=1, keepdims=True)
     top = probs.argmax(axis=1)
