@@ -14,6 +14,7 @@ from edge_agent.bundle import TrustStore, verify_bundle
 
 from .conftest import convert_args
 from .monitor_fixtures import digits_video  # noqa: F401 - fixtures
+from .ota_fixtures import broker, bundles, fleet, home, v1_home  # noqa: F401 - fixtures
 from .test_monitor_drift import WINDOW, photo_crops
 
 
@@ -90,3 +91,28 @@ def test_a_classifier_ending_in_softmax_is_served_its_own_probabilities_and_does
                  "--drift-window", str(WINDOW), "--drift-budget", "all", "--json"]) == 0
     drift = json.loads(capsys.readouterr().out)["drift"]
     assert drift["state"] == "ok" and drift["psi"]["output.confidence"] < 0.25, drift
+
+
+def test_the_fleet_sees_the_drift_figures_move_not_only_the_first_of_each_state(home, digits, broker, fleet,
+                                                                                digits_video):
+    """The reported state carried drift only when the state changed: the fleet's DRIFT column kept `warming_up
+    1/100` until the window was full and then the PSI of the first score for as long as the state stayed `ok`.
+    A real agent on a looping video of digits, a real Mosquitto; the fleet side is the test's MQTT client."""
+    from .ota_fixtures import agent_in_process
+    from .ota_helpers import wait_for
+
+    agent, thread = agent_in_process(home, broker.url, "cam-f", digits.pub, source=str(digits_video),
+                                     probation_s=0, drift_window=WINDOW)
+    try:
+        def drifts() -> list[dict]:
+            with fleet.lock:
+                return [r.drift for r in fleet.reported.get("cam-f", []) if r.drift]
+
+        first_ok = wait_for(lambda: next((d for d in drifts() if d["state"] == "ok"), None), 60, "drift ok")
+        warming = {d["frames"] for d in drifts() if d["state"] == "warming_up"}
+        assert len(warming) > 1, warming  # the fleet saw the window fill
+        wait_for(lambda: any(d["state"] == "ok" and d["psi"] != first_ok["psi"] for d in drifts()), 60,
+                 f"a newer PSI than the first ok's {first_ok['psi']} in the reported state")
+    finally:
+        agent.stop()
+        thread.join(20)
