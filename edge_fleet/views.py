@@ -69,14 +69,15 @@ def stage_progress(r: RolloutRecord) -> list[dict[str, Any]]:
         out.append({"stage": i + 1, "devices": cumulative - start, "cumulative": cumulative, "state": state,
                     "succeeded": ok, "failed": failed, "finished": finished,
                     "percent": round(100.0 * ok / len(devs), 1) if devs else 0.0,
-                    "statuses": _count(t.status for t in devs), "shadow": stage_shadow(devs)})
+                    "statuses": _count(t.status for t in devs), "shadow": stage_shadow(devs, r.shadow)})
         start = cumulative
     return out
 
 
-def stage_shadow(targets: list[Any]) -> dict[str, Any] | None:
+def stage_shadow(targets: list[Any], gate: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A stage's shadow figures: verdicts, the lowest and mean agreement, median latencies of both models
-    (None when no device of the stage reported a shadow run)."""
+    (None when no device of the stage reported a shadow run); the minimum is the rollout's `gate`, not a
+    device's word for it."""
     reports = [t.shadow for t in targets if t.shadow]
     if not reports:
         return None
@@ -87,7 +88,7 @@ def stage_shadow(targets: list[Any]) -> dict[str, Any] | None:
     agreement, active, new = figures("agreement"), figures("active_p50_ms"), figures("candidate_p50_ms")
     return {"devices": len(reports), "verdicts": _count(str(s.get("verdict")) for s in reports),
             "frames": sum(int(_finite(s.get("frames")) or 0) for s in reports),
-            "min_agreement": reports[0].get("min_agreement"),
+            "min_agreement": _finite((gate or reports[0]).get("min_agreement")),
             "agreement_min": agreement[0] if agreement else None,
             "agreement_mean": round(sum(agreement) / len(agreement), 4) if agreement else None,
             "active_p50_ms": active[len(active) // 2] if active else None,
