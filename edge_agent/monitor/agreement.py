@@ -3,11 +3,11 @@
     classification  1.0 when the top-1 classes are equal, else 0.0
     detection       matched boxes / max(boxes of either model): a match is one box of each model with
                     the same class and IoU >= `iou` (1.0 when both see nothing)
+    none            nothing to compare: None (the shadow run then judges the new model's errors only)
 
 A class is its label name when both models have labels (a retrained model that added a class, or ordered
 them anew, numbers them differently: by index it "disagreed" on every frame, and a swapped pair agreed),
 else its index.
-    none            nothing to compare: None (the shadow run then judges the new model's errors only)
 
 Box matching sits behind `BoxMatcher`; the default counts matches with
 edge_agent.pipeline.detection.matched_boxes, the same code as the converter's detection gate, so
