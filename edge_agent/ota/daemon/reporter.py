@@ -74,7 +74,7 @@ class Reporter:
         if summary is None:
             return
         if summary["state"] != self._drift_state or (
-                summary != self._drift_published
+                _figures(summary) != _figures(self._drift_published)
                 and time.monotonic() - self._drift_at >= self.config.telemetry_interval_s):
             self.publish_reported()
 
@@ -93,3 +93,12 @@ class Reporter:
     def publish_telemetry(self) -> None:
         if self.link.connected.is_set():
             self.link.publish(self.link.topics.telemetry, dumps(self.telemetry()))
+
+
+def _figures(drift: dict[str, Any] | None) -> tuple | None:
+    """What of a drift summary is worth a new reported state: a PSI moving in its third decimal is not."""
+    if drift is None:
+        return None
+    psi = drift.get("psi")
+    return (drift.get("state"), drift.get("worst"), round(psi, 2) if isinstance(psi, float) else psi,
+            drift.get("frames"), drift.get("model"))
