@@ -6,6 +6,7 @@ Pure functions of records; no registry access, no HTTP.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -68,29 +69,39 @@ def stage_progress(r: RolloutRecord) -> list[dict[str, Any]]:
         out.append({"stage": i + 1, "devices": cumulative - start, "cumulative": cumulative, "state": state,
                     "succeeded": ok, "failed": failed, "finished": finished,
                     "percent": round(100.0 * ok / len(devs), 1) if devs else 0.0,
-                    "statuses": _count(t.status for t in devs), "shadow": stage_shadow(devs)})
+                    "statuses": _count(t.status for t in devs), "shadow": stage_shadow(devs, r.shadow)})
         start = cumulative
     return out
 
 
-def stage_shadow(targets: list[Any]) -> dict[str, Any] | None:
+def stage_shadow(targets: list[Any], gate: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A stage's shadow figures: verdicts, the lowest and mean agreement, median latencies of both models
-    (None when no device of the stage reported a shadow run)."""
+    (None when no device of the stage reported a shadow run); the minimum is the rollout's `gate`, not a
+    device's word for it."""
     reports = [t.shadow for t in targets if t.shadow]
     if not reports:
         return None
 
     def figures(key: str) -> list[float]:
-        return sorted(float(s[key]) for s in reports if isinstance(s.get(key), (int, float)))
+        return sorted(v for s in reports if (v := _finite(s.get(key))) is not None)
 
     agreement, active, new = figures("agreement"), figures("active_p50_ms"), figures("candidate_p50_ms")
     return {"devices": len(reports), "verdicts": _count(str(s.get("verdict")) for s in reports),
-            "frames": sum(int(s.get("frames") or 0) for s in reports),
-            "min_agreement": reports[0].get("min_agreement"),
+            "frames": sum(int(_finite(s.get("frames")) or 0) for s in reports),
+            "min_agreement": _finite((gate or reports[0]).get("min_agreement")),
             "agreement_min": agreement[0] if agreement else None,
             "agreement_mean": round(sum(agreement) / len(agreement), 4) if agreement else None,
             "active_p50_ms": active[len(active) // 2] if active else None,
             "candidate_p50_ms": new[len(new) // 2] if new else None}
+
+
+def _finite(value: Any) -> float | None:
+    """A device's free-form figure as a number, or None: its report is any JSON object, so a NaN (json.loads
+    takes it) unsorted the agreements (the stage's minimum came out as another device's higher one), and a
+    NaN or text frame count raised in int() for every view of the rollout (status, rollouts, the console)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:  # also 400-digit ints
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def rollout_view(r: RolloutRecord) -> dict[str, Any]:

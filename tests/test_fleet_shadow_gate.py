@@ -3,6 +3,7 @@ device for the stage gate and is kept with its target; per-stage figures; the st
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,3 +100,28 @@ def test_status_shows_the_shadow_figures_of_each_stage():
     assert [(r["id"], [s["stage"] for s in r["stages"]]) for r in shadows] == [(halted.id, [1])]
     text = status_text([], [], shadows)
     assert f"rollout {halted.id} digits:2" in text and "stage 1 shadow: 1 failed; agreement min 0.120" in text, text
+
+
+def test_a_device_reporting_nan_figures_neither_hides_the_lowest_agreement_nor_breaks_the_views():
+    """A reported shadow is any JSON object and json.loads takes NaN: the stage's lowest agreement came out as
+    another device's 0.9 (NaN unsorted the list), and a NaN frame count raised in int() for every view. The
+    stage's minimum was the first device's word for it (any text, line breaks too), not the rollout's gate."""
+    import dataclasses
+    import json
+
+    from edge_agent.ota.protocol import ReportedState
+    from edge_fleet.views import dumps
+
+    payload = (b'{"device_id": "x", "phase": "failed", "profile": "p", "agent_version": "0", "updated_at": 1.0,'
+               b' "shadow": {"verdict": "failed", "agreement": NaN, "frames": NaN, "active_p50_ms": Infinity,'
+               b' "min_agreement": "0.1\\nstage 2 shadow: 3 passed"}}')
+    odd = ReportedState.parse(payload).shadow
+    r = dataclasses.replace(rollout(target("b", T.FAILED, shadow=odd), target("c", T.FAILED, shadow=FAILED),
+                                    target("a", T.SUCCEEDED, shadow={**PASSED, "agreement": 0.9})),
+                            shadow={"min_agreement": 0.9, "frames": 300, "timeout_s": 300.0})  # the rollout's gate
+    view = rollout_view(r)
+    s = view["stage_progress"][0]["shadow"]
+    assert (s["agreement_min"], s["agreement_mean"], s["frames"], s["min_agreement"]) == (0.12, 0.51, 308, 0.9)
+    assert s["active_p50_ms"] == 0.3
+    assert "agreement min 0.120 mean 0.510 (minimum 0.9)" in rollout_text(view)
+    json.loads(dumps(view), parse_constant=lambda c: pytest.fail(f"{c} in --json"))

@@ -141,6 +141,44 @@ def test_a_drifting_stream_raises_drift_within_the_window_and_clears_after(digit
     assert mon.snapshot().state == "ok"
 
 
+def test_one_nan_input_leaves_the_live_channel_means_once_it_left_the_window(digits_ref, split):
+    """Served tensors may hold NaN (the endpoint takes any float): the window's channel means were a running
+    sum, which stayed NaN for the rest of the process after one such request (NaN - NaN is NaN)."""
+    _, _, x_test, _ = split
+    mon = DriftMonitor(digits_ref, "NCHW", kind=None, config=DriftConfig(WINDOW, STRIDE))
+    for frame in [*x_test[:WINDOW], np.full_like(x_test[0], np.nan), *x_test[WINDOW:3 * WINDOW]]:
+        mon.observe(frame[None], None)
+    snap = mon.snapshot()
+    want = float(x_test[2 * WINDOW:3 * WINDOW].mean())  # about the last WINDOW frames (scored every STRIDE)
+    assert snap.state == "ok" and np.isfinite(snap.live["channel_mean"]).all(), snap
+    assert snap.live["channel_mean"][0] == pytest.approx(want, abs=0.02)
+
+
+def test_a_damaged_reference_is_refused_and_unknown_features_are_not_scored(digits_ref, split, tmp_path):
+    """A NaN share made its feature's PSI NaN, which max() took for the worst: `drift ok` on inverted digits with
+    input.intensity at PSI 1.2; unsorted edges binned garbage; a reference of features this agent does not
+    compute (or per-box ones only) raised in max() on every frame once the window was full."""
+    from edge_agent.bundle import REFERENCE_STATS_FILE
+    from edge_agent.monitor.watch import load_reference
+
+    _, _, x_test, _ = split
+    good = json.loads(digits_ref.to_json())
+    nan_share = json.loads(json.dumps(good))
+    nan_share["features"]["input.brightness"]["p"][0] = float("nan")
+    unsorted = json.loads(json.dumps(good))
+    unsorted["features"]["input.contrast"]["edges"].reverse()
+    for damaged in (nan_share, unsorted):
+        (tmp_path / REFERENCE_STATS_FILE).write_text(json.dumps(damaged))
+        assert load_reference(tmp_path) is None  # logged: drift is not monitored for this model
+    others = ReferenceStats.from_json(json.dumps({"schema": 1, "features": {
+        "input.saturation": {"p": [0.5, 0.5], "edges": [0.1]}, "output.box_score": {"p": [0.5, 0.5], "edges": [0.5]}}}))
+    for kind, state in ((None, "no_reference"), ("detection", "warming_up")):
+        mon = DriftMonitor(others, "NCHW", kind=kind, config=DriftConfig(WINDOW, STRIDE))
+        for i in range(WINDOW + STRIDE):
+            mon.observe(1.0 - x_test[i:i + 1], None, {"detections": []})
+        assert mon.snapshot().state == state
+
+
 def test_converted_bundle_carries_signed_reference_statistics(int8_bundle, digits, tmp_path):
     vb = verify_bundle(int8_bundle, TrustStore.from_paths([digits.pub]))
     entry = vb.manifest.file_entry(REFERENCE_STATS_FILE)  # listed with its hash: covered by the signature

@@ -216,3 +216,94 @@ def test_the_shadow_run_and_the_converters_gate_count_matched_boxes_alike(seed, 
     as_results = [[{"box": list(map(float, bx)), "score": float(s), "label": int(c)} for bx, s, c in zip(*d)] for d in (a, b)]
     n = GreedyIoUMatcher().matches(as_results[0], as_results[1], 0.5)
     assert n == match(b, a) <= min(n_a, n_b)  # the gate's match(ref, cand) walks the candidate's boxes by score
+
+
+def _tiny(folder, nodes: list, shape: list, out_shape: list, kind: str, inits: tuple = (),
+          labels: list[str] | None = None) -> tuple:
+    """A real ONNX Runtime session of a one-input graph `x` -> `y` (no preprocessing) and its manifest."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_agent.bundle import Manifest, Postprocess, Preprocess, TensorSpec
+    from edge_agent.runtimes import load_session
+
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (folder / "model").mkdir(parents=True)
+    onnx.save(model, str(folder / "model" / "model.onnx"))
+    dims = lambda s: [d if isinstance(d, int) else -1 for d in s]  # noqa: E731 - a named dim: any size
+    manifest = Manifest(name="tiny", version=1, profile="raspberry-pi-4", format="onnx", runtime="onnxruntime",
+                        precision="fp32", model_file="model/model.onnx", inputs=[TensorSpec("x", "float32", dims(shape))],
+                        outputs=[TensorSpec("y", "float32", dims(out_shape))], preprocess=Preprocess(kind="none"),
+                        postprocess=Postprocess(kind=kind), labels=labels)
+    return manifest, load_session(folder, manifest, threads=1)
+
+
+def _doubler(folder, shape: list) -> tuple:
+    """y = 2x, postprocess none: nothing to compare but errors."""
+    from onnx import helper
+
+    return _tiny(folder, [helper.make_node("Add", ["x", "x"], ["y"])], shape, shape, "none")
+
+
+def _shadow_one_by_one(run: ShadowRun, active: tuple, inputs: list[np.ndarray]) -> ShadowReport:
+    """Offer each input (answered by the `active` (manifest, session)) once the worker compared the last one."""
+    from types import SimpleNamespace
+
+    from edge_agent.pipeline.observe import LiveSample
+    from edge_agent.pipeline.stages import Postprocessor
+    from edge_agent.serving.tensors import TensorInput
+
+    manifest, session = active
+    served, post = SimpleNamespace(manifest=manifest, generation=1, bundle_dir=None), Postprocessor(manifest)
+    out: list[ShadowReport] = []
+    t = threading.Thread(target=lambda: out.append(run.run()))
+    t.start()
+    for i, x in enumerate(inputs):
+        outputs = session.run({"x": x})
+        wait_for(lambda: run.frames == i or not t.is_alive(), 60, "the shadow worker to take the last input")
+        run.observe(LiveSample(TensorInput({"x": x}), served, {"x": x}, outputs, 0.1, post(outputs, None)))
+    t.join(120)
+    return out[0]
+
+
+def test_a_model_without_comparable_outputs_is_judged_on_its_share_of_errors(tmp_path):
+    """Postprocess `none` (maps, embeddings): only the new model's errors disagree. Its one failed request in 60
+    (an app's 5-value tensor, which the new model's fixed input refuses) made agreement 0.0 and failed the update:
+    the agreement counted the errors alone."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.random((1, 5 if i == 10 else 4), dtype=np.float32) for i in range(60)]
+    new_manifest, new = _doubler(tmp_path / "new", [1, 4])
+    run = ShadowRun(new, new_manifest, ShadowGate(min_agreement=0.9, frames=60, timeout_s=120.0))
+    report = _shadow_one_by_one(run, _doubler(tmp_path / "active", [1, "n"]), inputs)
+    assert (report.verdict, report.frames, run.errors) == ("passed", 60, 1), report
+    assert report.agreement == pytest.approx(59 / 60, abs=1e-4) and "errors (1)" in report.reason
+
+
+def test_classes_are_compared_by_name_when_both_models_have_labels(tmp_path):
+    """A retrained classifier that added a class ('bird' first) numbers cat and dog 1 and 2, not 0 and 1: its
+    shadow run compared indices and failed on every frame although it named every input as the old model did."""
+    from onnx import helper, numpy_helper
+
+    weights = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)  # cat, dog, fish: the largest x
+
+    def classifier(folder, w: np.ndarray, labels: list[str]) -> tuple:
+        node = helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
+        return _tiny(folder, [node], [1, 4], [1, len(w)], "classification", (numpy_helper.from_array(w, "w"),), labels)
+
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((1, 4), dtype=np.float32) for _ in range(40)]
+    retrained = np.vstack([np.full((1, 4), -9.0, np.float32), weights])  # bird never wins on these inputs
+    new_manifest, new = classifier(tmp_path / "new", retrained, ["bird", "cat", "dog", "fish"])
+    run = ShadowRun(new, new_manifest, ShadowGate(min_agreement=0.9, frames=40, timeout_s=120.0))
+    report = _shadow_one_by_one(run, classifier(tmp_path / "active", weights, ["cat", "dog", "fish"]), inputs)
+    assert (report.verdict, report.agreement, report.frames) == ("passed", 1.0, 40), report
+    swapped_manifest, swapped = classifier(tmp_path / "swapped", weights, ["dog", "cat", "fish"])
+    run = ShadowRun(swapped, swapped_manifest, ShadowGate(min_agreement=0.9, frames=40, timeout_s=120.0))
+    report = _shadow_one_by_one(run, classifier(tmp_path / "active2", weights, ["cat", "dog", "fish"]), inputs)
+    assert report.verdict == "failed", report  # same indices, other names: cats called dogs
+    box = {"box": [0, 0, 10, 10], "score": 0.9}
+    renumbered = ({"detections": [{**box, "label": 0, "name": "cat"}]}, {"detections": [{**box, "label": 1, "name": "cat"}]})
+    assert frame_agreement("detection", by_name=True)(*renumbered) == 1.0

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, Histogram, ReferenceStats, channel_axis, channel_means,
-                        classification_values, input_values, result_detection_values)
+from .reference import (CLASSIFIER_FEATURES, DETECTOR_FEATURES, INPUT_FEATURES, Histogram, ReferenceStats, channel_axis,
+                        channel_means, classification_values, input_values, result_detection_values, source_order)
 
 PSI_FLOOR = 1e-4
 DEFAULT_WINDOW = 200
@@ -87,21 +87,21 @@ class DriftMonitor:
 
     def __init__(self, reference: ReferenceStats | None, layout: str | None = None, softmax: bool = True,
                  kind: str | None = "classification", config: DriftConfig | None = None,
-                 model: str | None = None, output_index: int = 0) -> None:
+                 model: str | None = None, output_index: int = 0, source_layout: str | None = None) -> None:
         self.config = config or DriftConfig()
         self.output_index = output_index  # the served output (the converter's reference stats are of that one)
         self.reference, self.layout, self.softmax, self.model = reference, layout, softmax, model
         feats = reference.features if reference else {}
         outputs = {"classification": CLASSIFIER_FEATURES, "detection": DETECTOR_FEATURES}.get(kind or "", ())
         self.kind = kind
-        self.features: dict[str, Histogram] = {k: h for k, h in feats.items()
-                                                if not k.startswith("output.") or k in outputs}
+        known = (*(f"input.{k}" for k in INPUT_FEATURES), *outputs)  # a newer converter's others: not scored here
+        self.features: dict[str, Histogram] = {k: h for k, h in feats.items() if k in known}
         self._axis = channel_axis(layout)
+        self._order = source_order(layout, source_layout)  # the reference was recorded in the source layout
         # per observed input: bin counts, channel-mean sum, rows (a served request may carry several frames)
         self._window: deque[tuple[dict[str, np.ndarray], np.ndarray, int]] = deque()
         self._rows = 0
         self._sums = {k: np.zeros(h.bins, np.int64) for k, h in self.features.items()}
-        self._channel_sum: np.ndarray | None = None
         self._since = 0
         self._lock = threading.Lock()
         self._snap = DriftSnapshot("no_reference" if not self.features else "warming_up", 0, self.config.window,
@@ -114,7 +114,7 @@ class DriftMonitor:
         which nobody decoded) are simply not counted for it."""
         if not self.features:
             return
-        values = input_values(inputs)
+        values = input_values(inputs, self._order)
         if outputs is not None and self.kind == "classification" and "output.class" in self.features:
             values.update(classification_values(outputs[self.output_index], self.softmax))
         elif result is not None and self.kind == "detection":
@@ -128,13 +128,11 @@ class DriftMonitor:
             self._rows += rows
             for k, c in counts.items():
                 self._sums[k] += c
-            self._channel_sum = channel_sum if self._channel_sum is None else self._channel_sum + channel_sum
             while self._rows - self._window[0][2] >= self.config.window:  # keep the last `window` frames
-                old, old_sum, old_rows = self._window.popleft()
+                old, _, old_rows = self._window.popleft()
                 self._rows -= old_rows
                 for k, c in old.items():
                     self._sums[k] -= c
-                self._channel_sum = self._channel_sum - old_sum
             self._since += rows
             if self._rows >= self.config.window and self._since >= self.config.stride:
                 self._since = 0
@@ -145,12 +143,18 @@ class DriftMonitor:
     def _score(self) -> None:
         scores = {k: round(psi(h.p, self._sums[k]), 4) for k, h in self.features.items()
                   if self._sums[k].sum() >= (MIN_BOXES if k in PER_BOX else 1)}
+        if not scores:  # only per-box features, and too few boxes yet
+            self._snap.frames = self._rows
+            return
         worst = max(scores, key=scores.__getitem__)
         prev, threshold = self._snap.state, self.config.threshold
         high = scores[worst] > threshold
         state = "drift" if high or (prev == "drift" and scores[worst] > CLEAR_FRACTION * threshold) else "ok"
         n = self._rows
-        live = {"channel_mean": np.round(self._channel_sum / n, 4).tolist()} if self._channel_sum is not None else {}
+        # summed over the window's inputs here, not kept as a running sum: one NaN/inf input (an app's request)
+        # made a running sum NaN for the rest of the process (NaN - NaN is NaN once the input left the window)
+        channel_sum = np.sum([c for _, c, _ in self._window], axis=0)
+        live = {"channel_mean": np.round(channel_sum / n, 4).tolist()}
         self._snap = DriftSnapshot(state, n, self.config.window, threshold, scores, worst, live, self.model)
 
     def snapshot(self) -> DriftSnapshot:

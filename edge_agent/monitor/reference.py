@@ -30,10 +30,13 @@ reference and PSI has no empty reference bins to divide by.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
+
+from ..pipeline.postprocess import are_probabilities
 
 SCHEMA = 1
 MAX_VALUES_PER_FRAME = 1024  # features look at a fixed-stride subsample of each frame: cost independent of image size
@@ -51,15 +54,32 @@ def channel_axis(layout: str | None) -> int | None:
     return {"NCHW": 1, "NHWC": 3, "NC": None}.get(layout or "", None)
 
 
-def subsample(x: np.ndarray) -> np.ndarray:
-    """(frames, values) view of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them."""
-    frames = x.reshape(x.shape[0], -1)
-    return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
+def source_order(layout: str | None, source_layout: str | None) -> tuple[int, ...] | None:
+    """The axes of a batch in the bundle's `layout` in its source model's order (NHWC from NCHW: 0, 3, 1, 2), or
+    None when the bundle kept the source's layout. The converter records the reference on data in the source
+    layout, so the device subsamples its feeds in that order: NHWC's every k-th value (k a multiple of 3 at
+    any size whose H x W is a multiple of 1024) is one channel only, flagged as drift on unchanged scenes."""
+    if not layout or not source_layout or layout == source_layout or sorted(layout) != sorted(source_layout):
+        return None
+    return tuple(layout.index(axis) for axis in source_layout)
 
 
-def input_values(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample."""
-    sub = subsample(np.asarray(x, dtype=np.float32))
+def subsample(x: np.ndarray, order: tuple[int, ...] | None = None) -> np.ndarray:
+    """(frames, values) of a batch: every k-th value of each frame, at most MAX_VALUES_PER_FRAME of them, in the
+    frame's own order or, with `order` (source_order), in the source layout's (the same values as on the host)."""
+    if order is None or x.ndim != len(order):
+        frames = x.reshape(x.shape[0], -1)
+        return frames[:, :: max(1, frames.shape[1] // MAX_VALUES_PER_FRAME)]
+    view = x.transpose(order)  # no copy: only the sampled values are gathered
+    size = int(np.prod(view.shape[1:]))
+    picked = np.unravel_index(np.arange(0, size, max(1, size // MAX_VALUES_PER_FRAME)), view.shape[1:])
+    return view[(slice(None), *picked)]
+
+
+def input_values(x: np.ndarray, order: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Per-frame feature values of a batch of model inputs (first axis = frame), on the fixed subsample
+    (`order`: the batch's axes in the source layout's order, source_order)."""
+    sub = subsample(np.asarray(x, dtype=np.float32), order)
     return {"brightness": sub.mean(axis=1, dtype=np.float64), "contrast": sub.std(axis=1, dtype=np.float64),
             "intensity": sub.reshape(-1)}
 
@@ -80,7 +100,7 @@ def classification_values(logits: np.ndarray, softmax: bool) -> dict[str, np.nda
     """Top-1 class and its probability per row of a classifier's first output."""
     rows = np.asarray(logits, dtype=np.float64).reshape(np.asarray(logits).shape[0], -1)
     probs = rows
-    if softmax and not (np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3)):
+    if softmax and not are_probabilities(rows):
         z = np.exp(rows - rows.max(axis=1, keepdims=True))
         probs = z / z.sum(axis=1, keepdims=True)
     top = probs.argmax(axis=1)
@@ -166,6 +186,9 @@ class Histogram:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Histogram":
         p = [float(v) for v in d["p"]]
+        if not all(math.isfinite(v) and v >= 0 for v in p):
+            # a NaN share made that feature's PSI NaN, which max() then took for the worst: `drift ok` at any shift
+            raise ValueError("histogram shares must be finite and >= 0")
         if "keys" in d:
             keys = [int(k) for k in d["keys"]]
             if keys != sorted(set(keys)) or len(p) not in (len(keys), len(keys) + 1):
@@ -174,6 +197,8 @@ class Histogram:
         edges = [float(e) for e in d["edges"]]
         if len(p) != len(edges) + 1:
             raise ValueError("histogram has the wrong number of bins")
+        if not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError("histogram edges must be finite and increasing")  # searchsorted binned garbage
         return cls(p, edges)
 
 

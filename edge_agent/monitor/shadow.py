@@ -92,11 +92,13 @@ class ShadowRun:
         self.cancel = cancel or threading.Event()
         self.post = Postprocessor(manifest)
         self.agree = frame_agreement(self.post.kind, matcher)
+        self.agree_by_name = frame_agreement(self.post.kind, matcher, by_name=True)  # both models have labels
         self.every = max(1, gate.every)
         self.active_latency, self.candidate_latency = RollingLatency(), RollingLatency()
         self.offered = self.skipped_busy = self.frames = 0
         self.disagreement = 0.0
         self.scored = 0
+        self.unscored = 0  # frames the new model answered that have nothing to compare (postprocess kind none)
         self.errors = 0
         self._slot: LiveSample | None = None
         self._cv = threading.Condition()  # also guards the counters: camera and request threads observe at once
@@ -158,11 +160,15 @@ class ShadowRun:
                 self.errors += 1
                 log.warning("shadow: the new model failed on a live input: %s", exc)
                 result = {"kind": "error"}
-            score = self.agree(active_result, result) if result.get("kind") != "error" else 0.0
+            active_labels = getattr(getattr(item.model, "manifest", None), "labels", None)
+            agree = self.agree_by_name if active_labels and self.manifest.labels else self.agree
+            score = agree(active_result, result) if result.get("kind") != "error" else 0.0
             self.frames += 1
             if score is not None:
                 self.scored += 1
                 self.disagreement += 1.0 - score
+            else:
+                self.unscored += 1
             if self.frames >= self.gate.frames or self._hopeless():
                 self._done.set()
 
@@ -198,7 +204,10 @@ class ShadowRun:
 
     def _report(self, seconds: float) -> ShadowReport:
         g = self.gate
-        agreement = round(1.0 - self.disagreement / self.scored, 4) if self.scored else None
+        # Outputs without a comparable kind: only the new model's errors can disagree, so its answered frames
+        # agree. Scored on the errors alone, one error in 300 frames was agreement 0.0 and failed the update.
+        judged = self.scored + (self.unscored if self.errors else 0)
+        agreement = round(1.0 - self.disagreement / judged, 4) if judged else None
         figures = dict(wanted=g.frames, min_agreement=g.min_agreement, agreement=agreement,
                        active_p50_ms=self.active_latency.summary().get("p50_ms"),
                        candidate_p50_ms=self.candidate_latency.summary().get("p50_ms"), every=self.every,
@@ -214,5 +223,6 @@ class ShadowRun:
             return ShadowReport("skipped", self.frames, reason=f"{why} within {g.timeout_s:g}s", **figures)
         if agreement is not None and agreement < g.min_agreement:
             return ShadowReport("failed", self.frames, reason="agreement below the minimum", **figures)
-        return ShadowReport("passed", self.frames, reason="agreement holds" if agreement is not None
-                            else "outputs have no comparable kind: latency only", **figures)
+        return ShadowReport("passed", self.frames, reason="agreement holds" if self.scored > self.errors
+                            else f"outputs have no comparable kind: judged on the new model's errors ({self.errors})",
+                            **figures)

@@ -46,9 +46,11 @@ def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, conf
     from ..pipeline.postprocess import served_output
 
     kind = post.kind if post else "classification"
-    return DriftMonitor(reference, layout=manifest.inputs[0].layout, softmax=post.softmax if post else True,
+    spec = manifest.inputs[0]
+    return DriftMonitor(reference, layout=spec.layout, softmax=post.softmax if post else True,
                         kind=kind, config=config, model=f"{manifest.name}:{manifest.version}",
-                        output_index=served_output(manifest) if kind == "classification" else 0)
+                        output_index=served_output(manifest) if kind == "classification" else 0,
+                        source_layout=spec.source_layout)
 
 
 class DriftWatch:

@@ -121,9 +121,20 @@ def _run_source(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, An
     text = (("interrupted (Ctrl-C): " if summary.interrupted else "")
             + f"{summary.frames} frames from {source.description} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
             f"dropped {summary.dropped}, errors {summary.errors}, end-to-end p50 {e2e.get('p50_ms', 0):.1f} ms "
-            f"p99 {e2e.get('p99_ms', 0):.1f} ms; drift {snap.state}"
-            + (f" ({snap.worst} PSI {snap.psi[snap.worst]})" if snap.worst else ""))
+            f"p99 {e2e.get('p99_ms', 0):.1f} ms; drift {_drift_text(snap)}")
     return d, text
+
+
+def _drift_text(snap: Any) -> str:
+    """The summary's drift state, saying why a file of many frames left the window `warming_up`: the budget
+    observed a sample of them (a tiny model's file: 31 of 800 frames), which the bare state did not tell."""
+    if snap.worst:
+        return f"{snap.state} ({snap.worst} PSI {snap.psi[snap.worst]})"
+    if snap.state == "warming_up":
+        left_out = snap.live.get("not_sampled") or 0
+        return (f"warming_up ({snap.frames} of --drift-window {snap.window} frames observed"
+                + (f"; {left_out} not sampled within --drift-budget, `all` observes every frame)" if left_out else ")"))
+    return snap.state
 
 
 def _refuse_overwriting_the_source(source: Any, targets: dict[str, Any]) -> None:

@@ -15,8 +15,15 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+def are_probabilities(rows: np.ndarray) -> bool:
+    """Every row (N x C) >= 0 and summing to 1: a model's own softmax, not logits (the converter records such a
+    model's postprocess without softmax: its int8 answers miss a sum of 1 by more than this tolerance)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return bool(rows.size and np.all(rows >= 0) and np.all(np.abs(rows.sum(axis=-1) - 1.0) < 1e-3))
+
+
 def _looks_like_probabilities(row: np.ndarray) -> bool:
-    return bool(np.all(row >= 0) and abs(float(row.sum()) - 1.0) < 1e-3)
+    return are_probabilities(row[None])
 
 
 def served_output(manifest: Manifest) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ... import __version__
@@ -23,6 +24,8 @@ class Reporter:
         self.config, self.link, self.slots, self.jobs, self.loop, self.feed = config, link, slots, jobs, loop, feed
         self.drift = drift
         self._drift_state: str | None = None  # the drift state last published in the reported state
+        self._drift_published: dict[str, Any] | None = None  # ...its figures, and when (time.monotonic)
+        self._drift_at = 0.0
         self.sequence = ReportSequence()  # numbers the reported states: the fleet orders them by it, not by our clock
 
     def drift_summary(self) -> dict[str, Any] | None:
@@ -59,12 +62,20 @@ class Reporter:
             with self.sequence.lock:  # two threads reporting at once publish in the order they numbered
                 state = self.reported_state()
                 self._drift_state = state.drift["state"] if state.drift else None
+                self._drift_published, self._drift_at = state.drift, time.monotonic()
                 self.link.publish(self.link.topics.reported, dumps(state), retain=True)
 
     def publish_if_drift_changed(self) -> None:
-        """A drift state change (warming_up, ok, drift) is part of the retained reported state: publish it."""
-        snap = self.drift.snapshot() if self.drift is not None else None
-        if snap is not None and snap.state != self._drift_state:
+        """A drift state change (warming_up, ok, drift) is part of the retained reported state: publish it at once;
+        new figures of the same state (frames while warming up, the worst PSI) at most once a telemetry interval.
+        Published on state changes only, the fleet's DRIFT column kept the first figures of a state: `warming_up
+        1/200` until the window was full, `ok (... PSI 0.04)` while the PSI crept to 0.24."""
+        summary = self.drift_summary()
+        if summary is None:
+            return
+        if summary["state"] != self._drift_state or (
+                _figures(summary) != _figures(self._drift_published)
+                and time.monotonic() - self._drift_at >= self.config.telemetry_interval_s):
             self.publish_reported()
 
     def telemetry(self) -> Telemetry:
@@ -82,3 +93,12 @@ class Reporter:
     def publish_telemetry(self) -> None:
         if self.link.connected.is_set():
             self.link.publish(self.link.topics.telemetry, dumps(self.telemetry()))
+
+
+def _figures(drift: dict[str, Any] | None) -> tuple | None:
+    """What of a drift summary is worth a new reported state: a PSI moving in its third decimal is not."""
+    if drift is None:
+        return None
+    psi = drift.get("psi")
+    return (drift.get("state"), drift.get("worst"), round(psi, 2) if isinstance(psi, float) else psi,
+            drift.get("frames"), drift.get("model"))
