@@ -48,6 +48,12 @@ def test_drift_text_in_status():
     assert drift_text(None) == "-"
     assert drift_text({"state": "warming_up", "frames": 40, "window": 200}) == "warming_up 40/200"
     assert drift_text({"state": "drift", "worst": "input.brightness", "psi": 1.93}) == "drift (input.brightness PSI 1.93)"
+    # the model the state belongs to: after an OTA switch the column must not pass the old model's state as the new's
+    assert drift_text({"state": "ok", "worst": "input.contrast", "psi": 0.04, "model": "digits:3"}) == \
+        "ok (input.contrast PSI 0.04) of digits:3"
+    assert drift_text({"state": "warming_up", "frames": 0, "window": 200, "model": "digits:4"}) == \
+        "warming_up 0/200 of digits:4"
+    assert drift_text({"state": "no_reference", "model": "digits:1"}) == "no_reference of digits:1"
 
 
 @settings(max_examples=50, deadline=None)

@@ -14,7 +14,7 @@ from edge_agent.bundle import TrustStore, verify_bundle
 
 from .conftest import convert_args
 from .monitor_fixtures import digits_video  # noqa: F401 - fixtures
-from .ota_fixtures import broker, bundles, fleet, home, v1_home  # noqa: F401 - fixtures
+from .ota_fixtures import BLOCK, broker, bundles, fleet, home, v1_home  # noqa: F401 - fixtures
 from .test_monitor_drift import WINDOW, photo_crops
 
 
@@ -116,3 +116,84 @@ def test_the_fleet_sees_the_drift_figures_move_not_only_the_first_of_each_state(
     finally:
         agent.stop()
         thread.join(20)
+
+
+def _live_model(bundle, pub, folder):  # noqa: ANN001, ANN202 - Path, Path, Path -> LiveModel
+    """A bundle verified, unpacked and loaded as the agent serves it."""
+    from edge_agent.ota.live import LiveModel
+    from edge_agent.ota.protocol import BundleRef
+    from edge_agent.runtimes import load_session
+
+    vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=folder)
+    m = vb.manifest
+    return LiveModel("a", BundleRef(m.name, m.version, "0" * 64), m, load_session(vb.unpacked_to, m, threads=1), None,
+                     bundle_dir=vb.unpacked_to)
+
+
+def test_drift_and_its_not_sampled_count_restart_when_the_served_model_switches(bundles, digits, tmp_path):
+    """`live.not_sampled` counted the whole process's left-out inputs beside a window of the new model's; and the
+    old model's window stood for the new one until its first input. Both belong to the served model now."""
+    from edge_agent.monitor.budget import CpuBudget
+    from edge_agent.monitor.drift import DriftConfig
+    from edge_agent.monitor.watch import DriftWatch
+    from edge_agent.ota.live import InferenceLoop
+    from edge_agent.pipeline.inputs import tensor_to_feed
+    from edge_agent.pipeline.observe import LiveSample
+
+    loop = InferenceLoop()  # not started: its swaps and their listeners, as the agent's
+    watch = DriftWatch(DriftConfig(window=50), CpuBudget(share=0.0, burst_s=0.0))  # observes one input, then none
+    loop.swap_listeners.append(watch.follow)
+    v1, v2 = _live_model(bundles["v1"], digits.pub, tmp_path / "v1"), _live_model(bundles["v2"], digits.pub, tmp_path / "v2")
+
+    def sample(model, x):  # noqa: ANN001, ANN202
+        spec = model.manifest.inputs[0]
+        feeds = {spec.name: tensor_to_feed(x.astype(np.float32), spec)}
+        return LiveSample(None, model, feeds, model.session.run(feeds), 0.1)
+
+    loop.swap(v1)
+    assert watch.snapshot() is None  # no live input yet: nothing is watched, nothing reported
+    for x in digits.x_test[:20]:
+        watch(sample(v1, x))
+    s1 = watch.snapshot()
+    assert (s1.model, s1.frames, s1.live["not_sampled"]) == ("digits:1", 1, 19)
+    loop.swap(v2)  # an OTA switch; no input of v2 yet
+    s2 = watch.snapshot()
+    assert (s2.model, s2.state, s2.frames, s2.live["not_sampled"]) == ("digits:2", "warming_up", 0, 0)
+    watch(sample(v1, digits.x_test[0]))  # a request still finishing on v1: not v2's
+    assert watch.snapshot().live["not_sampled"] == 0 and watch.snapshot().model == "digits:2"
+    loop.swap(None)
+    assert watch.snapshot() is None
+
+
+def test_after_an_ota_switch_the_fleet_sees_the_new_models_drift_not_the_old_ones(home, digits, bundles, broker, fleet):
+    """A real `edge-agent serve --http` process: apps send digits to v1 until its drift is scored, then stop; an
+    OTA update switches to v2. The reported state that says `succeeded` on v2 carried v1's drift state (`ok ...
+    digits:1`) until v2 answered its first request; it carries v2's own window now."""
+    import httpx
+
+    from .ota_helpers import AgentProcess, wait_for
+
+    dev = "cam-switch"
+    agent = AgentProcess(home, broker.url, dev, digits.pub,
+                         extra=["--http", "0", "--drift-window", "50", "--probation", "0"])
+    try:
+        url = wait_for(lambda: re.search(r"serving on (http://\S+)", agent.output()), what="endpoint up").group(1)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            wait_for(lambda: http.get("/v2/models/digits/ready").status_code == 200, what="v1 served")
+            sent = iter(range(10**6))
+
+            def scored() -> dict | None:
+                for i in (next(sent) % len(digits.x_test) for _ in range(20)):  # held-out digits, in turn
+                    r = http.post("/v1/models/digits:predict", json={"instances": [digits.x_test[i].tolist()]})
+                    assert r.status_code == 200, r.text
+                last = fleet.last_reported(dev)
+                return last.drift if last and last.drift and last.drift["state"] in ("ok", "drift") else None
+
+            before = wait_for(scored, what="v1's drift scored in the reported state")
+        assert before["model"] == "digits:1"
+        fleet.deploy(dev, bundles["v2"], "dep-v2", block_size=BLOCK)
+        done = fleet.wait_phase(dev, "dep-v2", ("succeeded",))
+        assert done.current.version == 2
+        assert (done.drift["model"], done.drift["state"], done.drift["frames"]) == ("digits:2", "warming_up", 0), done.drift
+    finally:
+        agent.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from ..bundle import REFERENCE_STATS_FILE, Manifest
@@ -53,39 +54,71 @@ def drift_monitor_for(manifest: Manifest, reference: ReferenceStats | None, conf
                         source_layout=spec.source_layout)
 
 
+@dataclass
+class _Watched:
+    """The served model's monitor, and the live inputs of that model the CPU budget left out."""
+
+    generation: int
+    monitor: DriftMonitor
+    not_sampled: int = 0
+
+
 class DriftWatch:
-    """Observer: drift of the live frames against the served model's reference (restarts on a swap)."""
+    """Observer: drift of the live frames against the served model's reference (restarts on a swap).
+
+    `follow` is an InferenceLoop swap listener: a switched model's window starts at the switch, not at its
+    first live input, so the reported drift never shows the previous model's state under the new one (an
+    OTA switch on an idle camera or API kept reporting the old model's `drift` until an input came)."""
 
     def __init__(self, config: DriftConfig | None = None, budget: CpuBudget | None = None) -> None:
         self.config = config or DriftConfig()
         self.budget = budget or CpuBudget()  # at most 2 % of a core, however many requests come (monitor.budget)
-        self._current: tuple[int, DriftMonitor] | None = None  # (model generation, its monitor), swapped as one
+        self._current: _Watched | None = None  # the model generation and its monitor, swapped as one
         self._lock = threading.Lock()  # camera and request threads observe at once
 
     @property
     def monitor(self) -> DriftMonitor | None:
         current = self._current
-        return current[1] if current else None
+        return current.monitor if current else None
 
     def __call__(self, sample: LiveSample) -> None:
         model, current = sample.model, self._current
-        if current is None or model.generation != current[0]:
+        if current is None or model.generation != current.generation:
             with self._lock:
                 current = self._current
-                if current is not None and model.generation < current[0]:
+                if current is not None and model.generation < current.generation:
                     return  # a request still finishing on the model swapped out: not the new model's window
-                if current is None or model.generation != current[0]:
-                    monitor = drift_monitor_for(model.manifest, load_reference(model.bundle_dir), self.config)
-                    self._current = current = (model.generation, monitor)
-        monitor = current[1]
-        self.budget.run(lambda: monitor.observe(next(iter(sample.feeds.values())), sample.outputs, sample.result))
+                if current is None or model.generation != current.generation:
+                    self._current = current = self._watch(model)
+        monitor = current.monitor
+        if not self.budget.run(lambda: monitor.observe(next(iter(sample.feeds.values())), sample.outputs,
+                                                       sample.result)):
+            with self._lock:
+                current.not_sampled += 1
+
+    def follow(self, model: Any) -> None:
+        """The served model changed (a LiveModel, or None): its drift restarts now. Before the first live input
+        nothing is watched (an agent without live inputs reports no drift), and nothing starts here."""
+        with self._lock:
+            current = self._current
+            if current is None or (model is not None and model.generation <= current.generation):
+                return  # not watching yet, or a live input of the new model already started its window
+            try:
+                self._current = self._watch(model) if model is not None else None
+            except Exception as exc:  # noqa: BLE001 - a swap listener must not fail the swap; the next input retries
+                log.warning("drift monitor for the new model: %s", exc)
+                self._current = None
+
+    def _watch(self, model: Any) -> _Watched:
+        return _Watched(model.generation, drift_monitor_for(model.manifest, load_reference(model.bundle_dir),
+                                                            self.config))
 
     def snapshot(self) -> DriftSnapshot | None:
-        m = self.monitor
-        if m is None:
+        current = self._current
+        if current is None:
             return None
-        snap = m.snapshot()
-        snap.live["not_sampled"] = self.budget.skipped  # live inputs left out to keep within the CPU budget
+        snap = current.monitor.snapshot()
+        snap.live["not_sampled"] = current.not_sampled  # this model's live inputs left out (CPU budget)
         return snap
 
 

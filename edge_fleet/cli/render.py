@@ -48,15 +48,18 @@ def status_text(devices: list[Json], active: list[str], shadows: list[Json] | No
 
 
 def drift_text(drift: Json | None) -> str:
-    """`ok`, `drift (input.brightness PSI 1.93)`, `warming_up 40/200`, or `-` (no live frames monitored)."""
+    """`ok`, `drift (input.brightness PSI 1.93)`, `warming_up 40/200`, or `-` (no live frames monitored), followed
+    by the model the state belongs to (`of digits:3`): an agent older than the reset on switch reported the previous
+    model's state beside the new model until the new one saw an input."""
     if not drift:
         return "-"
     state = escape_newlines(drift.get("state", "?"))  # a device's own text, as its error is
+    of = f" of {escape_newlines(drift['model'])}" if drift.get("model") else ""
     if state == "warming_up":
-        return f"warming_up {drift.get('frames')}/{drift.get('window')}"
+        return f"warming_up {drift.get('frames')}/{drift.get('window')}{of}"
     if state in ("ok", "drift") and drift.get("worst"):
-        return f"{state} ({escape_newlines(drift['worst'])} PSI {drift.get('psi')})"
-    return state
+        return f"{state} ({escape_newlines(drift['worst'])} PSI {drift.get('psi')}){of}"
+    return state + of
 
 
 def shadow_text(s: Json) -> str:

@@ -65,6 +65,7 @@ class Agent:
         self.serving = SlotServing(self.slots, self.loop, config.threads)
         self.probation = ProbationWatch(config.probation_s, self.loop, self.slots, self.serving, self.jobs, busy)
         self.drift = DriftWatch(DriftConfig(window=config.drift_window, threshold=config.drift_threshold))
+        self.loop.swap_listeners.append(self.drift.follow)  # a switched model's drift window starts at the switch
         self.live_inputs: list[LiveInputs] = []  # what drift and shadow runs watch (watch_inputs)
         if self.feed is not None:
             self.watch_inputs(self.feed)

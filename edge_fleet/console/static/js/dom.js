@@ -52,8 +52,21 @@ export function ago(sec) {
   return time(sec);
 }
 
+// A device's figure as a finite number, or null: its report is untrusted JSON, where a figure may come as
+// text, null, an object or a list (`.toFixed` on those threw and blanked the whole page).
+export function num(v) {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+// A figure with `digits` decimals, or '-' when it is missing or not a number.
+export function fixed(v, digits) {
+  const n = num(v);
+  return n === null ? '-' : n.toFixed(digits);
+}
+
 export function ms(v) {
-  return v === null || v === undefined ? '-' : `${Number(v).toFixed(2)} ms`;
+  const n = num(v);
+  return n === null ? '-' : `${n.toFixed(2)} ms`;
 }
 
 export function bytes(n) {

@@ -1,6 +1,6 @@
 // Devices: a live, sortable, filterable, paginated table; and one device's detail page.
 import { api } from '../api.js';
-import { ago, badge, clear, h, link, ms, pager, route, table, time } from '../dom.js';
+import { ago, badge, clear, fixed, h, link, ms, num, pager, route, table, time } from '../dom.js';
 import { latencyPlot } from '../plot.js';
 
 const FILTERS = [
@@ -15,21 +15,26 @@ const CHOICES = {
 const SETTLED = ['idle', 'succeeded', 'failed', 'rolled_back', null, undefined];
 const state = { filter: {}, sort: 'id', offset: 0, limit: 50 };
 
-// The served model's drift state (ok, drift, warming_up) with its worst feature's PSI as a tooltip.
+// The served model's drift state (ok, drift, warming_up) with the model it belongs to and its worst feature's PSI
+// as a tooltip. Every figure is the device's own text: shown as '-' unless it is a number.
 export function driftBadge(drift) {
-  if (!drift) return '-';
+  if (!drift || typeof drift !== 'object') return '-';
   const b = badge(drift.state);
-  b.title = drift.worst ? `${drift.worst}: PSI ${drift.psi} (threshold ${drift.threshold}, window ${drift.frames}/${drift.window})` : '';
+  const of = drift.model ? `${drift.model}: ` : '';
+  const fig = (v) => num(v) ?? '-';
+  b.title = of + (drift.worst
+    ? `${drift.worst}: PSI ${fig(drift.psi)} (threshold ${fig(drift.threshold)}, window ${fig(drift.frames)}/${fig(drift.window)})`
+    : `window ${fig(drift.frames)}/${fig(drift.window)}`);
   b.dataset.test = 'drift';
   return b;
 }
 
 // A shadow run's report in one line: verdict, agreement against its minimum, frames, both latencies.
 export function shadowLine(s) {
-  if (!s) return null;
-  const agree = s.agreement == null ? 'n/a' : s.agreement.toFixed(3);
-  return `${s.verdict}: agreement ${agree} (min ${s.min_agreement}) over ${s.frames} frames; `
-    + `p50 active ${ms(s.active_p50_ms)}, new ${ms(s.candidate_p50_ms)}; ${s.reason}`;
+  if (!s || typeof s !== 'object') return null;
+  const agree = s.agreement == null ? 'n/a' : fixed(s.agreement, 3);
+  return `${s.verdict}: agreement ${agree} (min ${num(s.min_agreement) ?? '-'}) over ${num(s.frames) ?? '-'} frames; `
+    + `p50 active ${ms(s.active_p50_ms)}, new ${ms(s.candidate_p50_ms)}; ${s.reason ?? ''}`;
 }
 
 function filterForm(onChange) {
@@ -111,7 +116,8 @@ export async function renderDetail(view, [id], ctx) {
       ['Update in flight', d.target && !SETTLED.includes(d.phase)
         ? `${d.target.name}:${d.target.version} (${d.phase}, ${Math.round((d.progress || 0) * 100)} %)` : null],
       ['Previous bundle', d.previous ? `${d.previous.name}:${d.previous.version}` : null],
-      ['Drift of live inputs', driftBadge(d.drift)],
+      ['Drift of live inputs', [driftBadge(d.drift), d.drift && d.drift.model
+        ? h('span', { class: 'muted', 'data-test': 'drift-model' }, ` of ${d.drift.model}`) : null]],
       ['Last shadow run', shadowLine(d.shadow)],
     ];
     clear(root).append(

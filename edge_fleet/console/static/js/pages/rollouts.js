@@ -1,7 +1,7 @@
 // Rollouts: the list with a form to start one (operator), and one rollout's page with its
 // progress per stage and per device, and halt / resume / roll back.
 import { api } from '../api.js';
-import { ago, badge, clear, h, link, ms, pager, route, table, time } from '../dom.js';
+import { ago, badge, clear, fixed, h, link, ms, pager, route, table, time } from '../dom.js';
 import { shadowLine } from './devices.js';
 import { rolloutCard } from './overview.js';
 
@@ -109,7 +109,7 @@ export async function renderDetail(view, [id], ctx) {
         { title: 'Stage', cell: (s) => String(s.stage) },
         { title: 'Verdicts', cell: (s) => (s.shadow ? Object.entries(s.shadow.verdicts).map(([v, n]) => `${n} ${v}`).join(', ') : '-') },
         { title: 'Agreement min / mean', cell: (s) => (s.shadow && s.shadow.agreement_min != null
-          ? `${s.shadow.agreement_min.toFixed(3)} / ${s.shadow.agreement_mean.toFixed(3)}` : '-') },
+          ? `${fixed(s.shadow.agreement_min, 3)} / ${fixed(s.shadow.agreement_mean, 3)}` : '-') },
         { title: 'Frames', cell: (s) => (s.shadow ? String(s.shadow.frames) : '-') },
         { title: 'p50 active / new', cell: (s) => (s.shadow ? `${ms(s.shadow.active_p50_ms)} / ${ms(s.shadow.candidate_p50_ms)}` : '-') },
       ], r.stage_progress, { rowAttrs: (s) => ({ 'data-stage': String(s.stage) }) })) : null,
