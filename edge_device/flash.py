@@ -90,9 +90,9 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
                          f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
     await _verify_here(ra, cfg.user, bundle)
-    df = await device.run(f"df -Pk {q(layout.incoming)} | tail -n 1")
-    free_kb = int(df.stdout.split()[3]) if len(df.stdout.split()) > 3 and df.stdout.split()[3].isdigit() else 0
-    if free_kb and free_kb * 1024 < 3 * size + 1_000_000:  # the pushed file, staging and the unpacked slot
+    free_kb = await device.free_kb(layout.incoming)
+    # the pushed file, staging and the unpacked slot; a full disk is 0 (it was skipped, then failed as 84 "resume")
+    if free_kb is not None and free_kb * 1024 < 3 * size + 1_000_000:
         raise InsufficientSpace(f"{name}: {free_kb // 1024} MB free under {layout.incoming}, flashing a "
                                 f"{size / 1e6:.1f} MB bundle needs about {(3 * size + 1_000_000) / 1e6:.0f} MB: free some space")
     remote = f"{layout.incoming}/{sha[:16]}.edgebundle"

@@ -178,9 +178,15 @@ def test_no_space_left(device, x86_bundle, capsys):  # noqa: F811
         pytest.fail("this test needs root to mount a small tmpfs")
     try:
         code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args())
+        from .fault_helpers import fill
+
+        fill(incoming)  # completely full: df says 0 free, which was read as "unknown" and the push failed as 84
+        full_code, full = edge_device(capsys, "flash", str(x86_bundle), *device.args())
+        left = [p.name for p in incoming.iterdir() if p.name.endswith(".part")]
     finally:
         _unmount(incoming)
     assert code == exit_code("disk-space") == 18 and "free some space" in out["devices"][0]["error"]
+    assert full_code == 18 and "0 MB free" in full["devices"][0]["error"] and not left, (full, left)
 
 
 def test_many_devices_one_table_one_failure_stops_nothing(device, x86_bundle, tmp_path, capsys):  # noqa: F811
