@@ -94,7 +94,7 @@ async def _op(args: argparse.Namespace, e: Entry) -> dict[str, Any]:
                                 keep_system_onnxruntime=args.keep_system_onnxruntime, login=args.login)
             return await setup(dev, layout, opts, say)
         if args.command == "flash":
-            return await flash(dev, layout, args.bundle, runs=args.runs, say=say)
+            return await flash(dev, layout, args.bundle, runs=args.runs, say=say, allow_downgrade=args.allow_downgrade)
         return await status(dev, layout)
 
 
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     common(p)
     p.add_argument("--runs", type=whole_number(1), default=50, help="bench runs on the device (default 50)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="flash a lower version of the active model (or its version rebuilt): putting an older one back")
     p = sub.add_parser("status", help="the service, the active model and the update phase")
     common(p)
     p = sub.add_parser("wheelhouse", help="build the agent's wheelhouse for a device platform here (no SSH)")

@@ -31,6 +31,22 @@ class DeviceBusy(EdgekitError):
     code_name = "busy"
 
 
+class DowngradeRefused(EdgekitError):
+    code_name = "downgrade"
+
+
+def _check_downgrade(name: str, status: dict[str, Any], manifest: Any, sha: str, allowed: bool) -> None:
+    """The device's own check, made here before the push and with the flag this tool has: an operator flashing
+    the older version back got "the fleet must mark it a rollback", after the copy, with no fleet and no option."""
+    if allowed or status.get("model") != manifest.name or status.get("version") is None:
+        return
+    have = int(status["version"])
+    if manifest.version < have or (manifest.version == have and status.get("sha256") != sha):
+        what = "an older version" if manifest.version < have else "the same version with other content"
+        raise DowngradeRefused(f"{name}: {manifest.name} v{have} is active and this bundle is v{manifest.version}, "
+                               f"{what} (not pushed): pass --allow-downgrade to flash it anyway")
+
+
 def _host_figures(manifest_measurements: dict[str, Any]) -> dict[str, Any] | None:
     converted = (manifest_measurements.get("host_latency") or {}).get("converted")
     if not converted:
@@ -71,13 +87,14 @@ async def flash_lock(device: Device, layout: Layout) -> AsyncIterator[None]:
 
 
 async def flash(device: Device, layout: Layout, bundle: Path, runs: int = 50,
-                say: Progress = lambda s: None) -> dict[str, Any]:
+                say: Progress = lambda s: None, allow_downgrade: bool = False) -> dict[str, Any]:
     """Flash `bundle` holding the device's flash lock (see flash_lock)."""
     async with flash_lock(device, layout):
-        return await _flash(device, layout, bundle, runs, say)
+        return await _flash(device, layout, bundle, runs, say, allow_downgrade)
 
 
-async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: Progress) -> dict[str, Any]:
+async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: Progress,
+                 allow_downgrade: bool) -> dict[str, Any]:
     name, q = device.target.name, shlex.quote
     manifest = read_manifest_unverified(bundle)
     size, sha = sha256_file(bundle)
@@ -90,6 +107,8 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
                          f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
     await _verify_here(ra, cfg.user, bundle)
+    if manifest.profile == cfg.profile:  # another profile's bundle: the device refuses it first, with 17
+        _check_downgrade(name, status, manifest, sha, allow_downgrade)
     free_kb = await device.free_kb(layout.incoming)
     # the pushed file, staging and the unpacked slot; a full disk is 0 (it was skipped, then failed as 84 "resume")
     if free_kb is not None and free_kb * 1024 < 3 * size + 1_000_000:
@@ -104,7 +123,7 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         await device.run(ra.as_root(f"chown {q(cfg.user)} {q(remote)}"))
         verified = await ra.agent(cfg.user, "verify", remote)
         say(f"verified on the device: signed by {verified['signed_by']}")
-        installed = await ra.agent(cfg.user, "install", remote)
+        installed = await ra.agent(cfg.user, "install", remote, *(("--allow-downgrade",) if allow_downgrade else ()))
         say(f"installed into slot {installed.get('name') or installed.get('slot', '?')}")
         bench = await ra.agent(cfg.user, "bench", remote, "--runs", str(runs), "--warmup", "5", timeout=1800)
     finally:

@@ -149,6 +149,24 @@ def test_interrupted_copy_installs_nothing_then_resumes(device, digits, tmp_path
     assert code == 0 and out["devices"][0]["resumed_from"] == 20000 and out["devices"][0]["version"] == 7
 
 
+def test_flashing_an_older_version_back_needs_allow_downgrade_and_works_with_it(device, digits, x86_bundle, tmp_path,  # noqa: F811
+                                                                               capsys):
+    """Putting the previous version back after a bad one said "the fleet must mark it a rollback", after the copy:
+    there is no fleet here and flash had no option for it."""
+    from converter.cli import main as convert
+    from .conftest import convert_args
+
+    v9 = tmp_path / "digits-x86-v9.edgebundle"
+    assert convert(convert_args(digits, v9, "x86-64-cpu", "--model-version", "9")) == 0
+    assert edge_device(capsys, "flash", str(v9), *device.args(), "--runs", "5")[0] == 0
+    code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5")
+    error = out["devices"][0]["error"]
+    assert code == exit_code("downgrade") == 53 and "(not pushed)" in error and "--allow-downgrade" in error, out
+    assert _status(capsys, device)["version"] == 9
+    code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade")
+    assert code == 0 and out["devices"][0]["version"] == 1 and _status(capsys, device)["version"] == 1, out
+
+
 def test_device_mid_update_is_left_alone(device, x86_bundle, capsys):  # noqa: F811
     before = _status(capsys, device)
     with open(device.home / "ota" / "install.lock", "w") as lock:
