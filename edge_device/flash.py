@@ -109,6 +109,7 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
     await _verify_here(ra, cfg.user, bundle)
     if manifest.profile == cfg.profile:  # another profile's bundle: the device refuses it first, with 17
         _check_downgrade(name, status, manifest, sha, allow_downgrade)
+    await _drop_stale_copies(ra, f"{sha[:16]}.edgebundle.part", say)
     free_kb = await device.free_kb(layout.incoming)
     # the pushed file, staging and the unpacked slot; a full disk is 0 (it was skipped, then failed as 84 "resume")
     if free_kb is not None and free_kb * 1024 < 3 * size + 1_000_000:
@@ -136,6 +137,18 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
             "device_latency": device_fig, "host_latency": _host_figures(manifest.measurements),
             "provider": bench.get("provider"), "runtime": bench.get("runtime"),
             "resumed_from": resumed, "service_running": await ra.running(cfg)}
+
+
+async def _drop_stale_copies(ra: RemoteAgent, keep: str, say: Progress) -> None:
+    """Bundles earlier flashes left in incoming/ (the host killed after the copy, or a .part of another bundle) were
+    never removed: each interrupted flash kept a full bundle on the device's disk for good, until "free some space"
+    (18) with nothing the operator knew to free. We hold the flash lock: no other flash is using them. This bundle's
+    own .part stays, to be resumed."""
+    r = await ra.device.run(ra.as_root(
+        f"cd {shlex.quote(ra.layout.incoming)} && for f in *.edgebundle *.edgebundle.part; do "
+        f"[ -f \"$f\" ] && [ \"$f\" != {shlex.quote(keep)} ] && rm -f -- \"$f\" && echo \"$f\"; done; true"))
+    if gone := r.stdout.split():
+        say(f"removed {len(gone)} copies left by interrupted flashes: {', '.join(gone)}")
 
 
 async def _verify_here(ra: RemoteAgent, user: str, bundle: Path) -> None:
