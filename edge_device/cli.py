@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
         p.add_argument("--python", help="the device's Python to use (default: the newest python3.X found)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        # also after the command, where the docs' examples and `--json` put options (it was "unrecognized arguments")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines")
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
 
     p = sub.add_parser("probe", help="what is this board, which profile fits, can it run the agent?")
     common(p)

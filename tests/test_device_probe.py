@@ -366,3 +366,14 @@ def test_setup_names_a_python_path_that_is_not_on_the_device(sshd, tmp_path, cap
     err = capsys.readouterr().err
     assert code == exit_code("no-python"), err
     assert f"{sshd.target}: --python /opt/nowhere/python3.12: not found" in err and "none found" not in err, err
+
+
+@pytest.mark.parametrize("flag", ["-q", "-v"])
+def test_quiet_and_verbose_are_taken_after_the_command_too(flag, sshd, tmp_path, capsys):  # noqa: F811
+    """`edge-device flash b.edgebundle pi@cam-1 -q` (where the docs put every other option) was a usage error."""
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "none"), flag])
+    err = capsys.readouterr().err
+    assert code == NOT_SET_UP and "unrecognized arguments" not in err, err
