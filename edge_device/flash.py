@@ -9,6 +9,7 @@ checks leaves the previous model active. A device in the middle of an update is 
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from .ssh import Device, RemoteCommandFailed
 
 Progress = Callable[[str], None]
 LOCK_BUSY = 75  # flock -E: another flash holds the device's lock
+LOCK_STALE_S, HEARTBEAT_S = 120.0, 10.0  # the lock is let go after this long without a line from the host
+LOCK_STALE_ENV = "EDGEKIT_TEST_LOCK_STALE_S"  # test hook: a shorter LOCK_STALE_S
 
 
 class DeviceBusy(EdgekitError):
@@ -62,13 +65,19 @@ async def _uid(device: Device) -> int:
 async def flash_lock(device: Device, layout: Layout) -> AsyncIterator[None]:
     """One flash at a time per device: two (two operators, or two inventories naming one board) shared the
     incoming copy and one removed the other's file mid-install ("error: No such file"). The lock is a
-    `flock` held by a process on the device that lives as long as this SSH session, so a host killed or
-    a link dropped releases it; a device without flock(1) is flashed unlocked, as before."""
-    lock = f"{layout.incoming}/.flash.lock"
-    q = shlex.quote
+    `flock` held by a process on the device that lives as long as this SSH session, so a killed host
+    releases it; a device without flock(1) is flashed unlocked, as before. A dropped link (Wi-Fi gone, host
+    suspended) closes nothing: sshd keeps the session until TCP keepalive gives up, about two hours, and
+    every flash meanwhile was "busy". So the holder also needs a line from this host every HEARTBEAT_S and
+    lets go after `stale_s` without one (`timeout` from coreutils; without it, only the session's end)."""
+    lock, q = f"{layout.incoming}/.flash.lock", shlex.quote
+    stale_s = float(os.environ.get(LOCK_STALE_ENV, "") or LOCK_STALE_S)
+    hold = (f"echo locked; if command -v timeout >/dev/null 2>&1; then while timeout {stale_s:g} sh -c 'IFS= read -r x'; "
+            f"do :; done; else exec cat >/dev/null; fi")
     proc = await device.conn.create_process(
         f"command -v flock >/dev/null 2>&1 || {{ echo nolock; exec cat >/dev/null; }}; mkdir -p {q(layout.incoming)} "
-        f"&& exec flock -n -E {LOCK_BUSY} {q(lock)} sh -c 'echo locked; exec cat >/dev/null'")
+        f"&& exec flock -n -E {LOCK_BUSY} {q(lock)} sh -c {q(hold)}")
+    beat: asyncio.Task[None] | None = None
     try:
         line = "-"
         while line and line not in ("locked", "nolock"):  # past what a chatty shell rc file printed first
@@ -80,10 +89,20 @@ async def flash_lock(device: Device, layout: Layout) -> AsyncIterator[None]:
                                  f"(lock {lock}): try again when it ends")
             raise RemoteCommandFailed(f"{device.target.name}: cannot lock {lock}: "
                                       f"{str(res.stderr or '').strip() or f'exit {res.exit_status}'}")
+        beat = asyncio.create_task(_heartbeat(proc, min(HEARTBEAT_S, stale_s / 4)))
         yield
     finally:
+        if beat is not None:
+            beat.cancel()
         proc.stdin.write_eof()
         proc.close()
+
+
+async def _heartbeat(proc: Any, every_s: float) -> None:
+    """Tell the device's lock holder this host is still there (see flash_lock)."""
+    while not proc.stdin.is_closing():
+        proc.stdin.write("\n")
+        await asyncio.sleep(every_s)
 
 
 async def flash(device: Device, layout: Layout, bundle: Path, runs: int = 50,
