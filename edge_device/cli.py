@@ -113,11 +113,16 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], str]]]] = {
     "flash": [("model", lambda r: f"{r.result['bundle']} v{r.result['version']}"),
               ("slot", lambda r: str(r.result["active_slot"])),
               ("device p50/p99 ms", lambda r: _fmt_ms(r.result["device_latency"])),
-              ("host p50/p99 ms", lambda r: _fmt_ms(r.result["host_latency"]))],
+              ("host p50/p99 ms", lambda r: _fmt_ms(r.result["host_latency"])),
+              ("service", lambda r: "running" if r.result["service_running"] else "STOPPED")],
     "status": [("model", lambda r: f"{r.result['model'] or '-'} v{r.result['version'] or '-'}"),
                ("phase", lambda r: r.result["phase"]),
                ("service", lambda r: "running" if r.result["running"] else "stopped")],
 }
+
+
+# a flash into a device whose service is down read as a plain success: the model is installed, nothing serves it
+STOPPED = "\n  but the agent service is STOPPED: nothing serves the model (edge-device status; journalctl -u edge-agent)"
 
 
 def _single_text(command: str, row: Row) -> str:
@@ -131,7 +136,7 @@ def _single_text(command: str, row: Row) -> str:
     if command == "flash":
         return (f"{row.device}: {r['bundle']} v{r['version']} active in slot {r['active_slot']}; latency p50/p99 ms: "
                 f"device {_fmt_ms(r['device_latency'])} ({r['provider']}), host {_fmt_ms(r['host_latency'])} "
-                f"[{row.seconds:.1f}s]")
+                f"[{row.seconds:.1f}s]" + ("" if r["service_running"] else STOPPED))
     return (f"{row.device}: {r['model'] or '(no model)'} v{r['version'] or '-'} slot {r['active_slot'] or '-'}, "
             f"update {r['phase']}, service {'running' if r['running'] else 'stopped'}")
 

@@ -348,3 +348,30 @@ def test_setup_from_the_devices_own_index(device, digits, tmp_path, capsys):  # 
     assert code == 0 and row["running"] and row["wheels"] is None, out
     assert {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")} == before
     assert _status(capsys, device)["running"]
+
+
+def test_a_flash_into_a_device_whose_service_is_down_says_so(device, x86_bundle, capsys):  # noqa: F811
+    """The model was installed and the line read as a plain success ("active in slot a"), while nothing served it."""
+    import os
+
+    from edge_device.cli import main
+
+    pid_file = device.remote_dir / "agent.pid"
+    pid = pid_file.read_text().strip()
+    subprocess.run(["kill", pid], check=True)
+    exec_start = next(ln for ln in (device.unit_dir / "edge-agent.service").read_text().splitlines()
+                      if ln.startswith("ExecStart="))[len("ExecStart="):]
+    try:
+        for _ in range(100):  # gone (the agent stops within its own shutdown)
+            if not Path(f"/proc/{pid}").exists():
+                break
+            subprocess.run(["sleep", "0.1"])
+        capsys.readouterr()
+        code = main(["-q", "flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade"])
+        out = capsys.readouterr().out
+    finally:  # the service back as setup started it, for the tests after this one
+        agent = subprocess.Popen(["sh", "-c", f"exec {exec_start}"], start_new_session=True, cwd="/",
+                                 env={**os.environ, "EDGE_AGENT_HOME": str(device.home)},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid_file.write_text(f"{agent.pid}\n")
+    assert code == 0 and "active in slot" in out and "service is STOPPED" in out, out
