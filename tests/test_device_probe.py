@@ -49,6 +49,8 @@ BAD_INVENTORIES = {
     "port-not-a-number": ('[[device]]\nhost = "h"\nport = "22a"\n', "port must be a number"),
     "host-not-a-string": ('[[device]]\nhost = 5\n', "host must be a non-empty string"),
     "groups-a-string": ('[[device]]\nhost = "h"\ngroups = "lab"\n', "groups must be a list"),
+    "misspelt-default": ('[defaults]\nidentiy = "k"\n[[device]]\nhost = "h"\n', "[defaults]: unknown keys ['identiy']"),
+    "groups-none-match": ('[[device]]\nhost = "h"\ngroups = ["Lab", "dock"]\n', "group 'lab' (groups: Lab, dock)"),
     "same-name-twice": ('[[device]]\nname = "a"\nhost = "h1"\n[[device]]\nname = "a"\nhost = "h2"\n', "'a' appears twice"),
     "same-device-twice": ('[[device]]\nname = "a"\nhost = "h"\n[[device]]\nname = "b"\nhost = "h"\nport = 22\n',
                           "the same device"),
