@@ -83,9 +83,8 @@ def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
     except (OSError, ValueError) as exc:
         raise InventoryError(f"inventory {path}: {one_line(exc)}") from exc
     defaults, devices = _tables(path, data)
-    if bad := set(defaults) - _KEYS - {"name", "host"}:  # was blamed on "device #1", the first to inherit it
-        raise InventoryError(f"inventory {path}: [defaults]: unknown keys {sorted(bad)} (keys: "
-                             f"{', '.join(sorted(_KEYS - {'name', 'host'}))})")
+    if bad := set(defaults) - _KEYS:  # was blamed on "device #1", the first to inherit it
+        raise InventoryError(f"inventory {path}: [defaults]: unknown keys {sorted(bad)} (keys: {', '.join(sorted(_KEYS))})")
     base = Path(path).resolve().parent
     out: list[Entry] = []
     for i, dev in enumerate(devices):
