@@ -144,7 +144,8 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         verified = await ra.agent(cfg.user, "verify", remote)
         say(f"verified on the device: signed by {verified['signed_by']}")
         installed = await ra.agent(cfg.user, "install", remote, *(("--allow-downgrade",) if allow_downgrade else ()))
-        say(f"installed into slot {installed.get('name') or installed.get('slot', '?')}")
+        say(f"installed into slot {installed.get('slot', '?')}" if installed.get("changed", True) else  # was the model's
+            f"already active in slot {installed.get('slot', '?')}: nothing installed")  # name, "slot digits"
         bench = await ra.agent(cfg.user, "bench", remote, "--runs", str(runs), "--warmup", "5", timeout=1800)
     finally:
         await device.run(f"rm -f {q(remote)}")
