@@ -109,7 +109,7 @@ class BoardFacts:
     cpu: str = ""                    # core name (cortex-a72) or x86 model name
     cores: int = 0
     memory_mb: int = 0
-    disk_free_mb: int = 0
+    disk_free_mb: int | None = None  # None: df not readable (0 is a full disk, not an unknown one)
     os: str = ""                     # PRETTY_NAME
     l4t: str = ""                    # "R36.3.0" from /etc/nv_tegra_release
     jetpack: str = ""                # JetPack major guessed from L4T
@@ -182,7 +182,7 @@ def parse_facts(sections: dict[str, str]) -> BoardFacts:
         arch=arch, model=s.get("model", ""), cpu=cpu,
         cores=int(cores[0]) if cores and cores[0].isdigit() else 0,
         memory_mb=int(mem_kb) // 1024 if mem_kb.isdigit() else 0,
-        disk_free_mb=int(df[3]) // 1024 if len(df) > 3 and df[3].isdigit() else 0,
+        disk_free_mb=int(df[3]) // 1024 if len(df) > 3 and df[3].isdigit() else None,
         os=_kv(s.get("os", ""), "=").get("PRETTY_NAME", ""), l4t=l4t, jetpack=jetpack, cpu_features=flags,
         cameras=[line for line in s.get("video", "").split() if line.startswith("/dev/video")],
         cuda=bool(s.get("cuda")) or bool(l4t), glibc=glibc.group(1) if glibc else "", python=py, python_version=pyv,

@@ -146,7 +146,7 @@ def cmd_doctor(args: argparse.Namespace, home: AgentHome) -> tuple[dict[str, Any
               "replaced": replaced}
     text = "\n".join([
         match.line(facts), f"why:     {match.reason}", f"board:   {facts.model or '-'}  ({facts.os or '-'})",
-        f"cpu:     {facts.cores} cores, {facts.memory_mb} MB RAM, {facts.disk_free_mb} MB free",
+        f"cpu:     {facts.cores} cores, {facts.memory_mb} MB RAM, {'?' if facts.disk_free_mb is None else facts.disk_free_mb} MB free",
         f"python:  {facts.python_version}  camera: {', '.join(facts.cameras) or 'none'}  cuda: {'yes' if facts.cuda else 'no'}",
     ] + ([f"home:    {home.profile_file} says {configured}"] if configured and not result["saved"] else [])
       + ([f"saved:   {home.profile_file}" + (f" (replaced {replaced})" if replaced else "")] if result["saved"] else []))

@@ -94,7 +94,7 @@ async def _op(args: argparse.Namespace, e: Entry) -> dict[str, Any]:
                                 keep_system_onnxruntime=args.keep_system_onnxruntime, login=args.login)
             return await setup(dev, layout, opts, say)
         if args.command == "flash":
-            return await flash(dev, layout, args.bundle, runs=args.runs, say=say)
+            return await flash(dev, layout, args.bundle, runs=args.runs, say=say, allow_downgrade=args.allow_downgrade)
         return await status(dev, layout)
 
 
@@ -113,11 +113,16 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], str]]]] = {
     "flash": [("model", lambda r: f"{r.result['bundle']} v{r.result['version']}"),
               ("slot", lambda r: str(r.result["active_slot"])),
               ("device p50/p99 ms", lambda r: _fmt_ms(r.result["device_latency"])),
-              ("host p50/p99 ms", lambda r: _fmt_ms(r.result["host_latency"]))],
+              ("host p50/p99 ms", lambda r: _fmt_ms(r.result["host_latency"])),
+              ("service", lambda r: "running" if r.result["service_running"] else "STOPPED")],
     "status": [("model", lambda r: f"{r.result['model'] or '-'} v{r.result['version'] or '-'}"),
                ("phase", lambda r: r.result["phase"]),
                ("service", lambda r: "running" if r.result["running"] else "stopped")],
 }
+
+
+# a flash into a device whose service is down read as a plain success: the model is installed, nothing serves it
+STOPPED = "\n  but the agent service is STOPPED: nothing serves the model (edge-device status; journalctl -u edge-agent)"
 
 
 def _single_text(command: str, row: Row) -> str:
@@ -131,7 +136,7 @@ def _single_text(command: str, row: Row) -> str:
     if command == "flash":
         return (f"{row.device}: {r['bundle']} v{r['version']} active in slot {r['active_slot']}; latency p50/p99 ms: "
                 f"device {_fmt_ms(r['device_latency'])} ({r['provider']}), host {_fmt_ms(r['host_latency'])} "
-                f"[{row.seconds:.1f}s]")
+                f"[{row.seconds:.1f}s]" + ("" if r["service_running"] else STOPPED))
     return (f"{row.device}: {r['model'] or '(no model)'} v{r['version'] or '-'} slot {r['active_slot'] or '-'}, "
             f"update {r['phase']}, service {'running' if r['running'] else 'stopped'}")
 
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
         p.add_argument("--python", help="the device's Python to use (default: the newest python3.X found)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        # also after the command, where the docs' examples and `--json` put options (it was "unrecognized arguments")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines")
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
 
     p = sub.add_parser("probe", help="what is this board, which profile fits, can it run the agent?")
     common(p)
@@ -220,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     common(p)
     p.add_argument("--runs", type=whole_number(1), default=50, help="bench runs on the device (default 50)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="flash a lower version of the active model (or its version rebuilt): putting an older one back")
     p = sub.add_parser("status", help="the service, the active model and the update phase")
     common(p)
     p = sub.add_parser("wheelhouse", help="build the agent's wheelhouse for a device platform here (no SSH)")

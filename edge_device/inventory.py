@@ -83,6 +83,8 @@ def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
     except (OSError, ValueError) as exc:
         raise InventoryError(f"inventory {path}: {one_line(exc)}") from exc
     defaults, devices = _tables(path, data)
+    if bad := set(defaults) - _KEYS:  # was blamed on "device #1", the first to inherit it
+        raise InventoryError(f"inventory {path}: [defaults]: unknown keys {sorted(bad)} (keys: {', '.join(sorted(_KEYS))})")
     base = Path(path).resolve().parent
     out: list[Entry] = []
     for i, dev in enumerate(devices):
@@ -98,9 +100,11 @@ def load_inventory(path: Path, group: str | None = None) -> list[Entry]:
                    name=merged.get("name") or merged["host"], profile=merged.get("profile"), groups=groups, **paths)
         out.append(Entry(t, merged.get("remote_dir")))
     refuse_duplicates(f"inventory {path}", out)
+    known = sorted({g for e in out for g in e.target.groups})
     out = [e for e in out if not group or group in e.target.groups]
-    if not out:
-        raise InventoryError(f"inventory {path}: no devices" + (f" in group {group!r}" if group else ""))
+    if not out:  # a mistyped group: the ones the file has
+        raise InventoryError(f"inventory {path}: no devices" + (f" in group {group!r} (groups: "
+                                                                 f"{', '.join(known) or 'none'})" if group else ""))
     return out
 
 

@@ -44,7 +44,7 @@ class Probe:
             f"{name}: {self.match.line(f)}",
             f"  why:     {self.match.reason}",
             f"  board:   {f.model or '-'}" + (f"  L4T {f.l4t} (JetPack {f.jetpack})" if f.l4t else "") + f"  ({f.os or '-'})",
-            f"  cpu:     {f.cores} cores, {f.memory_mb} MB RAM, {f.disk_free_mb} MB free, glibc {f.glibc or '?'}",
+            f"  cpu:     {f.cores} cores, {f.memory_mb} MB RAM, {'?' if f.disk_free_mb is None else f.disk_free_mb} MB free, glibc {f.glibc or '?'}",
             f"  python:  {f.python or '-'} {f.python_version or '(none found)'}"
             + ("" if f.python_ok else f"  (the agent needs >= {'.'.join(map(str, MIN_PYTHON))})"),
             f"  cameras: {', '.join(f.cameras) or 'none'}   cuda: {'yes' if f.cuda else 'no'}",

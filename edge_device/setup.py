@@ -154,14 +154,12 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     from device_profiles import load_profile
 
     prof = load_profile(profile)
+    _check_room(name, p.facts.disk_free_mb, VENV_MB, layout)  # before minutes of wheelhouse building
     wh = None
     if not opts.index_url:
         say(f"building the wheelhouse for Python {p.facts.python_version} on {p.facts.arch}")
         wh = build_wheelhouse(p.facts.python_version, p.facts.arch, p.facts.glibc)
-    need_mb = VENV_MB if wh is None else max(VENV_MB, 4 * wh.size_bytes // 1_000_000)
-    if p.facts.disk_free_mb and p.facts.disk_free_mb < need_mb:
-        raise InsufficientSpace(f"{name}: {p.facts.disk_free_mb} MB free under {layout.root}, the agent needs about "
-                                f"{need_mb} MB: free some space or pass --remote-dir on a larger disk")
+        _check_room(name, p.facts.disk_free_mb, max(VENV_MB, 4 * wh.size_bytes // 1_000_000), layout)
     user = opts.service_user
     await device.run(ra.as_root(f"mkdir -p {q(layout.wheelhouse)} {q(layout.home)} {q(layout.incoming)}"), check=True)
     if wh is not None:
@@ -198,6 +196,13 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
             "agent": version, "unit": layout.unit_file, "systemd": cfg.systemd, "running": running,
             "device_id": cfg.device_id, "wheelhouse_mb": round(wh.size_bytes / 1e6, 1) if wh else None,
             "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort, "broker": broker}
+
+
+def _check_room(name: str, free_mb: int | None, need_mb: int, layout: Layout) -> None:
+    """A full disk reads 0 MB free (it was taken for "unknown" and the install went on into the full disk)."""
+    if free_mb is not None and free_mb < need_mb:
+        raise InsufficientSpace(f"{name}: {free_mb} MB free under {layout.root}, the agent needs about {need_mb} MB: "
+                                "free some space or pass --remote-dir on a larger disk")
 
 
 async def _service_user(ra: RemoteAgent, user: str, python: str) -> None:

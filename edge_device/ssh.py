@@ -9,6 +9,7 @@ Each failure becomes a typed error with its own exit code (edge_agent/errors.py,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -21,6 +22,7 @@ from typing import AsyncIterator, Callable
 import asyncssh
 
 from edge_agent.bundle import sha256_file
+from edge_agent.bundle.errors import InsufficientSpace
 from edge_agent.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,23 @@ class Device:
         r = await self.run(f"sha256sum {shlex.quote(remote)} 2>/dev/null")
         return r.stdout.split()[0] if r.exit_status == 0 and r.stdout else ""
 
+    async def free_kb(self, folder: str) -> int | None:
+        """Free KiB under `folder` (df -P), None when df says nothing readable; 0 is a full disk, not an unknown."""
+        fields = (await self.run(f"df -Pk {shlex.quote(folder)} | tail -n 1")).stdout.split()
+        return int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+
+    async def _no_room(self, sftp: asyncssh.SFTPClient, part: str, done: int, size: int) -> InsufficientSpace | None:
+        """SFTP reports a full disk as a bare "Failure": when the folder has no room for the rest, that is the disk
+        (18), not a dropped link (84, "run again to resume", which only fails again). The partial copy is removed:
+        left there it keeps the device's disk full for its running agent and logs."""
+        free = await self.free_kb(os.path.dirname(part))
+        if free is None or free * 1024 >= size - done:
+            return None
+        with contextlib.suppress(OSError, asyncssh.Error):
+            await sftp.remove(part)
+        return InsufficientSpace(f"{self.target.name}: no space left under {os.path.dirname(part)} after {done} of "
+                                 f"{size} bytes ({free // 1024} MB free): free some space on the device, then run again")
+
     async def push(self, local: Path, remote: str, progress: Callable[[int, int], None] | None = None) -> int:
         """Copy `local` to `remote` atomically: into `remote.part` (resumed from its size if it is a
         prefix of ours), checked by SHA-256, then renamed. Returns the bytes resumed from."""
@@ -198,6 +217,8 @@ class Device:
                             if progress:
                                 progress(have + sent, size)
             except (OSError, asyncssh.Error) as exc:
+                if isinstance(exc, asyncssh.SFTPFailure) and (full := await self._no_room(sftp, part, have + sent, size)):
+                    raise full from exc
                 raise CopyInterrupted(
                     f"{self.target.name}: copy interrupted after {have + sent} of {size} bytes ({exc}); nothing was "
                     f"installed, run the same command again to resume") from exc

@@ -49,6 +49,8 @@ BAD_INVENTORIES = {
     "port-not-a-number": ('[[device]]\nhost = "h"\nport = "22a"\n', "port must be a number"),
     "host-not-a-string": ('[[device]]\nhost = 5\n', "host must be a non-empty string"),
     "groups-a-string": ('[[device]]\nhost = "h"\ngroups = "lab"\n', "groups must be a list"),
+    "misspelt-default": ('[defaults]\nidentiy = "k"\n[[device]]\nhost = "h"\n', "[defaults]: unknown keys ['identiy']"),
+    "groups-none-match": ('[[device]]\nhost = "h"\ngroups = ["Lab", "dock"]\n', "group 'lab' (groups: Lab, dock)"),
     "same-name-twice": ('[[device]]\nname = "a"\nhost = "h1"\n[[device]]\nname = "a"\nhost = "h2"\n', "'a' appears twice"),
     "same-device-twice": ('[[device]]\nname = "a"\nhost = "h"\n[[device]]\nname = "b"\nhost = "h"\nport = 22\n',
                           "the same device"),
@@ -366,3 +368,14 @@ def test_setup_names_a_python_path_that_is_not_on_the_device(sshd, tmp_path, cap
     err = capsys.readouterr().err
     assert code == exit_code("no-python"), err
     assert f"{sshd.target}: --python /opt/nowhere/python3.12: not found" in err and "none found" not in err, err
+
+
+@pytest.mark.parametrize("flag", ["-q", "-v"])
+def test_quiet_and_verbose_are_taken_after_the_command_too(flag, sshd, tmp_path, capsys):  # noqa: F811
+    """`edge-device flash b.edgebundle pi@cam-1 -q` (where the docs put every other option) was a usage error."""
+    from edge_device.cli import main
+
+    capsys.readouterr()
+    code = main(["status", sshd.target, *sshd.cli_args(), "--remote-dir", str(tmp_path / "none"), flag])
+    err = capsys.readouterr().err
+    assert code == NOT_SET_UP and "unrecognized arguments" not in err, err

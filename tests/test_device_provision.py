@@ -153,9 +153,50 @@ def test_device_mid_update_is_left_alone(device, x86_bundle, capsys):  # noqa: F
     before = _status(capsys, device)
     with open(device.home / "ota" / "install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as an update in progress holds it
-        code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5")
+        # v7 is active (the test above): without --allow-downgrade v1 is refused on the host (53) before the lock
+        code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade")
     assert code == exit_code("busy") == 85 and "another update is running" in out["devices"][0]["error"]
     assert _status(capsys, device)["version"] == before["version"]
+
+
+def test_flashing_an_older_version_back_needs_allow_downgrade_and_works_with_it(device, digits, x86_bundle, tmp_path,  # noqa: F811
+                                                                               capsys):
+    """Putting the previous version back after a bad one said "the fleet must mark it a rollback", after the copy:
+    there is no fleet here and flash had no option for it."""
+    from converter.cli import main as convert
+    from .conftest import convert_args
+
+    v9 = tmp_path / "digits-x86-v9.edgebundle"
+    assert convert(convert_args(digits, v9, "x86-64-cpu", "--model-version", "9")) == 0
+    assert edge_device(capsys, "flash", str(v9), *device.args(), "--runs", "5")[0] == 0
+    code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5")
+    error = out["devices"][0]["error"]
+    assert code == exit_code("downgrade") == 53 and "(not pushed)" in error and "--allow-downgrade" in error, out
+    assert _status(capsys, device)["version"] == 9
+    from edge_device.cli import main
+
+    capsys.readouterr()  # and the progress names the slot, not the model ("installed into slot digits")
+    code = main(["flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade"])
+    err = capsys.readouterr().err
+    slot = _status(capsys, device)
+    assert code == 0 and slot["version"] == 1 and f"installed into slot {slot['active_slot']}\n" in err, err
+
+
+def test_copies_left_by_interrupted_flashes_are_removed_by_the_next(device, x86_bundle, int8_bundle, capsys,  # noqa: F811
+                                                                     monkeypatch):
+    """A host killed after the copy left the full bundle in incoming/, and a .part of another bundle was never
+    resumed: both stayed on the device's disk for good (a device that fills up then fails every flash with 18)."""
+    incoming = device.remote_dir / "incoming"
+    monkeypatch.setenv("EDGEKIT_TEST_STOP_COPY_AFTER", "20000")
+    code, out = edge_device(capsys, "flash", str(int8_bundle), *device.args())
+    assert code == exit_code("copy-interrupted"), out
+    monkeypatch.delenv("EDGEKIT_TEST_STOP_COPY_AFTER")
+    shutil.copy(x86_bundle, incoming / "0123456789abcdef.edgebundle")  # as a flash killed before its clean-up left it
+    left = sorted(p.name for p in incoming.glob("*.edgebundle*"))
+    assert len(left) == 2, left
+    code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade")
+    assert code == 0, out
+    assert not list(incoming.glob("*.edgebundle*")), sorted(p.name for p in incoming.iterdir())
 
 
 def _unmount(path) -> None:
@@ -178,9 +219,15 @@ def test_no_space_left(device, x86_bundle, capsys):  # noqa: F811
         pytest.fail("this test needs root to mount a small tmpfs")
     try:
         code, out = edge_device(capsys, "flash", str(x86_bundle), *device.args())
+        from .fault_helpers import fill
+
+        fill(incoming)  # completely full: df says 0 free, which was read as "unknown" and the push failed as 84
+        full_code, full = edge_device(capsys, "flash", str(x86_bundle), *device.args())
+        left = [p.name for p in incoming.iterdir() if p.name.endswith(".part")]
     finally:
         _unmount(incoming)
     assert code == exit_code("disk-space") == 18 and "free some space" in out["devices"][0]["error"]
+    assert full_code == 18 and "0 MB free" in full["devices"][0]["error"] and not left, (full, left)
 
 
 def test_many_devices_one_table_one_failure_stops_nothing(device, x86_bundle, tmp_path, capsys):  # noqa: F811
@@ -307,3 +354,30 @@ def test_setup_from_the_devices_own_index(device, digits, tmp_path, capsys):  # 
     assert code == 0 and row["running"] and row["wheels"] is None, out
     assert {w.name: w.stat().st_mtime for w in (device.remote_dir / "wheelhouse").glob("*.whl")} == before
     assert _status(capsys, device)["running"]
+
+
+def test_a_flash_into_a_device_whose_service_is_down_says_so(device, x86_bundle, capsys):  # noqa: F811
+    """The model was installed and the line read as a plain success ("active in slot a"), while nothing served it."""
+    import os
+
+    from edge_device.cli import main
+
+    pid_file = device.remote_dir / "agent.pid"
+    pid = pid_file.read_text().strip()
+    subprocess.run(["kill", pid], check=True)
+    exec_start = next(ln for ln in (device.unit_dir / "edge-agent.service").read_text().splitlines()
+                      if ln.startswith("ExecStart="))[len("ExecStart="):]
+    try:
+        for _ in range(100):  # gone (the agent stops within its own shutdown)
+            if not Path(f"/proc/{pid}").exists():
+                break
+            subprocess.run(["sleep", "0.1"])
+        capsys.readouterr()
+        code = main(["-q", "flash", str(x86_bundle), *device.args(), "--runs", "5", "--allow-downgrade"])
+        out = capsys.readouterr().out
+    finally:  # the service back as setup started it, for the tests after this one
+        agent = subprocess.Popen(["sh", "-c", f"exec {exec_start}"], start_new_session=True, cwd="/",
+                                 env={**os.environ, "EDGE_AGENT_HOME": str(device.home)},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid_file.write_text(f"{agent.pid}\n")
+    assert code == 0 and "active in slot" in out and "service is STOPPED" in out, out
