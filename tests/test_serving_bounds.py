@@ -135,3 +135,17 @@ def test_compressed_request_bodies_are_inflated_within_the_body_limit(tmp_path):
             r = http.post("/v1/models/linear:predict", content=b"{}", headers={"Content-Encoding": "br"})
             assert r.status_code == 415 and "'br'" in r.json()["error"], r.text
 
+
+def test_a_401_names_its_scheme_and_the_scheme_is_case_insensitive(tmp_path):
+    """A 401 had no WWW-Authenticate (RFC 9110 §11.6.1: it must say the scheme), and 'bearer TOKEN' was refused though
+    an auth scheme is case-insensitive (§11.1)."""
+    import httpx
+
+    with _serving(dynamic_batch_model(tmp_path / "linear"), token="s3cret") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.get("/v2/health/ready")
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer "), r.headers
+        assert client.get("/v2/health/ready", headers={"Authorization": "bearer s3cret"}).status_code == 200
+        assert client.get("/v2/health/ready", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/v2/health/ready", headers={"Authorization": "Bearer s3cre"}).status_code == 401
+        assert client.get("/v2/health/ready", headers={"Authorization": "Basic s3cret"}).status_code == 401

@@ -99,6 +99,8 @@ class ServingServer:
             response = Response.of_json({"error": str(exc)}, exc.status)
             if isinstance(exc, MethodNotAllowed):
                 response.headers["Allow"] = ", ".join(exc.allow)
+            if isinstance(exc, Unauthorized):  # RFC 9110 §11.6.1: a 401 says which scheme it wants
+                response.headers["WWW-Authenticate"] = 'Bearer realm="edgekit"'
             return response, protocol
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             log.warning("request %s %s failed: %s", req.method, req.path, one_line(exc), exc_info=log.isEnabledFor(logging.DEBUG))
@@ -118,11 +120,12 @@ class ServingServer:
         raise MethodNotAllowed(f"{req.method} is not allowed on {req.path}; it takes {', '.join(allow)}", allow)
 
     def _authorize(self, req: Request) -> None:
+        """The bearer token, its scheme named in any case (RFC 9110 §11.1: 'bearer TOKEN' was refused)."""
         token = self.options.token
         if not token:
             return
-        given = req.headers.get("Authorization") or ""
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode())):
+        scheme, _, given = (req.headers.get("Authorization") or "").strip().partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())):
             raise Unauthorized("missing or wrong bearer token (Authorization: Bearer TOKEN)")
 
     def _metrics(self) -> Response:
