@@ -149,3 +149,24 @@ def test_a_401_names_its_scheme_and_the_scheme_is_case_insensitive(tmp_path):
         assert client.get("/v2/health/ready", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/v2/health/ready", headers={"Authorization": "Bearer s3cre"}).status_code == 401
         assert client.get("/v2/health/ready", headers={"Authorization": "Basic s3cret"}).status_code == 401
+
+
+def test_serving_latency_is_the_inference_requests_only(tmp_path):
+    """Health probes, metadata and /metrics scrapes (0.2 ms each) went into edgekit_serving_latency_seconds with the
+    inferences: a probed endpoint's p50 showed a tenth of any inference's time. Only infer/predict are in it now."""
+    import httpx
+
+    from .ota_helpers import wait_for
+
+    with _serving(dynamic_batch_model(tmp_path / "linear")) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/linear", "/v1/models/linear/metadata", "/metrics"):
+            assert client.get(path).status_code == 200, path
+        assert server.stats.snapshot()["latency_ms"]["count"] == 0
+        assert client.post("/v1/models/linear:predict", json={"instances": [[1, 2, 3, 4]]}).status_code == 200
+        infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        assert client.post("/v2/models/linear/infer", json=infer).status_code == 200
+        wait_for(lambda: server.stats.snapshot()["latency_ms"]["count"] == 2,  # recorded just after the answer is sent
+                 what="the two inferences' latencies")
+        assert server.stats.snapshot()["latency_ms"]["count"] == 2
+        assert 'edgekit_serving_latency_seconds{quantile="0.5"}' in client.get("/metrics").text

@@ -252,7 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
         req = Request("GET" if head else self.command, path, self.headers, body, dict(parse_qsl(query)))
         response, protocol = self.serving.dispatch(req)
         self._send(response, with_body=not head)
-        self.serving.stats.request(protocol, response.status, (time.perf_counter() - t0) * 1000.0)
+        # latency is the inference requests' (the POST routes): health probes, metadata and scrapes answered in
+        # 0.2 ms made a probed endpoint's p50 a tenth of what any inference took
+        ms = (time.perf_counter() - t0) * 1000.0 if req.method == "POST" else None
+        self.serving.stats.request(protocol, response.status, ms)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (a bad request line, 431 for too many headers, 501 for an unknown method) as
