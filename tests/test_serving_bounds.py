@@ -170,3 +170,22 @@ def test_serving_latency_is_the_inference_requests_only(tmp_path):
                  what="the two inferences' latencies")
         assert server.stats.snapshot()["latency_ms"]["count"] == 2
         assert 'edgekit_serving_latency_seconds{quantile="0.5"}' in client.get("/metrics").text
+
+
+def test_an_unauthorized_body_is_refused_before_it_is_read(tmp_path):
+    """The token was checked after the body was read: a client without it was invited (100 Continue) to upload up to
+    --max-body-mb, held in memory, before its 401 (64 connections x 64 MB on a Pi). Now the 401 comes first."""
+    import socket
+
+    head = ("POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n"
+            "Inference-Header-Content-Length: 10\r\nExpect: 100-continue\r\n{auth}\r\n")
+    with _serving(dynamic_batch_model(tmp_path / "linear"), token="s3cret") as server:
+        for auth, status in (("", b"401"), ("Authorization: Bearer nope\r\n", b"401"),
+                             ("Authorization: Bearer s3cret\r\n", b"100")):
+            with socket.create_connection((server.host, server.port)) as s:
+                s.settimeout(30)
+                s.sendall(head.format(auth=auth).encode())
+                answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 " + status), (auth, answer)
+            if status == b"401":
+                assert b"WWW-Authenticate: Bearer" in answer and b"Connection: close" in answer, answer
