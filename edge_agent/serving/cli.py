@@ -65,6 +65,10 @@ def http_options(args: argparse.Namespace) -> tuple[BatchPolicy, HttpOptions]:
             raise ServeOptionError(f"cannot read --http-token-file {args.http_token_file}: {exc.strerror}") from None
         if not token:
             raise ServeOptionError(f"--http-token-file {args.http_token_file} is empty")
+    if token is not None and not (token.isascii() and token.isprintable()):  # RFC 6750's token68 is ASCII
+        source = f"--http-token-file {args.http_token_file}" if args.http_token_file else TOKEN_ENV
+        raise ServeOptionError(f"the token in {source} must be printable ASCII: a client's header cannot carry "
+                               "other characters, so no request would ever match it")
     policy = BatchPolicy(args.max_batch, args.max_delay_ms, args.queue_size, args.workers)
     options = HttpOptions(args.http_host, args.http, token, int(args.max_json_mb * MB), int(args.max_body_mb * MB),
                           max_connections=args.max_connections)
