@@ -34,6 +34,10 @@ def _usage_error(main, argv: list[str], capsys) -> str:  # noqa: ANN001
     (["run", "b.edgebundle", "--source", "x.mp4", "--reconnect-attempts", "-1"], "--reconnect-attempts: must be at least 0"),
     (["run", "b.edgebundle", "--source", "x.mp4", "--reconnect-max-seconds", "nan"], "--reconnect-max-seconds: must be >= 0"),
     (["serve-model", "b.edgebundle", "--http", "0", "--threads", "x"], "--threads: 'x' is not a whole number"),
+    (["serve-model", "b.edgebundle", "--http", "70000"], "--http: port must be 0-65535"),
+    ([*AGENT_SERVE, "--http", "-1"], "--http: port must be 0-65535"),
+    (["serve-model", "b.edgebundle", "--http", "0", "--max-json-mb", "inf"], "--max-json-mb: must be more than 0 MB"),
+    (["serve-model", "b.edgebundle", "--http", "0", "--max-body-mb", "nan"], "--max-body-mb: must be more than 0 MB"),
 ])
 def test_agent_refuses_numbers_it_cannot_use(argv, words, capsys, tmp_path):
     assert words in _usage_error(agent_main, ["--home", str(tmp_path / "home"), *argv], capsys)

@@ -283,3 +283,18 @@ def test_serve_model_takes_its_token_from_a_file(int8_bundle, digits, tmp_path):
     finally:
         code, summary = server.stop()
     assert code == 0 and summary["errors"] == 2
+
+
+def test_a_token_no_client_can_send_is_refused_at_start(tmp_path, capsys, monkeypatch):
+    """A token with non-ASCII characters ('pässwörd') started the endpoint, but no request could ever match it (curl
+    sends UTF-8 that the server reads as Latin-1, httpx refuses to send it): every request was 401."""
+    from edge_agent.cli import main as agent_main
+
+    token = tmp_path / "token"
+    token.write_text("pässwörd\n")
+    base = ["--home", str(tmp_path / "home"), "serve-model", str(tmp_path / "any.edgebundle"), "--http", "0"]
+    assert agent_main([*base, "--http-token-file", str(token)]) == 2
+    assert "must be printable ASCII" in capsys.readouterr().err
+    monkeypatch.setenv("EDGE_AGENT_SERVE_TOKEN", "tab\tinside")
+    assert agent_main(base) == 2
+    assert "EDGE_AGENT_SERVE_TOKEN must be printable ASCII" in capsys.readouterr().err

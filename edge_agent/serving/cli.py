@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..cli_types import whole_number
+from ..cli_types import port_number, seconds, whole_number
 from ..errors import AgentError
 from ..home import AgentHome, unpacked_bundle
 from .batcher import BatchPolicy
@@ -31,18 +31,21 @@ class ServeOptionError(AgentError, ValueError):
 def add_http_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The endpoint's options, for `serve-model` (port required) and `serve` (endpoint off unless --http)."""
     g = p.add_argument_group("inference endpoint (KServe v2 under /v2, TF Serving REST under /v1, /metrics)")
-    g.add_argument("--http", type=int, required=required, metavar="PORT",
+    g.add_argument("--http", type=port_number, required=required, metavar="PORT",
                    help="serve the model to local apps on this port (0 = any free port, printed at start)")
     g.add_argument("--http-host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this device only; 0.0.0.0 exposes it to the network)")
     g.add_argument("--http-token-file", type=Path, metavar="FILE",
                    help=f"require `Authorization: Bearer TOKEN` with the token in FILE (or set {TOKEN_ENV})")
     g.add_argument("--max-batch", type=int, default=8, help="rows per model run when the model has a dynamic batch axis (default 8)")
-    g.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a request waits to be batched (default 2 ms)")
+    mb = seconds(positive=True, unit="MB")  # finite and > 0: inf was int()'s 'cannot convert float infinity', exit 1
+    g.add_argument("--max-delay-ms", type=seconds(unit="ms"), default=2.0,
+                   help="how long a request waits to be batched (default 2 ms)")
     g.add_argument("--queue-size", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
     g.add_argument("--workers", type=int, default=1, help="threads running the model (default 1)")
-    g.add_argument("--max-json-mb", type=float, default=8.0, help="largest JSON body in MB (default 8)")
-    g.add_argument("--max-body-mb", type=float, default=64.0, help="largest body with binary tensors or an image in MB (default 64)")
+    g.add_argument("--max-json-mb", type=mb, default=8.0, help="largest JSON body in MB (default 8)")
+    g.add_argument("--max-body-mb", type=mb, default=64.0,
+                   help="largest body with binary tensors or an image in MB (default 64)")
     g.add_argument("--max-connections", type=int, default=HttpOptions.max_connections,
                    help=f"open connections (a thread each); one more gets 503 (default {HttpOptions.max_connections})")
 
@@ -62,6 +65,10 @@ def http_options(args: argparse.Namespace) -> tuple[BatchPolicy, HttpOptions]:
             raise ServeOptionError(f"cannot read --http-token-file {args.http_token_file}: {exc.strerror}") from None
         if not token:
             raise ServeOptionError(f"--http-token-file {args.http_token_file} is empty")
+    if token is not None and not (token.isascii() and token.isprintable()):  # RFC 6750's token68 is ASCII
+        source = f"--http-token-file {args.http_token_file}" if args.http_token_file else TOKEN_ENV
+        raise ServeOptionError(f"the token in {source} must be printable ASCII: a client's header cannot carry "
+                               "other characters, so no request would ever match it")
     policy = BatchPolicy(args.max_batch, args.max_delay_ms, args.queue_size, args.workers)
     options = HttpOptions(args.http_host, args.http, token, int(args.max_json_mb * MB), int(args.max_body_mb * MB),
                           max_connections=args.max_connections)

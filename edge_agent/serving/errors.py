@@ -44,6 +44,12 @@ class TooLarge(HttpError):
     status = 413
 
 
+class UnsupportedMediaType(HttpError):
+    """A content coding the server cannot decode (RFC 9110 §15.5.16: 415, not a malformed request)."""
+
+    status = 415
+
+
 class NotSupported(HttpError):
     """A transfer coding the server does not implement (RFC 9112 §6.1: 501)."""
 

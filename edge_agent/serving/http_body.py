@@ -4,16 +4,20 @@ Why chunked: an HTTP/1.1 server must take it (RFC 9112 §6.1, §7.1); requests a
 body and curl for `-H 'Transfer-Encoding: chunked'`, and those clients got 411. A request with both framings (or two
 Content-Lengths) is refused: read by one, the rest of the bytes were parsed as the next request (request smuggling).
 A body that ends early (the client went away) is never served: a cut JSON or image could still parse.
+Why gzip/deflate: tritonclient's `request_compression_algorithm` sends them (Triton takes both), and such clients got
+400; a body is inflated up to the same limit as a plain one, so a small bomb cannot inflate to gigabytes.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import BinaryIO, Mapping
 
-from .errors import BadRequest, HttpError, LengthRequired, NotSupported, TooLarge
+from .errors import BadRequest, HttpError, LengthRequired, NotSupported, TooLarge, UnsupportedMediaType
 from .protocols.kserve_v2 import HEADER_LENGTH
 _LINE = 4096  # a chunk-size line (with extensions) or a trailer line
 _TRAILERS = 64
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate: zlib format
 
 
 class ClientGone(Exception):
@@ -22,8 +26,9 @@ class ClientGone(Exception):
 
 def refusal(headers: Mapping[str, str], limit: int, json_limit: int) -> HttpError | None:
     """Why a body will not be read, from the headers alone (so it is also the answer instead of 100 Continue)."""
-    if (headers.get("Content-Encoding") or "identity").lower() != "identity":
-        return BadRequest("compressed request bodies are not supported (send Content-Encoding: identity)")
+    encoding = _encoding(headers)
+    if encoding != "identity" and encoding not in _WBITS:
+        return UnsupportedMediaType(f"content coding {encoding!r} is not supported (send gzip, deflate or identity)")
     coding, length_text = headers.get("Transfer-Encoding"), headers.get("Content-Length")
     if coding is not None:
         if coding.strip().lower() != "chunked":
@@ -48,12 +53,32 @@ def refusal(headers: Mapping[str, str], limit: int, json_limit: int) -> HttpErro
 def read_body(rfile: BinaryIO, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body of a request `refusal` let through; TooLarge/BadRequest for a bad chunked one, ClientGone."""
     if headers.get("Transfer-Encoding") is not None:
-        return _read_chunked(rfile, limit)
-    length = int(headers["Content-Length"])
-    body = rfile.read(length)
-    if len(body) < length:
-        raise ClientGone(f"{len(body)} of {length} bytes")
-    return body
+        body = _read_chunked(rfile, limit)
+    else:
+        length = int(headers["Content-Length"])
+        body = rfile.read(length)
+        if len(body) < length:
+            raise ClientGone(f"{len(body)} of {length} bytes")
+    encoding = _encoding(headers)
+    return body if encoding == "identity" else _inflate(body, encoding, limit)
+
+
+def _encoding(headers: Mapping[str, str]) -> str:
+    return (headers.get("Content-Encoding") or "identity").strip().lower()
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate body, inflated to at most `limit` bytes (413 past it, before inflating the rest)."""
+    z = zlib.decompressobj(_WBITS[encoding])
+    try:
+        out = z.decompress(body, limit + 1)
+        if len(out) > limit:
+            raise TooLarge(f"{encoding} body inflates past this endpoint's {limit}-byte limit")
+        if not z.eof or z.unused_data:
+            raise BadRequest(f"{encoding} body is cut short or has bytes after its end")
+    except zlib.error as exc:
+        raise BadRequest(f"body is not valid {encoding}: {exc}") from None
+    return out
 
 
 def _length(text: str) -> int | None:

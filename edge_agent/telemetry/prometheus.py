@@ -19,7 +19,7 @@ and, when the local inference endpoint runs (edge_agent.serving):
 
     edgekit_serving_requests_total{protocol, code}   counter   (protocol: kserve_v2 | tf_serving)
     edgekit_serving_errors_total              counter   (answers >= 400)
-    edgekit_serving_latency_seconds{quantile} gauge     (rolling, successful requests, server side)
+    edgekit_serving_latency_seconds{quantile} gauge     (rolling, successful inference requests, server side)
     edgekit_serving_batch_size                histogram (rows per model run)
     edgekit_serving_queue_depth               gauge     (requests waiting for the model)
 
@@ -136,7 +136,8 @@ class ServingCollector(Collector):
             requests.add_metric([row["protocol"], str(row["status"])], row["count"])
         yield requests
         yield CounterMetricFamily("edgekit_serving_errors", "Inference endpoint answers >= 400", value=snap["errors"])
-        lat = GaugeMetricFamily("edgekit_serving_latency_seconds", "Rolling server-side latency of successful requests",
+        lat = GaugeMetricFamily("edgekit_serving_latency_seconds",
+                                "Rolling server-side latency of successful inference requests",
                                 labels=["quantile"])
         for key, q in QUANTILES.items():
             if key in snap["latency_ms"]:

@@ -19,7 +19,7 @@ from ...finite_json import dumps as finite_dumps
 from ..errors import BadRequest
 from ..holder import Served
 from ..images import check_image_count, looks_like_image
-from ..tensors import datatype_of, element_count, from_bytes, from_json_data, metadata, to_bytes
+from ..tensors import batchable, datatype_of, element_count, from_bytes, from_json_data, metadata, to_bytes
 from .base import ProtocolAdapter, Request, Response, is_image, json_body, route
 
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -36,12 +36,13 @@ class KServeV2(ProtocolAdapter):
             ("GET", route(r"/v2/health/ready"), self.server_ready),
             ("GET", route(_MODEL + r"/?"), self.model_metadata),
             ("GET", route(_MODEL + r"/ready"), self.model_ready),
+            ("GET", route(_MODEL + r"/config"), self.model_config),
             ("POST", route(_MODEL + r"/infer"), self.infer),
         ]
 
     def server_metadata(self, req: Request, m: "re.Match[str]") -> Response:
         return Response.of_json({"name": "edgekit", "version": __version__,
-                                 "extensions": ["binary_tensor_data", "classification"]})
+                                 "extensions": ["binary_tensor_data", "classification", "model_configuration"]})
 
     def server_ready(self, req: Request, m: "re.Match[str]") -> Response:
         ready = self.service.holder.current is not None
@@ -68,6 +69,29 @@ class KServeV2(ProtocolAdapter):
         return Response.of_json({"name": man.name, "versions": [str(man.version)], "platform": f"{man.runtime}_{man.format}",
                                  "inputs": [tensor(t) for t in inputs], "outputs": [tensor(t) for t in outputs],
                                  "parameters": params})
+
+    def model_config(self, req: Request, m: "re.Match[str]") -> Response:
+        """Triton's model configuration (`tritonclient`'s get_model_config): perf_analyzer and Triton's own client
+        examples read max_batch_size, dims and format from it and stopped at a 404 'no route'. Dims leave out the
+        batch axis when the model batches (max_batch_size > 0), as Triton's do."""
+        model = self.service.model(m["name"], m["version"])
+        man = model.manifest
+        inputs, outputs = metadata(man)
+        max_batch = self.service.batcher.policy.max_batch if batchable(man) else 0
+
+        def tensor(t, is_input: bool) -> dict[str, Any]:  # noqa: ANN001 - TensorMeta
+            dims = t.shape[1:] if max_batch and t.shape else t.shape
+            out = {"name": t.name, "data_type": "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}",
+                   "dims": dims}
+            if is_input:
+                image = t.layout in ("NCHW", "NHWC") and len(dims) == 3
+                out["format"] = f"FORMAT_{t.layout}" if image else "FORMAT_NONE"
+            return out
+
+        return Response.of_json({"name": man.name, "platform": f"{man.runtime}_{man.format}", "backend": man.runtime,
+                                 "version_policy": {"specific": {"versions": [man.version]}},
+                                 "max_batch_size": max_batch, "input": [tensor(t, True) for t in inputs],
+                                 "output": [tensor(t, False) for t in outputs]})
 
     # --- infer ---------------------------------------------------------------------------------
 

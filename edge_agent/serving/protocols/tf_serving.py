@@ -21,7 +21,8 @@ from .base import ProtocolAdapter, Request, Response, is_image, route
 
 _MODEL = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
 _TF_DTYPES = {"FP32": "DT_FLOAT", "FP16": "DT_HALF", "FP64": "DT_DOUBLE", "INT8": "DT_INT8", "UINT8": "DT_UINT8",
-              "INT32": "DT_INT32", "INT64": "DT_INT64", "BOOL": "DT_BOOL", "BYTES": "DT_STRING"}
+              "INT16": "DT_INT16", "UINT16": "DT_UINT16", "INT32": "DT_INT32", "UINT32": "DT_UINT32",
+              "INT64": "DT_INT64", "UINT64": "DT_UINT64", "BOOL": "DT_BOOL", "BYTES": "DT_STRING"}
 
 
 class TFServing(ProtocolAdapter):
