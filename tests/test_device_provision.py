@@ -125,9 +125,16 @@ def test_private_key_is_never_pushed(device, digits, capsys):  # noqa: F811
 
 
 def test_bundle_for_another_profile_keeps_the_model(device, x86_bundle, int8_bundle, capsys):  # noqa: F811
+    """It was copied whole before the device refused it, with a message naming --allow-profile-mismatch, an option
+    flash does not have: now refused on the host, nothing pushed, one line naming no missing option."""
+    from edge_device.cli import main
+
     before = _status(capsys, device)
-    code, out = edge_device(capsys, "flash", str(int8_bundle), *device.args())
-    assert code == exit_code("profile-mismatch") == 17 and "raspberry-pi-4" in out["devices"][0]["error"]
+    code = main(["flash", str(int8_bundle), *device.args()])
+    err = capsys.readouterr().err
+    error = err.strip().splitlines()[-1]
+    assert code == exit_code("profile-mismatch") == 17 and "'raspberry-pi-4'" in error and "(not pushed)" in error, err
+    assert "pushing" not in err and "--allow-profile-mismatch" not in err, err
     after = _status(capsys, device)
     assert (after["model"], after["active_slot"]) == (before["model"], before["active_slot"])
 
