@@ -58,6 +58,16 @@ def _check_profile(name: str, bundle: Path, built_for: str, device_profile: str)
                               f"'{device_profile}' (not pushed): convert the model for profile '{device_profile}'")
 
 
+async def _device_profile(ra: RemoteAgent, user: str) -> str | None:
+    """The profile the device's install checks against: the name in its home's `profile` file when it is a built-in
+    one (what setup writes); None for a profile file the operator put there, whose name only the device reads."""
+    from device_profiles import list_profiles
+
+    r = await ra.device.run(ra.as_user(user, f"cat {shlex.quote(ra.layout.home)}/profile 2>/dev/null"))
+    chosen = r.stdout.strip() if r.exit_status == 0 else ""
+    return chosen if chosen in list_profiles() else None
+
+
 def _host_figures(manifest_measurements: dict[str, Any]) -> dict[str, Any] | None:
     converted = (manifest_measurements.get("host_latency") or {}).get("converted")
     if not converted:
@@ -134,8 +144,11 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
                          f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
     await _verify_here(ra, cfg.user, bundle)
-    _check_profile(name, bundle, manifest.profile, cfg.profile)
-    _check_downgrade(name, status, manifest, sha, allow_downgrade)
+    device_profile = await _device_profile(ra, cfg.user)
+    if device_profile is not None:
+        _check_profile(name, bundle, manifest.profile, device_profile)
+    if manifest.profile == (device_profile or cfg.profile):  # another profile's: the device refuses it first (17)
+        _check_downgrade(name, status, manifest, sha, allow_downgrade)
     await _drop_stale_copies(ra, f"{sha[:16]}.edgebundle.part", say)
     free_kb = await device.free_kb(layout.incoming)
     # the pushed file, staging and the unpacked slot; a full disk is 0 (it was skipped, then failed as 84 "resume")
