@@ -125,8 +125,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(85, "busy", "the agent is in the middle of an update: try again when it ends", _V, (AGENT, DEVICE_CLI)),
     ExitCode(86, "not-set-up", "the agent is not installed on the device (run edge-device setup first)", _U,
              (DEVICE_CLI,)),
-    ExitCode(87, "setup-failed", "installing the agent on the device failed (pip or venv; see the line)", _V,
-             (DEVICE_CLI,)),
+    ExitCode(87, "setup-failed", "installing the agent on the device failed (pip, venv, or --remote-dir not "
+             "writable; see the line)", _V, (DEVICE_CLI,)),
     ExitCode(88, "devices-failed", "devices failed with different codes (see the summary table)", _V, (DEVICE_CLI,)),
     ExitCode(89, "broker-login", "the MQTT broker refused the device's login (user name, password or certificate): "
              "give the device its login (edge-fleet devices login ID) again", _U, (AGENT, DEVICE_CLI)),

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, python: bool = False) -> None:  # python: flash/status use setup's venv
         p.add_argument("targets", nargs="*", metavar="USER@HOST[:PORT]", help="devices (or --inventory)")
         p.add_argument("--inventory", type=Path, help="TOML inventory of devices (hosts, users, profiles, groups)")
         p.add_argument("--group", help="only the inventory's devices in this group")
@@ -192,20 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=seconds(positive=True), default=10.0, help="SSH connect timeout in seconds (default 10)")
         p.add_argument("--remote-dir", default="/opt/edgekit", help="edgekit's folder on the device (default /opt/edgekit)")
         p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
-        p.add_argument("--python", help="the device's Python to use (default: the newest python3.X found)")
+        if python:  # flash and status took --python and ignored it
+            p.add_argument("--python", help="the device's Python to use (default: the newest python3.X found)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
         # also after the command, where the docs' examples and `--json` put options (it was "unrecognized arguments")
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines")
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
 
     p = sub.add_parser("probe", help="what is this board, which profile fits, can it run the agent?")
-    common(p)
+    common(p, python=True)
     p = sub.add_parser("setup", help="install the agent (venv from a host-built wheelhouse) and run it as a service",
                        description="Probe, build a wheelhouse for the device's Python and CPU on this host, push it, "
                        "install edgekit[agent] into a venv, push the trusted PUBLIC keys, write the profile and the "
                        "broker login (checked by logging in as the service will: 89 if refused), install and start a "
                        "hardened systemd unit for `edge-agent serve`.")
-    common(p)
+    common(p, python=True)
     p.add_argument("--broker", required=True, help="the fleet's MQTT broker, mqtt://host:1883 or mqtts://host:8883")
     p.add_argument("--trust", type=Path, action="append", required=True, metavar="PUB",
                    help="public key the device accepts bundles from (repeatable; private keys are refused)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from edge_agent.bundle import TrustStore, read_manifest_unverified, sha256_file, verify_bundle
-from edge_agent.bundle.errors import BundleError, InsufficientSpace, SignatureError
+from edge_agent.bundle.errors import BundleError, InsufficientSpace, ProfileMismatch, SignatureError
 from edge_agent.errors import EdgekitError
 from edge_agent.ota.phases import Phase
 
@@ -48,6 +48,24 @@ def _check_downgrade(name: str, status: dict[str, Any], manifest: Any, sha: str,
         what = "an older version" if manifest.version < have else "the same version with other content"
         raise DowngradeRefused(f"{name}: {manifest.name} v{have} is active and this bundle is v{manifest.version}, "
                                f"{what} (not pushed): pass --allow-downgrade to flash it anyway")
+
+
+def _check_profile(name: str, bundle: Path, built_for: str, device_profile: str) -> None:
+    """The device's profile check (17), made here before the push: another profile's bundle was copied whole and then
+    refused on the device, whose message offered --allow-profile-mismatch, which install (and so flash) lacks."""
+    if device_profile and built_for != device_profile:
+        raise ProfileMismatch(f"{name}: {bundle.name} was built for profile '{built_for}' but this device is "
+                              f"'{device_profile}' (not pushed): convert the model for profile '{device_profile}'")
+
+
+async def _device_profile(ra: RemoteAgent, user: str) -> str | None:
+    """The profile the device's install checks against: the name in its home's `profile` file when it is a built-in
+    one (what setup writes); None for a profile file the operator put there, whose name only the device reads."""
+    from device_profiles import list_profiles
+
+    r = await ra.device.run(ra.as_user(user, f"cat {shlex.quote(ra.layout.home)}/profile 2>/dev/null"))
+    chosen = r.stdout.strip() if r.exit_status == 0 else ""
+    return chosen if chosen in list_profiles() else None
 
 
 def _host_figures(manifest_measurements: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,7 +144,10 @@ async def _flash(device: Device, layout: Layout, bundle: Path, runs: int, say: P
         raise DeviceBusy(f"{name}: the agent is in the middle of an update ({status['phase']}, "
                          f"{(status.get('target') or {}).get('name', '?')}): try again when it ends")
     await _verify_here(ra, cfg.user, bundle)
-    if manifest.profile == cfg.profile:  # another profile's bundle: the device refuses it first, with 17
+    device_profile = await _device_profile(ra, cfg.user)
+    if device_profile is not None:
+        _check_profile(name, bundle, manifest.profile, device_profile)
+    if manifest.profile == (device_profile or cfg.profile):  # another profile's: the device refuses it first (17)
         _check_downgrade(name, status, manifest, sha, allow_downgrade)
     await _drop_stale_copies(ra, f"{sha[:16]}.edgebundle.part", say)
     free_kb = await device.free_kb(layout.incoming)
@@ -175,7 +196,7 @@ async def _verify_here(ra: RemoteAgent, user: str, bundle: Path) -> None:
     """Verify the bundle on the host against the keys the device trusts, before a byte is pushed: a corrupt, altered
     or untrusted bundle was copied to the device first and refused there by its own `edge-agent verify`. The device
     still verifies what it gets (it decides); this only keeps a bad bundle on the host. Same typed errors, codes
-    10-16, one line (the profile is still the device's to check: 17)."""
+    10-16, one line (the profile is checked next: _check_profile)."""
     trusted = f"{ra.layout.home}/trusted"
     r = await ra.device.run(ra.as_user(user, f"cat {shlex.quote(trusted)}/*.pub 2>/dev/null"))
     try:

@@ -24,7 +24,7 @@ from .layout import Layout, render_unit, serve_args
 from .login import DeviceLogin, LoginOptionError
 from .probe import probe
 from .remote import RemoteAgent, ServiceConfig
-from .ssh import Device, RemoteCommandFailed
+from .ssh import Device, RemoteCommandFailed, sudo_problem
 from .wheelhouse import Wheelhouse, build_wheelhouse
 
 Progress = Callable[[str], None]
@@ -154,6 +154,7 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
     from device_profiles import load_profile
 
     prof = load_profile(profile)
+    await _check_writable(ra, layout)  # first: "free some space" on a read-only disk sent the operator astray
     _check_room(name, p.facts.disk_free_mb, VENV_MB, layout)  # before minutes of wheelhouse building
     wh = None
     if not opts.index_url:
@@ -196,6 +197,24 @@ async def setup(device: Device, layout: Layout, opts: SetupOptions, say: Progres
             "agent": version, "unit": layout.unit_file, "systemd": cfg.systemd, "running": running,
             "device_id": cfg.device_id, "wheelhouse_mb": round(wh.size_bytes / 1e6, 1) if wh else None,
             "wheels": len(wh.files) if wh else None, "kept_system_onnxruntime": keep_ort, "broker": broker}
+
+
+async def _check_writable(ra: RemoteAgent, layout: Layout) -> None:
+    """An unwritable --remote-dir (a read-only file system, a folder even root may not write) failed as `mkdir` with
+    1, "other error", though its line was clear: it is setup failing (87), found before anything is built or sent.
+    The test writes an empty file in the nearest folder that exists (`test -w` is true for root on some shells);
+    a full disk is left to the room check (18)."""
+    q = shlex.quote
+    r = await ra.device.run(ra.as_root(
+        f"d={q(layout.root)}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; t=\"$d/.edgekit-write-test.$$\"; "
+        f"if : > \"$t\"; then rm -f \"$t\"; else echo \"$d\"; exit 1; fi"))
+    if r.exit_status == 0 or "No space left" in r.stderr:
+        return
+    if hint := sudo_problem(ra.device.target, r.stderr):
+        raise RemoteCommandFailed(hint, 1, r.stderr)
+    why = r.stderr.strip().splitlines()[-1].rsplit(":", 1)[-1].strip() if r.stderr.strip() else "not writable"
+    raise SetupFailed(f"{ra.name}: cannot write under {r.stdout.strip() or layout.root} ({why}): pass a --remote-dir "
+                      "on a writable disk", detail=r.stderr)
 
 
 def _check_room(name: str, free_mb: int | None, need_mb: int, layout: Layout) -> None:

@@ -37,6 +37,30 @@ def test_setup_on_a_full_disk_is_refused_as_disk_space_before_anything_is_sent(s
     assert f"0 MB free under {disk / 'opt'}" in err and "free some space" in err and not made, err
 
 
+def test_setup_on_a_read_only_disk_is_setup_failed_before_anything_is_built(sshd, tmp_path, capsys):  # noqa: F811
+    """A read-only --remote-dir (logged in as root) exited 1, "other error", with a clear line: it is setup failing
+    (87), and it is not "free some space" either, though a tiny read-only disk has none."""
+    import subprocess
+
+    from edge_agent.bundle import generate_keypair
+    from edge_device.cli import main
+
+    _, pub = generate_keypair(tmp_path / "keys")
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,ro", "tmpfs", str(disk)], check=True)
+    try:
+        capsys.readouterr()
+        code = main(["-q", "setup", sshd.target, *sshd.cli_args(), "--remote-dir", str(disk / "opt"), "--unit-dir",
+                     str(tmp_path / "units"), "--broker", "mqtt://127.0.0.1:1", "--trust", str(pub)])
+        err = capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert code == exit_code("setup-failed") == 87, err
+    assert f"cannot write under {disk} (Read-only file system)" in err and "--remote-dir" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_a_disk_that_fills_up_during_a_push_is_disk_space_and_its_partial_copy_is_removed(sshd, tmp_path):  # noqa: F811
     """The .part was kept for a "resume" that could only fail again, and kept the device's disk full meanwhile."""
     from edge_device.ssh import Target, connect

@@ -370,6 +370,18 @@ def test_setup_names_a_python_path_that_is_not_on_the_device(sshd, tmp_path, cap
     assert f"{sshd.target}: --python /opt/nowhere/python3.12: not found" in err and "none found" not in err, err
 
 
+@pytest.mark.parametrize("command", [["flash", "b.edgebundle"], ["status"]])
+def test_flash_and_status_take_no_python_they_would_ignore(command, capsys):
+    """Both accepted --python and did nothing with it: they run the agent from the venv setup made with its Python."""
+    from edge_device.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*command, "pi@cam-1", "--python", "/usr/bin/python3.11"])
+    assert exc.value.code == 2 and "unrecognized arguments: --python" in capsys.readouterr().err
+    for ok in (["probe", "pi@cam-1"], ["setup", "pi@cam-1", "--broker", "mqtt://b:1883", "--trust", "k.pub"]):
+        assert build_parser().parse_args([*ok, "--python", "/usr/bin/python3.11"]).python == "/usr/bin/python3.11"
+
+
 @pytest.mark.parametrize("flag", ["-q", "-v"])
 def test_quiet_and_verbose_are_taken_after_the_command_too(flag, sshd, tmp_path, capsys):  # noqa: F811
     """`edge-device flash b.edgebundle pi@cam-1 -q` (where the docs put every other option) was a usage error."""
