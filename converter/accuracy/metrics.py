@@ -53,23 +53,25 @@ def non_finite_counts(ref: np.ndarray, cand: np.ndarray) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
+def _finite_pair(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sides flattened per sample with the samples where either is not a number zeroed, and that mask."""
+    r, c = _flat(ref), _flat(cand)
+    ok = np.isfinite(r).all(1) & np.isfinite(c).all(1)
+    return np.where(ok[:, None], r, 0.0), np.where(ok[:, None], c, 0.0), ok
+
+
 def cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Per sample; 0 where either side is not a number (NaN norms used to fall through to 1.0: a model
     answering NaN everywhere scored a perfect cosine and passed the gate)."""
-    r, c = _flat(ref), _flat(cand)
-    ok = np.isfinite(r).all(1) & np.isfinite(c).all(1)
-    r, c = np.where(ok[:, None], r, 0.0), np.where(ok[:, None], c, 0.0)
+    r, c, ok = _finite_pair(ref, cand)
     norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
     return np.where(ok, np.where(norms > 0, (r * c).sum(1) / np.maximum(norms, 1e-30), 1.0), 0.0)
 
 
 def norms(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample L2 norms of float's and the candidate's outputs (NaN where either is not a number)."""
-    r, c = _flat(ref), _flat(cand)
-    ok = np.isfinite(r).all(1) & np.isfinite(c).all(1)
-    nr = np.where(ok, np.linalg.norm(np.where(ok[:, None], r, 0.0), axis=1), np.nan)
-    nc = np.where(ok, np.linalg.norm(np.where(ok[:, None], c, 0.0), axis=1), np.nan)
-    return nr, nc
+    r, c, ok = _finite_pair(ref, cand)
+    return np.where(ok, np.linalg.norm(r, axis=1), np.nan), np.where(ok, np.linalg.norm(c, axis=1), np.nan)
 
 
 def same_scale(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:

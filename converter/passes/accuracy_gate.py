@@ -54,6 +54,11 @@ def is_classification(ctx: ConversionContext) -> bool:
     return bool(ctx.postprocess and ctx.postprocess.kind == "classification" and len(out.shape) == 2)
 
 
+def _generic(m: dict[str, Any]) -> bool:
+    """Metrics of a generic output: no task agreement, judged by cosine and magnitude."""
+    return "top1_agreement" not in m and "agreement" not in m
+
+
 def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_cosine: float) -> list[str]:
     """Human-readable reasons the metrics break the budget (empty when they hold)."""
     reasons = non_finite_reasons(m)
@@ -65,9 +70,9 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
         reasons.append(f"top-1 agreement with float is {m['top1_agreement']:.2%} (budget >= {min_agreement:.2%}{clear})")
     if "top1_agreement" not in m and "agreement" in m and m["agreement"] < min_agreement:
         reasons.append(f"{m['agreement_metric']} with float is {m['agreement']:.2%} (budget >= {min_agreement:.2%})")
-    elif "top1_agreement" not in m and "agreement" not in m and m["mean_cosine"] < min_cosine:  # generic outputs only
+    elif _generic(m) and m["mean_cosine"] < min_cosine:
         reasons.append(f"mean cosine similarity with float is {m['mean_cosine']:.4f} (budget >= {min_cosine})")
-    if "top1_agreement" not in m and "agreement" not in m and (why := scale_reason(m.get("norm_ratio"))):
+    if _generic(m) and (why := scale_reason(m.get("norm_ratio"))):
         reasons.append(why)
     return reasons
 
@@ -76,7 +81,7 @@ def way_forward(ctx: ConversionContext, m: dict[str, Any]) -> str:
     """What the user can do about a miss, as exact command lines: accept this candidate's figures, or go fp16."""
     if non_finite_reasons(m):  # no budget accepts NaN answers, and fp16 is where overflows come from
         return "Nothing to accept: fix the data or the model's overflow first; --force writes it as is"
-    if "top1_agreement" not in m and "agreement" not in m and scale_reason(m.get("norm_ratio")):
+    if _generic(m) and scale_reason(m.get("norm_ratio")):
         return "Nothing to accept: no budget takes answers at another scale; --force writes it as is"
     base = ["edge-convert", *ctx.options.command] if ctx.options.command else ["edge-convert", "convert", "..."]
     budget, parts = ctx.budget(), []

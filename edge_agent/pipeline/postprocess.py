@@ -22,10 +22,6 @@ def are_probabilities(rows: np.ndarray) -> bool:
     return bool(rows.size and np.all(rows >= 0) and np.all(np.abs(rows.sum(axis=-1) - 1.0) < 1e-3))
 
 
-def _looks_like_probabilities(row: np.ndarray) -> bool:
-    return are_probabilities(row[None])
-
-
 def served_output(manifest: Manifest) -> int:
     """Index of the output a classifier serves: postprocess option `output` (a name or an index, written by
     edge-convert --output-role), else 0. A model with several outputs is never read at output 0 silently:
@@ -53,7 +49,7 @@ def classify(outputs: list[np.ndarray], manifest: Manifest, top_k: int | None = 
     k = min(top_k or (post.top_k if post else 5), logits.shape[1])
     results = []
     for row in logits:
-        probs = softmax(row) if (post is None or post.softmax) and not _looks_like_probabilities(row) else row
+        probs = softmax(row) if (post is None or post.softmax) and not are_probabilities(row[None]) else row
         order = np.argsort(-probs, kind="stable")[:k]
         top = [
             {"label": int(i), "name": _name(manifest, int(i)), "score": round(float(probs[i]), 6)} for i in order
