@@ -84,6 +84,9 @@ def default_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
     except Exception:
         prep = float_model
     prep, _ = prepare_for_qdq(prep, out.with_suffix(".ready.onnx"))
+    import onnx
+
+    name = onnx.load(str(prep), load_external_data=False).graph.input[0].name  # "x" for ours, "images" for YOLO
 
     class Reader:
         def __init__(self):
@@ -91,7 +94,7 @@ def default_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
 
         def get_next(self):
             i = next(self.it, None)
-            return None if i is None else {"x": calib[i : i + 1]}
+            return None if i is None else {name: calib[i : i + 1]}
 
     quantize_static(str(prep), str(out), Reader())
     return out

@@ -8,7 +8,9 @@ in most frames: confident boxes of classes the model knows). Calibration: 32 fra
 split (tests/detector_data.split_frames) into selection frames (--eval: what the int8 search selects on) and
 held-out frames interleaved with them that no conversion sees: the box figures are measured there. BlazeFace:
 scikit-image photos. A fourth field `plain` converts with `--sensitivity off` (int8 with the float head only,
-no mixed-precision search), e.g. yolo-face:onnx:int8-static:plain.
+no mixed-precision search), e.g. yolo-face:onnx:int8-static:plain. Peers (issue 15: other tools side by side):
+`yolo-face:onnx:ort-default` (quantize_static defaults) and `yolo-face:onnx:nncf` (NNCF defaults), calibrated on the
+same frames, scored on the same held-out frames and timed against the same fp32 bundle (scripts/bench_detect_peers.py).
 For each variant, side by side in one run:
 
   boxes      matched-box agreement with float, lost/extra boxes, mAP@0.5 vs float (converter.accuracy.detection)
@@ -31,6 +33,7 @@ For each variant, side by side in one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -46,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converter.cli import main as convert_main  # noqa: E402
+from bench_detect_peers import PEERS, peer_row  # noqa: E402
 from edge_agent.bundle import TrustStore, generate_keypair, verify_bundle  # noqa: E402
 from edge_agent.pipeline.runner import Pipeline  # noqa: E402
 from edge_agent.pipeline.sinks import CollectSink  # noqa: E402
@@ -84,9 +88,10 @@ def convert(family: str, fmt: str, precision: str, work: Path, key: Path, pub: P
         args = [str(blazeface_tflite()), "--anchors", str(work / "anchors.npy"), "--mean", "0.5", "--std", "0.5",
                 "--calibration", str(photos(work / "photos"))]
     t0 = time.perf_counter()
-    rc = convert_main(["-q", "convert", *args, "--format", fmt, "--precision", precision, "--profile", "raspberry-pi-4",
-                       "--key", str(key), "--out", str(out), "--force", "--report", str(out) + ".json", "--json",
-                       *(["--sensitivity", "off"] if plain else [])])
+    with contextlib.redirect_stdout(sys.stderr):  # the converter's own --json report must not enter this one's
+        rc = convert_main(["-q", "convert", *args, "--format", fmt, "--precision", precision, "--profile", "raspberry-pi-4",
+                           "--key", str(key), "--out", str(out), "--force", "--report", str(out) + ".json", "--json",
+                           *(["--sensitivity", "off"] if plain else [])])
     report = json.loads(Path(str(out) + ".json").read_text()) if Path(str(out) + ".json").exists() else {}
     acc = report.get("measurements", {}).get("accuracy", {})
     row = {"bundle": out, "rc": rc, "seconds_convert": round(time.perf_counter() - t0, 1),
@@ -264,7 +269,7 @@ def add_speedups(rows: list[dict], pub: Path, threads: int, work: Path) -> None:
     """speedup_vs_fp32 for every converted row that has an fp32 row of the same family and format in this run."""
     models = {}
     for r in rows:
-        if r["rc"] == 0:
+        if r["rc"] == 0 and r["bundle"]:  # peers (bench_detect_peers) have no bundle and time themselves
             vb = unpack(work / r["bundle"], pub, work / f"t-{r['bundle']}")
             models[r["variant"]] = (vb.unpacked_to / vb.manifest.model_file, vb.manifest)
     for r in rows:
@@ -273,6 +278,10 @@ def add_speedups(rows: list[dict], pub: Path, threads: int, work: Path) -> None:
         if precision != "fp32" and ref and r["variant"] in models:
             model, manifest = models[r["variant"]]
             r["speedup_vs_fp32"] = side_by_side(model, ref[0], manifest, pub, threads)
+            if model.suffix == ".onnx":  # as the peers report it: a QDQ graph ORT could not fuse runs in float
+                from bench_quant_real import fused_int8_kernels
+
+                r["int8_kernels"] = fused_int8_kernels(model)
 
 
 def run(args: argparse.Namespace, work: Path) -> list[dict]:
@@ -293,6 +302,16 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
                 continue
             row = {k: val for k, val in done[v].items() if k not in SPEED_KEYS and "[" not in k}
             row["bundle"] = work / row["bundle"]
+        elif precision in PEERS:  # another tool's int8 of the same export, beside the fp32 bundle (bench_detect_peers)
+            print(f"quantizing {v} ...", file=sys.stderr, flush=True)
+            fp32 = work / f"{family}-{fmt}-fp32.edgebundle"
+            if not fp32.exists():
+                convert(family, fmt, "fp32", work, key, pub, args.eval_frames)
+            row = {"variant": v, **peer_row(precision, fp32, pub, video, work / f"frames-{family}" / "held-out", work,
+                                            args.threads, CALIBRATION_FRAMES)}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            continue
         else:
             print(f"converting {v} ...", file=sys.stderr, flush=True)
             row = {"variant": v, **convert(family, fmt, precision, work, key, pub, args.eval_frames, mode == ["plain"])}
@@ -329,6 +348,7 @@ def main() -> int:
     if args.speed_only and not args.work:
         ap.error("--speed-only needs --work")
     if args.work:
+        args.work = args.work.resolve()  # the peers run in it (bench_detect_peers): relative paths would move
         args.work.mkdir(parents=True, exist_ok=True)
         rows = run(args, args.work)
     else:

@@ -91,11 +91,20 @@ def split_frames(video: Path, folder: Path, selection: int, held_out: int, calib
     return sel_dir, test_dir
 
 
+def source_spec(spec):
+    """A bundle's input spec in the source model's layout: the frames as the gate feeds both models (a TFLite
+    bundle's NHWC input is the ONNX export's NCHW one)."""
+    from dataclasses import replace
+
+    if spec.source_layout and spec.source_layout != spec.layout:
+        perm = [spec.layout.index(c) for c in spec.source_layout]
+        spec = replace(spec, layout=spec.source_layout, shape=[spec.shape[i] for i in perm], source_layout=None)
+    return spec
+
+
 def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, workdir: Path) -> dict:
     """The detection gate's score of a bundle's model against the float model on frames the conversion never saw
     (the same decoder and matcher as the gate: converter.accuracy.detection)."""
-    from dataclasses import replace
-
     from converter.accuracy.detection import DetectionScorer
     from converter.data import load_dataset
     from converter.onnx.int8_arithmetic import exact_int8_for
@@ -104,10 +113,7 @@ def held_out_score(bundle: Path, pub: Path, float_model: Path, frames: Path, wor
 
     vb = verify_bundle(bundle, TrustStore.from_paths([pub]), unpack_to=workdir)
     m = vb.manifest
-    spec = m.inputs[0]  # the frames in the source model's layout, as the gate feeds both models (TFLite: NHWC)
-    if spec.source_layout and spec.source_layout != spec.layout:
-        perm = [spec.layout.index(c) for c in spec.source_layout]
-        spec = replace(spec, layout=spec.source_layout, shape=[spec.shape[i] for i in perm], source_layout=None)
+    spec = source_spec(m.inputs[0])
     data = load_dataset(frames, [spec], m.preprocess)
     import onnx
 
