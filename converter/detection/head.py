@@ -111,5 +111,7 @@ def tflite_head_tensors(model_path: Path) -> list[str]:
         TFLITE_LAYOUT_OPS, "CONCATENATION", "CONV_2D")]
     head = ({op["index"] for op in [*starts, *feeding]}
             | downstream([int(o) for op in starts for o in op["outputs"]], consumers))
+    # An int8 build names a head op's graph output after the DEQUANTIZE that follows it (the op's own output gets a
+    # suffix: `PartitionedCall:11`), and the quantization debugger knows the layer by that float name: keep both.
     return [tensors[int(o)]["name"] for op in ops if op["index"] in head for o in op["outputs"]
-            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+            if op["op_name"] != "QUANTIZE"]
