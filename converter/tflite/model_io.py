@@ -100,8 +100,35 @@ def tflite_specs(model_path: Path, source_inputs: Sequence[TensorSpec] | None = 
     src_in = list(source_inputs or [])
     src_out = list(source_outputs or [])
     ins = [spec(d, src_in[i] if i < len(src_in) else None, True) for i, d in enumerate(interpreter.get_input_details())]
-    outs = [spec(d, src_out[i] if i < len(src_out) else None, False) for i, d in enumerate(interpreter.get_output_details())]
+    details = interpreter.get_output_details()
+    order = source_order(details, src_out)
+    outs = [spec(details[j], src_out[i] if i < len(src_out) else None, False) for i, j in enumerate(order)]
     return ins, outs
+
+
+def source_order(details: Sequence[dict], source: Sequence[TensorSpec]) -> list[int]:
+    """Indices into the interpreter's output `details`, one per source output in the source's order (then any
+    outputs left over). TensorFlow's converter may list a SavedModel's outputs in another order than the ONNX model
+    it came from (int8 BlazeFace: `PartitionedCall:1` (scores) before `PartitionedCall:0` (boxes)), so outputs pair
+    by name, else by shape (in either 4-D layout), ties going to the lowest `:k` suffix, then the first listed."""
+    def key(j: int) -> tuple[int, int]:
+        suffix = str(details[j]["name"]).rpartition(":")[2]
+        return (int(suffix) if suffix.isdigit() else len(details), j)
+
+    def fits(j: int, spec: TensorSpec) -> bool:
+        shape = [int(d) for d in details[j]["shape"]]
+        want = [d if isinstance(d, int) else -1 for d in spec.shape]
+        layouts = [want] + ([[want[0], want[2], want[3], want[1]]] if len(want) == 4 else [])
+        return any(len(w) == len(shape) and all(a < 0 or a == b for a, b in zip(w[1:], shape[1:])) for w in layouts)
+
+    free = list(range(len(details)))
+    order: list[int] = []
+    for spec in source[: len(details)]:
+        named = [j for j in free if details[j]["name"] == spec.name]
+        j = named[0] if named else min([j for j in free if fits(j, spec)] or free, key=key)
+        order.append(j)
+        free.remove(j)
+    return order + free
 
 
 def feeds_in_layout(sample: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> list[np.ndarray]:

@@ -126,6 +126,15 @@ def _params(spec: TensorSpec | None, detail: dict[str, Any]) -> tuple[float, int
     return float(scale), int(zero_point)
 
 
+def _bind_outputs(details: list[dict[str, Any]], specs: list[TensorSpec]) -> list[tuple[dict[str, Any], TensorSpec | None]]:
+    """Each output detail with its manifest spec, in the manifest's order when it names every output (a TFLite file
+    may list its outputs in another order than the source model the manifest follows), else in the file's order."""
+    names = [d["name"] for d in details]
+    if specs and len(specs) == len(names) == len(set(names)) and sorted(s.name for s in specs) == sorted(names):
+        return [(details[names.index(s.name)], s) for s in specs]
+    return [(d, specs[i] if i < len(specs) else None) for i, d in enumerate(details)]
+
+
 class TFLiteModel:
     """A .tflite file ready to run with float feeds in model order (used by the agent and converter)."""
 
@@ -141,7 +150,7 @@ class TFLiteModel:
         if specs_in and len(specs_in) != len(self.input_details):
             raise RuntimeLoadError(f"{self.path.name} has {len(self.input_details)} inputs; the manifest lists {len(specs_in)}")
         self._in = [(d, specs_in[i] if specs_in else None) for i, d in enumerate(self.input_details)]
-        self._out = [(d, specs_out[i] if i < len(specs_out) else None) for i, d in enumerate(self.output_details)]
+        self._out = _bind_outputs(self.output_details, specs_out)
         self.delegate_nodes = delegated_nodes(self.interpreter)
         self.threads = int(threads or 0)
         self._shapes = {int(d["index"]): tuple(int(n) for n in d["shape"]) for d in self.input_details}  # as allocated
