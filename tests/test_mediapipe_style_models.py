@@ -1,0 +1,90 @@
+"""Models shaped like Google MediaPipe's that a new user brings: multi-output landmark regressors (a [1, 1, 1, K]
+conv head of coordinates beside a one-value presence logit), person masks ([1, H, W, 1] or [1, 1, H, W]), and
+.tflite files holding MediaPipe's custom ops. Tiny ONNX graphs built here; runs go through the real CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.accuracy.metrics import detect_task
+from edge_agent.cli import main as agent_main
+
+from .test_user_models import _convert, _save, keys  # noqa: F401  (keys: the module's fixture)
+
+
+def landmark_model(path: Path, points: int = 21) -> Path:
+    """image [1, 3, 8, 8] -> landmarks [1, 1, 1, 3 * points] in pixels (a 1x1 conv head after pooling, as
+    MediaPipe's face mesh) and a presence logit [1, 1]."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array(rng.normal(size=(3 * points, 3, 1, 1)).astype(np.float32) * 40, "w")
+    b = numpy_helper.from_array(rng.uniform(20, 200, 3 * points).astype(np.float32), "b")
+    v = numpy_helper.from_array(rng.normal(size=(3, 1)).astype(np.float32), "v")
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Conv", ["pooled", "w", "b"], ["head"]),
+             helper.make_node("Transpose", ["head"], ["landmarks"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "v"], ["presence"])]
+    graph = helper.make_graph(
+        nodes, "landmarks", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [1, 1, 1, 3 * points]),
+         helper.make_tensor_value_info("presence", TensorProto.FLOAT, [1, 1])], [w, b, v])
+    return _save(graph, path)
+
+
+def mask_model(path: Path, channels_last: bool = False) -> Path:
+    """image [1, 3, 16, 16] -> a one-channel person mask, sigmoid of a 1x1 conv: [1, 1, 16, 16] or [1, 16, 16, 1]."""
+    w = numpy_helper.from_array(np.random.default_rng(5).normal(size=(1, 3, 1, 1)).astype(np.float32) * 4, "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["m"])]
+    shape = [1, 1, 16, 16]
+    if channels_last:
+        nodes.append(helper.make_node("Transpose", ["m"], ["mask"], perm=[0, 2, 3, 1]))
+        shape = [1, 16, 16, 1]
+    else:
+        nodes[-1].output[0] = "mask"
+    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape)], [w])
+    return _save(graph, path)
+
+
+def test_the_gate_judges_landmarks_as_a_regression_and_single_channel_planes_as_masks():
+    """A [1, 1, 1, 1404] landmark head (MediaPipe face mesh) was a 'map': the gate thresholded its pixel coordinates
+    at 0.3 and found the same IoU whatever the converted model answered; an [N, K] output under --task none was scored
+    by the argmax of its coordinates in the int8 searches (91 % 'top-1 agreement' warnings on a hand landmark model
+    the gate then passed on cosine); a [1, H, W, 1] mask (TFLite, Keras) was not a map at all."""
+    assert detect_task([1, 1, 1, 1404], False) == "generic"
+    assert detect_task([1, 63], False) == "generic"
+    assert detect_task([1, 63], True) == "classification"
+    assert detect_task([1, 1, 256, 256], False) == "map"
+    assert detect_task([1, 256, 256, 1], False) == "map"
+    assert detect_task([1, 1, "h", "w"], False) == "map"
+    assert detect_task([1, 4, 32, 32], False) == "generic"
+
+
+def test_a_landmark_head_is_gated_by_cosine_not_by_thresholded_coordinates(keys, tmp_path):
+    model = landmark_model(tmp_path / "hand.onnx")
+    data = tmp_path / "eval.npz"
+    np.savez(data, image=np.random.default_rng(6).random((8, 3, 8, 8), dtype=np.float32))
+    out = tmp_path / "hand.edgebundle"
+    assert _convert(model, out, keys[0], "--precision", "fp32", "--task", "none", "--eval", str(data)) == 0
+    accuracy = json.loads(Path(f"{out}.report.json").read_text())["measurements"]["accuracy"]
+    assert accuracy["passed"] and "agreement_metric" not in accuracy  # was share_iou>=0.9 of coordinates > 0.3
+    assert "norm_ratio" in accuracy
+
+
+def test_a_person_mask_under_task_none_is_served_raw_and_gated_as_a_mask(keys, tmp_path, capsys):
+    model = mask_model(tmp_path / "mask.onnx", channels_last=True)
+    data = tmp_path / "eval.npz"
+    np.savez(data, image=np.random.default_rng(7).random((6, 3, 16, 16), dtype=np.float32))
+    out = tmp_path / "mask.edgebundle"
+    assert _convert(model, out, keys[0], "--precision", "fp32", "--task", "none", "--eval", str(data)) == 0
+    accuracy = json.loads(Path(f"{out}.report.json").read_text())["measurements"]["accuracy"]
+    assert accuracy["agreement_metric"] == "share_iou>=0.9" and accuracy["agreement"] == 1.0
+    np.save(tmp_path / "x.npy", data_x := np.load(data)["image"][:1])
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["outputs"]
+    assert [o["shape"] for o in got] == [[1, 16, 16, 1]] and data_x.shape == (1, 3, 16, 16)
