@@ -12,8 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converter.accuracy.metrics import detect_task
 from edge_agent.cli import main as agent_main
+from edge_agent.errors import exit_code
 
-from .test_user_models import _convert, _save, keys  # noqa: F401  (keys: the module's fixture)
+from .test_user_models import _convert, _manifest, _save, keys  # noqa: F401  (keys: the module's fixture)
 
 
 def landmark_model(path: Path, points: int = 21) -> Path:
@@ -75,6 +76,19 @@ def test_a_landmark_head_is_gated_by_cosine_not_by_thresholded_coordinates(keys,
     assert "norm_ratio" in accuracy
 
 
+def test_task_segment_on_a_person_mask_is_refused_at_conversion_with_the_way_forward(keys, tmp_path, capsys):
+    """`--task segment` on a semantic mask (MediaPipe's selfie segmentation, [1, 256, 256, 1]) wrote a YOLO
+    detection bundle that every `edge-agent run` refused ('yolo output has shape (1, 256, 256, 1)', exit 75), and
+    with --eval the conversion itself stopped with that decoder message and the agent's exit 75."""
+    for channels_last in (False, True):
+        model = mask_model(tmp_path / f"mask{int(channels_last)}.onnx", channels_last)
+        out = tmp_path / "mask.edgebundle"
+        capsys.readouterr()
+        assert _convert(model, out, keys[0], "--precision", "fp32", "--task", "segment") == exit_code("import")
+        err = capsys.readouterr().err
+        assert "--task none" in err and "mask" in err and not out.exists()
+
+
 def test_a_person_mask_under_task_none_is_served_raw_and_gated_as_a_mask(keys, tmp_path, capsys):
     model = mask_model(tmp_path / "mask.onnx", channels_last=True)
     data = tmp_path / "eval.npz"
@@ -88,3 +102,28 @@ def test_a_person_mask_under_task_none_is_served_raw_and_gated_as_a_mask(keys, t
     assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)["outputs"]
     assert [o["shape"] for o in got] == [[1, 16, 16, 1]] and data_x.shape == (1, 3, 16, 16)
+
+
+def test_a_single_value_output_is_not_served_as_a_one_class_classifier(keys, tmp_path, capsys):
+    """A presence logit ([1, 1], or MediaPipe's [1, 1, 1, 1] face flag) named with --output-role, or first, was a
+    'classifier' of one class: softmax made every answer '0 (1.0000)', whatever the logit, and the gate's top-1
+    agreement was 100 % for any converted model."""
+    model = landmark_model(tmp_path / "hand.onnx")
+    out = tmp_path / "presence.edgebundle"
+    assert _convert(model, out, keys[0], "--precision", "fp32", "--output-role", "presence") == 0
+    assert _manifest(out)["postprocess"]["kind"] == "none"
+    np.save(tmp_path / "x.npy", np.full((1, 3, 8, 8), 0.5, np.float32))
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    got = {o["name"]: o for o in json.loads(capsys.readouterr().out)["outputs"]}
+    assert got["presence"]["shape"] == [1, 1] and "label" not in got
+
+
+def test_output_role_with_task_none_is_refused_not_dropped(keys, tmp_path, capsys):
+    """`--task none --output-role presence` wrote a bundle with no trace of the option: the gate scored output 0."""
+    model = landmark_model(tmp_path / "hand.onnx")
+    out = tmp_path / "none.edgebundle"
+    capsys.readouterr()
+    assert _convert(model, out, keys[0], "--precision", "fp32", "--task", "none",
+                    "--output-role", "presence") == exit_code("import")
+    assert "--output-role" in capsys.readouterr().err and not out.exists()
