@@ -127,3 +127,59 @@ def test_output_role_with_task_none_is_refused_not_dropped(keys, tmp_path, capsy
     assert _convert(model, out, keys[0], "--precision", "fp32", "--task", "none",
                     "--output-role", "presence") == exit_code("import")
     assert "--output-role" in capsys.readouterr().err and not out.exists()
+
+
+def custom_op_tflite(path: Path) -> Path:
+    """A .tflite file whose one op is MediaPipe's custom Convolution2DTransposeBias (the selfie segmentation models'
+    upsampling): image [1, 4, 4, 3] -> [1, 8, 8, 1]. LiteRT's builtin kernels lack it, XNNPACK implements it."""
+    import struct
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    def tensor(name: str, shape: tuple[int, ...], buffer: int) -> schema.TensorT:
+        t = schema.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape), schema.TensorType.FLOAT32, buffer
+        return t
+
+    def buffer(values: np.ndarray | None = None) -> schema.BufferT:
+        b = schema.BufferT()
+        b.data = None if values is None else list(np.asarray(values, np.float32).tobytes())
+        return b
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode, code.version = "Convolution2DTransposeBias", 1
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, 2], [3]
+    op.customOptions = list(struct.pack("<3i", 1, 2, 2))  # TfLiteTransposeConvParams: SAME padding, stride 2 x 2
+    graph = schema.SubGraphT()
+    graph.name, graph.inputs, graph.outputs, graph.operators = "main", [0], [3], [op]
+    graph.tensors = [tensor("image", (1, 4, 4, 3), 1), tensor("weights", (1, 2, 2, 3), 2), tensor("bias", (1,), 3),
+                     tensor("mask", (1, 8, 8, 1), 4)]
+    model = schema.ModelT()
+    model.version, model.operatorCodes, model.subgraphs = 3, [code], [graph]
+    model.buffers = [buffer(), buffer(), buffer(np.random.default_rng(0).normal(size=(1, 2, 2, 3))),
+                     buffer(np.array([0.25])), buffer()]
+    flatbuffer_utils.write_model(model, str(path))
+    return path
+
+
+def test_a_tflite_file_with_a_mediapipe_custom_op_converts_and_runs(keys, tmp_path, capsys):
+    """MediaPipe's selfie segmentation (Convolution2DTransposeBias) was refused as 'not a loadable TFLite model:
+    Encountered unresolved custom op' (exit 21): the converter loads models with the builtin kernels only, while
+    the device's interpreter (XNNPACK) runs it. The bundle now converts, is gated as a mask and answers as LiteRT."""
+    from edge_agent.runtimes.litert_runtime import TFLiteModel
+
+    model = custom_op_tflite(tmp_path / "selfie.tflite")
+    x = np.random.default_rng(1).random((3, 4, 4, 3), dtype=np.float32)
+    np.savez(tmp_path / "eval.npz", image=x)
+    out = tmp_path / "selfie.edgebundle"
+    assert _convert(model, out, keys[0], "--task", "none", "--eval", str(tmp_path / "eval.npz")) == 0
+    accuracy = json.loads(Path(f"{out}.report.json").read_text())["measurements"]["accuracy"]
+    assert accuracy["passed"] and accuracy["agreement_metric"] == "share_iou>=0.9"
+    np.save(tmp_path / "x.npy", x[:1])
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    got = np.asarray(json.loads(capsys.readouterr().out)["outputs"][0]["data"], np.float32)
+    np.testing.assert_allclose(got, TFLiteModel(model).run_list([x[:1]])[0], atol=1e-6)
