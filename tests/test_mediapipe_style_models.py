@@ -183,3 +183,32 @@ def test_a_tflite_file_with_a_mediapipe_custom_op_converts_and_runs(keys, tmp_pa
     assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
     got = np.asarray(json.loads(capsys.readouterr().out)["outputs"][0]["data"], np.float32)
     np.testing.assert_allclose(got, TFLiteModel(model).run_list([x[:1]])[0], atol=1e-6)
+
+
+def two_output_model(path: Path) -> Path:
+    """x [1, 16] in [0, 1] -> a regression y = 2x (fine in int8) and a score s = (x + 2000) - 2000, whose int8
+    intermediate steps by ~8: a second output that int8 breaks while the first holds."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    big = numpy_helper.from_array(np.array(2000.0, np.float32), "big")
+    nodes = [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "big"], ["shifted"]),
+             helper.make_node("Sub", ["shifted", "big"], ["s"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 16])], [two, big])
+    return _save(graph, path)
+
+
+def test_every_output_of_a_raw_output_bundle_is_gated(keys, tmp_path, capsys):
+    """`--task none` bundles serve every output, but the gate scored only the first: an int8 conversion that
+    broke a second output (a presence score, a mask beside landmarks) passed and was written."""
+    model = two_output_model(tmp_path / "two.onnx")
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(8).random((16, 16), dtype=np.float32))
+    out = tmp_path / "two.edgebundle"
+    capsys.readouterr()
+    code = _convert(model, out, keys[0], "--precision", "int8-static", "--task", "none", "--calibration", str(data),
+                    "--eval", str(data))
+    assert code == exit_code("gate"), capsys.readouterr().err
+    assert "output s: mean cosine" in capsys.readouterr().err and not out.exists()
+    accuracy = json.loads(Path(f"{out}.report.json").read_text())["measurements"]["accuracy"]
+    assert accuracy["mean_cosine"] > 0.999 and accuracy["other_outputs"]["s"]["mean_cosine"] < 0.99
