@@ -212,3 +212,35 @@ def test_every_output_of_a_raw_output_bundle_is_gated(keys, tmp_path, capsys):
     assert "output s: mean cosine" in capsys.readouterr().err and not out.exists()
     accuracy = json.loads(Path(f"{out}.report.json").read_text())["measurements"]["accuracy"]
     assert accuracy["mean_cosine"] > 0.999 and accuracy["other_outputs"]["s"]["mean_cosine"] < 0.99
+
+
+def nhwc_model(path: Path) -> Path:
+    """A channels-last image model as tf2onnx exports MediaPipe's and Keras models: image [1, 8, 8, 3] -> Transpose
+    -> 1x1 conv -> pooled regression [1, 4]."""
+    w = numpy_helper.from_array(np.random.default_rng(9).normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["values"])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, 4])], [w])
+    return _save(graph, path)
+
+
+def test_an_nhwc_onnx_model_keeps_its_input_layout_in_tflite(keys, tmp_path, capsys):
+    """tf2onnx's export of MediaPipe's hand landmark model (input [1, 224, 224, 3]) became a TFLite model taking
+    [1, 224, 3, 224] (onnx2tf took the input for NCHW), and the gate stopped with 'input input_1 expects shape
+    [1, 224, 3, 224], got [1, 224, 224, 3]', exit 3 and no report."""
+    import onnxruntime as ort
+
+    model = nhwc_model(tmp_path / "nhwc.onnx")
+    x = np.random.default_rng(10).random((4, 8, 8, 3), dtype=np.float32)
+    np.savez(tmp_path / "eval.npz", image=x)
+    out = tmp_path / "nhwc.edgebundle"
+    assert _convert(model, out, keys[0], "--format", "tflite", "--precision", "fp32", "--task", "none",
+                    "--eval", str(tmp_path / "eval.npz")) == 0
+    assert _manifest(out)["inputs"][0]["shape"] == [1, 8, 8, 3]
+    np.save(tmp_path / "x.npy", x[:1])
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    got = np.asarray(json.loads(capsys.readouterr().out)["outputs"][0]["data"], np.float32)
+    np.testing.assert_allclose(got, ort.InferenceSession(str(model)).run(None, {"image": x[:1]})[0], atol=1e-5)

@@ -216,6 +216,9 @@ def onnx_to_tflite(
             output_dynamic_range_quantized_tflite=precision == "int8-dynamic",
             output_integer_quantized_tflite=integer,
             custom_input_op_name_np_data_path=custom,
+            # an NHWC graph input (tf2onnx's exports of TFLite/Keras models) stays NHWC: onnx2tf took every 4-D input
+            # for NCHW and gave the TFLite model [1, 224, 3, 224] for [1, 224, 224, 3], which no image fitted
+            keep_nwc_or_nhwc_or_ndhwc_input_names=[t.name for t in inputs if t.layout == "NHWC"] or None,
             quant_type="per-channel" if per_channel else "per-tensor",
             input_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
             output_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
