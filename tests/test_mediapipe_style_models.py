@@ -244,3 +244,27 @@ def test_an_nhwc_onnx_model_keeps_its_input_layout_in_tflite(keys, tmp_path, cap
     assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
     got = np.asarray(json.loads(capsys.readouterr().out)["outputs"][0]["data"], np.float32)
     np.testing.assert_allclose(got, ort.InferenceSession(str(model)).run(None, {"image": x[:1]})[0], atol=1e-5)
+
+
+def test_int8_tflite_of_a_multi_output_model_keeps_the_outputs_in_order(keys, tmp_path, capsys):
+    """TFLiteConverter's int8 model from onnx2tf's SavedModel lists its outputs out of the source's order
+    (`PartitionedCall:1, :3, :0, :2` for MediaPipe's hand landmark model): the gate compared the landmarks with the
+    presence score ('0.00x float's magnitude', cosine above 1) and a --force bundle served them under each other's
+    places. The file's outputs now follow its signature (the source's order)."""
+    import onnxruntime as ort
+
+    model = landmark_model(tmp_path / "hand.onnx")
+    x = np.random.default_rng(6).random((16, 3, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "data.npz", image=x)
+    out = tmp_path / "hand.edgebundle"
+    data = str(tmp_path / "data.npz")
+    assert _convert(model, out, keys[0], "--format", "tflite", "--precision", "int8-static", "--task", "none",
+                    "--calibration", data, "--eval", data, "--sensitivity", "off") == 0, capsys.readouterr().err
+    np.save(tmp_path / "x.npy", x[:1])
+    capsys.readouterr()
+    assert agent_main(["run", str(out), str(tmp_path / "x.npy"), "--trust", str(keys[1]), "--json"]) == 0
+    got = [np.asarray(o["data"], np.float32) for o in json.loads(capsys.readouterr().out)["outputs"]]
+    want = ort.InferenceSession(str(model)).run(None, {"image": x[:1]})
+    assert [g.size for g in got] == [w.size for w in want] == [63, 1]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.ravel(), w.ravel(), atol=0.02 * float(np.abs(w).max()) + 0.01)

@@ -29,7 +29,7 @@ from edge_agent.bundle import TensorSpec
 
 from ..data import Dataset
 from ..errors import ConversionError
-from .model_io import stdout_to_stderr
+from .model_io import outputs_in_signature_order, stdout_to_stderr
 from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ def _keep_outputs(produced_dir: Path, out_dir: Path, key: str, keep_saved_model:
     model = out_dir / f"model.{key}.tflite"
     float32 = out_dir / "model.fp32.tflite"
     shutil.copyfile(wanted, model)
+    outputs_in_signature_order(model)
     shutil.copyfile(produced_dir / f"model{VARIANT_SUFFIX['fp32']}", float32)
     saved_model = None
     if keep_saved_model and (produced_dir / "saved_model.pb").is_file():
