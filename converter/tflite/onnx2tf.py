@@ -216,9 +216,7 @@ def onnx_to_tflite(
             output_dynamic_range_quantized_tflite=precision == "int8-dynamic",
             output_integer_quantized_tflite=integer,
             custom_input_op_name_np_data_path=custom,
-            # an NHWC graph input (tf2onnx's exports of TFLite/Keras models) stays NHWC: onnx2tf took every 4-D input
-            # for NCHW and gave the TFLite model [1, 224, 3, 224] for [1, 224, 224, 3], which no image fitted
-            keep_nwc_or_nhwc_or_ndhwc_input_names=[t.name for t in inputs if t.layout == "NHWC"] or None,
+            keep_nwc_or_nhwc_or_ndhwc_input_names=_nhwc_inputs(inputs),
             quant_type="per-channel" if per_channel else "per-tensor",
             input_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
             output_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
@@ -245,6 +243,12 @@ def onnx_to_tflite(
     result.seconds = round(time.perf_counter() - t0, 3)
     result.pixel_grid = {k: v for k, v in grid.items() if k != "unshifted"}
     return result
+
+
+def _nhwc_inputs(inputs: Sequence[TensorSpec]) -> list[str] | None:
+    """Graph inputs already NHWC (tf2onnx's exports of TFLite/Keras models): onnx2tf took every 4-D input for NCHW
+    and made [1, 224, 224, 3] a [1, 224, 3, 224] input no image fitted."""
+    return [t.name for t in inputs if t.layout == "NHWC"] or None
 
 
 def _calibration_files(work: Path, inputs: Sequence[TensorSpec], calibration: Dataset, samples: int) -> list[list]:
