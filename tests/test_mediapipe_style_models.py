@@ -268,3 +268,13 @@ def test_int8_tflite_of_a_multi_output_model_keeps_the_outputs_in_order(keys, tm
     assert [g.size for g in got] == [w.size for w in want] == [63, 1]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.ravel(), w.ravel(), atol=0.02 * float(np.abs(w).max()) + 0.01)
+
+
+def test_a_presence_score_near_zero_is_not_another_scale():
+    """MediaPipe's hand presence on photos without a hand is ~0.001; int8 answers 0 (its step is 1/256). The gate,
+    now scoring every output, refused that as 'the outputs are 0.00x float's magnitude ... Nothing to accept'."""
+    from converter.accuracy.metrics import norm_ratio
+
+    ref = np.array([[0.001], [0.002], [0.0015], [0.049], [0.004]])
+    assert norm_ratio(ref, np.array([[0.0], [0.0], [0.0], [0.0508], [0.0039]])) == 1.0
+    assert norm_ratio(ref + 0.5, 2 * (ref + 0.5)) == 2.0 and norm_ratio(ref + 0.5, 0.5 * (ref + 0.5)) == 0.5

@@ -97,10 +97,16 @@ def same_scale(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
 
 def norm_ratio(ref: np.ndarray, cand: np.ndarray) -> float | None:
-    """Median over samples of |candidate| / |float| (None when float answers only zeros or no numbers)."""
+    """Median over samples of |candidate| / |float| (None when float answers only zeros or no numbers). A sample
+    whose two norms differ by less than GENERIC_SCALE of float's largest counts as 1: an int8 presence score of 0
+    for float's 0.001 (its step is 1/256) is the same 'no hand', not '0.00x float's magnitude'."""
     nr, nc = norms(ref, cand)
     keep = np.isfinite(nr) & (nr > 0)
-    return round(float(np.median(nc[keep] / nr[keep])), 6) if keep.any() else None
+    if not keep.any():
+        return None
+    nr, nc = nr[keep], nc[keep]
+    close = np.abs(nc - nr) <= GENERIC_SCALE * float(nr.max())
+    return round(float(np.median(np.where(close, 1.0, nc / nr))), 6)
 
 
 def scale_reason(ratio: float | None) -> str | None:
