@@ -250,12 +250,13 @@ def _vector_model(path: Path, out_shape: list) -> Path:
     return path
 
 
-@pytest.mark.parametrize("shape, kind", [([3], "classification"), ([1, 1], "classification"),
+@pytest.mark.parametrize("shape, kind", [([3], "classification"), ([1, 1], "none"),
                                          ([], "classification"), ([1, 3], "classification"),
                                          ([1, 3, 8], "none")])
 def test_score_outputs_of_any_rank_stay_classifiers(keys, tmp_path, shape, kind):
-    """Outputs [C], [N, 1] and outputs of empty shape were classification bundles, then became postprocess `none`:
-    only an output with 2 or more non-unit axes past the batch (a map, a sequence) serves raw outputs."""
+    """Outputs [C] and outputs of empty shape were classification bundles, then became postprocess `none`:
+    only an output with 2 or more non-unit axes past the batch (a map, a sequence) serves raw outputs. One value
+    per sample ([N, 1]) is served raw too: a softmax over it answered class 0 at 1.0 whatever the model said."""
     from edge_agent.bundle import read_manifest_unverified
 
     model = _vector_model(tmp_path / "vector.onnx", shape)

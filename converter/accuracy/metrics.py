@@ -3,6 +3,7 @@
 Framework-agnostic (numpy only) so the ONNX and TFLite paths share it. Tasks:
 classification  [N, C] scores           agreement = share of samples with the same top-1 class
 map             [N, 1, H, W] in [0, 1]   agreement = share of samples whose thresholded maps have IoU >= 0.9
+                (or [N, H, W, 1])
 sequence        [N, T, C] scores        agreement = per-timestep argmax agreement (and exact sequence share)
 generic         anything else           agreement = share of samples with cosine >= 0.99 and a magnitude within
                                         10 % of float's (cosine alone is blind to scale: 2x float's answers score 1.0)
@@ -26,15 +27,26 @@ CLEAR_MARGIN = 0.2  # top-1 minus top-2 probability at which the float model's a
 
 
 def detect_task(output_shape: list[int | str], classification_head: bool) -> str:
-    """Guess the task from an output's shape (and whether the postprocess is classification)."""
+    """Guess the task from an output's shape (and whether the postprocess is classification).
+
+    A map has one channel and a height and a width, [N, 1, H, W] or [N, H, W, 1] (a TFLite or Keras mask); a
+    [N, 1, 1, K] conv head (MediaPipe's face landmarks) is a vector, not a 1-pixel-high map: thresholding its
+    coordinates scored any answer as the same. Without a classification head (`--task none`) an [N, K] output is a
+    regression: its argmax would rank coordinates, so it is judged by cosine and magnitude."""
     rank = len(output_shape)
     if rank == 2 and classification_head:
         return "classification"
-    if rank == 4 and output_shape[1] == 1:
+    if rank == 4 and _one_channel_plane(list(output_shape[1:])):
         return "map"
     if rank == 3:
         return "sequence"
-    return "classification" if rank == 2 else "generic"
+    return "generic"
+
+
+def _one_channel_plane(dims: list[int | str]) -> bool:
+    """[1, H, W] or [H, W, 1] with H, W > 1 (a symbolic dim counts as > 1)."""
+    wide = [not isinstance(d, int) or d > 1 for d in dims]
+    return (dims[0] == 1 and wide[1] and wide[2]) or (dims[2] == 1 and wide[0] and wide[1])
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -85,10 +97,16 @@ def same_scale(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
 
 def norm_ratio(ref: np.ndarray, cand: np.ndarray) -> float | None:
-    """Median over samples of |candidate| / |float| (None when float answers only zeros or no numbers)."""
+    """Median over samples of |candidate| / |float| (None when float answers only zeros or no numbers). A sample
+    whose two norms differ by less than GENERIC_SCALE of float's largest counts as 1: an int8 presence score of 0
+    for float's 0.001 (its step is 1/256) is the same 'no hand', not '0.00x float's magnitude'."""
     nr, nc = norms(ref, cand)
     keep = np.isfinite(nr) & (nr > 0)
-    return round(float(np.median(nc[keep] / nr[keep])), 6) if keep.any() else None
+    if not keep.any():
+        return None
+    nr, nc = nr[keep], nc[keep]
+    close = np.abs(nc - nr) <= GENERIC_SCALE * float(nr.max())
+    return round(float(np.median(np.where(close, 1.0, nc / nr))), 6)
 
 
 def scale_reason(ratio: float | None) -> str | None:

@@ -89,6 +89,7 @@ def detection_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: 
                            "name the one holding the detections with --output-role NAME")
     served = output_role or names[0]
     shape = next(o.shape for o in outputs if o.name == served)
+    _check_rows(t.task, served, shape)
     options: dict[str, Any] = {"score_threshold": 0.25, "iou_threshold": 0.45, "output": served}
     rows = shape[-1] if len(shape) == 3 else None
     if t.end2end or (isinstance(rows, int) and rows in (6, 7) and (not labels or len(labels) + 4 not in shape)):
@@ -105,6 +106,18 @@ def detection_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: 
             if extras:
                 options["row_extras"] = extras
     return Postprocess(kind="detection", softmax=False, top_k=1, options=options)
+
+
+def _check_rows(task: str, served: str, shape: list) -> None:
+    """A box task decodes rows of boxes ([N, K] or [1, N, K]); any other output made a bundle that every
+    `edge-agent run` refused (exit 75), or a gate that stopped on the decoder's error."""
+    if len(shape) in (2, 3):
+        return
+    hint = ("; a per-pixel mask (semantic segmentation, e.g. a person mask) converts with --task none: the bundle "
+            "serves the mask as the model gives it and the gate compares thresholded masks (IoU)"
+            if task == "segment" else "; --task none serves the outputs as they are")
+    raise ImportFailed(f"--task {task} decodes YOLO-style rows of boxes ([1, N, K]), but output {served} has shape "
+                       f"{shape}{hint}")
 
 
 def classification_postprocess(outputs: list[TensorSpec], output_role: str | None, top_k: int) -> Postprocess:
@@ -127,6 +140,10 @@ def default_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: st
     vector ([N, C]): top-k over a flattened map, sequence or embedding is a made-up answer, so those bundles serve
     the raw outputs (`--task classify` still forces classes)."""
     if t.task != "classify":
+        if output_role is not None:  # was dropped without a word, and the gate scored output 0 instead
+            raise ImportFailed(f"--output-role {output_role} names the output a classifier or detector serves; "
+                               f"--task {t.task} serves every output as the model gives it (and the gate checks "
+                               "each): drop --output-role, or give --task classify")
         return Postprocess(kind="none")
     served = next((o for o in outputs if o.name == output_role), outputs[0] if outputs else None)
     if t.origin == "default" and served is not None and not _score_vector(served.shape) \
@@ -139,9 +156,11 @@ def default_postprocess(t: ModelTask, outputs: list[TensorSpec], output_role: st
 
 def _score_vector(shape: list | None) -> bool:
     """Not a map or a sequence: fewer than 2 non-unit axes past the batch. [N, C], C scores with unit axes around
-    them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's), [C], [N, 1] and unknown shapes stay classifiers."""
-    spread = [d for d in (shape or [])[1:] if not (isinstance(d, int) and d == 1)]
-    return len(spread) < 2
+    them ([N, 1000, 1, 1] from a conv head, as SqueezeNet's), [C] and unknown shapes stay classifiers. One value
+    per sample ([N, 1], [1, 1, 1, 1]: a presence logit) ranks nothing: softmax made every answer class 0 at 1.0."""
+    past_batch = (shape or [])[1:]
+    spread = [d for d in past_batch if not (isinstance(d, int) and d == 1)]
+    return len(spread) < 2 and not (past_batch and not spread)
 
 
 def anchor_postprocess(outputs: list[TensorSpec], anchors_file: Path) -> Postprocess:

@@ -1,7 +1,8 @@
 """Accuracy gate: the converted model against the float model on the eval set.
 
 Classification outputs: top-1 agreement with float, and top-1 accuracy of both when labels are
-given. Other outputs: max-abs difference and mean cosine similarity. A conversion that loses
+given. Other outputs: max-abs difference and mean cosine similarity (maps and sequences: their task agreement
+too). A bundle serving raw outputs (postprocess `none`) has every output gated. A conversion that loses
 more than the budget (profile, or --max-accuracy-drop / --min-agreement) is refused unless
 --force; the numbers are reported either way.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from edge_agent.pipeline.postprocess import are_probabilities
 
 from ..accuracy.budget import non_finite_reasons
-from ..accuracy.metrics import agreement, cosine, hits, non_finite_counts, norm_ratio, scale_reason
+from ..accuracy.metrics import agreement, cosine, detect_task, hits, non_finite_counts, norm_ratio, scale_reason
 from ..errors import GateFailed
 from .base import ConversionContext, Pass
 
@@ -47,6 +48,39 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
     else:
         m["norm_ratio"] = norm_ratio(ref, cand)
     return m
+
+
+def task_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, task: str,
+                 classification: bool) -> dict[str, Any]:
+    """compare_outputs plus the agreement of the output's task (maps: IoU, sequences: per-timestep argmax)."""
+    metrics = compare_outputs(reference, candidate, labels, classification)
+    if task in ("map", "sequence"):
+        a = agreement(reference, candidate, task)
+        metrics.update(agreement=round(a.pop("agreement"), 6), agreement_metric=a.pop("metric"), **a)
+    elif "top1_agreement" in metrics:
+        a = agreement(reference, candidate, "classification")
+        metrics.update({k: a[k] for k in ("clear_share", "clear_agreement") if k in a})
+    return metrics
+
+
+def other_outputs(ctx: ConversionContext, data: Any, budget: Any) -> tuple[dict[str, Any], list[str]]:
+    """A raw-output bundle (postprocess `none`) serves every output, so each is gated, not only the first: int8 or
+    fp16 could break a hand model's presence score or a pose model's mask beside landmarks the gate passed."""
+    if ctx.postprocess is None or ctx.postprocess.kind != "none" or len(ctx.outputs) < 2:
+        return {}, []
+    served, metrics, reasons = ctx.served_output(), {}, []
+    pairs = zip(ctx.run_all_outputs(ctx.float_model, data), ctx.run_all_outputs(ctx.model, data))
+    for i, (spec, (ref, cand)) in enumerate(zip(ctx.outputs, pairs)):
+        if i != served:
+            m = metrics[spec.name] = task_metrics(ref, cand, None, detect_task(spec.shape, False), False)
+            reasons += [f"output {spec.name}: {r}" for r in
+                        gate_failures(m, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)]
+    return metrics, reasons
+
+
+def _every_output(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The served output's metrics, then those of the other outputs a raw-output bundle serves."""
+    return [m, *m.get("other_outputs", {}).values()]
 
 
 def is_classification(ctx: ConversionContext) -> bool:
@@ -79,19 +113,20 @@ def gate_failures(m: dict[str, Any], max_drop: float, min_agreement: float, min_
 
 def way_forward(ctx: ConversionContext, m: dict[str, Any]) -> str:
     """What the user can do about a miss, as exact command lines: accept this candidate's figures, or go fp16."""
-    if non_finite_reasons(m):  # no budget accepts NaN answers, and fp16 is where overflows come from
+    every = _every_output(m)
+    if any(non_finite_reasons(o) for o in every):  # no budget accepts NaN answers, and fp16 is where overflows come from
         return "Nothing to accept: fix the data or the model's overflow first; --force writes it as is"
-    if _generic(m) and scale_reason(m.get("norm_ratio")):
+    if any(_generic(o) and scale_reason(o.get("norm_ratio")) for o in every):
         return "Nothing to accept: no budget takes answers at another scale; --force writes it as is"
     base = ["edge-convert", *ctx.options.command] if ctx.options.command else ["edge-convert", "convert", "..."]
     budget, parts = ctx.budget(), []
     if m.get("top1_drop_points", 0.0) > budget.max_top1_drop:
         parts.append(f"top1-drop:{math.ceil(m['top1_drop_points'] * 10 + 1e-9) / 10:g}")
-    value = m.get("top1_agreement", m.get("agreement"))
-    if value is not None and value < budget.min_agreement:
-        parts.append(f"agreement:{math.floor(value * 100) / 100:g}")
+    values = [v for o in every if (v := o.get("top1_agreement", o.get("agreement"))) is not None]
+    if values and min(values) < budget.min_agreement:
+        parts.append(f"agreement:{math.floor(min(values) * 100) / 100:g}")
     if not parts:
-        parts.append(f"cosine:{math.floor(m['mean_cosine'] * 1000) / 1000:g}")
+        parts.append(f"cosine:{math.floor(min(o['mean_cosine'] for o in every) * 1000) / 1000:g}")
     accept = ",".join(parts)
     mixed = ctx.measurements.get("mixed_precision") or {}
     speed = next((f", {r['speedup_vs_fp32']:.2f}x fp32 on this host" for r in mixed.get("steps", [])
@@ -117,23 +152,19 @@ class AccuracyGatePass(Pass):
             return self.gate_detector(ctx, origin)
         reference = ctx.evaluator().reference  # the float outputs, computed once with the mixed-precision passes
         candidate = ctx.run_first_output(ctx.model, data)
-        metrics = compare_outputs(reference, candidate, data.labels, is_classification(ctx))
+        metrics = task_metrics(reference, candidate, data.labels, ctx.task(), is_classification(ctx))
         if is_classification(ctx) and ctx.postprocess.softmax and are_probabilities(reference.reshape(len(reference), -1)):
             # the model ends in its own softmax: served as it answers. An int8 model's probabilities (steps of 1/256)
             # missed a sum of 1 by more than the device's tolerance and were softmaxed again: score 0.23 for 0.97,
             # and `drift` (output.confidence PSI 13) against the float model's reference on unchanged scenes
             ctx.postprocess = replace(ctx.postprocess, softmax=False)
             metrics["outputs"] = "probabilities"
-        task = ctx.task()
-        if task in ("map", "sequence"):  # maps (IoU) and sequences (per-timestep argmax): task agreement
-            a = agreement(reference, candidate, task)
-            metrics.update(agreement=round(a.pop("agreement"), 6), agreement_metric=a.pop("metric"), **a)
-        elif "top1_agreement" in metrics:
-            a = agreement(reference, candidate, "classification")
-            metrics.update({k: a[k] for k in ("clear_share", "clear_agreement") if k in a})
         metrics["data"] = origin
         budget = ctx.budget()
         reasons = gate_failures(metrics, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)
+        others, more = other_outputs(ctx, data, budget)
+        if others:
+            metrics["other_outputs"], reasons = others, reasons + more
         metrics.update(budget={"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement,
                                "min_cosine": budget.min_cosine}, passed=not reasons, forced=bool(reasons and o.force))
         return self.decide(ctx, metrics, reasons)

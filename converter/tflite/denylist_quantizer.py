@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..importers.tensorflow_model import import_tensorflow, tflite_converter
-from .model_io import stdout_to_stderr
+from .model_io import outputs_in_signature_order, stdout_to_stderr
 from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class TFLiteDenylistQuantizer:
         tag = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12] if key else "int8"
         out = self.workdir / f"model.mixed-{tag}.tflite"
         out.write_bytes(content)
+        outputs_in_signature_order(out)
         self._cache[key] = out
         return out
 

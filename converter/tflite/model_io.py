@@ -49,6 +49,27 @@ def op_name(model, op) -> str:
     return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
 
 
+def outputs_in_signature_order(path: Path) -> bool:
+    """Put a .tflite file's graph outputs in its serving signature's order (output_0, output_1, ...: the source
+    model's order), rewriting the file; True when it changed. TFLiteConverter's int8 model from onnx2tf's SavedModel
+    lists them otherwise (`PartitionedCall:1, :3, :0, :2` for a 4-output hand landmark model), and roles, names and
+    the gate follow outputs by position: the gate compared a presence score with landmarks."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    signatures = model.signatureDefs or []
+    if len(signatures) != 1:
+        return False
+    keyed = {tensor_name(t): t.tensorIndex for t in signatures[0].outputs}
+    graph = model.subgraphs[signatures[0].subgraphIndex]
+    order = [keyed.get(f"output_{i}") for i in range(len(keyed))]
+    if None in order or sorted(order) != sorted(graph.outputs) or list(graph.outputs) == order:
+        return False
+    graph.outputs = order
+    flatbuffer_utils.write_model(model, str(path))
+    return True
+
+
 def tensor_name(tensor) -> str:
     """A flatbuffer object model tensor's name as str (the object API keeps bytes)."""
     return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)

@@ -29,7 +29,7 @@ from edge_agent.bundle import TensorSpec
 
 from ..data import Dataset
 from ..errors import ConversionError
-from .model_io import stdout_to_stderr
+from .model_io import outputs_in_signature_order, stdout_to_stderr
 from .pixel_grid import pixel_grid
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def onnx_to_tflite(
             output_dynamic_range_quantized_tflite=precision == "int8-dynamic",
             output_integer_quantized_tflite=integer,
             custom_input_op_name_np_data_path=custom,
+            keep_nwc_or_nhwc_or_ndhwc_input_names=_nhwc_inputs(inputs),
             quant_type="per-channel" if per_channel else "per-tensor",
             input_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
             output_quant_dtype=io_dtype if io_dtype in ("int8", "uint8") else "int8",
@@ -244,6 +245,12 @@ def onnx_to_tflite(
     return result
 
 
+def _nhwc_inputs(inputs: Sequence[TensorSpec]) -> list[str] | None:
+    """Graph inputs already NHWC (tf2onnx's exports of TFLite/Keras models): onnx2tf took every 4-D input for NCHW
+    and made [1, 224, 224, 3] a [1, 224, 3, 224] input no image fitted."""
+    return [t.name for t in inputs if t.layout == "NHWC"] or None
+
+
 def _calibration_files(work: Path, inputs: Sequence[TensorSpec], calibration: Dataset, samples: int) -> list[list]:
     """onnx2tf's custom_input_op_name_np_data_path: the user's calibration data as .npy files in its layout."""
     custom: list[list] = []
@@ -264,6 +271,7 @@ def _keep_outputs(produced_dir: Path, out_dir: Path, key: str, keep_saved_model:
     model = out_dir / f"model.{key}.tflite"
     float32 = out_dir / "model.fp32.tflite"
     shutil.copyfile(wanted, model)
+    outputs_in_signature_order(model)
     shutil.copyfile(produced_dir / f"model{VARIANT_SUFFIX['fp32']}", float32)
     saved_model = None
     if keep_saved_model and (produced_dir / "saved_model.pb").is_file():

@@ -81,18 +81,28 @@ def find_backend() -> InterpreterBackend:
 
 
 def open_interpreter(model_path: Path, threads: int | None = None, use_xnnpack: bool = True):
-    """A TFLite interpreter with tensors allocated, and the backend that made it."""
+    """A TFLite interpreter with tensors allocated, and the backend that made it.
+
+    use_xnnpack=False asks for the builtin kernels (the converter inspects and times models so); a model with a
+    custom op only XNNPACK implements (MediaPipe's Convolution2DTransposeBias, MaxPoolingWithArgmax2D,
+    MaxUnpooling2D: the selfie segmentation models) gets XNNPACK anyway, as the device runs it: it was refused
+    as 'not a loadable TFLite model'."""
     backend = find_backend()
     kwargs: dict[str, Any] = {"model_path": str(model_path)}
     if threads:
         kwargs["num_threads"] = int(threads)
-    if backend.resolver_type is not None:
-        kwargs["experimental_op_resolver_type"] = (
-            backend.resolver_type.AUTO if use_xnnpack else backend.resolver_type.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
+    resolvers = backend.resolver_type
+    if resolvers is not None:
+        kwargs["experimental_op_resolver_type"] = resolvers.AUTO if use_xnnpack else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = backend.interpreter_cls(**kwargs)
-        interpreter.allocate_tensors()
+        try:
+            interpreter = backend.interpreter_cls(**kwargs)
+            interpreter.allocate_tensors()
+        except RuntimeError as exc:
+            if use_xnnpack or resolvers is None or "custom op" not in str(exc):
+                raise
+            interpreter = backend.interpreter_cls(**{**kwargs, "experimental_op_resolver_type": resolvers.AUTO})
+            interpreter.allocate_tensors()
     except Exception as exc:  # the interpreters raise ValueError/RuntimeError with long texts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise RuntimeLoadError(f"{backend.name} could not load {Path(model_path).name}: {first}") from exc
