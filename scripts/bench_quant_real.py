@@ -56,7 +56,8 @@ def nncf_int8(float_model: Path, calib: np.ndarray, out: Path) -> Path:
 
     m = opset13(onnx.load(str(float_model)))
     name = m.graph.input[0].name
-    q = nncf.quantize(m, nncf.Dataset(list(calib), lambda a: {name: a[None]}), subset_size=len(calib))
+    with contextlib.redirect_stdout(sys.stderr):  # its progress bars must not enter this bench's --json output
+        q = nncf.quantize(m, nncf.Dataset(list(calib), lambda a: {name: a[None]}), subset_size=len(calib))
     q, _ = activations_to_uint8(q)
     onnx.save(q, str(out))
     return out
