@@ -63,13 +63,17 @@ def task_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarra
     return metrics
 
 
-def other_outputs(ctx: ConversionContext, data: Any, budget: Any) -> tuple[dict[str, Any], list[str]]:
+def gates_every_output(ctx: ConversionContext) -> bool:
     """A raw-output bundle (postprocess `none`) serves every output, so each is gated, not only the first: int8 or
     fp16 could break a hand model's presence score or a pose model's mask beside landmarks the gate passed."""
-    if ctx.postprocess is None or ctx.postprocess.kind != "none" or len(ctx.outputs) < 2:
-        return {}, []
+    return ctx.postprocess is not None and ctx.postprocess.kind == "none" and len(ctx.outputs) > 1
+
+
+def other_outputs(ctx: ConversionContext, data: Any, candidates: list[np.ndarray],
+                  budget: Any) -> tuple[dict[str, Any], list[str]]:
+    """The metrics and failures of every output but the served one (`candidates`: the converted model's outputs)."""
     served, metrics, reasons = ctx.served_output(), {}, []
-    pairs = zip(ctx.run_all_outputs(ctx.float_model, data), ctx.run_all_outputs(ctx.model, data))
+    pairs = zip(ctx.run_all_outputs(ctx.float_model, data), candidates)
     for i, (spec, (ref, cand)) in enumerate(zip(ctx.outputs, pairs)):
         if i != served:
             m = metrics[spec.name] = task_metrics(ref, cand, None, detect_task(spec.shape, False), False)
@@ -151,7 +155,9 @@ class AccuracyGatePass(Pass):
         if ctx.task() == "detection":
             return self.gate_detector(ctx, origin)
         reference = ctx.evaluator().reference  # the float outputs, computed once with the mixed-precision passes
-        candidate = ctx.run_first_output(ctx.model, data)
+        # a raw-output bundle gates every output: the converted model runs once for all of them, not twice
+        candidates = ctx.run_all_outputs(ctx.model, data) if gates_every_output(ctx) else None
+        candidate = candidates[ctx.served_output()] if candidates is not None else ctx.run_first_output(ctx.model, data)
         metrics = task_metrics(reference, candidate, data.labels, ctx.task(), is_classification(ctx))
         if is_classification(ctx) and ctx.postprocess.softmax and are_probabilities(reference.reshape(len(reference), -1)):
             # the model ends in its own softmax: served as it answers. An int8 model's probabilities (steps of 1/256)
@@ -162,9 +168,9 @@ class AccuracyGatePass(Pass):
         metrics["data"] = origin
         budget = ctx.budget()
         reasons = gate_failures(metrics, budget.max_top1_drop, budget.min_agreement, budget.min_cosine)
-        others, more = other_outputs(ctx, data, budget)
-        if others:
-            metrics["other_outputs"], reasons = others, reasons + more
+        if candidates is not None:
+            metrics["other_outputs"], more = other_outputs(ctx, data, candidates, budget)
+            reasons = reasons + more
         metrics.update(budget={"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement,
                                "min_cosine": budget.min_cosine}, passed=not reasons, forced=bool(reasons and o.force))
         return self.decide(ctx, metrics, reasons)
